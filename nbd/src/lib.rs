@@ -1,0 +1,22 @@
+//! twinblock-nbd: the NBD protocol, knowing nothing of replication.
+//!
+//! - [`handshake`]: the fixed-newstyle handshake as a sans-IO state machine.
+//! - [`request`]: the transmission-phase request decoder and validation (sans-IO).
+//! - [`reply`]: reply encoding (simple and structured).
+//! - [`device`]: the [`BlockDevice`] trait the server is generic over.
+//! - [`server`]: the async shell (tokio) around the above.
+
+pub mod consts;
+pub mod device;
+pub mod export;
+pub mod handshake;
+pub mod reply;
+pub mod request;
+pub mod server;
+
+pub use device::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
+pub use export::{BlockSizes, ExportInfo};
+pub use handshake::{Handshake, HandshakeError, Negotiated, Progress};
+pub use reply::Reply;
+pub use request::{Command, Decoded, ProtocolError, RequestDecoder};
+pub use server::{serve, ServerConfig};

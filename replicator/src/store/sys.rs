@@ -1,0 +1,176 @@
+//! Thin, synchronous wrappers over the syscalls the store needs. Used by the
+//! thread-pool backend for everything and by both backends for the cheap
+//! metadata calls (lseek, fadvise).
+
+use std::io;
+use std::os::fd::RawFd;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Reads exactly `len` bytes at `off` into `ptr`; past the end of the file
+/// the rest is zero-filled (a sparse file's tail reads as zeroes).
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+pub unsafe fn pread_full(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < len {
+        let n = libc::pread(
+            fd,
+            ptr.add(done).cast(),
+            len - done,
+            (off + done as u64) as libc::off_t,
+        );
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            std::ptr::write_bytes(ptr.add(done), 0, len - done);
+            break;
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Writes all of `data` at `off`; with `fua` the data is durable on return
+/// (RWF_DSYNC, or write + fdatasync where the kernel lacks it).
+pub fn pwrite_full(fd: RawFd, data: &[u8], off: u64, fua: bool) -> io::Result<()> {
+    let mut done = 0usize;
+    let mut dsync = fua;
+    while done < data.len() {
+        let rest = &data[done..];
+        let pos = (off + done as u64) as libc::off_t;
+        let n = if dsync {
+            let iov = libc::iovec {
+                iov_base: rest.as_ptr() as *mut _,
+                iov_len: rest.len(),
+            };
+            // SAFETY: iov points into `data`, alive for the call.
+            unsafe { libc::pwritev2(fd, &iov, 1, pos, libc::RWF_DSYNC) }
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), pos) }
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) if dsync => {
+                    dsync = false;
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n as usize;
+    }
+    if fua && !dsync {
+        fdatasync(fd)?;
+    }
+    Ok(())
+}
+
+pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    cvt(unsafe { libc::fdatasync(fd) }).map(drop)
+}
+
+pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: plain syscall.
+        let r = unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) };
+        match cvt(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+pub fn fadvise_willneed(fd: RawFd, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe {
+        libc::posix_fadvise(
+            fd,
+            off as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+fn seek(fd: RawFd, off: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    // SAFETY: plain syscall; lseek on a shared fd only moves the file
+    // position, which positional I/O never uses.
+    let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
+/// Allocation map of `[off, off+len)` as (length, is_hole) runs, from
+/// SEEK_DATA/SEEK_HOLE. Where the file system cannot tell, all is data.
+pub fn extents(fd: RawFd, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+    let end = off + len;
+    let mut out = Vec::new();
+    let mut pos = off;
+    while pos < end {
+        let data = match seek(fd, pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                out.push((end - pos, false));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let data = data.unwrap_or(end).min(end);
+        if data > pos {
+            out.push((data - pos, true));
+            pos = data;
+            continue;
+        }
+        let hole = seek(fd, pos, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let hole = hole.max(pos + 1);
+        out.push((hole - pos, false));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// Size of a regular file or a block device.
+pub fn size_of(file: &std::fs::File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        let mut size: u64 = 0;
+        // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+        const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+        // SAFETY: the ioctl writes one u64 into `size`.
+        cvt(unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) })?;
+        return Ok(size);
+    }
+    Ok(meta.len())
+}
