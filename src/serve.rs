@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use twinblock_nbd::ServerConfig;
 use twinblock_replicator::{BackendChoice, LocalDevice, Store, StoreOptions};
 
-use crate::signals::shutdown_signal;
+use crate::signals::Shutdown;
 
 pub struct ServeArgs {
     pub disk: PathBuf,
@@ -21,6 +21,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    let shutdown = Shutdown::install()?;
     let opts = StoreOptions {
         backend: args.backend,
         direct: args.direct,
@@ -46,7 +47,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         export_name: args.name,
         ..ServerConfig::default()
     };
-    twinblock_nbd::serve(listener, device, config, shutdown_signal()).await?;
+    twinblock_nbd::serve(listener, device, config, shutdown.wait()).await?;
     // Everything acknowledged is already as durable as the client asked;
     // one more fdatasync makes a clean stop leave nothing in the page cache.
     store.flush().await.context("final flush")?;

@@ -1,18 +1,27 @@
-//! SIGINT/SIGTERM as a future.
+//! SIGINT/SIGTERM as a future. Install the handlers before announcing that
+//! the service is up, so an early SIGTERM still means a clean stop.
 
-use tokio::signal::unix::{signal, SignalKind};
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// Resolves at the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+pub struct Shutdown {
+    int: Signal,
+    term: Signal,
+}
+
+impl Shutdown {
+    pub fn install() -> Result<Shutdown> {
+        Ok(Shutdown {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
     }
 }

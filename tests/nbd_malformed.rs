@@ -28,8 +28,14 @@ impl Client {
         let mut c = Client { s };
         let mut greeting = [0u8; 18];
         c.s.read_exact(&mut greeting).unwrap();
-        assert_eq!(u64::from_be_bytes(greeting[..8].try_into().unwrap()), NBDMAGIC);
-        assert_eq!(u64::from_be_bytes(greeting[8..16].try_into().unwrap()), IHAVEOPT);
+        assert_eq!(
+            u64::from_be_bytes(greeting[..8].try_into().unwrap()),
+            NBDMAGIC
+        );
+        assert_eq!(
+            u64::from_be_bytes(greeting[8..16].try_into().unwrap()),
+            IHAVEOPT
+        );
         c
     }
 
@@ -98,7 +104,15 @@ impl Client {
         c
     }
 
-    fn request(&mut self, flags: u16, kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+    fn request(
+        &mut self,
+        flags: u16,
+        kind: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) {
         let mut b = Vec::new();
         b.extend(REQUEST_MAGIC.to_be_bytes());
         b.extend(flags.to_be_bytes());
@@ -144,7 +158,15 @@ fn malformed_traffic_then_a_good_client() {
     }
     let mut serve = Serve::start(URING, "16M");
     let uri = serve.uri();
-    run_ok(Command::new("qemu-io").args(["-f", "raw", "-t", "none", &uri, "-c", "write -P 0x5c 0 1M"]));
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &uri,
+        "-c",
+        "write -P 0x5c 0 1M",
+    ]));
 
     // Handshake-phase abuse.
     {
@@ -245,8 +267,19 @@ fn malformed_traffic_then_a_good_client() {
     // The server is alive and a real client reads what was written.
     assert!(serve.alive(), "server died: {}", serve.log());
     run_ok(Command::new("nbdinfo").arg(&uri));
-    let out = run_ok(Command::new("qemu-io").args(["-f", "raw", "-t", "none", &uri, "-c", "read -P 0x5c 0 1M"]));
-    assert!(!out.contains("fail"), "data changed by malformed traffic: {out}");
+    let out = run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &uri,
+        "-c",
+        "read -P 0x5c 0 1M",
+    ]));
+    assert!(
+        !out.contains("fail"),
+        "data changed by malformed traffic: {out}"
+    );
     assert!(serve.stop().success());
 }
 
@@ -271,7 +304,12 @@ fn disc_finishes_in_flight_requests() {
     assert!(serve.stop().success());
     let disk = std::fs::read(&serve.disk).unwrap();
     for i in 0..16usize {
-        assert!(disk[i << 20..(i + 1) << 20].iter().all(|&b| b == i as u8 + 1), "write {i}");
+        assert!(
+            disk[i << 20..(i + 1) << 20]
+                .iter()
+                .all(|&b| b == i as u8 + 1),
+            "write {i}"
+        );
     }
 }
 
@@ -298,6 +336,11 @@ fn sigterm_answers_what_it_read_and_exits_zero() {
     let disk = std::fs::read(&serve.disk).unwrap();
     for i in acked {
         let i = i as usize;
-        assert!(disk[i << 20..(i + 1) << 20].iter().all(|&b| b == 0xa0 ^ i as u8), "acked write {i} missing");
+        assert!(
+            disk[i << 20..(i + 1) << 20]
+                .iter()
+                .all(|&b| b == 0xa0 ^ i as u8),
+            "acked write {i} missing"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! - [`request`]: the transmission-phase request decoder and validation (sans-IO).
 //! - [`reply`]: reply encoding (simple and structured).
 //! - [`device`]: the [`BlockDevice`] trait the server is generic over.
-//! - [`server`]: the async shell (tokio) around the above.
+//! - [`server`]: the async shell (tokio) around the above; `sink` writes
+//!   replies (directly when the socket is free, else batched by a flusher).
 
 pub mod consts;
 pub mod device;
@@ -13,6 +14,7 @@ pub mod handshake;
 pub mod reply;
 pub mod request;
 pub mod server;
+mod sink;
 
 pub use device::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 pub use export::{BlockSizes, ExportInfo};

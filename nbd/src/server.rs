@@ -3,15 +3,15 @@
 //! flight, and writes replies (out of order, never interleaved).
 
 use std::future::Future;
-use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
@@ -20,6 +20,7 @@ use crate::export::{BlockSizes, ExportInfo};
 use crate::handshake::{Handshake, HandshakeError, Negotiated, Progress};
 use crate::reply::{self, Reply};
 use crate::request::{Command, Decoded, ProtocolError, RequestDecoder};
+use crate::sink::{Queued, Sink};
 
 /// Settings of an NBD server.
 #[derive(Debug, Clone)]
@@ -172,12 +173,6 @@ async fn connection<D: BlockDevice>(
     transmission(stream, buf, negotiated, device, &config, stop, gate).await
 }
 
-/// A reply on its way to the socket, holding the in-flight budget it used.
-struct Queued {
-    reply: Reply,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
 async fn transmission<D: BlockDevice>(
     stream: TcpStream,
     mut buf: BytesMut,
@@ -188,8 +183,8 @@ async fn transmission<D: BlockDevice>(
     gate: DrainGate,
 ) -> Result<(), ConnError> {
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel::<Queued>();
-    let writer = tokio::spawn(write_replies(wr, rx).in_current_span());
+    let (sink, flusher) = Sink::new(wr);
+    let flusher = tokio::spawn(flusher.in_current_span());
     let budget = config.in_flight_budget.max(34);
     let in_flight = Arc::new(Semaphore::new(budget as usize));
     let structured = n.structured;
@@ -210,11 +205,10 @@ async fn transmission<D: BlockDevice>(
                     reason,
                 } => {
                     debug!(cookie, errno, reason, is_read, "request rejected");
-                    let reply = reply::error(structured, cookie, errno, reason);
-                    let _ = tx.send(Queued {
-                        reply,
-                        _permit: None,
-                    });
+                    sink.send(Queued::new(
+                        reply::error(structured, cookie, errno, reason),
+                        None,
+                    ));
                 }
                 Decoded::Command {
                     command: Command::Disconnect,
@@ -224,20 +218,22 @@ async fn transmission<D: BlockDevice>(
                     let weight = 1 + command_bytes(&command) / (1 << 20);
                     let permit = match in_flight.clone().acquire_many_owned(weight).await {
                         Ok(p) => p,
-                        Err(_) => break 'read Ok(false),
+                        Err(_) => {
+                            break 'read Err(ConnError::Io(std::io::Error::other(
+                                "in-flight budget closed",
+                            )))
+                        }
                     };
                     let device = device.clone();
-                    let tx = tx.clone();
-                    tokio::spawn(
+                    let sink = sink.clone();
+                    let request: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
                         async move {
                             let reply = execute(&*device, structured, cookie, command).await;
-                            let _ = tx.send(Queued {
-                                reply,
-                                _permit: Some(permit),
-                            });
+                            sink.send(Queued::new(reply, Some(permit)));
                         }
                         .in_current_span(),
                     );
+                    run_or_spawn(request).await;
                 }
             }
         }
@@ -259,9 +255,20 @@ async fn transmission<D: BlockDevice>(
         _ => Some(gate.enter()),
     };
     let _all = in_flight.acquire_many(budget).await;
-    drop(tx);
-    let _ = writer.await;
+    sink.close();
+    drop(sink);
+    let _ = flusher.await;
     ended.map(|_| ())
+}
+
+/// Polls a request once right here: what completes at once (a page-cache
+/// read, an error) costs no task hand-off. Whatever must wait is spawned and
+/// finishes on its own.
+async fn run_or_spawn(mut request: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let done = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx).is_ready())).await;
+    if !done {
+        tokio::spawn(request);
+    }
 }
 
 fn command_bytes(c: &Command) -> u32 {
@@ -344,49 +351,6 @@ fn clamp_extents(
         });
     }
     out
-}
-
-/// Writes queued replies, batching whatever is ready into one vectored write.
-async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    let mut batch: Vec<Queued> = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < 64 {
-            match rx.try_recv() {
-                Ok(q) => batch.push(q),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = write_batch(&mut wr, &batch).await {
-            debug!("reply write failed: {e}");
-            // Keep draining so that in-flight requests finish and release
-            // their budget; their replies have nowhere to go.
-            batch.clear();
-            while rx.recv().await.is_some() {}
-            return;
-        }
-        batch.clear();
-    }
-    let _ = wr.shutdown().await;
-}
-
-async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Queued]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
-    for q in batch {
-        slices.push(IoSlice::new(&q.reply.head));
-        if !q.reply.data.is_empty() {
-            slices.push(IoSlice::new(&q.reply.data));
-        }
-    }
-    let mut rest: &mut [IoSlice<'_>] = &mut slices;
-    while !rest.is_empty() {
-        let n = wr.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
