@@ -31,9 +31,8 @@ fn request(kind: u16, cookie: u64, offset: u64, len: u32, payload: usize) -> Vec
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     // 64 pipelined 4 KiB writes, as one read() from the socket brings them.
-    let batch: Vec<u8> = (0..64)
-        .flat_map(|i| request(CMD_WRITE, i, i * 4096, 4096, 4096))
-        .collect();
+    let batch: Vec<u8> =
+        (0..64).flat_map(|i| request(CMD_WRITE, i, i * 4096, 4096, 4096)).collect();
     g.throughput(Throughput::Elements(64));
     g.bench_function("write_4k_x64", |b| {
         b.iter(|| {
@@ -47,9 +46,7 @@ fn decode(c: &mut Criterion) {
             assert_eq!(n, 64);
         })
     });
-    let reads: Vec<u8> = (0..64)
-        .flat_map(|i| request(CMD_READ, i, i * 4096, 4096, 0))
-        .collect();
+    let reads: Vec<u8> = (0..64).flat_map(|i| request(CMD_READ, i, i * 4096, 4096, 0)).collect();
     g.bench_function("read_x64", |b| {
         b.iter(|| {
             let mut dec = RequestDecoder::new(&negotiated());
@@ -69,9 +66,7 @@ fn encode(c: &mut Criterion) {
     g.bench_function("read_reply_structured_4k", |b| {
         b.iter(|| black_box(reply::read(true, black_box(7), 4096, data.clone())))
     });
-    g.bench_function("ok_reply", |b| {
-        b.iter(|| black_box(reply::ok(black_box(7))))
-    });
+    g.bench_function("ok_reply", |b| b.iter(|| black_box(reply::ok(black_box(7)))));
     g.finish();
 }
 

@@ -7,25 +7,15 @@ use std::sync::Arc;
 use twinblock_replicator::{BackendChoice, Store, StoreOptions};
 
 fn store_bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    for (name, backend) in [
-        ("uring", BackendChoice::IoUring),
-        ("threads", BackendChoice::Threads),
-    ] {
+    for (name, backend) in [("uring", BackendChoice::IoUring), ("threads", BackendChoice::Threads)]
+    {
         let path = dir.path().join(format!("{name}.img"));
-        let opts = StoreOptions {
-            backend,
-            ..StoreOptions::default()
-        };
-        let store = Arc::new(
-            rt.block_on(async { Store::open(&path, Some(256 << 20), &opts) })
-                .unwrap(),
-        );
+        let opts = StoreOptions { backend, ..StoreOptions::default() };
+        let store =
+            Arc::new(rt.block_on(async { Store::open(&path, Some(256 << 20), &opts) }).unwrap());
         let data = Bytes::from(vec![0xa5u8; 4096]);
         let mut g = c.benchmark_group(format!("store_{name}"));
         g.throughput(Throughput::Elements(1));
@@ -33,8 +23,7 @@ fn store_bench(c: &mut Criterion) {
         g.bench_function("write_4k_qd1", |b| {
             b.iter(|| {
                 i = (i + 7919) % 65536;
-                rt.block_on(store.write(i * 4096, data.clone(), false))
-                    .unwrap();
+                rt.block_on(store.write(i * 4096, data.clone(), false)).unwrap();
             })
         });
         g.bench_function("read_4k_qd1", |b| {

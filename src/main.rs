@@ -13,11 +13,7 @@ use clap::{Parser, Subcommand};
 use twinblock_replicator::BackendChoice;
 
 #[derive(Parser)]
-#[command(
-    name = "twinblock",
-    version,
-    about = "Userspace block replication over NBD and QUIC"
-)]
+#[command(name = "twinblock", version, about = "Userspace block replication over NBD and QUIC")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,31 +61,21 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("TWINBLOCK_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve {
-            disk,
-            size,
-            listen,
-            name,
-            io,
-            direct,
-        } => rt.block_on(serve::run(serve::ServeArgs {
-            disk,
-            size,
-            listen,
-            name,
-            backend: io,
-            direct,
-        })),
+        Command::Serve { disk, size, listen, name, io, direct } => {
+            rt.block_on(serve::run(serve::ServeArgs {
+                disk,
+                size,
+                listen,
+                name,
+                backend: io,
+                direct,
+            }))
+        }
     }
 }

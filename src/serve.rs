@@ -22,11 +22,8 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     let shutdown = Shutdown::install()?;
-    let opts = StoreOptions {
-        backend: args.backend,
-        direct: args.direct,
-        ..StoreOptions::default()
-    };
+    let opts =
+        StoreOptions { backend: args.backend, direct: args.direct, ..StoreOptions::default() };
     let store = Store::open(&args.disk, args.size, &opts)?;
     let store = Arc::new(store);
     let listener = TcpListener::bind(args.listen)
@@ -43,10 +40,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     println!("listening on {addr}");
     let device = Arc::new(LocalDevice::new(store.clone()));
-    let config = ServerConfig {
-        export_name: args.name,
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig { export_name: args.name, ..ServerConfig::default() };
     twinblock_nbd::serve(listener, device, config, shutdown.wait()).await?;
     // Everything acknowledged is already as durable as the client asked;
     // one more fdatasync makes a clean stop leave nothing in the page cache.

@@ -9,27 +9,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!(
-            "{s:?} is not a size (expected e.g. 4096, 256M, 1G)"
-        ));
+        return Err(format!("{s:?} is not a size (expected e.g. 4096, 256M, 1G)"));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: number too large"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: number too large"))?;
     let shift = match suffix.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown size suffix {other:?} (K, M, G or T)"
-            ))
-        }
+        other => return Err(format!("{s:?}: unknown size suffix {other:?} (K, M, G or T)")),
     };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?}: size too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?}: size too large"))
 }
 
 /// Parses a duration: a number with `ns`, `us`, `ms`, `s`, `m` or `h`
@@ -37,9 +28,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[allow(dead_code)] // used by netem/config (replication)
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -52,11 +41,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         "" => return Err(format!("{s:?}: give a unit (us, ms, s)")),
-        other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)"
-            ))
-        }
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)")),
     };
     let secs = n * scale;
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
@@ -87,10 +72,7 @@ mod tests {
         assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
         assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
-        assert_eq!(
-            parse_duration("1.5ms").unwrap(),
-            Duration::from_micros(1500)
-        );
+        assert_eq!(parse_duration("1.5ms").unwrap(), Duration::from_micros(1500));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());

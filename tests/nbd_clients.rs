@@ -63,11 +63,7 @@ fn nbdinfo_json(fl: Flavor) {
     assert_eq!(e["block_size_minimum"], 1);
     assert_eq!(e["block_size_preferred"], 4096);
     assert_eq!(e["block_size_maximum"], 32u64 << 20);
-    assert!(e["contexts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c == "base:allocation"));
+    assert!(e["contexts"].as_array().unwrap().iter().any(|c| c == "base:allocation"));
 }
 
 fn nbdinfo_map(fl: Flavor) {
@@ -84,21 +80,13 @@ fn nbdinfo_map(fl: Flavor) {
         "-c",
         "write -P 0x7 4M 1M",
     ]));
-    let out = run_ok(
-        Command::new("nbdinfo")
-            .arg("--map")
-            .arg("--json")
-            .arg(s.uri()),
-    );
+    let out = run_ok(Command::new("nbdinfo").arg("--map").arg("--json").arg(s.uri()));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let extents = v.as_array().unwrap();
     let covered: u64 = extents.iter().map(|e| e["length"].as_u64().unwrap()).sum();
     assert_eq!(covered, 16 << 20, "{out}");
     // The written MiB is data; the untouched start is a hole that reads as zeroes.
-    let data = extents
-        .iter()
-        .find(|e| e["offset"].as_u64() == Some(4 << 20))
-        .expect(&out);
+    let data = extents.iter().find(|e| e["offset"].as_u64() == Some(4 << 20)).expect(&out);
     assert_eq!(data["type"].as_u64(), Some(0), "{out}");
     assert_eq!(extents[0]["offset"], 0);
     assert_eq!(extents[0]["type"], 3, "{out}");
@@ -119,15 +107,7 @@ fn qemu_nbd_list(fl: Flavor) {
     assert!(out.contains("export: 'twinblock'"), "{out}");
     assert!(out.contains(&format!("size:  {}", 64u64 << 20)), "{out}");
     assert!(out.contains("base:allocation"), "{out}");
-    for flag in [
-        "flush",
-        "fua",
-        "trim",
-        "zeroes",
-        "multi",
-        "cache",
-        "fast-zero",
-    ] {
+    for flag in ["flush", "fua", "trim", "zeroes", "multi", "cache", "fast-zero"] {
         assert!(out.contains(flag), "{flag} missing from {out}");
     }
 }
@@ -177,9 +157,7 @@ fn qemu_io(fl: Flavor) {
     // Block n of the device is at byte n*4096 of the disk file.
     assert!(s.stop().success(), "{}", s.log());
     assert!(read_at(&s.disk, 0, 12345).iter().all(|&b| b == 0xab));
-    assert!(read_at(&s.disk, 13345, 65536 - 13345)
-        .iter()
-        .all(|&b| b == 0xab));
+    assert!(read_at(&s.disk, 13345, 65536 - 13345).iter().all(|&b| b == 0xab));
     assert!(read_at(&s.disk, 1 << 20, 4096).iter().all(|&b| b == 0xcd));
     assert!(read_at(&s.disk, 2 << 20, 32768).iter().all(|&b| b == 0));
     assert!(read_at(&s.disk, 7 << 20, 65536).iter().all(|&b| b == 0x34));
@@ -197,15 +175,9 @@ fn nbdcopy_roundtrip(fl: Flavor) {
     run_ok(Command::new("nbdcopy").arg(&src).arg(s.uri()));
     let back = s.dir.path().join("back.bin");
     run_ok(Command::new("nbdcopy").arg(s.uri()).arg(&back));
-    assert!(
-        std::fs::read(&back).unwrap() == data,
-        "64 MiB did not round-trip"
-    );
+    assert!(std::fs::read(&back).unwrap() == data, "64 MiB did not round-trip");
     assert!(s.stop().success(), "{}", s.log());
-    assert!(
-        std::fs::read(&s.disk).unwrap() == data,
-        "disk file differs from what was written"
-    );
+    assert!(std::fs::read(&s.disk).unwrap() == data, "disk file differs from what was written");
 }
 
 fn fio_verify(fl: Flavor) {
@@ -230,10 +202,7 @@ fn fio_verify(fl: Flavor) {
     let v: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
     let job = &v["jobs"][0];
     assert_eq!(job["error"], 0, "{out}");
-    assert!(
-        job["write"]["io_bytes"].as_u64().unwrap() >= 64 << 20,
-        "{out}"
-    );
+    assert!(job["write"]["io_bytes"].as_u64().unwrap() >= 64 << 20, "{out}");
     assert!(
         job["read"]["io_bytes"].as_u64().unwrap() >= 64 << 20,
         "verify phase read it all back: {out}"
@@ -269,15 +238,10 @@ fn ext4_on_nbdfuse(fl: Flavor) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cleanup = Cleanup {
-        fuse_dir: fuse_dir.clone(),
-        mnt: mnt.clone(),
-        loopdev: None,
-    };
+    let cleanup = Cleanup { fuse_dir: fuse_dir.clone(), mnt: mnt.clone(), loopdev: None };
     let mut cleanup = cleanup;
-    let loopdev = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(&file))
-        .trim()
-        .to_string();
+    let loopdev =
+        run_ok(Command::new("losetup").args(["-f", "--show"]).arg(&file)).trim().to_string();
     cleanup.loopdev = Some(loopdev.clone());
     run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &loopdev]));
     run_ok(Command::new("mount").arg(&loopdev).arg(&mnt));
@@ -292,10 +256,7 @@ fn ext4_on_nbdfuse(fl: Flavor) {
     let fsck = run_ok(Command::new("fsck.ext4").args(["-f", "-n", &loopdev]));
     assert!(fsck.contains("Pass 5"), "{fsck}");
     run_ok(Command::new("mount").arg(&loopdev).arg(&mnt));
-    assert!(
-        std::fs::read(mnt.join("big.bin")).unwrap() == data,
-        "file read back differs"
-    );
+    assert!(std::fs::read(mnt.join("big.bin")).unwrap() == data, "file read back differs");
     for i in 0..200 {
         assert_eq!(
             std::fs::read_to_string(mnt.join(format!("small-{i}.txt"))).unwrap(),

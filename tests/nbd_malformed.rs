@@ -28,14 +28,8 @@ impl Client {
         let mut c = Client { s };
         let mut greeting = [0u8; 18];
         c.s.read_exact(&mut greeting).unwrap();
-        assert_eq!(
-            u64::from_be_bytes(greeting[..8].try_into().unwrap()),
-            NBDMAGIC
-        );
-        assert_eq!(
-            u64::from_be_bytes(greeting[8..16].try_into().unwrap()),
-            IHAVEOPT
-        );
+        assert_eq!(u64::from_be_bytes(greeting[..8].try_into().unwrap()), NBDMAGIC);
+        assert_eq!(u64::from_be_bytes(greeting[8..16].try_into().unwrap()), IHAVEOPT);
         c
     }
 
@@ -276,10 +270,7 @@ fn malformed_traffic_then_a_good_client() {
         "-c",
         "read -P 0x5c 0 1M",
     ]));
-    assert!(
-        !out.contains("fail"),
-        "data changed by malformed traffic: {out}"
-    );
+    assert!(!out.contains("fail"), "data changed by malformed traffic: {out}");
     assert!(serve.stop().success());
 }
 
@@ -304,12 +295,7 @@ fn disc_finishes_in_flight_requests() {
     assert!(serve.stop().success());
     let disk = std::fs::read(&serve.disk).unwrap();
     for i in 0..16usize {
-        assert!(
-            disk[i << 20..(i + 1) << 20]
-                .iter()
-                .all(|&b| b == i as u8 + 1),
-            "write {i}"
-        );
+        assert!(disk[i << 20..(i + 1) << 20].iter().all(|&b| b == i as u8 + 1), "write {i}");
     }
 }
 
@@ -337,9 +323,7 @@ fn sigterm_answers_what_it_read_and_exits_zero() {
     for i in acked {
         let i = i as usize;
         assert!(
-            disk[i << 20..(i + 1) << 20]
-                .iter()
-                .all(|&b| b == 0xa0 ^ i as u8),
+            disk[i << 20..(i + 1) << 20].iter().all(|&b| b == 0xa0 ^ i as u8),
             "acked write {i} missing"
         );
     }

@@ -8,10 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn twinblock(args: &[&str]) -> std::process::Output {
-    run_timeout(
-        Command::new(BIN).args(args).env_remove("TWINBLOCK_IO"),
-        Duration::from_secs(20),
-    )
+    run_timeout(Command::new(BIN).args(args).env_remove("TWINBLOCK_IO"), Duration::from_secs(20))
 }
 
 #[test]
@@ -41,10 +38,7 @@ fn size_mismatch_is_refused_with_both_sizes() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap();
-    assert!(
-        last.contains("1048576") && last.contains("2097152"),
-        "{err}"
-    );
+    assert!(last.contains("1048576") && last.contains("2097152"), "{err}");
     // Nothing was changed.
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 20);
 }
@@ -53,19 +47,10 @@ fn size_mismatch_is_refused_with_both_sizes() {
 fn missing_disk_without_size_is_refused() {
     let dir = tempfile::tempdir_in(test_tmp()).unwrap();
     let disk = dir.path().join("none.img");
-    let out = twinblock(&[
-        "serve",
-        "--disk",
-        disk.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let out = twinblock(&["serve", "--disk", disk.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("does not exist") && err.contains("size"),
-        "{err}"
-    );
+    assert!(err.contains("does not exist") && err.contains("size"), "{err}");
     assert!(!disk.exists());
 }
 
@@ -98,10 +83,7 @@ fn bad_arguments_name_the_problem() {
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("TWINBLOCK_IO") && err.contains("warp"),
-        "{err}"
-    );
+    assert!(err.contains("TWINBLOCK_IO") && err.contains("warp"), "{err}");
 }
 
 #[test]
@@ -118,19 +100,12 @@ fn existing_file_is_served_at_its_size_and_new_file_is_sparse() {
     .unwrap();
     let meta = std::fs::metadata(&disk).unwrap();
     assert_eq!(meta.len(), 1 << 30);
-    assert!(
-        std::os::unix::fs::MetadataExt::blocks(&meta) < 1024,
-        "new disk is sparse"
-    );
+    assert!(std::os::unix::fs::MetadataExt::blocks(&meta) < 1024, "new disk is sparse");
     assert!(s.stop().success());
     // Reopened without --size: same size.
-    let mut s = Serve::start_on(
-        tempfile::tempdir_in(test_tmp()).unwrap(),
-        disk.clone(),
-        THREADS,
-        &[],
-    )
-    .unwrap();
+    let mut s =
+        Serve::start_on(tempfile::tempdir_in(test_tmp()).unwrap(), disk.clone(), THREADS, &[])
+            .unwrap();
     if have("nbdinfo") {
         let out = run_ok(Command::new("nbdinfo").arg("--size").arg(s.uri()));
         assert_eq!(out.trim(), (1u64 << 30).to_string());
@@ -144,15 +119,8 @@ fn listen_address_in_use_is_an_error() {
     let addr = l.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir_in(test_tmp()).unwrap();
     let disk = dir.path().join("d.img");
-    let out = twinblock(&[
-        "serve",
-        "--disk",
-        disk.to_str().unwrap(),
-        "--size",
-        "1M",
-        "--listen",
-        &addr,
-    ]);
+    let out =
+        twinblock(&["serve", "--disk", disk.to_str().unwrap(), "--size", "1M", "--listen", &addr]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&addr), "{err}");

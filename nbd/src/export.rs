@@ -12,11 +12,7 @@ pub struct BlockSizes {
 
 impl Default for BlockSizes {
     fn default() -> Self {
-        BlockSizes {
-            minimum: 1,
-            preferred: 4096,
-            maximum: MAX_PAYLOAD,
-        }
+        BlockSizes { minimum: 1, preferred: 4096, maximum: MAX_PAYLOAD }
     }
 }
 

@@ -127,10 +127,7 @@ impl Handshake {
                         return Err(HandshakeError::BadOptionMagic(magic));
                     }
                     self.state = if len > MAX_OPTION_LEN {
-                        State::Discard {
-                            option,
-                            remaining: len,
-                        }
+                        State::Discard { option, remaining: len }
                     } else {
                         State::OptionData { option, len }
                     };
@@ -199,11 +196,7 @@ impl Handshake {
             OPT_INFO | OPT_GO => return Ok(self.info_or_go(option, data)),
             OPT_STRUCTURED_REPLY => {
                 if !data.is_empty() {
-                    self.error(
-                        option,
-                        REP_ERR_INVALID,
-                        "NBD_OPT_STRUCTURED_REPLY takes no data",
-                    );
+                    self.error(option, REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
                 } else {
                     self.structured = true;
                     self.reply(option, REP_ACK, &[]);
@@ -268,11 +261,7 @@ impl Handshake {
 
     fn meta_context(&mut self, option: u32, data: &[u8]) {
         if !self.structured {
-            self.error(
-                option,
-                REP_ERR_INVALID,
-                "negotiate structured replies first",
-            );
+            self.error(option, REP_ERR_INVALID, "negotiate structured replies first");
             return;
         }
         let Some((name, queries)) = parse_meta_request(data) else {
@@ -287,9 +276,7 @@ impl Handshake {
         let selected = if listing && queries.is_empty() {
             true
         } else {
-            queries
-                .iter()
-                .any(|q| q == META_BASE_ALLOCATION || (listing && q == "base:"))
+            queries.iter().any(|q| q == META_BASE_ALLOCATION || (listing && q == "base:"))
         };
         if option == OPT_SET_META_CONTEXT {
             self.base_allocation = selected;

@@ -24,10 +24,7 @@ impl Reply {
     }
 
     fn head_only(head: BytesMut) -> Reply {
-        Reply {
-            head: head.freeze(),
-            data: Bytes::new(),
-        }
+        Reply { head: head.freeze(), data: Bytes::new() }
     }
 }
 
@@ -57,24 +54,12 @@ pub fn read(structured: bool, cookie: u64, offset: u64, data: Bytes) -> Reply {
     if !structured {
         let mut b = BytesMut::with_capacity(SIMPLE_REPLY_LEN);
         put_simple(&mut b, cookie, 0);
-        return Reply {
-            head: b.freeze(),
-            data,
-        };
+        return Reply { head: b.freeze(), data };
     }
     let mut b = BytesMut::with_capacity(CHUNK_HEADER_LEN + 8);
-    put_chunk(
-        &mut b,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_OFFSET_DATA,
-        cookie,
-        8 + data.len() as u32,
-    );
+    put_chunk(&mut b, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookie, 8 + data.len() as u32);
     b.put_u64(offset);
-    Reply {
-        head: b.freeze(),
-        data,
-    }
+    Reply { head: b.freeze(), data }
 }
 
 /// An error. With structured replies it is an ERROR chunk carrying `message`
@@ -88,13 +73,7 @@ pub fn error(structured: bool, cookie: u64, errno: u32, message: &str) -> Reply 
     }
     let msg = &message.as_bytes()[..message.len().min(MAX_STRING)];
     let mut b = BytesMut::with_capacity(CHUNK_HEADER_LEN + 6 + msg.len());
-    put_chunk(
-        &mut b,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_ERROR,
-        cookie,
-        6 + msg.len() as u32,
-    );
+    put_chunk(&mut b, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, 6 + msg.len() as u32);
     b.put_u32(errno);
     b.put_u16(msg.len() as u16);
     b.put_slice(msg);
@@ -105,13 +84,7 @@ pub fn error(structured: bool, cookie: u64, errno: u32, message: &str) -> Reply 
 pub fn block_status(cookie: u64, extents: &[Extent]) -> Reply {
     let len = 4 + 8 * extents.len();
     let mut b = BytesMut::with_capacity(CHUNK_HEADER_LEN + len);
-    put_chunk(
-        &mut b,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_BLOCK_STATUS,
-        cookie,
-        len as u32,
-    );
+    put_chunk(&mut b, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookie, len as u32);
     b.put_u32(META_BASE_ALLOCATION_ID);
     for e in extents {
         b.put_u32(e.length);

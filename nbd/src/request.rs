@@ -10,45 +10,20 @@ use crate::handshake::Negotiated;
 /// A validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Read {
-        offset: u64,
-        len: u32,
-    },
-    Write {
-        offset: u64,
-        data: Bytes,
-        fua: bool,
-    },
+    Read { offset: u64, len: u32 },
+    Write { offset: u64, data: Bytes, fua: bool },
     Disconnect,
     Flush,
-    Trim {
-        offset: u64,
-        len: u32,
-        fua: bool,
-    },
-    Cache {
-        offset: u64,
-        len: u32,
-    },
-    WriteZeroes {
-        offset: u64,
-        len: u32,
-        flags: ZeroFlags,
-    },
-    BlockStatus {
-        offset: u64,
-        len: u32,
-        req_one: bool,
-    },
+    Trim { offset: u64, len: u32, fua: bool },
+    Cache { offset: u64, len: u32 },
+    WriteZeroes { offset: u64, len: u32, flags: ZeroFlags },
+    BlockStatus { offset: u64, len: u32, req_one: bool },
 }
 
 impl Command {
     /// Commands that change data (refused on a read-only export).
     pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. }
-        )
+        matches!(self, Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. })
     }
 }
 
@@ -59,12 +34,7 @@ pub enum Decoded {
     Command { cookie: u64, command: Command },
     /// Answer with this error; nothing is executed (a WRITE's payload has
     /// already been consumed).
-    Reject {
-        cookie: u64,
-        is_read: bool,
-        errno: u32,
-        reason: &'static str,
-    },
+    Reject { cookie: u64, is_read: bool, errno: u32, reason: &'static str },
 }
 
 /// Framing errors: the stream cannot be trusted any more, so disconnect.
@@ -170,22 +140,12 @@ impl RequestDecoder {
                     self.state = State::Header;
                     return Ok(Some(self.finish(h, Some(data))));
                 }
-                State::Discard {
-                    header,
-                    remaining,
-                    errno,
-                    reason,
-                } => {
+                State::Discard { header, remaining, errno, reason } => {
                     let n = (remaining as usize).min(input.len());
                     input.advance(n);
                     let remaining = remaining - n as u32;
                     if remaining > 0 {
-                        self.state = State::Discard {
-                            header,
-                            remaining,
-                            errno,
-                            reason,
-                        };
+                        self.state = State::Discard { header, remaining, errno, reason };
                         return Ok(None);
                     }
                     self.state = State::Header;
@@ -202,16 +162,10 @@ impl RequestDecoder {
 
     fn finish(&self, h: Header, data: Option<Bytes>) -> Decoded {
         match self.validate(h, data) {
-            Ok(command) => Decoded::Command {
-                cookie: h.cookie,
-                command,
-            },
-            Err((errno, reason)) => Decoded::Reject {
-                cookie: h.cookie,
-                is_read: h.kind == CMD_READ,
-                errno,
-                reason,
-            },
+            Ok(command) => Decoded::Command { cookie: h.cookie, command },
+            Err((errno, reason)) => {
+                Decoded::Reject { cookie: h.cookie, is_read: h.kind == CMD_READ, errno, reason }
+            }
         }
     }
 
@@ -235,11 +189,7 @@ impl RequestDecoder {
             return Err((EPERM, "export is read-only"));
         }
         if matches!(h.kind, CMD_DISC | CMD_FLUSH) {
-            return Ok(if h.kind == CMD_DISC {
-                Command::Disconnect
-            } else {
-                Command::Flush
-            });
+            return Ok(if h.kind == CMD_DISC { Command::Disconnect } else { Command::Flush });
         }
         if h.length == 0 {
             return Err((EINVAL, "zero-length request"));
@@ -248,28 +198,18 @@ impl RequestDecoder {
             let errno = if self.structured { EOVERFLOW } else { EINVAL };
             return Err((errno, "read larger than the maximum payload"));
         }
-        let in_range = h
-            .offset
-            .checked_add(h.length as u64)
-            .is_some_and(|end| end <= self.size);
+        let in_range = h.offset.checked_add(h.length as u64).is_some_and(|end| end <= self.size);
         if !in_range {
             // Writing past the end is "no space"; anything else is invalid.
-            let errno = if matches!(h.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
-                ENOSPC
-            } else {
-                EINVAL
-            };
+            let errno =
+                if matches!(h.kind, CMD_WRITE | CMD_WRITE_ZEROES) { ENOSPC } else { EINVAL };
             return Err((errno, "request beyond the end of the export"));
         }
         let fua = h.flags & CMD_FLAG_FUA != 0;
         let (offset, len) = (h.offset, h.length);
         Ok(match h.kind {
             CMD_READ => Command::Read { offset, len },
-            CMD_WRITE => Command::Write {
-                offset,
-                data: data.unwrap_or_default(),
-                fua,
-            },
+            CMD_WRITE => Command::Write { offset, data: data.unwrap_or_default(), fua },
             CMD_TRIM => Command::Trim { offset, len, fua },
             CMD_CACHE => Command::Cache { offset, len },
             CMD_WRITE_ZEROES => Command::WriteZeroes {
@@ -285,11 +225,7 @@ impl RequestDecoder {
                 if !self.base_allocation {
                     return Err((EINVAL, "no metadata context selected"));
                 }
-                Command::BlockStatus {
-                    offset,
-                    len,
-                    req_one: h.flags & CMD_FLAG_REQ_ONE != 0,
-                }
+                Command::BlockStatus { offset, len, req_one: h.flags & CMD_FLAG_REQ_ONE != 0 }
             }
         })
     }

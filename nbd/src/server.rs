@@ -125,10 +125,7 @@ where
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    info!(
-        connections = conns.len(),
-        "shutting down: finishing in-flight requests"
-    );
+    info!(connections = conns.len(), "shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
     Ok(())
@@ -198,22 +195,11 @@ async fn transmission<D: BlockDevice>(
                 Err(e) => break 'read Err(e.into()),
             };
             match decoded {
-                Decoded::Reject {
-                    cookie,
-                    is_read,
-                    errno,
-                    reason,
-                } => {
+                Decoded::Reject { cookie, is_read, errno, reason } => {
                     debug!(cookie, errno, reason, is_read, "request rejected");
-                    sink.send(Queued::new(
-                        reply::error(structured, cookie, errno, reason),
-                        None,
-                    ));
+                    sink.send(Queued::new(reply::error(structured, cookie, errno, reason), None));
                 }
-                Decoded::Command {
-                    command: Command::Disconnect,
-                    ..
-                } => break 'read Ok(true),
+                Decoded::Command { command: Command::Disconnect, .. } => break 'read Ok(true),
                 Decoded::Command { cookie, command } => {
                     let weight = 1 + command_bytes(&command) / (1 << 20);
                     let permit = match in_flight.clone().acquire_many_owned(weight).await {
@@ -290,9 +276,7 @@ async fn execute<D: BlockDevice>(
             Ok(data) if data.len() == len as usize => {
                 return reply::read(structured, cookie, offset, data)
             }
-            Ok(_) => Err(DeviceError::Io(std::io::Error::other(
-                "short read from device",
-            ))),
+            Ok(_) => Err(DeviceError::Io(std::io::Error::other("short read from device"))),
             Err(e) => Err(e),
         },
         Command::Write { offset, data, fua } => dev.write(offset, data, fua).await,
@@ -302,17 +286,15 @@ async fn execute<D: BlockDevice>(
         Command::WriteZeroes { offset, len, flags } => {
             dev.write_zeroes(offset, len as u64, flags).await
         }
-        Command::BlockStatus {
-            offset,
-            len,
-            req_one,
-        } => match dev.block_status(offset, len).await {
-            Ok(extents) => {
-                let extents = clamp_extents(extents, len, req_one);
-                return reply::block_status(cookie, &extents);
+        Command::BlockStatus { offset, len, req_one } => {
+            match dev.block_status(offset, len).await {
+                Ok(extents) => {
+                    let extents = clamp_extents(extents, len, req_one);
+                    return reply::block_status(cookie, &extents);
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
         Command::Disconnect => Ok(()),
     };
     match result {
@@ -345,10 +327,7 @@ fn clamp_extents(
         out.push(e);
     }
     if out.is_empty() {
-        out.push(crate::device::Extent {
-            length: len,
-            flags: 0,
-        });
+        out.push(crate::device::Extent { length: len, flags: 0 });
     }
     out
 }
@@ -365,10 +344,7 @@ mod tests {
             clamp_extents(vec![e(100, 0), e(100, 3)], 150, false),
             vec![e(100, 0), e(50, 3)]
         );
-        assert_eq!(
-            clamp_extents(vec![e(100, 0), e(100, 3)], 150, true),
-            vec![e(100, 0)]
-        );
+        assert_eq!(clamp_extents(vec![e(100, 0), e(100, 3)], 150, true), vec![e(100, 0)]);
         assert_eq!(clamp_extents(vec![e(0, 3)], 10, false), vec![e(10, 0)]);
         assert_eq!(clamp_extents(vec![], 10, true), vec![e(10, 0)]);
     }

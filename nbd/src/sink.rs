@@ -24,11 +24,7 @@ pub struct Queued {
 
 impl Queued {
     pub fn new(reply: Reply, permit: Option<OwnedSemaphorePermit>) -> Self {
-        Queued {
-            reply,
-            _permit: permit,
-            sent: 0,
-        }
+        Queued { reply, _permit: permit, sent: 0 }
     }
 
     fn remaining(&self) -> usize {
@@ -56,11 +52,7 @@ pub struct Sink {
 impl Sink {
     /// Returns the sink and its flusher task (to be spawned).
     pub fn new(wr: OwnedWriteHalf) -> (Arc<Sink>, impl std::future::Future<Output = ()> + Send) {
-        let sink = Arc::new(Sink {
-            wr,
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-        });
+        let sink = Arc::new(Sink { wr, state: Mutex::new(State::default()), wake: Notify::new() });
         let flusher = flush_loop(sink.clone());
         (sink, flusher)
     }

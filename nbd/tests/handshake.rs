@@ -65,10 +65,7 @@ fn replies(mut out: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
 fn started(client_flags: u32) -> Handshake {
     let mut hs = Handshake::new(export());
     let greeting = hs.take_output();
-    assert_eq!(
-        &greeting[..],
-        &[b"NBDMAGIC".as_slice(), b"IHAVEOPT", &[0, 3]].concat()[..]
-    );
+    assert_eq!(&greeting[..], &[b"NBDMAGIC".as_slice(), b"IHAVEOPT", &[0, 3]].concat()[..]);
     let mut input = BytesMut::from(&client_flags.to_be_bytes()[..]);
     assert_eq!(hs.receive(&mut input).unwrap(), Progress::NeedMore);
     assert!(!hs.has_output());
@@ -86,33 +83,17 @@ fn go_with_info_requests() {
     let mut hs = started(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
     let (r, out) = send(
         &mut hs,
-        &opt(
-            OPT_GO,
-            &info_data("", &[INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]),
-        ),
+        &opt(OPT_GO, &info_data("", &[INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE])),
     );
-    let Progress::Transmission(n) = r.unwrap() else {
-        panic!("not transmission")
-    };
+    let Progress::Transmission(n) = r.unwrap() else { panic!("not transmission") };
     assert!(!n.structured);
     assert_eq!(n.size, 1 << 20);
     let r = replies(&out);
     assert_eq!(r.len(), 5);
-    assert_eq!(
-        r[0],
-        (
-            OPT_GO,
-            REP_INFO,
-            [&INFO_NAME.to_be_bytes()[..], b"disk"].concat()
-        )
-    );
+    assert_eq!(r[0], (OPT_GO, REP_INFO, [&INFO_NAME.to_be_bytes()[..], b"disk"].concat()));
     assert_eq!(
         r[1],
-        (
-            OPT_GO,
-            REP_INFO,
-            [&INFO_DESCRIPTION.to_be_bytes()[..], b"test disk"].concat()
-        )
+        (OPT_GO, REP_INFO, [&INFO_DESCRIPTION.to_be_bytes()[..], b"test disk"].concat())
     );
     let mut bs = Vec::new();
     bs.put_u16(INFO_BLOCK_SIZE);
@@ -144,10 +125,7 @@ fn fragmented_input_gives_the_same_result() {
     let mut all = Vec::new();
     all.put_u32(FLAG_C_FIXED_NEWSTYLE);
     all.extend(opt(OPT_STRUCTURED_REPLY, &[]));
-    all.extend(opt(
-        OPT_SET_META_CONTEXT,
-        &meta_data("disk", &["base:allocation"]),
-    ));
+    all.extend(opt(OPT_SET_META_CONTEXT, &meta_data("disk", &["base:allocation"])));
     all.extend(opt(OPT_GO, &info_data("disk", &[INFO_BLOCK_SIZE])));
     // First request of the transmission phase, sent right behind.
     all.extend([0x25, 0x60, 0x95, 0x13]);
@@ -157,11 +135,7 @@ fn fragmented_input_gives_the_same_result() {
     let mut input = BytesMut::from(&all[..]);
     let expected = whole.receive(&mut input).unwrap();
     let expected_out = whole.take_output();
-    assert_eq!(
-        &input[..],
-        &[0x25, 0x60, 0x95, 0x13],
-        "leftover belongs to transmission"
-    );
+    assert_eq!(&input[..], &[0x25, 0x60, 0x95, 0x13], "leftover belongs to transmission");
 
     let mut hs = Handshake::new(export());
     hs.take_output();
@@ -180,9 +154,7 @@ fn fragmented_input_gives_the_same_result() {
     }
     assert_eq!(result.unwrap(), expected);
     assert_eq!(out, expected_out);
-    let Progress::Transmission(n) = expected else {
-        panic!()
-    };
+    let Progress::Transmission(n) = expected else { panic!() };
     assert!(n.structured && n.base_allocation);
     assert_ne!(n.flags & TFLAG_SEND_DF, 0);
 }
@@ -250,11 +222,7 @@ fn list_and_abort() {
     let r = replies(&out);
     assert_eq!(
         r[0],
-        (
-            OPT_LIST,
-            REP_SERVER,
-            [&4u32.to_be_bytes()[..], b"disk", b"test disk"].concat()
-        )
+        (OPT_LIST, REP_SERVER, [&4u32.to_be_bytes()[..], b"disk", b"test disk"].concat())
     );
     assert_eq!(r[1], (OPT_LIST, REP_ACK, vec![]));
 
@@ -295,10 +263,7 @@ fn info_errors() {
 fn meta_contexts() {
     let mut hs = started(FLAG_C_FIXED_NEWSTYLE);
     // Before structured replies: invalid.
-    let (_, out) = send(
-        &mut hs,
-        &opt(OPT_SET_META_CONTEXT, &meta_data("", &["base:allocation"])),
-    );
+    let (_, out) = send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("", &["base:allocation"])));
     assert_eq!(replies(&out)[0].1, REP_ERR_INVALID);
     let (_, out) = send(&mut hs, &opt(OPT_STRUCTURED_REPLY, b"x"));
     assert_eq!(replies(&out)[0].1, REP_ERR_INVALID);
@@ -312,22 +277,12 @@ fn meta_contexts() {
     assert_eq!(r[0].1, REP_META_CONTEXT);
     assert_eq!(&r[0].2[4..], b"base:allocation");
     // Unknown namespaces select nothing.
-    let (_, out) = send(
-        &mut hs,
-        &opt(
-            OPT_SET_META_CONTEXT,
-            &meta_data("", &["qemu:dirty-bitmap:x"]),
-        ),
-    );
+    let (_, out) =
+        send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("", &["qemu:dirty-bitmap:x"])));
     assert_eq!(replies(&out), vec![(OPT_SET_META_CONTEXT, REP_ACK, vec![])]);
     // Unknown export.
-    let (_, out) = send(
-        &mut hs,
-        &opt(
-            OPT_SET_META_CONTEXT,
-            &meta_data("nope", &["base:allocation"]),
-        ),
-    );
+    let (_, out) =
+        send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("nope", &["base:allocation"])));
     assert_eq!(replies(&out)[0].1, REP_ERR_UNKNOWN);
     // Malformed (query count larger than the data).
     let mut bad = meta_data("", &["base:allocation"]);
@@ -335,21 +290,14 @@ fn meta_contexts() {
     let (_, out) = send(&mut hs, &opt(OPT_SET_META_CONTEXT, &bad));
     assert_eq!(replies(&out)[0].1, REP_ERR_INVALID);
     // Selected, with our id.
-    let (_, out) = send(
-        &mut hs,
-        &opt(
-            OPT_SET_META_CONTEXT,
-            &meta_data("disk", &["base:allocation"]),
-        ),
-    );
+    let (_, out) =
+        send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("disk", &["base:allocation"])));
     let r = replies(&out);
     assert_eq!(r[0].1, REP_META_CONTEXT);
     assert_eq!(r[0].2[..4], META_BASE_ALLOCATION_ID.to_be_bytes());
     assert_eq!(r[1].1, REP_ACK);
     let (r, _) = send(&mut hs, &opt(OPT_GO, &info_data("", &[])));
-    let Progress::Transmission(n) = r.unwrap() else {
-        panic!()
-    };
+    let Progress::Transmission(n) = r.unwrap() else { panic!() };
     assert!(n.base_allocation);
 }
 
@@ -390,8 +338,6 @@ fn read_only_export_advertises_it() {
     let mut input = BytesMut::new();
     input.put_u32(FLAG_C_FIXED_NEWSTYLE);
     input.extend_from_slice(&opt(OPT_GO, &info_data("", &[])));
-    let Progress::Transmission(n) = hs.receive(&mut input).unwrap() else {
-        panic!()
-    };
+    let Progress::Transmission(n) = hs.receive(&mut input).unwrap() else { panic!() };
     assert_ne!(n.flags & TFLAG_READ_ONLY, 0);
 }

@@ -14,13 +14,7 @@ fn negotiated(structured: bool, base_allocation: bool, read_only: bool) -> Negot
     if read_only {
         flags |= TFLAG_READ_ONLY;
     }
-    Negotiated {
-        structured,
-        base_allocation,
-        flags,
-        size: SIZE,
-        export_name: String::new(),
-    }
+    Negotiated { structured, base_allocation, flags, size: SIZE, export_name: String::new() }
 }
 
 fn decoder() -> RequestDecoder {
@@ -71,70 +65,30 @@ fn rejected(d: &Decoded) -> u32 {
 fn every_command_decodes() {
     let mut dec = decoder();
     let cases: Vec<(Vec<u8>, Command)> = vec![
-        (
-            req(0, CMD_READ, 1, 4096, 512),
-            Command::Read {
-                offset: 4096,
-                len: 512,
-            },
-        ),
-        (
-            req(CMD_FLAG_DF, CMD_READ, 1, 0, 512),
-            Command::Read {
-                offset: 0,
-                len: 512,
-            },
-        ),
+        (req(0, CMD_READ, 1, 4096, 512), Command::Read { offset: 4096, len: 512 }),
+        (req(CMD_FLAG_DF, CMD_READ, 1, 0, 512), Command::Read { offset: 0, len: 512 }),
         (
             write_req(CMD_FLAG_FUA, 2, 8, b"hello"),
-            Command::Write {
-                offset: 8,
-                data: Bytes::from_static(b"hello"),
-                fua: true,
-            },
+            Command::Write { offset: 8, data: Bytes::from_static(b"hello"), fua: true },
         ),
         (req(0, CMD_DISC, 3, 0, 0), Command::Disconnect),
         (req(0, CMD_FLUSH, 4, 0, 0), Command::Flush),
         (
             req(CMD_FLAG_FUA, CMD_TRIM, 5, 0, 4096),
-            Command::Trim {
-                offset: 0,
-                len: 4096,
-                fua: true,
-            },
+            Command::Trim { offset: 0, len: 4096, fua: true },
         ),
+        (req(0, CMD_CACHE, 6, 0, 4096), Command::Cache { offset: 0, len: 4096 }),
         (
-            req(0, CMD_CACHE, 6, 0, 4096),
-            Command::Cache {
-                offset: 0,
-                len: 4096,
-            },
-        ),
-        (
-            req(
-                CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-                CMD_WRITE_ZEROES,
-                7,
-                0,
-                65536,
-            ),
+            req(CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO, CMD_WRITE_ZEROES, 7, 0, 65536),
             Command::WriteZeroes {
                 offset: 0,
                 len: 65536,
-                flags: ZeroFlags {
-                    fua: false,
-                    no_hole: true,
-                    fast: true,
-                },
+                flags: ZeroFlags { fua: false, no_hole: true, fast: true },
             },
         ),
         (
             req(CMD_FLAG_REQ_ONE, CMD_BLOCK_STATUS, 8, 0, SIZE as u32),
-            Command::BlockStatus {
-                offset: 0,
-                len: SIZE as u32,
-                req_one: true,
-            },
+            Command::BlockStatus { offset: 0, len: SIZE as u32, req_one: true },
         ),
     ];
     for (bytes, expected) in cases {
@@ -173,10 +127,7 @@ fn bad_magic_is_a_protocol_error() {
     let mut bytes = req(0, CMD_READ, 1, 0, 512);
     bytes[0] = 0;
     let mut input = BytesMut::from(&bytes[..]);
-    assert_eq!(
-        dec.decode(&mut input),
-        Err(ProtocolError::BadMagic(0x0060_9513))
-    );
+    assert_eq!(dec.decode(&mut input), Err(ProtocolError::BadMagic(0x0060_9513)));
     // Extended headers were not negotiated: their magic is just as bad.
     let mut bytes = req(0, CMD_READ, 1, 0, 512);
     bytes[..4].copy_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
@@ -188,86 +139,38 @@ fn bad_magic_is_a_protocol_error() {
 fn unknown_commands_and_flags_get_einval() {
     let mut dec = decoder();
     assert_eq!(rejected(&one(&mut dec, &req(0, 42, 1, 0, 512))), EINVAL);
-    assert_eq!(
-        rejected(&one(&mut dec, &req(1 << 9, CMD_READ, 1, 0, 512))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut dec, &req(1 << 9, CMD_READ, 1, 0, 512))), EINVAL);
     // Known flags on commands that do not take them.
-    assert_eq!(
-        rejected(&one(&mut dec, &req(CMD_FLAG_FUA, CMD_READ, 1, 0, 512))),
-        EINVAL
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &req(CMD_FLAG_NO_HOLE, CMD_TRIM, 1, 0, 512))),
-        EINVAL
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &req(CMD_FLAG_REQ_ONE, CMD_READ, 1, 0, 512))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut dec, &req(CMD_FLAG_FUA, CMD_READ, 1, 0, 512))), EINVAL);
+    assert_eq!(rejected(&one(&mut dec, &req(CMD_FLAG_NO_HOLE, CMD_TRIM, 1, 0, 512))), EINVAL);
+    assert_eq!(rejected(&one(&mut dec, &req(CMD_FLAG_REQ_ONE, CMD_READ, 1, 0, 512))), EINVAL);
     // A WRITE with a bad flag: payload consumed, EINVAL, next request fine.
     let mut bytes = write_req(CMD_FLAG_DF, 2, 0, &[9; 100]);
     bytes.extend(req(0, CMD_FLUSH, 3, 0, 0));
     let v = decode_all(&mut dec, &bytes);
     assert_eq!(rejected(&v[0]), EINVAL);
-    assert!(matches!(
-        v[1],
-        Decoded::Command {
-            cookie: 3,
-            command: Command::Flush
-        }
-    ));
+    assert!(matches!(v[1], Decoded::Command { cookie: 3, command: Command::Flush }));
     // DF without structured replies.
     let mut simple = RequestDecoder::new(&negotiated(false, false, false));
-    assert_eq!(
-        rejected(&one(&mut simple, &req(CMD_FLAG_DF, CMD_READ, 1, 0, 512))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut simple, &req(CMD_FLAG_DF, CMD_READ, 1, 0, 512))), EINVAL);
 }
 
 #[test]
 fn out_of_range_requests() {
     let mut dec = decoder();
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_READ, 1, SIZE - 511, 512))),
-        EINVAL
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &write_req(0, 2, SIZE - 1, &[1, 2]))),
-        ENOSPC
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_WRITE_ZEROES, 3, SIZE, 1))),
-        ENOSPC
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_TRIM, 4, SIZE, 4096))),
-        EINVAL
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_CACHE, 5, SIZE, 4096))),
-        EINVAL
-    );
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_BLOCK_STATUS, 6, SIZE, 1))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_READ, 1, SIZE - 511, 512))), EINVAL);
+    assert_eq!(rejected(&one(&mut dec, &write_req(0, 2, SIZE - 1, &[1, 2]))), ENOSPC);
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_WRITE_ZEROES, 3, SIZE, 1))), ENOSPC);
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_TRIM, 4, SIZE, 4096))), EINVAL);
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_CACHE, 5, SIZE, 4096))), EINVAL);
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_BLOCK_STATUS, 6, SIZE, 1))), EINVAL);
     // offset + length overflows u64.
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_READ, 7, u64::MAX - 10, 512))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_READ, 7, u64::MAX - 10, 512))), EINVAL);
     // Zero-length requests.
     assert_eq!(rejected(&one(&mut dec, &req(0, CMD_READ, 8, 0, 0))), EINVAL);
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_BLOCK_STATUS, 9, 0, 0))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_BLOCK_STATUS, 9, 0, 0))), EINVAL);
     // The last byte is in range.
-    assert!(matches!(
-        one(&mut dec, &req(0, CMD_READ, 10, SIZE - 1, 1)),
-        Decoded::Command { .. }
-    ));
+    assert!(matches!(one(&mut dec, &req(0, CMD_READ, 10, SIZE - 1, 1)), Decoded::Command { .. }));
 }
 
 #[test]
@@ -288,10 +191,7 @@ fn oversized_payloads() {
             if let Some(d) = dec.decode(&mut input).unwrap() {
                 result = Some(d);
             }
-            assert!(
-                input.len() <= chunk.len(),
-                "payload is discarded, not buffered"
-            );
+            assert!(input.len() <= chunk.len(), "payload is discarded, not buffered");
         }
         assert_eq!(rejected(&result.expect("reply after the payload")), errno);
         input.extend_from_slice(&req(0, CMD_FLUSH, 2, 0, 0));
@@ -301,34 +201,21 @@ fn oversized_payloads() {
         ));
     }
     // An oversized read is refused; trims and zeroes may exceed the payload limit.
-    let mut dec = RequestDecoder::new(&Negotiated {
-        size: u64::MAX / 2,
-        ..negotiated(true, false, false)
-    });
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_READ, 3, 0, len))),
-        EOVERFLOW
-    );
-    assert!(matches!(
-        one(&mut dec, &req(0, CMD_TRIM, 4, 0, u32::MAX)),
-        Decoded::Command { .. }
-    ));
+    let mut dec =
+        RequestDecoder::new(&Negotiated { size: u64::MAX / 2, ..negotiated(true, false, false) });
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_READ, 3, 0, len))), EOVERFLOW);
+    assert!(matches!(one(&mut dec, &req(0, CMD_TRIM, 4, 0, u32::MAX)), Decoded::Command { .. }));
     assert!(matches!(
         one(&mut dec, &req(0, CMD_WRITE_ZEROES, 5, 0, u32::MAX)),
         Decoded::Command { .. }
     ));
     // 32 MiB exactly is accepted.
-    let mut dec = RequestDecoder::new(&Negotiated {
-        size: 1 << 30,
-        ..negotiated(true, false, false)
-    });
+    let mut dec =
+        RequestDecoder::new(&Negotiated { size: 1 << 30, ..negotiated(true, false, false) });
     let mut input = BytesMut::from(&req(0, CMD_WRITE, 6, 0, MAX_PAYLOAD)[..]);
     input.extend_from_slice(&vec![0u8; MAX_PAYLOAD as usize]);
     let d = dec.decode(&mut input).unwrap();
-    assert!(
-        matches!(d, Some(Decoded::Command { .. })),
-        "32 MiB write refused: {d:?}"
-    );
+    assert!(matches!(d, Some(Decoded::Command { .. })), "32 MiB write refused: {d:?}");
 }
 
 #[test]
@@ -339,20 +226,14 @@ fn read_only_refuses_writes_with_eperm() {
     bytes.extend(req(0, CMD_WRITE_ZEROES, 3, 0, 512));
     bytes.extend(req(0, CMD_READ, 4, 0, 512));
     let v = decode_all(&mut dec, &bytes);
-    assert_eq!(
-        v.iter().take(3).map(rejected).collect::<Vec<_>>(),
-        vec![EPERM; 3]
-    );
+    assert_eq!(v.iter().take(3).map(rejected).collect::<Vec<_>>(), vec![EPERM; 3]);
     assert!(matches!(v[3], Decoded::Command { cookie: 4, .. }));
 }
 
 #[test]
 fn block_status_needs_a_context() {
     let mut dec = RequestDecoder::new(&negotiated(true, false, false));
-    assert_eq!(
-        rejected(&one(&mut dec, &req(0, CMD_BLOCK_STATUS, 1, 0, 4096))),
-        EINVAL
-    );
+    assert_eq!(rejected(&one(&mut dec, &req(0, CMD_BLOCK_STATUS, 1, 0, 4096))), EINVAL);
 }
 
 #[test]
@@ -372,10 +253,7 @@ fn rejected_reads_know_they_are_reads() {
 fn replies_encode_exactly() {
     let r = reply::ok(0x1122);
     let mut h = &r.head[..];
-    assert_eq!(
-        (h.get_u32(), h.get_u32(), h.get_u64()),
-        (SIMPLE_REPLY_MAGIC, 0, 0x1122)
-    );
+    assert_eq!((h.get_u32(), h.get_u32(), h.get_u64()), (SIMPLE_REPLY_MAGIC, 0, 0x1122));
     assert!(r.data.is_empty());
 
     // Simple read: header then the data.
@@ -409,24 +287,12 @@ fn replies_encode_exactly() {
     // Simple error.
     let r = reply::error(false, 9, ENOSPC, "full");
     let mut h = &r.head[..];
-    assert_eq!(
-        (h.get_u32(), h.get_u32(), h.get_u64()),
-        (SIMPLE_REPLY_MAGIC, ENOSPC, 9)
-    );
+    assert_eq!((h.get_u32(), h.get_u32(), h.get_u64()), (SIMPLE_REPLY_MAGIC, ENOSPC, 9));
 
     // Block status for base:allocation.
     let r = reply::block_status(
         5,
-        &[
-            Extent {
-                length: 4096,
-                flags: 0,
-            },
-            Extent {
-                length: 8192,
-                flags: 3,
-            },
-        ],
+        &[Extent { length: 4096, flags: 0 }, Extent { length: 8192, flags: 3 }],
     );
     let mut h = &r.head[..];
     assert_eq!(h.get_u32(), STRUCTURED_REPLY_MAGIC);
@@ -435,8 +301,5 @@ fn replies_encode_exactly() {
     assert_eq!(h.get_u64(), 5);
     assert_eq!(h.get_u32(), 4 + 16);
     assert_eq!(h.get_u32(), META_BASE_ALLOCATION_ID);
-    assert_eq!(
-        (h.get_u32(), h.get_u32(), h.get_u32(), h.get_u32()),
-        (4096, 0, 8192, 3)
-    );
+    assert_eq!((h.get_u32(), h.get_u32(), h.get_u32(), h.get_u32()), (4096, 0, 8192, 3));
 }

@@ -53,11 +53,7 @@ impl BlockDevice for LocalDevice {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DeviceResult<()> {
-        match self
-            .store
-            .zero(offset, len, !flags.no_hole, flags.fast)
-            .await
-        {
+        match self.store.zero(offset, len, !flags.no_hole, flags.fast).await {
             Err(e) if flags.fast && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 return Err(DeviceError::NotSupported)
             }

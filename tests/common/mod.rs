@@ -97,26 +97,14 @@ pub struct Flavor {
     pub direct: bool,
 }
 
-pub const URING: Flavor = Flavor {
-    backend: "uring",
-    direct: false,
-};
-pub const THREADS: Flavor = Flavor {
-    backend: "threads",
-    direct: false,
-};
-pub const URING_DIRECT: Flavor = Flavor {
-    backend: "uring",
-    direct: true,
-};
+pub const URING: Flavor = Flavor { backend: "uring", direct: false };
+pub const THREADS: Flavor = Flavor { backend: "threads", direct: false };
+pub const URING_DIRECT: Flavor = Flavor { backend: "uring", direct: true };
 
 impl Serve {
     /// Starts `twinblock serve` on a new sparse disk of `size` in a temp dir.
     pub fn start(flavor: Flavor, size: &str) -> Serve {
-        let dir = tempfile::Builder::new()
-            .prefix("tb-test")
-            .tempdir_in(test_tmp())
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("tb-test").tempdir_in(test_tmp()).unwrap();
         let disk = dir.path().join("disk.img");
         Serve::start_on(dir, disk, flavor, &["--size", size]).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -156,13 +144,7 @@ impl Serve {
             let _ = tx.send(None);
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(addr)) => Ok(Serve {
-                child: Some(child),
-                addr,
-                dir,
-                disk,
-                log,
-            }),
+            Ok(Some(addr)) => Ok(Serve { child: Some(child), addr, dir, disk, log }),
             _ => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -206,9 +188,7 @@ impl Serve {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 }
 

@@ -63,9 +63,7 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(BackendChoice::IoUring),
             "threads" | "thread-pool" => Ok(BackendChoice::Threads),
-            _ => Err(format!(
-                "unknown I/O backend {s:?} (auto, uring or threads)"
-            )),
+            _ => Err(format!("unknown I/O backend {s:?} (auto, uring or threads)")),
         }
     }
 }
@@ -108,11 +106,7 @@ pub enum StoreError {
     #[error("{path} does not exist; give a size to create it")]
     Missing { path: PathBuf },
     #[error("{path} is {actual} bytes but the configured size is {expected} bytes")]
-    SizeMismatch {
-        path: PathBuf,
-        actual: u64,
-        expected: u64,
-    },
+    SizeMismatch { path: PathBuf, actual: u64, expected: u64 },
     #[error("{path} has size 0")]
     Empty { path: PathBuf },
     #[error("io_uring is not available here: {0}")]
@@ -120,11 +114,7 @@ pub enum StoreError {
     #[error("cannot start the store's threads: {0}")]
     Threads(io::Error),
     #[error("invalid value {value:?} in ${var}: {reason}")]
-    Env {
-        var: &'static str,
-        value: String,
-        reason: String,
-    },
+    Env { var: &'static str, value: String, reason: String },
 }
 
 enum Engine {
@@ -148,15 +138,10 @@ impl Store {
     /// that an existing file has that size. `TWINBLOCK_IO` overrides
     /// `opts.backend`. Must be called inside a tokio runtime.
     pub fn open(path: &Path, size: Option<u64>, opts: &StoreOptions) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
         let exists = path.exists();
         if !exists && size.is_none() {
-            return Err(StoreError::Missing {
-                path: path.to_owned(),
-            });
+            return Err(StoreError::Missing { path: path.to_owned() });
         }
         let file = OpenOptions::new()
             .read(true)
@@ -180,16 +165,10 @@ impl Store {
             }
         }
         if actual == 0 {
-            return Err(StoreError::Empty {
-                path: path.to_owned(),
-            });
+            return Err(StoreError::Empty { path: path.to_owned() });
         }
         let direct = if opts.direct {
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
+            match OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path)
             {
                 Ok(f) => Some(f),
                 Err(e) => {
@@ -231,14 +210,8 @@ impl Store {
             })?,
             Err(_) => opts.inline_write_max,
         };
-        let store = Store {
-            file,
-            direct,
-            size: actual,
-            engine,
-            path: path.to_owned(),
-            inline_write_max,
-        };
+        let store =
+            Store { file, direct, size: actual, engine, path: path.to_owned(), inline_write_max };
         tracing::info!(
             path = %path.display(),
             size = actual,
@@ -274,10 +247,7 @@ impl Store {
 
     /// The O_DIRECT descriptor, if this request may use it.
     fn direct_fd(&self, off: u64, len: usize) -> Option<RawFd> {
-        self.direct
-            .as_ref()
-            .filter(|_| is_aligned(off, len))
-            .map(|f| f.as_raw_fd())
+        self.direct.as_ref().filter(|_| is_aligned(off, len)).map(|f| f.as_raw_fd())
     }
 
     async fn run(&self, op: Op) -> io::Result<Done> {
@@ -291,18 +261,8 @@ impl Store {
     pub async fn read(&self, off: u64, len: u32) -> io::Result<Bytes> {
         let len = len as usize;
         let op = match self.direct_fd(off, len) {
-            Some(fd) => Op::Read {
-                fd,
-                off,
-                buf: ReadBuf::Aligned(AlignedBuf::new(len)),
-                done: 0,
-            },
-            None => Op::Read {
-                fd: self.fd(),
-                off,
-                buf: ReadBuf::heap(len),
-                done: 0,
-            },
+            Some(fd) => Op::Read { fd, off, buf: ReadBuf::Aligned(AlignedBuf::new(len)), done: 0 },
+            None => Op::Read { fd: self.fd(), off, buf: ReadBuf::heap(len), done: 0 },
         };
         self.run(op).await?.into_data()
     }
@@ -312,13 +272,7 @@ impl Store {
         let op = match self.direct_fd(off, data.len()) {
             Some(fd) => {
                 let data = WriteData::Aligned(AlignedBuf::copy_from(&data));
-                Op::Write {
-                    fd,
-                    off,
-                    data,
-                    done: 0,
-                    fua,
-                }
+                Op::Write { fd, off, data, done: 0, fua }
             }
             None if !fua
                 && data.len() <= self.inline_write_max
@@ -326,13 +280,7 @@ impl Store {
             {
                 return sys::pwrite_full(self.fd(), &data, off, false);
             }
-            None => Op::Write {
-                fd: self.fd(),
-                off,
-                data: WriteData::Shared(data),
-                done: 0,
-                fua,
-            },
+            None => Op::Write { fd: self.fd(), off, data: WriteData::Shared(data), done: 0, fua },
         };
         self.run(op).await.map(drop)
     }
@@ -343,14 +291,7 @@ impl Store {
     }
 
     async fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        self.run(Op::Fallocate {
-            fd: self.fd(),
-            off,
-            len,
-            mode,
-        })
-        .await
-        .map(drop)
+        self.run(Op::Fallocate { fd: self.fd(), off, len, mode }).await.map(drop)
     }
 
     /// Discards a range (punches a hole, so it reads back as zeroes). Where
@@ -371,18 +312,12 @@ impl Store {
     ) -> io::Result<()> {
         const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
         if may_punch {
-            match self
-                .fallocate(libc::FALLOC_FL_PUNCH_HOLE | KEEP, off, len)
-                .await
-            {
+            match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | KEEP, off, len).await {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }
         }
-        match self
-            .fallocate(libc::FALLOC_FL_ZERO_RANGE | KEEP, off, len)
-            .await
-        {
+        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | KEEP, off, len).await {
             Err(e) if unsupported(&e) => {}
             other => return other,
         }
@@ -393,8 +328,7 @@ impl Store {
         let end = off + len;
         while pos < end {
             let n = (end - pos).min(ZEROS.len() as u64) as usize;
-            self.write(pos, Bytes::from_static(&ZEROS[..n]), false)
-                .await?;
+            self.write(pos, Bytes::from_static(&ZEROS[..n]), false).await?;
             pos += n as u64;
         }
         Ok(())
@@ -412,10 +346,7 @@ impl Store {
 }
 
 fn unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
-    )
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL))
 }
 
 #[cfg(test)]

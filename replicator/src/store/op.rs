@@ -65,28 +65,10 @@ impl WriteData {
 }
 
 pub(crate) enum Op {
-    Read {
-        fd: RawFd,
-        off: u64,
-        buf: ReadBuf,
-        done: usize,
-    },
-    Write {
-        fd: RawFd,
-        off: u64,
-        data: WriteData,
-        done: usize,
-        fua: bool,
-    },
-    Fsync {
-        fd: RawFd,
-    },
-    Fallocate {
-        fd: RawFd,
-        off: u64,
-        len: u64,
-        mode: i32,
-    },
+    Read { fd: RawFd, off: u64, buf: ReadBuf, done: usize },
+    Write { fd: RawFd, off: u64, data: WriteData, done: usize, fua: bool },
+    Fsync { fd: RawFd },
+    Fallocate { fd: RawFd, off: u64, len: u64, mode: i32 },
 }
 
 /// The result of a completed op.
@@ -108,9 +90,7 @@ impl Op {
     /// Runs the op with blocking syscalls (thread-pool backend).
     pub fn run_blocking(self) -> io::Result<Done> {
         match self {
-            Op::Read {
-                fd, off, mut buf, ..
-            } => {
+            Op::Read { fd, off, mut buf, .. } => {
                 let len = buf.len();
                 // SAFETY: the buffer has `len` bytes of capacity; pread_full
                 // writes all of them (zero-filling past EOF).
@@ -119,9 +99,9 @@ impl Op {
                     Ok(Done::Data(buf.into_bytes()))
                 }
             }
-            Op::Write {
-                fd, off, data, fua, ..
-            } => sys::pwrite_full(fd, data.as_slice(), off, fua).map(|_| Done::Unit),
+            Op::Write { fd, off, data, fua, .. } => {
+                sys::pwrite_full(fd, data.as_slice(), off, fua).map(|_| Done::Unit)
+            }
             Op::Fsync { fd } => sys::fdatasync(fd).map(|_| Done::Unit),
             Op::Fallocate { fd, off, len, mode } => {
                 sys::fallocate(fd, mode, off, len).map(|_| Done::Unit)

@@ -21,12 +21,8 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 pub unsafe fn pread_full(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
-        let n = libc::pread(
-            fd,
-            ptr.add(done).cast(),
-            len - done,
-            (off + done as u64) as libc::off_t,
-        );
+        let n =
+            libc::pread(fd, ptr.add(done).cast(), len - done, (off + done as u64) as libc::off_t);
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -52,10 +48,7 @@ pub fn pwrite_full(fd: RawFd, data: &[u8], off: u64, fua: bool) -> io::Result<()
         let rest = &data[done..];
         let pos = (off + done as u64) as libc::off_t;
         let n = if dsync {
-            let iov = libc::iovec {
-                iov_base: rest.as_ptr() as *mut _,
-                iov_len: rest.len(),
-            };
+            let iov = libc::iovec { iov_base: rest.as_ptr() as *mut _, iov_len: rest.len() };
             // SAFETY: iov points into `data`, alive for the call.
             unsafe { libc::pwritev2(fd, &iov, 1, pos, libc::RWF_DSYNC) }
         } else {
@@ -103,12 +96,7 @@ pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
 pub fn fadvise_willneed(fd: RawFd, off: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall.
     let r = unsafe {
-        libc::posix_fadvise(
-            fd,
-            off as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        )
+        libc::posix_fadvise(fd, off as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED)
     };
     if r != 0 {
         return Err(io::Error::from_raw_os_error(r));

@@ -1,17 +1,18 @@
 use super::*;
 
 fn opts(backend: BackendChoice, direct: bool) -> StoreOptions {
-    StoreOptions {
-        backend,
-        direct,
-        ..StoreOptions::default()
-    }
+    StoreOptions { backend, direct, ..StoreOptions::default() }
 }
 
 async fn roundtrip(backend: BackendChoice, direct: bool) {
+    roundtrip_with(opts(backend, direct)).await
+}
+
+async fn roundtrip_with(o: StoreOptions) {
+    let (backend, direct) = (o.backend, o.direct);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.img");
-    let store = Store::open(&path, Some(8 << 20), &opts(backend, direct)).unwrap();
+    let store = Store::open(&path, Some(8 << 20), &o).unwrap();
     assert_eq!(store.size(), 8 << 20);
 
     // Aligned and unaligned writes, read back.
@@ -22,12 +23,7 @@ async fn roundtrip(backend: BackendChoice, direct: bool) {
     assert_eq!(store.read(4096, 64 * 1024).await.unwrap(), a);
     assert_eq!(store.read(100_001, 1000).await.unwrap(), b);
     // Never-written space reads as zeroes.
-    assert!(store
-        .read(4 << 20, 8192)
-        .await
-        .unwrap()
-        .iter()
-        .all(|&x| x == 0));
+    assert!(store.read(4 << 20, 8192).await.unwrap().iter().all(|&x| x == 0));
     store.flush().await.unwrap();
 
     // Many in flight at once.
@@ -46,44 +42,23 @@ async fn roundtrip(backend: BackendChoice, direct: bool) {
 
     // Discard reads back as zeroes and shows as a hole.
     store.discard(4096, 64 * 1024).await.unwrap();
-    assert!(store
-        .read(4096, 64 * 1024)
-        .await
-        .unwrap()
-        .iter()
-        .all(|&x| x == 0));
+    assert!(store.read(4096, 64 * 1024).await.unwrap().iter().all(|&x| x == 0));
     let ext = store.extents(4096, 64 * 1024).unwrap();
     assert_eq!(ext, vec![(64 * 1024, true)]);
 
     // Zeroing without punching keeps the range allocated.
-    store
-        .write(2 << 20, Bytes::from(vec![7u8; 8192]), false)
-        .await
-        .unwrap();
+    store.write(2 << 20, Bytes::from(vec![7u8; 8192]), false).await.unwrap();
     store.flush().await.unwrap();
     let blocks = || std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
     let before = blocks();
     store.zero(2 << 20, 8192, false, false).await.unwrap();
-    assert!(store
-        .read(2 << 20, 8192)
-        .await
-        .unwrap()
-        .iter()
-        .all(|&x| x == 0));
-    assert!(
-        blocks() >= before,
-        "zeroing without punching keeps the range allocated"
-    );
+    assert!(store.read(2 << 20, 8192).await.unwrap().iter().all(|&x| x == 0));
+    assert!(blocks() >= before, "zeroing without punching keeps the range allocated");
     drop(store);
 
     // Reopening checks the size.
-    let err = Store::open(&path, Some(4 << 20), &opts(backend, direct))
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, StoreError::SizeMismatch { actual, .. } if actual == 8 << 20),
-        "{err}"
-    );
+    let err = Store::open(&path, Some(4 << 20), &opts(backend, direct)).err().unwrap();
+    assert!(matches!(err, StoreError::SizeMismatch { actual, .. } if actual == 8 << 20), "{err}");
     let store = Store::open(&path, None, &opts(backend, direct)).unwrap();
     assert_eq!(store.read(100_001, 1000).await.unwrap(), b);
 }
@@ -123,6 +98,16 @@ async fn uring_roundtrip() {
 }
 
 #[tokio::test]
+async fn uring_every_write_through_the_ring() {
+    roundtrip_with(StoreOptions {
+        backend: BackendChoice::IoUring,
+        inline_write_max: 0,
+        ..StoreOptions::default()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn uring_direct_roundtrip() {
     roundtrip(BackendChoice::IoUring, true).await;
 }
@@ -140,25 +125,14 @@ async fn threads_direct_roundtrip() {
 #[tokio::test]
 async fn missing_file_without_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Store::open(&dir.path().join("nope"), None, &StoreOptions::default())
-        .err()
-        .unwrap();
+    let err = Store::open(&dir.path().join("nope"), None, &StoreOptions::default()).err().unwrap();
     assert!(matches!(err, StoreError::Missing { .. }), "{err}");
 }
 
 #[test]
 fn backend_names_parse() {
-    assert_eq!(
-        "uring".parse::<BackendChoice>().unwrap(),
-        BackendChoice::IoUring
-    );
-    assert_eq!(
-        "threads".parse::<BackendChoice>().unwrap(),
-        BackendChoice::Threads
-    );
-    assert_eq!(
-        "auto".parse::<BackendChoice>().unwrap(),
-        BackendChoice::Auto
-    );
+    assert_eq!("uring".parse::<BackendChoice>().unwrap(), BackendChoice::IoUring);
+    assert_eq!("threads".parse::<BackendChoice>().unwrap(), BackendChoice::Threads);
+    assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
     assert!("fast".parse::<BackendChoice>().is_err());
 }

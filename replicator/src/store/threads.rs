@@ -24,9 +24,8 @@ impl Pool {
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            let w = std::thread::Builder::new()
-                .name(format!("tb-store-{i}"))
-                .spawn(move || loop {
+            let w =
+                std::thread::Builder::new().name(format!("tb-store-{i}")).spawn(move || loop {
                     let job = match rx.lock() {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
@@ -36,10 +35,7 @@ impl Pool {
                 })?;
             workers.push(w);
         }
-        Ok(Pool {
-            tx: Some(tx),
-            workers,
-        })
+        Ok(Pool { tx: Some(tx), workers })
     }
 
     pub async fn run(&self, op: Op) -> io::Result<Done> {
@@ -49,8 +45,7 @@ impl Pool {
             .ok_or_else(|| io::Error::other("store is closed"))?
             .send((op, tx))
             .map_err(|_| io::Error::other("store workers are gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("store worker dropped the request"))?
+        rx.await.map_err(|_| io::Error::other("store worker dropped the request"))?
     }
 }
 

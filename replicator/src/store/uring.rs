@@ -118,8 +118,7 @@ impl Ring {
         }
         // If this future is dropped the op still owns its buffer until the
         // kernel completes it.
-        rx.await
-            .map_err(|_| io::Error::other("io_uring op was dropped"))?
+        rx.await.map_err(|_| io::Error::other("io_uring op was dropped"))?
     }
 }
 
@@ -217,11 +216,8 @@ impl State {
     }
 
     fn reap(&mut self) -> usize {
-        let done: Vec<(usize, i32)> = self
-            .ring
-            .completion()
-            .map(|cqe| (cqe.user_data() as usize, cqe.result()))
-            .collect();
+        let done: Vec<(usize, i32)> =
+            self.ring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
         for &(id, res) in &done {
             self.in_flight -= 1;
             self.complete(id, res);
@@ -305,17 +301,9 @@ fn entry_for(op: &mut Op) -> squeue::Entry {
             let len = (buf.len() - *done) as u32;
             // SAFETY: `done` < len(buf), so the pointer stays in the buffer.
             let ptr = unsafe { buf.as_mut_ptr().add(*done) };
-            opcode::Read::new(types::Fd(*fd), ptr, len)
-                .offset(*off + *done as u64)
-                .build()
+            opcode::Read::new(types::Fd(*fd), ptr, len).offset(*off + *done as u64).build()
         }
-        Op::Write {
-            fd,
-            off,
-            data,
-            done,
-            fua,
-        } => {
+        Op::Write { fd, off, data, done, fua } => {
             let rest = &data.as_slice()[*done..];
             let flags = if *fua { libc::RWF_DSYNC } else { 0 };
             opcode::Write::new(types::Fd(*fd), rest.as_ptr(), rest.len() as u32)
@@ -323,12 +311,11 @@ fn entry_for(op: &mut Op) -> squeue::Entry {
                 .rw_flags(flags)
                 .build()
         }
-        Op::Fsync { fd } => opcode::Fsync::new(types::Fd(*fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build(),
-        Op::Fallocate { fd, off, len, mode } => opcode::Fallocate::new(types::Fd(*fd), *len)
-            .offset(*off)
-            .mode(*mode)
-            .build(),
+        Op::Fsync { fd } => {
+            opcode::Fsync::new(types::Fd(*fd)).flags(types::FsyncFlags::DATASYNC).build()
+        }
+        Op::Fallocate { fd, off, len, mode } => {
+            opcode::Fallocate::new(types::Fd(*fd), *len).offset(*off).mode(*mode).build()
+        }
     }
 }
