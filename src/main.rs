@@ -2,7 +2,6 @@
 
 mod serve;
 mod signals;
-mod units;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +26,7 @@ enum Command {
         #[arg(long)]
         disk: PathBuf,
         /// Size of the device (e.g. 256M, 1G); must match an existing file.
-        #[arg(long, value_parser = units::parse_size)]
+        #[arg(long, value_parser = twinblock_replicator::units::parse_size)]
         size: Option<u64>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:10809")]

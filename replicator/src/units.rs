@@ -25,7 +25,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parses a duration: a number with `ns`, `us`, `ms`, `s`, `m` or `h`
 /// (fractions allowed: `1.5ms`).
-#[allow(dead_code)] // used by netem/config (replication)
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());

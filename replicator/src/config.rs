@@ -1,0 +1,297 @@
+//! The resource file: one TOML file per resource, shared by both nodes.
+//! Errors name the key and say why. Relative paths are relative to the
+//! file's directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::{parse_duration, parse_size};
+
+/// When a write is acknowledged to the NBD client (shared/DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Local write done; the write is queued to the peer.
+    A,
+    /// Local write done and the peer has received it.
+    B,
+    /// Local write done and the peer has written it.
+    C,
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "A" | "a" => Ok(Protocol::A),
+            "B" | "b" => Ok(Protocol::B),
+            "C" | "c" => Ok(Protocol::C),
+            "adaptive" => Err("protocol \"adaptive\" is not available yet; use A, B or C".into()),
+            _ => Err(format!("unknown protocol {s:?} (A, B or C)")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::A => "A",
+            Protocol::B => "B",
+            Protocol::C => "C",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {reason}")]
+    Key { path: PathBuf, key: String, reason: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    name: String,
+    protocol: String,
+    size: String,
+    timeout: Option<String>,
+    ping_interval: Option<String>,
+    connect_interval: Option<String>,
+    max_lag: Option<String>,
+    tls: RawTls,
+    nodes: BTreeMap<String, RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    address: String,
+    nbd: String,
+    disk: PathBuf,
+    meta: PathBuf,
+    control: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// One node of the resource.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Replication endpoint (QUIC over UDP).
+    pub address: SocketAddr,
+    /// NBD listener.
+    pub nbd: SocketAddr,
+    pub disk: PathBuf,
+    pub meta: PathBuf,
+    pub control: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A validated resource file.
+#[derive(Debug, Clone)]
+pub struct ResourceConfig {
+    pub path: PathBuf,
+    pub name: String,
+    pub protocol: Protocol,
+    pub size: u64,
+    /// No sign of life from the peer for this long: the peer is lost.
+    pub timeout: Duration,
+    pub ping_interval: Duration,
+    /// First retry delay when connecting (doubles up to 8x).
+    pub connect_interval: Duration,
+    /// Protocol A: bytes in flight to the peer before writes wait.
+    pub max_lag: u64,
+    pub ca: PathBuf,
+    pub nodes: BTreeMap<String, NodeConfig>,
+}
+
+impl ResourceConfig {
+    pub fn load(path: &Path) -> Result<ResourceConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<ResourceConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let key_err = |key: &str, reason: String| ConfigError::Key {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        if raw.name.is_empty()
+            || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(key_err("name", format!("{:?} is not a valid resource name", raw.name)));
+        }
+        let protocol = raw.protocol.parse().map_err(|e| key_err("protocol", e))?;
+        let size = parse_size(&raw.size).map_err(|e| key_err("size", e))?;
+        if size == 0 || size % 4096 != 0 {
+            return Err(key_err("size", format!("{size} is not a positive multiple of 4096")));
+        }
+        let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+            Some(v) => parse_duration(v).map_err(|e| key_err(key, e)),
+            None => Ok(default),
+        };
+        let timeout = dur("timeout", &raw.timeout, Duration::from_secs(6))?;
+        let ping_interval = dur("ping-interval", &raw.ping_interval, Duration::from_millis(500))?;
+        let connect_interval =
+            dur("connect-interval", &raw.connect_interval, Duration::from_millis(250))?;
+        if ping_interval.is_zero() || ping_interval >= timeout {
+            return Err(key_err("ping-interval", "must be above 0 and below timeout".into()));
+        }
+        let max_lag = match &raw.max_lag {
+            Some(v) => parse_size(v).map_err(|e| key_err("max-lag", e))?,
+            None => 64 << 20,
+        };
+        if max_lag < 32 << 20 {
+            return Err(key_err("max-lag", "must be at least 32M (one maximal write)".into()));
+        }
+        if raw.nodes.len() != 2 {
+            return Err(key_err(
+                "nodes",
+                format!("need exactly 2 nodes, found {}", raw.nodes.len()),
+            ));
+        }
+        let mut nodes = BTreeMap::new();
+        for (name, n) in raw.nodes {
+            let k = |field: &str| format!("nodes.{name}.{field}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(key_err(
+                    &format!("nodes.{name}"),
+                    "node names use a-z, 0-9 and -".into(),
+                ));
+            }
+            let addr = |field: &str, v: &str| {
+                v.parse::<SocketAddr>()
+                    .map_err(|e| key_err(&k(field), format!("{v:?} is not HOST:PORT ({e})")))
+            };
+            let node = NodeConfig {
+                name: name.clone(),
+                address: addr("address", &n.address)?,
+                nbd: addr("nbd", &n.nbd)?,
+                disk: resolve(&n.disk),
+                meta: resolve(&n.meta),
+                control: resolve(&n.control),
+                cert: resolve(&n.cert),
+                key: resolve(&n.key),
+            };
+            nodes.insert(name, node);
+        }
+        Ok(ResourceConfig {
+            path: path.to_owned(),
+            name: raw.name,
+            protocol,
+            size,
+            timeout,
+            ping_interval,
+            connect_interval,
+            max_lag,
+            ca: resolve(&raw.tls.ca),
+            nodes,
+        })
+    }
+
+    /// This node and its peer, or an error naming the unknown node.
+    pub fn pair(&self, me: &str) -> Result<(&NodeConfig, &NodeConfig), ConfigError> {
+        let mine = self.nodes.get(me).ok_or_else(|| ConfigError::Key {
+            path: self.path.clone(),
+            key: format!("nodes.{me}"),
+            reason: format!(
+                "no such node (the file has {})",
+                self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        let peer = self.nodes.values().find(|n| n.name != me).expect("two nodes");
+        Ok((mine, peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "ldap"
+protocol = "C"
+size = "1G"
+[tls]
+ca = "certs/ca.pem"
+[nodes.a]
+address = "127.0.0.1:7788"
+nbd = "127.0.0.1:10809"
+disk = "a.img"
+meta = "a.meta"
+control = "a.sock"
+cert = "certs/a.pem"
+key = "certs/a.key"
+[nodes.b]
+address = "127.0.0.1:7789"
+nbd = "127.0.0.1:10810"
+disk = "/abs/b.img"
+meta = "b.meta"
+control = "b.sock"
+cert = "certs/b.pem"
+key = "certs/b.key"
+"#;
+
+    fn parse(text: &str) -> Result<ResourceConfig, String> {
+        ResourceConfig::parse(Path::new("/etc/tb/ldap.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn good_file() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.protocol, Protocol::C);
+        assert_eq!(c.size, 1 << 30);
+        assert_eq!(c.ca, Path::new("/etc/tb/certs/ca.pem"));
+        let (a, b) = c.pair("a").unwrap();
+        assert_eq!(a.disk, Path::new("/etc/tb/a.img"));
+        assert_eq!(b.disk, Path::new("/abs/b.img"));
+        assert_eq!(c.timeout, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&GOOD.replace("protocol = \"C\"", "protocol = \"D\"")).unwrap_err();
+        assert!(e.contains("protocol") && e.contains("\"D\""), "{e}");
+        let e = parse(&GOOD.replace("size = \"1G\"", "size = \"1Q\"")).unwrap_err();
+        assert!(e.contains("size"), "{e}");
+        let e = parse(&GOOD.replace("127.0.0.1:7789", "nowhere")).unwrap_err();
+        assert!(e.contains("nodes.b.address") && e.contains("nowhere"), "{e}");
+        let e = parse(&GOOD.replace("name = \"ldap\"", "name = \"ldap\"\ncolour = \"red\""))
+            .unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let e = parse(&GOOD.replace("timeout", "x").replace("[tls]", "timeout = \"soon\"\n[tls]"))
+            .unwrap_err();
+        assert!(e.contains("timeout") && e.contains("soon"), "{e}");
+        let e = parse(&GOOD.replace("[nodes.b]", "[nodes.c]\naddress = \"1.2.3.4:1\"\n[nodes.b]"))
+            .unwrap_err();
+        assert!(e.contains("nodes"), "{e}");
+        let c = parse(GOOD).unwrap();
+        let e = c.pair("z").unwrap_err().to_string();
+        assert!(e.contains("nodes.z") && e.contains("a, b"), "{e}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The replication wire format (sans-IO): length-prefixed frames on one
+//! ordered QUIC stream per direction.
+//!
+//! frame = u32 body length | u8 type | body. Integers are big-endian.
+//! Every WRITE carries a CRC32 (crc32fast) of its payload; the receiver
+//! checks it before anything is applied.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const VERSION: u16 = 1;
+/// Largest frame body: one 32 MiB write plus its header.
+pub const MAX_FRAME: u32 = (32 << 20) + 64;
+
+const T_HELLO: u8 = 1;
+const T_WRITE: u8 = 2;
+const T_TRIM: u8 = 3;
+const T_ZERO: u8 = 4;
+const T_FLUSH: u8 = 5;
+const T_ACK: u8 = 6;
+const T_PING: u8 = 7;
+const T_PONG: u8 = 8;
+const T_STATE: u8 = 9;
+const T_FAILED: u8 = 10;
+
+/// Role as carried on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+/// Disk state (shared/DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DiskState {
+    UpToDate,
+    Outdated,
+    Inconsistent,
+    Consistent,
+}
+
+impl Role {
+    fn code(self) -> u8 {
+        match self {
+            Role::Primary => 1,
+            Role::Secondary => 2,
+        }
+    }
+    fn from_code(c: u8) -> Option<Role> {
+        match c {
+            1 => Some(Role::Primary),
+            2 => Some(Role::Secondary),
+            _ => None,
+        }
+    }
+}
+
+impl DiskState {
+    fn code(self) -> u8 {
+        match self {
+            DiskState::UpToDate => 1,
+            DiskState::Outdated => 2,
+            DiskState::Inconsistent => 3,
+            DiskState::Consistent => 4,
+        }
+    }
+    fn from_code(c: u8) -> Option<DiskState> {
+        match c {
+            1 => Some(DiskState::UpToDate),
+            2 => Some(DiskState::Outdated),
+            3 => Some(DiskState::Inconsistent),
+            4 => Some(DiskState::Consistent),
+            _ => None,
+        }
+    }
+}
+
+/// A replicated data operation, numbered by the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        crc: u32,
+    },
+    Trim {
+        offset: u64,
+        len: u32,
+    },
+    Zero {
+        offset: u64,
+        len: u32,
+        no_hole: bool,
+    },
+    /// A barrier: everything before it is durable on the peer once it is done.
+    Flush,
+}
+
+impl Op {
+    pub fn write(offset: u64, data: Bytes, fua: bool) -> Op {
+        let crc = crc32fast::hash(&data);
+        Op::Write { offset, data, fua, crc }
+    }
+
+    /// The device range it changes, if any.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        match self {
+            Op::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            Op::Trim { offset, len } | Op::Zero { offset, len, .. } => Some((*offset, *len as u64)),
+            Op::Flush => None,
+        }
+    }
+
+    /// Payload bytes that cross the link.
+    pub fn wire_bytes(&self) -> u64 {
+        match self {
+            Op::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub node: String,
+    pub resource: String,
+    pub size: u64,
+    pub role: Role,
+    pub disk: DiskState,
+    /// Bytes the sender knows to be out of sync on the other side.
+    pub peer_out_of_sync: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Data {
+        seq: u64,
+        op: Op,
+    },
+    /// Cumulative: every op up to `received` has arrived, every op up to
+    /// `done` is applied (and, for FUA writes and flushes, durable).
+    Ack {
+        received: u64,
+        done: u64,
+    },
+    /// The peer could not apply `seq` (its store failed).
+    Failed {
+        seq: u64,
+        errno: i32,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
+    State {
+        role: Role,
+        disk: DiskState,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes is larger than the limit")]
+    TooLarge(u32),
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("malformed {0} frame")]
+    Malformed(&'static str),
+}
+
+impl Message {
+    /// Encodes into a header and, for writes, the payload (not copied).
+    pub fn encode(&self) -> (BytesMut, Option<Bytes>) {
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u32(0); // length, patched below
+        let mut payload = None;
+        match self {
+            Message::Hello(h) => {
+                b.put_u8(T_HELLO);
+                b.put_u16(h.version);
+                put_str(&mut b, &h.node);
+                put_str(&mut b, &h.resource);
+                b.put_u64(h.size);
+                b.put_u8(h.role.code());
+                b.put_u8(h.disk.code());
+                b.put_u64(h.peer_out_of_sync);
+            }
+            Message::Data { seq, op } => match op {
+                Op::Write { offset, data, fua, crc } => {
+                    b.put_u8(T_WRITE);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u8(*fua as u8);
+                    b.put_u32(*crc);
+                    b.put_u32(data.len() as u32);
+                    payload = Some(data.clone());
+                }
+                Op::Trim { offset, len } => {
+                    b.put_u8(T_TRIM);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u32(*len);
+                }
+                Op::Zero { offset, len, no_hole } => {
+                    b.put_u8(T_ZERO);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u32(*len);
+                    b.put_u8(*no_hole as u8);
+                }
+                Op::Flush => {
+                    b.put_u8(T_FLUSH);
+                    b.put_u64(*seq);
+                }
+            },
+            Message::Ack { received, done } => {
+                b.put_u8(T_ACK);
+                b.put_u64(*received);
+                b.put_u64(*done);
+            }
+            Message::Failed { seq, errno } => {
+                b.put_u8(T_FAILED);
+                b.put_u64(*seq);
+                b.put_i32(*errno);
+            }
+            Message::Ping { id } => {
+                b.put_u8(T_PING);
+                b.put_u64(*id);
+            }
+            Message::Pong { id } => {
+                b.put_u8(T_PONG);
+                b.put_u64(*id);
+            }
+            Message::State { role, disk } => {
+                b.put_u8(T_STATE);
+                b.put_u8(role.code());
+                b.put_u8(disk.code());
+            }
+        }
+        let body = (b.len() - 4 + payload.as_ref().map_or(0, |p| p.len())) as u32;
+        b[..4].copy_from_slice(&body.to_be_bytes());
+        (b, payload)
+    }
+
+    /// Encodes into one contiguous buffer (tests, small messages).
+    pub fn to_bytes(&self) -> BytesMut {
+        let (mut head, payload) = self.encode();
+        if let Some(p) = payload {
+            head.extend_from_slice(&p);
+        }
+        head
+    }
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    b.put_u16(s.len() as u16);
+    b.put_slice(s);
+}
+
+fn get_str(b: &mut Bytes, what: &'static str) -> Result<String, WireError> {
+    if b.remaining() < 2 {
+        return Err(WireError::Malformed(what));
+    }
+    let n = b.get_u16() as usize;
+    if b.remaining() < n {
+        return Err(WireError::Malformed(what));
+    }
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| WireError::Malformed(what))
+}
+
+/// Takes one complete frame off the front of `input`, if there is one.
+pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
+    if input.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([input[0], input[1], input[2], input[3]]);
+    if len > MAX_FRAME || len == 0 {
+        return Err(WireError::TooLarge(len));
+    }
+    if input.len() < 4 + len as usize {
+        input.reserve(4 + len as usize - input.len());
+        return Ok(None);
+    }
+    input.advance(4);
+    let mut b = input.split_to(len as usize).freeze();
+    let t = b.get_u8();
+    let need = |b: &Bytes, n: usize, what| {
+        if b.remaining() < n {
+            Err(WireError::Malformed(what))
+        } else {
+            Ok(())
+        }
+    };
+    let m = match t {
+        T_HELLO => {
+            need(&b, 2, "hello")?;
+            let version = b.get_u16();
+            let node = get_str(&mut b, "hello")?;
+            let resource = get_str(&mut b, "hello")?;
+            need(&b, 18, "hello")?;
+            let size = b.get_u64();
+            let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("hello role"))?;
+            let disk =
+                DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("hello disk"))?;
+            let peer_out_of_sync = b.get_u64();
+            Message::Hello(Hello { version, node, resource, size, role, disk, peer_out_of_sync })
+        }
+        T_WRITE => {
+            need(&b, 25, "write")?;
+            let seq = b.get_u64();
+            let offset = b.get_u64();
+            let fua = b.get_u8() != 0;
+            let crc = b.get_u32();
+            let n = b.get_u32() as usize;
+            if b.remaining() != n {
+                return Err(WireError::Malformed("write length"));
+            }
+            Message::Data { seq, op: Op::Write { offset, data: b.split_to(n), fua, crc } }
+        }
+        T_TRIM => {
+            need(&b, 20, "trim")?;
+            Message::Data {
+                seq: b.get_u64(),
+                op: Op::Trim { offset: b.get_u64(), len: b.get_u32() },
+            }
+        }
+        T_ZERO => {
+            need(&b, 21, "zero")?;
+            let seq = b.get_u64();
+            let offset = b.get_u64();
+            let len = b.get_u32();
+            Message::Data { seq, op: Op::Zero { offset, len, no_hole: b.get_u8() != 0 } }
+        }
+        T_FLUSH => {
+            need(&b, 8, "flush")?;
+            Message::Data { seq: b.get_u64(), op: Op::Flush }
+        }
+        T_ACK => {
+            need(&b, 16, "ack")?;
+            Message::Ack { received: b.get_u64(), done: b.get_u64() }
+        }
+        T_FAILED => {
+            need(&b, 12, "failed")?;
+            Message::Failed { seq: b.get_u64(), errno: b.get_i32() }
+        }
+        T_PING => {
+            need(&b, 8, "ping")?;
+            Message::Ping { id: b.get_u64() }
+        }
+        T_PONG => {
+            need(&b, 8, "pong")?;
+            Message::Pong { id: b.get_u64() }
+        }
+        T_STATE => {
+            need(&b, 2, "state")?;
+            let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("state role"))?;
+            let disk =
+                DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("state disk"))?;
+            Message::State { role, disk }
+        }
+        other => return Err(WireError::UnknownType(other)),
+    };
+    Ok(Some(m))
+}
