@@ -1,14 +1,19 @@
-//! The `twinblock` binary: command line, daemon wiring.
+//! The `twinblock` binary: command line and daemon wiring.
 
+mod certs;
+mod control;
 mod serve;
 mod signals;
+mod up;
+mod verbs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use twinblock_replicator::units::parse_size;
 use twinblock_replicator::BackendChoice;
 
 #[derive(Parser)]
@@ -16,6 +21,16 @@ use twinblock_replicator::BackendChoice;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// The resource file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's name in the resource file.
+    #[arg(long)]
+    node: String,
 }
 
 #[derive(Subcommand)]
@@ -26,7 +41,7 @@ enum Command {
         #[arg(long)]
         disk: PathBuf,
         /// Size of the device (e.g. 256M, 1G); must match an existing file.
-        #[arg(long, value_parser = twinblock_replicator::units::parse_size)]
+        #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:10809")]
@@ -41,6 +56,46 @@ enum Command {
         #[arg(long)]
         direct: bool,
     },
+    /// Create a CA and a certificate/key pair per node name.
+    GenCerts {
+        /// Directory for ca.pem, ca.key, NAME.pem, NAME.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node names (each certificate names its node).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Run one node in the foreground (starts Secondary).
+    Up(NodeArgs),
+    /// Make the node Primary.
+    Primary {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Declare this node's data UpToDate (initial setup).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the node Secondary.
+    Secondary(NodeArgs),
+    /// Show the node's state.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// (Re)connect to the peer.
+    Connect(NodeArgs),
+    /// Drop the peer link and stay StandAlone.
+    Disconnect(NodeArgs),
+    /// Online verify against the peer.
+    Verify(NodeArgs),
+    /// Stop the node's daemon.
+    Down(NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,9 +103,9 @@ fn main() -> ExitCode {
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure(code, e)) => {
             eprintln!("twinblock: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
@@ -63,18 +118,57 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
-        Command::Serve { disk, size, listen, name, io, direct } => {
-            rt.block_on(serve::run(serve::ServeArgs {
-                disk,
-                size,
-                listen,
-                name,
-                backend: io,
-                direct,
-            }))
+/// An exit code and what to say.
+struct Failure(u8, anyhow::Error);
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure(1, e)
+    }
+}
+
+impl From<verbs::VerbError> for Failure {
+    fn from(e: verbs::VerbError) -> Self {
+        match e {
+            verbs::VerbError::Call(c @ control::CallError::Unreachable { .. }) => {
+                Failure(verbs::EXIT_NOT_RUNNING, c.into())
+            }
+            verbs::VerbError::Call(c) => Failure(1, c.into()),
+            verbs::VerbError::Other(e) => Failure(1, e),
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn simple(n: &NodeArgs, verb: &str, force: bool) -> Result<(), Failure> {
+    let st = verbs::run(&n.config, &n.node, verb, force)?;
+    print!("{}", verbs::render(&st));
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve { disk, size, listen, name, io, direct } => {
+            let args = serve::ServeArgs { disk, size, listen, name, backend: io, direct };
+            runtime()?.block_on(serve::run(args))?;
+        }
+        Command::GenCerts { out, names } => certs::run(&out, &names)?,
+        Command::Up(n) => runtime()?.block_on(up::run(&n.config, &n.node))?,
+        Command::Primary { node, force } => simple(&node, "primary", force)?,
+        Command::Secondary(n) => simple(&n, "secondary", false)?,
+        Command::Connect(n) => simple(&n, "connect", false)?,
+        Command::Disconnect(n) => simple(&n, "disconnect", false)?,
+        Command::Verify(n) => simple(&n, "verify", false)?,
+        Command::Down(n) => {
+            verbs::run(&n.config, &n.node, "down", false)?;
+            println!("{}: going down", n.node);
+        }
+        Command::Status { node, json, watch } => {
+            verbs::status(&node.config, &node.node, json, watch)?
+        }
+    }
+    Ok(())
 }

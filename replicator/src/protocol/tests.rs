@@ -25,6 +25,7 @@ fn every_message_round_trips_even_byte_by_byte() {
             role: Role::Primary,
             disk: DiskState::UpToDate,
             peer_out_of_sync: 4096,
+            fresh: true,
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
         Message::Data { seq: 2, op: Op::write(0, Bytes::from_static(b"x"), true) },
@@ -35,7 +36,12 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Failed { seq: 9, errno: 5 },
         Message::Ping { id: 77 },
         Message::Pong { id: 77 },
-        Message::State { role: Role::Secondary, disk: DiskState::Outdated },
+        Message::State {
+            role: Role::Secondary,
+            disk: DiskState::Outdated,
+            peer_out_of_sync: 8192,
+            fresh: false,
+        },
     ];
     let stream: Vec<u8> = msgs.iter().flat_map(|m| m.to_bytes().to_vec()).collect();
     let mut input = BytesMut::new();

@@ -130,6 +130,8 @@ pub struct Hello {
     pub disk: DiskState,
     /// Bytes the sender knows to be out of sync on the other side.
     pub peer_out_of_sync: u64,
+    /// The sender's disk was never written since twinblock created it.
+    pub fresh: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,9 +158,12 @@ pub enum Message {
     Pong {
         id: u64,
     },
+    /// The sender's role or disk changed (same meaning as in [`Hello`]).
     State {
         role: Role,
         disk: DiskState,
+        peer_out_of_sync: u64,
+        fresh: bool,
     },
 }
 
@@ -188,6 +193,7 @@ impl Message {
                 b.put_u8(h.role.code());
                 b.put_u8(h.disk.code());
                 b.put_u64(h.peer_out_of_sync);
+                b.put_u8(h.fresh as u8);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -235,10 +241,12 @@ impl Message {
                 b.put_u8(T_PONG);
                 b.put_u64(*id);
             }
-            Message::State { role, disk } => {
+            Message::State { role, disk, peer_out_of_sync, fresh } => {
                 b.put_u8(T_STATE);
                 b.put_u8(role.code());
                 b.put_u8(disk.code());
+                b.put_u64(*peer_out_of_sync);
+                b.put_u8(*fresh as u8);
             }
         }
         let body = (b.len() - 4 + payload.as_ref().map_or(0, |p| p.len())) as u32;
@@ -302,13 +310,23 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let version = b.get_u16();
             let node = get_str(&mut b, "hello")?;
             let resource = get_str(&mut b, "hello")?;
-            need(&b, 18, "hello")?;
+            need(&b, 19, "hello")?;
             let size = b.get_u64();
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("hello role"))?;
             let disk =
                 DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("hello disk"))?;
             let peer_out_of_sync = b.get_u64();
-            Message::Hello(Hello { version, node, resource, size, role, disk, peer_out_of_sync })
+            let fresh = b.get_u8() != 0;
+            Message::Hello(Hello {
+                version,
+                node,
+                resource,
+                size,
+                role,
+                disk,
+                peer_out_of_sync,
+                fresh,
+            })
         }
         T_WRITE => {
             need(&b, 25, "write")?;

@@ -129,6 +129,7 @@ pub struct Store {
     engine: Engine,
     path: PathBuf,
     inline_write_max: usize,
+    created: bool,
 }
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
@@ -210,8 +211,15 @@ impl Store {
             })?,
             Err(_) => opts.inline_write_max,
         };
-        let store =
-            Store { file, direct, size: actual, engine, path: path.to_owned(), inline_write_max };
+        let store = Store {
+            file,
+            direct,
+            size: actual,
+            engine,
+            path: path.to_owned(),
+            inline_write_max,
+            created: !exists,
+        };
         tracing::info!(
             path = %path.display(),
             size = actual,
@@ -235,6 +243,11 @@ impl Store {
             Engine::Uring(_) => Backend::IoUring,
             Engine::Threads(_) => Backend::Threads,
         }
+    }
+
+    /// The backing file did not exist and was created (sparse) by `open`.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     pub fn is_direct(&self) -> bool {
@@ -329,6 +342,36 @@ impl Store {
         while pos < end {
             let n = (end - pos).min(ZEROS.len() as u64) as usize;
             self.write(pos, Bytes::from_static(&ZEROS[..n]), false).await?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `off` with one blocking `pwrite` into the page cache,
+    /// on the calling thread. The replicated write path uses it under its
+    /// ordering lock, so that the local store applies writes exactly in the
+    /// order they are numbered for the peer.
+    pub fn write_now(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        sys::pwrite_full(self.fd(), data, off, false)
+    }
+
+    /// Synchronous [`Store::zero`] for the ordered write path.
+    pub fn zero_now(&self, off: u64, len: u64, may_punch: bool) -> io::Result<()> {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        if may_punch {
+            match sys::fallocate(self.fd(), libc::FALLOC_FL_PUNCH_HOLE | KEEP, off, len) {
+                Err(e) if unsupported(&e) => {}
+                other => return other,
+            }
+        }
+        match sys::fallocate(self.fd(), libc::FALLOC_FL_ZERO_RANGE | KEEP, off, len) {
+            Err(e) if unsupported(&e) => {}
+            other => return other,
+        }
+        let mut pos = off;
+        while pos < off + len {
+            let n = (off + len - pos).min(ZEROS.len() as u64) as usize;
+            self.write_now(pos, &ZEROS[..n])?;
             pos += n as u64;
         }
         Ok(())

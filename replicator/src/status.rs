@@ -1,0 +1,48 @@
+//! What `twinblock status --json` prints (the contract's field names).
+
+use serde::Serialize;
+
+use crate::protocol::wire::{DiskState, Role};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub node: String,
+    pub role: Option<Role>,
+    pub disk: Option<DiskState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStatus {
+    pub percent: f64,
+    pub bytes_total: u64,
+    pub eta_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub written_bytes: u64,
+    pub replicated_bytes: u64,
+    pub resync_bytes: u64,
+    pub verify_mismatches: u64,
+    pub mode_switches: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub resource: String,
+    pub node: String,
+    pub role: Role,
+    pub disk: DiskState,
+    pub connection: String,
+    pub protocol: String,
+    pub peer: PeerStatus,
+    pub out_of_sync_bytes: u64,
+    pub split_brain: bool,
+    pub rtt_us: Option<u64>,
+    pub sync: Option<SyncStatus>,
+    pub counters: Counters,
+    /// Replication operations sent and not yet applied by the peer.
+    pub in_flight: usize,
+    pub io_backend: String,
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,119 @@
+//! Mutual TLS for the peer link (rustls 0.23, ring provider, TLS 1.3 only):
+//! each node presents its certificate and trusts only certificates signed
+//! by the resource's CA; the peer must also be the node the config names.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+pub const ALPN: &[u8] = b"twinblock/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("TLS setup: {0}")]
+    Verifier(String),
+    #[error("peer presented no certificate")]
+    NoPeerCert,
+    #[error("peer certificate is not for node {expected:?}: {reason}")]
+    WrongPeer { expected: String, reason: String },
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+    let v = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if v.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(v)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::File { path: path.display().to_string(), reason: e.to_string() })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport settings for many small writes in flight on a LAN-like link.
+pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(4u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((64u32 << 20).into())
+        .receive_window((128u32 << 20).into())
+        .send_window(128 << 20)
+        .initial_rtt(Duration::from_millis(1))
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(timeout).ok());
+    Arc::new(t)
+}
+
+/// Server and client configs of one node.
+pub fn endpoint_configs(
+    ca: &Path,
+    cert: &Path,
+    key_path: &Path,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::File {
+            path: ca.display().to_string(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let roots = Arc::new(roots);
+    let chain = certs(cert)?;
+    let key = key(key_path)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    sc.alpn_protocols = vec![ALPN.to_vec()];
+    sc.max_early_data_size = 0;
+    let mut cc = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    cc.alpn_protocols = vec![ALPN.to_vec()];
+    cc.enable_early_data = false; // never send writes as 0-RTT data
+    let qsc = QuicServerConfig::try_from(sc).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let qcc = QuicClientConfig::try_from(cc).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(qsc));
+    server.transport_config(transport.clone());
+    server.migration(false);
+    let mut client = quinn::ClientConfig::new(Arc::new(qcc));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+/// Checks that the (already CA-verified) peer certificate names `expected`.
+pub fn check_peer(conn: &quinn::Connection, expected: &str) -> Result<(), TlsError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(TlsError::NoPeerCert)?;
+    let leaf = certs.first().ok_or(TlsError::NoPeerCert)?;
+    let wrong = |reason: String| TlsError::WrongPeer { expected: expected.to_owned(), reason };
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| wrong(e.to_string()))?;
+    let name = ServerName::try_from(expected.to_owned()).map_err(|e| wrong(e.to_string()))?;
+    ee.verify_is_valid_for_subject_name(&name).map_err(|e| wrong(e.to_string()))
+}

@@ -1,0 +1,148 @@
+//! The control socket: how the CLI (and later the failover controller)
+//! talks to a running node. One JSON request per line, one JSON response
+//! per line, on a Unix socket at the node's `control` path.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use twinblock_replicator::Node;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub verb: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
+}
+
+/// The listening side, bound before the node announces itself.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    pub fn bind(path: &Path) -> Result<ControlServer> {
+        if path.exists() {
+            if StdUnixStream::connect(path).is_ok() {
+                bail!("{} answers: is this node already up?", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        Ok(ControlServer { listener, path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn run(self, node: Arc<Node>, down: watch::Sender<bool>) {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else { continue };
+            let node = node.clone();
+            let down = down.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let mut line = String::new();
+                if TokioBufReader::new(rd).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let resp = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => handle(&node, &down, req),
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(format!("bad request: {e}")),
+                        status: None,
+                    },
+                };
+                let mut text = serde_json::to_string(&resp).unwrap_or_default();
+                text.push('\n');
+                let _ = wr.write_all(text.as_bytes()).await;
+            });
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn handle(node: &Node, down: &watch::Sender<bool>, req: Request) -> Response {
+    let result = match req.verb.as_str() {
+        "status" => Ok(()),
+        "primary" => node.promote(req.force),
+        "secondary" => node.demote(),
+        "connect" => {
+            node.set_want_connected(true);
+            Ok(())
+        }
+        "disconnect" => {
+            node.set_want_connected(false);
+            Ok(())
+        }
+        "down" => {
+            let _ = down.send(true);
+            Ok(())
+        }
+        "verify" => Err("online verify is not implemented yet (resync issue)".into()),
+        other => Err(format!("unknown verb {other:?}")),
+    };
+    tracing::info!(verb = %req.verb, force = req.force, ok = result.is_ok(), "control request");
+    let status = serde_json::to_value(node.status()).ok();
+    match result {
+        Ok(()) => Response { ok: true, error: None, status },
+        Err(e) => Response { ok: false, error: Some(e), status },
+    }
+}
+
+/// Why a call failed: the daemon is unreachable, or it refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("node is not running (cannot reach {path}: {reason})")]
+    Unreachable { path: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one request to the node at `path` (blocking).
+pub fn call(path: &Path, req: &Request) -> Result<Response, CallError> {
+    let unreachable =
+        |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
+    let mut s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| unreachable(e.to_string()))?;
+    let mut text = serde_json::to_string(req).expect("request serializes");
+    text.push('\n');
+    s.write_all(text.as_bytes()).map_err(|e| unreachable(e.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).map_err(|e| unreachable(e.to_string()))?;
+    let resp: Response =
+        serde_json::from_str(&line).map_err(|e| unreachable(format!("bad response: {e}")))?;
+    if !resp.ok {
+        return Err(CallError::Refused(resp.error.clone().unwrap_or_else(|| "refused".into())));
+    }
+    Ok(resp)
+}

@@ -1,0 +1,109 @@
+//! The drbdadm-like verbs that talk to a running node through its control
+//! socket: primary, secondary, status, connect, disconnect, verify, down.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use twinblock_replicator::config::ResourceConfig;
+
+use crate::control::{call, CallError, Request};
+
+/// Exit code when the node's daemon cannot be reached.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+pub fn control_path(config: &Path, node: &str) -> Result<std::path::PathBuf> {
+    let res = ResourceConfig::load(config)?;
+    let (me, _) = res.pair(node)?;
+    Ok(me.control.clone())
+}
+
+/// Runs `verb` on the node; returns the status the node reported.
+pub fn run(config: &Path, node: &str, verb: &str, force: bool) -> Result<Value, VerbError> {
+    let path = control_path(config, node).map_err(VerbError::Other)?;
+    let resp = call(&path, &Request { verb: verb.into(), force }).map_err(VerbError::Call)?;
+    Ok(resp.status.unwrap_or(Value::Null))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerbError {
+    #[error(transparent)]
+    Call(CallError),
+    #[error(transparent)]
+    Other(anyhow::Error),
+}
+
+fn bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "unknown".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The human form of a status object.
+pub fn render(st: &Value) -> String {
+    let c = &st["counters"];
+    let rtt =
+        st["rtt_us"].as_u64().map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+    let mut out = format!(
+        "{} on {}: {} {}, {} (protocol {})\n  peer {}: {} {}, rtt {}\n  out of sync {}, in flight {}, written {}, replicated {}\n",
+        s(&st["resource"]),
+        s(&st["node"]),
+        s(&st["role"]),
+        s(&st["disk"]),
+        s(&st["connection"]),
+        s(&st["protocol"]),
+        s(&st["peer"]["node"]),
+        s(&st["peer"]["role"]),
+        s(&st["peer"]["disk"]),
+        rtt,
+        bytes(st["out_of_sync_bytes"].as_u64().unwrap_or(0)),
+        st["in_flight"].as_u64().unwrap_or(0),
+        bytes(c["written_bytes"].as_u64().unwrap_or(0)),
+        bytes(c["replicated_bytes"].as_u64().unwrap_or(0)),
+    );
+    if let Some(e) = st["last_error"].as_str() {
+        out.push_str(&format!("  last error: {e}\n"));
+    }
+    out
+}
+
+/// `status [--json] [--watch]`.
+pub fn status(config: &Path, node: &str, json: bool, watch: bool) -> Result<(), VerbError> {
+    loop {
+        let st = run(config, node, "status", false)?;
+        let text = if json {
+            format!("{}\n", serde_json::to_string(&st).unwrap_or_default())
+        } else {
+            render(&st)
+        };
+        if watch && !json {
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            print!("{text}");
+        }
+        std::io::stdout().flush().context("stdout").map_err(VerbError::Other)?;
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
