@@ -375,11 +375,13 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::Pong { id: b.get_u64() }
         }
         T_STATE => {
-            need(&b, 2, "state")?;
+            need(&b, 11, "state")?;
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("state role"))?;
             let disk =
                 DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("state disk"))?;
-            Message::State { role, disk }
+            let peer_out_of_sync = b.get_u64();
+            let fresh = b.get_u8() != 0;
+            Message::State { role, disk, peer_out_of_sync, fresh }
         }
         other => return Err(WireError::UnknownType(other)),
     };
