@@ -2,6 +2,9 @@
 //! tools, run commands with timeouts.
 #![allow(dead_code)]
 
+pub mod nbd;
+pub mod pair;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,229 @@
+//! A replicated pair on loopback for end-to-end tests: certificates from
+//! `twinblock gen-certs`, a resource file with free ports, and two real
+//! `twinblock up` processes.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{run_ok, test_tmp, BIN};
+
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub nodes: [NodeProc; 2],
+}
+
+pub struct NodeProc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub nbd: SocketAddr,
+    pub disk: PathBuf,
+    pub log: PathBuf,
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+pub fn config_text(
+    protocol: &str,
+    size: &str,
+    a: (SocketAddr, SocketAddr),
+    b: (SocketAddr, SocketAddr),
+    extra: &str,
+) -> String {
+    let node = |n: &str, (addr, nbd): (SocketAddr, SocketAddr)| {
+        format!(
+            "[nodes.{n}]\naddress = \"{addr}\"\nnbd = \"{nbd}\"\ndisk = \"{n}.img\"\nmeta = \"{n}.meta\"\ncontrol = \"{n}.sock\"\ncert = \"certs/{n}.pem\"\nkey = \"certs/{n}.key\"\n"
+        )
+    };
+    format!(
+        "name = \"r0\"\nprotocol = \"{protocol}\"\nsize = \"{size}\"\ntimeout = \"3s\"\nping-interval = \"250ms\"\nconnect-interval = \"100ms\"\n{extra}\n[tls]\nca = \"certs/ca.pem\"\n{}\n{}",
+        node("a", a),
+        node("b", b)
+    )
+}
+
+impl Pair {
+    /// Certificates and a resource file; nothing started.
+    pub fn prepare(protocol: &str, size: &str) -> Pair {
+        let dir = tempfile::Builder::new().prefix("tb-pair").tempdir_in(test_tmp()).unwrap();
+        run_ok(
+            Command::new(BIN)
+                .args(["gen-certs", "--out"])
+                .arg(dir.path().join("certs"))
+                .args(["a", "b"]),
+        );
+        let (a, b) = ((free_udp(), free_tcp()), (free_udp(), free_tcp()));
+        let config = dir.path().join("r0.toml");
+        std::fs::write(&config, config_text(protocol, size, a, b, "")).unwrap();
+        let node = |n: &str, nbd| NodeProc {
+            name: n.into(),
+            child: None,
+            nbd,
+            disk: dir.path().join(format!("{n}.img")),
+            log: dir.path().join(format!("{n}.log")),
+        };
+        let nodes = [node("a", a.1), node("b", b.1)];
+        Pair { dir, config, nodes }
+    }
+
+    /// Both nodes up, `a` Primary (forced), connected.
+    pub fn start(protocol: &str, size: &str) -> Pair {
+        let mut p = Pair::prepare(protocol, size);
+        p.up(0);
+        p.up(1);
+        p.ok(&["primary", "--force"], 0);
+        p.wait_connected();
+        p
+    }
+
+    pub fn idx(name: &str) -> usize {
+        if name == "a" {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Starts node `i` and waits for its "twinblock up" line.
+    pub fn up(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&self.config)
+            .args(["--node", &n.name])
+            .env("TWINBLOCK_LOG", "debug,quinn=info,rustls=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start twinblock up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("twinblock up:") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let started = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        n.child = Some(child);
+        let name = n.name.clone();
+        assert!(started, "node {name} did not start:\n{}", self.log(i));
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Runs `twinblock VERB --config .. --node N [args]`.
+    pub fn cli(&self, verb: &str, args: &[&str], i: usize) -> std::process::Output {
+        Command::new(BIN)
+            .arg(verb)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--node", &self.nodes[i].name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// A verb that must succeed; `words[0]` is the verb.
+    pub fn ok(&self, words: &[&str], i: usize) -> String {
+        let out = self.cli(words[0], &words[1..], i);
+        assert!(
+            out.status.success(),
+            "{words:?} on {} failed: {}",
+            self.nodes[i].name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"], i)).unwrap()
+    }
+
+    /// Polls until `f(status of a, status of b)` holds.
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (a, b) = (self.status(0), self.status(1));
+            if f(&a, &b) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\na: {a}\nb: {b}\nlog a:\n{}\nlog b:\n{}",
+                tail(&self.log(0)),
+                tail(&self.log(1))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_connected(&self) {
+        self.wait("the pair to connect", Duration::from_secs(20), |a, b| {
+            a["connection"] == "Connected" && b["connection"] == "Connected"
+        });
+    }
+
+    /// Waits until the Primary (node a) has nothing in flight to the peer.
+    pub fn wait_drained(&self) {
+        self.wait("replication to drain", Duration::from_secs(30), |a, _| a["in_flight"] == 0);
+    }
+
+    pub fn uri(&self, i: usize) -> String {
+        format!("nbd://{}/r0", self.nodes[i].nbd)
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `down`, then wait for a clean exit.
+    pub fn down(&mut self, i: usize) -> std::process::ExitStatus {
+        self.ok(&["down"], i);
+        let mut c = self.nodes[i].child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not go down");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for i in 0..2 {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

@@ -1,0 +1,306 @@
+//! Two real `twinblock up` processes on loopback, replicating over QUIC with
+//! mutual TLS, driven by real NBD clients.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::nbd::Client;
+use common::pair::{tail, Pair};
+use common::*;
+
+fn read_file(p: &std::path::Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn nbdcopy_to_the_primary_lands_byte_identical_on_the_secondary() {
+    if !have("nbdcopy") {
+        return;
+    }
+    let p = Pair::start("C", "128M");
+    let src = p.dir.path().join("src.bin");
+    let data = pattern(64 << 20, 3);
+    std::fs::write(&src, &data).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(p.uri(0)));
+    p.wait_drained();
+    let b = read_file(&p.nodes[1].disk);
+    assert!(b[..64 << 20] == data[..], "secondary differs from what was written");
+    assert!(read_file(&p.nodes[0].disk) == b, "the two disks differ");
+    let a = p.status(0);
+    assert_eq!(a["out_of_sync_bytes"], 0);
+    assert_eq!(a["peer"]["disk"], "UpToDate");
+    assert!(a["counters"]["replicated_bytes"].as_u64().unwrap() >= 64 << 20);
+    assert!(a["rtt_us"].as_u64().is_some());
+}
+
+#[test]
+fn flush_fua_trim_and_zeroes_replicate() {
+    if !have("qemu-io") {
+        return;
+    }
+    let p = Pair::start("B", "64M");
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw", "-t", "none", &p.uri(0)]);
+    for c in [
+        "write -P 0x11 0 1M",
+        "write -f -P 0x22 1M 64k",
+        "write -P 0x33 2M 1M",
+        "discard 2M 256k",
+        "write -z 2304k 128k",
+        "flush",
+        "aio_write -P 0x44 8M 64k",
+        "aio_write -P 0x45 8M 4k",
+        "aio_flush",
+    ] {
+        cmd.args(["-c", c]);
+    }
+    let out = run_ok(&mut cmd);
+    assert!(!out.contains("fail"), "{out}");
+    p.wait_drained();
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!(a == b, "disks differ after flush/FUA/trim/zeroes");
+    assert!(b[(2 << 20)..(2 << 20) + (384 << 10)].iter().all(|&x| x == 0));
+    assert!(b[(2 << 20) + (384 << 10)..3 << 20].iter().all(|&x| x == 0x33));
+}
+
+/// A pipelined writer against the primary: each write fills block `cookie`
+/// with a pattern of its own; returns the cookies acknowledged before the
+/// primary was killed.
+fn write_until_killed(p: &mut Pair, qd: usize, kill_after: usize) -> BTreeSet<u64> {
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    let mut rd = c.s.try_clone().unwrap();
+    rd.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dead = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (acked, in_flight, dead) = (acked.clone(), in_flight.clone(), dead.clone());
+        std::thread::spawn(move || {
+            let mut head = [0u8; 16];
+            while rd.read_exact(&mut head).is_ok() {
+                let errno = u32::from_be_bytes(head[4..8].try_into().unwrap());
+                let cookie = u64::from_be_bytes(head[8..].try_into().unwrap());
+                assert_eq!(errno, 0, "write {cookie} failed");
+                acked.lock().unwrap().insert(cookie);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            dead.store(true, Ordering::SeqCst);
+        })
+    };
+    let blocks = 16384u64;
+    let mut cookie = 0u64;
+    let mut killed = false;
+    while cookie < blocks && !dead.load(Ordering::SeqCst) {
+        if in_flight.load(Ordering::SeqCst) >= qd {
+            std::thread::yield_now();
+        } else {
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            c.request(0, 1, cookie, cookie * 4096, 4096, &block(cookie));
+            cookie += 1;
+        }
+        if !killed && acked.lock().unwrap().len() >= kill_after {
+            p.kill(0);
+            killed = true;
+        }
+    }
+    assert!(killed, "the writer finished before the primary was killed");
+    reader.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= kill_after);
+    acked
+}
+
+fn block(cookie: u64) -> Vec<u8> {
+    let mut b = pattern(4096, cookie + 1);
+    b[..8].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+fn acked_writes_survive_sigkill(protocol: &str) {
+    let mut p = Pair::start(protocol, "64M");
+    let acked = write_until_killed(&mut p, 16, 400);
+    // The secondary notices, then holds everything it had received.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.status(1)["connection"] == "Connected" {
+        assert!(Instant::now() < deadline, "secondary never noticed: {}", tail(&p.log(1)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let disk = read_file(&p.nodes[1].disk);
+    let missing: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|&c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] != block(c)[..])
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing on the secondary: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!("protocol {protocol}: {} acknowledged writes all on the secondary", acked.len());
+}
+
+#[test]
+fn acked_writes_survive_sigkill_of_the_primary_in_c() {
+    acked_writes_survive_sigkill("C");
+}
+
+#[test]
+fn acked_writes_survive_sigkill_of_the_primary_in_b() {
+    acked_writes_survive_sigkill("B");
+}
+
+#[test]
+fn protocol_a_leaves_a_prefix_on_the_secondary() {
+    let mut p = Pair::start("A", "64M");
+    // One write at a time: the submission order is the sequence order.
+    let acked = write_until_killed(&mut p, 1, 300);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.status(1)["connection"] == "Connected" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let disk = read_file(&p.nodes[1].disk);
+    let present: Vec<bool> = (0..16384u64)
+        .map(|c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] == block(c)[..])
+        .collect();
+    let k = present.iter().take_while(|&&x| x).count();
+    assert!(
+        present[k..].iter().all(|&x| !x),
+        "not a prefix: first gap at {k}, later writes present"
+    );
+    let zero = vec![0u8; 4096];
+    assert!((k as u64..16384)
+        .all(|c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] == zero[..]));
+    eprintln!(
+        "protocol A: secondary holds the first {k} writes; {} were acknowledged",
+        acked.len()
+    );
+}
+
+#[test]
+fn secondary_refuses_nbd_writes() {
+    let p = Pair::start("C", "16M");
+    if have("nbdinfo") {
+        let out = run_ok(Command::new("nbdinfo").arg("--json").arg(p.uri(1)));
+        assert!(out.contains("\"is_read_only\": true"), "{out}");
+    }
+    let mut c = Client::go_addr(p.nodes[1].nbd, false);
+    c.request(0, 1, 7, 0, 4096, &[0xee; 4096]);
+    assert_eq!(c.simple_reply(), (1, 7), "EPERM");
+    assert!(read_file(&p.nodes[1].disk)[..4096].iter().all(|&x| x == 0));
+    // Promotion while the peer is Primary is refused.
+    let out = p.cli("primary", &[], 1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Primary"));
+}
+
+#[test]
+fn a_lost_peer_never_hangs_the_primary() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::start("C", "16M");
+    p.kill(1);
+    let t0 = Instant::now();
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(0),
+        "-c",
+        "write -P 0x5 0 64k",
+    ]));
+    // Answered after at most the timeout (3 s here), not never.
+    assert!(t0.elapsed() < Duration::from_secs(15), "write took {:?}", t0.elapsed());
+    let a = p.status(0);
+    assert_ne!(a["connection"], "Connected");
+    assert_eq!(a["out_of_sync_bytes"], 65536, "{a}");
+    // More writes while alone are tracked too, and answered at once.
+    let t1 = Instant::now();
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(0),
+        "-c",
+        "write -P 0x6 1M 4k",
+    ]));
+    assert!(t1.elapsed() < Duration::from_secs(2));
+    assert_eq!(p.status(0)["out_of_sync_bytes"], 65536 + 4096);
+    // The peer comes back: connected, and it knows it is Outdated.
+    p.up(1);
+    p.wait_connected();
+    p.wait("peer marked Outdated", Duration::from_secs(10), |a, b| {
+        a["peer"]["disk"] == "Outdated" && b["disk"] == "Outdated"
+    });
+}
+
+#[test]
+fn a_peer_from_another_ca_or_with_another_name_is_refused() {
+    let mut p = Pair::prepare("C", "16M");
+    let dir = p.dir.path().to_owned();
+    // Another CA entirely, and a certificate of the right CA for another name.
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).arg("b"));
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).arg("c"));
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    p.up(0);
+    for (label, cert, key, ca, needle) in [
+        ("foreign CA", "rogue/b.pem", "rogue/b.key", "rogue/ca.pem", "BadSignature"),
+        ("wrong name", "certs/c.pem", "certs/c.key", "certs/ca.pem", "not valid for name"),
+    ] {
+        let bad = good
+            .replace("cert = \"certs/b.pem\"", &format!("cert = \"{cert}\""))
+            .replace("key = \"certs/b.key\"", &format!("key = \"{key}\""))
+            .replace("ca = \"certs/ca.pem\"", &format!("ca = \"{ca}\""));
+        let rogue_cfg = dir.join("rogue.toml");
+        std::fs::write(&rogue_cfg, bad).unwrap();
+        let log = std::fs::File::create(dir.join(format!("rogue-{}.log", label.replace(' ', "-"))))
+            .unwrap();
+        let mut rogue = Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&rogue_cfg)
+            .args(["--node", "b"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let a = p.status(0);
+        assert_ne!(a["connection"], "Connected", "{label}: connected to a rogue peer");
+        assert_eq!(a["peer"]["role"], serde_json::Value::Null);
+        let log_a = p.log(0);
+        assert!(
+            log_a.contains(needle),
+            "{label}: a's log does not say why ({needle}):\n{}",
+            tail(&log_a)
+        );
+        let _ = rogue.kill();
+        let _ = rogue.wait();
+    }
+    // The real b connects.
+    p.up(1);
+    p.wait_connected();
+}
+
+#[test]
+fn down_stops_a_node_cleanly() {
+    let mut p = Pair::start("C", "16M");
+    assert!(p.down(1).success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.status(0)["connection"] == "Connected" {
+        assert!(Instant::now() < deadline, "a never noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = p.cli("status", &[], 1);
+    assert_eq!(out.status.code(), Some(3), "status of a stopped node exits 3");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
