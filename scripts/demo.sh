@@ -1,25 +1,77 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: a 1 GiB file-backed device in a
-# temporary directory, exported over NBD on 127.0.0.1:10809 until Ctrl-C.
+# The main job on an embedded default: a replicated pair on loopback with
+# file-backed disks in a temporary directory. Node a is Primary and exports
+# NBD on 127.0.0.1:10809; node b is its Secondary (read-only NBD on 10810).
+# Shows node a's live status until Ctrl-C, then stops both nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
+BIN=$PWD/target/release/twinblock
 DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/twinblock-demo.XXXXXX")
-trap 'rm -rf "$DIR"' EXIT
-LISTEN=${LISTEN:-127.0.0.1:10809}
+PROTOCOL=${PROTOCOL:-C}
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "logs were in $DIR (removed)"
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+"$BIN" gen-certs --out "$DIR/certs" a b >/dev/null
+cat >"$DIR/demo.toml" <<TOML
+name = "demo"
+protocol = "$PROTOCOL"
+size = "1G"
+
+[tls]
+ca = "certs/ca.pem"
+
+[nodes.a]
+address = "127.0.0.1:7788"
+nbd     = "127.0.0.1:10809"
+disk    = "a.img"
+meta    = "a.meta"
+control = "a.sock"
+cert    = "certs/a.pem"
+key     = "certs/a.key"
+
+[nodes.b]
+address = "127.0.0.1:7789"
+nbd     = "127.0.0.1:10810"
+disk    = "b.img"
+meta    = "b.meta"
+control = "b.sock"
+cert    = "certs/b.pem"
+key     = "certs/b.key"
+TOML
+for n in a b; do
+  "$BIN" up --config "$DIR/demo.toml" --node $n >"$DIR/$n.out" 2>"$DIR/$n.log" &
+  PIDS+=($!)
+done
+for _ in $(seq 100); do
+  "$BIN" status --config "$DIR/demo.toml" --node a --json 2>/dev/null | grep -q '"connection":"Connected"' && break
+  sleep 0.1
+done
+"$BIN" primary --config "$DIR/demo.toml" --node a --force >/dev/null
+C="$BIN status --config $DIR/demo.toml --node"
 cat <<MSG
-twinblock demo: disk $DIR/disk.img (1 GiB, sparse), NBD on $LISTEN
+twinblock demo: resource "demo" (1 GiB, protocol $PROTOCOL) in $DIR
+  node a: Primary,   NBD nbd://127.0.0.1:10809/demo, replication 127.0.0.1:7788
+  node b: Secondary, NBD nbd://127.0.0.1:10810/demo (read-only), replication 127.0.0.1:7789
 
 Connect from another terminal:
-  nbdinfo nbd://$LISTEN
-  qemu-io -f raw -t none nbd://$LISTEN -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'
-  fio --name=t --ioengine=nbd --uri=nbd://$LISTEN --rw=randwrite --bs=4k --iodepth=32 --size=256M
+  nbdinfo nbd://127.0.0.1:10809/demo
+  qemu-io -f raw -t none nbd://127.0.0.1:10809/demo -c 'write -P 0xab 0 1M'
+  fio --name=t --ioengine=nbd --uri=nbd://127.0.0.1:10809/demo --rw=randwrite --bs=4k --iodepth=32 --size=256M
 Mount it (as root; this kernel has no nbd module):
-  mkdir -p /tmp/tb/fuse /tmp/tb/mnt
-  nbdfuse /tmp/tb/fuse/disk nbd://$LISTEN &
+  mkdir -p /tmp/tb/fuse /tmp/tb/mnt && nbdfuse /tmp/tb/fuse/disk nbd://127.0.0.1:10809/demo &
   dev=\$(losetup -f --show /tmp/tb/fuse/disk); mkfs.ext4 -q \$dev; mount \$dev /tmp/tb/mnt
   ...; umount /tmp/tb/mnt; losetup -d \$dev; fusermount3 -u /tmp/tb/fuse
-Ctrl-C stops the server (in-flight requests finish first).
-
+Compare the two disks afterwards: cmp $DIR/a.img $DIR/b.img
+Other views: $C b   |   $C a --json
+Ctrl-C stops both nodes. Live status of node a follows.
 MSG
-target/release/twinblock serve --disk "$DIR/disk.img" --size 1G --listen "$LISTEN"
+sleep 3
+"$BIN" status --config "$DIR/demo.toml" --node a --watch

@@ -2,6 +2,7 @@
 
 mod certs;
 mod control;
+mod netem;
 mod serve;
 mod signals;
 mod up;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use twinblock_replicator::units::parse_size;
+use twinblock_replicator::units::{parse_duration, parse_size};
 use twinblock_replicator::BackendChoice;
 
 #[derive(Parser)]
@@ -96,6 +97,22 @@ enum Command {
     Verify(NodeArgs),
     /// Stop the node's daemon.
     Down(NodeArgs),
+    /// UDP relay that adds latency, jitter and loss (rehearse inter-AZ links).
+    Netem {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        forward: SocketAddr,
+        /// One-way delay added to each datagram (e.g. 500us, 2ms).
+        #[arg(long, value_parser = parse_duration)]
+        delay: std::time::Duration,
+        /// Up to this much more, at random (never reorders).
+        #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+        jitter: std::time::Duration,
+        /// Percentage of datagrams dropped.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -165,6 +182,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Down(n) => {
             verbs::run(&n.config, &n.node, "down", false)?;
             println!("{}: going down", n.node);
+        }
+        Command::Netem { listen, forward, delay, jitter, loss } => {
+            let args = netem::NetemArgs { listen, forward, delay, jitter, loss };
+            runtime()?.block_on(netem::run(args))?;
         }
         Command::Status { node, json, watch } => {
             verbs::status(&node.config, &node.node, json, watch)?

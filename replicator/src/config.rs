@@ -81,6 +81,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     address: String,
+    connect: Option<String>,
     nbd: String,
     disk: PathBuf,
     meta: PathBuf,
@@ -93,8 +94,11 @@ struct RawNode {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
-    /// Replication endpoint (QUIC over UDP).
+    /// Replication endpoint (QUIC over UDP) this node binds.
     pub address: SocketAddr,
+    /// Where the peer sends to reach this node (default: `address`); set it
+    /// to put a relay such as `twinblock netem` in between.
+    pub connect: SocketAddr,
     /// NBD listener.
     pub nbd: SocketAddr,
     pub disk: PathBuf,
@@ -188,9 +192,15 @@ impl ResourceConfig {
                 v.parse::<SocketAddr>()
                     .map_err(|e| key_err(&k(field), format!("{v:?} is not HOST:PORT ({e})")))
             };
+            let address = addr("address", &n.address)?;
+            let connect = match &n.connect {
+                Some(c) => addr("connect", c)?,
+                None => address,
+            };
             let node = NodeConfig {
                 name: name.clone(),
-                address: addr("address", &n.address)?,
+                address,
+                connect,
                 nbd: addr("nbd", &n.nbd)?,
                 disk: resolve(&n.disk),
                 meta: resolve(&n.meta),

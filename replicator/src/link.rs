@@ -106,7 +106,7 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
         }
         let attempt = async {
             let conn = endpoint
-                .connect(node.peer.address, &node.peer.name)
+                .connect(node.peer.connect, &node.peer.name)
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
@@ -125,7 +125,7 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
             }
             Err(e) => {
                 if last_warn.as_deref() != Some(e.as_str()) {
-                    warn!(peer = %node.peer.address, "cannot connect to {}: {e}", node.peer.name);
+                    warn!(peer = %node.peer.connect, "cannot connect to {}: {e}", node.peer.name);
                     last_warn = Some(e.clone());
                 }
                 node.set_error(format!("connect: {e}"));

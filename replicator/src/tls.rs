@@ -52,6 +52,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Transport settings for many small writes in flight on a LAN-like link.
 pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    // Probe up to AWS's in-VPC jumbo frames (9001 bytes): fewer, larger
+    // packets cost less CPU per byte. Discovery falls back where the path
+    // is smaller.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8951);
+    t.mtu_discovery_config(Some(mtu));
     t.max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((64u32 << 20).into())
