@@ -185,7 +185,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Netem { listen, forward, delay, jitter, loss } => {
             let args = netem::NetemArgs { listen, forward, delay, jitter, loss };
-            runtime()?.block_on(netem::run(args))?;
+            netem::run(args)?; // runs until killed (SIGINT/SIGTERM)
         }
         Command::Status { node, json, watch } => {
             verbs::status(&node.config, &node.node, json, watch)?

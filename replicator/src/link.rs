@@ -45,6 +45,27 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     Ok(endpoint)
 }
 
+/// Larger UDP buffers than the default 208 KiB: a burst of replicated
+/// writes otherwise overflows them and QUIC takes the drops for congestion.
+/// Capped by net.core.rmem_max/wmem_max.
+pub fn set_socket_buffers(socket: &impl std::os::fd::AsRawFd, bytes: i32) {
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt with a valid fd and a pointer to an i32.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            debug!("setsockopt({opt}): {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
     loop {
         let incoming = tokio::select! {
