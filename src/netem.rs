@@ -104,9 +104,17 @@ pub fn run(args: NetemArgs) -> Result<()> {
             let back = delay_line(listen.clone(), Some(from), args.clone(), seed + 7);
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
-                while let Ok(n) = up.recv(&mut buf) {
-                    if back.send(buf[..n].to_vec()).is_err() {
-                        break;
+                loop {
+                    match up.recv(&mut buf) {
+                        Ok(n) => {
+                            if back.send(buf[..n].to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                        // ICMP "port unreachable" from a forward target that
+                        // is not up yet; it may come up later.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                        Err(_) => break,
                     }
                 }
             });

@@ -265,14 +265,16 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
         std::fs::write(&rogue_cfg, bad).unwrap();
         let log = std::fs::File::create(dir.join(format!("rogue-{}.log", label.replace(' ', "-"))))
             .unwrap();
-        let mut rogue = Command::new(BIN)
-            .args(["up", "--config"])
-            .arg(&rogue_cfg)
-            .args(["--node", "b"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let rogue = KillOnDrop(
+            Command::new(BIN)
+                .args(["up", "--config"])
+                .arg(&rogue_cfg)
+                .args(["--node", "b"])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
         std::thread::sleep(Duration::from_secs(3));
         let a = p.status(0);
         assert_ne!(a["connection"], "Connected", "{label}: connected to a rogue peer");
@@ -283,8 +285,7 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
             "{label}: a's log does not say why ({needle}):\n{}",
             tail(&log_a)
         );
-        let _ = rogue.kill();
-        let _ = rogue.wait();
+        drop(rogue);
     }
     // The real b connects.
     p.up(1);
@@ -303,4 +304,84 @@ fn down_stops_a_node_cleanly() {
     let out = p.cli("status", &[], 1);
     assert_eq!(out.status.code(), Some(3), "status of a stopped node exits 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[test]
+fn netem_puts_latency_on_the_link() {
+    let mut p = Pair::prepare("C", "16M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    // b's real address, and a relay in front of it that a dials instead.
+    let b_addr = text
+        .split("[nodes.b]\naddress = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = text.replace(
+        &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
+        &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{relay}\"\n"),
+    );
+    std::fs::write(&p.config, &text).unwrap();
+    let _netem = KillOnDrop(
+        Command::new(BIN)
+            .args(["netem", "--listen", &relay.to_string(), "--forward", &b_addr, "--delay", "5ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    std::thread::sleep(Duration::from_secs(1));
+    let rtt = p.status(0)["rtt_us"].as_u64().unwrap();
+    assert!(rtt >= 9_000, "RTT {rtt} us through a 5 ms (each way) relay");
+    if have("qemu-io") {
+        // A protocol C write waits a round trip.
+        let t0 = Instant::now();
+        run_ok(Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-t",
+            "none",
+            &p.uri(0),
+            "-c",
+            "write -P 1 0 4k",
+        ]));
+        assert!(t0.elapsed() >= Duration::from_millis(10), "{:?}", t0.elapsed());
+    }
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let p = Pair::prepare("C", "16M");
+    let text =
+        std::fs::read_to_string(&p.config).unwrap().replace("protocol = \"C\"", "protocol = \"Z\"");
+    std::fs::write(&p.config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&p.config)
+        .args(["--node", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("protocol") && err.contains("\"Z\""), "{err}");
+    let out = p.cli("up", &[], 0);
+    assert_eq!(out.status.code(), Some(1));
+    let good =
+        std::fs::read_to_string(&p.config).unwrap().replace("protocol = \"Z\"", "protocol = \"C\"");
+    std::fs::write(&p.config, good).unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&p.config)
+        .args(["--node", "x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nodes.x") && err.contains("a, b"), "{err}");
 }

@@ -84,6 +84,16 @@ pub fn run_ok(cmd: &mut Command) -> String {
     stdout
 }
 
+/// A child process killed when the test ends, even by a panic.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `twinblock serve`.
 pub struct Serve {
     pub child: Option<Child>,
