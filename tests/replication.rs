@@ -385,3 +385,72 @@ fn bad_config_names_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nodes.x") && err.contains("a, b"), "{err}");
 }
+
+/// Issue 4, bitmap resync: blocks written while the Secondary was away move
+/// to it when it returns, and only those.
+#[test]
+fn bitmap_resync_moves_only_what_was_written_while_apart() {
+    if !(have("qemu-io") && have("fio")) {
+        return;
+    }
+    let mut p = Pair::start("C", "256M");
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(0),
+        "-c",
+        "write -P 0x1 0 8M",
+    ]));
+    p.wait_drained();
+    assert!(p.down(1).success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.status(0)["connection"] == "Connected" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 16 MiB in 256 writes of 64 KiB at scattered offsets.
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw", "-t", "none", &p.uri(0)]);
+    for i in 0..256u64 {
+        let off = (i * 2654435761 % 4000) * 64 * 1024;
+        cmd.args(["-c", &format!("write -P {} {off} 64k", i % 250 + 2)]);
+    }
+    run_ok(&mut cmd);
+    let oos = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
+    assert_eq!(oos, 16 << 20, "each 64 KiB write marks 16 blocks");
+    // Back: the Secondary is Outdated, then resynced while fio writes on.
+    p.up(1);
+    p.wait_connected();
+    let mut fio = Command::new("fio");
+    fio.args([
+        "--name=during",
+        "--ioengine=nbd",
+        &format!("--uri={}", p.uri(0)),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=8",
+        "--size=32M",
+        "--offset=200M",
+        "--time_based",
+        "--runtime=2",
+        "--output=/dev/null",
+    ]);
+    run_ok(&mut fio);
+    p.wait("resync to finish", Duration::from_secs(60), |a, b| {
+        a["out_of_sync_bytes"] == 0
+            && a["sync"].is_null()
+            && a["connection"] == "Connected"
+            && a["in_flight"] == 0
+            && b["disk"] == "UpToDate"
+    });
+    let a = p.status(0);
+    let moved = a["counters"]["resync_bytes"].as_u64().unwrap();
+    assert_eq!(moved, 16 << 20, "resync moved {moved} bytes for 16 MiB written apart");
+    assert_eq!(a["peer"]["disk"], "UpToDate");
+    assert!(
+        read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk),
+        "disks differ after resync"
+    );
+}

@@ -40,6 +40,41 @@ impl Bitmap {
         self.set * BLOCK
     }
 
+    /// The first run of set blocks at or after block `from`, at most `max`
+    /// blocks long: (offset, length) in bytes.
+    pub fn next_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
+        let mut b = from;
+        while b < self.blocks {
+            let w = self.words[(b / 64) as usize];
+            if w == 0 && b % 64 == 0 {
+                b += 64;
+                continue;
+            }
+            if self.is_set(b) {
+                let start = b;
+                while b < self.blocks && b - start < max && self.is_set(b) {
+                    b += 1;
+                }
+                return Some((start * BLOCK, (b - start) * BLOCK));
+            }
+            b += 1;
+        }
+        None
+    }
+
+    /// Clears every block inside `[offset, offset+len)` (whole blocks).
+    pub fn clear_range(&mut self, offset: u64, len: u64) {
+        let first = offset.div_ceil(BLOCK);
+        let end = ((offset + len) / BLOCK).min(self.blocks);
+        for b in first..end {
+            let (w, bit) = ((b / 64) as usize, b % 64);
+            if self.words[w] & (1 << bit) != 0 {
+                self.words[w] &= !(1 << bit);
+                self.set -= 1;
+            }
+        }
+    }
+
     pub fn clear(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
         self.set = 0;
@@ -60,7 +95,14 @@ mod tests {
         b.mark((1 << 20) - 1, 1);
         assert!(b.is_set(255));
         assert_eq!(b.bytes(), 3 * 4096);
+        assert_eq!(b.next_run(0, 100), Some((0, 8192)));
+        assert_eq!(b.next_run(2, 100), Some((255 * 4096, 4096)));
+        b.mark(100 * 4096, 10 * 4096);
+        assert_eq!(b.next_run(2, 4), Some((100 * 4096, 4 * 4096)));
+        b.clear_range(100 * 4096 + 1, 4 * 4096); // only whole blocks 101..=103
+        assert!(b.is_set(100) && !b.is_set(101) && !b.is_set(103) && b.is_set(104));
         b.clear();
         assert_eq!(b.bytes(), 0);
+        assert_eq!(b.next_run(0, 10), None);
     }
 }

@@ -215,6 +215,9 @@ async fn run_session(
         node.connected(&hello, session.clone())?;
         info!(%remote, "replication link up");
         let writer = tokio::spawn(write_frames(send, out_rx).in_current_span());
+        if let Some(s) = node.needs_resync() {
+            tokio::spawn(node.clone().resync(s).in_current_span());
+        }
         let r = session_loop(&node, &session, &conn, &mut recv, buf, &mut stop).await;
         node.session_lost(&session, r.as_ref().err().map_or("stopped", |e| e.as_str()));
         writer.abort();

@@ -67,13 +67,29 @@ pub struct State {
     dirty: Bitmap,
     rtt: Option<Duration>,
     last_error: Option<String>,
+    /// SyncSource: the resync under way.
+    sync: Option<SyncProgress>,
+    /// SyncTarget: what the Primary last said is out of sync here.
+    behind: u64,
+}
+
+struct SyncProgress {
+    total: u64,
+    done: u64,
+    started: std::time::Instant,
 }
 
 #[derive(Default)]
 struct Stats {
     written: AtomicU64,
     replicated: AtomicU64,
+    resynced: AtomicU64,
 }
+
+/// Largest resync chunk, in 4 KiB blocks (1 MiB).
+const RESYNC_CHUNK_BLOCKS: u64 = 256;
+/// Resync chunks in flight at once.
+const RESYNC_WINDOW: usize = 16;
 
 pub struct Node {
     pub res: ResourceConfig,
@@ -117,6 +133,8 @@ impl Node {
                 dirty: Bitmap::new(size),
                 rtt: None,
                 last_error: None,
+                sync: None,
+                behind: 0,
             }),
             order: Mutex::new(()),
             changed: Notify::new(),
@@ -163,9 +181,13 @@ impl Node {
     /// disk state, out-of-sync count and freshness.
     fn follow_primary(&self, st: &mut State, disk: DiskState, peer_out_of_sync: u64, fresh: bool) {
         let before = st.disk;
+        st.behind = peer_out_of_sync;
         let in_sync = disk == DiskState::UpToDate && peer_out_of_sync == 0;
-        if in_sync && (st.disk == DiskState::UpToDate || (st.fresh && fresh)) {
-            // Up to date, or both disks still all zeroes as created.
+        if in_sync
+            && (matches!(st.disk, DiskState::UpToDate | DiskState::Outdated) || (st.fresh && fresh))
+        {
+            // Up to date, resynced after being Outdated, or both disks
+            // still all zeroes as created.
             st.disk = DiskState::UpToDate;
         } else if peer_out_of_sync > 0 && st.disk == DiskState::UpToDate {
             st.disk = DiskState::Outdated;
@@ -312,6 +334,8 @@ impl Node {
             st.peer_role = None;
             st.peer_disk = None;
             st.rtt = None;
+            st.sync = None;
+            st.behind = 0;
             st.connection =
                 if st.want_connected { Connection::Connecting } else { Connection::StandAlone };
             st.last_error = Some(why.to_owned());
@@ -423,6 +447,101 @@ impl Node {
         Ok(())
     }
 
+    /// SyncSource: sends every out-of-sync block to the peer, in chunks of up
+    /// to 1 MiB, while the application keeps writing. Each chunk is read and
+    /// numbered under the ordering lock, so an application write to the same
+    /// blocks is either in the chunk or numbered after it. A chunk's bits are
+    /// cleared when it is queued; if the link drops first, the session's
+    /// loss marks them again. Ends when the bitmap is clean or the session
+    /// is gone.
+    pub async fn resync(self: Arc<Self>, session: Arc<Session>) {
+        {
+            let mut st = self.state();
+            let total = st.dirty.bytes();
+            if total == 0 {
+                return;
+            }
+            st.sync = Some(SyncProgress { total, done: 0, started: std::time::Instant::now() });
+            self.announce(&st);
+            tracing::info!(bytes = total, "resync started (SyncSource)");
+        }
+        let mut window = std::collections::VecDeque::new();
+        let mut cursor = 0u64;
+        loop {
+            let next = {
+                let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = self.state();
+                let current = st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session));
+                if !current || st.role != Role::Primary {
+                    None
+                } else {
+                    let run = st
+                        .dirty
+                        .next_run(cursor, RESYNC_CHUNK_BLOCKS)
+                        .or_else(|| st.dirty.next_run(0, RESYNC_CHUNK_BLOCKS));
+                    match run {
+                        None => None,
+                        Some((off, len)) => match self.store.read_now(off, len as usize) {
+                            Ok(data) => {
+                                st.dirty.clear_range(off, len);
+                                cursor = (off + len) / crate::bitmap::BLOCK;
+                                let left = st.dirty.bytes();
+                                if let Some(p) = st.sync.as_mut() {
+                                    p.done += len;
+                                    p.total = p.total.max(p.done + left);
+                                }
+                                Some((session.submit_resync(&Op::write(off, data, false)), len))
+                            }
+                            Err(e) => {
+                                tracing::error!(off, "resync read failed: {e}");
+                                None
+                            }
+                        },
+                    }
+                }
+            };
+            let Some((ticket, len)) = next else { break };
+            self.stats.resynced.fetch_add(len, Ordering::Relaxed);
+            window.push_back(ticket);
+            if window.len() >= RESYNC_WINDOW {
+                if let Some(Ticket::Wait(rx)) = window.pop_front() {
+                    if rx.await.is_err() {
+                        break; // link lost: the session re-marked the rest
+                    }
+                }
+            }
+        }
+        for t in window {
+            if let Ticket::Wait(rx) = t {
+                let _ = rx.await;
+            }
+        }
+        let mut st = self.state();
+        let current = st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session));
+        if current {
+            if let Some(p) = st.sync.take() {
+                tracing::info!(
+                    bytes = p.done,
+                    secs = p.started.elapsed().as_secs_f64(),
+                    remaining = st.dirty.bytes(),
+                    "resync finished"
+                );
+            }
+            // The peer hears it is in sync (peer_out_of_sync = 0).
+            self.announce(&st);
+        }
+    }
+
+    /// Whether a resync should start now (Primary, connected, blocks out of
+    /// sync, none running).
+    pub fn needs_resync(&self) -> Option<Arc<Session>> {
+        let st = self.state();
+        if st.role == Role::Primary && st.sync.is_none() && st.dirty.bytes() > 0 {
+            return st.session.clone();
+        }
+        None
+    }
+
     pub fn status(&self) -> Status {
         let st = self.state();
         let mut peer_disk = st.peer_disk;
@@ -437,16 +556,35 @@ impl Node {
             node: self.me.name.clone(),
             role: st.role,
             disk: st.disk,
-            connection: st.connection.to_string(),
+            connection: match (&st.sync, st.connection) {
+                (Some(_), Connection::Connected) => "SyncSource".into(),
+                (None, Connection::Connected) if st.role == Role::Secondary && st.behind > 0 => {
+                    "SyncTarget".into()
+                }
+                (_, c) => c.to_string(),
+            },
             protocol: self.res.protocol.to_string(),
             peer: PeerStatus { node: self.peer.name.clone(), role: st.peer_role, disk: peer_disk },
             out_of_sync_bytes: st.dirty.bytes(),
             split_brain: false,
             rtt_us: st.rtt.map(|d| d.as_micros() as u64),
-            sync: None,
+            sync: st.sync.as_ref().map(|p| {
+                let rate = p.done as f64 / p.started.elapsed().as_secs_f64().max(1e-3);
+                let left = p.total.saturating_sub(p.done);
+                crate::status::SyncStatus {
+                    percent: if p.total == 0 {
+                        100.0
+                    } else {
+                        p.done as f64 * 100.0 / p.total as f64
+                    },
+                    bytes_total: p.total,
+                    eta_s: (rate > 0.0).then(|| left as f64 / rate),
+                }
+            }),
             counters: Counters {
                 written_bytes: self.stats.written.load(Ordering::Relaxed),
                 replicated_bytes: self.stats.replicated.load(Ordering::Relaxed),
+                resync_bytes: self.stats.resynced.load(Ordering::Relaxed),
                 ..Counters::default()
             },
             in_flight: st.session.as_ref().map_or(0, |s| s.in_flight()),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Protocol;
-use crate::protocol::sender::{Sender, Unconfirmed};
+use crate::protocol::sender::{Need, Sender, Unconfirmed};
 use crate::protocol::wire::{Message, Op};
 
 /// What the write path holds after handing an operation to the session.
@@ -79,11 +79,20 @@ impl Session {
     /// Numbers `op` and queues it for the peer. Called under the node's
     /// ordering lock, so sequence order is the local apply order.
     pub fn submit(&self, op: &Op, lag: Option<OwnedSemaphorePermit>) -> Ticket {
+        self.submit_needing(op, lag, Need::of(op, self.protocol))
+    }
+
+    /// Resync traffic: paced by the peer applying it, whatever the mode.
+    pub fn submit_resync(&self, op: &Op) -> Ticket {
+        self.submit_needing(op, None, Need::Done)
+    }
+
+    fn submit_needing(&self, op: &Op, lag: Option<OwnedSemaphorePermit>, need: Need) -> Ticket {
         let mut inner = self.lock();
         if inner.lost {
             return Ticket::Alone;
         }
-        let (seq, ready) = inner.sender.submit(op, self.protocol);
+        let (seq, ready) = inner.sender.submit_needing(op, need);
         if self.out.send(Message::Data { seq, op: op.clone() }).is_err() {
             // The writer is gone; the link loss will account for this seq.
         }

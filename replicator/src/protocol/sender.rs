@@ -65,9 +65,14 @@ impl Sender {
     /// Numbers `op`. Returns its sequence number and whether its reply may go
     /// out without waiting for the peer.
     pub fn submit(&mut self, op: &Op, protocol: Protocol) -> (u64, bool) {
+        self.submit_needing(op, Need::of(op, protocol))
+    }
+
+    /// Like [`Sender::submit`] with an explicit need (resync waits for Done
+    /// whatever the mode).
+    pub fn submit_needing(&mut self, op: &Op, need: Need) -> (u64, bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let need = Need::of(op, protocol);
         let satisfied = need == Need::Queued;
         let bytes = op.wire_bytes();
         self.in_flight_bytes += bytes;

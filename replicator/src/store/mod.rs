@@ -355,6 +355,19 @@ impl Store {
         sys::pwrite_full(self.fd(), data, off, false)
     }
 
+    /// Reads `len` bytes at `off` with blocking `pread`s on the calling
+    /// thread (resync reads under the ordering lock).
+    pub fn read_now(&self, off: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        // SAFETY: the buffer has `len` bytes of capacity and pread_full
+        // writes all of them (zero-filling past EOF).
+        unsafe {
+            sys::pread_full(self.fd(), buf.as_mut_ptr(), len, off)?;
+            buf.set_len(len);
+        }
+        Ok(buf.freeze())
+    }
+
     /// Synchronous [`Store::zero`] for the ordered write path.
     pub fn zero_now(&self, off: u64, len: u64, may_punch: bool) -> io::Result<()> {
         const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
