@@ -4,6 +4,7 @@
 //! The QUIC shell in `crate::link` feeds them; `tests.rs` drives them
 //! deterministically.
 
+pub mod genid;
 pub mod liveness;
 pub mod receiver;
 pub mod sender;

@@ -1,0 +1,163 @@
+//! Generation ids and the sync handshake decision (sans-IO), as
+//! shared/DESIGN.md "Connecting: the sync handshake" lays out. Both nodes
+//! run [`decide`] on the same pair of ids and reach mirrored answers.
+
+use serde::{Deserialize, Serialize};
+
+/// The id of data that was never synced (a new or replaced disk).
+pub const NEVER_SYNCED: u64 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenIds {
+    /// The generation of this node's data.
+    pub current: u64,
+    /// The generation from which the bitmap tracks changes (0: none).
+    pub bitmap: u64,
+    /// Earlier generations, newest first (0: none).
+    pub history: [u64; 2],
+}
+
+impl GenIds {
+    pub fn never_synced() -> GenIds {
+        GenIds { current: NEVER_SYNCED, bitmap: 0, history: [0, 0] }
+    }
+
+    /// Starts a new generation (first write while the peer is away, or
+    /// `primary --force`): the old one becomes the bitmap's base.
+    pub fn new_current(&mut self, id: u64) {
+        if self.current != NEVER_SYNCED {
+            if self.bitmap == 0 {
+                self.bitmap = self.current;
+            }
+            if self.history[0] != self.current {
+                self.history = [self.current, self.history[0]];
+            }
+        }
+        self.current = id;
+    }
+
+    /// After a completed sync both sides share `current` and no bitmap.
+    pub fn synced_to(&mut self, current: u64) {
+        if self.current != current && self.current != NEVER_SYNCED && self.history[0] != self.current {
+            self.history = [self.current, self.history[0]];
+        }
+        self.current = current;
+        self.bitmap = 0;
+    }
+
+    fn knows(&self, id: u64) -> bool {
+        id != 0 && (self.history.contains(&id) || self.bitmap == id)
+    }
+}
+
+/// How data must move, from this node's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Same generation: nothing to do.
+    InSync,
+    /// This node is newer: send the bitmap's blocks (bitmap) or everything.
+    SyncSource { full: bool },
+    /// The peer is newer: receive.
+    SyncTarget { full: bool },
+    /// Neither was ever synced: wait for `primary --force` on one.
+    WaitForForce,
+    /// Both changed apart: refuse, overwrite nothing.
+    SplitBrain,
+    /// No common history: two unrelated devices.
+    Unrelated,
+}
+
+/// The handshake decision for `mine` meeting `peer`.
+pub fn decide(mine: &GenIds, peer: &GenIds) -> Decision {
+    let (m, p) = (mine.current, peer.current);
+    match (m == NEVER_SYNCED, p == NEVER_SYNCED) {
+        (true, true) => return Decision::WaitForForce,
+        (true, false) => return Decision::SyncTarget { full: true },
+        (false, true) => return Decision::SyncSource { full: true },
+        (false, false) => {}
+    }
+    if m == p {
+        return Decision::InSync;
+    }
+    if mine.bitmap != 0 && mine.bitmap == p {
+        return Decision::SyncSource { full: false };
+    }
+    if peer.bitmap != 0 && peer.bitmap == m {
+        return Decision::SyncTarget { full: false };
+    }
+    let mine_newer = mine.knows(p);
+    let peer_newer = peer.knows(m);
+    match (mine_newer, peer_newer) {
+        (true, false) => Decision::SyncSource { full: true },
+        (false, true) => Decision::SyncTarget { full: true },
+        // Each has a current the other does not know: split brain.
+        _ if shares_history(mine, peer) => Decision::SplitBrain,
+        _ => Decision::Unrelated,
+    }
+}
+
+fn shares_history(a: &GenIds, b: &GenIds) -> bool {
+    let ids = |g: &GenIds| [g.current, g.bitmap, g.history[0], g.history[1]];
+    ids(a).iter().any(|&x| x != 0 && x != NEVER_SYNCED && ids(b).contains(&x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Decision::*;
+
+    fn g(current: u64, bitmap: u64, h0: u64, h1: u64) -> GenIds {
+        GenIds { current, bitmap, history: [h0, h1] }
+    }
+
+    fn mirrored(d: Decision) -> Decision {
+        match d {
+            SyncSource { full } => SyncTarget { full },
+            SyncTarget { full } => SyncSource { full },
+            other => other,
+        }
+    }
+
+    /// Every row, checked from both sides.
+    #[test]
+    fn decision_table() {
+        let never = GenIds::never_synced();
+        let rows: Vec<(&str, GenIds, GenIds, Decision)> = vec![
+            ("both fresh", never, never, WaitForForce),
+            ("fresh meets UpToDate", never, g(10, 0, 0, 0), SyncTarget { full: true }),
+            ("same current", g(10, 0, 0, 0), g(10, 0, 0, 0), InSync),
+            ("same current, stale bitmap ids", g(10, 7, 7, 0), g(10, 0, 7, 0), InSync),
+            ("primary wrote apart: bitmap resync", g(11, 10, 10, 0), g(10, 0, 0, 0), SyncSource { full: false }),
+            ("secondary came back newer", g(10, 0, 0, 0), g(11, 10, 10, 0), SyncTarget { full: false }),
+            ("in history only: full sync", g(12, 0, 11, 10), g(10, 0, 0, 0), SyncSource { full: true }),
+            ("both wrote apart: split brain", g(11, 10, 10, 0), g(12, 10, 10, 0), SplitBrain),
+            ("split brain, deeper history", g(21, 20, 20, 10), g(30, 10, 10, 0), SplitBrain),
+            ("unrelated devices", g(11, 0, 9, 0), g(12, 0, 8, 0), Unrelated),
+            ("unrelated, no history", g(11, 0, 0, 0), g(12, 0, 0, 0), Unrelated),
+        ];
+        for (what, a, b, want) in rows {
+            assert_eq!(decide(&a, &b), want, "{what} (a's view)");
+            assert_eq!(decide(&b, &a), mirrored(want), "{what} (b's view)");
+        }
+    }
+
+    #[test]
+    fn generations_move_as_writes_happen_apart() {
+        let mut a = GenIds::never_synced();
+        a.new_current(10); // primary --force
+        assert_eq!(a, g(10, 0, 0, 0));
+        let mut b = a;
+        b.synced_to(10);
+        assert_eq!(decide(&a, &b), InSync);
+        a.new_current(11); // a writes while b is away
+        assert_eq!(a, g(11, 10, 10, 0));
+        assert_eq!(decide(&a, &b), SyncSource { full: false });
+        // b was promoted apart and wrote too.
+        b.new_current(12);
+        assert_eq!(decide(&a, &b), SplitBrain);
+        // Resolved by discarding b's data: b takes a's generation after a full sync.
+        b.synced_to(a.current);
+        a.synced_to(a.current);
+        assert_eq!(decide(&a, &b), InSync);
+    }
+}
