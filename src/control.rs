@@ -96,6 +96,7 @@ fn handle(node: &Node, down: &watch::Sender<bool>, req: Request) -> Response {
         "status" => Ok(()),
         "primary" => node.promote(req.force),
         "secondary" => node.demote(),
+        "discard-my-data" => node.discard_my_data(),
         "connect" => {
             node.set_want_connected(true);
             Ok(())

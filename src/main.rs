@@ -95,6 +95,8 @@ enum Command {
     Disconnect(NodeArgs),
     /// Online verify against the peer.
     Verify(NodeArgs),
+    /// After a split brain: drop this node's changes and resync from the peer.
+    DiscardMyData(NodeArgs),
     /// Stop the node's daemon.
     Down(NodeArgs),
     /// UDP relay that adds latency, jitter and loss (rehearse inter-AZ links).
@@ -179,6 +181,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Connect(n) => simple(&n, "connect", false)?,
         Command::Disconnect(n) => simple(&n, "disconnect", false)?,
         Command::Verify(n) => simple(&n, "verify", false)?,
+        Command::DiscardMyData(n) => simple(&n, "discard-my-data", false)?,
         Command::Down(n) => {
             verbs::run(&n.config, &n.node, "down", false)?;
             println!("{}: going down", n.node);

@@ -236,12 +236,17 @@ fn a_lost_peer_never_hangs_the_primary() {
     ]));
     assert!(t1.elapsed() < Duration::from_secs(2));
     assert_eq!(p.status(0)["out_of_sync_bytes"], 65536 + 4096);
-    // The peer comes back: connected, and it knows it is Outdated.
+    // The peer comes back: exactly the blocks written apart are resynced.
     p.up(1);
     p.wait_connected();
-    p.wait("peer marked Outdated", Duration::from_secs(10), |a, b| {
-        a["peer"]["disk"] == "Outdated" && b["disk"] == "Outdated"
+    p.wait("the bitmap resync", Duration::from_secs(20), |a, b| {
+        a["out_of_sync_bytes"] == 0
+            && a["sync"].is_null()
+            && b["disk"] == "UpToDate"
+            && a["in_flight"] == 0
     });
+    assert_eq!(p.status(0)["counters"]["resync_bytes"], 65536 + 4096);
+    assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk));
 }
 
 #[test]
@@ -453,4 +458,80 @@ fn bitmap_resync_moves_only_what_was_written_while_apart() {
         read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk),
         "disks differ after resync"
     );
+}
+
+/// Issue 4, split brain: both nodes Primary while apart, each writes. On
+/// reconnect both report split brain and refuse; neither disk changes. Then
+/// `discard-my-data` on one resolves it and the disks end identical.
+#[test]
+fn split_brain_is_detected_and_resolved_by_discard_my_data() {
+    if !have("qemu-io") {
+        return;
+    }
+    let p = Pair::start("C", "16M");
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(0),
+        "-c",
+        "write -P 0x1 0 1M",
+    ]));
+    p.wait_drained();
+    p.ok(&["disconnect"], 0);
+    p.ok(&["disconnect"], 1);
+    p.wait("both StandAlone", Duration::from_secs(10), |a, b| {
+        a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
+    });
+    p.ok(&["primary"], 1);
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(0),
+        "-c",
+        "write -P 0xa 2M 64k",
+    ]));
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(1),
+        "-c",
+        "write -P 0xb 3M 64k",
+    ]));
+    p.ok(&["secondary"], 1);
+    let (disk_a, disk_b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    p.ok(&["connect"], 0);
+    p.ok(&["connect"], 1);
+    p.wait("split brain on both", Duration::from_secs(15), |a, b| {
+        a["split_brain"] == true && b["split_brain"] == true
+    });
+    let (a, b) = (p.status(0), p.status(1));
+    assert_eq!(a["connection"], "StandAlone");
+    assert_eq!(b["connection"], "StandAlone");
+    assert!(read_file(&p.nodes[0].disk) == disk_a, "a's disk changed");
+    assert!(read_file(&p.nodes[1].disk) == disk_b, "b's disk changed");
+    assert!(p.log(0).contains("split brain"));
+    // b's changes go; a's data wins.
+    p.ok(&["discard-my-data"], 1);
+    p.ok(&["connect"], 0);
+    p.wait("the full resync", Duration::from_secs(30), |a, b| {
+        a["connection"] == "Connected"
+            && a["sync"].is_null()
+            && a["out_of_sync_bytes"] == 0
+            && b["disk"] == "UpToDate"
+            && a["in_flight"] == 0
+    });
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!(a == b, "disks differ after discard-my-data");
+    assert!(
+        b[3 << 20..(3 << 20) + 65536].iter().all(|&x| x == 0),
+        "b's split-brain write survived"
+    );
+    assert!(b[2 << 20..(2 << 20) + 65536].iter().all(|&x| x == 0xa));
+    assert_eq!(p.status(0)["split_brain"], false);
 }

@@ -281,8 +281,8 @@ async fn session_loop(
                 }
                 Message::Ping { id } => session.send(Message::Pong { id }),
                 Message::Pong { id } => live.pong(id, Instant::now()),
-                Message::State { role, disk, peer_out_of_sync, fresh } => {
-                    node.peer_state(role, disk, peer_out_of_sync, fresh)
+                Message::State { role, disk, peer_out_of_sync, fresh, current } => {
+                    node.peer_state(role, disk, peer_out_of_sync, fresh, current)
                 }
                 Message::Hello(_) => return Err("unexpected second hello".into()),
             }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::genid::GenIds;
 use crate::protocol::wire::DiskState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct Meta {
     pub disk: DiskState,
     /// Created by twinblock and never written since: reads as all zeroes.
     pub fresh: bool,
+    /// Generation ids (DRBD's UUIDs).
+    #[serde(default = "GenIds::never_synced")]
+    pub gen: GenIds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,7 @@ impl Meta {
             size,
             disk: DiskState::Inconsistent,
             fresh: disk_was_created,
+            gen: GenIds::never_synced(),
         };
         m.save(path)?;
         Ok(m)

@@ -23,6 +23,7 @@ use twinblock_nbd::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 use crate::bitmap::Bitmap;
 use crate::config::{NodeConfig, ResourceConfig};
 use crate::meta::{Meta, MetaError};
+use crate::protocol::genid::{decide, Decision, GenIds, NEVER_SYNCED};
 use crate::protocol::wire::{DiskState, Hello, Message, Op, Role, VERSION};
 use crate::session::{Session, Ticket};
 use crate::status::{Counters, PeerStatus, Status};
@@ -71,6 +72,38 @@ pub struct State {
     sync: Option<SyncProgress>,
     /// SyncTarget: what the Primary last said is out of sync here.
     behind: u64,
+    gen: GenIds,
+    /// This process made a new current generation since the last sync.
+    apart: bool,
+    /// The in-memory bitmap covers every change since `gen.bitmap`.
+    bitmap_valid: bool,
+    split_brain: bool,
+    /// `discard-my-data`: become SyncTarget of a split-brain peer.
+    discard: bool,
+    /// Waiting for the peer's resync to finish.
+    sync_target: bool,
+}
+
+/// A new random generation id.
+fn random_id() -> u64 {
+    let mut id = 0u64;
+    loop {
+        // SAFETY: getrandom writes at most 8 bytes into `id`.
+        let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
+        if n == 8 && id > NEVER_SYNCED {
+            return id;
+        }
+        if n < 0 {
+            // Fall back on the clock; uniqueness is what matters.
+            id = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ (std::process::id() as u64) << 32;
+            if id > NEVER_SYNCED {
+                return id;
+            }
+        }
+    }
 }
 
 struct SyncProgress {
@@ -135,6 +168,12 @@ impl Node {
                 last_error: None,
                 sync: None,
                 behind: 0,
+                gen: meta.gen,
+                apart: false,
+                bitmap_valid: meta.gen.bitmap == 0,
+                split_brain: false,
+                discard: false,
+                sync_target: false,
             }),
             order: Mutex::new(()),
             changed: Notify::new(),
@@ -158,6 +197,7 @@ impl Node {
             size: self.res.size,
             disk: st.disk,
             fresh: st.fresh,
+            gen: st.gen,
         }
         .save(&self.me.meta)
     }
@@ -166,8 +206,24 @@ impl Node {
         Message::State {
             role: st.role,
             disk: st.disk,
-            peer_out_of_sync: if st.role == Role::Primary { st.dirty.bytes() } else { 0 },
+            peer_out_of_sync: st.dirty.bytes(),
             fresh: st.fresh,
+            current: st.gen.current,
+        }
+    }
+
+    /// The data starts to differ from the peer's (a write it will not get,
+    /// or may not have got): a new current generation, persisted before the
+    /// write lands. Once per separation.
+    fn diverge(&self, st: &mut State) {
+        if st.apart {
+            return;
+        }
+        st.gen.new_current(random_id());
+        st.apart = true;
+        tracing::info!(current = format!("{:016x}", st.gen.current), "new data generation");
+        if let Err(e) = self.save_meta(st) {
+            tracing::error!("cannot save metadata: {e}");
         }
     }
 
@@ -179,8 +235,15 @@ impl Node {
 
     /// What a Secondary concludes about its own disk from a Primary peer's
     /// disk state, out-of-sync count and freshness.
-    fn follow_primary(&self, st: &mut State, disk: DiskState, peer_out_of_sync: u64, fresh: bool) {
-        let before = st.disk;
+    fn follow_primary(
+        &self,
+        st: &mut State,
+        disk: DiskState,
+        peer_out_of_sync: u64,
+        fresh: bool,
+        current: u64,
+    ) {
+        let before = (st.disk, st.gen);
         st.behind = peer_out_of_sync;
         let in_sync = disk == DiskState::UpToDate && peer_out_of_sync == 0;
         if in_sync
@@ -189,11 +252,14 @@ impl Node {
             // Up to date, resynced after being Outdated, or both disks
             // still all zeroes as created.
             st.disk = DiskState::UpToDate;
+            if st.gen.current != current {
+                st.gen.synced_to(current);
+            }
         } else if peer_out_of_sync > 0 && st.disk == DiskState::UpToDate {
             st.disk = DiskState::Outdated;
         }
-        if st.disk != before {
-            tracing::info!(from = ?before, to = ?st.disk, "disk state");
+        if (st.disk, st.gen) != before {
+            tracing::info!(from = ?before.0, to = ?st.disk, "disk state");
             if let Err(e) = self.save_meta(st) {
                 tracing::error!("cannot save metadata: {e}");
             }
@@ -219,6 +285,10 @@ impl Node {
                 ));
             }
             st.disk = DiskState::UpToDate;
+            // Declared data is a generation of its own.
+            st.gen.new_current(random_id());
+        } else if st.gen.current == NEVER_SYNCED {
+            st.gen.new_current(random_id());
         }
         st.role = Role::Primary;
         self.save_meta(&st).map_err(|e| e.to_string())?;
@@ -272,9 +342,30 @@ impl Node {
             size: self.res.size,
             role: st.role,
             disk: st.disk,
-            peer_out_of_sync: if st.role == Role::Primary { st.dirty.bytes() } else { 0 },
+            peer_out_of_sync: st.dirty.bytes(),
             fresh: st.fresh,
+            gen: st.gen,
+            discard: st.discard,
         }
+    }
+
+    /// `discard-my-data`: after a split brain, this node (a Secondary) gives
+    /// up its changes and takes the peer's data by a full resync.
+    pub fn discard_my_data(&self) -> Result<(), String> {
+        let mut st = self.state();
+        if st.role != Role::Secondary {
+            return Err("only a Secondary can discard its data".into());
+        }
+        st.discard = true;
+        st.split_brain = false;
+        st.want_connected = true;
+        if st.session.is_none() {
+            st.connection = Connection::Connecting;
+        }
+        tracing::warn!("discard-my-data: this node's changes will be overwritten by the peer");
+        drop(st);
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     /// The link is up and the peer said hello: install the session, or
@@ -284,36 +375,121 @@ impl Node {
         if !st.want_connected {
             return Err("disconnected by the operator".into());
         }
+        let mut decision = decide(&st.gen, &peer.gen);
+        // Two disks as twinblock created them, never written: identical.
+        if st.fresh
+            && peer.fresh
+            && matches!(decision, Decision::SyncSource { .. } | Decision::SyncTarget { .. })
+        {
+            decision = Decision::InSync;
+        }
+        if decision == Decision::SplitBrain {
+            if st.discard && st.role == Role::Secondary {
+                decision = Decision::SyncTarget { full: true };
+            } else if peer.discard && peer.role == Role::Secondary {
+                decision = Decision::SyncSource { full: true };
+            } else {
+                st.split_brain = true;
+                st.want_connected = false;
+                st.connection = Connection::StandAlone;
+                tracing::error!(
+                    mine = format!("{:016x}", st.gen.current),
+                    peer = format!("{:016x}", peer.gen.current),
+                    "split brain: both nodes changed the data while apart; nothing was overwritten"
+                );
+                return Err("split brain: both nodes changed the data while apart; nothing was \
+                     overwritten (resolve with `twinblock discard-my-data` on the node whose \
+                     changes to drop, then `connect` on both)"
+                    .into());
+            }
+        }
+        if decision == Decision::Unrelated {
+            st.want_connected = false;
+            st.connection = Connection::StandAlone;
+            return Err(
+                "the peer's data shares no history with ours (unrelated devices): refusing".into(),
+            );
+        }
         if peer.role == Role::Primary && st.role == Role::Primary {
             return Err(format!(
                 "both {} and {} are Primary: refusing the connection",
                 self.me.name, peer.node
             ));
         }
-        if peer.role == Role::Primary && st.role == Role::Secondary {
-            self.follow_primary(&mut st, peer.disk, peer.peer_out_of_sync, peer.fresh);
+        match decision {
+            Decision::SyncTarget { .. } if st.role == Role::Primary => {
+                return Err("the peer's data is newer than this Primary's: refusing".into());
+            }
+            Decision::SyncTarget { full } => {
+                tracing::info!(full, "SyncTarget: the peer's data is newer");
+                st.sync_target = true;
+                st.disk = DiskState::Inconsistent;
+                st.discard = false;
+                self.save_meta(&st).map_err(|e| e.to_string())?;
+            }
+            Decision::SyncSource { full } => {
+                if full || !st.bitmap_valid {
+                    st.dirty.mark(0, self.res.size);
+                }
+                tracing::info!(
+                    full = full || !st.bitmap_valid,
+                    bytes = st.dirty.bytes(),
+                    "SyncSource"
+                );
+            }
+            _ => {}
+        }
+        if peer.role == Role::Primary && st.role == Role::Secondary && !st.sync_target {
+            self.follow_primary(
+                &mut st,
+                peer.disk,
+                peer.peer_out_of_sync,
+                peer.fresh,
+                peer.gen.current,
+            );
         }
         st.peer_role = Some(peer.role);
         st.peer_disk = Some(peer.disk);
         st.session = Some(session.clone());
         st.connection = Connection::Connected;
         st.last_error = None;
+        st.split_brain = false;
         session.send(Self::state_message(&st));
-        tracing::info!(peer = %peer.node, peer_role = ?peer.role, peer_disk = ?peer.disk, "connected");
+        tracing::info!(peer = %peer.node, peer_role = ?peer.role, peer_disk = ?peer.disk, ?decision, "connected");
         Ok(())
     }
 
-    pub fn peer_state(&self, role: Role, disk: DiskState, peer_out_of_sync: u64, fresh: bool) {
+    pub fn peer_state(
+        &self,
+        role: Role,
+        disk: DiskState,
+        peer_out_of_sync: u64,
+        fresh: bool,
+        current: u64,
+    ) {
         let mut st = self.state();
         let changed = st.peer_role != Some(role);
         st.peer_role = Some(role);
         st.peer_disk = Some(disk);
-        if role == Role::Primary && st.role == Role::Secondary {
-            let before = st.disk;
-            self.follow_primary(&mut st, disk, peer_out_of_sync, fresh);
-            if st.disk != before || changed {
-                self.announce(&st);
+        let before = st.disk;
+        if st.sync_target {
+            st.behind = peer_out_of_sync;
+            if peer_out_of_sync == 0 && disk == DiskState::UpToDate {
+                // The peer's resync is complete: its data is ours now.
+                st.sync_target = false;
+                st.disk = DiskState::UpToDate;
+                st.gen.synced_to(current);
+                st.apart = false;
+                tracing::info!("resync complete (SyncTarget): UpToDate");
+                if let Err(e) = self.save_meta(&st) {
+                    tracing::error!("cannot save metadata: {e}");
+                }
             }
+        } else if role == Role::Primary && st.role == Role::Secondary {
+            self.follow_primary(&mut st, disk, peer_out_of_sync, fresh, current);
+        }
+        if st.disk != before || changed {
+            self.announce(&st);
         }
     }
 
@@ -322,13 +498,20 @@ impl Node {
     pub fn session_lost(&self, session: &Arc<Session>, why: &str) {
         let mut st = self.state();
         let st = &mut *st;
+        let mut marked = false;
         session.lose(|unconfirmed| {
             for u in unconfirmed {
                 if let Some((off, len)) = u.range {
                     st.dirty.mark(off, len);
+                    marked = true;
                 }
             }
         });
+        if marked {
+            // The peer may lack these writes: our data is a new generation.
+            self.diverge(st);
+        }
+        st.sync_target = false;
         if st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
             st.session = None;
             st.peer_role = None;
@@ -416,11 +599,20 @@ impl Node {
             };
             if matches!(ticket, Ticket::Alone) {
                 if let Some((off, len)) = op.range() {
+                    self.diverge(&mut st);
                     st.dirty.mark(off, len);
                 }
             }
             drop(st);
-            local(&self.store)?;
+            if let Err(e) = local(&self.store) {
+                // The peer may have it and we do not: out of sync.
+                if let Some((off, len)) = op.range() {
+                    let mut st = self.state();
+                    self.diverge(&mut st);
+                    st.dirty.mark(off, len);
+                }
+                return Err(e.into());
+            }
             ticket
         };
         if let Some((_, len)) = op.range() {
@@ -472,7 +664,7 @@ impl Node {
                 let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
                 let mut st = self.state();
                 let current = st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session));
-                if !current || st.role != Role::Primary {
+                if !current {
                     None
                 } else {
                     let run = st
@@ -527,6 +719,16 @@ impl Node {
                     "resync finished"
                 );
             }
+            if st.dirty.bytes() == 0 {
+                // Both hold this generation now; the bitmap starts afresh.
+                let current = st.gen.current;
+                st.gen.synced_to(current);
+                st.apart = false;
+                st.bitmap_valid = true;
+                if let Err(e) = self.save_meta(&st) {
+                    tracing::error!("cannot save metadata: {e}");
+                }
+            }
             // The peer hears it is in sync (peer_out_of_sync = 0).
             self.announce(&st);
         }
@@ -536,7 +738,7 @@ impl Node {
     /// sync, none running).
     pub fn needs_resync(&self) -> Option<Arc<Session>> {
         let st = self.state();
-        if st.role == Role::Primary && st.sync.is_none() && st.dirty.bytes() > 0 {
+        if st.sync.is_none() && st.dirty.bytes() > 0 && !st.sync_target {
             return st.session.clone();
         }
         None
@@ -566,7 +768,7 @@ impl Node {
             protocol: self.res.protocol.to_string(),
             peer: PeerStatus { node: self.peer.name.clone(), role: st.peer_role, disk: peer_disk },
             out_of_sync_bytes: st.dirty.bytes(),
-            split_brain: false,
+            split_brain: st.split_brain,
             rtt_us: st.rtt.map(|d| d.as_micros() as u64),
             sync: st.sync.as_ref().map(|p| {
                 let rate = p.done as f64 / p.started.elapsed().as_secs_f64().max(1e-3);

@@ -38,7 +38,10 @@ impl GenIds {
 
     /// After a completed sync both sides share `current` and no bitmap.
     pub fn synced_to(&mut self, current: u64) {
-        if self.current != current && self.current != NEVER_SYNCED && self.history[0] != self.current {
+        if self.current != current
+            && self.current != NEVER_SYNCED
+            && self.history[0] != self.current
+        {
             self.history = [self.current, self.history[0]];
         }
         self.current = current;
@@ -127,9 +130,24 @@ mod tests {
             ("fresh meets UpToDate", never, g(10, 0, 0, 0), SyncTarget { full: true }),
             ("same current", g(10, 0, 0, 0), g(10, 0, 0, 0), InSync),
             ("same current, stale bitmap ids", g(10, 7, 7, 0), g(10, 0, 7, 0), InSync),
-            ("primary wrote apart: bitmap resync", g(11, 10, 10, 0), g(10, 0, 0, 0), SyncSource { full: false }),
-            ("secondary came back newer", g(10, 0, 0, 0), g(11, 10, 10, 0), SyncTarget { full: false }),
-            ("in history only: full sync", g(12, 0, 11, 10), g(10, 0, 0, 0), SyncSource { full: true }),
+            (
+                "primary wrote apart: bitmap resync",
+                g(11, 10, 10, 0),
+                g(10, 0, 0, 0),
+                SyncSource { full: false },
+            ),
+            (
+                "secondary came back newer",
+                g(10, 0, 0, 0),
+                g(11, 10, 10, 0),
+                SyncTarget { full: false },
+            ),
+            (
+                "in history only: full sync",
+                g(12, 0, 11, 10),
+                g(10, 0, 0, 0),
+                SyncSource { full: true },
+            ),
             ("both wrote apart: split brain", g(11, 10, 10, 0), g(12, 10, 10, 0), SplitBrain),
             ("split brain, deeper history", g(21, 20, 20, 10), g(30, 10, 10, 0), SplitBrain),
             ("unrelated devices", g(11, 0, 9, 0), g(12, 0, 8, 0), Unrelated),

@@ -7,6 +7,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::genid::GenIds;
+
 pub const VERSION: u16 = 1;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
@@ -132,6 +134,21 @@ pub struct Hello {
     pub peer_out_of_sync: u64,
     /// The sender's disk was never written since twinblock created it.
     pub fresh: bool,
+    /// The sender's generation ids (the sync handshake decides on them).
+    pub gen: GenIds,
+    /// The operator ran `discard-my-data` on the sender.
+    pub discard: bool,
+}
+
+fn put_gen(b: &mut BytesMut, g: &GenIds) {
+    b.put_u64(g.current);
+    b.put_u64(g.bitmap);
+    b.put_u64(g.history[0]);
+    b.put_u64(g.history[1]);
+}
+
+fn get_gen(b: &mut Bytes) -> GenIds {
+    GenIds { current: b.get_u64(), bitmap: b.get_u64(), history: [b.get_u64(), b.get_u64()] }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +181,7 @@ pub enum Message {
         disk: DiskState,
         peer_out_of_sync: u64,
         fresh: bool,
+        current: u64,
     },
 }
 
@@ -194,6 +212,8 @@ impl Message {
                 b.put_u8(h.disk.code());
                 b.put_u64(h.peer_out_of_sync);
                 b.put_u8(h.fresh as u8);
+                put_gen(&mut b, &h.gen);
+                b.put_u8(h.discard as u8);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -241,12 +261,13 @@ impl Message {
                 b.put_u8(T_PONG);
                 b.put_u64(*id);
             }
-            Message::State { role, disk, peer_out_of_sync, fresh } => {
+            Message::State { role, disk, peer_out_of_sync, fresh, current } => {
                 b.put_u8(T_STATE);
                 b.put_u8(role.code());
                 b.put_u8(disk.code());
                 b.put_u64(*peer_out_of_sync);
                 b.put_u8(*fresh as u8);
+                b.put_u64(*current);
             }
         }
         let body = (b.len() - 4 + payload.as_ref().map_or(0, |p| p.len())) as u32;
@@ -310,13 +331,15 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let version = b.get_u16();
             let node = get_str(&mut b, "hello")?;
             let resource = get_str(&mut b, "hello")?;
-            need(&b, 19, "hello")?;
+            need(&b, 19 + 33, "hello")?;
             let size = b.get_u64();
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("hello role"))?;
             let disk =
                 DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("hello disk"))?;
             let peer_out_of_sync = b.get_u64();
             let fresh = b.get_u8() != 0;
+            let gen = get_gen(&mut b);
+            let discard = b.get_u8() != 0;
             Message::Hello(Hello {
                 version,
                 node,
@@ -326,6 +349,8 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 disk,
                 peer_out_of_sync,
                 fresh,
+                gen,
+                discard,
             })
         }
         T_WRITE => {
@@ -375,13 +400,14 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::Pong { id: b.get_u64() }
         }
         T_STATE => {
-            need(&b, 11, "state")?;
+            need(&b, 19, "state")?;
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("state role"))?;
             let disk =
                 DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("state disk"))?;
             let peer_out_of_sync = b.get_u64();
             let fresh = b.get_u8() != 0;
-            Message::State { role, disk, peer_out_of_sync, fresh }
+            let current = b.get_u64();
+            Message::State { role, disk, peer_out_of_sync, fresh, current }
         }
         other => return Err(WireError::UnknownType(other)),
     };
