@@ -91,7 +91,7 @@ impl Drop for ControlServer {
     }
 }
 
-fn handle(node: &Node, down: &watch::Sender<bool>, req: Request) -> Response {
+fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Response {
     let result = match req.verb.as_str() {
         "status" => Ok(()),
         "primary" => node.promote(req.force),
@@ -109,7 +109,7 @@ fn handle(node: &Node, down: &watch::Sender<bool>, req: Request) -> Response {
             let _ = down.send(true);
             Ok(())
         }
-        "verify" => Err("online verify is not implemented yet (resync issue)".into()),
+        "verify" => node.start_verify(),
         other => Err(format!("unknown verb {other:?}")),
     };
     tracing::info!(verb = %req.verb, force = req.force, ok = result.is_ok(), "control request");

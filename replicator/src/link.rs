@@ -262,12 +262,16 @@ async fn session_loop(
                                 session.send(ack);
                             }
                         }
-                        if let Err(e) = node.apply(&op).await {
-                            warn!(seq, "cannot apply a replicated write: {e}");
-                            session.send(Message::Failed {
-                                seq,
-                                errno: e.raw_os_error().unwrap_or(5),
-                            });
+                        match node.apply(seq, &op).await {
+                            Ok(Some(reply)) => session.send(reply),
+                            Ok(None) => {}
+                            Err(e) => {
+                                warn!(seq, "cannot apply a replicated operation: {e}");
+                                session.send(Message::Failed {
+                                    seq,
+                                    errno: e.raw_os_error().unwrap_or(5),
+                                });
+                            }
                         }
                         receiver.applied(seq);
                     }
@@ -279,6 +283,7 @@ async fn session_loop(
                         node.peer_failed(u.range);
                     }
                 }
+                Message::Verified { seq, crcs } => node.verified(seq, &crcs),
                 Message::Ping { id } => session.send(Message::Pong { id }),
                 Message::Pong { id } => live.pong(id, Instant::now()),
                 Message::State { role, disk, peer_out_of_sync, fresh, current } => {

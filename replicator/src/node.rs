@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tracing::Instrument;
 use twinblock_nbd::consts::{STATE_HOLE, STATE_ZERO};
 use twinblock_nbd::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 
@@ -82,6 +83,14 @@ pub struct State {
     discard: bool,
     /// Waiting for the peer's resync to finish.
     sync_target: bool,
+    /// Online verify under way, and its requests awaiting the peer's CRCs.
+    verify: Option<SyncProgress>,
+    verify_pending: std::collections::HashMap<u64, (u64, Vec<u32>)>,
+}
+
+/// CRC32 of each 4 KiB block of `data`.
+fn block_crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(crate::bitmap::BLOCK as usize).map(crc32fast::hash).collect()
 }
 
 /// A new random generation id.
@@ -117,6 +126,7 @@ struct Stats {
     written: AtomicU64,
     replicated: AtomicU64,
     resynced: AtomicU64,
+    verify_mismatches: AtomicU64,
 }
 
 /// Largest resync chunk, in 4 KiB blocks (1 MiB).
@@ -174,6 +184,8 @@ impl Node {
                 split_brain: false,
                 discard: false,
                 sync_target: false,
+                verify: None,
+                verify_pending: std::collections::HashMap::new(),
             }),
             order: Mutex::new(()),
             changed: Notify::new(),
@@ -518,6 +530,8 @@ impl Node {
             st.peer_disk = None;
             st.rtt = None;
             st.sync = None;
+            st.verify = None;
+            st.verify_pending.clear();
             st.behind = 0;
             st.connection =
                 if st.want_connected { Connection::Connecting } else { Connection::StandAlone };
@@ -542,7 +556,7 @@ impl Node {
     }
 
     /// Applies an operation from the peer (Secondary), in sequence order.
-    pub async fn apply(&self, op: &Op) -> io::Result<()> {
+    pub async fn apply(&self, seq: u64, op: &Op) -> io::Result<Option<Message>> {
         if op.range().is_some() {
             let mut st = self.state();
             if st.fresh {
@@ -562,9 +576,121 @@ impl Node {
                 self.store.zero_now(*offset, *len as u64, !no_hole)?
             }
             Op::Flush => self.store.flush().await?,
+            Op::Verify { offset, len } => {
+                let data = self.store.read_now(*offset, *len as usize)?;
+                return Ok(Some(Message::Verified { seq, crcs: block_crcs(&data) }));
+            }
         }
         self.stats.replicated.fetch_add(op.wire_bytes(), Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// `verify`: compares the CRC32 of every 4 KiB block with the peer's.
+    /// Each chunk is read here and numbered under the ordering lock, and the
+    /// peer reads it when it reaches that number: both see the same writes.
+    /// Mismatches are marked out of sync and counted; a resync follows.
+    pub fn start_verify(self: &Arc<Self>) -> Result<(), String> {
+        let st = self.state();
+        let Some(session) = st.session.clone() else {
+            return Err("not connected to the peer".into());
+        };
+        if st.verify.is_some() || st.sync.is_some() || st.sync_target {
+            return Err("a resync or verify is already running".into());
+        }
+        drop(st);
+        let node = self.clone();
+        tokio::spawn(async move { node.verify(session).await }.in_current_span());
         Ok(())
+    }
+
+    async fn verify(self: Arc<Self>, session: Arc<Session>) {
+        let size = self.res.size;
+        self.state().verify =
+            Some(SyncProgress { total: size, done: 0, started: std::time::Instant::now() });
+        tracing::info!(bytes = size, "online verify started");
+        let mut window = std::collections::VecDeque::new();
+        let mut offset = 0u64;
+        let mut ok = true;
+        while offset < size {
+            let len = (size - offset).min(RESYNC_CHUNK_BLOCKS * crate::bitmap::BLOCK);
+            let ticket = {
+                let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = self.state();
+                if !st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                    ok = false;
+                    break;
+                }
+                let data = match self.store.read_now(offset, len as usize) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(offset, "verify read failed: {e}");
+                        ok = false;
+                        break;
+                    }
+                };
+                let (seq, ticket) = session.submit_resync(&Op::Verify { offset, len: len as u32 });
+                st.verify_pending.insert(seq, (offset, block_crcs(&data)));
+                ticket
+            };
+            offset += len;
+            window.push_back(ticket);
+            if window.len() >= RESYNC_WINDOW {
+                if let Some(Ticket::Wait(rx)) = window.pop_front() {
+                    if rx.await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+        }
+        for t in window {
+            if let Ticket::Wait(rx) = t {
+                ok &= rx.await.is_ok();
+            }
+        }
+        // Replies arrive before the acks that release the tickets (one
+        // stream, in order), so every answer is in.
+        let mut st = self.state();
+        st.verify = None;
+        st.verify_pending.clear();
+        let found = self.stats.verify_mismatches.load(Ordering::Relaxed);
+        tracing::info!(
+            complete = ok,
+            mismatches = found,
+            out_of_sync = st.dirty.bytes(),
+            "online verify finished"
+        );
+        drop(st);
+        if let Some(s) = self.needs_resync() {
+            tokio::spawn(self.clone().resync(s).in_current_span());
+        }
+    }
+
+    /// The peer's CRCs for verify request `seq`.
+    pub fn verified(&self, seq: u64, crcs: &[u32]) {
+        let mut st = self.state();
+        let Some((offset, mine)) = st.verify_pending.remove(&seq) else { return };
+        let mut bad = 0;
+        for (i, (a, b)) in mine.iter().zip(crcs).enumerate() {
+            if a != b {
+                st.dirty.mark(offset + i as u64 * crate::bitmap::BLOCK, crate::bitmap::BLOCK);
+                bad += 1;
+            }
+        }
+        if mine.len() != crcs.len() {
+            tracing::warn!(seq, "verify answer has {} CRCs, expected {}", crcs.len(), mine.len());
+        }
+        if bad > 0 {
+            // Out of sync on purpose-built evidence: a new generation, so a
+            // restart cannot forget these blocks.
+            self.diverge(&mut st);
+            tracing::warn!(offset, blocks = bad, "verify: blocks differ from the peer's");
+            self.stats.verify_mismatches.fetch_add(bad, Ordering::Relaxed);
+        }
+        let len = mine.len() as u64 * crate::bitmap::BLOCK;
+        if let Some(v) = st.verify.as_mut() {
+            v.done += len;
+        }
     }
 
     /// The replicated write path (Primary only): numbered and queued for the
@@ -682,7 +808,7 @@ impl Node {
                                     p.done += len;
                                     p.total = p.total.max(p.done + left);
                                 }
-                                Some((session.submit_resync(&Op::write(off, data, false)), len))
+                                Some((session.submit_resync(&Op::write(off, data, false)).1, len))
                             }
                             Err(e) => {
                                 tracing::error!(off, "resync read failed: {e}");
@@ -759,6 +885,7 @@ impl Node {
             role: st.role,
             disk: st.disk,
             connection: match (&st.sync, st.connection) {
+                (_, Connection::Connected) if st.verify.is_some() => "Verifying".into(),
                 (Some(_), Connection::Connected) => "SyncSource".into(),
                 (None, Connection::Connected) if st.role == Role::Secondary && st.behind > 0 => {
                     "SyncTarget".into()
@@ -770,7 +897,7 @@ impl Node {
             out_of_sync_bytes: st.dirty.bytes(),
             split_brain: st.split_brain,
             rtt_us: st.rtt.map(|d| d.as_micros() as u64),
-            sync: st.sync.as_ref().map(|p| {
+            sync: st.sync.as_ref().or(st.verify.as_ref()).map(|p| {
                 let rate = p.done as f64 / p.started.elapsed().as_secs_f64().max(1e-3);
                 let left = p.total.saturating_sub(p.done);
                 crate::status::SyncStatus {
@@ -787,6 +914,7 @@ impl Node {
                 written_bytes: self.stats.written.load(Ordering::Relaxed),
                 replicated_bytes: self.stats.replicated.load(Ordering::Relaxed),
                 resync_bytes: self.stats.resynced.load(Ordering::Relaxed),
+                verify_mismatches: self.stats.verify_mismatches.load(Ordering::Relaxed),
                 ..Counters::default()
             },
             in_flight: st.session.as_ref().map_or(0, |s| s.in_flight()),

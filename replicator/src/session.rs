@@ -82,17 +82,31 @@ impl Session {
         self.submit_needing(op, lag, Need::of(op, self.protocol))
     }
 
-    /// Resync traffic: paced by the peer applying it, whatever the mode.
-    pub fn submit_resync(&self, op: &Op) -> Ticket {
-        self.submit_needing(op, None, Need::Done)
+    /// Resync and verify traffic: paced by the peer applying it, whatever
+    /// the mode. Returns the sequence number too (0 without a session).
+    pub fn submit_resync(&self, op: &Op) -> (u64, Ticket) {
+        let mut seq = 0;
+        let t = self.submit_inner(op, None, Need::Done, &mut seq);
+        (seq, t)
     }
 
     fn submit_needing(&self, op: &Op, lag: Option<OwnedSemaphorePermit>, need: Need) -> Ticket {
+        self.submit_inner(op, lag, need, &mut 0)
+    }
+
+    fn submit_inner(
+        &self,
+        op: &Op,
+        lag: Option<OwnedSemaphorePermit>,
+        need: Need,
+        seq_out: &mut u64,
+    ) -> Ticket {
         let mut inner = self.lock();
         if inner.lost {
             return Ticket::Alone;
         }
         let (seq, ready) = inner.sender.submit_needing(op, need);
+        *seq_out = seq;
         if self.out.send(Message::Data { seq, op: op.clone() }).is_err() {
             // The writer is gone; the link loss will account for this seq.
         }

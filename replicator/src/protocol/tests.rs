@@ -34,6 +34,8 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Data { seq: 3, op: Op::Trim { offset: 8192, len: 1 << 30 } },
         Message::Data { seq: 4, op: Op::Zero { offset: 0, len: 4096, no_hole: true } },
         Message::Data { seq: 5, op: Op::Flush },
+        Message::Data { seq: 6, op: Op::Verify { offset: 1 << 20, len: 1 << 20 } },
+        Message::Verified { seq: 6, crcs: vec![1, 2, 0xffff_ffff] },
         Message::Ack { received: 5, done: 3 },
         Message::Failed { seq: 9, errno: 5 },
         Message::Ping { id: 77 },

@@ -23,6 +23,8 @@ const T_PING: u8 = 7;
 const T_PONG: u8 = 8;
 const T_STATE: u8 = 9;
 const T_FAILED: u8 = 10;
+const T_VERIFY: u8 = 11;
+const T_VERIFIED: u8 = 12;
 
 /// Role as carried on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -96,6 +98,12 @@ pub enum Op {
     },
     /// A barrier: everything before it is durable on the peer once it is done.
     Flush,
+    /// Online verify: CRC32 each 4 KiB block of the range, as it stands
+    /// after every earlier operation, and answer with `Verified`.
+    Verify {
+        offset: u64,
+        len: u32,
+    },
 }
 
 impl Op {
@@ -109,7 +117,7 @@ impl Op {
         match self {
             Op::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
             Op::Trim { offset, len } | Op::Zero { offset, len, .. } => Some((*offset, *len as u64)),
-            Op::Flush => None,
+            Op::Flush | Op::Verify { .. } => None,
         }
     }
 
@@ -168,6 +176,11 @@ pub enum Message {
     Failed {
         seq: u64,
         errno: i32,
+    },
+    /// Answer to `Op::Verify` number `seq`: one CRC32 per 4 KiB block.
+    Verified {
+        seq: u64,
+        crcs: Vec<u32>,
     },
     Ping {
         id: u64,
@@ -242,7 +255,21 @@ impl Message {
                     b.put_u8(T_FLUSH);
                     b.put_u64(*seq);
                 }
+                Op::Verify { offset, len } => {
+                    b.put_u8(T_VERIFY);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u32(*len);
+                }
             },
+            Message::Verified { seq, crcs } => {
+                b.put_u8(T_VERIFIED);
+                b.put_u64(*seq);
+                b.put_u32(crcs.len() as u32);
+                for c in crcs {
+                    b.put_u32(*c);
+                }
+            }
             Message::Ack { received, done } => {
                 b.put_u8(T_ACK);
                 b.put_u64(*received);
@@ -386,6 +413,22 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
         T_ACK => {
             need(&b, 16, "ack")?;
             Message::Ack { received: b.get_u64(), done: b.get_u64() }
+        }
+        T_VERIFY => {
+            need(&b, 20, "verify")?;
+            Message::Data {
+                seq: b.get_u64(),
+                op: Op::Verify { offset: b.get_u64(), len: b.get_u32() },
+            }
+        }
+        T_VERIFIED => {
+            need(&b, 12, "verified")?;
+            let seq = b.get_u64();
+            let n = b.get_u32() as usize;
+            if b.remaining() != n * 4 {
+                return Err(WireError::Malformed("verified length"));
+            }
+            Message::Verified { seq, crcs: (0..n).map(|_| b.get_u32()).collect() }
         }
         T_FAILED => {
             need(&b, 12, "failed")?;
