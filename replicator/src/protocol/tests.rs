@@ -45,6 +45,7 @@ fn every_message_round_trips_even_byte_by_byte() {
             disk: DiskState::Outdated,
             peer_out_of_sync: 8192,
             fresh: false,
+            current: 99,
         },
     ];
     let stream: Vec<u8> = msgs.iter().flat_map(|m| m.to_bytes().to_vec()).collect();
