@@ -227,6 +227,9 @@ async fn run_session(
     if let Err(e) = &why {
         warn!(%remote, "replication session ended: {e}");
         node.set_error(e.clone());
+        // Closing at once would drop our hello if it is still in flight; let
+        // the peer read it and reach its own verdict (or close) first.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
     }
     conn.close(0u32.into(), b"bye");
 }
