@@ -54,6 +54,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         endpoint.close(0u32.into(), b"down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         node.store().flush().await.context("final flush")?;
+        node.close();
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     }

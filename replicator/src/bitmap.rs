@@ -75,6 +75,22 @@ impl Bitmap {
         }
     }
 
+    /// The words, little-endian (the on-disk form).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// ORs a saved bitmap into this one (ignored if it has another size).
+    pub fn merge_bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() != self.words.len() * 8 {
+            return;
+        }
+        for (w, chunk) in self.words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w |= u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
+
     pub fn clear(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
         self.set = 0;

@@ -8,6 +8,7 @@
 //! - [`protocol`]: the sans-IO replication protocol (wire, sender, receiver).
 //! - [`config`], [`meta`], [`bitmap`], [`status`], [`tls`], [`units`].
 
+pub mod al;
 pub mod bitmap;
 pub mod config;
 pub mod link;

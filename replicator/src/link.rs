@@ -319,7 +319,14 @@ async fn session_loop(
                 // QUIC's own estimate: from ACK timing, not behind queued data.
                 node.set_rtt(Some(conn.rtt()));
             }
-            _ = node.changed.notified() => {}
+            _ = node.changed.notified() => {
+                // A promotion may leave blocks to resync (after a crash).
+                if let Some(s) = node.needs_resync() {
+                    if Arc::ptr_eq(&s, session) {
+                        tokio::spawn(node.clone().resync(s).in_current_span());
+                    }
+                }
+            }
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use twinblock_nbd::consts::{STATE_HOLE, STATE_ZERO};
 use twinblock_nbd::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 
+use crate::al::ActivityLog;
 use crate::bitmap::Bitmap;
 use crate::config::{NodeConfig, ResourceConfig};
 use crate::meta::{Meta, MetaError};
@@ -83,6 +84,9 @@ pub struct State {
     discard: bool,
     /// Waiting for the peer's resync to finish.
     sync_target: bool,
+    /// The handshake made this node SyncSource (whatever its role).
+    sync_source: bool,
+    al: ActivityLog,
     /// Online verify under way, and its requests awaiting the peer's CRCs.
     verify: Option<SyncProgress>,
     verify_pending: std::collections::HashMap<u64, (u64, Vec<u32>)>,
@@ -129,6 +133,9 @@ struct Stats {
     verify_mismatches: AtomicU64,
 }
 
+/// Hot 4 MiB extents kept in the activity log (256 MiB).
+const AL_EXTENTS: usize = 64;
+
 /// Largest resync chunk, in 4 KiB blocks (1 MiB).
 const RESYNC_CHUNK_BLOCKS: u64 = 256;
 /// Resync chunks in flight at once.
@@ -159,6 +166,16 @@ impl Node {
         let store = Store::open(&mine.disk, Some(res.size), opts)?;
         let meta = Meta::load_or_create(&mine.meta, me, &res.name, res.size, store.created())?;
         let size = res.size;
+        let mut dirty = Bitmap::new(size);
+        let (al, recovered) = ActivityLog::open(&mine.meta, AL_EXTENTS, &mut dirty)
+            .map_err(|source| MetaError::Io { path: mine.meta.clone(), source })?;
+        if recovered > 0 {
+            tracing::warn!(
+                extents = recovered,
+                bytes = dirty.bytes(),
+                "unclean shutdown: the activity log's extents are out of sync"
+            );
+        }
         Ok(Arc::new(Node {
             res,
             me: mine,
@@ -173,7 +190,7 @@ impl Node {
                 peer_role: None,
                 peer_disk: None,
                 session: None,
-                dirty: Bitmap::new(size),
+                dirty,
                 rtt: None,
                 last_error: None,
                 sync: None,
@@ -184,6 +201,8 @@ impl Node {
                 split_brain: false,
                 discard: false,
                 sync_target: false,
+                sync_source: false,
+                al,
                 verify: None,
                 verify_pending: std::collections::HashMap::new(),
             }),
@@ -221,6 +240,23 @@ impl Node {
             peer_out_of_sync: st.dirty.bytes(),
             fresh: st.fresh,
             current: st.gen.current,
+        }
+    }
+
+    /// Writes the out-of-sync bitmap to disk (bits set outside the activity
+    /// log's cover must not be lost in a crash).
+    fn persist_bitmap(&self, st: &State) {
+        if let Err(e) = st.al.save_bitmap(&st.dirty) {
+            tracing::error!("cannot save the out-of-sync bitmap: {e}");
+        }
+    }
+
+    /// Clean stop: bitmap on disk, activity log empty.
+    pub fn close(&self) {
+        let mut st = self.state();
+        let st = &mut *st;
+        if let Err(e) = st.al.close(&st.dirty) {
+            tracing::error!("cannot close the activity log: {e}");
         }
     }
 
@@ -437,12 +473,16 @@ impl Node {
                 st.sync_target = true;
                 st.disk = DiskState::Inconsistent;
                 st.discard = false;
+                // The peer's data wins: nothing of ours is to be sent.
+                st.dirty.clear();
+                self.persist_bitmap(&st);
                 self.save_meta(&st).map_err(|e| e.to_string())?;
             }
             Decision::SyncSource { full } => {
                 if full || !st.bitmap_valid {
                     st.dirty.mark(0, self.res.size);
                 }
+                st.sync_source = true;
                 tracing::info!(
                     full = full || !st.bitmap_valid,
                     bytes = st.dirty.bytes(),
@@ -522,8 +562,10 @@ impl Node {
         if marked {
             // The peer may lack these writes: our data is a new generation.
             self.diverge(st);
+            self.persist_bitmap(st);
         }
         st.sync_target = false;
+        st.sync_source = false;
         if st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
             st.session = None;
             st.peer_role = None;
@@ -551,7 +593,10 @@ impl Node {
     /// The peer could not apply an operation.
     pub fn peer_failed(&self, range: Option<(u64, u64)>) {
         if let Some((off, len)) = range {
-            self.state().dirty.mark(off, len);
+            let mut st = self.state();
+            st.dirty.mark(off, len);
+            self.diverge(&mut st);
+            self.persist_bitmap(&st);
         }
     }
 
@@ -684,6 +729,7 @@ impl Node {
             // Out of sync on purpose-built evidence: a new generation, so a
             // restart cannot forget these blocks.
             self.diverge(&mut st);
+            self.persist_bitmap(&st);
             tracing::warn!(offset, blocks = bad, "verify: blocks differ from the peer's");
             self.stats.verify_mismatches.fetch_add(bad, Ordering::Relaxed);
         }
@@ -718,6 +764,12 @@ impl Node {
                 // Persist "written" before the first write lands.
                 st.fresh = false;
                 self.save_meta(&st).map_err(|e| DeviceError::Io(io::Error::other(e)))?;
+            }
+            if let Some((off, len)) = op.range() {
+                // The extent is in the activity log on disk before the write
+                // lands (no I/O while it stays hot).
+                let st = &mut *st;
+                st.al.touch(off, len, &st.dirty).map_err(DeviceError::Io)?;
             }
             let ticket = match &st.session {
                 Some(s) => s.submit(&op, lag),
@@ -776,7 +828,7 @@ impl Node {
         {
             let mut st = self.state();
             let total = st.dirty.bytes();
-            if total == 0 {
+            if total == 0 || st.sync.is_some() {
                 return;
             }
             st.sync = Some(SyncProgress { total, done: 0, started: std::time::Instant::now() });
@@ -851,6 +903,8 @@ impl Node {
                 st.gen.synced_to(current);
                 st.apart = false;
                 st.bitmap_valid = true;
+                st.sync_source = false;
+                self.persist_bitmap(&st);
                 if let Err(e) = self.save_meta(&st) {
                     tracing::error!("cannot save metadata: {e}");
                 }
@@ -864,7 +918,11 @@ impl Node {
     /// sync, none running).
     pub fn needs_resync(&self) -> Option<Arc<Session>> {
         let st = self.state();
-        if st.sync.is_none() && st.dirty.bytes() > 0 && !st.sync_target {
+        if st.sync.is_none()
+            && st.dirty.bytes() > 0
+            && !st.sync_target
+            && (st.role == Role::Primary || st.sync_source)
+        {
             return st.session.clone();
         }
         None
