@@ -9,8 +9,8 @@
 //! Files: `<meta>.al` (the extents, one per line) and `<meta>.bitmap` (the
 //! bitmap's words), both replaced atomically.
 
-use std::collections::VecDeque;
-use std::fs;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,22 +18,30 @@ use crate::bitmap::Bitmap;
 
 pub const EXTENT: u64 = 4 << 20;
 
+/// Journal entries after which the log file is rewritten compactly.
+const COMPACT_AFTER: usize = 16 * 1024;
+
 pub struct ActivityLog {
-    lru: VecDeque<u64>,
+    /// Active extent -> last use (a counter): least recently used leaves first.
+    active: HashMap<u64, u64>,
+    clock: u64,
     capacity: usize,
     path: PathBuf,
     bitmap_path: PathBuf,
+    /// Append-only journal of `+E` / `-E` lines; one fdatasync per change.
+    journal: File,
+    entries: usize,
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp-al");
-    let mut f = fs::File::create(&tmp)?;
+    let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()
 }
 
 impl ActivityLog {
@@ -51,27 +59,41 @@ impl ActivityLog {
         if let Ok(bytes) = fs::read(&bitmap_path) {
             dirty.merge_bytes(&bytes);
         }
-        let mut recovered = 0;
+        let mut held = std::collections::BTreeSet::new();
         if let Ok(text) = fs::read_to_string(&path) {
             for line in text.lines() {
-                if let Ok(e) = line.trim().parse::<u64>() {
-                    dirty.mark(e * EXTENT, EXTENT);
-                    recovered += 1;
+                let (sign, num) = line.split_at(line.len().min(1));
+                match (sign, num.trim().parse::<u64>()) {
+                    ("+", Ok(e)) => {
+                        held.insert(e);
+                    }
+                    ("-", Ok(e)) => {
+                        held.remove(&e);
+                    }
+                    _ => {} // a torn last line: the extent was not yet active
                 }
             }
         }
-        let al = ActivityLog { lru: VecDeque::new(), capacity: capacity.max(1), path, bitmap_path };
-        if recovered > 0 {
-            // Keep the recovered bits safe before the log forgets them.
-            al.save_bitmap(dirty)?;
+        for e in &held {
+            dirty.mark(e * EXTENT, EXTENT);
         }
-        al.save()?;
-        Ok((al, recovered))
-    }
-
-    fn save(&self) -> std::io::Result<()> {
-        let text: String = self.lru.iter().map(|e| format!("{e}\n")).collect();
-        atomic_write(&self.path, text.as_bytes())
+        let bitmap = |dirty: &Bitmap| atomic_write(&bitmap_path, &dirty.to_bytes());
+        if !held.is_empty() {
+            // Keep the recovered bits safe before the log forgets them.
+            bitmap(dirty)?;
+        }
+        atomic_write(&path, b"")?;
+        let journal = OpenOptions::new().append(true).open(&path)?;
+        let al = ActivityLog {
+            active: HashMap::new(),
+            clock: 0,
+            capacity: capacity.max(1),
+            path,
+            bitmap_path,
+            journal,
+            entries: 0,
+        };
+        Ok((al, held.len()))
     }
 
     pub fn save_bitmap(&self, dirty: &Bitmap) -> std::io::Result<()> {
@@ -80,34 +102,43 @@ impl ActivityLog {
 
     /// Makes the extents of `[offset, offset+len)` active before a write.
     /// No I/O when they already are (the common case); otherwise the bitmap
-    /// is saved if an extent must leave, then the log.
+    /// is saved if an extent must leave, then one journal append + sync.
     pub fn touch(&mut self, offset: u64, len: u64, dirty: &Bitmap) -> std::io::Result<()> {
         if len == 0 {
             return Ok(());
         }
         let (first, last) = (offset / EXTENT, (offset + len - 1) / EXTENT);
-        let mut changed = false;
+        let mut record = String::new();
         let mut evicted = false;
         for e in first..=last {
-            if let Some(pos) = self.lru.iter().position(|&x| x == e) {
-                if pos != 0 {
-                    let x = self.lru.remove(pos).expect("position is valid");
-                    self.lru.push_front(x);
-                }
+            self.clock += 1;
+            if let Some(t) = self.active.get_mut(&e) {
+                *t = self.clock;
                 continue;
             }
-            self.lru.push_front(e);
-            changed = true;
-            if self.lru.len() > self.capacity {
-                self.lru.pop_back();
+            if self.active.len() >= self.capacity {
+                let (&old, _) = self.active.iter().min_by_key(|(_, &t)| t).expect("log is full");
+                self.active.remove(&old);
+                record.push_str(&format!("-{old}\n"));
                 evicted = true;
             }
+            self.active.insert(e, self.clock);
+            record.push_str(&format!("+{e}\n"));
+        }
+        if record.is_empty() {
+            return Ok(());
         }
         if evicted {
             self.save_bitmap(dirty)?;
         }
-        if changed {
-            self.save()?;
+        self.journal.write_all(record.as_bytes())?;
+        self.journal.sync_data()?;
+        self.entries += record.lines().count();
+        if self.entries > COMPACT_AFTER {
+            let text: String = self.active.keys().map(|e| format!("+{e}\n")).collect();
+            atomic_write(&self.path, text.as_bytes())?;
+            self.journal = OpenOptions::new().append(true).open(&self.path)?;
+            self.entries = self.active.len();
         }
         Ok(())
     }
@@ -115,12 +146,12 @@ impl ActivityLog {
     /// Clean shutdown: the bitmap on disk, the log empty.
     pub fn close(&mut self, dirty: &Bitmap) -> std::io::Result<()> {
         self.save_bitmap(dirty)?;
-        self.lru.clear();
-        self.save()
+        self.active.clear();
+        atomic_write(&self.path, b"")
     }
 
     pub fn active(&self) -> usize {
-        self.lru.len()
+        self.active.len()
     }
 }
 

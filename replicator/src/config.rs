@@ -67,6 +67,7 @@ struct RawConfig {
     ping_interval: Option<String>,
     connect_interval: Option<String>,
     max_lag: Option<String>,
+    al_extents: Option<usize>,
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
 }
@@ -122,6 +123,8 @@ pub struct ResourceConfig {
     pub connect_interval: Duration,
     /// Protocol A: bytes in flight to the peer before writes wait.
     pub max_lag: u64,
+    /// Hot 4 MiB extents in the activity log (what a crash resyncs).
+    pub al_extents: usize,
     pub ca: PathBuf,
     pub nodes: BTreeMap<String, NodeConfig>,
 }
@@ -173,6 +176,10 @@ impl ResourceConfig {
         if max_lag < 32 << 20 {
             return Err(key_err("max-lag", "must be at least 32M (one maximal write)".into()));
         }
+        let al_extents = raw.al_extents.unwrap_or(1237);
+        if !(7..=65534).contains(&al_extents) {
+            return Err(key_err("al-extents", format!("{al_extents} is outside 7..=65534")));
+        }
         if raw.nodes.len() != 2 {
             return Err(key_err(
                 "nodes",
@@ -219,6 +226,7 @@ impl ResourceConfig {
             ping_interval,
             connect_interval,
             max_lag,
+            al_extents,
             ca: resolve(&raw.tls.ca),
             nodes,
         })

@@ -133,9 +133,6 @@ struct Stats {
     verify_mismatches: AtomicU64,
 }
 
-/// Hot 4 MiB extents kept in the activity log (256 MiB).
-const AL_EXTENTS: usize = 64;
-
 /// Largest resync chunk, in 4 KiB blocks (1 MiB).
 const RESYNC_CHUNK_BLOCKS: u64 = 256;
 /// Resync chunks in flight at once.
@@ -167,7 +164,7 @@ impl Node {
         let meta = Meta::load_or_create(&mine.meta, me, &res.name, res.size, store.created())?;
         let size = res.size;
         let mut dirty = Bitmap::new(size);
-        let (al, recovered) = ActivityLog::open(&mine.meta, AL_EXTENTS, &mut dirty)
+        let (al, recovered) = ActivityLog::open(&mine.meta, res.al_extents, &mut dirty)
             .map_err(|source| MetaError::Io { path: mine.meta.clone(), source })?;
         if recovered > 0 {
             tracing::warn!(
