@@ -617,3 +617,77 @@ fn after_a_primary_crash_only_the_activity_log_extents_resync() {
         );
     }
 }
+
+/// Issue 4: writes keep flowing during a resync; a node killed mid-resync
+/// (the target, then the source) resumes rather than starting over, and the
+/// disks end identical.
+#[test]
+fn a_resync_interrupted_by_a_crash_resumes() {
+    if !have("fio") {
+        return;
+    }
+    let mut p = Pair::start("C", "1G");
+    assert!(p.down(1).success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.status(0)["connection"] == "Connected" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uri = p.uri(0);
+    let fio = |extra: &[&str]| {
+        let mut c = Command::new("fio");
+        c.args(["--name=w", "--ioengine=nbd", &format!("--uri={uri}"), "--output=/dev/null"]);
+        c.args(extra);
+        run_ok(&mut c);
+    };
+    fio(&["--rw=write", "--bs=1M", "--iodepth=8", "--size=768M"]);
+    let dirty = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
+    assert_eq!(dirty, 768 << 20);
+    let progress = |p: &Pair| p.status(0)["sync"]["percent"].as_f64();
+    let wait_progress = |p: &Pair, at: f64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if progress(p).is_some_and(|x| x >= at) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "resync never reached {at}%: {}", p.status(0));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The target dies mid-resync and comes back.
+    p.up(1);
+    wait_progress(&p, 20.0);
+    p.kill(1);
+    let before_restart = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
+    assert!(before_restart < dirty, "progress was kept: {before_restart} of {dirty} left");
+    p.up(1);
+    // The source dies mid-resync and comes back (as Primary again).
+    wait_progress(&p, 10.0);
+    p.kill(0);
+    p.up(0);
+    p.wait_connected();
+    let left = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
+    assert!(left < dirty, "the source resumed from its bitmap checkpoint: {left} of {dirty} left");
+    p.ok(&["primary"], 0);
+    // Application writes go on during the rest of the resync.
+    fio(&[
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=8",
+        "--size=64M",
+        "--offset=900M",
+        "--time_based",
+        "--runtime=1",
+    ]);
+    p.wait("the resumed resync", Duration::from_secs(120), |a, b| {
+        a["connection"] == "Connected"
+            && a["sync"].is_null()
+            && a["out_of_sync_bytes"] == 0
+            && a["in_flight"] == 0
+            && b["disk"] == "UpToDate"
+    });
+    assert!(
+        read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk),
+        "disks differ after the resumed resync"
+    );
+}

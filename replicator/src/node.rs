@@ -135,6 +135,8 @@ struct Stats {
 
 /// Largest resync chunk, in 4 KiB blocks (1 MiB).
 const RESYNC_CHUNK_BLOCKS: u64 = 256;
+/// Resync chunks between checkpoints of the bitmap on disk (64 MiB).
+const RESYNC_CHECKPOINT: u64 = 64;
 /// Resync chunks in flight at once.
 const RESYNC_WINDOW: usize = 16;
 
@@ -194,7 +196,9 @@ impl Node {
                 behind: 0,
                 gen: meta.gen,
                 apart: false,
-                bitmap_valid: meta.gen.bitmap == 0,
+                // The bitmap on disk plus the activity log cover every
+                // change since `gen.bitmap`.
+                bitmap_valid: true,
                 split_brain: false,
                 discard: false,
                 sync_target: false,
@@ -834,6 +838,7 @@ impl Node {
         }
         let mut window = std::collections::VecDeque::new();
         let mut cursor = 0u64;
+        let mut chunks = 0u64;
         loop {
             let next = {
                 let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
@@ -870,6 +875,21 @@ impl Node {
             let Some((ticket, len)) = next else { break };
             self.stats.resynced.fetch_add(len, Ordering::Relaxed);
             window.push_back(ticket);
+            chunks += 1;
+            if chunks % RESYNC_CHECKPOINT == 0 {
+                // Checkpoint: once every chunk sent so far is applied, the
+                // bitmap on disk may forget them; a crash resumes here.
+                let mut lost = false;
+                for t in window.drain(..) {
+                    if let Ticket::Wait(rx) = t {
+                        lost |= rx.await.is_err();
+                    }
+                }
+                if lost {
+                    break;
+                }
+                self.persist_bitmap(&self.state());
+            }
             if window.len() >= RESYNC_WINDOW {
                 if let Some(Ticket::Wait(rx)) = window.pop_front() {
                     if rx.await.is_err() {
