@@ -316,17 +316,17 @@ async fn session_loop(
                 if let Some(id) = live.ping(now) {
                     session.send(Message::Ping { id });
                 }
-                // QUIC's own estimate: from ACK timing, not behind queued data.
-                node.set_rtt(Some(conn.rtt()));
-            }
-            _ = node.changed.notified() => {
-                // A promotion may leave blocks to resync (after a crash).
+                // Blocks left to resync (a promotion after a crash, a
+                // failed apply): start, unless one is running.
                 if let Some(s) = node.needs_resync() {
                     if Arc::ptr_eq(&s, session) {
                         tokio::spawn(node.clone().resync(s).in_current_span());
                     }
                 }
+                // QUIC's own estimate: from ACK timing, not behind queued data.
+                node.set_rtt(Some(conn.rtt()));
             }
+            _ = node.changed.notified() => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }
