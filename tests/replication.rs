@@ -691,3 +691,65 @@ fn a_resync_interrupted_by_a_crash_resumes() {
         "disks differ after the resumed resync"
     );
 }
+
+/// Issue 4: with `split-brain-policy = "discard-least-changes"` the node
+/// that changed less while apart (a Secondary) takes the other's data.
+#[test]
+fn split_brain_policy_discards_the_smaller_side() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("C", "16M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        text.replace(
+            "protocol = \"C\"\n",
+            "protocol = \"C\"\nsplit-brain-policy = \"discard-least-changes\"\n",
+        ),
+    )
+    .unwrap();
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    p.ok(&["disconnect"], 0);
+    p.ok(&["disconnect"], 1);
+    p.wait("both StandAlone", Duration::from_secs(10), |a, b| {
+        a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
+    });
+    p.ok(&["primary"], 1);
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(0),
+        "-c",
+        "write -P 0xa 0 1M",
+    ]));
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        &p.uri(1),
+        "-c",
+        "write -P 0xb 4M 64k",
+    ]));
+    p.ok(&["secondary"], 1);
+    p.ok(&["connect"], 0);
+    p.ok(&["connect"], 1);
+    p.wait("the policy's resync", Duration::from_secs(30), |a, b| {
+        a["connection"] == "Connected"
+            && a["sync"].is_null()
+            && a["out_of_sync_bytes"] == 0
+            && a["in_flight"] == 0
+            && b["disk"] == "UpToDate"
+    });
+    assert_eq!(p.status(0)["split_brain"], false);
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!(a == b, "disks differ");
+    assert!(b[4 << 20..(4 << 20) + 65536].iter().all(|&x| x == 0), "b's smaller change survived");
+    assert!(p.log(1).contains("split brain resolved by policy"));
+}

@@ -68,6 +68,7 @@ struct RawConfig {
     connect_interval: Option<String>,
     max_lag: Option<String>,
     al_extents: Option<usize>,
+    split_brain_policy: Option<String>,
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
 }
@@ -125,6 +126,8 @@ pub struct ResourceConfig {
     pub max_lag: u64,
     /// Hot 4 MiB extents in the activity log (what a crash resyncs).
     pub al_extents: usize,
+    /// How a split brain is resolved without an operator (default: it is not).
+    pub split_brain_policy: crate::protocol::genid::SplitBrainPolicy,
     pub ca: PathBuf,
     pub nodes: BTreeMap<String, NodeConfig>,
 }
@@ -180,6 +183,10 @@ impl ResourceConfig {
         if !(7..=65534).contains(&al_extents) {
             return Err(key_err("al-extents", format!("{al_extents} is outside 7..=65534")));
         }
+        let split_brain_policy = match &raw.split_brain_policy {
+            Some(p) => p.parse().map_err(|e| key_err("split-brain-policy", e))?,
+            None => crate::protocol::genid::SplitBrainPolicy::Disconnect,
+        };
         if raw.nodes.len() != 2 {
             return Err(key_err(
                 "nodes",
@@ -227,6 +234,7 @@ impl ResourceConfig {
             connect_interval,
             max_lag,
             al_extents,
+            split_brain_policy,
             ca: resolve(&raw.tls.ca),
             nodes,
         })

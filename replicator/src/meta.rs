@@ -25,6 +25,9 @@ pub struct Meta {
     /// Generation ids (DRBD's UUIDs).
     #[serde(default = "GenIds::never_synced")]
     pub gen: GenIds,
+    /// When this node was last promoted (ms since the epoch; 0: never).
+    #[serde(default)]
+    pub promoted_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,7 @@ impl Meta {
             disk: DiskState::Inconsistent,
             fresh: disk_was_created,
             gen: GenIds::never_synced(),
+            promoted_at: 0,
         };
         m.save(path)?;
         Ok(m)

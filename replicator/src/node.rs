@@ -25,7 +25,9 @@ use crate::al::ActivityLog;
 use crate::bitmap::Bitmap;
 use crate::config::{NodeConfig, ResourceConfig};
 use crate::meta::{Meta, MetaError};
-use crate::protocol::genid::{decide, Decision, GenIds, NEVER_SYNCED};
+use crate::protocol::genid::{
+    decide, resolve_split_brain, Decision, GenIds, SplitSide, NEVER_SYNCED,
+};
 use crate::protocol::wire::{DiskState, Hello, Message, Op, Role, VERSION};
 use crate::session::{Session, Ticket};
 use crate::status::{Counters, PeerStatus, Status};
@@ -87,6 +89,7 @@ pub struct State {
     /// The handshake made this node SyncSource (whatever its role).
     sync_source: bool,
     al: ActivityLog,
+    promoted_at: u64,
     /// Online verify under way, and its requests awaiting the peer's CRCs.
     verify: Option<SyncProgress>,
     verify_pending: std::collections::HashMap<u64, (u64, Vec<u32>)>,
@@ -204,6 +207,7 @@ impl Node {
                 sync_target: false,
                 sync_source: false,
                 al,
+                promoted_at: meta.promoted_at,
                 verify: None,
                 verify_pending: std::collections::HashMap::new(),
             }),
@@ -230,6 +234,7 @@ impl Node {
             disk: st.disk,
             fresh: st.fresh,
             gen: st.gen,
+            promoted_at: st.promoted_at,
         }
         .save(&self.me.meta)
     }
@@ -340,6 +345,9 @@ impl Node {
             st.gen.new_current(random_id());
         }
         st.role = Role::Primary;
+        st.promoted_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         self.save_meta(&st).map_err(|e| e.to_string())?;
         tracing::info!(force, "promoted to Primary");
         self.announce(&st);
@@ -395,6 +403,7 @@ impl Node {
             fresh: st.fresh,
             gen: st.gen,
             discard: st.discard,
+            promoted_at: st.promoted_at,
         }
     }
 
@@ -431,6 +440,31 @@ impl Node {
             && matches!(decision, Decision::SyncSource { .. } | Decision::SyncTarget { .. })
         {
             decision = Decision::InSync;
+        }
+        if decision == Decision::SplitBrain && !st.discard && !peer.discard {
+            let mine = SplitSide {
+                changes: st.dirty.bytes(),
+                promoted_at: st.promoted_at,
+                secondary: st.role == Role::Secondary,
+            };
+            let theirs = SplitSide {
+                changes: peer.peer_out_of_sync,
+                promoted_at: peer.promoted_at,
+                secondary: peer.role == Role::Secondary,
+            };
+            if let Some(i_discard) = resolve_split_brain(self.res.split_brain_policy, mine, theirs)
+            {
+                tracing::warn!(
+                    policy = ?self.res.split_brain_policy,
+                    discarding = if i_discard { self.me.name.as_str() } else { peer.node.as_str() },
+                    "split brain resolved by policy"
+                );
+                decision = if i_discard {
+                    Decision::SyncTarget { full: true }
+                } else {
+                    Decision::SyncSource { full: true }
+                };
+            }
         }
         if decision == Decision::SplitBrain {
             if st.discard && st.role == Role::Secondary {

@@ -99,6 +99,78 @@ pub fn decide(mine: &GenIds, peer: &GenIds) -> Decision {
     }
 }
 
+/// What a split brain is resolved by, when the operator chose a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitBrainPolicy {
+    /// Refuse and wait for `discard-my-data` (the default).
+    Disconnect,
+    /// The node promoted last gives up its changes.
+    DiscardYoungerPrimary,
+    /// The node with fewer changed bytes gives up its changes.
+    DiscardLeastChanges,
+    /// A node that changed nothing takes the other's data.
+    DiscardZeroChanges,
+}
+
+impl std::str::FromStr for SplitBrainPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disconnect" => SplitBrainPolicy::Disconnect,
+            "discard-younger-primary" => SplitBrainPolicy::DiscardYoungerPrimary,
+            "discard-least-changes" => SplitBrainPolicy::DiscardLeastChanges,
+            "discard-zero-changes" => SplitBrainPolicy::DiscardZeroChanges,
+            _ => {
+                return Err(format!(
+                    "unknown policy {s:?} (disconnect, discard-younger-primary, \
+                     discard-least-changes, discard-zero-changes)"
+                ))
+            }
+        })
+    }
+}
+
+/// One side of a split brain, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitSide {
+    /// Bytes changed since the split (its out-of-sync bitmap).
+    pub changes: u64,
+    /// When it was last promoted (ms since the epoch; 0: never).
+    pub promoted_at: u64,
+    /// Only a Secondary's data is ever discarded automatically.
+    pub secondary: bool,
+}
+
+/// Some(true): this node discards its data; Some(false): the peer does;
+/// None: refuse (no policy, a tie, or the loser is Primary). Both nodes
+/// reach mirrored answers.
+pub fn resolve_split_brain(
+    policy: SplitBrainPolicy,
+    mine: SplitSide,
+    peer: SplitSide,
+) -> Option<bool> {
+    let i_lose = match policy {
+        SplitBrainPolicy::Disconnect => return None,
+        SplitBrainPolicy::DiscardZeroChanges => match (mine.changes == 0, peer.changes == 0) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => return None,
+        },
+        SplitBrainPolicy::DiscardLeastChanges => match mine.changes.cmp(&peer.changes) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => return None,
+        },
+        SplitBrainPolicy::DiscardYoungerPrimary => match mine.promoted_at.cmp(&peer.promoted_at) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => return None,
+        },
+    };
+    let loser = if i_lose { mine } else { peer };
+    loser.secondary.then_some(i_lose)
+}
+
 fn shares_history(a: &GenIds, b: &GenIds) -> bool {
     let ids = |g: &GenIds| [g.current, g.bitmap, g.history[0], g.history[1]];
     ids(a).iter().any(|&x| x != 0 && x != NEVER_SYNCED && ids(b).contains(&x))
@@ -156,6 +228,27 @@ mod tests {
         for (what, a, b, want) in rows {
             assert_eq!(decide(&a, &b), want, "{what} (a's view)");
             assert_eq!(decide(&b, &a), mirrored(want), "{what} (b's view)");
+        }
+    }
+
+    #[test]
+    fn split_brain_policies() {
+        use SplitBrainPolicy::*;
+        let side = |changes, promoted_at, secondary| SplitSide { changes, promoted_at, secondary };
+        let rows = [
+            (Disconnect, side(0, 1, true), side(9, 2, true), None),
+            (DiscardZeroChanges, side(0, 1, true), side(9, 2, true), Some(true)),
+            (DiscardZeroChanges, side(5, 1, true), side(9, 2, true), None),
+            (DiscardZeroChanges, side(0, 1, true), side(0, 2, true), None),
+            (DiscardLeastChanges, side(5, 1, true), side(9, 2, true), Some(true)),
+            (DiscardLeastChanges, side(5, 1, true), side(5, 2, true), None),
+            (DiscardLeastChanges, side(5, 1, false), side(9, 2, true), None), // loser is Primary
+            (DiscardYoungerPrimary, side(5, 3, true), side(9, 2, false), Some(true)),
+            (DiscardYoungerPrimary, side(5, 2, true), side(9, 2, true), None),
+        ];
+        for (policy, a, b, want) in rows {
+            assert_eq!(resolve_split_brain(policy, a, b), want, "{policy:?} {a:?} {b:?}");
+            assert_eq!(resolve_split_brain(policy, b, a), want.map(|x| !x), "{policy:?} mirrored");
         }
     }
 

@@ -146,6 +146,8 @@ pub struct Hello {
     pub gen: GenIds,
     /// The operator ran `discard-my-data` on the sender.
     pub discard: bool,
+    /// When the sender was last promoted (ms since the epoch; 0: never).
+    pub promoted_at: u64,
 }
 
 fn put_gen(b: &mut BytesMut, g: &GenIds) {
@@ -227,6 +229,7 @@ impl Message {
                 b.put_u8(h.fresh as u8);
                 put_gen(&mut b, &h.gen);
                 b.put_u8(h.discard as u8);
+                b.put_u64(h.promoted_at);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -358,7 +361,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let version = b.get_u16();
             let node = get_str(&mut b, "hello")?;
             let resource = get_str(&mut b, "hello")?;
-            need(&b, 19 + 33, "hello")?;
+            need(&b, 19 + 33 + 8, "hello")?;
             let size = b.get_u64();
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("hello role"))?;
             let disk =
@@ -367,6 +370,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let fresh = b.get_u8() != 0;
             let gen = get_gen(&mut b);
             let discard = b.get_u8() != 0;
+            let promoted_at = b.get_u64();
             Message::Hello(Hello {
                 version,
                 node,
@@ -378,6 +382,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 fresh,
                 gen,
                 discard,
+                promoted_at,
             })
         }
         T_WRITE => {
