@@ -69,6 +69,7 @@ struct RawConfig {
     max_lag: Option<String>,
     al_extents: Option<usize>,
     split_brain_policy: Option<String>,
+    resync_rate: Option<String>,
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
 }
@@ -126,6 +127,9 @@ pub struct ResourceConfig {
     pub max_lag: u64,
     /// Hot 4 MiB extents in the activity log (what a crash resyncs).
     pub al_extents: usize,
+    /// Resync bytes per second while the application is writing (the
+    /// floor: application I/O gets the rest). Idle: no limit.
+    pub resync_rate: u64,
     /// How a split brain is resolved without an operator (default: it is not).
     pub split_brain_policy: crate::protocol::genid::SplitBrainPolicy,
     pub ca: PathBuf,
@@ -187,6 +191,18 @@ impl ResourceConfig {
             Some(p) => p.parse().map_err(|e| key_err("split-brain-policy", e))?,
             None => crate::protocol::genid::SplitBrainPolicy::Disconnect,
         };
+        let resync_rate = match &raw.resync_rate {
+            Some(v) => parse_size(v).map_err(|e| {
+                key_err("resync-rate", format!("{e} (bytes per second, e.g. 100M)"))
+            })?,
+            None => 100 << 20,
+        };
+        if resync_rate < 1 << 20 {
+            return Err(key_err(
+                "resync-rate",
+                "below 1M per second a large resync takes days".into(),
+            ));
+        }
         if raw.nodes.len() != 2 {
             return Err(key_err(
                 "nodes",
@@ -235,6 +251,7 @@ impl ResourceConfig {
             max_lag,
             al_extents,
             split_brain_policy,
+            resync_rate,
             ca: resolve(&raw.tls.ca),
             nodes,
         })
@@ -316,6 +333,14 @@ key = "certs/b.key"
         let e = parse(&GOOD.replace("[nodes.b]", "[nodes.c]\naddress = \"1.2.3.4:1\"\n[nodes.b]"))
             .unwrap_err();
         assert!(e.contains("nodes"), "{e}");
+        let e = parse(&GOOD.replace("size = \"1G\"", "size = \"1G\"\nresync-rate = \"10K\""))
+            .unwrap_err();
+        assert!(e.contains("resync-rate"), "{e}");
+        let e = parse(
+            &GOOD.replace("size = \"1G\"", "size = \"1G\"\nsplit-brain-policy = \"coin-flip\""),
+        )
+        .unwrap_err();
+        assert!(e.contains("split-brain-policy") && e.contains("coin-flip"), "{e}");
         let c = parse(GOOD).unwrap();
         let e = c.pair("z").unwrap_err().to_string();
         assert!(e.contains("nodes.z") && e.contains("a, b"), "{e}");

@@ -873,6 +873,9 @@ impl Node {
         let mut window = std::collections::VecDeque::new();
         let mut cursor = 0u64;
         let mut chunks = 0u64;
+        let mut last_written = self.stats.written.load(Ordering::Relaxed);
+        let mut throttled = 0u64;
+        let mut throttle_start = std::time::Instant::now();
         loop {
             let next = {
                 let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
@@ -908,6 +911,25 @@ impl Node {
             };
             let Some((ticket, len)) = next else { break };
             self.stats.resynced.fetch_add(len, Ordering::Relaxed);
+            // Rate control: while the application writes, resync runs at
+            // `resync-rate` and the application gets the rest; idle, it
+            // runs flat out.
+            let written = self.stats.written.load(Ordering::Relaxed);
+            let busy = written != last_written;
+            last_written = written;
+            if busy {
+                throttled += len;
+                let due = std::time::Duration::from_secs_f64(
+                    throttled as f64 / self.res.resync_rate as f64,
+                );
+                let spent = throttle_start.elapsed();
+                if due > spent {
+                    tokio::time::sleep(due - spent).await;
+                }
+            } else {
+                throttled = 0;
+                throttle_start = std::time::Instant::now();
+            }
             window.push_back(ticket);
             chunks += 1;
             if chunks % RESYNC_CHECKPOINT == 0 {
