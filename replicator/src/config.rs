@@ -70,6 +70,7 @@ struct RawConfig {
     al_extents: Option<usize>,
     split_brain_policy: Option<String>,
     resync_rate: Option<String>,
+    resync_checksum: Option<bool>,
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
 }
@@ -130,6 +131,8 @@ pub struct ResourceConfig {
     /// Resync bytes per second while the application is writing (the
     /// floor: application I/O gets the rest). Idle: no limit.
     pub resync_rate: u64,
+    /// Resync asks the peer for block CRCs first and sends only what differs.
+    pub resync_checksum: bool,
     /// How a split brain is resolved without an operator (default: it is not).
     pub split_brain_policy: crate::protocol::genid::SplitBrainPolicy,
     pub ca: PathBuf,
@@ -252,6 +255,7 @@ impl ResourceConfig {
             al_extents,
             split_brain_policy,
             resync_rate,
+            resync_checksum: raw.resync_checksum.unwrap_or(false),
             ca: resolve(&raw.tls.ca),
             nodes,
         })

@@ -93,6 +93,8 @@ pub struct State {
     /// Online verify under way, and its requests awaiting the peer's CRCs.
     verify: Option<SyncProgress>,
     verify_pending: std::collections::HashMap<u64, (u64, Vec<u32>)>,
+    /// Checksum-mode resync: requests awaiting the peer's CRCs.
+    csum_pending: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Vec<u32>>>,
 }
 
 /// CRC32 of each 4 KiB block of `data`.
@@ -210,6 +212,7 @@ impl Node {
                 promoted_at: meta.promoted_at,
                 verify: None,
                 verify_pending: std::collections::HashMap::new(),
+                csum_pending: std::collections::HashMap::new(),
             }),
             order: Mutex::new(()),
             changed: Notify::new(),
@@ -609,6 +612,7 @@ impl Node {
             st.sync = None;
             st.verify = None;
             st.verify_pending.clear();
+            st.csum_pending.clear();
             st.behind = 0;
             st.connection =
                 if st.want_connected { Connection::Connecting } else { Connection::StandAlone };
@@ -749,6 +753,10 @@ impl Node {
     /// The peer's CRCs for verify request `seq`.
     pub fn verified(&self, seq: u64, crcs: &[u32]) {
         let mut st = self.state();
+        if let Some(tx) = st.csum_pending.remove(&seq) {
+            let _ = tx.send(crcs.to_vec());
+            return;
+        }
         let Some((offset, mine)) = st.verify_pending.remove(&seq) else { return };
         let mut bad = 0;
         for (i, (a, b)) in mine.iter().zip(crcs).enumerate() {
@@ -877,6 +885,37 @@ impl Node {
         let mut throttled = 0u64;
         let mut throttle_start = std::time::Instant::now();
         loop {
+            // Checksum mode: first ask the peer for the CRCs of the next
+            // run; only blocks that differ are sent.
+            let peer_crcs = if self.res.resync_checksum {
+                let rx = {
+                    let mut st = self.state();
+                    let current = st.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session));
+                    let run = st
+                        .dirty
+                        .next_run(cursor, RESYNC_CHUNK_BLOCKS)
+                        .or_else(|| st.dirty.next_run(0, RESYNC_CHUNK_BLOCKS));
+                    match (current, run) {
+                        (true, Some((off, len))) => {
+                            let (seq, _) =
+                                session.submit_resync(&Op::Verify { offset: off, len: len as u32 });
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            st.csum_pending.insert(seq, tx);
+                            Some((off, rx))
+                        }
+                        _ => None,
+                    }
+                };
+                match rx {
+                    Some((off, rx)) => match rx.await {
+                        Ok(crcs) => Some((off, crcs)),
+                        Err(_) => break,
+                    },
+                    None => None,
+                }
+            } else {
+                None
+            };
             let next = {
                 let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
                 let mut st = self.state();
@@ -899,7 +938,39 @@ impl Node {
                                     p.done += len;
                                     p.total = p.total.max(p.done + left);
                                 }
-                                Some((session.submit_resync(&Op::write(off, data, false)).1, len))
+                                match &peer_crcs {
+                                    Some((at, theirs))
+                                        if *at == off
+                                            && theirs.len() as u64 * crate::bitmap::BLOCK
+                                                == len =>
+                                    {
+                                        let ours = block_crcs(&data);
+                                        let bs = crate::bitmap::BLOCK as usize;
+                                        let mut ticket = Ticket::Queued;
+                                        let mut sent = 0u64;
+                                        let mut i = 0;
+                                        while i < ours.len() {
+                                            if ours[i] == theirs[i] {
+                                                i += 1;
+                                                continue;
+                                            }
+                                            let start = i;
+                                            while i < ours.len() && ours[i] != theirs[i] {
+                                                i += 1;
+                                            }
+                                            let part = data.slice(start * bs..i * bs);
+                                            sent += part.len() as u64;
+                                            let op =
+                                                Op::write(off + (start * bs) as u64, part, false);
+                                            ticket = session.submit_resync(&op).1;
+                                        }
+                                        Some((ticket, sent))
+                                    }
+                                    _ => Some((
+                                        session.submit_resync(&Op::write(off, data, false)).1,
+                                        len,
+                                    )),
+                                }
                             }
                             Err(e) => {
                                 tracing::error!(off, "resync read failed: {e}");
