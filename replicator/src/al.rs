@@ -143,6 +143,21 @@ impl ActivityLog {
         Ok(())
     }
 
+    /// Empties the log, the bitmap first. Only when nothing is in flight:
+    /// every write is then either applied on both nodes or marked in the
+    /// bitmap, so a crash needs no extent of the log.
+    pub fn trim(&mut self, dirty: &Bitmap) -> std::io::Result<()> {
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        self.save_bitmap(dirty)?;
+        self.active.clear();
+        atomic_write(&self.path, b"")?;
+        self.journal = OpenOptions::new().append(true).open(&self.path)?;
+        self.entries = 0;
+        Ok(())
+    }
+
     /// Clean shutdown: the bitmap on disk, the log empty.
     pub fn close(&mut self, dirty: &Bitmap) -> std::io::Result<()> {
         self.save_bitmap(dirty)?;

@@ -1015,7 +1015,7 @@ impl Node {
                 if lost {
                     break;
                 }
-                self.persist_bitmap(&self.state());
+                self.checkpoint(&session);
             }
             if window.len() >= RESYNC_WINDOW {
                 if let Some(Ticket::Wait(rx)) = window.pop_front() {
@@ -1048,13 +1048,34 @@ impl Node {
                 st.apart = false;
                 st.bitmap_valid = true;
                 st.sync_source = false;
-                self.persist_bitmap(&st);
+                drop(st);
+                self.checkpoint(&session);
+                st = self.state();
                 if let Err(e) = self.save_meta(&st) {
                     tracing::error!("cannot save metadata: {e}");
                 }
             }
             // The peer hears it is in sync (peer_out_of_sync = 0).
             self.announce(&st);
+        }
+    }
+
+    /// Saves the bitmap and, when no replicated write is in flight, empties
+    /// the activity log: a crash after this point resyncs only what the
+    /// bitmap still holds (a resync resumes here).
+    fn checkpoint(&self, session: &Arc<Session>) {
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state();
+        let st = &mut *st;
+        // Local writes complete under the ordering lock; the peer's are the
+        // session's in-flight operations.
+        let result = if session.in_flight() == 0 {
+            st.al.trim(&st.dirty)
+        } else {
+            st.al.save_bitmap(&st.dirty)
+        };
+        if let Err(e) = result {
+            tracing::error!("resync checkpoint: {e}");
         }
     }
 
