@@ -80,6 +80,20 @@ pub fn render(st: &Value) -> String {
         bytes(c["written_bytes"].as_u64().unwrap_or(0)),
         bytes(c["replicated_bytes"].as_u64().unwrap_or(0)),
     );
+    if let Some(p) = st["sync"]["percent"].as_f64() {
+        let filled = (p / 5.0).round().clamp(0.0, 20.0) as usize;
+        let eta = st["sync"]["eta_s"].as_f64().map_or("-".to_string(), |e| format!("{e:.0} s"));
+        out.push_str(&format!(
+            "  {} [{}{}] {p:.1}% of {}, ETA {eta}\n",
+            s(&st["connection"]),
+            "#".repeat(filled),
+            ".".repeat(20 - filled),
+            bytes(st["sync"]["bytes_total"].as_u64().unwrap_or(0)),
+        ));
+    }
+    if st["split_brain"] == true {
+        out.push_str("  SPLIT BRAIN: nothing was overwritten; see `discard-my-data`\n");
+    }
     if let Some(e) = st["last_error"].as_str() {
         out.push_str(&format!("  last error: {e}\n"));
     }
@@ -105,5 +119,28 @@ pub fn status(config: &Path, node: &str, json: bool, watch: bool) -> Result<(), 
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_status_shows_progress_and_split_brain() {
+        let st = serde_json::json!({
+            "resource": "r0", "node": "a", "role": "Primary", "disk": "UpToDate",
+            "connection": "SyncSource", "protocol": "C",
+            "peer": {"node": "b", "role": "Secondary", "disk": "Inconsistent"},
+            "out_of_sync_bytes": 1048576, "split_brain": true, "rtt_us": 250,
+            "sync": {"percent": 50.0, "bytes_total": 2097152, "eta_s": 3.0},
+            "counters": {"written_bytes": 0, "replicated_bytes": 0, "resync_bytes": 1048576},
+            "in_flight": 2, "last_error": null
+        });
+        let text = render(&st);
+        assert!(text.contains("r0 on a: Primary UpToDate, SyncSource (protocol C)"), "{text}");
+        assert!(text.contains("[##########..........] 50.0% of 2.0 MiB, ETA 3 s"), "{text}");
+        assert!(text.contains("SPLIT BRAIN"), "{text}");
+        assert!(text.contains("rtt 0.25 ms"), "{text}");
     }
 }

@@ -655,9 +655,9 @@ impl Node {
                     self.store.flush().await?;
                 }
             }
-            Op::Trim { offset, len } => self.store.zero_now(*offset, *len as u64, true)?,
+            Op::Trim { offset, len } => self.store.zero_now(*offset, *len as u64, true, false)?,
             Op::Zero { offset, len, no_hole } => {
-                self.store.zero_now(*offset, *len as u64, !no_hole)?
+                self.store.zero_now(*offset, *len as u64, !no_hole, false)?
             }
             Op::Flush => self.store.flush().await?,
             Op::Verify { offset, len } => {
@@ -1190,12 +1190,21 @@ impl BlockDevice for Node {
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> DeviceResult<()> {
         let op = Op::Trim { offset, len: len as u32 };
-        self.replicate(op, |s| s.zero_now(offset, len, true), fua).await
+        self.replicate(op, |s| s.zero_now(offset, len, true, false), fua).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DeviceResult<()> {
         let op = Op::Zero { offset, len: len as u32, no_hole: flags.no_hole };
-        self.replicate(op, |s| s.zero_now(offset, len, !flags.no_hole), flags.fua).await
+        let result = self
+            .replicate(op, |s| s.zero_now(offset, len, !flags.no_hole, flags.fast), flags.fua)
+            .await;
+        match result {
+            // FAST_ZERO that cannot be fast: ENOTSUP, as the spec asks.
+            Err(DeviceError::Io(e)) if flags.fast && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                Err(DeviceError::NotSupported)
+            }
+            other => other,
+        }
     }
 
     async fn cache(&self, offset: u64, len: u64) -> DeviceResult<()> {

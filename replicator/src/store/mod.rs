@@ -369,7 +369,7 @@ impl Store {
     }
 
     /// Synchronous [`Store::zero`] for the ordered write path.
-    pub fn zero_now(&self, off: u64, len: u64, may_punch: bool) -> io::Result<()> {
+    pub fn zero_now(&self, off: u64, len: u64, may_punch: bool, fast_only: bool) -> io::Result<()> {
         const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
         if may_punch {
             match sys::fallocate(self.fd(), libc::FALLOC_FL_PUNCH_HOLE | KEEP, off, len) {
@@ -380,6 +380,9 @@ impl Store {
         match sys::fallocate(self.fd(), libc::FALLOC_FL_ZERO_RANGE | KEEP, off, len) {
             Err(e) if unsupported(&e) => {}
             other => return other,
+        }
+        if fast_only {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         let mut pos = off;
         while pos < off + len {
