@@ -34,7 +34,7 @@ fn codec(c: &mut Criterion) {
             let mut r = Receiver::new();
             while let Ok(Some(Message::Data { seq, op })) = wire::decode(&mut buf) {
                 r.on_data(seq, op).unwrap();
-                while let Some((seq, op)) = r.next() {
+                while let Some((seq, op)) = r.next_ready() {
                     black_box(&op);
                     r.applied(seq);
                 }

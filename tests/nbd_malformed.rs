@@ -7,7 +7,6 @@ mod common;
 use std::io::Read;
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 

@@ -46,7 +46,7 @@ impl Bitmap {
         let mut b = from;
         while b < self.blocks {
             let w = self.words[(b / 64) as usize];
-            if w == 0 && b % 64 == 0 {
+            if w == 0 && b.is_multiple_of(64) {
                 b += 64;
                 continue;
             }

@@ -256,7 +256,7 @@ async fn session_loop(
                         return Err("peer sent data while this node is Primary".into());
                     }
                     receiver.on_data(seq, op).map_err(|e| format!("link fault: {e}"))?;
-                    while let Some((seq, op)) = receiver.next() {
+                    while let Some((seq, op)) = receiver.next_ready() {
                         if matches!(op, wire::Op::Flush)
                             || matches!(op, wire::Op::Write { fua: true, .. })
                         {

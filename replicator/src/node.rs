@@ -1003,7 +1003,7 @@ impl Node {
             }
             window.push_back(ticket);
             chunks += 1;
-            if chunks % RESYNC_CHECKPOINT == 0 {
+            if chunks.is_multiple_of(RESYNC_CHECKPOINT) {
                 // Checkpoint: once every chunk sent so far is applied, the
                 // bitmap on disk may forget them; a crash resumes here.
                 let mut lost = false;

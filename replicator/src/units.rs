@@ -43,7 +43,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         other => return Err(format!("{s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)")),
     };
     let secs = n * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("{s:?}: duration out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -61,7 +61,7 @@ impl Receiver {
     }
 
     /// The next operation to apply, strictly in sequence order.
-    pub fn next(&mut self) -> Option<(u64, Op)> {
+    pub fn next_ready(&mut self) -> Option<(u64, Op)> {
         let op = self.waiting.remove(&self.next_apply)?;
         let seq = self.next_apply;
         self.next_apply += 1;

@@ -81,10 +81,10 @@ fn receiver_applies_in_sequence_order_whatever_the_arrival_order() {
     let mut r = Receiver::new();
     r.on_data(3, w(0, 3, 512)).unwrap();
     r.on_data(2, w(0, 2, 512)).unwrap();
-    assert_eq!(r.next(), None, "1 has not arrived: nothing may be applied");
+    assert_eq!(r.next_ready(), None, "1 has not arrived: nothing may be applied");
     assert_eq!(r.ack(), None);
     r.on_data(1, w(0, 1, 512)).unwrap();
-    let order: Vec<u64> = std::iter::from_fn(|| r.next()).map(|(s, _)| s).collect();
+    let order: Vec<u64> = std::iter::from_fn(|| r.next_ready()).map(|(s, _)| s).collect();
     assert_eq!(order, vec![1, 2, 3]);
     assert_eq!(r.ack(), Some(Message::Ack { received: 3, done: 0 }));
     r.applied(1);
@@ -94,7 +94,7 @@ fn receiver_applies_in_sequence_order_whatever_the_arrival_order() {
     // Duplicates (retransmitted or replayed) are ignored.
     r.on_data(2, w(0, 9, 512)).unwrap();
     r.on_data(3, w(0, 9, 512)).unwrap();
-    assert_eq!(r.next(), None);
+    assert_eq!(r.next_ready(), None);
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn crc_mismatch_is_a_link_fault_and_nothing_is_applied() {
     data = Bytes::from(bad);
     let fault = r.on_data(1, Op::Write { offset, data, fua, crc }).unwrap_err();
     assert_eq!(fault, LinkFault::Crc { seq: 1, offset: 8192, len: 4096 });
-    assert_eq!(r.next(), None);
+    assert_eq!(r.next_ready(), None);
     assert_eq!(r.ack(), None);
 }
 
@@ -187,7 +187,7 @@ fn session_over_a_reordering_duplicating_link() {
         let mut buf = wire_frames[i].clone();
         let Message::Data { seq, op } = wire::decode(&mut buf).unwrap().unwrap() else { panic!() };
         r.on_data(seq, op).unwrap();
-        while let Some((seq, op)) = r.next() {
+        while let Some((seq, op)) = r.next_ready() {
             if let Op::Write { offset, data, .. } = op {
                 disk_s[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
             }

@@ -19,7 +19,7 @@ impl AlignedBuf {
     /// A buffer of `len` bytes (a non-zero multiple of ALIGN), contents
     /// unspecified until written.
     pub fn new(len: usize) -> Self {
-        assert!(len > 0 && len % ALIGN == 0, "aligned buffer of {len} bytes");
+        assert!(len > 0 && len.is_multiple_of(ALIGN), "aligned buffer of {len} bytes");
         let layout = Layout::from_size_align(len, ALIGN).expect("valid layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc::alloc(layout) };
@@ -61,5 +61,5 @@ impl Drop for AlignedBuf {
 
 /// Whether `off` and `len` allow O_DIRECT.
 pub fn is_aligned(off: u64, len: usize) -> bool {
-    off % ALIGN as u64 == 0 && len % ALIGN == 0 && len > 0
+    off.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) && len > 0
 }
