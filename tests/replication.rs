@@ -469,41 +469,9 @@ fn split_brain_is_detected_and_resolved_by_discard_my_data() {
         return;
     }
     let p = Pair::start("C", "16M");
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0x1 0 1M",
-    ]));
+    p.qemu_io(0, "write -P 0x1 0 1M");
     p.wait_drained();
-    p.ok(&["disconnect"], 0);
-    p.ok(&["disconnect"], 1);
-    p.wait("both StandAlone", Duration::from_secs(10), |a, b| {
-        a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
-    });
-    p.ok(&["primary"], 1);
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0xa 2M 64k",
-    ]));
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(1),
-        "-c",
-        "write -P 0xb 3M 64k",
-    ]));
-    p.ok(&["secondary"], 1);
+    p.split_apart("write -P 0xa 2M 64k", "write -P 0xb 3M 64k");
     let (disk_a, disk_b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
     p.ok(&["connect"], 0);
     p.ok(&["connect"], 1);
@@ -519,13 +487,7 @@ fn split_brain_is_detected_and_resolved_by_discard_my_data() {
     // b's changes go; a's data wins.
     p.ok(&["discard-my-data"], 1);
     p.ok(&["connect"], 0);
-    p.wait("the full resync", Duration::from_secs(30), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && b["disk"] == "UpToDate"
-            && a["in_flight"] == 0
-    });
+    p.wait_synced("the full resync", Duration::from_secs(30));
     let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
     assert!(a == b, "disks differ after discard-my-data");
     assert!(
@@ -700,53 +662,15 @@ fn split_brain_policy_discards_the_smaller_side() {
         return;
     }
     let mut p = Pair::prepare("C", "16M");
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    std::fs::write(
-        &p.config,
-        text.replace(
-            "protocol = \"C\"\n",
-            "protocol = \"C\"\nsplit-brain-policy = \"discard-least-changes\"\n",
-        ),
-    )
-    .unwrap();
+    p.configure("split-brain-policy = \"discard-least-changes\"");
     p.up(0);
     p.up(1);
     p.ok(&["primary", "--force"], 0);
     p.wait_connected();
-    p.ok(&["disconnect"], 0);
-    p.ok(&["disconnect"], 1);
-    p.wait("both StandAlone", Duration::from_secs(10), |a, b| {
-        a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
-    });
-    p.ok(&["primary"], 1);
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0xa 0 1M",
-    ]));
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(1),
-        "-c",
-        "write -P 0xb 4M 64k",
-    ]));
-    p.ok(&["secondary"], 1);
+    p.split_apart("write -P 0xa 0 1M", "write -P 0xb 4M 64k");
     p.ok(&["connect"], 0);
     p.ok(&["connect"], 1);
-    p.wait("the policy's resync", Duration::from_secs(30), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    p.wait_synced("the policy's resync", Duration::from_secs(30));
     assert_eq!(p.status(0)["split_brain"], false);
     let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
     assert!(a == b, "disks differ");
@@ -762,60 +686,17 @@ fn checksum_resync_sends_only_differing_blocks() {
         return;
     }
     let mut p = Pair::prepare("C", "16M");
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    std::fs::write(
-        &p.config,
-        text.replace("protocol = \"C\"\n", "protocol = \"C\"\nresync-checksum = true\n"),
-    )
-    .unwrap();
+    p.configure("resync-checksum = true");
     p.up(0);
     p.up(1);
     p.ok(&["primary", "--force"], 0);
     p.wait_connected();
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0x7 0 8M",
-    ]));
+    p.qemu_io(0, "write -P 0x7 0 8M");
     p.wait_drained();
-    p.ok(&["disconnect"], 0);
-    p.ok(&["disconnect"], 1);
-    p.wait("both StandAlone", Duration::from_secs(10), |a, b| {
-        a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
-    });
-    p.ok(&["primary"], 1);
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0xa 1M 1M",
-    ]));
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(1),
-        "-c",
-        "write -P 0xb 4M 64k",
-    ]));
-    p.ok(&["secondary"], 1);
+    p.split_apart("write -P 0xa 1M 1M", "write -P 0xb 4M 64k");
     p.ok(&["discard-my-data"], 1);
     p.ok(&["connect"], 0);
-    p.wait("the checksum resync", Duration::from_secs(30), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    p.wait_synced("the checksum resync", Duration::from_secs(30));
     let moved = p.status(0)["counters"]["resync_bytes"].as_u64().unwrap();
     assert_eq!(moved, (1 << 20) + 65536, "a full resync of 16 MiB moved only the differing blocks");
     assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk), "disks differ");

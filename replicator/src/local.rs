@@ -70,13 +70,18 @@ impl BlockDevice for LocalDevice {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> DeviceResult<Vec<Extent>> {
-        let runs = self.store.extents(offset, len as u64)?;
-        Ok(runs
-            .into_iter()
-            .map(|(length, hole)| Extent {
-                length: length.min(u32::MAX as u64) as u32,
-                flags: if hole { STATE_HOLE | STATE_ZERO } else { 0 },
-            })
-            .collect())
+        allocation(&self.store, offset, len)
     }
+}
+
+/// `base:allocation` extents of a store range: holes read as zeroes.
+pub fn allocation(store: &Store, offset: u64, len: u32) -> DeviceResult<Vec<Extent>> {
+    let runs = store.extents(offset, len as u64)?;
+    Ok(runs
+        .into_iter()
+        .map(|(length, hole)| Extent {
+            length: length.min(u32::MAX as u64) as u32,
+            flags: if hole { STATE_HOLE | STATE_ZERO } else { 0 },
+        })
+        .collect())
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::Instrument;
-use twinblock_nbd::consts::{STATE_HOLE, STATE_ZERO};
 use twinblock_nbd::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 
 use crate::al::ActivityLog;
@@ -1212,13 +1211,6 @@ impl BlockDevice for Node {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> DeviceResult<Vec<Extent>> {
-        let runs = self.store.extents(offset, len as u64)?;
-        Ok(runs
-            .into_iter()
-            .map(|(length, hole)| Extent {
-                length: length.min(u32::MAX as u64) as u32,
-                flags: if hole { STATE_HOLE | STATE_ZERO } else { 0 },
-            })
-            .collect())
+        crate::local::allocation(&self.store, offset, len)
     }
 }

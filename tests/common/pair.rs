@@ -189,6 +189,52 @@ impl Pair {
         self.wait("replication to drain", Duration::from_secs(30), |a, _| a["in_flight"] == 0);
     }
 
+    /// One qemu-io command against node `i`'s export.
+    pub fn qemu_io(&self, i: usize, command: &str) -> String {
+        super::run_ok(Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-t",
+            "none",
+            &self.uri(i),
+            "-c",
+            command,
+        ]))
+    }
+
+    /// Splits the pair: both disconnect, b becomes Primary too, each runs
+    /// its qemu-io command, then b is demoted again.
+    pub fn split_apart(&self, on_a: &str, on_b: &str) {
+        self.ok(&["disconnect"], 0);
+        self.ok(&["disconnect"], 1);
+        self.wait("both StandAlone", Duration::from_secs(10), |a, b| {
+            a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
+        });
+        self.ok(&["primary"], 1);
+        self.qemu_io(0, on_a);
+        self.qemu_io(1, on_b);
+        self.ok(&["secondary"], 1);
+    }
+
+    /// Waits until a resync is over: connected, nothing out of sync or in
+    /// flight, the Secondary UpToDate.
+    pub fn wait_synced(&self, what: &str, timeout: Duration) {
+        self.wait(what, timeout, |a, b| {
+            a["connection"] == "Connected"
+                && a["sync"].is_null()
+                && a["out_of_sync_bytes"] == 0
+                && a["in_flight"] == 0
+                && b["disk"] == "UpToDate"
+        });
+    }
+
+    /// A resource file with `line` added after the protocol.
+    pub fn configure(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("\nsize = ", &format!("\n{line}\nsize = "), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     pub fn uri(&self, i: usize) -> String {
         format!("nbd://{}/r0", self.nodes[i].nbd)
     }
