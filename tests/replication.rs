@@ -126,11 +126,7 @@ fn acked_writes_survive_sigkill(protocol: &str) {
     let mut p = Pair::start(protocol, "64M");
     let acked = write_until_killed(&mut p, 16, 400);
     // The secondary notices, then holds everything it had received.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.status(1)["connection"] == "Connected" {
-        assert!(Instant::now() < deadline, "secondary never noticed: {}", tail(&p.log(1)));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    p.wait_unlinked(1);
     let disk = read_file(&p.nodes[1].disk);
     let missing: Vec<u64> = acked
         .iter()
@@ -161,11 +157,7 @@ fn protocol_a_leaves_a_prefix_on_the_secondary() {
     let mut p = Pair::start("A", "64M");
     // One write at a time: the submission order is the sequence order.
     let acked = write_until_killed(&mut p, 1, 300);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.status(1)["connection"] == "Connected" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    p.wait_unlinked(1);
     let disk = read_file(&p.nodes[1].disk);
     let present: Vec<bool> = (0..16384u64)
         .map(|c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] == block(c)[..])
@@ -301,11 +293,7 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
 fn down_stops_a_node_cleanly() {
     let mut p = Pair::start("C", "16M");
     assert!(p.down(1).success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.status(0)["connection"] == "Connected" {
-        assert!(Instant::now() < deadline, "a never noticed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    p.wait_unlinked(0);
     let out = p.cli("status", &[], 1);
     assert_eq!(out.status.code(), Some(3), "status of a stopped node exits 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
@@ -410,11 +398,7 @@ fn bitmap_resync_moves_only_what_was_written_while_apart() {
     ]));
     p.wait_drained();
     assert!(p.down(1).success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.status(0)["connection"] == "Connected" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.wait_unlinked(0);
     // 16 MiB in 256 writes of 64 KiB at scattered offsets.
     let mut cmd = Command::new("qemu-io");
     cmd.args(["-f", "raw", "-t", "none", &p.uri(0)]);
@@ -550,11 +534,7 @@ fn verify_finds_exactly_the_corrupted_blocks_and_resync_repairs_them() {
 fn after_a_primary_crash_only_the_activity_log_extents_resync() {
     let mut p = Pair::start("C", "512M");
     let acked = write_until_killed(&mut p, 16, 400);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.status(1)["connection"] == "Connected" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    p.wait_unlinked(1);
     p.up(0);
     p.wait_connected();
     p.ok(&["primary"], 0);
@@ -590,11 +570,7 @@ fn a_resync_interrupted_by_a_crash_resumes() {
     }
     let mut p = Pair::start("C", "1G");
     assert!(p.down(1).success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.status(0)["connection"] == "Connected" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.wait_unlinked(0);
     let uri = p.uri(0);
     let fio = |extra: &[&str]| {
         let mut c = Command::new("fio");

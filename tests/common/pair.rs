@@ -189,6 +189,19 @@ impl Pair {
         self.wait("replication to drain", Duration::from_secs(30), |a, _| a["in_flight"] == 0);
     }
 
+    /// Polls node `i` alone (the other may be down) until it has no link.
+    pub fn wait_unlinked(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.status(i)["connection"] == "Connected" {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never noticed the link went",
+                self.nodes[i].name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// One qemu-io command against node `i`'s export.
     pub fn qemu_io(&self, i: usize, command: &str) -> String {
         super::run_ok(Command::new("qemu-io").args([
