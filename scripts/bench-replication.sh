@@ -10,6 +10,7 @@
 # script prints as the ceiling to compare with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 RUNTIME=5
 SIZE=1G
@@ -35,7 +36,6 @@ stop_all() {
   PIDS=()
 }
 trap 'stop_all; rm -rf "$WORK"' EXIT
-port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
 "$BIN" gen-certs --out "$WORK/certs" a b >/dev/null
 
 wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no NBD at $1" >&2; exit 1; }
@@ -59,7 +59,7 @@ print(j["iops"] if sys.argv[2]=="iops" else j["bw_bytes"]/2**20, j["clat_ns"]["m
 }
 
 # Standalone baseline.
-P=$(port tcp)
+P=$(free_port tcp)
 "$BIN" serve --disk "$WORK/serve.img" --size "$SIZE" --listen "127.0.0.1:$P" >/dev/null 2>"$WORK/serve.log" &
 PIDS+=($!)
 wait_nbd "nbd://127.0.0.1:$P"
@@ -68,38 +68,14 @@ stop_all
 
 for MODE in C B A; do
   rm -f "$WORK"/{a,b}.{img,meta}
-  AQ=$(port udp); BQ=$(port udp); AN=$(port tcp); BN=$(port tcp)
-  CONNECT=""
+  AQ=$(free_port udp); BQ=$(free_port udp); AN=$(free_port tcp); BN=$(free_port tcp)
+  RELAY=""
   if [[ -n $DELAY ]]; then
-    RELAY=$(port udp)
+    RELAY=$(free_port udp)
     "$BIN" netem --listen "127.0.0.1:$RELAY" --forward "127.0.0.1:$BQ" --delay "$DELAY" >/dev/null 2>&1 &
     PIDS+=($!)
-    CONNECT="connect = \"127.0.0.1:$RELAY\""
   fi
-  cat >"$WORK/r.toml" <<TOML
-name = "bench"
-protocol = "$MODE"
-size = "$SIZE"
-[tls]
-ca = "certs/ca.pem"
-[nodes.a]
-address = "127.0.0.1:$AQ"
-nbd = "127.0.0.1:$AN"
-disk = "a.img"
-meta = "a.meta"
-control = "a.sock"
-cert = "certs/a.pem"
-key = "certs/a.key"
-[nodes.b]
-address = "127.0.0.1:$BQ"
-$CONNECT
-nbd = "127.0.0.1:$BN"
-disk = "b.img"
-meta = "b.meta"
-control = "b.sock"
-cert = "certs/b.pem"
-key = "certs/b.key"
-TOML
+  pair_config "$WORK/r.toml" bench "$MODE" "$SIZE" "$AQ" "$AN" "$BQ" "$BN" "${RELAY:-}"
   for n in a b; do
     "$BIN" up --config "$WORK/r.toml" --node $n >/dev/null 2>"$WORK/$n.log" &
     PIDS+=($!)

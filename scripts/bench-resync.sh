@@ -11,6 +11,7 @@
 #    bitmap resync and reads resync_bytes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 SIZE=2G
 DIRTY=256
 while (($#)); do
@@ -26,32 +27,9 @@ BIN=$PWD/target/release/twinblock
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-bresync.XXXXXX")
 declare -A PID
 trap 'for p in "${PID[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
 "$BIN" gen-certs --out "$WORK/certs" a b >/dev/null
-AN=$(port tcp)
-cat >"$WORK/r.toml" <<TOML
-name = "bench"
-protocol = "C"
-size = "$SIZE"
-[tls]
-ca = "certs/ca.pem"
-[nodes.a]
-address = "127.0.0.1:$(port udp)"
-nbd = "127.0.0.1:$AN"
-disk = "a.img"
-meta = "a.meta"
-control = "a.sock"
-cert = "certs/a.pem"
-key = "certs/a.key"
-[nodes.b]
-address = "127.0.0.1:$(port udp)"
-nbd = "127.0.0.1:$(port tcp)"
-disk = "b.img"
-meta = "b.meta"
-control = "b.sock"
-cert = "certs/b.pem"
-key = "certs/b.key"
-TOML
+AN=$(free_port tcp)
+pair_config "$WORK/r.toml" bench C "$SIZE" "$(free_port udp)" "$AN" "$(free_port udp)" "$(free_port tcp)"
 st() { "$BIN" status --config "$WORK/r.toml" --node a --json; }
 field() { st | python3 -c "import json,sys; j=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 up() { "$BIN" up --config "$WORK/r.toml" --node "$1" >/dev/null 2>>"$WORK/$1.log" & PID[$1]=$!; }

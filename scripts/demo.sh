@@ -5,6 +5,7 @@
 # Shows node a's live status until Ctrl-C, then stops both nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 cargo build --release -q
 BIN=$PWD/target/release/twinblock
 DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/twinblock-demo.XXXXXX")
@@ -20,32 +21,7 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 "$BIN" gen-certs --out "$DIR/certs" a b >/dev/null
-cat >"$DIR/demo.toml" <<TOML
-name = "demo"
-protocol = "$PROTOCOL"
-size = "1G"
-
-[tls]
-ca = "certs/ca.pem"
-
-[nodes.a]
-address = "127.0.0.1:7788"
-nbd     = "127.0.0.1:10809"
-disk    = "a.img"
-meta    = "a.meta"
-control = "a.sock"
-cert    = "certs/a.pem"
-key     = "certs/a.key"
-
-[nodes.b]
-address = "127.0.0.1:7789"
-nbd     = "127.0.0.1:10810"
-disk    = "b.img"
-meta    = "b.meta"
-control = "b.sock"
-cert    = "certs/b.pem"
-key     = "certs/b.key"
-TOML
+pair_config "$DIR/demo.toml" demo "$PROTOCOL" 1G 7788 10809 7789 10810
 for n in a b; do
   "$BIN" up --config "$DIR/demo.toml" --node $n >"$DIR/$n.out" 2>"$DIR/$n.log" &
   PIDS+=($!)

@@ -1,0 +1,25 @@
+# Shared by the scripts: free loopback ports and a two-node resource file.
+# Source it: . "$(dirname "$0")/lib.sh"
+
+# free_port udp|tcp: a port nothing listens on right now.
+free_port() {
+  python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"
+}
+
+# pair_config FILE NAME PROTOCOL SIZE A_QUIC A_NBD B_QUIC B_NBD [B_CONNECT] [EXTRA]
+# Nodes a and b on 127.0.0.1, files next to FILE, certificates in certs/.
+# B_CONNECT: where a reaches b (a relay such as netem); EXTRA: more keys.
+pair_config() {
+  local file=$1 name=$2 protocol=$3 size=$4 aq=$5 an=$6 bq=$7 bn=$8 bc=${9:-} extra=${10:-}
+  {
+    printf 'name = "%s"\nprotocol = "%s"\nsize = "%s"\n%s\n\n[tls]\nca = "certs/ca.pem"\n' \
+      "$name" "$protocol" "$size" "$extra"
+    for n in a b; do
+      local q n_port connect=""
+      if [[ $n == a ]]; then q=$aq n_port=$an; else q=$bq n_port=$bn; fi
+      [[ $n == b && -n $bc ]] && connect="connect = \"127.0.0.1:$bc\""
+      printf '\n[nodes.%s]\naddress = "127.0.0.1:%s"\n%s\nnbd     = "127.0.0.1:%s"\ndisk    = "%s.img"\nmeta    = "%s.meta"\ncontrol = "%s.sock"\ncert    = "certs/%s.pem"\nkey     = "certs/%s.key"\n' \
+        "$n" "$q" "$connect" "$n_port" "$n" "$n" "$n" "$n" "$n"
+    done
+  } >"$file"
+}
