@@ -78,8 +78,6 @@ pub struct State {
     gen: GenIds,
     /// This process made a new current generation since the last sync.
     apart: bool,
-    /// The in-memory bitmap covers every change since `gen.bitmap`.
-    bitmap_valid: bool,
     split_brain: bool,
     /// `discard-my-data`: become SyncTarget of a split-brain peer.
     discard: bool,
@@ -200,9 +198,6 @@ impl Node {
                 behind: 0,
                 gen: meta.gen,
                 apart: false,
-                // The bitmap on disk plus the activity log cover every
-                // change since `gen.bitmap`.
-                bitmap_valid: true,
                 split_brain: false,
                 discard: false,
                 sync_target: false,
@@ -516,15 +511,13 @@ impl Node {
                 self.save_meta(&st).map_err(|e| e.to_string())?;
             }
             Decision::SyncSource { full } => {
-                if full || !st.bitmap_valid {
+                // A bitmap resync uses the bitmap as loaded: on disk plus
+                // the activity log it covers every change since `gen.bitmap`.
+                if full {
                     st.dirty.mark(0, self.res.size);
                 }
                 st.sync_source = true;
-                tracing::info!(
-                    full = full || !st.bitmap_valid,
-                    bytes = st.dirty.bytes(),
-                    "SyncSource"
-                );
+                tracing::info!(full, bytes = st.dirty.bytes(), "SyncSource");
             }
             _ => {}
         }
@@ -1045,7 +1038,6 @@ impl Node {
                 let current = st.gen.current;
                 st.gen.synced_to(current);
                 st.apart = false;
-                st.bitmap_valid = true;
                 st.sync_source = false;
                 drop(st);
                 self.checkpoint(&session);
