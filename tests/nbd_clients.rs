@@ -71,15 +71,7 @@ fn nbdinfo_map(fl: Flavor) {
         return;
     }
     let s = Serve::start(fl, "16M");
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &s.uri(),
-        "-c",
-        "write -P 0x7 4M 1M",
-    ]));
+    run_qemu_io(&s.uri(), &["write -P 0x7 4M 1M"]);
     let out = run_ok(Command::new("nbdinfo").arg("--map").arg("--json").arg(s.uri()));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let extents = v.as_array().unwrap();
@@ -144,12 +136,7 @@ fn qemu_io(fl: Flavor) {
         "write -P 0x66 60M 4M",
         "read -P 0x66 60M 4M",
     ];
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw", "-t", "none", &s.uri()]);
-    for c in cmds {
-        cmd.args(["-c", c]);
-    }
-    let out = run_ok(&mut cmd);
+    let out = run_qemu_io(&s.uri(), &cmds);
     assert!(!out.to_lowercase().contains("fail"), "{out}");
     assert_eq!(out.matches("wrote ").count(), 11, "{out}");
     assert_eq!(out.matches("read ").count(), 11, "{out}");

@@ -19,15 +19,7 @@ fn malformed_traffic_then_a_good_client() {
     }
     let mut serve = Serve::start(URING, "16M");
     let uri = serve.uri();
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &uri,
-        "-c",
-        "write -P 0x5c 0 1M",
-    ]));
+    run_qemu_io(&uri, &["write -P 0x5c 0 1M"]);
 
     // Handshake-phase abuse.
     {
@@ -128,15 +120,7 @@ fn malformed_traffic_then_a_good_client() {
     // The server is alive and a real client reads what was written.
     assert!(serve.alive(), "server died: {}", serve.log());
     run_ok(Command::new("nbdinfo").arg(&uri));
-    let out = run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &uri,
-        "-c",
-        "read -P 0x5c 0 1M",
-    ]));
+    let out = run_qemu_io(&uri, &["read -P 0x5c 0 1M"]);
     assert!(!out.contains("fail"), "data changed by malformed traffic: {out}");
     assert!(serve.stop().success());
 }

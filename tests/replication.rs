@@ -45,22 +45,20 @@ fn flush_fua_trim_and_zeroes_replicate() {
         return;
     }
     let p = Pair::start("B", "64M");
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw", "-t", "none", &p.uri(0)]);
-    for c in [
-        "write -P 0x11 0 1M",
-        "write -f -P 0x22 1M 64k",
-        "write -P 0x33 2M 1M",
-        "discard 2M 256k",
-        "write -z 2304k 128k",
-        "flush",
-        "aio_write -P 0x44 8M 64k",
-        "aio_write -P 0x45 8M 4k",
-        "aio_flush",
-    ] {
-        cmd.args(["-c", c]);
-    }
-    let out = run_ok(&mut cmd);
+    let out = run_qemu_io(
+        &p.uri(0),
+        &[
+            "write -P 0x11 0 1M",
+            "write -f -P 0x22 1M 64k",
+            "write -P 0x33 2M 1M",
+            "discard 2M 256k",
+            "write -z 2304k 128k",
+            "flush",
+            "aio_write -P 0x44 8M 64k",
+            "aio_write -P 0x45 8M 4k",
+            "aio_flush",
+        ],
+    );
     assert!(!out.contains("fail"), "{out}");
     p.wait_drained();
     let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
@@ -201,15 +199,7 @@ fn a_lost_peer_never_hangs_the_primary() {
     let mut p = Pair::start("C", "16M");
     p.kill(1);
     let t0 = Instant::now();
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0x5 0 64k",
-    ]));
+    p.qemu_io(0, "write -P 0x5 0 64k");
     // Answered after at most the timeout (3 s here), not never.
     assert!(t0.elapsed() < Duration::from_secs(15), "write took {:?}", t0.elapsed());
     let a = p.status(0);
@@ -217,15 +207,7 @@ fn a_lost_peer_never_hangs_the_primary() {
     assert_eq!(a["out_of_sync_bytes"], 65536, "{a}");
     // More writes while alone are tracked too, and answered at once.
     let t1 = Instant::now();
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0x6 1M 4k",
-    ]));
+    p.qemu_io(0, "write -P 0x6 1M 4k");
     assert!(t1.elapsed() < Duration::from_secs(2));
     assert_eq!(p.status(0)["out_of_sync_bytes"], 65536 + 4096);
     // The peer comes back: exactly the blocks written apart are resynced.
@@ -336,15 +318,7 @@ fn netem_puts_latency_on_the_link() {
     if have("qemu-io") {
         // A protocol C write waits a round trip.
         let t0 = Instant::now();
-        run_ok(Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            "-t",
-            "none",
-            &p.uri(0),
-            "-c",
-            "write -P 1 0 4k",
-        ]));
+        p.qemu_io(0, "write -P 1 0 4k");
         assert!(t0.elapsed() >= Duration::from_millis(10), "{:?}", t0.elapsed());
     }
 }
@@ -387,26 +361,15 @@ fn bitmap_resync_moves_only_what_was_written_while_apart() {
         return;
     }
     let mut p = Pair::start("C", "256M");
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0x1 0 8M",
-    ]));
+    p.qemu_io(0, "write -P 0x1 0 8M");
     p.wait_drained();
     assert!(p.down(1).success());
     p.wait_unlinked(0);
     // 16 MiB in 256 writes of 64 KiB at scattered offsets.
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw", "-t", "none", &p.uri(0)]);
-    for i in 0..256u64 {
-        let off = (i * 2654435761 % 4000) * 64 * 1024;
-        cmd.args(["-c", &format!("write -P {} {off} 64k", i % 250 + 2)]);
-    }
-    run_ok(&mut cmd);
+    let writes: Vec<String> = (0..256u64)
+        .map(|i| format!("write -P {} {} 64k", i % 250 + 2, (i * 2654435761 % 4000) * 64 * 1024))
+        .collect();
+    run_qemu_io(&p.uri(0), &writes);
     let oos = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
     assert_eq!(oos, 16 << 20, "each 64 KiB write marks 16 blocks");
     // Back: the Secondary is Outdated, then resynced while fio writes on.
@@ -427,13 +390,7 @@ fn bitmap_resync_moves_only_what_was_written_while_apart() {
         "--output=/dev/null",
     ]);
     run_ok(&mut fio);
-    p.wait("resync to finish", Duration::from_secs(60), |a, b| {
-        a["out_of_sync_bytes"] == 0
-            && a["sync"].is_null()
-            && a["connection"] == "Connected"
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    p.wait_synced("resync to finish", Duration::from_secs(60));
     let a = p.status(0);
     let moved = a["counters"]["resync_bytes"].as_u64().unwrap();
     assert_eq!(moved, 16 << 20, "resync moved {moved} bytes for 16 MiB written apart");
@@ -490,15 +447,7 @@ fn verify_finds_exactly_the_corrupted_blocks_and_resync_repairs_them() {
         return;
     }
     let p = Pair::start("C", "32M");
-    run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-t",
-        "none",
-        &p.uri(0),
-        "-c",
-        "write -P 0x3c 0 8M",
-    ]));
+    p.qemu_io(0, "write -P 0x3c 0 8M");
     p.wait_drained();
     {
         use std::os::unix::fs::FileExt;
@@ -538,13 +487,7 @@ fn after_a_primary_crash_only_the_activity_log_extents_resync() {
     p.up(0);
     p.wait_connected();
     p.ok(&["primary"], 0);
-    p.wait("the activity-log resync", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    p.wait_synced("the activity-log resync", Duration::from_secs(60));
     let moved = p.status(0)["counters"]["resync_bytes"].as_u64().unwrap();
     // The writer touched the first 64 MiB (16 extents of 4 MiB); nothing
     // beyond the log's extents moves, far less than the 512 MiB disk.
@@ -617,13 +560,7 @@ fn a_resync_interrupted_by_a_crash_resumes() {
         "--time_based",
         "--runtime=1",
     ]);
-    p.wait("the resumed resync", Duration::from_secs(120), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    p.wait_synced("the resumed resync", Duration::from_secs(120));
     assert!(
         read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk),
         "disks differ after the resumed resync"
@@ -637,12 +574,7 @@ fn split_brain_policy_discards_the_smaller_side() {
     if !have("qemu-io") {
         return;
     }
-    let mut p = Pair::prepare("C", "16M");
-    p.configure("split-brain-policy = \"discard-least-changes\"");
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_connected();
+    let p = Pair::start_configured("C", "16M", "split-brain-policy = \"discard-least-changes\"");
     p.split_apart("write -P 0xa 0 1M", "write -P 0xb 4M 64k");
     p.ok(&["connect"], 0);
     p.ok(&["connect"], 1);
@@ -661,12 +593,7 @@ fn checksum_resync_sends_only_differing_blocks() {
     if !have("qemu-io") {
         return;
     }
-    let mut p = Pair::prepare("C", "16M");
-    p.configure("resync-checksum = true");
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_connected();
+    let p = Pair::start_configured("C", "16M", "resync-checksum = true");
     p.qemu_io(0, "write -P 0x7 0 8M");
     p.wait_drained();
     p.split_apart("write -P 0xa 1M 1M", "write -P 0xb 4M 64k");

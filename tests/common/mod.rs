@@ -84,6 +84,17 @@ pub fn run_ok(cmd: &mut Command) -> String {
     stdout
 }
 
+/// Runs qemu-io on `uri` (raw, no cache so no implied FUA) with each
+/// command as one `-c`; asserts it succeeded and returns its output.
+pub fn run_qemu_io<S: AsRef<str>>(uri: &str, commands: &[S]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw", "-t", "none", uri]);
+    for c in commands {
+        cmd.args(["-c", c.as_ref()]);
+    }
+    run_ok(&mut cmd)
+}
+
 /// A child process killed when the test ends, even by a panic.
 pub struct KillOnDrop(pub Child);
 
@@ -137,7 +148,7 @@ impl Serve {
             .args(["--listen", "127.0.0.1:0", "--io", flavor.backend])
             .args(extra)
             .env("TWINBLOCK_LOG", "debug")
-            .env_remove(twinblock_env())
+            .env_remove("TWINBLOCK_IO")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -212,10 +223,6 @@ impl Drop for Serve {
             let _ = c.wait();
         }
     }
-}
-
-fn twinblock_env() -> &'static str {
-    "TWINBLOCK_IO"
 }
 
 /// Where tests put their files: a real disk file system (O_DIRECT, holes).

@@ -78,12 +78,16 @@ impl Pair {
 
     /// Both nodes up, `a` Primary (forced), connected.
     pub fn start(protocol: &str, size: &str) -> Pair {
-        let mut p = Pair::prepare(protocol, size);
-        p.up(0);
-        p.up(1);
-        p.ok(&["primary", "--force"], 0);
-        p.wait_connected();
-        p
+        Pair::prepare(protocol, size).bring_up()
+    }
+
+    /// Both nodes up, `a` Primary (forced), connected.
+    fn bring_up(mut self) -> Pair {
+        self.up(0);
+        self.up(1);
+        self.ok(&["primary", "--force"], 0);
+        self.wait_connected();
+        self
     }
 
     pub fn idx(name: &str) -> usize {
@@ -92,6 +96,13 @@ impl Pair {
         } else {
             1
         }
+    }
+
+    /// Like [`Pair::start`] with one more line in the resource file.
+    pub fn start_configured(protocol: &str, size: &str, line: &str) -> Pair {
+        let p = Pair::prepare(protocol, size);
+        p.configure(line);
+        p.bring_up()
     }
 
     /// Starts node `i` and waits for its "twinblock up" line.
@@ -204,15 +215,7 @@ impl Pair {
 
     /// One qemu-io command against node `i`'s export.
     pub fn qemu_io(&self, i: usize, command: &str) -> String {
-        super::run_ok(Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            "-t",
-            "none",
-            &self.uri(i),
-            "-c",
-            command,
-        ]))
+        super::run_qemu_io(&self.uri(i), &[command])
     }
 
     /// Splits the pair: both disconnect, b becomes Primary too, each runs
