@@ -64,7 +64,6 @@ pub struct State {
     pub disk: DiskState,
     fresh: bool,
     pub want_connected: bool,
-    pub connection: Connection,
     peer_role: Option<Role>,
     peer_disk: Option<DiskState>,
     pub session: Option<Arc<Session>>,
@@ -97,6 +96,18 @@ pub struct State {
 /// CRC32 of each 4 KiB block of `data`.
 fn block_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(crate::bitmap::BLOCK as usize).map(crc32fast::hash).collect()
+}
+
+impl State {
+    /// Derived: StandAlone when the operator (or a refusal) said so,
+    /// Connected with a session, Connecting otherwise.
+    pub fn connection(&self) -> Connection {
+        match (self.want_connected, &self.session) {
+            (false, _) => Connection::StandAlone,
+            (true, Some(_)) => Connection::Connected,
+            (true, None) => Connection::Connecting,
+        }
+    }
 }
 
 /// A new random generation id.
@@ -187,7 +198,6 @@ impl Node {
                 disk: meta.disk,
                 fresh: meta.fresh,
                 want_connected: true,
-                connection: Connection::Connecting,
                 peer_role: None,
                 peer_disk: None,
                 session: None,
@@ -370,11 +380,6 @@ impl Node {
     pub fn set_want_connected(&self, want: bool) {
         let mut st = self.state();
         st.want_connected = want;
-        if !want {
-            st.connection = Connection::StandAlone;
-        } else if st.session.is_none() {
-            st.connection = Connection::Connecting;
-        }
         drop(st);
         self.changed.notify_waiters();
     }
@@ -414,9 +419,6 @@ impl Node {
         st.discard = true;
         st.split_brain = false;
         st.want_connected = true;
-        if st.session.is_none() {
-            st.connection = Connection::Connecting;
-        }
         tracing::warn!("discard-my-data: this node's changes will be overwritten by the peer");
         drop(st);
         self.changed.notify_waiters();
@@ -471,7 +473,6 @@ impl Node {
             } else {
                 st.split_brain = true;
                 st.want_connected = false;
-                st.connection = Connection::StandAlone;
                 tracing::error!(
                     mine = format!("{:016x}", st.gen.current),
                     peer = format!("{:016x}", peer.gen.current),
@@ -485,7 +486,6 @@ impl Node {
         }
         if decision == Decision::Unrelated {
             st.want_connected = false;
-            st.connection = Connection::StandAlone;
             return Err(
                 "the peer's data shares no history with ours (unrelated devices): refusing".into(),
             );
@@ -533,7 +533,6 @@ impl Node {
         st.peer_role = Some(peer.role);
         st.peer_disk = Some(peer.disk);
         st.session = Some(session.clone());
-        st.connection = Connection::Connected;
         st.last_error = None;
         st.split_brain = false;
         session.send(Self::state_message(&st));
@@ -606,8 +605,6 @@ impl Node {
             st.verify_pending.clear();
             st.csum_pending.clear();
             st.behind = 0;
-            st.connection =
-                if st.want_connected { Connection::Connecting } else { Connection::StandAlone };
             st.last_error = Some(why.to_owned());
             // Protocol A may leave this Secondary behind: freshness unknown.
             if st.role == Role::Secondary
@@ -1098,7 +1095,7 @@ impl Node {
             node: self.me.name.clone(),
             role: st.role,
             disk: st.disk,
-            connection: match (&st.sync, st.connection) {
+            connection: match (&st.sync, st.connection()) {
                 (_, Connection::Connected) if st.verify.is_some() => "Verifying".into(),
                 (Some(_), Connection::Connected) => "SyncSource".into(),
                 (None, Connection::Connected) if st.role == Role::Secondary && st.behind > 0 => {

@@ -323,16 +323,11 @@ impl Store {
         may_punch: bool,
         fast_only: bool,
     ) -> io::Result<()> {
-        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-        if may_punch {
-            match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | KEEP, off, len).await {
+        for mode in zero_modes(may_punch) {
+            match self.fallocate(mode, off, len).await {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }
-        }
-        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | KEEP, off, len).await {
-            Err(e) if unsupported(&e) => {}
-            other => return other,
         }
         if fast_only {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
@@ -370,16 +365,11 @@ impl Store {
 
     /// Synchronous [`Store::zero`] for the ordered write path.
     pub fn zero_now(&self, off: u64, len: u64, may_punch: bool, fast_only: bool) -> io::Result<()> {
-        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-        if may_punch {
-            match sys::fallocate(self.fd(), libc::FALLOC_FL_PUNCH_HOLE | KEEP, off, len) {
+        for mode in zero_modes(may_punch) {
+            match sys::fallocate(self.fd(), mode, off, len) {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }
-        }
-        match sys::fallocate(self.fd(), libc::FALLOC_FL_ZERO_RANGE | KEEP, off, len) {
-            Err(e) if unsupported(&e) => {}
-            other => return other,
         }
         if fast_only {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
@@ -402,6 +392,16 @@ impl Store {
     pub fn extents(&self, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         sys::extents(self.fd(), off, len)
     }
+}
+
+/// The fallocate modes that make a range read as zeroes, best first: a
+/// punched hole (when allowed), then an allocated zeroed range. Where the
+/// file system supports neither, zeroes are written (unless only a fast
+/// way will do).
+fn zero_modes(may_punch: bool) -> impl Iterator<Item = i32> {
+    const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+    let punch = may_punch.then_some(libc::FALLOC_FL_PUNCH_HOLE | KEEP);
+    punch.into_iter().chain([libc::FALLOC_FL_ZERO_RANGE | KEEP])
 }
 
 fn unsupported(e: &io::Error) -> bool {
