@@ -80,11 +80,7 @@ for MODE in C B A; do
     "$BIN" up --config "$WORK/r.toml" --node $n >/dev/null 2>"$WORK/$n.log" &
     PIDS+=($!)
   done
-  for _ in $(seq 100); do
-    "$BIN" status --config "$WORK/r.toml" --node a --json 2>/dev/null | grep -q '"connection":"Connected"' && break
-    sleep 0.1
-  done
-  "$BIN" primary --config "$WORK/r.toml" --node a --force >/dev/null
+  pair_promote "$BIN" "$WORK/r.toml"
   RTT=$("$BIN" status --config "$WORK/r.toml" --node a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["rtt_us"] or 0)')
   RESULT["$MODE|rtt"]=$RTT
   run_workloads "$MODE" "nbd://127.0.0.1:$AN/bench"

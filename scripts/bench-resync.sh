@@ -35,8 +35,7 @@ field() { st | python3 -c "import json,sys; j=json.load(sys.stdin); print(eval(s
 up() { "$BIN" up --config "$WORK/r.toml" --node "$1" >/dev/null 2>>"$WORK/$1.log" & PID[$1]=$!; }
 wait_for() { for _ in $(seq 600); do [[ $(field "$1") == True ]] && return 0; sleep 0.1; done; echo "timeout: $1" >&2; exit 1; }
 up a; up b
-wait_for 'j["connection"]=="Connected"'
-"$BIN" primary --config "$WORK/r.toml" --node a --force >/dev/null
+pair_promote "$BIN" "$WORK/r.toml"
 URI="nbd://127.0.0.1:$AN/bench"
 
 T0=$(date +%s.%N)

@@ -26,11 +26,7 @@ for n in a b; do
   "$BIN" up --config "$DIR/demo.toml" --node $n >"$DIR/$n.out" 2>"$DIR/$n.log" &
   PIDS+=($!)
 done
-for _ in $(seq 100); do
-  "$BIN" status --config "$DIR/demo.toml" --node a --json 2>/dev/null | grep -q '"connection":"Connected"' && break
-  sleep 0.1
-done
-"$BIN" primary --config "$DIR/demo.toml" --node a --force >/dev/null
+pair_promote "$BIN" "$DIR/demo.toml"
 C="$BIN status --config $DIR/demo.toml --node"
 cat <<MSG
 twinblock demo: resource "demo" (1 GiB, protocol $PROTOCOL) in $DIR

@@ -23,3 +23,14 @@ pair_config() {
     done
   } >"$file"
 }
+
+# pair_promote BIN CONFIG: waits until node a is connected to b, then makes
+# a Primary with --force (the first setup of fresh disks).
+pair_promote() {
+  local bin=$1 config=$2
+  for _ in $(seq 100); do
+    "$bin" status --config "$config" --node a --json 2>/dev/null | grep -q '"connection":"Connected"' && break
+    sleep 0.1
+  done
+  "$bin" primary --config "$config" --node a --force >/dev/null
+}
