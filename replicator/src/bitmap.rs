@@ -1,18 +1,101 @@
-//! Out-of-sync tracking: one bit per 4 KiB block (1 TiB -> 32 MiB).
+//! Out-of-sync tracking: one bit per block (4 KiB in production: 1 TiB ->
+//! 32 MiB of bitmap).
 
 pub const BLOCK: u64 = 4096;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {
     words: Vec<u64>,
     blocks: u64,
     set: u64,
+    block: u64,
 }
 
 impl Bitmap {
     pub fn new(size: u64) -> Bitmap {
-        let blocks = size.div_ceil(BLOCK);
-        Bitmap { words: vec![0; blocks.div_ceil(64) as usize], blocks, set: 0 }
+        Bitmap::with_block(size, BLOCK)
+    }
+
+    /// A bitmap with `block`-byte blocks (the simulator uses small ones).
+    pub fn with_block(size: u64, block: u64) -> Bitmap {
+        let blocks = size.div_ceil(block);
+        Bitmap { words: vec![0; blocks.div_ceil(64) as usize], blocks, set: 0, block }
+    }
+
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// Marks every block.
+    pub fn mark_all(&mut self) {
+        let size = self.blocks * self.block;
+        self.mark(0, size);
+    }
+
+    /// Marks blocks `[first, first+n)` (block numbers; clipped to the device).
+    pub fn mark_blocks(&mut self, first: u64, n: u64) {
+        if n == 0 || first >= self.blocks {
+            return;
+        }
+        let n = n.min(self.blocks - first);
+        self.mark(first * self.block, n * self.block);
+    }
+
+    /// The set blocks as runs (first block, count), in order.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut b = 0;
+        while let Some((off, len)) = self.next_run(b, u64::MAX) {
+            out.push((off / self.block, len / self.block));
+            b = (off + len) / self.block;
+        }
+        out
+    }
+
+    /// ORs `other` (same geometry) into this one.
+    pub fn merge(&mut self, other: &Bitmap) {
+        if other.words.len() != self.words.len() {
+            return;
+        }
+        for (w, o) in self.words.iter_mut().zip(&other.words) {
+            *w |= o;
+        }
+        self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
+
+    /// Words of page `page` (`per_page` words each).
+    pub fn page(&self, page: u64, per_page: usize) -> Vec<u64> {
+        let start = (page as usize * per_page).min(self.words.len());
+        let end = (start + per_page).min(self.words.len());
+        self.words[start..end].to_vec()
+    }
+
+    /// Replaces the words from word `at` on (a saved page).
+    pub fn set_words(&mut self, at: usize, words: &[u64]) {
+        let end = (at + words.len()).min(self.words.len());
+        if at < end {
+            self.words[at..end].copy_from_slice(&words[..end - at]);
+        }
+        self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
+
+    /// ORs saved words in (ignored if the length differs).
+    pub fn merge_words(&mut self, words: &[u64]) {
+        if words.len() != self.words.len() {
+            return;
+        }
+        for (w, o) in self.words.iter_mut().zip(words) {
+            *w |= o;
+        }
+        self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
     }
 
     /// Marks every block that `[offset, offset+len)` touches.
@@ -20,8 +103,11 @@ impl Bitmap {
         if len == 0 {
             return;
         }
-        let first = offset / BLOCK;
-        let last = ((offset + len - 1) / BLOCK).min(self.blocks.saturating_sub(1));
+        let first = offset / self.block;
+        if first >= self.blocks {
+            return;
+        }
+        let last = ((offset + len - 1) / self.block).min(self.blocks.saturating_sub(1));
         for b in first..=last {
             let (w, bit) = ((b / 64) as usize, b % 64);
             if self.words[w] & (1 << bit) == 0 {
@@ -37,7 +123,7 @@ impl Bitmap {
 
     /// Bytes marked out of sync.
     pub fn bytes(&self) -> u64 {
-        self.set * BLOCK
+        self.set * self.block
     }
 
     /// The first run of set blocks at or after block `from`, at most `max`
@@ -55,7 +141,7 @@ impl Bitmap {
                 while b < self.blocks && b - start < max && self.is_set(b) {
                     b += 1;
                 }
-                return Some((start * BLOCK, (b - start) * BLOCK));
+                return Some((start * self.block, (b - start) * self.block));
             }
             b += 1;
         }
@@ -64,8 +150,8 @@ impl Bitmap {
 
     /// Clears every block inside `[offset, offset+len)` (whole blocks).
     pub fn clear_range(&mut self, offset: u64, len: u64) {
-        let first = offset.div_ceil(BLOCK);
-        let end = ((offset + len) / BLOCK).min(self.blocks);
+        let first = offset.div_ceil(self.block);
+        let end = ((offset + len) / self.block).min(self.blocks);
         for b in first..end {
             let (w, bit) = ((b / 64) as usize, b % 64);
             if self.words[w] & (1 << bit) != 0 {

@@ -11,6 +11,7 @@
 pub mod al;
 pub mod bitmap;
 pub mod config;
+pub mod core;
 pub mod link;
 pub mod local;
 pub mod meta;

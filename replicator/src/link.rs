@@ -293,6 +293,7 @@ async fn session_loop(
                     node.peer_state(role, disk, peer_out_of_sync, fresh, current)
                 }
                 Message::Hello(_) => return Err("unexpected second hello".into()),
+                _ => {}
             }
         }
         if let Some(ack) = receiver.ack() {

@@ -644,8 +644,8 @@ impl Node {
                     self.store.flush().await?;
                 }
             }
-            Op::Trim { offset, len } => self.store.zero_now(*offset, *len as u64, true, false)?,
-            Op::Zero { offset, len, no_hole } => {
+            Op::Trim { offset, len, .. } => self.store.zero_now(*offset, *len as u64, true, false)?,
+            Op::Zero { offset, len, no_hole, .. } => {
                 self.store.zero_now(*offset, *len as u64, !no_hole, false)?
             }
             Op::Flush => self.store.flush().await?,
@@ -1177,12 +1177,12 @@ impl BlockDevice for Node {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> DeviceResult<()> {
-        let op = Op::Trim { offset, len: len as u32 };
+        let op = Op::Trim { offset, len: len as u32, fua };
         self.replicate(op, |s| s.zero_now(offset, len, true, false), fua).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DeviceResult<()> {
-        let op = Op::Zero { offset, len: len as u32, no_hole: flags.no_hole };
+        let op = Op::Zero { offset, len: len as u32, no_hole: flags.no_hole, fua: flags.fua };
         let result = self
             .replicate(op, |s| s.zero_now(offset, len, !flags.no_hole, flags.fast), flags.fua)
             .await;

@@ -32,8 +32,8 @@ fn every_message_round_trips_even_byte_by_byte() {
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
         Message::Data { seq: 2, op: Op::write(0, Bytes::from_static(b"x"), true) },
-        Message::Data { seq: 3, op: Op::Trim { offset: 8192, len: 1 << 30 } },
-        Message::Data { seq: 4, op: Op::Zero { offset: 0, len: 4096, no_hole: true } },
+        Message::Data { seq: 3, op: Op::Trim { offset: 8192, len: 1 << 30, fua: true } },
+        Message::Data { seq: 4, op: Op::Zero { offset: 0, len: 4096, no_hole: true, fua: false } },
         Message::Data { seq: 5, op: Op::Flush },
         Message::Data { seq: 6, op: Op::Verify { offset: 1 << 20, len: 1 << 20 } },
         Message::Verified { seq: 6, crcs: vec![1, 2, 0xffff_ffff] },
@@ -41,6 +41,10 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Failed { seq: 9, errno: 5 },
         Message::Ping { id: 77 },
         Message::Pong { id: 77 },
+        Message::Bits { runs: vec![(0, 3), (1 << 40, 1)], last: false },
+        Message::Bits { runs: vec![], last: true },
+        Message::SyncDone { current: 0x1234 },
+        Message::VerifyRequest,
         Message::State {
             role: Role::Secondary,
             disk: DiskState::Outdated,
@@ -143,7 +147,7 @@ fn link_loss_mid_write_returns_every_unconfirmed_range() {
     let mut s = Sender::new();
     let (s1, _) = s.submit(&w(0, 1, 4096), Protocol::B);
     let (s2, _) = s.submit(&w(8192, 2, 4096), Protocol::B);
-    let (s3, _) = s.submit(&Op::Trim { offset: 1 << 20, len: 4096 }, Protocol::B);
+    let (s3, _) = s.submit(&Op::Trim { offset: 1 << 20, len: 4096, fua: false }, Protocol::B);
     // The peer received the first two and applied the first.
     assert_eq!(s.on_ack(s2, s1), vec![s1, s2]);
     let lost = s.lose();

@@ -9,7 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::genid::GenIds;
 
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -25,6 +25,14 @@ const T_STATE: u8 = 9;
 const T_FAILED: u8 = 10;
 const T_VERIFY: u8 = 11;
 const T_VERIFIED: u8 = 12;
+const T_BITS: u8 = 13;
+const T_SYNC_DONE: u8 = 14;
+const T_VERIFY_REQUEST: u8 = 15;
+
+/// Largest run list in one BITS frame.
+pub const MAX_RUNS: usize = 65536;
+/// Largest verify request (blocks are answered with one CRC each).
+pub const MAX_VERIFY: u32 = 32 << 20;
 
 /// Role as carried on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -40,6 +48,10 @@ pub enum DiskState {
     Outdated,
     Inconsistent,
     Consistent,
+    /// No usable disk.
+    Diskless,
+    /// The disk failed an I/O: detached until a full resync.
+    Failed,
 }
 
 impl Role {
@@ -65,6 +77,8 @@ impl DiskState {
             DiskState::Outdated => 2,
             DiskState::Inconsistent => 3,
             DiskState::Consistent => 4,
+            DiskState::Diskless => 5,
+            DiskState::Failed => 6,
         }
     }
     fn from_code(c: u8) -> Option<DiskState> {
@@ -73,6 +87,8 @@ impl DiskState {
             2 => Some(DiskState::Outdated),
             3 => Some(DiskState::Inconsistent),
             4 => Some(DiskState::Consistent),
+            5 => Some(DiskState::Diskless),
+            6 => Some(DiskState::Failed),
             _ => None,
         }
     }
@@ -90,11 +106,13 @@ pub enum Op {
     Trim {
         offset: u64,
         len: u32,
+        fua: bool,
     },
     Zero {
         offset: u64,
         len: u32,
         no_hole: bool,
+        fua: bool,
     },
     /// A barrier: everything before it is durable on the peer once it is done.
     Flush,
@@ -116,7 +134,7 @@ impl Op {
     pub fn range(&self) -> Option<(u64, u64)> {
         match self {
             Op::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
-            Op::Trim { offset, len } | Op::Zero { offset, len, .. } => Some((*offset, *len as u64)),
+            Op::Trim { offset, len, .. } | Op::Zero { offset, len, .. } => Some((*offset, *len as u64)),
             Op::Flush | Op::Verify { .. } => None,
         }
     }
@@ -190,6 +208,19 @@ pub enum Message {
     Pong {
         id: u64,
     },
+    /// Handshake: the sender's out-of-sync blocks, as runs (first block,
+    /// block count); `last` ends the sender's bitmap.
+    Bits {
+        runs: Vec<(u64, u64)>,
+        last: bool,
+    },
+    /// SyncSource -> SyncTarget: every out-of-sync block was sent and is
+    /// durable there; the target now holds generation `current`.
+    SyncDone {
+        current: u64,
+    },
+    /// A Secondary asks its Primary to run online verify.
+    VerifyRequest,
     /// The sender's role or disk changed (same meaning as in [`Hello`]).
     State {
         role: Role,
@@ -241,18 +272,20 @@ impl Message {
                     b.put_u32(data.len() as u32);
                     payload = Some(data.clone());
                 }
-                Op::Trim { offset, len } => {
+                Op::Trim { offset, len, fua } => {
                     b.put_u8(T_TRIM);
                     b.put_u64(*seq);
                     b.put_u64(*offset);
                     b.put_u32(*len);
+                    b.put_u8(*fua as u8);
                 }
-                Op::Zero { offset, len, no_hole } => {
+                Op::Zero { offset, len, no_hole, fua } => {
                     b.put_u8(T_ZERO);
                     b.put_u64(*seq);
                     b.put_u64(*offset);
                     b.put_u32(*len);
                     b.put_u8(*no_hole as u8);
+                    b.put_u8(*fua as u8);
                 }
                 Op::Flush => {
                     b.put_u8(T_FLUSH);
@@ -273,6 +306,20 @@ impl Message {
                     b.put_u32(*c);
                 }
             }
+            Message::Bits { runs, last } => {
+                b.put_u8(T_BITS);
+                b.put_u8(*last as u8);
+                b.put_u32(runs.len() as u32);
+                for (start, n) in runs {
+                    b.put_u64(*start);
+                    b.put_u64(*n);
+                }
+            }
+            Message::SyncDone { current } => {
+                b.put_u8(T_SYNC_DONE);
+                b.put_u64(*current);
+            }
+            Message::VerifyRequest => b.put_u8(T_VERIFY_REQUEST),
             Message::Ack { received, done } => {
                 b.put_u8(T_ACK);
                 b.put_u64(*received);
@@ -398,19 +445,34 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::Data { seq, op: Op::Write { offset, data: b.split_to(n), fua, crc } }
         }
         T_TRIM => {
-            need(&b, 20, "trim")?;
-            Message::Data {
-                seq: b.get_u64(),
-                op: Op::Trim { offset: b.get_u64(), len: b.get_u32() },
-            }
-        }
-        T_ZERO => {
-            need(&b, 21, "zero")?;
+            need(&b, 21, "trim")?;
             let seq = b.get_u64();
             let offset = b.get_u64();
             let len = b.get_u32();
-            Message::Data { seq, op: Op::Zero { offset, len, no_hole: b.get_u8() != 0 } }
+            Message::Data { seq, op: Op::Trim { offset, len, fua: b.get_u8() != 0 } }
         }
+        T_ZERO => {
+            need(&b, 22, "zero")?;
+            let seq = b.get_u64();
+            let offset = b.get_u64();
+            let len = b.get_u32();
+            let no_hole = b.get_u8() != 0;
+            Message::Data { seq, op: Op::Zero { offset, len, no_hole, fua: b.get_u8() != 0 } }
+        }
+        T_BITS => {
+            need(&b, 5, "bits")?;
+            let last = b.get_u8() != 0;
+            let n = b.get_u32() as usize;
+            if n > MAX_RUNS || b.remaining() != n * 16 {
+                return Err(WireError::Malformed("bits length"));
+            }
+            Message::Bits { runs: (0..n).map(|_| (b.get_u64(), b.get_u64())).collect(), last }
+        }
+        T_SYNC_DONE => {
+            need(&b, 8, "sync-done")?;
+            Message::SyncDone { current: b.get_u64() }
+        }
+        T_VERIFY_REQUEST => Message::VerifyRequest,
         T_FLUSH => {
             need(&b, 8, "flush")?;
             Message::Data { seq: b.get_u64(), op: Op::Flush }
@@ -430,7 +492,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             need(&b, 12, "verified")?;
             let seq = b.get_u64();
             let n = b.get_u32() as usize;
-            if b.remaining() != n * 4 {
+            if n as u64 * 4 > MAX_FRAME as u64 || b.remaining() != n * 4 {
                 return Err(WireError::Malformed("verified length"));
             }
             Message::Verified { seq, crcs: (0..n).map(|_| b.get_u32()).collect() }

@@ -1,0 +1,257 @@
+//! The receiving side: frames from the peer are checked (CRC, sequence,
+//! bounds), and data operations are applied strictly in sequence order —
+//! everything received is applied, also after the session that brought it
+//! has ended, so the store never skips a write it holds a later one of.
+
+use bytes::Bytes;
+
+use crate::protocol::wire::{self, DiskState, Message, Op, Role};
+
+use super::session::{Activity, Phase};
+use super::types::{IoError, SessionId, StoreOp, Time};
+use super::write::Admit;
+use super::{Core, IoFor};
+
+/// What a peer operation applied here is.
+#[derive(Debug, Clone)]
+pub(crate) struct ApplyIo {
+    pub sid: SessionId,
+    pub seq: u64,
+    pub extents: Vec<u64>,
+    pub verify: bool,
+    pub flush_epoch: Option<u64>,
+    pub bytes: u64,
+}
+
+/// CRC32 of each `block` bytes of `data`.
+pub fn block_crcs(data: &[u8], block: u64) -> Vec<u32> {
+    data.chunks(block as usize).map(crc32fast::hash).collect()
+}
+
+impl Core {
+    /// A frame from the peer on session `sid`.
+    pub fn handle_frame(&mut self, now: Time, sid: SessionId, msg: Message) {
+        self.now = self.now.max(now);
+        if self.session_id() != Some(sid) {
+            return; // a session that ended: nothing of it counts
+        }
+        if let Some(s) = self.session.as_mut() {
+            s.last_heard = s.last_heard.max(now);
+        }
+        if let Err(why) = self.frame(sid, msg) {
+            self.close_session(sid, format!("link fault: {why}"));
+        }
+        self.pump();
+    }
+
+    fn frame(&mut self, sid: SessionId, msg: Message) -> Result<(), String> {
+        let phase = self.session.as_ref().map(|s| s.phase).ok_or("no session")?;
+        match msg {
+            Message::Hello(h) => self.on_hello(sid, h)?,
+            Message::Bits { runs, last } => self.on_bits(sid, runs, last)?,
+            _ if phase == Phase::Handshake => {
+                return Err("a frame before the handshake finished".into())
+            }
+            Message::Data { seq, op } => self.on_data(sid, seq, op)?,
+            Message::Ack { received, done } => self.on_ack(received, done)?,
+            Message::Failed { seq, errno } => self.on_failed(seq, errno)?,
+            Message::Verified { seq, crcs } => self.on_verified(seq, crcs)?,
+            Message::Ping { id } => self.send(Message::Pong { id }),
+            Message::Pong { id } => {
+                let now = self.now;
+                if let Some(s) = self.session.as_mut() {
+                    s.pong(id, now);
+                }
+            }
+            Message::State { role, disk, peer_out_of_sync, current, .. } => {
+                self.on_peer_state(sid, role, disk, peer_out_of_sync, current)?
+            }
+            Message::SyncDone { current } => self.on_sync_done(current),
+            Message::VerifyRequest => {
+                if self.role == Role::Primary && self.replication() == super::Replication::Established {
+                    self.start_verify();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, sid: SessionId, seq: u64, op: Op) -> Result<(), String> {
+        if self.role == Role::Primary {
+            return Err("the peer sent data while this node is Primary".into());
+        }
+        let s = self.session.as_mut().ok_or("no session")?;
+        if seq != s.received + 1 {
+            return Err(format!("operation {seq} out of sequence (expected {})", s.received + 1));
+        }
+        let size = self.cfg.size;
+        if let Some((off, len)) = op.range().or(match op {
+            Op::Verify { offset, len } => Some((offset, len as u64)),
+            _ => None,
+        }) {
+            if off.checked_add(len).is_none_or(|end| end > size) {
+                return Err(format!("operation {seq} at {off}+{len} is outside the device"));
+            }
+        }
+        match &op {
+            Op::Write { offset, data, crc, .. } if crc32fast::hash(data) != *crc => {
+                return Err(format!(
+                    "CRC mismatch on operation {seq} at offset {offset} ({} bytes)",
+                    data.len()
+                ));
+            }
+            Op::Verify { len, .. } if *len > wire::MAX_VERIFY => {
+                return Err(format!("verify of {len} bytes is larger than allowed"));
+            }
+            _ => {}
+        }
+        s.received = seq;
+        self.incoming.push_back((sid, seq, op));
+        Ok(())
+    }
+
+    /// Issues what has arrived, in order, once its extents are in the
+    /// activity log (and, on a SyncTarget, once Inconsistent is on disk).
+    pub(crate) fn apply_pump(&mut self) {
+        while let Some((sid, seq, op)) = self.incoming.front().cloned() {
+            if !self.disk_usable() {
+                self.incoming.pop_front();
+                if self.session_id() == Some(sid) {
+                    self.send(Message::Failed { seq, errno: IoError::EIO.0 });
+                }
+                continue;
+            }
+            let range = op.range();
+            let extents = self.extents(range);
+            if range.is_some() {
+                self.fresh = false;
+                if !self.meta_durable() {
+                    if let Some(e) = self.p.meta_failed.take() {
+                        self.disk_failed(e, "metadata");
+                        continue;
+                    }
+                    break;
+                }
+                match self.al_admit(&extents) {
+                    Admit::Go => {}
+                    Admit::Wait => break,
+                    Admit::Fail(_) => {
+                        self.disk_failed(IoError::EIO, "activity log");
+                        continue;
+                    }
+                }
+            }
+            self.incoming.pop_front();
+            self.al.hold(&extents);
+            let mut a = ApplyIo {
+                sid,
+                seq,
+                extents: extents.clone(),
+                verify: false,
+                flush_epoch: None,
+                bytes: op.wire_bytes(),
+            };
+            let store_op = match op {
+                Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
+                Op::Trim { offset, len, fua } => {
+                    StoreOp::Zero { offset, len: len as u64, punch: true, fua }
+                }
+                Op::Zero { offset, len, no_hole, fua } => {
+                    StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
+                }
+                Op::Flush => {
+                    a.flush_epoch = Some(self.write_epoch);
+                    StoreOp::Flush
+                }
+                Op::Verify { offset, len } => {
+                    a.verify = true;
+                    StoreOp::Read { offset, len: len as u64 }
+                }
+            };
+            self.applying += 1;
+            self.store(IoFor::Apply(a), store_op);
+            if range.is_some() {
+                self.al.wrote(&extents, self.write_epoch);
+            }
+        }
+    }
+
+    pub(crate) fn apply_done(&mut self, a: ApplyIo, result: Result<Option<Bytes>, IoError>) {
+        self.applying -= 1;
+        self.al.release(&a.extents);
+        let current = self.session_id() == Some(a.sid);
+        match result {
+            Ok(data) => {
+                if let Some(e) = a.flush_epoch {
+                    self.flushed_epoch = self.flushed_epoch.max(e);
+                }
+                self.counters.replicated_bytes += a.bytes;
+                if a.verify && current {
+                    let crcs = block_crcs(data.as_deref().unwrap_or(&[]), self.cfg.block);
+                    self.send(Message::Verified { seq: a.seq, crcs });
+                }
+            }
+            Err(e) => {
+                self.disk_failed(e, "replicated write");
+                if current {
+                    self.send(Message::Failed { seq: a.seq, errno: e.0 });
+                    self.close_session(a.sid, "the local disk failed: detached".into());
+                }
+                return;
+            }
+        }
+        if let Some(s) = self.session.as_mut().filter(|s| s.id == a.sid) {
+            s.completed.insert(a.seq);
+            while s.completed.remove(&(s.done + 1)) {
+                s.done += 1;
+            }
+        }
+    }
+
+    /// A cumulative acknowledgement, when something changed.
+    pub(crate) fn send_ack(&mut self) {
+        let Some(s) = self.session.as_mut() else { return };
+        if s.phase != Phase::Running || (s.received, s.done) == s.acked {
+            return;
+        }
+        s.acked = (s.received, s.done);
+        let (received, done, sid) = (s.received, s.done, s.id);
+        self.actions.push_back(super::Action::Send {
+            session: sid,
+            msg: Message::Ack { received, done },
+        });
+    }
+
+    fn on_peer_state(
+        &mut self,
+        sid: SessionId,
+        role: Role,
+        disk: DiskState,
+        out_of_sync: u64,
+        current: u64,
+    ) -> Result<(), String> {
+        if role == Role::Primary && self.role == Role::Primary {
+            return Err(format!("both {} and {} are Primary", self.cfg.me, self.cfg.peer));
+        }
+        let my_current = self.gen.current;
+        let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return Ok(()) };
+        s.peer.role = role;
+        s.peer.disk = disk;
+        s.peer.current = current;
+        s.peer.out_of_sync = out_of_sync;
+        let finished = match &s.activity {
+            Activity::Source(src) => {
+                src.done_sent && current == my_current && disk == DiskState::UpToDate
+            }
+            _ => false,
+        };
+        if let Activity::Target { behind } = &mut s.activity {
+            *behind = out_of_sync;
+        }
+        if finished {
+            s.activity = Activity::Idle;
+            self.sync_finished_source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The sync handshake: on every new link both nodes send a hello (identity,
+//! role, disk state, generation ids) and their whole out-of-sync bitmap
+//! (which includes a crashed node's activity-log extents), then run the
+//! same decision on the same inputs (shared/DESIGN.md "Connecting").
+//! Application writes wait while it runs.
+
+use crate::protocol::genid::{decide, resolve_split_brain, Decision, GenIds, SplitSide, NEVER_SYNCED};
+use crate::protocol::wire::{self, DiskState, Hello, Message, Role};
+
+use super::session::{Activity, Phase, Session, SourceSync};
+use super::types::{Plant, Progress, SessionId, Time};
+use super::{Action, Core};
+
+/// Largest number of runs per BITS frame.
+const RUNS_PER_FRAME: usize = 8192;
+
+fn disk_rank(d: DiskState) -> u8 {
+    match d {
+        DiskState::UpToDate => 3,
+        DiskState::Consistent => 2,
+        DiskState::Outdated => 1,
+        _ => 0,
+    }
+}
+
+impl Core {
+    /// A link to the peer is up (`sid`: the shell's number for it).
+    pub fn handle_link_up(&mut self, now: Time, sid: SessionId) {
+        self.now = self.now.max(now);
+        if !self.want_link {
+            self.actions.push_back(Action::Close {
+                session: sid,
+                reason: "StandAlone: disconnected by the operator".into(),
+            });
+            return;
+        }
+        if let Some(old) = self.session_id() {
+            self.close_session(old, "replaced by a new connection".into());
+        }
+        self.session = Some(Session::new(sid, self.now, &self.cfg));
+        let hello = self.hello();
+        self.send(Message::Hello(hello));
+        let runs = self.dirty.runs();
+        let mut chunks = runs.chunks(RUNS_PER_FRAME).peekable();
+        if chunks.peek().is_none() {
+            self.send(Message::Bits { runs: Vec::new(), last: true });
+        }
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.send(Message::Bits { runs: c.to_vec(), last });
+        }
+        self.pump();
+    }
+
+    /// What this node tells the peer when a link comes up.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            version: wire::VERSION,
+            node: self.cfg.me.clone(),
+            resource: self.cfg.resource.clone(),
+            size: self.cfg.size,
+            role: self.role,
+            disk: self.disk,
+            peer_out_of_sync: self.dirty.bytes(),
+            fresh: self.fresh,
+            gen: self.gen,
+            discard: self.discard,
+            promoted_at: self.promoted_at,
+        }
+    }
+
+    pub(crate) fn on_hello(&mut self, sid: SessionId, h: Hello) -> Result<(), String> {
+        let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
+        if s.phase != Phase::Handshake || s.peer_hello.is_some() {
+            return Err("unexpected hello".into());
+        }
+        if h.version != wire::VERSION {
+            return Err(format!("the peer speaks protocol version {}", h.version));
+        }
+        if h.resource != self.cfg.resource || h.node != self.cfg.peer {
+            return Err(format!(
+                "the peer is {}/{}, expected {}/{}",
+                h.node, h.resource, self.cfg.peer, self.cfg.resource
+            ));
+        }
+        if h.size != self.cfg.size {
+            return Err(format!("the peer's size is {} bytes, ours {}", h.size, self.cfg.size));
+        }
+        s.peer.role = h.role;
+        s.peer.disk = h.disk;
+        s.peer.current = h.gen.current;
+        s.peer.out_of_sync = h.peer_out_of_sync;
+        s.peer_hello = Some(h);
+        Ok(())
+    }
+
+    pub(crate) fn on_bits(&mut self, sid: SessionId, runs: Vec<(u64, u64)>, last: bool) -> Result<(), String> {
+        let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
+        if s.phase != Phase::Handshake || s.peer_hello.is_none() || s.peer_bits_done {
+            return Err("unexpected bitmap".into());
+        }
+        let blocks = s.peer_bits.blocks();
+        for (first, n) in runs {
+            if first.checked_add(n).is_none_or(|end| end > blocks) {
+                return Err(format!("bitmap run {first}+{n} is outside the device"));
+            }
+            s.peer_bits.mark_blocks(first, n);
+        }
+        if last {
+            s.peer_bits_done = true;
+            self.decide_sync(sid)?;
+        }
+        Ok(())
+    }
+
+    /// Both hellos and bitmaps are in: the decision, the same on both sides.
+    fn decide_sync(&mut self, sid: SessionId) -> Result<(), String> {
+        let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
+        let h = s.peer_hello.clone().ok_or("no hello")?;
+        let mut peer_bits = std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
+        if self.cfg.plant == Plant::SkipBitmapExchange {
+            peer_bits.clear();
+        }
+        if h.role == Role::Primary && self.role == Role::Primary {
+            return Err(format!("both {} and {} are Primary: refusing", self.cfg.me, self.cfg.peer));
+        }
+        let mut decision = decide(&self.gen, &h.gen);
+        if self.fresh
+            && h.fresh
+            && matches!(decision, Decision::SyncSource { .. } | Decision::SyncTarget { .. })
+        {
+            // Two disks as twinblock created them, never written: identical.
+            decision = Decision::InSync;
+        }
+        if decision == Decision::SplitBrain && !self.discard && !h.discard {
+            let mine = SplitSide {
+                changes: self.dirty.bytes(),
+                promoted_at: self.promoted_at,
+                secondary: self.role == Role::Secondary,
+            };
+            let theirs = SplitSide {
+                changes: h.peer_out_of_sync,
+                promoted_at: h.promoted_at,
+                secondary: h.role == Role::Secondary,
+            };
+            if let Some(i_discard) = resolve_split_brain(self.cfg.split_brain_policy, mine, theirs) {
+                tracing::warn!(policy = ?self.cfg.split_brain_policy, i_discard, "split brain resolved by policy");
+                decision = if i_discard {
+                    Decision::SyncTarget { full: true }
+                } else {
+                    Decision::SyncSource { full: true }
+                };
+            }
+        }
+        if decision == Decision::SplitBrain {
+            if self.discard && self.role == Role::Secondary {
+                decision = Decision::SyncTarget { full: true };
+            } else if h.discard && h.role == Role::Secondary {
+                decision = Decision::SyncSource { full: true };
+            } else {
+                self.split_brain = true;
+                self.want_link = false;
+                return Err("split brain: both nodes changed the data while apart; nothing was \
+                     overwritten (resolve with `twinblock discard-my-data` on the node whose \
+                     changes to drop, then `connect` on both)"
+                    .into());
+            }
+        }
+        if decision == Decision::Unrelated {
+            self.want_link = false;
+            return Err("the peer's data shares no history with ours (unrelated devices): refusing".into());
+        }
+        // Same generation: the union of both bitmaps (a crashed node's
+        // activity log, failed writes, verify mismatches) still moves, from
+        // the better side.
+        if decision == Decision::InSync && (self.dirty.bytes() > 0 || peer_bits.bytes() > 0) {
+            let mine = (disk_rank(self.disk), self.role == Role::Primary, self.cfg.me < self.cfg.peer);
+            let theirs = (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
+            decision = if mine > theirs {
+                Decision::SyncSource { full: false }
+            } else {
+                Decision::SyncTarget { full: false }
+            };
+        }
+        let now = self.now;
+        match decision {
+            Decision::SyncTarget { .. } if self.role == Role::Primary => {
+                self.want_link = false;
+                return Err("the peer's data is newer than this Primary's: refusing".into());
+            }
+            Decision::SyncSource { .. } if disk_rank(self.disk) == 0 => {
+                return Err(format!(
+                    "this node should be the resync source but its disk is {:?}",
+                    self.disk
+                ));
+            }
+            Decision::SyncTarget { .. } if disk_rank(h.disk) == 0 => {
+                return Err(format!(
+                    "the peer should be the resync source but its disk is {:?}",
+                    h.disk
+                ));
+            }
+            Decision::SyncTarget { full } => {
+                tracing::info!(full, "SyncTarget: the peer's data is newer");
+                self.disk = DiskState::Inconsistent;
+                self.discard = false;
+                let s = self.session.as_mut().expect("session");
+                s.activity = Activity::Target { behind: h.peer_out_of_sync };
+            }
+            Decision::SyncSource { full } => {
+                if full {
+                    self.dirty.mark_all();
+                } else {
+                    self.dirty.merge(&peer_bits);
+                }
+                self.p.all_pages_dirty(&self.dirty);
+                tracing::info!(full, bytes = self.dirty.bytes(), "SyncSource");
+                let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+                let s = self.session.as_mut().expect("session");
+                s.activity = Activity::Source(SourceSync::new(claimed, now));
+            }
+            Decision::InSync => {
+                // Nothing to move: a Secondary facing an UpToDate peer of
+                // the same generation is UpToDate.
+                if self.role == Role::Secondary
+                    && h.disk == DiskState::UpToDate
+                    && matches!(self.disk, DiskState::Consistent | DiskState::Outdated)
+                {
+                    self.disk = DiskState::UpToDate;
+                }
+            }
+            Decision::WaitForForce => {}
+            Decision::SplitBrain | Decision::Unrelated => unreachable!("refused above"),
+        }
+        if self.gen.current == NEVER_SYNCED && decision == Decision::InSync && h.gen.current != NEVER_SYNCED {
+            // Both fresh: we hold the peer's generation.
+            self.gen = GenIds { current: h.gen.current, bitmap: 0, history: [0, 0] };
+            if h.disk == DiskState::UpToDate {
+                self.disk = DiskState::UpToDate;
+            }
+        }
+        let s = self.session.as_mut().expect("session");
+        s.phase = Phase::Running;
+        self.split_brain = false;
+        self.last_error = None;
+        tracing::info!(peer = %h.node, peer_role = ?h.role, peer_disk = ?h.disk, ?decision, "connected");
+        let m = self.state_message();
+        self.send(m);
+        Ok(())
+    }
+}
+
+impl SourceSync {
+    pub fn new(claimed: crate::bitmap::Bitmap, now: Time) -> SourceSync {
+        SourceSync {
+            cursor: 0,
+            claimed,
+            unflushed: Vec::new(),
+            reading: None,
+            probed: Default::default(),
+            chunks: 0,
+            started: false,
+            done_sent: false,
+            progress: Progress { total: 0, done: 0, started: now },
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! The node core: every decision a replicated node makes, as a sans-IO state
+//! machine (shared/DESIGN.md "The node core and how it is proven").
+//!
+//! Events go in — an application request ([`Core::write`], [`Core::flush`],
+//! ...), a peer frame ([`Core::handle_frame`]), a link coming up or going
+//! down, an I/O completion ([`Core::handle_io`]), a timer
+//! ([`Core::handle_timeout`]), an operator verb ([`Core::promote`], ...) —
+//! and actions come out of [`Core::poll_action`]: store and metadata I/O,
+//! frames to send, links to close, replies. No sockets, threads, locks or
+//! clocks: the tokio shell (`crate::node`) and the simulator (`twinblock-sim`)
+//! drive the same code.
+//!
+//! Where things live:
+//! - [`write`]: the Primary's write path (admission, activity log, replies);
+//! - [`apply`]: the receiving side (peer operations applied in order, acks);
+//! - [`handshake`]: hello, bitmap exchange and the sync decision;
+//! - [`resync`]: SyncSource/SyncTarget; [`verify`]: online verify;
+//! - [`persist`]: metadata, bitmap pages and activity-log journal updates;
+//! - [`session`]: one peer session's sequencing and liveness;
+//! - [`al`]: the activity log's bookkeeping; [`types`]: the vocabulary.
+
+pub mod al;
+mod apply;
+mod handshake;
+mod persist;
+mod resync;
+pub mod session;
+pub mod types;
+mod verify;
+mod write;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use types::*;
+
+use crate::bitmap::Bitmap;
+use crate::protocol::genid::{GenIds, NEVER_SYNCED};
+use crate::protocol::wire::{DiskState, Message, Op, Role};
+use al::AlState;
+use session::{Phase, Session};
+
+/// What an I/O the core issued was for.
+#[derive(Debug, Clone)]
+enum IoFor {
+    /// An application operation's local part.
+    App(ReqId),
+    /// A peer operation applied here.
+    Apply(apply::ApplyIo),
+    /// A flush so that activity-log extents may leave (write epoch covered).
+    AlFlush { epoch: u64 },
+    /// A resync or verify read.
+    SourceRead { sid: SessionId },
+    Meta(MetaRecord),
+    Bitmap(Vec<(u64, Vec<u64>)>),
+    Al,
+}
+
+/// An application request waiting to be admitted (FIFO: admission order is
+/// the local apply order and the peer's).
+#[derive(Debug, Clone)]
+struct AppOp {
+    req: ReqId,
+    op: Op,
+}
+
+/// The peer part of an admitted application operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerPart {
+    /// Nothing to wait for (no session, or protocol A, or a read-only op).
+    Free,
+    /// Waiting for the peer (sequence number).
+    Waiting(u64),
+    /// The peer did what the mode asks.
+    Confirmed,
+    /// The peer may lack it: released once the new generation and the
+    /// bitmap that record it are durable.
+    Lost,
+}
+
+/// An admitted application operation.
+#[derive(Debug, Clone)]
+struct Pending {
+    local: Option<Result<(), IoError>>,
+    peer: PeerPart,
+    extents: Vec<u64>,
+    range: Option<(u64, u64)>,
+}
+
+/// The node core. See the module documentation.
+pub struct Core {
+    cfg: CoreConfig,
+    rng: u64,
+    now: Time,
+    role: Role,
+    disk: DiskState,
+    gen: GenIds,
+    fresh: bool,
+    promoted_at: u64,
+    /// The operator wants a peer link (false: StandAlone).
+    want_link: bool,
+    split_brain: bool,
+    discard: bool,
+    dirty: Bitmap,
+    al: AlState,
+    session: Option<Session>,
+    app: VecDeque<AppOp>,
+    pending: HashMap<ReqId, Pending>,
+    /// Peer operations received, not yet issued to the store (in order;
+    /// they outlive the session that brought them).
+    incoming: VecDeque<(SessionId, u64, Op)>,
+    /// Peer operations issued to the store, not yet complete.
+    applying: usize,
+    ios: HashMap<IoId, IoFor>,
+    next_io: IoId,
+    /// Store writes emitted so far, and how many of them are durable.
+    write_epoch: u64,
+    flushed_epoch: u64,
+    al_flush: Option<IoId>,
+    /// Application flushes in flight: the write epoch each covers.
+    flush_epochs: HashMap<ReqId, u64>,
+    /// Resync/verify reads outstanding: application writes wait (a chunk is
+    /// read and numbered with no write between).
+    barrier: usize,
+    p: persist::PersistState,
+    actions: VecDeque<Action>,
+    counters: CoreCounters,
+    last_error: Option<String>,
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Core {
+    /// A core for the metadata the shell found. `seed` feeds the generation
+    /// ids (random in production, the seed's in the simulator). The actions
+    /// of recovery (an activity log to fold into the bitmap, new metadata to
+    /// write) are queued at once.
+    pub fn new(cfg: CoreConfig, rec: Recovered, now: Time, seed: u64) -> Core {
+        let mut dirty = Bitmap::with_block(cfg.size, cfg.block);
+        if let Some(words) = &rec.bitmap {
+            dirty.merge_words(words);
+        }
+        let mut meta = rec.meta.clone().unwrap_or(MetaRecord {
+            disk: DiskState::Inconsistent,
+            fresh: rec.disk_created,
+            gen: GenIds::never_synced(),
+            promoted_at: 0,
+        });
+        let durable_meta = rec.meta.clone();
+        if rec.meta.is_some() && rec.disk_created {
+            // The disk is new but its metadata is not: the data is gone.
+            meta.disk = DiskState::Inconsistent;
+            meta.fresh = false;
+            meta.gen = GenIds::never_synced();
+        }
+        if meta.disk == DiskState::Failed {
+            meta.gen = GenIds::never_synced();
+        }
+        let mut al = AlState::new(cfg.al_extents);
+        for &e in &rec.al {
+            dirty.mark(e * cfg.extent, cfg.extent);
+            al.durable.insert(e);
+        }
+        let mut core = Core {
+            rng: seed,
+            now,
+            role: Role::Secondary,
+            disk: meta.disk,
+            gen: meta.gen,
+            fresh: meta.fresh,
+            promoted_at: meta.promoted_at,
+            want_link: true,
+            split_brain: false,
+            discard: false,
+            dirty,
+            al,
+            session: None,
+            app: VecDeque::new(),
+            pending: HashMap::new(),
+            incoming: VecDeque::new(),
+            applying: 0,
+            ios: HashMap::new(),
+            next_io: 1,
+            write_epoch: 0,
+            flushed_epoch: 0,
+            al_flush: None,
+            flush_epochs: HashMap::new(),
+            barrier: 0,
+            p: persist::PersistState::new(durable_meta),
+            actions: VecDeque::new(),
+            counters: CoreCounters::default(),
+            last_error: None,
+            cfg,
+        };
+        if !rec.al.is_empty() {
+            // The recovered extents' bits must be saved before the log
+            // forgets them; then the log empties.
+            core.p.all_pages_dirty(&core.dirty);
+            core.p.al_trim_wanted = true;
+        }
+        core.pump();
+        core
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    // ----- getters -----
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn disk(&self) -> DiskState {
+        self.disk
+    }
+
+    pub fn gen(&self) -> GenIds {
+        self.gen
+    }
+
+    pub fn connection(&self) -> Connection {
+        match &self.session {
+            Some(s) if s.phase == Phase::Running => Connection::Connected,
+            _ if !self.want_link => Connection::StandAlone,
+            _ => Connection::Connecting,
+        }
+    }
+
+    pub fn replication(&self) -> Replication {
+        match &self.session {
+            Some(s) if s.phase == Phase::Running => s.repl(),
+            _ => Replication::Off,
+        }
+    }
+
+    /// The shell should keep (or get) a link to the peer.
+    pub fn wants_link(&self) -> bool {
+        self.want_link
+    }
+
+    /// The session in force, if any (handshaking or running).
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// Accepts application writes now (Primary with a usable disk).
+    pub fn accepts_writes(&self) -> bool {
+        self.role == Role::Primary && self.disk_usable()
+    }
+
+    /// Whether reads may be served: the data here is current (never from
+    /// an Inconsistent, Outdated or Failed disk).
+    pub fn may_read(&self) -> Result<(), ReplyError> {
+        match self.disk {
+            DiskState::UpToDate | DiskState::Consistent => Ok(()),
+            _ => Err(ReplyError::Io(IoError::EIO)),
+        }
+    }
+
+    /// The out-of-sync bitmap in memory.
+    pub fn dirty(&self) -> &Bitmap {
+        &self.dirty
+    }
+
+    /// Extents durably in the activity log.
+    pub fn al_extents(&self) -> impl Iterator<Item = u64> + '_ {
+        self.al.durable.iter().copied()
+    }
+
+    /// No I/O in flight, nothing waiting, no resync or verify under way.
+    pub fn quiescent(&self) -> bool {
+        self.app.is_empty()
+            && self.pending.is_empty()
+            && self.incoming.is_empty()
+            && self.applying == 0
+            && self.ios.is_empty()
+            && self.session.as_ref().is_none_or(|s| s.idle())
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        let s = self.session.as_ref().filter(|s| s.phase == Phase::Running);
+        CoreStatus {
+            role: self.role,
+            disk: self.disk,
+            connection: self.connection(),
+            replication: self.replication(),
+            peer_role: s.map(|s| s.peer.role),
+            peer_disk: s.map(|s| {
+                if self.role == Role::Primary
+                    && self.dirty.bytes() > 0
+                    && s.peer.disk == DiskState::UpToDate
+                {
+                    DiskState::Outdated
+                } else {
+                    s.peer.disk
+                }
+            }),
+            out_of_sync_bytes: self.dirty.bytes(),
+            split_brain: self.split_brain,
+            rtt: s.and_then(|s| s.rtt),
+            sync: s.and_then(|s| s.progress()),
+            counters: self.counters,
+            in_flight: s.map_or(0, |s| s.out.len()),
+            last_error: self.last_error.clone(),
+            gen: self.gen,
+        }
+    }
+
+    /// The record as it should be on disk now.
+    fn meta_record(&self) -> MetaRecord {
+        MetaRecord {
+            disk: self.disk,
+            fresh: self.fresh,
+            gen: self.gen,
+            promoted_at: self.promoted_at,
+        }
+    }
+
+    fn disk_usable(&self) -> bool {
+        !matches!(self.disk, DiskState::Failed | DiskState::Diskless)
+    }
+
+    fn random_id(&mut self) -> u64 {
+        loop {
+            let id = splitmix(&mut self.rng);
+            if id > NEVER_SYNCED {
+                return id;
+            }
+        }
+    }
+
+    fn io(&mut self, what: IoFor) -> IoId {
+        let io = self.next_io;
+        self.next_io += 1;
+        self.ios.insert(io, what);
+        io
+    }
+
+    fn store(&mut self, what: IoFor, op: StoreOp) -> IoId {
+        if matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. }) {
+            self.write_epoch += 1;
+        }
+        if matches!(op, StoreOp::Write { fua: true, .. } | StoreOp::Zero { fua: true, .. }) {
+            // Counted as a write; its durability is its own completion.
+        }
+        let io = self.io(what);
+        self.actions.push_back(Action::Store { io, op });
+        io
+    }
+
+    fn send(&mut self, msg: Message) {
+        if let Some(s) = &self.session {
+            self.actions.push_back(Action::Send { session: s.id, msg });
+        }
+    }
+
+    fn reply(&mut self, req: ReqId, result: Result<(), ReplyError>) {
+        self.actions.push_back(Action::Reply { req, result });
+    }
+
+    fn error(&mut self, e: String) {
+        tracing::warn!("{e}");
+        self.last_error = Some(e);
+    }
+
+    fn extents(&self, range: Option<(u64, u64)>) -> Vec<u64> {
+        match range {
+            Some((off, len)) if len > 0 => {
+                (off / self.cfg.extent..=(off + len - 1) / self.cfg.extent).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A local store failure: this disk is detached (Failed) and will take
+    /// a full resync from the peer.
+    fn disk_failed(&mut self, e: IoError, what: &str) {
+        if self.disk != DiskState::Failed {
+            self.error(format!("local disk failed ({what}: errno {}): detached", e.0));
+            self.disk = DiskState::Failed;
+            self.gen = GenIds::never_synced();
+        }
+    }
+
+    // ----- events -----
+
+    /// The next action for the shell, if any. Drain after every call.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// An I/O the core asked for completed (`data`: what a read returned).
+    pub fn handle_io(&mut self, now: Time, io: IoId, result: Result<Option<Bytes>, IoError>) {
+        self.now = self.now.max(now);
+        let Some(what) = self.ios.remove(&io) else { return };
+        match what {
+            IoFor::App(req) => self.app_local_done(req, result.map(|_| ())),
+            IoFor::Apply(a) => self.apply_done(a, result),
+            IoFor::AlFlush { epoch } => {
+                self.al_flush = None;
+                match result {
+                    Ok(_) => self.flushed_epoch = self.flushed_epoch.max(epoch),
+                    Err(e) => self.disk_failed(e, "flush"),
+                }
+            }
+            IoFor::SourceRead { sid } => {
+                self.barrier = self.barrier.saturating_sub(1);
+                self.source_read_done(sid, result);
+            }
+            IoFor::Meta(m) => self.meta_saved(m, result.map(|_| ())),
+            IoFor::Bitmap(pages) => self.bitmap_saved(pages, result.map(|_| ())),
+            IoFor::Al => self.al_saved(result.map(|_| ())),
+        }
+        self.pump();
+    }
+
+    /// The earliest time at which [`Core::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.session.as_ref().map(|s| s.next_deadline(&self.cfg))
+    }
+
+    /// Timers: heartbeats, the peer's liveness, acknowledgements overdue,
+    /// the resync rate.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        let cfg = self.cfg.clone();
+        let mut lost = None;
+        let mut ping = None;
+        if let Some(s) = &mut self.session {
+            if let Some(why) = s.overdue(now, &cfg) {
+                lost = Some((s.id, why));
+            } else {
+                ping = s.ping_due(now, &cfg);
+                s.refill(now, &cfg);
+            }
+        }
+        if let Some(id) = ping {
+            self.send(Message::Ping { id });
+        }
+        if let Some((sid, why)) = lost {
+            self.close_session(sid, why);
+        }
+        self.retry_persist();
+        self.pump();
+    }
+
+    /// The QUIC layer's RTT estimate (shown in status; adaptive mode's input).
+    pub fn set_rtt(&mut self, rtt: Duration) {
+        if let Some(s) = &mut self.session {
+            s.rtt = Some(rtt);
+        }
+    }
+
+    /// Runs every queue until nothing more can move, then sends the acks
+    /// and persists what must be.
+    fn pump(&mut self) {
+        for _ in 0..64 {
+            let before = (self.actions.len(), self.app.len(), self.incoming.len());
+            self.persist_pump();
+            self.apply_pump();
+            self.app_pump();
+            self.resync_pump();
+            self.verify_pump();
+            self.release_lost();
+            self.persist_pump();
+            let after = (self.actions.len(), self.app.len(), self.incoming.len());
+            if before == after {
+                break;
+            }
+        }
+        self.send_ack();
+    }
+
+    // ----- operator verbs -----
+
+    /// `primary [--force]` (`wall_ms`: the wall clock, for split-brain policies).
+    pub fn promote(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        if self.role == Role::Primary {
+            return Ok(());
+        }
+        if let Some(s) = &self.session {
+            if s.phase == Phase::Running && s.peer.role == Role::Primary {
+                return Err(Refused(format!("peer {} is Primary; demote it first", self.cfg.peer)));
+            }
+        }
+        if !self.disk_usable() {
+            return Err(Refused(format!(
+                "disk is {:?}: it cannot become Primary (restart the node to resync it)",
+                self.disk
+            )));
+        }
+        let mut bounce = false;
+        if self.disk != DiskState::UpToDate {
+            if !force {
+                return Err(Refused(format!(
+                    "disk is {:?}; only an UpToDate disk can become Primary \
+                     (primary --force declares this node's data UpToDate)",
+                    self.disk
+                )));
+            }
+            self.disk = DiskState::UpToDate;
+            let id = self.random_id();
+            self.gen.new_current(id);
+            bounce = self.session.is_some();
+        } else if self.gen.current == NEVER_SYNCED {
+            let id = self.random_id();
+            self.gen.new_current(id);
+        }
+        self.role = Role::Primary;
+        self.promoted_at = wall_ms;
+        tracing::info!(force, "promoted to Primary");
+        if bounce {
+            // The declared data is a new generation: let the handshake
+            // decide again (a full sync to the peer).
+            if let Some(sid) = self.session_id() {
+                self.close_session(sid, "primary --force: renegotiating with the peer".into());
+            }
+        } else {
+            self.announce();
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// `secondary`.
+    pub fn demote(&mut self) -> Result<(), Refused> {
+        if self.role == Role::Secondary {
+            return Ok(());
+        }
+        self.role = Role::Secondary;
+        tracing::info!("demoted to Secondary");
+        self.announce();
+        self.pump();
+        Ok(())
+    }
+
+    /// `connect`.
+    pub fn connect(&mut self) {
+        self.want_link = true;
+    }
+
+    /// `disconnect`: drops the link and stays StandAlone.
+    pub fn disconnect(&mut self) {
+        self.want_link = false;
+        if let Some(sid) = self.session_id() {
+            self.close_session(sid, "disconnected by the operator".into());
+        }
+        self.pump();
+    }
+
+    /// `discard-my-data`: after a split brain, this Secondary gives up its
+    /// changes and takes the peer's data by a full resync.
+    pub fn discard_my_data(&mut self) -> Result<(), Refused> {
+        if self.role != Role::Secondary {
+            return Err(Refused("only a Secondary can discard its data".into()));
+        }
+        self.discard = true;
+        self.split_brain = false;
+        self.want_link = true;
+        tracing::warn!("discard-my-data: this node's changes will be overwritten by the peer");
+        Ok(())
+    }
+
+    /// `verify`: online verify. On a Secondary whose peer is Primary, the
+    /// Primary is asked to run it (it numbers the data).
+    pub fn verify(&mut self) -> Result<(), Refused> {
+        let Some(s) = &self.session else {
+            return Err(Refused("not connected to the peer".into()));
+        };
+        if s.phase != Phase::Running {
+            return Err(Refused("not connected to the peer".into()));
+        }
+        if s.repl() != Replication::Established {
+            return Err(Refused(format!("a {} is under way", s.repl())));
+        }
+        if self.role == Role::Secondary && s.peer.role == Role::Primary {
+            self.send(Message::VerifyRequest);
+            return Ok(());
+        }
+        self.start_verify();
+        self.pump();
+        Ok(())
+    }
+
+    /// Tells the peer our role and disk.
+    fn announce(&mut self) {
+        if let Some(s) = &self.session {
+            if s.phase == Phase::Running {
+                let m = self.state_message();
+                self.send(m);
+            }
+        }
+    }
+
+    fn state_message(&self) -> Message {
+        Message::State {
+            role: self.role,
+            disk: self.disk,
+            peer_out_of_sync: self.dirty.bytes(),
+            fresh: self.fresh,
+            current: self.gen.current,
+        }
+    }
+}
+

@@ -1,0 +1,163 @@
+//! What the core makes durable, and when: the metadata record (generation
+//! ids, disk state), pages of the out-of-sync bitmap, and the activity-log
+//! journal. One update of each kind is in flight at a time; what waits on
+//! durability checks the durable view, so a failed update is retried by the
+//! next operation that needs it and answered with its error.
+
+use std::collections::BTreeSet;
+
+use crate::bitmap::Bitmap;
+
+use super::types::{IoError, MetaRecord, Persist, PAGE_WORDS};
+use super::{Action, Core, IoFor};
+
+#[derive(Debug, Default)]
+pub struct PersistState {
+    /// The record last saved successfully (None: nothing saved yet).
+    pub durable_meta: Option<MetaRecord>,
+    pub meta_saving: bool,
+    pub meta_failed: Option<IoError>,
+    /// Bitmap pages changed since they were last saved.
+    pub dirty_pages: BTreeSet<u64>,
+    pub bitmap_saving: bool,
+    pub bitmap_failed: Option<IoError>,
+    /// Someone needs the bitmap durable (eviction, checkpoint, lost peer).
+    pub want_bitmap: bool,
+    pub al_failed: Option<IoError>,
+    /// Empty the activity log of every idle, flushed extent.
+    pub al_trim_wanted: bool,
+}
+
+impl PersistState {
+    pub fn new(durable_meta: Option<MetaRecord>) -> PersistState {
+        PersistState { durable_meta, ..PersistState::default() }
+    }
+
+    pub fn all_pages_dirty(&mut self, bm: &Bitmap) {
+        let pages = bm.words().len().div_ceil(PAGE_WORDS) as u64;
+        self.dirty_pages.extend(0..pages);
+        self.want_bitmap = true;
+    }
+}
+
+impl Core {
+    /// Marks `[off, off+len)` out of sync (and its bitmap pages changed).
+    pub(crate) fn mark(&mut self, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        self.dirty.mark(off, len);
+        self.touch_pages(off, len);
+    }
+
+    pub(crate) fn clear(&mut self, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        self.dirty.clear_range(off, len);
+        self.touch_pages(off, len);
+    }
+
+    fn touch_pages(&mut self, off: u64, len: u64) {
+        let per_page = self.cfg.block * 64 * PAGE_WORDS as u64;
+        let last = (off + len - 1).min(self.cfg.size.saturating_sub(1));
+        for p in off / per_page..=last / per_page {
+            self.p.dirty_pages.insert(p);
+        }
+    }
+
+    /// The metadata record in memory is the one on disk.
+    pub(crate) fn meta_durable(&self) -> bool {
+        self.p.durable_meta.as_ref() == Some(&self.meta_record())
+    }
+
+    /// Every bitmap change is on disk.
+    pub(crate) fn bitmap_clean(&self) -> bool {
+        self.p.dirty_pages.is_empty() && !self.p.bitmap_saving
+    }
+
+    /// Issues the updates that are due.
+    pub(crate) fn persist_pump(&mut self) {
+        if !self.p.meta_saving && self.p.meta_failed.is_none() && !self.meta_durable() {
+            let m = self.meta_record();
+            let io = self.io(IoFor::Meta(m.clone()));
+            self.p.meta_saving = true;
+            self.actions.push_back(Action::Persist { io, what: Persist::Meta(m) });
+        }
+        if self.p.want_bitmap
+            && !self.p.bitmap_saving
+            && self.p.bitmap_failed.is_none()
+            && !self.p.dirty_pages.is_empty()
+        {
+            let pages: Vec<(u64, Vec<u64>)> = std::mem::take(&mut self.p.dirty_pages)
+                .into_iter()
+                .map(|p| (p, self.dirty.page(p, PAGE_WORDS)))
+                .collect();
+            let io = self.io(IoFor::Bitmap(pages.clone()));
+            self.p.bitmap_saving = true;
+            self.p.want_bitmap = false;
+            self.actions.push_back(Action::Persist { io, what: Persist::Bitmap { pages } });
+        }
+        if self.p.al_trim_wanted && self.al.saving.is_none() && self.p.al_failed.is_none() {
+            let (ready, _) = self.al.candidates(self.flushed_epoch);
+            if ready.is_empty() {
+                self.p.al_trim_wanted = false;
+            } else if self.bitmap_clean() {
+                self.p.al_trim_wanted = false;
+                self.al_journal(ready, Vec::new());
+            } else {
+                self.p.want_bitmap = true;
+            }
+        }
+    }
+
+    /// Issues an activity-log journal update.
+    pub(crate) fn al_journal(&mut self, remove: Vec<u64>, add: Vec<u64>) {
+        let io = self.io(IoFor::Al);
+        self.al.saving = Some((io, remove.clone(), add.clone()));
+        self.actions.push_back(Action::Persist { io, what: Persist::Al { remove, add } });
+    }
+
+    pub(crate) fn meta_saved(&mut self, m: MetaRecord, result: Result<(), IoError>) {
+        self.p.meta_saving = false;
+        match result {
+            Ok(()) => {
+                self.p.durable_meta = Some(m);
+                // The peer learns what we now stand by (a SyncTarget's new
+                // generation, a changed disk state).
+                self.announce();
+            }
+            Err(e) => {
+                self.error(format!("cannot save metadata: errno {}", e.0));
+                self.p.meta_failed = Some(e);
+            }
+        }
+    }
+
+    pub(crate) fn bitmap_saved(&mut self, pages: Vec<(u64, Vec<u64>)>, result: Result<(), IoError>) {
+        self.p.bitmap_saving = false;
+        if let Err(e) = result {
+            self.error(format!("cannot save the out-of-sync bitmap: errno {}", e.0));
+            self.p.dirty_pages.extend(pages.iter().map(|(p, _)| *p));
+            self.p.bitmap_failed = Some(e);
+        }
+    }
+
+    pub(crate) fn al_saved(&mut self, result: Result<(), IoError>) {
+        let Some((_, remove, add)) = self.al.saving.take() else { return };
+        match result {
+            Ok(()) => self.al.saved(&remove, &add),
+            Err(e) => {
+                self.error(format!("cannot update the activity log: errno {}", e.0));
+                self.p.al_failed = Some(e);
+            }
+        }
+    }
+
+    /// Failed updates may be tried again (from the timer).
+    pub(crate) fn retry_persist(&mut self) {
+        self.p.meta_failed = None;
+        self.p.bitmap_failed = None;
+        self.p.al_failed = None;
+    }
+}

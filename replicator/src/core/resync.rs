@@ -1,0 +1,382 @@
+//! Resync: the SyncSource sends its out-of-sync blocks in chunks while the
+//! application keeps writing. A chunk is read with no application write
+//! admitted in between and numbered right after the read, so a write to
+//! the same blocks is either in the chunk or numbered after it. Its bits
+//! are cleared only when a flush on the target, numbered after the chunk,
+//! has completed: a crash or power loss of either side before that resends
+//! it. When the bitmap is empty the source says SyncDone; the target then
+//! takes the source's generation, is UpToDate, and says so; only then does
+//! the source forget the bitmap's base generation.
+//!
+//! Checksum mode (`resync-checksum`): the source first asks the target for
+//! the CRCs of a run (a verify operation, numbered), and sends only blocks
+//! whose CRC differs from its own read.
+
+use bytes::Bytes;
+
+use crate::protocol::wire::{DiskState, Message, Op, Role};
+
+use super::apply::block_crcs;
+use super::session::{Activity, Need, OutKind, Phase, SourceSync};
+use super::types::{IoError, Plant, Progress, SessionId, StoreOp};
+use super::{Core, IoFor};
+
+/// The first run of blocks set in `dirty` and not in `claimed`, at or after
+/// block `from`, at most `max` blocks: (offset, len) in bytes.
+fn next_unclaimed(
+    dirty: &crate::bitmap::Bitmap,
+    claimed: &crate::bitmap::Bitmap,
+    from: u64,
+    max: u64,
+) -> Option<(u64, u64)> {
+    let block = dirty.block();
+    let mut b = from;
+    loop {
+        let (off, len) = dirty.next_run(b, u64::MAX)?;
+        let (first, end) = (off / block, (off + len) / block);
+        let mut start = first;
+        while start < end && claimed.is_set(start) {
+            start += 1;
+        }
+        if start == end {
+            b = end;
+            continue;
+        }
+        let mut stop = start;
+        while stop < end && stop - start < max && !claimed.is_set(stop) {
+            stop += 1;
+        }
+        return Some((start * block, (stop - start) * block));
+    }
+}
+
+impl Core {
+    /// Moves the resync along as far as the window, the rate and the
+    /// barrier allow; ends it when everything is durable on the target.
+    pub(crate) fn resync_pump(&mut self) {
+        self.maybe_start_source();
+        let block = self.cfg.block;
+        let (chunk_bytes, window, checksum) =
+            (self.cfg.chunk_blocks * block, self.cfg.window, self.cfg.resync_checksum);
+        let bitmap_ready = self.bitmap_clean() && self.meta_durable();
+        let now = self.now;
+        let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
+        let sid = s.id;
+        let Activity::Source(src) = &mut s.activity else { return };
+        if !src.started {
+            if !bitmap_ready {
+                self.p.want_bitmap = true;
+                return;
+            }
+            src.started = true;
+            src.progress = Progress { total: self.dirty.bytes(), done: 0, started: now };
+            tracing::info!(bytes = self.dirty.bytes(), "resync started (SyncSource)");
+        }
+        if src.done_sent {
+            return;
+        }
+        let mut to_read = None;
+        let mut probes = Vec::new();
+        loop {
+            if src.reading.is_some() {
+                break;
+            }
+            if let Some((off, len, crcs)) = src.probed.pop_front() {
+                src.reading = Some((off, len, Some(crcs)));
+                to_read = Some((off, len));
+                break;
+            }
+            if src.chunks >= window || s.tokens <= 0.0 {
+                break;
+            }
+            let run = next_unclaimed(&self.dirty, &src.claimed, src.cursor, self.cfg.chunk_blocks)
+                .or_else(|| {
+                    if src.cursor > 0 {
+                        next_unclaimed(&self.dirty, &src.claimed, 0, self.cfg.chunk_blocks)
+                    } else {
+                        None
+                    }
+                });
+            let Some((off, len)) = run else { break };
+            debug_assert!(len <= chunk_bytes);
+            src.claimed.mark(off, len);
+            src.cursor = (off + len) / block;
+            if checksum {
+                src.chunks += 1;
+                probes.push((off, len));
+                continue;
+            }
+            src.reading = Some((off, len, None));
+            to_read = Some((off, len));
+            break;
+        }
+        for (off, len) in probes {
+            let s = self.session.as_mut().expect("session");
+            let seq = s.submit(OutKind::Probe { offset: off, len }, Need::Done, None, 0, now);
+            self.send(Message::Data { seq, op: Op::Verify { offset: off, len: len as u32 } });
+        }
+        if let Some((off, len)) = to_read {
+            self.barrier += 1;
+            self.store(IoFor::SourceRead { sid }, StoreOp::Read { offset: off, len });
+            return;
+        }
+        // Nothing more to send now: is it finished?
+        let s = self.session.as_mut().expect("session");
+        let Activity::Source(src) = &mut s.activity else { return };
+        let chunks_out = src.chunks > 0 || src.reading.is_some() || !src.probed.is_empty();
+        let flush_out = s.out.values().any(|o| matches!(o.kind, OutKind::ResyncFlush(_)));
+        if chunks_out || flush_out {
+            return;
+        }
+        if !src.unflushed.is_empty() {
+            let ranges = std::mem::take(&mut src.unflushed);
+            let seq = s.submit(OutKind::ResyncFlush(ranges), Need::Done, None, 0, now);
+            self.send(Message::Data { seq, op: Op::Flush });
+            return;
+        }
+        if self.dirty.bytes() == 0 && bitmap_ready {
+            src.done_sent = true;
+            let current = self.gen.current;
+            self.send(Message::SyncDone { current });
+        }
+    }
+
+    /// A Primary that is connected and holds out-of-sync blocks (a failed
+    /// write on the peer, verify mismatches) resyncs them.
+    fn maybe_start_source(&mut self) {
+        if self.role != Role::Primary || self.dirty.bytes() == 0 {
+            return;
+        }
+        let now = self.now;
+        let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+        if let Some(s) = self.session.as_mut() {
+            if s.phase == Phase::Running
+                && matches!(s.activity, Activity::Idle)
+                && !matches!(s.peer.disk, DiskState::Failed | DiskState::Diskless)
+            {
+                s.activity = Activity::Source(SourceSync::new(claimed, now));
+            }
+        }
+    }
+
+    /// A resync or verify read completed.
+    pub(crate) fn source_read_done(&mut self, sid: SessionId, result: Result<Option<Bytes>, IoError>) {
+        let data = match result {
+            Ok(d) => d.unwrap_or_default(),
+            Err(e) => {
+                self.disk_failed(e, "resync/verify read");
+                self.close_session(sid, "the local disk failed: detached".into());
+                return;
+            }
+        };
+        let now = self.now;
+        let block = self.cfg.block;
+        let checkpoint = self.cfg.checkpoint_chunks as usize;
+        let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return };
+        match &mut s.activity {
+            Activity::Source(src) => {
+                let Some((off, len, crcs)) = src.reading.take() else { return };
+                let mut writes = Vec::new();
+                match crcs {
+                    Some(theirs) if theirs.len() as u64 * block == len => {
+                        let ours = block_crcs(&data, block);
+                        let mut i = 0;
+                        while i < ours.len() {
+                            if ours[i] == theirs[i] {
+                                i += 1;
+                                continue;
+                            }
+                            let start = i;
+                            while i < ours.len() && ours[i] != theirs[i] {
+                                i += 1;
+                            }
+                            let b = block as usize;
+                            writes.push((off + start as u64 * block, data.slice(start * b..i * b)));
+                        }
+                    }
+                    _ => writes.push((off, data)),
+                }
+                src.unflushed.push((off, len));
+                src.progress.done += len;
+                src.progress.total = src.progress.total.max(src.progress.done);
+                src.chunks += writes.len();
+                let flush = if src.unflushed.len() >= checkpoint {
+                    Some(std::mem::take(&mut src.unflushed))
+                } else {
+                    None
+                };
+                let mut sent = 0;
+                for (at, part) in writes {
+                    sent += part.len() as u64;
+                    let op = Op::write(at, part.clone(), false);
+                    let range = op.range();
+                    let seq = s.submit(OutKind::Resync, Need::Done, range, part.len() as u64, now);
+                    self.actions.push_back(super::Action::Send {
+                        session: sid,
+                        msg: Message::Data { seq, op },
+                    });
+                }
+                s.tokens -= len as f64;
+                self.counters.resync_bytes += sent;
+                if let Some(ranges) = flush {
+                    let seq = s.submit(OutKind::ResyncFlush(ranges), Need::Done, None, 0, now);
+                    self.actions.push_back(super::Action::Send {
+                        session: sid,
+                        msg: Message::Data { seq, op: Op::Flush },
+                    });
+                }
+            }
+            Activity::Verify(v) => {
+                v.reading = false;
+                let offset = v.cursor;
+                let crcs = block_crcs(&data, block);
+                v.cursor += data.len() as u64;
+                v.chunks += 1;
+                let len = data.len() as u32;
+                let seq = s.submit(OutKind::Verify { offset, crcs }, Need::Done, None, 0, now);
+                self.actions.push_back(super::Action::Send {
+                    session: sid,
+                    msg: Message::Data { seq, op: Op::Verify { offset, len } },
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A resync or verify operation the peer applied.
+    pub(crate) fn source_retired(&mut self, kind: OutKind, range: Option<(u64, u64)>) {
+        let plant = self.cfg.plant;
+        let block = self.cfg.block;
+        let Some(s) = self.session.as_mut() else { return };
+        let mut clear = Vec::new();
+        let mut mark = None;
+        match kind {
+            OutKind::Resync => {
+                if let Activity::Source(src) = &mut s.activity {
+                    src.chunks = src.chunks.saturating_sub(1);
+                }
+                if plant == Plant::ClearBeforeDurable {
+                    clear.extend(range);
+                }
+            }
+            OutKind::Probe { offset, len } => {
+                // Answered by a Verified before this ack; if not, the peer
+                // skipped it: send the run as it is.
+                if let Activity::Source(src) = &mut s.activity {
+                    src.chunks = src.chunks.saturating_sub(1);
+                    src.probed.push_back((offset, len, Vec::new()));
+                }
+            }
+            OutKind::ResyncFlush(ranges) => {
+                // Durable on the target: these bits may go.
+                if let Activity::Source(src) = &mut s.activity {
+                    for &(off, len) in &ranges {
+                        src.claimed.clear_range(off, len);
+                    }
+                }
+                clear = ranges;
+                self.p.want_bitmap = true; // checkpoint
+            }
+            OutKind::Verify { offset, crcs } => {
+                // Not answered before its ack: count it as differing.
+                mark = Some((offset, crcs.len() as u64 * block));
+                if let Activity::Verify(v) = &mut s.activity {
+                    v.chunks = v.chunks.saturating_sub(1);
+                }
+            }
+            OutKind::App(_) => {}
+        }
+        for (off, len) in clear {
+            self.clear(off, len);
+        }
+        if let Some((off, len)) = mark {
+            self.mark(off, len);
+            self.p.want_bitmap = true;
+        }
+    }
+
+    /// The peer's CRCs for a verify operation (probe or online verify).
+    pub(crate) fn on_verified(&mut self, seq: u64, crcs: Vec<u32>) -> Result<(), String> {
+        let block = self.cfg.block;
+        let s = self.session.as_mut().ok_or("no session")?;
+        let o = s.out.get_mut(&seq).ok_or_else(|| format!("CRCs for operation {seq}, which was not asked"))?;
+        match std::mem::replace(&mut o.kind, OutKind::App(u64::MAX)) {
+            OutKind::Probe { offset, len } => {
+                if crcs.len() as u64 * block != len {
+                    return Err(format!("{} CRCs for {len} bytes", crcs.len()));
+                }
+                // Kept out of `chunks`' count by the retire of the
+                // placeholder kind; the read takes over the slot.
+                o.kind = OutKind::App(u64::MAX);
+                if let Activity::Source(src) = &mut s.activity {
+                    src.chunks = src.chunks.saturating_sub(1);
+                    src.probed.push_back((offset, len, crcs));
+                }
+            }
+            OutKind::Verify { offset, crcs: mine } => {
+                if crcs.len() != mine.len() {
+                    return Err(format!("{} CRCs, expected {}", crcs.len(), mine.len()));
+                }
+                let len = mine.len() as u64 * block;
+                if let Activity::Verify(v) = &mut s.activity {
+                    v.chunks = v.chunks.saturating_sub(1);
+                    v.progress.done += len;
+                }
+                let bad: Vec<u64> = mine
+                    .iter()
+                    .zip(&crcs)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(i, _)| offset + i as u64 * block)
+                    .collect();
+                for &at in &bad {
+                    self.mark(at, block);
+                }
+                if !bad.is_empty() {
+                    tracing::warn!(offset, blocks = bad.len(), "verify: blocks differ from the peer's");
+                    self.counters.verify_mismatches += bad.len() as u64;
+                    self.p.want_bitmap = true;
+                }
+            }
+            other => {
+                o.kind = other;
+                return Err(format!("CRCs for operation {seq}, which was not a verify"));
+            }
+        }
+        Ok(())
+    }
+
+    /// SyncTarget: every block was sent and is durable here.
+    pub(crate) fn on_sync_done(&mut self, current: u64) {
+        let is_target = matches!(
+            self.session.as_ref().map(|s| &s.activity),
+            Some(Activity::Target { .. })
+        );
+        if !is_target {
+            // We were in sync already (a resync of the Primary's own bits):
+            // say so again, the source finishes on it.
+            self.announce();
+            return;
+        }
+        tracing::info!("resync complete (SyncTarget): UpToDate");
+        self.disk = DiskState::UpToDate;
+        self.gen.synced_to(current);
+        self.dirty.clear();
+        self.p.all_pages_dirty(&self.dirty);
+        if let Some(s) = self.session.as_mut() {
+            s.activity = super::session::Activity::Idle;
+        }
+        // The State that tells the source goes out when the record is
+        // durable (`meta_saved`).
+    }
+
+    /// SyncSource: the target holds our generation.
+    pub(crate) fn sync_finished_source(&mut self) {
+        tracing::info!(remaining = self.dirty.bytes(), "resync finished");
+        if self.dirty.bytes() == 0 {
+            let current = self.gen.current;
+            self.gen.synced_to(current);
+            self.p.al_trim_wanted = true;
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! One peer session as the core sees it: the handshake phase, what the peer
+//! said of itself, the operations sent and what each still waits for, the
+//! receiving side's sequence, liveness, and the resync or verify it runs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::bitmap::Bitmap;
+use crate::protocol::wire::{DiskState, Hello, Role};
+
+use super::types::{CoreConfig, Progress, Replication, ReqId, SessionId, Time};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hello and bitmap sent; waiting for the peer's.
+    Handshake,
+    /// The sync decision is made: data moves.
+    Running,
+}
+
+/// What the peer said of itself.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub role: Role,
+    pub disk: DiskState,
+    pub current: u64,
+    pub out_of_sync: u64,
+}
+
+/// What the reply for an operation waits for from the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Queued,
+    Received,
+    Done,
+}
+
+/// Why an operation was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutKind {
+    /// An application write/trim/zero/flush.
+    App(ReqId),
+    /// A resync chunk.
+    Resync,
+    /// A flush that makes resync chunks durable on the target.
+    ResyncFlush(Vec<(u64, u64)>),
+    /// Checksum resync: the target's CRCs of a run.
+    Probe { offset: u64, len: u64 },
+    /// Online verify of a chunk: our CRCs.
+    Verify { offset: u64, crcs: Vec<u32> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub kind: OutKind,
+    pub need: Need,
+    pub range: Option<(u64, u64)>,
+    pub bytes: u64,
+    pub sent: Time,
+}
+
+/// SyncSource's progress through the bitmap.
+#[derive(Debug)]
+pub struct SourceSync {
+    /// Next block to look at.
+    pub cursor: u64,
+    /// Blocks sent and not yet durable on the target (skipped by the scan).
+    pub claimed: Bitmap,
+    /// Chunks sent since the last flush barrier.
+    pub unflushed: Vec<(u64, u64)>,
+    /// A read outstanding: (offset, len, the target's CRCs for a probe).
+    pub reading: Option<(u64, u64, Option<Vec<u32>>)>,
+    /// Probes answered, waiting for our read.
+    pub probed: VecDeque<(u64, u64, Vec<u32>)>,
+    pub chunks: usize,
+    /// Waiting for the bitmap (with the peer's bits) to be durable.
+    pub started: bool,
+    /// SyncDone sent; waiting for the target to say it holds our generation.
+    pub done_sent: bool,
+    pub progress: Progress,
+}
+
+/// Online verify as its source runs it.
+#[derive(Debug)]
+pub struct VerifyRun {
+    pub cursor: u64,
+    pub reading: bool,
+    pub chunks: usize,
+    pub progress: Progress,
+}
+
+/// The session's replication activity.
+#[derive(Debug)]
+pub enum Activity {
+    Idle,
+    Source(SourceSync),
+    Target { behind: u64 },
+    Verify(VerifyRun),
+    VerifyTarget,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub phase: Phase,
+    pub started: Time,
+    pub peer_hello: Option<Hello>,
+    pub peer_bits: Bitmap,
+    pub peer_bits_done: bool,
+    pub peer: PeerInfo,
+    pub activity: Activity,
+    // Sending side.
+    pub next_seq: u64,
+    pub out: BTreeMap<u64, Out>,
+    pub acked_received: u64,
+    pub acked_done: u64,
+    pub in_flight_bytes: u64,
+    // Receiving side.
+    pub received: u64,
+    pub done: u64,
+    /// Completed out of order, waiting for earlier ones.
+    pub completed: std::collections::BTreeSet<u64>,
+    pub acked: (u64, u64),
+    // Liveness.
+    pub last_heard: Time,
+    pub last_ping: Time,
+    pub ping_out: Option<(u64, Time)>,
+    pub next_ping_id: u64,
+    pub rtt: Option<Duration>,
+    // Resync rate.
+    pub tokens: f64,
+    pub last_refill: Time,
+    pub app_busy: bool,
+    pub verify_answers: HashMap<u64, Vec<u32>>,
+}
+
+impl Session {
+    pub fn new(id: SessionId, now: Time, cfg: &CoreConfig) -> Session {
+        Session {
+            id,
+            phase: Phase::Handshake,
+            started: now,
+            peer_hello: None,
+            peer_bits: Bitmap::with_block(cfg.size, cfg.block),
+            peer_bits_done: false,
+            peer: PeerInfo {
+                role: Role::Secondary,
+                disk: DiskState::Inconsistent,
+                current: 0,
+                out_of_sync: 0,
+            },
+            activity: Activity::Idle,
+            next_seq: 1,
+            out: BTreeMap::new(),
+            acked_received: 0,
+            acked_done: 0,
+            in_flight_bytes: 0,
+            received: 0,
+            done: 0,
+            completed: Default::default(),
+            acked: (0, 0),
+            last_heard: now,
+            last_ping: now,
+            ping_out: None,
+            next_ping_id: 1,
+            rtt: None,
+            tokens: 0.0,
+            last_refill: now,
+            app_busy: false,
+            verify_answers: HashMap::new(),
+        }
+    }
+
+    pub fn repl(&self) -> Replication {
+        match &self.activity {
+            Activity::Idle => Replication::Established,
+            Activity::Source(_) => Replication::SyncSource,
+            Activity::Target { .. } => Replication::SyncTarget,
+            Activity::Verify(_) => Replication::VerifySource,
+            Activity::VerifyTarget => Replication::VerifyTarget,
+        }
+    }
+
+    pub fn progress(&self) -> Option<Progress> {
+        match &self.activity {
+            Activity::Source(s) => Some(s.progress),
+            Activity::Verify(v) => Some(v.progress),
+            _ => None,
+        }
+    }
+
+    /// Nothing in flight either way and no resync or verify under way.
+    pub fn idle(&self) -> bool {
+        self.out.is_empty()
+            && self.received == self.done
+            && matches!(self.activity, Activity::Idle | Activity::VerifyTarget)
+    }
+
+    /// Numbers an operation.
+    pub fn submit(&mut self, kind: OutKind, need: Need, range: Option<(u64, u64)>, bytes: u64, now: Time) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight_bytes += bytes;
+        self.out.insert(seq, Out { kind, need, range, bytes, sent: now });
+        seq
+    }
+
+    /// Why the peer must be declared lost now, if it must.
+    pub fn overdue(&self, now: Time, cfg: &CoreConfig) -> Option<String> {
+        if now.saturating_sub(self.last_heard) >= cfg.timeout {
+            return Some(format!("no sign of life from the peer for {:?}", cfg.timeout));
+        }
+        if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
+            return Some("the peer did not finish the handshake".into());
+        }
+        if let Some((_, o)) = self.out.iter().next() {
+            if now.saturating_sub(o.sent) >= cfg.timeout {
+                return Some(format!(
+                    "the peer answers but has not acknowledged an operation for {:?}",
+                    cfg.timeout
+                ));
+            }
+        }
+        None
+    }
+
+    pub fn ping_due(&mut self, now: Time, cfg: &CoreConfig) -> Option<u64> {
+        if self.ping_out.is_some() || now.saturating_sub(self.last_ping) < cfg.ping_interval {
+            return None;
+        }
+        let id = self.next_ping_id;
+        self.next_ping_id += 1;
+        self.ping_out = Some((id, now));
+        self.last_ping = now;
+        Some(id)
+    }
+
+    pub fn pong(&mut self, id: u64, now: Time) {
+        if let Some((want, sent)) = self.ping_out {
+            if want == id {
+                self.ping_out = None;
+                let sample = now.saturating_sub(sent);
+                self.rtt = Some(match self.rtt {
+                    None => sample,
+                    Some(s) => (s * 7 + sample) / 8,
+                });
+            }
+        }
+    }
+
+    /// Resync budget: `resync_rate` bytes/s while the application writes,
+    /// unlimited when it is idle.
+    pub fn refill(&mut self, now: Time, cfg: &CoreConfig) {
+        let dt = now.saturating_sub(self.last_refill).as_secs_f64();
+        self.last_refill = now;
+        if self.app_busy {
+            let cap = cfg.resync_rate as f64 * 0.1;
+            self.tokens = (self.tokens + dt * cfg.resync_rate as f64).min(cap.max(1.0));
+        } else {
+            self.tokens = f64::INFINITY;
+        }
+        self.app_busy = false;
+    }
+
+    pub fn next_deadline(&self, cfg: &CoreConfig) -> Time {
+        let mut t = self.last_heard + cfg.timeout;
+        if self.phase == Phase::Handshake {
+            t = t.min(self.started + cfg.timeout);
+        }
+        if let Some((_, o)) = self.out.iter().next() {
+            t = t.min(o.sent + cfg.timeout);
+        }
+        if self.ping_out.is_none() {
+            t = t.min(self.last_ping + cfg.ping_interval);
+        }
+        if matches!(self.activity, Activity::Source(_)) && self.tokens <= 0.0 {
+            t = t.min(self.last_refill + Duration::from_millis(10));
+        }
+        t
+    }
+}

@@ -1,0 +1,292 @@
+//! The vocabulary of the node core: its states, the events it is fed and the
+//! actions it asks its shell to perform. Nothing here does I/O.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Protocol;
+use crate::protocol::genid::{GenIds, SplitBrainPolicy};
+use crate::protocol::wire::{DiskState, Message, Role};
+
+/// Time as the core sees it: elapsed since an origin the shell chose (the
+/// real shell: process start; the simulator: 0).
+pub type Time = Duration;
+/// An application request (an NBD command), numbered by the shell.
+pub type ReqId = u64;
+/// One I/O the core asked for (store or metadata), numbered by the core.
+pub type IoId = u64;
+/// One peer link, numbered by the shell (a new number for every connection).
+pub type SessionId = u64;
+
+/// Connection state (shared/DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Connection {
+    /// Not trying to connect (operator `disconnect`, split brain, refusal).
+    StandAlone,
+    /// Trying to connect, or exchanging the handshake.
+    Connecting,
+    /// The handshake is done: data can move.
+    Connected,
+}
+
+/// Replication state while connected (shared/DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Replication {
+    /// Not connected.
+    Off,
+    /// Connected, nothing to resync: writes replicate as the mode says.
+    Established,
+    /// Sending out-of-sync blocks to the peer.
+    SyncSource,
+    /// Receiving out-of-sync blocks from the peer (disk Inconsistent).
+    SyncTarget,
+    /// A resync that waits (the peer is mid-handshake, or rate limited to 0).
+    PausedSync,
+    /// Running online verify against the peer.
+    VerifySource,
+    /// Answering the peer's online verify.
+    VerifyTarget,
+    /// Adaptive mode: acknowledging locally, tracking the peer in the bitmap.
+    Ahead,
+    /// Adaptive mode: the peer runs ahead of this node (Outdated).
+    Behind,
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the core remembers across restarts (the `meta` file). Saved
+/// atomically: the shell replaces the whole record durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaRecord {
+    pub disk: DiskState,
+    /// Created by twinblock and never written since: reads as all zeroes.
+    pub fresh: bool,
+    pub gen: GenIds,
+    /// When this node was last promoted (ms since the epoch; 0: never).
+    pub promoted_at: u64,
+}
+
+/// What the shell found on the metadata volume at start.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The last saved record (None: new metadata).
+    pub meta: Option<MetaRecord>,
+    /// The saved out-of-sync bitmap (64-bit words, block i = bit i%64 of
+    /// word i/64), if any.
+    pub bitmap: Option<Vec<u64>>,
+    /// Extents the activity log held (a crash may have left writes in
+    /// flight there).
+    pub al: Vec<u64>,
+    /// The store created the disk file just now (missing before).
+    pub disk_created: bool,
+}
+
+/// Planted mistakes: the simulator proves it finds each one. Never set
+/// outside the simulator (the real shell always passes `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plant {
+    #[default]
+    None,
+    /// Acknowledge a protocol C write once it is sent, before the peer applied it.
+    EarlyAckC,
+    /// Apply writes without making their extents active in the activity log.
+    SkipAlMark,
+    /// Ignore the peer's bitmap at connect.
+    SkipBitmapExchange,
+    /// Clear resync bits when a chunk is applied, before it is durable on the target.
+    ClearBeforeDurable,
+}
+
+impl std::str::FromStr for Plant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Plant, String> {
+        Ok(match s {
+            "none" => Plant::None,
+            "early-ack" => Plant::EarlyAckC,
+            "skip-al" => Plant::SkipAlMark,
+            "skip-bitmap-exchange" => Plant::SkipBitmapExchange,
+            "clear-before-durable" => Plant::ClearBeforeDurable,
+            _ => {
+                return Err(format!(
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable)"
+                ))
+            }
+        })
+    }
+}
+
+/// The core's configuration (from the resource file; the simulator uses
+/// small blocks and extents so that a few hundred steps reach every corner).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub resource: String,
+    pub me: String,
+    pub peer: String,
+    pub size: u64,
+    /// Bitmap granularity (4096 in production).
+    pub block: u64,
+    /// Activity-log extent (4 MiB in production).
+    pub extent: u64,
+    pub protocol: Protocol,
+    pub max_lag: u64,
+    pub al_extents: usize,
+    pub timeout: Duration,
+    pub ping_interval: Duration,
+    pub resync_rate: u64,
+    pub resync_checksum: bool,
+    pub split_brain_policy: SplitBrainPolicy,
+    /// Largest resync or verify chunk, in blocks.
+    pub chunk_blocks: u64,
+    /// Resync/verify chunks in flight at once.
+    pub window: usize,
+    /// Resync chunks between flush-and-checkpoint barriers.
+    pub checkpoint_chunks: u64,
+    pub plant: Plant,
+}
+
+impl CoreConfig {
+    /// Production geometry from a resource file.
+    pub fn from_resource(res: &crate::config::ResourceConfig, me: &str, peer: &str) -> CoreConfig {
+        CoreConfig {
+            resource: res.name.clone(),
+            me: me.into(),
+            peer: peer.into(),
+            size: res.size,
+            block: crate::bitmap::BLOCK,
+            extent: crate::al::EXTENT,
+            protocol: res.protocol,
+            max_lag: res.max_lag,
+            al_extents: res.al_extents,
+            timeout: res.timeout,
+            ping_interval: res.ping_interval,
+            resync_rate: res.resync_rate,
+            resync_checksum: res.resync_checksum,
+            split_brain_policy: res.split_brain_policy,
+            chunk_blocks: 256,
+            window: 16,
+            checkpoint_chunks: 64,
+            plant: Plant::None,
+        }
+    }
+}
+
+/// A data operation of the local store. The shell performs store actions in
+/// the order the core emits them (so the local apply order is the order the
+/// core chose); completions may come back in any order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Into the page cache; with `fua`, durable before completion.
+    Write { offset: u64, data: Bytes, fua: bool },
+    /// Zeroes (`punch`: may deallocate, as TRIM). With `fua`, durable.
+    Zero { offset: u64, len: u64, punch: bool, fua: bool },
+    /// fdatasync: every store write emitted before it is durable.
+    Flush,
+    /// Reads the current content (resync, verify).
+    Read { offset: u64, len: u64 },
+}
+
+/// A metadata update. Each is durable when it completes successfully, and
+/// leaves the previous version intact when it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persist {
+    /// Replace the metadata record (atomic).
+    Meta(MetaRecord),
+    /// Overwrite these pages of the saved bitmap (page n = words
+    /// n*PAGE_WORDS ..), then sync.
+    Bitmap { pages: Vec<(u64, Vec<u64>)> },
+    /// Activity-log journal: extents leaving, then extents joining, then sync.
+    Al { remove: Vec<u64>, add: Vec<u64> },
+}
+
+/// Words per bitmap page in [`Persist::Bitmap`] (4 KiB pages).
+pub const PAGE_WORDS: usize = 512;
+
+/// Why an I/O failed (an errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoError(pub i32);
+
+impl IoError {
+    pub const EIO: IoError = IoError(5);
+    pub const ENOSPC: IoError = IoError(28);
+}
+
+/// The answer to an application request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyError {
+    /// Not Primary: the export is read-only here (EPERM).
+    ReadOnly,
+    /// The store or metadata failed (errno).
+    Io(IoError),
+    /// The request is outside the device.
+    OutOfRange,
+}
+
+/// What the core asks its shell to do, drained with [`crate::core::Core::poll_action`].
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Perform a store operation (in emission order); then `handle_io`.
+    Store { io: IoId, op: StoreOp },
+    /// Make metadata durable; then `handle_io`.
+    Persist { io: IoId, what: Persist },
+    /// Send a frame on session `session` (ordered, reliable).
+    Send { session: SessionId, msg: Message },
+    /// Close session `session`; the shell reports `handle_link_down` for it.
+    Close { session: SessionId, reason: String },
+    /// Answer application request `req`.
+    Reply { req: ReqId, result: Result<(), ReplyError> },
+}
+
+/// What an operator verb was refused for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Sync or verify progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub total: u64,
+    pub done: u64,
+    pub started: Time,
+}
+
+/// The core's counters (status `counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreCounters {
+    pub written_bytes: u64,
+    pub replicated_bytes: u64,
+    pub resync_bytes: u64,
+    pub verify_mismatches: u64,
+    pub mode_switches: u64,
+}
+
+/// A snapshot of the core's state (what `status` shows).
+#[derive(Debug, Clone)]
+pub struct CoreStatus {
+    pub role: Role,
+    pub disk: DiskState,
+    pub connection: Connection,
+    pub replication: Replication,
+    pub peer_role: Option<Role>,
+    pub peer_disk: Option<DiskState>,
+    pub out_of_sync_bytes: u64,
+    pub split_brain: bool,
+    pub rtt: Option<Duration>,
+    pub sync: Option<Progress>,
+    pub counters: CoreCounters,
+    pub in_flight: usize,
+    pub last_error: Option<String>,
+    pub gen: GenIds,
+}

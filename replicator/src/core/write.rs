@@ -1,0 +1,470 @@
+//! The Primary's write path. Application operations are admitted in arrival
+//! order, one at a time, once what protects them is durable: the metadata
+//! (a new generation when the peer will not get the write), the activity
+//! log's extents, and room in protocol A's lag budget. An admitted
+//! operation is numbered and sent to the peer, then written to the local
+//! store, in the same step — so the local apply order is the sequence
+//! order, which is the peer's apply order. Its reply waits for what the
+//! mode requires.
+
+use bytes::Bytes;
+
+use crate::config::Protocol;
+use crate::protocol::wire::{Message, Op, Role};
+
+use super::session::{Need, OutKind, Phase};
+use super::types::{IoError, Plant, ReplyError, ReqId, StoreOp, Time};
+use super::{AppOp, Core, IoFor, PeerPart, Pending};
+
+/// What admission says about the operation at the head of a queue.
+pub(crate) enum Admit {
+    Go,
+    Wait,
+    Fail(ReplyError),
+}
+
+impl Core {
+    // ----- application requests -----
+
+    /// An application write (`fua`: durable where the mode says before the reply).
+    pub fn write(&mut self, now: Time, req: ReqId, offset: u64, data: Bytes, fua: bool) {
+        self.submit_app(now, req, Op::write(offset, data, fua));
+    }
+
+    /// TRIM.
+    pub fn trim(&mut self, now: Time, req: ReqId, offset: u64, len: u32, fua: bool) {
+        self.submit_app(now, req, Op::Trim { offset, len, fua });
+    }
+
+    /// WRITE_ZEROES (`no_hole`: the range must stay allocated).
+    pub fn write_zeroes(&mut self, now: Time, req: ReqId, offset: u64, len: u32, no_hole: bool, fua: bool) {
+        self.submit_app(now, req, Op::Zero { offset, len, no_hole, fua });
+    }
+
+    /// FLUSH: everything completed before it is durable where the mode says.
+    pub fn flush(&mut self, now: Time, req: ReqId) {
+        self.submit_app(now, req, Op::Flush);
+    }
+
+    fn submit_app(&mut self, now: Time, req: ReqId, op: Op) {
+        self.now = self.now.max(now);
+        if let Some((off, len)) = op.range() {
+            if off.checked_add(len).is_none_or(|end| end > self.cfg.size) {
+                self.reply(req, Err(ReplyError::OutOfRange));
+                return;
+            }
+            if len == 0 {
+                self.reply(req, Ok(()));
+                return;
+            }
+        }
+        self.app.push_back(AppOp { req, op });
+        self.pump();
+    }
+
+    /// Admits what can go, in order.
+    pub(crate) fn app_pump(&mut self) {
+        while let Some(head) = self.app.front() {
+            let (op, req) = (head.op.clone(), head.req);
+            match self.admit_app(&op) {
+                Admit::Wait => break,
+                Admit::Fail(e) => {
+                    self.app.pop_front();
+                    self.reply(req, Err(e));
+                }
+                Admit::Go => {
+                    let AppOp { req, op } = self.app.pop_front().expect("head");
+                    self.issue_app(req, op);
+                }
+            }
+        }
+    }
+
+    fn admit_app(&mut self, op: &Op) -> Admit {
+        let range = op.range();
+        if range.is_some() && self.role != Role::Primary {
+            return Admit::Fail(ReplyError::ReadOnly);
+        }
+        if !self.disk_usable() {
+            return Admit::Fail(ReplyError::Io(IoError::EIO));
+        }
+        // What the peer sent before must land first.
+        if !self.incoming.is_empty() || self.applying > 0 {
+            return Admit::Wait;
+        }
+        if self.session.as_ref().is_some_and(|s| s.phase == Phase::Handshake) {
+            return Admit::Wait;
+        }
+        let Some((off, len)) = range else { return Admit::Go };
+        if self.barrier > 0 {
+            return Admit::Wait;
+        }
+        if !self.linked() && !self.apart() {
+            // The peer will not get this write: our data is a new
+            // generation, on disk before the write lands.
+            let id = self.random_id();
+            self.gen.new_current(id);
+            tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation");
+        }
+        self.fresh = false;
+        if !self.meta_durable() {
+            return match self.p.meta_failed.take() {
+                Some(e) => Admit::Fail(ReplyError::Io(e)),
+                None => Admit::Wait,
+            };
+        }
+        let extents = self.extents(Some((off, len)));
+        match self.al_admit(&extents) {
+            Admit::Go => {}
+            other => return other,
+        }
+        if self.cfg.protocol == Protocol::A {
+            if let Some(s) = self.session.as_ref().filter(|s| s.phase == Phase::Running) {
+                let bytes = op.wire_bytes();
+                if s.in_flight_bytes > 0 && s.in_flight_bytes + bytes > self.cfg.max_lag {
+                    return Admit::Wait;
+                }
+            }
+        }
+        Admit::Go
+    }
+
+    /// The activity log holds `extents` durably, or what must happen first
+    /// is under way.
+    pub(crate) fn al_admit(&mut self, extents: &[u64]) -> Admit {
+        if self.cfg.plant == Plant::SkipAlMark {
+            return Admit::Go;
+        }
+        let missing: Vec<u64> =
+            extents.iter().copied().filter(|e| !self.al.durable.contains(e)).collect();
+        if missing.is_empty() {
+            self.al.touch(extents);
+            return Admit::Go;
+        }
+        if self.al.saving.is_some() {
+            return Admit::Wait;
+        }
+        if let Some(e) = self.p.al_failed.take() {
+            return Admit::Fail(ReplyError::Io(e));
+        }
+        let capacity = self.al.capacity.max(extents.len());
+        let room = capacity.saturating_sub(self.al.durable.len());
+        let mut evict = Vec::new();
+        if missing.len() > room {
+            let need = missing.len() - room;
+            let (ready, later) = self.al.candidates(self.flushed_epoch);
+            let ready: Vec<u64> = ready.into_iter().filter(|e| !extents.contains(e)).collect();
+            if ready.len() < need {
+                if later > 0 && self.al_flush.is_none() {
+                    // Extents written since the last flush may leave only
+                    // once those writes are durable.
+                    let epoch = self.write_epoch;
+                    let io = self.store(IoFor::AlFlush { epoch }, StoreOp::Flush);
+                    self.al_flush = Some(io);
+                }
+                return Admit::Wait;
+            }
+            evict = ready[..need].to_vec();
+            // Bits of the leaving extents must be on disk before they leave.
+            if !self.bitmap_clean() {
+                if let Some(e) = self.p.bitmap_failed.take() {
+                    return Admit::Fail(ReplyError::Io(e));
+                }
+                self.p.want_bitmap = true;
+                return Admit::Wait;
+            }
+        }
+        self.al_journal(evict, missing);
+        Admit::Wait
+    }
+
+    /// A session is up and past its handshake.
+    pub(crate) fn linked(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.phase == Phase::Running)
+    }
+
+    /// Our data is already a generation the peer may lack.
+    pub(crate) fn apart(&self) -> bool {
+        self.gen.bitmap != 0
+    }
+
+    fn issue_app(&mut self, req: ReqId, op: Op) {
+        let range = op.range();
+        let extents = self.extents(range);
+        self.al.touch(&extents);
+        self.al.hold(&extents); // the local part
+        let now = self.now;
+        let mut peer = PeerPart::Free;
+        let protocol = self.cfg.protocol;
+        let plant = self.cfg.plant;
+        if let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) {
+            let mut need = match (protocol, &op) {
+                (Protocol::A, _) => Need::Queued,
+                (Protocol::B, Op::Flush) => Need::Done,
+                (Protocol::B, _) => Need::Received,
+                (Protocol::C, _) => Need::Done,
+            };
+            if plant == Plant::EarlyAckC && protocol == Protocol::C {
+                need = Need::Queued;
+            }
+            let bytes = op.wire_bytes();
+            let seq = s.submit(OutKind::App(req), need, range, bytes, now);
+            s.app_busy = true;
+            self.counters.replicated_bytes += bytes;
+            if need != Need::Queued {
+                peer = PeerPart::Waiting(seq);
+            }
+            self.al.hold(&extents); // the peer's part, until it applied it
+            let sid = s.id;
+            self.actions.push_back(super::Action::Send { session: sid, msg: Message::Data { seq, op: op.clone() } });
+        } else if let Some((off, len)) = range {
+            self.mark(off, len);
+        }
+        let store_op = match op {
+            Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
+            Op::Trim { offset, len, fua } => {
+                StoreOp::Zero { offset, len: len as u64, punch: true, fua }
+            }
+            Op::Zero { offset, len, no_hole, fua } => {
+                StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
+            }
+            Op::Flush | Op::Verify { .. } => StoreOp::Flush,
+        };
+        let is_flush = matches!(store_op, StoreOp::Flush);
+        let epoch = self.write_epoch;
+        self.store(IoFor::App(req), store_op);
+        if is_flush {
+            self.flush_epochs.insert(req, epoch);
+        } else {
+            self.al.wrote(&extents, self.write_epoch);
+        }
+        if let Some((_, len)) = range {
+            self.counters.written_bytes += len;
+        }
+        self.pending.insert(req, Pending { local: None, peer, extents, range });
+    }
+
+    pub(crate) fn app_local_done(&mut self, req: ReqId, result: Result<(), IoError>) {
+        let epoch = self.flush_epochs.remove(&req);
+        let Some(p) = self.pending.get_mut(&req) else { return };
+        p.local = Some(result);
+        let extents = p.extents.clone();
+        let range = p.range;
+        self.al.release(&extents);
+        match result {
+            Ok(()) => {
+                if let Some(e) = epoch {
+                    self.flushed_epoch = self.flushed_epoch.max(e);
+                }
+            }
+            Err(e) => {
+                // The peer may have it and we do not.
+                if let Some((off, len)) = range {
+                    self.mark(off, len);
+                }
+                self.disk_failed(e, "application write");
+            }
+        }
+        self.try_reply(req);
+    }
+
+    fn try_reply(&mut self, req: ReqId) {
+        let Some(p) = self.pending.get(&req) else { return };
+        let ready = match (p.local, p.peer) {
+            (Some(Err(_)), _) => true,
+            (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed) => true,
+            _ => false,
+        };
+        if ready {
+            let p = self.pending.remove(&req).expect("pending");
+            let result = p.local.expect("local").map_err(ReplyError::Io);
+            self.reply(req, result);
+        }
+    }
+
+    fn peer_confirmed(&mut self, req: ReqId) {
+        if let Some(p) = self.pending.get_mut(&req) {
+            if matches!(p.peer, PeerPart::Waiting(_)) {
+                p.peer = PeerPart::Confirmed;
+            }
+        }
+        self.try_reply(req);
+    }
+
+    /// Replies whose peer part was lost go out once the new generation and
+    /// the bits that record the loss are durable.
+    pub(crate) fn release_lost(&mut self) {
+        let lost: Vec<ReqId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.peer == PeerPart::Lost && p.local.is_some())
+            .map(|(r, _)| *r)
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        if !self.apart() {
+            let id = self.random_id();
+            self.gen.new_current(id);
+            tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
+        }
+        let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
+        if let Some(e) = failed {
+            for req in lost {
+                self.pending.remove(&req);
+                self.reply(req, Err(ReplyError::Io(e)));
+            }
+            return;
+        }
+        if !self.bitmap_clean() {
+            self.p.want_bitmap = true;
+        }
+        if self.meta_durable() && self.bitmap_clean() {
+            for req in lost {
+                if let Some(p) = self.pending.get_mut(&req) {
+                    p.peer = PeerPart::Confirmed;
+                }
+                self.try_reply(req);
+            }
+        }
+    }
+
+    // ----- the peer's answers -----
+
+    /// A cumulative acknowledgement: every operation up to `received` has
+    /// arrived, every one up to `done` is applied.
+    pub(crate) fn on_ack(&mut self, received: u64, done: u64) -> Result<(), String> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        let last = s.next_seq - 1;
+        if done > received
+            || received > last
+            || received < s.acked_received
+            || done < s.acked_done
+        {
+            return Err(format!(
+                "bad acknowledgement (received {received}, done {done}; sent up to {last})"
+            ));
+        }
+        let mut confirmed = Vec::new();
+        for (_, o) in s.out.range(s.acked_received + 1..=received) {
+            if let (OutKind::App(req), Need::Received) = (&o.kind, o.need) {
+                confirmed.push(*req);
+            }
+        }
+        s.acked_received = received;
+        let rest = s.out.split_off(&(done + 1));
+        let retired = std::mem::replace(&mut s.out, rest);
+        s.acked_done = done;
+        for (_, o) in &retired {
+            s.in_flight_bytes -= o.bytes;
+        }
+        for req in confirmed {
+            self.peer_confirmed(req);
+        }
+        for (_, o) in retired {
+            self.retire(o.kind, o.range);
+        }
+        Ok(())
+    }
+
+    /// An operation the peer applied.
+    fn retire(&mut self, kind: OutKind, range: Option<(u64, u64)>) {
+        match kind {
+            OutKind::App(req) => {
+                let extents = self.extents(range);
+                self.al.release(&extents);
+                self.peer_confirmed(req);
+            }
+            other => self.source_retired(other, range),
+        }
+    }
+
+    /// The peer could not apply `seq`: the range is out of sync there, and
+    /// its reply waits until that is durable here.
+    pub(crate) fn on_failed(&mut self, seq: u64, errno: i32) -> Result<(), String> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        let Some(o) = s.out.remove(&seq) else {
+            return Err(format!("the peer failed operation {seq}, which is not in flight"));
+        };
+        s.in_flight_bytes -= o.bytes;
+        tracing::warn!(seq, errno, "the peer failed to apply an operation: marked out of sync");
+        match o.kind {
+            OutKind::App(req) => {
+                if let Some((off, len)) = o.range {
+                    self.mark(off, len);
+                }
+                let extents = self.extents(o.range);
+                self.al.release(&extents);
+                if let Some(p) = self.pending.get_mut(&req) {
+                    if matches!(p.peer, PeerPart::Waiting(_) | PeerPart::Free) {
+                        p.peer = PeerPart::Lost;
+                    }
+                }
+                self.p.want_bitmap = true;
+            }
+            OutKind::Verify { offset, crcs } => {
+                self.mark(offset, crcs.len() as u64 * self.cfg.block);
+                self.p.want_bitmap = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The session ends: everything the peer did not confirm is marked out
+    /// of sync; the replies that waited for it go out once that is durable.
+    pub(crate) fn lose_session(&mut self, why: String) {
+        let Some(s) = self.session.take() else { return };
+        let mut lost_app = false;
+        for (_, o) in s.out {
+            if let OutKind::App(req) = o.kind {
+                if let Some((off, len)) = o.range {
+                    self.mark(off, len);
+                }
+                let extents = self.extents(o.range);
+                self.al.release(&extents);
+                if let Some(p) = self.pending.get_mut(&req) {
+                    if matches!(p.peer, PeerPart::Waiting(_)) {
+                        p.peer = PeerPart::Lost;
+                    }
+                }
+                lost_app = true;
+            }
+        }
+        if lost_app {
+            self.p.want_bitmap = true;
+            if !self.apart() {
+                let id = self.random_id();
+                self.gen.new_current(id);
+                tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
+            }
+        }
+        if self.role == Role::Secondary
+            && self.disk == crate::protocol::wire::DiskState::UpToDate
+            && self.cfg.protocol == Protocol::A
+        {
+            // Protocol A may have left us behind: freshness unknown.
+            self.disk = crate::protocol::wire::DiskState::Consistent;
+        }
+        tracing::warn!(%why, out_of_sync = self.dirty.bytes(), "peer lost");
+        self.last_error = Some(why);
+    }
+
+    /// Closes session `sid` (a protocol fault, a timeout, the operator).
+    pub(crate) fn close_session(&mut self, sid: super::SessionId, why: String) {
+        if self.session_id() != Some(sid) {
+            return;
+        }
+        self.actions.push_back(super::Action::Close { session: sid, reason: why.clone() });
+        self.lose_session(why);
+    }
+
+    /// The shell's link for `sid` is gone.
+    pub fn handle_link_down(&mut self, now: Time, sid: super::SessionId, why: &str) {
+        self.now = self.now.max(now);
+        if self.session_id() == Some(sid) {
+            self.lose_session(why.to_owned());
+        }
+        self.pump();
+    }
+}
