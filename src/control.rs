@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use twinblock_replicator::Node;
@@ -30,6 +30,11 @@ pub struct Response {
     #[serde(default)]
     pub status: Option<serde_json::Value>,
 }
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+/// A client has this long to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The listening side, bound before the node announces itself.
 pub struct ControlServer {
@@ -66,16 +71,21 @@ impl ControlServer {
             tokio::spawn(async move {
                 let (rd, mut wr) = stream.into_split();
                 let mut line = String::new();
-                if TokioBufReader::new(rd).read_line(&mut line).await.is_err() {
+                // One bounded line, within a deadline: a client that sends
+                // endless bytes or nothing holds nothing.
+                let mut rd = TokioBufReader::new(rd.take(MAX_REQUEST));
+                let read = tokio::time::timeout(REQUEST_DEADLINE, rd.read_line(&mut line)).await;
+                if !matches!(read, Ok(Ok(_))) {
                     return;
                 }
-                let resp = match serde_json::from_str::<Request>(&line) {
+                let parsed = if line.ends_with('\n') {
+                    serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}"))
+                } else {
+                    Err(format!("bad request: no complete line within {MAX_REQUEST} bytes"))
+                };
+                let resp = match parsed {
                     Ok(req) => handle(&node, &down, req),
-                    Err(e) => Response {
-                        ok: false,
-                        error: Some(format!("bad request: {e}")),
-                        status: None,
-                    },
+                    Err(e) => Response { ok: false, error: Some(e), status: None },
                 };
                 let mut text = serde_json::to_string(&resp).unwrap_or_default();
                 text.push('\n');
@@ -92,11 +102,11 @@ impl Drop for ControlServer {
 }
 
 fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Response {
-    let result = match req.verb.as_str() {
+    let result: Result<(), String> = match req.verb.as_str() {
         "status" => Ok(()),
-        "primary" => node.promote(req.force),
-        "secondary" => node.demote(),
-        "discard-my-data" => node.discard_my_data(),
+        "primary" => node.promote(req.force).map_err(|e| e.0),
+        "secondary" => node.demote().map_err(|e| e.0),
+        "discard-my-data" => node.discard_my_data().map_err(|e| e.0),
         "connect" => {
             node.set_want_connected(true);
             Ok(())
@@ -109,7 +119,7 @@ fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Respons
             let _ = down.send(true);
             Ok(())
         }
-        "verify" => node.start_verify(),
+        "verify" => node.start_verify().map_err(|e| e.0),
         other => Err(format!("unknown verb {other:?}")),
     };
     tracing::info!(verb = %req.verb, force = req.force, ok = result.is_ok(), "control request");

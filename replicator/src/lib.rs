@@ -2,11 +2,12 @@
 //!
 //! - [`store`]: the local store (io_uring, or a thread pool as fallback).
 //! - [`local`]: a store exported without replication (`twinblock serve`).
-//! - [`node`]: a replicated node: roles, disk state, the replicated write path.
-//! - [`session`]: one peer session as the write path sees it.
+//! - [`core`]: the node's logic as a sans-IO state machine (roles, disk and
+//!   replication states, write path, handshake, resync, verify).
+//! - [`node`]: the tokio shell around the core: store, metadata files, links.
 //! - [`link`]: the QUIC link (quinn + rustls mutual TLS) and its tasks.
 //! - [`protocol`]: the sans-IO replication protocol (wire, sender, receiver).
-//! - [`config`], [`meta`], [`bitmap`], [`status`], [`tls`], [`units`].
+//! - [`config`], [`meta`], [`al`] (activity-log journal, bitmap file), [`bitmap`], [`status`], [`tls`], [`units`].
 
 pub mod al;
 pub mod bitmap;
@@ -17,7 +18,6 @@ pub mod local;
 pub mod meta;
 pub mod node;
 pub mod protocol;
-pub mod session;
 pub mod status;
 pub mod store;
 pub mod tls;

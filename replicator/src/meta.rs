@@ -1,15 +1,16 @@
-//! Per-node metadata kept in the `meta` file: which node, resource and size
-//! the disk belongs to, its disk state, and whether it was never written
-//! since twinblock created it (then it is all zeroes). Updates are atomic:
-//! write a temporary file, fsync it, rename it over the old one, fsync the
-//! directory. They happen before the data writes they describe.
+//! The `meta` file: which node, resource and size the disk belongs to, and
+//! the core's [`MetaRecord`] (disk state, generation ids). Replaced
+//! atomically: a temporary file is written and fsynced, renamed over the
+//! old one, and the directory fsynced. Created 0600.
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::MetaRecord;
 use crate::protocol::genid::GenIds;
 use crate::protocol::wire::DiskState;
 
@@ -41,63 +42,77 @@ pub enum MetaError {
 }
 
 impl Meta {
-    /// Loads the metadata, or creates it for a disk that twinblock just
-    /// created (`fresh`) or found already there (then its content is
-    /// unknown: Inconsistent, not fresh).
-    pub fn load_or_create(
-        path: &Path,
-        node: &str,
-        resource: &str,
-        size: u64,
-        disk_was_created: bool,
-    ) -> Result<Meta, MetaError> {
-        let io = |source| MetaError::Io { path: path.to_owned(), source };
-        if path.exists() {
-            let text = fs::read_to_string(path).map_err(io)?;
-            let m: Meta = serde_json::from_str(&text)
-                .map_err(|e| MetaError::Parse { path: path.to_owned(), reason: e.to_string() })?;
-            let mismatch = |what, found: String, expected: String| MetaError::Mismatch {
-                path: path.to_owned(),
-                what,
-                found,
-                expected,
-            };
-            if m.node != node {
-                return Err(mismatch("node", m.node, node.into()));
-            }
-            if m.resource != resource {
-                return Err(mismatch("resource", m.resource, resource.into()));
-            }
-            if m.size != size {
-                return Err(mismatch("size", m.size.to_string(), size.to_string()));
-            }
-            return Ok(m);
+    pub fn record(&self) -> MetaRecord {
+        MetaRecord {
+            disk: self.disk,
+            fresh: self.fresh,
+            gen: self.gen,
+            promoted_at: self.promoted_at,
         }
-        let m = Meta {
+    }
+
+    pub fn from_record(node: &str, resource: &str, size: u64, r: &MetaRecord) -> Meta {
+        Meta {
             version: 1,
             node: node.into(),
             resource: resource.into(),
             size,
-            disk: DiskState::Inconsistent,
-            fresh: disk_was_created,
-            gen: GenIds::never_synced(),
-            promoted_at: 0,
+            disk: r.disk,
+            fresh: r.fresh,
+            gen: r.gen,
+            promoted_at: r.promoted_at,
+        }
+    }
+
+    /// Loads the metadata at `path`, checking it belongs to this node,
+    /// resource and size. None: there is none yet.
+    pub fn load(path: &Path, node: &str, resource: &str, size: u64) -> Result<Option<Meta>, MetaError> {
+        let io = |source| MetaError::Io { path: path.to_owned(), source };
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
         };
-        m.save(path)?;
-        Ok(m)
+        let m: Meta = serde_json::from_str(&text)
+            .map_err(|e| MetaError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+        let mismatch = |what, found: String, expected: String| MetaError::Mismatch {
+            path: path.to_owned(),
+            what,
+            found,
+            expected,
+        };
+        if m.node != node {
+            return Err(mismatch("node", m.node, node.into()));
+        }
+        if m.resource != resource {
+            return Err(mismatch("resource", m.resource, resource.into()));
+        }
+        if m.size != size {
+            return Err(mismatch("size", m.size.to_string(), size.to_string()));
+        }
+        Ok(Some(m))
     }
 
     pub fn save(&self, path: &Path) -> Result<(), MetaError> {
-        let io = |source| MetaError::Io { path: path.to_owned(), source };
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        let text = serde_json::to_string_pretty(self).expect("meta serializes");
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io)?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(())
+        let text = serde_json::to_string_pretty(self).map_err(|e| MetaError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        atomic_write(path, text.as_bytes()).map_err(|source| MetaError::Io { path: path.to_owned(), source })
     }
+}
+
+/// Replaces `path` with `bytes` durably (temp file, fsync, rename, fsync
+/// of the directory); the file is created 0600.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(dir)?.sync_all()
 }

@@ -34,6 +34,8 @@ pub struct Status {
     pub role: Role,
     pub disk: DiskState,
     pub connection: String,
+    /// Replication state (Established, SyncSource, SyncTarget, VerifySource, ...; Off when not connected).
+    pub replication: String,
     pub protocol: String,
     pub peer: PeerStatus,
     pub out_of_sync_bytes: u64,
@@ -45,4 +47,6 @@ pub struct Status {
     pub in_flight: usize,
     pub io_backend: String,
     pub last_error: Option<String>,
+    /// This node's current data generation (hex).
+    pub generation: String,
 }

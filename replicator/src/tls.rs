@@ -12,7 +12,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-pub const ALPN: &[u8] = b"twinblock/1";
+/// The TLS application protocol: binds the connection to one resource, so
+/// a node of another resource signed by the same CA fails the handshake.
+pub fn alpn(resource: &str) -> Vec<u8> {
+    format!("twinblock/2/{resource}").into_bytes()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -74,6 +78,7 @@ pub fn endpoint_configs(
     ca: &Path,
     cert: &Path,
     key_path: &Path,
+    resource: &str,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let mut roots = RootCertStore::empty();
@@ -93,13 +98,13 @@ pub fn endpoint_configs(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
-    sc.alpn_protocols = vec![ALPN.to_vec()];
+    sc.alpn_protocols = vec![alpn(resource)];
     sc.max_early_data_size = 0;
     let mut cc = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
-    cc.alpn_protocols = vec![ALPN.to_vec()];
+    cc.alpn_protocols = vec![alpn(resource)];
     cc.enable_early_data = false; // never send writes as 0-RTT data
     let qsc = QuicServerConfig::try_from(sc).map_err(|e| TlsError::Verifier(e.to_string()))?;
     let qcc = QuicClientConfig::try_from(cc).map_err(|e| TlsError::Verifier(e.to_string()))?;

@@ -24,6 +24,7 @@ mod apply;
 mod handshake;
 mod persist;
 mod resync;
+mod stop;
 pub mod session;
 pub mod types;
 mod verify;

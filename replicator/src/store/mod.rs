@@ -107,6 +107,8 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("{path} is {actual} bytes but the configured size is {expected} bytes")]
     SizeMismatch { path: PathBuf, actual: u64, expected: u64 },
+    #[error("{path} is in use by another process (locked)")]
+    InUse { path: PathBuf },
     #[error("{path} has size 0")]
     Empty { path: PathBuf },
     #[error("io_uring is not available here: {0}")]
@@ -148,8 +150,18 @@ impl Store {
             .read(true)
             .write(true)
             .create(size.is_some())
+            .mode(0o600) // a database lives here: not world-readable
             .open(path)
             .map_err(open_err)?;
+        // One process per disk: a second `up` or `serve` on it is refused.
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::InUse { path: path.to_owned() });
+            }
+            return Err(open_err(e));
+        }
         let mut actual = sys::size_of(&file).map_err(open_err)?;
         let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
         if let Some(want) = size {
