@@ -99,11 +99,19 @@ impl Core {
             self.actions.push_back(Action::Persist { io, what: Persist::Bitmap { pages } });
         }
         if self.p.al_trim_wanted && self.al.saving.is_none() && self.p.al_failed.is_none() {
-            let (ready, _) = self.al.candidates(self.flushed_epoch);
-            if ready.is_empty() {
-                self.p.al_trim_wanted = false;
+            let (ready, later) = self.al.candidates(self.flushed_epoch);
+            if later > 0 && self.al_flush.is_none() {
+                // Extents written since the last flush leave only once
+                // those writes are durable.
+                let epoch = self.write_epoch;
+                let io = self.store(IoFor::AlFlush { epoch }, crate::core::StoreOp::Flush);
+                self.al_flush = Some(io);
+            } else if ready.is_empty() {
+                if later == 0 {
+                    self.p.al_trim_wanted = false;
+                }
             } else if self.bitmap_clean() {
-                self.p.al_trim_wanted = false;
+                self.p.al_trim_wanted = later > 0;
                 self.al_journal(ready, Vec::new());
             } else {
                 self.p.want_bitmap = true;

@@ -29,10 +29,14 @@ fn next_unclaimed(
     from: u64,
     max: u64,
 ) -> Option<(u64, u64)> {
+    // Claimed blocks are a subset of the dirty ones: all claimed, none left.
+    if claimed.bytes() >= dirty.bytes() {
+        return None;
+    }
     let block = dirty.block();
     let mut b = from;
     loop {
-        let (off, len) = dirty.next_run(b, u64::MAX)?;
+        let (off, len) = dirty.next_run(b, max)?;
         let (first, end) = (off / block, (off + len) / block);
         let mut start = first;
         while start < end && claimed.is_set(start) {
@@ -275,7 +279,10 @@ impl Core {
                     }
                 }
                 clear = ranges;
-                self.p.want_bitmap = true; // checkpoint
+                // Checkpoint: the bitmap on disk, and the activity log
+                // emptied of idle extents, so a crash resumes from here.
+                self.p.want_bitmap = true;
+                self.p.al_trim_wanted = true;
             }
             OutKind::Verify { offset, crcs } => {
                 // Not answered before its ack: count it as differing.
