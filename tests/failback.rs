@@ -1,0 +1,124 @@
+//! Issue 7's headline defect, end to end with real processes: the Primary is
+//! killed while writing, its link cut at the same moment (so writes it
+//! applied locally never reached the peer); the Secondary is promoted; the
+//! old Primary comes back as Secondary. After the resync both disks must be
+//! byte-identical — whether or not the new Primary wrote before the old one
+//! returned — and again after failing back.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::pair::Pair;
+use common::*;
+
+/// b's real replication address in the resource file.
+fn b_address(text: &str) -> String {
+    text.split("[nodes.b]\naddress = \"").nth(1).unwrap().split('"').next().unwrap().to_string()
+}
+
+fn netem(relay: &str, forward: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["netem", "--listen", relay, "--forward", forward, "--delay", "1ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_in_sync(p: &Pair, what: &str) {
+    p.wait(what, Duration::from_secs(90), |a, b| {
+        [a, b].iter().all(|s| {
+            s["connection"] == "Connected"
+                && s["sync"].is_null()
+                && s["out_of_sync_bytes"] == 0
+                && s["in_flight"] == 0
+                && s["disk"] == "UpToDate"
+        })
+    });
+}
+
+fn identical(p: &Pair) -> bool {
+    std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap()
+}
+
+fn failover_and_failback(new_primary_writes: bool) {
+    if !have("fio") || !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("C", "64M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let b_addr = b_address(&text);
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let text = text.replace(
+        &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
+        &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{relay}\"\n"),
+    );
+    std::fs::write(&p.config, &text).unwrap();
+    let mut link = netem(&relay, &b_addr);
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+
+    // a writes hard; the link dies, then a dies, while writes are in flight.
+    let mut fio = KillOnDrop(
+        Command::new("fio")
+            .args(["--name=w", "--ioengine=nbd", &format!("--uri={}", p.uri(0))])
+            .args(["--rw=randwrite", "--bsrange=4k-64k", "--iodepth=16", "--size=48M"])
+            .args(["--time_based", "--runtime=30", "--output=/dev/null"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = link.0.kill();
+    let _ = link.0.wait();
+    std::thread::sleep(Duration::from_millis(30));
+    p.kill(0);
+    let _ = fio.0.wait();
+    let a_written = p.nodes[0].disk.clone();
+    assert!(std::fs::metadata(&a_written).unwrap().len() > 0);
+
+    // Failover: b notices, is promoted, and maybe writes.
+    p.wait_unlinked(1);
+    p.ok(&["primary"], 1);
+    if new_primary_writes {
+        p.qemu_io(1, "write -P 0x5b 1M 3M");
+    }
+    // The old Primary comes back as Secondary, through a new relay.
+    let _link = netem(&relay, &b_addr);
+    p.up(0);
+    wait_in_sync(&p, "the returning node to resync");
+    assert!(identical(&p), "the disks differ after the failover and the old Primary's return");
+    let a = p.status(0);
+    assert_eq!(a["role"], "Secondary");
+    // The returning node's activity-log extents were resynced from b (the
+    // writes it applied alone were overwritten), not trusted.
+    assert!(
+        p.status(1)["counters"]["resync_bytes"].as_u64().unwrap() > 0,
+        "nothing was resynced to the returning node: {}",
+        p.status(1)
+    );
+
+    // Failback: b steps down, a takes over again and writes.
+    p.ok(&["secondary"], 1);
+    p.ok(&["primary"], 0);
+    p.qemu_io(0, "write -P 0xa7 5M 2M");
+    wait_in_sync(&p, "the failback");
+    assert!(identical(&p), "the disks differ after the failback");
+}
+
+#[test]
+fn failover_then_failback_without_writes_on_the_new_primary_leaves_identical_disks() {
+    failover_and_failback(false);
+}
+
+#[test]
+fn failover_then_failback_with_writes_on_the_new_primary_leaves_identical_disks() {
+    failover_and_failback(true);
+}
