@@ -1,13 +1,77 @@
-//! Hot paths of the replication protocol: framing a write, decoding a batch
-//! of frames, and the receiver's CRC check and sequencing.
+//! Hot paths of replication: framing a write, decoding a batch of frames,
+//! and the node core's write path (admission, numbering, the store action,
+//! the peer's cumulative ack, the reply) for a pipelined batch.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use twinblock_replicator::config::Protocol;
-use twinblock_replicator::protocol::receiver::Receiver;
-use twinblock_replicator::protocol::sender::Sender;
-use twinblock_replicator::protocol::wire::{self, Message, Op};
+use twinblock_replicator::core::{Action, Core, CoreConfig, Plant, Recovered};
+use twinblock_replicator::protocol::genid::{GenIds, SplitBrainPolicy};
+use twinblock_replicator::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
+
+fn primary_core() -> Core {
+    let cfg = CoreConfig {
+        resource: "r".into(),
+        me: "a".into(),
+        peer: "b".into(),
+        size: 1 << 30,
+        block: 4096,
+        extent: 4 << 20,
+        protocol: Protocol::C,
+        max_lag: 64 << 20,
+        al_extents: 1237,
+        timeout: Duration::from_secs(3600),
+        ping_interval: Duration::from_secs(3600),
+        resync_rate: 100 << 20,
+        resync_checksum: false,
+        split_brain_policy: SplitBrainPolicy::Disconnect,
+        chunk_blocks: 256,
+        window: 16,
+        checkpoint_chunks: 64,
+        plant: Plant::None,
+    };
+    let mut core = Core::new(cfg, Recovered { disk_created: true, ..Recovered::default() }, Duration::ZERO, 1);
+    drain(&mut core, 0);
+    core.promote(true, 1).unwrap();
+    core.handle_link_up(Duration::ZERO, 1);
+    let hello = Hello {
+        version: wire::VERSION,
+        node: "b".into(),
+        resource: "r".into(),
+        size: 1 << 30,
+        role: Role::Secondary,
+        disk: DiskState::Inconsistent,
+        peer_out_of_sync: 0,
+        fresh: true,
+        gen: GenIds::never_synced(),
+        discard: false,
+        promoted_at: 0,
+    };
+    core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));
+    core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![], last: true });
+    drain(&mut core, 0);
+    core
+}
+
+/// Completes every I/O at once; returns the replies seen.
+fn drain(core: &mut Core, mut replies: usize) -> usize {
+    while let Some(a) = core.poll_action() {
+        match a {
+            Action::Store { io, .. } | Action::Persist { io, .. } => {
+                core.handle_io(Duration::ZERO, io, Ok(None))
+            }
+            Action::Reply { .. } => replies += 1,
+            Action::Send { msg, .. } => {
+                black_box(msg);
+            }
+            Action::Close { .. } => {}
+        }
+    }
+    replies
+}
 
 fn codec(c: &mut Criterion) {
     let data = Bytes::from(vec![0x5au8; 4096]);
@@ -22,35 +86,36 @@ fn codec(c: &mut Criterion) {
     });
     let frames: Vec<u8> = (1..=64u64)
         .flat_map(|seq| {
-            Message::Data { seq, op: Op::write(seq * 4096, data.clone(), false) }
-                .to_bytes()
-                .to_vec()
+            Message::Data { seq, op: Op::write(seq * 4096, data.clone(), false) }.to_bytes().to_vec()
         })
         .collect();
     g.throughput(Throughput::Bytes(64 * 4096));
-    g.bench_function("decode_and_sequence_64x4k", |b| {
+    g.bench_function("decode_64x4k", |b| {
         b.iter(|| {
             let mut buf = BytesMut::from(&frames[..]);
-            let mut r = Receiver::new();
-            while let Ok(Some(Message::Data { seq, op })) = wire::decode(&mut buf) {
-                r.on_data(seq, op).unwrap();
-                while let Some((seq, op)) = r.next_ready() {
-                    black_box(&op);
-                    r.applied(seq);
-                }
+            let mut n = 0;
+            while let Ok(Some(m)) = wire::decode(&mut buf) {
+                black_box(&m);
+                n += 1;
             }
-            black_box(r.ack())
+            n
         })
     });
     g.throughput(Throughput::Elements(64));
-    g.bench_function("sender_submit_ack_64", |b| {
-        let op = Op::write(0, data.clone(), false);
+    g.bench_function("core_write_ack_64x4k", |b| {
+        let mut core = primary_core();
+        let mut seq = 0u64;
+        let mut req = 0u64;
         b.iter(|| {
-            let mut s = Sender::new();
-            for _ in 0..64 {
-                black_box(s.submit(&op, Protocol::C));
+            for i in 0..64u64 {
+                req += 1;
+                core.write(Duration::ZERO, req, (i % 1024) * 4096, data.clone(), false);
             }
-            black_box(s.on_ack(64, 64))
+            let mut replies = drain(&mut core, 0);
+            seq += 64;
+            core.handle_frame(Duration::ZERO, 1, Message::Ack { received: seq, done: seq });
+            replies = drain(&mut core, replies);
+            assert_eq!(replies, 64);
         })
     });
     g.finish();

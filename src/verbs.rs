@@ -64,13 +64,15 @@ pub fn render(st: &Value) -> String {
     let rtt =
         st["rtt_us"].as_u64().map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
     let mut out = format!(
-        "{} on {}: {} {}, {} (protocol {})\n  peer {}: {} {}, rtt {}\n  out of sync {}, in flight {}, written {}, replicated {}\n",
+        "{} on {}: {} {}, {} / {} (protocol {}, generation {})\n  peer {}: {} {}, rtt {}\n  out of sync {}, in flight {}, written {}, replicated {}\n",
         s(&st["resource"]),
         s(&st["node"]),
         s(&st["role"]),
         s(&st["disk"]),
         s(&st["connection"]),
+        s(&st["replication"]),
         s(&st["protocol"]),
+        s(&st["generation"]),
         s(&st["peer"]["node"]),
         s(&st["peer"]["role"]),
         s(&st["peer"]["disk"]),

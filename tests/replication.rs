@@ -546,7 +546,7 @@ fn a_resync_interrupted_by_a_crash_resumes() {
     wait_progress(&p, 10.0);
     p.kill(0);
     p.up(0);
-    p.wait_connected();
+    p.wait_linked();
     let left = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
     assert!(left < dirty, "the source resumed from its bitmap checkpoint: {left} of {dirty} left");
     p.ok(&["primary"], 0);

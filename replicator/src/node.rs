@@ -60,7 +60,9 @@ pub struct Shell {
     core: Core,
     replies: HashMap<ReqId, oneshot::Sender<Result<(), ReplyError>>>,
     links: HashMap<SessionId, mpsc::UnboundedSender<Outbound>>,
-    files: MetaFiles,
+    /// Metadata updates run on a blocking thread, off the node's mutex
+    /// (false while opening: they run in place, and a failure fails `open`).
+    persist_async: bool,
 }
 
 pub struct Node {
@@ -69,6 +71,8 @@ pub struct Node {
     pub peer: NodeConfig,
     store: Arc<Store>,
     shell: Mutex<Shell>,
+    /// The metadata files: one update of each kind at a time (the core's rule).
+    files: Arc<Mutex<MetaFiles>>,
     origin: Instant,
     next_req: AtomicU64,
     next_session: AtomicU64,
@@ -99,6 +103,23 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Performs one metadata update (durable on success).
+fn persist(files: &Mutex<MetaFiles>, node: &str, res: &ResourceConfig, what: Persist) -> Result<(), IoError> {
+    let mut f = files.lock().unwrap_or_else(|e| e.into_inner());
+    let r = match what {
+        Persist::Meta(rec) => Meta::from_record(node, &res.name, res.size, &rec).save(&f.meta).map_err(|e| match e {
+            MetaError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        }),
+        Persist::Bitmap { pages } => f.bitmap.write_pages(&pages),
+        Persist::Al { remove, add } => f.al.apply(&remove, &add),
+    };
+    r.map_err(|e| {
+        tracing::error!("metadata update failed: {e}");
+        io_err(&e)
+    })
 }
 
 impl Node {
@@ -138,8 +159,9 @@ impl Node {
                 core,
                 replies: HashMap::new(),
                 links: HashMap::new(),
-                files: MetaFiles { meta: mine.meta.clone(), al, bitmap },
+                persist_async: false,
             }),
+            files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,
             next_req: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -154,6 +176,7 @@ impl Node {
                     source: io::Error::other(e),
                 }));
             }
+            sh.persist_async = true;
         }
         let timer = Arc::downgrade(&node);
         tokio::spawn(
@@ -190,9 +213,27 @@ impl Node {
             match a {
                 Action::Store { io, op } => self.store_op(sh, io, op),
                 Action::Persist { io, what } => {
-                    let r = self.persist(sh, what);
-                    let now = self.now();
-                    sh.core.handle_io(now, io, r.map(|()| None));
+                    if !sh.persist_async {
+                        let r = persist(&self.files, &self.me.name, &self.res, what);
+                        let now = self.now();
+                        sh.core.handle_io(now, io, r.map(|()| None));
+                        continue;
+                    }
+                    let Some(node) = self.this.upgrade() else { continue };
+                    tokio::spawn(
+                        async move {
+                            let files = node.files.clone();
+                            let (name, res) = (node.me.name.clone(), node.res.clone());
+                            let r = tokio::task::spawn_blocking(move || persist(&files, &name, &res, what))
+                                .await
+                                .unwrap_or(Err(IoError::EIO));
+                            let mut sh = node.lock();
+                            let now = node.now();
+                            sh.core.handle_io(now, io, r.map(|()| None));
+                            node.drain(&mut sh);
+                        }
+                        .in_current_span(),
+                    );
                 }
                 Action::Send { session, msg } => {
                     if let Some(l) = sh.links.get(&session) {
@@ -245,25 +286,6 @@ impl Node {
                 );
             }
         }
-    }
-
-    fn persist(&self, sh: &mut Shell, what: Persist) -> Result<(), IoError> {
-        let r = match what {
-            Persist::Meta(rec) => {
-                Meta::from_record(&self.me.name, &self.res.name, self.res.size, &rec)
-                    .save(&sh.files.meta)
-                    .map_err(|e| match e {
-                        MetaError::Io { source, .. } => source,
-                        other => io::Error::other(other.to_string()),
-                    })
-            }
-            Persist::Bitmap { pages } => sh.files.bitmap.write_pages(&pages),
-            Persist::Al { remove, add } => sh.files.al.apply(&remove, &add),
-        };
-        r.map_err(|e| {
-            tracing::error!("metadata update failed: {e}");
-            io_err(&e)
-        })
     }
 
     /// Runs `f` on the core and performs what it asks.
@@ -378,6 +400,7 @@ impl Node {
     /// activity log emptied of every idle extent.
     pub fn close(&self) {
         let mut sh = self.lock();
+        sh.persist_async = false; // the process ends next: update in place
         sh.core.prepare_stop();
         self.drain(&mut sh);
     }

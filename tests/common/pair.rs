@@ -195,6 +195,14 @@ impl Pair {
         });
     }
 
+    /// Waits until both nodes are linked (connected, or resyncing/verifying).
+    pub fn wait_linked(&self) {
+        let linked = |s: &serde_json::Value| {
+            !matches!(s["connection"].as_str(), Some("StandAlone" | "Connecting") | None)
+        };
+        self.wait("the pair to link", Duration::from_secs(20), |a, b| linked(a) && linked(b));
+    }
+
     /// Waits until the Primary (node a) has nothing in flight to the peer.
     pub fn wait_drained(&self) {
         self.wait("replication to drain", Duration::from_secs(30), |a, _| a["in_flight"] == 0);

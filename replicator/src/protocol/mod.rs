@@ -1,13 +1,8 @@
-//! The replication protocol as sans-IO cores: [`wire`] (frames),
-//! [`sender`] (Primary: numbering, ack rules per mode), [`receiver`]
-//! (Secondary: CRC check, sequencing, acks), [`liveness`] (heartbeats, RTT).
-//! The QUIC shell in `crate::link` feeds them; `tests.rs` drives them
-//! deterministically.
+//! The replication protocol's pure parts: [`wire`] (the frames) and
+//! [`genid`] (generation ids and the sync decision table). Sequencing,
+//! acknowledgements and liveness are the node core's (`crate::core`).
 
 pub mod genid;
-pub mod liveness;
-pub mod receiver;
-pub mod sender;
 pub mod wire;
 
 #[cfg(test)]
