@@ -235,11 +235,19 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
     for (label, cert, key, ca, needle) in [
         ("foreign CA", "rogue/b.pem", "rogue/b.key", "rogue/ca.pem", "BadSignature"),
         ("wrong name", "certs/c.pem", "certs/c.key", "certs/ca.pem", "not valid for name"),
+        // The right CA and name, but a node of another resource.
+        ("another resource", "certs/b.pem", "certs/b.key", "certs/ca.pem", "support any known protocol"),
     ] {
-        let bad = good
+        let mut bad = good
             .replace("cert = \"certs/b.pem\"", &format!("cert = \"{cert}\""))
             .replace("key = \"certs/b.key\"", &format!("key = \"{key}\""))
             .replace("ca = \"certs/ca.pem\"", &format!("ca = \"{ca}\""));
+        if label == "another resource" {
+            bad = bad
+                .replace("name = \"r0\"", "name = \"r1\"")
+                .replace("disk = \"b.img\"", "disk = \"b-r1.img\"")
+                .replace("meta = \"b.meta\"", "meta = \"b-r1.meta\"");
+        }
         let rogue_cfg = dir.join("rogue.toml");
         std::fs::write(&rogue_cfg, bad).unwrap();
         let log = std::fs::File::create(dir.join(format!("rogue-{}.log", label.replace(' ', "-"))))

@@ -1,0 +1,119 @@
+//! What a careless operator or a hostile local user runs into: files that
+//! hold the database are private, a disk is used by one process only, the
+//! control socket bounds what it reads, and a peer that stalls its QUIC
+//! handshake never keeps the real peer out.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pair::Pair;
+use common::*;
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn disk_and_metadata_files_are_private_and_the_disk_is_locked() {
+    let mut p = Pair::start("C", "16M");
+    p.qemu_io(0, "write -P 1 0 64k");
+    p.down(0);
+    p.up(0);
+    let dir = p.dir.path();
+    for f in ["a.img", "a.meta", "a.meta.al", "a.meta.bitmap", "b.img", "b.meta"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f} is not 0600");
+    }
+    // A second process on a running node's disk is refused.
+    let out = run_timeout(
+        Command::new(BIN).args(["serve", "--disk"]).arg(dir.join("a.img")).args(["--listen", "127.0.0.1:0"]),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "serve on a disk in use started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+}
+
+#[test]
+fn the_control_socket_bounds_a_request_and_keeps_serving() {
+    let p = Pair::start("C", "16M");
+    let sock = p.dir.path().join("a.sock");
+    // 1 MiB without a newline: refused, connection closed, nothing grows.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let junk = vec![b'x'; 1 << 20];
+    let _ = s.write_all(&junk); // the node may close before taking it all
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(!reply.contains("\"ok\":true"), "an unbounded line was accepted: {reply}");
+    // A client that sends nothing does not block anyone.
+    let _idle = UnixStream::connect(&sock).unwrap();
+    assert_eq!(p.status(0)["role"], "Primary");
+}
+
+#[test]
+fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
+    let mut p = Pair::prepare("C", "16M");
+    let dir = p.dir.path().to_owned();
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let b_addr =
+        text.split("[nodes.b]\naddress = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    // A rogue "a" (right certificate) whose packets reach b 5 s late each way.
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let _slow = KillOnDrop(
+        Command::new(BIN)
+            .args(["netem", "--listen", &relay, "--forward", &b_addr, "--delay", "5s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Same resource and certificate; its own files and ports.
+    let (head, a_section) = text.split_once("[nodes.a]").unwrap();
+    let (a_section, b_section) = a_section.split_once("[nodes.b]").unwrap();
+    let a_section: String = a_section
+        .lines()
+        .map(|l| match l.split_once(" = ") {
+            Some(("address" | "nbd", _)) => format!("{} = \"127.0.0.1:0\"", l.split(' ').next().unwrap()),
+            Some(("disk", _)) => "disk = \"rogue.img\"".into(),
+            Some(("meta", _)) => "meta = \"rogue.meta\"".into(),
+            Some(("control", _)) => "control = \"rogue.sock\"".into(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let b_section = b_section.replace(
+        &format!("\naddress = \"{b_addr}\"\n"),
+        &format!("\naddress = \"{b_addr}\"\nconnect = \"{relay}\"\n"),
+    );
+    let rogue = format!("{head}[nodes.a]{a_section}\n[nodes.b]{b_section}");
+    std::fs::write(dir.join("rogue.toml"), rogue).unwrap();
+    p.up(1);
+    let _rogue = KillOnDrop(
+        Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(dir.join("rogue.toml"))
+            .args(["--node", "a"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("rogue.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Its first packet is at b now, its handshake far from done.
+    std::thread::sleep(Duration::from_millis(5800));
+    let t0 = Instant::now();
+    p.up(0);
+    p.wait("the real a to link", Duration::from_secs(20), |a, _| a["connection"] == "Connected");
+    eprintln!("the real peer linked in {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "the real peer waited {:?} behind a stalled handshake",
+        t0.elapsed()
+    );
+}
