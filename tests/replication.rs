@@ -174,6 +174,38 @@ fn protocol_a_leaves_a_prefix_on_the_secondary() {
     );
 }
 
+/// An Inconsistent SyncTarget serves no reads (EIO); once UpToDate it does.
+#[test]
+fn a_sync_target_does_not_serve_reads_until_it_is_up_to_date() {
+    if !have("fio") {
+        return;
+    }
+    let mut p = Pair::start("C", "512M");
+    assert!(p.down(1).success());
+    p.wait_unlinked(0);
+    run_ok(Command::new("fio").args([
+        "--name=w",
+        "--ioengine=nbd",
+        &format!("--uri={}", p.uri(0)),
+        "--rw=write",
+        "--bs=1M",
+        "--iodepth=8",
+        "--size=384M",
+        "--output=/dev/null",
+    ]));
+    p.up(1);
+    p.wait("b to be SyncTarget", Duration::from_secs(20), |_, b| b["connection"] == "SyncTarget");
+    let mut c = Client::go_addr(p.nodes[1].nbd, false);
+    c.request(0, 0, 9, 0, 4096, &[]); // READ
+    let (errno, cookie) = c.simple_reply();
+    assert_eq!(cookie, 9);
+    assert_eq!(errno, 5, "an Inconsistent SyncTarget answered a read with data");
+    p.wait_synced("the resync", Duration::from_secs(120));
+    let mut c = Client::go_addr(p.nodes[1].nbd, false);
+    c.request(0, 0, 10, 0, 4096, &[]);
+    assert_eq!(c.simple_reply(), (0, 10), "an UpToDate Secondary refused a read");
+}
+
 #[test]
 fn secondary_refuses_nbd_writes() {
     let p = Pair::start("C", "16M");
