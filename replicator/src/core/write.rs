@@ -346,9 +346,11 @@ impl Core {
             ));
         }
         let mut confirmed = Vec::new();
-        for (_, o) in s.out.range(s.acked_received + 1..=received) {
-            if let (OutKind::App(req), Need::Received) = (&o.kind, o.need) {
-                confirmed.push(*req);
+        if received > s.acked_received {
+            for (_, o) in s.out.range(s.acked_received + 1..=received) {
+                if let (OutKind::App(req), Need::Received) = (&o.kind, o.need) {
+                    confirmed.push(*req);
+                }
             }
         }
         s.acked_received = received;
