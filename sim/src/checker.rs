@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{Replication, Time};
-use twinblock_replicator::protocol::genid::NEVER_SYNCED;
+use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
 use super::{decode, AppKind, AppReq, Sim, BLOCK, BLOCKS, EXTENT};
@@ -67,14 +67,30 @@ struct PendingPromotion {
     floor: Vec<u64>,
 }
 
+/// How often each check had something to check (coverage).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub acked: u64,
+    pub confirmed: u64,
+    pub promotions_checked: u64,
+    pub power_checks: u64,
+    pub i2_checks: u64,
+    pub i3_diff_blocks: u64,
+    pub i6_checks: u64,
+    pub i6_nontrivial: u64,
+    pub syncs_done: u64,
+}
+
 pub(crate) struct Checker {
     pub step: usize,
+    pub stats: Stats,
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
     dfl: [Vec<u64>; 2],
     zero_max: Vec<u64>,
     lineage: [Option<Lineage>; 2],
     was_target: [bool; 2],
+    synced_floor: [Option<Vec<u64>>; 2],
     promotion: [Option<PendingPromotion>; 2],
 }
 
@@ -93,12 +109,14 @@ impl Checker {
         let z = || vec![0u64; BLOCKS];
         Checker {
             step: 0,
+            stats: Stats::default(),
             fl_c: [z(), z()],
             fl_b: [z(), z()],
             dfl: [z(), z()],
             zero_max: z(),
             lineage: [None, None],
             was_target: [false, false],
+            synced_floor: [None, None],
             promotion: [None, None],
         }
     }
@@ -140,6 +158,10 @@ impl Checker {
     /// that stayed up since submission.
     pub fn acked(&mut self, n: usize, r: &AppReq, confirmed: bool, protocol: Protocol) {
         let m = 1 - n;
+        self.stats.acked += 1;
+        if confirmed {
+            self.stats.confirmed += 1;
+        }
         match &r.kind {
             AppKind::Write { id, off, len, fua } | AppKind::Zero { id, off, len, fua } => {
                 for b in blocks(*off, *len) {
@@ -193,10 +215,12 @@ impl Checker {
         if power {
             self.fl_c[n] = self.dfl[n].clone();
             self.lineage[n] = None;
+            self.synced_floor[n] = None;
         }
     }
 
     pub fn disk_replaced(&mut self, n: usize) {
+        self.synced_floor[n] = None;
         for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
             f.iter_mut().for_each(|x| *x = 0);
         }
@@ -212,6 +236,7 @@ impl Checker {
         }
         self.lineage[n] = None;
         if force && disk != DiskState::UpToDate {
+            self.synced_floor = [None, None];
             for m in 0..2 {
                 for f in [&mut self.fl_c[m], &mut self.fl_b[m], &mut self.dfl[m]] {
                     f.iter_mut().for_each(|x| *x = 0);
@@ -240,13 +265,24 @@ impl Checker {
         for n in 0..2 {
             let target = sim.replication(n) == Replication::SyncTarget;
             if target && !self.was_target[n] {
-                let f = self.floor(1 - n);
-                self.fl_c[n] = f;
-                self.fl_b[n].iter_mut().for_each(|x| *x = 0);
-                self.dfl[n].iter_mut().for_each(|x| *x = 0);
+                // Until the sync completes the node holds a mix: no floors;
+                // then the source's floors of the sync's start (what it
+                // then held is what the sync brings, besides the writes
+                // replicated meanwhile, which confirm floors directly).
+                self.synced_floor[n] = Some(self.floor(1 - n));
+                for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
+                    f.iter_mut().for_each(|x| *x = 0);
+                }
                 self.lineage[n] = None;
             }
             self.was_target[n] = target;
+            let done = !target && sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            if done {
+                if let Some(f) = self.synced_floor[n].take() {
+                    self.stats.syncs_done += 1;
+                    maxv(&mut self.fl_c[n], &f);
+                }
+            }
         }
     }
 
@@ -285,7 +321,10 @@ impl Checker {
                 }
             }
             match missing {
-                None => self.promotion[n] = None,
+                None => {
+                    self.stats.promotions_checked += 1;
+                    self.promotion[n] = None
+                }
                 Some((b, pos)) if sim.now >= p.deadline || c.quiescent() => {
                     return Err(self.v(
                         "I1",
@@ -302,7 +341,7 @@ impl Checker {
     }
 
     /// At a power loss: the durable image holds the node's durable floors.
-    pub fn power_check(&self, sim: &Sim, n: usize) -> Result<(), Violation> {
+    pub fn power_check(&mut self, sim: &Sim, n: usize) -> Result<(), Violation> {
         let node = &sim.nodes[n];
         let usable = node
             .meta
@@ -312,6 +351,7 @@ impl Checker {
         if !usable {
             return Ok(());
         }
+        self.stats.power_checks += 1;
         for b in 0..BLOCKS {
             let pos = self.pos(b, node.disk.block(b));
             if pos.is_none_or(|p| p < self.dfl[n][b]) {
@@ -328,7 +368,7 @@ impl Checker {
     }
 
     /// I2: connected, Established, quiescent, nothing in flight: identical.
-    fn check_i2(&self, sim: &Sim) -> Result<(), Violation> {
+    fn check_i2(&mut self, sim: &Sim) -> Result<(), Violation> {
         let Some(sid) = sim.link_sid() else { return Ok(()) };
         for node in &sim.nodes {
             let Some(c) = &node.core else { return Ok(()) };
@@ -342,6 +382,15 @@ impl Checker {
         if !sim.idle() {
             return Ok(());
         }
+        // Only a pair with data to agree on: no detached (Failed) disk, and
+        // not two disks that both wait for `primary --force`.
+        let disks: Vec<DiskState> = sim.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| c.disk())).collect();
+        if disks.iter().any(|d| matches!(d, DiskState::Failed | DiskState::Diskless))
+            || !disks.iter().any(|d| matches!(d, DiskState::UpToDate | DiskState::Consistent))
+        {
+            return Ok(());
+        }
+        self.stats.i2_checks += 1;
         if let Some(b) = (0..BLOCKS).find(|&b| sim.nodes[0].disk.block(b) != sim.nodes[1].disk.block(b)) {
             return Err(self.v(
                 "I2",
@@ -356,7 +405,7 @@ impl Checker {
     }
 
     /// I3: every differing block is covered by durable metadata.
-    fn check_i3(&self, sim: &Sim) -> Result<(), Violation> {
+    fn check_i3(&mut self, sim: &Sim) -> Result<(), Violation> {
         let never = |n: usize| {
             let node = &sim.nodes[n];
             node.recreated_pending()
@@ -366,10 +415,18 @@ impl Checker {
             // A full resync to that node follows any connect.
             return Ok(());
         }
+        if let (Some(a), Some(b)) = (&sim.nodes[0].meta.record, &sim.nodes[1].meta.record) {
+            if decide(&a.gen, &b.gen) == Decision::Unrelated {
+                // Never synced over (an operator forced a replaced disk
+                // while the other held data): nothing is claimed.
+                return Ok(());
+            }
+        }
         for b in 0..BLOCKS {
             if sim.nodes[0].disk.block(b) == sim.nodes[1].disk.block(b) {
                 continue;
             }
+            self.stats.i3_diff_blocks += 1;
             let e = b as u64 * BLOCK / EXTENT;
             let covered = sim.nodes.iter().any(|n| n.meta.bit(b) || n.meta.al.contains(&e));
             if !covered {
@@ -406,6 +463,10 @@ impl Checker {
             }
             if let Some(l) = &self.lineage[n] {
                 if let Some((Role::Secondary, DiskState::UpToDate | DiskState::Consistent, _)) = sec {
+                    self.stats.i6_checks += 1;
+                    if sn.disk.cache != pn.disk.cache {
+                        self.stats.i6_nontrivial += 1;
+                    }
                     if !in_history(&l.base, &l.log, &sn.disk.cache) {
                         return Err(self.v(
                             "I6",

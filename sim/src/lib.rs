@@ -36,7 +36,7 @@ use twinblock_replicator::core::{
 use twinblock_replicator::protocol::genid::SplitBrainPolicy;
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
 
-pub use checker::Violation;
+pub use checker::{Stats, Violation};
 use rng::Rng;
 
 pub const BLOCK: u64 = 64;
@@ -44,7 +44,7 @@ pub const EXTENT: u64 = 1024;
 pub const SIZE: u64 = 16 * 1024;
 pub const BLOCKS: usize = (SIZE / BLOCK) as usize;
 /// Steps per seed unless told otherwise.
-pub const DEFAULT_STEPS: usize = 400;
+pub const DEFAULT_STEPS: usize = 1000;
 
 /// What one run is.
 #[derive(Debug, Clone)]
@@ -364,7 +364,7 @@ impl Sim {
             eprintln!("[{:>10.4}] {s}", self.now.as_secs_f64());
         }
         self.log.push(format!("[{:.4}] {s}", self.now.as_secs_f64()));
-        if self.log.len() > 60 {
+        if self.log.len() > 400 {
             self.log.remove(0);
         }
     }
@@ -561,6 +561,11 @@ impl Sim {
             if *e != ReplyError::ReadOnly {
                 self.note(format!("{}: req {req} {:?} -> {:?}", self.nodes[n].name, r.kind, e));
             }
+        }
+        if result.is_ok() && !matches!(r.kind, AppKind::Flush) || self.opts.trace {
+            self.note(format!("{}: req {req} {:?} -> {:?} linked {:?} gen {}", self.nodes[n].name, r.kind, result, r.linked, self.nodes[n].link_gen));
+        } else if result.is_ok() {
+            self.note(format!("{}: req {req} Flush ok", self.nodes[n].name));
         }
         if result.is_ok() {
             let confirmed = r.linked.is_some_and(|(sid, g)| {
@@ -789,7 +794,10 @@ impl Sim {
         self.nodes[n].power_lost = power;
         self.chk.crashed(n, power);
         if power {
-            self.chk.power_check(self, n)?;
+            let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+            let r = chk.power_check(self, n);
+            self.chk = chk;
+            r?;
         }
         if power && self.rng.chance(1, 25) {
             // The disk is replaced; the metadata survives.
@@ -805,9 +813,9 @@ impl Sim {
     /// One random step.
     fn step(&mut self) -> Result<(), Violation> {
         let r = self.rng.below(1000);
-        if r < 600 {
+        if r < 700 {
             self.advance();
-        } else if r < 860 {
+        } else if r < 900 {
             // Workload on the Primary (sometimes on the other node).
             let p = self.nodes.iter().position(|n| n.is_primary());
             let n = match p {
@@ -815,13 +823,13 @@ impl Sim {
                 _ => self.rng.below(2) as usize,
             };
             self.submit(n);
-        } else if r < 940 {
+        } else if r < 950 {
             self.operator()?;
-        } else if r < 970 {
+        } else if r < 960 {
             let n = self.rng.below(2) as usize;
             let power = self.rng.chance(1, 3);
             self.crash(n, power)?;
-        } else if r < 990 {
+        } else if r < 967 {
             // Link trouble.
             if self.link.is_some() {
                 if self.rng.chance(1, 2) {
@@ -861,7 +869,11 @@ impl Sim {
                 return Ok(());
             }
             let disk = core.disk();
-            let force = disk != DiskState::UpToDate && self.rng.chance(1, 4);
+            // A sane operator forces a node only when the other holds no
+            // better data that it can see.
+            let other_good = self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            let core = self.nodes[n].core.as_mut().expect("alive");
+            let force = disk != DiskState::UpToDate && !other_good && self.rng.chance(1, 4);
             let res = core.promote(force, now_ms);
             let name = self.nodes[n].name;
             self.note(format!("{name}: primary{} ({disk:?}) -> {res:?}", if force { " --force" } else { "" }));
@@ -991,6 +1003,7 @@ thread_local! {
 /// The outcome of one seed.
 pub struct Outcome {
     pub seed: u64,
+    pub stats: Stats,
     pub failure: Option<(Violation, Vec<String>)>,
 }
 
@@ -1006,11 +1019,11 @@ pub fn run_seed(seed: u64, steps: usize, plant: Plant, trace: bool) -> Outcome {
     let res = std::panic::catch_unwind(|| {
         let mut sim = Sim::new(Options { seed, steps, plant, trace });
         let r = sim.run();
-        r.map_err(|v| (v, sim.recent().to_vec()))
+        (sim.chk.stats, r.map_err(|v| (v, sim.recent().to_vec())))
     });
     match res {
-        Ok(Ok(())) => Outcome { seed, failure: None },
-        Ok(Err(f)) => Outcome { seed, failure: Some(f) },
+        Ok((stats, Ok(()))) => Outcome { seed, stats, failure: None },
+        Ok((stats, Err(f))) => Outcome { seed, stats, failure: Some(f) },
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()
@@ -1018,7 +1031,7 @@ pub fn run_seed(seed: u64, steps: usize, plant: Plant, trace: bool) -> Outcome {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".into());
             let msg = format!("{msg} at {}", PANIC_AT.with(|p| p.borrow().clone()));
-            Outcome { seed, failure: Some((Violation { step: 0, rule: "panic", what: msg }, Vec::new())) }
+            Outcome { seed, stats: Stats::default(), failure: Some((Violation { step: 0, rule: "panic", what: msg }, Vec::new())) }
         }
     }
 }

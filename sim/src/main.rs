@@ -61,8 +61,19 @@ fn main() -> ExitCode {
     };
     let t0 = Instant::now();
     let mut failed = 0u64;
+    let mut total = twinblock_sim::Stats::default();
     for &seed in &list {
         let o = run_seed(seed, steps, plant, trace || single.is_some() && std::env::var_os("SIM_TRACE").is_some());
+        let st = o.stats;
+        total.acked += st.acked;
+        total.confirmed += st.confirmed;
+        total.promotions_checked += st.promotions_checked;
+        total.power_checks += st.power_checks;
+        total.i2_checks += st.i2_checks;
+        total.i3_diff_blocks += st.i3_diff_blocks;
+        total.i6_checks += st.i6_checks;
+        total.i6_nontrivial += st.i6_nontrivial;
+        total.syncs_done += st.syncs_done;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {
@@ -74,7 +85,7 @@ fn main() -> ExitCode {
             println!("  replay: {}", replay_line(seed, plant));
         }
     }
-    eprintln!("({:.1}s)", t0.elapsed().as_secs_f64());
+    eprintln!("({:.1}s) coverage: {total:?}", t0.elapsed().as_secs_f64());
     println!("{} seeds, {} failed", list.len(), failed);
     if failed > 0 {
         ExitCode::FAILURE
