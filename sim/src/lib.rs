@@ -364,7 +364,7 @@ impl Sim {
             eprintln!("[{:>10.4}] {s}", self.now.as_secs_f64());
         }
         self.log.push(format!("[{:.4}] {s}", self.now.as_secs_f64()));
-        if self.log.len() > 400 {
+        if self.log.len() > 400 && !self.opts.trace {
             self.log.remove(0);
         }
     }
@@ -433,6 +433,15 @@ impl Sim {
     }
 
     fn perform(&mut self, n: usize, a: Action) {
+        if self.opts.trace {
+            let d = match &a {
+                Action::Store { io, op } => format!("store#{io} {}", short_op(op)),
+                Action::Persist { io, what } => format!("persist#{io} {}", short_persist(what)),
+                Action::Send { session, msg } => format!("send[{session}] {}", short_msg(msg)),
+                other => format!("{other:?}"),
+            };
+            self.note(format!("  {} > {d}", self.nodes[n].name));
+        }
         match a {
             Action::Store { io, op } => {
                 let at = self.now + self.io_delay();
@@ -685,6 +694,9 @@ impl Sim {
                         }
                     }
                 }
+                if self.opts.trace {
+                    self.note(format!("  {} < io#{} {:?}", self.nodes[n].name, io.io, io.result.as_ref().map(|_| ())));
+                }
                 if let Some(c) = self.nodes[n].core.as_mut() {
                     c.handle_io(now, io.io, io.result);
                 }
@@ -703,6 +715,9 @@ impl Sim {
                 if l.queue[to].front().is_some_and(|(at, _)| *at <= now) {
                     let (_, msg) = l.queue[to].pop_front().expect("front");
                     let sid = l.sid;
+                    if self.opts.trace {
+                        self.note(format!("  {} < [{sid}] {}", self.nodes[to].name, short_msg(&msg)));
+                    }
                     if let Some(c) = self.nodes[to].core.as_mut() {
                         c.handle_frame(now, sid, msg);
                     }
@@ -957,10 +972,24 @@ fn short_op(op: &StoreOp) -> String {
     }
 }
 
+fn short_msg(m: &Message) -> String {
+    match m {
+        Message::Data { seq, op } => match op {
+            twinblock_replicator::protocol::wire::Op::Write { offset, data, fua, .. } => {
+                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / BLOCK) as usize, &data[..BLOCK as usize]).unwrap_or(u64::MAX))
+            }
+            op => format!("Data#{seq} {op:?}"),
+        },
+        Message::Hello(h) => format!("Hello {:?} {:?} gen {:x?}", h.role, h.disk, h.gen),
+        Message::Bits { runs, last } => format!("Bits {runs:?} last={last}"),
+        m => format!("{m:?}"),
+    }
+}
+
 fn short_persist(p: &Persist) -> String {
     match p {
         Persist::Meta(m) => format!("meta {:?} {:x?}", m.disk, m.gen),
-        Persist::Bitmap { .. } => "bitmap".into(),
+        Persist::Bitmap { pages } => format!("bitmap {:x?}", pages.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>()),
         Persist::Al { remove, add } => format!("al -{remove:?} +{add:?}"),
     }
 }

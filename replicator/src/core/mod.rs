@@ -509,9 +509,15 @@ impl Core {
                     self.disk
                 )));
             }
+            let was = self.disk;
             self.disk = DiskState::UpToDate;
             let id = self.random_id();
             self.gen.new_current(id);
+            if was == DiskState::Inconsistent {
+                // A partly synced disk: no bitmap says where it differs
+                // from the peer, so the peer takes all of it.
+                self.gen.bitmap = 0;
+            }
             bounce = self.session.is_some();
         } else if self.gen.current == NEVER_SYNCED {
             let id = self.random_id();

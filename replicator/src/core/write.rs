@@ -197,7 +197,9 @@ impl Core {
         let mut peer = PeerPart::Free;
         let protocol = self.cfg.protocol;
         let plant = self.cfg.plant;
-        if let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) {
+        // Only a Primary replicates: a Secondary's FLUSH is its own.
+        let replicate = self.role == Role::Primary;
+        if let Some(s) = self.session.as_mut().filter(|s| replicate && s.phase == Phase::Running) {
             let mut need = match (protocol, &op) {
                 (Protocol::A, _) => Need::Queued,
                 (Protocol::B, Op::Flush) => Need::Done,
@@ -303,7 +305,7 @@ impl Core {
         if lost.is_empty() {
             return;
         }
-        if !self.apart() {
+        if self.role == Role::Primary && !self.apart() {
             let id = self.random_id();
             self.gen.new_current(id);
             tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
@@ -435,7 +437,8 @@ impl Core {
         }
         if lost_app {
             self.p.want_bitmap = true;
-            if !self.apart() {
+            // Only a Primary's data moves on without the peer.
+            if self.role == Role::Primary && !self.apart() {
                 let id = self.random_id();
                 self.gen.new_current(id);
                 tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
