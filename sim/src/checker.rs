@@ -79,6 +79,10 @@ pub struct Stats {
     pub i6_checks: u64,
     pub i6_nontrivial: u64,
     pub syncs_done: u64,
+    pub steps: u64,
+    pub connected_steps: u64,
+    pub primary_steps: u64,
+    pub split_brain_steps: u64,
 }
 
 pub(crate) struct Checker {
@@ -229,6 +233,10 @@ impl Checker {
 
     pub fn discarded(&mut self, _n: usize) {}
 
+    pub fn lineage_broken(&mut self, n: usize) {
+        self.lineage[n] = None;
+    }
+
     /// Node `n` was promoted (`disk`: its disk state before).
     pub fn promoted(&mut self, sim: &Sim, n: usize, force: bool, disk: DiskState) -> Result<(), Violation> {
         if !force && matches!(disk, DiskState::Inconsistent | DiskState::Outdated | DiskState::Failed | DiskState::Diskless) {
@@ -251,6 +259,16 @@ impl Checker {
     // ----- the checks -----
 
     pub fn observe(&mut self, sim: &Sim) -> Result<(), Violation> {
+        self.stats.steps += 1;
+        if sim.replication(0) != Replication::Off && sim.replication(1) != Replication::Off {
+            self.stats.connected_steps += 1;
+        }
+        if sim.nodes.iter().any(|n| n.is_primary()) {
+            self.stats.primary_steps += 1;
+        }
+        if sim.nodes.iter().any(|n| n.core.as_ref().is_some_and(|c| c.status().split_brain)) {
+            self.stats.split_brain_steps += 1;
+        }
         self.follow_syncs(sim);
         self.check_i4_i5(sim)?;
         self.check_promotions(sim)?;

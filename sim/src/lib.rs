@@ -497,6 +497,11 @@ impl Sim {
                     }
                 }
                 if let Err(e) = result {
+                    if matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. }) {
+                        // The disk skipped a write: its content is no
+                        // longer a state of any history.
+                        self.chk.lineage_broken(n);
+                    }
                     self.note(format!("{}: store {:?} fails errno {}", self.nodes[n].name, short_op(&op), e.0));
                 }
                 self.nodes[n].ios.push(PendingIo { io, at, result, durable, persist: None });
@@ -580,6 +585,7 @@ impl Sim {
             let confirmed = r.linked.is_some_and(|(sid, g)| {
                 g == self.nodes[n].link_gen
                     && self.nodes[n].core.as_ref().and_then(|c| c.session_id()) == Some(sid)
+                    && self.nodes[n].is_primary()
             });
             self.chk.acked(n, &r, confirmed, self.protocol);
         }
@@ -592,8 +598,12 @@ impl Sim {
         if self.nodes[n].reqs.len() >= 8 {
             return;
         }
+        // Only a Primary replicates its requests.
         let linked = match core.session_id() {
-            Some(sid) if core.connection() == twinblock_replicator::core::Connection::Connected => {
+            Some(sid)
+                if core.connection() == twinblock_replicator::core::Connection::Connected
+                    && core.role() == Role::Primary =>
+            {
                 Some((sid, self.nodes[n].link_gen))
             }
             _ => None,
@@ -872,12 +882,16 @@ impl Sim {
     }
 
     fn operator(&mut self) -> Result<(), Violation> {
-        let n = self.rng.below(2) as usize;
+        let mut n = self.rng.below(2) as usize;
+        let r = self.rng.below(100);
+        if r < 40 && !self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate) {
+            // The controller prefers an UpToDate node.
+            n = 1 - n;
+        }
         let other_primary = self.nodes[1 - n].is_primary();
         let now_ms = self.now.as_millis() as u64 + 1;
         let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
-        let r = self.rng.below(100);
-        if r < 30 {
+        if r < 40 {
             // primary [--force], as a controller would: never while the
             // other node is Primary.
             if other_primary || core.role() == Role::Primary {
@@ -899,13 +913,13 @@ impl Sim {
                 self.chk = chk;
                 r?;
             }
-        } else if r < 50 {
+        } else if r < 48 {
             if core.role() == Role::Primary {
                 let res = core.demote();
                 self.note(format!("{}: secondary -> {res:?}", self.nodes[n].name));
                 self.drain(n);
             }
-        } else if r < 60 {
+        } else if r < 54 {
             core.disconnect();
             self.note(format!("{}: disconnect", self.nodes[n].name));
             self.drain(n);

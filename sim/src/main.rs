@@ -74,6 +74,10 @@ fn main() -> ExitCode {
         total.i6_checks += st.i6_checks;
         total.i6_nontrivial += st.i6_nontrivial;
         total.syncs_done += st.syncs_done;
+        total.steps += st.steps;
+        total.connected_steps += st.connected_steps;
+        total.primary_steps += st.primary_steps;
+        total.split_brain_steps += st.split_brain_steps;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {
