@@ -94,7 +94,7 @@ pub(crate) struct Checker {
     zero_max: Vec<u64>,
     lineage: [Option<Lineage>; 2],
     was_target: [bool; 2],
-    synced_floor: [Option<Vec<u64>>; 2],
+    synced_floor: [Option<(u64, Vec<u64>)>; 2],
     promotion: [Option<PendingPromotion>; 2],
 }
 
@@ -209,6 +209,7 @@ impl Checker {
     }
 
     pub fn crashed(&mut self, n: usize, power: bool) {
+        self.synced_floor[n] = None;
         self.fl_b[n].iter_mut().for_each(|x| *x = 0);
         self.promotion[n] = None;
         for l in &mut self.lineage {
@@ -287,16 +288,22 @@ impl Checker {
                 // then the source's floors of the sync's start (what it
                 // then held is what the sync brings, besides the writes
                 // replicated meanwhile, which confirm floors directly).
-                self.synced_floor[n] = Some(self.floor(1 - n));
+                let sid = sim.nodes[n].core.as_ref().and_then(|c| c.session_id()).unwrap_or(0);
+                self.synced_floor[n] = Some((sid, self.floor(1 - n)));
                 for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
                 self.lineage[n] = None;
             }
             self.was_target[n] = target;
-            let done = !target && sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            // Completed: the same session is Established and UpToDate.
+            let done = sim.nodes[n].core.as_ref().is_some_and(|c| {
+                c.disk() == DiskState::UpToDate
+                    && c.replication() == Replication::Established
+                    && self.synced_floor[n].as_ref().is_some_and(|(sid, _)| c.session_id() == Some(*sid))
+            });
             if done {
-                if let Some(f) = self.synced_floor[n].take() {
+                if let Some((_, f)) = self.synced_floor[n].take() {
                     self.stats.syncs_done += 1;
                     maxv(&mut self.fl_c[n], &f);
                 }
