@@ -135,8 +135,14 @@ impl Core {
         if self.cfg.plant == Plant::SkipAlMark {
             return Admit::Go;
         }
-        let missing: Vec<u64> =
-            extents.iter().copied().filter(|e| !self.al.durable.contains(e)).collect();
+        // An extent an update in flight takes out of the log is not held:
+        // the op waits for the update, then adds it back.
+        let leaving: &[u64] = self.al.saving.as_ref().map_or(&[], |(_, remove, _)| remove);
+        let missing: Vec<u64> = extents
+            .iter()
+            .copied()
+            .filter(|e| !self.al.durable.contains(e) || leaving.contains(e))
+            .collect();
         if missing.is_empty() {
             self.al.touch(extents);
             return Admit::Go;
