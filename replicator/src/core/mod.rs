@@ -27,6 +27,8 @@ mod resync;
 pub mod session;
 pub mod types;
 mod verify;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::collections::{HashMap, VecDeque};
