@@ -28,6 +28,8 @@ mod stop;
 pub mod session;
 pub mod types;
 mod verify;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::collections::{HashMap, VecDeque};
@@ -510,9 +512,15 @@ impl Core {
                     self.disk
                 )));
             }
+            let was = self.disk;
             self.disk = DiskState::UpToDate;
             let id = self.random_id();
             self.gen.new_current(id);
+            if was == DiskState::Inconsistent {
+                // A partly synced disk: no bitmap says where it differs
+                // from the peer, so the peer takes all of it.
+                self.gen.bitmap = 0;
+            }
             bounce = self.session.is_some();
         } else if self.gen.current == NEVER_SYNCED {
             let id = self.random_id();

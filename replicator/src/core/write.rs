@@ -135,8 +135,14 @@ impl Core {
         if self.cfg.plant == Plant::SkipAlMark {
             return Admit::Go;
         }
-        let missing: Vec<u64> =
-            extents.iter().copied().filter(|e| !self.al.durable.contains(e)).collect();
+        // An extent an update in flight takes out of the log is not held:
+        // the op waits for the update, then adds it back.
+        let leaving: &[u64] = self.al.saving.as_ref().map_or(&[], |(_, remove, _)| remove);
+        let missing: Vec<u64> = extents
+            .iter()
+            .copied()
+            .filter(|e| !self.al.durable.contains(e) || leaving.contains(e))
+            .collect();
         if missing.is_empty() {
             self.al.touch(extents);
             return Admit::Go;
@@ -197,7 +203,9 @@ impl Core {
         let mut peer = PeerPart::Free;
         let protocol = self.cfg.protocol;
         let plant = self.cfg.plant;
-        if let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) {
+        // Only a Primary replicates: a Secondary's FLUSH is its own.
+        let replicate = self.role == Role::Primary;
+        if let Some(s) = self.session.as_mut().filter(|s| replicate && s.phase == Phase::Running) {
             let mut need = match (protocol, &op) {
                 (Protocol::A, _) => Need::Queued,
                 (Protocol::B, Op::Flush) => Need::Done,
@@ -303,7 +311,7 @@ impl Core {
         if lost.is_empty() {
             return;
         }
-        if !self.apart() {
+        if self.role == Role::Primary && !self.apart() {
             let id = self.random_id();
             self.gen.new_current(id);
             tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
@@ -435,7 +443,8 @@ impl Core {
         }
         if lost_app {
             self.p.want_bitmap = true;
-            if !self.apart() {
+            // Only a Primary's data moves on without the peer.
+            if self.role == Role::Primary && !self.apart() {
                 let id = self.random_id();
                 self.gen.new_current(id);
                 tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");

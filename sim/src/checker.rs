@@ -1,0 +1,548 @@
+//! The invariants of shared/DESIGN.md, checked after every step.
+//!
+//! Positions: every application write/zero gets a unique id at submission,
+//! increasing; one Primary admits its requests in FIFO order, so the ids
+//! are its apply order, and a later Primary's ids are larger. A block
+//! holding write `id` is at position `id`; a zeroed block at the position
+//! of the newest zero operation ever submitted on it (generous: zeroes do
+//! not say which zero they are); anything else is garbage (a violation).
+//!
+//! Floors (I1): per node and block, the newest position the node must hold:
+//! - `fl_c`: survives a process crash of the node (page cache), not a power
+//!   loss: the node's own acknowledged writes (as Primary), and writes the
+//!   peer confirmed in protocol C over a link that stayed up from
+//!   submission to reply;
+//! - `fl_b`: lost at any crash of the node: writes confirmed in protocol B;
+//! - `dfl`: survives power loss: FUA writes (local; and the peer's in C),
+//!   and everything a successful FLUSH covered (the floors at its
+//!   submission: local; and the peer's in B and C over an unbroken link).
+//!
+//! A promotion without `--force` (or with it, of an UpToDate disk) must
+//! find the new Primary holding its floors — checked once what the node
+//! had received is applied (at the latest when it is quiescent or 3 s
+//! later); at a power loss the durable image must hold `dfl` if its
+//! metadata says the data is usable. Floors move with the data: a
+//! SyncTarget takes the source's floors; `--force` on a disk that is not
+//! UpToDate resets all floors (the operator accepted the loss); a
+//! replaced disk has none.
+
+use std::fmt;
+use std::time::Duration;
+
+use twinblock_replicator::config::Protocol;
+use twinblock_replicator::core::{Replication, Time};
+use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
+use twinblock_replicator::protocol::wire::{DiskState, Role};
+
+use super::{decode, AppKind, AppReq, Sim, BLOCK, BLOCKS, EXTENT};
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub step: usize,
+    pub rule: &'static str,
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {}: {} violated: {}", self.step, self.rule, self.what)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct FlushSnap {
+    own: Vec<u64>,
+    peer: Vec<u64>,
+}
+
+/// The Primary's apply history since the Secondary was last identical to it.
+struct Lineage {
+    primary: usize,
+    base: Vec<u8>,
+    log: Vec<(u64, Vec<u8>)>,
+}
+
+struct PendingPromotion {
+    deadline: Time,
+    floor: Vec<u64>,
+}
+
+/// How often each check had something to check (coverage).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub acked: u64,
+    pub confirmed: u64,
+    pub promotions_checked: u64,
+    pub power_checks: u64,
+    pub i2_checks: u64,
+    pub i3_diff_blocks: u64,
+    pub i6_checks: u64,
+    pub i6_nontrivial: u64,
+    pub syncs_done: u64,
+    pub steps: u64,
+    pub connected_steps: u64,
+    pub primary_steps: u64,
+    pub split_brain_steps: u64,
+}
+
+pub(crate) struct Checker {
+    pub step: usize,
+    pub stats: Stats,
+    fl_c: [Vec<u64>; 2],
+    fl_b: [Vec<u64>; 2],
+    dfl: [Vec<u64>; 2],
+    zero_max: Vec<u64>,
+    lineage: [Option<Lineage>; 2],
+    was_target: [bool; 2],
+    synced_floor: [Option<(u64, Vec<u64>)>; 2],
+    promotion: [Option<PendingPromotion>; 2],
+}
+
+fn maxv(a: &mut [u64], b: &[u64]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x = (*x).max(*y);
+    }
+}
+
+fn blocks(off: u64, len: u64) -> std::ops::Range<usize> {
+    (off / BLOCK) as usize..((off + len).div_ceil(BLOCK)) as usize
+}
+
+impl Checker {
+    pub fn new() -> Checker {
+        let z = || vec![0u64; BLOCKS];
+        Checker {
+            step: 0,
+            stats: Stats::default(),
+            fl_c: [z(), z()],
+            fl_b: [z(), z()],
+            dfl: [z(), z()],
+            zero_max: z(),
+            lineage: [None, None],
+            was_target: [false, false],
+            synced_floor: [None, None],
+            promotion: [None, None],
+        }
+    }
+
+    fn v(&self, rule: &'static str, what: String) -> Violation {
+        Violation { step: self.step, rule, what }
+    }
+
+    fn floor(&self, n: usize) -> Vec<u64> {
+        let mut f = self.fl_c[n].clone();
+        maxv(&mut f, &self.fl_b[n]);
+        maxv(&mut f, &self.dfl[n]);
+        f
+    }
+
+    /// The position a block's content stands for.
+    fn pos(&self, b: usize, data: &[u8]) -> Option<u64> {
+        match decode(b, data)? {
+            0 => Some(self.zero_max[b]),
+            id => Some(id),
+        }
+    }
+
+    // ----- events from the simulation -----
+
+    pub fn zero_submitted(&mut self, id: u64, off: u64, len: u64) {
+        for b in blocks(off, len) {
+            self.zero_max[b] = self.zero_max[b].max(id);
+        }
+    }
+
+    pub fn flush_snap(&self, n: usize) -> FlushSnap {
+        let mut own = self.fl_c[n].clone();
+        maxv(&mut own, &self.dfl[n]);
+        FlushSnap { own, peer: self.floor(1 - n) }
+    }
+
+    /// Node `n` acknowledged `r` successfully; `confirmed`: over a link
+    /// that stayed up since submission.
+    pub fn acked(&mut self, n: usize, r: &AppReq, confirmed: bool, protocol: Protocol) {
+        let m = 1 - n;
+        self.stats.acked += 1;
+        if confirmed {
+            self.stats.confirmed += 1;
+        }
+        match &r.kind {
+            AppKind::Write { id, off, len, fua } | AppKind::Zero { id, off, len, fua } => {
+                for b in blocks(*off, *len) {
+                    self.fl_c[n][b] = self.fl_c[n][b].max(*id);
+                    if *fua {
+                        self.dfl[n][b] = self.dfl[n][b].max(*id);
+                    }
+                    if confirmed {
+                        match protocol {
+                            Protocol::C => {
+                                self.fl_c[m][b] = self.fl_c[m][b].max(*id);
+                                if *fua {
+                                    self.dfl[m][b] = self.dfl[m][b].max(*id);
+                                }
+                            }
+                            Protocol::B => self.fl_b[m][b] = self.fl_b[m][b].max(*id),
+                            Protocol::A => {}
+                        }
+                    }
+                }
+            }
+            AppKind::Flush => {
+                let snap = r.snapshot.as_ref().expect("flush snapshot");
+                let own = snap.own.clone();
+                maxv(&mut self.dfl[n], &own);
+                if confirmed && protocol != Protocol::A {
+                    let peer = snap.peer.clone();
+                    maxv(&mut self.dfl[m], &peer);
+                }
+            }
+        }
+    }
+
+    /// A store write/zero the Primary `n` performed (its apply history).
+    pub fn primary_applied(&mut self, n: usize, off: u64, data: &[u8]) {
+        for l in self.lineage.iter_mut().flatten() {
+            if l.primary == n {
+                l.log.push((off, data.to_vec()));
+            }
+        }
+    }
+
+    pub fn crashed(&mut self, n: usize, power: bool) {
+        self.synced_floor[n] = None;
+        self.fl_b[n].iter_mut().for_each(|x| *x = 0);
+        self.promotion[n] = None;
+        for l in &mut self.lineage {
+            if l.as_ref().is_some_and(|l| l.primary == n) {
+                *l = None;
+            }
+        }
+        if power {
+            self.fl_c[n] = self.dfl[n].clone();
+            self.lineage[n] = None;
+            self.synced_floor[n] = None;
+        }
+    }
+
+    pub fn disk_replaced(&mut self, n: usize) {
+        self.synced_floor[n] = None;
+        for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
+            f.iter_mut().for_each(|x| *x = 0);
+        }
+        self.lineage[n] = None;
+    }
+
+    pub fn discarded(&mut self, _n: usize) {}
+
+    pub fn lineage_broken(&mut self, n: usize) {
+        self.lineage[n] = None;
+    }
+
+    /// Node `n` was promoted (`disk`: its disk state before).
+    pub fn promoted(&mut self, sim: &Sim, n: usize, force: bool, disk: DiskState) -> Result<(), Violation> {
+        if !force && matches!(disk, DiskState::Inconsistent | DiskState::Outdated | DiskState::Failed | DiskState::Diskless) {
+            return Err(self.v("I5", format!("{} promoted without --force from {disk:?}", sim.nodes[n].name)));
+        }
+        self.lineage[n] = None;
+        if force && disk != DiskState::UpToDate {
+            self.synced_floor = [None, None];
+            for m in 0..2 {
+                for f in [&mut self.fl_c[m], &mut self.fl_b[m], &mut self.dfl[m]] {
+                    f.iter_mut().for_each(|x| *x = 0);
+                }
+            }
+            return Ok(());
+        }
+        self.promotion[n] = Some(PendingPromotion { deadline: sim.now + Duration::from_secs(3), floor: self.floor(n) });
+        Ok(())
+    }
+
+    // ----- the checks -----
+
+    pub fn observe(&mut self, sim: &Sim) -> Result<(), Violation> {
+        self.stats.steps += 1;
+        if sim.replication(0) != Replication::Off && sim.replication(1) != Replication::Off {
+            self.stats.connected_steps += 1;
+        }
+        if sim.nodes.iter().any(|n| n.is_primary()) {
+            self.stats.primary_steps += 1;
+        }
+        if sim.nodes.iter().any(|n| n.core.as_ref().is_some_and(|c| c.status().split_brain)) {
+            self.stats.split_brain_steps += 1;
+        }
+        self.follow_syncs(sim);
+        self.check_i4_i5(sim)?;
+        self.check_promotions(sim)?;
+        self.check_i2(sim)?;
+        self.check_i3(sim)?;
+        self.check_i6(sim)?;
+        Ok(())
+    }
+
+    /// A SyncTarget's data becomes the source's: so do its floors.
+    fn follow_syncs(&mut self, sim: &Sim) {
+        for n in 0..2 {
+            let target = sim.replication(n) == Replication::SyncTarget;
+            if target && !self.was_target[n] {
+                // Until the sync completes the node holds a mix: no floors;
+                // then the source's floors of the sync's start (what it
+                // then held is what the sync brings, besides the writes
+                // replicated meanwhile, which confirm floors directly).
+                let sid = sim.nodes[n].core.as_ref().and_then(|c| c.session_id()).unwrap_or(0);
+                self.synced_floor[n] = Some((sid, self.floor(1 - n)));
+                for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
+                    f.iter_mut().for_each(|x| *x = 0);
+                }
+                self.lineage[n] = None;
+            }
+            self.was_target[n] = target;
+            // Completed: the same session is Established and UpToDate.
+            let done = sim.nodes[n].core.as_ref().is_some_and(|c| {
+                c.disk() == DiskState::UpToDate
+                    && c.replication() == Replication::Established
+                    && self.synced_floor[n].as_ref().is_some_and(|(sid, _)| c.session_id() == Some(*sid))
+            });
+            if done {
+                if let Some((_, f)) = self.synced_floor[n].take() {
+                    self.stats.syncs_done += 1;
+                    maxv(&mut self.fl_c[n], &f);
+                }
+            }
+        }
+    }
+
+    fn check_i4_i5(&self, sim: &Sim) -> Result<(), Violation> {
+        let writers = sim.nodes.iter().filter(|n| n.core.as_ref().is_some_and(|c| c.accepts_writes())).count();
+        if writers > 1 {
+            return Err(self.v("I4", "both nodes accept writes".into()));
+        }
+        for node in &sim.nodes {
+            if let Some(c) = &node.core {
+                let d = c.disk();
+                if matches!(d, DiskState::Inconsistent | DiskState::Outdated | DiskState::Failed | DiskState::Diskless)
+                    && c.may_read().is_ok()
+                {
+                    return Err(self.v("I5", format!("{} serves reads from a {d:?} disk", node.name)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_promotions(&mut self, sim: &Sim) -> Result<(), Violation> {
+        for n in 0..2 {
+            let Some(p) = &self.promotion[n] else { continue };
+            let node = &sim.nodes[n];
+            let Some(c) = node.core.as_ref().filter(|c| c.role() == Role::Primary && c.disk() != DiskState::Failed) else {
+                self.promotion[n] = None;
+                continue;
+            };
+            let mut missing = None;
+            for b in 0..BLOCKS {
+                let pos = self.pos(b, node.disk.block(b));
+                if pos.is_none_or(|p| p < self.promotion[n].as_ref().expect("p").floor[b]) {
+                    missing = Some((b, pos));
+                    break;
+                }
+            }
+            match missing {
+                None => {
+                    self.stats.promotions_checked += 1;
+                    self.promotion[n] = None
+                }
+                Some((b, pos)) if sim.now >= p.deadline || c.quiescent() => {
+                    return Err(self.v(
+                        "I1",
+                        format!(
+                            "{} promoted: block {b} holds {pos:?}, an acknowledged write {} was older-or-equal floor",
+                            node.name, p.floor[b]
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// At a power loss: the durable image holds the node's durable floors.
+    pub fn power_check(&mut self, sim: &Sim, n: usize) -> Result<(), Violation> {
+        let node = &sim.nodes[n];
+        let usable = node
+            .meta
+            .record
+            .as_ref()
+            .is_some_and(|m| matches!(m.disk, DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated));
+        if !usable {
+            return Ok(());
+        }
+        self.stats.power_checks += 1;
+        for b in 0..BLOCKS {
+            let pos = self.pos(b, node.disk.block(b));
+            if pos.is_none_or(|p| p < self.dfl[n][b]) {
+                return Err(self.v(
+                    "I1",
+                    format!(
+                        "{} lost power: block {b} holds {pos:?}, below an acknowledged FLUSH/FUA floor {}",
+                        node.name, self.dfl[n][b]
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// I2: connected, Established, quiescent, nothing in flight: identical.
+    fn check_i2(&mut self, sim: &Sim) -> Result<(), Violation> {
+        let Some(sid) = sim.link_sid() else { return Ok(()) };
+        for node in &sim.nodes {
+            let Some(c) = &node.core else { return Ok(()) };
+            if c.session_id() != Some(sid)
+                || c.replication() != Replication::Established
+                || !c.quiescent()
+            {
+                return Ok(());
+            }
+        }
+        if !sim.idle() {
+            return Ok(());
+        }
+        // Only a pair with data to agree on: no detached (Failed) disk, and
+        // not two disks that both wait for `primary --force`.
+        let disks: Vec<DiskState> = sim.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| c.disk())).collect();
+        if disks.iter().any(|d| matches!(d, DiskState::Failed | DiskState::Diskless))
+            || !disks.iter().any(|d| matches!(d, DiskState::UpToDate | DiskState::Consistent))
+        {
+            return Ok(());
+        }
+        self.stats.i2_checks += 1;
+        if let Some(b) = (0..BLOCKS).find(|&b| sim.nodes[0].disk.block(b) != sim.nodes[1].disk.block(b)) {
+            return Err(self.v(
+                "I2",
+                format!(
+                    "connected and quiescent but block {b} differs: a={:?} b={:?}",
+                    decode(b, sim.nodes[0].disk.block(b)),
+                    decode(b, sim.nodes[1].disk.block(b))
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// I3: every differing block is covered by durable metadata.
+    fn check_i3(&mut self, sim: &Sim) -> Result<(), Violation> {
+        let never = |n: usize| {
+            let node = &sim.nodes[n];
+            node.recreated_pending()
+                || node.meta.record.as_ref().is_none_or(|m| m.gen.current == NEVER_SYNCED && !m.fresh)
+        };
+        if never(0) || never(1) {
+            // A full resync to that node follows any connect.
+            return Ok(());
+        }
+        if let (Some(a), Some(b)) = (&sim.nodes[0].meta.record, &sim.nodes[1].meta.record) {
+            if decide(&a.gen, &b.gen) == Decision::Unrelated {
+                // Never synced over (an operator forced a replaced disk
+                // while the other held data): nothing is claimed.
+                return Ok(());
+            }
+        }
+        for b in 0..BLOCKS {
+            if sim.nodes[0].disk.block(b) == sim.nodes[1].disk.block(b) {
+                continue;
+            }
+            self.stats.i3_diff_blocks += 1;
+            let e = b as u64 * BLOCK / EXTENT;
+            let covered = sim.nodes.iter().any(|n| n.meta.bit(b) || n.meta.al.contains(&e));
+            if !covered {
+                return Err(self.v(
+                    "I3",
+                    format!(
+                        "block {b} differs (a={:?} b={:?}) and no durable bitmap bit or AL extent covers it",
+                        decode(b, sim.nodes[0].disk.block(b)),
+                        decode(b, sim.nodes[1].disk.block(b))
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// I6: a Secondary holds a state of the Primary's apply history.
+    fn check_i6(&mut self, sim: &Sim) -> Result<(), Violation> {
+        for n in 0..2 {
+            let p = 1 - n;
+            let (sn, pn) = (&sim.nodes[n], &sim.nodes[p]);
+            let primary_ok = pn
+                .core
+                .as_ref()
+                .is_some_and(|c| c.role() == Role::Primary && c.disk() != DiskState::Failed);
+            let sec = sn.core.as_ref().map(|c| (c.role(), c.disk(), c.replication()));
+            let invalid = !primary_ok
+                || matches!(sec, Some((Role::Primary, _, _)))
+                || matches!(sec, Some((_, DiskState::Inconsistent | DiskState::Failed, _)))
+                || matches!(sec, Some((_, _, Replication::SyncTarget)));
+            if invalid {
+                self.lineage[n] = None;
+                continue;
+            }
+            if let Some(l) = &self.lineage[n] {
+                if let Some((Role::Secondary, DiskState::UpToDate | DiskState::Consistent, _)) = sec {
+                    self.stats.i6_checks += 1;
+                    if sn.disk.cache != pn.disk.cache {
+                        self.stats.i6_nontrivial += 1;
+                    }
+                    if !in_history(&l.base, &l.log, &sn.disk.cache) {
+                        return Err(self.v(
+                            "I6",
+                            format!(
+                                "{} holds no state of {}'s apply history ({} operations since they were identical)",
+                                sn.name,
+                                pn.name,
+                                l.log.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+            // (Re)base when identical and nothing is under way.
+            let quiet = sn.core.as_ref().is_some_and(|c| c.quiescent())
+                && pn.core.as_ref().is_some_and(|c| c.quiescent())
+                && sim.idle();
+            if quiet && sn.disk.cache == pn.disk.cache && sec.is_some() {
+                self.lineage[n] = Some(Lineage { primary: p, base: pn.disk.cache.clone(), log: Vec::new() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `content` equals `base` after some prefix of `log`.
+fn in_history(base: &[u8], log: &[(u64, Vec<u8>)], content: &[u8]) -> bool {
+    let bs = BLOCK as usize;
+    let mut cur = base.to_vec();
+    let mut mm: Vec<bool> = (0..BLOCKS).map(|b| cur[b * bs..(b + 1) * bs] != content[b * bs..(b + 1) * bs]).collect();
+    let mut count = mm.iter().filter(|x| **x).count();
+    if count == 0 {
+        return true;
+    }
+    for (off, data) in log {
+        let o = *off as usize;
+        cur[o..o + data.len()].copy_from_slice(data);
+        for b in blocks(*off, data.len() as u64) {
+            let now = cur[b * bs..(b + 1) * bs] != content[b * bs..(b + 1) * bs];
+            if now != mm[b] {
+                if now {
+                    count += 1;
+                } else {
+                    count -= 1;
+                }
+                mm[b] = now;
+            }
+        }
+        if count == 0 {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,1113 @@
+//! twinblock-sim: a deterministic simulator of two nodes running the real
+//! node core (`twinblock_replicator::core::Core`) over a simulated network
+//! and simulated disks, driven by one seed (shared/DESIGN.md "The node core
+//! and how it is proven").
+//!
+//! - network: one link at a time, a FIFO frame queue per direction with a
+//!   random delay; cuts (noticed by the shells, or silent partitions the
+//!   cores must detect by their timeout); at a crash a random prefix of the
+//!   frames in flight to the peer arrives, the rest is lost;
+//! - disks: a page cache over a durable image, per block with a version;
+//!   Flush makes every write emitted before it durable at its completion,
+//!   FUA makes its own blocks durable; a process crash keeps the cache, a
+//!   power loss keeps, per unflushed block, the cached or the durable
+//!   version at random; EIO/ENOSPC on any store op or metadata update;
+//! - metadata: the last successful Persist of each kind (an update in
+//!   flight at a crash is kept or not, at random, atomically);
+//! - clock: simulated; `handle_timeout` at `poll_timeout` deadlines;
+//! - workload on whichever node is Primary (self-describing writes: every
+//!   block of write `id` holds `id` and its block number), operator verbs,
+//!   crashes and power loss of either node.
+//!
+//! The checker ([`check`]) runs after every step; see `checker.rs`.
+
+mod checker;
+pub mod rng;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use twinblock_replicator::config::Protocol;
+use twinblock_replicator::core::{
+    Action, Core, CoreConfig, IoError, IoId, MetaRecord, Persist, Plant, Recovered, ReplyError,
+    Replication, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
+};
+use twinblock_replicator::protocol::genid::SplitBrainPolicy;
+use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
+
+pub use checker::{Stats, Violation};
+use rng::Rng;
+
+pub const BLOCK: u64 = 64;
+pub const EXTENT: u64 = 1024;
+pub const SIZE: u64 = 16 * 1024;
+pub const BLOCKS: usize = (SIZE / BLOCK) as usize;
+/// Steps per seed unless told otherwise.
+pub const DEFAULT_STEPS: usize = 1000;
+
+/// What one run is.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub steps: usize,
+    pub plant: Plant,
+    /// Print every step.
+    pub trace: bool,
+}
+
+/// The core's configuration in the simulator's tiny geometry.
+pub fn config(me: &str, peer: &str, protocol: Protocol, checksum: bool, plant: Plant) -> CoreConfig {
+    CoreConfig {
+        resource: "sim".into(),
+        me: me.into(),
+        peer: peer.into(),
+        size: SIZE,
+        block: BLOCK,
+        extent: EXTENT,
+        protocol,
+        max_lag: 2048,
+        al_extents: 3,
+        timeout: Duration::from_secs(2),
+        ping_interval: Duration::from_millis(250),
+        resync_rate: 64 * 1024,
+        resync_checksum: checksum,
+        split_brain_policy: SplitBrainPolicy::Disconnect,
+        chunk_blocks: 4,
+        window: 4,
+        checkpoint_chunks: 2,
+        plant,
+    }
+}
+
+// ----- the disk -----
+
+/// A simulated disk: page cache over a durable image, per block.
+#[derive(Clone)]
+pub struct Disk {
+    pub cache: Vec<u8>,
+    pub durable: Vec<u8>,
+    /// Version of each block in the cache / on disk (a write bumps it).
+    cache_ver: Vec<u64>,
+    durable_ver: Vec<u64>,
+    next_ver: u64,
+}
+
+/// Blocks (number, version, content) an I/O makes durable when it completes.
+type Durable = Vec<(usize, u64, Vec<u8>)>;
+
+impl Disk {
+    fn new() -> Disk {
+        Disk {
+            cache: vec![0; SIZE as usize],
+            durable: vec![0; SIZE as usize],
+            cache_ver: vec![0; BLOCKS],
+            durable_ver: vec![0; BLOCKS],
+            next_ver: 1,
+        }
+    }
+
+    pub fn block(&self, b: usize) -> &[u8] {
+        &self.cache[b * BLOCK as usize..(b + 1) * BLOCK as usize]
+    }
+
+    /// Writes into the cache (block-aligned in the simulator); returns the
+    /// blocks as now cached (for FUA).
+    fn write(&mut self, off: u64, data: &[u8]) -> Durable {
+        let (o, n) = (off as usize, data.len());
+        self.cache[o..o + n].copy_from_slice(data);
+        self.touched(off, n as u64)
+    }
+
+    fn touched(&mut self, off: u64, len: u64) -> Durable {
+        let mut out = Vec::new();
+        if len == 0 {
+            return out;
+        }
+        let first = (off / BLOCK) as usize;
+        let last = ((off + len - 1) / BLOCK) as usize;
+        for b in first..=last {
+            self.cache_ver[b] = self.next_ver;
+            self.next_ver += 1;
+            out.push((b, self.cache_ver[b], self.block(b).to_vec()));
+        }
+        out
+    }
+
+    fn zero(&mut self, off: u64, len: u64) -> Durable {
+        let (o, n) = (off as usize, len as usize);
+        self.cache[o..o + n].iter_mut().for_each(|x| *x = 0);
+        self.touched(off, len)
+    }
+
+    /// Every block whose cache differs from the durable image (for a flush).
+    fn unflushed(&self) -> Durable {
+        (0..BLOCKS)
+            .filter(|&b| self.cache_ver[b] != self.durable_ver[b])
+            .map(|b| (b, self.cache_ver[b], self.block(b).to_vec()))
+            .collect()
+    }
+
+    fn make_durable(&mut self, blocks: &Durable) {
+        for (b, ver, data) in blocks {
+            if *ver > self.durable_ver[*b] {
+                self.durable_ver[*b] = *ver;
+                let o = *b * BLOCK as usize;
+                self.durable[o..o + BLOCK as usize].copy_from_slice(data);
+            }
+        }
+    }
+
+    /// Power loss: every block not durable keeps its cached or its durable
+    /// version, at random.
+    fn power_loss(&mut self, rng: &mut Rng) {
+        for b in 0..BLOCKS {
+            if self.cache_ver[b] != self.durable_ver[b] && rng.chance(1, 2) {
+                let o = b * BLOCK as usize;
+                let data = self.cache[o..o + BLOCK as usize].to_vec();
+                self.durable[o..o + BLOCK as usize].copy_from_slice(&data);
+                self.durable_ver[b] = self.cache_ver[b];
+            }
+        }
+        self.cache.copy_from_slice(&self.durable);
+        self.cache_ver.copy_from_slice(&self.durable_ver);
+    }
+}
+
+
+// ----- persisted metadata -----
+
+#[derive(Clone, Default)]
+pub struct Meta {
+    pub record: Option<MetaRecord>,
+    pub bitmap: Option<Vec<u64>>,
+    pub al: BTreeSet<u64>,
+}
+
+impl Meta {
+    fn apply(&mut self, p: &Persist) {
+        match p {
+            Persist::Meta(m) => self.record = Some(m.clone()),
+            Persist::Bitmap { pages } => {
+                let words = BLOCKS.div_ceil(64);
+                let bm = self.bitmap.get_or_insert_with(|| vec![0; words]);
+                for (page, w) in pages {
+                    let at = *page as usize * PAGE_WORDS;
+                    for (i, x) in w.iter().enumerate() {
+                        if at + i < bm.len() {
+                            bm[at + i] = *x;
+                        }
+                    }
+                }
+            }
+            Persist::Al { remove, add } => {
+                for e in remove {
+                    self.al.remove(e);
+                }
+                self.al.extend(add.iter().copied());
+            }
+        }
+    }
+
+    pub fn bit(&self, b: usize) -> bool {
+        self.bitmap.as_ref().is_some_and(|w| w[b / 64] & (1 << (b % 64)) != 0)
+    }
+}
+
+// ----- nodes -----
+
+/// An I/O the shell performed, waiting to report its completion.
+struct PendingIo {
+    io: IoId,
+    at: Time,
+    result: Result<Option<Bytes>, IoError>,
+    durable: Durable,
+    persist: Option<Persist>,
+}
+
+/// An application request outstanding on a node.
+#[derive(Clone)]
+pub(crate) struct AppReq {
+    pub kind: AppKind,
+    /// Peer confirmation can be trusted for it: the node was connected
+    /// (Running) when it was submitted and the link never changed since.
+    pub linked: Option<(SessionId, u64)>,
+    /// For flushes: the floors at submission.
+    pub snapshot: Option<checker::FlushSnap>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum AppKind {
+    Write { id: u64, off: u64, len: u64, fua: bool },
+    Zero { id: u64, off: u64, len: u64, fua: bool },
+    Flush,
+}
+
+pub struct Node {
+    pub name: &'static str,
+    pub core: Option<Core>,
+    pub disk: Disk,
+    pub meta: Meta,
+    ios: Vec<PendingIo>,
+    pub(crate) reqs: HashMap<ReqId, AppReq>,
+    /// Counts link changes (up or down) seen by this node.
+    pub link_gen: u64,
+    /// The disk file was recreated and no metadata was saved since.
+    recreated: bool,
+    restart_at: Option<Time>,
+    power_lost: bool,
+}
+
+impl Node {
+    fn new(name: &'static str) -> Node {
+        Node {
+            name,
+            core: None,
+            disk: Disk::new(),
+            meta: Meta::default(),
+            ios: Vec::new(),
+            reqs: HashMap::new(),
+            link_gen: 0,
+            recreated: true,
+            restart_at: None,
+            power_lost: false,
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.core.is_some()
+    }
+
+    /// The disk was recreated and no metadata record was saved since (the
+    /// shell reports `disk_created` until then).
+    pub fn recreated_pending(&self) -> bool {
+        self.recreated
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| c.role() == Role::Primary)
+    }
+}
+
+/// The link between the nodes.
+struct Link {
+    sid: SessionId,
+    /// Frames in flight, per direction (index: the receiving node).
+    queue: [VecDeque<(Time, Message)>; 2],
+    /// Silently partitioned: frames are dropped, nobody is told.
+    partitioned: bool,
+}
+
+/// One simulation.
+pub struct Sim {
+    pub opts: Options,
+    pub rng: Rng,
+    pub now: Time,
+    pub nodes: [Node; 2],
+    pub protocol: Protocol,
+    checksum: bool,
+    link: Option<Link>,
+    next_sid: SessionId,
+    connect_at: Option<Time>,
+    partition_until: Time,
+    next_req: ReqId,
+    next_uid: u64,
+    /// Error rate: one in `err_rate` I/Os fails (0: none).
+    err_rate: u64,
+    pub(crate) chk: checker::Checker,
+    log: Vec<String>,
+    /// Deferred link-down notifications (node, sid).
+    downs: VecDeque<(usize, SessionId)>,
+}
+
+impl Sim {
+    pub fn new(opts: Options) -> Sim {
+        let mut rng = Rng::new(opts.seed);
+        let protocol = match rng.below(3) {
+            0 => Protocol::A,
+            1 => Protocol::B,
+            _ => Protocol::C,
+        };
+        let checksum = rng.chance(1, 3);
+        let err_rate = match rng.below(4) {
+            0 => 0,
+            1 => 60,
+            _ => 300,
+        };
+        let mut sim = Sim {
+            rng,
+            now: Duration::ZERO,
+            nodes: [Node::new("a"), Node::new("b")],
+            protocol,
+            checksum,
+            link: None,
+            next_sid: 1,
+            connect_at: None,
+            partition_until: Duration::ZERO,
+            next_req: 1,
+            next_uid: 1,
+            err_rate,
+            chk: checker::Checker::new(),
+            log: Vec::new(),
+            downs: VecDeque::new(),
+            opts,
+        };
+        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}"));
+        for n in 0..2 {
+            sim.start(n);
+        }
+        sim
+    }
+
+    fn note(&mut self, s: String) {
+        if self.opts.trace {
+            eprintln!("[{:>10.4}] {s}", self.now.as_secs_f64());
+        }
+        self.log.push(format!("[{:.4}] {s}", self.now.as_secs_f64()));
+        if self.log.len() > 400 && !self.opts.trace {
+            self.log.remove(0);
+        }
+    }
+
+    pub fn recent(&self) -> &[String] {
+        &self.log
+    }
+
+    fn cfg(&self, n: usize) -> CoreConfig {
+        let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
+        config(me, peer, self.protocol, self.checksum, self.opts.plant)
+    }
+
+    /// Starts (or restarts) node `n` from what it persisted.
+    fn start(&mut self, n: usize) {
+        let rec = Recovered {
+            meta: self.nodes[n].meta.record.clone(),
+            bitmap: self.nodes[n].meta.bitmap.clone(),
+            al: self.nodes[n].meta.al.iter().copied().collect(),
+            disk_created: self.nodes[n].recreated,
+        };
+        let seed = self.rng.next();
+        let core = Core::new(self.cfg(n), rec, self.now, seed);
+        self.note(format!(
+            "{} starts: disk {:?}, gen {:x?}",
+            self.nodes[n].name,
+            core.disk(),
+            core.gen()
+        ));
+        self.nodes[n].core = Some(core);
+        self.nodes[n].restart_at = None;
+        self.drain(n);
+    }
+
+    // ----- performing actions -----
+
+    fn fails(&mut self) -> Option<IoError> {
+        if self.err_rate > 0 && self.rng.chance(1, self.err_rate) {
+            Some(if self.rng.chance(1, 2) { IoError::EIO } else { IoError::ENOSPC })
+        } else {
+            None
+        }
+    }
+
+    fn io_delay(&mut self) -> Time {
+        Duration::from_micros(50 + self.rng.below(3000))
+    }
+
+    /// Performs every action node `n`'s core has queued, then the deferred
+    /// link-down notifications.
+    fn drain(&mut self, n: usize) {
+        loop {
+            let Some(core) = self.nodes[n].core.as_mut() else { break };
+            let Some(a) = core.poll_action() else {
+                if let Some((m, sid)) = self.downs.pop_front() {
+                    if let Some(c) = self.nodes[m].core.as_mut() {
+                        c.handle_link_down(self.now, sid, "link closed");
+                    }
+                    self.drain(m);
+                    continue;
+                }
+                break;
+            };
+            self.perform(n, a);
+        }
+    }
+
+    fn perform(&mut self, n: usize, a: Action) {
+        if self.opts.trace {
+            let d = match &a {
+                Action::Store { io, op } => format!("store#{io} {}", short_op(op)),
+                Action::Persist { io, what } => format!("persist#{io} {}", short_persist(what)),
+                Action::Send { session, msg } => format!("send[{session}] {}", short_msg(msg)),
+                other => format!("{other:?}"),
+            };
+            self.note(format!("  {} > {d}", self.nodes[n].name));
+        }
+        match a {
+            Action::Store { io, op } => {
+                let at = self.now + self.io_delay();
+                let err = self.fails();
+                let primary = self.nodes[n].is_primary();
+                let mut durable = Vec::new();
+                let mut result = Ok(None);
+                if primary {
+                    // The Primary's apply history (what it sends, too).
+                    match &op {
+                        StoreOp::Write { offset, data, .. } => self.chk.primary_applied(n, *offset, data),
+                        StoreOp::Zero { offset, len, .. } => {
+                            self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize])
+                        }
+                        _ => {}
+                    }
+                }
+                match &op {
+                    StoreOp::Write { offset, data, fua } => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            let d = self.nodes[n].disk.write(*offset, data);
+                            if *fua {
+                                durable = d;
+                            }
+                        }
+                    }
+                    StoreOp::Zero { offset, len, fua, .. } => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            let d = self.nodes[n].disk.zero(*offset, *len);
+                            if *fua {
+                                durable = d;
+                            }
+                        }
+                    }
+                    StoreOp::Flush => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            durable = self.nodes[n].disk.unflushed();
+                        }
+                    }
+                    StoreOp::Read { offset, len } => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            let (o, l) = (*offset as usize, *len as usize);
+                            result = Ok(Some(Bytes::copy_from_slice(&self.nodes[n].disk.cache[o..o + l])));
+                        }
+                    }
+                }
+                if let Err(e) = result {
+                    if matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. }) {
+                        // The disk skipped a write: its content is no
+                        // longer a state of any history.
+                        self.chk.lineage_broken(n);
+                    }
+                    self.note(format!("{}: store {:?} fails errno {}", self.nodes[n].name, short_op(&op), e.0));
+                }
+                self.nodes[n].ios.push(PendingIo { io, at, result, durable, persist: None });
+            }
+            Action::Persist { io, what } => {
+                let at = self.now + self.io_delay();
+                let result = match self.fails() {
+                    Some(e) => {
+                        self.note(format!("{}: persist {} fails errno {}", self.nodes[n].name, short_persist(&what), e.0));
+                        Err(e)
+                    }
+                    None => Ok(None),
+                };
+                self.nodes[n].ios.push(PendingIo { io, at, result, durable: Vec::new(), persist: Some(what) });
+            }
+            Action::Send { session, msg } => {
+                let delay = Duration::from_micros(100 + self.rng.below(3000));
+                let now = self.now;
+                if let Some(l) = self.link.as_mut().filter(|l| l.sid == session) {
+                    if !l.partitioned {
+                        let q = &mut l.queue[1 - n];
+                        let at = q.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
+                        q.push_back((at, msg));
+                    }
+                }
+            }
+            Action::Close { session, reason } => {
+                self.note(format!("{} closes link {session}: {reason}", self.nodes[n].name));
+                if self.link.as_ref().is_some_and(|l| l.sid == session) {
+                    self.link_down(None);
+                } else {
+                    self.downs.push_back((n, session));
+                }
+            }
+            Action::Reply { req, result } => self.replied(n, req, result),
+        }
+    }
+
+    /// The link goes away. `crashed`: the node that crashed (its frames
+    /// in flight: a random prefix arrives). Both living nodes are told.
+    fn link_down(&mut self, crashed: Option<usize>) {
+        let Some(mut l) = self.link.take() else { return };
+        self.note(format!("link {} down", l.sid));
+        // A random prefix of what is in flight still arrives.
+        for to in 0..2 {
+            if !self.nodes[to].alive() || Some(to) == crashed {
+                continue;
+            }
+            let q = std::mem::take(&mut l.queue[to]);
+            let keep = self.rng.below(q.len() as u64 + 1) as usize;
+            for (_, msg) in q.into_iter().take(keep) {
+                if let Some(c) = self.nodes[to].core.as_mut() {
+                    c.handle_frame(self.now, l.sid, msg);
+                }
+                // Actions are performed after the link is gone: sends drop.
+                self.drain(to);
+            }
+        }
+        for to in 0..2 {
+            self.nodes[to].link_gen += 1;
+            if self.nodes[to].alive() {
+                self.downs.push_back((to, l.sid));
+            }
+        }
+        self.connect_at = None;
+    }
+
+    fn replied(&mut self, n: usize, req: ReqId, result: Result<(), ReplyError>) {
+        let Some(r) = self.nodes[n].reqs.remove(&req) else { return };
+        if let (Err(e), AppKind::Write { .. } | AppKind::Zero { .. } | AppKind::Flush) = (&result, &r.kind) {
+            if *e != ReplyError::ReadOnly {
+                self.note(format!("{}: req {req} {:?} -> {:?}", self.nodes[n].name, r.kind, e));
+            }
+        }
+        if result.is_ok() && !matches!(r.kind, AppKind::Flush) || self.opts.trace {
+            self.note(format!("{}: req {req} {:?} -> {:?} linked {:?} gen {}", self.nodes[n].name, r.kind, result, r.linked, self.nodes[n].link_gen));
+        } else if result.is_ok() {
+            self.note(format!("{}: req {req} Flush ok", self.nodes[n].name));
+        }
+        if result.is_ok() {
+            let confirmed = r.linked.is_some_and(|(sid, g)| {
+                g == self.nodes[n].link_gen
+                    && self.nodes[n].core.as_ref().and_then(|c| c.session_id()) == Some(sid)
+                    && self.nodes[n].is_primary()
+            });
+            self.chk.acked(n, &r, confirmed, self.protocol);
+        }
+    }
+
+    // ----- the workload -----
+
+    fn submit(&mut self, n: usize) {
+        let Some(core) = self.nodes[n].core.as_ref() else { return };
+        if self.nodes[n].reqs.len() >= 8 {
+            return;
+        }
+        // Only a Primary replicates its requests.
+        let linked = match core.session_id() {
+            Some(sid)
+                if core.connection() == twinblock_replicator::core::Connection::Connected
+                    && core.role() == Role::Primary =>
+            {
+                Some((sid, self.nodes[n].link_gen))
+            }
+            _ => None,
+        };
+        let req = self.next_req;
+        self.next_req += 1;
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        let r = self.rng.below(100);
+        let nblocks = 1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) };
+        let first = self.rng.below(BLOCKS as u64 - nblocks + 1);
+        // Hot spots: most writes go to two extents, so overlaps happen.
+        let first = if self.rng.chance(2, 3) { (first % 40) + if uid % 2 == 0 { 0 } else { 128 } } else { first };
+        let first = first.min(BLOCKS as u64 - nblocks);
+        let (off, len) = (first * BLOCK, nblocks * BLOCK);
+        let fua = self.rng.chance(1, 6);
+        let now = self.now;
+        let kind = if r < 72 {
+            AppKind::Write { id: uid, off, len, fua }
+        } else if r < 84 {
+            AppKind::Flush
+        } else {
+            AppKind::Zero { id: uid, off, len, fua }
+        };
+        let snapshot = matches!(kind, AppKind::Flush).then(|| self.chk.flush_snap(n));
+        if let AppKind::Zero { id, off, len, .. } = &kind {
+            self.chk.zero_submitted(*id, *off, *len);
+        }
+        self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot });
+        let core = self.nodes[n].core.as_mut().expect("alive");
+        match kind {
+            AppKind::Write { id, off, len, fua } => core.write(now, req, off, payload(id, off, len), fua),
+            AppKind::Zero { off, len, fua, .. } => {
+                if self.rng.chance(1, 2) {
+                    core.trim(now, req, off, len as u32, fua)
+                } else {
+                    core.write_zeroes(now, req, off, len as u32, self.rng.chance(1, 2), fua)
+                }
+            }
+            AppKind::Flush => core.flush(now, req),
+        }
+        self.drain(n);
+    }
+
+    // ----- the steps -----
+
+    /// The earliest scheduled event.
+    fn next_event(&self) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        let mut min = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
+        for node in &self.nodes {
+            for io in &node.ios {
+                min(io.at);
+            }
+            if let Some(r) = node.restart_at {
+                min(r);
+            }
+            if let Some(c) = &node.core {
+                if let Some(d) = c.poll_timeout() {
+                    min(d.max(self.now));
+                }
+            }
+        }
+        if let Some(l) = &self.link {
+            for q in &l.queue {
+                if let Some((at, _)) = q.front() {
+                    min(*at);
+                }
+            }
+        }
+        if let Some(c) = self.connect_at {
+            min(c);
+        }
+        if self.partition_until > self.now {
+            min(self.partition_until);
+        }
+        t
+    }
+
+    /// Runs the earliest event.
+    fn advance(&mut self) {
+        let Some(t) = self.next_event() else {
+            self.now += Duration::from_millis(10);
+            return;
+        };
+        self.now = self.now.max(t);
+        let now = self.now;
+        // I/O completions (random order among equals).
+        for n in 0..2 {
+            if let Some(i) = self.nodes[n].ios.iter().position(|io| io.at <= now) {
+                let io = self.nodes[n].ios.remove(i);
+                if io.result.is_ok() {
+                    self.nodes[n].disk.make_durable(&io.durable);
+                    if let Some(p) = &io.persist {
+                        self.nodes[n].meta.apply(p);
+                        if matches!(p, Persist::Meta(_)) {
+                            self.nodes[n].recreated = false;
+                        }
+                    }
+                }
+                if self.opts.trace {
+                    self.note(format!("  {} < io#{} {:?}", self.nodes[n].name, io.io, io.result.as_ref().map(|_| ())));
+                }
+                if let Some(c) = self.nodes[n].core.as_mut() {
+                    c.handle_io(now, io.io, io.result);
+                }
+                self.drain(n);
+                return;
+            }
+        }
+        for n in 0..2 {
+            if self.nodes[n].restart_at.is_some_and(|r| r <= now) {
+                self.start(n);
+                return;
+            }
+        }
+        if let Some(l) = self.link.as_mut() {
+            for to in 0..2 {
+                if l.queue[to].front().is_some_and(|(at, _)| *at <= now) {
+                    let (_, msg) = l.queue[to].pop_front().expect("front");
+                    let sid = l.sid;
+                    if self.opts.trace {
+                        self.note(format!("  {} < [{sid}] {}", self.nodes[to].name, short_msg(&msg)));
+                    }
+                    if let Some(c) = self.nodes[to].core.as_mut() {
+                        c.handle_frame(now, sid, msg);
+                    }
+                    self.drain(to);
+                    return;
+                }
+            }
+        }
+        for n in 0..2 {
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                if c.poll_timeout().is_some_and(|d| d <= now) {
+                    c.handle_timeout(now);
+                    self.drain(n);
+                    return;
+                }
+            }
+        }
+        if self.partition_until <= now {
+            if let Some(l) = self.link.as_mut() {
+                l.partitioned = false;
+            }
+        }
+        if self.connect_at.is_some_and(|c| c <= now) {
+            self.connect_at = None;
+            self.link_up();
+        }
+    }
+
+    /// Keeps a connection attempt scheduled while both want a link.
+    fn maybe_schedule_connect(&mut self) {
+        if self.link.is_some() || self.connect_at.is_some() || self.partition_until > self.now {
+            return;
+        }
+        let want = self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.wants_link()));
+        if want {
+            self.connect_at = Some(self.now + Duration::from_millis(5 + self.rng.below(300)));
+        }
+    }
+
+    fn link_up(&mut self) {
+        let want = self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.wants_link()));
+        if !want || self.link.is_some() {
+            return;
+        }
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.note(format!("link {sid} up"));
+        self.link = Some(Link { sid, queue: [VecDeque::new(), VecDeque::new()], partitioned: false });
+        let first = self.rng.below(2) as usize;
+        for n in [first, 1 - first] {
+            self.nodes[n].link_gen += 1;
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_link_up(self.now, sid);
+            }
+            self.drain(n);
+        }
+    }
+
+    fn crash(&mut self, n: usize, power: bool) -> Result<(), Violation> {
+        if !self.nodes[n].alive() {
+            return Ok(());
+        }
+        self.note(format!("{} {}", self.nodes[n].name, if power { "POWER LOSS" } else { "crashes" }));
+        self.nodes[n].core = None;
+        // Metadata updates in flight: done or not, atomically.
+        let ios = std::mem::take(&mut self.nodes[n].ios);
+        for io in ios {
+            if io.result.is_ok() && self.rng.chance(1, 2) {
+                if let Some(p) = &io.persist {
+                    self.nodes[n].meta.apply(p);
+                    if matches!(p, Persist::Meta(_)) {
+                        self.nodes[n].recreated = false;
+                    }
+                }
+                self.nodes[n].disk.make_durable(&io.durable);
+            }
+        }
+        self.nodes[n].reqs.clear();
+        if self.link.is_some() {
+            self.link_down(Some(n));
+            let other = 1 - n;
+            self.drain(other);
+        }
+        if power {
+            let mut rng = std::mem::replace(&mut self.rng, Rng::new(0));
+            self.nodes[n].disk.power_loss(&mut rng);
+            self.rng = rng;
+        }
+        self.nodes[n].power_lost = power;
+        self.chk.crashed(n, power);
+        if power {
+            let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+            let r = chk.power_check(self, n);
+            self.chk = chk;
+            r?;
+        }
+        if power && self.rng.chance(1, 25) {
+            // The disk is replaced; the metadata survives.
+            self.note(format!("{}: disk file recreated", self.nodes[n].name));
+            self.nodes[n].disk = Disk::new();
+            self.nodes[n].recreated = true;
+            self.chk.disk_replaced(n);
+        }
+        self.nodes[n].restart_at = Some(self.now + Duration::from_millis(50 + self.rng.below(3000)));
+        Ok(())
+    }
+
+    /// One random step.
+    fn step(&mut self) -> Result<(), Violation> {
+        let r = self.rng.below(1000);
+        if r < 700 {
+            self.advance();
+        } else if r < 900 {
+            // Workload on the Primary (sometimes on the other node).
+            let p = self.nodes.iter().position(|n| n.is_primary());
+            let n = match p {
+                Some(p) if !self.rng.chance(1, 20) => p,
+                _ => self.rng.below(2) as usize,
+            };
+            self.submit(n);
+        } else if r < 950 {
+            self.operator()?;
+        } else if r < 960 {
+            let n = self.rng.below(2) as usize;
+            let power = self.rng.chance(1, 3);
+            self.crash(n, power)?;
+        } else if r < 967 {
+            // Link trouble.
+            if self.link.is_some() {
+                if self.rng.chance(1, 2) {
+                    self.note("link cut".into());
+                    self.link_down(None);
+                    self.drain(0);
+                    self.drain(1);
+                } else {
+                    self.note("silent partition".into());
+                    self.partition_until = self.now + Duration::from_millis(100 + self.rng.below(4000));
+                    if let Some(l) = self.link.as_mut() {
+                        l.partitioned = true;
+                        l.queue = [VecDeque::new(), VecDeque::new()];
+                    }
+                }
+            }
+        } else {
+            self.advance();
+        }
+        self.maybe_schedule_connect();
+        let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+        let r = chk.observe(self);
+        self.chk = chk;
+        r
+    }
+
+    fn operator(&mut self) -> Result<(), Violation> {
+        let mut n = self.rng.below(2) as usize;
+        let r = self.rng.below(100);
+        if r < 40 && !self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate) {
+            // The controller prefers an UpToDate node.
+            n = 1 - n;
+        }
+        let other_primary = self.nodes[1 - n].is_primary();
+        let now_ms = self.now.as_millis() as u64 + 1;
+        let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
+        if r < 40 {
+            // primary [--force], as a controller would: never while the
+            // other node is Primary.
+            if other_primary || core.role() == Role::Primary {
+                return Ok(());
+            }
+            let disk = core.disk();
+            // A sane operator forces a node only when the other holds no
+            // better data that it can see.
+            let other_good = self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            let core = self.nodes[n].core.as_mut().expect("alive");
+            let force = disk != DiskState::UpToDate && !other_good && self.rng.chance(1, 4);
+            let res = core.promote(force, now_ms);
+            let name = self.nodes[n].name;
+            self.note(format!("{name}: primary{} ({disk:?}) -> {res:?}", if force { " --force" } else { "" }));
+            self.drain(n);
+            if res.is_ok() {
+                let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+                let r = chk.promoted(self, n, force, disk);
+                self.chk = chk;
+                r?;
+            }
+        } else if r < 48 {
+            if core.role() == Role::Primary {
+                let res = core.demote();
+                self.note(format!("{}: secondary -> {res:?}", self.nodes[n].name));
+                self.drain(n);
+            }
+        } else if r < 54 {
+            core.disconnect();
+            self.note(format!("{}: disconnect", self.nodes[n].name));
+            self.drain(n);
+        } else if r < 80 {
+            if !core.wants_link() {
+                core.connect();
+                self.note(format!("{}: connect", self.nodes[n].name));
+                self.drain(n);
+            }
+        } else if r < 90 {
+            let res = core.verify();
+            self.note(format!("{}: verify -> {res:?}", self.nodes[n].name));
+            self.drain(n);
+        } else {
+            // Split brain: the Secondary gives up its data.
+            if core.status().split_brain || !core.wants_link() {
+                if core.role() == Role::Primary {
+                    return Ok(());
+                }
+                let res = core.discard_my_data();
+                self.note(format!("{}: discard-my-data -> {res:?}", self.nodes[n].name));
+                if res.is_ok() {
+                    self.chk.discarded(n);
+                }
+                self.drain(n);
+                if let Some(c) = self.nodes[1 - n].core.as_mut() {
+                    c.connect();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn replication(&self, n: usize) -> Replication {
+        self.nodes[n].core.as_ref().map_or(Replication::Off, |c| c.replication())
+    }
+
+    /// No frames in flight and no I/O outstanding anywhere.
+    pub fn idle(&self) -> bool {
+        self.link.as_ref().is_none_or(|l| l.queue.iter().all(|q| q.is_empty()))
+            && self.nodes.iter().all(|n| n.ios.is_empty())
+    }
+
+    pub fn link_sid(&self) -> Option<SessionId> {
+        self.link.as_ref().map(|l| l.sid)
+    }
+
+    /// Runs the whole seed.
+    pub fn run(&mut self) -> Result<(), Violation> {
+        for i in 0..self.opts.steps {
+            self.chk.step = i;
+            self.step()?;
+        }
+        Ok(())
+    }
+}
+
+fn short_op(op: &StoreOp) -> String {
+    match op {
+        StoreOp::Write { offset, data, fua } => format!("write {offset}+{} fua={fua}", data.len()),
+        StoreOp::Zero { offset, len, fua, .. } => format!("zero {offset}+{len} fua={fua}"),
+        StoreOp::Flush => "flush".into(),
+        StoreOp::Read { offset, len } => format!("read {offset}+{len}"),
+    }
+}
+
+fn short_msg(m: &Message) -> String {
+    match m {
+        Message::Data { seq, op } => match op {
+            twinblock_replicator::protocol::wire::Op::Write { offset, data, fua, .. } => {
+                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / BLOCK) as usize, &data[..BLOCK as usize]).unwrap_or(u64::MAX))
+            }
+            op => format!("Data#{seq} {op:?}"),
+        },
+        Message::Hello(h) => format!("Hello {:?} {:?} gen {:x?}", h.role, h.disk, h.gen),
+        Message::Bits { runs, last } => format!("Bits {runs:?} last={last}"),
+        m => format!("{m:?}"),
+    }
+}
+
+fn short_persist(p: &Persist) -> String {
+    match p {
+        Persist::Meta(m) => format!("meta {:?} {:x?}", m.disk, m.gen),
+        Persist::Bitmap { pages } => format!("bitmap {:x?}", pages.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>()),
+        Persist::Al { remove, add } => format!("al -{remove:?} +{add:?}"),
+    }
+}
+
+/// The content of write `id` over `[off, off+len)`: every block holds the
+/// id and its own block number.
+pub fn payload(id: u64, off: u64, len: u64) -> Bytes {
+    let mut v = Vec::with_capacity(len as usize);
+    for b in off / BLOCK..(off + len) / BLOCK {
+        v.extend_from_slice(&block_content(id, b));
+    }
+    Bytes::from(v)
+}
+
+pub fn block_content(id: u64, b: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(BLOCK as usize);
+    v.extend_from_slice(&id.to_le_bytes());
+    v.extend_from_slice(&b.to_le_bytes());
+    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
+    while v.len() < BLOCK as usize {
+        x = x.rotate_left(13).wrapping_add(0x6A09_E667);
+        v.push(x as u8);
+    }
+    v
+}
+
+/// What a block holds: 0 for zeroes, the write id, or None for garbage.
+pub fn decode(b: usize, data: &[u8]) -> Option<u64> {
+    if data.iter().all(|&x| x == 0) {
+        return Some(0);
+    }
+    let id = u64::from_le_bytes(data[..8].try_into().ok()?);
+    (block_content(id, b as u64) == data).then_some(id)
+}
+
+thread_local! {
+    static PANIC_AT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The outcome of one seed.
+pub struct Outcome {
+    pub seed: u64,
+    pub stats: Stats,
+    pub failure: Option<(Violation, Vec<String>)>,
+}
+
+/// Runs one seed (catching panics in the core as failures).
+pub fn run_seed(seed: u64, steps: usize, plant: Plant, trace: bool) -> Outcome {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let loc = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            PANIC_AT.with(|p| *p.borrow_mut() = loc);
+        }))
+    });
+    let res = std::panic::catch_unwind(|| {
+        let mut sim = Sim::new(Options { seed, steps, plant, trace });
+        let r = sim.run();
+        (sim.chk.stats, r.map_err(|v| (v, sim.recent().to_vec())))
+    });
+    match res {
+        Ok((stats, Ok(()))) => Outcome { seed, stats, failure: None },
+        Ok((stats, Err(f))) => Outcome { seed, stats, failure: Some(f) },
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            let msg = format!("{msg} at {}", PANIC_AT.with(|p| p.borrow().clone()));
+            Outcome { seed, stats: Stats::default(), failure: Some((Violation { step: 0, rule: "panic", what: msg }, Vec::new())) }
+        }
+    }
+}
+
+/// Runs `seeds` seeds from `first`; returns the failing ones.
+pub fn run_many(first: u64, seeds: u64, steps: usize, plant: Plant, stop_at_first: bool) -> Vec<Outcome> {
+    let mut failed = Vec::new();
+    for seed in first..first + seeds {
+        let o = run_seed(seed, steps, plant, false);
+        if o.failure.is_some() {
+            failed.push(o);
+            if stop_at_first {
+                break;
+            }
+        }
+    }
+    failed
+}
+
+pub fn plant_name(p: Plant) -> &'static str {
+    match p {
+        Plant::None => "none",
+        Plant::EarlyAckC => "early-ack",
+        Plant::SkipAlMark => "skip-al",
+        Plant::SkipBitmapExchange => "skip-bitmap-exchange",
+        Plant::ClearBeforeDurable => "clear-before-durable",
+    }
+}
+
+/// The command that replays a failing seed.
+pub fn replay_line(seed: u64, plant: Plant) -> String {
+    match plant {
+        Plant::None => format!("scripts/sim.sh --seed {seed}"),
+        p => format!("scripts/sim.sh --seed {seed} --plant {}", plant_name(p)),
+    }
+}
