@@ -172,6 +172,10 @@ impl Core {
             dirty.mark(e * cfg.extent, cfg.extent);
             al.durable.insert(e);
         }
+        // The page cache may still hold the previous process's unflushed
+        // writes in those extents: they leave the log only after a flush
+        // (write epoch 1 is the previous incarnation's).
+        al.wrote(&rec.al, 1);
         let mut core = Core {
             rng: seed,
             now,
@@ -192,7 +196,7 @@ impl Core {
             applying: 0,
             ios: HashMap::new(),
             next_io: 1,
-            write_epoch: 0,
+            write_epoch: 1,
             flushed_epoch: 0,
             al_flush: None,
             flush_epochs: HashMap::new(),
