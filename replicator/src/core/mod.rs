@@ -204,9 +204,14 @@ impl Core {
         };
         if !rec.al.is_empty() {
             // The recovered extents' bits must be saved before the log
-            // forgets them; then the log empties.
+            // forgets them; then the log empties. What the page cache
+            // holds there (a process crash keeps it) is not durable yet:
+            // the extents leave only after a flush, or a resync that
+            // clears their bits could leave a later power loss uncovered.
             core.p.all_pages_dirty(&core.dirty);
             core.p.al_trim_wanted = true;
+            core.write_epoch = 1;
+            core.al.wrote(&rec.al, 1);
         }
         core.pump();
         core

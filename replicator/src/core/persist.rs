@@ -99,8 +99,15 @@ impl Core {
             self.actions.push_back(Action::Persist { io, what: Persist::Bitmap { pages } });
         }
         if self.p.al_trim_wanted && self.al.saving.is_none() && self.p.al_failed.is_none() {
-            let (ready, _) = self.al.candidates(self.flushed_epoch);
-            if ready.is_empty() {
+            let (ready, later) = self.al.candidates(self.flushed_epoch);
+            if ready.is_empty() && later > 0 {
+                // Written since the last flush: flush first, then trim.
+                if self.al_flush.is_none() && self.disk_usable() {
+                    let epoch = self.write_epoch;
+                    let io = self.store(IoFor::AlFlush { epoch }, super::types::StoreOp::Flush);
+                    self.al_flush = Some(io);
+                }
+            } else if ready.is_empty() {
                 self.p.al_trim_wanted = false;
             } else if self.bitmap_clean() {
                 self.p.al_trim_wanted = false;
