@@ -83,6 +83,8 @@ pub struct Stats {
     pub connected_steps: u64,
     pub primary_steps: u64,
     pub split_brain_steps: u64,
+    pub target_steps: u64,
+    pub syncs_started: u64,
 }
 
 pub(crate) struct Checker {
@@ -283,7 +285,11 @@ impl Checker {
     fn follow_syncs(&mut self, sim: &Sim) {
         for n in 0..2 {
             let target = sim.replication(n) == Replication::SyncTarget;
+            if target {
+                self.stats.target_steps += 1;
+            }
             if target && !self.was_target[n] {
+                self.stats.syncs_started += 1;
                 // Until the sync completes the node holds a mix: no floors;
                 // then the source's floors of the sync's start (what it
                 // then held is what the sync brings, besides the writes
