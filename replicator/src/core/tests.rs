@@ -329,6 +329,7 @@ mod pair {
         /// Store ops to fail (errno) from now on, by kind.
         pub fail_writes: bool,
         pub fail_flush: bool,
+        pub fail_reads: bool,
     }
 
     pub struct Pair {
@@ -352,6 +353,10 @@ mod pair {
         pub fn with(protocol: Protocol, plant: Plant, created: bool) -> Pair {
             let mut ca = cfg(protocol);
             ca.plant = plant;
+            Pair::with_cfg(ca, created)
+        }
+
+        pub fn with_cfg(ca: CoreConfig, created: bool) -> Pair {
             let mut cb = ca.clone();
             cb.me = "b".into();
             cb.peer = "a".into();
@@ -364,6 +369,7 @@ mod pair {
                 al: BTreeSet::new(),
                 fail_writes: false,
                 fail_flush: false,
+                fail_reads: false,
             };
             let mut p = Pair {
                 n: [node(&ca), node(&cb)],
@@ -421,6 +427,7 @@ mod pair {
                                 Ok(None)
                             }
                         }
+                        StoreOp::Read { .. } if node.fail_reads => Err(IoError::EIO),
                         StoreOp::Read { offset, len } => {
                             let (o, l) = (offset as usize, len as usize);
                             Ok(Some(Bytes::copy_from_slice(&node.cache[o..o + l])))
@@ -536,6 +543,33 @@ mod pair {
                 }
             }
             self.settle();
+        }
+
+        /// Performs both nodes' actions but delivers only `n` frames to b.
+        pub fn deliver_some(&mut self, n: usize) {
+            let sid = self.sid.expect("link");
+            let mut delivered = 0;
+            for _ in 0..10_000 {
+                let mut moved = false;
+                for i in 0..2 {
+                    while let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                        moved = true;
+                        self.perform(i, a);
+                    }
+                }
+                if delivered < n {
+                    if let Some(m) = self.q[1].pop_front() {
+                        delivered += 1;
+                        moved = true;
+                        let now = self.now;
+                        self.n[1].c.as_mut().expect("b").handle_frame(now, sid, m);
+                    }
+                }
+                self.q[0].clear(); // b's acks are lost
+                if !moved {
+                    return;
+                }
+            }
         }
 
         /// Connects and runs only `steps` rounds, then cuts.
@@ -727,4 +761,51 @@ fn primary_force_on_a_connected_never_synced_pair_starts_the_full_sync() {
     p.connect();
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
     assert!(p.n[0].cache == p.n[1].cache);
+}
+
+#[test]
+fn a_checksum_resync_ends_when_the_target_cannot_read() {
+    let mut c = cfg(Protocol::C);
+    c.resync_checksum = true;
+    let mut p = Pair::with_cfg(c, true);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 256);
+    p.settle();
+    p.n[1].fail_reads = true;
+    p.connect(); // settles: must not hang with the sync waiting forever
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    assert_ne!(p.core(0).replication(), Replication::SyncSource);
+    assert!(p.core(0).quiescent());
+}
+
+/// Protocol A: the Primary dies with a stream in flight; the Secondary
+/// holds a prefix of the Primary's writes, never a later one without an
+/// earlier one.
+#[test]
+fn protocol_a_cut_mid_stream_leaves_a_prefix() {
+    for keep in 0..12 {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.drop = false;
+        // Eight overlapping writes, each acknowledged locally at once.
+        for i in 0..8u8 {
+            let now = p.now;
+            let off = (i as u64 % 3) * 64;
+            p.core(0).write(now, 10 + i as u64, off, Bytes::from(vec![i + 1; 192]), false);
+        }
+        // Deliver only `keep` frames to b, then kill a.
+        p.deliver_some(keep);
+        p.crash(0, false);
+        let b = &p.n[1].cache[..320];
+        // Replay the writes on a blank disk: b must equal some prefix.
+        let mut state = vec![0u8; 320];
+        let mut states = vec![state.clone()];
+        for i in 0..8u8 {
+            let off = (i as usize % 3) * 64;
+            state[off..off + 192].iter_mut().for_each(|x| *x = i + 1);
+            states.push(state.clone());
+        }
+        assert!(states.iter().any(|s| s.as_slice() == b), "keep {keep}: not a prefix state");
+    }
 }
