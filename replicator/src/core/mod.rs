@@ -396,6 +396,12 @@ impl Core {
             self.error(format!("local disk failed ({what}: errno {}): detached", e.0));
             self.disk = DiskState::Failed;
             self.gen = GenIds::never_synced();
+            // Detached: nothing this disk holds may go to the peer any
+            // more (a resync or verify it was the source of ends); the
+            // handshake of the next link sends it a full sync instead.
+            if let Some(sid) = self.session_id() {
+                self.close_session(sid, format!("the local disk failed ({what}): detached"));
+            }
         }
     }
 
