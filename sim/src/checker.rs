@@ -53,6 +53,8 @@ impl fmt::Display for Violation {
 pub(crate) struct FlushSnap {
     own: Vec<u64>,
     peer: Vec<u64>,
+    /// The nodes' data epochs (a sync into a node starts a new one).
+    epochs: [u64; 2],
 }
 
 /// The Primary's apply history since the Secondary was last identical to it.
@@ -83,6 +85,8 @@ pub struct Stats {
     pub connected_steps: u64,
     pub primary_steps: u64,
     pub split_brain_steps: u64,
+    pub target_steps: u64,
+    pub syncs_started: u64,
 }
 
 pub(crate) struct Checker {
@@ -95,6 +99,7 @@ pub(crate) struct Checker {
     lineage: [Option<Lineage>; 2],
     was_target: [bool; 2],
     synced_floor: [Option<(u64, Vec<u64>)>; 2],
+    epoch: [u64; 2],
     promotion: [Option<PendingPromotion>; 2],
 }
 
@@ -121,6 +126,7 @@ impl Checker {
             lineage: [None, None],
             was_target: [false, false],
             synced_floor: [None, None],
+            epoch: [0, 0],
             promotion: [None, None],
         }
     }
@@ -155,7 +161,7 @@ impl Checker {
     pub fn flush_snap(&self, n: usize) -> FlushSnap {
         let mut own = self.fl_c[n].clone();
         maxv(&mut own, &self.dfl[n]);
-        FlushSnap { own, peer: self.floor(1 - n) }
+        FlushSnap { own, peer: self.floor(1 - n), epochs: self.epoch }
     }
 
     /// Node `n` acknowledged `r` successfully; `confirmed`: over a link
@@ -188,10 +194,14 @@ impl Checker {
                 }
             }
             AppKind::Flush => {
+                // Floors taken before a sync replaced a node's data say
+                // nothing of it now.
                 let snap = r.snapshot.as_ref().expect("flush snapshot");
                 let own = snap.own.clone();
-                maxv(&mut self.dfl[n], &own);
-                if confirmed && protocol != Protocol::A {
+                if snap.epochs[n] == self.epoch[n] {
+                    maxv(&mut self.dfl[n], &own);
+                }
+                if confirmed && protocol != Protocol::A && snap.epochs[m] == self.epoch[m] {
                     let peer = snap.peer.clone();
                     maxv(&mut self.dfl[m], &peer);
                 }
@@ -225,6 +235,7 @@ impl Checker {
     }
 
     pub fn disk_replaced(&mut self, n: usize) {
+        self.epoch[n] += 1;
         self.synced_floor[n] = None;
         for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
             f.iter_mut().for_each(|x| *x = 0);
@@ -246,6 +257,8 @@ impl Checker {
         self.lineage[n] = None;
         if force && disk != DiskState::UpToDate {
             self.synced_floor = [None, None];
+            self.epoch[0] += 1;
+            self.epoch[1] += 1;
             for m in 0..2 {
                 for f in [&mut self.fl_c[m], &mut self.fl_b[m], &mut self.dfl[m]] {
                     f.iter_mut().for_each(|x| *x = 0);
@@ -283,7 +296,12 @@ impl Checker {
     fn follow_syncs(&mut self, sim: &Sim) {
         for n in 0..2 {
             let target = sim.replication(n) == Replication::SyncTarget;
+            if target {
+                self.stats.target_steps += 1;
+            }
             if target && !self.was_target[n] {
+                self.stats.syncs_started += 1;
+                self.epoch[n] += 1;
                 // Until the sync completes the node holds a mix: no floors;
                 // then the source's floors of the sync's start (what it
                 // then held is what the sync brings, besides the writes

@@ -310,6 +310,7 @@ pub struct Sim {
     next_sid: SessionId,
     connect_at: Option<Time>,
     partition_until: Time,
+    calm_until: Time,
     next_req: ReqId,
     next_uid: u64,
     /// Error rate: one in `err_rate` I/Os fails (0: none).
@@ -329,10 +330,11 @@ impl Sim {
             _ => Protocol::C,
         };
         let checksum = rng.chance(1, 3);
-        let err_rate = match rng.below(4) {
-            0 => 0,
-            1 => 60,
-            _ => 300,
+        let err_rate = match rng.below(8) {
+            0..=3 => 0,
+            4 | 5 => 2000,
+            6 => 300,
+            _ => 60,
         };
         let mut sim = Sim {
             rng,
@@ -344,6 +346,7 @@ impl Sim {
             next_sid: 1,
             connect_at: None,
             partition_until: Duration::ZERO,
+            calm_until: Duration::ZERO,
             next_req: 1,
             next_uid: 1,
             err_rate,
@@ -837,6 +840,16 @@ impl Sim {
 
     /// One random step.
     fn step(&mut self) -> Result<(), Violation> {
+        // Calm periods: no workload and no trouble, so that syncs finish
+        // and the pair goes quiescent (I2 has something to check).
+        if self.now < self.calm_until {
+            self.advance();
+            return self.checked();
+        }
+        if self.rng.chance(1, 250) {
+            self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
+            self.note("calm".into());
+        }
         let r = self.rng.below(1000);
         if r < 700 {
             self.advance();
@@ -874,6 +887,10 @@ impl Sim {
         } else {
             self.advance();
         }
+        self.checked()
+    }
+
+    fn checked(&mut self) -> Result<(), Violation> {
         self.maybe_schedule_connect();
         let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
         let r = chk.observe(self);

@@ -78,6 +78,8 @@ fn main() -> ExitCode {
         total.connected_steps += st.connected_steps;
         total.primary_steps += st.primary_steps;
         total.split_brain_steps += st.split_brain_steps;
+        total.target_steps += st.target_steps;
+        total.syncs_started += st.syncs_started;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {

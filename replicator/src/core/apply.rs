@@ -66,7 +66,7 @@ impl Core {
             Message::State { role, disk, peer_out_of_sync, current, .. } => {
                 self.on_peer_state(sid, role, disk, peer_out_of_sync, current)?
             }
-            Message::SyncDone { current } => self.on_sync_done(current),
+            Message::SyncDone { current } => self.on_sync_done(current)?,
             Message::VerifyRequest => {
                 if self.role == Role::Primary && self.replication() == super::Replication::Established {
                     self.start_verify();

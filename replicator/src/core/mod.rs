@@ -209,9 +209,14 @@ impl Core {
         };
         if !rec.al.is_empty() {
             // The recovered extents' bits must be saved before the log
-            // forgets them; then the log empties.
+            // forgets them; then the log empties. What the page cache
+            // holds there (a process crash keeps it) is not durable yet:
+            // the extents leave only after a flush, or a resync that
+            // clears their bits could leave a later power loss uncovered.
             core.p.all_pages_dirty(&core.dirty);
             core.p.al_trim_wanted = true;
+            core.write_epoch = 1;
+            core.al.wrote(&rec.al, 1);
         }
         core.pump();
         core
@@ -396,6 +401,12 @@ impl Core {
             self.error(format!("local disk failed ({what}: errno {}): detached", e.0));
             self.disk = DiskState::Failed;
             self.gen = GenIds::never_synced();
+            // Detached: nothing this disk holds may go to the peer any
+            // more (a resync or verify it was the source of ends); the
+            // handshake of the next link sends it a full sync instead.
+            if let Some(sid) = self.session_id() {
+                self.close_session(sid, format!("the local disk failed ({what}): detached"));
+            }
         }
     }
 

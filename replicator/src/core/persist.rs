@@ -100,11 +100,11 @@ impl Core {
         }
         if self.p.al_trim_wanted && self.al.saving.is_none() && self.p.al_failed.is_none() {
             let (ready, later) = self.al.candidates(self.flushed_epoch);
-            if later > 0 && self.al_flush.is_none() {
+            if later > 0 && self.al_flush.is_none() && self.disk_usable() {
                 // Extents written since the last flush leave only once
                 // those writes are durable.
                 let epoch = self.write_epoch;
-                let io = self.store(IoFor::AlFlush { epoch }, crate::core::StoreOp::Flush);
+                let io = self.store(IoFor::AlFlush { epoch }, super::types::StoreOp::Flush);
                 self.al_flush = Some(io);
             } else if ready.is_empty() {
                 if later == 0 {

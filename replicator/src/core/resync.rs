@@ -148,7 +148,7 @@ impl Core {
     /// A Primary that is connected and holds out-of-sync blocks (a failed
     /// write on the peer, verify mismatches) resyncs them.
     fn maybe_start_source(&mut self) {
-        if self.role != Role::Primary || self.dirty.bytes() == 0 {
+        if self.role != Role::Primary || self.dirty.bytes() == 0 || !self.disk_usable() {
             return;
         }
         let now = self.now;
@@ -354,7 +354,10 @@ impl Core {
     }
 
     /// SyncTarget: every block was sent and is durable here.
-    pub(crate) fn on_sync_done(&mut self, current: u64) {
+    pub(crate) fn on_sync_done(&mut self, current: u64) -> Result<(), String> {
+        if current == crate::protocol::genid::NEVER_SYNCED || current == 0 {
+            return Err("SyncDone for data that was never synced".into());
+        }
         let is_target = matches!(
             self.session.as_ref().map(|s| &s.activity),
             Some(Activity::Target { .. })
@@ -363,7 +366,7 @@ impl Core {
             // We were in sync already (a resync of the Primary's own bits):
             // say so again, the source finishes on it.
             self.announce();
-            return;
+            return Ok(());
         }
         tracing::info!("resync complete (SyncTarget): UpToDate");
         self.disk = DiskState::UpToDate;
@@ -375,6 +378,7 @@ impl Core {
         }
         // The State that tells the source goes out when the record is
         // durable (`meta_saved`).
+        Ok(())
     }
 
     /// SyncSource: the target holds our generation.

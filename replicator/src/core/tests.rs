@@ -311,3 +311,501 @@ fn replies_wait_for_the_new_generation_after_link_loss() {
     assert!(meta_saved);
     assert!(!replied_before_meta);
 }
+
+// ----- two nodes, by hand -----
+
+mod pair {
+    use std::collections::{BTreeSet, VecDeque};
+
+    use super::*;
+
+    pub struct Node {
+        pub c: Option<Core>,
+        pub cache: Vec<u8>,
+        pub durable: Vec<u8>,
+        pub meta: Option<MetaRecord>,
+        pub bitmap: Option<Vec<u64>>,
+        pub al: BTreeSet<u64>,
+        /// Store ops to fail (errno) from now on, by kind.
+        pub fail_writes: bool,
+        pub fail_flush: bool,
+        pub fail_reads: bool,
+    }
+
+    pub struct Pair {
+        pub n: [Node; 2],
+        pub sid: Option<SessionId>,
+        next_sid: SessionId,
+        q: [VecDeque<Message>; 2],
+        /// Frames to the peer are dropped (a silent cut).
+        pub drop: bool,
+        pub now: Time,
+        pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
+        pub cfg: [CoreConfig; 2],
+    }
+
+    impl Pair {
+        /// `created`: the disks are new files twinblock made (all zeroes).
+        pub fn new(protocol: Protocol, plant: Plant) -> Pair {
+            Pair::with(protocol, plant, true)
+        }
+
+        pub fn with(protocol: Protocol, plant: Plant, created: bool) -> Pair {
+            let mut ca = cfg(protocol);
+            ca.plant = plant;
+            Pair::with_cfg(ca, created)
+        }
+
+        pub fn with_cfg(ca: CoreConfig, created: bool) -> Pair {
+            let mut cb = ca.clone();
+            cb.me = "b".into();
+            cb.peer = "a".into();
+            let node = |c: &CoreConfig| Node {
+                c: Some(Core::new(c.clone(), Recovered { disk_created: created, ..Recovered::default() }, Duration::ZERO, c.me.len() as u64 * 77)),
+                cache: vec![0; SIZE as usize],
+                durable: vec![0; SIZE as usize],
+                meta: None,
+                bitmap: None,
+                al: BTreeSet::new(),
+                fail_writes: false,
+                fail_flush: false,
+                fail_reads: false,
+            };
+            let mut p = Pair {
+                n: [node(&ca), node(&cb)],
+                sid: None,
+                next_sid: 1,
+                q: [VecDeque::new(), VecDeque::new()],
+                drop: false,
+                now: Duration::ZERO,
+                replies: Vec::new(),
+                cfg: [ca, cb],
+            };
+            p.settle();
+            p
+        }
+
+        pub fn core(&mut self, i: usize) -> &mut Core {
+            self.n[i].c.as_mut().expect("running")
+        }
+
+        fn perform(&mut self, i: usize, a: Action) {
+            let now = self.now;
+            match a {
+                Action::Store { io, op } => {
+                    let node = &mut self.n[i];
+                    let r = match op {
+                        StoreOp::Write { offset, data, fua } => {
+                            if node.fail_writes {
+                                Err(IoError::EIO)
+                            } else {
+                                let o = offset as usize;
+                                node.cache[o..o + data.len()].copy_from_slice(&data);
+                                if fua {
+                                    node.durable[o..o + data.len()].copy_from_slice(&data);
+                                }
+                                Ok(None)
+                            }
+                        }
+                        StoreOp::Zero { offset, len, fua, .. } => {
+                            if node.fail_writes {
+                                Err(IoError::EIO)
+                            } else {
+                                let (o, l) = (offset as usize, len as usize);
+                                node.cache[o..o + l].iter_mut().for_each(|x| *x = 0);
+                                if fua {
+                                    node.durable[o..o + l].iter_mut().for_each(|x| *x = 0);
+                                }
+                                Ok(None)
+                            }
+                        }
+                        StoreOp::Flush => {
+                            if node.fail_flush {
+                                Err(IoError::EIO)
+                            } else {
+                                node.durable = node.cache.clone();
+                                Ok(None)
+                            }
+                        }
+                        StoreOp::Read { .. } if node.fail_reads => Err(IoError::EIO),
+                        StoreOp::Read { offset, len } => {
+                            let (o, l) = (offset as usize, len as usize);
+                            Ok(Some(Bytes::copy_from_slice(&node.cache[o..o + l])))
+                        }
+                    };
+                    if let Some(c) = node.c.as_mut() {
+                        c.handle_io(now, io, r);
+                    }
+                }
+                Action::Persist { io, what } => {
+                    let node = &mut self.n[i];
+                    match what {
+                        Persist::Meta(m) => node.meta = Some(m),
+                        Persist::Bitmap { pages } => {
+                            let bm = node.bitmap.get_or_insert_with(|| vec![0; 4]);
+                            for (p, w) in pages {
+                                for (k, x) in w.into_iter().enumerate() {
+                                    if let Some(slot) = bm.get_mut(p as usize * PAGE_WORDS + k) {
+                                        *slot = x;
+                                    }
+                                }
+                            }
+                        }
+                        Persist::Al { remove, add } => {
+                            for e in remove {
+                                node.al.remove(&e);
+                            }
+                            node.al.extend(add);
+                        }
+                    }
+                    if let Some(c) = node.c.as_mut() {
+                        c.handle_io(now, io, Ok(None));
+                    }
+                }
+                Action::Send { session, msg } => {
+                    if Some(session) == self.sid && !self.drop {
+                        self.q[1 - i].push_back(msg);
+                    }
+                }
+                Action::Close { session, .. } => {
+                    if Some(session) == self.sid {
+                        self.cut();
+                    }
+                }
+                Action::Reply { req, result } => self.replies.push((i, req, result)),
+            }
+        }
+
+        /// Runs until nothing moves (timers advance while a node is busy).
+        pub fn settle(&mut self) {
+            self.run(true)
+        }
+
+        /// Runs until nothing moves, with the clock stopped.
+        pub fn settle_now(&mut self) {
+            self.run(false)
+        }
+
+        fn run(&mut self, timers: bool) {
+            for _ in 0..100_000 {
+                let mut moved = false;
+                for i in 0..2 {
+                    while let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                        moved = true;
+                        self.perform(i, a);
+                    }
+                }
+                for i in 0..2 {
+                    if let Some(m) = self.q[i].pop_front() {
+                        moved = true;
+                        let (now, sid) = (self.now, self.sid.expect("link"));
+                        if let Some(c) = self.n[i].c.as_mut() {
+                            c.handle_frame(now, sid, m);
+                        }
+                    }
+                }
+                if !moved {
+                    // Timers: resync pacing, heartbeats.
+                    let busy = self.n.iter().any(|n| n.c.as_ref().is_some_and(|c| !c.quiescent()));
+                    if !busy || !timers {
+                        return;
+                    }
+                    self.now += Duration::from_millis(10);
+                    for i in 0..2 {
+                        let now = self.now;
+                        if let Some(c) = self.n[i].c.as_mut() {
+                            c.handle_timeout(now);
+                        }
+                    }
+                    // Keep the link alive while time passes.
+                    if let Some(sid) = self.sid {
+                        for i in 0..2 {
+                            let now = self.now;
+                            if let Some(c) = self.n[i].c.as_mut() {
+                                c.handle_frame(now, sid, Message::Ping { id: 0 });
+                            }
+                        }
+                    }
+                }
+            }
+            panic!("does not settle");
+        }
+
+        pub fn connect(&mut self) {
+            let sid = self.next_sid;
+            self.next_sid += 1;
+            self.sid = Some(sid);
+            self.drop = false;
+            for i in 0..2 {
+                let now = self.now;
+                if let Some(c) = self.n[i].c.as_mut() {
+                    c.handle_link_up(now, sid);
+                }
+            }
+            self.settle();
+        }
+
+        /// Performs both nodes' actions but delivers only `n` frames to b.
+        pub fn deliver_some(&mut self, n: usize) {
+            let sid = self.sid.expect("link");
+            let mut delivered = 0;
+            for _ in 0..10_000 {
+                let mut moved = false;
+                for i in 0..2 {
+                    while let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                        moved = true;
+                        self.perform(i, a);
+                    }
+                }
+                if delivered < n {
+                    if let Some(m) = self.q[1].pop_front() {
+                        delivered += 1;
+                        moved = true;
+                        let now = self.now;
+                        self.n[1].c.as_mut().expect("b").handle_frame(now, sid, m);
+                    }
+                }
+                self.q[0].clear(); // b's acks are lost
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// Connects and runs only `steps` rounds, then cuts.
+        pub fn connect_partial(&mut self, steps: usize) {
+            let sid = self.next_sid;
+            self.next_sid += 1;
+            self.sid = Some(sid);
+            for i in 0..2 {
+                let now = self.now;
+                if let Some(c) = self.n[i].c.as_mut() {
+                    c.handle_link_up(now, sid);
+                }
+            }
+            for _ in 0..steps {
+                for i in 0..2 {
+                    if let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                        self.perform(i, a);
+                    }
+                    if let Some(m) = self.q[i].pop_front() {
+                        let now = self.now;
+                        if let Some(c) = self.n[i].c.as_mut() {
+                            c.handle_frame(now, sid, m);
+                        }
+                    }
+                }
+            }
+            self.cut();
+            self.settle();
+        }
+
+        pub fn cut(&mut self) {
+            let Some(sid) = self.sid.take() else { return };
+            self.q = [VecDeque::new(), VecDeque::new()];
+            for i in 0..2 {
+                let now = self.now;
+                if let Some(c) = self.n[i].c.as_mut() {
+                    c.handle_link_down(now, sid, "cut");
+                }
+            }
+        }
+
+        /// Process crash (`power`: power loss, unflushed data lost).
+        pub fn crash(&mut self, i: usize, power: bool) {
+            self.n[i].c = None;
+            if power {
+                self.n[i].cache = self.n[i].durable.clone();
+            }
+            self.cut();
+            self.settle();
+        }
+
+        pub fn restart(&mut self, i: usize) {
+            let node = &self.n[i];
+            let rec = Recovered {
+                meta: node.meta.clone(),
+                bitmap: node.bitmap.clone(),
+                al: node.al.iter().copied().collect(),
+                disk_created: false,
+            };
+            self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, 1000 + i as u64));
+            self.settle();
+        }
+
+        pub fn write(&mut self, i: usize, req: ReqId, off: u64, byte: u8, len: u64) {
+            let now = self.now;
+            self.core(i).write(now, req, off, Bytes::from(vec![byte; len as usize]), false);
+        }
+
+        /// The initial sync: `a` forced, full sync to `b`.
+        pub fn initial(&mut self) {
+            self.core(0).promote(true, 1).unwrap();
+            self.settle();
+            self.connect();
+            self.settle();
+            assert_eq!(self.core(1).disk(), DiskState::UpToDate);
+        }
+
+        pub fn reply(&self, i: usize, req: ReqId) -> Option<Result<(), ReplyError>> {
+            self.replies.iter().find(|(n, r, _)| *n == i && *r == req).map(|(_, _, r)| *r)
+        }
+    }
+}
+
+use pair::Pair;
+
+/// The Primary crashes with a write applied locally that the peer never
+/// got; the Secondary takes over and writes; the old Primary returns:
+/// its activity log and both bitmaps meet at connect, and the union is
+/// resynced (without the exchange the disks stay different).
+fn failback(plant: Plant) -> bool {
+    let mut p = Pair::new(Protocol::C, plant);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.drop = true; // the next write never reaches b
+    p.write(0, 2, 5 * 1024, 2, 128);
+    p.settle_now();
+    assert!(p.n[0].cache[5 * 1024] == 2 && p.n[1].cache[5 * 1024] == 0);
+    p.crash(0, false);
+    p.core(1).promote(false, 2).unwrap();
+    p.write(1, 3, 7 * 1024, 3, 64);
+    p.settle();
+    p.restart(0);
+    p.connect();
+    p.settle();
+    assert_eq!(
+        p.core(0).replication(),
+        Replication::Established,
+        "{:?} / {:?}",
+        p.core(0).status().last_error,
+        p.core(1).status().last_error
+    );
+    p.n[0].cache == p.n[1].cache
+}
+
+#[test]
+fn failback_resyncs_the_union_of_activity_log_and_bitmaps() {
+    assert!(failback(Plant::None), "disks differ after failback");
+    assert!(!failback(Plant::SkipBitmapExchange), "the test does not need the exchange");
+}
+
+#[test]
+fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.n[1].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    // The reply went out only once the Primary's data was a new
+    // generation on disk: the peer is known to lack it.
+    assert!(p.reply(0, 2).is_some());
+    let m = p.n[0].meta.clone().unwrap();
+    assert_ne!(m.gen.bitmap, 0, "no new generation recorded before the FLUSH reply");
+}
+
+#[test]
+fn a_failed_replicated_write_marks_the_range_durably_before_the_reply() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.n[1].fail_writes = true;
+    p.write(0, 1, 2048, 1, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())));
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    let bm = p.n[0].bitmap.clone().expect("bitmap saved");
+    assert!(bm[0] & (1 << 32) != 0, "block 32 not durably out of sync");
+}
+
+#[test]
+fn protocol_a_blip_consistent_then_uptodate_again() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.cut();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Consistent);
+    assert!(p.core(1).promote(false, 5).is_err(), "Consistent promoted without force");
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+}
+
+#[test]
+fn a_partly_synced_target_keeps_its_generation_until_sync_done() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.n[0].cache[100] = 7;
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    let primary_gen = p.core(0).gen().current;
+    // Cut the sync midway: deliver only part of it.
+    p.connect_partial(40);
+    assert_eq!(p.core(1).disk(), DiskState::Inconsistent);
+    assert_ne!(p.n[1].meta.as_ref().unwrap().gen.current, primary_gen);
+    assert_ne!(p.core(1).gen().current, primary_gen);
+    p.connect();
+    assert_eq!(p.core(1).gen().current, primary_gen);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+#[test]
+fn primary_force_on_a_connected_never_synced_pair_starts_the_full_sync() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.n[0].cache[100] = 7; // data that twinblock did not write
+    p.connect();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+#[test]
+fn a_checksum_resync_ends_when_the_target_cannot_read() {
+    let mut c = cfg(Protocol::C);
+    c.resync_checksum = true;
+    let mut p = Pair::with_cfg(c, true);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 256);
+    p.settle();
+    p.n[1].fail_reads = true;
+    p.connect(); // settles: must not hang with the sync waiting forever
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    assert_ne!(p.core(0).replication(), Replication::SyncSource);
+    assert!(p.core(0).quiescent());
+}
+
+/// Protocol A: the Primary dies with a stream in flight; the Secondary
+/// holds a prefix of the Primary's writes, never a later one without an
+/// earlier one.
+#[test]
+fn protocol_a_cut_mid_stream_leaves_a_prefix() {
+    for keep in 0..12 {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.drop = false;
+        // Eight overlapping writes, each acknowledged locally at once.
+        for i in 0..8u8 {
+            let now = p.now;
+            let off = (i as u64 % 3) * 64;
+            p.core(0).write(now, 10 + i as u64, off, Bytes::from(vec![i + 1; 192]), false);
+        }
+        // Deliver only `keep` frames to b, then kill a.
+        p.deliver_some(keep);
+        p.crash(0, false);
+        let b = &p.n[1].cache[..320];
+        // Replay the writes on a blank disk: b must equal some prefix.
+        let mut state = vec![0u8; 320];
+        let mut states = vec![state.clone()];
+        for i in 0..8u8 {
+            let off = (i as usize % 3) * 64;
+            state[off..off + 192].iter_mut().for_each(|x| *x = i + 1);
+            states.push(state.clone());
+        }
+        assert!(states.iter().any(|s| s.as_slice() == b), "keep {keep}: not a prefix state");
+    }
+}

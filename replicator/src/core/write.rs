@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::config::Protocol;
 use crate::protocol::wire::{Message, Op, Role};
 
-use super::session::{Need, OutKind, Phase};
+use super::session::{Activity, Need, OutKind, Phase};
 use super::types::{IoError, Plant, ReplyError, ReqId, StoreOp, Time};
 use super::{AppOp, Core, IoFor, PeerPart, Pending};
 
@@ -415,8 +415,34 @@ impl Core {
             OutKind::Verify { offset, crcs } => {
                 self.mark(offset, crcs.len() as u64 * self.cfg.block);
                 self.p.want_bitmap = true;
+                if let Some(Activity::Verify(v)) = self.session.as_mut().map(|s| &mut s.activity) {
+                    v.chunks = v.chunks.saturating_sub(1);
+                }
             }
-            _ => {}
+            OutKind::Probe { offset, len } => {
+                // The target could not read its side: send the run as it is
+                // (the window slot moves to the read).
+                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity) {
+                    src.chunks = src.chunks.saturating_sub(1);
+                    src.probed.push_back((offset, len, Vec::new()));
+                }
+            }
+            OutKind::Resync => {
+                // Its bits stay set: sent again by a later pass.
+                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity) {
+                    src.chunks = src.chunks.saturating_sub(1);
+                    if let Some((off, len)) = o.range {
+                        src.claimed.clear_range(off, len);
+                    }
+                }
+            }
+            OutKind::ResyncFlush(ranges) => {
+                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity) {
+                    for (off, len) in ranges {
+                        src.claimed.clear_range(off, len);
+                    }
+                }
+            }
         }
         Ok(())
     }
