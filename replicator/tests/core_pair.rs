@@ -109,3 +109,35 @@ fn a_write_on_the_primary_lands_on_the_secondary_and_is_acknowledged() {
     assert!(s[0].disk == s[1].disk, "the disks differ");
     assert!(s[0].core.quiescent() && s[1].core.quiescent());
 }
+
+/// A new session replaces an old one on the accepting side: the old
+/// session's late frames are ignored and its end does not touch the new one.
+#[test]
+fn an_old_sessions_frames_and_end_do_not_touch_the_new_session() {
+    use twinblock_replicator::core::{Connection, Replication};
+    use twinblock_replicator::protocol::wire::{Message, Op};
+    let mut s = [side("a", "b"), side("b", "a")];
+    let t = Duration::from_millis(1);
+    s[0].core.promote(true, 1).unwrap();
+    s[0].core.handle_link_up(t, 1);
+    s[1].core.handle_link_up(t, 1);
+    run(&mut s, t);
+    assert_eq!(s[1].core.connection(), Connection::Connected);
+    // The peer reconnects: b sees session 2 while session 1 lingers.
+    s[1].core.handle_link_up(t, 2);
+    while s[1].core.poll_action().is_some() {}
+    // A late data frame of session 1 must not be applied.
+    let stale = Message::Data { seq: 1, op: Op::write(0, Bytes::from(vec![9u8; 4096]), false) };
+    s[1].core.handle_frame(t, 1, stale);
+    let mut stored = false;
+    while let Some(a) = s[1].core.poll_action() {
+        stored |= matches!(a, Action::Store { .. });
+    }
+    assert!(!stored, "a frame of the replaced session was applied");
+    assert!(s[1].disk[..4096].iter().all(|&x| x == 0));
+    // Session 2 handshakes; then session 1's end arrives late.
+    assert_eq!(s[1].core.session_id(), Some(2));
+    s[1].core.handle_link_down(t, 1, "old link closed");
+    assert_eq!(s[1].core.session_id(), Some(2), "the old session's end took the new one down");
+    assert_ne!(s[1].core.replication(), Replication::SyncTarget);
+}
