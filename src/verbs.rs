@@ -132,7 +132,8 @@ mod tests {
     fn human_status_shows_progress_and_split_brain() {
         let st = serde_json::json!({
             "resource": "r0", "node": "a", "role": "Primary", "disk": "UpToDate",
-            "connection": "SyncSource", "protocol": "C",
+            "connection": "SyncSource", "replication": "SyncSource", "protocol": "C",
+            "generation": "00000000000000aa",
             "peer": {"node": "b", "role": "Secondary", "disk": "Inconsistent"},
             "out_of_sync_bytes": 1048576, "split_brain": true, "rtt_us": 250,
             "sync": {"percent": 50.0, "bytes_total": 2097152, "eta_s": 3.0},
@@ -140,7 +141,12 @@ mod tests {
             "in_flight": 2, "last_error": null
         });
         let text = render(&st);
-        assert!(text.contains("r0 on a: Primary UpToDate, SyncSource (protocol C)"), "{text}");
+        assert!(
+            text.contains(
+                "r0 on a: Primary UpToDate, SyncSource / SyncSource (protocol C, generation 00000000000000aa)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("[##########..........] 50.0% of 2.0 MiB, ETA 3 s"), "{text}");
         assert!(text.contains("SPLIT BRAIN"), "{text}");
         assert!(text.contains("rtt 0.25 ms"), "{text}");
