@@ -182,6 +182,25 @@ fn many_idle_connections_up_to_the_limit() {
     let with_idle = proc_kib(pid, "VmRSS");
     eprintln!("64 idle connections: RSS {before} -> {with_idle} KiB");
     assert!(with_idle < before + 64 * 1024, "idle connections cost {} KiB", with_idle - before);
+    // Every server-side socket has keepalive armed (a vanished client is
+    // noticed): `ss -o` shows its timer.
+    if have("ss") {
+        // (A socket with data in flight shows its retransmission timer
+        // instead: look a few times.)
+        let filter = format!("( sport = :{} )", serve.port());
+        let mut armed = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let ss = run_ok(Command::new("ss").args(["-tnoH", "state", "established", &filter]));
+            for l in ss.lines().filter(|l| l.contains("timer:(keepalive")) {
+                armed.insert(l.split_whitespace().nth(3).unwrap_or_default().to_owned());
+            }
+            if armed.len() == 64 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(armed.len(), 64, "keepalive on every connection");
+    }
     // The 65th is accepted and closed before the greeting.
     let mut extra = TcpStream::connect(serve.addr).unwrap();
     extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -219,7 +238,7 @@ fn half_open_connections_are_closed_in_bounded_time() {
 
     // Floods options and reads none of the replies: the deadline bounds the
     // server's writes too.
-    let flood = Client::connect(&serve);
+    let flood = Client::connect_retry(&serve, Duration::from_secs(10));
     let mut w = flood.s.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         use std::io::Write;
@@ -239,9 +258,7 @@ fn half_open_connections_are_closed_in_bounded_time() {
 
     // Completes the handshake, asks for more than the socket holds and stops
     // reading (but stays connected): disconnected after --io-timeout.
-    // (First let the server notice that nbdinfo left: one connection only.)
-    std::thread::sleep(Duration::from_millis(500));
-    let stalled = Client::stalled_reader(&serve, 64, MIB as u32);
+    let stalled = Client::stalled_reader_retry(&serve, 64, MIB as u32, Duration::from_secs(10));
     let start = Instant::now();
     nbdinfo_within(&uri, Duration::from_secs(15)).unwrap();
     let took = start.elapsed();

@@ -67,6 +67,17 @@ impl Budget {
         }
     }
 
+    /// Takes `n` units if they are there right now.
+    pub fn try_acquire(self: &Arc<Self>, n: u32) -> Option<Permit> {
+        let n = n.min(self.total);
+        let mut st = self.lock();
+        if st.closed || st.available < n {
+            return None;
+        }
+        st.available -= n;
+        Some(Permit { budget: self.clone(), n })
+    }
+
     /// Refuses every later `acquire` and wakes a waiting one.
     pub fn close(&self) {
         let mut st = self.lock();

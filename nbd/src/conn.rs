@@ -28,6 +28,9 @@ use crate::server::Shared;
 use crate::sink::{Ended, Queued, Sink};
 use crate::sock;
 
+/// Socket reads when no large payload is expected.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// At most this many extents in one BLOCK_STATUS reply (the spec lets a
 /// server describe less than the requested length).
 pub const MAX_EXTENTS: usize = 1024;
@@ -202,39 +205,63 @@ fn transmission<D: BlockDevice>(
     let structured = n.structured;
     let mut decoder = RequestDecoder::new(&n);
 
+    // Takes units, sending held-back replies first if it has to wait (they
+    // may be what holds the units).
+    let acquire = |n: u32| match conn.budget.try_acquire(n) {
+        Some(p) => Some(p),
+        None => {
+            conn.sink.uncork();
+            let p = conn.budget.acquire(n);
+            conn.sink.cork();
+            p
+        }
+    };
+
     let ended: Result<End, ConnError> = 'read: loop {
-        loop {
+        // Replies to the requests of one read leave together.
+        conn.sink.cork();
+        let ended = loop {
             let decoded = match decoder.decode(&mut buf) {
                 Ok(Some(d)) => d,
-                Ok(None) => break,
-                Err(e) => break 'read Err(e.into()),
+                Ok(None) => break None,
+                Err(e) => break Some(Err(e.into())),
             };
             match decoded {
                 Decoded::Reject { cookie, is_read, errno, reason } => {
                     debug!(cookie, errno, reason, is_read, "request rejected");
                     // Error replies count against the budget like any other.
-                    let Some(permit) = conn.budget.acquire(1) else { break 'read Ok(End::Killed) };
+                    let Some(permit) = acquire(1) else { break Some(Ok(End::Killed)) };
                     let reply = reply::error(structured, cookie, errno, reason);
                     conn.sink.send(Queued::new(reply, Some(permit)));
                 }
                 Decoded::Command { command: Command::Disconnect, .. } => {
-                    break 'read Ok(End::Disconnect)
+                    break Some(Ok(End::Disconnect))
                 }
                 Decoded::Command { cookie, command } => {
                     let weight = 1 + command_bytes(&command) / (1 << 20);
-                    let Some(permit) = conn.budget.acquire(weight) else {
+                    let Some(permit) = acquire(weight) else {
                         // Killed while waiting: what was read and not issued
                         // is dropped (it was never acknowledged).
-                        break 'read Ok(End::Killed);
+                        break Some(Ok(End::Killed));
                     };
                     issue(sh, conn, structured, cookie, command, permit);
                 }
             }
+        };
+        conn.sink.uncork();
+        if let Some(ended) = ended {
+            break 'read ended;
         }
         if conn.is_stopping() {
             break 'read Ok(End::Stopped);
         }
-        match sock::read_into(s, &mut buf, decoder.wanted().max(64 * 1024)) {
+        // Small requests: read whatever is there (many at once). A large
+        // payload: exactly its rest, so that it ends its buffer and the next
+        // read starts a fresh one instead of copying a partial message.
+        let wanted = decoder.wanted();
+        let max =
+            if wanted > READ_CHUNK { wanted.saturating_sub(buf.len()).max(1) } else { READ_CHUNK };
+        match sock::read_into(s, &mut buf, max) {
             Ok(0) if conn.is_stopping() => break 'read Ok(End::Stopped),
             Ok(0) => break 'read Ok(End::Eof),
             Ok(_) => {}
@@ -277,7 +304,22 @@ fn linger(s: &TcpStream) {
     }
 }
 
-/// Executes one command: polled once in place; spawned if it must wait.
+/// Writes at least this large run on the runtime's blocking pool, so that
+/// this thread reads the next request while the data is copied.
+const OFFLOAD_WRITE: usize = 256 << 10;
+fn offload_write() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("TB_OFFLOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(OFFLOAD_WRITE)
+    })
+}
+
+/// Executes one command. Most are polled once in place (a page-cache read or
+/// write completes right there) and spawned onto the runtime if they must
+/// wait. Long synchronous work never runs on the runtime's async workers:
+/// large writes, TRIM and WRITE_ZEROES (which may fall back to writing
+/// zeroes over a large range) are driven to completion on a thread of the
+/// blocking pool.
 fn issue<D: BlockDevice>(
     sh: &Shared<D>,
     conn: &ConnShared,
@@ -286,6 +328,11 @@ fn issue<D: BlockDevice>(
     command: Command,
     permit: Permit,
 ) {
+    let heavy = match &command {
+        Command::Write { data, .. } => data.len() >= offload_write(),
+        Command::Trim { .. } | Command::WriteZeroes { .. } => true,
+        _ => false,
+    };
     let op = conn.budget.op();
     let fence = sh.fence.enter();
     let device = sh.device.clone();
@@ -299,6 +346,11 @@ fn issue<D: BlockDevice>(
         }
         .in_current_span(),
     );
+    if heavy {
+        let rt = sh.runtime.clone();
+        drop(sh.runtime.spawn_blocking(move || rt.block_on(request)));
+        return;
+    }
     // A no-op waker is enough: if the request is not done, the runtime
     // polls it again (with its own waker) as soon as it is spawned.
     let mut cx = Context::from_waker(Waker::noop());

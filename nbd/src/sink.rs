@@ -47,6 +47,9 @@ struct State {
     closing: bool,
     /// The writer sleeps on the condvar.
     idle: bool,
+    /// The reader is working through a batch of requests: replies wait in
+    /// the queue and go out together (one `sendmsg`) at `uncork`.
+    corked: bool,
 }
 
 pub(crate) struct Sink {
@@ -82,6 +85,10 @@ impl Sink {
         if st.broken {
             return;
         }
+        if st.corked && !st.writing {
+            st.queue.push_back(q);
+            return;
+        }
         if !st.writing {
             match write_batch(&self.sock, std::slice::from_mut(&mut q), false) {
                 Ok(true) => return,
@@ -97,6 +104,43 @@ impl Sink {
             st.writing = true;
         }
         st.queue.push_back(q);
+        if st.idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Holds replies back until `uncork` (the reader has more requests in
+    /// hand; their replies will leave together).
+    pub fn cork(&self) {
+        self.lock().corked = true;
+    }
+
+    /// Sends what `cork` held back: in one non-blocking `sendmsg` if the
+    /// socket takes it, the rest through the writer thread.
+    pub fn uncork(&self) {
+        let mut st = self.lock();
+        st.corked = false;
+        if st.broken || st.writing || st.queue.is_empty() {
+            return;
+        }
+        let mut batch: Vec<Queued> = st.queue.drain(..).collect();
+        match write_batch(&self.sock, &mut batch, false) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                debug!("reply write failed: {e}");
+                drop(st);
+                drop(batch);
+                self.break_off();
+                let _ = self.sock.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+        batch.retain(|q| q.remaining() > 0);
+        for q in batch.into_iter().rev() {
+            st.queue.push_front(q);
+        }
+        st.writing = true;
         if st.idle {
             self.wake.notify_one();
         }
@@ -138,12 +182,17 @@ impl Sink {
                     if st.broken {
                         return Ended::Broken;
                     }
-                    if !st.queue.is_empty() {
-                        batch.extend(st.queue.drain(..));
-                        break;
+                    // The queue is this thread's only once it was handed over
+                    // (`writing`); until then it holds corked replies that
+                    // `uncork` sends itself.
+                    if st.writing {
+                        if !st.queue.is_empty() {
+                            batch.extend(st.queue.drain(..));
+                            break;
+                        }
+                        st.writing = false;
                     }
-                    st.writing = false;
-                    if st.closing {
+                    if st.closing && st.queue.is_empty() {
                         drop(st);
                         let _ = self.sock.shutdown(Shutdown::Write);
                         return Ended::Drained;

@@ -71,11 +71,11 @@ pub fn send_vectored(s: &TcpStream, slices: &[IoSlice<'_>], wait: bool) -> io::R
     }
 }
 
-/// One blocking `read` into the spare capacity of `buf` (at least `want`
-/// bytes of it are reserved first). Ok(0) is end of file.
-pub fn read_into(s: &TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-    buf.reserve(want);
-    let spare = buf.spare_capacity_mut();
+/// One blocking `read` of at most `max` bytes into the spare capacity of
+/// `buf`. Ok(0) is end of file.
+pub fn read_into(s: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = &mut buf.spare_capacity_mut()[..max];
     loop {
         // SAFETY: reading at most spare.len() bytes into memory we own.
         let n = unsafe {

@@ -174,6 +174,36 @@ pub fn pid(serve: &Serve) -> u32 {
 }
 
 impl Client {
+    /// Connects and reads the greeting, retrying for up to `within` while the
+    /// server refuses (it may not have noticed yet that a client left).
+    pub fn connect_retry(serve: &Serve, within: Duration) -> Client {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let s = TcpStream::connect(serve.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut greeting = [0u8; 18];
+            if (&s).read_exact(&mut greeting).is_ok() {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return Client { s };
+            }
+            assert!(std::time::Instant::now() < deadline, "no connection slot within {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Like `stalled_reader`, retrying the connection for up to `within`.
+    pub fn stalled_reader_retry(serve: &Serve, n: u64, len: u32, within: Duration) -> Client {
+        let mut c = Client::connect_retry(serve, within);
+        c.s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send(&3u32.to_be_bytes());
+        c.option(7, &[0u8; 6]);
+        assert_eq!(c.option_replies().last(), Some(&1), "GO acknowledged");
+        for i in 0..n {
+            c.request(0, 0, i, 0, len, &[]);
+        }
+        c
+    }
+
     /// A client that completes GO, then sends `n` READs of `len` bytes
     /// (cookies 0..n) and reads none of the replies.
     pub fn stalled_reader(serve: &Serve, n: u64, len: u32) -> Client {
