@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
-PACKAGES=(libnbd-bin nbdfuse nbdkit fio e2fsprogs qemu-utils fuse3 python3-libnbd util-linux mount procps)
+PACKAGES=(libnbd-bin nbdfuse nbdkit fio e2fsprogs qemu-utils fuse3 python3-libnbd util-linux mount procps iproute2)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -56,6 +56,19 @@ enum Command {
         /// O_DIRECT for aligned requests, where the file system allows it.
         #[arg(long)]
         direct: bool,
+        /// Clients connected at once; one more is accepted and closed.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
+        /// Time a client has to finish the handshake (e.g. 30s).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        handshake_timeout: std::time::Duration,
+        /// A client that acknowledges nothing or takes no reply for this
+        /// long is disconnected (keepalive, TCP_USER_TIMEOUT, reply writes).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        io_timeout: std::time::Duration,
+        /// On SIGINT/SIGTERM, time clients get to read their last replies.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        shutdown_timeout: std::time::Duration,
     },
     /// Create a CA and a certificate/key pair per node name.
     GenCerts {
@@ -170,8 +183,25 @@ fn simple(n: &NodeArgs, verb: &str, force: bool) -> Result<(), Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Serve { disk, size, listen, name, io, direct } => {
-            let args = serve::ServeArgs { disk, size, listen, name, backend: io, direct };
+        Command::Serve {
+            disk,
+            size,
+            listen,
+            name,
+            io,
+            direct,
+            max_connections,
+            handshake_timeout,
+            io_timeout,
+            shutdown_timeout,
+        } => {
+            let limits = serve::Limits {
+                max_connections: max_connections as usize,
+                handshake_timeout,
+                io_timeout,
+                shutdown_timeout,
+            };
+            let args = serve::ServeArgs { disk, size, listen, name, backend: io, direct, limits };
             runtime()?.block_on(serve::run(args))?;
         }
         Command::GenCerts { out, names } => certs::run(&out, &names)?,

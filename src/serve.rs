@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -18,6 +19,15 @@ pub struct ServeArgs {
     pub name: String,
     pub backend: BackendChoice,
     pub direct: bool,
+    pub limits: Limits,
+}
+
+/// The server limits `serve` takes from the command line.
+pub struct Limits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub io_timeout: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -40,10 +50,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     println!("listening on {addr}");
     let device = Arc::new(LocalDevice::new(store.clone()));
-    let config = ServerConfig { export_name: args.name, ..ServerConfig::default() };
+    let config = ServerConfig {
+        export_name: args.name,
+        max_connections: args.limits.max_connections,
+        handshake_timeout: args.limits.handshake_timeout,
+        io_timeout: args.limits.io_timeout,
+        shutdown_timeout: args.limits.shutdown_timeout,
+        ..ServerConfig::default()
+    };
     twinblock_nbd::serve(listener, device, config, shutdown.wait()).await?;
     // Everything acknowledged is already as durable as the client asked;
     // one more fdatasync makes a clean stop leave nothing in the page cache.
+    // It runs whatever the clients did (serve returns within
+    // shutdown_timeout plus the device's own completion time).
     store.flush().await.context("final flush")?;
     tracing::info!("stopped");
     Ok(())

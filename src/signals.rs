@@ -1,5 +1,7 @@
 //! SIGINT/SIGTERM as a future. Install the handlers before announcing that
-//! the service is up, so an early SIGTERM still means a clean stop.
+//! the service is up, so an early SIGTERM still means a clean stop. The
+//! first signal starts the orderly shutdown; a second one ends the process
+//! at once (exit status 1), whatever the shutdown is waiting for.
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -17,11 +19,21 @@ impl Shutdown {
         })
     }
 
-    /// Resolves at the first SIGINT or SIGTERM.
+    /// Resolves at the first SIGINT or SIGTERM; from then on the next one
+    /// exits the process immediately.
     pub async fn wait(mut self) {
-        tokio::select! {
-            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
+        let first = tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        };
+        tracing::info!("{first}: shutting down (a second signal exits at once)");
+        tokio::spawn(async move {
+            let second = tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            };
+            eprintln!("twinblock: second signal ({second}): exiting at once");
+            std::process::exit(1);
+        });
     }
 }

@@ -61,6 +61,15 @@ fn bad_arguments_name_the_problem() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--size") && err.contains("12Q"), "{err}");
 
+    let out = twinblock(&["serve", "--disk", "/tmp/x", "--max-connections", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+
+    let out = twinblock(&["serve", "--disk", "/tmp/x", "--io-timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--io-timeout") && err.contains("soon"), "{err}");
+
     let out = twinblock(&["serve", "--disk", "/tmp/x", "--io", "turbo"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("turbo"));

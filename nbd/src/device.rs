@@ -29,7 +29,9 @@ impl DeviceError {
     pub fn errno(&self) -> u32 {
         match self {
             DeviceError::Io(e) => match e.raw_os_error() {
-                Some(28) => consts::ENOSPC,
+                // ENOSPC, and EDQUOT/EFBIG (quota, file size limit) which
+                // NBD has no number for: the client sees "no space".
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => consts::ENOSPC,
                 Some(22) => consts::EINVAL,
                 Some(12) => consts::ENOMEM,
                 Some(1) | Some(13) | Some(30) => consts::EPERM,

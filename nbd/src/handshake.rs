@@ -40,6 +40,8 @@ pub enum HandshakeError {
     BadOptionMagic(u64),
     #[error("client asked for unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
     UnknownExport(String),
+    #[error("NBD_OPT_EXPORT_NAME with a {0}-byte name")]
+    ExportNameTooLong(u32),
     #[error("handshake already finished")]
     Finished,
 }
@@ -125,6 +127,12 @@ impl Handshake {
                     if magic != IHAVEOPT {
                         self.state = State::Finished;
                         return Err(HandshakeError::BadOptionMagic(magic));
+                    }
+                    if option == OPT_EXPORT_NAME && len as usize > MAX_STRING {
+                        // EXPORT_NAME has no reply framing: the only
+                        // refusal the spec allows is closing the session.
+                        self.state = State::Finished;
+                        return Err(HandshakeError::ExportNameTooLong(len));
                     }
                     self.state = if len > MAX_OPTION_LEN {
                         State::Discard { option, remaining: len }

@@ -4,17 +4,23 @@
 //! - [`request`]: the transmission-phase request decoder and validation (sans-IO).
 //! - [`reply`]: reply encoding (simple and structured).
 //! - [`device`]: the [`BlockDevice`] trait the server is generic over.
-//! - [`server`]: the async shell (tokio) around the above; `sink` writes
-//!   replies (directly when the socket is free, else batched by a flusher).
+//! - [`server`]: the shell around the above: tokio accepts, a thread per
+//!   connection reads requests with blocking I/O and polls device futures
+//!   in place (spawning onto tokio what must wait); `sink` writes replies
+//!   (directly when the socket is free, else batched by a writer thread).
 
+mod budget;
+mod conn;
 pub mod consts;
 pub mod device;
 pub mod export;
+mod fence;
 pub mod handshake;
 pub mod reply;
 pub mod request;
 pub mod server;
 mod sink;
+mod sock;
 
 pub use device::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 pub use export::{BlockSizes, ExportInfo};

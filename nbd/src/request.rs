@@ -170,14 +170,18 @@ impl RequestDecoder {
     }
 
     fn validate(&self, h: Header, data: Option<Bytes>) -> Result<Command, (u32, &'static str)> {
-        let allowed = match h.kind {
-            CMD_READ => CMD_FLAG_DF,
-            CMD_WRITE | CMD_TRIM => CMD_FLAG_FUA,
-            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-            CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
-            CMD_DISC | CMD_FLUSH | CMD_CACHE => 0,
-            _ => return Err((EINVAL, "unknown command")),
-        };
+        // FUA is accepted on every command (the export advertises
+        // SEND_FUA, and the spec then requires it; old qemu sets it on
+        // FLUSH). Where nothing is written it changes nothing.
+        let allowed = CMD_FLAG_FUA
+            | match h.kind {
+                CMD_READ => CMD_FLAG_DF,
+                CMD_WRITE | CMD_TRIM => 0,
+                CMD_WRITE_ZEROES => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+                CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
+                CMD_DISC | CMD_FLUSH | CMD_CACHE => 0,
+                _ => return Err((EINVAL, "unknown command")),
+            };
         if h.flags & !allowed != 0 {
             return Err((EINVAL, "flag not valid for this command"));
         }

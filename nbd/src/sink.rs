@@ -1,29 +1,33 @@
-//! Where replies go: the socket's write half, shared by every request of a
-//! connection. A reply is written straight from the task that produced it
-//! when the socket is idle and has room (no hand-off, no wake-up); otherwise
-//! it joins a queue that a flusher task writes out in vectored batches.
-//! Either way one reply's bytes are never interleaved with another's.
+//! Where replies go: the socket's write side, shared by every request of a
+//! connection. A reply is written straight from the thread that produced it
+//! (a non-blocking `sendmsg`) when the socket is idle and takes it all: no
+//! hand-off, no wake-up. Otherwise it joins a queue that the connection's
+//! writer thread sends in vectored batches with blocking writes, each bounded
+//! by the socket's send timeout. Either way one reply's bytes are never
+//! interleaved with another's. A reply holds its in-flight units until the
+//! kernel has it.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tracing::debug;
 
+use crate::budget::{Budget, Permit};
 use crate::reply::Reply;
+use crate::sock;
 
 /// A reply on its way to the socket, holding the in-flight budget it used.
-pub struct Queued {
+pub(crate) struct Queued {
     pub reply: Reply,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Permit>,
     /// Bytes of this reply already written.
     sent: usize,
 }
 
 impl Queued {
-    pub fn new(reply: Reply, permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub fn new(reply: Reply, permit: Option<Permit>) -> Self {
         Queued { reply, _permit: permit, sent: 0 }
     }
 
@@ -35,26 +39,39 @@ impl Queued {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Queued>,
-    /// The flusher owns the socket until the queue is empty.
-    flushing: bool,
-    /// The socket failed: replies are dropped.
+    /// The writer thread owns the socket until the queue is empty.
+    writing: bool,
+    /// The socket failed or the connection was killed: replies are dropped.
     broken: bool,
-    /// No more replies will come; the flusher exits when the queue is empty.
+    /// No more replies will come; the writer exits when the queue is empty.
     closing: bool,
+    /// The writer sleeps on the condvar.
+    idle: bool,
+    /// The reader is working through a batch of requests: replies wait in
+    /// the queue and go out together (one `sendmsg`) at `uncork`.
+    corked: bool,
 }
 
-pub struct Sink {
-    wr: OwnedWriteHalf,
+pub(crate) struct Sink {
+    sock: Arc<TcpStream>,
+    /// Closed when the socket fails, so that the reader issues nothing more.
+    budget: Arc<Budget>,
     state: Mutex<State>,
-    wake: Notify,
+    wake: Condvar,
+}
+
+/// Why the writer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Every reply was written and the write side was shut down.
+    Drained,
+    /// The socket failed (or the connection was killed); replies were dropped.
+    Broken,
 }
 
 impl Sink {
-    /// Returns the sink and its flusher task (to be spawned).
-    pub fn new(wr: OwnedWriteHalf) -> (Arc<Sink>, impl std::future::Future<Output = ()> + Send) {
-        let sink = Arc::new(Sink { wr, state: Mutex::new(State::default()), wake: Notify::new() });
-        let flusher = flush_loop(sink.clone());
-        (sink, flusher)
+    pub fn new(sock: Arc<TcpStream>, budget: Arc<Budget>) -> Arc<Sink> {
+        Arc::new(Sink { sock, budget, state: Mutex::new(State::default()), wake: Condvar::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -62,46 +79,150 @@ impl Sink {
     }
 
     /// Sends a reply: right now if the socket is free and takes it all,
-    /// otherwise through the flusher.
+    /// otherwise through the writer thread. Never blocks.
     pub fn send(&self, mut q: Queued) {
         let mut st = self.lock();
         if st.broken {
             return;
         }
-        if !st.flushing {
-            debug_assert!(st.queue.is_empty());
-            match try_write(&self.wr, std::slice::from_mut(&mut q)) {
+        if st.corked && !st.writing {
+            st.queue.push_back(q);
+            return;
+        }
+        if !st.writing {
+            match write_batch(&self.sock, std::slice::from_mut(&mut q), false) {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
                     debug!("reply write failed: {e}");
-                    st.broken = true;
+                    drop(st);
+                    self.break_off();
+                    let _ = self.sock.shutdown(Shutdown::Both);
                     return;
                 }
             }
-            st.flushing = true;
-            st.queue.push_back(q);
-            drop(st);
-            self.wake.notify_one();
-            return;
+            st.writing = true;
         }
         st.queue.push_back(q);
+        if st.idle {
+            self.wake.notify_one();
+        }
     }
 
-    /// No more replies: the flusher writes what is queued, shuts the write
-    /// side down and ends.
+    /// Holds replies back until `uncork` (the reader has more requests in
+    /// hand; their replies will leave together).
+    pub fn cork(&self) {
+        self.lock().corked = true;
+    }
+
+    /// Sends what `cork` held back: in one non-blocking `sendmsg` if the
+    /// socket takes it, the rest through the writer thread.
+    pub fn uncork(&self) {
+        let mut st = self.lock();
+        st.corked = false;
+        if st.broken || st.writing || st.queue.is_empty() {
+            return;
+        }
+        let mut batch: Vec<Queued> = st.queue.drain(..).collect();
+        match write_batch(&self.sock, &mut batch, false) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                debug!("reply write failed: {e}");
+                drop(st);
+                drop(batch);
+                self.break_off();
+                let _ = self.sock.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+        batch.retain(|q| q.remaining() > 0);
+        for q in batch.into_iter().rev() {
+            st.queue.push_front(q);
+        }
+        st.writing = true;
+        if st.idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// No more replies: the writer sends what is queued, shuts the write side
+    /// down and ends.
     pub fn close(&self) {
-        self.lock().closing = true;
-        self.wake.notify_one();
+        let mut st = self.lock();
+        st.closing = true;
+        if st.idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The connection is dead: the budget is closed first (so the reader
+    /// issues none of the requests it holds: a dead client's stale writes
+    /// must not land later), then every queued reply is dropped and later
+    /// ones are refused. A writer blocked in the socket is released by the
+    /// caller shutting the socket down.
+    pub fn break_off(&self) {
+        self.budget.close();
+        let dropped = {
+            let mut st = self.lock();
+            st.broken = true;
+            self.wake.notify_one();
+            std::mem::take(&mut st.queue)
+        };
+        drop(dropped);
+    }
+
+    /// The writer thread's loop.
+    pub fn run_writer(&self) -> Ended {
+        let mut batch: Vec<Queued> = Vec::new();
+        loop {
+            {
+                let mut st = self.lock();
+                loop {
+                    if st.broken {
+                        return Ended::Broken;
+                    }
+                    // The queue is this thread's only once it was handed over
+                    // (`writing`); until then it holds corked replies that
+                    // `uncork` sends itself.
+                    if st.writing {
+                        if !st.queue.is_empty() {
+                            batch.extend(st.queue.drain(..));
+                            break;
+                        }
+                        st.writing = false;
+                    }
+                    if st.closing && st.queue.is_empty() {
+                        drop(st);
+                        let _ = self.sock.shutdown(Shutdown::Write);
+                        return Ended::Drained;
+                    }
+                    st.idle = true;
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.idle = false;
+                }
+            }
+            // Blocking writes; each one returns EAGAIN when the socket's send
+            // timeout passes without progress: a client that stopped reading.
+            let result = write_batch(&self.sock, &mut batch, true);
+            batch.clear();
+            if let Err(e) = result {
+                debug!("reply write failed: {e}");
+                self.break_off();
+                let _ = self.sock.shutdown(Shutdown::Both);
+                return Ended::Broken;
+            }
+        }
     }
 }
 
-/// Writes as much of `batch` as the socket takes without blocking, advancing
-/// `sent`. Ok(true) when everything was written.
-fn try_write(wr: &OwnedWriteHalf, batch: &mut [Queued]) -> io::Result<bool> {
-    loop {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
-        for q in batch.iter().filter(|q| q.remaining() > 0) {
+/// Writes `batch`, advancing `sent`. Without `wait`, stops at the first
+/// write that would block: Ok(false) then. Ok(true) when all was written.
+fn write_batch(s: &TcpStream, batch: &mut [Queued], wait: bool) -> io::Result<bool> {
+    let mut first = 0;
+    while first < batch.len() {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(((batch.len() - first) * 2).min(64));
+        for q in batch[first..].iter() {
             let (h, d) = (&q.reply.head, &q.reply.data);
             if q.sent < h.len() {
                 slices.push(IoSlice::new(&h[q.sent..]));
@@ -111,68 +232,29 @@ fn try_write(wr: &OwnedWriteHalf, batch: &mut [Queued]) -> io::Result<bool> {
             } else {
                 slices.push(IoSlice::new(&d[q.sent - h.len()..]));
             }
-            if slices.len() >= 64 {
+            if slices.len() >= 62 {
                 break;
             }
         }
-        if slices.is_empty() {
-            return Ok(true);
-        }
-        let mut n = match wr.try_write_vectored(&slices) {
+        let mut n = match sock::send_vectored(s, &slices, wait) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
+            }
             Err(e) => return Err(e),
         };
-        for q in batch.iter_mut() {
+        drop(slices);
+        while n > 0 && first < batch.len() {
+            let q = &mut batch[first];
             let take = q.remaining().min(n);
             q.sent += take;
             n -= take;
-            if n == 0 {
-                break;
+            if q.remaining() == 0 {
+                first += 1;
             }
         }
     }
-}
-
-async fn flush_loop(sink: Arc<Sink>) {
-    let mut batch: Vec<Queued> = Vec::new();
-    loop {
-        let idle = {
-            let mut st = sink.lock();
-            batch.retain(|q| q.remaining() > 0);
-            if batch.is_empty() {
-                batch.extend(st.queue.drain(..));
-            }
-            if batch.is_empty() {
-                st.flushing = false;
-                if st.closing || st.broken {
-                    break;
-                }
-            }
-            batch.is_empty()
-        };
-        if idle {
-            sink.wake.notified().await;
-            continue;
-        }
-        match try_write(&sink.wr, &mut batch) {
-            Ok(true) => batch.clear(),
-            Ok(false) => {
-                if let Err(e) = sink.wr.writable().await {
-                    debug!("reply socket: {e}");
-                    sink.lock().broken = true;
-                    batch.clear();
-                }
-            }
-            Err(e) => {
-                debug!("reply write failed: {e}");
-                let mut st = sink.lock();
-                st.broken = true;
-                st.queue.clear();
-                batch.clear();
-            }
-        }
-    }
-    // The write side shuts down when the last reference to the sink drops.
+    Ok(true)
 }

@@ -183,6 +183,22 @@ fn export_name_unknown_disconnects() {
 }
 
 #[test]
+fn oversized_export_name_disconnects_without_an_option_reply() {
+    // EXPORT_NAME has no reply framing: an ERR_TOO_BIG option reply would be
+    // read by the client as the export size. The only refusal is to close.
+    let mut hs = started(FLAG_C_FIXED_NEWSTYLE);
+    let long = vec![b'x'; MAX_STRING + 1];
+    let (r, out) = send(&mut hs, &opt(OPT_EXPORT_NAME, &long));
+    assert_eq!(r, Err(HandshakeError::ExportNameTooLong(MAX_STRING as u32 + 1)));
+    assert!(out.is_empty(), "no reply bytes: {out:?}");
+    // The header alone is enough to refuse: the name is never buffered.
+    let mut hs = started(FLAG_C_FIXED_NEWSTYLE);
+    let (r, out) = send(&mut hs, &opt(OPT_EXPORT_NAME, &long)[..16]);
+    assert_eq!(r, Err(HandshakeError::ExportNameTooLong(MAX_STRING as u32 + 1)));
+    assert!(out.is_empty());
+}
+
+#[test]
 fn unknown_client_flags_disconnect() {
     let mut hs = Handshake::new(export());
     hs.take_output();

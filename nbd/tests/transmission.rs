@@ -141,7 +141,6 @@ fn unknown_commands_and_flags_get_einval() {
     assert_eq!(rejected(&one(&mut dec, &req(0, 42, 1, 0, 512))), EINVAL);
     assert_eq!(rejected(&one(&mut dec, &req(1 << 9, CMD_READ, 1, 0, 512))), EINVAL);
     // Known flags on commands that do not take them.
-    assert_eq!(rejected(&one(&mut dec, &req(CMD_FLAG_FUA, CMD_READ, 1, 0, 512))), EINVAL);
     assert_eq!(rejected(&one(&mut dec, &req(CMD_FLAG_NO_HOLE, CMD_TRIM, 1, 0, 512))), EINVAL);
     assert_eq!(rejected(&one(&mut dec, &req(CMD_FLAG_REQ_ONE, CMD_READ, 1, 0, 512))), EINVAL);
     // A WRITE with a bad flag: payload consumed, EINVAL, next request fine.
@@ -153,6 +152,30 @@ fn unknown_commands_and_flags_get_einval() {
     // DF without structured replies.
     let mut simple = RequestDecoder::new(&negotiated(false, false, false));
     assert_eq!(rejected(&one(&mut simple, &req(CMD_FLAG_DF, CMD_READ, 1, 0, 512))), EINVAL);
+}
+
+#[test]
+fn fua_is_accepted_on_every_command() {
+    // The export advertises SEND_FUA, so the spec requires the bit to be
+    // accepted everywhere (old qemu sets it on FLUSH).
+    let mut dec = decoder();
+    let f = CMD_FLAG_FUA;
+    let mut bytes = req(f, CMD_READ, 1, 0, 512);
+    bytes.extend(req(f, CMD_FLUSH, 2, 0, 0));
+    bytes.extend(req(f, CMD_CACHE, 3, 0, 4096));
+    bytes.extend(req(f | CMD_FLAG_REQ_ONE, CMD_BLOCK_STATUS, 4, 0, 4096));
+    bytes.extend(write_req(f, 5, 0, b"x"));
+    bytes.extend(req(f, CMD_TRIM, 6, 0, 4096));
+    bytes.extend(req(f | CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES, 7, 0, 4096));
+    bytes.extend(req(f | CMD_FLAG_DF, CMD_READ, 8, 0, 512));
+    bytes.extend(req(f, CMD_DISC, 9, 0, 0));
+    let v = decode_all(&mut dec, &bytes);
+    assert_eq!(v.len(), 9);
+    for (i, d) in v.iter().enumerate() {
+        assert!(matches!(d, Decoded::Command { cookie, .. } if *cookie == i as u64 + 1), "{d:?}");
+    }
+    assert!(matches!(v[1], Decoded::Command { command: Command::Flush, .. }));
+    assert!(matches!(v[8], Decoded::Command { command: Command::Disconnect, .. }));
 }
 
 #[test]

@@ -152,3 +152,108 @@ impl Client {
         Client::go_addr(serve.addr, structured)
     }
 }
+
+/// `twinblock serve` on a new sparse disk of `size` with extra arguments.
+pub fn serve_with(flavor: super::Flavor, size: &str, extra: &[&str]) -> Serve {
+    let dir = tempfile::Builder::new().prefix("tb-test").tempdir_in(super::test_tmp()).unwrap();
+    let disk = dir.path().join("disk.img");
+    let mut args = vec!["--size", size];
+    args.extend_from_slice(extra);
+    Serve::start_on(dir, disk, flavor, &args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS: resident now, VmHWM: peak).
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+pub fn pid(serve: &Serve) -> u32 {
+    serve.child.as_ref().expect("server running").id()
+}
+
+impl Client {
+    /// Connects and reads the greeting, retrying for up to `within` while the
+    /// server refuses (it may not have noticed yet that a client left).
+    pub fn connect_retry(serve: &Serve, within: Duration) -> Client {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let s = TcpStream::connect(serve.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut greeting = [0u8; 18];
+            if (&s).read_exact(&mut greeting).is_ok() {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return Client { s };
+            }
+            assert!(std::time::Instant::now() < deadline, "no connection slot within {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Like `stalled_reader`, retrying the connection for up to `within`.
+    pub fn stalled_reader_retry(serve: &Serve, n: u64, len: u32, within: Duration) -> Client {
+        let mut c = Client::connect_retry(serve, within);
+        c.s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send(&3u32.to_be_bytes());
+        c.option(7, &[0u8; 6]);
+        assert_eq!(c.option_replies().last(), Some(&1), "GO acknowledged");
+        for i in 0..n {
+            c.request(0, 0, i, 0, len, &[]);
+        }
+        c
+    }
+
+    /// A client that completes GO, then sends `n` READs of `len` bytes
+    /// (cookies 0..n) and reads none of the replies.
+    pub fn stalled_reader(serve: &Serve, n: u64, len: u32) -> Client {
+        let mut c = Client::go(serve, false);
+        c.s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        for i in 0..n {
+            c.request(0, 0, i, 0, len, &[]);
+        }
+        c
+    }
+
+    /// Closes with a reset (SO_LINGER 0): the server's next write fails.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let l = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket and a linger struct of the size given.
+        unsafe {
+            libc::setsockopt(
+                self.s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &l as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(self);
+    }
+
+    /// Reads until the server closes; Err if it does not within `within`.
+    pub fn read_to_close(&mut self, within: Duration) -> Result<usize, String> {
+        let deadline = std::time::Instant::now() + within;
+        let mut total = 0;
+        let mut b = vec![0u8; 1 << 20];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("still open after {within:?} ({total} bytes read)"));
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            match self.s.read(&mut b) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(total),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+}
