@@ -94,7 +94,9 @@ impl Core {
             }
         }
         match &op {
-            Op::Write { offset, data, crc, .. } if crc32fast::hash(data) != *crc => {
+            Op::Write { offset, data, crc, .. } | Op::Resync { offset, data, crc }
+                if crc32fast::hash(data) != *crc =>
+            {
                 return Err(format!(
                     "CRC mismatch on operation {seq} at offset {offset} ({} bytes)",
                     data.len()
@@ -122,7 +124,10 @@ impl Core {
                 continue;
             }
             let range = op.range();
-            let extents = self.extents(range);
+            // A resync chunk needs no extent here: the source's bitmap covers
+            // it until a flush numbered after it has completed.
+            let extents =
+                if matches!(op, Op::Resync { .. }) { Vec::new() } else { self.extents(range) };
             if range.is_some() {
                 self.fresh = false;
                 if !self.meta_durable() {
@@ -153,6 +158,7 @@ impl Core {
             };
             let store_op = match op {
                 Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
+                Op::Resync { offset, data, .. } => StoreOp::Write { offset, data, fua: false },
                 Op::Trim { offset, len, fua } => {
                     StoreOp::Zero { offset, len: len as u64, punch: true, fua }
                 }

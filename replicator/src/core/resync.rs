@@ -212,7 +212,7 @@ impl Core {
                 let mut sent = 0;
                 for (at, part) in writes {
                     sent += part.len() as u64;
-                    let op = Op::write(at, part.clone(), false);
+                    let op = Op::resync(at, part.clone());
                     let range = op.range();
                     let seq = s.submit(OutKind::Resync, Need::Done, range, part.len() as u64, now);
                     self.actions.push_back(super::Action::Send {
@@ -260,7 +260,11 @@ impl Core {
                     src.chunks = src.chunks.saturating_sub(1);
                 }
                 if plant == Plant::ClearBeforeDurable {
+                    // The planted mistake: forget (and save) the bits as
+                    // soon as the target applied the chunk, not once it is
+                    // durable there.
                     clear.extend(range);
+                    self.p.want_bitmap = true;
                 }
             }
             OutKind::Probe { offset, len } => {

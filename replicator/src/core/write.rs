@@ -230,6 +230,8 @@ impl Core {
         }
         let store_op = match op {
             Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
+            // Never an application operation; written like one.
+            Op::Resync { offset, data, .. } => StoreOp::Write { offset, data, fua: false },
             Op::Trim { offset, len, fua } => {
                 StoreOp::Zero { offset, len: len as u64, punch: true, fua }
             }

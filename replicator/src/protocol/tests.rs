@@ -29,6 +29,7 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Data { seq: 3, op: Op::Trim { offset: 8192, len: 1 << 30, fua: true } },
         Message::Data { seq: 4, op: Op::Zero { offset: 0, len: 4096, no_hole: true, fua: false } },
         Message::Data { seq: 5, op: Op::Flush },
+        Message::Data { seq: 5, op: Op::resync(1 << 20, Bytes::from(vec![3u8; 8192])) },
         Message::Data { seq: 6, op: Op::Verify { offset: 1 << 20, len: 1 << 20 } },
         Message::Verified { seq: 6, crcs: vec![1, 2, 0xffff_ffff] },
         Message::Ack { received: 5, done: 3 },

@@ -28,6 +28,7 @@ const T_VERIFIED: u8 = 12;
 const T_BITS: u8 = 13;
 const T_SYNC_DONE: u8 = 14;
 const T_VERIFY_REQUEST: u8 = 15;
+const T_RESYNC: u8 = 16;
 
 /// Largest run list in one BITS frame.
 pub const MAX_RUNS: usize = 65536;
@@ -114,6 +115,14 @@ pub enum Op {
         no_hole: bool,
         fua: bool,
     },
+    /// A resync chunk: the SyncSource's data for out-of-sync blocks. The
+    /// target applies it without its activity log: the source's bitmap
+    /// covers these blocks until a flush numbered after them completes.
+    Resync {
+        offset: u64,
+        data: Bytes,
+        crc: u32,
+    },
     /// A barrier: everything before it is durable on the peer once it is done.
     Flush,
     /// Online verify: CRC32 each 4 KiB block of the range, as it stands
@@ -125,6 +134,11 @@ pub enum Op {
 }
 
 impl Op {
+    pub fn resync(offset: u64, data: Bytes) -> Op {
+        let crc = crc32fast::hash(&data);
+        Op::Resync { offset, data, crc }
+    }
+
     pub fn write(offset: u64, data: Bytes, fua: bool) -> Op {
         let crc = crc32fast::hash(&data);
         Op::Write { offset, data, fua, crc }
@@ -133,7 +147,9 @@ impl Op {
     /// The device range it changes, if any.
     pub fn range(&self) -> Option<(u64, u64)> {
         match self {
-            Op::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            Op::Write { offset, data, .. } | Op::Resync { offset, data, .. } => {
+                Some((*offset, data.len() as u64))
+            }
             Op::Trim { offset, len, .. } | Op::Zero { offset, len, .. } => Some((*offset, *len as u64)),
             Op::Flush | Op::Verify { .. } => None,
         }
@@ -142,7 +158,7 @@ impl Op {
     /// Payload bytes that cross the link.
     pub fn wire_bytes(&self) -> u64 {
         match self {
-            Op::Write { data, .. } => data.len() as u64,
+            Op::Write { data, .. } | Op::Resync { data, .. } => data.len() as u64,
             _ => 0,
         }
     }
@@ -286,6 +302,14 @@ impl Message {
                     b.put_u32(*len);
                     b.put_u8(*no_hole as u8);
                     b.put_u8(*fua as u8);
+                }
+                Op::Resync { offset, data, crc } => {
+                    b.put_u8(T_RESYNC);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u32(*crc);
+                    b.put_u32(data.len() as u32);
+                    payload = Some(data.clone());
                 }
                 Op::Flush => {
                     b.put_u8(T_FLUSH);
@@ -473,6 +497,17 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::SyncDone { current: b.get_u64() }
         }
         T_VERIFY_REQUEST => Message::VerifyRequest,
+        T_RESYNC => {
+            need(&b, 24, "resync")?;
+            let seq = b.get_u64();
+            let offset = b.get_u64();
+            let crc = b.get_u32();
+            let n = b.get_u32() as usize;
+            if b.remaining() != n {
+                return Err(WireError::Malformed("resync length"));
+            }
+            Message::Data { seq, op: Op::Resync { offset, data: b.split_to(n), crc } }
+        }
         T_FLUSH => {
             need(&b, 8, "flush")?;
             Message::Data { seq: b.get_u64(), op: Op::Flush }
