@@ -26,6 +26,9 @@ pub struct PersistState {
     pub al_failed: Option<IoError>,
     /// Empty the activity log of every idle, flushed extent.
     pub al_trim_wanted: bool,
+    /// Failed updates are tried again from this time on (at most once a
+    /// second: a full metadata volume must not spin).
+    pub retry_at: std::time::Duration,
 }
 
 impl PersistState {
@@ -162,8 +165,15 @@ impl Core {
         }
     }
 
-    /// Failed updates may be tried again (from the timer).
+    /// Failed updates may be tried again (from the timer, once a second).
     pub(crate) fn retry_persist(&mut self) {
+        let failed = self.p.meta_failed.is_some()
+            || self.p.bitmap_failed.is_some()
+            || self.p.al_failed.is_some();
+        if !failed || self.now < self.p.retry_at {
+            return;
+        }
+        self.p.retry_at = self.now + std::time::Duration::from_secs(1);
         self.p.meta_failed = None;
         self.p.bitmap_failed = None;
         self.p.al_failed = None;
