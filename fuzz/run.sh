@@ -18,9 +18,12 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tb-fuzz.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 for t in $(cargo +nightly fuzz list); do
   mkdir -p "$WORK/$t"
-  limit=(-max_total_time="$SECS")
-  [[ -n ${FUZZ_RUNS:-} ]] && limit=(-runs="$FUZZ_RUNS")
-  echo "fuzz: $t (${FUZZ_RUNS:+$FUZZ_RUNS runs}${FUZZ_RUNS:-${SECS}s})"
+  if [[ -n ${FUZZ_RUNS:-} ]]; then
+    limit=(-runs="$FUZZ_RUNS") what="$FUZZ_RUNS runs"
+  else
+    limit=(-max_total_time="$SECS") what="${SECS}s"
+  fi
+  echo "fuzz: $t ($what)"
   cargo +nightly fuzz run -O -s none "$t" "$WORK/$t" "corpus/$t" -- "${limit[@]}" -print_final_stats=1 2>"$WORK/$t.log" \
     || { tail -60 "$WORK/$t.log" >&2; echo "fuzz: $t crashed" >&2; exit 1; }
   grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$WORK/$t.log" | sed "s/^/fuzz: $t: /"

@@ -3,8 +3,10 @@
 # workload both servers serve the same pre-written file in turn, and the
 # script prints twinblock/nbdkit ratios (above 1.0: twinblock is faster).
 #
-#   scripts/bench-nbd.sh [--runtime SECS] [--size SIZE] [--io auto|uring|threads] [--pin]
+#   scripts/bench-nbd.sh [--runtime SECS] [--size SIZE] [--io auto|uring|threads] [--pin] [--repeat N]
 #
+# --repeat N runs every workload N times (alternating the servers) and ends
+# with the median ratio of each workload.
 # --pin puts each server on CPU 0 and fio on CPU 1: on small VMs the
 # scheduler's placement of client and server threads otherwise dominates
 # the figures (a cross-CPU wake-up costs tens of microseconds there).
@@ -16,13 +18,15 @@ RUNTIME=10
 SIZE=1G
 IO=auto
 PIN=0
+REPEAT=1
 while (($#)); do
   case $1 in
     --runtime) RUNTIME=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --io) IO=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
-    *) echo "usage: $0 [--runtime SECS] [--size SIZE] [--io auto|uring|threads] [--pin]" >&2; exit 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    *) echo "usage: $0 [--runtime SECS] [--size SIZE] [--io auto|uring|threads] [--pin] [--repeat N]" >&2; exit 2 ;;
   esac
 done
 
@@ -82,7 +86,9 @@ run_fio() { # args out
       --time_based --runtime="$RUNTIME" --ramp_time=2 --output-format=json --output="$2" >/dev/null
 }
 
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-20s %16s %16s %8s   %s\n' workload twinblock nbdkit ratio "mean latency tb/kit (us)"
+for ((rep = 1; rep <= REPEAT; rep++)); do
 for w in "${WORKLOADS[@]}"; do
   IFS='|' read -r name args metric <<<"$w"
   for s in tb kit; do
@@ -90,9 +96,9 @@ for w in "${WORKLOADS[@]}"; do
     run_fio "$args" "$WORK/$s.json"
     stop_server
   done
-  python3 - "$name" "$metric" "$WORK/tb.json" "$WORK/kit.json" <<'PY'
+  python3 - "$name" "$metric" "$WORK/tb.json" "$WORK/kit.json" "$WORK/ratios" <<'PY'
 import json, sys
-name, metric, tb, kit = sys.argv[1:]
+name, metric, tb, kit, ratios = sys.argv[1:]
 side, field = metric.split(".")
 def get(p):
     j = json.load(open(p))["jobs"][0][side]
@@ -101,5 +107,21 @@ def get(p):
 unit = "MiB/s" if field == "bw_bytes" else "IOPS"
 fmt = (lambda v: f"{v/2**20:,.1f} {unit}") if field == "bw_bytes" else (lambda v: f"{v:,.0f} {unit}")
 print(f"{name:<20} {fmt(a):>16} {fmt(b):>16} {a/b:8.2f}   {la:,.1f} / {lb:,.1f}")
+with open(ratios, "a") as f:
+    f.write(f"{name}|{a/b}\n")
 PY
 done
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+if ((REPEAT > 1)); then
+  echo
+  python3 - "$WORK/ratios" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, r = line.rstrip("\n").split("|")
+    runs.setdefault(name, []).append(float(r))
+for name, rs in runs.items():
+    print(f"{name:<20} median ratio {statistics.median(rs):.2f}  (runs: {', '.join(f'{r:.2f}' for r in rs)})")
+PY
+fi

@@ -307,12 +307,6 @@ fn linger(s: &TcpStream) {
 /// Writes at least this large run on the runtime's blocking pool, so that
 /// this thread reads the next request while the data is copied.
 const OFFLOAD_WRITE: usize = 256 << 10;
-fn offload_write() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("TB_OFFLOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(OFFLOAD_WRITE)
-    })
-}
 
 /// Executes one command. Most are polled once in place (a page-cache read or
 /// write completes right there) and spawned onto the runtime if they must
@@ -329,7 +323,7 @@ fn issue<D: BlockDevice>(
     permit: Permit,
 ) {
     let heavy = match &command {
-        Command::Write { data, .. } => data.len() >= offload_write(),
+        Command::Write { data, .. } => data.len() >= OFFLOAD_WRITE,
         Command::Trim { .. } | Command::WriteZeroes { .. } => true,
         _ => false,
     };

@@ -32,7 +32,7 @@ impl DeviceError {
                 // ENOSPC, and EDQUOT/EFBIG (quota, file size limit) which
                 // NBD has no number for: the client sees "no space".
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => consts::ENOSPC,
-                Some(22) => consts::EINVAL,
+                Some(libc::EINVAL) => consts::EINVAL,
                 Some(12) => consts::ENOMEM,
                 Some(1) | Some(13) | Some(30) => consts::EPERM,
                 Some(95) => consts::ENOTSUP,
@@ -117,4 +117,20 @@ pub trait BlockDevice: Send + Sync + 'static {
         offset: u64,
         len: u32,
     ) -> impl Future<Output = DeviceResult<Vec<Extent>>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_and_file_size_limits_are_no_space() {
+        let os = |n| DeviceError::Io(std::io::Error::from_raw_os_error(n)).errno();
+        assert_eq!(os(libc::ENOSPC), consts::ENOSPC);
+        assert_eq!(os(libc::EDQUOT), consts::ENOSPC);
+        assert_eq!(os(libc::EFBIG), consts::ENOSPC);
+        assert_eq!(os(libc::EROFS), consts::EPERM);
+        assert_eq!(os(libc::EOPNOTSUPP), consts::ENOTSUP);
+        assert_eq!(os(libc::EBADMSG), consts::EIO);
+    }
 }
