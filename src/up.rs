@@ -48,7 +48,11 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
                 _ = stop_wait.wait_for(|s| *s) => tracing::info!("down: shutting down"),
             }
         };
-        let config = ServerConfig { export_name: node.res.name.clone(), ..ServerConfig::default() };
+        let config = ServerConfig {
+            export_name: node.res.name.clone(),
+            max_connections: node.res.max_connections,
+            ..ServerConfig::default()
+        };
         twinblock_nbd::serve(listener, node.clone(), config, stop).await?;
         let _ = stop_tx.send(true);
         endpoint.close(0u32.into(), b"down");

@@ -117,3 +117,21 @@ fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
         t0.elapsed()
     );
 }
+
+/// `max-connections` in the resource file bounds the NBD clients of `up`.
+#[test]
+fn up_refuses_nbd_clients_beyond_max_connections() {
+    let p = Pair::start_configured("C", "16M", "max-connections = 2");
+    let addr = p.nodes[0].nbd;
+    let held: Vec<_> = (0..2).map(|_| common::nbd::Client::go_addr(addr, false)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 8];
+    assert!(matches!(extra.read(&mut b), Ok(0) | Err(_)), "a third client was served");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = common::nbd::Client::go_addr(addr, false);
+    c.request(0, 0, 1, 0, 4096, &[]);
+    assert_eq!(c.simple_reply(), (0, 1), "a client was refused after the others left");
+}

@@ -71,6 +71,7 @@ struct RawConfig {
     split_brain_policy: Option<String>,
     resync_rate: Option<String>,
     resync_checksum: Option<bool>,
+    max_connections: Option<usize>,
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
 }
@@ -135,6 +136,8 @@ pub struct ResourceConfig {
     pub resync_checksum: bool,
     /// How a split brain is resolved without an operator (default: it is not).
     pub split_brain_policy: crate::protocol::genid::SplitBrainPolicy,
+    /// NBD clients served at once by `up` (more are refused).
+    pub max_connections: usize,
     pub ca: PathBuf,
     pub nodes: BTreeMap<String, NodeConfig>,
 }
@@ -189,6 +192,10 @@ impl ResourceConfig {
         let al_extents = raw.al_extents.unwrap_or(1237);
         if !(7..=65534).contains(&al_extents) {
             return Err(key_err("al-extents", format!("{al_extents} is outside 7..=65534")));
+        }
+        let max_connections = raw.max_connections.unwrap_or(64);
+        if !(1..=65536).contains(&max_connections) {
+            return Err(key_err("max-connections", format!("{max_connections} is outside 1..=65536")));
         }
         let split_brain_policy = match &raw.split_brain_policy {
             Some(p) => p.parse().map_err(|e| key_err("split-brain-policy", e))?,
@@ -256,6 +263,7 @@ impl ResourceConfig {
             split_brain_policy,
             resync_rate,
             resync_checksum: raw.resync_checksum.unwrap_or(false),
+            max_connections,
             ca: resolve(&raw.tls.ca),
             nodes,
         })
