@@ -34,7 +34,7 @@ use twinblock_replicator::core::{Replication, Time};
 use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
-use super::{decode, AppKind, AppReq, Sim, BLOCK, BLOCKS, EXTENT};
+use super::{decode, AppKind, AppReq, Sim, BLOCK, BLOCKS, CELL, CELLS, EXTENT};
 
 #[derive(Debug, Clone)]
 pub struct Violation {
@@ -113,9 +113,25 @@ fn blocks(off: u64, len: u64) -> std::ops::Range<usize> {
     (off / BLOCK) as usize..((off + len).div_ceil(BLOCK)) as usize
 }
 
+fn cells(off: u64, len: u64) -> std::ops::Range<usize> {
+    (off / CELL) as usize..((off + len).div_ceil(CELL)) as usize
+}
+
+/// The first cell of block `b` where the two nodes differ, decoded.
+fn diff(sim: &Sim, b: usize) -> String {
+    let per = (BLOCK / CELL) as usize;
+    for c in b * per..(b + 1) * per {
+        let (x, y) = (sim.nodes[0].disk.cell(c), sim.nodes[1].disk.cell(c));
+        if x != y {
+            return format!("cell {c}: a={:?} b={:?}", decode(c, x), decode(c, y));
+        }
+    }
+    "no cell differs".into()
+}
+
 impl Checker {
     pub fn new() -> Checker {
-        let z = || vec![0u64; BLOCKS];
+        let z = || vec![0u64; CELLS];
         Checker {
             step: 0,
             stats: Stats::default(),
@@ -153,7 +169,7 @@ impl Checker {
     // ----- events from the simulation -----
 
     pub fn zero_submitted(&mut self, id: u64, off: u64, len: u64) {
-        for b in blocks(off, len) {
+        for b in cells(off, len) {
             self.zero_max[b] = self.zero_max[b].max(id);
         }
     }
@@ -174,7 +190,7 @@ impl Checker {
         }
         match &r.kind {
             AppKind::Write { id, off, len, fua } | AppKind::Zero { id, off, len, fua } => {
-                for b in blocks(*off, *len) {
+                for b in cells(*off, *len) {
                     self.fl_c[n][b] = self.fl_c[n][b].max(*id);
                     if *fua {
                         self.dfl[n][b] = self.dfl[n][b].max(*id);
@@ -356,8 +372,8 @@ impl Checker {
                 continue;
             };
             let mut missing = None;
-            for b in 0..BLOCKS {
-                let pos = self.pos(b, node.disk.block(b));
+            for b in 0..CELLS {
+                let pos = self.pos(b, node.disk.cell(b));
                 if pos.is_none_or(|p| p < self.promotion[n].as_ref().expect("p").floor[b]) {
                     missing = Some((b, pos));
                     break;
@@ -372,7 +388,7 @@ impl Checker {
                     return Err(self.v(
                         "I1",
                         format!(
-                            "{} promoted: block {b} holds {pos:?}, an acknowledged write {} was older-or-equal floor",
+                            "{} promoted: cell {b} holds {pos:?}, older than an acknowledged write {}",
                             node.name, p.floor[b]
                         ),
                     ));
@@ -395,13 +411,13 @@ impl Checker {
             return Ok(());
         }
         self.stats.power_checks += 1;
-        for b in 0..BLOCKS {
-            let pos = self.pos(b, node.disk.block(b));
+        for b in 0..CELLS {
+            let pos = self.pos(b, node.disk.cell(b));
             if pos.is_none_or(|p| p < self.dfl[n][b]) {
                 return Err(self.v(
                     "I1",
                     format!(
-                        "{} lost power: block {b} holds {pos:?}, below an acknowledged FLUSH/FUA floor {}",
+                        "{} lost power: cell {b} holds {pos:?}, older than an acknowledged FLUSH/FUA floor {}",
                         node.name, self.dfl[n][b]
                     ),
                 ));
@@ -437,11 +453,7 @@ impl Checker {
         if let Some(b) = (0..BLOCKS).find(|&b| sim.nodes[0].disk.block(b) != sim.nodes[1].disk.block(b)) {
             return Err(self.v(
                 "I2",
-                format!(
-                    "connected and quiescent but block {b} differs: a={:?} b={:?}",
-                    decode(b, sim.nodes[0].disk.block(b)),
-                    decode(b, sim.nodes[1].disk.block(b))
-                ),
+                format!("connected and quiescent but block {b} differs ({})", diff(sim, b)),
             ));
         }
         Ok(())
@@ -475,11 +487,7 @@ impl Checker {
             if !covered {
                 return Err(self.v(
                     "I3",
-                    format!(
-                        "block {b} differs (a={:?} b={:?}) and no durable bitmap bit or AL extent covers it",
-                        decode(b, sim.nodes[0].disk.block(b)),
-                        decode(b, sim.nodes[1].disk.block(b))
-                    ),
+                    format!("block {b} differs ({}) and no durable bitmap bit or AL extent covers it", diff(sim, b)),
                 ));
             }
         }

@@ -43,6 +43,9 @@ pub const BLOCK: u64 = 64;
 pub const EXTENT: u64 = 1024;
 pub const SIZE: u64 = 16 * 1024;
 pub const BLOCKS: usize = (SIZE / BLOCK) as usize;
+/// The unit of self-describing content (writes may be this fine).
+pub const CELL: u64 = 16;
+pub const CELLS: usize = (SIZE / CELL) as usize;
 /// Steps per seed unless told otherwise.
 pub const DEFAULT_STEPS: usize = 1000;
 
@@ -109,6 +112,10 @@ impl Disk {
 
     pub fn block(&self, b: usize) -> &[u8] {
         &self.cache[b * BLOCK as usize..(b + 1) * BLOCK as usize]
+    }
+
+    pub fn cell(&self, c: usize) -> &[u8] {
+        &self.cache[c * CELL as usize..(c + 1) * CELL as usize]
     }
 
     /// Writes into the cache (block-aligned in the simulator); returns the
@@ -616,12 +623,18 @@ impl Sim {
         let uid = self.next_uid;
         self.next_uid += 1;
         let r = self.rng.below(100);
-        let nblocks = 1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) };
-        let first = self.rng.below(BLOCKS as u64 - nblocks + 1);
+        // Half the requests are block-aligned, half start and end at any
+        // cell (partial blocks: the bitmap and resync work on whole ones).
+        let unit = if self.rng.chance(1, 2) { BLOCK } else { CELL };
+        let units = SIZE / unit;
+        let scale = BLOCK / unit;
+        let k = scale * (1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) });
+        let k = if unit == CELL { k.saturating_sub(self.rng.below(scale)).max(1) } else { k };
+        let first = self.rng.below(units - k + 1);
         // Hot spots: most writes go to two extents, so overlaps happen.
-        let first = if self.rng.chance(2, 3) { (first % 40) + if uid % 2 == 0 { 0 } else { 128 } } else { first };
-        let first = first.min(BLOCKS as u64 - nblocks);
-        let (off, len) = (first * BLOCK, nblocks * BLOCK);
+        let first = if self.rng.chance(2, 3) { (first % (40 * scale)) + if uid % 2 == 0 { 0 } else { 128 * scale } } else { first };
+        let first = first.min(units - k);
+        let (off, len) = (first * unit, k * unit);
         let fua = self.rng.chance(1, 6);
         let now = self.now;
         let kind = if r < 72 {
@@ -1007,7 +1020,7 @@ fn short_msg(m: &Message) -> String {
     match m {
         Message::Data { seq, op } => match op {
             twinblock_replicator::protocol::wire::Op::Write { offset, data, fua, .. } => {
-                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / BLOCK) as usize, &data[..BLOCK as usize]).unwrap_or(u64::MAX))
+                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / CELL) as usize, &data[..CELL as usize]).unwrap_or(u64::MAX))
             }
             op => format!("Data#{seq} {op:?}"),
         },
@@ -1025,35 +1038,34 @@ fn short_persist(p: &Persist) -> String {
     }
 }
 
-/// The content of write `id` over `[off, off+len)`: every block holds the
-/// id and its own block number.
+/// The content of write `id` over `[off, off+len)` (cell-aligned): every
+/// 16-byte cell holds the id, its own cell number and a check word, so
+/// the checker can tell which write a cell holds and that it sits where
+/// it was written.
 pub fn payload(id: u64, off: u64, len: u64) -> Bytes {
     let mut v = Vec::with_capacity(len as usize);
-    for b in off / BLOCK..(off + len) / BLOCK {
-        v.extend_from_slice(&block_content(id, b));
+    for c in off / CELL..(off + len) / CELL {
+        v.extend_from_slice(&cell_content(id, c));
     }
     Bytes::from(v)
 }
 
-pub fn block_content(id: u64, b: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(BLOCK as usize);
-    v.extend_from_slice(&id.to_le_bytes());
-    v.extend_from_slice(&b.to_le_bytes());
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
-    while v.len() < BLOCK as usize {
-        x = x.rotate_left(13).wrapping_add(0x6A09_E667);
-        v.push(x as u8);
-    }
+pub fn cell_content(id: u64, c: u64) -> [u8; CELL as usize] {
+    let mut v = [0u8; CELL as usize];
+    v[..8].copy_from_slice(&id.to_le_bytes());
+    v[8..12].copy_from_slice(&(c as u32).to_le_bytes());
+    let check = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 32;
+    v[12..16].copy_from_slice(&(check as u32 | 1).to_le_bytes());
     v
 }
 
-/// What a block holds: 0 for zeroes, the write id, or None for garbage.
-pub fn decode(b: usize, data: &[u8]) -> Option<u64> {
+/// What a cell holds: 0 for zeroes, the write id, or None for garbage.
+pub fn decode(c: usize, data: &[u8]) -> Option<u64> {
     if data.iter().all(|&x| x == 0) {
         return Some(0);
     }
     let id = u64::from_le_bytes(data[..8].try_into().ok()?);
-    (block_content(id, b as u64) == data).then_some(id)
+    (cell_content(id, c as u64) == data[..CELL as usize]).then_some(id)
 }
 
 thread_local! {
