@@ -50,10 +50,15 @@ fn finds_skip_bitmap_exchange() {
     finds(Plant::SkipBitmapExchange);
 }
 
-/// Rarely found (resync writes go through the target's activity log, a
-/// second line of defence): the early clear shows when the source's
-/// cleared bits meet a crash and a second resync.
+/// Not found: a resync write goes through the target's activity log like
+/// any replicated write, and the target evicts an extent only after a
+/// local flush (after a crash it folds its extents into its bitmap, which
+/// the handshake ORs in). Clearing the source's bits early is therefore
+/// masked unless the target's log fails too. (The one hit it ever had was
+/// a real core bug it made visible: a promotion during the handshake made
+/// both nodes SyncSource — fixed.) Run it with `--ignored`.
 #[test]
+#[ignore = "masked by the target's activity log (see the doc comment)"]
 fn finds_clear_before_durable() {
     finds(Plant::ClearBeforeDurable);
 }

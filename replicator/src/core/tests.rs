@@ -809,3 +809,26 @@ fn protocol_a_cut_mid_stream_leaves_a_prefix() {
         assert!(states.iter().any(|s| s.as_slice() == b), "keep {keep}: not a prefix state");
     }
 }
+
+/// The sync decision uses the roles the hellos announced: promoting a node
+/// between its hello and the decision must not make both nodes SyncSource.
+#[test]
+fn a_promotion_during_the_handshake_does_not_make_two_sources() {
+    let mut c = cfg(Protocol::C);
+    c.me = "b".into();
+    c.peer = "a".into();
+    let rec = Recovered { meta: Some(meta(DiskState::UpToDate)), bitmap: None, al: Vec::new(), disk_created: false };
+    let mut b = Core::new(c, rec, Duration::ZERO, 3);
+    run(&mut b, Duration::ZERO);
+    b.handle_link_up(Duration::ZERO, 1);
+    let g = GenIds { current: GEN, bitmap: 0, history: [0, 0] };
+    let mut h = hello(Role::Secondary, DiskState::UpToDate, g);
+    h.node = "a".into();
+    b.handle_frame(Duration::ZERO, 1, Message::Hello(h));
+    b.promote(false, 1).unwrap(); // between the hello and the decision
+    // The peer's bitmap holds bits: same generation, a resync decided by
+    // the tie-break, which the peer ("a", both Secondary) wins.
+    b.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![(0, 4)], last: true });
+    run(&mut b, Duration::ZERO);
+    assert_ne!(b.replication(), Replication::SyncSource);
+}
