@@ -313,6 +313,9 @@ pub struct Sim {
     pub nodes: [Node; 2],
     pub protocol: Protocol,
     checksum: bool,
+    /// Other geometry for some seeds: (al_extents, chunk_blocks, window,
+    /// checkpoint_chunks, max_lag).
+    tuning: Option<(usize, u64, usize, u64, u64)>,
     link: Option<Link>,
     next_sid: SessionId,
     connect_at: Option<Time>,
@@ -343,7 +346,17 @@ impl Sim {
             6 => 300,
             _ => 60,
         };
+        let tuning = rng.chance(1, 3).then(|| {
+            (
+                1 + rng.below(4) as usize,
+                [1, 2, 4, 8][rng.below(4) as usize],
+                1 + rng.below(4) as usize,
+                [1, 2, 4][rng.below(3) as usize],
+                [256, 2048, 1 << 20][rng.below(3) as usize],
+            )
+        });
         let mut sim = Sim {
+            tuning,
             rng,
             now: Duration::ZERO,
             nodes: [Node::new("a"), Node::new("b")],
@@ -362,7 +375,7 @@ impl Sim {
             downs: VecDeque::new(),
             opts,
         };
-        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}"));
+        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}"));
         for n in 0..2 {
             sim.start(n);
         }
@@ -385,7 +398,15 @@ impl Sim {
 
     fn cfg(&self, n: usize) -> CoreConfig {
         let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
-        config(me, peer, self.protocol, self.checksum, self.opts.plant)
+        let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
+        if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
+            c.al_extents = al;
+            c.chunk_blocks = chunk;
+            c.window = window;
+            c.checkpoint_chunks = checkpoint;
+            c.max_lag = lag;
+        }
+        c
     }
 
     /// Starts (or restarts) node `n` from what it persisted.
