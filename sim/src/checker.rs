@@ -87,6 +87,7 @@ pub struct Stats {
     pub split_brain_steps: u64,
     pub target_steps: u64,
     pub syncs_started: u64,
+    pub liveness_checks: u64,
 }
 
 pub(crate) struct Checker {

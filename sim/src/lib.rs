@@ -321,6 +321,8 @@ pub struct Sim {
     connect_at: Option<Time>,
     partition_until: Time,
     calm_until: Time,
+    /// The calm period under way: its start and the link it began with.
+    calm: Option<(Time, SessionId)>,
     next_req: ReqId,
     next_uid: u64,
     /// Error rate: one in `err_rate` I/Os fails (0: none).
@@ -367,6 +369,7 @@ impl Sim {
             connect_at: None,
             partition_until: Duration::ZERO,
             calm_until: Duration::ZERO,
+            calm: None,
             next_req: 1,
             next_uid: 1,
             err_rate,
@@ -880,8 +883,12 @@ impl Sim {
             self.advance();
             return self.checked();
         }
+        if let Some((start, sid)) = self.calm.take() {
+            self.liveness(start, sid)?;
+        }
         if self.rng.chance(1, 250) {
             self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
+            self.calm = self.link_sid().map(|sid| (self.now, sid));
             self.note("calm".into());
         }
         let r = self.rng.below(1000);
@@ -1000,6 +1007,41 @@ impl Sim {
                     c.connect();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Liveness: a pair left alone on a working link for long enough
+    /// finishes its resync and goes quiescent (unless it must wait for an
+    /// operator: split brain, unrelated data, nothing UpToDate).
+    fn liveness(&mut self, start: Time, sid: SessionId) -> Result<(), Violation> {
+        if self.err_rate != 0 || self.now.saturating_sub(start) < Duration::from_millis(1500) {
+            return Ok(());
+        }
+        if self.link_sid() != Some(sid) {
+            return Ok(());
+        }
+        let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();
+        if cores.len() < 2 || !cores.iter().any(|c| c.disk() == DiskState::UpToDate) {
+            return Ok(());
+        }
+        if cores.iter().any(|c| c.status().split_brain || !c.wants_link()) {
+            return Ok(());
+        }
+        self.chk.stats.liveness_checks += 1;
+        let settled = cores
+            .iter()
+            .all(|c| c.session_id() == Some(sid) && c.replication() == Replication::Established && c.quiescent());
+        if !settled {
+            let what: Vec<String> = cores
+                .iter()
+                .map(|c| format!("{:?}/{:?}/{:?} quiescent={}", c.role(), c.disk(), c.replication(), c.quiescent()))
+                .collect();
+            return Err(Violation {
+                step: self.chk.step,
+                rule: "liveness",
+                what: format!("left alone on link {sid} since {start:?}, not settled: {what:?}"),
+            });
         }
         Ok(())
     }

@@ -80,6 +80,7 @@ fn main() -> ExitCode {
         total.split_brain_steps += st.split_brain_steps;
         total.target_steps += st.target_steps;
         total.syncs_started += st.syncs_started;
+        total.liveness_checks += st.liveness_checks;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {
