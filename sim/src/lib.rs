@@ -497,6 +497,12 @@ impl Sim {
                     StoreOp::Write { offset, data, fua } => {
                         if let Some(e) = err {
                             result = Err(e);
+                            // A failed write may have landed in part.
+                            if self.rng.chance(1, 2) {
+                                let cells = data.len() as u64 / CELL;
+                                let part = (self.rng.below(cells + 1) * CELL) as usize;
+                                self.nodes[n].disk.write(*offset, &data[..part]);
+                            }
                         } else {
                             let d = self.nodes[n].disk.write(*offset, data);
                             if *fua {
