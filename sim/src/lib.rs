@@ -301,7 +301,9 @@ struct Link {
     sid: SessionId,
     /// Frames in flight, per direction (index: the receiving node).
     queue: [VecDeque<(Time, Message)>; 2],
-    /// Silently partitioned: frames are dropped, nobody is told.
+    /// Silently partitioned: nothing moves (the stream stalls, as a
+    /// reliable stream does), nobody is told; it heals, or a timeout
+    /// breaks the link and what was in flight is lost.
     partitioned: bool,
 }
 
@@ -316,6 +318,7 @@ pub struct Sim {
     /// Other geometry for some seeds: (al_extents, chunk_blocks, window,
     /// checkpoint_chunks, max_lag).
     tuning: Option<(usize, u64, usize, u64, u64)>,
+    policy: SplitBrainPolicy,
     link: Option<Link>,
     next_sid: SessionId,
     connect_at: Option<Time>,
@@ -357,7 +360,14 @@ impl Sim {
                 [256, 2048, 1 << 20][rng.below(3) as usize],
             )
         });
+        let policy = match rng.below(8) {
+            0 => SplitBrainPolicy::DiscardYoungerPrimary,
+            1 => SplitBrainPolicy::DiscardLeastChanges,
+            2 => SplitBrainPolicy::DiscardZeroChanges,
+            _ => SplitBrainPolicy::Disconnect,
+        };
         let mut sim = Sim {
+            policy,
             tuning,
             rng,
             now: Duration::ZERO,
@@ -378,7 +388,7 @@ impl Sim {
             downs: VecDeque::new(),
             opts,
         };
-        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}"));
+        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}, {policy:?}"));
         for n in 0..2 {
             sim.start(n);
         }
@@ -402,6 +412,7 @@ impl Sim {
     fn cfg(&self, n: usize) -> CoreConfig {
         let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
         let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
+        c.split_brain_policy = self.policy;
         if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
             c.al_extents = al;
             c.chunk_blocks = chunk;
@@ -561,11 +572,9 @@ impl Sim {
                 let delay = Duration::from_micros(100 + self.rng.below(3000));
                 let now = self.now;
                 if let Some(l) = self.link.as_mut().filter(|l| l.sid == session) {
-                    if !l.partitioned {
-                        let q = &mut l.queue[1 - n];
-                        let at = q.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
-                        q.push_back((at, msg));
-                    }
+                    let q = &mut l.queue[1 - n];
+                    let at = q.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
+                    q.push_back((at, msg));
                 }
             }
             Action::Close { session, reason } => {
@@ -591,7 +600,7 @@ impl Sim {
                 continue;
             }
             let q = std::mem::take(&mut l.queue[to]);
-            let keep = self.rng.below(q.len() as u64 + 1) as usize;
+            let keep = if l.partitioned { 0 } else { self.rng.below(q.len() as u64 + 1) as usize };
             for (_, msg) in q.into_iter().take(keep) {
                 if let Some(c) = self.nodes[to].core.as_mut() {
                     c.handle_frame(self.now, l.sid, msg);
@@ -713,7 +722,7 @@ impl Sim {
                 }
             }
         }
-        if let Some(l) = &self.link {
+        if let Some(l) = self.link.as_ref().filter(|l| !l.partitioned) {
             for q in &l.queue {
                 if let Some((at, _)) = q.front() {
                     min(*at);
@@ -766,7 +775,12 @@ impl Sim {
                 return;
             }
         }
-        if let Some(l) = self.link.as_mut() {
+        if self.partition_until <= now {
+            if let Some(l) = self.link.as_mut() {
+                l.partitioned = false;
+            }
+        }
+        if let Some(l) = self.link.as_mut().filter(|l| !l.partitioned) {
             for to in 0..2 {
                 if l.queue[to].front().is_some_and(|(at, _)| *at <= now) {
                     let (_, msg) = l.queue[to].pop_front().expect("front");
@@ -894,8 +908,11 @@ impl Sim {
         }
         if self.rng.chance(1, 250) {
             self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
-            self.calm = self.link_sid().map(|sid| (self.now, sid));
+            let working = self.link.as_ref().is_some_and(|l| !l.partitioned);
+            self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid));
             self.note("calm".into());
+            self.advance();
+            return self.checked();
         }
         let r = self.rng.below(1000);
         if r < 700 {
@@ -927,7 +944,6 @@ impl Sim {
                     self.partition_until = self.now + Duration::from_millis(100 + self.rng.below(4000));
                     if let Some(l) = self.link.as_mut() {
                         l.partitioned = true;
-                        l.queue = [VecDeque::new(), VecDeque::new()];
                     }
                 }
             }
