@@ -1219,9 +1219,13 @@ pub fn plant_name(p: Plant) -> &'static str {
 }
 
 /// The command that replays a failing seed.
-pub fn replay_line(seed: u64, plant: Plant) -> String {
-    match plant {
-        Plant::None => format!("scripts/sim.sh --seed {seed}"),
-        p => format!("scripts/sim.sh --seed {seed} --plant {}", plant_name(p)),
+pub fn replay_line(seed: u64, plant: Plant, steps: usize) -> String {
+    let mut line = format!("scripts/sim.sh --seed {seed}");
+    if plant != Plant::None {
+        line += &format!(" --plant {}", plant_name(plant));
     }
+    if steps != DEFAULT_STEPS {
+        line += &format!(" --steps {steps}");
+    }
+    line
 }

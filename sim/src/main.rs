@@ -89,7 +89,7 @@ fn main() -> ExitCode {
                 }
             }
             println!("seed {seed} FAILED: {v}");
-            println!("  replay: {}", replay_line(seed, plant));
+            println!("  replay: {}", replay_line(seed, plant, steps));
         }
     }
     eprintln!("({:.1}s) coverage: {total:?}", t0.elapsed().as_secs_f64());
