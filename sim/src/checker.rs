@@ -55,7 +55,8 @@
 //!
 //! Liveness (in lib.rs): a pair left calm for 1.5 s on one link, with no
 //! I/O errors injected, some UpToDate disk and no operator decision
-//! pending (split brain, StandAlone), is Established and quiescent.
+//! pending (split brain, StandAlone), is Established and quiescent, or its
+//! resync/verify made progress meanwhile.
 
 use std::fmt;
 use std::time::Duration;

@@ -325,7 +325,7 @@ pub struct Sim {
     partition_until: Time,
     calm_until: Time,
     /// The calm period under way: its start and the link it began with.
-    calm: Option<(Time, SessionId)>,
+    calm: Option<(Time, SessionId, (u64, u64))>,
     next_req: ReqId,
     next_uid: u64,
     /// Error rate: one in `err_rate` I/Os fails (0: none).
@@ -903,13 +903,14 @@ impl Sim {
             self.advance();
             return self.checked();
         }
-        if let Some((start, sid)) = self.calm.take() {
-            self.liveness(start, sid)?;
+        if let Some((start, sid, sig)) = self.calm.take() {
+            self.liveness(start, sid, sig)?;
         }
         if self.rng.chance(1, 250) {
             self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
             let working = self.link.as_ref().is_some_and(|l| !l.partitioned);
-            self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid));
+            let sig = self.progress();
+            self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid, sig));
             self.note("calm".into());
             self.advance();
             return self.checked();
@@ -1034,9 +1035,20 @@ impl Sim {
     }
 
     /// Liveness: a pair left alone on a working link for long enough
-    /// finishes its resync and goes quiescent (unless it must wait for an
+    /// finishes its resync and goes quiescent, or at least makes progress (unless it must wait for an
     /// operator: split brain, unrelated data, nothing UpToDate).
-    fn liveness(&mut self, start: Time, sid: SessionId) -> Result<(), Violation> {
+    /// What a resync or verify under way has done so far.
+    fn progress(&self) -> (u64, u64) {
+        let mut p = (0, 0);
+        for c in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
+            let st = c.status();
+            p.0 += st.counters.resync_bytes + st.sync.map_or(0, |s| s.done);
+            p.1 += c.dirty().bytes();
+        }
+        p
+    }
+
+    fn liveness(&mut self, start: Time, sid: SessionId, sig: (u64, u64)) -> Result<(), Violation> {
         if self.err_rate != 0 || self.now.saturating_sub(start) < Duration::from_millis(1500) {
             return Ok(());
         }
@@ -1054,7 +1066,8 @@ impl Sim {
         let settled = cores
             .iter()
             .all(|c| c.session_id() == Some(sid) && c.replication() == Replication::Established && c.quiescent());
-        if !settled {
+        // A slow resync (one block per round trip) is alive if it moved.
+        if !settled && self.progress() == sig {
             let what: Vec<String> = cores
                 .iter()
                 .map(|c| format!("{:?}/{:?}/{:?} quiescent={}", c.role(), c.disk(), c.replication(), c.quiescent()))
