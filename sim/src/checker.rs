@@ -292,8 +292,6 @@ impl Checker {
         self.lineage[n] = None;
     }
 
-    pub fn discarded(&mut self, _n: usize) {}
-
     pub fn lineage_broken(&mut self, n: usize) {
         self.lineage[n] = None;
     }

@@ -262,7 +262,6 @@ pub struct Node {
     /// The disk file was recreated and no metadata was saved since.
     recreated: bool,
     restart_at: Option<Time>,
-    power_lost: bool,
 }
 
 impl Node {
@@ -277,7 +276,6 @@ impl Node {
             link_gen: 0,
             recreated: true,
             restart_at: None,
-            power_lost: false,
         }
     }
 
@@ -876,7 +874,6 @@ impl Sim {
             self.nodes[n].disk.power_loss(&mut rng);
             self.rng = rng;
         }
-        self.nodes[n].power_lost = power;
         self.chk.crashed(n, power);
         if power {
             let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
@@ -1022,9 +1019,7 @@ impl Sim {
                 }
                 let res = core.discard_my_data();
                 self.note(format!("{}: discard-my-data -> {res:?}", self.nodes[n].name));
-                if res.is_ok() {
-                    self.chk.discarded(n);
-                }
+                // (Its floors follow the data when it becomes SyncTarget.)
                 self.drain(n);
                 if let Some(c) = self.nodes[1 - n].core.as_mut() {
                     c.connect();
