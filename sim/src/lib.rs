@@ -43,6 +43,9 @@ pub const BLOCK: u64 = 64;
 pub const EXTENT: u64 = 1024;
 pub const SIZE: u64 = 16 * 1024;
 pub const BLOCKS: usize = (SIZE / BLOCK) as usize;
+/// The unit of self-describing content (writes may be this fine).
+pub const CELL: u64 = 16;
+pub const CELLS: usize = (SIZE / CELL) as usize;
 /// Steps per seed unless told otherwise.
 pub const DEFAULT_STEPS: usize = 1000;
 
@@ -109,6 +112,10 @@ impl Disk {
 
     pub fn block(&self, b: usize) -> &[u8] {
         &self.cache[b * BLOCK as usize..(b + 1) * BLOCK as usize]
+    }
+
+    pub fn cell(&self, c: usize) -> &[u8] {
+        &self.cache[c * CELL as usize..(c + 1) * CELL as usize]
     }
 
     /// Writes into the cache (block-aligned in the simulator); returns the
@@ -255,7 +262,6 @@ pub struct Node {
     /// The disk file was recreated and no metadata was saved since.
     recreated: bool,
     restart_at: Option<Time>,
-    power_lost: bool,
 }
 
 impl Node {
@@ -270,7 +276,6 @@ impl Node {
             link_gen: 0,
             recreated: true,
             restart_at: None,
-            power_lost: false,
         }
     }
 
@@ -294,7 +299,9 @@ struct Link {
     sid: SessionId,
     /// Frames in flight, per direction (index: the receiving node).
     queue: [VecDeque<(Time, Message)>; 2],
-    /// Silently partitioned: frames are dropped, nobody is told.
+    /// Silently partitioned: nothing moves (the stream stalls, as a
+    /// reliable stream does), nobody is told; it heals, or a timeout
+    /// breaks the link and what was in flight is lost.
     partitioned: bool,
 }
 
@@ -306,11 +313,17 @@ pub struct Sim {
     pub nodes: [Node; 2],
     pub protocol: Protocol,
     checksum: bool,
+    /// Other geometry for some seeds: (al_extents, chunk_blocks, window,
+    /// checkpoint_chunks, max_lag).
+    tuning: Option<(usize, u64, usize, u64, u64)>,
+    policy: SplitBrainPolicy,
     link: Option<Link>,
     next_sid: SessionId,
     connect_at: Option<Time>,
     partition_until: Time,
     calm_until: Time,
+    /// The calm period under way: its start and the link it began with.
+    calm: Option<(Time, SessionId, (u64, u64))>,
     next_req: ReqId,
     next_uid: u64,
     /// Error rate: one in `err_rate` I/Os fails (0: none).
@@ -336,7 +349,24 @@ impl Sim {
             6 => 300,
             _ => 60,
         };
+        let tuning = rng.chance(1, 3).then(|| {
+            (
+                1 + rng.below(4) as usize,
+                [1, 2, 4, 8][rng.below(4) as usize],
+                1 + rng.below(4) as usize,
+                [1, 2, 4][rng.below(3) as usize],
+                [256, 2048, 1 << 20][rng.below(3) as usize],
+            )
+        });
+        let policy = match rng.below(8) {
+            0 => SplitBrainPolicy::DiscardYoungerPrimary,
+            1 => SplitBrainPolicy::DiscardLeastChanges,
+            2 => SplitBrainPolicy::DiscardZeroChanges,
+            _ => SplitBrainPolicy::Disconnect,
+        };
         let mut sim = Sim {
+            policy,
+            tuning,
             rng,
             now: Duration::ZERO,
             nodes: [Node::new("a"), Node::new("b")],
@@ -347,6 +377,7 @@ impl Sim {
             connect_at: None,
             partition_until: Duration::ZERO,
             calm_until: Duration::ZERO,
+            calm: None,
             next_req: 1,
             next_uid: 1,
             err_rate,
@@ -355,7 +386,7 @@ impl Sim {
             downs: VecDeque::new(),
             opts,
         };
-        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}"));
+        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}, {policy:?}"));
         for n in 0..2 {
             sim.start(n);
         }
@@ -378,7 +409,16 @@ impl Sim {
 
     fn cfg(&self, n: usize) -> CoreConfig {
         let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
-        config(me, peer, self.protocol, self.checksum, self.opts.plant)
+        let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
+        c.split_brain_policy = self.policy;
+        if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
+            c.al_extents = al;
+            c.chunk_blocks = chunk;
+            c.window = window;
+            c.checkpoint_chunks = checkpoint;
+            c.max_lag = lag;
+        }
+        c
     }
 
     /// Starts (or restarts) node `n` from what it persisted.
@@ -466,6 +506,12 @@ impl Sim {
                     StoreOp::Write { offset, data, fua } => {
                         if let Some(e) = err {
                             result = Err(e);
+                            // A failed write may have landed in part.
+                            if self.rng.chance(1, 2) {
+                                let cells = data.len() as u64 / CELL;
+                                let part = (self.rng.below(cells + 1) * CELL) as usize;
+                                self.nodes[n].disk.write(*offset, &data[..part]);
+                            }
                         } else {
                             let d = self.nodes[n].disk.write(*offset, data);
                             if *fua {
@@ -524,11 +570,9 @@ impl Sim {
                 let delay = Duration::from_micros(100 + self.rng.below(3000));
                 let now = self.now;
                 if let Some(l) = self.link.as_mut().filter(|l| l.sid == session) {
-                    if !l.partitioned {
-                        let q = &mut l.queue[1 - n];
-                        let at = q.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
-                        q.push_back((at, msg));
-                    }
+                    let q = &mut l.queue[1 - n];
+                    let at = q.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
+                    q.push_back((at, msg));
                 }
             }
             Action::Close { session, reason } => {
@@ -554,7 +598,7 @@ impl Sim {
                 continue;
             }
             let q = std::mem::take(&mut l.queue[to]);
-            let keep = self.rng.below(q.len() as u64 + 1) as usize;
+            let keep = if l.partitioned { 0 } else { self.rng.below(q.len() as u64 + 1) as usize };
             for (_, msg) in q.into_iter().take(keep) {
                 if let Some(c) = self.nodes[to].core.as_mut() {
                     c.handle_frame(self.now, l.sid, msg);
@@ -616,12 +660,18 @@ impl Sim {
         let uid = self.next_uid;
         self.next_uid += 1;
         let r = self.rng.below(100);
-        let nblocks = 1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) };
-        let first = self.rng.below(BLOCKS as u64 - nblocks + 1);
+        // Half the requests are block-aligned, half start and end at any
+        // cell (partial blocks: the bitmap and resync work on whole ones).
+        let unit = if self.rng.chance(1, 2) { BLOCK } else { CELL };
+        let units = SIZE / unit;
+        let scale = BLOCK / unit;
+        let k = scale * (1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) });
+        let k = if unit == CELL { k.saturating_sub(self.rng.below(scale)).max(1) } else { k };
+        let first = self.rng.below(units - k + 1);
         // Hot spots: most writes go to two extents, so overlaps happen.
-        let first = if self.rng.chance(2, 3) { (first % 40) + if uid % 2 == 0 { 0 } else { 128 } } else { first };
-        let first = first.min(BLOCKS as u64 - nblocks);
-        let (off, len) = (first * BLOCK, nblocks * BLOCK);
+        let first = if self.rng.chance(2, 3) { (first % (40 * scale)) + if uid % 2 == 0 { 0 } else { 128 * scale } } else { first };
+        let first = first.min(units - k);
+        let (off, len) = (first * unit, k * unit);
         let fua = self.rng.chance(1, 6);
         let now = self.now;
         let kind = if r < 72 {
@@ -670,7 +720,7 @@ impl Sim {
                 }
             }
         }
-        if let Some(l) = &self.link {
+        if let Some(l) = self.link.as_ref().filter(|l| !l.partitioned) {
             for q in &l.queue {
                 if let Some((at, _)) = q.front() {
                     min(*at);
@@ -723,7 +773,12 @@ impl Sim {
                 return;
             }
         }
-        if let Some(l) = self.link.as_mut() {
+        if self.partition_until <= now {
+            if let Some(l) = self.link.as_mut() {
+                l.partitioned = false;
+            }
+        }
+        if let Some(l) = self.link.as_mut().filter(|l| !l.partitioned) {
             for to in 0..2 {
                 if l.queue[to].front().is_some_and(|(at, _)| *at <= now) {
                     let (_, msg) = l.queue[to].pop_front().expect("front");
@@ -819,7 +874,6 @@ impl Sim {
             self.nodes[n].disk.power_loss(&mut rng);
             self.rng = rng;
         }
-        self.nodes[n].power_lost = power;
         self.chk.crashed(n, power);
         if power {
             let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
@@ -846,9 +900,17 @@ impl Sim {
             self.advance();
             return self.checked();
         }
+        if let Some((start, sid, sig)) = self.calm.take() {
+            self.liveness(start, sid, sig)?;
+        }
         if self.rng.chance(1, 250) {
             self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
+            let working = self.link.as_ref().is_some_and(|l| !l.partitioned);
+            let sig = self.progress();
+            self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid, sig));
             self.note("calm".into());
+            self.advance();
+            return self.checked();
         }
         let r = self.rng.below(1000);
         if r < 700 {
@@ -880,7 +942,6 @@ impl Sim {
                     self.partition_until = self.now + Duration::from_millis(100 + self.rng.below(4000));
                     if let Some(l) = self.link.as_mut() {
                         l.partitioned = true;
-                        l.queue = [VecDeque::new(), VecDeque::new()];
                     }
                 }
             }
@@ -958,14 +1019,59 @@ impl Sim {
                 }
                 let res = core.discard_my_data();
                 self.note(format!("{}: discard-my-data -> {res:?}", self.nodes[n].name));
-                if res.is_ok() {
-                    self.chk.discarded(n);
-                }
+                // (Its floors follow the data when it becomes SyncTarget.)
                 self.drain(n);
                 if let Some(c) = self.nodes[1 - n].core.as_mut() {
                     c.connect();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Liveness: a pair left alone on a working link for long enough
+    /// finishes its resync and goes quiescent, or at least makes progress (unless it must wait for an
+    /// operator: split brain, unrelated data, nothing UpToDate).
+    /// What a resync or verify under way has done so far.
+    fn progress(&self) -> (u64, u64) {
+        let mut p = (0, 0);
+        for c in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
+            let st = c.status();
+            p.0 += st.counters.resync_bytes + st.sync.map_or(0, |s| s.done);
+            p.1 += c.dirty().bytes();
+        }
+        p
+    }
+
+    fn liveness(&mut self, start: Time, sid: SessionId, sig: (u64, u64)) -> Result<(), Violation> {
+        if self.err_rate != 0 || self.now.saturating_sub(start) < Duration::from_millis(1500) {
+            return Ok(());
+        }
+        if self.link_sid() != Some(sid) {
+            return Ok(());
+        }
+        let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();
+        if cores.len() < 2 || !cores.iter().any(|c| c.disk() == DiskState::UpToDate) {
+            return Ok(());
+        }
+        if cores.iter().any(|c| c.status().split_brain || !c.wants_link()) {
+            return Ok(());
+        }
+        self.chk.stats.liveness_checks += 1;
+        let settled = cores
+            .iter()
+            .all(|c| c.session_id() == Some(sid) && c.replication() == Replication::Established && c.quiescent());
+        // A slow resync (one block per round trip) is alive if it moved.
+        if !settled && self.progress() == sig {
+            let what: Vec<String> = cores
+                .iter()
+                .map(|c| format!("{:?}/{:?}/{:?} quiescent={}", c.role(), c.disk(), c.replication(), c.quiescent()))
+                .collect();
+            return Err(Violation {
+                step: self.chk.step,
+                rule: "liveness",
+                what: format!("left alone on link {sid} since {start:?}, not settled: {what:?}"),
+            });
         }
         Ok(())
     }
@@ -1007,7 +1113,7 @@ fn short_msg(m: &Message) -> String {
     match m {
         Message::Data { seq, op } => match op {
             twinblock_replicator::protocol::wire::Op::Write { offset, data, fua, .. } => {
-                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / BLOCK) as usize, &data[..BLOCK as usize]).unwrap_or(u64::MAX))
+                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / CELL) as usize, &data[..CELL as usize]).unwrap_or(u64::MAX))
             }
             op => format!("Data#{seq} {op:?}"),
         },
@@ -1025,35 +1131,34 @@ fn short_persist(p: &Persist) -> String {
     }
 }
 
-/// The content of write `id` over `[off, off+len)`: every block holds the
-/// id and its own block number.
+/// The content of write `id` over `[off, off+len)` (cell-aligned): every
+/// 16-byte cell holds the id, its own cell number and a check word, so
+/// the checker can tell which write a cell holds and that it sits where
+/// it was written.
 pub fn payload(id: u64, off: u64, len: u64) -> Bytes {
     let mut v = Vec::with_capacity(len as usize);
-    for b in off / BLOCK..(off + len) / BLOCK {
-        v.extend_from_slice(&block_content(id, b));
+    for c in off / CELL..(off + len) / CELL {
+        v.extend_from_slice(&cell_content(id, c));
     }
     Bytes::from(v)
 }
 
-pub fn block_content(id: u64, b: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(BLOCK as usize);
-    v.extend_from_slice(&id.to_le_bytes());
-    v.extend_from_slice(&b.to_le_bytes());
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
-    while v.len() < BLOCK as usize {
-        x = x.rotate_left(13).wrapping_add(0x6A09_E667);
-        v.push(x as u8);
-    }
+pub fn cell_content(id: u64, c: u64) -> [u8; CELL as usize] {
+    let mut v = [0u8; CELL as usize];
+    v[..8].copy_from_slice(&id.to_le_bytes());
+    v[8..12].copy_from_slice(&(c as u32).to_le_bytes());
+    let check = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 32;
+    v[12..16].copy_from_slice(&(check as u32 | 1).to_le_bytes());
     v
 }
 
-/// What a block holds: 0 for zeroes, the write id, or None for garbage.
-pub fn decode(b: usize, data: &[u8]) -> Option<u64> {
+/// What a cell holds: 0 for zeroes, the write id, or None for garbage.
+pub fn decode(c: usize, data: &[u8]) -> Option<u64> {
     if data.iter().all(|&x| x == 0) {
         return Some(0);
     }
     let id = u64::from_le_bytes(data[..8].try_into().ok()?);
-    (block_content(id, b as u64) == data).then_some(id)
+    (cell_content(id, c as u64) == data[..CELL as usize]).then_some(id)
 }
 
 thread_local! {
@@ -1122,9 +1227,13 @@ pub fn plant_name(p: Plant) -> &'static str {
 }
 
 /// The command that replays a failing seed.
-pub fn replay_line(seed: u64, plant: Plant) -> String {
-    match plant {
-        Plant::None => format!("scripts/sim.sh --seed {seed}"),
-        p => format!("scripts/sim.sh --seed {seed} --plant {}", plant_name(p)),
+pub fn replay_line(seed: u64, plant: Plant, steps: usize) -> String {
+    let mut line = format!("scripts/sim.sh --seed {seed}");
+    if plant != Plant::None {
+        line += &format!(" --plant {}", plant_name(plant));
     }
+    if steps != DEFAULT_STEPS {
+        line += &format!(" --steps {steps}");
+    }
+    line
 }

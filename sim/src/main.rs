@@ -80,6 +80,7 @@ fn main() -> ExitCode {
         total.split_brain_steps += st.split_brain_steps;
         total.target_steps += st.target_steps;
         total.syncs_started += st.syncs_started;
+        total.liveness_checks += st.liveness_checks;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
                 }
             }
             println!("seed {seed} FAILED: {v}");
-            println!("  replay: {}", replay_line(seed, plant));
+            println!("  replay: {}", replay_line(seed, plant, steps));
         }
     }
     eprintln!("({:.1}s) coverage: {total:?}", t0.elapsed().as_secs_f64());

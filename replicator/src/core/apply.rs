@@ -203,9 +203,13 @@ impl Core {
                 }
             }
             Err(e) => {
-                self.disk_failed(e, "replicated write");
+                // The Primary learns which operation failed, then the
+                // link closes (a Failed disk is detached).
                 if current {
                     self.send(Message::Failed { seq: a.seq, errno: e.0 });
+                }
+                self.disk_failed(e, "replicated write");
+                if current {
                     self.close_session(a.sid, "the local disk failed: detached".into());
                 }
                 return;

@@ -39,6 +39,12 @@ impl Core {
         }
         self.session = Some(Session::new(sid, self.now, &self.cfg));
         let hello = self.hello();
+        if let Some(s) = self.session.as_mut() {
+            // The decision uses what both sides were told, whatever the
+            // operator does meanwhile: it stays the same on both sides.
+            s.hello_role = hello.role;
+            s.hello_disk = hello.disk;
+        }
         self.send(Message::Hello(hello));
         let runs = self.dirty.runs();
         let mut chunks = runs.chunks(RUNS_PER_FRAME).peekable();
@@ -117,11 +123,12 @@ impl Core {
     fn decide_sync(&mut self, sid: SessionId) -> Result<(), String> {
         let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
         let h = s.peer_hello.clone().ok_or("no hello")?;
+        let (my_role, my_disk) = (s.hello_role, s.hello_disk);
         let mut peer_bits = std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
         if self.cfg.plant == Plant::SkipBitmapExchange {
             peer_bits.clear();
         }
-        if h.role == Role::Primary && self.role == Role::Primary {
+        if h.role == Role::Primary && (self.role == Role::Primary || my_role == Role::Primary) {
             return Err(format!("both {} and {} are Primary: refusing", self.cfg.me, self.cfg.peer));
         }
         let mut decision = decide(&self.gen, &h.gen);
@@ -136,7 +143,7 @@ impl Core {
             let mine = SplitSide {
                 changes: self.dirty.bytes(),
                 promoted_at: self.promoted_at,
-                secondary: self.role == Role::Secondary,
+                secondary: my_role == Role::Secondary,
             };
             let theirs = SplitSide {
                 changes: h.peer_out_of_sync,
@@ -153,7 +160,7 @@ impl Core {
             }
         }
         if decision == Decision::SplitBrain {
-            if self.discard && self.role == Role::Secondary {
+            if self.discard && my_role == Role::Secondary {
                 decision = Decision::SyncTarget { full: true };
             } else if h.discard && h.role == Role::Secondary {
                 decision = Decision::SyncSource { full: true };
@@ -174,7 +181,7 @@ impl Core {
         // activity log, failed writes, verify mismatches) still moves, from
         // the better side.
         if decision == Decision::InSync && (self.dirty.bytes() > 0 || peer_bits.bytes() > 0) {
-            let mine = (disk_rank(self.disk), self.role == Role::Primary, self.cfg.me < self.cfg.peer);
+            let mine = (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer);
             let theirs = (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
             decision = if mine > theirs {
                 Decision::SyncSource { full: false }
@@ -184,11 +191,11 @@ impl Core {
         }
         let now = self.now;
         match decision {
-            Decision::SyncTarget { .. } if self.role == Role::Primary => {
+            Decision::SyncTarget { .. } if self.role == Role::Primary || my_role == Role::Primary => {
                 self.want_link = false;
                 return Err("the peer's data is newer than this Primary's: refusing".into());
             }
-            Decision::SyncSource { .. } if disk_rank(self.disk) == 0 => {
+            Decision::SyncSource { .. } if disk_rank(my_disk) == 0 || disk_rank(self.disk) == 0 => {
                 return Err(format!(
                     "this node should be the resync source but its disk is {:?}",
                     self.disk

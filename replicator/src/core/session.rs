@@ -108,6 +108,9 @@ pub struct Session {
     pub peer_bits: Bitmap,
     pub peer_bits_done: bool,
     pub peer: PeerInfo,
+    /// Our role and disk as our hello announced them (the decision's input).
+    pub hello_role: Role,
+    pub hello_disk: DiskState,
     pub activity: Activity,
     // Sending side.
     pub next_seq: u64,
@@ -149,6 +152,8 @@ impl Session {
                 current: 0,
                 out_of_sync: 0,
             },
+            hello_role: Role::Secondary,
+            hello_disk: DiskState::Inconsistent,
             activity: Activity::Idle,
             next_seq: 1,
             out: BTreeMap::new(),
