@@ -135,3 +135,23 @@ fn up_refuses_nbd_clients_beyond_max_connections() {
     c.request(0, 0, 1, 0, 4096, &[]);
     assert_eq!(c.simple_reply(), (0, 1), "a client was refused after the others left");
 }
+
+/// A Secondary whose disk file was deleted (its metadata kept) is not
+/// trusted: it comes back Inconsistent and takes a full sync.
+#[test]
+fn a_recreated_disk_is_not_trusted_and_takes_a_full_sync() {
+    let mut p = Pair::start("C", "16M");
+    p.qemu_io(0, "write -P 0x3c 1M 2M");
+    p.wait_drained();
+    assert!(p.down(1).success());
+    std::fs::remove_file(&p.nodes[1].disk).unwrap();
+    p.up(1);
+    let b = p.status(1);
+    assert_ne!(b["disk"], "UpToDate", "an empty new disk claims to be UpToDate: {b}");
+    p.wait_synced("the full sync of the new disk", Duration::from_secs(60));
+    assert!(
+        std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after the full sync"
+    );
+    assert!(p.status(0)["counters"]["resync_bytes"].as_u64().unwrap() >= 16 << 20);
+}

@@ -128,9 +128,18 @@ impl Node {
     pub fn open(res: ResourceConfig, me: &str, opts: &StoreOptions) -> Result<Arc<Node>, NodeError> {
         let (mine, peer) = res.pair(me)?;
         let (mine, peer) = (mine.clone(), peer.clone());
+        let mut meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
+        if let Some(m) = meta.as_mut().filter(|_| !mine.disk.exists()) {
+            // The disk is gone but its metadata is not: record that the data
+            // is not ours before a new file exists, so a crash in between
+            // cannot make an empty disk look UpToDate.
+            m.disk = crate::protocol::wire::DiskState::Inconsistent;
+            m.fresh = false;
+            m.gen = crate::protocol::genid::GenIds::never_synced();
+            m.save(&mine.meta)?;
+        }
         let store = Store::open(&mine.disk, Some(res.size), opts)?;
         let meta_io = |source| MetaError::Io { path: mine.meta.clone(), source };
-        let meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
         let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
