@@ -30,7 +30,24 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
 }
 
+/// Request buffers (up to 32 MiB each, allocated per request and freed on
+/// another thread) are served from glibc's heap instead of fresh mmaps, and
+/// freed memory is not handed back to the kernel after every request:
+/// measured with `scripts/bench-nbd.sh`, 1M writes at QD8 gain about 20%
+/// (page faults and munmap per request). Freed heap memory is kept up to
+/// 256 MiB.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters (under glibc's own
+    // lock); nothing has been served yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
+    tune_malloc();
     let shutdown = Shutdown::install()?;
     let opts =
         StoreOptions { backend: args.backend, direct: args.direct, ..StoreOptions::default() };
