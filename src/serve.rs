@@ -36,7 +36,7 @@ pub struct Limits {
 /// measured with `scripts/bench-nbd.sh`, 1M writes at QD8 gain about 20%
 /// (page faults and munmap per request). Freed heap memory is kept up to
 /// 256 MiB.
-fn tune_malloc() {
+pub fn tune_malloc() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters (under glibc's own
     // lock); nothing has been served yet.

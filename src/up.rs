@@ -20,6 +20,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
     let res = ResourceConfig::load(config)?;
     let span = tracing::info_span!("node", resource = %res.name, node = %me);
     async move {
+        crate::serve::tune_malloc();
         let shutdown = Shutdown::install()?;
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
