@@ -16,9 +16,10 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -125,13 +126,24 @@ enum Engine {
 }
 
 pub struct Store {
+    /// Declared before the descriptors on purpose: fields drop in
+    /// declaration order, and the engine's drop waits for (io_uring) or
+    /// runs to completion (thread pool) every op still holding one of these
+    /// descriptors. Closed first, a descriptor number could be reused by an
+    /// unrelated file and receive our writes.
+    engine: Engine,
     file: File,
     direct: Option<File>,
     size: u64,
-    engine: Engine,
     path: PathBuf,
     inline_write_max: usize,
     created: bool,
+    /// A block device rather than a regular file: decides how ranges are
+    /// trimmed and zeroed ([`zero_plan`]).
+    is_blockdev: bool,
+    /// The O_DIRECT descriptor refused a request (EINVAL) and it was redone
+    /// buffered; warned about once.
+    direct_refused: AtomicBool,
 }
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
@@ -163,7 +175,9 @@ impl Store {
             return Err(open_err(e));
         }
         let mut actual = sys::size_of(&file).map_err(open_err)?;
-        let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        let meta = file.metadata().map_err(open_err)?;
+        let is_regular = meta.is_file();
+        let is_blockdev = meta.file_type().is_block_device();
         if let Some(want) = size {
             // A new (or empty) regular file takes the configured size.
             if actual == 0 && is_regular && want > 0 {
@@ -224,19 +238,22 @@ impl Store {
             Err(_) => opts.inline_write_max,
         };
         let store = Store {
+            engine,
             file,
             direct,
             size: actual,
-            engine,
             path: path.to_owned(),
             inline_write_max,
             created: !exists,
+            is_blockdev,
+            direct_refused: AtomicBool::new(false),
         };
         tracing::info!(
             path = %path.display(),
             size = actual,
             backend = %store.backend(),
             direct = store.direct.is_some(),
+            blockdev = is_blockdev,
             "store opened"
         );
         Ok(store)
@@ -282,31 +299,52 @@ impl Store {
         }
     }
 
+    /// Whether a failed O_DIRECT request should be redone buffered: EINVAL
+    /// is the file system refusing direct I/O for that request (alignment
+    /// stricter than ours, or no O_DIRECT support for that file after all).
+    /// Warns the first time.
+    fn direct_refused(&self, e: &io::Error, off: u64, len: usize) -> bool {
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return false;
+        }
+        if !self.direct_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %self.path.display(),
+                off,
+                len,
+                "O_DIRECT refused a request (EINVAL); redoing such requests with buffered I/O"
+            );
+        }
+        true
+    }
+
     /// Reads `len` bytes at `off`.
     pub async fn read(&self, off: u64, len: u32) -> io::Result<Bytes> {
         let len = len as usize;
-        let op = match self.direct_fd(off, len) {
-            Some(fd) => Op::Read { fd, off, buf: ReadBuf::Aligned(AlignedBuf::new(len)), done: 0 },
-            None => Op::Read { fd: self.fd(), off, buf: ReadBuf::heap(len), done: 0 },
-        };
+        if let Some(fd) = self.direct_fd(off, len) {
+            let buf = ReadBuf::Aligned(AlignedBuf::new(len));
+            match self.run(Op::Read { fd, off, buf, done: 0 }).await {
+                Err(e) if self.direct_refused(&e, off, len) => {}
+                r => return r?.into_data(),
+            }
+        }
+        let op = Op::Read { fd: self.fd(), off, buf: ReadBuf::heap(len), done: 0 };
         self.run(op).await?.into_data()
     }
 
     /// Writes `data` at `off`; with `fua` it is durable on return.
     pub async fn write(&self, off: u64, data: Bytes, fua: bool) -> io::Result<()> {
-        let op = match self.direct_fd(off, data.len()) {
-            Some(fd) => {
-                let data = WriteData::Aligned(AlignedBuf::copy_from(&data));
-                Op::Write { fd, off, data, done: 0, fua }
+        if let Some(fd) = self.direct_fd(off, data.len()) {
+            let aligned = WriteData::Aligned(AlignedBuf::copy_from(&data));
+            match self.run(Op::Write { fd, off, data: aligned, done: 0, fua }).await {
+                Err(e) if self.direct_refused(&e, off, data.len()) => {}
+                r => return r.map(drop),
             }
-            None if !fua
-                && data.len() <= self.inline_write_max
-                && matches!(self.engine, Engine::Uring(_)) =>
-            {
-                return sys::pwrite_full(self.fd(), &data, off, false);
-            }
-            None => Op::Write { fd: self.fd(), off, data: WriteData::Shared(data), done: 0, fua },
-        };
+        }
+        if !fua && data.len() <= self.inline_write_max && matches!(self.engine, Engine::Uring(_)) {
+            return sys::pwrite_full(self.fd(), &data, off, false);
+        }
+        let op = Op::Write { fd: self.fd(), off, data: WriteData::Shared(data), done: 0, fua };
         self.run(op).await.map(drop)
     }
 
@@ -319,10 +357,12 @@ impl Store {
         self.run(Op::Fallocate { fd: self.fd(), off, len, mode }).await.map(drop)
     }
 
-    /// Discards a range (punches a hole, so it reads back as zeroes). Where
-    /// the file system cannot punch holes, zeroes are written instead.
+    /// Discards a range. On a regular file it punches a hole (so it reads
+    /// back as zeroes), or zeroes it where the file system cannot. On a block
+    /// device it is only a hint: one punch (the device's own zeroing, never
+    /// a written-zeroes fallback) and nothing where that is unsupported.
     pub async fn discard(&self, off: u64, len: u64) -> io::Result<()> {
-        self.zero(off, len, true, false).await
+        self.apply(zero_plan(ZeroReq::Trim, self.is_blockdev), off, len).await
     }
 
     /// Makes a range read as zeroes: a punched hole when `may_punch`, else a
@@ -335,23 +375,31 @@ impl Store {
         may_punch: bool,
         fast_only: bool,
     ) -> io::Result<()> {
-        for mode in zero_modes(may_punch) {
+        let req = ZeroReq::Zero { may_punch, fast_only };
+        self.apply(zero_plan(req, self.is_blockdev), off, len).await
+    }
+
+    async fn apply(&self, plan: ZeroPlan, off: u64, len: u64) -> io::Result<()> {
+        for &mode in plan.modes {
             match self.fallocate(mode, off, len).await {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }
         }
-        if fast_only {
-            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        match plan.otherwise {
+            Otherwise::Nothing => Ok(()),
+            Otherwise::Unsupported => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+            Otherwise::WriteZeroes => {
+                let mut pos = off;
+                let end = off + len;
+                while pos < end {
+                    let n = (end - pos).min(ZEROS.len() as u64) as usize;
+                    self.write(pos, Bytes::from_static(&ZEROS[..n]), false).await?;
+                    pos += n as u64;
+                }
+                Ok(())
+            }
         }
-        let mut pos = off;
-        let end = off + len;
-        while pos < end {
-            let n = (end - pos).min(ZEROS.len() as u64) as usize;
-            self.write(pos, Bytes::from_static(&ZEROS[..n]), false).await?;
-            pos += n as u64;
-        }
-        Ok(())
     }
 
     /// Writes `data` at `off` with one blocking `pwrite` into the page cache,
@@ -375,24 +423,40 @@ impl Store {
         Ok(buf.freeze())
     }
 
-    /// Synchronous [`Store::zero`] for the ordered write path.
+    /// Synchronous [`Store::zero`] for the ordered write path. The range
+    /// always reads back as zeroes (both replicas must agree), so on a block
+    /// device a TRIM sent this way is zeroed too; [`Store::trim_now`] is
+    /// the hint-only form.
     pub fn zero_now(&self, off: u64, len: u64, may_punch: bool, fast_only: bool) -> io::Result<()> {
-        for mode in zero_modes(may_punch) {
+        let req = ZeroReq::Zero { may_punch, fast_only };
+        self.apply_now(zero_plan(req, self.is_blockdev), off, len)
+    }
+
+    /// Synchronous [`Store::discard`].
+    pub fn trim_now(&self, off: u64, len: u64) -> io::Result<()> {
+        self.apply_now(zero_plan(ZeroReq::Trim, self.is_blockdev), off, len)
+    }
+
+    fn apply_now(&self, plan: ZeroPlan, off: u64, len: u64) -> io::Result<()> {
+        for &mode in plan.modes {
             match sys::fallocate(self.fd(), mode, off, len) {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }
         }
-        if fast_only {
-            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        match plan.otherwise {
+            Otherwise::Nothing => Ok(()),
+            Otherwise::Unsupported => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+            Otherwise::WriteZeroes => {
+                let mut pos = off;
+                while pos < off + len {
+                    let n = (off + len - pos).min(ZEROS.len() as u64) as usize;
+                    self.write_now(pos, &ZEROS[..n])?;
+                    pos += n as u64;
+                }
+                Ok(())
+            }
         }
-        let mut pos = off;
-        while pos < off + len {
-            let n = (off + len - pos).min(ZEROS.len() as u64) as usize;
-            self.write_now(pos, &ZEROS[..n])?;
-            pos += n as u64;
-        }
-        Ok(())
     }
 
     /// Prefetch hint.
@@ -406,14 +470,60 @@ impl Store {
     }
 }
 
-/// The fallocate modes that make a range read as zeroes, best first: a
-/// punched hole (when allowed), then an allocated zeroed range. Where the
-/// file system supports neither, zeroes are written (unless only a fast
-/// way will do).
-fn zero_modes(may_punch: bool) -> impl Iterator<Item = i32> {
-    const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-    let punch = may_punch.then_some(libc::FALLOC_FL_PUNCH_HOLE | KEEP);
-    punch.into_iter().chain([libc::FALLOC_FL_ZERO_RANGE | KEEP])
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// What a caller wants done to a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroReq {
+    /// TRIM: a hint; the range may read as anything afterwards.
+    Trim,
+    /// Read back as zeroes (WRITE_ZEROES), deallocated only when
+    /// `may_punch`, and only by a fast (metadata-only) way when `fast_only`.
+    Zero { may_punch: bool, fast_only: bool },
+}
+
+/// What to do when no fallocate mode of the plan is supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Otherwise {
+    WriteZeroes,
+    /// EOPNOTSUPP (a FAST_ZERO that cannot be fast).
+    Unsupported,
+    /// Success: the request was a hint.
+    Nothing,
+}
+
+/// fallocate modes to try, best first, then the last resort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ZeroPlan {
+    modes: &'static [i32],
+    otherwise: Otherwise,
+}
+
+/// How to carry out `req`. On a regular file: a punched hole (when
+/// allowed), then an allocated zeroed range, then written zeroes (unless
+/// only a fast way will do); a TRIM is a zeroing that may punch.
+///
+/// On a block device PUNCH_HOLE is the device's own zeroing without the
+/// kernel's written-zeroes fallback (BLKDEV_ZERO_NOFALLBACK), whereas
+/// ZERO_RANGE may quietly write zeroes over the whole range. So a TRIM
+/// tries the punch alone and otherwise does nothing (it is a hint, and
+/// writing zeroes to honour it would turn a cheap request into a slow
+/// one), and a FAST_ZERO may use only the punch, when punching is allowed.
+/// An ordinary WRITE_ZEROES keeps every fallback: it must read back zeroed.
+fn zero_plan(req: ZeroReq, is_blockdev: bool) -> ZeroPlan {
+    let (modes, otherwise): (&'static [i32], _) = match (req, is_blockdev) {
+        (ZeroReq::Trim, true) => (&[PUNCH], Otherwise::Nothing),
+        (ZeroReq::Trim, false) => (&[PUNCH, ZERO_RANGE], Otherwise::WriteZeroes),
+        (ZeroReq::Zero { may_punch, fast_only: true }, true) => {
+            (if may_punch { &[PUNCH] } else { &[] }, Otherwise::Unsupported)
+        }
+        (ZeroReq::Zero { may_punch, fast_only }, _) => (
+            if may_punch { &[PUNCH, ZERO_RANGE] } else { &[ZERO_RANGE] },
+            if fast_only { Otherwise::Unsupported } else { Otherwise::WriteZeroes },
+        ),
+    };
+    ZeroPlan { modes, otherwise }
 }
 
 fn unsupported(e: &io::Error) -> bool {

@@ -136,3 +136,136 @@ fn backend_names_parse() {
     assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
     assert!("fast".parse::<BackendChoice>().is_err());
 }
+
+#[test]
+fn zero_plan_regular_file_is_unchanged() {
+    let plan = |req| zero_plan(req, false);
+    let zero = |may_punch, fast_only| ZeroReq::Zero { may_punch, fast_only };
+    assert_eq!(
+        plan(ZeroReq::Trim),
+        ZeroPlan { modes: &[PUNCH, ZERO_RANGE], otherwise: Otherwise::WriteZeroes }
+    );
+    assert_eq!(
+        plan(zero(true, false)),
+        ZeroPlan { modes: &[PUNCH, ZERO_RANGE], otherwise: Otherwise::WriteZeroes }
+    );
+    assert_eq!(
+        plan(zero(false, false)),
+        ZeroPlan { modes: &[ZERO_RANGE], otherwise: Otherwise::WriteZeroes }
+    );
+    assert_eq!(
+        plan(zero(true, true)),
+        ZeroPlan { modes: &[PUNCH, ZERO_RANGE], otherwise: Otherwise::Unsupported }
+    );
+    assert_eq!(
+        plan(zero(false, true)),
+        ZeroPlan { modes: &[ZERO_RANGE], otherwise: Otherwise::Unsupported }
+    );
+}
+
+#[test]
+fn zero_plan_block_device() {
+    let plan = |req| zero_plan(req, true);
+    let zero = |may_punch, fast_only| ZeroReq::Zero { may_punch, fast_only };
+    // TRIM: the device's punch or nothing; never zeroes written.
+    assert_eq!(plan(ZeroReq::Trim), ZeroPlan { modes: &[PUNCH], otherwise: Otherwise::Nothing });
+    // FAST_ZERO: only the punch, and only when punching is allowed.
+    assert_eq!(
+        plan(zero(true, true)),
+        ZeroPlan { modes: &[PUNCH], otherwise: Otherwise::Unsupported }
+    );
+    assert_eq!(plan(zero(false, true)), ZeroPlan { modes: &[], otherwise: Otherwise::Unsupported });
+    // A plain WRITE_ZEROES must read back zeroed: every fallback stays.
+    assert_eq!(
+        plan(zero(true, false)),
+        ZeroPlan { modes: &[PUNCH, ZERO_RANGE], otherwise: Otherwise::WriteZeroes }
+    );
+    assert_eq!(
+        plan(zero(false, false)),
+        ZeroPlan { modes: &[ZERO_RANGE], otherwise: Otherwise::WriteZeroes }
+    );
+}
+
+/// An O_DIRECT request refused with EINVAL is redone on the buffered
+/// descriptor. An offset past `off_t` makes both refuse it (EINVAL), which
+/// shows that the buffered retry ran and its error is the one returned.
+async fn direct_einval_is_redone_buffered(backend: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Store::open(&dir.path().join("disk.img"), Some(1 << 20), &opts(backend, true)).unwrap();
+    if !store.is_direct() {
+        eprintln!("skipped: O_DIRECT is not available in {}", dir.path().display());
+        return;
+    }
+    let off = 1u64 << 63; // aligned, but a negative off_t
+    let e = store.read(off, 4096).await.err().unwrap();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    assert!(store.direct_refused.load(Ordering::Relaxed), "the buffered retry ran");
+    store.direct_refused.store(false, Ordering::Relaxed);
+    let e = store.write(off, Bytes::from(vec![1u8; 4096]), false).await.err().unwrap();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    assert!(store.direct_refused.load(Ordering::Relaxed), "the buffered retry ran");
+    // Ordinary direct requests are unaffected.
+    store.write(8192, Bytes::from(vec![5u8; 4096]), true).await.unwrap();
+    assert!(store.read(8192, 4096).await.unwrap().iter().all(|&x| x == 5));
+}
+
+#[tokio::test]
+async fn uring_direct_einval_is_redone_buffered() {
+    direct_einval_is_redone_buffered(BackendChoice::IoUring).await;
+}
+
+#[tokio::test]
+async fn threads_direct_einval_is_redone_buffered() {
+    direct_einval_is_redone_buffered(BackendChoice::Threads).await;
+}
+
+/// Dropping the store with ops in flight and in the backlog (requests
+/// cancelled by their callers) waits for the kernel, fails the backlog, and
+/// leaves a file that reopens with every block either old or new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_drop_with_ops_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    let o = StoreOptions {
+        backend: BackendChoice::IoUring,
+        ring_entries: 4,
+        inline_write_max: 0,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&path, Some(4 << 20), &o).unwrap();
+    let mut pending: Vec<_> = (0..64u64)
+        .map(|i| {
+            let store = &store;
+            Box::pin(
+                async move { store.write(i * 65536, Bytes::from(vec![0x5a; 65536]), true).await },
+            )
+        })
+        .collect();
+    // Poll each once: the first few reach the kernel, the rest wait in the
+    // backlog. Then the callers give up on all of them.
+    let waker = futures_noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    for f in pending.iter_mut() {
+        let _ = std::future::Future::poll(f.as_mut(), &mut cx);
+    }
+    drop(pending);
+    drop(store);
+
+    let store = Store::open(&path, None, &o).unwrap();
+    for i in 0..64u64 {
+        let got = store.read(i * 65536, 65536).await.unwrap();
+        assert!(got.iter().all(|&x| x == 0) || got.iter().all(|&x| x == 0x5a), "block {i}");
+    }
+}
+
+fn futures_noop_waker() -> std::task::Waker {
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+    fn clone(_: *const ()) -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    fn noop(_: *const ()) {}
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+    // SAFETY: every vtable function ignores the (null) data pointer.
+    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
+}

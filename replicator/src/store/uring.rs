@@ -124,8 +124,12 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // The reaper drops its AsyncFd, then the last reference to the ring,
-        // which waits for in-flight ops (State::drop).
+        // Drain here, synchronously, rather than leaving it to whichever of
+        // us and the reaper lets go of the state last: the store closes its
+        // descriptors right after dropping the ring, and nothing queued may
+        // reach the kernel after that. Backlogged ops fail (they never
+        // reached the kernel); in-flight ones are waited for.
+        self.inner.lock().drain();
         self.stop.notify_one();
     }
 }
@@ -201,7 +205,7 @@ impl State {
             let Some(id) = self.backlog.pop_front() else {
                 break;
             };
-            let Some(slot) = self.slots[id].as_mut() else {
+            let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
                 continue;
             };
             let entry = entry_for(&mut slot.op).user_data(id as u64);
@@ -219,14 +223,16 @@ impl State {
         let done: Vec<(usize, i32)> =
             self.ring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
         for &(id, res) in &done {
-            self.in_flight -= 1;
+            // Saturating: after a leak (see `leak_in_flight`) late
+            // completions may still arrive for ops we no longer count.
+            self.in_flight = self.in_flight.saturating_sub(1);
             self.complete(id, res);
         }
         done.len()
     }
 
     fn complete(&mut self, id: usize, res: i32) {
-        let Some(slot) = self.slots[id].as_mut() else {
+        let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
         if res < 0 {
@@ -270,7 +276,7 @@ impl State {
     }
 
     fn finish(&mut self, id: usize, result: io::Result<Done>) {
-        let Some(slot) = self.slots[id].take() else {
+        let Some(slot) = self.slots.get_mut(id).and_then(Option::take) else {
             return;
         };
         self.free.push(id);
@@ -283,15 +289,64 @@ impl State {
     }
 }
 
-impl Drop for State {
-    fn drop(&mut self) {
-        // Buffers must outlive the kernel's use of them.
-        while self.in_flight > 0 {
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
+impl State {
+    /// Fails every backlogged op: it has not reached the kernel and, once
+    /// the ring is closing, never will.
+    fn fail_backlog(&mut self) {
+        while let Some(id) = self.backlog.pop_front() {
+            self.finish(id, Err(io::Error::other("store closed before the op was submitted")));
+        }
+    }
+
+    /// Waits until the kernel is done with every buffer we gave it. Ops that
+    /// come back short (and would be resubmitted) fail instead. Where the
+    /// wait itself fails, the in-flight buffers are leaked: freeing memory
+    /// the kernel may still write into is far worse than a leak at shutdown.
+    fn drain(&mut self) {
+        loop {
+            self.fail_backlog();
+            if self.in_flight == 0 {
+                return;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // A full completion queue: reaping makes room.
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN))
+                        && self.reap() > 0 => {}
+                Err(e) => {
+                    tracing::error!(
+                        in_flight = self.in_flight,
+                        "io_uring: cannot wait for in-flight ops ({e}); leaking their buffers"
+                    );
+                    self.leak_in_flight();
+                    return;
+                }
             }
             self.reap();
         }
+    }
+
+    /// Gives up on every op without freeing its buffer; the waiters (if any)
+    /// get an error.
+    fn leak_in_flight(&mut self) {
+        for Slot { op, tx } in std::mem::take(&mut self.slots).into_iter().flatten() {
+            std::mem::forget(op);
+            let _ = tx.send(Err(io::Error::other("store closed with the op in flight")));
+        }
+        self.free.clear();
+        self.backlog.clear();
+        self.in_flight = 0;
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Buffers must outlive the kernel's use of them. `Ring::drop` has
+        // normally drained already; this covers a ring that never got that
+        // far (and is a no-op otherwise).
+        self.drain();
     }
 }
 
