@@ -464,7 +464,8 @@ impl Store {
         sys::fadvise_willneed(self.fd(), off, len)
     }
 
-    /// Allocation runs of `[off, off+len)`: (length, is_hole).
+    /// Allocation runs of `[off, off+len)`: (length, is_hole); at most
+    /// [`sys::MAX_EXTENT_RUNS`], so possibly covering only a prefix.
     pub fn extents(&self, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         sys::extents(self.fd(), off, len)
     }

@@ -118,13 +118,21 @@ fn seek(fd: RawFd, off: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     Ok(Some(r as u64))
 }
 
+/// The most runs [`extents`] returns for one call: a badly fragmented
+/// range would otherwise cost two lseeks per run and a reply of unbounded
+/// size. NBD lets a BLOCK_STATUS reply describe less than was asked for;
+/// the client asks again from where it stops.
+pub const MAX_EXTENT_RUNS: usize = 1024;
+
 /// Allocation map of `[off, off+len)` as (length, is_hole) runs, from
-/// SEEK_DATA/SEEK_HOLE. Where the file system cannot tell, all is data.
+/// SEEK_DATA/SEEK_HOLE; at most [`MAX_EXTENT_RUNS`] of them, so they may
+/// cover only a prefix of the range. Where the file system cannot tell,
+/// all is data.
 pub fn extents(fd: RawFd, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
     let end = off + len;
     let mut out = Vec::new();
     let mut pos = off;
-    while pos < end {
+    while pos < end && out.len() < MAX_EXTENT_RUNS {
         let data = match seek(fd, pos, libc::SEEK_DATA) {
             Ok(d) => d,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {

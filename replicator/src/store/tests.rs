@@ -269,3 +269,117 @@ fn futures_noop_waker() -> std::task::Waker {
     // SAFETY: every vtable function ignores the (null) data pointer.
     unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
 }
+
+/// A fragmented range is described by at most `MAX_EXTENT_RUNS` runs,
+/// covering a prefix of it.
+#[tokio::test]
+async fn extents_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(BackendChoice::Threads, false);
+    let store = Store::open(&dir.path().join("disk.img"), Some(16 << 20), &o).unwrap();
+    // Data in every other 4 KiB block: one run per block.
+    let blocks = 2 * sys::MAX_EXTENT_RUNS as u64;
+    for i in (0..blocks).step_by(2) {
+        store.write_now(i * 4096, &[1u8; 4096]).unwrap();
+    }
+    let runs = store.extents(0, blocks * 4096).unwrap();
+    let total: u64 = runs.iter().map(|r| r.0).sum();
+    if runs.len() == 1 {
+        eprintln!("skipped: this file system does not report holes");
+        return;
+    }
+    assert_eq!(runs.len(), sys::MAX_EXTENT_RUNS);
+    assert_eq!(total, sys::MAX_EXTENT_RUNS as u64 * 4096, "a prefix, block by block");
+    assert_eq!(runs[0], (4096, false));
+    assert_eq!(runs[1], (4096, true));
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A loop device over a sparse file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    /// None (with the reason printed) where loop devices are unavailable;
+    /// in CI that fails the test instead.
+    fn attach(backing: &Path) -> Option<Loop> {
+        // SAFETY: geteuid has no preconditions.
+        let why = if unsafe { libc::geteuid() } != 0 {
+            "losetup needs root".to_string()
+        } else {
+            match std::process::Command::new("losetup")
+                .arg("-f")
+                .arg("--show")
+                .arg(backing)
+                .output()
+            {
+                Ok(out) if out.status.success() => {
+                    return Some(Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+                }
+                Ok(out) => format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr)),
+                Err(e) => format!("cannot run losetup: {e}"),
+            }
+        };
+        assert!(!in_ci(), "CI must be able to attach a loop device ({why})");
+        eprintln!("SKIP: {why}");
+        None
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// On a block device TRIM is a hint that never fails for lack of support,
+/// FAST_ZERO without punching is refused outright, and WRITE_ZEROES still
+/// reads back zeroed.
+#[tokio::test]
+async fn block_device_trim_and_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing.img");
+    std::fs::File::create(&backing).unwrap().set_len(8 << 20).unwrap();
+    let Some(dev) = Loop::attach(&backing) else { return };
+    for backend in [BackendChoice::IoUring, BackendChoice::Threads] {
+        let store = Store::open(Path::new(&dev.0), None, &opts(backend, false)).unwrap();
+        assert!(store.is_blockdev);
+        assert_eq!(store.size(), 8 << 20);
+        let data = Bytes::from(vec![0xabu8; 65536]);
+        let is_zero = |b: &Bytes| b.iter().all(|&x| x == 0);
+
+        store.write(0, data.clone(), false).await.unwrap();
+        store.discard(0, 65536).await.unwrap();
+        store.trim_now(0, 65536).unwrap();
+
+        // FAST_ZERO that may not punch: no fast way on a block device.
+        store.write(0, data.clone(), false).await.unwrap();
+        let e = store.zero(0, 65536, false, true).await.err().unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+        let e = store.zero_now(0, 65536, false, true).err().unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+        assert_eq!(
+            store.read(0, 65536).await.unwrap(),
+            data,
+            "a refused FAST_ZERO changes nothing"
+        );
+
+        // FAST_ZERO that may punch: the device's own zeroing, if it has one.
+        match store.zero(0, 65536, true, true).await {
+            Ok(()) => assert!(is_zero(&store.read(0, 65536).await.unwrap())),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}"),
+        }
+
+        // WRITE_ZEROES always zeroes.
+        for punch in [true, false] {
+            store.write(0, data.clone(), false).await.unwrap();
+            store.zero(0, 65536, punch, false).await.unwrap();
+            assert!(is_zero(&store.read(0, 65536).await.unwrap()), "zero punch={punch}");
+            store.write_now(0, &data).unwrap();
+            store.zero_now(0, 65536, punch, false).unwrap();
+            assert!(is_zero(&store.read_now(0, 65536).unwrap()), "zero_now punch={punch}");
+        }
+    }
+}
