@@ -156,24 +156,12 @@ impl Core {
                 flush_epoch: None,
                 bytes: op.wire_bytes(),
             };
-            let store_op = match op {
-                Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
-                Op::Resync { offset, data, .. } => StoreOp::Write { offset, data, fua: false },
-                Op::Trim { offset, len, fua } => {
-                    StoreOp::Zero { offset, len: len as u64, punch: true, fua }
-                }
-                Op::Zero { offset, len, no_hole, fua } => {
-                    StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
-                }
-                Op::Flush => {
-                    a.flush_epoch = Some(self.write_epoch);
-                    StoreOp::Flush
-                }
-                Op::Verify { offset, len } => {
-                    a.verify = true;
-                    StoreOp::Read { offset, len: len as u64 }
-                }
-            };
+            let store_op = StoreOp::of(op);
+            match store_op {
+                StoreOp::Flush => a.flush_epoch = Some(self.write_epoch),
+                StoreOp::Read { .. } => a.verify = true,
+                _ => {}
+            }
             self.applying += 1;
             self.store(IoFor::Apply(a), store_op);
             if range.is_some() {

@@ -198,6 +198,26 @@ pub enum StoreOp {
     Read { offset: u64, len: u64 },
 }
 
+impl StoreOp {
+    /// What a replicated operation does to the local store (a verify
+    /// reads; a resync chunk is an ordinary write).
+    pub fn of(op: crate::protocol::wire::Op) -> StoreOp {
+        use crate::protocol::wire::Op;
+        match op {
+            Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
+            Op::Resync { offset, data, .. } => StoreOp::Write { offset, data, fua: false },
+            Op::Trim { offset, len, fua } => {
+                StoreOp::Zero { offset, len: len as u64, punch: true, fua }
+            }
+            Op::Zero { offset, len, no_hole, fua } => {
+                StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
+            }
+            Op::Flush => StoreOp::Flush,
+            Op::Verify { offset, len } => StoreOp::Read { offset, len: len as u64 },
+        }
+    }
+}
+
 /// A metadata update. Each is durable when it completes successfully, and
 /// leaves the previous version intact when it fails.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -228,18 +228,8 @@ impl Core {
         } else if let Some((off, len)) = range {
             self.mark(off, len);
         }
-        let store_op = match op {
-            Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
-            // Never an application operation; written like one.
-            Op::Resync { offset, data, .. } => StoreOp::Write { offset, data, fua: false },
-            Op::Trim { offset, len, fua } => {
-                StoreOp::Zero { offset, len: len as u64, punch: true, fua }
-            }
-            Op::Zero { offset, len, no_hole, fua } => {
-                StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
-            }
-            Op::Flush | Op::Verify { .. } => StoreOp::Flush,
-        };
+        // Application operations are writes, trims, zeroes and flushes.
+        let store_op = StoreOp::of(op);
         let is_flush = matches!(store_op, StoreOp::Flush);
         let epoch = self.write_epoch;
         self.store(IoFor::App(req), store_op);
