@@ -33,7 +33,8 @@ fn primary_core() -> Core {
         checkpoint_chunks: 64,
         plant: Plant::None,
     };
-    let mut core = Core::new(cfg, Recovered { disk_created: true, ..Recovered::default() }, Duration::ZERO, 1);
+    let mut core =
+        Core::new(cfg, Recovered { disk_created: true, ..Recovered::default() }, Duration::ZERO, 1);
     drain(&mut core, 0);
     core.promote(true, 1).unwrap();
     core.handle_link_up(Duration::ZERO, 1);
@@ -86,7 +87,9 @@ fn codec(c: &mut Criterion) {
     });
     let frames: Vec<u8> = (1..=64u64)
         .flat_map(|seq| {
-            Message::Data { seq, op: Op::write(seq * 4096, data.clone(), false) }.to_bytes().to_vec()
+            Message::Data { seq, op: Op::write(seq * 4096, data.clone(), false) }
+                .to_bytes()
+                .to_vec()
         })
         .collect();
     g.throughput(Throughput::Bytes(64 * 4096));

@@ -107,7 +107,9 @@ fn failover_and_failback(new_primary_writes: bool) {
 
     // Failback: b steps down, a takes over again and writes.
     p.ok(&["secondary"], 1);
-    p.wait("a to see b Secondary", Duration::from_secs(10), |a, _| a["peer"]["role"] == "Secondary");
+    p.wait("a to see b Secondary", Duration::from_secs(10), |a, _| {
+        a["peer"]["role"] == "Secondary"
+    });
     p.ok(&["primary"], 0);
     p.qemu_io(0, "write -P 0xa7 5M 2M");
     wait_in_sync(&p, "the failback");

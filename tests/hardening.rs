@@ -15,7 +15,8 @@ use common::pair::Pair;
 use common::*;
 
 fn mode(p: &std::path::Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode()
+        & 0o777
 }
 
 #[test]
@@ -30,7 +31,10 @@ fn disk_and_metadata_files_are_private_and_the_disk_is_locked() {
     }
     // A second process on a running node's disk is refused.
     let out = run_timeout(
-        Command::new(BIN).args(["serve", "--disk"]).arg(dir.join("a.img")).args(["--listen", "127.0.0.1:0"]),
+        Command::new(BIN)
+            .args(["serve", "--disk"])
+            .arg(dir.join("a.img"))
+            .args(["--listen", "127.0.0.1:0"]),
         Duration::from_secs(20),
     );
     assert!(!out.status.success(), "serve on a disk in use started");
@@ -62,8 +66,14 @@ fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
     let mut p = Pair::prepare("C", "16M");
     let dir = p.dir.path().to_owned();
     let text = std::fs::read_to_string(&p.config).unwrap();
-    let b_addr =
-        text.split("[nodes.b]\naddress = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let b_addr = text
+        .split("[nodes.b]\naddress = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
     // A rogue "a" (right certificate) whose packets reach b 5 s late each way.
     let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let _slow = KillOnDrop(
@@ -80,7 +90,9 @@ fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
     let a_section: String = a_section
         .lines()
         .map(|l| match l.split_once(" = ") {
-            Some(("address" | "nbd", _)) => format!("{} = \"127.0.0.1:0\"", l.split(' ').next().unwrap()),
+            Some(("address" | "nbd", _)) => {
+                format!("{} = \"127.0.0.1:0\"", l.split(' ').next().unwrap())
+            }
             Some(("disk", _)) => "disk = \"rogue.img\"".into(),
             Some(("meta", _)) => "meta = \"rogue.meta\"".into(),
             Some(("control", _)) => "control = \"rogue.sock\"".into(),

@@ -268,7 +268,13 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
         ("foreign CA", "rogue/b.pem", "rogue/b.key", "rogue/ca.pem", "BadSignature"),
         ("wrong name", "certs/c.pem", "certs/c.key", "certs/ca.pem", "not valid for name"),
         // The right CA and name, but a node of another resource.
-        ("another resource", "certs/b.pem", "certs/b.key", "certs/ca.pem", "support any known protocol"),
+        (
+            "another resource",
+            "certs/b.pem",
+            "certs/b.key",
+            "certs/ca.pem",
+            "support any known protocol",
+        ),
     ] {
         let mut bad = good
             .replace("cert = \"certs/b.pem\"", &format!("cert = \"{cert}\""))

@@ -106,8 +106,13 @@ impl BitmapFile {
         let saved = fs::read(&path).ok().filter(|b| b.len() == words * 8).map(|b| {
             b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
         });
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
         if saved.is_none() {
             file.set_len(0)?;
             file.set_len(words as u64 * 8)?;

@@ -195,7 +195,10 @@ impl ResourceConfig {
         }
         let max_connections = raw.max_connections.unwrap_or(64);
         if !(1..=65536).contains(&max_connections) {
-            return Err(key_err("max-connections", format!("{max_connections} is outside 1..=65536")));
+            return Err(key_err(
+                "max-connections",
+                format!("{max_connections} is outside 1..=65536"),
+            ));
         }
         let split_brain_policy = match &raw.split_brain_policy {
             Some(p) => p.parse().map_err(|e| key_err("split-brain-policy", e))?,

@@ -66,7 +66,12 @@ impl Meta {
 
     /// Loads the metadata at `path`, checking it belongs to this node,
     /// resource and size. None: there is none yet.
-    pub fn load(path: &Path, node: &str, resource: &str, size: u64) -> Result<Option<Meta>, MetaError> {
+    pub fn load(
+        path: &Path,
+        node: &str,
+        resource: &str,
+        size: u64,
+    ) -> Result<Option<Meta>, MetaError> {
         let io = |source| MetaError::Io { path: path.to_owned(), source };
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
@@ -94,11 +99,10 @@ impl Meta {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), MetaError> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| MetaError::Parse {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        atomic_write(path, text.as_bytes()).map_err(|source| MetaError::Io { path: path.to_owned(), source })
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| MetaError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+        atomic_write(path, text.as_bytes())
+            .map_err(|source| MetaError::Io { path: path.to_owned(), source })
     }
 }
 
@@ -108,7 +112,8 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);

@@ -106,13 +106,20 @@ fn wall_ms() -> u64 {
 }
 
 /// Performs one metadata update (durable on success).
-fn persist(files: &Mutex<MetaFiles>, node: &str, res: &ResourceConfig, what: Persist) -> Result<(), IoError> {
+fn persist(
+    files: &Mutex<MetaFiles>,
+    node: &str,
+    res: &ResourceConfig,
+    what: Persist,
+) -> Result<(), IoError> {
     let mut f = files.lock().unwrap_or_else(|e| e.into_inner());
     let r = match what {
-        Persist::Meta(rec) => Meta::from_record(node, &res.name, res.size, &rec).save(&f.meta).map_err(|e| match e {
-            MetaError::Io { source, .. } => source,
-            other => io::Error::other(other.to_string()),
-        }),
+        Persist::Meta(rec) => {
+            Meta::from_record(node, &res.name, res.size, &rec).save(&f.meta).map_err(|e| match e {
+                MetaError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
+        }
         Persist::Bitmap { pages } => f.bitmap.write_pages(&pages),
         Persist::Al { remove, add } => f.al.apply(&remove, &add),
     };
@@ -125,7 +132,11 @@ fn persist(files: &Mutex<MetaFiles>, node: &str, res: &ResourceConfig, what: Per
 impl Node {
     /// Opens (creating if needed) the disk and metadata of node `me`, and
     /// starts the core's timer. Starts Secondary. Must run inside tokio.
-    pub fn open(res: ResourceConfig, me: &str, opts: &StoreOptions) -> Result<Arc<Node>, NodeError> {
+    pub fn open(
+        res: ResourceConfig,
+        me: &str,
+        opts: &StoreOptions,
+    ) -> Result<Arc<Node>, NodeError> {
         let (mine, peer) = res.pair(me)?;
         let (mine, peer) = (mine.clone(), peer.clone());
         let mut meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
@@ -145,7 +156,10 @@ impl Node {
         let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
         let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
         if !held.is_empty() {
-            tracing::warn!(extents = held.len(), "unclean shutdown: the activity log's extents are out of sync");
+            tracing::warn!(
+                extents = held.len(),
+                "unclean shutdown: the activity log's extents are out of sync"
+            );
         }
         if store.created() && meta.is_some() {
             tracing::warn!(disk = %mine.disk.display(), "the disk file is new but its metadata is not: Inconsistent, a full sync from the peer follows");
@@ -233,9 +247,11 @@ impl Node {
                         async move {
                             let files = node.files.clone();
                             let (name, res) = (node.me.name.clone(), node.res.clone());
-                            let r = tokio::task::spawn_blocking(move || persist(&files, &name, &res, what))
-                                .await
-                                .unwrap_or(Err(IoError::EIO));
+                            let r = tokio::task::spawn_blocking(move || {
+                                persist(&files, &name, &res, what)
+                            })
+                            .await
+                            .unwrap_or(Err(IoError::EIO));
                             let mut sh = node.lock();
                             let now = node.now();
                             sh.core.handle_io(now, io, r.map(|()| None));
@@ -438,7 +454,11 @@ impl Node {
             connection,
             replication: st.replication.to_string(),
             protocol: self.res.protocol.to_string(),
-            peer: PeerStatus { node: self.peer.name.clone(), role: st.peer_role, disk: st.peer_disk },
+            peer: PeerStatus {
+                node: self.peer.name.clone(),
+                role: st.peer_role,
+                disk: st.peer_disk,
+            },
             out_of_sync_bytes: st.out_of_sync_bytes,
             split_brain: st.split_brain,
             rtt_us: st.rtt.map(|d| d.as_micros() as u64),
@@ -447,7 +467,11 @@ impl Node {
                 let rate = p.done as f64 / secs;
                 let left = p.total.saturating_sub(p.done);
                 SyncStatus {
-                    percent: if p.total == 0 { 100.0 } else { p.done as f64 * 100.0 / p.total as f64 },
+                    percent: if p.total == 0 {
+                        100.0
+                    } else {
+                        p.done as f64 * 100.0 / p.total as f64
+                    },
                     bytes_total: p.total,
                     eta_s: (rate > 0.0).then(|| left as f64 / rate),
                 }

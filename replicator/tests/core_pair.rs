@@ -41,7 +41,11 @@ fn cfg(me: &str, peer: &str) -> CoreConfig {
 
 fn side(me: &str, peer: &str) -> Side {
     let rec = Recovered { disk_created: true, ..Recovered::default() };
-    Side { core: Core::new(cfg(me, peer), rec, Duration::ZERO, 7), disk: vec![0; 1 << 20], replies: vec![] }
+    Side {
+        core: Core::new(cfg(me, peer), rec, Duration::ZERO, 7),
+        disk: vec![0; 1 << 20],
+        replies: vec![],
+    }
 }
 
 /// Runs both cores until neither has an action; frames cross at once.
@@ -60,7 +64,8 @@ fn run(s: &mut [Side; 2], now: Duration) {
                     Action::Store { io, op } => {
                         let r = match op {
                             StoreOp::Write { offset, data, .. } => {
-                                s[i].disk[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+                                s[i].disk[offset as usize..offset as usize + data.len()]
+                                    .copy_from_slice(&data);
                                 None
                             }
                             StoreOp::Zero { offset, len, .. } => {
@@ -68,9 +73,9 @@ fn run(s: &mut [Side; 2], now: Duration) {
                                 None
                             }
                             StoreOp::Flush => None,
-                            StoreOp::Read { offset, len } => {
-                                Some(Bytes::copy_from_slice(&s[i].disk[offset as usize..(offset + len) as usize]))
-                            }
+                            StoreOp::Read { offset, len } => Some(Bytes::copy_from_slice(
+                                &s[i].disk[offset as usize..(offset + len) as usize],
+                            )),
                         };
                         s[i].core.handle_io(now, io, Ok(r));
                     }

@@ -19,6 +19,7 @@
 //! - `dfl`: survives power loss: FUA writes (local; the peer's in C) and
 //!   what an acknowledged FLUSH covered (the floors at its submission:
 //!   local; the peer's in B and C over an unbroken link).
+//!
 //! Protocol A sets no peer floors (I6 covers it). Checked: a promotion
 //! without `--force` (or with it, of an UpToDate disk) finds the new
 //! Primary holding its floors once what it had received is applied (at the
@@ -297,9 +298,24 @@ impl Checker {
     }
 
     /// Node `n` was promoted (`disk`: its disk state before).
-    pub fn promoted(&mut self, sim: &Sim, n: usize, force: bool, disk: DiskState) -> Result<(), Violation> {
-        if !force && matches!(disk, DiskState::Inconsistent | DiskState::Outdated | DiskState::Failed | DiskState::Diskless) {
-            return Err(self.v("I5", format!("{} promoted without --force from {disk:?}", sim.nodes[n].name)));
+    pub fn promoted(
+        &mut self,
+        sim: &Sim,
+        n: usize,
+        force: bool,
+        disk: DiskState,
+    ) -> Result<(), Violation> {
+        if !force
+            && matches!(
+                disk,
+                DiskState::Inconsistent
+                    | DiskState::Outdated
+                    | DiskState::Failed
+                    | DiskState::Diskless
+            )
+        {
+            return Err(self
+                .v("I5", format!("{} promoted without --force from {disk:?}", sim.nodes[n].name)));
         }
         self.lineage[n] = None;
         if force && disk != DiskState::UpToDate {
@@ -313,7 +329,10 @@ impl Checker {
             }
             return Ok(());
         }
-        self.promotion[n] = Some(PendingPromotion { deadline: sim.now + Duration::from_secs(3), floor: self.floor(n) });
+        self.promotion[n] = Some(PendingPromotion {
+            deadline: sim.now + Duration::from_secs(3),
+            floor: self.floor(n),
+        });
         Ok(())
     }
 
@@ -365,7 +384,9 @@ impl Checker {
             let done = sim.nodes[n].core.as_ref().is_some_and(|c| {
                 c.disk() == DiskState::UpToDate
                     && c.replication() == Replication::Established
-                    && self.synced_floor[n].as_ref().is_some_and(|(sid, _)| c.session_id() == Some(*sid))
+                    && self.synced_floor[n]
+                        .as_ref()
+                        .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
             });
             if done {
                 if let Some((_, f)) = self.synced_floor[n].take() {
@@ -377,17 +398,28 @@ impl Checker {
     }
 
     fn check_i4_i5(&self, sim: &Sim) -> Result<(), Violation> {
-        let writers = sim.nodes.iter().filter(|n| n.core.as_ref().is_some_and(|c| c.accepts_writes())).count();
+        let writers = sim
+            .nodes
+            .iter()
+            .filter(|n| n.core.as_ref().is_some_and(|c| c.accepts_writes()))
+            .count();
         if writers > 1 {
             return Err(self.v("I4", "both nodes accept writes".into()));
         }
         for node in &sim.nodes {
             if let Some(c) = &node.core {
                 let d = c.disk();
-                if matches!(d, DiskState::Inconsistent | DiskState::Outdated | DiskState::Failed | DiskState::Diskless)
-                    && c.may_read().is_ok()
+                if matches!(
+                    d,
+                    DiskState::Inconsistent
+                        | DiskState::Outdated
+                        | DiskState::Failed
+                        | DiskState::Diskless
+                ) && c.may_read().is_ok()
                 {
-                    return Err(self.v("I5", format!("{} serves reads from a {d:?} disk", node.name)));
+                    return Err(
+                        self.v("I5", format!("{} serves reads from a {d:?} disk", node.name))
+                    );
                 }
             }
         }
@@ -398,7 +430,11 @@ impl Checker {
         for n in 0..2 {
             let Some(p) = &self.promotion[n] else { continue };
             let node = &sim.nodes[n];
-            let Some(c) = node.core.as_ref().filter(|c| c.role() == Role::Primary && c.disk() != DiskState::Failed) else {
+            let Some(c) = node
+                .core
+                .as_ref()
+                .filter(|c| c.role() == Role::Primary && c.disk() != DiskState::Failed)
+            else {
                 self.promotion[n] = None;
                 continue;
             };
@@ -433,11 +469,9 @@ impl Checker {
     /// At a power loss: the durable image holds the node's durable floors.
     pub fn power_check(&mut self, sim: &Sim, n: usize) -> Result<(), Violation> {
         let node = &sim.nodes[n];
-        let usable = node
-            .meta
-            .record
-            .as_ref()
-            .is_some_and(|m| matches!(m.disk, DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated));
+        let usable = node.meta.record.as_ref().is_some_and(|m| {
+            matches!(m.disk, DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated)
+        });
         if !usable {
             return Ok(());
         }
@@ -474,14 +508,17 @@ impl Checker {
         }
         // Only a pair with data to agree on: no detached (Failed) disk, and
         // not two disks that both wait for `primary --force`.
-        let disks: Vec<DiskState> = sim.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| c.disk())).collect();
+        let disks: Vec<DiskState> =
+            sim.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| c.disk())).collect();
         if disks.iter().any(|d| matches!(d, DiskState::Failed | DiskState::Diskless))
             || !disks.iter().any(|d| matches!(d, DiskState::UpToDate | DiskState::Consistent))
         {
             return Ok(());
         }
         self.stats.i2_checks += 1;
-        if let Some(b) = (0..BLOCKS).find(|&b| sim.nodes[0].disk.block(b) != sim.nodes[1].disk.block(b)) {
+        if let Some(b) =
+            (0..BLOCKS).find(|&b| sim.nodes[0].disk.block(b) != sim.nodes[1].disk.block(b))
+        {
             return Err(self.v(
                 "I2",
                 format!("connected and quiescent but block {b} differs ({})", diff(sim, b)),
@@ -495,7 +532,11 @@ impl Checker {
         let never = |n: usize| {
             let node = &sim.nodes[n];
             node.recreated_pending()
-                || node.meta.record.as_ref().is_none_or(|m| m.gen.current == NEVER_SYNCED && !m.fresh)
+                || node
+                    .meta
+                    .record
+                    .as_ref()
+                    .is_none_or(|m| m.gen.current == NEVER_SYNCED && !m.fresh)
         };
         if never(0) || never(1) {
             // A full resync to that node follows any connect.
@@ -518,7 +559,10 @@ impl Checker {
             if !covered {
                 return Err(self.v(
                     "I3",
-                    format!("block {b} differs ({}) and no durable bitmap bit or AL extent covers it", diff(sim, b)),
+                    format!(
+                        "block {b} differs ({}) and no durable bitmap bit or AL extent covers it",
+                        diff(sim, b)
+                    ),
                 ));
             }
         }
@@ -544,7 +588,8 @@ impl Checker {
                 continue;
             }
             if let Some(l) = &self.lineage[n] {
-                if let Some((Role::Secondary, DiskState::UpToDate | DiskState::Consistent, _)) = sec {
+                if let Some((Role::Secondary, DiskState::UpToDate | DiskState::Consistent, _)) = sec
+                {
                     self.stats.i6_checks += 1;
                     if sn.disk.cache != pn.disk.cache {
                         self.stats.i6_nontrivial += 1;
@@ -567,7 +612,8 @@ impl Checker {
                 && pn.core.as_ref().is_some_and(|c| c.quiescent())
                 && sim.idle();
             if quiet && sn.disk.cache == pn.disk.cache && sec.is_some() {
-                self.lineage[n] = Some(Lineage { primary: p, base: pn.disk.cache.clone(), log: Vec::new() });
+                self.lineage[n] =
+                    Some(Lineage { primary: p, base: pn.disk.cache.clone(), log: Vec::new() });
             }
         }
         Ok(())
@@ -578,7 +624,8 @@ impl Checker {
 fn in_history(base: &[u8], log: &[(u64, Vec<u8>)], content: &[u8]) -> bool {
     let bs = BLOCK as usize;
     let mut cur = base.to_vec();
-    let mut mm: Vec<bool> = (0..BLOCKS).map(|b| cur[b * bs..(b + 1) * bs] != content[b * bs..(b + 1) * bs]).collect();
+    let mut mm: Vec<bool> =
+        (0..BLOCKS).map(|b| cur[b * bs..(b + 1) * bs] != content[b * bs..(b + 1) * bs]).collect();
     let mut count = mm.iter().filter(|x| **x).count();
     if count == 0 {
         return true;

@@ -30,8 +30,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{
-    Action, Core, CoreConfig, IoError, IoId, MetaRecord, Persist, Plant, Recovered, ReplyError,
-    Replication, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
+    Action, Core, CoreConfig, IoError, IoId, MetaRecord, Persist, Plant, Recovered, Replication,
+    ReplyError, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
 };
 use twinblock_replicator::protocol::genid::SplitBrainPolicy;
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
@@ -60,7 +60,13 @@ pub struct Options {
 }
 
 /// The core's configuration in the simulator's tiny geometry.
-pub fn config(me: &str, peer: &str, protocol: Protocol, checksum: bool, plant: Plant) -> CoreConfig {
+pub fn config(
+    me: &str,
+    peer: &str,
+    protocol: Protocol,
+    checksum: bool,
+    plant: Plant,
+) -> CoreConfig {
     CoreConfig {
         resource: "sim".into(),
         me: me.into(),
@@ -180,7 +186,6 @@ impl Disk {
         self.cache_ver.copy_from_slice(&self.durable_ver);
     }
 }
-
 
 // ----- persisted metadata -----
 
@@ -459,8 +464,7 @@ impl Sim {
     /// Performs every action node `n`'s core has queued, then the deferred
     /// link-down notifications.
     fn drain(&mut self, n: usize) {
-        loop {
-            let Some(core) = self.nodes[n].core.as_mut() else { break };
+        while let Some(core) = self.nodes[n].core.as_mut() {
             let Some(a) = core.poll_action() else {
                 if let Some((m, sid)) = self.downs.pop_front() {
                     if let Some(c) = self.nodes[m].core.as_mut() {
@@ -495,7 +499,9 @@ impl Sim {
                 if primary {
                     // The Primary's apply history (what it sends, too).
                     match &op {
-                        StoreOp::Write { offset, data, .. } => self.chk.primary_applied(n, *offset, data),
+                        StoreOp::Write { offset, data, .. } => {
+                            self.chk.primary_applied(n, *offset, data)
+                        }
                         StoreOp::Zero { offset, len, .. } => {
                             self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize])
                         }
@@ -541,7 +547,9 @@ impl Sim {
                             result = Err(e);
                         } else {
                             let (o, l) = (*offset as usize, *len as usize);
-                            result = Ok(Some(Bytes::copy_from_slice(&self.nodes[n].disk.cache[o..o + l])));
+                            result = Ok(Some(Bytes::copy_from_slice(
+                                &self.nodes[n].disk.cache[o..o + l],
+                            )));
                         }
                     }
                 }
@@ -551,7 +559,12 @@ impl Sim {
                         // longer a state of any history.
                         self.chk.lineage_broken(n);
                     }
-                    self.note(format!("{}: store {:?} fails errno {}", self.nodes[n].name, short_op(&op), e.0));
+                    self.note(format!(
+                        "{}: store {:?} fails errno {}",
+                        self.nodes[n].name,
+                        short_op(&op),
+                        e.0
+                    ));
                 }
                 self.nodes[n].ios.push(PendingIo { io, at, result, durable, persist: None });
             }
@@ -559,12 +572,23 @@ impl Sim {
                 let at = self.now + self.io_delay();
                 let result = match self.fails() {
                     Some(e) => {
-                        self.note(format!("{}: persist {} fails errno {}", self.nodes[n].name, short_persist(&what), e.0));
+                        self.note(format!(
+                            "{}: persist {} fails errno {}",
+                            self.nodes[n].name,
+                            short_persist(&what),
+                            e.0
+                        ));
                         Err(e)
                     }
                     None => Ok(None),
                 };
-                self.nodes[n].ios.push(PendingIo { io, at, result, durable: Vec::new(), persist: Some(what) });
+                self.nodes[n].ios.push(PendingIo {
+                    io,
+                    at,
+                    result,
+                    durable: Vec::new(),
+                    persist: Some(what),
+                });
             }
             Action::Send { session, msg } => {
                 let delay = Duration::from_micros(100 + self.rng.below(3000));
@@ -618,13 +642,18 @@ impl Sim {
 
     fn replied(&mut self, n: usize, req: ReqId, result: Result<(), ReplyError>) {
         let Some(r) = self.nodes[n].reqs.remove(&req) else { return };
-        if let (Err(e), AppKind::Write { .. } | AppKind::Zero { .. } | AppKind::Flush) = (&result, &r.kind) {
+        if let (Err(e), AppKind::Write { .. } | AppKind::Zero { .. } | AppKind::Flush) =
+            (&result, &r.kind)
+        {
             if *e != ReplyError::ReadOnly {
                 self.note(format!("{}: req {req} {:?} -> {:?}", self.nodes[n].name, r.kind, e));
             }
         }
         if result.is_ok() && !matches!(r.kind, AppKind::Flush) || self.opts.trace {
-            self.note(format!("{}: req {req} {:?} -> {:?} linked {:?} gen {}", self.nodes[n].name, r.kind, result, r.linked, self.nodes[n].link_gen));
+            self.note(format!(
+                "{}: req {req} {:?} -> {:?} linked {:?} gen {}",
+                self.nodes[n].name, r.kind, result, r.linked, self.nodes[n].link_gen
+            ));
         } else if result.is_ok() {
             self.note(format!("{}: req {req} Flush ok", self.nodes[n].name));
         }
@@ -665,11 +694,16 @@ impl Sim {
         let unit = if self.rng.chance(1, 2) { BLOCK } else { CELL };
         let units = SIZE / unit;
         let scale = BLOCK / unit;
-        let k = scale * (1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) });
+        let k = scale
+            * (1 + if self.rng.chance(1, 4) { self.rng.below(12) } else { self.rng.below(3) });
         let k = if unit == CELL { k.saturating_sub(self.rng.below(scale)).max(1) } else { k };
         let first = self.rng.below(units - k + 1);
         // Hot spots: most writes go to two extents, so overlaps happen.
-        let first = if self.rng.chance(2, 3) { (first % (40 * scale)) + if uid % 2 == 0 { 0 } else { 128 * scale } } else { first };
+        let first = if self.rng.chance(2, 3) {
+            (first % (40 * scale)) + if uid.is_multiple_of(2) { 0 } else { 128 * scale }
+        } else {
+            first
+        };
         let first = first.min(units - k);
         let (off, len) = (first * unit, k * unit);
         let fua = self.rng.chance(1, 6);
@@ -688,7 +722,9 @@ impl Sim {
         self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot });
         let core = self.nodes[n].core.as_mut().expect("alive");
         match kind {
-            AppKind::Write { id, off, len, fua } => core.write(now, req, off, payload(id, off, len), fua),
+            AppKind::Write { id, off, len, fua } => {
+                core.write(now, req, off, payload(id, off, len), fua)
+            }
             AppKind::Zero { off, len, fua, .. } => {
                 if self.rng.chance(1, 2) {
                     core.trim(now, req, off, len as u32, fua)
@@ -758,7 +794,12 @@ impl Sim {
                     }
                 }
                 if self.opts.trace {
-                    self.note(format!("  {} < io#{} {:?}", self.nodes[n].name, io.io, io.result.as_ref().map(|_| ())));
+                    self.note(format!(
+                        "  {} < io#{} {:?}",
+                        self.nodes[n].name,
+                        io.io,
+                        io.result.as_ref().map(|_| ())
+                    ));
                 }
                 if let Some(c) = self.nodes[n].core.as_mut() {
                     c.handle_io(now, io.io, io.result);
@@ -784,7 +825,11 @@ impl Sim {
                     let (_, msg) = l.queue[to].pop_front().expect("front");
                     let sid = l.sid;
                     if self.opts.trace {
-                        self.note(format!("  {} < [{sid}] {}", self.nodes[to].name, short_msg(&msg)));
+                        self.note(format!(
+                            "  {} < [{sid}] {}",
+                            self.nodes[to].name,
+                            short_msg(&msg)
+                        ));
                     }
                     if let Some(c) = self.nodes[to].core.as_mut() {
                         c.handle_frame(now, sid, msg);
@@ -833,7 +878,8 @@ impl Sim {
         let sid = self.next_sid;
         self.next_sid += 1;
         self.note(format!("link {sid} up"));
-        self.link = Some(Link { sid, queue: [VecDeque::new(), VecDeque::new()], partitioned: false });
+        self.link =
+            Some(Link { sid, queue: [VecDeque::new(), VecDeque::new()], partitioned: false });
         let first = self.rng.below(2) as usize;
         for n in [first, 1 - first] {
             self.nodes[n].link_gen += 1;
@@ -848,7 +894,11 @@ impl Sim {
         if !self.nodes[n].alive() {
             return Ok(());
         }
-        self.note(format!("{} {}", self.nodes[n].name, if power { "POWER LOSS" } else { "crashes" }));
+        self.note(format!(
+            "{} {}",
+            self.nodes[n].name,
+            if power { "POWER LOSS" } else { "crashes" }
+        ));
         self.nodes[n].core = None;
         // Metadata updates in flight: done or not, atomically.
         let ios = std::mem::take(&mut self.nodes[n].ios);
@@ -888,7 +938,8 @@ impl Sim {
             self.nodes[n].recreated = true;
             self.chk.disk_replaced(n);
         }
-        self.nodes[n].restart_at = Some(self.now + Duration::from_millis(50 + self.rng.below(3000)));
+        self.nodes[n].restart_at =
+            Some(self.now + Duration::from_millis(50 + self.rng.below(3000)));
         Ok(())
     }
 
@@ -939,7 +990,8 @@ impl Sim {
                     self.drain(1);
                 } else {
                     self.note("silent partition".into());
-                    self.partition_until = self.now + Duration::from_millis(100 + self.rng.below(4000));
+                    self.partition_until =
+                        self.now + Duration::from_millis(100 + self.rng.below(4000));
                     if let Some(l) = self.link.as_mut() {
                         l.partitioned = true;
                     }
@@ -978,12 +1030,16 @@ impl Sim {
             let disk = core.disk();
             // A sane operator forces a node only when the other holds no
             // better data that it can see.
-            let other_good = self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            let other_good =
+                self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
             let core = self.nodes[n].core.as_mut().expect("alive");
             let force = disk != DiskState::UpToDate && !other_good && self.rng.chance(1, 4);
             let res = core.promote(force, now_ms);
             let name = self.nodes[n].name;
-            self.note(format!("{name}: primary{} ({disk:?}) -> {res:?}", if force { " --force" } else { "" }));
+            self.note(format!(
+                "{name}: primary{} ({disk:?}) -> {res:?}",
+                if force { " --force" } else { "" }
+            ));
             self.drain(n);
             if res.is_ok() {
                 let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
@@ -1058,14 +1114,24 @@ impl Sim {
             return Ok(());
         }
         self.chk.stats.liveness_checks += 1;
-        let settled = cores
-            .iter()
-            .all(|c| c.session_id() == Some(sid) && c.replication() == Replication::Established && c.quiescent());
+        let settled = cores.iter().all(|c| {
+            c.session_id() == Some(sid)
+                && c.replication() == Replication::Established
+                && c.quiescent()
+        });
         // A slow resync (one block per round trip) is alive if it moved.
         if !settled && self.progress() == sig {
             let what: Vec<String> = cores
                 .iter()
-                .map(|c| format!("{:?}/{:?}/{:?} quiescent={}", c.role(), c.disk(), c.replication(), c.quiescent()))
+                .map(|c| {
+                    format!(
+                        "{:?}/{:?}/{:?} quiescent={}",
+                        c.role(),
+                        c.disk(),
+                        c.replication(),
+                        c.quiescent()
+                    )
+                })
                 .collect();
             return Err(Violation {
                 step: self.chk.step,
@@ -1113,7 +1179,11 @@ fn short_msg(m: &Message) -> String {
     match m {
         Message::Data { seq, op } => match op {
             twinblock_replicator::protocol::wire::Op::Write { offset, data, fua, .. } => {
-                format!("Data#{seq} write {offset}+{} fua={fua} id={}", data.len(), decode((offset / CELL) as usize, &data[..CELL as usize]).unwrap_or(u64::MAX))
+                format!(
+                    "Data#{seq} write {offset}+{} fua={fua} id={}",
+                    data.len(),
+                    decode((offset / CELL) as usize, &data[..CELL as usize]).unwrap_or(u64::MAX)
+                )
             }
             op => format!("Data#{seq} {op:?}"),
         },
@@ -1126,7 +1196,9 @@ fn short_msg(m: &Message) -> String {
 fn short_persist(p: &Persist) -> String {
     match p {
         Persist::Meta(m) => format!("meta {:?} {:x?}", m.disk, m.gen),
-        Persist::Bitmap { pages } => format!("bitmap {:x?}", pages.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>()),
+        Persist::Bitmap { pages } => {
+            format!("bitmap {:x?}", pages.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>())
+        }
         Persist::Al { remove, add } => format!("al -{remove:?} +{add:?}"),
     }
 }
@@ -1147,7 +1219,8 @@ pub fn cell_content(id: u64, c: u64) -> [u8; CELL as usize] {
     let mut v = [0u8; CELL as usize];
     v[..8].copy_from_slice(&id.to_le_bytes());
     v[8..12].copy_from_slice(&(c as u32).to_le_bytes());
-    let check = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 32;
+    let check =
+        (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 32;
     v[12..16].copy_from_slice(&(check as u32 | 1).to_le_bytes());
     v
 }
@@ -1177,7 +1250,8 @@ pub fn run_seed(seed: u64, steps: usize, plant: Plant, trace: bool) -> Outcome {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let loc = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let loc =
+                info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
             PANIC_AT.with(|p| *p.borrow_mut() = loc);
         }))
     });
@@ -1196,13 +1270,23 @@ pub fn run_seed(seed: u64, steps: usize, plant: Plant, trace: bool) -> Outcome {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".into());
             let msg = format!("{msg} at {}", PANIC_AT.with(|p| p.borrow().clone()));
-            Outcome { seed, stats: Stats::default(), failure: Some((Violation { step: 0, rule: "panic", what: msg }, Vec::new())) }
+            Outcome {
+                seed,
+                stats: Stats::default(),
+                failure: Some((Violation { step: 0, rule: "panic", what: msg }, Vec::new())),
+            }
         }
     }
 }
 
 /// Runs `seeds` seeds from `first`; returns the failing ones.
-pub fn run_many(first: u64, seeds: u64, steps: usize, plant: Plant, stop_at_first: bool) -> Vec<Outcome> {
+pub fn run_many(
+    first: u64,
+    seeds: u64,
+    steps: usize,
+    plant: Plant,
+    stop_at_first: bool,
+) -> Vec<Outcome> {
     let mut failed = Vec::new();
     for seed in first..first + seeds {
         let o = run_seed(seed, steps, plant, false);

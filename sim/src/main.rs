@@ -14,10 +14,13 @@ fn main() -> ExitCode {
     let mut first = 0u64;
     let mut single = None;
     let mut steps = twinblock_sim::DEFAULT_STEPS;
-    let mut plant: Plant = std::env::var("TWINBLOCK_PLANT").ok().map_or(Ok(Plant::None), |p| p.parse()).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let mut plant: Plant = std::env::var("TWINBLOCK_PLANT")
+        .ok()
+        .map_or(Ok(Plant::None), |p| p.parse())
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        });
     let mut trace = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -63,7 +66,12 @@ fn main() -> ExitCode {
     let mut failed = 0u64;
     let mut total = twinblock_sim::Stats::default();
     for &seed in &list {
-        let o = run_seed(seed, steps, plant, trace || single.is_some() && std::env::var_os("SIM_TRACE").is_some());
+        let o = run_seed(
+            seed,
+            steps,
+            plant,
+            trace || single.is_some() && std::env::var_os("SIM_TRACE").is_some(),
+        );
         let st = o.stats;
         total.acked += st.acked;
         total.confirmed += st.confirmed;

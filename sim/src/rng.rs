@@ -5,7 +5,7 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5EED_0F_7B1B_10C4)
+        Rng(seed ^ 0x005E_ED0F_7B1B_10C4)
     }
 
     #[allow(clippy::should_implement_trait)]

@@ -20,7 +20,11 @@ fn seeds_pass() {
         for l in recent.iter().rev().take(40).rev() {
             eprintln!("  {l}");
         }
-        eprintln!("seed {} FAILED: {v}\n  replay: {}", o.seed, replay_line(o.seed, Plant::None, steps()));
+        eprintln!(
+            "seed {} FAILED: {v}\n  replay: {}",
+            o.seed,
+            replay_line(o.seed, Plant::None, steps())
+        );
     }
     eprintln!("{CI_SEEDS} seeds, {} failed ({:.1}s)", failed.len(), t0.elapsed().as_secs_f64());
     assert!(failed.is_empty(), "{} of {CI_SEEDS} seeds failed", failed.len());
@@ -32,7 +36,11 @@ fn finds(plant: Plant) {
         panic!("the simulator did not find the planted bug {plant:?} in {CI_SEEDS} seeds");
     };
     let (v, _) = o.failure.as_ref().expect("failure");
-    eprintln!("{plant:?} found by seed {}: {v}\n  replay: {}", o.seed, replay_line(o.seed, plant, steps()));
+    eprintln!(
+        "{plant:?} found by seed {}: {v}\n  replay: {}",
+        o.seed,
+        replay_line(o.seed, plant, steps())
+    );
 }
 
 #[test]

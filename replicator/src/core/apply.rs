@@ -68,7 +68,9 @@ impl Core {
             }
             Message::SyncDone { current } => self.on_sync_done(current)?,
             Message::VerifyRequest => {
-                if self.role == Role::Primary && self.replication() == super::Replication::Established {
+                if self.role == Role::Primary
+                    && self.replication() == super::Replication::Established
+                {
                     self.start_verify();
                 }
             }
@@ -219,10 +221,8 @@ impl Core {
         }
         s.acked = (s.received, s.done);
         let (received, done, sid) = (s.received, s.done, s.id);
-        self.actions.push_back(super::Action::Send {
-            session: sid,
-            msg: Message::Ack { received, done },
-        });
+        self.actions
+            .push_back(super::Action::Send { session: sid, msg: Message::Ack { received, done } });
     }
 
     fn on_peer_state(

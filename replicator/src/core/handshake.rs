@@ -4,7 +4,9 @@
 //! same decision on the same inputs (shared/DESIGN.md "Connecting").
 //! Application writes wait while it runs.
 
-use crate::protocol::genid::{decide, resolve_split_brain, Decision, GenIds, SplitSide, NEVER_SYNCED};
+use crate::protocol::genid::{
+    decide, resolve_split_brain, Decision, GenIds, SplitSide, NEVER_SYNCED,
+};
 use crate::protocol::wire::{self, DiskState, Hello, Message, Role};
 
 use super::session::{Activity, Phase, Session, SourceSync};
@@ -100,7 +102,12 @@ impl Core {
         Ok(())
     }
 
-    pub(crate) fn on_bits(&mut self, sid: SessionId, runs: Vec<(u64, u64)>, last: bool) -> Result<(), String> {
+    pub(crate) fn on_bits(
+        &mut self,
+        sid: SessionId,
+        runs: Vec<(u64, u64)>,
+        last: bool,
+    ) -> Result<(), String> {
         let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
         if s.phase != Phase::Handshake || s.peer_hello.is_none() || s.peer_bits_done {
             return Err("unexpected bitmap".into());
@@ -124,12 +131,16 @@ impl Core {
         let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
         let h = s.peer_hello.clone().ok_or("no hello")?;
         let (my_role, my_disk) = (s.hello_role, s.hello_disk);
-        let mut peer_bits = std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
+        let mut peer_bits =
+            std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
         if self.cfg.plant == Plant::SkipBitmapExchange {
             peer_bits.clear();
         }
         if h.role == Role::Primary && (self.role == Role::Primary || my_role == Role::Primary) {
-            return Err(format!("both {} and {} are Primary: refusing", self.cfg.me, self.cfg.peer));
+            return Err(format!(
+                "both {} and {} are Primary: refusing",
+                self.cfg.me, self.cfg.peer
+            ));
         }
         let mut decision = decide(&self.gen, &h.gen);
         if self.fresh
@@ -150,7 +161,8 @@ impl Core {
                 promoted_at: h.promoted_at,
                 secondary: h.role == Role::Secondary,
             };
-            if let Some(i_discard) = resolve_split_brain(self.cfg.split_brain_policy, mine, theirs) {
+            if let Some(i_discard) = resolve_split_brain(self.cfg.split_brain_policy, mine, theirs)
+            {
                 tracing::warn!(policy = ?self.cfg.split_brain_policy, i_discard, "split brain resolved by policy");
                 decision = if i_discard {
                     Decision::SyncTarget { full: true }
@@ -175,7 +187,9 @@ impl Core {
         }
         if decision == Decision::Unrelated {
             self.want_link = false;
-            return Err("the peer's data shares no history with ours (unrelated devices): refusing".into());
+            return Err(
+                "the peer's data shares no history with ours (unrelated devices): refusing".into(),
+            );
         }
         // Same generation: the union of both bitmaps (a crashed node's
         // activity log, failed writes, verify mismatches) still moves, from
@@ -191,7 +205,9 @@ impl Core {
         }
         let now = self.now;
         match decision {
-            Decision::SyncTarget { .. } if self.role == Role::Primary || my_role == Role::Primary => {
+            Decision::SyncTarget { .. }
+                if self.role == Role::Primary || my_role == Role::Primary =>
+            {
                 self.want_link = false;
                 return Err("the peer's data is newer than this Primary's: refusing".into());
             }
@@ -239,7 +255,10 @@ impl Core {
             Decision::WaitForForce => {}
             Decision::SplitBrain | Decision::Unrelated => unreachable!("refused above"),
         }
-        if self.gen.current == NEVER_SYNCED && decision == Decision::InSync && h.gen.current != NEVER_SYNCED {
+        if self.gen.current == NEVER_SYNCED
+            && decision == Decision::InSync
+            && h.gen.current != NEVER_SYNCED
+        {
             // Both fresh: we hold the peer's generation.
             self.gen = GenIds { current: h.gen.current, bitmap: 0, history: [0, 0] };
             if h.disk == DiskState::UpToDate {

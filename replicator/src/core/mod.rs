@@ -24,12 +24,12 @@ mod apply;
 mod handshake;
 mod persist;
 mod resync;
-mod stop;
 pub mod session;
-pub mod types;
-mod verify;
+mod stop;
 #[cfg(test)]
 mod tests;
+pub mod types;
+mod verify;
 mod write;
 
 use std::collections::{HashMap, VecDeque};
@@ -53,9 +53,13 @@ enum IoFor {
     /// A peer operation applied here.
     Apply(apply::ApplyIo),
     /// A flush so that activity-log extents may leave (write epoch covered).
-    AlFlush { epoch: u64 },
+    AlFlush {
+        epoch: u64,
+    },
     /// A resync or verify read.
-    SourceRead { sid: SessionId },
+    SourceRead {
+        sid: SessionId,
+    },
     Meta(MetaRecord),
     Bitmap(Vec<(u64, Vec<u64>)>),
     Al,
@@ -637,4 +641,3 @@ impl Core {
         }
     }
 }
-

@@ -145,7 +145,11 @@ impl Core {
         }
     }
 
-    pub(crate) fn bitmap_saved(&mut self, pages: Vec<(u64, Vec<u64>)>, result: Result<(), IoError>) {
+    pub(crate) fn bitmap_saved(
+        &mut self,
+        pages: Vec<(u64, Vec<u64>)>,
+        result: Result<(), IoError>,
+    ) {
         self.p.bitmap_saving = false;
         if let Err(e) = result {
             self.error(format!("cannot save the out-of-sync bitmap: errno {}", e.0));

@@ -164,7 +164,11 @@ impl Core {
     }
 
     /// A resync or verify read completed.
-    pub(crate) fn source_read_done(&mut self, sid: SessionId, result: Result<Option<Bytes>, IoError>) {
+    pub(crate) fn source_read_done(
+        &mut self,
+        sid: SessionId,
+        result: Result<Option<Bytes>, IoError>,
+    ) {
         let data = match result {
             Ok(d) => d.unwrap_or_default(),
             Err(e) => {
@@ -310,7 +314,10 @@ impl Core {
     pub(crate) fn on_verified(&mut self, seq: u64, crcs: Vec<u32>) -> Result<(), String> {
         let block = self.cfg.block;
         let s = self.session.as_mut().ok_or("no session")?;
-        let o = s.out.get_mut(&seq).ok_or_else(|| format!("CRCs for operation {seq}, which was not asked"))?;
+        let o = s
+            .out
+            .get_mut(&seq)
+            .ok_or_else(|| format!("CRCs for operation {seq}, which was not asked"))?;
         match std::mem::replace(&mut o.kind, OutKind::App(u64::MAX)) {
             OutKind::Probe { offset, len } => {
                 if crcs.len() as u64 * block != len {
@@ -344,7 +351,11 @@ impl Core {
                     self.mark(at, block);
                 }
                 if !bad.is_empty() {
-                    tracing::warn!(offset, blocks = bad.len(), "verify: blocks differ from the peer's");
+                    tracing::warn!(
+                        offset,
+                        blocks = bad.len(),
+                        "verify: blocks differ from the peer's"
+                    );
                     self.counters.verify_mismatches += bad.len() as u64;
                     self.p.want_bitmap = true;
                 }
@@ -362,10 +373,8 @@ impl Core {
         if current == crate::protocol::genid::NEVER_SYNCED || current == 0 {
             return Err("SyncDone for data that was never synced".into());
         }
-        let is_target = matches!(
-            self.session.as_ref().map(|s| &s.activity),
-            Some(Activity::Target { .. })
-        );
+        let is_target =
+            matches!(self.session.as_ref().map(|s| &s.activity), Some(Activity::Target { .. }));
         if !is_target {
             // We were in sync already (a resync of the Primary's own bits):
             // say so again, the source finishes on it.

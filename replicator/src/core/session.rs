@@ -202,7 +202,14 @@ impl Session {
     }
 
     /// Numbers an operation.
-    pub fn submit(&mut self, kind: OutKind, need: Need, range: Option<(u64, u64)>, bytes: u64, now: Time) -> u64 {
+    pub fn submit(
+        &mut self,
+        kind: OutKind,
+        need: Need,
+        range: Option<(u64, u64)>,
+        bytes: u64,
+        now: Time,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.in_flight_bytes += bytes;

@@ -37,11 +37,17 @@ fn cfg(protocol: Protocol) -> CoreConfig {
 }
 
 fn meta(disk: DiskState) -> MetaRecord {
-    MetaRecord { disk, fresh: false, gen: GenIds { current: GEN, bitmap: 0, history: [0, 0] }, promoted_at: 0 }
+    MetaRecord {
+        disk,
+        fresh: false,
+        gen: GenIds { current: GEN, bitmap: 0, history: [0, 0] },
+        promoted_at: 0,
+    }
 }
 
 fn core(protocol: Protocol, disk: DiskState) -> Core {
-    let rec = Recovered { meta: Some(meta(disk)), bitmap: None, al: Vec::new(), disk_created: false };
+    let rec =
+        Recovered { meta: Some(meta(disk)), bitmap: None, al: Vec::new(), disk_created: false };
     Core::new(cfg(protocol), rec, Duration::ZERO, 7)
 }
 
@@ -57,7 +63,9 @@ fn run(c: &mut Core, now: Time) -> Vec<Action> {
                 Action::Store { io, op: StoreOp::Read { len, .. } } => {
                     c.handle_io(now, io, Ok(Some(Bytes::from(vec![0u8; len as usize]))))
                 }
-                Action::Store { io, .. } | Action::Persist { io, .. } => c.handle_io(now, io, Ok(None)),
+                Action::Store { io, .. } | Action::Persist { io, .. } => {
+                    c.handle_io(now, io, Ok(None))
+                }
                 other => out.push(other),
             }
         }
@@ -98,7 +106,9 @@ fn closed(actions: &[Action]) -> bool {
 }
 
 fn stores_written(actions: &[Action]) -> bool {
-    actions.iter().any(|a| matches!(a, Action::Store { op: StoreOp::Write { .. } | StoreOp::Zero { .. }, .. }))
+    actions.iter().any(|a| {
+        matches!(a, Action::Store { op: StoreOp::Write { .. } | StoreOp::Zero { .. }, .. })
+    })
 }
 
 /// Drains without completing anything.
@@ -214,13 +224,20 @@ fn primary_force_of_an_inconsistent_disk_syncs_the_peer_fully() {
     let g = c.gen();
     assert_ne!(g.current, GEN);
     assert_eq!(g.bitmap, 0, "a bitmap base would allow a bitmap-only resync");
-    assert_eq!(crate::protocol::genid::decide(&g, &meta(DiskState::UpToDate).gen),
-        crate::protocol::genid::Decision::SyncSource { full: true });
+    assert_eq!(
+        crate::protocol::genid::decide(&g, &meta(DiskState::UpToDate).gen),
+        crate::protocol::genid::Decision::SyncSource { full: true }
+    );
 }
 
 #[test]
 fn a_recreated_disk_with_surviving_metadata_is_never_synced() {
-    let rec = Recovered { meta: Some(meta(DiskState::UpToDate)), bitmap: None, al: Vec::new(), disk_created: true };
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: true,
+    };
     let c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 1);
     assert_eq!(c.disk(), DiskState::Inconsistent);
     assert_eq!(c.gen().current, NEVER_SYNCED);
@@ -245,7 +262,10 @@ fn fua_on_trim_and_write_zeroes_is_carried_to_the_peer() {
     let fuas: Vec<bool> = a
         .iter()
         .filter_map(|a| match a {
-            Action::Send { msg: Message::Data { op: Op::Trim { fua, .. } | Op::Zero { fua, .. }, .. }, .. } => Some(*fua),
+            Action::Send {
+                msg: Message::Data { op: Op::Trim { fua, .. } | Op::Zero { fua, .. }, .. },
+                ..
+            } => Some(*fua),
             _ => None,
         })
         .collect();
@@ -274,8 +294,12 @@ fn a_failed_metadata_save_fails_the_write_that_needs_it() {
     for _ in 0..10 {
         for a in drain(&mut c) {
             match a {
-                Action::Persist { io, what: Persist::Meta(_) } => c.handle_io(Duration::ZERO, io, Err(IoError::ENOSPC)),
-                Action::Persist { io, .. } | Action::Store { io, .. } => c.handle_io(Duration::ZERO, io, Ok(None)),
+                Action::Persist { io, what: Persist::Meta(_) } => {
+                    c.handle_io(Duration::ZERO, io, Err(IoError::ENOSPC))
+                }
+                Action::Persist { io, .. } | Action::Store { io, .. } => {
+                    c.handle_io(Duration::ZERO, io, Ok(None))
+                }
                 Action::Reply { req, result } => replies.push((req, result)),
                 _ => {}
             }
@@ -302,7 +326,9 @@ fn replies_wait_for_the_new_generation_after_link_loss() {
                     meta_saved = true;
                     c.handle_io(Duration::ZERO, io, Ok(None));
                 }
-                Action::Persist { io, .. } | Action::Store { io, .. } => c.handle_io(Duration::ZERO, io, Ok(None)),
+                Action::Persist { io, .. } | Action::Store { io, .. } => {
+                    c.handle_io(Duration::ZERO, io, Ok(None))
+                }
                 Action::Reply { .. } if !meta_saved => replied_before_meta = true,
                 _ => {}
             }
@@ -371,7 +397,12 @@ mod pair {
             cb.me = "b".into();
             cb.peer = "a".into();
             let node = |c: &CoreConfig| Node {
-                c: Some(Core::new(c.clone(), Recovered { disk_created: created, ..Recovered::default() }, Duration::ZERO, c.me.len() as u64 * 77)),
+                c: Some(Core::new(
+                    c.clone(),
+                    Recovered { disk_created: created, ..Recovered::default() },
+                    Duration::ZERO,
+                    c.me.len() as u64 * 77,
+                )),
                 cache: vec![0; SIZE as usize],
                 durable: vec![0; SIZE as usize],
                 meta: None,
@@ -407,9 +438,12 @@ mod pair {
                     self.log.push((i, Event::Write(*offset, data.len() as u64)))
                 }
                 Action::Store { op: StoreOp::Flush, .. } => self.log.push((i, Event::Flush)),
-                Action::Persist { what: Persist::Meta(m), .. } => self.log.push((i, Event::Meta(m.disk))),
+                Action::Persist { what: Persist::Meta(m), .. } => {
+                    self.log.push((i, Event::Meta(m.disk)))
+                }
                 Action::Persist { what: Persist::Bitmap { pages }, .. } => {
-                    let words: Vec<u64> = pages.iter().flat_map(|(_, w)| w.iter().copied()).collect();
+                    let words: Vec<u64> =
+                        pages.iter().flat_map(|(_, w)| w.iter().copied()).collect();
                     self.log.push((i, Event::Bitmap(words)))
                 }
                 _ => {}
@@ -840,7 +874,12 @@ fn a_promotion_during_the_handshake_does_not_make_two_sources() {
     let mut c = cfg(Protocol::C);
     c.me = "b".into();
     c.peer = "a".into();
-    let rec = Recovered { meta: Some(meta(DiskState::UpToDate)), bitmap: None, al: Vec::new(), disk_created: false };
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+    };
     let mut b = Core::new(c, rec, Duration::ZERO, 3);
     run(&mut b, Duration::ZERO);
     b.handle_link_up(Duration::ZERO, 1);
@@ -849,8 +888,8 @@ fn a_promotion_during_the_handshake_does_not_make_two_sources() {
     h.node = "a".into();
     b.handle_frame(Duration::ZERO, 1, Message::Hello(h));
     b.promote(false, 1).unwrap(); // between the hello and the decision
-    // The peer's bitmap holds bits: same generation, a resync decided by
-    // the tie-break, which the peer ("a", both Secondary) wins.
+                                  // The peer's bitmap holds bits: same generation, a resync decided by
+                                  // the tie-break, which the peer ("a", both Secondary) wins.
     b.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![(0, 4)], last: true });
     run(&mut b, Duration::ZERO);
     assert_ne!(b.replication(), Replication::SyncSource);
@@ -925,10 +964,8 @@ fn resync_order(plant: Plant) -> Result<(), String> {
         match (*n, ev) {
             (1, Event::Write(off, len)) => unflushed.extend(off / 64..(off + len).div_ceil(64)),
             (1, Event::Flush) => unflushed.clear(),
-            (1, Event::Meta(DiskState::UpToDate)) => {
-                if !unflushed.is_empty() {
-                    return Err("UpToDate saved before the data was flushed".into());
-                }
+            (1, Event::Meta(DiskState::UpToDate)) if !unflushed.is_empty() => {
+                return Err("UpToDate saved before the data was flushed".into());
             }
             (0, Event::Bitmap(words)) => {
                 if let Some(prev) = &last_bits {

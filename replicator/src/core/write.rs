@@ -37,7 +37,15 @@ impl Core {
     }
 
     /// WRITE_ZEROES (`no_hole`: the range must stay allocated).
-    pub fn write_zeroes(&mut self, now: Time, req: ReqId, offset: u64, len: u32, no_hole: bool, fua: bool) {
+    pub fn write_zeroes(
+        &mut self,
+        now: Time,
+        req: ReqId,
+        offset: u64,
+        len: u32,
+        no_hole: bool,
+        fua: bool,
+    ) {
         self.submit_app(now, req, Op::Zero { offset, len, no_hole, fua });
     }
 
@@ -224,7 +232,10 @@ impl Core {
             }
             self.al.hold(&extents); // the peer's part, until it applied it
             let sid = s.id;
-            self.actions.push_back(super::Action::Send { session: sid, msg: Message::Data { seq, op: op.clone() } });
+            self.actions.push_back(super::Action::Send {
+                session: sid,
+                msg: Message::Data { seq, op: op.clone() },
+            });
         } else if let Some((off, len)) = range {
             self.mark(off, len);
         }
@@ -270,11 +281,10 @@ impl Core {
 
     fn try_reply(&mut self, req: ReqId) {
         let Some(p) = self.pending.get(&req) else { return };
-        let ready = match (p.local, p.peer) {
-            (Some(Err(_)), _) => true,
-            (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed) => true,
-            _ => false,
-        };
+        let ready = matches!(
+            (p.local, p.peer),
+            (Some(Err(_)), _) | (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed)
+        );
         if ready {
             let p = self.pending.remove(&req).expect("pending");
             let result = p.local.expect("local").map_err(ReplyError::Io);
@@ -306,7 +316,10 @@ impl Core {
         if self.role == Role::Primary && !self.apart() {
             let id = self.random_id();
             self.gen.new_current(id);
-            tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
+            tracing::info!(
+                current = format!("{:016x}", self.gen.current),
+                "new data generation (peer lost)"
+            );
         }
         let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
         if let Some(e) = failed {
@@ -336,10 +349,7 @@ impl Core {
     pub(crate) fn on_ack(&mut self, received: u64, done: u64) -> Result<(), String> {
         let Some(s) = self.session.as_mut() else { return Ok(()) };
         let last = s.next_seq - 1;
-        if done > received
-            || received > last
-            || received < s.acked_received
-            || done < s.acked_done
+        if done > received || received > last || received < s.acked_received || done < s.acked_done
         {
             return Err(format!(
                 "bad acknowledgement (received {received}, done {done}; sent up to {last})"
@@ -357,7 +367,7 @@ impl Core {
         let rest = s.out.split_off(&(done + 1));
         let retired = std::mem::replace(&mut s.out, rest);
         s.acked_done = done;
-        for (_, o) in &retired {
+        for o in retired.values() {
             s.in_flight_bytes -= o.bytes;
         }
         for req in confirmed {
@@ -414,14 +424,16 @@ impl Core {
             OutKind::Probe { offset, len } => {
                 // The target could not read its side: send the run as it is
                 // (the window slot moves to the read).
-                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity) {
+                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity)
+                {
                     src.chunks = src.chunks.saturating_sub(1);
                     src.probed.push_back((offset, len, Vec::new()));
                 }
             }
             OutKind::Resync => {
                 // Its bits stay set: sent again by a later pass.
-                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity) {
+                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity)
+                {
                     src.chunks = src.chunks.saturating_sub(1);
                     if let Some((off, len)) = o.range {
                         src.claimed.clear_range(off, len);
@@ -429,7 +441,8 @@ impl Core {
                 }
             }
             OutKind::ResyncFlush(ranges) => {
-                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity) {
+                if let Some(Activity::Source(src)) = self.session.as_mut().map(|s| &mut s.activity)
+                {
                     for (off, len) in ranges {
                         src.claimed.clear_range(off, len);
                     }
@@ -465,7 +478,10 @@ impl Core {
             if self.role == Role::Primary && !self.apart() {
                 let id = self.random_id();
                 self.gen.new_current(id);
-                tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation (peer lost)");
+                tracing::info!(
+                    current = format!("{:016x}", self.gen.current),
+                    "new data generation (peer lost)"
+                );
             }
         }
         if self.role == Role::Secondary

@@ -150,7 +150,9 @@ impl Op {
             Op::Write { offset, data, .. } | Op::Resync { offset, data, .. } => {
                 Some((*offset, data.len() as u64))
             }
-            Op::Trim { offset, len, .. } | Op::Zero { offset, len, .. } => Some((*offset, *len as u64)),
+            Op::Trim { offset, len, .. } | Op::Zero { offset, len, .. } => {
+                Some((*offset, *len as u64))
+            }
             Op::Flush | Op::Verify { .. } => None,
         }
     }
