@@ -13,11 +13,6 @@ use std::time::Duration;
 use common::pair::Pair;
 use common::*;
 
-/// b's real replication address in the resource file.
-fn b_address(text: &str) -> String {
-    text.split("[nodes.b]\naddress = \"").nth(1).unwrap().split('"').next().unwrap().to_string()
-}
-
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
     KillOnDrop(
         Command::new(BIN)
@@ -50,14 +45,7 @@ fn failover_and_failback(new_primary_writes: bool) {
         return;
     }
     let mut p = Pair::prepare("C", "64M");
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    let b_addr = b_address(&text);
-    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let text = text.replace(
-        &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
-        &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{relay}\"\n"),
-    );
-    std::fs::write(&p.config, &text).unwrap();
+    let (relay, b_addr) = p.route_b_through_relay();
     let mut link = netem(&relay, &b_addr);
     p.up(0);
     p.up(1);

@@ -66,14 +66,7 @@ fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
     let mut p = Pair::prepare("C", "16M");
     let dir = p.dir.path().to_owned();
     let text = std::fs::read_to_string(&p.config).unwrap();
-    let b_addr = text
-        .split("[nodes.b]\naddress = \"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let b_addr = p.b_address();
     // A rogue "a" (right certificate) whose packets reach b 5 s late each way.
     let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let _slow = KillOnDrop(

@@ -330,22 +330,8 @@ fn down_stops_a_node_cleanly() {
 #[test]
 fn netem_puts_latency_on_the_link() {
     let mut p = Pair::prepare("C", "16M");
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    // b's real address, and a relay in front of it that a dials instead.
-    let b_addr = text
-        .split("[nodes.b]\naddress = \"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let text = text.replace(
-        &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
-        &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{relay}\"\n"),
-    );
-    std::fs::write(&p.config, &text).unwrap();
+    // A relay in front of b that a dials instead.
+    let (relay, b_addr) = p.route_b_through_relay();
     let _netem = KillOnDrop(
         Command::new(BIN)
             .args(["netem", "--listen", &relay.to_string(), "--forward", &b_addr, "--delay", "5ms"])

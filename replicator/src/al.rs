@@ -88,10 +88,6 @@ impl AlJournal {
         }
         Ok(())
     }
-
-    pub fn active(&self) -> usize {
-        self.active.len()
-    }
 }
 
 pub struct BitmapFile {

@@ -252,6 +252,25 @@ impl Pair {
         });
     }
 
+    /// Node b's own replication address, from the resource file.
+    pub fn b_address(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        text.split("[nodes.b]\naddress = \"").nth(1).unwrap().split('"').next().unwrap().to_string()
+    }
+
+    /// Makes a reach b through a relay on a free UDP port (a `netem` the
+    /// test starts): returns (relay, b's own address).
+    pub fn route_b_through_relay(&self) -> (String, String) {
+        let b_addr = self.b_address();
+        let relay = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
+            &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{relay}\"\n"),
+        );
+        std::fs::write(&self.config, text).unwrap();
+        (relay, b_addr)
+    }
+
     /// A resource file with `line` added after the protocol.
     pub fn configure(&self, line: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

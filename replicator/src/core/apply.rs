@@ -180,11 +180,6 @@ impl Core {
             Ok(data) => {
                 if let Some(e) = a.flush_epoch {
                     self.flushed_epoch = self.flushed_epoch.max(e);
-                    if self.replication() == super::Replication::SyncTarget {
-                        // A resync checkpoint: what arrived is durable, the
-                        // log may forget it (a crash resumes from here).
-                        self.p.al_trim_wanted = true;
-                    }
                 }
                 self.counters.replicated_bytes += a.bytes;
                 if a.verify && current {

@@ -2,7 +2,7 @@
 //! said of itself, the operations sent and what each still waits for, the
 //! receiving side's sequence, liveness, and the resync or verify it runs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::bitmap::Bitmap;
@@ -96,7 +96,6 @@ pub enum Activity {
     Source(SourceSync),
     Target { behind: u64 },
     Verify(VerifyRun),
-    VerifyTarget,
 }
 
 #[derive(Debug)]
@@ -134,7 +133,6 @@ pub struct Session {
     pub tokens: f64,
     pub last_refill: Time,
     pub app_busy: bool,
-    pub verify_answers: HashMap<u64, Vec<u32>>,
 }
 
 impl Session {
@@ -172,7 +170,6 @@ impl Session {
             tokens: 0.0,
             last_refill: now,
             app_busy: false,
-            verify_answers: HashMap::new(),
         }
     }
 
@@ -182,7 +179,6 @@ impl Session {
             Activity::Source(_) => Replication::SyncSource,
             Activity::Target { .. } => Replication::SyncTarget,
             Activity::Verify(_) => Replication::VerifySource,
-            Activity::VerifyTarget => Replication::VerifyTarget,
         }
     }
 
@@ -196,9 +192,7 @@ impl Session {
 
     /// Nothing in flight either way and no resync or verify under way.
     pub fn idle(&self) -> bool {
-        self.out.is_empty()
-            && self.received == self.done
-            && matches!(self.activity, Activity::Idle | Activity::VerifyTarget)
+        self.out.is_empty() && self.received == self.done && matches!(self.activity, Activity::Idle)
     }
 
     /// Numbers an operation.

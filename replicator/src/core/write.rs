@@ -107,12 +107,10 @@ impl Core {
         if self.barrier > 0 {
             return Admit::Wait;
         }
-        if !self.linked() && !self.apart() {
+        if !self.linked() {
             // The peer will not get this write: our data is a new
             // generation, on disk before the write lands.
-            let id = self.random_id();
-            self.gen.new_current(id);
-            tracing::info!(current = format!("{:016x}", self.gen.current), "new data generation");
+            self.diverge("writing without the peer");
         }
         self.fresh = false;
         if !self.meta_durable() {
@@ -200,6 +198,17 @@ impl Core {
     /// Our data is already a generation the peer may lack.
     pub(crate) fn apart(&self) -> bool {
         self.gen.bitmap != 0
+    }
+
+    /// Our data starts to differ from the peer's: a new current
+    /// generation (once per separation), saved before it is relied on.
+    fn diverge(&mut self, why: &str) {
+        if self.apart() {
+            return;
+        }
+        let id = self.random_id();
+        self.gen.new_current(id);
+        tracing::info!(current = format!("{:016x}", self.gen.current), why, "new data generation");
     }
 
     fn issue_app(&mut self, req: ReqId, op: Op) {
@@ -313,13 +322,8 @@ impl Core {
         if lost.is_empty() {
             return;
         }
-        if self.role == Role::Primary && !self.apart() {
-            let id = self.random_id();
-            self.gen.new_current(id);
-            tracing::info!(
-                current = format!("{:016x}", self.gen.current),
-                "new data generation (peer lost)"
-            );
+        if self.role == Role::Primary {
+            self.diverge("the peer may lack acknowledged writes");
         }
         let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
         if let Some(e) = failed {
@@ -475,13 +479,8 @@ impl Core {
         if lost_app {
             self.p.want_bitmap = true;
             // Only a Primary's data moves on without the peer.
-            if self.role == Role::Primary && !self.apart() {
-                let id = self.random_id();
-                self.gen.new_current(id);
-                tracing::info!(
-                    current = format!("{:016x}", self.gen.current),
-                    "new data generation (peer lost)"
-                );
+            if self.role == Role::Primary {
+                self.diverge("the peer lost");
             }
         }
         if self.role == Role::Secondary
