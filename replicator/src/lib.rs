@@ -10,6 +10,7 @@
 //! - [`config`], [`meta`], [`al`] (activity-log journal, bitmap file), [`bitmap`], [`status`], [`tls`], [`units`].
 
 pub mod al;
+pub mod arbiter;
 pub mod bitmap;
 pub mod config;
 pub mod core;

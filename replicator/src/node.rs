@@ -48,6 +48,14 @@ pub enum Outbound {
     Close(String),
 }
 
+/// What the core asks of the controller's task (votes for the witness,
+/// hooks to run).
+#[derive(Debug)]
+pub enum ControllerOut {
+    Vote(crate::core::VoteRequest),
+    Hook(crate::core::Hook),
+}
+
 /// The metadata files.
 struct MetaFiles {
     meta: std::path::PathBuf,
@@ -63,6 +71,8 @@ pub struct Shell {
     /// Metadata updates run on a blocking thread, off the node's mutex
     /// (false while opening: they run in place, and a failure fails `open`).
     persist_async: bool,
+    /// The controller's task, when one runs.
+    controller: Option<mpsc::UnboundedSender<ControllerOut>>,
 }
 
 pub struct Node {
@@ -183,6 +193,7 @@ impl Node {
                 replies: HashMap::new(),
                 links: HashMap::new(),
                 persist_async: false,
+                controller: None,
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,
@@ -276,6 +287,20 @@ impl Node {
                         let _ = tx.send(result);
                     }
                 }
+                Action::Vote(v) => {
+                    if let Some(tx) = &sh.controller {
+                        let _ = tx.send(ControllerOut::Vote(v));
+                    }
+                }
+                Action::Hook(h) => match &sh.controller {
+                    Some(tx) => {
+                        let _ = tx.send(ControllerOut::Hook(h));
+                    }
+                    None => {
+                        let now = self.now();
+                        sh.core.hook_done(now, h, Ok(()));
+                    }
+                },
             }
         }
     }

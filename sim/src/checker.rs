@@ -121,6 +121,10 @@ pub struct Stats {
     pub target_steps: u64,
     pub syncs_started: u64,
     pub liveness_checks: u64,
+    /// Controller seeds: promotions the witness granted, and steps where
+    /// a Primary had no quorum.
+    pub ctl_promotions: u64,
+    pub no_quorum_steps: u64,
 }
 
 pub(crate) struct Checker {
@@ -135,6 +139,13 @@ pub(crate) struct Checker {
     synced_floor: [Option<(u64, Vec<u64>)>; 2],
     epoch: [u64; 2],
     promotion: [Option<PendingPromotion>; 2],
+    /// Controller seeds (see I1 and I4).
+    pub ctl_mode: bool,
+    /// Controller seeds, protocol C: writes acknowledged while the node
+    /// was not linked, that it must hold if the controller promotes it.
+    fo: [Vec<u64>; 2],
+    /// When each node last became Primary.
+    reign: [Option<Time>; 2],
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -178,6 +189,9 @@ impl Checker {
             synced_floor: [None, None],
             epoch: [0, 0],
             promotion: [None, None],
+            ctl_mode: false,
+            fo: [z(), z()],
+            reign: [None, None],
         }
     }
 
@@ -218,6 +232,19 @@ impl Checker {
     /// that stayed up since submission.
     pub fn acked(&mut self, n: usize, r: &AppReq, confirmed: bool, protocol: Protocol) {
         let m = 1 - n;
+        // With the controller every acknowledged write survives a failover
+        // in C: the peer has it, or the witness will not let it take over
+        // (checked at a promotion; a power loss of the peer keeps only
+        // what it made durable).
+        if self.ctl_mode && !confirmed && protocol == Protocol::C {
+            if let AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } =
+                &r.kind
+            {
+                for b in cells(*off, *len) {
+                    self.fo[m][b] = self.fo[m][b].max(*id);
+                }
+            }
+        }
         self.stats.acked += 1;
         if confirmed {
             self.stats.confirmed += 1;
@@ -259,6 +286,27 @@ impl Checker {
         }
     }
 
+    /// I4 as a client sees it: node `n` acknowledged a write at `now`; no
+    /// node became Primary after `n` did and before now.
+    pub fn ack_check(&self, sim: &Sim, n: usize, r: &AppReq) -> Result<(), Violation> {
+        if !self.ctl_mode || matches!(r.kind, AppKind::Flush) {
+            return Ok(());
+        }
+        let m = 1 - n;
+        if let (Some(mine), Some(theirs)) = (self.reign[n], self.reign[m]) {
+            if theirs > mine && theirs <= sim.now {
+                return Err(self.v(
+                    "I4",
+                    format!(
+                        "{} acknowledged a write at {:?}, after {} became Primary at {theirs:?}",
+                        sim.nodes[n].name, sim.now, sim.nodes[m].name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A store write/zero the Primary `n` performed (its apply history).
     pub fn primary_applied(&mut self, n: usize, off: u64, data: &[u8]) {
         for l in self.lineage.iter_mut().flatten() {
@@ -278,6 +326,7 @@ impl Checker {
             }
         }
         if power {
+            self.fo[n].iter_mut().for_each(|x| *x = 0);
             self.fl_c[n] = self.dfl[n].clone();
             self.lineage[n] = None;
             self.synced_floor[n] = None;
@@ -286,6 +335,7 @@ impl Checker {
 
     pub fn disk_replaced(&mut self, n: usize) {
         self.epoch[n] += 1;
+        self.fo[n].iter_mut().for_each(|x| *x = 0);
         self.synced_floor[n] = None;
         for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
             f.iter_mut().for_each(|x| *x = 0);
@@ -318,21 +368,22 @@ impl Checker {
                 .v("I5", format!("{} promoted without --force from {disk:?}", sim.nodes[n].name)));
         }
         self.lineage[n] = None;
+        self.reign[n] = Some(sim.now);
         if force && disk != DiskState::UpToDate {
             self.synced_floor = [None, None];
             self.epoch[0] += 1;
             self.epoch[1] += 1;
             for m in 0..2 {
-                for f in [&mut self.fl_c[m], &mut self.fl_b[m], &mut self.dfl[m]] {
+                for f in [&mut self.fl_c[m], &mut self.fl_b[m], &mut self.dfl[m], &mut self.fo[m]] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
             }
             return Ok(());
         }
-        self.promotion[n] = Some(PendingPromotion {
-            deadline: sim.now + Duration::from_secs(3),
-            floor: self.floor(n),
-        });
+        let mut floor = self.floor(n);
+        maxv(&mut floor, &self.fo[n]);
+        self.promotion[n] =
+            Some(PendingPromotion { deadline: sim.now + Duration::from_secs(3), floor });
         Ok(())
     }
 
@@ -348,6 +399,13 @@ impl Checker {
         }
         if sim.nodes.iter().any(|n| n.core.as_ref().is_some_and(|c| c.status().split_brain)) {
             self.stats.split_brain_steps += 1;
+        }
+        if sim.nodes.iter().any(|n| {
+            n.core.as_ref().is_some_and(|c| {
+                c.role() == Role::Primary && c.controller().is_some_and(|s| !s.quorum)
+            })
+        }) {
+            self.stats.no_quorum_steps += 1;
         }
         self.follow_syncs(sim);
         self.check_i4_i5(sim)?;
@@ -374,7 +432,7 @@ impl Checker {
                 // replicated meanwhile, which confirm floors directly).
                 let sid = sim.nodes[n].core.as_ref().and_then(|c| c.session_id()).unwrap_or(0);
                 self.synced_floor[n] = Some((sid, self.floor(1 - n)));
-                for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
+                for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.fo[n]] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
                 self.lineage[n] = None;

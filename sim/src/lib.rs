@@ -23,6 +23,7 @@
 
 mod checker;
 pub mod rng;
+mod witness;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -30,8 +31,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{
-    Action, Core, CoreConfig, IoError, IoId, MetaRecord, Persist, Plant, Recovered, Replication,
-    ReplyError, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
+    Action, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord, NoQuorum, Persist,
+    Plant, Recovered, Replication, ReplyError, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
 };
 use twinblock_replicator::protocol::genid::SplitBrainPolicy;
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
@@ -85,9 +86,13 @@ pub fn config(
         chunk_blocks: 4,
         window: 4,
         checkpoint_chunks: 2,
+        controller: None,
         plant,
     }
 }
+
+/// The controller's timing in the simulator (lease = dead_time / 2).
+pub const DEAD_TIME: Duration = Duration::from_millis(1500);
 
 // ----- the disk -----
 
@@ -337,6 +342,12 @@ pub struct Sim {
     log: Vec<String>,
     /// Deferred link-down notifications (node, sid).
     downs: VecDeque<(usize, SessionId)>,
+    /// Controller seeds: the failover controller decides the roles, with a
+    /// witness (the operator never promotes).
+    witness: Option<witness::Witness>,
+    on_no_quorum: NoQuorum,
+    /// A violation found while advancing (reported by the step).
+    pending_violation: Option<Violation>,
 }
 
 impl Sim {
@@ -389,8 +400,16 @@ impl Sim {
             chk: checker::Checker::new(),
             log: Vec::new(),
             downs: VecDeque::new(),
+            // One seed in three (without drawing from the seed's stream).
+            witness: (opts.seed % 3 == 2).then(|| witness::Witness::new(DEAD_TIME)),
+            on_no_quorum: if opts.seed % 6 == 5 { NoQuorum::Freeze } else { NoQuorum::IoError },
+            pending_violation: None,
             opts,
         };
+        sim.chk.ctl_mode = sim.witness.is_some();
+        if sim.witness.is_some() {
+            sim.note(format!("controller with a witness, on-no-quorum {:?}", sim.on_no_quorum));
+        }
         sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}, {policy:?}"));
         for n in 0..2 {
             sim.start(n);
@@ -423,6 +442,13 @@ impl Sim {
             c.checkpoint_chunks = checkpoint;
             c.max_lag = lag;
         }
+        if self.witness.is_some() {
+            c.controller = Some(ControllerConfig {
+                dead_time: DEAD_TIME,
+                heartbeat: Duration::from_millis(200),
+                on_no_quorum: self.on_no_quorum,
+            });
+        }
         c
     }
 
@@ -445,6 +471,12 @@ impl Sim {
         self.nodes[n].core = Some(core);
         self.nodes[n].restart_at = None;
         self.drain(n);
+        if self.witness.as_ref().is_some_and(|w| w.alive && w.up[n]) {
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_witness_link(self.now, true);
+            }
+            self.drain(n);
+        }
     }
 
     // ----- performing actions -----
@@ -608,6 +640,22 @@ impl Sim {
                 }
             }
             Action::Reply { req, result } => self.replied(n, req, result),
+            Action::Vote(req) => {
+                let at = self.now + Duration::from_micros(100 + self.rng.below(2000));
+                let now = self.now;
+                if let Some(w) = self.witness.as_mut().filter(|w| w.reachable(n, now)) {
+                    let at = w.to_w.back().map_or(at, |(t, _, _)| (*t).max(at));
+                    w.to_w.push_back((at, n, req));
+                }
+            }
+            Action::Hook(h) => {
+                let at = self.now + Duration::from_millis(1 + self.rng.below(50));
+                if let Some(w) = self.witness.as_mut() {
+                    w.hooks.push((at, n, h));
+                } else if let Some(c) = self.nodes[n].core.as_mut() {
+                    c.hook_done(self.now, h, Ok(()));
+                }
+            }
         }
     }
 
@@ -663,6 +711,9 @@ impl Sim {
                     && self.nodes[n].core.as_ref().and_then(|c| c.session_id()) == Some(sid)
                     && self.nodes[n].is_primary()
             });
+            if let Err(v) = self.chk.ack_check(self, n, &r) {
+                self.pending_violation.get_or_insert(v);
+            }
             self.chk.acked(n, &r, confirmed, self.protocol);
         }
     }
@@ -769,7 +820,148 @@ impl Sim {
         if self.partition_until > self.now {
             min(self.partition_until);
         }
+        if let Some(x) = self.witness.as_ref().and_then(|w| w.next_event()) {
+            min(x);
+        }
         t
+    }
+
+    /// Runs the witness's earliest event due now, if any.
+    fn advance_witness(&mut self) -> Result<bool, Violation> {
+        let now = self.now;
+        let Some(w) = self.witness.as_mut() else { return Ok(false) };
+        if w.restart_at.is_some_and(|r| r <= now) {
+            w.restart_at = None;
+            w.alive = true;
+            w.arb.restart(now);
+            self.note("witness restarts".into());
+            for n in 0..2 {
+                if self.witness.as_ref().is_some_and(|w| w.up[n]) {
+                    if let Some(c) = self.nodes[n].core.as_mut() {
+                        c.handle_witness_link(now, true);
+                    }
+                    self.drain(n);
+                }
+            }
+            return Ok(true);
+        }
+        for n in 0..2 {
+            let w = self.witness.as_mut().expect("witness");
+            if w.heal_at[n].is_some_and(|h| h <= now) {
+                w.heal_at[n] = None;
+                w.up[n] = true;
+                let alive = w.alive;
+                self.note(format!("{}: witness link up", self.nodes[n].name));
+                if alive {
+                    if let Some(c) = self.nodes[n].core.as_mut() {
+                        c.handle_witness_link(now, true);
+                    }
+                    self.drain(n);
+                }
+                return Ok(true);
+            }
+        }
+        let w = self.witness.as_mut().expect("witness");
+        if w.to_w.front().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, n, req) = w.to_w.pop_front().expect("front");
+            if w.reachable(n, now) {
+                let before = w.arb.holder().map(str::to_owned);
+                let reply = w.arb.handle(now, &req);
+                let after = w.arb.holder().map(str::to_owned);
+                let at = now + Duration::from_micros(100 + self.rng.below(2000));
+                let w = self.witness.as_mut().expect("witness");
+                let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
+                w.from_w[n].push_back((at, reply.clone()));
+                if self.opts.trace || before != after || !reply.granted {
+                    self.note(format!(
+                        "witness: {} {:?} -> {} ({}), holder {:?}",
+                        req.node, req.kind, reply.granted, reply.reason, after
+                    ));
+                }
+            }
+            return Ok(true);
+        }
+        for n in 0..2 {
+            let w = self.witness.as_mut().expect("witness");
+            if w.from_w[n].front().is_some_and(|(at, _)| *at <= now) {
+                let (_, reply) = w.from_w[n].pop_front().expect("front");
+                if !w.reachable(n, now) {
+                    return Ok(true);
+                }
+                let Some(c) = self.nodes[n].core.as_mut() else { return Ok(true) };
+                let (role, disk) = (c.role(), c.disk());
+                c.handle_vote(now, now.as_millis() as u64 + 1, reply);
+                let promoted = c.role() == Role::Primary && role != Role::Primary;
+                self.drain(n);
+                if promoted {
+                    self.note(format!(
+                        "{}: promoted by the controller ({disk:?})",
+                        self.nodes[n].name
+                    ));
+                    let force = disk != DiskState::UpToDate;
+                    self.chk.stats.ctl_promotions += 1;
+                    let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+                    let r = chk.promoted(self, n, force, disk);
+                    self.chk = chk;
+                    r?;
+                }
+                return Ok(true);
+            }
+        }
+        let w = self.witness.as_mut().expect("witness");
+        if let Some(i) = w.hooks.iter().position(|(at, _, _)| *at <= now) {
+            let (_, n, h) = w.hooks.remove(i);
+            let fail = self.rng.chance(1, 10);
+            let result = if fail { Err("hook exited 1".to_string()) } else { Ok(()) };
+            self.note(format!("{}: hook {h:?} done {result:?}", self.nodes[n].name));
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.hook_done(now, h, result);
+            }
+            self.drain(n);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Witness trouble: a cut or silent link, or a witness restart.
+    fn witness_trouble(&mut self) {
+        let now = self.now;
+        let n = self.rng.below(2) as usize;
+        let r = self.rng.below(10);
+        let dur = Duration::from_millis(100 + self.rng.below(5000));
+        let Some(w) = self.witness.as_mut() else { return };
+        if r < 4 {
+            if !w.up[n] {
+                return;
+            }
+            w.up[n] = false;
+            w.heal_at[n] = Some(now + dur);
+            w.cut(n);
+            self.note(format!("{}: witness link cut", self.nodes[n].name));
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_witness_link(now, false);
+            }
+            self.drain(n);
+        } else if r < 8 {
+            w.silent_until[n] = now + dur;
+            w.cut(n);
+            self.note(format!("{}: witness link silent for {dur:?}", self.nodes[n].name));
+        } else {
+            if !w.alive {
+                return;
+            }
+            w.alive = false;
+            w.restart_at = Some(now + dur);
+            w.cut(0);
+            w.cut(1);
+            self.note("witness crashes".into());
+            for m in 0..2 {
+                if let Some(c) = self.nodes[m].core.as_mut() {
+                    c.handle_witness_link(now, false);
+                }
+                self.drain(m);
+            }
+        }
     }
 
     /// Runs the earliest event.
@@ -847,6 +1039,10 @@ impl Sim {
                     return;
                 }
             }
+        }
+        if let Err(v) = self.advance_witness() {
+            self.pending_violation = Some(v);
+            return;
         }
         if self.partition_until <= now {
             if let Some(l) = self.link.as_mut() {
@@ -980,6 +1176,8 @@ impl Sim {
             let n = self.rng.below(2) as usize;
             let power = self.rng.chance(1, 3);
             self.crash(n, power)?;
+        } else if r < 967 && self.witness.is_some() && self.rng.chance(1, 3) {
+            self.witness_trouble();
         } else if r < 967 {
             // Link trouble.
             if self.link.is_some() {
@@ -1004,6 +1202,9 @@ impl Sim {
     }
 
     fn checked(&mut self) -> Result<(), Violation> {
+        if let Some(v) = self.pending_violation.take() {
+            return Err(v);
+        }
         self.maybe_schedule_connect();
         let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
         let r = chk.observe(self);
@@ -1021,6 +1222,41 @@ impl Sim {
         let other_primary = self.nodes[1 - n].is_primary();
         let now_ms = self.now.as_millis() as u64 + 1;
         let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
+        if self.witness.is_some() && r < 48 {
+            // The controller decides the roles: the operator only hands
+            // over (`secondary`) or the service's health check fails.
+            let nobody_good = self.nodes.iter().all(|x| {
+                x.core
+                    .as_ref()
+                    .is_none_or(|c| c.disk() != DiskState::UpToDate && c.role() != Role::Primary)
+            });
+            let core = self.nodes[n].core.as_mut().expect("alive");
+            if nobody_good && r < 10 {
+                // The first setup: the operator declares one node's data good.
+                let disk = core.disk();
+                let res = core.promote(true, now_ms);
+                self.note(format!("{}: primary --force ({disk:?}) -> {res:?}", self.nodes[n].name));
+                self.drain(n);
+                if res.is_ok() {
+                    let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+                    let r = chk.promoted(self, n, true, disk);
+                    self.chk = chk;
+                    r?;
+                }
+                return Ok(());
+            }
+            if core.role() == Role::Primary {
+                if r < 20 {
+                    core.health(self.now, false);
+                    self.note(format!("{}: health check fails", self.nodes[n].name));
+                } else {
+                    let res = core.demote();
+                    self.note(format!("{}: secondary -> {res:?}", self.nodes[n].name));
+                }
+                self.drain(n);
+            }
+            return Ok(());
+        }
         if r < 40 {
             // primary [--force], as a controller would: never while the
             // other node is Primary.
@@ -1307,6 +1543,8 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::SkipAlMark => "skip-al",
         Plant::SkipBitmapExchange => "skip-bitmap-exchange",
         Plant::ClearBeforeDurable => "clear-before-durable",
+        Plant::IgnoreQuorum => "ignore-quorum",
+        Plant::NoPeerFence => "no-peer-fence",
     }
 }
 

@@ -89,6 +89,8 @@ fn main() -> ExitCode {
         total.target_steps += st.target_steps;
         total.syncs_started += st.syncs_started;
         total.liveness_checks += st.liveness_checks;
+        total.ctl_promotions += st.ctl_promotions;
+        total.no_quorum_steps += st.no_quorum_steps;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {

@@ -65,3 +65,17 @@ fn finds_skip_bitmap_exchange() {
 fn finds_clear_before_durable() {
     finds(Plant::ClearBeforeDurable);
 }
+
+/// The controller: a Primary that acknowledges without quorum is caught
+/// (two nodes accepting writes, or a failover losing acknowledged writes).
+#[test]
+fn finds_ignore_quorum() {
+    finds(Plant::IgnoreQuorum);
+}
+
+/// The controller: a Primary that never tells the witness its peer fell
+/// behind lets an outdated node be promoted.
+#[test]
+fn finds_no_peer_fence() {
+    finds(Plant::NoPeerFence);
+}

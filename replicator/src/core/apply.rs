@@ -38,6 +38,12 @@ impl Core {
         if let Some(s) = self.session.as_mut() {
             s.last_heard = s.last_heard.max(now);
         }
+        self.ctl_heard();
+        if matches!(&msg, Message::State { role: Role::Primary, .. })
+            || matches!(&msg, Message::Hello(h) if h.role == Role::Primary)
+        {
+            self.ctl_peer_primary();
+        }
         if let Err(why) = self.frame(sid, msg) {
             self.close_session(sid, format!("link fault: {why}"));
         }
@@ -62,6 +68,7 @@ impl Core {
                 if let Some(s) = self.session.as_mut() {
                     s.pong(id, now);
                 }
+                self.ctl_pong(id);
             }
             Message::State { role, disk, peer_out_of_sync, current, .. } => {
                 self.on_peer_state(sid, role, disk, peer_out_of_sync, current)?

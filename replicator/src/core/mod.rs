@@ -23,6 +23,7 @@ pub mod al;
 mod apply;
 mod handshake;
 mod persist;
+pub mod quorum;
 mod resync;
 pub mod session;
 mod stop;
@@ -37,6 +38,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use quorum::{
+    ControllerConfig, ControllerStatus, Hook, NoQuorum, Standing, VoteKind, VoteReply, VoteRequest,
+};
 pub use types::*;
 
 use crate::bitmap::Bitmap;
@@ -135,6 +139,8 @@ pub struct Core {
     actions: VecDeque<Action>,
     counters: CoreCounters,
     last_error: Option<String>,
+    /// The failover controller's state (None: no controller).
+    ctl: Option<quorum::Ctl>,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -209,6 +215,7 @@ impl Core {
             actions: VecDeque::new(),
             counters: CoreCounters::default(),
             last_error: None,
+            ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
             cfg,
         };
         if !rec.al.is_empty() {
@@ -269,9 +276,10 @@ impl Core {
         self.session.as_ref().map(|s| s.id)
     }
 
-    /// Accepts application writes now (Primary with a usable disk).
+    /// Accepts application writes now (Primary with a usable disk, and
+    /// quorum when a controller runs).
     pub fn accepts_writes(&self) -> bool {
-        self.role == Role::Primary && self.disk_usable()
+        self.role == Role::Primary && self.disk_usable() && self.has_quorum()
     }
 
     /// Whether reads may be served: the data here is current (never from
@@ -448,7 +456,11 @@ impl Core {
 
     /// The earliest time at which [`Core::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.session.as_ref().map(|s| s.next_deadline(&self.cfg))
+        let s = self.session.as_ref().map(|s| s.next_deadline(&self.cfg));
+        match (s, self.ctl_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Timers: heartbeats, the peer's liveness, acknowledgements overdue,
@@ -469,6 +481,7 @@ impl Core {
         }
         if let Some(id) = ping {
             self.send(Message::Ping { id });
+            self.ctl_ping_sent(id);
         }
         if let Some((sid, why)) = lost {
             self.close_session(sid, why);
@@ -501,6 +514,8 @@ impl Core {
                 break;
             }
         }
+        self.ctl_tick();
+        self.release_held();
         self.send_ack();
     }
 
@@ -508,6 +523,27 @@ impl Core {
 
     /// `primary [--force]` (`wall_ms`: the wall clock, for split-brain policies).
     pub fn promote(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        if self.ctl.is_some() {
+            if !force {
+                return Err(Refused(
+                    "the failover controller decides which node is Primary \
+                     (`secondary` on the Primary hands over; `primary --force` overrides)"
+                        .into(),
+                ));
+            }
+            // Forced: the disk is declared UpToDate, the hooks run; writes
+            // still need quorum (the witness grants it, or deposes us).
+            let was = self.role;
+            self.promote_inner(true, wall_ms)?;
+            if was != Role::Primary {
+                self.actions.push_back(Action::Hook(Hook::Promoted));
+            }
+            return Ok(());
+        }
+        self.promote_inner(force, wall_ms)
+    }
+
+    pub(crate) fn promote_inner(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
         if self.role == Role::Primary {
             return Ok(());
         }
@@ -564,6 +600,12 @@ impl Core {
     /// `secondary`.
     pub fn demote(&mut self) -> Result<(), Refused> {
         if self.role == Role::Secondary {
+            return Ok(());
+        }
+        if self.ctl.is_some() {
+            // on_demote runs first; the role changes when it is done.
+            self.operator_demote();
+            self.pump();
             return Ok(());
         }
         self.role = Role::Secondary;

@@ -108,6 +108,11 @@ pub enum Plant {
     SkipBitmapExchange,
     /// Clear resync bits when a chunk is applied, before it is durable on the target.
     ClearBeforeDurable,
+    /// A Primary acknowledges writes without quorum (the controller).
+    IgnoreQuorum,
+    /// A Primary never tells the witness that its peer fell behind (and
+    /// acknowledges writes the peer lacks all the same).
+    NoPeerFence,
 }
 
 impl std::str::FromStr for Plant {
@@ -119,9 +124,11 @@ impl std::str::FromStr for Plant {
             "skip-al" => Plant::SkipAlMark,
             "skip-bitmap-exchange" => Plant::SkipBitmapExchange,
             "clear-before-durable" => Plant::ClearBeforeDurable,
+            "ignore-quorum" => Plant::IgnoreQuorum,
+            "no-peer-fence" => Plant::NoPeerFence,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence)"
                 ))
             }
         })
@@ -154,6 +161,9 @@ pub struct CoreConfig {
     pub window: usize,
     /// Resync chunks between flush-and-checkpoint barriers.
     pub checkpoint_chunks: u64,
+    /// The failover controller's rules (None: roles change only by the
+    /// operator's verbs).
+    pub controller: Option<super::quorum::ControllerConfig>,
     pub plant: Plant,
 }
 
@@ -178,6 +188,7 @@ impl CoreConfig {
             chunk_blocks: 256,
             window: 16,
             checkpoint_chunks: 64,
+            controller: None,
             plant: Plant::None,
         }
     }
@@ -267,6 +278,11 @@ pub enum Action {
     Close { session: SessionId, reason: String },
     /// Answer application request `req`.
     Reply { req: ReqId, result: Result<(), ReplyError> },
+    /// Send a request to the witness (dropped when there is no link to it;
+    /// the core asks again).
+    Vote(super::quorum::VoteRequest),
+    /// Run a controller hook; then `hook_done`.
+    Hook(super::quorum::Hook),
 }
 
 /// What an operator verb was refused for.

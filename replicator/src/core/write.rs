@@ -107,6 +107,15 @@ impl Core {
         if self.barrier > 0 {
             return Admit::Wait;
         }
+        // The controller: a Primary without quorum takes no write; one
+        // the peer will not get needs the witness to know the peer is
+        // behind first.
+        if let Some(g) = self.reply_gate(!self.linked(), true) {
+            return match g {
+                Ok(()) => Admit::Wait,
+                Err(e) => Admit::Fail(e),
+            };
+        }
         if !self.linked() {
             // The peer will not get this write: our data is a new
             // generation, on disk before the write lands.
@@ -288,15 +297,22 @@ impl Core {
         self.try_reply(req);
     }
 
-    fn try_reply(&mut self, req: ReqId) {
+    pub(crate) fn try_reply(&mut self, req: ReqId) {
         let Some(p) = self.pending.get(&req) else { return };
         let ready = matches!(
             (p.local, p.peer),
             (Some(Err(_)), _) | (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed)
         );
         if ready {
-            let p = self.pending.remove(&req).expect("pending");
-            let result = p.local.expect("local").map_err(ReplyError::Io);
+            let mut result = p.local.expect("local").map_err(ReplyError::Io);
+            if result.is_ok() {
+                match self.reply_gate(false, p.range.is_some()) {
+                    None => {}
+                    Some(Ok(())) => return, // held until quorum returns
+                    Some(Err(e)) => result = Err(e),
+                }
+            }
+            self.pending.remove(&req);
             self.reply(req, result);
         }
     }
@@ -337,6 +353,18 @@ impl Core {
             self.p.want_bitmap = true;
         }
         if self.meta_durable() && self.bitmap_clean() {
+            // The peer lacks them: the witness must know it is behind.
+            match self.reply_gate(true, true) {
+                None => {}
+                Some(Ok(())) => return,
+                Some(Err(e)) => {
+                    for req in lost {
+                        self.pending.remove(&req);
+                        self.reply(req, Err(e));
+                    }
+                    return;
+                }
+            }
             for req in lost {
                 if let Some(p) = self.pending.get_mut(&req) {
                     p.peer = PeerPart::Confirmed;

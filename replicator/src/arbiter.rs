@@ -1,0 +1,167 @@
+//! The witness's decisions, sans-IO (`twinblock witness` is the shell that
+//! carries requests to it). The witness hands out the right to be Primary
+//! for a resource to at most one node at a time, under a lease, and
+//! remembers which node is outdated (its peer ran without it), so an
+//! outdated node is never promoted. It keeps no data.
+//!
+//! Rules (see `core::quorum` for the node's side):
+//! - `Renew` from the holder: granted, the lease extended.
+//! - `Claim`, or `Renew` from a node that is not the holder: granted only
+//!   if no other node's lease may still run (its end plus a margin for
+//!   clock drift has passed), the witness is past its start-up quiet period
+//!   (a holder it forgot in a restart may still hold a lease; a `Renew`
+//!   re-establishes such a holder at once), and the node is not outdated
+//!   and, for a claim, says its disk may be promoted.
+//! - Every granted request records whether the requester's peer is
+//!   current; a node recorded as not current is outdated.
+//! - `Release` from the holder: no holder any more.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{Time, VoteKind, VoteReply, VoteRequest};
+
+/// What the witness keeps across restarts (saved before a reply that
+/// changed it goes out): who holds the right, and who is outdated. The
+/// lease's end is not kept: after a restart the holder is assumed to hold
+/// it for the quiet period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    pub holder: Option<String>,
+    pub outdated: BTreeSet<String>,
+}
+
+/// One resource's arbitration.
+#[derive(Debug, Clone)]
+pub struct Arbiter {
+    /// The resource this witness serves.
+    pub resource: String,
+    started: Time,
+    /// No new holder before this (a forgotten lease may still run).
+    quiet: Duration,
+    holder: Option<String>,
+    /// End of the holder's lease (witness clock), margin included.
+    until: Time,
+    outdated: BTreeSet<String>,
+    /// Last time each node was heard (for status).
+    pub heard: BTreeMap<String, Time>,
+}
+
+impl Arbiter {
+    /// `quiet`: how long after start no new holder is granted (the longest
+    /// lease a forgotten holder may have; `dead_time` is safe).
+    pub fn new(resource: &str, now: Time, quiet: Duration, saved: Durable) -> Arbiter {
+        Arbiter {
+            resource: resource.into(),
+            started: now,
+            quiet,
+            // A holder from before the restart may hold its lease until
+            // the quiet period ends.
+            until: if saved.holder.is_some() { now + quiet } else { Time::ZERO },
+            holder: saved.holder,
+            outdated: saved.outdated,
+            heard: BTreeMap::new(),
+        }
+    }
+
+    /// What must be saved (compare before and after `handle`).
+    pub fn durable(&self) -> Durable {
+        Durable { holder: self.holder.clone(), outdated: self.outdated.clone() }
+    }
+
+    pub fn holder(&self) -> Option<&str> {
+        self.holder.as_deref()
+    }
+
+    pub fn outdated(&self) -> impl Iterator<Item = &str> {
+        self.outdated.iter().map(String::as_str)
+    }
+
+    /// A restart: only what was saved remains.
+    pub fn restart(&mut self, now: Time) {
+        *self = Arbiter::new(&self.resource.clone(), now, self.quiet, self.durable());
+    }
+
+    fn reply(&self, req: &VoteRequest, granted: bool, reason: impl Into<String>) -> VoteReply {
+        VoteReply { id: req.id, granted, holder: self.holder.clone(), reason: reason.into() }
+    }
+
+    /// Decides one request.
+    pub fn handle(&mut self, now: Time, req: &VoteRequest) -> VoteReply {
+        if req.resource != self.resource {
+            return self.reply(req, false, format!("this witness serves {:?}", self.resource));
+        }
+        self.heard.insert(req.node.clone(), now);
+        let lease = Duration::from_millis(req.lease_ms);
+        let margin = lease / 4 + Duration::from_millis(10);
+        let mine = self.holder.as_deref() == Some(req.node.as_str());
+        match req.kind {
+            VoteKind::Release => {
+                if mine {
+                    self.holder = None;
+                    self.until = Time::ZERO;
+                }
+                return self.reply(req, true, "released");
+            }
+            VoteKind::Renew if mine => {
+                self.until = self.until.max(now + lease + margin);
+                self.record(req);
+                return self.reply(req, true, "renewed");
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.holder {
+            if !mine && now < self.until {
+                return self.reply(req, false, format!("{h} holds the Primary right"));
+            }
+        }
+        if self.outdated.contains(&req.node) {
+            return self.reply(
+                req,
+                false,
+                format!("{} is outdated: its peer acknowledged writes without it", req.node),
+            );
+        }
+        let in_quiet = now < self.started + self.quiet;
+        match req.kind {
+            VoteKind::Claim => {
+                if !req.uptodate {
+                    return self.reply(
+                        req,
+                        false,
+                        format!("{}'s disk may not be promoted", req.node),
+                    );
+                }
+                if in_quiet {
+                    return self.reply(
+                        req,
+                        false,
+                        "the witness just started: waiting for a lease it may have forgotten",
+                    );
+                }
+            }
+            VoteKind::Renew => {
+                // A Primary the witness does not know as holder (it
+                // restarted, or the holder's lease ran out): it keeps the
+                // right if nobody else holds it.
+            }
+            VoteKind::Release => unreachable!("handled above"),
+        }
+        self.holder = Some(req.node.clone());
+        self.until = now + lease + margin;
+        self.record(req);
+        tracing::info!(resource = %self.resource, holder = %req.node, kind = ?req.kind, "Primary right granted");
+        self.reply(req, true, "granted")
+    }
+
+    fn record(&mut self, req: &VoteRequest) {
+        if req.peer_current {
+            self.outdated.remove(&req.peer);
+        } else if self.outdated.insert(req.peer.clone()) {
+            tracing::info!(resource = %self.resource, node = %req.peer, "outdated: its peer runs without it");
+        }
+        self.outdated.remove(&req.node);
+    }
+}

@@ -1,0 +1,670 @@
+//! The failover controller's rules (shared/DESIGN.md "Failover
+//! controller"), as part of the core: who may become Primary, and when a
+//! Primary must stop acknowledging writes.
+//!
+//! The witness (`crate::arbiter`) is the only one that hands out the right
+//! to be Primary; a Primary keeps it with *leases*:
+//!
+//! - the **peer lease**: a heartbeat sent at `s` that the peer answered
+//!   while it was Secondary keeps quorum until `s + lease`;
+//! - the **witness lease**: a request sent at `s` that the witness granted
+//!   keeps quorum until `s + lease`.
+//!
+//! Both start at the *send* time on the Primary's own clock, so they end
+//! no later than the moment the other side last heard from it plus
+//! `lease`. With `lease = dead_time / 2` the ordering is:
+//!
+//! 1. the Primary stops acknowledging at most `lease` after the survivor
+//!    and the witness last heard from it;
+//! 2. the survivor asks the witness only after `dead_time` of silence from
+//!    the Primary, and the witness grants it only after the Primary's
+//!    witness lease ended plus a margin (`lease / 4`, for clock rate drift);
+//!
+//! so the old Primary has stopped before the new one can start. Writes the
+//! peer may lack (the link is gone, or lost in flight) are acknowledged
+//! only once the witness has recorded that the peer is not current, so an
+//! outdated survivor is never promoted: the witness refuses it.
+//!
+//! Promotion needs a witness grant (quorum: itself + witness); the grant
+//! goes to an UpToDate node (Consistent in protocol A) that has heard
+//! nothing of its peer for `dead_time`, or whose peer is a connected
+//! Secondary with no Primary around (first start, a handover). A Primary
+//! keeps quorum with either lease (itself + peer, or itself + witness).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Protocol;
+use crate::protocol::wire::{DiskState, Role};
+
+use super::session::Phase;
+use super::types::{Action, IoError, Plant, ReplyError, Time};
+use super::Core;
+
+/// What a Primary that lost quorum does with writes (`on-no-quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoQuorum {
+    /// Writes fail with EIO once the survivor may have taken over.
+    #[default]
+    IoError,
+    /// Writes wait (frozen) until quorum returns or the node is demoted.
+    Freeze,
+}
+
+/// The controller's settings (the `[controller]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// Silence from the Primary before the survivor may take over.
+    pub dead_time: Duration,
+    /// How often the witness and the peer are asked.
+    pub heartbeat: Duration,
+    pub on_no_quorum: NoQuorum,
+}
+
+impl ControllerConfig {
+    /// How long one answered heartbeat keeps a Primary's quorum.
+    pub fn lease(&self) -> Duration {
+        self.dead_time / 2
+    }
+}
+
+/// A request to the witness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRequest {
+    pub id: u64,
+    pub resource: String,
+    pub node: String,
+    pub peer: String,
+    pub kind: VoteKind,
+    /// Claim: the disk may be promoted (UpToDate, or Consistent in A).
+    pub uptodate: bool,
+    /// The peer holds everything this node acknowledged (connected,
+    /// Established, its disk UpToDate). False: the witness records the peer
+    /// as outdated and will not let it become Primary.
+    pub peer_current: bool,
+    /// How long the requester relies on a grant.
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoteKind {
+    /// A Secondary asks to become Primary.
+    Claim,
+    /// The Primary keeps its right.
+    Renew,
+    /// The Primary gives its right back (it is demoting).
+    Release,
+}
+
+/// The witness's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteReply {
+    pub id: u64,
+    pub granted: bool,
+    /// Who holds the right now, as far as the witness knows.
+    pub holder: Option<String>,
+    pub reason: String,
+}
+
+/// What the shell runs for the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// This node became Primary: move the service address, then run
+    /// `on_promote`. Report with [`Core::hook_done`].
+    Promoted,
+    /// This node must stop being Primary: run `on_demote`, then report with
+    /// [`Core::hook_done`]; the core demotes itself then.
+    Demote,
+}
+
+/// Where the controller stands (status `controller.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Standing {
+    /// Secondary, a Primary is around (or this node may not take over).
+    Watching,
+    /// Secondary, asked the witness to become Primary.
+    Claiming,
+    /// Primary with quorum.
+    Holding,
+    /// Primary without quorum: replies wait.
+    Suspended,
+    /// Primary without quorum since the survivor may have taken over:
+    /// writes fail (io-error) or wait for good (freeze).
+    Fenced,
+    /// Primary, running `on_demote` before demoting (handover, deposed).
+    Demoting,
+}
+
+/// Why a Primary demotes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DemoteWhy {
+    /// The health check failed: hand over cleanly.
+    Health,
+    /// The witness says another node holds the right.
+    Deposed,
+    /// The operator's `secondary`.
+    Operator,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Ctl {
+    pub cfg: ControllerConfig,
+    /// End of the peer lease (ZERO: none).
+    peer_until: Time,
+    /// End of the witness lease.
+    witness_until: Time,
+    /// The last granted request said the peer is not current.
+    witness_fenced_peer: bool,
+    witness_up: bool,
+    /// Requests sent and not answered: id -> (sent, kind, peer_current).
+    sent: BTreeMap<u64, (Time, VoteKind, bool)>,
+    next_id: u64,
+    last_request: Time,
+    /// Heartbeats to the peer: ping id -> sent, to start the peer lease.
+    /// Last frame from the peer (any session).
+    pub peer_heard: Time,
+    /// A Claim is out (its id).
+    claim: Option<u64>,
+    demoting: Option<DemoteWhy>,
+    /// After a handover or a refusal: no claim before this.
+    quiet_until: Time,
+    /// The last health verdict (None: not checked yet).
+    health_ok: Option<bool>,
+    /// Since when quorum is missing (Primary).
+    lost_since: Option<Time>,
+    pub last_refusal: Option<String>,
+    /// The peer lease's heartbeat: sent at.
+    ping_sent: BTreeMap<u64, Time>,
+}
+
+impl Ctl {
+    pub fn new(cfg: ControllerConfig, now: Time) -> Ctl {
+        Ctl {
+            cfg,
+            peer_until: Time::ZERO,
+            witness_until: Time::ZERO,
+            witness_fenced_peer: false,
+            witness_up: false,
+            sent: BTreeMap::new(),
+            next_id: 1,
+            last_request: Time::ZERO,
+            peer_heard: now,
+            claim: None,
+            demoting: None,
+            quiet_until: Time::ZERO,
+            health_ok: None,
+            lost_since: None,
+            last_refusal: None,
+            ping_sent: BTreeMap::new(),
+        }
+    }
+}
+
+/// The controller part of `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerStatus {
+    pub standing: Standing,
+    pub quorum: bool,
+    pub witness_connected: bool,
+    pub last_refusal: Option<String>,
+}
+
+impl Core {
+    /// The controller's standing, if a controller runs.
+    pub fn controller(&self) -> Option<ControllerStatus> {
+        let c = self.ctl.as_ref()?;
+        Some(ControllerStatus {
+            standing: self.standing(),
+            quorum: self.has_quorum(),
+            witness_connected: c.witness_up,
+            last_refusal: c.last_refusal.clone(),
+        })
+    }
+
+    fn standing(&self) -> Standing {
+        let Some(c) = &self.ctl else { return Standing::Watching };
+        if self.role == Role::Primary {
+            if c.demoting.is_some() {
+                Standing::Demoting
+            } else if self.has_quorum() {
+                Standing::Holding
+            } else if self.fenced() {
+                Standing::Fenced
+            } else {
+                Standing::Suspended
+            }
+        } else if c.claim.is_some() {
+            Standing::Claiming
+        } else {
+            Standing::Watching
+        }
+    }
+
+    /// Quorum now (true without a controller).
+    pub(crate) fn has_quorum(&self) -> bool {
+        let Some(c) = &self.ctl else { return true };
+        if self.cfg.plant == Plant::IgnoreQuorum {
+            return true;
+        }
+        c.demoting.is_none() && (c.peer_until > self.now || c.witness_until > self.now)
+    }
+
+    /// Writes the peer may lack may be acknowledged: the witness recorded
+    /// the peer as outdated, under a lease still running.
+    pub(crate) fn may_run_alone(&self) -> bool {
+        let Some(c) = &self.ctl else { return true };
+        if matches!(self.cfg.plant, Plant::IgnoreQuorum | Plant::NoPeerFence) {
+            return self.has_quorum();
+        }
+        c.demoting.is_none() && c.witness_until > self.now && c.witness_fenced_peer
+    }
+
+    /// Quorum has been missing for `dead_time`: the survivor may be Primary.
+    fn fenced(&self) -> bool {
+        let Some(c) = &self.ctl else { return false };
+        c.lost_since.is_some_and(|t| self.now >= t + c.cfg.dead_time.saturating_sub(c.cfg.lease()))
+    }
+
+    /// What happens to a write or flush reply that is ready: `None` send it,
+    /// `Some(Ok)` hold it, `Some(Err)` fail it.
+    /// `write`: the reply is a write's (a former Primary's writes that
+    /// finish after it demoted fail: the new Primary may have overwritten
+    /// them).
+    pub(crate) fn reply_gate(
+        &self,
+        needs_alone: bool,
+        write: bool,
+    ) -> Option<Result<(), ReplyError>> {
+        let c = self.ctl.as_ref()?;
+        if self.role != Role::Primary {
+            return write.then_some(Err(ReplyError::Io(IoError::EIO)));
+        }
+        let open = if needs_alone { self.may_run_alone() } else { self.has_quorum() };
+        if open {
+            return None;
+        }
+        if c.demoting.is_some() || (self.fenced() && c.cfg.on_no_quorum == NoQuorum::IoError) {
+            return Some(Err(ReplyError::Io(IoError::EIO)));
+        }
+        Some(Ok(()))
+    }
+
+    /// The peer is current: everything acknowledged is on it.
+    fn peer_current(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.phase == Phase::Running
+                && s.repl() == super::Replication::Established
+                && s.peer.disk == DiskState::UpToDate
+                && s.peer.role == Role::Secondary
+        }) && self.dirty.bytes() == 0
+    }
+
+    fn may_claim(&self) -> bool {
+        match self.disk {
+            DiskState::UpToDate => true,
+            DiskState::Consistent => self.cfg.protocol == Protocol::A,
+            _ => false,
+        }
+    }
+
+    // ----- events -----
+
+    /// The link to the witness came up or went down.
+    pub fn handle_witness_link(&mut self, now: Time, up: bool) {
+        self.now = self.now.max(now);
+        if let Some(c) = &mut self.ctl {
+            c.witness_up = up;
+            if !up {
+                c.sent.clear();
+                c.claim = None;
+            }
+            c.last_request = Time::ZERO;
+        }
+        self.ctl_tick();
+        self.pump();
+    }
+
+    /// The witness answered (`wall_ms`: the wall clock, recorded if this
+    /// node becomes Primary).
+    pub fn handle_vote(&mut self, now: Time, wall_ms: u64, reply: VoteReply) {
+        self.now = self.now.max(now);
+        let Some(c) = &mut self.ctl else { return };
+        let Some((sent, kind, peer_current)) = c.sent.remove(&reply.id) else { return };
+        // Older requests than this one will not be answered any more.
+        c.sent.retain(|id, _| *id > reply.id);
+        if !reply.granted {
+            c.last_refusal = Some(reply.reason.clone());
+        }
+        match kind {
+            VoteKind::Claim => {
+                c.claim = None;
+                if reply.granted {
+                    c.witness_until = sent + c.cfg.lease();
+                    c.witness_fenced_peer = !peer_current;
+                    c.lost_since = None;
+                    self.claimed(wall_ms, &reply);
+                } else {
+                    // Ask again a heartbeat later.
+                    c.quiet_until = self.now + c.cfg.heartbeat;
+                    tracing::info!(reason = %reply.reason, "the witness refused the claim");
+                }
+            }
+            VoteKind::Renew => {
+                if reply.granted {
+                    c.witness_until = c.witness_until.max(sent + c.cfg.lease());
+                    c.witness_fenced_peer = !peer_current;
+                } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
+                    && self.role == Role::Primary
+                {
+                    c.witness_until = Time::ZERO;
+                    tracing::warn!(holder = ?reply.holder, "another node holds the Primary right: demoting");
+                    self.start_demote(DemoteWhy::Deposed);
+                }
+            }
+            VoteKind::Release => {}
+        }
+        self.pump();
+    }
+
+    /// The granted claim: become Primary.
+    fn claimed(&mut self, wall_ms: u64, reply: &VoteReply) {
+        if self.role == Role::Primary {
+            return;
+        }
+        if !self.may_claim() {
+            return;
+        }
+        // The peer is declared dead (or is a Secondary that agreed): a
+        // session that still says it is Primary goes.
+        if let Some(s) = &self.session {
+            if s.peer.role == Role::Primary || s.phase != Phase::Running {
+                let sid = s.id;
+                self.close_session(sid, "the controller declared the peer dead".into());
+            }
+        }
+        let force = self.disk != DiskState::UpToDate;
+        match self.promote_inner(force, wall_ms) {
+            Ok(()) => {
+                tracing::info!(reason = %reply.reason, "the witness granted Primary: promoted");
+                self.actions.push_back(Action::Hook(Hook::Promoted));
+            }
+            Err(e) => {
+                tracing::warn!("granted Primary but the promotion was refused: {e}");
+                self.release();
+            }
+        }
+    }
+
+    /// The shell finished a hook.
+    pub fn hook_done(&mut self, now: Time, hook: Hook, result: Result<(), String>) {
+        self.now = self.now.max(now);
+        if let Err(e) = &result {
+            self.error(format!("{hook:?} hook failed: {e}"));
+        }
+        if hook == Hook::Demote {
+            let Some(c) = &mut self.ctl else { return };
+            if c.demoting.is_none() {
+                return;
+            }
+            let why = c.demoting.take();
+            c.quiet_until = self.now + c.cfg.dead_time;
+            if self.role == Role::Primary {
+                self.role = Role::Secondary;
+                tracing::info!(?why, "demoted to Secondary by the controller");
+                self.announce();
+            }
+            if why == Some(DemoteWhy::Deposed) && self.apart() {
+                // Our data moved on without the peer, and none of it was
+                // acknowledged since: the new Primary's data wins.
+                tracing::warn!("deposed with unacknowledged changes: they are discarded (full resync from the peer)");
+                self.discard = true;
+                self.split_brain = false;
+                self.want_link = true;
+            }
+            self.release();
+        }
+        self.pump();
+    }
+
+    /// The service's health check on this node (only a Primary's counts).
+    pub fn health(&mut self, now: Time, ok: bool) {
+        self.now = self.now.max(now);
+        let Some(c) = &mut self.ctl else { return };
+        c.health_ok = Some(ok);
+        if !ok && self.role == Role::Primary && c.demoting.is_none() {
+            // Hand over only to a peer that can take over.
+            let peer_ready = self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Running && s.peer.disk == DiskState::UpToDate);
+            if peer_ready {
+                tracing::warn!("health check failed: handing over to the peer");
+                self.start_demote(DemoteWhy::Health);
+            }
+        }
+        self.pump();
+    }
+
+    fn start_demote(&mut self, why: DemoteWhy) {
+        if let Some(c) = &mut self.ctl {
+            if c.demoting.is_some() {
+                return;
+            }
+            c.demoting = Some(why);
+        }
+        // Nothing more is acknowledged: what waits fails (it never was).
+        self.fail_held();
+        self.actions.push_back(Action::Hook(Hook::Demote));
+    }
+
+    /// The operator's `secondary`: `on_demote` first.
+    pub(crate) fn operator_demote(&mut self) {
+        self.start_demote(DemoteWhy::Operator);
+    }
+
+    /// Replies that are ready and waited for quorum go out once it is back.
+    pub(crate) fn release_held(&mut self) {
+        if self.ctl.is_none() || self.role != Role::Primary {
+            return;
+        }
+        if self.has_quorum()
+            || self.fenced()
+            || self.ctl.as_ref().is_some_and(|c| c.demoting.is_some())
+        {
+            let mut ready: Vec<_> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| {
+                    p.local.is_some()
+                        && !matches!(p.peer, super::PeerPart::Waiting(_) | super::PeerPart::Lost)
+                })
+                .map(|(r, _)| *r)
+                .collect();
+            ready.sort_unstable();
+            for req in ready {
+                self.try_reply(req);
+            }
+        }
+    }
+
+    /// Gives the right back to the witness.
+    fn release(&mut self) {
+        let Some(c) = &mut self.ctl else { return };
+        c.witness_until = Time::ZERO;
+        c.peer_until = Time::ZERO;
+        if c.witness_up {
+            let req = self.vote_request(VoteKind::Release);
+            self.actions.push_back(Action::Vote(req));
+        }
+    }
+
+    fn vote_request(&mut self, kind: VoteKind) -> VoteRequest {
+        let peer_current = self.peer_current() || self.cfg.plant == Plant::NoPeerFence;
+        let uptodate = self.may_claim();
+        let now = self.now;
+        let c = self.ctl.as_mut().expect("controller");
+        let id = c.next_id;
+        c.next_id += 1;
+        c.last_request = now;
+        c.sent.insert(id, (now, kind, peer_current));
+        VoteRequest {
+            id,
+            resource: self.cfg.resource.clone(),
+            node: self.cfg.me.clone(),
+            peer: self.cfg.peer.clone(),
+            kind,
+            uptodate,
+            peer_current,
+            lease_ms: c.cfg.lease().as_millis() as u64,
+        }
+    }
+
+    /// A heartbeat to the peer went out (the peer lease starts at its send).
+    pub(crate) fn ctl_ping_sent(&mut self, id: u64) {
+        let now = self.now;
+        if let Some(c) = &mut self.ctl {
+            c.ping_sent.insert(id, now);
+            while c.ping_sent.len() > 8 {
+                c.ping_sent.pop_first();
+            }
+        }
+    }
+
+    /// The peer answered heartbeat `id`.
+    pub(crate) fn ctl_pong(&mut self, id: u64) {
+        let peer_secondary = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary);
+        if let Some(c) = &mut self.ctl {
+            if let Some(sent) = c.ping_sent.remove(&id) {
+                if peer_secondary {
+                    c.peer_until = c.peer_until.max(sent + c.cfg.lease());
+                }
+            }
+        }
+    }
+
+    /// Something arrived from the peer.
+    pub(crate) fn ctl_heard(&mut self) {
+        let now = self.now;
+        if let Some(c) = &mut self.ctl {
+            c.peer_heard = c.peer_heard.max(now);
+        }
+    }
+
+    /// The peer says it is Primary: our peer lease is void.
+    pub(crate) fn ctl_peer_primary(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            c.peer_until = Time::ZERO;
+        }
+    }
+
+    /// Fails the replies that wait for quorum (they were never acknowledged).
+    fn fail_held(&mut self) {
+        let mut held: Vec<_> =
+            self.pending.iter().filter(|(_, p)| p.local.is_some()).map(|(r, _)| *r).collect();
+        held.sort_unstable();
+        for req in held {
+            self.try_reply(req);
+        }
+    }
+
+    /// The controller's timer work: requests to the witness, the claim,
+    /// quorum loss. Runs after every event (`pump`).
+    pub(crate) fn ctl_tick(&mut self) {
+        let now = self.now;
+        let Some(c) = &mut self.ctl else { return };
+        // Requests unanswered for a lease are lost (a silent witness).
+        let lease = c.cfg.lease();
+        c.sent.retain(|_, (sent, _, _)| now < *sent + lease);
+        if c.claim.is_some_and(|id| !c.sent.contains_key(&id)) {
+            c.claim = None;
+        }
+        let Some(c) = &self.ctl else { return };
+        if self.role == Role::Primary {
+            let quorum = self.has_quorum();
+            let current = self.peer_current();
+            let c = self.ctl.as_mut().expect("controller");
+            c.claim = None;
+            match (quorum, c.lost_since) {
+                (false, None) => {
+                    c.lost_since = Some(now);
+                    tracing::warn!(
+                        "quorum lost (no answer from the peer or the witness): replies wait"
+                    );
+                }
+                (true, Some(_)) => {
+                    c.lost_since = None;
+                    tracing::info!("quorum regained");
+                }
+                _ => {}
+            }
+            let due = c.last_request == Time::ZERO || c.last_request + c.cfg.heartbeat <= now;
+            // The witness must learn at once that the peer fell behind
+            // (writes wait for it), or that it caught up.
+            let news = c.witness_fenced_peer == current
+                && !c.sent.values().any(|(_, k, pc)| *k == VoteKind::Renew && *pc == current);
+            if c.witness_up && c.demoting.is_none() && (due || news) && c.sent.len() < 8 {
+                let req = self.vote_request(VoteKind::Renew);
+                self.actions.push_back(Action::Vote(req));
+            }
+            return;
+        }
+        let blocked = c.claim.is_some()
+            || !c.witness_up
+            || now < c.quiet_until
+            || !self.may_claim()
+            || self.split_brain
+            || !self.want_link;
+        let peer_gone = now >= c.peer_heard + c.cfg.dead_time;
+        // A connected Secondary peer, no Primary around: the first start,
+        // or a handover. The witness picks one claimant.
+        let nobody_primary = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary);
+        if let Some(c) = self.ctl.as_mut() {
+            c.lost_since = None;
+        }
+        if !blocked && (peer_gone || nobody_primary) {
+            let req = self.vote_request(VoteKind::Claim);
+            if let Some(c) = &mut self.ctl {
+                c.claim = Some(req.id);
+            }
+            tracing::info!(peer_gone, "asking the witness to become Primary");
+            self.actions.push_back(Action::Vote(req));
+        }
+    }
+
+    /// The controller's next deadline (strictly after now).
+    pub(crate) fn ctl_deadline(&self) -> Option<Time> {
+        let c = self.ctl.as_ref()?;
+        let now = self.now;
+        let mut t: Option<Time> = None;
+        let mut at = |x: Time| {
+            if x > now {
+                t = Some(t.map_or(x, |y: Time| y.min(x)));
+            }
+        };
+        for (sent, _, _) in c.sent.values() {
+            at(*sent + c.cfg.lease());
+        }
+        if self.role == Role::Primary {
+            if c.witness_up && c.demoting.is_none() {
+                at((c.last_request + c.cfg.heartbeat).max(now + Time::from_millis(1)));
+            }
+            at(c.peer_until);
+            at(c.witness_until);
+            if let Some(l) = c.lost_since {
+                at(l + c.cfg.dead_time.saturating_sub(c.cfg.lease()));
+            }
+        } else if c.witness_up && c.claim.is_none() && self.may_claim() {
+            at(c.peer_heard + c.cfg.dead_time);
+            at(c.quiet_until);
+        }
+        t
+    }
+}
