@@ -2,6 +2,7 @@
 
 mod certs;
 mod control;
+mod controller;
 mod netem;
 mod serve;
 mod signals;
@@ -79,8 +80,12 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Run one node in the foreground (starts Secondary).
+    /// Run one node in the foreground (starts Secondary; with a
+    /// `[controller]` table, the failover controller decides the roles).
     Up(NodeArgs),
+    /// Run the quorum witness of a resource (a node with `witness = true`):
+    /// it votes which node may be Primary and keeps no data.
+    Witness(NodeArgs),
     /// Make the node Primary.
     Primary {
         #[command(flatten)]
@@ -206,6 +211,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::GenCerts { out, names } => certs::run(&out, &names)?,
         Command::Up(n) => runtime()?.block_on(up::run(&n.config, &n.node))?,
+        Command::Witness(n) => runtime()?.block_on(up::witness(&n.config, &n.node))?,
         Command::Primary { node, force } => simple(&node, "primary", force)?,
         Command::Secondary(n) => simple(&n, "secondary", false)?,
         Command::Connect(n) => simple(&n, "connect", false)?,

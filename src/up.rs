@@ -30,6 +30,14 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen for NBD on {}", node.me.nbd))?;
         let endpoint = link::start(node.clone(), stop_rx.clone())?;
+        if let Some(c) = node.res.controller.clone() {
+            crate::controller::start(node.clone(), c, stop_rx.clone());
+            println!(
+                "twinblock up: failover controller on (dead_time {:?}, witness {})",
+                node.res.controller.as_ref().map(|c| c.rules.dead_time).unwrap_or_default(),
+                node.res.witness.as_ref().map_or("-".into(), |w| w.connect.to_string()),
+            );
+        }
         tokio::spawn(control.run(node.clone(), stop_tx.clone()).in_current_span());
         println!(
             "twinblock up: {} node {} (Secondary): NBD on nbd://{}/{}, replication on {} (peer {} at {}), control {}",
@@ -66,4 +74,31 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
     .instrument(span)
     .await?;
     Ok(())
+}
+
+/// `twinblock witness`: serves the resource's quorum witness until a signal.
+pub async fn witness(config: &Path, me: &str) -> Result<()> {
+    let res = ResourceConfig::load(config)?;
+    let span = tracing::info_span!("witness", resource = %res.name, node = %me);
+    async move {
+        let shutdown = Shutdown::install()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let addr = res.witness.as_ref().map(|w| w.address);
+        let name = me.to_owned();
+        let task = tokio::spawn(
+            async move { twinblock_replicator::witness::serve(res, &name, stop_rx).await }
+                .in_current_span(),
+        );
+        println!(
+            "twinblock witness: {me} listening on {}",
+            addr.map_or("-".into(), |a| a.to_string())
+        );
+        tokio::select! {
+            _ = shutdown.wait() => { let _ = stop_tx.send(true); }
+            r = task => { r.context("witness task")??; return Ok(()); }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .instrument(span)
+    .await
 }

@@ -74,6 +74,71 @@ struct RawConfig {
     max_connections: Option<usize>,
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
+    controller: Option<RawController>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawController {
+    dead_time: Option<String>,
+    heartbeat: Option<String>,
+    health: Option<String>,
+    health_interval: Option<String>,
+    #[serde(default)]
+    on_promote: Vec<String>,
+    #[serde(default)]
+    on_demote: Vec<String>,
+    #[serde(alias = "on-no-quorum")]
+    on_no_quorum: Option<String>,
+    hook_timeout: Option<String>,
+    address: Option<AddressSettings>,
+}
+
+/// `[controller.address]`: how the service address moves (passed to the
+/// mover as is; the mover checks the keys its kind needs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressSettings {
+    pub kind: String,
+    pub allocation_id: Option<String>,
+    #[serde(default)]
+    pub route_table_ids: Vec<String>,
+    pub cidr: Option<String>,
+    pub private_ip: Option<String>,
+    pub command: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    /// IMDSv2 endpoint (default http://169.254.169.254).
+    pub imds_endpoint: Option<String>,
+    /// How long one move may take, retries included (default 60s).
+    pub deadline: Option<String>,
+}
+
+/// The `[controller]` table: `up` runs the failover controller.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    pub rules: crate::core::ControllerConfig,
+    pub health: Option<String>,
+    pub health_interval: Duration,
+    pub on_promote: Vec<String>,
+    pub on_demote: Vec<String>,
+    pub hook_timeout: Duration,
+    pub address: Option<AddressSettings>,
+}
+
+/// The witness (`witness = true`): votes, keeps no data.
+#[derive(Debug, Clone)]
+pub struct WitnessConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Where the nodes send to reach it (default: `address`).
+    pub connect: SocketAddr,
+    pub control: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where it saves who holds the Primary right and who is outdated
+    /// (`meta`; default: none, kept in memory).
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -87,12 +152,16 @@ struct RawTls {
 struct RawNode {
     address: String,
     connect: Option<String>,
-    nbd: String,
-    disk: PathBuf,
-    meta: PathBuf,
+    nbd: Option<String>,
+    disk: Option<PathBuf>,
+    meta: Option<PathBuf>,
     control: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    #[serde(default)]
+    witness: bool,
+    cloud_instance_id: Option<String>,
+    cloud_eni: Option<String>,
 }
 
 /// One node of the resource.
@@ -111,6 +180,10 @@ pub struct NodeConfig {
     pub control: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The cloud instance and network interface (address movers); from
+    /// IMDSv2 when absent.
+    pub cloud_instance_id: Option<String>,
+    pub cloud_eni: Option<String>,
 }
 
 /// A validated resource file.
@@ -139,7 +212,10 @@ pub struct ResourceConfig {
     /// NBD clients served at once by `up` (more are refused).
     pub max_connections: usize,
     pub ca: PathBuf,
+    /// The two data nodes.
     pub nodes: BTreeMap<String, NodeConfig>,
+    pub witness: Option<WitnessConfig>,
+    pub controller: Option<ControllerSettings>,
 }
 
 impl ResourceConfig {
@@ -216,13 +292,18 @@ impl ResourceConfig {
                 "below 1M per second a large resync takes days".into(),
             ));
         }
-        if raw.nodes.len() != 2 {
+        let data_nodes = raw.nodes.values().filter(|n| !n.witness).count();
+        if data_nodes != 2 {
             return Err(key_err(
                 "nodes",
-                format!("need exactly 2 nodes, found {}", raw.nodes.len()),
+                format!("need exactly 2 nodes with a disk (and at most one witness), found {data_nodes}"),
             ));
         }
+        if raw.nodes.values().filter(|n| n.witness).count() > 1 {
+            return Err(key_err("nodes", "at most one node can be the witness".into()));
+        }
         let mut nodes = BTreeMap::new();
+        let mut witness = None;
         for (name, n) in raw.nodes {
             let k = |field: &str| format!("nodes.{name}.{field}");
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -240,19 +321,120 @@ impl ResourceConfig {
                 Some(c) => addr("connect", c)?,
                 None => address,
             };
+            if n.witness {
+                for (field, given) in [("nbd", n.nbd.is_some()), ("disk", n.disk.is_some())] {
+                    if given {
+                        return Err(key_err(
+                            &k(field),
+                            "a witness keeps no data: remove it".into(),
+                        ));
+                    }
+                }
+                witness = Some(WitnessConfig {
+                    name: name.clone(),
+                    address,
+                    connect,
+                    control: resolve(&n.control),
+                    cert: resolve(&n.cert),
+                    key: resolve(&n.key),
+                    state: n.meta.as_deref().map(resolve),
+                });
+                continue;
+            }
+            let need = |field: &str| key_err(&k(field), "required for a node with a disk".into());
             let node = NodeConfig {
                 name: name.clone(),
                 address,
                 connect,
-                nbd: addr("nbd", &n.nbd)?,
-                disk: resolve(&n.disk),
-                meta: resolve(&n.meta),
+                nbd: addr("nbd", n.nbd.as_deref().ok_or_else(|| need("nbd"))?)?,
+                disk: resolve(n.disk.as_deref().ok_or_else(|| need("disk"))?),
+                meta: resolve(n.meta.as_deref().ok_or_else(|| need("meta"))?),
                 control: resolve(&n.control),
                 cert: resolve(&n.cert),
                 key: resolve(&n.key),
+                cloud_instance_id: n.cloud_instance_id,
+                cloud_eni: n.cloud_eni,
             };
             nodes.insert(name, node);
         }
+        let controller = match raw.controller {
+            None => None,
+            Some(c) => {
+                let dead_time = dur("controller.dead_time", &c.dead_time, Duration::from_secs(10))?;
+                let heartbeat = dur("controller.heartbeat", &c.heartbeat, Duration::from_secs(1))?;
+                if heartbeat.is_zero() || dead_time < heartbeat * 4 {
+                    return Err(key_err(
+                        "controller.dead_time",
+                        format!("{dead_time:?} must be at least 4 heartbeats ({heartbeat:?} each)"),
+                    ));
+                }
+                let rules = crate::core::ControllerConfig {
+                    dead_time,
+                    heartbeat,
+                    on_no_quorum: match c.on_no_quorum.as_deref() {
+                        None | Some("io-error") => crate::core::NoQuorum::IoError,
+                        Some("freeze") => crate::core::NoQuorum::Freeze,
+                        Some(other) => {
+                            return Err(key_err(
+                                "controller.on_no_quorum",
+                                format!("{other:?} is not io-error or freeze"),
+                            ))
+                        }
+                    },
+                };
+                if ping_interval * 2 > rules.lease() {
+                    return Err(key_err(
+                        "ping-interval",
+                        format!(
+                            "{ping_interval:?} is too long for controller.dead_time {dead_time:?}: \
+                             a Primary keeps quorum for dead_time/2 per answered heartbeat, so \
+                             ping-interval must be at most dead_time/4"
+                        ),
+                    ));
+                }
+                if witness.is_none() {
+                    return Err(key_err(
+                        "controller",
+                        "the controller needs a witness (a third node with witness = true): \
+                         without one no node can prove the other stopped"
+                            .into(),
+                    ));
+                }
+                if let Some(a) = &c.address {
+                    if !["aws-eip", "aws-route", "aws-secondary-ip", "command"]
+                        .contains(&a.kind.as_str())
+                    {
+                        return Err(key_err(
+                            "controller.address.kind",
+                            format!(
+                                "{:?} is not aws-eip, aws-route, aws-secondary-ip or command",
+                                a.kind
+                            ),
+                        ));
+                    }
+                    if let Some(d) = &a.deadline {
+                        parse_duration(d).map_err(|e| key_err("controller.address.deadline", e))?;
+                    }
+                }
+                Some(ControllerSettings {
+                    rules,
+                    health: c.health.filter(|h| !h.trim().is_empty()),
+                    health_interval: dur(
+                        "controller.health_interval",
+                        &c.health_interval,
+                        heartbeat * 2,
+                    )?,
+                    on_promote: c.on_promote,
+                    on_demote: c.on_demote,
+                    hook_timeout: dur(
+                        "controller.hook_timeout",
+                        &c.hook_timeout,
+                        Duration::from_secs(120),
+                    )?,
+                    address: c.address,
+                })
+            }
+        };
         Ok(ResourceConfig {
             path: path.to_owned(),
             name: raw.name,
@@ -269,11 +451,20 @@ impl ResourceConfig {
             max_connections,
             ca: resolve(&raw.tls.ca),
             nodes,
+            witness,
+            controller,
         })
     }
 
     /// This node and its peer, or an error naming the unknown node.
     pub fn pair(&self, me: &str) -> Result<(&NodeConfig, &NodeConfig), ConfigError> {
+        if self.witness.as_ref().is_some_and(|w| w.name == me) {
+            return Err(ConfigError::Key {
+                path: self.path.clone(),
+                key: format!("nodes.{me}"),
+                reason: "this node is the witness: run `twinblock witness`".into(),
+            });
+        }
         let mine = self.nodes.get(me).ok_or_else(|| ConfigError::Key {
             path: self.path.clone(),
             key: format!("nodes.{me}"),

@@ -23,6 +23,7 @@ pub mod status;
 pub mod store;
 pub mod tls;
 pub mod units;
+pub mod witness;
 
 pub use local::LocalDevice;
 pub use node::Node;

@@ -442,6 +442,33 @@ impl Node {
         self.changed.notify_waiters();
     }
 
+    // ----- the failover controller -----
+
+    /// Starts routing the core's votes and hooks to the caller.
+    pub fn attach_controller(&self) -> mpsc::UnboundedReceiver<ControllerOut> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().controller = Some(tx);
+        rx
+    }
+
+    pub fn witness_link(&self, up: bool) {
+        self.with_core(|c, now| c.handle_witness_link(now, up));
+    }
+
+    pub fn vote(&self, reply: crate::core::VoteReply) {
+        self.with_core(|c, now| c.handle_vote(now, wall_ms(), reply));
+        self.changed.notify_waiters();
+    }
+
+    pub fn hook_done(&self, hook: crate::core::Hook, result: Result<(), String>) {
+        self.with_core(|c, now| c.hook_done(now, hook, result));
+        self.changed.notify_waiters();
+    }
+
+    pub fn health(&self, ok: bool) {
+        self.with_core(|c, now| c.health(now, ok));
+    }
+
     pub fn set_rtt(&self, rtt: Duration) {
         self.lock().core.set_rtt(rtt);
     }
@@ -512,6 +539,12 @@ impl Node {
             io_backend: self.store.backend().to_string(),
             last_error: st.last_error,
             generation: format!("{:016x}", st.gen.current),
+            controller: self.lock().core.controller().map(|c| crate::status::ControllerView {
+                state: format!("{:?}", c.standing),
+                quorum: c.quorum,
+                witness_connected: c.witness_connected,
+                last_refusal: c.last_refusal,
+            }),
         }
     }
 

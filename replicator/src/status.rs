@@ -49,4 +49,15 @@ pub struct Status {
     pub last_error: Option<String>,
     /// This node's current data generation (hex).
     pub generation: String,
+    /// The failover controller, when one runs.
+    pub controller: Option<ControllerView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerView {
+    /// Watching, Claiming, Holding, Suspended, Fenced, Demoting.
+    pub state: String,
+    pub quorum: bool,
+    pub witness_connected: bool,
+    pub last_refusal: Option<String>,
 }

@@ -73,12 +73,28 @@ pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::Transpor
     Arc::new(t)
 }
 
+/// The application protocol between a node and the witness.
+pub fn witness_alpn(resource: &str) -> Vec<u8> {
+    format!("twinblock-witness/1/{resource}").into_bytes()
+}
+
 /// Server and client configs of one node.
 pub fn endpoint_configs(
     ca: &Path,
     cert: &Path,
     key_path: &Path,
     resource: &str,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    endpoint_configs_for(ca, cert, key_path, alpn(resource), transport)
+}
+
+/// The same, for another application protocol (the witness's).
+pub fn endpoint_configs_for(
+    ca: &Path,
+    cert: &Path,
+    key_path: &Path,
+    alpn_id: Vec<u8>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let mut roots = RootCertStore::empty();
@@ -98,13 +114,13 @@ pub fn endpoint_configs(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
-    sc.alpn_protocols = vec![alpn(resource)];
+    sc.alpn_protocols = vec![alpn_id.clone()];
     sc.max_early_data_size = 0;
     let mut cc = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
-    cc.alpn_protocols = vec![alpn(resource)];
+    cc.alpn_protocols = vec![alpn_id];
     cc.enable_early_data = false; // never send writes as 0-RTT data
     let qsc = QuicServerConfig::try_from(sc).map_err(|e| TlsError::Verifier(e.to_string()))?;
     let qcc = QuicClientConfig::try_from(cc).map_err(|e| TlsError::Verifier(e.to_string()))?;

@@ -150,6 +150,16 @@ impl Core {
             // Two disks as twinblock created them, never written: identical.
             decision = Decision::InSync;
         }
+        // A Secondary that gives up its changes (`discard-my-data`, or a
+        // Primary the controller deposed) takes the peer's data whatever
+        // the generations say.
+        if decision != Decision::InSync {
+            if self.discard && my_role == Role::Secondary && h.role == Role::Primary {
+                decision = Decision::SyncTarget { full: true };
+            } else if h.discard && h.role == Role::Secondary && my_role == Role::Primary {
+                decision = Decision::SyncSource { full: true };
+            }
+        }
         if decision == Decision::SplitBrain && !self.discard && !h.discard {
             let mine = SplitSide {
                 changes: self.dirty.bytes(),

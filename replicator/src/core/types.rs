@@ -188,7 +188,7 @@ impl CoreConfig {
             chunk_blocks: 256,
             window: 16,
             checkpoint_chunks: 64,
-            controller: None,
+            controller: res.controller.as_ref().map(|c| c.rules.clone()),
             plant: Plant::None,
         }
     }

@@ -1,0 +1,274 @@
+//! The witness over the network: `twinblock witness` serves the
+//! [`Arbiter`] on a QUIC endpoint with the same mutual TLS as the peer link
+//! (its own ALPN), and each data node running a controller keeps one
+//! connection to it ([`client`]). A request's `node` must be the node the
+//! client certificate names: a node cannot vote for the other.
+//!
+//! Framing: one bidirectional stream per connection; each message is a
+//! 4-byte big-endian length and a JSON object (`VoteRequest` up,
+//! `VoteReply` down). Messages are small; anything over 64 KiB is a fault.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn, Instrument};
+
+use crate::arbiter::{Arbiter, Durable};
+use crate::config::{ResourceConfig, WitnessConfig};
+use crate::core::{VoteReply, VoteRequest};
+use crate::node::Node;
+use crate::tls;
+
+const MAX_MESSAGE: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot bind the witness endpoint {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("witness state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("the resource file has no witness (a node with witness = true)")]
+    NoWitness,
+    #[error("node {0} is not the witness of this resource")]
+    NotWitness(String),
+}
+
+async fn read_msg<T: serde::de::DeserializeOwned>(
+    rx: &mut quinn::RecvStream,
+) -> Result<Option<T>, String> {
+    let mut len = [0u8; 4];
+    match rx.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(format!("a {len}-byte message (at most {MAX_MESSAGE})"));
+    }
+    let mut buf = vec![0u8; len];
+    rx.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&buf).map(Some).map_err(|e| format!("malformed message: {e}"))
+}
+
+async fn write_msg<T: serde::Serialize>(tx: &mut quinn::SendStream, m: &T) -> Result<(), String> {
+    let body = serde_json::to_vec(m).map_err(|e| e.to_string())?;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    tx.write_all(&frame).await.map_err(|e| e.to_string())
+}
+
+fn load_state(path: &Option<PathBuf>) -> Result<Durable, WitnessError> {
+    let Some(path) = path else { return Ok(Durable::default()) };
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| WitnessError::State { path: path.clone(), reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Durable::default()),
+        Err(e) => Err(WitnessError::State { path: path.clone(), reason: e.to_string() }),
+    }
+}
+
+/// Saves the witness's state durably (write, fsync, rename, fsync dir).
+fn save_state(path: &std::path::Path, d: &Durable) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(d).map_err(std::io::Error::other)?;
+    crate::meta::atomic_write(path, &body)
+}
+
+struct Shared {
+    arb: Arbiter,
+    origin: Instant,
+    state: Option<PathBuf>,
+}
+
+/// Runs the witness `name` of `res` until `stop` turns true.
+pub async fn serve(
+    res: ResourceConfig,
+    name: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WitnessError> {
+    let w: WitnessConfig = res.witness.clone().ok_or(WitnessError::NoWitness)?;
+    if w.name != name {
+        return Err(WitnessError::NotWitness(name.into()));
+    }
+    let saved = load_state(&w.state)?;
+    let quiet = res.controller.as_ref().map_or(Duration::from_secs(10), |c| c.rules.dead_time);
+    let shared = Arc::new(Mutex::new(Shared {
+        arb: Arbiter::new(&res.name, Duration::ZERO, quiet, saved),
+        origin: Instant::now(),
+        state: w.state.clone(),
+    }));
+    if w.state.is_none() {
+        warn!("no `meta` for the witness: its state lives in memory only (a restart forgets who is outdated)");
+    }
+    let transport = tls::transport(Duration::from_secs(30), Duration::from_secs(1));
+    let (server, _) = tls::endpoint_configs_for(
+        &res.ca,
+        &w.cert,
+        &w.key,
+        tls::witness_alpn(&res.name),
+        transport,
+    )?;
+    let addr = w.address;
+    let endpoint = quinn::Endpoint::server(server, addr)
+        .map_err(|source| WitnessError::Bind { addr, source })?;
+    info!(%addr, "witness listening");
+    let nodes: Vec<String> = res.nodes.keys().cloned().collect();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let shared = shared.clone();
+        let nodes = nodes.clone();
+        tokio::spawn(
+            async move {
+                let conn = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return warn!("witness handshake failed: {e}"),
+                    Err(_) => return warn!("witness handshake timed out"),
+                };
+                let Some(who) = nodes.iter().find(|n| tls::check_peer(&conn, n).is_ok()).cloned()
+                else {
+                    warn!(remote = %conn.remote_address(), "refused: the certificate names no node of this resource");
+                    conn.close(1u32.into(), b"unknown node");
+                    return;
+                };
+                info!(node = %who, remote = %conn.remote_address(), "node connected");
+                if let Err(e) = session(conn, &who, shared).await {
+                    warn!(node = %who, "session ended: {e}");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    endpoint.close(0u32.into(), b"down");
+    Ok(())
+}
+
+async fn session(
+    conn: quinn::Connection,
+    who: &str,
+    shared: Arc<Mutex<Shared>>,
+) -> Result<(), String> {
+    let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    while let Some(req) = read_msg::<VoteRequest>(&mut rx).await? {
+        let reply = if req.node != who {
+            VoteReply {
+                id: req.id,
+                granted: false,
+                holder: None,
+                reason: format!("request for {} on {who}'s connection", req.node),
+            }
+        } else {
+            let (reply, save) = {
+                let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let before = sh.arb.durable();
+                let now = sh.origin.elapsed();
+                let reply = sh.arb.handle(now, &req);
+                let after = sh.arb.durable();
+                (reply, (before != after).then(|| (sh.state.clone(), after)))
+            };
+            match save {
+                Some((Some(path), d)) => {
+                    // Durable before the answer relies on it.
+                    match tokio::task::spawn_blocking(move || save_state(&path, &d)).await {
+                        Ok(Ok(())) => reply,
+                        _ => VoteReply {
+                            id: req.id,
+                            granted: false,
+                            holder: None,
+                            reason: "the witness cannot save its state".into(),
+                        },
+                    }
+                }
+                _ => reply,
+            }
+        };
+        write_msg(&mut tx, &reply).await?;
+    }
+    Ok(())
+}
+
+/// The node side: keeps a connection to the witness, sends what the core
+/// asks (`votes`), feeds the answers and the link's state to the core.
+pub async fn client(
+    node: Arc<Node>,
+    mut votes: mpsc::UnboundedReceiver<VoteRequest>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WitnessError> {
+    let Some(w) = node.res.witness.clone() else { return Err(WitnessError::NoWitness) };
+    let transport = tls::transport(Duration::from_secs(10), Duration::from_millis(500));
+    let (_, client) = tls::endpoint_configs_for(
+        &node.res.ca,
+        &node.me.cert,
+        &node.me.key,
+        tls::witness_alpn(&node.res.name),
+        transport,
+    )?;
+    let bind: std::net::SocketAddr =
+        if w.connect.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|source| WitnessError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let attempt = async {
+            let conn = endpoint
+                .connect(w.connect, &w.name)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            tls::check_peer(&conn, &w.name).map_err(|e| e.to_string())?;
+            let (tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, tx, rx))
+        };
+        let (conn, mut tx, mut rx) =
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::debug!("witness unreachable: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+                Err(_) => continue,
+            };
+        info!(witness = %w.name, "connected to the witness");
+        // Requests queued while there was no link are stale.
+        while votes.try_recv().is_ok() {}
+        node.witness_link(true);
+        let reader = {
+            let node = node.clone();
+            async move {
+                while let Some(reply) = read_msg::<VoteReply>(&mut rx).await? {
+                    node.vote(reply);
+                }
+                Ok::<(), String>(())
+            }
+        };
+        let writer = async {
+            while let Some(v) = votes.recv().await {
+                write_msg(&mut tx, &v).await?;
+            }
+            Ok::<(), String>(())
+        };
+        let why = tokio::select! {
+            r = reader => r.err().unwrap_or_else(|| "the witness closed the stream".into()),
+            r = writer => r.err().unwrap_or_else(|| "stopped".into()),
+            _ = stop.wait_for(|s| *s) => "stopped".into(),
+        };
+        conn.close(0u32.into(), b"bye");
+        node.witness_link(false);
+        warn!(witness = %w.name, "link to the witness lost: {why}");
+    }
+    endpoint.close(0u32.into(), b"down");
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The failover controller's shell inside `twinblock up` (when the resource
+//! file has a `[controller]` table). The decisions are the node core's
+//! (`replicator/src/core/quorum.rs`); this part carries them out:
+//!
+//! - [`witness`](twinblock_replicator::witness::client): the link to the
+//!   witness (votes out, answers in);
+//! - [`hooks`]: `on_promote` / `on_demote` and the address move, in order;
+//! - the health check: the `health` command on the Primary; three failures
+//!   in a row hand over to the peer.
+
+mod address;
+mod hooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn, Instrument};
+use twinblock_replicator::config::ControllerSettings;
+use twinblock_replicator::core::Hook;
+use twinblock_replicator::node::ControllerOut;
+use twinblock_replicator::protocol::wire::Role;
+use twinblock_replicator::Node;
+
+/// The environment every hook and command gets.
+pub fn hook_env(node: &Node) -> Vec<(String, String)> {
+    vec![
+        ("TWINBLOCK_RESOURCE".into(), node.res.name.clone()),
+        ("TWINBLOCK_NODE".into(), node.me.name.clone()),
+        ("TWINBLOCK_NBD".into(), node.me.nbd.to_string()),
+    ]
+}
+
+/// Starts the controller's tasks for `node`.
+pub fn start(node: Arc<Node>, settings: ControllerSettings, stop: watch::Receiver<bool>) {
+    let mut rx = node.attach_controller();
+    let (votes_tx, votes_rx) = mpsc::unbounded_channel();
+    let span = tracing::Span::current();
+    {
+        let node = node.clone();
+        let stop = stop.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = twinblock_replicator::witness::client(node, votes_rx, stop).await {
+                    warn!("witness link: {e}");
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
+    // Hooks run one at a time, in the order the core asked for them.
+    let (hooks_tx, mut hooks_rx) = mpsc::unbounded_channel::<Hook>();
+    {
+        let node = node.clone();
+        let settings = settings.clone();
+        tokio::spawn(
+            async move {
+                while let Some(h) = hooks_rx.recv().await {
+                    let r = hooks::run(&node, &settings, h).await;
+                    match &r {
+                        Ok(()) => info!(hook = ?h, "hooks done"),
+                        Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
+                    }
+                    node.hook_done(h, r);
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
+    tokio::spawn(
+        async move {
+            while let Some(out) = rx.recv().await {
+                match out {
+                    ControllerOut::Vote(v) => {
+                        let _ = votes_tx.send(v);
+                    }
+                    ControllerOut::Hook(h) => {
+                        let _ = hooks_tx.send(h);
+                    }
+                }
+            }
+        }
+        .instrument(span.clone()),
+    );
+    if let Some(cmd) = settings.health.clone() {
+        let interval = settings.health_interval;
+        tokio::spawn(health_loop(node, cmd, interval, stop).instrument(span));
+    }
+}
+
+async fn health_loop(
+    node: Arc<Node>,
+    cmd: String,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if node.role() != Role::Primary {
+            failures = 0;
+            continue;
+        }
+        let env = hook_env(&node);
+        match hooks::shell(&cmd, &env, interval.max(Duration::from_secs(1))).await {
+            Ok(()) => {
+                if failures > 0 {
+                    info!("health check passes again");
+                }
+                failures = 0;
+                node.health(true);
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(failures, "health check failed: {e}");
+                if failures >= 3 {
+                    node.health(false);
+                    failures = 0;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The failover controller end to end, with real processes: two nodes and
+//! a witness (`twinblock witness`) on loopback, real QUIC with mutual TLS,
+//! `twinblock netem` relays to cut links, real hooks and the `command`
+//! address mover.
+//!
+//! - the survivor takes over when the Primary dies, runs the mover and
+//!   `on_promote` with the hook environment, and holds every acknowledged
+//!   write; the old Primary comes back as Secondary (no failback);
+//! - an isolated Primary (cut from the peer and the witness) stops
+//!   acknowledging writes before the survivor promotes, and never
+//!   acknowledges one after; when it can reach the witness again it runs
+//!   `on_demote` and rejoins as Secondary;
+//! - a link blip shorter than `dead_time` changes nothing.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pair::Pair;
+use common::*;
+
+const DEAD_TIME: &str = "3s";
+
+fn netem(relay: &str, forward: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["netem", "--listen", relay, "--forward", forward, "--delay", "0ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn free_udp() -> String {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+struct Cluster {
+    p: Pair,
+    witness: Option<KillOnDrop>,
+    w_addr: String,
+    /// The file node b runs with (a's may route through relays).
+    config_b: PathBuf,
+    hooks_log: PathBuf,
+    owner: PathBuf,
+}
+
+/// A pair plus witness with a controller; `a_routes`: (relay to b, relay
+/// to the witness) that node a uses.
+fn cluster(a_routes: Option<(&str, &str)>) -> Cluster {
+    let mut p = Pair::prepare("C", "32M");
+    let dir = p.dir.path().to_owned();
+    run_ok(
+        Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).args(["a", "b", "w"]),
+    );
+    let w_addr = free_udp();
+    let hooks_log = dir.join("hooks.log");
+    let owner = dir.join("owner");
+    let base = std::fs::read_to_string(&p.config).unwrap();
+    let tail = |w_connect: &str| {
+        format!(
+            "\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\nconnect = \"{w_connect}\"\nmeta = \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
+             [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n\
+             on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"]\n\
+             on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"]\n\n\
+             [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n",
+            log = hooks_log.display(),
+            owner = owner.display(),
+        )
+    };
+    let config_b = dir.join("b.toml");
+    std::fs::write(&config_b, format!("{base}{}", tail(&w_addr))).unwrap();
+    let text_a = match a_routes {
+        None => format!("{base}{}", tail(&w_addr)),
+        Some((to_b, to_w)) => {
+            let b_addr = p.b_address();
+            let base = base.replace(
+                &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
+                &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{to_b}\"\n"),
+            );
+            format!("{base}{}", tail(to_w))
+        }
+    };
+    std::fs::write(&p.config, text_a).unwrap();
+    let mut c = Cluster { p, witness: None, w_addr, config_b, hooks_log, owner };
+    c.start_witness();
+    c.p.up(0);
+    c.up_b();
+    c
+}
+
+impl Cluster {
+    fn start_witness(&mut self) {
+        let log = std::fs::File::create(self.p.dir.path().join("w.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["witness", "--config"])
+            .arg(&self.config_b)
+            .args(["--node", "w"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.witness = Some(KillOnDrop(child));
+    }
+
+    fn up_b(&mut self) {
+        let a = std::mem::replace(&mut self.p.config, self.config_b.clone());
+        self.p.up(1);
+        self.p.config = a;
+    }
+
+    fn hooks(&self) -> String {
+        std::fs::read_to_string(&self.hooks_log).unwrap_or_default()
+    }
+
+    fn owner(&self) -> String {
+        std::fs::read_to_string(&self.owner).unwrap_or_default().trim().to_string()
+    }
+
+    /// `a` forced Primary (first setup), b synced.
+    fn first_primary(&self) {
+        self.p.ok(&["primary", "--force"], 0);
+        self.p.wait("a Primary with quorum and b in sync", Duration::from_secs(60), |a, b| {
+            a["role"] == "Primary"
+                && a["controller"]["quorum"] == true
+                && b["disk"] == "UpToDate"
+                && b["connection"] == "Connected"
+        });
+    }
+}
+
+fn qemu_write(uri: &str, off: u64, pattern: u8) -> Result<(), String> {
+    let out = run_timeout(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            uri,
+            "-c",
+            &format!("write -P {pattern} {off} 4k"),
+        ]),
+        Duration::from_secs(60),
+    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && text.contains("wrote") && !text.contains("failed") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+fn read_back(uri: &str, off: u64, pattern: u8) -> bool {
+    let out = run_timeout(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            uri,
+            "-c",
+            &format!("read -P {pattern} {off} 4k"),
+        ]),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("read") && !text.contains("Pattern verification failed")
+}
+
+fn need_tools() -> bool {
+    if !have("qemu-io") {
+        assert!(std::env::var("CI").is_err(), "qemu-io is required in CI");
+        eprintln!("skipping: qemu-io missing");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn survivor_takes_over_with_hooks_and_data() {
+    if !need_tools() {
+        return;
+    }
+    let mut c = cluster(None);
+    c.first_primary();
+    assert_eq!(c.owner(), "a", "the address mover ran for a");
+    let hooks = c.hooks();
+    let a_nbd = c.p.nodes[0].nbd.to_string();
+    assert!(
+        hooks.contains(&format!("promote a {a_nbd} r0")),
+        "on_promote with the hook environment: {hooks:?}"
+    );
+    for i in 0..8u64 {
+        qemu_write(&c.p.uri(0), i * 4096, 0x40 + i as u8).expect("write on the Primary");
+    }
+    let killed = Instant::now();
+    c.p.kill(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = c.p.status(1);
+        if b["role"] == "Primary" && b["controller"]["state"] == "Holding" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was not promoted: {b}\n{}", c.p.log(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = killed.elapsed();
+    eprintln!("failover took {took:?} (dead_time {DEAD_TIME})");
+    assert!(took >= Duration::from_secs(2), "promoted before the dead time: {took:?}");
+    assert_eq!(c.owner(), "b", "the address moved to b");
+    let b_nbd = c.p.nodes[1].nbd.to_string();
+    assert!(c.hooks().contains(&format!("promote b {b_nbd} r0")), "{}", c.hooks());
+    for i in 0..8u64 {
+        assert!(
+            read_back(&c.p.uri(1), i * 4096, 0x40 + i as u8),
+            "acknowledged write {i} missing on b"
+        );
+    }
+    qemu_write(&c.p.uri(1), 64 << 10, 0x77).expect("the new Primary takes writes");
+    // The old Primary comes back as Secondary: no automatic failback.
+    c.p.up(0);
+    c.p.wait("a back as Secondary, in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary"
+            && b["role"] == "Primary"
+            && a["disk"] == "UpToDate"
+            && a["connection"] == "Connected"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let a = c.p.status(0);
+    assert_eq!(a["role"], "Secondary", "no failback: {a}");
+}
+
+#[test]
+fn isolated_primary_stops_before_the_survivor_promotes() {
+    if !need_tools() {
+        return;
+    }
+    let (to_b, to_w) = (free_udp(), free_udp());
+    // Filled in by cluster(): b's and w's real addresses.
+    let mut c = {
+        // The relays must run before a dials through them.
+        let c = cluster_with_relays(&to_b, &to_w);
+        c
+    };
+    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
+    let mut relay_b = Some(netem(&to_b, &b_addr));
+    let mut relay_w = Some(netem(&to_w, &w_addr));
+    c.p.wait_connected();
+    c.first_primary();
+    // A blip shorter than dead_time on the pair's link changes nothing.
+    relay_b = None;
+    std::thread::sleep(Duration::from_millis(1500));
+    relay_b.get_or_insert_with(|| netem(&to_b, &b_addr));
+    qemu_write(&c.p.uri(0), 0, 0x11).expect("writes go on through a blip");
+    std::thread::sleep(Duration::from_secs(3));
+    let (a, b) = (c.p.status(0), c.p.status(1));
+    assert_eq!(
+        (a["role"].as_str(), b["role"].as_str()),
+        (Some("Primary"), Some("Secondary")),
+        "a blip changed roles"
+    );
+    // Isolate a from both.
+    relay_b = None;
+    relay_w = None;
+    let cut = Instant::now();
+    let mut last_ok = None;
+    let mut b_promoted = None;
+    let mut i = 0u64;
+    while cut.elapsed() < Duration::from_secs(25) {
+        let start = cut.elapsed();
+        let r = qemu_write(&c.p.uri(0), (i % 64) * 4096, 0x20);
+        let end = cut.elapsed();
+        if r.is_ok() {
+            last_ok = Some(end);
+        }
+        i += 1;
+        if b_promoted.is_none() && c.p.status(1)["role"] == "Primary" {
+            b_promoted = Some(cut.elapsed());
+        }
+        if let Some(t) = b_promoted {
+            assert!(
+                r.is_err() || end < t,
+                "a acknowledged a write at {end:?} (started {start:?}), b Primary at {t:?}"
+            );
+            if cut.elapsed() > t + Duration::from_secs(2) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = b_promoted.expect("b took over");
+    eprintln!("isolated: last write acknowledged by a at {last_ok:?}, b Primary at {t:?}");
+    assert!(last_ok.is_none_or(|l| l < t), "a acknowledged after b promoted");
+    let a = c.p.status(0);
+    assert_ne!(a["controller"]["quorum"], true, "a isolated yet holds quorum: {a}");
+    // a reaches the witness again: it is told b holds the right, runs
+    // on_demote, and rejoins as Secondary.
+    relay_w = Some(netem(&to_w, &w_addr));
+    relay_b = Some(netem(&to_b, &b_addr));
+    c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary"
+            && b["role"] == "Primary"
+            && a["disk"] == "UpToDate"
+            && a["connection"] == "Connected"
+    });
+    assert!(c.hooks().contains("demote a"), "on_demote ran on a: {}", c.hooks());
+    assert_eq!(c.owner(), "b");
+    drop((relay_b, relay_w));
+}
+
+fn cluster_with_relays(to_b: &str, to_w: &str) -> Cluster {
+    cluster(Some((to_b, to_w)))
+}
