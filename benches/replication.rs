@@ -31,6 +31,7 @@ fn primary_core() -> Core {
         chunk_blocks: 256,
         window: 16,
         checkpoint_chunks: 64,
+        controller: None,
         plant: Plant::None,
     };
     let mut core =
@@ -65,6 +66,7 @@ fn drain(core: &mut Core, mut replies: usize) -> usize {
                 core.handle_io(Duration::ZERO, io, Ok(None))
             }
             Action::Reply { .. } => replies += 1,
+            Action::Vote(_) | Action::Hook(_) => {}
             Action::Send { msg, .. } => {
                 black_box(msg);
             }

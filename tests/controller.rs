@@ -52,7 +52,7 @@ struct Cluster {
 /// A pair plus witness with a controller; `a_routes`: (relay to b, relay
 /// to the witness) that node a uses.
 fn cluster(a_routes: Option<(&str, &str)>) -> Cluster {
-    let mut p = Pair::prepare("C", "32M");
+    let p = Pair::prepare("C", "32M");
     let dir = p.dir.path().to_owned();
     run_ok(
         Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).args(["a", "b", "w"]),
@@ -238,20 +238,16 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     }
     let (to_b, to_w) = (free_udp(), free_udp());
     // Filled in by cluster(): b's and w's real addresses.
-    let mut c = {
-        // The relays must run before a dials through them.
-        let c = cluster_with_relays(&to_b, &to_w);
-        c
-    };
+    let c = cluster(Some((&to_b, &to_w)));
     let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
-    let mut relay_b = Some(netem(&to_b, &b_addr));
-    let mut relay_w = Some(netem(&to_w, &w_addr));
+    let relay_b = netem(&to_b, &b_addr);
+    let relay_w = netem(&to_w, &w_addr);
     c.p.wait_connected();
     c.first_primary();
     // A blip shorter than dead_time on the pair's link changes nothing.
-    relay_b = None;
+    drop(relay_b);
     std::thread::sleep(Duration::from_millis(1500));
-    relay_b.get_or_insert_with(|| netem(&to_b, &b_addr));
+    let relay_b = netem(&to_b, &b_addr);
     qemu_write(&c.p.uri(0), 0, 0x11).expect("writes go on through a blip");
     std::thread::sleep(Duration::from_secs(3));
     let (a, b) = (c.p.status(0), c.p.status(1));
@@ -261,8 +257,8 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
         "a blip changed roles"
     );
     // Isolate a from both.
-    relay_b = None;
-    relay_w = None;
+    drop(relay_b);
+    drop(relay_w);
     let cut = Instant::now();
     let mut last_ok = None;
     let mut b_promoted = None;
@@ -296,8 +292,8 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     assert_ne!(a["controller"]["quorum"], true, "a isolated yet holds quorum: {a}");
     // a reaches the witness again: it is told b holds the right, runs
     // on_demote, and rejoins as Secondary.
-    relay_w = Some(netem(&to_w, &w_addr));
-    relay_b = Some(netem(&to_b, &b_addr));
+    let relay_w = netem(&to_w, &w_addr);
+    let relay_b = netem(&to_b, &b_addr);
     c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
         a["role"] == "Secondary"
             && b["role"] == "Primary"
@@ -307,8 +303,4 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     assert!(c.hooks().contains("demote a"), "on_demote ran on a: {}", c.hooks());
     assert_eq!(c.owner(), "b");
     drop((relay_b, relay_w));
-}
-
-fn cluster_with_relays(to_b: &str, to_w: &str) -> Cluster {
-    cluster(Some((to_b, to_w)))
 }

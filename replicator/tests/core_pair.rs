@@ -35,6 +35,7 @@ fn cfg(me: &str, peer: &str) -> CoreConfig {
         chunk_blocks: 16,
         window: 4,
         checkpoint_chunks: 4,
+        controller: None,
         plant: Plant::None,
     }
 }
@@ -86,6 +87,7 @@ fn run(s: &mut [Side; 2], now: Duration) {
                     Action::Send { msg, .. } => wire[1 - i].push_back(msg),
                     Action::Close { .. } => {}
                     Action::Reply { req, result } => s[i].replies.push((req, result.is_ok())),
+                    Action::Vote(_) | Action::Hook(_) => {}
                 }
             }
         }

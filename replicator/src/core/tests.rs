@@ -32,6 +32,7 @@ fn cfg(protocol: Protocol) -> CoreConfig {
         chunk_blocks: 4,
         window: 4,
         checkpoint_chunks: 2,
+        controller: None,
         plant: Plant::None,
     }
 }
@@ -530,6 +531,7 @@ mod pair {
                     }
                 }
                 Action::Reply { req, result } => self.replies.push((i, req, result)),
+                Action::Vote(_) | Action::Hook(_) => {}
             }
         }
 
