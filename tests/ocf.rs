@@ -104,8 +104,8 @@ impl Agent {
         std::fs::read_to_string(&self.scores)
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix(&prefix))
             .unwrap_or("(none)")
             .to_string()
     }
