@@ -1,0 +1,385 @@
+//! The EC2 movers: Elastic IP, overlay route, secondary private IP.
+//!
+//! Each one reads the current owner first (nothing to do when it is us),
+//! makes the change, then polls a `Describe*` call until the address shows
+//! up here. Every API call goes through [`Ec2::call`], which retries
+//! throttling, 5xx, timeouts and connection errors with backoff until the
+//! overall deadline and fails at once on anything else.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::Client;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+use crate::backoff::Backoff;
+use crate::{AddressSpec, Identity, Kind, MoveError, MoveReport};
+
+/// One API call's own limit (connect + request + answer).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Error codes that mean "try again later".
+const RETRY_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "EC2ThrottledException",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+pub(crate) async fn move_address(
+    spec: &AddressSpec,
+    me: &Identity,
+    deadline: Duration,
+) -> Result<MoveReport, MoveError> {
+    let ec2 = Ec2::connect(spec, deadline).await?;
+    let (already_in_place, detail) = match spec.kind {
+        Kind::AwsEip => eip(&ec2, spec, me).await?,
+        Kind::AwsRoute => route(&ec2, spec, me).await?,
+        Kind::AwsSecondaryIp => secondary_ip(&ec2, spec, me).await?,
+        Kind::Command => unreachable!("the command mover is not an AWS mover"),
+    };
+    Ok(MoveReport {
+        kind: spec.kind,
+        already_in_place,
+        attempts: ec2.attempts.load(Ordering::Relaxed),
+        elapsed: ec2.started.elapsed(),
+        detail,
+    })
+}
+
+/// An EC2 client bound to one move's deadline.
+struct Ec2 {
+    client: Client,
+    started: Instant,
+    until: Instant,
+    deadline: Duration,
+    attempts: AtomicU32,
+}
+
+enum Class {
+    Retry(String),
+    Fatal { code: String, message: String },
+}
+
+impl Ec2 {
+    async fn connect(spec: &AddressSpec, deadline: Duration) -> Result<Ec2, MoveError> {
+        let started = Instant::now();
+        let region = spec.region.clone().unwrap_or_default();
+        let attempt = ATTEMPT_TIMEOUT.min(deadline).max(Duration::from_millis(100));
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(attempt))
+            .read_timeout(attempt)
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt)
+            .build();
+        // Retries are ours (bounded by the caller's deadline), not the SDK's.
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .http_client(http)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::disabled());
+        if let Some(e) = &spec.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let conf = tokio::time::timeout(deadline, loader.load())
+            .await
+            .map_err(|_| MoveError::Setup("loading the AWS configuration timed out".into()))?;
+        Ok(Ec2 {
+            client: Client::new(&conf),
+            started,
+            until: started + deadline,
+            deadline,
+            attempts: AtomicU32::new(0),
+        })
+    }
+
+    /// Runs one EC2 operation with retries on transient failures.
+    async fn call<T, E, Fut>(&self, op: &'static str, f: impl Fn() -> Fut) -> Result<T, MoveError>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut backoff =
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(5), self.until);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let left = self.until.saturating_duration_since(Instant::now());
+            let last = match tokio::time::timeout(left, f()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => match classify(&e) {
+                    Class::Retry(why) => why,
+                    Class::Fatal { code, message } => {
+                        tracing::error!(op, %code, %message, "EC2 call failed (not retryable)");
+                        return Err(MoveError::Aws { op, code, message });
+                    }
+                },
+                Err(_) => "no answer before the deadline".to_string(),
+            };
+            tracing::warn!(op, attempt = attempts, error = %last, "EC2 call failed; retrying");
+            if !backoff.wait().await {
+                return Err(MoveError::Deadline { op, attempts, deadline: self.deadline, last });
+            }
+        }
+    }
+
+    /// Polls `check` (None: in place; Some(why not)) until it passes or the
+    /// deadline comes.
+    async fn verify<Fut>(&self, op: &'static str, check: impl Fn() -> Fut) -> Result<(), MoveError>
+    where
+        Fut: Future<Output = Result<Option<String>, MoveError>>,
+    {
+        let mut backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(1), self.until);
+        loop {
+            match check().await? {
+                None => {
+                    tracing::info!(op, "verified: the address is ours");
+                    return Ok(());
+                }
+                Some(why) => {
+                    tracing::info!(op, state = %why, "not in place yet");
+                    if !backoff.wait().await {
+                        return Err(MoveError::NotMoved {
+                            op,
+                            deadline: self.deadline,
+                            detail: why,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn classify<E>(e: &SdkError<E, HttpResponse>) -> Class
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let full = || DisplayErrorContext(e).to_string();
+    match e {
+        SdkError::TimeoutError(_) => Class::Retry("timed out".into()),
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+            Class::Retry(format!("connection failed: {}", full()))
+        }
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status().as_u16();
+            if status >= 500 || status == 429 {
+                Class::Retry(format!("HTTP {status}"))
+            } else {
+                Class::Fatal { code: format!("HTTP {status}"), message: full() }
+            }
+        }
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = e.code().map(str::to_string);
+            let message = e.message().unwrap_or_default().to_string();
+            let retry_code = code.as_deref().is_some_and(|c| RETRY_CODES.contains(&c));
+            if retry_code || status >= 500 || status == 429 {
+                Class::Retry(format!(
+                    "HTTP {status} {}{}",
+                    code.as_deref().unwrap_or(""),
+                    if message.is_empty() { String::new() } else { format!(": {message}") }
+                ))
+            } else {
+                Class::Fatal {
+                    code: code.unwrap_or_else(|| format!("HTTP {status}")),
+                    message: if message.is_empty() { full() } else { message },
+                }
+            }
+        }
+        // Construction failures, missing credentials, bad endpoint URL...
+        _ => Class::Fatal { code: "ClientError".into(), message: full() },
+    }
+}
+
+/// Elastic IP: AssociateAddress to our instance (or ENI).
+async fn eip(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, String), MoveError> {
+    let alloc = spec.allocation_id.as_deref().unwrap_or_default().trim();
+    let (instance, eni) = match (&me.instance_id, &me.eni) {
+        (Some(i), _) => (Some(i.as_str()), None),
+        (None, Some(e)) => (None, Some(e.as_str())),
+        (None, None) => {
+            return Err(MoveError::Identity { kind: spec.kind, what: "instance id (or ENI)" })
+        }
+    };
+    let target = instance.or(eni).unwrap_or_default();
+    // Who holds it now (Some(why not ours)), and its public IP for the logs.
+    let owner = || async {
+        let out = ec2
+            .call("DescribeAddresses", || {
+                ec2.client.describe_addresses().allocation_ids(alloc).send()
+            })
+            .await?;
+        let Some(a) = out.addresses().iter().find(|a| a.allocation_id() == Some(alloc)) else {
+            return Err(MoveError::Aws {
+                op: "DescribeAddresses",
+                code: "InvalidAllocationID.NotFound".into(),
+                message: format!("{alloc} not in the answer"),
+            });
+        };
+        let ours = match (instance, eni) {
+            (Some(i), _) => a.instance_id() == Some(i),
+            (None, Some(e)) => a.network_interface_id() == Some(e),
+            (None, None) => false,
+        };
+        let ip = a.public_ip().unwrap_or("?").to_string();
+        let why = (!ours).then(|| {
+            format!(
+                "{alloc} ({ip}) is on instance {} / ENI {}",
+                a.instance_id().unwrap_or("-"),
+                a.network_interface_id().unwrap_or("-")
+            )
+        });
+        Ok((why, ip))
+    };
+
+    let (why, ip) = owner().await?;
+    let Some(why) = why else {
+        tracing::info!(%alloc, %ip, %target, "Elastic IP already in place");
+        return Ok((true, format!("{alloc} ({ip}) already in place on {target}")));
+    };
+    tracing::info!(%alloc, %ip, %target, was = %why, "AssociateAddress");
+    let out = ec2
+        .call("AssociateAddress", || {
+            ec2.client
+                .associate_address()
+                .allocation_id(alloc)
+                .set_instance_id(instance.map(str::to_string))
+                .set_network_interface_id(eni.map(str::to_string))
+                .allow_reassociation(true)
+                .send()
+        })
+        .await?;
+    let assoc = out.association_id().unwrap_or("-").to_string();
+    tracing::info!(%alloc, association_id = %assoc, "AssociateAddress done; verifying");
+    ec2.verify("DescribeAddresses", || async { Ok(owner().await?.0) }).await?;
+    Ok((false, format!("{alloc} ({ip}) associated with {target} (association {assoc})")))
+}
+
+/// Overlay IP: ReplaceRoute on each table so that `cidr` goes to our ENI.
+async fn route(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, String), MoveError> {
+    let cidr = spec.cidr.as_deref().unwrap_or_default().trim();
+    let eni = me
+        .eni
+        .as_deref()
+        .ok_or(MoveError::Identity { kind: spec.kind, what: "ENI (network interface id)" })?;
+    let tables = &spec.route_table_ids;
+    // Tables whose route to `cidr` does not point at our ENI, with why.
+    let elsewhere = || async {
+        let out = ec2
+            .call("DescribeRouteTables", || {
+                ec2.client.describe_route_tables().set_route_table_ids(Some(tables.clone())).send()
+            })
+            .await?;
+        let mut off = Vec::new();
+        for t in tables {
+            let table = out.route_tables().iter().find(|rt| rt.route_table_id() == Some(t));
+            let route = table.and_then(|rt| {
+                rt.routes().iter().find(|r| r.destination_cidr_block() == Some(cidr))
+            });
+            match route {
+                Some(r) if r.network_interface_id() == Some(eni) => {}
+                Some(r) => off.push((
+                    t.clone(),
+                    format!(
+                        "{t}: {cidr} -> {}",
+                        r.network_interface_id().or(r.instance_id()).unwrap_or("-")
+                    ),
+                )),
+                None => off.push((t.clone(), format!("{t}: no route to {cidr}"))),
+            }
+        }
+        Ok::<_, MoveError>(off)
+    };
+
+    let off = elsewhere().await?;
+    if off.is_empty() {
+        tracing::info!(%cidr, %eni, ?tables, "overlay route already in place");
+        return Ok((true, format!("{cidr} already in place via {eni} in {}", tables.join(", "))));
+    }
+    for (table, was) in &off {
+        tracing::info!(%table, %cidr, %eni, %was, "ReplaceRoute");
+        ec2.call("ReplaceRoute", || {
+            ec2.client
+                .replace_route()
+                .route_table_id(table)
+                .destination_cidr_block(cidr)
+                .network_interface_id(eni)
+                .send()
+        })
+        .await?;
+    }
+    ec2.verify("DescribeRouteTables", || async {
+        let off = elsewhere().await?;
+        Ok((!off.is_empty()).then(|| off.into_iter().map(|o| o.1).collect::<Vec<_>>().join("; ")))
+    })
+    .await?;
+    let moved: Vec<_> = off.into_iter().map(|o| o.0).collect();
+    Ok((false, format!("{cidr} now via {eni} in {}", moved.join(", "))))
+}
+
+/// Secondary private IP: AssignPrivateIpAddresses to our ENI.
+async fn secondary_ip(
+    ec2: &Ec2,
+    spec: &AddressSpec,
+    me: &Identity,
+) -> Result<(bool, String), MoveError> {
+    let ip = spec.private_ip.as_deref().unwrap_or_default().trim();
+    let eni = me
+        .eni
+        .as_deref()
+        .ok_or(MoveError::Identity { kind: spec.kind, what: "ENI (network interface id)" })?;
+    let missing = || async {
+        let out = ec2
+            .call("DescribeNetworkInterfaces", || {
+                ec2.client.describe_network_interfaces().network_interface_ids(eni).send()
+            })
+            .await?;
+        let has = out
+            .network_interfaces()
+            .iter()
+            .filter(|n| n.network_interface_id() == Some(eni))
+            .flat_map(|n| n.private_ip_addresses())
+            .any(|a| a.private_ip_address() == Some(ip));
+        Ok::<_, MoveError>((!has).then(|| format!("{ip} is not on {eni}")))
+    };
+
+    if missing().await?.is_none() {
+        tracing::info!(%ip, %eni, "secondary IP already in place");
+        return Ok((true, format!("{ip} already in place on {eni}")));
+    }
+    tracing::info!(%ip, %eni, "AssignPrivateIpAddresses");
+    ec2.call("AssignPrivateIpAddresses", || {
+        ec2.client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni)
+            .private_ip_addresses(ip)
+            .allow_reassignment(true)
+            .send()
+    })
+    .await?;
+    // The assignment is asynchronous on AWS: poll until it shows.
+    ec2.verify("DescribeNetworkInterfaces", missing).await?;
+    Ok((false, format!("{ip} assigned to {eni}")))
+}

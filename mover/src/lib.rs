@@ -1,0 +1,401 @@
+//! Moves twinblock's service address to this node when it becomes Primary.
+//!
+//! The failover controller calls [`move_address`] after a promotion and
+//! before the `on_promote` hooks. Four movers exist, chosen by
+//! `[controller.address] kind`:
+//!
+//! | kind | what it does |
+//! | --- | --- |
+//! | `aws-eip` | `AssociateAddress` (AllowReassociation) of an Elastic IP to this instance |
+//! | `aws-route` | `ReplaceRoute` of an overlay IP (`cidr`) to this node's ENI, on each route table |
+//! | `aws-secondary-ip` | `AssignPrivateIpAddresses` (AllowReassignment) of a private IP to this node's ENI |
+//! | `command` | a user command, run with `sh -c` and the controller's environment |
+//!
+//! Every mover is idempotent: when the address is already here the call
+//! succeeds and the [`MoveReport`] says "already in place". The AWS movers
+//! (cargo feature `aws`, on by default) check the current owner first, act,
+//! then verify with a `Describe*` call; throttling, 5xx answers, timeouts and
+//! connection errors are retried with exponential backoff and jitter within
+//! the caller's deadline, other AWS errors fail at once with their code.
+//!
+//! The node's identity (instance id, ENI) comes from the config or from
+//! IMDSv2 through [`imds::resolve`].
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use twinblock_mover::{imds, move_address, AddressSpec, Identity, Kind};
+//!
+//! let spec = AddressSpec {
+//!     kind: Kind::AwsEip,
+//!     allocation_id: Some("eipalloc-0123".into()),
+//!     region: Some("eu-west-1".into()),
+//!     ..AddressSpec::default()
+//! };
+//! spec.validate()?;
+//! let me = imds::resolve(imds::DEFAULT_ENDPOINT, Identity::default()).await?;
+//! let env = [("TWINBLOCK_RESOURCE".to_string(), "ldap".to_string())];
+//! let report = move_address(&spec, &me, &env, Duration::from_secs(30)).await?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "aws")]
+mod aws;
+mod backoff;
+mod command;
+pub mod imds;
+
+/// Which mover: `[controller.address] kind`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// `aws-eip`: Elastic IP, `AssociateAddress`.
+    #[default]
+    AwsEip,
+    /// `aws-route`: overlay IP, `ReplaceRoute` on each route table.
+    AwsRoute,
+    /// `aws-secondary-ip`: secondary private IP, `AssignPrivateIpAddresses`.
+    AwsSecondaryIp,
+    /// `command`: a user command.
+    Command,
+}
+
+impl Kind {
+    /// The config spelling (`aws-eip`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::AwsEip => "aws-eip",
+            Kind::AwsRoute => "aws-route",
+            Kind::AwsSecondaryIp => "aws-secondary-ip",
+            Kind::Command => "command",
+        }
+    }
+
+    /// Whether this mover talks to the EC2 API.
+    pub fn is_aws(self) -> bool {
+        !matches!(self, Kind::Command)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Kind, SpecError> {
+        match s {
+            "aws-eip" => Ok(Kind::AwsEip),
+            "aws-route" => Ok(Kind::AwsRoute),
+            "aws-secondary-ip" => Ok(Kind::AwsSecondaryIp),
+            "command" => Ok(Kind::Command),
+            other => Err(SpecError::invalid(
+                "kind",
+                format!(
+                    "unknown kind {other:?} (expected aws-eip, aws-route, aws-secondary-ip or command)"
+                ),
+            )),
+        }
+    }
+}
+
+/// `[controller.address]`: how the service address moves. Plain data; the
+/// config crate fills it and calls [`AddressSpec::validate`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSpec {
+    pub kind: Kind,
+    /// `aws-eip`: the Elastic IP's allocation id (`eipalloc-...`).
+    pub allocation_id: Option<String>,
+    /// `aws-route`: route tables whose route to `cidr` points at the Primary.
+    pub route_table_ids: Vec<String>,
+    /// `aws-route`: the overlay address, e.g. `10.9.9.9/32`.
+    pub cidr: Option<String>,
+    /// `aws-secondary-ip`: the private IP, e.g. `10.0.1.50`.
+    pub private_ip: Option<String>,
+    /// `command`: run with `sh -c`.
+    pub command: Option<String>,
+    /// AWS region; required by the AWS kinds.
+    pub region: Option<String>,
+    /// EC2 endpoint URL override (emulators such as moto).
+    pub endpoint: Option<String>,
+}
+
+/// A bad `[controller.address]`: names the key and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("controller.address.{key}: {reason}")]
+pub struct SpecError {
+    /// The key under `controller.address`.
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl SpecError {
+    fn invalid(key: &'static str, reason: impl Into<String>) -> SpecError {
+        SpecError { key, reason: reason.into() }
+    }
+
+    fn required(key: &'static str, kind: Kind) -> SpecError {
+        SpecError::invalid(key, format!("required for kind \"{kind}\""))
+    }
+}
+
+fn present(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl AddressSpec {
+    /// Checks that the keys the kind needs are there and well formed.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let k = self.kind;
+        match k {
+            Kind::AwsEip => {
+                let id = present(&self.allocation_id)
+                    .ok_or_else(|| SpecError::required("allocation_id", k))?;
+                if !id.starts_with("eipalloc-") {
+                    return Err(SpecError::invalid(
+                        "allocation_id",
+                        format!("{id:?} is not an allocation id (eipalloc-...)"),
+                    ));
+                }
+            }
+            Kind::AwsRoute => {
+                if self.route_table_ids.is_empty() {
+                    return Err(SpecError::required("route_table_ids", k));
+                }
+                if let Some(bad) = self.route_table_ids.iter().find(|t| !t.starts_with("rtb-")) {
+                    return Err(SpecError::invalid(
+                        "route_table_ids",
+                        format!("{bad:?} is not a route table id (rtb-...)"),
+                    ));
+                }
+                let cidr = present(&self.cidr).ok_or_else(|| SpecError::required("cidr", k))?;
+                check_cidr(cidr)?;
+            }
+            Kind::AwsSecondaryIp => {
+                let ip = present(&self.private_ip)
+                    .ok_or_else(|| SpecError::required("private_ip", k))?;
+                if ip.parse::<std::net::Ipv4Addr>().is_err() {
+                    return Err(SpecError::invalid(
+                        "private_ip",
+                        format!("{ip:?} is not an IPv4 address"),
+                    ));
+                }
+            }
+            Kind::Command => {
+                present(&self.command).ok_or_else(|| SpecError::required("command", k))?;
+            }
+        }
+        if k.is_aws() {
+            present(&self.region).ok_or_else(|| SpecError::required("region", k))?;
+            if !cfg!(feature = "aws") {
+                return Err(SpecError::invalid(
+                    "kind",
+                    format!("\"{k}\" needs twinblock built with the `aws` feature"),
+                ));
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(SpecError::invalid(
+                    "endpoint",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_cidr(cidr: &str) -> Result<(), SpecError> {
+    let bad = || SpecError::invalid("cidr", format!("{cidr:?} is not an IPv4 CIDR (a.b.c.d/n)"));
+    let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
+    ip.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    match len.parse::<u8>() {
+        Ok(n) if n <= 32 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Who this node is in EC2. Filled from the config (`cloud_instance_id`,
+/// `cloud_eni`) and, for what is missing, by [`imds::resolve`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `i-...`: used by `aws-eip`.
+    pub instance_id: Option<String>,
+    /// `eni-...`: used by `aws-route` and `aws-secondary-ip` (and by `aws-eip`
+    /// when no instance id is known).
+    pub eni: Option<String>,
+}
+
+/// What a successful move did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveReport {
+    pub kind: Kind,
+    /// The address was already here: nothing was changed.
+    pub already_in_place: bool,
+    /// API calls (or command runs) made, retries included.
+    pub attempts: u32,
+    pub elapsed: Duration,
+    /// One line for logs: what moved where, or "already in place".
+    pub detail: String,
+}
+
+impl fmt::Display for MoveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} ({} call{}, {:.1?})",
+            self.kind,
+            self.detail,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" },
+            self.elapsed
+        )
+    }
+}
+
+/// Why a move failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The node's identity lacks what this kind needs.
+    #[error(
+        "kind \"{kind}\" needs this node's {what} (set it in the config or let IMDS resolve it)"
+    )]
+    Identity { kind: Kind, what: &'static str },
+    /// A non-retryable AWS error: failed at once.
+    #[error("{op} failed: {code}: {message}")]
+    Aws { op: &'static str, code: String, message: String },
+    /// Transient failures went on until the deadline.
+    #[error("{op}: gave up at the deadline ({deadline:?}) after {attempts} attempts; last error: {last}")]
+    Deadline { op: &'static str, attempts: u32, deadline: Duration, last: String },
+    /// The call succeeded but the address is not ours after it.
+    #[error("{op}: the address did not arrive within the deadline ({deadline:?}): {detail}")]
+    NotMoved { op: &'static str, deadline: Duration, detail: String },
+    /// The SDK could not even be set up (credentials, client config).
+    #[error("AWS client setup: {0}")]
+    Setup(String),
+    /// The command could not be started.
+    #[error("cannot run command `{command}`: {source}")]
+    CommandSpawn { command: String, source: std::io::Error },
+    /// The command exited non-zero (or by a signal).
+    #[error("command `{command}` failed ({status}); stderr: {stderr_tail}")]
+    CommandFailed { command: String, status: String, stderr_tail: String },
+    /// The command outlived the deadline and was killed.
+    #[error("command `{command}` killed at the deadline ({deadline:?}); stderr: {stderr_tail}")]
+    CommandTimeout { command: String, deadline: Duration, stderr_tail: String },
+}
+
+impl MoveError {
+    /// The AWS error code, when the failure came from the EC2 API.
+    pub fn aws_code(&self) -> Option<&str> {
+        match self {
+            MoveError::Aws { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Moves the service address described by `spec` to this node (`me`).
+///
+/// `env` is passed to the `command` mover (the controller gives
+/// `TWINBLOCK_RESOURCE`, `TWINBLOCK_NODE`, `TWINBLOCK_NBD`). The whole move,
+/// retries and verification included, ends within `deadline`. Safe to call
+/// again: when the address is already here the report says so.
+pub async fn move_address(
+    spec: &AddressSpec,
+    me: &Identity,
+    env: &[(String, String)],
+    deadline: Duration,
+) -> Result<MoveReport, MoveError> {
+    spec.validate()?;
+    let started = std::time::Instant::now();
+    tracing::info!(kind = %spec.kind, ?deadline, "moving the service address");
+    let result = match spec.kind {
+        Kind::Command => command::run(spec, env, deadline).await,
+        #[cfg(feature = "aws")]
+        _ => aws::move_address(spec, me, deadline).await,
+        #[cfg(not(feature = "aws"))]
+        k => {
+            let _ = me;
+            Err(MoveError::Spec(SpecError::invalid(
+                "kind",
+                format!("\"{k}\" needs twinblock built with the `aws` feature"),
+            )))
+        }
+    };
+    match &result {
+        Ok(r) => tracing::info!(kind = %spec.kind, report = %r, "service address in place"),
+        Err(e) => tracing::error!(
+            kind = %spec.kind, elapsed = ?started.elapsed(), error = %e,
+            "moving the service address failed"
+        ),
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: Kind) -> AddressSpec {
+        AddressSpec { kind, region: Some("us-east-1".into()), ..AddressSpec::default() }
+    }
+
+    #[test]
+    fn validate_names_the_missing_key() {
+        let e = spec(Kind::AwsEip).validate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "controller.address.allocation_id: required for kind \"aws-eip\""
+        );
+        let e = spec(Kind::AwsRoute).validate().unwrap_err();
+        assert_eq!(e.key, "route_table_ids");
+        let mut s = spec(Kind::AwsRoute);
+        s.route_table_ids = vec!["rtb-1".into()];
+        assert_eq!(s.validate().unwrap_err().key, "cidr");
+        s.cidr = Some("10.9.9.9/33".into());
+        assert_eq!(s.validate().unwrap_err().key, "cidr");
+        s.cidr = Some("10.9.9.9/32".into());
+        assert_eq!(s.validate(), Ok(()));
+        s.region = None;
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "controller.address.region: required for kind \"aws-route\""
+        );
+        let mut s = spec(Kind::AwsSecondaryIp);
+        s.private_ip = Some("10.0.1.500".into());
+        assert_eq!(s.validate().unwrap_err().key, "private_ip");
+        let s = AddressSpec { kind: Kind::Command, ..AddressSpec::default() };
+        assert_eq!(s.validate().unwrap_err().key, "command");
+        let s = AddressSpec {
+            kind: Kind::Command,
+            command: Some("true".into()),
+            ..AddressSpec::default()
+        };
+        assert_eq!(s.validate(), Ok(()));
+        let mut s = spec(Kind::AwsEip);
+        s.allocation_id = Some("eipalloc-1".into());
+        s.endpoint = Some("127.0.0.1:5000".into());
+        assert_eq!(s.validate().unwrap_err().key, "endpoint");
+    }
+
+    #[test]
+    fn kind_strings_round_trip() {
+        for k in [Kind::AwsEip, Kind::AwsRoute, Kind::AwsSecondaryIp, Kind::Command] {
+            assert_eq!(k.as_str().parse::<Kind>(), Ok(k));
+        }
+        let e = "eip".parse::<Kind>().unwrap_err();
+        assert_eq!(e.key, "kind");
+    }
+}

@@ -1,0 +1,765 @@
+#![cfg(feature = "aws")]
+//! The movers against moto (a real EC2 API emulator on loopback), with a
+//! small fault-injecting HTTP proxy in front of it for throttling, 5xx and
+//! deadline tests; the command mover; the IMDSv2 client against a
+//! test-local IMDS that enforces tokens.
+//!
+//! Each AWS test starts its own `moto_server` on a free port. Without
+//! `moto_server` the AWS tests are skipped with a printed reason, or fail
+//! when `CI=true`.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use twinblock_mover::{imds, move_address, AddressSpec, Identity, Kind, MoveError};
+
+const REGION: &str = "us-east-1";
+/// An AMI from moto's built-in list (moto/ec2/resources/amis.json).
+const AMI: &str = "ami-12c6146b";
+const OVERLAY: &str = "10.9.9.9/32";
+const SECONDARY: &str = "10.0.1.50";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Dummy credentials for the standard chain; IMDS credentials off.
+fn creds() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_SESSION_TOKEN", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        std::env::remove_var("AWS_PROFILE");
+    });
+}
+
+// ---------------------------------------------------------------- moto ---
+
+/// A `moto_server` child on a free port, killed on drop.
+struct Moto {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Moto {
+    /// None (after printing why) when moto_server is missing outside CI.
+    async fn start() -> Option<Moto> {
+        creds();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let spawned = tokio::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(!in_ci(), "moto_server is required in CI (scripts/setup.sh installs it)");
+                eprintln!("SKIP: moto_server is not installed (pip install 'moto[server]')");
+                return None;
+            }
+            Err(e) => panic!("cannot start moto_server: {e}"),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut moto = Moto { child, addr };
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Some(moto);
+            }
+            if let Ok(Some(s)) = moto.child.try_wait() {
+                panic!("moto_server exited at start: {s}");
+            }
+            assert!(Instant::now() < until, "moto_server did not listen within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// An EC2 client for setting up and checking state (not through the proxy).
+async fn ec2(endpoint: &str) -> aws_sdk_ec2::Client {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .http_client(http)
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+/// Two instances in one subnet, an Elastic IP on the first, two route
+/// tables routing the overlay IP to the first's ENI, and a secondary IP
+/// on the first's ENI.
+struct World {
+    ec2: aws_sdk_ec2::Client,
+    instances: [String; 2],
+    enis: [String; 2],
+    allocation_id: String,
+    tables: Vec<String>,
+}
+
+impl World {
+    async fn build(moto: &Moto) -> World {
+        let ec2 = ec2(&moto.url()).await;
+        let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
+        let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block("10.0.1.0/24")
+            .availability_zone("us-east-1a")
+            .send()
+            .await
+            .unwrap();
+        let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+        let run = ec2
+            .run_instances()
+            .image_id(AMI)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(2)
+            .max_count(2)
+            .subnet_id(&subnet_id)
+            .send()
+            .await
+            .unwrap();
+        let inst = run.instances();
+        assert_eq!(inst.len(), 2, "RunInstances gave {inst:?}");
+        let id = |i: usize| inst[i].instance_id().unwrap().to_string();
+        let eni =
+            |i: usize| inst[i].network_interfaces()[0].network_interface_id().unwrap().to_string();
+        let (instances, enis) = ([id(0), id(1)], [eni(0), eni(1)]);
+
+        let alloc = ec2
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .send()
+            .await
+            .unwrap();
+        let allocation_id = alloc.allocation_id().unwrap().to_string();
+        ec2.associate_address()
+            .allocation_id(&allocation_id)
+            .instance_id(&instances[0])
+            .send()
+            .await
+            .unwrap();
+
+        let mut tables = Vec::new();
+        for _ in 0..2 {
+            let rt = ec2.create_route_table().vpc_id(&vpc_id).send().await.unwrap();
+            let t = rt.route_table().unwrap().route_table_id().unwrap().to_string();
+            ec2.create_route()
+                .route_table_id(&t)
+                .destination_cidr_block(OVERLAY)
+                .network_interface_id(&enis[0])
+                .send()
+                .await
+                .unwrap();
+            tables.push(t);
+        }
+        ec2.assign_private_ip_addresses()
+            .network_interface_id(&enis[0])
+            .private_ip_addresses(SECONDARY)
+            .send()
+            .await
+            .unwrap();
+        World { ec2, instances, enis, allocation_id, tables }
+    }
+
+    fn me(&self, i: usize) -> Identity {
+        Identity { instance_id: Some(self.instances[i].clone()), eni: Some(self.enis[i].clone()) }
+    }
+
+    fn eip_spec(&self, endpoint: &str) -> AddressSpec {
+        AddressSpec {
+            kind: Kind::AwsEip,
+            allocation_id: Some(self.allocation_id.clone()),
+            region: Some(REGION.into()),
+            endpoint: Some(endpoint.into()),
+            ..AddressSpec::default()
+        }
+    }
+
+    /// (instance, ENI) holding the Elastic IP, from DescribeAddresses.
+    async fn eip_owner(&self) -> (Option<String>, Option<String>) {
+        let out =
+            self.ec2.describe_addresses().allocation_ids(&self.allocation_id).send().await.unwrap();
+        let a = &out.addresses()[0];
+        (a.instance_id().map(Into::into), a.network_interface_id().map(Into::into))
+    }
+
+    /// The ENI each table routes the overlay IP to.
+    async fn route_targets(&self) -> Vec<Option<String>> {
+        let out = self
+            .ec2
+            .describe_route_tables()
+            .set_route_table_ids(Some(self.tables.clone()))
+            .send()
+            .await
+            .unwrap();
+        self.tables
+            .iter()
+            .map(|t| {
+                let rt = out.route_tables().iter().find(|r| r.route_table_id() == Some(t))?;
+                let r = rt.routes().iter().find(|r| r.destination_cidr_block() == Some(OVERLAY))?;
+                r.network_interface_id().map(Into::into)
+            })
+            .collect()
+    }
+
+    /// The private IPs of ENI `i`.
+    async fn ips(&self, i: usize) -> Vec<String> {
+        let out = self
+            .ec2
+            .describe_network_interfaces()
+            .network_interface_ids(&self.enis[i])
+            .send()
+            .await
+            .unwrap();
+        out.network_interfaces()[0]
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|a| a.private_ip_address().map(Into::into))
+            .collect()
+    }
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn eip_moves_to_the_other_instance_and_a_repeat_is_a_no_op() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[0].as_str()));
+    let spec = w.eip_spec(&moto.url());
+
+    let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    let (inst, eni) = w.eip_owner().await;
+    assert_eq!(inst.as_deref(), Some(w.instances[1].as_str()));
+    assert_eq!(eni.as_deref(), Some(w.enis[1].as_str()));
+
+    let again = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(again.already_in_place, "{again}");
+    assert!(again.to_string().contains("already in place"), "{again}");
+    assert_eq!(again.attempts, 1, "a no-op is one DescribeAddresses: {again}");
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[1].as_str()));
+
+    // And back, by ENI alone (no instance id known).
+    let by_eni = Identity { instance_id: None, eni: Some(w.enis[0].clone()) };
+    let back = move_address(&spec, &by_eni, &[], DEADLINE).await.unwrap();
+    assert!(!back.already_in_place, "{back}");
+    // (moto leaves InstanceId empty for an association by ENI; AWS fills it.)
+    assert_eq!(w.eip_owner().await.1.as_deref(), Some(w.enis[0].as_str()));
+    let again = move_address(&spec, &by_eni, &[], DEADLINE).await.unwrap();
+    assert!(again.already_in_place, "{again}");
+}
+
+#[tokio::test]
+async fn route_moves_in_every_table_and_a_repeat_is_a_no_op() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let first = Some(w.enis[0].clone());
+    assert_eq!(w.route_targets().await, vec![first.clone(), first]);
+    let spec = AddressSpec {
+        kind: Kind::AwsRoute,
+        route_table_ids: w.tables.clone(),
+        cidr: Some(OVERLAY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(moto.url()),
+        ..AddressSpec::default()
+    };
+    let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    let second = Some(w.enis[1].clone());
+    assert_eq!(w.route_targets().await, vec![second.clone(), second.clone()]);
+
+    let again = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(again.already_in_place && again.detail.contains("already in place"), "{again}");
+    assert_eq!(w.route_targets().await, vec![second.clone(), second]);
+
+    // A table without the route: ReplaceRoute's error, at once.
+    let vpc = w.ec2.describe_vpcs().send().await.unwrap();
+    let vpc_id = vpc.vpcs().iter().find(|v| v.cidr_block() == Some("10.0.0.0/16")).unwrap();
+    let bare = w.ec2.create_route_table().vpc_id(vpc_id.vpc_id().unwrap()).send().await.unwrap();
+    let bare = bare.route_table().unwrap().route_table_id().unwrap().to_string();
+    let mut spec = spec;
+    spec.route_table_ids.push(bare);
+    let started = Instant::now();
+    let e = move_address(&spec, &w.me(0), &[], DEADLINE).await.unwrap_err();
+    assert!(matches!(e, MoveError::Aws { op: "ReplaceRoute", .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn secondary_ip_moves_to_the_other_eni_and_a_repeat_is_a_no_op() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    assert!(w.ips(0).await.contains(&SECONDARY.to_string()));
+    assert!(!w.ips(1).await.contains(&SECONDARY.to_string()));
+    let spec = AddressSpec {
+        kind: Kind::AwsSecondaryIp,
+        private_ip: Some(SECONDARY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(moto.url()),
+        ..AddressSpec::default()
+    };
+    let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    assert!(w.ips(1).await.contains(&SECONDARY.to_string()), "{:?}", w.ips(1).await);
+
+    let again = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(again.already_in_place && again.detail.contains("already in place"), "{again}");
+
+    // The ENI is required for this kind.
+    let no_eni = Identity { instance_id: Some(w.instances[1].clone()), eni: None };
+    let e = move_address(&spec, &no_eni, &[], DEADLINE).await.unwrap_err();
+    assert!(matches!(e, MoveError::Identity { .. }), "{e}");
+}
+
+// --------------------------------------------------------- fault proxy ---
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// HTTP 503 with an empty body.
+    Unavailable,
+    /// HTTP 400 with EC2's RequestLimitExceeded error document.
+    Throttled,
+}
+
+/// An HTTP proxy in front of moto that answers the first `faults` requests
+/// itself with `fault`, then forwards everything.
+struct Proxy {
+    addr: SocketAddr,
+    /// Requests answered with a fault.
+    injected: Arc<AtomicU32>,
+    /// Requests handed on to moto (the first of each forwarded connection).
+    forwarded: Arc<AtomicU32>,
+    /// The `Action=` of each request, in order.
+    actions: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, fault: Fault, faults: u32) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let injected = Arc::new(AtomicU32::new(0));
+        let forwarded = Arc::new(AtomicU32::new(0));
+        let actions = Arc::new(Mutex::new(Vec::new()));
+        let (i, f, a) = (injected.clone(), forwarded.clone(), actions.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (i, f, a) = (i.clone(), f.clone(), a.clone());
+                tokio::spawn(async move {
+                    let _ = serve(conn, upstream, fault, faults, i, f, a).await;
+                });
+            }
+        });
+        Proxy { addr, injected, forwarded, actions, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn actions(&self) -> Vec<String> {
+        self.actions.lock().unwrap().clone()
+    }
+}
+
+/// Reads one HTTP request (headers and Content-Length body).
+async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(buf))
+}
+
+fn action_of(req: &[u8]) -> String {
+    let text = String::from_utf8_lossy(req);
+    text.split(['&', '\n', '?'])
+        .find_map(|p| p.trim().strip_prefix("Action="))
+        .unwrap_or("?")
+        .to_string()
+}
+
+async fn serve(
+    mut conn: TcpStream,
+    upstream: SocketAddr,
+    fault: Fault,
+    faults: u32,
+    injected: Arc<AtomicU32>,
+    forwarded: Arc<AtomicU32>,
+    actions: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
+    loop {
+        let Some(req) = read_request(&mut conn).await? else { return Ok(()) };
+        actions.lock().unwrap().push(action_of(&req));
+        let n = injected.fetch_add(1, Ordering::SeqCst);
+        if n < faults {
+            let (status, body) = match fault {
+                Fault::Unavailable => ("503 Service Unavailable", String::new()),
+                Fault::Throttled => (
+                    "400 Bad Request",
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                     <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>\
+                     </Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+                        .to_string(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(resp.as_bytes()).await?;
+            continue;
+        }
+        injected.fetch_sub(1, Ordering::SeqCst);
+        forwarded.fetch_add(1, Ordering::SeqCst);
+        let mut up = TcpStream::connect(upstream).await?;
+        up.write_all(&req).await?;
+        // Later requests on this connection go straight through.
+        tokio::io::copy_bidirectional(&mut conn, &mut up).await?;
+        return Ok(());
+    }
+}
+
+#[tokio::test]
+async fn throttling_is_retried_until_the_move_succeeds() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start(moto.addr, Fault::Throttled, 3).await;
+    let spec = w.eip_spec(&proxy.url());
+    let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    assert_eq!(proxy.injected.load(Ordering::SeqCst), 3, "{:?}", proxy.actions());
+    assert!(proxy.forwarded.load(Ordering::SeqCst) >= 1);
+    // The throttled DescribeAddresses was sent again (3 refusals + 1 answer).
+    let actions = proxy.actions();
+    assert_eq!(&actions[..4], ["DescribeAddresses"; 4], "{actions:?}");
+    assert!(r.attempts >= 6, "describe x4, associate, verify: {r}");
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[1].as_str()));
+}
+
+#[tokio::test]
+async fn http_503_is_retried_until_the_move_succeeds() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start(moto.addr, Fault::Unavailable, 2).await;
+    let spec = AddressSpec {
+        kind: Kind::AwsSecondaryIp,
+        private_ip: Some(SECONDARY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(proxy.url()),
+        ..AddressSpec::default()
+    };
+    let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    assert_eq!(proxy.injected.load(Ordering::SeqCst), 2);
+    assert!(r.attempts >= 5, "{r}");
+    assert!(w.ips(1).await.contains(&SECONDARY.to_string()));
+}
+
+#[tokio::test]
+async fn a_bad_allocation_id_fails_at_once_with_the_aws_code() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    // Through a proxy that injects nothing, to count the requests.
+    let proxy = Proxy::start(moto.addr, Fault::Unavailable, 0).await;
+    let mut spec = w.eip_spec(&proxy.url());
+    spec.allocation_id = Some("eipalloc-0000000000deadbee".into());
+    let started = Instant::now();
+    let e = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(e.to_string().contains("InvalidAllocationID.NotFound"), "{e}");
+    assert_eq!(e.aws_code(), Some("InvalidAllocationID.NotFound"), "{e:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(proxy.actions().len(), 1, "no retries: {:?}", proxy.actions());
+    // The real address did not move.
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[0].as_str()));
+}
+
+#[tokio::test]
+async fn the_deadline_is_honoured_when_every_answer_is_503() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start(moto.addr, Fault::Unavailable, u32::MAX).await;
+    let spec = w.eip_spec(&proxy.url());
+    let deadline = Duration::from_secs(3);
+    let started = Instant::now();
+    let e = move_address(&spec, &w.me(1), &[], deadline).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, MoveError::Deadline { .. }), "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
+    assert!(took <= deadline + Duration::from_millis(500), "took {took:?}");
+    assert!(proxy.actions().len() >= 3, "retried: {:?}", proxy.actions());
+}
+
+#[tokio::test]
+async fn the_deadline_is_honoured_when_nothing_answers() {
+    creds();
+    // A listener that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let spec = AddressSpec {
+        kind: Kind::AwsEip,
+        allocation_id: Some("eipalloc-1".into()),
+        region: Some(REGION.into()),
+        endpoint: Some(format!("http://{addr}")),
+        ..AddressSpec::default()
+    };
+    let me = Identity { instance_id: Some("i-1".into()), eni: None };
+    let deadline = Duration::from_secs(2);
+    let started = Instant::now();
+    let e = move_address(&spec, &me, &[], deadline).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, MoveError::Deadline { .. }), "{e}");
+    assert!(took <= deadline + Duration::from_millis(500), "took {took:?}");
+    hold.abort();
+}
+
+// ------------------------------------------------------ command mover ---
+
+fn command_spec(command: &str) -> AddressSpec {
+    AddressSpec { kind: Kind::Command, command: Some(command.into()), ..AddressSpec::default() }
+}
+
+fn controller_env(nbd: &str) -> Vec<(String, String)> {
+    [("TWINBLOCK_RESOURCE", "ldap"), ("TWINBLOCK_NODE", "b"), ("TWINBLOCK_NBD", nbd)]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec()
+}
+
+#[tokio::test]
+async fn command_mover_gets_the_environment() {
+    let dir = std::env::temp_dir().join(format!("tb-mover-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("env.txt");
+    let spec = command_spec(&format!(
+        "echo \"$TWINBLOCK_RESOURCE $TWINBLOCK_NODE $TWINBLOCK_NBD\" > '{}'; echo moved",
+        out.display()
+    ));
+    let r = move_address(&spec, &Identity::default(), &controller_env("127.0.0.1:10809"), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(r.kind, Kind::Command);
+    assert!(r.detail.contains("moved"), "{r}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "ldap b 127.0.0.1:10809");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn command_mover_reports_a_failing_script() {
+    let spec = command_spec("echo starting; echo \"no route for $TWINBLOCK_NODE\" >&2; exit 3");
+    let e = move_address(&spec, &Identity::default(), &controller_env("x:1"), DEADLINE)
+        .await
+        .unwrap_err();
+    let MoveError::CommandFailed { status, stderr_tail, .. } = &e else { panic!("{e:?}") };
+    assert_eq!(status, "exit status 3");
+    assert_eq!(stderr_tail, "no route for b");
+    assert!(e.to_string().contains("exit status 3"), "{e}");
+}
+
+#[tokio::test]
+async fn command_mover_kills_the_command_at_the_deadline() {
+    // The shell's child keeps stdout open: the whole group must go.
+    let spec = command_spec("echo waiting >&2; sleep 30; echo never");
+    let started = Instant::now();
+    let e =
+        move_address(&spec, &Identity::default(), &[], Duration::from_secs(1)).await.unwrap_err();
+    let took = started.elapsed();
+    let MoveError::CommandTimeout { stderr_tail, .. } = &e else { panic!("{e:?}") };
+    assert_eq!(stderr_tail, "waiting");
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+}
+
+// --------------------------------------------------------------- IMDS ---
+
+/// A test-local IMDSv2: PUT token, then GETs with the token header only.
+/// The first GET with a valid token is answered 401 (as if it expired) to
+/// make the client fetch a new one.
+struct Imds {
+    addr: SocketAddr,
+    tokens_issued: Arc<AtomicU32>,
+    requests: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Imds {
+    async fn start(instance_id: &'static str, mac: &'static str, eni: &'static str) -> Imds {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tokens_issued = Arc::new(AtomicU32::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let expired_once = Arc::new(AtomicU32::new(0));
+        let (t, r) = (tokens_issued.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let (t, r, x) = (t.clone(), r.clone(), expired_once.clone());
+                tokio::spawn(async move {
+                    let Ok(Some(req)) = read_request(&mut c).await else { return };
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let line = text.lines().next().unwrap_or_default().to_string();
+                    r.lock().unwrap().push(line.clone());
+                    let header = |name: &str| {
+                        text.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                    };
+                    let current = format!("token-{}", t.load(Ordering::SeqCst));
+                    let (status, body) = if line.starts_with("PUT /latest/api/token ") {
+                        if header("X-aws-ec2-metadata-token-ttl-seconds").as_deref()
+                            == Some("21600")
+                        {
+                            let n = t.fetch_add(1, Ordering::SeqCst) + 1;
+                            ("200 OK", format!("token-{n}"))
+                        } else {
+                            ("400 Bad Request", "missing ttl".into())
+                        }
+                    } else if header("X-aws-ec2-metadata-token").as_deref() != Some(&current)
+                        || t.load(Ordering::SeqCst) == 0
+                    {
+                        ("401 Unauthorized", String::new())
+                    } else if x.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // The first good token "expires" at once.
+                        ("401 Unauthorized", String::new())
+                    } else {
+                        let path = line.split(' ').nth(1).unwrap_or_default();
+                        let mac_path =
+                            format!("/latest/meta-data/network/interfaces/macs/{mac}/interface-id");
+                        match path {
+                            "/latest/meta-data/instance-id" => ("200 OK", instance_id.into()),
+                            "/latest/meta-data/mac" => ("200 OK", mac.into()),
+                            p if p == mac_path => ("200 OK", eni.into()),
+                            _ => ("404 Not Found", "not found".into()),
+                        }
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        Imds { addr, tokens_issued, requests, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[tokio::test]
+async fn imds_resolves_instance_and_eni_and_refreshes_the_token_on_401() {
+    let imds = Imds::start("i-0123456789abcdef0", "0a:1b:2c:3d:4e:5f", "eni-0aa11bb22").await;
+    let got = imds::resolve(&imds.url(), Identity::default()).await.unwrap();
+    assert_eq!(got.instance_id.as_deref(), Some("i-0123456789abcdef0"));
+    assert_eq!(got.eni.as_deref(), Some("eni-0aa11bb22"));
+    assert_eq!(imds.tokens_issued.load(Ordering::SeqCst), 2, "{:?}", imds.requests.lock());
+    let reqs = imds.requests.lock().unwrap().clone();
+    assert!(reqs.iter().any(|r| r.starts_with("GET /latest/meta-data/mac ")), "{reqs:?}");
+}
+
+#[tokio::test]
+async fn imds_keeps_what_is_known_and_asks_only_for_the_rest() {
+    let imds = Imds::start("i-from-imds", "02:00:00:00:00:01", "eni-from-imds").await;
+    let want = Identity { instance_id: Some("i-configured".into()), eni: None };
+    let got = imds::resolve(&imds.url(), want).await.unwrap();
+    assert_eq!(got.instance_id.as_deref(), Some("i-configured"));
+    assert_eq!(got.eni.as_deref(), Some("eni-from-imds"));
+    let reqs = imds.requests.lock().unwrap().clone();
+    assert!(!reqs.iter().any(|r| r.contains("instance-id")), "{reqs:?}");
+
+    let both = Identity { instance_id: Some("i-x".into()), eni: Some("eni-x".into()) };
+    let before = imds.requests.lock().unwrap().len();
+    assert_eq!(imds::resolve(&imds.url(), both.clone()).await.unwrap(), both);
+    assert_eq!(imds.requests.lock().unwrap().len(), before, "nothing asked");
+}
+
+#[tokio::test]
+async fn imds_gives_up_at_its_deadline_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let e = imds::resolve_within(
+        &format!("http://127.0.0.1:{port}"),
+        Identity::default(),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, imds::ImdsError::Deadline { .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn imds_identity_drives_the_eip_move() {
+    // The controller's path: identity from IMDS, then the move.
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let id: &'static str = Box::leak(w.instances[1].clone().into_boxed_str());
+    let eni: &'static str = Box::leak(w.enis[1].clone().into_boxed_str());
+    let imds = Imds::start(id, "02:00:00:00:00:02", eni).await;
+    let me = imds::resolve(&imds.url(), Identity::default()).await.unwrap();
+    assert_eq!(me, w.me(1));
+    move_address(&w.eip_spec(&moto.url()), &me, &[], DEADLINE).await.unwrap();
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(id));
+}
