@@ -31,6 +31,9 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             .with_context(|| format!("cannot listen for NBD on {}", node.me.nbd))?;
         let endpoint = link::start(node.clone(), stop_rx.clone())?;
         if let Some(c) = node.res.controller.clone() {
+            if let Some(a) = &c.address {
+                crate::controller::address::spec(a).map_err(anyhow::Error::msg)?;
+            }
             crate::controller::start(node.clone(), c, stop_rx.clone());
             println!(
                 "twinblock up: failover controller on (dead_time {:?}, witness {})",

@@ -1,10 +1,36 @@
-//! Moving the service address to this node (`[controller.address]`).
+//! Moving the service address to this node (`[controller.address]`)
+//! through `twinblock-mover`: the instance and interface from the node's
+//! config, or from IMDSv2 for what is missing.
 
 use std::time::Duration;
 
+use twinblock_mover::{imds, AddressSpec, Identity, Kind};
 use twinblock_replicator::config::AddressSettings;
 use twinblock_replicator::units::parse_duration;
 use twinblock_replicator::Node;
+
+/// The mover's view of `[controller.address]`.
+pub fn spec(a: &AddressSettings) -> Result<AddressSpec, String> {
+    let kind = match a.kind.as_str() {
+        "aws-eip" => Kind::AwsEip,
+        "aws-route" => Kind::AwsRoute,
+        "aws-secondary-ip" => Kind::AwsSecondaryIp,
+        "command" => Kind::Command,
+        other => return Err(format!("controller.address.kind: {other:?} is not a mover")),
+    };
+    let s = AddressSpec {
+        kind,
+        allocation_id: a.allocation_id.clone(),
+        route_table_ids: a.route_table_ids.clone(),
+        cidr: a.cidr.clone(),
+        private_ip: a.private_ip.clone(),
+        command: a.command.clone(),
+        region: a.region.clone(),
+        endpoint: a.endpoint.clone(),
+    };
+    s.validate().map_err(|e| e.to_string())?;
+    Ok(s)
+}
 
 pub async fn move_here(
     node: &Node,
@@ -16,18 +42,21 @@ pub async fn move_here(
         .as_deref()
         .and_then(|d| parse_duration(d).ok())
         .unwrap_or(Duration::from_secs(60));
-    tracing::info!(kind = %a.kind, "moving the service address here");
-    match a.kind.as_str() {
-        "command" => {
-            let cmd = a
-                .command
-                .as_deref()
-                .ok_or("controller.address.command: required for kind \"command\"")?;
-            super::hooks::shell(cmd, env, deadline).await
-        }
-        other => Err(format!("address kind {other:?} is not built into this binary")),
+    let spec = spec(a)?;
+    let mut me =
+        Identity { instance_id: node.me.cloud_instance_id.clone(), eni: node.me.cloud_eni.clone() };
+    let needs = match spec.kind {
+        Kind::AwsEip => me.instance_id.is_none() && me.eni.is_none(),
+        Kind::AwsRoute | Kind::AwsSecondaryIp => me.eni.is_none(),
+        Kind::Command => false,
+    };
+    if needs {
+        let endpoint = a.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254");
+        me = imds::resolve(endpoint, me).await.map_err(|e| format!("IMDSv2 at {endpoint}: {e}"))?;
     }
-    .map(|()| {
-        let _ = node;
-    })
+    let report = twinblock_mover::move_address(&spec, &me, env, deadline)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("service address: {report}");
+    Ok(())
 }

@@ -8,7 +8,7 @@
 //! - the health check: the `health` command on the Primary; three failures
 //!   in a row hand over to the peer.
 
-mod address;
+pub(crate) mod address;
 mod hooks;
 
 use std::sync::Arc;
