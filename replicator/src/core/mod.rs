@@ -141,6 +141,9 @@ pub struct Core {
     last_error: Option<String>,
     /// The failover controller's state (None: no controller).
     ctl: Option<quorum::Ctl>,
+    /// This process started a generation the peer does not have since it
+    /// was last connected (see `diverge`).
+    separated: bool,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -216,6 +219,7 @@ impl Core {
             counters: CoreCounters::default(),
             last_error: None,
             ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
+            separated: false,
             cfg,
         };
         if !rec.al.is_empty() {

@@ -212,9 +212,15 @@ impl Core {
     /// Our data starts to differ from the peer's: a new current
     /// generation (once per separation), saved before it is relied on.
     fn diverge(&mut self, why: &str) {
-        if self.apart() {
+        // Once per separation, as this process saw it: after a restart the
+        // saved record may predate the peer adopting our generation (a
+        // crash between its SyncDone and our record's update), so the
+        // first write without the peer starts a new one anyway (the
+        // bitmap's base generation stays: the peer is still recognised).
+        if self.apart() && self.separated {
             return;
         }
+        self.separated = true;
         let id = self.random_id();
         self.gen.new_current(id);
         tracing::info!(current = format!("{:016x}", self.gen.current), why, "new data generation");
