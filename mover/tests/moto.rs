@@ -28,10 +28,14 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Dummy credentials for the standard chain; IMDS credentials off.
-fn creds() {
+/// Dummy credentials for the standard chain; IMDS credentials off; the
+/// movers' logs in the test output (shown for failing tests).
+fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("twinblock_mover=debug"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
         std::env::set_var("AWS_SESSION_TOKEN", "testing");
@@ -51,7 +55,7 @@ struct Moto {
 impl Moto {
     /// None (after printing why) when moto_server is missing outside CI.
     async fn start() -> Option<Moto> {
-        creds();
+        init();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let spawned = tokio::process::Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -542,7 +546,7 @@ async fn the_deadline_is_honoured_when_every_answer_is_503() {
 
 #[tokio::test]
 async fn the_deadline_is_honoured_when_nothing_answers() {
-    creds();
+    init();
     // A listener that accepts and never answers.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -583,6 +587,7 @@ fn controller_env(nbd: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn command_mover_gets_the_environment() {
+    init();
     let dir = std::env::temp_dir().join(format!("tb-mover-cmd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("env.txt");
@@ -601,6 +606,7 @@ async fn command_mover_gets_the_environment() {
 
 #[tokio::test]
 async fn command_mover_reports_a_failing_script() {
+    init();
     let spec = command_spec("echo starting; echo \"no route for $TWINBLOCK_NODE\" >&2; exit 3");
     let e = move_address(&spec, &Identity::default(), &controller_env("x:1"), DEADLINE)
         .await
@@ -613,6 +619,7 @@ async fn command_mover_reports_a_failing_script() {
 
 #[tokio::test]
 async fn command_mover_kills_the_command_at_the_deadline() {
+    init();
     // The shell's child keeps stdout open: the whole group must go.
     let spec = command_spec("echo waiting >&2; sleep 30; echo never");
     let started = Instant::now();
@@ -710,6 +717,7 @@ impl Imds {
 
 #[tokio::test]
 async fn imds_resolves_instance_and_eni_and_refreshes_the_token_on_401() {
+    init();
     let imds = Imds::start("i-0123456789abcdef0", "0a:1b:2c:3d:4e:5f", "eni-0aa11bb22").await;
     let got = imds::resolve(&imds.url(), Identity::default()).await.unwrap();
     assert_eq!(got.instance_id.as_deref(), Some("i-0123456789abcdef0"));
@@ -721,6 +729,7 @@ async fn imds_resolves_instance_and_eni_and_refreshes_the_token_on_401() {
 
 #[tokio::test]
 async fn imds_keeps_what_is_known_and_asks_only_for_the_rest() {
+    init();
     let imds = Imds::start("i-from-imds", "02:00:00:00:00:01", "eni-from-imds").await;
     let want = Identity { instance_id: Some("i-configured".into()), eni: None };
     let got = imds::resolve(&imds.url(), want).await.unwrap();
@@ -737,6 +746,7 @@ async fn imds_keeps_what_is_known_and_asks_only_for_the_rest() {
 
 #[tokio::test]
 async fn imds_gives_up_at_its_deadline_when_nothing_listens() {
+    init();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let started = Instant::now();
     let e = imds::resolve_within(
@@ -752,6 +762,7 @@ async fn imds_gives_up_at_its_deadline_when_nothing_listens() {
 
 #[tokio::test]
 async fn imds_identity_drives_the_eip_move() {
+    init();
     // The controller's path: identity from IMDS, then the move.
     let Some(moto) = Moto::start().await else { return };
     let w = World::build(&moto).await;
