@@ -540,7 +540,7 @@ async fn the_deadline_is_honoured_when_every_answer_is_503() {
     let took = started.elapsed();
     assert!(matches!(e, MoveError::Deadline { .. }), "{e}");
     assert!(e.to_string().contains("503"), "{e}");
-    assert!(took <= deadline + Duration::from_millis(500), "took {took:?}");
+    assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
     assert!(proxy.actions().len() >= 3, "retried: {:?}", proxy.actions());
 }
 
@@ -569,7 +569,7 @@ async fn the_deadline_is_honoured_when_nothing_answers() {
     let e = move_address(&spec, &me, &[], deadline).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(e, MoveError::Deadline { .. }), "{e}");
-    assert!(took <= deadline + Duration::from_millis(500), "took {took:?}");
+    assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
     hold.abort();
 }
 
@@ -757,7 +757,7 @@ async fn imds_gives_up_at_its_deadline_when_nothing_listens() {
     .await
     .unwrap_err();
     assert!(matches!(e, imds::ImdsError::Deadline { .. }), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
