@@ -345,19 +345,30 @@ enum Fault {
     Unavailable,
     /// HTTP 400 with EC2's RequestLimitExceeded error document.
     Throttled,
+    /// The connection is closed without an answer.
+    Hangup,
 }
 
 /// An HTTP proxy in front of moto that answers the first `faults` requests
-/// itself with `fault`, then forwards everything.
+/// (of action `only`, or of any action) itself with `fault`, and forwards
+/// the others, one request per upstream connection.
 struct Proxy {
     addr: SocketAddr,
-    /// Requests answered with a fault.
-    injected: Arc<AtomicU32>,
-    /// Requests handed on to moto (the first of each forwarded connection).
-    forwarded: Arc<AtomicU32>,
-    /// The `Action=` of each request, in order.
-    actions: Arc<Mutex<Vec<String>>>,
+    state: Arc<ProxyState>,
     task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    upstream: SocketAddr,
+    fault: Fault,
+    faults: u32,
+    only: Option<&'static str>,
+    /// Requests answered with a fault.
+    injected: AtomicU32,
+    /// Requests handed on to moto.
+    forwarded: AtomicU32,
+    /// The `Action=` of each request, in order.
+    actions: Mutex<Vec<String>>,
 }
 
 impl Drop for Proxy {
@@ -368,21 +379,36 @@ impl Drop for Proxy {
 
 impl Proxy {
     async fn start(upstream: SocketAddr, fault: Fault, faults: u32) -> Proxy {
+        Proxy::start_for(upstream, fault, faults, None).await
+    }
+
+    async fn start_for(
+        upstream: SocketAddr,
+        fault: Fault,
+        faults: u32,
+        only: Option<&'static str>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let injected = Arc::new(AtomicU32::new(0));
-        let forwarded = Arc::new(AtomicU32::new(0));
-        let actions = Arc::new(Mutex::new(Vec::new()));
-        let (i, f, a) = (injected.clone(), forwarded.clone(), actions.clone());
+        let state = Arc::new(ProxyState {
+            upstream,
+            fault,
+            faults,
+            only,
+            injected: AtomicU32::new(0),
+            forwarded: AtomicU32::new(0),
+            actions: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                let (i, f, a) = (i.clone(), f.clone(), a.clone());
+                let st = st.clone();
                 tokio::spawn(async move {
-                    let _ = serve(conn, upstream, fault, faults, i, f, a).await;
+                    let _ = serve(conn, &st).await;
                 });
             }
         });
-        Proxy { addr, injected, forwarded, actions, task }
+        Proxy { addr, state, task }
     }
 
     fn url(&self) -> String {
@@ -390,7 +416,15 @@ impl Proxy {
     }
 
     fn actions(&self) -> Vec<String> {
-        self.actions.lock().unwrap().clone()
+        self.state.actions.lock().unwrap().clone()
+    }
+
+    fn injected(&self) -> u32 {
+        self.state.injected.load(Ordering::SeqCst)
+    }
+
+    fn forwarded(&self) -> u32 {
+        self.state.forwarded.load(Ordering::SeqCst)
     }
 }
 
@@ -432,21 +466,24 @@ fn action_of(req: &[u8]) -> String {
         .to_string()
 }
 
-async fn serve(
-    mut conn: TcpStream,
-    upstream: SocketAddr,
-    fault: Fault,
-    faults: u32,
-    injected: Arc<AtomicU32>,
-    forwarded: Arc<AtomicU32>,
-    actions: Arc<Mutex<Vec<String>>>,
-) -> std::io::Result<()> {
+/// Adds `Connection: close` after the first line of an HTTP message.
+fn with_close(msg: &[u8]) -> Vec<u8> {
+    let Some(eol) = msg.windows(2).position(|w| w == b"\r\n") else { return msg.to_vec() };
+    let mut out = msg[..eol + 2].to_vec();
+    out.extend_from_slice(b"Connection: close\r\n");
+    out.extend_from_slice(&msg[eol + 2..]);
+    out
+}
+
+async fn serve(mut conn: TcpStream, st: &ProxyState) -> std::io::Result<()> {
     loop {
         let Some(req) = read_request(&mut conn).await? else { return Ok(()) };
-        actions.lock().unwrap().push(action_of(&req));
-        let n = injected.fetch_add(1, Ordering::SeqCst);
-        if n < faults {
-            let (status, body) = match fault {
+        let action = action_of(&req);
+        st.actions.lock().unwrap().push(action.clone());
+        let targeted = st.only.is_none_or(|a| a == action);
+        if targeted && st.injected.fetch_add(1, Ordering::SeqCst) < st.faults {
+            let (status, body) = match st.fault {
+                Fault::Hangup => return Ok(()),
                 Fault::Unavailable => ("503 Service Unavailable", String::new()),
                 Fault::Throttled => (
                     "400 Bad Request",
@@ -463,12 +500,17 @@ async fn serve(
             conn.write_all(resp.as_bytes()).await?;
             continue;
         }
-        injected.fetch_sub(1, Ordering::SeqCst);
-        forwarded.fetch_add(1, Ordering::SeqCst);
-        let mut up = TcpStream::connect(upstream).await?;
-        up.write_all(&req).await?;
-        // Later requests on this connection go straight through.
-        tokio::io::copy_bidirectional(&mut conn, &mut up).await?;
+        if targeted {
+            st.injected.fetch_sub(1, Ordering::SeqCst);
+        }
+        st.forwarded.fetch_add(1, Ordering::SeqCst);
+        // One request per upstream connection, answered until EOF; the
+        // client is told to close too, so every request passes here.
+        let mut up = TcpStream::connect(st.upstream).await?;
+        up.write_all(&with_close(&req)).await?;
+        let mut resp = Vec::new();
+        up.read_to_end(&mut resp).await?;
+        conn.write_all(&with_close(&resp)).await?;
         return Ok(());
     }
 }
@@ -481,8 +523,8 @@ async fn throttling_is_retried_until_the_move_succeeds() {
     let spec = w.eip_spec(&proxy.url());
     let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
     assert!(!r.already_in_place, "{r}");
-    assert_eq!(proxy.injected.load(Ordering::SeqCst), 3, "{:?}", proxy.actions());
-    assert!(proxy.forwarded.load(Ordering::SeqCst) >= 1);
+    assert_eq!(proxy.injected(), 3, "{:?}", proxy.actions());
+    assert!(proxy.forwarded() >= 1);
     // The throttled DescribeAddresses was sent again (3 refusals + 1 answer).
     let actions = proxy.actions();
     assert_eq!(&actions[..4], ["DescribeAddresses"; 4], "{actions:?}");
@@ -504,7 +546,59 @@ async fn http_503_is_retried_until_the_move_succeeds() {
     };
     let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
     assert!(!r.already_in_place, "{r}");
-    assert_eq!(proxy.injected.load(Ordering::SeqCst), 2);
+    assert_eq!(proxy.injected(), 2);
+    assert!(r.attempts >= 5, "{r}");
+    assert!(w.ips(1).await.contains(&SECONDARY.to_string()));
+}
+
+#[tokio::test]
+async fn a_throttled_associate_address_is_sent_again() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start_for(moto.addr, Fault::Throttled, 2, Some("AssociateAddress")).await;
+    let r = move_address(&w.eip_spec(&proxy.url()), &w.me(1), &[], DEADLINE).await.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    let actions = proxy.actions();
+    let sent = actions.iter().filter(|a| *a == "AssociateAddress").count();
+    assert_eq!(sent, 3, "two refused, one through: {actions:?}");
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[1].as_str()));
+}
+
+#[tokio::test]
+async fn a_failing_replace_route_is_retried_in_each_table() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start_for(moto.addr, Fault::Unavailable, 3, Some("ReplaceRoute")).await;
+    let spec = AddressSpec {
+        kind: Kind::AwsRoute,
+        route_table_ids: w.tables.clone(),
+        cidr: Some(OVERLAY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(proxy.url()),
+        ..AddressSpec::default()
+    };
+    move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    let actions = proxy.actions();
+    let sent = actions.iter().filter(|a| *a == "ReplaceRoute").count();
+    assert_eq!(sent, 5, "3 refused + one per table: {actions:?}");
+    let second = Some(w.enis[1].clone());
+    assert_eq!(w.route_targets().await, vec![second.clone(), second]);
+}
+
+#[tokio::test]
+async fn dropped_connections_are_retried() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start(moto.addr, Fault::Hangup, 2).await;
+    let spec = AddressSpec {
+        kind: Kind::AwsSecondaryIp,
+        private_ip: Some(SECONDARY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(proxy.url()),
+        ..AddressSpec::default()
+    };
+    let r = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap();
+    assert_eq!(proxy.injected(), 2);
     assert!(r.attempts >= 5, "{r}");
     assert!(w.ips(1).await.contains(&SECONDARY.to_string()));
 }
@@ -571,6 +665,28 @@ async fn the_deadline_is_honoured_when_nothing_answers() {
     assert!(matches!(e, MoveError::Deadline { .. }), "{e}");
     assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
     hold.abort();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_until_the_deadline() {
+    init();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spec = AddressSpec {
+        kind: Kind::AwsSecondaryIp,
+        private_ip: Some(SECONDARY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..AddressSpec::default()
+    };
+    let me = Identity { instance_id: None, eni: Some("eni-1".into()) };
+    let deadline = Duration::from_secs(2);
+    let started = Instant::now();
+    let e = move_address(&spec, &me, &[], deadline).await.unwrap_err();
+    let took = started.elapsed();
+    let MoveError::Deadline { attempts, .. } = &e else { panic!("{e:?}") };
+    assert!(*attempts >= 3, "{e}");
+    assert!(took >= deadline - Duration::from_millis(200), "used the deadline: {took:?}");
+    assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
 }
 
 // ------------------------------------------------------ command mover ---
