@@ -747,6 +747,26 @@ async fn command_mover_kills_the_command_at_the_deadline() {
     assert!(took < Duration::from_millis(2500), "took {took:?}");
 }
 
+#[tokio::test]
+async fn a_cancelled_command_move_takes_the_command_down() {
+    init();
+    let pidfile = std::env::temp_dir().join(format!("tb-mover-cancel-{}.pid", std::process::id()));
+    let spec = command_spec(&format!("sleep 30 & echo $! > '{}'; wait", pidfile.display()));
+    let me = Identity::default();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(500), move_address(&spec, &me, &[], DEADLINE))
+            .await;
+    assert!(cancelled.is_err(), "the command should still run at 500 ms");
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let _ = std::fs::remove_file(&pidfile);
+    let until = Instant::now() + Duration::from_secs(5);
+    // SAFETY: signal 0 only checks whether the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(Instant::now() < until, "sleep {pid} survived the cancelled move");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // --------------------------------------------------------------- IMDS ---
 
 /// A test-local IMDSv2: PUT token, then GETs with the token header only.
