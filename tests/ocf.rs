@@ -218,7 +218,9 @@ fn ocf_agent_reports_configuration_errors() {
     assert_eq!(run(&[], "validate-all"), Some(0));
     assert_eq!(run(&[("config", "/nonexistent/r0.toml")], "validate-all"), Some(6));
     assert_eq!(run(&[("node", "zz")], "validate-all"), Some(6), "node not in the file");
-    assert_eq!(run(&[("node", "")], "start"), Some(6));
+    // Without `node`: the cluster node's name, as Pacemaker passes it.
+    assert_eq!(run(&[("node", ""), ("CRM_meta_on_node", "a")], "validate-all"), Some(0));
+    assert_eq!(run(&[("node", ""), ("CRM_meta_on_node", "zz")], "start"), Some(6));
     assert_eq!(run(&[("binary", "/nonexistent/twinblock")], "start"), Some(5));
     // A probe or stop on a node without the binary: not running / done.
     assert_eq!(run(&[("binary", "/nonexistent/twinblock")], "monitor"), Some(7));

@@ -17,6 +17,7 @@ use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_types::retry::ErrorKind;
 
 use crate::backoff::Backoff;
 use crate::{AddressSpec, Identity, Kind, MoveError, MoveReport};
@@ -179,7 +180,21 @@ where
     let full = || DisplayErrorContext(e).to_string();
     match e {
         SdkError::TimeoutError(_) => Class::Retry("timed out".into()),
-        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+        // I/O, timeouts, and "transient" failures such as a connection
+        // closed before the answer (every call here is idempotent, so
+        // sending it again is safe); not user or client errors.
+        SdkError::DispatchFailure(d)
+            if d.is_io()
+                || d.is_timeout()
+                || matches!(
+                    d.as_other(),
+                    Some(
+                        ErrorKind::TransientError
+                            | ErrorKind::ServerError
+                            | ErrorKind::ThrottlingError
+                    )
+                ) =>
+        {
             Class::Retry(format!("connection failed: {}", full()))
         }
         SdkError::ResponseError(r) => {

@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The least time worth one more attempt.
+const LAST_TRY: Duration = Duration::from_millis(100);
+
 /// Delays grow from `first` by doubling up to `max`; each delay is drawn
 /// uniformly from [d/2, d] ("equal jitter"), so a crowd of nodes retrying
 /// the same throttled API spreads out.
@@ -29,7 +32,8 @@ impl Backoff {
         self.rng
     }
 
-    /// The next delay, or None when waiting it would pass the deadline.
+    /// The next delay, shortened to leave [`LAST_TRY`] for one more attempt
+    /// before the deadline; None when not even that is left.
     pub(crate) fn next_delay(&mut self) -> Option<Duration> {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
@@ -37,8 +41,7 @@ impl Backoff {
         let jitter = Duration::from_nanos(self.random() % (half.as_nanos() as u64).max(1));
         let delay = half + jitter;
         let left = self.deadline.saturating_duration_since(Instant::now());
-        // Leave room for one more attempt after the sleep.
-        (delay < left).then_some(delay)
+        (left > LAST_TRY).then(|| delay.min(left - LAST_TRY))
     }
 
     /// Sleeps the next delay; false when the deadline leaves no room.
@@ -68,10 +71,17 @@ mod tests {
         assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
         assert!(d[1] >= Duration::from_millis(100) && d[1] <= Duration::from_millis(200));
         assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(400));
+        // A long delay is cut to leave time for a last try.
         let mut b = Backoff::new(
             Duration::from_secs(10),
             Duration::from_secs(10),
             Instant::now() + Duration::from_secs(1),
+        );
+        assert!(b.next_delay().unwrap() <= Duration::from_millis(900));
+        let mut b = Backoff::new(
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            Instant::now() + Duration::from_millis(50),
         );
         assert_eq!(b.next_delay(), None);
     }

@@ -33,14 +33,20 @@ pub(crate) async fn run(
         .spawn()
         .map_err(|source| MoveError::CommandSpawn { command: command.clone(), source })?;
     let pgid = child.id();
+    // If the caller drops this future (cancels the move), the command and
+    // anything it started go too.
+    let mut guard = GroupGuard(pgid);
     let stdout = child.stdout.take().map(|o| tokio::spawn(read_all(o)));
     let stderr = child.stderr.take().map(|e| tokio::spawn(read_all(e)));
 
     let waited = tokio::time::timeout(deadline, child.wait()).await;
     let status = match waited {
-        Ok(status) => Some(status),
+        Ok(status) => {
+            guard.0 = None;
+            Some(status)
+        }
         Err(_) => {
-            kill_group(pgid);
+            kill_group(guard.0.take());
             let _ = child.kill().await;
             None
         }
@@ -105,6 +111,15 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
 fn tail(b: &[u8]) -> String {
     let start = b.len().saturating_sub(TAIL);
     String::from_utf8_lossy(&b[start..]).trim().to_string()
+}
+
+/// Kills the process group on drop unless disarmed (`.0 = None`).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0.take());
+    }
 }
 
 fn kill_group(pgid: Option<u32>) {

@@ -57,6 +57,7 @@ pub async fn resolve_within(
     want: Identity,
     deadline: Duration,
 ) -> Result<Identity, ImdsError> {
+    let want = want.normalized();
     if want.instance_id.is_some() && want.eni.is_some() {
         return Ok(want);
     }

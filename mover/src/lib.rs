@@ -109,13 +109,16 @@ impl std::str::FromStr for Kind {
 }
 
 /// `[controller.address]`: how the service address moves. Plain data; the
-/// config crate fills it and calls [`AddressSpec::validate`].
+/// config crate fills it (it also deserializes straight from the TOML
+/// table, unknown keys refused) and calls [`AddressSpec::validate`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddressSpec {
     pub kind: Kind,
     /// `aws-eip`: the Elastic IP's allocation id (`eipalloc-...`).
     pub allocation_id: Option<String>,
     /// `aws-route`: route tables whose route to `cidr` points at the Primary.
+    #[serde(default)]
     pub route_table_ids: Vec<String>,
     /// `aws-route`: the overlay address, e.g. `10.9.9.9/32`.
     pub cidr: Option<String>,
@@ -229,11 +232,20 @@ fn check_cidr(cidr: &str) -> Result<(), SpecError> {
 /// `cloud_eni`) and, for what is missing, by [`imds::resolve`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// `i-...`: used by `aws-eip`.
+    /// `i-...`: used by `aws-eip` (which associates with the instance's
+    /// primary interface).
     pub instance_id: Option<String>,
     /// `eni-...`: used by `aws-route` and `aws-secondary-ip` (and by `aws-eip`
     /// when no instance id is known).
     pub eni: Option<String>,
+}
+
+impl Identity {
+    /// Empty or blank strings count as missing.
+    pub fn normalized(self) -> Identity {
+        let keep = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        Identity { instance_id: keep(self.instance_id), eni: keep(self.eni) }
+    }
 }
 
 /// What a successful move did.
@@ -324,7 +336,7 @@ pub async fn move_address(
     let result = match spec.kind {
         Kind::Command => command::run(spec, env, deadline).await,
         #[cfg(feature = "aws")]
-        _ => aws::move_address(spec, me, deadline).await,
+        _ => aws::move_address(spec, &me.clone().normalized(), deadline).await,
         #[cfg(not(feature = "aws"))]
         k => {
             let _ = me;
@@ -388,6 +400,37 @@ mod tests {
         s.allocation_id = Some("eipalloc-1".into());
         s.endpoint = Some("127.0.0.1:5000".into());
         assert_eq!(s.validate().unwrap_err().key, "endpoint");
+    }
+
+    #[test]
+    fn spec_deserializes_from_the_config_table() {
+        let s: AddressSpec = toml::from_str(
+            "kind = \"aws-route\"\nroute_table_ids = [\"rtb-1\", \"rtb-2\"]\n\
+             cidr = \"10.9.9.9/32\"\nregion = \"eu-west-1\"\n\
+             endpoint = \"http://127.0.0.1:5000\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.kind, Kind::AwsRoute);
+        assert_eq!(s.route_table_ids, ["rtb-1", "rtb-2"]);
+        assert_eq!(s.validate(), Ok(()));
+        let s: AddressSpec = toml::from_str("kind = \"command\"\ncommand = \"true\"").unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        assert!(toml::from_str::<AddressSpec>("kind = \"aws-eip\"\nallocation = \"x\"").is_err());
+        assert!(toml::from_str::<AddressSpec>("kind = \"gcp-ip\"").is_err());
+    }
+
+    #[test]
+    fn move_address_is_send() {
+        fn send<T: Send>(_: &T) {}
+        let (spec, me) = (AddressSpec::default(), Identity::default());
+        let f = move_address(&spec, &me, &[], Duration::from_secs(1));
+        send(&f);
+    }
+
+    #[test]
+    fn blank_identity_fields_are_missing() {
+        let id = Identity { instance_id: Some(" ".into()), eni: Some("eni-1".into()) };
+        assert_eq!(id.normalized(), Identity { instance_id: None, eni: Some("eni-1".into()) });
     }
 
     #[test]
