@@ -10,7 +10,10 @@
 //!   acknowledging writes before the survivor promotes, and never
 //!   acknowledges one after; when it can reach the witness again it runs
 //!   `on_demote` and rejoins as Secondary;
-//! - a link blip shorter than `dead_time` changes nothing.
+//! - a link blip shorter than `dead_time` changes nothing;
+//! - cut from its peer but not from the witness, the Primary goes on (the
+//!   witness records the peer as outdated) and the peer never promotes;
+//! - a failing health check on the Primary hands over to the peer.
 
 mod common;
 
@@ -52,6 +55,14 @@ struct Cluster {
 /// A pair plus witness with a controller; `a_routes`: (relay to b, relay
 /// to the witness) that node a uses.
 fn cluster(a_routes: Option<(&str, &str)>) -> Cluster {
+    match a_routes {
+        Some((b, w)) => cluster_with(Some(b), Some(w), ""),
+        None => cluster_with(None, None, ""),
+    }
+}
+
+/// `to_b`, `to_w`: relays node a uses to reach b and the witness.
+fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) -> Cluster {
     let p = Pair::prepare("C", "32M");
     let dir = p.dir.path().to_owned();
     run_ok(
@@ -64,7 +75,7 @@ fn cluster(a_routes: Option<(&str, &str)>) -> Cluster {
     let tail = |w_connect: &str| {
         format!(
             "\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\nconnect = \"{w_connect}\"\nmeta = \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
-             [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n\
+             [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n{controller_extra}\n\
              on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"]\n\
              on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"]\n\n\
              [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n",
@@ -74,17 +85,15 @@ fn cluster(a_routes: Option<(&str, &str)>) -> Cluster {
     };
     let config_b = dir.join("b.toml");
     std::fs::write(&config_b, format!("{base}{}", tail(&w_addr))).unwrap();
-    let text_a = match a_routes {
-        None => format!("{base}{}", tail(&w_addr)),
-        Some((to_b, to_w)) => {
-            let b_addr = p.b_address();
-            let base = base.replace(
-                &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
-                &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{to_b}\"\n"),
-            );
-            format!("{base}{}", tail(to_w))
-        }
+    let b_addr = p.b_address();
+    let base_a = match to_b {
+        Some(to_b) => base.replace(
+            &format!("[nodes.b]\naddress = \"{b_addr}\"\n"),
+            &format!("[nodes.b]\naddress = \"{b_addr}\"\nconnect = \"{to_b}\"\n"),
+        ),
+        None => base.clone(),
     };
+    let text_a = format!("{base_a}{}", tail(to_w.unwrap_or(&w_addr)));
     std::fs::write(&p.config, text_a).unwrap();
     let mut c = Cluster { p, witness: None, w_addr, config_b, hooks_log, owner };
     c.start_witness();
@@ -303,4 +312,65 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     assert!(c.hooks().contains("demote a"), "on_demote ran on a: {}", c.hooks());
     assert_eq!(c.owner(), "b");
     drop((relay_b, relay_w));
+}
+
+#[test]
+fn cut_from_the_peer_only_the_primary_goes_on_and_the_peer_stays() {
+    if !need_tools() {
+        return;
+    }
+    let to_b = free_udp();
+    // a reaches b through a relay; both reach the witness directly.
+    let c = cluster_with(Some(&to_b), None, "");
+    let b_addr = c.p.b_address();
+    let relay = netem(&to_b, &b_addr);
+    c.p.wait_connected();
+    c.first_primary();
+    drop(relay);
+    // Longer than dead_time: b hears nothing from a, the witness refuses
+    // it (a holds the right and has recorded b as outdated).
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut writes = 0;
+    while Instant::now() < until {
+        qemu_write(&c.p.uri(0), (writes % 32) * 4096, 0x33).expect("a keeps taking writes");
+        writes += 1;
+        let b = c.p.status(1);
+        assert_eq!(b["role"], "Secondary", "b promoted while a holds the witness: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let b = c.p.status(1);
+    let refusal = b["controller"]["last_refusal"].as_str().unwrap_or("").to_string();
+    assert!(
+        refusal.contains("holds") || refusal.contains("outdated"),
+        "b's claim was refused: {b}"
+    );
+    let _relay = netem(&to_b, &b_addr);
+    c.p.wait("b back in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Primary" && b["disk"] == "UpToDate" && b["connection"] == "Connected"
+    });
+}
+
+#[test]
+fn failing_health_check_hands_over() {
+    if !need_tools() {
+        return;
+    }
+    let flag = test_tmp().join(format!("unhealthy-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let c = cluster_with(
+        None,
+        None,
+        &format!(
+            "health = \"test ! -e {} || test $TWINBLOCK_NODE != a\"\nhealth_interval = \"300ms\"",
+            flag.display()
+        ),
+    );
+    c.first_primary();
+    std::fs::write(&flag, b"x").unwrap();
+    c.p.wait("b took over from an unhealthy a", Duration::from_secs(30), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary" && b["controller"]["quorum"] == true
+    });
+    assert!(c.hooks().contains("demote a"), "on_demote ran on a first: {}", c.hooks());
+    assert_eq!(c.owner(), "b");
+    let _ = std::fs::remove_file(&flag);
 }
