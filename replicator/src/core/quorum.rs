@@ -292,7 +292,7 @@ impl Core {
     }
 
     /// The peer is current: everything acknowledged is on it.
-    fn peer_current(&self) -> bool {
+    pub(crate) fn peer_current(&self) -> bool {
         self.session.as_ref().is_some_and(|s| {
             s.phase == Phase::Running
                 && s.repl() == super::Replication::Established

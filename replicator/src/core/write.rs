@@ -359,8 +359,11 @@ impl Core {
             self.p.want_bitmap = true;
         }
         if self.meta_durable() && self.bitmap_clean() {
-            // The peer lacks them: the witness must know it is behind.
-            match self.reply_gate(true, true) {
+            // The peer may lack them: the witness must know it is behind,
+            // unless the peer has caught up since (a resync brought it
+            // everything this node holds).
+            let alone = !self.peer_current();
+            match self.reply_gate(alone, true) {
                 None => {}
                 Some(Ok(())) => return,
                 Some(Err(e)) => {
