@@ -25,6 +25,7 @@ while (($#)); do
   esac
 done
 [[ $(id -u) -eq 0 ]] || { echo "ldap-failover: needs root (losetup, mount)" >&2; exit 1; }
+scripts/setup.sh >/dev/null   # slapd, ldap-utils, nbdfuse, ... on a fresh machine
 for t in slapd ldapadd ldapsearch nbdfuse fusermount3 losetup mkfs.ext4 blkid mountpoint python3; do
   command -v "$t" >/dev/null || { echo "ldap-failover: $t is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
