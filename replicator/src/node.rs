@@ -56,6 +56,22 @@ pub enum ControllerOut {
     Hook(crate::core::Hook),
 }
 
+/// The kinds of application request the shell answers (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+}
+
+/// Told of every application request the node answered: its kind, how long
+/// it took from submission to reply, and whether it succeeded. Called on
+/// the request's task, outside the node's lock: keep it cheap.
+pub trait RequestObserver: Send + Sync {
+    fn completed(&self, kind: RequestKind, latency: Duration, ok: bool);
+}
+
 /// The metadata files.
 struct MetaFiles {
     meta: std::path::PathBuf,
@@ -90,6 +106,8 @@ pub struct Node {
     this: std::sync::Weak<Node>,
     /// Wakes the link manager after connect/disconnect and link changes.
     pub changed: Notify,
+    /// Told of every answered application request (metrics), once set.
+    observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
 }
 
 fn io_err(e: &io::Error) -> IoError {
@@ -200,6 +218,7 @@ impl Node {
             next_req: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             changed: Notify::new(),
+            observer: std::sync::OnceLock::new(),
         });
         {
             let mut sh = node.lock();
@@ -347,8 +366,18 @@ impl Node {
         r
     }
 
+    /// Sets who is told of every answered application request (once).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
     /// Submits an application request and waits for its reply.
-    async fn request(&self, f: impl FnOnce(&mut Core, Duration, ReqId)) -> DeviceResult<()> {
+    async fn request(
+        &self,
+        kind: RequestKind,
+        f: impl FnOnce(&mut Core, Duration, ReqId),
+    ) -> DeviceResult<()> {
+        let start = Instant::now();
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -358,7 +387,11 @@ impl Node {
             f(&mut sh.core, now, req);
             self.drain(&mut sh);
         }
-        match rx.await {
+        let reply = rx.await;
+        if let Some(o) = self.observer.get() {
+            o.completed(kind, start.elapsed(), matches!(reply, Ok(Ok(()))));
+        }
+        match reply {
             Ok(Ok(())) => Ok(()),
             Ok(Err(ReplyError::ReadOnly)) => Err(DeviceError::ReadOnly),
             Ok(Err(ReplyError::OutOfRange)) => Err(DeviceError::NoSpace),
@@ -576,16 +609,16 @@ impl BlockDevice for Node {
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> DeviceResult<()> {
-        self.request(|c, now, req| c.write(now, req, offset, data, fua)).await
+        self.request(RequestKind::Write, |c, now, req| c.write(now, req, offset, data, fua)).await
     }
 
     async fn flush(&self) -> DeviceResult<()> {
-        self.request(|c, now, req| c.flush(now, req)).await
+        self.request(RequestKind::Flush, |c, now, req| c.flush(now, req)).await
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> DeviceResult<()> {
         let len = u32::try_from(len).map_err(|_| DeviceError::Invalid("trim longer than 4 GiB"))?;
-        self.request(|c, now, req| c.trim(now, req, offset, len, fua)).await
+        self.request(RequestKind::Trim, |c, now, req| c.trim(now, req, offset, len, fua)).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DeviceResult<()> {
@@ -594,8 +627,10 @@ impl BlockDevice for Node {
             return Err(DeviceError::NotSupported);
         }
         let len = u32::try_from(len).map_err(|_| DeviceError::Invalid("zero longer than 4 GiB"))?;
-        self.request(|c, now, req| c.write_zeroes(now, req, offset, len, flags.no_hole, flags.fua))
-            .await
+        self.request(RequestKind::WriteZeroes, |c, now, req| {
+            c.write_zeroes(now, req, offset, len, flags.no_hole, flags.fua)
+        })
+        .await
     }
 
     async fn cache(&self, offset: u64, len: u64) -> DeviceResult<()> {
