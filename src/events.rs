@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
+use twinblock_replicator::node::StateKey;
 use twinblock_replicator::status::Status;
 use twinblock_replicator::Node;
 
@@ -55,14 +56,22 @@ pub struct Event {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncInfo {
-    /// SyncSource, SyncTarget or Verifying.
+    /// The replication state: SyncSource, SyncTarget, PausedSync,
+    /// VerifySource or VerifyTarget.
     pub direction: String,
-    pub percent: f64,
-    pub bytes_total: u64,
+    /// Done so far (known on the source and the verifying side).
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// What this resync or verify covers (where known).
+    #[serde(default)]
+    pub bytes_total: Option<u64>,
     #[serde(default)]
     pub eta_s: Option<f64>,
-    /// Bytes still out of sync on this node.
+    /// Bytes out of sync on this node now.
     pub out_of_sync_bytes: u64,
+    /// `finished`: bytes resync moved (sent or received) since `started`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_bytes: Option<u64>,
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-29T18:04:05.123Z`.
@@ -126,14 +135,22 @@ fn plain(st: &Status) -> Vec<(&'static str, String)> {
     v
 }
 
-fn sync_info(st: &Status) -> Option<SyncInfo> {
-    st.sync.as_ref().map(|s| SyncInfo {
-        direction: st.connection.clone(),
-        percent: (s.percent * 10.0).round() / 10.0,
-        bytes_total: s.bytes_total,
-        eta_s: s.eta_s.map(|e| e.round()),
+/// The resync or verify under way, if any (its replication state).
+fn syncing(st: &Status) -> Option<&str> {
+    let r = st.replication.as_str();
+    matches!(r, "SyncSource" | "SyncTarget" | "PausedSync" | "VerifySource" | "VerifyTarget")
+        .then_some(r)
+}
+
+fn sync_info(st: &Status, direction: &str) -> SyncInfo {
+    SyncInfo {
+        direction: direction.to_string(),
+        percent: st.sync.as_ref().map(|s| (s.percent * 10.0).round() / 10.0),
+        bytes_total: st.sync.as_ref().map(|s| s.bytes_total),
+        eta_s: st.sync.as_ref().and_then(|s| s.eta_s).map(f64::round),
         out_of_sync_bytes: st.out_of_sync_bytes,
-    })
+        moved_bytes: None,
+    }
 }
 
 /// Turns successive snapshots into events.
@@ -142,6 +159,8 @@ pub struct Tracker {
     prev: Option<Status>,
     /// When and at what percentage the last sync event was made.
     last_progress: Option<(Instant, f64)>,
+    /// `counters.resync_bytes` when the running resync started.
+    resync_base: u64,
 }
 
 impl Tracker {
@@ -162,20 +181,40 @@ impl Tracker {
     pub fn exists(st: &Status) -> Vec<Event> {
         let mut out: Vec<Event> =
             plain(st).into_iter().map(|(o, v)| Self::event(st, "exists", o, None, v)).collect();
-        if let Some(info) = sync_info(st) {
+        if let Some(dir) = syncing(st) {
             let mut e = Self::event(st, "exists", "sync", None, "progress".into());
-            e.sync = Some(info);
+            e.sync = Some(sync_info(st, dir));
             out.push(e);
         }
         out
     }
 
+    /// A state the node passed through since the last snapshot (it may be
+    /// gone already, `latest` being the snapshot after it): the last
+    /// snapshot with these states and the latest counters.
+    pub fn passed(&mut self, key: &StateKey, latest: &Status, now: Instant) -> Vec<Event> {
+        let Some(prev) = &self.prev else { return Vec::new() };
+        let mut st = prev.clone();
+        st.counters = latest.counters.clone();
+        st.out_of_sync_bytes = latest.out_of_sync_bytes;
+        st.role = key.role;
+        st.disk = key.disk;
+        st.connection = key.connection_name();
+        st.replication = key.replication.to_string();
+        if st.replication == "Off" {
+            st.peer.role = None;
+            st.peer.disk = None;
+        }
+        if syncing(&st).is_none() {
+            st.sync = None;
+        }
+        self.diff(&st, now)
+    }
+
     /// What changed since the last snapshot (nothing for the first one).
     pub fn diff(&mut self, st: &Status, now: Instant) -> Vec<Event> {
         let Some(prev) = self.prev.replace(st.clone()) else {
-            if st.sync.is_some() {
-                self.last_progress = st.sync.as_ref().map(|s| (now, s.percent));
-            }
+            self.resync_base = st.counters.resync_bytes;
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -190,36 +229,47 @@ impl Tracker {
                 out.push(Self::event(st, "change", object, None, new));
             }
         }
-        let mut sync_event = |what: &str, info: Option<SyncInfo>| {
+        let mut sync_event = |what: &str, info: SyncInfo| {
             let mut e = Self::event(st, "change", "sync", None, what.into());
-            e.sync = info;
+            e.sync = Some(info);
             out.push(e);
         };
-        match (&prev.sync, &st.sync) {
-            (None, Some(s)) => {
-                self.last_progress = Some((now, s.percent));
-                sync_event("started", sync_info(st));
+        let finished = |base: u64| {
+            let dir = syncing(&prev).unwrap_or_default();
+            let mut info = sync_info(st, dir);
+            info.moved_bytes = Some(st.counters.resync_bytes.saturating_sub(base));
+            info.percent = (st.out_of_sync_bytes == 0).then_some(100.0);
+            info.bytes_total = None;
+            info.eta_s = None;
+            info
+        };
+        match (syncing(&prev), syncing(st)) {
+            (None, Some(dir)) => {
+                self.resync_base = prev.counters.resync_bytes;
+                self.last_progress = Some((now, st.sync.as_ref().map_or(0.0, |s| s.percent)));
+                sync_event("started", sync_info(st, dir));
             }
             (Some(_), None) => {
                 self.last_progress = None;
-                let mut info = sync_info(&prev);
-                if let Some(i) = info.as_mut() {
-                    i.out_of_sync_bytes = st.out_of_sync_bytes;
-                    i.eta_s = None;
-                    if st.out_of_sync_bytes == 0 {
-                        i.percent = 100.0;
-                    }
-                }
-                sync_event("finished", info);
+                sync_event("finished", finished(self.resync_base));
             }
-            (Some(_), Some(s)) => {
+            (Some(a), Some(b)) if a != b => {
+                // From one activity straight into another (verify, then
+                // the resync that repairs what it found).
+                sync_event("finished", finished(self.resync_base));
+                self.resync_base = st.counters.resync_bytes;
+                self.last_progress = Some((now, st.sync.as_ref().map_or(0.0, |s| s.percent)));
+                sync_event("started", sync_info(st, b));
+            }
+            (Some(_), Some(dir)) => {
+                let pct = st.sync.as_ref().map(|s| s.percent);
                 let due = self.last_progress.is_none_or(|(at, p)| {
                     now.duration_since(at) >= PROGRESS_EVERY
-                        && (s.percent - p).abs() >= PROGRESS_STEP
+                        && pct.is_some_and(|x| (x - p).abs() >= PROGRESS_STEP)
                 });
                 if due {
-                    self.last_progress = Some((now, s.percent));
-                    sync_event("progress", sync_info(st));
+                    self.last_progress = Some((now, pct.unwrap_or(0.0)));
+                    sync_event("progress", sync_info(st, dir));
                 }
             }
             (None, None) => {}
@@ -234,11 +284,21 @@ pub fn render(e: &Event) -> String {
     let mut line = format!("{} {} {} {}: {}", e.time, e.kind, e.resource, e.node, e.object);
     match (&e.old, &e.sync) {
         (_, Some(s)) => {
-            let eta = s.eta_s.map_or(String::new(), |x| format!(", ETA {x:.0} s"));
-            line.push_str(&format!(
-                " {} ({} {:.1}% of {} bytes, {} bytes out of sync{eta})",
-                e.new, s.direction, s.percent, s.bytes_total, s.out_of_sync_bytes
-            ));
+            let mut parts = vec![s.direction.clone()];
+            if let Some(p) = s.percent {
+                parts.push(format!("{p:.1}%"));
+            }
+            if let Some(t) = s.bytes_total {
+                parts.push(format!("of {t} bytes"));
+            }
+            if let Some(m) = s.moved_bytes {
+                parts.push(format!("{m} bytes moved"));
+            }
+            parts.push(format!("{} bytes out of sync", s.out_of_sync_bytes));
+            if let Some(x) = s.eta_s {
+                parts.push(format!("ETA {x:.0} s"));
+            }
+            line.push_str(&format!(" {} ({})", e.new, parts.join(", ")));
         }
         (Some(old), None) => line.push_str(&format!(" {old} -> {}", e.new)),
         (None, None) => line.push_str(&format!(" {}", e.new)),
@@ -264,12 +324,19 @@ impl Hub {
         // Not inside the node's span: each line names resource and node itself.
         tokio::spawn(async move {
             let mut tracker = Tracker::default();
+            let mut transitions = node.transitions();
+            let mut passed = Vec::new();
             loop {
-                let st = node.status();
+                let mut events = Vec::new();
+                let (keys, st) = node.status_since(&mut transitions);
+                for k in passed.drain(..).chain(keys) {
+                    events.extend(tracker.passed(&k, &st, Instant::now()));
+                }
                 if let Some(m) = &metrics {
                     m.observe_status(&st);
                 }
-                for e in tracker.diff(&st, Instant::now()) {
+                events.extend(tracker.diff(&st, Instant::now()));
+                for e in events {
                     log(&e);
                     if let Some(m) = &metrics {
                         m.count_event(&e);
@@ -277,6 +344,7 @@ impl Hub {
                     let _ = tx.send(e);
                 }
                 tokio::select! {
+                    k = transitions.recv() => if let Ok(k) = k { passed.push(k) },
                     _ = node.changed.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                     _ = stop.wait_for(|s| *s) => return,
@@ -304,10 +372,10 @@ fn log(e: &Event) {
             direction = %s.direction,
             percent = s.percent,
             out_of_sync_bytes = s.out_of_sync_bytes,
-            "state change: sync {} ({} {:.1}%)",
+            moved_bytes = s.moved_bytes,
+            "state change: sync {} ({})",
             e.new,
             s.direction,
-            s.percent
         ),
         None => tracing::info!(
             resource = %e.resource,
@@ -433,16 +501,57 @@ mod tests {
         let last = ev.last().unwrap();
         assert_eq!((last.object.as_str(), last.new.as_str()), ("sync", "started"));
         s.sync = Some(SyncStatus { percent: 50.0, bytes_total: 1 << 20, eta_s: Some(1.0) });
+        s.counters.resync_bytes = 1 << 19;
         assert!(t.diff(&s, t0).is_empty(), "progress at most once a second");
         let ev = t.diff(&s, t0 + Duration::from_secs(2));
         assert_eq!(ev[0].new, "progress");
-        assert_eq!(ev[0].sync.as_ref().unwrap().percent, 50.0);
-        let ev = t.diff(&status(), t0 + Duration::from_secs(3));
+        assert_eq!(ev[0].sync.as_ref().unwrap().percent, Some(50.0));
+        let mut done = status();
+        done.counters.resync_bytes = 1 << 20;
+        let ev = t.diff(&done, t0 + Duration::from_secs(3));
         let last = ev.last().unwrap();
         assert_eq!((last.object.as_str(), last.new.as_str()), ("sync", "finished"));
-        assert_eq!(last.sync.as_ref().unwrap().percent, 100.0);
+        assert_eq!(last.sync.as_ref().unwrap().percent, Some(100.0));
+        assert_eq!(last.sync.as_ref().unwrap().moved_bytes, Some(1 << 20));
         let line = serde_json::to_string(last).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), *last);
+    }
+
+    #[test]
+    fn a_resync_between_two_looks_is_seen() {
+        use twinblock_replicator::core::{Connection, Replication};
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let mut s = status();
+        s.connection = "Connecting".into();
+        s.replication = "Off".into();
+        t.diff(&s, t0);
+        let key = |c, r| StateKey {
+            role: Role::Secondary,
+            disk: DiskState::Inconsistent,
+            connection: c,
+            replication: r,
+        };
+        let mut after = status();
+        after.role = Role::Secondary;
+        after.counters.resync_bytes = 4096;
+        let mut ev = t.passed(&key(Connection::Connected, Replication::SyncTarget), &after, t0);
+        ev.extend(t.passed(&key(Connection::Connected, Replication::Established), &after, t0));
+        ev.extend(t.diff(&after, t0));
+        let lines: Vec<String> =
+            ev.iter().map(|e| render(e).split_once(' ').unwrap().1.into()).collect();
+        let want = [
+            "change r0 a: role Primary -> Secondary",
+            "change r0 a: disk UpToDate -> Inconsistent",
+            "change r0 a: connection Connecting -> SyncTarget",
+            "change r0 a: replication Off -> SyncTarget",
+            "change r0 a: sync started (SyncTarget, 0 bytes out of sync)",
+            "change r0 a: connection SyncTarget -> Connected",
+            "change r0 a: replication SyncTarget -> Established",
+            "change r0 a: sync finished (SyncTarget, 100.0%, 4096 bytes moved, 0 bytes out of sync)",
+            "change r0 a: disk Inconsistent -> UpToDate",
+        ];
+        assert_eq!(lines, want);
     }
 
     #[test]

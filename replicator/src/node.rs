@@ -72,6 +72,36 @@ pub trait RequestObserver: Send + Sync {
     fn completed(&self, kind: RequestKind, latency: Duration, ok: bool);
 }
 
+/// The states a node is in, as the shell saw them after a call into the
+/// core. Every change is broadcast ([`Node::transitions`]), so a watcher
+/// sees states that came and went between two looks at [`Node::status`]
+/// (a resync of a few blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateKey {
+    pub role: Role,
+    pub disk: crate::protocol::wire::DiskState,
+    pub connection: crate::core::Connection,
+    pub replication: crate::core::Replication,
+}
+
+impl StateKey {
+    /// The connection state as `status` shows it (Connected, SyncSource, ...).
+    pub fn connection_name(&self) -> String {
+        use crate::core::{Connection, Replication};
+        match (self.connection, self.replication) {
+            (Connection::Connected, r) => match r {
+                Replication::SyncSource => "SyncSource".to_string(),
+                Replication::SyncTarget => "SyncTarget".to_string(),
+                Replication::VerifySource | Replication::VerifyTarget => "Verifying".to_string(),
+                Replication::Ahead => "Ahead".to_string(),
+                Replication::Behind => "Behind".to_string(),
+                _ => "Connected".to_string(),
+            },
+            (c, _) => c.to_string(),
+        }
+    }
+}
+
 /// The metadata files.
 struct MetaFiles {
     meta: std::path::PathBuf,
@@ -89,6 +119,8 @@ pub struct Shell {
     persist_async: bool,
     /// The controller's task, when one runs.
     controller: Option<mpsc::UnboundedSender<ControllerOut>>,
+    /// The states after the last call into the core.
+    last_key: Option<StateKey>,
 }
 
 pub struct Node {
@@ -108,6 +140,8 @@ pub struct Node {
     pub changed: Notify,
     /// Told of every answered application request (metrics), once set.
     observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
+    /// Every change of [`StateKey`].
+    transitions: tokio::sync::broadcast::Sender<StateKey>,
 }
 
 fn io_err(e: &io::Error) -> IoError {
@@ -212,6 +246,7 @@ impl Node {
                 links: HashMap::new(),
                 persist_async: false,
                 controller: None,
+                last_key: None,
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,
@@ -219,6 +254,7 @@ impl Node {
             next_session: AtomicU64::new(1),
             changed: Notify::new(),
             observer: std::sync::OnceLock::new(),
+            transitions: tokio::sync::broadcast::channel(256).0,
         });
         {
             let mut sh = node.lock();
@@ -322,6 +358,22 @@ impl Node {
                 },
             }
         }
+        let c = &sh.core;
+        let key = StateKey {
+            role: c.role(),
+            disk: c.disk(),
+            connection: c.connection(),
+            replication: c.replication(),
+        };
+        if sh.last_key != Some(key) {
+            sh.last_key = Some(key);
+            let _ = self.transitions.send(key);
+        }
+    }
+
+    /// Every state change from now on (see [`StateKey`]).
+    pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<StateKey> {
+        self.transitions.subscribe()
     }
 
     fn store_op(&self, sh: &mut Shell, io: IoId, op: StoreOp) {
@@ -516,20 +568,36 @@ impl Node {
     }
 
     pub fn status(&self) -> Status {
-        let st = self.lock().core.status();
-        let connection = match (st.connection, st.replication) {
-            (crate::core::Connection::Connected, r) => match r {
-                crate::core::Replication::SyncSource => "SyncSource".to_string(),
-                crate::core::Replication::SyncTarget => "SyncTarget".to_string(),
-                crate::core::Replication::VerifySource | crate::core::Replication::VerifyTarget => {
-                    "Verifying".to_string()
-                }
-                crate::core::Replication::Ahead => "Ahead".to_string(),
-                crate::core::Replication::Behind => "Behind".to_string(),
-                _ => "Connected".to_string(),
-            },
-            (c, _) => c.to_string(),
-        };
+        self.status_locked(&self.lock())
+    }
+
+    /// The state changes `rx` has not seen yet, and the status right after
+    /// the last of them (taken together: nothing falls in between).
+    pub fn status_since(
+        &self,
+        rx: &mut tokio::sync::broadcast::Receiver<StateKey>,
+    ) -> (Vec<StateKey>, Status) {
+        let sh = self.lock();
+        let mut keys = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(k) => keys.push(k),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        (keys, self.status_locked(&sh))
+    }
+
+    fn status_locked(&self, sh: &Shell) -> Status {
+        let st = sh.core.status();
+        let connection = StateKey {
+            role: st.role,
+            disk: st.disk,
+            connection: st.connection,
+            replication: st.replication,
+        }
+        .connection_name();
         let now = self.now();
         Status {
             resource: self.res.name.clone(),
@@ -572,7 +640,7 @@ impl Node {
             io_backend: self.store.backend().to_string(),
             last_error: st.last_error,
             generation: format!("{:016x}", st.gen.current),
-            controller: self.lock().core.controller().map(|c| crate::status::ControllerView {
+            controller: sh.core.controller().map(|c| crate::status::ControllerView {
                 state: format!("{:?}", c.standing),
                 quorum: c.quorum,
                 witness_connected: c.witness_connected,
