@@ -170,25 +170,25 @@ impl Metrics {
         let mut reg = Registry::with_prefix_and_labels("twinblock", labels.into_iter());
         let r = &mut reg;
         let role =
-            StateSet::new(r, "role", "This node's role (1 for the current one).", "role", ROLES);
+            StateSet::new(r, "role", "This node's role (1 for the current one)", "role", ROLES);
         let disk = StateSet::new(
             r,
             "disk_state",
-            "This node's disk state (1 for the current one).",
+            "This node's disk state (1 for the current one)",
             "state",
             DISKS,
         );
         let peer_role = StateSet::new(
             r,
             "peer_role",
-            "The peer's role as last reported (Unknown while not connected).",
+            "The peer's role as last reported (Unknown while not connected)",
             "role",
             &["Primary", "Secondary", "Unknown"],
         );
         let peer_disk = StateSet::new(
             r,
             "peer_disk_state",
-            "The peer's disk state as last reported (Unknown while not connected).",
+            "The peer's disk state as last reported (Unknown while not connected)",
             "state",
             &[
                 "UpToDate",
@@ -203,14 +203,14 @@ impl Metrics {
         let connection = StateSet::new(
             r,
             "connection_state",
-            "The connection to the peer, as `status` shows it (1 for the current one).",
+            "The connection to the peer, as `status` shows it (1 for the current one)",
             "state",
             CONNECTIONS,
         );
         let replication = StateSet::new(
             r,
             "replication_state",
-            "The replication state (1 for the current one; Off when not connected).",
+            "The replication state (1 for the current one; Off when not connected)",
             "state",
             REPLICATIONS,
         );
@@ -219,97 +219,97 @@ impl Metrics {
                 StateSet::new(
                     r,
                     "controller_state",
-                    "The failover controller's standing (1 for the current one).",
+                    "The failover controller's standing (1 for the current one)",
                     "state",
                     STANDINGS,
                 ),
-                flag(r, "controller_quorum", "1 while the controller holds quorum."),
-                flag(r, "controller_witness_connected", "1 while the witness is reachable."),
+                flag(r, "controller_quorum", "1 while the controller holds quorum"),
+                flag(r, "controller_witness_connected", "1 while the witness is reachable"),
             )
         });
-        let split_brain = flag(r, "split_brain", "1 while a split brain is detected.");
+        let split_brain = flag(r, "split_brain", "1 while a split brain is detected");
         let peer_connected =
-            flag(r, "peer_connected", "1 while the link to the peer is up (handshake done).");
+            flag(r, "peer_connected", "1 while the link to the peer is up (handshake done)");
         let out_of_sync = Gauge::default();
         r.register_with_unit(
             "out_of_sync",
-            "Bytes marked out of sync with the peer (what a resync has to move).",
+            "Bytes marked out of sync with the peer (what a resync has to move)",
             Unit::Bytes,
             out_of_sync.clone(),
         );
         let in_flight = flag(
             r,
             "replication_in_flight",
-            "Replication operations sent to the peer and not yet applied there.",
+            "Replication operations sent to the peer and not yet applied there",
         );
         let rtt = FloatGauge::default();
         r.register_with_unit(
             "peer_rtt",
-            "Round-trip time to the peer (NaN while unknown).",
+            "Round-trip time to the peer (NaN while unknown)",
             Unit::Seconds,
             rtt.clone(),
         );
-        let sync_active = flag(r, "sync_active", "1 while a resync or an online verify runs.");
+        let sync_active = flag(r, "sync_active", "1 while a resync or an online verify runs");
         let sync_ratio = FloatGauge::default();
         r.register_with_unit(
             "sync_progress",
-            "Share of the running resync or verify done (0 when none runs).",
+            "Share of the running resync or verify done (0 when none runs)",
             Unit::Other("ratio".into()),
             sync_ratio.clone(),
         );
         let sync_eta = FloatGauge::default();
         r.register_with_unit(
             "sync_eta",
-            "Estimated time left of the running resync or verify (NaN when unknown).",
+            "Estimated time left of the running resync or verify (NaN when unknown)",
             Unit::Seconds,
             sync_eta.clone(),
         );
         let info = Family::<Labels, Gauge>::default();
-        r.register("node_info", "Constant 1; the labels describe this node.", info.clone());
+        r.register("node_info", "Constant 1; the labels describe this node", info.clone());
         let mode = StateSet::new(
             r,
             "mode",
-            "The protocol mode in force (1 for the current one; Ahead: adaptive running ahead).",
+            "The protocol mode in force (1 for the current one; Ahead: adaptive running ahead)",
             "mode",
             &MODES[..5],
         );
         let written = counter(
             r,
             "written",
-            "Bytes written by the application to this node.",
+            "Bytes written by the application to this node",
             Some(Unit::Bytes),
         );
         let replicated = counter(
             r,
             "replicated",
-            "Bytes of application writes sent to the peer.",
+            "Bytes of application writes sent to the peer",
             Some(Unit::Bytes),
         );
         let resynced = counter(
             r,
             "resync",
-            "Bytes moved by resync (sent as SyncSource or received as SyncTarget).",
+            "Bytes moved by resync (sent as SyncSource or received as SyncTarget)",
             Some(Unit::Bytes),
         );
         let verify_mismatches = counter(
             r,
             "verify_mismatches",
-            "4 KiB blocks online verify found different from the peer's.",
+            "4 KiB blocks online verify found different from the peer's",
             None,
         );
         let mode_switches =
-            counter(r, "mode_switches", "Switches between modes (adaptive: C and Ahead).", None);
+            counter(r, "mode_switches", "Switches between modes (adaptive: C and Ahead)", None);
         let requests = Family::<Labels, Counter>::default();
         r.register(
             "requests",
-            "Application requests answered, by operation and result.",
+            "Application requests answered, by operation and result",
             requests.clone(),
         );
         let write_latency: Family<Labels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         r.register_with_unit(
             "write_duration",
-            "NBD WRITE latency, submission to reply, by the mode in force.",
+            "NBD WRITE latency, submission to reply, by the mode in force",
             Unit::Seconds,
             write_latency.clone(),
         );
@@ -317,34 +317,34 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         r.register_with_unit(
             "flush_duration",
-            "NBD FLUSH latency, submission to reply, by the mode in force.",
+            "NBD FLUSH latency, submission to reply, by the mode in force",
             Unit::Seconds,
             flush_latency.clone(),
         );
         let state_changes = Family::<Labels, Counter>::default();
         r.register(
             "state_changes",
-            "State changes (as `twinblock events` reports them), by object.",
+            "State changes (as `twinblock events` reports them), by object",
             state_changes.clone(),
         );
         let syncs_started = Family::<Labels, Counter>::default();
         r.register(
             "syncs_started",
-            "Resyncs and verifies started, by direction.",
+            "Resyncs and verifies started, by direction",
             syncs_started.clone(),
         );
         let syncs_finished = Family::<Labels, Counter>::default();
         r.register(
             "syncs_finished",
-            "Resyncs and verifies that ended (done or interrupted), by direction.",
+            "Resyncs and verifies that ended (done or interrupted), by direction",
             syncs_finished.clone(),
         );
-        let split_brains = counter(r, "split_brains", "Split brains detected.", None);
+        let split_brains = counter(r, "split_brains", "Split brains detected", None);
         let controller_transitions = node.res.controller.as_ref().map(|_| {
             let f = Family::<Labels, Counter>::default();
             r.register(
                 "controller_transitions",
-                "Failover controller transitions, by the state entered.",
+                "Failover controller transitions, by the state entered",
                 f.clone(),
             );
             f
