@@ -69,7 +69,7 @@ pub struct SyncInfo {
     pub eta_s: Option<f64>,
     /// Bytes out of sync on this node now.
     pub out_of_sync_bytes: u64,
-    /// `finished`: bytes resync moved (sent or received) since `started`.
+    /// `finished` on the SyncSource: bytes the resync sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_bytes: Option<u64>,
 }
@@ -207,6 +207,8 @@ impl Tracker {
         }
         if syncing(&st).is_none() {
             st.sync = None;
+        } else if syncing(&st) == syncing(latest) {
+            st.sync = latest.sync.clone();
         }
         self.diff(&st, now)
     }
@@ -237,7 +239,9 @@ impl Tracker {
         let finished = |base: u64| {
             let dir = syncing(&prev).unwrap_or_default();
             let mut info = sync_info(st, dir);
-            info.moved_bytes = Some(st.counters.resync_bytes.saturating_sub(base));
+            // Only the source counts what resync moves.
+            info.moved_bytes =
+                (dir == "SyncSource").then(|| st.counters.resync_bytes.saturating_sub(base));
             info.percent = (st.out_of_sync_bytes == 0).then_some(100.0);
             info.bytes_total = None;
             info.eta_s = None;
@@ -548,7 +552,7 @@ mod tests {
             "change r0 a: sync started (SyncTarget, 0 bytes out of sync)",
             "change r0 a: connection SyncTarget -> Connected",
             "change r0 a: replication SyncTarget -> Established",
-            "change r0 a: sync finished (SyncTarget, 100.0%, 4096 bytes moved, 0 bytes out of sync)",
+            "change r0 a: sync finished (SyncTarget, 100.0%, 0 bytes out of sync)",
             "change r0 a: disk Inconsistent -> UpToDate",
         ];
         assert_eq!(lines, want);

@@ -285,12 +285,8 @@ impl Metrics {
             "Bytes of application writes sent to the peer",
             Some(Unit::Bytes),
         );
-        let resynced = counter(
-            r,
-            "resync",
-            "Bytes moved by resync (sent as SyncSource or received as SyncTarget)",
-            Some(Unit::Bytes),
-        );
+        let resynced =
+            counter(r, "resync", "Bytes sent by resync (as SyncSource)", Some(Unit::Bytes));
         let verify_mismatches = counter(
             r,
             "verify_mismatches",
