@@ -199,6 +199,30 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
     assert!(get(&b, "twinblock_syncs_finished_total", &[("direction", "SyncTarget")]) >= 1.0);
     assert_eq!(get(&b, "twinblock_disk_state", &[("state", "UpToDate")]), 1.0);
 
+    // Every series the example alert rules use exists (the controller's
+    // only with a `[controller]`), with the labels they match on.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alerts.yml"),
+    )
+    .unwrap();
+    let mut used = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("twinblock_") || word.starts_with("twinblock_controller_") {
+            continue;
+        }
+        used += 1;
+        let series = format!("\n{word}{{");
+        assert!(after.contains(&series) || back.contains(&series), "alerts.yml uses {word}");
+    }
+    assert!(used >= 8, "{used}");
+    for (name, state) in [
+        ("twinblock_connection_state", "SyncSource"),
+        ("twinblock_replication_state", "PausedSync"),
+        ("twinblock_disk_state", "Failed"),
+    ] {
+        assert!(sample(&back, name, &[("state", state)]).is_some(), "{name}{{state={state}}}");
+    }
+
     // Anything but GET /metrics.
     assert!(http(ma, "GET", "/nothing").0.starts_with("HTTP/1.1 404"));
     assert!(http(ma, "POST", "/metrics").0.starts_with("HTTP/1.1 405"));
