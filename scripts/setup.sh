@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PACKAGES=(libnbd-bin nbdfuse nbdkit fio e2fsprogs qemu-utils fuse3 python3-libnbd util-linux mount procps iproute2
-  resource-agents)  # resource-agents: ocf-tester for scripts/ocf/twinblock
+  resource-agents  # resource-agents: ocf-tester for scripts/ocf/twinblock
+  systemd)  # systemd: systemd-analyze for scripts/systemd/ (tests/systemd.rs)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
