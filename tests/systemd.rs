@@ -62,10 +62,7 @@ fn unit_files_pass_systemd_analyze_verify() {
             .args(["verify", "./twinblock@r0.service"]),
         Duration::from_secs(60),
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("twinblock@.service:"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("twinblock@.service:"), "{out:?}");
 }
 
 #[test]
