@@ -252,3 +252,62 @@ fn a_taken_metrics_port_stops_up_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nodes.a.metrics"), "{err}");
 }
+
+#[test]
+fn controller_metrics_follow_the_controller() {
+    use std::process::{Command, Stdio};
+    let mut p = Pair::prepare("C", "16M");
+    let dir = p.dir.path().to_owned();
+    common::run_ok(
+        Command::new(common::BIN)
+            .args(["gen-certs", "--out"])
+            .arg(dir.join("certs"))
+            .args(["a", "b", "w"]),
+    );
+    let w_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let ma = free_tcp();
+    let text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace("[nodes.a]\n", &format!("[nodes.a]\nmetrics = \"{ma}\"\n"));
+    let text = format!(
+        "{text}\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n[controller]\ndead_time = \"3s\"\nheartbeat = \"250ms\"\n"
+    );
+    std::fs::write(&p.config, text).unwrap();
+    let witness = common::KillOnDrop(
+        Command::new(common::BIN)
+            .args(["witness", "--config"])
+            .arg(&p.config)
+            .args(["--node", "w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = scrape(ma);
+        let holding = sample(&body, "twinblock_controller_state", &[("state", "Holding")]);
+        if holding == Some(1.0) {
+            assert_eq!(get(&body, "twinblock_controller_quorum", &[]), 1.0);
+            assert_eq!(get(&body, "twinblock_controller_witness_connected", &[]), 1.0);
+            assert!(
+                get(&body, "twinblock_controller_transitions_total", &[("state", "Holding")])
+                    >= 1.0
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never Holding:\n{body}\n{}", p.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(witness);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&scrape(ma), "twinblock_controller_witness_connected", &[]) != 0.0 {
+        assert!(Instant::now() < deadline, "the witness's loss never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = scrape(ma);
+    assert!(get(&body, "twinblock_state_changes_total", &[("object", "witness")]) >= 1.0);
+}
