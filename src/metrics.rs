@@ -148,6 +148,8 @@ pub struct Metrics {
     /// The node's counters at the last look (the counters move by the difference).
     last: Mutex<Counters>,
     requests: Family<Labels, Counter>,
+    /// Per operation and result: the counters' handles, made at first use.
+    requests_by_kind: [OnceLock<Counter>; 8],
     write_latency: Family<Labels, Histogram, fn() -> Histogram>,
     flush_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Per mode: the histograms' handles, made at first use.
@@ -371,6 +373,7 @@ impl Metrics {
             mode_switches,
             last: Mutex::new(Counters::default()),
             requests,
+            requests_by_kind: Default::default(),
             write_latency,
             flush_latency,
             write_by_mode: Default::default(),
@@ -464,14 +467,20 @@ impl Metrics {
 
 impl RequestObserver for Metrics {
     fn completed(&self, kind: RequestKind, latency: Duration, ok: bool) {
-        let op = match kind {
-            RequestKind::Write => "write",
-            RequestKind::Flush => "flush",
-            RequestKind::Trim => "trim",
-            RequestKind::WriteZeroes => "write_zeroes",
+        let (i, op) = match kind {
+            RequestKind::Write => (0, "write"),
+            RequestKind::Flush => (1, "flush"),
+            RequestKind::Trim => (2, "trim"),
+            RequestKind::WriteZeroes => (3, "write_zeroes"),
         };
         let result = if ok { "ok" } else { "error" };
-        self.requests.get_or_create(&vec![("op", op.to_string()), ("result", result.into())]).inc();
+        self.requests_by_kind[i * 2 + usize::from(!ok)]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&vec![("op", op.to_string()), ("result", result.into())])
+                    .clone()
+            })
+            .inc();
         let (family, cache) = match kind {
             RequestKind::Write => (&self.write_latency, &self.write_by_mode),
             RequestKind::Flush => (&self.flush_latency, &self.flush_by_mode),
