@@ -93,43 +93,7 @@ impl ControlServer {
                 };
                 let resp = match parsed {
                     Ok(req) if req.verb == "events" => {
-                        let (mut events, exists) = hub.subscribe();
-                        let status = serde_json::to_value(node.status()).ok();
-                        let resp = Response { ok: true, error: None, status };
-                        let mut text = serde_json::to_string(&resp).unwrap_or_default();
-                        text.push('\n');
-                        if req.now {
-                            for e in &exists {
-                                text.push_str(&serde_json::to_string(e).unwrap_or_default());
-                                text.push('\n');
-                            }
-                        }
-                        if wr.write_all(text.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        let mut scratch = [0u8; 256];
-                        loop {
-                            tokio::select! {
-                                e = events.recv() => match e {
-                                    Ok(e) => {
-                                        let mut line = serde_json::to_string(&e).unwrap_or_default();
-                                        line.push('\n');
-                                        if wr.write_all(line.as_bytes()).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                        tracing::warn!(missed = n, "an events subscriber fell behind");
-                                    }
-                                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                                },
-                                // The subscriber sends nothing more: EOF or
-                                // an error means it is gone.
-                                r = rd.read(&mut scratch) => if !matches!(r, Ok(n) if n > 0) {
-                                    return;
-                                },
-                            }
-                        }
+                        return stream_events(&node, &hub, req.now, rd, wr).await;
                     }
                     Ok(req) => handle(&node, &down, req),
                     Err(e) => Response { ok: false, error: Some(e), status: None },
@@ -145,6 +109,53 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An `events` subscription: the response, the current state (`now`),
+/// then one line per event until the subscriber goes away.
+async fn stream_events(
+    node: &Node,
+    hub: &Hub,
+    now: bool,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
+    mut wr: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let (mut events, exists) = hub.subscribe();
+    let status = serde_json::to_value(node.status()).ok();
+    let resp = Response { ok: true, error: None, status };
+    let mut text = serde_json::to_string(&resp).unwrap_or_default();
+    text.push('\n');
+    for e in exists.iter().filter(|_| now) {
+        text.push_str(&serde_json::to_string(e).unwrap_or_default());
+        text.push('\n');
+    }
+    if wr.write_all(text.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => {
+                    let mut line = serde_json::to_string(&e).unwrap_or_default();
+                    line.push('\n');
+                    if wr.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "an events subscriber fell behind");
+                }
+                Err(RecvError::Closed) => return,
+            },
+            // The subscriber sends nothing more: EOF or an error means it
+            // is gone.
+            r = rd.read(&mut scratch) => if !matches!(r, Ok(n) if n > 0) {
+                return;
+            },
+        }
     }
 }
 
