@@ -286,7 +286,7 @@ fn controller_metrics_follow_the_controller() {
     p.up(0);
     p.up(1);
     p.ok(&["primary", "--force"], 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let body = scrape(ma);
         let holding = sample(&body, "twinblock_controller_state", &[("state", "Holding")]);
@@ -303,9 +303,9 @@ fn controller_metrics_follow_the_controller() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(witness);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(40);
     while get(&scrape(ma), "twinblock_controller_witness_connected", &[]) != 0.0 {
-        assert!(Instant::now() < deadline, "the witness's loss never showed");
+        assert!(Instant::now() < deadline, "the witness's loss never showed:\n{}", p.log(0));
         std::thread::sleep(Duration::from_millis(100));
     }
     let body = scrape(ma);
