@@ -2,11 +2,17 @@
 # The main job on an embedded default: a replicated pair on loopback with
 # file-backed disks in a temporary directory. Node a is Primary and exports
 # NBD on 127.0.0.1:10809; node b is its Secondary (read-only NBD on 10810).
+# Each node serves Prometheus metrics (a: 127.0.0.1:9942, b: 9943).
 # Shows node a's live status until Ctrl-C, then stops both nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-cargo build --release -q
+# The first build takes a couple of minutes: show its progress (cargo
+# draws a progress bar on a terminal, and lists each crate otherwise).
+if [[ ! -x target/release/twinblock ]]; then
+  echo "demo: building twinblock (release; about two minutes the first time)..."
+fi
+cargo build --release
 BIN=$PWD/target/release/twinblock
 DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/twinblock-demo.XXXXXX")
 PROTOCOL=${PROTOCOL:-C}
@@ -22,6 +28,8 @@ trap 'exit 0' INT TERM
 
 "$BIN" gen-certs --out "$DIR/certs" a b >/dev/null
 pair_config "$DIR/demo.toml" demo "$PROTOCOL" 1G 7788 10809 7789 10810
+sed -i -e 's/^\[nodes\.a\]$/[nodes.a]\nmetrics = "127.0.0.1:9942"/' \
+  -e 's/^\[nodes\.b\]$/[nodes.b]\nmetrics = "127.0.0.1:9943"/' "$DIR/demo.toml"
 for n in a b; do
   "$BIN" up --config "$DIR/demo.toml" --node $n >"$DIR/$n.out" 2>"$DIR/$n.log" &
   PIDS+=($!)
@@ -43,6 +51,8 @@ Mount it (as root; this kernel has no nbd module):
   ...; umount /tmp/tb/mnt; losetup -d \$dev; fusermount3 -u /tmp/tb/fuse
 Compare the two disks afterwards: cmp $DIR/a.img $DIR/b.img
 Other views: $C b   |   $C a --json
+State changes: $BIN events --config $DIR/demo.toml --node a --now
+Metrics:       curl -s http://127.0.0.1:9942/metrics | grep -v '^#'   (node b: 9943)
 Ctrl-C stops both nodes. Live status of node a follows.
 MSG
 sleep 3

@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(libnbd-bin nbdfuse nbdkit fio e2fsprogs qemu-utils fuse3 python3-libnbd util-linux mount procps iproute2
   resource-agents   # resource-agents: ocf-tester for scripts/ocf/twinblock
+  systemd           # systemd-analyze for scripts/systemd/ (tests/systemd.rs)
   slapd ldap-utils bc)  # scripts/ldap-failover.sh
 
 missing=()

@@ -1,6 +1,8 @@
-//! The control socket: how the CLI (and later the failover controller)
-//! talks to a running node. One JSON request per line, one JSON response
-//! per line, on a Unix socket at the node's `control` path.
+//! The control socket: how the CLI talks to a running node. One JSON
+//! request per line, one JSON response per line, on a Unix socket at the
+//! node's `control` path. The `events` request is a subscription: after
+//! the response, one JSON line per state change (`crate::events::Event`)
+//! until either side closes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -15,11 +17,16 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use twinblock_replicator::Node;
 
+use crate::events::Hub;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
     pub verb: String,
     #[serde(default)]
     pub force: bool,
+    /// `events`: the current state first (`exists` events).
+    #[serde(default)]
+    pub now: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,11 +70,12 @@ impl ControlServer {
         &self.path
     }
 
-    pub async fn run(self, node: Arc<Node>, down: watch::Sender<bool>) {
+    pub async fn run(self, node: Arc<Node>, down: watch::Sender<bool>, hub: Arc<Hub>) {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else { continue };
             let node = node.clone();
             let down = down.clone();
+            let hub = hub.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = stream.into_split();
                 let mut line = String::new();
@@ -84,6 +92,9 @@ impl ControlServer {
                     Err(format!("bad request: no complete line within {MAX_REQUEST} bytes"))
                 };
                 let resp = match parsed {
+                    Ok(req) if req.verb == "events" => {
+                        return stream_events(&node, &hub, req.now, rd, wr).await;
+                    }
                     Ok(req) => handle(&node, &down, req),
                     Err(e) => Response { ok: false, error: Some(e), status: None },
                 };
@@ -98,6 +109,53 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An `events` subscription: the response, the current state (`now`),
+/// then one line per event until the subscriber goes away.
+async fn stream_events(
+    node: &Node,
+    hub: &Hub,
+    now: bool,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
+    mut wr: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let (mut events, exists) = hub.subscribe();
+    let status = serde_json::to_value(node.status()).ok();
+    let resp = Response { ok: true, error: None, status };
+    let mut text = serde_json::to_string(&resp).unwrap_or_default();
+    text.push('\n');
+    for e in exists.iter().filter(|_| now) {
+        text.push_str(&serde_json::to_string(e).unwrap_or_default());
+        text.push('\n');
+    }
+    if wr.write_all(text.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => {
+                    let mut line = serde_json::to_string(&e).unwrap_or_default();
+                    line.push('\n');
+                    if wr.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "an events subscriber fell behind");
+                }
+                Err(RecvError::Closed) => return,
+            },
+            // The subscriber sends nothing more: EOF or an error means it
+            // is gone.
+            r = rd.read(&mut scratch) => if !matches!(r, Ok(n) if n > 0) {
+                return;
+            },
+        }
     }
 }
 
@@ -137,6 +195,26 @@ pub enum CallError {
     Unreachable { path: String, reason: String },
     #[error("{0}")]
     Refused(String),
+}
+
+/// Opens a subscription (`events`): sends `req`, checks the response, and
+/// returns the stream positioned at the first event line (blocking).
+pub fn open_stream(path: &Path, req: &Request) -> Result<BufReader<StdUnixStream>, CallError> {
+    let unreachable =
+        |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
+    let mut s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
+    let mut text = serde_json::to_string(req).expect("request serializes");
+    text.push('\n');
+    s.write_all(text.as_bytes()).map_err(|e| unreachable(e.to_string()))?;
+    let mut rd = BufReader::new(s);
+    let mut line = String::new();
+    rd.read_line(&mut line).map_err(|e| unreachable(e.to_string()))?;
+    let resp: Response =
+        serde_json::from_str(&line).map_err(|e| unreachable(format!("bad response: {e}")))?;
+    if !resp.ok {
+        return Err(CallError::Refused(resp.error.unwrap_or_else(|| "refused".into())));
+    }
+    Ok(rd)
 }
 
 /// Sends one request to the node at `path` (blocking).

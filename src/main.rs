@@ -3,7 +3,10 @@
 mod certs;
 mod control;
 mod controller;
+mod events;
+mod metrics;
 mod netem;
+mod sd_notify;
 mod serve;
 mod signals;
 mod up;
@@ -14,15 +17,63 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use twinblock_replicator::units::{parse_duration, parse_size};
 use twinblock_replicator::BackendChoice;
 
+const EXIT_CODES: &str = "\
+Exit codes: 0 done; 1 failed or refused (one line on stderr says what and why; a bad
+resource file names the key); 2 bad command line; 3 the node is not running (its control
+socket does not answer).
+
+Logs go to stderr: -v (debug), -vv (trace), -q (warnings), -qq (errors only); without
+-v/-q, $TWINBLOCK_LOG or $RUST_LOG (e.g. `info,quinn=warn`), else info. Colour only when
+stderr is a terminal (and $NO_COLOR is unset). --log-format json: one JSON object per line.";
+
 #[derive(Parser)]
-#[command(name = "twinblock", version, about = "Userspace block replication over NBD and QUIC")]
+#[command(
+    name = "twinblock",
+    version,
+    about = "Userspace block replication over NBD and QUIC",
+    after_help = EXIT_CODES
+)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// More log output (-v debug, -vv trace); overrides $TWINBLOCK_LOG/$RUST_LOG.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warnings, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    quiet: u8,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human lines (colour only on a terminal).
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// `--json` on the verbs that change something: print the node's status
+/// afterwards as one JSON object.
+#[derive(Args, Clone)]
+struct VerbArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Print the node's status afterwards as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -38,6 +89,9 @@ struct NodeArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Export a file or block device over NBD, without replication.
+    #[command(
+        after_help = "Example:\n  twinblock serve --disk /var/tmp/disk.img --size 1G --listen 127.0.0.1:10809\n  nbdinfo nbd://127.0.0.1:10809"
+    )]
     Serve {
         /// Backing file or block device (created at --size when missing).
         #[arg(long)]
@@ -72,6 +126,9 @@ enum Command {
         shutdown_timeout: std::time::Duration,
     },
     /// Create a CA and a certificate/key pair per node name.
+    #[command(
+        after_help = "Example:\n  twinblock gen-certs --out /etc/twinblock/certs a b w   # ca.pem, ca.key, a.pem, a.key, ...\n\nAn existing ca.pem/ca.key in DIR is reused, so certificates can be added later."
+    )]
     GenCerts {
         /// Directory for ca.pem, ca.key, NAME.pem, NAME.key.
         #[arg(long)]
@@ -82,42 +139,88 @@ enum Command {
     },
     /// Run one node in the foreground (starts Secondary; with a
     /// `[controller]` table, the failover controller decides the roles).
+    /// Tells systemd when it is ready ($NOTIFY_SOCKET, `Type=notify`).
+    #[command(
+        after_help = "Example:\n  twinblock up --config /etc/twinblock/r0.toml --node a\n  systemctl start twinblock@r0   # the same under systemd (scripts/systemd/)"
+    )]
     Up(NodeArgs),
     /// Run the quorum witness of a resource (a node with `witness = true`):
     /// it votes which node may be Primary and keeps no data.
+    #[command(
+        after_help = "Example:\n  twinblock witness --config /etc/twinblock/r0.toml --node w"
+    )]
     Witness(NodeArgs),
     /// Make the node Primary.
+    #[command(
+        after_help = "Example:\n  twinblock primary --config r0.toml --node a --force   # first setup: a's data is the truth\n  twinblock primary --config r0.toml --node b           # planned switchover, after `secondary` on a"
+    )]
     Primary {
         #[command(flatten)]
         node: NodeArgs,
         /// Declare this node's data UpToDate (initial setup).
         #[arg(long)]
         force: bool,
+        /// Print the node's status afterwards as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Make the node Secondary.
-    Secondary(NodeArgs),
+    #[command(after_help = "Example:\n  twinblock secondary --config r0.toml --node a")]
+    Secondary(VerbArgs),
     /// Show the node's state.
+    #[command(
+        after_help = "Example:\n  twinblock status --config r0.toml --node a\n  twinblock status --config r0.toml --node a --json | jq .out_of_sync_bytes"
+    )]
     Status {
         #[command(flatten)]
         node: NodeArgs,
-        /// One JSON object.
+        /// One JSON object (with --watch: one per line).
         #[arg(long)]
         json: bool,
         /// Refresh every second until Ctrl-C.
         #[arg(long)]
         watch: bool,
     },
+    /// Follow the node's state changes, one line each (as `drbdsetup events2`).
+    #[command(
+        after_help = "Example:\n  twinblock events --config r0.toml --node a --now\n  2026-11-29T18:04:05.123Z exists r0 a: role Primary\n  ...\n  2026-11-29T18:04:09.870Z change r0 a: connection Connected -> Connecting\n  twinblock events --config r0.toml --node a --json --count 1   # wait for the next change\n\nRuns until Ctrl-C; exits 3 when the node goes down."
+    )]
+    Events {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Print the current state first (`exists` lines).
+        #[arg(long)]
+        now: bool,
+        /// Exit after this many lines.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// (Re)connect to the peer.
-    Connect(NodeArgs),
+    #[command(after_help = "Example:\n  twinblock connect --config r0.toml --node b")]
+    Connect(VerbArgs),
     /// Drop the peer link and stay StandAlone.
-    Disconnect(NodeArgs),
+    #[command(after_help = "Example:\n  twinblock disconnect --config r0.toml --node b")]
+    Disconnect(VerbArgs),
     /// Online verify against the peer.
-    Verify(NodeArgs),
+    #[command(
+        after_help = "Example:\n  twinblock verify --config r0.toml --node a && twinblock status --config r0.toml --node a --watch"
+    )]
+    Verify(VerbArgs),
     /// After a split brain: drop this node's changes and resync from the peer.
-    DiscardMyData(NodeArgs),
+    #[command(
+        after_help = "Example (on the node whose changes are to go; it must be Secondary):\n  twinblock discard-my-data --config r0.toml --node b\n  twinblock connect --config r0.toml --node b"
+    )]
+    DiscardMyData(VerbArgs),
     /// Stop the node's daemon.
-    Down(NodeArgs),
+    #[command(after_help = "Example:\n  twinblock down --config r0.toml --node b")]
+    Down(VerbArgs),
     /// UDP relay that adds latency, jitter and loss (rehearse inter-AZ links).
+    #[command(
+        after_help = "Example (a reaches b through the relay: `connect = \"127.0.0.1:7790\"` under [nodes.b]):\n  twinblock netem --listen 127.0.0.1:7790 --forward 127.0.0.1:7789 --delay 1ms --jitter 200us"
+    )]
     Netem {
         #[arg(long)]
         listen: SocketAddr,
@@ -137,7 +240,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(&cli.log);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
@@ -147,12 +250,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs on stderr: the level from -v/-q, else $TWINBLOCK_LOG or $RUST_LOG,
+/// else info; colour only on a terminal; text or JSON lines.
+fn init_logging(args: &LogArgs) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TWINBLOCK_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let level = match (args.verbose, args.quiet) {
+        (0, 0) => None,
+        (1, _) => Some("debug"),
+        (v, _) if v > 1 => Some("trace"),
+        (_, 1) => Some("warn"),
+        _ => Some("error"),
+    };
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_env("TWINBLOCK_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => fmt.with_ansi(color).init(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
 }
 
 /// An exit code and what to say.
@@ -180,9 +307,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn simple(n: &NodeArgs, verb: &str, force: bool) -> Result<(), Failure> {
+fn simple(n: &NodeArgs, verb: &str, force: bool, json: bool) -> Result<(), Failure> {
     let st = verbs::run(&n.config, &n.node, verb, force)?;
-    print!("{}", verbs::render(&st));
+    if json {
+        println!("{}", serde_json::to_string(&st).unwrap_or_default());
+    } else {
+        print!("{}", verbs::render(&st));
+    }
     Ok(())
 }
 
@@ -212,15 +343,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::GenCerts { out, names } => certs::run(&out, &names)?,
         Command::Up(n) => runtime()?.block_on(up::run(&n.config, &n.node))?,
         Command::Witness(n) => runtime()?.block_on(up::witness(&n.config, &n.node))?,
-        Command::Primary { node, force } => simple(&node, "primary", force)?,
-        Command::Secondary(n) => simple(&n, "secondary", false)?,
-        Command::Connect(n) => simple(&n, "connect", false)?,
-        Command::Disconnect(n) => simple(&n, "disconnect", false)?,
-        Command::Verify(n) => simple(&n, "verify", false)?,
-        Command::DiscardMyData(n) => simple(&n, "discard-my-data", false)?,
-        Command::Down(n) => {
-            verbs::run(&n.config, &n.node, "down", false)?;
-            println!("{}: going down", n.node);
+        Command::Primary { node, force, json } => simple(&node, "primary", force, json)?,
+        Command::Secondary(v) => simple(&v.node, "secondary", false, v.json)?,
+        Command::Connect(v) => simple(&v.node, "connect", false, v.json)?,
+        Command::Disconnect(v) => simple(&v.node, "disconnect", false, v.json)?,
+        Command::Verify(v) => simple(&v.node, "verify", false, v.json)?,
+        Command::DiscardMyData(v) => simple(&v.node, "discard-my-data", false, v.json)?,
+        Command::Down(v) => {
+            let st = verbs::run(&v.node.config, &v.node.node, "down", false)?;
+            if v.json {
+                println!("{}", serde_json::to_string(&st).unwrap_or_default());
+            } else {
+                println!("{}: going down", v.node.node);
+            }
+        }
+        Command::Events { node, json, now, count } => {
+            let path = verbs::control_path(&node.config, &node.node)?;
+            match events::follow(&path, now, json, count) {
+                Ok(()) => {}
+                Err(events::FollowError::Call(c)) => {
+                    return Err(verbs::VerbError::Call(c).into());
+                }
+                Err(e @ events::FollowError::Closed) => {
+                    return Err(Failure(verbs::EXIT_NOT_RUNNING, e.into()));
+                }
+                Err(e) => return Err(Failure(1, e.into())),
+            }
         }
         Command::Netem { listen, forward, delay, jitter, loss } => {
             let args = netem::NetemArgs { listen, forward, delay, jitter, loss };

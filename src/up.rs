@@ -3,6 +3,7 @@
 //! Primary).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -29,6 +30,10 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         let listener = TcpListener::bind(node.me.nbd)
             .await
             .with_context(|| format!("cannot listen for NBD on {}", node.me.nbd))?;
+        let metrics_listener = match node.me.metrics {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let endpoint = link::start(node.clone(), stop_rx.clone())?;
         if let Some(c) = node.res.controller.clone() {
             if let Some(a) = &c.address {
@@ -41,9 +46,24 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
                 node.res.witness.as_ref().map_or("-".into(), |w| w.connect.to_string()),
             );
         }
-        tokio::spawn(control.run(node.clone(), stop_tx.clone()).in_current_span());
+        let mut metrics_url = String::new();
+        let metrics = match metrics_listener {
+            Some(l) => {
+                let m = Arc::new(crate::metrics::Metrics::new(&node));
+                node.set_observer(m.clone());
+                metrics_url = format!(", metrics on http://{}/metrics", l.local_addr()?);
+                tokio::spawn(
+                    crate::metrics::serve(l, node.clone(), m.clone(), stop_rx.clone())
+                        .in_current_span(),
+                );
+                Some(m)
+            }
+            None => None,
+        };
+        let hub = crate::events::Hub::start(node.clone(), metrics, stop_rx.clone());
+        tokio::spawn(control.run(node.clone(), stop_tx.clone(), hub).in_current_span());
         println!(
-            "twinblock up: {} node {} (Secondary): NBD on nbd://{}/{}, replication on {} (peer {} at {}), control {}",
+            "twinblock up: {} node {} (Secondary): NBD on nbd://{}/{}, replication on {} (peer {} at {}), control {}{}",
             node.res.name,
             node.me.name,
             listener.local_addr()?,
@@ -52,7 +72,14 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             node.peer.name,
             node.peer.address,
             control_path.display(),
+            metrics_url,
         );
+        crate::sd_notify::tell(&format!(
+            "READY=1\nSTATUS=Secondary, NBD on {}, control {}\nMAINPID={}",
+            node.me.nbd,
+            control_path.display(),
+            std::process::id()
+        ));
         let mut stop_wait = stop_rx.clone();
         let stop = async move {
             tokio::select! {
@@ -66,6 +93,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             ..ServerConfig::default()
         };
         twinblock_nbd::serve(listener, node.clone(), config, stop).await?;
+        crate::sd_notify::tell("STOPPING=1");
         let _ = stop_tx.send(true);
         endpoint.close(0u32.into(), b"down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -96,6 +124,7 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
             "twinblock witness: {me} listening on {}",
             addr.map_or("-".into(), |a| a.to_string())
         );
+        crate::sd_notify::tell("READY=1");
         tokio::select! {
             _ = shutdown.wait() => { let _ = stop_tx.send(true); }
             r = task => { r.context("witness task")??; return Ok(()); }

@@ -162,6 +162,7 @@ struct RawNode {
     witness: bool,
     cloud_instance_id: Option<String>,
     cloud_eni: Option<String>,
+    metrics: Option<String>,
 }
 
 /// One node of the resource.
@@ -184,6 +185,8 @@ pub struct NodeConfig {
     /// IMDSv2 when absent.
     pub cloud_instance_id: Option<String>,
     pub cloud_eni: Option<String>,
+    /// Where `up` serves Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A validated resource file.
@@ -322,6 +325,12 @@ impl ResourceConfig {
                 None => address,
             };
             if n.witness {
+                if n.metrics.is_some() {
+                    return Err(key_err(
+                        &k("metrics"),
+                        "the witness serves no metrics (only data nodes do): remove it".into(),
+                    ));
+                }
                 for (field, given) in [("nbd", n.nbd.is_some()), ("disk", n.disk.is_some())] {
                     if given {
                         return Err(key_err(
@@ -354,6 +363,7 @@ impl ResourceConfig {
                 key: resolve(&n.key),
                 cloud_instance_id: n.cloud_instance_id,
                 cloud_eni: n.cloud_eni,
+                metrics: n.metrics.as_deref().map(|m| addr("metrics", m)).transpose()?,
             };
             nodes.insert(name, node);
         }
@@ -547,6 +557,18 @@ key = "certs/b.key"
         )
         .unwrap_err();
         assert!(e.contains("split-brain-policy") && e.contains("coin-flip"), "{e}");
+        let e = parse(
+            &GOOD.replace("key = \"certs/b.key\"", "key = \"certs/b.key\"\nmetrics = \"9942\""),
+        )
+        .unwrap_err();
+        assert!(e.contains("nodes.b.metrics") && e.contains("HOST:PORT"), "{e}");
+        let c = parse(&GOOD.replace(
+            "key = \"certs/b.key\"",
+            "key = \"certs/b.key\"\nmetrics = \"127.0.0.1:9942\"",
+        ))
+        .unwrap();
+        assert_eq!(c.nodes["b"].metrics, Some("127.0.0.1:9942".parse().unwrap()));
+        assert_eq!(c.nodes["a"].metrics, None);
         let c = parse(GOOD).unwrap();
         let e = c.pair("z").unwrap_err().to_string();
         assert!(e.contains("nodes.z") && e.contains("a, b"), "{e}");

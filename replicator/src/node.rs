@@ -56,6 +56,52 @@ pub enum ControllerOut {
     Hook(crate::core::Hook),
 }
 
+/// The kinds of application request the shell answers (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+}
+
+/// Told of every application request the node answered: its kind, how long
+/// it took from submission to reply, and whether it succeeded. Called on
+/// the request's task, outside the node's lock: keep it cheap.
+pub trait RequestObserver: Send + Sync {
+    fn completed(&self, kind: RequestKind, latency: Duration, ok: bool);
+}
+
+/// The states a node is in, as the shell saw them after a call into the
+/// core. Every change is broadcast ([`Node::transitions`]), so a watcher
+/// sees states that came and went between two looks at [`Node::status`]
+/// (a resync of a few blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateKey {
+    pub role: Role,
+    pub disk: crate::protocol::wire::DiskState,
+    pub connection: crate::core::Connection,
+    pub replication: crate::core::Replication,
+}
+
+impl StateKey {
+    /// The connection state as `status` shows it (Connected, SyncSource, ...).
+    pub fn connection_name(&self) -> String {
+        use crate::core::{Connection, Replication};
+        match (self.connection, self.replication) {
+            (Connection::Connected, r) => match r {
+                Replication::SyncSource => "SyncSource".to_string(),
+                Replication::SyncTarget => "SyncTarget".to_string(),
+                Replication::VerifySource | Replication::VerifyTarget => "Verifying".to_string(),
+                Replication::Ahead => "Ahead".to_string(),
+                Replication::Behind => "Behind".to_string(),
+                _ => "Connected".to_string(),
+            },
+            (c, _) => c.to_string(),
+        }
+    }
+}
+
 /// The metadata files.
 struct MetaFiles {
     meta: std::path::PathBuf,
@@ -73,6 +119,8 @@ pub struct Shell {
     persist_async: bool,
     /// The controller's task, when one runs.
     controller: Option<mpsc::UnboundedSender<ControllerOut>>,
+    /// The states after the last call into the core.
+    last_key: Option<StateKey>,
 }
 
 pub struct Node {
@@ -90,6 +138,10 @@ pub struct Node {
     this: std::sync::Weak<Node>,
     /// Wakes the link manager after connect/disconnect and link changes.
     pub changed: Notify,
+    /// Told of every answered application request (metrics), once set.
+    observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
+    /// Every change of [`StateKey`].
+    transitions: tokio::sync::broadcast::Sender<StateKey>,
 }
 
 fn io_err(e: &io::Error) -> IoError {
@@ -194,12 +246,15 @@ impl Node {
                 links: HashMap::new(),
                 persist_async: false,
                 controller: None,
+                last_key: None,
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,
             next_req: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             changed: Notify::new(),
+            observer: std::sync::OnceLock::new(),
+            transitions: tokio::sync::broadcast::channel(256).0,
         });
         {
             let mut sh = node.lock();
@@ -303,6 +358,22 @@ impl Node {
                 },
             }
         }
+        let c = &sh.core;
+        let key = StateKey {
+            role: c.role(),
+            disk: c.disk(),
+            connection: c.connection(),
+            replication: c.replication(),
+        };
+        if sh.last_key != Some(key) {
+            sh.last_key = Some(key);
+            let _ = self.transitions.send(key);
+        }
+    }
+
+    /// Every state change from now on (see [`StateKey`]).
+    pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<StateKey> {
+        self.transitions.subscribe()
     }
 
     fn store_op(&self, sh: &mut Shell, io: IoId, op: StoreOp) {
@@ -347,8 +418,18 @@ impl Node {
         r
     }
 
+    /// Sets who is told of every answered application request (once).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
     /// Submits an application request and waits for its reply.
-    async fn request(&self, f: impl FnOnce(&mut Core, Duration, ReqId)) -> DeviceResult<()> {
+    async fn request(
+        &self,
+        kind: RequestKind,
+        f: impl FnOnce(&mut Core, Duration, ReqId),
+    ) -> DeviceResult<()> {
+        let start = Instant::now();
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -358,7 +439,11 @@ impl Node {
             f(&mut sh.core, now, req);
             self.drain(&mut sh);
         }
-        match rx.await {
+        let reply = rx.await;
+        if let Some(o) = self.observer.get() {
+            o.completed(kind, start.elapsed(), matches!(reply, Ok(Ok(()))));
+        }
+        match reply {
             Ok(Ok(())) => Ok(()),
             Ok(Err(ReplyError::ReadOnly)) => Err(DeviceError::ReadOnly),
             Ok(Err(ReplyError::OutOfRange)) => Err(DeviceError::NoSpace),
@@ -483,20 +568,36 @@ impl Node {
     }
 
     pub fn status(&self) -> Status {
-        let st = self.lock().core.status();
-        let connection = match (st.connection, st.replication) {
-            (crate::core::Connection::Connected, r) => match r {
-                crate::core::Replication::SyncSource => "SyncSource".to_string(),
-                crate::core::Replication::SyncTarget => "SyncTarget".to_string(),
-                crate::core::Replication::VerifySource | crate::core::Replication::VerifyTarget => {
-                    "Verifying".to_string()
-                }
-                crate::core::Replication::Ahead => "Ahead".to_string(),
-                crate::core::Replication::Behind => "Behind".to_string(),
-                _ => "Connected".to_string(),
-            },
-            (c, _) => c.to_string(),
-        };
+        self.status_locked(&self.lock())
+    }
+
+    /// The state changes `rx` has not seen yet, and the status right after
+    /// the last of them (taken together: nothing falls in between).
+    pub fn status_since(
+        &self,
+        rx: &mut tokio::sync::broadcast::Receiver<StateKey>,
+    ) -> (Vec<StateKey>, Status) {
+        let sh = self.lock();
+        let mut keys = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(k) => keys.push(k),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        (keys, self.status_locked(&sh))
+    }
+
+    fn status_locked(&self, sh: &Shell) -> Status {
+        let st = sh.core.status();
+        let connection = StateKey {
+            role: st.role,
+            disk: st.disk,
+            connection: st.connection,
+            replication: st.replication,
+        }
+        .connection_name();
         let now = self.now();
         Status {
             resource: self.res.name.clone(),
@@ -539,7 +640,7 @@ impl Node {
             io_backend: self.store.backend().to_string(),
             last_error: st.last_error,
             generation: format!("{:016x}", st.gen.current),
-            controller: self.lock().core.controller().map(|c| crate::status::ControllerView {
+            controller: sh.core.controller().map(|c| crate::status::ControllerView {
                 state: format!("{:?}", c.standing),
                 quorum: c.quorum,
                 witness_connected: c.witness_connected,
@@ -576,16 +677,16 @@ impl BlockDevice for Node {
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> DeviceResult<()> {
-        self.request(|c, now, req| c.write(now, req, offset, data, fua)).await
+        self.request(RequestKind::Write, |c, now, req| c.write(now, req, offset, data, fua)).await
     }
 
     async fn flush(&self) -> DeviceResult<()> {
-        self.request(|c, now, req| c.flush(now, req)).await
+        self.request(RequestKind::Flush, |c, now, req| c.flush(now, req)).await
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> DeviceResult<()> {
         let len = u32::try_from(len).map_err(|_| DeviceError::Invalid("trim longer than 4 GiB"))?;
-        self.request(|c, now, req| c.trim(now, req, offset, len, fua)).await
+        self.request(RequestKind::Trim, |c, now, req| c.trim(now, req, offset, len, fua)).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DeviceResult<()> {
@@ -594,8 +695,10 @@ impl BlockDevice for Node {
             return Err(DeviceError::NotSupported);
         }
         let len = u32::try_from(len).map_err(|_| DeviceError::Invalid("zero longer than 4 GiB"))?;
-        self.request(|c, now, req| c.write_zeroes(now, req, offset, len, flags.no_hole, flags.fua))
-            .await
+        self.request(RequestKind::WriteZeroes, |c, now, req| {
+            c.write_zeroes(now, req, offset, len, flags.no_hole, flags.fua)
+        })
+        .await
     }
 
     async fn cache(&self, offset: u64, len: u64) -> DeviceResult<()> {

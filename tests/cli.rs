@@ -1,0 +1,85 @@
+//! The command line as scripts use it: every verb's `--help` has an
+//! example, the verbs that report something print one JSON object with
+//! `--json`, and the exit codes are the documented ones.
+
+mod common;
+
+use std::process::Command;
+
+use common::pair::Pair;
+use common::BIN;
+
+const VERBS: &[&str] = &[
+    "serve",
+    "gen-certs",
+    "up",
+    "witness",
+    "primary",
+    "secondary",
+    "status",
+    "events",
+    "connect",
+    "disconnect",
+    "verify",
+    "discard-my-data",
+    "down",
+    "netem",
+];
+
+#[test]
+fn every_verb_has_help_with_an_example() {
+    let top = Command::new(BIN).arg("--help").output().unwrap();
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    for verb in VERBS {
+        assert!(top.contains(&format!("  {verb} ")), "{verb} missing from --help:\n{top}");
+        let out = Command::new(BIN).args([verb, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{verb} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let example = text.split_once("Example").map(|(_, e)| e).unwrap_or_default();
+        assert!(
+            example.contains(&format!("twinblock {verb} ")),
+            "{verb} --help has no example:\n{text}"
+        );
+    }
+    assert!(top.contains("Exit codes: 0 done"), "{top}");
+}
+
+#[test]
+fn verbs_print_json_and_exit_as_documented() {
+    let mut p = Pair::start("C", "16M");
+    for (verb, i) in [("disconnect", 1), ("connect", 1), ("secondary", 1), ("verify", 0)] {
+        if verb == "verify" {
+            p.wait_connected();
+        }
+        let out = p.ok(&[verb, "--json"], i);
+        assert_eq!(out.lines().count(), 1, "{verb}: {out}");
+        let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(st["node"], p.nodes[i].name.as_str(), "{verb}: {st}");
+        assert!(st["connection"].is_string() && st["counters"].is_object(), "{verb}: {st}");
+    }
+    let st: serde_json::Value = serde_json::from_str(&p.ok(&["primary", "--json"], 0)).unwrap();
+    assert_eq!(st["role"], "Primary");
+    // Refused: exit 1 and one line on stderr; usage: 2; not running: 3.
+    let out = p.cli("primary", &["--json"], 1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{out:?}");
+    let out = p.cli("status", &["--bogus"], 0);
+    assert_eq!(out.status.code(), Some(2));
+    let out = p.cli("status", &["-v", "-q"], 0);
+    assert_eq!(out.status.code(), Some(2), "-v and -q together");
+    let down: serde_json::Value = serde_json::from_str(&p.ok(&["down", "--json"], 1)).unwrap();
+    assert_eq!(down["node"], "b");
+    p.kill(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = p.cli("status", &["--json"], 1);
+        if out.status.code() == Some(3) {
+            assert!(out.stdout.is_empty());
+            assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "status of a stopped node: {out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

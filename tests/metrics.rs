@@ -1,0 +1,332 @@
+//! The Prometheus endpoint (`metrics = "HOST:PORT"` under a node), scraped
+//! over HTTP as Prometheus would: while an NBD client writes, across a
+//! disconnect with writes apart, and across the resync that follows.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::nbd::Client;
+use common::pair::Pair;
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A pair with a metrics endpoint on each node; a Primary, connected.
+fn pair_with_metrics() -> (Pair, [SocketAddr; 2]) {
+    let mut p = Pair::prepare("C", "64M");
+    let ports = [free_tcp(), free_tcp()];
+    let text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace("[nodes.a]\n", &format!("[nodes.a]\nmetrics = \"{}\"\n", ports[0]))
+        .replace("[nodes.b]\n", &format!("[nodes.b]\nmetrics = \"{}\"\n", ports[1]));
+    std::fs::write(&p.config, text).unwrap();
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    (p, ports)
+}
+
+/// One HTTP/1.1 request: (status line and headers, body).
+fn http(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP response");
+    (head.to_string(), body.to_string())
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (head, body) = http(addr, "GET", "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body
+}
+
+/// The value of one sample: `name{labels...}` holding every given label.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (n == name && all).then(|| value.parse::<f64>().ok()).flatten()
+    })
+}
+
+fn get(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(body, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{body}"))
+}
+
+/// Polls until a sample exists and satisfies `f` (counters of state
+/// changes follow the events watcher, up to 100 ms after the gauges).
+fn eventually(addr: SocketAddr, name: &str, labels: &[(&str, &str)], f: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = scrape(addr);
+        if sample(&body, name, labels).is_some_and(&f) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} {labels:?} never as expected:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `count` pipelined NBD writes of 64 KiB from `first` (in 64 KiB units).
+fn write_chunks(nbd: SocketAddr, first: u64, count: u64, byte: u8) {
+    let mut c = Client::go_addr(nbd, false);
+    let data = vec![byte; 65536];
+    for batch in (0..count).collect::<Vec<_>>().chunks(16) {
+        for &i in batch {
+            c.request(0, 1, i, (first + i) * 65536, 65536, &data);
+        }
+        for _ in batch {
+            assert_eq!(c.simple_reply().0, 0, "write failed");
+        }
+    }
+}
+
+#[test]
+fn metrics_scraped_during_writes_and_a_disconnect() {
+    let (p, [ma, mb]) = pair_with_metrics();
+    // The format: OpenMetrics text, every series named twinblock_* with
+    // the resource and node, units in the names.
+    let (head, body) = http(ma, "GET", "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.to_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("twinblock_"), "{line}");
+        assert!(line.contains("resource=\"r0\",node=\"a\""), "{line}");
+    }
+    for decl in [
+        "# TYPE twinblock_role gauge",
+        "# TYPE twinblock_written_bytes counter",
+        "# UNIT twinblock_written_bytes bytes",
+        "# UNIT twinblock_peer_rtt_seconds seconds",
+        "# UNIT twinblock_out_of_sync_bytes bytes",
+        "# TYPE twinblock_mode_switches counter",
+        "# TYPE twinblock_verify_mismatches counter",
+    ] {
+        assert!(body.contains(decl), "{decl} missing:\n{body}");
+    }
+    assert_eq!(get(&body, "twinblock_role", &[("role", "Primary")]), 1.0);
+    assert_eq!(get(&body, "twinblock_role", &[("role", "Secondary")]), 0.0);
+    assert_eq!(get(&body, "twinblock_disk_state", &[("state", "UpToDate")]), 1.0);
+    assert_eq!(get(&body, "twinblock_connection_state", &[("state", "Connected")]), 1.0);
+    assert_eq!(get(&body, "twinblock_connection_state", &[("state", "StandAlone")]), 0.0);
+    assert_eq!(get(&body, "twinblock_peer_connected", &[]), 1.0);
+    assert_eq!(get(&body, "twinblock_peer_disk_state", &[("state", "UpToDate")]), 1.0);
+    assert_eq!(get(&body, "twinblock_split_brain", &[]), 0.0);
+    assert_eq!(get(&body, "twinblock_mode", &[("mode", "C")]), 1.0);
+    // The peer's RTT, once a ping came back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rtt = get(&scrape(ma), "twinblock_peer_rtt_seconds", &[]);
+        if rtt.is_finite() {
+            assert!(rtt > 0.0 && rtt < 1.0, "rtt {rtt}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no RTT measured");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = scrape(mb);
+    assert_eq!(get(&b, "twinblock_role", &[("role", "Secondary")]), 1.0);
+    assert_eq!(get(&b, "twinblock_peer_role", &[("role", "Primary")]), 1.0);
+
+    // 32 MiB in 512 writes while Prometheus scrapes.
+    let before = scrape(ma);
+    let written0 = get(&before, "twinblock_written_bytes_total", &[]);
+    let replicated0 = get(&before, "twinblock_replicated_bytes_total", &[]);
+    let writes0 = sample(&before, "twinblock_requests_total", &[("op", "write"), ("result", "ok")])
+        .unwrap_or(0.0);
+    let nbd = p.nodes[0].nbd;
+    let writer = std::thread::spawn(move || write_chunks(nbd, 0, 512, 0x5a));
+    let mut seen = Vec::new();
+    while !writer.is_finished() {
+        seen.push(get(&scrape(ma), "twinblock_written_bytes_total", &[]));
+    }
+    writer.join().unwrap();
+    assert!(!seen.is_empty(), "no scrape answered while the writes ran");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a counter went down: {seen:?}");
+    p.wait_drained();
+    let after = scrape(ma);
+    assert_eq!(get(&after, "twinblock_written_bytes_total", &[]) - written0, 32.0 * 1048576.0);
+    assert_eq!(
+        get(&after, "twinblock_replicated_bytes_total", &[]) - replicated0,
+        32.0 * 1048576.0
+    );
+    assert_eq!(
+        get(&after, "twinblock_requests_total", &[("op", "write"), ("result", "ok")]) - writes0,
+        512.0
+    );
+    assert!(after.contains("# TYPE twinblock_write_duration_seconds histogram"), "{after}");
+    assert!(
+        after.contains(
+            "# HELP twinblock_written_bytes Bytes written by the application to this node.\n"
+        ),
+        "{after}"
+    );
+    let n = get(&after, "twinblock_write_duration_seconds_count", &[("mode", "C")]);
+    assert!(n >= 512.0, "{n} writes in the histogram");
+    let sum = get(&after, "twinblock_write_duration_seconds_sum", &[("mode", "C")]);
+    assert!(sum > 0.0 && sum / n < 1.0, "mean write latency {} s", sum / n);
+    let inf =
+        get(&after, "twinblock_write_duration_seconds_bucket", &[("mode", "C"), ("le", "+Inf")]);
+    assert_eq!(inf, n);
+
+    // Disconnected: the states say so, and writes apart are out of sync.
+    p.ok(&["disconnect"], 0);
+    let apart = scrape(ma);
+    assert_eq!(get(&apart, "twinblock_connection_state", &[("state", "StandAlone")]), 1.0);
+    assert_eq!(get(&apart, "twinblock_connection_state", &[("state", "Connected")]), 0.0);
+    assert_eq!(get(&apart, "twinblock_peer_connected", &[]), 0.0);
+    assert_eq!(get(&apart, "twinblock_peer_role", &[("role", "Unknown")]), 1.0);
+    assert!(get(&apart, "twinblock_peer_rtt_seconds", &[]).is_nan());
+    let changes = get(&after, "twinblock_state_changes_total", &[("object", "connection")]);
+    eventually(ma, "twinblock_state_changes_total", &[("object", "connection")], |n| n > changes);
+    write_chunks(nbd, 100, 16, 0xa5);
+    let apart = scrape(ma);
+    assert_eq!(get(&apart, "twinblock_out_of_sync_bytes", &[]), 1048576.0);
+    assert_eq!(
+        get(&apart, "twinblock_replicated_bytes_total", &[]) - replicated0,
+        32.0 * 1048576.0,
+        "nothing replicated while apart"
+    );
+    let b = scrape(mb);
+    assert_eq!(get(&b, "twinblock_peer_connected", &[]), 0.0);
+
+    // Reconnected: the resync moves what was written apart.
+    p.ok(&["connect"], 0);
+    p.wait_synced("the resync after the reconnect", Duration::from_secs(30));
+    let back = scrape(ma);
+    assert_eq!(get(&back, "twinblock_out_of_sync_bytes", &[]), 0.0);
+    assert_eq!(get(&back, "twinblock_connection_state", &[("state", "Connected")]), 1.0);
+    assert!(get(&back, "twinblock_resync_bytes_total", &[]) >= 1048576.0);
+    assert_eq!(get(&back, "twinblock_sync_active", &[]), 0.0);
+    eventually(ma, "twinblock_syncs_started_total", &[("direction", "SyncSource")], |n| n >= 1.0);
+    eventually(ma, "twinblock_syncs_finished_total", &[("direction", "SyncSource")], |n| n >= 1.0);
+    eventually(mb, "twinblock_syncs_finished_total", &[("direction", "SyncTarget")], |n| n >= 1.0);
+    let b = scrape(mb);
+    assert_eq!(get(&b, "twinblock_disk_state", &[("state", "UpToDate")]), 1.0);
+
+    // Every series the example alert rules use exists (the controller's
+    // only with a `[controller]`), with the labels they match on.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alerts.yml"),
+    )
+    .unwrap();
+    let mut used = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("twinblock_") || word.starts_with("twinblock_controller_") {
+            continue;
+        }
+        used += 1;
+        let series = format!("\n{word}{{");
+        assert!(after.contains(&series) || back.contains(&series), "alerts.yml uses {word}");
+    }
+    assert!(used >= 8, "{used}");
+    for (name, state) in [
+        ("twinblock_connection_state", "SyncSource"),
+        ("twinblock_replication_state", "PausedSync"),
+        ("twinblock_disk_state", "Failed"),
+    ] {
+        assert!(sample(&back, name, &[("state", state)]).is_some(), "{name}{{state={state}}}");
+    }
+
+    // Anything but GET /metrics.
+    assert!(http(ma, "GET", "/nothing").0.starts_with("HTTP/1.1 404"));
+    assert!(http(ma, "POST", "/metrics").0.starts_with("HTTP/1.1 405"));
+    let (head, body) = http(ma, "HEAD", "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200") && body.is_empty(), "{head}");
+}
+
+#[test]
+fn a_taken_metrics_port_stops_up_with_the_reason() {
+    let p = Pair::prepare("C", "16M");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace("[nodes.a]\n", &format!("[nodes.a]\nmetrics = \"{addr}\"\n"));
+    std::fs::write(&p.config, text).unwrap();
+    let out = p.cli("up", &[], 0);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics") && err.contains(&addr.to_string()), "{err}");
+    let text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace(&format!("metrics = \"{addr}\""), "metrics = \"localhost\"");
+    std::fs::write(&p.config, text).unwrap();
+    let out = p.cli("up", &[], 0);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nodes.a.metrics"), "{err}");
+}
+
+#[test]
+fn controller_metrics_follow_the_controller() {
+    use std::process::{Command, Stdio};
+    let mut p = Pair::prepare("C", "16M");
+    let dir = p.dir.path().to_owned();
+    common::run_ok(
+        Command::new(common::BIN)
+            .args(["gen-certs", "--out"])
+            .arg(dir.join("certs"))
+            .args(["a", "b", "w"]),
+    );
+    let w_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let ma = free_tcp();
+    let text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace("[nodes.a]\n", &format!("[nodes.a]\nmetrics = \"{ma}\"\n"));
+    let text = format!(
+        "{text}\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n[controller]\ndead_time = \"3s\"\nheartbeat = \"250ms\"\n"
+    );
+    std::fs::write(&p.config, text).unwrap();
+    let witness = common::KillOnDrop(
+        Command::new(common::BIN)
+            .args(["witness", "--config"])
+            .arg(&p.config)
+            .args(["--node", "w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = scrape(ma);
+        // The gauges are fresh at each scrape; the transition counters
+        // follow within the events watcher's 100 ms.
+        let holding = sample(&body, "twinblock_controller_state", &[("state", "Holding")]);
+        let entered =
+            sample(&body, "twinblock_controller_transitions_total", &[("state", "Holding")]);
+        if holding == Some(1.0) && entered >= Some(1.0) {
+            assert_eq!(get(&body, "twinblock_controller_quorum", &[]), 1.0);
+            assert_eq!(get(&body, "twinblock_controller_witness_connected", &[]), 1.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never Holding:\n{body}\n{}", p.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(witness);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = scrape(ma);
+        let connected = get(&body, "twinblock_controller_witness_connected", &[]);
+        let changes = sample(&body, "twinblock_state_changes_total", &[("object", "witness")]);
+        if connected == 0.0 && changes >= Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the witness's loss never showed:\n{}", p.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
