@@ -31,8 +31,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{
-    Action, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord, NoQuorum, Persist,
-    Plant, Recovered, Replication, ReplyError, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
+    Action, AdaptiveConfig, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord,
+    NoQuorum, Persist, Plant, Recovered, Replication, ReplyError, ReqId, SessionId, StoreOp, Time,
+    PAGE_WORDS,
 };
 use twinblock_replicator::protocol::genid::SplitBrainPolicy;
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
@@ -87,8 +88,35 @@ pub fn config(
         window: 4,
         checkpoint_chunks: 2,
         controller: None,
+        adaptive: Default::default(),
         plant,
     }
+}
+
+/// Adaptive seeds: the latency budget and the hold rules (small, so that
+/// a seed's few simulated seconds see every transition).
+pub const BUDGET: Duration = Duration::from_millis(8);
+pub fn adaptive_config() -> AdaptiveConfig {
+    AdaptiveConfig {
+        budget: BUDGET,
+        hold: Duration::from_millis(400),
+        max_hold: Duration::from_millis(1600),
+    }
+}
+
+/// The link's one-way delay in adaptive seeds, moving around the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkLevel {
+    /// 0.1-1.1 ms: well within the budget.
+    Low,
+    /// Round trips of about budget/2 (the hysteresis threshold), +-0.5 ms.
+    HalfBudget,
+    /// Round trips of exactly the budget.
+    AtBudget,
+    /// Round trips hovering at the budget, +-1 ms.
+    NearBudget,
+    /// 10-40 ms one way.
+    High,
 }
 
 /// The controller's timing in the simulator (lease = dead_time / 2).
@@ -251,6 +279,9 @@ pub(crate) struct AppReq {
     pub linked: Option<(SessionId, u64)>,
     /// For flushes: the floors at submission.
     pub snapshot: Option<checker::FlushSnap>,
+    /// Adaptive mode: the node's mode switches at submission (a switch
+    /// before the reply, or a reply while Ahead: not confirmed by the peer).
+    pub switches: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -348,6 +379,8 @@ pub struct Sim {
     on_no_quorum: NoQuorum,
     /// A violation found while advancing (reported by the step).
     pending_violation: Option<Violation>,
+    /// Adaptive seeds: the link's delay level (None: other seeds).
+    pub level: Option<LinkLevel>,
 }
 
 impl Sim {
@@ -404,8 +437,16 @@ impl Sim {
             witness: (opts.seed % 3 == 2).then(|| witness::Witness::new(DEAD_TIME)),
             on_no_quorum: if opts.seed % 6 == 5 { NoQuorum::Freeze } else { NoQuorum::IoError },
             pending_violation: None,
+            // One seed in five (overlapping the controller's one in three
+            // at seeds 15k+11).
+            level: (opts.seed % 5 == 1).then_some(LinkLevel::Low),
             opts,
         };
+        if sim.level.is_some() {
+            sim.protocol = Protocol::Adaptive;
+            sim.chk.adaptive = true;
+            sim.note("adaptive mode, the link moving around the budget".into());
+        }
         sim.chk.ctl_mode = sim.witness.is_some();
         if sim.witness.is_some() {
             sim.note(format!("controller with a witness, on-no-quorum {:?}", sim.on_no_quorum));
@@ -434,6 +475,7 @@ impl Sim {
     fn cfg(&self, n: usize) -> CoreConfig {
         let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
         let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
+        c.adaptive = adaptive_config();
         c.split_brain_policy = self.policy;
         if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
             c.al_extents = al;
@@ -623,7 +665,10 @@ impl Sim {
                 });
             }
             Action::Send { session, msg } => {
-                let delay = Duration::from_micros(100 + self.rng.below(3000));
+                let delay = match self.level {
+                    None => Duration::from_micros(100 + self.rng.below(3000)),
+                    Some(l) => self.link_delay(l),
+                };
                 let now = self.now;
                 if let Some(l) = self.link.as_mut().filter(|l| l.sid == session) {
                     let q = &mut l.queue[1 - n];
@@ -710,6 +755,9 @@ impl Sim {
                 g == self.nodes[n].link_gen
                     && self.nodes[n].core.as_ref().and_then(|c| c.session_id()) == Some(sid)
                     && self.nodes[n].is_primary()
+            }) && self.nodes[n].core.as_ref().is_some_and(|c| {
+                c.status().counters.mode_switches == r.switches
+                    && c.replication() != Replication::Ahead
             });
             if let Err(v) = self.chk.ack_check(self, n, &r) {
                 self.pending_violation.get_or_insert(v);
@@ -770,7 +818,8 @@ impl Sim {
         if let AppKind::Zero { id, off, len, .. } = &kind {
             self.chk.zero_submitted(*id, *off, *len);
         }
-        self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot });
+        let switches = self.nodes[n].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
+        self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot, switches });
         let core = self.nodes[n].core.as_mut().expect("alive");
         match kind {
             AppKind::Write { id, off, len, fua } => {
@@ -1151,13 +1200,28 @@ impl Sim {
             self.liveness(start, sid, sig)?;
         }
         if self.rng.chance(1, 250) {
-            self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
+            let longer = if self.level.is_some() { 2000 } else { 0 };
+            self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000 + longer));
+            if self.level.is_some() {
+                // A calm link: the pair must come back in sync.
+                self.set_level(LinkLevel::Low);
+            }
             let working = self.link.as_ref().is_some_and(|l| !l.partitioned);
             let sig = self.progress();
             self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid, sig));
             self.note("calm".into());
             self.advance();
             return self.checked();
+        }
+        if self.level.is_some() && self.rng.chance(1, 60) {
+            let l = match self.rng.below(20) {
+                0..=4 => LinkLevel::Low,
+                5..=8 => LinkLevel::HalfBudget,
+                9..=12 => LinkLevel::AtBudget,
+                13..=16 => LinkLevel::NearBudget,
+                _ => LinkLevel::High,
+            };
+            self.set_level(l);
         }
         let r = self.rng.below(1000);
         if r < 700 {
@@ -1336,7 +1400,14 @@ impl Sim {
     }
 
     fn liveness(&mut self, start: Time, sid: SessionId, sig: (u64, u64)) -> Result<(), Violation> {
-        if self.err_rate != 0 || self.now.saturating_sub(start) < Duration::from_millis(1500) {
+        // Adaptive seeds: an Ahead run ends after at most `max_hold` of a
+        // good link (plus a ping), then the resync moves.
+        let settle = if self.level.is_some() {
+            Duration::from_millis(1500) + adaptive_config().max_hold + Duration::from_millis(500)
+        } else {
+            Duration::from_millis(1500)
+        };
+        if self.err_rate != 0 || self.now.saturating_sub(start) < settle {
             return Ok(());
         }
         if self.link_sid() != Some(sid) {
@@ -1376,6 +1447,27 @@ impl Sim {
             });
         }
         Ok(())
+    }
+
+    /// Adaptive seeds: the link's delay changes.
+    fn set_level(&mut self, l: LinkLevel) {
+        if self.level != Some(l) {
+            self.note(format!("link level {l:?}"));
+            self.level = Some(l);
+        }
+    }
+
+    /// One frame's one-way delay at level `l`.
+    fn link_delay(&mut self, l: LinkLevel) -> Duration {
+        let half = BUDGET.as_micros() as u64 / 2;
+        let us = match l {
+            LinkLevel::Low => 100 + self.rng.below(1000),
+            LinkLevel::HalfBudget => (half / 2 + self.rng.below(500)).saturating_sub(250),
+            LinkLevel::AtBudget => half,
+            LinkLevel::NearBudget => (half + self.rng.below(1000)).saturating_sub(500),
+            LinkLevel::High => 10_000 + self.rng.below(30_000),
+        };
+        Duration::from_micros(us)
     }
 
     pub fn replication(&self, n: usize) -> Replication {
@@ -1545,6 +1637,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ClearBeforeDurable => "clear-before-durable",
         Plant::IgnoreQuorum => "ignore-quorum",
         Plant::NoPeerFence => "no-peer-fence",
+        Plant::AheadWithoutMark => "ahead-without-mark",
     }
 }
 

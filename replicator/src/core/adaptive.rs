@@ -1,0 +1,283 @@
+//! Adaptive mode (`protocol = "adaptive"`, shared/DESIGN.md "Protocol
+//! modes"): protocol C while the peer acknowledges within the latency
+//! budget; `Ahead` (as protocol A, the peer tracked in the bitmap) while it
+//! does not; a bitmap resync and C again once the link has recovered.
+//!
+//! The states, on the Primary (the session's [`Activity`]):
+//!
+//! ```text
+//!   Established (C) --a write waited >= budget--> Ahead
+//!   Ahead --RTT <= budget/2 for `hold`, at least `hold` in Ahead--> SyncSource (C)
+//!   SyncSource --the peer holds our generation--> Established
+//! ```
+//!
+//! - Going Ahead: every write still waiting for the peer is treated as a
+//!   write of a lost session (its range marked out of sync, its peer part
+//!   `Lost`: the reply waits until the new generation and the bits are
+//!   durable, and, with a controller, until the witness recorded the peer
+//!   as outdated). The data becomes a new generation (`diverge`); once it
+//!   is durable the peer learns it from the State frame and is `Behind`
+//!   (disk Outdated, durably: it cannot be promoted without `--force`).
+//! - Ahead: writes are applied locally and marked in the bitmap, not sent;
+//!   their replies do not wait for the peer. Only pings cross the link;
+//!   their round trips decide when to leave.
+//! - Leaving: the marked blocks are resynced (the ordinary SyncSource, the
+//!   peer SyncTarget from its first frame on), writes replicate as in C
+//!   meanwhile, and SyncDone hands the peer our generation.
+//!
+//! Hysteresis, so that a link hovering at the budget converges instead of
+//! looping between Ahead and resync (LINBIT/drbd#46): the way in is a
+//! write waiting the whole budget, the way out needs round trips of at
+//! most half the budget for `hold` (so a link at the budget stays Ahead);
+//! a resync, once started, runs to its end (writes during a catch-up
+//! resync wait as in C); and each time Ahead comes back soon after it was
+//! left, `hold` doubles (up to `max_hold`), so the switch rate decays
+//! geometrically under any link. Every switch is logged and counted in
+//! `mode_switches`.
+
+use std::time::Duration;
+
+use crate::config::Protocol;
+use crate::protocol::wire::{DiskState, Role};
+
+use super::session::{Activity, OutKind, Phase, SourceSync};
+use super::types::{AdaptiveConfig, Time};
+use super::{Core, PeerPart};
+
+/// Highest backoff level: `hold` doubles at most this often.
+const MAX_LEVEL: u32 = 6;
+
+/// The Primary's Ahead run (in the session's activity).
+#[derive(Debug, Clone, Copy)]
+pub struct AheadRun {
+    /// When the Primary went Ahead.
+    pub since: Time,
+    /// Since when every round trip measured was at most half the budget.
+    pub good_since: Option<Time>,
+}
+
+/// What outlives a session: the backoff.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backoff {
+    pub level: u32,
+    /// When Ahead was last left.
+    pub left_at: Option<Time>,
+}
+
+/// How long the link must be good (and Ahead last) before leaving, at
+/// backoff `level`.
+pub fn hold(cfg: &AdaptiveConfig, level: u32) -> Duration {
+    cfg.hold.saturating_mul(1 << level.min(MAX_LEVEL)).min(cfg.max_hold.max(cfg.hold))
+}
+
+/// The backoff level for a new Ahead run at `now`: up when Ahead comes
+/// back within four holds of leaving it, down (one step) otherwise.
+pub fn next_level(cfg: &AdaptiveConfig, b: Backoff, now: Time) -> u32 {
+    let h = hold(cfg, b.level);
+    match b.left_at {
+        Some(t) if now.saturating_sub(t) < h * 4 => (b.level + 1).min(MAX_LEVEL),
+        _ => b.level.saturating_sub(1),
+    }
+}
+
+/// Whether a write sent at `sent` has waited the whole budget at `now`.
+pub fn over_budget(cfg: &AdaptiveConfig, sent: Time, now: Time) -> bool {
+    now >= sent + cfg.budget
+}
+
+/// Whether a round trip of `rtt` counts as a recovered link.
+pub fn good_rtt(cfg: &AdaptiveConfig, rtt: Duration) -> bool {
+    rtt * 2 <= cfg.budget
+}
+
+/// Whether an Ahead run may end at `now` (the link side of the rule).
+pub fn may_leave(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> bool {
+    let h = hold(cfg, level);
+    now >= run.since + h && run.good_since.is_some_and(|g| now >= g + h)
+}
+
+impl Core {
+    fn adaptive(&self) -> bool {
+        self.cfg.protocol == Protocol::Adaptive
+    }
+
+    /// This Primary is Ahead: writes are acknowledged without the peer.
+    pub(crate) fn ahead(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Ahead(_)))
+    }
+
+    /// The oldest application operation waiting for the peer, if the
+    /// Primary is in C (Established).
+    fn oldest_wait(&self) -> Option<Time> {
+        if !self.adaptive() || self.role != Role::Primary {
+            return None;
+        }
+        let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;
+        if !matches!(s.activity, Activity::Idle) {
+            return None;
+        }
+        s.out.values().find(|o| matches!(o.kind, OutKind::App(_))).map(|o| o.sent)
+    }
+
+    /// The timed transitions (run from `pump`).
+    pub(crate) fn adaptive_tick(&mut self) {
+        if !self.adaptive() {
+            return;
+        }
+        let now = self.now;
+        if let Some(sent) = self.oldest_wait() {
+            if over_budget(&self.cfg.adaptive, sent, now) {
+                self.go_ahead(now.saturating_sub(sent));
+            }
+            return;
+        }
+        let budget = self.cfg.adaptive.budget;
+        let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
+        let stalled = s.ping_out.is_some_and(|(_, sent)| now.saturating_sub(sent) * 2 > budget);
+        let Activity::Ahead(run) = &mut s.activity else { return };
+        if stalled {
+            // A ping unanswered for half the budget: the link is not good.
+            run.good_since = None;
+        }
+        let run = *run;
+        let leave = self.role != Role::Primary
+            || may_leave(&self.cfg.adaptive, self.backoff.level, run, now);
+        // The peer knows it is behind (our generation is durable and was
+        // announced) and no resync read of an earlier run is outstanding.
+        if leave && self.meta_durable() && self.barrier == 0 {
+            self.leave_ahead(run);
+        }
+    }
+
+    /// The next time at which [`Core::adaptive_tick`] has work.
+    pub(crate) fn adaptive_deadline(&self) -> Option<Time> {
+        if !self.adaptive() {
+            return None;
+        }
+        if let Some(sent) = self.oldest_wait() {
+            return Some(sent + self.cfg.adaptive.budget);
+        }
+        let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;
+        let Activity::Ahead(run) = &s.activity else { return None };
+        let mut t = None::<Time>;
+        if let Some((_, sent)) = s.ping_out {
+            let stall = sent + self.cfg.adaptive.budget / 2 + Duration::from_micros(1);
+            if run.good_since.is_some() && stall > self.now {
+                t = Some(stall);
+            }
+        }
+        if let Some(g) = run.good_since {
+            let h = hold(&self.cfg.adaptive, self.backoff.level);
+            let at = (g + h).max(run.since + h);
+            if at > self.now {
+                t = Some(t.map_or(at, |x| x.min(at)));
+            }
+        }
+        t
+    }
+
+    /// A round-trip sample (a ping answered).
+    pub(crate) fn adaptive_sample(&mut self, rtt: Duration) {
+        let now = self.now;
+        let good = good_rtt(&self.cfg.adaptive, rtt);
+        if let Some(Activity::Ahead(run)) = self.session.as_mut().map(|s| &mut s.activity) {
+            if !good {
+                run.good_since = None;
+            } else if run.good_since.is_none() {
+                run.good_since = Some(now);
+            }
+        }
+    }
+
+    /// C -> Ahead: what waits for the peer is released as a lost session's
+    /// writes are; new writes go to the bitmap.
+    fn go_ahead(&mut self, waited: Duration) {
+        let now = self.now;
+        let level = next_level(&self.cfg.adaptive, self.backoff, now);
+        let Some(s) = self.session.as_mut() else { return };
+        let waiting: Vec<(u64, Option<(u64, u64)>)> = s
+            .out
+            .values()
+            .filter_map(|o| match o.kind {
+                OutKind::App(req) => Some((req, o.range)),
+                _ => None,
+            })
+            .collect();
+        s.activity = Activity::Ahead(AheadRun { since: now, good_since: None });
+        self.backoff.level = level;
+        for (req, range) in waiting {
+            if let Some((off, len)) = range {
+                self.mark(off, len);
+            }
+            if let Some(p) = self.pending.get_mut(&req) {
+                if matches!(p.peer, PeerPart::Waiting(_)) {
+                    p.peer = PeerPart::Lost;
+                }
+            }
+        }
+        self.p.want_bitmap = true;
+        self.diverge("Ahead: the peer falls behind");
+        self.counters.mode_switches += 1;
+        tracing::warn!(
+            waited_us = waited.as_micros() as u64,
+            budget_us = self.cfg.adaptive.budget.as_micros() as u64,
+            hold_ms = hold(&self.cfg.adaptive, level).as_millis() as u64,
+            switches = self.counters.mode_switches,
+            "adaptive: a write waited the whole latency budget for the peer: Ahead \
+             (writes acknowledged locally, the peer marked out of sync)"
+        );
+    }
+
+    /// Ahead -> SyncSource: the marked blocks go to the peer; C again.
+    fn leave_ahead(&mut self, run: AheadRun) {
+        let now = self.now;
+        let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+        let Some(s) = self.session.as_mut() else { return };
+        s.activity = Activity::Source(SourceSync::new(claimed, now));
+        self.backoff.left_at = Some(now);
+        self.counters.mode_switches += 1;
+        tracing::info!(
+            ahead_ms = now.saturating_sub(run.since).as_millis() as u64,
+            out_of_sync = self.dirty.bytes(),
+            switches = self.counters.mode_switches,
+            "adaptive: the link is back within the budget: resyncing the marked blocks (C again)"
+        );
+    }
+
+    /// Secondary: the Primary's data is a generation we do not hold while
+    /// the link is up — it went Ahead: we are Behind (Outdated).
+    pub(crate) fn adaptive_peer_state(&mut self, role: Role, current: u64) {
+        if !self.adaptive()
+            || role != Role::Primary
+            || self.role != Role::Secondary
+            || current == self.gen.current
+            || !matches!(self.disk, DiskState::UpToDate | DiskState::Consistent)
+        {
+            return;
+        }
+        let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
+        if !matches!(s.activity, Activity::Idle) {
+            return;
+        }
+        s.activity = Activity::Behind;
+        self.disk = DiskState::Outdated;
+        tracing::warn!(
+            "adaptive: the Primary is Ahead: Behind (disk Outdated until the catch-up resync)"
+        );
+    }
+
+    /// Secondary: data from the Primary while Behind starts the catch-up
+    /// resync (from now on our disk is a mix: Inconsistent, on disk before
+    /// the data lands).
+    pub(crate) fn adaptive_data(&mut self) {
+        let Some(s) = self.session.as_mut() else { return };
+        if !matches!(s.activity, Activity::Behind) {
+            return;
+        }
+        s.activity = Activity::Target { behind: s.peer.out_of_sync };
+        self.disk = DiskState::Inconsistent;
+        tracing::info!("adaptive: catch-up resync from the Primary (SyncTarget)");
+    }
+}
