@@ -26,8 +26,11 @@
 //!   meanwhile, and SyncDone hands the peer our generation.
 //!
 //! Hysteresis, so that a link hovering at the budget converges instead of
-//! looping between Ahead and resync (LINBIT/drbd#46): the way in is a
-//! write waiting the whole budget, the way out needs round trips of at
+//! looping between Ahead and resync (LINBIT/drbd#46): the way in is the
+//! p99 of the peer's write latency in C beyond the budget (a write waiting
+//! the budget while another of the last 100 did too, or one waiting twice
+//! the budget; writes sent during a catch-up resync count from its end),
+//! the way out needs round trips of at
 //! most half the budget for `hold` (so a link at the budget stays Ahead);
 //! a resync, once started, runs to its end (writes during a catch-up
 //! resync wait as in C); and each time Ahead comes back soon after it was
@@ -46,6 +49,8 @@ use super::{Core, PeerPart};
 
 /// Highest backoff level: `hold` doubles at most this often.
 const MAX_LEVEL: u32 = 6;
+/// The latency window: the last this many writes acknowledged in C.
+const WINDOW: usize = 100;
 
 /// The Primary's Ahead run (in the session's activity).
 #[derive(Debug, Clone, Copy)]
@@ -56,12 +61,31 @@ pub struct AheadRun {
     pub good_since: Option<Time>,
 }
 
-/// What outlives a session: the backoff.
-#[derive(Debug, Default, Clone, Copy)]
+/// What outlives a session: the backoff and the latency window.
+#[derive(Debug, Default, Clone)]
 pub struct Backoff {
     pub level: u32,
     /// When Ahead was last left.
     pub left_at: Option<Time>,
+    /// Since when the Primary replicates in C, Established (writes sent
+    /// during a catch-up resync waited for it: their clock starts here).
+    pub c_since: Option<Time>,
+    /// Peer latencies of the last writes acknowledged in C, and how many
+    /// of them reached the budget.
+    pub window: std::collections::VecDeque<bool>,
+    pub slow: usize,
+}
+
+impl Backoff {
+    /// A write's peer latency in C: `slow` if it reached the budget.
+    pub fn record(&mut self, slow: bool) {
+        self.window.push_back(slow);
+        self.slow += usize::from(slow);
+        if self.window.len() > WINDOW {
+            let old = self.window.pop_front().unwrap_or(false);
+            self.slow -= usize::from(old);
+        }
+    }
 }
 
 /// How long the link must be good (and Ahead last) before leaving, at
@@ -72,7 +96,7 @@ pub fn hold(cfg: &AdaptiveConfig, level: u32) -> Duration {
 
 /// The backoff level for a new Ahead run at `now`: up when Ahead comes
 /// back within four holds of leaving it, down (one step) otherwise.
-pub fn next_level(cfg: &AdaptiveConfig, b: Backoff, now: Time) -> u32 {
+pub fn next_level(cfg: &AdaptiveConfig, b: &Backoff, now: Time) -> u32 {
     let h = hold(cfg, b.level);
     match b.left_at {
         Some(t) if now.saturating_sub(t) < h * 4 => (b.level + 1).min(MAX_LEVEL),
@@ -80,9 +104,23 @@ pub fn next_level(cfg: &AdaptiveConfig, b: Backoff, now: Time) -> u32 {
     }
 }
 
-/// Whether a write sent at `sent` has waited the whole budget at `now`.
-pub fn over_budget(cfg: &AdaptiveConfig, sent: Time, now: Time) -> bool {
-    now >= sent + cfg.budget
+/// The way into Ahead: the p99 of the peer's write latency in C exceeds
+/// the budget. A write waiting since `sent` reached the budget at `now`
+/// and another of the last [`WINDOW`] did too (`slow`: how many) — or it
+/// waited twice the budget (a stalled or much slower link; also with no
+/// history).
+pub fn over_budget(cfg: &AdaptiveConfig, sent: Time, now: Time, slow: usize) -> bool {
+    let waited = now.saturating_sub(sent);
+    waited >= cfg.budget * 2 || (waited >= cfg.budget && slow >= 1)
+}
+
+/// When [`over_budget`] may become true for a write waiting since `sent`.
+pub fn budget_deadline(cfg: &AdaptiveConfig, sent: Time, slow: usize) -> Time {
+    if slow >= 1 {
+        sent + cfg.budget
+    } else {
+        sent + cfg.budget * 2
+    }
 }
 
 /// Whether a round trip of `rtt` counts as a recovered link.
@@ -108,17 +146,25 @@ impl Core {
             .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Ahead(_)))
     }
 
-    /// The oldest application operation waiting for the peer, if the
-    /// Primary is in C (Established).
+    /// Whether this Primary replicates in C, Established.
+    fn in_c(&self) -> bool {
+        self.adaptive()
+            && self.role == Role::Primary
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Idle))
+    }
+
+    /// Since when the oldest application operation waits for the peer
+    /// (counted from the start of C), if the Primary is in C.
     fn oldest_wait(&self) -> Option<Time> {
-        if !self.adaptive() || self.role != Role::Primary {
+        if !self.in_c() {
             return None;
         }
-        let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;
-        if !matches!(s.activity, Activity::Idle) {
-            return None;
-        }
-        s.out.values().find(|o| matches!(o.kind, OutKind::App(_))).map(|o| o.sent)
+        let s = self.session.as_ref()?;
+        let sent = s.out.values().find(|o| matches!(o.kind, OutKind::App(_))).map(|o| o.sent)?;
+        Some(self.backoff.c_since.map_or(sent, |c| c.max(sent)))
     }
 
     /// The timed transitions (run from `pump`).
@@ -127,8 +173,13 @@ impl Core {
             return;
         }
         let now = self.now;
+        match (self.in_c(), self.backoff.c_since) {
+            (true, None) => self.backoff.c_since = Some(now),
+            (false, Some(_)) => self.backoff.c_since = None,
+            _ => {}
+        }
         if let Some(sent) = self.oldest_wait() {
-            if over_budget(&self.cfg.adaptive, sent, now) {
+            if over_budget(&self.cfg.adaptive, sent, now, self.backoff.slow) {
                 self.go_ahead(now.saturating_sub(sent));
             }
             return;
@@ -157,7 +208,7 @@ impl Core {
             return None;
         }
         if let Some(sent) = self.oldest_wait() {
-            return Some(sent + self.cfg.adaptive.budget);
+            return Some(budget_deadline(&self.cfg.adaptive, sent, self.backoff.slow));
         }
         let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;
         let Activity::Ahead(run) = &s.activity else { return None };
@@ -178,6 +229,16 @@ impl Core {
         t
     }
 
+    /// The peer acknowledged an application write sent at `sent`.
+    pub(crate) fn adaptive_acked(&mut self, sent: Time) {
+        if !self.in_c() {
+            return;
+        }
+        let start = self.backoff.c_since.map_or(sent, |c| c.max(sent));
+        let slow = self.now.saturating_sub(start) >= self.cfg.adaptive.budget;
+        self.backoff.record(slow);
+    }
+
     /// A round-trip sample (a ping answered).
     pub(crate) fn adaptive_sample(&mut self, rtt: Duration) {
         let now = self.now;
@@ -195,7 +256,7 @@ impl Core {
     /// writes are; new writes go to the bitmap.
     fn go_ahead(&mut self, waited: Duration) {
         let now = self.now;
-        let level = next_level(&self.cfg.adaptive, self.backoff, now);
+        let level = next_level(&self.cfg.adaptive, &self.backoff, now);
         let Some(s) = self.session.as_mut() else { return };
         let waiting: Vec<(u64, Option<(u64, u64)>)> = s
             .out
@@ -207,6 +268,9 @@ impl Core {
             .collect();
         s.activity = Activity::Ahead(AheadRun { since: now, good_since: None });
         self.backoff.level = level;
+        // Back in C, the window starts afresh.
+        self.backoff.window.clear();
+        self.backoff.slow = 0;
         for (req, range) in waiting {
             if let Some((off, len)) = range {
                 self.mark(off, len);

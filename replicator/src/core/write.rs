@@ -423,6 +423,9 @@ impl Core {
             self.peer_confirmed(req);
         }
         for (_, o) in retired {
+            if matches!(o.kind, OutKind::App(_)) {
+                self.adaptive_acked(o.sent);
+            }
             self.retire(o.kind, o.range);
         }
         Ok(())
