@@ -27,9 +27,12 @@
 //!
 //! Hysteresis, so that a link hovering at the budget converges instead of
 //! looping between Ahead and resync (LINBIT/drbd#46): the way in is the
-//! p99 of the peer's write latency in C beyond the budget (a write waiting
-//! the budget while another of the last 100 did too, or one waiting twice
-//! the budget; writes sent during a catch-up resync count from its end),
+//! p99 of the replication wait in C beyond the budget (a write waiting the
+//! budget for the peer while another of the last 100 did too, or one
+//! waiting twice the budget). The replication wait of an operation is how
+//! long its reply waits for the peer alone: from the later of its send and
+//! its local completion (a slow local disk or fdatasync is not the link's
+//! fault), and writes sent during a catch-up resync count from its end.
 //! the way out needs round trips of at
 //! most half the budget for `hold` (so a link at the budget stays Ahead);
 //! a resync, once started, runs to its end (writes during a catch-up
@@ -156,15 +159,30 @@ impl Core {
                 .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Idle))
     }
 
-    /// Since when the oldest application operation waits for the peer
-    /// (counted from the start of C), if the Primary is in C.
+    /// Since when application operation `req`, sent at `sent`, waits
+    /// for the peer alone: its local part is done (before, the client
+    /// waits for the local disk, not for replication), counted from the
+    /// start of C at the earliest.
+    fn peer_wait_start(&self, req: u64, sent: Time) -> Option<Time> {
+        let local = self.pending.get(&req)?.local_at?;
+        let start = sent.max(local);
+        Some(self.backoff.c_since.map_or(start, |c| c.max(start)))
+    }
+
+    /// Since when the longest replication wait under way started, if the
+    /// Primary is in C.
     fn oldest_wait(&self) -> Option<Time> {
         if !self.in_c() {
             return None;
         }
         let s = self.session.as_ref()?;
-        let sent = s.out.values().find(|o| matches!(o.kind, OutKind::App(_))).map(|o| o.sent)?;
-        Some(self.backoff.c_since.map_or(sent, |c| c.max(sent)))
+        s.out
+            .values()
+            .filter_map(|o| match o.kind {
+                OutKind::App(req) => self.peer_wait_start(req, o.sent),
+                _ => None,
+            })
+            .min()
     }
 
     /// The timed transitions (run from `pump`).
@@ -229,14 +247,16 @@ impl Core {
         t
     }
 
-    /// The peer acknowledged an application write sent at `sent`.
-    pub(crate) fn adaptive_acked(&mut self, sent: Time) {
+    /// The peer acknowledged application operation `req`, sent at `sent`.
+    pub(crate) fn adaptive_acked(&mut self, req: u64, sent: Time) {
         if !self.in_c() {
             return;
         }
-        let start = self.backoff.c_since.map_or(sent, |c| c.max(sent));
-        let slow = self.now.saturating_sub(start) >= self.cfg.adaptive.budget;
-        self.backoff.record(slow);
+        // (Its local part still running: the peer cost the client nothing.)
+        let waited = self.peer_wait_start(req, sent).map_or(Duration::ZERO, |start| {
+            self.now.saturating_sub(start)
+        });
+        self.backoff.record(waited >= self.cfg.adaptive.budget);
     }
 
     /// A round-trip sample (a ping answered).
@@ -343,5 +363,67 @@ impl Core {
         s.activity = Activity::Target { behind: s.peer.out_of_sync };
         self.disk = DiskState::Inconsistent;
         tracing::info!("adaptive: catch-up resync from the Primary (SyncTarget)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AdaptiveConfig {
+        AdaptiveConfig {
+            budget: Duration::from_millis(4),
+            hold: Duration::from_millis(100),
+            max_hold: Duration::from_millis(800),
+        }
+    }
+
+    #[test]
+    fn the_way_in_is_the_p99() {
+        let c = cfg();
+        let t0 = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        // No slow write in the window: twice the budget.
+        assert!(!over_budget(&c, t0, t0 + ms(4), 0));
+        assert!(!over_budget(&c, t0, t0 + ms(7), 0));
+        assert!(over_budget(&c, t0, t0 + ms(8), 0));
+        assert_eq!(budget_deadline(&c, t0, 0), t0 + ms(8));
+        // Another slow one among the last 100: the budget.
+        assert!(!over_budget(&c, t0, t0 + ms(3), 1));
+        assert!(over_budget(&c, t0, t0 + ms(4), 1));
+        assert_eq!(budget_deadline(&c, t0, 1), t0 + ms(4));
+        let mut b = Backoff::default();
+        for i in 0..250 {
+            b.record(i % 50 == 0);
+        }
+        assert_eq!((b.window.len(), b.slow), (WINDOW, 2));
+    }
+
+    #[test]
+    fn the_way_out_needs_half_the_budget_for_the_hold() {
+        let c = cfg();
+        let ms = Duration::from_millis;
+        assert!(good_rtt(&c, ms(2)) && !good_rtt(&c, ms(3)));
+        let run = AheadRun { since: ms(1000), good_since: Some(ms(1050)) };
+        assert!(!may_leave(&c, 0, run, ms(1100)));
+        assert!(may_leave(&c, 0, run, ms(1150)));
+        assert!(!may_leave(&c, 1, run, ms(1200)));
+        assert!(may_leave(&c, 1, run, ms(1250)));
+        assert!(!may_leave(&c, 0, AheadRun { good_since: None, ..run }, ms(9000)));
+    }
+
+    #[test]
+    fn the_hold_doubles_when_ahead_comes_back_soon_and_is_capped() {
+        let c = cfg();
+        let ms = Duration::from_millis;
+        let b = Backoff { level: 0, left_at: Some(ms(1000)), ..Backoff::default() };
+        assert_eq!(next_level(&c, &b, ms(1300)), 1);
+        assert_eq!(next_level(&c, &b, ms(1500)), 0);
+        let b = Backoff { level: 3, left_at: Some(ms(1000)), ..Backoff::default() };
+        assert_eq!(next_level(&c, &b, ms(10_000)), 2);
+        assert_eq!(hold(&c, 0), ms(100));
+        assert_eq!(hold(&c, 2), ms(400));
+        assert_eq!(hold(&c, 5), ms(800));
+        assert_eq!(hold(&c, 60), ms(800));
     }
 }

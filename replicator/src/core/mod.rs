@@ -96,6 +96,9 @@ enum PeerPart {
 #[derive(Debug, Clone)]
 struct Pending {
     local: Option<Result<(), IoError>>,
+    /// When the local part completed (adaptive mode: from then on the
+    /// reply waits for the peer alone).
+    local_at: Option<Time>,
     peer: PeerPart,
     extents: Vec<u64>,
     range: Option<(u64, u64)>,

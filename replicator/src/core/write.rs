@@ -287,13 +287,14 @@ impl Core {
         if let Some((_, len)) = range {
             self.counters.written_bytes += len;
         }
-        self.pending.insert(req, Pending { local: None, peer, extents, range });
+        self.pending.insert(req, Pending { local: None, local_at: None, peer, extents, range });
     }
 
     pub(crate) fn app_local_done(&mut self, req: ReqId, result: Result<(), IoError>) {
         let epoch = self.flush_epochs.remove(&req);
         let Some(p) = self.pending.get_mut(&req) else { return };
         p.local = Some(result);
+        p.local_at = Some(self.now);
         let extents = p.extents.clone();
         let range = p.range;
         self.al.release(&extents);
@@ -423,8 +424,8 @@ impl Core {
             self.peer_confirmed(req);
         }
         for (_, o) in retired {
-            if matches!(o.kind, OutKind::App(_)) {
-                self.adaptive_acked(o.sent);
+            if let OutKind::App(req) = o.kind {
+                self.adaptive_acked(req, o.sent);
             }
             self.retire(o.kind, o.range);
         }
