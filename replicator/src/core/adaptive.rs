@@ -253,9 +253,9 @@ impl Core {
             return;
         }
         // (Its local part still running: the peer cost the client nothing.)
-        let waited = self.peer_wait_start(req, sent).map_or(Duration::ZERO, |start| {
-            self.now.saturating_sub(start)
-        });
+        let waited = self
+            .peer_wait_start(req, sent)
+            .map_or(Duration::ZERO, |start| self.now.saturating_sub(start));
         self.backoff.record(waited >= self.cfg.adaptive.budget);
     }
 
