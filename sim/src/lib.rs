@@ -1551,8 +1551,11 @@ pub fn hover(
     sim.err_rate = 0;
     sim.budget = BUDGET;
     for n in 0..2 {
-        // (The cores started with the seed's budget.)
+        // (The cores started with the seed's budget: start afresh.)
         sim.nodes[n].core = None;
+        sim.nodes[n].ios.clear();
+        sim.nodes[n].meta = Meta::default();
+        sim.nodes[n].recreated = true;
         sim.start(n);
     }
     let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
