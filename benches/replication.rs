@@ -32,6 +32,7 @@ fn primary_core() -> Core {
         window: 16,
         checkpoint_chunks: 64,
         controller: None,
+        adaptive: Default::default(),
         plant: Plant::None,
     };
     let mut core =

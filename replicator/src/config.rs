@@ -22,6 +22,9 @@ pub enum Protocol {
     B,
     /// Local write done and the peer has written it.
     C,
+    /// As C while the peer acknowledges within `[adaptive] latency_budget`;
+    /// as A (`Ahead`, the peer marked in the bitmap) while it does not.
+    Adaptive,
 }
 
 impl FromStr for Protocol {
@@ -31,8 +34,8 @@ impl FromStr for Protocol {
             "A" | "a" => Ok(Protocol::A),
             "B" | "b" => Ok(Protocol::B),
             "C" | "c" => Ok(Protocol::C),
-            "adaptive" => Err("protocol \"adaptive\" is not available yet; use A, B or C".into()),
-            _ => Err(format!("unknown protocol {s:?} (A, B or C)")),
+            "adaptive" => Ok(Protocol::Adaptive),
+            _ => Err(format!("unknown protocol {s:?} (A, B, C or adaptive)")),
         }
     }
 }
@@ -43,6 +46,7 @@ impl fmt::Display for Protocol {
             Protocol::A => "A",
             Protocol::B => "B",
             Protocol::C => "C",
+            Protocol::Adaptive => "adaptive",
         })
     }
 }
@@ -75,6 +79,15 @@ struct RawConfig {
     tls: RawTls,
     nodes: BTreeMap<String, RawNode>,
     controller: Option<RawController>,
+    adaptive: Option<RawAdaptive>,
+}
+
+/// `[adaptive]`: the latency budget of `protocol = "adaptive"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdaptive {
+    #[serde(alias = "latency-budget")]
+    latency_budget: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +232,9 @@ pub struct ResourceConfig {
     pub nodes: BTreeMap<String, NodeConfig>,
     pub witness: Option<WitnessConfig>,
     pub controller: Option<ControllerSettings>,
+    /// `[adaptive] latency_budget` (protocol adaptive only): a write that
+    /// would wait longer for the peer sends the Primary Ahead.
+    pub latency_budget: Option<Duration>,
 }
 
 impl ResourceConfig {
@@ -261,6 +277,36 @@ impl ResourceConfig {
         if ping_interval.is_zero() || ping_interval >= timeout {
             return Err(key_err("ping-interval", "must be above 0 and below timeout".into()));
         }
+        let latency_budget = match (&raw.adaptive, protocol) {
+            (None, Protocol::Adaptive) => return Err(key_err(
+                "adaptive.latency_budget",
+                "required with protocol = \"adaptive\" (e.g. [adaptive] latency_budget = \"3ms\")"
+                    .into(),
+            )),
+            (None, _) => None,
+            (Some(_), p) if p != Protocol::Adaptive => {
+                return Err(key_err(
+                    "adaptive",
+                    format!("the [adaptive] table needs protocol = \"adaptive\" (protocol is {p})"),
+                ))
+            }
+            (Some(a), _) => {
+                let v = a.latency_budget.as_ref().ok_or_else(|| {
+                    key_err(
+                        "adaptive.latency_budget",
+                        "required with protocol = \"adaptive\" (e.g. \"3ms\")".into(),
+                    )
+                })?;
+                let d = parse_duration(v).map_err(|e| key_err("adaptive.latency_budget", e))?;
+                if d.is_zero() || d >= timeout {
+                    return Err(key_err(
+                        "adaptive.latency_budget",
+                        format!("{d:?} must be above 0 and below timeout ({timeout:?})"),
+                    ));
+                }
+                Some(d)
+            }
+        };
         let max_lag = match &raw.max_lag {
             Some(v) => parse_size(v).map_err(|e| key_err("max-lag", e))?,
             None => 64 << 20,
@@ -463,6 +509,7 @@ impl ResourceConfig {
             nodes,
             witness,
             controller,
+            latency_budget,
         })
     }
 
@@ -572,5 +619,25 @@ key = "certs/b.key"
         let c = parse(GOOD).unwrap();
         let e = c.pair("z").unwrap_err().to_string();
         assert!(e.contains("nodes.z") && e.contains("a, b"), "{e}");
+        let adaptive = GOOD.replace("protocol = \"C\"", "protocol = \"adaptive\"");
+        let e = parse(&adaptive).unwrap_err();
+        assert!(e.contains("adaptive.latency_budget") && e.contains("required"), "{e}");
+        let e = parse(&adaptive.replace("[tls]", "[adaptive]\nlatency_budget = \"soon\"\n[tls]"))
+            .unwrap_err();
+        assert!(e.contains("adaptive.latency_budget") && e.contains("soon"), "{e}");
+        let e = parse(&adaptive.replace("[tls]", "[adaptive]\nlatency_budget = \"10s\"\n[tls]"))
+            .unwrap_err();
+        assert!(e.contains("adaptive.latency_budget") && e.contains("timeout"), "{e}");
+        let e =
+            parse(&adaptive.replace("[tls]", "[adaptive]\nbudget = \"3ms\"\n[tls]")).unwrap_err();
+        assert!(e.contains("budget"), "{e}");
+        let e = parse(&GOOD.replace("[tls]", "[adaptive]\nlatency_budget = \"3ms\"\n[tls]"))
+            .unwrap_err();
+        assert!(e.contains("adaptive") && e.contains("protocol"), "{e}");
+        let c = parse(&adaptive.replace("[tls]", "[adaptive]\nlatency_budget = \"3ms\"\n[tls]"))
+            .unwrap();
+        assert_eq!(c.protocol, Protocol::Adaptive);
+        assert_eq!(c.protocol.to_string(), "adaptive");
+        assert_eq!(c.latency_budget, Some(Duration::from_millis(3)));
     }
 }

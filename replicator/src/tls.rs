@@ -126,7 +126,11 @@ pub fn endpoint_configs_for(
     let qcc = QuicClientConfig::try_from(cc).map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(qsc));
     server.transport_config(transport.clone());
-    server.migration(false);
+    // A peer whose source address changes (NAT rebinding, a relay such as
+    // `twinblock netem` restarted) keeps its connection: packets from the
+    // new address must still be authenticated, and the path is validated
+    // (RFC 9000 section 9) before it carries more than a little data.
+    server.migration(true);
     let mut client = quinn::ClientConfig::new(Arc::new(qcc));
     client.transport_config(transport);
     Ok((server, client))

@@ -36,6 +36,7 @@ fn cfg(me: &str, peer: &str) -> CoreConfig {
         window: 4,
         checkpoint_chunks: 4,
         controller: None,
+        adaptive: Default::default(),
         plant: Plant::None,
     }
 }

@@ -54,6 +54,15 @@
 //! with nothing in flight; the lineage ends when the Primary changes, dies
 //! or fails, or the Secondary loses power, skips a failed write or syncs.
 //!
+//! Adaptive seeds (protocol adaptive, the link's delay moving around the
+//! budget, hovering at it, at half of it, far above and below): a write
+//! is confirmed by the peer only if the Primary neither was Ahead at its
+//! reply nor switched modes since its submission; with the controller,
+//! every acknowledged write survives a failover as in C. No flapping: at
+//! most `FLAP_LIMIT` mode switches of a node in any `FLAP_WINDOW` of
+//! simulated time. Convergence: the liveness rule below, with the hold
+//! time added (a calm period sets the link's delay low).
+//!
 //! Liveness (in lib.rs): a pair left calm for 1.5 s on one link, with no
 //! I/O errors injected, some UpToDate disk and no operator decision
 //! pending (split brain, StandAlone), is Established and quiescent, or its
@@ -68,6 +77,11 @@ use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
 use super::{decode, AppKind, AppReq, Sim, BLOCK, BLOCKS, CELL, CELLS, EXTENT};
+
+/// No flapping: at most this many mode switches of one node ...
+pub const FLAP_LIMIT: usize = 14;
+/// ... within this much simulated time.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Violation {
@@ -125,6 +139,14 @@ pub struct Stats {
     /// a Primary had no quorum.
     pub ctl_promotions: u64,
     pub no_quorum_steps: u64,
+    /// Adaptive seeds: mode switches seen, steps with a Primary Ahead,
+    /// catch-up resyncs that ended in sync, simulated time (ms), and the
+    /// most switches of one node within a flap window.
+    pub mode_switches: u64,
+    pub ahead_steps: u64,
+    pub catch_ups_done: u64,
+    pub adaptive_ms: u64,
+    pub max_switches_window: u64,
 }
 
 pub(crate) struct Checker {
@@ -146,6 +168,13 @@ pub(crate) struct Checker {
     fo: [Vec<u64>; 2],
     /// When each node last became Primary.
     reign: [Option<Time>; 2],
+    /// Adaptive seeds (see the module documentation).
+    pub adaptive: bool,
+    /// Per node: the core's switch count last seen, and recent switches.
+    switches_seen: [u64; 2],
+    switch_times: [std::collections::VecDeque<Time>; 2],
+    was_ahead: [bool; 2],
+    last_now: Time,
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -192,6 +221,11 @@ impl Checker {
             ctl_mode: false,
             fo: [z(), z()],
             reign: [None, None],
+            adaptive: false,
+            switches_seen: [0, 0],
+            switch_times: Default::default(),
+            was_ahead: [false, false],
+            last_now: Duration::ZERO,
         }
     }
 
@@ -236,7 +270,8 @@ impl Checker {
         // in C: the peer has it, or the witness will not let it take over
         // (checked at a promotion; a power loss of the peer keeps only
         // what it made durable).
-        if self.ctl_mode && !confirmed && protocol == Protocol::C {
+        let c_like = matches!(protocol, Protocol::C | Protocol::Adaptive);
+        if self.ctl_mode && !confirmed && c_like {
             if let AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } =
                 &r.kind
             {
@@ -258,7 +293,7 @@ impl Checker {
                     }
                     if confirmed {
                         match protocol {
-                            Protocol::C => {
+                            Protocol::C | Protocol::Adaptive => {
                                 self.fl_c[m][b] = self.fl_c[m][b].max(*id);
                                 if *fua {
                                     self.dfl[m][b] = self.dfl[m][b].max(*id);
@@ -413,6 +448,59 @@ impl Checker {
         self.check_i2(sim)?;
         self.check_i3(sim)?;
         self.check_i6(sim)?;
+        self.check_flapping(sim)?;
+        Ok(())
+    }
+
+    /// Adaptive seeds: switches counted, and no flapping.
+    fn check_flapping(&mut self, sim: &Sim) -> Result<(), Violation> {
+        if !self.adaptive {
+            return Ok(());
+        }
+        self.stats.adaptive_ms += sim.now.saturating_sub(self.last_now).as_millis() as u64;
+        self.last_now = sim.now;
+        for n in 0..2 {
+            let Some(c) = &sim.nodes[n].core else {
+                self.switches_seen[n] = 0;
+                continue;
+            };
+            let ahead = c.replication() == Replication::Ahead;
+            if ahead {
+                self.stats.ahead_steps += 1;
+            }
+            match c.replication() {
+                Replication::Ahead => self.was_ahead[n] = true,
+                Replication::Established if self.was_ahead[n] => {
+                    self.stats.catch_ups_done += 1;
+                    self.was_ahead[n] = false;
+                }
+                Replication::Off => self.was_ahead[n] = false,
+                _ => {}
+            }
+            let seen = c.status().counters.mode_switches;
+            // A restarted core counts from 0.
+            let new = seen.saturating_sub(self.switches_seen[n].min(seen));
+            self.switches_seen[n] = seen;
+            let q = &mut self.switch_times[n];
+            for _ in 0..new {
+                q.push_back(sim.now);
+            }
+            self.stats.mode_switches += new;
+            while q.front().is_some_and(|t| sim.now.saturating_sub(*t) >= FLAP_WINDOW) {
+                q.pop_front();
+            }
+            let len = q.len();
+            self.stats.max_switches_window = self.stats.max_switches_window.max(len as u64);
+            if len > FLAP_LIMIT {
+                return Err(self.v(
+                    "adaptive-flap",
+                    format!(
+                        "{} switched modes {} times within {FLAP_WINDOW:?} (limit {FLAP_LIMIT})",
+                        sim.nodes[n].name, len
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

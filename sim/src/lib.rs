@@ -31,8 +31,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{
-    Action, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord, NoQuorum, Persist,
-    Plant, Recovered, Replication, ReplyError, ReqId, SessionId, StoreOp, Time, PAGE_WORDS,
+    Action, AdaptiveConfig, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord,
+    NoQuorum, Persist, Plant, Recovered, Replication, ReplyError, ReqId, SessionId, StoreOp, Time,
+    PAGE_WORDS,
 };
 use twinblock_replicator::protocol::genid::SplitBrainPolicy;
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
@@ -87,8 +88,37 @@ pub fn config(
         window: 4,
         checkpoint_chunks: 2,
         controller: None,
+        adaptive: Default::default(),
         plant,
     }
+}
+
+/// Adaptive seeds: the latency budget and the hold rules (small, so that
+/// a seed's few simulated seconds see every transition).
+/// (The peer's own metadata I/O — activity-log and bitmap updates, up to
+/// ~3 ms each in the simulator — counts against the budget too.)
+pub const BUDGET: Duration = Duration::from_millis(20);
+pub fn adaptive_config(budget: Duration) -> AdaptiveConfig {
+    AdaptiveConfig {
+        budget,
+        hold: Duration::from_millis(400),
+        max_hold: Duration::from_millis(1600),
+    }
+}
+
+/// The link's one-way delay in adaptive seeds, moving around the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkLevel {
+    /// 0.1-1.1 ms: well within the budget.
+    Low,
+    /// Round trips of about budget/2 (the hysteresis threshold), +-0.5 ms.
+    HalfBudget,
+    /// Round trips of exactly the budget.
+    AtBudget,
+    /// Round trips hovering at the budget, +-1 ms.
+    NearBudget,
+    /// 25-65 ms one way.
+    High,
 }
 
 /// The controller's timing in the simulator (lease = dead_time / 2).
@@ -251,6 +281,9 @@ pub(crate) struct AppReq {
     pub linked: Option<(SessionId, u64)>,
     /// For flushes: the floors at submission.
     pub snapshot: Option<checker::FlushSnap>,
+    /// Adaptive mode: the node's mode switches at submission (a switch
+    /// before the reply, or a reply while Ahead: not confirmed by the peer).
+    pub switches: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -348,6 +381,12 @@ pub struct Sim {
     on_no_quorum: NoQuorum,
     /// A violation found while advancing (reported by the step).
     pending_violation: Option<Violation>,
+    /// Adaptive seeds: the link's delay level (None: other seeds).
+    pub level: Option<LinkLevel>,
+    /// Adaptive seeds: the latency budget.
+    pub budget: Duration,
+    /// Each node's replication state as last noted.
+    noted_repl: [Replication; 2],
 }
 
 impl Sim {
@@ -404,8 +443,21 @@ impl Sim {
             witness: (opts.seed % 3 == 2).then(|| witness::Witness::new(DEAD_TIME)),
             on_no_quorum: if opts.seed % 6 == 5 { NoQuorum::Freeze } else { NoQuorum::IoError },
             pending_violation: None,
+            // One seed in five (overlapping the controller's one in three
+            // at seeds 15k+11).
+            level: (opts.seed % 5 == 1).then_some(LinkLevel::Low),
+            budget: BUDGET,
+            noted_repl: [Replication::Off; 2],
             opts,
         };
+        if sim.level.is_some() {
+            // Tighter budgets too: the peer's own I/O then crosses them
+            // now and then, on any link.
+            sim.budget = Duration::from_millis([4, 8, 12, 20][sim.rng.below(4) as usize]);
+            sim.protocol = Protocol::Adaptive;
+            sim.chk.adaptive = true;
+            sim.note(format!("adaptive mode, budget {:?}, the link moving around it", sim.budget));
+        }
         sim.chk.ctl_mode = sim.witness.is_some();
         if sim.witness.is_some() {
             sim.note(format!("controller with a witness, on-no-quorum {:?}", sim.on_no_quorum));
@@ -434,6 +486,7 @@ impl Sim {
     fn cfg(&self, n: usize) -> CoreConfig {
         let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
         let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
+        c.adaptive = adaptive_config(self.budget);
         c.split_brain_policy = self.policy;
         if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
             c.al_extents = al;
@@ -623,7 +676,10 @@ impl Sim {
                 });
             }
             Action::Send { session, msg } => {
-                let delay = Duration::from_micros(100 + self.rng.below(3000));
+                let delay = match self.level {
+                    None => Duration::from_micros(100 + self.rng.below(3000)),
+                    Some(l) => self.link_delay(l),
+                };
                 let now = self.now;
                 if let Some(l) = self.link.as_mut().filter(|l| l.sid == session) {
                     let q = &mut l.queue[1 - n];
@@ -710,6 +766,9 @@ impl Sim {
                 g == self.nodes[n].link_gen
                     && self.nodes[n].core.as_ref().and_then(|c| c.session_id()) == Some(sid)
                     && self.nodes[n].is_primary()
+            }) && self.nodes[n].core.as_ref().is_some_and(|c| {
+                c.status().counters.mode_switches == r.switches
+                    && c.replication() != Replication::Ahead
             });
             if let Err(v) = self.chk.ack_check(self, n, &r) {
                 self.pending_violation.get_or_insert(v);
@@ -770,7 +829,8 @@ impl Sim {
         if let AppKind::Zero { id, off, len, .. } = &kind {
             self.chk.zero_submitted(*id, *off, *len);
         }
-        self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot });
+        let switches = self.nodes[n].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
+        self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot, switches });
         let core = self.nodes[n].core.as_mut().expect("alive");
         match kind {
             AppKind::Write { id, off, len, fua } => {
@@ -1151,13 +1211,28 @@ impl Sim {
             self.liveness(start, sid, sig)?;
         }
         if self.rng.chance(1, 250) {
-            self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000));
+            let longer = if self.level.is_some() { 2000 } else { 0 };
+            self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000 + longer));
+            if self.level.is_some() {
+                // A calm link: the pair must come back in sync.
+                self.set_level(LinkLevel::Low);
+            }
             let working = self.link.as_ref().is_some_and(|l| !l.partitioned);
             let sig = self.progress();
             self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid, sig));
             self.note("calm".into());
             self.advance();
             return self.checked();
+        }
+        if self.level.is_some() && self.rng.chance(1, 60) {
+            let l = match self.rng.below(20) {
+                0..=4 => LinkLevel::Low,
+                5..=8 => LinkLevel::HalfBudget,
+                9..=12 => LinkLevel::AtBudget,
+                13..=16 => LinkLevel::NearBudget,
+                _ => LinkLevel::High,
+            };
+            self.set_level(l);
         }
         let r = self.rng.below(1000);
         if r < 700 {
@@ -1206,6 +1281,15 @@ impl Sim {
             return Err(v);
         }
         self.maybe_schedule_connect();
+        for n in 0..2 {
+            let r = self.replication(n);
+            if r != self.noted_repl[n] {
+                self.noted_repl[n] = r;
+                if self.level.is_some() {
+                    self.note(format!("{}: {r:?}", self.nodes[n].name));
+                }
+            }
+        }
         let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
         let r = chk.observe(self);
         self.chk = chk;
@@ -1336,7 +1420,16 @@ impl Sim {
     }
 
     fn liveness(&mut self, start: Time, sid: SessionId, sig: (u64, u64)) -> Result<(), Violation> {
-        if self.err_rate != 0 || self.now.saturating_sub(start) < Duration::from_millis(1500) {
+        // Adaptive seeds: an Ahead run ends after at most `max_hold` of a
+        // good link (plus a ping), then the resync moves.
+        let settle = if self.level.is_some() {
+            Duration::from_millis(1500)
+                + adaptive_config(self.budget).max_hold
+                + Duration::from_millis(500)
+        } else {
+            Duration::from_millis(1500)
+        };
+        if self.err_rate != 0 || self.now.saturating_sub(start) < settle {
             return Ok(());
         }
         if self.link_sid() != Some(sid) {
@@ -1378,6 +1471,27 @@ impl Sim {
         Ok(())
     }
 
+    /// Adaptive seeds: the link's delay changes.
+    pub fn set_level(&mut self, l: LinkLevel) {
+        if self.level != Some(l) {
+            self.note(format!("link level {l:?}"));
+            self.level = Some(l);
+        }
+    }
+
+    /// One frame's one-way delay at level `l`.
+    fn link_delay(&mut self, l: LinkLevel) -> Duration {
+        let half = self.budget.as_micros() as u64 / 2;
+        let us = match l {
+            LinkLevel::Low => 100 + self.rng.below(1000),
+            LinkLevel::HalfBudget => (half / 2 + self.rng.below(500)).saturating_sub(250),
+            LinkLevel::AtBudget => half,
+            LinkLevel::NearBudget => (half + self.rng.below(1000)).saturating_sub(500),
+            LinkLevel::High => 25_000 + self.rng.below(40_000),
+        };
+        Duration::from_micros(us)
+    }
+
     pub fn replication(&self, n: usize) -> Replication {
         self.nodes[n].core.as_ref().map_or(Replication::Off, |c| c.replication())
     }
@@ -1400,6 +1514,183 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// What a hovering-link run saw (see [`hover`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HoverOutcome {
+    /// The Primary's mode switches while the link hovered.
+    pub switches: u64,
+    /// The most switches of one node within a flap window, whole run.
+    pub max_window: u64,
+    /// The Primary's mode switches after the link calmed.
+    pub calm_switches: u64,
+    /// Simulated time the Primary spent Ahead while the link hovered (ms).
+    pub ahead_ms: u64,
+    /// Writes acknowledged while the link hovered.
+    pub acked: u64,
+}
+
+/// Convergence under a hovering link, deterministically: an adaptive pair
+/// without faults (`seed`: the random choices), `a` Primary and in sync,
+/// writes every `every` while the link stays at `level` for `secs`
+/// simulated seconds; then the link calms (Low) with the writes going on
+/// for 6 s, and stops for 3 s. The invariants are checked after every
+/// step; at the end both nodes must be Established, quiescent, UpToDate
+/// and identical. Returns what the hovering saw.
+pub fn hover(
+    seed: u64,
+    level: LinkLevel,
+    secs: u64,
+    every: Duration,
+    plant: Plant,
+) -> Result<HoverOutcome, (Violation, Vec<String>)> {
+    // An adaptive seed without the controller.
+    let seed = (0..).map(|k| seed * 15 + 1 + 5 * k).find(|s| s % 3 != 2).expect("a seed");
+    let mut sim = Sim::new(Options { seed, steps: 0, plant, trace: false });
+    sim.err_rate = 0;
+    sim.budget = BUDGET;
+    for n in 0..2 {
+        // (The cores started with the seed's budget: start afresh.)
+        sim.nodes[n].core = None;
+        sim.nodes[n].ios.clear();
+        sim.nodes[n].meta = Meta::default();
+        sim.nodes[n].recreated = true;
+        sim.start(n);
+    }
+    let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
+    let stuck = |sim: &Sim, what: &str| {
+        let v = Violation { step: sim.chk.step, rule: "hover", what: what.into() };
+        (v, sim.recent().to_vec())
+    };
+    let mut steps = 0usize;
+    let mut tick = |sim: &mut Sim, write_at: &mut Option<Time>| -> Result<(), Violation> {
+        steps += 1;
+        sim.chk.step = steps;
+        match *write_at {
+            Some(at) if sim.next_event().is_none_or(|t| t > at) => {
+                sim.now = sim.now.max(at);
+                *write_at = Some(at + every);
+                sim.submit(0);
+            }
+            _ => sim.advance(),
+        }
+        sim.checked()
+    };
+    // Connected, a Primary, b in sync.
+    let t0 = sim.now;
+    let mut none = None;
+    while !(sim.replication(0) == Replication::Established
+        && sim.replication(1) == Replication::Established)
+    {
+        tick(&mut sim, &mut none).map_err(|v| fail(&sim, v))?;
+        if sim.now > t0 + Duration::from_secs(10) {
+            return Err(stuck(&sim, "the pair did not connect"));
+        }
+    }
+    let now_ms = sim.now.as_millis() as u64 + 1;
+    let core = sim.nodes[0].core.as_mut().expect("a");
+    core.promote(true, now_ms).map_err(|e| stuck(&sim, &format!("{e}")))?;
+    sim.drain(0);
+    let t0 = sim.now;
+    loop {
+        tick(&mut sim, &mut none).map_err(|v| fail(&sim, v))?;
+        let synced = (0..2).all(|n| {
+            sim.nodes[n].core.as_ref().is_some_and(|c| {
+                c.replication() == Replication::Established
+                    && c.disk() == DiskState::UpToDate
+                    && c.quiescent()
+            })
+        });
+        if synced {
+            break;
+        }
+        if sim.now > t0 + Duration::from_secs(30) {
+            return Err(stuck(&sim, "the initial sync did not finish"));
+        }
+    }
+    let switches =
+        |sim: &Sim| sim.nodes[0].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
+    // The hovering link.
+    sim.set_level(level);
+    let (s0, acked0) = (switches(&sim), sim.chk.stats.acked);
+    let end = sim.now + Duration::from_secs(secs);
+    let mut writes = Some(sim.now);
+    let mut ahead_us = 0u64;
+    while sim.now < end {
+        let before = sim.now;
+        let ahead = sim.replication(0) == Replication::Ahead;
+        tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
+        if ahead {
+            ahead_us += sim.now.saturating_sub(before).as_micros() as u64;
+        }
+    }
+    let out = HoverOutcome {
+        switches: switches(&sim) - s0,
+        max_window: 0,
+        calm_switches: 0,
+        ahead_ms: ahead_us / 1000,
+        acked: sim.chk.stats.acked - acked0,
+    };
+    // The link calms, writes go on, then stop.
+    sim.set_level(LinkLevel::Low);
+    let end = sim.now + Duration::from_secs(6);
+    let debug = std::env::var_os("HOVER_DEBUG").is_some();
+    let mut last = (Replication::Off, Replication::Off);
+    while sim.now < end {
+        tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
+        let r = (sim.replication(0), sim.replication(1));
+        if debug && r != last {
+            let st = sim.nodes[0].core.as_ref().map(|c| c.status());
+            eprintln!(
+                "{:.4} {r:?} in_flight {:?} oos {:?} rtt {:?}",
+                sim.now.as_secs_f64(),
+                st.as_ref().map(|s| s.in_flight),
+                st.as_ref().map(|s| s.out_of_sync_bytes),
+                st.as_ref().map(|s| s.rtt)
+            );
+            last = r;
+        }
+    }
+    let mut writes = None;
+    let end = sim.now + Duration::from_secs(3);
+    while sim.now < end {
+        tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
+    }
+    let states: Vec<String> = (0..2)
+        .map(|n| {
+            sim.nodes[n].core.as_ref().map_or("down".into(), |c| {
+                format!(
+                    "{:?}/{:?}/{:?} quiescent={}",
+                    c.role(),
+                    c.disk(),
+                    c.replication(),
+                    c.quiescent()
+                )
+            })
+        })
+        .collect();
+    let settled = (0..2).all(|n| {
+        sim.nodes[n].core.as_ref().is_some_and(|c| {
+            c.replication() == Replication::Established
+                && c.disk() == DiskState::UpToDate
+                && c.quiescent()
+        })
+    });
+    if !settled {
+        return Err(stuck(
+            &sim,
+            &format!("not back in sync 9 s after the link calmed: {states:?}"),
+        ));
+    }
+    if sim.nodes[0].disk.cache != sim.nodes[1].disk.cache {
+        return Err(stuck(&sim, "in sync and quiescent, but the disks differ"));
+    }
+    Ok(HoverOutcome {
+        max_window: sim.chk.stats.max_switches_window,
+        calm_switches: switches(&sim) - s0 - out.switches,
+        ..out
+    })
 }
 
 fn short_op(op: &StoreOp) -> String {
@@ -1545,6 +1836,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ClearBeforeDurable => "clear-before-durable",
         Plant::IgnoreQuorum => "ignore-quorum",
         Plant::NoPeerFence => "no-peer-fence",
+        Plant::AheadWithoutMark => "ahead-without-mark",
     }
 }
 

@@ -91,6 +91,11 @@ fn main() -> ExitCode {
         total.liveness_checks += st.liveness_checks;
         total.ctl_promotions += st.ctl_promotions;
         total.no_quorum_steps += st.no_quorum_steps;
+        total.mode_switches += st.mode_switches;
+        total.ahead_steps += st.ahead_steps;
+        total.catch_ups_done += st.catch_ups_done;
+        total.adaptive_ms += st.adaptive_ms;
+        total.max_switches_window = total.max_switches_window.max(st.max_switches_window);
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {

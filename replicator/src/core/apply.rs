@@ -65,8 +65,9 @@ impl Core {
             Message::Ping { id } => self.send(Message::Pong { id }),
             Message::Pong { id } => {
                 let now = self.now;
-                if let Some(s) = self.session.as_mut() {
-                    s.pong(id, now);
+                let sample = self.session.as_mut().and_then(|s| s.pong(id, now));
+                if let Some(rtt) = sample {
+                    self.adaptive_sample(rtt);
                 }
                 self.ctl_pong(id);
             }
@@ -117,6 +118,7 @@ impl Core {
             _ => {}
         }
         s.received = seq;
+        self.adaptive_data();
         self.incoming.push_back((sid, seq, op));
         Ok(())
     }
@@ -257,6 +259,7 @@ impl Core {
             s.activity = Activity::Idle;
             self.sync_finished_source();
         }
+        self.adaptive_peer_state(role, current);
         Ok(())
     }
 }

@@ -19,6 +19,7 @@
 //! - [`session`]: one peer session's sequencing and liveness;
 //! - [`al`]: the activity log's bookkeeping; [`types`]: the vocabulary.
 
+mod adaptive;
 pub mod al;
 mod apply;
 mod handshake;
@@ -95,6 +96,9 @@ enum PeerPart {
 #[derive(Debug, Clone)]
 struct Pending {
     local: Option<Result<(), IoError>>,
+    /// When the local part completed (adaptive mode: from then on the
+    /// reply waits for the peer alone).
+    local_at: Option<Time>,
     peer: PeerPart,
     extents: Vec<u64>,
     range: Option<(u64, u64)>,
@@ -144,6 +148,8 @@ pub struct Core {
     /// This process started a generation the peer does not have since it
     /// was last connected (see `diverge`).
     separated: bool,
+    /// Adaptive mode's backoff (outlives sessions).
+    backoff: adaptive::Backoff,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -220,6 +226,7 @@ impl Core {
             last_error: None,
             ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
             separated: false,
+            backoff: adaptive::Backoff::default(),
             cfg,
         };
         if !rec.al.is_empty() {
@@ -461,10 +468,7 @@ impl Core {
     /// The earliest time at which [`Core::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Time> {
         let s = self.session.as_ref().map(|s| s.next_deadline(&self.cfg));
-        match (s, self.ctl_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [s, self.ctl_deadline(), self.adaptive_deadline()].into_iter().flatten().min()
     }
 
     /// Timers: heartbeats, the peer's liveness, acknowledgements overdue,
@@ -506,6 +510,7 @@ impl Core {
     fn pump(&mut self) {
         for _ in 0..64 {
             let before = (self.actions.len(), self.app.len(), self.incoming.len());
+            self.adaptive_tick();
             self.persist_pump();
             self.apply_pump();
             self.app_pump();

@@ -157,6 +157,10 @@ pub(crate) struct Ctl {
     witness_until: Time,
     /// The last granted request said the peer is not current.
     witness_fenced_peer: bool,
+    /// The last request that told the witness the peer is current (it
+    /// may have been applied even if its answer never comes: no answer to
+    /// an earlier request may fence the peer again).
+    unfenced_id: u64,
     witness_up: bool,
     /// Requests sent and not answered: id -> (sent, kind, peer_current).
     sent: BTreeMap<u64, (Time, VoteKind, bool)>,
@@ -186,6 +190,7 @@ impl Ctl {
             peer_until: Time::ZERO,
             witness_until: Time::ZERO,
             witness_fenced_peer: false,
+            unfenced_id: 0,
             witness_up: false,
             sent: BTreeMap::new(),
             next_id: 1,
@@ -342,7 +347,7 @@ impl Core {
                 c.claim = None;
                 if reply.granted {
                     c.witness_until = sent + c.cfg.lease();
-                    c.witness_fenced_peer = !peer_current;
+                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                     c.lost_since = None;
                     self.claimed(wall_ms, &reply);
                 } else {
@@ -354,7 +359,7 @@ impl Core {
             VoteKind::Renew => {
                 if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
-                    c.witness_fenced_peer = !peer_current;
+                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
@@ -509,6 +514,11 @@ impl Core {
         c.next_id += 1;
         c.last_request = now;
         c.sent.insert(id, (now, kind, peer_current));
+        if peer_current {
+            // From now on the witness may hold the peer as current.
+            c.witness_fenced_peer = false;
+            c.unfenced_id = id;
+        }
         VoteRequest {
             id,
             resource: self.cfg.resource.clone(),

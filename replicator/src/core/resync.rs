@@ -373,8 +373,11 @@ impl Core {
         if current == crate::protocol::genid::NEVER_SYNCED || current == 0 {
             return Err("SyncDone for data that was never synced".into());
         }
-        let is_target =
-            matches!(self.session.as_ref().map(|s| &s.activity), Some(Activity::Target { .. }));
+        // (Adaptive mode: a Behind node that got no chunk is a target too.)
+        let is_target = matches!(
+            self.session.as_ref().map(|s| &s.activity),
+            Some(Activity::Target { .. } | Activity::Behind)
+        );
         if !is_target {
             // We were in sync already (a resync of the Primary's own bits):
             // say so again, the source finishes on it.

@@ -94,8 +94,14 @@ pub struct VerifyRun {
 pub enum Activity {
     Idle,
     Source(SourceSync),
-    Target { behind: u64 },
+    Target {
+        behind: u64,
+    },
     Verify(VerifyRun),
+    /// Adaptive mode, Primary: acknowledging without the peer.
+    Ahead(super::adaptive::AheadRun),
+    /// Adaptive mode, Secondary: the Primary is Ahead (disk Outdated).
+    Behind,
 }
 
 #[derive(Debug)]
@@ -179,6 +185,8 @@ impl Session {
             Activity::Source(_) => Replication::SyncSource,
             Activity::Target { .. } => Replication::SyncTarget,
             Activity::Verify(_) => Replication::VerifySource,
+            Activity::Ahead(_) => Replication::Ahead,
+            Activity::Behind => Replication::Behind,
         }
     }
 
@@ -241,17 +249,19 @@ impl Session {
         Some(id)
     }
 
-    pub fn pong(&mut self, id: u64, now: Time) {
-        if let Some((want, sent)) = self.ping_out {
-            if want == id {
-                self.ping_out = None;
-                let sample = now.saturating_sub(sent);
-                self.rtt = Some(match self.rtt {
-                    None => sample,
-                    Some(s) => (s * 7 + sample) / 8,
-                });
-            }
+    /// A pong: the round trip measured (None: not the ping awaited).
+    pub fn pong(&mut self, id: u64, now: Time) -> Option<Duration> {
+        let (want, sent) = self.ping_out?;
+        if want != id {
+            return None;
         }
+        self.ping_out = None;
+        let sample = now.saturating_sub(sent);
+        self.rtt = Some(match self.rtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+        Some(sample)
     }
 
     /// Resync budget: `resync_rate` bytes/s while the application writes,

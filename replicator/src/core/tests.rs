@@ -33,6 +33,7 @@ fn cfg(protocol: Protocol) -> CoreConfig {
         window: 4,
         checkpoint_chunks: 2,
         controller: None,
+        adaptive: Default::default(),
         plant: Plant::None,
     }
 }

@@ -113,6 +113,9 @@ pub enum Plant {
     /// A Primary never tells the witness that its peer fell behind (and
     /// acknowledges writes the peer lacks all the same).
     NoPeerFence,
+    /// Adaptive mode: acknowledge writes while Ahead without marking
+    /// their blocks in the bitmap.
+    AheadWithoutMark,
 }
 
 impl std::str::FromStr for Plant {
@@ -126,9 +129,10 @@ impl std::str::FromStr for Plant {
             "clear-before-durable" => Plant::ClearBeforeDurable,
             "ignore-quorum" => Plant::IgnoreQuorum,
             "no-peer-fence" => Plant::NoPeerFence,
+            "ahead-without-mark" => Plant::AheadWithoutMark,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark)"
                 ))
             }
         })
@@ -164,7 +168,36 @@ pub struct CoreConfig {
     /// The failover controller's rules (None: roles change only by the
     /// operator's verbs).
     pub controller: Option<super::quorum::ControllerConfig>,
+    /// Adaptive mode's rules (used with `Protocol::Adaptive` only).
+    pub adaptive: AdaptiveConfig,
     pub plant: Plant,
+}
+
+/// Adaptive mode (see `core::adaptive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveConfig {
+    /// A write that waits this long for the peer sends the Primary Ahead.
+    pub budget: Duration,
+    /// Round trips at most budget/2 for this long (and at least this long
+    /// Ahead) before the catch-up resync starts.
+    pub hold: Duration,
+    /// `hold` doubles each time Ahead comes back soon; up to this.
+    pub max_hold: Duration,
+}
+
+impl AdaptiveConfig {
+    /// Production rules for a budget (`ping`: the heartbeat interval, the
+    /// round-trip samples while Ahead).
+    pub fn with_budget(budget: Duration, ping: Duration) -> AdaptiveConfig {
+        let hold = (ping * 4).max(Duration::from_secs(2));
+        AdaptiveConfig { budget, hold, max_hold: hold * 16 }
+    }
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> AdaptiveConfig {
+        AdaptiveConfig::with_budget(Duration::from_millis(3), Duration::from_millis(500))
+    }
 }
 
 impl CoreConfig {
@@ -189,6 +222,10 @@ impl CoreConfig {
             window: 16,
             checkpoint_chunks: 64,
             controller: res.controller.as_ref().map(|c| c.rules.clone()),
+            adaptive: AdaptiveConfig::with_budget(
+                res.latency_budget.unwrap_or(Duration::from_millis(3)),
+                res.ping_interval,
+            ),
             plant: Plant::None,
         }
     }

@@ -110,13 +110,15 @@ impl Core {
         // The controller: a Primary without quorum takes no write; one
         // the peer will not get needs the witness to know the peer is
         // behind first.
-        if let Some(g) = self.reply_gate(!self.linked(), true) {
+        // (Adaptive mode: an Ahead Primary writes without the peer too.)
+        let alone = !self.linked() || self.ahead();
+        if let Some(g) = self.reply_gate(alone, true) {
             return match g {
                 Ok(()) => Admit::Wait,
                 Err(e) => Admit::Fail(e),
             };
         }
-        if !self.linked() {
+        if alone {
             // The peer will not get this write: our data is a new
             // generation, on disk before the write lands.
             self.diverge("writing without the peer");
@@ -211,7 +213,7 @@ impl Core {
 
     /// Our data starts to differ from the peer's: a new current
     /// generation (once per separation), saved before it is relied on.
-    fn diverge(&mut self, why: &str) {
+    pub(crate) fn diverge(&mut self, why: &str) {
         // Once per separation, as this process saw it: after a restart the
         // saved record may predate the peer adopting our generation (a
         // crash between its SyncDone and our record's update), so the
@@ -237,12 +239,21 @@ impl Core {
         let plant = self.cfg.plant;
         // Only a Primary replicates: a Secondary's FLUSH is its own.
         let replicate = self.role == Role::Primary;
-        if let Some(s) = self.session.as_mut().filter(|s| replicate && s.phase == Phase::Running) {
+        let ahead = self.ahead();
+        if ahead {
+            // Adaptive mode, Ahead: the bitmap carries it to the peer
+            // later (the catch-up resync); the reply does not wait.
+            if let Some((off, len)) = range.filter(|_| plant != Plant::AheadWithoutMark) {
+                self.mark(off, len);
+            }
+        } else if let Some(s) =
+            self.session.as_mut().filter(|s| replicate && s.phase == Phase::Running)
+        {
             let mut need = match (protocol, &op) {
                 (Protocol::A, _) => Need::Queued,
                 (Protocol::B, Op::Flush) => Need::Done,
                 (Protocol::B, _) => Need::Received,
-                (Protocol::C, _) => Need::Done,
+                (Protocol::C | Protocol::Adaptive, _) => Need::Done,
             };
             if plant == Plant::EarlyAckC && protocol == Protocol::C {
                 need = Need::Queued;
@@ -276,13 +287,14 @@ impl Core {
         if let Some((_, len)) = range {
             self.counters.written_bytes += len;
         }
-        self.pending.insert(req, Pending { local: None, peer, extents, range });
+        self.pending.insert(req, Pending { local: None, local_at: None, peer, extents, range });
     }
 
     pub(crate) fn app_local_done(&mut self, req: ReqId, result: Result<(), IoError>) {
         let epoch = self.flush_epochs.remove(&req);
         let Some(p) = self.pending.get_mut(&req) else { return };
         p.local = Some(result);
+        p.local_at = Some(self.now);
         let extents = p.extents.clone();
         let range = p.range;
         self.al.release(&extents);
@@ -415,6 +427,9 @@ impl Core {
             self.peer_confirmed(req);
         }
         for (_, o) in retired {
+            if let OutKind::App(req) = o.kind {
+                self.adaptive_acked(req, o.sent);
+            }
             self.retire(o.kind, o.range);
         }
         Ok(())

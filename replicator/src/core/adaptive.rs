@@ -1,0 +1,429 @@
+//! Adaptive mode (`protocol = "adaptive"`, shared/DESIGN.md "Protocol
+//! modes"): protocol C while the peer acknowledges within the latency
+//! budget; `Ahead` (as protocol A, the peer tracked in the bitmap) while it
+//! does not; a bitmap resync and C again once the link has recovered.
+//!
+//! The states, on the Primary (the session's [`Activity`]):
+//!
+//! ```text
+//!   Established (C) --a write waited >= budget--> Ahead
+//!   Ahead --RTT <= budget/2 for `hold`, at least `hold` in Ahead--> SyncSource (C)
+//!   SyncSource --the peer holds our generation--> Established
+//! ```
+//!
+//! - Going Ahead: every write still waiting for the peer is treated as a
+//!   write of a lost session (its range marked out of sync, its peer part
+//!   `Lost`: the reply waits until the new generation and the bits are
+//!   durable, and, with a controller, until the witness recorded the peer
+//!   as outdated). The data becomes a new generation (`diverge`); once it
+//!   is durable the peer learns it from the State frame and is `Behind`
+//!   (disk Outdated, durably: it cannot be promoted without `--force`).
+//! - Ahead: writes are applied locally and marked in the bitmap, not sent;
+//!   their replies do not wait for the peer. Only pings cross the link;
+//!   their round trips decide when to leave.
+//! - Leaving: the marked blocks are resynced (the ordinary SyncSource, the
+//!   peer SyncTarget from its first frame on), writes replicate as in C
+//!   meanwhile, and SyncDone hands the peer our generation.
+//!
+//! Hysteresis, so that a link hovering at the budget converges instead of
+//! looping between Ahead and resync (LINBIT/drbd#46): the way in is the
+//! p99 of the replication wait in C beyond the budget (a write waiting the
+//! budget for the peer while another of the last 100 did too, or one
+//! waiting twice the budget). The replication wait of an operation is how
+//! long its reply waits for the peer alone: from the later of its send and
+//! its local completion (a slow local disk or fdatasync is not the link's
+//! fault), and writes sent during a catch-up resync count from its end.
+//! the way out needs round trips of at
+//! most half the budget for `hold` (so a link at the budget stays Ahead);
+//! a resync, once started, runs to its end (writes during a catch-up
+//! resync wait as in C); and each time Ahead comes back soon after it was
+//! left, `hold` doubles (up to `max_hold`), so the switch rate decays
+//! geometrically under any link. Every switch is logged and counted in
+//! `mode_switches`.
+
+use std::time::Duration;
+
+use crate::config::Protocol;
+use crate::protocol::wire::{DiskState, Role};
+
+use super::session::{Activity, OutKind, Phase, SourceSync};
+use super::types::{AdaptiveConfig, Time};
+use super::{Core, PeerPart};
+
+/// Highest backoff level: `hold` doubles at most this often.
+const MAX_LEVEL: u32 = 6;
+/// The latency window: the last this many writes acknowledged in C.
+const WINDOW: usize = 100;
+
+/// The Primary's Ahead run (in the session's activity).
+#[derive(Debug, Clone, Copy)]
+pub struct AheadRun {
+    /// When the Primary went Ahead.
+    pub since: Time,
+    /// Since when every round trip measured was at most half the budget.
+    pub good_since: Option<Time>,
+}
+
+/// What outlives a session: the backoff and the latency window.
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    pub level: u32,
+    /// When Ahead was last left.
+    pub left_at: Option<Time>,
+    /// Since when the Primary replicates in C, Established (writes sent
+    /// during a catch-up resync waited for it: their clock starts here).
+    pub c_since: Option<Time>,
+    /// Peer latencies of the last writes acknowledged in C, and how many
+    /// of them reached the budget.
+    pub window: std::collections::VecDeque<bool>,
+    pub slow: usize,
+}
+
+impl Backoff {
+    /// A write's peer latency in C: `slow` if it reached the budget.
+    pub fn record(&mut self, slow: bool) {
+        self.window.push_back(slow);
+        self.slow += usize::from(slow);
+        if self.window.len() > WINDOW {
+            let old = self.window.pop_front().unwrap_or(false);
+            self.slow -= usize::from(old);
+        }
+    }
+}
+
+/// How long the link must be good (and Ahead last) before leaving, at
+/// backoff `level`.
+pub fn hold(cfg: &AdaptiveConfig, level: u32) -> Duration {
+    cfg.hold.saturating_mul(1 << level.min(MAX_LEVEL)).min(cfg.max_hold.max(cfg.hold))
+}
+
+/// The backoff level for a new Ahead run at `now`: up when Ahead comes
+/// back within four holds of leaving it, down (one step) otherwise.
+pub fn next_level(cfg: &AdaptiveConfig, b: &Backoff, now: Time) -> u32 {
+    let h = hold(cfg, b.level);
+    match b.left_at {
+        Some(t) if now.saturating_sub(t) < h * 4 => (b.level + 1).min(MAX_LEVEL),
+        _ => b.level.saturating_sub(1),
+    }
+}
+
+/// The way into Ahead: the p99 of the peer's write latency in C exceeds
+/// the budget. A write waiting since `sent` reached the budget at `now`
+/// and another of the last [`WINDOW`] did too (`slow`: how many) — or it
+/// waited twice the budget (a stalled or much slower link; also with no
+/// history).
+pub fn over_budget(cfg: &AdaptiveConfig, sent: Time, now: Time, slow: usize) -> bool {
+    let waited = now.saturating_sub(sent);
+    waited >= cfg.budget * 2 || (waited >= cfg.budget && slow >= 1)
+}
+
+/// When [`over_budget`] may become true for a write waiting since `sent`.
+pub fn budget_deadline(cfg: &AdaptiveConfig, sent: Time, slow: usize) -> Time {
+    if slow >= 1 {
+        sent + cfg.budget
+    } else {
+        sent + cfg.budget * 2
+    }
+}
+
+/// Whether a round trip of `rtt` counts as a recovered link.
+pub fn good_rtt(cfg: &AdaptiveConfig, rtt: Duration) -> bool {
+    rtt * 2 <= cfg.budget
+}
+
+/// Whether an Ahead run may end at `now` (the link side of the rule).
+pub fn may_leave(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> bool {
+    let h = hold(cfg, level);
+    now >= run.since + h && run.good_since.is_some_and(|g| now >= g + h)
+}
+
+impl Core {
+    fn adaptive(&self) -> bool {
+        self.cfg.protocol == Protocol::Adaptive
+    }
+
+    /// This Primary is Ahead: writes are acknowledged without the peer.
+    pub(crate) fn ahead(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Ahead(_)))
+    }
+
+    /// Whether this Primary replicates in C, Established.
+    fn in_c(&self) -> bool {
+        self.adaptive()
+            && self.role == Role::Primary
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Idle))
+    }
+
+    /// Since when application operation `req`, sent at `sent`, waits
+    /// for the peer alone: its local part is done (before, the client
+    /// waits for the local disk, not for replication), counted from the
+    /// start of C at the earliest.
+    fn peer_wait_start(&self, req: u64, sent: Time) -> Option<Time> {
+        let local = self.pending.get(&req)?.local_at?;
+        let start = sent.max(local);
+        Some(self.backoff.c_since.map_or(start, |c| c.max(start)))
+    }
+
+    /// Since when the longest replication wait under way started, if the
+    /// Primary is in C.
+    fn oldest_wait(&self) -> Option<Time> {
+        if !self.in_c() {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        s.out
+            .values()
+            .filter_map(|o| match o.kind {
+                OutKind::App(req) => self.peer_wait_start(req, o.sent),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// The timed transitions (run from `pump`).
+    pub(crate) fn adaptive_tick(&mut self) {
+        if !self.adaptive() {
+            return;
+        }
+        let now = self.now;
+        match (self.in_c(), self.backoff.c_since) {
+            (true, None) => self.backoff.c_since = Some(now),
+            (false, Some(_)) => self.backoff.c_since = None,
+            _ => {}
+        }
+        if let Some(sent) = self.oldest_wait() {
+            if over_budget(&self.cfg.adaptive, sent, now, self.backoff.slow) {
+                self.go_ahead(now.saturating_sub(sent));
+            }
+            return;
+        }
+        let budget = self.cfg.adaptive.budget;
+        let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
+        let stalled = s.ping_out.is_some_and(|(_, sent)| now.saturating_sub(sent) * 2 > budget);
+        let Activity::Ahead(run) = &mut s.activity else { return };
+        if stalled {
+            // A ping unanswered for half the budget: the link is not good.
+            run.good_since = None;
+        }
+        let run = *run;
+        let leave = self.role != Role::Primary
+            || may_leave(&self.cfg.adaptive, self.backoff.level, run, now);
+        // The peer knows it is behind (our generation is durable and was
+        // announced) and no resync read of an earlier run is outstanding.
+        if leave && self.meta_durable() && self.barrier == 0 {
+            self.leave_ahead(run);
+        }
+    }
+
+    /// The next time at which [`Core::adaptive_tick`] has work.
+    pub(crate) fn adaptive_deadline(&self) -> Option<Time> {
+        if !self.adaptive() {
+            return None;
+        }
+        if let Some(sent) = self.oldest_wait() {
+            return Some(budget_deadline(&self.cfg.adaptive, sent, self.backoff.slow));
+        }
+        let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;
+        let Activity::Ahead(run) = &s.activity else { return None };
+        let mut t = None::<Time>;
+        if let Some((_, sent)) = s.ping_out {
+            let stall = sent + self.cfg.adaptive.budget / 2 + Duration::from_micros(1);
+            if run.good_since.is_some() && stall > self.now {
+                t = Some(stall);
+            }
+        }
+        if let Some(g) = run.good_since {
+            let h = hold(&self.cfg.adaptive, self.backoff.level);
+            let at = (g + h).max(run.since + h);
+            if at > self.now {
+                t = Some(t.map_or(at, |x| x.min(at)));
+            }
+        }
+        t
+    }
+
+    /// The peer acknowledged application operation `req`, sent at `sent`.
+    pub(crate) fn adaptive_acked(&mut self, req: u64, sent: Time) {
+        if !self.in_c() {
+            return;
+        }
+        // (Its local part still running: the peer cost the client nothing.)
+        let waited = self
+            .peer_wait_start(req, sent)
+            .map_or(Duration::ZERO, |start| self.now.saturating_sub(start));
+        self.backoff.record(waited >= self.cfg.adaptive.budget);
+    }
+
+    /// A round-trip sample (a ping answered).
+    pub(crate) fn adaptive_sample(&mut self, rtt: Duration) {
+        let now = self.now;
+        let good = good_rtt(&self.cfg.adaptive, rtt);
+        if let Some(Activity::Ahead(run)) = self.session.as_mut().map(|s| &mut s.activity) {
+            if !good {
+                run.good_since = None;
+            } else if run.good_since.is_none() {
+                run.good_since = Some(now);
+            }
+        }
+    }
+
+    /// C -> Ahead: what waits for the peer is released as a lost session's
+    /// writes are; new writes go to the bitmap.
+    fn go_ahead(&mut self, waited: Duration) {
+        let now = self.now;
+        let level = next_level(&self.cfg.adaptive, &self.backoff, now);
+        let Some(s) = self.session.as_mut() else { return };
+        let waiting: Vec<(u64, Option<(u64, u64)>)> = s
+            .out
+            .values()
+            .filter_map(|o| match o.kind {
+                OutKind::App(req) => Some((req, o.range)),
+                _ => None,
+            })
+            .collect();
+        s.activity = Activity::Ahead(AheadRun { since: now, good_since: None });
+        self.backoff.level = level;
+        // Back in C, the window starts afresh.
+        self.backoff.window.clear();
+        self.backoff.slow = 0;
+        for (req, range) in waiting {
+            if let Some((off, len)) = range {
+                self.mark(off, len);
+            }
+            if let Some(p) = self.pending.get_mut(&req) {
+                if matches!(p.peer, PeerPart::Waiting(_)) {
+                    p.peer = PeerPart::Lost;
+                }
+            }
+        }
+        self.p.want_bitmap = true;
+        self.diverge("Ahead: the peer falls behind");
+        self.counters.mode_switches += 1;
+        tracing::warn!(
+            waited_us = waited.as_micros() as u64,
+            budget_us = self.cfg.adaptive.budget.as_micros() as u64,
+            hold_ms = hold(&self.cfg.adaptive, level).as_millis() as u64,
+            switches = self.counters.mode_switches,
+            "adaptive: a write waited the whole latency budget for the peer: Ahead \
+             (writes acknowledged locally, the peer marked out of sync)"
+        );
+    }
+
+    /// Ahead -> SyncSource: the marked blocks go to the peer; C again.
+    fn leave_ahead(&mut self, run: AheadRun) {
+        let now = self.now;
+        let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+        let Some(s) = self.session.as_mut() else { return };
+        s.activity = Activity::Source(SourceSync::new(claimed, now));
+        self.backoff.left_at = Some(now);
+        self.counters.mode_switches += 1;
+        tracing::info!(
+            ahead_ms = now.saturating_sub(run.since).as_millis() as u64,
+            out_of_sync = self.dirty.bytes(),
+            switches = self.counters.mode_switches,
+            "adaptive: the link is back within the budget: resyncing the marked blocks (C again)"
+        );
+    }
+
+    /// Secondary: the Primary's data is a generation we do not hold while
+    /// the link is up — it went Ahead: we are Behind (Outdated).
+    pub(crate) fn adaptive_peer_state(&mut self, role: Role, current: u64) {
+        if !self.adaptive()
+            || role != Role::Primary
+            || self.role != Role::Secondary
+            || current == self.gen.current
+            || !matches!(self.disk, DiskState::UpToDate | DiskState::Consistent)
+        {
+            return;
+        }
+        let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
+        if !matches!(s.activity, Activity::Idle) {
+            return;
+        }
+        s.activity = Activity::Behind;
+        self.disk = DiskState::Outdated;
+        tracing::warn!(
+            "adaptive: the Primary is Ahead: Behind (disk Outdated until the catch-up resync)"
+        );
+    }
+
+    /// Secondary: data from the Primary while Behind starts the catch-up
+    /// resync (from now on our disk is a mix: Inconsistent, on disk before
+    /// the data lands).
+    pub(crate) fn adaptive_data(&mut self) {
+        let Some(s) = self.session.as_mut() else { return };
+        if !matches!(s.activity, Activity::Behind) {
+            return;
+        }
+        s.activity = Activity::Target { behind: s.peer.out_of_sync };
+        self.disk = DiskState::Inconsistent;
+        tracing::info!("adaptive: catch-up resync from the Primary (SyncTarget)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AdaptiveConfig {
+        AdaptiveConfig {
+            budget: Duration::from_millis(4),
+            hold: Duration::from_millis(100),
+            max_hold: Duration::from_millis(800),
+        }
+    }
+
+    #[test]
+    fn the_way_in_is_the_p99() {
+        let c = cfg();
+        let t0 = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        // No slow write in the window: twice the budget.
+        assert!(!over_budget(&c, t0, t0 + ms(4), 0));
+        assert!(!over_budget(&c, t0, t0 + ms(7), 0));
+        assert!(over_budget(&c, t0, t0 + ms(8), 0));
+        assert_eq!(budget_deadline(&c, t0, 0), t0 + ms(8));
+        // Another slow one among the last 100: the budget.
+        assert!(!over_budget(&c, t0, t0 + ms(3), 1));
+        assert!(over_budget(&c, t0, t0 + ms(4), 1));
+        assert_eq!(budget_deadline(&c, t0, 1), t0 + ms(4));
+        let mut b = Backoff::default();
+        for i in 0..250 {
+            b.record(i % 50 == 0);
+        }
+        assert_eq!((b.window.len(), b.slow), (WINDOW, 2));
+    }
+
+    #[test]
+    fn the_way_out_needs_half_the_budget_for_the_hold() {
+        let c = cfg();
+        let ms = Duration::from_millis;
+        assert!(good_rtt(&c, ms(2)) && !good_rtt(&c, ms(3)));
+        let run = AheadRun { since: ms(1000), good_since: Some(ms(1050)) };
+        assert!(!may_leave(&c, 0, run, ms(1100)));
+        assert!(may_leave(&c, 0, run, ms(1150)));
+        assert!(!may_leave(&c, 1, run, ms(1200)));
+        assert!(may_leave(&c, 1, run, ms(1250)));
+        assert!(!may_leave(&c, 0, AheadRun { good_since: None, ..run }, ms(9000)));
+    }
+
+    #[test]
+    fn the_hold_doubles_when_ahead_comes_back_soon_and_is_capped() {
+        let c = cfg();
+        let ms = Duration::from_millis;
+        let b = Backoff { level: 0, left_at: Some(ms(1000)), ..Backoff::default() };
+        assert_eq!(next_level(&c, &b, ms(1300)), 1);
+        assert_eq!(next_level(&c, &b, ms(1500)), 0);
+        let b = Backoff { level: 3, left_at: Some(ms(1000)), ..Backoff::default() };
+        assert_eq!(next_level(&c, &b, ms(10_000)), 2);
+        assert_eq!(hold(&c, 0), ms(100));
+        assert_eq!(hold(&c, 2), ms(400));
+        assert_eq!(hold(&c, 5), ms(800));
+        assert_eq!(hold(&c, 60), ms(800));
+    }
+}

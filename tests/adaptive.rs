@@ -1,0 +1,313 @@
+//! Issue 10 end to end: `twinblock netem` adds the delay it is told (and a
+//! relay restarted on the same port with other settings keeps the pair's
+//! link going), and `protocol = "adaptive"` goes Ahead when the relay's
+//! delay rises above the latency budget, comes back in sync when it falls
+//! (disks byte-identical after a flush), and does not flap with the delay
+//! held at the budget.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pair::Pair;
+use common::*;
+
+/// A relay on `listen` to `forward`, adding `delay` each way; returns it
+/// with the first lines it printed (its settings and timer overhead).
+fn netem(listen: &str, forward: &str, delay: &str) -> (KillOnDrop, String) {
+    let mut child = Command::new(BIN)
+        .args(["netem", "--listen", listen, "--forward", forward, "--delay", delay])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    for _ in 0..2 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => {
+                printed += &l;
+                printed.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    (KillOnDrop(child), printed)
+}
+
+fn free_udp() -> String {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+/// Median round trip of `n` datagrams sent through the relay at `relay`
+/// to an echo server (a missing answer counts as 1 s).
+fn median_rtt(sock: &UdpSocket, relay: &str, n: usize) -> Duration {
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        let t = Instant::now();
+        sock.send_to(&(i as u64).to_le_bytes(), relay).unwrap();
+        let rtt = loop {
+            match sock.recv_from(&mut buf) {
+                Ok((8, _)) if buf[..8] == (i as u64).to_le_bytes() => break t.elapsed(),
+                Ok(_) => continue, // a late answer to an earlier probe
+                Err(_) => break Duration::from_secs(1),
+            }
+        };
+        rtts.push(rtt);
+    }
+    rtts.sort();
+    rtts[n / 2]
+}
+
+#[test]
+fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
+    // An echo server behind the relay.
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let relay = free_udp();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+
+    let (mut r, printed) = netem(&relay, &echo_addr, "20ms");
+    assert!(
+        printed.contains("timer overhead"),
+        "the relay did not print its timer overhead: {printed}"
+    );
+    eprint!("{printed}");
+    let rtt = median_rtt(&client, &relay, 20);
+    eprintln!("delay 20ms each way: median round trip {rtt:?}");
+    assert!(
+        rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(55),
+        "20ms each way gave a median round trip of {rtt:?}"
+    );
+
+    // Restarted on the same port with other settings: the same client
+    // (same source port) goes on, with the new delay.
+    let _ = r.0.kill();
+    let _ = r.0.wait();
+    let (_r, _) = netem(&relay, &echo_addr, "2ms");
+    let rtt = median_rtt(&client, &relay, 50);
+    eprintln!("delay 2ms each way after a restart: median round trip {rtt:?}");
+    assert!(
+        rtt >= Duration::from_millis(4) && rtt < Duration::from_millis(10),
+        "2ms each way gave a median round trip of {rtt:?}"
+    );
+}
+
+/// The pair's resource file with `[adaptive] latency_budget = budget`.
+fn adaptive_pair(budget: &str) -> Pair {
+    let p = Pair::prepare("adaptive", "64M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text =
+        text.replacen("\n[tls]", &format!("\n[adaptive]\nlatency_budget = \"{budget}\"\n[tls]"), 1);
+    std::fs::write(&p.config, text).unwrap();
+    p
+}
+
+/// The nodes' log lines about the link and the mode (for the test output).
+fn events(p: &Pair) -> String {
+    let mut out = String::new();
+    for i in 0..2 {
+        for l in p.log(i).lines() {
+            if ["adaptive", "peer lost", "connected", "resync", "SyncSource", "SyncTarget"]
+                .iter()
+                .any(|w| l.contains(w))
+            {
+                out += &format!("{}: {l}\n", p.nodes[i].name);
+            }
+        }
+    }
+    out
+}
+
+/// [`Pair::wait`], printing the nodes' events when it times out.
+fn wait(
+    p: &Pair,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
+) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.wait(what, timeout, f)));
+    if let Err(e) = r {
+        eprintln!("events:\n{}", events(p));
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn switches(s: &serde_json::Value) -> u64 {
+    s["counters"]["mode_switches"].as_u64().unwrap()
+}
+
+/// Writes through qemu-io on a's export for `dur` (small writes, one
+/// flush per command), returns how many commands ran.
+fn write_for(p: &Pair, dur: Duration, pattern: u8) -> usize {
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed() < dur {
+        let off = (n % 60) * 1024 * 1024;
+        let cmds: Vec<String> = (0..16)
+            .map(|k| format!("write -P {pattern} {} 4k", off + k * 64 * 1024))
+            .chain(["flush".to_string()])
+            .collect();
+        run_qemu_io(&p.uri(0), &cmds);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn adaptive_goes_ahead_above_the_budget_and_comes_back_in_sync() {
+    if !have("qemu-io") {
+        return;
+    }
+    // (A budget a debug build on a busy 2-core machine meets on loopback.)
+    let mut p = adaptive_pair("20ms");
+    let (relay, b_addr) = p.route_b_through_relay();
+    let (link, printed) = netem(&relay, &b_addr, "0ms");
+    assert!(printed.contains("timer overhead"), "{printed}");
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    let a = p.status(0);
+    assert_eq!(a["protocol"], "adaptive");
+    assert_eq!(switches(&a), 0, "switched before any write: {a}");
+
+    // In sync over a fast link: C, no switch.
+    write_for(&p, Duration::from_secs(1), 0x11);
+    let a = p.status(0);
+    assert_eq!(a["connection"], "Connected", "{a}\n{}", events(&p));
+    assert_eq!(switches(&a), 0, "switched on a fast link: {a}\n{}", events(&p));
+
+    // The relay restarts with 100 ms each way: far above the budget.
+    drop(link);
+    let (link, _) = netem(&relay, &b_addr, "100ms");
+    write_for(&p, Duration::from_secs(2), 0x22);
+    wait(&p, "a to go Ahead", Duration::from_secs(20), |a, b| {
+        a["connection"] == "Ahead" && b["disk"] == "Outdated" && b["connection"] == "Behind"
+    });
+    let a = p.status(0);
+    assert!(switches(&a) >= 1, "{a}");
+    assert!(a["out_of_sync_bytes"].as_u64().unwrap() > 0, "nothing marked while Ahead: {a}");
+    assert_eq!(a["peer"]["disk"], "Outdated", "{a}");
+    // Writes while Ahead do not wait for the 200 ms round trip.
+    let t = Instant::now();
+    let runs = write_for(&p, Duration::from_secs(2), 0x33);
+    let per = t.elapsed() / runs as u32;
+    eprintln!("Ahead: {runs} qemu-io runs of 16 writes + flush, {per:?} each");
+    // (In C each run's flush alone waits a 200 ms round trip.)
+    assert!(
+        per < Duration::from_millis(150),
+        "writes waited for the peer while Ahead: {per:?} per run"
+    );
+    // Secondary refuses promotion while Behind/Outdated.
+    let out = p.cli("primary", &[], 1);
+    assert!(!out.status.success(), "an Outdated (Behind) node was promoted");
+
+    // The relay restarts with no delay: resync, C again.
+    drop(link);
+    let (_link, _) = netem(&relay, &b_addr, "0ms");
+    wait(&p, "the pair back in sync", Duration::from_secs(60), |a, b| {
+        a["connection"] == "Connected"
+            && a["sync"].is_null()
+            && a["out_of_sync_bytes"] == 0
+            && a["in_flight"] == 0
+            && b["disk"] == "UpToDate"
+    });
+    let a = p.status(0);
+    assert!(switches(&a) >= 2, "{a}");
+    assert!(a["counters"]["resync_bytes"].as_u64().unwrap() > 0, "{a}");
+    eprintln!("mode switches Ahead and back: {}", switches(&a));
+
+    // More writes, a flush; in sync (a debug build on a loaded machine may
+    // take an Ahead round trip more), then the disks agree.
+    p.qemu_io(0, "write -P 0x44 8M 64k");
+    p.qemu_io(0, "flush");
+    wait(&p, "the pair in sync after the flush", Duration::from_secs(60), |a, b| {
+        a["connection"] == "Connected"
+            && a["sync"].is_null()
+            && a["out_of_sync_bytes"] == 0
+            && a["in_flight"] == 0
+            && b["disk"] == "UpToDate"
+    });
+    p.down(0);
+    p.down(1);
+    let (da, db) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(da == db, "the disks differ after Ahead, the catch-up resync and a flush");
+}
+
+#[test]
+fn adaptive_does_not_flap_with_the_delay_at_the_budget() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = adaptive_pair("20ms");
+    let (relay, b_addr) = p.route_b_through_relay();
+    // 10 ms each way: round trips of about the budget.
+    let (_link, _) = netem(&relay, &b_addr, "10ms");
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_linked();
+    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
+        a["sync"].is_null() && b["disk"] != "Inconsistent"
+    });
+    let before = switches(&p.status(0));
+    let runs = write_for(&p, Duration::from_secs(10), 0x55);
+    let a = p.status(0);
+    let n = switches(&a) - before;
+    eprintln!(
+        "delay at the budget for 10 s ({runs} qemu-io runs): {n} mode switches, now {}",
+        a["connection"]
+    );
+    assert!(n <= 4, "{n} mode switches in 10 s with the delay at the budget: {a}");
+    p.down(0);
+    p.down(1);
+}
+
+/// A relay restarted on the same port with other settings does not break
+/// the pair's QUIC connection: it migrates (or, at worst, the node dials
+/// again) and writes go on.
+#[test]
+fn a_relay_restart_keeps_the_pair_replicating() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("C", "64M");
+    let (relay, b_addr) = p.route_b_through_relay();
+    let (link, _) = netem(&relay, &b_addr, "0ms");
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    p.qemu_io(0, "write -P 0x61 0 64k");
+    drop(link);
+    let (_link, _) = netem(&relay, &b_addr, "5ms");
+    let t = Instant::now();
+    p.qemu_io(0, "write -P 0x62 1M 64k");
+    let took = t.elapsed();
+    let lost = p.log(0).contains("peer lost") || p.log(1).contains("peer lost");
+    eprintln!(
+        "first write after the relay restart took {took:?}; link lost: {lost}\n{}",
+        events(&p)
+    );
+    p.wait_synced("replication after the relay restart", Duration::from_secs(30));
+    assert!(!lost, "the relay restart broke the link:\n{}", events(&p));
+}
