@@ -567,9 +567,16 @@ fn a_resync_interrupted_by_a_crash_resumes() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    // The target dies mid-resync and comes back.
+    // The target dies mid-resync (after a checkpoint: bits are cleared
+    // only once the target flushed, which a loaded machine takes a while
+    // to do) and comes back.
     p.up(1);
     wait_progress(&p, 20.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.status(0)["out_of_sync_bytes"].as_u64().unwrap() >= dirty {
+        assert!(Instant::now() < deadline, "no resync checkpoint in 60 s: {}", p.status(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p.kill(1);
     let before_restart = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
     assert!(before_restart < dirty, "progress was kept: {before_restart} of {dirty} left");
