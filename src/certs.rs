@@ -38,7 +38,9 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn run(out: &Path, names: &[String]) -> Result<()> {
+/// `json`: one object on stdout (`ca`, `ca_key`, `reused_ca`, `nodes`:
+/// name -> {cert, key}) instead of lines for people.
+pub fn run(out: &Path, names: &[String], json: bool) -> Result<()> {
     if names.is_empty() {
         bail!("give at least one node name");
     }
@@ -49,20 +51,26 @@ pub fn run(out: &Path, names: &[String]) -> Result<()> {
     }
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let (ca_pem, ca_key_path) = (out.join("ca.pem"), out.join("ca.key"));
-    let ca_key = if ca_key_path.exists() && ca_pem.exists() {
+    let reused_ca = ca_key_path.exists() && ca_pem.exists();
+    let ca_key = if reused_ca {
         let pem = fs::read_to_string(&ca_key_path)?;
         let key = KeyPair::from_pem(&pem).with_context(|| format!("{}", ca_key_path.display()))?;
-        println!("reusing the CA in {}", ca_pem.display());
+        if !json {
+            println!("reusing the CA in {}", ca_pem.display());
+        }
         key
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params()?.self_signed(&key)?;
         write_file(&ca_pem, &cert.pem(), false)?;
         write_file(&ca_key_path, &key.serialize_pem(), true)?;
-        println!("wrote {} and {}", ca_pem.display(), ca_key_path.display());
+        if !json {
+            println!("wrote {} and {}", ca_pem.display(), ca_key_path.display());
+        }
         key
     };
     let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut nodes = serde_json::Map::new();
     for name in names {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(vec![name.clone()])?;
@@ -73,7 +81,25 @@ pub fn run(out: &Path, names: &[String]) -> Result<()> {
         let cert = p.signed_by(&key, &issuer)?;
         write_file(&out.join(format!("{name}.pem")), &cert.pem(), false)?;
         write_file(&out.join(format!("{name}.key")), &key.serialize_pem(), true)?;
-        println!("wrote {0}/{name}.pem and {0}/{name}.key", out.display());
+        if !json {
+            println!("wrote {0}/{name}.pem and {0}/{name}.key", out.display());
+        }
+        nodes.insert(
+            name.clone(),
+            serde_json::json!({
+                "cert": out.join(format!("{name}.pem")),
+                "key": out.join(format!("{name}.key")),
+            }),
+        );
+    }
+    if json {
+        let v = serde_json::json!({
+            "ca": ca_pem,
+            "ca_key": ca_key_path,
+            "reused_ca": reused_ca,
+            "nodes": nodes,
+        });
+        println!("{v}");
     }
     Ok(())
 }

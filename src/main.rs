@@ -136,6 +136,9 @@ enum Command {
         /// Node names (each certificate names its node).
         #[arg(required = true)]
         names: Vec<String>,
+        /// One JSON object: the files written.
+        #[arg(long)]
+        json: bool,
     },
     /// Run one node in the foreground (starts Secondary; with a
     /// `[controller]` table, the failover controller decides the roles).
@@ -340,7 +343,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let args = serve::ServeArgs { disk, size, listen, name, backend: io, direct, limits };
             runtime()?.block_on(serve::run(args))?;
         }
-        Command::GenCerts { out, names } => certs::run(&out, &names)?,
+        Command::GenCerts { out, names, json } => certs::run(&out, &names, json)?,
         Command::Up(n) => runtime()?.block_on(up::run(&n.config, &n.node))?,
         Command::Witness(n) => runtime()?.block_on(up::witness(&n.config, &n.node))?,
         Command::Primary { node, force, json } => simple(&node, "primary", force, json)?,

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::pair::Pair;
-use common::BIN;
+use common::{run_ok, test_tmp, BIN};
 
 const VERBS: &[&str] = &[
     "serve",
@@ -82,4 +82,26 @@ fn verbs_print_json_and_exit_as_documented() {
         assert!(std::time::Instant::now() < deadline, "status of a stopped node: {out:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+fn gen_certs_json_names_the_files_it_wrote() {
+    let dir = tempfile::Builder::new().prefix("tb-certs").tempdir_in(test_tmp()).unwrap();
+    let out = run_ok(
+        Command::new(BIN).args(["gen-certs", "--json", "--out"]).arg(dir.path()).args(["a", "b"]),
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["reused_ca"], false);
+    for n in ["a", "b"] {
+        for f in ["cert", "key"] {
+            let path = v["nodes"][n][f].as_str().unwrap();
+            assert!(std::path::Path::new(path).exists(), "{n}.{f}: {path}");
+        }
+    }
+    assert!(std::path::Path::new(v["ca"].as_str().unwrap()).exists());
+    let again =
+        run_ok(Command::new(BIN).args(["gen-certs", "--json", "--out"]).arg(dir.path()).arg("w"));
+    let v: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(v["reused_ca"], true, "{again}");
 }
