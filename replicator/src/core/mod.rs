@@ -585,6 +585,7 @@ impl Core {
             let id = self.random_id();
             self.gen.new_current(id);
         }
+        self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms;
         tracing::info!(force, "promoted to Primary");

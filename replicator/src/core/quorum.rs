@@ -522,13 +522,30 @@ impl Core {
     }
 
     /// A heartbeat to the peer went out (the peer lease starts at its send).
+    /// Only a Primary's heartbeats on a running session count: the State
+    /// that announced the promotion went before them on the same stream,
+    /// so the peer that answers one knows a Primary is around (it will not
+    /// claim before `dead_time` of silence). A heartbeat sent while this
+    /// node was Secondary was answered by a peer that may claim at once.
     pub(crate) fn ctl_ping_sent(&mut self, id: u64) {
         let now = self.now;
+        let running = self.session.as_ref().is_some_and(|s| s.phase == Phase::Running);
+        if self.role != Role::Primary || !running {
+            return;
+        }
         if let Some(c) = &mut self.ctl {
             c.ping_sent.insert(id, now);
             while c.ping_sent.len() > 8 {
                 c.ping_sent.pop_first();
             }
+        }
+    }
+
+    /// This node becomes Primary: no peer lease from before counts.
+    pub(crate) fn ctl_promoted(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            c.ping_sent.clear();
+            c.peer_until = Time::ZERO;
         }
     }
 
