@@ -1192,7 +1192,7 @@ mod ctl {
     /// late). Both nodes then accept writes.
     #[test]
     fn a_pong_to_a_ping_sent_before_the_promotion_gives_no_peer_lease() {
-        let mut d = Duo::new(Protocol::C);
+        let mut d = Duo::new(Protocol::A);
         d.connect();
         assert_eq!(d.c[0].connection(), Connection::Connected);
         // Both see a connected Secondary peer and claim.
@@ -1233,9 +1233,20 @@ mod ctl {
         }
         let at = b_primary_at.expect("b never promoted");
         assert!(d.c[1].accepts_writes());
+        let both = d.c[0].accepts_writes();
+        // The partition is complete now; each node's client writes.
+        d.mute[1] = true;
+        d.write(0, 1, 0, 0xaa);
+        d.write(1, 2, 64, 0xbb);
+        d.vote_all(1);
+        d.write(1, 3, 128, 0xbb);
+        d.vote_all(1);
+        let acked_a = d.reply(0, 1) == Some(Ok(()));
+        let acked_b = d.reply(1, 2) == Some(Ok(())) || d.reply(1, 3) == Some(Ok(()));
+        assert!(acked_b, "b, the witness's Primary, acknowledges");
         assert!(
-            !d.c[0].accepts_writes(),
-            "a accepts writes at {:?} while b (promoted at {at:?}) does too",
+            !both && !acked_a,
+            "a accepts writes at {:?} (acknowledged: {acked_a}) while b (promoted at {at:?}) does too",
             d.now - t0
         );
     }
