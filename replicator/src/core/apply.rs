@@ -62,7 +62,10 @@ impl Core {
             Message::Ack { received, done } => self.on_ack(received, done)?,
             Message::Failed { seq, errno } => self.on_failed(seq, errno)?,
             Message::Verified { seq, crcs } => self.on_verified(seq, crcs)?,
-            Message::Ping { id } => self.send(Message::Pong { id }),
+            Message::Ping { id } => {
+                self.send(Message::Pong { id });
+                self.ctl_answered();
+            }
             Message::Pong { id } => {
                 let now = self.now;
                 if let Some(s) = self.session.as_mut() {

@@ -177,6 +177,9 @@ pub(crate) struct Ctl {
     pub last_refusal: Option<String>,
     /// The peer lease's heartbeat: sent at.
     ping_sent: BTreeMap<u64, Time>,
+    /// Last time this node answered a Primary's heartbeat (that Primary
+    /// may hold a peer lease until about then plus `lease`).
+    answered_primary: Time,
 }
 
 impl Ctl {
@@ -198,6 +201,7 @@ impl Ctl {
             lost_since: None,
             last_refusal: None,
             ping_sent: BTreeMap::new(),
+            answered_primary: Time::ZERO,
         }
     }
 }
@@ -375,6 +379,18 @@ impl Core {
         }
         if !self.may_claim() {
             return;
+        }
+        // The claim went out while the peer was silent (or a Secondary),
+        // but since then this node answered the heartbeats of a Primary
+        // peer: that Primary holds a peer lease, the grant is not used.
+        if let Some(c) = &mut self.ctl {
+            let lease = c.cfg.lease();
+            if c.answered_primary != Time::ZERO && self.now < c.answered_primary + lease + lease / 4 {
+                tracing::warn!("granted Primary, but a Primary peer is alive: giving the right back");
+                c.quiet_until = self.now + c.cfg.heartbeat;
+                self.release();
+                return;
+            }
         }
         // The peer is declared dead (or is a Secondary that agreed): a
         // session that still says it is Primary goes.
@@ -560,6 +576,20 @@ impl Core {
                 if peer_secondary {
                     c.peer_until = c.peer_until.max(sent + c.cfg.lease());
                 }
+            }
+        }
+    }
+
+    /// This node answered the peer's heartbeat.
+    pub(crate) fn ctl_answered(&mut self) {
+        let now = self.now;
+        let primary = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Primary);
+        if let Some(c) = &mut self.ctl {
+            if primary {
+                c.answered_primary = now;
             }
         }
     }

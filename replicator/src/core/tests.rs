@@ -1025,6 +1025,9 @@ mod ctl {
         pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
         /// Frames from node i vanish.
         pub mute: [bool; 2],
+        /// Node i closing the link is not noticed by the other node (its
+        /// side stays up until the test cuts it).
+        pub lazy_close: [bool; 2],
         pub w: Arbiter,
     }
 
@@ -1051,6 +1054,7 @@ mod ctl {
                 hooks: [Vec::new(), Vec::new()],
                 replies: Vec::new(),
                 mute: [false, false],
+                lazy_close: [false, false],
                 w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
             }
         }
@@ -1075,7 +1079,12 @@ mod ctl {
                     }
                     Action::Close { session, .. } => {
                         if Some(session) == self.sid {
-                            self.cut();
+                            if self.lazy_close[i] {
+                                self.mute[i] = true;
+                                self.c[i].handle_link_down(now, session, "closed");
+                            } else {
+                                self.cut();
+                            }
                         }
                     }
                     Action::Reply { req, result } => self.replies.push((i, req, result)),
@@ -1113,6 +1122,7 @@ mod ctl {
         }
 
         pub fn connect(&mut self) {
+            self.mute = [false, false];
             let sid = self.next_sid;
             self.next_sid += 1;
             self.sid = Some(sid);
@@ -1250,4 +1260,64 @@ mod ctl {
             d.now - t0
         );
     }
+}
+
+/// A claim sent while the peer was silent, granted after the peer came
+/// back as a Primary on a running session: the claimant answered that
+/// Primary's heartbeats meanwhile, so the Primary holds a peer lease, and
+/// must not be deposed by closing the session: both would accept writes.
+#[test]
+fn a_claim_granted_after_the_primary_came_back_is_not_used() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::A);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear(); // b's witness link is not up yet
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.hooks_done(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    d.vote_all(0);
+    assert!(d.c[0].accepts_writes());
+    // a loses the witness, and the link to b goes.
+    d.witness_up(0, false);
+    d.cut();
+    let mut claimed = false;
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        if !d.votes[1].is_empty() {
+            claimed = true;
+            break;
+        }
+        d.vote_all(0);
+    }
+    assert!(claimed, "b never claimed");
+    assert!(!d.c[0].accepts_writes(), "a has no quorum while apart");
+    // The link comes back before the witness answers b: a's heartbeats,
+    // answered by b, give it quorum again.
+    d.connect();
+    for _ in 0..2 {
+        d.tick(Duration::from_millis(150));
+        d.flow();
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert!(d.c[0].accepts_writes(), "a regained quorum through b");
+    // Now the witness answers b's claim (a's witness lease is long over).
+    d.lazy_close[1] = true;
+    d.vote_all(1);
+    if d.c[1].role() == Role::Primary {
+        d.hooks_done(1);
+        d.vote_all(1);
+    }
+    // Each node's client writes before a notices anything.
+    d.write(0, 1, 0, 0xaa);
+    d.write(1, 2, 64, 0xbb);
+    d.vote_all(1);
+    let acked_a = d.reply(0, 1) == Some(Ok(()));
+    let acked_b = d.reply(1, 2) == Some(Ok(()));
+    assert!(
+        !(d.c[0].accepts_writes() && d.c[1].accepts_writes()) && !(acked_a && acked_b),
+        "both accept writes (acknowledged: a {acked_a}, b {acked_b})"
+    );
 }
