@@ -338,6 +338,9 @@ impl Core {
         let Some((sent, kind, peer_current)) = c.sent.remove(&reply.id) else { return };
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
+        // A later request that says the peer is current may already have
+        // been read: the grant of this one does not fence the peer.
+        let later_current = c.sent.values().any(|(_, _, pc)| *pc);
         if !reply.granted {
             c.last_refusal = Some(reply.reason.clone());
         }
@@ -346,7 +349,7 @@ impl Core {
                 c.claim = None;
                 if reply.granted {
                     c.witness_until = sent + c.cfg.lease();
-                    c.witness_fenced_peer = !peer_current;
+                    c.witness_fenced_peer = !peer_current && !later_current;
                     c.lost_since = None;
                     self.claimed(wall_ms, &reply);
                 } else {
@@ -358,7 +361,7 @@ impl Core {
             VoteKind::Renew => {
                 if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
-                    c.witness_fenced_peer = !peer_current;
+                    c.witness_fenced_peer = !peer_current && !later_current;
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
@@ -525,6 +528,11 @@ impl Core {
         c.next_id += 1;
         c.last_request = now;
         c.sent.insert(id, (now, kind, peer_current));
+        if peer_current {
+            // From the moment the witness may read this, it may count the
+            // peer current again: no more writes the peer lacks.
+            c.witness_fenced_peer = false;
+        }
         VoteRequest {
             id,
             resource: self.cfg.resource.clone(),

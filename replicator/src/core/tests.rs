@@ -1321,3 +1321,63 @@ fn a_claim_granted_after_the_primary_came_back_is_not_used() {
         "both accept writes (acknowledged: a {acked_a}, b {acked_b})"
     );
 }
+
+/// The Primary told the witness its peer is current again (after a
+/// resync); until that request is answered the witness may already have
+/// dropped the peer from its outdated set, so writes the peer lacks must
+/// not be acknowledged on the strength of the older "peer outdated" grant.
+#[test]
+fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // Apart: a writes alone once the witness outdated b.
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    assert!(d.w.outdated().any(|n| n == "b"));
+    // Back together: b resyncs; a tells the witness b is current.
+    d.connect();
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(50));
+        d.flow();
+        d.vote_all(1);
+    }
+    assert_eq!(d.c[1].disk(), DiskState::UpToDate);
+    assert_eq!(d.c[1].replication(), Replication::Established);
+    let r = d.decide(0).expect("a's renew: b is current");
+    assert!(r.granted);
+    assert!(!d.w.outdated().any(|n| n == "b"), "the witness counts b current again");
+    d.votes[0].clear();
+    // Before that answer reaches a, a writes; the write never reaches b,
+    // the link goes.
+    d.mute[0] = true;
+    d.write(0, 2, 64, 0x22);
+    d.cut();
+    d.vote_all(0);
+    // a loses the witness (the answer is lost) and stops; b takes over.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    let mut promoted = false;
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(
+        !(d.reply(0, 2) == Some(Ok(())) && promoted),
+        "a acknowledged a write b never got, and the witness promoted b"
+    );
+}
