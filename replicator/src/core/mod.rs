@@ -144,6 +144,10 @@ pub struct Core {
     /// This process started a generation the peer does not have since it
     /// was last connected (see `diverge`).
     separated: bool,
+    /// This process acknowledged a write while apart from the peer (since
+    /// the last handshake): such changes are never discarded by a
+    /// deposition (a forgetful witness may have promoted a stale peer).
+    acked_apart: bool,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -220,6 +224,7 @@ impl Core {
             last_error: None,
             ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
             separated: false,
+            acked_apart: false,
             cfg,
         };
         if !rec.al.is_empty() {

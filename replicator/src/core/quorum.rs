@@ -434,7 +434,12 @@ impl Core {
                 tracing::info!(?why, "demoted to Secondary by the controller");
                 self.announce();
             }
-            if why == Some(DemoteWhy::Deposed) && self.apart() {
+            if why == Some(DemoteWhy::Deposed) && self.apart() && self.acked_apart {
+                tracing::error!(
+                    "deposed, but this node acknowledged writes its peer lacks: they are kept \
+                     (the witness may have lost its state; resolve the split brain by hand)"
+                );
+            } else if why == Some(DemoteWhy::Deposed) && self.apart() {
                 // Our data moved on without the peer, and none of it was
                 // acknowledged since: the new Primary's data wins.
                 tracing::warn!("deposed with unacknowledged changes: they are discarded (full resync from the peer)");

@@ -998,7 +998,7 @@ mod ctl {
     use super::*;
     use crate::arbiter::Arbiter;
 
-    const DEAD: Duration = Duration::from_millis(2000);
+    pub(super) const DEAD: Duration = Duration::from_millis(2000);
 
     fn ccfg(me: &str, peer: &str, protocol: Protocol) -> CoreConfig {
         let mut c = cfg(protocol);
@@ -1379,5 +1379,63 @@ fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
     assert!(
         !(d.reply(0, 2) == Some(Ok(())) && promoted),
         "a acknowledged a write b never got, and the witness promoted b"
+    );
+}
+
+/// A Primary deposed by the witness discards its changes since it went
+/// apart (full resync from the new Primary) — that is only sound if none
+/// of them was acknowledged. A witness that lost its state (no `meta`)
+/// can promote a stale peer; the deposed Primary must then keep the
+/// writes it acknowledged alone (a split brain for the operator), not
+/// overwrite them silently.
+#[test]
+fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // Apart: a acknowledges a write b lacks (the witness outdated b).
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    // a loses the witness; the witness restarts without saved state.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, Default::default());
+    d.witness_up(1, false);
+    d.witness_up(1, true);
+    let mut promoted = false;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted, "the forgetful witness promotes b (documented)");
+    d.hooks_done(1);
+    d.vote_all(1);
+    // a comes back to the witness: deposed.
+    d.witness_up(0, true);
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    // The link returns: a must not become b's SyncTarget.
+    d.connect();
+    assert_ne!(
+        d.c[0].disk(),
+        DiskState::Inconsistent,
+        "a's acknowledged write is overwritten by a full sync from the stale b"
     );
 }
