@@ -43,6 +43,10 @@ impl Core {
             || matches!(&msg, Message::Hello(h) if h.role == Role::Primary)
         {
             self.ctl_peer_primary();
+        } else if matches!(&msg, Message::State { role: Role::Secondary, .. })
+            || matches!(&msg, Message::Hello(h) if h.role == Role::Secondary)
+        {
+            self.ctl_peer_secondary();
         }
         if let Err(why) = self.frame(sid, msg) {
             self.close_session(sid, format!("link fault: {why}"));

@@ -359,7 +359,10 @@ impl Core {
                 }
             }
             VoteKind::Renew => {
-                if reply.granted {
+                // A late grant after this node demoted (and released) is
+                // void: the witness may hand the right on already.
+                if reply.granted && self.role != Role::Primary {
+                } else if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
                     c.witness_fenced_peer = !peer_current && !later_current;
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
@@ -612,6 +615,14 @@ impl Core {
         let now = self.now;
         if let Some(c) = &mut self.ctl {
             c.peer_heard = c.peer_heard.max(now);
+        }
+    }
+
+    /// The peer says it is Secondary: it holds no peer lease from the
+    /// heartbeats this node answered (it voids its own at its demotion).
+    pub(crate) fn ctl_peer_secondary(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            c.answered_primary = Time::ZERO;
         }
     }
 

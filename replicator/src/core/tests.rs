@@ -1439,3 +1439,77 @@ fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
         "a's acknowledged write is overwritten by a full sync from the stale b"
     );
 }
+
+/// A Renew granted after the Primary demoted and released the right must
+/// not give it quorum: forced Primary again at once (the operator), it
+/// would accept writes while the witness hands the right to its peer.
+#[test]
+fn a_late_renew_grant_after_the_release_gives_no_quorum() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // a renews; the request is on its way when the operator demotes a.
+    d.tick(Duration::from_millis(250));
+    d.flow();
+    assert!(!d.votes[0].is_empty(), "a renews");
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    d.flow();
+    // The witness answers the renew, then reads the release.
+    d.vote_all(0);
+    assert_eq!(d.w.holder(), None);
+    // The operator forces a back at once.
+    d.c[0].promote(true, 1).unwrap();
+    d.act(0);
+    d.votes[0].clear();
+    // b had claimed (it saw a Secondary); the witness, holding no one,
+    // grants it.
+    d.witness_up(1, true);
+    let g = d.decide(1).expect("b claims");
+    assert!(g.granted, "{g:?}");
+    assert!(
+        !d.c[0].accepts_writes(),
+        "a has quorum from a renew granted before its release while the witness gave b the right"
+    );
+}
+
+/// A handover is not delayed by the heartbeats the new Primary answered
+/// while the old one was Primary (it said Secondary since).
+#[test]
+fn a_handover_promotes_the_peer_at_its_first_grant() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    for _ in 0..4 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    d.flow();
+    d.vote_all(0);
+    d.tick(Duration::from_millis(10));
+    d.flow();
+    let g = d.decide(1).expect("b claims at once");
+    assert!(g.granted, "{g:?}");
+    d.answer(1, g);
+    assert_eq!(d.c[1].role(), Role::Primary);
+}
