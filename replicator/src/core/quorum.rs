@@ -175,8 +175,10 @@ pub(crate) struct Ctl {
     /// Since when quorum is missing (Primary).
     lost_since: Option<Time>,
     pub last_refusal: Option<String>,
-    /// The peer lease's heartbeat: sent at.
+    /// The peer lease's heartbeat: sent at (ids of session `ping_sid`:
+    /// each session numbers its heartbeats from 1).
     ping_sent: BTreeMap<u64, Time>,
+    ping_sid: Option<super::types::SessionId>,
     /// Last time this node answered a Primary's heartbeat (that Primary
     /// may hold a peer lease until about then plus `lease`).
     answered_primary: Time,
@@ -201,6 +203,7 @@ impl Ctl {
             lost_since: None,
             last_refusal: None,
             ping_sent: BTreeMap::new(),
+            ping_sid: None,
             answered_primary: Time::ZERO,
         }
     }
@@ -565,7 +568,12 @@ impl Core {
         if self.role != Role::Primary || !running {
             return;
         }
+        let sid = self.session_id();
         if let Some(c) = &mut self.ctl {
+            if c.ping_sid != sid {
+                c.ping_sent.clear();
+                c.ping_sid = sid;
+            }
             c.ping_sent.insert(id, now);
             while c.ping_sent.len() > 8 {
                 c.ping_sent.pop_first();
@@ -587,7 +595,11 @@ impl Core {
             .session
             .as_ref()
             .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary);
+        let sid = self.session_id();
         if let Some(c) = &mut self.ctl {
+            if c.ping_sid != sid {
+                return;
+            }
             if let Some(sent) = c.ping_sent.remove(&id) {
                 if peer_secondary {
                     c.peer_until = c.peer_until.max(sent + c.cfg.lease());

@@ -1513,3 +1513,40 @@ fn a_handover_promotes_the_peer_at_its_first_grant() {
     d.answer(1, g);
     assert_eq!(d.c[1].role(), Role::Primary);
 }
+
+/// Heartbeat ids start again at 1 in each session; the peer lease must
+/// keep working after a reconnect (a Primary without the witness relies
+/// on it), not lose every new heartbeat to the old session's higher ids.
+#[test]
+fn the_peer_lease_works_after_a_reconnect() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // A flapping link: long sessions, each cut with a heartbeat out.
+    for k in 0..9 {
+        for _ in 0..90 - 8 * k {
+            d.tick(Duration::from_millis(100));
+            d.flow();
+            d.vote_all(0);
+        }
+        d.tick(Duration::from_millis(300));
+        d.cut();
+        d.connect();
+        d.vote_all(0);
+    }
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    // Two seconds on the new session, the peer answering every heartbeat.
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert!(d.c[0].accepts_writes(), "the peer lease of the new session does not count");
+}
