@@ -93,6 +93,11 @@ impl Arbiter {
         if req.resource != self.resource {
             return self.reply(req, false, format!("this witness serves {:?}", self.resource));
         }
+        if req.peer == req.node {
+            // The node would outdate itself and clear that at once: its
+            // real peer would stay current while it runs alone.
+            return self.reply(req, false, format!("{} names itself as its peer", req.node));
+        }
         self.heard.insert(req.node.clone(), now);
         let lease = Duration::from_millis(req.lease_ms);
         let margin = lease / 4 + Duration::from_millis(10);
@@ -163,5 +168,43 @@ impl Arbiter {
             tracing::info!(resource = %self.resource, node = %req.peer, "outdated: its peer runs without it");
         }
         self.outdated.remove(&req.node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(node: &str, peer: &str, kind: VoteKind, peer_current: bool) -> VoteRequest {
+        VoteRequest {
+            id: 1,
+            resource: "r".into(),
+            node: node.into(),
+            peer: peer.into(),
+            kind,
+            uptodate: true,
+            peer_current,
+            lease_ms: 1000,
+        }
+    }
+
+    /// A request whose peer is the requester itself outdates nobody: it
+    /// must not be granted (the real peer would stay promotable while the
+    /// requester acknowledges writes it lacks).
+    #[test]
+    fn a_node_naming_itself_as_peer_is_refused() {
+        let t = Duration::from_secs(100);
+        let mut a = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), Durable::default());
+        let r = a.handle(t, &req("a", "a", VoteKind::Claim, false));
+        assert!(!r.granted, "{r:?}");
+        assert_eq!(a.outdated().count(), 0);
+        // A proper claim outdates the peer.
+        let r = a.handle(t, &req("a", "b", VoteKind::Claim, false));
+        assert!(r.granted);
+        assert_eq!(a.outdated().collect::<Vec<_>>(), vec!["b"]);
+        // The holder cannot clear its peer by naming itself.
+        let r = a.handle(t, &req("a", "a", VoteKind::Renew, true));
+        assert!(!r.granted);
+        assert_eq!(a.outdated().collect::<Vec<_>>(), vec!["b"]);
     }
 }

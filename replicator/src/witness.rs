@@ -139,7 +139,7 @@ pub async fn serve(
                     return;
                 };
                 info!(node = %who, remote = %conn.remote_address(), "node connected");
-                if let Err(e) = session(conn, &who, shared).await {
+                if let Err(e) = session(conn, &who, &nodes, shared).await {
                     warn!(node = %who, "session ended: {e}");
                 }
             }
@@ -153,6 +153,7 @@ pub async fn serve(
 async fn session(
     conn: quinn::Connection,
     who: &str,
+    nodes: &[String],
     shared: Arc<Mutex<Shared>>,
 ) -> Result<(), String> {
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
@@ -163,6 +164,15 @@ async fn session(
                 granted: false,
                 holder: None,
                 reason: format!("request for {} on {who}'s connection", req.node),
+            }
+        } else if req.peer == who || !nodes.iter().any(|n| *n == req.peer) {
+            // The peer it names is what the witness outdates: it must be
+            // the other node of this resource.
+            VoteReply {
+                id: req.id,
+                granted: false,
+                holder: None,
+                reason: format!("{who} names {:?} as its peer, not the other node", req.peer),
             }
         } else {
             let (reply, save) = {
