@@ -1385,9 +1385,10 @@ fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
 /// A Primary deposed by the witness discards its changes since it went
 /// apart (full resync from the new Primary) — that is only sound if none
 /// of them was acknowledged. A witness that lost its state (no `meta`)
-/// can promote a stale peer; the deposed Primary must then keep the
-/// writes it acknowledged alone (a split brain for the operator), not
-/// overwrite them silently.
+/// promoted a stale peer (no more: it refuses claims until a grant told it
+/// who is current); one restored from an old backup still can, and the
+/// deposed Primary must then keep the writes it acknowledged alone (a
+/// split brain for the operator), not overwrite them silently.
 #[test]
 fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
     use ctl::Duo;
@@ -1412,17 +1413,24 @@ fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
     d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, Default::default());
     d.witness_up(1, false);
     d.witness_up(1, true);
-    let mut promoted = false;
-    for _ in 0..60 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-        if d.c[1].role() == Role::Primary {
-            promoted = true;
-            break;
+    let mut promote = |d: &mut Duo| {
+        for _ in 0..60 {
+            d.tick(Duration::from_millis(100));
+            d.votes[0].clear();
+            d.vote_all(1);
+            if d.c[1].role() == Role::Primary {
+                return true;
+            }
         }
-    }
-    assert!(promoted, "the forgetful witness promotes b (documented)");
+        false
+    };
+    assert!(!promote(&mut d), "a witness without its record promotes b, which a ran without");
+    // Its state restored from an old backup (b not outdated yet) does.
+    let old = crate::arbiter::Durable { complete: true, ..Default::default() };
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, old);
+    d.witness_up(1, false);
+    d.witness_up(1, true);
+    assert!(promote(&mut d), "the witness restored from a backup promotes b");
     d.hooks_done(1);
     d.vote_all(1);
     // a comes back to the witness: deposed.
