@@ -102,7 +102,7 @@ pub async fn serve(
         state: w.state.clone(),
     }));
     if w.state.is_none() {
-        warn!("no `meta` for the witness: its state lives in memory only (a restart forgets who is outdated)");
+        warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
     }
     let transport = tls::transport(Duration::from_secs(30), Duration::from_secs(1));
     let (server, _) = tls::endpoint_configs_for(
