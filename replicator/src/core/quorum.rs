@@ -667,6 +667,13 @@ impl Core {
             c.claim = None;
         }
         let Some(c) = &self.ctl else { return };
+        if self.role == Role::Primary && c.demoting.is_none() && !self.disk_usable() {
+            // The disk failed: this node serves nothing any more, and
+            // renewing would keep the right from the peer for good.
+            tracing::warn!("the disk failed: giving up the Primary role");
+            self.start_demote(DemoteWhy::Health);
+        }
+        let Some(c) = &self.ctl else { return };
         if self.role == Role::Primary {
             let quorum = self.has_quorum();
             let current = self.peer_current();

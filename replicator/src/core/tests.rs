@@ -1028,6 +1028,8 @@ mod ctl {
         /// Node i closing the link is not noticed by the other node (its
         /// side stays up until the test cuts it).
         pub lazy_close: [bool; 2],
+        /// Node i's store writes fail (EIO).
+        pub fail_writes: [bool; 2],
         pub w: Arbiter,
     }
 
@@ -1055,6 +1057,7 @@ mod ctl {
                 replies: Vec::new(),
                 mute: [false, false],
                 lazy_close: [false, false],
+                fail_writes: [false, false],
                 w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
             }
         }
@@ -1069,6 +1072,9 @@ mod ctl {
                         io,
                         Ok(Some(Bytes::from(vec![0u8; len as usize]))),
                     ),
+                    Action::Store { io, op: StoreOp::Write { .. } } if self.fail_writes[i] => {
+                        self.c[i].handle_io(now, io, Err(IoError::EIO))
+                    }
                     Action::Store { io, .. } | Action::Persist { io, .. } => {
                         self.c[i].handle_io(now, io, Ok(None))
                     }
@@ -1557,4 +1563,38 @@ fn the_peer_lease_works_after_a_reconnect() {
     }
     assert_eq!(d.c[0].connection(), Connection::Connected);
     assert!(d.c[0].accepts_writes(), "the peer lease of the new session does not count");
+}
+
+/// The Primary's disk fails (detached): it cannot serve a write any more,
+/// while its UpToDate peer could. It must not keep the Primary right for
+/// good (renewing it forever), or the service never comes back.
+#[test]
+fn a_primary_whose_disk_failed_does_not_hold_the_right_for_good() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.fail_writes[0] = true;
+    d.write(0, 1, 0, 0x11);
+    d.flow();
+    assert_eq!(d.c[0].disk(), DiskState::Failed);
+    for _ in 0..200 {
+        d.tick(Duration::from_millis(100));
+        if d.sid.is_none() {
+            d.connect();
+        }
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+        d.hooks_done(0);
+        d.hooks_done(1);
+    }
+    assert_eq!(d.c[1].role(), Role::Primary, "20 s later b still is not Primary; a is {:?}", d.c[0].role());
 }
