@@ -43,6 +43,7 @@ impl Core {
             || matches!(&msg, Message::Hello(h) if h.role == Role::Primary)
         {
             self.ctl_peer_primary();
+            self.ctl_met_primary();
         } else if matches!(&msg, Message::State { role: Role::Secondary, .. })
             || matches!(&msg, Message::Hello(h) if h.role == Role::Secondary)
         {

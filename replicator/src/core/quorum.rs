@@ -645,6 +645,18 @@ impl Core {
         }
     }
 
+    /// The peer says it is Primary while this node is one without quorum:
+    /// the peer holds the right (the witness granted it once this node's
+    /// leases ended). Step down as if deposed, rather than stay a Primary
+    /// that refuses every handshake while the witness is out of reach.
+    pub(crate) fn ctl_met_primary(&mut self) {
+        let idle = self.ctl.as_ref().is_some_and(|c| c.demoting.is_none());
+        if idle && self.role == Role::Primary && !self.has_quorum() {
+            tracing::warn!("the peer is Primary and this node has no quorum: stepping down");
+            self.start_demote(DemoteWhy::Deposed);
+        }
+    }
+
     /// Fails the replies that wait for quorum (they were never acknowledged).
     fn fail_held(&mut self) {
         let mut held: Vec<_> =

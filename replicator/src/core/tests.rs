@@ -1598,3 +1598,53 @@ fn a_primary_whose_disk_failed_does_not_hold_the_right_for_good() {
     }
     assert_eq!(d.c[1].role(), Role::Primary, "20 s later b still is not Primary; a is {:?}", d.c[0].role());
 }
+
+/// The old Primary cannot reach the witness but comes back to its peer,
+/// which the witness promoted meanwhile: the peer's Hello proves it lost
+/// the right. It must step down (and resync from the new Primary), not
+/// stay a Primary without quorum refusing every handshake for good.
+#[test]
+fn an_old_primary_that_meets_the_new_one_steps_down() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    // a is cut off from the witness and from b; b takes over.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.cut();
+    let mut promoted = false;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        d.hooks_done(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted);
+    d.vote_all(1);
+    d.write(1, 1, 0, 0x11);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 1), Some(Ok(())));
+    // a meets b again (still no witness for a).
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        if d.sid.is_none() {
+            d.connect();
+        }
+        d.flow();
+        d.hooks_done(0);
+        d.vote_all(1);
+        d.votes[0].clear();
+    }
+    assert_eq!(d.c[0].role(), Role::Secondary, "a stays a Primary without quorum");
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+}
