@@ -394,8 +394,11 @@ impl Core {
         // peer: that Primary holds a peer lease, the grant is not used.
         if let Some(c) = &mut self.ctl {
             let lease = c.cfg.lease();
-            if c.answered_primary != Time::ZERO && self.now < c.answered_primary + lease + lease / 4 {
-                tracing::warn!("granted Primary, but a Primary peer is alive: giving the right back");
+            if c.answered_primary != Time::ZERO && self.now < c.answered_primary + lease + lease / 4
+            {
+                tracing::warn!(
+                    "granted Primary, but a Primary peer is alive: giving the right back"
+                );
                 c.quiet_until = self.now + c.cfg.heartbeat;
                 self.release();
                 return;
