@@ -31,6 +31,12 @@ use crate::core::{Time, VoteKind, VoteReply, VoteRequest};
 pub struct Durable {
     pub holder: Option<String>,
     pub outdated: BTreeSet<String>,
+    /// The outdated set is complete: the witness granted a request since
+    /// it last started without this record (each grant says of both
+    /// nodes whether they are current). A witness without it cannot tell
+    /// a stale node from a current one.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// One resource's arbitration.
@@ -45,6 +51,7 @@ pub struct Arbiter {
     /// End of the holder's lease (witness clock), margin included.
     until: Time,
     outdated: BTreeSet<String>,
+    complete: bool,
     /// Last time each node was heard (for status).
     pub heard: BTreeMap<String, Time>,
 }
@@ -62,13 +69,18 @@ impl Arbiter {
             until: if saved.holder.is_some() { now + quiet } else { Time::ZERO },
             holder: saved.holder,
             outdated: saved.outdated,
+            complete: saved.complete,
             heard: BTreeMap::new(),
         }
     }
 
     /// What must be saved (compare before and after `handle`).
     pub fn durable(&self) -> Durable {
-        Durable { holder: self.holder.clone(), outdated: self.outdated.clone() }
+        Durable {
+            holder: self.holder.clone(),
+            outdated: self.outdated.clone(),
+            complete: self.complete,
+        }
     }
 
     pub fn holder(&self) -> Option<&str> {
@@ -92,6 +104,11 @@ impl Arbiter {
     pub fn handle(&mut self, now: Time, req: &VoteRequest) -> VoteReply {
         if req.resource != self.resource {
             return self.reply(req, false, format!("this witness serves {:?}", self.resource));
+        }
+        if req.peer == req.node {
+            // The node would outdate itself and clear that at once: its
+            // real peer would stay current while it runs alone.
+            return self.reply(req, false, format!("{} names itself as its peer", req.node));
         }
         self.heard.insert(req.node.clone(), now);
         let lease = Duration::from_millis(req.lease_ms);
@@ -134,6 +151,19 @@ impl Arbiter {
                         format!("{}'s disk may not be promoted", req.node),
                     );
                 }
+                if !self.complete && !req.peer_current {
+                    // It lost (or never had) its record: the claimant may be
+                    // the node its peer ran without.
+                    return self.reply(
+                        req,
+                        false,
+                        format!(
+                            "the witness has no record of who is outdated (restarted without \
+                             its state): it cannot tell whether {} is current",
+                            req.node
+                        ),
+                    );
+                }
                 if in_quiet {
                     return self.reply(
                         req,
@@ -157,11 +187,71 @@ impl Arbiter {
     }
 
     fn record(&mut self, req: &VoteRequest) {
+        self.complete = true;
         if req.peer_current {
             self.outdated.remove(&req.peer);
         } else if self.outdated.insert(req.peer.clone()) {
             tracing::info!(resource = %self.resource, node = %req.peer, "outdated: its peer runs without it");
         }
         self.outdated.remove(&req.node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(node: &str, peer: &str, kind: VoteKind, peer_current: bool) -> VoteRequest {
+        VoteRequest {
+            id: 1,
+            resource: "r".into(),
+            node: node.into(),
+            peer: peer.into(),
+            kind,
+            uptodate: true,
+            peer_current,
+            lease_ms: 1000,
+        }
+    }
+
+    /// A request whose peer is the requester itself outdates nobody: it
+    /// must not be granted (the real peer would stay promotable while the
+    /// requester acknowledges writes it lacks).
+    #[test]
+    fn a_node_naming_itself_as_peer_is_refused() {
+        let t = Duration::from_secs(100);
+        let saved = Durable { complete: true, ..Durable::default() };
+        let mut a = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), saved);
+        let r = a.handle(t, &req("a", "a", VoteKind::Claim, false));
+        assert!(!r.granted, "{r:?}");
+        assert_eq!(a.outdated().count(), 0);
+        // A proper claim outdates the peer.
+        let r = a.handle(t, &req("a", "b", VoteKind::Claim, false));
+        assert!(r.granted);
+        assert_eq!(a.outdated().collect::<Vec<_>>(), vec!["b"]);
+        // The holder cannot clear its peer by naming itself.
+        let r = a.handle(t, &req("a", "a", VoteKind::Renew, true));
+        assert!(!r.granted);
+        assert_eq!(a.outdated().collect::<Vec<_>>(), vec!["b"]);
+    }
+
+    /// A witness without its record (no `meta`, or the file lost) does
+    /// not know that `b` was outdated: it must not promote `b` on a claim
+    /// that says nothing of `a`, only once a grant told it who is current.
+    #[test]
+    fn a_witness_without_its_record_does_not_promote_a_node_it_cannot_vouch_for() {
+        let t = Duration::from_secs(100);
+        let mut w = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), Durable::default());
+        let r = w.handle(t, &req("b", "a", VoteKind::Claim, false));
+        assert!(!r.granted, "{r:?}");
+        // A pair together: the claim says the peer is current.
+        let r = w.handle(t, &req("b", "a", VoteKind::Claim, true));
+        assert!(r.granted, "{r:?}");
+        assert!(w.durable().complete);
+        // From then on it knows.
+        w.handle(t, &req("b", "a", VoteKind::Renew, false));
+        w.restart(t);
+        let r = w.handle(t + Duration::from_secs(5), &req("a", "b", VoteKind::Claim, false));
+        assert!(!r.granted, "a is outdated: {r:?}");
     }
 }

@@ -9,10 +9,10 @@
 //! `VoteReply` down). Messages are small; anything over 64 KiB is a fault.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{info, warn, Instrument};
 
 use crate::arbiter::{Arbiter, Durable};
@@ -102,7 +102,7 @@ pub async fn serve(
         state: w.state.clone(),
     }));
     if w.state.is_none() {
-        warn!("no `meta` for the witness: its state lives in memory only (a restart forgets who is outdated)");
+        warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
     }
     let transport = tls::transport(Duration::from_secs(30), Duration::from_secs(1));
     let (server, _) = tls::endpoint_configs_for(
@@ -139,7 +139,7 @@ pub async fn serve(
                     return;
                 };
                 info!(node = %who, remote = %conn.remote_address(), "node connected");
-                if let Err(e) = session(conn, &who, shared).await {
+                if let Err(e) = session(conn, &who, &nodes, shared).await {
                     warn!(node = %who, "session ended: {e}");
                 }
             }
@@ -153,6 +153,7 @@ pub async fn serve(
 async fn session(
     conn: quinn::Connection,
     who: &str,
+    nodes: &[String],
     shared: Arc<Mutex<Shared>>,
 ) -> Result<(), String> {
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
@@ -164,26 +165,38 @@ async fn session(
                 holder: None,
                 reason: format!("request for {} on {who}'s connection", req.node),
             }
+        } else if req.peer == who || !nodes.contains(&req.peer) {
+            // The peer it names is what the witness outdates: it must be
+            // the other node of this resource.
+            VoteReply {
+                id: req.id,
+                granted: false,
+                holder: None,
+                reason: format!("{who} names {:?} as its peer, not the other node", req.peer),
+            }
         } else {
-            let (reply, save) = {
-                let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
-                let before = sh.arb.durable();
-                let now = sh.origin.elapsed();
-                let reply = sh.arb.handle(now, &req);
-                let after = sh.arb.durable();
-                (reply, (before != after).then(|| (sh.state.clone(), after)))
-            };
-            match save {
-                Some((Some(path), d)) => {
+            // The lock is held until the new state is saved: a decision
+            // that could not be saved is undone before anyone else sees it.
+            let mut sh = shared.lock().await;
+            let prev = sh.arb.clone();
+            let before = sh.arb.durable();
+            let now = sh.origin.elapsed();
+            let reply = sh.arb.handle(now, &req);
+            let after = sh.arb.durable();
+            match (before != after, sh.state.clone()) {
+                (true, Some(path)) => {
                     // Durable before the answer relies on it.
-                    match tokio::task::spawn_blocking(move || save_state(&path, &d)).await {
+                    match tokio::task::spawn_blocking(move || save_state(&path, &after)).await {
                         Ok(Ok(())) => reply,
-                        _ => VoteReply {
-                            id: req.id,
-                            granted: false,
-                            holder: None,
-                            reason: "the witness cannot save its state".into(),
-                        },
+                        _ => {
+                            sh.arb = prev;
+                            VoteReply {
+                                id: req.id,
+                                granted: false,
+                                holder: None,
+                                reason: "the witness cannot save its state".into(),
+                            }
+                        }
                     }
                 }
                 _ => reply,

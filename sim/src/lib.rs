@@ -928,7 +928,13 @@ impl Sim {
                 let before = w.arb.holder().map(str::to_owned);
                 let reply = w.arb.handle(now, &req);
                 let after = w.arb.holder().map(str::to_owned);
-                let at = now + Duration::from_micros(100 + self.rng.below(2000));
+                // Now and then an answer is slow (a lost packet, a busy
+                // witness): longer than the witness's margin.
+                let at = if self.rng.chance(1, 25) {
+                    now + Duration::from_millis(100 + self.rng.below(700))
+                } else {
+                    now + Duration::from_micros(100 + self.rng.below(2000))
+                };
                 let w = self.witness.as_mut().expect("witness");
                 let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
                 w.from_w[n].push_back((at, reply.clone()));

@@ -43,6 +43,11 @@ impl Core {
             || matches!(&msg, Message::Hello(h) if h.role == Role::Primary)
         {
             self.ctl_peer_primary();
+            self.ctl_met_primary();
+        } else if matches!(&msg, Message::State { role: Role::Secondary, .. })
+            || matches!(&msg, Message::Hello(h) if h.role == Role::Secondary)
+        {
+            self.ctl_peer_secondary();
         }
         if let Err(why) = self.frame(sid, msg) {
             self.close_session(sid, format!("link fault: {why}"));
@@ -62,7 +67,10 @@ impl Core {
             Message::Ack { received, done } => self.on_ack(received, done)?,
             Message::Failed { seq, errno } => self.on_failed(seq, errno)?,
             Message::Verified { seq, crcs } => self.on_verified(seq, crcs)?,
-            Message::Ping { id } => self.send(Message::Pong { id }),
+            Message::Ping { id } => {
+                self.send(Message::Pong { id });
+                self.ctl_answered();
+            }
             Message::Pong { id } => {
                 let now = self.now;
                 let sample = self.session.as_mut().and_then(|s| s.pong(id, now));

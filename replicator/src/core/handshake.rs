@@ -278,6 +278,7 @@ impl Core {
         let s = self.session.as_mut().expect("session");
         s.phase = Phase::Running;
         self.separated = false;
+        self.acked_apart = false;
         self.split_brain = false;
         self.last_error = None;
         tracing::info!(peer = %h.node, peer_role = ?h.role, peer_disk = ?h.disk, ?decision, "connected");

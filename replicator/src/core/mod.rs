@@ -150,6 +150,10 @@ pub struct Core {
     separated: bool,
     /// Adaptive mode's backoff (outlives sessions).
     backoff: adaptive::Backoff,
+    /// This process acknowledged a write while apart from the peer (since
+    /// the last handshake): such changes are never discarded by a
+    /// deposition (a forgetful witness may have promoted a stale peer).
+    acked_apart: bool,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -227,6 +231,7 @@ impl Core {
             ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
             separated: false,
             backoff: adaptive::Backoff::default(),
+            acked_apart: false,
             cfg,
         };
         if !rec.al.is_empty() {
@@ -590,6 +595,7 @@ impl Core {
             let id = self.random_id();
             self.gen.new_current(id);
         }
+        self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms;
         tracing::info!(force, "promoted to Primary");

@@ -179,8 +179,13 @@ pub(crate) struct Ctl {
     /// Since when quorum is missing (Primary).
     lost_since: Option<Time>,
     pub last_refusal: Option<String>,
-    /// The peer lease's heartbeat: sent at.
+    /// The peer lease's heartbeat: sent at (ids of session `ping_sid`:
+    /// each session numbers its heartbeats from 1).
     ping_sent: BTreeMap<u64, Time>,
+    ping_sid: Option<super::types::SessionId>,
+    /// Last time this node answered a Primary's heartbeat (that Primary
+    /// may hold a peer lease until about then plus `lease`).
+    answered_primary: Time,
 }
 
 impl Ctl {
@@ -203,6 +208,8 @@ impl Ctl {
             lost_since: None,
             last_refusal: None,
             ping_sent: BTreeMap::new(),
+            ping_sid: None,
+            answered_primary: Time::ZERO,
         }
     }
 }
@@ -339,6 +346,9 @@ impl Core {
         let Some((sent, kind, peer_current)) = c.sent.remove(&reply.id) else { return };
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
+        // A later request that says the peer is current may already have
+        // been read: the grant of this one does not fence the peer.
+        let later_current = c.sent.values().any(|(_, _, pc)| *pc);
         if !reply.granted {
             c.last_refusal = Some(reply.reason.clone());
         }
@@ -347,7 +357,8 @@ impl Core {
                 c.claim = None;
                 if reply.granted {
                     c.witness_until = sent + c.cfg.lease();
-                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
+                    c.witness_fenced_peer =
+                        !peer_current && !later_current && reply.id > c.unfenced_id;
                     c.lost_since = None;
                     self.claimed(wall_ms, &reply);
                 } else {
@@ -357,9 +368,13 @@ impl Core {
                 }
             }
             VoteKind::Renew => {
-                if reply.granted {
+                // A late grant after this node demoted (and released) is
+                // void: the witness may hand the right on already.
+                if reply.granted && self.role != Role::Primary {
+                } else if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
-                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
+                    c.witness_fenced_peer =
+                        !peer_current && !later_current && reply.id > c.unfenced_id;
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
@@ -380,6 +395,21 @@ impl Core {
         }
         if !self.may_claim() {
             return;
+        }
+        // The claim went out while the peer was silent (or a Secondary),
+        // but since then this node answered the heartbeats of a Primary
+        // peer: that Primary holds a peer lease, the grant is not used.
+        if let Some(c) = &mut self.ctl {
+            let lease = c.cfg.lease();
+            if c.answered_primary != Time::ZERO && self.now < c.answered_primary + lease + lease / 4
+            {
+                tracing::warn!(
+                    "granted Primary, but a Primary peer is alive: giving the right back"
+                );
+                c.quiet_until = self.now + c.cfg.heartbeat;
+                self.release();
+                return;
+            }
         }
         // The peer is declared dead (or is a Secondary that agreed): a
         // session that still says it is Primary goes.
@@ -420,7 +450,12 @@ impl Core {
                 tracing::info!(?why, "demoted to Secondary by the controller");
                 self.announce();
             }
-            if why == Some(DemoteWhy::Deposed) && self.apart() {
+            if why == Some(DemoteWhy::Deposed) && self.apart() && self.acked_apart {
+                tracing::error!(
+                    "deposed, but this node acknowledged writes its peer lacks: they are kept \
+                     (the witness may have lost its state; resolve the split brain by hand)"
+                );
+            } else if why == Some(DemoteWhy::Deposed) && self.apart() {
                 // Our data moved on without the peer, and none of it was
                 // acknowledged since: the new Primary's data wins.
                 tracing::warn!("deposed with unacknowledged changes: they are discarded (full resync from the peer)");
@@ -515,7 +550,8 @@ impl Core {
         c.last_request = now;
         c.sent.insert(id, (now, kind, peer_current));
         if peer_current {
-            // From now on the witness may hold the peer as current.
+            // From the moment the witness may read this, it may count the
+            // peer current again: no more writes the peer lacks.
             c.witness_fenced_peer = false;
             c.unfenced_id = id;
         }
@@ -532,13 +568,35 @@ impl Core {
     }
 
     /// A heartbeat to the peer went out (the peer lease starts at its send).
+    /// Only a Primary's heartbeats on a running session count: the State
+    /// that announced the promotion went before them on the same stream,
+    /// so the peer that answers one knows a Primary is around (it will not
+    /// claim before `dead_time` of silence). A heartbeat sent while this
+    /// node was Secondary was answered by a peer that may claim at once.
     pub(crate) fn ctl_ping_sent(&mut self, id: u64) {
         let now = self.now;
+        let running = self.session.as_ref().is_some_and(|s| s.phase == Phase::Running);
+        if self.role != Role::Primary || !running {
+            return;
+        }
+        let sid = self.session_id();
         if let Some(c) = &mut self.ctl {
+            if c.ping_sid != sid {
+                c.ping_sent.clear();
+                c.ping_sid = sid;
+            }
             c.ping_sent.insert(id, now);
             while c.ping_sent.len() > 8 {
                 c.ping_sent.pop_first();
             }
+        }
+    }
+
+    /// This node becomes Primary: no peer lease from before counts.
+    pub(crate) fn ctl_promoted(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            c.ping_sent.clear();
+            c.peer_until = Time::ZERO;
         }
     }
 
@@ -548,11 +606,29 @@ impl Core {
             .session
             .as_ref()
             .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary);
+        let sid = self.session_id();
         if let Some(c) = &mut self.ctl {
+            if c.ping_sid != sid {
+                return;
+            }
             if let Some(sent) = c.ping_sent.remove(&id) {
                 if peer_secondary {
                     c.peer_until = c.peer_until.max(sent + c.cfg.lease());
                 }
+            }
+        }
+    }
+
+    /// This node answered the peer's heartbeat.
+    pub(crate) fn ctl_answered(&mut self) {
+        let now = self.now;
+        let primary = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Primary);
+        if let Some(c) = &mut self.ctl {
+            if primary {
+                c.answered_primary = now;
             }
         }
     }
@@ -565,10 +641,30 @@ impl Core {
         }
     }
 
+    /// The peer says it is Secondary: it holds no peer lease from the
+    /// heartbeats this node answered (it voids its own at its demotion).
+    pub(crate) fn ctl_peer_secondary(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            c.answered_primary = Time::ZERO;
+        }
+    }
+
     /// The peer says it is Primary: our peer lease is void.
     pub(crate) fn ctl_peer_primary(&mut self) {
         if let Some(c) = &mut self.ctl {
             c.peer_until = Time::ZERO;
+        }
+    }
+
+    /// The peer says it is Primary while this node is one without quorum:
+    /// the peer holds the right (the witness granted it once this node's
+    /// leases ended). Step down as if deposed, rather than stay a Primary
+    /// that refuses every handshake while the witness is out of reach.
+    pub(crate) fn ctl_met_primary(&mut self) {
+        let idle = self.ctl.as_ref().is_some_and(|c| c.demoting.is_none());
+        if idle && self.role == Role::Primary && !self.has_quorum() {
+            tracing::warn!("the peer is Primary and this node has no quorum: stepping down");
+            self.start_demote(DemoteWhy::Deposed);
         }
     }
 
@@ -592,6 +688,13 @@ impl Core {
         c.sent.retain(|_, (sent, _, _)| now < *sent + lease);
         if c.claim.is_some_and(|id| !c.sent.contains_key(&id)) {
             c.claim = None;
+        }
+        let Some(c) = &self.ctl else { return };
+        if self.role == Role::Primary && c.demoting.is_none() && !self.disk_usable() {
+            // The disk failed: this node serves nothing any more, and
+            // renewing would keep the right from the peer for good.
+            tracing::warn!("the disk failed: giving up the Primary role");
+            self.start_demote(DemoteWhy::Health);
         }
         let Some(c) = &self.ctl else { return };
         if self.role == Role::Primary {

@@ -989,3 +989,666 @@ fn resync_order(plant: Plant) -> Result<(), String> {
     assert_eq!(last_bits, Some(0));
     Ok(())
 }
+
+/// Adversarial controller tests: two cores with a controller and the real
+/// arbiter, every frame, vote and hook carried by hand so the test picks
+/// the interleaving.
+mod ctl {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::arbiter::Arbiter;
+
+    pub(super) const DEAD: Duration = Duration::from_millis(2000);
+
+    fn ccfg(me: &str, peer: &str, protocol: Protocol) -> CoreConfig {
+        let mut c = cfg(protocol);
+        c.me = me.into();
+        c.peer = peer.into();
+        c.controller = Some(ControllerConfig {
+            dead_time: DEAD,
+            heartbeat: Duration::from_millis(200),
+            on_no_quorum: NoQuorum::IoError,
+        });
+        c
+    }
+
+    pub(super) struct Duo {
+        pub c: [Core; 2],
+        pub now: Time,
+        pub sid: Option<SessionId>,
+        next_sid: SessionId,
+        /// Frames to node i.
+        pub q: [VecDeque<Message>; 2],
+        /// Requests from node i to the witness.
+        pub votes: [VecDeque<VoteRequest>; 2],
+        pub hooks: [Vec<Hook>; 2],
+        pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
+        /// Frames from node i vanish.
+        pub mute: [bool; 2],
+        /// Node i closing the link is not noticed by the other node (its
+        /// side stays up until the test cuts it).
+        pub lazy_close: [bool; 2],
+        /// Node i's store writes fail (EIO).
+        pub fail_writes: [bool; 2],
+        pub w: Arbiter,
+    }
+
+    impl Duo {
+        /// Both Secondary, UpToDate, same generation; time starts after
+        /// the witness's quiet period.
+        pub fn new(protocol: Protocol) -> Duo {
+            let mk = |me: &str, peer: &str, seed| {
+                let rec = Recovered {
+                    meta: Some(meta(DiskState::UpToDate)),
+                    bitmap: None,
+                    al: Vec::new(),
+                    disk_created: false,
+                };
+                Core::new(ccfg(me, peer, protocol), rec, Duration::from_secs(10), seed)
+            };
+            Duo {
+                c: [mk("a", "b", 1), mk("b", "a", 2)],
+                now: Duration::from_secs(10),
+                sid: None,
+                next_sid: 1,
+                q: [VecDeque::new(), VecDeque::new()],
+                votes: [VecDeque::new(), VecDeque::new()],
+                hooks: [Vec::new(), Vec::new()],
+                replies: Vec::new(),
+                mute: [false, false],
+                lazy_close: [false, false],
+                fail_writes: [false, false],
+                w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
+            }
+        }
+
+        /// Performs node i's actions (store and persist succeed at once).
+        pub fn act(&mut self, i: usize) {
+            let now = self.now;
+            while let Some(a) = self.c[i].poll_action() {
+                match a {
+                    Action::Store { io, op: StoreOp::Read { len, .. } } => {
+                        self.c[i].handle_io(now, io, Ok(Some(Bytes::from(vec![0u8; len as usize]))))
+                    }
+                    Action::Store { io, op: StoreOp::Write { .. } } if self.fail_writes[i] => {
+                        self.c[i].handle_io(now, io, Err(IoError::EIO))
+                    }
+                    Action::Store { io, .. } | Action::Persist { io, .. } => {
+                        self.c[i].handle_io(now, io, Ok(None))
+                    }
+                    Action::Send { session, msg } => {
+                        if Some(session) == self.sid && !self.mute[i] {
+                            self.q[1 - i].push_back(msg);
+                        }
+                    }
+                    Action::Close { session, .. } => {
+                        if Some(session) == self.sid {
+                            if self.lazy_close[i] {
+                                self.mute[i] = true;
+                                self.c[i].handle_link_down(now, session, "closed");
+                            } else {
+                                self.cut();
+                            }
+                        }
+                    }
+                    Action::Reply { req, result } => self.replies.push((i, req, result)),
+                    Action::Vote(v) => self.votes[i].push_back(v),
+                    Action::Hook(h) => self.hooks[i].push(h),
+                }
+            }
+        }
+
+        pub fn act_all(&mut self) {
+            self.act(0);
+            self.act(1);
+        }
+
+        /// Delivers every frame queued to node i (and what they cause).
+        pub fn deliver(&mut self, i: usize) {
+            while let Some(m) = self.q[i].pop_front() {
+                let (now, sid) = (self.now, self.sid.expect("link"));
+                self.c[i].handle_frame(now, sid, m);
+                self.act(i);
+            }
+        }
+
+        /// Frames both ways until nothing moves.
+        pub fn flow(&mut self) {
+            for _ in 0..1000 {
+                self.act_all();
+                if self.q[0].is_empty() && self.q[1].is_empty() {
+                    return;
+                }
+                self.deliver(0);
+                self.deliver(1);
+            }
+            panic!("frames do not settle");
+        }
+
+        pub fn connect(&mut self) {
+            self.mute = [false, false];
+            let sid = self.next_sid;
+            self.next_sid += 1;
+            self.sid = Some(sid);
+            for i in 0..2 {
+                self.c[i].handle_link_up(self.now, sid);
+            }
+            self.flow();
+        }
+
+        pub fn cut(&mut self) {
+            let Some(sid) = self.sid.take() else { return };
+            self.q = [VecDeque::new(), VecDeque::new()];
+            for i in 0..2 {
+                self.c[i].handle_link_down(self.now, sid, "cut");
+            }
+        }
+
+        pub fn witness_up(&mut self, i: usize, up: bool) {
+            self.c[i].handle_witness_link(self.now, up);
+            self.act(i);
+        }
+
+        /// The witness decides node i's oldest request; the reply is returned
+        /// (not delivered).
+        pub fn decide(&mut self, i: usize) -> Option<VoteReply> {
+            let v = self.votes[i].pop_front()?;
+            Some(self.w.handle(self.now, &v))
+        }
+
+        pub fn answer(&mut self, i: usize, r: VoteReply) {
+            let now = self.now;
+            self.c[i].handle_vote(now, now.as_millis() as u64, r);
+            self.act(i);
+        }
+
+        /// Decides and answers everything node i asked.
+        pub fn vote_all(&mut self, i: usize) {
+            while let Some(r) = self.decide(i) {
+                self.answer(i, r);
+            }
+        }
+
+        /// Runs the shell's hooks of node i.
+        pub fn hooks_done(&mut self, i: usize) {
+            for h in std::mem::take(&mut self.hooks[i]) {
+                let now = self.now;
+                self.c[i].hook_done(now, h, Ok(()));
+                self.act(i);
+            }
+        }
+
+        /// Time passes by `d` (timers fire on both), no frame delivered.
+        pub fn tick(&mut self, d: Duration) {
+            self.now += d;
+            for i in 0..2 {
+                self.c[i].handle_timeout(self.now);
+                self.act(i);
+            }
+        }
+
+        pub fn write(&mut self, i: usize, req: ReqId, off: u64, byte: u8) {
+            let now = self.now;
+            self.c[i].write(now, req, off, Bytes::from(vec![byte; 64]), false);
+            self.act(i);
+        }
+
+        pub fn reply(&self, i: usize, req: ReqId) -> Option<Result<(), ReplyError>> {
+            self.replies.iter().find(|(n, r, _)| *n == i && *r == req).map(|(_, _, r)| *r)
+        }
+    }
+
+    /// A pong to a heartbeat sent while this node was still Secondary
+    /// must not give it a peer lease once it is Primary: the peer answered
+    /// it while it saw no Primary, so it may claim, and the witness grants
+    /// it once the witness lease (counted from the claim's send) ended,
+    /// which can be before such a peer lease ends (the grant's reply came
+    /// late). Both nodes then accept writes.
+    #[test]
+    fn a_pong_to_a_ping_sent_before_the_promotion_gives_no_peer_lease() {
+        let mut d = Duo::new(Protocol::A);
+        d.connect();
+        assert_eq!(d.c[0].connection(), Connection::Connected);
+        // Both see a connected Secondary peer and claim.
+        d.witness_up(0, true);
+        d.witness_up(1, true);
+        assert_eq!(d.votes[0].len(), 1);
+        assert_eq!(d.votes[1].len(), 1);
+        // The witness grants a (at T0) and refuses b; a's answer is slow.
+        let t0 = d.now;
+        let grant = d.decide(0).expect("a's claim");
+        assert!(grant.granted, "{grant:?}");
+        d.vote_all(1);
+        // a, still Secondary, pings b; b answers (it sees no Primary).
+        for _ in 0..3 {
+            d.tick(Duration::from_millis(200));
+            d.flow();
+        }
+        let late = d.now - t0;
+        assert!(late >= Duration::from_millis(600));
+        // a's outgoing traffic dies (peer and witness): the grant still
+        // arrives.
+        d.mute[0] = true;
+        d.answer(0, grant);
+        assert_eq!(d.c[0].role(), Role::Primary);
+        d.votes[0].clear();
+        // b saw no Primary: it claims again each heartbeat; the witness
+        // grants once a's lease (never renewed) and its margin ended.
+        let mut b_primary_at = None;
+        for _ in 0..20 {
+            d.tick(Duration::from_millis(100));
+            d.deliver(0);
+            d.vote_all(1);
+            d.votes[0].clear();
+            if d.c[1].role() == Role::Primary {
+                b_primary_at = Some(d.now);
+                break;
+            }
+        }
+        let at = b_primary_at.expect("b never promoted");
+        assert!(d.c[1].accepts_writes());
+        let both = d.c[0].accepts_writes();
+        // The partition is complete now; each node's client writes.
+        d.mute[1] = true;
+        d.write(0, 1, 0, 0xaa);
+        d.write(1, 2, 64, 0xbb);
+        d.vote_all(1);
+        d.write(1, 3, 128, 0xbb);
+        d.vote_all(1);
+        let acked_a = d.reply(0, 1) == Some(Ok(()));
+        let acked_b = d.reply(1, 2) == Some(Ok(())) || d.reply(1, 3) == Some(Ok(()));
+        assert!(acked_b, "b, the witness's Primary, acknowledges");
+        assert!(
+            !both && !acked_a,
+            "a accepts writes at {:?} (acknowledged: {acked_a}) while b (promoted at {at:?}) does too",
+            d.now - t0
+        );
+    }
+}
+
+/// A claim sent while the peer was silent, granted after the peer came
+/// back as a Primary on a running session: the claimant answered that
+/// Primary's heartbeats meanwhile, so the Primary holds a peer lease, and
+/// must not be deposed by closing the session: both would accept writes.
+#[test]
+fn a_claim_granted_after_the_primary_came_back_is_not_used() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::A);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear(); // b's witness link is not up yet
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.hooks_done(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    d.vote_all(0);
+    assert!(d.c[0].accepts_writes());
+    // a loses the witness, and the link to b goes.
+    d.witness_up(0, false);
+    d.cut();
+    let mut claimed = false;
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        if !d.votes[1].is_empty() {
+            claimed = true;
+            break;
+        }
+        d.vote_all(0);
+    }
+    assert!(claimed, "b never claimed");
+    assert!(!d.c[0].accepts_writes(), "a has no quorum while apart");
+    // The link comes back before the witness answers b: a's heartbeats,
+    // answered by b, give it quorum again.
+    d.connect();
+    for _ in 0..2 {
+        d.tick(Duration::from_millis(150));
+        d.flow();
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert!(d.c[0].accepts_writes(), "a regained quorum through b");
+    // Now the witness answers b's claim (a's witness lease is long over).
+    d.lazy_close[1] = true;
+    d.vote_all(1);
+    if d.c[1].role() == Role::Primary {
+        d.hooks_done(1);
+        d.vote_all(1);
+    }
+    // Each node's client writes before a notices anything.
+    d.write(0, 1, 0, 0xaa);
+    d.write(1, 2, 64, 0xbb);
+    d.vote_all(1);
+    let acked_a = d.reply(0, 1) == Some(Ok(()));
+    let acked_b = d.reply(1, 2) == Some(Ok(()));
+    assert!(
+        !(d.c[0].accepts_writes() && d.c[1].accepts_writes() || acked_a && acked_b),
+        "both accept writes (acknowledged: a {acked_a}, b {acked_b})"
+    );
+}
+
+/// The Primary told the witness its peer is current again (after a
+/// resync); until that request is answered the witness may already have
+/// dropped the peer from its outdated set, so writes the peer lacks must
+/// not be acknowledged on the strength of the older "peer outdated" grant.
+#[test]
+fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // Apart: a writes alone once the witness outdated b.
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    assert!(d.w.outdated().any(|n| n == "b"));
+    // Back together: b resyncs; a tells the witness b is current.
+    d.connect();
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(50));
+        d.flow();
+        d.vote_all(1);
+    }
+    assert_eq!(d.c[1].disk(), DiskState::UpToDate);
+    assert_eq!(d.c[1].replication(), Replication::Established);
+    let r = d.decide(0).expect("a's renew: b is current");
+    assert!(r.granted);
+    assert!(!d.w.outdated().any(|n| n == "b"), "the witness counts b current again");
+    d.votes[0].clear();
+    // Before that answer reaches a, a writes; the write never reaches b,
+    // the link goes.
+    d.mute[0] = true;
+    d.write(0, 2, 64, 0x22);
+    d.cut();
+    d.vote_all(0);
+    // a loses the witness (the answer is lost) and stops; b takes over.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    let mut promoted = false;
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(
+        !(d.reply(0, 2) == Some(Ok(())) && promoted),
+        "a acknowledged a write b never got, and the witness promoted b"
+    );
+}
+
+/// A Primary deposed by the witness discards its changes since it went
+/// apart (full resync from the new Primary) — that is only sound if none
+/// of them was acknowledged. A witness that lost its state (no `meta`)
+/// promoted a stale peer (no more: it refuses claims until a grant told it
+/// who is current); one restored from an old backup still can, and the
+/// deposed Primary must then keep the writes it acknowledged alone (a
+/// split brain for the operator), not overwrite them silently.
+#[test]
+fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // Apart: a acknowledges a write b lacks (the witness outdated b).
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    // a loses the witness; the witness restarts without saved state.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, Default::default());
+    d.witness_up(1, false);
+    d.witness_up(1, true);
+    let promote = |d: &mut Duo| {
+        for _ in 0..60 {
+            d.tick(Duration::from_millis(100));
+            d.votes[0].clear();
+            d.vote_all(1);
+            if d.c[1].role() == Role::Primary {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(!promote(&mut d), "a witness without its record promotes b, which a ran without");
+    // Its state restored from an old backup (b not outdated yet) does.
+    let old = crate::arbiter::Durable { complete: true, ..Default::default() };
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, old);
+    d.witness_up(1, false);
+    d.witness_up(1, true);
+    assert!(promote(&mut d), "the witness restored from a backup promotes b");
+    d.hooks_done(1);
+    d.vote_all(1);
+    // a comes back to the witness: deposed.
+    d.witness_up(0, true);
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    // The link returns: a must not become b's SyncTarget.
+    d.connect();
+    assert_ne!(
+        d.c[0].disk(),
+        DiskState::Inconsistent,
+        "a's acknowledged write is overwritten by a full sync from the stale b"
+    );
+}
+
+/// A Renew granted after the Primary demoted and released the right must
+/// not give it quorum: forced Primary again at once (the operator), it
+/// would accept writes while the witness hands the right to its peer.
+#[test]
+fn a_late_renew_grant_after_the_release_gives_no_quorum() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // a renews; the request is on its way when the operator demotes a.
+    d.tick(Duration::from_millis(250));
+    d.flow();
+    assert!(!d.votes[0].is_empty(), "a renews");
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    d.flow();
+    // The witness answers the renew, then reads the release.
+    d.vote_all(0);
+    assert_eq!(d.w.holder(), None);
+    // The operator forces a back at once.
+    d.c[0].promote(true, 1).unwrap();
+    d.act(0);
+    d.votes[0].clear();
+    // b had claimed (it saw a Secondary); the witness, holding no one,
+    // grants it.
+    d.witness_up(1, true);
+    let g = d.decide(1).expect("b claims");
+    assert!(g.granted, "{g:?}");
+    assert!(
+        !d.c[0].accepts_writes(),
+        "a has quorum from a renew granted before its release while the witness gave b the right"
+    );
+}
+
+/// A handover is not delayed by the heartbeats the new Primary answered
+/// while the old one was Primary (it said Secondary since).
+#[test]
+fn a_handover_promotes_the_peer_at_its_first_grant() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    for _ in 0..4 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    d.flow();
+    d.vote_all(0);
+    d.tick(Duration::from_millis(10));
+    d.flow();
+    let g = d.decide(1).expect("b claims at once");
+    assert!(g.granted, "{g:?}");
+    d.answer(1, g);
+    assert_eq!(d.c[1].role(), Role::Primary);
+}
+
+/// Heartbeat ids start again at 1 in each session; the peer lease must
+/// keep working after a reconnect (a Primary without the witness relies
+/// on it), not lose every new heartbeat to the old session's higher ids.
+#[test]
+fn the_peer_lease_works_after_a_reconnect() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // A flapping link: long sessions, each cut with a heartbeat out.
+    for k in 0..9 {
+        for _ in 0..90 - 8 * k {
+            d.tick(Duration::from_millis(100));
+            d.flow();
+            d.vote_all(0);
+        }
+        d.tick(Duration::from_millis(300));
+        d.cut();
+        d.connect();
+        d.vote_all(0);
+    }
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    // Two seconds on the new session, the peer answering every heartbeat.
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert!(d.c[0].accepts_writes(), "the peer lease of the new session does not count");
+}
+
+/// The Primary's disk fails (detached): it cannot serve a write any more,
+/// while its UpToDate peer could. It must not keep the Primary right for
+/// good (renewing it forever), or the service never comes back.
+#[test]
+fn a_primary_whose_disk_failed_does_not_hold_the_right_for_good() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.fail_writes[0] = true;
+    d.write(0, 1, 0, 0x11);
+    d.flow();
+    assert_eq!(d.c[0].disk(), DiskState::Failed);
+    for _ in 0..200 {
+        d.tick(Duration::from_millis(100));
+        if d.sid.is_none() {
+            d.connect();
+        }
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+        d.hooks_done(0);
+        d.hooks_done(1);
+    }
+    assert_eq!(
+        d.c[1].role(),
+        Role::Primary,
+        "20 s later b still is not Primary; a is {:?}",
+        d.c[0].role()
+    );
+}
+
+/// The old Primary cannot reach the witness but comes back to its peer,
+/// which the witness promoted meanwhile: the peer's Hello proves it lost
+/// the right. It must step down (and resync from the new Primary), not
+/// stay a Primary without quorum refusing every handshake for good.
+#[test]
+fn an_old_primary_that_meets_the_new_one_steps_down() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    // a is cut off from the witness and from b; b takes over.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.cut();
+    let mut promoted = false;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        d.hooks_done(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted);
+    d.vote_all(1);
+    d.write(1, 1, 0, 0x11);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 1), Some(Ok(())));
+    // a meets b again (still no witness for a).
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        if d.sid.is_none() {
+            d.connect();
+        }
+        d.flow();
+        d.hooks_done(0);
+        d.vote_all(1);
+        d.votes[0].clear();
+    }
+    assert_eq!(d.c[0].role(), Role::Secondary, "a stays a Primary without quorum");
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+}

@@ -330,6 +330,9 @@ impl Core {
                     Some(Err(e)) => result = Err(e),
                 }
             }
+            if result.is_ok() && p.range.is_some() && self.apart() {
+                self.acked_apart = true;
+            }
             self.pending.remove(&req);
             self.reply(req, result);
         }
