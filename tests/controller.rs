@@ -142,20 +142,17 @@ impl Cluster {
     }
 }
 
-fn qemu_write(uri: &str, off: u64, pattern: u8) -> Result<(), String> {
-    let out = run_timeout(
-        Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            uri,
-            "-c",
-            &format!("write -P {pattern} {off} 4k"),
-        ]),
-        Duration::from_secs(60),
-    );
+/// One qemu-io command on `uri`: (exit status success, stdout + stderr).
+fn qemu_io(uri: &str, command: &str, timeout: Duration) -> (bool, String) {
+    let out = run_timeout(Command::new("qemu-io").args(["-f", "raw", uri, "-c", command]), timeout);
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() && text.contains("wrote") && !text.contains("failed") {
+    (out.status.success(), text)
+}
+
+fn qemu_write(uri: &str, off: u64, pattern: u8) -> Result<(), String> {
+    let (ok, text) = qemu_io(uri, &format!("write -P {pattern} {off} 4k"), Duration::from_secs(60));
+    if ok && text.contains("wrote") && !text.contains("failed") {
         Ok(())
     } else {
         Err(text)
@@ -163,18 +160,8 @@ fn qemu_write(uri: &str, off: u64, pattern: u8) -> Result<(), String> {
 }
 
 fn read_back(uri: &str, off: u64, pattern: u8) -> bool {
-    let out = run_timeout(
-        Command::new("qemu-io").args([
-            "-f",
-            "raw",
-            uri,
-            "-c",
-            &format!("read -P {pattern} {off} 4k"),
-        ]),
-        Duration::from_secs(30),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    out.status.success() && text.contains("read") && !text.contains("Pattern verification failed")
+    let (ok, text) = qemu_io(uri, &format!("read -P {pattern} {off} 4k"), Duration::from_secs(30));
+    ok && text.contains("read") && !text.contains("Pattern verification failed")
 }
 
 fn need_tools() -> bool {
