@@ -43,6 +43,28 @@ const MAX_REQUEST: u64 = 64 * 1024;
 /// A client has this long to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
+/// One request on a witness's control socket: `status` (what it knows) and
+/// `down`; other verbs are for data nodes.
+async fn witness_answer(
+    req: &Request,
+    status: &watch::Receiver<serde_json::Value>,
+    down: &watch::Sender<bool>,
+) -> Response {
+    let st = Some(status.borrow().clone());
+    match req.verb.as_str() {
+        "status" => Response { ok: true, error: None, status: st },
+        "down" => {
+            let _ = down.send(true);
+            Response { ok: true, error: None, status: st }
+        }
+        other => Response {
+            ok: false,
+            error: Some(format!("{other}: a witness keeps no data; it answers status and down")),
+            status: None,
+        },
+    }
+}
+
 /// The listening side, bound before the node announces itself.
 pub struct ControlServer {
     listener: UnixListener,
@@ -68,6 +90,38 @@ impl ControlServer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The control socket of a witness (`twinblock witness`).
+    pub async fn run_witness(
+        self,
+        status: watch::Receiver<serde_json::Value>,
+        down: watch::Sender<bool>,
+    ) {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else { continue };
+            let (status, down) = (status.clone(), down.clone());
+            tokio::spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let mut line = String::new();
+                let mut rd = TokioBufReader::new(rd.take(MAX_REQUEST));
+                let read = tokio::time::timeout(REQUEST_DEADLINE, rd.read_line(&mut line)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let resp = match serde_json::from_str::<Request>(line.trim()) {
+                    Ok(req) => witness_answer(&req, &status, &down).await,
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(format!("bad request: {e}")),
+                        status: None,
+                    },
+                };
+                let mut text = serde_json::to_string(&resp).unwrap_or_default();
+                text.push('\n');
+                let _ = wr.write_all(text.as_bytes()).await;
+            });
+        }
     }
 
     pub async fn run(self, node: Arc<Node>, down: watch::Sender<bool>, hub: Arc<Hub>) {

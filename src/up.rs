@@ -115,11 +115,20 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         let shutdown = Shutdown::install()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let addr = res.witness.as_ref().map(|w| w.address);
+        let control = res.witness.as_ref().map(|w| w.control.clone());
         let name = me.to_owned();
+        let (report_tx, report_rx) = watch::channel(serde_json::Value::Null);
         let task = tokio::spawn(
-            async move { twinblock_replicator::witness::serve(res, &name, stop_rx).await }
-                .in_current_span(),
+            async move {
+                twinblock_replicator::witness::serve_reporting(res, &name, stop_rx, Some(report_tx))
+                    .await
+            }
+            .in_current_span(),
         );
+        if let Some(path) = control {
+            let server = ControlServer::bind(&path)?;
+            tokio::spawn(server.run_witness(report_rx, stop_tx.clone()).in_current_span());
+        }
         println!(
             "twinblock witness: {me} listening on {}",
             addr.map_or("-".into(), |a| a.to_string())

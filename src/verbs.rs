@@ -16,6 +16,9 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
 
 pub fn control_path(config: &Path, node: &str) -> Result<std::path::PathBuf> {
     let res = ResourceConfig::load(config)?;
+    if let Some(w) = res.witness.as_ref().filter(|w| w.name == node) {
+        return Ok(w.control.clone());
+    }
     let (me, _) = res.pair(node)?;
     Ok(me.control.clone())
 }
@@ -61,6 +64,23 @@ fn s(v: &Value) -> String {
 
 /// The human form of a status object.
 pub fn render(st: &Value) -> String {
+    if st["role"] == "Witness" {
+        let outdated: Vec<String> =
+            st["outdated"].as_array().map_or(Vec::new(), |a| a.iter().map(s).collect());
+        let heard: Vec<String> = st["heard_ms_ago"].as_object().map_or(Vec::new(), |m| {
+            m.iter()
+                .map(|(n, ms)| format!("{n} {:.1} s ago", ms.as_f64().unwrap_or(0.0) / 1000.0))
+                .collect()
+        });
+        return format!(
+            "{} on {}: Witness, Primary right held by {}\n  outdated: {}\n  heard: {}\n",
+            s(&st["resource"]),
+            s(&st["node"]),
+            st["holder"].as_str().unwrap_or("nobody"),
+            if outdated.is_empty() { "-".into() } else { outdated.join(", ") },
+            if heard.is_empty() { "-".into() } else { heard.join(", ") },
+        );
+    }
     let c = &st["counters"];
     let rtt =
         st["rtt_us"].as_u64().map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));

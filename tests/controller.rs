@@ -122,6 +122,31 @@ impl Cluster {
         self.p.config = a;
     }
 
+    /// `twinblock status --json` of the witness (its control socket).
+    fn witness_status(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_b)
+            .args(["--node", "w"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "witness status: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The witness's status once `f` holds (it refreshes every 100 ms).
+    fn witness_status_when(&self, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let w = self.witness_status();
+            if f(&w) {
+                return w;
+            }
+            assert!(Instant::now() < deadline, "witness status never as expected: {w}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn hooks(&self) -> String {
         std::fs::read_to_string(&self.hooks_log).unwrap_or_default()
     }
@@ -181,6 +206,8 @@ fn survivor_takes_over_with_hooks_and_data() {
     let mut c = cluster(None);
     c.first_primary();
     assert_eq!(c.owner(), "a", "the address mover ran for a");
+    let w = c.witness_status_when(|w| w["holder"] == "a");
+    assert_eq!(w["role"], "Witness", "{w}");
     let hooks = c.hooks();
     let a_nbd = c.p.nodes[0].nbd.to_string();
     assert!(
@@ -205,6 +232,8 @@ fn survivor_takes_over_with_hooks_and_data() {
     eprintln!("failover took {took:?} (dead_time {DEAD_TIME})");
     assert!(took >= Duration::from_secs(2), "promoted before the dead time: {took:?}");
     assert_eq!(c.owner(), "b", "the address moved to b");
+    let w = c.witness_status_when(|w| w["holder"] == "b");
+    assert!(w["outdated"].as_array().unwrap().iter().any(|n| n == "a"), "a is outdated: {w}");
     let b_nbd = c.p.nodes[1].nbd.to_string();
     assert!(c.hooks().contains(&format!("promote b {b_nbd} r0")), "{}", c.hooks());
     for i in 0..8u64 {

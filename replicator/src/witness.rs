@@ -88,7 +88,38 @@ struct Shared {
 pub async fn serve(
     res: ResourceConfig,
     name: &str,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WitnessError> {
+    serve_reporting(res, name, stop, None).await
+}
+
+/// What the witness knows, for `twinblock status` on its control socket.
+fn status_of(res: &str, name: &str, sh: &Shared) -> serde_json::Value {
+    let now = sh.origin.elapsed();
+    let heard: serde_json::Map<String, serde_json::Value> = sh
+        .arb
+        .heard
+        .iter()
+        .map(|(n, t)| (n.clone(), serde_json::json!(now.saturating_sub(*t).as_millis() as u64)))
+        .collect();
+    serde_json::json!({
+        "resource": res,
+        "node": name,
+        "role": "Witness",
+        "holder": sh.arb.holder(),
+        "outdated": sh.arb.outdated().collect::<Vec<_>>(),
+        "complete": sh.arb.durable().complete,
+        "heard_ms_ago": heard,
+        "state_file": sh.state.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+/// [`serve`], publishing the witness's status on `report` every 100 ms.
+pub async fn serve_reporting(
+    res: ResourceConfig,
+    name: &str,
     mut stop: watch::Receiver<bool>,
+    report: Option<watch::Sender<serde_json::Value>>,
 ) -> Result<(), WitnessError> {
     let w: WitnessConfig = res.witness.clone().ok_or(WitnessError::NoWitness)?;
     if w.name != name {
@@ -117,6 +148,26 @@ pub async fn serve(
         .map_err(|source| WitnessError::Bind { addr, source })?;
     info!(%addr, "witness listening");
     let nodes: Vec<String> = res.nodes.keys().cloned().collect();
+    if let Some(report) = report {
+        let shared = shared.clone();
+        let (resource, me) = (res.name.clone(), name.to_owned());
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let st = {
+                    let sh = shared.lock().await;
+                    status_of(&resource, &me, &sh)
+                };
+                if report.send(st).is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
