@@ -31,7 +31,7 @@ for t in slapd ldapadd ldapsearch nbdfuse fusermount3 losetup mkfs.ext4 blkid mo
 done
 BIN=${TWINBLOCK:-}
 if [[ -z $BIN ]]; then
-  cargo build --release -q
+  cargo build --release -q --no-default-features   # the command mover is enough here
   BIN=$PWD/target/release/twinblock
 fi
 HOOK=$PWD/scripts/ldap-hook.sh
