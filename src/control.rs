@@ -45,7 +45,7 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One request on a witness's control socket: `status` (what it knows) and
 /// `down`; other verbs are for data nodes.
-async fn witness_answer(
+fn witness_answer(
     req: &Request,
     status: &watch::Receiver<serde_json::Value>,
     down: &watch::Sender<bool>,
@@ -63,6 +63,33 @@ async fn witness_answer(
             status: None,
         },
     }
+}
+
+type RequestReader = TokioBufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>;
+
+/// Reads one request: one bounded line, within a deadline (a client that
+/// sends endless bytes or nothing holds nothing). None: nothing to answer.
+async fn read_request(
+    rd: tokio::net::unix::OwnedReadHalf,
+) -> Option<(Result<Request, String>, RequestReader)> {
+    let mut line = String::new();
+    let mut rd = TokioBufReader::new(rd.take(MAX_REQUEST));
+    let read = tokio::time::timeout(REQUEST_DEADLINE, rd.read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(_))) {
+        return None;
+    }
+    let parsed = if line.ends_with('\n') {
+        serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}"))
+    } else {
+        Err(format!("bad request: no complete line within {MAX_REQUEST} bytes"))
+    };
+    Some((parsed, rd))
+}
+
+async fn write_response(wr: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) {
+    let mut text = serde_json::to_string(resp).unwrap_or_default();
+    text.push('\n');
+    let _ = wr.write_all(text.as_bytes()).await;
 }
 
 /// The listening side, bound before the node announces itself.
@@ -103,23 +130,12 @@ impl ControlServer {
             let (status, down) = (status.clone(), down.clone());
             tokio::spawn(async move {
                 let (rd, mut wr) = stream.into_split();
-                let mut line = String::new();
-                let mut rd = TokioBufReader::new(rd.take(MAX_REQUEST));
-                let read = tokio::time::timeout(REQUEST_DEADLINE, rd.read_line(&mut line)).await;
-                if !matches!(read, Ok(Ok(_))) {
-                    return;
-                }
-                let resp = match serde_json::from_str::<Request>(line.trim()) {
-                    Ok(req) => witness_answer(&req, &status, &down).await,
-                    Err(e) => Response {
-                        ok: false,
-                        error: Some(format!("bad request: {e}")),
-                        status: None,
-                    },
+                let Some((parsed, _)) = read_request(rd).await else { return };
+                let resp = match parsed {
+                    Ok(req) => witness_answer(&req, &status, &down),
+                    Err(e) => Response { ok: false, error: Some(e), status: None },
                 };
-                let mut text = serde_json::to_string(&resp).unwrap_or_default();
-                text.push('\n');
-                let _ = wr.write_all(text.as_bytes()).await;
+                write_response(&mut wr, &resp).await;
             });
         }
     }
@@ -132,19 +148,7 @@ impl ControlServer {
             let hub = hub.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = stream.into_split();
-                let mut line = String::new();
-                // One bounded line, within a deadline: a client that sends
-                // endless bytes or nothing holds nothing.
-                let mut rd = TokioBufReader::new(rd.take(MAX_REQUEST));
-                let read = tokio::time::timeout(REQUEST_DEADLINE, rd.read_line(&mut line)).await;
-                if !matches!(read, Ok(Ok(_))) {
-                    return;
-                }
-                let parsed = if line.ends_with('\n') {
-                    serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}"))
-                } else {
-                    Err(format!("bad request: no complete line within {MAX_REQUEST} bytes"))
-                };
+                let Some((parsed, rd)) = read_request(rd).await else { return };
                 let resp = match parsed {
                     Ok(req) if req.verb == "events" => {
                         return stream_events(&node, &hub, req.now, rd, wr).await;
@@ -152,9 +156,7 @@ impl ControlServer {
                     Ok(req) => handle(&node, &down, req),
                     Err(e) => Response { ok: false, error: Some(e), status: None },
                 };
-                let mut text = serde_json::to_string(&resp).unwrap_or_default();
-                text.push('\n');
-                let _ = wr.write_all(text.as_bytes()).await;
+                write_response(&mut wr, &resp).await;
             });
         }
     }
