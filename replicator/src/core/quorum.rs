@@ -157,9 +157,9 @@ pub(crate) struct Ctl {
     witness_until: Time,
     /// The last granted request said the peer is not current.
     witness_fenced_peer: bool,
-    /// The last request that told the witness the peer is current (it
-    /// may have been applied even if its answer never comes: no answer to
-    /// an earlier request may fence the peer again).
+    /// The last request that told the witness the peer is current. The
+    /// witness may have applied it even if its answer never comes, so no
+    /// answer to an earlier request may fence the peer again.
     unfenced_id: u64,
     witness_up: bool,
     /// Requests sent and not answered: id -> (sent, kind, peer_current).
@@ -346,9 +346,6 @@ impl Core {
         let Some((sent, kind, peer_current)) = c.sent.remove(&reply.id) else { return };
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
-        // A later request that says the peer is current may already have
-        // been read: the grant of this one does not fence the peer.
-        let later_current = c.sent.values().any(|(_, _, pc)| *pc);
         if !reply.granted {
             c.last_refusal = Some(reply.reason.clone());
         }
@@ -357,8 +354,7 @@ impl Core {
                 c.claim = None;
                 if reply.granted {
                     c.witness_until = sent + c.cfg.lease();
-                    c.witness_fenced_peer =
-                        !peer_current && !later_current && reply.id > c.unfenced_id;
+                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                     c.lost_since = None;
                     self.claimed(wall_ms, &reply);
                 } else {
@@ -373,8 +369,7 @@ impl Core {
                 if reply.granted && self.role != Role::Primary {
                 } else if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
-                    c.witness_fenced_peer =
-                        !peer_current && !later_current && reply.id > c.unfenced_id;
+                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
