@@ -2,7 +2,8 @@
 //! request per line, one JSON response per line, on a Unix socket at the
 //! node's `control` path. The `events` request is a subscription: after
 //! the response, one JSON line per state change (`crate::events::Event`)
-//! until either side closes.
+//! until either side closes. The `bench` request streams too: progress
+//! lines, then the report (`crate::bench::report::Line`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -27,6 +28,9 @@ pub struct Request {
     /// `events`: the current state first (`exists` events).
     #[serde(default)]
     pub now: bool,
+    /// `bench`: what to measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<crate::bench::report::Params>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -153,6 +157,9 @@ impl ControlServer {
                     Ok(req) if req.verb == "events" => {
                         return stream_events(&node, &hub, req.now, rd, wr).await;
                     }
+                    Ok(req) if req.verb == "bench" => {
+                        return stream_bench(node, req, rd, wr).await;
+                    }
                     Ok(req) => handle(&node, &down, req),
                     Err(e) => Response { ok: false, error: Some(e), status: None },
                 };
@@ -213,6 +220,61 @@ async fn stream_events(
             },
         }
     }
+}
+
+/// A `bench` request: refused at once if the node cannot run it, else the
+/// response, progress lines and the report (or why it stopped). The bench
+/// stops when the caller goes away.
+async fn stream_bench(
+    node: Arc<Node>,
+    req: Request,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+) {
+    use crate::bench::report::Line;
+    let refusal = match &req.bench {
+        None => Some("bench: no parameters in the request".to_string()),
+        Some(_) => node.bench_refusal(),
+    };
+    let status = serde_json::to_value(node.status()).ok();
+    tracing::info!(verb = "bench", ok = refusal.is_none(), "control request");
+    if let Some(e) = refusal {
+        return write_response(&mut wr, &Response { ok: false, error: Some(e), status }).await;
+    }
+    write_response(&mut wr, &Response { ok: true, error: None, status }).await;
+    let params = req.bench.expect("checked above");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Line>();
+    let run = tokio::spawn(crate::bench::run::bench(node, params, move |l| {
+        let _ = tx.send(l);
+    }));
+    let abort = run.abort_handle();
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            l = rx.recv() => {
+                let Some(l) = l else { break };
+                let mut line = serde_json::to_string(&l).unwrap_or_default();
+                line.push('\n');
+                if wr.write_all(line.as_bytes()).await.is_err() {
+                    abort.abort();
+                    return;
+                }
+            }
+            r = rd.read(&mut scratch) => if !matches!(r, Ok(n) if n > 0) {
+                tracing::info!("bench: the caller went away; stopped");
+                abort.abort();
+                return;
+            },
+        }
+    }
+    let last = match run.await {
+        Ok(Ok(report)) => Line::Done(Box::new(report)),
+        Ok(Err(e)) => Line::Failed(e),
+        Err(e) => Line::Failed(format!("the bench task ended: {e}")),
+    };
+    let mut line = serde_json::to_string(&last).unwrap_or_default();
+    line.push('\n');
+    let _ = wr.write_all(line.as_bytes()).await;
 }
 
 fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Response {

@@ -414,7 +414,7 @@ pub fn follow(
     json: bool,
     count: Option<usize>,
 ) -> Result<(), FollowError> {
-    let req = Request { verb: "events".into(), force: false, now };
+    let req = Request { verb: "events".into(), force: false, now, bench: None };
     let stream = crate::control::open_stream(control, &req)?;
     let mut out = std::io::stdout().lock();
     let mut seen = 0usize;

@@ -1,5 +1,6 @@
 //! The `twinblock` binary: command line and daemon wiring.
 
+mod bench;
 mod certs;
 mod control;
 mod controller;
@@ -220,6 +221,42 @@ enum Command {
     /// Stop the node's daemon.
     #[command(after_help = "Example:\n  twinblock down --config r0.toml --node b")]
     Down(VerbArgs),
+    /// Latency benchmark of the replicated device: the link's RTT and
+    /// throughput, and the write latency of modes A, B and C at QD1 and
+    /// QD32, with a recommendation. Probes travel the replication path into
+    /// a scratch area beside the metadata (META.bench) on both nodes: the
+    /// device's data is never touched. Runs on the Primary, Connected and
+    /// Established.
+    #[command(
+        after_help = "Examples:\n  twinblock bench --config r0.toml --node a --plot bench.svg\n  twinblock bench --config r0.toml --node a --json | jq .recommendation\n  twinblock bench --rtt 2ms        # a local pair through a netem relay: what would 2 ms cost?\n\nThe budget for the recommendation: --budget, else [adaptive] latency_budget, else 2ms."
+    )]
+    Bench {
+        /// The resource file (TOML) of the node to measure.
+        #[arg(long, requires = "node", conflicts_with = "rtt")]
+        config: Option<PathBuf>,
+        /// The node to measure (its Primary).
+        #[arg(long, requires = "config")]
+        node: Option<String>,
+        /// Instead: a throw-away local pair whose link has this round trip
+        /// (a netem relay adds half each way).
+        #[arg(long, value_parser = parse_duration, required_unless_present = "config")]
+        rtt: Option<std::time::Duration>,
+        /// Measuring time of each run (seven runs).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        time: std::time::Duration,
+        /// Probe size of the mode runs.
+        #[arg(long, default_value = "4k", value_parser = parse_size)]
+        block_size: u64,
+        /// Latency budget per write the recommendation is made for.
+        #[arg(long, value_parser = parse_duration)]
+        budget: Option<std::time::Duration>,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Also write the latency distributions as an SVG image.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// UDP relay that adds latency, jitter and loss (rehearse inter-AZ links).
     #[command(
         after_help = "Example (a reaches b through the relay: `connect = \"127.0.0.1:7790\"` under [nodes.b]):\n  twinblock netem --listen 127.0.0.1:7790 --forward 127.0.0.1:7789 --delay 1ms --jitter 200us"
@@ -376,6 +413,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Netem { listen, forward, delay, jitter, loss } => {
             let args = netem::NetemArgs { listen, forward, delay, jitter, loss };
             netem::run(args)?; // runs until killed (SIGINT/SIGTERM)
+        }
+        Command::Bench { config, node, rtt, time, block_size, budget, json, plot } => {
+            let block = u32::try_from(block_size)
+                .map_err(|_| Failure(2, anyhow::anyhow!("--block-size is too large")))?;
+            let args =
+                bench::Args { target: config.zip(node), rtt, time, block, budget, json, plot };
+            match bench::main(args) {
+                Ok(()) => {}
+                Err(bench::BenchError::Call(c)) => return Err(verbs::VerbError::Call(c).into()),
+                Err(bench::BenchError::Other(e)) => return Err(Failure(1, e)),
+            }
         }
         Command::Status { node, json, watch } => {
             verbs::status(&node.config, &node.node, json, watch)?

@@ -26,8 +26,8 @@ pub fn control_path(config: &Path, node: &str) -> Result<std::path::PathBuf> {
 /// Runs `verb` on the node; returns the status the node reported.
 pub fn run(config: &Path, node: &str, verb: &str, force: bool) -> Result<Value, VerbError> {
     let path = control_path(config, node).map_err(VerbError::Other)?;
-    let resp =
-        call(&path, &Request { verb: verb.into(), force, now: false }).map_err(VerbError::Call)?;
+    let resp = call(&path, &Request { verb: verb.into(), force, now: false, bench: None })
+        .map_err(VerbError::Call)?;
     Ok(resp.status.unwrap_or(Value::Null))
 }
 

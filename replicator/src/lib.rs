@@ -5,12 +5,14 @@
 //! - [`core`]: the node's logic as a sans-IO state machine (roles, disk and
 //!   replication states, write path, handshake, resync, verify).
 //! - [`node`]: the tokio shell around the core: store, metadata files, links.
+//! - [`bench`]: the node's side of `twinblock bench` (probes into a scratch area).
 //! - [`link`]: the QUIC link (quinn + rustls mutual TLS) and its tasks.
 //! - [`protocol`]: the sans-IO replication protocol (wire, sender, receiver).
 //! - [`config`], [`meta`], [`al`] (activity-log journal, bitmap file), [`bitmap`], [`status`], [`tls`], [`units`].
 
 pub mod al;
 pub mod arbiter;
+pub mod bench;
 pub mod bitmap;
 pub mod config;
 pub mod core;

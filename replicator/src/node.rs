@@ -111,8 +111,8 @@ struct MetaFiles {
 
 /// Everything behind the node's mutex.
 pub struct Shell {
-    core: Core,
-    replies: HashMap<ReqId, oneshot::Sender<Result<(), ReplyError>>>,
+    pub(crate) core: Core,
+    pub(crate) replies: HashMap<ReqId, oneshot::Sender<Result<(), ReplyError>>>,
     links: HashMap<SessionId, mpsc::UnboundedSender<Outbound>>,
     /// Metadata updates run on a blocking thread, off the node's mutex
     /// (false while opening: they run in place, and a failure fails `open`).
@@ -132,7 +132,7 @@ pub struct Node {
     /// The metadata files: one update of each kind at a time (the core's rule).
     files: Arc<Mutex<MetaFiles>>,
     origin: Instant,
-    next_req: AtomicU64,
+    pub(crate) next_req: AtomicU64,
     next_session: AtomicU64,
     /// This node, for tasks the shell spawns (flush completions).
     this: std::sync::Weak<Node>,
@@ -142,6 +142,9 @@ pub struct Node {
     observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
     /// Every change of [`StateKey`].
     transitions: tokio::sync::broadcast::Sender<StateKey>,
+    /// `twinblock bench`'s scratch area (`META.bench`), opened on first use.
+    scratch: std::sync::OnceLock<Arc<Store>>,
+    opts: StoreOptions,
 }
 
 fn io_err(e: &io::Error) -> IoError {
@@ -255,6 +258,8 @@ impl Node {
             changed: Notify::new(),
             observer: std::sync::OnceLock::new(),
             transitions: tokio::sync::broadcast::channel(256).0,
+            scratch: std::sync::OnceLock::new(),
+            opts: opts.clone(),
         });
         {
             let mut sh = node.lock();
@@ -284,11 +289,11 @@ impl Node {
         Ok(node)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shell> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shell> {
         self.shell.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.origin.elapsed()
     }
 
@@ -297,7 +302,7 @@ impl Node {
     }
 
     /// Performs the core's actions until it has none.
-    fn drain(&self, sh: &mut Shell) {
+    pub(crate) fn drain(&self, sh: &mut Shell) {
         while let Some(a) = sh.core.poll_action() {
             match a {
                 Action::Store { io, op } => self.store_op(sh, io, op),
@@ -389,6 +394,10 @@ impl Node {
                 return;
             }
             StoreOp::Flush => (Ok(()), true),
+            StoreOp::Scratch { offset, data } => match self.scratch() {
+                Ok(s) => (s.write_now(offset, &data), false),
+                Err(e) => (Err(e), false),
+            },
         };
         match result {
             Err(e) => sh.core.handle_io(now, io, Err(io_err(&e))),
@@ -407,6 +416,20 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// The bench scratch area, opened (created sparse) on first use.
+    fn scratch(&self) -> io::Result<&Arc<Store>> {
+        if let Some(s) = self.scratch.get() {
+            return Ok(s);
+        }
+        let path = crate::bench::scratch_path(&self.me.meta);
+        let store = Store::open(&path, Some(crate::protocol::wire::BENCH_AREA), &self.opts)
+            .map_err(|e| {
+                tracing::warn!("bench scratch area {}: {e}", path.display());
+                io::Error::other(e.to_string())
+            })?;
+        Ok(self.scratch.get_or_init(|| Arc::new(store)))
     }
 
     /// Runs `f` on the core and performs what it asks.

@@ -74,7 +74,7 @@ fn run(s: &mut [Side; 2], now: Duration) {
                                 s[i].disk[offset as usize..(offset + len) as usize].fill(0);
                                 None
                             }
-                            StoreOp::Flush => None,
+                            StoreOp::Flush | StoreOp::Scratch { .. } => None,
                             StoreOp::Read { offset, len } => Some(Bytes::copy_from_slice(
                                 &s[i].disk[offset as usize..(offset + len) as usize],
                             )),

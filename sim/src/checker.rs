@@ -305,6 +305,7 @@ impl Checker {
                     }
                 }
             }
+            AppKind::Probe(_) => {}
             AppKind::Flush => {
                 // Floors taken before a sync replaced a node's data say
                 // nothing of it now.

@@ -288,9 +288,21 @@ pub(crate) struct AppReq {
 
 #[derive(Clone, Debug)]
 pub(crate) enum AppKind {
-    Write { id: u64, off: u64, len: u64, fua: bool },
-    Zero { id: u64, off: u64, len: u64, fua: bool },
+    Write {
+        id: u64,
+        off: u64,
+        len: u64,
+        fua: bool,
+    },
+    Zero {
+        id: u64,
+        off: u64,
+        len: u64,
+        fua: bool,
+    },
     Flush,
+    /// A `twinblock bench` probe (scratch area: no device change to check).
+    Probe(twinblock_replicator::core::ProbeMode),
 }
 
 pub struct Node {
@@ -627,6 +639,12 @@ impl Sim {
                             durable = self.nodes[n].disk.unflushed();
                         }
                     }
+                    StoreOp::Scratch { .. } => {
+                        // The bench scratch area: not the device.
+                        if let Some(e) = err {
+                            result = Err(e);
+                        }
+                    }
                     StoreOp::Read { offset, len } => {
                         if let Some(e) = err {
                             result = Err(e);
@@ -746,6 +764,10 @@ impl Sim {
 
     fn replied(&mut self, n: usize, req: ReqId, result: Result<(), ReplyError>) {
         let Some(r) = self.nodes[n].reqs.remove(&req) else { return };
+        if let AppKind::Probe(mode) = r.kind {
+            self.note(format!("{}: probe {req} {mode:?} -> {result:?}", self.nodes[n].name));
+            return;
+        }
         if let (Err(e), AppKind::Write { .. } | AppKind::Zero { .. } | AppKind::Flush) =
             (&result, &r.kind)
         {
@@ -818,7 +840,11 @@ impl Sim {
         let (off, len) = (first * unit, k * unit);
         let fua = self.rng.chance(1, 6);
         let now = self.now;
-        let kind = if r < 72 {
+        let kind = if r < 4 {
+            use twinblock_replicator::core::ProbeMode;
+            let modes = [ProbeMode::A, ProbeMode::B, ProbeMode::C, ProbeMode::Link];
+            AppKind::Probe(modes[self.rng.below(4) as usize])
+        } else if r < 72 {
             AppKind::Write { id: uid, off, len, fua }
         } else if r < 84 {
             AppKind::Flush
@@ -844,6 +870,9 @@ impl Sim {
                 }
             }
             AppKind::Flush => core.flush(now, req),
+            AppKind::Probe(mode) => {
+                core.bench_write(now, req, mode, off % (1 << 20), payload(uid, 0, len))
+            }
         }
         self.drain(n);
     }
@@ -1705,6 +1734,7 @@ fn short_op(op: &StoreOp) -> String {
         StoreOp::Zero { offset, len, fua, .. } => format!("zero {offset}+{len} fua={fua}"),
         StoreOp::Flush => "flush".into(),
         StoreOp::Read { offset, len } => format!("read {offset}+{len}"),
+        StoreOp::Scratch { offset, data } => format!("scratch {offset}+{}", data.len()),
     }
 }
 

@@ -21,6 +21,8 @@ pub(crate) struct ApplyIo {
     pub verify: bool,
     pub flush_epoch: Option<u64>,
     pub bytes: u64,
+    /// A bench probe (scratch area): its failure is the probe's alone.
+    pub scratch: bool,
 }
 
 /// CRC32 of each `block` bytes of `data`.
@@ -111,8 +113,18 @@ impl Core {
                 return Err(format!("operation {seq} at {off}+{len} is outside the device"));
             }
         }
+        if let Op::Bench { offset, data, .. } = &op {
+            let len = data.len() as u64;
+            if offset.checked_add(len).is_none_or(|end| end > wire::BENCH_AREA) {
+                return Err(format!(
+                    "bench probe {seq} at {offset}+{len} is outside the scratch area"
+                ));
+            }
+        }
         match &op {
-            Op::Write { offset, data, crc, .. } | Op::Resync { offset, data, crc }
+            Op::Write { offset, data, crc, .. }
+            | Op::Resync { offset, data, crc }
+            | Op::Bench { offset, data, crc, .. }
                 if crc32fast::hash(data) != *crc =>
             {
                 return Err(format!(
@@ -167,14 +179,22 @@ impl Core {
             }
             self.incoming.pop_front();
             self.al.hold(&extents);
+            let scratch = matches!(op, Op::Bench { .. });
             let mut a = ApplyIo {
                 sid,
                 seq,
                 extents: extents.clone(),
                 verify: false,
                 flush_epoch: None,
-                bytes: op.wire_bytes(),
+                bytes: if scratch { 0 } else { op.wire_bytes() },
+                scratch,
             };
+            if matches!(op, Op::Bench { store: false, .. }) {
+                // Crosses the link only: done as it arrives.
+                self.applying += 1;
+                self.apply_done(a, Ok(None));
+                continue;
+            }
             let store_op = StoreOp::of(op);
             match store_op {
                 StoreOp::Flush => a.flush_epoch = Some(self.write_epoch),
@@ -202,6 +222,14 @@ impl Core {
                 if a.verify && current {
                     let crcs = block_crcs(data.as_deref().unwrap_or(&[]), self.cfg.block);
                     self.send(Message::Verified { seq: a.seq, crcs });
+                }
+            }
+            Err(e) if a.scratch => {
+                // The bench scratch area failed: the probe fails, the disk
+                // and the link do not (the sequence moves on past it).
+                tracing::warn!(errno = e.0, "bench scratch write failed");
+                if current {
+                    self.send(Message::Failed { seq: a.seq, errno: e.0 });
                 }
             }
             Err(e) => {

@@ -22,6 +22,7 @@
 mod adaptive;
 pub mod al;
 mod apply;
+mod bench;
 mod handshake;
 mod persist;
 pub mod quorum;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use bench::{ProbeMode, ENOTCONN};
 pub use quorum::{
     ControllerConfig, ControllerStatus, Hook, NoQuorum, Standing, VoteKind, VoteReply, VoteRequest,
 };
@@ -55,6 +57,8 @@ use session::{Phase, Session};
 enum IoFor {
     /// An application operation's local part.
     App(ReqId),
+    /// A bench probe's local scratch write.
+    Bench(ReqId),
     /// A peer operation applied here.
     Apply(apply::ApplyIo),
     /// A flush so that activity-log extents may leave (write epoch covered).
@@ -154,6 +158,8 @@ pub struct Core {
     /// the last handshake): such changes are never discarded by a
     /// deposition (a forgetful witness may have promoted a stale peer).
     acked_apart: bool,
+    /// Bench probes waiting for room in protocol A's lag budget.
+    probes: VecDeque<bench::Probe>,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -232,6 +238,7 @@ impl Core {
             separated: false,
             backoff: adaptive::Backoff::default(),
             acked_apart: false,
+            probes: VecDeque::new(),
             cfg,
         };
         if !rec.al.is_empty() {
@@ -451,6 +458,7 @@ impl Core {
         let Some(what) = self.ios.remove(&io) else { return };
         match what {
             IoFor::App(req) => self.app_local_done(req, result.map(|_| ())),
+            IoFor::Bench(req) => self.bench_local_done(req, result.map(|_| ())),
             IoFor::Apply(a) => self.apply_done(a, result),
             IoFor::AlFlush { epoch } => {
                 self.al_flush = None;
@@ -519,6 +527,7 @@ impl Core {
             self.persist_pump();
             self.apply_pump();
             self.app_pump();
+            self.bench_pump();
             self.resync_pump();
             self.verify_pump();
             self.release_lost();

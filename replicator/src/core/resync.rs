@@ -299,7 +299,7 @@ impl Core {
                     v.chunks = v.chunks.saturating_sub(1);
                 }
             }
-            OutKind::App(_) => {}
+            OutKind::App(_) | OutKind::Bench(_) => {}
         }
         for (off, len) in clear {
             self.clear(off, len);

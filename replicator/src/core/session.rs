@@ -48,6 +48,8 @@ pub enum OutKind {
     Probe { offset: u64, len: u64 },
     /// Online verify of a chunk: our CRCs.
     Verify { offset: u64, crcs: Vec<u32> },
+    /// A `twinblock bench` probe (scratch area, never the device).
+    Bench(ReqId),
 }
 
 #[derive(Debug, Clone)]

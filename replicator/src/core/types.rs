@@ -244,6 +244,8 @@ pub enum StoreOp {
     Flush,
     /// Reads the current content (resync, verify).
     Read { offset: u64, len: u64 },
+    /// Into the bench scratch area (never the device), as `Write` without FUA.
+    Scratch { offset: u64, data: Bytes },
 }
 
 impl StoreOp {
@@ -262,6 +264,7 @@ impl StoreOp {
             }
             Op::Flush => StoreOp::Flush,
             Op::Verify { offset, len } => StoreOp::Read { offset, len: len as u64 },
+            Op::Bench { offset, data, .. } => StoreOp::Scratch { offset, data },
         }
     }
 }

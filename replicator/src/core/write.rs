@@ -414,7 +414,8 @@ impl Core {
         let mut confirmed = Vec::new();
         if received > s.acked_received {
             for (_, o) in s.out.range(s.acked_received + 1..=received) {
-                if let (OutKind::App(req), Need::Received) = (&o.kind, o.need) {
+                if let (OutKind::App(req) | OutKind::Bench(req), Need::Received) = (&o.kind, o.need)
+                {
                     confirmed.push(*req);
                 }
             }
@@ -446,6 +447,7 @@ impl Core {
                 self.al.release(&extents);
                 self.peer_confirmed(req);
             }
+            OutKind::Bench(req) => self.peer_confirmed(req),
             other => self.source_retired(other, range),
         }
     }
@@ -473,6 +475,7 @@ impl Core {
                 }
                 self.p.want_bitmap = true;
             }
+            OutKind::Bench(req) => self.bench_lost(req, IoError(errno)),
             OutKind::Verify { offset, crcs } => {
                 self.mark(offset, crcs.len() as u64 * self.cfg.block);
                 self.p.want_bitmap = true;
@@ -517,6 +520,9 @@ impl Core {
         let Some(s) = self.session.take() else { return };
         let mut lost_app = false;
         for (_, o) in s.out {
+            if let OutKind::Bench(req) = o.kind {
+                self.bench_lost(req, super::ENOTCONN);
+            }
             if let OutKind::App(req) = o.kind {
                 if let Some((off, len)) = o.range {
                     self.mark(off, len);

@@ -9,7 +9,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::genid::GenIds;
 
-pub const VERSION: u16 = 2;
+/// 3: adds the BENCH probe (`twinblock bench`).
+pub const VERSION: u16 = 3;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -29,11 +30,15 @@ const T_BITS: u8 = 13;
 const T_SYNC_DONE: u8 = 14;
 const T_VERIFY_REQUEST: u8 = 15;
 const T_RESYNC: u8 = 16;
+const T_BENCH: u8 = 17;
 
 /// Largest run list in one BITS frame.
 pub const MAX_RUNS: usize = 65536;
 /// Largest verify request (blocks are answered with one CRC each).
 pub const MAX_VERIFY: u32 = 32 << 20;
+/// Size of the scratch area `twinblock bench` writes its probes into, on
+/// both nodes (beside the metadata, never the device).
+pub const BENCH_AREA: u64 = 64 << 20;
 
 /// Role as carried on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -131,6 +136,16 @@ pub enum Op {
         offset: u64,
         len: u32,
     },
+    /// A `twinblock bench` probe: numbered and acknowledged like a write,
+    /// but written into the scratch area (`offset` within [`BENCH_AREA`]),
+    /// never the device; `store: false` only crosses the link (the peer
+    /// acknowledges it without writing: link throughput).
+    Bench {
+        offset: u64,
+        data: Bytes,
+        crc: u32,
+        store: bool,
+    },
 }
 
 impl Op {
@@ -144,6 +159,11 @@ impl Op {
         Op::Write { offset, data, fua, crc }
     }
 
+    pub fn bench(offset: u64, data: Bytes, store: bool) -> Op {
+        let crc = crc32fast::hash(&data);
+        Op::Bench { offset, data, crc, store }
+    }
+
     /// The device range it changes, if any.
     pub fn range(&self) -> Option<(u64, u64)> {
         match self {
@@ -153,14 +173,17 @@ impl Op {
             Op::Trim { offset, len, .. } | Op::Zero { offset, len, .. } => {
                 Some((*offset, *len as u64))
             }
-            Op::Flush | Op::Verify { .. } => None,
+            // A bench probe never touches the device.
+            Op::Flush | Op::Verify { .. } | Op::Bench { .. } => None,
         }
     }
 
     /// Payload bytes that cross the link.
     pub fn wire_bytes(&self) -> u64 {
         match self {
-            Op::Write { data, .. } | Op::Resync { data, .. } => data.len() as u64,
+            Op::Write { data, .. } | Op::Resync { data, .. } | Op::Bench { data, .. } => {
+                data.len() as u64
+            }
             _ => 0,
         }
     }
@@ -322,6 +345,15 @@ impl Message {
                     b.put_u64(*seq);
                     b.put_u64(*offset);
                     b.put_u32(*len);
+                }
+                Op::Bench { offset, data, crc, store } => {
+                    b.put_u8(T_BENCH);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u32(*crc);
+                    b.put_u8(*store as u8);
+                    b.put_u32(data.len() as u32);
+                    payload = Some(data.clone());
                 }
             },
             Message::Verified { seq, crcs } => {
@@ -509,6 +541,18 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 return Err(WireError::Malformed("resync length"));
             }
             Message::Data { seq, op: Op::Resync { offset, data: b.split_to(n), crc } }
+        }
+        T_BENCH => {
+            need(&b, 25, "bench")?;
+            let seq = b.get_u64();
+            let offset = b.get_u64();
+            let crc = b.get_u32();
+            let store = b.get_u8() != 0;
+            let n = b.get_u32() as usize;
+            if b.remaining() != n {
+                return Err(WireError::Malformed("bench length"));
+            }
+            Message::Data { seq, op: Op::Bench { offset, data: b.split_to(n), crc, store } }
         }
         T_FLUSH => {
             need(&b, 8, "flush")?;

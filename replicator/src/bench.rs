@@ -1,0 +1,60 @@
+//! The node's side of `twinblock bench`: probes through the replication
+//! path into the scratch area (see `core::bench` for the rules). The
+//! measurement loop, percentiles and report are the binary's (`src/bench/`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::core::{ProbeMode, ReplyError};
+use crate::node::Node;
+
+/// Where a node keeps its scratch area: beside its metadata.
+pub fn scratch_path(meta: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.bench", meta.display()))
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe outside the scratch area")]
+    OutOfRange,
+    #[error("probe failed: {0}")]
+    Io(std::io::Error),
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+impl Node {
+    /// Why a bench cannot run now (None: it can).
+    pub fn bench_refusal(&self) -> Option<String> {
+        self.lock().core.bench_refusal()
+    }
+
+    /// One probe of `data` at `offset` of the scratch area, answered under
+    /// `mode`'s rule.
+    pub async fn probe(&self, mode: ProbeMode, offset: u64, data: Bytes) -> Result<(), ProbeError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut sh = self.lock();
+            sh.replies.insert(req, tx);
+            let now = self.now();
+            sh.core.bench_write(now, req, mode, offset, data);
+            self.drain(&mut sh);
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ReplyError::OutOfRange)) => Err(ProbeError::OutOfRange),
+            Ok(Err(ReplyError::Io(e))) => {
+                Err(ProbeError::Io(std::io::Error::from_raw_os_error(e.0)))
+            }
+            Ok(Err(ReplyError::ReadOnly)) => {
+                Err(ProbeError::Io(std::io::Error::from_raw_os_error(libc::EPERM)))
+            }
+            Err(_) => Err(ProbeError::Shutdown),
+        }
+    }
+}

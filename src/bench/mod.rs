@@ -1,0 +1,140 @@
+//! `twinblock bench`: what the replication link costs a write, per mode.
+//!
+//! - [`run`]: the measurement, in the daemon (probes through the node's
+//!   replication path into the scratch area, hdrhistogram percentiles);
+//! - [`report`]: the report's shape, the table and the recommendation;
+//! - [`plot`]: `--plot FILE.svg` (plotters);
+//! - [`local`]: `--rtt DUR`, the same measurement on a throw-away local
+//!   pair behind a `netem` relay ("what if my AZs were 2 ms apart").
+//!
+//! This module is the CLI side: it asks the node through its control
+//! socket, shows progress (indicatif on a terminal, plain lines
+//! otherwise) and prints what came back.
+
+pub mod local;
+pub mod plot;
+pub mod report;
+pub mod run;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::control::{open_stream, CallError, Request};
+use report::{Line, Params, Report};
+
+/// What the command line asked for.
+pub struct Args {
+    /// The node to measure (None with `rtt`: a local pair).
+    pub target: Option<(PathBuf, String)>,
+    pub rtt: Option<Duration>,
+    pub time: Duration,
+    pub block: u32,
+    pub budget: Option<Duration>,
+    pub json: bool,
+    pub plot: Option<PathBuf>,
+}
+
+/// Why the bench did not report.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Budget when neither --budget nor `[adaptive] latency_budget` says.
+const DEFAULT_BUDGET: Duration = Duration::from_millis(2);
+
+pub fn main(a: Args) -> Result<(), BenchError> {
+    if let Some(p) = &a.plot {
+        // Say so before a minute of measuring, not after.
+        if !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+            return Err(anyhow!("--plot {}: give a FILE ending in .svg", p.display()).into());
+        }
+    }
+    let report = match (&a.target, a.rtt) {
+        (Some((config, node)), None) => {
+            let res = twinblock_replicator::config::ResourceConfig::load(config)
+                .map_err(anyhow::Error::from)?;
+            let budget = a.budget.or(res.latency_budget).unwrap_or(DEFAULT_BUDGET);
+            let path = crate::verbs::control_path(config, node)?;
+            ask(&path, &a, budget)?
+        }
+        (None, Some(rtt)) => {
+            let pair = local::Pair::start(rtt)?;
+            eprintln!(
+                "twinblock bench: local pair a -> b through a netem relay of {:?} each way in {}",
+                rtt / 2,
+                pair.dir().display()
+            );
+            let r = ask(&pair.control_a(), &a, a.budget.unwrap_or(DEFAULT_BUDGET));
+            pair.stop();
+            r?
+        }
+        _ => return Err(anyhow!("give either --config and --node, or --rtt (a local pair)").into()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
+    } else {
+        print!("{}", report::render(&report));
+    }
+    if let Some(p) = &a.plot {
+        plot::write(&report, p)?;
+        if !a.json {
+            println!("plot written to {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the bench on the node at `control` and follows its progress.
+fn ask(control: &Path, a: &Args, budget: Duration) -> Result<Report, BenchError> {
+    let params = Params {
+        run_ms: a.time.as_millis() as u64,
+        block: a.block,
+        budget_us: budget.as_micros() as u64,
+    };
+    let req = Request { verb: "bench".into(), force: false, now: false, bench: Some(params) };
+    let mut stream = open_stream(control, &req)?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty { ProgressBar::new(1) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stream.read_line(&mut line).context("reading the node's answer")?;
+        if n == 0 {
+            bar.abandon();
+            return Err(
+                anyhow!("the node closed the bench before it finished (is it still up?)").into()
+            );
+        }
+        match serde_json::from_str::<Line>(&line).context("a malformed bench line")? {
+            Line::Progress { step, total, what } => {
+                bar.set_length(total as u64);
+                bar.set_position(step as u64 - 1);
+                bar.set_message(what.clone());
+                if !tty {
+                    eprintln!("bench: [{step}/{total}] {what}");
+                }
+            }
+            Line::Done(r) => {
+                bar.finish_and_clear();
+                return Ok(*r);
+            }
+            Line::Failed(e) => {
+                bar.abandon();
+                return Err(anyhow!("bench stopped: {e}").into());
+            }
+        }
+    }
+}

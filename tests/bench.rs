@@ -1,0 +1,199 @@
+//! `twinblock bench` end to end (issue 10, point 2): on a real pair it
+//! reports the link and modes A/B/C at QD1 and QD32 as JSON a program can
+//! read and as an SVG plot, its probes reach both nodes' scratch areas and
+//! never the device (checksums of both disks before and after), it is
+//! refused where it cannot measure, stops cleanly when the peer dies, and
+//! `--rtt` measures a local pair through a netem relay.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pair::{tail, Pair};
+use common::*;
+
+fn checksum(path: &Path) -> u32 {
+    crc32fast::hash(&std::fs::read(path).unwrap())
+}
+
+fn bench(pair: &Pair, i: usize, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--time", "300ms"];
+    args.extend_from_slice(extra);
+    pair.cli("bench", &args, i)
+}
+
+fn check_report(j: &serde_json::Value) {
+    let runs = j["runs"].as_array().expect("runs");
+    let mut seen = Vec::new();
+    for r in runs {
+        let (mode, qd) = (r["mode"].as_str().unwrap(), r["queue_depth"].as_u64().unwrap());
+        seen.push(format!("{mode}{qd}"));
+        assert!(r["ops"].as_u64().unwrap() > 0, "{mode} QD{qd} completed nothing: {r}");
+        assert!(r["iops"].as_f64().unwrap() > 0.0);
+        let l = &r["latency"];
+        let (p50, p99, p999) = (
+            l["p50_us"].as_f64().unwrap(),
+            l["p99_us"].as_f64().unwrap(),
+            l["p999_us"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{mode} QD{qd}: {l}");
+        assert!(l["cdf"].as_array().unwrap().len() > 10);
+    }
+    assert_eq!(seen, ["A1", "A32", "B1", "B32", "C1", "C32"]);
+    assert!(j["link"]["rtt"]["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(j["link"]["throughput_mib_s"].as_f64().unwrap() > 0.0);
+    let rec = j["recommendation"]["mode"].as_str().unwrap();
+    assert!(["A", "B", "C", "adaptive"].contains(&rec), "{rec}");
+    assert!(!j["recommendation"]["why"].as_str().unwrap().is_empty());
+}
+
+/// A well-formed SVG with one curve per run and the link's.
+fn check_svg(path: &Path) {
+    let svg = std::fs::read_to_string(path).unwrap();
+    assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.matches("<polyline").count() >= 7, "{svg}");
+    if have("python3") {
+        let ok = Command::new("python3")
+            .args(["-c", "import sys,xml.etree.ElementTree as E; r=E.parse(sys.argv[1]).getroot(); assert r.tag.endswith('svg')"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "the plot is not well-formed XML");
+    }
+}
+
+#[test]
+fn bench_reports_json_and_a_plot_and_leaves_both_disks_unchanged() {
+    let pair = Pair::start("C", "16M");
+    // Data on the device first: the bench must not change a byte of it.
+    if have("qemu-io") {
+        pair.qemu_io(0, "write -P 0x5a 0 4M");
+    } else {
+        assert!(std::env::var("CI").is_err(), "qemu-io is missing (scripts/setup.sh)");
+        eprintln!("skip writing a pattern first: qemu-io missing");
+    }
+    pair.wait_drained();
+    let before = (checksum(&pair.nodes[0].disk), checksum(&pair.nodes[1].disk));
+    let gen = pair.status(0)["generation"].clone();
+    let plot = pair.dir.path().join("bench.svg");
+    let w = bench(&pair, 0, &["--json", "--plot", plot.to_str().unwrap()]);
+    assert!(
+        w.status.success(),
+        "bench failed: {}\nlog a:\n{}\nlog b:\n{}",
+        String::from_utf8_lossy(&w.stderr),
+        tail(&pair.log(0)),
+        tail(&pair.log(1))
+    );
+    let j: serde_json::Value = serde_json::from_slice(&w.stdout).expect("bench --json is JSON");
+    check_report(&j);
+    assert_eq!(j["node"], "a");
+    assert_eq!(j["peer"], "b");
+    check_svg(&plot);
+    // Progress went to stderr while it ran.
+    assert!(String::from_utf8_lossy(&w.stderr).contains("[8/8]"));
+    pair.wait_drained();
+    assert_eq!(
+        (checksum(&pair.nodes[0].disk), checksum(&pair.nodes[1].disk)),
+        before,
+        "the bench changed the device"
+    );
+    let st = pair.status(0);
+    assert_eq!(st["out_of_sync_bytes"], 0);
+    assert_eq!(st["generation"], gen, "the bench started a data generation");
+    assert_eq!(st["connection"], "Connected");
+    // The probes landed in both scratch areas (beside the metadata).
+    for n in ["a", "b"] {
+        let scratch = std::fs::read(pair.dir.path().join(format!("{n}.meta.bench"))).unwrap();
+        assert_eq!(scratch.len() as u64, 64 << 20);
+        assert!(scratch[..4096].iter().any(|&b| b != 0), "no probe reached {n}'s scratch area");
+    }
+    // The table for people.
+    let t = bench(&pair, 0, &[]);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(text.contains("recommendation for a") && text.contains("link  RTT"), "{text}");
+}
+
+#[test]
+fn bench_is_refused_where_it_cannot_measure() {
+    let pair = Pair::start("C", "16M");
+    let out = bench(&pair, 1, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Primary"));
+    // A plot that is not SVG is refused before anything runs.
+    let out = bench(&pair, 0, &["--plot", "/tmp/x.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".svg"));
+    pair.ok(&["disconnect"], 0);
+    let out = bench(&pair, 0, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not connected"));
+    pair.ok(&["down"], 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bench(&pair, 1, &[]).status.code(), Some(3), "node b is not running");
+}
+
+#[test]
+fn bench_stops_cleanly_when_the_peer_dies_and_the_primary_goes_on() {
+    let mut pair = Pair::start("C", "16M");
+    let child = Command::new(BIN)
+        .args(["bench", "--config"])
+        .arg(&pair.config)
+        .args(["--node", "a", "--time", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let b = pair.nodes[1].child.as_mut().unwrap();
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(20), "bench hung after the peer died");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bench stopped"));
+    pair.wait_unlinked(0);
+    // The Primary still serves and its device is intact.
+    if have("qemu-io") {
+        pair.qemu_io(0, "write -P 0x11 0 64k");
+        assert!(pair.qemu_io(0, "read -P 0x11 0 64k").contains("read 65536/65536"));
+    }
+    assert_eq!(pair.status(0)["disk"], "UpToDate");
+}
+
+#[test]
+fn bench_rtt_measures_a_local_pair_through_a_relay() {
+    let tmp = tempfile::Builder::new().prefix("tb-bench-rtt").tempdir_in(test_tmp()).unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "--rtt", "10ms", "--time", "300ms", "--json"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bench --rtt failed: {}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_report(&j);
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap() / 1000.0;
+    let rtt = ms(&j["link"]["rtt"]["p50_us"]);
+    assert!((10.0..25.0).contains(&rtt), "link RTT {rtt} ms through a 10 ms relay");
+    let c1 = j["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mode"] == "C" && r["queue_depth"] == 1)
+        .unwrap();
+    let a1 = j["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mode"] == "A" && r["queue_depth"] == 1)
+        .unwrap();
+    assert!(ms(&c1["latency"]["p50_us"]) >= 10.0, "C waits for the peer: {c1}");
+    assert!(ms(&a1["latency"]["p50_us"]) < 10.0, "A does not: {a1}");
+    // With a 2 ms default budget C does not fit a 10 ms link.
+    assert_ne!(j["recommendation"]["mode"], "C");
+    // The throw-away pair is gone.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the local pair left files");
+}
