@@ -232,9 +232,16 @@ async fn stream_bench(
     mut wr: tokio::net::unix::OwnedWriteHalf,
 ) {
     use crate::bench::report::Line;
+    let mut slot = None;
     let refusal = match &req.bench {
         None => Some("bench: no parameters in the request".to_string()),
-        Some(_) => node.bench_refusal(),
+        Some(_) => node.bench_refusal().or_else(|| match crate::bench::run::Slot::take() {
+            Ok(s) => {
+                slot = Some(s);
+                None
+            }
+            Err(e) => Some(e),
+        }),
     };
     let status = serde_json::to_value(node.status()).ok();
     tracing::info!(verb = "bench", ok = refusal.is_none(), "control request");
@@ -242,9 +249,9 @@ async fn stream_bench(
         return write_response(&mut wr, &Response { ok: false, error: Some(e), status }).await;
     }
     write_response(&mut wr, &Response { ok: true, error: None, status }).await;
-    let params = req.bench.expect("checked above");
+    let (Some(params), Some(slot)) = (req.bench, slot) else { return };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Line>();
-    let run = tokio::spawn(crate::bench::run::bench(node, params, move |l| {
+    let run = tokio::spawn(crate::bench::run::bench(node, params, slot, move |l| {
         let _ = tx.send(l);
     }));
     let abort = run.abort_handle();

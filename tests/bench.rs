@@ -126,6 +126,22 @@ fn bench_is_refused_where_it_cannot_measure() {
     let out = bench(&pair, 0, &["--plot", "/tmp/x.png"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(".svg"));
+    // One bench at a time.
+    let first = Command::new(BIN)
+        .args(["bench", "--config"])
+        .arg(&pair.config)
+        .args(["--node", "a", "--time", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = KillOnDrop(first);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bench(&pair, 0, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    drop(first);
+    std::thread::sleep(Duration::from_millis(500));
     pair.ok(&["disconnect"], 0);
     let out = bench(&pair, 0, &[]);
     assert_eq!(out.status.code(), Some(1));

@@ -21,6 +21,32 @@ const CDF_POINTS: [f64; 22] = [
     99.5, 99.7, 99.9, 99.95, 99.99, 100.0,
 ];
 
+/// One bench at a time per process (two would measure each other).
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Holds [`RUNNING`] while a bench runs.
+pub struct Slot(());
+
+impl Slot {
+    pub fn take() -> Result<Slot, String> {
+        RUNNING
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .map(|_| Slot(()))
+            .map_err(|_| "a bench is already running on this node".to_string())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        RUNNING.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Warm-up before each run's measuring time (not counted).
 const WARMUP: Duration = Duration::from_millis(200);
 
@@ -114,6 +140,7 @@ fn mode_name(m: ProbeMode) -> &'static str {
 pub async fn bench(
     node: Arc<Node>,
     p: Params,
+    _slot: Slot,
     mut tell: impl FnMut(Line),
 ) -> Result<Report, String> {
     if let Some(why) = node.bench_refusal() {
