@@ -24,6 +24,18 @@ fn bench(pair: &Pair, i: usize, extra: &[&str]) -> std::process::Output {
     pair.cli("bench", &args, i)
 }
 
+/// A bench on node a in the background (output piped).
+fn spawn_bench(pair: &Pair, time: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(["bench", "--config"])
+        .arg(&pair.config)
+        .args(["--node", "a", "--time", time])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn check_report(j: &serde_json::Value) {
     let runs = j["runs"].as_array().expect("runs");
     let mut seen = Vec::new();
@@ -127,15 +139,7 @@ fn bench_is_refused_where_it_cannot_measure() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(".svg"));
     // One bench at a time.
-    let first = Command::new(BIN)
-        .args(["bench", "--config"])
-        .arg(&pair.config)
-        .args(["--node", "a", "--time", "1s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = KillOnDrop(first);
+    let first = KillOnDrop(spawn_bench(&pair, "1s"));
     std::thread::sleep(Duration::from_millis(1500));
     let out = bench(&pair, 0, &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -154,14 +158,7 @@ fn bench_is_refused_where_it_cannot_measure() {
 #[test]
 fn bench_stops_cleanly_when_the_peer_dies_and_the_primary_goes_on() {
     let mut pair = Pair::start("C", "16M");
-    let child = Command::new(BIN)
-        .args(["bench", "--config"])
-        .arg(&pair.config)
-        .args(["--node", "a", "--time", "3s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_bench(&pair, "3s");
     std::thread::sleep(Duration::from_secs(4));
     let b = pair.nodes[1].child.as_mut().unwrap();
     b.kill().unwrap();
