@@ -87,14 +87,21 @@ impl Core {
         self.bench_pump();
     }
 
-    /// Sends the probes that may go: in order; protocol A's like A's
-    /// writes, within a lag budget (`max_lag`, at most [`BENCH_LAG`]).
+    /// Sends the probes that may go: in order, after the user operations
+    /// waiting for admission; protocol A's like A's writes, within a lag
+    /// budget (`max_lag`, at most [`BENCH_LAG`]).
     pub(crate) fn bench_pump(&mut self) {
         while let Some(head) = self.probes.front() {
             if self.bench_refusal().is_some() {
                 let p = self.probes.pop_front().expect("head");
                 self.reply(p.req, Err(ReplyError::Io(ENOTCONN)));
                 continue;
+            }
+            if !self.app.is_empty() {
+                // User operations waiting for admission go first: a probe
+                // shares the stream, it never takes a waiting write's place
+                // (nor keeps protocol A's lag budget full ahead of it).
+                return;
             }
             let bytes = head.data.len() as u64;
             if head.mode == ProbeMode::A {
