@@ -1883,15 +1883,25 @@ mod probes_adversarial {
         c.cfg.max_lag = 4096;
         c.bench_write(t, 100, ProbeMode::Link, 0, Bytes::from(vec![1u8; 8192]));
         let mut all = run(&mut c, t);
-        c.write(t, 1, 0, Bytes::from(vec![2u8; 1024]), false);
+        c.write(t, 1, 0, Bytes::from(vec![2u8; 3072]), false);
         all.extend(run(&mut c, t));
         c.bench_write(t, 101, ProbeMode::Link, 0, Bytes::from(vec![1u8; 8192]));
         all.extend(run(&mut c, t));
+        // A user write that arrives after the probe does not hold it up
+        // (the bench goes on under a steady load).
+        c.write(t, 2, 4096, Bytes::from(vec![3u8; 3072]), false);
+        all.extend(run(&mut c, t));
+        assert_eq!(data_seqs(&all), [(1, true)], "the user write waits for the budget");
         c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
         all.extend(run(&mut c, t));
-        let seqs = data_seqs(&all);
-        let user = seqs.iter().find(|(_, b)| !b).expect("the user write was sent");
-        assert_eq!(user.0, 2, "the user write goes before a probe that came after it: {seqs:?}");
+        assert_eq!(
+            data_seqs(&all),
+            [(1, true), (2, false), (3, true)],
+            "the first user write, then the probe that came after it"
+        );
+        c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
+        all.extend(run(&mut c, t));
+        assert_eq!(data_seqs(&all).last(), Some(&(4, false)));
     }
 
     #[test]
