@@ -331,6 +331,7 @@ impl Core {
     /// No I/O in flight, nothing waiting, no resync or verify under way.
     pub fn quiescent(&self) -> bool {
         self.app.is_empty()
+            && self.probes.is_empty()
             && self.pending.is_empty()
             && self.incoming.is_empty()
             && self.applying == 0
