@@ -142,6 +142,9 @@ fn bench_is_refused_where_it_cannot_measure() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
     drop(first);
     std::thread::sleep(Duration::from_millis(500));
+    // The client that went away stopped its bench: the next one runs.
+    let again = pair.cli("bench", &["--time", "100ms"], 0);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     pair.ok(&["disconnect"], 0);
     let out = bench(&pair, 0, &[]);
     assert_eq!(out.status.code(), Some(1));
