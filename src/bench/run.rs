@@ -123,7 +123,11 @@ async fn measure(
     let elapsed = Instant::now().min(end).saturating_duration_since(counting);
     // What this run left in flight (protocol A's backlog) is not the next
     // run's: an empty C probe returns once everything before it is done.
-    node.probe(ProbeMode::C, 0, Bytes::new()).await.map_err(|e| e.to_string())?;
+    // It writes both scratch areas: its failure is the next write run's to
+    // report (a link run writes nothing; a lost link fails the next run).
+    if let Err(e) = node.probe(ProbeMode::C, 0, Bytes::new()).await {
+        tracing::debug!("draining the run's probes: {e}");
+    }
     Ok(Measured { hist, ops, elapsed })
 }
 
