@@ -258,3 +258,25 @@ fn a_scratch_area_that_cannot_be_written_stops_the_bench_and_nothing_else() {
         healthy("after a user write");
     }
 }
+
+#[test]
+fn a_verb_that_ends_the_measurement_mid_bench_is_named_in_the_error() {
+    let pair = Pair::start("C", "16M");
+    let child = Command::new(BIN)
+        .args(["bench", "--config"])
+        .arg(&pair.config)
+        .args(["--node", "a", "--time", "2s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.ok(&["secondary"], 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bench stopped") && err.contains("Primary"), "{err}");
+    let st = pair.status(0);
+    assert_eq!(st["connection"], "Connected", "{st}");
+    assert_eq!(st["out_of_sync_bytes"], 0, "{st}");
+}

@@ -103,7 +103,11 @@ async fn measure(
                 }
                 let offset = (slot % slots) * block as u64;
                 slot += 1;
-                node.probe(mode, offset, data.clone()).await.map_err(|e| e.to_string())?;
+                if let Err(e) = node.probe(mode, offset, data.clone()).await {
+                    // Refused mid-run (`secondary`, `verify`, the link
+                    // went...): say why, not "not connected".
+                    return Err(node.bench_refusal().unwrap_or_else(|| e.to_string()));
+                }
                 if t0 >= counting {
                     let us = t0.elapsed().as_micros().max(1) as u64;
                     h.saturating_record(us);
