@@ -146,6 +146,9 @@ fn bench_is_refused_where_it_cannot_measure() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
     drop(first);
     std::thread::sleep(Duration::from_millis(500));
+    // The client that went away stopped its bench: the next one runs.
+    let again = pair.cli("bench", &["--time", "100ms"], 0);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     pair.ok(&["disconnect"], 0);
     let out = bench(&pair, 0, &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -209,4 +212,68 @@ fn bench_rtt_measures_a_local_pair_through_a_relay() {
     assert_ne!(j["recommendation"]["mode"], "C");
     // The throw-away pair is gone.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the local pair left files");
+}
+
+#[test]
+fn a_scratch_area_that_cannot_be_written_stops_the_bench_and_nothing_else() {
+    let pair = Pair::start("C", "16M");
+    let gen = pair.status(0)["generation"].clone();
+    let healthy = |why: &str| {
+        for i in 0..2 {
+            let st = pair.status(i);
+            assert_eq!(st["disk"], "UpToDate", "{why}: node {i}: {st}");
+            assert_eq!(st["connection"], "Connected", "{why}: node {i}: {st}");
+            assert_eq!(st["out_of_sync_bytes"], 0, "{why}: node {i}: {st}");
+        }
+        assert_eq!(pair.status(0)["generation"], gen, "{why}: a new data generation");
+    };
+    // Both scratch areas are directories (they open on first use): the
+    // Primary's first probe write fails, and the peer's.
+    let a = pair.dir.path().join("a.meta.bench");
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(pair.dir.path().join("b.meta.bench")).unwrap();
+    let out = bench(&pair, 0, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The link runs write nothing: the first write (protocol A) stops
+    // the bench, and says why.
+    assert!(err.contains("bench stopped: protocol A"), "{err}");
+    assert!(err.contains("Is a directory"), "{err}");
+    healthy("the scratch areas failed");
+    // The Primary's is fine now; the peer's still fails: A and B, which
+    // do not wait for the peer's write, run; C stops the bench.
+    std::fs::remove_dir(&a).unwrap();
+    let out = bench(&pair, 0, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bench stopped: protocol C"), "{err}");
+    healthy("the peer's scratch area failed");
+    // User writes still replicate.
+    if have("qemu-io") {
+        pair.qemu_io(0, "write -P 0x22 0 64k");
+        pair.wait_drained();
+        healthy("after a user write");
+    }
+}
+
+#[test]
+fn a_verb_that_ends_the_measurement_mid_bench_is_named_in_the_error() {
+    let pair = Pair::start("C", "16M");
+    let child = Command::new(BIN)
+        .args(["bench", "--config"])
+        .arg(&pair.config)
+        .args(["--node", "a", "--time", "2s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.ok(&["secondary"], 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bench stopped") && err.contains("Primary"), "{err}");
+    let st = pair.status(0);
+    assert_eq!(st["connection"], "Connected", "{st}");
+    assert_eq!(st["out_of_sync_bytes"], 0, "{st}");
 }

@@ -427,7 +427,12 @@ impl Node {
         let store = Store::open(&path, Some(crate::protocol::wire::BENCH_AREA), &self.opts)
             .map_err(|e| {
                 tracing::warn!("bench scratch area {}: {e}", path.display());
-                io::Error::other(e.to_string())
+                // The errno travels to the bench's report (and the peer's
+                // Failed frame): "Is a directory", not an anonymous EIO.
+                match e {
+                    StoreError::Open { source, .. } => source,
+                    other => io::Error::other(other.to_string()),
+                }
             })?;
         Ok(self.scratch.get_or_init(|| Arc::new(store)))
     }

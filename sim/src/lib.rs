@@ -312,6 +312,8 @@ pub struct Node {
     pub meta: Meta,
     ios: Vec<PendingIo>,
     pub(crate) reqs: HashMap<ReqId, AppReq>,
+    /// Every request answered (a second answer is a violation).
+    answered: std::collections::HashSet<ReqId>,
     /// Counts link changes (up or down) seen by this node.
     pub link_gen: u64,
     /// The disk file was recreated and no metadata was saved since.
@@ -328,6 +330,7 @@ impl Node {
             meta: Meta::default(),
             ios: Vec::new(),
             reqs: HashMap::new(),
+            answered: Default::default(),
             link_gen: 0,
             recreated: true,
             restart_at: None,
@@ -763,6 +766,15 @@ impl Sim {
     }
 
     fn replied(&mut self, n: usize, req: ReqId, result: Result<(), ReplyError>) {
+        if !self.nodes[n].answered.insert(req) {
+            let v = Violation {
+                step: self.chk.step,
+                rule: "one reply",
+                what: format!("{}: request {req} answered twice", self.nodes[n].name),
+            };
+            self.pending_violation.get_or_insert(v);
+            return;
+        }
         let Some(r) = self.nodes[n].reqs.remove(&req) else { return };
         if let AppKind::Probe(mode) = r.kind {
             self.note(format!("{}: probe {req} {mode:?} -> {result:?}", self.nodes[n].name));

@@ -97,7 +97,11 @@ pub fn recommend(runs: &[Run], budget_us: u64) -> Recommendation {
     let qd32 = |m: &str| runs.iter().find(|r| r.mode == m && r.queue_depth == 32 && r.ops > 0);
     let p99 = |m: &str| qd1(m).map_or(f64::INFINITY, |r| r.latency.p99_us);
     let p50 = |m: &str| qd1(m).map_or(f64::INFINITY, |r| r.latency.p50_us);
-    let c_cost_us = (p50("C") - p50("A")).max(0.0);
+    // Finite (JSON has no infinity): 0 when either run completed nothing.
+    let c_cost_us = match (qd1("C"), qd1("A")) {
+        (Some(c), Some(a)) => (c.latency.p50_us - a.latency.p50_us).max(0.0),
+        _ => 0.0,
+    };
     let c_qd32_share = match (qd32("C"), qd32("A")) {
         (Some(c), Some(a)) if a.iops > 0.0 => c.iops / a.iops,
         _ => 0.0,
@@ -253,6 +257,20 @@ mod tests {
     fn a_missing_run_never_recommends_that_mode() {
         let only_a = vec![run("A", 1, 50.0, 90.0, 20000.0)];
         assert_eq!(recommend(&only_a, 1000).mode, "A");
+    }
+
+    #[test]
+    fn a_run_that_completed_nothing_still_gives_a_report_the_cli_reads() {
+        // C at QD1 completed no probe in its window (a link slower than
+        // --time): the report must still travel as JSON (serde_json writes
+        // an infinite float as null, which the CLI cannot read back).
+        let mut c1 = run("C", 1, 0.0, 0.0, 0.0);
+        c1.ops = 0;
+        let rec = recommend(&[run("A", 1, 50.0, 90.0, 20000.0), c1], 1000);
+        let back: Recommendation =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).expect("reads back");
+        assert_eq!(back, rec);
+        assert_eq!(rec.mode, "A");
     }
 
     #[test]

@@ -103,7 +103,11 @@ async fn measure(
                 }
                 let offset = (slot % slots) * block as u64;
                 slot += 1;
-                node.probe(mode, offset, data.clone()).await.map_err(|e| e.to_string())?;
+                if let Err(e) = node.probe(mode, offset, data.clone()).await {
+                    // Refused mid-run (`secondary`, `verify`, the link
+                    // went...): say why, not "not connected".
+                    return Err(node.bench_refusal().unwrap_or_else(|| e.to_string()));
+                }
                 if t0 >= counting {
                     let us = t0.elapsed().as_micros().max(1) as u64;
                     h.saturating_record(us);
@@ -123,7 +127,11 @@ async fn measure(
     let elapsed = Instant::now().min(end).saturating_duration_since(counting);
     // What this run left in flight (protocol A's backlog) is not the next
     // run's: an empty C probe returns once everything before it is done.
-    node.probe(ProbeMode::C, 0, Bytes::new()).await.map_err(|e| e.to_string())?;
+    // It writes both scratch areas: its failure is the next write run's to
+    // report (a link run writes nothing; a lost link fails the next run).
+    if let Err(e) = node.probe(ProbeMode::C, 0, Bytes::new()).await {
+        tracing::debug!("draining the run's probes: {e}");
+    }
     Ok(Measured { hist, ops, elapsed })
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Probe {
     mode: ProbeMode,
     offset: u64,
     data: Bytes,
+    /// It goes once this many user operations have left the admission
+    /// queue (those that arrived before it).
+    after: u64,
 }
 
 impl Core {
@@ -83,18 +86,26 @@ impl Core {
             self.reply(req, Err(ReplyError::OutOfRange));
             return;
         }
-        self.probes.push_back(Probe { req, mode, offset, data });
+        let after = self.app_admitted + self.app.len() as u64;
+        self.probes.push_back(Probe { req, mode, offset, data, after });
         self.bench_pump();
     }
 
-    /// Sends the probes that may go: in order; protocol A's like A's
-    /// writes, within a lag budget (`max_lag`, at most [`BENCH_LAG`]).
+    /// Sends the probes that may go: in order, each after the user
+    /// operations that arrived before it; protocol A's like A's writes,
+    /// within a lag budget (`max_lag`, at most [`BENCH_LAG`]).
     pub(crate) fn bench_pump(&mut self) {
         while let Some(head) = self.probes.front() {
             if self.bench_refusal().is_some() {
                 let p = self.probes.pop_front().expect("head");
                 self.reply(p.req, Err(ReplyError::Io(ENOTCONN)));
                 continue;
+            }
+            if self.app_admitted < head.after {
+                // The user operations that arrived before it go first: a
+                // probe shares the stream, it never takes the place of a
+                // write waiting for admission (protocol A's lag budget).
+                return;
             }
             let bytes = head.data.len() as u64;
             if head.mode == ProbeMode::A {
@@ -110,7 +121,7 @@ impl Core {
         }
     }
 
-    fn send_probe(&mut self, Probe { req, mode, offset, data }: Probe) {
+    fn send_probe(&mut self, Probe { req, mode, offset, data, .. }: Probe) {
         let len = data.len() as u64;
         let store = mode != ProbeMode::Link;
         let need = match mode {

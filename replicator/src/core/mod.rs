@@ -126,6 +126,9 @@ pub struct Core {
     al: AlState,
     session: Option<Session>,
     app: VecDeque<AppOp>,
+    /// User operations that have left `app` (admitted or failed): bench
+    /// probes keep their place behind the ones that arrived before them.
+    app_admitted: u64,
     pending: HashMap<ReqId, Pending>,
     /// Peer operations received, not yet issued to the store (in order;
     /// they outlive the session that brought them).
@@ -220,6 +223,7 @@ impl Core {
             al,
             session: None,
             app: VecDeque::new(),
+            app_admitted: 0,
             pending: HashMap::new(),
             incoming: VecDeque::new(),
             applying: 0,

@@ -1839,3 +1839,135 @@ mod probes {
         assert_eq!(c.connection(), Connection::Connected);
     }
 }
+
+/// Probes against the adversary: the operator, the lying peer, failures.
+mod probes_adversarial {
+    use super::*;
+
+    fn replies(actions: &[Action], req: ReqId) -> Vec<Result<(), ReplyError>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { req: r, result } if *r == req => Some(*result),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn primary(p: Protocol) -> Core {
+        let mut c = core(p, DiskState::UpToDate);
+        c.promote(false, 1).unwrap();
+        connect(&mut c, 1, Role::Secondary);
+        c
+    }
+
+    fn data_seqs(acts: &[Action]) -> Vec<(u64, bool)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send { msg: Message::Data { seq, op }, .. } => {
+                    Some((*seq, matches!(op, Op::Bench { .. })))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_probe_never_overtakes_a_user_write_waiting_for_admission() {
+        // Protocol A, the lag budget full of probes (the link-throughput
+        // run: 1 MiB probes, 8 in flight): a user write waits; the probes
+        // the bench keeps sending must not take its place each time the
+        // budget frees (it would wait for the whole run).
+        let t = Duration::ZERO;
+        let mut c = primary(Protocol::A);
+        c.cfg.max_lag = 4096;
+        c.bench_write(t, 100, ProbeMode::Link, 0, Bytes::from(vec![1u8; 8192]));
+        let mut all = run(&mut c, t);
+        c.write(t, 1, 0, Bytes::from(vec![2u8; 3072]), false);
+        all.extend(run(&mut c, t));
+        c.bench_write(t, 101, ProbeMode::Link, 0, Bytes::from(vec![1u8; 8192]));
+        all.extend(run(&mut c, t));
+        // A user write that arrives after the probe does not hold it up
+        // (the bench goes on under a steady load).
+        c.write(t, 2, 4096, Bytes::from(vec![3u8; 3072]), false);
+        all.extend(run(&mut c, t));
+        assert_eq!(data_seqs(&all), [(1, true)], "the user write waits for the budget");
+        c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
+        all.extend(run(&mut c, t));
+        assert_eq!(
+            data_seqs(&all),
+            [(1, true), (2, false), (3, true)],
+            "the first user write, then the probe that came after it"
+        );
+        c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
+        all.extend(run(&mut c, t));
+        assert_eq!(data_seqs(&all).last(), Some(&(4, false)));
+    }
+
+    #[test]
+    fn verified_for_a_probe_is_a_link_fault_and_the_probe_replies_once() {
+        let t = Duration::ZERO;
+        let mut c = primary(Protocol::C);
+        c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+        let mut all = run(&mut c, t);
+        c.handle_frame(t, 1, Message::Verified { seq: 1, crcs: vec![1] });
+        all.extend(run(&mut c, t));
+        assert!(closed(&all));
+        assert_eq!(replies(&all, 5).len(), 1, "{all:?}");
+        assert!(c.pending.is_empty());
+    }
+
+    #[test]
+    fn a_disk_failure_mid_probe_replies_once() {
+        let t = Duration::ZERO;
+        let mut c = primary(Protocol::C);
+        c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+        c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
+        let mut all = Vec::new();
+        while let Some(a) = c.poll_action() {
+            match a {
+                Action::Store { io, op: StoreOp::Write { .. } } => {
+                    c.handle_io(t, io, Err(IoError::EIO))
+                }
+                Action::Store { io, op: StoreOp::Scratch { .. } } => {
+                    all.push(Action::Store { io, op: StoreOp::Flush })
+                }
+                Action::Store { io, .. } | Action::Persist { io, .. } => {
+                    c.handle_io(t, io, Ok(None))
+                }
+                other => all.push(other),
+            }
+        }
+        assert_eq!(c.disk(), DiskState::Failed);
+        // The probe's local scratch write completes last.
+        let ios: Vec<IoId> = all
+            .iter()
+            .filter_map(|a| match a {
+                Action::Store { io, .. } => Some(*io),
+                _ => None,
+            })
+            .collect();
+        for io in ios {
+            c.handle_io(t, io, Ok(None));
+        }
+        all.extend(run(&mut c, t));
+        assert_eq!(replies(&all, 5).len(), 1, "{all:?}");
+        assert!(c.pending.is_empty(), "{:?}", c.pending);
+    }
+
+    #[test]
+    fn a_demotion_mid_probe_replies_once() {
+        let t = Duration::ZERO;
+        let mut c = primary(Protocol::C);
+        c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+        c.bench_write(t, 6, ProbeMode::B, 0, Bytes::from(vec![1u8; 4096]));
+        let mut all = run(&mut c, t);
+        c.demote().unwrap();
+        all.extend(run(&mut c, t));
+        c.handle_frame(t, 1, Message::Ack { received: 2, done: 2 });
+        all.extend(run(&mut c, t));
+        assert_eq!(replies(&all, 5).len(), 1, "{all:?}");
+        assert_eq!(replies(&all, 6).len(), 1, "{all:?}");
+        assert!(c.pending.is_empty());
+    }
+}

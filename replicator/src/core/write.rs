@@ -78,10 +78,12 @@ impl Core {
                 Admit::Wait => break,
                 Admit::Fail(e) => {
                     self.app.pop_front();
+                    self.app_admitted += 1;
                     self.reply(req, Err(e));
                 }
                 Admit::Go => {
                     let AppOp { req, op } = self.app.pop_front().expect("head");
+                    self.app_admitted += 1;
                     self.issue_app(req, op);
                 }
             }
