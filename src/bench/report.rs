@@ -60,7 +60,7 @@ pub struct Link {
     pub rtt: Latency,
     /// The QUIC layer's smoothed RTT estimate (`status`'s rtt_us).
     pub quic_rtt_us: Option<u64>,
-    /// 1 MiB probes, 8 in flight, not written on either side.
+    /// 1 MiB probes, 4 in flight, not written on either side.
     pub throughput_mib_s: f64,
 }
 
@@ -174,7 +174,7 @@ pub fn render(r: &Report) -> String {
         l.quic_rtt_us.map_or(String::new(), |u| format!("  (QUIC estimate {} ms)", ms(u as f64)))
     ));
     s.push_str(&format!(
-        "link  throughput {:.0} MiB/s (1 MiB probes, 8 in flight)\n\n",
+        "link  throughput {:.0} MiB/s (1 MiB probes, 4 in flight)\n\n",
         l.throughput_mib_s
     ));
     s.push_str("mode  QD   size     IOPS    MiB/s   p50 ms   p99 ms  p99.9 ms\n");

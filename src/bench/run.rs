@@ -178,8 +178,8 @@ pub async fn bench(
         .map_err(|e| format!("link round trip: {e}"))?;
     // Taken now: the throughput run fills the queues, which inflates it.
     let quic_rtt_us = node.status().rtt_us;
-    tell(Line::Progress { step: 2, total, what: "link throughput (1 MiB probes, QD8)".into() });
-    let tput = measure(&node, ProbeMode::Link, 8, 1 << 20, run)
+    tell(Line::Progress { step: 2, total, what: "link throughput (1 MiB probes, QD4)".into() });
+    let tput = measure(&node, ProbeMode::Link, 4, 1 << 20, run)
         .await
         .map_err(|e| format!("link throughput: {e}"))?;
     let link = Link {

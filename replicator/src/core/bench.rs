@@ -31,10 +31,11 @@ pub enum ProbeMode {
 /// A probe's peer failed or the link went while it waited.
 pub const ENOTCONN: IoError = IoError(107);
 
-/// Protocol A probes keep at most this much in flight (or `max_lag`, if
-/// smaller): a bench must never build a backlog the peer cannot work off
-/// within `timeout` (the link would be declared lost under the user's
-/// writes).
+/// Probes keep at most this much in flight (protocol A's also within
+/// `max_lag`, if smaller): a bench must never build a backlog the peer
+/// cannot work off within `timeout` (the link would be declared lost under
+/// the user's writes). 4 MiB drain within the default timeout down to a
+/// link of about 6 Mbit/s.
 pub const BENCH_LAG: u64 = 4 << 20;
 
 /// A probe waiting to be sent.
@@ -108,12 +109,13 @@ impl Core {
                 return;
             }
             let bytes = head.data.len() as u64;
-            if head.mode == ProbeMode::A {
-                if let Some(s) = self.session.as_ref() {
-                    let lag = self.cfg.max_lag.min(BENCH_LAG);
-                    if s.in_flight_bytes > 0 && s.in_flight_bytes + bytes > lag {
-                        return;
-                    }
+            if let Some(s) = self.session.as_ref() {
+                let full = |used: u64, lag: u64| used > 0 && used + bytes > lag;
+                if full(s.probe_bytes, BENCH_LAG)
+                    || (head.mode == ProbeMode::A
+                        && full(s.in_flight_bytes, self.cfg.max_lag.min(BENCH_LAG)))
+                {
+                    return;
                 }
             }
             let p = self.probes.pop_front().expect("head");

@@ -125,6 +125,8 @@ pub struct Session {
     pub acked_received: u64,
     pub acked_done: u64,
     pub in_flight_bytes: u64,
+    /// Of which bench probes.
+    pub probe_bytes: u64,
     // Receiving side.
     pub received: u64,
     pub done: u64,
@@ -166,6 +168,7 @@ impl Session {
             acked_received: 0,
             acked_done: 0,
             in_flight_bytes: 0,
+            probe_bytes: 0,
             received: 0,
             done: 0,
             completed: Default::default(),
@@ -217,8 +220,19 @@ impl Session {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.in_flight_bytes += bytes;
+        if matches!(kind, OutKind::Bench(_)) {
+            self.probe_bytes += bytes;
+        }
         self.out.insert(seq, Out { kind, need, range, bytes, sent: now });
         seq
+    }
+
+    /// An operation leaves the flight (acknowledged or failed).
+    pub fn landed(&mut self, o: &Out) {
+        self.in_flight_bytes -= o.bytes;
+        if matches!(o.kind, OutKind::Bench(_)) {
+            self.probe_bytes -= o.bytes;
+        }
     }
 
     /// Why the peer must be declared lost now, if it must.

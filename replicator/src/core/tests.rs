@@ -1825,6 +1825,23 @@ mod probes {
     }
 
     #[test]
+    fn probes_of_every_mode_keep_at_most_bench_lag_in_flight() {
+        let t = Duration::ZERO;
+        let mut c = primary();
+        for req in 0..6 {
+            c.bench_write(t, 200 + req, ProbeMode::Link, 0, Bytes::from(vec![1u8; 1 << 20]));
+        }
+        let sent = |acts: &[Action]| {
+            acts.iter()
+                .filter(|a| matches!(a, Action::Send { msg: Message::Data { .. }, .. }))
+                .count()
+        };
+        assert_eq!(sent(&run(&mut c, t)), 4, "4 MiB of 1 MiB probes");
+        c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
+        assert_eq!(sent(&run(&mut c, t)), 1, "one more once one landed");
+    }
+
+    #[test]
     fn a_peer_failure_of_a_probe_fails_it_and_keeps_the_link() {
         let t = Duration::ZERO;
         let mut c = primary();

@@ -427,7 +427,7 @@ impl Core {
         let retired = std::mem::replace(&mut s.out, rest);
         s.acked_done = done;
         for o in retired.values() {
-            s.in_flight_bytes -= o.bytes;
+            s.landed(o);
         }
         for req in confirmed {
             self.peer_confirmed(req);
@@ -461,7 +461,7 @@ impl Core {
         let Some(o) = s.out.remove(&seq) else {
             return Err(format!("the peer failed operation {seq}, which is not in flight"));
         };
-        s.in_flight_bytes -= o.bytes;
+        s.landed(&o);
         tracing::warn!(seq, errno, "the peer failed to apply an operation: marked out of sync");
         match o.kind {
             OutKind::App(req) => {
