@@ -64,7 +64,8 @@ pub unsafe fn pread_cached(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io:
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if done == 0 => return Err(e),
+            // Unknown flag, or a file without non-blocking reads.
+            Some(libc::EOPNOTSUPP) if done == 0 => return Err(e),
             _ => break,
         }
     }
