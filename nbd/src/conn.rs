@@ -4,7 +4,8 @@
 //! polled once right here: what completes at once (a page-cache write or
 //! read) is answered from this thread with no hand-off; whatever must wait
 //! is spawned onto the tokio runtime and answers from there. Replies go
-//! through the [`Sink`]; a writer thread sends the ones that did not fit.
+//! through the [`Sink`]; a writer thread sends the ones that did not fit,
+//! and the replies to a read of several requests.
 
 use std::future::Future;
 use std::io;

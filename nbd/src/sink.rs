@@ -50,7 +50,7 @@ struct State {
     /// The writer sleeps on the condvar.
     idle: bool,
     /// The reader is working through a batch of requests: replies wait in
-    /// the queue and go out together (one `sendmsg`) at `uncork`.
+    /// the queue and go out together at `uncork`.
     corked: bool,
 }
 
