@@ -295,7 +295,18 @@ async fn uring_drop_with_ops_in_flight() {
     drop(pending);
     drop(store);
 
-    let store = Store::open(&path, None, &o).unwrap();
+    // The kernel may drop its last reference to the file (and with it our
+    // flock) a moment after the last completion was reaped: retry briefly.
+    let mut tries = 0;
+    let store = loop {
+        match Store::open(&path, None, &o) {
+            Err(StoreError::InUse { .. }) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.unwrap(),
+        }
+    };
     for i in 0..64u64 {
         let got = store.read(i * 65536, 65536).await.unwrap();
         assert!(got.iter().all(|&x| x == 0) || got.iter().all(|&x| x == 0x5a), "block {i}");
