@@ -4,10 +4,9 @@
 //! hand-off, no wake-up. Otherwise (the socket is busy, or the reader holds
 //! several replies to one read of requests) it joins a queue that the
 //! connection's writer thread sends in vectored batches with blocking
-//! writes, each bounded
-//! by the socket's send timeout. Either way one reply's bytes are never
-//! interleaved with another's. A reply holds its in-flight units until the
-//! kernel has it.
+//! writes, each bounded by the socket's send timeout. Either way one
+//! reply's bytes are never interleaved with another's. A reply holds its
+//! in-flight units until the kernel has it.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
