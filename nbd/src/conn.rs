@@ -4,7 +4,8 @@
 //! polled once right here: what completes at once (a page-cache write or
 //! read) is answered from this thread with no hand-off; whatever must wait
 //! is spawned onto the tokio runtime and answers from there. Replies go
-//! through the [`Sink`]; a writer thread sends the ones that did not fit.
+//! through the [`Sink`]; a writer thread sends the ones that did not fit,
+//! and the replies to a read of several requests.
 
 use std::future::Future;
 use std::io;
@@ -331,25 +332,26 @@ fn issue<D: BlockDevice>(
     let fence = sh.fence.enter();
     let device = sh.device.clone();
     let sink = conn.sink.clone();
-    let mut request: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
-        async move {
-            let reply = execute(&*device, structured, cookie, command).await;
-            drop(fence);
-            sink.send(Queued::new(reply, Some(permit)));
-            drop(op);
-        }
-        .in_current_span(),
-    );
+    let mut request: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        let reply = execute(&*device, structured, cookie, command).await;
+        drop(fence);
+        sink.send(Queued::new(reply, Some(permit)));
+        drop(op);
+    });
+    // Polled here, the request runs inside the connection thread's span;
+    // elsewhere it takes the span along (only then: entering a span on
+    // every poll costs more than a page-cache read).
     if heavy {
         let rt = sh.runtime.clone();
-        drop(sh.runtime.spawn_blocking(move || rt.block_on(request)));
+        let span = tracing::Span::current();
+        drop(sh.runtime.spawn_blocking(move || span.in_scope(|| rt.block_on(request))));
         return;
     }
     // A no-op waker is enough: if the request is not done, the runtime
     // polls it again (with its own waker) as soon as it is spawned.
     let mut cx = Context::from_waker(Waker::noop());
     if request.as_mut().poll(&mut cx).is_pending() {
-        sh.runtime.spawn(request);
+        sh.runtime.spawn(request.in_current_span());
     }
 }
 

@@ -144,7 +144,15 @@ pub struct Store {
     /// The O_DIRECT descriptor refused a request (EINVAL) and it was redone
     /// buffered; warned about once.
     direct_refused: AtomicBool,
+    /// Buffered reads try the page cache first ([`Store::read_cached`]);
+    /// cleared if the kernel refuses `RWF_NOWAIT`.
+    nowait_reads: AtomicBool,
 }
+
+/// Buffered reads up to this size try the page cache on the calling thread
+/// first. Larger ones go through the engine: a long copy would hold up
+/// the caller (the NBD connection thread reading the next requests).
+const CACHED_READ_MAX: usize = 256 << 10;
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
@@ -247,6 +255,7 @@ impl Store {
             created: !exists,
             is_blockdev,
             direct_refused: AtomicBool::new(false),
+            nowait_reads: AtomicBool::new(true),
         };
         tracing::info!(
             path = %path.display(),
@@ -328,8 +337,34 @@ impl Store {
                 r => return r?.into_data(),
             }
         }
-        let op = Op::Read { fd: self.fd(), off, buf: ReadBuf::heap(len), done: 0 };
+        let mut buf = ReadBuf::heap(len);
+        let done = self.read_cached(&mut buf, off);
+        if done == len {
+            // SAFETY: all `len` bytes were read.
+            return Ok(unsafe { buf.into_bytes() });
+        }
+        let op = Op::Read { fd: self.fd(), off, buf, done };
         self.run(op).await?.into_data()
+    }
+
+    /// The page-cache fast path of a buffered read: what the cache holds of
+    /// the range is copied right here (one `preadv2(RWF_NOWAIT)`), with no
+    /// ring submission, completion or thread hop; the caller reads the rest
+    /// through the engine. The bytes read (a prefix of `buf`).
+    fn read_cached(&self, buf: &mut ReadBuf, off: u64) -> usize {
+        let len = buf.len();
+        if len > CACHED_READ_MAX || !self.nowait_reads.load(Ordering::Relaxed) {
+            return 0;
+        }
+        // SAFETY: `buf` has `len` bytes of capacity.
+        match unsafe { sys::pread_cached(self.fd(), buf.as_mut_ptr(), len, off) } {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("RWF_NOWAIT reads unsupported ({e}); reads go through the engine");
+                self.nowait_reads.store(false, Ordering::Relaxed);
+                0
+            }
+        }
     }
 
     /// Writes `data` at `off`; with `fua` it is durable on return.

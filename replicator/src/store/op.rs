@@ -90,12 +90,13 @@ impl Op {
     /// Runs the op with blocking syscalls (thread-pool backend).
     pub fn run_blocking(self) -> io::Result<Done> {
         match self {
-            Op::Read { fd, off, mut buf, .. } => {
+            Op::Read { fd, off, mut buf, done } => {
                 let len = buf.len();
-                // SAFETY: the buffer has `len` bytes of capacity; pread_full
-                // writes all of them (zero-filling past EOF).
+                // SAFETY: the buffer has `len` bytes of capacity, the first
+                // `done` already filled; pread_full writes the rest
+                // (zero-filling past EOF).
                 unsafe {
-                    sys::pread_full(fd, buf.as_mut_ptr(), len, off)?;
+                    sys::pread_full(fd, buf.as_mut_ptr().add(done), len - done, off + done as u64)?;
                     Ok(Done::Data(buf.into_bytes()))
                 }
             }

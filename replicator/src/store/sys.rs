@@ -39,6 +39,39 @@ pub unsafe fn pread_full(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io::R
     Ok(())
 }
 
+/// Reads as much of `[off, off+len)` into `ptr` as the page cache holds
+/// right now, without waiting for the device (`RWF_NOWAIT`): the count of
+/// bytes read, a prefix of the range, 0 when its first page is not cached.
+/// Stops early at the end of the file and at any error; the caller reads
+/// the rest the ordinary way (which zero-fills, waits and reports errors).
+/// `Err` only when the kernel does not know `RWF_NOWAIT`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+pub unsafe fn pread_cached(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io::Result<usize> {
+    let mut done = 0usize;
+    while done < len {
+        let iov = libc::iovec { iov_base: ptr.add(done).cast(), iov_len: len - done };
+        let pos = (off + done as u64) as libc::off_t;
+        let n = libc::preadv2(fd, &iov, 1, pos, libc::RWF_NOWAIT);
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        if n == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Unknown flag, or a file without non-blocking reads.
+            Some(libc::EOPNOTSUPP) if done == 0 => return Err(e),
+            _ => break,
+        }
+    }
+    Ok(done)
+}
+
 /// Writes all of `data` at `off`; with `fua` the data is durable on return
 /// (RWF_DSYNC, or write + fdatasync where the kernel lacks it).
 pub fn pwrite_full(fd: RawFd, data: &[u8], off: u64, fua: bool) -> io::Result<()> {
