@@ -10,12 +10,15 @@
 #
 #   scripts/bench-latency.sh [--runtime SECS] [--size SIZE] [--repeat N]
 #                            [--relay-delay DUR] [--adaptive-delay DUR]
-#                            [--budget DUR] [--only loopback|relay|adaptive]
+#                            [--budget DUR] [--adaptive-size SIZE]
+#                            [--only loopback|relay|adaptive]
 #
 # Every disk is written once end to end before it is measured (1 MiB
 # writes), so no run pays for first-touch allocation or the activity log's
 # warm-up (an extent's first write waits for a journal update) in a way the
-# other side of its ratio does not.
+# other side of its ratio does not. A pair is measured once it is in sync
+# (a forced first promotion may start a full sync); the adaptive pair is
+# smaller (--adaptive-size, 128M) so that sync is short at a 40 ms RTT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -25,6 +28,7 @@ SIZE=1G
 REPEAT=1
 RELAY_DELAY=500us
 ADAPTIVE_DELAY=20ms
+ADAPTIVE_SIZE=128M
 BUDGET=3ms
 ONLY=""
 while (($#)); do
@@ -35,6 +39,7 @@ while (($#)); do
     --relay-delay) RELAY_DELAY=$2; shift 2 ;;
     --adaptive-delay) ADAPTIVE_DELAY=$2; shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
+    --adaptive-size) ADAPTIVE_SIZE=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     *)
       sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
@@ -69,7 +74,23 @@ fio_run() {
 import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
 print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3)' "$WORK/out.json"
 }
-prefill() { fio --name=fill --ioengine=nbd --uri="$1" --rw=write --bs=1M --iodepth=8 --size="$SIZE" >/dev/null; }
+# prefill URI FILES...: writes the export once end to end, then drops the
+# files' page cache: large writes leave large folios behind, and a 4 KiB
+# write into a large folio of an ext4 file costs far more than one into a
+# small folio (ext4_block_write_begin walks the folio's buffer heads), so
+# without this a run measures the prefill's folio sizes rather than the
+# write path. Every side of a ratio starts the same way.
+prefill() {
+  local uri=$1; shift
+  fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 --size="$SIZE" --runtime=60 >/dev/null
+  python3 -c '
+import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDWR)
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)' "$@"
+}
 
 # pair MODE [RELAY_DELAY] [EXTRA]: starts a loopback pair (b reached
 # through a netem relay when a delay is given), a Primary; sets URI, CFG.
@@ -92,6 +113,7 @@ pair() {
   pair_promote "$BIN" "$CFG"
   URI="nbd://127.0.0.1:$an/bench"
   wait_nbd "$URI"
+  wait_in_sync
 }
 status_field() { "$BIN" status --config "$CFG" --node a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]] or 0)' "$1"; }
 wait_in_sync() { # until node a is Connected with nothing out of sync (at most 120 s)
@@ -147,7 +169,7 @@ for ((run = 1; run <= REPEAT; run++)); do
     "$BIN" serve --disk "$WORK/serve.img" --size "$SIZE" --listen "127.0.0.1:$P" >/dev/null 2>"$WORK/serve.log" &
     PIDS+=($!)
     wait_nbd "nbd://127.0.0.1:$P"
-    prefill "nbd://127.0.0.1:$P"
+    prefill "nbd://127.0.0.1:$P" "$WORK/serve.img"
     for w in "${WORKLOADS[@]}"; do
       IFS='|' read -r name args <<<"$w"
       # shellcheck disable=SC2086
@@ -156,7 +178,7 @@ for ((run = 1; run <= REPEAT; run++)); do
     stop_all
     for MODE in C B A; do
       pair "$MODE"
-      prefill "$URI"
+      prefill "$URI" "$WORK/a.img" "$WORK/b.img"
       for w in "${WORKLOADS[@]}"; do
         IFS='|' read -r name args <<<"$w"
         # shellcheck disable=SC2086
@@ -168,26 +190,28 @@ for ((run = 1; run <= REPEAT; run++)); do
   if [[ -z $ONLY || $ONLY == relay ]]; then
     record "$run" "relay|rtt" "$(relay_rtt "$RELAY_DELAY")"
     pair C "$RELAY_DELAY"
-    prefill "$URI"
+    prefill "$URI" "$WORK/a.img" "$WORK/b.img"
     record "$run" "relay|quic_rtt" "$(status_field rtt_us)"
     record "$run" "relay|4k randwrite QD1" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=1)"
     record "$run" "relay|4k randwrite QD32" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=32)"
     stop_all
   fi
   if [[ -z $ONLY || $ONLY == adaptive ]]; then
+    FULL_SIZE=$SIZE; SIZE=$ADAPTIVE_SIZE
     pair adaptive "$ADAPTIVE_DELAY" "$(printf '\n[adaptive]\nlatency_budget = "%s"' "$BUDGET")"
-    prefill "$URI"
+    prefill "$URI" "$WORK/a.img" "$WORK/b.img"
     record "$run" "adaptive|4k randwrite QD1" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=1)"
     record "$run" "adaptive|state" "$("$BIN" status --config "$CFG" --node a --json | python3 -c '
 import json,sys; s=json.load(sys.stdin); print(s["connection"], s["counters"]["mode_switches"], s["rtt_us"] or 0)')"
     stop_all
+    SIZE=$FULL_SIZE
   fi
 done
 
-python3 - "$RES" "$REPEAT" "$RUNTIME" "$SIZE" "$RELAY_DELAY" "$ADAPTIVE_DELAY" "$BUDGET" <<'PY'
+python3 - "$RES" "$REPEAT" "$RUNTIME" "$SIZE" "$RELAY_DELAY" "$ADAPTIVE_DELAY" "$BUDGET" "$ADAPTIVE_SIZE" <<'PY'
 import sys, statistics
 from collections import defaultdict
-res, repeat, runtime, size, relay_delay, adaptive_delay, budget = sys.argv[1:]
+res, repeat, runtime, size, relay_delay, adaptive_delay, budget = sys.argv[1:8]
 def load():
     d = defaultdict(list)  # key -> list of field lists
     for line in open(res):
@@ -245,7 +269,7 @@ if "relay|rtt" in d:
     print(f"  4k QD32: {statistics.median(qd32):,.0f} IOPS; ceiling 32/RTT = {32 / (rtt / 1e6):,.0f}: "
           f"{statistics.median(ratios):.2f} of it (target: 0.8)")
 if "adaptive|4k randwrite QD1" in d:
-    print(f"\nadaptive (latency_budget {budget}) through netem relays ({adaptive_delay} each way)")
+    print(f"\nadaptive (latency_budget {budget}) through netem relays ({adaptive_delay} each way), {sys.argv[8]} device")
     p50 = med("adaptive|4k randwrite QD1", 3); p99 = med("adaptive|4k randwrite QD1", 4)
     mean = med("adaptive|4k randwrite QD1", 2); iops = med("adaptive|4k randwrite QD1", 0)
     st = d.get("adaptive|state", [])

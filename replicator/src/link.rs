@@ -26,16 +26,29 @@ pub enum LinkError {
     Tls(#[from] tls::TlsError),
     #[error("cannot bind the replication endpoint {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot start the replication link's thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Incoming connections being handshaken at once (more are refused).
 const MAX_HANDSHAKES: usize = 16;
+
+/// How long the link's thread drives the endpoint after the node stops.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// The peer link's UDP socket buffers: twice the flow-control window
 /// (`tls::transport`), as the kernel counts each datagram's overhead too.
 const SOCKET_BUFFER: i32 = 2 * tls::WINDOW as i32;
 
 /// Starts the link tasks of `node`; they stop when `stop` turns true.
+///
+/// The link runs on a thread of its own (a current-thread runtime): the
+/// QUIC endpoint and connection drivers, the session's reader (which on a
+/// Secondary applies the peer's writes) and its writer. A replicated write
+/// passes through all of them; on one thread each hand-off is a task poll,
+/// where on the node's multi-threaded runtime it was a wake-up of another
+/// worker, several per write (the profile of issue 10: context switches
+/// were the largest cost of the replicated path on two cores).
 pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endpoint, LinkError> {
     let transport = tls::transport(node.res.timeout, node.res.ping_interval);
     let (server, client) = tls::endpoint_configs(
@@ -47,20 +60,44 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     )?;
     let addr = node.me.address;
     let bind = |source| LinkError::Bind { addr, source };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("twinblock-link")
+        .build()
+        .map_err(LinkError::Runtime)?;
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
     // Room for bursts of large datagrams (see `tls::MAX_UDP_PAYLOAD`).
     set_socket_buffers(&socket, SOCKET_BUFFER);
-    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let mut endpoint = quinn::Endpoint::new(tls::endpoint_config(), Some(server), socket, runtime)
-        .map_err(bind)?;
-    endpoint.set_default_client_config(client);
-    let span = tracing::Span::current();
-    tokio::spawn(
-        accept_loop(node.clone(), endpoint.clone(), stop.clone()).instrument(span.clone()),
-    );
-    if node.me.name < node.peer.name {
-        tokio::spawn(dial_loop(node, endpoint.clone(), stop).instrument(span));
-    }
+    let endpoint = {
+        // The endpoint's socket and driver belong to the link's runtime.
+        let _in_link = rt.enter();
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let mut endpoint =
+            quinn::Endpoint::new(tls::endpoint_config(), Some(server), socket, runtime)
+                .map_err(bind)?;
+        endpoint.set_default_client_config(client);
+        let span = tracing::Span::current();
+        rt.spawn(
+            accept_loop(node.clone(), endpoint.clone(), stop.clone()).instrument(span.clone()),
+        );
+        if node.me.name < node.peer.name {
+            rt.spawn(dial_loop(node, endpoint.clone(), stop.clone()).instrument(span));
+        }
+        endpoint
+    };
+    let idle = endpoint.clone();
+    let mut stop = stop;
+    std::thread::Builder::new()
+        .name("twinblock-link".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                // The sessions say goodbye and the owner closes the
+                // endpoint: keep driving it until it is idle.
+                let _ = tokio::time::timeout(LINGER, idle.wait_idle()).await;
+            })
+        })
+        .map_err(LinkError::Runtime)?;
     Ok(endpoint)
 }
 
