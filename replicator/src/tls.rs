@@ -53,14 +53,22 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The largest UDP payload a node accepts and probes for (the most UDP
-/// allows). QUIC's per-packet work (header protection, AEAD setup, packet
+/// The largest UDP payload a node accepts (the most UDP allows; it probes
+/// up to [`PROBE_UP_TO`]). QUIC's per-packet work (header protection, AEAD setup, packet
 /// numbers, ACK tracking, one `sendmsg`/`recvmsg`) dominates the replicated
 /// path's CPU cost: a 1 MiB write is 16 packets at this size, 118 at AWS's
 /// 9001-byte jumbo frames and 712 at quinn's default of 1472. Path MTU
-/// discovery finds what the path really carries (65507 on loopback, 9001
-/// inside a VPC, 1500 elsewhere): probes larger than that are merely lost.
+/// discovery finds what the path really carries (9001 inside a VPC, 1500
+/// elsewhere): probes larger than that are merely lost.
 pub const MAX_UDP_PAYLOAD: u16 = 65527;
+
+/// The largest datagram MTU discovery probes for: AWS's in-VPC jumbo
+/// frames (9001-byte MTU), where the pairs run. Probing up to loopback's
+/// 65507 made a local pair's 1 MiB writes cheaper still, but through a
+/// `netem` relay the first writes of a connection then stalled for tens of
+/// milliseconds (tests/adaptive.rs saw adaptive mode go Ahead on a fast
+/// link), so the bound stays at the jumbo frame.
+const PROBE_UP_TO: u16 = 8951;
 
 /// The endpoint settings of the peer link: accept datagrams as large as
 /// [`MAX_UDP_PAYLOAD`] (quinn's default endpoint refuses to announce more
@@ -82,11 +90,11 @@ pub const WINDOW: u32 = 16 << 20;
 /// Transport settings for many small writes in flight on a LAN-like link.
 pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Fewer, larger packets cost less CPU per byte: probe up to the largest
-    // datagram (the peer's `max_udp_payload_size`, see `endpoint_config`,
+    // Fewer, larger packets cost less CPU per byte: probe up to jumbo
+    // frames (the peer's `max_udp_payload_size`, see `endpoint_config`,
     // bounds it too). Discovery falls back where the path is smaller.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    mtu.upper_bound(PROBE_UP_TO);
     // A spurious black-hole verdict (a burst of losses of large packets
     // under load) costs 1200-byte packets until the next search: retry
     // after 10 s rather than quinn's minute.
@@ -98,10 +106,14 @@ pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::Transpor
     // lost, and the losses of large packets read as an MTU black hole.
     // With datagrams this large one `sendmsg` each costs little.
     t.enable_segmentation_offload(false);
-    // Ten packets of a jumbo frame rather than of a 1500-byte one: a
-    // dedicated replication link needs not start with a 15 KB window.
+    // A lost MTU probe (up to 64 KiB) counts in flight until it is
+    // declared lost, a probe timeout later: in quinn's 15 KB initial
+    // window (or ten jumbo frames') one such probe stalled the first
+    // writes of a connection for tens of milliseconds, enough to send
+    // adaptive mode Ahead on a fast link. A dedicated replication link
+    // starts with 1 MiB.
     let mut cc = quinn::congestion::CubicConfig::default();
-    cc.initial_window(10 * 9000);
+    cc.initial_window(1 << 20);
     t.congestion_controller_factory(Arc::new(cc));
     t.max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
