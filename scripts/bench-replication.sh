@@ -26,7 +26,7 @@ done
 for t in fio nbdinfo python3; do
   command -v $t >/dev/null || { echo "bench-replication: $t is missing (scripts/setup.sh)" >&2; exit 1; }
 done
-cargo build --release -q
+cargo build --release -q --no-default-features
 BIN=$PWD/target/release/twinblock
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-brepl.XXXXXX")
 PIDS=()

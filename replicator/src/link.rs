@@ -26,12 +26,29 @@ pub enum LinkError {
     Tls(#[from] tls::TlsError),
     #[error("cannot bind the replication endpoint {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot start the replication link's thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Incoming connections being handshaken at once (more are refused).
 const MAX_HANDSHAKES: usize = 16;
 
+/// How long the link's thread drives the endpoint after the node stops.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// The peer link's UDP socket buffers: twice the flow-control window
+/// (`tls::transport`), as the kernel counts each datagram's overhead too.
+const SOCKET_BUFFER: i32 = 2 * tls::WINDOW as i32;
+
 /// Starts the link tasks of `node`; they stop when `stop` turns true.
+///
+/// The link runs on a thread of its own (a current-thread runtime): the
+/// QUIC endpoint and connection drivers, the session's reader (which on a
+/// Secondary applies the peer's writes) and its writer. A replicated write
+/// passes through all of them; on one thread each hand-off is a task poll,
+/// where on the node's multi-threaded runtime it was a wake-up of another
+/// worker, several per write (the profile of issue 10: context switches
+/// were the largest cost of the replicated path on two cores).
 pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endpoint, LinkError> {
     let transport = tls::transport(node.res.timeout, node.res.ping_interval);
     let (server, client) = tls::endpoint_configs(
@@ -42,24 +59,55 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
         transport,
     )?;
     let addr = node.me.address;
-    let mut endpoint =
-        quinn::Endpoint::server(server, addr).map_err(|source| LinkError::Bind { addr, source })?;
-    endpoint.set_default_client_config(client);
-    let span = tracing::Span::current();
-    tokio::spawn(
-        accept_loop(node.clone(), endpoint.clone(), stop.clone()).instrument(span.clone()),
-    );
-    if node.me.name < node.peer.name {
-        tokio::spawn(dial_loop(node, endpoint.clone(), stop).instrument(span));
-    }
+    let bind = |source| LinkError::Bind { addr, source };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("twinblock-link")
+        .build()
+        .map_err(LinkError::Runtime)?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    // Room for bursts of large datagrams (see `tls::MAX_UDP_PAYLOAD`).
+    set_socket_buffers(&socket, SOCKET_BUFFER);
+    let endpoint = {
+        // The endpoint's socket and driver belong to the link's runtime.
+        let _in_link = rt.enter();
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let mut endpoint =
+            quinn::Endpoint::new(tls::endpoint_config(), Some(server), socket, runtime)
+                .map_err(bind)?;
+        endpoint.set_default_client_config(client);
+        let span = tracing::Span::current();
+        rt.spawn(
+            accept_loop(node.clone(), endpoint.clone(), stop.clone()).instrument(span.clone()),
+        );
+        if node.me.name < node.peer.name {
+            rt.spawn(dial_loop(node, endpoint.clone(), stop.clone()).instrument(span));
+        }
+        endpoint
+    };
+    let idle = endpoint.clone();
+    let mut stop = stop;
+    std::thread::Builder::new()
+        .name("twinblock-link".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                // The sessions say goodbye and the owner closes the
+                // endpoint: keep driving it until it is idle.
+                let _ = tokio::time::timeout(LINGER, idle.wait_idle()).await;
+            })
+        })
+        .map_err(LinkError::Runtime)?;
     Ok(endpoint)
 }
 
 /// Larger UDP buffers than the default 208 KiB: a burst of replicated
-/// writes otherwise overflows them and QUIC takes the drops for congestion.
-/// Capped by net.core.rmem_max/wmem_max.
+/// writes otherwise overflows them, QUIC takes the drops for congestion,
+/// and drops of large datagrams for an MTU black hole (back to 1200-byte
+/// packets for a minute). With CAP_NET_ADMIN the size is set beyond
+/// net.core.rmem_max/wmem_max (SO_RCVBUFFORCE); otherwise capped there.
 pub fn set_socket_buffers(socket: &impl std::os::fd::AsRawFd, bytes: i32) {
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+    let set = |opt: libc::c_int| {
         // SAFETY: setsockopt with a valid fd and a pointer to an i32.
         let r = unsafe {
             libc::setsockopt(
@@ -70,8 +118,19 @@ pub fn set_socket_buffers(socket: &impl std::os::fd::AsRawFd, bytes: i32) {
                 std::mem::size_of::<i32>() as libc::socklen_t,
             )
         };
-        if r != 0 {
-            debug!("setsockopt({opt}): {}", std::io::Error::last_os_error());
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    for (force, opt) in
+        [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
+    {
+        if set(force).is_err() {
+            if let Err(e) = set(opt) {
+                debug!("setsockopt({opt}): {e}");
+            }
         }
     }
 }
@@ -194,6 +253,7 @@ async fn run_session(
     let mut buf = BytesMut::with_capacity(1 << 20);
     let mut tick = tokio::time::interval(node.res.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut mtu = 0u16;
     let why: String = loop {
         tokio::select! {
             r = recv.read_buf(&mut buf) => match r {
@@ -215,7 +275,14 @@ async fn run_session(
                 Err(e) => break format!("link: {e}"),
             },
             reason = &mut closed_rx => break reason.unwrap_or_else(|_| "closed".into()),
-            _ = tick.tick() => node.set_rtt(conn.rtt()),
+            _ = tick.tick() => {
+                node.set_rtt(conn.rtt());
+                let path = conn.stats().path;
+                if path.current_mtu != mtu {
+                    mtu = path.current_mtu;
+                    debug!(mtu, "replication link: path MTU (UDP payload) changed");
+                }
+            }
             _ = stop.wait_for(|s| *s) => break "the node is stopping".into(),
         }
     };

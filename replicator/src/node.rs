@@ -302,8 +302,31 @@ impl Node {
     }
 
     /// Performs the core's actions until it has none.
+    ///
+    /// Acknowledgements are cumulative: of those the core emits during one
+    /// drain (one per frame applied, when a batch of frames arrived), only
+    /// the last goes out, in the place of the first that was held back
+    /// (before any later frame to the same session).
     pub(crate) fn drain(&self, sh: &mut Shell) {
+        let mut ack: Option<(SessionId, Message)> = None;
         while let Some(a) = sh.core.poll_action() {
+            match a {
+                Action::Send { session, msg: msg @ Message::Ack { .. } } => {
+                    if let Some((s, held)) = ack.take().filter(|(s, _)| *s != session) {
+                        Self::send_frame(sh, s, held);
+                    }
+                    ack = Some((session, msg));
+                    continue;
+                }
+                Action::Send { session, .. } | Action::Close { session, .. }
+                    if ack.as_ref().is_some_and(|(s, _)| *s == session) =>
+                {
+                    if let Some((s, held)) = ack.take() {
+                        Self::send_frame(sh, s, held);
+                    }
+                }
+                _ => {}
+            }
             match a {
                 Action::Store { io, op } => self.store_op(sh, io, op),
                 Action::Persist { io, what } => {
@@ -331,11 +354,7 @@ impl Node {
                         .in_current_span(),
                     );
                 }
-                Action::Send { session, msg } => {
-                    if let Some(l) = sh.links.get(&session) {
-                        let _ = l.send(Outbound::Frame(msg));
-                    }
-                }
+                Action::Send { session, msg } => Self::send_frame(sh, session, msg),
                 Action::Close { session, reason } => {
                     if let Some(l) = sh.links.remove(&session) {
                         let _ = l.send(Outbound::Close(reason));
@@ -363,6 +382,9 @@ impl Node {
                 },
             }
         }
+        if let Some((s, held)) = ack {
+            Self::send_frame(sh, s, held);
+        }
         let c = &sh.core;
         let key = StateKey {
             role: c.role(),
@@ -373,6 +395,13 @@ impl Node {
         if sh.last_key != Some(key) {
             sh.last_key = Some(key);
             let _ = self.transitions.send(key);
+        }
+    }
+
+    /// Hands a frame to the writer task of session `session`'s link.
+    fn send_frame(sh: &Shell, session: SessionId, msg: Message) {
+        if let Some(l) = sh.links.get(&session) {
+            let _ = l.send(Outbound::Frame(msg));
         }
     }
 

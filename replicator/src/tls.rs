@@ -53,20 +53,73 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest UDP payload a node accepts (the most UDP allows; it probes
+/// up to [`PROBE_UP_TO`]). QUIC's per-packet work (header protection, AEAD setup, packet
+/// numbers, ACK tracking, one `sendmsg`/`recvmsg`) dominates the replicated
+/// path's CPU cost: a 1 MiB write is 16 packets at this size, 118 at AWS's
+/// 9001-byte jumbo frames and 712 at quinn's default of 1472. Path MTU
+/// discovery finds what the path really carries (9001 inside a VPC, 1500
+/// elsewhere): probes larger than that are merely lost.
+pub const MAX_UDP_PAYLOAD: u16 = 65527;
+
+/// The largest datagram MTU discovery probes for: AWS's in-VPC jumbo
+/// frames (9001-byte MTU), where the pairs run. Probing up to loopback's
+/// 65507 made a local pair's 1 MiB writes cheaper still, but through a
+/// `netem` relay the first writes of a connection then stalled for tens of
+/// milliseconds (tests/adaptive.rs saw adaptive mode go Ahead on a fast
+/// link), so the bound stays at the jumbo frame.
+const PROBE_UP_TO: u16 = 8951;
+
+/// The endpoint settings of the peer link: accept datagrams as large as
+/// [`MAX_UDP_PAYLOAD`] (quinn's default endpoint refuses to announce more
+/// than 1472 bytes, which caps MTU discovery there whatever its bound).
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut e = quinn::EndpointConfig::default();
+    // In range by construction (1200..=65527).
+    let _ = e.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    e
+}
+
+/// The flow-control windows (stream, connection, send): what may be in
+/// flight unconsumed. Enough for 8 GB/s at a 2 ms RTT; small enough that
+/// the receiver's socket buffer (`link::set_socket_buffers`, twice this)
+/// holds it all, so a burst is not dropped on the floor of a loaded
+/// receiver (which QUIC reads as congestion or an MTU black hole).
+pub const WINDOW: u32 = 16 << 20;
+
 /// Transport settings for many small writes in flight on a LAN-like link.
 pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Probe up to AWS's in-VPC jumbo frames (9001 bytes): fewer, larger
-    // packets cost less CPU per byte. Discovery falls back where the path
-    // is smaller.
+    // Fewer, larger packets cost less CPU per byte: probe up to jumbo
+    // frames (the peer's `max_udp_payload_size`, see `endpoint_config`,
+    // bounds it too). Discovery falls back where the path is smaller.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8951);
+    mtu.upper_bound(PROBE_UP_TO);
+    // A spurious black-hole verdict (a burst of losses of large packets
+    // under load) costs 1200-byte packets until the next search: retry
+    // after 10 s rather than quinn's minute.
+    mtu.black_hole_cooldown(Duration::from_secs(10));
     t.mtu_discovery_config(Some(mtu));
+    // No GSO: quinn batches up to 10 datagrams of the current MTU into one
+    // `sendmsg`, and the kernel refuses a batch over 64 KiB (EMSGSIZE,
+    // which quinn-udp drops silently): at jumbo sizes every batch would be
+    // lost, and the losses of large packets read as an MTU black hole.
+    // With datagrams this large one `sendmsg` each costs little.
+    t.enable_segmentation_offload(false);
+    // A lost MTU probe (up to 64 KiB) counts in flight until it is
+    // declared lost, a probe timeout later: in quinn's 15 KB initial
+    // window (or ten jumbo frames') one such probe stalled the first
+    // writes of a connection for tens of milliseconds, enough to send
+    // adaptive mode Ahead on a fast link. A dedicated replication link
+    // starts with 1 MiB.
+    let mut cc = quinn::congestion::CubicConfig::default();
+    cc.initial_window(1 << 20);
+    t.congestion_controller_factory(Arc::new(cc));
     t.max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((64u32 << 20).into())
-        .receive_window((128u32 << 20).into())
-        .send_window(128 << 20)
+        .stream_receive_window(WINDOW.into())
+        .receive_window(WINDOW.into())
+        .send_window(WINDOW.into())
         .initial_rtt(Duration::from_millis(1))
         .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(quinn::IdleTimeout::try_from(timeout).ok());

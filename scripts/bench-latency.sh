@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# The replicated path side by side (issue 10, point 4): fio on the Primary of
+# a loopback pair (file-backed) in protocols A, B and C against the
+# standalone `twinblock serve` on the same kind of file; protocol C through
+# `twinblock netem` relays (1 ms nominal RTT) against the relay's measured
+# round trip and the 32/RTT ceiling; adaptive mode under a 40 ms RTT against
+# its latency budget. Prints ratios, and with --repeat N the median of N runs
+# (each run measures standalone and every mode again, interleaved, so load
+# from elsewhere on the machine hits both sides of a ratio alike).
+#
+#   scripts/bench-latency.sh [--runtime SECS] [--size SIZE] [--repeat N]
+#                            [--relay-delay DUR] [--adaptive-delay DUR]
+#                            [--budget DUR] [--adaptive-size SIZE]
+#                            [--only loopback|relay|adaptive]
+#
+# Every disk is written once end to end before it is measured (1 MiB
+# writes), so no run pays for first-touch allocation or the activity log's
+# warm-up (an extent's first write waits for a journal update) in a way the
+# other side of its ratio does not. A pair is measured once it is in sync
+# (a forced first promotion may start a full sync); the adaptive pair is
+# smaller (--adaptive-size, 128M) so that sync is short at a 40 ms RTT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+RUNTIME=5
+SIZE=1G
+REPEAT=1
+RELAY_DELAY=500us
+ADAPTIVE_DELAY=20ms
+ADAPTIVE_SIZE=128M
+BUDGET=3ms
+ONLY=""
+while (($#)); do
+  case $1 in
+    --runtime) RUNTIME=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --relay-delay) RELAY_DELAY=$2; shift 2 ;;
+    --adaptive-delay) ADAPTIVE_DELAY=$2; shift 2 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    --adaptive-size) ADAPTIVE_SIZE=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    *)
+      sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+      exit 2 ;;
+  esac
+done
+for t in fio nbdinfo python3; do
+  command -v $t >/dev/null || { echo "bench-latency: $t is missing (scripts/setup.sh)" >&2; exit 1; }
+done
+cargo build --release -q --no-default-features
+BIN=$PWD/target/release/twinblock
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-blat.XXXXXX")
+PIDS=()
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+"$BIN" gen-certs --out "$WORK/certs" a b >/dev/null
+RES=$WORK/results # lines: run key value...
+: >"$RES"
+
+wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no NBD at $1" >&2; exit 1; }
+
+# fio_run URI ARGS...: one job; prints "iops MiB/s clat_mean_us clat_p50_us clat_p99_us".
+fio_run() {
+  local uri=$1; shift
+  fio --name=b --ioengine=nbd --uri="$uri" "$@" --size="$SIZE" --time_based --runtime="$RUNTIME" \
+      --ramp_time=1 --output-format=json --output="$WORK/out.json" >/dev/null
+  python3 -c '
+import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
+print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3)' "$WORK/out.json"
+}
+# prefill URI FILES...: writes the export once end to end, then drops the
+# files' page cache: large writes leave large folios behind, and a 4 KiB
+# write into a large folio of an ext4 file costs far more than one into a
+# small folio (ext4_block_write_begin walks the folio's buffer heads), so
+# without this a run measures the prefill's folio sizes rather than the
+# write path. Every side of a ratio starts the same way.
+prefill() {
+  local uri=$1; shift
+  fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 --size="$SIZE" --runtime=60 >/dev/null
+  python3 -c '
+import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDWR)
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)' "$@"
+}
+
+# pair MODE [RELAY_DELAY] [EXTRA]: starts a loopback pair (b reached
+# through a netem relay when a delay is given), a Primary; sets URI, CFG.
+pair() {
+  local mode=$1 delay=${2:-} extra=${3:-} relay=""
+  rm -f "$WORK"/{a,b}.{img,meta}
+  local aq bq an bn
+  aq=$(free_port udp); bq=$(free_port udp); an=$(free_port tcp); bn=$(free_port tcp)
+  if [[ -n $delay ]]; then
+    relay=$(free_port udp)
+    "$BIN" netem --listen "127.0.0.1:$relay" --forward "127.0.0.1:$bq" --delay "$delay" >"$WORK/netem.log" 2>&1 &
+    PIDS+=($!)
+  fi
+  CFG=$WORK/r.toml
+  pair_config "$CFG" bench "$mode" "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay" "$extra"
+  for n in a b; do
+    "$BIN" up --config "$CFG" --node $n >/dev/null 2>"$WORK/$n.log" &
+    PIDS+=($!)
+  done
+  pair_promote "$BIN" "$CFG"
+  URI="nbd://127.0.0.1:$an/bench"
+  wait_nbd "$URI"
+  wait_in_sync
+}
+status_field() { "$BIN" status --config "$CFG" --node a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]] or 0)' "$1"; }
+wait_in_sync() { # until node a is Connected with nothing out of sync (at most 120 s)
+  for _ in $(seq 1200); do
+    "$BIN" status --config "$CFG" --node a --json | python3 -c '
+import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["connection"]=="Connected" and s["out_of_sync_bytes"]==0 and s["peer"]["disk"]=="UpToDate" else 1)' && return 0
+    sleep 0.1
+  done
+  echo "bench-latency: the pair did not get in sync" >&2
+}
+
+# relay_rtt DELAY: the round trip through two relay hops of DELAY each, as a
+# datagram sees it (netem relay -> UDP echo -> back): median of 300 pings, us.
+relay_rtt() {
+  local echo_port relay
+  echo_port=$(free_port udp); relay=$(free_port udp)
+  python3 -c '
+import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    d,a=s.recvfrom(65536); s.sendto(d,a)' "$echo_port" &
+  local echo_pid=$!
+  "$BIN" netem --listen "127.0.0.1:$relay" --forward "127.0.0.1:$echo_port" --delay "$1" >/dev/null 2>&1 &
+  local relay_pid=$!
+  sleep 0.5
+  python3 -c '
+import socket,sys,time,statistics
+s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); to=("127.0.0.1", int(sys.argv[1]))
+rtts=[]
+for i in range(300):
+    t=time.perf_counter(); s.sendto(b"x"*64, to)
+    try: s.recvfrom(100)
+    except socket.timeout: continue
+    rtts.append((time.perf_counter()-t)*1e6)
+    time.sleep(0.002)
+print(statistics.median(rtts[20:]))' "$relay"
+  kill "$echo_pid" "$relay_pid" 2>/dev/null || true
+  wait "$echo_pid" "$relay_pid" 2>/dev/null || true
+}
+
+WORKLOADS=(
+  "4k randwrite QD1|--rw=randwrite --bs=4k --iodepth=1"
+  "4k randwrite QD32|--rw=randwrite --bs=4k --iodepth=32"
+  "1M write QD8|--rw=write --bs=1M --iodepth=8"
+)
+record() { echo "$*" >>"$RES"; }
+
+for ((run = 1; run <= REPEAT; run++)); do
+  echo "== run $run of $REPEAT" >&2
+  if [[ -z $ONLY || $ONLY == loopback ]]; then
+    # Standalone and each mode, workload by workload.
+    P=$(free_port tcp)
+    rm -f "$WORK/serve.img"
+    "$BIN" serve --disk "$WORK/serve.img" --size "$SIZE" --listen "127.0.0.1:$P" >/dev/null 2>"$WORK/serve.log" &
+    PIDS+=($!)
+    wait_nbd "nbd://127.0.0.1:$P"
+    prefill "nbd://127.0.0.1:$P" "$WORK/serve.img"
+    for w in "${WORKLOADS[@]}"; do
+      IFS='|' read -r name args <<<"$w"
+      # shellcheck disable=SC2086
+      record "$run" "serve|$name" "$(fio_run "nbd://127.0.0.1:$P" $args)"
+    done
+    stop_all
+    for MODE in C B A; do
+      pair "$MODE"
+      prefill "$URI" "$WORK/a.img" "$WORK/b.img"
+      for w in "${WORKLOADS[@]}"; do
+        IFS='|' read -r name args <<<"$w"
+        # shellcheck disable=SC2086
+        record "$run" "$MODE|$name" "$(fio_run "$URI" $args)"
+      done
+      stop_all
+    done
+  fi
+  if [[ -z $ONLY || $ONLY == relay ]]; then
+    record "$run" "relay|rtt" "$(relay_rtt "$RELAY_DELAY")"
+    pair C "$RELAY_DELAY"
+    prefill "$URI" "$WORK/a.img" "$WORK/b.img"
+    record "$run" "relay|quic_rtt" "$(status_field rtt_us)"
+    record "$run" "relay|4k randwrite QD1" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=1)"
+    record "$run" "relay|4k randwrite QD32" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=32)"
+    stop_all
+  fi
+  if [[ -z $ONLY || $ONLY == adaptive ]]; then
+    FULL_SIZE=$SIZE; SIZE=$ADAPTIVE_SIZE
+    pair adaptive "$ADAPTIVE_DELAY" "$(printf '\n[adaptive]\nlatency_budget = "%s"' "$BUDGET")"
+    prefill "$URI" "$WORK/a.img" "$WORK/b.img"
+    record "$run" "adaptive|4k randwrite QD1" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=1)"
+    record "$run" "adaptive|state" "$("$BIN" status --config "$CFG" --node a --json | python3 -c '
+import json,sys; s=json.load(sys.stdin); print(s["connection"], s["counters"]["mode_switches"], s["rtt_us"] or 0)')"
+    stop_all
+    SIZE=$FULL_SIZE
+  fi
+done
+
+python3 - "$RES" "$REPEAT" "$RUNTIME" "$SIZE" "$RELAY_DELAY" "$ADAPTIVE_DELAY" "$BUDGET" "$ADAPTIVE_SIZE" <<'PY'
+import sys, statistics
+from collections import defaultdict
+res, repeat, runtime, size, relay_delay, adaptive_delay, budget = sys.argv[1:8]
+def load():
+    d = defaultdict(list)  # key -> list of field lists
+    for line in open(res):
+        run, rest = line.rstrip("\n").split(" ", 1)
+        head, _, tail = rest.partition("|")
+        # the workload name is the words before the first numeric/state field
+        words = tail.split(" ")
+        for i, w in enumerate(words):
+            try:
+                float(w)
+                break
+            except ValueError:
+                if w in ("Connected", "Ahead", "SyncSource", "SyncTarget", "Behind", "Connecting", "StandAlone"):
+                    break
+        name = " ".join(words[:i]); vals = words[i:]
+        d[f"{head}|{name}"].append(vals)
+    return d
+d = load()
+def med(key, idx=0):
+    v = [float(x[idx]) for x in d.get(key, []) if len(x) > idx]
+    return statistics.median(v) if v else None
+def meds(key, idx=0):
+    return [float(x[idx]) for x in d.get(key, []) if len(x) > idx]
+n = int(repeat)
+print(f"twinblock replication benchmark: file size {size}, {runtime}s per fio run, "
+      f"{'median of ' + repeat + ' runs' if n > 1 else '1 run'}")
+if any(k.startswith("serve|") for k in d):
+    print("\nloopback (fio on the Primary; ratio = mode / standalone serve, per run, then the median)")
+    print(f"{'workload':<19}{'serve':>16}{'C':>26}{'B':>26}{'A':>26}")
+    for name, metric, unit in (("4k randwrite QD1", 0, "IOPS"), ("4k randwrite QD32", 0, "IOPS"), ("1M write QD8", 1, "MiB/s")):
+        base = meds(f"serve|{name}", metric)
+        cells = [f"{statistics.median(base):,.0f} {unit}" if base else "-"]
+        for mode in "CBA":
+            v = meds(f"{mode}|{name}", metric)
+            lat = med(f"{mode}|{name}", 2)
+            if not v or not base:
+                cells.append("-"); continue
+            ratios = [a / b for a, b in zip(v, base)]
+            cells.append(f"{statistics.median(v):,.0f} ({statistics.median(ratios):.2f}x, {lat:,.0f}us)")
+        print(f"{name:<19}{cells[0]:>16}{cells[1]:>26}{cells[2]:>26}{cells[3]:>26}")
+    if n > 1:
+        for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
+            base = meds(f"serve|{name}", metric); v = meds(f"C|{name}", metric)
+            print(f"  C/serve {name} per run: " + ", ".join(f"{a/b:.2f}" for a, b in zip(v, base)))
+if "relay|rtt" in d:
+    rtts = meds("relay|rtt"); rtt = statistics.median(rtts)
+    qrtt = med("relay|quic_rtt")
+    qd1 = meds("relay|4k randwrite QD1", 2); qd1p50 = med("relay|4k randwrite QD1", 3)
+    qd32 = meds("relay|4k randwrite QD32", 0)
+    print(f"\nprotocol C through netem relays ({relay_delay} each way)")
+    print(f"  relay RTT (UDP ping through the relay, median): {rtt:,.0f} us; QUIC's estimate on the link: {qrtt:,.0f} us")
+    print(f"  4k QD1 write latency: mean {statistics.median(qd1):,.0f} us, p50 {qd1p50:,.0f} us "
+          f"= RTT + {statistics.median(qd1) - rtt:,.0f} us (target: within 300 us)")
+    ratios = [v / (32 / (r / 1e6)) for v, r in zip(qd32, rtts)]
+    print(f"  4k QD32: {statistics.median(qd32):,.0f} IOPS; ceiling 32/RTT = {32 / (rtt / 1e6):,.0f}: "
+          f"{statistics.median(ratios):.2f} of it (target: 0.8)")
+if "adaptive|4k randwrite QD1" in d:
+    print(f"\nadaptive (latency_budget {budget}) through netem relays ({adaptive_delay} each way), {sys.argv[8]} device")
+    p50 = med("adaptive|4k randwrite QD1", 3); p99 = med("adaptive|4k randwrite QD1", 4)
+    mean = med("adaptive|4k randwrite QD1", 2); iops = med("adaptive|4k randwrite QD1", 0)
+    st = d.get("adaptive|state", [])
+    print(f"  4k QD1: {iops:,.0f} IOPS, clat mean {mean:,.0f} us, p50 {p50:,.0f} us, p99 {p99:,.0f} us "
+          f"(budget {budget})")
+    for s in st:
+        print(f"  state after the run: {s[0]}, mode switches {s[1]}, QUIC RTT {float(s[2])/1e3:.1f} ms")
+PY
