@@ -360,6 +360,7 @@ pub async fn move_address(
 mod tests {
     use super::*;
 
+    #[cfg(feature = "aws")]
     fn spec(kind: Kind) -> AddressSpec {
         AddressSpec { kind, region: Some("us-east-1".into()), ..AddressSpec::default() }
     }
