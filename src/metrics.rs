@@ -423,15 +423,20 @@ impl Metrics {
             .set(1);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let c = &st.counters;
-        let step = |counter: &Counter, now: u64, before: u64| {
-            counter.inc_by(now.saturating_sub(before));
+        // Two refreshes may race (a scrape and the events hub), each with
+        // its own status: an older one must neither count twice nor move
+        // `last` back (the next one would count the gap again).
+        let step = |counter: &Counter, now: u64, before: &mut u64| {
+            if now > *before {
+                counter.inc_by(now - *before);
+                *before = now;
+            }
         };
-        step(&self.written, c.written_bytes, last.written_bytes);
-        step(&self.replicated, c.replicated_bytes, last.replicated_bytes);
-        step(&self.resynced, c.resync_bytes, last.resync_bytes);
-        step(&self.verify_mismatches, c.verify_mismatches, last.verify_mismatches);
-        step(&self.mode_switches, c.mode_switches, last.mode_switches);
-        *last = c.clone();
+        step(&self.written, c.written_bytes, &mut last.written_bytes);
+        step(&self.replicated, c.replicated_bytes, &mut last.replicated_bytes);
+        step(&self.resynced, c.resync_bytes, &mut last.resync_bytes);
+        step(&self.verify_mismatches, c.verify_mismatches, &mut last.verify_mismatches);
+        step(&self.mode_switches, c.mode_switches, &mut last.mode_switches);
     }
 
     /// Counts a state change.
