@@ -46,24 +46,10 @@ while (($#)); do
       exit 2 ;;
   esac
 done
-for t in fio nbdinfo python3; do
-  command -v $t >/dev/null || { echo "bench-latency: $t is missing (scripts/setup.sh)" >&2; exit 1; }
-done
-cargo build --release -q --no-default-features
-BIN=$PWD/target/release/twinblock
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-blat.XXXXXX")
-PIDS=()
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap 'stop_all; rm -rf "$WORK"' EXIT
-"$BIN" gen-certs --out "$WORK/certs" a b >/dev/null
+bench_setup bench-latency tb-blat
 RES=$WORK/results # lines: run key value...
 : >"$RES"
 
-wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no NBD at $1" >&2; exit 1; }
 
 # fio_run URI ARGS...: one job; prints "iops MiB/s clat_mean_us clat_p50_us clat_p99_us".
 fio_run() {

@@ -23,22 +23,8 @@ while (($#)); do
     *) echo "usage: $0 [--runtime SECS] [--size SIZE] [--delay DUR]" >&2; exit 2 ;;
   esac
 done
-for t in fio nbdinfo python3; do
-  command -v $t >/dev/null || { echo "bench-replication: $t is missing (scripts/setup.sh)" >&2; exit 1; }
-done
-cargo build --release -q --no-default-features
-BIN=$PWD/target/release/twinblock
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-brepl.XXXXXX")
-PIDS=()
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap 'stop_all; rm -rf "$WORK"' EXIT
-"$BIN" gen-certs --out "$WORK/certs" a b >/dev/null
+bench_setup bench-replication tb-brepl
 
-wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no NBD at $1" >&2; exit 1; }
 
 WORKLOADS=(
   "4k randwrite QD1|--rw=randwrite --bs=4k --iodepth=1|iops"

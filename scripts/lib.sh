@@ -34,3 +34,30 @@ pair_promote() {
   done
   "$bin" primary --config "$config" --node a --force >/dev/null
 }
+
+# bench_setup NAME PREFIX: what the replication benchmarks share — fio,
+# nbdinfo and python3 present, a release build without the AWS SDK ($BIN),
+# a work directory ($WORK, removed on exit) with certificates for a and b,
+# and $PIDS, stopped on exit (stop_all stops them earlier).
+bench_setup() {
+  local name=$1 prefix=$2 t
+  for t in fio nbdinfo python3; do
+    command -v $t >/dev/null || { echo "$name: $t is missing (scripts/setup.sh)" >&2; exit 1; }
+  done
+  cargo build --release -q --no-default-features
+  BIN=$PWD/target/release/twinblock
+  WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/$prefix.XXXXXX")
+  PIDS=()
+  trap 'stop_all; rm -rf "$WORK"' EXIT
+  "$BIN" gen-certs --out "$WORK/certs" a b >/dev/null
+}
+
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# wait_nbd URI: until an NBD server answers there (10 s).
+wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no NBD at $1" >&2; exit 1; }
