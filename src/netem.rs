@@ -75,21 +75,28 @@ fn wait_until(at: Instant, early: Duration) {
     }
 }
 
-/// A delay line: datagrams handed to the returned sender leave `sock`
-/// (to `to`, or its connected peer) after the delay, in order.
-fn delay_line(
-    sock: Arc<UdpSocket>,
-    to: Option<SocketAddr>,
+/// A delay line: datagrams pushed into it leave `sock` (to `to`, or its
+/// connected peer) after the delay, in order. The receiving thread stamps
+/// each datagram (loss, delay, jitter) as it pushes it; one sender thread
+/// per line waits for each stamp: one thread hand-off per datagram.
+struct DelayLine {
+    rng: Rng,
+    last: Instant,
     args: Arc<NetemArgs>,
-    seed: u64,
-    early: Duration,
-) -> mpsc::Sender<Vec<u8>> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut rng = Rng(seed | 1);
-        let (out_tx, out_rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    out: mpsc::Sender<(Instant, Vec<u8>)>,
+}
+
+impl DelayLine {
+    fn new(
+        sock: Arc<UdpSocket>,
+        to: Option<SocketAddr>,
+        args: Arc<NetemArgs>,
+        seed: u64,
+        early: Duration,
+    ) -> DelayLine {
+        let (out, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
         std::thread::spawn(move || {
-            for (at, pkt) in out_rx {
+            for (at, pkt) in rx {
                 wait_until(at, early);
                 let _ = match to {
                     Some(to) => sock.send_to(&pkt, to),
@@ -97,19 +104,19 @@ fn delay_line(
                 };
             }
         });
-        let mut last = Instant::now();
-        for pkt in rx {
-            if rng.unit() * 100.0 < args.loss {
-                continue;
-            }
-            let at = (Instant::now() + args.delay + args.jitter.mul_f64(rng.unit())).max(last);
-            last = at;
-            if out_tx.send((at, pkt)).is_err() {
-                break;
-            }
+        DelayLine { rng: Rng(seed | 1), last: Instant::now(), args, out }
+    }
+
+    /// Queues one datagram received now; false once the line is gone.
+    fn push(&mut self, pkt: &[u8]) -> bool {
+        if self.rng.unit() * 100.0 < self.args.loss {
+            return true;
         }
-    });
-    tx
+        let jitter = self.args.jitter.mul_f64(self.rng.unit());
+        let at = (Instant::now() + self.args.delay + jitter).max(self.last);
+        self.last = at;
+        self.out.send((at, pkt.to_vec())).is_ok()
+    }
 }
 
 pub fn run(args: NetemArgs) -> Result<()> {
@@ -137,7 +144,7 @@ pub fn run(args: NetemArgs) -> Result<()> {
         args.loss
     );
     let args = Arc::new(args);
-    let mut clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut clients: HashMap<SocketAddr, DelayLine> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, from) = listen.recv_from(&mut buf).context("relay")?;
@@ -146,14 +153,15 @@ pub fn run(args: NetemArgs) -> Result<()> {
             twinblock_replicator::link::set_socket_buffers(&*up, 4 << 20);
             up.connect(args.forward)?;
             let seed = clients.len() as u64 * 2 + 1;
-            let forward = delay_line(up.clone(), None, args.clone(), seed, early);
-            let back = delay_line(listen.clone(), Some(from), args.clone(), seed + 7, early);
+            let forward = DelayLine::new(up.clone(), None, args.clone(), seed, early);
+            let mut back =
+                DelayLine::new(listen.clone(), Some(from), args.clone(), seed + 7, early);
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 loop {
                     match up.recv(&mut buf) {
                         Ok(n) => {
-                            if back.send(buf[..n].to_vec()).is_err() {
+                            if !back.push(&buf[..n]) {
                                 break;
                             }
                         }
@@ -166,6 +174,8 @@ pub fn run(args: NetemArgs) -> Result<()> {
             });
             clients.insert(from, forward);
         }
-        let _ = clients[&from].send(buf[..n].to_vec());
+        if let Some(line) = clients.get_mut(&from) {
+            line.push(&buf[..n]);
+        }
     }
 }
