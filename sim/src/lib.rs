@@ -1497,18 +1497,7 @@ impl Sim {
         });
         // A slow resync (one block per round trip) is alive if it moved.
         if !settled && self.progress() == sig {
-            let what: Vec<String> = cores
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{:?}/{:?}/{:?} quiescent={}",
-                        c.role(),
-                        c.disk(),
-                        c.replication(),
-                        c.quiescent()
-                    )
-                })
-                .collect();
+            let what: Vec<String> = cores.iter().map(|c| core_state(c)).collect();
             return Err(Violation {
                 step: self.chk.step,
                 rule: "liveness",
@@ -1704,19 +1693,8 @@ pub fn hover(
     while sim.now < end {
         tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
     }
-    let states: Vec<String> = (0..2)
-        .map(|n| {
-            sim.nodes[n].core.as_ref().map_or("down".into(), |c| {
-                format!(
-                    "{:?}/{:?}/{:?} quiescent={}",
-                    c.role(),
-                    c.disk(),
-                    c.replication(),
-                    c.quiescent()
-                )
-            })
-        })
-        .collect();
+    let states: Vec<String> =
+        (0..2).map(|n| sim.nodes[n].core.as_ref().map_or("down".into(), core_state)).collect();
     let settled = (0..2).all(|n| {
         sim.nodes[n].core.as_ref().is_some_and(|c| {
             c.replication() == Replication::Established
@@ -1738,6 +1716,11 @@ pub fn hover(
         calm_switches: switches(&sim) - s0 - out.switches,
         ..out
     })
+}
+
+/// Role/disk/replication and quiescence, for violation reports.
+fn core_state(c: &Core) -> String {
+    format!("{:?}/{:?}/{:?} quiescent={}", c.role(), c.disk(), c.replication(), c.quiescent())
 }
 
 fn short_op(op: &StoreOp) -> String {

@@ -191,8 +191,7 @@ impl Core {
             };
             if matches!(op, Op::Bench { store: false, .. }) {
                 // Crosses the link only: done as it arrives.
-                self.applying += 1;
-                self.apply_done(a, Ok(None));
+                self.applied(sid, seq);
                 continue;
             }
             let store_op = StoreOp::of(op);
@@ -245,8 +244,14 @@ impl Core {
                 return;
             }
         }
-        if let Some(s) = self.session.as_mut().filter(|s| s.id == a.sid) {
-            s.completed.insert(a.seq);
+        self.applied(a.sid, a.seq);
+    }
+
+    /// Operation `seq` of session `sid` is done here (in any order; the
+    /// cumulative `done` moves over every gap-free prefix).
+    fn applied(&mut self, sid: SessionId, seq: u64) {
+        if let Some(s) = self.session.as_mut().filter(|s| s.id == sid) {
+            s.completed.insert(seq);
             while s.completed.remove(&(s.done + 1)) {
                 s.done += 1;
             }

@@ -1666,6 +1666,11 @@ mod probes {
         })
     }
 
+    /// Data frames among `acts`.
+    fn sent(acts: &[Action]) -> usize {
+        acts.iter().filter(|a| matches!(a, Action::Send { msg: Message::Data { .. }, .. })).count()
+    }
+
     fn sent_seq(actions: &[Action]) -> u64 {
         actions
             .iter()
@@ -1813,11 +1818,6 @@ mod probes {
         for req in 0..300 {
             c.bench_write(t, 100 + req, ProbeMode::A, 0, Bytes::from(vec![1u8; 4096]));
         }
-        let sent = |acts: &[Action]| {
-            acts.iter()
-                .filter(|a| matches!(a, Action::Send { msg: Message::Data { .. }, .. }))
-                .count()
-        };
         let acts = run(&mut c, t);
         assert_eq!(sent(&acts), 256, "1 MiB of max_lag in 4 KiB probes");
         c.handle_frame(t, 1, Message::Ack { received: 256, done: 256 });
@@ -1831,11 +1831,6 @@ mod probes {
         for req in 0..6 {
             c.bench_write(t, 200 + req, ProbeMode::Link, 0, Bytes::from(vec![1u8; 1 << 20]));
         }
-        let sent = |acts: &[Action]| {
-            acts.iter()
-                .filter(|a| matches!(a, Action::Send { msg: Message::Data { .. }, .. }))
-                .count()
-        };
         assert_eq!(sent(&run(&mut c, t)), 4, "4 MiB of 1 MiB probes");
         c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
         assert_eq!(sent(&run(&mut c, t)), 1, "one more once one landed");
