@@ -460,6 +460,7 @@ mod tests {
             sync: None,
             counters: Counters::default(),
             in_flight: 0,
+            activity_log_extents: 0,
             io_backend: "uring".into(),
             last_error: None,
             generation: "0".into(),

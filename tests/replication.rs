@@ -581,8 +581,16 @@ fn a_resync_interrupted_by_a_crash_resumes() {
     let before_restart = p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
     assert!(before_restart < dirty, "progress was kept: {before_restart} of {dirty} left");
     p.up(1);
-    // The source dies mid-resync and comes back (as Primary again).
+    // The source dies mid-resync, once a checkpoint is durable (its
+    // bitmap saved and the activity log emptied of the extents fio wrote:
+    // a crash with them in the log marks them all out of sync again), and
+    // comes back (as Primary again) at once.
     wait_progress(&p, 10.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.status(0)["activity_log_extents"].as_u64().unwrap() > 0 {
+        assert!(Instant::now() < deadline, "no checkpoint emptied the log: {}", p.status(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p.kill(0);
     p.up(0);
     p.wait_linked();

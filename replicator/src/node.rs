@@ -694,6 +694,7 @@ impl Node {
                 mode_switches: st.counters.mode_switches,
             },
             in_flight: st.in_flight,
+            activity_log_extents: st.al_extents,
             io_backend: self.store.backend().to_string(),
             last_error: st.last_error,
             generation: format!("{:016x}", st.gen.current),

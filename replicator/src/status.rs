@@ -45,6 +45,9 @@ pub struct Status {
     pub counters: Counters,
     /// Replication operations sent and not yet applied by the peer.
     pub in_flight: usize,
+    /// Extents in the on-disk activity log: what a crash now would mark
+    /// out of sync (each `extent` bytes).
+    pub activity_log_extents: usize,
     pub io_backend: String,
     pub last_error: Option<String>,
     /// This node's current data generation (hex).

@@ -309,6 +309,27 @@ impl Drop for Pair {
         for i in 0..2 {
             self.kill(i);
         }
+        if std::thread::panicking() {
+            // A failed test keeps both nodes' logs (CI prints this path).
+            let keep = test_tmp()
+                .join("failed")
+                .join(self.dir.path().file_name().map(|n| n.to_owned()).unwrap_or_default());
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for n in &self.nodes {
+                    let _ = std::fs::copy(&n.log, keep.join(format!("{}.log", n.name)));
+                    // The last lines, without the status polls, for CI.
+                    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    let lines: Vec<&str> =
+                        log.lines().filter(|l| !l.contains("verb=status")).collect();
+                    eprintln!(
+                        "--- last lines of node {}'s log ---\n{}",
+                        n.name,
+                        lines[lines.len().saturating_sub(25)..].join("\n")
+                    );
+                }
+                eprintln!("logs of the failed pair kept in {}", keep.display());
+            }
+        }
     }
 }
 

@@ -318,8 +318,9 @@ impl Core {
     fn leave_ahead(&mut self, run: AheadRun) {
         let now = self.now;
         let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+        let total = self.dirty.bytes();
         let Some(s) = self.session.as_mut() else { return };
-        s.activity = Activity::Source(SourceSync::new(claimed, now));
+        s.activity = Activity::Source(SourceSync::new(claimed, total, now));
         self.backoff.left_at = Some(now);
         self.counters.mode_switches += 1;
         tracing::info!(

@@ -249,8 +249,9 @@ impl Core {
                 self.p.all_pages_dirty(&self.dirty);
                 tracing::info!(full, bytes = self.dirty.bytes(), "SyncSource");
                 let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+                let total = self.dirty.bytes();
                 let s = self.session.as_mut().expect("session");
-                s.activity = Activity::Source(SourceSync::new(claimed, now));
+                s.activity = Activity::Source(SourceSync::new(claimed, total, now));
             }
             Decision::InSync => {
                 // Nothing to move: a Secondary facing an UpToDate peer of
@@ -289,7 +290,9 @@ impl Core {
 }
 
 impl SourceSync {
-    pub fn new(claimed: crate::bitmap::Bitmap, now: Time) -> SourceSync {
+    /// `total`: the bytes out of sync now, so a sync that waits for its
+    /// bitmap to be durable before it starts shows 0 %, not 100 %.
+    pub fn new(claimed: crate::bitmap::Bitmap, total: u64, now: Time) -> SourceSync {
         SourceSync {
             cursor: 0,
             claimed,
@@ -299,7 +302,7 @@ impl SourceSync {
             chunks: 0,
             started: false,
             done_sent: false,
-            progress: Progress { total: 0, done: 0, started: now },
+            progress: Progress { total, done: 0, started: now },
         }
     }
 }

@@ -363,6 +363,7 @@ impl Core {
             sync: s.and_then(|s| s.progress()),
             counters: self.counters,
             in_flight: s.map_or(0, |s| s.out.len()),
+            al_extents: self.al.durable.len(),
             last_error: self.last_error.clone(),
             gen: self.gen,
         }

@@ -153,12 +153,13 @@ impl Core {
         }
         let now = self.now;
         let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
+        let total = self.dirty.bytes();
         if let Some(s) = self.session.as_mut() {
             if s.phase == Phase::Running
                 && matches!(s.activity, Activity::Idle)
                 && !matches!(s.peer.disk, DiskState::Failed | DiskState::Diskless)
             {
-                s.activity = Activity::Source(SourceSync::new(claimed, now));
+                s.activity = Activity::Source(SourceSync::new(claimed, total, now));
             }
         }
     }

@@ -635,6 +635,13 @@ mod pair {
 
         /// Connects and runs only `steps` rounds, then cuts.
         pub fn connect_partial(&mut self, steps: usize) {
+            self.connect_steps(steps, |_| {});
+            self.cut();
+            self.settle();
+        }
+
+        /// Connects and runs `steps` rounds, `check` after each.
+        pub fn connect_steps(&mut self, steps: usize, mut check: impl FnMut(&Pair)) {
             let sid = self.next_sid;
             self.next_sid += 1;
             self.sid = Some(sid);
@@ -656,9 +663,8 @@ mod pair {
                         }
                     }
                 }
+                check(self);
             }
-            self.cut();
-            self.settle();
         }
 
         pub fn cut(&mut self) {
@@ -948,6 +954,30 @@ fn resync_progress_is_saved_only_after_the_target_flushed() {
     // (Plant::ClearBeforeDurable clears the bits in memory early, but the
     // bitmap is saved at the checkpoint that follows the flush: only a
     // save forced in between, e.g. by a lost peer, would show it.)
+}
+
+/// A SyncSource that waits for its bitmap to be durable before it starts
+/// shows 0 % done of what is out of sync, never 100 % (a script waiting for
+/// progress read the 100 % and killed the node before any checkpoint).
+#[test]
+fn a_resync_that_has_not_started_shows_zero_percent() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.cut();
+    p.write(0, 10, 0, 5, 256);
+    p.settle();
+    let mut seen = false;
+    p.connect_steps(200, |p| {
+        let st = p.n[0].c.as_ref().unwrap().status();
+        if let Some(sync) = st.sync {
+            seen = true;
+            assert!(sync.total > 0 && sync.done <= sync.total, "{sync:?} with {st:?}");
+            if sync.done == 0 {
+                assert_eq!(sync.total, st.out_of_sync_bytes);
+            }
+        }
+    });
+    assert!(seen, "no resync ran");
 }
 
 fn resync_order(plant: Plant) -> Result<(), String> {

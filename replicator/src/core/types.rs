@@ -363,6 +363,8 @@ pub struct CoreStatus {
     pub sync: Option<Progress>,
     pub counters: CoreCounters,
     pub in_flight: usize,
+    /// Extents in the on-disk activity log.
+    pub al_extents: usize,
     pub last_error: Option<String>,
     pub gen: GenIds,
 }

@@ -7,6 +7,7 @@
 //! an O_DIRECT descriptor where the file system allows it.
 
 mod aligned;
+mod lock;
 mod op;
 mod sys;
 mod threads;
@@ -108,8 +109,8 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("{path} is {actual} bytes but the configured size is {expected} bytes")]
     SizeMismatch { path: PathBuf, actual: u64, expected: u64 },
-    #[error("{path} is in use by another process (locked)")]
-    InUse { path: PathBuf },
+    #[error("{path} is in use by another process (locked{})", pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
+    InUse { path: PathBuf, pid: Option<u32> },
     #[error("{path} has size 0")]
     Empty { path: PathBuf },
     #[error("io_uring is not available here: {0}")]
@@ -174,14 +175,7 @@ impl Store {
             .open(path)
             .map_err(open_err)?;
         // One process per disk: a second `up` or `serve` on it is refused.
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(StoreError::InUse { path: path.to_owned() });
-            }
-            return Err(open_err(e));
-        }
+        lock::lock_exclusive(&file, path)?;
         let mut actual = sys::size_of(&file).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         let is_regular = meta.is_file();

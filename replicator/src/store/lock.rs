@@ -1,0 +1,161 @@
+//! One process per disk: an exclusive `flock` on the open file.
+//!
+//! A process that died with io_uring requests in flight keeps its lock a
+//! while after it is gone: the kernel tears the ring down (and drops its
+//! reference to the file) in the background, after the exit. A node
+//! restarted at once after a crash (a supervisor, a test) would be refused
+//! for a lock nobody holds any more. So a lock whose holder (per
+//! `/proc/locks`) is no longer a live process is waited for, up to
+//! [`DEAD_HOLDER_WAIT`]; a live holder is refused at once, by pid.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+/// How long a lock left by a process that is gone is waited for.
+pub const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the exclusive lock on `file` (opened from `path`).
+pub fn lock_exclusive(file: &File, path: &Path) -> Result<(), StoreError> {
+    let deadline = Instant::now() + DEAD_HOLDER_WAIT;
+    let mut waited = false;
+    loop {
+        // SAFETY: flock on a descriptor the caller owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if waited {
+                tracing::info!(path = %path.display(), "lock left by an exited process released");
+            }
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Open { path: path.to_owned(), source: e });
+        }
+        let holder = holder(file);
+        let gone = holder.is_some_and(|pid| !alive(pid));
+        if !gone || Instant::now() >= deadline {
+            let pid = holder.filter(|&p| p != 0);
+            return Err(StoreError::InUse { path: path.to_owned(), pid });
+        }
+        if !waited {
+            tracing::warn!(
+                path = %path.display(),
+                pid = holder,
+                "locked by a process that has exited (the kernel is still releasing its \
+                 io_uring requests): waiting for the lock"
+            );
+            waited = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid `/proc/locks` names for an flock on `file`'s inode.
+fn holder(file: &File) -> Option<u32> {
+    let meta = file.metadata().ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    parse_holder(&locks, meta.dev(), meta.ino())
+}
+
+/// `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`: device numbers in
+/// hex, inode in decimal. Blocked waiters (`->`) are not holders. The
+/// kernel prints pid 0 for a holder that no longer exists (or lives in
+/// another pid namespace).
+fn parse_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            return None;
+        }
+        let mut id = f[5].split(':');
+        let ma = u32::from_str_radix(id.next()?, 16).ok()?;
+        let mi = u32::from_str_radix(id.next()?, 16).ok()?;
+        let inode: u64 = id.next()?.parse().ok()?;
+        (ma == major && mi == minor && inode == ino).then(|| f[4].parse().ok()).flatten()
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    if pid == std::process::id() {
+        return true;
+    }
+    // A zombie still has its /proc entry, but its files are closed.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_lines_are_read_by_device_and_inode() {
+        let dev = libc::makedev(8, 1);
+        let text = "1: POSIX  ADVISORY  WRITE 10 08:01:77 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 4321 08:01:77 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 99 103:02:77 0 EOF\n";
+        assert_eq!(parse_holder(text, dev, 77), Some(4321));
+        assert_eq!(parse_holder(text, dev, 78), None);
+        assert_eq!(parse_holder(text, libc::makedev(0x103, 2), 77), Some(99));
+        // A waiter's line ("2: -> FLOCK ...") is not the holder.
+        assert_eq!(parse_holder("2: -> FLOCK  ADVISORY  WRITE 5 08:01:77 0 EOF\n", dev, 77), None);
+    }
+
+    #[test]
+    fn a_live_holder_is_named_and_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        let a = File::create(&path).unwrap();
+        lock_exclusive(&a, &path).unwrap();
+        let b = File::open(&path).unwrap();
+        let t = Instant::now();
+        match lock_exclusive(&b, &path) {
+            Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        assert!(t.elapsed() < DEAD_HOLDER_WAIT / 2, "a live holder was waited for");
+    }
+
+    /// The lock outlives the process that took it (as an io_uring ring
+    /// torn down after its process died keeps it): `flock(1)` locks a
+    /// descriptor the shell keeps open for a second after `flock` exits.
+    #[test]
+    fn a_lock_left_by_an_exited_process_is_waited_for() {
+        if std::process::Command::new("flock").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "flock(1) (util-linux) is missing");
+            eprintln!("skipped: no flock(1)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        File::create(&path).unwrap();
+        let ready = dir.path().join("ready");
+        let mut sh = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec 9<>"$1"; flock -x 9; : > "$2"; sleep 1"#)
+            .arg("sh")
+            .arg(&path)
+            .arg(&ready)
+            .spawn()
+            .unwrap();
+        while !ready.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let f = File::open(&path).unwrap();
+        let t = Instant::now();
+        lock_exclusive(&f, &path).expect("the lock of an exited process is taken once released");
+        assert!(t.elapsed() >= Duration::from_millis(500), "taken while still held");
+        sh.wait().unwrap();
+    }
+}
