@@ -1,5 +1,6 @@
 //! What a careless operator or a hostile local user runs into: files that
-//! hold the database are private, a disk is used by one process only, the
+//! hold the database are private, a disk is used by one process only, a
+//! replication address in use is named, the
 //! control socket bounds what it reads, and a peer that stalls its QUIC
 //! handshake never keeps the real peer out.
 
@@ -159,4 +160,27 @@ fn a_recreated_disk_is_not_trusted_and_takes_a_full_sync() {
         "the disks differ after the full sync"
     );
     assert!(p.status(0)["counters"]["resync_bytes"].as_u64().unwrap() >= 16 << 20);
+}
+
+/// A replication address another process holds: `up` says which and
+/// exits with an error (it used to panic dropping the link's runtime).
+#[test]
+fn a_replication_address_in_use_is_named() {
+    let p = Pair::prepare("C", "16M");
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    let addr = config
+        .split("[nodes.a]")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("address = ")))
+        .map(|a| a.trim_matches('"').to_string())
+        .expect("node a's address in the resource file");
+    let _held = std::net::UdpSocket::bind(&addr).unwrap();
+    let out = run_timeout(
+        Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot bind the replication endpoint") && err.contains(&addr), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -60,21 +60,29 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     )?;
     let addr = node.me.address;
     let bind = |source| LinkError::Bind { addr, source };
+    // Bound before the link's runtime exists: a runtime may not be dropped
+    // on the caller's (async) thread, as an early return would.
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    // Room for bursts of large datagrams (see `tls::MAX_UDP_PAYLOAD`).
+    set_socket_buffers(&socket, SOCKET_BUFFER);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("twinblock-link")
         .build()
         .map_err(LinkError::Runtime)?;
-    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
-    // Room for bursts of large datagrams (see `tls::MAX_UDP_PAYLOAD`).
-    set_socket_buffers(&socket, SOCKET_BUFFER);
     let endpoint = {
         // The endpoint's socket and driver belong to the link's runtime.
         let _in_link = rt.enter();
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let mut endpoint =
-            quinn::Endpoint::new(tls::endpoint_config(), Some(server), socket, runtime)
-                .map_err(bind)?;
+        let endpoint = quinn::Endpoint::new(tls::endpoint_config(), Some(server), socket, runtime);
+        let mut endpoint = match endpoint {
+            Ok(e) => e,
+            Err(e) => {
+                drop(_in_link);
+                rt.shutdown_background();
+                return Err(bind(e));
+            }
+        };
         endpoint.set_default_client_config(client);
         let span = tracing::Span::current();
         rt.spawn(
