@@ -3,7 +3,9 @@
 //! decoded (sans-IO), take in-flight units, and their device operation is
 //! polled once right here: what completes at once (a page-cache write or
 //! read) is answered from this thread with no hand-off; whatever must wait
-//! is spawned onto the tokio runtime and answers from there. Replies go
+//! is spawned onto the tokio runtime and answers from there (or, for a
+//! device that allows it, is finished on the thread that wakes it:
+//! [`crate::inline`]). Replies go
 //! through the [`Sink`]; a writer thread sends the ones that did not fit,
 //! and the replies to a read of several requests.
 
@@ -23,6 +25,7 @@ use crate::budget::{Budget, Permit};
 use crate::device::{BlockDevice, DeviceError, Extent};
 use crate::export::{BlockSizes, ExportInfo};
 use crate::handshake::{Handshake, HandshakeError, Negotiated, Progress};
+use crate::inline::InlineTask;
 use crate::reply::{self, Reply};
 use crate::request::{Command, Decoded, ProtocolError, RequestDecoder};
 use crate::server::Shared;
@@ -345,6 +348,11 @@ fn issue<D: BlockDevice>(
         let rt = sh.runtime.clone();
         let span = tracing::Span::current();
         drop(sh.runtime.spawn_blocking(move || span.in_scope(|| rt.block_on(request))));
+        return;
+    }
+    if sh.device.finish_on_wake() {
+        // Finished (and answered) on the thread that wakes it.
+        InlineTask::start(request);
         return;
     }
     // A no-op waker is enough: if the request is not done, the runtime

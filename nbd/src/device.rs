@@ -86,6 +86,16 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn description(&self) -> String {
         String::new()
     }
+    /// Whether a request that could not complete at once may be finished
+    /// on the thread that wakes it (its reply sent from there) instead of
+    /// on a runtime worker woken for it: one thread hand-off less per
+    /// request. A device says yes only if it wakes its futures while
+    /// holding none of its own locks, and its futures, once pending, need
+    /// no runtime context to finish (no timers or sockets registered after
+    /// their first poll).
+    fn finish_on_wake(&self) -> bool {
+        false
+    }
 
     fn read(&self, offset: u64, len: u32) -> impl Future<Output = DeviceResult<Bytes>> + Send;
     fn write(

@@ -16,6 +16,7 @@ pub mod device;
 pub mod export;
 mod fence;
 pub mod handshake;
+mod inline;
 pub mod reply;
 pub mod request;
 pub mod server;

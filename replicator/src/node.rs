@@ -109,10 +109,16 @@ struct MetaFiles {
     bitmap: BitmapFile,
 }
 
+/// Where an application request's reply goes.
+pub(crate) type ReplyTx = oneshot::Sender<Result<(), ReplyError>>;
+
 /// Everything behind the node's mutex.
 pub struct Shell {
     pub(crate) core: Core,
-    pub(crate) replies: HashMap<ReqId, oneshot::Sender<Result<(), ReplyError>>>,
+    pub(crate) replies: HashMap<ReqId, ReplyTx>,
+    /// Replies the core made under the lock, sent once it is released
+    /// ([`ShellGuard`]).
+    answered: Vec<(ReplyTx, Result<(), ReplyError>)>,
     links: HashMap<SessionId, mpsc::UnboundedSender<Outbound>>,
     /// Metadata updates run on a blocking thread, off the node's mutex
     /// (false while opening: they run in place, and a failure fails `open`).
@@ -121,6 +127,36 @@ pub struct Shell {
     controller: Option<mpsc::UnboundedSender<ControllerOut>>,
     /// The states after the last call into the core.
     last_key: Option<StateKey>,
+}
+
+/// The node's lock. Replies made under it are sent when it is released:
+/// the NBD request a reply wakes is finished, and its reply sent, on the
+/// waking thread ([`BlockDevice::finish_on_wake`]), which must not hold
+/// the lock while it does (and the lock is held for less time).
+pub(crate) struct ShellGuard<'a>(Option<MutexGuard<'a, Shell>>);
+
+impl std::ops::Deref for ShellGuard<'_> {
+    type Target = Shell;
+    fn deref(&self) -> &Shell {
+        self.0.as_deref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for ShellGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Shell {
+        self.0.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for ShellGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.0.take() else { return };
+        let answered = std::mem::take(&mut guard.answered);
+        drop(guard);
+        for (tx, result) in answered {
+            let _ = tx.send(result);
+        }
+    }
 }
 
 pub struct Node {
@@ -246,6 +282,7 @@ impl Node {
             shell: Mutex::new(Shell {
                 core,
                 replies: HashMap::new(),
+                answered: Vec::new(),
                 links: HashMap::new(),
                 persist_async: false,
                 controller: None,
@@ -289,8 +326,8 @@ impl Node {
         Ok(node)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Shell> {
-        self.shell.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn lock(&self) -> ShellGuard<'_> {
+        ShellGuard(Some(self.shell.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     pub(crate) fn now(&self) -> Duration {
@@ -363,7 +400,7 @@ impl Node {
                 }
                 Action::Reply { req, result } => {
                     if let Some(tx) = sh.replies.remove(&req) {
-                        let _ = tx.send(result);
+                        sh.answered.push((tx, result));
                     }
                 }
                 Action::Vote(v) => {
@@ -725,6 +762,13 @@ impl BlockDevice for Node {
 
     fn description(&self) -> String {
         format!("twinblock resource {} on node {}", self.res.name, self.me.name)
+    }
+
+    /// Replies are sent after the node's lock is released ([`ShellGuard`]);
+    /// a pending request waits on its reply channel (no timers or sockets),
+    /// or on a store read, whose engines complete outside their locks.
+    fn finish_on_wake(&self) -> bool {
+        true
     }
 
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {

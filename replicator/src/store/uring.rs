@@ -35,6 +35,9 @@ struct State {
     /// SQEs pushed and not yet completed.
     in_flight: usize,
     cap: usize,
+    /// Results to hand to their waiters once the lock is released (a
+    /// waiter may be finished right on the thread that wakes it).
+    finished: Vec<(oneshot::Sender<io::Result<Done>>, io::Result<Done>)>,
 }
 
 struct Inner {
@@ -44,6 +47,24 @@ struct Inner {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the state, then, with the lock released, wakes the
+    /// waiters of the ops that finished.
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (r, finished) = {
+            let mut st = self.lock();
+            let r = f(&mut st);
+            (r, std::mem::take(&mut st.finished))
+        };
+        send_all(finished);
+        r
+    }
+}
+
+fn send_all(finished: Vec<(oneshot::Sender<io::Result<Done>>, io::Result<Done>)>) {
+    for (tx, result) in finished {
+        let _ = tx.send(result);
     }
 }
 
@@ -93,6 +114,7 @@ impl Ring {
                 backlog: VecDeque::new(),
                 in_flight: 0,
                 cap,
+                finished: Vec::new(),
             }),
         });
         let stop = Arc::new(Notify::new());
@@ -110,12 +132,11 @@ impl Ring {
 
     pub async fn run(&self, op: Op) -> io::Result<Done> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut st = self.inner.lock();
+        self.inner.with(|st| {
             let id = st.insert(Slot { op, tx });
             st.backlog.push_back(id);
             st.pump();
-        }
+        });
         // If this future is dropped the op still owns its buffer until the
         // kernel completes it.
         rx.await.map_err(|_| io::Error::other("io_uring op was dropped"))?
@@ -129,7 +150,7 @@ impl Drop for Ring {
         // descriptors right after dropping the ring, and nothing queued may
         // reach the kernel after that. Backlogged ops fail (they never
         // reached the kernel); in-flight ones are waited for.
-        self.inner.lock().drain();
+        self.inner.with(State::drain);
         self.stop.notify_one();
     }
 }
@@ -140,7 +161,7 @@ async fn reaper(afd: AsyncFd<RingFd>, inner: Arc<Inner>, stop: Arc<Notify>) {
             _ = stop.notified() => break,
             ready = afd.readable() => match ready {
                 Ok(mut guard) => {
-                    inner.lock().pump();
+                    inner.with(State::pump);
                     guard.clear_ready();
                 }
                 Err(e) => {
@@ -285,7 +306,7 @@ impl State {
             (Ok(_), Op::Read { buf, .. }) => Ok(Done::Data(unsafe { ReadBuf::into_bytes(buf) })),
             (r, _) => r,
         };
-        let _ = slot.tx.send(result);
+        self.finished.push((slot.tx, result));
     }
 }
 
@@ -333,7 +354,7 @@ impl State {
     fn leak_in_flight(&mut self) {
         for Slot { op, tx } in std::mem::take(&mut self.slots).into_iter().flatten() {
             std::mem::forget(op);
-            let _ = tx.send(Err(io::Error::other("store closed with the op in flight")));
+            self.finished.push((tx, Err(io::Error::other("store closed with the op in flight"))));
         }
         self.free.clear();
         self.backlog.clear();
@@ -347,6 +368,7 @@ impl Drop for State {
         // normally drained already; this covers a ring that never got that
         // far (and is a no-op otherwise).
         self.drain();
+        send_all(std::mem::take(&mut self.finished));
     }
 }
 
