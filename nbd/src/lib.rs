@@ -29,3 +29,4 @@ pub use handshake::{Handshake, HandshakeError, Negotiated, Progress};
 pub use reply::Reply;
 pub use request::{Command, Decoded, ProtocolError, RequestDecoder};
 pub use server::{serve, ServerConfig};
+pub use sink::batch;

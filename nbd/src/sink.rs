@@ -8,6 +8,7 @@
 //! reply's bytes are never interleaved with another's. A reply holds its
 //! in-flight units until the kernel has it.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
@@ -89,8 +90,10 @@ impl Sink {
     }
 
     /// Sends a reply: right now if the socket is free and takes it all,
-    /// otherwise through the writer thread. Never blocks.
-    pub fn send(&self, mut q: Queued) {
+    /// otherwise through the writer thread; inside [`batch`], when the
+    /// batch ends. Never blocks.
+    pub fn send(self: &Arc<Self>, q: Queued) {
+        let Some(mut q) = hold(self, q) else { return };
         let mut st = self.lock();
         if st.broken {
             return;
@@ -115,6 +118,36 @@ impl Sink {
         }
         st.queue.push_back(q);
         if st.idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends the replies a [`batch`] held: in one vectored non-blocking
+    /// write if the socket is free and takes them (the rest through the
+    /// writer), else into the queue the writer, or the reader's `uncork`,
+    /// sends.
+    fn send_held(&self, mut held: Vec<Queued>) {
+        let mut st = self.lock();
+        if st.broken {
+            return;
+        }
+        if !st.writing && !st.corked {
+            match write_batch(&self.sock, &mut held, false) {
+                Ok(true) => return,
+                Ok(false) => held.retain(|q| q.remaining() > 0),
+                Err(e) => {
+                    debug!("reply write failed: {e}");
+                    drop(st);
+                    drop(held);
+                    self.break_off();
+                    let _ = self.sock.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            st.writing = true;
+        }
+        st.queue.extend(held);
+        if st.writing && st.idle {
             self.wake.notify_one();
         }
     }
@@ -234,6 +267,56 @@ impl Sink {
     }
 }
 
+thread_local! {
+    /// Replies sent on this thread inside [`batch`], per connection.
+    static HELD: RefCell<Option<Vec<(Arc<Sink>, Vec<Queued>)>>> = const { RefCell::new(None) };
+}
+
+/// Inside a batch: keeps `q` for the batch's end (None). Else gives it back.
+fn hold(sink: &Arc<Sink>, q: Queued) -> Option<Queued> {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        let Some(held) = h.as_mut() else { return Some(q) };
+        match held.iter_mut().find(|(s, _)| Arc::ptr_eq(s, sink)) {
+            Some((_, v)) => v.push(q),
+            None => held.push((sink.clone(), vec![q])),
+        }
+        None
+    })
+}
+
+/// Runs `f`; the replies it sends on this thread (through requests it
+/// finishes: [`crate::BlockDevice::finish_on_wake`]) leave when it
+/// returns, together, one vectored write per connection. The replicated
+/// node sends every reply one acknowledgement of the peer allows this way:
+/// one `sendmsg` for them instead of one each (on loopback each also runs
+/// the client's TCP receive path). Nested calls join the outer batch.
+pub fn batch<R>(f: impl FnOnce() -> R) -> R {
+    let outer = HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.is_some() {
+            return true;
+        }
+        *h = Some(Vec::new());
+        false
+    });
+    if outer {
+        return f();
+    }
+    // Sends what was held even if `f` panics.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            let held = HELD.with(|h| h.borrow_mut().take()).unwrap_or_default();
+            for (sink, replies) in held {
+                sink.send_held(replies);
+            }
+        }
+    }
+    let _end = End;
+    f()
+}
+
 /// Writes `batch`, advancing `sent`. Without `wait`, stops at the first
 /// write that would block: Ok(false) then. Ok(true) when all was written.
 fn write_batch(s: &TcpStream, batch: &mut [Queued], wait: bool) -> io::Result<bool> {
@@ -275,4 +358,56 @@ fn write_batch(s: &TcpStream, batch: &mut [Queued], wait: bool) -> io::Result<bo
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    fn pair() -> (Arc<Sink>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (Sink::new(Arc::new(server), Budget::new(64)), client)
+    }
+
+    fn cookies(c: &mut TcpStream, n: usize) -> Vec<u64> {
+        let mut buf = vec![0u8; 16 * n];
+        c.read_exact(&mut buf).unwrap();
+        buf.chunks(16).map(|r| u64::from_be_bytes(r[8..16].try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn a_batch_holds_its_replies_until_it_ends_then_sends_them_all() {
+        let (sink, mut client) = pair();
+        client.set_nonblocking(true).unwrap();
+        batch(|| {
+            for cookie in 1..=3 {
+                sink.send(Queued::new(crate::reply::ok(cookie), None));
+            }
+            // Nested: joins the outer batch.
+            batch(|| sink.send(Queued::new(crate::reply::ok(4), None)));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut b = [0u8; 1];
+            assert!(
+                matches!(client.read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "a reply left before the batch ended"
+            );
+        });
+        client.set_nonblocking(false).unwrap();
+        assert_eq!(cookies(&mut client, 4), vec![1, 2, 3, 4]);
+        // Outside a batch a reply leaves at once.
+        sink.send(Queued::new(crate::reply::ok(5), None));
+        assert_eq!(cookies(&mut client, 1), vec![5]);
+    }
+
+    #[test]
+    fn a_batch_on_a_broken_connection_drops_its_replies() {
+        let (sink, _client) = pair();
+        sink.break_off();
+        batch(|| sink.send(Queued::new(crate::reply::ok(1), None)));
+        assert!(sink.lock().queue.is_empty());
+    }
 }

@@ -153,8 +153,17 @@ impl Drop for ShellGuard<'_> {
         let Some(mut guard) = self.0.take() else { return };
         let answered = std::mem::take(&mut guard.answered);
         drop(guard);
-        for (tx, result) in answered {
-            let _ = tx.send(result);
+        let many = answered.len() > 1;
+        let send = || {
+            for (tx, result) in answered {
+                let _ = tx.send(result);
+            }
+        };
+        if many {
+            // The requests they finish answer in one write per connection.
+            twinblock_nbd::batch(send);
+        } else {
+            send();
         }
     }
 }
