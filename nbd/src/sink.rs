@@ -267,9 +267,12 @@ impl Sink {
     }
 }
 
+/// Replies held by a batch, per connection.
+type Held = Vec<(Arc<Sink>, Vec<Queued>)>;
+
 thread_local! {
     /// Replies sent on this thread inside [`batch`], per connection.
-    static HELD: RefCell<Option<Vec<(Arc<Sink>, Vec<Queued>)>>> = const { RefCell::new(None) };
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
 }
 
 /// Inside a batch: keeps `q` for the batch's end (None). Else gives it back.
