@@ -351,8 +351,9 @@ fn issue<D: BlockDevice>(
         return;
     }
     if sh.device.finish_on_wake() {
-        // Finished (and answered) on the thread that wakes it.
-        InlineTask::start(request);
+        // Finished (and answered) on the thread that wakes it, in this
+        // connection's span.
+        InlineTask::start(Box::pin(request.in_current_span()));
         return;
     }
     // A no-op waker is enough: if the request is not done, the runtime

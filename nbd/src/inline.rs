@@ -39,7 +39,15 @@ pub(crate) struct InlineTask {
 impl InlineTask {
     /// Polls `request` once on this thread; if it is not done, the next wake
     /// polls it on the waking thread.
+    ///
+    /// Outside tokio's cooperative budget: the waking thread may be a tokio
+    /// task that has spent its budget (the link's reader after many
+    /// acknowledgements, the store's reaper), and a tokio channel polled
+    /// then answers "pending" and wakes itself; this task would poll it
+    /// again for ever, since that budget is only refilled when the waking
+    /// task yields.
     pub fn start(request: Request) {
+        let request: Request = Box::pin(tokio::task::unconstrained(request));
         let task = Arc::new(InlineTask {
             state: AtomicU8::new(POLLING),
             request: Mutex::new(Some(request)),
@@ -142,6 +150,40 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(done.load(Ordering::SeqCst), 1, "finished twice");
         assert_eq!(polls.load(Ordering::SeqCst), 9, "polled after it finished");
+    }
+
+    /// The waking thread is a tokio task that spent its cooperative budget
+    /// (as the link's reader does after many acknowledgements): the request
+    /// still finishes, instead of polling its "pending, woken" channel for
+    /// ever on that thread.
+    #[test]
+    fn a_wake_from_a_task_out_of_budget_finishes_the_request() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                InlineTask::start(Box::pin(async move {
+                    let _ = rx.await;
+                    let _ = done_tx.send(());
+                }));
+                std::future::poll_fn(|cx| {
+                    // Each poll of a ready channel spends a unit of budget.
+                    for _ in 0..1000 {
+                        let (t, mut r) = tokio::sync::oneshot::channel::<()>();
+                        let _ = t.send(());
+                        let _ = Pin::new(&mut r).poll(cx);
+                    }
+                    Poll::Ready(())
+                })
+                .await;
+                let _ = tx.send(()); // wakes the request here, out of budget
+            });
+        });
+        assert!(
+            done_rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+            "the request never finished (polled for ever on the waking thread?)"
+        );
     }
 
     #[test]

@@ -107,11 +107,8 @@ impl Sink {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
-                    debug!("reply write failed: {e}");
                     drop(st);
-                    self.break_off();
-                    let _ = self.sock.shutdown(Shutdown::Both);
-                    return;
+                    return self.write_failed(e);
                 }
             }
             st.writing = true;
@@ -136,12 +133,8 @@ impl Sink {
                 Ok(true) => return,
                 Ok(false) => held.retain(|q| q.remaining() > 0),
                 Err(e) => {
-                    debug!("reply write failed: {e}");
                     drop(st);
-                    drop(held);
-                    self.break_off();
-                    let _ = self.sock.shutdown(Shutdown::Both);
-                    return;
+                    return self.write_failed(e);
                 }
             }
             st.writing = true;
@@ -150,6 +143,13 @@ impl Sink {
         if st.writing && st.idle {
             self.wake.notify_one();
         }
+    }
+
+    /// A reply write failed: the connection is dead (see `break_off`).
+    fn write_failed(&self, e: io::Error) {
+        debug!("reply write failed: {e}");
+        self.break_off();
+        let _ = self.sock.shutdown(Shutdown::Both);
     }
 
     /// Holds replies back until `uncork` (the reader has more requests in
@@ -179,12 +179,8 @@ impl Sink {
             Ok(true) => return,
             Ok(false) => {}
             Err(e) => {
-                debug!("reply write failed: {e}");
                 drop(st);
-                drop(batch);
-                self.break_off();
-                let _ = self.sock.shutdown(Shutdown::Both);
-                return;
+                return self.write_failed(e);
             }
         }
         batch.retain(|q| q.remaining() > 0);
@@ -258,9 +254,7 @@ impl Sink {
             let result = write_batch(&self.sock, &mut batch, true);
             batch.clear();
             if let Err(e) = result {
-                debug!("reply write failed: {e}");
-                self.break_off();
-                let _ = self.sock.shutdown(Shutdown::Both);
+                self.write_failed(e);
                 return Ended::Broken;
             }
         }
