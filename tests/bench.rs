@@ -194,18 +194,16 @@ fn bench_rtt_measures_a_local_pair_through_a_relay() {
     let ms = |v: &serde_json::Value| v.as_f64().unwrap() / 1000.0;
     let rtt = ms(&j["link"]["rtt"]["p50_us"]);
     assert!((10.0..25.0).contains(&rtt), "link RTT {rtt} ms through a 10 ms relay");
-    let c1 = j["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["mode"] == "C" && r["queue_depth"] == 1)
-        .unwrap();
-    let a1 = j["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["mode"] == "A" && r["queue_depth"] == 1)
-        .unwrap();
+    let qd1 = |mode: &str| {
+        j["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["mode"] == mode && r["queue_depth"] == 1)
+            .unwrap()
+            .clone()
+    };
+    let (c1, a1) = (qd1("C"), qd1("A"));
     assert!(ms(&c1["latency"]["p50_us"]) >= 10.0, "C waits for the peer: {c1}");
     assert!(ms(&a1["latency"]["p50_us"]) < 10.0, "A does not: {a1}");
     // With a 2 ms default budget C does not fit a 10 ms link.

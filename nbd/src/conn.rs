@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
@@ -335,12 +334,12 @@ fn issue<D: BlockDevice>(
     let fence = sh.fence.enter();
     let device = sh.device.clone();
     let sink = conn.sink.clone();
-    let mut request: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+    let request = async move {
         let reply = execute(&*device, structured, cookie, command).await;
         drop(fence);
         sink.send(Queued::new(reply, Some(permit)));
         drop(op);
-    });
+    };
     // Polled here, the request runs inside the connection thread's span;
     // elsewhere it takes the span along (only then: entering a span on
     // every poll costs more than a page-cache read).
@@ -353,11 +352,12 @@ fn issue<D: BlockDevice>(
     if sh.device.finish_on_wake() {
         // Finished (and answered) on the thread that wakes it, in this
         // connection's span.
-        InlineTask::start(Box::pin(request.in_current_span()));
+        InlineTask::start(request.in_current_span());
         return;
     }
     // A no-op waker is enough: if the request is not done, the runtime
     // polls it again (with its own waker) as soon as it is spawned.
+    let mut request = Box::pin(request);
     let mut cx = Context::from_waker(Waker::noop());
     if request.as_mut().poll(&mut cx).is_pending() {
         sh.runtime.spawn(request.in_current_span());

@@ -46,7 +46,7 @@ impl InlineTask {
     /// then answers "pending" and wakes itself; this task would poll it
     /// again for ever, since that budget is only refilled when the waking
     /// task yields.
-    pub fn start(request: Request) {
+    pub fn start(request: impl Future<Output = ()> + Send + 'static) {
         let request: Request = Box::pin(tokio::task::unconstrained(request));
         let task = Arc::new(InlineTask {
             state: AtomicU8::new(POLLING),

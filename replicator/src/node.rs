@@ -499,8 +499,11 @@ impl Node {
             return Ok(s);
         }
         let path = crate::bench::scratch_path(&self.me.meta);
-        let store = Store::open(&path, Some(crate::protocol::wire::BENCH_AREA), &self.opts)
-            .map_err(|e| {
+        // Opened under the node's lock: never wait there for a lock an
+        // exited process left (a failed probe is all it costs).
+        let opts = StoreOptions { lock_wait: Duration::ZERO, ..self.opts.clone() };
+        let store =
+            Store::open(&path, Some(crate::protocol::wire::BENCH_AREA), &opts).map_err(|e| {
                 tracing::warn!("bench scratch area {}: {e}", path.display());
                 // The errno travels to the bench's report (and the peer's
                 // Failed frame): "Is a directory", not an anonymous EIO.

@@ -6,7 +6,7 @@
 //! restarted at once after a crash (a supervisor, a test) would be refused
 //! for a lock nobody holds any more. So a lock whose holder (per
 //! `/proc/locks`) is no longer a live process is waited for, up to
-//! [`DEAD_HOLDER_WAIT`]; a live holder is refused at once, by pid.
+//! [`DEAD_HOLDER_WAIT`] by default; a live holder is refused at once, by pid.
 
 use std::fs::File;
 use std::io;
@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use super::StoreError;
 
-/// How long a lock left by a process that is gone is waited for.
+/// How long a lock left by a process that is gone is waited for, by
+/// default (`StoreOptions::lock_wait`).
 pub const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(30);
 
-/// Takes the exclusive lock on `file` (opened from `path`).
-pub fn lock_exclusive(file: &File, path: &Path) -> Result<(), StoreError> {
-    let deadline = Instant::now() + DEAD_HOLDER_WAIT;
+/// Takes the exclusive lock on `file` (opened from `path`), waiting up to
+/// `wait` for one a process that has exited still holds.
+pub fn lock_exclusive(file: &File, path: &Path, wait: Duration) -> Result<(), StoreError> {
+    let deadline = Instant::now() + wait;
     let mut waited = false;
     loop {
         // SAFETY: flock on a descriptor the caller owns.
@@ -117,10 +119,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d");
         let a = File::create(&path).unwrap();
-        lock_exclusive(&a, &path).unwrap();
+        lock_exclusive(&a, &path, DEAD_HOLDER_WAIT).unwrap();
         let b = File::open(&path).unwrap();
         let t = Instant::now();
-        match lock_exclusive(&b, &path) {
+        match lock_exclusive(&b, &path, DEAD_HOLDER_WAIT) {
             Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected InUse, got {other:?}"),
         }
@@ -154,7 +156,8 @@ mod tests {
         }
         let f = File::open(&path).unwrap();
         let t = Instant::now();
-        lock_exclusive(&f, &path).expect("the lock of an exited process is taken once released");
+        lock_exclusive(&f, &path, DEAD_HOLDER_WAIT)
+            .expect("the lock of an exited process is taken once released");
         assert!(t.elapsed() >= Duration::from_millis(500), "taken while still held");
         sh.wait().unwrap();
     }

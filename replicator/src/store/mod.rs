@@ -87,6 +87,9 @@ pub struct StoreOptions {
     /// size up to 1 MiB (scripts/bench-nbd.sh). 0 sends every write through
     /// io_uring. O_DIRECT, FUA, flush and fallocate always go through it.
     pub inline_write_max: usize,
+    /// How long a lock left by a process that has exited is waited for
+    /// ([`lock::lock_exclusive`]); a live holder is refused at once.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -97,6 +100,7 @@ impl Default for StoreOptions {
             threads: 8,
             ring_entries: 256,
             inline_write_max: 32 << 20,
+            lock_wait: lock::DEAD_HOLDER_WAIT,
         }
     }
 }
@@ -175,7 +179,7 @@ impl Store {
             .open(path)
             .map_err(open_err)?;
         // One process per disk: a second `up` or `serve` on it is refused.
-        lock::lock_exclusive(&file, path)?;
+        lock::lock_exclusive(&file, path, opts.lock_wait)?;
         let mut actual = sys::size_of(&file).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         let is_regular = meta.is_file();
