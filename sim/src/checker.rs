@@ -444,6 +444,7 @@ impl Checker {
             self.stats.no_quorum_steps += 1;
         }
         self.follow_syncs(sim);
+        self.check_core_caches(sim)?;
         self.check_i4_i5(sim)?;
         self.check_promotions(sim)?;
         self.check_i2(sim)?;
@@ -542,6 +543,21 @@ impl Checker {
                 }
             }
         }
+    }
+
+    /// What a core keeps to spare itself work (hints, counts) agrees with
+    /// the state it summarises (`Core::check_caches`).
+    fn check_core_caches(&self, sim: &Sim) -> Result<(), Violation> {
+        for n in &sim.nodes {
+            if let Some(Err(what)) = n.core.as_ref().map(|c| c.check_caches()) {
+                return Err(Violation {
+                    step: self.step,
+                    rule: "core cache",
+                    what: format!("{}: {what}", n.name),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn check_i4_i5(&self, sim: &Sim) -> Result<(), Violation> {

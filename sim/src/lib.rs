@@ -1868,6 +1868,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::IgnoreQuorum => "ignore-quorum",
         Plant::NoPeerFence => "no-peer-fence",
         Plant::AheadWithoutMark => "ahead-without-mark",
+        Plant::LostHint => "lost-hint",
     }
 }
 

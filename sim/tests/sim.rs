@@ -80,6 +80,14 @@ fn finds_no_peer_fence() {
     finds(Plant::NoPeerFence);
 }
 
+/// A core that forgets the hint of its lost writes (an optimisation: the
+/// pending map is scanned only when some write may be Lost) is caught by
+/// the cache check after every step, before a reply waits for ever.
+#[test]
+fn finds_lost_hint() {
+    finds(Plant::LostHint);
+}
+
 /// Adaptive mode: acknowledging while Ahead without marking the bitmap
 /// leaves blocks that differ uncovered (or disks that differ once back in
 /// sync).

@@ -298,6 +298,7 @@ impl Core {
             if let Some(p) = self.pending.get_mut(&req) {
                 if matches!(p.peer, PeerPart::Waiting(_)) {
                     p.peer = PeerPart::Lost;
+                    self.maybe_lost = true;
                 }
             }
         }

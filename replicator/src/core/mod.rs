@@ -130,6 +130,11 @@ pub struct Core {
     /// probes keep their place behind the ones that arrived before them.
     app_admitted: u64,
     pending: HashMap<ReqId, Pending>,
+    /// Some entry of `pending` may be [`PeerPart::Lost`]: set wherever one
+    /// is marked so, cleared by `release_lost` when it finds none. Spares
+    /// the scan of every pending operation on every event (a profile of
+    /// 4k writes at queue depth 32 found it the core's largest cost).
+    maybe_lost: bool,
     /// Peer operations received, not yet issued to the store (in order;
     /// they outlive the session that brought them).
     incoming: VecDeque<(SessionId, u64, Op)>,
@@ -225,6 +230,7 @@ impl Core {
             app: VecDeque::new(),
             app_admitted: 0,
             pending: HashMap::new(),
+            maybe_lost: false,
             incoming: VecDeque::new(),
             applying: 0,
             ios: HashMap::new(),
@@ -329,6 +335,20 @@ impl Core {
     }
 
     /// No I/O in flight, nothing waiting, no resync or verify under way.
+    /// Checks that what the core keeps to spare itself work agrees with
+    /// the state it stands for (the simulator calls it after every step).
+    pub fn check_caches(&self) -> Result<(), String> {
+        if !self.maybe_lost {
+            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.peer == PeerPart::Lost) {
+                return Err(format!(
+                    "request {req} lost its peer part but `maybe_lost` is clear: \
+                     it would never be released"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn quiescent(&self) -> bool {
         self.app.is_empty()
             && self.probes.is_empty()

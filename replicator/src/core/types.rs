@@ -116,6 +116,10 @@ pub enum Plant {
     /// Adaptive mode: acknowledge writes while Ahead without marking
     /// their blocks in the bitmap.
     AheadWithoutMark,
+    /// A lost session marks its waiting writes Lost without raising the
+    /// hint that makes `release_lost` look for them (they would wait for
+    /// ever).
+    LostHint,
 }
 
 impl std::str::FromStr for Plant {
@@ -130,9 +134,10 @@ impl std::str::FromStr for Plant {
             "ignore-quorum" => Plant::IgnoreQuorum,
             "no-peer-fence" => Plant::NoPeerFence,
             "ahead-without-mark" => Plant::AheadWithoutMark,
+            "lost-hint" => Plant::LostHint,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint)"
                 ))
             }
         })

@@ -352,12 +352,19 @@ impl Core {
     /// Replies whose peer part was lost go out once the new generation and
     /// the bits that record the loss are durable.
     pub(crate) fn release_lost(&mut self) {
+        if !self.maybe_lost {
+            return;
+        }
+        let mut any = false;
         let lost: Vec<ReqId> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.peer == PeerPart::Lost && p.local.is_some())
+            .filter(|(_, p)| p.peer == PeerPart::Lost)
+            .inspect(|_| any = true)
+            .filter(|(_, p)| p.local.is_some())
             .map(|(r, _)| *r)
             .collect();
+        self.maybe_lost = any;
         if lost.is_empty() {
             return;
         }
@@ -473,6 +480,7 @@ impl Core {
                 if let Some(p) = self.pending.get_mut(&req) {
                     if matches!(p.peer, PeerPart::Waiting(_) | PeerPart::Free) {
                         p.peer = PeerPart::Lost;
+                        self.maybe_lost = true;
                     }
                 }
                 self.p.want_bitmap = true;
@@ -534,6 +542,9 @@ impl Core {
                 if let Some(p) = self.pending.get_mut(&req) {
                     if matches!(p.peer, PeerPart::Waiting(_)) {
                         p.peer = PeerPart::Lost;
+                        if self.cfg.plant != Plant::LostHint {
+                            self.maybe_lost = true;
+                        }
                     }
                 }
                 lost_app = true;
