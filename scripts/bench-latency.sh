@@ -51,14 +51,34 @@ RES=$WORK/results # lines: run key value...
 : >"$RES"
 
 
-# fio_run URI ARGS...: one job; prints "iops MiB/s clat_mean_us clat_p50_us clat_p99_us".
+# node_ticks: CPU time (user + system, clock ticks) used so far by the
+# processes in $NODE_PIDS (the standalone server or the pair's two nodes;
+# not fio, not the relay).
+NODE_PIDS=()
+node_ticks() {
+  local p t=0 u s
+  for p in "${NODE_PIDS[@]}"; do
+    read -r u s < <(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    t=$((t + u + s))
+  done
+  echo "$t"
+}
+# fio_run URI ARGS...: one job; prints "iops MiB/s clat_mean_us clat_p50_us
+# clat_p99_us cpu_us_per_op" (the nodes' CPU time per operation, over the
+# whole run: what a write costs the machine, whatever it waits for).
 fio_run() {
   local uri=$1; shift
+  local c0 t0 c1 t1
+  c0=$(node_ticks); t0=$(date +%s.%N)
   fio --name=b --ioengine=nbd --uri="$uri" "$@" --size="$SIZE" --time_based --runtime="$RUNTIME" \
       --ramp_time=1 --output-format=json --output="$WORK/out.json" >/dev/null
+  c1=$(node_ticks); t1=$(date +%s.%N)
   python3 -c '
 import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
-print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3)' "$WORK/out.json"
+ticks, tck, wall = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4])
+cpu = ticks / tck * 1e6 / max(w["iops"] * wall, 1)
+print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu)' \
+    "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1"
 }
 # prefill URI FILES...: writes the export once end to end, then drops the
 # files' page cache: large writes leave large folios behind, and a 4 KiB
@@ -92,9 +112,11 @@ pair() {
   fi
   CFG=$WORK/r.toml
   pair_config "$CFG" bench "$mode" "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay" "$extra"
+  NODE_PIDS=()
   for n in a b; do
     "$BIN" up --config "$CFG" --node $n >/dev/null 2>"$WORK/$n.log" &
     PIDS+=($!)
+    NODE_PIDS+=($!)
   done
   pair_promote "$BIN" "$CFG"
   URI="nbd://127.0.0.1:$an/bench"
@@ -154,6 +176,7 @@ for ((run = 1; run <= REPEAT; run++)); do
     rm -f "$WORK/serve.img"
     "$BIN" serve --disk "$WORK/serve.img" --size "$SIZE" --listen "127.0.0.1:$P" >/dev/null 2>"$WORK/serve.log" &
     PIDS+=($!)
+    NODE_PIDS=($!)
     wait_nbd "nbd://127.0.0.1:$P"
     prefill "nbd://127.0.0.1:$P" "$WORK/serve.img"
     for w in "${WORKLOADS[@]}"; do
@@ -238,6 +261,16 @@ if any(k.startswith("serve|") for k in d):
             ratios = [a / b for a, b in zip(v, base)]
             cells.append(f"{statistics.median(v):,.0f} ({statistics.median(ratios):.2f}x, {lat:,.0f}us)")
         print(f"{name:<19}{cells[0]:>16}{cells[1]:>26}{cells[2]:>26}{cells[3]:>26}")
+    print("\nCPU time of the nodes per operation (both nodes; serve: the one server), us; fio's own not counted")
+    print(f"{'workload':<19}{'serve':>16}{'C':>26}{'B':>26}{'A':>26}")
+    for name in ("4k randwrite QD1", "4k randwrite QD32", "1M write QD8"):
+        cells = [med(f"{m}|{name}", 5) for m in ("serve", "C", "B", "A")]
+        print(f"{name:<19}" + "".join(f"{'-' if c is None else format(c, ',.1f'):>{w}}" for c, w in zip(cells, (16, 26, 26, 26))))
+    print("  C against A (the same replication without waiting for the peer), per run:")
+    for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
+        a = meds(f"A|{name}", metric); c = meds(f"C|{name}", metric)
+        if a and c:
+            print(f"    {name}: " + ", ".join(f"{x/y:.2f}" for x, y in zip(c, a)))
     if n > 1:
         for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
             base = meds(f"serve|{name}", metric); v = meds(f"C|{name}", metric)
