@@ -1869,6 +1869,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::NoPeerFence => "no-peer-fence",
         Plant::AheadWithoutMark => "ahead-without-mark",
         Plant::LostHint => "lost-hint",
+        Plant::HeldHint => "held-hint",
     }
 }
 

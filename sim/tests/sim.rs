@@ -88,6 +88,12 @@ fn finds_lost_hint() {
     finds(Plant::LostHint);
 }
 
+/// The same for the hint of replies held until quorum returns.
+#[test]
+fn finds_held_hint() {
+    finds(Plant::HeldHint);
+}
+
 /// Adaptive mode: acknowledging while Ahead without marking the bitmap
 /// leaves blocks that differ uncovered (or disks that differ once back in
 /// sync).

@@ -135,6 +135,12 @@ pub struct Core {
     /// the scan of every pending operation on every event (a profile of
     /// 4k writes at queue depth 32 found it the core's largest cost).
     maybe_lost: bool,
+    /// Some completed entry of `pending` may have its reply held until
+    /// quorum returns (the controller): set where `try_reply` holds one,
+    /// cleared by `release_held` before it retries them. Spares the scan
+    /// of every pending operation on every event of a Primary with a
+    /// controller.
+    maybe_held: bool,
     /// Peer operations received, not yet issued to the store (in order;
     /// they outlive the session that brought them).
     incoming: VecDeque<(SessionId, u64, Op)>,
@@ -231,6 +237,7 @@ impl Core {
             app_admitted: 0,
             pending: HashMap::new(),
             maybe_lost: false,
+            maybe_held: false,
             incoming: VecDeque::new(),
             applying: 0,
             ios: HashMap::new(),
@@ -343,6 +350,19 @@ impl Core {
                 return Err(format!(
                     "request {req} lost its peer part but `maybe_lost` is clear: \
                      it would never be released"
+                ));
+            }
+        }
+        if !self.maybe_held {
+            // After a step every operation that may be answered was: one
+            // complete on both sides and still pending is held for quorum.
+            let ready = self.pending.iter().find(|(_, p)| {
+                p.local == Some(Ok(())) && matches!(p.peer, PeerPart::Free | PeerPart::Confirmed)
+            });
+            if let Some((req, _)) = ready {
+                return Err(format!(
+                    "request {req} is complete and unanswered but `maybe_held` is clear: \
+                     it would never be answered"
                 ));
             }
         }

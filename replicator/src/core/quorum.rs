@@ -501,13 +501,15 @@ impl Core {
 
     /// Replies that are ready and waited for quorum go out once it is back.
     pub(crate) fn release_held(&mut self) {
-        if self.ctl.is_none() || self.role != Role::Primary {
+        if self.ctl.is_none() || self.role != Role::Primary || !self.maybe_held {
             return;
         }
         if self.has_quorum()
             || self.fenced()
             || self.ctl.as_ref().is_some_and(|c| c.demoting.is_some())
         {
+            // Raised again by `try_reply` for each one still held.
+            self.maybe_held = false;
             let mut ready: Vec<_> = self
                 .pending
                 .iter()

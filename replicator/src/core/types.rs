@@ -120,6 +120,9 @@ pub enum Plant {
     /// hint that makes `release_lost` look for them (they would wait for
     /// ever).
     LostHint,
+    /// A reply held for quorum does not raise the hint that makes
+    /// `release_held` retry it.
+    HeldHint,
 }
 
 impl std::str::FromStr for Plant {
@@ -135,9 +138,10 @@ impl std::str::FromStr for Plant {
             "no-peer-fence" => Plant::NoPeerFence,
             "ahead-without-mark" => Plant::AheadWithoutMark,
             "lost-hint" => Plant::LostHint,
+            "held-hint" => Plant::HeldHint,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint)"
                 ))
             }
         })
