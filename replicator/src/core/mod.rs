@@ -341,7 +341,6 @@ impl Core {
         self.al.durable.iter().copied()
     }
 
-    /// No I/O in flight, nothing waiting, no resync or verify under way.
     /// Checks that what the core keeps to spare itself work agrees with
     /// the state it stands for (the simulator calls it after every step).
     pub fn check_caches(&self) -> Result<(), String> {
@@ -369,6 +368,7 @@ impl Core {
         Ok(())
     }
 
+    /// No I/O in flight, nothing waiting, no resync or verify under way.
     pub fn quiescent(&self) -> bool {
         self.app.is_empty()
             && self.probes.is_empty()
