@@ -2,7 +2,7 @@
 //! and each planted bug must be found within the same budget.
 
 use twinblock_replicator::core::Plant;
-use twinblock_sim::{replay_line, run_many, DEFAULT_STEPS};
+use twinblock_sim::{replay_line, run_many, run_seed, DEFAULT_STEPS};
 
 /// Seeds per `cargo test` run (a few hundred steps each).
 const CI_SEEDS: u64 = 2000;
@@ -78,6 +78,22 @@ fn finds_ignore_quorum() {
 #[test]
 fn finds_no_peer_fence() {
     finds(Plant::NoPeerFence);
+}
+
+/// Seeds that failed once, beyond the budget's steps, replayed as found:
+/// 20306 (5,000 steps) left a Secondary Outdated and Behind for ever after
+/// an adaptive catch-up (the Primary started a new generation when it
+/// released writes lost on going Ahead, though the resync had brought
+/// the peer everything).
+#[test]
+fn regression_seeds_pass() {
+    const SEEDS: &[(u64, usize)] = &[(20306, 5000)];
+    for &(seed, steps) in SEEDS {
+        let o = run_seed(seed, steps, Plant::None, false);
+        if let Some((v, _)) = &o.failure {
+            panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, steps));
+        }
+    }
 }
 
 /// A core that forgets the hint of its lost writes (an optimisation: the

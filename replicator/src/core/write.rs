@@ -374,7 +374,12 @@ impl Core {
         if lost.is_empty() {
             return;
         }
-        if self.role == Role::Primary {
+        // Unless the peer has caught up since (a resync brought it
+        // everything this node holds, these writes included): a new
+        // generation then would make an UpToDate peer Outdated with
+        // nothing out of sync to bring it back (it stayed Behind for
+        // ever after an adaptive catch-up, simulator seed 20306).
+        if self.role == Role::Primary && !self.peer_current() {
             self.diverge("the peer may lack acknowledged writes");
         }
         let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
