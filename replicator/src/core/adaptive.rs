@@ -295,12 +295,7 @@ impl Core {
             if let Some((off, len)) = range {
                 self.mark(off, len);
             }
-            if let Some(p) = self.pending.get_mut(&req) {
-                if matches!(p.peer, PeerPart::Waiting(_)) {
-                    p.peer = PeerPart::Lost;
-                    self.maybe_lost = true;
-                }
-            }
+            self.lose_peer_part(req, |p| matches!(p, PeerPart::Waiting(_)));
         }
         self.p.want_bitmap = true;
         self.diverge("Ahead: the peer falls behind");

@@ -108,6 +108,13 @@ struct Pending {
     range: Option<(u64, u64)>,
 }
 
+impl Pending {
+    /// Both parts are done: only the reply gate (quorum) may still hold it.
+    fn both_done(&self) -> bool {
+        self.local.is_some() && matches!(self.peer, PeerPart::Free | PeerPart::Confirmed)
+    }
+}
+
 /// The node core. See the module documentation.
 pub struct Core {
     cfg: CoreConfig,
@@ -355,10 +362,7 @@ impl Core {
         if !self.maybe_held {
             // After a step every operation that may be answered was: one
             // complete on both sides and still pending is held for quorum.
-            let ready = self.pending.iter().find(|(_, p)| {
-                p.local == Some(Ok(())) && matches!(p.peer, PeerPart::Free | PeerPart::Confirmed)
-            });
-            if let Some((req, _)) = ready {
+            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.both_done()) {
                 return Err(format!(
                     "request {req} is complete and unanswered but `maybe_held` is clear: \
                      it would never be answered"

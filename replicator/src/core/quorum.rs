@@ -510,15 +510,8 @@ impl Core {
         {
             // Raised again by `try_reply` for each one still held.
             self.maybe_held = false;
-            let mut ready: Vec<_> = self
-                .pending
-                .iter()
-                .filter(|(_, p)| {
-                    p.local.is_some()
-                        && !matches!(p.peer, super::PeerPart::Waiting(_) | super::PeerPart::Lost)
-                })
-                .map(|(r, _)| *r)
-                .collect();
+            let mut ready: Vec<_> =
+                self.pending.iter().filter(|(_, p)| p.both_done()).map(|(r, _)| *r).collect();
             ready.sort_unstable();
             for req in ready {
                 self.try_reply(req);

@@ -116,7 +116,7 @@ pub enum Plant {
     /// Adaptive mode: acknowledge writes while Ahead without marking
     /// their blocks in the bitmap.
     AheadWithoutMark,
-    /// A lost session marks its waiting writes Lost without raising the
+    /// Writes whose peer part is lost are marked so without raising the
     /// hint that makes `release_lost` look for them (they would wait for
     /// ever).
     LostHint,

@@ -355,6 +355,19 @@ impl Core {
         self.try_reply(req);
     }
 
+    /// The peer part of `req` is lost if it is in a state `from` accepts:
+    /// the one place that marks it so, and raises the hint `release_lost`
+    /// looks at.
+    pub(super) fn lose_peer_part(&mut self, req: ReqId, from: fn(PeerPart) -> bool) {
+        let Some(p) = self.pending.get_mut(&req) else { return };
+        if from(p.peer) {
+            p.peer = PeerPart::Lost;
+            if self.cfg.plant != Plant::LostHint {
+                self.maybe_lost = true;
+            }
+        }
+    }
+
     /// Replies whose peer part was lost go out once the new generation and
     /// the bits that record the loss are durable.
     pub(crate) fn release_lost(&mut self) {
@@ -362,14 +375,15 @@ impl Core {
             return;
         }
         let mut any = false;
-        let lost: Vec<ReqId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.peer == PeerPart::Lost)
-            .inspect(|_| any = true)
-            .filter(|(_, p)| p.local.is_some())
-            .map(|(r, _)| *r)
-            .collect();
+        let mut lost: Vec<ReqId> = Vec::new();
+        for (req, p) in &self.pending {
+            if p.peer == PeerPart::Lost {
+                any = true;
+                if p.local.is_some() {
+                    lost.push(*req);
+                }
+            }
+        }
         self.maybe_lost = any;
         if lost.is_empty() {
             return;
@@ -378,8 +392,10 @@ impl Core {
         // everything this node holds, these writes included): a new
         // generation then would make an UpToDate peer Outdated with
         // nothing out of sync to bring it back (it stayed Behind for
-        // ever after an adaptive catch-up, simulator seed 20306).
-        if self.role == Role::Primary && !self.peer_current() {
+        // ever after an adaptive catch-up, simulator seed 20306), and
+        // the witness need not hear that it is behind.
+        let peer_has_them = self.peer_current();
+        if self.role == Role::Primary && !peer_has_them {
             self.diverge("the peer may lack acknowledged writes");
         }
         let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
@@ -394,11 +410,8 @@ impl Core {
             self.p.want_bitmap = true;
         }
         if self.meta_durable() && self.bitmap_clean() {
-            // The peer may lack them: the witness must know it is behind,
-            // unless the peer has caught up since (a resync brought it
-            // everything this node holds).
-            let alone = !self.peer_current();
-            match self.reply_gate(alone, true) {
+            // The peer may lack them: the witness must know it is behind.
+            match self.reply_gate(!peer_has_them, true) {
                 None => {}
                 Some(Ok(())) => return,
                 Some(Err(e)) => {
@@ -494,12 +507,7 @@ impl Core {
                 }
                 let extents = self.extents(o.range);
                 self.al.release(&extents);
-                if let Some(p) = self.pending.get_mut(&req) {
-                    if matches!(p.peer, PeerPart::Waiting(_) | PeerPart::Free) {
-                        p.peer = PeerPart::Lost;
-                        self.maybe_lost = true;
-                    }
-                }
+                self.lose_peer_part(req, |p| matches!(p, PeerPart::Waiting(_) | PeerPart::Free));
                 self.p.want_bitmap = true;
             }
             OutKind::Bench(req) => self.bench_lost(req, IoError(errno)),
@@ -556,14 +564,7 @@ impl Core {
                 }
                 let extents = self.extents(o.range);
                 self.al.release(&extents);
-                if let Some(p) = self.pending.get_mut(&req) {
-                    if matches!(p.peer, PeerPart::Waiting(_)) {
-                        p.peer = PeerPart::Lost;
-                        if self.cfg.plant != Plant::LostHint {
-                            self.maybe_lost = true;
-                        }
-                    }
-                }
+                self.lose_peer_part(req, |p| matches!(p, PeerPart::Waiting(_)));
                 lost_app = true;
             }
         }
