@@ -4,9 +4,16 @@
 //! while after it is gone: the kernel tears the ring down (and drops its
 //! reference to the file) in the background, after the exit. A node
 //! restarted at once after a crash (a supervisor, a test) would be refused
-//! for a lock nobody holds any more. So a lock whose holder (per
-//! `/proc/locks`) is no longer a live process is waited for, up to
-//! [`DEAD_HOLDER_WAIT`] by default; a live holder is refused at once, by pid.
+//! for a lock nobody holds any more. So the holder `/proc/locks` names is
+//! looked at: a live process is refused at once, by pid; a lock whose
+//! holder has exited, or that `/proc/locks` does not list at all, is waited
+//! for, up to [`DEAD_HOLDER_WAIT`] by default.
+//!
+//! Not listed is the usual case in a container: the kernel leaves out of
+//! `/proc/locks` every lock whose holder is not a live process of the
+//! reader's pid namespace (`locks_show` skips pid 0), so there a lock left
+//! by a dead predecessor and one held from another pid namespace look the
+//! same; the second is refused when the wait ends.
 
 use std::fs::File;
 use std::io;
@@ -21,8 +28,30 @@ use super::StoreError;
 /// default (`StoreOptions::lock_wait`).
 pub const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(30);
 
+/// Who holds a lock this process could not take, as far as it can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// A live process of this pid namespace: refused at once.
+    Live(u32),
+    /// Listed with a pid that is no longer a live process (or a zombie,
+    /// whose files are closed): its lock goes away soon.
+    Exited(u32),
+    /// Not in `/proc/locks` as this process sees it (or that file cannot
+    /// be read): exited, or in another pid namespace.
+    Unseen,
+}
+
+impl Holder {
+    fn pid(self) -> Option<u32> {
+        match self {
+            Holder::Live(p) | Holder::Exited(p) => Some(p).filter(|&p| p != 0),
+            Holder::Unseen => None,
+        }
+    }
+}
+
 /// Takes the exclusive lock on `file` (opened from `path`), waiting up to
-/// `wait` for one a process that has exited still holds.
+/// `wait` for one whose holder is not a live process this one can see.
 pub fn lock_exclusive(file: &File, path: &Path, wait: Duration) -> Result<(), StoreError> {
     let deadline = Instant::now() + wait;
     let mut waited = false;
@@ -39,17 +68,17 @@ pub fn lock_exclusive(file: &File, path: &Path, wait: Duration) -> Result<(), St
             return Err(StoreError::Open { path: path.to_owned(), source: e });
         }
         let holder = holder(file);
-        let gone = holder.is_some_and(|pid| !alive(pid));
-        if !gone || Instant::now() >= deadline {
-            let pid = holder.filter(|&p| p != 0);
-            return Err(StoreError::InUse { path: path.to_owned(), pid });
+        if matches!(holder, Holder::Live(_)) || Instant::now() >= deadline {
+            return Err(StoreError::InUse { path: path.to_owned(), pid: holder.pid() });
         }
         if !waited {
             tracing::warn!(
                 path = %path.display(),
-                pid = holder,
-                "locked by a process that has exited (the kernel is still releasing its \
-                 io_uring requests): waiting for the lock"
+                pid = holder.pid(),
+                wait_s = wait.as_secs(),
+                "locked by a process that has exited or that this node cannot see (another \
+                 pid namespace); the kernel may still be releasing a dead node's io_uring \
+                 requests: waiting for the lock"
             );
             waited = true;
         }
@@ -57,17 +86,21 @@ pub fn lock_exclusive(file: &File, path: &Path, wait: Duration) -> Result<(), St
     }
 }
 
-/// The pid `/proc/locks` names for an flock on `file`'s inode.
-fn holder(file: &File) -> Option<u32> {
-    let meta = file.metadata().ok()?;
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    parse_holder(&locks, meta.dev(), meta.ino())
+/// Who `/proc/locks` says holds an flock on `file`'s inode.
+fn holder(file: &File) -> Holder {
+    let listed = file.metadata().ok().and_then(|meta| {
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        parse_holder(&locks, meta.dev(), meta.ino())
+    });
+    match listed {
+        Some(pid) if alive(pid) => Holder::Live(pid),
+        Some(pid) => Holder::Exited(pid),
+        None => Holder::Unseen,
+    }
 }
 
 /// `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`: device numbers in
-/// hex, inode in decimal. Blocked waiters (`->`) are not holders. The
-/// kernel prints pid 0 for a holder that no longer exists (or lives in
-/// another pid namespace).
+/// hex, inode in decimal. Blocked waiters (`->`) are not holders.
 fn parse_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     locks.lines().find_map(|line| {
@@ -155,10 +188,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let f = File::open(&path).unwrap();
+        // What this process sees of the holder (the test below checks it).
+        eprintln!("holder seen: {:?}", holder(&f));
         let t = Instant::now();
         lock_exclusive(&f, &path, DEAD_HOLDER_WAIT)
             .expect("the lock of an exited process is taken once released");
         assert!(t.elapsed() >= Duration::from_millis(500), "taken while still held");
         sh.wait().unwrap();
+    }
+
+    /// The same in a container: the test above rerun in a pid namespace of
+    /// its own (`unshare --pid --fork --mount-proc`), where `/proc/locks`
+    /// does not list a lock whose holder has exited. Needs root.
+    #[test]
+    fn a_lock_left_by_an_exited_process_is_waited_for_in_a_pid_namespace() {
+        let ci = std::env::var_os("CI").is_some();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(!ci, "this test needs root in CI");
+            eprintln!("skipped: needs root (unshare --pid)");
+            return;
+        }
+        if std::process::Command::new("unshare").arg("--version").output().is_err() {
+            assert!(!ci, "unshare(1) (util-linux) is missing");
+            eprintln!("skipped: no unshare(1)");
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(exe)
+            .args(["--exact", "store::lock::tests::a_lock_left_by_an_exited_process_is_waited_for"])
+            .args(["--nocapture", "--test-threads", "1"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "in a pid namespace:\n{text}");
+        assert!(text.contains("holder seen: Unseen"), "the lock was listed after all:\n{text}");
     }
 }

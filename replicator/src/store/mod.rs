@@ -113,7 +113,7 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("{path} is {actual} bytes but the configured size is {expected} bytes")]
     SizeMismatch { path: PathBuf, actual: u64, expected: u64 },
-    #[error("{path} is in use by another process (locked{})", pid.map(|p| format!(" by pid {p}")).unwrap_or_default())]
+    #[error("{path} is in use by another process (locked {})", pid.map(|p| format!("by pid {p}")).unwrap_or_else(|| "by a process this node cannot see: another pid namespace?".into()))]
     InUse { path: PathBuf, pid: Option<u32> },
     #[error("{path} has size 0")]
     Empty { path: PathBuf },
