@@ -143,7 +143,8 @@ fn up_refuses_nbd_clients_beyond_max_connections() {
 }
 
 /// A Secondary whose disk file was deleted (its metadata kept) is not
-/// trusted: it comes back Inconsistent and takes a full sync.
+/// trusted: it comes back Failed (its generations kept) and takes a full
+/// sync.
 #[test]
 fn a_recreated_disk_is_not_trusted_and_takes_a_full_sync() {
     let mut p = Pair::start("C", "16M");

@@ -29,6 +29,9 @@ pub struct Meta {
     /// When this node was last promoted (ms since the epoch; 0: never).
     #[serde(default)]
     pub promoted_at: u64,
+    /// See [`MetaRecord::lost_acked`] (0: none).
+    #[serde(default)]
+    pub lost_acked: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,7 @@ impl Meta {
             fresh: self.fresh,
             gen: self.gen,
             promoted_at: self.promoted_at,
+            lost_acked: self.lost_acked,
         }
     }
 
@@ -61,6 +65,7 @@ impl Meta {
             fresh: r.fresh,
             gen: r.gen,
             promoted_at: r.promoted_at,
+            lost_acked: r.lost_acked,
         }
     }
 

@@ -252,11 +252,11 @@ impl Node {
         let mut meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
         if let Some(m) = meta.as_mut().filter(|_| !mine.disk.exists()) {
             // The disk is gone but its metadata is not: record that the data
-            // is not ours before a new file exists, so a crash in between
-            // cannot make an empty disk look UpToDate.
-            m.disk = crate::protocol::wire::DiskState::Inconsistent;
+            // is gone (as if the disk had failed: a full sync follows) before
+            // a new file exists, so a crash in between cannot make an empty
+            // disk look UpToDate. The generation ids stay (see Core::new).
+            m.disk = crate::protocol::wire::DiskState::Failed;
             m.fresh = false;
-            m.gen = crate::protocol::genid::GenIds::never_synced();
             m.save(&mine.meta)?;
         }
         let store = Store::open(&mine.disk, Some(res.size), opts)?;

@@ -30,7 +30,9 @@
 //! when that session ends it Established and UpToDate; `--force` on a disk
 //! that is not UpToDate resets all floors (the operator accepted the loss);
 //! a replaced disk has none; flush snapshots taken before a node's data was
-//! replaced are dropped.
+//! replaced are dropped. With the controller, the writes a node
+//! acknowledged apart must survive a failover to its peer until the
+//! operator gives them up (`discard-my-data` on that node, or `--force`).
 //!
 //! I2: both nodes up on the same link, both Established and quiescent
 //! (`Core::quiescent`), no frame in flight, no I/O outstanding, no Failed
@@ -38,8 +40,10 @@
 //!
 //! I3: every 64-byte block whose caches differ is covered by a bit of a
 //! durably saved bitmap or an extent of a durably saved activity log on at
-//! least one node — unless a node's durable metadata is missing or says
-//! never-synced and not fresh (any connect fully syncs it), its disk was
+//! least one node — unless a node's durable metadata is missing, says
+//! never-synced and not fresh, or Failed, or Inconsistent with generations
+//! that do not make it the other's sync target (any connect fully syncs
+//! it), its disk was
 //! recreated and no record was saved since, or the durable generations are
 //! unrelated (never synced over; the operator forced a replaced disk).
 //!
@@ -369,6 +373,13 @@ impl Checker {
         }
     }
 
+    /// The operator gave up node `n`'s changes (`discard-my-data`): the
+    /// writes it acknowledged apart need not survive a failover to its
+    /// peer any more.
+    pub fn discarded(&mut self, n: usize) {
+        self.fo[1 - n].iter_mut().for_each(|x| *x = 0);
+    }
+
     pub fn disk_replaced(&mut self, n: usize) {
         self.epoch[n] += 1;
         self.fo[n].iter_mut().for_each(|x| *x = 0);
@@ -695,13 +706,24 @@ impl Checker {
         let never = |n: usize| {
             let node = &sim.nodes[n];
             node.recreated_pending()
-                || node
-                    .meta
-                    .record
-                    .as_ref()
-                    .is_none_or(|m| m.gen.current == NEVER_SYNCED && !m.fresh)
+                || node.meta.record.as_ref().is_none_or(|m| {
+                    (m.gen.current == NEVER_SYNCED && !m.fresh) || m.disk == DiskState::Failed
+                })
         };
-        if never(0) || never(1) {
+        // An Inconsistent disk whose generations do not make it the
+        // other's sync target (a resync into a failed disk from an older
+        // generation, cut short) is fully synced at any connect too.
+        let full = |n: usize| match (&sim.nodes[n].meta.record, &sim.nodes[1 - n].meta.record) {
+            (Some(m), Some(p)) => {
+                m.disk == DiskState::Inconsistent
+                    && !matches!(
+                        decide(&m.gen, &p.gen),
+                        Decision::SyncTarget { .. } | Decision::InSync | Decision::WaitForForce
+                    )
+            }
+            _ => false,
+        };
+        if never(0) || never(1) || full(0) || full(1) {
             // A full resync to that node follows any connect.
             return Ok(());
         }

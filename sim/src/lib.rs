@@ -1444,6 +1444,9 @@ impl Sim {
                 self.note(format!("{}: discard-my-data -> {res:?}", self.nodes[n].name));
                 // (Its floors follow the data when it becomes SyncTarget.)
                 self.drain(n);
+                if res.is_ok() {
+                    self.chk.discarded(n);
+                }
                 if let Some(c) = self.nodes[1 - n].core.as_mut() {
                     c.connect();
                 }
@@ -1870,6 +1873,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::AheadWithoutMark => "ahead-without-mark",
         Plant::LostHint => "lost-hint",
         Plant::HeldHint => "held-hint",
+        Plant::ForgetLost => "forget-lost",
     }
 }
 

@@ -357,7 +357,7 @@ impl Core {
         if !matches!(s.activity, Activity::Behind) {
             return;
         }
-        s.activity = Activity::Target { behind: s.peer.out_of_sync };
+        s.activity = Activity::Target { behind: s.peer.out_of_sync, lost: false };
         self.disk = DiskState::Inconsistent;
         tracing::info!("adaptive: catch-up resync from the Primary (SyncTarget)");
     }

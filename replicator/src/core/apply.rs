@@ -288,17 +288,35 @@ impl Core {
         s.peer.current = current;
         s.peer.out_of_sync = out_of_sync;
         let finished = match &s.activity {
+            // (Outdated: a target that holds our data but lost writes of
+            // its own that it acknowledged before its disk failed.)
             Activity::Source(src) => {
-                src.done_sent && current == my_current && disk == DiskState::UpToDate
+                src.done_sent
+                    && current == my_current
+                    && matches!(disk, DiskState::UpToDate | DiskState::Outdated)
             }
             _ => false,
         };
-        if let Activity::Target { behind } = &mut s.activity {
+        if let Activity::Target { behind, .. } = &mut s.activity {
             *behind = out_of_sync;
         }
+        let idle = s.phase == Phase::Running && matches!(s.activity, Activity::Idle);
         if finished {
             s.activity = Activity::Idle;
             self.sync_finished_source();
+        }
+        if role == Role::Primary
+            && self.unpin_for_primary_peer(current)
+            && idle
+            && self.role == Role::Secondary
+            && self.disk == DiskState::Outdated
+            && disk == DiskState::UpToDate
+            && current == self.gen.current
+            && self.dirty.bytes() == 0
+        {
+            // Same generation, nothing to move: this node holds its data.
+            self.disk = DiskState::UpToDate;
+            self.announce();
         }
         self.adaptive_peer_state(role, current);
         Ok(())

@@ -9,12 +9,67 @@ use crate::protocol::genid::{
 };
 use crate::protocol::wire::{self, DiskState, Hello, Message, Role};
 
-use super::session::{Activity, Phase, Session, SourceSync};
+use super::session::{Activity, Phase, Session, SourceStart, SourceSync};
 use super::types::{Plant, Progress, SessionId, Time};
 use super::{Action, Core};
 
 /// Largest number of runs per BITS frame.
 const RUNS_PER_FRAME: usize = 8192;
+
+/// Which side's disk holds no usable data while the other's does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unusable {
+    /// This node's: it takes a full sync. `lost`: the peer does not know
+    /// this node's generation (newer, split or unrelated: it may have
+    /// acknowledged writes the peer never got before its disk failed):
+    /// after the sync it is Outdated.
+    Mine { lost: bool },
+    /// The peer's: it takes a full sync from this node.
+    Peer,
+    /// Neither holds usable data: nothing can move until an operator
+    /// declares one disk good (`primary --force`).
+    Both,
+}
+
+/// A disk with no usable data (Failed, or Inconsistent: a resync into it
+/// did not finish) facing one with usable data takes a full sync when its
+/// generations do not say it is the peer's target (they say it is newer,
+/// split or unrelated), and always if it failed (a Failed disk keeps its
+/// generation ids to know what it acknowledged; its blocks are not to be
+/// trusted). The same answer, mirrored, on both sides: each applies the
+/// rule to (mine, peer) in its own order, and `decide` is mirrored. Two
+/// disks with no usable data wait for `primary --force`.
+fn unusable_side(
+    decision: Decision,
+    mine: (DiskState, &GenIds),
+    peer: (DiskState, &GenIds),
+) -> Option<Unusable> {
+    let (my_usable, peer_usable) = (disk_rank(mine.0) > 0, disk_rank(peer.0) > 0);
+    if !my_usable && !peer_usable {
+        return Some(Unusable::Both);
+    }
+    // (`toward`: the decision already moves data to that side.)
+    let takes_full = |disk: DiskState, toward: bool| {
+        disk == DiskState::Failed
+            || (!toward && !matches!(decision, Decision::InSync | Decision::WaitForForce))
+    };
+    if !my_usable
+        && peer.1.current != NEVER_SYNCED
+        && takes_full(mine.0, matches!(decision, Decision::SyncTarget { .. }))
+    {
+        // Unless the peer's data descends from ours (or is ours), what
+        // this node acknowledged in its own generation is not there.
+        let lost = !matches!(decision, Decision::SyncTarget { .. } | Decision::InSync);
+        return Some(Unusable::Mine { lost });
+    }
+    if !peer_usable
+        && mine.1.current != NEVER_SYNCED
+        && takes_full(peer.0, matches!(decision, Decision::SyncSource { .. }))
+    {
+        return Some(Unusable::Peer);
+    }
+    None
+}
 
 fn disk_rank(d: DiskState) -> u8 {
     match d {
@@ -98,7 +153,11 @@ impl Core {
         s.peer.disk = h.disk;
         s.peer.current = h.gen.current;
         s.peer.out_of_sync = h.peer_out_of_sync;
+        let primary_on = (h.role == Role::Primary).then_some(h.gen.current);
         s.peer_hello = Some(h);
+        if let Some(current) = primary_on {
+            self.unpin_for_primary_peer(current);
+        }
         Ok(())
     }
 
@@ -150,10 +209,34 @@ impl Core {
             // Two disks as twinblock created them, never written: identical.
             decision = Decision::InSync;
         }
+        let unusable = unusable_side(decision, (my_disk, &self.gen), (h.disk, &h.gen));
+        let mut lost = false;
+        match unusable {
+            Some(Unusable::Mine { lost: l }) => {
+                decision = Decision::SyncTarget { full: true };
+                lost = l;
+                if !l {
+                    // Nothing this node acknowledged is missing from the
+                    // peer: what it had is forgotten, so a resync cut
+                    // short starts over in full, never from a bitmap.
+                    self.gen = GenIds::never_synced();
+                } else {
+                    tracing::error!(
+                        mine = ?self.gen, peer = ?h.gen,
+                        "this node's disk holds no usable data and the peer's generation is \
+                         older than what this node acknowledged: those writes are lost; after \
+                         the full sync this node stays Outdated (`primary --force` accepts the loss)"
+                    );
+                }
+            }
+            Some(Unusable::Peer) => decision = Decision::SyncSource { full: true },
+            Some(Unusable::Both) => decision = Decision::WaitForForce,
+            None => {}
+        }
         // A Secondary that gives up its changes (`discard-my-data`, or a
         // Primary the controller deposed) takes the peer's data whatever
         // the generations say.
-        if decision != Decision::InSync {
+        if decision != Decision::InSync && unusable.is_none() {
             if self.discard && my_role == Role::Secondary && h.role == Role::Primary {
                 decision = Decision::SyncTarget { full: true };
             } else if h.discard && h.role == Role::Secondary && my_role == Role::Primary {
@@ -238,7 +321,7 @@ impl Core {
                 self.disk = DiskState::Inconsistent;
                 self.discard = false;
                 let s = self.session.as_mut().expect("session");
-                s.activity = Activity::Target { behind: h.peer_out_of_sync };
+                s.activity = Activity::Target { behind: h.peer_out_of_sync, lost };
             }
             Decision::SyncSource { full } => {
                 if full {
@@ -259,6 +342,7 @@ impl Core {
                 if self.role == Role::Secondary
                     && h.disk == DiskState::UpToDate
                     && matches!(self.disk, DiskState::Consistent | DiskState::Outdated)
+                    && !self.lost_pinned()
                 {
                     self.disk = DiskState::UpToDate;
                 }
@@ -300,9 +384,68 @@ impl SourceSync {
             reading: None,
             probed: Default::default(),
             chunks: 0,
-            started: false,
+            start: SourceStart::Bitmap,
             done_sent: false,
             progress: Progress { total, done: 0, started: now },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Decision::*;
+
+    fn mirrored(d: Decision) -> Decision {
+        match d {
+            SyncSource { full } => SyncTarget { full },
+            SyncTarget { full } => SyncSource { full },
+            other => other,
+        }
+    }
+
+    /// Both sides reach the same answer from their own point of view, for
+    /// every pair of disk states and every decision.
+    #[test]
+    fn the_unusable_side_rule_is_the_same_from_both_sides() {
+        use DiskState::*;
+        let disks = [UpToDate, Consistent, Outdated, Inconsistent, Failed, Diskless];
+        let decisions = [
+            InSync,
+            SyncSource { full: false },
+            SyncSource { full: true },
+            SyncTarget { full: false },
+            SyncTarget { full: true },
+            WaitForForce,
+            SplitBrain,
+            Unrelated,
+        ];
+        let real = GenIds { current: 7, bitmap: 0, history: [0, 0] };
+        let never = GenIds::never_synced();
+        for (g1, g2) in [(real, real), (real, never), (never, real)] {
+            for d1 in disks {
+                for d2 in disks {
+                    for dec in decisions {
+                        let a = unusable_side(dec, (d1, &g1), (d2, &g2));
+                        let b = unusable_side(mirrored(dec), (d2, &g2), (d1, &g1));
+                        let agree = matches!(
+                            (a, b),
+                            (Some(Unusable::Mine { .. }), Some(Unusable::Peer))
+                                | (Some(Unusable::Peer), Some(Unusable::Mine { .. }))
+                                | (Some(Unusable::Both), Some(Unusable::Both))
+                                | (None, None)
+                        );
+                        assert!(agree, "{d1:?}/{d2:?} {dec:?}: {a:?} vs {b:?}");
+                    }
+                }
+            }
+        }
+        // A failed disk whose generation the peer does not know lost what
+        // it acknowledged; one the peer's data descends from did not.
+        let failed = |dec| unusable_side(dec, (Failed, &real), (UpToDate, &real));
+        assert_eq!(failed(SyncSource { full: false }), Some(Unusable::Mine { lost: true }));
+        assert_eq!(failed(Unrelated), Some(Unusable::Mine { lost: true }));
+        assert_eq!(failed(SyncTarget { full: false }), Some(Unusable::Mine { lost: false }));
+        assert_eq!(failed(InSync), Some(Unusable::Mine { lost: false }));
     }
 }

@@ -125,6 +125,10 @@ pub struct Core {
     gen: GenIds,
     fresh: bool,
     promoted_at: u64,
+    /// [`MetaRecord::lost_acked`]: the generation this node's data was
+    /// rebuilt from after its disk failed holding acknowledged writes the
+    /// peer lacked (0: none).
+    lost_acked: u64,
     /// The operator wants a peer link (false: StandAlone).
     want_link: bool,
     split_brain: bool,
@@ -206,16 +210,16 @@ impl Core {
             fresh: rec.disk_created,
             gen: GenIds::never_synced(),
             promoted_at: 0,
+            lost_acked: 0,
         });
         let durable_meta = rec.meta.clone();
         if rec.meta.is_some() && rec.disk_created {
-            // The disk is new but its metadata is not: the data is gone.
-            meta.disk = DiskState::Inconsistent;
+            // The disk is new but its metadata is not: the data is gone, as
+            // if the disk had failed. The generation ids stay: they say
+            // what this node acknowledged (a resync from a peer that lacks
+            // it leaves this node Outdated, see `handshake::unusable_side`).
+            meta.disk = DiskState::Failed;
             meta.fresh = false;
-            meta.gen = GenIds::never_synced();
-        }
-        if meta.disk == DiskState::Failed {
-            meta.gen = GenIds::never_synced();
         }
         let mut al = AlState::new(cfg.al_extents);
         for &e in &rec.al {
@@ -234,6 +238,7 @@ impl Core {
             gen: meta.gen,
             fresh: meta.fresh,
             promoted_at: meta.promoted_at,
+            lost_acked: meta.lost_acked,
             want_link: true,
             split_brain: false,
             discard: false,
@@ -420,7 +425,31 @@ impl Core {
             fresh: self.fresh,
             gen: self.gen,
             promoted_at: self.promoted_at,
+            lost_acked: self.lost_acked,
         }
+    }
+
+    /// The data was rebuilt from an older generation than this node
+    /// acknowledged (its disk failed first): Outdated until an operator
+    /// accepts the loss.
+    pub(crate) fn lost_pinned(&self) -> bool {
+        self.lost_acked != 0 && self.lost_acked == self.gen.current
+    }
+
+    /// The peer is Primary on the very generation this node is pinned to:
+    /// an operator (`primary`, `primary --force`) or the controller made
+    /// that data the truth, so the loss is accepted; this node follows.
+    /// Returns whether it was pinned.
+    pub(crate) fn unpin_for_primary_peer(&mut self, peer_current: u64) -> bool {
+        if !self.lost_pinned() || peer_current != self.lost_acked {
+            return false;
+        }
+        tracing::warn!(
+            "the peer is Primary on the data this node was rebuilt from: the writes lost with \
+             this node's failed disk are given up"
+        );
+        self.lost_acked = 0;
+        true
     }
 
     fn disk_usable(&self) -> bool {
@@ -480,12 +509,13 @@ impl Core {
     }
 
     /// A local store failure: this disk is detached (Failed) and will take
-    /// a full resync from the peer.
+    /// a full resync from the peer. Its generation ids stay: they say what
+    /// this node acknowledged, so a resync from a peer that lacks some of
+    /// it leaves this node Outdated (see `handshake::unusable_side`).
     fn disk_failed(&mut self, e: IoError, what: &str) {
         if self.disk != DiskState::Failed {
             self.error(format!("local disk failed ({what}: errno {}): detached", e.0));
             self.disk = DiskState::Failed;
-            self.gen = GenIds::never_synced();
             // Detached: nothing this disk holds may go to the peer any
             // more (a resync or verify it was the source of ends); the
             // handshake of the next link sends it a full sync instead.

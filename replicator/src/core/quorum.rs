@@ -172,7 +172,8 @@ pub(crate) struct Ctl {
     /// A Claim is out (its id).
     claim: Option<u64>,
     demoting: Option<DemoteWhy>,
-    /// After a handover or a refusal: no claim before this.
+    /// After a handover or a refusal: no claim (nor, for a Primary whose
+    /// renewal was refused, a renewal out of turn) before this.
     quiet_until: Time,
     /// The last health verdict (None: not checked yet).
     health_ok: Option<bool>,
@@ -364,6 +365,12 @@ impl Core {
                 }
             }
             VoteKind::Renew => {
+                if !reply.granted {
+                    // Asked again at the heartbeat, not at once: news for
+                    // the witness (the peer fell behind or caught up) that
+                    // it refused would otherwise be resent on every answer.
+                    c.quiet_until = self.now + c.cfg.heartbeat;
+                }
                 // A late grant after this node demoted (and released) is
                 // void: the witness may hand the right on already.
                 if reply.granted && self.role != Role::Primary {
@@ -709,6 +716,7 @@ impl Core {
             // The witness must learn at once that the peer fell behind
             // (writes wait for it), or that it caught up.
             let news = c.witness_fenced_peer == current
+                && now >= c.quiet_until
                 && !c.sent.values().any(|(_, k, pc)| *k == VoteKind::Renew && *pc == current);
             if c.witness_up && c.demoting.is_none() && (due || news) && c.sent.len() < 8 {
                 let req = self.vote_request(VoteKind::Renew);

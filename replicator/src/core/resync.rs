@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::protocol::wire::{DiskState, Message, Op, Role};
 
 use super::apply::block_crcs;
-use super::session::{Activity, Need, OutKind, Phase, SourceSync};
+use super::session::{Activity, Need, OutKind, Phase, SourceStart, SourceSync};
 use super::types::{IoError, Plant, Progress, SessionId, StoreOp};
 use super::{Core, IoFor};
 
@@ -67,14 +67,29 @@ impl Core {
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         let sid = s.id;
         let Activity::Source(src) = &mut s.activity else { return };
-        if !src.started {
-            if !bitmap_ready {
+        match src.start {
+            SourceStart::Bitmap if !bitmap_ready => {
                 self.p.want_bitmap = true;
                 return;
             }
-            src.started = true;
-            src.progress = Progress { total: self.dirty.bytes(), done: 0, started: now };
-            tracing::info!(bytes = self.dirty.bytes(), "resync started (SyncSource)");
+            SourceStart::Bitmap => {
+                src.start = SourceStart::Flush { epoch: self.write_epoch };
+                return self.resync_pump();
+            }
+            SourceStart::Flush { epoch } if self.flushed_epoch < epoch => {
+                if self.al_flush.is_none() {
+                    let epoch = self.write_epoch;
+                    let io = self.store(IoFor::AlFlush { epoch }, StoreOp::Flush);
+                    self.al_flush = Some(io);
+                }
+                return;
+            }
+            SourceStart::Flush { .. } => {
+                src.start = SourceStart::Running;
+                src.progress = Progress { total: self.dirty.bytes(), done: 0, started: now };
+                tracing::info!(bytes = self.dirty.bytes(), "resync started (SyncSource)");
+            }
+            SourceStart::Running => {}
         }
         if src.done_sent {
             return;
@@ -375,19 +390,44 @@ impl Core {
             return Err("SyncDone for data that was never synced".into());
         }
         // (Adaptive mode: a Behind node that got no chunk is a target too.)
-        let is_target = matches!(
-            self.session.as_ref().map(|s| &s.activity),
-            Some(Activity::Target { .. } | Activity::Behind)
-        );
-        if !is_target {
-            // We were in sync already (a resync of the Primary's own bits):
-            // say so again, the source finishes on it.
-            self.announce();
-            return Ok(());
-        }
-        tracing::info!("resync complete (SyncTarget): UpToDate");
-        self.disk = DiskState::UpToDate;
+        let lost = match self.session.as_ref().map(|s| &s.activity) {
+            Some(Activity::Target { lost, .. }) => *lost,
+            Some(Activity::Behind) => false,
+            // An Outdated Secondary (its own acknowledged writes lost, see
+            // `lost_acked`) that a Primary's new generation reached: it
+            // received every write of it, and the rest was just resynced.
+            Some(_)
+                if self.role == Role::Secondary
+                    && self.disk == DiskState::Outdated
+                    && current != self.gen.current
+                    && self.session.as_ref().is_some_and(|s| s.peer.role == Role::Primary) =>
+            {
+                false
+            }
+            _ => {
+                // We were in sync already (a resync of the Primary's own
+                // bits): say so again, the source finishes on it.
+                self.announce();
+                return Ok(());
+            }
+        };
         self.gen.synced_to(current);
+        if (lost || self.lost_pinned()) && self.cfg.plant != Plant::ForgetLost {
+            // Writes this node acknowledged before its disk failed are not
+            // in the data it now holds: it must not be promoted (nor vouch
+            // to the witness for its peer) until an operator accepts that.
+            self.lost_acked = current;
+            self.disk = DiskState::Outdated;
+            self.error(
+                "resync complete, but the peer's data is older than writes this node \
+                 acknowledged before its disk failed: those writes are lost; Outdated until \
+                 `primary --force` on a node accepts the loss"
+                    .into(),
+            );
+        } else {
+            tracing::info!("resync complete (SyncTarget): UpToDate");
+            self.disk = DiskState::UpToDate;
+        }
         self.dirty.clear();
         self.p.all_pages_dirty(&self.dirty);
         if let Some(s) = self.session.as_mut() {

@@ -75,11 +75,25 @@ pub struct SourceSync {
     /// Probes answered, waiting for our read.
     pub probed: VecDeque<(u64, u64, Vec<u32>)>,
     pub chunks: usize,
-    /// Waiting for the bitmap (with the peer's bits) to be durable.
-    pub started: bool,
+    pub start: SourceStart,
     /// SyncDone sent; waiting for the target to say it holds our generation.
     pub done_sent: bool,
     pub progress: Progress,
+}
+
+/// How far a SyncSource is from sending its first chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStart {
+    /// Waiting for the bitmap (with the peer's bits) to be durable.
+    Bitmap,
+    /// Waiting for a flush of every write issued before write epoch
+    /// `epoch`: what the source sends must be what a power loss here
+    /// leaves (data this node took as a sync target and never flushed, a
+    /// forced node's page cache, are covered by no bitmap or log of its own).
+    Flush {
+        epoch: u64,
+    },
+    Running,
 }
 
 /// Online verify as its source runs it.
@@ -98,6 +112,10 @@ pub enum Activity {
     Source(SourceSync),
     Target {
         behind: u64,
+        /// This node's generations are newer than the source's (its disk
+        /// failed holding writes the peer lacks): the sync leaves it
+        /// Outdated, not UpToDate.
+        lost: bool,
     },
     Verify(VerifyRun),
     /// Adaptive mode, Primary: acknowledging without the peer.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::config::Protocol;
-use crate::protocol::genid::{GenIds, SplitBrainPolicy, NEVER_SYNCED};
+use crate::protocol::genid::{GenIds, SplitBrainPolicy};
 use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 
 const SIZE: u64 = 16 * 1024;
@@ -44,6 +44,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         fresh: false,
         gen: GenIds { current: GEN, bitmap: 0, history: [0, 0] },
         promoted_at: 0,
+        lost_acked: 0,
     }
 }
 
@@ -233,7 +234,7 @@ fn primary_force_of_an_inconsistent_disk_syncs_the_peer_fully() {
 }
 
 #[test]
-fn a_recreated_disk_with_surviving_metadata_is_never_synced() {
+fn a_recreated_disk_with_surviving_metadata_is_failed_and_keeps_its_generation() {
     let rec = Recovered {
         meta: Some(meta(DiskState::UpToDate)),
         bitmap: None,
@@ -241,8 +242,8 @@ fn a_recreated_disk_with_surviving_metadata_is_never_synced() {
         disk_created: true,
     };
     let c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 1);
-    assert_eq!(c.disk(), DiskState::Inconsistent);
-    assert_eq!(c.gen().current, NEVER_SYNCED);
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert_eq!(c.gen().current, GEN, "what it acknowledged is forgotten");
     assert!(c.may_read().is_err());
 }
 
@@ -774,6 +775,85 @@ fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
     assert!(p.reply(0, 2).is_some());
     let m = p.n[0].meta.clone().unwrap();
     assert_ne!(m.gen.bitmap, 0, "no new generation recorded before the FLUSH reply");
+}
+
+/// The Primary acknowledges a write its peer never got, then its disk
+/// fails. Its data comes back from the peer, which lacks that write: the
+/// node must not come out UpToDate (promotable, and telling a witness
+/// its peer is current), not after a reconnect, not after a restart, nor
+/// when the resync into it is cut short; `primary --force` ends it.
+#[test]
+fn a_failed_disk_rebuilt_from_an_older_generation_stays_outdated() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())), "acknowledged alone");
+    let acked_gen = p.core(0).gen().current;
+    p.n[0].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    assert_eq!(p.core(0).gen().current, acked_gen, "a failed disk forgot what it acknowledged");
+    p.n[0].fail_flush = false;
+    p.core(0).demote().unwrap();
+    // The resync is cut short, the node restarts: it still knows.
+    p.connect_partial(30);
+    assert_eq!(p.core(0).disk(), DiskState::Inconsistent);
+    p.crash(0, false);
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "the full sync did not finish");
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "the lost write was forgotten");
+    let err = p.core(0).status().last_error.unwrap_or_default();
+    assert!(err.contains("lost"), "{err}");
+    assert!(p.core(0).promote(false, 5).is_err());
+    // Same generation as the peer now: a reconnect must not upgrade it.
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::Outdated);
+    p.crash(0, true);
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "forgotten across a restart");
+    // The operator accepts the loss: the peer's data goes on as Primary,
+    // and the Outdated node follows its new generation.
+    p.core(1).promote(false, 6).unwrap();
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate, "did not follow the Primary");
+    p.write(1, 3, 256, 7, 64);
+    p.settle();
+    assert_eq!(p.reply(1, 3), Some(Ok(())));
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(0).gen().current, p.core(1).gen().current);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// A disk that failed while its peer held everything it acknowledged
+/// (same generation) is simply resynced in full and UpToDate again.
+#[test]
+fn a_failed_disk_of_the_same_generation_is_uptodate_after_its_full_sync() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    p.n[1].fail_writes = true;
+    p.write(0, 2, 128, 8, 64);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    p.n[1].fail_writes = false;
+    p.n[1].cache[4096] = 0x55; // what a failed disk may hold
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "not a full sync");
 }
 
 #[test]
@@ -1523,6 +1603,41 @@ fn a_late_renew_grant_after_the_release_gives_no_quorum() {
         !d.c[0].accepts_writes(),
         "a has quorum from a renew granted before its release while the witness gave b the right"
     );
+}
+
+/// A forced Primary that the witness refuses (it is recorded outdated)
+/// asks again at the heartbeat, not on every refusal (a request storm).
+#[test]
+fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    // b ran without a (the witness recorded a outdated), then released.
+    let req = |id, kind| VoteRequest {
+        id,
+        resource: "r".into(),
+        node: "b".into(),
+        peer: "a".into(),
+        kind,
+        uptodate: true,
+        peer_current: false,
+        lease_ms: 1000,
+    };
+    assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
+    assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);
+    d.witness_up(0, true);
+    d.c[0].promote(true, 1).unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    let mut asked = 0;
+    for _ in 0..15 {
+        while let Some(r) = d.decide(0) {
+            asked += 1;
+            assert!(!r.granted, "{r:?}");
+            d.answer(0, r);
+        }
+        d.tick(Duration::from_millis(10));
+    }
+    assert!(asked <= 2, "{asked} renewals in 150 ms (heartbeat 200 ms)");
 }
 
 /// A handover is not delayed by the heartbeats the new Primary answered

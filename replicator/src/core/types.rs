@@ -77,6 +77,13 @@ pub struct MetaRecord {
     pub gen: GenIds,
     /// When this node was last promoted (ms since the epoch; 0: never).
     pub promoted_at: u64,
+    /// Non-zero: writes this node acknowledged were lost with its failed
+    /// disk, which was then rebuilt from the peer's older generation
+    /// `lost_acked`. While that is its current generation the node stays
+    /// Outdated, whatever the peer says: only `primary --force` (a new
+    /// generation) accepts the loss.
+    #[serde(default)]
+    pub lost_acked: u64,
 }
 
 /// What the shell found on the metadata volume at start.
@@ -123,6 +130,10 @@ pub enum Plant {
     /// A reply held for quorum does not raise the hint that makes
     /// `release_held` retry it.
     HeldHint,
+    /// A node whose disk failed holding writes it acknowledged alone
+    /// comes out of the resync from its peer's older data UpToDate (as if
+    /// nothing were lost), not Outdated.
+    ForgetLost,
 }
 
 impl std::str::FromStr for Plant {
@@ -139,9 +150,10 @@ impl std::str::FromStr for Plant {
             "ahead-without-mark" => Plant::AheadWithoutMark,
             "lost-hint" => Plant::LostHint,
             "held-hint" => Plant::HeldHint,
+            "forget-lost" => Plant::ForgetLost,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost)"
                 ))
             }
         })
