@@ -154,10 +154,13 @@ impl Core {
         s.peer.current = h.gen.current;
         s.peer.out_of_sync = h.peer_out_of_sync;
         let primary_on = (h.role == Role::Primary).then_some(h.gen.current);
+        let promoted_at = h.promoted_at;
         s.peer_hello = Some(h);
         if let Some(current) = primary_on {
             self.unpin_for_primary_peer(current);
         }
+        self.peer_promoted_at = self.peer_promoted_at.max(promoted_at);
+        self.ctl_peer_reigned(promoted_at);
         Ok(())
     }
 

@@ -80,6 +80,10 @@ enum IoFor {
 struct AppOp {
     req: ReqId,
     op: Op,
+    /// Submitted to a Primary: a FLUSH then covers the peer too, so it
+    /// fails like the writes queued with it if the role is gone when it
+    /// is admitted (a Secondary's FLUSH is only its own).
+    primary: bool,
 }
 
 /// The peer part of an admitted application operation.
@@ -129,6 +133,10 @@ pub struct Core {
     /// rebuilt from after its disk failed holding acknowledged writes the
     /// peer lacked (0: none).
     lost_acked: u64,
+    /// The latest `promoted_at` the peer's hellos gave (0: none): a
+    /// promotion here is numbered after it, so "the peer was Primary since
+    /// this node's promotion" is read off the two numbers.
+    peer_promoted_at: u64,
     /// The operator wants a peer link (false: StandAlone).
     want_link: bool,
     split_brain: bool,
@@ -239,6 +247,7 @@ impl Core {
             fresh: meta.fresh,
             promoted_at: meta.promoted_at,
             lost_acked: meta.lost_acked,
+            peer_promoted_at: 0,
             want_link: true,
             split_brain: false,
             discard: false,
@@ -686,7 +695,7 @@ impl Core {
         }
         self.ctl_promoted();
         self.role = Role::Primary;
-        self.promoted_at = wall_ms;
+        self.promoted_at = wall_ms.max(self.peer_promoted_at + 1);
         tracing::info!(force, "promoted to Primary");
         if bounce {
             // The declared data is a new generation: let the handshake

@@ -665,6 +665,22 @@ impl Core {
         }
     }
 
+    /// The peer's hello says it was promoted after this node was: it
+    /// reigned while this Primary was cut off (and has stepped down since,
+    /// or `ctl_met_primary` would see it). This node must not acknowledge
+    /// another write, whatever lease the peer's answers would give it.
+    pub(crate) fn ctl_peer_reigned(&mut self, peer_promoted_at: u64) {
+        let idle = self.ctl.as_ref().is_some_and(|c| c.demoting.is_none());
+        if idle && self.role == Role::Primary && peer_promoted_at > self.promoted_at {
+            tracing::warn!(
+                peer_promoted_at,
+                promoted_at = self.promoted_at,
+                "the peer was Primary after this node's promotion: stepping down"
+            );
+            self.start_demote(DemoteWhy::Deposed);
+        }
+    }
+
     /// Fails the replies that wait for quorum (they were never acknowledged).
     fn fail_held(&mut self) {
         let mut held: Vec<_> =

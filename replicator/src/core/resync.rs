@@ -404,6 +404,17 @@ impl Core {
             {
                 false
             }
+            _ if current != self.gen.current => {
+                // The source holds a generation this node was never made
+                // the target of (a Primary that went Ahead and was demoted
+                // before its peer fell Behind): it would wait for ever for
+                // a state saying we hold it. The handshake decides again.
+                return Err(format!(
+                    "SyncDone for generation {current:x}, which this node (at {:x}) is not \
+                     the target of: renegotiating",
+                    self.gen.current
+                ));
+            }
             _ => {
                 // We were in sync already (a resync of the Primary's own
                 // bits): say so again, the source finishes on it.

@@ -2128,3 +2128,88 @@ mod probes_adversarial {
         assert!(c.pending.is_empty());
     }
 }
+
+/// The Primary, cut off from the witness and its peer, keeps the role
+/// (its writes wait); the peer is promoted by the witness and hands the
+/// role back; the link returns: the old Primary must not acknowledge
+/// again on the strength of the peer's heartbeat answers (simulator seed
+/// 20099 at 5,000 steps: I4).
+#[test]
+fn a_primary_whose_peer_reigned_meanwhile_steps_down_when_they_meet() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.cut();
+    let mut promoted = false;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        d.hooks_done(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted, "b was not promoted");
+    d.c[1].demote().unwrap();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    assert_eq!(d.c[0].role(), Role::Primary, "a stayed Primary (no witness, no peer)");
+    d.connect();
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.hooks_done(0);
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    d.write(0, 77, 0, 0x42);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    assert_ne!(d.reply(0, 77), Some(Ok(())), "a acknowledged a write after b's reign");
+    assert_eq!(d.c[0].role(), Role::Secondary, "a did not step down");
+}
+
+/// A FLUSH that a Primary queued (behind writes waiting for the
+/// handshake) and that is admitted after the role is gone fails like the
+/// writes queued with it: turned into a Secondary's local flush, it would
+/// be acknowledged as covering the peer without reaching it (simulator
+/// seed 11037 at 5,000 steps, protocol B).
+#[test]
+fn a_flush_queued_on_a_primary_fails_if_the_role_is_gone_at_admission() {
+    let mut c = core(Protocol::B, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    run(&mut c, Duration::ZERO);
+    c.handle_link_up(Duration::ZERO, 1);
+    run(&mut c, Duration::ZERO);
+    c.write(Duration::ZERO, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    c.flush(Duration::ZERO, 2);
+    let queued = run(&mut c, Duration::ZERO);
+    assert!(!queued.iter().any(|a| matches!(a, Action::Reply { .. })), "{queued:?}");
+    c.demote().unwrap();
+    let acts = run(&mut c, Duration::ZERO);
+    let reply = |req| {
+        acts.iter().find_map(|a| match a {
+            Action::Reply { req: r, result } if *r == req => Some(*result),
+            _ => None,
+        })
+    };
+    assert_eq!(reply(1), Some(Err(ReplyError::ReadOnly)));
+    assert_eq!(reply(2), Some(Err(ReplyError::ReadOnly)), "the FLUSH became a local one");
+}

@@ -66,15 +66,15 @@ impl Core {
                 return;
             }
         }
-        self.app.push_back(AppOp { req, op });
+        self.app.push_back(AppOp { req, op, primary: self.role == Role::Primary });
         self.pump();
     }
 
     /// Admits what can go, in order.
     pub(crate) fn app_pump(&mut self) {
         while let Some(head) = self.app.front() {
-            let (op, req) = (head.op.clone(), head.req);
-            match self.admit_app(&op) {
+            let (op, req, primary) = (head.op.clone(), head.req, head.primary);
+            match self.admit_app(&op, primary) {
                 Admit::Wait => break,
                 Admit::Fail(e) => {
                     self.app.pop_front();
@@ -82,7 +82,7 @@ impl Core {
                     self.reply(req, Err(e));
                 }
                 Admit::Go => {
-                    let AppOp { req, op } = self.app.pop_front().expect("head");
+                    let AppOp { req, op, .. } = self.app.pop_front().expect("head");
                     self.app_admitted += 1;
                     self.issue_app(req, op);
                 }
@@ -90,9 +90,9 @@ impl Core {
         }
     }
 
-    fn admit_app(&mut self, op: &Op) -> Admit {
+    fn admit_app(&mut self, op: &Op, primary: bool) -> Admit {
         let range = op.range();
-        if range.is_some() && self.role != Role::Primary {
+        if (range.is_some() || primary) && self.role != Role::Primary {
             return Admit::Fail(ReplyError::ReadOnly);
         }
         if !self.disk_usable() {
