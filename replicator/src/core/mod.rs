@@ -664,9 +664,13 @@ impl Core {
                 return Err(Refused(format!("peer {} is Primary; demote it first", self.cfg.peer)));
             }
         }
-        if !self.disk_usable() {
+        // A Failed disk may be declared good only by force (a disk file
+        // recreated by the operator to start over, or one whose error was
+        // transient and that holds the only copy of what was acknowledged).
+        if self.disk == DiskState::Diskless || (self.disk == DiskState::Failed && !force) {
             return Err(Refused(format!(
-                "disk is {:?}: it cannot become Primary (restart the node to resync it)",
+                "disk is {:?}: it cannot become Primary (it takes a full sync from its peer \
+                 at connect; `primary --force` declares its data good)",
                 self.disk
             )));
         }
@@ -683,9 +687,9 @@ impl Core {
             self.disk = DiskState::UpToDate;
             let id = self.random_id();
             self.gen.new_current(id);
-            if was == DiskState::Inconsistent {
-                // A partly synced disk: no bitmap says where it differs
-                // from the peer, so the peer takes all of it.
+            if matches!(was, DiskState::Inconsistent | DiskState::Failed) {
+                // A partly synced (or failed) disk: no bitmap says where it
+                // differs from the peer, so the peer takes all of it.
                 self.gen.bitmap = 0;
             }
             bounce = self.session.is_some();
@@ -695,7 +699,7 @@ impl Core {
         }
         self.ctl_promoted();
         self.role = Role::Primary;
-        self.promoted_at = wall_ms.max(self.peer_promoted_at + 1);
+        self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));
         tracing::info!(force, "promoted to Primary");
         if bounce {
             // The declared data is a new generation: let the handshake

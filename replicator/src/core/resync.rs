@@ -423,7 +423,13 @@ impl Core {
             }
         };
         self.gen.synced_to(current);
-        if (lost || self.lost_pinned()) && self.cfg.plant != Plant::ForgetLost {
+        // (A source that is Primary on this very generation already made
+        // it the truth: nothing to pin, see `unpin_for_primary_peer`.)
+        let primary_source = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.peer.role == Role::Primary && s.peer.current == current);
+        if (lost || self.lost_pinned()) && !primary_source && self.cfg.plant != Plant::ForgetLost {
             // Writes this node acknowledged before its disk failed are not
             // in the data it now holds: it must not be promoted (nor vouch
             // to the witness for its peer) until an operator accepts that.
@@ -437,6 +443,7 @@ impl Core {
             );
         } else {
             tracing::info!("resync complete (SyncTarget): UpToDate");
+            self.lost_acked = 0;
             self.disk = DiskState::UpToDate;
         }
         self.dirty.clear();

@@ -2229,3 +2229,49 @@ fn a_sync_done_for_a_generation_this_node_is_not_the_target_of_renegotiates() {
     assert_eq!(c.disk(), DiskState::UpToDate);
     assert_eq!(c.gen().current, GEN);
 }
+
+/// A disk recreated under surviving metadata (Failed) can still be
+/// declared good by `primary --force` (starting a pair over, or the peer
+/// is gone for good); its peer then takes all of it.
+#[test]
+fn a_recreated_disk_can_be_forced() {
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: true,
+    };
+    let mut c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 1);
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(c.promote(false, 1).is_err(), "a Failed disk promoted without force");
+    c.promote(true, 1).unwrap();
+    assert_eq!(c.disk(), DiskState::UpToDate);
+    assert_ne!(c.gen().current, GEN);
+    assert_eq!(c.gen().bitmap, 0, "the peer must take all of it");
+}
+
+/// The node that lost its disk (holding writes it acknowledged alone) is
+/// resynced by a peer the operator already made Primary on that data: the
+/// loss is accepted, the node is UpToDate at once, not Outdated under a
+/// Primary until the link drops.
+#[test]
+fn a_failed_disk_resynced_by_a_primary_on_that_data_is_uptodate() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())));
+    p.n[0].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.n[0].fail_flush = false;
+    p.core(0).demote().unwrap();
+    p.core(1).promote(false, 5).unwrap();
+    p.settle();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
