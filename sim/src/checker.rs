@@ -45,7 +45,8 @@
 //! that do not make it the other's sync target (any connect fully syncs
 //! it), its disk was
 //! recreated and no record was saved since, or the durable generations are
-//! unrelated (never synced over; the operator forced a replaced disk).
+//! unrelated (never synced over; the operator forced a replaced disk) or
+//! call for a full sync.
 //!
 //! I4: never both nodes `accepts_writes()`.
 //!
@@ -728,9 +729,16 @@ impl Checker {
             return Ok(());
         }
         if let (Some(a), Some(b)) = (&sim.nodes[0].meta.record, &sim.nodes[1].meta.record) {
-            if decide(&a.gen, &b.gen) == Decision::Unrelated {
+            if matches!(
+                decide(&a.gen, &b.gen),
+                Decision::Unrelated
+                    | Decision::SyncSource { full: true }
+                    | Decision::SyncTarget { full: true }
+            ) {
                 // Never synced over (an operator forced a replaced disk
-                // while the other held data): nothing is claimed.
+                // while the other held data): nothing is claimed; or the
+                // next connect moves all of one disk to the other (a
+                // forced partly synced or failed disk keeps no bitmap).
                 return Ok(());
             }
         }
