@@ -2275,3 +2275,42 @@ fn a_failed_disk_resynced_by_a_primary_on_that_data_is_uptodate() {
     assert_eq!(p.core(0).disk(), DiskState::UpToDate);
     assert!(p.n[0].cache == p.n[1].cache);
 }
+
+/// With a controller, `discard-younger-primary` (or least-changes) does
+/// not resolve a split brain: the witness let one side acknowledge writes
+/// apart and the policy cannot tell which (simulator seeds 203954,
+/// 401402). Without one it still does.
+#[test]
+fn with_a_controller_only_discard_zero_changes_resolves_a_split_brain() {
+    for controller in [false, true] {
+        let mut c = cfg(Protocol::C);
+        c.split_brain_policy = SplitBrainPolicy::DiscardYoungerPrimary;
+        if controller {
+            c.controller = Some(ControllerConfig {
+                dead_time: Duration::from_secs(2),
+                heartbeat: Duration::from_millis(200),
+                on_no_quorum: Default::default(),
+            });
+        }
+        let mut m = meta(DiskState::UpToDate);
+        m.gen = GenIds { current: 0x111, bitmap: GEN, history: [GEN, 0] };
+        m.promoted_at = 50;
+        let rec = Recovered { meta: Some(m), bitmap: None, al: Vec::new(), disk_created: false };
+        let mut core = Core::new(c, rec, Duration::ZERO, 7);
+        core.handle_link_up(Duration::ZERO, 1);
+        let mut h = hello(
+            Role::Secondary,
+            DiskState::UpToDate,
+            GenIds { current: 0x222, bitmap: GEN, history: [GEN, 0] },
+        );
+        h.promoted_at = 10; // this node was promoted last: the policy's loser
+        core.handle_frame(Duration::ZERO, 1, Message::Hello(h));
+        core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: Vec::new(), last: true });
+        run(&mut core, Duration::ZERO);
+        if controller {
+            assert!(core.status().split_brain, "resolved by policy with a controller");
+        } else {
+            assert_eq!(core.replication(), Replication::SyncTarget, "the policy did not apply");
+        }
+    }
+}
