@@ -697,6 +697,11 @@ impl Core {
             let id = self.random_id();
             self.gen.new_current(id);
         }
+        // A pending `discard-my-data` (or a deposition's) gave up the data
+        // as it stood then; what this node acknowledges as Primary from now
+        // on was never given up (simulator seed 203066 at 5,000 steps: a
+        // node promoted with the flag set was later overwritten in full).
+        self.discard = false;
         self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));

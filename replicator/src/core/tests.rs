@@ -2314,3 +2314,18 @@ fn with_a_controller_only_discard_zero_changes_resolves_a_split_brain() {
         }
     }
 }
+
+/// `discard-my-data` gives up the data as it stands; a node promoted
+/// afterwards acknowledges writes that were never given up, so its next
+/// hello must not ask the peer to overwrite it (simulator seed 203066 at
+/// 5,000 steps: promoted by the controller with the flag still set, its
+/// acknowledged writes were later overwritten by a full sync).
+#[test]
+fn a_discard_does_not_outlive_a_promotion() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.discard_my_data().unwrap();
+    assert!(c.hello().discard);
+    c.promote(false, 1).unwrap();
+    c.demote().unwrap();
+    assert!(!c.hello().discard, "the discard outlived the promotion");
+}
