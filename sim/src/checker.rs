@@ -46,7 +46,7 @@
 //! it), its disk was
 //! recreated and no record was saved since, or the durable generations are
 //! unrelated (never synced over; the operator forced a replaced disk) or
-//! call for a full sync.
+//! call for a full sync (or a split brain, which only a full sync resolves).
 //!
 //! I4: never both nodes `accepts_writes()`.
 //!
@@ -732,13 +732,15 @@ impl Checker {
             if matches!(
                 decide(&a.gen, &b.gen),
                 Decision::Unrelated
+                    | Decision::SplitBrain
                     | Decision::SyncSource { full: true }
                     | Decision::SyncTarget { full: true }
             ) {
                 // Never synced over (an operator forced a replaced disk
                 // while the other held data): nothing is claimed; or the
-                // next connect moves all of one disk to the other (a
-                // forced partly synced or failed disk keeps no bitmap).
+                // next connect moves all of one disk to the other, if
+                // anything (a forced partly synced or failed disk keeps no
+                // bitmap; a split brain is resolved by a full sync).
                 return Ok(());
             }
         }
