@@ -416,14 +416,6 @@ mod tests {
     use super::*;
     use Decision::*;
 
-    fn mirrored(d: Decision) -> Decision {
-        match d {
-            SyncSource { full } => SyncTarget { full },
-            SyncTarget { full } => SyncSource { full },
-            other => other,
-        }
-    }
-
     /// Both sides reach the same answer from their own point of view, for
     /// every pair of disk states and every decision.
     #[test]
@@ -447,7 +439,7 @@ mod tests {
                 for d2 in disks {
                     for dec in decisions {
                         let a = unusable_side(dec, (d1, &g1), (d2, &g2));
-                        let b = unusable_side(mirrored(dec), (d2, &g2), (d1, &g1));
+                        let b = unusable_side(dec.mirrored(), (d2, &g2), (d1, &g1));
                         let agree = matches!(
                             (a, b),
                             (Some(Unusable::Mine { .. }), Some(Unusable::Peer))

@@ -70,6 +70,17 @@ pub enum Decision {
     Unrelated,
 }
 
+impl Decision {
+    /// The same decision as the peer sees it (both sides must agree).
+    pub fn mirrored(self) -> Decision {
+        match self {
+            Decision::SyncSource { full } => Decision::SyncTarget { full },
+            Decision::SyncTarget { full } => Decision::SyncSource { full },
+            other => other,
+        }
+    }
+}
+
 /// The handshake decision for `mine` meeting `peer`.
 pub fn decide(mine: &GenIds, peer: &GenIds) -> Decision {
     let (m, p) = (mine.current, peer.current);
@@ -185,14 +196,6 @@ mod tests {
         GenIds { current, bitmap, history: [h0, h1] }
     }
 
-    fn mirrored(d: Decision) -> Decision {
-        match d {
-            SyncSource { full } => SyncTarget { full },
-            SyncTarget { full } => SyncSource { full },
-            other => other,
-        }
-    }
-
     /// Every row, checked from both sides.
     #[test]
     fn decision_table() {
@@ -227,7 +230,7 @@ mod tests {
         ];
         for (what, a, b, want) in rows {
             assert_eq!(decide(&a, &b), want, "{what} (a's view)");
-            assert_eq!(decide(&b, &a), mirrored(want), "{what} (b's view)");
+            assert_eq!(decide(&b, &a), want.mirrored(), "{what} (b's view)");
         }
     }
 
