@@ -711,36 +711,29 @@ impl Checker {
                     (m.gen.current == NEVER_SYNCED && !m.fresh) || m.disk == DiskState::Failed
                 })
         };
-        // An Inconsistent disk whose generations do not make it the
-        // other's sync target (a resync into a failed disk from an older
-        // generation, cut short) is fully synced at any connect too.
-        let full = |n: usize| match (&sim.nodes[n].meta.record, &sim.nodes[1 - n].meta.record) {
-            (Some(m), Some(p)) => {
-                m.disk == DiskState::Inconsistent
-                    && !matches!(
-                        decide(&m.gen, &p.gen),
-                        Decision::SyncTarget { .. } | Decision::InSync | Decision::WaitForForce
-                    )
-            }
-            _ => false,
-        };
-        if never(0) || never(1) || full(0) || full(1) {
+        if never(0) || never(1) {
             // A full resync to that node follows any connect.
             return Ok(());
         }
         if let (Some(a), Some(b)) = (&sim.nodes[0].meta.record, &sim.nodes[1].meta.record) {
-            if matches!(
-                decide(&a.gen, &b.gen),
-                Decision::Unrelated
-                    | Decision::SplitBrain
-                    | Decision::SyncSource { full: true }
-                    | Decision::SyncTarget { full: true }
-            ) {
+            let nothing_claimed = match decide(&a.gen, &b.gen) {
                 // Never synced over (an operator forced a replaced disk
                 // while the other held data): nothing is claimed; or the
                 // next connect moves all of one disk to the other, if
                 // anything (a forced partly synced or failed disk keeps no
                 // bitmap; a split brain is resolved by a full sync).
+                Decision::Unrelated
+                | Decision::SplitBrain
+                | Decision::SyncSource { full: true }
+                | Decision::SyncTarget { full: true } => true,
+                // An Inconsistent disk whose generations say it is the
+                // newer (a resync into a failed disk from an older
+                // generation, cut short) takes a full sync too.
+                Decision::SyncSource { .. } => a.disk == DiskState::Inconsistent,
+                Decision::SyncTarget { .. } => b.disk == DiskState::Inconsistent,
+                _ => false,
+            };
+            if nothing_claimed {
                 return Ok(());
             }
         }

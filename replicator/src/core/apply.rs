@@ -305,18 +305,18 @@ impl Core {
             s.activity = Activity::Idle;
             self.sync_finished_source();
         }
-        if role == Role::Primary
-            && self.unpin_for_primary_peer(current)
-            && idle
-            && self.role == Role::Secondary
-            && self.disk == DiskState::Outdated
-            && disk == DiskState::UpToDate
-            && current == self.gen.current
-            && self.dirty.bytes() == 0
-        {
-            // Same generation, nothing to move: this node holds its data.
-            self.disk = DiskState::UpToDate;
-            self.announce();
+        if role == Role::Primary && self.unpin_for_primary_peer(current) {
+            // Pinned to the Primary's very generation: with nothing to move
+            // this node holds its data.
+            if idle
+                && self.role == Role::Secondary
+                && self.disk == DiskState::Outdated
+                && disk == DiskState::UpToDate
+                && self.dirty.bytes() == 0
+            {
+                self.disk = DiskState::UpToDate;
+                self.announce();
+            }
         }
         self.adaptive_peer_state(role, current);
         Ok(())

@@ -260,8 +260,8 @@ impl Core {
             // With a controller the witness let one of the two acknowledge
             // writes apart, and neither the promotion times nor the amount
             // of change say which: only a side that changed nothing may be
-            // discarded without an operator (simulator seeds 203066,
-            // 203954, 401402 at 5,000 steps lost acknowledged writes).
+            // discarded without an operator (simulator seeds 203954 and
+            // 401402 at 5,000 steps lost acknowledged writes).
             let policy = match self.cfg.split_brain_policy {
                 SplitBrainPolicy::DiscardYoungerPrimary | SplitBrainPolicy::DiscardLeastChanges
                     if self.ctl.is_some() =>

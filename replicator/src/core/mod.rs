@@ -461,6 +461,14 @@ impl Core {
         true
     }
 
+    /// The peer's current generation, if it is Primary on a running session.
+    pub(crate) fn primary_peer_current(&self) -> Option<u64> {
+        self.session
+            .as_ref()
+            .filter(|s| s.phase == Phase::Running && s.peer.role == Role::Primary)
+            .map(|s| s.peer.current)
+    }
+
     fn disk_usable(&self) -> bool {
         !matches!(self.disk, DiskState::Failed | DiskState::Diskless)
     }
@@ -479,6 +487,16 @@ impl Core {
         self.next_io += 1;
         self.ios.insert(io, what);
         io
+    }
+
+    /// Issues a flush of every write issued so far (its completion raises
+    /// `flushed_epoch` to this write epoch), unless one is out already.
+    pub(crate) fn flush_written(&mut self) {
+        if self.al_flush.is_none() {
+            let epoch = self.write_epoch;
+            let io = self.store(IoFor::AlFlush { epoch }, StoreOp::Flush);
+            self.al_flush = Some(io);
+        }
     }
 
     fn store(&mut self, what: IoFor, op: StoreOp) -> IoId {

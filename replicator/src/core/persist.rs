@@ -106,9 +106,7 @@ impl Core {
             if later > 0 && self.al_flush.is_none() && self.disk_usable() {
                 // Extents written since the last flush leave only once
                 // those writes are durable.
-                let epoch = self.write_epoch;
-                let io = self.store(IoFor::AlFlush { epoch }, super::types::StoreOp::Flush);
-                self.al_flush = Some(io);
+                self.flush_written();
             } else if ready.is_empty() {
                 if later == 0 {
                     self.p.al_trim_wanted = false;

@@ -67,29 +67,21 @@ impl Core {
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         let sid = s.id;
         let Activity::Source(src) = &mut s.activity else { return };
-        match src.start {
-            SourceStart::Bitmap if !bitmap_ready => {
+        if src.start == SourceStart::Bitmap {
+            if !bitmap_ready {
                 self.p.want_bitmap = true;
                 return;
             }
-            SourceStart::Bitmap => {
-                src.start = SourceStart::Flush { epoch: self.write_epoch };
-                return self.resync_pump();
-            }
-            SourceStart::Flush { epoch } if self.flushed_epoch < epoch => {
-                if self.al_flush.is_none() {
-                    let epoch = self.write_epoch;
-                    let io = self.store(IoFor::AlFlush { epoch }, StoreOp::Flush);
-                    self.al_flush = Some(io);
-                }
+            src.start = SourceStart::Flush { epoch: self.write_epoch };
+        }
+        if let SourceStart::Flush { epoch } = src.start {
+            if self.flushed_epoch < epoch {
+                self.flush_written();
                 return;
             }
-            SourceStart::Flush { .. } => {
-                src.start = SourceStart::Running;
-                src.progress = Progress { total: self.dirty.bytes(), done: 0, started: now };
-                tracing::info!(bytes = self.dirty.bytes(), "resync started (SyncSource)");
-            }
-            SourceStart::Running => {}
+            src.start = SourceStart::Running;
+            src.progress = Progress { total: self.dirty.bytes(), done: 0, started: now };
+            tracing::info!(bytes = self.dirty.bytes(), "resync started (SyncSource)");
         }
         if src.done_sent {
             return;
@@ -400,7 +392,7 @@ impl Core {
                 if self.role == Role::Secondary
                     && self.disk == DiskState::Outdated
                     && current != self.gen.current
-                    && self.session.as_ref().is_some_and(|s| s.peer.role == Role::Primary) =>
+                    && self.primary_peer_current().is_some() =>
             {
                 false
             }
@@ -423,17 +415,17 @@ impl Core {
             }
         };
         self.gen.synced_to(current);
+        let pin = (lost || self.lost_pinned()) && self.cfg.plant != Plant::ForgetLost;
+        self.lost_acked = if pin { current } else { 0 };
         // (A source that is Primary on this very generation already made
-        // it the truth: nothing to pin, see `unpin_for_primary_peer`.)
-        let primary_source = self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.peer.role == Role::Primary && s.peer.current == current);
-        if (lost || self.lost_pinned()) && !primary_source && self.cfg.plant != Plant::ForgetLost {
+        // it the truth.)
+        if let Some(primary) = self.primary_peer_current() {
+            self.unpin_for_primary_peer(primary);
+        }
+        if self.lost_pinned() {
             // Writes this node acknowledged before its disk failed are not
             // in the data it now holds: it must not be promoted (nor vouch
             // to the witness for its peer) until an operator accepts that.
-            self.lost_acked = current;
             self.disk = DiskState::Outdated;
             self.error(
                 "resync complete, but the peer's data is older than writes this node \
@@ -443,7 +435,6 @@ impl Core {
             );
         } else {
             tracing::info!("resync complete (SyncTarget): UpToDate");
-            self.lost_acked = 0;
             self.disk = DiskState::UpToDate;
         }
         self.dirty.clear();

@@ -112,9 +112,9 @@ pub enum Activity {
     Source(SourceSync),
     Target {
         behind: u64,
-        /// This node's generations are newer than the source's (its disk
-        /// failed holding writes the peer lacks): the sync leaves it
-        /// Outdated, not UpToDate.
+        /// The source does not know this node's generation (newer, split or
+        /// unrelated: its disk failed holding writes it may have
+        /// acknowledged alone): the sync leaves it Outdated, not UpToDate.
         lost: bool,
     },
     Verify(VerifyRun),

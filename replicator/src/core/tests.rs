@@ -777,13 +777,10 @@ fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
     assert_ne!(m.gen.bitmap, 0, "no new generation recorded before the FLUSH reply");
 }
 
-/// The Primary acknowledges a write its peer never got, then its disk
-/// fails. Its data comes back from the peer, which lacks that write: the
-/// node must not come out UpToDate (promotable, and telling a witness
-/// its peer is current), not after a reconnect, not after a restart, nor
-/// when the resync into it is cut short; `primary --force` ends it.
-#[test]
-fn a_failed_disk_rebuilt_from_an_older_generation_stays_outdated() {
+/// Node a, Primary, acknowledges a write its peer never got (the link is
+/// cut), then its disk fails (a flush) and it is demoted. Returns the pair
+/// and the generation of that write.
+fn primary_loses_its_disk_after_writing_alone() -> (Pair, u64) {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
     p.cut();
@@ -796,9 +793,20 @@ fn a_failed_disk_rebuilt_from_an_older_generation_stays_outdated() {
     p.core(0).flush(now, 2);
     p.settle();
     assert_eq!(p.core(0).disk(), DiskState::Failed);
-    assert_eq!(p.core(0).gen().current, acked_gen, "a failed disk forgot what it acknowledged");
     p.n[0].fail_flush = false;
     p.core(0).demote().unwrap();
+    (p, acked_gen)
+}
+
+/// The Primary acknowledges a write its peer never got, then its disk
+/// fails. Its data comes back from the peer, which lacks that write: the
+/// node must not come out UpToDate (promotable, and telling a witness
+/// its peer is current), not after a reconnect, not after a restart, nor
+/// when the resync into it is cut short; `primary --force` ends it.
+#[test]
+fn a_failed_disk_rebuilt_from_an_older_generation_stays_outdated() {
+    let (mut p, acked_gen) = primary_loses_its_disk_after_writing_alone();
+    assert_eq!(p.core(0).gen().current, acked_gen, "a failed disk forgot what it acknowledged");
     // The resync is cut short, the node restarts: it still knows.
     p.connect_partial(30);
     assert_eq!(p.core(0).disk(), DiskState::Inconsistent);
@@ -2256,19 +2264,7 @@ fn a_recreated_disk_can_be_forced() {
 /// Primary until the link drops.
 #[test]
 fn a_failed_disk_resynced_by_a_primary_on_that_data_is_uptodate() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.cut();
-    p.write(0, 1, 0, 9, 64);
-    p.settle();
-    assert_eq!(p.reply(0, 1), Some(Ok(())));
-    p.n[0].fail_flush = true;
-    let now = p.now;
-    p.core(0).flush(now, 2);
-    p.settle();
-    assert_eq!(p.core(0).disk(), DiskState::Failed);
-    p.n[0].fail_flush = false;
-    p.core(0).demote().unwrap();
+    let (mut p, _) = primary_loses_its_disk_after_writing_alone();
     p.core(1).promote(false, 5).unwrap();
     p.settle();
     p.connect();

@@ -80,8 +80,8 @@ pub struct MetaRecord {
     /// Non-zero: writes this node acknowledged were lost with its failed
     /// disk, which was then rebuilt from the peer's older generation
     /// `lost_acked`. While that is its current generation the node stays
-    /// Outdated, whatever the peer says: only `primary --force` (a new
-    /// generation) accepts the loss.
+    /// Outdated until an operator accepts the loss: `primary --force` on it
+    /// (a new generation), or its peer made Primary on that generation.
     #[serde(default)]
     pub lost_acked: u64,
 }

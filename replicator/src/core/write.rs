@@ -180,12 +180,10 @@ impl Core {
             let (ready, later) = self.al.candidates(self.flushed_epoch);
             let ready: Vec<u64> = ready.into_iter().filter(|e| !extents.contains(e)).collect();
             if ready.len() < need {
-                if later > 0 && self.al_flush.is_none() {
+                if later > 0 {
                     // Extents written since the last flush may leave only
                     // once those writes are durable.
-                    let epoch = self.write_epoch;
-                    let io = self.store(IoFor::AlFlush { epoch }, StoreOp::Flush);
-                    self.al_flush = Some(io);
+                    self.flush_written();
                 }
                 return Admit::Wait;
             }
