@@ -4,9 +4,11 @@
 //! - [`local`]: a store exported without replication (`twinblock serve`).
 //! - [`core`]: the node's logic as a sans-IO state machine (roles, disk and
 //!   replication states, write path, handshake, resync, verify).
-//! - [`node`]: the tokio shell around the core: store, metadata files, links.
+//! - [`node`]: the tokio shell around the core: store, metadata files, links;
+//!   [`lane`]: its store operations in the core's order, large ones off the lock.
 //! - [`bench`]: the node's side of `twinblock bench` (probes into a scratch area).
-//! - [`link`]: the QUIC link (quinn + rustls mutual TLS) and its tasks.
+//! - [`link`]: the QUIC link (quinn + rustls mutual TLS) and its tasks;
+//!   [`udp`]: its socket (bounded GSO batches).
 //! - [`protocol`]: the sans-IO replication protocol (wire, sender, receiver).
 //! - [`config`], [`meta`], [`al`] (activity-log journal, bitmap file), [`bitmap`], [`status`], [`tls`], [`units`].
 
@@ -16,6 +18,7 @@ pub mod bench;
 pub mod bitmap;
 pub mod config;
 pub mod core;
+pub mod lane;
 pub mod link;
 pub mod local;
 pub mod meta;
@@ -24,6 +27,7 @@ pub mod protocol;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod udp;
 pub mod units;
 pub mod witness;
 

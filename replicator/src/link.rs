@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::node::{Node, Outbound};
 use crate::protocol::wire::{self, Message};
-use crate::tls;
+use crate::{tls, udp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -63,8 +63,6 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     // Bound before the link's runtime exists: a runtime may not be dropped
     // on the caller's (async) thread, as an early return would.
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
-    // Room for bursts of large datagrams (see `tls::MAX_UDP_PAYLOAD`).
-    set_socket_buffers(&socket, SOCKET_BUFFER);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("twinblock-link")
@@ -73,9 +71,7 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     let endpoint = {
         // The endpoint's socket and driver belong to the link's runtime.
         let _in_link = rt.enter();
-        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let endpoint = quinn::Endpoint::new(tls::endpoint_config(), Some(server), socket, runtime);
-        let mut endpoint = match endpoint {
+        let mut endpoint = match endpoint(socket, server) {
             Ok(e) => e,
             Err(e) => {
                 drop(_in_link);
@@ -107,6 +103,25 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
         })
         .map_err(LinkError::Runtime)?;
     Ok(endpoint)
+}
+
+/// The peer link's QUIC endpoint on `socket` (inside a tokio runtime,
+/// which drives it): large socket buffers, jumbo datagrams, segmentation
+/// offload in batches one send can carry ([`udp::BoundedGso`]), `server`
+/// for the connections it accepts. Dialing needs a client config too.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    // Room for bursts of large datagrams (see `tls::MAX_UDP_PAYLOAD`).
+    set_socket_buffers(&socket, SOCKET_BUFFER);
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new_with_abstract_socket(
+        tls::endpoint_config(),
+        Some(server),
+        udp::BoundedGso::wrap(socket)?,
+        runtime,
+    )
 }
 
 /// Larger UDP buffers than the default 208 KiB: a burst of replicated

@@ -4,10 +4,12 @@
 //!
 //! Every call into the core is made under one mutex and followed by
 //! [`Shell::drain`], which performs the core's actions in order: store
-//! writes land in the page cache right there (so the local apply order is
-//! the core's order), metadata updates are made durable right there,
-//! flushes run on the async store and report back later, frames go to the
-//! link's writer task, replies wake the NBD request that waits.
+//! operations go to the store lane ([`crate::lane`]: small ones land in
+//! the page cache right there, large ones on the lane's thread off the
+//! lock, in the core's order either way), metadata updates are made
+//! durable (on a blocking thread), flushes run on the async store and
+//! report back later, frames go to the link's writer task, replies wake
+//! the NBD request that waits.
 
 use std::collections::HashMap;
 use std::io;
@@ -26,6 +28,7 @@ use crate::core::{
     Action, Core, CoreConfig, IoError, IoId, Persist, Recovered, Refused, ReplyError, ReqId,
     SessionId, StoreOp,
 };
+use crate::lane::{Lane, Offer};
 use crate::meta::{Meta, MetaError};
 use crate::protocol::wire::{Message, Role};
 use crate::status::{Counters, PeerStatus, Status, SyncStatus};
@@ -39,6 +42,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error("cannot start the node's store thread: {0}")]
+    LaneThread(io::Error),
 }
 
 /// What a link's writer task is told.
@@ -127,6 +132,8 @@ pub struct Shell {
     controller: Option<mpsc::UnboundedSender<ControllerOut>>,
     /// The states after the last call into the core.
     last_key: Option<StateKey>,
+    /// Store operations queued for the lane's thread.
+    lane: Lane,
 }
 
 /// The node's lock. Replies made under it are sent when it is released:
@@ -190,6 +197,17 @@ pub struct Node {
     /// `twinblock bench`'s scratch area (`META.bench`), opened on first use.
     scratch: std::sync::OnceLock<Arc<Store>>,
     opts: StoreOptions,
+    /// The runtime the node's tasks run on (flushes the lane's thread starts).
+    rt: tokio::runtime::Handle,
+    /// Wakes the lane's thread ([`crate::lane`]).
+    lane_wake: std::sync::mpsc::Sender<()>,
+}
+
+/// What performing a store operation left for the core to hear.
+enum Performed {
+    Done(Result<Option<Bytes>, IoError>),
+    /// A flush (or a FUA write's flush) runs; it reports when done.
+    Flushing,
 }
 
 fn io_err(e: &io::Error) -> IoError {
@@ -282,6 +300,7 @@ impl Node {
         };
         let origin = Instant::now();
         let core = Core::new(cfg, rec, Duration::ZERO, random_seed());
+        let (lane_wake, lane_woken) = std::sync::mpsc::channel();
         let node = Arc::new_cyclic(|this| Node {
             this: this.clone(),
             res,
@@ -296,6 +315,7 @@ impl Node {
                 persist_async: false,
                 controller: None,
                 last_key: None,
+                lane: Lane::default(),
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,
@@ -306,7 +326,26 @@ impl Node {
             transitions: tokio::sync::broadcast::channel(256).0,
             scratch: std::sync::OnceLock::new(),
             opts: opts.clone(),
+            rt: tokio::runtime::Handle::current(),
+            lane_wake,
         });
+        let lane = Arc::downgrade(&node);
+        let span = tracing::Span::current();
+        let rt = node.rt.clone();
+        std::thread::Builder::new()
+            .name("twinblock-store".into())
+            .spawn(move || {
+                // What the completions lead to (metadata updates, flushes,
+                // NBD requests finished here) may spawn onto the runtime.
+                let _rt = rt.enter();
+                let _span = span.enter();
+                // Ends when the node is gone (its sender dropped).
+                while lane_woken.recv().is_ok() {
+                    let Some(node) = lane.upgrade() else { return };
+                    node.run_lane();
+                }
+            })
+            .map_err(NodeError::LaneThread)?;
         {
             let mut sh = node.lock();
             node.drain(&mut sh);
@@ -374,7 +413,18 @@ impl Node {
                 _ => {}
             }
             match a {
-                Action::Store { io, op } => self.store_op(sh, io, op),
+                Action::Store { io, op } => match sh.lane.offer(io, op) {
+                    Offer::InPlace(io, op) => {
+                        if let Performed::Done(r) = self.perform(op, io) {
+                            let now = self.now();
+                            sh.core.handle_io(now, io, r);
+                        }
+                    }
+                    Offer::Queued => {}
+                    Offer::Wake => {
+                        let _ = self.lane_wake.send(());
+                    }
+                },
                 Action::Persist { io, what } => {
                     if !sh.persist_async {
                         let r = persist(&self.files, &self.me.name, &self.res, what);
@@ -383,7 +433,7 @@ impl Node {
                         continue;
                     }
                     let Some(node) = self.this.upgrade() else { continue };
-                    tokio::spawn(
+                    self.rt.spawn(
                         async move {
                             let files = node.files.clone();
                             let (name, res) = (node.me.name.clone(), node.res.clone());
@@ -456,8 +506,9 @@ impl Node {
         self.transitions.subscribe()
     }
 
-    fn store_op(&self, sh: &mut Shell, io: IoId, op: StoreOp) {
-        let now = self.now();
+    /// Performs one store operation on the calling thread (the node's lock
+    /// held or not: the lane decides, see [`crate::lane`]).
+    fn perform(&self, op: StoreOp, io: IoId) -> Performed {
         let (result, then_flush) = match op {
             StoreOp::Write { offset, data, fua } => (self.store.write_now(offset, &data), fua),
             StoreOp::Zero { offset, len, punch, fua } => {
@@ -465,8 +516,7 @@ impl Node {
             }
             StoreOp::Read { offset, len } => {
                 let r = self.store.read_now(offset, len as usize);
-                sh.core.handle_io(now, io, r.map(Some).map_err(|e| io_err(&e)));
-                return;
+                return Performed::Done(r.map(Some).map_err(|e| io_err(&e)));
             }
             StoreOp::Flush => (Ok(()), true),
             StoreOp::Scratch { offset, data } => match self.scratch() {
@@ -475,11 +525,11 @@ impl Node {
             },
         };
         match result {
-            Err(e) => sh.core.handle_io(now, io, Err(io_err(&e))),
-            Ok(()) if !then_flush => sh.core.handle_io(now, io, Ok(None)),
+            Err(e) => Performed::Done(Err(io_err(&e))),
+            Ok(()) if !then_flush => Performed::Done(Ok(None)),
             Ok(()) => {
-                let Some(node) = self.this.upgrade() else { return };
-                tokio::spawn(
+                let Some(node) = self.this.upgrade() else { return Performed::Flushing };
+                self.rt.spawn(
                     async move {
                         let r = node.store.flush().await;
                         let mut sh = node.lock();
@@ -489,7 +539,25 @@ impl Node {
                     }
                     .in_current_span(),
                 );
+                Performed::Flushing
             }
+        }
+    }
+
+    /// The lane's thread: performs the queued store operations in order,
+    /// outside the lock, each completion reported as it comes, until the
+    /// queue is empty (operations the completions cause are queued too).
+    fn run_lane(&self) {
+        let mut next = self.lock().lane.take_next();
+        while let Some((io, op)) = next {
+            let performed = self.perform(op, io);
+            let mut sh = self.lock();
+            if let Performed::Done(r) = performed {
+                let now = self.now();
+                sh.core.handle_io(now, io, r);
+                self.drain(&mut sh);
+            }
+            next = sh.lane.take_next();
         }
     }
 
