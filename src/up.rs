@@ -97,6 +97,9 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         let _ = stop_tx.send(true);
         endpoint.close(0u32.into(), b"down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        // The final flush covers every write the core issued: those still
+        // on the store lane are performed first.
+        node.lane_idle().await;
         node.store().flush().await.context("final flush")?;
         node.close();
         tracing::info!("stopped");

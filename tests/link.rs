@@ -2,6 +2,8 @@
 //! on real sockets with real certificates: a burst of replicated data keeps
 //! the jumbo datagrams MTU discovery found, and loses none of them.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,11 @@ fn endpoint(dir: &std::path::Path, name: &str) -> quinn::Endpoint {
 /// datagrams for the next 10 s).
 #[test]
 fn a_burst_keeps_jumbo_datagrams_and_loses_none() {
+    // Socket buffers beyond net.core.rmem_max (SO_RCVBUFFORCE) hold the
+    // burst; without them a loopback receiver drops under load anyway.
+    if !common::root("socket buffers beyond rmem_max") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -17,6 +17,13 @@
 //! empty are still performed in place (a 4 KiB page-cache write costs less
 //! than waking a thread). One queue, one performer at a time: the order is
 //! the core's.
+//!
+//! What the lane has not performed yet is visible to the shell: its
+//! backlog in bytes (the link's reader stops taking in frames above
+//! [`LANE_BACKLOG`], so QUIC's flow control holds the peer back as a slow
+//! disk did when the reader wrote itself), and how many queued operations
+//! are performed (a read waits for the writes issued before it; the final
+//! flush at stop waits for all of them).
 
 use std::collections::VecDeque;
 
@@ -25,6 +32,10 @@ use crate::core::{IoId, StoreOp};
 /// Store operations at least this large (bytes written, zeroed or read)
 /// are performed on the lane's thread.
 pub const LANE_MIN: u64 = 128 << 10;
+
+/// The most the lane holds (bytes queued or being performed) before the
+/// link's reader waits: twice the link's flow-control window.
+pub const LANE_BACKLOG: u64 = 2 * crate::tls::WINDOW as u64;
 
 /// Whether the lane's thread is at work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +52,11 @@ pub enum LaneState {
 pub struct Lane {
     queue: VecDeque<(IoId, StoreOp)>,
     state: LaneState,
+    /// Bytes queued or being performed.
+    backlog: u64,
+    /// Operations ever queued, and of those, performed.
+    queued: u64,
+    performed: u64,
 }
 
 /// What [`Lane::offer`] did with an operation.
@@ -56,12 +72,12 @@ pub enum Offer {
 
 impl Default for Lane {
     fn default() -> Self {
-        Lane { queue: VecDeque::new(), state: LaneState::Idle }
+        Lane { queue: VecDeque::new(), state: LaneState::Idle, backlog: 0, queued: 0, performed: 0 }
     }
 }
 
 /// The bytes `op` moves.
-fn size(op: &StoreOp) -> u64 {
+pub fn size(op: &StoreOp) -> u64 {
     match op {
         StoreOp::Write { data, .. } | StoreOp::Scratch { data, .. } => data.len() as u64,
         StoreOp::Zero { len, .. } | StoreOp::Read { len, .. } => *len,
@@ -80,6 +96,8 @@ impl Lane {
         if self.state == LaneState::Idle && size(&op) < LANE_MIN {
             return Offer::InPlace(io, op);
         }
+        self.backlog += size(&op);
+        self.queued += 1;
         self.queue.push_back((io, op));
         match self.state {
             LaneState::Running => Offer::Queued,
@@ -99,6 +117,27 @@ impl Lane {
             self.state = LaneState::Idle;
         }
         next
+    }
+
+    /// The lane's thread performed an operation of `bytes` it took.
+    pub fn performed(&mut self, bytes: u64) {
+        self.backlog = self.backlog.saturating_sub(bytes);
+        self.performed += 1;
+    }
+
+    /// A mark that [`Lane::caught_up`] passes once everything queued so far
+    /// is performed.
+    pub fn mark(&self) -> u64 {
+        self.queued
+    }
+
+    pub fn caught_up(&self, mark: u64) -> bool {
+        self.performed >= mark
+    }
+
+    /// Room for more: the backlog is within [`LANE_BACKLOG`].
+    pub fn has_room(&self) -> bool {
+        self.backlog <= LANE_BACKLOG
     }
 }
 
@@ -134,13 +173,40 @@ mod tests {
     }
 
     #[test]
+    fn marks_and_backlog_follow_what_is_performed() {
+        let mut lane = Lane::default();
+        assert!(lane.caught_up(lane.mark()) && lane.has_room());
+        lane.offer(1, write(1 << 20));
+        lane.offer(2, write(4096));
+        let mark = lane.mark();
+        assert!(!lane.caught_up(mark));
+        // Over the backlog limit: no room until it is performed.
+        let big = LANE_BACKLOG as usize + 1;
+        lane.offer(3, write(big));
+        assert!(!lane.has_room());
+        let (_, op) = lane.take_next().unwrap();
+        // Taken is not performed: a read must still wait.
+        assert!(!lane.caught_up(mark));
+        lane.performed(size(&op));
+        let (_, op) = lane.take_next().unwrap();
+        lane.performed(size(&op));
+        assert!(lane.caught_up(mark));
+        assert!(!lane.caught_up(lane.mark()) && !lane.has_room());
+        let (_, op) = lane.take_next().unwrap();
+        lane.performed(size(&op));
+        assert!(lane.caught_up(lane.mark()) && lane.has_room());
+    }
+
+    #[test]
     fn the_lane_is_woken_once_per_run() {
         let mut lane = Lane::default();
         assert!(matches!(lane.offer(1, write(1 << 20)), Offer::Wake));
         assert!(matches!(lane.offer(2, write(1 << 20)), Offer::Queued));
         assert!(lane.take_next().is_some());
         assert!(matches!(lane.offer(3, write(1 << 20)), Offer::Queued));
-        assert!(lane.take_next().is_some() && lane.take_next().is_some() && lane.take_next().is_none());
+        assert!(
+            lane.take_next().is_some() && lane.take_next().is_some() && lane.take_next().is_none()
+        );
         assert!(matches!(lane.offer(4, write(1 << 20)), Offer::Wake));
     }
 }

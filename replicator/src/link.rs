@@ -278,6 +278,15 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mtu = 0u16;
     let why: String = loop {
+        // The store lane's backlog (a disk slower than the link) keeps
+        // further frames in QUIC's window: the peer waits, not this node's
+        // memory.
+        if !node.lane_has_room() {
+            tokio::select! {
+                _ = node.lane_room() => {}
+                _ = stop.wait_for(|s| *s) => break "the node is stopping".into(),
+            }
+        }
         tokio::select! {
             r = recv.read_buf(&mut buf) => match r {
                 Ok(0) => break "the peer closed the link".into(),
@@ -294,6 +303,7 @@ async fn run_session(
                     if let Some(f) = fault {
                         break f;
                     }
+
                 }
                 Err(e) => break format!("link: {e}"),
             },

@@ -201,6 +201,8 @@ pub struct Node {
     rt: tokio::runtime::Handle,
     /// Wakes the lane's thread ([`crate::lane`]).
     lane_wake: std::sync::mpsc::Sender<()>,
+    /// Told each time the lane performed an operation or went idle.
+    lane_progress: Notify,
 }
 
 /// What performing a store operation left for the core to hear.
@@ -328,6 +330,7 @@ impl Node {
             opts: opts.clone(),
             rt: tokio::runtime::Handle::current(),
             lane_wake,
+            lane_progress: Notify::new(),
         });
         let lane = Arc::downgrade(&node);
         let span = tracing::Span::current();
@@ -342,7 +345,14 @@ impl Node {
                 // Ends when the node is gone (its sender dropped).
                 while lane_woken.recv().is_ok() {
                     let Some(node) = lane.upgrade() else { return };
-                    node.run_lane();
+                    let run = std::panic::AssertUnwindSafe(|| node.run_lane());
+                    if std::panic::catch_unwind(run).is_err() {
+                        // Every store operation from now on would wait
+                        // behind the lost one for ever: stop the process
+                        // (a restart recovers from the activity log).
+                        tracing::error!("the store thread failed: stopping the node");
+                        std::process::abort();
+                    }
                 }
             })
             .map_err(NodeError::LaneThread)?;
@@ -550,15 +560,50 @@ impl Node {
     fn run_lane(&self) {
         let mut next = self.lock().lane.take_next();
         while let Some((io, op)) = next {
+            let bytes = crate::lane::size(&op);
             let performed = self.perform(op, io);
             let mut sh = self.lock();
+            sh.lane.performed(bytes);
             if let Performed::Done(r) = performed {
                 let now = self.now();
                 sh.core.handle_io(now, io, r);
                 self.drain(&mut sh);
             }
             next = sh.lane.take_next();
+            drop(sh);
+            self.lane_progress.notify_waiters();
         }
+    }
+
+    /// Until `ok` holds of the lane (checked now and after each operation
+    /// it performs).
+    async fn lane_wait(&self, ok: impl Fn(&Lane) -> bool) {
+        loop {
+            let progress = self.lane_progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if ok(&self.lock().lane) {
+                return;
+            }
+            progress.await;
+        }
+    }
+
+    /// The lane's backlog is within [`crate::lane::LANE_BACKLOG`].
+    pub fn lane_has_room(&self) -> bool {
+        self.lock().lane.has_room()
+    }
+
+    /// Until the lane's backlog is within [`crate::lane::LANE_BACKLOG`]:
+    /// the link's reader waits here before it takes in more frames.
+    pub async fn lane_room(&self) {
+        self.lane_wait(Lane::has_room).await
+    }
+
+    /// Until every store operation issued so far (and any they lead to) is
+    /// performed: before the final flush at stop.
+    pub async fn lane_idle(&self) {
+        self.lane_wait(|l| l.state() == crate::lane::LaneState::Idle).await
     }
 
     /// The bench scratch area, opened (created sparse) on first use.
@@ -851,9 +896,21 @@ impl BlockDevice for Node {
         true
     }
 
+    /// Reads what every write issued before it left: a write still on the
+    /// store lane (a Secondary's backlog of peer writes, acknowledged as
+    /// received in protocol B, when it has just been promoted) is
+    /// performed first.
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
-        if let Err(ReplyError::Io(e)) = self.lock().core.may_read() {
-            return Err(DeviceError::Io(io::Error::from_raw_os_error(e.0)));
+        let mark = {
+            let sh = self.lock();
+            if let Err(ReplyError::Io(e)) = sh.core.may_read() {
+                return Err(DeviceError::Io(io::Error::from_raw_os_error(e.0)));
+            }
+            let mark = sh.lane.mark();
+            (!sh.lane.caught_up(mark)).then_some(mark)
+        };
+        if let Some(mark) = mark {
+            self.lane_wait(|l| l.caught_up(mark)).await;
         }
         Ok(self.store.read(offset, len).await?)
     }
