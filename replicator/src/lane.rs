@@ -54,6 +54,8 @@ pub struct Lane {
     state: LaneState,
     /// Bytes queued or being performed.
     backlog: u64,
+    /// Bytes of the operation being performed.
+    taken: u64,
     /// Operations ever queued, and of those, performed.
     queued: u64,
     performed: u64,
@@ -72,12 +74,19 @@ pub enum Offer {
 
 impl Default for Lane {
     fn default() -> Self {
-        Lane { queue: VecDeque::new(), state: LaneState::Idle, backlog: 0, queued: 0, performed: 0 }
+        Lane {
+            queue: VecDeque::new(),
+            state: LaneState::Idle,
+            backlog: 0,
+            taken: 0,
+            queued: 0,
+            performed: 0,
+        }
     }
 }
 
 /// The bytes `op` moves.
-pub fn size(op: &StoreOp) -> u64 {
+fn size(op: &StoreOp) -> u64 {
     match op {
         StoreOp::Write { data, .. } | StoreOp::Scratch { data, .. } => data.len() as u64,
         StoreOp::Zero { len, .. } | StoreOp::Read { len, .. } => *len,
@@ -113,15 +122,16 @@ impl Lane {
     /// operation is left behind).
     pub fn take_next(&mut self) -> Option<(IoId, StoreOp)> {
         let next = self.queue.pop_front();
-        if next.is_none() {
-            self.state = LaneState::Idle;
+        match &next {
+            Some((_, op)) => self.taken = size(op),
+            None => self.state = LaneState::Idle,
         }
         next
     }
 
-    /// The lane's thread performed an operation of `bytes` it took.
-    pub fn performed(&mut self, bytes: u64) {
-        self.backlog = self.backlog.saturating_sub(bytes);
+    /// The lane's thread performed the operation it took last.
+    pub fn performed(&mut self) {
+        self.backlog = self.backlog.saturating_sub(std::mem::take(&mut self.taken));
         self.performed += 1;
     }
 
@@ -184,16 +194,16 @@ mod tests {
         let big = LANE_BACKLOG as usize + 1;
         lane.offer(3, write(big));
         assert!(!lane.has_room());
-        let (_, op) = lane.take_next().unwrap();
+        lane.take_next().unwrap();
         // Taken is not performed: a read must still wait.
         assert!(!lane.caught_up(mark));
-        lane.performed(size(&op));
-        let (_, op) = lane.take_next().unwrap();
-        lane.performed(size(&op));
+        lane.performed();
+        lane.take_next().unwrap();
+        lane.performed();
         assert!(lane.caught_up(mark));
         assert!(!lane.caught_up(lane.mark()) && !lane.has_room());
-        let (_, op) = lane.take_next().unwrap();
-        lane.performed(size(&op));
+        lane.take_next().unwrap();
+        lane.performed();
         assert!(lane.caught_up(lane.mark()) && lane.has_room());
     }
 

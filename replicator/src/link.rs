@@ -277,13 +277,14 @@ async fn run_session(
     let mut tick = tokio::time::interval(node.res.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mtu = 0u16;
+    let mut room = true;
     let why: String = loop {
         // The store lane's backlog (a disk slower than the link) keeps
         // further frames in QUIC's window: the peer waits, not this node's
         // memory.
-        if !node.lane_has_room() {
+        if !room {
             tokio::select! {
-                _ = node.lane_room() => {}
+                _ = node.lane_room() => room = true,
                 _ = stop.wait_for(|s| *s) => break "the node is stopping".into(),
             }
         }
@@ -299,11 +300,10 @@ async fn run_session(
                             Err(e) => break Some(format!("link fault: {e}")),
                         }
                     };
-                    node.frames(sid, msgs);
+                    room = node.frames(sid, msgs);
                     if let Some(f) = fault {
                         break f;
                     }
-
                 }
                 Err(e) => break format!("link: {e}"),
             },

@@ -560,10 +560,9 @@ impl Node {
     fn run_lane(&self) {
         let mut next = self.lock().lane.take_next();
         while let Some((io, op)) = next {
-            let bytes = crate::lane::size(&op);
             let performed = self.perform(op, io);
             let mut sh = self.lock();
-            sh.lane.performed(bytes);
+            sh.lane.performed();
             if let Performed::Done(r) = performed {
                 let now = self.now();
                 sh.core.handle_io(now, io, r);
@@ -587,11 +586,6 @@ impl Node {
             }
             progress.await;
         }
-    }
-
-    /// The lane's backlog is within [`crate::lane::LANE_BACKLOG`].
-    pub fn lane_has_room(&self) -> bool {
-        self.lock().lane.has_room()
     }
 
     /// Until the lane's backlog is within [`crate::lane::LANE_BACKLOG`]:
@@ -726,14 +720,16 @@ impl Node {
         sid
     }
 
-    /// Frames that arrived on link `sid`, in order.
-    pub fn frames(&self, sid: SessionId, msgs: Vec<Message>) {
+    /// Frames that arrived on link `sid`, in order. Returns whether the
+    /// store lane has room for more ([`Node::lane_room`] waits for it).
+    pub fn frames(&self, sid: SessionId, msgs: Vec<Message>) -> bool {
         let mut sh = self.lock();
         for m in msgs {
             let now = self.now();
             sh.core.handle_frame(now, sid, m);
         }
         self.drain(&mut sh);
+        sh.lane.has_room()
     }
 
     pub fn link_down(&self, sid: SessionId, why: &str) {

@@ -26,13 +26,8 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 pub const MAX_SEND: usize = 65_507;
 
 /// How many datagrams of at most `datagram` bytes one send may carry.
-pub const fn segments_within(datagram: u16) -> usize {
-    let n = MAX_SEND / datagram as usize;
-    if n == 0 {
-        1
-    } else {
-        n
-    }
+pub fn segments_within(datagram: usize) -> usize {
+    (MAX_SEND / datagram.max(1)).max(1)
 }
 
 /// quinn's socket, sending a batch larger than one send may carry in
@@ -52,8 +47,8 @@ impl BoundedGso {
 /// The pieces `len` bytes of datagrams of `segment` bytes are sent in:
 /// (start, end) byte ranges of whole datagrams, each within [`MAX_SEND`].
 pub fn pieces(len: usize, segment: usize) -> impl Iterator<Item = (usize, usize)> {
-    let step = segments_within(segment.min(u16::MAX as usize) as u16) * segment.max(1);
-    (0..len).step_by(step.max(1)).map(move |start| (start, (start + step).min(len)))
+    let step = segments_within(segment) * segment.max(1);
+    (0..len).step_by(step).map(move |start| (start, (start + step).min(len)))
 }
 
 impl fmt::Debug for BoundedGso {
@@ -126,7 +121,7 @@ mod tests {
     fn a_batch_is_cut_into_sends_of_whole_datagrams() {
         assert_eq!(segments_within(8951), 7);
         assert_eq!(segments_within(1200), 54);
-        assert_eq!(segments_within(u16::MAX), 1);
+        assert_eq!(segments_within(u16::MAX.into()), 1);
         // Ten jumbo frames, the last one short: 7 + 3.
         let len = 9 * 8951 + 100;
         let p: Vec<_> = pieces(len, 8951).collect();
