@@ -180,6 +180,8 @@ pub(crate) struct Checker {
     switch_times: [std::collections::VecDeque<Time>; 2],
     was_ahead: [bool; 2],
     last_now: Time,
+    /// Power losses of each node so far.
+    pub power_losses: [u64; 2],
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -231,6 +233,7 @@ impl Checker {
             switch_times: Default::default(),
             was_ahead: [false, false],
             last_now: Duration::ZERO,
+            power_losses: [0, 0],
         }
     }
 
@@ -348,6 +351,50 @@ impl Checker {
         Ok(())
     }
 
+    /// I1 at the reply: node `n` acknowledged write `r` while its disk is
+    /// Failed (detached: what it holds counts for nothing, a full sync
+    /// from the peer replaces it). The write must then be on the peer:
+    /// in C (and adaptive) in its cache, unless the peer lost power since
+    /// the submission (two failures: C keeps writes through one); in A
+    /// the peer promises nothing, so no such write may be acknowledged.
+    /// B is not checked (its peer confirms receipt, not a write in its
+    /// cache).
+    pub fn failed_disk_ack(
+        &self,
+        sim: &Sim,
+        n: usize,
+        r: &AppReq,
+        protocol: Protocol,
+    ) -> Result<(), Violation> {
+        let (AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. }) = &r.kind
+        else {
+            return Ok(());
+        };
+        if sim.nodes[n].core.as_ref().is_none_or(|c| c.disk() != DiskState::Failed) {
+            return Ok(());
+        }
+        let m = 1 - n;
+        let on_peer = match protocol {
+            Protocol::B => return Ok(()),
+            Protocol::A => false,
+            Protocol::C | Protocol::Adaptive => {
+                self.power_losses[m] != r.peer_power
+                    || cells(*off, *len)
+                        .all(|b| self.pos(b, sim.nodes[m].disk.cell(b)).is_some_and(|p| p >= *id))
+            }
+        };
+        if on_peer {
+            return Ok(());
+        }
+        Err(self.v(
+            "I1",
+            format!(
+                "{} acknowledged write {id} with its disk Failed, and {} does not hold it",
+                sim.nodes[n].name, sim.nodes[m].name
+            ),
+        ))
+    }
+
     /// A store write/zero the Primary `n` performed (its apply history).
     pub fn primary_applied(&mut self, n: usize, off: u64, data: &[u8]) {
         for l in self.lineage.iter_mut().flatten() {
@@ -367,6 +414,7 @@ impl Checker {
             }
         }
         if power {
+            self.power_losses[n] += 1;
             self.fo[n].iter_mut().for_each(|x| *x = 0);
             self.fl_c[n] = self.dfl[n].clone();
             self.lineage[n] = None;

@@ -284,6 +284,8 @@ pub(crate) struct AppReq {
     /// Adaptive mode: the node's mode switches at submission (a switch
     /// before the reply, or a reply while Ahead: not confirmed by the peer).
     pub switches: u64,
+    /// The peer's power losses at submission.
+    pub peer_power: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -807,6 +809,9 @@ impl Sim {
             if let Err(v) = self.chk.ack_check(self, n, &r) {
                 self.pending_violation.get_or_insert(v);
             }
+            if let Err(v) = self.chk.failed_disk_ack(self, n, &r, self.protocol) {
+                self.pending_violation.get_or_insert(v);
+            }
             self.chk.acked(n, &r, confirmed, self.protocol);
         }
     }
@@ -868,7 +873,10 @@ impl Sim {
             self.chk.zero_submitted(*id, *off, *len);
         }
         let switches = self.nodes[n].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
-        self.nodes[n].reqs.insert(req, AppReq { kind: kind.clone(), linked, snapshot, switches });
+        let peer_power = self.chk.power_losses[1 - n];
+        self.nodes[n]
+            .reqs
+            .insert(req, AppReq { kind: kind.clone(), linked, snapshot, switches, peer_power });
         let core = self.nodes[n].core.as_mut().expect("alive");
         match kind {
             AppKind::Write { id, off, len, fua } => {
@@ -1874,6 +1882,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::LostHint => "lost-hint",
         Plant::HeldHint => "held-hint",
         Plant::ForgetLost => "forget-lost",
+        Plant::AckOnFailedDisk => "ack-on-failed-disk",
     }
 }
 

@@ -96,6 +96,14 @@ fn regression_seeds_pass() {
     }
 }
 
+/// A node whose disk failed (EIO, ENOSPC) answers OK to writes that only
+/// that detached disk holds: caught at the reply (invariant 1, the peer
+/// does not hold them).
+#[test]
+fn finds_ack_on_failed_disk() {
+    finds(Plant::AckOnFailedDisk);
+}
+
 /// A core that forgets the hint of its lost writes (an optimisation: the
 /// pending map is scanned only when some write may be Lost) is caught by
 /// the cache check after every step, before a reply waits for ever.

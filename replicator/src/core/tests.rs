@@ -864,6 +864,77 @@ fn a_failed_disk_of_the_same_generation_is_uptodate_after_its_full_sync() {
     assert!(p.n[0].cache == p.n[1].cache, "not a full sync");
 }
 
+/// A store that completes each write when told: (io, offset) of the
+/// writes the core asked for, everything else completed at once.
+fn issue(c: &mut Core, t: Time, held: &mut Vec<(IoId, u64)>) -> Vec<Action> {
+    let mut out = Vec::new();
+    while let Some(a) = c.poll_action() {
+        match a {
+            Action::Store { io, op: StoreOp::Write { offset, .. } } => held.push((io, offset)),
+            Action::Store { io, .. } | Action::Persist { io, .. } => c.handle_io(t, io, Ok(None)),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A local disk fails (EIO on one write) while other writes are in
+/// flight: a write whose local part completed, before the failure or
+/// after it, is answered OK only if the peer confirmed it — the failed
+/// disk is detached and replaced by a full sync from the peer, so what
+/// only it holds was never written. (Found by the simulator's rule at
+/// the reply; before, such writes were answered OK once their lost peer
+/// part was recorded.)
+#[test]
+fn writes_held_only_by_a_failed_disk_fail() {
+    let t = Duration::ZERO;
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    let mut held = Vec::new();
+    let mut acts = Vec::new();
+    // Writes 1..=4, one activity-log extent; the peer applies 1..=3.
+    for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    assert_eq!(held.len(), 4, "{acts:?}");
+    // 1 completes locally before the failure (its peer part pending).
+    c.handle_io(t, held[0].0, Ok(None));
+    acts.extend(issue(&mut c, t, &mut held));
+    c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
+    acts.extend(issue(&mut c, t, &mut held));
+    // The peer applied 1..=3: 1 is answered, as the mode allows.
+    let replies = |acts: &[Action], req: ReqId| -> Vec<Result<(), ReplyError>> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Reply { req: r, result } if *r == req => Some(*result),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(replies(&acts, 1), vec![Ok(())]);
+    // 2 fails on the local disk: detached, the link to the peer closed.
+    c.handle_io(t, held[1].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(closed(&acts), "the session stays open on a detached disk");
+    // 3 (the peer has it) and 4 (only the failed disk has it) complete
+    // locally after the failure.
+    c.handle_io(t, held[2].0, Ok(None));
+    c.handle_io(t, held[3].0, Ok(None));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(replies(&acts, 2), vec![Err(ReplyError::Io(IoError::EIO))]);
+    assert_eq!(replies(&acts, 3), vec![Ok(())], "the peer holds 3");
+    assert_eq!(
+        replies(&acts, 4),
+        vec![Err(ReplyError::Io(IoError::EIO))],
+        "only the failed disk holds 4"
+    );
+    assert!(c.pending.is_empty(), "{:?}", c.pending);
+}
+
 #[test]
 fn a_failed_replicated_write_marks_the_range_durably_before_the_reply() {
     let mut p = Pair::new(Protocol::C, Plant::None);

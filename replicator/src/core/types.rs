@@ -134,6 +134,10 @@ pub enum Plant {
     /// comes out of the resync from its peer's older data UpToDate (as if
     /// nothing were lost), not Outdated.
     ForgetLost,
+    /// A node whose disk failed answers OK to writes that only that disk
+    /// holds (their local completion came after the failure, or their
+    /// peer part was lost with the session the failure closed).
+    AckOnFailedDisk,
 }
 
 impl std::str::FromStr for Plant {
@@ -151,9 +155,10 @@ impl std::str::FromStr for Plant {
             "lost-hint" => Plant::LostHint,
             "held-hint" => Plant::HeldHint,
             "forget-lost" => Plant::ForgetLost,
+            "ack-on-failed-disk" => Plant::AckOnFailedDisk,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk)"
                 ))
             }
         })

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use crate::config::Protocol;
-use crate::protocol::wire::{Message, Op, Role};
+use crate::protocol::wire::{DiskState, Message, Op, Role};
 
 use super::session::{Activity, Need, OutKind, Phase};
 use super::types::{IoError, Plant, ReplyError, ReqId, StoreOp, Time};
@@ -201,6 +201,13 @@ impl Core {
         Admit::Wait
     }
 
+    /// This node's disk is detached (Failed): a local completion says
+    /// nothing a reply may rest on, only the peer's confirmation does.
+    /// (With the plant, it is trusted as before the fix.)
+    fn detached_ack(&self) -> bool {
+        self.disk == DiskState::Failed && self.cfg.plant != Plant::AckOnFailedDisk
+    }
+
     /// A session is up and past its handshake.
     pub(crate) fn linked(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.phase == Phase::Running)
@@ -323,6 +330,11 @@ impl Core {
         );
         if ready {
             let mut result = p.local.expect("local").map_err(ReplyError::Io);
+            if result.is_ok() && p.peer != PeerPart::Confirmed && self.detached_ack() {
+                // Only a detached disk holds it (a full sync from the peer
+                // will replace that disk): the write did not happen.
+                result = Err(ReplyError::Io(IoError::EIO));
+            }
             if result.is_ok() {
                 match self.reply_gate(false, p.range.is_some()) {
                     None => {}
@@ -384,6 +396,15 @@ impl Core {
         }
         self.maybe_lost = any;
         if lost.is_empty() {
+            return;
+        }
+        if self.detached_ack() {
+            // The peer may lack them and only a detached disk holds them:
+            // they failed (no new generation, nothing acknowledged apart).
+            for req in lost {
+                self.pending.remove(&req);
+                self.reply(req, Err(ReplyError::Io(IoError::EIO)));
+            }
             return;
         }
         // Unless the peer has caught up since (a resync brought it
@@ -574,11 +595,11 @@ impl Core {
             }
         }
         if self.role == Role::Secondary
-            && self.disk == crate::protocol::wire::DiskState::UpToDate
+            && self.disk == DiskState::UpToDate
             && self.cfg.protocol == Protocol::A
         {
             // Protocol A may have left us behind: freshness unknown.
-            self.disk = crate::protocol::wire::DiskState::Consistent;
+            self.disk = DiskState::Consistent;
         }
         tracing::warn!(%why, out_of_sync = self.dirty.bytes(), "peer lost");
         self.last_error = Some(why);
