@@ -486,7 +486,7 @@ fn a_secondary_on_a_slow_disk_holds_the_primary_back_not_the_burst() {
     let dir = tempfile::Builder::new().prefix("tb-slow").tempdir_in(test_tmp()).unwrap();
     // The first sync compares checksums (both disks are zeroes): nothing
     // is written to the slow disk before the burst.
-    let Some((mut p, slow)) = slow_pair(dir.path(), "320M", "60s", "resync-checksum = true") else {
+    let Some((p, slow)) = slow_pair(dir.path(), "320M", "60s", "resync-checksum = true") else {
         return;
     };
     let pid = p.nodes[1].child.as_ref().expect("b runs").id();
