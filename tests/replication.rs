@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fusedisk::FuseDisk;
 use common::nbd::Client;
 use common::pair::{tail, Pair};
 use common::*;
@@ -327,55 +328,31 @@ fn down_stops_a_node_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
 
-/// A slow disk: nbdkit's memory plugin behind its delay filter (50 ms per
-/// write request), seen as a file through nbdfuse, with the kernel's
-/// dirty-page limit for that file system at 1 MiB, so page-cache writes
-/// to it are throttled to what the "disk" takes (about 20 MB/s).
-struct SlowDisk {
-    mnt: std::path::PathBuf,
-    _fuse: KillOnDrop,
-    _nbdkit: KillOnDrop,
-}
-
-impl SlowDisk {
-    fn start(dir: &std::path::Path, size: &str) -> SlowDisk {
-        let sock = dir.join("slow.sock");
-        let mnt = dir.join("slow");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let nbdkit = KillOnDrop(
-            Command::new("nbdkit")
-                .args(["-f", "-U"])
-                .arg(&sock)
-                .args(["--filter=delay", "memory", size, "wdelay=50ms"])
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "nbdkit did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let fuse =
-            KillOnDrop(Command::new("nbdfuse").arg(&mnt).arg("--unix").arg(&sock).spawn().unwrap());
-        while !mnt.join("nbd").exists() {
-            assert!(Instant::now() < deadline, "nbdfuse did not mount");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let dev = run_ok(Command::new("mountpoint").arg("-d").arg(&mnt));
-        let limit = format!("/sys/class/bdi/{}/max_bytes", dev.trim());
-        std::fs::write(&limit, "1048576").unwrap_or_else(|e| panic!("{limit}: {e}"));
-        SlowDisk { mnt, _fuse: fuse, _nbdkit: nbdkit }
+/// The slow-disk pair of the tests below: protocol B, b's disk on a
+/// [`FuseDisk::slow`], a Primary, in sync; the peer's `timeout`, more top-level
+/// keys in `extra`. None if a tool or root is missing (outside CI).
+fn slow_pair(
+    dir: &std::path::Path,
+    size: &str,
+    timeout: &str,
+    extra: &str,
+) -> Option<(Pair, FuseDisk)> {
+    if !(have("nbdkit") && have("nbdfuse") && have("nbdcopy") && root("FUSE, bdi limits")) {
+        return None;
     }
-
-    fn file(&self) -> std::path::PathBuf {
-        self.mnt.join("nbd")
-    }
-}
-
-impl Drop for SlowDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
+    let slow = FuseDisk::slow(dir, size);
+    let mut p = Pair::prepare("B", size);
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replace("disk = \"b.img\"", &format!("disk = \"{}\"", slow.file().display()));
+    let text = text.replace("timeout = \"3s\"", &format!("timeout = \"{timeout}\"\n{extra}"));
+    std::fs::write(&p.config, text).unwrap();
+    p.nodes[1].disk = slow.file();
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    p.wait_synced("the first sync onto the slow disk", Duration::from_secs(90));
+    Some((p, slow))
 }
 
 /// A Secondary whose disk is slower than the link holds a backlog of peer
@@ -403,33 +380,6 @@ fn a_secondary_on_a_slow_disk_stopped_mid_burst_stops_clean() {
     p.wait_drained();
     assert!(read_file(&p.nodes[0].disk) == read_file(&slow.file()), "the two disks differ");
     drop(p);
-}
-
-/// The slow-disk pair of the tests below: protocol B, b's disk on a
-/// [`SlowDisk`], a Primary, in sync; the peer's `timeout`, more top-level
-/// keys in `extra`. None if a tool or root is missing (outside CI).
-fn slow_pair(
-    dir: &std::path::Path,
-    size: &str,
-    timeout: &str,
-    extra: &str,
-) -> Option<(Pair, SlowDisk)> {
-    if !(have("nbdkit") && have("nbdfuse") && have("nbdcopy") && root("FUSE, bdi limits")) {
-        return None;
-    }
-    let slow = SlowDisk::start(dir, size);
-    let mut p = Pair::prepare("B", size);
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    let text = text.replace("disk = \"b.img\"", &format!("disk = \"{}\"", slow.file().display()));
-    let text = text.replace("timeout = \"3s\"", &format!("timeout = \"{timeout}\"\n{extra}"));
-    std::fs::write(&p.config, text).unwrap();
-    p.nodes[1].disk = slow.file();
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_connected();
-    p.wait_synced("the first sync onto the slow disk", Duration::from_secs(90));
-    Some((p, slow))
 }
 
 /// Failover onto a Secondary that still has a backlog: in protocol B the

@@ -358,7 +358,7 @@ impl Checker {
     /// the submission (two failures: C keeps writes through one); in A
     /// the peer promises nothing, so no such write may be acknowledged.
     /// B is not checked (its peer confirms receipt, not a write in its
-    /// cache).
+    /// cache). A FLUSH no peer took part in may not be acknowledged.
     pub fn failed_disk_ack(
         &self,
         sim: &Sim,
@@ -366,14 +366,28 @@ impl Checker {
         r: &AppReq,
         protocol: Protocol,
     ) -> Result<(), Violation> {
-        let (AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. }) = &r.kind
-        else {
-            return Ok(());
-        };
         if sim.nodes[n].core.as_ref().is_none_or(|c| c.disk() != DiskState::Failed) {
             return Ok(());
         }
         let m = 1 - n;
+        let (id, off, len) = match &r.kind {
+            AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } => {
+                (id, off, len)
+            }
+            // A FLUSH no peer took part in (protocol A, or not replicated:
+            // no link to the peer at its submission) rests on the failed
+            // disk alone.
+            AppKind::Flush if protocol == Protocol::A || r.linked.is_none() => {
+                return Err(self.v(
+                    "I1",
+                    format!(
+                        "{} acknowledged a FLUSH only its Failed disk made durable",
+                        sim.nodes[n].name
+                    ),
+                ));
+            }
+            _ => return Ok(()),
+        };
         let on_peer = match protocol {
             Protocol::B => return Ok(()),
             Protocol::A => false,

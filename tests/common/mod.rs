@@ -2,6 +2,7 @@
 //! tools, run commands with timeouts.
 #![allow(dead_code)]
 
+pub mod fusedisk;
 pub mod nbd;
 pub mod pair;
 

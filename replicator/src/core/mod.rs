@@ -98,6 +98,9 @@ enum PeerPart {
     /// The peer may lack it: released once the new generation and the
     /// bitmap that record it are durable.
     Lost,
+    /// Lost, and the loss recorded: answered on the local part alone
+    /// (which a Failed disk cannot give).
+    Released,
 }
 
 /// An admitted application operation.
@@ -115,7 +118,8 @@ struct Pending {
 impl Pending {
     /// Both parts are done: only the reply gate (quorum) may still hold it.
     fn both_done(&self) -> bool {
-        self.local.is_some() && matches!(self.peer, PeerPart::Free | PeerPart::Confirmed)
+        self.local.is_some()
+            && matches!(self.peer, PeerPart::Free | PeerPart::Confirmed | PeerPart::Released)
     }
 }
 

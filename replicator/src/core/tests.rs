@@ -878,6 +878,15 @@ fn issue(c: &mut Core, t: Time, held: &mut Vec<(IoId, u64)>) -> Vec<Action> {
     out
 }
 
+fn replies_to(acts: &[Action], req: ReqId) -> Vec<Result<(), ReplyError>> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Reply { req: r, result } if *r == req => Some(*result),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A local disk fails (EIO on one write) while other writes are in
 /// flight: a write whose local part completed, before the failure or
 /// after it, is answered OK only if the peer confirmed it — the failed
@@ -893,46 +902,76 @@ fn writes_held_only_by_a_failed_disk_fail() {
     connect(&mut c, 1, Role::Secondary);
     let mut held = Vec::new();
     let mut acts = Vec::new();
-    // Writes 1..=4, one activity-log extent; the peer applies 1..=3.
-    for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384)] {
+    // Writes 1..=5, one activity-log extent; the peer applies 1..=3.
+    for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384), (5, 512)] {
         c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
         acts.extend(issue(&mut c, t, &mut held));
     }
-    assert_eq!(held.len(), 4, "{acts:?}");
-    // 1 completes locally before the failure (its peer part pending).
+    assert_eq!(held.len(), 5, "{acts:?}");
+    // 1 and 4 complete locally before the failure (their peer parts
+    // pending).
     c.handle_io(t, held[0].0, Ok(None));
+    c.handle_io(t, held[3].0, Ok(None));
     acts.extend(issue(&mut c, t, &mut held));
     c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
     acts.extend(issue(&mut c, t, &mut held));
     // The peer applied 1..=3: 1 is answered, as the mode allows.
-    let replies = |acts: &[Action], req: ReqId| -> Vec<Result<(), ReplyError>> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::Reply { req: r, result } if *r == req => Some(*result),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(replies(&acts, 1), vec![Ok(())]);
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())]);
+    assert!(replies_to(&acts, 4).is_empty(), "4 answered before the peer confirmed it");
     // 2 fails on the local disk: detached, the link to the peer closed.
     c.handle_io(t, held[1].0, Err(IoError::EIO));
     acts.extend(issue(&mut c, t, &mut held));
     assert_eq!(c.disk(), DiskState::Failed);
     assert!(closed(&acts), "the session stays open on a detached disk");
-    // 3 (the peer has it) and 4 (only the failed disk has it) complete
+    // 3 (the peer has it) and 5 (only the failed disk has it) complete
     // locally after the failure.
     c.handle_io(t, held[2].0, Ok(None));
-    c.handle_io(t, held[3].0, Ok(None));
+    c.handle_io(t, held[4].0, Ok(None));
     acts.extend(issue(&mut c, t, &mut held));
     acts.extend(run(&mut c, t));
-    assert_eq!(replies(&acts, 2), vec![Err(ReplyError::Io(IoError::EIO))]);
-    assert_eq!(replies(&acts, 3), vec![Ok(())], "the peer holds 3");
-    assert_eq!(
-        replies(&acts, 4),
-        vec![Err(ReplyError::Io(IoError::EIO))],
-        "only the failed disk holds 4"
-    );
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 2), eio);
+    assert_eq!(replies_to(&acts, 3), vec![Ok(())], "the peer holds 3");
+    assert_eq!(replies_to(&acts, 4), eio, "only the failed disk holds 4 (done before)");
+    assert_eq!(replies_to(&acts, 5), eio, "only the failed disk holds 5 (done after)");
     assert!(c.pending.is_empty(), "{:?}", c.pending);
+}
+
+/// The same in protocol A, where nothing waits for the peer: a write and
+/// a FLUSH whose local parts complete after the disk failed are answered
+/// EIO (the peer promised nothing).
+#[test]
+fn protocol_a_writes_and_flushes_completing_on_a_failed_disk_fail() {
+    let t = Duration::ZERO;
+    let mut c = core(Protocol::A, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    let mut held = Vec::new();
+    let mut acts = Vec::new();
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    c.write(t, 2, 128, Bytes::from(vec![2u8; 64]), false);
+    acts.extend(issue(&mut c, t, &mut held));
+    c.flush(t, 3);
+    let mut flush = None;
+    while let Some(a) = c.poll_action() {
+        match a {
+            Action::Store { io, op: StoreOp::Flush } => flush = Some(io),
+            Action::Store { io, op: StoreOp::Write { offset, .. } } => held.push((io, offset)),
+            Action::Store { io, .. } | Action::Persist { io, .. } => c.handle_io(t, io, Ok(None)),
+            other => acts.push(other),
+        }
+    }
+    let flush = flush.expect("the FLUSH reaches the local disk");
+    c.handle_io(t, held[1].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(c.disk(), DiskState::Failed);
+    c.handle_io(t, held[0].0, Ok(None));
+    c.handle_io(t, flush, Ok(None));
+    acts.extend(run(&mut c, t));
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    for req in [1, 2, 3] {
+        assert_eq!(replies_to(&acts, req), eio, "request {req}: {acts:?}");
+    }
 }
 
 #[test]

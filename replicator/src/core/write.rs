@@ -326,7 +326,8 @@ impl Core {
         let Some(p) = self.pending.get(&req) else { return };
         let ready = matches!(
             (p.local, p.peer),
-            (Some(Err(_)), _) | (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed)
+            (Some(Err(_)), _)
+                | (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed | PeerPart::Released)
         );
         if ready {
             let mut result = p.local.expect("local").map_err(ReplyError::Io);
@@ -400,7 +401,7 @@ impl Core {
         }
         if self.detached_ack() {
             // The peer may lack them and only a detached disk holds them:
-            // they failed (no new generation, nothing acknowledged apart).
+            // they failed (nothing acknowledged apart).
             for req in lost {
                 self.pending.remove(&req);
                 self.reply(req, Err(ReplyError::Io(IoError::EIO)));
@@ -443,7 +444,7 @@ impl Core {
             }
             for req in lost {
                 if let Some(p) = self.pending.get_mut(&req) {
-                    p.peer = PeerPart::Confirmed;
+                    p.peer = PeerPart::Released;
                 }
                 self.try_reply(req);
             }

@@ -1,0 +1,86 @@
+//! Disks with a behaviour: nbdkit's memory plugin behind one of its
+//! filters, seen as a file through nbdfuse (which passes every write
+//! straight to nbdkit: its errors reach the writer's `pwrite`). Needs
+//! root (FUSE mounts).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{run_ok, KillOnDrop};
+
+pub struct FuseDisk {
+    mnt: PathBuf,
+    dir: PathBuf,
+    _fuse: KillOnDrop,
+    _nbdkit: KillOnDrop,
+}
+
+impl FuseDisk {
+    /// nbdkit `args` (filters, `memory SIZE`, parameters) behind the file
+    /// `FuseDisk::file`, mounted under `dir/NAME`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> FuseDisk {
+        let sock = dir.join(format!("{name}.sock"));
+        let mnt = dir.join(name);
+        std::fs::create_dir_all(&mnt).unwrap();
+        let nbdkit = KillOnDrop(
+            Command::new("nbdkit").args(["-f", "-U"]).arg(&sock).args(args).spawn().unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "nbdkit did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let fuse =
+            KillOnDrop(Command::new("nbdfuse").arg(&mnt).arg("--unix").arg(&sock).spawn().unwrap());
+        while !mnt.join("nbd").exists() {
+            assert!(Instant::now() < deadline, "nbdfuse did not mount");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FuseDisk { mnt, dir: dir.to_path_buf(), _fuse: fuse, _nbdkit: nbdkit }
+    }
+
+    /// A slow disk: 50 ms per write request (nbdkit's delay filter), with
+    /// the kernel's dirty-page limit for its file system at 1 MiB, so
+    /// page-cache writes to it are throttled to what the "disk" takes
+    /// (about 20 MB/s).
+    pub fn slow(dir: &Path, size: &str) -> FuseDisk {
+        let disk = FuseDisk::start(dir, "slow", &["--filter=delay", "memory", size, "wdelay=50ms"]);
+        let dev = run_ok(Command::new("mountpoint").arg("-d").arg(&disk.mnt));
+        let limit = format!("/sys/class/bdi/{}/max_bytes", dev.trim());
+        std::fs::write(&limit, "1048576").unwrap_or_else(|e| panic!("{limit}: {e}"));
+        disk
+    }
+
+    /// A disk that fails every write with EIO while the file
+    /// [`FuseDisk::trigger`] exists (nbdkit's error filter); reads work.
+    pub fn failing(dir: &Path, size: &str) -> FuseDisk {
+        let trigger = dir.join("eio.trigger");
+        let file = format!("error-file={}", trigger.display());
+        FuseDisk::start(
+            dir,
+            "eio",
+            &["--filter=error", "memory", size, "error=EIO", "error-pwrite-rate=100%", &file],
+        )
+    }
+
+    /// The failing disk's switch: its writes fail from now on.
+    pub fn fail_writes(&self, on: bool) {
+        let trigger = self.dir.join("eio.trigger");
+        if on {
+            std::fs::write(&trigger, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(&trigger);
+        }
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.mnt.join("nbd")
+    }
+}
+
+impl Drop for FuseDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}

@@ -1,0 +1,231 @@
+//! A local disk that fails under a replicated pair: real `twinblock up`
+//! processes, the Primary's disk a file whose writes start failing with
+//! EIO on command (nbdkit's error filter through nbdfuse), real NBD
+//! clients. Needs root (FUSE); nbdkit, nbdfuse and qemu-io.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::fusedisk::FuseDisk;
+use common::nbd::Client;
+use common::pair::{tail, Pair};
+use common::*;
+
+const BLOCK: u64 = 4096;
+
+fn block(cookie: u64) -> Vec<u8> {
+    let mut b = pattern(BLOCK as usize, cookie + 1);
+    b[..8].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+/// A pipelined writer (`qd` in flight) against `p`'s node 0, over the
+/// first `blocks` blocks: write `cookie` fills block `cookie`; `fail` runs once `fail_after` writes are
+/// answered. Stops at the first failed reply (plus what was in flight).
+/// Returns each write's errno (0: acknowledged).
+fn write_through_failure(
+    p: &Pair,
+    blocks: u64,
+    mut qd: usize,
+    fail_after: usize,
+    fail: impl FnOnce(),
+) -> BTreeMap<u64, u32> {
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    let mut rd = c.s.try_clone().unwrap();
+    rd.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let answers = Arc::new(Mutex::new(BTreeMap::new()));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (answers, in_flight, failed) = (answers.clone(), in_flight.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut head = [0u8; 16];
+            while rd.read_exact(&mut head).is_ok() {
+                let errno = u32::from_be_bytes(head[4..8].try_into().unwrap());
+                let cookie = u64::from_be_bytes(head[8..].try_into().unwrap());
+                answers.lock().unwrap().insert(cookie, errno);
+                if errno != 0 {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                if in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+                    && failed.load(Ordering::SeqCst) > 0
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let mut fail = Some(fail);
+    let mut cookie = 0u64;
+    while cookie < blocks && failed.load(Ordering::SeqCst) == 0 {
+        if in_flight.load(Ordering::SeqCst) >= qd {
+            std::thread::yield_now();
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        c.request(0, 1, cookie, cookie * BLOCK, BLOCK as u32, &block(cookie));
+        cookie += 1;
+        if answers.lock().unwrap().len() >= fail_after {
+            if let Some(f) = fail.take() {
+                f();
+                // One more write after the failure, whatever waits.
+                qd += 1;
+            }
+        }
+    }
+    assert!(fail.is_none(), "the writer finished before the disk failed");
+    reader.join().unwrap();
+    let answers = answers.lock().unwrap().clone();
+    answers
+}
+
+/// A pair in protocol C whose Primary a has a [`FuseDisk::failing`]
+/// disk, in sync; with `relay`, a reaches b through a `netem` relay (1 ms
+/// each way) that the caller may kill (a partition). None if a tool or
+/// root is missing (outside CI).
+fn failing_pair(
+    dir: &std::path::Path,
+    relay: bool,
+) -> Option<(Pair, FuseDisk, Option<KillOnDrop>)> {
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return None;
+    }
+    let disk = FuseDisk::failing(dir, "16M");
+    let mut p = Pair::prepare("C", "16M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replace("disk = \"a.img\"", &format!("disk = \"{}\"", disk.file().display()));
+    std::fs::write(&p.config, text).unwrap();
+    p.nodes[0].disk = disk.file();
+    let netem = relay.then(|| {
+        let (relay, b_addr) = p.route_b_through_relay();
+        KillOnDrop(
+            Command::new(BIN)
+                .args(["netem", "--listen", &relay, "--forward", &b_addr, "--delay", "1ms"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    });
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    p.wait_synced("the first sync", Duration::from_secs(60));
+    Some((p, disk, netem))
+}
+
+/// A qemu-io command against `uri`: its output, whatever its exit status.
+fn qemu_io(uri: &str, cmd: &str) -> String {
+    let out = run_timeout(
+        Command::new("qemu-io").args(["-f", "raw", "-t", "none", uri, "-c", cmd]),
+        Duration::from_secs(30),
+    );
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The blocks of `ok` that `disk` does not hold.
+fn missing(disk: &[u8], ok: &[u64]) -> Vec<u64> {
+    ok.iter()
+        .copied()
+        .filter(|&c| disk[(c * BLOCK) as usize..((c + 1) * BLOCK) as usize] != block(c)[..])
+        .collect()
+}
+
+/// The Primary's disk starts failing writes mid-stream (16 in flight,
+/// protocol C). Every write it answered OK is on the Secondary; the
+/// failed ones are answered EIO, and so is every request after them; the
+/// disk shows `Failed` with the reason; reads of the detached disk fail
+/// too. The operator's procedure of "Replacing a failed disk" (switch
+/// over, restart the failed node on a working disk) ends with the two
+/// disks byte-identical, the new Primary's data on both.
+#[test]
+fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
+    let dir = tempfile::Builder::new().prefix("tb-eio").tempdir_in(test_tmp()).unwrap();
+    let Some((mut p, disk, _)) = failing_pair(dir.path(), false) else { return };
+
+    let answers = write_through_failure(&p, (16 << 20) / BLOCK, 16, 300, || disk.fail_writes(true));
+    let ok: Vec<u64> = answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect();
+    let failed: Vec<(u64, u32)> =
+        answers.iter().filter(|(_, e)| **e != 0).map(|(c, e)| (*c, *e)).collect();
+    assert!(ok.len() >= 300 && !failed.is_empty(), "{} ok, {} failed", ok.len(), failed.len());
+    assert!(failed.iter().all(|(_, e)| *e == 5), "not EIO: {failed:?}");
+    eprintln!("{} writes acknowledged, {} failed with EIO", ok.len(), failed.len());
+
+    let a = p.status(0);
+    assert_eq!(a["disk"], "Failed", "{a}");
+    let why = a["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("local disk failed"), "{why}");
+    // Every acknowledged write is on the Secondary.
+    let b = std::fs::read(&p.nodes[1].disk).unwrap();
+    let missing = missing(&b, &ok);
+    assert!(missing.is_empty(), "acknowledged writes missing on b: {missing:?}");
+    // The detached disk serves nothing and takes nothing (its writes work
+    // again, the node does not trust it).
+    disk.fail_writes(false);
+    for (what, cmd) in [("write", "write -P 0x5a 0 4k"), ("read", "read 0 4k")] {
+        let out = qemu_io(&p.uri(0), cmd);
+        assert!(out.contains("Input/output error"), "a {what} on a Failed disk: {out}");
+    }
+
+    // Switch over, then restart the failed node: a full sync from b.
+    p.ok(&["secondary"], 0);
+    p.ok(&["disconnect"], 1);
+    p.ok(&["primary"], 1);
+    p.ok(&["connect"], 1);
+    assert!(p.down(0).success(), "a did not stop: {}", tail(&p.log(0)));
+    p.up(0);
+    p.wait_synced("the full sync onto the failed node", Duration::from_secs(60));
+    let a = p.status(0);
+    assert_eq!(a["disk"], "UpToDate", "{a}");
+    assert_eq!(p.status(1)["role"], "Primary");
+    p.wait_drained();
+    assert!(
+        std::fs::read(disk.file()).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after the full sync"
+    );
+}
+
+/// Writes waiting for a peer that stopped answering (a partition: the
+/// relay to b is gone), their local part done, when another write fails
+/// on the local disk: that failure detaches the disk and ends the session,
+/// and those waiting writes are held by the failed disk alone. They fail
+/// with EIO: answered OK (as before the fix, once the new generation was
+/// saved) they were acknowledged writes that b never got. (A partition
+/// the Primary notices first is another story: writes go on alone, on a
+/// good disk, as the design allows.)
+#[test]
+fn writes_waiting_for_a_partitioned_peer_fail_with_the_local_disk() {
+    let dir = tempfile::Builder::new().prefix("tb-eio").tempdir_in(test_tmp()).unwrap();
+    let Some((p, disk, netem)) = failing_pair(dir.path(), true) else { return };
+    let relay = netem.as_ref().expect("a relay").0.id().to_string();
+    let answers = write_through_failure(&p, 1024, 16, 200, || {
+        // The partition: the relay stops (no ICMP error tells a the link
+        // is gone; the peer is lost only after `timeout`, 3 s).
+        run_ok(Command::new("kill").args(["-STOP", &relay]));
+        std::thread::sleep(Duration::from_millis(300));
+        disk.fail_writes(true);
+    });
+    let ok: Vec<u64> = answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect();
+    let failed = answers.values().filter(|e| **e != 0).count();
+    eprintln!("{} writes acknowledged, {failed} failed", ok.len());
+    assert_eq!(p.status(0)["disk"], "Failed");
+    assert!(failed >= 1, "no write was waiting for the peer at the failure");
+    let b = std::fs::read(&p.nodes[1].disk).unwrap();
+    let missing = missing(&b, &ok);
+    assert!(
+        missing.is_empty(),
+        "writes acknowledged that b does not hold: {missing:?}\n{}",
+        p.log(0)
+            .lines()
+            .filter(|l| !l.contains("verb=status") && !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
