@@ -28,14 +28,7 @@ use common::*;
 const DEAD_TIME: &str = "3s";
 
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(BIN)
-            .args(["netem", "--listen", relay, "--forward", forward, "--delay", "0ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    netem_quiet(relay, forward, "0ms")
 }
 
 fn free_udp() -> String {

@@ -98,26 +98,9 @@ fn failing_pair(
     }
     let disk = FuseDisk::failing(dir, "16M");
     let mut p = Pair::prepare("C", "16M");
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    let text = text.replace("disk = \"a.img\"", &format!("disk = \"{}\"", disk.file().display()));
-    std::fs::write(&p.config, text).unwrap();
-    p.nodes[0].disk = disk.file();
-    let netem = relay.then(|| {
-        let (relay, b_addr) = p.route_b_through_relay();
-        KillOnDrop(
-            Command::new(BIN)
-                .args(["netem", "--listen", &relay, "--forward", &b_addr, "--delay", "1ms"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    });
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_connected();
-    p.wait_synced("the first sync", Duration::from_secs(60));
+    p.set_disk(0, &disk.file());
+    let netem = relay.then(|| p.relay_b("1ms"));
+    p.up_in_sync("the first sync", Duration::from_secs(60));
     Some((p, disk, netem))
 }
 

@@ -14,14 +14,7 @@ use common::pair::Pair;
 use common::*;
 
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(BIN)
-            .args(["netem", "--listen", relay, "--forward", forward, "--delay", "1ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    netem_quiet(relay, forward, "1ms")
 }
 
 fn wait_in_sync(p: &Pair, what: &str) {

@@ -70,14 +70,7 @@ fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
     let b_addr = p.b_address();
     // A rogue "a" (right certificate) whose packets reach b 5 s late each way.
     let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let _slow = KillOnDrop(
-        Command::new(BIN)
-            .args(["netem", "--listen", &relay, "--forward", &b_addr, "--delay", "5s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _slow = netem_quiet(&relay, &b_addr, "5s");
     // Same resource and certificate; its own files and ports.
     let (head, a_section) = text.split_once("[nodes.a]").unwrap();
     let (a_section, b_section) = a_section.split_once("[nodes.b]").unwrap();

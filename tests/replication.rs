@@ -342,16 +342,11 @@ fn slow_pair(
     }
     let slow = FuseDisk::slow(dir, size);
     let mut p = Pair::prepare("B", size);
+    p.set_disk(1, &slow.file());
     let text = std::fs::read_to_string(&p.config).unwrap();
-    let text = text.replace("disk = \"b.img\"", &format!("disk = \"{}\"", slow.file().display()));
     let text = text.replace("timeout = \"3s\"", &format!("timeout = \"{timeout}\"\n{extra}"));
     std::fs::write(&p.config, text).unwrap();
-    p.nodes[1].disk = slow.file();
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_connected();
-    p.wait_synced("the first sync onto the slow disk", Duration::from_secs(90));
+    p.up_in_sync("the first sync onto the slow disk", Duration::from_secs(90));
     Some((p, slow))
 }
 
@@ -463,15 +458,7 @@ fn a_secondary_on_a_slow_disk_holds_the_primary_back_not_the_burst() {
 fn netem_puts_latency_on_the_link() {
     let mut p = Pair::prepare("C", "16M");
     // A relay in front of b that a dials instead.
-    let (relay, b_addr) = p.route_b_through_relay();
-    let _netem = KillOnDrop(
-        Command::new(BIN)
-            .args(["netem", "--listen", &relay.to_string(), "--forward", &b_addr, "--delay", "5ms"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _netem = p.relay_b("5ms");
     p.up(0);
     p.up(1);
     p.ok(&["primary", "--force"], 0);

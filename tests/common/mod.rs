@@ -106,6 +106,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A `twinblock netem` relay on `listen` to `forward`, adding `delay`
+/// each way, its output discarded.
+pub fn netem_quiet(listen: &str, forward: &str, delay: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["netem", "--listen", listen, "--forward", forward, "--delay", delay])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A running `twinblock serve`.
 pub struct Serve {
     pub child: Option<Child>,

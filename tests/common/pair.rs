@@ -271,6 +271,31 @@ impl Pair {
         (relay, b_addr)
     }
 
+    /// Makes a reach b through a `netem` relay adding `delay` each way.
+    pub fn relay_b(&self, delay: &str) -> super::KillOnDrop {
+        let (relay, b_addr) = self.route_b_through_relay();
+        super::netem_quiet(&relay, &b_addr, delay)
+    }
+
+    /// Node `i`'s disk is `path` (in the resource file too).
+    pub fn set_disk(&mut self, i: usize, path: &std::path::Path) {
+        let name = format!("disk = \"{}.img\"", self.nodes[i].name);
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(&name), "no {name} in the resource file");
+        let text = text.replace(&name, &format!("disk = \"{}\"", path.display()));
+        std::fs::write(&self.config, text).unwrap();
+        self.nodes[i].disk = path.to_path_buf();
+    }
+
+    /// Both nodes up, a made Primary (`--force`, new disks), in sync.
+    pub fn up_in_sync(&mut self, what: &str, timeout: Duration) {
+        self.up(0);
+        self.up(1);
+        self.ok(&["primary", "--force"], 0);
+        self.wait_connected();
+        self.wait_synced(what, timeout);
+    }
+
     /// A resource file with `line` added after the protocol.
     pub fn configure(&self, line: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

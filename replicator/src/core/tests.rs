@@ -864,18 +864,28 @@ fn a_failed_disk_of_the_same_generation_is_uptodate_after_its_full_sync() {
     assert!(p.n[0].cache == p.n[1].cache, "not a full sync");
 }
 
-/// A store that completes each write when told: (io, offset) of the
-/// writes the core asked for, everything else completed at once.
+/// A store that completes each write and flush when told: (io, offset;
+/// `u64::MAX` for a flush) of those the core asked for, everything else
+/// completed at once.
 fn issue(c: &mut Core, t: Time, held: &mut Vec<(IoId, u64)>) -> Vec<Action> {
     let mut out = Vec::new();
     while let Some(a) = c.poll_action() {
         match a {
             Action::Store { io, op: StoreOp::Write { offset, .. } } => held.push((io, offset)),
+            Action::Store { io, op: StoreOp::Flush } => held.push((io, u64::MAX)),
             Action::Store { io, .. } | Action::Persist { io, .. } => c.handle_io(t, io, Ok(None)),
             other => out.push(other),
         }
     }
     out
+}
+
+/// A Primary in `protocol`, connected to its Secondary (session 1).
+fn connected_primary(protocol: Protocol) -> Core {
+    let mut c = core(protocol, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    c
 }
 
 fn replies_to(acts: &[Action], req: ReqId) -> Vec<Result<(), ReplyError>> {
@@ -897,11 +907,8 @@ fn replies_to(acts: &[Action], req: ReqId) -> Vec<Result<(), ReplyError>> {
 #[test]
 fn writes_held_only_by_a_failed_disk_fail() {
     let t = Duration::ZERO;
-    let mut c = core(Protocol::C, DiskState::UpToDate);
-    c.promote(false, 1).unwrap();
-    connect(&mut c, 1, Role::Secondary);
-    let mut held = Vec::new();
-    let mut acts = Vec::new();
+    let mut c = connected_primary(Protocol::C);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
     // Writes 1..=5, one activity-log extent; the peer applies 1..=3.
     for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384), (5, 512)] {
         c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
@@ -943,25 +950,14 @@ fn writes_held_only_by_a_failed_disk_fail() {
 #[test]
 fn protocol_a_writes_and_flushes_completing_on_a_failed_disk_fail() {
     let t = Duration::ZERO;
-    let mut c = core(Protocol::A, DiskState::UpToDate);
-    c.promote(false, 1).unwrap();
-    connect(&mut c, 1, Role::Secondary);
-    let mut held = Vec::new();
-    let mut acts = Vec::new();
+    let mut c = connected_primary(Protocol::A);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
     c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
     c.write(t, 2, 128, Bytes::from(vec![2u8; 64]), false);
     acts.extend(issue(&mut c, t, &mut held));
     c.flush(t, 3);
-    let mut flush = None;
-    while let Some(a) = c.poll_action() {
-        match a {
-            Action::Store { io, op: StoreOp::Flush } => flush = Some(io),
-            Action::Store { io, op: StoreOp::Write { offset, .. } } => held.push((io, offset)),
-            Action::Store { io, .. } | Action::Persist { io, .. } => c.handle_io(t, io, Ok(None)),
-            other => acts.push(other),
-        }
-    }
-    let flush = flush.expect("the FLUSH reaches the local disk");
+    acts.extend(issue(&mut c, t, &mut held));
+    let flush = held.iter().find(|h| h.1 == u64::MAX).expect("the FLUSH reaches the disk").0;
     c.handle_io(t, held[1].0, Err(IoError::EIO));
     acts.extend(issue(&mut c, t, &mut held));
     assert_eq!(c.disk(), DiskState::Failed);
@@ -1947,10 +1943,7 @@ mod probes {
     /// A connected Primary in protocol C (the mode of the resource does not
     /// matter to a probe: it carries its own rule).
     fn primary() -> Core {
-        let mut c = core(Protocol::C, DiskState::UpToDate);
-        c.promote(false, 1).unwrap();
-        connect(&mut c, 1, Role::Secondary);
-        c
+        connected_primary(Protocol::C)
     }
 
     #[test]
@@ -2119,23 +2112,6 @@ mod probes {
 mod probes_adversarial {
     use super::*;
 
-    fn replies(actions: &[Action], req: ReqId) -> Vec<Result<(), ReplyError>> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Reply { req: r, result } if *r == req => Some(*result),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn primary(p: Protocol) -> Core {
-        let mut c = core(p, DiskState::UpToDate);
-        c.promote(false, 1).unwrap();
-        connect(&mut c, 1, Role::Secondary);
-        c
-    }
-
     fn data_seqs(acts: &[Action]) -> Vec<(u64, bool)> {
         acts.iter()
             .filter_map(|a| match a {
@@ -2154,7 +2130,7 @@ mod probes_adversarial {
         // the bench keeps sending must not take its place each time the
         // budget frees (it would wait for the whole run).
         let t = Duration::ZERO;
-        let mut c = primary(Protocol::A);
+        let mut c = connected_primary(Protocol::A);
         c.cfg.max_lag = 4096;
         c.bench_write(t, 100, ProbeMode::Link, 0, Bytes::from(vec![1u8; 8192]));
         let mut all = run(&mut c, t);
@@ -2182,20 +2158,20 @@ mod probes_adversarial {
     #[test]
     fn verified_for_a_probe_is_a_link_fault_and_the_probe_replies_once() {
         let t = Duration::ZERO;
-        let mut c = primary(Protocol::C);
+        let mut c = connected_primary(Protocol::C);
         c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
         let mut all = run(&mut c, t);
         c.handle_frame(t, 1, Message::Verified { seq: 1, crcs: vec![1] });
         all.extend(run(&mut c, t));
         assert!(closed(&all));
-        assert_eq!(replies(&all, 5).len(), 1, "{all:?}");
+        assert_eq!(replies_to(&all, 5).len(), 1, "{all:?}");
         assert!(c.pending.is_empty());
     }
 
     #[test]
     fn a_disk_failure_mid_probe_replies_once() {
         let t = Duration::ZERO;
-        let mut c = primary(Protocol::C);
+        let mut c = connected_primary(Protocol::C);
         c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
         c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
         let mut all = Vec::new();
@@ -2226,14 +2202,14 @@ mod probes_adversarial {
             c.handle_io(t, io, Ok(None));
         }
         all.extend(run(&mut c, t));
-        assert_eq!(replies(&all, 5).len(), 1, "{all:?}");
+        assert_eq!(replies_to(&all, 5).len(), 1, "{all:?}");
         assert!(c.pending.is_empty(), "{:?}", c.pending);
     }
 
     #[test]
     fn a_demotion_mid_probe_replies_once() {
         let t = Duration::ZERO;
-        let mut c = primary(Protocol::C);
+        let mut c = connected_primary(Protocol::C);
         c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
         c.bench_write(t, 6, ProbeMode::B, 0, Bytes::from(vec![1u8; 4096]));
         let mut all = run(&mut c, t);
@@ -2241,8 +2217,8 @@ mod probes_adversarial {
         all.extend(run(&mut c, t));
         c.handle_frame(t, 1, Message::Ack { received: 2, done: 2 });
         all.extend(run(&mut c, t));
-        assert_eq!(replies(&all, 5).len(), 1, "{all:?}");
-        assert_eq!(replies(&all, 6).len(), 1, "{all:?}");
+        assert_eq!(replies_to(&all, 5).len(), 1, "{all:?}");
+        assert_eq!(replies_to(&all, 6).len(), 1, "{all:?}");
         assert!(c.pending.is_empty());
     }
 }
