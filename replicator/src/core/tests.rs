@@ -970,6 +970,31 @@ fn protocol_a_writes_and_flushes_completing_on_a_failed_disk_fail() {
     }
 }
 
+/// Protocol B: the peer confirmed a write on receipt, then failed to
+/// apply it; the local disk fails too before the write's local part is
+/// done. Neither disk holds it: EIO, not the OK its receipt once allowed.
+#[test]
+fn a_received_write_the_peer_failed_is_not_confirmed_any_more() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::B);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    for (req, off) in [(1, 0), (2, 128)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    c.handle_frame(t, 1, Message::Ack { received: 2, done: 0 });
+    c.handle_frame(t, 1, Message::Failed { seq: 1, errno: 5 });
+    acts.extend(issue(&mut c, t, &mut held));
+    c.handle_io(t, held[1].0, Err(IoError::EIO));
+    c.handle_io(t, held[0].0, Ok(None));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(c.disk(), DiskState::Failed);
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 1), eio, "held by no disk: {acts:?}");
+    assert_eq!(replies_to(&acts, 2), eio);
+}
+
 #[test]
 fn a_failed_replicated_write_marks_the_range_durably_before_the_reply() {
     let mut p = Pair::new(Protocol::C, Plant::None);

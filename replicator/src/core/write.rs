@@ -527,7 +527,12 @@ impl Core {
                 }
                 let extents = self.extents(o.range);
                 self.al.release(&extents);
-                self.lose_peer_part(req, |p| matches!(p, PeerPart::Waiting(_) | PeerPart::Free));
+                // Also a protocol B write confirmed on receipt: the peer
+                // does not hold it after all (its reply, if still to come,
+                // waits for the mark and then rests on the local disk).
+                self.lose_peer_part(req, |p| {
+                    matches!(p, PeerPart::Waiting(_) | PeerPart::Free | PeerPart::Confirmed)
+                });
                 self.p.want_bitmap = true;
             }
             OutKind::Bench(req) => self.bench_lost(req, IoError(errno)),
