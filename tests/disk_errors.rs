@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,24 +26,29 @@ fn block(cookie: u64) -> Vec<u8> {
 }
 
 /// A pipelined writer (`qd` in flight) against `p`'s node 0, over the
-/// first `blocks` blocks: write `cookie` fills block `cookie`; `fail` runs once `fail_after` writes are
-/// answered. Stops at the first failed reply (plus what was in flight).
-/// Returns each write's errno (0: acknowledged).
+/// first `blocks` blocks: write `cookie` fills block `cookie`; `fail` runs
+/// once `fail_after` writes are answered, and one more write than `qd`
+/// may then be in flight (it meets the failure whatever waits). Stops at
+/// the first failed reply; every write sent must be answered. Returns
+/// each write's errno (0: acknowledged) and the first cookie sent after
+/// `fail`.
 fn write_through_failure(
     p: &Pair,
     blocks: u64,
     mut qd: usize,
     fail_after: usize,
     fail: impl FnOnce(),
-) -> BTreeMap<u64, u32> {
+) -> (BTreeMap<u64, u32>, u64) {
     let mut c = Client::go_addr(p.nodes[0].nbd, false);
     let mut rd = c.s.try_clone().unwrap();
     rd.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let answers = Arc::new(Mutex::new(BTreeMap::new()));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (answers, in_flight, failed) = (answers.clone(), in_flight.clone(), failed.clone());
+        let (answers, in_flight, failed, done) =
+            (answers.clone(), in_flight.clone(), failed.clone(), done.clone());
         std::thread::spawn(move || {
             let mut head = [0u8; 16];
             while rd.read_exact(&mut head).is_ok() {
@@ -56,16 +61,18 @@ fn write_through_failure(
                 if in_flight.fetch_sub(1, Ordering::SeqCst) == 1
                     && failed.load(Ordering::SeqCst) > 0
                 {
-                    return;
+                    break;
                 }
             }
+            done.store(true, Ordering::SeqCst);
         })
     };
     let mut fail = Some(fail);
     let mut cookie = 0u64;
-    while cookie < blocks && failed.load(Ordering::SeqCst) == 0 {
+    let mut after = u64::MAX;
+    while cookie < blocks && failed.load(Ordering::SeqCst) == 0 && !done.load(Ordering::SeqCst) {
         if in_flight.load(Ordering::SeqCst) >= qd {
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_micros(100));
             continue;
         }
         in_flight.fetch_add(1, Ordering::SeqCst);
@@ -74,24 +81,26 @@ fn write_through_failure(
         if answers.lock().unwrap().len() >= fail_after {
             if let Some(f) = fail.take() {
                 f();
-                // One more write after the failure, whatever waits.
                 qd += 1;
+                after = cookie;
             }
         }
     }
     assert!(fail.is_none(), "the writer finished before the disk failed");
     reader.join().unwrap();
+    let unanswered = in_flight.load(Ordering::SeqCst);
+    assert_eq!(unanswered, 0, "{unanswered} writes never answered (the reader gave up after 30 s)");
     let answers = answers.lock().unwrap().clone();
-    answers
+    (answers, after)
 }
 
 /// A pair in protocol C whose Primary a has a [`FuseDisk::failing`]
-/// disk, in sync; with `relay`, a reaches b through a `netem` relay (1 ms
-/// each way) that the caller may kill (a partition). None if a tool or
-/// root is missing (outside CI).
+/// disk, in sync; with `relay` (a delay), a reaches b through a `netem`
+/// relay that the caller may stop (a partition), and the peer `timeout`
+/// is 10 s. None if a tool or root is missing (outside CI).
 fn failing_pair(
     dir: &std::path::Path,
-    relay: bool,
+    relay: Option<&str>,
 ) -> Option<(Pair, FuseDisk, Option<KillOnDrop>)> {
     if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
         return None;
@@ -99,7 +108,10 @@ fn failing_pair(
     let disk = FuseDisk::failing(dir, "16M");
     let mut p = Pair::prepare("C", "16M");
     p.set_disk(0, &disk.file());
-    let netem = relay.then(|| p.relay_b("1ms"));
+    let netem = relay.map(|delay| {
+        p.set_timeout("10s");
+        p.relay_b(delay)
+    });
     p.up_in_sync("the first sync", Duration::from_secs(60));
     Some((p, disk, netem))
 }
@@ -131,9 +143,10 @@ fn missing(disk: &[u8], ok: &[u64]) -> Vec<u64> {
 #[test]
 fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
     let dir = tempfile::Builder::new().prefix("tb-eio").tempdir_in(test_tmp()).unwrap();
-    let Some((mut p, disk, _)) = failing_pair(dir.path(), false) else { return };
+    let Some((mut p, disk, _)) = failing_pair(dir.path(), None) else { return };
 
-    let answers = write_through_failure(&p, (16 << 20) / BLOCK, 16, 300, || disk.fail_writes(true));
+    let (answers, _) =
+        write_through_failure(&p, (16 << 20) / BLOCK, 16, 300, || disk.fail_writes(true));
     let ok: Vec<u64> = answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect();
     let failed: Vec<(u64, u32)> =
         answers.iter().filter(|(_, e)| **e != 0).map(|(c, e)| (*c, *e)).collect();
@@ -186,20 +199,26 @@ fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
 #[test]
 fn writes_waiting_for_a_partitioned_peer_fail_with_the_local_disk() {
     let dir = tempfile::Builder::new().prefix("tb-eio").tempdir_in(test_tmp()).unwrap();
-    let Some((p, disk, netem)) = failing_pair(dir.path(), true) else { return };
-    let relay = netem.as_ref().expect("a relay").0.id().to_string();
-    let answers = write_through_failure(&p, 1024, 16, 200, || {
+    // 20 ms each way: the writes in flight when the relay stops are stuck
+    // in it.
+    let Some((p, disk, netem)) = failing_pair(dir.path(), Some("20ms")) else { return };
+    let relay = netem.as_ref().expect("a relay").0.id() as libc::pid_t;
+    let (answers, after) = write_through_failure(&p, 1024, 16, 100, || {
         // The partition: the relay stops (no ICMP error tells a the link
-        // is gone; the peer is lost only after `timeout`, 3 s).
-        run_ok(Command::new("kill").args(["-STOP", &relay]));
+        // is gone; the peer is lost only after `timeout`).
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(relay, libc::SIGSTOP) }, 0);
         std::thread::sleep(Duration::from_millis(300));
         disk.fail_writes(true);
     });
     let ok: Vec<u64> = answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect();
-    let failed = answers.values().filter(|e| **e != 0).count();
-    eprintln!("{} writes acknowledged, {failed} failed", ok.len());
+    let waiting_failed = answers.iter().filter(|(c, e)| **c < after && **e != 0).count();
+    eprintln!("{} writes acknowledged, {waiting_failed} waiting ones failed", ok.len());
     assert_eq!(p.status(0)["disk"], "Failed");
-    assert!(failed >= 1, "no write was waiting for the peer at the failure");
+    if let Some(line) = p.gave_up_peer(0) {
+        panic!("a gave up its peer before the disk failed: {line}");
+    }
+    assert!(waiting_failed >= 1, "no write was waiting for the peer at the failure");
     let b = std::fs::read(&p.nodes[1].disk).unwrap();
     let missing = missing(&b, &ok);
     assert!(

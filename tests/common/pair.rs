@@ -277,6 +277,23 @@ impl Pair {
         super::netem_quiet(&relay, &b_addr, delay)
     }
 
+    /// The log line where node `i` gave its peer up as unresponsive
+    /// (`timeout`: no sign of life, or an operation not acknowledged).
+    pub fn gave_up_peer(&self, i: usize) -> Option<String> {
+        self.log(i)
+            .lines()
+            .find(|l| l.contains("no sign of life") || l.contains("has not acknowledged"))
+            .map(String::from)
+    }
+
+    /// The peer `timeout` of the resource file (3 s unless set).
+    pub fn set_timeout(&self, timeout: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("timeout = \"3s\""), "the resource file has no default timeout");
+        let text = text.replace("timeout = \"3s\"", &format!("timeout = \"{timeout}\""));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Node `i`'s disk is `path` (in the resource file too).
     pub fn set_disk(&mut self, i: usize, path: &std::path::Path) {
         let name = format!("disk = \"{}.img\"", self.nodes[i].name);
