@@ -19,10 +19,9 @@ use common::*;
 
 const BLOCK: u64 = 4096;
 
-fn block(cookie: u64) -> Vec<u8> {
-    let mut b = pattern(BLOCK as usize, cookie + 1);
-    b[..8].copy_from_slice(&cookie.to_be_bytes());
-    b
+/// The writes of `answers` acknowledged (errno 0).
+fn acknowledged(answers: &BTreeMap<u64, u32>) -> Vec<u64> {
+    answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect()
 }
 
 /// A pipelined writer (`qd` in flight) against `p`'s node 0, over the
@@ -76,7 +75,7 @@ fn write_through_failure(
             continue;
         }
         in_flight.fetch_add(1, Ordering::SeqCst);
-        c.request(0, 1, cookie, cookie * BLOCK, BLOCK as u32, &block(cookie));
+        c.request(0, 1, cookie, cookie * BLOCK, BLOCK as u32, &cookie_block(cookie));
         cookie += 1;
         if answers.lock().unwrap().len() >= fail_after {
             if let Some(f) = fail.take() {
@@ -125,14 +124,6 @@ fn qemu_io(uri: &str, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// The blocks of `ok` that `disk` does not hold.
-fn missing(disk: &[u8], ok: &[u64]) -> Vec<u64> {
-    ok.iter()
-        .copied()
-        .filter(|&c| disk[(c * BLOCK) as usize..((c + 1) * BLOCK) as usize] != block(c)[..])
-        .collect()
-}
-
 /// The Primary's disk starts failing writes mid-stream (16 in flight,
 /// protocol C). Every write it answered OK is on the Secondary; the
 /// failed ones are answered EIO, and so is every request after them; the
@@ -147,7 +138,7 @@ fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
 
     let (answers, _) =
         write_through_failure(&p, (16 << 20) / BLOCK, 16, 300, || disk.fail_writes(true));
-    let ok: Vec<u64> = answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect();
+    let ok = acknowledged(&answers);
     let failed: Vec<(u64, u32)> =
         answers.iter().filter(|(_, e)| **e != 0).map(|(c, e)| (*c, *e)).collect();
     assert!(ok.len() >= 300 && !failed.is_empty(), "{} ok, {} failed", ok.len(), failed.len());
@@ -160,7 +151,7 @@ fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
     assert!(why.contains("local disk failed"), "{why}");
     // Every acknowledged write is on the Secondary.
     let b = std::fs::read(&p.nodes[1].disk).unwrap();
-    let missing = missing(&b, &ok);
+    let missing = cookie_blocks_missing(&b, &ok);
     assert!(missing.is_empty(), "acknowledged writes missing on b: {missing:?}");
     // The detached disk serves nothing and takes nothing (its writes work
     // again, the node does not trust it).
@@ -211,7 +202,7 @@ fn writes_waiting_for_a_partitioned_peer_fail_with_the_local_disk() {
         std::thread::sleep(Duration::from_millis(300));
         disk.fail_writes(true);
     });
-    let ok: Vec<u64> = answers.iter().filter(|(_, e)| **e == 0).map(|(c, _)| *c).collect();
+    let ok = acknowledged(&answers);
     let waiting_failed = answers.iter().filter(|(c, e)| **c < after && **e != 0).count();
     eprintln!("{} writes acknowledged, {waiting_failed} waiting ones failed", ok.len());
     assert_eq!(p.status(0)["disk"], "Failed");
@@ -220,14 +211,10 @@ fn writes_waiting_for_a_partitioned_peer_fail_with_the_local_disk() {
     }
     assert!(waiting_failed >= 1, "no write was waiting for the peer at the failure");
     let b = std::fs::read(&p.nodes[1].disk).unwrap();
-    let missing = missing(&b, &ok);
+    let missing = cookie_blocks_missing(&b, &ok);
     assert!(
         missing.is_empty(),
         "writes acknowledged that b does not hold: {missing:?}\n{}",
-        p.log(0)
-            .lines()
-            .filter(|l| !l.contains("verb=status") && !l.contains("DEBUG"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        tail(&p.log(0))
     );
 }

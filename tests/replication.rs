@@ -100,7 +100,7 @@ fn write_until_killed(p: &mut Pair, qd: usize, kill_after: usize) -> BTreeSet<u6
             std::thread::yield_now();
         } else {
             in_flight.fetch_add(1, Ordering::SeqCst);
-            c.request(0, 1, cookie, cookie * 4096, 4096, &block(cookie));
+            c.request(0, 1, cookie, cookie * 4096, 4096, &cookie_block(cookie));
             cookie += 1;
         }
         if !killed && acked.lock().unwrap().len() >= kill_after {
@@ -115,23 +115,13 @@ fn write_until_killed(p: &mut Pair, qd: usize, kill_after: usize) -> BTreeSet<u6
     acked
 }
 
-fn block(cookie: u64) -> Vec<u8> {
-    let mut b = pattern(4096, cookie + 1);
-    b[..8].copy_from_slice(&cookie.to_be_bytes());
-    b
-}
-
 fn acked_writes_survive_sigkill(protocol: &str) {
     let mut p = Pair::start(protocol, "64M");
     let acked = write_until_killed(&mut p, 16, 400);
     // The secondary notices, then holds everything it had received.
     p.wait_unlinked(1);
     let disk = read_file(&p.nodes[1].disk);
-    let missing: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|&c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] != block(c)[..])
-        .collect();
+    let missing = cookie_blocks_missing(&disk, &acked);
     assert!(
         missing.is_empty(),
         "{} acknowledged writes missing on the secondary: {:?}",
@@ -159,7 +149,7 @@ fn protocol_a_leaves_a_prefix_on_the_secondary() {
     p.wait_unlinked(1);
     let disk = read_file(&p.nodes[1].disk);
     let present: Vec<bool> = (0..16384u64)
-        .map(|c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] == block(c)[..])
+        .map(|c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] == cookie_block(c)[..])
         .collect();
     let k = present.iter().take_while(|&&x| x).count();
     assert!(
@@ -653,7 +643,7 @@ fn after_a_primary_crash_only_the_activity_log_extents_resync() {
     assert!(a == b, "disks differ after the activity-log resync");
     for c in acked {
         assert!(
-            b[(c * 4096) as usize..(c * 4096 + 4096) as usize] == block(c)[..],
+            b[(c * 4096) as usize..(c * 4096 + 4096) as usize] == cookie_block(c)[..],
             "acked write {c} lost"
         );
     }

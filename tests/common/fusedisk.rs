@@ -52,11 +52,15 @@ impl FuseDisk {
         disk
     }
 
-    /// A disk that fails every write with EIO while the file
-    /// [`FuseDisk::trigger`] exists (nbdkit's error filter); reads work.
+    /// The file whose presence makes a [`FuseDisk::failing`] disk fail.
+    fn trigger(dir: &Path) -> PathBuf {
+        dir.join("eio.trigger")
+    }
+
+    /// A disk that fails every write with EIO while
+    /// [`FuseDisk::fail_writes`] is on (nbdkit's error filter); reads work.
     pub fn failing(dir: &Path, size: &str) -> FuseDisk {
-        let trigger = dir.join("eio.trigger");
-        let file = format!("error-file={}", trigger.display());
+        let file = format!("error-file={}", FuseDisk::trigger(dir).display());
         FuseDisk::start(
             dir,
             "eio",
@@ -66,7 +70,7 @@ impl FuseDisk {
 
     /// The failing disk's switch: its writes fail from now on.
     pub fn fail_writes(&self, on: bool) {
-        let trigger = self.dir.join("eio.trigger");
+        let trigger = FuseDisk::trigger(&self.dir);
         if on {
             std::fs::write(&trigger, b"").unwrap();
         } else {

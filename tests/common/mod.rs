@@ -106,6 +106,26 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// What a pipelined test writer puts in block `cookie`: a pattern of its
+/// own, the cookie in its first 8 bytes.
+pub fn cookie_block(cookie: u64) -> Vec<u8> {
+    let mut b = pattern(4096, cookie + 1);
+    b[..8].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+/// The cookies whose [`cookie_block`] `disk` does not hold.
+pub fn cookie_blocks_missing<'a>(
+    disk: &[u8],
+    cookies: impl IntoIterator<Item = &'a u64>,
+) -> Vec<u64> {
+    cookies
+        .into_iter()
+        .copied()
+        .filter(|&c| disk[(c * 4096) as usize..(c * 4096 + 4096) as usize] != cookie_block(c)[..])
+        .collect()
+}
+
 /// A `twinblock netem` relay on `listen` to `forward`, adding `delay`
 /// each way, its output discarded.
 pub fn netem_quiet(listen: &str, forward: &str, delay: &str) -> KillOnDrop {

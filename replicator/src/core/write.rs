@@ -401,10 +401,12 @@ impl Core {
         }
         if self.detached_ack() {
             // The peer may lack them and only a detached disk holds them:
-            // they failed (nothing acknowledged apart).
+            // nothing to record, `try_reply` fails them.
             for req in lost {
-                self.pending.remove(&req);
-                self.reply(req, Err(ReplyError::Io(IoError::EIO)));
+                if let Some(p) = self.pending.get_mut(&req) {
+                    p.peer = PeerPart::Released;
+                }
+                self.try_reply(req);
             }
             return;
         }
