@@ -88,7 +88,7 @@ fn write_mib(nbd: SocketAddr, offset: u64) {
 fn events_show_a_disconnect_a_reconnect_and_a_resync() {
     let mut p = Pair::start("C", "64M");
     let mut a = Follow::start(&p, 0, &["--json", "--now"]);
-    let mut b = Follow::start(&p, 1, &[]);
+    let mut b = Follow::start(&p, 1, &["--now"]);
     // --now: the current state first.
     let e = a.json(&[("type", "exists"), ("object", "role")]);
     assert_eq!(
@@ -98,6 +98,9 @@ fn events_show_a_disconnect_a_reconnect_and_a_resync() {
     assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
     a.json(&[("type", "exists"), ("object", "connection"), ("new", "Connected")]);
     a.json(&[("type", "exists"), ("object", "split-brain"), ("new", "no")]);
+    // b's stream is subscribed once its current state is out (else the
+    // disconnect below could come before it, under load: seen in CI).
+    b.until("b's current state", |l| l.contains(" exists r0 b: connection "));
 
     // A disconnect, 1 MiB written apart, a reconnect.
     p.ok(&["disconnect"], 0);
