@@ -140,6 +140,8 @@ pub struct Stats {
     pub target_steps: u64,
     pub syncs_started: u64,
     pub liveness_checks: u64,
+    /// I/O of a failed disk that hung (never completed).
+    pub hung_ios: u64,
     /// Controller seeds: promotions the witness granted, and steps where
     /// a Primary had no quorum.
     pub ctl_promotions: u64,

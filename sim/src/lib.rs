@@ -270,6 +270,9 @@ struct PendingIo {
     result: Result<Option<Bytes>, IoError>,
     durable: Durable,
     persist: Option<Persist>,
+    /// An application write, zero or flush of a Primary: once the disk
+    /// has failed, it may hang (never complete; see `Node::hung`).
+    may_hang: bool,
 }
 
 /// An application request outstanding on a node.
@@ -286,6 +289,8 @@ pub(crate) struct AppReq {
     pub switches: u64,
     /// The peer's power losses at submission.
     pub peer_power: u64,
+    /// When it was submitted.
+    pub at: Time,
 }
 
 #[derive(Clone, Debug)]
@@ -313,6 +318,11 @@ pub struct Node {
     pub disk: Disk,
     pub meta: Meta,
     ios: Vec<PendingIo>,
+    /// I/O of a failed disk that never completes (until the process
+    /// ends): a disk that hangs after its first error.
+    hung: Vec<PendingIo>,
+    /// Since when the core's disk is Failed (this process).
+    failed_since: Option<Time>,
     pub(crate) reqs: HashMap<ReqId, AppReq>,
     /// Every request answered (a second answer is a violation).
     answered: std::collections::HashSet<ReqId>,
@@ -331,6 +341,8 @@ impl Node {
             disk: Disk::new(),
             meta: Meta::default(),
             ios: Vec::new(),
+            hung: Vec::new(),
+            failed_since: None,
             reqs: HashMap::new(),
             answered: Default::default(),
             link_gen: 0,
@@ -674,7 +686,16 @@ impl Sim {
                         e.0
                     ));
                 }
-                self.nodes[n].ios.push(PendingIo { io, at, result, durable, persist: None });
+                let may_hang = primary
+                    && matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. } | StoreOp::Flush);
+                self.nodes[n].ios.push(PendingIo {
+                    io,
+                    at,
+                    result,
+                    durable,
+                    persist: None,
+                    may_hang,
+                });
             }
             Action::Persist { io, what } => {
                 let at = self.now + self.io_delay();
@@ -696,6 +717,7 @@ impl Sim {
                     result,
                     durable: Vec::new(),
                     persist: Some(what),
+                    may_hang: false,
                 });
             }
             Action::Send { session, msg } => {
@@ -874,9 +896,10 @@ impl Sim {
         }
         let switches = self.nodes[n].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
         let peer_power = self.chk.power_losses[1 - n];
-        self.nodes[n]
-            .reqs
-            .insert(req, AppReq { kind: kind.clone(), linked, snapshot, switches, peer_power });
+        self.nodes[n].reqs.insert(
+            req,
+            AppReq { kind: kind.clone(), linked, snapshot, switches, peer_power, at: now },
+        );
         let core = self.nodes[n].core.as_mut().expect("alive");
         match kind {
             AppKind::Write { id, off, len, fua } => {
@@ -1091,6 +1114,15 @@ impl Sim {
         for n in 0..2 {
             if let Some(i) = self.nodes[n].ios.iter().position(|io| io.at <= now) {
                 let io = self.nodes[n].ios.remove(i);
+                let failed =
+                    self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed);
+                if io.may_hang && failed && self.rng.chance(1, 2) {
+                    // The failed disk hangs: this one never completes.
+                    self.note(format!("{}: io#{} hangs", self.nodes[n].name, io.io));
+                    self.chk.stats.hung_ios += 1;
+                    self.nodes[n].hung.push(io);
+                    return;
+                }
                 if io.result.is_ok() {
                     self.nodes[n].disk.make_durable(&io.durable);
                     if let Some(p) = &io.persist {
@@ -1212,7 +1244,9 @@ impl Sim {
         ));
         self.nodes[n].core = None;
         // Metadata updates in flight: done or not, atomically.
-        let ios = std::mem::take(&mut self.nodes[n].ios);
+        let mut ios = std::mem::take(&mut self.nodes[n].ios);
+        ios.append(&mut self.nodes[n].hung);
+        self.nodes[n].failed_since = None;
         for io in ios {
             if io.result.is_ok() && self.rng.chance(1, 2) {
                 if let Some(p) = &io.persist {
@@ -1345,10 +1379,47 @@ impl Sim {
                 }
             }
         }
+        self.failed_disk_answers()?;
         let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
         let r = chk.observe(self);
         self.chk = chk;
         r
+    }
+
+    /// A node whose disk failed answers every request within
+    /// `FAILED_ANSWER` of the failure or of its submission, whichever is
+    /// later: its disk decides nothing any more (it may hang), the peer's
+    /// part does. Without the controller (with it, quorum may hold a
+    /// reply as long as it is lost).
+    fn failed_disk_answers(&mut self) -> Result<(), Violation> {
+        const FAILED_ANSWER: Duration = Duration::from_secs(2);
+        for n in 0..2 {
+            let failed = self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed);
+            if !failed {
+                self.nodes[n].failed_since = None;
+                continue;
+            }
+            let since = *self.nodes[n].failed_since.get_or_insert(self.now);
+            if self.witness.is_some() {
+                continue;
+            }
+            let late = self.nodes[n].reqs.iter().find(|(_, r)| {
+                !matches!(r.kind, AppKind::Probe(_)) && r.at.max(since) + FAILED_ANSWER < self.now
+            });
+            if let Some((req, r)) = late {
+                return Err(Violation {
+                    step: self.chk.step,
+                    rule: "failed disk answers",
+                    what: format!(
+                        "{}: request {req} ({:?}) unanswered {} ms after its disk failed",
+                        self.nodes[n].name,
+                        r.kind,
+                        (self.now - r.at.max(since)).as_millis()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn operator(&mut self) -> Result<(), Violation> {
@@ -1601,6 +1672,7 @@ pub fn hover(
         // (The cores started with the seed's budget: start afresh.)
         sim.nodes[n].core = None;
         sim.nodes[n].ios.clear();
+        sim.nodes[n].hung.clear();
         sim.nodes[n].meta = Meta::default();
         sim.nodes[n].recreated = true;
         sim.start(n);
@@ -1883,6 +1955,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::HeldHint => "held-hint",
         Plant::ForgetLost => "forget-lost",
         Plant::AckOnFailedDisk => "ack-on-failed-disk",
+        Plant::WaitOnFailedDisk => "wait-on-failed-disk",
     }
 }
 

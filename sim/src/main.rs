@@ -89,6 +89,7 @@ fn main() -> ExitCode {
         total.target_steps += st.target_steps;
         total.syncs_started += st.syncs_started;
         total.liveness_checks += st.liveness_checks;
+        total.hung_ios += st.hung_ios;
         total.ctl_promotions += st.ctl_promotions;
         total.no_quorum_steps += st.no_quorum_steps;
         total.mode_switches += st.mode_switches;

@@ -173,3 +173,12 @@ fn adaptive_converges_under_a_hovering_link() {
         }
     }
 }
+
+/// A node whose disk failed and then hangs (the simulator leaves some of
+/// that disk's writes, zeroes and flushes without a completion): a core
+/// that waits for them leaves their requests unanswered for ever, caught
+/// by the rule that a failed disk's node answers every request.
+#[test]
+fn finds_wait_on_failed_disk() {
+    finds(Plant::WaitOnFailedDisk);
+}

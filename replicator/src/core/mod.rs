@@ -116,10 +116,19 @@ struct Pending {
 }
 
 impl Pending {
-    /// Both parts are done: only the reply gate (quorum) may still hold it.
-    fn both_done(&self) -> bool {
-        self.local.is_some()
-            && matches!(self.peer, PeerPart::Free | PeerPart::Confirmed | PeerPart::Released)
+    /// Its answer is known: only the reply gate (quorum) may still hold
+    /// it. Both parts are done, or the local part failed, or (`detached`:
+    /// this node's disk Failed) the peer's part alone decides: a detached
+    /// disk's answer counts for nothing, so a write it never completes (a
+    /// disk that hangs after an error) is answered without it.
+    fn decided(&self, detached: bool) -> bool {
+        let peer_done =
+            matches!(self.peer, PeerPart::Free | PeerPart::Confirmed | PeerPart::Released);
+        match self.local {
+            Some(Err(_)) => true,
+            Some(Ok(())) => peer_done,
+            None => detached && peer_done,
+        }
     }
 }
 
@@ -380,7 +389,8 @@ impl Core {
         if !self.maybe_held {
             // After a step every operation that may be answered was: one
             // complete on both sides and still pending is held for quorum.
-            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.both_done()) {
+            let detached = self.answers_alone();
+            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.decided(detached)) {
                 return Err(format!(
                     "request {req} is complete and unanswered but `maybe_held` is clear: \
                      it would never be answered"
@@ -552,6 +562,14 @@ impl Core {
             // handshake of the next link sends it a full sync instead.
             if let Some(sid) = self.session_id() {
                 self.close_session(sid, format!("the local disk failed ({what}): detached"));
+            }
+            // What waited for this disk alone is decided now: the disk may
+            // never complete it (one that hangs after its first error).
+            let mut waiting: Vec<ReqId> =
+                self.pending.iter().filter(|(_, p)| p.local.is_none()).map(|(r, _)| *r).collect();
+            waiting.sort_unstable();
+            for req in waiting {
+                self.try_reply(req);
             }
         }
     }

@@ -944,6 +944,47 @@ fn writes_held_only_by_a_failed_disk_fail() {
     assert!(c.pending.is_empty(), "{:?}", c.pending);
 }
 
+/// A disk that hangs after its first error: writes whose local parts never
+/// complete are answered all the same, from the peer's part alone (OK for
+/// what the peer applied, EIO for the rest, a FLUSH included); a late
+/// completion changes nothing. Before, they waited for the failed disk for
+/// ever (the simulator's plant `wait-on-failed-disk` restores that).
+#[test]
+fn writes_a_failed_disk_never_completes_are_answered() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::C);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    c.flush(t, 5);
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(held.len(), 5, "{acts:?}");
+    // The peer applied 1 and 2; nothing has completed locally.
+    c.handle_frame(t, 1, Message::Ack { received: 2, done: 2 });
+    acts.extend(issue(&mut c, t, &mut held));
+    assert!(replies_to(&acts, 1).is_empty(), "1 answered before its local part");
+    // 3 fails; 1, 2, 4 and the FLUSH never complete (the disk hangs).
+    c.handle_io(t, held[2].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(c.disk(), DiskState::Failed);
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())], "the peer applied 1");
+    assert_eq!(replies_to(&acts, 2), vec![Ok(())], "the peer applied 2");
+    for req in [3, 4, 5] {
+        assert_eq!(replies_to(&acts, req), eio, "request {req}: {acts:?}");
+    }
+    assert!(c.pending.is_empty(), "{:?}", c.pending);
+    // The disk wakes up: its late answers are ignored.
+    for (io, _) in [held[0], held[1], held[3], held[4]] {
+        c.handle_io(t, io, Ok(None));
+    }
+    let late = run(&mut c, t);
+    assert!(!late.iter().any(|a| matches!(a, Action::Reply { .. })), "{late:?}");
+}
+
 /// The same in protocol A, where nothing waits for the peer: a write and
 /// a FLUSH whose local parts complete after the disk failed are answered
 /// EIO (the peer promised nothing).

@@ -138,6 +138,10 @@ pub enum Plant {
     /// holds (their local completion came after the failure, or their
     /// peer part was lost with the session the failure closed).
     AckOnFailedDisk,
+    /// A node whose disk failed waits for that disk's completion of each
+    /// write before it answers (a disk that hangs after its error leaves
+    /// them unanswered for ever).
+    WaitOnFailedDisk,
 }
 
 impl std::str::FromStr for Plant {
@@ -156,9 +160,10 @@ impl std::str::FromStr for Plant {
             "held-hint" => Plant::HeldHint,
             "forget-lost" => Plant::ForgetLost,
             "ack-on-failed-disk" => Plant::AckOnFailedDisk,
+            "wait-on-failed-disk" => Plant::WaitOnFailedDisk,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk)"
                 ))
             }
         })

@@ -208,6 +208,13 @@ impl Core {
         self.disk == DiskState::Failed && self.cfg.plant != Plant::AckOnFailedDisk
     }
 
+    /// This node's disk is detached (Failed): a write's reply need not
+    /// wait for that disk's completion, which may never come (a disk that
+    /// hangs after an error). (With the plant, it waits as before the fix.)
+    pub(crate) fn answers_alone(&self) -> bool {
+        self.detached_ack() && self.cfg.plant != Plant::WaitOnFailedDisk
+    }
+
     /// A session is up and past its handshake.
     pub(crate) fn linked(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.phase == Phase::Running)
@@ -323,17 +330,14 @@ impl Core {
     }
 
     pub(crate) fn try_reply(&mut self, req: ReqId) {
+        let detached = self.detached_ack();
         let Some(p) = self.pending.get(&req) else { return };
-        let ready = matches!(
-            (p.local, p.peer),
-            (Some(Err(_)), _)
-                | (Some(Ok(())), PeerPart::Free | PeerPart::Confirmed | PeerPart::Released)
-        );
-        if ready {
-            let mut result = p.local.expect("local").map_err(ReplyError::Io);
-            if result.is_ok() && p.peer != PeerPart::Confirmed && self.detached_ack() {
+        if p.decided(self.answers_alone()) {
+            // (No local answer: the disk is detached and the peer decides.)
+            let mut result = p.local.unwrap_or(Ok(())).map_err(ReplyError::Io);
+            if result.is_ok() && p.peer != PeerPart::Confirmed && detached {
                 // Only a detached disk holds it (a full sync from the peer
-                // will replace that disk): the write did not happen.
+                // will replace that disk), if that: the write did not happen.
                 result = Err(ReplyError::Io(IoError::EIO));
             }
             if result.is_ok() {
@@ -352,7 +356,14 @@ impl Core {
             if result.is_ok() && p.range.is_some() && self.apart() {
                 self.acked_apart = true;
             }
-            self.pending.remove(&req);
+            if let Some(p) = self.pending.remove(&req) {
+                if p.local.is_none() {
+                    // Answered without its local part (detached): the
+                    // activity log no longer waits for it.
+                    self.al.release(&p.extents);
+                    self.flush_epochs.remove(&req);
+                }
+            }
             self.reply(req, result);
         }
     }
@@ -385,12 +396,14 @@ impl Core {
         if !self.maybe_lost {
             return;
         }
+        let detached = self.detached_ack();
+        let alone = self.answers_alone();
         let mut any = false;
         let mut lost: Vec<ReqId> = Vec::new();
         for (req, p) in &self.pending {
             if p.peer == PeerPart::Lost {
                 any = true;
-                if p.local.is_some() {
+                if p.local.is_some() || alone {
                     lost.push(*req);
                 }
             }
@@ -399,9 +412,10 @@ impl Core {
         if lost.is_empty() {
             return;
         }
-        if self.detached_ack() {
-            // The peer may lack them and only a detached disk holds them:
-            // nothing to record, `try_reply` fails them.
+        if detached {
+            // The peer may lack them and only a detached disk holds them,
+            // if it ever completes them: nothing to record, `try_reply`
+            // fails them.
             for req in lost {
                 if let Some(p) = self.pending.get_mut(&req) {
                     p.peer = PeerPart::Released;
