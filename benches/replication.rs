@@ -25,6 +25,7 @@ fn primary_core() -> Core {
         al_extents: 1237,
         timeout: Duration::from_secs(3600),
         ping_interval: Duration::from_secs(3600),
+        disk_timeout: None,
         resync_rate: 100 << 20,
         resync_checksum: false,
         split_brain_policy: SplitBrainPolicy::Disconnect,

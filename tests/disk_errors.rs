@@ -179,6 +179,63 @@ fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
     );
 }
 
+/// `disk-timeout`: the Primary's disk stops answering (nbdkit's pause
+/// filter) under a pipelined writer (8 in flight, protocol C). After
+/// `disk-timeout` (1 s) the disk is detached (`Failed`, "no completion
+/// for 1s"), and the writes that waited for it are answered without it:
+/// OK, as b applied them; what comes after gets EIO. None stays
+/// unanswered (without the timeout they all waited for the disk, and the
+/// writer gives up after 30 s). Once the disk answers again, the detached
+/// disk stays detached.
+#[test]
+fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
+    let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return;
+    }
+    let disk = FuseDisk::hanging(dir.path(), "16M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &disk.file());
+    p.configure("disk-timeout = \"1s\"");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    // (Dropped before the pair, which kills its nodes and waits for them.)
+    let _resume = disk.resume_on_drop();
+
+    let mut stalled = None;
+    let (answers, after) = write_through_failure(&p, 1024, 8, 100, || {
+        disk.hang(true);
+        stalled = Some(std::time::Instant::now());
+    });
+    let waited = stalled.expect("the disk stalled").elapsed();
+    let ok = acknowledged(&answers);
+    eprintln!(
+        "{} writes acknowledged, {} failed, answered {waited:?} after the stall",
+        ok.len(),
+        answers.len() - ok.len()
+    );
+    // The writes in flight at the stall waited for the timeout, then were
+    // answered OK (b holds them).
+    assert!(waited >= Duration::from_secs(1), "answered before disk-timeout: {waited:?}");
+    assert!(waited < Duration::from_secs(10), "answered {waited:?} after the stall");
+    let before: Vec<u64> = (0..after).filter(|c| answers.get(c) != Some(&0)).collect();
+    assert!(before.is_empty(), "writes in flight at the stall not acknowledged: {before:?}");
+    let a = p.status(0);
+    assert_eq!(a["disk"], "Failed", "{a}");
+    let why = a["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("no completion for 1s"), "{why}");
+    let b = std::fs::read(&p.nodes[1].disk).unwrap();
+    let missing = cookie_blocks_missing(&b, &ok);
+    assert!(missing.is_empty(), "acknowledged writes missing on b: {missing:?}");
+    // The disk answers again (its late completions are ignored): the
+    // detached disk stays detached.
+    disk.hang(false);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.status(0)["disk"], "Failed");
+    let out = qemu_io(&p.uri(0), "read 0 4k");
+    assert!(out.contains("Input/output error"), "a read on a Failed disk: {out}");
+    assert!(p.down(0).success(), "a did not stop: {}", tail(&p.log(0)));
+}
+
 /// Writes waiting for a peer that stopped answering (a partition: the
 /// relay to b is gone), their local part done, when another write fails
 /// on the local disk: that failure detaches the disk and ends the session,

@@ -70,6 +70,7 @@ struct RawConfig {
     timeout: Option<String>,
     ping_interval: Option<String>,
     connect_interval: Option<String>,
+    disk_timeout: Option<String>,
     max_lag: Option<String>,
     al_extents: Option<usize>,
     split_brain_policy: Option<String>,
@@ -212,6 +213,10 @@ pub struct ResourceConfig {
     /// No sign of life from the peer for this long: the peer is lost.
     pub timeout: Duration,
     pub ping_interval: Duration,
+    /// A local store operation without a completion for this long fails
+    /// the disk (detached, as an I/O error would). None (`"0"`, the
+    /// default): wait for ever.
+    pub disk_timeout: Option<Duration>,
     /// First retry delay when connecting (doubles up to 8x).
     pub connect_interval: Duration,
     /// Protocol A: bytes in flight to the peer before writes wait.
@@ -277,6 +282,18 @@ impl ResourceConfig {
         if ping_interval.is_zero() || ping_interval >= timeout {
             return Err(key_err("ping-interval", "must be above 0 and below timeout".into()));
         }
+        // ("0" needs no unit: off, as DRBD's disk-timeout 0.)
+        let disk_timeout = match raw.disk_timeout.as_deref().map(str::trim) {
+            Some("0") => Duration::ZERO,
+            _ => dur("disk-timeout", &raw.disk_timeout, Duration::ZERO)?,
+        };
+        if !disk_timeout.is_zero() && disk_timeout < Duration::from_millis(100) {
+            return Err(key_err(
+                "disk-timeout",
+                format!("{disk_timeout:?} is too short (0 turns it off; else at least 100ms)"),
+            ));
+        }
+        let disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
         let latency_budget = match (&raw.adaptive, protocol) {
             (None, Protocol::Adaptive) => return Err(key_err(
                 "adaptive.latency_budget",
@@ -498,6 +515,7 @@ impl ResourceConfig {
             size,
             timeout,
             ping_interval,
+            disk_timeout,
             connect_interval,
             max_lag,
             al_extents,
@@ -577,6 +595,18 @@ key = "certs/b.key"
         assert_eq!(a.disk, Path::new("/etc/tb/a.img"));
         assert_eq!(b.disk, Path::new("/abs/b.img"));
         assert_eq!(c.timeout, Duration::from_secs(6));
+        assert_eq!(c.disk_timeout, None, "disk-timeout is off by default");
+    }
+
+    #[test]
+    fn disk_timeout_is_off_at_zero_and_at_least_100ms_otherwise() {
+        let with = |v: &str| GOOD.replace("[tls]", &format!("disk-timeout = \"{v}\"\n[tls]"));
+        assert_eq!(parse(&with("5s")).unwrap().disk_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(parse(&with("0")).unwrap().disk_timeout, None);
+        let e = parse(&with("10ms")).unwrap_err();
+        assert!(e.contains("disk-timeout") && e.contains("too short"), "{e}");
+        let e = parse(&with("soon")).unwrap_err();
+        assert!(e.contains("disk-timeout") && e.contains("soon"), "{e}");
     }
 
     #[test]

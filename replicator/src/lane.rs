@@ -18,6 +18,12 @@
 //! than waking a thread). One queue, one performer at a time: the order is
 //! the core's.
 //!
+//! With a `disk-timeout` every operation goes to the lane ([`Lane::all`]):
+//! one the disk never completes then blocks the lane's thread, not the
+//! node's lock, so the core's timer can detach the disk and answer the
+//! requests that waited for it (a page-cache write in place can block
+//! too, on a disk that stopped answering).
+//!
 //! What the lane has not performed yet is visible to the shell: its
 //! backlog in bytes (the link's reader stops taking in frames above
 //! [`LANE_BACKLOG`], so QUIC's flow control holds the peer back as a slow
@@ -59,6 +65,8 @@ pub struct Lane {
     /// Operations ever queued, and of those, performed.
     queued: u64,
     performed: u64,
+    /// Smaller operations are performed in place when the lane is idle.
+    min: u64,
 }
 
 /// What [`Lane::offer`] did with an operation.
@@ -81,6 +89,7 @@ impl Default for Lane {
             taken: 0,
             queued: 0,
             performed: 0,
+            min: LANE_MIN,
         }
     }
 }
@@ -95,6 +104,12 @@ fn size(op: &StoreOp) -> u64 {
 }
 
 impl Lane {
+    /// A lane that performs every operation (none in place under the
+    /// node's lock): for a node with a `disk-timeout`.
+    pub fn all() -> Lane {
+        Lane { min: 0, ..Lane::default() }
+    }
+
     pub fn state(&self) -> LaneState {
         self.state
     }
@@ -102,7 +117,7 @@ impl Lane {
     /// An operation the core issued: in place if nothing issued before it
     /// is still queued and it is small, else queued behind them.
     pub fn offer(&mut self, io: IoId, op: StoreOp) -> Offer {
-        if self.state == LaneState::Idle && size(&op) < LANE_MIN {
+        if self.state == LaneState::Idle && size(&op) < self.min {
             return Offer::InPlace(io, op);
         }
         self.backlog += size(&op);
@@ -158,6 +173,14 @@ mod tests {
 
     fn write(len: usize) -> StoreOp {
         StoreOp::Write { offset: 0, data: Bytes::from(vec![0; len]), fua: false }
+    }
+
+    #[test]
+    fn with_a_disk_timeout_nothing_is_performed_in_place() {
+        let mut lane = Lane::all();
+        assert!(matches!(lane.offer(1, write(4096)), Offer::Wake));
+        assert!(matches!(lane.offer(2, StoreOp::Flush), Offer::Queued));
+        assert_eq!(lane.state(), LaneState::Running);
     }
 
     #[test]

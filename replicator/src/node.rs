@@ -303,6 +303,8 @@ impl Node {
         let origin = Instant::now();
         let core = Core::new(cfg, rec, Duration::ZERO, random_seed());
         let (lane_wake, lane_woken) = std::sync::mpsc::channel();
+        // A disk that stops answering must not hold the node's lock.
+        let lane = if res.disk_timeout.is_some() { Lane::all() } else { Lane::default() };
         let node = Arc::new_cyclic(|this| Node {
             this: this.clone(),
             res,
@@ -317,7 +319,7 @@ impl Node {
                 persist_async: false,
                 controller: None,
                 last_key: None,
-                lane: Lane::default(),
+                lane,
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,

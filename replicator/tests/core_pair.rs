@@ -29,6 +29,7 @@ fn cfg(me: &str, peer: &str) -> CoreConfig {
         al_extents: 4,
         timeout: Duration::from_secs(5),
         ping_interval: Duration::from_millis(500),
+        disk_timeout: None,
         resync_rate: 1 << 30,
         resync_checksum: false,
         split_brain_policy: SplitBrainPolicy::Disconnect,

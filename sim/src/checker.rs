@@ -376,10 +376,9 @@ impl Checker {
             AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } => {
                 (id, off, len)
             }
-            // A FLUSH no peer took part in (protocol A, or not replicated:
-            // no link to the peer at its submission) rests on the failed
-            // disk alone.
-            AppKind::Flush if protocol == Protocol::A || r.linked.is_none() => {
+            // A FLUSH no peer took part in (protocol A) rests on the
+            // failed disk alone.
+            AppKind::Flush if protocol == Protocol::A => {
                 return Err(self.v(
                     "I1",
                     format!(
@@ -387,6 +386,30 @@ impl Checker {
                         sim.nodes[n].name
                     ),
                 ));
+            }
+            // In C: what the node had acknowledged at its submission must
+            // be on the peer (a flush submitted without a link, or
+            // covering writes acknowledged apart, rests on them).
+            AppKind::Flush if matches!(protocol, Protocol::C | Protocol::Adaptive) => {
+                let Some(snap) = r.snapshot.as_ref() else { return Ok(()) };
+                if self.power_losses[m] != r.peer_power || snap.epochs != self.epoch {
+                    return Ok(());
+                }
+                let lacking = (0..snap.own.len()).find(|&b| {
+                    snap.own[b] > 0
+                        && self.pos(b, sim.nodes[m].disk.cell(b)).is_none_or(|p| p < snap.own[b])
+                });
+                return match lacking {
+                    None => Ok(()),
+                    Some(b) => Err(self.v(
+                        "I1",
+                        format!(
+                            "{} acknowledged a FLUSH with its disk Failed, and {} lacks write {} \
+                             it covers (cell {b})",
+                            sim.nodes[n].name, sim.nodes[m].name, snap.own[b]
+                        ),
+                    )),
+                };
             }
             _ => return Ok(()),
         };

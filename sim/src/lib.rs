@@ -81,6 +81,7 @@ pub fn config(
         al_extents: 3,
         timeout: Duration::from_secs(2),
         ping_interval: Duration::from_millis(250),
+        disk_timeout: None,
         resync_rate: 64 * 1024,
         resync_checksum: checksum,
         split_brain_policy: SplitBrainPolicy::Disconnect,
@@ -323,6 +324,11 @@ pub struct Node {
     hung: Vec<PendingIo>,
     /// Since when the core's disk is Failed (this process).
     failed_since: Option<Time>,
+    /// The disk stalled: no store operation completes any more (until
+    /// the process ends).
+    stalled: bool,
+    /// When the first store operation issued to the stalled disk was.
+    first_hung: Option<Time>,
     pub(crate) reqs: HashMap<ReqId, AppReq>,
     /// Every request answered (a second answer is a violation).
     answered: std::collections::HashSet<ReqId>,
@@ -343,6 +349,8 @@ impl Node {
             ios: Vec::new(),
             hung: Vec::new(),
             failed_since: None,
+            stalled: false,
+            first_hung: None,
             reqs: HashMap::new(),
             answered: Default::default(),
             link_gen: 0,
@@ -416,7 +424,13 @@ pub struct Sim {
     pub budget: Duration,
     /// Each node's replication state as last noted.
     noted_repl: [Replication; 2],
+    /// `disk-timeout` seeds: the cores' limit (a disk may stall: its store
+    /// operations never complete).
+    disk_timeout: Option<Duration>,
 }
+
+/// The simulator's `disk-timeout` (store operations take at most ~3 ms).
+pub const DISK_TIMEOUT: Duration = Duration::from_millis(300);
 
 impl Sim {
     pub fn new(opts: Options) -> Sim {
@@ -477,6 +491,8 @@ impl Sim {
             level: (opts.seed % 5 == 1).then_some(LinkLevel::Low),
             budget: BUDGET,
             noted_repl: [Replication::Off; 2],
+            // One seed in four.
+            disk_timeout: (opts.seed % 4 == 3).then_some(DISK_TIMEOUT),
             opts,
         };
         if sim.level.is_some() {
@@ -517,6 +533,7 @@ impl Sim {
         let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
         c.adaptive = adaptive_config(self.budget);
         c.split_brain_policy = self.policy;
+        c.disk_timeout = self.disk_timeout;
         if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
             c.al_extents = al;
             c.chunk_blocks = chunk;
@@ -688,14 +705,15 @@ impl Sim {
                 }
                 let may_hang = primary
                     && matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. } | StoreOp::Flush);
-                self.nodes[n].ios.push(PendingIo {
-                    io,
-                    at,
-                    result,
-                    durable,
-                    persist: None,
-                    may_hang,
-                });
+                let pending = PendingIo { io, at, result, durable, persist: None, may_hang };
+                if self.nodes[n].stalled {
+                    self.note(format!("{}: io#{io} hangs (stalled disk)", self.nodes[n].name));
+                    self.chk.stats.hung_ios += 1;
+                    self.nodes[n].first_hung.get_or_insert(self.now);
+                    self.nodes[n].hung.push(pending);
+                } else {
+                    self.nodes[n].ios.push(pending);
+                }
             }
             Action::Persist { io, what } => {
                 let at = self.now + self.io_delay();
@@ -1247,6 +1265,8 @@ impl Sim {
         let mut ios = std::mem::take(&mut self.nodes[n].ios);
         ios.append(&mut self.nodes[n].hung);
         self.nodes[n].failed_since = None;
+        self.nodes[n].stalled = false;
+        self.nodes[n].first_hung = None;
         for io in ios {
             if io.result.is_ok() && self.rng.chance(1, 2) {
                 if let Some(p) = &io.persist {
@@ -1323,6 +1343,13 @@ impl Sim {
             };
             self.set_level(l);
         }
+        if self.disk_timeout.is_some() && self.rng.chance(1, 3000) {
+            let n = self.rng.below(2) as usize;
+            if self.nodes[n].alive() && !self.nodes[n].stalled {
+                self.note(format!("{}: the disk stalls", self.nodes[n].name));
+                self.nodes[n].stalled = true;
+            }
+        }
         let r = self.rng.below(1000);
         if r < 700 {
             self.advance();
@@ -1394,6 +1421,30 @@ impl Sim {
     fn failed_disk_answers(&mut self) -> Result<(), Violation> {
         const FAILED_ANSWER: Duration = Duration::from_secs(2);
         for n in 0..2 {
+            // `disk-timeout`: a store operation without a completion for
+            // that long fails the disk (then the next one issued to the
+            // stalled disk counts: a Failed disk may take a sync again).
+            if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
+                self.nodes[n].first_hung = None;
+            }
+            if let (Some(limit), Some(first), Some(core)) =
+                (self.disk_timeout, self.nodes[n].first_hung, self.nodes[n].core.as_ref())
+            {
+                if core.disk() != DiskState::Failed && first + limit < self.now {
+                    return Err(Violation {
+                        step: self.chk.step,
+                        rule: "disk-timeout",
+                        what: format!(
+                            "{}: a store operation hangs since {} ms (disk-timeout {} ms) and the \
+                             disk is {:?}",
+                            self.nodes[n].name,
+                            (self.now - first).as_millis(),
+                            limit.as_millis(),
+                            core.disk()
+                        ),
+                    });
+                }
+            }
             let failed = self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed);
             if !failed {
                 self.nodes[n].failed_since = None;
@@ -1956,6 +2007,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ForgetLost => "forget-lost",
         Plant::AckOnFailedDisk => "ack-on-failed-disk",
         Plant::WaitOnFailedDisk => "wait-on-failed-disk",
+        Plant::NoDiskTimeout => "no-disk-timeout",
     }
 }
 

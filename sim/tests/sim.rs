@@ -182,3 +182,11 @@ fn adaptive_converges_under_a_hovering_link() {
 fn finds_wait_on_failed_disk() {
     finds(Plant::WaitOnFailedDisk);
 }
+
+/// `disk-timeout` seeds (one in four): a disk stalls (no store operation
+/// completes any more); a core that never enforces the timeout keeps its
+/// writes waiting, caught by the rule that the disk fails in time.
+#[test]
+fn finds_no_disk_timeout() {
+    finds(Plant::NoDiskTimeout);
+}

@@ -78,8 +78,55 @@ impl FuseDisk {
         }
     }
 
+    /// A disk that stops answering while [`FuseDisk::hang`] is on: its
+    /// requests wait (nbdkit's pause filter) until it is turned off.
+    pub fn hanging(dir: &Path, size: &str) -> FuseDisk {
+        let control = format!("pause-control={}", FuseDisk::pause_socket(dir).display());
+        FuseDisk::start(dir, "hang", &["--filter=pause", "memory", size, &control])
+    }
+
+    fn pause_socket(dir: &Path) -> PathBuf {
+        dir.join("pause.sock")
+    }
+
+    /// The hanging disk's switch: on, requests from now on wait (returns
+    /// once those in flight are done); off, they go on.
+    pub fn hang(&self, on: bool) {
+        if let Err(e) = self.pause(on) {
+            panic!("the pause filter's control socket: {e}");
+        }
+    }
+
+    fn pause(&self, on: bool) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(FuseDisk::pause_socket(&self.dir))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(if on { b"p" } else { b"r" })?;
+        let mut echo = [0u8; 1];
+        s.read_exact(&mut echo)?;
+        match (on, &echo) {
+            (true, b"P") | (false, b"R") => Ok(()),
+            _ => Err(std::io::Error::other(format!("answer {echo:?}"))),
+        }
+    }
+
+    /// Resumes the hanging disk when dropped (a failing test must not
+    /// leave a node's threads waiting in the kernel for ever: killing the
+    /// node would wait for them).
+    pub fn resume_on_drop(&self) -> ResumeOnDrop<'_> {
+        ResumeOnDrop(self)
+    }
+
     pub fn file(&self) -> PathBuf {
         self.mnt.join("nbd")
+    }
+}
+
+pub struct ResumeOnDrop<'a>(&'a FuseDisk);
+
+impl Drop for ResumeOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.pause(false);
     }
 }
 

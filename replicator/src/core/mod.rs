@@ -23,6 +23,7 @@ mod adaptive;
 pub mod al;
 mod apply;
 mod bench;
+mod disk_timeout;
 mod handshake;
 mod persist;
 pub mod quorum;
@@ -179,6 +180,8 @@ pub struct Core {
     /// Peer operations issued to the store, not yet complete.
     applying: usize,
     ios: HashMap<IoId, IoFor>,
+    /// Store operations in flight, oldest first (with a `disk-timeout`).
+    in_flight: disk_timeout::InFlight,
     next_io: IoId,
     /// Store writes emitted so far, and how many of them are durable.
     write_epoch: u64,
@@ -275,6 +278,7 @@ impl Core {
             incoming: VecDeque::new(),
             applying: 0,
             ios: HashMap::new(),
+            in_flight: Default::default(),
             next_io: 1,
             write_epoch: 1,
             flushed_epoch: 0,
@@ -521,6 +525,7 @@ impl Core {
             // Counted as a write; its durability is its own completion.
         }
         let io = self.io(what);
+        self.store_issued(io);
         self.actions.push_back(Action::Store { io, op });
         io
     }
@@ -584,6 +589,7 @@ impl Core {
     /// An I/O the core asked for completed (`data`: what a read returned).
     pub fn handle_io(&mut self, now: Time, io: IoId, result: Result<Option<Bytes>, IoError>) {
         self.now = self.now.max(now);
+        self.store_completed(io);
         let Some(what) = self.ios.remove(&io) else { return };
         match what {
             IoFor::App(req) => self.app_local_done(req, result.map(|_| ())),
@@ -610,7 +616,10 @@ impl Core {
     /// The earliest time at which [`Core::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Time> {
         let s = self.session.as_ref().map(|s| s.next_deadline(&self.cfg));
-        [s, self.ctl_deadline(), self.adaptive_deadline()].into_iter().flatten().min()
+        [s, self.ctl_deadline(), self.adaptive_deadline(), self.disk_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Timers: heartbeats, the peer's liveness, acknowledgements overdue,
@@ -636,6 +645,7 @@ impl Core {
         if let Some((sid, why)) = lost {
             self.close_session(sid, why);
         }
+        self.check_disk_timeout();
         self.retry_persist();
         self.pump();
     }

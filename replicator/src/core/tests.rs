@@ -26,6 +26,7 @@ fn cfg(protocol: Protocol) -> CoreConfig {
         al_extents: 3,
         timeout: Duration::from_secs(2),
         ping_interval: Duration::from_millis(250),
+        disk_timeout: None,
         resync_rate: 1 << 20,
         resync_checksum: false,
         split_brain_policy: SplitBrainPolicy::Disconnect,
@@ -983,6 +984,56 @@ fn writes_a_failed_disk_never_completes_are_answered() {
     }
     let late = run(&mut c, t);
     assert!(!late.iter().any(|a| matches!(a, Action::Reply { .. })), "{late:?}");
+}
+
+/// `disk-timeout`: a store operation without a completion for that long
+/// detaches the disk (Failed, the session closed), and the writes that
+/// waited for it are answered from the peer's part; the timer is armed
+/// only while something is in flight, and not at all without the setting.
+#[test]
+fn a_disk_that_stops_answering_fails_after_disk_timeout() {
+    let t = Duration::ZERO;
+    let mut cfg = cfg(Protocol::C);
+    cfg.disk_timeout = Some(Duration::from_secs(1));
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+    };
+    let mut c = Core::new(cfg, rec, Duration::ZERO, 7);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    assert_eq!(c.disk_deadline(), None, "nothing in flight, no deadline");
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    for (req, off) in [(1, 0), (2, 128)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(c.disk_deadline(), Some(Duration::from_secs(1)));
+    let half = Duration::from_millis(999);
+    c.handle_timeout(half);
+    acts.extend(issue(&mut c, half, &mut held));
+    assert_eq!(c.disk(), DiskState::UpToDate, "failed before the timeout");
+    let late = Duration::from_secs(1);
+    c.handle_timeout(late);
+    acts.extend(issue(&mut c, late, &mut held));
+    acts.extend(run(&mut c, late));
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(closed(&acts), "the session stays open on a detached disk");
+    assert!(c.status().last_error.unwrap_or_default().contains("no completion for 1s"));
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())], "the peer applied 1");
+    assert_eq!(replies_to(&acts, 2), vec![Err(ReplyError::Io(IoError::EIO))]);
+    assert_eq!(c.disk_deadline(), None, "a detached disk has no deadline");
+    // Without the setting, nothing ever times out.
+    let mut c = connected_primary(Protocol::C);
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    issue(&mut c, t, &mut Vec::new());
+    assert_eq!(c.disk_deadline(), None);
+    c.handle_timeout(Duration::from_secs(3600));
+    assert_eq!(c.disk(), DiskState::UpToDate);
 }
 
 /// The same in protocol A, where nothing waits for the peer: a write and

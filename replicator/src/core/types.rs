@@ -142,6 +142,9 @@ pub enum Plant {
     /// write before it answers (a disk that hangs after its error leaves
     /// them unanswered for ever).
     WaitOnFailedDisk,
+    /// `disk-timeout` is never enforced (a disk that stops answering keeps
+    /// its writes waiting for ever).
+    NoDiskTimeout,
 }
 
 impl std::str::FromStr for Plant {
@@ -161,9 +164,10 @@ impl std::str::FromStr for Plant {
             "forget-lost" => Plant::ForgetLost,
             "ack-on-failed-disk" => Plant::AckOnFailedDisk,
             "wait-on-failed-disk" => Plant::WaitOnFailedDisk,
+            "no-disk-timeout" => Plant::NoDiskTimeout,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout)"
                 ))
             }
         })
@@ -187,6 +191,9 @@ pub struct CoreConfig {
     pub al_extents: usize,
     pub timeout: Duration,
     pub ping_interval: Duration,
+    /// A store operation without a completion for this long fails the
+    /// local disk (None: wait for ever, the default).
+    pub disk_timeout: Option<Duration>,
     pub resync_rate: u64,
     pub resync_checksum: bool,
     pub split_brain_policy: SplitBrainPolicy,
@@ -246,6 +253,7 @@ impl CoreConfig {
             al_extents: res.al_extents,
             timeout: res.timeout,
             ping_interval: res.ping_interval,
+            disk_timeout: res.disk_timeout,
             resync_rate: res.resync_rate,
             resync_checksum: res.resync_checksum,
             split_brain_policy: res.split_brain_policy,
@@ -323,6 +331,8 @@ pub struct IoError(pub i32);
 impl IoError {
     pub const EIO: IoError = IoError(5);
     pub const ENOSPC: IoError = IoError(28);
+    /// A store operation without a completion for `disk-timeout`.
+    pub const ETIMEDOUT: IoError = IoError(110);
 }
 
 /// The answer to an application request.

@@ -340,6 +340,12 @@ impl Core {
                 // will replace that disk), if that: the write did not happen.
                 result = Err(ReplyError::Io(IoError::EIO));
             }
+            if result.is_ok() && p.range.is_none() && detached && self.dirty.bytes() > 0 {
+                // A FLUSH the peer took part in covers what the peer holds;
+                // blocks it lacks (written apart, or the failed write's)
+                // were only on the detached disk.
+                result = Err(ReplyError::Io(IoError::EIO));
+            }
             if result.is_ok() {
                 match self.reply_gate(false, p.range.is_some()) {
                     None => {}

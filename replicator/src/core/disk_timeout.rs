@@ -1,0 +1,56 @@
+//! `disk-timeout`: a local disk that stops answering is detached. A store
+//! operation without a completion for this long fails the disk (as an
+//! error would: `Failed`, the session to the peer closed, a full sync
+//! later), and every request that waited for that disk alone is answered
+//! from the peer's part (`write::try_reply`). Off by default, as in DRBD:
+//! a disk that is only slow (a degraded RAID, a throttled cloud volume)
+//! would otherwise be thrown away.
+
+use std::collections::BTreeMap;
+
+use crate::protocol::wire::DiskState;
+
+use super::types::{IoError, IoId, Plant, Time};
+use super::Core;
+
+/// Store operations in flight and when they were issued, oldest first
+/// (I/O ids grow with time). Kept only with a `disk-timeout`.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    issued: BTreeMap<IoId, Time>,
+}
+
+impl Core {
+    /// A store operation `io` was issued now.
+    pub(crate) fn store_issued(&mut self, io: IoId) {
+        if self.cfg.disk_timeout.is_some() {
+            self.in_flight.issued.insert(io, self.now);
+        }
+    }
+
+    /// `io` completed (or was never a store operation).
+    pub(crate) fn store_completed(&mut self, io: IoId) {
+        if !self.in_flight.issued.is_empty() {
+            self.in_flight.issued.remove(&io);
+        }
+    }
+
+    /// When the oldest store operation in flight times out (None: no
+    /// timeout configured, nothing in flight, or the disk is detached).
+    pub(crate) fn disk_deadline(&self) -> Option<Time> {
+        let limit = self.cfg.disk_timeout?;
+        if self.disk == DiskState::Failed || self.cfg.plant == Plant::NoDiskTimeout {
+            return None;
+        }
+        self.in_flight.issued.first_key_value().map(|(_, at)| *at + limit)
+    }
+
+    /// The timer: the oldest operation is overdue, the disk is detached.
+    pub(crate) fn check_disk_timeout(&mut self) {
+        let Some(deadline) = self.disk_deadline() else { return };
+        if self.now >= deadline {
+            let limit = self.cfg.disk_timeout.unwrap_or_default();
+            self.disk_failed(IoError::ETIMEDOUT, &format!("no completion for {limit:?}"));
+        }
+    }
+}
