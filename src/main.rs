@@ -343,6 +343,9 @@ impl From<verbs::VerbError> for Failure {
     }
 }
 
+/// How long `up` waits, once stopped, for blocking tasks still running.
+const UP_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -381,7 +384,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             runtime()?.block_on(serve::run(args))?;
         }
         Command::GenCerts { out, names, json } => certs::run(&out, &names, json)?,
-        Command::Up(n) => runtime()?.block_on(up::run(&n.config, &n.node))?,
+        Command::Up(n) => {
+            let rt = runtime()?;
+            let r = rt.block_on(up::run(&n.config, &n.node));
+            // Blocking tasks still running (a store operation on a disk
+            // that stopped answering, detached) do not hold the exit.
+            rt.shutdown_timeout(UP_EXIT_GRACE);
+            r?
+        }
         Command::Witness(n) => runtime()?.block_on(up::witness(&n.config, &n.node))?,
         Command::Primary { node, force, json } => simple(&node, "primary", force, json)?,
         Command::Secondary(v) => simple(&v.node, "secondary", false, v.json)?,

@@ -98,9 +98,24 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         endpoint.close(0u32.into(), b"down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         // The final flush covers every write the core issued: those still
-        // on the store lane are performed first.
-        node.lane_idle().await;
-        node.store().flush().await.context("final flush")?;
+        // on the store lane are performed first. Not on a detached disk
+        // (it holds nothing anyone relies on, and one that stopped
+        // answering would hold the stop for ever).
+        if node.lane_idle().await {
+            let flush = node.store().flush();
+            match node.res.disk_timeout {
+                // (A disk that stops answering now: the stop fails, and
+                // the metadata is not marked clean.)
+                Some(limit) => tokio::time::timeout(limit, flush)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no completion for {limit:?} (disk-timeout)"))
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+                    .context("final flush")?,
+                None => flush.await.context("final flush")?,
+            }
+        } else {
+            tracing::warn!("the local disk is detached (Failed): stopping without a final flush");
+        }
         node.close();
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())

@@ -226,14 +226,81 @@ fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
     let b = std::fs::read(&p.nodes[1].disk).unwrap();
     let missing = cookie_blocks_missing(&b, &ok);
     assert!(missing.is_empty(), "acknowledged writes missing on b: {missing:?}");
+    let out = qemu_io(&p.uri(0), "read 0 4k");
+    assert!(out.contains("Input/output error"), "a read on a Failed disk: {out}");
     // The disk answers again (its late completions are ignored): the
     // detached disk stays detached.
     disk.hang(false);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(p.status(0)["disk"], "Failed");
-    let out = qemu_io(&p.uri(0), "read 0 4k");
-    assert!(out.contains("Input/output error"), "a read on a Failed disk: {out}");
     assert!(p.down(0).success(), "a did not stop: {}", tail(&p.log(0)));
+}
+
+/// `down` on a node whose disk stopped answering (detached by
+/// `disk-timeout`), with the disk still hung: the stop completes (no final
+/// flush of the detached disk, no wait for its lane) and the NBD export
+/// closes. The process itself exits once the kernel gives back the thread
+/// whose write waits in the disk (a FUSE request already taken by the
+/// server, like a hung block device, cannot be interrupted): here, when the
+/// disk answers again.
+#[test]
+fn a_node_whose_disk_hangs_stops_on_down() {
+    let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return;
+    }
+    let disk = FuseDisk::hanging(dir.path(), "16M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &disk.file());
+    p.configure("disk-timeout = \"1s\"");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let _resume = disk.resume_on_drop();
+    disk.hang(true);
+    // One write meets the hung disk: answered once the disk is detached
+    // (b applied it). A read issued behind it on the same connection (it
+    // waits for the writes before it) fails then, instead of waiting for
+    // the disk.
+    let out = run_timeout(
+        Command::new("qemu-io").args(["-f", "raw", "-t", "none", &p.uri(0)]).args([
+            "-c",
+            "aio_write -P 0x33 0 4k",
+            "-c",
+            "sleep 300",
+            "-c",
+            "aio_read 0 4k",
+            "-c",
+            "aio_flush",
+        ]),
+        Duration::from_secs(30),
+    );
+    let out =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.contains("wrote 4096/4096"), "the write the peer applied: {out}");
+    assert!(out.contains("Input/output error"), "the read behind the hung write: {out}");
+    assert_eq!(p.status(0)["disk"], "Failed");
+    p.ok(&["down"], 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.log(0).contains("twinblock::up: stopped") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stop did not complete: {}",
+            tail(&p.log(0))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.log(0).contains("stopping without a final flush"), "{}", tail(&p.log(0)));
+    assert!(std::net::TcpStream::connect(p.nodes[0].nbd).is_err(), "the export is still open");
+    disk.hang(false);
+    let mut child = p.nodes[0].child.take().expect("a runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "a did not exit once its disk answered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a exited with {status}: {}", tail(&p.log(0)));
 }
 
 /// Writes waiting for a peer that stopped answering (a partition: the

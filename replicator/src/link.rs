@@ -285,6 +285,7 @@ async fn run_session(
         if !room {
             tokio::select! {
                 _ = node.lane_room() => room = true,
+                reason = &mut closed_rx => break reason.unwrap_or_else(|_| "closed".into()),
                 _ = stop.wait_for(|s| *s) => break "the node is stopping".into(),
             }
         }

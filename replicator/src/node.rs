@@ -124,6 +124,10 @@ pub struct Shell {
     /// Replies the core made under the lock, sent once it is released
     /// ([`ShellGuard`]).
     answered: Vec<(ReplyTx, Result<(), ReplyError>)>,
+    /// The node's state changed under the lock: waits on the lane (which
+    /// end on a detached disk too) are woken once it is released (a woken
+    /// request may run right there, and take the lock).
+    state_changed: Option<Arc<Notify>>,
     links: HashMap<SessionId, mpsc::UnboundedSender<Outbound>>,
     /// Metadata updates run on a blocking thread, off the node's mutex
     /// (false while opening: they run in place, and a failure fails `open`).
@@ -159,7 +163,11 @@ impl Drop for ShellGuard<'_> {
     fn drop(&mut self) {
         let Some(mut guard) = self.0.take() else { return };
         let answered = std::mem::take(&mut guard.answered);
+        let changed = guard.state_changed.take();
         drop(guard);
+        if let Some(n) = changed {
+            n.notify_waiters();
+        }
         let many = answered.len() > 1;
         let send = || {
             for (tx, result) in answered {
@@ -202,7 +210,7 @@ pub struct Node {
     /// Wakes the lane's thread ([`crate::lane`]).
     lane_wake: std::sync::mpsc::Sender<()>,
     /// Told each time the lane performed an operation or went idle.
-    lane_progress: Notify,
+    lane_progress: Arc<Notify>,
 }
 
 /// What performing a store operation left for the core to hear.
@@ -315,6 +323,7 @@ impl Node {
                 core,
                 replies: HashMap::new(),
                 answered: Vec::new(),
+                state_changed: None,
                 links: HashMap::new(),
                 persist_async: false,
                 controller: None,
@@ -332,7 +341,7 @@ impl Node {
             opts: opts.clone(),
             rt: tokio::runtime::Handle::current(),
             lane_wake,
-            lane_progress: Notify::new(),
+            lane_progress: Arc::new(Notify::new()),
         });
         let lane = Arc::downgrade(&node);
         let span = tracing::Span::current();
@@ -503,6 +512,7 @@ impl Node {
         if sh.last_key != Some(key) {
             sh.last_key = Some(key);
             let _ = self.transitions.send(key);
+            sh.state_changed = Some(self.lane_progress.clone());
         }
     }
 
@@ -578,12 +588,12 @@ impl Node {
 
     /// Until `ok` holds of the lane (checked now and after each operation
     /// it performs).
-    async fn lane_wait(&self, ok: impl Fn(&Lane) -> bool) {
+    async fn lane_wait(&self, ok: impl Fn(&Shell) -> bool) {
         loop {
             let progress = self.lane_progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            if ok(&self.lock().lane) {
+            if ok(&self.lock()) {
                 return;
             }
             progress.await;
@@ -593,13 +603,20 @@ impl Node {
     /// Until the lane's backlog is within [`crate::lane::LANE_BACKLOG`]:
     /// the link's reader waits here before it takes in more frames.
     pub async fn lane_room(&self) {
-        self.lane_wait(Lane::has_room).await
+        self.lane_wait(|sh| sh.lane.has_room()).await
     }
 
     /// Until every store operation issued so far (and any they lead to) is
-    /// performed: before the final flush at stop.
-    pub async fn lane_idle(&self) {
-        self.lane_wait(|l| l.state() == crate::lane::LaneState::Idle).await
+    /// performed: before the final flush at stop. False if the disk is
+    /// detached (Failed) first: what the lane still holds may never be
+    /// performed (a disk that stopped answering), and nothing waits for it.
+    pub async fn lane_idle(&self) -> bool {
+        self.lane_wait(|sh| {
+            sh.lane.state() == crate::lane::LaneState::Idle
+                || sh.core.disk() == crate::protocol::wire::DiskState::Failed
+        })
+        .await;
+        self.lock().core.disk() != crate::protocol::wire::DiskState::Failed
     }
 
     /// The bench scratch area, opened (created sparse) on first use.
@@ -908,7 +925,16 @@ impl BlockDevice for Node {
             (!sh.lane.caught_up(mark)).then_some(mark)
         };
         if let Some(mark) = mark {
-            self.lane_wait(|l| l.caught_up(mark)).await;
+            // (Or the disk is detached meanwhile: a write it never
+            // completes would hold the read for ever.)
+            self.lane_wait(|sh| {
+                sh.lane.caught_up(mark)
+                    || sh.core.disk() == crate::protocol::wire::DiskState::Failed
+            })
+            .await;
+            if let Err(ReplyError::Io(e)) = self.lock().core.may_read() {
+                return Err(DeviceError::Io(io::Error::from_raw_os_error(e.0)));
+            }
         }
         Ok(self.store.read(offset, len).await?)
     }

@@ -45,6 +45,12 @@ impl Core {
         self.in_flight.issued.first_key_value().map(|(_, at)| *at + limit)
     }
 
+    /// The disk is detached with store operations it never completed
+    /// (known with a `disk-timeout` only).
+    pub(crate) fn disk_hung(&self) -> bool {
+        self.disk == DiskState::Failed && !self.in_flight.issued.is_empty()
+    }
+
     /// The timer: the oldest operation is overdue, the disk is detached.
     pub(crate) fn check_disk_timeout(&mut self) {
         let Some(deadline) = self.disk_deadline() else { return };

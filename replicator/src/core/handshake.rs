@@ -91,6 +91,13 @@ impl Core {
             });
             return;
         }
+        if self.disk_hung() {
+            self.actions.push_back(Action::Close {
+                session: sid,
+                reason: "the local disk is detached with operations it never completed".into(),
+            });
+            return;
+        }
         if let Some(old) = self.session_id() {
             self.close_session(old, "replaced by a new connection".into());
         }

@@ -345,8 +345,12 @@ impl Core {
     }
 
     /// The shell should keep (or get) a link to the peer.
+    /// The node wants a link to its peer: not StandAlone, and not a
+    /// detached disk that still holds operations it never completed (a
+    /// disk that stopped answering takes no sync until they return: each
+    /// sync would time out on them again at once).
     pub fn wants_link(&self) -> bool {
-        self.want_link
+        self.want_link && !self.disk_hung()
     }
 
     /// The session in force, if any (handshaking or running).

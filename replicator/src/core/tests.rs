@@ -1036,6 +1036,43 @@ fn a_disk_that_stops_answering_fails_after_disk_timeout() {
     assert_eq!(c.disk(), DiskState::UpToDate);
 }
 
+/// A Secondary whose disk stopped answering (detached by `disk-timeout`,
+/// its replicated write still outstanding) takes no link, so no sync onto
+/// that disk, until the operation returns: a sync would time out on it
+/// again at once (and each time cost the healthy Primary a full bitmap).
+/// (From a review: the node reconnected and failed again every 20 ms.)
+#[test]
+fn a_secondary_whose_disk_hangs_takes_no_sync_until_it_answers() {
+    let t0 = Duration::ZERO;
+    let mut cfg = cfg(Protocol::C);
+    cfg.disk_timeout = Some(Duration::from_secs(1));
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+    };
+    let mut c = Core::new(cfg, rec, Duration::ZERO, 7);
+    connect(&mut c, 1, Role::Primary);
+    let write = Op::write(0, Bytes::from(vec![1u8; 64]), false);
+    c.handle_frame(t0, 1, Message::Data { seq: 1, op: write });
+    let mut held = Vec::new();
+    issue(&mut c, t0, &mut held);
+    assert_eq!(held.len(), 1, "the apply is issued (and hangs)");
+    let t1 = Duration::from_secs(1);
+    c.handle_timeout(t1);
+    assert!(closed(&run(&mut c, t1)));
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(!c.wants_link(), "a detached disk with a hung operation wants a link");
+    c.handle_link_up(t1, 2);
+    assert!(closed(&drain(&mut c)), "a link to a hung disk's node is kept");
+    assert_eq!(c.disk(), DiskState::Failed);
+    // The disk answers at last: the node links again (and takes its sync).
+    c.handle_io(t1, held[0].0, Ok(None));
+    run(&mut c, t1);
+    assert!(c.wants_link());
+}
+
 /// The same in protocol A, where nothing waits for the peer: a write and
 /// a FLUSH whose local parts complete after the disk failed are answered
 /// EIO (the peer promised nothing).
