@@ -115,6 +115,21 @@ fn failing_pair(
     Some((p, disk, netem))
 }
 
+/// A pair in protocol C whose Primary a has a [`FuseDisk::hanging`] disk
+/// and `disk-timeout = "1s"`, in sync. None if a tool or root is missing
+/// (outside CI).
+fn hanging_pair(dir: &std::path::Path) -> Option<(Pair, FuseDisk)> {
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return None;
+    }
+    let disk = FuseDisk::hanging(dir, "16M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &disk.file());
+    p.configure("disk-timeout = \"1s\"");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    Some((p, disk))
+}
+
 /// A qemu-io command against `uri`: its output, whatever its exit status.
 fn qemu_io(uri: &str, cmd: &str) -> String {
     let out = run_timeout(
@@ -190,14 +205,7 @@ fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
 #[test]
 fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
-    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
-        return;
-    }
-    let disk = FuseDisk::hanging(dir.path(), "16M");
-    let mut p = Pair::prepare("C", "16M");
-    p.set_disk(0, &disk.file());
-    p.configure("disk-timeout = \"1s\"");
-    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let Some((mut p, disk)) = hanging_pair(dir.path()) else { return };
     // (Dropped before the pair, which kills its nodes and waits for them.)
     let _resume = disk.resume_on_drop();
 
@@ -246,14 +254,7 @@ fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
 #[test]
 fn a_node_whose_disk_hangs_stops_on_down() {
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
-    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
-        return;
-    }
-    let disk = FuseDisk::hanging(dir.path(), "16M");
-    let mut p = Pair::prepare("C", "16M");
-    p.set_disk(0, &disk.file());
-    p.configure("disk-timeout = \"1s\"");
-    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let Some((mut p, disk)) = hanging_pair(dir.path()) else { return };
     let _resume = disk.resume_on_drop();
     disk.hang(true);
     // One write meets the hung disk: answered once the disk is detached

@@ -986,6 +986,19 @@ fn writes_a_failed_disk_never_completes_are_answered() {
     assert!(!late.iter().any(|a| matches!(a, Action::Reply { .. })), "{late:?}");
 }
 
+/// An UpToDate node in protocol C with a `disk-timeout` of `limit`.
+fn core_with_disk_timeout(limit: Duration) -> Core {
+    let mut cfg = cfg(Protocol::C);
+    cfg.disk_timeout = Some(limit);
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+    };
+    Core::new(cfg, rec, Duration::ZERO, 7)
+}
+
 /// `disk-timeout`: a store operation without a completion for that long
 /// detaches the disk (Failed, the session closed), and the writes that
 /// waited for it are answered from the peer's part; the timer is armed
@@ -993,15 +1006,7 @@ fn writes_a_failed_disk_never_completes_are_answered() {
 #[test]
 fn a_disk_that_stops_answering_fails_after_disk_timeout() {
     let t = Duration::ZERO;
-    let mut cfg = cfg(Protocol::C);
-    cfg.disk_timeout = Some(Duration::from_secs(1));
-    let rec = Recovered {
-        meta: Some(meta(DiskState::UpToDate)),
-        bitmap: None,
-        al: Vec::new(),
-        disk_created: false,
-    };
-    let mut c = Core::new(cfg, rec, Duration::ZERO, 7);
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
     c.promote(false, 1).unwrap();
     connect(&mut c, 1, Role::Secondary);
     assert_eq!(c.disk_deadline(), None, "nothing in flight, no deadline");
@@ -1044,15 +1049,7 @@ fn a_disk_that_stops_answering_fails_after_disk_timeout() {
 #[test]
 fn a_secondary_whose_disk_hangs_takes_no_sync_until_it_answers() {
     let t0 = Duration::ZERO;
-    let mut cfg = cfg(Protocol::C);
-    cfg.disk_timeout = Some(Duration::from_secs(1));
-    let rec = Recovered {
-        meta: Some(meta(DiskState::UpToDate)),
-        bitmap: None,
-        al: Vec::new(),
-        disk_created: false,
-    };
-    let mut c = Core::new(cfg, rec, Duration::ZERO, 7);
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
     connect(&mut c, 1, Role::Primary);
     let write = Op::write(0, Bytes::from(vec![1u8; 64]), false);
     c.handle_frame(t0, 1, Message::Data { seq: 1, op: write });
