@@ -146,8 +146,10 @@ impl Core {
         } else {
             Some(Ok(()))
         };
-        self.pending
-            .insert(req, Pending { local, local_at: None, peer, extents: Vec::new(), range: None });
+        self.pending.insert(
+            req,
+            Pending { local, local_at: None, peer, extents: Vec::new(), range: None, fua: false },
+        );
         self.try_reply(req);
     }
 

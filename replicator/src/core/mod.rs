@@ -114,6 +114,8 @@ struct Pending {
     peer: PeerPart,
     extents: Vec<u64>,
     range: Option<(u64, u64)>,
+    /// FUA: the reply promises the data durable.
+    fua: bool,
 }
 
 impl Pending {

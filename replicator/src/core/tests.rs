@@ -1070,6 +1070,33 @@ fn a_secondary_whose_disk_hangs_takes_no_sync_until_it_answers() {
     assert!(c.wants_link());
 }
 
+/// Protocol B on a disk that fails with writes outstanding: a plain write
+/// the peer received is answered OK (B's promise), a FUA write is not — the
+/// peer confirmed receipt, not durability, and only the detached disk was
+/// to make it durable. (From a review.)
+#[test]
+fn protocol_b_fua_writes_on_a_failed_disk_fail() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::B);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    c.write(t, 2, 128, Bytes::from(vec![2u8; 64]), true);
+    c.write(t, 3, 256, Bytes::from(vec![3u8; 64]), false);
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(held.len(), 3, "{acts:?}");
+    c.handle_frame(t, 1, Message::Ack { received: 3, done: 0 });
+    acts.extend(issue(&mut c, t, &mut held));
+    // 3 fails; 1 and 2 never complete locally.
+    c.handle_io(t, held[2].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(c.disk(), DiskState::Failed);
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())], "the peer received 1");
+    assert_eq!(replies_to(&acts, 2), eio, "FUA 2 is durable nowhere");
+    assert_eq!(replies_to(&acts, 3), eio);
+}
+
 /// The same in protocol A, where nothing waits for the peer: a write and
 /// a FLUSH whose local parts complete after the disk failed are answered
 /// EIO (the peer promised nothing).

@@ -289,6 +289,10 @@ impl Core {
             self.mark(off, len);
         }
         // Application operations are writes, trims, zeroes and flushes.
+        let fua = matches!(
+            op,
+            Op::Write { fua: true, .. } | Op::Trim { fua: true, .. } | Op::Zero { fua: true, .. }
+        );
         let store_op = StoreOp::of(op);
         let is_flush = matches!(store_op, StoreOp::Flush);
         let epoch = self.write_epoch;
@@ -301,7 +305,8 @@ impl Core {
         if let Some((_, len)) = range {
             self.counters.written_bytes += len;
         }
-        self.pending.insert(req, Pending { local: None, local_at: None, peer, extents, range });
+        self.pending
+            .insert(req, Pending { local: None, local_at: None, peer, extents, range, fua });
     }
 
     pub(crate) fn app_local_done(&mut self, req: ReqId, result: Result<(), IoError>) {
@@ -338,6 +343,11 @@ impl Core {
             if result.is_ok() && p.peer != PeerPart::Confirmed && detached {
                 // Only a detached disk holds it (a full sync from the peer
                 // will replace that disk), if that: the write did not happen.
+                result = Err(ReplyError::Io(IoError::EIO));
+            }
+            if result.is_ok() && detached && p.fua && self.cfg.protocol == Protocol::B {
+                // Protocol B's peer confirmed receipt, not durability: the
+                // detached disk was what made a FUA write durable.
                 result = Err(ReplyError::Io(IoError::EIO));
             }
             if result.is_ok() && p.range.is_none() && detached && self.dirty.bytes() > 0 {
