@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The replicated path side by side (issue 10, point 4): fio on the Primary of
-# a loopback pair (file-backed) in protocols A, B and C against the
-# standalone `twinblock serve` on the same kind of file; protocol C through
+# a loopback pair (file-backed) in protocols A, B and C (and C with a
+# disk-timeout, against C) against the standalone `twinblock serve` on the
+# same kind of file; protocol C through
 # `twinblock netem` relays (1 ms nominal RTT) against the relay's measured
 # round trip and the 32/RTT ceiling; adaptive mode under a 40 ms RTT against
 # its latency budget. Prints ratios, and with --repeat N the median of N runs
@@ -185,8 +186,10 @@ for ((run = 1; run <= REPEAT; run++)); do
       record "$run" "serve|$name" "$(fio_run "nbd://127.0.0.1:$P" $args)"
     done
     stop_all
-    for MODE in C B A; do
-      pair "$MODE"
+    # Ct: protocol C with a disk-timeout (every store operation on the
+    # node's store thread), against C.
+    for MODE in C Ct B A; do
+      if [[ $MODE == Ct ]]; then pair C "" 'disk-timeout = "30s"'; else pair "$MODE"; fi
       prefill "$URI" "$WORK/a.img" "$WORK/b.img"
       for w in "${WORKLOADS[@]}"; do
         IFS='|' read -r name args <<<"$w"
@@ -271,6 +274,13 @@ if any(k.startswith("serve|") for k in d):
         a = meds(f"A|{name}", metric); c = meds(f"C|{name}", metric)
         if a and c:
             print(f"    {name}: " + ", ".join(f"{x/y:.2f}" for x, y in zip(c, a)))
+    print("  C with disk-timeout = 30s against C (medians; per run):")
+    for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
+        t = meds(f"Ct|{name}", metric); c = meds(f"C|{name}", metric)
+        if t and c:
+            print(f"    {name}: {statistics.median(t):,.0f} vs {statistics.median(c):,.0f}; "
+                  + ", ".join(f"{x/y:.2f}" for x, y in zip(t, c))
+                  + f"; CPU per op {med(f'Ct|{name}', 5):,.1f} vs {med(f'C|{name}', 5):,.1f} us")
     if n > 1:
         for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
             base = meds(f"serve|{name}", metric); v = meds(f"C|{name}", metric)
