@@ -304,6 +304,33 @@ fn a_node_whose_disk_hangs_stops_on_down() {
     assert!(status.success(), "a exited with {status}: {}", tail(&p.log(0)));
 }
 
+/// `disk-timeout` covers the Primary's reads too (an application read is
+/// the shell's own operation on the disk): a read the disk never answers
+/// fails after the timeout and detaches the disk, with nothing written.
+#[test]
+fn a_read_the_disk_never_answers_detaches_it_after_disk_timeout() {
+    let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
+    let Some((p, disk)) = hanging_pair(dir.path()) else { return };
+    let _resume = disk.resume_on_drop();
+    // The disk's pages out of the page cache: the read must reach the disk.
+    let f = std::fs::File::open(disk.file()).unwrap();
+    // SAFETY: posix_fadvise on an open file descriptor.
+    let r = unsafe {
+        libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED)
+    };
+    assert_eq!(r, 0, "posix_fadvise");
+    disk.hang(true);
+    let started = std::time::Instant::now();
+    let out = qemu_io(&p.uri(0), "read 8M 4k");
+    let took = started.elapsed();
+    assert!(out.contains("Input/output error"), "a read of the hung disk: {out}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "{took:?}");
+    let a = p.status(0);
+    assert_eq!(a["disk"], "Failed", "{a}");
+    let why = a["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("a read: no completion for 1s"), "{why}");
+}
+
 /// Writes waiting for a peer that stopped answering (a partition: the
 /// relay to b is gone), their local part done, when another write fails
 /// on the local disk: that failure detaches the disk and ends the session,

@@ -936,7 +936,20 @@ impl BlockDevice for Node {
                 return Err(DeviceError::Io(io::Error::from_raw_os_error(e.0)));
             }
         }
-        Ok(self.store.read(offset, len).await?)
+        let read = self.store.read(offset, len);
+        let Some(limit) = self.res.disk_timeout else { return Ok(read.await?) };
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                // A disk that stopped answering reads: detached, as for a
+                // write (the read itself fails).
+                let mut sh = self.lock();
+                let now = self.now();
+                sh.core.handle_disk_stalled(now, "a read");
+                self.drain(&mut sh);
+                Err(DeviceError::Io(io::Error::from_raw_os_error(libc::ETIMEDOUT)))
+            }
+        }
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> DeviceResult<()> {

@@ -60,3 +60,23 @@ impl Core {
         }
     }
 }
+
+impl Core {
+    /// The `disk-timeout` (None: off).
+    pub fn disk_timeout(&self) -> Option<std::time::Duration> {
+        self.cfg.disk_timeout
+    }
+
+    /// An operation the shell performs on the disk itself (an application
+    /// read: the core does not issue those) had no completion for
+    /// `disk-timeout`: the disk is detached, as for one of the core's.
+    pub fn handle_disk_stalled(&mut self, now: Time, what: &str) {
+        self.now = self.now.max(now);
+        let Some(limit) = self.cfg.disk_timeout else { return };
+        if self.cfg.plant == Plant::NoDiskTimeout {
+            return;
+        }
+        self.disk_failed(IoError::ETIMEDOUT, &format!("{what}: no completion for {limit:?}"));
+        self.pump();
+    }
+}

@@ -1097,6 +1097,23 @@ fn protocol_b_fua_writes_on_a_failed_disk_fail() {
     assert_eq!(replies_to(&acts, 3), eio);
 }
 
+/// A read the shell performs itself (the core does not issue application
+/// reads) that the disk never answers: the shell tells the core, which
+/// detaches the disk with the reason; without `disk-timeout` it is ignored.
+#[test]
+fn a_stalled_read_detaches_the_disk_only_with_disk_timeout() {
+    let t = Duration::from_secs(2);
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
+    c.promote(false, 1).unwrap();
+    c.handle_disk_stalled(t, "a read");
+    assert_eq!(c.disk(), DiskState::Failed);
+    let why = c.status().last_error.unwrap_or_default();
+    assert!(why.contains("a read: no completion for 1s"), "{why}");
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.handle_disk_stalled(t, "a read");
+    assert_eq!(c.disk(), DiskState::UpToDate);
+}
+
 /// The same in protocol A, where nothing waits for the peer: a write and
 /// a FLUSH whose local parts complete after the disk failed are answered
 /// EIO (the peer promised nothing).
