@@ -729,14 +729,23 @@ impl Sim {
                     }
                     None => Ok(None),
                 };
-                self.nodes[n].ios.push(PendingIo {
+                let pending = PendingIo {
                     io,
                     at,
                     result,
                     durable: Vec::new(),
                     persist: Some(what),
                     may_hang: false,
-                });
+                };
+                if self.nodes[n].stalled {
+                    // (The metadata on the stalled device too.)
+                    self.note(format!("{}: persist#{io} hangs (stalled disk)", self.nodes[n].name));
+                    self.chk.stats.hung_ios += 1;
+                    self.nodes[n].first_hung.get_or_insert(self.now);
+                    self.nodes[n].hung.push(pending);
+                } else {
+                    self.nodes[n].ios.push(pending);
+                }
             }
             Action::Send { session, msg } => {
                 let delay = match self.level {
@@ -1435,7 +1444,7 @@ impl Sim {
                         step: self.chk.step,
                         rule: "disk-timeout",
                         what: format!(
-                            "{}: a store operation hangs since {} ms (disk-timeout {} ms) and the \
+                            "{}: an operation on the disk hangs since {} ms (disk-timeout {} ms), the \
                              disk is {:?}",
                             self.nodes[n].name,
                             (self.now - first).as_millis(),

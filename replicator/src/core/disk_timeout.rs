@@ -1,6 +1,7 @@
 //! `disk-timeout`: a local disk that stops answering is detached. A store
-//! operation without a completion for this long fails the disk (as an
-//! error would: `Failed`, the session to the peer closed, a full sync
+//! operation or metadata update (the activity log, the bitmap, the
+//! record: often on the same device) without a completion for this long
+//! fails the disk (as an error would: `Failed`, the session to the peer closed, a full sync
 //! later), and every request that waited for that disk alone is answered
 //! from the peer's part (`write::try_reply`). Off by default, as in DRBD:
 //! a disk that is only slow (a degraded RAID, a throttled cloud volume)
@@ -13,23 +14,24 @@ use crate::protocol::wire::DiskState;
 use super::types::{IoError, IoId, Plant, Time};
 use super::Core;
 
-/// Store operations in flight and when they were issued, oldest first
-/// (I/O ids grow with time). Kept only with a `disk-timeout`.
+/// Store operations and metadata updates in flight and when they were
+/// issued, oldest first (I/O ids grow with time). Kept only with a
+/// `disk-timeout`.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     issued: BTreeMap<IoId, Time>,
 }
 
 impl Core {
-    /// A store operation `io` was issued now.
-    pub(crate) fn store_issued(&mut self, io: IoId) {
+    /// A store operation or metadata update `io` was issued now.
+    pub(crate) fn op_issued(&mut self, io: IoId) {
         if self.cfg.disk_timeout.is_some() {
             self.in_flight.issued.insert(io, self.now);
         }
     }
 
-    /// `io` completed (or was never a store operation).
-    pub(crate) fn store_completed(&mut self, io: IoId) {
+    /// `io` completed.
+    pub(crate) fn op_completed(&mut self, io: IoId) {
         if !self.in_flight.issued.is_empty() {
             self.in_flight.issued.remove(&io);
         }

@@ -510,6 +510,7 @@ impl Core {
         let io = self.next_io;
         self.next_io += 1;
         self.ios.insert(io, what);
+        self.op_issued(io);
         io
     }
 
@@ -531,7 +532,6 @@ impl Core {
             // Counted as a write; its durability is its own completion.
         }
         let io = self.io(what);
-        self.store_issued(io);
         self.actions.push_back(Action::Store { io, op });
         io
     }
@@ -595,7 +595,7 @@ impl Core {
     /// An I/O the core asked for completed (`data`: what a read returned).
     pub fn handle_io(&mut self, now: Time, io: IoId, result: Result<Option<Bytes>, IoError>) {
         self.now = self.now.max(now);
-        self.store_completed(io);
+        self.op_completed(io);
         let Some(what) = self.ios.remove(&io) else { return };
         match what {
             IoFor::App(req) => self.app_local_done(req, result.map(|_| ())),

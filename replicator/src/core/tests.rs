@@ -1097,6 +1097,26 @@ fn protocol_b_fua_writes_on_a_failed_disk_fail() {
     assert_eq!(replies_to(&acts, 3), eio);
 }
 
+/// A metadata update the disk never completes (the activity log's, for a
+/// write to a cold extent) detaches the disk after `disk-timeout` too:
+/// the metadata is often on the same device, and the write waits for it.
+#[test]
+fn a_metadata_update_that_hangs_fails_the_disk_after_disk_timeout() {
+    let t = Duration::ZERO;
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
+    c.promote(false, 1).unwrap();
+    run(&mut c, t);
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    let acts = drain(&mut c);
+    assert!(acts.iter().any(|a| matches!(a, Action::Persist { .. })), "{acts:?}");
+    assert_eq!(c.disk_deadline(), Some(Duration::from_secs(1)));
+    let late = Duration::from_secs(1);
+    c.handle_timeout(late);
+    let acts = drain(&mut c);
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert_eq!(replies_to(&acts, 1), vec![Err(ReplyError::Io(IoError::EIO))]);
+}
+
 /// A read the shell performs itself (the core does not issue application
 /// reads) that the disk never answers: the shell tells the core, which
 /// detaches the disk with the reason; without `disk-timeout` it is ignored.
