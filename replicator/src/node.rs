@@ -159,6 +159,13 @@ impl std::ops::DerefMut for ShellGuard<'_> {
     }
 }
 
+impl Shell {
+    /// The local disk is detached (Failed): waits on the lane end.
+    fn detached(&self) -> bool {
+        self.core.disk() == crate::protocol::wire::DiskState::Failed
+    }
+}
+
 impl Drop for ShellGuard<'_> {
     fn drop(&mut self) {
         let Some(mut guard) = self.0.take() else { return };
@@ -611,12 +618,8 @@ impl Node {
     /// detached (Failed) first: what the lane still holds may never be
     /// performed (a disk that stopped answering), and nothing waits for it.
     pub async fn lane_idle(&self) -> bool {
-        self.lane_wait(|sh| {
-            sh.lane.state() == crate::lane::LaneState::Idle
-                || sh.core.disk() == crate::protocol::wire::DiskState::Failed
-        })
-        .await;
-        self.lock().core.disk() != crate::protocol::wire::DiskState::Failed
+        self.lane_wait(|sh| sh.lane.state() == crate::lane::LaneState::Idle || sh.detached()).await;
+        !self.lock().detached()
     }
 
     /// The bench scratch area, opened (created sparse) on first use.
@@ -916,25 +919,21 @@ impl BlockDevice for Node {
     /// received in protocol B, when it has just been promoted) is
     /// performed first.
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
+        let may_read = |sh: &Shell| match sh.core.may_read() {
+            Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
+            _ => Ok(()),
+        };
         let mark = {
             let sh = self.lock();
-            if let Err(ReplyError::Io(e)) = sh.core.may_read() {
-                return Err(DeviceError::Io(io::Error::from_raw_os_error(e.0)));
-            }
+            may_read(&sh)?;
             let mark = sh.lane.mark();
             (!sh.lane.caught_up(mark)).then_some(mark)
         };
         if let Some(mark) = mark {
             // (Or the disk is detached meanwhile: a write it never
             // completes would hold the read for ever.)
-            self.lane_wait(|sh| {
-                sh.lane.caught_up(mark)
-                    || sh.core.disk() == crate::protocol::wire::DiskState::Failed
-            })
-            .await;
-            if let Err(ReplyError::Io(e)) = self.lock().core.may_read() {
-                return Err(DeviceError::Io(io::Error::from_raw_os_error(e.0)));
-            }
+            self.lane_wait(|sh| sh.lane.caught_up(mark) || sh.detached()).await;
+            may_read(&self.lock())?;
         }
         let read = self.store.read(offset, len);
         let Some(limit) = self.res.disk_timeout else { return Ok(read.await?) };

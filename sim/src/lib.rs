@@ -592,6 +592,19 @@ impl Sim {
         Duration::from_micros(50 + self.rng.below(3000))
     }
 
+    /// An I/O of node `n` on its way: it completes at its time, or never
+    /// if the disk stalled (until the process ends).
+    fn queue_io(&mut self, n: usize, io: PendingIo) {
+        if self.nodes[n].stalled {
+            self.note(format!("{}: io#{} hangs (stalled disk)", self.nodes[n].name, io.io));
+            self.chk.stats.hung_ios += 1;
+            self.nodes[n].first_hung.get_or_insert(self.now);
+            self.nodes[n].hung.push(io);
+        } else {
+            self.nodes[n].ios.push(io);
+        }
+    }
+
     /// Performs every action node `n`'s core has queued, then the deferred
     /// link-down notifications.
     fn drain(&mut self, n: usize) {
@@ -705,15 +718,7 @@ impl Sim {
                 }
                 let may_hang = primary
                     && matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. } | StoreOp::Flush);
-                let pending = PendingIo { io, at, result, durable, persist: None, may_hang };
-                if self.nodes[n].stalled {
-                    self.note(format!("{}: io#{io} hangs (stalled disk)", self.nodes[n].name));
-                    self.chk.stats.hung_ios += 1;
-                    self.nodes[n].first_hung.get_or_insert(self.now);
-                    self.nodes[n].hung.push(pending);
-                } else {
-                    self.nodes[n].ios.push(pending);
-                }
+                self.queue_io(n, PendingIo { io, at, result, durable, persist: None, may_hang });
             }
             Action::Persist { io, what } => {
                 let at = self.now + self.io_delay();
@@ -729,23 +734,12 @@ impl Sim {
                     }
                     None => Ok(None),
                 };
-                let pending = PendingIo {
-                    io,
-                    at,
-                    result,
-                    durable: Vec::new(),
-                    persist: Some(what),
-                    may_hang: false,
-                };
-                if self.nodes[n].stalled {
-                    // (The metadata on the stalled device too.)
-                    self.note(format!("{}: persist#{io} hangs (stalled disk)", self.nodes[n].name));
-                    self.chk.stats.hung_ios += 1;
-                    self.nodes[n].first_hung.get_or_insert(self.now);
-                    self.nodes[n].hung.push(pending);
-                } else {
-                    self.nodes[n].ios.push(pending);
-                }
+                // (The metadata on the stalled device too.)
+                let durable = Vec::new();
+                self.queue_io(
+                    n,
+                    PendingIo { io, at, result, durable, persist: Some(what), may_hang: false },
+                );
             }
             Action::Send { session, msg } => {
                 let delay = match self.level {

@@ -61,13 +61,6 @@ impl Core {
             self.disk_failed(IoError::ETIMEDOUT, &format!("no completion for {limit:?}"));
         }
     }
-}
-
-impl Core {
-    /// The `disk-timeout` (None: off).
-    pub fn disk_timeout(&self) -> Option<std::time::Duration> {
-        self.cfg.disk_timeout
-    }
 
     /// An operation the shell performs on the disk itself (an application
     /// read: the core does not issue those) had no completion for

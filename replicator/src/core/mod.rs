@@ -346,7 +346,6 @@ impl Core {
         }
     }
 
-    /// The shell should keep (or get) a link to the peer.
     /// The node wants a link to its peer: not StandAlone, and not a
     /// detached disk that still holds operations it never completed (a
     /// disk that stopped answering takes no sync until they return: each

@@ -215,6 +215,18 @@ impl Core {
         self.detached_ack() && self.cfg.plant != Plant::WaitOnFailedDisk
     }
 
+    /// With this node's disk detached, the peer alone keeps what an OK
+    /// reply to `p` promises: it confirmed `p`, and
+    /// - a FUA write in protocol B was not only received (received is
+    ///   not durable);
+    /// - a FLUSH leaves nothing the peer lacks (blocks written apart, or
+    ///   the failed write's, were only on the detached disk).
+    fn peer_keeps_promise(&self, p: &Pending) -> bool {
+        p.peer == PeerPart::Confirmed
+            && !(p.fua && self.cfg.protocol == Protocol::B)
+            && !(p.range.is_none() && self.dirty.bytes() > 0)
+    }
+
     /// A session is up and past its handshake.
     pub(crate) fn linked(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.phase == Phase::Running)
@@ -340,20 +352,9 @@ impl Core {
         if p.decided(self.answers_alone()) {
             // (No local answer: the disk is detached and the peer decides.)
             let mut result = p.local.unwrap_or(Ok(())).map_err(ReplyError::Io);
-            if result.is_ok() && p.peer != PeerPart::Confirmed && detached {
+            if result.is_ok() && detached && !self.peer_keeps_promise(p) {
                 // Only a detached disk holds it (a full sync from the peer
                 // will replace that disk), if that: the write did not happen.
-                result = Err(ReplyError::Io(IoError::EIO));
-            }
-            if result.is_ok() && detached && p.fua && self.cfg.protocol == Protocol::B {
-                // Protocol B's peer confirmed receipt, not durability: the
-                // detached disk was what made a FUA write durable.
-                result = Err(ReplyError::Io(IoError::EIO));
-            }
-            if result.is_ok() && p.range.is_none() && detached && self.dirty.bytes() > 0 {
-                // A FLUSH the peer took part in covers what the peer holds;
-                // blocks it lacks (written apart, or the failed write's)
-                // were only on the detached disk.
                 result = Err(ReplyError::Io(IoError::EIO));
             }
             if result.is_ok() {
