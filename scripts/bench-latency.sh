@@ -13,7 +13,13 @@
 #                            [--relay-delay DUR] [--adaptive-delay DUR]
 #                            [--budget DUR] [--adaptive-size SIZE]
 #                            [--only loopback|relay|adaptive]
+#                            [--halt-poll NS]
 #
+# --halt-poll NS sets the guest kernel's halt polling (cpuidle-haltpoll's
+# guest_halt_poll_ns: how long an idle vCPU polls before it halts) for the
+# run and restores it on exit. Some VMs boot with it off (0): every
+# hand-off to a thread on an idle vCPU then waits for the hypervisor to
+# wake a halted vCPU, and a replicated write crosses several threads.
 # Every disk is written once end to end before it is measured (1 MiB
 # writes), so no run pays for first-touch allocation or the activity log's
 # warm-up (an extent's first write waits for a journal update) in a way the
@@ -32,6 +38,7 @@ ADAPTIVE_DELAY=20ms
 ADAPTIVE_SIZE=128M
 BUDGET=3ms
 ONLY=""
+HALT_POLL=""
 while (($#)); do
   case $1 in
     --runtime) RUNTIME=$2; shift 2 ;;
@@ -42,12 +49,20 @@ while (($#)); do
     --budget) BUDGET=$2; shift 2 ;;
     --adaptive-size) ADAPTIVE_SIZE=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
+    --halt-poll) HALT_POLL=$2; shift 2 ;;
     *)
       sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
       exit 2 ;;
   esac
 done
 bench_setup bench-latency tb-blat
+HALT_POLL_FILE=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+if [[ -n $HALT_POLL ]]; then
+  [[ -w $HALT_POLL_FILE ]] || { echo "bench-latency: --halt-poll needs root and cpuidle-haltpoll ($HALT_POLL_FILE)" >&2; exit 1; }
+  HALT_POLL_WAS=$(cat "$HALT_POLL_FILE")
+  echo "$HALT_POLL" >"$HALT_POLL_FILE"
+  trap 'stop_all; rm -rf "$WORK"; echo "$HALT_POLL_WAS" >"$HALT_POLL_FILE"' EXIT
+fi
 RES=$WORK/results # lines: run key value...
 : >"$RES"
 
@@ -80,23 +95,6 @@ ticks, tck, wall = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[5]) - 
 cpu = ticks / tck * 1e6 / max(w["iops"] * wall, 1)
 print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu)' \
     "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1"
-}
-# prefill URI FILES...: writes the export once end to end, then drops the
-# files' page cache: large writes leave large folios behind, and a 4 KiB
-# write into a large folio of an ext4 file costs far more than one into a
-# small folio (ext4_block_write_begin walks the folio's buffer heads), so
-# without this a run measures the prefill's folio sizes rather than the
-# write path. Every side of a ratio starts the same way.
-prefill() {
-  local uri=$1; shift
-  fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 --size="$SIZE" --runtime=60 >/dev/null
-  python3 -c '
-import os, sys
-for f in sys.argv[1:]:
-    fd = os.open(f, os.O_RDWR)
-    os.fdatasync(fd)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)' "$@"
 }
 
 # pair MODE [RELAY_DELAY] [EXTRA]: starts a loopback pair (b reached
@@ -220,7 +218,9 @@ import json,sys; s=json.load(sys.stdin); print(s["connection"], s["counters"]["m
   fi
 done
 
-python3 - "$RES" "$REPEAT" "$RUNTIME" "$SIZE" "$RELAY_DELAY" "$ADAPTIVE_DELAY" "$BUDGET" "$ADAPTIVE_SIZE" <<'PY'
+HALT_NOW="not available"
+[[ -r $HALT_POLL_FILE ]] && HALT_NOW="$(cat "$HALT_POLL_FILE") ns"
+python3 - "$RES" "$REPEAT" "$RUNTIME" "$SIZE" "$RELAY_DELAY" "$ADAPTIVE_DELAY" "$BUDGET" "$ADAPTIVE_SIZE" "$HALT_NOW" <<'PY'
 import sys, statistics
 from collections import defaultdict
 res, repeat, runtime, size, relay_delay, adaptive_delay, budget = sys.argv[1:8]
@@ -249,7 +249,7 @@ def meds(key, idx=0):
     return [float(x[idx]) for x in d.get(key, []) if len(x) > idx]
 n = int(repeat)
 print(f"twinblock replication benchmark: file size {size}, {runtime}s per fio run, "
-      f"{'median of ' + repeat + ' runs' if n > 1 else '1 run'}")
+      f"{'median of ' + repeat + ' runs' if n > 1 else '1 run'}; guest halt polling: {sys.argv[9]}")
 if any(k.startswith("serve|") for k in d):
     print("\nloopback (fio on the Primary; ratio = mode / standalone serve, per run, then the median)")
     print(f"{'workload':<19}{'serve':>16}{'C':>26}{'B':>26}{'A':>26}")

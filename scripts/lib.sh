@@ -59,5 +59,23 @@ stop_all() {
   PIDS=()
 }
 
+# prefill URI FILES...: writes the export once end to end, then drops the
+# files' page cache: large writes leave large folios behind, and a 4 KiB
+# write into a large folio of an ext4 file costs far more than one into a
+# small folio (ext4_block_write_begin walks the folio's buffer heads), so
+# without this a run measures the prefill's folio sizes rather than the
+# write path. Every side of a ratio starts the same way.
+prefill() {
+  local uri=$1; shift
+  fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 --size="${SIZE:?}" --runtime=60 >/dev/null
+  python3 -c '
+import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDWR)
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)' "$@"
+}
+
 # wait_nbd URI: until an NBD server answers there (10 s).
 wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no NBD at $1" >&2; exit 1; }
