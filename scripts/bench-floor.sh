@@ -4,8 +4,9 @@
 # per write (fio's CPU and `serve`'s, from a fio run against `twinblock
 # serve`) plus the work the design requires of a replicated write and
 # nothing else (benches/floor.rs: AES-128-GCM both ways, one copy into the
-# packets, the wire CRC on both nodes, the UDP datagrams through loopback,
-# the Secondary's page-cache write), each measured alone. With the machine's
+# packets, the wire CRC on both nodes, the UDP datagrams through loopback
+# with segmentation and receive offload as the link sends them, the
+# Secondary's page-cache write), each measured alone. With the machine's
 # cores saturated, protocol C can at best reach
 #
 #   cores / (fio + serve + floor)   writes per second,
@@ -68,9 +69,12 @@ for ((run = 1; run <= REPEAT; run++)); do
 done
 
 echo "== benches/floor.rs" >&2
-TMPDIR=$WORK cargo bench -q --no-default-features --bench floor -- --warm-up-time 1 --measurement-time 3 >&2
+# Its results in this run's own directory (no stale ones from elsewhere);
+# its page-cache file on the file system the pair's disks use.
+CRITERION_HOME=$WORK/criterion TMPDIR=$WORK cargo bench -q --no-default-features --bench floor -- \
+  --warm-up-time 1 --measurement-time 3 >&2
 
-python3 - "$RES" target/criterion "$(nproc)" "$REPEAT" "$RUNTIME" <<'PY'
+python3 - "$RES" "$WORK/criterion" "$(nproc)" "$REPEAT" "$RUNTIME" <<'PY'
 import json, os, statistics, sys
 res, crit, cores, repeat, runtime = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def us(group, name):
@@ -90,7 +94,6 @@ for size, label, unit in (("4k", "4k randwrite QD32", "IOPS"), ("1m", "1M write 
         # A 4 KiB write shares its jumbo datagram with others at depth:
         # count its bytes at the 1 MiB run's per-byte rate when lower.
         udp = min(udp, us("floor_1m", "udp") / 256)
-    open_ = max(open_ - copy, 0.0)  # the bench restores each sealed packet first
     floor = seal + open_ + copy + 2 * crc + udp + pw
     iops = statistics.median(r[0] for r in runs[size])
     serve = statistics.median(r[1] for r in runs[size])

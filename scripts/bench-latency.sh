@@ -57,11 +57,15 @@ while (($#)); do
 done
 bench_setup bench-latency tb-blat
 HALT_POLL_FILE=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+halt_poll_active() { [[ $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null) == haltpoll && -r $HALT_POLL_FILE ]]; }
 if [[ -n $HALT_POLL ]]; then
-  [[ -w $HALT_POLL_FILE ]] || { echo "bench-latency: --halt-poll needs root and cpuidle-haltpoll ($HALT_POLL_FILE)" >&2; exit 1; }
+  if ! halt_poll_active || [[ ! -w $HALT_POLL_FILE ]]; then
+    echo "bench-latency: --halt-poll needs root and the cpuidle-haltpoll driver in use ($HALT_POLL_FILE)" >&2
+    exit 1
+  fi
   HALT_POLL_WAS=$(cat "$HALT_POLL_FILE")
+  trap 'echo "$HALT_POLL_WAS" >"$HALT_POLL_FILE"; stop_all; rm -rf "$WORK"' EXIT
   echo "$HALT_POLL" >"$HALT_POLL_FILE"
-  trap 'stop_all; rm -rf "$WORK"; echo "$HALT_POLL_WAS" >"$HALT_POLL_FILE"' EXIT
 fi
 RES=$WORK/results # lines: run key value...
 : >"$RES"
@@ -218,8 +222,8 @@ import json,sys; s=json.load(sys.stdin); print(s["connection"], s["counters"]["m
   fi
 done
 
-HALT_NOW="not available"
-[[ -r $HALT_POLL_FILE ]] && HALT_NOW="$(cat "$HALT_POLL_FILE") ns"
+HALT_NOW="not in use (cpuidle driver: $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none))"
+if halt_poll_active; then HALT_NOW="$(cat "$HALT_POLL_FILE") ns"; fi
 python3 - "$RES" "$REPEAT" "$RUNTIME" "$SIZE" "$RELAY_DELAY" "$ADAPTIVE_DELAY" "$BUDGET" "$ADAPTIVE_SIZE" "$HALT_NOW" <<'PY'
 import sys, statistics
 from collections import defaultdict
