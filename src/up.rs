@@ -102,16 +102,14 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // (it holds nothing anyone relies on, and one that stopped
         // answering would hold the stop for ever).
         if node.lane_idle().await {
-            let flush = node.store().flush();
+            let flush = async { node.store().flush().await.context("final flush") };
             match node.res.disk_timeout {
                 // (A disk that stops answering now: the stop fails, and
                 // the metadata is not marked clean.)
-                Some(limit) => tokio::time::timeout(limit, flush)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no completion for {limit:?} (disk-timeout)"))
-                    .and_then(|r| r.map_err(anyhow::Error::from))
-                    .context("final flush")?,
-                None => flush.await.context("final flush")?,
+                Some(limit) => tokio::time::timeout(limit, flush).await.unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("final flush: no completion for {limit:?} (disk-timeout)"))
+                })?,
+                None => flush.await?,
             }
         } else {
             tracing::warn!("the local disk is detached (Failed): stopping without a final flush");

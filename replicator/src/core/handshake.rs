@@ -84,18 +84,8 @@ impl Core {
     /// A link to the peer is up (`sid`: the shell's number for it).
     pub fn handle_link_up(&mut self, now: Time, sid: SessionId) {
         self.now = self.now.max(now);
-        if !self.want_link {
-            self.actions.push_back(Action::Close {
-                session: sid,
-                reason: "StandAlone: disconnected by the operator".into(),
-            });
-            return;
-        }
-        if self.disk_hung() {
-            self.actions.push_back(Action::Close {
-                session: sid,
-                reason: "the local disk is detached with operations it never completed".into(),
-            });
+        if let Some(why) = self.link_refused() {
+            self.actions.push_back(Action::Close { session: sid, reason: why.into() });
             return;
         }
         if let Some(old) = self.session_id() {

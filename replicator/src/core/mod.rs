@@ -346,12 +346,23 @@ impl Core {
         }
     }
 
-    /// The node wants a link to its peer: not StandAlone, and not a
-    /// detached disk that still holds operations it never completed (a
-    /// disk that stopped answering takes no sync until they return: each
-    /// sync would time out on them again at once).
+    /// The node wants a link to its peer (see [`Core::link_refused`]).
     pub fn wants_link(&self) -> bool {
-        self.want_link && !self.disk_hung()
+        self.link_refused().is_none()
+    }
+
+    /// Why the node takes no link to its peer now, if it takes none:
+    /// StandAlone, or a detached disk that still holds operations it never
+    /// completed (a disk that stopped answering takes no sync until they
+    /// return: each sync would time out on them again at once).
+    fn link_refused(&self) -> Option<&'static str> {
+        if !self.want_link {
+            Some("StandAlone: disconnected by the operator")
+        } else if self.disk_hung() {
+            Some("the local disk is detached with operations it never completed")
+        } else {
+            None
+        }
     }
 
     /// The session in force, if any (handshaking or running).
@@ -526,9 +537,6 @@ impl Core {
     fn store(&mut self, what: IoFor, op: StoreOp) -> IoId {
         if matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. }) {
             self.write_epoch += 1;
-        }
-        if matches!(op, StoreOp::Write { fua: true, .. } | StoreOp::Zero { fua: true, .. }) {
-            // Counted as a write; its durability is its own completion.
         }
         let io = self.io(what);
         self.actions.push_back(Action::Store { io, op });

@@ -288,6 +288,11 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
+    /// Durable before it completes (FUA).
+    pub fn fua(&self) -> bool {
+        matches!(self, StoreOp::Write { fua: true, .. } | StoreOp::Zero { fua: true, .. })
+    }
+
     /// What a replicated operation does to the local store (a verify
     /// reads; a resync chunk is an ordinary write).
     pub fn of(op: crate::protocol::wire::Op) -> StoreOp {

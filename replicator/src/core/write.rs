@@ -301,11 +301,8 @@ impl Core {
             self.mark(off, len);
         }
         // Application operations are writes, trims, zeroes and flushes.
-        let fua = matches!(
-            op,
-            Op::Write { fua: true, .. } | Op::Trim { fua: true, .. } | Op::Zero { fua: true, .. }
-        );
         let store_op = StoreOp::of(op);
+        let fua = store_op.fua();
         let is_flush = matches!(store_op, StoreOp::Flush);
         let epoch = self.write_epoch;
         self.store(IoFor::App(req), store_op);
