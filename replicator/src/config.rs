@@ -71,6 +71,7 @@ struct RawConfig {
     ping_interval: Option<String>,
     connect_interval: Option<String>,
     disk_timeout: Option<String>,
+    busy_poll: Option<String>,
     max_lag: Option<String>,
     al_extents: Option<usize>,
     split_brain_policy: Option<String>,
@@ -217,6 +218,9 @@ pub struct ResourceConfig {
     /// the disk (detached, as an I/O error would). None (`"0"`, the
     /// default): wait for ever.
     pub disk_timeout: Option<Duration>,
+    /// How long the link's thread looks for work before it sleeps
+    /// ([`crate::busy_poll`]); zero: never.
+    pub busy_poll: Duration,
     /// First retry delay when connecting (doubles up to 8x).
     pub connect_interval: Duration,
     /// Protocol A: bytes in flight to the peer before writes wait.
@@ -294,6 +298,16 @@ impl ResourceConfig {
             ));
         }
         let disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
+        let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
+            Some("0") => Duration::ZERO,
+            _ => dur("busy-poll", &raw.busy_poll, Duration::from_micros(50))?,
+        };
+        if busy_poll > crate::busy_poll::MAX_BUDGET {
+            return Err(key_err(
+                "busy-poll",
+                format!("{busy_poll:?} is too long (at most 1ms; 0 turns it off)"),
+            ));
+        }
         let latency_budget = match (&raw.adaptive, protocol) {
             (None, Protocol::Adaptive) => return Err(key_err(
                 "adaptive.latency_budget",
@@ -516,6 +530,7 @@ impl ResourceConfig {
             timeout,
             ping_interval,
             disk_timeout,
+            busy_poll,
             connect_interval,
             max_lag,
             al_extents,
@@ -607,6 +622,18 @@ key = "certs/b.key"
         assert!(e.contains("disk-timeout") && e.contains("too short"), "{e}");
         let e = parse(&with("soon")).unwrap_err();
         assert!(e.contains("disk-timeout") && e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn busy_poll_is_50us_by_default_off_at_zero_and_at_most_1ms() {
+        let with = |v: &str| GOOD.replace("[tls]", &format!("busy-poll = \"{v}\"\n[tls]"));
+        assert_eq!(parse(GOOD).unwrap().busy_poll, Duration::from_micros(50));
+        assert_eq!(parse(&with("200us")).unwrap().busy_poll, Duration::from_micros(200));
+        assert_eq!(parse(&with("0")).unwrap().busy_poll, Duration::ZERO);
+        let e = parse(&with("5ms")).unwrap_err();
+        assert!(e.contains("busy-poll") && e.contains("too long"), "{e}");
+        let e = parse(&with("a while")).unwrap_err();
+        assert!(e.contains("busy-poll") && e.contains("a while"), "{e}");
     }
 
     #[test]

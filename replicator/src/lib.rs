@@ -8,7 +8,8 @@
 //!   [`lane`]: its store operations in the core's order, large ones off the lock.
 //! - [`bench`]: the node's side of `twinblock bench` (probes into a scratch area).
 //! - [`link`]: the QUIC link (quinn + rustls mutual TLS) and its tasks;
-//!   [`udp`]: its socket (bounded GSO batches).
+//!   [`udp`]: its socket (bounded GSO batches); [`busy_poll`]: its thread
+//!   looks for work a moment before it sleeps.
 //! - [`protocol`]: the sans-IO replication protocol (wire, sender, receiver).
 //! - [`config`], [`meta`], [`al`] (activity-log journal, bitmap file), [`bitmap`], [`status`], [`tls`], [`units`].
 
@@ -16,6 +17,7 @@ pub mod al;
 pub mod arbiter;
 pub mod bench;
 pub mod bitmap;
+pub mod busy_poll;
 pub mod config;
 pub mod core;
 pub mod lane;

@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::busy_poll::BusyPoll;
 use crate::node::{Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
@@ -63,8 +64,18 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     // Bound before the link's runtime exists: a runtime may not be dropped
     // on the caller's (async) thread, as an early return would.
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    // The runtime looks for work a moment before it sleeps (on a
+    // duplicate of the socket: valid as long as the runtime's hook).
+    let poll = BusyPoll::new(
+        node.res.busy_poll,
+        socket.try_clone().map_err(bind)?.into(),
+        node.link_queued.clone(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(move || {
+            poll.spin();
+        })
         .thread_name("twinblock-link")
         .build()
         .map_err(LinkError::Runtime)?;
