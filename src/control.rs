@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 use twinblock_replicator::Node;
 
 use crate::events::Hub;
@@ -132,15 +133,18 @@ impl ControlServer {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else { continue };
             let (status, down) = (status.clone(), down.clone());
-            tokio::spawn(async move {
-                let (rd, mut wr) = stream.into_split();
-                let Some((parsed, _)) = read_request(rd).await else { return };
-                let resp = match parsed {
-                    Ok(req) => witness_answer(&req, &status, &down),
-                    Err(e) => Response { ok: false, error: Some(e), status: None },
-                };
-                write_response(&mut wr, &resp).await;
-            });
+            tokio::spawn(
+                async move {
+                    let (rd, mut wr) = stream.into_split();
+                    let Some((parsed, _)) = read_request(rd).await else { return };
+                    let resp = match parsed {
+                        Ok(req) => witness_answer(&req, &status, &down),
+                        Err(e) => Response { ok: false, error: Some(e), status: None },
+                    };
+                    write_response(&mut wr, &resp).await;
+                }
+                .in_current_span(),
+            );
         }
     }
 
@@ -150,21 +154,24 @@ impl ControlServer {
             let node = node.clone();
             let down = down.clone();
             let hub = hub.clone();
-            tokio::spawn(async move {
-                let (rd, mut wr) = stream.into_split();
-                let Some((parsed, rd)) = read_request(rd).await else { return };
-                let resp = match parsed {
-                    Ok(req) if req.verb == "events" => {
-                        return stream_events(&node, &hub, req.now, rd, wr).await;
-                    }
-                    Ok(req) if req.verb == "bench" => {
-                        return stream_bench(node, req, rd, wr).await;
-                    }
-                    Ok(req) => handle(&node, &down, req),
-                    Err(e) => Response { ok: false, error: Some(e), status: None },
-                };
-                write_response(&mut wr, &resp).await;
-            });
+            tokio::spawn(
+                async move {
+                    let (rd, mut wr) = stream.into_split();
+                    let Some((parsed, rd)) = read_request(rd).await else { return };
+                    let resp = match parsed {
+                        Ok(req) if req.verb == "events" => {
+                            return stream_events(&node, &hub, req.now, rd, wr).await;
+                        }
+                        Ok(req) if req.verb == "bench" => {
+                            return stream_bench(node, req, rd, wr).await;
+                        }
+                        Ok(req) => handle(&node, &down, req),
+                        Err(e) => Response { ok: false, error: Some(e), status: None },
+                    };
+                    write_response(&mut wr, &resp).await;
+                }
+                .in_current_span(),
+            );
         }
     }
 }
