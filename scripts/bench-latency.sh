@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The replicated path side by side (issue 10, point 4): fio on the Primary of
 # a loopback pair (file-backed) in protocols A, B and C (and C with a
-# disk-timeout, against C) against the standalone `twinblock serve` on the
+# disk-timeout, and C without busy polling, against C) against the standalone `twinblock serve` on the
 # same kind of file; protocol C through
 # `twinblock netem` relays (1 ms nominal RTT) against the relay's measured
 # round trip and the 32/RTT ceiling; adaptive mode under a 40 ms RTT against
@@ -189,9 +189,13 @@ for ((run = 1; run <= REPEAT; run++)); do
     done
     stop_all
     # Ct: protocol C with a disk-timeout (every store operation on the
-    # node's store thread), against C.
-    for MODE in C Ct B A; do
-      if [[ $MODE == Ct ]]; then pair C "" 'disk-timeout = "30s"'; else pair "$MODE"; fi
+    # node's store thread), against C; Cp: C without busy polling.
+    for MODE in C Ct Cp B A; do
+      case $MODE in
+        Ct) pair C "" 'disk-timeout = "30s"' ;;
+        Cp) pair C "" 'busy-poll = "0"' ;;
+        *) pair "$MODE" ;;
+      esac
       prefill "$URI" "$WORK/a.img" "$WORK/b.img"
       for w in "${WORKLOADS[@]}"; do
         IFS='|' read -r name args <<<"$w"
@@ -285,6 +289,14 @@ if any(k.startswith("serve|") for k in d):
             print(f"    {name}: {statistics.median(t):,.0f} vs {statistics.median(c):,.0f}; "
                   + ", ".join(f"{x/y:.2f}" for x, y in zip(t, c))
                   + f"; CPU per op {med(f'Ct|{name}', 5):,.1f} vs {med(f'C|{name}', 5):,.1f} us")
+    print("  C with busy-poll = 0 (the link's threads sleep at once) against C (medians; per run):")
+    for name, metric in (("4k randwrite QD1", 0), ("4k randwrite QD32", 0), ("1M write QD8", 1)):
+        t = meds(f"Cp|{name}", metric); c = meds(f"C|{name}", metric)
+        if t and c:
+            print(f"    {name}: {statistics.median(t):,.0f} vs {statistics.median(c):,.0f}; "
+                  + ", ".join(f"{x/y:.2f}" for x, y in zip(t, c))
+                  + f"; latency {med(f'Cp|{name}', 2):,.0f} vs {med(f'C|{name}', 2):,.0f} us"
+                  + f"; CPU per op {med(f'Cp|{name}', 5):,.1f} vs {med(f'C|{name}', 5):,.1f} us")
     if n > 1:
         for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
             base = meds(f"serve|{name}", metric); v = meds(f"C|{name}", metric)

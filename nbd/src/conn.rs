@@ -350,11 +350,9 @@ fn issue<D: BlockDevice>(
         return;
     }
     if sh.device.finish_on_wake() {
-        // Finished (and answered) on the thread that wakes it, in that
-        // thread's span (the device's threads enter theirs once, for
-        // their whole life: entering one on every poll was a twentieth
-        // of the replicated path's link thread).
-        InlineTask::start(request);
+        // Finished (and answered) on the thread that wakes it, in this
+        // connection's span.
+        InlineTask::start(request.in_current_span());
         return;
     }
     // A no-op waker is enough: if the request is not done, the runtime

@@ -163,11 +163,13 @@ fn start_connection<D: BlockDevice>(
     lock(&shared.conns).insert(id, conn.clone());
     shared.active.send_modify(|n| *n += 1);
     let sh = shared.clone();
+    // Inside the server's span (a node's: its resource and name).
+    let parent = tracing::Span::current();
     let started = std::thread::Builder::new()
         .name(format!("nbd-conn-{id}"))
         .stack_size(1 << 20)
         .spawn(move || {
-            let span = tracing::info_span!("nbd", client = %peer);
+            let span = tracing::info_span!(parent: &parent, "nbd", client = %peer);
             let _span = span.enter();
             match conn::run(&sh, &conn) {
                 Ok(()) => debug!("connection closed"),

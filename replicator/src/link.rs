@@ -66,16 +66,10 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
     // The runtime looks for work a moment before it sleeps (on a
     // duplicate of the socket: valid as long as the runtime's hook).
-    let poll = BusyPoll::new(
-        node.res.busy_poll,
-        socket.try_clone().map_err(bind)?.into(),
-        node.link_queued.clone(),
-    );
+    let poll = BusyPoll::new(node.res.busy_poll, socket.try_clone().map_err(bind)?.into());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .on_thread_park(move || {
-            poll.spin();
-        })
+        .on_thread_park(move || poll.before_park())
         .thread_name("twinblock-link")
         .build()
         .map_err(LinkError::Runtime)?;
@@ -112,7 +106,9 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
                 // The sessions say goodbye and the owner closes the
                 // endpoint: keep driving it until it is idle.
                 let _ = tokio::time::timeout(LINGER, idle.wait_idle()).await;
-            })
+            });
+            // Its tasks are dropped in the span too.
+            drop(rt);
         })
         .map_err(LinkError::Runtime)?;
     Ok(endpoint)

@@ -218,9 +218,6 @@ pub struct Node {
     lane_wake: std::sync::mpsc::Sender<()>,
     /// Told each time the lane performed an operation or went idle.
     lane_progress: Arc<Notify>,
-    /// Set when a frame is queued for a link's writer: the link's thread
-    /// looks at it before it sleeps ([`crate::busy_poll`]).
-    pub(crate) link_queued: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What performing a store operation left for the core to hear.
@@ -352,7 +349,6 @@ impl Node {
             rt: tokio::runtime::Handle::current(),
             lane_wake,
             lane_progress: Arc::new(Notify::new()),
-            link_queued: Arc::default(),
         });
         let lane = Arc::downgrade(&node);
         let span = tracing::Span::current();
@@ -430,7 +426,7 @@ impl Node {
             match a {
                 Action::Send { session, msg: msg @ Message::Ack { .. } } => {
                     if let Some((s, held)) = ack.take().filter(|(s, _)| *s != session) {
-                        self.send_frame(sh, s, held);
+                        Self::send_frame(sh, s, held);
                     }
                     ack = Some((session, msg));
                     continue;
@@ -439,7 +435,7 @@ impl Node {
                     if ack.as_ref().is_some_and(|(s, _)| *s == session) =>
                 {
                     if let Some((s, held)) = ack.take() {
-                        self.send_frame(sh, s, held);
+                        Self::send_frame(sh, s, held);
                     }
                 }
                 _ => {}
@@ -482,7 +478,7 @@ impl Node {
                         .in_current_span(),
                     );
                 }
-                Action::Send { session, msg } => self.send_frame(sh, session, msg),
+                Action::Send { session, msg } => Self::send_frame(sh, session, msg),
                 Action::Close { session, reason } => {
                     if let Some(l) = sh.links.remove(&session) {
                         let _ = l.send(Outbound::Close(reason));
@@ -511,7 +507,7 @@ impl Node {
             }
         }
         if let Some((s, held)) = ack {
-            self.send_frame(sh, s, held);
+            Self::send_frame(sh, s, held);
         }
         let c = &sh.core;
         let key = StateKey {
@@ -528,10 +524,9 @@ impl Node {
     }
 
     /// Hands a frame to the writer task of session `session`'s link.
-    fn send_frame(&self, sh: &Shell, session: SessionId, msg: Message) {
+    fn send_frame(sh: &Shell, session: SessionId, msg: Message) {
         if let Some(l) = sh.links.get(&session) {
             let _ = l.send(Outbound::Frame(msg));
-            self.link_queued.store(true, Ordering::Relaxed);
         }
     }
 

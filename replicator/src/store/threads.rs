@@ -22,17 +22,23 @@ impl Pool {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::with_capacity(threads);
+        // The workers log (and finish what their completions wake) in the
+        // opener's span: a node's resource and name.
+        let span = tracing::Span::current();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            let w =
-                std::thread::Builder::new().name(format!("tb-store-{i}")).spawn(move || loop {
+            let span = span.clone();
+            let w = std::thread::Builder::new().name(format!("tb-store-{i}")).spawn(move || {
+                let _span = span.enter();
+                loop {
                     let job = match rx.lock() {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
                     let Ok((op, reply)) = job else { return };
                     let _ = reply.send(op.run_blocking());
-                })?;
+                }
+            })?;
             workers.push(w);
         }
         Ok(Pool { tx: Some(tx), workers })

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tracing::Instrument;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use tokio::io::unix::AsyncFd;
@@ -126,7 +127,7 @@ impl Ring {
             unsafe { AsyncFd::register_with_interest(RingFd(fd), Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)?
         };
-        handle.spawn(reaper(afd, inner.clone(), stop.clone()));
+        handle.spawn(reaper(afd, inner.clone(), stop.clone()).in_current_span());
         Ok(Ring { inner, stop })
     }
 
