@@ -136,7 +136,7 @@ fn udp(c: &mut Criterion) {
     // recv of what arrived together), and buffers that hold a batch.
     set_opt(&tx, libc::SOL_UDP, libc::UDP_SEGMENT, PACKET as libc::c_int);
     set_opt(&rx, libc::SOL_UDP, libc::UDP_GRO, 1);
-    set_opt(&rx, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
+    twinblock_replicator::link::set_socket_buffers(&rx, 4 << 20);
     rx.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
     for (name, len) in sizes() {
         let mut g = c.benchmark_group(format!("floor_{name}"));
@@ -175,9 +175,7 @@ fn pwrite(c: &mut Criterion) {
     }
     file.sync_all().expect("sync");
     // SAFETY: posix_fadvise on a valid descriptor.
-    unsafe {
-        libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED)
-    };
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     for (name, len) in sizes() {
         let mut g = c.benchmark_group(format!("floor_{name}"));
         g.throughput(Throughput::Bytes(len as u64));

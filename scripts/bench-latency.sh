@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The replicated path side by side (issue 10, point 4): fio on the Primary of
 # a loopback pair (file-backed) in protocols A, B and C (and C with a
-# disk-timeout, and C without busy polling, against C) against the standalone `twinblock serve` on the
-# same kind of file; protocol C through
+# disk-timeout, and C without busy polling, against C) against the
+# standalone `twinblock serve` on the same kind of file; protocol C through
 # `twinblock netem` relays (1 ms nominal RTT) against the relay's measured
 # round trip and the 32/RTT ceiling; adaptive mode under a 40 ms RTT against
 # its latency budget. Prints ratios, and with --repeat N the median of N runs

@@ -286,11 +286,14 @@ impl ResourceConfig {
         if ping_interval.is_zero() || ping_interval >= timeout {
             return Err(key_err("ping-interval", "must be above 0 and below timeout".into()));
         }
-        // ("0" needs no unit: off, as DRBD's disk-timeout 0.)
-        let disk_timeout = match raw.disk_timeout.as_deref().map(str::trim) {
-            Some("0") => Duration::ZERO,
-            _ => dur("disk-timeout", &raw.disk_timeout, Duration::ZERO)?,
-        };
+        // A duration where "0" (no unit needed) turns the setting off, as
+        // DRBD's disk-timeout 0.
+        let dur_or_off =
+            |key: &str, v: &Option<String>, default: Duration| match v.as_deref().map(str::trim) {
+                Some("0") => Ok(Duration::ZERO),
+                _ => dur(key, v, default),
+            };
+        let disk_timeout = dur_or_off("disk-timeout", &raw.disk_timeout, Duration::ZERO)?;
         if !disk_timeout.is_zero() && disk_timeout < Duration::from_millis(100) {
             return Err(key_err(
                 "disk-timeout",
@@ -298,10 +301,7 @@ impl ResourceConfig {
             ));
         }
         let disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
-        let busy_poll = match raw.busy_poll.as_deref().map(str::trim) {
-            Some("0") => Duration::ZERO,
-            _ => dur("busy-poll", &raw.busy_poll, Duration::from_micros(50))?,
-        };
+        let busy_poll = dur_or_off("busy-poll", &raw.busy_poll, Duration::from_micros(50))?;
         if busy_poll > crate::busy_poll::MAX_BUDGET {
             return Err(key_err(
                 "busy-poll",

@@ -190,9 +190,9 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                     conn.close(1u32.into(), b"not the configured peer");
                     return Err(e.to_string());
                 }
-                if !node.wants_link() {
-                    conn.close(2u32.into(), b"disconnected by the operator");
-                    return Err("StandAlone: refused".into());
+                if let Some(why) = node.link_refused() {
+                    conn.close(2u32.into(), why.as_bytes());
+                    return Err(format!("{why}: refused"));
                 }
                 let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
                 Ok((conn, send, recv))

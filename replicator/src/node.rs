@@ -723,6 +723,12 @@ impl Node {
         self.lock().core.wants_link()
     }
 
+    /// Why the node takes no link now, if it takes none
+    /// ([`Core::link_refused`]).
+    pub fn link_refused(&self) -> Option<&'static str> {
+        self.lock().core.link_refused()
+    }
+
     /// A session is in force (handshaking or running).
     pub fn has_link(&self) -> bool {
         self.lock().core.session_id().is_some()

@@ -355,7 +355,7 @@ impl Core {
     /// StandAlone, or a detached disk that still holds operations it never
     /// completed (a disk that stopped answering takes no sync until they
     /// return: each sync would time out on them again at once).
-    fn link_refused(&self) -> Option<&'static str> {
+    pub fn link_refused(&self) -> Option<&'static str> {
         if !self.want_link {
             Some("StandAlone: disconnected by the operator")
         } else if self.disk_hung() {

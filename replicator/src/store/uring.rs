@@ -13,12 +13,12 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tracing::Instrument;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{oneshot, Notify};
+use tracing::Instrument;
 
 use super::op::{Done, Op, ReadBuf};
 
