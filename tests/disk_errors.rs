@@ -370,3 +370,72 @@ fn writes_waiting_for_a_partitioned_peer_fail_with_the_local_disk() {
         tail(&p.log(0))
     );
 }
+
+/// The Secondary b (the node that accepts the link) on a disk that stops
+/// answering while it applies a replicated write: after `disk-timeout` b
+/// detaches its disk and drops the link; a goes on alone (the write is on
+/// its disk, the block marked for b). While the write b issued is still in
+/// its disk, b refuses every link a dials, and says why: a's status names
+/// b's reason, a dials less and less often, and each side logs the
+/// refusal once, not at every attempt. Once the disk answers, b takes the
+/// link and a full sync onto the disk it detached: both disks are equal.
+#[test]
+fn a_secondary_whose_disk_hangs_refuses_the_link_until_it_answers() {
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
+    let disk = FuseDisk::hanging(dir.path(), "16M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(1, &disk.file());
+    p.configure("disk-timeout = \"1s\"");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    // (Dropped before the pair, which kills its nodes and waits for them.)
+    let _resume = disk.resume_on_drop();
+
+    disk.hang(true);
+    // The write waits for b's apply until b detaches its disk; it is on
+    // a's disk, so a answers it then.
+    let out = qemu_io(&p.uri(0), "write -P 0x5a 1M 64k");
+    assert!(out.contains("wrote 65536/65536"), "the write before b's disk hung: {out}");
+    let refused = "b refused the link: the local disk is detached with operations it never \
+                   completed";
+    p.wait("b refusing a's links", Duration::from_secs(20), |a, _| {
+        a["last_error"].as_str() == Some(refused)
+    });
+    let b = p.status(1);
+    assert_eq!(b["disk"], "Failed", "{b}");
+    assert!(b["last_error"].as_str().unwrap_or_default().contains("no completion for 1s"), "{b}");
+    // a writes on alone, for longer than a few of its dial intervals.
+    let out = qemu_io(&p.uri(0), "write -P 0x5b 2M 64k");
+    assert!(out.contains("wrote 65536/65536"), "a write while b refuses: {out}");
+    let dials = || p.log(0).matches("replication link up").count();
+    let before = dials();
+    std::thread::sleep(Duration::from_secs(3));
+    // Less and less often: 800 ms apart by now (the tests'
+    // `connect-interval` of 100 ms, doubled up to 8 times that); every
+    // 100 ms would be 30.
+    let dialed = dials() - before;
+    assert!(dialed <= 6, "a dialed {dialed} times in 3 s: {}", tail(&p.log(0)));
+    let a = p.status(0);
+    assert_eq!(a["connection"], "Connecting", "{a}");
+    assert_eq!(a["out_of_sync_bytes"], 2 * 65536, "{a}");
+    assert_eq!(a["last_error"], refused, "{a}");
+    // Each side says it once (later refusals are debug lines).
+    let warnings = |i: usize, what: &str| {
+        p.log(i).lines().filter(|l| l.contains(" WARN ") && l.contains(what)).count()
+    };
+    assert_eq!(warnings(1, "refused a replication connection"), 1, "{}", tail(&p.log(1)));
+    assert_eq!(warnings(0, "refused the link"), 1, "{}", tail(&p.log(0)));
+
+    disk.hang(false);
+    p.wait_synced("b's sync once its disk answers", Duration::from_secs(60));
+    let (a, b) = (p.status(0), p.status(1));
+    assert_eq!((&a["disk"], &b["disk"]), (&"UpToDate".into(), &"UpToDate".into()), "{a}\n{b}");
+    assert_eq!(a["last_error"], serde_json::Value::Null, "{a}");
+    let (on_a, on_b) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(disk.file()).unwrap());
+    assert_eq!(on_b[1 << 20..(1 << 20) + 65536], [0x5au8; 65536][..], "the first write on b");
+    assert_eq!(on_b[2 << 20..(2 << 20) + 65536], [0x5bu8; 65536][..], "the second write on b");
+    assert!(on_a == on_b, "a's and b's disks differ after the sync");
+}

@@ -37,6 +37,24 @@ const MAX_HANDSHAKES: usize = 16;
 /// How long the link's thread drives the endpoint after the node stops.
 const LINGER: Duration = Duration::from_secs(5);
 
+/// QUIC application close codes of the replication link: a session that
+/// ended (its reason says why), and the two refusals of a link before any
+/// session: a node that is not the configured peer, a node that takes no
+/// link now ([`Node::link_refused`]).
+const CLOSE_ENDED: u32 = 0;
+const CLOSE_NOT_PEER: u32 = 1;
+const CLOSE_REFUSED: u32 = 2;
+
+/// How a session ended, as the dialer needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The peer refused the link: dial again later.
+    Refused,
+    /// The session ran and ended (the link, the peer, the core or the
+    /// operator ended it).
+    Closed,
+}
+
 /// The peer link's UDP socket buffers: twice the flow-control window
 /// (`tls::transport`), as the kernel counts each datagram's overhead too.
 const SOCKET_BUFFER: i32 = 2 * tls::WINDOW as i32;
@@ -169,6 +187,9 @@ pub fn set_socket_buffers(socket: &impl std::os::fd::AsRawFd, bytes: i32) {
 
 async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    // The last refusal logged: a peer that dials again and again (every
+    // few seconds while this node's disk hangs) is refused in one line.
+    let refusals = Arc::new(std::sync::Mutex::new(None::<String>));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
@@ -183,15 +204,16 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
         let node = node.clone();
         let stop = stop.clone();
         let timeout = node.res.timeout;
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(timeout, async {
                 let conn = incoming.await.map_err(|e| e.to_string())?;
                 if let Err(e) = tls::check_peer(&conn, &node.peer.name) {
-                    conn.close(1u32.into(), b"not the configured peer");
+                    conn.close(CLOSE_NOT_PEER.into(), b"not the configured peer");
                     return Err(e.to_string());
                 }
                 if let Some(why) = node.link_refused() {
-                    conn.close(2u32.into(), why.as_bytes());
+                    conn.close(CLOSE_REFUSED.into(), why.as_bytes());
                     return Err(format!("{why}: refused"));
                 }
                 let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
@@ -201,8 +223,19 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
             .unwrap_or_else(|_| Err("handshake timed out".into()));
             drop(permit);
             match accepted {
-                Ok((conn, send, recv)) => run_session(node, conn, send, recv, stop).await,
-                Err(e) => warn!(%remote, "refused a replication connection: {e}"),
+                Ok((conn, send, recv)) => {
+                    refusals.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    run_session(node, conn, send, recv, stop).await;
+                }
+                Err(e) => {
+                    let mut last = refusals.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.as_deref() == Some(e.as_str()) {
+                        debug!(%remote, "refused a replication connection again: {e}");
+                    } else {
+                        warn!(%remote, "refused a replication connection: {e}");
+                        *last = Some(e);
+                    }
+                }
             }
         });
     }
@@ -240,12 +273,23 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
         };
         match result {
             Ok((conn, send, recv)) => {
-                backoff = base;
-                last_warn = None;
-                run_session(node.clone(), conn, send, recv, stop.clone()).await;
-                // Do not spin against a peer that refuses us at once.
+                let pause = match run_session(node.clone(), conn, send, recv, stop.clone()).await {
+                    Ended::Closed => {
+                        backoff = base;
+                        last_warn = None;
+                        base
+                    }
+                    // A peer that takes no link now (its disk hangs) is
+                    // asked again, less and less often (the core logs its
+                    // answer once).
+                    Ended::Refused => {
+                        let pause = backoff;
+                        backoff = (backoff * 2).min(base * 8);
+                        pause
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(base) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
@@ -272,7 +316,7 @@ async fn run_session(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Ended {
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let sid = node.link_up(out_tx);
@@ -284,6 +328,7 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mtu = 0u16;
     let mut room = true;
+    let mut refused = false;
     let why: String = loop {
         // The store lane's backlog (a disk slower than the link) keeps
         // further frames in QUIC's window: the peer waits, not this node's
@@ -312,7 +357,11 @@ async fn run_session(
                         break f;
                     }
                 }
-                Err(e) => break format!("link: {e}"),
+                Err(e) => {
+                    let (why, by_peer) = read_failed(&node.peer.name, conn.close_reason(), e);
+                    refused = by_peer;
+                    break why;
+                }
             },
             reason = &mut closed_rx => break reason.unwrap_or_else(|_| "closed".into()),
             _ = tick.tick() => {
@@ -327,11 +376,48 @@ async fn run_session(
         }
     };
     node.link_down(sid, &why);
-    warn!(%remote, sid, "replication session ended: {why}");
+    if refused {
+        debug!(%remote, sid, "replication session ended: {why}");
+    } else {
+        warn!(%remote, sid, "replication session ended: {why}");
+    }
     // Let queued frames (our hello, a refusal) reach the peer, briefly.
     let _ = tokio::time::timeout(Duration::from_millis(500), writer).await;
     let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
-    conn.close(0u32.into(), why.as_bytes().get(..why.len().min(200)).unwrap_or(b"bye"));
+    conn.close(CLOSE_ENDED.into(), why.as_bytes().get(..why.len().min(200)).unwrap_or(b"bye"));
+    if refused {
+        Ended::Refused
+    } else {
+        Ended::Closed
+    }
+}
+
+/// Why reading the link failed, in words for the operator (with the
+/// peer's own reason when it closed the connection: `closed`, the
+/// connection's close reason), and whether `peer` refused the link.
+fn read_failed(
+    peer: &str,
+    closed: Option<quinn::ConnectionError>,
+    e: std::io::Error,
+) -> (String, bool) {
+    match closed {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            // The peer's words, kept short and on one line.
+            let reason: String = String::from_utf8_lossy(&c.reason)
+                .chars()
+                .take(200)
+                .map(|ch| if ch.is_control() { ' ' } else { ch })
+                .collect();
+            let code = c.error_code.into_inner();
+            if code == u64::from(CLOSE_REFUSED) || code == u64::from(CLOSE_NOT_PEER) {
+                (format!("{peer} refused the link: {reason}"), true)
+            } else {
+                (format!("{peer} closed the link: {reason}"), false)
+            }
+        }
+        Some(lost) => (format!("link: connection lost: {lost}"), false),
+        None => (format!("link: {e}"), false),
+    }
 }
 
 /// Writes queued frames, batching what is ready into one vectored write.
@@ -374,5 +460,49 @@ async fn write_frames(
             let _ = closed.send(why);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_by_peer(code: u32, reason: &str) -> Option<quinn::ConnectionError> {
+        Some(quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: code.into(),
+            reason: Bytes::copy_from_slice(reason.as_bytes()),
+        }))
+    }
+
+    fn io() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection lost")
+    }
+
+    #[test]
+    fn a_refusal_names_the_peer_and_its_reason() {
+        let why = "the local disk is detached with operations it never completed";
+        assert_eq!(
+            read_failed("b", closed_by_peer(CLOSE_REFUSED, why), io()),
+            (format!("b refused the link: {why}"), true)
+        );
+        assert_eq!(
+            read_failed("b", closed_by_peer(CLOSE_NOT_PEER, "not the configured peer"), io()),
+            ("b refused the link: not the configured peer".to_string(), true)
+        );
+    }
+
+    #[test]
+    fn a_session_the_peer_ended_is_not_a_refusal() {
+        assert_eq!(
+            read_failed("b", closed_by_peer(CLOSE_ENDED, "the node is stopping"), io()),
+            ("b closed the link: the node is stopping".to_string(), false)
+        );
+        // The peer's reason is cut to one line of 200 characters.
+        let long = format!("line\nbreak{}", "x".repeat(1000));
+        let (why, _) = read_failed("b", closed_by_peer(CLOSE_ENDED, &long), io());
+        assert_eq!(why, format!("b closed the link: line break{}", "x".repeat(190)));
+        let (why, refused) = read_failed("b", Some(quinn::ConnectionError::TimedOut), io());
+        assert_eq!((why.as_str(), refused), ("link: connection lost: timed out", false));
+        assert_eq!(read_failed("b", None, io()), ("link: connection lost".to_string(), false));
     }
 }

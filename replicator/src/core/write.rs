@@ -637,7 +637,15 @@ impl Core {
             // Protocol A may have left us behind: freshness unknown.
             self.disk = DiskState::Consistent;
         }
-        tracing::warn!(%why, out_of_sync = self.dirty.bytes(), "peer lost");
+        // The same failure again before any session ran (a peer that
+        // refuses each link while its disk hangs) is not news.
+        if s.phase == super::session::Phase::Handshake
+            && self.last_error.as_deref() == Some(why.as_str())
+        {
+            tracing::debug!(%why, "link lost again during the handshake");
+        } else {
+            tracing::warn!(%why, out_of_sync = self.dirty.bytes(), "peer lost");
+        }
         self.last_error = Some(why);
     }
 
