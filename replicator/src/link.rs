@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::busy_poll::BusyPoll;
+use crate::core;
 use crate::node::{Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
@@ -45,14 +46,25 @@ const CLOSE_ENDED: u32 = 0;
 const CLOSE_NOT_PEER: u32 = 1;
 const CLOSE_REFUSED: u32 = 2;
 
-/// How a session ended, as the dialer needs to know it.
+/// How long a closing session waits for its last frames to be
+/// acknowledged, and for the peer's close.
+const CLOSING: Duration = Duration::from_millis(500);
+
+/// Who ended a session: it decides how the connection is closed, what
+/// the node is told, and what the dialer does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
+enum EndedBy {
+    /// This node's core (or a failed write): its stream is finished and
+    /// its data acknowledged (`write_frames`), so it closes at once, with
+    /// its reason for the peer.
+    Us,
+    /// The peer finished its stream: its reason comes with its close,
+    /// which follows.
+    PeerFinished,
     /// The peer refused the link: dial again later.
-    Refused,
-    /// The session ran and ended (the link, the peer, the core or the
-    /// operator ended it).
-    Closed,
+    PeerRefused,
+    /// The link failed, the peer closed the connection, or the node stops.
+    Other,
 }
 
 /// The peer link's UDP socket buffers: twice the flow-control window
@@ -189,7 +201,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     // The last refusal logged: a peer that dials again and again (every
     // few seconds while this node's disk hangs) is refused in one line.
-    let refusals = Arc::new(std::sync::Mutex::new(None::<String>));
+    let refusals = Arc::new(std::sync::Mutex::new(None::<(std::net::IpAddr, String)>));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
@@ -228,12 +240,15 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                     run_session(node, conn, send, recv, stop).await;
                 }
                 Err(e) => {
+                    // (The same refusal of the same host again is a debug
+                    // line: a peer dials on while this node's disk hangs.)
+                    let e = one_line(&e);
                     let mut last = refusals.lock().unwrap_or_else(|p| p.into_inner());
-                    if last.as_deref() == Some(e.as_str()) {
+                    if last.as_ref().is_some_and(|(ip, l)| *ip == remote.ip() && *l == e) {
                         debug!(%remote, "refused a replication connection again: {e}");
                     } else {
                         warn!(%remote, "refused a replication connection: {e}");
-                        *last = Some(e);
+                        *last = Some((remote.ip(), e));
                     }
                 }
             }
@@ -274,18 +289,18 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
         match result {
             Ok((conn, send, recv)) => {
                 let pause = match run_session(node.clone(), conn, send, recv, stop.clone()).await {
-                    Ended::Closed => {
-                        backoff = base;
-                        last_warn = None;
-                        base
-                    }
                     // A peer that takes no link now (its disk hangs) is
                     // asked again, less and less often (the core logs its
                     // answer once).
-                    Ended::Refused => {
+                    EndedBy::PeerRefused => {
                         let pause = backoff;
                         backoff = (backoff * 2).min(base * 8);
                         pause
+                    }
+                    EndedBy::Us | EndedBy::PeerFinished | EndedBy::Other => {
+                        backoff = base;
+                        last_warn = None;
+                        base
                     }
                 };
                 tokio::select! {
@@ -316,7 +331,7 @@ async fn run_session(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut stop: watch::Receiver<bool>,
-) -> Ended {
+) -> EndedBy {
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let sid = node.link_up(out_tx);
@@ -328,21 +343,20 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mtu = 0u16;
     let mut room = true;
-    let mut refused = false;
-    let why: String = loop {
+    let (why, by): (String, EndedBy) = loop {
         // The store lane's backlog (a disk slower than the link) keeps
         // further frames in QUIC's window: the peer waits, not this node's
         // memory.
         if !room {
             tokio::select! {
                 _ = node.lane_room() => room = true,
-                reason = &mut closed_rx => break reason.unwrap_or_else(|_| "closed".into()),
-                _ = stop.wait_for(|s| *s) => break "the node is stopping".into(),
+                reason = &mut closed_rx => break closed_by_us(reason),
+                _ = stop.wait_for(|s| *s) => break ("the node is stopping".into(), EndedBy::Other),
             }
         }
         tokio::select! {
             r = recv.read_buf(&mut buf) => match r {
-                Ok(0) => break "the peer closed the link".into(),
+                Ok(0) => break (core::PEER_FINISHED.into(), EndedBy::PeerFinished),
                 Ok(_) => {
                     let mut msgs = Vec::new();
                     let fault = loop {
@@ -354,16 +368,12 @@ async fn run_session(
                     };
                     room = node.frames(sid, msgs);
                     if let Some(f) = fault {
-                        break f;
+                        break (f, EndedBy::Other);
                     }
                 }
-                Err(e) => {
-                    let (why, by_peer) = read_failed(&node.peer.name, conn.close_reason(), e);
-                    refused = by_peer;
-                    break why;
-                }
+                Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
             },
-            reason = &mut closed_rx => break reason.unwrap_or_else(|_| "closed".into()),
+            reason = &mut closed_rx => break closed_by_us(reason),
             _ = tick.tick() => {
                 node.set_rtt(conn.rtt());
                 let path = conn.stats().path;
@@ -372,52 +382,85 @@ async fn run_session(
                     debug!(mtu, "replication link: path MTU (UDP payload) changed");
                 }
             }
-            _ = stop.wait_for(|s| *s) => break "the node is stopping".into(),
+            _ = stop.wait_for(|s| *s) => break ("the node is stopping".into(), EndedBy::Other),
         }
     };
+    // The peer's end of the stream can come first when this node's core
+    // had closed the session already (the peer's writer then finishes its
+    // side too): the end is this node's, with its core's reason.
+    let (why, by) = if by == EndedBy::PeerFinished && !node.has_session(sid) {
+        match tokio::time::timeout(CLOSING, &mut closed_rx).await {
+            Ok(reason) => closed_by_us(reason),
+            Err(_) => (why, by),
+        }
+    } else {
+        (why, by)
+    };
     node.link_down(sid, &why);
-    if refused {
+    if by == EndedBy::PeerRefused {
         debug!(%remote, sid, "replication session ended: {why}");
     } else {
         warn!(%remote, sid, "replication session ended: {why}");
     }
     // Let queued frames (our hello, a refusal) reach the peer, briefly.
-    let _ = tokio::time::timeout(Duration::from_millis(500), writer).await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
-    conn.close(CLOSE_ENDED.into(), why.as_bytes().get(..why.len().min(200)).unwrap_or(b"bye"));
-    if refused {
-        Ended::Refused
-    } else {
-        Ended::Closed
+    let _ = tokio::time::timeout(CLOSING, writer).await;
+    if by != EndedBy::Us {
+        // A peer that ended the session closes once its last frames are
+        // acknowledged, with its reason: that is what the node reports.
+        let _ = tokio::time::timeout(CLOSING, conn.closed()).await;
+        if by == EndedBy::PeerFinished {
+            if let Some(closed) = conn.close_reason() {
+                let (said, _) =
+                    read_failed(&node.peer.name, Some(closed), std::io::Error::other("closed"));
+                node.peer_said(said);
+            }
+        }
     }
+    conn.close(CLOSE_ENDED.into(), one_line(&why).as_bytes());
+    by
+}
+
+/// The session's end as this node's core (or its writer) said it.
+fn closed_by_us(
+    reason: Result<String, tokio::sync::oneshot::error::RecvError>,
+) -> (String, EndedBy) {
+    (reason.unwrap_or_else(|_| "closed".into()), EndedBy::Us)
 }
 
 /// Why reading the link failed, in words for the operator (with the
 /// peer's own reason when it closed the connection: `closed`, the
-/// connection's close reason), and whether `peer` refused the link.
+/// connection's close reason), and who ended the session.
 fn read_failed(
     peer: &str,
     closed: Option<quinn::ConnectionError>,
     e: std::io::Error,
-) -> (String, bool) {
+) -> (String, EndedBy) {
     match closed {
         Some(quinn::ConnectionError::ApplicationClosed(c)) => {
-            // The peer's words, kept short and on one line.
-            let reason: String = String::from_utf8_lossy(&c.reason)
-                .chars()
-                .take(200)
-                .map(|ch| if ch.is_control() { ' ' } else { ch })
-                .collect();
+            let reason = match one_line(&String::from_utf8_lossy(&c.reason)) {
+                r if r.is_empty() => "(no reason)".to_string(),
+                r => r,
+            };
             let code = c.error_code.into_inner();
             if code == u64::from(CLOSE_REFUSED) || code == u64::from(CLOSE_NOT_PEER) {
-                (format!("{peer} refused the link: {reason}"), true)
+                (format!("{peer} refused the link: {reason}"), EndedBy::PeerRefused)
             } else {
-                (format!("{peer} closed the link: {reason}"), false)
+                (format!("{peer} closed the link: {reason}"), EndedBy::Other)
             }
         }
-        Some(lost) => (format!("link: connection lost: {lost}"), false),
-        None => (format!("link: {e}"), false),
+        Some(quinn::ConnectionError::LocallyClosed) => {
+            ("the node closed the link".into(), EndedBy::Other)
+        }
+        // (A transport-level close carries the peer's words too.)
+        Some(lost) => (one_line(&format!("link: connection lost: {lost}")), EndedBy::Other),
+        None => (format!("link: {e}"), EndedBy::Other),
     }
+}
+
+/// Text from the peer, as it goes into logs and the status: one line of
+/// at most 200 characters.
+fn one_line(text: &str) -> String {
+    text.chars().take(200).map(|ch| if ch.is_control() { ' ' } else { ch }).collect()
 }
 
 /// Writes queued frames, batching what is ready into one vectored write.
@@ -456,7 +499,11 @@ async fn write_frames(
         }
         chunks.clear();
         if let Some(why) = close.take() {
-            let _ = send.finish();
+            // The session closes the connection next, which would drop
+            // what the peer has not acknowledged: wait for that, briefly.
+            if send.finish().is_ok() {
+                let _ = tokio::time::timeout(CLOSING, send.stopped()).await;
+            }
             let _ = closed.send(why);
             return;
         }
@@ -483,11 +530,11 @@ mod tests {
         let why = "the local disk is detached with operations it never completed";
         assert_eq!(
             read_failed("b", closed_by_peer(CLOSE_REFUSED, why), io()),
-            (format!("b refused the link: {why}"), true)
+            (format!("b refused the link: {why}"), EndedBy::PeerRefused)
         );
         assert_eq!(
             read_failed("b", closed_by_peer(CLOSE_NOT_PEER, "not the configured peer"), io()),
-            ("b refused the link: not the configured peer".to_string(), true)
+            ("b refused the link: not the configured peer".to_string(), EndedBy::PeerRefused)
         );
     }
 
@@ -495,14 +542,25 @@ mod tests {
     fn a_session_the_peer_ended_is_not_a_refusal() {
         assert_eq!(
             read_failed("b", closed_by_peer(CLOSE_ENDED, "the node is stopping"), io()),
-            ("b closed the link: the node is stopping".to_string(), false)
+            ("b closed the link: the node is stopping".to_string(), EndedBy::Other)
         );
         // The peer's reason is cut to one line of 200 characters.
         let long = format!("line\nbreak{}", "x".repeat(1000));
         let (why, _) = read_failed("b", closed_by_peer(CLOSE_ENDED, &long), io());
         assert_eq!(why, format!("b closed the link: line break{}", "x".repeat(190)));
+        assert_eq!(
+            read_failed("b", closed_by_peer(CLOSE_ENDED, ""), io()),
+            ("b closed the link: (no reason)".to_string(), EndedBy::Other)
+        );
+        assert_eq!(
+            read_failed("b", Some(quinn::ConnectionError::LocallyClosed), io()),
+            ("the node closed the link".to_string(), EndedBy::Other)
+        );
         let (why, refused) = read_failed("b", Some(quinn::ConnectionError::TimedOut), io());
-        assert_eq!((why.as_str(), refused), ("link: connection lost: timed out", false));
-        assert_eq!(read_failed("b", None, io()), ("link: connection lost".to_string(), false));
+        assert_eq!((why.as_str(), refused), ("link: connection lost: timed out", EndedBy::Other));
+        assert_eq!(
+            read_failed("b", None, io()),
+            ("link: connection lost".to_string(), EndedBy::Other)
+        );
     }
 }

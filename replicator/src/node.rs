@@ -729,6 +729,11 @@ impl Node {
         self.lock().core.link_refused()
     }
 
+    /// Session `sid` is the one in force.
+    pub fn has_session(&self, sid: SessionId) -> bool {
+        self.lock().core.session_id() == Some(sid)
+    }
+
     /// A session is in force (handshaking or running).
     pub fn has_link(&self) -> bool {
         self.lock().core.session_id().is_some()
@@ -795,6 +800,12 @@ impl Node {
 
     pub fn health(&self, ok: bool) {
         self.with_core(|c, now| c.health(now, ok));
+    }
+
+    /// What the peer said when it closed a session that already ended
+    /// here (its reason comes after its stream's end).
+    pub fn peer_said(&self, why: String) {
+        self.lock().core.handle_peer_reason(why);
     }
 
     pub fn set_rtt(&self, rtt: Duration) {

@@ -10,7 +10,7 @@ use crate::protocol::genid::{
 use crate::protocol::wire::{self, DiskState, Hello, Message, Role};
 
 use super::session::{Activity, Phase, Session, SourceStart, SourceSync};
-use super::types::{Plant, Progress, SessionId, Time};
+use super::types::{Linking, Plant, Progress, SessionId, Time};
 use super::{Action, Core};
 
 /// Largest number of runs per BITS frame.
@@ -288,7 +288,10 @@ impl Core {
                 decision = Decision::SyncSource { full: true };
             } else {
                 self.split_brain = true;
-                self.want_link = false;
+                self.linking = Linking::StandAlone(
+                    "StandAlone after a split brain (resolve with `discard-my-data` on one node, \
+                     then `connect` on both)",
+                );
                 return Err("split brain: both nodes changed the data while apart; nothing was \
                      overwritten (resolve with `twinblock discard-my-data` on the node whose \
                      changes to drop, then `connect` on both)"
@@ -296,7 +299,8 @@ impl Core {
             }
         }
         if decision == Decision::Unrelated {
-            self.want_link = false;
+            self.linking =
+                Linking::StandAlone("StandAlone: the peer's data shares no history with ours");
             return Err(
                 "the peer's data shares no history with ours (unrelated devices): refusing".into(),
             );
@@ -318,7 +322,8 @@ impl Core {
             Decision::SyncTarget { .. }
                 if self.role == Role::Primary || my_role == Role::Primary =>
             {
-                self.want_link = false;
+                self.linking =
+                    Linking::StandAlone("StandAlone: the peer's data is newer than this Primary's");
                 return Err("the peer's data is newer than this Primary's: refusing".into());
             }
             Decision::SyncSource { .. } if disk_rank(my_disk) == 0 || disk_rank(self.disk) == 0 => {

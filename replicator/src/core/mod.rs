@@ -47,6 +47,10 @@ pub use quorum::{
 };
 pub use types::*;
 
+/// Why a session ended when the peer ended its stream (the shell's words;
+/// the peer's own reason, which follows, replaces them).
+pub const PEER_FINISHED: &str = "the peer closed the link";
+
 use crate::bitmap::Bitmap;
 use crate::protocol::genid::{GenIds, NEVER_SYNCED};
 use crate::protocol::wire::{DiskState, Message, Op, Role};
@@ -153,8 +157,8 @@ pub struct Core {
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
     peer_promoted_at: u64,
-    /// The operator wants a peer link (false: StandAlone).
-    want_link: bool,
+    /// Whether the node wants a peer link, or stays StandAlone and why.
+    linking: Linking,
     split_brain: bool,
     discard: bool,
     dirty: Bitmap,
@@ -266,7 +270,7 @@ impl Core {
             promoted_at: meta.promoted_at,
             lost_acked: meta.lost_acked,
             peer_promoted_at: 0,
-            want_link: true,
+            linking: Linking::Wanted,
             split_brain: false,
             discard: false,
             dirty,
@@ -334,7 +338,7 @@ impl Core {
     pub fn connection(&self) -> Connection {
         match &self.session {
             Some(s) if s.phase == Phase::Running => Connection::Connected,
-            _ if !self.want_link => Connection::StandAlone,
+            _ if self.linking != Linking::Wanted => Connection::StandAlone,
             _ => Connection::Connecting,
         }
     }
@@ -356,8 +360,8 @@ impl Core {
     /// completed (a disk that stopped answering takes no sync until they
     /// return: each sync would time out on them again at once).
     pub fn link_refused(&self) -> Option<&'static str> {
-        if !self.want_link {
-            Some("StandAlone: disconnected by the operator")
+        if let Linking::StandAlone(why) = self.linking {
+            Some(why)
         } else if self.disk_hung() {
             Some("the local disk is detached with operations it never completed")
         } else {
@@ -802,12 +806,12 @@ impl Core {
 
     /// `connect`.
     pub fn connect(&mut self) {
-        self.want_link = true;
+        self.linking = Linking::Wanted;
     }
 
     /// `disconnect`: drops the link and stays StandAlone.
     pub fn disconnect(&mut self) {
-        self.want_link = false;
+        self.linking = Linking::StandAlone("StandAlone: disconnected by the operator");
         if let Some(sid) = self.session_id() {
             self.close_session(sid, "disconnected by the operator".into());
         }
@@ -822,7 +826,7 @@ impl Core {
         }
         self.discard = true;
         self.split_brain = false;
-        self.want_link = true;
+        self.linking = Linking::Wanted;
         tracing::warn!("discard-my-data: this node's changes will be overwritten by the peer");
         Ok(())
     }

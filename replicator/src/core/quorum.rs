@@ -40,7 +40,7 @@ use crate::config::Protocol;
 use crate::protocol::wire::{DiskState, Role};
 
 use super::session::Phase;
-use super::types::{Action, IoError, Plant, ReplyError, Time};
+use super::types::{Action, IoError, Linking, Plant, ReplyError, Time};
 use super::Core;
 
 /// What a Primary that lost quorum does with writes (`on-no-quorum`).
@@ -463,7 +463,7 @@ impl Core {
                 tracing::warn!("deposed with unacknowledged changes: they are discarded (full resync from the peer)");
                 self.discard = true;
                 self.split_brain = false;
-                self.want_link = true;
+                self.linking = Linking::Wanted;
             }
             self.release();
         }
@@ -751,7 +751,7 @@ impl Core {
             || now < c.quiet_until
             || !self.may_claim()
             || self.split_brain
-            || !self.want_link;
+            || self.linking != Linking::Wanted;
         let peer_gone = now >= c.peer_heard + c.cfg.dead_time;
         // A connected Secondary peer, no Primary around: the first start,
         // or a handover. The witness picks one claimant.

@@ -1891,6 +1891,10 @@ fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
         DiskState::Inconsistent,
         "a's acknowledged write is overwritten by a full sync from the stale b"
     );
+    // For the operator: the refusal of further links says why (it said
+    // "disconnected by the operator").
+    let why = d.c[0].link_refused().or(d.c[1].link_refused()).unwrap_or_default();
+    assert_eq!(why, "StandAlone: the peer's data is newer than this Primary's");
 }
 
 /// A Renew granted after the Primary demoted and released the right must
@@ -2625,4 +2629,26 @@ fn a_discard_does_not_outlive_a_promotion() {
     c.promote(false, 1).unwrap();
     c.demote().unwrap();
     assert!(!c.hello().discard, "the discard outlived the promotion");
+}
+
+/// The peer's reason for a session that ended when its stream did comes
+/// after the end: it replaces "the peer closed the link" in `last_error`,
+/// unless a new session is up by then (its reason is about an old one).
+#[test]
+fn the_peers_reason_for_an_ended_session_is_the_last_error() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::C);
+    c.handle_link_down(t, 1, PEER_FINISHED);
+    assert_eq!(c.status().last_error.as_deref(), Some(PEER_FINISHED));
+    c.handle_peer_reason("b closed the link: the local disk failed".into());
+    assert_eq!(c.status().last_error.as_deref(), Some("b closed the link: the local disk failed"));
+    // Only once, and only over the shell's words.
+    c.handle_peer_reason("b closed the link: again".into());
+    assert_eq!(c.status().last_error.as_deref(), Some("b closed the link: the local disk failed"));
+    connect(&mut c, 2, Role::Secondary);
+    c.handle_link_down(t, 2, PEER_FINISHED);
+    connect(&mut c, 3, Role::Secondary);
+    let before = c.status().last_error;
+    c.handle_peer_reason("b closed the link: replaced by a new connection".into());
+    assert_eq!(c.status().last_error, before, "a reason about an old session");
 }

@@ -32,6 +32,15 @@ pub enum Connection {
     Connected,
 }
 
+/// Whether a node wants a link to its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linking {
+    /// It dials (or accepts) its peer.
+    Wanted,
+    /// StandAlone, and why: the reason it gives a peer it refuses.
+    StandAlone(&'static str),
+}
+
 /// Replication state while connected (shared/DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Replication {

@@ -649,6 +649,17 @@ impl Core {
         self.last_error = Some(why);
     }
 
+    /// The peer's reason for a session that ended here when its stream
+    /// did (it comes with the peer's close, after): it replaces
+    /// [`PEER_FINISHED`](super::PEER_FINISHED) in `last_error`, unless a
+    /// new session is up or something else happened since.
+    pub fn handle_peer_reason(&mut self, why: String) {
+        if self.session.is_none() && self.last_error.as_deref() == Some(super::PEER_FINISHED) {
+            tracing::warn!("{why}");
+            self.last_error = Some(why);
+        }
+    }
+
     /// Closes session `sid` (a protocol fault, a timeout, the operator).
     pub(crate) fn close_session(&mut self, sid: super::SessionId, why: String) {
         if self.session_id() != Some(sid) {
