@@ -314,8 +314,15 @@ fn down_stops_a_node_cleanly() {
     assert!(p.down(1).success());
     p.wait_unlinked(0);
     // The peer says why it went.
-    let a = p.status(0);
-    assert_eq!(a["last_error"], "b closed the link: the node is stopping", "{a}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = p.status(0);
+        if a["last_error"] == "b closed the link: the node is stopping" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a does not give b's reason: {a}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = p.cli("status", &[], 1);
     assert_eq!(out.status.code(), Some(3), "status of a stopped node exits 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));

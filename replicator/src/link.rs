@@ -50,8 +50,8 @@ const CLOSE_REFUSED: u32 = 2;
 /// acknowledged, and for the peer's close.
 const CLOSING: Duration = Duration::from_millis(500);
 
-/// Who ended a session: it decides how the connection is closed, what
-/// the node is told, and what the dialer does next.
+/// Who ended a session: it decides how the connection is closed, and
+/// what the node is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EndedBy {
     /// This node's core (or a failed write): its stream is finished and
@@ -288,20 +288,20 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
         };
         match result {
             Ok((conn, send, recv)) => {
-                let pause = match run_session(node.clone(), conn, send, recv, stop.clone()).await {
-                    // A peer that takes no link now (its disk hangs) is
-                    // asked again, less and less often (the core logs its
-                    // answer once).
-                    EndedBy::PeerRefused => {
-                        let pause = backoff;
-                        backoff = (backoff * 2).min(base * 8);
-                        pause
-                    }
-                    EndedBy::Us | EndedBy::PeerFinished | EndedBy::Other => {
-                        backoff = base;
-                        last_warn = None;
-                        base
-                    }
+                let ran = run_session(node.clone(), conn, send, recv, stop.clone()).await;
+                let pause = if ran {
+                    // A session that ran: the next dial comes soon.
+                    backoff = base;
+                    last_warn = None;
+                    base
+                } else {
+                    // One that never got past its handshake (a peer that
+                    // takes no link now, its disk hanging; a handshake
+                    // either side refuses) is tried again less and less
+                    // often (the core logs a repeated refusal once).
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(base * 8);
+                    pause
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -324,14 +324,14 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
 }
 
 /// Runs one session until the link fails, the core closes it, or the node
-/// stops.
+/// stops; says whether it got past its handshake.
 async fn run_session(
     node: Arc<Node>,
     conn: quinn::Connection,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut stop: watch::Receiver<bool>,
-) -> EndedBy {
+) -> bool {
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let sid = node.link_up(out_tx);
@@ -343,6 +343,7 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mtu = 0u16;
     let mut room = true;
+    let mut ran = false;
     let (why, by): (String, EndedBy) = loop {
         // The store lane's backlog (a disk slower than the link) keeps
         // further frames in QUIC's window: the peer waits, not this node's
@@ -350,7 +351,7 @@ async fn run_session(
         if !room {
             tokio::select! {
                 _ = node.lane_room() => room = true,
-                reason = &mut closed_rx => break closed_by_us(reason),
+                end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
                 _ = stop.wait_for(|s| *s) => break ("the node is stopping".into(), EndedBy::Other),
             }
         }
@@ -373,8 +374,9 @@ async fn run_session(
                 }
                 Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
             },
-            reason = &mut closed_rx => break closed_by_us(reason),
+            end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
             _ = tick.tick() => {
+                ran = ran || node.session_running(sid);
                 node.set_rtt(conn.rtt());
                 let path = conn.stats().path;
                 if path.current_mtu != mtu {
@@ -388,9 +390,10 @@ async fn run_session(
     // The peer's end of the stream can come first when this node's core
     // had closed the session already (the peer's writer then finishes its
     // side too): the end is this node's, with its core's reason.
+    ran = ran || node.session_running(sid);
     let (why, by) = if by == EndedBy::PeerFinished && !node.has_session(sid) {
         match tokio::time::timeout(CLOSING, &mut closed_rx).await {
-            Ok(reason) => closed_by_us(reason),
+            Ok(end) => writer_ended(&node.peer.name, &conn, end),
             Err(_) => (why, by),
         }
     } else {
@@ -409,7 +412,8 @@ async fn run_session(
         // acknowledged, with its reason: that is what the node reports.
         let _ = tokio::time::timeout(CLOSING, conn.closed()).await;
         if by == EndedBy::PeerFinished {
-            if let Some(closed) = conn.close_reason() {
+            if let Some(closed @ quinn::ConnectionError::ApplicationClosed(_)) = conn.close_reason()
+            {
                 let (said, _) =
                     read_failed(&node.peer.name, Some(closed), std::io::Error::other("closed"));
                 node.peer_said(said);
@@ -417,14 +421,33 @@ async fn run_session(
         }
     }
     conn.close(CLOSE_ENDED.into(), one_line(&why).as_bytes());
-    by
+    ran
 }
 
-/// The session's end as this node's core (or its writer) said it.
-fn closed_by_us(
-    reason: Result<String, tokio::sync::oneshot::error::RecvError>,
+/// How the session's writer ended.
+#[derive(Debug)]
+enum WriterEnd {
+    /// The core closed the session (its reason); the stream is finished.
+    Closed(String),
+    /// A write failed (most often: the connection closed under it).
+    Failed(String),
+}
+
+/// The session's end as its writer tells it: the core's own end, or a
+/// failed write, which says what the connection's close says (a refusal
+/// from the peer is one).
+fn writer_ended(
+    peer: &str,
+    conn: &quinn::Connection,
+    end: Result<WriterEnd, tokio::sync::oneshot::error::RecvError>,
 ) -> (String, EndedBy) {
-    (reason.unwrap_or_else(|_| "closed".into()), EndedBy::Us)
+    match end {
+        Ok(WriterEnd::Closed(why)) => (why, EndedBy::Us),
+        Ok(WriterEnd::Failed(e)) => {
+            read_failed(peer, conn.close_reason(), std::io::Error::other(e))
+        }
+        Err(_) => ("closed".into(), EndedBy::Us),
+    }
 }
 
 /// Why reading the link failed, in words for the operator (with the
@@ -469,7 +492,7 @@ fn one_line(text: &str) -> String {
 async fn write_frames(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
-    closed: tokio::sync::oneshot::Sender<String>,
+    closed: tokio::sync::oneshot::Sender<WriterEnd>,
 ) {
     let mut chunks: Vec<Bytes> = Vec::with_capacity(128);
     fn push(chunks: &mut Vec<Bytes>, m: Message) {
@@ -494,7 +517,7 @@ async fn write_frames(
         }
         if let Err(e) = send.write_all_chunks(&mut chunks).await {
             debug!("link write failed: {e}");
-            let _ = closed.send(format!("link write failed: {e}"));
+            let _ = closed.send(WriterEnd::Failed(format!("link write failed: {e}")));
             return;
         }
         chunks.clear();
@@ -504,7 +527,7 @@ async fn write_frames(
             if send.finish().is_ok() {
                 let _ = tokio::time::timeout(CLOSING, send.stopped()).await;
             }
-            let _ = closed.send(why);
+            let _ = closed.send(WriterEnd::Closed(why));
             return;
         }
     }

@@ -734,6 +734,11 @@ impl Node {
         self.lock().core.session_id() == Some(sid)
     }
 
+    /// Session `sid` is in force and past its handshake.
+    pub fn session_running(&self, sid: SessionId) -> bool {
+        self.lock().core.session_running(sid)
+    }
+
     /// A session is in force (handshaking or running).
     pub fn has_link(&self) -> bool {
         self.lock().core.session_id().is_some()

@@ -369,6 +369,11 @@ impl Core {
         }
     }
 
+    /// Session `sid` is in force and past its handshake.
+    pub fn session_running(&self, sid: SessionId) -> bool {
+        self.session.as_ref().is_some_and(|s| s.id == sid && s.phase == session::Phase::Running)
+    }
+
     /// The session in force, if any (handshaking or running).
     pub fn session_id(&self) -> Option<SessionId> {
         self.session.as_ref().map(|s| s.id)
