@@ -95,7 +95,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         twinblock_nbd::serve(listener, node.clone(), config, stop).await?;
         crate::sd_notify::tell("STOPPING=1");
         let _ = stop_tx.send(true);
-        endpoint.close(0u32.into(), b"the node is stopping");
+        twinblock_replicator::link::close_on_stop(&endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         // The final flush covers every write the core issued: those still
         // on the store lane are performed first. Not on a detached disk

@@ -115,16 +115,16 @@ fn failing_pair(
     Some((p, disk, netem))
 }
 
-/// A pair in protocol C whose Primary a has a [`FuseDisk::hanging`] disk
-/// and `disk-timeout = "1s"`, in sync. None if a tool or root is missing
-/// (outside CI).
-fn hanging_pair(dir: &std::path::Path) -> Option<(Pair, FuseDisk)> {
+/// A pair in protocol C whose node `i` (0: the Primary a, 1: b) has a
+/// [`FuseDisk::hanging`] disk and `disk-timeout = "1s"`, in sync. None if
+/// a tool or root is missing (outside CI).
+fn hanging_pair(dir: &std::path::Path, i: usize) -> Option<(Pair, FuseDisk)> {
     if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
         return None;
     }
     let disk = FuseDisk::hanging(dir, "16M");
     let mut p = Pair::prepare("C", "16M");
-    p.set_disk(0, &disk.file());
+    p.set_disk(i, &disk.file());
     p.configure("disk-timeout = \"1s\"");
     p.up_in_sync("the first sync", Duration::from_secs(60));
     Some((p, disk))
@@ -205,7 +205,7 @@ fn a_primary_whose_disk_fails_acknowledges_only_what_the_peer_holds() {
 #[test]
 fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
-    let Some((mut p, disk)) = hanging_pair(dir.path()) else { return };
+    let Some((mut p, disk)) = hanging_pair(dir.path(), 0) else { return };
     // (Dropped before the pair, which kills its nodes and waits for them.)
     let _resume = disk.resume_on_drop();
 
@@ -254,7 +254,7 @@ fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
 #[test]
 fn a_node_whose_disk_hangs_stops_on_down() {
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
-    let Some((mut p, disk)) = hanging_pair(dir.path()) else { return };
+    let Some((mut p, disk)) = hanging_pair(dir.path(), 0) else { return };
     let _resume = disk.resume_on_drop();
     disk.hang(true);
     // One write meets the hung disk: answered once the disk is detached
@@ -310,7 +310,7 @@ fn a_node_whose_disk_hangs_stops_on_down() {
 #[test]
 fn a_read_the_disk_never_answers_detaches_it_after_disk_timeout() {
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
-    let Some((p, disk)) = hanging_pair(dir.path()) else { return };
+    let Some((p, disk)) = hanging_pair(dir.path(), 0) else { return };
     let _resume = disk.resume_on_drop();
     // The disk's pages out of the page cache: the read must reach the disk.
     let f = std::fs::File::open(disk.file()).unwrap();
@@ -390,15 +390,8 @@ fn log_seconds(line: &str) -> Option<f64> {
 /// link and a full sync onto the disk it detached: both disks are equal.
 #[test]
 fn a_secondary_whose_disk_hangs_refuses_the_link_until_it_answers() {
-    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
-        return;
-    }
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
-    let disk = FuseDisk::hanging(dir.path(), "16M");
-    let mut p = Pair::prepare("C", "16M");
-    p.set_disk(1, &disk.file());
-    p.configure("disk-timeout = \"1s\"");
-    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let Some((p, disk)) = hanging_pair(dir.path(), 1) else { return };
     // (Dropped before the pair, which kills its nodes and waits for them.)
     let _resume = disk.resume_on_drop();
 

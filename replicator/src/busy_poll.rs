@@ -9,7 +9,7 @@
 //! idle vCPUs halt (no guest halt polling, as on this project's test
 //! machine), each such wake-up costs an inter-processor interrupt and a
 //! halted vCPU's exit: measured here, a protocol C 4 KiB write at QD1
-//! went from about 250 µs to about 100 µs (README, "Busy polling"). The
+//! went from about 230 µs to about 75 µs (README, "Busy polling"). The
 //! thread yields between looks, so a runnable thread (fio, the NBD
 //! connection, the peer node) takes the CPU first; an idle node spins at
 //! most the budget after each burst of work (its timers, keep-alives

@@ -46,6 +46,9 @@ const CLOSE_ENDED: u32 = 0;
 const CLOSE_NOT_PEER: u32 = 1;
 const CLOSE_REFUSED: u32 = 2;
 
+/// Why a session ends when its node stops (the peer is told so too).
+const NODE_STOPPING: &str = "the node is stopping";
+
 /// How long a closing session waits for its last frames to be
 /// acknowledged, and for the peer's close.
 const CLOSING: Duration = Duration::from_millis(500);
@@ -142,6 +145,12 @@ pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endp
         })
         .map_err(LinkError::Runtime)?;
     Ok(endpoint)
+}
+
+/// Closes the link's endpoint as the node stops: every connection ends
+/// with that reason for the peer.
+pub fn close_on_stop(endpoint: &quinn::Endpoint) {
+    endpoint.close(CLOSE_ENDED.into(), NODE_STOPPING.as_bytes());
 }
 
 /// The peer link's QUIC endpoint on `socket` (inside a tokio runtime,
@@ -352,7 +361,7 @@ async fn run_session(
             tokio::select! {
                 _ = node.lane_room() => room = true,
                 end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
-                _ = stop.wait_for(|s| *s) => break ("the node is stopping".into(), EndedBy::Other),
+                _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
             }
         }
         tokio::select! {
@@ -384,7 +393,7 @@ async fn run_session(
                     debug!(mtu, "replication link: path MTU (UDP payload) changed");
                 }
             }
-            _ = stop.wait_for(|s| *s) => break ("the node is stopping".into(), EndedBy::Other),
+            _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
         }
     };
     // The peer's end of the stream can come first when this node's core
@@ -412,11 +421,8 @@ async fn run_session(
         // acknowledged, with its reason: that is what the node reports.
         let _ = tokio::time::timeout(CLOSING, conn.closed()).await;
         if by == EndedBy::PeerFinished {
-            if let Some(closed @ quinn::ConnectionError::ApplicationClosed(_)) = conn.close_reason()
-            {
-                let (said, _) =
-                    read_failed(&node.peer.name, Some(closed), std::io::Error::other("closed"));
-                node.peer_said(said);
+            if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+                node.peer_said(peer_closed(&node.peer.name, &c).0);
             }
         }
     }
@@ -430,7 +436,7 @@ enum WriterEnd {
     /// The core closed the session (its reason); the stream is finished.
     Closed(String),
     /// A write failed (most often: the connection closed under it).
-    Failed(String),
+    Failed(quinn::WriteError),
 }
 
 /// The session's end as its writer tells it: the core's own end, or a
@@ -443,40 +449,43 @@ fn writer_ended(
 ) -> (String, EndedBy) {
     match end {
         Ok(WriterEnd::Closed(why)) => (why, EndedBy::Us),
-        Ok(WriterEnd::Failed(e)) => {
-            read_failed(peer, conn.close_reason(), std::io::Error::other(e))
-        }
+        Ok(WriterEnd::Failed(e)) => read_failed(peer, conn.close_reason(), e),
         Err(_) => ("closed".into(), EndedBy::Us),
     }
 }
 
-/// Why reading the link failed, in words for the operator (with the
-/// peer's own reason when it closed the connection: `closed`, the
-/// connection's close reason), and who ended the session.
+/// Why the link failed, in words for the operator: with the peer's own
+/// reason when it closed the connection (`closed`, the connection's close
+/// reason), else what the read or write said (`e`); and who ended the
+/// session.
 fn read_failed(
     peer: &str,
     closed: Option<quinn::ConnectionError>,
-    e: std::io::Error,
+    e: impl std::fmt::Display,
 ) -> (String, EndedBy) {
     match closed {
-        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
-            let reason = match one_line(&String::from_utf8_lossy(&c.reason)) {
-                r if r.is_empty() => "(no reason)".to_string(),
-                r => r,
-            };
-            let code = c.error_code.into_inner();
-            if code == u64::from(CLOSE_REFUSED) || code == u64::from(CLOSE_NOT_PEER) {
-                (format!("{peer} refused the link: {reason}"), EndedBy::PeerRefused)
-            } else {
-                (format!("{peer} closed the link: {reason}"), EndedBy::Other)
-            }
-        }
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => peer_closed(peer, &c),
         Some(quinn::ConnectionError::LocallyClosed) => {
             ("the node closed the link".into(), EndedBy::Other)
         }
         // (A transport-level close carries the peer's words too.)
         Some(lost) => (one_line(&format!("link: connection lost: {lost}")), EndedBy::Other),
         None => (format!("link: {e}"), EndedBy::Other),
+    }
+}
+
+/// The peer's close of the connection, in its words: a refusal of the
+/// link, or the end of a session.
+fn peer_closed(peer: &str, c: &quinn::ApplicationClose) -> (String, EndedBy) {
+    let reason = match one_line(&String::from_utf8_lossy(&c.reason)) {
+        r if r.is_empty() => "(no reason)".to_string(),
+        r => r,
+    };
+    let code = c.error_code.into_inner();
+    if code == u64::from(CLOSE_REFUSED) || code == u64::from(CLOSE_NOT_PEER) {
+        (format!("{peer} refused the link: {reason}"), EndedBy::PeerRefused)
+    } else {
+        (format!("{peer} closed the link: {reason}"), EndedBy::Other)
     }
 }
 
@@ -517,7 +526,7 @@ async fn write_frames(
         }
         if let Err(e) = send.write_all_chunks(&mut chunks).await {
             debug!("link write failed: {e}");
-            let _ = closed.send(WriterEnd::Failed(format!("link write failed: {e}")));
+            let _ = closed.send(WriterEnd::Failed(e));
             return;
         }
         chunks.clear();
@@ -564,7 +573,7 @@ mod tests {
     #[test]
     fn a_session_the_peer_ended_is_not_a_refusal() {
         assert_eq!(
-            read_failed("b", closed_by_peer(CLOSE_ENDED, "the node is stopping"), io()),
+            read_failed("b", closed_by_peer(CLOSE_ENDED, NODE_STOPPING), io()),
             ("b closed the link: the node is stopping".to_string(), EndedBy::Other)
         );
         // The peer's reason is cut to one line of 200 characters.
