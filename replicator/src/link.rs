@@ -353,6 +353,7 @@ async fn run_session(
     let mut mtu = 0u16;
     let mut room = true;
     let mut ran = false;
+    let mut faulted = None;
     let (why, by): (String, EndedBy) = loop {
         // The store lane's backlog (a disk slower than the link) keeps
         // further frames in QUIC's window: the peer waits, not this node's
@@ -378,7 +379,12 @@ async fn run_session(
                     };
                     room = node.frames(sid, msgs);
                     if let Some(f) = fault {
-                        break (f, EndedBy::Other);
+                        // This node's decision, as for a frame the core
+                        // refuses: its core ends the session, the writer
+                        // finishes the stream, and the link closes at once
+                        // with the fault as the reason the peer reads.
+                        node.link_fault(sid, f.clone());
+                        faulted = Some(f);
                     }
                 }
                 Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
@@ -394,6 +400,12 @@ async fn run_session(
                 }
             }
             _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
+        }
+        if let Some(f) = faulted.take() {
+            break match tokio::time::timeout(CLOSING, &mut closed_rx).await {
+                Ok(end) => writer_ended(&node.peer.name, &conn, end),
+                Err(_) => (f, EndedBy::Us),
+            };
         }
     };
     // The peer's end of the stream can come first when this node's core

@@ -770,6 +770,15 @@ impl Node {
         sh.lane.has_room()
     }
 
+    /// The link's reader could not decode the peer's frames: the core
+    /// ends the session with `why` (its writer then closes the link).
+    pub fn link_fault(&self, sid: SessionId, why: String) {
+        let mut sh = self.lock();
+        let now = self.now();
+        sh.core.handle_link_fault(now, sid, why);
+        self.drain(&mut sh);
+    }
+
     pub fn link_down(&self, sid: SessionId, why: &str) {
         let mut sh = self.lock();
         sh.links.remove(&sid);

@@ -2652,3 +2652,33 @@ fn the_peers_reason_for_an_ended_session_is_the_last_error() {
     c.handle_peer_reason("b closed the link: replaced by a new connection".into());
     assert_eq!(c.status().last_error, before, "a reason about an old session");
 }
+
+/// What the shell could not decode ends the session as this node's own
+/// decision: the Close carries the fault as the reason for the peer, a
+/// write the peer had not confirmed is marked out of sync (and answered
+/// once the mark is durable), and a fault reported for an older session
+/// changes nothing.
+#[test]
+fn a_link_fault_closes_the_session_with_its_reason() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::C);
+    let mut held = Vec::new();
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    let mut acts = issue(&mut c, t, &mut held);
+    c.handle_link_fault(t, 7, "link fault: unknown frame type 238".into());
+    assert!(!closed(&drain(&mut c)), "a fault of another session closed this one");
+    c.handle_link_fault(t, 1, "link fault: unknown frame type 238".into());
+    acts.extend(issue(&mut c, t, &mut held));
+    let reason = acts.iter().find_map(|a| match a {
+        Action::Close { session: 1, reason } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("link fault: unknown frame type 238"), "{acts:?}");
+    assert_eq!(c.status().last_error.as_deref(), Some("link fault: unknown frame type 238"));
+    assert!(c.status().out_of_sync_bytes > 0, "the unconfirmed write is not marked");
+    for (io, _) in held.drain(..) {
+        c.handle_io(t, io, Ok(None));
+    }
+    acts.extend(run(&mut c, t));
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())]);
+}

@@ -669,6 +669,15 @@ impl Core {
         self.lose_session(why);
     }
 
+    /// The shell could not decode what the peer sent on `sid` (a frame no
+    /// node sends): this node ends the session, as for a frame it refuses
+    /// (`apply`), with `why` as its reason for the peer.
+    pub fn handle_link_fault(&mut self, now: Time, sid: super::SessionId, why: String) {
+        self.now = self.now.max(now);
+        self.close_session(sid, why);
+        self.pump();
+    }
+
     /// The shell's link for `sid` is gone.
     pub fn handle_link_down(&mut self, now: Time, sid: super::SessionId, why: &str) {
         self.now = self.now.max(now);
