@@ -383,8 +383,8 @@ async fn run_session(
                         // refuses: its core ends the session, the writer
                         // finishes the stream, and the link closes at once
                         // with the fault as the reason the peer reads.
-                        node.link_fault(sid, f.clone());
-                        faulted = Some(f);
+                        let ours = node.link_fault(sid, f.clone());
+                        faulted = Some((f, ours));
                     }
                 }
                 Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
@@ -401,10 +401,16 @@ async fn run_session(
             }
             _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
         }
-        if let Some(f) = faulted.take() {
+        // (A session that faults is not one that ran, whenever it got past
+        // its handshake: the dialer backs off from such a peer.)
+        if let Some((f, ours)) = faulted.take() {
             break match tokio::time::timeout(CLOSING, &mut closed_rx).await {
                 Ok(end) => writer_ended(&node.peer.name, &conn, end),
-                Err(_) => (f, EndedBy::Us),
+                // The writer is held up (flow control): close anyway.
+                Err(_) if ours => (f, EndedBy::Us),
+                // The core had ended the session before, for its own
+                // reason (in its status); the close says what we know.
+                Err(_) => (f, EndedBy::Other),
             };
         }
     };

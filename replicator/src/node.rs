@@ -772,11 +772,14 @@ impl Node {
 
     /// The link's reader could not decode the peer's frames: the core
     /// ends the session with `why` (its writer then closes the link).
-    pub fn link_fault(&self, sid: SessionId, why: String) {
+    /// False if the core had ended that session already.
+    pub fn link_fault(&self, sid: SessionId, why: String) -> bool {
         let mut sh = self.lock();
         let now = self.now();
+        let ours = sh.core.session_id() == Some(sid);
         sh.core.handle_link_fault(now, sid, why);
         self.drain(&mut sh);
+        ours
     }
 
     pub fn link_down(&self, sid: SessionId, why: &str) {
