@@ -440,7 +440,7 @@ async fn run_session(
         let _ = tokio::time::timeout(CLOSING, conn.closed()).await;
         if by == EndedBy::PeerFinished {
             if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
-                node.peer_said(peer_closed(&node.peer.name, &c).0);
+                node.peer_said(sid, peer_closed(&node.peer.name, &c).0);
             }
         }
     }

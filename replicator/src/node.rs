@@ -819,10 +819,10 @@ impl Node {
         self.with_core(|c, now| c.health(now, ok));
     }
 
-    /// What the peer said when it closed a session that already ended
-    /// here (its reason comes after its stream's end).
-    pub fn peer_said(&self, why: String) {
-        self.lock().core.handle_peer_reason(why);
+    /// What the peer said when it closed session `sid`, which already
+    /// ended here (its reason comes after its stream's end).
+    pub fn peer_said(&self, sid: SessionId, why: String) {
+        self.lock().core.handle_peer_reason(sid, why);
     }
 
     pub fn set_rtt(&self, rtt: Duration) {

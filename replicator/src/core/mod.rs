@@ -202,6 +202,9 @@ pub struct Core {
     actions: VecDeque<Action>,
     counters: CoreCounters,
     last_error: Option<String>,
+    /// The session whose loss `last_error` tells (a peer's late reason
+    /// is about that one or none).
+    last_lost: Option<SessionId>,
     /// The failover controller's state (None: no controller).
     ctl: Option<quorum::Ctl>,
     /// This process started a generation the peer does not have since it
@@ -295,6 +298,7 @@ impl Core {
             actions: VecDeque::new(),
             counters: CoreCounters::default(),
             last_error: None,
+            last_lost: None,
             ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
             separated: false,
             backoff: adaptive::Backoff::default(),

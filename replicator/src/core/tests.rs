@@ -2640,17 +2640,24 @@ fn the_peers_reason_for_an_ended_session_is_the_last_error() {
     let mut c = connected_primary(Protocol::C);
     c.handle_link_down(t, 1, PEER_FINISHED);
     assert_eq!(c.status().last_error.as_deref(), Some(PEER_FINISHED));
-    c.handle_peer_reason("b closed the link: the local disk failed".into());
+    c.handle_peer_reason(1, "b closed the link: the local disk failed".into());
     assert_eq!(c.status().last_error.as_deref(), Some("b closed the link: the local disk failed"));
     // Only once, and only over the shell's words.
-    c.handle_peer_reason("b closed the link: again".into());
+    c.handle_peer_reason(1, "b closed the link: again".into());
     assert_eq!(c.status().last_error.as_deref(), Some("b closed the link: the local disk failed"));
     connect(&mut c, 2, Role::Secondary);
     c.handle_link_down(t, 2, PEER_FINISHED);
     connect(&mut c, 3, Role::Secondary);
     let before = c.status().last_error;
-    c.handle_peer_reason("b closed the link: replaced by a new connection".into());
-    assert_eq!(c.status().last_error, before, "a reason about an old session");
+    c.handle_peer_reason(2, "b closed the link: replaced by a new connection".into());
+    assert_eq!(c.status().last_error, before, "a reason about an old session, a new one up");
+    // Session 3 ends too before session 2's reason arrives: that reason
+    // is about 2, not 3.
+    c.handle_link_down(t, 3, PEER_FINISHED);
+    c.handle_peer_reason(2, "b closed the link: replaced by a new connection".into());
+    assert_eq!(c.status().last_error.as_deref(), Some(PEER_FINISHED), "an older session's reason");
+    c.handle_peer_reason(3, "b closed the link: the node is stopping".into());
+    assert_eq!(c.status().last_error.as_deref(), Some("b closed the link: the node is stopping"));
 }
 
 /// What the shell could not decode ends the session as this node's own

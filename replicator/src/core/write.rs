@@ -608,6 +608,7 @@ impl Core {
     /// of sync; the replies that waited for it go out once that is durable.
     pub(crate) fn lose_session(&mut self, why: String) {
         let Some(s) = self.session.take() else { return };
+        self.last_lost = Some(s.id);
         let mut lost_app = false;
         for (_, o) in s.out {
             if let OutKind::Bench(req) = o.kind {
@@ -649,12 +650,16 @@ impl Core {
         self.last_error = Some(why);
     }
 
-    /// The peer's reason for a session that ended here when its stream
-    /// did (it comes with the peer's close, after): it replaces
-    /// [`PEER_FINISHED`](super::PEER_FINISHED) in `last_error`, unless a
-    /// new session is up or something else happened since.
-    pub fn handle_peer_reason(&mut self, why: String) {
-        if self.session.is_none() && self.last_error.as_deref() == Some(super::PEER_FINISHED) {
+    /// The peer's reason for session `sid`, which ended here when its
+    /// stream did (the reason comes with the peer's close, after): it
+    /// replaces [`PEER_FINISHED`](super::PEER_FINISHED) in `last_error`,
+    /// unless a new session is up, a newer one was lost since, or
+    /// something else happened since.
+    pub fn handle_peer_reason(&mut self, sid: super::SessionId, why: String) {
+        if self.session.is_none()
+            && self.last_lost == Some(sid)
+            && self.last_error.as_deref() == Some(super::PEER_FINISHED)
+        {
             tracing::warn!("{why}");
             self.last_error = Some(why);
         }
