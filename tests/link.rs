@@ -7,8 +7,6 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use twinblock_replicator::{link, tls};
-
 fn certs(dir: &std::path::Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_twinblock"))
         .args(["gen-certs", "--out"])
@@ -20,19 +18,7 @@ fn certs(dir: &std::path::Path) {
 }
 
 fn endpoint(dir: &std::path::Path, name: &str) -> quinn::Endpoint {
-    let transport = tls::transport(Duration::from_secs(10), Duration::from_secs(1));
-    let (server, client) = tls::endpoint_configs(
-        &dir.join("ca.pem"),
-        &dir.join(format!("{name}.pem")),
-        &dir.join(format!("{name}.key")),
-        "linktest",
-        transport,
-    )
-    .expect("TLS configs");
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let mut e = link::endpoint(socket, server).expect("endpoint");
-    e.set_default_client_config(client);
-    e
+    common::quic::link_endpoint(dir, name, "linktest")
 }
 
 /// quinn sends up to ten datagrams of the path MTU per `sendmsg`; at jumbo

@@ -6,29 +6,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::pair::Pair;
-use twinblock_replicator::{link, tls};
-
-/// A QUIC endpoint with node `name`'s certificate of the pair in `dir`.
-fn endpoint_as(dir: &Path, name: &str) -> quinn::Endpoint {
-    let certs = dir.join("certs");
-    let transport = tls::transport(Duration::from_secs(10), Duration::from_secs(1));
-    let (server, client) = tls::endpoint_configs(
-        &certs.join("ca.pem"),
-        &certs.join(format!("{name}.pem")),
-        &certs.join(format!("{name}.key")),
-        "r0",
-        transport,
-    )
-    .expect("TLS configs");
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let mut e = link::endpoint(socket, server).expect("endpoint");
-    e.set_default_client_config(client);
-    e
-}
 
 #[test]
 fn a_peer_that_sends_an_undecodable_frame_is_closed_with_the_reason() {
@@ -38,7 +18,7 @@ fn a_peer_that_sends_an_undecodable_frame_is_closed_with_the_reason() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (reason, waited) = rt.block_on(async {
-        let liar = endpoint_as(p.dir.path(), "a");
+        let liar = common::quic::link_endpoint(&p.dir.path().join("certs"), "a", "r0");
         let conn = liar.connect(b_addr, "b").unwrap().await.expect("mutual TLS as a");
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         // A frame of 5 bytes whose type no version of the protocol has.

@@ -774,12 +774,7 @@ impl Node {
     /// ends the session with `why` (its writer then closes the link).
     /// False if the core had ended that session already.
     pub fn link_fault(&self, sid: SessionId, why: String) -> bool {
-        let mut sh = self.lock();
-        let now = self.now();
-        let ours = sh.core.session_id() == Some(sid);
-        sh.core.handle_link_fault(now, sid, why);
-        self.drain(&mut sh);
-        ours
+        self.with_core(|c, now| c.handle_link_fault(now, sid, why))
     }
 
     pub fn link_down(&self, sid: SessionId, why: &str) {

@@ -5,6 +5,7 @@
 pub mod fusedisk;
 pub mod nbd;
 pub mod pair;
+pub mod quic;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -676,11 +676,14 @@ impl Core {
 
     /// The shell could not decode what the peer sent on `sid` (a frame no
     /// node sends): this node ends the session, as for a frame it refuses
-    /// (`apply`), with `why` as its reason for the peer.
-    pub fn handle_link_fault(&mut self, now: Time, sid: super::SessionId, why: String) {
+    /// (`apply`), with `why` as its reason for the peer. False if `sid`
+    /// had ended already (for a reason of its own).
+    pub fn handle_link_fault(&mut self, now: Time, sid: super::SessionId, why: String) -> bool {
         self.now = self.now.max(now);
+        let ours = self.session_id() == Some(sid);
         self.close_session(sid, why);
         self.pump();
+        ours
     }
 
     /// The shell's link for `sid` is gone.
