@@ -83,28 +83,39 @@ node_ticks() {
   done
   echo "$t"
 }
+# relay_ticks: the same for the pair's netem relay ($RELAY_PID; 0 without).
+RELAY_PID=""
+relay_ticks() {
+  local u s
+  [[ -n $RELAY_PID ]] || { echo 0; return; }
+  read -r u s < <(cut -d' ' -f14,15 "/proc/$RELAY_PID/stat" 2>/dev/null || echo "0 0")
+  echo $((u + s))
+}
 # fio_run URI ARGS...: one job; prints "iops MiB/s clat_mean_us clat_p50_us
-# clat_p99_us cpu_us_per_op" (the nodes' CPU time per operation, over the
-# whole run: what a write costs the machine, whatever it waits for).
+# clat_p99_us cpu_us_per_op relay_cpu_pct" (the nodes' CPU time per
+# operation, over the whole run: what a write costs the machine, whatever
+# it waits for; the relay's CPU in per cent of a core, 0 without one).
 fio_run() {
   local uri=$1; shift
-  local c0 t0 c1 t1
-  c0=$(node_ticks); t0=$(date +%s.%N)
+  local c0 t0 c1 t1 r0 r1
+  c0=$(node_ticks); r0=$(relay_ticks); t0=$(date +%s.%N)
   fio --name=b --ioengine=nbd --uri="$uri" "$@" --size="$SIZE" --time_based --runtime="$RUNTIME" \
       --ramp_time=1 --output-format=json --output="$WORK/out.json" >/dev/null
-  c1=$(node_ticks); t1=$(date +%s.%N)
+  c1=$(node_ticks); r1=$(relay_ticks); t1=$(date +%s.%N)
   python3 -c '
 import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
 ticks, tck, wall = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4])
 cpu = ticks / tck * 1e6 / max(w["iops"] * wall, 1)
-print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu)' \
-    "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1"
+relay = float(sys.argv[6]) / tck / wall * 100
+print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu, relay)' \
+    "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1" "$((r1 - r0))"
 }
 
 # pair MODE [RELAY_DELAY] [EXTRA]: starts a loopback pair (b reached
 # through a netem relay when a delay is given), a Primary; sets URI, CFG.
 pair() {
   local mode=$1 delay=${2:-} extra=${3:-} relay=""
+  RELAY_PID=""
   rm -f "$WORK"/{a,b}.{img,meta}
   local aq bq an bn
   aq=$(free_port udp); bq=$(free_port udp); an=$(free_port tcp); bn=$(free_port tcp)
@@ -112,6 +123,7 @@ pair() {
     relay=$(free_port udp)
     "$BIN" netem --listen "127.0.0.1:$relay" --forward "127.0.0.1:$bq" --delay "$delay" >"$WORK/netem.log" 2>&1 &
     PIDS+=($!)
+    RELAY_PID=$!
   fi
   CFG=$WORK/r.toml
   pair_config "$CFG" bench "$mode" "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay" "$extra"
@@ -313,6 +325,10 @@ if "relay|rtt" in d:
     ratios = [v / (32 / (r / 1e6)) for v, r in zip(qd32, rtts)]
     print(f"  4k QD32: {statistics.median(qd32):,.0f} IOPS; ceiling 32/RTT = {32 / (rtt / 1e6):,.0f}: "
           f"{statistics.median(ratios):.2f} of it (target: 0.8)")
+    if n > 1:
+        print("  QD32 / (32/RTT) per run: " + ", ".join(f"{r:.2f}" for r in ratios))
+    print(f"  the relay's own CPU during QD1 / QD32: {med('relay|4k randwrite QD1', 6):.0f}% / "
+          f"{med('relay|4k randwrite QD32', 6):.0f}% of a core (a real network takes none of the nodes')")
 if "adaptive|4k randwrite QD1" in d:
     print(f"\nadaptive (latency_budget {budget}) through netem relays ({adaptive_delay} each way), {sys.argv[8]} device")
     p50 = med("adaptive|4k randwrite QD1", 3); p99 = med("adaptive|4k randwrite QD1", 4)

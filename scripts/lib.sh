@@ -36,7 +36,8 @@ pair_promote() {
 }
 
 # bench_setup NAME PREFIX: what the replication benchmarks share — fio,
-# nbdinfo and python3 present, a release build without the AWS SDK ($BIN),
+# nbdinfo and python3 present, a release build without the AWS SDK ($BIN;
+# $TWINBLOCK_BIN instead names a binary built elsewhere),
 # a work directory ($WORK, removed on exit) with certificates for a and b,
 # and $PIDS, stopped on exit (stop_all stops them earlier).
 bench_setup() {
@@ -44,8 +45,12 @@ bench_setup() {
   for t in fio nbdinfo python3; do
     command -v $t >/dev/null || { echo "$name: $t is missing (scripts/setup.sh)" >&2; exit 1; }
   done
-  cargo build --release -q --no-default-features
-  BIN=$PWD/target/release/twinblock
+  if [[ -n ${TWINBLOCK_BIN:-} ]]; then
+    BIN=$TWINBLOCK_BIN # another build, for before/after comparisons
+  else
+    cargo build --release -q --no-default-features
+    BIN=$PWD/target/release/twinblock
+  fi
   WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/$prefix.XXXXXX")
   PIDS=()
   trap 'stop_all; rm -rf "$WORK"' EXIT

@@ -1,0 +1,265 @@
+//! Datagrams in batches, as the kernel's UDP offloads carry them: a read
+//! with receive offload (`UDP_GRO`) returns the datagrams a sender passed
+//! in one segmented send (`UDP_SEGMENT`), back to back, each `seg` bytes
+//! but the last; a segmented send hands such a batch back in one call.
+//!
+//! The replication link sends in such batches (seven jumbo datagrams per
+//! send). A relay that read and wrote them one by one spent a system call
+//! and a wake-up per datagram, on the cores the nodes it sits between
+//! share, and delivered them to the receiving node one by one, where a
+//! network card's receive offload would have coalesced them.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+
+/// The kernel takes at most this many segments in one send.
+const MAX_SEGMENTS: usize = 64;
+
+/// Datagrams received together: `len` bytes of the buffer, each datagram
+/// `seg` bytes but the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub len: usize,
+    pub seg: usize,
+    pub from: SocketAddr,
+}
+
+impl Batch {
+    /// The datagrams of `data` (this batch's bytes) one by one.
+    pub fn datagrams<'a>(&self, data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        data[..self.len].chunks(self.seg.max(1))
+    }
+}
+
+/// Asks the kernel to hand this socket's datagrams over in batches. Where
+/// it cannot, reads return one datagram each, which [`recv`] handles too.
+pub fn enable_receive_offload(sock: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid fd and a pointer to a c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One read: a batch of datagrams into `buf` (at least 64 KiB).
+pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 8]>() as _;
+    // SAFETY: msg points at live buffers of the sizes it gives.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = n as usize;
+    let mut seg = len;
+    // SAFETY: the kernel filled msg's control buffer; the CMSG macros walk
+    // it within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                if v > 0 {
+                    seg = v as usize;
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = sockaddr_to_std(&addr)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from no address"))?;
+    Ok(Batch { len, seg: seg.min(len).max(1), from })
+}
+
+/// Sends `data`, datagrams of `seg` bytes but the last, to `to` (or the
+/// socket's connected peer): in segmented sends of up to 64 datagrams
+/// where the kernel takes them, else one by one.
+pub fn send(sock: &UdpSocket, data: &[u8], seg: usize, to: Option<SocketAddr>) -> io::Result<()> {
+    let seg = seg.max(1);
+    if data.len() <= seg {
+        return send_one(sock, data, to);
+    }
+    for chunk in data.chunks(seg * MAX_SEGMENTS) {
+        if chunk.len() <= seg {
+            send_one(sock, chunk, to)?;
+            continue;
+        }
+        match send_segmented(sock, chunk, seg, to) {
+            Ok(()) => {}
+            // No segmentation offload on this path: one by one.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                ) =>
+            {
+                for d in chunk.chunks(seg) {
+                    send_one(sock, d, to)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn send_one(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
+    match to {
+        Some(to) => sock.send_to(data, to),
+        None => sock.send(data),
+    }
+    .map(|_| ())
+}
+
+fn send_segmented(
+    sock: &UdpSocket,
+    data: &[u8],
+    seg: usize,
+    to: Option<SocketAddr>,
+) -> io::Result<()> {
+    let seg = u16::try_from(seg)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment over 64 KiB"))?;
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    if let Some(to) = to {
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std_to_sockaddr(to, &mut addr);
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure computations; the control buffer
+    // (32 bytes) holds one cmsg with a u16 (CMSG_SPACE(2) = 24).
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+    }
+    // SAFETY: msg points at live buffers of the sizes it gives.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sockaddr_to_std(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match a.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a4 = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(a4.sin_addr.s_addr).into(),
+                u16::from_be(a4.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a6 = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                a6.sin6_addr.s6_addr.into(),
+                u16::from_be(a6.sin6_port),
+                a6.sin6_flowinfo,
+                a6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn std_to_sockaddr(to: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match to {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let a4 =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            a4.sin_family = libc::AF_INET as libc::sa_family_t;
+            a4.sin_port = v4.port().to_be();
+            a4.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
+            let a6 =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            a6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a6.sin6_port = v6.port().to_be();
+            a6.sin6_addr.s6_addr = v6.ip().octets();
+            a6.sin6_flowinfo = v6.flowinfo();
+            a6.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seven datagrams sent in one segmented send arrive as one batch that
+    /// splits back into the same seven, and a lone datagram is a batch of one.
+    #[test]
+    fn a_segmented_send_arrives_as_one_batch_of_the_same_datagrams() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_receive_offload(&rx).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let sent: Vec<Vec<u8>> =
+            (0..7u8).map(|i| vec![i; if i == 6 { 300 } else { 1200 }]).collect();
+        send(&tx, &sent.concat(), 1200, Some(to)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let b = recv(&rx, &mut buf).unwrap();
+        assert_eq!(b.from, tx.local_addr().unwrap());
+        let got: Vec<Vec<u8>> = b.datagrams(&buf).map(<[u8]>::to_vec).collect();
+        assert_eq!(got, sent);
+        send(&tx, b"lone", 1200, Some(to)).unwrap();
+        let b = recv(&rx, &mut buf).unwrap();
+        assert_eq!((b.len, b.seg), (4, 4));
+    }
+
+    /// Without receive offload on the reader, the same send still delivers
+    /// every datagram, one per read.
+    #[test]
+    fn without_receive_offload_the_datagrams_come_one_by_one() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        send(&tx, &data, 1000, Some(to)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        for i in 0..3 {
+            let b = recv(&rx, &mut buf).unwrap();
+            assert_eq!((b.len, b.seg), (1000, 1000));
+            assert_eq!(&buf[..1000], &data[i * 1000..(i + 1) * 1000]);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! A delay line: the datagrams of one direction of one client, stamped
+//! (loss, delay, jitter) as they arrive and held until their time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::batch::Batch;
+
+/// The line's settings, shared by every line of the relay.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub delay: Duration,
+    pub jitter: Duration,
+    /// Per cent of datagrams dropped.
+    pub loss: f64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Datagrams held until `at`, back to back, each `seg` bytes but the last.
+pub struct Held {
+    pub at: Instant,
+    pub data: Vec<u8>,
+    pub seg: usize,
+}
+
+/// One direction of one client: where its datagrams go and those waiting.
+/// Jitter never reorders: a datagram leaves no earlier than the one before.
+pub struct DelayLine {
+    /// Where the datagrams go: the client's address, or `None` for the
+    /// socket's connected peer (the forward target).
+    pub to: Option<SocketAddr>,
+    shape: Shape,
+    rng: Rng,
+    last: Instant,
+    queue: VecDeque<Held>,
+}
+
+impl DelayLine {
+    pub fn new(to: Option<SocketAddr>, shape: Shape, seed: u64) -> DelayLine {
+        DelayLine { to, shape, rng: Rng(seed | 1), last: Instant::now(), queue: VecDeque::new() }
+    }
+
+    /// Holds the datagrams of one read (`b` in `buf`), received at `now`.
+    /// A batch the sender passed in one segmented send stays one (one stamp,
+    /// one send) unless loss or jitter is asked for, which apply to each
+    /// datagram.
+    pub fn push(&mut self, buf: &[u8], b: &Batch, now: Instant) {
+        if self.shape.loss == 0.0 && self.shape.jitter.is_zero() {
+            self.hold(buf[..b.len].to_vec(), b.seg, now);
+            return;
+        }
+        for d in b.datagrams(buf) {
+            if self.rng.unit() * 100.0 < self.shape.loss {
+                continue;
+            }
+            self.hold(d.to_vec(), d.len(), now);
+        }
+    }
+
+    fn hold(&mut self, data: Vec<u8>, seg: usize, now: Instant) {
+        let jitter = self.shape.jitter.mul_f64(self.rng.unit());
+        let at = (now + self.shape.delay + jitter).max(self.last);
+        self.last = at;
+        self.queue.push_back(Held { at, data, seg });
+    }
+
+    /// When the next datagram is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|h| h.at)
+    }
+
+    /// The next datagrams if they are due by `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Held> {
+        if self.queue.front()?.at <= now {
+            self.queue.pop_front()
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn batch(len: usize, seg: usize) -> Batch {
+        Batch { len, seg, from: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1).into() }
+    }
+
+    #[test]
+    fn a_batch_is_held_for_the_delay_and_leaves_whole() {
+        let shape = Shape { delay: Duration::from_micros(500), jitter: Duration::ZERO, loss: 0.0 };
+        let mut line = DelayLine::new(None, shape, 1);
+        let t0 = Instant::now();
+        line.push(&[7u8; 3000], &batch(2500, 1000), t0);
+        assert_eq!(line.next_due(), Some(t0 + Duration::from_micros(500)));
+        assert!(line.pop_due(t0 + Duration::from_micros(499)).is_none());
+        let h = line.pop_due(t0 + Duration::from_micros(500)).unwrap();
+        assert_eq!((h.data.len(), h.seg), (2500, 1000));
+        assert!(line.next_due().is_none());
+    }
+
+    #[test]
+    fn with_jitter_each_datagram_has_its_own_time_and_none_overtakes() {
+        let shape = Shape {
+            delay: Duration::from_micros(100),
+            jitter: Duration::from_micros(1000),
+            loss: 0.0,
+        };
+        let mut line = DelayLine::new(None, shape, 3);
+        let t0 = Instant::now();
+        let buf: Vec<u8> = (0..40).collect();
+        line.push(&buf, &batch(40, 10), t0);
+        line.push(&buf, &batch(5, 5), t0 + Duration::from_micros(1));
+        let far = t0 + Duration::from_secs(1);
+        let mut got = Vec::new();
+        let mut last = t0;
+        while let Some(h) = line.pop_due(far) {
+            assert!(h.at >= last && h.at >= t0 + shape.delay);
+            last = h.at;
+            got.push(h.data);
+        }
+        assert_eq!(
+            got,
+            vec![
+                buf[..10].to_vec(),
+                buf[10..20].to_vec(),
+                buf[20..30].to_vec(),
+                buf[30..40].to_vec(),
+                buf[..5].to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn loss_drops_about_the_share_asked_for() {
+        let shape = Shape { delay: Duration::ZERO, jitter: Duration::ZERO, loss: 25.0 };
+        let mut line = DelayLine::new(None, shape, 5);
+        let t0 = Instant::now();
+        for _ in 0..4000 {
+            line.push(&[1u8; 10], &batch(10, 10), t0);
+        }
+        let mut kept = 0;
+        while line.pop_due(t0).is_some() {
+            kept += 1;
+        }
+        assert!((2800..3200).contains(&kept), "kept {kept} of 4000 at 25% loss");
+    }
+}
