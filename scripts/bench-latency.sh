@@ -192,6 +192,7 @@ for ((run = 1; run <= REPEAT; run++)); do
     "$BIN" serve --disk "$WORK/serve.img" --size "$SIZE" --listen "127.0.0.1:$P" >/dev/null 2>"$WORK/serve.log" &
     PIDS+=($!)
     NODE_PIDS=($!)
+    RELAY_PID=""
     wait_nbd "nbd://127.0.0.1:$P"
     prefill "nbd://127.0.0.1:$P" "$WORK/serve.img"
     for w in "${WORKLOADS[@]}"; do

@@ -72,6 +72,10 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        // Not possible within 64 KiB; a datagram cut short is not relayed.
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "datagram truncated"));
+    }
     let len = n as usize;
     let mut seg = len;
     // SAFETY: the kernel filled msg's control buffer; the CMSG macros walk
@@ -94,25 +98,28 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
 }
 
 /// Sends `data`, datagrams of `seg` bytes but the last, to `to` (or the
-/// socket's connected peer): in segmented sends of up to 64 datagrams
-/// where the kernel takes them, else one by one.
+/// socket's connected peer): in segmented sends of as many datagrams as
+/// one send may carry (at most 64, at most 65,507 bytes) where the kernel
+/// takes them, else one by one.
 pub fn send(sock: &UdpSocket, data: &[u8], seg: usize, to: Option<SocketAddr>) -> io::Result<()> {
     let seg = seg.max(1);
     if data.len() <= seg {
         return send_one(sock, data, to);
     }
-    for chunk in data.chunks(seg * MAX_SEGMENTS) {
+    let per_send = MAX_SEGMENTS.min(twinblock_replicator::udp::segments_within(seg));
+    for chunk in data.chunks(seg * per_send) {
         if chunk.len() <= seg {
             send_one(sock, chunk, to)?;
             continue;
         }
-        match send_segmented(sock, chunk, seg, to) {
+        match retried(sock, || send_segmented(sock, chunk, seg, to)) {
             Ok(()) => {}
-            // No segmentation offload on this path: one by one.
+            // No segmentation offload on this path (or a segment over its
+            // MTU): one by one.
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EMSGSIZE)
                 ) =>
             {
                 for d in chunk.chunks(seg) {
@@ -126,11 +133,46 @@ pub fn send(sock: &UdpSocket, data: &[u8], seg: usize, to: Option<SocketAddr>) -
 }
 
 fn send_one(sock: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
-    match to {
-        Some(to) => sock.send_to(data, to),
-        None => sock.send(data),
+    retried(sock, || {
+        match to {
+            Some(to) => sock.send_to(data, to),
+            None => sock.send(data),
+        }
+        .map(|_| ())
+    })
+}
+
+/// One send, tried again (a) once after an ICMP error the socket had
+/// pending from an earlier datagram (the kernel reports it on the next
+/// call, which then sent nothing) and (b) while the socket's send buffer
+/// is full, for up to 100 ms: the relay's sockets do not block, and a
+/// blocking send would have waited there.
+fn retried(sock: &UdpSocket, mut f: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    let mut icmp_retried = false;
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                let mut p =
+                    libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut p, 1, left.as_millis().max(1) as libc::c_int) };
+            }
+            Err(e) if !icmp_retried && is_icmp_error(&e) => icmp_retried = true,
+            r => return r,
+        }
     }
-    .map(|_| ())
+}
+
+/// An error the kernel reports from an ICMP message about an earlier
+/// datagram (the target's port or host unreachable).
+pub fn is_icmp_error(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ConnectionRefused
+        || matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH))
 }
 
 fn send_segmented(

@@ -4,7 +4,8 @@
 //! replies come back the same way. One thread waits in `ppoll` for a
 //! datagram or the next one's time, so delays below a millisecond are
 //! honoured (tokio's timer has 1 ms resolution). Datagrams the sender
-//! passed in one segmented send are relayed as one batch (`batch.rs`).
+//! passed in one segmented send are relayed as one batch (`batch.rs`),
+//! unless loss or jitter is asked for (they apply to each datagram).
 //! Jitter never reorders: a datagram leaves no earlier than the one before
 //! (`line.rs`).
 //!
@@ -102,7 +103,7 @@ pub fn run(args: NetemArgs) -> Result<()> {
         listen,
         forward: args.forward,
         shape,
-        early: Early::new(early),
+        early: Early::new(early, args.delay),
         clients: Vec::new(),
         by_addr: HashMap::new(),
     }
@@ -231,7 +232,8 @@ impl Relay {
             let b = match batch::recv(&self.listen, buf) {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) if batch::is_icmp_error(&e) => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(e) => return Err(e).context("relay"),
             };
             let now = Instant::now();
@@ -265,8 +267,10 @@ impl Relay {
                 Ok(b) => self.clients[i].back.push(buf, &b, Instant::now()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // ICMP "port unreachable" from a forward target that is not
-                // up yet; it may come up later.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                // up yet (or its host, unreachable for now); it may come up
+                // later.
+                Err(e) if batch::is_icmp_error(&e) => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(e) => {
                     eprintln!("twinblock netem: client {}: {e}; dropped", self.clients[i].addr);
                     return false;
@@ -314,7 +318,7 @@ mod tests {
                 listen,
                 forward,
                 shape,
-                early: Early::new(early),
+                early: Early::new(early, delay),
                 clients: Vec::new(),
                 by_addr: HashMap::new(),
             }
