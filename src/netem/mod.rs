@@ -355,4 +355,42 @@ mod tests {
         assert!(t1.elapsed() >= delay, "answered after {:?}", t1.elapsed());
         assert_eq!((&buf[..b.len], b.from), (&b"answer"[..], via));
     }
+
+    /// Two clients through one relay: each reaches the target from a
+    /// socket of its own, and each answer goes back to the client it
+    /// answers, however they interleave.
+    #[test]
+    fn each_client_gets_its_own_answers() {
+        let target = UdpSocket::bind("127.0.0.1:0").unwrap();
+        target.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let via = relay(target.local_addr().unwrap(), Duration::from_micros(200));
+        let clients: Vec<UdpSocket> =
+            (0..2).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let mut buf = [0u8; 64];
+        let mut seen = Vec::new();
+        for round in 0..3u8 {
+            for (i, c) in clients.iter().enumerate() {
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.send_to(&[i as u8, round], via).unwrap();
+            }
+            for _ in 0..2 {
+                let (n, from) = target.recv_from(&mut buf).unwrap();
+                assert_eq!(n, 2);
+                seen.push((buf[0], from));
+                target.send_to(&[buf[0], buf[1], 0xaa], from).unwrap();
+            }
+            for (i, c) in clients.iter().enumerate() {
+                let (n, from) = c.recv_from(&mut buf).unwrap();
+                assert_eq!((&buf[..n], from), (&[i as u8, round, 0xaa][..], via));
+            }
+        }
+        // One source port per client, the same for all its datagrams.
+        let ports = |i: u8| {
+            let mut p: Vec<_> = seen.iter().filter(|(c, _)| *c == i).map(|(_, a)| *a).collect();
+            p.dedup();
+            p
+        };
+        let (p0, p1) = (ports(0), ports(1));
+        assert!(p0.len() == 1 && p1.len() == 1 && p0 != p1, "{seen:?}");
+    }
 }
