@@ -25,12 +25,31 @@ pub struct NodeProc {
     pub log: PathBuf,
 }
 
+/// A port below the kernel's ephemeral range (32768 and up here), free
+/// now. A port the kernel hands out for port 0 may be handed out again, to
+/// another test's outgoing connection, before the node binds it (CI saw a
+/// node fail with "Address already in use"); ports below that range are
+/// only ever taken by name, and each test process walks its own sequence.
+fn free_port(bind: impl Fn(SocketAddr) -> bool) -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 64) * 190;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 190) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if bind(addr) {
+            return addr;
+        }
+    }
+}
+
 fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    free_port(|a| TcpListener::bind(a).is_ok())
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    free_port(|a| UdpSocket::bind(a).is_ok())
 }
 
 pub fn config_text(
