@@ -459,6 +459,7 @@ mod tests {
             rtt_us: Some(100),
             sync: None,
             counters: Counters::default(),
+            link: Default::default(),
             in_flight: 0,
             activity_log_extents: 0,
             io_backend: "uring".into(),

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use twinblock_replicator::node::{RequestKind, RequestObserver};
-use twinblock_replicator::status::{Counters, Status};
+use twinblock_replicator::status::{Counters, LinkStatus, Status};
 use twinblock_replicator::Node;
 
 use crate::events::Event;
@@ -147,6 +147,13 @@ pub struct Metrics {
     mode_switches: Counter,
     /// The node's counters at the last look (the counters move by the difference).
     last: Mutex<Counters>,
+    link_datagrams: Family<Labels, Counter>,
+    link_syscalls: Family<Labels, Counter>,
+    link_bytes: Family<Labels, Counter>,
+    link_lost: Counter,
+    link_mtu: Gauge,
+    /// The link's counters at the last look.
+    last_link: Mutex<LinkStatus>,
     requests: Family<Labels, Counter>,
     /// Per operation and result: the counters' handles, made at first use.
     requests_by_kind: [OnceLock<Counter>; 8],
@@ -338,6 +345,38 @@ impl Metrics {
             syncs_finished.clone(),
         );
         let split_brains = counter(r, "split_brains", "Split brains detected", None);
+        let link_datagrams = Family::<Labels, Counter>::default();
+        r.register(
+            "link_datagrams",
+            "UDP datagrams of the replication link, by direction (sent, received)",
+            link_datagrams.clone(),
+        );
+        let link_syscalls = Family::<Labels, Counter>::default();
+        r.register(
+            "link_udp_syscalls",
+            "System calls that moved the link's datagrams, by direction (segmentation and receive offload carry several per call)",
+            link_syscalls.clone(),
+        );
+        let link_bytes = Family::<Labels, Counter>::default();
+        r.register_with_unit(
+            "link_udp",
+            "UDP payload bytes of the replication link, by direction",
+            Unit::Bytes,
+            link_bytes.clone(),
+        );
+        let link_lost = counter(
+            r,
+            "link_lost_packets",
+            "Packets of the replication link QUIC declared lost (sent again)",
+            None,
+        );
+        let link_mtu = Gauge::default();
+        r.register_with_unit(
+            "link_path_mtu",
+            "UDP payload size MTU discovery found on the link's path (0 while not connected)",
+            Unit::Bytes,
+            link_mtu.clone(),
+        );
         let controller_transitions = node.res.controller.as_ref().map(|_| {
             let f = Family::<Labels, Counter>::default();
             r.register(
@@ -372,6 +411,12 @@ impl Metrics {
             verify_mismatches,
             mode_switches,
             last: Mutex::new(Counters::default()),
+            link_datagrams,
+            link_syscalls,
+            link_bytes,
+            link_lost,
+            link_mtu,
+            last_link: Mutex::new(LinkStatus::default()),
             requests,
             requests_by_kind: Default::default(),
             write_latency,
@@ -437,6 +482,23 @@ impl Metrics {
         step(&self.resynced, c.resync_bytes, &mut last.resync_bytes);
         step(&self.verify_mismatches, c.verify_mismatches, &mut last.verify_mismatches);
         step(&self.mode_switches, c.mode_switches, &mut last.mode_switches);
+        drop(last);
+        let l = &st.link;
+        let mut last = self.last_link.lock().unwrap_or_else(|e| e.into_inner());
+        let dir =
+            |f: &Family<Labels, Counter>, d: &str| f.get_or_create(&one("direction", d)).clone();
+        step(&dir(&self.link_datagrams, "sent"), l.datagrams_sent, &mut last.datagrams_sent);
+        step(
+            &dir(&self.link_datagrams, "received"),
+            l.datagrams_received,
+            &mut last.datagrams_received,
+        );
+        step(&dir(&self.link_syscalls, "sent"), l.udp_sends, &mut last.udp_sends);
+        step(&dir(&self.link_syscalls, "received"), l.udp_receives, &mut last.udp_receives);
+        step(&dir(&self.link_bytes, "sent"), l.bytes_sent, &mut last.bytes_sent);
+        step(&dir(&self.link_bytes, "received"), l.bytes_received, &mut last.bytes_received);
+        step(&self.link_lost, l.lost_packets, &mut last.lost_packets);
+        self.link_mtu.set(l.path_mtu.map_or(0, i64::from));
     }
 
     /// Counts a state change.

@@ -103,6 +103,15 @@ pub fn render(st: &Value) -> String {
         bytes(c["written_bytes"].as_u64().unwrap_or(0)),
         bytes(c["replicated_bytes"].as_u64().unwrap_or(0)),
     );
+    let l = &st["link"];
+    if let Some(mtu) = l["path_mtu"].as_u64() {
+        out.push_str(&format!(
+            "  link {mtu}-byte datagrams, {} sent, {} received, {} lost\n",
+            l["datagrams_sent"].as_u64().unwrap_or(0),
+            l["datagrams_received"].as_u64().unwrap_or(0),
+            l["lost_packets"].as_u64().unwrap_or(0),
+        ));
+    }
     if let Some(p) = st["sync"]["percent"].as_f64() {
         let filled = (p / 5.0).round().clamp(0.0, 20.0) as usize;
         let eta = st["sync"]["eta_s"].as_f64().map_or("-".to_string(), |e| format!("{e:.0} s"));
@@ -159,9 +168,12 @@ mod tests {
             "out_of_sync_bytes": 1048576, "split_brain": true, "rtt_us": 250,
             "sync": {"percent": 50.0, "bytes_total": 2097152, "eta_s": 3.0},
             "counters": {"written_bytes": 0, "replicated_bytes": 0, "resync_bytes": 1048576},
-            "in_flight": 2, "last_error": null
+            "in_flight": 2, "last_error": null,
+            "link": {"datagrams_sent": 118, "datagrams_received": 20, "lost_packets": 1,
+                     "path_mtu": 8951}
         });
         let text = render(&st);
+        assert!(text.contains("link 8951-byte datagrams, 118 sent, 20 received, 1 lost"), "{text}");
         assert!(
             text.contains(
                 "r0 on a: Primary UpToDate, SyncSource / SyncSource (protocol C, generation 00000000000000aa)"

@@ -179,6 +179,27 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
         get(&after, "twinblock_write_duration_seconds_bucket", &[("mode", "C"), ("le", "+Inf")]);
     assert_eq!(inf, n);
 
+    // The link's transport, as QUIC counted it (looked at on each
+    // session tick): the 32 MiB left a in datagrams and reached b; with
+    // segmentation offload one system call sends several; the path's
+    // MTU is known. `status --json` shows the same totals.
+    let mib32 = 32.0 * 1048576.0;
+    eventually(ma, "twinblock_link_udp_bytes_total", &[("direction", "sent")], |n| n >= mib32);
+    eventually(mb, "twinblock_link_udp_bytes_total", &[("direction", "received")], |n| n >= mib32);
+    let l = scrape(ma);
+    let dgrams = get(&l, "twinblock_link_datagrams_total", &[("direction", "sent")]);
+    let calls = get(&l, "twinblock_link_udp_syscalls_total", &[("direction", "sent")]);
+    let mtu = get(&l, "twinblock_link_path_mtu_bytes", &[]);
+    assert!(mtu >= 1200.0, "path MTU {mtu}");
+    assert!(dgrams >= mib32 / mtu, "{dgrams} datagrams carried 32 MiB in {mtu}-byte datagrams");
+    assert!(calls >= 1.0 && calls <= dgrams, "{calls} sends for {dgrams} datagrams");
+    assert!(get(&l, "twinblock_link_datagrams_total", &[("direction", "received")]) > 0.0);
+    assert!(get(&l, "twinblock_link_lost_packets_total", &[]).is_finite());
+    let link = p.status(0)["link"].clone();
+    assert!(link["bytes_sent"].as_f64().unwrap_or(0.0) >= mib32, "{link}");
+    assert!(link["path_mtu"].as_u64().is_some(), "{link}");
+    let sent_before = link["datagrams_sent"].as_u64().unwrap_or(0);
+
     // Disconnected: the states say so, and writes apart are out of sync.
     p.ok(&["disconnect"], 0);
     let apart = scrape(ma);
@@ -187,6 +208,8 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
     assert_eq!(get(&apart, "twinblock_peer_connected", &[]), 0.0);
     assert_eq!(get(&apart, "twinblock_peer_role", &[("role", "Unknown")]), 1.0);
     assert!(get(&apart, "twinblock_peer_rtt_seconds", &[]).is_nan());
+    eventually(ma, "twinblock_link_path_mtu_bytes", &[], |m| m == 0.0);
+    assert!(p.status(0)["link"]["path_mtu"].is_null());
     let changes = get(&after, "twinblock_state_changes_total", &[("object", "connection")]);
     eventually(ma, "twinblock_state_changes_total", &[("object", "connection")], |n| n > changes);
     write_chunks(nbd, 100, 16, 0xa5);
@@ -213,6 +236,14 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
     eventually(mb, "twinblock_syncs_finished_total", &[("direction", "SyncTarget")], |n| n >= 1.0);
     let b = scrape(mb);
     assert_eq!(get(&b, "twinblock_disk_state", &[("state", "UpToDate")]), 1.0);
+    // The new session's connection counts from zero; the totals go on
+    // from where the ended session left them.
+    let link = p.status(0)["link"].clone();
+    assert!(
+        link["datagrams_sent"].as_u64().unwrap_or(0) > sent_before,
+        "{link}: before {sent_before}"
+    );
+    assert!(link["path_mtu"].as_u64().is_some(), "{link}");
 
     // Every series the example alert rules use exists (the controller's
     // only with a `[controller]`), with the labels they match on.

@@ -22,6 +22,7 @@ pub mod config;
 pub mod core;
 pub mod lane;
 pub mod link;
+pub mod link_stats;
 pub mod local;
 pub mod meta;
 pub mod node;

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::busy_poll::BusyPoll;
 use crate::core;
+use crate::link_stats::LinkCounters;
 use crate::node::{Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
@@ -393,9 +394,10 @@ async fn run_session(
             _ = tick.tick() => {
                 ran = ran || node.session_running(sid);
                 node.set_rtt(conn.rtt());
-                let path = conn.stats().path;
-                if path.current_mtu != mtu {
-                    mtu = path.current_mtu;
+                let stats = conn.stats();
+                node.link_counters(sid, LinkCounters::of(&stats), false);
+                if stats.path.current_mtu != mtu {
+                    mtu = stats.path.current_mtu;
                     debug!(mtu, "replication link: path MTU (UDP payload) changed");
                 }
             }
@@ -426,6 +428,7 @@ async fn run_session(
     } else {
         (why, by)
     };
+    node.link_counters(sid, LinkCounters::of(&conn.stats()), true);
     node.link_down(sid, &why);
     if by == EndedBy::PeerRefused {
         debug!(%remote, sid, "replication session ended: {why}");

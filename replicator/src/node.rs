@@ -29,6 +29,7 @@ use crate::core::{
     SessionId, StoreOp,
 };
 use crate::lane::{Lane, Offer};
+use crate::link_stats::{LinkCounters, LinkTally};
 use crate::meta::{Meta, MetaError};
 use crate::protocol::wire::{Message, Role};
 use crate::status::{Counters, PeerStatus, Status, SyncStatus};
@@ -218,6 +219,8 @@ pub struct Node {
     lane_wake: std::sync::mpsc::Sender<()>,
     /// Told each time the lane performed an operation or went idle.
     lane_progress: Arc<Notify>,
+    /// The link's transport counters (status `link`).
+    link_tally: Mutex<LinkTally>,
 }
 
 /// What performing a store operation left for the core to hear.
@@ -349,6 +352,7 @@ impl Node {
             rt: tokio::runtime::Handle::current(),
             lane_wake,
             lane_progress: Arc::new(Notify::new()),
+            link_tally: Mutex::new(LinkTally::default()),
         });
         let lane = Arc::downgrade(&node);
         let span = tracing::Span::current();
@@ -820,6 +824,16 @@ impl Node {
         self.lock().core.handle_peer_reason(sid, why);
     }
 
+    /// Session `sid`'s transport counters now; `ended`: its last look.
+    pub fn link_counters(&self, sid: SessionId, c: LinkCounters, ended: bool) {
+        let mut t = self.link_tally.lock().unwrap_or_else(|e| e.into_inner());
+        if ended {
+            t.end(sid, c);
+        } else {
+            t.update(sid, c);
+        }
+    }
+
     pub fn set_rtt(&self, rtt: Duration) {
         self.lock().core.set_rtt(rtt);
     }
@@ -902,6 +916,7 @@ impl Node {
                 verify_mismatches: st.counters.verify_mismatches,
                 mode_switches: st.counters.mode_switches,
             },
+            link: self.link_tally.lock().unwrap_or_else(|e| e.into_inner()).view(),
             in_flight: st.in_flight,
             activity_log_extents: st.al_extents,
             io_backend: self.store.backend().to_string(),

@@ -27,6 +27,27 @@ pub struct Counters {
     pub mode_switches: u64,
 }
 
+/// The replication link's transport as QUIC counts it: totals over every
+/// session since the node started (UDP payload bytes), and the current
+/// session's path (null while not connected). Refreshed on the session's
+/// tick (`ping-interval`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    /// System calls that sent datagrams (one segmented send carries several).
+    pub udp_sends: u64,
+    /// System calls that received datagrams (with receive offload, several).
+    pub udp_receives: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Packets QUIC declared lost (and sent again).
+    pub lost_packets: u64,
+    /// The path's UDP payload size found by MTU discovery.
+    pub path_mtu: Option<u16>,
+    pub congestion_window_bytes: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub resource: String,
@@ -43,6 +64,8 @@ pub struct Status {
     pub rtt_us: Option<u64>,
     pub sync: Option<SyncStatus>,
     pub counters: Counters,
+    /// The link's transport (datagrams, system calls, losses, path).
+    pub link: LinkStatus,
     /// Replication operations sent and not yet applied by the peer.
     pub in_flight: usize,
     /// Extents in the on-disk activity log: what a crash now would mark
