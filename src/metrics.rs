@@ -148,7 +148,7 @@ pub struct Metrics {
     /// The node's counters at the last look (the counters move by the difference).
     last: Mutex<Counters>,
     link_datagrams: Family<Labels, Counter>,
-    link_syscalls: Family<Labels, Counter>,
+    link_batches: Counter,
     link_bytes: Family<Labels, Counter>,
     link_lost: Counter,
     link_mtu: Gauge,
@@ -351,11 +351,11 @@ impl Metrics {
             "UDP datagrams of the replication link, by direction (sent, received)",
             link_datagrams.clone(),
         );
-        let link_syscalls = Family::<Labels, Counter>::default();
-        r.register(
-            "link_udp_syscalls",
-            "System calls that moved the link's datagrams, by direction (segmentation and receive offload carry several per call)",
-            link_syscalls.clone(),
+        let link_batches = counter(
+            r,
+            "link_send_batches",
+            "Batches of datagrams the link handed to its socket (segmentation offload: several per batch)",
+            None,
         );
         let link_bytes = Family::<Labels, Counter>::default();
         r.register_with_unit(
@@ -412,7 +412,7 @@ impl Metrics {
             mode_switches,
             last: Mutex::new(Counters::default()),
             link_datagrams,
-            link_syscalls,
+            link_batches,
             link_bytes,
             link_lost,
             link_mtu,
@@ -493,8 +493,7 @@ impl Metrics {
             l.datagrams_received,
             &mut last.datagrams_received,
         );
-        step(&dir(&self.link_syscalls, "sent"), l.udp_sends, &mut last.udp_sends);
-        step(&dir(&self.link_syscalls, "received"), l.udp_receives, &mut last.udp_receives);
+        step(&self.link_batches, l.send_batches, &mut last.send_batches);
         step(&dir(&self.link_bytes, "sent"), l.bytes_sent, &mut last.bytes_sent);
         step(&dir(&self.link_bytes, "received"), l.bytes_received, &mut last.bytes_received);
         step(&self.link_lost, l.lost_packets, &mut last.lost_packets);

@@ -345,6 +345,7 @@ async fn run_session(
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let sid = node.link_up(out_tx);
+    let tally = SessionTally { node: node.clone(), sid, conn: conn.clone() };
     info!(%remote, sid, "replication link up");
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(write_frames(send, out_rx, closed_tx));
@@ -395,7 +396,7 @@ async fn run_session(
                 ran = ran || node.session_running(sid);
                 node.set_rtt(conn.rtt());
                 let stats = conn.stats();
-                node.link_counters(sid, LinkCounters::of(&stats), false);
+                tally.look(&stats);
                 if stats.path.current_mtu != mtu {
                     mtu = stats.path.current_mtu;
                     debug!(mtu, "replication link: path MTU (UDP payload) changed");
@@ -428,7 +429,6 @@ async fn run_session(
     } else {
         (why, by)
     };
-    node.link_counters(sid, LinkCounters::of(&conn.stats()), true);
     node.link_down(sid, &why);
     if by == EndedBy::PeerRefused {
         debug!(%remote, sid, "replication session ended: {why}");
@@ -449,6 +449,27 @@ async fn run_session(
     }
     conn.close(CLOSE_ENDED.into(), one_line(&why).as_bytes());
     ran
+}
+
+/// The session's transport counters in the node's tally; the last look
+/// is taken when the session's task ends, however it ends (after the
+/// connection's close; a panic or a dropped task too).
+struct SessionTally {
+    node: Arc<Node>,
+    sid: core::SessionId,
+    conn: quinn::Connection,
+}
+
+impl SessionTally {
+    fn look(&self, stats: &quinn::ConnectionStats) {
+        self.node.link_counters(self.sid, LinkCounters::of(stats), false);
+    }
+}
+
+impl Drop for SessionTally {
+    fn drop(&mut self) {
+        self.node.link_counters(self.sid, LinkCounters::of(&self.conn.stats()), true);
+    }
 }
 
 /// How the session's writer ended.

@@ -17,8 +17,7 @@ use crate::status::LinkStatus;
 pub struct LinkCounters {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
-    pub udp_sends: u64,
-    pub udp_receives: u64,
+    pub send_batches: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub lost_packets: u64,
@@ -32,8 +31,7 @@ impl LinkCounters {
         LinkCounters {
             datagrams_sent: s.udp_tx.datagrams,
             datagrams_received: s.udp_rx.datagrams,
-            udp_sends: s.udp_tx.ios,
-            udp_receives: s.udp_rx.ios,
+            send_batches: s.udp_tx.ios,
             bytes_sent: s.udp_tx.bytes,
             bytes_received: s.udp_rx.bytes,
             lost_packets: s.path.lost_packets,
@@ -46,8 +44,7 @@ impl LinkCounters {
         LinkCounters {
             datagrams_sent: self.datagrams_sent + o.datagrams_sent,
             datagrams_received: self.datagrams_received + o.datagrams_received,
-            udp_sends: self.udp_sends + o.udp_sends,
-            udp_receives: self.udp_receives + o.udp_receives,
+            send_batches: self.send_batches + o.send_batches,
             bytes_sent: self.bytes_sent + o.bytes_sent,
             bytes_received: self.bytes_received + o.bytes_received,
             lost_packets: self.lost_packets + o.lost_packets,
@@ -86,8 +83,7 @@ impl LinkTally {
         LinkStatus {
             datagrams_sent: sum.datagrams_sent,
             datagrams_received: sum.datagrams_received,
-            udp_sends: sum.udp_sends,
-            udp_receives: sum.udp_receives,
+            send_batches: sum.send_batches,
             bytes_sent: sum.bytes_sent,
             bytes_received: sum.bytes_received,
             lost_packets: sum.lost_packets,
@@ -105,8 +101,7 @@ mod tests {
         LinkCounters {
             datagrams_sent: sent,
             datagrams_received: sent * 2,
-            udp_sends: sent / 2,
-            udp_receives: sent,
+            send_batches: sent / 2,
             bytes_sent: sent * 1000,
             bytes_received: sent * 10,
             lost_packets: lost,

@@ -35,10 +35,10 @@ pub struct Counters {
 pub struct LinkStatus {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
-    /// System calls that sent datagrams (one segmented send carries several).
-    pub udp_sends: u64,
-    /// System calls that received datagrams (with receive offload, several).
-    pub udp_receives: u64,
+    /// Batches of datagrams quinn handed to the socket (one segmented
+    /// send of up to ten; the link's socket cuts one into sends of at
+    /// most seven).
+    pub send_batches: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Packets QUIC declared lost (and sent again).
