@@ -364,6 +364,11 @@ async fn run_session(
             tokio::select! {
                 _ = node.lane_room() => room = true,
                 end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
+                // The link's RTT and counters go on while it waits.
+                _ = tick.tick() => {
+                    ran |= tally.tick(&mut mtu);
+                    continue;
+                }
                 _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
             }
         }
@@ -392,16 +397,7 @@ async fn run_session(
                 Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
             },
             end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
-            _ = tick.tick() => {
-                ran = ran || node.session_running(sid);
-                node.set_rtt(conn.rtt());
-                let stats = conn.stats();
-                tally.look(&stats);
-                if stats.path.current_mtu != mtu {
-                    mtu = stats.path.current_mtu;
-                    debug!(mtu, "replication link: path MTU (UDP payload) changed");
-                }
-            }
+            _ = tick.tick() => ran |= tally.tick(&mut mtu),
             _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
         }
         // (A session that faults is not one that ran, whenever it got past
@@ -451,9 +447,10 @@ async fn run_session(
     ran
 }
 
-/// The session's transport counters in the node's tally; the last look
-/// is taken when the session's task ends, however it ends (after the
-/// connection's close; a panic or a dropped task too).
+/// What the session's tick looks at, and its transport counters in the
+/// node's tally; the last look is taken when the session's task ends,
+/// however it ends (after the connection's close; a panic or a dropped
+/// task too).
 struct SessionTally {
     node: Arc<Node>,
     sid: core::SessionId,
@@ -461,8 +458,19 @@ struct SessionTally {
 }
 
 impl SessionTally {
-    fn look(&self, stats: &quinn::ConnectionStats) {
-        self.node.link_counters(self.sid, LinkCounters::of(stats), false);
+    /// The session's tick: the RTT and the transport counters to the
+    /// node (`mtu`: the path MTU last logged). Says whether the session
+    /// is running (past its handshake).
+    fn tick(&self, mtu: &mut u16) -> bool {
+        let running = self.node.session_running(self.sid);
+        self.node.set_rtt(self.conn.rtt());
+        let stats = self.conn.stats();
+        self.node.link_counters(self.sid, LinkCounters::of(&stats), false);
+        if stats.path.current_mtu != *mtu {
+            *mtu = stats.path.current_mtu;
+            debug!(mtu = *mtu, "replication link: path MTU (UDP payload) changed");
+        }
+        running
     }
 }
 
