@@ -482,21 +482,20 @@ impl Metrics {
         step(&self.resynced, c.resync_bytes, &mut last.resync_bytes);
         step(&self.verify_mismatches, c.verify_mismatches, &mut last.verify_mismatches);
         step(&self.mode_switches, c.mode_switches, &mut last.mode_switches);
-        drop(last);
         let l = &st.link;
-        let mut last = self.last_link.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.last_link.lock().unwrap_or_else(|e| e.into_inner());
         let dir =
             |f: &Family<Labels, Counter>, d: &str| f.get_or_create(&one("direction", d)).clone();
-        step(&dir(&self.link_datagrams, "sent"), l.datagrams_sent, &mut last.datagrams_sent);
+        step(&dir(&self.link_datagrams, "sent"), l.datagrams_sent, &mut seen.datagrams_sent);
         step(
             &dir(&self.link_datagrams, "received"),
             l.datagrams_received,
-            &mut last.datagrams_received,
+            &mut seen.datagrams_received,
         );
-        step(&self.link_batches, l.send_batches, &mut last.send_batches);
-        step(&dir(&self.link_bytes, "sent"), l.bytes_sent, &mut last.bytes_sent);
-        step(&dir(&self.link_bytes, "received"), l.bytes_received, &mut last.bytes_received);
-        step(&self.link_lost, l.lost_packets, &mut last.lost_packets);
+        step(&self.link_batches, l.send_batches, &mut seen.send_batches);
+        step(&dir(&self.link_bytes, "sent"), l.bytes_sent, &mut seen.bytes_sent);
+        step(&dir(&self.link_bytes, "received"), l.bytes_received, &mut seen.bytes_received);
+        step(&self.link_lost, l.lost_packets, &mut seen.lost_packets);
         self.link_mtu.set(l.path_mtu.map_or(0, i64::from));
     }
 

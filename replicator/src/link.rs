@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::busy_poll::BusyPoll;
 use crate::core;
-use crate::link_stats::LinkCounters;
+use crate::link_stats;
 use crate::node::{Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
@@ -465,7 +465,7 @@ impl SessionTally {
         let running = self.node.session_running(self.sid);
         self.node.set_rtt(self.conn.rtt());
         let stats = self.conn.stats();
-        self.node.link_counters(self.sid, LinkCounters::of(&stats), false);
+        self.node.link_look(self.sid, link_stats::look(&stats));
         if stats.path.current_mtu != *mtu {
             *mtu = stats.path.current_mtu;
             debug!(mtu = *mtu, "replication link: path MTU (UDP payload) changed");
@@ -476,7 +476,7 @@ impl SessionTally {
 
 impl Drop for SessionTally {
     fn drop(&mut self) {
-        self.node.link_counters(self.sid, LinkCounters::of(&self.conn.stats()), true);
+        self.node.link_ended(self.sid, &link_stats::look(&self.conn.stats()));
     }
 }
 

@@ -11,46 +11,31 @@ use std::collections::BTreeMap;
 use crate::core::SessionId;
 use crate::status::LinkStatus;
 
-/// One connection's counters (a copy of the parts of
-/// `quinn::ConnectionStats` the status shows).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkCounters {
-    pub datagrams_sent: u64,
-    pub datagrams_received: u64,
-    pub send_batches: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub lost_packets: u64,
-    /// The path's current UDP payload size.
-    pub path_mtu: u16,
-    pub congestion_window: u64,
+/// One connection's counters and path, as the status shows them.
+pub fn look(s: &quinn::ConnectionStats) -> LinkStatus {
+    LinkStatus {
+        datagrams_sent: s.udp_tx.datagrams,
+        datagrams_received: s.udp_rx.datagrams,
+        send_batches: s.udp_tx.ios,
+        bytes_sent: s.udp_tx.bytes,
+        bytes_received: s.udp_rx.bytes,
+        lost_packets: s.path.lost_packets,
+        path_mtu: Some(s.path.current_mtu),
+        congestion_window_bytes: Some(s.path.cwnd),
+    }
 }
 
-impl LinkCounters {
-    pub fn of(s: &quinn::ConnectionStats) -> LinkCounters {
-        LinkCounters {
-            datagrams_sent: s.udp_tx.datagrams,
-            datagrams_received: s.udp_rx.datagrams,
-            send_batches: s.udp_tx.ios,
-            bytes_sent: s.udp_tx.bytes,
-            bytes_received: s.udp_rx.bytes,
-            lost_packets: s.path.lost_packets,
-            path_mtu: s.path.current_mtu,
-            congestion_window: s.path.cwnd,
-        }
-    }
-
-    fn plus(self, o: LinkCounters) -> LinkCounters {
-        LinkCounters {
-            datagrams_sent: self.datagrams_sent + o.datagrams_sent,
-            datagrams_received: self.datagrams_received + o.datagrams_received,
-            send_batches: self.send_batches + o.send_batches,
-            bytes_sent: self.bytes_sent + o.bytes_sent,
-            bytes_received: self.bytes_received + o.bytes_received,
-            lost_packets: self.lost_packets + o.lost_packets,
-            path_mtu: 0,
-            congestion_window: 0,
-        }
+/// The totals of `a` and `b` (no path: a sum has none).
+fn plus(a: &LinkStatus, b: &LinkStatus) -> LinkStatus {
+    LinkStatus {
+        datagrams_sent: a.datagrams_sent + b.datagrams_sent,
+        datagrams_received: a.datagrams_received + b.datagrams_received,
+        send_batches: a.send_batches + b.send_batches,
+        bytes_sent: a.bytes_sent + b.bytes_sent,
+        bytes_received: a.bytes_received + b.bytes_received,
+        lost_packets: a.lost_packets + b.lost_packets,
+        path_mtu: None,
+        congestion_window_bytes: None,
     }
 }
 
@@ -58,38 +43,32 @@ impl LinkCounters {
 #[derive(Debug, Default)]
 pub struct LinkTally {
     /// The sessions that ended, summed.
-    ended: LinkCounters,
+    ended: LinkStatus,
     /// The sessions still running (most often one; an old one may still
     /// be closing when the next begins), each at its last look.
-    running: BTreeMap<SessionId, LinkCounters>,
+    running: BTreeMap<SessionId, LinkStatus>,
 }
 
 impl LinkTally {
     /// Session `sid`'s counters now.
-    pub fn update(&mut self, sid: SessionId, c: LinkCounters) {
+    pub fn update(&mut self, sid: SessionId, c: LinkStatus) {
         self.running.insert(sid, c);
     }
 
     /// Session `sid` ended with these counters.
-    pub fn end(&mut self, sid: SessionId, c: LinkCounters) {
+    pub fn end(&mut self, sid: SessionId, c: &LinkStatus) {
         self.running.remove(&sid);
-        self.ended = self.ended.plus(c);
+        self.ended = plus(&self.ended, c);
     }
 
+    /// The totals, and the path of the newest running session.
     pub fn view(&self) -> LinkStatus {
-        let sum = self.running.values().fold(self.ended, |a, c| a.plus(*c));
-        // The path is the newest session's.
-        let now = self.running.values().next_back();
-        LinkStatus {
-            datagrams_sent: sum.datagrams_sent,
-            datagrams_received: sum.datagrams_received,
-            send_batches: sum.send_batches,
-            bytes_sent: sum.bytes_sent,
-            bytes_received: sum.bytes_received,
-            lost_packets: sum.lost_packets,
-            path_mtu: now.map(|c| c.path_mtu),
-            congestion_window_bytes: now.map(|c| c.congestion_window),
+        let mut sum = self.running.values().fold(self.ended.clone(), |a, c| plus(&a, c));
+        if let Some(now) = self.running.values().next_back() {
+            sum.path_mtu = now.path_mtu;
+            sum.congestion_window_bytes = now.congestion_window_bytes;
         }
+        sum
     }
 }
 
@@ -97,16 +76,16 @@ impl LinkTally {
 mod tests {
     use super::*;
 
-    fn c(sent: u64, lost: u64, mtu: u16) -> LinkCounters {
-        LinkCounters {
+    fn c(sent: u64, lost: u64, mtu: u16) -> LinkStatus {
+        LinkStatus {
             datagrams_sent: sent,
             datagrams_received: sent * 2,
             send_batches: sent / 2,
             bytes_sent: sent * 1000,
             bytes_received: sent * 10,
             lost_packets: lost,
-            path_mtu: mtu,
-            congestion_window: 1 << 20,
+            path_mtu: Some(mtu),
+            congestion_window_bytes: Some(1 << 20),
         }
     }
 
@@ -118,7 +97,7 @@ mod tests {
         t.update(1, c(50, 1, 8951));
         let v = t.view();
         assert_eq!((v.datagrams_sent, v.lost_packets, v.path_mtu), (50, 1, Some(8951)));
-        t.end(1, c(60, 2, 8951));
+        t.end(1, &c(60, 2, 8951));
         let v = t.view();
         assert_eq!((v.datagrams_sent, v.lost_packets, v.path_mtu), (60, 2, None));
         assert_eq!(v.congestion_window_bytes, None);
@@ -136,11 +115,11 @@ mod tests {
         t.update(2, c(7, 0, 1200));
         let v = t.view();
         assert_eq!((v.datagrams_sent, v.lost_packets, v.path_mtu), (47, 3, Some(1200)));
-        t.end(1, c(41, 3, 8951));
+        t.end(1, &c(41, 3, 8951));
         t.update(2, c(9, 0, 1200));
         let v = t.view();
         assert_eq!((v.datagrams_sent, v.lost_packets, v.path_mtu), (50, 3, Some(1200)));
-        t.end(2, c(10, 0, 1200));
+        t.end(2, &c(10, 0, 1200));
         assert_eq!(t.view().datagrams_sent, 51);
         assert_eq!(t.view().path_mtu, None);
     }

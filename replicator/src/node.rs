@@ -29,10 +29,10 @@ use crate::core::{
     SessionId, StoreOp,
 };
 use crate::lane::{Lane, Offer};
-use crate::link_stats::{LinkCounters, LinkTally};
+use crate::link_stats::LinkTally;
 use crate::meta::{Meta, MetaError};
 use crate::protocol::wire::{Message, Role};
-use crate::status::{Counters, PeerStatus, Status, SyncStatus};
+use crate::status::{Counters, LinkStatus, PeerStatus, Status, SyncStatus};
 use crate::store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -824,14 +824,18 @@ impl Node {
         self.lock().core.handle_peer_reason(sid, why);
     }
 
-    /// Session `sid`'s transport counters now; `ended`: its last look.
-    pub fn link_counters(&self, sid: SessionId, c: LinkCounters, ended: bool) {
-        let mut t = self.link_tally.lock().unwrap_or_else(|e| e.into_inner());
-        if ended {
-            t.end(sid, c);
-        } else {
-            t.update(sid, c);
-        }
+    fn link_tally(&self) -> std::sync::MutexGuard<'_, LinkTally> {
+        self.link_tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Session `sid`'s transport counters now.
+    pub fn link_look(&self, sid: SessionId, c: LinkStatus) {
+        self.link_tally().update(sid, c);
+    }
+
+    /// Session `sid` ended with these transport counters.
+    pub fn link_ended(&self, sid: SessionId, c: &LinkStatus) {
+        self.link_tally().end(sid, c);
     }
 
     pub fn set_rtt(&self, rtt: Duration) {
@@ -916,7 +920,7 @@ impl Node {
                 verify_mismatches: st.counters.verify_mismatches,
                 mode_switches: st.counters.mode_switches,
             },
-            link: self.link_tally.lock().unwrap_or_else(|e| e.into_inner()).view(),
+            link: self.link_tally().view(),
             in_flight: st.in_flight,
             activity_log_extents: st.al_extents,
             io_backend: self.store.backend().to_string(),

@@ -64,7 +64,7 @@ pub struct Status {
     pub rtt_us: Option<u64>,
     pub sync: Option<SyncStatus>,
     pub counters: Counters,
-    /// The link's transport (datagrams, system calls, losses, path).
+    /// The link's transport (datagrams, send batches, losses, path).
     pub link: LinkStatus,
     /// Replication operations sent and not yet applied by the peer.
     pub in_flight: usize,
