@@ -454,3 +454,156 @@ fn a_secondary_whose_disk_hangs_refuses_the_link_until_it_answers() {
     assert_eq!(on_b[2 << 20..(2 << 20) + 65536], [0x5bu8; 65536][..], "the second write on b");
     assert!(on_a == on_b, "a's and b's disks differ after the sync");
 }
+
+/// A Secondary whose disk stops answering while large writes stream in:
+/// its store lane fills up to its bound (twice the link's flow-control
+/// window), its link's reader stops taking in frames, and QUIC's flow
+/// control holds the Primary back (a sends no more than the lane and one
+/// window hold). Meanwhile the link is still watched: b's `status` shows
+/// a's keep-alives arriving (its session's tick goes on while the reader
+/// waits for room). When the disk answers, every write completes and the
+/// disks are identical.
+#[test]
+fn a_secondary_whose_disk_stalls_holds_the_primary_back_and_its_link_stays_watched() {
+    const MIB: u64 = 1 << 20;
+    const WRITES: u64 = 80;
+    let dir = tempfile::Builder::new().prefix("tb-lane").tempdir_in(test_tmp()).unwrap();
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return;
+    }
+    let disk = FuseDisk::hanging(dir.path(), "96M");
+    // b's writes wait for the paused disk, not for the page cache to fill.
+    disk.dirty_limit_1m();
+    let mut p = Pair::prepare("C", "96M");
+    p.set_disk(1, &disk.file());
+    // a's core gives up a peer that answers nothing for `timeout`; b's
+    // reader answers nothing while it waits for room, so longer than the
+    // test's stall.
+    p.set_timeout("60s");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let _resume = disk.resume_on_drop();
+    let sent = |p: &Pair| p.status(0)["link"]["bytes_sent"].as_u64().unwrap();
+    let received = |p: &Pair| p.status(1)["link"]["datagrams_received"].as_u64().unwrap();
+    // a's UDP bytes once they stop growing (keep-alives and
+    // acknowledgements aside: under 64 KiB in 1.5 s); `status` looks at
+    // the link every `ping-interval`, so a look may lag by that.
+    let settled = |p: &Pair, writing: Option<&std::thread::JoinHandle<_>>| {
+        let mut last = (sent(p), std::time::Instant::now());
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = sent(p);
+            if now > last.0 + (64 << 10) {
+                last = (now, std::time::Instant::now());
+            } else if last.1.elapsed() >= Duration::from_millis(1500) {
+                return now;
+            }
+            if writing.is_some_and(|w| w.is_finished()) {
+                panic!("the writes finished on a hung disk: {}\n{}", p.status(0), p.status(1));
+            }
+        }
+    };
+    let before = settled(&p, None);
+
+    disk.hang(true);
+    // WRITES writes of 1 MiB, pipelined (a's in-flight budget takes 64).
+    let addr = p.nodes[0].nbd;
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::go_addr(addr, false);
+        let mut rd = c.s.try_clone().unwrap();
+        rd.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let replies = std::thread::spawn(move || {
+            let mut errnos = BTreeMap::new();
+            let mut head = [0u8; 16];
+            while errnos.len() < WRITES as usize && rd.read_exact(&mut head).is_ok() {
+                let errno = u32::from_be_bytes(head[4..8].try_into().unwrap());
+                errnos.insert(u64::from_be_bytes(head[8..].try_into().unwrap()), errno);
+            }
+            errnos
+        });
+        for i in 0..WRITES {
+            c.request(0, 1, i, i * MIB, MIB as u32, &vec![i as u8 + 1; MIB as usize]);
+        }
+        replies.join().unwrap()
+    });
+
+    // a's sending stops once b's lane and the window are full.
+    let stalled = settled(&p, Some(&writer)) - before;
+    let a = p.status(0);
+    assert_eq!(a["connection"], "Connected", "{a}");
+    assert!(a["in_flight"].as_u64().unwrap() > 0, "{a}");
+    // The lane holds at most 32 MiB and one operation more, the window 16
+    // MiB (UDP bytes: QUIC's headers and tags on top).
+    assert!(
+        stalled > 32 * MIB && stalled < 56 * MIB,
+        "a sent {} MiB into the stall",
+        stalled as f64 / MIB as f64
+    );
+    // b's view of the link goes on: a's keep-alives (every 250 ms) arrive.
+    let (r0, b0) = (received(&p), p.status(1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (r1, b1) = (received(&p), p.status(1));
+    assert!(r1 >= r0 + 3, "b's link counters froze while its lane was full: {b0}\n{b1}");
+    assert_eq!(b1["connection"], "Connected", "{b1}");
+    assert_eq!(p.status(0)["connection"], "Connected", "a still waits for b");
+
+    disk.hang(false);
+    let errnos = writer.join().unwrap();
+    assert_eq!(errnos.len(), WRITES as usize, "every write answered");
+    assert!(errnos.values().all(|e| *e == 0), "{errnos:?}");
+    p.wait_drained();
+    let (on_a, on_b) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(disk.file()).unwrap());
+    for i in 0..WRITES as usize {
+        assert!(on_b[i << 20..(i + 1) << 20].iter().all(|&x| x == i as u8 + 1), "write {i} on b");
+    }
+    assert!(on_a == on_b, "a's and b's disks differ");
+}
+
+/// As above, but a gives b up (an operation not acknowledged for its
+/// `timeout`, 3 s) while b's lane is full: a's writes go on alone, b ends
+/// its side of the session with a's reason while its disk still hangs
+/// (its reader waits for room, but its session's tick and writer still
+/// see the link), and once the disk answers b takes what a wrote alone
+/// and the disks are identical.
+#[test]
+fn a_secondary_given_up_while_its_lane_is_full_resyncs_once_its_disk_answers() {
+    const MIB: u64 = 1 << 20;
+    const WRITES: u64 = 80;
+    let dir = tempfile::Builder::new().prefix("tb-lane").tempdir_in(test_tmp()).unwrap();
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return;
+    }
+    let disk = FuseDisk::hanging(dir.path(), "96M");
+    disk.dirty_limit_1m();
+    let mut p = Pair::prepare("C", "96M");
+    p.set_disk(1, &disk.file());
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let _resume = disk.resume_on_drop();
+
+    disk.hang(true);
+    let out = p.qemu_io(0, &format!("write -P 0x6c 0 {}M", WRITES));
+    assert!(out.contains(&format!("wrote {}/{}", WRITES * MIB, WRITES * MIB)), "{out}");
+    let gave_up = p
+        .gave_up_peer(0)
+        .unwrap_or_else(|| panic!("a went on alone without giving b up: {}", tail(&p.log(0))));
+    assert!(gave_up.contains("has not acknowledged"), "{gave_up}");
+    // b's side ends too, with a's reason, while its disk still hangs.
+    let ended = "a closed the link: the peer answers but has not acknowledged an operation";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.log(1).contains(ended) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's session outlived a's close while its disk hung: {}\n{}",
+            p.status(1),
+            tail(&p.log(1))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    disk.hang(false);
+    p.wait_synced("b's resync once its disk answers", Duration::from_secs(60));
+    let (on_a, on_b) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(disk.file()).unwrap());
+    assert!(on_a[..(WRITES * MIB) as usize].iter().all(|&x| x == 0x6c), "a's writes on a");
+    assert!(on_a == on_b, "a's and b's disks differ after the resync");
+}

@@ -46,10 +46,17 @@ impl FuseDisk {
     /// (about 20 MB/s).
     pub fn slow(dir: &Path, size: &str) -> FuseDisk {
         let disk = FuseDisk::start(dir, "slow", &["--filter=delay", "memory", size, "wdelay=50ms"]);
-        let dev = run_ok(Command::new("mountpoint").arg("-d").arg(&disk.mnt));
+        disk.dirty_limit_1m();
+        disk
+    }
+
+    /// Caps the kernel's dirty pages for this disk's file system at 1 MiB:
+    /// page-cache writes to it then wait for what the "disk" takes (without
+    /// it a hung disk absorbs gigabytes of writes into the page cache).
+    pub fn dirty_limit_1m(&self) {
+        let dev = run_ok(Command::new("mountpoint").arg("-d").arg(&self.mnt));
         let limit = format!("/sys/class/bdi/{}/max_bytes", dev.trim());
         std::fs::write(&limit, "1048576").unwrap_or_else(|e| panic!("{limit}: {e}"));
-        disk
     }
 
     /// The file whose presence makes a [`FuseDisk::failing`] disk fail.
