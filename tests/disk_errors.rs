@@ -564,7 +564,9 @@ fn a_secondary_whose_disk_stalls_holds_the_primary_back_and_its_link_stays_watch
 /// its side of the session with a's reason while its disk still hangs
 /// (its reader waits for room, but its session's tick and writer still
 /// see the link), and once the disk answers b takes what a wrote alone
-/// and the disks are identical.
+/// and the disks are identical. (While the disk still hangs, a dials b
+/// again and either side may give the other up first: b's reason then
+/// names its own disk, `core::tests` checks its words.)
 #[test]
 fn a_secondary_given_up_while_its_lane_is_full_resyncs_once_its_disk_answers() {
     const MIB: u64 = 1 << 20;

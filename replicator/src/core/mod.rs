@@ -657,7 +657,7 @@ impl Core {
         let mut lost = None;
         let mut ping = None;
         if let Some(s) = &mut self.session {
-            if let Some(why) = s.overdue(now, &cfg) {
+            if let Some(why) = s.overdue(now, &cfg, self.applying) {
                 lost = Some((s.id, why));
             } else {
                 ping = s.ping_due(now, &cfg);

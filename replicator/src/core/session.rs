@@ -253,10 +253,21 @@ impl Session {
         }
     }
 
-    /// Why the peer must be declared lost now, if it must.
-    pub fn overdue(&self, now: Time, cfg: &CoreConfig) -> Option<String> {
+    /// Why the peer must be declared lost now, if it must (`applying`: the
+    /// peer's operations this node's disk has not completed).
+    pub fn overdue(&self, now: Time, cfg: &CoreConfig, applying: usize) -> Option<String> {
         if now.saturating_sub(self.last_heard) >= cfg.timeout {
-            return Some(format!("no sign of life from the peer for {:?}", cfg.timeout));
+            let why = format!("no sign of life from the peer for {:?}", cfg.timeout);
+            // This node's own disk may be what keeps the peer's frames
+            // unread (the link's reader waits while the store lane is
+            // full): the reason says so, for the operator to look here.
+            return Some(match applying {
+                0 => why,
+                n => format!(
+                    "{why}, while this node's disk has not completed {n} of the peer's \
+                     operations (the link's reader waits for them)"
+                ),
+            });
         }
         if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
             return Some("the peer did not finish the handshake".into());

@@ -203,6 +203,52 @@ fn a_peer_that_answers_pings_but_never_acks_is_lost_after_timeout() {
     assert!(t >= Duration::from_secs(2) && t <= Duration::from_millis(2200), "lost at {t:?}");
 }
 
+/// The reason a silent peer is given up for, after `secs` of silence.
+fn silent_for(c: &mut Core, secs: u64) -> Option<String> {
+    let mut t = Duration::ZERO;
+    while t < Duration::from_secs(secs) {
+        t += Duration::from_millis(100);
+        c.handle_timeout(t);
+        for a in drain(c) {
+            if let Action::Close { reason, .. } = a {
+                return Some(reason);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_silent_peer_whose_writes_this_disk_holds_is_lost_with_this_disk_named() {
+    // A Secondary whose disk has not completed the peer's write: the
+    // peer's frames may be unread because of it (a full store lane).
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Primary);
+    let op = Op::write(0, Bytes::from(vec![1u8; 64]), false);
+    c.handle_frame(Duration::ZERO, 1, Message::Data { seq: 1, op });
+    // Metadata updates complete; the write never does.
+    let mut written = false;
+    while let Some(a) = c.poll_action() {
+        match a {
+            Action::Persist { io, .. } => c.handle_io(Duration::ZERO, io, Ok(None)),
+            Action::Store { op: StoreOp::Write { .. }, .. } => written = true,
+            _ => {}
+        }
+    }
+    assert!(written, "the peer's write was not issued");
+    let why = silent_for(&mut c, 5).expect("never declared lost");
+    assert!(why.starts_with("no sign of life from the peer for 2s"), "{why}");
+    assert!(
+        why.contains("while this node's disk has not completed 1 of the peer's operations"),
+        "{why}"
+    );
+    // With nothing of the peer's on this disk, the peer alone is named.
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Primary);
+    let why = silent_for(&mut c, 5).expect("never declared lost");
+    assert_eq!(why, "no sign of life from the peer for 2s");
+}
+
 #[test]
 fn a_secondary_never_replicates_its_flush_nor_starts_a_generation() {
     let mut c = core(Protocol::C, DiskState::UpToDate);
