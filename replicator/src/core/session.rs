@@ -260,13 +260,14 @@ impl Session {
             let why = format!("no sign of life from the peer for {:?}", cfg.timeout);
             // This node's own disk may be what keeps the peer's frames
             // unread (the link's reader waits while the store lane is
-            // full): the reason says so, for the operator to look here.
-            return Some(match applying {
-                0 => why,
-                n => format!(
-                    "{why}, while this node's disk has not completed {n} of the peer's \
-                     operations (the link's reader waits for them)"
-                ),
+            // full): the reason names it, by name, as the peer reads it too.
+            return Some(if applying == 0 {
+                why
+            } else {
+                format!(
+                    "{why}, while {}'s disk has operations of {} not completed",
+                    cfg.me, cfg.peer
+                )
             });
         }
         if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
