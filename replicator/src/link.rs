@@ -345,35 +345,24 @@ async fn run_session(
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let sid = node.link_up(out_tx);
-    let tally = SessionTally { node: node.clone(), sid, conn: conn.clone() };
+    let mut tally = SessionTally { node: node.clone(), sid, conn: conn.clone(), mtu: 0 };
     info!(%remote, sid, "replication link up");
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(write_frames(send, out_rx, closed_tx));
     let mut buf = BytesMut::with_capacity(1 << 20);
     let mut tick = tokio::time::interval(node.res.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut mtu = 0u16;
     let mut room = true;
     let mut ran = false;
     let mut faulted = None;
     let (why, by): (String, EndedBy) = loop {
-        // The store lane's backlog (a disk slower than the link) keeps
-        // further frames in QUIC's window: the peer waits, not this node's
-        // memory.
-        if !room {
-            tokio::select! {
-                _ = node.lane_room() => room = true,
-                end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
-                // The link's RTT and counters go on while it waits.
-                _ = tick.tick() => {
-                    ran |= tally.tick(&mut mtu);
-                    continue;
-                }
-                _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
-            }
-        }
         tokio::select! {
-            r = recv.read_buf(&mut buf) => match r {
+            // The store lane's backlog (a disk slower than the link) keeps
+            // further frames in QUIC's window: the peer waits, not this
+            // node's memory. Every other arm (the writer's end, the tick
+            // with the link's RTT and counters, the stop) goes on meanwhile.
+            _ = node.lane_room(), if !room => room = true,
+            r = recv.read_buf(&mut buf), if room => match r {
                 Ok(0) => break (core::PEER_FINISHED.into(), EndedBy::PeerFinished),
                 Ok(_) => {
                     let mut msgs = Vec::new();
@@ -397,7 +386,7 @@ async fn run_session(
                 Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
             },
             end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
-            _ = tick.tick() => ran |= tally.tick(&mut mtu),
+            _ = tick.tick() => ran |= tally.tick(),
             _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
         }
         // (A session that faults is not one that ran, whenever it got past
@@ -455,20 +444,22 @@ struct SessionTally {
     node: Arc<Node>,
     sid: core::SessionId,
     conn: quinn::Connection,
+    /// The path MTU last logged.
+    mtu: u16,
 }
 
 impl SessionTally {
     /// The session's tick: the RTT and the transport counters to the
-    /// node (`mtu`: the path MTU last logged). Says whether the session
-    /// is running (past its handshake).
-    fn tick(&self, mtu: &mut u16) -> bool {
+    /// node, a changed path MTU to the log. Says whether the session is
+    /// running (past its handshake).
+    fn tick(&mut self) -> bool {
         let running = self.node.session_running(self.sid);
         self.node.set_rtt(self.conn.rtt());
         let stats = self.conn.stats();
         self.node.link_look(self.sid, link_stats::look(&stats));
-        if stats.path.current_mtu != *mtu {
-            *mtu = stats.path.current_mtu;
-            debug!(mtu = *mtu, "replication link: path MTU (UDP payload) changed");
+        if stats.path.current_mtu != self.mtu {
+            self.mtu = stats.path.current_mtu;
+            debug!(mtu = self.mtu, "replication link: path MTU (UDP payload) changed");
         }
         running
     }

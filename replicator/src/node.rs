@@ -219,7 +219,8 @@ pub struct Node {
     lane_wake: std::sync::mpsc::Sender<()>,
     /// Told each time the lane performed an operation or went idle.
     lane_progress: Arc<Notify>,
-    /// The link's transport counters (status `link`).
+    /// The link's transport counters (status `link`). `status` takes it
+    /// under the node's lock; nothing takes them the other way round.
     link_tally: Mutex<LinkTally>,
 }
 
