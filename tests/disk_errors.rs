@@ -620,3 +620,56 @@ fn a_secondary_given_up_while_its_lane_is_full_resyncs_once_its_disk_answers() {
     p.wait_synced("b's resync once its disk answers", Duration::from_secs(60));
     assert_streamed(&p, &disk, &errnos);
 }
+
+/// An operator disconnects a from a b whose disk stalls with its lane
+/// full: a's writer is held by QUIC's flow control, as b reads nothing.
+/// The disconnect takes effect at once, not when b would give a up
+/// (`timeout`, 60 s here): a's close is not queued behind the held frames
+/// (it waits for them half a second, then resets the stream), so b's
+/// session ends within seconds with a's reason; a's writes go on alone.
+/// Once the disk answers, `connect` resyncs b and the disks are
+/// identical.
+#[test]
+fn a_disconnect_from_a_peer_whose_lane_is_full_takes_effect_at_once() {
+    let dir = tempfile::Builder::new().prefix("tb-lane").tempdir_in(test_tmp()).unwrap();
+    let Some((p, disk)) = stalling_pair(dir.path(), "60s") else { return };
+    let _resume = disk.resume_on_drop();
+    let before = sent_when_settled(&p, 0, None);
+
+    disk.hang(true);
+    let writer = stream_writes(p.nodes[0].nbd);
+    sent_when_settled(&p, before + 32 * MIB, Some(&writer));
+    assert_eq!(p.status(1)["connection"], "Connected");
+
+    let asked = std::time::Instant::now();
+    p.ok(&["disconnect"], 0);
+    let deadline = asked + Duration::from_secs(10);
+    loop {
+        let b = p.status(1);
+        if b["connection"] != "Connected" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b still connected {:?} after a's disconnect: {b}\n{}",
+            asked.elapsed(),
+            tail(&p.log(0))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = p.log(1);
+    let ended = ended.lines().filter(|l| l.contains("replication session ended")).last();
+    assert!(
+        ended.is_some_and(|l| l.contains("a closed the link")),
+        "b's session ended without a's reason: {ended:?}"
+    );
+    // a answers its writes alone, with b's disk still hung.
+    let errnos = writer.join().unwrap();
+    assert!(errnos.values().all(|e| *e == 0), "{errnos:?}");
+    assert_eq!(p.status(0)["connection"], "StandAlone");
+
+    disk.hang(false);
+    p.ok(&["connect"], 0);
+    p.wait_synced("b's resync after the connect", Duration::from_secs(60));
+    assert_streamed(&p, &disk, &errnos);
+}

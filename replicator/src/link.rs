@@ -59,8 +59,9 @@ const CLOSING: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EndedBy {
     /// This node's core (or a failed write): its stream is finished and
-    /// its data acknowledged (`write_frames`), so it closes at once, with
-    /// its reason for the peer.
+    /// its data acknowledged, or reset when flow control held it past
+    /// [`CLOSING`] (`write_frames`), so it closes at once, with its
+    /// reason for the peer.
     Us,
     /// The peer finished its stream: its reason comes with its close,
     /// which follows.
@@ -362,6 +363,9 @@ async fn run_session(
             // node's memory. Every other arm (the writer's end, the tick
             // with the link's RTT and counters, the stop) goes on meanwhile.
             _ = node.lane_room(), if !room => room = true,
+            // The paused reader sees no close: the peer's (a disconnect,
+            // its give-up) is seen here, with its reason.
+            e = conn.closed(), if !room => break read_failed(&node.peer.name, Some(e.clone()), e),
             r = recv.read_buf(&mut buf), if room => match r {
                 Ok(0) => break (core::PEER_FINISHED.into(), EndedBy::PeerFinished),
                 Ok(_) => {
@@ -539,12 +543,22 @@ fn one_line(text: &str) -> String {
 /// Writes queued frames, batching what is ready into one vectored write.
 /// Ends (and says why on `closed`) when the core closes the session or the
 /// stream fails.
+///
+/// A batch QUIC's flow control holds (a peer that reads nothing: its
+/// disk stalls with its store lane full) does not hold the core's close
+/// back: the queue is still watched while the batch is written, and once
+/// a close is queued the batch gets [`CLOSING`] to go out; then the
+/// stream is reset and the session ends with the core's reason, which the
+/// peer reads in the connection's close. Frames queued meanwhile wait
+/// their turn in `next`.
 async fn write_frames(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     closed: tokio::sync::oneshot::Sender<WriterEnd>,
 ) {
     let mut chunks: Vec<Bytes> = Vec::with_capacity(128);
+    let mut next: Vec<Message> = Vec::new();
+    let mut queue = Queue::Open;
     fn push(chunks: &mut Vec<Bytes>, m: Message) {
         let (head, payload) = m.encode();
         chunks.push(head.freeze());
@@ -552,35 +566,90 @@ async fn write_frames(
             chunks.push(p);
         }
     }
-    let mut close = None;
-    while let Some(first) = rx.recv().await {
-        match first {
-            Outbound::Frame(m) => push(&mut chunks, m),
-            Outbound::Close(why) => close = Some(why),
+    loop {
+        for m in next.drain(..) {
+            push(&mut chunks, m);
         }
-        while close.is_none() && chunks.len() < 128 {
-            match rx.try_recv() {
-                Ok(Outbound::Frame(m)) => push(&mut chunks, m),
-                Ok(Outbound::Close(why)) => close = Some(why),
-                Err(_) => break,
+        while matches!(queue, Queue::Open) && chunks.len() < 128 {
+            let got = if chunks.is_empty() { rx.recv().await } else { rx.try_recv().ok() };
+            match got {
+                Some(Outbound::Frame(m)) => push(&mut chunks, m),
+                Some(Outbound::Close(why)) => queue = Queue::Closing(why),
+                None if chunks.is_empty() => return,
+                None => break,
             }
         }
-        if let Err(e) = send.write_all_chunks(&mut chunks).await {
-            debug!("link write failed: {e}");
-            let _ = closed.send(WriterEnd::Failed(e));
-            return;
-        }
-        chunks.clear();
-        if let Some(why) = close.take() {
-            // The session closes the connection next, which would drop
-            // what the peer has not acknowledged: wait for that, briefly.
-            if send.finish().is_ok() {
-                let _ = tokio::time::timeout(CLOSING, send.stopped()).await;
+        let held = {
+            let write = send.write_all_chunks(&mut chunks);
+            tokio::pin!(write);
+            let give_up = tokio::time::sleep(CLOSING);
+            tokio::pin!(give_up);
+            let mut giving_up = matches!(queue, Queue::Closing(_));
+            if giving_up {
+                give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
             }
-            let _ = closed.send(WriterEnd::Closed(why));
-            return;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut write => break r.map(|()| false),
+                    m = rx.recv(), if matches!(queue, Queue::Open) => match m {
+                        Some(Outbound::Frame(m)) => next.push(m),
+                        Some(Outbound::Close(why)) => {
+                            queue = Queue::Closing(why);
+                            giving_up = true;
+                            give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
+                        }
+                        None => queue = Queue::Gone,
+                    },
+                    _ = &mut give_up, if giving_up => break Ok(true),
+                }
+            }
+        };
+        match held {
+            Err(e) => {
+                debug!("link write failed: {e}");
+                let _ = closed.send(WriterEnd::Failed(e));
+                return;
+            }
+            Ok(held) => {
+                chunks.clear();
+                match std::mem::replace(&mut queue, Queue::Open) {
+                    Queue::Open => {}
+                    Queue::Gone if next.is_empty() => return,
+                    Queue::Gone => queue = Queue::Gone,
+                    Queue::Closing(why) if held => {
+                        // The peer reads nothing: what it has not taken
+                        // is dropped, as on any lost link.
+                        debug!("link write held by flow control at the close: stream reset");
+                        let _ = send.reset(CLOSE_ENDED.into());
+                        let _ = closed.send(WriterEnd::Closed(why));
+                        return;
+                    }
+                    Queue::Closing(why) => {
+                        // The session closes the connection next, which
+                        // would drop what the peer has not acknowledged:
+                        // wait for that, briefly.
+                        if send.finish().is_ok() {
+                            let _ = tokio::time::timeout(CLOSING, send.stopped()).await;
+                        }
+                        let _ = closed.send(WriterEnd::Closed(why));
+                        return;
+                    }
+                }
+            }
         }
     }
+}
+
+/// The writer's queue of frames, as the writer last saw it.
+enum Queue {
+    /// Frames may come.
+    Open,
+    /// The core closed the session (its reason): no frame follows.
+    Closing(String),
+    /// The session dropped the queue: what was taken is written, then
+    /// the writer ends.
+    Gone,
 }
 
 #[cfg(test)]
