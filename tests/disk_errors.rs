@@ -658,7 +658,7 @@ fn a_disconnect_from_a_peer_whose_lane_is_full_takes_effect_at_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let ended = p.log(1);
-    let ended = ended.lines().filter(|l| l.contains("replication session ended")).last();
+    let ended = ended.lines().rfind(|l| l.contains("replication session ended"));
     assert!(
         ended.is_some_and(|l| l.contains("a closed the link")),
         "b's session ended without a's reason: {ended:?}"
