@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::busy_poll::BusyPoll;
 use crate::core;
 use crate::link_stats;
-use crate::node::{Node, Outbound};
+use crate::node::{LinkTx, Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
 
@@ -345,11 +345,12 @@ async fn run_session(
 ) -> bool {
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let sid = node.link_up(out_tx);
+    let closing = Arc::new(tokio::sync::Notify::new());
+    let sid = node.link_up(LinkTx { queue: out_tx, closing: closing.clone() });
     let mut tally = SessionTally { node: node.clone(), sid, conn: conn.clone(), mtu: 0 };
     info!(%remote, sid, "replication link up");
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(write_frames(send, out_rx, closed_tx));
+    let writer = tokio::spawn(write_frames(send, out_rx, closing, closed_tx));
     let mut buf = BytesMut::with_capacity(1 << 20);
     let mut tick = tokio::time::interval(node.res.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -544,21 +545,20 @@ fn one_line(text: &str) -> String {
 /// Ends (and says why on `closed`) when the core closes the session or the
 /// stream fails.
 ///
-/// A batch QUIC's flow control holds (a peer that reads nothing: its
-/// disk stalls with its store lane full) does not hold the core's close
-/// back: the queue is still watched while the batch is written, and once
-/// a close is queued the batch gets [`CLOSING`] to go out; then the
-/// stream is reset and the session ends with the core's reason, which the
-/// peer reads in the connection's close. Frames queued meanwhile wait
-/// their turn in `next`.
+/// A write QUIC's flow control holds (a peer that reads nothing: its disk
+/// stalls with its store lane full) does not hold the core's close back:
+/// the close rings `closing`, and from then on what was queued before it
+/// has [`CLOSING`] in all to go out. If it cannot, the session ends with
+/// the core's reason all the same, and the connection's close (which
+/// `run_session` sends next, with that reason) drops the rest, as a lost
+/// link would: the core gave those frames up when it closed the session.
 async fn write_frames(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
+    closing: Arc<tokio::sync::Notify>,
     closed: tokio::sync::oneshot::Sender<WriterEnd>,
 ) {
     let mut chunks: Vec<Bytes> = Vec::with_capacity(128);
-    let mut next: Vec<Message> = Vec::new();
-    let mut queue = Queue::Open;
     fn push(chunks: &mut Vec<Bytes>, m: Message) {
         let (head, payload) = m.encode();
         chunks.push(head.freeze());
@@ -566,15 +566,21 @@ async fn write_frames(
             chunks.push(p);
         }
     }
+    // Armed when the close rings; polled only then.
+    let give_up = tokio::time::sleep(CLOSING);
+    tokio::pin!(give_up);
+    let mut ending = Ending::Running;
     loop {
-        for m in next.drain(..) {
-            push(&mut chunks, m);
-        }
-        while matches!(queue, Queue::Open) && chunks.len() < 128 {
+        while !matches!(ending, Ending::Closed(_)) && chunks.len() < 128 {
             let got = if chunks.is_empty() { rx.recv().await } else { rx.try_recv().ok() };
             match got {
                 Some(Outbound::Frame(m)) => push(&mut chunks, m),
-                Some(Outbound::Close(why)) => queue = Queue::Closing(why),
+                Some(Outbound::Close(why)) => {
+                    if matches!(ending, Ending::Running) {
+                        give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
+                    }
+                    ending = Ending::Closed(why);
+                }
                 None if chunks.is_empty() => return,
                 None => break,
             }
@@ -582,26 +588,16 @@ async fn write_frames(
         let held = {
             let write = send.write_all_chunks(&mut chunks);
             tokio::pin!(write);
-            let give_up = tokio::time::sleep(CLOSING);
-            tokio::pin!(give_up);
-            let mut giving_up = matches!(queue, Queue::Closing(_));
-            if giving_up {
-                give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
-            }
             loop {
+                // (A write that completes at once polls nothing else.)
                 tokio::select! {
                     biased;
                     r = &mut write => break r.map(|()| false),
-                    m = rx.recv(), if matches!(queue, Queue::Open) => match m {
-                        Some(Outbound::Frame(m)) => next.push(m),
-                        Some(Outbound::Close(why)) => {
-                            queue = Queue::Closing(why);
-                            giving_up = true;
-                            give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
-                        }
-                        None => queue = Queue::Gone,
-                    },
-                    _ = &mut give_up, if giving_up => break Ok(true),
+                    _ = closing.notified(), if matches!(ending, Ending::Running) => {
+                        give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
+                        ending = Ending::Draining;
+                    }
+                    _ = &mut give_up, if !matches!(ending, Ending::Running) => break Ok(true),
                 }
             }
         };
@@ -611,45 +607,50 @@ async fn write_frames(
                 let _ = closed.send(WriterEnd::Failed(e));
                 return;
             }
-            Ok(held) => {
-                chunks.clear();
-                match std::mem::replace(&mut queue, Queue::Open) {
-                    Queue::Open => {}
-                    Queue::Gone if next.is_empty() => return,
-                    Queue::Gone => queue = Queue::Gone,
-                    Queue::Closing(why) if held => {
-                        // The peer reads nothing: what it has not taken
-                        // is dropped, as on any lost link.
-                        debug!("link write held by flow control at the close: stream reset");
-                        let _ = send.reset(CLOSE_ENDED.into());
-                        let _ = closed.send(WriterEnd::Closed(why));
-                        return;
-                    }
-                    Queue::Closing(why) => {
-                        // The session closes the connection next, which
-                        // would drop what the peer has not acknowledged:
-                        // wait for that, briefly.
-                        if send.finish().is_ok() {
-                            let _ = tokio::time::timeout(CLOSING, send.stopped()).await;
+            Ok(true) => {
+                // The peer took nothing for CLOSING: the close goes now,
+                // with its reason (queued behind the held frames).
+                debug!("link write held by flow control at the close");
+                let why = match ending {
+                    Ending::Closed(why) => why,
+                    _ => loop {
+                        match rx.try_recv() {
+                            Ok(Outbound::Close(why)) => break why,
+                            Ok(Outbound::Frame(_)) => {}
+                            Err(_) => break "closed".into(),
                         }
-                        let _ = closed.send(WriterEnd::Closed(why));
-                        return;
+                    },
+                };
+                let _ = closed.send(WriterEnd::Closed(why));
+                return;
+            }
+            Ok(false) => {
+                chunks.clear();
+                if let Ending::Closed(why) = ending {
+                    // The session closes the connection next, which would
+                    // drop what the peer has not acknowledged: wait for
+                    // that, briefly.
+                    if send.finish().is_ok() {
+                        let _ = tokio::time::timeout(CLOSING, send.stopped()).await;
                     }
+                    let _ = closed.send(WriterEnd::Closed(why));
+                    return;
                 }
             }
         }
     }
 }
 
-/// The writer's queue of frames, as the writer last saw it.
-enum Queue {
-    /// Frames may come.
-    Open,
-    /// The core closed the session (its reason): no frame follows.
-    Closing(String),
-    /// The session dropped the queue: what was taken is written, then
-    /// the writer ends.
-    Gone,
+/// Whether the core closed the session, as a link's writer knows it.
+enum Ending {
+    /// No close rung.
+    Running,
+    /// The close rang (it is queued behind frames not yet taken): what
+    /// comes before it has until the armed deadline.
+    Draining,
+    /// The close was taken from the queue, with its reason: nothing
+    /// follows it.
+    Closed(String),
 }
 
 #[cfg(test)]

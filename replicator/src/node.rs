@@ -54,6 +54,15 @@ pub enum Outbound {
     Close(String),
 }
 
+/// Where a session's frames go: its writer's queue, and the bell rung
+/// once a close is queued (the writer may be held by QUIC's flow control
+/// behind frames the peer does not read: it then gives them a moment and
+/// closes, see `link::write_frames`).
+pub struct LinkTx {
+    pub queue: mpsc::UnboundedSender<Outbound>,
+    pub closing: Arc<Notify>,
+}
+
 /// What the core asks of the controller's task (votes for the witness,
 /// hooks to run).
 #[derive(Debug)]
@@ -129,7 +138,7 @@ pub struct Shell {
     /// end on a detached disk too) are woken once it is released (a woken
     /// request may run right there, and take the lock).
     state_changed: Option<Arc<Notify>>,
-    links: HashMap<SessionId, mpsc::UnboundedSender<Outbound>>,
+    links: HashMap<SessionId, LinkTx>,
     /// Metadata updates run on a blocking thread, off the node's mutex
     /// (false while opening: they run in place, and a failure fails `open`).
     persist_async: bool,
@@ -486,7 +495,8 @@ impl Node {
                 Action::Send { session, msg } => Self::send_frame(sh, session, msg),
                 Action::Close { session, reason } => {
                     if let Some(l) = sh.links.remove(&session) {
-                        let _ = l.send(Outbound::Close(reason));
+                        let _ = l.queue.send(Outbound::Close(reason));
+                        l.closing.notify_one();
                     }
                     self.changed.notify_waiters();
                 }
@@ -531,7 +541,7 @@ impl Node {
     /// Hands a frame to the writer task of session `session`'s link.
     fn send_frame(sh: &Shell, session: SessionId, msg: Message) {
         if let Some(l) = sh.links.get(&session) {
-            let _ = l.send(Outbound::Frame(msg));
+            let _ = l.queue.send(Outbound::Frame(msg));
         }
     }
 
@@ -750,8 +760,8 @@ impl Node {
     }
 
     /// A new link is up: returns its session number; frames for the peer
-    /// arrive on `out`'s receiver.
-    pub fn link_up(&self, out: mpsc::UnboundedSender<Outbound>) -> SessionId {
+    /// arrive on `out`'s queue.
+    pub fn link_up(&self, out: LinkTx) -> SessionId {
         let sid = self.next_session.fetch_add(1, Ordering::Relaxed);
         let mut sh = self.lock();
         sh.links.insert(sid, out);

@@ -1305,6 +1305,14 @@ impl Sim {
             self.nodes[n].disk = Disk::new();
             self.nodes[n].recreated = true;
             self.chk.disk_replaced(n);
+        } else if power && self.rng.chance(1, 3) {
+            // The node is replaced (a terminated instance): a new disk and
+            // no metadata, as on a first start.
+            self.note(format!("{}: node replaced (new disk, no metadata)", self.nodes[n].name));
+            self.nodes[n].disk = Disk::new();
+            self.nodes[n].meta = Meta::default();
+            self.nodes[n].recreated = true;
+            self.chk.disk_replaced(n);
         }
         self.nodes[n].restart_at =
             Some(self.now + Duration::from_millis(50 + self.rng.below(3000)));
