@@ -14,6 +14,14 @@
 //!   and, for a claim, says its disk may be promoted.
 //! - Every granted request records whether the requester's peer is
 //!   current; a node recorded as not current is outdated.
+//! - A claim is granted only if the claimant's data is the data that ran
+//!   without its outdated peer, by their generations (a node whose disk
+//!   and metadata were replaced, then rebuilt from its outdated peer,
+//!   keeps its name but not its data): it is refused if its current
+//!   generation is the one the outdated peer was left at, or if it does
+//!   not descend from the generation the claimant last ran alone with.
+//!   (A Renew is not checked: a Primary the witness does not know as
+//!   holder was forced by an operator, who accepted what is missing.)
 //! - `Release` from the holder: no holder any more.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Time, VoteKind, VoteReply, VoteRequest};
+use crate::core::{Plant, Time, VoteKind, VoteReply, VoteRequest};
 
 /// What the witness keeps across restarts (saved before a reply that
 /// changed it goes out): who holds the right, and who is outdated. The
@@ -37,6 +45,15 @@ pub struct Durable {
     /// a stale node from a current one.
     #[serde(default)]
     pub complete: bool,
+    /// Per outdated node: the generation its peer's data had when the
+    /// witness learned that the peer ran without it (their data was one
+    /// then).
+    #[serde(default)]
+    pub outdated_at: BTreeMap<String, u64>,
+    /// Per node that runs without its outdated peer: the generation its
+    /// data had at its last granted request.
+    #[serde(default)]
+    pub alone_with: BTreeMap<String, u64>,
 }
 
 /// One resource's arbitration.
@@ -52,8 +69,12 @@ pub struct Arbiter {
     until: Time,
     outdated: BTreeSet<String>,
     complete: bool,
+    outdated_at: BTreeMap<String, u64>,
+    alone_with: BTreeMap<String, u64>,
     /// Last time each node was heard (for status).
     pub heard: BTreeMap<String, Time>,
+    /// A planted mistake (the simulator's; `Plant::None` elsewhere).
+    pub plant: Plant,
 }
 
 impl Arbiter {
@@ -70,7 +91,10 @@ impl Arbiter {
             holder: saved.holder,
             outdated: saved.outdated,
             complete: saved.complete,
+            outdated_at: saved.outdated_at,
+            alone_with: saved.alone_with,
             heard: BTreeMap::new(),
+            plant: Plant::None,
         }
     }
 
@@ -80,6 +104,8 @@ impl Arbiter {
             holder: self.holder.clone(),
             outdated: self.outdated.clone(),
             complete: self.complete,
+            outdated_at: self.outdated_at.clone(),
+            alone_with: self.alone_with.clone(),
         }
     }
 
@@ -93,7 +119,9 @@ impl Arbiter {
 
     /// A restart: only what was saved remains.
     pub fn restart(&mut self, now: Time) {
+        let plant = self.plant;
         *self = Arbiter::new(&self.resource.clone(), now, self.quiet, self.durable());
+        self.plant = plant;
     }
 
     fn reply(&self, req: &VoteRequest, granted: bool, reason: impl Into<String>) -> VoteReply {
@@ -151,6 +179,9 @@ impl Arbiter {
                         format!("{}'s disk may not be promoted", req.node),
                     );
                 }
+                if let Err(why) = self.data_vouched(req) {
+                    return self.reply(req, false, why);
+                }
                 if !self.complete && !req.peer_current {
                     // It lost (or never had) its record: the claimant may be
                     // the node its peer ran without.
@@ -186,14 +217,55 @@ impl Arbiter {
         self.reply(req, true, "granted")
     }
 
+    /// A claimant's data is the data that ran without its outdated peer
+    /// (see the module's rules). A request without generations (an older
+    /// node) is not checked.
+    fn data_vouched(&self, req: &VoteRequest) -> Result<(), String> {
+        let Some(&current) = req.data.first() else { return Ok(()) };
+        if self.plant == Plant::WitnessIgnoresData {
+            return Ok(());
+        }
+        let (node, peer) = (&req.node, &req.peer);
+        if self.outdated_at.get(peer) == Some(&current) {
+            return Err(format!(
+                "{node}'s data is at generation {current:x}, where its outdated peer {peer} was \
+                 left: it may lack writes acknowledged without {peer} (`primary --force` on \
+                 {node} accepts that)"
+            ));
+        }
+        if let Some(alone) = self.alone_with.get(node) {
+            if !req.data.contains(alone) {
+                return Err(format!(
+                    "{node}'s data does not descend from generation {alone:x}, which it ran \
+                     without {peer} with: it was replaced or rebuilt from its outdated peer, and \
+                     may lack writes acknowledged without {peer} (`primary --force` on {node} \
+                     accepts that)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn record(&mut self, req: &VoteRequest) {
         self.complete = true;
         if req.peer_current {
             self.outdated.remove(&req.peer);
-        } else if self.outdated.insert(req.peer.clone()) {
-            tracing::info!(resource = %self.resource, node = %req.peer, "outdated: its peer runs without it");
+            self.outdated_at.remove(&req.peer);
+            self.alone_with.remove(&req.node);
+        } else {
+            if self.outdated.insert(req.peer.clone()) {
+                tracing::info!(resource = %self.resource, node = %req.peer, "outdated: its peer runs without it");
+                if let Some(&g) = req.data.first() {
+                    self.outdated_at.insert(req.peer.clone(), g);
+                }
+            }
+            if let Some(&g) = req.data.first() {
+                self.alone_with.insert(req.node.clone(), g);
+            }
+            self.alone_with.remove(&req.peer);
         }
         self.outdated.remove(&req.node);
+        self.outdated_at.remove(&req.node);
     }
 }
 
@@ -211,6 +283,7 @@ mod tests {
             uptodate: true,
             peer_current,
             lease_ms: 1000,
+            data: Vec::new(),
         }
     }
 
@@ -233,6 +306,54 @@ mod tests {
         let r = a.handle(t, &req("a", "a", VoteKind::Renew, true));
         assert!(!r.granted);
         assert_eq!(a.outdated().collect::<Vec<_>>(), vec!["b"]);
+    }
+
+    /// a runs without b (b outdated at generation 1, the data they
+    /// shared), writes alone (generation 2), and is lost with its disk
+    /// and metadata. Its replacement, synced from b, claims under a's name
+    /// with b's data: refused (its generation is where b was left, or not
+    /// a descendant of 2). a's own data after a restart is granted, also
+    /// when the witness saw only generation 1 before a crashed. An
+    /// operator's forced Primary (a Renew) is not checked.
+    #[test]
+    fn a_node_rebuilt_from_its_outdated_peer_is_not_granted_by_name() {
+        let t = Duration::from_secs(100);
+        let data = |node: &str, kind, peer_current, data: &[u64]| VoteRequest {
+            data: data.to_vec(),
+            ..req(node, "b", kind, peer_current)
+        };
+        let fresh = |saved: &Durable| {
+            Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), saved.clone())
+        };
+        let mut w = fresh(&Durable { complete: true, ..Durable::default() });
+        assert!(w.handle(t, &data("a", VoteKind::Claim, true, &[1])).granted);
+        assert!(w.handle(t, &data("a", VoteKind::Renew, false, &[1])).granted);
+        let seen_one = w.durable();
+        assert!(w.handle(t, &data("a", VoteKind::Renew, false, &[2, 1])).granted);
+        assert!(w.handle(t, &data("a", VoteKind::Release, false, &[2, 1])).granted);
+        let saved = w.durable();
+        for (what, d) in [("b's data", &[1u64][..]), ("an older generation", &[7, 6][..])] {
+            for peer_current in [true, false] {
+                let r = fresh(&saved).handle(
+                    t + Duration::from_secs(5),
+                    &data("a", VoteKind::Claim, peer_current, d),
+                );
+                assert!(!r.granted, "{what}, peer_current {peer_current}: {r:?}");
+                assert!(r.reason.contains("primary --force"), "{r:?}");
+            }
+        }
+        let later = t + Duration::from_secs(5);
+        let r = fresh(&saved).handle(later, &data("a", VoteKind::Claim, false, &[2, 1]));
+        assert!(r.granted, "a's own data: {r:?}");
+        let r = fresh(&seen_one).handle(later, &data("a", VoteKind::Claim, false, &[2, 1]));
+        assert!(r.granted, "a's own data, generation 2 not seen: {r:?}");
+        let r = fresh(&saved).handle(later, &data("a", VoteKind::Renew, false, &[1]));
+        assert!(r.granted, "a forced Primary: {r:?}");
+        // Once a says b is current again (b resynced from a), nothing is
+        // held against either.
+        let mut w = fresh(&saved);
+        assert!(w.handle(later, &data("a", VoteKind::Claim, true, &[2, 1])).granted);
+        assert_eq!(w.durable().outdated_at.len() + w.durable().alone_with.len(), 0);
     }
 
     /// A witness without its record (no `meta`, or the file lost) does

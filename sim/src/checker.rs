@@ -184,6 +184,18 @@ pub(crate) struct Checker {
     last_now: Time,
     /// Power losses of each node so far.
     pub power_losses: [u64; 2],
+    /// Node `n`'s data was created or replaced (a new disk, a new node)
+    /// and has completed no sync since, nor been forced: it holds nothing
+    /// that was acknowledged, whatever its core says. I5: it is neither
+    /// promoted without `--force` nor read.
+    unsynced: [bool; 2],
+    /// Whether each node may adopt its peer's data without a sync in the
+    /// last link's session: both disks were all zeroes (as created) when
+    /// it came up, and the peer's data was good.
+    adoptable: [bool; 2],
+    /// Whether each node's core said UpToDate (or Consistent) at the
+    /// last step.
+    was_up: [bool; 2],
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -236,6 +248,9 @@ impl Checker {
             was_ahead: [false, false],
             last_now: Duration::ZERO,
             power_losses: [0, 0],
+            unsynced: [true, true],
+            adoptable: [false, false],
+            was_up: [false, false],
         }
     }
 
@@ -469,6 +484,7 @@ impl Checker {
     }
 
     pub fn disk_replaced(&mut self, n: usize) {
+        self.unsynced[n] = true;
         self.epoch[n] += 1;
         self.fo[n].iter_mut().for_each(|x| *x = 0);
         self.synced_floor[n] = None;
@@ -501,6 +517,18 @@ impl Checker {
         {
             return Err(self
                 .v("I5", format!("{} promoted without --force from {disk:?}", sim.nodes[n].name)));
+        }
+        if !force && self.unsynced[n] {
+            return Err(self.v(
+                "I5",
+                format!(
+                    "{} promoted without --force ({disk:?}) with data never synced since it was created or replaced",
+                    sim.nodes[n].name
+                ),
+            ));
+        }
+        if force {
+            self.unsynced[n] = false;
         }
         self.lineage[n] = None;
         self.reign[n] = Some(sim.now);
@@ -543,6 +571,7 @@ impl Checker {
             self.stats.no_quorum_steps += 1;
         }
         self.follow_syncs(sim);
+        self.follow_adoptions(sim);
         self.check_core_caches(sim)?;
         self.check_i4_i5(sim)?;
         self.check_promotions(sim)?;
@@ -635,13 +664,57 @@ impl Checker {
                         .as_ref()
                         .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
             });
+            // The data came, whatever the disk state says of writes the
+            // node acknowledged before (Outdated: they are lost).
+            let brought = sim.nodes[n].core.as_ref().is_some_and(|c| {
+                matches!(c.disk(), DiskState::UpToDate | DiskState::Outdated)
+                    && c.replication() == Replication::Established
+                    && self.synced_floor[n]
+                        .as_ref()
+                        .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
+            });
+            if brought {
+                self.unsynced[n] = false;
+            }
             if done {
                 if let Some((_, f)) = self.synced_floor[n].take() {
                     self.stats.syncs_done += 1;
+                    self.unsynced[n] = false;
                     maxv(&mut self.fl_c[n], &f);
                 }
             }
         }
+    }
+
+    /// The link came up: whether each node may adopt its peer's data
+    /// without a sync in this session (see `follow_adoptions`).
+    pub fn linked(&mut self, nodes: &[crate::Node]) {
+        let zero = |n: usize| nodes[n].disk.cache.iter().all(|&x| x == 0);
+        let both = zero(0) && zero(1);
+        for n in 0..2 {
+            self.adoptable[n] = both && !self.unsynced[1 - n];
+        }
+    }
+
+    /// A node with new data that its core makes UpToDate without a sync
+    /// (a disk as created, adopted by a peer whose data was good and as
+    /// created too when the link came up: both all zeroes, so identical;
+    /// what the peer writes later is replicated) has its data. (Checked
+    /// at the step it turns UpToDate or Consistent: the link may be cut,
+    /// or the peer crash or be replaced, in the same step.)
+    fn follow_adoptions(&mut self, sim: &Sim) {
+        let up = |m: usize| {
+            sim.nodes[m]
+                .core
+                .as_ref()
+                .is_some_and(|c| matches!(c.disk(), DiskState::UpToDate | DiskState::Consistent))
+        };
+        for n in 0..2 {
+            if self.unsynced[n] && up(n) && !self.was_up[n] && self.adoptable[n] {
+                self.unsynced[n] = false;
+            }
+        }
+        self.was_up = [up(0), up(1)];
     }
 
     /// What a core keeps to spare itself work (hints, counts) agrees with
@@ -668,8 +741,17 @@ impl Checker {
         if writers > 1 {
             return Err(self.v("I4", "both nodes accept writes".into()));
         }
-        for node in &sim.nodes {
+        for (n, node) in sim.nodes.iter().enumerate() {
             if let Some(c) = &node.core {
+                if self.unsynced[n] && c.may_read().is_ok() {
+                    return Err(self.v(
+                        "I5",
+                        format!(
+                            "{} serves reads of data never synced since it was created or replaced",
+                            node.name
+                        ),
+                    ));
+                }
                 let d = c.disk();
                 if matches!(
                     d,

@@ -483,7 +483,7 @@ impl Sim {
             log: Vec::new(),
             downs: VecDeque::new(),
             // One seed in three (without drawing from the seed's stream).
-            witness: (opts.seed % 3 == 2).then(|| witness::Witness::new(DEAD_TIME)),
+            witness: (opts.seed % 3 == 2).then(|| witness::Witness::new(DEAD_TIME, opts.plant)),
             on_no_quorum: if opts.seed % 6 == 5 { NoQuorum::Freeze } else { NoQuorum::IoError },
             pending_violation: None,
             // One seed in five (overlapping the controller's one in three
@@ -1242,6 +1242,7 @@ impl Sim {
         let sid = self.next_sid;
         self.next_sid += 1;
         self.note(format!("link {sid} up"));
+        self.chk.linked(&self.nodes);
         self.link =
             Some(Link { sid, queue: [VecDeque::new(), VecDeque::new()], partitioned: false });
         let first = self.rng.below(2) as usize;
@@ -1305,7 +1306,7 @@ impl Sim {
             self.nodes[n].disk = Disk::new();
             self.nodes[n].recreated = true;
             self.chk.disk_replaced(n);
-        } else if power && self.rng.chance(1, 3) {
+        } else if power && self.rng.chance(1, 6) {
             // The node is replaced (a terminated instance): a new disk and
             // no metadata, as on a first start.
             self.note(format!("{}: node replaced (new disk, no metadata)", self.nodes[n].name));
@@ -1771,8 +1772,13 @@ pub fn hover(
     }
     let now_ms = sim.now.as_millis() as u64 + 1;
     let core = sim.nodes[0].core.as_mut().expect("a");
+    let disk = core.disk();
     core.promote(true, now_ms).map_err(|e| stuck(&sim, &format!("{e}")))?;
     sim.drain(0);
+    let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
+    let r = chk.promoted(&sim, 0, true, disk);
+    sim.chk = chk;
+    r.map_err(|v| fail(&sim, v))?;
     let t0 = sim.now;
     loop {
         tick(&mut sim, &mut none).map_err(|v| fail(&sim, v))?;
@@ -2019,6 +2025,8 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::AckOnFailedDisk => "ack-on-failed-disk",
         Plant::WaitOnFailedDisk => "wait-on-failed-disk",
         Plant::NoDiskTimeout => "no-disk-timeout",
+        Plant::WitnessIgnoresData => "witness-ignores-data",
+        Plant::AdoptAnyPeer => "adopt-any-peer",
     }
 }
 

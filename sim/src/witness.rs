@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use twinblock_replicator::arbiter::Arbiter;
-use twinblock_replicator::core::{Hook, Time, VoteReply, VoteRequest};
+use twinblock_replicator::core::{Hook, Plant, Time, VoteReply, VoteRequest};
 
 pub(crate) struct Witness {
     pub arb: Arbiter,
@@ -25,9 +25,11 @@ pub(crate) struct Witness {
 }
 
 impl Witness {
-    pub fn new(dead_time: Duration) -> Witness {
+    pub fn new(dead_time: Duration, plant: Plant) -> Witness {
+        let mut arb = Arbiter::new("sim", Time::ZERO, dead_time, Default::default());
+        arb.plant = plant;
         Witness {
-            arb: Arbiter::new("sim", Time::ZERO, dead_time, Default::default()),
+            arb,
             alive: true,
             restart_at: None,
             up: [true, true],

@@ -203,7 +203,7 @@ impl Core {
         }
         let mut decision = decide(&self.gen, &h.gen);
         if self.fresh
-            && h.fresh
+            && (h.fresh || self.cfg.plant == Plant::AdoptAnyPeer)
             && matches!(decision, Decision::SyncSource { .. } | Decision::SyncTarget { .. })
         {
             // Two disks as twinblock created them, never written: identical.

@@ -86,6 +86,11 @@ pub struct VoteRequest {
     pub peer_current: bool,
     /// How long the requester relies on a grant.
     pub lease_ms: u64,
+    /// The generations of the requester's data, its current first (then
+    /// the bitmap's and earlier ones): the witness tells data that ran
+    /// without the peer from data rebuilt from the outdated peer.
+    #[serde(default)]
+    pub data: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -562,6 +567,7 @@ impl Core {
             uptodate,
             peer_current,
             lease_ms: c.cfg.lease().as_millis() as u64,
+            data: self.gen.lineage(),
         }
     }
 

@@ -1997,6 +1997,7 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
         uptodate: true,
         peer_current: false,
         lease_ms: 1000,
+        data: Vec::new(),
     };
     assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
     assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);

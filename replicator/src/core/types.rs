@@ -154,6 +154,12 @@ pub enum Plant {
     /// `disk-timeout` is never enforced (a disk that stops answering keeps
     /// its writes waiting for ever).
     NoDiskTimeout,
+    /// The witness grants a claim whatever the claimant's data (a node
+    /// replaced and rebuilt from its outdated peer claims by its name).
+    WitnessIgnoresData,
+    /// A disk as created takes its peer's data as its own without a sync,
+    /// whatever the peer holds (not only a peer as created too).
+    AdoptAnyPeer,
 }
 
 impl std::str::FromStr for Plant {
@@ -174,9 +180,11 @@ impl std::str::FromStr for Plant {
             "ack-on-failed-disk" => Plant::AckOnFailedDisk,
             "wait-on-failed-disk" => Plant::WaitOnFailedDisk,
             "no-disk-timeout" => Plant::NoDiskTimeout,
+            "witness-ignores-data" => Plant::WitnessIgnoresData,
+            "adopt-any-peer" => Plant::AdoptAnyPeer,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, witness-ignores-data, adopt-any-peer)"
                 ))
             }
         })

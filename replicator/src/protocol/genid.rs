@@ -22,6 +22,18 @@ impl GenIds {
         GenIds { current: NEVER_SYNCED, bitmap: 0, history: [0, 0] }
     }
 
+    /// The generations this data descends from, its current first (the
+    /// bitmap's and earlier ones after it; none is 0).
+    pub fn lineage(&self) -> Vec<u64> {
+        let mut v = vec![self.current];
+        for g in [self.bitmap, self.history[0], self.history[1]] {
+            if g != 0 && !v.contains(&g) {
+                v.push(g);
+            }
+        }
+        v
+    }
+
     /// Starts a new generation (first write while the peer is away, or
     /// `primary --force`): the old one becomes the bitmap's base.
     pub fn new_current(&mut self, id: u64) {
