@@ -17,11 +17,14 @@
 //! - A claim is granted only if the claimant's data is the data that ran
 //!   without its outdated peer, by their generations (a node whose disk
 //!   and metadata were replaced, then rebuilt from its outdated peer,
-//!   keeps its name but not its data): it is refused if its current
-//!   generation is the one the outdated peer was left at, or if it does
-//!   not descend from the generation the claimant last ran alone with.
-//!   (A Renew is not checked: a Primary the witness does not know as
-//!   holder was forced by an operator, who accepted what is missing.)
+//!   keeps its name but not its data): it must descend from the
+//!   generation the claimant last ran alone with. A node acknowledges
+//!   writes its peer may lack only in a generation a grant carried
+//!   (`core::quorum`), so data rebuilt from the outdated peer lacks that
+//!   generation exactly when it lacks such writes. (A Renew is not
+//!   checked: a Primary the witness does not know as holder was forced
+//!   by an operator, who accepted what is missing; an outdated node's
+//!   Renew is refused all the same.)
 //! - `Release` from the holder: no holder any more.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::core::{Plant, Time, VoteKind, VoteReply, VoteRequest};
+use crate::protocol::genid::NEVER_SYNCED;
 
 /// What the witness keeps across restarts (saved before a reply that
 /// changed it goes out): who holds the right, and who is outdated. The
@@ -45,11 +49,6 @@ pub struct Durable {
     /// a stale node from a current one.
     #[serde(default)]
     pub complete: bool,
-    /// Per outdated node: the generation its peer's data had when the
-    /// witness learned that the peer ran without it (their data was one
-    /// then).
-    #[serde(default)]
-    pub outdated_at: BTreeMap<String, u64>,
     /// Per node that runs without its outdated peer: the generation its
     /// data had at its last granted request.
     #[serde(default)]
@@ -69,7 +68,6 @@ pub struct Arbiter {
     until: Time,
     outdated: BTreeSet<String>,
     complete: bool,
-    outdated_at: BTreeMap<String, u64>,
     alone_with: BTreeMap<String, u64>,
     /// Last time each node was heard (for status).
     pub heard: BTreeMap<String, Time>,
@@ -91,7 +89,6 @@ impl Arbiter {
             holder: saved.holder,
             outdated: saved.outdated,
             complete: saved.complete,
-            outdated_at: saved.outdated_at,
             alone_with: saved.alone_with,
             heard: BTreeMap::new(),
             plant: Plant::None,
@@ -104,7 +101,6 @@ impl Arbiter {
             holder: self.holder.clone(),
             outdated: self.outdated.clone(),
             complete: self.complete,
-            outdated_at: self.outdated_at.clone(),
             alone_with: self.alone_with.clone(),
         }
     }
@@ -139,6 +135,7 @@ impl Arbiter {
             return self.reply(req, false, format!("{} names itself as its peer", req.node));
         }
         self.heard.insert(req.node.clone(), now);
+        self.follow_lineage(req);
         let lease = Duration::from_millis(req.lease_ms);
         let margin = lease / 4 + Duration::from_millis(10);
         let mine = self.holder.as_deref() == Some(req.node.as_str());
@@ -218,22 +215,20 @@ impl Arbiter {
     }
 
     /// A claimant's data is the data that ran without its outdated peer
-    /// (see the module's rules). A request without generations (an older
-    /// node) is not checked.
+    /// (see the module's rules).
     fn data_vouched(&self, req: &VoteRequest) -> Result<(), String> {
-        let Some(&current) = req.data.first() else { return Ok(()) };
         if self.plant == Plant::WitnessIgnoresData {
             return Ok(());
         }
         let (node, peer) = (&req.node, &req.peer);
-        if self.outdated_at.get(peer) == Some(&current) {
-            return Err(format!(
-                "{node}'s data is at generation {current:x}, where its outdated peer {peer} was \
-                 left: it may lack writes acknowledged without {peer} (`primary --force` on \
-                 {node} accepts that)"
-            ));
-        }
         if let Some(alone) = self.alone_with.get(node) {
+            if req.data.is_empty() {
+                return Err(format!(
+                    "{node} ran without {peer} and its claim does not say what its data is (a \
+                     node older than this witness): it cannot tell whether {node} holds those \
+                     writes (`primary --force` on {node} accepts what may be missing)"
+                ));
+            }
             if !req.data.contains(alone) {
                 return Err(format!(
                     "{node}'s data does not descend from generation {alone:x}, which it ran \
@@ -246,26 +241,42 @@ impl Arbiter {
         Ok(())
     }
 
+    /// Any request tells what the node's data descends from: a later
+    /// generation of the data it ran alone with takes that one's place
+    /// (a node's saved history is short, and a resync from its peer
+    /// forgets it, while the data still holds what it acknowledged).
+    fn follow_lineage(&mut self, req: &VoteRequest) {
+        if let (Some(alone), Some(&current)) =
+            (self.alone_with.get_mut(&req.node), req.data.first())
+        {
+            if current != *alone && req.data.contains(alone) {
+                *alone = current;
+            }
+        }
+    }
+
     fn record(&mut self, req: &VoteRequest) {
         self.complete = true;
         if req.peer_current {
+            // Linked and in sync: one data, whichever claims.
             self.outdated.remove(&req.peer);
-            self.outdated_at.remove(&req.peer);
             self.alone_with.remove(&req.node);
+            self.alone_with.remove(&req.peer);
         } else {
             if self.outdated.insert(req.peer.clone()) {
                 tracing::info!(resource = %self.resource, node = %req.peer, "outdated: its peer runs without it");
-                if let Some(&g) = req.data.first() {
-                    self.outdated_at.insert(req.peer.clone(), g);
-                }
             }
-            if let Some(&g) = req.data.first() {
-                self.alone_with.insert(req.node.clone(), g);
+            // (Data never synced holds nothing acknowledged: a forced
+            // first Primary tells it before its own generation is saved.)
+            match req.data.first() {
+                Some(&g) if g != NEVER_SYNCED => {
+                    self.alone_with.insert(req.node.clone(), g);
+                }
+                _ => {}
             }
             self.alone_with.remove(&req.peer);
         }
         self.outdated.remove(&req.node);
-        self.outdated_at.remove(&req.node);
     }
 }
 
@@ -353,7 +364,39 @@ mod tests {
         // held against either.
         let mut w = fresh(&saved);
         assert!(w.handle(later, &data("a", VoteKind::Claim, true, &[2, 1])).granted);
-        assert_eq!(w.durable().outdated_at.len() + w.durable().alone_with.len(), 0);
+        assert_eq!(w.durable().alone_with.len(), 0);
+    }
+
+    /// The claims of an ordinary failover are granted again and again: a
+    /// survivor granted at its data's generation that claims again (the
+    /// grant unused, a restart before any write) at the same one; a node
+    /// whose later generation the witness heard only in a release (and
+    /// whose saved history a resync from its peer then cut to that one).
+    #[test]
+    fn a_node_with_its_own_data_is_granted_again() {
+        let t = Duration::from_secs(100);
+        let data = |node: &str, kind, peer_current, data: &[u64]| VoteRequest {
+            data: data.to_vec(),
+            ..req(node, "b", kind, peer_current)
+        };
+        let mut w = Arbiter::new(
+            "r",
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Durable { complete: true, ..Durable::default() },
+        );
+        assert!(w.handle(t, &data("a", VoteKind::Claim, false, &[5])).granted);
+        assert!(w.handle(t, &data("a", VoteKind::Release, false, &[5])).granted);
+        assert!(w.handle(t, &data("a", VoteKind::Claim, false, &[5])).granted, "a reclaim");
+        // a moved on to generation 6 (its release says so), then took
+        // generation 6 back from b with no history.
+        assert!(w.handle(t, &data("a", VoteKind::Release, false, &[6, 5])).granted);
+        let r = w.handle(t, &data("a", VoteKind::Claim, false, &[6]));
+        assert!(r.granted, "{r:?}");
+        // Data at the generation before it (b's) is not a's.
+        assert!(w.handle(t, &data("a", VoteKind::Release, false, &[6])).granted);
+        let r = w.handle(t, &data("a", VoteKind::Claim, false, &[5]));
+        assert!(!r.granted, "{r:?}");
     }
 
     /// A witness without its record (no `meta`, or the file lost) does

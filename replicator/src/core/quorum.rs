@@ -167,8 +167,15 @@ pub(crate) struct Ctl {
     /// answer to an earlier request may fence the peer again.
     unfenced_id: u64,
     witness_up: bool,
-    /// Requests sent and not answered: id -> (sent, kind, peer_current).
-    sent: BTreeMap<u64, (Time, VoteKind, bool)>,
+    /// The data generation the last granted request carried (0: none).
+    /// Writes the peer may lack are acknowledged only in that generation:
+    /// the witness knows every generation this node ran alone with before
+    /// it acknowledged a write in it, so it can tell that data from data
+    /// rebuilt from the outdated peer (`arbiter`).
+    witness_gen: u64,
+    /// Requests sent and not answered: id -> (sent, kind, peer_current,
+    /// the data's current generation).
+    sent: BTreeMap<u64, (Time, VoteKind, bool, u64)>,
     next_id: u64,
     last_request: Time,
     /// Heartbeats to the peer: ping id -> sent, to start the peer lease.
@@ -202,6 +209,7 @@ impl Ctl {
             witness_until: Time::ZERO,
             witness_fenced_peer: false,
             unfenced_id: 0,
+            witness_gen: 0,
             witness_up: false,
             sent: BTreeMap::new(),
             next_id: 1,
@@ -270,13 +278,24 @@ impl Core {
     }
 
     /// Writes the peer may lack may be acknowledged: the witness recorded
-    /// the peer as outdated, under a lease still running.
+    /// the peer as outdated, under a lease still running, and knows the
+    /// generation of this node's data (the one such writes are in).
     pub(crate) fn may_run_alone(&self) -> bool {
         let Some(c) = &self.ctl else { return true };
         if matches!(self.cfg.plant, Plant::IgnoreQuorum | Plant::NoPeerFence) {
             return self.has_quorum();
         }
-        c.demoting.is_none() && c.witness_until > self.now && c.witness_fenced_peer
+        c.demoting.is_none()
+            && c.witness_until > self.now
+            && c.witness_fenced_peer
+            && c.witness_gen == self.gen.current
+    }
+
+    /// The generations the witness is told: the saved ones (a generation
+    /// only in memory may be lost with the process; once saved it is
+    /// told, and writes in it wait for that, see `may_run_alone`).
+    fn told_gen(&self) -> super::GenIds {
+        self.p.durable_meta.as_ref().map_or(self.gen, |m| m.gen)
     }
 
     /// Quorum has been missing for `dead_time`: the survivor may be Primary.
@@ -349,7 +368,7 @@ impl Core {
     pub fn handle_vote(&mut self, now: Time, wall_ms: u64, reply: VoteReply) {
         self.now = self.now.max(now);
         let Some(c) = &mut self.ctl else { return };
-        let Some((sent, kind, peer_current)) = c.sent.remove(&reply.id) else { return };
+        let Some((sent, kind, peer_current, gen)) = c.sent.remove(&reply.id) else { return };
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
         if !reply.granted {
@@ -361,6 +380,7 @@ impl Core {
                 if reply.granted {
                     c.witness_until = sent + c.cfg.lease();
                     c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
+                    c.witness_gen = gen;
                     c.lost_since = None;
                     self.claimed(wall_ms, &reply);
                 } else {
@@ -382,6 +402,7 @@ impl Core {
                 } else if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
                     c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
+                    c.witness_gen = gen;
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
@@ -551,7 +572,9 @@ impl Core {
         let id = c.next_id;
         c.next_id += 1;
         c.last_request = now;
-        c.sent.insert(id, (now, kind, peer_current));
+        let told = self.told_gen();
+        let c = self.ctl.as_mut().expect("controller");
+        c.sent.insert(id, (now, kind, peer_current, told.current));
         if peer_current {
             // From the moment the witness may read this, it may count the
             // peer current again: no more writes the peer lacks.
@@ -567,7 +590,7 @@ impl Core {
             uptodate,
             peer_current,
             lease_ms: c.cfg.lease().as_millis() as u64,
-            data: self.gen.lineage(),
+            data: told.lineage(),
         }
     }
 
@@ -710,7 +733,7 @@ impl Core {
         let Some(c) = &mut self.ctl else { return };
         // Requests unanswered for a lease are lost (a silent witness).
         let lease = c.cfg.lease();
-        c.sent.retain(|_, (sent, _, _)| now < *sent + lease);
+        c.sent.retain(|_, (sent, _, _, _)| now < *sent + lease);
         if c.claim.is_some_and(|id| !c.sent.contains_key(&id)) {
             c.claim = None;
         }
@@ -743,9 +766,18 @@ impl Core {
             let due = c.last_request == Time::ZERO || c.last_request + c.cfg.heartbeat <= now;
             // The witness must learn at once that the peer fell behind
             // (writes wait for it), or that it caught up.
-            let news = c.witness_fenced_peer == current
+            let gen = self.told_gen().current;
+            let c = self.ctl.as_mut().expect("controller");
+            let news = (c.witness_fenced_peer == current
                 && now >= c.quiet_until
-                && !c.sent.values().any(|(_, k, pc)| *k == VoteKind::Renew && *pc == current);
+                && !c.sent.values().any(|(_, k, pc, _)| *k == VoteKind::Renew && *pc == current))
+                // Or a new generation while running alone (writes in it
+                // wait until the witness knows it).
+                || (c.witness_fenced_peer
+                    && !current
+                    && c.witness_gen != gen
+                    && now >= c.quiet_until
+                    && !c.sent.values().any(|(_, k, _, g)| *k == VoteKind::Renew && *g == gen));
             if c.witness_up && c.demoting.is_none() && (due || news) && c.sent.len() < 8 {
                 let req = self.vote_request(VoteKind::Renew);
                 self.actions.push_back(Action::Vote(req));
@@ -756,6 +788,9 @@ impl Core {
             || !c.witness_up
             || now < c.quiet_until
             || !self.may_claim()
+            // (What the claim tells of the data must be what a restart
+            // would find: a sync's end, say, saved.)
+            || !self.meta_durable()
             || self.split_brain
             || self.linking != Linking::Wanted;
         let peer_gone = now >= c.peer_heard + c.cfg.dead_time;
@@ -788,7 +823,7 @@ impl Core {
                 t = Some(t.map_or(x, |y: Time| y.min(x)));
             }
         };
-        for (sent, _, _) in c.sent.values() {
+        for (sent, _, _, _) in c.sent.values() {
             at(*sent + c.cfg.lease());
         }
         if self.role == Role::Primary {
