@@ -609,6 +609,12 @@ impl Core {
     pub(crate) fn lose_session(&mut self, why: String) {
         let Some(s) = self.session.take() else { return };
         self.last_lost = Some(s.id);
+        if matches!(&s.activity, super::session::Activity::Source(src) if src.done_sent) {
+            // The peer may have taken this generation as its own (a
+            // catch-up's SyncDone went out): what goes on without it is a
+            // new one, which the witness must hear of first.
+            self.separated = false;
+        }
         let mut lost_app = false;
         for (_, o) in s.out {
             if let OutKind::Bench(req) = o.kind {
