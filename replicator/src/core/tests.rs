@@ -420,6 +420,12 @@ mod pair {
         q: [VecDeque<Message>; 2],
         /// Frames to the peer are dropped (a silent cut).
         pub drop: bool,
+        /// Frames to node i are dropped.
+        pub drop_to: [bool; 2],
+        /// Frames to node i wait (not delivered while set).
+        pub hold_to: [bool; 2],
+        /// Once a sends SyncDone, frames to a are dropped.
+        pub deaf_after_sync_done: bool,
         pub now: Time,
         pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
         pub cfg: [CoreConfig; 2],
@@ -465,6 +471,9 @@ mod pair {
                 next_sid: 1,
                 q: [VecDeque::new(), VecDeque::new()],
                 drop: false,
+                drop_to: [false, false],
+                hold_to: [false, false],
+                deaf_after_sync_done: false,
                 now: Duration::ZERO,
                 replies: Vec::new(),
                 cfg: [ca, cb],
@@ -568,7 +577,13 @@ mod pair {
                     }
                 }
                 Action::Send { session, msg } => {
-                    if Some(session) == self.sid && !self.drop {
+                    if i == 0
+                        && self.deaf_after_sync_done
+                        && matches!(msg, Message::SyncDone { .. })
+                    {
+                        self.drop_to[0] = true;
+                    }
+                    if Some(session) == self.sid && !self.drop && !self.drop_to[1 - i] {
                         self.q[1 - i].push_back(msg);
                     }
                 }
@@ -602,6 +617,9 @@ mod pair {
                     }
                 }
                 for i in 0..2 {
+                    if self.hold_to[i] {
+                        continue;
+                    }
                     if let Some(m) = self.q[i].pop_front() {
                         moved = true;
                         let (now, sid) = (self.now, self.sid.expect("link"));
@@ -766,6 +784,63 @@ mod pair {
 }
 
 use pair::{Event, Pair};
+
+/// Adaptive mode: a Primary went Ahead within a session (a new generation
+/// X1), caught up, and sent SyncDone{X1}; the peer took X1 as its own
+/// (UpToDate), but its answer never came back and the session was lost.
+/// What the Primary then writes without the peer must be in a new
+/// generation: in X1 it would share a generation with the peer, which
+/// lacks it (and a witness could not tell a node rebuilt from that peer
+/// from this one).
+#[test]
+fn writes_alone_after_a_session_lost_past_its_sync_done_start_a_generation() {
+    let mut ca = cfg(Protocol::Adaptive);
+    ca.adaptive = AdaptiveConfig {
+        budget: Duration::from_millis(3),
+        hold: Duration::from_millis(50),
+        max_hold: Duration::from_millis(50),
+    };
+    let mut p = Pair::with_cfg(ca, true);
+    p.initial();
+    let x0 = p.core(0).gen().current;
+    // The peer is slow: a's write waits past the budget, a goes Ahead.
+    p.hold_to[1] = true;
+    p.write(0, 1, 0, 7, 64);
+    for _ in 0..5 {
+        p.now += Duration::from_millis(5);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.settle_now();
+    }
+    let x1 = p.core(0).gen().current;
+    assert_ne!(x1, x0, "a did not go Ahead");
+    // The link is good again: a catches up and sends SyncDone{x1}; b's
+    // answers to it are lost.
+    p.deaf_after_sync_done = true;
+    p.hold_to[1] = false;
+    for _ in 0..2000 {
+        p.settle_now();
+        if p.drop_to[0] {
+            break;
+        }
+        p.now += Duration::from_millis(10);
+        let now = p.now;
+        for i in 0..2 {
+            p.core(i).handle_timeout(now);
+        }
+    }
+    assert!(p.drop_to[0], "a never sent SyncDone");
+    p.settle_now();
+    assert_eq!(p.core(1).gen().current, x1, "b did not take x1");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(0).gen().current, x1);
+    p.cut();
+    p.settle();
+    p.write(0, 2, 128, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())));
+    assert_ne!(p.core(0).gen().current, x1, "a wrote alone in the generation b holds");
+}
 
 /// The Primary crashes with a write applied locally that the peer never
 /// got; the Secondary takes over and writes; the old Primary returns:
