@@ -268,11 +268,8 @@ impl Arbiter {
             }
             // (Data never synced holds nothing acknowledged: a forced
             // first Primary tells it before its own generation is saved.)
-            match req.data.first() {
-                Some(&g) if g != NEVER_SYNCED => {
-                    self.alone_with.insert(req.node.clone(), g);
-                }
-                _ => {}
+            if let Some(&g) = req.data.first().filter(|g| **g != NEVER_SYNCED) {
+                self.alone_with.insert(req.node.clone(), g);
             }
             self.alone_with.remove(&req.peer);
         }
@@ -326,13 +323,14 @@ mod tests {
     /// a descendant of 2). a's own data after a restart is granted, also
     /// when the witness saw only generation 1 before a crashed. An
     /// operator's forced Primary (a Renew) is not checked.
+    /// A request of `node` (peer b) telling its data's generations.
+    fn data(node: &str, kind: VoteKind, peer_current: bool, data: &[u64]) -> VoteRequest {
+        VoteRequest { data: data.to_vec(), ..req(node, "b", kind, peer_current) }
+    }
+
     #[test]
     fn a_node_rebuilt_from_its_outdated_peer_is_not_granted_by_name() {
         let t = Duration::from_secs(100);
-        let data = |node: &str, kind, peer_current, data: &[u64]| VoteRequest {
-            data: data.to_vec(),
-            ..req(node, "b", kind, peer_current)
-        };
         let fresh = |saved: &Durable| {
             Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), saved.clone())
         };
@@ -375,10 +373,6 @@ mod tests {
     #[test]
     fn a_node_with_its_own_data_is_granted_again() {
         let t = Duration::from_secs(100);
-        let data = |node: &str, kind, peer_current, data: &[u64]| VoteRequest {
-            data: data.to_vec(),
-            ..req(node, "b", kind, peer_current)
-        };
         let mut w = Arbiter::new(
             "r",
             Duration::ZERO,

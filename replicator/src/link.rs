@@ -59,7 +59,7 @@ const CLOSING: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EndedBy {
     /// This node's core (or a failed write): its stream is finished and
-    /// its data acknowledged, or reset when flow control held it past
+    /// its data acknowledged, or given up when flow control held it past
     /// [`CLOSING`] (`write_frames`), so it closes at once, with its
     /// reason for the peer.
     Us,

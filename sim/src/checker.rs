@@ -656,30 +656,22 @@ impl Checker {
                 self.lineage[n] = None;
             }
             self.was_target[n] = target;
-            // Completed: the same session is Established and UpToDate.
-            let done = sim.nodes[n].core.as_ref().is_some_and(|c| {
-                c.disk() == DiskState::UpToDate
-                    && c.replication() == Replication::Established
+            // Ended: the same session is Established. The data came,
+            // whatever the disk state says of writes the node acknowledged
+            // before (Outdated: they are lost); completed if UpToDate.
+            let ended = sim.nodes[n].core.as_ref().filter(|c| {
+                c.replication() == Replication::Established
                     && self.synced_floor[n]
                         .as_ref()
                         .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
             });
-            // The data came, whatever the disk state says of writes the
-            // node acknowledged before (Outdated: they are lost).
-            let brought = sim.nodes[n].core.as_ref().is_some_and(|c| {
-                matches!(c.disk(), DiskState::UpToDate | DiskState::Outdated)
-                    && c.replication() == Replication::Established
-                    && self.synced_floor[n]
-                        .as_ref()
-                        .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
-            });
-            if brought {
+            let disk = ended.map(|c| c.disk());
+            if matches!(disk, Some(DiskState::UpToDate | DiskState::Outdated)) {
                 self.unsynced[n] = false;
             }
-            if done {
+            if disk == Some(DiskState::UpToDate) {
                 if let Some((_, f)) = self.synced_floor[n].take() {
                     self.stats.syncs_done += 1;
-                    self.unsynced[n] = false;
                     maxv(&mut self.fl_c[n], &f);
                 }
             }

@@ -70,6 +70,16 @@ impl ControllerConfig {
     }
 }
 
+/// A request to the witness not answered yet, as sent.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Time,
+    kind: VoteKind,
+    peer_current: bool,
+    /// The data's (saved) current generation it told.
+    gen: u64,
+}
+
 /// A request to the witness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteRequest {
@@ -173,9 +183,8 @@ pub(crate) struct Ctl {
     /// it acknowledged a write in it, so it can tell that data from data
     /// rebuilt from the outdated peer (`arbiter`).
     witness_gen: u64,
-    /// Requests sent and not answered: id -> (sent, kind, peer_current,
-    /// the data's current generation).
-    sent: BTreeMap<u64, (Time, VoteKind, bool, u64)>,
+    /// Requests sent and not answered, by id.
+    sent: BTreeMap<u64, Sent>,
     next_id: u64,
     last_request: Time,
     /// Heartbeats to the peer: ping id -> sent, to start the peer lease.
@@ -368,7 +377,9 @@ impl Core {
     pub fn handle_vote(&mut self, now: Time, wall_ms: u64, reply: VoteReply) {
         self.now = self.now.max(now);
         let Some(c) = &mut self.ctl else { return };
-        let Some((sent, kind, peer_current, gen)) = c.sent.remove(&reply.id) else { return };
+        let Some(Sent { at: sent, kind, peer_current, gen }) = c.sent.remove(&reply.id) else {
+            return;
+        };
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
         if !reply.granted {
@@ -568,13 +579,12 @@ impl Core {
         let peer_current = self.peer_current() || self.cfg.plant == Plant::NoPeerFence;
         let uptodate = self.may_claim();
         let now = self.now;
+        let told = self.told_gen();
         let c = self.ctl.as_mut().expect("controller");
         let id = c.next_id;
         c.next_id += 1;
         c.last_request = now;
-        let told = self.told_gen();
-        let c = self.ctl.as_mut().expect("controller");
-        c.sent.insert(id, (now, kind, peer_current, told.current));
+        c.sent.insert(id, Sent { at: now, kind, peer_current, gen: told.current });
         if peer_current {
             // From the moment the witness may read this, it may count the
             // peer current again: no more writes the peer lacks.
@@ -733,7 +743,7 @@ impl Core {
         let Some(c) = &mut self.ctl else { return };
         // Requests unanswered for a lease are lost (a silent witness).
         let lease = c.cfg.lease();
-        c.sent.retain(|_, (sent, _, _, _)| now < *sent + lease);
+        c.sent.retain(|_, s| now < s.at + lease);
         if c.claim.is_some_and(|id| !c.sent.contains_key(&id)) {
             c.claim = None;
         }
@@ -768,16 +778,18 @@ impl Core {
             // (writes wait for it), or that it caught up.
             let gen = self.told_gen().current;
             let c = self.ctl.as_mut().expect("controller");
-            let news = (c.witness_fenced_peer == current
-                && now >= c.quiet_until
-                && !c.sent.values().any(|(_, k, pc, _)| *k == VoteKind::Renew && *pc == current))
-                // Or a new generation while running alone (writes in it
-                // wait until the witness knows it).
-                || (c.witness_fenced_peer
-                    && !current
-                    && c.witness_gen != gen
-                    && now >= c.quiet_until
-                    && !c.sent.values().any(|(_, k, _, g)| *k == VoteKind::Renew && *g == gen));
+            let renewing = |f: &dyn Fn(&Sent) -> bool| {
+                c.sent.values().any(|s| s.kind == VoteKind::Renew && f(s))
+            };
+            let fence_news =
+                c.witness_fenced_peer == current && !renewing(&|s| s.peer_current == current);
+            // Or a new generation while running alone (writes in it wait
+            // until the witness knows it).
+            let gen_news = c.witness_fenced_peer
+                && !current
+                && c.witness_gen != gen
+                && !renewing(&|s| s.gen == gen);
+            let news = now >= c.quiet_until && (fence_news || gen_news);
             if c.witness_up && c.demoting.is_none() && (due || news) && c.sent.len() < 8 {
                 let req = self.vote_request(VoteKind::Renew);
                 self.actions.push_back(Action::Vote(req));
@@ -823,8 +835,8 @@ impl Core {
                 t = Some(t.map_or(x, |y: Time| y.min(x)));
             }
         };
-        for (sent, _, _, _) in c.sent.values() {
-            at(*sent + c.cfg.lease());
+        for s in c.sent.values() {
+            at(s.at + c.cfg.lease());
         }
         if self.role == Role::Primary {
             if c.witness_up && c.demoting.is_none() {
