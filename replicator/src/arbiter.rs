@@ -55,6 +55,70 @@ pub struct Durable {
     pub alone_with: BTreeMap<String, u64>,
 }
 
+/// What the witness decided: granted (how), or refused (why).
+pub type Verdict = Result<Grant, Refusal>;
+
+/// How a request was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    Granted,
+    Renewed,
+    Released,
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Grant::Granted => "granted",
+            Grant::Renewed => "renewed",
+            Grant::Released => "released",
+        })
+    }
+}
+
+/// Why a request was refused; its text is the reason the node reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this witness serves {serves:?}")]
+    OtherResource { serves: String },
+    #[error("{node} names itself as its peer")]
+    NamesItself { node: String },
+    #[error("{holder} holds the Primary right")]
+    Held { holder: String },
+    #[error("{node} is outdated: its peer acknowledged writes without it")]
+    Outdated { node: String },
+    #[error("{node}'s disk may not be promoted")]
+    NotPromotable { node: String },
+    /// The claimant ran alone, and its claim carries no generations.
+    #[error(
+        "{node} ran without {peer} and its claim does not say what its data is (a node older \
+         than this witness): it cannot tell whether {node} holds those writes (`primary \
+         --force` on {node} accepts what may be missing)"
+    )]
+    DataUnknown { node: String, peer: String },
+    /// The claimant's data lacks the generation it ran alone with.
+    #[error(
+        "{node}'s data does not descend from generation {alone:x}, which it ran without \
+         {peer} with: it was replaced or rebuilt from its outdated peer, and may lack writes \
+         acknowledged without {peer} (`primary --force` on {node} accepts that)"
+    )]
+    DataNotDescended { node: String, peer: String, alone: u64 },
+    #[error(
+        "the witness has no record of who is outdated (restarted without its state): it cannot \
+         tell whether {node} is current"
+    )]
+    NoRecord { node: String },
+    #[error("the witness just started: waiting for a lease it may have forgotten")]
+    JustStarted,
+}
+
+impl Refusal {
+    /// A refusal by the claimant's data (not by its name or the lease).
+    pub fn by_data(&self) -> bool {
+        matches!(self, Refusal::DataUnknown { .. } | Refusal::DataNotDescended { .. })
+    }
+}
+
 /// One resource's arbitration.
 #[derive(Debug, Clone)]
 pub struct Arbiter {
@@ -120,19 +184,30 @@ impl Arbiter {
         self.plant = plant;
     }
 
-    fn reply(&self, req: &VoteRequest, granted: bool, reason: impl Into<String>) -> VoteReply {
-        VoteReply { id: req.id, granted, holder: self.holder.clone(), reason: reason.into() }
+    /// Decides one request, as the reply the node reads.
+    pub fn handle(&mut self, now: Time, req: &VoteRequest) -> VoteReply {
+        let verdict = self.judge(now, req);
+        self.reply(req, &verdict)
+    }
+
+    /// The reply that carries a verdict.
+    pub fn reply(&self, req: &VoteRequest, verdict: &Verdict) -> VoteReply {
+        let (granted, reason) = match verdict {
+            Ok(g) => (true, g.to_string()),
+            Err(r) => (false, r.to_string()),
+        };
+        VoteReply { id: req.id, granted, holder: self.holder.clone(), reason }
     }
 
     /// Decides one request.
-    pub fn handle(&mut self, now: Time, req: &VoteRequest) -> VoteReply {
+    pub fn judge(&mut self, now: Time, req: &VoteRequest) -> Verdict {
         if req.resource != self.resource {
-            return self.reply(req, false, format!("this witness serves {:?}", self.resource));
+            return Err(Refusal::OtherResource { serves: self.resource.clone() });
         }
         if req.peer == req.node {
             // The node would outdate itself and clear that at once: its
             // real peer would stay current while it runs alone.
-            return self.reply(req, false, format!("{} names itself as its peer", req.node));
+            return Err(Refusal::NamesItself { node: req.node.clone() });
         }
         self.heard.insert(req.node.clone(), now);
         self.follow_lineage(req);
@@ -145,59 +220,37 @@ impl Arbiter {
                     self.holder = None;
                     self.until = Time::ZERO;
                 }
-                return self.reply(req, true, "released");
+                return Ok(Grant::Released);
             }
             VoteKind::Renew if mine => {
                 self.until = self.until.max(now + lease + margin);
                 self.record(req);
-                return self.reply(req, true, "renewed");
+                return Ok(Grant::Renewed);
             }
             _ => {}
         }
         if let Some(h) = &self.holder {
             if !mine && now < self.until {
-                return self.reply(req, false, format!("{h} holds the Primary right"));
+                return Err(Refusal::Held { holder: h.clone() });
             }
         }
         if self.outdated.contains(&req.node) {
-            return self.reply(
-                req,
-                false,
-                format!("{} is outdated: its peer acknowledged writes without it", req.node),
-            );
+            return Err(Refusal::Outdated { node: req.node.clone() });
         }
         let in_quiet = now < self.started + self.quiet;
         match req.kind {
             VoteKind::Claim => {
                 if !req.uptodate {
-                    return self.reply(
-                        req,
-                        false,
-                        format!("{}'s disk may not be promoted", req.node),
-                    );
+                    return Err(Refusal::NotPromotable { node: req.node.clone() });
                 }
-                if let Err(why) = self.data_vouched(req) {
-                    return self.reply(req, false, why);
-                }
+                self.data_vouched(req)?;
                 if !self.complete && !req.peer_current {
                     // It lost (or never had) its record: the claimant may be
                     // the node its peer ran without.
-                    return self.reply(
-                        req,
-                        false,
-                        format!(
-                            "the witness has no record of who is outdated (restarted without \
-                             its state): it cannot tell whether {} is current",
-                            req.node
-                        ),
-                    );
+                    return Err(Refusal::NoRecord { node: req.node.clone() });
                 }
                 if in_quiet {
-                    return self.reply(
-                        req,
-                        false,
-                        "the witness just started: waiting for a lease it may have forgotten",
-                    );
+                    return Err(Refusal::JustStarted);
                 }
             }
             VoteKind::Renew => {
@@ -211,31 +264,22 @@ impl Arbiter {
         self.until = now + lease + margin;
         self.record(req);
         tracing::info!(resource = %self.resource, holder = %req.node, kind = ?req.kind, "Primary right granted");
-        self.reply(req, true, "granted")
+        Ok(Grant::Granted)
     }
 
     /// A claimant's data is the data that ran without its outdated peer
     /// (see the module's rules).
-    fn data_vouched(&self, req: &VoteRequest) -> Result<(), String> {
+    fn data_vouched(&self, req: &VoteRequest) -> Result<(), Refusal> {
         if self.plant == Plant::WitnessIgnoresData {
             return Ok(());
         }
-        let (node, peer) = (&req.node, &req.peer);
-        if let Some(alone) = self.alone_with.get(node) {
+        let (node, peer) = (req.node.clone(), req.peer.clone());
+        if let Some(&alone) = self.alone_with.get(&node) {
             if req.data.is_empty() {
-                return Err(format!(
-                    "{node} ran without {peer} and its claim does not say what its data is (a \
-                     node older than this witness): it cannot tell whether {node} holds those \
-                     writes (`primary --force` on {node} accepts what may be missing)"
-                ));
+                return Err(Refusal::DataUnknown { node, peer });
             }
-            if !req.data.contains(alone) {
-                return Err(format!(
-                    "{node}'s data does not descend from generation {alone:x}, which it ran \
-                     without {peer} with: it was replaced or rebuilt from its outdated peer, and \
-                     may lack writes acknowledged without {peer} (`primary --force` on {node} \
-                     accepts that)"
-                ));
+            if !req.data.contains(&alone) {
+                return Err(Refusal::DataNotDescended { node, peer, alone });
             }
         }
         Ok(())
@@ -246,6 +290,9 @@ impl Arbiter {
     /// (a node's saved history is short, and a resync from its peer
     /// forgets it, while the data still holds what it acknowledged).
     fn follow_lineage(&mut self, req: &VoteRequest) {
+        if self.plant == Plant::WitnessStaysBehind {
+            return;
+        }
         if let (Some(alone), Some(&current)) =
             (self.alone_with.get_mut(&req.node), req.data.first())
         {
@@ -343,12 +390,15 @@ mod tests {
         let saved = w.durable();
         for (what, d) in [("b's data", &[1u64][..]), ("an older generation", &[7, 6][..])] {
             for peer_current in [true, false] {
-                let r = fresh(&saved).handle(
+                let r = fresh(&saved).judge(
                     t + Duration::from_secs(5),
                     &data("a", VoteKind::Claim, peer_current, d),
                 );
-                assert!(!r.granted, "{what}, peer_current {peer_current}: {r:?}");
-                assert!(r.reason.contains("primary --force"), "{r:?}");
+                assert!(
+                    matches!(r, Err(Refusal::DataNotDescended { alone: 2, .. })),
+                    "{what}, peer_current {peer_current}: {r:?}"
+                );
+                assert!(r.is_err_and(|e| e.to_string().contains("primary --force")));
             }
         }
         let later = t + Duration::from_secs(5);
@@ -389,8 +439,11 @@ mod tests {
         assert!(r.granted, "{r:?}");
         // Data at the generation before it (b's) is not a's.
         assert!(w.handle(t, &data("a", VoteKind::Release, false, &[6])).granted);
-        let r = w.handle(t, &data("a", VoteKind::Claim, false, &[5]));
-        assert!(!r.granted, "{r:?}");
+        let r = w.judge(t, &data("a", VoteKind::Claim, false, &[5]));
+        assert!(matches!(r, Err(Refusal::DataNotDescended { alone: 6, .. })), "{r:?}");
+        // A claim that does not say what its data is (an older node).
+        let r = w.judge(t, &data("a", VoteKind::Claim, false, &[]));
+        assert!(matches!(r, Err(Refusal::DataUnknown { .. })), "{r:?}");
     }
 
     /// A witness without its record (no `meta`, or the file lost) does
@@ -400,8 +453,8 @@ mod tests {
     fn a_witness_without_its_record_does_not_promote_a_node_it_cannot_vouch_for() {
         let t = Duration::from_secs(100);
         let mut w = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), Durable::default());
-        let r = w.handle(t, &req("b", "a", VoteKind::Claim, false));
-        assert!(!r.granted, "{r:?}");
+        let r = w.judge(t, &req("b", "a", VoteKind::Claim, false));
+        assert!(matches!(r, Err(Refusal::NoRecord { .. })), "{r:?}");
         // A pair together: the claim says the peer is current.
         let r = w.handle(t, &req("b", "a", VoteKind::Claim, true));
         assert!(r.granted, "{r:?}");
@@ -409,7 +462,7 @@ mod tests {
         // From then on it knows.
         w.handle(t, &req("b", "a", VoteKind::Renew, false));
         w.restart(t);
-        let r = w.handle(t + Duration::from_secs(5), &req("a", "b", VoteKind::Claim, false));
-        assert!(!r.granted, "a is outdated: {r:?}");
+        let r = w.judge(t + Duration::from_secs(5), &req("a", "b", VoteKind::Claim, false));
+        assert!(matches!(r, Err(Refusal::Outdated { .. })), "a is outdated: {r:?}");
     }
 }

@@ -29,6 +29,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use twinblock_replicator::arbiter::Refusal;
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{
     Action, AdaptiveConfig, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord,
@@ -1024,7 +1025,8 @@ impl Sim {
             let (_, n, req) = w.to_w.pop_front().expect("front");
             if w.reachable(n, now) {
                 let before = w.arb.holder().map(str::to_owned);
-                let reply = w.arb.handle(now, &req);
+                let verdict = w.arb.judge(now, &req);
+                let reply = w.arb.reply(&req, &verdict);
                 let after = w.arb.holder().map(str::to_owned);
                 // The witness refuses a claim by its data only for data
                 // that lost what its node ran alone with: a node replaced
@@ -1035,11 +1037,7 @@ impl Sim {
                 // separations while it was out of reach) that pushed the
                 // one it knows out of the two the history keeps.
                 let full = req.data.len() >= 3;
-                if !reply.granted
-                    && (reply.reason.contains("does not descend from")
-                        || reply.reason.contains("does not say what its data is"))
-                    && self.data_replaced == 0
-                    && !full
+                if verdict.as_ref().is_err_and(Refusal::by_data) && self.data_replaced == 0 && !full
                 {
                     return Err(Violation {
                         step: self.chk.step,
@@ -2073,6 +2071,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::WaitOnFailedDisk => "wait-on-failed-disk",
         Plant::NoDiskTimeout => "no-disk-timeout",
         Plant::WitnessIgnoresData => "witness-ignores-data",
+        Plant::WitnessStaysBehind => "witness-stays-behind",
         Plant::AdoptAnyPeer => "adopt-any-peer",
     }
 }

@@ -123,6 +123,27 @@ fn finds_witness_ignores_data() {
     assert!(found > 0, "no seed of {SEEDS:?} finds the planted witness");
 }
 
+/// The other side of that rule: a witness that refuses too much leaves the
+/// pair without a Primary, which no invariant sees. The simulator fails a
+/// run in which the witness refuses a claim by its data while no node was
+/// replaced and no data given up (`witness-data`). The planted witness
+/// that keeps the generation a node ran alone with where it first heard
+/// it (not following the node's data forward) refuses b's own data once
+/// a resync cut b's saved history: caught in this 5,000-step seed, found
+/// by `--plant witness-stays-behind` runs (1 of 5,000 seeds from 0, 20000,
+/// 40000, 50000 and 60000), and the real witness passes it.
+#[test]
+fn finds_witness_stays_behind() {
+    let seed = 20483;
+    let o = run_seed(seed, 5000, Plant::None, false);
+    if let Some((v, _)) = &o.failure {
+        panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));
+    }
+    let o = run_seed(seed, 5000, Plant::WitnessStaysBehind, false);
+    let found = o.failure.as_ref().map(|(v, _)| v.rule);
+    assert_eq!(found, Some("witness-data"), "the planted witness is not caught by seed {seed}");
+}
+
 /// A disk as created (a first start, a replaced node) that takes a peer's
 /// data as its own without a sync when the peer holds written data: it
 /// holds none of it, and is caught serving reads (invariant 5: data

@@ -157,6 +157,11 @@ pub enum Plant {
     /// The witness grants a claim whatever the claimant's data (a node
     /// replaced and rebuilt from its outdated peer claims by its name).
     WitnessIgnoresData,
+    /// The witness keeps the generation a node ran alone with where it
+    /// heard it, not following the node's data to later generations (a
+    /// resync from its peer cuts the node's saved history: its own data
+    /// is then refused).
+    WitnessStaysBehind,
     /// A disk as created takes its peer's data as its own without a sync,
     /// whatever the peer holds (not only a peer as created too).
     AdoptAnyPeer,
@@ -181,10 +186,11 @@ impl std::str::FromStr for Plant {
             "wait-on-failed-disk" => Plant::WaitOnFailedDisk,
             "no-disk-timeout" => Plant::NoDiskTimeout,
             "witness-ignores-data" => Plant::WitnessIgnoresData,
+            "witness-stays-behind" => Plant::WitnessStaysBehind,
             "adopt-any-peer" => Plant::AdoptAnyPeer,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, witness-ignores-data, adopt-any-peer)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, witness-ignores-data, witness-stays-behind, adopt-any-peer)"
                 ))
             }
         })
