@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Tokio
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::Instrument;
+use twinblock_replicator::witness::WitnessStatus;
 use twinblock_replicator::Node;
 
 use crate::events::Hub;
@@ -52,10 +53,10 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// `down`; other verbs are for data nodes.
 fn witness_answer(
     req: &Request,
-    status: &watch::Receiver<serde_json::Value>,
+    status: &watch::Receiver<WitnessStatus>,
     down: &watch::Sender<bool>,
 ) -> Response {
-    let st = Some(status.borrow().clone());
+    let st = serde_json::to_value(&*status.borrow()).ok();
     match req.verb.as_str() {
         "status" => Response { ok: true, error: None, status: st },
         "down" => {
@@ -127,7 +128,7 @@ impl ControlServer {
     /// The control socket of a witness (`twinblock witness`).
     pub async fn run_witness(
         self,
-        status: watch::Receiver<serde_json::Value>,
+        status: watch::Receiver<WitnessStatus>,
         down: watch::Sender<bool>,
     ) {
         loop {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use twinblock_nbd::ServerConfig;
 use twinblock_replicator::config::ResourceConfig;
+use twinblock_replicator::witness::WitnessStatus;
 use twinblock_replicator::{link, Node, StoreOptions};
 
 use crate::control::ControlServer;
@@ -52,10 +53,9 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
                 let m = Arc::new(crate::metrics::Metrics::new(&node));
                 node.set_observer(m.clone());
                 metrics_url = format!(", metrics on http://{}/metrics", l.local_addr()?);
-                tokio::spawn(
-                    crate::metrics::serve(l, node.clone(), m.clone(), stop_rx.clone())
-                        .in_current_span(),
-                );
+                let (n, mm) = (node.clone(), m.clone());
+                let render: crate::metrics::Render = Arc::new(move || mm.render(&n.status()));
+                tokio::spawn(crate::metrics::serve(l, render, stop_rx.clone()).in_current_span());
                 Some(m)
             }
             None => None,
@@ -132,8 +132,20 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let addr = res.witness.as_ref().map(|w| w.address);
         let control = res.witness.as_ref().map(|w| w.control.clone());
+        let metrics_listener = match res.witness.as_ref().and_then(|w| w.metrics) {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let name = me.to_owned();
-        let (report_tx, report_rx) = watch::channel(serde_json::Value::Null);
+        let (report_tx, report_rx) = watch::channel(WitnessStatus::default());
+        let mut metrics_url = String::new();
+        if let Some(l) = metrics_listener {
+            metrics_url = format!(", metrics on http://{}/metrics", l.local_addr()?);
+            let status = report_rx.clone();
+            let render: crate::metrics::Render =
+                Arc::new(move || crate::metrics::witness::render(&status.borrow()));
+            tokio::spawn(crate::metrics::serve(l, render, stop_rx.clone()).in_current_span());
+        }
         let task = tokio::spawn(
             async move {
                 twinblock_replicator::witness::serve_reporting(res, &name, stop_rx, Some(report_tx))
@@ -146,7 +158,7 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
             tokio::spawn(server.run_witness(report_rx, stop_tx.clone()).in_current_span());
         }
         println!(
-            "twinblock witness: {me} listening on {}",
+            "twinblock witness: {me} listening on {}{metrics_url}",
             addr.map_or("-".into(), |a| a.to_string())
         );
         crate::sd_notify::tell("READY=1");

@@ -72,12 +72,18 @@ pub fn render(st: &Value) -> String {
                 .map(|(n, ms)| format!("{n} {:.1} s ago", ms.as_f64().unwrap_or(0.0) / 1000.0))
                 .collect()
         });
+        let alone: Vec<String> =
+            st["running_alone"].as_array().map_or(Vec::new(), |a| a.iter().map(s).collect());
+        let lease = st["lease_left_ms"]
+            .as_u64()
+            .map_or(String::new(), |ms| format!(" (lease {:.1} s left)", ms as f64 / 1000.0));
         return format!(
-            "{} on {}: Witness, Primary right held by {}\n  outdated: {}\n  heard: {}\n",
+            "{} on {}: Witness, Primary right held by {}{lease}\n  outdated: {}\n  running alone: {}\n  heard: {}\n",
             s(&st["resource"]),
             s(&st["node"]),
             st["holder"].as_str().unwrap_or("nobody"),
             if outdated.is_empty() { "-".into() } else { outdated.join(", ") },
+            if alone.is_empty() { "-".into() } else { alone.join(", ") },
             if heard.is_empty() { "-".into() } else { heard.join(", ") },
         );
     }

@@ -1,6 +1,7 @@
 //! The Prometheus endpoint (`metrics = "HOST:PORT"` under a node), scraped
 //! over HTTP as Prometheus would: while an NBD client writes, across a
-//! disconnect with writes apart, and across the resync that follows.
+//! disconnect with writes apart, and across the resync that follows; the
+//! controller's; the witness's across a failover.
 
 mod common;
 
@@ -46,6 +47,17 @@ fn scrape(addr: SocketAddr) -> String {
     let (head, body) = http(addr, "GET", "/metrics");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body
+}
+
+/// A scrape of an endpoint that may not listen yet.
+fn try_scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// The value of one sample: `name{labels...}` holding every given label.
@@ -261,7 +273,10 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
     .unwrap();
     let mut used = 0;
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if !word.starts_with("twinblock_") || word.starts_with("twinblock_controller_") {
+        if !word.starts_with("twinblock_")
+            || word.starts_with("twinblock_controller_")
+            || word.starts_with("twinblock_witness_")
+        {
             continue;
         }
         used += 1;
@@ -307,10 +322,11 @@ fn a_taken_metrics_port_stops_up_with_the_reason() {
     assert!(err.contains("nodes.a.metrics"), "{err}");
 }
 
-#[test]
-fn controller_metrics_follow_the_controller() {
+/// A pair with a witness and the failover controller: metrics on node a
+/// at `ma`, and on the witness when `w_metrics` is given.
+fn pair_with_witness(ma: SocketAddr, w_metrics: Option<SocketAddr>) -> (Pair, common::KillOnDrop) {
     use std::process::{Command, Stdio};
-    let mut p = Pair::prepare("C", "16M");
+    let p = Pair::prepare("C", "16M");
     let dir = p.dir.path().to_owned();
     common::run_ok(
         Command::new(common::BIN)
@@ -319,12 +335,12 @@ fn controller_metrics_follow_the_controller() {
             .args(["a", "b", "w"]),
     );
     let w_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let ma = free_tcp();
     let text = std::fs::read_to_string(&p.config)
         .unwrap()
         .replace("[nodes.a]\n", &format!("[nodes.a]\nmetrics = \"{ma}\"\n"));
+    let w_metrics = w_metrics.map(|m| format!("metrics = \"{m}\"\n")).unwrap_or_default();
     let text = format!(
-        "{text}\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n[controller]\ndead_time = \"3s\"\nheartbeat = \"250ms\"\n"
+        "{text}\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n{w_metrics}\n[controller]\ndead_time = \"3s\"\nheartbeat = \"250ms\"\n"
     );
     std::fs::write(&p.config, text).unwrap();
     let witness = common::KillOnDrop(
@@ -337,6 +353,13 @@ fn controller_metrics_follow_the_controller() {
             .spawn()
             .unwrap(),
     );
+    (p, witness)
+}
+
+#[test]
+fn controller_metrics_follow_the_controller() {
+    let ma = free_tcp();
+    let (mut p, witness) = pair_with_witness(ma, None);
     p.up(0);
     p.up(1);
     p.ok(&["primary", "--force"], 0);
@@ -368,4 +391,78 @@ fn controller_metrics_follow_the_controller() {
         assert!(Instant::now() < deadline, "the witness's loss never showed:\n{}", p.log(0));
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The witness's own endpoint, as an operator watches a failover on it:
+/// a holds the Primary right (its lease running), then a dies, b's claim
+/// is granted, and a is outdated while b runs alone; every request is
+/// counted by node, kind and verdict.
+#[test]
+fn witness_metrics_follow_a_failover() {
+    let (ma, mw) = (free_tcp(), free_tcp());
+    let (mut p, _witness) = pair_with_witness(ma, Some(mw));
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    fn holder(m: &'static str) -> [(&'static str, &'static str); 1] {
+        [("member", m)]
+    }
+    // (Up to 100 ms behind the witness: it publishes its status so often.)
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = try_scrape(mw).unwrap_or_default();
+        // (b is outdated until its first sync is over and a's next
+        // renewal says so.)
+        if sample(&body, "twinblock_witness_holder", &holder("a")) == Some(1.0)
+            && sample(&body, "twinblock_witness_lease_remaining_seconds", &[]) > Some(0.0)
+            && sample(&body, "twinblock_witness_outdated", &holder("b")) == Some(0.0)
+        {
+            assert_eq!(get(&body, "twinblock_witness_holder", &holder("b")), 0.0);
+            assert_eq!(get(&body, "twinblock_witness_record_complete", &[]), 1.0);
+            assert!(get(&body, "twinblock_witness_last_request_age_seconds", &holder("a")) < 5.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never held the right:\n{body}\n{}", p.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // a dies; b's controller claims, and is granted once a's lease has
+    // run out.
+    p.kill(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = scrape(mw);
+        let granted = [("member", "b"), ("kind", "claim"), ("verdict", "granted")];
+        if sample(&body, "twinblock_witness_holder", &holder("b")) == Some(1.0) {
+            assert_eq!(get(&body, "twinblock_witness_holder", &holder("a")), 0.0);
+            assert!(get(&body, "twinblock_witness_requests_total", &granted) >= 1.0);
+            // b's first renew says a is not current: a is outdated, b
+            // runs alone.
+            let a_out = sample(&body, "twinblock_witness_outdated", &holder("a"));
+            let b_alone = sample(&body, "twinblock_witness_running_alone", &holder("b"));
+            if a_out == Some(1.0) && b_alone == Some(1.0) {
+                assert!(body.contains("twinblock_witness_state_save_failures_total"), "{body}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "b never took over:\n{body}\n{}", p.log(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every witness series the example alert rules use exists.
+    let body = scrape(mw);
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alerts.yml"),
+    )
+    .unwrap();
+    let mut used = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("twinblock_witness_") {
+            used += 1;
+            assert!(body.contains(&format!("\n{word}{{")), "alerts.yml uses {word}:\n{body}");
+        }
+    }
+    assert!(used >= 3, "{used}");
+    // A scrape of anything else is answered, not dropped.
+    let (head, _) = http(mw, "GET", "/nothing");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }

@@ -66,13 +66,20 @@ pub enum Grant {
     Released,
 }
 
-impl std::fmt::Display for Grant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Grant {
+    /// Its kind, as a metric's label (and the reason the node reads).
+    pub fn label(&self) -> &'static str {
+        match self {
             Grant::Granted => "granted",
             Grant::Renewed => "renewed",
             Grant::Released => "released",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -116,6 +123,21 @@ impl Refusal {
     /// A refusal by the claimant's data (not by its name or the lease).
     pub fn by_data(&self) -> bool {
         matches!(self, Refusal::DataUnknown { .. } | Refusal::DataNotDescended { .. })
+    }
+
+    /// Its kind, as a metric's label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::OtherResource { .. } => "other_resource",
+            Refusal::NamesItself { .. } => "names_itself",
+            Refusal::Held { .. } => "held",
+            Refusal::Outdated { .. } => "outdated",
+            Refusal::NotPromotable { .. } => "not_promotable",
+            Refusal::DataUnknown { .. } => "data_unknown",
+            Refusal::DataNotDescended { .. } => "data_not_descended",
+            Refusal::NoRecord { .. } => "no_record",
+            Refusal::JustStarted => "just_started",
+        }
     }
 }
 
@@ -171,6 +193,18 @@ impl Arbiter {
 
     pub fn holder(&self) -> Option<&str> {
         self.holder.as_deref()
+    }
+
+    /// How long the holder's lease may still run (margin included), if
+    /// anyone holds the right.
+    pub fn lease_left(&self, now: Time) -> Option<Duration> {
+        self.holder.as_ref().map(|_| self.until.saturating_sub(now))
+    }
+
+    /// The nodes that run without their outdated peer (the witness holds
+    /// the generation of their data).
+    pub fn running_alone(&self) -> impl Iterator<Item = &str> {
+        self.alone_with.keys().map(String::as_str)
     }
 
     pub fn outdated(&self) -> impl Iterator<Item = &str> {

@@ -154,6 +154,8 @@ pub struct WitnessConfig {
     /// Where it saves who holds the Primary right and who is outdated
     /// (`meta`; default: none, kept in memory).
     pub state: Option<PathBuf>,
+    /// Where `twinblock witness` serves Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -401,13 +403,8 @@ impl ResourceConfig {
                 Some(c) => addr("connect", c)?,
                 None => address,
             };
+            let metrics = n.metrics.as_deref().map(|m| addr("metrics", m)).transpose()?;
             if n.witness {
-                if n.metrics.is_some() {
-                    return Err(key_err(
-                        &k("metrics"),
-                        "the witness serves no metrics (only data nodes do): remove it".into(),
-                    ));
-                }
                 for (field, given) in [("nbd", n.nbd.is_some()), ("disk", n.disk.is_some())] {
                     if given {
                         return Err(key_err(
@@ -424,6 +421,7 @@ impl ResourceConfig {
                     cert: resolve(&n.cert),
                     key: resolve(&n.key),
                     state: n.meta.as_deref().map(resolve),
+                    metrics,
                 });
                 continue;
             }
@@ -440,7 +438,7 @@ impl ResourceConfig {
                 key: resolve(&n.key),
                 cloud_instance_id: n.cloud_instance_id,
                 cloud_eni: n.cloud_eni,
-                metrics: n.metrics.as_deref().map(|m| addr("metrics", m)).transpose()?,
+                metrics,
             };
             nodes.insert(name, node);
         }

@@ -8,6 +8,7 @@
 //! 4-byte big-endian length and a JSON object (`VoteRequest` up,
 //! `VoteReply` down). Messages are small; anything over 64 KiB is a fault.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{info, warn, Instrument};
 
-use crate::arbiter::{Arbiter, Durable};
+use crate::arbiter::{Arbiter, Durable, Verdict};
 use crate::config::{ResourceConfig, WitnessConfig};
-use crate::core::{VoteReply, VoteRequest};
+use crate::core::{VoteKind, VoteReply, VoteRequest};
 use crate::node::Node;
 use crate::tls;
 
@@ -82,6 +83,10 @@ struct Shared {
     arb: Arbiter,
     origin: Instant,
     state: Option<PathBuf>,
+    /// Requests decided since start, per node, kind and verdict.
+    tally: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// Decisions undone because the state could not be saved.
+    save_failures: u64,
 }
 
 /// Runs the witness `name` of `res` until `stop` turns true.
@@ -93,25 +98,89 @@ pub async fn serve(
     serve_reporting(res, name, stop, None).await
 }
 
-/// What the witness knows, for `twinblock status` on its control socket.
-fn status_of(res: &str, name: &str, sh: &Shared) -> serde_json::Value {
+/// Requests of one node, kind and verdict since the witness started.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCount {
+    pub node: String,
+    /// `claim`, `renew` or `release`.
+    pub kind: &'static str,
+    /// `granted`, `renewed`, `released`, or why it was refused
+    /// (`arbiter::Refusal::label`; `wrong_node`, `wrong_peer`,
+    /// `save_failed` from the shell).
+    pub verdict: &'static str,
+    pub count: u64,
+}
+
+/// What the witness knows, for `twinblock status` on its control socket
+/// and its metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WitnessStatus {
+    pub resource: String,
+    pub node: String,
+    pub role: &'static str,
+    /// The resource's data nodes.
+    pub members: Vec<String>,
+    pub holder: Option<String>,
+    /// How long the holder's lease may still run, margin included.
+    pub lease_left_ms: Option<u64>,
+    pub outdated: Vec<String>,
+    /// Nodes that run without their outdated peer.
+    pub running_alone: Vec<String>,
+    pub complete: bool,
+    /// Per node: milliseconds since its last request.
+    pub heard_ms_ago: BTreeMap<String, u64>,
+    pub state_file: Option<String>,
+    pub requests: Vec<RequestCount>,
+    pub state_save_failures: u64,
+}
+
+fn status_of(res: &str, name: &str, members: &[String], sh: &Shared) -> WitnessStatus {
     let now = sh.origin.elapsed();
-    let heard: serde_json::Map<String, serde_json::Value> = sh
-        .arb
-        .heard
-        .iter()
-        .map(|(n, t)| (n.clone(), serde_json::json!(now.saturating_sub(*t).as_millis() as u64)))
-        .collect();
-    serde_json::json!({
-        "resource": res,
-        "node": name,
-        "role": "Witness",
-        "holder": sh.arb.holder(),
-        "outdated": sh.arb.outdated().collect::<Vec<_>>(),
-        "complete": sh.arb.durable().complete,
-        "heard_ms_ago": heard,
-        "state_file": sh.state.as_ref().map(|p| p.display().to_string()),
-    })
+    let ms = |d: Duration| d.as_millis() as u64;
+    WitnessStatus {
+        resource: res.into(),
+        node: name.into(),
+        role: "Witness",
+        members: members.to_vec(),
+        holder: sh.arb.holder().map(str::to_owned),
+        lease_left_ms: sh.arb.lease_left(now).map(ms),
+        outdated: sh.arb.outdated().map(str::to_owned).collect(),
+        running_alone: sh.arb.running_alone().map(str::to_owned).collect(),
+        complete: sh.arb.durable().complete,
+        heard_ms_ago: sh
+            .arb
+            .heard
+            .iter()
+            .map(|(n, t)| (n.clone(), ms(now.saturating_sub(*t))))
+            .collect(),
+        state_file: sh.state.as_ref().map(|p| p.display().to_string()),
+        requests: sh
+            .tally
+            .iter()
+            .map(|((node, kind, verdict), &count)| RequestCount {
+                node: node.clone(),
+                kind,
+                verdict,
+                count,
+            })
+            .collect(),
+        state_save_failures: sh.save_failures,
+    }
+}
+
+fn kind_label(k: VoteKind) -> &'static str {
+    match k {
+        VoteKind::Claim => "claim",
+        VoteKind::Renew => "renew",
+        VoteKind::Release => "release",
+    }
+}
+
+fn verdict_label(v: &Verdict) -> &'static str {
+    match v {
+        Ok(g) => g.label(),
+        Err(r) => r.label(),
+    }
 }
 
 /// [`serve`], publishing the witness's status on `report` every 100 ms.
@@ -119,7 +188,7 @@ pub async fn serve_reporting(
     res: ResourceConfig,
     name: &str,
     mut stop: watch::Receiver<bool>,
-    report: Option<watch::Sender<serde_json::Value>>,
+    report: Option<watch::Sender<WitnessStatus>>,
 ) -> Result<(), WitnessError> {
     let w: WitnessConfig = res.witness.clone().ok_or(WitnessError::NoWitness)?;
     if w.name != name {
@@ -131,6 +200,8 @@ pub async fn serve_reporting(
         arb: Arbiter::new(&res.name, Duration::ZERO, quiet, saved),
         origin: Instant::now(),
         state: w.state.clone(),
+        tally: BTreeMap::new(),
+        save_failures: 0,
     }));
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
@@ -150,13 +221,13 @@ pub async fn serve_reporting(
     let nodes: Vec<String> = res.nodes.keys().cloned().collect();
     if let Some(report) = report {
         let shared = shared.clone();
-        let (resource, me) = (res.name.clone(), name.to_owned());
+        let (resource, me, members) = (res.name.clone(), name.to_owned(), nodes.clone());
         let mut stop = stop.clone();
         tokio::spawn(async move {
             loop {
                 let st = {
                     let sh = shared.lock().await;
-                    status_of(&resource, &me, &sh)
+                    status_of(&resource, &me, &members, &sh)
                 };
                 if report.send(st).is_err() {
                     return;
@@ -209,50 +280,43 @@ async fn session(
 ) -> Result<(), String> {
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     while let Some(req) = read_msg::<VoteRequest>(&mut rx).await? {
-        let reply = if req.node != who {
-            VoteReply {
-                id: req.id,
-                granted: false,
-                holder: None,
-                reason: format!("request for {} on {who}'s connection", req.node),
-            }
+        let refused =
+            |reason: String| VoteReply { id: req.id, granted: false, holder: None, reason };
+        let mut sh = shared.lock().await;
+        let (reply, verdict) = if req.node != who {
+            (refused(format!("request for {} on {who}'s connection", req.node)), "wrong_node")
         } else if req.peer == who || !nodes.contains(&req.peer) {
             // The peer it names is what the witness outdates: it must be
             // the other node of this resource.
-            VoteReply {
-                id: req.id,
-                granted: false,
-                holder: None,
-                reason: format!("{who} names {:?} as its peer, not the other node", req.peer),
-            }
+            let why = format!("{who} names {:?} as its peer, not the other node", req.peer);
+            (refused(why), "wrong_peer")
         } else {
             // The lock is held until the new state is saved: a decision
             // that could not be saved is undone before anyone else sees it.
-            let mut sh = shared.lock().await;
             let prev = sh.arb.clone();
             let before = sh.arb.durable();
             let now = sh.origin.elapsed();
-            let reply = sh.arb.handle(now, &req);
+            let verdict = sh.arb.judge(now, &req);
+            let reply = sh.arb.reply(&req, &verdict);
             let after = sh.arb.durable();
-            match (before != after, sh.state.clone()) {
-                (true, Some(path)) => {
-                    // Durable before the answer relies on it.
-                    match tokio::task::spawn_blocking(move || save_state(&path, &after)).await {
-                        Ok(Ok(())) => reply,
-                        _ => {
-                            sh.arb = prev;
-                            VoteReply {
-                                id: req.id,
-                                granted: false,
-                                holder: None,
-                                reason: "the witness cannot save its state".into(),
-                            }
-                        }
-                    }
-                }
-                _ => reply,
+            let saved = match (before != after, sh.state.clone()) {
+                // Durable before the answer relies on it.
+                (true, Some(path)) => matches!(
+                    tokio::task::spawn_blocking(move || save_state(&path, &after)).await,
+                    Ok(Ok(()))
+                ),
+                _ => true,
+            };
+            if saved {
+                (reply, verdict_label(&verdict))
+            } else {
+                sh.arb = prev;
+                sh.save_failures += 1;
+                (refused("the witness cannot save its state".into()), "save_failed")
             }
         };
+        *sh.tally.entry((who.to_owned(), kind_label(req.kind), verdict)).or_default() += 1;
+        drop(sh);
         write_msg(&mut tx, &reply).await?;
     }
     Ok(())

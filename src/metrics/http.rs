@@ -1,0 +1,91 @@
+//! The Prometheus endpoint's HTTP side: `GET /metrics` answered by a tiny
+//! HTTP/1.1 responder on tokio, one request per connection, with what the
+//! node's or the witness's renderer says at that moment.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Longest request head read.
+const MAX_HEAD: usize = 8192;
+/// A client has this long to send its request head.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a scrape answers: the metrics' text, rendered at each request.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` until `stop` turns true.
+pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, _)) = conn else { continue };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(HEAD_DEADLINE * 2, answer(stream, &render)).await;
+        });
+    }
+}
+
+/// Reads one request head and answers it; the connection then closes.
+async fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let complete = tokio::time::timeout(HEAD_DEADLINE, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 || head.len() + n > MAX_HEAD {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(true)
+    })
+    .await;
+    let (status, ctype, body) = match complete {
+        Ok(Ok(true)) => respond(&head, render),
+        Ok(Ok(false)) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+        _ => return Ok(()),
+    };
+    let is_head = head.starts_with(b"HEAD ");
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !is_head {
+        reply.push_str(&body);
+    }
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn respond(head: &[u8], render: &Render) -> (&'static str, &'static str, String) {
+    let text = String::from_utf8_lossy(head);
+    let line = text.lines().next().unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render())
+        }
+        ("GET" | "HEAD", "/") => {
+            ("200 OK", "text/plain; charset=utf-8", "twinblock: metrics at /metrics\n".to_string())
+        }
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found: try /metrics\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "only GET and HEAD\n".into()),
+    }
+}
+
+/// Binds the metrics listener of a node or witness (before it announces
+/// itself).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))
+}
