@@ -4,7 +4,9 @@
 //! being measured, into the scratch area (`wire::BENCH_AREA` bytes beside
 //! the metadata), never the device. A probe changes no block of the
 //! device, no bitmap bit, no activity-log extent and no generation; its
-//! failure (the scratch file, the link) fails the probe, never the disk.
+//! failure (an error of the scratch file, the link) fails the probe, never
+//! the disk. (A scratch write with no completion for `disk-timeout` counts
+//! as the metadata's would, beside which it lies: the disk is detached.)
 
 use bytes::Bytes;
 
