@@ -324,9 +324,6 @@ impl Arbiter {
     /// (a node's saved history is short, and a resync from its peer
     /// forgets it, while the data still holds what it acknowledged).
     fn follow_lineage(&mut self, req: &VoteRequest) {
-        if self.plant == Plant::WitnessStaysBehind {
-            return;
-        }
         if let (Some(alone), Some(&current)) =
             (self.alone_with.get_mut(&req.node), req.data.first())
         {

@@ -32,6 +32,9 @@ pub struct Meta {
     /// See [`MetaRecord::lost_acked`] (0: none).
     #[serde(default)]
     pub lost_acked: u64,
+    /// See [`MetaRecord::told`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub told: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,7 @@ impl Meta {
             gen: self.gen,
             promoted_at: self.promoted_at,
             lost_acked: self.lost_acked,
+            told: self.told.clone(),
         }
     }
 
@@ -66,6 +70,7 @@ impl Meta {
             gen: r.gen,
             promoted_at: r.promoted_at,
             lost_acked: r.lost_acked,
+            told: r.told.clone(),
         }
     }
 

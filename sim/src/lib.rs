@@ -1031,14 +1031,12 @@ impl Sim {
                 // The witness refuses a claim by its data only for data
                 // that lost what its node ran alone with: a node replaced
                 // (its metadata lost). Anything else is a false refusal,
-                // which leaves the pair without a Primary, but for one
-                // known case: generations the witness never heard of (no
-                // write was acknowledged alone in them: several
-                // separations while it was out of reach) that pushed the
-                // one it knows out of the two the history keeps.
-                let full = req.data.len() >= 3;
-                if verdict.as_ref().is_err_and(Refusal::by_data) && self.data_replaced == 0 && !full
-                {
+                // which leaves the pair without a Primary. (A node keeps
+                // the generations it told, `MetaRecord::told`, so several
+                // separations the witness did not hear of do not push the
+                // one it holds out of what the node says; more than
+                // `TOLD_KEPT` of them would.)
+                if verdict.as_ref().is_err_and(Refusal::by_data) && self.data_replaced == 0 {
                     return Err(Violation {
                         step: self.chk.step,
                         rule: "witness-data",
@@ -1547,7 +1545,13 @@ impl Sim {
                 let res = core.promote(true, now_ms);
                 self.note(format!("{}: primary --force ({disk:?}) -> {res:?}", self.nodes[n].name));
                 self.drain(n);
-                if res.is_ok() && disk != DiskState::UpToDate && self.ran_alone(n) {
+                // (Forcing data that is not UpToDate gives up what either
+                // node acknowledged alone that it lacks: the peer's data
+                // will be resynced from it.)
+                if res.is_ok()
+                    && disk != DiskState::UpToDate
+                    && (self.ran_alone(n) || self.ran_alone(1 - n))
+                {
                     // The operator accepts what that node ran alone with
                     // may be gone.
                     self.data_replaced += 1;
@@ -1647,7 +1651,10 @@ impl Sim {
     /// operator: split brain, unrelated data, nothing UpToDate).
     /// What a resync or verify under way has done so far.
     fn progress(&self) -> (u64, u64) {
-        let mut p = (0, 0);
+        // (A promotion is progress too: a pair that waited for the
+        // witness's quiet period gets its Primary, which then has its
+        // metadata to save.)
+        let mut p = (self.chk.stats.promotions_checked, 0);
         for c in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
             let st = c.status();
             p.0 += st.counters.resync_bytes + st.sync.map_or(0, |s| s.done);
@@ -2071,7 +2078,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::WaitOnFailedDisk => "wait-on-failed-disk",
         Plant::NoDiskTimeout => "no-disk-timeout",
         Plant::WitnessIgnoresData => "witness-ignores-data",
-        Plant::WitnessStaysBehind => "witness-stays-behind",
+        Plant::ForgetTold => "forget-told",
         Plant::AdoptAnyPeer => "adopt-any-peer",
     }
 }

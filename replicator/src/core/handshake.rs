@@ -220,6 +220,7 @@ impl Core {
                     // peer: what it had is forgotten, so a resync cut
                     // short starts over in full, never from a bitmap.
                     self.gen = GenIds::never_synced();
+                    self.data_from_peer();
                 } else {
                     tracing::error!(
                         mine = ?self.gen, peer = ?h.gen,
@@ -341,6 +342,11 @@ impl Core {
             Decision::SyncTarget { full } => {
                 tracing::info!(full, "SyncTarget: the peer's data is newer");
                 self.disk = DiskState::Inconsistent;
+                if !h.gen.lineage().contains(&self.gen.current) {
+                    // (A peer whose data grew from ours holds whatever
+                    // ours descends from; any other replaces it.)
+                    self.data_from_peer();
+                }
                 self.discard = false;
                 let s = self.session.as_mut().expect("session");
                 s.activity = Activity::Target { behind: h.peer_out_of_sync, lost };
@@ -378,6 +384,7 @@ impl Core {
         {
             // Both fresh: we hold the peer's generation.
             self.gen = GenIds { current: h.gen.current, bitmap: 0, history: [0, 0] };
+            self.data_from_peer();
             if h.disk == DiskState::UpToDate {
                 self.disk = DiskState::UpToDate;
             }

@@ -153,6 +153,8 @@ pub struct Core {
     /// rebuilt from after its disk failed holding acknowledged writes the
     /// peer lacked (0: none).
     lost_acked: u64,
+    /// See [`MetaRecord::told`].
+    told: Vec<u64>,
     /// The latest `promoted_at` the peer's hellos gave (0: none): a
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
@@ -244,6 +246,7 @@ impl Core {
             gen: GenIds::never_synced(),
             promoted_at: 0,
             lost_acked: 0,
+            told: Vec::new(),
         });
         let durable_meta = rec.meta.clone();
         if rec.meta.is_some() && rec.disk_created {
@@ -253,6 +256,8 @@ impl Core {
             // it leaves this node Outdated, see `handshake::unusable_side`).
             meta.disk = DiskState::Failed;
             meta.fresh = false;
+            // (What it told the witness is gone with it.)
+            meta.told.clear();
         }
         let mut al = AlState::new(cfg.al_extents);
         for &e in &rec.al {
@@ -272,6 +277,7 @@ impl Core {
             fresh: meta.fresh,
             promoted_at: meta.promoted_at,
             lost_acked: meta.lost_acked,
+            told: meta.told.clone(),
             peer_promoted_at: 0,
             linking: Linking::Wanted,
             split_brain: false,
@@ -482,7 +488,29 @@ impl Core {
             gen: self.gen,
             promoted_at: self.promoted_at,
             lost_acked: self.lost_acked,
+            told: self.told.clone(),
         }
+    }
+
+    /// `m` is the metadata record in memory (without building one: this
+    /// is asked at every event).
+    pub(crate) fn meta_is(&self, m: &MetaRecord) -> bool {
+        m.disk == self.disk
+            && m.fresh == self.fresh
+            && m.gen == self.gen
+            && m.promoted_at == self.promoted_at
+            && m.lost_acked == self.lost_acked
+            && m.told == self.told
+    }
+
+    /// This node's data is being replaced by data that did not grow from
+    /// it (a resync from a peer on another line, a lost disk, an
+    /// adoption): it no longer descends from the generations it told the
+    /// witness. (A catch-up from a Primary that went Ahead of this node's
+    /// generation, or a resync from a peer whose history holds it, keeps
+    /// them: that data grew from this node's.)
+    pub(crate) fn data_from_peer(&mut self) {
+        self.told.clear();
     }
 
     /// The data was rebuilt from an older generation than this node

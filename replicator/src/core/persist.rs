@@ -71,7 +71,14 @@ impl Core {
 
     /// The metadata record in memory is the one on disk.
     pub(crate) fn meta_durable(&self) -> bool {
-        self.p.durable_meta.as_ref() == Some(&self.meta_record())
+        let durable = self.p.durable_meta.as_ref();
+        // (Built only in debug builds: the field-wise check must be the
+        // record's equality.)
+        debug_assert_eq!(
+            durable.is_some_and(|m| self.meta_is(m)),
+            durable == Some(&self.meta_record())
+        );
+        durable.is_some_and(|m| self.meta_is(m))
     }
 
     /// Every bitmap change is on disk.

@@ -37,6 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Protocol;
+use crate::protocol::genid::NEVER_SYNCED;
 use crate::protocol::wire::{DiskState, Role};
 
 use super::session::Phase;
@@ -580,6 +581,7 @@ impl Core {
         let uptodate = self.may_claim();
         let now = self.now;
         let told = self.told_gen();
+        let data = self.tell_data(&told);
         let c = self.ctl.as_mut().expect("controller");
         let id = c.next_id;
         c.next_id += 1;
@@ -600,8 +602,26 @@ impl Core {
             uptodate,
             peer_current,
             lease_ms: c.cfg.lease().as_millis() as u64,
-            data: told.lineage(),
+            data,
         }
+    }
+
+    /// What a request says this node's data descends from: the saved
+    /// generations, then those told before that the data still descends
+    /// from (the saved history is short: a few separations the witness
+    /// did not hear of push the one it holds out of it). The saved current
+    /// one joins the told ones (kept with the next metadata update).
+    fn tell_data(&mut self, saved: &super::GenIds) -> Vec<u64> {
+        let mut data = saved.lineage();
+        if saved.current != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold {
+            if !self.told.contains(&saved.current) {
+                self.told.insert(0, saved.current);
+                self.told.truncate(super::types::TOLD_KEPT);
+            }
+            let older: Vec<u64> = self.told.iter().copied().filter(|g| !data.contains(g)).collect();
+            data.extend(older);
+        }
+        data
     }
 
     /// A heartbeat to the peer went out (the peer lease starts at its send).

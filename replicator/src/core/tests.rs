@@ -46,6 +46,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         gen: GenIds { current: GEN, bitmap: 0, history: [0, 0] },
         promoted_at: 0,
         lost_acked: 0,
+        told: Vec::new(),
     }
 }
 

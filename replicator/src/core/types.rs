@@ -93,7 +93,20 @@ pub struct MetaRecord {
     /// (a new generation), or its peer made Primary on that generation.
     #[serde(default)]
     pub lost_acked: u64,
+    /// Generations this node's data was at when it told the witness (a
+    /// vote request), newest first, that its data still descends from
+    /// (cleared when its data is taken from its peer). The witness keeps
+    /// one of them for a node that ran alone; the saved history keeps only
+    /// the last few generations, this list keeps those told (at most
+    /// [`TOLD_KEPT`]).
+    #[serde(default)]
+    pub told: Vec<u64>,
 }
+
+/// How many told generations a node keeps (older ones are dropped: a
+/// claim of data whose dropped one the witness still holds is refused,
+/// and waits for an operator).
+pub const TOLD_KEPT: usize = 8;
 
 /// What the shell found on the metadata volume at start.
 #[derive(Debug, Clone, Default)]
@@ -157,11 +170,10 @@ pub enum Plant {
     /// The witness grants a claim whatever the claimant's data (a node
     /// replaced and rebuilt from its outdated peer claims by its name).
     WitnessIgnoresData,
-    /// The witness keeps the generation a node ran alone with where it
-    /// heard it, not following the node's data to later generations (a
-    /// resync from its peer cuts the node's saved history: its own data
-    /// is then refused).
-    WitnessStaysBehind,
+    /// A node does not keep the generations it told the witness: after a
+    /// few separations the witness did not hear of, the one it holds is
+    /// out of the node's saved history and its own data is refused.
+    ForgetTold,
     /// A disk as created takes its peer's data as its own without a sync,
     /// whatever the peer holds (not only a peer as created too).
     AdoptAnyPeer,
@@ -186,11 +198,11 @@ impl std::str::FromStr for Plant {
             "wait-on-failed-disk" => Plant::WaitOnFailedDisk,
             "no-disk-timeout" => Plant::NoDiskTimeout,
             "witness-ignores-data" => Plant::WitnessIgnoresData,
-            "witness-stays-behind" => Plant::WitnessStaysBehind,
+            "forget-told" => Plant::ForgetTold,
             "adopt-any-peer" => Plant::AdoptAnyPeer,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, witness-ignores-data, witness-stays-behind, adopt-any-peer)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, witness-ignores-data, forget-told, adopt-any-peer)"
                 ))
             }
         })
