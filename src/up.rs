@@ -137,7 +137,13 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
             None => None,
         };
         let name = me.to_owned();
-        let (report_tx, report_rx) = watch::channel(WitnessStatus::default());
+        let first = WitnessStatus {
+            resource: res.name.clone(),
+            node: me.to_owned(),
+            role: "Witness",
+            ..WitnessStatus::default()
+        };
+        let (report_tx, report_rx) = watch::channel(first);
         let mut metrics_url = String::new();
         if let Some(l) = metrics_listener {
             metrics_url = format!(", metrics on http://{}/metrics", l.local_addr()?);

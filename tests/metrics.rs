@@ -421,6 +421,7 @@ fn witness_metrics_follow_a_failover() {
             assert_eq!(get(&body, "twinblock_witness_holder", &holder("b")), 0.0);
             assert_eq!(get(&body, "twinblock_witness_record_complete", &[]), 1.0);
             assert!(get(&body, "twinblock_witness_last_request_age_seconds", &holder("a")) < 5.0);
+            assert!(get(&body, "twinblock_witness_status_age_seconds", &[]) < 5.0);
             break;
         }
         assert!(Instant::now() < deadline, "a never held the right:\n{body}\n{}", p.log(0));

@@ -132,6 +132,9 @@ pub struct WitnessStatus {
     pub state_file: Option<String>,
     pub requests: Vec<RequestCount>,
     pub state_save_failures: u64,
+    /// When this status was taken (None: not yet).
+    #[serde(skip)]
+    pub taken: Option<Instant>,
 }
 
 fn status_of(res: &str, name: &str, members: &[String], sh: &Shared) -> WitnessStatus {
@@ -165,6 +168,7 @@ fn status_of(res: &str, name: &str, members: &[String], sh: &Shared) -> WitnessS
             })
             .collect(),
         state_save_failures: sh.save_failures,
+        taken: Some(Instant::now()),
     }
 }
 

@@ -15,20 +15,39 @@ const MAX_HEAD: usize = 8192;
 /// A client has this long to send its request head.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Connections answered at once; more are closed as they come. (Idle
+/// connections would otherwise hold the process's file descriptors, which
+/// the node's disk and the witness's state file need.)
+const MAX_CONNECTIONS: usize = 16;
+
 /// What a scrape answers: the metrics' text, rendered at each request.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Serves `GET /metrics` until `stop` turns true.
 pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok((stream, _)) = conn else { continue };
+        let stream = match conn {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // (Out of descriptors: wait rather than spin on accept.)
+                tracing::debug!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let render = render.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(HEAD_DEADLINE * 2, answer(stream, &render)).await;
+            drop(slot);
         });
     }
 }

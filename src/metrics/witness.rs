@@ -39,8 +39,17 @@ pub fn render(st: &WitnessStatus) -> String {
         (Cow::Borrowed("node"), Cow::Owned(st.node.clone())),
     ];
     let mut reg = Registry::with_prefix_and_labels("twinblock_witness", labels.into_iter());
-    let holder: Vec<String> = st.holder.iter().cloned().collect();
-    per_member(&mut reg, "holder", "1 for the node that holds the Primary right", st, &holder);
+    // (The arbiter keeps its last holder after the lease ran out, when
+    // anyone may claim: that is no holder.)
+    let holding = st.lease_left_ms.is_some_and(|ms| ms > 0);
+    let holder: Vec<String> = st.holder.iter().filter(|_| holding).cloned().collect();
+    per_member(
+        &mut reg,
+        "holder",
+        "1 for the node that holds the Primary right (its lease may still run)",
+        st,
+        &holder,
+    );
     per_member(
         &mut reg,
         "outdated",
@@ -73,7 +82,8 @@ pub fn render(st: &WitnessStatus) -> String {
     let heard = Family::<Labels, FloatGauge>::default();
     reg.register_with_unit(
         "last_request_age",
-        "Time since each node's last request",
+        "Time since each node's last request (a Primary renews every heartbeat; a Secondary asks \
+         only to claim)",
         Unit::Seconds,
         heard.clone(),
     );
@@ -95,6 +105,15 @@ pub fn render(st: &WitnessStatus) -> String {
         ];
         requests.get_or_create(&l).inc_by(r.count);
     }
+    let age = FloatGauge::default();
+    reg.register_with_unit(
+        "status_age",
+        "How old these figures are (the witness publishes them every 100 ms; more: it is stuck, \
+         e.g. saving its state)",
+        Unit::Seconds,
+        age.clone(),
+    );
+    age.set(st.taken.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()));
     let failures = Counter::<u64>::default();
     reg.register(
         "state_save_failures",
@@ -144,5 +163,39 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
         }
+        // A lease that ran out: the arbiter still names its last holder,
+        // but nobody holds the right.
+        let text = render(&WitnessStatus { lease_left_ms: Some(0), ..st });
+        let line = r#"twinblock_witness_holder{resource="r",node="w",member="b"} 0"#;
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+
+    /// The critical alert on a claim refused by its data matches exactly
+    /// the verdicts the witness gives such refusals (a renamed label would
+    /// silence it).
+    #[test]
+    fn the_alert_on_refusals_by_data_names_their_verdicts() {
+        use twinblock_replicator::arbiter::Refusal;
+        let rules = include_str!("../../scripts/alerts.yml");
+        let at = rules.find("verdict=~\"").expect("the alert's verdict pattern") + 10;
+        let pattern = &rules[at..at + rules[at..].find('"').expect("end of the pattern")];
+        let mut alerted: Vec<&str> = pattern.split('|').collect();
+        alerted.sort_unstable();
+        let (n, p) = (String::from("a"), String::from("b"));
+        let all = [
+            Refusal::OtherResource { serves: n.clone() },
+            Refusal::NamesItself { node: n.clone() },
+            Refusal::Held { holder: n.clone() },
+            Refusal::Outdated { node: n.clone() },
+            Refusal::NotPromotable { node: n.clone() },
+            Refusal::DataUnknown { node: n.clone(), peer: p.clone() },
+            Refusal::DataNotDescended { node: n.clone(), peer: p, alone: 1 },
+            Refusal::NoRecord { node: n },
+            Refusal::JustStarted,
+        ];
+        let mut by_data: Vec<&str> =
+            all.iter().filter(|r| r.by_data()).map(|r| r.label()).collect();
+        by_data.sort_unstable();
+        assert_eq!(alerted, by_data);
     }
 }
