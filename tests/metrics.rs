@@ -467,3 +467,27 @@ fn witness_metrics_follow_a_failover() {
     let (head, _) = http(mw, "GET", "/nothing");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
+
+/// Scrapers that connect and send nothing hold at most a few of the
+/// node's file descriptors (its disk, metadata and state files need
+/// them): connections past the first 16 are closed as they come, and the
+/// endpoint answers again once the idle ones give up.
+#[test]
+fn idle_scrapers_hold_few_descriptors() {
+    let (p, ports) = pair_with_metrics();
+    let pid = p.nodes[0].child.as_ref().unwrap().id();
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let before = fds();
+    let idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(ports[0]).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = fds();
+    assert!(during <= before + 20, "{before} descriptors before, {during} with 200 idle scrapers");
+    // The node goes on meanwhile.
+    assert_eq!(p.status(0)["role"], "Primary");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while try_scrape(ports[0]).is_none() {
+        assert!(Instant::now() < deadline, "the endpoint never answered again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
