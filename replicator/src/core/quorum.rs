@@ -610,11 +610,16 @@ impl Core {
     /// generations, then those told before that the data still descends
     /// from (the saved history is short: a few separations the witness
     /// did not hear of push the one it holds out of it). The saved current
-    /// one joins the told ones (kept with the next metadata update).
+    /// one joins the told ones (kept with the next metadata update) if the
+    /// data is good and in memory still descends from it (not while it is
+    /// being replaced by data that did not grow from it, whose record may
+    /// not be saved yet).
     fn tell_data(&mut self, saved: &super::GenIds) -> Vec<u64> {
         let mut data = saved.lineage();
         if saved.current != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold {
-            if !self.told.contains(&saved.current) {
+            let good =
+                self.disk == DiskState::UpToDate && self.gen.lineage().contains(&saved.current);
+            if good && !self.told.contains(&saved.current) {
                 self.told.insert(0, saved.current);
                 self.told.truncate(super::types::TOLD_KEPT);
             }
