@@ -84,10 +84,14 @@ fn finds_no_peer_fence() {
 /// 20306 (5,000 steps) left a Secondary Outdated and Behind for ever after
 /// an adaptive catch-up (the Primary started a new generation when it
 /// released writes lost on going Ahead, though the resync had brought
-/// the peer everything).
+/// the peer everything); 105355 (a Primary whose disk hung was detached
+/// and answered writes OK on the strength of a peer that was a resync
+/// target, an incomplete copy; its own record of the detachment could not
+/// be saved on the hung device, and after a power loss it came back
+/// UpToDate without them: I1).
 #[test]
 fn regression_seeds_pass() {
-    const SEEDS: &[(u64, usize)] = &[(20306, 5000)];
+    const SEEDS: &[(u64, usize)] = &[(20306, 5000), (105355, 5000)];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);
         if let Some((v, _)) = &o.failure {

@@ -150,7 +150,15 @@ impl Core {
         };
         self.pending.insert(
             req,
-            Pending { local, local_at: None, peer, extents: Vec::new(), range: None, fua: false },
+            Pending {
+                local,
+                local_at: None,
+                peer,
+                extents: Vec::new(),
+                range: None,
+                fua: false,
+                peer_whole: false,
+            },
         );
         self.try_reply(req);
     }

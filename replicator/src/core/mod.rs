@@ -120,6 +120,10 @@ struct Pending {
     range: Option<(u64, u64)>,
     /// FUA: the reply promises the data durable.
     fua: bool,
+    /// The peer held a complete copy (UpToDate) when it confirmed: only
+    /// then may it alone keep the reply's promise (this node's disk
+    /// detached). A resync target holds an incomplete one.
+    peer_whole: bool,
 }
 
 impl Pending {

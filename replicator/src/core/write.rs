@@ -216,13 +216,16 @@ impl Core {
     }
 
     /// With this node's disk detached, the peer alone keeps what an OK
-    /// reply to `p` promises: it confirmed `p`, and
+    /// reply to `p` promises: it confirmed `p` holding a complete copy
+    /// (UpToDate: not a resync target, whose copy lacks the blocks still
+    /// to come, found by the simulator's seed 105355), and
     /// - a FUA write in protocol B was not only received (received is
     ///   not durable);
     /// - a FLUSH leaves nothing the peer lacks (blocks written apart, or
     ///   the failed write's, were only on the detached disk).
     fn peer_keeps_promise(&self, p: &Pending) -> bool {
         p.peer == PeerPart::Confirmed
+            && p.peer_whole
             && !(p.fua && self.cfg.protocol == Protocol::B)
             && !(p.range.is_none() && self.dirty.bytes() > 0)
     }
@@ -314,8 +317,10 @@ impl Core {
         if let Some((_, len)) = range {
             self.counters.written_bytes += len;
         }
-        self.pending
-            .insert(req, Pending { local: None, local_at: None, peer, extents, range, fua });
+        self.pending.insert(
+            req,
+            Pending { local: None, local_at: None, peer, extents, range, fua, peer_whole: false },
+        );
     }
 
     pub(crate) fn app_local_done(&mut self, req: ReqId, result: Result<(), IoError>) {
@@ -383,9 +388,11 @@ impl Core {
     }
 
     fn peer_confirmed(&mut self, req: ReqId) {
+        let whole = self.session.as_ref().is_some_and(|s| s.peer.disk == DiskState::UpToDate);
         if let Some(p) = self.pending.get_mut(&req) {
             if matches!(p.peer, PeerPart::Waiting(_)) {
                 p.peer = PeerPart::Confirmed;
+                p.peer_whole = whole;
             }
         }
         self.try_reply(req);
