@@ -307,16 +307,18 @@ impl Arbiter {
         if self.plant == Plant::WitnessIgnoresData {
             return Ok(());
         }
-        let (node, peer) = (req.node.clone(), req.peer.clone());
-        if let Some(&alone) = self.alone_with.get(&node) {
-            if req.data.is_empty() {
-                return Err(Refusal::DataUnknown { node, peer });
+        let names = || (req.node.clone(), req.peer.clone());
+        match self.alone_with.get(&req.node) {
+            Some(_) if req.data.is_empty() => {
+                let (node, peer) = names();
+                Err(Refusal::DataUnknown { node, peer })
             }
-            if !req.data.contains(&alone) {
-                return Err(Refusal::DataNotDescended { node, peer, alone });
+            Some(&alone) if !req.data.contains(&alone) => {
+                let (node, peer) = names();
+                Err(Refusal::DataNotDescended { node, peer, alone })
             }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Any request tells what the node's data descends from: a later

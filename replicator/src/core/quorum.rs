@@ -623,8 +623,11 @@ impl Core {
                 self.told.insert(0, saved.current);
                 self.told.truncate(super::types::TOLD_KEPT);
             }
-            let older: Vec<u64> = self.told.iter().copied().filter(|g| !data.contains(g)).collect();
-            data.extend(older);
+            for &g in &self.told {
+                if !data.contains(&g) {
+                    data.push(g);
+                }
+            }
         }
         data
     }
