@@ -125,6 +125,11 @@ struct PendingPromotion {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     pub acked: u64,
+    /// Requests answered OK by a node whose disk is Failed (from the
+    /// peer's part alone).
+    pub failed_disk_acks: u64,
+    /// Application requests answered with an error by such a node.
+    pub failed_disk_errors: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
     pub power_checks: u64,

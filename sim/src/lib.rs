@@ -432,6 +432,9 @@ pub struct Sim {
     /// `disk-timeout` seeds: the cores' limit (a disk may stall: its store
     /// operations never complete).
     disk_timeout: Option<Duration>,
+    /// The metadata sits on the data's device: a stall hangs its updates
+    /// too (else it is on a device of its own that keeps answering).
+    meta_on_disk: bool,
 }
 
 /// The simulator's `disk-timeout` (store operations take at most ~3 ms).
@@ -499,6 +502,8 @@ impl Sim {
             noted_repl: [Replication::Off; 2],
             // One seed in four.
             disk_timeout: (opts.seed % 4 == 3).then_some(DISK_TIMEOUT),
+            // Of those, one in two (seeds 8k+7) with the metadata apart.
+            meta_on_disk: opts.seed % 8 != 7,
             opts,
         };
         if sim.level.is_some() {
@@ -601,7 +606,7 @@ impl Sim {
     /// An I/O of node `n` on its way: it completes at its time, or never
     /// if the disk stalled (until the process ends).
     fn queue_io(&mut self, n: usize, io: PendingIo) {
-        if self.nodes[n].stalled {
+        if self.nodes[n].stalled && (io.persist.is_none() || self.meta_on_disk) {
             self.note(format!("{}: io#{} hangs (stalled disk)", self.nodes[n].name, io.io));
             self.chk.stats.hung_ios += 1;
             self.nodes[n].first_hung.get_or_insert(self.now);
@@ -740,7 +745,7 @@ impl Sim {
                     }
                     None => Ok(None),
                 };
-                // (The metadata on the stalled device too.)
+                // (On the stalled device too if `meta_on_disk`.)
                 let durable = Vec::new();
                 self.queue_io(
                     n,
@@ -834,6 +839,9 @@ impl Sim {
         if let (Err(e), AppKind::Write { .. } | AppKind::Zero { .. } | AppKind::Flush) =
             (&result, &r.kind)
         {
+            if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
+                self.chk.stats.failed_disk_errors += 1;
+            }
             if *e != ReplyError::ReadOnly {
                 self.note(format!("{}: req {req} {:?} -> {:?}", self.nodes[n].name, r.kind, e));
             }
@@ -861,6 +869,9 @@ impl Sim {
             if let Err(v) = self.chk.failed_disk_ack(self, n, &r, self.protocol) {
                 self.pending_violation.get_or_insert(v);
             }
+            if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
+                self.chk.stats.failed_disk_acks += 1;
+            }
             self.chk.acked(n, &r, confirmed, self.protocol);
         }
     }
@@ -868,6 +879,11 @@ impl Sim {
     // ----- the workload -----
 
     fn submit(&mut self, n: usize) {
+        self.submit_as(n, false)
+    }
+
+    /// [`Sim::submit`], a FLUSH if `flush` (the same random draws).
+    fn submit_as(&mut self, n: usize, flush: bool) {
         let Some(core) = self.nodes[n].core.as_ref() else { return };
         if self.nodes[n].reqs.len() >= 8 {
             return;
@@ -917,6 +933,7 @@ impl Sim {
         } else {
             AppKind::Zero { id: uid, off, len, fua }
         };
+        let kind = if flush { AppKind::Flush } else { kind };
         let snapshot = matches!(kind, AppKind::Flush).then(|| self.chk.flush_snap(n));
         if let AppKind::Zero { id, off, len, .. } = &kind {
             self.chk.zero_submitted(*id, *off, *len);
@@ -1812,42 +1829,7 @@ pub fn hover(
         sim.checked()
     };
     // Connected, a Primary, b in sync.
-    let t0 = sim.now;
-    let mut none = None;
-    while !(sim.replication(0) == Replication::Established
-        && sim.replication(1) == Replication::Established)
-    {
-        tick(&mut sim, &mut none).map_err(|v| fail(&sim, v))?;
-        if sim.now > t0 + Duration::from_secs(10) {
-            return Err(stuck(&sim, "the pair did not connect"));
-        }
-    }
-    let now_ms = sim.now.as_millis() as u64 + 1;
-    let core = sim.nodes[0].core.as_mut().expect("a");
-    let disk = core.disk();
-    core.promote(true, now_ms).map_err(|e| stuck(&sim, &format!("{e}")))?;
-    sim.drain(0);
-    let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
-    let r = chk.promoted(&sim, 0, true, disk);
-    sim.chk = chk;
-    r.map_err(|v| fail(&sim, v))?;
-    let t0 = sim.now;
-    loop {
-        tick(&mut sim, &mut none).map_err(|v| fail(&sim, v))?;
-        let synced = (0..2).all(|n| {
-            sim.nodes[n].core.as_ref().is_some_and(|c| {
-                c.replication() == Replication::Established
-                    && c.disk() == DiskState::UpToDate
-                    && c.quiescent()
-            })
-        });
-        if synced {
-            break;
-        }
-        if sim.now > t0 + Duration::from_secs(30) {
-            return Err(stuck(&sim, "the initial sync did not finish"));
-        }
-    }
+    establish(&mut sim, "hover", &mut |sim| tick(sim, &mut None))?;
     let switches =
         |sim: &Sim| sim.nodes[0].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
     // The hovering link.
@@ -1898,14 +1880,7 @@ pub fn hover(
     }
     let states: Vec<String> =
         (0..2).map(|n| sim.nodes[n].core.as_ref().map_or("down".into(), core_state)).collect();
-    let settled = (0..2).all(|n| {
-        sim.nodes[n].core.as_ref().is_some_and(|c| {
-            c.replication() == Replication::Established
-                && c.disk() == DiskState::UpToDate
-                && c.quiescent()
-        })
-    });
-    if !settled {
+    if !in_sync(&sim) {
         return Err(stuck(
             &sim,
             &format!("not back in sync 9 s after the link calmed: {states:?}"),
@@ -1918,6 +1893,193 @@ pub fn hover(
         max_window: sim.chk.stats.max_switches_window,
         calm_switches: switches(&sim) - s0 - out.switches,
         ..out
+    })
+}
+
+/// What a stalled-Primary run saw (see [`stalled_primary`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StallOutcome {
+    /// Rounds run (a stall, a power loss, back in sync).
+    pub rounds: u64,
+    /// Requests the stalled Primary answered OK from its peer's part.
+    pub failed_disk_acks: u64,
+    /// Requests it answered with an error after the stall.
+    pub failed_disk_errors: u64,
+}
+
+/// A Primary whose disk stalls, deterministically: a protocol C pair with
+/// `disk-timeout`, no controller, no injected errors (`seed`: the random
+/// choices). Each round the Primary writes (with FLUSHes and FUA among
+/// them) every 2 ms; its disk stalls (round 0, 2, ...: the metadata on a
+/// device of its own; round 1, 3, ...: on the stalled device too) while
+/// it goes on writing; it is detached after `disk-timeout` and answers
+/// what waited; it then loses power, restarts with its disk answering
+/// again, and the pair must come back in sync, the other node Primary for
+/// the next round. Every invariant is checked after every step; the power
+/// loss checks that what the node's saved record calls usable holds every
+/// acknowledged FLUSH and FUA write.
+pub fn stalled_primary(
+    seed: u64,
+    rounds: u64,
+    plant: Plant,
+) -> Result<StallOutcome, (Violation, Vec<String>)> {
+    // A seed without the controller or adaptive mode.
+    let seed =
+        (0..).map(|k| seed * 30 + 3 + 4 * k).find(|s| s % 3 != 2 && s % 5 != 1).expect("seed");
+    let trace = std::env::var_os("STALL_TRACE").is_some();
+    let mut sim = Sim::new(Options { seed, steps: 0, plant, trace });
+    sim.err_rate = 0;
+    sim.protocol = Protocol::C;
+    sim.disk_timeout = Some(DISK_TIMEOUT);
+    for n in 0..2 {
+        sim.nodes[n].core = None;
+        sim.nodes[n].ios.clear();
+        sim.nodes[n].hung.clear();
+        sim.nodes[n].meta = Meta::default();
+        sim.nodes[n].recreated = true;
+        sim.start(n);
+    }
+    let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
+    let stuck = |sim: &Sim, what: &str| {
+        let v = Violation { step: sim.chk.step, rule: "stalled-primary", what: what.into() };
+        (v, sim.recent().to_vec())
+    };
+    // One step: the Primary `p` submits when its time comes, else time moves.
+    let tick = |sim: &mut Sim, writes: &mut Option<(usize, Time)>| -> Result<(), Violation> {
+        sim.chk.step += 1;
+        match *writes {
+            Some((p, at)) if sim.next_event().is_none_or(|t| t > at) => {
+                sim.now = sim.now.max(at);
+                *writes = Some((p, at + Duration::from_millis(2)));
+                sim.submit(p);
+            }
+            _ => sim.advance(),
+        }
+        sim.checked()
+    };
+    establish(&mut sim, "stalled-primary", &mut |sim| tick(sim, &mut None))?;
+    let mut out = StallOutcome::default();
+    let mut p = 0;
+    for round in 0..rounds {
+        sim.meta_on_disk = round % 2 == 1;
+        let run = |sim: &mut Sim, writes: &mut Option<(usize, Time)>, d: Duration| {
+            let end = sim.now + d;
+            while sim.now < end {
+                tick(sim, writes).map_err(|v| fail(sim, v))?;
+            }
+            Ok::<_, (Violation, Vec<String>)>(())
+        };
+        let mut writes = Some((p, sim.now));
+        run(&mut sim, &mut writes, Duration::from_millis(300))?;
+        // Every request answered (`failed_disk_answers` checks the time
+        // a detached disk's answers take).
+        let answered = |sim: &mut Sim, what: &str| {
+            let t0 = sim.now;
+            while !sim.nodes[p].reqs.is_empty() {
+                tick(sim, &mut None).map_err(|v| fail(sim, v))?;
+                if sim.now > t0 + Duration::from_secs(3) {
+                    return Err(stuck(sim, &format!("requests unanswered {what}")));
+                }
+            }
+            Ok(())
+        };
+        answered(&mut sim, "before the stall")?;
+        let name = sim.nodes[p].name;
+        sim.note(format!("{name}: the disk stalls (metadata on it: {})", sim.meta_on_disk));
+        sim.nodes[p].stalled = true;
+        let (acks, errors) = (sim.chk.stats.failed_disk_acks, sim.chk.stats.failed_disk_errors);
+        // A FLUSH first (it takes no activity-log update, which may hang
+        // with the metadata: it reaches the peer), then writes again.
+        sim.submit_as(p, true);
+        run(&mut sim, &mut writes, DISK_TIMEOUT + Duration::from_millis(100))?;
+        answered(&mut sim, "after the stall")?;
+        if sim.nodes[p].core.as_ref().is_none_or(|c| c.disk() != DiskState::Failed) {
+            return Err(stuck(&sim, "the stalled disk was not detached"));
+        }
+        out.failed_disk_acks += sim.chk.stats.failed_disk_acks - acks;
+        out.failed_disk_errors += sim.chk.stats.failed_disk_errors - errors;
+        sim.crash(p, true).map_err(|v| fail(&sim, v))?;
+        // It restarts, reconnects and resyncs.
+        let t0 = sim.now;
+        while !in_sync(&sim) {
+            tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
+            if sim.now > t0 + Duration::from_secs(30) {
+                let states: Vec<String> = (0..2)
+                    .map(|n| sim.nodes[n].core.as_ref().map_or("down".into(), core_state))
+                    .collect();
+                return Err(stuck(&sim, &format!("not back in sync: {states:?}")));
+            }
+        }
+        if sim.nodes[0].disk.cache != sim.nodes[1].disk.cache {
+            return Err(stuck(&sim, "in sync and quiescent, but the disks differ"));
+        }
+        // The other node takes over (an operator's `primary`).
+        p = 1 - p;
+        let now_ms = sim.now.as_millis() as u64 + 1;
+        let core = sim.nodes[p].core.as_mut().expect("up");
+        let disk = core.disk();
+        core.promote(false, now_ms).map_err(|e| stuck(&sim, &format!("promote: {e}")))?;
+        sim.drain(p);
+        let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
+        let r = chk.promoted(&sim, p, false, disk);
+        sim.chk = chk;
+        r.map_err(|v| fail(&sim, v))?;
+        out.rounds += 1;
+    }
+    Ok(out)
+}
+
+/// Connects the pair, promotes `a` (forced: both disks as created) and
+/// runs `tick` until the initial sync is done (`rule`: what a stuck pair
+/// is reported as).
+fn establish(
+    sim: &mut Sim,
+    rule: &'static str,
+    tick: &mut dyn FnMut(&mut Sim) -> Result<(), Violation>,
+) -> Result<(), (Violation, Vec<String>)> {
+    let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
+    let stuck = |sim: &Sim, what: &str| {
+        let v = Violation { step: sim.chk.step, rule, what: what.into() };
+        (v, sim.recent().to_vec())
+    };
+    let t0 = sim.now;
+    while !(sim.replication(0) == Replication::Established
+        && sim.replication(1) == Replication::Established)
+    {
+        tick(sim).map_err(|v| fail(sim, v))?;
+        if sim.now > t0 + Duration::from_secs(10) {
+            return Err(stuck(sim, "the pair did not connect"));
+        }
+    }
+    let now_ms = sim.now.as_millis() as u64 + 1;
+    let core = sim.nodes[0].core.as_mut().expect("a");
+    let disk = core.disk();
+    core.promote(true, now_ms).map_err(|e| stuck(sim, &format!("{e}")))?;
+    sim.drain(0);
+    let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
+    let r = chk.promoted(sim, 0, true, disk);
+    sim.chk = chk;
+    r.map_err(|v| fail(sim, v))?;
+    let t0 = sim.now;
+    loop {
+        tick(sim).map_err(|v| fail(sim, v))?;
+        if in_sync(sim) {
+            return Ok(());
+        }
+        if sim.now > t0 + Duration::from_secs(30) {
+            return Err(stuck(sim, "the initial sync did not finish"));
+        }
+    }
+}
+
+/// Both nodes Established, UpToDate and quiescent.
+fn in_sync(sim: &Sim) -> bool {
+    (0..2).all(|n| {
+        sim.nodes[n].core.as_ref().is_some_and(|c| {
+            c.replication() == Replication::Established
+                && c.disk() == DiskState::UpToDate
+                && c.quiescent()
+        })
     })
 }
 
@@ -2077,6 +2239,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::AckOnFailedDisk => "ack-on-failed-disk",
         Plant::WaitOnFailedDisk => "wait-on-failed-disk",
         Plant::NoDiskTimeout => "no-disk-timeout",
+        Plant::AckBeforeFailedRecord => "ack-before-failed-record",
         Plant::WitnessIgnoresData => "witness-ignores-data",
         Plant::ForgetTold => "forget-told",
         Plant::AdoptAnyPeer => "adopt-any-peer",

@@ -254,3 +254,46 @@ fn finds_wait_on_failed_disk() {
 fn finds_no_disk_timeout() {
     finds(Plant::NoDiskTimeout);
 }
+
+/// A Primary whose disk stalls (`stalled_primary`: detached after
+/// `disk-timeout`, then a power loss, back in sync, the other node takes
+/// over; the metadata on a device of its own in one round, on the stalled
+/// device in the next). Every invariant holds, the stalled node answers
+/// OK from its peer's copy only while its metadata answers, and the
+/// planted answer before its `Failed` record is on disk is caught: after
+/// the power loss that record still calls the disk usable without the
+/// FLUSHes it answered.
+#[test]
+fn a_stalled_primary_answers_from_its_peer_only_once_its_failed_record_is_saved() {
+    use twinblock_sim::stalled_primary;
+    let (mut acks, mut errors) = (0, 0);
+    for seed in 0..10 {
+        match stalled_primary(seed, 12, Plant::None) {
+            Ok(o) => {
+                eprintln!("seed {seed}: {o:?}");
+                assert_eq!(o.rounds, 12);
+                acks += o.failed_disk_acks;
+                errors += o.failed_disk_errors;
+            }
+            Err((v, recent)) => {
+                for l in recent.iter().rev().take(60).rev() {
+                    eprintln!("  {l}");
+                }
+                panic!("seed {seed}: {v}");
+            }
+        }
+    }
+    assert!(acks > 0, "no request was answered from the peer's part: the scenario is vacuous");
+    assert!(errors > 0, "no request failed on a stalled disk with its metadata");
+    let found = (0..10)
+        .filter_map(|seed| {
+            let r = stalled_primary(seed, 12, Plant::AckBeforeFailedRecord);
+            eprintln!("planted, seed {seed}: {:?}", r.as_ref().map_err(|(v, _)| v));
+            r.err()
+        })
+        .map(|(v, _)| v)
+        .inspect(|v| eprintln!("planted: {v}"))
+        .filter(|v| v.rule == "I1")
+        .count();
+    assert!(found > 0, "the planted answer before the Failed record is saved went unseen");
+}

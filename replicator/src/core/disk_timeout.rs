@@ -14,6 +14,17 @@ use crate::protocol::wire::DiskState;
 use super::types::{IoError, IoId, Plant, Time};
 use super::Core;
 
+/// The record that says this node's disk is detached (Failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailedRecord {
+    /// On disk: a power loss brings the node back Failed.
+    Saved,
+    /// Being saved.
+    Saving,
+    /// Its save failed, or has had no completion for `disk-timeout`.
+    Lost,
+}
+
 /// Store operations and metadata updates in flight and when they were
 /// issued, oldest first (I/O ids grow with time). Kept only with a
 /// `disk-timeout`.
@@ -45,6 +56,42 @@ impl Core {
             return None;
         }
         self.in_flight.issued.first_key_value().map(|(_, at)| *at + limit)
+    }
+
+    /// Where the record saying this disk is detached (Failed) stands. An
+    /// OK that only the peer's copy keeps needs it on disk: until then
+    /// the saved record may still say UpToDate, and a node that loses
+    /// power would come back as if its disk held those writes (a crashed
+    /// Primary's activity-log extents then move from it to the peer).
+    pub(crate) fn failed_record(&self) -> FailedRecord {
+        if self.p.durable_meta.as_ref().is_some_and(|m| m.disk == DiskState::Failed) {
+            FailedRecord::Saved
+        } else if self.p.meta_failed.is_some() || self.failed_record_overdue() {
+            FailedRecord::Lost
+        } else {
+            FailedRecord::Saving
+        }
+    }
+
+    /// The record's save has had no completion for `disk-timeout` (on a
+    /// hung disk that holds the metadata too, it never will).
+    fn failed_record_overdue(&self) -> bool {
+        self.failed_record_deadline().is_some_and(|at| self.now >= at)
+    }
+
+    /// When the save of the detached disk's record times out (None: no
+    /// `disk-timeout`, the disk is not detached, or nothing is saving).
+    pub(crate) fn failed_record_deadline(&self) -> Option<Time> {
+        let limit = self.cfg.disk_timeout?;
+        (self.disk == DiskState::Failed && self.p.meta_saving).then(|| self.p.meta_since + limit)
+    }
+
+    /// The timer: the detached disk's record is overdue, so the replies
+    /// waiting for it are decided.
+    pub(crate) fn check_failed_record(&mut self) {
+        if self.failed_record_overdue() && !self.pending.is_empty() {
+            self.retry_replies_on_failed_disk();
+        }
     }
 
     /// The disk is detached with store operations it never completed

@@ -433,7 +433,14 @@ impl Core {
             // After a step every operation that may be answered was: one
             // complete on both sides and still pending is held for quorum.
             let detached = self.answers_alone();
-            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.decided(detached)) {
+            // (Or it waits for this detached disk's record, whose save is
+            // under way: its end, or its deadline, tries it again.)
+            let record = detached
+                && self.failed_record() == disk_timeout::FailedRecord::Saving
+                && self.p.meta_saving;
+            if let Some((req, _)) =
+                self.pending.iter().find(|(_, p)| p.decided(detached) && !record)
+            {
                 return Err(format!(
                     "request {req} is complete and unanswered but `maybe_held` is clear: \
                      it would never be answered"
@@ -674,7 +681,8 @@ impl Core {
     /// The earliest time at which [`Core::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Time> {
         let s = self.session.as_ref().map(|s| s.next_deadline(&self.cfg));
-        [s, self.ctl_deadline(), self.adaptive_deadline(), self.disk_deadline()]
+        let record = self.failed_record_deadline().filter(|_| !self.pending.is_empty());
+        [s, self.ctl_deadline(), self.adaptive_deadline(), self.disk_deadline(), record]
             .into_iter()
             .flatten()
             .min()
@@ -704,6 +712,7 @@ impl Core {
             self.close_session(sid, why);
         }
         self.check_disk_timeout();
+        self.check_failed_record();
         self.retry_persist();
         self.pump();
     }

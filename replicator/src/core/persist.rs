@@ -16,6 +16,8 @@ pub struct PersistState {
     /// The record last saved successfully (None: nothing saved yet).
     pub durable_meta: Option<MetaRecord>,
     pub meta_saving: bool,
+    /// When the save in flight was issued.
+    pub meta_since: std::time::Duration,
     pub meta_failed: Option<IoError>,
     /// Bitmap pages changed since they were last saved.
     pub dirty_pages: BTreeSet<u64>,
@@ -92,6 +94,7 @@ impl Core {
             let m = self.meta_record();
             let io = self.io(IoFor::Meta(m.clone()));
             self.p.meta_saving = true;
+            self.p.meta_since = self.now;
             self.actions.push_back(Action::Persist { io, what: Persist::Meta(m) });
         }
         if self.p.want_bitmap
@@ -148,6 +151,8 @@ impl Core {
                 self.p.meta_failed = Some(e);
             }
         }
+        // Replies waiting for this detached disk's record (`write::try_reply`).
+        self.retry_replies_on_failed_disk();
     }
 
     pub(crate) fn bitmap_saved(

@@ -412,6 +412,11 @@ mod pair {
         pub fail_writes: bool,
         pub fail_flush: bool,
         pub fail_reads: bool,
+        /// The disk stopped answering: store operations are neither
+        /// applied nor completed (lost at a power loss).
+        pub hang: bool,
+        /// The same for metadata updates (the metadata on that disk too).
+        pub hang_meta: bool,
     }
 
     pub struct Pair {
@@ -465,6 +470,8 @@ mod pair {
                 fail_writes: false,
                 fail_flush: false,
                 fail_reads: false,
+                hang: false,
+                hang_meta: false,
             };
             let mut p = Pair {
                 n: [node(&ca), node(&cb)],
@@ -490,6 +497,12 @@ mod pair {
 
         fn perform(&mut self, i: usize, a: Action) {
             let now = self.now;
+            let n = &self.n[i];
+            if (n.hang && matches!(a, Action::Store { .. }))
+                || (n.hang_meta && matches!(a, Action::Persist { .. }))
+            {
+                return;
+            }
             match &a {
                 Action::Store { op: StoreOp::Write { offset, data, .. }, .. } => {
                     self.log.push((i, Event::Write(*offset, data.len() as u64)))
@@ -631,7 +644,15 @@ mod pair {
                 }
                 if !moved {
                     // Timers: resync pacing, heartbeats.
-                    let busy = self.n.iter().any(|n| n.c.as_ref().is_some_and(|c| !c.quiescent()));
+                    // (A hung disk detached keeps its operations for ever:
+                    // its node is busy only while its timers have work.)
+                    let busy = self.n.iter().any(|n| {
+                        n.c.as_ref().is_some_and(|c| {
+                            !c.quiescent()
+                                && (!(n.hang && c.disk() == DiskState::Failed)
+                                    || c.poll_timeout().is_some())
+                        })
+                    });
                     if !busy || !timers {
                         return;
                     }
@@ -2827,4 +2848,78 @@ fn a_link_fault_closes_the_session_with_its_reason() {
         step(&mut c, &mut persists, &mut acts);
     }
     assert_eq!(replies_to(&acts, 1), vec![Ok(())]);
+}
+
+/// `disk-timeout` on a Primary whose disk hangs: the disk is detached,
+/// and a write and a FLUSH its UpToDate peer completed may be answered OK
+/// from the peer's copy only once the node's `Failed` record is on disk.
+/// With the metadata on a healthy device it is: both are OK, and after a
+/// power loss the node comes back Failed and takes the peer's data in
+/// full. With the metadata on the hung disk too it never gets there (a
+/// power loss would bring the node back UpToDate, the same generation as
+/// the peer, over a disk that lacks them, and its activity-log extents
+/// would move from it over the peer's flushed data): both get EIO after
+/// `disk-timeout`. Either way the acknowledged data survives, whichever
+/// node is Primary afterwards, and the two disks end identical.
+#[test]
+fn a_hung_primary_disk_after_a_power_loss_takes_the_peers_copy() {
+    for (meta_hangs, plant) in
+        [(false, Plant::None), (true, Plant::None), (true, Plant::AckBeforeFailedRecord)]
+    {
+        for promote_after in [None, Some(0), Some(1)] {
+            let case = format!("metadata hangs {meta_hangs}, {plant:?}, promote {promote_after:?}");
+            let mut ca = cfg(Protocol::C);
+            ca.disk_timeout = Some(Duration::from_secs(1));
+            ca.plant = plant;
+            let mut p = Pair::with_cfg(ca, true);
+            p.initial();
+            p.write(0, 1, 0, 1, 64);
+            p.settle();
+            assert_eq!(p.reply(0, 1), Some(Ok(())));
+            p.n[0].hang = true;
+            p.n[0].hang_meta = meta_hangs;
+            // (In the extent of write 1: no activity-log update waits.)
+            p.write(0, 2, 64, 2, 64);
+            let now = p.now;
+            p.core(0).flush(now, 3);
+            p.settle();
+            assert_eq!(p.core(0).disk(), DiskState::Failed, "{case}: not detached");
+            assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+            let (r2, r3) = (p.reply(0, 2), p.reply(0, 3));
+            if meta_hangs && plant == Plant::None {
+                let eio = Some(Err(ReplyError::Io(IoError::EIO)));
+                assert_eq!((r2, r3), (eio, eio), "{case}: answered from the peer alone");
+            } else {
+                assert_eq!((r2, r3), (Some(Ok(())), Some(Ok(()))), "{case}: the peer has them");
+            }
+            // Power loss of the node with the hung disk; the disk answers again.
+            p.crash(0, true);
+            p.n[0].hang = false;
+            p.n[0].hang_meta = false;
+            p.restart(0);
+            p.connect();
+            if let Some(i) = promote_after {
+                let _ = p.core(i).promote(false, 9);
+                p.settle();
+            }
+            let (a, b) = (p.core(0).disk(), p.core(1).disk());
+            assert_eq!(b, DiskState::UpToDate, "{case}");
+            let flushed = r3 == Some(Ok(()));
+            let mut found = true;
+            for (i, disk) in [(0, a), (1, b)] {
+                if flushed && disk == DiskState::UpToDate {
+                    for (off, byte) in [(0usize, 1u8), (64, 2)] {
+                        found &= p.n[i].cache[off..off + 64].iter().all(|&x| x == byte);
+                    }
+                }
+            }
+            if plant == Plant::AckBeforeFailedRecord {
+                // The plant is caught: a flushed write is gone.
+                assert!(!found, "{case}: the planted mistake went unseen");
+                continue;
+            }
+            assert!(found, "{case}: an UpToDate node lacks a flushed write (a {a:?}, b {b:?})");
+            assert!(p.n[0].cache == p.n[1].cache, "{case}: the disks differ");
+        }
+    }
 }

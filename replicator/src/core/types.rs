@@ -164,6 +164,10 @@ pub enum Plant {
     /// write before it answers (a disk that hangs after its error leaves
     /// them unanswered for ever).
     WaitOnFailedDisk,
+    /// A node whose disk failed answers OK from its peer's copy before
+    /// its record saying so is on disk (after a power loss it comes back
+    /// UpToDate over a disk that lacks those writes).
+    AckBeforeFailedRecord,
     /// `disk-timeout` is never enforced (a disk that stops answering keeps
     /// its writes waiting for ever).
     NoDiskTimeout,
@@ -197,12 +201,13 @@ impl std::str::FromStr for Plant {
             "ack-on-failed-disk" => Plant::AckOnFailedDisk,
             "wait-on-failed-disk" => Plant::WaitOnFailedDisk,
             "no-disk-timeout" => Plant::NoDiskTimeout,
+            "ack-before-failed-record" => Plant::AckBeforeFailedRecord,
             "witness-ignores-data" => Plant::WitnessIgnoresData,
             "forget-told" => Plant::ForgetTold,
             "adopt-any-peer" => Plant::AdoptAnyPeer,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, witness-ignores-data, forget-told, adopt-any-peer)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer)"
                 ))
             }
         })

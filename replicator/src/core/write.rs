@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::config::Protocol;
 use crate::protocol::wire::{DiskState, Message, Op, Role};
 
+use super::disk_timeout::FailedRecord;
 use super::session::{Activity, Need, OutKind, Phase};
 use super::types::{IoError, Plant, ReplyError, ReqId, StoreOp, Time};
 use super::{AppOp, Core, IoFor, PeerPart, Pending};
@@ -359,6 +360,15 @@ impl Core {
                 // will replace that disk), if that: the write did not happen.
                 result = Err(ReplyError::Io(IoError::EIO));
             }
+            if result.is_ok() && detached && self.cfg.plant != Plant::AckBeforeFailedRecord {
+                // The peer's copy alone keeps it: only once this node's
+                // record says its disk is detached (see `failed_record`).
+                match self.failed_record() {
+                    FailedRecord::Saved => {}
+                    FailedRecord::Saving => return,
+                    FailedRecord::Lost => result = Err(ReplyError::Io(IoError::EIO)),
+                }
+            }
             if result.is_ok() {
                 match self.reply_gate(false, p.range.is_some()) {
                     None => {}
@@ -384,6 +394,19 @@ impl Core {
                 }
             }
             self.reply(req, result);
+        }
+    }
+
+    /// Replies that wait for this detached disk's record are tried again
+    /// (its save ended, or timed out).
+    pub(crate) fn retry_replies_on_failed_disk(&mut self) {
+        if !self.detached_ack() || self.pending.is_empty() {
+            return;
+        }
+        let mut reqs: Vec<ReqId> = self.pending.keys().copied().collect();
+        reqs.sort_unstable();
+        for req in reqs {
+            self.try_reply(req);
         }
     }
 
