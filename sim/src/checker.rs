@@ -130,6 +130,8 @@ pub struct Stats {
     pub failed_disk_acks: u64,
     /// Application requests answered with an error by such a node.
     pub failed_disk_errors: u64,
+    /// Metadata updates that failed and landed all the same.
+    pub landed_failed_persists: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
     pub power_checks: u64,
@@ -660,7 +662,7 @@ impl Checker {
                 }
                 self.lineage[n] = None;
             }
-            self.was_target[n] = target;
+            let was_target = std::mem::replace(&mut self.was_target[n], target);
             // Ended: the same session is Established. The data came,
             // whatever the disk state says of writes the node acknowledged
             // before (Outdated: they are lost); completed if UpToDate.
@@ -674,7 +676,23 @@ impl Checker {
             if matches!(disk, Some(DiskState::UpToDate | DiskState::Outdated)) {
                 self.unsynced[n] = false;
             }
-            if disk == Some(DiskState::UpToDate) {
+            // Or the link went down in the very step that brought SyncDone
+            // (a crash of the source delivers what it had sent): a target
+            // at the last step, now without a session and with the data
+            // complete (Consistent, or UpToDate: seeds 207468 and 204895,
+            // a replaced disk's sync).
+            let cut_after_done = was_target
+                && self.synced_floor[n].is_some()
+                && sim.nodes[n].core.as_ref().is_some_and(|c| {
+                    c.session_id().is_none()
+                        && matches!(c.disk(), DiskState::UpToDate | DiskState::Consistent)
+                });
+            if cut_after_done {
+                self.unsynced[n] = false;
+            }
+            let cut_up = cut_after_done
+                && sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            if disk == Some(DiskState::UpToDate) || cut_up {
                 if let Some((_, f)) = self.synced_floor[n].take() {
                     self.stats.syncs_done += 1;
                     maxv(&mut self.fl_c[n], &f);

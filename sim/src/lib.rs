@@ -1009,6 +1009,7 @@ impl Sim {
         if w.restart_at.is_some_and(|r| r <= now) {
             w.restart_at = None;
             w.alive = true;
+            w.returns += 1;
             w.arb.restart(now);
             self.note("witness restarts".into());
             for n in 0..2 {
@@ -1026,6 +1027,7 @@ impl Sim {
             if w.heal_at[n].is_some_and(|h| h <= now) {
                 w.heal_at[n] = None;
                 w.up[n] = true;
+                w.returns += 1;
                 let alive = w.alive;
                 self.note(format!("{}: witness link up", self.nodes[n].name));
                 if alive {
@@ -1187,13 +1189,23 @@ impl Sim {
                     self.nodes[n].hung.push(io);
                     return;
                 }
+                // A failed metadata update may have landed all the same
+                // (the error came after the rename, from the directory's
+                // fsync): decided by the seed and the I/O's id, without a
+                // draw from the seed's stream.
+                let landed = io.result.is_ok() || landed_anyway(self.opts.seed, io.io);
                 if io.result.is_ok() {
                     self.nodes[n].disk.make_durable(&io.durable);
-                    if let Some(p) = &io.persist {
-                        self.nodes[n].meta.apply(p);
-                        if matches!(p, Persist::Meta(_)) {
-                            self.nodes[n].recreated = false;
-                        }
+                }
+                if let Some(p) = io.persist.as_ref().filter(|_| landed) {
+                    if io.result.is_err() {
+                        self.chk.stats.landed_failed_persists += 1;
+                        let name = self.nodes[n].name;
+                        self.note(format!("{name}: the failed persist#{} landed", io.io));
+                    }
+                    self.nodes[n].meta.apply(p);
+                    if matches!(p, Persist::Meta(_)) {
+                        self.nodes[n].recreated = false;
                     }
                 }
                 if self.opts.trace {
@@ -1670,8 +1682,10 @@ impl Sim {
     fn progress(&self) -> (u64, u64) {
         // (A promotion is progress too: a pair that waited for the
         // witness's quiet period gets its Primary, which then has its
-        // metadata to save.)
-        let mut p = (self.chk.stats.promotions_checked, 0);
+        // metadata to save. So is the witness coming back: the nodes
+        // claim again and save the generations they told it, seed 216158.)
+        let returns = self.witness.as_ref().map_or(0, |w| w.returns);
+        let mut p = (self.chk.stats.promotions_checked + returns, 0);
         for c in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
             let st = c.status();
             p.0 += st.counters.resync_bytes + st.sync.map_or(0, |s| s.done);
@@ -1901,8 +1915,12 @@ pub fn hover(
 pub struct StallOutcome {
     /// Rounds run (a stall, a power loss, back in sync).
     pub rounds: u64,
-    /// Requests the stalled Primary answered OK from its peer's part.
-    pub failed_disk_acks: u64,
+    /// Requests the stalled Primary answered OK from its peer's part, in
+    /// the rounds whose metadata sat apart and answered.
+    pub acks_meta_apart: u64,
+    /// The same in the rounds whose metadata stalled with the disk (its
+    /// `Failed` record never saved: none may be OK).
+    pub acks_meta_stalled: u64,
     /// Requests it answered with an error after the stall.
     pub failed_disk_errors: u64,
 }
@@ -1996,7 +2014,12 @@ pub fn stalled_primary(
         if sim.nodes[p].core.as_ref().is_none_or(|c| c.disk() != DiskState::Failed) {
             return Err(stuck(&sim, "the stalled disk was not detached"));
         }
-        out.failed_disk_acks += sim.chk.stats.failed_disk_acks - acks;
+        let acks = sim.chk.stats.failed_disk_acks - acks;
+        if sim.meta_on_disk {
+            out.acks_meta_stalled += acks;
+        } else {
+            out.acks_meta_apart += acks;
+        }
         out.failed_disk_errors += sim.chk.stats.failed_disk_errors - errors;
         sim.crash(p, true).map_err(|v| fail(&sim, v))?;
         // It restarts, reconnects and resyncs.
@@ -2081,6 +2104,13 @@ fn in_sync(sim: &Sim) -> bool {
                 && c.quiescent()
         })
     })
+}
+
+/// Whether a metadata update that failed had landed all the same: one in
+/// two, by a hash of the seed and the I/O's id.
+fn landed_anyway(seed: u64, io: u64) -> bool {
+    let h = (seed ^ io.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h >> 63 == 1
 }
 
 /// Role/disk/replication and quiescence, for violation reports.

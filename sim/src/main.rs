@@ -74,6 +74,9 @@ fn main() -> ExitCode {
         );
         let st = o.stats;
         total.acked += st.acked;
+        total.failed_disk_acks += st.failed_disk_acks;
+        total.failed_disk_errors += st.failed_disk_errors;
+        total.landed_failed_persists += st.landed_failed_persists;
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
         total.power_checks += st.power_checks;

@@ -22,6 +22,9 @@ pub(crate) struct Witness {
     pub from_w: [VecDeque<(Time, VoteReply)>; 2],
     /// Hooks the shells run: (done at, node, hook).
     pub hooks: Vec<(Time, usize, Hook)>,
+    /// Restarts and healed links so far: each sends the nodes back to the
+    /// witness (claims, the generations they told saved).
+    pub returns: u64,
 }
 
 impl Witness {
@@ -38,6 +41,7 @@ impl Witness {
             to_w: VecDeque::new(),
             from_w: [VecDeque::new(), VecDeque::new()],
             hooks: Vec::new(),
+            returns: 0,
         }
     }
 

@@ -272,7 +272,8 @@ fn a_stalled_primary_answers_from_its_peer_only_once_its_failed_record_is_saved(
             Ok(o) => {
                 eprintln!("seed {seed}: {o:?}");
                 assert_eq!(o.rounds, 12);
-                acks += o.failed_disk_acks;
+                assert_eq!(o.acks_meta_stalled, 0, "seed {seed}: OK before the Failed record");
+                acks += o.acks_meta_apart;
                 errors += o.failed_disk_errors;
             }
             Err((v, recent)) => {

@@ -85,12 +85,27 @@ impl AlState {
 
     /// The journal update completed.
     pub fn saved(&mut self, remove: &[u64], add: &[u64]) {
-        for e in remove {
+        self.forget(remove);
+        self.durable.extend(add.iter().copied());
+    }
+
+    /// The journal update failed. It may have landed all the same (the
+    /// error came after the rename, from the directory's fsync): the
+    /// extents it removed are out of the journal as far as writes know (a
+    /// write to one takes a new update first), those it added are not in
+    /// it. (Found by the simulator once failed updates could land, seed
+    /// 70330: a write went to an extent whose removal had landed, and a
+    /// block that differed was covered by nothing.)
+    pub fn failed(&mut self, remove: &[u64]) {
+        self.forget(remove);
+    }
+
+    fn forget(&mut self, extents: &[u64]) {
+        for e in extents {
             self.durable.remove(e);
             self.used.remove(e);
             self.written.remove(e);
         }
-        self.durable.extend(add.iter().copied());
     }
 
     pub fn in_flight(&self) -> usize {

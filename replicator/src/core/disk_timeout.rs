@@ -14,6 +14,12 @@ use crate::protocol::wire::DiskState;
 use super::types::{IoError, IoId, Plant, Time};
 use super::Core;
 
+/// How long the replies of a detached disk wait for its record without a
+/// `disk-timeout` (the disk failed with an error; its metadata may sit on
+/// the same dying device, whose save then never returns). A detached disk
+/// decides no reply, so none may wait for it for ever.
+pub(crate) const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The record that says this node's disk is detached (Failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailedRecord {
@@ -21,7 +27,8 @@ pub(crate) enum FailedRecord {
     Saved,
     /// Being saved.
     Saving,
-    /// Its save failed, or has had no completion for `disk-timeout`.
+    /// Its save failed, or has had no completion for `disk-timeout`
+    /// ([`RECORD_WAIT`] without one).
     Lost,
 }
 
@@ -74,16 +81,22 @@ impl Core {
     }
 
     /// The record's save has had no completion for `disk-timeout` (on a
-    /// hung disk that holds the metadata too, it never will).
+    /// hung disk that holds the metadata too, it never will; see
+    /// [`Core::failed_record_deadline`]).
     fn failed_record_overdue(&self) -> bool {
         self.failed_record_deadline().is_some_and(|at| self.now >= at)
     }
 
-    /// When the save of the detached disk's record times out (None: no
-    /// `disk-timeout`, the disk is not detached, or nothing is saving).
+    /// When the save of the detached disk's record times out: after
+    /// `disk-timeout`, or [`RECORD_WAIT`] without one, from the issue of
+    /// the save in flight (an older record's, if that is what hangs: the
+    /// Failed record waits behind it). None: the disk is not detached,
+    /// its record is on disk, or nothing is saving.
     pub(crate) fn failed_record_deadline(&self) -> Option<Time> {
-        let limit = self.cfg.disk_timeout?;
-        (self.disk == DiskState::Failed && self.p.meta_saving).then(|| self.p.meta_since + limit)
+        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.disk == DiskState::Failed);
+        let limit = self.cfg.disk_timeout.unwrap_or(RECORD_WAIT);
+        (self.disk == DiskState::Failed && self.p.meta_saving && !saved)
+            .then(|| self.p.meta_since + limit)
     }
 
     /// The timer: the detached disk's record is overdue, so the replies

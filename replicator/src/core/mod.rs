@@ -437,7 +437,7 @@ impl Core {
             // under way: its end, or its deadline, tries it again.)
             let record = detached
                 && self.failed_record() == disk_timeout::FailedRecord::Saving
-                && self.p.meta_saving;
+                && self.failed_record_deadline().is_some();
             if let Some((req, _)) =
                 self.pending.iter().find(|(_, p)| p.decided(detached) && !record)
             {

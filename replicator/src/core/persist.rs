@@ -174,6 +174,7 @@ impl Core {
             Ok(()) => self.al.saved(&remove, &add),
             Err(e) => {
                 self.error(format!("cannot update the activity log: errno {}", e.0));
+                self.al.failed(&remove);
                 self.p.al_failed = Some(e);
             }
         }
