@@ -244,6 +244,81 @@ fn a_primary_whose_disk_stops_answering_detaches_it_after_disk_timeout() {
     assert!(p.down(0).success(), "a did not stop: {}", tail(&p.log(0)));
 }
 
+/// An ext4 filesystem made on `device` and mounted at `mnt`; unmounted and
+/// its loop device detached on drop.
+struct Ext4 {
+    mnt: std::path::PathBuf,
+    loopdev: String,
+}
+
+impl Ext4 {
+    fn make(device: &std::path::Path, mnt: &std::path::Path) -> Ext4 {
+        std::fs::create_dir_all(mnt).unwrap();
+        let loopdev =
+            run_ok(Command::new("losetup").args(["-f", "--show"]).arg(device)).trim().to_string();
+        let fs = Ext4 { mnt: mnt.to_path_buf(), loopdev };
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &fs.loopdev]));
+        run_ok(Command::new("mount").arg(&fs.loopdev).arg(mnt));
+        fs
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
+    }
+}
+
+/// `disk-timeout` with the Primary's disk file and its metadata on one
+/// filesystem that stops answering (ext4 on a loop device over nbdkit's
+/// pause filter, through nbdfuse): a write lands in the page cache, the
+/// FLUSH after it hangs in the filesystem's sync, and the disk is
+/// detached after 1 s. b completed that FLUSH, but it is not answered OK
+/// on b's word alone: the record saying a's disk is detached cannot be
+/// saved on that filesystem either, and without it a power loss would
+/// bring a back UpToDate over a disk lacking the flushed write (whose
+/// activity-log extents would then move from a over b's copy; found by a
+/// unit test). It gets EIO once that save has had its `disk-timeout`.
+#[test]
+fn a_flush_whose_disk_and_metadata_hang_is_not_answered_on_the_peers_word() {
+    let dir = tempfile::Builder::new().prefix("tb-hangfs").tempdir_in(test_tmp()).unwrap();
+    let tools = ["nbdkit", "nbdfuse", "qemu-io", "losetup", "mkfs.ext4"];
+    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
+        return;
+    }
+    // (Dropped in reverse: the disk answers again, the nodes stop, the
+    // filesystem is unmounted, then the FUSE disk goes.)
+    let disk = FuseDisk::hanging(dir.path(), "64M");
+    let fs = Ext4::make(&disk.file(), &dir.path().join("fs"));
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &fs.mnt.join("a.img"));
+    p.set_meta(0, &fs.mnt.join("a.meta"));
+    p.configure("disk-timeout = \"1s\"");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let _resume = disk.resume_on_drop();
+    let out = qemu_io(&p.uri(0), "write -P 0x11 0 4k");
+    assert!(out.contains("wrote 4096"), "{out}");
+    disk.hang(true);
+    // Over a plain NBD client: the write's and the FLUSH's own answers.
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let t = std::time::Instant::now();
+    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE
+    assert_eq!(c.simple_reply(), (0, 1), "the write did not reach the page cache");
+    c.request(0, 3, 2, 0, 0, &[]); // FLUSH
+    let flush = c.simple_reply();
+    let took = t.elapsed();
+    eprintln!("FLUSH answered {flush:?} after {took:?}");
+    assert_eq!(flush, (5, 2), "the FLUSH was not failed with EIO");
+    assert!(took >= Duration::from_secs(1), "answered before disk-timeout: {took:?}");
+    let a = p.status(0);
+    assert_eq!(a["disk"], "Failed", "{a}");
+    // b holds the write (it was replicated; its FLUSH there completed).
+    let b = std::fs::read(&p.nodes[1].disk).unwrap();
+    assert!(b[..4096].iter().all(|&x| x == 0x22), "b lacks the write");
+}
+
 /// `down` on a node whose disk stopped answering (detached by
 /// `disk-timeout`), with the disk still hung: the stop completes (no final
 /// flush of the detached disk, no wait for its lane) and the NBD export

@@ -323,6 +323,15 @@ impl Pair {
         self.nodes[i].disk = path.to_path_buf();
     }
 
+    /// Node `i`'s metadata is `path` (in the resource file).
+    pub fn set_meta(&mut self, i: usize, path: &std::path::Path) {
+        let name = format!("meta = \"{}.meta\"", self.nodes[i].name);
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(&name), "no {name} in the resource file");
+        let text = text.replace(&name, &format!("meta = \"{}\"", path.display()));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Both nodes up, a made Primary (`--force`, new disks), in sync.
     pub fn up_in_sync(&mut self, what: &str, timeout: Duration) {
         self.up(0);
