@@ -3,9 +3,11 @@
 //! [`crate::core::Persist::Bitmap`] updates.
 //!
 //! `<meta>.al`: one line per change, `+E` (extent E joins) or `-E` (leaves),
-//! appended and fdatasynced; a torn last line is ignored on recovery (the
-//! extent had not joined yet: its write was not issued). Rewritten
-//! compactly when long. `<meta>.bitmap`: the bitmap's 64-bit words,
+//! appended and fdatasynced; a torn last line (no newline) is ignored on
+//! recovery (the extent had not joined yet: its write was not issued; a
+//! torn `-12` must not remove extent 1). Rewritten compactly when long, at
+//! every open, and before the next change after a failed append (so that
+//! no change is ever appended to a torn line, which would hide it). `<meta>.bitmap`: the bitmap's 64-bit words,
 //! little-endian; pages are overwritten in place and fdatasynced (a torn
 //! page can only keep bits that were being cleared, or miss bits whose
 //! write was not yet issued). Both created 0600.
@@ -34,38 +36,72 @@ pub struct AlJournal {
     file: File,
     active: BTreeSet<u64>,
     lines: usize,
+    /// An append failed: the file may end in a torn line.
+    torn: bool,
+}
+
+/// The journal's extents: whole lines only (a torn last line has no
+/// newline), `+` or `-` and digits; anything else is ignored.
+fn replay(text: &str) -> BTreeSet<u64> {
+    let mut active = BTreeSet::new();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in whole.lines() {
+        let (sign, num) = line.split_at(line.len().min(1));
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(e) = num.parse::<u64>() else { continue };
+        match sign {
+            "+" => {
+                active.insert(e);
+            }
+            "-" => {
+                active.remove(&e);
+            }
+            _ => {}
+        }
+    }
+    active
 }
 
 impl AlJournal {
-    /// Opens the journal next to `meta`; returns it and the extents it holds.
+    /// Opens the journal next to `meta`; returns it and the extents it
+    /// holds. The file is rewritten with them alone (a torn last line
+    /// left by a crash goes).
     pub fn open(meta: &Path) -> std::io::Result<(AlJournal, Vec<u64>)> {
         let path = sibling(meta, "al");
-        let mut active = BTreeSet::new();
-        let mut lines = 0;
-        if let Ok(text) = fs::read_to_string(&path) {
-            for line in text.lines() {
-                lines += 1;
-                let (sign, num) = line.split_at(line.len().min(1));
-                match (sign, num.trim().parse::<u64>()) {
-                    ("+", Ok(e)) => {
-                        active.insert(e);
-                    }
-                    ("-", Ok(e)) => {
-                        active.remove(&e);
-                    }
-                    _ => {} // a torn last line
-                }
-            }
-        } else {
-            atomic_write(&path, b"")?;
-        }
-        let file = OpenOptions::new().append(true).mode(0o600).open(&path)?;
-        let held = active.iter().copied().collect();
-        Ok((AlJournal { path, file, active, lines }, held))
+        let active = fs::read_to_string(&path).map(|t| replay(&t)).unwrap_or_default();
+        let mut j = AlJournal {
+            file: OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?,
+            path,
+            active,
+            lines: 0,
+            torn: true,
+        };
+        j.compact()?;
+        let held = j.active.iter().copied().collect();
+        Ok((j, held))
+    }
+
+    /// Rewrites the file with the extents held, atomically.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let text: String = self.active.iter().map(|e| format!("+{e}\n")).collect();
+        atomic_write(&self.path, text.as_bytes())?;
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.lines = self.active.len();
+        self.torn = false;
+        Ok(())
     }
 
     /// Records extents leaving, then joining; durable on return.
+    ///
+    /// If it fails, the change may be in the file or not, whole or torn
+    /// (the core then counts the extents it removed as gone, those it
+    /// added as absent), and the file is rewritten before the next one.
     pub fn apply(&mut self, remove: &[u64], add: &[u64]) -> std::io::Result<()> {
+        if self.torn {
+            self.compact()?;
+        }
         let mut text = String::new();
         for e in remove {
             text.push_str(&format!("-{e}\n"));
@@ -73,18 +109,17 @@ impl AlJournal {
         for e in add {
             text.push_str(&format!("+{e}\n"));
         }
+        self.torn = true;
         self.file.write_all(text.as_bytes())?;
         self.file.sync_data()?;
+        self.torn = false;
         for e in remove {
             self.active.remove(e);
         }
         self.active.extend(add.iter().copied());
         self.lines += remove.len() + add.len();
         if self.lines > COMPACT_AFTER {
-            let text: String = self.active.iter().map(|e| format!("+{e}\n")).collect();
-            atomic_write(&self.path, text.as_bytes())?;
-            self.file = OpenOptions::new().append(true).open(&self.path)?;
-            self.lines = self.active.len();
+            self.compact()?;
         }
         Ok(())
     }
@@ -135,18 +170,56 @@ mod tests {
     fn the_journal_replays_joins_and_leaves_and_ignores_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("n.meta");
+        let al = dir.path().join("n.meta.al");
         let (mut j, held) = AlJournal::open(&meta).unwrap();
         assert!(held.is_empty());
-        j.apply(&[], &[1, 2, 3]).unwrap();
+        j.apply(&[], &[1, 2, 3, 12]).unwrap();
         j.apply(&[2], &[9]).unwrap();
         drop(j);
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("n.meta.al")).unwrap();
-        f.write_all(b"+4").unwrap(); // torn: no newline, but parses; a torn "+" does not
-        f.write_all(b"\n+").unwrap();
+        // A crash tore the append of "-12\n" after its first two bytes:
+        // extent 1 stays, and so does 12 (its leaving was not recorded).
+        let mut f = OpenOptions::new().append(true).open(&al).unwrap();
+        f.write_all(b"-1").unwrap();
+        drop(f);
+        let (mut j, held) = AlJournal::open(&meta).unwrap();
+        assert_eq!(held, vec![1, 3, 9, 12]);
+        // The torn line is gone from the file: what is appended next is
+        // not glued to it ("-1+5" would hide extent 5's joining).
+        j.apply(&[], &[5]).unwrap();
+        drop(j);
         let (_, held) = AlJournal::open(&meta).unwrap();
-        assert_eq!(held, vec![1, 3, 4, 9]);
-        let mode = fs::metadata(dir.path().join("n.meta.al")).unwrap();
+        assert_eq!(held, vec![1, 3, 5, 9, 12]);
+        let text = fs::read_to_string(&al).unwrap();
+        assert!(text.lines().all(|l| l.starts_with('+')), "not compacted at open: {text:?}");
+        let mode = fs::metadata(&al).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    }
+
+    #[test]
+    fn only_whole_lines_of_a_sign_and_digits_count() {
+        assert_eq!(replay("+1\n+2\n-1\n+3"), BTreeSet::from([2]));
+        assert_eq!(replay("+1\n-+1\n+ 4\n+-5\n+6x\n\n-\n+\n+7\n"), BTreeSet::from([1, 7]));
+        assert_eq!(replay("+1\n-1+5\n"), BTreeSet::from([1]));
+        assert_eq!(replay(""), BTreeSet::new());
+    }
+
+    /// An append that failed may have left a torn line: the file is
+    /// rewritten before the next change.
+    #[test]
+    fn a_change_after_a_failed_append_starts_on_a_fresh_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = dir.path().join("n.meta.al");
+        let (mut j, _) = AlJournal::open(&meta).unwrap();
+        j.apply(&[], &[1, 2]).unwrap();
+        // As a failed write_all would leave it: a torn "-2", and the
+        // journal knowing the append failed.
+        OpenOptions::new().append(true).open(&al).unwrap().write_all(b"-").unwrap();
+        j.torn = true;
+        j.apply(&[], &[5]).unwrap();
+        drop(j);
+        let (_, held) = AlJournal::open(&meta).unwrap();
+        assert_eq!(held, vec![1, 2, 5], "extent 5's joining was glued to the torn line");
     }
 
     #[test]
