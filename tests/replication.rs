@@ -308,6 +308,41 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
     p.wait_connected();
 }
 
+/// The metadata survives but the out-of-sync bitmap does not (its file
+/// lost): a Primary that wrote while its peer was down restarts, and every
+/// block counts as out of sync, so the returning peer gets them all and the
+/// disks end identical. (Before, a lost bitmap read as all in sync: the
+/// handshake moved nothing, and the peer silently lacked those writes.)
+#[test]
+fn a_lost_bitmap_file_makes_a_full_resync_not_a_silent_difference() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::start("C", "16M");
+    p.wait_synced("the first sync", Duration::from_secs(60));
+    assert!(p.down(1).success());
+    p.wait_unlinked(0);
+    let out = p.qemu_io(0, "write -P 0x5a 1M 1M");
+    assert!(out.contains("wrote"), "{out}");
+    assert!(p.status(0)["out_of_sync_bytes"].as_u64().unwrap() >= 1 << 20);
+    assert!(p.down(0).success());
+    std::fs::remove_file(p.dir.path().join("a.meta.bitmap")).unwrap();
+    p.up(0);
+    p.up(1);
+    p.wait("the pair to resync", Duration::from_secs(60), |a, b| {
+        [a, b].iter().all(|s| {
+            s["connection"] == "Connected"
+                && s["sync"].is_null()
+                && s["out_of_sync_bytes"] == 0
+                && s["disk"] == "UpToDate"
+        })
+    });
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!(b[1 << 20..2 << 20].iter().all(|&x| x == 0x5a), "b lacks the writes made apart");
+    assert!(a == b, "the disks differ");
+    assert!(p.log(0).contains("bitmap is missing"), "{}", tail(&p.log(0)));
+}
+
 #[test]
 fn down_stops_a_node_cleanly() {
     let mut p = Pair::start("C", "16M");

@@ -312,7 +312,27 @@ impl Node {
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
         let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
-        let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
+        let (bitmap, mut saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
+        if saved.is_none() && meta.is_some() {
+            // The metadata survives but its bitmap does not (the file was
+            // lost, or is of another size): nothing may be taken as in sync
+            // on no evidence, so every block is out of sync (a full resync,
+            // in the direction the generations say), and saved so.
+            tracing::warn!(
+                "the out-of-sync bitmap is missing or does not fit the device: every block \
+                 counts as out of sync (a full resync follows)"
+            );
+            let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
+            all.mark_all();
+            let words = all.words().to_vec();
+            let pages: Vec<(u64, Vec<u64>)> = words
+                .chunks(crate::core::PAGE_WORDS)
+                .enumerate()
+                .map(|(i, w)| (i as u64, w.to_vec()))
+                .collect();
+            bitmap.write_pages(&pages).map_err(meta_io)?;
+            saved = Some(words);
+        }
         if !held.is_empty() {
             tracing::warn!(
                 extents = held.len(),
