@@ -38,6 +38,9 @@ pub struct AlJournal {
     lines: usize,
     /// An append failed: the file may end in a torn line.
     torn: bool,
+    /// The file was there when the journal was opened (a node's first
+    /// start creates it; missing later, it was lost).
+    existed: bool,
 }
 
 /// The journal's extents: whole lines only (a torn last line has no
@@ -70,17 +73,25 @@ impl AlJournal {
     /// left by a crash goes).
     pub fn open(meta: &Path) -> std::io::Result<(AlJournal, Vec<u64>)> {
         let path = sibling(meta, "al");
-        let active = fs::read_to_string(&path).map(|t| replay(&t)).unwrap_or_default();
+        let text = fs::read_to_string(&path);
+        let existed = text.is_ok();
+        let active = text.map(|t| replay(&t)).unwrap_or_default();
         let mut j = AlJournal {
             file: OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?,
             path,
             active,
             lines: 0,
             torn: true,
+            existed,
         };
         j.compact()?;
         let held = j.active.iter().copied().collect();
         Ok((j, held))
+    }
+
+    /// The file was there when the journal was opened.
+    pub fn existed(&self) -> bool {
+        self.existed
     }
 
     /// Rewrites the file with the extents held, atomically.
@@ -173,6 +184,7 @@ mod tests {
         let al = dir.path().join("n.meta.al");
         let (mut j, held) = AlJournal::open(&meta).unwrap();
         assert!(held.is_empty());
+        assert!(!j.existed());
         j.apply(&[], &[1, 2, 3, 12]).unwrap();
         j.apply(&[2], &[9]).unwrap();
         drop(j);
@@ -183,6 +195,7 @@ mod tests {
         drop(f);
         let (mut j, held) = AlJournal::open(&meta).unwrap();
         assert_eq!(held, vec![1, 3, 9, 12]);
+        assert!(j.existed());
         // The torn line is gone from the file: what is appended next is
         // not glued to it ("-1+5" would hide extent 5's joining).
         j.apply(&[], &[5]).unwrap();

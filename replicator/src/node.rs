@@ -313,14 +313,17 @@ impl Node {
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
         let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
         let (bitmap, mut saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
-        if saved.is_none() && meta.is_some() {
-            // The metadata survives but its bitmap does not (the file was
-            // lost, or is of another size): nothing may be taken as in sync
-            // on no evidence, so every block is out of sync (a full resync,
-            // in the direction the generations say), and saved so.
+        if (saved.is_none() || !al.existed()) && meta.is_some() {
+            // The metadata survives but its bitmap or activity log does not
+            // (the file was lost, or the bitmap is of another size): nothing
+            // may be taken as in sync on no evidence, so every block is out
+            // of sync (a full resync, in the direction the generations
+            // say), and saved so.
             tracing::warn!(
-                "the out-of-sync bitmap is missing or does not fit the device: every block \
-                 counts as out of sync (a full resync follows)"
+                bitmap = saved.is_some(),
+                activity_log = al.existed(),
+                "the out-of-sync bitmap or the activity log is missing (or the bitmap does not \
+                 fit the device): every block counts as out of sync (a full resync follows)"
             );
             let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
             all.mark_all();
