@@ -44,24 +44,32 @@ pub struct AlJournal {
 }
 
 /// The journal's extents: whole lines only (a torn last line has no
-/// newline), `+` or `-` and digits; anything else is ignored.
+/// newline: its extent had not joined, its write was not issued), each a
+/// sign and digits. A whole line that is not (a corrupt byte, or changes
+/// an older version glued to a torn line, `+4+5`) removes nothing and
+/// adds every `+N` in it: an extent may stay in the log for nothing, never
+/// leave it by mistake.
 fn replay(text: &str) -> BTreeSet<u64> {
     let mut active = BTreeSet::new();
     let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     for line in whole.lines() {
-        let (sign, num) = line.split_at(line.len().min(1));
-        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(e) = num.parse::<u64>() else { continue };
-        match sign {
-            "+" => {
+        let number = |t: &str| digits(t).then(|| t.parse::<u64>().ok()).flatten();
+        match (line.strip_prefix('+').and_then(number), line.strip_prefix('-').and_then(number)) {
+            (Some(e), _) => {
                 active.insert(e);
             }
-            "-" => {
+            (_, Some(e)) => {
                 active.remove(&e);
             }
-            _ => {}
+            _ => {
+                for part in line.split('+').skip(1) {
+                    let n: String = part.chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(e) = n.parse::<u64>() {
+                        active.insert(e);
+                    }
+                }
+            }
         }
     }
     active
@@ -73,9 +81,13 @@ impl AlJournal {
     /// left by a crash goes).
     pub fn open(meta: &Path) -> std::io::Result<(AlJournal, Vec<u64>)> {
         let path = sibling(meta, "al");
-        let text = fs::read_to_string(&path);
-        let existed = text.is_ok();
-        let active = text.map(|t| replay(&t)).unwrap_or_default();
+        // (Missing only if not found: any other error fails the open, it
+        // must not read as an empty log.)
+        let (existed, active) = match fs::read(&path) {
+            Ok(bytes) => (true, replay(&String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (false, BTreeSet::new()),
+            Err(e) => return Err(e),
+        };
         let mut j = AlJournal {
             file: OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?,
             path,
@@ -92,6 +104,16 @@ impl AlJournal {
     /// The file was there when the journal was opened.
     pub fn existed(&self) -> bool {
         self.existed
+    }
+
+    /// Whether the journal next to `meta` exists (not found: false; any
+    /// other error is returned).
+    pub fn exists(meta: &Path) -> std::io::Result<bool> {
+        match fs::metadata(sibling(meta, "al")) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Rewrites the file with the extents held, atomically.
@@ -163,6 +185,23 @@ impl BitmapFile {
         Ok((BitmapFile { file }, saved))
     }
 
+    /// Whether `<meta>.bitmap` exists with `words` words (not found: false;
+    /// any other error is returned).
+    pub fn fits(meta: &Path, words: usize) -> std::io::Result<bool> {
+        match fs::metadata(sibling(meta, "bitmap")) {
+            Ok(m) => Ok(m.len() == words as u64 * 8),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces `<meta>.bitmap` with `words`, atomically (the old file, or
+    /// none, until the new one is whole on disk).
+    pub fn replace(meta: &Path, words: &[u64]) -> std::io::Result<()> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        atomic_write(&sibling(meta, "bitmap"), &bytes)
+    }
+
     /// Overwrites pages (PAGE_WORDS words each); durable on return.
     pub fn write_pages(&self, pages: &[(u64, Vec<u64>)]) -> std::io::Result<()> {
         for (page, words) in pages {
@@ -209,11 +248,31 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_lines_of_a_sign_and_digits_count() {
+    fn only_whole_lines_of_a_sign_and_digits_count_and_a_bad_one_removes_nothing() {
         assert_eq!(replay("+1\n+2\n-1\n+3"), BTreeSet::from([2]));
-        assert_eq!(replay("+1\n-+1\n+ 4\n+-5\n+6x\n\n-\n+\n+7\n"), BTreeSet::from([1, 7]));
-        assert_eq!(replay("+1\n-1+5\n"), BTreeSet::from([1]));
+        // A malformed whole line removes nothing and keeps each +N in it.
+        assert_eq!(replay("+1\n-+1\n+ 4\n+-5\n+6x\n\n-\n+\n+7\n"), BTreeSet::from([1, 6, 7]));
+        assert_eq!(replay("+1\n-1+5\n"), BTreeSet::from([1, 5]));
+        assert_eq!(replay("+4+5\n"), BTreeSet::from([4, 5]));
+        assert_eq!(replay("+1\n-\u{fffd}1\n\u{e9}+2\n"), BTreeSet::from([1, 2]));
         assert_eq!(replay(""), BTreeSet::new());
+    }
+
+    /// A journal that cannot be read is not an empty one.
+    #[test]
+    fn a_corrupt_journal_keeps_its_extents_and_an_unreadable_one_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = dir.path().join("n.meta.al");
+        fs::write(&al, b"+1\n+2\n\xff\n-1\xff\n").unwrap();
+        let (j, held) = AlJournal::open(&meta).unwrap();
+        assert!(j.existed());
+        assert_eq!(held, vec![1, 2]);
+        drop(j);
+        fs::remove_file(&al).unwrap();
+        fs::create_dir(&al).unwrap(); // reading it fails (EISDIR), not NotFound
+        assert!(AlJournal::open(&meta).is_err());
+        assert!(AlJournal::exists(&meta).unwrap());
     }
 
     /// An append that failed may have left a torn line: the file is
@@ -233,6 +292,21 @@ mod tests {
         drop(j);
         let (_, held) = AlJournal::open(&meta).unwrap();
         assert_eq!(held, vec![1, 2, 5], "extent 5's joining was glued to the torn line");
+    }
+
+    #[test]
+    fn a_bitmap_replaced_whole_is_read_back_and_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let words = PAGE_WORDS * 2 + 3;
+        assert!(!BitmapFile::fits(&meta, words).unwrap());
+        BitmapFile::replace(&meta, &vec![u64::MAX; words]).unwrap();
+        assert!(BitmapFile::fits(&meta, words).unwrap());
+        assert!(!BitmapFile::fits(&meta, words + 1).unwrap());
+        let (_, saved) = BitmapFile::open(&meta, words).unwrap();
+        assert_eq!(saved, Some(vec![u64::MAX; words]));
+        let mode = fs::metadata(dir.path().join("n.meta.bitmap")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
     }
 
     #[test]

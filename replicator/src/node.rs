@@ -311,31 +311,28 @@ impl Node {
         let meta_io = |source| MetaError::Io { path: mine.meta.clone(), source };
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
-        let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
-        let (bitmap, mut saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
-        if (saved.is_none() || !al.existed()) && meta.is_some() {
-            // The metadata survives but its bitmap or activity log does not
-            // (the file was lost, or the bitmap is of another size): nothing
-            // may be taken as in sync on no evidence, so every block is out
-            // of sync (a full resync, in the direction the generations
-            // say), and saved so.
+        // The metadata survives but its bitmap or activity log does not (a
+        // file lost, or the bitmap of another size): nothing may be taken
+        // as in sync on no evidence, so every block is out of sync (a full
+        // resync, in the direction the generations say). Decided before
+        // either file is created, and the bitmap of ones replaces the old
+        // one atomically before the log is created: a crash or error in
+        // between leaves the sign of the loss for the next start.
+        let bitmap_fits = BitmapFile::fits(&mine.meta, words).map_err(meta_io)?;
+        let al_exists = AlJournal::exists(&mine.meta).map_err(meta_io)?;
+        if meta.is_some() && !(bitmap_fits && al_exists) {
             tracing::warn!(
-                bitmap = saved.is_some(),
-                activity_log = al.existed(),
+                bitmap_lost = !bitmap_fits,
+                activity_log_lost = !al_exists,
                 "the out-of-sync bitmap or the activity log is missing (or the bitmap does not \
                  fit the device): every block counts as out of sync (a full resync follows)"
             );
             let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
             all.mark_all();
-            let words = all.words().to_vec();
-            let pages: Vec<(u64, Vec<u64>)> = words
-                .chunks(crate::core::PAGE_WORDS)
-                .enumerate()
-                .map(|(i, w)| (i as u64, w.to_vec()))
-                .collect();
-            bitmap.write_pages(&pages).map_err(meta_io)?;
-            saved = Some(words);
+            BitmapFile::replace(&mine.meta, all.words()).map_err(meta_io)?;
         }
+        let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
+        let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
         if !held.is_empty() {
             tracing::warn!(
                 extents = held.len(),
