@@ -681,8 +681,9 @@ impl Checker {
             // at the last step, now without a session and with the data
             // complete (Consistent, or UpToDate: seeds 207468 and 204895,
             // a replaced disk's sync).
+            // (Its floors may have been reset in that step, by a forced
+            // promotion of the source: seed 600608 at 5,000 steps.)
             let cut_after_done = was_target
-                && self.synced_floor[n].is_some()
                 && sim.nodes[n].core.as_ref().is_some_and(|c| {
                     c.session_id().is_none()
                         && matches!(c.disk(), DiskState::UpToDate | DiskState::Consistent)
