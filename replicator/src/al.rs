@@ -38,9 +38,24 @@ pub struct AlJournal {
     lines: usize,
     /// An append failed: the file may end in a torn line.
     torn: bool,
-    /// The file was there when the journal was opened (a node's first
-    /// start creates it; missing later, it was lost).
-    existed: bool,
+}
+
+/// `path`'s metadata; None if it does not exist (any other error is
+/// returned: it must not read as a lost file).
+fn stat(path: &Path) -> std::io::Result<Option<fs::Metadata>> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `active` as the whole journal at `path`, atomically; returns it
+/// open for appending.
+fn rewrite(path: &Path, active: &BTreeSet<u64>) -> std::io::Result<File> {
+    let text: String = active.iter().map(|e| format!("+{e}\n")).collect();
+    atomic_write(path, text.as_bytes())?;
+    OpenOptions::new().append(true).open(path)
 }
 
 /// The journal's extents: whole lines only (a torn last line has no
@@ -83,44 +98,25 @@ impl AlJournal {
         let path = sibling(meta, "al");
         // (Missing only if not found: any other error fails the open, it
         // must not read as an empty log.)
-        let (existed, active) = match fs::read(&path) {
-            Ok(bytes) => (true, replay(&String::from_utf8_lossy(&bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (false, BTreeSet::new()),
+        let active = match fs::read(&path) {
+            Ok(bytes) => replay(&String::from_utf8_lossy(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(e),
         };
-        let mut j = AlJournal {
-            file: OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?,
-            path,
-            active,
-            lines: 0,
-            torn: true,
-            existed,
-        };
-        j.compact()?;
-        let held = j.active.iter().copied().collect();
-        Ok((j, held))
+        let file = rewrite(&path, &active)?;
+        let (lines, held) = (active.len(), active.iter().copied().collect());
+        Ok((AlJournal { path, file, active, lines, torn: false }, held))
     }
 
-    /// The file was there when the journal was opened.
-    pub fn existed(&self) -> bool {
-        self.existed
-    }
-
-    /// Whether the journal next to `meta` exists (not found: false; any
-    /// other error is returned).
+    /// Whether the journal next to `meta` exists (a node's first start
+    /// creates it; missing later, it was lost).
     pub fn exists(meta: &Path) -> std::io::Result<bool> {
-        match fs::metadata(sibling(meta, "al")) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(stat(&sibling(meta, "al"))?.is_some())
     }
 
     /// Rewrites the file with the extents held, atomically.
     fn compact(&mut self) -> std::io::Result<()> {
-        let text: String = self.active.iter().map(|e| format!("+{e}\n")).collect();
-        atomic_write(&self.path, text.as_bytes())?;
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file = rewrite(&self.path, &self.active)?;
         self.lines = self.active.len();
         self.torn = false;
         Ok(())
@@ -188,11 +184,7 @@ impl BitmapFile {
     /// Whether `<meta>.bitmap` exists with `words` words (not found: false;
     /// any other error is returned).
     pub fn fits(meta: &Path, words: usize) -> std::io::Result<bool> {
-        match fs::metadata(sibling(meta, "bitmap")) {
-            Ok(m) => Ok(m.len() == words as u64 * 8),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(stat(&sibling(meta, "bitmap"))?.is_some_and(|m| m.len() == words as u64 * 8))
     }
 
     /// Replaces `<meta>.bitmap` with `words`, atomically (the old file, or
@@ -221,9 +213,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("n.meta");
         let al = dir.path().join("n.meta.al");
+        assert!(!AlJournal::exists(&meta).unwrap());
         let (mut j, held) = AlJournal::open(&meta).unwrap();
         assert!(held.is_empty());
-        assert!(!j.existed());
+        assert!(AlJournal::exists(&meta).unwrap());
         j.apply(&[], &[1, 2, 3, 12]).unwrap();
         j.apply(&[2], &[9]).unwrap();
         drop(j);
@@ -234,7 +227,6 @@ mod tests {
         drop(f);
         let (mut j, held) = AlJournal::open(&meta).unwrap();
         assert_eq!(held, vec![1, 3, 9, 12]);
-        assert!(j.existed());
         // The torn line is gone from the file: what is appended next is
         // not glued to it ("-1+5" would hide extent 5's joining).
         j.apply(&[], &[5]).unwrap();
@@ -265,10 +257,8 @@ mod tests {
         let meta = dir.path().join("n.meta");
         let al = dir.path().join("n.meta.al");
         fs::write(&al, b"+1\n+2\n\xff\n-1\xff\n").unwrap();
-        let (j, held) = AlJournal::open(&meta).unwrap();
-        assert!(j.existed());
+        let (_, held) = AlJournal::open(&meta).unwrap();
         assert_eq!(held, vec![1, 2]);
-        drop(j);
         fs::remove_file(&al).unwrap();
         fs::create_dir(&al).unwrap(); // reading it fails (EISDIR), not NotFound
         assert!(AlJournal::open(&meta).is_err());

@@ -1814,20 +1814,9 @@ pub fn hover(
     let mut sim = Sim::new(Options { seed, steps: 0, plant, trace: false });
     sim.err_rate = 0;
     sim.budget = BUDGET;
-    for n in 0..2 {
-        // (The cores started with the seed's budget: start afresh.)
-        sim.nodes[n].core = None;
-        sim.nodes[n].ios.clear();
-        sim.nodes[n].hung.clear();
-        sim.nodes[n].meta = Meta::default();
-        sim.nodes[n].recreated = true;
-        sim.start(n);
-    }
-    let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
-    let stuck = |sim: &Sim, what: &str| {
-        let v = Violation { step: sim.chk.step, rule: "hover", what: what.into() };
-        (v, sim.recent().to_vec())
-    };
+    // (The cores started with the seed's budget.)
+    start_afresh(&mut sim);
+    let stuck = |sim: &Sim, what: &str| stuck_at(sim, "hover", what);
     let mut steps = 0usize;
     let mut tick = |sim: &mut Sim, write_at: &mut Option<Time>| -> Result<(), Violation> {
         steps += 1;
@@ -1949,19 +1938,8 @@ pub fn stalled_primary(
     sim.err_rate = 0;
     sim.protocol = Protocol::C;
     sim.disk_timeout = Some(DISK_TIMEOUT);
-    for n in 0..2 {
-        sim.nodes[n].core = None;
-        sim.nodes[n].ios.clear();
-        sim.nodes[n].hung.clear();
-        sim.nodes[n].meta = Meta::default();
-        sim.nodes[n].recreated = true;
-        sim.start(n);
-    }
-    let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
-    let stuck = |sim: &Sim, what: &str| {
-        let v = Violation { step: sim.chk.step, rule: "stalled-primary", what: what.into() };
-        (v, sim.recent().to_vec())
-    };
+    start_afresh(&mut sim);
+    let stuck = |sim: &Sim, what: &str| stuck_at(sim, "stalled-primary", what);
     // One step: the Primary `p` submits when its time comes, else time moves.
     let tick = |sim: &mut Sim, writes: &mut Option<(usize, Time)>| -> Result<(), Violation> {
         sim.chk.step += 1;
@@ -2038,15 +2016,7 @@ pub fn stalled_primary(
         }
         // The other node takes over (an operator's `primary`).
         p = 1 - p;
-        let now_ms = sim.now.as_millis() as u64 + 1;
-        let core = sim.nodes[p].core.as_mut().expect("up");
-        let disk = core.disk();
-        core.promote(false, now_ms).map_err(|e| stuck(&sim, &format!("promote: {e}")))?;
-        sim.drain(p);
-        let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
-        let r = chk.promoted(&sim, p, false, disk);
-        sim.chk = chk;
-        r.map_err(|v| fail(&sim, v))?;
+        promote_checked(&mut sim, p, false, "stalled-primary")?;
         out.rounds += 1;
     }
     Ok(out)
@@ -2060,11 +2030,7 @@ fn establish(
     rule: &'static str,
     tick: &mut dyn FnMut(&mut Sim) -> Result<(), Violation>,
 ) -> Result<(), (Violation, Vec<String>)> {
-    let fail = |sim: &Sim, v: Violation| (v, sim.recent().to_vec());
-    let stuck = |sim: &Sim, what: &str| {
-        let v = Violation { step: sim.chk.step, rule, what: what.into() };
-        (v, sim.recent().to_vec())
-    };
+    let stuck = |sim: &Sim, what: &str| stuck_at(sim, rule, what);
     let t0 = sim.now;
     while !(sim.replication(0) == Replication::Established
         && sim.replication(1) == Replication::Established)
@@ -2074,15 +2040,7 @@ fn establish(
             return Err(stuck(sim, "the pair did not connect"));
         }
     }
-    let now_ms = sim.now.as_millis() as u64 + 1;
-    let core = sim.nodes[0].core.as_mut().expect("a");
-    let disk = core.disk();
-    core.promote(true, now_ms).map_err(|e| stuck(sim, &format!("{e}")))?;
-    sim.drain(0);
-    let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
-    let r = chk.promoted(sim, 0, true, disk);
-    sim.chk = chk;
-    r.map_err(|v| fail(sim, v))?;
+    promote_checked(sim, 0, true, rule)?;
     let t0 = sim.now;
     loop {
         tick(sim).map_err(|v| fail(sim, v))?;
@@ -2093,6 +2051,49 @@ fn establish(
             return Err(stuck(sim, "the initial sync did not finish"));
         }
     }
+}
+
+/// A scenario's report of a violation: it, and the recent log.
+fn fail(sim: &Sim, v: Violation) -> (Violation, Vec<String>) {
+    (v, sim.recent().to_vec())
+}
+
+/// A scenario's report of a pair that did not get where it should
+/// (`rule`: the scenario).
+fn stuck_at(sim: &Sim, rule: &'static str, what: &str) -> (Violation, Vec<String>) {
+    fail(sim, Violation { step: sim.chk.step, rule, what: what.into() })
+}
+
+/// Both nodes restarted afresh (new disks, no metadata) with the settings
+/// the scenario gave the simulation.
+fn start_afresh(sim: &mut Sim) {
+    for n in 0..2 {
+        sim.nodes[n].core = None;
+        sim.nodes[n].ios.clear();
+        sim.nodes[n].hung.clear();
+        sim.nodes[n].meta = Meta::default();
+        sim.nodes[n].recreated = true;
+        sim.start(n);
+    }
+}
+
+/// Node `n` promoted (`primary`, or `--force`), and the checker's rules
+/// for a promotion applied.
+fn promote_checked(
+    sim: &mut Sim,
+    n: usize,
+    force: bool,
+    rule: &'static str,
+) -> Result<(), (Violation, Vec<String>)> {
+    let now_ms = sim.now.as_millis() as u64 + 1;
+    let core = sim.nodes[n].core.as_mut().expect("up");
+    let disk = core.disk();
+    core.promote(force, now_ms).map_err(|e| stuck_at(sim, rule, &format!("promote: {e}")))?;
+    sim.drain(n);
+    let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
+    let r = chk.promoted(sim, n, force, disk);
+    sim.chk = chk;
+    r.map_err(|v| fail(sim, v))
 }
 
 /// Both nodes Established, UpToDate and quiescent.

@@ -315,20 +315,21 @@ impl Pair {
 
     /// Node `i`'s disk is `path` (in the resource file too).
     pub fn set_disk(&mut self, i: usize, path: &std::path::Path) {
-        let name = format!("disk = \"{}.img\"", self.nodes[i].name);
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        assert!(text.contains(&name), "no {name} in the resource file");
-        let text = text.replace(&name, &format!("disk = \"{}\"", path.display()));
-        std::fs::write(&self.config, text).unwrap();
+        self.set_file(i, "disk", "img", path);
         self.nodes[i].disk = path.to_path_buf();
     }
 
     /// Node `i`'s metadata is `path` (in the resource file).
     pub fn set_meta(&mut self, i: usize, path: &std::path::Path) {
-        let name = format!("meta = \"{}.meta\"", self.nodes[i].name);
+        self.set_file(i, "meta", "meta", path);
+    }
+
+    /// Node `i`'s `key = "NAME.ext"` in the resource file becomes `path`.
+    fn set_file(&self, i: usize, key: &str, ext: &str, path: &std::path::Path) {
+        let name = format!("{key} = \"{}.{ext}\"", self.nodes[i].name);
         let text = std::fs::read_to_string(&self.config).unwrap();
         assert!(text.contains(&name), "no {name} in the resource file");
-        let text = text.replace(&name, &format!("meta = \"{}\"", path.display()));
+        let text = text.replace(&name, &format!("{key} = \"{}\"", path.display()));
         std::fs::write(&self.config, text).unwrap();
     }
 

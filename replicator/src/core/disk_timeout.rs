@@ -71,13 +71,18 @@ impl Core {
     /// power would come back as if its disk held those writes (a crashed
     /// Primary's activity-log extents then move from it to the peer).
     pub(crate) fn failed_record(&self) -> FailedRecord {
-        if self.p.durable_meta.as_ref().is_some_and(|m| m.disk == DiskState::Failed) {
+        if self.failed_record_saved() {
             FailedRecord::Saved
         } else if self.p.meta_failed.is_some() || self.failed_record_overdue() {
             FailedRecord::Lost
         } else {
             FailedRecord::Saving
         }
+    }
+
+    /// The durable record says the disk is detached.
+    fn failed_record_saved(&self) -> bool {
+        self.p.durable_meta.as_ref().is_some_and(|m| m.disk == DiskState::Failed)
     }
 
     /// The record's save has had no completion for `disk-timeout` (on a
@@ -93,9 +98,8 @@ impl Core {
     /// Failed record waits behind it). None: the disk is not detached,
     /// its record is on disk, or nothing is saving.
     pub(crate) fn failed_record_deadline(&self) -> Option<Time> {
-        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.disk == DiskState::Failed);
         let limit = self.cfg.disk_timeout.unwrap_or(RECORD_WAIT);
-        (self.disk == DiskState::Failed && self.p.meta_saving && !saved)
+        (self.disk == DiskState::Failed && self.p.meta_saving && !self.failed_record_saved())
             .then(|| self.p.meta_since + limit)
     }
 
