@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+use twinblock_replicator::arbiter::Refusal;
 use twinblock_replicator::witness::WitnessStatus;
 
 type Labels = Vec<(&'static str, String)>;
@@ -97,6 +98,21 @@ pub fn render(st: &WitnessStatus) -> String {
          released, or the refusal's kind)",
         requests.clone(),
     );
+    // A refusal by data starts at 0 for every node: a series that first
+    // appears at 1 has no increase() (the alert on it would never fire
+    // for a node's first refusal). Only a claim is judged by its data.
+    for m in &st.members {
+        for refusal in [
+            Refusal::DataUnknown { node: m.clone(), peer: String::new() },
+            Refusal::DataNotDescended { node: m.clone(), peer: String::new(), alone: 0 },
+        ] {
+            requests.get_or_create(&vec![
+                ("member", m.clone()),
+                ("kind", "claim".to_owned()),
+                ("verdict", refusal.label().to_owned()),
+            ]);
+        }
+    }
     for r in &st.requests {
         let l = vec![
             ("member", r.node.clone()),
@@ -170,12 +186,44 @@ mod tests {
         assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
     }
 
+    /// A node's first refusal by its data shows as an increase: its
+    /// series is there at 0 before it (Prometheus' increase() sees
+    /// nothing of a series that first appears at 1).
+    #[test]
+    fn refusals_by_data_are_counted_from_zero() {
+        let st = WitnessStatus {
+            resource: "r".into(),
+            node: "w".into(),
+            members: vec!["a".into(), "b".into()],
+            ..WitnessStatus::default()
+        };
+        let text = render(&st);
+        for m in ["a", "b"] {
+            for v in ["data_unknown", "data_not_descended"] {
+                let line = format!(
+                    r#"twinblock_witness_requests_total{{resource="r",node="w",member="{m}",kind="claim",verdict="{v}"}} 0"#
+                );
+                assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+            }
+        }
+        let st = WitnessStatus {
+            requests: vec![RequestCount {
+                node: "a".into(),
+                kind: "claim",
+                verdict: "data_unknown",
+                count: 1,
+            }],
+            ..st
+        };
+        let line = r#"twinblock_witness_requests_total{resource="r",node="w",member="a",kind="claim",verdict="data_unknown"} 1"#;
+        assert!(render(&st).lines().any(|l| l == line));
+    }
+
     /// The critical alert on a claim refused by its data matches exactly
     /// the verdicts the witness gives such refusals (a renamed label would
     /// silence it).
     #[test]
     fn the_alert_on_refusals_by_data_names_their_verdicts() {
-        use twinblock_replicator::arbiter::Refusal;
         let rules = include_str!("../../scripts/alerts.yml");
         let at = rules.find("verdict=~\"").expect("the alert's verdict pattern") + 10;
         let pattern = &rules[at..at + rules[at..].find('"').expect("end of the pattern")];
