@@ -102,7 +102,13 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // (it holds nothing anyone relies on, and one that stopped
         // answering would hold the stop for ever).
         if node.lane_idle().await {
-            let flush = async { node.store().flush().await.context("final flush") };
+            let flush = async {
+                node.store().flush().await.map_err(|e| {
+                    // Recorded as a failed disk, not left UpToDate.
+                    node.final_flush_failed(&e);
+                    anyhow::Error::new(e).context("final flush")
+                })
+            };
             match node.res.disk_timeout {
                 // (A disk that stops answering now: the stop fails, and
                 // the metadata is not marked clean.)

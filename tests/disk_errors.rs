@@ -253,13 +253,35 @@ struct Ext4 {
 
 impl Ext4 {
     fn make(device: &std::path::Path, mnt: &std::path::Path) -> Ext4 {
+        Ext4::make_with(device, mnt, &[])
+    }
+
+    /// With extra `mkfs.ext4` options.
+    fn make_with(device: &std::path::Path, mnt: &std::path::Path, options: &[&str]) -> Ext4 {
         std::fs::create_dir_all(mnt).unwrap();
         let loopdev =
             run_ok(Command::new("losetup").args(["-f", "--show"]).arg(device)).trim().to_string();
         let fs = Ext4 { mnt: mnt.to_path_buf(), loopdev };
-        run_ok(Command::new("mkfs.ext4").args(["-q", "-F", &fs.loopdev]));
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).args(options).arg(&fs.loopdev));
         run_ok(Command::new("mount").arg(&fs.loopdev).arg(mnt));
         fs
+    }
+
+    /// Without a journal, holding `name` of `size` bytes written in full
+    /// and synced: a later sync of its overwrites is the data's writeback
+    /// alone (no allocation, no journal commit that a failing device
+    /// would abort).
+    fn plain_with_file(
+        device: &std::path::Path,
+        mnt: &std::path::Path,
+        name: &str,
+        size: usize,
+    ) -> (Ext4, std::path::PathBuf) {
+        let fs = Ext4::make_with(device, mnt, &["-O", "^has_journal"]);
+        let file = mnt.join(name);
+        std::fs::write(&file, vec![0x11u8; size]).unwrap();
+        std::fs::File::open(&file).unwrap().sync_all().unwrap();
+        (fs, file)
     }
 }
 
@@ -745,4 +767,104 @@ fn a_disconnect_from_a_peer_whose_lane_is_full_takes_effect_at_once() {
     p.ok(&["connect"], 0);
     p.wait_synced("b's resync after the connect", Duration::from_secs(60));
     assert_streamed(&p, &disk, &errnos);
+}
+
+/// A FLUSH that failed is not followed by one that succeeds without the
+/// lost writes. `twinblock serve`'s disk is a file on ext4 (no journal,
+/// the file written in full first, so that a sync is the data's
+/// writeback alone) on a loop device over nbdkit's error filter: a write
+/// lands in the page cache, the disk starts failing, the FLUSH's
+/// writeback fails and the page cache drops the write. Linux reports
+/// such an error to each open file once: the next fdatasync on the file
+/// returns 0, so before the store latched its first failed sync, a
+/// second FLUSH after the disk came back was answered OK although the
+/// write it covers is not on the disk (and concurrent FLUSHes shared one
+/// report: one failed, the others were answered OK). Now every FLUSH and
+/// FUA write after a failed sync fails, and reads go on.
+#[test]
+fn after_a_failed_flush_no_flush_succeeds_without_the_lost_write() {
+    let dir = tempfile::Builder::new().prefix("tb-syncerr").tempdir_in(test_tmp()).unwrap();
+    let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
+    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
+        return;
+    }
+    let disk = FuseDisk::failing(dir.path(), "64M");
+    let (_fs, image) =
+        Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), "x.img", 4 << 20);
+    let sdir = tempfile::Builder::new().prefix("tb-test").tempdir_in(test_tmp()).unwrap();
+    let serve = Serve::start_on(sdir, image, URING, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Client::go(&serve, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE, into the page cache
+    assert_eq!(c.simple_reply(), (0, 1));
+    disk.fail_writes(true);
+    c.request(0, 3, 2, 0, 0, &[]); // FLUSH: its writeback fails
+    let (errno, cookie) = c.simple_reply();
+    assert_eq!(cookie, 2);
+    assert_eq!(errno, 5, "a FLUSH whose writeback failed: EIO");
+    disk.fail_writes(false);
+    c.request(0, 3, 3, 0, 0, &[]); // FLUSH again, the disk answering
+    let (errno, _) = c.simple_reply();
+    assert_eq!(
+        errno, 5,
+        "a FLUSH after the failed one was answered OK: the write it covers was dropped with the \
+         failed writeback"
+    );
+    c.request(1, 1, 4, 8192, 4096, &[0x33; 4096]); // FUA WRITE
+    let (errno, _) = c.simple_reply();
+    assert_eq!(errno, 5, "a FUA write after a failed sync: EIO");
+    c.request(0, 0, 5, 1 << 20, 4096, &[]); // READ
+    let (errno, _) = c.simple_reply();
+    assert_eq!(errno, 0, "reads go on");
+    assert_eq!(c.bytes(4096), vec![0x11u8; 4096]);
+}
+
+/// `down` whose final flush fails: the node records its disk as failed
+/// instead of stopping with it recorded `UpToDate`. a (Primary, protocol
+/// C) has its disk on a file system over a device that then fails its
+/// writes (as in the test above); its metadata is elsewhere and works.
+/// A write is acknowledged (on both nodes, unflushed), then `down` on a:
+/// the final flush fails, and the write is gone from a's disk once its
+/// page cache is dropped. Before, a came back `UpToDate` as the crashed
+/// Primary, and its activity-log extents were resynced over b's copy:
+/// the acknowledged write was gone from both. Now a comes back `Failed`
+/// and takes a full sync from b, and both hold the write.
+#[test]
+fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
+    let dir = tempfile::Builder::new().prefix("tb-stopflush").tempdir_in(test_tmp()).unwrap();
+    let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
+    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
+        return;
+    }
+    let disk = FuseDisk::failing(dir.path(), "64M");
+    let (_fs, image) =
+        Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), "a.img", 16 << 20);
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &image);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    // A plain client: qemu-io would FLUSH at its exit.
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE
+    assert_eq!(c.simple_reply(), (0, 1), "the write was acknowledged");
+    drop(c);
+    disk.fail_writes(true);
+    let exit = p.down(0);
+    assert!(!exit.success(), "down exits non-zero when its final flush fails");
+    disk.fail_writes(false);
+    // What a's page cache held of the failed writeback goes.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    p.up(0);
+    p.wait_connected();
+    p.wait_synced("the resync after the restart", Duration::from_secs(60));
+    for (name, file) in [("a", &image), ("b", &p.nodes[1].disk)] {
+        let mut block = vec![0u8; 4096];
+        std::fs::File::open(file).unwrap().read_exact(&mut block).unwrap();
+        assert!(
+            block.iter().all(|&x| x == 0x22),
+            "{name} lacks the acknowledged write after the restart (a's log: {})",
+            tail(&p.log(0))
+        );
+    }
+    assert!(p.log(0).contains("local disk failed (the final flush"), "{}", tail(&p.log(0)));
 }

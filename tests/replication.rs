@@ -197,6 +197,39 @@ fn a_sync_target_does_not_serve_reads_until_it_is_up_to_date() {
     assert_eq!(c.simple_reply(), (0, 10), "an UpToDate Secondary refused a read");
 }
 
+/// A node whose data may not be read says so to a copy too: BLOCK_STATUS
+/// fails as READ does. A new node alone is Inconsistent and its disk all
+/// holes; block status described them as "reads as zeroes", so `nbdcopy`
+/// (and `qemu-img convert`) skipped every read and wrote a copy of
+/// zeroes, exiting 0 (found in review). Once in sync the copy is the data.
+#[test]
+fn a_copy_of_data_that_may_not_be_read_fails() {
+    if !(have("nbdcopy") && have("nbdinfo")) {
+        return;
+    }
+    let mut p = Pair::prepare("C", "16M");
+    p.up(0);
+    assert_eq!(p.status(0)["disk"], "Inconsistent");
+    let copy = p.dir.path().join("copy.img");
+    let out = Command::new("nbdcopy").arg(p.uri(0)).arg(&copy).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "nbdcopy of an Inconsistent node's export succeeded: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("nbdinfo").arg("--map").arg(p.uri(0)).output().unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    p.wait_synced("the first sync", Duration::from_secs(60));
+    p.qemu_io(0, "write -P 0x5a 1M 64k");
+    p.wait_drained();
+    run_ok(Command::new("nbdcopy").arg(p.uri(1)).arg(&copy));
+    assert_eq!(read_file(&copy), read_file(&p.nodes[1].disk), "the copy is b's data");
+    assert!(read_file(&copy)[1 << 20..(1 << 20) + 65536].iter().all(|&x| x == 0x5a));
+}
+
 #[test]
 fn secondary_refuses_nbd_writes() {
     let p = Pair::start("C", "16M");

@@ -170,6 +170,12 @@ impl RequestDecoder {
     }
 
     fn validate(&self, h: Header, data: Option<Bytes>) -> Result<Command, (u32, &'static str)> {
+        // "There is no reply to an NBD_CMD_DISC", whatever its flags: the
+        // client stops reading, and an error reply would leave the
+        // connection open (nbdkit closes it too).
+        if h.kind == CMD_DISC {
+            return Ok(Command::Disconnect);
+        }
         // FUA is accepted on every command (the export advertises
         // SEND_FUA, and the spec then requires it; old qemu sets it on
         // FLUSH). Where nothing is written it changes nothing.
@@ -179,7 +185,7 @@ impl RequestDecoder {
                 CMD_WRITE | CMD_TRIM => 0,
                 CMD_WRITE_ZEROES => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
                 CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
-                CMD_DISC | CMD_FLUSH | CMD_CACHE => 0,
+                CMD_FLUSH | CMD_CACHE => 0,
                 _ => return Err((EINVAL, "unknown command")),
             };
         if h.flags & !allowed != 0 {
@@ -192,8 +198,8 @@ impl RequestDecoder {
         if writes && self.read_only {
             return Err((EPERM, "export is read-only"));
         }
-        if matches!(h.kind, CMD_DISC | CMD_FLUSH) {
-            return Ok(if h.kind == CMD_DISC { Command::Disconnect } else { Command::Flush });
+        if h.kind == CMD_FLUSH {
+            return Ok(Command::Flush);
         }
         if h.length == 0 {
             return Err((EINVAL, "zero-length request"));

@@ -152,6 +152,10 @@ fn unknown_commands_and_flags_get_einval() {
     // DF without structured replies.
     let mut simple = RequestDecoder::new(&negotiated(false, false, false));
     assert_eq!(rejected(&one(&mut simple, &req(CMD_FLAG_DF, CMD_READ, 1, 0, 512))), EINVAL);
+    // DISC is never answered, whatever its flags: it disconnects (an error
+    // reply kept the connection open).
+    let d = one(&mut simple, &req(CMD_FLAG_DF | 1 << 9, CMD_DISC, 0x4d, 7, 9));
+    assert!(matches!(d, Decoded::Command { cookie: 0x4d, command: Command::Disconnect }), "{d:?}");
 }
 
 #[test]

@@ -158,14 +158,28 @@ pub struct BitmapFile {
     file: File,
 }
 
+/// The words a read of the bitmap file gives: none for a missing file or
+/// one of another size (both decided before, `BitmapFile::fits`); any
+/// other read error is returned.
+fn saved_words(read: std::io::Result<Vec<u8>>, words: usize) -> std::io::Result<Option<Vec<u64>>> {
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok((bytes.len() == words * 8).then(|| {
+        bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+    }))
+}
+
 impl BitmapFile {
     /// Opens (creating) `<meta>.bitmap`; returns it and the saved words, if
-    /// the file held a bitmap of `words` words.
+    /// the file held a bitmap of `words` words. A file that exists but
+    /// cannot be read is an error: taken for none, its bits would be
+    /// zeroed below, and every block they marked taken for in sync.
     pub fn open(meta: &Path, words: usize) -> std::io::Result<(BitmapFile, Option<Vec<u64>>)> {
         let path = sibling(meta, "bitmap");
-        let saved = fs::read(&path).ok().filter(|b| b.len() == words * 8).map(|b| {
-            b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
-        });
+        let saved = saved_words(fs::read(&path), words)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -297,6 +311,19 @@ mod tests {
         assert_eq!(saved, Some(vec![u64::MAX; words]));
         let mode = fs::metadata(dir.path().join("n.meta.bitmap")).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    }
+
+    /// A bitmap file that exists but cannot be read (EIO) fails the open:
+    /// taken for none, it was zeroed, and every block its bits marked was
+    /// then taken for in sync (found in review).
+    #[test]
+    fn an_unreadable_bitmap_is_an_error_not_an_empty_one() {
+        let eio = || Err(std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(saved_words(eio(), 4).unwrap_err().raw_os_error(), Some(libc::EIO));
+        let missing = Err(std::io::ErrorKind::NotFound.into());
+        assert_eq!(saved_words(missing, 4).unwrap(), None);
+        assert_eq!(saved_words(Ok(vec![0xff; 8 * 3]), 4).unwrap(), None, "another size");
+        assert_eq!(saved_words(Ok(vec![0xff; 8 * 4]), 4).unwrap(), Some(vec![u64::MAX; 4]));
     }
 
     #[test]

@@ -873,6 +873,19 @@ impl Node {
         self.lock().core.set_rtt(rtt);
     }
 
+    /// The final flush at stop failed: the disk is detached and recorded
+    /// so (in place: the process ends next). Its page cache may have
+    /// dropped writes the failed sync covered; recorded `UpToDate`, the
+    /// next start would take what is left for data, and as the crashed
+    /// Primary's, send its activity-log extents over the peer's copy.
+    pub fn final_flush_failed(&self, e: &io::Error) {
+        let mut sh = self.lock();
+        sh.persist_async = false;
+        let now = self.now();
+        sh.core.handle_disk_error(now, io_err(e), "the final flush");
+        self.drain(&mut sh);
+    }
+
     /// Clean stop, after the final flush: the bitmap on disk and the
     /// activity log emptied of every idle extent.
     pub fn close(&self) {
@@ -993,27 +1006,9 @@ impl BlockDevice for Node {
         true
     }
 
-    /// Reads what every write issued before it left: a write still on the
-    /// store lane (a Secondary's backlog of peer writes, acknowledged as
-    /// received in protocol B, when it has just been promoted) is
-    /// performed first.
+    /// Reads what every write issued before it left ([`Node::readable`]).
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
-        let may_read = |sh: &Shell| match sh.core.may_read() {
-            Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
-            _ => Ok(()),
-        };
-        let mark = {
-            let sh = self.lock();
-            may_read(&sh)?;
-            let mark = sh.lane.mark();
-            (!sh.lane.caught_up(mark)).then_some(mark)
-        };
-        if let Some(mark) = mark {
-            // (Or the disk is detached meanwhile: a write it never
-            // completes would hold the read for ever.)
-            self.lane_wait(|sh| sh.lane.caught_up(mark) || sh.detached()).await;
-            may_read(&self.lock())?;
-        }
+        self.readable().await?;
         let read = self.store.read(offset, len);
         let Some(limit) = self.res.disk_timeout else { return Ok(read.await?) };
         match tokio::time::timeout(limit, read).await {
@@ -1060,6 +1055,36 @@ impl BlockDevice for Node {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> DeviceResult<Vec<Extent>> {
+        self.readable().await?;
         crate::local::allocation(&self.store, offset, len)
+    }
+}
+
+impl Node {
+    /// Whether this node's data may be read now (UpToDate or Consistent),
+    /// once every write issued before the call is performed: a write still
+    /// on the store lane (a Secondary's backlog of peer writes,
+    /// acknowledged as received in protocol B, when it has just been
+    /// promoted) first. What a READ and a BLOCK_STATUS answer both wait
+    /// for: a status of "zeroes" where a read would fail (an Inconsistent
+    /// disk is mostly holes) had backup tools copy zeroes and succeed.
+    async fn readable(&self) -> DeviceResult<()> {
+        let may_read = |sh: &Shell| match sh.core.may_read() {
+            Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
+            _ => Ok(()),
+        };
+        let mark = {
+            let sh = self.lock();
+            may_read(&sh)?;
+            let mark = sh.lane.mark();
+            (!sh.lane.caught_up(mark)).then_some(mark)
+        };
+        if let Some(mark) = mark {
+            // (Or the disk is detached meanwhile: a write it never
+            // completes would hold the read for ever.)
+            self.lane_wait(|sh| sh.lane.caught_up(mark) || sh.detached()).await;
+            may_read(&self.lock())?;
+        }
+        Ok(())
     }
 }

@@ -106,7 +106,7 @@ pub fn render(st: &WitnessStatus) -> String {
             Refusal::DataUnknown { node: m.clone(), peer: String::new() },
             Refusal::DataNotDescended { node: m.clone(), peer: String::new(), alone: 0 },
         ] {
-            requests.get_or_create(&vec![
+            let _ = requests.get_or_create(&vec![
                 ("member", m.clone()),
                 ("kind", "claim".to_owned()),
                 ("verdict", refusal.label().to_owned()),

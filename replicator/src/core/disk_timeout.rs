@@ -138,4 +138,13 @@ impl Core {
         self.disk_failed(IoError::ETIMEDOUT, &format!("{what}: no completion for {limit:?}"));
         self.pump();
     }
+
+    /// An operation the shell performs on the disk itself failed (the
+    /// final flush at stop): the disk is detached, as for one of the
+    /// core's.
+    pub fn handle_disk_error(&mut self, now: Time, e: IoError, what: &str) {
+        self.now = self.now.max(now);
+        self.disk_failed(e, what);
+        self.pump();
+    }
 }

@@ -3,12 +3,15 @@
 //!
 //! Two engines: io_uring ([`uring`]) and a portable thread pool
 //! ([`threads`]), chosen at run time. Buffered I/O by default (FLUSH is
-//! fdatasync, FUA is RWF_DSYNC); with `direct`, aligned requests go through
-//! an O_DIRECT descriptor where the file system allows it.
+//! fdatasync, one at a time and latched after a failure, [`syncer`]; a
+//! buffered FUA write is a write and that sync); with `direct`, aligned
+//! requests go through an O_DIRECT descriptor where the file system allows
+//! it (FUA there is RWF_DSYNC).
 
 mod aligned;
 mod lock;
 mod op;
+mod syncer;
 mod sys;
 mod threads;
 mod uring;
@@ -26,6 +29,7 @@ use bytes::Bytes;
 
 use aligned::{is_aligned, AlignedBuf};
 use op::{Done, Op, ReadBuf, WriteData};
+use syncer::Syncer;
 
 /// The environment variable that forces a backend (`uring`, `threads`, `auto`).
 pub const BACKEND_ENV: &str = "TWINBLOCK_IO";
@@ -137,6 +141,9 @@ pub struct Store {
     /// descriptors. Closed first, a descriptor number could be reused by an
     /// unrelated file and receive our writes.
     engine: Engine,
+    /// FLUSH and the sync of a buffered FUA write (on its own thread and
+    /// descriptor).
+    syncer: Syncer,
     file: File,
     direct: Option<File>,
     size: u64,
@@ -235,6 +242,10 @@ impl Store {
                 }
             },
         };
+        let syncer = file
+            .try_clone()
+            .and_then(|dup| Syncer::start(dup, path.to_owned()))
+            .map_err(StoreError::Threads)?;
         let inline_write_max = match std::env::var(INLINE_ENV) {
             Ok(v) => v.parse().map_err(|_| StoreError::Env {
                 var: INLINE_ENV,
@@ -245,6 +256,7 @@ impl Store {
         };
         let store = Store {
             engine,
+            syncer,
             file,
             direct,
             size: actual,
@@ -368,22 +380,40 @@ impl Store {
     /// Writes `data` at `off`; with `fua` it is durable on return.
     pub async fn write(&self, off: u64, data: Bytes, fua: bool) -> io::Result<()> {
         if let Some(fd) = self.direct_fd(off, data.len()) {
+            // (RWF_DSYNC on the O_DIRECT descriptor: another open file,
+            // whose syncs take no error report from the buffered one's.)
             let aligned = WriteData::Aligned(AlignedBuf::copy_from(&data));
             match self.run(Op::Write { fd, off, data: aligned, done: 0, fua }).await {
                 Err(e) if self.direct_refused(&e, off, data.len()) => {}
                 r => return r.map(drop),
             }
         }
-        if !fua && data.len() <= self.inline_write_max && matches!(self.engine, Engine::Uring(_)) {
-            return sys::pwrite_full(self.fd(), &data, off, false);
+        // A buffered FUA write is the write, then a sync of the store's:
+        // an RWF_DSYNC write would sync the buffered file on its own, and
+        // could take the report of another write's failed writeback that a
+        // FLUSH must see ([`syncer`]).
+        if data.len() <= self.inline_write_max && matches!(self.engine, Engine::Uring(_)) {
+            sys::pwrite_full(self.fd(), &data, off, false)?;
+        } else {
+            let op = Op::Write {
+                fd: self.fd(),
+                off,
+                data: WriteData::Shared(data),
+                done: 0,
+                fua: false,
+            };
+            self.run(op).await?;
         }
-        let op = Op::Write { fd: self.fd(), off, data: WriteData::Shared(data), done: 0, fua };
-        self.run(op).await.map(drop)
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
-    /// Makes every completed write durable (fdatasync).
+    /// Makes every write completed before the call durable (fdatasync, one
+    /// at a time); fails for good once one has failed ([`syncer`]).
     pub async fn flush(&self) -> io::Result<()> {
-        self.run(Op::Fsync { fd: self.fd() }).await.map(drop)
+        self.syncer.sync().await
     }
 
     async fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {

@@ -67,7 +67,6 @@ impl WriteData {
 pub(crate) enum Op {
     Read { fd: RawFd, off: u64, buf: ReadBuf, done: usize },
     Write { fd: RawFd, off: u64, data: WriteData, done: usize, fua: bool },
-    Fsync { fd: RawFd },
     Fallocate { fd: RawFd, off: u64, len: u64, mode: i32 },
 }
 
@@ -103,7 +102,6 @@ impl Op {
             Op::Write { fd, off, data, fua, .. } => {
                 sys::pwrite_full(fd, data.as_slice(), off, fua).map(|_| Done::Unit)
             }
-            Op::Fsync { fd } => sys::fdatasync(fd).map(|_| Done::Unit),
             Op::Fallocate { fd, off, len, mode } => {
                 sys::fallocate(fd, mode, off, len).map(|_| Done::Unit)
             }

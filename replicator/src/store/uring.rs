@@ -95,7 +95,6 @@ impl Ring {
         for (code, name) in [
             (opcode::Read::CODE, "read"),
             (opcode::Write::CODE, "write"),
-            (opcode::Fsync::CODE, "fsync"),
             (opcode::Fallocate::CODE, "fallocate"),
         ] {
             if !probe.is_supported(code) {
@@ -293,7 +292,7 @@ impl State {
                 }
                 self.finish(id, Ok(Done::Unit));
             }
-            Op::Fsync { .. } | Op::Fallocate { .. } => self.finish(id, Ok(Done::Unit)),
+            Op::Fallocate { .. } => self.finish(id, Ok(Done::Unit)),
         }
     }
 
@@ -388,9 +387,6 @@ fn entry_for(op: &mut Op) -> squeue::Entry {
                 .offset(*off + *done as u64)
                 .rw_flags(flags)
                 .build()
-        }
-        Op::Fsync { fd } => {
-            opcode::Fsync::new(types::Fd(*fd)).flags(types::FsyncFlags::DATASYNC).build()
         }
         Op::Fallocate { fd, off, len, mode } => {
             opcode::Fallocate::new(types::Fd(*fd), *len).offset(*off).mode(*mode).build()
