@@ -89,6 +89,61 @@ fn a_flood_of_rejected_requests_without_reading_stays_bounded() {
     }
 }
 
+/// Many connections that each ask for reads and read no reply hold the
+/// server's in-flight budget between them, not the sum of their
+/// connections' budgets: 16 of them grew the server by 2 GB (a 128 MiB
+/// budget each; 64 connections allowed). A well-behaved client is still
+/// served, one request at a time at worst.
+#[test]
+fn many_connections_that_read_nothing_share_one_bound() {
+    if !have("qemu-io") {
+        return;
+    }
+    let serve = Serve::start(URING, "64M");
+    let pid = pid(&serve);
+    let before = proc_kib(pid, "VmRSS");
+    let floods: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = serve.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::go_addr(addr, false);
+                c.s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                // READs of 1 MiB - 1 (one unit each), until the server stops
+                // reading this connection.
+                let mut batch = Vec::new();
+                for i in 0..64u64 {
+                    batch.extend(REQUEST_MAGIC.to_be_bytes());
+                    batch.extend([0u8; 4]);
+                    batch.extend(i.to_be_bytes());
+                    batch.extend(0u64.to_be_bytes());
+                    batch.extend((MIB as u32 - 1).to_be_bytes());
+                }
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(20) {
+                    use std::io::Write;
+                    if c.s.write_all(&batch).is_err() {
+                        return (c, true);
+                    }
+                }
+                (c, false)
+            })
+        })
+        .collect();
+    let clients: Vec<(Client, bool)> = floods.into_iter().map(|t| t.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let peak = proc_kib(pid, "VmHWM");
+    eprintln!("16 floods of unread reads: server RSS {before} -> peak {peak} KiB");
+    assert!(clients.iter().all(|(_, blocked)| *blocked), "the server kept reading a flood");
+    assert!(
+        peak < before + 768 * 1024,
+        "server grew from {before} KiB to {peak} KiB under 16 connections of unread replies"
+    );
+    let start = Instant::now();
+    run_qemu_io(&serve.uri(), &["write -P 0x3c 0 64k", "read -P 0x3c 0 64k"]);
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    drop(clients);
+}
+
 #[test]
 fn a_stalled_client_does_not_block_a_good_one() {
     if !(have("qemu-io") && have("nbdinfo")) {

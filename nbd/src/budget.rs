@@ -4,8 +4,21 @@
 //! it is decoded further; the units come back when its reply has been handed
 //! to the kernel. So when a client stops reading, its replies pile up only to
 //! the budget, and then the connection stops reading from it.
+//!
+//! A connection's budget draws on the server's too (its parent): the same
+//! units from both, so that clients that open many connections and read
+//! none of their replies hold at most the server's budget, not the
+//! connections' sum. Except a connection's one request while it holds
+//! nothing else: clients that hold the server's budget slow the others
+//! down to one request at a time, but never stop them.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How often a connection waiting for the server's units looks whether it
+/// was killed meanwhile (its own budget's close does not wake the
+/// server's waiters).
+const PARENT_RECHECK: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct State {
@@ -22,15 +35,28 @@ pub(crate) struct Budget {
     st: Mutex<State>,
     cv: Condvar,
     total: u32,
+    /// The server's budget, which every unit of this one is also taken
+    /// from.
+    parent: Option<Arc<Budget>>,
 }
 
 impl Budget {
     pub fn new(total: u32) -> Arc<Budget> {
+        Budget::with_parent(total, None)
+    }
+
+    /// A connection's budget drawing on the server's `parent`.
+    pub fn with_parent(total: u32, parent: Option<Arc<Budget>>) -> Arc<Budget> {
         Arc::new(Budget {
             st: Mutex::new(State { available: total, ..State::default() }),
             cv: Condvar::new(),
             total,
+            parent,
         })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -50,8 +76,9 @@ impl Budget {
         }
     }
 
-    /// Takes `n` units (capped at the total), waiting for them; None once
-    /// the budget is closed.
+    /// Takes `n` units (capped at the total), waiting for them, from this
+    /// budget and then, unless this budget held none, from its parent; None
+    /// once the budget is closed.
     pub fn acquire(self: &Arc<Self>, n: u32) -> Option<Permit> {
         let n = n.min(self.total);
         let mut st = self.lock();
@@ -60,22 +87,57 @@ impl Budget {
                 return None;
             }
             if st.available >= n {
-                st.available -= n;
-                return Some(Permit { budget: self.clone(), n });
+                break;
             }
             st = self.wait(st);
         }
+        let alone = st.available == self.total;
+        st.available -= n;
+        drop(st);
+        let mut permit = Permit { budget: self.clone(), n, parent: None };
+        if let Some(p) = self.parent.as_ref().filter(|_| !alone) {
+            // (Dropped without the parent's units, the permit gives back
+            // this budget's.)
+            permit.parent = Some(Box::new(p.acquire_for(n, self)?));
+        }
+        Some(permit)
     }
 
-    /// Takes `n` units if they are there right now.
+    /// The parent's part of a child's `acquire`: waits for `n` units,
+    /// giving up once `child` is closed.
+    fn acquire_for(self: &Arc<Self>, n: u32, child: &Budget) -> Option<Permit> {
+        let n = n.min(self.total);
+        let mut st = self.lock();
+        loop {
+            if st.closed || child.is_closed() {
+                return None;
+            }
+            if st.available >= n {
+                st.available -= n;
+                return Some(Permit { budget: self.clone(), n, parent: None });
+            }
+            st.waiters += 1;
+            st = self.cv.wait_timeout(st, PARENT_RECHECK).unwrap_or_else(|e| e.into_inner()).0;
+            st.waiters -= 1;
+        }
+    }
+
+    /// Takes `n` units if they are there right now (here and in the
+    /// parent).
     pub fn try_acquire(self: &Arc<Self>, n: u32) -> Option<Permit> {
         let n = n.min(self.total);
         let mut st = self.lock();
         if st.closed || st.available < n {
             return None;
         }
+        let alone = st.available == self.total;
         st.available -= n;
-        Some(Permit { budget: self.clone(), n })
+        drop(st);
+        let mut permit = Permit { budget: self.clone(), n, parent: None };
+        if let Some(p) = self.parent.as_ref().filter(|_| !alone) {
+            permit.parent = Some(Box::new(p.try_acquire(n)?));
+        }
+        Some(permit)
     }
 
     /// Refuses every later `acquire` and wakes a waiting one.
@@ -105,10 +167,11 @@ impl Budget {
     }
 }
 
-/// Units of the budget, given back on drop.
+/// Units of the budget (and of its parent), given back on drop.
 pub(crate) struct Permit {
     budget: Arc<Budget>,
     n: u32,
+    parent: Option<Box<Permit>>,
 }
 
 impl Drop for Permit {
@@ -151,5 +214,48 @@ mod tests {
         assert!(t.join().unwrap(), "a closed budget refuses the waiter");
         drop(all);
         assert_eq!(b.available(), 4);
+    }
+
+    /// Connections draw on the server's budget too, but a connection that
+    /// holds nothing always gets its one request.
+    #[test]
+    fn connections_share_the_servers_budget() {
+        let server = Budget::new(6);
+        let child = || Budget::with_parent(4, Some(server.clone()));
+        let (a, b) = (child(), child());
+        let pa1 = a.acquire(1).unwrap();
+        assert_eq!(server.available(), 6, "a connection's request while it holds nothing");
+        let pa2 = a.acquire(3).unwrap();
+        assert_eq!(server.available(), 3);
+        let _pb1 = b.acquire(1).unwrap();
+        let pb2 = b.try_acquire(3).unwrap();
+        assert_eq!(server.available(), 0);
+        let c = child();
+        let _pc1 = c.acquire(2).unwrap();
+        assert!(c.try_acquire(1).is_none(), "the server has none left");
+        assert_eq!(c.available(), 2, "a refused try gives its own units back");
+        // c waits for the server's units, and gets them when a's come back.
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.acquire(1).is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        drop(pa2);
+        assert!(t.join().unwrap());
+        assert_eq!(server.available(), 3);
+        assert_eq!(a.available(), 3);
+        drop((pa1, pb2));
+        assert_eq!(server.available(), 6);
+        assert_eq!((a.available(), b.available()), (4, 3));
+        // All the server's units held: a connection holding nothing still
+        // gets its request; one killed while it waits stops waiting.
+        let all = server.acquire(6).unwrap();
+        let d = child();
+        let pd = d.acquire(4).unwrap();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.acquire(1).is_none());
+        std::thread::sleep(Duration::from_millis(30));
+        c.close();
+        assert!(t.join().unwrap(), "a killed connection stops waiting for the server");
+        drop((all, pd));
+        assert_eq!(server.available(), 6);
     }
 }

@@ -65,9 +65,11 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(stream: TcpStream, budget: u32) -> Arc<ConnShared> {
+    /// A connection whose in-flight budget of `budget` units draws on the
+    /// server's `server` too.
+    pub fn new(stream: TcpStream, budget: u32, server: Arc<Budget>) -> Arc<ConnShared> {
         let sock = Arc::new(stream);
-        let budget = Budget::new(budget);
+        let budget = Budget::with_parent(budget, Some(server));
         Arc::new(ConnShared {
             sink: Sink::new(sock.clone(), budget.clone()),
             budget,

@@ -39,6 +39,12 @@ pub struct ServerConfig {
     /// stops reading from that client. Memory per connection is about this
     /// many MiB plus one request (32 MiB at most).
     pub in_flight_budget: u32,
+    /// The same units for all connections together: clients that open
+    /// many connections and read none of their replies hold at most this
+    /// many (about as many MiB) between them; other connections then wait
+    /// for units, until the client takes its replies or `io_timeout`
+    /// disconnects it.
+    pub in_flight_total: u32,
     /// Connections at once (in the handshake or transmitting); one more is
     /// accepted and closed at once, with a warning in the log.
     pub max_connections: usize,
@@ -57,6 +63,7 @@ impl Default for ServerConfig {
             export_name: String::new(),
             handshake_timeout: Duration::from_secs(30),
             in_flight_budget: 128,
+            in_flight_total: 512,
             max_connections: 64,
             io_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
@@ -68,6 +75,8 @@ impl Default for ServerConfig {
 pub(crate) struct Shared<D> {
     pub device: Arc<D>,
     pub config: ServerConfig,
+    /// The in-flight units of all connections ([`ServerConfig::in_flight_total`]).
+    pub budget: Arc<crate::budget::Budget>,
     pub fence: Arc<Fence>,
     pub runtime: tokio::runtime::Handle,
     pub stopping: AtomicBool,
@@ -91,8 +100,10 @@ where
     D: BlockDevice,
     F: Future<Output = ()>,
 {
+    let budget = crate::budget::Budget::new(config.in_flight_total.max(config.in_flight_budget));
     let shared = Arc::new(Shared {
         device,
+        budget,
         config,
         fence: Arc::new(Fence::default()),
         runtime: tokio::runtime::Handle::current(),
@@ -159,7 +170,8 @@ fn start_connection<D: BlockDevice>(
     stream: TcpStream,
     peer: std::net::SocketAddr,
 ) {
-    let conn = ConnShared::new(stream, shared.config.in_flight_budget.max(34));
+    let conn =
+        ConnShared::new(stream, shared.config.in_flight_budget.max(34), shared.budget.clone());
     lock(&shared.conns).insert(id, conn.clone());
     shared.active.send_modify(|n| *n += 1);
     let sh = shared.clone();
