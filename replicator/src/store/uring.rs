@@ -85,11 +85,24 @@ impl AsRawFd for RingFd {
 impl Ring {
     /// Sets up a ring of `entries` and its reaper on the current tokio
     /// runtime. Fails when io_uring is unavailable (ENOSYS, EPERM under
-    /// seccomp) or lacks an opcode we need.
+    /// seccomp), refuses submissions, or lacks an opcode we need.
     pub fn new(entries: u32) -> io::Result<Ring> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("io_uring store needs a tokio runtime"))?;
-        let ring = IoUring::new(entries)?;
+        let mut ring = IoUring::new(entries)?;
+        // One NOP through `io_uring_enter` and back: a sandbox may allow
+        // the ring's setup and refuse its submissions, and an engine whose
+        // submissions fail would leave every operation waiting for ever.
+        {
+            // SAFETY: a NOP references no memory.
+            unsafe { ring.submission().push(&opcode::Nop::new().build().user_data(u64::MAX)) }
+                .map_err(|_| io::Error::other("io_uring: no room for a NOP in a new ring"))?;
+            ring.submit_and_wait(1)?;
+            let done = ring.completion().next().map(|c| c.result());
+            if done != Some(0) {
+                return Err(io::Error::other(format!("io_uring: a NOP completed as {done:?}")));
+            }
+        }
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
