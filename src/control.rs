@@ -166,7 +166,7 @@ impl ControlServer {
                         Ok(req) if req.verb == "bench" => {
                             return stream_bench(node, req, rd, wr).await;
                         }
-                        Ok(req) => handle(&node, &down, req),
+                        Ok(req) => handle(&node, &down, req).await,
                         Err(e) => Response { ok: false, error: Some(e), status: None },
                     };
                     write_response(&mut wr, &resp).await;
@@ -292,10 +292,10 @@ async fn stream_bench(
     let _ = wr.write_all(line.as_bytes()).await;
 }
 
-fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Response {
+async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Response {
     let result: Result<(), String> = match req.verb.as_str() {
         "status" => Ok(()),
-        "primary" => node.promote(req.force).map_err(|e| e.0),
+        "primary" => node.promote(req.force).await.map_err(|e| e.0),
         "secondary" => node.demote().map_err(|e| e.0),
         "discard-my-data" => node.discard_my_data().map_err(|e| e.0),
         "connect" => {

@@ -230,6 +230,54 @@ fn a_copy_of_data_that_may_not_be_read_fails() {
     assert!(read_file(&copy)[1 << 20..(1 << 20) + 65536].iter().all(|&x| x == 0x5a));
 }
 
+/// `primary` on both nodes of a connected pair at the same moment makes
+/// exactly one of them Primary; the other's `primary` fails and says why,
+/// and the link stays up. Before, both became Primary and accepted writes
+/// (their State frames crossed; found in review).
+#[test]
+fn primary_on_both_nodes_at_once_makes_one_primary() {
+    let p = Pair::start("C", "16M");
+    for round in 0..5 {
+        p.ok(&["secondary"], 0);
+        p.ok(&["secondary"], 1);
+        p.wait("both Secondary", Duration::from_secs(20), |a, b| {
+            a["role"] == "Secondary" && b["role"] == "Secondary" && a["peer"]["role"] == "Secondary"
+        });
+        let spawn = |i: usize| {
+            Command::new(common::BIN)
+                .args(["primary", "--config"])
+                .arg(&p.config)
+                .args(["--node", &p.nodes[i].name])
+                .output()
+        };
+        let (ra, rb) = std::thread::scope(|s| {
+            let a = s.spawn(|| spawn(0).unwrap());
+            let b = s.spawn(|| spawn(1).unwrap());
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let ok = [ra.status.success(), rb.status.success()];
+        assert_eq!(
+            ok.iter().filter(|x| **x).count(),
+            1,
+            "round {round}: both or neither: {ra:?} {rb:?}"
+        );
+        let (won, lost) = if ok[0] { (0, &rb) } else { (1, &ra) };
+        assert!(String::from_utf8_lossy(&lost.stderr).contains("Primary"), "{lost:?}");
+        let (a, b) = (p.status(0), p.status(1));
+        let roles = [a["role"].clone(), b["role"].clone()];
+        assert_eq!(roles.iter().filter(|r| **r == "Primary").count(), 1, "{roles:?}");
+        assert_eq!(roles[won], "Primary");
+        p.wait_connected();
+        // The Primary's writes reach the other.
+        p.qemu_io(won, &format!("write -P 0x{:x} 0 64k", 0x40 + round));
+        p.wait_drained();
+        let other = read_file(&p.nodes[1 - won].disk);
+        assert!(other[..65536].iter().all(|&x| x == 0x40 + round as u8), "round {round}");
+        let refused = p.cli("status", &[], 1 - won);
+        assert!(refused.status.success());
+    }
+}
+
 #[test]
 fn secondary_refuses_nbd_writes() {
     let p = Pair::start("C", "16M");

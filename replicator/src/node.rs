@@ -724,10 +724,35 @@ impl Node {
 
     // ----- operator verbs (control socket) -----
 
-    pub fn promote(&self, force: bool) -> Result<(), Refused> {
-        let r = self.with_core(|c, _| c.promote(force, wall_ms()));
+    /// `primary`. On a connected node the peer is asked first
+    /// (`core/promotion.rs`): waits for its answer, at most `timeout` and
+    /// a second (then the ask is withdrawn: a late grant changes nothing).
+    pub async fn promote(&self, force: bool) -> Result<(), Refused> {
+        let deadline = tokio::time::Instant::now() + self.res.timeout + Duration::from_secs(1);
+        // A link in its handshake first says what the peer is.
+        while self.lock().core.handshaking() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (r, ask) = self.with_core(|c, _| (c.promote(force, wall_ms()), c.promotion_asked()));
         self.changed.notify_waiters();
-        r
+        r?;
+        let Some(ask) = ask else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + self.res.timeout + Duration::from_secs(1);
+        loop {
+            let answer = self.lock().core.promotion_answer(ask);
+            if let Some(r) = answer {
+                self.changed.notify_waiters();
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.with_core(|c, _| c.withdraw_promotion(ask));
+                return Err(Refused(format!(
+                    "the peer did not answer within {:?}: not promoted (`primary` again)",
+                    self.res.timeout + Duration::from_secs(1)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn demote(&self) -> Result<(), Refused> {

@@ -32,9 +32,9 @@ use bytes::Bytes;
 use twinblock_replicator::arbiter::Refusal;
 use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{
-    Action, AdaptiveConfig, ControllerConfig, Core, CoreConfig, IoError, IoId, MetaRecord,
-    NoQuorum, Persist, Plant, Recovered, Replication, ReplyError, ReqId, SessionId, StoreOp, Time,
-    PAGE_WORDS,
+    Action, AdaptiveConfig, Connection, ControllerConfig, Core, CoreConfig, IoError, IoId,
+    MetaRecord, NoQuorum, Persist, Plant, Recovered, Replication, ReplyError, ReqId, SessionId,
+    StoreOp, Time, PAGE_WORDS,
 };
 use twinblock_replicator::protocol::genid::SplitBrainPolicy;
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
@@ -429,6 +429,9 @@ pub struct Sim {
     pub budget: Duration,
     /// Each node's replication state as last noted.
     noted_repl: [Replication; 2],
+    /// A promotion asked of the peer (force, the disk at the ask): checked
+    /// when it happens.
+    asked_promotion: [Option<(bool, DiskState)>; 2],
     /// `disk-timeout` seeds: the cores' limit (a disk may stall: its store
     /// operations never complete).
     disk_timeout: Option<Duration>,
@@ -500,6 +503,7 @@ impl Sim {
             level: (opts.seed % 5 == 1).then_some(LinkLevel::Low),
             budget: BUDGET,
             noted_repl: [Replication::Off; 2],
+            asked_promotion: [None; 2],
             // One seed in four.
             disk_timeout: (opts.seed % 4 == 3).then_some(DISK_TIMEOUT),
             // Of those, one in two (seeds 8k+7) with the metadata apart.
@@ -1473,6 +1477,7 @@ impl Sim {
             return Err(v);
         }
         self.maybe_schedule_connect();
+        self.asked_promotions()?;
         for n in 0..2 {
             let r = self.replication(n);
             if r != self.noted_repl[n] {
@@ -1487,6 +1492,29 @@ impl Sim {
         let r = chk.observe(self);
         self.chk = chk;
         r
+    }
+
+    /// Promotions the peer granted are checked as they happen; those
+    /// refused or withdrawn are forgotten.
+    fn asked_promotions(&mut self) -> Result<(), Violation> {
+        for n in 0..2 {
+            let Some((force, disk)) = self.asked_promotion[n] else { continue };
+            let Some(core) = self.nodes[n].core.as_ref() else {
+                self.asked_promotion[n] = None;
+                continue;
+            };
+            if core.role() == Role::Primary {
+                self.asked_promotion[n] = None;
+                self.note(format!("{}: promoted (granted by the peer)", self.nodes[n].name));
+                let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+                let r = chk.promoted(self, n, force, disk);
+                self.chk = chk;
+                r?;
+            } else if core.promotion_asked().is_none() {
+                self.asked_promotion[n] = None;
+            }
+        }
+        Ok(())
     }
 
     /// A node whose disk failed answers every request within
@@ -1616,18 +1644,48 @@ impl Sim {
             // better data that it can see.
             let other_good =
                 self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
-            let core = self.nodes[n].core.as_mut().expect("alive");
             let force = disk != DiskState::UpToDate && !other_good && self.rng.chance(1, 4);
-            let res = core.promote(force, now_ms);
-            let name = self.nodes[n].name;
-            self.note(format!(
-                "{name}: primary{} ({disk:?}) -> {res:?}",
-                if force { " --force" } else { "" }
-            ));
-            self.drain(n);
-            if res.is_ok() {
+            // Sometimes the operator (or a script) runs `primary` on both
+            // connected nodes at once, before either hears of the other
+            // (disconnected, that is a split brain the operator makes).
+            let connected =
+                |x: &Node| x.core.as_ref().is_some_and(|c| c.connection() == Connection::Connected);
+            let both = self.rng.chance(1, 6) && self.nodes.iter().all(connected);
+            let mut promoted = vec![n];
+            if both {
+                promoted.push(1 - n);
+            }
+            let mut asked = Vec::new();
+            for &m in &promoted {
+                let Some(core) = self.nodes[m].core.as_mut() else { continue };
+                if core.role() == Role::Primary {
+                    continue;
+                }
+                let disk = core.disk();
+                let force = force && m == n;
+                let res = core.promote(force, now_ms);
+                let now_primary = core.role() == Role::Primary;
+                let name = self.nodes[m].name;
+                self.note(format!(
+                    "{name}: primary{}{} ({disk:?}) -> {res:?}{}",
+                    if force { " --force" } else { "" },
+                    if both { " (on both at once)" } else { "" },
+                    if res.is_ok() && !now_primary { " (asked the peer)" } else { "" }
+                ));
+                if res.is_ok() {
+                    if now_primary {
+                        asked.push((m, force, disk, true));
+                    } else {
+                        self.asked_promotion[m] = Some((force, disk));
+                    }
+                }
+            }
+            for &m in &promoted {
+                self.drain(m);
+            }
+            for (m, force, disk, _) in asked {
                 let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
-                let r = chk.promoted(self, n, force, disk);
+                let r = chk.promoted(self, m, force, disk);
                 self.chk = chk;
                 r?;
             }
@@ -2274,6 +2332,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::WitnessIgnoresData => "witness-ignores-data",
         Plant::ForgetTold => "forget-told",
         Plant::AdoptAnyPeer => "adopt-any-peer",
+        Plant::PromoteWithoutAsking => "promote-without-asking",
     }
 }
 

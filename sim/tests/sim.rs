@@ -160,6 +160,13 @@ fn finds_adopt_any_peer() {
     finds(Plant::AdoptAnyPeer);
 }
 
+/// `primary` on a connected node that promotes it without asking the
+/// peer: with both nodes promoted at once, both accept writes (I4).
+#[test]
+fn finds_promote_without_asking() {
+    finds(Plant::PromoteWithoutAsking);
+}
+
 /// A node whose disk failed (EIO, ENOSPC) answers OK to writes that only
 /// that detached disk holds: caught at the reply (invariant 1, the peer
 /// does not hold them).

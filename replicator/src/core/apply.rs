@@ -85,6 +85,10 @@ impl Core {
                 self.on_peer_state(sid, role, disk, peer_out_of_sync, current)?
             }
             Message::SyncDone { current } => self.on_sync_done(current)?,
+            Message::PromoteAsk { ask } => self.on_promote_ask(sid, ask),
+            Message::PromoteAnswer { ask, granted, why } => {
+                self.on_promote_answer(sid, ask, granted, why)?
+            }
             Message::VerifyRequest => {
                 if self.role == Role::Primary
                     && self.replication() == super::Replication::Established
@@ -283,6 +287,8 @@ impl Core {
         }
         let my_current = self.gen.current;
         let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return Ok(()) };
+        // (A promotion it was granted is decided once it says its role.)
+        s.peer_promoting = false;
         s.peer.role = role;
         s.peer.disk = disk;
         s.peer.current = current;

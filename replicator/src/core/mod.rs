@@ -26,6 +26,7 @@ mod bench;
 mod disk_timeout;
 mod handshake;
 mod persist;
+mod promotion;
 pub mod quorum;
 mod resync;
 pub mod session;
@@ -153,6 +154,10 @@ pub struct Core {
     gen: GenIds,
     fresh: bool,
     promoted_at: u64,
+    /// Promotions asked of the peer so far (`promotion.rs`), and the last
+    /// one with its answer once it came.
+    next_ask: u64,
+    asked_last: Option<(u64, Option<Result<(), Refused>>)>,
     /// [`MetaRecord::lost_acked`]: the generation this node's data was
     /// rebuilt from after its disk failed holding acknowledged writes the
     /// peer lacked (0: none).
@@ -280,6 +285,8 @@ impl Core {
             gen: meta.gen,
             fresh: meta.fresh,
             promoted_at: meta.promoted_at,
+            next_ask: 0,
+            asked_last: None,
             lost_acked: meta.lost_acked,
             told: meta.told.clone(),
             peer_promoted_at: 0,
@@ -769,16 +776,25 @@ impl Core {
             }
             return Ok(());
         }
-        self.promote_inner(force, wall_ms)
-    }
-
-    pub(crate) fn promote_inner(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
         if self.role == Role::Primary {
             return Ok(());
         }
+        // Connected: the peer agrees first (`promotion.rs`). Ok here means
+        // asked; `promotion_asked` and `promotion_answer` say the rest.
+        if self.session.is_some() && self.cfg.plant != Plant::PromoteWithoutAsking {
+            return self.ask_promotion(force, wall_ms).unwrap_or(Ok(()));
+        }
+        self.promote_inner(force, wall_ms)
+    }
+
+    /// Why this node may not become Primary now, if it may not.
+    fn promotion_refused(&self, force: bool) -> Result<(), Refused> {
         if let Some(s) = &self.session {
             if s.phase == Phase::Running && s.peer.role == Role::Primary {
                 return Err(Refused(format!("peer {} is Primary; demote it first", self.cfg.peer)));
+            }
+            if s.peer_promoting {
+                return Err(Refused(format!("peer {} is becoming Primary", self.cfg.peer)));
             }
         }
         // A Failed disk may be declared good only by force (a disk file
@@ -791,15 +807,23 @@ impl Core {
                 self.disk
             )));
         }
+        if self.disk != DiskState::UpToDate && !force {
+            return Err(Refused(format!(
+                "disk is {:?}; only an UpToDate disk can become Primary \
+                 (primary --force declares this node's data UpToDate)",
+                self.disk
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn promote_inner(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        if self.role == Role::Primary {
+            return Ok(());
+        }
+        self.promotion_refused(force)?;
         let mut bounce = false;
         if self.disk != DiskState::UpToDate {
-            if !force {
-                return Err(Refused(format!(
-                    "disk is {:?}; only an UpToDate disk can become Primary \
-                     (primary --force declares this node's data UpToDate)",
-                    self.disk
-                )));
-            }
             let was = self.disk;
             self.disk = DiskState::UpToDate;
             let id = self.random_id();

@@ -161,6 +161,12 @@ pub struct Session {
     pub tokens: f64,
     pub last_refill: Time,
     pub app_busy: bool,
+    // Promotion (`core/promotion.rs`).
+    /// This node asked the peer to let it become Primary.
+    pub asked: Option<super::promotion::Asked>,
+    /// The peer was granted its promotion; until its next State it counts
+    /// as Primary for a promotion of ours.
+    pub peer_promoting: bool,
 }
 
 impl Session {
@@ -198,6 +204,8 @@ impl Session {
             rtt: None,
             tokens: 0.0,
             last_refill: now,
+            asked: None,
+            peer_promoting: false,
             app_busy: false,
         }
     }

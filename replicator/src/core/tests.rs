@@ -1428,6 +1428,8 @@ fn protocol_a_cut_mid_stream_leaves_a_prefix() {
 
 /// The sync decision uses the roles the hellos announced: promoting a node
 /// between its hello and the decision must not make both nodes SyncSource.
+/// (Now such a promotion is refused: the peer's role is not known yet,
+/// `promotion.rs`.)
 #[test]
 fn a_promotion_during_the_handshake_does_not_make_two_sources() {
     let mut c = cfg(Protocol::C);
@@ -1446,9 +1448,12 @@ fn a_promotion_during_the_handshake_does_not_make_two_sources() {
     let mut h = hello(Role::Secondary, DiskState::UpToDate, g);
     h.node = "a".into();
     b.handle_frame(Duration::ZERO, 1, Message::Hello(h));
-    b.promote(false, 1).unwrap(); // between the hello and the decision
-                                  // The peer's bitmap holds bits: same generation, a resync decided by
-                                  // the tie-break, which the peer ("a", both Secondary) wins.
+    // Between the hello and the decision.
+    let r = b.promote(false, 1);
+    assert!(r.is_err_and(|e| e.0.contains("being set up")));
+    assert_eq!(b.role(), Role::Secondary);
+    // The peer's bitmap holds bits: same generation, a resync decided by
+    // the tie-break, which the peer ("a", both Secondary) wins.
     b.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![(0, 4)], last: true });
     run(&mut b, Duration::ZERO);
     assert_ne!(b.replication(), Replication::SyncSource);
@@ -3015,4 +3020,80 @@ fn a_detached_disks_record_that_never_saves_fails_the_replies_waiting_for_it() {
     assert_eq!(p.reply(0, 2), eio, "the write waited for ever, or was answered OK");
     assert!(p.now >= t0 + super::disk_timeout::RECORD_WAIT, "answered before RECORD_WAIT");
     assert_eq!(p.core(0).poll_timeout(), None, "a deadline left behind");
+}
+
+/// `primary` on both nodes of a connected pair at once: the peer agrees
+/// to a promotion first, so exactly one becomes Primary (the name that
+/// sorts first, both asking), and the other's `primary` fails with why.
+/// Before, both State frames crossed, both became Primary and accepted
+/// writes, and each refused the link (a split brain of a healthy pair;
+/// found in review).
+#[test]
+fn primary_on_both_connected_nodes_at_once_makes_one_primary() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.core(0).demote().unwrap();
+    p.settle();
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Secondary));
+    // Both asked before either hears of the other.
+    p.core(0).promote(false, 2).unwrap();
+    p.core(1).promote(false, 2).unwrap();
+    let (ask_a, ask_b) =
+        (p.core(0).promotion_asked().unwrap(), p.core(1).promotion_asked().unwrap());
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Secondary));
+    p.settle();
+    assert_eq!(p.core(0).promotion_answer(ask_a), Some(Ok(())));
+    let b = p.core(1).promotion_answer(ask_b).unwrap().unwrap_err();
+    assert!(b.0.contains("a asked to become Primary at the same time"), "{b}");
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Primary, Role::Secondary));
+    assert!(p.core(0).accepts_writes() && !p.core(1).accepts_writes());
+    assert_eq!(p.core(1).connection(), Connection::Connected, "the link stays up");
+    // And the other way round: b asks alone and is granted once a is
+    // Secondary; a's ask while b's is granted but not yet done is refused.
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.core(1).promote(false, 3).unwrap();
+    p.hold_to[1] = true; // a's grant waits on its way to b
+    p.settle_now();
+    let r = p.core(0).promote(false, 3);
+    assert!(r.is_err_and(|e| e.0.contains("b is becoming Primary")));
+    p.hold_to[1] = false;
+    p.settle();
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Primary));
+    p.core(0).promote(false, 4).unwrap_err();
+}
+
+/// An ask whose link goes down before the answer fails (the node stays
+/// Secondary); `primary` again, disconnected, decides alone. A grant
+/// that comes after the ask was withdrawn promotes nothing.
+#[test]
+fn an_unanswered_promotion_fails_and_a_late_grant_changes_nothing() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.core(1).promote(false, 2).unwrap();
+    let ask = p.core(1).promotion_asked().unwrap();
+    p.hold_to[0] = true; // the ask waits on its way to a
+    p.settle_now();
+    p.core(1).withdraw_promotion(ask);
+    assert!(p.core(1).promotion_answer(ask).unwrap().is_err());
+    p.hold_to[0] = false;
+    p.settle();
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Secondary));
+    assert!(p.core(0).promote(false, 3).is_ok(), "a, no longer counting b as promoting");
+    p.settle();
+    assert_eq!(p.core(0).role(), Role::Primary);
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.core(1).promote(false, 4).unwrap();
+    let ask = p.core(1).promotion_asked().unwrap();
+    p.drop_to[0] = true;
+    p.settle_now();
+    p.cut();
+    let e = p.core(1).promotion_answer(ask).unwrap().unwrap_err();
+    assert!(e.0.contains("went down before it answered"), "{e}");
+    assert_eq!(p.core(1).role(), Role::Secondary);
+    p.core(1).promote(false, 5).unwrap();
+    assert_eq!(p.core(1).role(), Role::Primary, "disconnected: decided alone");
 }

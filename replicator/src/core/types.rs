@@ -181,6 +181,9 @@ pub enum Plant {
     /// A disk as created takes its peer's data as its own without a sync,
     /// whatever the peer holds (not only a peer as created too).
     AdoptAnyPeer,
+    /// `primary` on a connected node promotes it without asking the peer
+    /// (both nodes promoted at once both become Primary).
+    PromoteWithoutAsking,
 }
 
 impl std::str::FromStr for Plant {
@@ -205,9 +208,10 @@ impl std::str::FromStr for Plant {
             "witness-ignores-data" => Plant::WitnessIgnoresData,
             "forget-told" => Plant::ForgetTold,
             "adopt-any-peer" => Plant::AdoptAnyPeer,
+            "promote-without-asking" => Plant::PromoteWithoutAsking,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking)"
                 ))
             }
         })

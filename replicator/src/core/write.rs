@@ -639,6 +639,7 @@ impl Core {
     pub(crate) fn lose_session(&mut self, why: String) {
         let Some(s) = self.session.take() else { return };
         self.last_lost = Some(s.id);
+        self.promotion_session_ended(s.asked);
         if matches!(&s.activity, super::session::Activity::Source(src) if src.done_sent) {
             // The peer may have taken this generation as its own (a
             // catch-up's SyncDone went out): what goes on without it is a

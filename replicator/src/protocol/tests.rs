@@ -49,6 +49,9 @@ fn every_message_round_trips_even_byte_by_byte() {
             fresh: false,
             current: 99,
         },
+        Message::PromoteAsk { ask: 5 },
+        Message::PromoteAnswer { ask: 5, granted: true, why: String::new() },
+        Message::PromoteAnswer { ask: 6, granted: false, why: "a is Primary".into() },
     ];
     let stream: Vec<u8> = msgs.iter().flat_map(|m| m.to_bytes().to_vec()).collect();
     let mut input = BytesMut::new();

@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::genid::GenIds;
 
 /// 3: adds the BENCH probe (`twinblock bench`).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -31,6 +31,8 @@ const T_SYNC_DONE: u8 = 14;
 const T_VERIFY_REQUEST: u8 = 15;
 const T_RESYNC: u8 = 16;
 const T_BENCH: u8 = 17;
+const T_PROMOTE_ASK: u8 = 18;
+const T_PROMOTE_ANSWER: u8 = 19;
 
 /// Largest run list in one BITS frame.
 pub const MAX_RUNS: usize = 65536;
@@ -270,6 +272,17 @@ pub enum Message {
         fresh: bool,
         current: u64,
     },
+    /// `primary` on a connected Secondary: may the sender become Primary?
+    /// (`ask` numbers the request.)
+    PromoteAsk {
+        ask: u64,
+    },
+    /// The answer to `PromoteAsk` number `ask`: granted, or refused and why.
+    PromoteAnswer {
+        ask: u64,
+        granted: bool,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -395,6 +408,16 @@ impl Message {
             Message::Pong { id } => {
                 b.put_u8(T_PONG);
                 b.put_u64(*id);
+            }
+            Message::PromoteAsk { ask } => {
+                b.put_u8(T_PROMOTE_ASK);
+                b.put_u64(*ask);
+            }
+            Message::PromoteAnswer { ask, granted, why } => {
+                b.put_u8(T_PROMOTE_ANSWER);
+                b.put_u64(*ask);
+                b.put_u8(*granted as u8);
+                put_str(&mut b, why);
             }
             Message::State { role, disk, peer_out_of_sync, fresh, current } => {
                 b.put_u8(T_STATE);
@@ -599,6 +622,17 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let fresh = b.get_u8() != 0;
             let current = b.get_u64();
             Message::State { role, disk, peer_out_of_sync, fresh, current }
+        }
+        T_PROMOTE_ASK => {
+            need(&b, 8, "promote ask")?;
+            Message::PromoteAsk { ask: b.get_u64() }
+        }
+        T_PROMOTE_ANSWER => {
+            need(&b, 9, "promote answer")?;
+            let ask = b.get_u64();
+            let granted = b.get_u8() != 0;
+            let why = get_str(&mut b, "promote answer")?;
+            Message::PromoteAnswer { ask, granted, why }
         }
         other => return Err(WireError::UnknownType(other)),
     };
