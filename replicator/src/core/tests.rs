@@ -3097,3 +3097,39 @@ fn an_unanswered_promotion_fails_and_a_late_grant_changes_nothing() {
     p.core(1).promote(false, 5).unwrap();
     assert_eq!(p.core(1).role(), Role::Primary, "disconnected: decided alone");
 }
+
+/// Online verify between two Secondaries: the blocks it finds different
+/// are resynced (the session is renegotiated, as after a separation), so
+/// a node promoted afterwards does not serve its differing copy as in sync
+/// (before, the marks waited for the next handshake; found in review).
+#[test]
+fn verify_between_two_secondaries_resyncs_what_it_finds() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 7, 4096);
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.settle();
+    // Bit rot on b.
+    for x in &mut p.n[1].cache[2048..2060] {
+        *x = 0xee;
+    }
+    p.n[1].durable[2048..2060].copy_from_slice(&[0xee; 12]);
+    p.core(0).verify().unwrap();
+    p.settle();
+    assert!(p.core(0).status().counters.verify_mismatches > 0);
+    // The verify ended the session to renegotiate; the shell dials again.
+    assert!(p.sid.is_none(), "the session was kept: the marks wait for ever");
+    p.connect();
+    p.settle();
+    assert!(p.n[0].cache == p.n[1].cache, "the disks still differ after verify");
+    for i in 0..2 {
+        assert_eq!(p.core(i).dirty().bytes(), 0);
+        assert_eq!(p.core(i).disk(), DiskState::UpToDate);
+        assert_eq!(p.core(i).replication(), Replication::Established);
+    }
+    p.core(1).promote(false, 2).unwrap();
+    p.settle();
+    assert_eq!(p.core(1).role(), Role::Primary);
+    assert_eq!(p.n[1].cache[2048], 7);
+}

@@ -45,6 +45,18 @@ impl Core {
                 "online verify finished"
             );
             s.activity = Activity::Idle;
+            // A Primary resyncs what it marked from its own bitmap. Between
+            // two Secondaries nothing would: the marks waited for the next
+            // handshake, and a node promoted meanwhile served its
+            // differing blocks as in sync (found in review). The handshake
+            // decides whose copy moves, as after any separation.
+            if self.role != super::Role::Primary && self.dirty.bytes() > 0 {
+                let why = format!(
+                    "online verify marked {} bytes out of sync: reconnecting to resync them",
+                    self.dirty.bytes()
+                );
+                self.close_session(sid, why);
+            }
         }
     }
 }
