@@ -141,6 +141,27 @@ impl Core {
             }
             _ => {}
         }
+        // Who may send data: application writes come only from a Primary,
+        // resync chunks from a Primary or this node's sync source. A peer
+        // that sends them otherwise (buggy, or lying with a valid
+        // certificate) would overwrite this node's data, even a source's
+        // newer copy (found by a lying-peer test).
+        let peer_primary = s.peer.role == Role::Primary;
+        let target = matches!(s.activity, Activity::Target { .. } | Activity::Behind);
+        match &op {
+            Op::Write { .. } | Op::Trim { .. } | Op::Zero { .. } if !peer_primary => {
+                return Err(format!("operation {seq} writes, and the peer is not Primary"));
+            }
+            Op::Resync { .. } if !peer_primary && !target => {
+                return Err(format!(
+                    "resync data (operation {seq}) from a peer that is neither Primary nor this \
+                     node's sync source"
+                ));
+            }
+            Op::Resync { .. } => s.last_resync = seq,
+            Op::Flush => s.last_flush = seq,
+            _ => {}
+        }
         s.received = seq;
         self.adaptive_data();
         self.incoming.push_back((sid, seq, op));

@@ -381,6 +381,17 @@ impl Core {
         if current == crate::protocol::genid::NEVER_SYNCED || current == 0 {
             return Err("SyncDone for data that was never synced".into());
         }
+        // An honest source sends it once a flush numbered after its last
+        // chunk is done here: chunks not yet on disk (or never applied)
+        // would be declared UpToDate (found by a lying-peer test).
+        if let Some(s) = &self.session {
+            if s.last_resync > 0 && (s.last_flush < s.last_resync || s.done < s.last_flush) {
+                return Err(format!(
+                    "SyncDone before the resync data up to operation {} was flushed here",
+                    s.last_resync
+                ));
+            }
+        }
         // (Adaptive mode: a Behind node that got no chunk is a target too.)
         let lost = match self.session.as_ref().map(|s| &s.activity) {
             Some(Activity::Target { lost, .. }) => *lost,

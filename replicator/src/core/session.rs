@@ -167,6 +167,10 @@ pub struct Session {
     /// The peer was granted its promotion; until its next State it counts
     /// as Primary for a promotion of ours.
     pub peer_promoting: bool,
+    /// Receiving side: the last resync chunk and the last flush received
+    /// (a SyncDone is taken only once a flush after every chunk is done).
+    pub last_resync: u64,
+    pub last_flush: u64,
 }
 
 impl Session {
@@ -206,6 +210,8 @@ impl Session {
             last_refill: now,
             asked: None,
             peer_promoting: false,
+            last_resync: 0,
+            last_flush: 0,
             app_busy: false,
         }
     }
