@@ -868,3 +868,46 @@ fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
     }
     assert!(p.log(0).contains("local disk failed (the final flush"), "{}", tail(&p.log(0)));
 }
+
+/// A Secondary whose disk fails one sync (a transient writeback error)
+/// is detached and takes a full sync from the Primary once the disk
+/// answers again; the full sync's own flushes succeed. The store fails
+/// every sync after a failed one (the latch), so without lifting it when
+/// the detached disk is rewritten by that full sync, b failed each
+/// checkpoint flush of it and looped: detached, resync, detached.
+#[test]
+fn a_secondary_whose_disk_failed_one_sync_recovers_by_a_full_sync() {
+    let dir = tempfile::Builder::new().prefix("tb-synconce").tempdir_in(test_tmp()).unwrap();
+    let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
+    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
+        return;
+    }
+    let disk = FuseDisk::failing(dir.path(), "64M");
+    let (_fs, image) =
+        Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), "b.img", 16 << 20);
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(1, &image);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.request(0, 1, 1, 0, 65536, &[0x5c; 65536]); // WRITE, in b's page cache
+    assert_eq!(c.simple_reply(), (0, 1));
+    disk.fail_writes(true);
+    c.request(0, 3, 2, 0, 0, &[]); // FLUSH: b's writeback fails
+    let (errno, _) = c.simple_reply();
+    assert_eq!(errno, 0, "a's FLUSH is answered (b's part failed, the range marked)");
+    p.wait("b's disk detached", Duration::from_secs(20), |_, b| b["disk"] == "Failed");
+    disk.fail_writes(false);
+    p.wait_synced("b's full sync", Duration::from_secs(60));
+    let (a, b) = (p.status(0), p.status(1));
+    assert_eq!(b["disk"], "UpToDate", "{b}");
+    assert_eq!(a["out_of_sync_bytes"], 0);
+    // Written once more through b's page cache and flushed: b's syncs are
+    // trusted again.
+    p.qemu_io(0, "write -P 0x6d 1M 64k");
+    p.wait_drained();
+    let mut block = vec![0u8; 65536];
+    std::fs::File::open(&image).unwrap().read_exact(&mut block).unwrap();
+    assert!(block.iter().all(|&x| x == 0x5c), "b lacks the write its failed sync dropped");
+    assert!(p.log(1).contains("syncs are trusted again"), "{}", tail(&p.log(1)));
+}

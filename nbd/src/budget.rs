@@ -59,6 +59,12 @@ impl Budget {
         self.lock().closed
     }
 
+    /// All this budget's units in use are `n` (one request's).
+    fn holds_only(&self, n: u32) -> bool {
+        let st = self.lock();
+        st.available + n.min(self.total) == self.total
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -98,23 +104,31 @@ impl Budget {
         if let Some(p) = self.parent.as_ref().filter(|_| !alone) {
             // (Dropped without the parent's units, the permit gives back
             // this budget's.)
-            permit.parent = Some(Box::new(p.acquire_for(n, self)?));
+            permit.parent = p.acquire_for(n, self)?.map(Box::new);
         }
         Some(permit)
     }
 
-    /// The parent's part of a child's `acquire`: waits for `n` units,
-    /// giving up once `child` is closed.
-    fn acquire_for(self: &Arc<Self>, n: u32, child: &Budget) -> Option<Permit> {
-        let n = n.min(self.total);
+    /// The parent's part of a child's `acquire` of `n` units: waits for
+    /// them, giving up once `child` is closed. Some(None) if meanwhile
+    /// this request became all `child` holds (its earlier ones done): it
+    /// goes on without the parent, as one alone would have.
+    fn acquire_for(self: &Arc<Self>, n: u32, child: &Budget) -> Option<Option<Permit>> {
         let mut st = self.lock();
         loop {
             if st.closed || child.is_closed() {
                 return None;
             }
-            if st.available >= n {
-                st.available -= n;
-                return Some(Permit { budget: self.clone(), n, parent: None });
+            if st.available >= n.min(self.total) {
+                st.available -= n.min(self.total);
+                return Some(Some(Permit {
+                    budget: self.clone(),
+                    n: n.min(self.total),
+                    parent: None,
+                }));
+            }
+            if child.holds_only(n) {
+                return Some(None);
             }
             st.waiters += 1;
             st = self.cv.wait_timeout(st, PARENT_RECHECK).unwrap_or_else(|e| e.into_inner()).0;
@@ -245,6 +259,19 @@ mod tests {
         drop((pa1, pb2));
         assert_eq!(server.available(), 6);
         assert_eq!((a.available(), b.available()), (4, 3));
+        // A pipelining connection: its second request waits for the
+        // server's units, and goes on without them once its first is done
+        // (slowed, never stopped).
+        let all = server.acquire(6).unwrap();
+        let e = child();
+        let first = e.acquire(1).unwrap();
+        let e2 = e.clone();
+        let t = std::thread::spawn(move || e2.acquire(2).is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!t.is_finished(), "the second request waits for the server");
+        drop(first);
+        assert!(t.join().unwrap(), "then goes on as the connection's only one");
+        drop(all);
         // All the server's units held: a connection holding nothing still
         // gets its request; one killed while it waits stops waiting.
         let all = server.acquire(6).unwrap();

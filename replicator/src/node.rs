@@ -552,6 +552,16 @@ impl Node {
             replication: c.replication(),
         };
         if sh.last_key != Some(key) {
+            // A disk that leaves Failed (the target of a full sync that
+            // rewrites every block, or declared good by `primary --force`)
+            // may sync again: what a failed writeback dropped is rewritten
+            // or given up (`store::syncer`). Only on that transition: the
+            // latch is set before the core hears of the failure.
+            if sh.last_key.is_some_and(|k| k.disk == crate::protocol::wire::DiskState::Failed)
+                && key.disk != crate::protocol::wire::DiskState::Failed
+            {
+                self.store.sync_recovered();
+            }
             sh.last_key = Some(key);
             let _ = self.transitions.send(key);
             sh.state_changed = Some(self.lane_progress.clone());
@@ -745,11 +755,13 @@ impl Node {
                 return r;
             }
             if tokio::time::Instant::now() > deadline {
-                self.with_core(|c, _| c.withdraw_promotion(ask));
-                return Err(Refused(format!(
-                    "the peer did not answer within {:?}: not promoted (`primary` again)",
-                    self.res.timeout + Duration::from_secs(1)
-                )));
+                // (An answer that came meanwhile stands.)
+                return self.with_core(|c, _| c.withdraw_promotion(ask)).map_err(|_| {
+                    Refused(format!(
+                        "the peer did not answer within {:?}: not promoted (`primary` again)",
+                        self.res.timeout + Duration::from_secs(1)
+                    ))
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

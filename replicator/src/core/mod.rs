@@ -874,8 +874,25 @@ impl Core {
         self.role = Role::Secondary;
         tracing::info!("demoted to Secondary");
         self.announce();
+        self.resync_after_demotion();
         self.pump();
         Ok(())
+    }
+
+    /// A Primary demoted while it resyncs its own out-of-sync blocks (a
+    /// peer's failed write, verify mismatches) to a peer that is not its
+    /// SyncTarget: the peer takes resync chunks only from a Primary or its
+    /// sync source, so the handshake decides again (as DRBD renegotiates
+    /// a resync across a role change).
+    pub(crate) fn resync_after_demotion(&mut self) {
+        let source = self
+            .session
+            .as_ref()
+            .filter(|s| matches!(s.activity, session::Activity::Source(_)))
+            .map(|s| s.id);
+        if let Some(sid) = source {
+            self.close_session(sid, "demoted during a resync: renegotiating with the peer".into());
+        }
     }
 
     /// `connect`.

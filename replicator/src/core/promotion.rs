@@ -90,11 +90,17 @@ impl Core {
 
     /// The shell gave up waiting for ask `ask`: it fails, and a late
     /// grant changes nothing.
-    pub fn withdraw_promotion(&mut self, ask: u64) {
+    /// Returns how the ask ended (an answer that came first stands).
+    pub fn withdraw_promotion(&mut self, ask: u64) -> Result<(), Refused> {
+        if let Some(r) = self.promotion_answer(ask) {
+            return r;
+        }
         if let Some(s) = self.session.as_mut().filter(|s| s.asked.is_some_and(|a| a.ask == ask)) {
             s.asked = None;
         }
-        self.answered(ask, Err(Refused("the peer did not answer in time".into())));
+        let r = Err(Refused("the peer did not answer in time".into()));
+        self.answered(ask, r.clone());
+        r
     }
 
     fn answered(&mut self, ask: u64, r: Result<(), Refused>) {

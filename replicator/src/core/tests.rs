@@ -3076,7 +3076,7 @@ fn an_unanswered_promotion_fails_and_a_late_grant_changes_nothing() {
     let ask = p.core(1).promotion_asked().unwrap();
     p.hold_to[0] = true; // the ask waits on its way to a
     p.settle_now();
-    p.core(1).withdraw_promotion(ask);
+    assert!(p.core(1).withdraw_promotion(ask).is_err());
     assert!(p.core(1).promotion_answer(ask).unwrap().is_err());
     p.hold_to[0] = false;
     p.settle();

@@ -411,9 +411,17 @@ impl Store {
     }
 
     /// Makes every write completed before the call durable (fdatasync, one
-    /// at a time); fails for good once one has failed ([`syncer`]).
+    /// at a time); fails once one has failed, until [`Store::sync_recovered`]
+    /// ([`syncer`]).
     pub async fn flush(&self) -> io::Result<()> {
         self.syncer.sync().await
+    }
+
+    /// What a failed sync dropped has been rewritten or given up (a
+    /// replicated node's detached disk taking a full sync): syncs are
+    /// trusted again.
+    pub fn sync_recovered(&self) {
+        self.syncer.recovered();
     }
 
     async fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {

@@ -7,7 +7,9 @@
 //! on the file hears of it. So
 //! - a sync after a failed one returns 0 though the writes it covers were
 //!   dropped: once a sync fails, every later one fails too (the latch);
-//!   nothing but rewriting the data could make those writes durable;
+//!   nothing but rewriting the data could make those writes durable, so
+//!   the latch is lifted only by whoever rewrote it ([`Syncer::recovered`]:
+//!   a replicated node's detached disk taking a full sync);
 //! - of two syncs running at once on one file, the one that checks first
 //!   gets the error and the other 0: syncs run one at a time. Requests that
 //!   arrive while one runs share the next (group commit): each was made
@@ -42,6 +44,10 @@ impl Latch {
             0 => None,
             errno => Some(io::Error::from_raw_os_error(errno)),
         }
+    }
+
+    fn clear(&self) -> bool {
+        self.0.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Keeps the first failure (EIO for one without an errno).
@@ -80,8 +86,17 @@ impl Syncer {
         Ok(Syncer { tx: Some(tx), latch, thread: Some(thread) })
     }
 
-    /// Makes every write completed before this call durable. Fails for
-    /// good once a sync has failed.
+    /// The latch is lifted: the writes a failed writeback may have
+    /// dropped were rewritten or given up by whoever calls this (a
+    /// replicated node's full sync onto its detached disk).
+    pub fn recovered(&self) {
+        if self.latch.clear() {
+            tracing::info!("the disk was rewritten: syncs are trusted again");
+        }
+    }
+
+    /// Makes every write completed before this call durable. Fails once a
+    /// sync has failed, until [`Syncer::recovered`].
     pub async fn sync(&self) -> io::Result<()> {
         if let Some(e) = self.latch.get() {
             return Err(e);
