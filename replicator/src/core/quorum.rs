@@ -489,7 +489,6 @@ impl Core {
                 self.role = Role::Secondary;
                 tracing::info!(?why, "demoted to Secondary by the controller");
                 self.announce();
-                self.resync_after_demotion();
             }
             if why == Some(DemoteWhy::Deposed) && self.apart() && self.acked_apart {
                 tracing::error!(
