@@ -738,7 +738,8 @@ impl Node {
     /// (`core/promotion.rs`): waits for its answer, at most `timeout` and
     /// a second (then the ask is withdrawn: a late grant changes nothing).
     pub async fn promote(&self, force: bool) -> Result<(), Refused> {
-        let deadline = tokio::time::Instant::now() + self.res.timeout + Duration::from_secs(1);
+        let wait = self.res.timeout + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + wait;
         // A link in its handshake first says what the peer is.
         while self.lock().core.handshaking() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -747,7 +748,7 @@ impl Node {
         self.changed.notify_waiters();
         r?;
         let Some(ask) = ask else { return Ok(()) };
-        let deadline = tokio::time::Instant::now() + self.res.timeout + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let answer = self.lock().core.promotion_answer(ask);
             if let Some(r) = answer {
@@ -758,8 +759,7 @@ impl Node {
                 // (An answer that came meanwhile stands.)
                 return self.with_core(|c, _| c.withdraw_promotion(ask)).map_err(|_| {
                     Refused(format!(
-                        "the peer did not answer within {:?}: not promoted (`primary` again)",
-                        self.res.timeout + Duration::from_secs(1)
+                        "the peer did not answer within {wait:?}: not promoted (`primary` again)"
                     ))
                 });
             }

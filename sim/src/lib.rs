@@ -1108,10 +1108,7 @@ impl Sim {
                     ));
                     let force = disk != DiskState::UpToDate;
                     self.chk.stats.ctl_promotions += 1;
-                    let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
-                    let r = chk.promoted(self, n, force, disk);
-                    self.chk = chk;
-                    r?;
+                    self.check_promoted(n, force, disk)?;
                 }
                 return Ok(true);
             }
@@ -1506,15 +1503,20 @@ impl Sim {
             if core.role() == Role::Primary {
                 self.asked_promotion[n] = None;
                 self.note(format!("{}: promoted (granted by the peer)", self.nodes[n].name));
-                let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
-                let r = chk.promoted(self, n, force, disk);
-                self.chk = chk;
-                r?;
+                self.check_promoted(n, force, disk)?;
             } else if core.promotion_asked().is_none() {
                 self.asked_promotion[n] = None;
             }
         }
         Ok(())
+    }
+
+    /// The checker's rules for a promotion of node `n` that just happened.
+    fn check_promoted(&mut self, n: usize, force: bool, disk: DiskState) -> Result<(), Violation> {
+        let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+        let r = chk.promoted(self, n, force, disk);
+        self.chk = chk;
+        r
     }
 
     /// A node whose disk failed answers every request within
@@ -1614,10 +1616,7 @@ impl Sim {
                     self.data_replaced += 1;
                 }
                 if res.is_ok() {
-                    let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
-                    let r = chk.promoted(self, n, true, disk);
-                    self.chk = chk;
-                    r?;
+                    self.check_promoted(n, true, disk)?;
                 }
                 return Ok(());
             }
@@ -1674,7 +1673,7 @@ impl Sim {
                 ));
                 if res.is_ok() {
                     if now_primary {
-                        asked.push((m, force, disk, true));
+                        asked.push((m, force, disk));
                     } else {
                         self.asked_promotion[m] = Some((force, disk));
                     }
@@ -1683,11 +1682,8 @@ impl Sim {
             for &m in &promoted {
                 self.drain(m);
             }
-            for (m, force, disk, _) in asked {
-                let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
-                let r = chk.promoted(self, m, force, disk);
-                self.chk = chk;
-                r?;
+            for (m, force, disk) in asked {
+                self.check_promoted(m, force, disk)?;
             }
         } else if r < 48 {
             if core.role() == Role::Primary {
@@ -2148,10 +2144,7 @@ fn promote_checked(
     let disk = core.disk();
     core.promote(force, now_ms).map_err(|e| stuck_at(sim, rule, &format!("promote: {e}")))?;
     sim.drain(n);
-    let mut chk = std::mem::replace(&mut sim.chk, checker::Checker::new());
-    let r = chk.promoted(sim, n, force, disk);
-    sim.chk = chk;
-    r.map_err(|v| fail(sim, v))
+    sim.check_promoted(n, force, disk).map_err(|v| fail(sim, v))
 }
 
 /// Both nodes Established, UpToDate and quiescent.

@@ -782,7 +782,7 @@ impl Core {
         // Connected: the peer agrees first (`promotion.rs`). Ok here means
         // asked; `promotion_asked` and `promotion_answer` say the rest.
         if self.session.is_some() && self.cfg.plant != Plant::PromoteWithoutAsking {
-            return self.ask_promotion(force, wall_ms).unwrap_or(Ok(()));
+            return self.ask_promotion(force, wall_ms);
         }
         self.promote_inner(force, wall_ms)
     }

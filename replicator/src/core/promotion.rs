@@ -36,28 +36,20 @@ pub struct Asked {
 }
 
 impl Core {
-    /// `promote`'s path while a session exists: Some(result) when the
-    /// promotion is decided here (refused, or nothing to ask), None when
-    /// the peer was asked (see [`Core::promotion_answer`]).
-    pub(super) fn ask_promotion(
-        &mut self,
-        force: bool,
-        wall_ms: u64,
-    ) -> Option<Result<(), Refused>> {
-        let s = self.session.as_ref()?;
-        if s.phase != Phase::Running {
-            return Some(Err(Refused(format!(
+    /// `promote`'s path while a session exists: Ok once the peer was
+    /// asked (see [`Core::promotion_answer`]), or why it was not.
+    pub(super) fn ask_promotion(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        if self.handshaking() {
+            return Err(Refused(format!(
                 "the link to {} is being set up: its role is not known yet (`primary` again \
                  in a moment)",
                 self.cfg.peer
-            ))));
+            )));
         }
-        if s.asked.is_some() {
-            return Some(Err(Refused("a promotion is already being asked of the peer".into())));
+        if self.promotion_asked().is_some() {
+            return Err(Refused("a promotion is already being asked of the peer".into()));
         }
-        if let Err(e) = self.promotion_refused(force) {
-            return Some(Err(e));
-        }
+        self.promotion_refused(force)?;
         self.next_ask += 1;
         let ask = self.next_ask;
         if let Some(s) = self.session.as_mut() {
@@ -66,7 +58,7 @@ impl Core {
         self.asked_last = Some((ask, None));
         self.send(Message::PromoteAsk { ask });
         tracing::info!(ask, peer = %self.cfg.peer, "asking the peer to let this node become Primary");
-        None
+        Ok(())
     }
 
     /// A session is in its handshake (a promotion now is refused: the
@@ -89,8 +81,8 @@ impl Core {
     }
 
     /// The shell gave up waiting for ask `ask`: it fails, and a late
-    /// grant changes nothing.
-    /// Returns how the ask ended (an answer that came first stands).
+    /// grant changes nothing. Returns how the ask ended (an answer that
+    /// came first stands).
     pub fn withdraw_promotion(&mut self, ask: u64) -> Result<(), Refused> {
         if let Some(r) = self.promotion_answer(ask) {
             return r;

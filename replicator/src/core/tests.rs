@@ -59,23 +59,35 @@ fn core(protocol: Protocol, disk: DiskState) -> Core {
 /// Performs every store and metadata action successfully (reads return
 /// zeroes) until none is left; returns the other actions.
 fn run(c: &mut Core, now: Time) -> Vec<Action> {
-    let mut out = Vec::new();
+    run_applied(c, now).0
+}
+
+/// Like [`run`], with the data writes the peer's frames led to.
+fn run_applied(c: &mut Core, now: Time) -> (Vec<Action>, Vec<StoreOp>) {
+    let (mut out, mut applied) = (Vec::new(), Vec::new());
     loop {
         let mut progressed = false;
         while let Some(a) = c.poll_action() {
             progressed = true;
             match a {
-                Action::Store { io, op: StoreOp::Read { len, .. } } => {
-                    c.handle_io(now, io, Ok(Some(Bytes::from(vec![0u8; len as usize]))))
+                Action::Store { io, op } => {
+                    if matches!(c.ios.get(&io), Some(IoFor::Apply(_)))
+                        && matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. })
+                    {
+                        applied.push(op.clone());
+                    }
+                    let data = match op {
+                        StoreOp::Read { len, .. } => Some(Bytes::from(vec![0u8; len as usize])),
+                        _ => None,
+                    };
+                    c.handle_io(now, io, Ok(data));
                 }
-                Action::Store { io, .. } | Action::Persist { io, .. } => {
-                    c.handle_io(now, io, Ok(None))
-                }
+                Action::Persist { io, .. } => c.handle_io(now, io, Ok(None)),
                 other => out.push(other),
             }
         }
         if !progressed {
-            return out;
+            return (out, applied);
         }
     }
 }
@@ -3022,6 +3034,15 @@ fn a_detached_disks_record_that_never_saves_fails_the_replies_waiting_for_it() {
     assert_eq!(p.core(0).poll_timeout(), None, "a deadline left behind");
 }
 
+/// A connected pair in sync, both Secondary.
+fn two_secondaries() -> Pair {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.core(0).demote().unwrap();
+    p.settle();
+    p
+}
+
 /// `primary` on both nodes of a connected pair at once: the peer agrees
 /// to a promotion first, so exactly one becomes Primary (the name that
 /// sorts first, both asking), and the other's `primary` fails with why.
@@ -3030,10 +3051,7 @@ fn a_detached_disks_record_that_never_saves_fails_the_replies_waiting_for_it() {
 /// found in review).
 #[test]
 fn primary_on_both_connected_nodes_at_once_makes_one_primary() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.core(0).demote().unwrap();
-    p.settle();
+    let mut p = two_secondaries();
     assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Secondary));
     // Both asked before either hears of the other.
     p.core(0).promote(false, 2).unwrap();
@@ -3068,10 +3086,7 @@ fn primary_on_both_connected_nodes_at_once_makes_one_primary() {
 /// that comes after the ask was withdrawn promotes nothing.
 #[test]
 fn an_unanswered_promotion_fails_and_a_late_grant_changes_nothing() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.core(0).demote().unwrap();
-    p.settle();
+    let mut p = two_secondaries();
     p.core(1).promote(false, 2).unwrap();
     let ask = p.core(1).promotion_asked().unwrap();
     p.hold_to[0] = true; // the ask waits on its way to a
@@ -3140,36 +3155,6 @@ fn verify_between_two_secondaries_resyncs_what_it_finds() {
 
 const G2: u64 = 0x2222_3333_4444_5555;
 
-/// Like [`run`], with the data writes the peer's frames led to.
-fn run_applied(c: &mut Core) -> (Vec<Action>, Vec<StoreOp>) {
-    let (mut out, mut applied) = (Vec::new(), Vec::new());
-    loop {
-        let mut moved = false;
-        while let Some(a) = c.poll_action() {
-            moved = true;
-            match a {
-                Action::Store { io, op } => {
-                    if matches!(c.ios.get(&io), Some(IoFor::Apply(_)))
-                        && matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. })
-                    {
-                        applied.push(op.clone());
-                    }
-                    let data = match op {
-                        StoreOp::Read { len, .. } => Some(Bytes::from(vec![0u8; len as usize])),
-                        _ => None,
-                    };
-                    c.handle_io(Duration::ZERO, io, Ok(data));
-                }
-                Action::Persist { io, .. } => c.handle_io(Duration::ZERO, io, Ok(None)),
-                other => out.push(other),
-            }
-        }
-        if !moved {
-            return (out, applied);
-        }
-    }
-}
-
 /// A SyncTarget given a SyncDone before the chunks it received are
 /// flushed (here: one chunk, not yet applied) does not take it: it would
 /// be UpToDate over data not on its disk.
@@ -3187,12 +3172,12 @@ fn a_sync_done_before_the_chunks_are_flushed_is_a_link_fault() {
     h.peer_out_of_sync = SIZE;
     c.handle_frame(t, 1, Message::Hello(h));
     c.handle_frame(t, 1, Message::Bits { runs: vec![(0, SIZE / 64)], last: true });
-    run_applied(&mut c);
+    run_applied(&mut c, Duration::ZERO);
     assert_eq!(c.replication(), Replication::SyncTarget);
     c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::resync(0, Bytes::from(vec![9u8; 256])) });
     c.handle_frame(t, 1, Message::SyncDone { current: G2 });
-    let (acts, _) = run_applied(&mut c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Close { .. })), "{acts:?}");
+    let (acts, _) = run_applied(&mut c, Duration::ZERO);
+    assert!(closed(&acts), "{acts:?}");
     assert_ne!(c.disk(), DiskState::UpToDate);
 }
 
@@ -3224,8 +3209,8 @@ fn a_sync_source_applies_no_data_from_its_target() {
     assert_eq!(c.replication(), Replication::SyncSource);
     let op = Op::write(0, Bytes::from(vec![0xEE; 64]), false);
     c.handle_frame(t, 1, Message::Data { seq: 1, op });
-    let (acts, applied) = run_applied(&mut c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Close { .. })));
+    let (acts, applied) = run_applied(&mut c, Duration::ZERO);
+    assert!(closed(&acts));
     assert!(applied.is_empty(), "the SyncSource applied its target's write: {applied:?}");
 }
 
@@ -3239,16 +3224,11 @@ fn a_secondary_applies_no_data_from_a_secondary_peer() {
     ] {
         let mut c = core(Protocol::C, DiskState::UpToDate);
         run(&mut c, Duration::ZERO);
-        let t = Duration::ZERO;
-        c.handle_link_up(t, 1);
-        let g = GenIds { current: GEN, bitmap: 0, history: [0, 0] };
-        c.handle_frame(t, 1, Message::Hello(hello(Role::Secondary, DiskState::UpToDate, g)));
-        c.handle_frame(t, 1, Message::Bits { runs: vec![], last: true });
-        run_applied(&mut c);
+        connect(&mut c, 1, Role::Secondary);
         assert_eq!(c.replication(), Replication::Established);
-        c.handle_frame(t, 1, Message::Data { seq: 1, op });
-        let (acts, applied) = run_applied(&mut c);
-        assert!(acts.iter().any(|a| matches!(a, Action::Close { .. })));
+        c.handle_frame(Duration::ZERO, 1, Message::Data { seq: 1, op });
+        let (acts, applied) = run_applied(&mut c, Duration::ZERO);
+        assert!(closed(&acts));
         assert!(applied.is_empty(), "applied {applied:?} from a Secondary peer");
     }
 }
