@@ -769,6 +769,30 @@ fn a_disconnect_from_a_peer_whose_lane_is_full_takes_effect_at_once() {
     assert_streamed(&p, &disk, &errnos);
 }
 
+/// A file of `size` bytes on ext4 (no journal) over a device whose writes
+/// fail on command ([`Ext4::plain_with_file`] over [`FuseDisk::failing`]);
+/// None, after saying why, without the tools or root. Dropped in order:
+/// the file system, then the device, then the directory.
+struct FailingFile {
+    _fs: Ext4,
+    disk: FuseDisk,
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+}
+
+impl FailingFile {
+    fn make(prefix: &str, name: &str, size: usize) -> Option<FailingFile> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(test_tmp()).unwrap();
+        let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
+        if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
+            return None;
+        }
+        let disk = FuseDisk::failing(dir.path(), "64M");
+        let (fs, file) = Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), name, size);
+        Some(FailingFile { _fs: fs, disk, _dir: dir, file })
+    }
+}
+
 /// A FLUSH that failed is not followed by one that succeeds without the
 /// lost writes. `twinblock serve`'s disk is a file on ext4 (no journal,
 /// the file written in full first, so that a sync is the data's
@@ -783,14 +807,8 @@ fn a_disconnect_from_a_peer_whose_lane_is_full_takes_effect_at_once() {
 /// FUA write after a failed sync fails, and reads go on.
 #[test]
 fn after_a_failed_flush_no_flush_succeeds_without_the_lost_write() {
-    let dir = tempfile::Builder::new().prefix("tb-syncerr").tempdir_in(test_tmp()).unwrap();
-    let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
-    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
-        return;
-    }
-    let disk = FuseDisk::failing(dir.path(), "64M");
-    let (_fs, image) =
-        Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), "x.img", 4 << 20);
+    let Some(failing) = FailingFile::make("tb-syncerr", "x.img", 4 << 20) else { return };
+    let (disk, image) = (&failing.disk, failing.file.clone());
     let sdir = tempfile::Builder::new().prefix("tb-test").tempdir_in(test_tmp()).unwrap();
     let serve = Serve::start_on(sdir, image, URING, &[]).unwrap_or_else(|e| panic!("{e}"));
     let mut c = Client::go(&serve, false);
@@ -831,14 +849,8 @@ fn after_a_failed_flush_no_flush_succeeds_without_the_lost_write() {
 /// and takes a full sync from b, and both hold the write.
 #[test]
 fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
-    let dir = tempfile::Builder::new().prefix("tb-stopflush").tempdir_in(test_tmp()).unwrap();
-    let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
-    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
-        return;
-    }
-    let disk = FuseDisk::failing(dir.path(), "64M");
-    let (_fs, image) =
-        Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), "a.img", 16 << 20);
+    let Some(failing) = FailingFile::make("tb-stopflush", "a.img", 16 << 20) else { return };
+    let (disk, image) = (&failing.disk, failing.file.clone());
     let mut p = Pair::prepare("C", "16M");
     p.set_disk(0, &image);
     p.up_in_sync("the first sync", Duration::from_secs(60));
@@ -877,14 +889,8 @@ fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
 /// checkpoint flush of it and looped: detached, resync, detached.
 #[test]
 fn a_secondary_whose_disk_failed_one_sync_recovers_by_a_full_sync() {
-    let dir = tempfile::Builder::new().prefix("tb-synconce").tempdir_in(test_tmp()).unwrap();
-    let tools = ["nbdkit", "nbdfuse", "losetup", "mkfs.ext4"];
-    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
-        return;
-    }
-    let disk = FuseDisk::failing(dir.path(), "64M");
-    let (_fs, image) =
-        Ext4::plain_with_file(&disk.file(), &dir.path().join("fs"), "b.img", 16 << 20);
+    let Some(failing) = FailingFile::make("tb-synconce", "b.img", 16 << 20) else { return };
+    let (disk, image) = (&failing.disk, failing.file.clone());
     let mut p = Pair::prepare("C", "16M");
     p.set_disk(1, &image);
     p.up_in_sync("the first sync", Duration::from_secs(60));

@@ -114,18 +114,15 @@ impl Budget {
     /// this request became all `child` holds (its earlier ones done): it
     /// goes on without the parent, as one alone would have.
     fn acquire_for(self: &Arc<Self>, n: u32, child: &Budget) -> Option<Option<Permit>> {
+        let units = n.min(self.total);
         let mut st = self.lock();
         loop {
             if st.closed || child.is_closed() {
                 return None;
             }
-            if st.available >= n.min(self.total) {
-                st.available -= n.min(self.total);
-                return Some(Some(Permit {
-                    budget: self.clone(),
-                    n: n.min(self.total),
-                    parent: None,
-                }));
+            if st.available >= units {
+                st.available -= units;
+                return Some(Some(Permit { budget: self.clone(), n: units, parent: None }));
             }
             if child.holds_only(n) {
                 return Some(None);
