@@ -350,12 +350,20 @@ pub fn open_stream(path: &Path, req: &Request) -> Result<BufReader<StdUnixStream
     Ok(rd)
 }
 
+/// How long a verb waits for its answer at least.
+pub const CALL_WAIT: Duration = Duration::from_secs(30);
+
 /// Sends one request to the node at `path` (blocking).
 pub fn call(path: &Path, req: &Request) -> Result<Response, CallError> {
+    call_within(path, req, CALL_WAIT)
+}
+
+/// [`call`], waiting up to `wait` for the answer.
+pub fn call_within(path: &Path, req: &Request, wait: Duration) -> Result<Response, CallError> {
     let unreachable =
         |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
     let mut s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| unreachable(e.to_string()))?;
+    s.set_read_timeout(Some(wait)).map_err(|e| unreachable(e.to_string()))?;
     let mut text = serde_json::to_string(req).expect("request serializes");
     text.push('\n');
     s.write_all(text.as_bytes()).map_err(|e| unreachable(e.to_string()))?;

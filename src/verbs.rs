@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use twinblock_replicator::config::ResourceConfig;
 
-use crate::control::{call, CallError, Request};
+use crate::control::{call_within, CallError, Request, CALL_WAIT};
 
 /// Exit code when the node's daemon cannot be reached.
 pub const EXIT_NOT_RUNNING: u8 = 3;
@@ -26,8 +26,12 @@ pub fn control_path(config: &Path, node: &str) -> Result<std::path::PathBuf> {
 /// Runs `verb` on the node; returns the status the node reported.
 pub fn run(config: &Path, node: &str, verb: &str, force: bool) -> Result<Value, VerbError> {
     let path = control_path(config, node).map_err(VerbError::Other)?;
-    let resp = call(&path, &Request { verb: verb.into(), force, now: false, bench: None })
-        .map_err(VerbError::Call)?;
+    // `primary` on a connected node waits for a handshake under way and
+    // then for the peer's answer, each up to `timeout` and a second.
+    let timeout = ResourceConfig::load(config).map_err(|e| VerbError::Other(e.into()))?.timeout;
+    let wait = CALL_WAIT.max((timeout + Duration::from_secs(1)) * 2 + Duration::from_secs(5));
+    let req = Request { verb: verb.into(), force, now: false, bench: None };
+    let resp = call_within(&path, &req, wait).map_err(VerbError::Call)?;
     Ok(resp.status.unwrap_or(Value::Null))
 }
 

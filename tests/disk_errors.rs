@@ -881,6 +881,58 @@ fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
     assert!(p.log(0).contains("local disk failed (the final flush"), "{}", tail(&p.log(0)));
 }
 
+/// A Primary killed while its disk's writeback fails: no sync reported
+/// the failure before the process died, and the kernel let the pages go.
+/// Its next start finds its activity log held (an unclean stop), and as
+/// the name that sorts first it is the source of the log's extents. The
+/// core's recovery flush hears of the failure (Linux reports a failed
+/// writeback to a descriptor opened after it as long as none has seen
+/// it), but only once the node runs: when the handshake came first, b was
+/// already a's SyncTarget (Inconsistent) as a's disk failed, and the pair
+/// was left with no usable disk (`WaitForForce`) though b held every
+/// acknowledged write. Now the start syncs the disk before the node runs
+/// and records it Failed: a takes a full sync from b. (With the inode
+/// evicted as well, `drop_caches` 3, the report is gone and no process can
+/// hear of it.)
+#[test]
+fn a_primary_killed_while_its_writeback_fails_takes_the_peers_data_at_restart() {
+    let Some(failing) = FailingFile::make("tb-killwb", "a.img", 16 << 20) else { return };
+    let (disk, image) = (&failing.disk, failing.file.clone());
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &image);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE, in both page caches
+    assert_eq!(c.simple_reply(), (0, 1), "the write was acknowledged");
+    drop(c);
+    disk.fail_writes(true);
+    // The writeback fails (sync(2) reports it to nobody), then a dies.
+    assert!(Command::new("sync").status().unwrap().success());
+    p.kill(0);
+    disk.fail_writes(false);
+    // The page cache lets the pages go (1: not the inodes, which keep the
+    // unreported error, as a restart soon after a crash finds them).
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    p.up(0);
+    p.wait_connected();
+    p.wait_synced("the resync after the restart", Duration::from_secs(60));
+    for (name, file) in [("a", &image), ("b", &p.nodes[1].disk)] {
+        let mut block = vec![0u8; 4096];
+        std::fs::File::open(file).unwrap().read_exact(&mut block).unwrap();
+        assert!(
+            block.iter().all(|&x| x == 0x22),
+            "{name} lacks the acknowledged write after a's restart (a's log: {})",
+            tail(&p.log(0))
+        );
+    }
+    assert!(
+        p.log(0).contains("after an unclean stop the disk's writeback failed"),
+        "{}",
+        tail(&p.log(0))
+    );
+}
+
 /// A Secondary whose disk fails one sync (a transient writeback error)
 /// is detached and takes a full sync from the Primary once the disk
 /// answers again; the full sync's own flushes succeed. The store fails

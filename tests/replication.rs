@@ -826,6 +826,21 @@ fn a_resync_interrupted_by_a_crash_resumes() {
     // to do) and comes back.
     p.up(1);
     wait_progress(&p, 20.0);
+    // The target shows the resync's progress too: the source's total, and
+    // what it has received of it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = p.status(1);
+        if b["replication"] == "SyncTarget"
+            && b["sync"]["percent"].as_f64().is_some_and(|x| x > 0.0)
+        {
+            assert_eq!(b["sync"]["bytes_total"], dirty, "{b}");
+            assert!(b["sync"]["percent"].as_f64().unwrap() <= 100.0, "{b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the SyncTarget shows no progress: {b}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while p.status(0)["out_of_sync_bytes"].as_u64().unwrap() >= dirty {
         assert!(Instant::now() < deadline, "no resync checkpoint in 60 s: {}", p.status(0));

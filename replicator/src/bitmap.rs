@@ -126,6 +126,14 @@ impl Bitmap {
         self.set * self.block
     }
 
+    /// Bytes marked in this bitmap or in `other` (of the same geometry).
+    pub fn union_bytes(&self, other: &Bitmap) -> u64 {
+        debug_assert_eq!((self.blocks, self.block), (other.blocks, other.block));
+        let set: u64 =
+            self.words.iter().zip(&other.words).map(|(a, b)| u64::from((a | b).count_ones())).sum();
+        set * self.block
+    }
+
     /// The first run of set blocks at or after block `from`, at most `max`
     /// blocks long: (offset, length) in bytes.
     pub fn next_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {

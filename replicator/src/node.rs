@@ -31,7 +31,7 @@ use crate::core::{
 use crate::lane::{Lane, Offer};
 use crate::link_stats::LinkTally;
 use crate::meta::{Meta, MetaError};
-use crate::protocol::wire::{Message, Role};
+use crate::protocol::wire::{DiskState, Message, Role};
 use crate::status::{Counters, LinkStatus, PeerStatus, Status, SyncStatus};
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -45,6 +45,8 @@ pub enum NodeError {
     Meta(#[from] MetaError),
     #[error("cannot start the node's store thread: {0}")]
     LaneThread(io::Error),
+    #[error("after an unclean stop, the disk did not complete a sync (disk-timeout): {0}")]
+    UncleanSync(io::Error),
 }
 
 /// What a link's writer task is told.
@@ -172,7 +174,7 @@ impl std::ops::DerefMut for ShellGuard<'_> {
 impl Shell {
     /// The local disk is detached (Failed): waits on the lane end.
     fn detached(&self) -> bool {
-        self.core.disk() == crate::protocol::wire::DiskState::Failed
+        self.core.disk() == DiskState::Failed
     }
 }
 
@@ -303,7 +305,7 @@ impl Node {
             // is gone (as if the disk had failed: a full sync follows) before
             // a new file exists, so a crash in between cannot make an empty
             // disk look UpToDate. The generation ids stay (see Core::new).
-            m.disk = crate::protocol::wire::DiskState::Failed;
+            m.disk = DiskState::Failed;
             m.fresh = false;
             m.save(&mine.meta)?;
         }
@@ -338,6 +340,34 @@ impl Node {
                 extents = held.len(),
                 "unclean shutdown: the activity log's extents are out of sync"
             );
+        }
+        if !held.is_empty() && !store.created() {
+            // An unclean stop (a crash, or a final flush that did not
+            // complete): the activity log's extents hold what the page
+            // cache kept, and a resync may send it over the peer's copy.
+            // If its writeback failed, the kernel let it go and the disk
+            // holds older data. The core's recovery flush would hear of it
+            // too, but only once the node runs, racing the handshake: a
+            // peer that became this node's SyncTarget meanwhile is left
+            // Inconsistent beside a Failed disk. So it is asked here, and
+            // the disk is recorded Failed (a full sync from the peer).
+            if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+                match store.sync_unseen(res.disk_timeout) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Err(NodeError::UncleanSync(e));
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "after an unclean stop the disk's writeback failed ({e}): its data \
+                             is not trusted (Failed; a full sync from the peer follows)"
+                        );
+                        m.disk = DiskState::Failed;
+                        m.fresh = false;
+                        m.save(&mine.meta)?;
+                    }
+                }
+            }
         }
         if store.created() && meta.is_some() {
             tracing::warn!(disk = %mine.disk.display(), "the disk file is new but its metadata is not: Inconsistent, a full sync from the peer follows");
@@ -557,8 +587,8 @@ impl Node {
             // may sync again: what a failed writeback dropped is rewritten
             // or given up (`store::syncer`). Only on that transition: the
             // latch is set before the core hears of the failure.
-            if sh.last_key.is_some_and(|k| k.disk == crate::protocol::wire::DiskState::Failed)
-                && key.disk != crate::protocol::wire::DiskState::Failed
+            if sh.last_key.is_some_and(|k| k.disk == DiskState::Failed)
+                && key.disk != DiskState::Failed
             {
                 self.store.sync_recovered();
             }

@@ -136,11 +136,12 @@ fn finds_witness_ignores_data() {
 /// that keeps no list of the generations it told the witness (the plant
 /// `forget-told`) has its own data refused after separations the witness
 /// did not hear of: caught in these 5,000-step seeds, found by
-/// `--plant forget-told` runs (4 of 5,000 seeds from 0 to 50000), and the
-/// real node passes them.
+/// `--plant forget-told` runs (3 of the 10,000 seeds from 15000 since the
+/// peer is given up for no progress rather than for an old operation,
+/// which changed the course of seed 20624), and the real node passes them.
 #[test]
 fn finds_forget_told() {
-    for seed in [20624, 20666] {
+    for seed in [20666, 21824, 23519] {
         let o = run_seed(seed, 5000, Plant::None, false);
         if let Some((v, _)) = &o.failure {
             panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));

@@ -47,7 +47,7 @@ use crate::config::Protocol;
 use crate::protocol::wire::{DiskState, Role};
 
 use super::session::{Activity, OutKind, Phase, SourceSync};
-use super::types::{AdaptiveConfig, Time};
+use super::types::{AdaptiveConfig, Progress, Time};
 use super::{Core, PeerPart};
 
 /// Highest backoff level: `hold` doubles at most this often.
@@ -357,7 +357,8 @@ impl Core {
         if !matches!(s.activity, Activity::Behind) {
             return;
         }
-        s.activity = Activity::Target { behind: s.peer.out_of_sync, lost: false };
+        let progress = Progress { total: s.peer.out_of_sync, done: 0, started: self.now };
+        s.activity = Activity::Target { behind: s.peer.out_of_sync, progress, lost: false };
         self.disk = DiskState::Inconsistent;
         tracing::info!("adaptive: catch-up resync from the Primary (SyncTarget)");
     }

@@ -162,6 +162,15 @@ impl Core {
             Op::Flush => s.last_flush = seq,
             _ => {}
         }
+        if let Activity::Target { progress, .. } = &mut s.activity {
+            let took = match &op {
+                Op::Resync { data, .. } if !self.cfg.resync_checksum => data.len() as u64,
+                Op::Verify { len, .. } if self.cfg.resync_checksum => u64::from(*len),
+                _ => 0,
+            };
+            progress.done += took;
+            progress.total = progress.total.max(progress.done);
+        }
         s.received = seq;
         self.adaptive_data();
         self.incoming.push_back((sid, seq, op));

@@ -348,8 +348,12 @@ impl Core {
                     self.data_from_peer();
                 }
                 self.discard = false;
+                // What the source will send: every block, or the union of
+                // both bitmaps (it merges ours into its own).
+                let total = if full { self.cfg.size } else { self.dirty.union_bytes(&peer_bits) };
+                let progress = Progress { total, done: 0, started: now };
                 let s = self.session.as_mut().expect("session");
-                s.activity = Activity::Target { behind: h.peer_out_of_sync, lost };
+                s.activity = Activity::Target { behind: h.peer_out_of_sync, progress, lost };
             }
             Decision::SyncSource { full } => {
                 if full {

@@ -96,6 +96,10 @@ pub enum SourceStart {
     Running,
 }
 
+/// How many `timeout`s one operation may wait for the peer while the peer
+/// completes others (DRBD's ko-count default).
+pub const KO_COUNT: u32 = 7;
+
 /// Online verify as its source runs it.
 #[derive(Debug)]
 pub struct VerifyRun {
@@ -112,6 +116,11 @@ pub enum Activity {
     Source(SourceSync),
     Target {
         behind: u64,
+        /// What this node has taken of the resync, as it sees it: the
+        /// bytes the source has out of sync with us at the start, and the
+        /// resync chunks (or, with `resync-checksum`, the ranges the source
+        /// asked us to checksum) received since.
+        progress: Progress,
         /// The source does not know this node's generation (newer, split or
         /// unrelated: its disk failed holding writes it may have
         /// acknowledged alone): the sync leaves it Outdated, not UpToDate.
@@ -142,6 +151,9 @@ pub struct Session {
     pub out: BTreeMap<u64, Out>,
     pub acked_received: u64,
     pub acked_done: u64,
+    /// When the peer last completed an operation (or the session began):
+    /// a peer that keeps completing them is slow, not lost.
+    pub progress_at: Time,
     pub in_flight_bytes: u64,
     /// Of which bench probes.
     pub probe_bytes: u64,
@@ -195,6 +207,7 @@ impl Session {
             out: BTreeMap::new(),
             acked_received: 0,
             acked_done: 0,
+            progress_at: now,
             in_flight_bytes: 0,
             probe_bytes: 0,
             received: 0,
@@ -230,6 +243,7 @@ impl Session {
     pub fn progress(&self) -> Option<Progress> {
         match &self.activity {
             Activity::Source(s) => Some(s.progress),
+            Activity::Target { progress, .. } => Some(*progress),
             Activity::Verify(v) => Some(v.progress),
             _ => None,
         }
@@ -287,11 +301,22 @@ impl Session {
         if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
             return Some("the peer did not finish the handshake".into());
         }
-        if let Some((_, o)) = self.out.iter().next() {
-            if now.saturating_sub(o.sent) >= cfg.timeout {
+        // A peer that answers pings but completes nothing (a hung disk, a
+        // stuck apply) is lost after `timeout` without progress; one that
+        // completes operations slowly (a slow link or disk with a backlog
+        // older than `timeout`) is waited for, up to `KO_COUNT` times
+        // `timeout` for any one operation (as DRBD's ko-count).
+        if let Some((seq, o)) = self.out.iter().next() {
+            if now.saturating_sub(o.sent.max(self.progress_at)) >= cfg.timeout {
                 return Some(format!(
-                    "the peer answers but has not acknowledged an operation for {:?}",
+                    "the peer answers but has completed no operation for {:?}",
                     cfg.timeout
+                ));
+            }
+            if now.saturating_sub(o.sent) >= cfg.timeout * KO_COUNT {
+                return Some(format!(
+                    "the peer has not completed operation {seq} for {:?} ({KO_COUNT} x timeout)",
+                    cfg.timeout * KO_COUNT
                 ));
             }
         }

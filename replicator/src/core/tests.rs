@@ -216,6 +216,61 @@ fn a_peer_that_answers_pings_but_never_acks_is_lost_after_timeout() {
     assert!(t >= Duration::from_secs(2) && t <= Duration::from_millis(2200), "lost at {t:?}");
 }
 
+/// A Primary with 200 writes sent at once to a peer that completes one of
+/// them every 100 ms (the backlog grows older than `timeout`) until
+/// `stop` and none after: when it gives the peer up, and why.
+fn slow_peer(stop: Duration) -> (Time, String) {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    for i in 0..200u64 {
+        c.write(Duration::ZERO, i + 1, (i % 16) * 64, Bytes::from(vec![1u8; 64]), false);
+    }
+    let (mut t, mut sent, mut done) = (Duration::ZERO, 0, 0);
+    while t < Duration::from_secs(30) {
+        c.handle_timeout(t);
+        for a in run(&mut c, t) {
+            match a {
+                Action::Send { msg: Message::Data { seq, .. }, .. } => sent = sent.max(seq),
+                Action::Send { msg: Message::Ping { id }, .. } => {
+                    c.handle_frame(t, 1, Message::Pong { id })
+                }
+                Action::Close { reason, .. } => return (t, reason),
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(100);
+        if t <= stop && done < sent {
+            done += 1;
+        }
+        c.handle_frame(t, 1, Message::Ack { received: sent, done });
+        c.handle_frame(t, 1, Message::Ping { id: 99 });
+    }
+    panic!("the peer was never given up ({done} of {sent} completed)");
+}
+
+/// A peer that keeps completing operations is slow, not lost, however old
+/// the backlog (a slow link or disk: a resync window, protocol A's lag):
+/// before, the Primary gave it up once its oldest operation was `timeout`
+/// old, and a resync over a link slower than its window per `timeout`
+/// restarted for ever. One that stops completing them is lost `timeout`
+/// after its last completion; one operation waits at most KO_COUNT
+/// timeouts.
+#[test]
+fn a_slow_peer_is_waited_for_and_a_stalled_one_is_lost() {
+    let timeout = Duration::from_secs(2);
+    let (t, why) = slow_peer(Duration::from_secs(3));
+    assert!(
+        t >= Duration::from_secs(5) && t <= Duration::from_millis(5200),
+        "lost at {t:?}: {why}"
+    );
+    assert!(why.contains("completed no operation"), "{why}");
+    let (t, why) = slow_peer(Duration::from_secs(60));
+    let ko = timeout * session::KO_COUNT;
+    assert!(t >= ko && t <= ko + Duration::from_millis(200), "lost at {t:?}: {why}");
+    assert!(why.contains("has not completed operation"), "{why}");
+}
+
 /// The reason a silent peer is given up for, after `secs` of silence.
 fn silent_for(c: &mut Core, secs: u64) -> Option<String> {
     let mut t = Duration::ZERO;
@@ -748,15 +803,35 @@ mod pair {
                     c.handle_link_up(now, sid);
                 }
             }
+            self.steps(steps, false, &mut check);
+        }
+
+        /// Runs `steps` rounds of the link up, `check` after each (with
+        /// `timers`, the clock moves 10 ms in a round where nothing did).
+        pub fn steps(&mut self, steps: usize, timers: bool, check: &mut impl FnMut(&Pair)) {
+            let sid = self.sid.expect("link");
             for _ in 0..steps {
+                let mut moved = false;
                 for i in 0..2 {
                     if let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                        moved = true;
                         self.perform(i, a);
                     }
                     if let Some(m) = self.q[i].pop_front() {
+                        moved = true;
                         let now = self.now;
                         if let Some(c) = self.n[i].c.as_mut() {
                             c.handle_frame(now, sid, m);
+                        }
+                    }
+                }
+                if !moved && timers {
+                    self.now += Duration::from_millis(10);
+                    for i in 0..2 {
+                        let now = self.now;
+                        if let Some(c) = self.n[i].c.as_mut() {
+                            c.handle_timeout(now);
+                            c.handle_frame(now, sid, Message::Ping { id: 0 });
                         }
                     }
                 }
@@ -1544,6 +1619,41 @@ fn a_resync_that_has_not_started_shows_zero_percent() {
         }
     });
     assert!(seen, "no resync ran");
+}
+
+/// The SyncTarget shows the resync's progress too (it showed none): the
+/// same total as its source, and what it has taken of it.
+#[test]
+fn a_sync_target_shows_the_resync_progress() {
+    for checksum in [false, true] {
+        let mut c = cfg(Protocol::C);
+        c.resync_checksum = checksum;
+        let mut p = Pair::with_cfg(c, true);
+        p.initial();
+        p.cut();
+        p.write(0, 10, 0, 5, 256);
+        p.write(0, 11, 1024, 6, 128);
+        p.settle();
+        let (mut totals, mut last) = (Vec::new(), None);
+        let mut check = |p: &Pair| {
+            let (a, b) = (p.n[0].c.as_ref().unwrap(), p.n[1].c.as_ref().unwrap());
+            if let Some(t) = b.status().sync {
+                assert!(t.done <= t.total, "{t:?}");
+                if let Some(s) = a.status().sync.filter(|s| s.done > 0) {
+                    totals.push((s.total, t.total));
+                }
+                last = Some(t);
+            }
+        };
+        p.connect_steps(0, &mut check);
+        p.steps(20_000, true, &mut check);
+        p.settle();
+        let last = last.expect("the target showed no progress");
+        assert_eq!(last.total, 384, "checksum {checksum}: {last:?}");
+        assert_eq!(last.done, last.total, "checksum {checksum}: {last:?}");
+        assert!(totals.iter().all(|(s, t)| s == t), "source and target totals differ: {totals:?}");
+        assert!(p.n[1].c.as_ref().unwrap().status().sync.is_none(), "the sync is over");
+    }
 }
 
 fn resync_order(plant: Plant) -> Result<(), String> {

@@ -534,6 +534,9 @@ impl Core {
             }
         }
         s.acked_received = received;
+        if done > s.acked_done {
+            s.progress_at = self.now;
+        }
         let rest = s.out.split_off(&(done + 1));
         let retired = std::mem::replace(&mut s.out, rest);
         s.acked_done = done;
@@ -572,6 +575,7 @@ impl Core {
         let Some(o) = s.out.remove(&seq) else {
             return Err(format!("the peer failed operation {seq}, which is not in flight"));
         };
+        s.progress_at = self.now;
         s.landed(&o);
         if matches!(o.kind, OutKind::Bench(_)) {
             // A probe of `twinblock bench` into the scratch area: the

@@ -417,6 +417,27 @@ impl Store {
         self.syncer.sync().await
     }
 
+    /// Syncs the store through a descriptor of its own, opened now: Linux
+    /// reports a failed writeback to a file opened later as long as no
+    /// descriptor has seen it yet, so this hears of a failure the process
+    /// that wrote the data never synced (it crashed, or stopped before its
+    /// next sync). Blocking; with `limit`, gives up with `TimedOut` after
+    /// that long (the sync goes on on its own thread).
+    pub fn sync_unseen(&self, limit: Option<std::time::Duration>) -> io::Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+        let Some(limit) = limit else { return file.sync_data() };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("twinblock-sync-unseen".into()).spawn(move || {
+            let _ = tx.send(file.sync_data());
+        })?;
+        rx.recv_timeout(limit).unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no completion of a sync for {limit:?}"),
+            ))
+        })
+    }
+
     /// What a failed sync dropped has been rewritten or given up (a
     /// replicated node's detached disk taking a full sync): syncs are
     /// trusted again.
