@@ -212,6 +212,75 @@ fn bench_rtt_measures_a_local_pair_through_a_relay() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the local pair left files");
 }
 
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+/// `bench --rtt` stopped by a signal (a service manager's SIGTERM, a
+/// Ctrl-C) stops its local pair and removes its directory, as a finished
+/// run does; killed outright, its pair's processes still end with it.
+/// Before, SIGTERM left both nodes and the relay running for ever and the
+/// directory (keys, both disks, both scratch areas) behind (found by
+/// review).
+#[test]
+fn bench_rtt_interrupted_leaves_no_process_nor_file() {
+    for (signal, code) in
+        [(libc::SIGTERM, Some(143)), (libc::SIGINT, Some(130)), (libc::SIGKILL, None)]
+    {
+        let tmp = tempfile::Builder::new().prefix("tb-bench-sig").tempdir_in(test_tmp()).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["bench", "--rtt", "2ms", "--time", "60s"])
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Until the pair measures (its Primary's socket and a relay up).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let dir = loop {
+            let dir = std::fs::read_dir(tmp.path()).unwrap().flatten().next().map(|e| e.path());
+            if let Some(d) = dir.filter(|d| d.join("a.sock").exists() && d.join("b.sock").exists())
+            {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "the local pair never started");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(
+            processes_naming(&name).len(),
+            2,
+            "both nodes run: {:?}",
+            processes_naming(&name)
+        );
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), code, "{signal}: {status:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !processes_naming(&name).is_empty() || (code.is_some() && dir.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "signal {signal}: left behind: {:?}, directory there: {}",
+                processes_naming(&name),
+                dir.exists()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // (SIGKILL: nothing can remove the directory; the processes end.)
+    }
+}
+
 #[test]
 fn a_scratch_area_that_cannot_be_written_stops_the_bench_and_nothing_else() {
     let pair = Pair::start("C", "16M");

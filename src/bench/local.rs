@@ -4,8 +4,11 @@
 //! way, so the same measurement answers "what if my AZs were DUR apart".
 
 use std::net::{TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,6 +21,120 @@ const SIZE: &str = "16M";
 pub struct Pair {
     dir: PathBuf,
     children: Vec<Child>,
+    /// The start failed: its error names the directory for the logs.
+    keep: bool,
+}
+
+/// What a SIGINT or SIGTERM of the bench must undo: the pair's processes
+/// and its directory (keys, certificates, both disks and scratch areas).
+struct Leftovers {
+    dir: Option<PathBuf>,
+    pids: Vec<u32>,
+}
+
+static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers { dir: None, pids: Vec::new() });
+
+/// Set once a signal is being handled: the bench's own thread must not
+/// end the process first (the pair it talks to is being stopped).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// If a signal is being handled, waits for its thread to end the process.
+pub fn yield_to_signal() {
+    while INTERRUPTED.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// From now on SIGINT and SIGTERM stop the local pair's processes (`up`
+/// takes SIGTERM as a clean stop), remove its directory, and end the
+/// bench (exit status 130 or 143), as a finished run does.
+pub fn clean_up_on_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal thread's runtime")?;
+    // Registered here, so that a signal from now on is caught.
+    let (mut int, mut term) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("twinblock-bench-signals".into())
+        .spawn(move || {
+            let code = rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                }
+            });
+            INTERRUPTED.store(true, Ordering::Release);
+            let left = LEFTOVERS.lock().map(|l| (l.dir.clone(), l.pids.clone()));
+            if let Ok((dir, pids)) = left {
+                stop_pids(&pids);
+                if let Some(d) = dir {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+            eprintln!("twinblock bench: interrupted; the local pair is stopped and removed");
+            std::process::exit(code);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// SIGTERM, up to 10 s for them to end, then SIGKILL (reaping each: they
+/// are this process's children).
+fn stop_pids(pids: &[u32]) {
+    let gone = |pid: u32| {
+        let mut st = 0;
+        // SAFETY: plain system calls on our own children.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut st, libc::WNOHANG) };
+        r == pid as libc::pid_t || r < 0
+    };
+    for &pid in pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left: Vec<u32> = pids.to_vec();
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|&p| !gone(p));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in left {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = gone(pid);
+    }
+}
+
+/// A process of the pair ends with the bench's thread, however the bench
+/// ends (kill -9 too): SIGTERM, a clean stop for `up`.
+fn dies_with_bench(mut cmd: Command) -> Command {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+impl Pair {
+    fn spawn(&mut self, cmd: Command, what: &str) -> Result<()> {
+        let child = dies_with_bench(cmd).spawn().with_context(|| format!("starting {what}"))?;
+        if let Ok(mut l) = LEFTOVERS.lock() {
+            l.pids.push(child.id());
+        }
+        self.children.push(child);
+        Ok(())
+    }
 }
 
 fn free_udp() -> Result<u16> {
@@ -45,7 +162,10 @@ impl Pair {
             .map_or(0, |d| d.as_nanos());
         let dir = base.join(format!("twinblock-bench.{}.{stamp}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut pair = Pair { dir: dir.clone(), children: Vec::new() };
+        if let Ok(mut l) = LEFTOVERS.lock() {
+            l.dir = Some(dir.clone());
+        }
+        let mut pair = Pair { dir: dir.clone(), children: Vec::new(), keep: false };
         let certs = Command::new(&exe)
             .args(["gen-certs", "--json", "--out"])
             .arg(dir.join("certs"))
@@ -75,26 +195,21 @@ impl Pair {
             Ok(std::fs::File::create(dir.join(name)).map(Stdio::from)?)
         };
         let one_way = format!("{}us", (rtt / 2).as_micros());
-        pair.children.push(
-            Command::new(&exe)
-                .args(["netem", "--listen", &format!("127.0.0.1:{relay}")])
-                .args(["--forward", &format!("127.0.0.1:{qb}"), "--delay", &one_way])
-                .stdout(log("netem.out")?)
-                .stderr(log("netem.log")?)
-                .spawn()
-                .context("starting the netem relay")?,
-        );
+        let mut netem = Command::new(&exe);
+        netem
+            .args(["netem", "--listen", &format!("127.0.0.1:{relay}")])
+            .args(["--forward", &format!("127.0.0.1:{qb}"), "--delay", &one_way])
+            .stdout(log("netem.out")?)
+            .stderr(log("netem.log")?);
+        pair.spawn(netem, "the netem relay")?;
         for n in ["a", "b"] {
-            pair.children.push(
-                Command::new(&exe)
-                    .args(["-q", "up", "--config"])
-                    .arg(&config)
-                    .args(["--node", n])
-                    .stdout(log(&format!("{n}.out"))?)
-                    .stderr(log(&format!("{n}.log"))?)
-                    .spawn()
-                    .with_context(|| format!("starting node {n}"))?,
-            );
+            let mut up = Command::new(&exe);
+            up.args(["-q", "up", "--config"])
+                .arg(&config)
+                .args(["--node", n])
+                .stdout(log(&format!("{n}.out"))?)
+                .stderr(log(&format!("{n}.log"))?);
+            pair.spawn(up, &format!("node {n}"))?;
         }
         let a = dir.join("a.sock");
         pair.wait(Duration::from_secs(30), "node a connected to b", |st| {
@@ -124,6 +239,7 @@ impl Pair {
             }
             for c in &mut self.children {
                 if let Ok(Some(code)) = c.try_wait() {
+                    self.keep = true;
                     bail!(
                         "a process of the local pair ended ({code}); logs in {}",
                         self.dir.display()
@@ -132,6 +248,7 @@ impl Pair {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.keep = true;
         bail!("timed out waiting for {what}; logs in {}", self.dir.display())
     }
 
@@ -165,6 +282,11 @@ impl Drop for Pair {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Ok(mut l) = LEFTOVERS.lock() {
+            *l = Leftovers { dir: None, pids: Vec::new() };
+        }
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

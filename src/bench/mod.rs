@@ -66,13 +66,15 @@ pub fn main(a: Args) -> Result<(), BenchError> {
             ask(&path, &a, budget)?
         }
         (None, Some(rtt)) => {
-            let pair = local::Pair::start(rtt)?;
+            local::clean_up_on_signal()?;
+            let pair = local::Pair::start(rtt).inspect_err(|_| local::yield_to_signal())?;
             eprintln!(
                 "twinblock bench: local pair a -> b through a netem relay of {:?} each way in {}",
                 rtt / 2,
                 pair.dir().display()
             );
             let r = ask(&pair.control_a(), &a, a.budget.unwrap_or(DEFAULT_BUDGET));
+            local::yield_to_signal();
             pair.stop();
             r?
         }

@@ -179,7 +179,7 @@ impl Core {
         s.out
             .values()
             .filter_map(|o| match o.kind {
-                OutKind::App(req) => self.peer_wait_start(req, o.sent),
+                OutKind::App(req) if !o.behind_probes => self.peer_wait_start(req, o.sent),
                 _ => None,
             })
             .min()

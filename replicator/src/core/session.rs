@@ -59,6 +59,10 @@ pub struct Out {
     pub range: Option<(u64, u64)>,
     pub bytes: u64,
     pub sent: Time,
+    /// `twinblock bench` probes were in flight when it was sent: its wait
+    /// is the bench's backlog ahead of it, not the link's (adaptive mode
+    /// does not count it).
+    pub behind_probes: bool,
 }
 
 /// SyncSource's progress through the bitmap.
@@ -265,11 +269,12 @@ impl Session {
     ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let behind_probes = self.probe_bytes > 0;
         self.in_flight_bytes += bytes;
         if matches!(kind, OutKind::Bench(_)) {
             self.probe_bytes += bytes;
         }
-        self.out.insert(seq, Out { kind, need, range, bytes, sent: now });
+        self.out.insert(seq, Out { kind, need, range, bytes, sent: now, behind_probes });
         seq
     }
 

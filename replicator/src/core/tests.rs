@@ -2610,6 +2610,52 @@ mod probes_adversarial {
             .collect()
     }
 
+    /// A user write sent while `twinblock bench` probes are in flight waits
+    /// behind them at the peer: that wait is the bench's, not the link's,
+    /// and does not send an adaptive Primary Ahead (a bench beside fio
+    /// did, found by review: a new generation and a resync the bench
+    /// promises not to cause). A write with no probes ahead of it still
+    /// does.
+    #[test]
+    fn writes_queued_behind_probes_do_not_send_adaptive_mode_ahead() {
+        let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
+        c.cfg.adaptive = AdaptiveConfig {
+            budget: Duration::from_millis(50),
+            hold: Duration::from_secs(2),
+            max_hold: Duration::from_secs(2),
+        };
+        c.promote(false, 1).unwrap();
+        connect(&mut c, 1, Role::Secondary);
+        let mut t = Duration::ZERO;
+        for req in 0..4 {
+            c.bench_write(t, 100 + req, ProbeMode::A, req * 4096, Bytes::from(vec![1u8; 4096]));
+        }
+        c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
+        run(&mut c, t);
+        // The peer works through the probes for 4 budgets, talking.
+        while t < Duration::from_millis(200) {
+            t += Duration::from_millis(10);
+            c.handle_frame(t, 1, Message::Ping { id: 9 });
+            c.handle_timeout(t);
+            run(&mut c, t);
+        }
+        assert_eq!(c.replication(), Replication::Established, "behind probes");
+        c.handle_frame(t, 1, Message::Ack { received: 5, done: 5 });
+        run(&mut c, t);
+        assert_eq!(c.replication(), Replication::Established, "acknowledged late, behind probes");
+        // The control: the same wait with no probe ahead.
+        c.write(t, 2, 0, Bytes::from(vec![3u8; 64]), false);
+        run(&mut c, t);
+        let start = t;
+        while t < start + Duration::from_millis(200) && c.replication() != Replication::Ahead {
+            t += Duration::from_millis(10);
+            c.handle_frame(t, 1, Message::Ping { id: 9 });
+            c.handle_timeout(t);
+            run(&mut c, t);
+        }
+        assert_eq!(c.replication(), Replication::Ahead, "a write alone waiting past the budget");
+    }
+
     #[test]
     fn a_probe_never_overtakes_a_user_write_waiting_for_admission() {
         // Protocol A, the lag budget full of probes (the link-throughput

@@ -548,7 +548,9 @@ impl Core {
         }
         for (_, o) in retired {
             if let OutKind::App(req) = o.kind {
-                self.adaptive_acked(req, o.sent);
+                if !o.behind_probes {
+                    self.adaptive_acked(req, o.sent);
+                }
             }
             self.retire(o.kind, o.range);
         }
