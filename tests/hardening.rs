@@ -27,7 +27,7 @@ fn disk_and_metadata_files_are_private_and_the_disk_is_locked() {
     p.down(0);
     p.up(0);
     let dir = p.dir.path();
-    for f in ["a.img", "a.meta", "a.meta.al", "a.meta.bitmap", "b.img", "b.meta"] {
+    for f in ["a.img", "a.meta", "a.meta.al", "a.meta.bitmap", "a.meta.disk", "b.img", "b.meta"] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f} is not 0600");
     }
     // A second process on a running node's disk is refused.
@@ -140,11 +140,28 @@ fn up_refuses_nbd_clients_beyond_max_connections() {
 /// sync.
 #[test]
 fn a_recreated_disk_is_not_trusted_and_takes_a_full_sync() {
+    recreated_disk(false);
+}
+
+/// The same with the operator's new empty file at the path (README's
+/// "Replacing a failed disk"): it was taken for the old disk, UpToDate
+/// and in sync with no resync, and served zeroes for acknowledged data
+/// after a switchover (found by review). The disk's identity is kept
+/// beside the metadata (`meta.disk`) and checked at every start.
+#[test]
+fn a_disk_replaced_by_a_new_file_is_not_trusted_and_takes_a_full_sync() {
+    recreated_disk(true);
+}
+
+fn recreated_disk(replace: bool) {
     let mut p = Pair::start("C", "16M");
     p.qemu_io(0, "write -P 0x3c 1M 2M");
     p.wait_drained();
     assert!(p.down(1).success());
     std::fs::remove_file(&p.nodes[1].disk).unwrap();
+    if replace {
+        std::fs::File::create(&p.nodes[1].disk).unwrap().set_len(16 << 20).unwrap();
+    }
     p.up(1);
     let b = p.status(1);
     assert_ne!(b["disk"], "UpToDate", "an empty new disk claims to be UpToDate: {b}");

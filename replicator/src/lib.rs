@@ -20,6 +20,7 @@ pub mod bitmap;
 pub mod busy_poll;
 pub mod config;
 pub mod core;
+pub mod disk_id;
 pub mod lane;
 pub mod link;
 pub mod link_stats;

@@ -311,6 +311,25 @@ impl Node {
         }
         let store = Store::open(&mine.disk, Some(res.size), opts)?;
         let meta_io = |source| MetaError::Io { path: mine.meta.clone(), source };
+        // A disk replaced at the same path (an operator's new empty file,
+        // a new volume under the same name) is not the one the metadata
+        // describes: recorded Failed (a full sync from the peer follows)
+        // before its identity replaces the old one.
+        if let crate::disk_id::Check::Replaced(was, now) =
+            crate::disk_id::check(&mine.meta, &mine.disk).map_err(meta_io)?
+        {
+            if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+                tracing::warn!(
+                    disk = %mine.disk.display(), recorded = %was, found = %now,
+                    "the disk is not the one the metadata describes (replaced): Failed, a full \
+                     sync from the peer follows"
+                );
+                m.disk = DiskState::Failed;
+                m.fresh = false;
+                m.save(&mine.meta)?;
+            }
+        }
+        crate::disk_id::record(&mine.meta, &mine.disk).map_err(meta_io)?;
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
         // The metadata survives but its bitmap or activity log does not (a

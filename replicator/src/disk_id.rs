@@ -1,0 +1,104 @@
+//! Which disk the metadata describes. The metadata lives beside the disk,
+//! not on it, so a disk replaced at the same path (a new empty file, a new
+//! volume attached under the same name) would otherwise be taken for the
+//! old one: UpToDate, in sync, serving zeroes for acknowledged data. Its
+//! identity is kept in `META.disk` and checked at every start:
+//! - a regular file: its file system, inode and birth time (a new file,
+//!   even one given the old inode number, differs);
+//! - a block device: the first stable name sysfs gives it (WWID, serial,
+//!   device-mapper UUID, or a loop device's backing file and its inode),
+//!   else its device number.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The identity file beside the metadata.
+pub fn id_path(meta: &Path) -> PathBuf {
+    let mut p = meta.as_os_str().to_owned();
+    p.push(".disk");
+    PathBuf::from(p)
+}
+
+/// The identity of the disk at `path` (which exists).
+pub fn identity(path: &Path) -> io::Result<String> {
+    let m = fs::metadata(path)?;
+    if m.file_type().is_block_device() {
+        let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+        let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        for name in ["device/wwid", "wwid", "device/serial", "serial", "dm/uuid"] {
+            if let Ok(v) = fs::read_to_string(sys.join(name)) {
+                let v = v.trim();
+                if !v.is_empty() {
+                    return Ok(format!("block {name}={v}"));
+                }
+            }
+        }
+        if let Ok(backing) = fs::read_to_string(sys.join("loop/backing_file")) {
+            let backing = backing.trim();
+            let ino = fs::metadata(backing).map(|b| (b.dev(), b.ino())).unwrap_or((0, 0));
+            return Ok(format!("block loop={backing} dev={} ino={}", ino.0, ino.1));
+        }
+        return Ok(format!("block {major}:{minor}"));
+    }
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("file dev={} ino={} born={born}", m.dev(), m.ino()))
+}
+
+/// What the start finds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The recorded disk, or none recorded yet.
+    Same,
+    /// Another disk than the metadata's: (recorded, found).
+    Replaced(String, String),
+}
+
+/// Compares the disk at `disk` with the identity recorded beside `meta`.
+pub fn check(meta: &Path, disk: &Path) -> io::Result<Check> {
+    let found = identity(disk)?;
+    match fs::read_to_string(id_path(meta)) {
+        Ok(recorded) if recorded.trim() == found => Ok(Check::Same),
+        Ok(recorded) => Ok(Check::Replaced(recorded.trim().to_owned(), found)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Check::Same),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records the identity of the disk at `disk` (atomically, 0600).
+pub fn record(meta: &Path, disk: &Path) -> io::Result<()> {
+    let id = identity(disk)?;
+    let path = id_path(meta);
+    if fs::read_to_string(&path).is_ok_and(|r| r.trim() == id) {
+        return Ok(());
+    }
+    crate::meta::atomic_write(&path, format!("{id}\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_replaced_at_the_same_path_is_another_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, disk) = (dir.path().join("n.meta"), dir.path().join("n.img"));
+        fs::write(&disk, vec![7u8; 8192]).unwrap();
+        assert_eq!(check(&meta, &disk).unwrap(), Check::Same, "nothing recorded yet");
+        record(&meta, &disk).unwrap();
+        assert_eq!(check(&meta, &disk).unwrap(), Check::Same);
+        // Written in place: the same disk.
+        fs::write(&disk, vec![8u8; 8192]).unwrap();
+        assert_eq!(check(&meta, &disk).unwrap(), Check::Same);
+        // Deleted and made again (ext4 may hand out the same inode).
+        fs::remove_file(&disk).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::File::create(&disk).unwrap().set_len(8192).unwrap();
+        assert!(matches!(check(&meta, &disk).unwrap(), Check::Replaced(..)));
+    }
+}
