@@ -197,7 +197,8 @@ impl Core {
             _ => {}
         }
         if let Some(sent) = self.oldest_wait() {
-            if over_budget(&self.cfg.adaptive, sent, now, self.backoff.slow) {
+            if self.may_go_ahead() && over_budget(&self.cfg.adaptive, sent, now, self.backoff.slow)
+            {
                 self.go_ahead(now.saturating_sub(sent));
             }
             return;
@@ -212,6 +213,7 @@ impl Core {
         }
         let run = *run;
         let leave = self.role != Role::Primary
+            || !self.may_go_ahead()
             || may_leave(&self.cfg.adaptive, self.backoff.level, run, now);
         // The peer knows it is behind (our generation is durable and was
         // announced) and no resync read of an earlier run is outstanding.
@@ -226,6 +228,9 @@ impl Core {
             return None;
         }
         if let Some(sent) = self.oldest_wait() {
+            if !self.may_go_ahead() {
+                return None;
+            }
             return Some(budget_deadline(&self.cfg.adaptive, sent, self.backoff.slow));
         }
         let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;

@@ -301,6 +301,16 @@ impl Core {
             && c.witness_gen == self.gen.current
     }
 
+    /// Adaptive mode: the Primary may go (or stay) Ahead only where writes
+    /// its peer lacks can be acknowledged at all: no controller, or the
+    /// witness reachable under a running lease (it must record the peer as
+    /// outdated first). Otherwise it replicates as C: the peer is there.
+    pub(crate) fn may_go_ahead(&self) -> bool {
+        self.ctl
+            .as_ref()
+            .is_none_or(|c| c.witness_up && c.witness_until > self.now && c.demoting.is_none())
+    }
+
     /// The generations the witness is told: the saved ones (a generation
     /// only in memory may be lost with the process; once saved it is
     /// told, and writes in it wait for that, see `may_run_alone`).
