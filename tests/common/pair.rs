@@ -301,7 +301,11 @@ impl Pair {
     pub fn gave_up_peer(&self, i: usize) -> Option<String> {
         self.log(i)
             .lines()
-            .find(|l| l.contains("no sign of life") || l.contains("has not acknowledged"))
+            .find(|l| {
+                l.contains("no sign of life")
+                    || l.contains("has completed no operation")
+                    || l.contains("has not completed operation")
+            })
             .map(String::from)
     }
 
