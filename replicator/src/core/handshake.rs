@@ -347,6 +347,13 @@ impl Core {
                     // ours descends from; any other replaces it.)
                     self.data_from_peer();
                 }
+                if self.discard {
+                    // The data is given up now: a resync cut short starts
+                    // over as a plain full sync, instead of meeting the peer
+                    // again as a split brain or as a failed disk that lost
+                    // acknowledged writes (found by review).
+                    self.gen = GenIds::never_synced();
+                }
                 self.discard = false;
                 // What the source will send: every block, or the union of
                 // both bitmaps (it merges ours into its own).

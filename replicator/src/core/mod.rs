@@ -703,12 +703,13 @@ impl Core {
         let cfg = self.cfg.clone();
         let mut lost = None;
         let mut ping = None;
+        let app_waiting = !self.pending.is_empty() || !self.app.is_empty();
         if let Some(s) = &mut self.session {
             if let Some(why) = s.overdue(now, &cfg, self.applying) {
                 lost = Some((s.id, why));
             } else {
                 ping = s.ping_due(now, &cfg);
-                s.refill(now, &cfg);
+                s.refill(now, &cfg, app_waiting);
             }
         }
         if let Some(id) = ping {
@@ -832,6 +833,14 @@ impl Core {
                 // A partly synced (or failed) disk: no bitmap says where it
                 // differs from the peer, so the peer takes all of it.
                 self.gen.bitmap = 0;
+                // Connected, the peer agreed to this: its
+                // generation is one ours supersedes (a full sync to it),
+                // not a split brain or an unrelated device.
+                if let Some(peer) = self.session.as_ref().map(|s| s.peer.current) {
+                    if peer != NEVER_SYNCED && peer != 0 && !self.gen.history.contains(&peer) {
+                        self.gen.history = [peer, self.gen.history[0]];
+                    }
+                }
             }
             bounce = self.session.is_some();
         } else if self.gen.current == NEVER_SYNCED {

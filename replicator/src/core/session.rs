@@ -177,6 +177,11 @@ pub struct Session {
     pub tokens: f64,
     pub last_refill: Time,
     pub app_busy: bool,
+    /// When the application last had an operation going: the resync keeps
+    /// to `resync_rate` until it has been idle for a second (found by
+    /// review: a tick that saw no write issued, because the resync itself
+    /// held the writes back, lifted the limit, and a QD1 writer got 6 IOPS).
+    pub last_app: Option<Time>,
     // Promotion (`core/promotion.rs`).
     /// This node asked the peer to let it become Primary.
     pub asked: Option<super::promotion::Asked>,
@@ -230,6 +235,7 @@ impl Session {
             last_resync: 0,
             last_flush: 0,
             app_busy: false,
+            last_app: None,
         }
     }
 
@@ -354,14 +360,19 @@ impl Session {
         Some(sample)
     }
 
-    /// Resync budget: `resync_rate` bytes/s while the application writes,
-    /// unlimited when it is idle.
-    pub fn refill(&mut self, now: Time, cfg: &CoreConfig) {
+    /// Resync budget: `resync_rate` bytes/s while the application writes
+    /// or waits (`app_waiting`), and for a second after; unlimited when it
+    /// is idle.
+    pub fn refill(&mut self, now: Time, cfg: &CoreConfig, app_waiting: bool) {
         let dt = now.saturating_sub(self.last_refill).as_secs_f64();
         self.last_refill = now;
-        if self.app_busy {
+        if self.app_busy || app_waiting {
+            self.last_app = Some(now);
+        }
+        if self.last_app.is_some_and(|t| now.saturating_sub(t) < Duration::from_secs(1)) {
             let cap = cfg.resync_rate as f64 * 0.1;
-            self.tokens = (self.tokens + dt * cfg.resync_rate as f64).min(cap.max(1.0));
+            let t = if self.tokens.is_finite() { self.tokens } else { 0.0 };
+            self.tokens = (t + dt * cfg.resync_rate as f64).min(cap.max(1.0));
         } else {
             self.tokens = f64::INFINITY;
         }

@@ -839,6 +839,19 @@ mod pair {
             }
         }
 
+        /// Connects and runs (timers moving when nothing else does) until
+        /// `stop` holds; the link stays up.
+        pub fn connect_steps_until(&mut self, stop: impl Fn(&Pair) -> bool) {
+            self.connect_steps(0, |_| {});
+            for _ in 0..1_000_000 {
+                if stop(self) {
+                    return;
+                }
+                self.steps(1, true, &mut |_| {});
+            }
+            panic!("never reached");
+        }
+
         pub fn cut(&mut self) {
             let Some(sid) = self.sid.take() else { return };
             self.q = [VecDeque::new(), VecDeque::new()];
@@ -3386,5 +3399,163 @@ fn a_secondary_applies_no_data_from_a_secondary_peer() {
         let (acts, applied) = run_applied(&mut c, Duration::ZERO);
         assert!(closed(&acts));
         assert!(applied.is_empty(), "applied {applied:?} from a Secondary peer");
+    }
+}
+
+/// `primary --force` on a SyncTarget mid bitmap-resync, its SyncSource a
+/// connected Secondary that grants the promotion. promote_inner's comment
+/// ("A partly synced (or failed) disk: no bitmap says where it differs from
+/// the peer, so the peer takes all of it") and
+/// `primary_force_of_an_inconsistent_disk_syncs_the_peer_fully` say the
+/// peer then takes a full sync from the forced node. It was a split brain
+/// (found by review); now the forced node's history holds the connected
+/// peer's generation, so the peer takes a full sync from it.
+#[test]
+fn force_on_a_connected_sync_target_syncs_the_peer() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    // (The harness seeds both cores' id generators alike: b restarts with
+    // its own seed, or its first new generation would repeat a's.)
+    p.crash(1, false);
+    p.restart(1);
+    p.cut();
+    for k in 0..32u64 {
+        p.write(0, 100 + k, k * 256, 9, 256); // a writes apart: a bitmap resync
+    }
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.settle();
+    // b becomes SyncTarget (a a Secondary source); mid-resync, the
+    // operator forces b (the connected peer grants it).
+    p.connect_steps_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
+    let dirty = p.core(0).dirty().bytes();
+    assert!(dirty > 0, "the resync is over");
+    let before = (p.core(0).gen(), p.core(1).gen());
+    eprintln!(
+        "b at the force: {:?} {:?} {:?}",
+        p.core(1).disk(),
+        p.core(1).replication(),
+        p.core(1).gen()
+    );
+    p.core(1).promote(true, 5).expect("asked");
+    p.settle();
+    eprintln!(
+        "b after: {:?} {:?} {:?} {:?}",
+        p.core(1).disk(),
+        p.core(1).connection(),
+        p.core(1).gen(),
+        p.core(1).status().last_error
+    );
+    assert_eq!(p.core(1).role(), Role::Primary);
+    eprintln!(
+        "gens before the force {before:x?}, after: a {:x?} b {:x?}",
+        p.core(0).gen(),
+        p.core(1).gen()
+    );
+    p.cut();
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    let (a, b) = (p.core(0).status(), p.core(1).status());
+    assert!(
+        !a.split_brain && !b.split_brain && p.n[0].cache == p.n[1].cache,
+        "a: {:?} {:?} split {} {:?}; b: {:?} {:?} split {} {:?}",
+        a.connection,
+        a.disk,
+        a.split_brain,
+        a.last_error,
+        b.connection,
+        b.disk,
+        b.split_brain,
+        b.last_error
+    );
+}
+
+/// Full-resync flavour of the above: b's disk was replaced (never synced),
+/// a is a Secondary SyncSource; b forced mid-sync: the pair was refused as
+/// "unrelated devices".
+#[test]
+fn force_on_a_connected_full_sync_target() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    for (i, x) in p.n[0].cache.iter_mut().enumerate() {
+        *x = (i % 251) as u8 + 1;
+    }
+    p.n[0].durable = p.n[0].cache.clone();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.crash(1, false); // (b's own id seed, see above)
+    p.restart(1);
+    p.connect_steps_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
+    p.core(1).promote(true, 5).expect("asked");
+    p.settle();
+    assert_eq!(p.core(1).role(), Role::Primary);
+    p.cut();
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    let (a, b) = (p.core(0).status(), p.core(1).status());
+    assert!(
+        a.connection != Connection::StandAlone && b.connection != Connection::StandAlone,
+        "a: {:?} {:?} {:?}; b: {:?} {:?} {:?}",
+        a.connection,
+        a.disk,
+        a.last_error,
+        b.connection,
+        b.disk,
+        b.last_error
+    );
+}
+
+/// README "Resolving a split brain": `discard-my-data` on b, then `connect`:
+/// "b becomes SyncTarget of a full resync from a". If b crashes (or the link
+/// drops) during that resync, the flag is gone (cleared when the resync
+/// started, never persisted) and b's generation is still its split one: the
+/// next handshake takes b for a failed disk that "acknowledged writes the
+/// peer never got", and b ended Outdated with a false "writes lost" error.
+/// Now a discard that takes effect gives b never-synced ids: a cut resync
+/// starts over as a plain full sync.
+#[test]
+fn a_discarded_node_cut_mid_resync_ends_up_to_date() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    p.crash(1, false); // (b's own id seed, see above)
+    p.restart(1);
+    p.cut();
+    p.write(0, 1, 0, 9, 256);
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.core(1).promote(false, 3).unwrap();
+    p.write(1, 2, 4096, 7, 256);
+    p.settle();
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.connect();
+    assert!(
+        p.core(0).status().split_brain || p.core(1).status().split_brain,
+        "no split brain: {:?} / {:?}",
+        p.core(0).status().last_error,
+        p.core(1).status().last_error
+    );
+    p.core(1).discard_my_data().unwrap();
+    p.core(0).connect();
+    p.connect_until(|p| {
+        let c = p.n[0].c.as_ref().unwrap();
+        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE
+    });
+    assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "not cut mid-sync");
+    p.connect();
+    let b = p.core(1).status();
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert_eq!(b.disk, DiskState::UpToDate, "b ends {:?}: {:?}", b.disk, b.last_error);
+}
+
+impl Pair {
+    /// Connects, runs until `stop` holds, then cuts the link.
+    fn connect_until(&mut self, stop: impl Fn(&Pair) -> bool) {
+        self.connect_steps_until(stop);
+        self.cut();
+        self.settle();
     }
 }
