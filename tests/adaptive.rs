@@ -362,16 +362,7 @@ fn controlled_pair(protocol: &str) -> (Pair, KillOnDrop, String, String, KillOnD
          [controller.address]\nkind = \"command\"\ncommand = \"true\"\n"
     );
     std::fs::write(&p.config, text).unwrap();
-    let witness = KillOnDrop(
-        Command::new(BIN)
-            .args(["witness", "--config"])
-            .arg(&p.config)
-            .args(["--node", "w"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let witness = witness(&p.config, Stdio::null());
     let link = netem_quiet(&relay, &b_addr, "0ms");
     (p, link, relay, b_addr, witness)
 }

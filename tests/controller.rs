@@ -19,7 +19,7 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pair::Pair;
@@ -98,15 +98,7 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
 impl Cluster {
     fn start_witness(&mut self) {
         let log = std::fs::File::create(self.p.dir.path().join("w.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["witness", "--config"])
-            .arg(&self.config_b)
-            .args(["--node", "w"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.witness = Some(KillOnDrop(child));
+        self.witness = Some(witness(&self.config_b, log.into()));
     }
 
     fn up_b(&mut self) {

@@ -849,27 +849,39 @@ fn after_a_failed_flush_no_flush_succeeds_without_the_lost_write() {
 /// and takes a full sync from b, and both hold the write.
 #[test]
 fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
-    let Some(failing) = FailingFile::make("tb-stopflush", "a.img", 16 << 20) else { return };
-    let (disk, image) = (&failing.disk, failing.file.clone());
-    let mut p = Pair::prepare("C", "16M");
-    p.set_disk(0, &image);
-    p.up_in_sync("the first sync", Duration::from_secs(60));
-    // A plain client: qemu-io would FLUSH at its exit.
-    let mut c = Client::go_addr(p.nodes[0].nbd, false);
-    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE
-    assert_eq!(c.simple_reply(), (0, 1), "the write was acknowledged");
-    drop(c);
-    disk.fail_writes(true);
+    let Some((failing, mut p)) = acked_write_on_a_failing_disk("tb-stopflush") else { return };
+    failing.disk.fail_writes(true);
     let exit = p.down(0);
     assert!(!exit.success(), "down exits non-zero when its final flush fails");
-    disk.fail_writes(false);
+    failing.disk.fail_writes(false);
     // What a's page cache held of the failed writeback goes.
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    restart_a_and_find_the_write_on_both(&mut p, &failing.file);
+    assert!(p.log(0).contains("local disk failed (the final flush"), "{}", tail(&p.log(0)));
+}
+
+/// A pair in sync (C) whose node a has a [`FailingFile`] for its disk,
+/// after one write of 0x22 at offset 0 was acknowledged (a plain client:
+/// qemu-io would FLUSH at its exit); None without the tools.
+fn acked_write_on_a_failing_disk(prefix: &str) -> Option<(FailingFile, Pair)> {
+    let failing = FailingFile::make(prefix, "a.img", 16 << 20)?;
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &failing.file);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE, in both page caches
+    assert_eq!(c.simple_reply(), (0, 1), "the write was acknowledged");
+    Some((failing, p))
+}
+
+/// Starts a again and, once the pair is in sync, finds the acknowledged
+/// write on both disks (a's at `image`).
+fn restart_a_and_find_the_write_on_both(p: &mut Pair, image: &std::path::Path) {
     p.up(0);
     p.wait_connected();
     p.wait_synced("the resync after the restart", Duration::from_secs(60));
-    for (name, file) in [("a", &image), ("b", &p.nodes[1].disk)] {
+    for (name, file) in [("a", image), ("b", p.nodes[1].disk.as_path())] {
         let mut block = vec![0u8; 4096];
         std::fs::File::open(file).unwrap().read_exact(&mut block).unwrap();
         assert!(
@@ -878,7 +890,6 @@ fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
             tail(&p.log(0))
         );
     }
-    assert!(p.log(0).contains("local disk failed (the final flush"), "{}", tail(&p.log(0)));
 }
 
 /// A Primary killed while its disk's writeback fails: no sync reported
@@ -896,36 +907,16 @@ fn a_final_flush_that_fails_at_down_leaves_the_disk_failed() {
 /// hear of it.)
 #[test]
 fn a_primary_killed_while_its_writeback_fails_takes_the_peers_data_at_restart() {
-    let Some(failing) = FailingFile::make("tb-killwb", "a.img", 16 << 20) else { return };
-    let (disk, image) = (&failing.disk, failing.file.clone());
-    let mut p = Pair::prepare("C", "16M");
-    p.set_disk(0, &image);
-    p.up_in_sync("the first sync", Duration::from_secs(60));
-    let mut c = Client::go_addr(p.nodes[0].nbd, false);
-    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE, in both page caches
-    assert_eq!(c.simple_reply(), (0, 1), "the write was acknowledged");
-    drop(c);
-    disk.fail_writes(true);
+    let Some((failing, mut p)) = acked_write_on_a_failing_disk("tb-killwb") else { return };
+    failing.disk.fail_writes(true);
     // The writeback fails (sync(2) reports it to nobody), then a dies.
     assert!(Command::new("sync").status().unwrap().success());
     p.kill(0);
-    disk.fail_writes(false);
+    failing.disk.fail_writes(false);
     // The page cache lets the pages go (1: not the inodes, which keep the
     // unreported error, as a restart soon after a crash finds them).
     std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
-    p.up(0);
-    p.wait_connected();
-    p.wait_synced("the resync after the restart", Duration::from_secs(60));
-    for (name, file) in [("a", &image), ("b", &p.nodes[1].disk)] {
-        let mut block = vec![0u8; 4096];
-        std::fs::File::open(file).unwrap().read_exact(&mut block).unwrap();
-        assert!(
-            block.iter().all(|&x| x == 0x22),
-            "{name} lacks the acknowledged write after a's restart (a's log: {})",
-            tail(&p.log(0))
-        );
-    }
+    restart_a_and_find_the_write_on_both(&mut p, &failing.file);
     assert!(
         p.log(0).contains("after an unclean stop the disk's writeback failed"),
         "{}",

@@ -343,16 +343,7 @@ fn pair_with_witness(ma: SocketAddr, w_metrics: Option<SocketAddr>) -> (Pair, co
         "{text}\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n{w_metrics}\n[controller]\ndead_time = \"3s\"\nheartbeat = \"250ms\"\n"
     );
     std::fs::write(&p.config, text).unwrap();
-    let witness = common::KillOnDrop(
-        Command::new(common::BIN)
-            .args(["witness", "--config"])
-            .arg(&p.config)
-            .args(["--node", "w"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let witness = common::witness(&p.config, Stdio::null());
     (p, witness)
 }
 

@@ -53,10 +53,13 @@ pub fn identity(path: &Path) -> io::Result<String> {
 /// What the start finds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Check {
-    /// The recorded disk, or none recorded yet.
+    /// The recorded disk.
     Same,
-    /// Another disk than the metadata's: (recorded, found).
-    Replaced(String, String),
+    /// No identity recorded yet (a first start, or metadata from before
+    /// identities were kept): the one found, to record.
+    Unrecorded(String),
+    /// Another disk than the metadata's.
+    Replaced { was: String, found: String },
 }
 
 /// Compares the disk at `disk` with the identity recorded beside `meta`.
@@ -64,20 +67,15 @@ pub fn check(meta: &Path, disk: &Path) -> io::Result<Check> {
     let found = identity(disk)?;
     match fs::read_to_string(id_path(meta)) {
         Ok(recorded) if recorded.trim() == found => Ok(Check::Same),
-        Ok(recorded) => Ok(Check::Replaced(recorded.trim().to_owned(), found)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Check::Same),
+        Ok(recorded) => Ok(Check::Replaced { was: recorded.trim().to_owned(), found }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Check::Unrecorded(found)),
         Err(e) => Err(e),
     }
 }
 
-/// Records the identity of the disk at `disk` (atomically, 0600).
-pub fn record(meta: &Path, disk: &Path) -> io::Result<()> {
-    let id = identity(disk)?;
-    let path = id_path(meta);
-    if fs::read_to_string(&path).is_ok_and(|r| r.trim() == id) {
-        return Ok(());
-    }
-    crate::meta::atomic_write(&path, format!("{id}\n").as_bytes())
+/// Records `id` as the identity of the metadata's disk (atomically, 0600).
+pub fn record(meta: &Path, id: &str) -> io::Result<()> {
+    crate::meta::atomic_write(&id_path(meta), format!("{id}\n").as_bytes())
 }
 
 #[cfg(test)]
@@ -89,8 +87,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (meta, disk) = (dir.path().join("n.meta"), dir.path().join("n.img"));
         fs::write(&disk, vec![7u8; 8192]).unwrap();
-        assert_eq!(check(&meta, &disk).unwrap(), Check::Same, "nothing recorded yet");
-        record(&meta, &disk).unwrap();
+        let Check::Unrecorded(id) = check(&meta, &disk).unwrap() else {
+            panic!("nothing was recorded yet")
+        };
+        record(&meta, &id).unwrap();
         assert_eq!(check(&meta, &disk).unwrap(), Check::Same);
         // Written in place: the same disk.
         fs::write(&disk, vec![8u8; 8192]).unwrap();
@@ -99,6 +99,6 @@ mod tests {
         fs::remove_file(&disk).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::File::create(&disk).unwrap().set_len(8192).unwrap();
-        assert!(matches!(check(&meta, &disk).unwrap(), Check::Replaced(..)));
+        assert!(matches!(check(&meta, &disk).unwrap(), Check::Replaced { .. }));
     }
 }

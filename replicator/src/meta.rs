@@ -74,6 +74,15 @@ impl Meta {
         }
     }
 
+    /// The disk no longer holds what this record describes (gone,
+    /// replaced, or its writeback failed): saved `Failed`, so that a full
+    /// sync from the peer follows. The generation ids stay.
+    pub fn save_failed(&mut self, path: &Path) -> Result<(), MetaError> {
+        self.disk = DiskState::Failed;
+        self.fresh = false;
+        self.save(path)
+    }
+
     /// Loads the metadata at `path`, checking it belongs to this node,
     /// resource and size. None: there is none yet.
     pub fn load(

@@ -28,6 +28,7 @@ use crate::core::{
     Action, Core, CoreConfig, IoError, IoId, Persist, Recovered, Refused, ReplyError, ReqId,
     SessionId, StoreOp,
 };
+use crate::disk_id::Check;
 use crate::lane::{Lane, Offer};
 use crate::link_stats::LinkTally;
 use crate::meta::{Meta, MetaError};
@@ -305,9 +306,7 @@ impl Node {
             // is gone (as if the disk had failed: a full sync follows) before
             // a new file exists, so a crash in between cannot make an empty
             // disk look UpToDate. The generation ids stay (see Core::new).
-            m.disk = DiskState::Failed;
-            m.fresh = false;
-            m.save(&mine.meta)?;
+            m.save_failed(&mine.meta)?;
         }
         let store = Store::open(&mine.disk, Some(res.size), opts)?;
         let meta_io = |source| MetaError::Io { path: mine.meta.clone(), source };
@@ -315,21 +314,21 @@ impl Node {
         // a new volume under the same name) is not the one the metadata
         // describes: recorded Failed (a full sync from the peer follows)
         // before its identity replaces the old one.
-        if let crate::disk_id::Check::Replaced(was, now) =
-            crate::disk_id::check(&mine.meta, &mine.disk).map_err(meta_io)?
-        {
-            if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
-                tracing::warn!(
-                    disk = %mine.disk.display(), recorded = %was, found = %now,
-                    "the disk is not the one the metadata describes (replaced): Failed, a full \
-                     sync from the peer follows"
-                );
-                m.disk = DiskState::Failed;
-                m.fresh = false;
-                m.save(&mine.meta)?;
+        match crate::disk_id::check(&mine.meta, &mine.disk).map_err(meta_io)? {
+            Check::Same => {}
+            Check::Unrecorded(id) => crate::disk_id::record(&mine.meta, &id).map_err(meta_io)?,
+            Check::Replaced { was, found } => {
+                if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+                    tracing::warn!(
+                        disk = %mine.disk.display(), recorded = %was, %found,
+                        "the disk is not the one the metadata describes (replaced): Failed, a \
+                         full sync from the peer follows"
+                    );
+                    m.save_failed(&mine.meta)?;
+                }
+                crate::disk_id::record(&mine.meta, &found).map_err(meta_io)?;
             }
         }
-        crate::disk_id::record(&mine.meta, &mine.disk).map_err(meta_io)?;
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
         // The metadata survives but its bitmap or activity log does not (a
@@ -381,9 +380,7 @@ impl Node {
                             "after an unclean stop the disk's writeback failed ({e}): its data \
                              is not trusted (Failed; a full sync from the peer follows)"
                         );
-                        m.disk = DiskState::Failed;
-                        m.fresh = false;
-                        m.save(&mine.meta)?;
+                        m.save_failed(&mine.meta)?;
                     }
                 }
             }

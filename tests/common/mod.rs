@@ -107,6 +107,21 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `twinblock witness` for node `w` of the resource file `config`, its
+/// log to `log`; killed when dropped.
+pub fn witness(config: &Path, log: Stdio) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["witness", "--config"])
+            .arg(config)
+            .args(["--node", "w"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// What a pipelined test writer puts in block `cookie`: a pattern of its
 /// own, the cookie in its first 8 bytes.
 pub fn cookie_block(cookie: u64) -> Vec<u8> {

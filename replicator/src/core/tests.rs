@@ -792,6 +792,13 @@ mod pair {
             self.settle();
         }
 
+        /// Connects, runs until `stop` holds, then cuts the link.
+        pub fn connect_until(&mut self, stop: impl Fn(&Pair) -> bool) {
+            self.connect_steps_until(stop);
+            self.cut();
+            self.settle();
+        }
+
         /// Connects and runs `steps` rounds, `check` after each.
         pub fn connect_steps(&mut self, steps: usize, mut check: impl FnMut(&Pair)) {
             let sid = self.next_sid;
@@ -1479,13 +1486,20 @@ fn primary_force_on_a_connected_never_synced_pair_starts_the_full_sync() {
     assert!(p.n[0].cache == p.n[1].cache);
 }
 
-#[test]
-fn a_checksum_resync_ends_when_the_target_cannot_read() {
+/// A protocol C pair after its initial sync, cut apart; `checksum`:
+/// `resync-checksum`.
+fn synced_then_cut(checksum: bool) -> Pair {
     let mut c = cfg(Protocol::C);
-    c.resync_checksum = true;
+    c.resync_checksum = checksum;
     let mut p = Pair::with_cfg(c, true);
     p.initial();
     p.cut();
+    p
+}
+
+#[test]
+fn a_checksum_resync_ends_when_the_target_cannot_read() {
+    let mut p = synced_then_cut(true);
     p.write(0, 1, 0, 9, 256);
     p.settle();
     p.n[1].fail_reads = true;
@@ -1639,11 +1653,7 @@ fn a_resync_that_has_not_started_shows_zero_percent() {
 #[test]
 fn a_sync_target_shows_the_resync_progress() {
     for checksum in [false, true] {
-        let mut c = cfg(Protocol::C);
-        c.resync_checksum = checksum;
-        let mut p = Pair::with_cfg(c, true);
-        p.initial();
-        p.cut();
+        let mut p = synced_then_cut(checksum);
         p.write(0, 10, 0, 5, 256);
         p.write(0, 11, 1024, 6, 128);
         p.settle();
@@ -3428,30 +3438,10 @@ fn force_on_a_connected_sync_target_syncs_the_peer() {
     // b becomes SyncTarget (a a Secondary source); mid-resync, the
     // operator forces b (the connected peer grants it).
     p.connect_steps_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
-    let dirty = p.core(0).dirty().bytes();
-    assert!(dirty > 0, "the resync is over");
-    let before = (p.core(0).gen(), p.core(1).gen());
-    eprintln!(
-        "b at the force: {:?} {:?} {:?}",
-        p.core(1).disk(),
-        p.core(1).replication(),
-        p.core(1).gen()
-    );
+    assert!(p.core(0).dirty().bytes() > 0, "the resync is over");
     p.core(1).promote(true, 5).expect("asked");
     p.settle();
-    eprintln!(
-        "b after: {:?} {:?} {:?} {:?}",
-        p.core(1).disk(),
-        p.core(1).connection(),
-        p.core(1).gen(),
-        p.core(1).status().last_error
-    );
     assert_eq!(p.core(1).role(), Role::Primary);
-    eprintln!(
-        "gens before the force {before:x?}, after: a {:x?} b {:x?}",
-        p.core(0).gen(),
-        p.core(1).gen()
-    );
     p.cut();
     p.core(0).connect();
     p.core(1).connect();
@@ -3549,13 +3539,4 @@ fn a_discarded_node_cut_mid_resync_ends_up_to_date() {
     let b = p.core(1).status();
     assert!(p.n[0].cache == p.n[1].cache, "disks differ");
     assert_eq!(b.disk, DiskState::UpToDate, "b ends {:?}: {:?}", b.disk, b.last_error);
-}
-
-impl Pair {
-    /// Connects, runs until `stop` holds, then cuts the link.
-    fn connect_until(&mut self, stop: impl Fn(&Pair) -> bool) {
-        self.connect_steps_until(stop);
-        self.cut();
-        self.settle();
-    }
 }
