@@ -285,6 +285,57 @@ fn adaptive_does_not_flap_with_the_delay_at_the_budget() {
     p.down(1);
 }
 
+/// `[adaptive] congestion_fill`: one 4 MiB write is more than the 256 KiB
+/// fill, and the Primary goes Ahead at once although the link (40 ms round
+/// trips) is far within the budget (900 ms: without the fill, the write
+/// crosses it in C); the link being good, the marked blocks then resync
+/// and the pair is back in C, in sync.
+#[test]
+fn a_backlog_past_congestion_fill_goes_ahead_and_comes_back() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = adaptive_pair("900ms");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replacen("\n[tls]", "\ncongestion_fill = \"256K\"\n[tls]", 1);
+    std::fs::write(&p.config, text).unwrap();
+    let (relay, b_addr) = p.route_b_through_relay();
+    let (_link, _) = netem(&relay, &b_addr, "20ms");
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_linked();
+    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
+        a["sync"].is_null() && b["disk"] != "Inconsistent"
+    });
+    assert_eq!(switches(&p.status(0)), 0);
+    run_qemu_io(&p.uri(0), &["write -P 0x66 1M 4M".to_string()]);
+    let a = p.status(0);
+    assert!(switches(&a) >= 1, "a 4 MiB write past a 256 KiB fill: {a}\n{}", events(&p));
+    assert!(
+        p.log(0).contains("passed congestion_fill: Ahead"),
+        "no log line for the switch:\n{}",
+        events(&p)
+    );
+    // Back in C once the hold has passed (2 s of good round trips).
+    wait(&p, "the catch-up resync", Duration::from_secs(30), |a, b| {
+        a["connection"] == "Connected"
+            && a["out_of_sync_bytes"] == 0
+            && b["disk"] == "UpToDate"
+            && a["sync"].is_null()
+    });
+    assert!(switches(&p.status(0)) >= 2, "{}", events(&p));
+    let read = run_qemu_io(&p.uri(0), &["read -P 0x66 1M 4M".to_string()]);
+    assert!(!read.contains("Pattern verification failed"), "{read}");
+    p.down(0);
+    p.down(1);
+    assert_eq!(
+        std::fs::read(&p.nodes[0].disk).unwrap(),
+        std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after the catch-up"
+    );
+}
+
 /// A relay restarted on the same port with other settings does not break
 /// the pair's QUIC connection: it migrates (or, at worst, the node dials
 /// again) and writes go on.

@@ -90,6 +90,8 @@ struct RawConfig {
 struct RawAdaptive {
     #[serde(alias = "latency-budget")]
     latency_budget: Option<String>,
+    #[serde(alias = "congestion-fill")]
+    congestion_fill: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +248,10 @@ pub struct ResourceConfig {
     /// `[adaptive] latency_budget` (protocol adaptive only): a write that
     /// would wait longer for the peer sends the Primary Ahead.
     pub latency_budget: Option<Duration>,
+    /// `[adaptive] congestion_fill` (optional): more than this many bytes
+    /// of writes sent and not yet acknowledged by the peer send the
+    /// Primary Ahead too (DRBD's `congestion-fill`).
+    pub congestion_fill: Option<u64>,
 }
 
 impl ResourceConfig {
@@ -310,6 +316,19 @@ impl ResourceConfig {
                 format!("{busy_poll:?} is too long (at most 1ms; 0 turns it off)"),
             ));
         }
+        let congestion_fill = match raw.adaptive.as_ref().and_then(|a| a.congestion_fill.as_ref()) {
+            None => None,
+            Some(v) => {
+                let n = parse_size(v).map_err(|e| key_err("adaptive.congestion_fill", e))?;
+                if n < 64 << 10 {
+                    return Err(key_err(
+                        "adaptive.congestion_fill",
+                        format!("{v:?} is too small (at least 64K; leave it out to turn it off)"),
+                    ));
+                }
+                Some(n)
+            }
+        };
         let latency_budget = match (&raw.adaptive, protocol) {
             (None, Protocol::Adaptive) => return Err(key_err(
                 "adaptive.latency_budget",
@@ -541,6 +560,7 @@ impl ResourceConfig {
             witness,
             controller,
             latency_budget,
+            congestion_fill,
         })
     }
 
@@ -694,5 +714,19 @@ key = "certs/b.key"
         assert_eq!(c.protocol, Protocol::Adaptive);
         assert_eq!(c.protocol.to_string(), "adaptive");
         assert_eq!(c.latency_budget, Some(Duration::from_millis(3)));
+        assert_eq!(c.congestion_fill, None);
+        let fill = |v: &str| {
+            parse(
+                &adaptive
+                    .replace("[tls]", &format!("[adaptive]\nlatency_budget = \"3ms\"\n{v}\n[tls]")),
+            )
+        };
+        assert_eq!(fill("congestion_fill = \"8M\"").unwrap().congestion_fill, Some(8 << 20));
+        // DRBD's spelling too.
+        assert_eq!(fill("congestion-fill = \"64K\"").unwrap().congestion_fill, Some(64 << 10));
+        let e = fill("congestion_fill = \"4K\"").unwrap_err();
+        assert!(e.contains("adaptive.congestion_fill") && e.contains("too small"), "{e}");
+        let e = fill("congestion_fill = \"lots\"").unwrap_err();
+        assert!(e.contains("adaptive.congestion_fill"), "{e}");
     }
 }

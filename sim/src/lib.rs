@@ -100,11 +100,16 @@ pub fn config(
 /// (The peer's own metadata I/O — activity-log and bitmap updates, up to
 /// ~3 ms each in the simulator — counts against the budget too.)
 pub const BUDGET: Duration = Duration::from_millis(20);
+/// `congestion_fill` of the adaptive seeds that set it (10k+6): about two
+/// of the largest writes (eight may be in flight).
+pub const CONGESTION_FILL: u64 = 1536;
+
 pub fn adaptive_config(budget: Duration) -> AdaptiveConfig {
     AdaptiveConfig {
         budget,
         hold: Duration::from_millis(400),
         max_hold: Duration::from_millis(1600),
+        congestion_fill: None,
     }
 }
 
@@ -427,6 +432,8 @@ pub struct Sim {
     pub level: Option<LinkLevel>,
     /// Adaptive seeds: the latency budget.
     pub budget: Duration,
+    /// Adaptive seeds: `congestion_fill` (half of them, seeds 10k+6).
+    pub congestion_fill: Option<u64>,
     /// Each node's replication state as last noted.
     noted_repl: [Replication; 2],
     /// A promotion asked of the peer (force, the disk at the ask): checked
@@ -502,6 +509,7 @@ impl Sim {
             // at seeds 15k+11).
             level: (opts.seed % 5 == 1).then_some(LinkLevel::Low),
             budget: BUDGET,
+            congestion_fill: None,
             noted_repl: [Replication::Off; 2],
             asked_promotion: [None; 2],
             // One seed in four.
@@ -516,7 +524,13 @@ impl Sim {
             sim.budget = Duration::from_millis([4, 8, 12, 20][sim.rng.below(4) as usize]);
             sim.protocol = Protocol::Adaptive;
             sim.chk.adaptive = true;
-            sim.note(format!("adaptive mode, budget {:?}, the link moving around it", sim.budget));
+            // (From the seed, not drawn: the other seeds' draws stay as
+            // they were.) Two of eight requests' most bytes in flight.
+            sim.congestion_fill = (sim.opts.seed % 10 == 6).then_some(CONGESTION_FILL);
+            sim.note(format!(
+                "adaptive mode, budget {:?}, congestion_fill {:?}, the link moving around it",
+                sim.budget, sim.congestion_fill
+            ));
         }
         sim.chk.ctl_mode = sim.witness.is_some();
         if sim.witness.is_some() {
@@ -546,7 +560,10 @@ impl Sim {
     fn cfg(&self, n: usize) -> CoreConfig {
         let (me, peer) = if n == 0 { ("a", "b") } else { ("b", "a") };
         let mut c = config(me, peer, self.protocol, self.checksum, self.opts.plant);
-        c.adaptive = adaptive_config(self.budget);
+        c.adaptive = AdaptiveConfig {
+            congestion_fill: self.congestion_fill,
+            ..adaptive_config(self.budget)
+        };
         c.split_brain_policy = self.policy;
         c.disk_timeout = self.disk_timeout;
         if let Some((al, chunk, window, checkpoint, lag)) = self.tuning {
@@ -1868,6 +1885,9 @@ pub fn hover(
     let mut sim = Sim::new(Options { seed, steps: 0, plant, trace: false });
     sim.err_rate = 0;
     sim.budget = BUDGET;
+    // The latency rule alone: a backlog past `congestion_fill` is no
+    // hovering link (the seeds that set it check its switches).
+    sim.congestion_fill = None;
     // (The cores started with the seed's budget.)
     start_afresh(&mut sim);
     let stuck = |sim: &Sim, what: &str| stuck_at(sim, "hover", what);

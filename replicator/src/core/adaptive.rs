@@ -55,6 +55,15 @@ const MAX_LEVEL: u32 = 6;
 /// The latency window: the last this many writes acknowledged in C.
 const WINDOW: usize = 100;
 
+/// Why the Primary goes Ahead.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// A write waited this long for the peer (the latency budget's rule).
+    Waited(Duration),
+    /// This many bytes of writes waited for the peer (`congestion_fill`).
+    Backlog(u64),
+}
+
 /// The Primary's Ahead run (in the session's activity).
 #[derive(Debug, Clone, Copy)]
 pub struct AheadRun {
@@ -185,6 +194,20 @@ impl Core {
             .min()
     }
 
+    /// The backlog, if the Primary is in C and more than `congestion_fill`
+    /// bytes of writes wait for the peer. (Not while bench probes are in
+    /// flight: the bench's own bytes are no sign of a slow link, and the
+    /// writes behind them wait for them.)
+    fn congested(&self) -> Option<u64> {
+        let fill = self.cfg.adaptive.congestion_fill?;
+        if !self.in_c() {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        let backlog = s.in_flight_bytes;
+        (s.probe_bytes == 0 && backlog > fill).then_some(backlog)
+    }
+
     /// The timed transitions (run from `pump`).
     pub(crate) fn adaptive_tick(&mut self) {
         if !self.adaptive() {
@@ -196,10 +219,16 @@ impl Core {
             (false, Some(_)) => self.backoff.c_since = None,
             _ => {}
         }
+        if let Some(bytes) = self.congested() {
+            if self.may_go_ahead() {
+                self.go_ahead(Why::Backlog(bytes));
+            }
+            return;
+        }
         if let Some(sent) = self.oldest_wait() {
             if self.may_go_ahead() && over_budget(&self.cfg.adaptive, sent, now, self.backoff.slow)
             {
-                self.go_ahead(now.saturating_sub(sent));
+                self.go_ahead(Why::Waited(now.saturating_sub(sent)));
             }
             return;
         }
@@ -279,7 +308,7 @@ impl Core {
 
     /// C -> Ahead: what waits for the peer is released as a lost session's
     /// writes are; new writes go to the bitmap.
-    fn go_ahead(&mut self, waited: Duration) {
+    fn go_ahead(&mut self, why: Why) {
         let now = self.now;
         let level = next_level(&self.cfg.adaptive, &self.backoff, now);
         let Some(s) = self.session.as_mut() else { return };
@@ -305,14 +334,26 @@ impl Core {
         self.p.want_bitmap = true;
         self.diverge("Ahead: the peer falls behind");
         self.counters.mode_switches += 1;
-        tracing::warn!(
-            waited_us = waited.as_micros() as u64,
-            budget_us = self.cfg.adaptive.budget.as_micros() as u64,
-            hold_ms = hold(&self.cfg.adaptive, level).as_millis() as u64,
-            switches = self.counters.mode_switches,
-            "adaptive: a write waited the whole latency budget for the peer: Ahead \
-             (writes acknowledged locally, the peer marked out of sync)"
-        );
+        let hold_ms = hold(&self.cfg.adaptive, level).as_millis() as u64;
+        let switches = self.counters.mode_switches;
+        match why {
+            Why::Waited(waited) => tracing::warn!(
+                waited_us = waited.as_micros() as u64,
+                budget_us = self.cfg.adaptive.budget.as_micros() as u64,
+                hold_ms,
+                switches,
+                "adaptive: a write waited the whole latency budget for the peer: Ahead \
+                 (writes acknowledged locally, the peer marked out of sync)"
+            ),
+            Why::Backlog(bytes) => tracing::warn!(
+                backlog = bytes,
+                congestion_fill = self.cfg.adaptive.congestion_fill.unwrap_or(0),
+                hold_ms,
+                switches,
+                "adaptive: the writes waiting for the peer passed congestion_fill: Ahead \
+                 (writes acknowledged locally, the peer marked out of sync)"
+            ),
+        }
     }
 
     /// Ahead -> SyncSource: the marked blocks go to the peer; C again.
@@ -378,6 +419,7 @@ mod tests {
             budget: Duration::from_millis(4),
             hold: Duration::from_millis(100),
             max_hold: Duration::from_millis(800),
+            congestion_fill: None,
         }
     }
 

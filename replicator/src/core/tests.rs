@@ -928,6 +928,7 @@ fn writes_alone_after_a_session_lost_past_its_sync_done_start_a_generation() {
         budget: Duration::from_millis(3),
         hold: Duration::from_millis(50),
         max_hold: Duration::from_millis(50),
+        congestion_fill: None,
     };
     let mut p = Pair::with_cfg(ca, true);
     p.initial();
@@ -2646,6 +2647,7 @@ mod probes_adversarial {
             budget: Duration::from_millis(50),
             hold: Duration::from_secs(2),
             max_hold: Duration::from_secs(2),
+            congestion_fill: None,
         };
         c.promote(false, 1).unwrap();
         connect(&mut c, 1, Role::Secondary);
@@ -2677,6 +2679,77 @@ mod probes_adversarial {
             run(&mut c, t);
         }
         assert_eq!(c.replication(), Replication::Ahead, "a write alone waiting past the budget");
+    }
+
+    /// An adaptive Primary with `congestion_fill` in C, the peer not
+    /// answering (budget 50 ms, no time passing).
+    fn congestion_primary(fill: Option<u64>) -> Core {
+        let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
+        c.cfg.adaptive = AdaptiveConfig {
+            budget: Duration::from_millis(50),
+            hold: Duration::from_secs(2),
+            max_hold: Duration::from_secs(2),
+            congestion_fill: fill,
+        };
+        c.promote(false, 1).unwrap();
+        connect(&mut c, 1, Role::Secondary);
+        c
+    }
+
+    /// `[adaptive] congestion_fill`: the writes waiting for the peer pass
+    /// it and the Primary goes Ahead at once, long before any write waited
+    /// the budget; their replies no longer wait for the peer. Under the
+    /// fill, or with none set, the same writes keep it in C.
+    #[test]
+    fn a_backlog_past_congestion_fill_sends_adaptive_mode_ahead() {
+        let t = Duration::ZERO;
+        // (The test device: 16 KiB, three activity-log extents of 1 KiB.)
+        for (fill, ahead) in [(Some(2048), true), (Some(4096), false), (None, false)] {
+            let mut c = congestion_primary(fill);
+            let mut replies = Vec::new();
+            for req in 0..24u64 {
+                c.write(t, req, req * 128, Bytes::from(vec![7u8; 128]), false);
+                replies.extend(run(&mut c, t).into_iter().filter_map(|a| match a {
+                    Action::Reply { req, result } => Some((req, result)),
+                    _ => None,
+                }));
+            }
+            let want = if ahead { Replication::Ahead } else { Replication::Established };
+            assert_eq!(c.replication(), want, "fill {fill:?}: 3 KiB waiting");
+            assert_eq!(c.status().counters.mode_switches, u64::from(ahead), "fill {fill:?}");
+            if ahead {
+                // Every write answered without the peer (the bitmap marks them).
+                for _ in 0..3 {
+                    replies.extend(run(&mut c, t).into_iter().filter_map(|a| match a {
+                        Action::Reply { req, result } => Some((req, result)),
+                        _ => None,
+                    }));
+                }
+                assert_eq!(replies.len(), 24, "{replies:?}");
+                assert!(replies.iter().all(|(_, r)| r.is_ok()), "{replies:?}");
+                assert_eq!(c.status().out_of_sync_bytes, 3072);
+            } else {
+                assert!(replies.is_empty(), "answered before the peer in C: {replies:?}");
+            }
+        }
+    }
+
+    /// Ahead ends with the link too: that is a switch, counted (the next
+    /// session resyncs the marked blocks and the Primary is in C).
+    #[test]
+    fn losing_the_link_while_ahead_counts_a_switch() {
+        let t = Duration::ZERO;
+        let mut c = congestion_primary(Some(2048));
+        for req in 0..3 {
+            c.write(t, req, req * 1024, Bytes::from(vec![7u8; 1024]), false);
+            run(&mut c, t);
+        }
+        assert_eq!(c.replication(), Replication::Ahead);
+        assert_eq!(c.status().counters.mode_switches, 1);
+        c.handle_link_down(t, 1, "gone");
+        run(&mut c, t);
+        assert_eq!(c.replication(), Replication::Off);
+        assert_eq!(c.status().counters.mode_switches, 2);
     }
 
     #[test]

@@ -265,6 +265,9 @@ pub struct AdaptiveConfig {
     pub hold: Duration,
     /// `hold` doubles each time Ahead comes back soon; up to this.
     pub max_hold: Duration,
+    /// More than this many bytes of writes sent to the peer and not yet
+    /// acknowledged send the Primary Ahead too (None: no such limit).
+    pub congestion_fill: Option<u64>,
 }
 
 impl AdaptiveConfig {
@@ -272,7 +275,7 @@ impl AdaptiveConfig {
     /// round-trip samples while Ahead).
     pub fn with_budget(budget: Duration, ping: Duration) -> AdaptiveConfig {
         let hold = (ping * 4).max(Duration::from_secs(2));
-        AdaptiveConfig { budget, hold, max_hold: hold * 16 }
+        AdaptiveConfig { budget, hold, max_hold: hold * 16, congestion_fill: None }
     }
 }
 
@@ -305,10 +308,13 @@ impl CoreConfig {
             window: 16,
             checkpoint_chunks: 64,
             controller: res.controller.as_ref().map(|c| c.rules.clone()),
-            adaptive: AdaptiveConfig::with_budget(
-                res.latency_budget.unwrap_or(Duration::from_millis(3)),
-                res.ping_interval,
-            ),
+            adaptive: AdaptiveConfig {
+                congestion_fill: res.congestion_fill,
+                ..AdaptiveConfig::with_budget(
+                    res.latency_budget.unwrap_or(Duration::from_millis(3)),
+                    res.ping_interval,
+                )
+            },
             plant: Plant::None,
         }
     }

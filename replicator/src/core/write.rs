@@ -652,6 +652,18 @@ impl Core {
             // new one, which the witness must hear of first.
             self.separated = false;
         }
+        if let super::session::Activity::Ahead(run) = &s.activity {
+            // Out of Ahead by the link's loss (a switch too: with the next
+            // session the marked blocks resync and the Primary is in C).
+            self.counters.mode_switches += 1;
+            tracing::warn!(
+                ahead_ms = self.now.saturating_sub(run.since).as_millis() as u64,
+                out_of_sync = self.dirty.bytes(),
+                switches = self.counters.mode_switches,
+                "adaptive: the link was lost while Ahead (the marked blocks resync when \
+                 it is back, then C)"
+            );
+        }
         let mut lost_app = false;
         for (_, o) in s.out {
             if let OutKind::Bench(req) = o.kind {
