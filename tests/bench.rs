@@ -134,10 +134,27 @@ fn bench_is_refused_where_it_cannot_measure() {
     let out = bench(&pair, 1, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Primary"));
-    // A plot that is not SVG is refused before anything runs.
-    let out = bench(&pair, 0, &["--plot", "/tmp/x.png"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(".svg"));
+    // A bad command line is refused before anything runs, with exit code
+    // 2 and the option named: a plot that is not SVG or could not be
+    // written (found after minutes of measuring, before), a probe size
+    // the node refuses, no time to measure, a zero budget.
+    for (args, says) in [
+        (&["--plot", "/tmp/x.png"][..], ".svg"),
+        (&["--plot", "/nonexistent-dir/x.svg"][..], "no directory /nonexistent-dir"),
+        (&["--block-size", "1000"][..], "--block-size"),
+        (&["--block-size", "0"][..], "--block-size"),
+        (&["--block-size", "2M"][..], "--block-size"),
+        (&["--time", "0s"][..], "give 100ms to 10min"),
+        (&["--budget", "0s"][..], "--budget"),
+    ] {
+        let start = Instant::now();
+        // (Not `bench`, whose own --time would be a clap error of its own.)
+        let out = pair.cli("bench", args, 0);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{args:?} measured first");
+    }
     // One bench at a time.
     let first = KillOnDrop(spawn_bench(&pair, "1s"));
     std::thread::sleep(Duration::from_millis(1500));

@@ -50,13 +50,53 @@ pub enum BenchError {
 /// Budget when neither --budget nor `[adaptive] latency_budget` says.
 const DEFAULT_BUDGET: Duration = Duration::from_millis(2);
 
-pub fn main(a: Args) -> Result<(), BenchError> {
-    if let Some(p) = &a.plot {
-        // Say so before a minute of measuring, not after.
+/// Shortest and longest `--time` (each of the seven runs).
+pub const MIN_TIME: Duration = Duration::from_millis(100);
+pub const MAX_TIME: Duration = Duration::from_secs(600);
+
+/// The probe sizes the node measures: a multiple of 512 from 512 to a
+/// sixty-fourth of the scratch area (1 MiB).
+pub fn block_refusal(block: u64) -> Option<String> {
+    let max = twinblock_replicator::protocol::wire::BENCH_AREA / 64;
+    (block == 0 || block > max || block % 512 != 0)
+        .then(|| format!("probe size {block} is not a multiple of 512 between 512 and {max}"))
+}
+
+/// What is wrong with the command line, said before anything runs (the
+/// caller exits 2): a probe size the node refuses, a run time outside
+/// 100ms..10min, a zero budget, a plot that is not SVG or whose
+/// directory does not exist (found after minutes of measuring, before).
+pub fn check_args(
+    time: Duration,
+    block: u64,
+    budget: Option<Duration>,
+    plot: Option<&Path>,
+) -> Result<(), String> {
+    if let Some(why) = block_refusal(block) {
+        return Err(format!("--block-size: {why}"));
+    }
+    if !(MIN_TIME..=MAX_TIME).contains(&time) {
+        return Err(format!("--time {time:?}: give 100ms to 10min per run"));
+    }
+    if budget.is_some_and(|b| b.is_zero()) {
+        return Err("--budget: give a budget above 0 (e.g. 2ms)".into());
+    }
+    if let Some(p) = plot {
         if !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
-            return Err(anyhow!("--plot {}: give a FILE ending in .svg", p.display()).into());
+            return Err(format!("--plot {}: give a FILE ending in .svg", p.display()));
+        }
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(format!("--plot {}: no directory {}", p.display(), dir.display()));
         }
     }
+    Ok(())
+}
+
+pub fn main(a: Args) -> Result<(), BenchError> {
     let report = match (&a.target, a.rtt) {
         (Some((config, node)), None) => {
             let res = twinblock_replicator::config::ResourceConfig::load(config)

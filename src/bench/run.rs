@@ -154,14 +154,10 @@ pub async fn bench(
     if let Some(why) = node.bench_refusal() {
         return Err(why);
     }
-    if p.block == 0 || p.block as u64 > BENCH_AREA / 64 || p.block % 512 != 0 {
-        return Err(format!(
-            "probe size {} is not a multiple of 512 between 512 and {}",
-            p.block,
-            BENCH_AREA / 64
-        ));
+    if let Some(why) = super::block_refusal(p.block.into()) {
+        return Err(why);
     }
-    let run = Duration::from_millis(p.run_ms.clamp(100, 600_000));
+    let run = Duration::from_millis(p.run_ms).clamp(super::MIN_TIME, super::MAX_TIME);
     let plan: Vec<(ProbeMode, u32)> = [ProbeMode::A, ProbeMode::B, ProbeMode::C]
         .into_iter()
         .flat_map(|m| [(m, 1), (m, 32)])
