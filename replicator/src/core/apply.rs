@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::protocol::wire::{self, DiskState, Message, Op, Role};
 
 use super::session::{Activity, Phase};
-use super::types::{IoError, SessionId, StoreOp, Time};
+use super::types::{IoError, Progress, SessionId, StoreOp, Time};
 use super::write::Admit;
 use super::{Core, IoFor};
 
@@ -90,10 +90,14 @@ impl Core {
                 self.on_promote_answer(sid, ask, granted, why)?
             }
             Message::VerifyRequest => {
-                if self.role == Role::Primary
-                    && self.replication() == super::Replication::Established
-                {
+                let repl = self.replication();
+                if self.role == Role::Primary && repl == super::Replication::Established {
                     self.start_verify();
+                } else {
+                    tracing::warn!(
+                        "the peer asked for an online verify: not started ({:?}, {repl})",
+                        self.role
+                    );
                 }
             }
         }
@@ -170,6 +174,21 @@ impl Core {
             };
             progress.done += took;
             progress.total = progress.total.max(progress.done);
+        }
+        if let (Op::Verify { offset, len }, Activity::Idle) = (&op, &s.activity) {
+            // The peer's online verify (not a checksum resync: that one
+            // runs while this node is its SyncTarget).
+            let end = offset.saturating_add(u64::from(*len)).min(size);
+            if s.verify_target.is_none() {
+                tracing::info!(bytes = size, "online verify by the peer started (VerifyTarget)");
+            }
+            let now = self.now;
+            let p = s.verify_target.get_or_insert(Progress { total: size, done: 0, started: now });
+            p.done = p.done.max(end);
+            if end >= size {
+                s.verify_target = None;
+                tracing::info!("online verify by the peer: the last range checked");
+            }
         }
         s.received = seq;
         self.adaptive_data();

@@ -159,6 +159,10 @@ pub struct Session {
     /// a peer that keeps completing them is slow, not lost.
     pub progress_at: Time,
     pub in_flight_bytes: u64,
+    /// Answering the peer's online verify (its progress as this node sees
+    /// it: the ranges checked so far), while otherwise idle: shown as
+    /// `VerifyTarget`; the writes go on as when Established.
+    pub verify_target: Option<Progress>,
     /// Of which bench probes.
     pub probe_bytes: u64,
     // Receiving side.
@@ -218,6 +222,7 @@ impl Session {
             acked_done: 0,
             progress_at: now,
             in_flight_bytes: 0,
+            verify_target: None,
             probe_bytes: 0,
             received: 0,
             done: 0,
@@ -241,6 +246,7 @@ impl Session {
 
     pub fn repl(&self) -> Replication {
         match &self.activity {
+            Activity::Idle if self.verify_target.is_some() => Replication::VerifyTarget,
             Activity::Idle => Replication::Established,
             Activity::Source(_) => Replication::SyncSource,
             Activity::Target { .. } => Replication::SyncTarget,
@@ -255,6 +261,7 @@ impl Session {
             Activity::Source(s) => Some(s.progress),
             Activity::Target { progress, .. } => Some(*progress),
             Activity::Verify(v) => Some(v.progress),
+            Activity::Idle => self.verify_target,
             _ => None,
         }
     }

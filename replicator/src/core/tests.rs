@@ -398,6 +398,41 @@ fn verify_on_a_secondary_asks_the_primary() {
     assert_eq!(c.connection(), Connection::Connected);
 }
 
+/// The Primary's online verify, seen from its Secondary: `VerifyTarget`
+/// with its progress while the ranges come, back to Established after the
+/// last; meanwhile `verify` there is refused (it did nothing and said it
+/// was done), and the Primary's writes apply as ever.
+#[test]
+fn a_secondary_answering_a_verify_shows_verify_target() {
+    let t = Duration::ZERO;
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Primary);
+    let chunk = SIZE / 4;
+    let verify = |seq, offset| Message::Data { seq, op: Op::Verify { offset, len: chunk as u32 } };
+    c.handle_frame(t, 1, verify(1, 0));
+    run(&mut c, t);
+    assert_eq!(c.replication(), Replication::VerifyTarget);
+    let st = c.status();
+    let sync = st.sync.expect("progress");
+    assert_eq!((sync.done, sync.total), (chunk, SIZE));
+    let e = c.verify().unwrap_err();
+    assert!(e.0.contains("VerifyTarget"), "{e:?}");
+    let w = Bytes::from(vec![5u8; 64]);
+    let op = Op::write(0, w, false);
+    c.handle_frame(t, 1, Message::Data { seq: 2, op });
+    let (_, applied) = run_applied(&mut c, t);
+    assert_eq!(applied.len(), 1, "the Primary's write meanwhile");
+    for (seq, k) in [(3, 1), (4, 2)] {
+        c.handle_frame(t, 1, verify(seq, k * chunk));
+        run(&mut c, t);
+        assert_eq!(c.replication(), Replication::VerifyTarget);
+    }
+    c.handle_frame(t, 1, verify(5, 3 * chunk));
+    run(&mut c, t);
+    assert_eq!(c.replication(), Replication::Established);
+    assert!(c.status().sync.is_none());
+}
+
 #[test]
 fn a_failed_metadata_save_fails_the_write_that_needs_it() {
     // Disconnected Primary: the first write needs a new generation on disk.
