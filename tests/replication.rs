@@ -725,8 +725,38 @@ fn split_brain_is_detected_and_resolved_by_discard_my_data() {
     assert_eq!(p.status(0)["split_brain"], false);
 }
 
-/// Issue 4, online verify: three blocks corrupted behind the Secondary's
-/// back are found (exactly three), and the resync that follows repairs them.
+/// `data` with 4 bytes at `at` chosen so that its CRC32 is `want` (CRC32
+/// is affine in those bits: solved over GF(2)).
+fn forge_crc(data: &mut [u8], at: usize, want: u32) {
+    let crc_with = |data: &mut [u8], p: u32| {
+        data[at..at + 4].copy_from_slice(&p.to_le_bytes());
+        crc32fast::hash(data)
+    };
+    let base = crc_with(data, 0);
+    let mut rows: Vec<(u32, u32)> =
+        (0..32).map(|i| (crc_with(data, 1 << i) ^ base, 1u32 << i)).collect();
+    let (mut target, mut patch) = (want ^ base, 0u32);
+    for bit in (0..32).rev() {
+        let Some(k) = rows.iter().position(|(v, _)| v >> bit & 1 == 1) else { continue };
+        let (v, p) = rows.swap_remove(k);
+        for r in rows.iter_mut() {
+            if r.0 >> bit & 1 == 1 {
+                *r = (r.0 ^ v, r.1 ^ p);
+            }
+        }
+        if target >> bit & 1 == 1 {
+            target ^= v;
+            patch ^= p;
+        }
+    }
+    assert_eq!(target, 0);
+    crc_with(data, patch);
+}
+
+/// Issue 4, online verify: four blocks corrupted behind the Secondary's
+/// back are found (exactly four), and the resync that follows repairs them.
+/// One of them keeps its CRC32 (a change made to match it, as one random
+/// change in 2^32 does): verify compares SHA-256 checksums, and finds it.
 #[test]
 fn verify_finds_exactly_the_corrupted_blocks_and_resync_repairs_them() {
     if !have("qemu-io") {
@@ -741,17 +771,24 @@ fn verify_finds_exactly_the_corrupted_blocks_and_resync_repairs_them() {
         for block in [5u64, 700, 5000] {
             f.write_at(b"corrupt", block * 4096 + 100).unwrap();
         }
+        let at = 1234 * 4096;
+        let mut block = read_file(&p.nodes[1].disk)[at..at + 4096].to_vec();
+        let crc = crc32fast::hash(&block);
+        block[10..17].copy_from_slice(b"corrupt");
+        forge_crc(&mut block, 2048, crc);
+        assert_eq!(crc32fast::hash(&block), crc);
+        f.write_at(&block, at as u64).unwrap();
     }
     p.ok(&["verify"], 0);
     p.wait("verify and the repairing resync", Duration::from_secs(60), |a, _| {
-        a["counters"]["verify_mismatches"] == 3
+        a["counters"]["verify_mismatches"] == 4
             && a["sync"].is_null()
             && a["connection"] == "Connected"
             && a["out_of_sync_bytes"] == 0
             && a["in_flight"] == 0
     });
     let a = p.status(0);
-    assert_eq!(a["counters"]["resync_bytes"], 3 * 4096, "only the three blocks moved");
+    assert_eq!(a["counters"]["resync_bytes"], 4 * 4096, "only the four blocks moved");
     assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk), "not repaired");
     // A second verify finds nothing.
     p.ok(&["verify"], 0);
@@ -759,7 +796,7 @@ fn verify_finds_exactly_the_corrupted_blocks_and_resync_repairs_them() {
     p.wait("the second verify", Duration::from_secs(60), |a, _| {
         a["connection"] == "Connected" && a["sync"].is_null()
     });
-    assert_eq!(p.status(0)["counters"]["verify_mismatches"], 3);
+    assert_eq!(p.status(0)["counters"]["verify_mismatches"], 4);
 }
 
 /// Issue 4, activity log: the Primary is killed mid-write and restarted;

@@ -25,9 +25,20 @@ pub(crate) struct ApplyIo {
     pub scratch: bool,
 }
 
-/// CRC32 of each `block` bytes of `data`.
-pub fn block_crcs(data: &[u8], block: u64) -> Vec<u32> {
-    data.chunks(block as usize).map(crc32fast::hash).collect()
+/// The checksum online verify and checksum resync compare, of each
+/// `block` bytes of `data`: the first 64 bits of its SHA-256. (CRC32, as
+/// before, let one differing block in 2^32 pass as equal: a checksum
+/// resync of a disk with a billion blocks to compare would likely have
+/// skipped one, and a block can be made to match any CRC on purpose.)
+pub fn block_sums(data: &[u8], block: u64) -> Vec<u64> {
+    data.chunks(block as usize)
+        .map(|b| {
+            let d = ring::digest::digest(&ring::digest::SHA256, b);
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&d.as_ref()[..8]);
+            u64::from_be_bytes(first)
+        })
+        .collect()
 }
 
 impl Core {
@@ -68,7 +79,7 @@ impl Core {
             Message::Data { seq, op } => self.on_data(sid, seq, op)?,
             Message::Ack { received, done } => self.on_ack(received, done)?,
             Message::Failed { seq, errno } => self.on_failed(seq, errno)?,
-            Message::Verified { seq, crcs } => self.on_verified(seq, crcs)?,
+            Message::Verified { seq, sums } => self.on_verified(seq, sums)?,
             Message::Ping { id } => {
                 self.send(Message::Pong { id });
                 self.ctl_answered();
@@ -272,8 +283,8 @@ impl Core {
                 }
                 self.counters.replicated_bytes += a.bytes;
                 if a.verify && current {
-                    let crcs = block_crcs(data.as_deref().unwrap_or(&[]), self.cfg.block);
-                    self.send(Message::Verified { seq: a.seq, crcs });
+                    let sums = block_sums(data.as_deref().unwrap_or(&[]), self.cfg.block);
+                    self.send(Message::Verified { seq: a.seq, sums });
                 }
             }
             Err(e) if a.scratch => {
@@ -375,5 +386,60 @@ impl Core {
         }
         self.adaptive_peer_state(role, current);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_sums;
+
+    /// `data` with 4 bytes at `at` chosen so that its CRC32 is `want`
+    /// (CRC32 is affine in those bits: solved over GF(2)).
+    fn forge_crc(data: &mut [u8], at: usize, want: u32) {
+        let crc_with = |data: &mut [u8], p: u32| {
+            data[at..at + 4].copy_from_slice(&p.to_le_bytes());
+            crc32fast::hash(data)
+        };
+        let base = crc_with(data, 0);
+        // Column i: what flipping bit i of the patch does to the CRC.
+        let mut rows: Vec<(u32, u32)> =
+            (0..32).map(|i| (crc_with(data, 1 << i) ^ base, 1u32 << i)).collect();
+        // Gaussian elimination: express `want ^ base` in the columns.
+        let mut target = want ^ base;
+        let mut patch = 0u32;
+        for bit in (0..32).rev() {
+            let Some(k) = rows.iter().position(|(v, _)| v >> bit & 1 == 1) else { continue };
+            let (v, p) = rows.swap_remove(k);
+            for r in rows.iter_mut() {
+                if r.0 >> bit & 1 == 1 {
+                    *r = (r.0 ^ v, r.1 ^ p);
+                }
+            }
+            if target >> bit & 1 == 1 {
+                target ^= v;
+                patch ^= p;
+            }
+        }
+        assert_eq!(target, 0, "not solvable");
+        crc_with(data, patch);
+    }
+
+    /// Two different 4 KiB blocks with the same CRC32 (made on purpose,
+    /// or one pair in 2^32 by chance): online verify and checksum resync
+    /// compared CRC32s and took them for equal. Their checksums differ.
+    #[test]
+    fn blocks_with_the_same_crc32_have_different_checksums() {
+        let a: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut b = a.clone();
+        b[100] ^= 0x5a;
+        forge_crc(&mut b, 2000, crc32fast::hash(&a));
+        assert_ne!(a, b);
+        assert_eq!(crc32fast::hash(&a), crc32fast::hash(&b), "the forged block");
+        assert_ne!(block_sums(&a, 4096), block_sums(&b, 4096));
+        assert_eq!(block_sums(&a, 4096), block_sums(&a.clone(), 4096));
+        let two = [a.as_slice(), b.as_slice()].concat();
+        let sums = block_sums(&two, 4096);
+        assert_eq!(sums.len(), 2);
+        assert_ne!(sums[0], sums[1]);
     }
 }

@@ -9,14 +9,15 @@
 //! the source forget the bitmap's base generation.
 //!
 //! Checksum mode (`resync-checksum`): the source first asks the target for
-//! the CRCs of a run (a verify operation, numbered), and sends only blocks
-//! whose CRC differs from its own read.
+//! the checksums of a run (a verify operation, numbered; 64 bits of each
+//! block's SHA-256), and sends only blocks whose checksum differs from its
+//! own read.
 
 use bytes::Bytes;
 
 use crate::protocol::wire::{DiskState, Message, Op, Role};
 
-use super::apply::block_crcs;
+use super::apply::block_sums;
 use super::session::{Activity, Need, OutKind, Phase, SourceStart, SourceSync};
 use super::types::{IoError, Plant, Progress, SessionId, StoreOp};
 use super::{Core, IoFor};
@@ -92,8 +93,8 @@ impl Core {
             if src.reading.is_some() {
                 break;
             }
-            if let Some((off, len, crcs)) = src.probed.pop_front() {
-                src.reading = Some((off, len, Some(crcs)));
+            if let Some((off, len, sums)) = src.probed.pop_front() {
+                src.reading = Some((off, len, Some(sums)));
                 to_read = Some((off, len));
                 break;
             }
@@ -191,11 +192,11 @@ impl Core {
         let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return };
         match &mut s.activity {
             Activity::Source(src) => {
-                let Some((off, len, crcs)) = src.reading.take() else { return };
+                let Some((off, len, sums)) = src.reading.take() else { return };
                 let mut writes = Vec::new();
-                match crcs {
+                match sums {
                     Some(theirs) if theirs.len() as u64 * block == len => {
-                        let ours = block_crcs(&data, block);
+                        let ours = block_sums(&data, block);
                         let mut i = 0;
                         while i < ours.len() {
                             if ours[i] == theirs[i] {
@@ -245,11 +246,11 @@ impl Core {
             Activity::Verify(v) => {
                 v.reading = false;
                 let offset = v.cursor;
-                let crcs = block_crcs(&data, block);
+                let sums = block_sums(&data, block);
                 v.cursor += data.len() as u64;
                 v.chunks += 1;
                 let len = data.len() as u32;
-                let seq = s.submit(OutKind::Verify { offset, crcs }, Need::Done, None, 0, now);
+                let seq = s.submit(OutKind::Verify { offset, sums }, Need::Done, None, 0, now);
                 self.actions.push_back(super::Action::Send {
                     session: sid,
                     msg: Message::Data { seq, op: Op::Verify { offset, len } },
@@ -300,9 +301,9 @@ impl Core {
                 self.p.want_bitmap = true;
                 self.p.al_trim_wanted = true;
             }
-            OutKind::Verify { offset, crcs } => {
+            OutKind::Verify { offset, sums } => {
                 // Not answered before its ack: count it as differing.
-                mark = Some((offset, crcs.len() as u64 * block));
+                mark = Some((offset, sums.len() as u64 * block));
                 if let Activity::Verify(v) = &mut s.activity {
                     v.chunks = v.chunks.saturating_sub(1);
                 }
@@ -318,30 +319,30 @@ impl Core {
         }
     }
 
-    /// The peer's CRCs for a verify operation (probe or online verify).
-    pub(crate) fn on_verified(&mut self, seq: u64, crcs: Vec<u32>) -> Result<(), String> {
+    /// The peer's checksums for a verify operation (probe or online verify).
+    pub(crate) fn on_verified(&mut self, seq: u64, sums: Vec<u64>) -> Result<(), String> {
         let block = self.cfg.block;
         let s = self.session.as_mut().ok_or("no session")?;
         let o = s
             .out
             .get_mut(&seq)
-            .ok_or_else(|| format!("CRCs for operation {seq}, which was not asked"))?;
+            .ok_or_else(|| format!("checksums for operation {seq}, which was not asked"))?;
         match std::mem::replace(&mut o.kind, OutKind::App(u64::MAX)) {
             OutKind::Probe { offset, len } => {
-                if crcs.len() as u64 * block != len {
-                    return Err(format!("{} CRCs for {len} bytes", crcs.len()));
+                if sums.len() as u64 * block != len {
+                    return Err(format!("{} checksums for {len} bytes", sums.len()));
                 }
                 // Kept out of `chunks`' count by the retire of the
                 // placeholder kind; the read takes over the slot.
                 o.kind = OutKind::App(u64::MAX);
                 if let Activity::Source(src) = &mut s.activity {
                     src.chunks = src.chunks.saturating_sub(1);
-                    src.probed.push_back((offset, len, crcs));
+                    src.probed.push_back((offset, len, sums));
                 }
             }
-            OutKind::Verify { offset, crcs: mine } => {
-                if crcs.len() != mine.len() {
-                    return Err(format!("{} CRCs, expected {}", crcs.len(), mine.len()));
+            OutKind::Verify { offset, sums: mine } => {
+                if sums.len() != mine.len() {
+                    return Err(format!("{} checksums, expected {}", sums.len(), mine.len()));
                 }
                 let len = mine.len() as u64 * block;
                 if let Activity::Verify(v) = &mut s.activity {
@@ -350,7 +351,7 @@ impl Core {
                 }
                 let bad: Vec<u64> = mine
                     .iter()
-                    .zip(&crcs)
+                    .zip(&sums)
                     .enumerate()
                     .filter(|(_, (a, b))| a != b)
                     .map(|(i, _)| offset + i as u64 * block)
@@ -370,7 +371,7 @@ impl Core {
             }
             other => {
                 o.kind = other;
-                return Err(format!("CRCs for operation {seq}, which was not a verify"));
+                return Err(format!("checksums for operation {seq}, which was not a verify"));
             }
         }
         Ok(())

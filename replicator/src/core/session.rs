@@ -47,7 +47,7 @@ pub enum OutKind {
     /// Checksum resync: the target's CRCs of a run.
     Probe { offset: u64, len: u64 },
     /// Online verify of a chunk: our CRCs.
-    Verify { offset: u64, crcs: Vec<u32> },
+    Verify { offset: u64, sums: Vec<u64> },
     /// A `twinblock bench` probe (scratch area, never the device).
     Bench(ReqId),
 }
@@ -75,9 +75,9 @@ pub struct SourceSync {
     /// Chunks sent since the last flush barrier.
     pub unflushed: Vec<(u64, u64)>,
     /// A read outstanding: (offset, len, the target's CRCs for a probe).
-    pub reading: Option<(u64, u64, Option<Vec<u32>>)>,
+    pub reading: Option<(u64, u64, Option<Vec<u64>>)>,
     /// Probes answered, waiting for our read.
-    pub probed: VecDeque<(u64, u64, Vec<u32>)>,
+    pub probed: VecDeque<(u64, u64, Vec<u64>)>,
     pub chunks: usize,
     pub start: SourceStart,
     /// SyncDone sent; waiting for the target to say it holds our generation.

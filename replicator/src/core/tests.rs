@@ -2825,7 +2825,7 @@ mod probes_adversarial {
         let mut c = connected_primary(Protocol::C);
         c.bench_write(t, 5, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
         let mut all = run(&mut c, t);
-        c.handle_frame(t, 1, Message::Verified { seq: 1, crcs: vec![1] });
+        c.handle_frame(t, 1, Message::Verified { seq: 1, sums: vec![1] });
         all.extend(run(&mut c, t));
         assert!(closed(&all));
         assert_eq!(replies_to(&all, 5).len(), 1, "{all:?}");

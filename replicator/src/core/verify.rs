@@ -1,6 +1,6 @@
 //! Online verify: the source reads each chunk and numbers a verify
 //! operation right after it (no application write admitted in between), so
-//! the peer computes its CRCs on the same state of the data. Mismatching
+//! the peer computes its checksums on the same state of the data. Mismatching
 //! blocks are marked out of sync (and saved), counted, and resynced.
 
 use super::session::{Activity, Phase, VerifyRun};

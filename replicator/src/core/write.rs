@@ -602,8 +602,8 @@ impl Core {
                 self.p.want_bitmap = true;
             }
             OutKind::Bench(req) => self.bench_lost(req, IoError(errno)),
-            OutKind::Verify { offset, crcs } => {
-                self.mark(offset, crcs.len() as u64 * self.cfg.block);
+            OutKind::Verify { offset, sums } => {
+                self.mark(offset, sums.len() as u64 * self.cfg.block);
                 self.p.want_bitmap = true;
                 if let Some(Activity::Verify(v)) = self.session.as_mut().map(|s| &mut s.activity) {
                     v.chunks = v.chunks.saturating_sub(1);

@@ -9,8 +9,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::genid::GenIds;
 
-/// 3: adds the BENCH probe (`twinblock bench`).
-pub const VERSION: u16 = 4;
+/// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
+/// 64-bit checksums (SHA-256) instead of CRC32s.
+pub const VERSION: u16 = 5;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -240,10 +241,11 @@ pub enum Message {
         seq: u64,
         errno: i32,
     },
-    /// Answer to `Op::Verify` number `seq`: one CRC32 per 4 KiB block.
+    /// Answer to `Op::Verify` number `seq`: one checksum per 4 KiB block
+    /// (64 bits of its SHA-256, `core::apply::block_sums`).
     Verified {
         seq: u64,
-        crcs: Vec<u32>,
+        sums: Vec<u64>,
     },
     Ping {
         id: u64,
@@ -369,12 +371,12 @@ impl Message {
                     payload = Some(data.clone());
                 }
             },
-            Message::Verified { seq, crcs } => {
+            Message::Verified { seq, sums } => {
                 b.put_u8(T_VERIFIED);
                 b.put_u64(*seq);
-                b.put_u32(crcs.len() as u32);
-                for c in crcs {
-                    b.put_u32(*c);
+                b.put_u32(sums.len() as u32);
+                for c in sums {
+                    b.put_u64(*c);
                 }
             }
             Message::Bits { runs, last } => {
@@ -596,10 +598,10 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             need(&b, 12, "verified")?;
             let seq = b.get_u64();
             let n = b.get_u32() as usize;
-            if n as u64 * 4 > MAX_FRAME as u64 || b.remaining() != n * 4 {
+            if n as u64 * 8 > MAX_FRAME as u64 || b.remaining() != n * 8 {
                 return Err(WireError::Malformed("verified length"));
             }
-            Message::Verified { seq, crcs: (0..n).map(|_| b.get_u32()).collect() }
+            Message::Verified { seq, sums: (0..n).map(|_| b.get_u64()).collect() }
         }
         T_FAILED => {
             need(&b, 12, "failed")?;
