@@ -195,17 +195,32 @@ impl Core {
     }
 
     /// The backlog, if the Primary is in C and more than `congestion_fill`
-    /// bytes of writes wait for the peer. (Not while bench probes are in
-    /// flight: the bench's own bytes are no sign of a slow link, and the
-    /// writes behind them wait for them.)
+    /// bytes of writes wait for the peer. Not counted, as for the latency
+    /// rule: bench probes and the writes sent behind them (the bench's own
+    /// bytes are no sign of a slow link; found by review: writes queued
+    /// behind a probe sent the Primary Ahead once it landed), and writes
+    /// sent before C began (during the catch-up resync, behind its data).
     fn congested(&self) -> Option<u64> {
         let fill = self.cfg.adaptive.congestion_fill?;
         if !self.in_c() {
             return None;
         }
         let s = self.session.as_ref()?;
-        let backlog = s.in_flight_bytes;
-        (s.probe_bytes == 0 && backlog > fill).then_some(backlog)
+        if s.probe_bytes > 0 || s.in_flight_bytes <= fill {
+            return None;
+        }
+        let since = self.backoff.c_since;
+        let backlog: u64 = s
+            .out
+            .values()
+            .filter(|o| {
+                matches!(o.kind, OutKind::App(_))
+                    && !o.behind_probes
+                    && since.is_none_or(|c| o.sent >= c)
+            })
+            .map(|o| o.bytes)
+            .sum();
+        (backlog > fill).then_some(backlog)
     }
 
     /// The timed transitions (run from `pump`).

@@ -2787,6 +2787,33 @@ mod probes_adversarial {
         assert_eq!(c.status().counters.mode_switches, 2);
     }
 
+    /// Writes sent behind a bench probe wait for it: once the probe lands,
+    /// their bytes are still no backlog of the link's (found by review:
+    /// they passed the fill and sent the Primary Ahead).
+    #[test]
+    fn writes_behind_a_probe_do_not_pass_the_fill_once_it_lands() {
+        let t = Duration::ZERO;
+        let mut c = congestion_primary(Some(2048));
+        c.bench_write(t, 100, ProbeMode::Link, 0, Bytes::from(vec![1u8; 4096]));
+        run(&mut c, t);
+        for req in 0..3u64 {
+            c.write(t, req, req * 1024, Bytes::from(vec![7u8; 1024]), false);
+            run(&mut c, t);
+        }
+        assert_eq!(c.replication(), Replication::Established, "probe in flight");
+        // The probe (seq 1) lands; the writes behind it are still on the way.
+        c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
+        run(&mut c, t);
+        assert_eq!(c.status().counters.mode_switches, 0, "the bench sent the Primary Ahead");
+        assert_eq!(c.replication(), Replication::Established);
+        // Writes sent now, with no probe ahead, count.
+        for req in 3..6u64 {
+            c.write(t, req, req * 1024 % 3072, Bytes::from(vec![8u8; 1024]), false);
+            run(&mut c, t);
+        }
+        assert_eq!(c.replication(), Replication::Ahead, "3 KiB of writes past a 2 KiB fill");
+    }
+
     #[test]
     fn a_probe_never_overtakes_a_user_write_waiting_for_admission() {
         // Protocol A, the lag budget full of probes (the link-throughput

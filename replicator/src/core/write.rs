@@ -655,7 +655,10 @@ impl Core {
         if let super::session::Activity::Ahead(run) = &s.activity {
             // Out of Ahead by the link's loss (a switch too: with the next
             // session the marked blocks resync and the Primary is in C).
+            // Left as by the catch-up: Ahead again soon doubles the hold
+            // (found by review: a link lost again and again shrank it).
             self.counters.mode_switches += 1;
+            self.backoff.left_at = Some(self.now);
             tracing::warn!(
                 ahead_ms = self.now.saturating_sub(run.since).as_millis() as u64,
                 out_of_sync = self.dirty.bytes(),
