@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!   Established (C) --a write waited >= budget--> Ahead
-//!   Ahead --RTT <= budget/2 for `hold`, at least `hold` in Ahead--> SyncSource (C)
+//!   Ahead --RTT <= budget/2 for `hold` (or <= 3/4 budget for 4 holds),
+//!         at least `hold` in Ahead--> SyncSource (C)
 //!   SyncSource --the peer holds our generation--> Established
 //! ```
 //!
@@ -34,7 +35,9 @@
 //! its local completion (a slow local disk or fdatasync is not the link's
 //! fault), and writes sent during a catch-up resync count from its end.
 //! the way out needs round trips of at
-//! most half the budget for `hold` (so a link at the budget stays Ahead);
+//! most half the budget for `hold`, or of at most three quarters of it for
+//! four holds (so a link at the budget stays Ahead, and one that settles
+//! between half and three quarters of it is not left Ahead for ever);
 //! a resync, once started, runs to its end (writes during a catch-up
 //! resync wait as in C); and each time Ahead comes back soon after it was
 //! left, `hold` doubles (up to `max_hold`), so the switch rate decays
@@ -54,6 +57,9 @@ use super::{Core, PeerPart};
 const MAX_LEVEL: u32 = 6;
 /// The latency window: the last this many writes acknowledged in C.
 const WINDOW: usize = 100;
+/// Round trips only fair (at most 3/4 of the budget) must last this many
+/// holds before the catch-up.
+const FAIR_HOLDS: u32 = 4;
 
 /// Why the Primary goes Ahead.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +77,18 @@ pub struct AheadRun {
     pub since: Time,
     /// Since when every round trip measured was at most half the budget.
     pub good_since: Option<Time>,
+    /// Since when every round trip measured was at most 3/4 of it.
+    pub fair_since: Option<Time>,
+}
+
+/// A round trip against the budget (the way out of Ahead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RttClass {
+    /// At most half the budget.
+    Good,
+    /// At most three quarters of it.
+    Fair,
+    Bad,
 }
 
 /// What outlives a session: the backoff and the latency window.
@@ -135,15 +153,24 @@ pub fn budget_deadline(cfg: &AdaptiveConfig, sent: Time, slow: usize) -> Time {
     }
 }
 
-/// Whether a round trip of `rtt` counts as a recovered link.
-pub fn good_rtt(cfg: &AdaptiveConfig, rtt: Duration) -> bool {
-    rtt * 2 <= cfg.budget
+/// How a round trip of `rtt` counts for leaving Ahead.
+pub fn rtt_class(cfg: &AdaptiveConfig, rtt: Duration) -> RttClass {
+    if rtt * 2 <= cfg.budget {
+        RttClass::Good
+    } else if rtt * 4 <= cfg.budget * 3 {
+        RttClass::Fair
+    } else {
+        RttClass::Bad
+    }
 }
 
-/// Whether an Ahead run may end at `now` (the link side of the rule).
+/// Whether an Ahead run may end at `now` (the link side of the rule): good
+/// round trips for a hold, or fair ones for [`FAIR_HOLDS`] holds.
 pub fn may_leave(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> bool {
     let h = hold(cfg, level);
-    now >= run.since + h && run.good_since.is_some_and(|g| now >= g + h)
+    now >= run.since + h
+        && (run.good_since.is_some_and(|g| now >= g + h)
+            || run.fair_since.is_some_and(|f| now >= f + h * FAIR_HOLDS))
 }
 
 impl Core {
@@ -249,11 +276,14 @@ impl Core {
         }
         let budget = self.cfg.adaptive.budget;
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
-        let stalled = s.ping_out.is_some_and(|(_, sent)| now.saturating_sub(sent) * 2 > budget);
+        let unanswered = s.ping_out.map(|(_, sent)| now.saturating_sub(sent));
         let Activity::Ahead(run) = &mut s.activity else { return };
-        if stalled {
+        if unanswered.is_some_and(|u| u * 2 > budget) {
             // A ping unanswered for half the budget: the link is not good.
             run.good_since = None;
+        }
+        if unanswered.is_some_and(|u| u * 4 > budget * 3) {
+            run.fair_since = None;
         }
         let run = *run;
         let leave = self.role != Role::Primary
@@ -280,18 +310,26 @@ impl Core {
         let s = self.session.as_ref().filter(|s| s.phase == Phase::Running)?;
         let Activity::Ahead(run) = &s.activity else { return None };
         let mut t = None::<Time>;
+        let mut at = |x: Time| {
+            if x > self.now {
+                t = Some(t.map_or(x, |y: Time| y.min(x)));
+            }
+        };
+        let budget = self.cfg.adaptive.budget;
         if let Some((_, sent)) = s.ping_out {
-            let stall = sent + self.cfg.adaptive.budget / 2 + Duration::from_micros(1);
-            if run.good_since.is_some() && stall > self.now {
-                t = Some(stall);
+            if run.good_since.is_some() {
+                at(sent + budget / 2 + Duration::from_micros(1));
+            }
+            if run.fair_since.is_some() {
+                at(sent + budget * 3 / 4 + Duration::from_micros(1));
             }
         }
+        let h = hold(&self.cfg.adaptive, self.backoff.level);
         if let Some(g) = run.good_since {
-            let h = hold(&self.cfg.adaptive, self.backoff.level);
-            let at = (g + h).max(run.since + h);
-            if at > self.now {
-                t = Some(t.map_or(at, |x| x.min(at)));
-            }
+            at((g + h).max(run.since + h));
+        }
+        if let Some(f) = run.fair_since {
+            at((f + h * FAIR_HOLDS).max(run.since + h));
         }
         t
     }
@@ -311,12 +349,18 @@ impl Core {
     /// A round-trip sample (a ping answered).
     pub(crate) fn adaptive_sample(&mut self, rtt: Duration) {
         let now = self.now;
-        let good = good_rtt(&self.cfg.adaptive, rtt);
+        let class = rtt_class(&self.cfg.adaptive, rtt);
         if let Some(Activity::Ahead(run)) = self.session.as_mut().map(|s| &mut s.activity) {
-            if !good {
-                run.good_since = None;
-            } else if run.good_since.is_none() {
-                run.good_since = Some(now);
+            match class {
+                RttClass::Good => {
+                    run.good_since.get_or_insert(now);
+                    run.fair_since.get_or_insert(now);
+                }
+                RttClass::Fair => {
+                    run.good_since = None;
+                    run.fair_since.get_or_insert(now);
+                }
+                RttClass::Bad => (run.good_since, run.fair_since) = (None, None),
             }
         }
     }
@@ -335,7 +379,7 @@ impl Core {
                 _ => None,
             })
             .collect();
-        s.activity = Activity::Ahead(AheadRun { since: now, good_since: None });
+        s.activity = Activity::Ahead(AheadRun { since: now, good_since: None, fair_since: None });
         self.backoff.level = level;
         // Back in C, the window starts afresh.
         self.backoff.window.clear();
@@ -463,13 +507,22 @@ mod tests {
     fn the_way_out_needs_half_the_budget_for_the_hold() {
         let c = cfg();
         let ms = Duration::from_millis;
-        assert!(good_rtt(&c, ms(2)) && !good_rtt(&c, ms(3)));
-        let run = AheadRun { since: ms(1000), good_since: Some(ms(1050)) };
+        assert_eq!(rtt_class(&c, ms(2)), RttClass::Good);
+        assert_eq!(rtt_class(&c, ms(3)), RttClass::Fair);
+        assert_eq!(rtt_class(&c, Duration::from_micros(3001)), RttClass::Bad);
+        let run = AheadRun { since: ms(1000), good_since: Some(ms(1050)), fair_since: None };
         assert!(!may_leave(&c, 0, run, ms(1100)));
         assert!(may_leave(&c, 0, run, ms(1150)));
         assert!(!may_leave(&c, 1, run, ms(1200)));
         assert!(may_leave(&c, 1, run, ms(1250)));
         assert!(!may_leave(&c, 0, AheadRun { good_since: None, ..run }, ms(9000)));
+        // Round trips between half and three quarters of the budget: four
+        // holds (a link that settles there is not left Ahead for ever).
+        let fair = AheadRun { since: ms(1000), good_since: None, fair_since: Some(ms(1050)) };
+        assert!(!may_leave(&c, 0, fair, ms(1400)));
+        assert!(may_leave(&c, 0, fair, ms(1450)));
+        assert!(!may_leave(&c, 1, fair, ms(1800)));
+        assert!(may_leave(&c, 1, fair, ms(1850)));
     }
 
     #[test]

@@ -2787,6 +2787,57 @@ mod probes_adversarial {
         assert_eq!(c.status().counters.mode_switches, 2);
     }
 
+    /// Ahead (by the fill), then the link's round trips settle at `rtt`
+    /// (pings answered that late); returns when it left Ahead, if it did
+    /// within `within` (budget 50 ms, hold 2 s).
+    fn ahead_then_round_trips_of(rtt: Duration, within: Duration) -> Option<Duration> {
+        let mut t = Duration::ZERO;
+        let mut c = congestion_primary(Some(2048));
+        for req in 0..3 {
+            c.write(t, req, req * 1024, Bytes::from(vec![7u8; 1024]), false);
+            run(&mut c, t);
+        }
+        assert_eq!(c.replication(), Replication::Ahead);
+        // The peer completes what it was sent (else it is lost after
+        // `timeout`).
+        c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
+        run(&mut c, t);
+        let start = t;
+        let mut pongs: Vec<(Duration, u64)> = Vec::new();
+        while t < start + within {
+            t += Duration::from_millis(10);
+            for (_, id) in pongs.iter().filter(|(at, _)| *at <= t) {
+                c.handle_frame(t, 1, Message::Pong { id: *id });
+            }
+            pongs.retain(|(at, _)| *at > t);
+            c.handle_timeout(t);
+            for a in run(&mut c, t) {
+                if let Action::Send { msg: Message::Ping { id }, .. } = a {
+                    pongs.push((t + rtt, id));
+                }
+            }
+            if c.replication() != Replication::Ahead {
+                assert_eq!(c.replication(), Replication::SyncSource, "{:?}", c.status());
+                return Some(t - start);
+            }
+        }
+        None
+    }
+
+    /// The way out of Ahead: round trips of at most half the budget for a
+    /// hold; between half and three quarters of it, for four holds (before,
+    /// a link that settled there, within the budget, stayed Ahead for ever,
+    /// the peer Outdated); beyond, never.
+    #[test]
+    fn ahead_ends_on_a_link_that_settles_within_three_quarters_of_the_budget() {
+        let s = Duration::from_secs;
+        let good = ahead_then_round_trips_of(Duration::from_millis(20), s(20)).expect("good");
+        assert!(good >= s(2) && good < s(3), "good round trips: left after {good:?}");
+        let fair = ahead_then_round_trips_of(Duration::from_millis(30), s(20)).expect("fair");
+        assert!(fair >= s(8) && fair < s(9), "fair round trips: left after {fair:?}");
+        assert_eq!(ahead_then_round_trips_of(Duration::from_millis(40), s(30)), None);
+    }
+
     /// Writes sent behind a bench probe wait for it: once the probe lands,
     /// their bytes are still no backlog of the link's (found by review:
     /// they passed the fill and sent the Primary Ahead).
