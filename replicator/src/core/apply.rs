@@ -128,7 +128,7 @@ impl Core {
         }
         let size = self.cfg.size;
         if let Some((off, len)) = op.range().or(match op {
-            Op::Verify { offset, len } => Some((offset, len as u64)),
+            Op::Verify { offset, len, .. } => Some((offset, len as u64)),
             _ => None,
         }) {
             if off.checked_add(len).is_none_or(|end| end > size) {
@@ -189,9 +189,11 @@ impl Core {
             progress.done += took;
             progress.total = progress.total.max(progress.done);
         }
-        if let (Op::Verify { offset, len }, Activity::Idle) = (&op, &s.activity) {
-            // The peer's online verify (not a checksum resync: that one
-            // runs while this node is its SyncTarget).
+        if let (Op::Verify { offset, len, online: true }, Activity::Idle) = (&op, &s.activity) {
+            // The peer's online verify (a checksum resync's probes say
+            // they are not: one started mid-session, after a verify found
+            // differences, comes while this node is Idle; found by review:
+            // they left it shown VerifyTarget for the rest of the session).
             let end = offset.saturating_add(u64::from(*len)).min(size);
             if s.verify_target.is_none() {
                 tracing::info!(bytes = size, "online verify by the peer started (VerifyTarget)");

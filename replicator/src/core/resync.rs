@@ -125,7 +125,10 @@ impl Core {
         for (off, len) in probes {
             let s = self.session.as_mut().expect("session");
             let seq = s.submit(OutKind::Probe { offset: off, len }, Need::Done, None, 0, now);
-            self.send(Message::Data { seq, op: Op::Verify { offset: off, len: len as u32 } });
+            self.send(Message::Data {
+                seq,
+                op: Op::Verify { offset: off, len: len as u32, online: false },
+            });
         }
         if let Some((off, len)) = to_read {
             self.barrier += 1;
@@ -253,7 +256,7 @@ impl Core {
                 let seq = s.submit(OutKind::Verify { offset, sums }, Need::Done, None, 0, now);
                 self.actions.push_back(super::Action::Send {
                     session: sid,
-                    msg: Message::Data { seq, op: Op::Verify { offset, len } },
+                    msg: Message::Data { seq, op: Op::Verify { offset, len, online: true } },
                 });
             }
             _ => {}

@@ -159,7 +159,7 @@ fn a_sequence_gap_closes_the_link() {
 fn a_verify_larger_than_allowed_closes_the_link() {
     let mut c = core(Protocol::C, DiskState::UpToDate);
     connect(&mut c, 1, Role::Primary);
-    let op = Op::Verify { offset: 0, len: wire::MAX_VERIFY + 64 };
+    let op = Op::Verify { offset: 0, len: wire::MAX_VERIFY + 64, online: true };
     c.handle_frame(Duration::ZERO, 1, Message::Data { seq: 1, op });
     assert!(closed(&drain(&mut c)));
 }
@@ -408,7 +408,10 @@ fn a_secondary_answering_a_verify_shows_verify_target() {
     let mut c = core(Protocol::C, DiskState::UpToDate);
     connect(&mut c, 1, Role::Primary);
     let chunk = SIZE / 4;
-    let verify = |seq, offset| Message::Data { seq, op: Op::Verify { offset, len: chunk as u32 } };
+    let verify = |seq, offset| Message::Data {
+        seq,
+        op: Op::Verify { offset, len: chunk as u32, online: true },
+    };
     c.handle_frame(t, 1, verify(1, 0));
     run(&mut c, t);
     assert_eq!(c.replication(), Replication::VerifyTarget);
@@ -3725,4 +3728,31 @@ fn a_discarded_node_cut_mid_resync_ends_up_to_date() {
     let b = p.core(1).status();
     assert!(p.n[0].cache == p.n[1].cache, "disks differ");
     assert_eq!(b.disk, DiskState::UpToDate, "b ends {:?}: {:?}", b.disk, b.last_error);
+}
+
+/// With `resync-checksum`, a verify that finds a difference starts a
+/// resync in the same session, whose probes are verify operations too:
+/// the Secondary, Idle meanwhile, took them for an online verify and was
+/// shown `VerifyTarget` (refusing `verify`, and after a switchover `bench`
+/// and the witness's "peer current") for the rest of the session (found
+/// by review). The probes say they are not an online verify's.
+#[test]
+fn a_checksum_resync_after_a_verify_leaves_no_verify_target_behind() {
+    let mut c = cfg(Protocol::C);
+    c.resync_checksum = true;
+    let mut p = Pair::with_cfg(c, true);
+    p.initial();
+    p.write(0, 1, 0, 7, 4096);
+    p.settle();
+    for x in &mut p.n[1].cache[2048..2060] {
+        *x = 0xee;
+    }
+    p.n[1].durable[2048..2060].copy_from_slice(&[0xee; 12]);
+    p.core(0).verify().unwrap();
+    p.settle();
+    assert!(p.core(0).status().counters.verify_mismatches > 0);
+    assert!(p.n[0].cache == p.n[1].cache, "not repaired");
+    assert_eq!(p.core(1).dirty().bytes(), 0);
+    assert_eq!(p.core(1).replication(), Replication::Established, "{:?}", p.core(1).status().sync);
+    p.core(1).verify().expect("verify on the Secondary refused");
 }

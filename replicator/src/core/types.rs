@@ -357,7 +357,7 @@ impl StoreOp {
                 StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
             }
             Op::Flush => StoreOp::Flush,
-            Op::Verify { offset, len } => StoreOp::Read { offset, len: len as u64 },
+            Op::Verify { offset, len, .. } => StoreOp::Read { offset, len: len as u64 },
             Op::Bench { offset, data, .. } => StoreOp::Scratch { offset, data },
         }
     }

@@ -30,7 +30,7 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Data { seq: 4, op: Op::Zero { offset: 0, len: 4096, no_hole: true, fua: false } },
         Message::Data { seq: 5, op: Op::Flush },
         Message::Data { seq: 5, op: Op::resync(1 << 20, Bytes::from(vec![3u8; 8192])) },
-        Message::Data { seq: 6, op: Op::Verify { offset: 1 << 20, len: 1 << 20 } },
+        Message::Data { seq: 6, op: Op::Verify { offset: 1 << 20, len: 1 << 20, online: true } },
         Message::Verified { seq: 6, sums: vec![1, 2, u64::MAX] },
         Message::Data { seq: 7, op: Op::bench(4096, Bytes::from(vec![9u8; 4096]), true) },
         Message::Data { seq: 8, op: Op::bench(0, Bytes::new(), false) },

@@ -10,7 +10,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::genid::GenIds;
 
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
-/// 64-bit checksums (SHA-256) instead of CRC32s.
+/// 64-bit checksums (SHA-256) instead of CRC32s, and Verify says whether
+/// it is an online verify's.
 pub const VERSION: u16 = 5;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
@@ -133,11 +134,14 @@ pub enum Op {
     },
     /// A barrier: everything before it is durable on the peer once it is done.
     Flush,
-    /// Online verify: CRC32 each 4 KiB block of the range, as it stands
-    /// after every earlier operation, and answer with `Verified`.
+    /// Checksum each 4 KiB block of the range, as it stands after every
+    /// earlier operation, and answer with `Verified`.
     Verify {
         offset: u64,
         len: u32,
+        /// A range of an online verify (shown as `VerifyTarget` by the
+        /// node answering it); false: a checksum resync's probe.
+        online: bool,
     },
     /// A `twinblock bench` probe: numbered and acknowledged like a write,
     /// but written into the scratch area (`offset` within [`BENCH_AREA`]),
@@ -355,11 +359,12 @@ impl Message {
                     b.put_u8(T_FLUSH);
                     b.put_u64(*seq);
                 }
-                Op::Verify { offset, len } => {
+                Op::Verify { offset, len, online } => {
                     b.put_u8(T_VERIFY);
                     b.put_u64(*seq);
                     b.put_u64(*offset);
                     b.put_u32(*len);
+                    b.put_u8(u8::from(*online));
                 }
                 Op::Bench { offset, data, crc, store } => {
                     b.put_u8(T_BENCH);
@@ -588,10 +593,10 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::Ack { received: b.get_u64(), done: b.get_u64() }
         }
         T_VERIFY => {
-            need(&b, 20, "verify")?;
+            need(&b, 21, "verify")?;
             Message::Data {
                 seq: b.get_u64(),
-                op: Op::Verify { offset: b.get_u64(), len: b.get_u32() },
+                op: Op::Verify { offset: b.get_u64(), len: b.get_u32(), online: b.get_u8() != 0 },
             }
         }
         T_VERIFIED => {
