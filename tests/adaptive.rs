@@ -112,12 +112,31 @@ fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
 
 /// The pair's resource file with `[adaptive] latency_budget = budget`.
 fn adaptive_pair(budget: &str) -> Pair {
+    adaptive_pair_with(budget, "")
+}
+
+/// [`adaptive_pair`] with more `[adaptive]` lines.
+fn adaptive_pair_with(budget: &str, more: &str) -> Pair {
     let p = Pair::prepare("adaptive", "64M");
     let text = std::fs::read_to_string(&p.config).unwrap();
-    let text =
-        text.replacen("\n[tls]", &format!("\n[adaptive]\nlatency_budget = \"{budget}\"\n[tls]"), 1);
-    std::fs::write(&p.config, text).unwrap();
+    let table = format!("\n[adaptive]\nlatency_budget = \"{budget}\"\n{more}[tls]");
+    std::fs::write(&p.config, text.replacen("\n[tls]", &table, 1)).unwrap();
     p
+}
+
+/// Both nodes up, b reached through a relay of `delay` each way, a
+/// Primary, the initial sync done; returns the relay.
+fn synced_through_relay(p: &mut Pair, delay: &str) -> KillOnDrop {
+    let (relay, b_addr) = p.route_b_through_relay();
+    let (link, _) = netem(&relay, &b_addr, delay);
+    p.up(0);
+    p.up(1);
+    p.ok(&["primary", "--force"], 0);
+    p.wait_linked();
+    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
+        a["sync"].is_null() && b["disk"] != "Inconsistent"
+    });
+    link
 }
 
 /// The nodes' log lines about the link and the mode (for the test output).
@@ -262,16 +281,8 @@ fn adaptive_does_not_flap_with_the_delay_at_the_budget() {
         return;
     }
     let mut p = adaptive_pair("20ms");
-    let (relay, b_addr) = p.route_b_through_relay();
     // 10 ms each way: round trips of about the budget.
-    let (_link, _) = netem(&relay, &b_addr, "10ms");
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_linked();
-    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
-        a["sync"].is_null() && b["disk"] != "Inconsistent"
-    });
+    let _link = synced_through_relay(&mut p, "10ms");
     let before = switches(&p.status(0));
     let runs = write_for(&p, Duration::from_secs(10), 0x55);
     let a = p.status(0);
@@ -295,19 +306,8 @@ fn a_backlog_past_congestion_fill_goes_ahead_and_comes_back() {
     if !have("qemu-io") {
         return;
     }
-    let mut p = adaptive_pair("900ms");
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    let text = text.replacen("\n[tls]", "\ncongestion_fill = \"256K\"\n[tls]", 1);
-    std::fs::write(&p.config, text).unwrap();
-    let (relay, b_addr) = p.route_b_through_relay();
-    let (_link, _) = netem(&relay, &b_addr, "20ms");
-    p.up(0);
-    p.up(1);
-    p.ok(&["primary", "--force"], 0);
-    p.wait_linked();
-    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
-        a["sync"].is_null() && b["disk"] != "Inconsistent"
-    });
+    let mut p = adaptive_pair_with("900ms", "congestion_fill = \"256K\"\n");
+    let _link = synced_through_relay(&mut p, "20ms");
     assert_eq!(switches(&p.status(0)), 0);
     run_qemu_io(&p.uri(0), &["write -P 0x66 1M 4M".to_string()]);
     let a = p.status(0);

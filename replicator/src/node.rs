@@ -224,10 +224,6 @@ pub struct Node {
     transitions: tokio::sync::broadcast::Sender<StateKey>,
     /// `twinblock bench`'s scratch area (`META.bench`), opened on first use.
     scratch: std::sync::OnceLock<Arc<Store>>,
-    /// When the scratch area last failed to open and said so (ms on the
-    /// node's clock; 0: never): every probe tries again, the log hears of
-    /// it every 10 s.
-    scratch_warned_ms: std::sync::atomic::AtomicU64,
     opts: StoreOptions,
     /// The runtime the node's tasks run on (flushes the lane's thread starts).
     rt: tokio::runtime::Handle,
@@ -428,7 +424,6 @@ impl Node {
             observer: std::sync::OnceLock::new(),
             transitions: tokio::sync::broadcast::channel(256).0,
             scratch: std::sync::OnceLock::new(),
-            scratch_warned_ms: std::sync::atomic::AtomicU64::new(0),
             opts: opts.clone(),
             rt: tokio::runtime::Handle::current(),
             lane_wake,
@@ -727,15 +722,10 @@ impl Node {
         // Opened under the node's lock: never wait there for a lock an
         // exited process left (a failed probe is all it costs).
         let opts = StoreOptions { lock_wait: Duration::ZERO, ..self.opts.clone() };
+        // (Every probe tries again; the core warns of the failed writes,
+        // at most every 10 s, with their errno.)
         let store =
             Store::open(&path, Some(crate::protocol::wire::BENCH_AREA), &opts).map_err(|e| {
-                use std::sync::atomic::Ordering;
-                let now = self.now().as_millis() as u64 + 1;
-                let last = self.scratch_warned_ms.load(Ordering::Relaxed);
-                if last == 0 || now.saturating_sub(last) >= 10_000 {
-                    self.scratch_warned_ms.store(now, Ordering::Relaxed);
-                    tracing::warn!("bench scratch area {}: {e}", path.display());
-                }
                 // The errno travels to the bench's report (and the peer's
                 // Failed frame): "Is a directory", not an anonymous EIO.
                 match e {

@@ -2680,15 +2680,7 @@ mod probes_adversarial {
     /// does.
     #[test]
     fn writes_queued_behind_probes_do_not_send_adaptive_mode_ahead() {
-        let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
-        c.cfg.adaptive = AdaptiveConfig {
-            budget: Duration::from_millis(50),
-            hold: Duration::from_secs(2),
-            max_hold: Duration::from_secs(2),
-            congestion_fill: None,
-        };
-        c.promote(false, 1).unwrap();
-        connect(&mut c, 1, Role::Secondary);
+        let mut c = adaptive_primary(None);
         let mut t = Duration::ZERO;
         for req in 0..4 {
             c.bench_write(t, 100 + req, ProbeMode::A, req * 4096, Bytes::from(vec![1u8; 4096]));
@@ -2719,9 +2711,9 @@ mod probes_adversarial {
         assert_eq!(c.replication(), Replication::Ahead, "a write alone waiting past the budget");
     }
 
-    /// An adaptive Primary with `congestion_fill` in C, the peer not
-    /// answering (budget 50 ms, no time passing).
-    fn congestion_primary(fill: Option<u64>) -> Core {
+    /// An adaptive Primary in C, connected (budget 50 ms, hold 2 s, and
+    /// `congestion_fill` `fill`).
+    fn adaptive_primary(fill: Option<u64>) -> Core {
         let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
         c.cfg.adaptive = AdaptiveConfig {
             budget: Duration::from_millis(50),
@@ -2743,14 +2735,17 @@ mod probes_adversarial {
         let t = Duration::ZERO;
         // (The test device: 16 KiB, three activity-log extents of 1 KiB.)
         for (fill, ahead) in [(Some(2048), true), (Some(4096), false), (None, false)] {
-            let mut c = congestion_primary(fill);
+            let mut c = adaptive_primary(fill);
             let mut replies = Vec::new();
-            for req in 0..24u64 {
-                c.write(t, req, req * 128, Bytes::from(vec![7u8; 128]), false);
-                replies.extend(run(&mut c, t).into_iter().filter_map(|a| match a {
+            let answered = |acts: Vec<Action>| {
+                acts.into_iter().filter_map(|a| match a {
                     Action::Reply { req, result } => Some((req, result)),
                     _ => None,
-                }));
+                })
+            };
+            for req in 0..24u64 {
+                c.write(t, req, req * 128, Bytes::from(vec![7u8; 128]), false);
+                replies.extend(answered(run(&mut c, t)));
             }
             let want = if ahead { Replication::Ahead } else { Replication::Established };
             assert_eq!(c.replication(), want, "fill {fill:?}: 3 KiB waiting");
@@ -2758,10 +2753,7 @@ mod probes_adversarial {
             if ahead {
                 // Every write answered without the peer (the bitmap marks them).
                 for _ in 0..3 {
-                    replies.extend(run(&mut c, t).into_iter().filter_map(|a| match a {
-                        Action::Reply { req, result } => Some((req, result)),
-                        _ => None,
-                    }));
+                    replies.extend(answered(run(&mut c, t)));
                 }
                 assert_eq!(replies.len(), 24, "{replies:?}");
                 assert!(replies.iter().all(|(_, r)| r.is_ok()), "{replies:?}");
@@ -2777,7 +2769,7 @@ mod probes_adversarial {
     #[test]
     fn losing_the_link_while_ahead_counts_a_switch() {
         let t = Duration::ZERO;
-        let mut c = congestion_primary(Some(2048));
+        let mut c = adaptive_primary(Some(2048));
         for req in 0..3 {
             c.write(t, req, req * 1024, Bytes::from(vec![7u8; 1024]), false);
             run(&mut c, t);
@@ -2795,7 +2787,7 @@ mod probes_adversarial {
     /// within `within` (budget 50 ms, hold 2 s).
     fn ahead_then_round_trips_of(rtt: Duration, within: Duration) -> Option<Duration> {
         let mut t = Duration::ZERO;
-        let mut c = congestion_primary(Some(2048));
+        let mut c = adaptive_primary(Some(2048));
         for req in 0..3 {
             c.write(t, req, req * 1024, Bytes::from(vec![7u8; 1024]), false);
             run(&mut c, t);
@@ -2847,7 +2839,7 @@ mod probes_adversarial {
     #[test]
     fn writes_behind_a_probe_do_not_pass_the_fill_once_it_lands() {
         let t = Duration::ZERO;
-        let mut c = congestion_primary(Some(2048));
+        let mut c = adaptive_primary(Some(2048));
         c.bench_write(t, 100, ProbeMode::Link, 0, Bytes::from(vec![1u8; 4096]));
         run(&mut c, t);
         for req in 0..3u64 {
