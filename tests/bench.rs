@@ -333,9 +333,11 @@ fn a_scratch_area_that_cannot_be_written_stops_the_bench_and_nothing_else() {
     assert!(err.contains("bench stopped: protocol C"), "{err}");
     healthy("the peer's scratch area failed");
     // Every probe of the A and B runs failed on b (thousands): its log
-    // says so a few times, not once per probe.
+    // says so a few times, not once per probe, and so does a's.
     let lines = pair.log(1).lines().filter(|l| l.contains("bench scratch")).count();
     assert!((1..=8).contains(&lines), "{lines} lines about the scratch area in b's log");
+    let lines = pair.log(0).lines().filter(|l| l.contains("failed bench probes")).count();
+    assert!((1..=8).contains(&lines), "{lines} lines about b's scratch area in a's log");
     // User writes still replicate.
     if have("qemu-io") {
         pair.qemu_io(0, "write -P 0x22 0 64k");

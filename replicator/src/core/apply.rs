@@ -25,9 +25,6 @@ pub(crate) struct ApplyIo {
     pub scratch: bool,
 }
 
-/// At most one warning this often about failing bench scratch writes.
-const SCRATCH_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The checksum online verify and checksum resync compare, of each
 /// `block` bytes of `data`: the first 64 bits of its SHA-256. (CRC32, as
 /// before, let one differing block in 2^32 pass as equal: a checksum
@@ -295,12 +292,8 @@ impl Core {
             Err(e) if a.scratch => {
                 // The bench scratch area failed: the probe fails, the disk
                 // and the link do not (the sequence moves on past it).
-                let now = self.now;
-                let (n, at) = &mut self.scratch_failed;
-                *n += 1;
-                if at.is_none_or(|t| now.saturating_sub(t) >= SCRATCH_WARN_EVERY) {
-                    tracing::warn!(errno = e.0, failed = *n, "bench scratch writes failed");
-                    (*n, *at) = (0, Some(now));
+                if let Some(failed) = self.scratch_failed.due(self.now) {
+                    tracing::warn!(errno = e.0, failed, "bench scratch writes failed");
                 }
                 if current {
                     self.send(Message::Failed { seq: a.seq, errno: e.0 });

@@ -213,10 +213,10 @@ pub struct Core {
     actions: VecDeque<Action>,
     counters: CoreCounters,
     last_error: Option<String>,
-    /// Bench scratch writes that failed here since the last warning (and
-    /// when it was): a failing scratch area fails every probe of a run,
-    /// thousands a second, and the log says so every 10 s, not each time.
-    scratch_failed: (u64, Option<Time>),
+    /// Bench scratch writes that failed here, and probes the peer's
+    /// scratch area failed: warned of every 10 s, not each time.
+    scratch_failed: types::LogEvery,
+    peer_scratch_failed: types::LogEvery,
     /// The session whose loss `last_error` tells (a peer's late reason
     /// is about that one or none).
     last_lost: Option<SessionId>,
@@ -319,7 +319,8 @@ impl Core {
             actions: VecDeque::new(),
             counters: CoreCounters::default(),
             last_error: None,
-            scratch_failed: (0, None),
+            scratch_failed: Default::default(),
+            peer_scratch_failed: Default::default(),
             last_lost: None,
             ctl: cfg.controller.clone().map(|c| quorum::Ctl::new(c, now)),
             separated: false,

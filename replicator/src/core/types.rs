@@ -464,3 +464,42 @@ pub struct CoreStatus {
     pub last_error: Option<String>,
     pub gen: GenIds,
 }
+
+/// Events that would flood the log (a failing bench scratch area fails
+/// every probe of a run, thousands a second): said at most once per
+/// [`Self::EVERY`], with how many happened since.
+#[derive(Debug, Default)]
+pub(crate) struct LogEvery {
+    since_said: u64,
+    said_at: Option<Time>,
+}
+
+impl LogEvery {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// One more at `now`: how many to report now, if it is time to.
+    pub fn due(&mut self, now: Time) -> Option<u64> {
+        self.since_said += 1;
+        if self.said_at.is_some_and(|t| now.saturating_sub(t) < Self::EVERY) {
+            return None;
+        }
+        self.said_at = Some(now);
+        Some(std::mem::take(&mut self.since_said))
+    }
+}
+
+#[cfg(test)]
+mod log_every_tests {
+    use super::*;
+
+    #[test]
+    fn says_the_first_then_once_per_period_with_the_count() {
+        let mut l = LogEvery::default();
+        let s = Duration::from_secs;
+        assert_eq!(l.due(s(1)), Some(1));
+        assert_eq!(l.due(s(2)), None);
+        assert_eq!(l.due(s(10)), None);
+        assert_eq!(l.due(s(11)), Some(3));
+        assert_eq!(l.due(s(12)), None);
+    }
+}

@@ -582,7 +582,14 @@ impl Core {
         if matches!(o.kind, OutKind::Bench(_)) {
             // A probe of `twinblock bench` into the scratch area: the
             // device's data is not involved, nothing is marked.
-            tracing::warn!(seq, errno, "the peer failed a bench probe (its scratch area)");
+            if let Some(failed) = self.peer_scratch_failed.due(self.now) {
+                tracing::warn!(
+                    seq,
+                    errno,
+                    failed,
+                    "the peer failed bench probes (its scratch area)"
+                );
+            }
         } else {
             tracing::warn!(seq, errno, "the peer failed to apply an operation: marked out of sync");
         }
