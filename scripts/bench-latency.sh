@@ -92,9 +92,10 @@ relay_ticks() {
   echo $((u + s))
 }
 # fio_run URI ARGS...: one job; prints "iops MiB/s clat_mean_us clat_p50_us
-# clat_p99_us cpu_us_per_op relay_cpu_pct" (the nodes' CPU time per
-# operation, over the whole run: what a write costs the machine, whatever
-# it waits for; the relay's CPU in per cent of a core, 0 without one).
+# clat_p99_us cpu_us_per_op relay_cpu_pct fio_cpu_us_per_op" (the nodes'
+# CPU time per operation, over the whole run: what a write costs the
+# machine, whatever it waits for; the relay's CPU in per cent of a core, 0
+# without one; fio's own CPU time per operation, as fio counts it).
 fio_run() {
   local uri=$1; shift
   local c0 t0 c1 t1 r0 r1
@@ -107,7 +108,9 @@ import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_n
 ticks, tck, wall = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4])
 cpu = ticks / tck * 1e6 / max(w["iops"] * wall, 1)
 relay = float(sys.argv[6]) / tck / wall * 100
-print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu, relay)' \
+j = json.load(open(sys.argv[1]))["jobs"][0]
+fio = (j["usr_cpu"] + j["sys_cpu"]) / 100 * 1e6 / max(w["iops"], 1)
+print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu, relay, fio)' \
     "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1" "$((r1 - r0))"
 }
 
@@ -314,6 +317,19 @@ if any(k.startswith("serve|") for k in d):
         for name, metric in (("4k randwrite QD32", 0), ("1M write QD8", 1)):
             base = meds(f"serve|{name}", metric); v = meds(f"C|{name}", metric)
             print(f"  C/serve {name} per run: " + ", ".join(f"{a/b:.2f}" for a, b in zip(v, base)))
+    # The machine's CPU per operation (the nodes' plus fio's): with both
+    # cores busy, rates go as its inverse. Both terms slow down together
+    # when the host lends this VM less CPU, so their quotient holds still
+    # where the rates' quotient swings between runs.
+    print("  the machine's CPU per operation (nodes + fio), us, and serve's over C's (the ratio the cores allow), per run:")
+    for name in ("4k randwrite QD32", "1M write QD8"):
+        def machine(mode):
+            return [float(x[5]) + float(x[7]) for x in d.get(f"{mode}|{name}", []) if len(x) > 7]
+        s_, c_ = machine("serve"), machine("C")
+        if s_ and c_:
+            q = [a / b for a, b in zip(s_, c_)]
+            print(f"    {name}: serve {statistics.median(s_):,.1f}, C {statistics.median(c_):,.1f}; "
+                  + ", ".join(f"{x:.2f}" for x in q) + f" (median {statistics.median(q):.2f})")
 if "relay|rtt" in d:
     rtts = meds("relay|rtt"); rtt = statistics.median(rtts)
     qrtt = med("relay|quic_rtt")

@@ -124,6 +124,8 @@ pub enum LinkLevel {
     AtBudget,
     /// Round trips hovering at the budget, +-1 ms.
     NearBudget,
+    /// Round trips of 76-80% of the budget: C fits it.
+    BelowBudget,
     /// 25-65 ms one way.
     High,
 }
@@ -1822,6 +1824,7 @@ impl Sim {
             LinkLevel::HalfBudget => (half / 2 + self.rng.below(500)).saturating_sub(250),
             LinkLevel::AtBudget => half,
             LinkLevel::NearBudget => (half + self.rng.below(1000)).saturating_sub(500),
+            LinkLevel::BelowBudget => half * 76 / 100 + self.rng.below(half * 4 / 100),
             LinkLevel::High => 25_000 + self.rng.below(40_000),
         };
         Duration::from_micros(us)
@@ -1864,6 +1867,9 @@ pub struct HoverOutcome {
     pub ahead_ms: u64,
     /// Writes acknowledged while the link hovered.
     pub acked: u64,
+    /// At the end of the hovering: how long the Primary had been in C with
+    /// its peer UpToDate (ms), if it was.
+    pub in_c_ms: Option<u64>,
 }
 
 /// Convergence under a hovering link, deterministically: an adaptive pair
@@ -1880,11 +1886,26 @@ pub fn hover(
     every: Duration,
     plant: Plant,
 ) -> Result<HoverOutcome, (Violation, Vec<String>)> {
+    hover_after(seed, BUDGET, Duration::ZERO, level, secs, every, plant)
+}
+
+/// [`hover`] with a latency budget of `budget`, the link first `spike`
+/// long far above it (`High`, writes going on): the Primary goes Ahead
+/// before the hovering begins.
+pub fn hover_after(
+    seed: u64,
+    budget: Duration,
+    spike: Duration,
+    level: LinkLevel,
+    secs: u64,
+    every: Duration,
+    plant: Plant,
+) -> Result<HoverOutcome, (Violation, Vec<String>)> {
     // An adaptive seed without the controller.
     let seed = (0..).map(|k| seed * 15 + 1 + 5 * k).find(|s| s % 3 != 2).expect("a seed");
     let mut sim = Sim::new(Options { seed, steps: 0, plant, trace: false });
     sim.err_rate = 0;
-    sim.budget = BUDGET;
+    sim.budget = budget;
     // The latency rule alone: a backlog past `congestion_fill` is no
     // hovering link (the seeds that set it check its switches).
     sim.congestion_fill = None;
@@ -1909,18 +1930,34 @@ pub fn hover(
     establish(&mut sim, "hover", &mut |sim| tick(sim, &mut None))?;
     let switches =
         |sim: &Sim| sim.nodes[0].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
+    let mut writes = Some(sim.now);
+    // The spike, if any.
+    if !spike.is_zero() {
+        sim.set_level(LinkLevel::High);
+        let end = sim.now + spike;
+        while sim.now < end {
+            tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
+        }
+    }
     // The hovering link.
     sim.set_level(level);
     let (s0, acked0) = (switches(&sim), sim.chk.stats.acked);
     let end = sim.now + Duration::from_secs(secs);
-    let mut writes = Some(sim.now);
     let mut ahead_us = 0u64;
+    let in_c = |sim: &Sim| {
+        sim.replication(0) == Replication::Established
+            && sim.nodes[1].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate)
+    };
+    let mut not_c_at = sim.now;
     while sim.now < end {
         let before = sim.now;
         let ahead = sim.replication(0) == Replication::Ahead;
         tick(&mut sim, &mut writes).map_err(|v| fail(&sim, v))?;
         if ahead {
             ahead_us += sim.now.saturating_sub(before).as_micros() as u64;
+        }
+        if !in_c(&sim) {
+            not_c_at = sim.now;
         }
     }
     let out = HoverOutcome {
@@ -1929,6 +1966,7 @@ pub fn hover(
         calm_switches: 0,
         ahead_ms: ahead_us / 1000,
         acked: sim.chk.stats.acked - acked0,
+        in_c_ms: in_c(&sim).then(|| sim.now.saturating_sub(not_c_at).as_millis() as u64),
     };
     // The link calms, writes go on, then stop.
     sim.set_level(LinkLevel::Low);

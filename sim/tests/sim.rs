@@ -247,6 +247,57 @@ fn adaptive_converges_under_a_hovering_link() {
     }
 }
 
+/// After a spike, a link that settles just under the budget (round trips
+/// of 76-80% of it, above the three quarters the quicker ways out need):
+/// with a budget of 80 ms, where C fits (the peer's data and metadata I/O add
+/// up to ~10 ms in the simulator), the Primary does not stay Ahead for ever with its
+/// peer Outdated: it returns to C after sixteen holds of such round trips,
+/// stays there, and the pair is back in sync with identical disks once the
+/// link calms. With the simulator's 20 ms budget, where C misses it (the
+/// writes wait the peer's disk on top of the round trip), it is tried
+/// again ever more rarely (before, every 8.5 s for ever: the backoff
+/// counted four holds as "soon" whatever the way out had taken).
+#[test]
+fn adaptive_returns_to_c_on_a_link_that_settles_below_the_budget() {
+    use std::time::Duration;
+    use twinblock_sim::{hover_after, HoverOutcome, LinkLevel};
+    let run = |seed: u64, budget_ms: u64, secs: u64| -> HoverOutcome {
+        match hover_after(
+            seed,
+            Duration::from_millis(budget_ms),
+            Duration::from_secs(3),
+            LinkLevel::BelowBudget,
+            secs,
+            Duration::from_millis(5),
+            Plant::None,
+        ) {
+            Ok(o) => o,
+            Err((v, recent)) => {
+                for l in recent.iter().rev().take(40).rev() {
+                    eprintln!("  {l}");
+                }
+                panic!("seed {seed}, budget {budget_ms} ms: {v}");
+            }
+        }
+    };
+    for seed in 0..2 {
+        let o = run(seed, 80, 30);
+        eprintln!("seed {seed}, C fits: {o:?}");
+        assert!(o.acked > 1000, "too few writes acknowledged: {o:?}");
+        // Ahead at first (the spike), then C for good: one switch back.
+        assert!(o.ahead_ms > 1000, "never Ahead after the spike: {o:?}");
+        assert_eq!(o.switches, 1, "{o:?}");
+        assert!(o.in_c_ms.is_some_and(|ms| ms >= 15_000), "not back in C for good: {o:?}");
+        assert_eq!(o.calm_switches, 0, "{o:?}");
+        let o = run(seed, 20, 60);
+        eprintln!("seed {seed}, C misses: {o:?}");
+        assert!(o.switches >= 2, "never tried C again: {o:?}");
+        // Ahead 6.4 s, 12.8 s, then 25.6 s (16 holds of `max_hold`) between
+        // the tries: six switches in 60 s, where a fixed window made 14.
+        assert!(o.switches <= 7, "the tries do not thin out: {o:?}");
+    }
+}
+
 /// A node whose disk failed and then hangs (the simulator leaves some of
 /// that disk's writes, zeroes and flushes without a completion): a core
 /// that waits for them leaves their requests unanswered for ever, caught

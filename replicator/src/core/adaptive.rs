@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!   Established (C) --a write waited >= budget--> Ahead
-//!   Ahead --RTT <= budget/2 for `hold` (or <= 3/4 budget for 4 holds),
+//!   Ahead --RTT <= budget/2 for `hold` (or <= 3/4 budget for 4 holds,
+//!         or <= 7/8 budget for 16 holds),
 //!         at least `hold` in Ahead--> SyncSource (C)
 //!   SyncSource --the peer holds our generation--> Established
 //! ```
@@ -35,9 +36,10 @@
 //! its local completion (a slow local disk or fdatasync is not the link's
 //! fault), and writes sent during a catch-up resync count from its end.
 //! the way out needs round trips of at
-//! most half the budget for `hold`, or of at most three quarters of it for
-//! four holds (so a link at the budget stays Ahead, and one that settles
-//! between half and three quarters of it is not left Ahead for ever);
+//! most half the budget for `hold`, of at most three quarters of it for
+//! four holds, or of at most seven eighths of it for sixteen holds (so a
+//! link at the budget stays Ahead, and one that settles below it is not
+//! left Ahead for ever with its peer Outdated: C fits the budget there);
 //! a resync, once started, runs to its end (writes during a catch-up
 //! resync wait as in C); and each time Ahead comes back soon after it was
 //! left, `hold` doubles (up to `max_hold`), so the switch rate decays
@@ -60,6 +62,11 @@ const WINDOW: usize = 100;
 /// Round trips only fair (at most 3/4 of the budget) must last this many
 /// holds before the catch-up.
 const FAIR_HOLDS: u32 = 4;
+/// Round trips only within the budget (at most 7/8 of it) must last this
+/// many holds before the catch-up: a link that settled just under the
+/// budget (after a spike) returns to C, rarely. Should C then miss the
+/// budget, Ahead comes back soon after it was left and the hold doubles.
+const WITHIN_HOLDS: u32 = 16;
 
 /// Why the Primary goes Ahead.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +86,8 @@ pub struct AheadRun {
     pub good_since: Option<Time>,
     /// Since when every round trip measured was at most 3/4 of it.
     pub fair_since: Option<Time>,
+    /// Since when every round trip measured was at most 7/8 of it.
+    pub within_since: Option<Time>,
 }
 
 /// A round trip against the budget (the way out of Ahead).
@@ -88,6 +97,8 @@ pub enum RttClass {
     Good,
     /// At most three quarters of it.
     Fair,
+    /// At most seven eighths of it.
+    Within,
     Bad,
 }
 
@@ -97,6 +108,10 @@ pub struct Backoff {
     pub level: u32,
     /// When Ahead was last left.
     pub left_at: Option<Time>,
+    /// How many holds the rule that let it leave asked for (1: good round
+    /// trips, a lost link; [`FAIR_HOLDS`]; [`WITHIN_HOLDS`]): Ahead coming
+    /// back within four times that many holds came back soon.
+    pub left_holds: u32,
     /// Since when the Primary replicates in C, Established (writes sent
     /// during a catch-up resync waited for it: their clock starts here).
     pub c_since: Option<Time>,
@@ -125,11 +140,19 @@ pub fn hold(cfg: &AdaptiveConfig, level: u32) -> Duration {
 }
 
 /// The backoff level for a new Ahead run at `now`: up when Ahead comes
-/// back within four holds of leaving it, down (one step) otherwise.
+/// back soon after it was left — within four times the holds its way out
+/// took (four holds after good round trips, sixteen after fair ones, 64
+/// after ones just within the budget: a marginal link is tried again in C
+/// ever more rarely, where a window of four holds let a link that left on
+/// round trips within the budget and missed it in C a few seconds later
+/// cycle at one rate for ever, found in the simulator) — down (one step)
+/// otherwise.
 pub fn next_level(cfg: &AdaptiveConfig, b: &Backoff, now: Time) -> u32 {
     let h = hold(cfg, b.level);
     match b.left_at {
-        Some(t) if now.saturating_sub(t) < h * 4 => (b.level + 1).min(MAX_LEVEL),
+        Some(t) if now.saturating_sub(t) < h * 4 * b.left_holds.max(1) => {
+            (b.level + 1).min(MAX_LEVEL)
+        }
         _ => b.level.saturating_sub(1),
     }
 }
@@ -159,18 +182,26 @@ pub fn rtt_class(cfg: &AdaptiveConfig, rtt: Duration) -> RttClass {
         RttClass::Good
     } else if rtt * 4 <= cfg.budget * 3 {
         RttClass::Fair
+    } else if rtt * 8 <= cfg.budget * 7 {
+        RttClass::Within
     } else {
         RttClass::Bad
     }
 }
 
-/// Whether an Ahead run may end at `now` (the link side of the rule): good
-/// round trips for a hold, or fair ones for [`FAIR_HOLDS`] holds.
-pub fn may_leave(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> bool {
+/// The way out that lets an Ahead run end at `now` (the link side of the
+/// rule: good round trips for a hold, fair ones for [`FAIR_HOLDS`] holds,
+/// or ones within the budget for [`WITHIN_HOLDS`] holds), as the holds it
+/// asked for (the quickest that applies), if one does.
+pub fn leave_rule(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> Option<u32> {
     let h = hold(cfg, level);
-    now >= run.since + h
-        && (run.good_since.is_some_and(|g| now >= g + h)
-            || run.fair_since.is_some_and(|f| now >= f + h * FAIR_HOLDS))
+    if now < run.since + h {
+        return None;
+    }
+    [(run.good_since, 1), (run.fair_since, FAIR_HOLDS), (run.within_since, WITHIN_HOLDS)]
+        .into_iter()
+        .find(|(since, holds)| since.is_some_and(|t| now >= t + h * *holds))
+        .map(|(_, holds)| holds)
 }
 
 impl Core {
@@ -285,14 +316,19 @@ impl Core {
         if unanswered.is_some_and(|u| u * 4 > budget * 3) {
             run.fair_since = None;
         }
+        if unanswered.is_some_and(|u| u * 8 > budget * 7) {
+            run.within_since = None;
+        }
         let run = *run;
-        let leave = self.role != Role::Primary
-            || !self.may_go_ahead()
-            || may_leave(&self.cfg.adaptive, self.backoff.level, run, now);
+        let leave = if self.role != Role::Primary || !self.may_go_ahead() {
+            Some(1)
+        } else {
+            leave_rule(&self.cfg.adaptive, self.backoff.level, run, now)
+        };
         // The peer knows it is behind (our generation is durable and was
         // announced) and no resync read of an earlier run is outstanding.
-        if leave && self.meta_durable() && self.barrier == 0 {
-            self.leave_ahead(run);
+        if let Some(holds) = leave.filter(|_| self.meta_durable() && self.barrier == 0) {
+            self.leave_ahead(run, holds);
         }
     }
 
@@ -323,6 +359,9 @@ impl Core {
             if run.fair_since.is_some() {
                 at(sent + budget * 3 / 4 + Duration::from_micros(1));
             }
+            if run.within_since.is_some() {
+                at(sent + budget * 7 / 8 + Duration::from_micros(1));
+            }
         }
         let h = hold(&self.cfg.adaptive, self.backoff.level);
         if let Some(g) = run.good_since {
@@ -330,6 +369,9 @@ impl Core {
         }
         if let Some(f) = run.fair_since {
             at((f + h * FAIR_HOLDS).max(run.since + h));
+        }
+        if let Some(w) = run.within_since {
+            at((w + h * WITHIN_HOLDS).max(run.since + h));
         }
         t
     }
@@ -355,12 +397,20 @@ impl Core {
                 RttClass::Good => {
                     run.good_since.get_or_insert(now);
                     run.fair_since.get_or_insert(now);
+                    run.within_since.get_or_insert(now);
                 }
                 RttClass::Fair => {
                     run.good_since = None;
                     run.fair_since.get_or_insert(now);
+                    run.within_since.get_or_insert(now);
                 }
-                RttClass::Bad => (run.good_since, run.fair_since) = (None, None),
+                RttClass::Within => {
+                    (run.good_since, run.fair_since) = (None, None);
+                    run.within_since.get_or_insert(now);
+                }
+                RttClass::Bad => {
+                    (run.good_since, run.fair_since, run.within_since) = (None, None, None)
+                }
             }
         }
     }
@@ -379,7 +429,12 @@ impl Core {
                 _ => None,
             })
             .collect();
-        s.activity = Activity::Ahead(AheadRun { since: now, good_since: None, fair_since: None });
+        s.activity = Activity::Ahead(AheadRun {
+            since: now,
+            good_since: None,
+            fair_since: None,
+            within_since: None,
+        });
         self.backoff.level = level;
         // Back in C, the window starts afresh.
         self.backoff.window.clear();
@@ -416,13 +471,14 @@ impl Core {
     }
 
     /// Ahead -> SyncSource: the marked blocks go to the peer; C again.
-    fn leave_ahead(&mut self, run: AheadRun) {
+    fn leave_ahead(&mut self, run: AheadRun, holds: u32) {
         let now = self.now;
         let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
         let total = self.dirty.bytes();
         let Some(s) = self.session.as_mut() else { return };
         s.activity = Activity::Source(SourceSync::new(claimed, total, now));
         self.backoff.left_at = Some(now);
+        self.backoff.left_holds = holds;
         self.counters.mode_switches += 1;
         tracing::info!(
             ahead_ms = now.saturating_sub(run.since).as_millis() as u64,
@@ -473,6 +529,10 @@ impl Core {
 mod tests {
     use super::*;
 
+    fn may_leave(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> bool {
+        leave_rule(cfg, level, run, now).is_some()
+    }
+
     fn cfg() -> AdaptiveConfig {
         AdaptiveConfig {
             budget: Duration::from_millis(4),
@@ -509,8 +569,15 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(rtt_class(&c, ms(2)), RttClass::Good);
         assert_eq!(rtt_class(&c, ms(3)), RttClass::Fair);
-        assert_eq!(rtt_class(&c, Duration::from_micros(3001)), RttClass::Bad);
-        let run = AheadRun { since: ms(1000), good_since: Some(ms(1050)), fair_since: None };
+        assert_eq!(rtt_class(&c, Duration::from_micros(3001)), RttClass::Within);
+        assert_eq!(rtt_class(&c, Duration::from_micros(3500)), RttClass::Within);
+        assert_eq!(rtt_class(&c, Duration::from_micros(3501)), RttClass::Bad);
+        let run = AheadRun {
+            since: ms(1000),
+            good_since: Some(ms(1050)),
+            fair_since: None,
+            within_since: None,
+        };
         assert!(!may_leave(&c, 0, run, ms(1100)));
         assert!(may_leave(&c, 0, run, ms(1150)));
         assert!(!may_leave(&c, 1, run, ms(1200)));
@@ -518,11 +585,19 @@ mod tests {
         assert!(!may_leave(&c, 0, AheadRun { good_since: None, ..run }, ms(9000)));
         // Round trips between half and three quarters of the budget: four
         // holds (a link that settles there is not left Ahead for ever).
-        let fair = AheadRun { since: ms(1000), good_since: None, fair_since: Some(ms(1050)) };
+        let fair = AheadRun { good_since: None, fair_since: Some(ms(1050)), ..run };
         assert!(!may_leave(&c, 0, fair, ms(1400)));
         assert!(may_leave(&c, 0, fair, ms(1450)));
         assert!(!may_leave(&c, 1, fair, ms(1800)));
         assert!(may_leave(&c, 1, fair, ms(1850)));
+        assert_eq!(leave_rule(&c, 1, fair, ms(1850)), Some(FAIR_HOLDS));
+        // Up to seven eighths of it: sixteen holds.
+        let within = AheadRun { good_since: None, within_since: Some(ms(1050)), ..run };
+        assert!(!may_leave(&c, 0, within, ms(2640)));
+        assert_eq!(leave_rule(&c, 0, within, ms(2650)), Some(WITHIN_HOLDS));
+        // The quickest way out that applies is the one taken.
+        let all = AheadRun { fair_since: Some(ms(1050)), within_since: Some(ms(1050)), ..run };
+        assert_eq!(leave_rule(&c, 0, all, ms(2650)), Some(1));
     }
 
     #[test]
@@ -534,6 +609,16 @@ mod tests {
         assert_eq!(next_level(&c, &b, ms(1500)), 0);
         let b = Backoff { level: 3, left_at: Some(ms(1000)), ..Backoff::default() };
         assert_eq!(next_level(&c, &b, ms(10_000)), 2);
+        // Left on round trips just within the budget (16 holds): soon is
+        // within 64 holds.
+        let b = Backoff {
+            level: 0,
+            left_at: Some(ms(1000)),
+            left_holds: WITHIN_HOLDS,
+            ..Backoff::default()
+        };
+        assert_eq!(next_level(&c, &b, ms(7000)), 1);
+        assert_eq!(next_level(&c, &b, ms(7500)), 0);
         assert_eq!(hold(&c, 0), ms(100));
         assert_eq!(hold(&c, 2), ms(400));
         assert_eq!(hold(&c, 5), ms(800));

@@ -666,6 +666,7 @@ impl Core {
             // (found by review: a link lost again and again shrank it).
             self.counters.mode_switches += 1;
             self.backoff.left_at = Some(self.now);
+            self.backoff.left_holds = 1;
             tracing::warn!(
                 ahead_ms = self.now.saturating_sub(run.since).as_millis() as u64,
                 out_of_sync = self.dirty.bytes(),
