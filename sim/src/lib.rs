@@ -124,7 +124,9 @@ pub enum LinkLevel {
     AtBudget,
     /// Round trips hovering at the budget, +-1 ms.
     NearBudget,
-    /// Round trips of 76-80% of the budget: C fits it.
+    /// Round trips of 76-80% of the budget: above the three quarters of it
+    /// that the quicker ways out of Ahead need, within seven eighths (C
+    /// fits the budget if the peer's disk adds less than the rest).
     BelowBudget,
     /// 25-65 ms one way.
     High,
@@ -1435,7 +1437,8 @@ impl Sim {
                 5..=8 => LinkLevel::HalfBudget,
                 9..=12 => LinkLevel::AtBudget,
                 13..=16 => LinkLevel::NearBudget,
-                _ => LinkLevel::High,
+                17..=18 => LinkLevel::High,
+                _ => LinkLevel::BelowBudget,
             };
             self.set_level(l);
         }

@@ -255,8 +255,9 @@ fn adaptive_converges_under_a_hovering_link() {
 /// stays there, and the pair is back in sync with identical disks once the
 /// link calms. With the simulator's 20 ms budget, where C misses it (the
 /// writes wait the peer's disk on top of the round trip), it is tried
-/// again ever more rarely (before, every 8.5 s for ever: the backoff
-/// counted four holds as "soon" whatever the way out had taken).
+/// again more and more rarely, down to once per sixteen `max_hold`s
+/// (before, every 8.5 s for ever: the backoff counted four holds as
+/// "soon" whatever the way out had taken).
 #[test]
 fn adaptive_returns_to_c_on_a_link_that_settles_below_the_budget() {
     use std::time::Duration;

@@ -143,10 +143,10 @@ pub fn hold(cfg: &AdaptiveConfig, level: u32) -> Duration {
 /// back soon after it was left — within four times the holds its way out
 /// took (four holds after good round trips, sixteen after fair ones, 64
 /// after ones just within the budget: a marginal link is tried again in C
-/// ever more rarely, where a window of four holds let a link that left on
-/// round trips within the budget and missed it in C a few seconds later
-/// cycle at one rate for ever, found in the simulator) — down (one step)
-/// otherwise.
+/// more and more rarely, down to once per sixteen `max_hold`s, where a
+/// window of four holds let a link that left on round trips within the
+/// budget and missed it in C a few seconds later cycle every sixteen
+/// holds for ever, found in the simulator) — down (one step) otherwise.
 pub fn next_level(cfg: &AdaptiveConfig, b: &Backoff, now: Time) -> u32 {
     let h = hold(cfg, b.level);
     match b.left_at {
