@@ -104,11 +104,10 @@ fio_run() {
       --ramp_time=1 --output-format=json --output="$WORK/out.json" >/dev/null
   c1=$(node_ticks); r1=$(relay_ticks); t1=$(date +%s.%N)
   python3 -c '
-import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
+import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; w=j["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
 ticks, tck, wall = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4])
 cpu = ticks / tck * 1e6 / max(w["iops"] * wall, 1)
 relay = float(sys.argv[6]) / tck / wall * 100
-j = json.load(open(sys.argv[1]))["jobs"][0]
 fio = (j["usr_cpu"] + j["sys_cpu"]) / 100 * 1e6 / max(w["iops"], 1)
 print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3, cpu, relay, fio)' \
     "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1" "$((r1 - r0))"

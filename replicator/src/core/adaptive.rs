@@ -59,14 +59,38 @@ use super::{Core, PeerPart};
 const MAX_LEVEL: u32 = 6;
 /// The latency window: the last this many writes acknowledged in C.
 const WINDOW: usize = 100;
-/// Round trips only fair (at most 3/4 of the budget) must last this many
-/// holds before the catch-up.
-const FAIR_HOLDS: u32 = 4;
-/// Round trips only within the budget (at most 7/8 of it) must last this
-/// many holds before the catch-up: a link that settled just under the
-/// budget (after a spike) returns to C, rarely. Should C then miss the
-/// budget, Ahead comes back soon after it was left and the hold doubles.
-const WITHIN_HOLDS: u32 = 16;
+
+/// A way out of Ahead: every round trip at most `num/den` of the budget
+/// for `holds` holds.
+#[derive(Debug, Clone, Copy)]
+struct Way {
+    num: u32,
+    den: u32,
+    holds: u32,
+}
+
+/// The ways out, quickest first: good round trips (half the budget) for a
+/// hold; fair ones (3/4) for four, so a link that settles there is not
+/// left Ahead for ever; ones within the budget (7/8) for sixteen, so one
+/// that settled just under it after a spike returns to C, rarely (should
+/// C then miss the budget, Ahead comes back soon and the hold doubles).
+/// [`RttClass`] names them in this order.
+const WAYS: [Way; 3] = [
+    Way { num: 1, den: 2, holds: 1 },
+    Way { num: 3, den: 4, holds: 4 },
+    Way { num: 7, den: 8, holds: 16 },
+];
+#[cfg(test)]
+const FAIR_HOLDS: u32 = WAYS[1].holds;
+#[cfg(test)]
+const WITHIN_HOLDS: u32 = WAYS[2].holds;
+
+impl Way {
+    /// The longest round trip this way allows.
+    fn limit(self, budget: Duration) -> Duration {
+        budget * self.num / self.den
+    }
+}
 
 /// Why the Primary goes Ahead.
 #[derive(Debug, Clone, Copy)]
@@ -82,15 +106,13 @@ enum Why {
 pub struct AheadRun {
     /// When the Primary went Ahead.
     pub since: Time,
-    /// Since when every round trip measured was at most half the budget.
-    pub good_since: Option<Time>,
-    /// Since when every round trip measured was at most 3/4 of it.
-    pub fair_since: Option<Time>,
-    /// Since when every round trip measured was at most 7/8 of it.
-    pub within_since: Option<Time>,
+    /// Per way out ([`WAYS`]): since when every round trip measured was
+    /// within its limit.
+    pub fits_since: [Option<Time>; WAYS.len()],
 }
 
-/// A round trip against the budget (the way out of Ahead).
+/// A round trip against the budget: the quickest way out it allows
+/// ([`WAYS`], in order), or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RttClass {
     /// At most half the budget.
@@ -102,16 +124,29 @@ pub enum RttClass {
     Bad,
 }
 
+impl AheadRun {
+    /// A round trip of class `c` was measured (or is still unanswered
+    /// after a time of class `c`): the ways it exceeds start over, the
+    /// others go on (or begin at `now`, if `now` is given: a sample).
+    fn saw(&mut self, c: RttClass, now: Option<Time>) {
+        for (i, since) in self.fits_since.iter_mut().enumerate() {
+            if i < c as usize {
+                *since = None;
+            } else if let Some(now) = now {
+                since.get_or_insert(now);
+            }
+        }
+    }
+}
+
 /// What outlives a session: the backoff and the latency window.
 #[derive(Debug, Default, Clone)]
 pub struct Backoff {
     pub level: u32,
-    /// When Ahead was last left.
-    pub left_at: Option<Time>,
-    /// How many holds the rule that let it leave asked for (1: good round
-    /// trips, a lost link; [`FAIR_HOLDS`]; [`WITHIN_HOLDS`]): Ahead coming
-    /// back within four times that many holds came back soon.
-    pub left_holds: u32,
+    /// When Ahead was last left, and how many holds its way out asked for
+    /// (1 for a lost link): Ahead coming back within four times that many
+    /// holds came back soon.
+    pub left: Option<(Time, u32)>,
     /// Since when the Primary replicates in C, Established (writes sent
     /// during a catch-up resync waited for it: their clock starts here).
     pub c_since: Option<Time>,
@@ -149,10 +184,8 @@ pub fn hold(cfg: &AdaptiveConfig, level: u32) -> Duration {
 /// holds for ever, found in the simulator) — down (one step) otherwise.
 pub fn next_level(cfg: &AdaptiveConfig, b: &Backoff, now: Time) -> u32 {
     let h = hold(cfg, b.level);
-    match b.left_at {
-        Some(t) if now.saturating_sub(t) < h * 4 * b.left_holds.max(1) => {
-            (b.level + 1).min(MAX_LEVEL)
-        }
+    match b.left {
+        Some((t, holds)) if now.saturating_sub(t) < h * 4 * holds => (b.level + 1).min(MAX_LEVEL),
         _ => b.level.saturating_sub(1),
     }
 }
@@ -178,30 +211,24 @@ pub fn budget_deadline(cfg: &AdaptiveConfig, sent: Time, slow: usize) -> Time {
 
 /// How a round trip of `rtt` counts for leaving Ahead.
 pub fn rtt_class(cfg: &AdaptiveConfig, rtt: Duration) -> RttClass {
-    if rtt * 2 <= cfg.budget {
-        RttClass::Good
-    } else if rtt * 4 <= cfg.budget * 3 {
-        RttClass::Fair
-    } else if rtt * 8 <= cfg.budget * 7 {
-        RttClass::Within
-    } else {
-        RttClass::Bad
-    }
+    const CLASSES: [RttClass; WAYS.len()] = [RttClass::Good, RttClass::Fair, RttClass::Within];
+    WAYS.iter()
+        .position(|w| rtt * w.den <= cfg.budget * w.num)
+        .map_or(RttClass::Bad, |i| CLASSES[i])
 }
 
 /// The way out that lets an Ahead run end at `now` (the link side of the
-/// rule: good round trips for a hold, fair ones for [`FAIR_HOLDS`] holds,
-/// or ones within the budget for [`WITHIN_HOLDS`] holds), as the holds it
-/// asked for (the quickest that applies), if one does.
+/// rule, [`WAYS`]), as the holds it asked for (the quickest that
+/// applies), if one does.
 pub fn leave_rule(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) -> Option<u32> {
     let h = hold(cfg, level);
     if now < run.since + h {
         return None;
     }
-    [(run.good_since, 1), (run.fair_since, FAIR_HOLDS), (run.within_since, WITHIN_HOLDS)]
-        .into_iter()
-        .find(|(since, holds)| since.is_some_and(|t| now >= t + h * *holds))
-        .map(|(_, holds)| holds)
+    WAYS.iter()
+        .zip(run.fits_since)
+        .find(|(w, since)| since.is_some_and(|t| now >= t + h * w.holds))
+        .map(|(w, _)| w.holds)
 }
 
 impl Core {
@@ -305,19 +332,14 @@ impl Core {
             }
             return;
         }
-        let budget = self.cfg.adaptive.budget;
+        let cfg = &self.cfg.adaptive;
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         let unanswered = s.ping_out.map(|(_, sent)| now.saturating_sub(sent));
         let Activity::Ahead(run) = &mut s.activity else { return };
-        if unanswered.is_some_and(|u| u * 2 > budget) {
-            // A ping unanswered for half the budget: the link is not good.
-            run.good_since = None;
-        }
-        if unanswered.is_some_and(|u| u * 4 > budget * 3) {
-            run.fair_since = None;
-        }
-        if unanswered.is_some_and(|u| u * 8 > budget * 7) {
-            run.within_since = None;
+        if let Some(u) = unanswered {
+            // A ping unanswered for half the budget: the link is not good
+            // (and so on for each way out).
+            run.saw(rtt_class(cfg, u), None);
         }
         let run = *run;
         let leave = if self.role != Role::Primary || !self.may_go_ahead() {
@@ -352,26 +374,15 @@ impl Core {
             }
         };
         let budget = self.cfg.adaptive.budget;
-        if let Some((_, sent)) = s.ping_out {
-            if run.good_since.is_some() {
-                at(sent + budget / 2 + Duration::from_micros(1));
-            }
-            if run.fair_since.is_some() {
-                at(sent + budget * 3 / 4 + Duration::from_micros(1));
-            }
-            if run.within_since.is_some() {
-                at(sent + budget * 7 / 8 + Duration::from_micros(1));
-            }
-        }
         let h = hold(&self.cfg.adaptive, self.backoff.level);
-        if let Some(g) = run.good_since {
-            at((g + h).max(run.since + h));
-        }
-        if let Some(f) = run.fair_since {
-            at((f + h * FAIR_HOLDS).max(run.since + h));
-        }
-        if let Some(w) = run.within_since {
-            at((w + h * WITHIN_HOLDS).max(run.since + h));
+        for (w, since) in WAYS.iter().zip(run.fits_since) {
+            let Some(since) = since else { continue };
+            // The outstanding ping passing this way's limit; the way's
+            // holds complete.
+            if let Some((_, sent)) = s.ping_out {
+                at(sent + w.limit(budget) + Duration::from_micros(1));
+            }
+            at((since + h * w.holds).max(run.since + h));
         }
         t
     }
@@ -393,25 +404,7 @@ impl Core {
         let now = self.now;
         let class = rtt_class(&self.cfg.adaptive, rtt);
         if let Some(Activity::Ahead(run)) = self.session.as_mut().map(|s| &mut s.activity) {
-            match class {
-                RttClass::Good => {
-                    run.good_since.get_or_insert(now);
-                    run.fair_since.get_or_insert(now);
-                    run.within_since.get_or_insert(now);
-                }
-                RttClass::Fair => {
-                    run.good_since = None;
-                    run.fair_since.get_or_insert(now);
-                    run.within_since.get_or_insert(now);
-                }
-                RttClass::Within => {
-                    (run.good_since, run.fair_since) = (None, None);
-                    run.within_since.get_or_insert(now);
-                }
-                RttClass::Bad => {
-                    (run.good_since, run.fair_since, run.within_since) = (None, None, None)
-                }
-            }
+            run.saw(class, Some(now));
         }
     }
 
@@ -429,12 +422,7 @@ impl Core {
                 _ => None,
             })
             .collect();
-        s.activity = Activity::Ahead(AheadRun {
-            since: now,
-            good_since: None,
-            fair_since: None,
-            within_since: None,
-        });
+        s.activity = Activity::Ahead(AheadRun { since: now, fits_since: [None; WAYS.len()] });
         self.backoff.level = level;
         // Back in C, the window starts afresh.
         self.backoff.window.clear();
@@ -477,8 +465,7 @@ impl Core {
         let total = self.dirty.bytes();
         let Some(s) = self.session.as_mut() else { return };
         s.activity = Activity::Source(SourceSync::new(claimed, total, now));
-        self.backoff.left_at = Some(now);
-        self.backoff.left_holds = holds;
+        self.backoff.left = Some((now, holds));
         self.counters.mode_switches += 1;
         tracing::info!(
             ahead_ms = now.saturating_sub(run.since).as_millis() as u64,
@@ -572,31 +559,28 @@ mod tests {
         assert_eq!(rtt_class(&c, Duration::from_micros(3001)), RttClass::Within);
         assert_eq!(rtt_class(&c, Duration::from_micros(3500)), RttClass::Within);
         assert_eq!(rtt_class(&c, Duration::from_micros(3501)), RttClass::Bad);
-        let run = AheadRun {
-            since: ms(1000),
-            good_since: Some(ms(1050)),
-            fair_since: None,
-            within_since: None,
-        };
+        let at =
+            |good, fair, within| AheadRun { since: ms(1000), fits_since: [good, fair, within] };
+        let run = at(Some(ms(1050)), None, None);
         assert!(!may_leave(&c, 0, run, ms(1100)));
         assert!(may_leave(&c, 0, run, ms(1150)));
         assert!(!may_leave(&c, 1, run, ms(1200)));
         assert!(may_leave(&c, 1, run, ms(1250)));
-        assert!(!may_leave(&c, 0, AheadRun { good_since: None, ..run }, ms(9000)));
+        assert!(!may_leave(&c, 0, at(None, None, None), ms(9000)));
         // Round trips between half and three quarters of the budget: four
         // holds (a link that settles there is not left Ahead for ever).
-        let fair = AheadRun { good_since: None, fair_since: Some(ms(1050)), ..run };
+        let fair = at(None, Some(ms(1050)), None);
         assert!(!may_leave(&c, 0, fair, ms(1400)));
         assert!(may_leave(&c, 0, fair, ms(1450)));
         assert!(!may_leave(&c, 1, fair, ms(1800)));
         assert!(may_leave(&c, 1, fair, ms(1850)));
         assert_eq!(leave_rule(&c, 1, fair, ms(1850)), Some(FAIR_HOLDS));
         // Up to seven eighths of it: sixteen holds.
-        let within = AheadRun { good_since: None, within_since: Some(ms(1050)), ..run };
+        let within = at(None, None, Some(ms(1050)));
         assert!(!may_leave(&c, 0, within, ms(2640)));
         assert_eq!(leave_rule(&c, 0, within, ms(2650)), Some(WITHIN_HOLDS));
         // The quickest way out that applies is the one taken.
-        let all = AheadRun { fair_since: Some(ms(1050)), within_since: Some(ms(1050)), ..run };
+        let all = at(Some(ms(1050)), Some(ms(1050)), Some(ms(1050)));
         assert_eq!(leave_rule(&c, 0, all, ms(2650)), Some(1));
     }
 
@@ -604,19 +588,14 @@ mod tests {
     fn the_hold_doubles_when_ahead_comes_back_soon_and_is_capped() {
         let c = cfg();
         let ms = Duration::from_millis;
-        let b = Backoff { level: 0, left_at: Some(ms(1000)), ..Backoff::default() };
+        let b = Backoff { level: 0, left: Some((ms(1000), 1)), ..Backoff::default() };
         assert_eq!(next_level(&c, &b, ms(1300)), 1);
         assert_eq!(next_level(&c, &b, ms(1500)), 0);
-        let b = Backoff { level: 3, left_at: Some(ms(1000)), ..Backoff::default() };
+        let b = Backoff { level: 3, left: Some((ms(1000), 1)), ..Backoff::default() };
         assert_eq!(next_level(&c, &b, ms(10_000)), 2);
         // Left on round trips just within the budget (16 holds): soon is
         // within 64 holds.
-        let b = Backoff {
-            level: 0,
-            left_at: Some(ms(1000)),
-            left_holds: WITHIN_HOLDS,
-            ..Backoff::default()
-        };
+        let b = Backoff { level: 0, left: Some((ms(1000), WITHIN_HOLDS)), ..Backoff::default() };
         assert_eq!(next_level(&c, &b, ms(7000)), 1);
         assert_eq!(next_level(&c, &b, ms(7500)), 0);
         assert_eq!(hold(&c, 0), ms(100));

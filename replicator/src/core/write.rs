@@ -665,8 +665,7 @@ impl Core {
             // Left as by the catch-up: Ahead again soon doubles the hold
             // (found by review: a link lost again and again shrank it).
             self.counters.mode_switches += 1;
-            self.backoff.left_at = Some(self.now);
-            self.backoff.left_holds = 1;
+            self.backoff.left = Some((self.now, 1));
             tracing::warn!(
                 ahead_ms = self.now.saturating_sub(run.since).as_millis() as u64,
                 out_of_sync = self.dirty.bytes(),
