@@ -799,6 +799,106 @@ fn verify_finds_exactly_the_corrupted_blocks_and_resync_repairs_them() {
     assert_eq!(p.status(0)["counters"]["verify_mismatches"], 4);
 }
 
+/// A node killed in the middle of an online verify (issue 10's list of
+/// hostile cases). What the verify found before the crash is not lost: the
+/// mismatch is out of sync on the verifying Primary (on disk: it survives
+/// the Primary's own crash too) and is resynced when the pair is back. What
+/// it had not reached yet is found by the next verify. First the Secondary
+/// (VerifyTarget) is killed, then the Primary (VerifySource); the disks end
+/// identical each time.
+#[test]
+fn a_node_killed_mid_verify_loses_none_of_its_findings() {
+    // 2 GiB, sparse: the verify reads and hashes all of it on both nodes,
+    // long enough to be caught halfway.
+    let mut p = Pair::start("C", "2G");
+    // Two blocks never written (so in no activity-log extent of either
+    // node, which a restart would resync anyway): one the verify passes
+    // early (4% in), one it reaches last.
+    let (early, late) = (20_000u64, 2 * 262_144 - 10);
+    let corrupt = |p: &Pair, blocks: &[u64]| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&p.nodes[1].disk).unwrap();
+        for b in blocks {
+            f.write_at(b"corrupt", b * 4096 + 100).unwrap();
+        }
+    };
+    let block = |disk: &std::path::Path, b: u64| {
+        use std::os::unix::fs::FileExt;
+        let mut v = vec![0u8; 4096];
+        std::fs::File::open(disk).unwrap().read_exact_at(&mut v, b * 4096).unwrap();
+        v
+    };
+    let same = |p: &Pair, b: u64| block(&p.nodes[0].disk, b) == block(&p.nodes[1].disk, b);
+    // Kills node `victim` once the verify is past `early` and short of
+    // `late` (its progress on the Primary, which runs it).
+    let kill_mid_verify = |p: &mut Pair, victim: usize| {
+        p.ok(&["verify"], 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = p.status(0);
+            let pc = a["sync"]["percent"].as_f64();
+            if a["replication"] == "VerifySource" && pc.is_some_and(|x| x >= 10.0) {
+                assert!(pc.unwrap() < 90.0, "the verify ran past the late block first: {a}");
+                break;
+            }
+            assert!(
+                a["sync"].is_null() || a["replication"] == "VerifySource",
+                "not a verify: {a}"
+            );
+            assert!(Instant::now() < deadline, "the verify never got to 10%: {a}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p.kill(victim);
+    };
+
+    // The Secondary dies mid-verify.
+    p.qemu_io(0, "write -P 0x3c 0 1M");
+    p.wait_drained();
+    corrupt(&p, &[early, late]);
+    kill_mid_verify(&mut p, 1);
+    p.wait_unlinked(0);
+    let a = p.status(0);
+    assert_eq!(a["counters"]["verify_mismatches"], 1, "the early block found: {a}");
+    assert!(a["out_of_sync_bytes"].as_u64().unwrap() >= 4096, "{a}");
+    p.up(1);
+    p.wait_synced("the resync after the Secondary's restart", Duration::from_secs(60));
+    assert!(same(&p, early), "the block the verify found was not resynced");
+    assert!(!same(&p, late), "the late block changed without a verify");
+    p.ok(&["verify"], 0);
+    std::thread::sleep(Duration::from_millis(300));
+    p.wait("the second verify and its resync", Duration::from_secs(120), |a, _| {
+        a["counters"]["verify_mismatches"] == 2
+            && a["sync"].is_null()
+            && a["connection"] == "Connected"
+            && a["out_of_sync_bytes"] == 0
+    });
+    assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk));
+
+    // The Primary dies mid-verify: its finding is on its disk.
+    corrupt(&p, &[early, late]);
+    kill_mid_verify(&mut p, 0);
+    p.wait_unlinked(1);
+    p.up(0);
+    let a = p.status(0);
+    assert!(
+        a["out_of_sync_bytes"].as_u64().unwrap() >= 4096,
+        "the restarted Primary forgot what its verify found: {a}"
+    );
+    p.wait_linked();
+    p.ok(&["primary"], 0);
+    p.wait_synced("the resync after the Primary's restart", Duration::from_secs(60));
+    assert!(same(&p, early), "the block the verify found was not resynced");
+    p.ok(&["verify"], 0);
+    std::thread::sleep(Duration::from_millis(300));
+    p.wait("the verify after the Primary's restart", Duration::from_secs(120), |a, _| {
+        a["counters"]["verify_mismatches"] == 1
+            && a["sync"].is_null()
+            && a["connection"] == "Connected"
+            && a["out_of_sync_bytes"] == 0
+    });
+    assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk));
+}
+
 /// Issue 4, activity log: the Primary is killed mid-write and restarted;
 /// only its activity-log extents are resynced, and every acknowledged write
 /// is intact.
