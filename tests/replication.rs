@@ -841,10 +841,7 @@ fn a_node_killed_mid_verify_loses_none_of_its_findings() {
                 assert!(pc.unwrap() < 90.0, "the verify ran past the late block first: {a}");
                 break;
             }
-            assert!(
-                a["sync"].is_null() || a["replication"] == "VerifySource",
-                "not a verify: {a}"
-            );
+            assert!(a["sync"].is_null() || a["replication"] == "VerifySource", "not a verify: {a}");
             assert!(Instant::now() < deadline, "the verify never got to 10%: {a}");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -1870,6 +1870,10 @@ pub struct HoverOutcome {
     pub ahead_ms: u64,
     /// Writes acknowledged while the link hovered.
     pub acked: u64,
+    /// Crashes planted ([`HoverCrash`]): 0 or 1.
+    pub crashes: u64,
+    /// Whether the planted crash came while the catch-up resync ran.
+    pub crashed_in_catch_up: bool,
     /// At the end of the hovering: how long the Primary had been in C with
     /// its peer UpToDate (ms), if it was.
     pub in_c_ms: Option<u64>,
@@ -1889,7 +1893,23 @@ pub fn hover(
     every: Duration,
     plant: Plant,
 ) -> Result<HoverOutcome, (Violation, Vec<String>)> {
-    hover_after(seed, BUDGET, Duration::ZERO, level, secs, every, plant)
+    hover_after(seed, BUDGET, Duration::ZERO, level, secs, every, HoverCrash::None, plant)
+}
+
+/// A crash [`hover_after`] plants on the way back from Ahead to C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoverCrash {
+    None,
+    /// Node `node` (0: the Primary, 1: its peer) crashes, or loses power
+    /// if `power`, `steps` simulation steps into the catch-up resync that
+    /// ends Ahead (at once if it is over sooner). The node restarts by
+    /// itself; a Primary that crashed is promoted again once the pair is
+    /// back (without `--force`: its data must still be UpToDate).
+    AtCatchUp {
+        node: usize,
+        power: bool,
+        steps: usize,
+    },
 }
 
 /// [`hover`] with a latency budget of `budget`, the link first `spike`
@@ -1902,6 +1922,7 @@ pub fn hover_after(
     level: LinkLevel,
     secs: u64,
     every: Duration,
+    crash: HoverCrash,
     plant: Plant,
 ) -> Result<HoverOutcome, (Violation, Vec<String>)> {
     // An adaptive seed without the controller.
@@ -1952,6 +1973,10 @@ pub fn hover_after(
             && sim.nodes[1].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate)
     };
     let mut not_c_at = sim.now;
+    // The planted crash: steps left until it, once the catch-up began;
+    // whether the crashed Primary is still to be promoted again.
+    let mut countdown: Option<usize> = None;
+    let (mut crashes, mut repromote, mut in_catch_up) = (0u64, false, false);
     while sim.now < end {
         let before = sim.now;
         let ahead = sim.replication(0) == Replication::Ahead;
@@ -1959,12 +1984,42 @@ pub fn hover_after(
         if ahead {
             ahead_us += sim.now.saturating_sub(before).as_micros() as u64;
         }
+        if let HoverCrash::AtCatchUp { node, power, steps } = crash {
+            if ahead && sim.replication(0) != Replication::Ahead && crashes == 0 {
+                countdown = countdown.or(Some(steps));
+            }
+            if let Some(left) = countdown {
+                if left == 0 || sim.replication(0) != Replication::SyncSource {
+                    crashes += 1;
+                    in_catch_up = sim.replication(0) == Replication::SyncSource;
+                    sim.crash(node, power).map_err(|v| fail(&sim, v))?;
+                    countdown = None;
+                    repromote = node == 0;
+                } else {
+                    countdown = Some(left - 1);
+                }
+            }
+        }
+        if repromote
+            && sim.nodes[0].core.as_ref().is_some_and(|c| c.role() != Role::Primary)
+            && sim.replication(0) == Replication::Established
+            && sim.replication(1) == Replication::Established
+        {
+            promote_checked(&mut sim, 0, false, "hover")?;
+            repromote = false;
+        }
         if !in_c(&sim) {
             not_c_at = sim.now;
         }
     }
+    if repromote || countdown.is_some() {
+        return Err(stuck(&sim, "the planted crash's Primary never came back to be promoted"));
+    }
     let out = HoverOutcome {
-        switches: switches(&sim) - s0,
+        crashes,
+        crashed_in_catch_up: in_catch_up,
+        // (A Primary that crashed counts from 0 again.)
+        switches: switches(&sim).saturating_sub(s0),
         max_window: 0,
         calm_switches: 0,
         ahead_ms: ahead_us / 1000,
@@ -2009,7 +2064,7 @@ pub fn hover_after(
     }
     Ok(HoverOutcome {
         max_window: sim.chk.stats.max_switches_window,
-        calm_switches: switches(&sim) - s0 - out.switches,
+        calm_switches: switches(&sim).saturating_sub(s0 + out.switches),
         ..out
     })
 }
