@@ -1915,6 +1915,8 @@ pub enum HoverCrash {
 /// [`hover`] with a latency budget of `budget`, the link first `spike`
 /// long far above it (`High`, writes going on): the Primary goes Ahead
 /// before the hovering begins.
+// (The scenario's knobs, each named at its call sites in sim/tests/sim.rs.)
+#[allow(clippy::too_many_arguments)]
 pub fn hover_after(
     seed: u64,
     budget: Duration,
