@@ -238,7 +238,12 @@ fn ext4_on_nbdfuse(fl: Flavor) {
         std::fs::write(mnt.join(format!("small-{i}.txt")), format!("entry {i}\n")).unwrap();
     }
     run_ok(&mut Command::new("sync"));
-    run_ok(Command::new("umount").arg(&mnt));
+    assert!(
+        retry("umount", Command::new("umount").arg(&mnt)),
+        "{} stays busy; held by: {}",
+        mnt.display(),
+        holders(&mnt)
+    );
     // fsck -n exits non-zero on any inconsistency.
     let fsck = run_ok(Command::new("fsck.ext4").args(["-f", "-n", &loopdev]));
     assert!(fsck.contains("Pass 5"), "{fsck}");
@@ -251,7 +256,19 @@ fn ext4_on_nbdfuse(fl: Flavor) {
         );
     }
     drop(cleanup);
-    let _ = fuse.wait();
+    // nbdfuse exits once its file system is unmounted; one that does not
+    // (an unmount that could only be lazy) is killed rather than waited
+    // for: a test must end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fuse.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            eprintln!("nbdfuse still running 10 s after its unmount: killed");
+            let _ = fuse.kill();
+            let _ = fuse.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Unmounts, detaches the loop device and the FUSE file, whatever happened.
@@ -263,20 +280,67 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
+        // A busy mount (another process's open file or working directory
+        // in it) is retried for a while, its holders named, and only then
+        // detached lazily; the loop device and the FUSE file likewise.
+        // Nothing here may wait for ever.
+        if !retry("umount", Command::new("umount").arg(&self.mnt)) {
+            eprintln!("{} busy; held by: {}", self.mnt.display(), holders(&self.mnt));
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
         if let Some(l) = &self.loopdev {
             let _ = Command::new("losetup").args(["-d", l]).status();
         }
-        for _ in 0..20 {
-            if Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.fuse_dir)
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !retry("fusermount3", Command::new("fusermount3").arg("-u").arg(&self.fuse_dir)) {
+            eprintln!("{} busy; held by: {}", self.fuse_dir.display(), holders(&self.fuse_dir));
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.fuse_dir).status();
         }
+    }
+}
+
+/// Runs `cmd` until it succeeds, for at most about ten seconds.
+fn retry(what: &str, cmd: &mut Command) -> bool {
+    for attempt in 0..50 {
+        match cmd.stderr(std::process::Stdio::piped()).output() {
+            Ok(o) if o.status.success() => return true,
+            Ok(o) if attempt == 49 => {
+                eprintln!("{what}: {}", String::from_utf8_lossy(&o.stderr).trim());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("{what}: {e}");
+                return false;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// The processes with an open file or their working directory under
+/// `dir`, as `pid (name)`: what keeps a mount busy.
+fn holders(dir: &Path) -> String {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return "(no /proc)".into() };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let base = p.path();
+        let mut links: Vec<std::path::PathBuf> =
+            vec![base.join("cwd"), base.join("root"), base.join("exe")];
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        if links.iter().any(|l| std::fs::read_link(l).is_ok_and(|t| t.starts_with(dir))) {
+            let name = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            found.push(format!("{pid} ({})", name.trim()));
+        }
+    }
+    if found.is_empty() {
+        "no process (a kernel reference)".into()
+    } else {
+        found.join(", ")
     }
 }
