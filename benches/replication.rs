@@ -53,6 +53,8 @@ fn primary_core() -> Core {
         gen: GenIds::never_synced(),
         discard: false,
         promoted_at: 0,
+        nonce: 1,
+        full_sync: 0,
     };
     core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));
     core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![], last: true });

@@ -1054,3 +1054,92 @@ fn checksum_resync_sends_only_differing_blocks() {
     assert_eq!(moved, (1 << 20) + 65536, "a full resync of 16 MiB moved only the differing blocks");
     assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk), "disks differ");
 }
+
+/// A full sync cut short resumes where it was, as DRBD's does: b's disk
+/// is replaced (a new node: disk and metadata gone), its full sync from a
+/// is cut when about half of it is on b (b killed), and once b is back
+/// only what was not yet on b moves (a's `out_of_sync_bytes` never climbs
+/// back to the whole device, as it did when every cut full sync started
+/// over). Then b's disk is replaced again mid-sync: the new disk names no
+/// sync and takes all of it. The disks end identical each time.
+#[test]
+fn a_full_sync_cut_short_resumes_and_a_replaced_disk_takes_all_of_it() {
+    const SIZE: u64 = 1 << 30;
+    let mut p = Pair::start_configured("C", "1G", "resync-rate = \"100M\"");
+    p.qemu_io(0, "write -P 0x5a 0 64M");
+    p.qemu_io(0, "write -P 0xa5 960M 64M");
+    p.wait_drained();
+    let replace_b = |p: &mut Pair| {
+        p.kill(1);
+        for f in std::fs::read_dir(p.dir.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            if name == "b.img" || name.starts_with("b.meta") {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+        }
+        p.up(1);
+    };
+    // Kills b once a's full sync to it is between 30% and 70% done;
+    // returns what a still has out of sync then.
+    let kill_mid_sync = |p: &mut Pair| -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = p.status(0);
+            let left = a["out_of_sync_bytes"].as_u64().unwrap_or(SIZE);
+            if a["replication"] == "SyncSource" && left <= SIZE * 7 / 10 {
+                assert!(left >= SIZE * 3 / 10, "the sync ran too fast to be cut: {a}");
+                p.kill(1);
+                p.wait_unlinked(0);
+                return p.status(0)["out_of_sync_bytes"].as_u64().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the full sync never got to 30%: {a}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The most a has out of sync from now until the pair is in sync.
+    let peak_until_synced = |p: &Pair| -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut peak = 0;
+        loop {
+            let (a, b) = (p.status(0), p.status(1));
+            peak = peak.max(a["out_of_sync_bytes"].as_u64().unwrap_or(0));
+            if a["connection"] == "Connected"
+                && a["sync"].is_null()
+                && a["out_of_sync_bytes"] == 0
+                && b["disk"] == "UpToDate"
+            {
+                return peak;
+            }
+            assert!(Instant::now() < deadline, "never in sync\na: {a}\nb: {b}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    replace_b(&mut p);
+    let left = kill_mid_sync(&mut p);
+    p.up(1);
+    let peak = peak_until_synced(&p);
+    assert!(
+        peak <= left + (64 << 20),
+        "the full sync started over: {peak} bytes out of sync after b's restart, {left} when cut"
+    );
+    assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk), "disks differ");
+    let b = p.status(1);
+    assert_eq!(b["disk"], "UpToDate", "{b}");
+
+    // A disk replaced mid-sync takes everything.
+    p.qemu_io(0, "write -P 0x3c 512M 1M");
+    p.wait_drained();
+    replace_b(&mut p);
+    kill_mid_sync(&mut p);
+    for f in std::fs::read_dir(p.dir.path()).unwrap().flatten() {
+        let name = f.file_name().to_string_lossy().to_string();
+        if name == "b.img" || name.starts_with("b.meta") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    p.up(1);
+    let peak = peak_until_synced(&p);
+    assert_eq!(peak, SIZE, "the replaced disk did not take a full sync");
+    assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk), "disks differ");
+}

@@ -35,6 +35,13 @@ pub struct Meta {
     /// See [`MetaRecord::told`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub told: Vec<u64>,
+    /// See [`MetaRecord::full_sync`] (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub full_sync: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +63,7 @@ impl Meta {
             promoted_at: self.promoted_at,
             lost_acked: self.lost_acked,
             told: self.told.clone(),
+            full_sync: self.full_sync,
         }
     }
 
@@ -71,6 +79,7 @@ impl Meta {
             promoted_at: r.promoted_at,
             lost_acked: r.lost_acked,
             told: r.told.clone(),
+            full_sync: r.full_sync,
         }
     }
 

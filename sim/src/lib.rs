@@ -2430,6 +2430,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::SkipAlMark => "skip-al",
         Plant::SkipBitmapExchange => "skip-bitmap-exchange",
         Plant::ClearBeforeDurable => "clear-before-durable",
+        Plant::ResumeAnyFullSync => "resume-any-full-sync",
         Plant::IgnoreQuorum => "ignore-quorum",
         Plant::NoPeerFence => "no-peer-fence",
         Plant::AheadWithoutMark => "ahead-without-mark",

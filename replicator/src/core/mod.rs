@@ -164,6 +164,8 @@ pub struct Core {
     lost_acked: u64,
     /// See [`MetaRecord::told`].
     told: Vec<u64>,
+    /// See [`MetaRecord::full_sync`].
+    pub(crate) full_sync: u64,
     /// The latest `promoted_at` the peer's hellos gave (0: none): a
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
@@ -260,6 +262,7 @@ impl Core {
             promoted_at: 0,
             lost_acked: 0,
             told: Vec::new(),
+            full_sync: 0,
         });
         let durable_meta = rec.meta.clone();
         if rec.meta.is_some() && rec.disk_created {
@@ -269,8 +272,10 @@ impl Core {
             // it leaves this node Outdated, see `handshake::unusable_side`).
             meta.disk = DiskState::Failed;
             meta.fresh = false;
-            // (What it told the witness is gone with it.)
+            // (What it told the witness is gone with it, and any full
+            // sync it was part of.)
             meta.told.clear();
+            meta.full_sync = 0;
         }
         let mut al = AlState::new(cfg.al_extents);
         for &e in &rec.al {
@@ -293,6 +298,7 @@ impl Core {
             asked_last: None,
             lost_acked: meta.lost_acked,
             told: meta.told.clone(),
+            full_sync: meta.full_sync,
             peer_promoted_at: 0,
             linking: Linking::Wanted,
             split_brain: false,
@@ -513,6 +519,7 @@ impl Core {
             promoted_at: self.promoted_at,
             lost_acked: self.lost_acked,
             told: self.told.clone(),
+            full_sync: self.full_sync,
         }
     }
 
@@ -524,6 +531,7 @@ impl Core {
             && m.gen == self.gen
             && m.promoted_at == self.promoted_at
             && m.lost_acked == self.lost_acked
+            && m.full_sync == self.full_sync
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)
@@ -839,6 +847,9 @@ impl Core {
             self.disk = DiskState::UpToDate;
             let id = self.random_id();
             self.gen.new_current(id);
+            // Data declared good here is no longer a part of any full sync:
+            // none resumes into it.
+            self.full_sync = 0;
             if matches!(was, DiskState::Inconsistent | DiskState::Failed) {
                 // A partly synced (or failed) disk: no bitmap says where it
                 // differs from the peer, so the peer takes all of it.

@@ -74,6 +74,12 @@ impl Core {
                 return;
             }
             src.start = SourceStart::Flush { epoch: self.write_epoch };
+            if src.token != 0 {
+                // Every block is marked, durably: from now on this node's
+                // bitmap covers all the target lacks, and a sync cut short
+                // may resume from it.
+                self.full_sync = src.token;
+            }
         }
         if let SourceStart::Flush { epoch } = src.start {
             if self.flushed_epoch < epoch {
@@ -430,6 +436,7 @@ impl Core {
             }
         };
         self.gen.synced_to(current);
+        self.full_sync = 0;
         let pin = (lost || self.lost_pinned()) && self.cfg.plant != Plant::ForgetLost;
         self.lost_acked = if pin { current } else { 0 };
         // (A source that is Primary on this very generation already made
@@ -465,6 +472,7 @@ impl Core {
     /// SyncSource: the target holds our generation.
     pub(crate) fn sync_finished_source(&mut self) {
         tracing::info!(remaining = self.dirty.bytes(), "resync finished");
+        self.full_sync = 0;
         if self.dirty.bytes() == 0 {
             let current = self.gen.current;
             self.gen.synced_to(current);

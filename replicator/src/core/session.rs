@@ -82,6 +82,12 @@ pub struct SourceSync {
     pub start: SourceStart,
     /// SyncDone sent; waiting for the target to say it holds our generation.
     pub done_sent: bool,
+    /// A full sync's name (this connection's nonce), taken as this node's
+    /// [`MetaRecord::full_sync`] once the bitmap set in full is durable
+    /// (0: not a new full sync).
+    ///
+    /// [`MetaRecord::full_sync`]: super::types::MetaRecord::full_sync
+    pub token: u64,
     pub progress: Progress,
 }
 
@@ -149,6 +155,9 @@ pub struct Session {
     /// Our role and disk as our hello announced them (the decision's input).
     pub hello_role: Role,
     pub hello_disk: DiskState,
+    /// Our hello's nonce and full sync (see [`crate::protocol::wire::Hello`]).
+    pub nonce: u64,
+    pub hello_full_sync: u64,
     pub activity: Activity,
     // Sending side.
     pub next_seq: u64,
@@ -215,6 +224,8 @@ impl Session {
             },
             hello_role: Role::Secondary,
             hello_disk: DiskState::Inconsistent,
+            nonce: 0,
+            hello_full_sync: 0,
             activity: Activity::Idle,
             next_seq: 1,
             out: BTreeMap::new(),

@@ -47,6 +47,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         promoted_at: 0,
         lost_acked: 0,
         told: Vec::new(),
+        full_sync: 0,
     }
 }
 
@@ -105,6 +106,8 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
         gen,
         discard: false,
         promoted_at: 0,
+        nonce: 0x5eed,
+        full_sync: 0,
     }
 }
 
@@ -3579,6 +3582,7 @@ fn a_sync_source_applies_no_data_from_its_target() {
         promoted_at: 0,
         lost_acked: 0,
         told: Vec::new(),
+        full_sync: 0,
     };
     let mut words = vec![0u64; (SIZE / 64).div_ceil(64) as usize];
     words[0] = 0xff;
@@ -3773,4 +3777,90 @@ fn a_checksum_resync_after_a_verify_leaves_no_verify_target_behind() {
     assert_eq!(p.core(1).dirty().bytes(), 0);
     assert_eq!(p.core(1).replication(), Replication::Established, "{:?}", p.core(1).status().sync);
     p.core(1).verify().expect("verify on the Secondary refused");
+}
+
+/// a forced over user data (not a disk twinblock created), then a full
+/// sync into b, cut when about half of it is durable on b.
+fn full_sync_cut_half_way(plant: Plant) -> Pair {
+    let mut p = Pair::with(Protocol::C, plant, false);
+    for (i, x) in p.n[0].cache.iter_mut().enumerate() {
+        *x = (i % 251) as u8 + 1;
+    }
+    p.n[0].durable = p.n[0].cache.clone();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.connect_until(|p| {
+        let c = p.n[0].c.as_ref().unwrap();
+        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
+    });
+    assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "not cut mid-sync");
+    assert_ne!(p.core(0).full_sync, 0, "the source did not name its full sync");
+    let (a, b) = (p.core(0).full_sync, p.core(1).full_sync);
+    assert_eq!(a, b, "the two name different syncs");
+    p
+}
+
+/// A full sync cut short (b killed or losing power, or a losing power)
+/// resumes from the source's bitmap: what b already holds durably is not
+/// sent again, and the two disks end identical (DRBD resumes an
+/// interrupted full sync from its bitmap too; before, it started over).
+#[test]
+fn a_full_sync_cut_short_resumes_from_the_source_bitmap() {
+    for (who, power) in [(1, true), (1, false), (0, true)] {
+        let mut p = full_sync_cut_half_way(Plant::None);
+        let left = p.core(0).dirty().bytes();
+        p.crash(who, power);
+        p.restart(who);
+        p.connect_steps_until(|p| {
+            p.n[0].c.as_ref().unwrap().replication() == Replication::SyncSource
+        });
+        let resumed_with = p.core(0).dirty().bytes();
+        if who == 1 {
+            // (What b's activity log holds comes back too.)
+            assert!(
+                resumed_with < SIZE && resumed_with <= left + SIZE / 8,
+                "b {} started over: {resumed_with} of {SIZE} bytes to send, {left} left before",
+                if power { "losing power" } else { "killed" },
+            );
+        }
+        // (Cut again, and resumed again.)
+        p.cut();
+        p.settle();
+        p.connect();
+        let diff: Vec<usize> =
+            (0..SIZE as usize).filter(|&i| p.n[0].cache[i] != p.n[1].cache[i]).collect();
+        assert!(diff.is_empty(), "disks differ (who {who}, power {power}): {} bytes from {:?} to {:?}; left {left} resumed {resumed_with}; a {:?} b {:?}", diff.len(), diff.first(), diff.last(), (p.core(0).replication(), p.core(0).status().last_error, p.core(0).dirty().bytes()), (p.core(1).replication(), p.core(1).status().last_error, p.core(1).gen()));
+        assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+        let (a, b) = (p.core(0).full_sync, p.core(1).full_sync);
+        assert_eq!((a, b), (0, 0), "a finished sync still named");
+    }
+}
+
+/// b's disk replaced during the full sync: the new disk names no sync, so
+/// it takes everything again. With the check planted away
+/// (`resume-any-full-sync`) it would take only what the source had not
+/// sent yet, and the disks differ: the test can fail.
+#[test]
+fn a_disk_replaced_mid_full_sync_takes_all_of_it_again() {
+    for plant in [Plant::None, Plant::ResumeAnyFullSync] {
+        let mut p = full_sync_cut_half_way(plant);
+        p.crash(1, true);
+        let b = &mut p.n[1];
+        (b.meta, b.bitmap) = (None, None);
+        b.al.clear();
+        b.cache = vec![0; SIZE as usize];
+        b.durable = b.cache.clone();
+        let rec = Recovered { disk_created: true, ..Recovered::default() };
+        p.n[1].c = Some(Core::new(p.cfg[1].clone(), rec, p.now, 2000));
+        p.settle();
+        p.connect();
+        let same = p.n[0].cache == p.n[1].cache;
+        match plant {
+            Plant::None => {
+                assert!(same, "disks differ");
+                assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+            }
+            _ => assert!(!same, "the planted resume went unnoticed"),
+        }
+    }
 }

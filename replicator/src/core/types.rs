@@ -101,6 +101,14 @@ pub struct MetaRecord {
     /// [`TOLD_KEPT`]).
     #[serde(default)]
     pub told: Vec<u64>,
+    /// The full sync this node's data is part of, as its source or its
+    /// target (the source's nonce of the connection that started it; 0:
+    /// none). A target cut short that names the same one as its source
+    /// resumes from the source's bitmap (which was set in full when the
+    /// sync started, and cleared only where the target made the blocks
+    /// durable) instead of starting over.
+    #[serde(default)]
+    pub full_sync: u64,
 }
 
 /// How many told generations a node keeps (older ones are dropped: a
@@ -184,6 +192,10 @@ pub enum Plant {
     /// `primary` on a connected node promotes it without asking the peer
     /// (both nodes promoted at once both become Primary).
     PromoteWithoutAsking,
+    /// A full sync cut short resumes from the source's bitmap whatever
+    /// full sync the target's data was part of (a replaced disk, or one
+    /// that took another sync, included).
+    ResumeAnyFullSync,
 }
 
 impl std::str::FromStr for Plant {
@@ -209,9 +221,10 @@ impl std::str::FromStr for Plant {
             "forget-told" => Plant::ForgetTold,
             "adopt-any-peer" => Plant::AdoptAnyPeer,
             "promote-without-asking" => Plant::PromoteWithoutAsking,
+            "resume-any-full-sync" => Plant::ResumeAnyFullSync,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync)"
                 ))
             }
         })

@@ -23,6 +23,8 @@ fn every_message_round_trips_even_byte_by_byte() {
             gen: super::genid::GenIds { current: 11, bitmap: 10, history: [10, 7] },
             discard: true,
             promoted_at: 1_795_000_000_000,
+            nonce: 0x1234_5678_9abc_def0,
+            full_sync: 77,
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
         Message::Data { seq: 2, op: Op::write(0, Bytes::from_static(b"x"), true) },

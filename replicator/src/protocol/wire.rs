@@ -12,7 +12,7 @@ use super::genid::GenIds;
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
 /// 64-bit checksums (SHA-256) instead of CRC32s, and Verify says whether
 /// it is an online verify's.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -214,6 +214,13 @@ pub struct Hello {
     pub discard: bool,
     /// When the sender was last promoted (ms since the epoch; 0: never).
     pub promoted_at: u64,
+    /// Random, new on every connection (never 0): a full sync this
+    /// connection starts is known by its source's nonce.
+    pub nonce: u64,
+    /// The full sync the sender's data is part of, as source or target
+    /// (its source's nonce; 0: none): a full sync cut short resumes from
+    /// the source's bitmap when both name the same one.
+    pub full_sync: u64,
 }
 
 fn put_gen(b: &mut BytesMut, g: &GenIds) {
@@ -321,6 +328,8 @@ impl Message {
                 put_gen(&mut b, &h.gen);
                 b.put_u8(h.discard as u8);
                 b.put_u64(h.promoted_at);
+                b.put_u64(h.nonce);
+                b.put_u64(h.full_sync);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -496,7 +505,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let version = b.get_u16();
             let node = get_str(&mut b, "hello")?;
             let resource = get_str(&mut b, "hello")?;
-            need(&b, 19 + 33 + 8, "hello")?;
+            need(&b, 19 + 33 + 8 + 16, "hello")?;
             let size = b.get_u64();
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("hello role"))?;
             let disk =
@@ -506,6 +515,8 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let gen = get_gen(&mut b);
             let discard = b.get_u8() != 0;
             let promoted_at = b.get_u64();
+            let nonce = b.get_u64();
+            let full_sync = b.get_u64();
             Message::Hello(Hello {
                 version,
                 node,
@@ -518,6 +529,8 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 gen,
                 discard,
                 promoted_at,
+                nonce,
+                full_sync,
             })
         }
         T_WRITE => {
