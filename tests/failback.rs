@@ -56,7 +56,14 @@ fn failover_and_failback(new_primary_writes: bool) {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Until fio has written 4 MiB (on a loaded machine it may take far
+    // longer than the 1.5 s this once slept blindly: a CI run cut a
+    // Primary that had written nothing, and found nothing resynced), and
+    // a little more so that writes are in flight at the cut.
+    p.wait("fio to write 4 MiB on a", Duration::from_secs(60), |a, _| {
+        a["counters"]["written_bytes"].as_u64().unwrap_or(0) >= 4 << 20
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let _ = link.0.kill();
     let _ = link.0.wait();
     std::thread::sleep(Duration::from_millis(30));
