@@ -104,6 +104,7 @@ impl Core {
             s.hello_role = hello.role;
             s.hello_disk = hello.disk;
             s.hello_full_sync = hello.full_sync;
+            s.hello_discard = hello.discard;
         }
         self.send(Message::Hello(hello));
         let runs = self.dirty.runs();
@@ -230,13 +231,17 @@ impl Core {
                     // Nothing this node acknowledged is missing from the
                     // peer: what it had is forgotten, so a resync cut
                     // short goes on in full, never from a bitmap of its
-                    // own. The peer's data descends from ours (the same
-                    // generation, or a newer one): what this node told
-                    // the witness stays true of it (clearing it left a
-                    // node whose failed disk was rebuilt from its peer's
-                    // same generation refused by the witness for data it
-                    // holds: simulator seed 102896 at 5,000 steps).
-                    grew_from_ours = h.gen.lineage().contains(&self.gen.current);
+                    // own. A peer on our very generation holds what ours
+                    // descends from: what this node told the witness
+                    // stays true of the copy (clearing it left a node
+                    // whose failed disk was rebuilt from its peer's same
+                    // generation refused by the witness for data it
+                    // holds: simulator seed 102896 at 5,000 steps). Not
+                    // a peer whose history merely names ours: a node
+                    // forced while connected to us writes our generation
+                    // into its history without our writes (found by
+                    // review).
+                    grew_from_ours = h.gen.current == self.gen.current;
                     self.gen = GenIds::never_synced();
                     if !grew_from_ours {
                         self.data_from_peer();
@@ -345,8 +350,12 @@ impl Core {
         // only where the target had made the blocks durable. Both sides
         // name the sync by its source's nonce; a replaced or forced
         // target, another sync or a discard starts over in full.
-        let my_full_sync =
-            self.session.as_ref().filter(|s| s.id == sid).map_or(0, |s| s.hello_full_sync);
+        // (What our hello said, as the peer decides on it.)
+        let (my_full_sync, my_discard) = self
+            .session
+            .as_ref()
+            .filter(|s| s.id == sid)
+            .map_or((0, self.discard), |s| (s.hello_full_sync, s.hello_discard));
         let any = self.cfg.plant == Plant::ResumeAnyFullSync;
         let resumes = |source: u64, target: u64, target_disk: DiskState, target_discard: bool| {
             source != 0
@@ -359,7 +368,7 @@ impl Core {
                 resumes(my_full_sync, h.full_sync, h.disk, h.discard)
             }
             Decision::SyncTarget { full: true } => {
-                resumes(h.full_sync, my_full_sync, my_disk, self.discard)
+                resumes(h.full_sync, my_full_sync, my_disk, my_discard)
             }
             _ => false,
         };
@@ -397,9 +406,10 @@ impl Core {
             Decision::SyncTarget { full } => {
                 tracing::info!(full, "SyncTarget: the peer's data is newer");
                 self.disk = DiskState::Inconsistent;
-                if !grew_from_ours && !h.gen.lineage().contains(&self.gen.current) {
+                if !grew_from_ours && !resumed && !h.gen.lineage().contains(&self.gen.current) {
                     // (A peer whose data grew from ours holds whatever
-                    // ours descends from; any other replaces it.)
+                    // ours descends from; any other replaces it. A
+                    // resumed sync was judged so when it started.)
                     self.data_from_peer();
                 }
                 if self.discard {

@@ -155,9 +155,11 @@ pub struct Session {
     /// Our role and disk as our hello announced them (the decision's input).
     pub hello_role: Role,
     pub hello_disk: DiskState,
-    /// Our hello's nonce and full sync (see [`crate::protocol::wire::Hello`]).
+    /// Our hello's nonce, full sync and discard flag (see
+    /// [`crate::protocol::wire::Hello`]): the resume decision is made on them.
     pub nonce: u64,
     pub hello_full_sync: u64,
+    pub hello_discard: bool,
     pub activity: Activity,
     // Sending side.
     pub next_seq: u64,
@@ -226,6 +228,7 @@ impl Session {
             hello_disk: DiskState::Inconsistent,
             nonce: 0,
             hello_full_sync: 0,
+            hello_discard: false,
             activity: Activity::Idle,
             next_seq: 1,
             out: BTreeMap::new(),
