@@ -3779,9 +3779,9 @@ fn a_checksum_resync_after_a_verify_leaves_no_verify_target_behind() {
     p.core(1).verify().expect("verify on the Secondary refused");
 }
 
-/// a forced over user data (not a disk twinblock created), then a full
-/// sync into b, cut when about half of it is durable on b.
-fn full_sync_cut_half_way(plant: Plant) -> Pair {
+/// a forced over user data (not a disk twinblock created): connected,
+/// b takes a full sync.
+fn forced_over_user_data(plant: Plant) -> Pair {
     let mut p = Pair::with(Protocol::C, plant, false);
     for (i, x) in p.n[0].cache.iter_mut().enumerate() {
         *x = (i % 251) as u8 + 1;
@@ -3789,6 +3789,13 @@ fn full_sync_cut_half_way(plant: Plant) -> Pair {
     p.n[0].durable = p.n[0].cache.clone();
     p.core(0).promote(true, 1).unwrap();
     p.settle();
+    p
+}
+
+/// [`forced_over_user_data`], its full sync into b cut when about half
+/// of it is durable on b.
+fn full_sync_cut_half_way(plant: Plant) -> Pair {
+    let mut p = forced_over_user_data(plant);
     p.connect_until(|p| {
         let c = p.n[0].c.as_ref().unwrap();
         c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
@@ -3827,9 +3834,9 @@ fn a_full_sync_cut_short_resumes_from_the_source_bitmap() {
         p.cut();
         p.settle();
         p.connect();
-        let diff: Vec<usize> =
-            (0..SIZE as usize).filter(|&i| p.n[0].cache[i] != p.n[1].cache[i]).collect();
-        assert!(diff.is_empty(), "disks differ (who {who}, power {power}): {} bytes from {:?} to {:?}; left {left} resumed {resumed_with}; a {:?} b {:?}", diff.len(), diff.first(), diff.last(), (p.core(0).replication(), p.core(0).status().last_error, p.core(0).dirty().bytes()), (p.core(1).replication(), p.core(1).status().last_error, p.core(1).gen()));
+        let diff = (0..SIZE as usize).filter(|&i| p.n[0].cache[i] != p.n[1].cache[i]).count();
+        let why = p.core(1).status().last_error;
+        assert!(diff == 0, "disks differ by {diff} bytes (who {who}, power {power}): b {why:?}");
         assert_eq!(p.core(1).disk(), DiskState::UpToDate);
         let (a, b) = (p.core(0).full_sync, p.core(1).full_sync);
         assert_eq!((a, b), (0, 0), "a finished sync still named");
@@ -3984,13 +3991,7 @@ fn full_syncs_cut_at_random_resume_to_identical_disks() {
             x ^= x << 17;
             x % n
         };
-        let mut p = Pair::with(Protocol::C, Plant::None, false);
-        for (i, v) in p.n[0].cache.iter_mut().enumerate() {
-            *v = (i % 251) as u8 + 1;
-        }
-        p.n[0].durable = p.n[0].cache.clone();
-        p.core(0).promote(true, 1).unwrap();
-        p.settle();
+        let mut p = forced_over_user_data(Plant::None);
         let mut req = 1000;
         for round in 0..4 {
             let steps = rnd(12) as usize;
