@@ -68,7 +68,7 @@
 //! simulated time. Convergence: the liveness rule below, with the hold
 //! time added (a calm period sets the link's delay low).
 //!
-//! Liveness (in lib.rs): a pair left calm for 1.5 s on one link, with no
+//! Liveness (in `world/checks.rs`): a pair left calm for 1.5 s on one link, with no
 //! I/O errors injected, some UpToDate disk and no operator decision
 //! pending (split brain, StandAlone), is Established and quiescent, or its
 //! resync/verify made progress meanwhile.
@@ -81,7 +81,9 @@ use twinblock_replicator::core::{Replication, Time};
 use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
-use super::{decode, AppKind, AppReq, Sim, BLOCK, BLOCKS, CELL, CELLS, EXTENT};
+use crate::node::{AppKind, AppReq};
+use crate::world::Sim;
+use crate::{decode, BLOCK, BLOCKS, CELL, CELLS, EXTENT};
 
 /// No flapping: at most this many mode switches of one node ...
 pub const FLAP_LIMIT: usize = 14;

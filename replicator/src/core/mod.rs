@@ -441,7 +441,10 @@ impl Core {
     /// the state it stands for (the simulator calls it after every step).
     pub fn check_caches(&self) -> Result<(), String> {
         if !self.maybe_lost {
-            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.peer == PeerPart::Lost) {
+            // (The first issued: a seed's report must not depend on the
+            // map's order, which differs from one process to the next.)
+            let lost = self.pending.iter().filter(|(_, p)| p.peer == PeerPart::Lost);
+            if let Some((req, _)) = lost.min_by_key(|(r, _)| **r) {
                 return Err(format!(
                     "request {req} lost its peer part but `maybe_lost` is clear: \
                      it would never be released"
@@ -457,9 +460,8 @@ impl Core {
             let record = detached
                 && self.failed_record() == disk_timeout::FailedRecord::Saving
                 && self.failed_record_deadline().is_some();
-            if let Some((req, _)) =
-                self.pending.iter().find(|(_, p)| p.decided(detached) && !record)
-            {
+            let held = self.pending.iter().filter(|(_, p)| p.decided(detached) && !record);
+            if let Some((req, _)) = held.min_by_key(|(r, _)| **r) {
                 return Err(format!(
                     "request {req} is complete and unanswered but `maybe_held` is clear: \
                      it would never be answered"

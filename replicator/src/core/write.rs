@@ -456,6 +456,9 @@ impl Core {
         if lost.is_empty() {
             return;
         }
+        // In the order they were issued, not the map's (which differs from
+        // one process to the next: a simulator seed must replay alike).
+        lost.sort_unstable();
         if detached {
             // The peer may lack them and only a detached disk holds them,
             // if it ever completes them: nothing to record, `try_reply`

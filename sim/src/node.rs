@@ -1,0 +1,133 @@
+//! A simulated node (its core, disk, metadata, the I/O in flight and the
+//! application requests outstanding) and the link between the two.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use twinblock_replicator::core::{Core, IoError, IoId, Persist, ReqId, SessionId, Time};
+use twinblock_replicator::protocol::wire::{Message, Role};
+
+use crate::checker;
+use crate::disk::{Disk, Durable};
+use crate::meta::Meta;
+
+/// An I/O the shell performed, waiting to report its completion.
+pub(crate) struct PendingIo {
+    pub(crate) io: IoId,
+    pub(crate) at: Time,
+    pub(crate) result: Result<Option<Bytes>, IoError>,
+    pub(crate) durable: Durable,
+    pub(crate) persist: Option<Persist>,
+    /// An application write, zero or flush of a Primary: once the disk
+    /// has failed, it may hang (never complete; see `Node::hung`).
+    pub(crate) may_hang: bool,
+}
+
+/// An application request outstanding on a node.
+#[derive(Clone)]
+pub(crate) struct AppReq {
+    pub kind: AppKind,
+    /// Peer confirmation can be trusted for it: the node was connected
+    /// (Running) when it was submitted and the link never changed since.
+    pub linked: Option<(SessionId, u64)>,
+    /// For flushes: the floors at submission.
+    pub snapshot: Option<checker::FlushSnap>,
+    /// Adaptive mode: the node's mode switches at submission (a switch
+    /// before the reply, or a reply while Ahead: not confirmed by the peer).
+    pub switches: u64,
+    /// The peer's power losses at submission.
+    pub peer_power: u64,
+    /// When it was submitted.
+    pub at: Time,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum AppKind {
+    Write {
+        id: u64,
+        off: u64,
+        len: u64,
+        fua: bool,
+    },
+    Zero {
+        id: u64,
+        off: u64,
+        len: u64,
+        fua: bool,
+    },
+    Flush,
+    /// A `twinblock bench` probe (scratch area: no device change to check).
+    Probe(twinblock_replicator::core::ProbeMode),
+}
+
+pub struct Node {
+    pub name: &'static str,
+    pub core: Option<Core>,
+    pub disk: Disk,
+    pub meta: Meta,
+    pub(crate) ios: Vec<PendingIo>,
+    /// I/O of a failed disk that never completes (until the process
+    /// ends): a disk that hangs after its first error.
+    pub(crate) hung: Vec<PendingIo>,
+    /// Since when the core's disk is Failed (this process).
+    pub(crate) failed_since: Option<Time>,
+    /// The disk stalled: no store operation completes any more (until
+    /// the process ends).
+    pub(crate) stalled: bool,
+    /// When the first store operation issued to the stalled disk was.
+    pub(crate) first_hung: Option<Time>,
+    pub(crate) reqs: HashMap<ReqId, AppReq>,
+    /// Every request answered (a second answer is a violation).
+    pub(crate) answered: std::collections::HashSet<ReqId>,
+    /// Counts link changes (up or down) seen by this node.
+    pub link_gen: u64,
+    /// The disk file was recreated and no metadata was saved since.
+    pub(crate) recreated: bool,
+    pub(crate) restart_at: Option<Time>,
+}
+
+impl Node {
+    pub(crate) fn new(name: &'static str) -> Node {
+        Node {
+            name,
+            core: None,
+            disk: Disk::new(),
+            meta: Meta::default(),
+            ios: Vec::new(),
+            hung: Vec::new(),
+            failed_since: None,
+            stalled: false,
+            first_hung: None,
+            reqs: HashMap::new(),
+            answered: Default::default(),
+            link_gen: 0,
+            recreated: true,
+            restart_at: None,
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.core.is_some()
+    }
+
+    /// The disk was recreated and no metadata record was saved since (the
+    /// shell reports `disk_created` until then).
+    pub fn recreated_pending(&self) -> bool {
+        self.recreated
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| c.role() == Role::Primary)
+    }
+}
+
+/// The link between the nodes.
+pub(crate) struct Link {
+    pub(crate) sid: SessionId,
+    /// Frames in flight, per direction (index: the receiving node).
+    pub(crate) queue: [VecDeque<(Time, Message)>; 2],
+    /// Silently partitioned: nothing moves (the stream stalls, as a
+    /// reliable stream does), nobody is told; it heals, or a timeout
+    /// breaks the link and what was in flight is lost.
+    pub(crate) partitioned: bool,
+}

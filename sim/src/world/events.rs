@@ -1,0 +1,441 @@
+//! Time and what it brings: I/O completions, frames, timers, the link
+//! coming and going, the witness, crashes and power losses.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use twinblock_replicator::arbiter::Refusal;
+use twinblock_replicator::core::{Persist, Time};
+use twinblock_replicator::protocol::wire::{DiskState, Role};
+
+use crate::checker::{self, Violation};
+use crate::disk::Disk;
+use crate::meta::Meta;
+use crate::node::Link;
+use crate::rng::Rng;
+use crate::trace::short_msg;
+use crate::world::Sim;
+
+impl Sim {
+    /// The earliest scheduled event.
+    pub(crate) fn next_event(&self) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        let mut min = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
+        for node in &self.nodes {
+            for io in &node.ios {
+                min(io.at);
+            }
+            if let Some(r) = node.restart_at {
+                min(r);
+            }
+            if let Some(c) = &node.core {
+                if let Some(d) = c.poll_timeout() {
+                    min(d.max(self.now));
+                }
+            }
+        }
+        if let Some(l) = self.link.as_ref().filter(|l| !l.partitioned) {
+            for q in &l.queue {
+                if let Some((at, _)) = q.front() {
+                    min(*at);
+                }
+            }
+        }
+        if let Some(c) = self.connect_at {
+            min(c);
+        }
+        if self.partition_until > self.now {
+            min(self.partition_until);
+        }
+        if let Some(x) = self.witness.as_ref().and_then(|w| w.next_event()) {
+            min(x);
+        }
+        t
+    }
+
+    /// Runs the witness's earliest event due now, if any.
+    pub(crate) fn advance_witness(&mut self) -> Result<bool, Violation> {
+        let now = self.now;
+        let Some(w) = self.witness.as_mut() else { return Ok(false) };
+        if w.restart_at.is_some_and(|r| r <= now) {
+            w.restart_at = None;
+            w.alive = true;
+            w.returns += 1;
+            w.arb.restart(now);
+            self.note("witness restarts".into());
+            for n in 0..2 {
+                if self.witness.as_ref().is_some_and(|w| w.up[n]) {
+                    if let Some(c) = self.nodes[n].core.as_mut() {
+                        c.handle_witness_link(now, true);
+                    }
+                    self.drain(n);
+                }
+            }
+            return Ok(true);
+        }
+        for n in 0..2 {
+            let w = self.witness.as_mut().expect("witness");
+            if w.heal_at[n].is_some_and(|h| h <= now) {
+                w.heal_at[n] = None;
+                w.up[n] = true;
+                w.returns += 1;
+                let alive = w.alive;
+                self.note(format!("{}: witness link up", self.nodes[n].name));
+                if alive {
+                    if let Some(c) = self.nodes[n].core.as_mut() {
+                        c.handle_witness_link(now, true);
+                    }
+                    self.drain(n);
+                }
+                return Ok(true);
+            }
+        }
+        let w = self.witness.as_mut().expect("witness");
+        if w.to_w.front().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, n, req) = w.to_w.pop_front().expect("front");
+            if w.reachable(n, now) {
+                let before = w.arb.holder().map(str::to_owned);
+                let verdict = w.arb.judge(now, &req);
+                let reply = w.arb.reply(&req, &verdict);
+                let after = w.arb.holder().map(str::to_owned);
+                // The witness refuses a claim by its data only for data
+                // that lost what its node ran alone with: a node replaced
+                // (its metadata lost). Anything else is a false refusal,
+                // which leaves the pair without a Primary. (A node keeps
+                // the generations it told, `MetaRecord::told`, so several
+                // separations the witness did not hear of do not push the
+                // one it holds out of what the node says; more than
+                // `TOLD_KEPT` of them would.)
+                if verdict.as_ref().is_err_and(Refusal::by_data) && self.data_replaced == 0 {
+                    return Err(Violation {
+                        step: self.chk.step,
+                        rule: "witness-data",
+                        what: format!(
+                            "the witness refused {}'s claim by its data {:x?} though no node was \
+                             replaced nor data given up: {}",
+                            req.node, req.data, reply.reason
+                        ),
+                    });
+                }
+                // Now and then an answer is slow (a lost packet, a busy
+                // witness): longer than the witness's margin.
+                let at = if self.rng.chance(1, 25) {
+                    now + Duration::from_millis(100 + self.rng.below(700))
+                } else {
+                    now + Duration::from_micros(100 + self.rng.below(2000))
+                };
+                let w = self.witness.as_mut().expect("witness");
+                let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
+                w.from_w[n].push_back((at, reply.clone()));
+                if self.opts.trace || before != after || !reply.granted {
+                    self.note(format!(
+                        "witness: {} {:?} -> {} ({}), holder {:?}",
+                        req.node, req.kind, reply.granted, reply.reason, after
+                    ));
+                }
+            }
+            return Ok(true);
+        }
+        for n in 0..2 {
+            let w = self.witness.as_mut().expect("witness");
+            if w.from_w[n].front().is_some_and(|(at, _)| *at <= now) {
+                let (_, reply) = w.from_w[n].pop_front().expect("front");
+                if !w.reachable(n, now) {
+                    return Ok(true);
+                }
+                let Some(c) = self.nodes[n].core.as_mut() else { return Ok(true) };
+                let (role, disk) = (c.role(), c.disk());
+                c.handle_vote(now, now.as_millis() as u64 + 1, reply);
+                let promoted = c.role() == Role::Primary && role != Role::Primary;
+                self.drain(n);
+                if promoted {
+                    self.note(format!(
+                        "{}: promoted by the controller ({disk:?})",
+                        self.nodes[n].name
+                    ));
+                    let force = disk != DiskState::UpToDate;
+                    self.chk.stats.ctl_promotions += 1;
+                    self.check_promoted(n, force, disk)?;
+                }
+                return Ok(true);
+            }
+        }
+        let w = self.witness.as_mut().expect("witness");
+        if let Some(i) = w.hooks.iter().position(|(at, _, _)| *at <= now) {
+            let (_, n, h) = w.hooks.remove(i);
+            let fail = self.rng.chance(1, 10);
+            let result = if fail { Err("hook exited 1".to_string()) } else { Ok(()) };
+            self.note(format!("{}: hook {h:?} done {result:?}", self.nodes[n].name));
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.hook_done(now, h, result);
+            }
+            self.drain(n);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Witness trouble: a cut or silent link, or a witness restart.
+    pub(crate) fn witness_trouble(&mut self) {
+        let now = self.now;
+        let n = self.rng.below(2) as usize;
+        let r = self.rng.below(10);
+        let dur = Duration::from_millis(100 + self.rng.below(5000));
+        let Some(w) = self.witness.as_mut() else { return };
+        if r < 4 {
+            if !w.up[n] {
+                return;
+            }
+            w.up[n] = false;
+            w.heal_at[n] = Some(now + dur);
+            w.cut(n);
+            self.note(format!("{}: witness link cut", self.nodes[n].name));
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_witness_link(now, false);
+            }
+            self.drain(n);
+        } else if r < 8 {
+            w.silent_until[n] = now + dur;
+            w.cut(n);
+            self.note(format!("{}: witness link silent for {dur:?}", self.nodes[n].name));
+        } else {
+            if !w.alive {
+                return;
+            }
+            w.alive = false;
+            w.restart_at = Some(now + dur);
+            w.cut(0);
+            w.cut(1);
+            self.note("witness crashes".into());
+            for m in 0..2 {
+                if let Some(c) = self.nodes[m].core.as_mut() {
+                    c.handle_witness_link(now, false);
+                }
+                self.drain(m);
+            }
+        }
+    }
+
+    /// Runs the earliest event.
+    pub(crate) fn advance(&mut self) {
+        let Some(t) = self.next_event() else {
+            self.now += Duration::from_millis(10);
+            return;
+        };
+        self.now = self.now.max(t);
+        let now = self.now;
+        // I/O completions (random order among equals).
+        for n in 0..2 {
+            if let Some(i) = self.nodes[n].ios.iter().position(|io| io.at <= now) {
+                let io = self.nodes[n].ios.remove(i);
+                let failed =
+                    self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed);
+                if io.may_hang && failed && self.rng.chance(1, 2) {
+                    // The failed disk hangs: this one never completes.
+                    self.note(format!("{}: io#{} hangs", self.nodes[n].name, io.io));
+                    self.chk.stats.hung_ios += 1;
+                    self.nodes[n].hung.push(io);
+                    return;
+                }
+                // A failed metadata update may have landed all the same
+                // (the error came after the rename, from the directory's
+                // fsync): decided by the seed and the I/O's id, without a
+                // draw from the seed's stream.
+                let landed = io.result.is_ok() || landed_anyway(self.opts.seed, io.io);
+                if io.result.is_ok() {
+                    self.nodes[n].disk.make_durable(&io.durable);
+                }
+                if let Some(p) = io.persist.as_ref().filter(|_| landed) {
+                    if io.result.is_err() {
+                        self.chk.stats.landed_failed_persists += 1;
+                        let name = self.nodes[n].name;
+                        self.note(format!("{name}: the failed persist#{} landed", io.io));
+                    }
+                    self.nodes[n].meta.apply(p);
+                    if matches!(p, Persist::Meta(_)) {
+                        self.nodes[n].recreated = false;
+                    }
+                }
+                if self.opts.trace {
+                    self.note(format!(
+                        "  {} < io#{} {:?}",
+                        self.nodes[n].name,
+                        io.io,
+                        io.result.as_ref().map(|_| ())
+                    ));
+                }
+                if let Some(c) = self.nodes[n].core.as_mut() {
+                    c.handle_io(now, io.io, io.result);
+                }
+                self.drain(n);
+                return;
+            }
+        }
+        for n in 0..2 {
+            if self.nodes[n].restart_at.is_some_and(|r| r <= now) {
+                self.start(n);
+                return;
+            }
+        }
+        if self.partition_until <= now {
+            if let Some(l) = self.link.as_mut() {
+                l.partitioned = false;
+            }
+        }
+        if let Some(l) = self.link.as_mut().filter(|l| !l.partitioned) {
+            for to in 0..2 {
+                if l.queue[to].front().is_some_and(|(at, _)| *at <= now) {
+                    let (_, msg) = l.queue[to].pop_front().expect("front");
+                    let sid = l.sid;
+                    if self.opts.trace {
+                        self.note(format!(
+                            "  {} < [{sid}] {}",
+                            self.nodes[to].name,
+                            short_msg(&msg)
+                        ));
+                    }
+                    if let Some(c) = self.nodes[to].core.as_mut() {
+                        c.handle_frame(now, sid, msg);
+                    }
+                    self.drain(to);
+                    return;
+                }
+            }
+        }
+        for n in 0..2 {
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                if c.poll_timeout().is_some_and(|d| d <= now) {
+                    c.handle_timeout(now);
+                    self.drain(n);
+                    return;
+                }
+            }
+        }
+        if let Err(v) = self.advance_witness() {
+            self.pending_violation = Some(v);
+            return;
+        }
+        if self.partition_until <= now {
+            if let Some(l) = self.link.as_mut() {
+                l.partitioned = false;
+            }
+        }
+        if self.connect_at.is_some_and(|c| c <= now) {
+            self.connect_at = None;
+            self.link_up();
+        }
+    }
+
+    /// Keeps a connection attempt scheduled while both want a link.
+    pub(crate) fn maybe_schedule_connect(&mut self) {
+        if self.link.is_some() || self.connect_at.is_some() || self.partition_until > self.now {
+            return;
+        }
+        let want = self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.wants_link()));
+        if want {
+            self.connect_at = Some(self.now + Duration::from_millis(5 + self.rng.below(300)));
+        }
+    }
+
+    pub(crate) fn link_up(&mut self) {
+        let want = self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.wants_link()));
+        if !want || self.link.is_some() {
+            return;
+        }
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.note(format!("link {sid} up"));
+        self.chk.linked(&self.nodes);
+        self.link =
+            Some(Link { sid, queue: [VecDeque::new(), VecDeque::new()], partitioned: false });
+        let first = self.rng.below(2) as usize;
+        for n in [first, 1 - first] {
+            self.nodes[n].link_gen += 1;
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                c.handle_link_up(self.now, sid);
+            }
+            self.drain(n);
+        }
+    }
+
+    pub(crate) fn crash(&mut self, n: usize, power: bool) -> Result<(), Violation> {
+        if !self.nodes[n].alive() {
+            return Ok(());
+        }
+        self.note(format!(
+            "{} {}",
+            self.nodes[n].name,
+            if power { "POWER LOSS" } else { "crashes" }
+        ));
+        self.nodes[n].core = None;
+        // Metadata updates in flight: done or not, atomically.
+        let mut ios = std::mem::take(&mut self.nodes[n].ios);
+        ios.append(&mut self.nodes[n].hung);
+        self.nodes[n].failed_since = None;
+        self.nodes[n].stalled = false;
+        self.nodes[n].first_hung = None;
+        for io in ios {
+            if io.result.is_ok() && self.rng.chance(1, 2) {
+                if let Some(p) = &io.persist {
+                    self.nodes[n].meta.apply(p);
+                    if matches!(p, Persist::Meta(_)) {
+                        self.nodes[n].recreated = false;
+                    }
+                }
+                self.nodes[n].disk.make_durable(&io.durable);
+            }
+        }
+        self.nodes[n].reqs.clear();
+        if self.link.is_some() {
+            self.link_down(Some(n));
+            let other = 1 - n;
+            self.drain(other);
+        }
+        if power {
+            let mut rng = std::mem::replace(&mut self.rng, Rng::new(0));
+            self.nodes[n].disk.power_loss(&mut rng);
+            self.rng = rng;
+        }
+        self.chk.crashed(n, power);
+        if power {
+            let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
+            let r = chk.power_check(self, n);
+            self.chk = chk;
+            r?;
+        }
+        if power && self.rng.chance(1, 25) {
+            // The disk is replaced; the metadata survives.
+            self.note(format!("{}: disk file recreated", self.nodes[n].name));
+            self.nodes[n].disk = Disk::new();
+            self.nodes[n].recreated = true;
+            self.data_replaced += 1;
+            self.chk.disk_replaced(n);
+        } else if power && self.rng.chance(1, 6) {
+            // The node is replaced (a terminated instance): a new disk and
+            // no metadata, as on a first start.
+            self.note(format!("{}: node replaced (new disk, no metadata)", self.nodes[n].name));
+            self.nodes[n].disk = Disk::new();
+            self.nodes[n].meta = Meta::default();
+            self.nodes[n].recreated = true;
+            self.data_replaced += 1;
+            self.chk.disk_replaced(n);
+        }
+        self.nodes[n].restart_at =
+            Some(self.now + Duration::from_millis(50 + self.rng.below(3000)));
+        Ok(())
+    }
+
+    /// The witness holds a generation node `n` ran alone with.
+    pub(crate) fn ran_alone(&self, n: usize) -> bool {
+        self.witness
+            .as_ref()
+            .is_some_and(|w| w.arb.durable().alone_with.contains_key(self.nodes[n].name))
+    }
+}
+
+/// Whether a metadata update that failed had landed all the same: one in
+/// two, by a hash of the seed and the I/O's id.
+fn landed_anyway(seed: u64, io: u64) -> bool {
+    let h = (seed ^ io.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h >> 63 == 1
+}

@@ -1,0 +1,160 @@
+//! The operator's verbs: promotions, demotions, connects, discards, verify.
+
+use twinblock_replicator::core::Connection;
+use twinblock_replicator::protocol::wire::{DiskState, Role};
+
+use crate::checker::Violation;
+use crate::node::Node;
+use crate::world::Sim;
+
+impl Sim {
+    pub(crate) fn operator(&mut self) -> Result<(), Violation> {
+        let mut n = self.rng.below(2) as usize;
+        let r = self.rng.below(100);
+        if r < 40 && !self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate) {
+            // The controller prefers an UpToDate node.
+            n = 1 - n;
+        }
+        let other_primary = self.nodes[1 - n].is_primary();
+        let now_ms = self.now.as_millis() as u64 + 1;
+        let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
+        if self.witness.is_some() && r < 48 {
+            // The controller decides the roles: the operator only hands
+            // over (`secondary`) or the service's health check fails.
+            let nobody_good = self.nodes.iter().all(|x| {
+                x.core
+                    .as_ref()
+                    .is_none_or(|c| c.disk() != DiskState::UpToDate && c.role() != Role::Primary)
+            });
+            let core = self.nodes[n].core.as_mut().expect("alive");
+            if nobody_good && r < 10 {
+                // The first setup: the operator declares one node's data good.
+                let disk = core.disk();
+                let res = core.promote(true, now_ms);
+                self.note(format!("{}: primary --force ({disk:?}) -> {res:?}", self.nodes[n].name));
+                self.drain(n);
+                // (Forcing data that is not UpToDate gives up what either
+                // node acknowledged alone that it lacks: the peer's data
+                // will be resynced from it.)
+                if res.is_ok()
+                    && disk != DiskState::UpToDate
+                    && (self.ran_alone(n) || self.ran_alone(1 - n))
+                {
+                    // The operator accepts what that node ran alone with
+                    // may be gone.
+                    self.data_replaced += 1;
+                }
+                if res.is_ok() {
+                    self.check_promoted(n, true, disk)?;
+                }
+                return Ok(());
+            }
+            if core.role() == Role::Primary {
+                if r < 20 {
+                    core.health(self.now, false);
+                    self.note(format!("{}: health check fails", self.nodes[n].name));
+                } else {
+                    let res = core.demote();
+                    self.note(format!("{}: secondary -> {res:?}", self.nodes[n].name));
+                }
+                self.drain(n);
+            }
+            return Ok(());
+        }
+        if r < 40 {
+            // primary [--force], as a controller would: never while the
+            // other node is Primary.
+            if other_primary || core.role() == Role::Primary {
+                return Ok(());
+            }
+            let disk = core.disk();
+            // A sane operator forces a node only when the other holds no
+            // better data that it can see.
+            let other_good =
+                self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
+            let force = disk != DiskState::UpToDate && !other_good && self.rng.chance(1, 4);
+            // Sometimes the operator (or a script) runs `primary` on both
+            // connected nodes at once, before either hears of the other
+            // (disconnected, that is a split brain the operator makes).
+            let connected =
+                |x: &Node| x.core.as_ref().is_some_and(|c| c.connection() == Connection::Connected);
+            let both = self.rng.chance(1, 6) && self.nodes.iter().all(connected);
+            let mut promoted = vec![n];
+            if both {
+                promoted.push(1 - n);
+            }
+            let mut asked = Vec::new();
+            for &m in &promoted {
+                let Some(core) = self.nodes[m].core.as_mut() else { continue };
+                if core.role() == Role::Primary {
+                    continue;
+                }
+                let disk = core.disk();
+                let force = force && m == n;
+                let res = core.promote(force, now_ms);
+                let now_primary = core.role() == Role::Primary;
+                let name = self.nodes[m].name;
+                self.note(format!(
+                    "{name}: primary{}{} ({disk:?}) -> {res:?}{}",
+                    if force { " --force" } else { "" },
+                    if both { " (on both at once)" } else { "" },
+                    if res.is_ok() && !now_primary { " (asked the peer)" } else { "" }
+                ));
+                if res.is_ok() {
+                    if now_primary {
+                        asked.push((m, force, disk));
+                    } else {
+                        self.asked_promotion[m] = Some((force, disk));
+                    }
+                }
+            }
+            for &m in &promoted {
+                self.drain(m);
+            }
+            for (m, force, disk) in asked {
+                self.check_promoted(m, force, disk)?;
+            }
+        } else if r < 48 {
+            if core.role() == Role::Primary {
+                let res = core.demote();
+                self.note(format!("{}: secondary -> {res:?}", self.nodes[n].name));
+                self.drain(n);
+            }
+        } else if r < 54 {
+            core.disconnect();
+            self.note(format!("{}: disconnect", self.nodes[n].name));
+            self.drain(n);
+        } else if r < 80 {
+            if !core.wants_link() {
+                core.connect();
+                self.note(format!("{}: connect", self.nodes[n].name));
+                self.drain(n);
+            }
+        } else if r < 90 {
+            let res = core.verify();
+            self.note(format!("{}: verify -> {res:?}", self.nodes[n].name));
+            self.drain(n);
+        } else {
+            // Split brain: the Secondary gives up its data.
+            if core.status().split_brain || !core.wants_link() {
+                if core.role() == Role::Primary {
+                    return Ok(());
+                }
+                let res = core.discard_my_data();
+                self.note(format!("{}: discard-my-data -> {res:?}", self.nodes[n].name));
+                // (Its floors follow the data when it becomes SyncTarget.)
+                self.drain(n);
+                if res.is_ok() {
+                    self.chk.discarded(n);
+                    if self.ran_alone(n) {
+                        self.data_replaced += 1;
+                    }
+                }
+                if let Some(c) = self.nodes[1 - n].core.as_mut() {
+                    c.connect();
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Performing the cores' actions: store and metadata I/O, frames, replies.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use twinblock_replicator::core::{Action, IoError, Replication, ReplyError, ReqId, StoreOp, Time};
+use twinblock_replicator::protocol::wire::DiskState;
+
+use crate::checker::Violation;
+use crate::node::{AppKind, PendingIo};
+use crate::trace::{short_msg, short_op, short_persist};
+use crate::world::Sim;
+use crate::CELL;
+
+impl Sim {
+    pub(crate) fn fails(&mut self) -> Option<IoError> {
+        if self.err_rate > 0 && self.rng.chance(1, self.err_rate) {
+            Some(if self.rng.chance(1, 2) { IoError::EIO } else { IoError::ENOSPC })
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn io_delay(&mut self) -> Time {
+        Duration::from_micros(50 + self.rng.below(3000))
+    }
+
+    /// An I/O of node `n` on its way: it completes at its time, or never
+    /// if the disk stalled (until the process ends).
+    pub(crate) fn queue_io(&mut self, n: usize, io: PendingIo) {
+        if self.nodes[n].stalled && (io.persist.is_none() || self.meta_on_disk) {
+            self.note(format!("{}: io#{} hangs (stalled disk)", self.nodes[n].name, io.io));
+            self.chk.stats.hung_ios += 1;
+            self.nodes[n].first_hung.get_or_insert(self.now);
+            self.nodes[n].hung.push(io);
+        } else {
+            self.nodes[n].ios.push(io);
+        }
+    }
+
+    /// Performs every action node `n`'s core has queued, then the deferred
+    /// link-down notifications.
+    pub(crate) fn drain(&mut self, n: usize) {
+        while let Some(core) = self.nodes[n].core.as_mut() {
+            let Some(a) = core.poll_action() else {
+                if let Some((m, sid)) = self.downs.pop_front() {
+                    if let Some(c) = self.nodes[m].core.as_mut() {
+                        c.handle_link_down(self.now, sid, "link closed");
+                    }
+                    self.drain(m);
+                    continue;
+                }
+                break;
+            };
+            self.perform(n, a);
+        }
+    }
+
+    pub(crate) fn perform(&mut self, n: usize, a: Action) {
+        if self.opts.trace {
+            let d = match &a {
+                Action::Store { io, op } => format!("store#{io} {}", short_op(op)),
+                Action::Persist { io, what } => format!("persist#{io} {}", short_persist(what)),
+                Action::Send { session, msg } => format!("send[{session}] {}", short_msg(msg)),
+                other => format!("{other:?}"),
+            };
+            self.note(format!("  {} > {d}", self.nodes[n].name));
+        }
+        match a {
+            Action::Store { io, op } => {
+                let at = self.now + self.io_delay();
+                let err = self.fails();
+                let primary = self.nodes[n].is_primary();
+                let mut durable = Vec::new();
+                let mut result = Ok(None);
+                if primary {
+                    // The Primary's apply history (what it sends, too).
+                    match &op {
+                        StoreOp::Write { offset, data, .. } => {
+                            self.chk.primary_applied(n, *offset, data)
+                        }
+                        StoreOp::Zero { offset, len, .. } => {
+                            self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize])
+                        }
+                        _ => {}
+                    }
+                }
+                match &op {
+                    StoreOp::Write { offset, data, fua } => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                            // A failed write may have landed in part.
+                            if self.rng.chance(1, 2) {
+                                let cells = data.len() as u64 / CELL;
+                                let part = (self.rng.below(cells + 1) * CELL) as usize;
+                                self.nodes[n].disk.write(*offset, &data[..part]);
+                            }
+                        } else {
+                            let d = self.nodes[n].disk.write(*offset, data);
+                            if *fua {
+                                durable = d;
+                            }
+                        }
+                    }
+                    StoreOp::Zero { offset, len, fua, .. } => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            let d = self.nodes[n].disk.zero(*offset, *len);
+                            if *fua {
+                                durable = d;
+                            }
+                        }
+                    }
+                    StoreOp::Flush => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            durable = self.nodes[n].disk.unflushed();
+                        }
+                    }
+                    StoreOp::Scratch { .. } => {
+                        // The bench scratch area: not the device.
+                        if let Some(e) = err {
+                            result = Err(e);
+                        }
+                    }
+                    StoreOp::Read { offset, len } => {
+                        if let Some(e) = err {
+                            result = Err(e);
+                        } else {
+                            let (o, l) = (*offset as usize, *len as usize);
+                            result = Ok(Some(Bytes::copy_from_slice(
+                                &self.nodes[n].disk.cache[o..o + l],
+                            )));
+                        }
+                    }
+                }
+                if let Err(e) = result {
+                    if matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. }) {
+                        // The disk skipped a write: its content is no
+                        // longer a state of any history.
+                        self.chk.lineage_broken(n);
+                    }
+                    self.note(format!(
+                        "{}: store {:?} fails errno {}",
+                        self.nodes[n].name,
+                        short_op(&op),
+                        e.0
+                    ));
+                }
+                let may_hang = primary
+                    && matches!(op, StoreOp::Write { .. } | StoreOp::Zero { .. } | StoreOp::Flush);
+                self.queue_io(n, PendingIo { io, at, result, durable, persist: None, may_hang });
+            }
+            Action::Persist { io, what } => {
+                let at = self.now + self.io_delay();
+                let result = match self.fails() {
+                    Some(e) => {
+                        self.note(format!(
+                            "{}: persist {} fails errno {}",
+                            self.nodes[n].name,
+                            short_persist(&what),
+                            e.0
+                        ));
+                        Err(e)
+                    }
+                    None => Ok(None),
+                };
+                // (On the stalled device too if `meta_on_disk`.)
+                let durable = Vec::new();
+                self.queue_io(
+                    n,
+                    PendingIo { io, at, result, durable, persist: Some(what), may_hang: false },
+                );
+            }
+            Action::Send { session, msg } => {
+                let delay = match self.level {
+                    None => Duration::from_micros(100 + self.rng.below(3000)),
+                    Some(l) => self.link_delay(l),
+                };
+                let now = self.now;
+                if let Some(l) = self.link.as_mut().filter(|l| l.sid == session) {
+                    let q = &mut l.queue[1 - n];
+                    let at = q.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
+                    q.push_back((at, msg));
+                }
+            }
+            Action::Close { session, reason } => {
+                self.note(format!("{} closes link {session}: {reason}", self.nodes[n].name));
+                if self.link.as_ref().is_some_and(|l| l.sid == session) {
+                    self.link_down(None);
+                } else {
+                    self.downs.push_back((n, session));
+                }
+            }
+            Action::Reply { req, result } => self.replied(n, req, result),
+            Action::Vote(req) => {
+                let at = self.now + Duration::from_micros(100 + self.rng.below(2000));
+                let now = self.now;
+                if let Some(w) = self.witness.as_mut().filter(|w| w.reachable(n, now)) {
+                    let at = w.to_w.back().map_or(at, |(t, _, _)| (*t).max(at));
+                    w.to_w.push_back((at, n, req));
+                }
+            }
+            Action::Hook(h) => {
+                let at = self.now + Duration::from_millis(1 + self.rng.below(50));
+                if let Some(w) = self.witness.as_mut() {
+                    w.hooks.push((at, n, h));
+                } else if let Some(c) = self.nodes[n].core.as_mut() {
+                    c.hook_done(self.now, h, Ok(()));
+                }
+            }
+        }
+    }
+
+    /// The link goes away. `crashed`: the node that crashed (its frames
+    /// in flight: a random prefix arrives). Both living nodes are told.
+    pub(crate) fn link_down(&mut self, crashed: Option<usize>) {
+        let Some(mut l) = self.link.take() else { return };
+        self.note(format!("link {} down", l.sid));
+        // A random prefix of what is in flight still arrives.
+        for to in 0..2 {
+            if !self.nodes[to].alive() || Some(to) == crashed {
+                continue;
+            }
+            let q = std::mem::take(&mut l.queue[to]);
+            let keep = if l.partitioned { 0 } else { self.rng.below(q.len() as u64 + 1) as usize };
+            for (_, msg) in q.into_iter().take(keep) {
+                if let Some(c) = self.nodes[to].core.as_mut() {
+                    c.handle_frame(self.now, l.sid, msg);
+                }
+                // Actions are performed after the link is gone: sends drop.
+                self.drain(to);
+            }
+        }
+        for to in 0..2 {
+            self.nodes[to].link_gen += 1;
+            if self.nodes[to].alive() {
+                self.downs.push_back((to, l.sid));
+            }
+        }
+        self.connect_at = None;
+    }
+
+    pub(crate) fn replied(&mut self, n: usize, req: ReqId, result: Result<(), ReplyError>) {
+        if !self.nodes[n].answered.insert(req) {
+            let v = Violation {
+                step: self.chk.step,
+                rule: "one reply",
+                what: format!("{}: request {req} answered twice", self.nodes[n].name),
+            };
+            self.pending_violation.get_or_insert(v);
+            return;
+        }
+        let Some(r) = self.nodes[n].reqs.remove(&req) else { return };
+        if let AppKind::Probe(mode) = r.kind {
+            self.note(format!("{}: probe {req} {mode:?} -> {result:?}", self.nodes[n].name));
+            return;
+        }
+        if let (Err(e), AppKind::Write { .. } | AppKind::Zero { .. } | AppKind::Flush) =
+            (&result, &r.kind)
+        {
+            if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
+                self.chk.stats.failed_disk_errors += 1;
+            }
+            if *e != ReplyError::ReadOnly {
+                self.note(format!("{}: req {req} {:?} -> {:?}", self.nodes[n].name, r.kind, e));
+            }
+        }
+        if result.is_ok() && !matches!(r.kind, AppKind::Flush) || self.opts.trace {
+            self.note(format!(
+                "{}: req {req} {:?} -> {:?} linked {:?} gen {}",
+                self.nodes[n].name, r.kind, result, r.linked, self.nodes[n].link_gen
+            ));
+        } else if result.is_ok() {
+            self.note(format!("{}: req {req} Flush ok", self.nodes[n].name));
+        }
+        if result.is_ok() {
+            let confirmed = r.linked.is_some_and(|(sid, g)| {
+                g == self.nodes[n].link_gen
+                    && self.nodes[n].core.as_ref().and_then(|c| c.session_id()) == Some(sid)
+                    && self.nodes[n].is_primary()
+            }) && self.nodes[n].core.as_ref().is_some_and(|c| {
+                c.status().counters.mode_switches == r.switches
+                    && c.replication() != Replication::Ahead
+            });
+            if let Err(v) = self.chk.ack_check(self, n, &r) {
+                self.pending_violation.get_or_insert(v);
+            }
+            if let Err(v) = self.chk.failed_disk_ack(self, n, &r, self.protocol) {
+                self.pending_violation.get_or_insert(v);
+            }
+            if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
+                self.chk.stats.failed_disk_acks += 1;
+            }
+            self.chk.acked(n, &r, confirmed, self.protocol);
+        }
+    }
+}
