@@ -1,0 +1,526 @@
+//! The controller's rules between two cores and the real arbiter (the
+//! `ctl` harness): claims, leases, handovers, depositions.
+
+use super::*;
+
+/// A claim sent while the peer was silent, granted after the peer came
+/// back as a Primary on a running session: the claimant answered that
+/// Primary's heartbeats meanwhile, so the Primary holds a peer lease, and
+/// must not be deposed by closing the session: both would accept writes.
+#[test]
+fn a_claim_granted_after_the_primary_came_back_is_not_used() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::A);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear(); // b's witness link is not up yet
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.hooks_done(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    d.vote_all(0);
+    assert!(d.c[0].accepts_writes());
+    // a loses the witness, and the link to b goes.
+    d.witness_up(0, false);
+    d.cut();
+    let mut claimed = false;
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        if !d.votes[1].is_empty() {
+            claimed = true;
+            break;
+        }
+        d.vote_all(0);
+    }
+    assert!(claimed, "b never claimed");
+    assert!(!d.c[0].accepts_writes(), "a has no quorum while apart");
+    // The link comes back before the witness answers b: a's heartbeats,
+    // answered by b, give it quorum again.
+    d.connect();
+    for _ in 0..2 {
+        d.tick(Duration::from_millis(150));
+        d.flow();
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert!(d.c[0].accepts_writes(), "a regained quorum through b");
+    // Now the witness answers b's claim (a's witness lease is long over).
+    d.lazy_close[1] = true;
+    d.vote_all(1);
+    if d.c[1].role() == Role::Primary {
+        d.hooks_done(1);
+        d.vote_all(1);
+    }
+    // Each node's client writes before a notices anything.
+    d.write(0, 1, 0, 0xaa);
+    d.write(1, 2, 64, 0xbb);
+    d.vote_all(1);
+    let acked_a = d.reply(0, 1) == Some(Ok(()));
+    let acked_b = d.reply(1, 2) == Some(Ok(()));
+    assert!(
+        !(d.c[0].accepts_writes() && d.c[1].accepts_writes() || acked_a && acked_b),
+        "both accept writes (acknowledged: a {acked_a}, b {acked_b})"
+    );
+}
+
+/// The Primary told the witness its peer is current again (after a
+/// resync); until that request is answered the witness may already have
+/// dropped the peer from its outdated set, so writes the peer lacks must
+/// not be acknowledged on the strength of the older "peer outdated" grant.
+#[test]
+fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // Apart: a writes alone once the witness outdated b.
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    assert!(d.w.outdated().any(|n| n == "b"));
+    // Back together: b resyncs; a tells the witness b is current.
+    d.connect();
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(50));
+        d.flow();
+        d.vote_all(1);
+    }
+    assert_eq!(d.c[1].disk(), DiskState::UpToDate);
+    assert_eq!(d.c[1].replication(), Replication::Established);
+    let r = d.decide(0).expect("a's renew: b is current");
+    assert!(r.granted);
+    assert!(!d.w.outdated().any(|n| n == "b"), "the witness counts b current again");
+    d.votes[0].clear();
+    // Before that answer reaches a, a writes; the write never reaches b,
+    // the link goes.
+    d.mute[0] = true;
+    d.write(0, 2, 64, 0x22);
+    d.cut();
+    d.vote_all(0);
+    // a loses the witness (the answer is lost) and stops; b takes over.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    let mut promoted = false;
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(
+        !(d.reply(0, 2) == Some(Ok(())) && promoted),
+        "a acknowledged a write b never got, and the witness promoted b"
+    );
+}
+
+/// A Primary deposed by the witness discards its changes since it went
+/// apart (full resync from the new Primary) — that is only sound if none
+/// of them was acknowledged. A witness that lost its state (no `meta`)
+/// promoted a stale peer (no more: it refuses claims until a grant told it
+/// who is current); one restored from an old backup still can, and the
+/// deposed Primary must then keep the writes it acknowledged alone (a
+/// split brain for the operator), not overwrite them silently.
+#[test]
+fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // Apart: a acknowledges a write b lacks (the witness outdated b).
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    // a loses the witness; the witness restarts without saved state.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, Default::default());
+    d.witness_up(1, false);
+    d.witness_up(1, true);
+    let promote = |d: &mut Duo| {
+        for _ in 0..60 {
+            d.tick(Duration::from_millis(100));
+            d.votes[0].clear();
+            d.vote_all(1);
+            if d.c[1].role() == Role::Primary {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(!promote(&mut d), "a witness without its record promotes b, which a ran without");
+    // Its state restored from an old backup (b not outdated yet) does.
+    let old = crate::arbiter::Durable { complete: true, ..Default::default() };
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, old);
+    d.witness_up(1, false);
+    d.witness_up(1, true);
+    assert!(promote(&mut d), "the witness restored from a backup promotes b");
+    d.hooks_done(1);
+    d.vote_all(1);
+    // a comes back to the witness: deposed.
+    d.witness_up(0, true);
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    // The link returns: a must not become b's SyncTarget.
+    d.connect();
+    assert_ne!(
+        d.c[0].disk(),
+        DiskState::Inconsistent,
+        "a's acknowledged write is overwritten by a full sync from the stale b"
+    );
+    // For the operator: the refusal of further links says why (it said
+    // "disconnected by the operator").
+    let why = d.c[0].link_refused().or(d.c[1].link_refused()).unwrap_or_default();
+    assert_eq!(why, "StandAlone: the peer's data is newer than this Primary's");
+}
+
+/// A Renew granted after the Primary demoted and released the right must
+/// not give it quorum: forced Primary again at once (the operator), it
+/// would accept writes while the witness hands the right to its peer.
+#[test]
+fn a_late_renew_grant_after_the_release_gives_no_quorum() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // a renews; the request is on its way when the operator demotes a.
+    d.tick(Duration::from_millis(250));
+    d.flow();
+    assert!(!d.votes[0].is_empty(), "a renews");
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    d.flow();
+    // The witness answers the renew, then reads the release.
+    d.vote_all(0);
+    assert_eq!(d.w.holder(), None);
+    // The operator forces a back at once.
+    d.c[0].promote(true, 1).unwrap();
+    d.act(0);
+    d.votes[0].clear();
+    // b had claimed (it saw a Secondary); the witness, holding no one,
+    // grants it.
+    d.witness_up(1, true);
+    let g = d.decide(1).expect("b claims");
+    assert!(g.granted, "{g:?}");
+    assert!(
+        !d.c[0].accepts_writes(),
+        "a has quorum from a renew granted before its release while the witness gave b the right"
+    );
+}
+
+/// A forced Primary that the witness refuses (it is recorded outdated)
+/// asks again at the heartbeat, not on every refusal (a request storm).
+#[test]
+fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    // b ran without a (the witness recorded a outdated), then released.
+    let req = |id, kind| VoteRequest {
+        id,
+        resource: "r".into(),
+        node: "b".into(),
+        peer: "a".into(),
+        kind,
+        uptodate: true,
+        peer_current: false,
+        lease_ms: 1000,
+        data: Vec::new(),
+    };
+    assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
+    assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);
+    d.witness_up(0, true);
+    d.c[0].promote(true, 1).unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    let mut asked = 0;
+    for _ in 0..15 {
+        while let Some(r) = d.decide(0) {
+            asked += 1;
+            assert!(!r.granted, "{r:?}");
+            d.answer(0, r);
+        }
+        d.tick(Duration::from_millis(10));
+    }
+    assert!(asked <= 2, "{asked} renewals in 150 ms (heartbeat 200 ms)");
+}
+
+/// A handover is not delayed by the heartbeats the new Primary answered
+/// while the old one was Primary (it said Secondary since).
+#[test]
+fn a_handover_promotes_the_peer_at_its_first_grant() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    for _ in 0..4 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    d.flow();
+    d.vote_all(0);
+    d.tick(Duration::from_millis(10));
+    d.flow();
+    let g = d.decide(1).expect("b claims at once");
+    assert!(g.granted, "{g:?}");
+    d.answer(1, g);
+    assert_eq!(d.c[1].role(), Role::Primary);
+}
+
+/// Heartbeat ids start again at 1 in each session; the peer lease must
+/// keep working after a reconnect (a Primary without the witness relies
+/// on it), not lose every new heartbeat to the old session's higher ids.
+#[test]
+fn the_peer_lease_works_after_a_reconnect() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // A flapping link: long sessions, each cut with a heartbeat out.
+    for k in 0..9 {
+        for _ in 0..90 - 8 * k {
+            d.tick(Duration::from_millis(100));
+            d.flow();
+            d.vote_all(0);
+        }
+        d.tick(Duration::from_millis(300));
+        d.cut();
+        d.connect();
+        d.vote_all(0);
+    }
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    // Two seconds on the new session, the peer answering every heartbeat.
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert!(d.c[0].accepts_writes(), "the peer lease of the new session does not count");
+}
+
+/// The Primary's disk fails (detached): it cannot serve a write any more,
+/// while its UpToDate peer could. It must not keep the Primary right for
+/// good (renewing it forever), or the service never comes back.
+#[test]
+fn a_primary_whose_disk_failed_does_not_hold_the_right_for_good() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.fail_writes[0] = true;
+    d.write(0, 1, 0, 0x11);
+    d.flow();
+    assert_eq!(d.c[0].disk(), DiskState::Failed);
+    for _ in 0..200 {
+        d.tick(Duration::from_millis(100));
+        if d.sid.is_none() {
+            d.connect();
+        }
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+        d.hooks_done(0);
+        d.hooks_done(1);
+    }
+    assert_eq!(
+        d.c[1].role(),
+        Role::Primary,
+        "20 s later b still is not Primary; a is {:?}",
+        d.c[0].role()
+    );
+}
+
+/// The old Primary cannot reach the witness but comes back to its peer,
+/// which the witness promoted meanwhile: the peer's Hello proves it lost
+/// the right. It must step down (and resync from the new Primary), not
+/// stay a Primary without quorum refusing every handshake for good.
+#[test]
+fn an_old_primary_that_meets_the_new_one_steps_down() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    // a is cut off from the witness and from b; b takes over.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.cut();
+    let mut promoted = false;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        d.hooks_done(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted);
+    d.vote_all(1);
+    d.write(1, 1, 0, 0x11);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 1), Some(Ok(())));
+    // a meets b again (still no witness for a).
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        if d.sid.is_none() {
+            d.connect();
+        }
+        d.flow();
+        d.hooks_done(0);
+        d.vote_all(1);
+        d.votes[0].clear();
+    }
+    assert_eq!(d.c[0].role(), Role::Secondary, "a stays a Primary without quorum");
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+}
+
+/// The Primary, cut off from the witness and its peer, keeps the role
+/// (its writes wait); the peer is promoted by the witness and hands the
+/// role back; the link returns: the old Primary must not acknowledge
+/// again on the strength of the peer's heartbeat answers (simulator seed
+/// 20099 at 5,000 steps: I4).
+#[test]
+fn a_primary_whose_peer_reigned_meanwhile_steps_down_when_they_meet() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.cut();
+    let mut promoted = false;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        d.hooks_done(1);
+        if d.c[1].role() == Role::Primary {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted, "b was not promoted");
+    d.c[1].demote().unwrap();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    assert_eq!(d.c[0].role(), Role::Primary, "a stayed Primary (no witness, no peer)");
+    d.connect();
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.hooks_done(0);
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    d.write(0, 77, 0, 0x42);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    assert_ne!(d.reply(0, 77), Some(Ok(())), "a acknowledged a write after b's reign");
+    assert_eq!(d.c[0].role(), Role::Secondary, "a did not step down");
+}
+
+/// With a controller, `discard-younger-primary` (or least-changes) does
+/// not resolve a split brain: the witness let one side acknowledge writes
+/// apart and the policy cannot tell which (simulator seeds 203954,
+/// 401402). Without one it still does.
+#[test]
+fn with_a_controller_only_discard_zero_changes_resolves_a_split_brain() {
+    for controller in [false, true] {
+        let mut c = cfg(Protocol::C);
+        c.split_brain_policy = SplitBrainPolicy::DiscardYoungerPrimary;
+        if controller {
+            c.controller = Some(ControllerConfig {
+                dead_time: Duration::from_secs(2),
+                heartbeat: Duration::from_millis(200),
+                on_no_quorum: Default::default(),
+            });
+        }
+        let mut m = meta(DiskState::UpToDate);
+        m.gen = GenIds { current: 0x111, bitmap: GEN, history: [GEN, 0] };
+        m.promoted_at = 50;
+        let rec = Recovered { meta: Some(m), bitmap: None, al: Vec::new(), disk_created: false };
+        let mut core = Core::new(c, rec, Duration::ZERO, 7);
+        core.handle_link_up(Duration::ZERO, 1);
+        let mut h = hello(
+            Role::Secondary,
+            DiskState::UpToDate,
+            GenIds { current: 0x222, bitmap: GEN, history: [GEN, 0] },
+        );
+        h.promoted_at = 10; // this node was promoted last: the policy's loser
+        core.handle_frame(Duration::ZERO, 1, Message::Hello(h));
+        core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: Vec::new(), last: true });
+        run(&mut core, Duration::ZERO);
+        if controller {
+            assert!(core.status().split_brain, "resolved by policy with a controller");
+        } else {
+            assert_eq!(core.replication(), Replication::SyncTarget, "the policy did not apply");
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Two cores with a controller and the real arbiter, every frame, vote
+//! and hook carried by hand so the test picks the interleaving.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::arbiter::Arbiter;
+
+pub(super) const DEAD: Duration = Duration::from_millis(2000);
+
+fn ccfg(me: &str, peer: &str, protocol: Protocol) -> CoreConfig {
+    let mut c = cfg(protocol);
+    c.me = me.into();
+    c.peer = peer.into();
+    c.controller = Some(ControllerConfig {
+        dead_time: DEAD,
+        heartbeat: Duration::from_millis(200),
+        on_no_quorum: NoQuorum::IoError,
+    });
+    c
+}
+
+pub(super) struct Duo {
+    pub c: [Core; 2],
+    pub now: Time,
+    pub sid: Option<SessionId>,
+    next_sid: SessionId,
+    /// Frames to node i.
+    pub q: [VecDeque<Message>; 2],
+    /// Requests from node i to the witness.
+    pub votes: [VecDeque<VoteRequest>; 2],
+    pub hooks: [Vec<Hook>; 2],
+    pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
+    /// Frames from node i vanish.
+    pub mute: [bool; 2],
+    /// Node i closing the link is not noticed by the other node (its
+    /// side stays up until the test cuts it).
+    pub lazy_close: [bool; 2],
+    /// Node i's store writes fail (EIO).
+    pub fail_writes: [bool; 2],
+    pub w: Arbiter,
+}
+
+impl Duo {
+    /// Both Secondary, UpToDate, same generation; time starts after
+    /// the witness's quiet period.
+    pub fn new(protocol: Protocol) -> Duo {
+        let mk = |me: &str, peer: &str, seed| {
+            let rec = Recovered {
+                meta: Some(meta(DiskState::UpToDate)),
+                bitmap: None,
+                al: Vec::new(),
+                disk_created: false,
+            };
+            Core::new(ccfg(me, peer, protocol), rec, Duration::from_secs(10), seed)
+        };
+        Duo {
+            c: [mk("a", "b", 1), mk("b", "a", 2)],
+            now: Duration::from_secs(10),
+            sid: None,
+            next_sid: 1,
+            q: [VecDeque::new(), VecDeque::new()],
+            votes: [VecDeque::new(), VecDeque::new()],
+            hooks: [Vec::new(), Vec::new()],
+            replies: Vec::new(),
+            mute: [false, false],
+            lazy_close: [false, false],
+            fail_writes: [false, false],
+            w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
+        }
+    }
+
+    /// Performs node i's actions (store and persist succeed at once).
+    pub fn act(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(a) = self.c[i].poll_action() {
+            match a {
+                Action::Store { io, op: StoreOp::Read { len, .. } } => {
+                    self.c[i].handle_io(now, io, Ok(Some(Bytes::from(vec![0u8; len as usize]))))
+                }
+                Action::Store { io, op: StoreOp::Write { .. } } if self.fail_writes[i] => {
+                    self.c[i].handle_io(now, io, Err(IoError::EIO))
+                }
+                Action::Store { io, .. } | Action::Persist { io, .. } => {
+                    self.c[i].handle_io(now, io, Ok(None))
+                }
+                Action::Send { session, msg } => {
+                    if Some(session) == self.sid && !self.mute[i] {
+                        self.q[1 - i].push_back(msg);
+                    }
+                }
+                Action::Close { session, .. } => {
+                    if Some(session) == self.sid {
+                        if self.lazy_close[i] {
+                            self.mute[i] = true;
+                            self.c[i].handle_link_down(now, session, "closed");
+                        } else {
+                            self.cut();
+                        }
+                    }
+                }
+                Action::Reply { req, result } => self.replies.push((i, req, result)),
+                Action::Vote(v) => self.votes[i].push_back(v),
+                Action::Hook(h) => self.hooks[i].push(h),
+            }
+        }
+    }
+
+    pub fn act_all(&mut self) {
+        self.act(0);
+        self.act(1);
+    }
+
+    /// Delivers every frame queued to node i (and what they cause).
+    pub fn deliver(&mut self, i: usize) {
+        while let Some(m) = self.q[i].pop_front() {
+            let (now, sid) = (self.now, self.sid.expect("link"));
+            self.c[i].handle_frame(now, sid, m);
+            self.act(i);
+        }
+    }
+
+    /// Frames both ways until nothing moves.
+    pub fn flow(&mut self) {
+        for _ in 0..1000 {
+            self.act_all();
+            if self.q[0].is_empty() && self.q[1].is_empty() {
+                return;
+            }
+            self.deliver(0);
+            self.deliver(1);
+        }
+        panic!("frames do not settle");
+    }
+
+    pub fn connect(&mut self) {
+        self.mute = [false, false];
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.sid = Some(sid);
+        for i in 0..2 {
+            self.c[i].handle_link_up(self.now, sid);
+        }
+        self.flow();
+    }
+
+    pub fn cut(&mut self) {
+        let Some(sid) = self.sid.take() else { return };
+        self.q = [VecDeque::new(), VecDeque::new()];
+        for i in 0..2 {
+            self.c[i].handle_link_down(self.now, sid, "cut");
+        }
+    }
+
+    pub fn witness_up(&mut self, i: usize, up: bool) {
+        self.c[i].handle_witness_link(self.now, up);
+        self.act(i);
+    }
+
+    /// The witness decides node i's oldest request; the reply is returned
+    /// (not delivered).
+    pub fn decide(&mut self, i: usize) -> Option<VoteReply> {
+        let v = self.votes[i].pop_front()?;
+        Some(self.w.handle(self.now, &v))
+    }
+
+    pub fn answer(&mut self, i: usize, r: VoteReply) {
+        let now = self.now;
+        self.c[i].handle_vote(now, now.as_millis() as u64, r);
+        self.act(i);
+    }
+
+    /// Decides and answers everything node i asked.
+    pub fn vote_all(&mut self, i: usize) {
+        while let Some(r) = self.decide(i) {
+            self.answer(i, r);
+        }
+    }
+
+    /// Runs the shell's hooks of node i.
+    pub fn hooks_done(&mut self, i: usize) {
+        for h in std::mem::take(&mut self.hooks[i]) {
+            let now = self.now;
+            self.c[i].hook_done(now, h, Ok(()));
+            self.act(i);
+        }
+    }
+
+    /// Time passes by `d` (timers fire on both), no frame delivered.
+    pub fn tick(&mut self, d: Duration) {
+        self.now += d;
+        for i in 0..2 {
+            self.c[i].handle_timeout(self.now);
+            self.act(i);
+        }
+    }
+
+    pub fn write(&mut self, i: usize, req: ReqId, off: u64, byte: u8) {
+        let now = self.now;
+        self.c[i].write(now, req, off, Bytes::from(vec![byte; 64]), false);
+        self.act(i);
+    }
+
+    pub fn reply(&self, i: usize, req: ReqId) -> Option<Result<(), ReplyError>> {
+        self.replies.iter().find(|(n, r, _)| *n == i && *r == req).map(|(_, _, r)| *r)
+    }
+}
+
+/// A pong to a heartbeat sent while this node was still Secondary
+/// must not give it a peer lease once it is Primary: the peer answered
+/// it while it saw no Primary, so it may claim, and the witness grants
+/// it once the witness lease (counted from the claim's send) ended,
+/// which can be before such a peer lease ends (the grant's reply came
+/// late). Both nodes then accept writes.
+#[test]
+fn a_pong_to_a_ping_sent_before_the_promotion_gives_no_peer_lease() {
+    let mut d = Duo::new(Protocol::A);
+    d.connect();
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    // Both see a connected Secondary peer and claim.
+    d.witness_up(0, true);
+    d.witness_up(1, true);
+    assert_eq!(d.votes[0].len(), 1);
+    assert_eq!(d.votes[1].len(), 1);
+    // The witness grants a (at T0) and refuses b; a's answer is slow.
+    let t0 = d.now;
+    let grant = d.decide(0).expect("a's claim");
+    assert!(grant.granted, "{grant:?}");
+    d.vote_all(1);
+    // a, still Secondary, pings b; b answers (it sees no Primary).
+    for _ in 0..3 {
+        d.tick(Duration::from_millis(200));
+        d.flow();
+    }
+    let late = d.now - t0;
+    assert!(late >= Duration::from_millis(600));
+    // a's outgoing traffic dies (peer and witness): the grant still
+    // arrives.
+    d.mute[0] = true;
+    d.answer(0, grant);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.votes[0].clear();
+    // b saw no Primary: it claims again each heartbeat; the witness
+    // grants once a's lease (never renewed) and its margin ended.
+    let mut b_primary_at = None;
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.deliver(0);
+        d.vote_all(1);
+        d.votes[0].clear();
+        if d.c[1].role() == Role::Primary {
+            b_primary_at = Some(d.now);
+            break;
+        }
+    }
+    let at = b_primary_at.expect("b never promoted");
+    assert!(d.c[1].accepts_writes());
+    let both = d.c[0].accepts_writes();
+    // The partition is complete now; each node's client writes.
+    d.mute[1] = true;
+    d.write(0, 1, 0, 0xaa);
+    d.write(1, 2, 64, 0xbb);
+    d.vote_all(1);
+    d.write(1, 3, 128, 0xbb);
+    d.vote_all(1);
+    let acked_a = d.reply(0, 1) == Some(Ok(()));
+    let acked_b = d.reply(1, 2) == Some(Ok(())) || d.reply(1, 3) == Some(Ok(()));
+    assert!(acked_b, "b, the witness's Primary, acknowledges");
+    assert!(
+        !both && !acked_a,
+        "a accepts writes at {:?} (acknowledged: {acked_a}) while b (promoted at {at:?}) does too",
+        d.now - t0
+    );
+}

@@ -1,0 +1,541 @@
+//! A disk that fails, hangs or is replaced: what is answered, what the
+//! node comes out as, `disk-timeout`.
+
+use super::*;
+
+#[test]
+fn a_recreated_disk_with_surviving_metadata_is_failed_and_keeps_its_generation() {
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: true,
+    };
+    let c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 1);
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert_eq!(c.gen().current, GEN, "what it acknowledged is forgotten");
+    assert!(c.may_read().is_err());
+}
+
+#[test]
+fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.n[1].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    // The reply went out only once the Primary's data was a new
+    // generation on disk: the peer is known to lack it.
+    assert!(p.reply(0, 2).is_some());
+    let m = p.n[0].meta.clone().unwrap();
+    assert_ne!(m.gen.bitmap, 0, "no new generation recorded before the FLUSH reply");
+}
+
+/// Node a, Primary, acknowledges a write its peer never got (the link is
+/// cut), then its disk fails (a flush) and it is demoted. Returns the pair
+/// and the generation of that write.
+fn primary_loses_its_disk_after_writing_alone() -> (Pair, u64) {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())), "acknowledged alone");
+    let acked_gen = p.core(0).gen().current;
+    p.n[0].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.n[0].fail_flush = false;
+    p.core(0).demote().unwrap();
+    (p, acked_gen)
+}
+
+/// The Primary acknowledges a write its peer never got, then its disk
+/// fails. Its data comes back from the peer, which lacks that write: the
+/// node must not come out UpToDate (promotable, and telling a witness
+/// its peer is current), not after a reconnect, not after a restart, nor
+/// when the resync into it is cut short; `primary --force` ends it.
+#[test]
+fn a_failed_disk_rebuilt_from_an_older_generation_stays_outdated() {
+    let (mut p, acked_gen) = primary_loses_its_disk_after_writing_alone();
+    assert_eq!(p.core(0).gen().current, acked_gen, "a failed disk forgot what it acknowledged");
+    // The resync is cut short, the node restarts: it still knows.
+    p.connect_partial(30);
+    assert_eq!(p.core(0).disk(), DiskState::Inconsistent);
+    p.crash(0, false);
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "the full sync did not finish");
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "the lost write was forgotten");
+    let err = p.core(0).status().last_error.unwrap_or_default();
+    assert!(err.contains("lost"), "{err}");
+    assert!(p.core(0).promote(false, 5).is_err());
+    // Same generation as the peer now: a reconnect must not upgrade it.
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::Outdated);
+    p.crash(0, true);
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "forgotten across a restart");
+    // The operator accepts the loss: the peer's data goes on as Primary,
+    // and the Outdated node follows its new generation.
+    p.core(1).promote(false, 6).unwrap();
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate, "did not follow the Primary");
+    p.write(1, 3, 256, 7, 64);
+    p.settle();
+    assert_eq!(p.reply(1, 3), Some(Ok(())));
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(0).gen().current, p.core(1).gen().current);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// A disk that failed while its peer held everything it acknowledged
+/// (same generation) is simply resynced in full and UpToDate again.
+#[test]
+fn a_failed_disk_of_the_same_generation_is_uptodate_after_its_full_sync() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    p.n[1].fail_writes = true;
+    p.write(0, 2, 128, 8, 64);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    p.n[1].fail_writes = false;
+    p.n[1].cache[4096] = 0x55; // what a failed disk may hold
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "not a full sync");
+}
+
+/// A local disk fails (EIO on one write) while other writes are in
+/// flight: a write whose local part completed, before the failure or
+/// after it, is answered OK only if the peer confirmed it — the failed
+/// disk is detached and replaced by a full sync from the peer, so what
+/// only it holds was never written. (Found by the simulator's rule at
+/// the reply; before, such writes were answered OK once their lost peer
+/// part was recorded.)
+#[test]
+fn writes_held_only_by_a_failed_disk_fail() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::C);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    // Writes 1..=5, one activity-log extent; the peer applies 1..=3.
+    for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384), (5, 512)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    assert_eq!(held.len(), 5, "{acts:?}");
+    // 1 and 4 complete locally before the failure (their peer parts
+    // pending).
+    c.handle_io(t, held[0].0, Ok(None));
+    c.handle_io(t, held[3].0, Ok(None));
+    acts.extend(issue(&mut c, t, &mut held));
+    c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
+    acts.extend(issue(&mut c, t, &mut held));
+    // The peer applied 1..=3: 1 is answered, as the mode allows.
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())]);
+    assert!(replies_to(&acts, 4).is_empty(), "4 answered before the peer confirmed it");
+    // 2 fails on the local disk: detached, the link to the peer closed.
+    c.handle_io(t, held[1].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(closed(&acts), "the session stays open on a detached disk");
+    // 3 (the peer has it) and 5 (only the failed disk has it) complete
+    // locally after the failure.
+    c.handle_io(t, held[2].0, Ok(None));
+    c.handle_io(t, held[4].0, Ok(None));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 2), eio);
+    assert_eq!(replies_to(&acts, 3), vec![Ok(())], "the peer holds 3");
+    assert_eq!(replies_to(&acts, 4), eio, "only the failed disk holds 4 (done before)");
+    assert_eq!(replies_to(&acts, 5), eio, "only the failed disk holds 5 (done after)");
+    assert!(c.pending.is_empty(), "{:?}", c.pending);
+}
+
+/// A disk that hangs after its first error: writes whose local parts never
+/// complete are answered all the same, from the peer's part alone (OK for
+/// what the peer applied, EIO for the rest, a FLUSH included); a late
+/// completion changes nothing. Before, they waited for the failed disk for
+/// ever (the simulator's plant `wait-on-failed-disk` restores that).
+#[test]
+fn writes_a_failed_disk_never_completes_are_answered() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::C);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    for (req, off) in [(1, 0), (2, 128), (3, 256), (4, 384)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    c.flush(t, 5);
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(held.len(), 5, "{acts:?}");
+    // The peer applied 1 and 2; nothing has completed locally.
+    c.handle_frame(t, 1, Message::Ack { received: 2, done: 2 });
+    acts.extend(issue(&mut c, t, &mut held));
+    assert!(replies_to(&acts, 1).is_empty(), "1 answered before its local part");
+    // 3 fails; 1, 2, 4 and the FLUSH never complete (the disk hangs).
+    c.handle_io(t, held[2].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(c.disk(), DiskState::Failed);
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())], "the peer applied 1");
+    assert_eq!(replies_to(&acts, 2), vec![Ok(())], "the peer applied 2");
+    for req in [3, 4, 5] {
+        assert_eq!(replies_to(&acts, req), eio, "request {req}: {acts:?}");
+    }
+    assert!(c.pending.is_empty(), "{:?}", c.pending);
+    // The disk wakes up: its late answers are ignored.
+    for (io, _) in [held[0], held[1], held[3], held[4]] {
+        c.handle_io(t, io, Ok(None));
+    }
+    let late = run(&mut c, t);
+    assert!(!late.iter().any(|a| matches!(a, Action::Reply { .. })), "{late:?}");
+}
+
+/// An UpToDate node in protocol C with a `disk-timeout` of `limit`.
+fn core_with_disk_timeout(limit: Duration) -> Core {
+    let mut cfg = cfg(Protocol::C);
+    cfg.disk_timeout = Some(limit);
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+    };
+    Core::new(cfg, rec, Duration::ZERO, 7)
+}
+
+/// `disk-timeout`: a store operation without a completion for that long
+/// detaches the disk (Failed, the session closed), and the writes that
+/// waited for it are answered from the peer's part; the timer is armed
+/// only while something is in flight, and not at all without the setting.
+#[test]
+fn a_disk_that_stops_answering_fails_after_disk_timeout() {
+    let t = Duration::ZERO;
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    assert_eq!(c.disk_deadline(), None, "nothing in flight, no deadline");
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    for (req, off) in [(1, 0), (2, 128)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    c.handle_frame(t, 1, Message::Ack { received: 1, done: 1 });
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(c.disk_deadline(), Some(Duration::from_secs(1)));
+    let half = Duration::from_millis(999);
+    c.handle_timeout(half);
+    acts.extend(issue(&mut c, half, &mut held));
+    assert_eq!(c.disk(), DiskState::UpToDate, "failed before the timeout");
+    let late = Duration::from_secs(1);
+    c.handle_timeout(late);
+    acts.extend(issue(&mut c, late, &mut held));
+    acts.extend(run(&mut c, late));
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(closed(&acts), "the session stays open on a detached disk");
+    assert!(c.status().last_error.unwrap_or_default().contains("no completion for 1s"));
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())], "the peer applied 1");
+    assert_eq!(replies_to(&acts, 2), vec![Err(ReplyError::Io(IoError::EIO))]);
+    assert_eq!(c.disk_deadline(), None, "a detached disk has no deadline");
+    // Without the setting, nothing ever times out.
+    let mut c = connected_primary(Protocol::C);
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    issue(&mut c, t, &mut Vec::new());
+    assert_eq!(c.disk_deadline(), None);
+    c.handle_timeout(Duration::from_secs(3600));
+    assert_eq!(c.disk(), DiskState::UpToDate);
+}
+
+/// A Secondary whose disk stopped answering (detached by `disk-timeout`,
+/// its replicated write still outstanding) takes no link, so no sync onto
+/// that disk, until the operation returns: a sync would time out on it
+/// again at once (and each time cost the healthy Primary a full bitmap).
+/// (From a review: the node reconnected and failed again every 20 ms.)
+#[test]
+fn a_secondary_whose_disk_hangs_takes_no_sync_until_it_answers() {
+    let t0 = Duration::ZERO;
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
+    connect(&mut c, 1, Role::Primary);
+    let write = Op::write(0, Bytes::from(vec![1u8; 64]), false);
+    c.handle_frame(t0, 1, Message::Data { seq: 1, op: write });
+    let mut held = Vec::new();
+    issue(&mut c, t0, &mut held);
+    assert_eq!(held.len(), 1, "the apply is issued (and hangs)");
+    let t1 = Duration::from_secs(1);
+    c.handle_timeout(t1);
+    assert!(closed(&run(&mut c, t1)));
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert!(!c.wants_link(), "a detached disk with a hung operation wants a link");
+    c.handle_link_up(t1, 2);
+    assert!(closed(&drain(&mut c)), "a link to a hung disk's node is kept");
+    assert_eq!(c.disk(), DiskState::Failed);
+    // The disk answers at last: the node links again (and takes its sync).
+    c.handle_io(t1, held[0].0, Ok(None));
+    run(&mut c, t1);
+    assert!(c.wants_link());
+}
+
+/// Protocol B on a disk that fails with writes outstanding: a plain write
+/// the peer received is answered OK (B's promise), a FUA write is not — the
+/// peer confirmed receipt, not durability, and only the detached disk was
+/// to make it durable. (From a review.)
+#[test]
+fn protocol_b_fua_writes_on_a_failed_disk_fail() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::B);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    c.write(t, 2, 128, Bytes::from(vec![2u8; 64]), true);
+    c.write(t, 3, 256, Bytes::from(vec![3u8; 64]), false);
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(held.len(), 3, "{acts:?}");
+    c.handle_frame(t, 1, Message::Ack { received: 3, done: 0 });
+    acts.extend(issue(&mut c, t, &mut held));
+    // 3 fails; 1 and 2 never complete locally.
+    c.handle_io(t, held[2].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(c.disk(), DiskState::Failed);
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 1), vec![Ok(())], "the peer received 1");
+    assert_eq!(replies_to(&acts, 2), eio, "FUA 2 is durable nowhere");
+    assert_eq!(replies_to(&acts, 3), eio);
+}
+
+/// A metadata update the disk never completes (the activity log's, for a
+/// write to a cold extent) detaches the disk after `disk-timeout` too:
+/// the metadata is often on the same device, and the write waits for it.
+#[test]
+fn a_metadata_update_that_hangs_fails_the_disk_after_disk_timeout() {
+    let t = Duration::ZERO;
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
+    c.promote(false, 1).unwrap();
+    run(&mut c, t);
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    let acts = drain(&mut c);
+    assert!(acts.iter().any(|a| matches!(a, Action::Persist { .. })), "{acts:?}");
+    assert_eq!(c.disk_deadline(), Some(Duration::from_secs(1)));
+    let late = Duration::from_secs(1);
+    c.handle_timeout(late);
+    let acts = drain(&mut c);
+    assert_eq!(c.disk(), DiskState::Failed);
+    assert_eq!(replies_to(&acts, 1), vec![Err(ReplyError::Io(IoError::EIO))]);
+}
+
+/// A read the shell performs itself (the core does not issue application
+/// reads) that the disk never answers: the shell tells the core, which
+/// detaches the disk with the reason; without `disk-timeout` it is ignored.
+#[test]
+fn a_stalled_read_detaches_the_disk_only_with_disk_timeout() {
+    let t = Duration::from_secs(2);
+    let mut c = core_with_disk_timeout(Duration::from_secs(1));
+    c.promote(false, 1).unwrap();
+    c.handle_disk_stalled(t, "a read");
+    assert_eq!(c.disk(), DiskState::Failed);
+    let why = c.status().last_error.unwrap_or_default();
+    assert!(why.contains("a read: no completion for 1s"), "{why}");
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.handle_disk_stalled(t, "a read");
+    assert_eq!(c.disk(), DiskState::UpToDate);
+}
+
+/// The same in protocol A, where nothing waits for the peer: a write and
+/// a FLUSH whose local parts complete after the disk failed are answered
+/// EIO (the peer promised nothing).
+#[test]
+fn protocol_a_writes_and_flushes_completing_on_a_failed_disk_fail() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::A);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    c.write(t, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    c.write(t, 2, 128, Bytes::from(vec![2u8; 64]), false);
+    acts.extend(issue(&mut c, t, &mut held));
+    c.flush(t, 3);
+    acts.extend(issue(&mut c, t, &mut held));
+    let flush = held.iter().find(|h| h.1 == u64::MAX).expect("the FLUSH reaches the disk").0;
+    c.handle_io(t, held[1].0, Err(IoError::EIO));
+    acts.extend(issue(&mut c, t, &mut held));
+    assert_eq!(c.disk(), DiskState::Failed);
+    c.handle_io(t, held[0].0, Ok(None));
+    c.handle_io(t, flush, Ok(None));
+    acts.extend(run(&mut c, t));
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    for req in [1, 2, 3] {
+        assert_eq!(replies_to(&acts, req), eio, "request {req}: {acts:?}");
+    }
+}
+
+/// Protocol B: the peer confirmed a write on receipt, then failed to
+/// apply it; the local disk fails too before the write's local part is
+/// done. Neither disk holds it: EIO, not the OK its receipt once allowed.
+#[test]
+fn a_received_write_the_peer_failed_is_not_confirmed_any_more() {
+    let t = Duration::ZERO;
+    let mut c = connected_primary(Protocol::B);
+    let (mut held, mut acts) = (Vec::new(), Vec::new());
+    for (req, off) in [(1, 0), (2, 128)] {
+        c.write(t, req, off, Bytes::from(vec![req as u8; 64]), false);
+        acts.extend(issue(&mut c, t, &mut held));
+    }
+    c.handle_frame(t, 1, Message::Ack { received: 2, done: 0 });
+    c.handle_frame(t, 1, Message::Failed { seq: 1, errno: 5 });
+    acts.extend(issue(&mut c, t, &mut held));
+    c.handle_io(t, held[1].0, Err(IoError::EIO));
+    c.handle_io(t, held[0].0, Ok(None));
+    acts.extend(issue(&mut c, t, &mut held));
+    acts.extend(run(&mut c, t));
+    assert_eq!(c.disk(), DiskState::Failed);
+    let eio = vec![Err(ReplyError::Io(IoError::EIO))];
+    assert_eq!(replies_to(&acts, 1), eio, "held by no disk: {acts:?}");
+    assert_eq!(replies_to(&acts, 2), eio);
+}
+
+#[test]
+fn a_failed_replicated_write_marks_the_range_durably_before_the_reply() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.n[1].fail_writes = true;
+    p.write(0, 1, 2048, 1, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())));
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    let bm = p.n[0].bitmap.clone().expect("bitmap saved");
+    assert!(bm[0] & (1 << 32) != 0, "block 32 not durably out of sync");
+}
+
+/// The node that lost its disk (holding writes it acknowledged alone) is
+/// resynced by a peer the operator already made Primary on that data: the
+/// loss is accepted, the node is UpToDate at once, not Outdated under a
+/// Primary until the link drops.
+#[test]
+fn a_failed_disk_resynced_by_a_primary_on_that_data_is_uptodate() {
+    let (mut p, _) = primary_loses_its_disk_after_writing_alone();
+    p.core(1).promote(false, 5).unwrap();
+    p.settle();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// `disk-timeout` on a Primary whose disk hangs: the disk is detached,
+/// and a write and a FLUSH its UpToDate peer completed may be answered OK
+/// from the peer's copy only once the node's `Failed` record is on disk.
+/// With the metadata on a healthy device it is: both are OK, and after a
+/// power loss the node comes back Failed and takes the peer's data in
+/// full. With the metadata on the hung disk too it never gets there (a
+/// power loss would bring the node back UpToDate, the same generation as
+/// the peer, over a disk that lacks them, and its activity-log extents
+/// would move from it over the peer's flushed data): both get EIO after
+/// `disk-timeout`. Either way the acknowledged data survives, whichever
+/// node is Primary afterwards, and the two disks end identical.
+#[test]
+fn a_hung_primary_disk_after_a_power_loss_takes_the_peers_copy() {
+    for (meta_hangs, plant) in
+        [(false, Plant::None), (true, Plant::None), (true, Plant::AckBeforeFailedRecord)]
+    {
+        for promote_after in [None, Some(0), Some(1)] {
+            let case = format!("metadata hangs {meta_hangs}, {plant:?}, promote {promote_after:?}");
+            let mut ca = cfg(Protocol::C);
+            ca.disk_timeout = Some(Duration::from_secs(1));
+            ca.plant = plant;
+            let mut p = Pair::with_cfg(ca, true);
+            p.initial();
+            p.write(0, 1, 0, 1, 64);
+            p.settle();
+            assert_eq!(p.reply(0, 1), Some(Ok(())));
+            p.n[0].hang = true;
+            p.n[0].hang_meta = meta_hangs;
+            // (In the extent of write 1: no activity-log update waits.)
+            p.write(0, 2, 64, 2, 64);
+            let now = p.now;
+            p.core(0).flush(now, 3);
+            p.settle();
+            assert_eq!(p.core(0).disk(), DiskState::Failed, "{case}: not detached");
+            assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+            let (r2, r3) = (p.reply(0, 2), p.reply(0, 3));
+            if meta_hangs && plant == Plant::None {
+                let eio = Some(Err(ReplyError::Io(IoError::EIO)));
+                assert_eq!((r2, r3), (eio, eio), "{case}: answered from the peer alone");
+            } else {
+                assert_eq!((r2, r3), (Some(Ok(())), Some(Ok(()))), "{case}: the peer has them");
+            }
+            // Power loss of the node with the hung disk; the disk answers again.
+            p.crash(0, true);
+            p.n[0].hang = false;
+            p.n[0].hang_meta = false;
+            p.restart(0);
+            p.connect();
+            if let Some(i) = promote_after {
+                let _ = p.core(i).promote(false, 9);
+                p.settle();
+            }
+            let (a, b) = (p.core(0).disk(), p.core(1).disk());
+            assert_eq!(b, DiskState::UpToDate, "{case}");
+            let flushed = r3 == Some(Ok(()));
+            let mut found = true;
+            for (i, disk) in [(0, a), (1, b)] {
+                if flushed && disk == DiskState::UpToDate {
+                    for (off, byte) in [(0usize, 1u8), (64, 2)] {
+                        found &= p.n[i].cache[off..off + 64].iter().all(|&x| x == byte);
+                    }
+                }
+            }
+            if plant == Plant::AckBeforeFailedRecord {
+                // The plant is caught: a flushed write is gone.
+                assert!(!found, "{case}: the planted mistake went unseen");
+                continue;
+            }
+            assert!(found, "{case}: an UpToDate node lacks a flushed write (a {a:?}, b {b:?})");
+            assert!(p.n[0].cache == p.n[1].cache, "{case}: the disks differ");
+        }
+    }
+}
+
+/// Without `disk-timeout`: a Primary's write hangs on its disk while the
+/// peer applies it, then the disk fails with an error (a FLUSH) and is
+/// detached, and the save of its `Failed` record hangs on the same dying
+/// device. The write is not left waiting for that record for ever: after
+/// `RECORD_WAIT` it gets EIO (the peer holds it, but this node's saved
+/// record would still call its own disk good). (From a review.)
+#[test]
+fn a_detached_disks_record_that_never_saves_fails_the_replies_waiting_for_it() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.n[0].hang = true;
+    p.write(0, 2, 64, 2, 64);
+    p.settle_now();
+    assert_eq!(p.reply(0, 2), None, "answered while its disk holds it");
+    p.n[0].hang = false;
+    p.n[0].fail_flush = true;
+    p.n[0].hang_meta = true;
+    let t0 = p.now;
+    p.core(0).flush(t0, 3);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    let eio = Some(Err(ReplyError::Io(IoError::EIO)));
+    assert_eq!(p.reply(0, 3), eio, "the FLUSH its disk failed");
+    assert_eq!(p.reply(0, 2), eio, "the write waited for ever, or was answered OK");
+    assert!(p.now >= t0 + super::disk_timeout::RECORD_WAIT, "answered before RECORD_WAIT");
+    assert_eq!(p.core(0).poll_timeout(), None, "a deadline left behind");
+}

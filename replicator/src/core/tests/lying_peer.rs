@@ -1,0 +1,85 @@
+//! A peer that lies (valid certificate, wrong frames), from a lying-peer
+//! property test: one real core fed adversarial frames in each phase.
+
+use super::*;
+
+const G2: u64 = 0x2222_3333_4444_5555;
+
+/// A SyncTarget given a SyncDone before the chunks it received are
+/// flushed (here: one chunk, not yet applied) does not take it: it would
+/// be UpToDate over data not on its disk.
+#[test]
+fn a_sync_done_before_the_chunks_are_flushed_is_a_link_fault() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    run(&mut c, Duration::ZERO);
+    let t = Duration::ZERO;
+    c.handle_link_up(t, 1);
+    let mut h = hello(
+        Role::Secondary,
+        DiskState::UpToDate,
+        GenIds { current: G2, bitmap: GEN, history: [GEN, 0] },
+    );
+    h.peer_out_of_sync = SIZE;
+    c.handle_frame(t, 1, Message::Hello(h));
+    c.handle_frame(t, 1, Message::Bits { runs: vec![(0, SIZE / 64)], last: true });
+    run_applied(&mut c, Duration::ZERO);
+    assert_eq!(c.replication(), Replication::SyncTarget);
+    c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::resync(0, Bytes::from(vec![9u8; 256])) });
+    c.handle_frame(t, 1, Message::SyncDone { current: G2 });
+    let (acts, _) = run_applied(&mut c, Duration::ZERO);
+    assert!(closed(&acts), "{acts:?}");
+    assert_ne!(c.disk(), DiskState::UpToDate);
+}
+
+/// A SyncSource (Secondary, the newer data) does not apply writes its
+/// SyncTarget sends: the authoritative copy would be overwritten by the
+/// stale side, and carried back by the next chunk read from it.
+#[test]
+fn a_sync_source_applies_no_data_from_its_target() {
+    let meta = MetaRecord {
+        disk: DiskState::UpToDate,
+        fresh: false,
+        gen: GenIds { current: G2, bitmap: GEN, history: [GEN, 0] },
+        promoted_at: 0,
+        lost_acked: 0,
+        told: Vec::new(),
+        full_sync: 0,
+    };
+    let mut words = vec![0u64; (SIZE / 64).div_ceil(64) as usize];
+    words[0] = 0xff;
+    let rec =
+        Recovered { meta: Some(meta), bitmap: Some(words), al: Vec::new(), disk_created: false };
+    let mut c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 7);
+    run(&mut c, Duration::ZERO);
+    let t = Duration::ZERO;
+    c.handle_link_up(t, 1);
+    let g = GenIds { current: GEN, bitmap: 0, history: [0, 0] };
+    c.handle_frame(t, 1, Message::Hello(hello(Role::Secondary, DiskState::UpToDate, g)));
+    c.handle_frame(t, 1, Message::Bits { runs: vec![], last: true });
+    let _ = std::iter::from_fn(|| c.poll_action()).count();
+    assert_eq!(c.replication(), Replication::SyncSource);
+    let op = Op::write(0, Bytes::from(vec![0xEE; 64]), false);
+    c.handle_frame(t, 1, Message::Data { seq: 1, op });
+    let (acts, applied) = run_applied(&mut c, Duration::ZERO);
+    assert!(closed(&acts));
+    assert!(applied.is_empty(), "the SyncSource applied its target's write: {applied:?}");
+}
+
+/// Two Secondaries in sync: a peer that says it is Secondary and sends a
+/// write, or a resync chunk, has it refused (the link drops).
+#[test]
+fn a_secondary_applies_no_data_from_a_secondary_peer() {
+    for op in [
+        Op::write(0, Bytes::from(vec![0xEE; 64]), false),
+        Op::resync(64, Bytes::from(vec![0xEE; 64])),
+    ] {
+        let mut c = core(Protocol::C, DiskState::UpToDate);
+        run(&mut c, Duration::ZERO);
+        connect(&mut c, 1, Role::Secondary);
+        assert_eq!(c.replication(), Replication::Established);
+        c.handle_frame(Duration::ZERO, 1, Message::Data { seq: 1, op });
+        let (acts, applied) = run_applied(&mut c, Duration::ZERO);
+        assert!(closed(&acts));
+        assert!(applied.is_empty(), "applied {applied:?} from a Secondary peer");
+    }
+}

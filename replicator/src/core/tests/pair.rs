@@ -1,0 +1,453 @@
+//! Two cores by hand: every frame, store operation and metadata update
+//! carried by the test, disks and caches simulated.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Write(u64, u64),
+    Flush,
+    Meta(DiskState),
+    Bitmap(Vec<u64>),
+}
+
+pub struct Node {
+    pub c: Option<Core>,
+    pub cache: Vec<u8>,
+    pub durable: Vec<u8>,
+    pub meta: Option<MetaRecord>,
+    pub bitmap: Option<Vec<u64>>,
+    pub al: BTreeSet<u64>,
+    /// Store ops to fail (errno) from now on, by kind.
+    pub fail_writes: bool,
+    pub fail_flush: bool,
+    pub fail_reads: bool,
+    /// The disk stopped answering: store operations are neither
+    /// applied nor completed (lost at a power loss).
+    pub hang: bool,
+    /// The same for metadata updates (the metadata on that disk too).
+    pub hang_meta: bool,
+}
+
+pub struct Pair {
+    pub n: [Node; 2],
+    pub sid: Option<SessionId>,
+    next_sid: SessionId,
+    q: [VecDeque<Message>; 2],
+    /// Frames to the peer are dropped (a silent cut).
+    pub drop: bool,
+    /// Frames to node i are dropped.
+    pub drop_to: [bool; 2],
+    /// Frames to node i wait (not delivered while set).
+    pub hold_to: [bool; 2],
+    /// Once a sends SyncDone, frames to a are dropped.
+    pub deaf_after_sync_done: bool,
+    pub now: Time,
+    pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
+    pub cfg: [CoreConfig; 2],
+    /// What each node made happen, in order.
+    pub log: Vec<(usize, Event)>,
+}
+
+impl Pair {
+    /// `created`: the disks are new files twinblock made (all zeroes).
+    pub fn new(protocol: Protocol, plant: Plant) -> Pair {
+        Pair::with(protocol, plant, true)
+    }
+
+    pub fn with(protocol: Protocol, plant: Plant, created: bool) -> Pair {
+        let mut ca = cfg(protocol);
+        ca.plant = plant;
+        Pair::with_cfg(ca, created)
+    }
+
+    pub fn with_cfg(ca: CoreConfig, created: bool) -> Pair {
+        let mut cb = ca.clone();
+        cb.me = "b".into();
+        cb.peer = "a".into();
+        let node = |c: &CoreConfig| Node {
+            c: Some(Core::new(
+                c.clone(),
+                Recovered { disk_created: created, ..Recovered::default() },
+                Duration::ZERO,
+                c.me.len() as u64 * 77,
+            )),
+            cache: vec![0; SIZE as usize],
+            durable: vec![0; SIZE as usize],
+            meta: None,
+            bitmap: None,
+            al: BTreeSet::new(),
+            fail_writes: false,
+            fail_flush: false,
+            fail_reads: false,
+            hang: false,
+            hang_meta: false,
+        };
+        let mut p = Pair {
+            n: [node(&ca), node(&cb)],
+            sid: None,
+            next_sid: 1,
+            q: [VecDeque::new(), VecDeque::new()],
+            drop: false,
+            drop_to: [false, false],
+            hold_to: [false, false],
+            deaf_after_sync_done: false,
+            now: Duration::ZERO,
+            replies: Vec::new(),
+            cfg: [ca, cb],
+            log: Vec::new(),
+        };
+        p.settle();
+        p
+    }
+
+    pub fn core(&mut self, i: usize) -> &mut Core {
+        self.n[i].c.as_mut().expect("running")
+    }
+
+    fn perform(&mut self, i: usize, a: Action) {
+        let now = self.now;
+        let n = &self.n[i];
+        if (n.hang && matches!(a, Action::Store { .. }))
+            || (n.hang_meta && matches!(a, Action::Persist { .. }))
+        {
+            return;
+        }
+        match &a {
+            Action::Store { op: StoreOp::Write { offset, data, .. }, .. } => {
+                self.log.push((i, Event::Write(*offset, data.len() as u64)))
+            }
+            Action::Store { op: StoreOp::Flush, .. } => self.log.push((i, Event::Flush)),
+            Action::Persist { what: Persist::Meta(m), .. } => {
+                self.log.push((i, Event::Meta(m.disk)))
+            }
+            Action::Persist { what: Persist::Bitmap { pages }, .. } => {
+                let words: Vec<u64> = pages.iter().flat_map(|(_, w)| w.iter().copied()).collect();
+                self.log.push((i, Event::Bitmap(words)))
+            }
+            _ => {}
+        }
+        match a {
+            Action::Store { io, op } => {
+                let node = &mut self.n[i];
+                let r = match op {
+                    StoreOp::Write { offset, data, fua } => {
+                        if node.fail_writes {
+                            Err(IoError::EIO)
+                        } else {
+                            let o = offset as usize;
+                            node.cache[o..o + data.len()].copy_from_slice(&data);
+                            if fua {
+                                node.durable[o..o + data.len()].copy_from_slice(&data);
+                            }
+                            Ok(None)
+                        }
+                    }
+                    StoreOp::Zero { offset, len, fua, .. } => {
+                        if node.fail_writes {
+                            Err(IoError::EIO)
+                        } else {
+                            let (o, l) = (offset as usize, len as usize);
+                            node.cache[o..o + l].iter_mut().for_each(|x| *x = 0);
+                            if fua {
+                                node.durable[o..o + l].iter_mut().for_each(|x| *x = 0);
+                            }
+                            Ok(None)
+                        }
+                    }
+                    StoreOp::Flush => {
+                        if node.fail_flush {
+                            Err(IoError::EIO)
+                        } else {
+                            node.durable = node.cache.clone();
+                            Ok(None)
+                        }
+                    }
+                    StoreOp::Read { .. } if node.fail_reads => Err(IoError::EIO),
+                    StoreOp::Read { offset, len } => {
+                        let (o, l) = (offset as usize, len as usize);
+                        Ok(Some(Bytes::copy_from_slice(&node.cache[o..o + l])))
+                    }
+                    StoreOp::Scratch { .. } => Ok(None),
+                };
+                if let Some(c) = node.c.as_mut() {
+                    c.handle_io(now, io, r);
+                }
+            }
+            Action::Persist { io, what } => {
+                let node = &mut self.n[i];
+                match what {
+                    Persist::Meta(m) => node.meta = Some(m),
+                    Persist::Bitmap { pages } => {
+                        let bm = node.bitmap.get_or_insert_with(|| vec![0; 4]);
+                        for (p, w) in pages {
+                            for (k, x) in w.into_iter().enumerate() {
+                                if let Some(slot) = bm.get_mut(p as usize * PAGE_WORDS + k) {
+                                    *slot = x;
+                                }
+                            }
+                        }
+                    }
+                    Persist::Al { remove, add } => {
+                        for e in remove {
+                            node.al.remove(&e);
+                        }
+                        node.al.extend(add);
+                    }
+                }
+                if let Some(c) = node.c.as_mut() {
+                    c.handle_io(now, io, Ok(None));
+                }
+            }
+            Action::Send { session, msg } => {
+                if i == 0 && self.deaf_after_sync_done && matches!(msg, Message::SyncDone { .. }) {
+                    self.drop_to[0] = true;
+                }
+                if Some(session) == self.sid && !self.drop && !self.drop_to[1 - i] {
+                    self.q[1 - i].push_back(msg);
+                }
+            }
+            Action::Close { session, .. } => {
+                if Some(session) == self.sid {
+                    self.cut();
+                }
+            }
+            Action::Reply { req, result } => self.replies.push((i, req, result)),
+            Action::Vote(_) | Action::Hook(_) => {}
+        }
+    }
+
+    /// Runs until nothing moves (timers advance while a node is busy).
+    pub fn settle(&mut self) {
+        self.run(true)
+    }
+
+    /// Runs until nothing moves, with the clock stopped.
+    pub fn settle_now(&mut self) {
+        self.run(false)
+    }
+
+    fn run(&mut self, timers: bool) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for i in 0..2 {
+                while let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                    moved = true;
+                    self.perform(i, a);
+                }
+            }
+            for i in 0..2 {
+                if self.hold_to[i] {
+                    continue;
+                }
+                if let Some(m) = self.q[i].pop_front() {
+                    moved = true;
+                    let (now, sid) = (self.now, self.sid.expect("link"));
+                    if let Some(c) = self.n[i].c.as_mut() {
+                        c.handle_frame(now, sid, m);
+                    }
+                }
+            }
+            if !moved {
+                // Timers: resync pacing, heartbeats.
+                // (A hung disk detached keeps its operations for ever:
+                // its node is busy only while its timers have work.)
+                let busy = self.n.iter().any(|n| {
+                    n.c.as_ref().is_some_and(|c| {
+                        !c.quiescent()
+                            && (!((n.hang || n.hang_meta) && c.disk() == DiskState::Failed)
+                                || c.poll_timeout().is_some())
+                    })
+                });
+                if !busy || !timers {
+                    return;
+                }
+                self.now += Duration::from_millis(10);
+                for i in 0..2 {
+                    let now = self.now;
+                    if let Some(c) = self.n[i].c.as_mut() {
+                        c.handle_timeout(now);
+                    }
+                }
+                // Keep the link alive while time passes.
+                if let Some(sid) = self.sid {
+                    for i in 0..2 {
+                        let now = self.now;
+                        if let Some(c) = self.n[i].c.as_mut() {
+                            c.handle_frame(now, sid, Message::Ping { id: 0 });
+                        }
+                    }
+                }
+            }
+        }
+        panic!("does not settle");
+    }
+
+    pub fn connect(&mut self) {
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.sid = Some(sid);
+        self.drop = false;
+        for i in 0..2 {
+            let now = self.now;
+            if let Some(c) = self.n[i].c.as_mut() {
+                c.handle_link_up(now, sid);
+            }
+        }
+        self.settle();
+    }
+
+    /// Performs both nodes' actions but delivers only `n` frames to b.
+    pub fn deliver_some(&mut self, n: usize) {
+        let sid = self.sid.expect("link");
+        let mut delivered = 0;
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..2 {
+                while let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                    moved = true;
+                    self.perform(i, a);
+                }
+            }
+            if delivered < n {
+                if let Some(m) = self.q[1].pop_front() {
+                    delivered += 1;
+                    moved = true;
+                    let now = self.now;
+                    self.n[1].c.as_mut().expect("b").handle_frame(now, sid, m);
+                }
+            }
+            self.q[0].clear(); // b's acks are lost
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Connects and runs only `steps` rounds, then cuts.
+    pub fn connect_partial(&mut self, steps: usize) {
+        self.connect_steps(steps, |_| {});
+        self.cut();
+        self.settle();
+    }
+
+    /// Connects, runs until `stop` holds, then cuts the link.
+    pub fn connect_until(&mut self, stop: impl Fn(&Pair) -> bool) {
+        self.connect_steps_until(stop);
+        self.cut();
+        self.settle();
+    }
+
+    /// Connects and runs `steps` rounds, `check` after each.
+    pub fn connect_steps(&mut self, steps: usize, mut check: impl FnMut(&Pair)) {
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.sid = Some(sid);
+        for i in 0..2 {
+            let now = self.now;
+            if let Some(c) = self.n[i].c.as_mut() {
+                c.handle_link_up(now, sid);
+            }
+        }
+        self.steps(steps, false, &mut check);
+    }
+
+    /// Runs `steps` rounds of the link up, `check` after each (with
+    /// `timers`, the clock moves 10 ms in a round where nothing did).
+    pub fn steps(&mut self, steps: usize, timers: bool, check: &mut impl FnMut(&Pair)) {
+        let sid = self.sid.expect("link");
+        for _ in 0..steps {
+            let mut moved = false;
+            for i in 0..2 {
+                if let Some(a) = self.n[i].c.as_mut().and_then(|c| c.poll_action()) {
+                    moved = true;
+                    self.perform(i, a);
+                }
+                if let Some(m) = self.q[i].pop_front() {
+                    moved = true;
+                    let now = self.now;
+                    if let Some(c) = self.n[i].c.as_mut() {
+                        c.handle_frame(now, sid, m);
+                    }
+                }
+            }
+            if !moved && timers {
+                self.now += Duration::from_millis(10);
+                for i in 0..2 {
+                    let now = self.now;
+                    if let Some(c) = self.n[i].c.as_mut() {
+                        c.handle_timeout(now);
+                        c.handle_frame(now, sid, Message::Ping { id: 0 });
+                    }
+                }
+            }
+            check(self);
+        }
+    }
+
+    /// Connects and runs (timers moving when nothing else does) until
+    /// `stop` holds; the link stays up.
+    pub fn connect_steps_until(&mut self, stop: impl Fn(&Pair) -> bool) {
+        self.connect_steps(0, |_| {});
+        for _ in 0..1_000_000 {
+            if stop(self) {
+                return;
+            }
+            self.steps(1, true, &mut |_| {});
+        }
+        panic!("never reached");
+    }
+
+    pub fn cut(&mut self) {
+        let Some(sid) = self.sid.take() else { return };
+        self.q = [VecDeque::new(), VecDeque::new()];
+        for i in 0..2 {
+            let now = self.now;
+            if let Some(c) = self.n[i].c.as_mut() {
+                c.handle_link_down(now, sid, "cut");
+            }
+        }
+    }
+
+    /// Process crash (`power`: power loss, unflushed data lost).
+    pub fn crash(&mut self, i: usize, power: bool) {
+        self.n[i].c = None;
+        if power {
+            self.n[i].cache = self.n[i].durable.clone();
+        }
+        self.cut();
+        self.settle();
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let node = &self.n[i];
+        let rec = Recovered {
+            meta: node.meta.clone(),
+            bitmap: node.bitmap.clone(),
+            al: node.al.iter().copied().collect(),
+            disk_created: false,
+        };
+        self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, 1000 + i as u64));
+        self.settle();
+    }
+
+    pub fn write(&mut self, i: usize, req: ReqId, off: u64, byte: u8, len: u64) {
+        let now = self.now;
+        self.core(i).write(now, req, off, Bytes::from(vec![byte; len as usize]), false);
+    }
+
+    /// The initial sync: `a` forced, full sync to `b`.
+    pub fn initial(&mut self) {
+        self.core(0).promote(true, 1).unwrap();
+        self.settle();
+        self.connect();
+        self.settle();
+        assert_eq!(self.core(1).disk(), DiskState::UpToDate);
+    }
+
+    pub fn reply(&self, i: usize, req: ReqId) -> Option<Result<(), ReplyError>> {
+        self.replies.iter().find(|(n, r, _)| *n == i && *r == req).map(|(_, _, r)| *r)
+    }
+}

@@ -1,0 +1,321 @@
+//! Writes and what they leave: FUA on TRIM and WRITE_ZEROES, the
+//! generation a write alone starts, the activity log, failback.
+
+use super::*;
+
+#[test]
+fn fua_on_trim_and_write_zeroes_is_carried_to_the_peer() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    c.trim(Duration::ZERO, 1, 0, 64, true);
+    c.write_zeroes(Duration::ZERO, 2, 64, 64, false, true);
+    let a = run(&mut c, Duration::ZERO);
+    let fuas: Vec<bool> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: Message::Data { op: Op::Trim { fua, .. } | Op::Zero { fua, .. }, .. },
+                ..
+            } => Some(*fua),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fuas, vec![true, true]);
+}
+
+#[test]
+fn a_failed_metadata_save_fails_the_write_that_needs_it() {
+    // Disconnected Primary: the first write needs a new generation on disk.
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    run(&mut c, Duration::ZERO);
+    c.write(Duration::ZERO, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        for a in drain(&mut c) {
+            match a {
+                Action::Persist { io, what: Persist::Meta(_) } => {
+                    c.handle_io(Duration::ZERO, io, Err(IoError::ENOSPC))
+                }
+                Action::Persist { io, .. } | Action::Store { io, .. } => {
+                    c.handle_io(Duration::ZERO, io, Ok(None))
+                }
+                Action::Reply { req, result } => replies.push((req, result)),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(replies, vec![(1, Err(ReplyError::Io(IoError::ENOSPC)))]);
+}
+
+#[test]
+fn replies_wait_for_the_new_generation_after_link_loss() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    c.write(Duration::ZERO, 1, 0, Bytes::from(vec![1u8; 64]), false);
+    run(&mut c, Duration::ZERO); // local write done; the peer never answers
+    c.handle_link_down(Duration::ZERO, 1, "cut");
+    let mut replied_before_meta = false;
+    let mut meta_saved = false;
+    for _ in 0..10 {
+        for a in drain(&mut c) {
+            match a {
+                Action::Persist { io, what: Persist::Meta(m) } => {
+                    assert_ne!(m.gen.current, GEN);
+                    meta_saved = true;
+                    c.handle_io(Duration::ZERO, io, Ok(None));
+                }
+                Action::Persist { io, .. } | Action::Store { io, .. } => {
+                    c.handle_io(Duration::ZERO, io, Ok(None))
+                }
+                Action::Reply { .. } if !meta_saved => replied_before_meta = true,
+                _ => {}
+            }
+        }
+    }
+    assert!(meta_saved);
+    assert!(!replied_before_meta);
+}
+
+/// Adaptive mode: a Primary went Ahead within a session (a new generation
+/// X1), caught up, and sent SyncDone{X1}; the peer took X1 as its own
+/// (UpToDate), but its answer never came back and the session was lost.
+/// What the Primary then writes without the peer must be in a new
+/// generation: in X1 it would share a generation with the peer, which
+/// lacks it (and a witness could not tell a node rebuilt from that peer
+/// from this one).
+#[test]
+fn writes_alone_after_a_session_lost_past_its_sync_done_start_a_generation() {
+    let mut ca = cfg(Protocol::Adaptive);
+    ca.adaptive = AdaptiveConfig {
+        budget: Duration::from_millis(3),
+        hold: Duration::from_millis(50),
+        max_hold: Duration::from_millis(50),
+        congestion_fill: None,
+    };
+    let mut p = Pair::with_cfg(ca, true);
+    p.initial();
+    let x0 = p.core(0).gen().current;
+    // The peer is slow: a's write waits past the budget, a goes Ahead.
+    p.hold_to[1] = true;
+    p.write(0, 1, 0, 7, 64);
+    for _ in 0..5 {
+        p.now += Duration::from_millis(5);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.settle_now();
+    }
+    let x1 = p.core(0).gen().current;
+    assert_ne!(x1, x0, "a did not go Ahead");
+    // The link is good again: a catches up and sends SyncDone{x1}; b's
+    // answers to it are lost.
+    p.deaf_after_sync_done = true;
+    p.hold_to[1] = false;
+    for _ in 0..2000 {
+        p.settle_now();
+        if p.drop_to[0] {
+            break;
+        }
+        p.now += Duration::from_millis(10);
+        let now = p.now;
+        for i in 0..2 {
+            p.core(i).handle_timeout(now);
+        }
+    }
+    assert!(p.drop_to[0], "a never sent SyncDone");
+    p.settle_now();
+    assert_eq!(p.core(1).gen().current, x1, "b did not take x1");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(0).gen().current, x1);
+    p.cut();
+    p.settle();
+    p.write(0, 2, 128, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())));
+    assert_ne!(p.core(0).gen().current, x1, "a wrote alone in the generation b holds");
+}
+
+/// The Primary crashes with a write applied locally that the peer never
+/// got; the Secondary takes over and writes; the old Primary returns:
+/// its activity log and both bitmaps meet at connect, and the union is
+/// resynced (without the exchange the disks stay different).
+fn failback(plant: Plant) -> bool {
+    let mut p = Pair::new(Protocol::C, plant);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.drop = true; // the next write never reaches b
+    p.write(0, 2, 5 * 1024, 2, 128);
+    p.settle_now();
+    assert!(p.n[0].cache[5 * 1024] == 2 && p.n[1].cache[5 * 1024] == 0);
+    p.crash(0, false);
+    p.core(1).promote(false, 2).unwrap();
+    p.write(1, 3, 7 * 1024, 3, 64);
+    p.settle();
+    p.restart(0);
+    p.connect();
+    p.settle();
+    assert_eq!(
+        p.core(0).replication(),
+        Replication::Established,
+        "{:?} / {:?}",
+        p.core(0).status().last_error,
+        p.core(1).status().last_error
+    );
+    p.n[0].cache == p.n[1].cache
+}
+
+#[test]
+fn failback_resyncs_the_union_of_activity_log_and_bitmaps() {
+    assert!(failback(Plant::None), "disks differ after failback");
+    assert!(!failback(Plant::SkipBitmapExchange), "the test does not need the exchange");
+}
+
+#[test]
+fn protocol_a_blip_consistent_then_uptodate_again() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.cut();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Consistent);
+    assert!(p.core(1).promote(false, 5).is_err(), "Consistent promoted without force");
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+}
+
+/// Protocol A: the Primary dies with a stream in flight; the Secondary
+/// holds a prefix of the Primary's writes, never a later one without an
+/// earlier one.
+#[test]
+fn protocol_a_cut_mid_stream_leaves_a_prefix() {
+    for keep in 0..12 {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.drop = false;
+        // Eight overlapping writes, each acknowledged locally at once.
+        for i in 0..8u8 {
+            let now = p.now;
+            let off = (i as u64 % 3) * 64;
+            p.core(0).write(now, 10 + i as u64, off, Bytes::from(vec![i + 1; 192]), false);
+        }
+        // Deliver only `keep` frames to b, then kill a.
+        p.deliver_some(keep);
+        p.crash(0, false);
+        let b = &p.n[1].cache[..320];
+        // Replay the writes on a blank disk: b must equal some prefix.
+        let mut state = vec![0u8; 320];
+        let mut states = vec![state.clone()];
+        for i in 0..8u8 {
+            let off = (i as usize % 3) * 64;
+            state[off..off + 192].iter_mut().for_each(|x| *x = i + 1);
+            states.push(state.clone());
+        }
+        assert!(states.iter().any(|s| s.as_slice() == b), "keep {keep}: not a prefix state");
+    }
+}
+
+/// Protocol A acknowledges at once, but an extent whose writes the peer
+/// has not applied stays in the activity log: were the Primary to crash,
+/// those writes must be resynced.
+#[test]
+fn the_activity_log_keeps_extents_with_writes_in_flight_to_the_peer() {
+    let mut c = core(Protocol::A, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    let mut removed = Vec::new();
+    let mut replies = 0;
+    let mut sent = 0;
+    // Four extents, the log holds three: the fourth needs an eviction.
+    for (i, e) in [0u64, 1, 2, 3, 0, 1].iter().enumerate() {
+        c.write(Duration::ZERO, i as u64, e * 1024, Bytes::from(vec![i as u8 + 1; 64]), false);
+        for a in run(&mut c, Duration::ZERO) {
+            match a {
+                Action::Reply { .. } => replies += 1,
+                Action::Send { msg: Message::Data { .. }, .. } => sent += 1,
+                _ => {}
+            }
+        }
+    }
+    // Persists were completed by `run`; look at the log as the core has it.
+    for e in c.al_extents() {
+        removed.push(e);
+    }
+    assert_eq!(replies, 3, "writes to extents 0..3 are acknowledged (A), the fourth extent waits");
+    assert_eq!(sent, 3);
+    assert_eq!(removed, vec![0, 1, 2], "an extent with writes in flight left the log");
+    // The peer applies them: the fourth extent gets in, and the rest follow.
+    c.handle_frame(Duration::ZERO, 1, Message::Ack { received: 3, done: 3 });
+    let mut more = 0;
+    for a in run(&mut c, Duration::ZERO) {
+        if let Action::Reply { .. } = a {
+            more += 1;
+        }
+    }
+    assert_eq!(more, 3);
+    assert!(c.al_extents().any(|e| e == 3));
+}
+
+/// An activity-log update that fails may have landed all the same (the
+/// error came after the rename, from the directory's fsync): an extent it
+/// removed is not taken as still in the log, so a write to it waits for
+/// an update that adds it back (simulator seed 70330, once failed updates
+/// could land: a write went to an extent whose removal had landed).
+#[test]
+fn an_extent_a_failed_activity_log_update_removed_is_not_trusted() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    run(&mut c, Duration::ZERO);
+    // Extents 0, 1 and 2 fill the log (3 extents of 1 KiB), in that order.
+    for (req, off) in [(1, 0), (2, 1024), (3, 2048)] {
+        c.write(Duration::ZERO, req, off, Bytes::from(vec![1u8; 64]), false);
+        run(&mut c, Duration::ZERO);
+    }
+    assert_eq!(c.al_extents().collect::<Vec<_>>(), vec![0, 1, 2]);
+    // Extent 3 evicts the least recently used, 0; that update fails.
+    c.write(Duration::ZERO, 4, 3072, Bytes::from(vec![1u8; 64]), false);
+    let mut failed = false;
+    for _ in 0..10 {
+        for a in drain(&mut c) {
+            match a {
+                Action::Persist { io, what: Persist::Al { remove, .. } } if !failed => {
+                    assert_eq!(remove, vec![0]);
+                    failed = true;
+                    c.handle_io(Duration::ZERO, io, Err(IoError::EIO));
+                }
+                Action::Persist { io, .. } | Action::Store { io, .. } => {
+                    c.handle_io(Duration::ZERO, io, Ok(None))
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(failed, "no eviction was journalled");
+    assert!(!c.al_extents().any(|e| e == 0), "extent 0 still taken as in the log");
+    // Later (failed updates are retried after a second), a write to
+    // extent 0 goes to the disk only after an update that adds it.
+    let t = Duration::from_secs(2);
+    c.handle_timeout(t);
+    c.write(t, 5, 0, Bytes::from(vec![5u8; 64]), false);
+    let mut added = false;
+    for _ in 0..10 {
+        for a in drain(&mut c) {
+            match a {
+                Action::Persist { io, what: Persist::Al { add, .. } } => {
+                    added |= add.contains(&0);
+                    c.handle_io(t, io, Ok(None));
+                }
+                Action::Store { io, op } => {
+                    if let StoreOp::Write { offset: 0, .. } = op {
+                        assert!(added, "a write to extent 0 before the log holds it again");
+                    }
+                    c.handle_io(t, io, Ok(None));
+                }
+                Action::Persist { io, .. } => c.handle_io(t, io, Ok(None)),
+                _ => {}
+            }
+        }
+    }
+    assert!(added, "extent 0 was never added back");
+}
