@@ -115,6 +115,71 @@ fn write_until_killed(p: &mut Pair, qd: usize, kill_after: usize) -> BTreeSet<u6
     acked
 }
 
+/// A client that sends many more writes at once than its connection's
+/// in-flight budget (128 units): the server issues a read's writes one
+/// after the other and hands their frames to the link together once the
+/// last is issued; when the budget runs out first (a 64 KiB read holds
+/// 230 of these 256-byte writes) it must hand them over before it waits
+/// for units, or the replies that would free the units never come (the
+/// connection would hang). Every write is answered OK, and the Secondary
+/// holds them all.
+#[test]
+fn a_burst_past_the_in_flight_budget_is_replicated_and_answered() {
+    const LEN: usize = 256;
+    // Pings a minute apart: a frame the link's thread sends would hand
+    // over what the connection's thread holds, and hide a hang.
+    let p = Pair::prepare("C", "64M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replacen(
+        "timeout = \"3s\"\nping-interval = \"250ms\"",
+        "timeout = \"300s\"\nping-interval = \"60s\"",
+        1,
+    );
+    assert!(text.contains("ping-interval = \"60s\""), "{text}");
+    std::fs::write(&p.config, text).unwrap();
+    let p = p.bring_up();
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    let mut rd = c.s.try_clone().unwrap();
+    rd.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let writes = 4000u64;
+    let reader = std::thread::spawn(move || {
+        let mut answered = BTreeSet::new();
+        let mut head = [0u8; 16];
+        while (answered.len() as u64) < writes {
+            if let Err(e) = rd.read_exact(&mut head) {
+                return Err(format!("{} of {writes} answered, then: {e}", answered.len()));
+            }
+            let errno = u32::from_be_bytes(head[4..8].try_into().unwrap());
+            let cookie = u64::from_be_bytes(head[8..].try_into().unwrap());
+            if errno != 0 {
+                return Err(format!("write {cookie} failed: errno {errno}"));
+            }
+            answered.insert(cookie);
+        }
+        Ok(answered)
+    });
+    // All of them in one go: the server reads them 64 KiB at a time.
+    let mut burst = Vec::new();
+    for cookie in 0..writes {
+        burst.extend(common::nbd::REQUEST_MAGIC.to_be_bytes());
+        burst.extend(0u16.to_be_bytes());
+        burst.extend(1u16.to_be_bytes());
+        burst.extend(cookie.to_be_bytes());
+        burst.extend((cookie * 4096).to_be_bytes());
+        burst.extend((LEN as u32).to_be_bytes());
+        burst.extend(&cookie_block(cookie)[..LEN]);
+    }
+    c.send(&burst);
+    let answered = reader.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answered.len() as u64, writes);
+    p.wait_drained();
+    let disk = read_file(&p.nodes[1].disk);
+    let missing: Vec<u64> = (0..writes)
+        .filter(|&c| disk[(c * 4096) as usize..][..LEN] != cookie_block(c)[..LEN])
+        .collect();
+    assert!(missing.is_empty(), "{} answered writes missing on the Secondary", missing.len());
+}
+
 fn acked_writes_survive_sigkill(protocol: &str) {
     let mut p = Pair::start(protocol, "64M");
     let acked = write_until_killed(&mut p, 16, 400);

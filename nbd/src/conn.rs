@@ -25,6 +25,7 @@ use crate::device::{BlockDevice, DeviceError, Extent};
 use crate::export::{BlockSizes, ExportInfo};
 use crate::handshake::{Handshake, HandshakeError, Negotiated, Progress};
 use crate::inline::InlineTask;
+use crate::issuing::Issuing;
 use crate::reply::{self, Reply};
 use crate::request::{Command, Decoded, ProtocolError, RequestDecoder};
 use crate::server::Shared;
@@ -211,10 +212,12 @@ fn transmission<D: BlockDevice>(
     let mut decoder = RequestDecoder::new(&n);
 
     // Takes units, sending held-back replies first if it has to wait (they
-    // may be what holds the units).
-    let acquire = |n: u32| match conn.budget.try_acquire(n) {
+    // may be what holds the units), and what the device held back for the
+    // read's last request (it may be what the replies wait for).
+    let acquire = |n: u32, issuing: &Issuing| match conn.budget.try_acquire(n) {
         Some(p) => Some(p),
         None => {
+            issuing.release();
             conn.sink.uncork();
             let p = conn.budget.acquire(n);
             conn.sink.cork();
@@ -223,8 +226,12 @@ fn transmission<D: BlockDevice>(
     };
 
     let ended: Result<End, ConnError> = 'read: loop {
-        // Replies to the requests of one read leave together.
+        // Replies to the requests of one read leave together; a device's
+        // hand-offs to other threads may wait for the last of them
+        // (`issuing`: released when it is issued, or before this thread
+        // waits).
         conn.sink.cork();
+        let issuing = Issuing::start();
         let ended = loop {
             let decoded = match decoder.decode(&mut buf) {
                 Ok(Some(d)) => d,
@@ -235,7 +242,9 @@ fn transmission<D: BlockDevice>(
                 Decoded::Reject { cookie, is_read, errno, reason } => {
                     debug!(cookie, errno, reason, is_read, "request rejected");
                     // Error replies count against the budget like any other.
-                    let Some(permit) = acquire(1) else { break Some(Ok(End::Killed)) };
+                    let Some(permit) = acquire(1, &issuing) else {
+                        break Some(Ok(End::Killed));
+                    };
                     let reply = reply::error(structured, cookie, errno, reason);
                     conn.sink.send(Queued::new(reply, Some(permit)));
                 }
@@ -244,15 +253,21 @@ fn transmission<D: BlockDevice>(
                 }
                 Decoded::Command { cookie, command } => {
                     let weight = 1 + command_bytes(&command) / (1 << 20);
-                    let Some(permit) = acquire(weight) else {
+                    let Some(permit) = acquire(weight, &issuing) else {
                         // Killed while waiting: what was read and not issued
                         // is dropped (it was never acknowledged).
                         break Some(Ok(End::Killed));
                     };
+                    let more = decoder.another_buffered(&buf);
+                    issuing.next(more);
                     issue(sh, conn, structured, cookie, command, permit);
+                    if !more {
+                        issuing.release();
+                    }
                 }
             }
         };
+        drop(issuing);
         conn.sink.uncork();
         if let Some(ended) = ended {
             break 'read ended;

@@ -17,6 +17,7 @@ pub mod export;
 mod fence;
 pub mod handshake;
 mod inline;
+pub mod issuing;
 pub mod reply;
 pub mod request;
 pub mod server;

@@ -97,6 +97,12 @@ impl RequestDecoder {
         }
     }
 
+    /// Whether `input` holds the start of another request after the one
+    /// just decoded (its header at least).
+    pub fn another_buffered(&self, input: &BytesMut) -> bool {
+        matches!(self.state, State::Header) && input.len() >= REQUEST_LEN
+    }
+
     /// Takes one request off the front of `input`, if complete.
     pub fn decode(&mut self, input: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
         loop {

@@ -101,7 +101,7 @@ impl Pair {
     }
 
     /// Both nodes up, `a` Primary (forced), connected.
-    fn bring_up(mut self) -> Pair {
+    pub fn bring_up(mut self) -> Pair {
         self.up(0);
         self.up(1);
         self.ok(&["primary", "--force"], 0);
