@@ -117,11 +117,13 @@ fn write_until_killed(p: &mut Pair, qd: usize, kill_after: usize) -> BTreeSet<u6
 
 /// A client that sends many more writes at once than its connection's
 /// in-flight budget (128 units): the server issues a read's writes one
-/// after the other and hands their frames to the link together once the
-/// last is issued; when the budget runs out first (a 64 KiB read holds
-/// 230 of these 256-byte writes) it must hand them over before it waits
-/// for units, or the replies that would free the units never come (the
-/// connection would hang). Every write is answered OK, and the Secondary
+/// after the other (a 64 KiB read holds 230 of these 256-byte writes) and
+/// the node holds their frames for the link. Were every unit of the
+/// budget in held frames while the thread waits for units, the replies
+/// that would free them would never come. Two things prevent it: the node
+/// holds at most 16 frames, and the thread hands held frames over before
+/// it waits (with neither, this test hung: 230 of 4,000 answered when its
+/// read timeout ended). Every write is answered OK, and the Secondary
 /// holds them all.
 #[test]
 fn a_burst_past_the_in_flight_budget_is_replicated_and_answered() {

@@ -155,7 +155,16 @@ pub struct Shell {
     /// of one read (more follow): handed to the link together when the
     /// last is issued, or before any other frame (`send_frame`).
     held: Vec<(SessionId, Message)>,
+    /// When the first of them was held.
+    held_since: Option<Instant>,
 }
+
+/// The most frames held for one hand-over ([`Node::send_frame`]): about a
+/// 64 KiB read of 4 KiB writes.
+const HOLD_FRAMES: usize = 16;
+
+/// The longest the first held frame waits for the others.
+const HOLD_TIME: Duration = Duration::from_micros(200);
 
 /// The node's lock. Replies made under it are sent when it is released:
 /// the NBD request a reply wakes is finished, and its reply sent, on the
@@ -420,6 +429,7 @@ impl Node {
                 last_key: None,
                 lane,
                 held: Vec::new(),
+                held_since: None,
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,
@@ -629,9 +639,17 @@ impl Node {
     /// wake-up of the link's thread for them all, and they leave together
     /// (fuller packets, fewer sends; the peer applies and acknowledges them
     /// in one go). Frames keep their order: any frame not held, from any
-    /// thread, and any close, first hands over those held.
+    /// thread, and any close, first hands over those held. At most
+    /// [`HOLD_FRAMES`] frames, for at most [`HOLD_TIME`]: a read of many
+    /// small writes, or local writes that sleep (dirty-page throttling),
+    /// do not hold the first of them back for long (in adaptive mode the
+    /// wait would count against the link); and the connection's budget
+    /// (at least 34 units) is never all in held frames.
     fn send_frame(&self, sh: &mut Shell, session: SessionId, msg: Message) {
-        if twinblock_nbd::issuing::issuing_more() {
+        if twinblock_nbd::issuing::issuing_more()
+            && sh.held.len() < HOLD_FRAMES
+            && sh.held_since.is_none_or(|t| t.elapsed() < HOLD_TIME)
+        {
             let node = self.this.clone();
             let release = Box::new(move || {
                 if let Some(node) = node.upgrade() {
@@ -639,6 +657,7 @@ impl Node {
                 }
             });
             if twinblock_nbd::issuing::when_issued(self as *const Node as usize, release).is_ok() {
+                sh.held_since.get_or_insert_with(Instant::now);
                 sh.held.push((session, msg));
                 return;
             }
@@ -649,6 +668,7 @@ impl Node {
 
     /// Hands the held frames to their links, in order.
     fn release_held(sh: &mut Shell) {
+        sh.held_since = None;
         for (session, msg) in std::mem::take(&mut sh.held) {
             Self::hand_over(sh, session, msg);
         }
