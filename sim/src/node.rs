@@ -1,7 +1,7 @@
 //! A simulated node (its core, disk, metadata, the I/O in flight and the
 //! application requests outstanding) and the link between the two.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use twinblock_replicator::core::{Core, IoError, IoId, Persist, ReqId, SessionId, Time};
@@ -76,7 +76,8 @@ pub struct Node {
     pub(crate) stalled: bool,
     /// When the first store operation issued to the stalled disk was.
     pub(crate) first_hung: Option<Time>,
-    pub(crate) reqs: HashMap<ReqId, AppReq>,
+    /// Ordered by request: a report names the first issued, in every run.
+    pub(crate) reqs: BTreeMap<ReqId, AppReq>,
     /// Every request answered (a second answer is a violation).
     pub(crate) answered: std::collections::HashSet<ReqId>,
     /// Counts link changes (up or down) seen by this node.
@@ -98,7 +99,7 @@ impl Node {
             failed_since: None,
             stalled: false,
             first_hung: None,
-            reqs: HashMap::new(),
+            reqs: BTreeMap::new(),
             answered: Default::default(),
             link_gen: 0,
             recreated: true,

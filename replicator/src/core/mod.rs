@@ -37,7 +37,7 @@ pub mod types;
 mod verify;
 mod write;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -181,7 +181,10 @@ pub struct Core {
     /// User operations that have left `app` (admitted or failed): bench
     /// probes keep their place behind the ones that arrived before them.
     app_admitted: u64,
-    pending: HashMap<ReqId, Pending>,
+    /// Ordered by request (the order they were issued): whatever walks it
+    /// answers or reports in that order, the same in every process (a
+    /// simulator seed replays alike).
+    pending: BTreeMap<ReqId, Pending>,
     /// Some entry of `pending` may be [`PeerPart::Lost`]: set wherever one
     /// is marked so, cleared by `release_lost` when it finds none. Spares
     /// the scan of every pending operation on every event (a profile of
@@ -308,7 +311,7 @@ impl Core {
             session: None,
             app: VecDeque::new(),
             app_admitted: 0,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             maybe_lost: false,
             maybe_held: false,
             incoming: VecDeque::new(),
@@ -441,10 +444,7 @@ impl Core {
     /// the state it stands for (the simulator calls it after every step).
     pub fn check_caches(&self) -> Result<(), String> {
         if !self.maybe_lost {
-            // (The first issued: a seed's report must not depend on the
-            // map's order, which differs from one process to the next.)
-            let lost = self.pending.iter().filter(|(_, p)| p.peer == PeerPart::Lost);
-            if let Some((req, _)) = lost.min_by_key(|(r, _)| **r) {
+            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.peer == PeerPart::Lost) {
                 return Err(format!(
                     "request {req} lost its peer part but `maybe_lost` is clear: \
                      it would never be released"
@@ -460,8 +460,9 @@ impl Core {
             let record = detached
                 && self.failed_record() == disk_timeout::FailedRecord::Saving
                 && self.failed_record_deadline().is_some();
-            let held = self.pending.iter().filter(|(_, p)| p.decided(detached) && !record);
-            if let Some((req, _)) = held.min_by_key(|(r, _)| **r) {
+            if let Some((req, _)) =
+                self.pending.iter().find(|(_, p)| p.decided(detached) && !record)
+            {
                 return Err(format!(
                     "request {req} is complete and unanswered but `maybe_held` is clear: \
                      it would never be answered"
@@ -662,9 +663,8 @@ impl Core {
             }
             // What waited for this disk alone is decided now: the disk may
             // never complete it (one that hangs after its first error).
-            let mut waiting: Vec<ReqId> =
+            let waiting: Vec<ReqId> =
                 self.pending.iter().filter(|(_, p)| p.local.is_none()).map(|(r, _)| *r).collect();
-            waiting.sort_unstable();
             for req in waiting {
                 self.try_reply(req);
             }

@@ -566,9 +566,8 @@ impl Core {
             // Raised again by `try_reply` for each one still held.
             self.maybe_held = false;
             let detached = self.answers_alone();
-            let mut ready: Vec<_> =
+            let ready: Vec<_> =
                 self.pending.iter().filter(|(_, p)| p.decided(detached)).map(|(r, _)| *r).collect();
-            ready.sort_unstable();
             for req in ready {
                 self.try_reply(req);
             }
@@ -762,13 +761,12 @@ impl Core {
     /// Fails the replies that wait for quorum (they were never acknowledged).
     fn fail_held(&mut self) {
         let detached = self.answers_alone();
-        let mut held: Vec<_> = self
+        let held: Vec<_> = self
             .pending
             .iter()
             .filter(|(_, p)| p.local.is_some() || p.decided(detached))
             .map(|(r, _)| *r)
             .collect();
-        held.sort_unstable();
         for req in held {
             self.try_reply(req);
         }

@@ -403,8 +403,7 @@ impl Core {
         if !self.detached_ack() || self.pending.is_empty() {
             return;
         }
-        let mut reqs: Vec<ReqId> = self.pending.keys().copied().collect();
-        reqs.sort_unstable();
+        let reqs: Vec<ReqId> = self.pending.keys().copied().collect();
         for req in reqs {
             self.try_reply(req);
         }
@@ -456,9 +455,6 @@ impl Core {
         if lost.is_empty() {
             return;
         }
-        // In the order they were issued, not the map's (which differs from
-        // one process to the next: a simulator seed must replay alike).
-        lost.sort_unstable();
         if detached {
             // The peer may lack them and only a detached disk holds them,
             // if it ever completes them: nothing to record, `try_reply`

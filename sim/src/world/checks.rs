@@ -109,15 +109,9 @@ impl Sim {
             if self.witness.is_some() {
                 continue;
             }
-            // (The first issued: the map's order differs between runs.)
-            let late = self.nodes[n]
-                .reqs
-                .iter()
-                .filter(|(_, r)| {
-                    !matches!(r.kind, AppKind::Probe(_))
-                        && r.at.max(since) + FAILED_ANSWER < self.now
-                })
-                .min_by_key(|(req, _)| **req);
+            let late = self.nodes[n].reqs.iter().find(|(_, r)| {
+                !matches!(r.kind, AppKind::Probe(_)) && r.at.max(since) + FAILED_ANSWER < self.now
+            });
             if let Some((req, r)) = late {
                 return Err(Violation {
                     step: self.chk.step,
