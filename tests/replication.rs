@@ -163,13 +163,8 @@ fn a_burst_past_the_in_flight_budget_is_replicated_and_answered() {
     // All of them in one go: the server reads them 64 KiB at a time.
     let mut burst = Vec::new();
     for cookie in 0..writes {
-        burst.extend(common::nbd::REQUEST_MAGIC.to_be_bytes());
-        burst.extend(0u16.to_be_bytes());
-        burst.extend(1u16.to_be_bytes());
-        burst.extend(cookie.to_be_bytes());
-        burst.extend((cookie * 4096).to_be_bytes());
-        burst.extend((LEN as u32).to_be_bytes());
-        burst.extend(&cookie_block(cookie)[..LEN]);
+        let data = &cookie_block(cookie)[..LEN];
+        common::nbd::request_bytes(&mut burst, 0, 1, cookie, cookie * 4096, LEN as u32, data);
     }
     c.send(&burst);
     let answered = reader.join().unwrap().unwrap_or_else(|e| panic!("{e}"));

@@ -69,13 +69,11 @@ impl Issuing {
     /// Runs what was held (the thread is about to wait, or the last request
     /// was issued); the read's requests may go on being issued.
     pub(crate) fn release(&self) {
+        // (Nothing registers while they run: no request follows now.)
         MORE.with(|m| m.set(false));
-        loop {
-            let held = HELD.with(|h| h.borrow_mut().as_mut().map(std::mem::take));
-            let Some(held) = held.filter(|v| !v.is_empty()) else { return };
-            for (_, release) in held {
-                release();
-            }
+        let held = HELD.with(|h| h.borrow_mut().as_mut().map(std::mem::take));
+        for (_, release) in held.into_iter().flatten() {
+            release();
         }
     }
 }

@@ -106,13 +106,7 @@ impl Client {
         payload: &[u8],
     ) {
         let mut b = Vec::new();
-        b.extend(REQUEST_MAGIC.to_be_bytes());
-        b.extend(flags.to_be_bytes());
-        b.extend(kind.to_be_bytes());
-        b.extend(cookie.to_be_bytes());
-        b.extend(offset.to_be_bytes());
-        b.extend(len.to_be_bytes());
-        b.extend(payload);
+        request_bytes(&mut b, flags, kind, cookie, offset, len, payload);
         self.send(&b);
     }
 
@@ -256,4 +250,23 @@ impl Client {
             }
         }
     }
+}
+
+/// Appends one request (header and payload) to `b`.
+pub fn request_bytes(
+    b: &mut Vec<u8>,
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    payload: &[u8],
+) {
+    b.extend(REQUEST_MAGIC.to_be_bytes());
+    b.extend(flags.to_be_bytes());
+    b.extend(kind.to_be_bytes());
+    b.extend(cookie.to_be_bytes());
+    b.extend(offset.to_be_bytes());
+    b.extend(len.to_be_bytes());
+    b.extend(payload);
 }
