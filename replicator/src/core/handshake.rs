@@ -211,11 +211,13 @@ impl Core {
             ));
         }
         let mut decision = decide(&self.gen, &h.gen);
-        if self.fresh
+        // Two disks as twinblock created them, never written: identical,
+        // though their generations differ (one forced, or a generation
+        // started for a FLUSH that changed no block).
+        let untouched_apart = self.fresh
             && (h.fresh || self.cfg.plant == Plant::AdoptAnyPeer)
-            && matches!(decision, Decision::SyncSource { .. } | Decision::SyncTarget { .. })
-        {
-            // Two disks as twinblock created them, never written: identical.
+            && matches!(decision, Decision::SyncSource { .. } | Decision::SyncTarget { .. });
+        if untouched_apart {
             decision = Decision::InSync;
         }
         let unusable = unusable_side(decision, (my_disk, &self.gen), (h.disk, &h.gen));
@@ -476,6 +478,30 @@ impl Core {
             self.data_from_peer();
             if h.disk == DiskState::UpToDate {
                 self.disk = DiskState::UpToDate;
+            }
+        } else if untouched_apart && decision == Decision::InSync && h.gen.current != NEVER_SYNCED {
+            // The same data under two generations, nothing to move: both
+            // end on one, as a sync would have left them (else an adaptive
+            // Secondary would see the Primary on a generation it does not
+            // hold and wait Behind for a catch-up that never comes:
+            // simulator seed 500836). The side a sync of the union would
+            // have made the source keeps its generation, its bitmap base
+            // done with; the other takes it.
+            let mine = (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer);
+            let theirs = (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
+            if mine > theirs {
+                let current = self.gen.current;
+                self.gen.synced_to(current);
+            } else {
+                // (A node pinned Outdated for writes it lost stays so.)
+                let pinned = self.lost_pinned();
+                self.gen.synced_to(h.gen.current);
+                self.data_from_peer();
+                if pinned {
+                    self.lost_acked = h.gen.current;
+                } else if h.disk == DiskState::UpToDate {
+                    self.disk = DiskState::UpToDate;
+                }
             }
         }
         let s = self.session.as_mut().expect("session");

@@ -318,3 +318,67 @@ fn a_checksum_resync_after_a_verify_leaves_no_verify_target_behind() {
     assert_eq!(p.core(1).replication(), Replication::Established, "{:?}", p.core(1).status().sync);
     p.core(1).verify().expect("verify on the Secondary refused");
 }
+
+/// Simulator seed 500836: two created disks adopt a forced node's
+/// generation X without a sync; a FLUSH of the Primary in flight when the
+/// peer crashes starts a generation Y (bitmap X) though no block changed.
+/// At the reconnect the generations say "bitmap resync", the disks (both
+/// still untouched) say "in sync", and nothing is out of sync: the peer
+/// must take Y, or, in adaptive mode, it sees the Primary on a generation
+/// it does not hold, falls Behind (Outdated) and waits for ever for a
+/// catch-up that never starts.
+#[test]
+fn created_disks_in_sync_on_different_generations_end_on_one() {
+    for protocol in [Protocol::Adaptive, Protocol::C] {
+        let mut ca = cfg(protocol);
+        ca.adaptive = AdaptiveConfig {
+            budget: Duration::from_millis(12),
+            hold: Duration::from_millis(50),
+            max_hold: Duration::from_millis(400),
+            congestion_fill: None,
+        };
+        let mut p = Pair::with_cfg(ca, true);
+        p.connect();
+        p.core(0).promote(true, 1).unwrap();
+        p.settle();
+        p.cut();
+        p.connect();
+        let x = p.core(0).gen().current;
+        assert_eq!(p.core(1).gen().current, x, "{protocol:?}: b did not adopt the forced X");
+        assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+        // a's FLUSH is on its way to b when b crashes.
+        p.hold_to[1] = true;
+        let now = p.now;
+        p.core(0).flush(now, 1);
+        p.settle_now();
+        p.crash(1, false);
+        let y = p.core(0).gen();
+        assert!(y.current != x && y.bitmap == x, "{protocol:?}: a did not start Y: {y:?}");
+        p.hold_to[1] = false;
+        p.restart(1);
+        // (A node left Behind never settles: the clock moves by hand.)
+        p.connect_steps(0, |_| {});
+        for _ in 0..100 {
+            p.settle_now();
+            p.now += Duration::from_millis(10);
+            let (now, sid) = (p.now, p.sid.expect("link"));
+            for i in 0..2 {
+                p.core(i).handle_timeout(now);
+                p.core(i).handle_frame(now, sid, Message::Ping { id: 0 });
+            }
+        }
+        p.settle_now();
+        let (ga, gb) = (p.core(0).gen(), p.core(1).gen());
+        assert_eq!(gb.current, ga.current, "{protocol:?}: b holds {gb:?}, a {ga:?}");
+        assert_eq!(ga.bitmap, 0, "{protocol:?}: a still tracks changes from {:x}", ga.bitmap);
+        assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{protocol:?}");
+        for i in 0..2 {
+            assert_eq!(p.core(i).replication(), Replication::Established, "{protocol:?} node {i}");
+        }
+        // Persisted: b restarted holds Y too.
+        p.crash(1, false);
+        p.restart(1);
+        assert_eq!(p.core(1).gen().current, ga.current, "{protocol:?}: b's record");
+        assert!(p.n[0].cache == p.n[1].cache);
+    }
+}
