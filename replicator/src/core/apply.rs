@@ -370,6 +370,12 @@ impl Core {
         if let Activity::Target { behind, .. } = &mut s.activity {
             *behind = out_of_sync;
         }
+        if s.adoption == super::session::Adoption::Giving && current == my_current {
+            // The peer's record holds our generation: our bitmap's base
+            // is done with, as after a sync.
+            s.adoption = super::session::Adoption::None;
+            self.gen.synced_to(my_current);
+        }
         let idle = s.phase == Phase::Running && matches!(s.activity, Activity::Idle);
         if finished {
             s.activity = Activity::Idle;

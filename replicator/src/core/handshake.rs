@@ -9,7 +9,7 @@ use crate::protocol::genid::{
 };
 use crate::protocol::wire::{self, DiskState, Hello, Message, Role};
 
-use super::session::{Activity, Phase, Session, SourceStart, SourceSync};
+use super::session::{Activity, Adoption, Phase, Session, SourceStart, SourceSync};
 use super::types::{Linking, Plant, Progress, SessionId, Time};
 use super::{Action, Core};
 
@@ -485,14 +485,15 @@ impl Core {
             // Secondary would see the Primary on a generation it does not
             // hold and wait Behind for a catch-up that never comes:
             // simulator seed 500836). The side a sync of the union would
-            // have made the source keeps its generation, its bitmap base
-            // done with; the other takes it.
+            // have made the source keeps its generation (its bitmap base
+            // ends when the peer's State says it holds it, `Adoption`);
+            // the other takes it.
             let mine = (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer);
             let theirs = (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
-            if mine > theirs {
-                let current = self.gen.current;
-                self.gen.synced_to(current);
-            } else {
+            let giving = mine > theirs;
+            let s = self.session.as_mut().expect("session");
+            s.adoption = if giving { Adoption::Giving } else { Adoption::Taking };
+            if !giving {
                 // (A node pinned Outdated for writes it lost stays so.)
                 let pinned = self.lost_pinned();
                 self.gen.synced_to(h.gen.current);
@@ -511,8 +512,7 @@ impl Core {
         self.split_brain = false;
         self.last_error = None;
         tracing::info!(peer = %h.node, peer_role = ?h.role, peer_disk = ?h.disk, ?decision, "connected");
-        let m = self.state_message();
-        self.send(m);
+        self.announce();
         Ok(())
     }
 }

@@ -977,12 +977,19 @@ impl Core {
 
     /// Tells the peer our role and disk.
     fn announce(&mut self) {
-        if let Some(s) = &self.session {
-            if s.phase == Phase::Running {
-                let m = self.state_message();
-                self.send(m);
+        let saved = self.p.durable_meta.as_ref().map(|m| m.gen.current);
+        let current = self.gen.current;
+        let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
+        if s.adoption == session::Adoption::Taking {
+            // Our State names the peer's generation once our record does
+            // (`meta_saved` announces again).
+            if saved != Some(current) {
+                return;
             }
+            s.adoption = session::Adoption::None;
         }
+        let m = self.state_message();
+        self.send(m);
     }
 
     fn state_message(&self) -> Message {

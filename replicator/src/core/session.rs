@@ -207,6 +207,27 @@ pub struct Session {
     /// (a SyncDone is taken only once a flush after every chunk is done).
     pub last_resync: u64,
     pub last_flush: u64,
+    /// Two untouched disks met on two generations (`decide_sync`): which
+    /// side takes the other's.
+    pub adoption: Adoption,
+}
+
+/// Two disks that twinblock created and nobody wrote met on two
+/// generations, nothing to move: they end on one. The taker's State says
+/// it holds the giver's generation only once its record does (as a
+/// SyncTarget's after SyncDone), and the giver keeps its bitmap's base
+/// until then: a taker that crashes before its record is saved comes back
+/// on its old generation, which the giver's bitmap still names (a
+/// bitmap resync, not a full one, or after two generations apart an
+/// "unrelated" refusal: found by review).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    None,
+    /// This node took the peer's generation; its State waits for the
+    /// record.
+    Taking,
+    /// The peer takes ours: its State naming it ends our bitmap's base.
+    Giving,
 }
 
 impl Session {
@@ -253,6 +274,7 @@ impl Session {
             peer_promoting: false,
             last_resync: 0,
             last_flush: 0,
+            adoption: Adoption::None,
             app_busy: false,
             last_app: None,
         }

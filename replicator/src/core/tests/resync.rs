@@ -382,3 +382,61 @@ fn created_disks_in_sync_on_different_generations_end_on_one() {
         assert!(p.n[0].cache == p.n[1].cache);
     }
 }
+
+/// The same course, but the peer that takes the generation crashes before
+/// its record naming it is saved: the giver must still name the taker's
+/// old generation as its bitmap's base, or after two generations alone it
+/// met the taker as an unrelated device (found by review: the giver had
+/// ended its base when it decided).
+#[test]
+fn adoption_lost_in_a_crash_keeps_the_givers_bitmap_base() {
+    let mut p = Pair::with_cfg(cfg(Protocol::C), true);
+    p.connect();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.cut();
+    p.connect();
+    let x = p.core(0).gen().current;
+    assert_eq!(p.core(1).gen().current, x);
+    // a's FLUSH is on its way to b when b crashes: a starts Y (bitmap X).
+    p.hold_to[1] = true;
+    let now = p.now;
+    p.core(0).flush(now, 1);
+    p.settle_now();
+    p.crash(1, false);
+    let y = p.core(0).gen();
+    assert!(y.current != x && y.bitmap == x, "{y:?}");
+    p.hold_to[1] = false;
+    p.restart(1);
+    // The reconnect: both decide, b's record naming Y is never saved.
+    p.n[1].hang_meta = true;
+    p.connect_steps(200, |_| {});
+    assert_eq!(p.core(1).gen().current, y.current, "b did not take Y");
+    assert_eq!(p.n[1].meta.as_ref().unwrap().gen.current, x, "b's record still says X");
+    assert_eq!(p.core(0).gen().bitmap, x, "a ended its base before b's record held Y");
+    p.crash(1, false);
+    p.n[1].hang_meta = false;
+    // a, Primary, writes without b; restarts; writes again.
+    p.write(0, 10, 0, 0xab, 4096);
+    p.settle();
+    assert!(matches!(p.reply(0, 10), Some(Ok(()))));
+    p.crash(0, false);
+    p.restart(0);
+    p.core(0).promote(false, 2).unwrap();
+    p.settle();
+    p.write(0, 11, 8192, 0xcd, 4096);
+    p.settle();
+    assert!(matches!(p.reply(0, 11), Some(Ok(()))));
+    p.restart(1);
+    p.connect();
+    p.settle();
+    let (ga, gb) = (p.core(0).gen(), p.core(1).gen());
+    assert_eq!(
+        p.core(1).replication(),
+        Replication::Established,
+        "b at {gb:?}, a at {ga:?}: {:?}",
+        p.core(1).status().last_error
+    );
+    assert_eq!(gb.current, ga.current);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
