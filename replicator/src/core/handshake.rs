@@ -505,6 +505,25 @@ impl Core {
                 }
             }
         }
+        if decision == Decision::InSync && h.gen.current == self.gen.current {
+            // On one generation with nothing to move, a bitmap's base that
+            // names an older one is done with once the peer holds ours: an
+            // adoption or a resync whose last State was lost with a link
+            // ends here (else every generation started alone pushed the
+            // peer's out of our short history: a full resync, and after
+            // three a split brain refused; found by review).
+            let saved = self.p.durable_meta.as_ref().map(|m| m.gen.current);
+            let current = self.gen.current;
+            let base = self.gen.bitmap;
+            let s = self.session.as_mut().expect("session");
+            if s.adoption == Adoption::None {
+                if h.gen.bitmap != 0 && saved != Some(current) {
+                    s.adoption = Adoption::Taking;
+                } else if base != 0 && saved == Some(current) {
+                    s.adoption = Adoption::Giving;
+                }
+            }
+        }
         let s = self.session.as_mut().expect("session");
         s.phase = Phase::Running;
         self.separated = false;

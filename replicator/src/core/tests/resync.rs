@@ -440,3 +440,92 @@ fn adoption_lost_in_a_crash_keeps_the_givers_bitmap_base() {
     assert_eq!(gb.current, ga.current);
     assert!(p.n[0].cache == p.n[1].cache);
 }
+
+/// The other way an adoption is cut short: the taker's record holds the
+/// generation, but its State saying so is lost with the link. The giver
+/// must end its bitmap's base at a later handshake on the same generation,
+/// or every generation it starts alone pushes the taker's out of its
+/// history: one generation later a full resync for a 4 KiB write, three
+/// later a split brain refused (found by review).
+fn adoption_state_lost_then_alone(generations: u64) {
+    let mut p = Pair::with_cfg(cfg(Protocol::C), true);
+    p.connect();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.cut();
+    p.connect();
+    let x = p.core(0).gen().current;
+    assert_eq!(p.core(1).gen().current, x);
+    p.hold_to[1] = true;
+    let now = p.now;
+    p.core(0).flush(now, 1);
+    p.settle_now();
+    p.crash(1, false);
+    let y = p.core(0).gen();
+    assert!(y.current != x && y.bitmap == x, "{y:?}");
+    p.hold_to[1] = false;
+    p.restart(1);
+    // b saves its record naming Y; the link goes before b's State reaches a.
+    p.connect_steps(0, |_| {});
+    for _ in 0..1000 {
+        if p.n[1].meta.as_ref().unwrap().gen.current == y.current {
+            break;
+        }
+        p.steps(1, false, &mut |_| {});
+    }
+    assert_eq!(p.n[1].meta.as_ref().unwrap().gen.current, y.current, "b's record holds Y");
+    assert_eq!(p.core(0).gen().bitmap, x, "a still names X as its base");
+    p.cut();
+    p.settle();
+    // A clean session on Y ends a's base.
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(0).gen().bitmap, 0, "a's base outlived a session on one generation");
+    p.cut();
+    p.settle();
+    // a, Primary, writes alone, restarting between generations.
+    let mut req = 10;
+    for i in 0..generations {
+        if i > 0 {
+            p.crash(0, false);
+            p.restart(0);
+            p.core(0).promote(false, 2 + i).unwrap();
+            p.settle();
+        }
+        p.write(0, req, i * 4096, 0xab + i as u8, 4096);
+        p.settle();
+        assert!(matches!(p.reply(0, req), Some(Ok(()))));
+        req += 1;
+    }
+    let before = p.log.len();
+    p.connect();
+    p.settle();
+    let (ga, gb) = (p.core(0).gen(), p.core(1).gen());
+    assert_eq!(
+        p.core(1).replication(),
+        Replication::Established,
+        "b at {gb:?}, a at {ga:?}: {:?}",
+        p.core(1).status().last_error
+    );
+    assert_eq!(gb.current, ga.current);
+    assert!(p.n[0].cache == p.n[1].cache);
+    // A bitmap resync: what a wrote alone, not the whole device.
+    let resynced: u64 = p.log[before..]
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::Write(_, len) if *i == 1 => Some(*len),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(resynced, generations * 4096, "resynced {resynced} of {SIZE} bytes");
+}
+
+#[test]
+fn adoption_state_lost_with_the_link_then_three_generations_alone() {
+    adoption_state_lost_then_alone(3);
+}
+
+#[test]
+fn adoption_state_lost_with_the_link_then_one_generation_alone() {
+    adoption_state_lost_then_alone(1);
+}
