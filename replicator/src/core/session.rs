@@ -207,19 +207,23 @@ pub struct Session {
     /// (a SyncDone is taken only once a flush after every chunk is done).
     pub last_resync: u64,
     pub last_flush: u64,
-    /// Two untouched disks met on two generations (`decide_sync`): which
-    /// side takes the other's.
+    /// Which side ends on the other's generation, or retires a stale
+    /// bitmap base, once the handshake found nothing to move
+    /// (`decide_sync`).
     pub adoption: Adoption,
 }
 
-/// Two disks that twinblock created and nobody wrote met on two
-/// generations, nothing to move: they end on one. The taker's State says
-/// it holds the giver's generation only once its record does (as a
-/// SyncTarget's after SyncDone), and the giver keeps its bitmap's base
-/// until then: a taker that crashes before its record is saved comes back
-/// on its old generation, which the giver's bitmap still names (a
-/// bitmap resync, not a full one, or after two generations apart an
-/// "unrelated" refusal: found by review).
+/// Nothing to move at the handshake, and the two end on one generation:
+/// two disks that twinblock created and nobody wrote, met on two
+/// generations (the "taker" takes the "giver's"), or both on one while a
+/// bitmap base still names an older one (an adoption or a resync whose
+/// last State was lost with a link). The taker's State says it holds the
+/// giver's generation only once its record does (as a SyncTarget's after
+/// SyncDone), and the giver keeps its bitmap's base until such a State: a
+/// taker that crashes before its record is saved comes back on its old
+/// generation, which the giver's bitmap still names (a bitmap resync, not
+/// a full one, or after two generations apart an "unrelated" refusal:
+/// found by review).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adoption {
     None,
