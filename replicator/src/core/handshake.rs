@@ -336,10 +336,14 @@ impl Core {
         // Same generation: the union of both bitmaps (a crashed node's
         // activity log, failed writes, verify mismatches) still moves, from
         // the better side.
+        // (The better side: disk, then Primary, then name; the same answer
+        // from both sides. It also keeps its generation when two untouched
+        // disks end on one, below.)
+        let union_source =
+            (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer)
+                > (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
         if decision == Decision::InSync && (self.dirty.bytes() > 0 || peer_bits.bytes() > 0) {
-            let mine = (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer);
-            let theirs = (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
-            decision = if mine > theirs {
+            decision = if union_source {
                 Decision::SyncSource { full: false }
             } else {
                 Decision::SyncTarget { full: false }
@@ -488,9 +492,7 @@ impl Core {
             // have made the source keeps its generation (its bitmap base
             // ends when the peer's State says it holds it, `Adoption`);
             // the other takes it.
-            let mine = (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer);
-            let theirs = (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
-            let giving = mine > theirs;
+            let giving = union_source;
             let s = self.session.as_mut().expect("session");
             s.adoption = if giving { Adoption::Giving } else { Adoption::Taking };
             if !giving {

@@ -319,9 +319,64 @@ fn a_checksum_resync_after_a_verify_leaves_no_verify_target_behind() {
     p.core(1).verify().expect("verify on the Secondary refused");
 }
 
-/// Simulator seed 500836: two created disks adopt a forced node's
-/// generation X without a sync; a FLUSH of the Primary in flight when the
-/// peer crashes starts a generation Y (bitmap X) though no block changed.
+/// Two created disks: `a` forced while connected (generation X on both,
+/// no sync: all zeroes), then a FLUSH of `a` on its way to `b` when `b`
+/// crashes, which makes `a` start Y (bitmap base X) though no block
+/// changed. `b` is restarted, not connected. Returns the pair, X and Y.
+fn untouched_on_two_generations(ca: CoreConfig) -> (Pair, u64, GenIds) {
+    let protocol = ca.protocol;
+    let mut p = Pair::with_cfg(ca, true);
+    p.connect();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.cut();
+    p.connect();
+    let x = p.core(0).gen().current;
+    assert_eq!(p.core(1).gen().current, x, "{protocol:?}: b did not adopt the forced X");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    p.hold_to[1] = true;
+    let now = p.now;
+    p.core(0).flush(now, 1);
+    p.settle_now();
+    p.crash(1, false);
+    let y = p.core(0).gen();
+    assert!(y.current != x && y.bitmap == x, "{protocol:?}: a did not start Y: {y:?}");
+    p.hold_to[1] = false;
+    p.restart(1);
+    (p, x, y)
+}
+
+/// `a`, Primary, writes one 4 KiB block alone in each of `generations`
+/// generations (restarted and promoted again between them).
+fn write_alone(p: &mut Pair, generations: u64) {
+    for i in 0..generations {
+        if i > 0 {
+            p.crash(0, false);
+            p.restart(0);
+            p.core(0).promote(false, 2 + i).unwrap();
+            p.settle();
+        }
+        let req = 10 + i;
+        p.write(0, req, i * 4096, 0xab + i as u8, 4096);
+        p.settle();
+        assert!(matches!(p.reply(0, req), Some(Ok(()))));
+    }
+}
+
+/// Connected again, the two run on one generation with the same data.
+fn assert_one_generation(p: &mut Pair) {
+    let (ga, gb) = (p.core(0).gen(), p.core(1).gen());
+    assert_eq!(
+        p.core(1).replication(),
+        Replication::Established,
+        "b at {gb:?}, a at {ga:?}: {:?}",
+        p.core(1).status().last_error
+    );
+    assert_eq!(gb.current, ga.current);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// Simulator seed 500836: the course of [`untouched_on_two_generations`].
 /// At the reconnect the generations say "bitmap resync", the disks (both
 /// still untouched) say "in sync", and nothing is out of sync: the peer
 /// must take Y, or, in adaptive mode, it sees the Primary on a generation
@@ -337,25 +392,7 @@ fn created_disks_in_sync_on_different_generations_end_on_one() {
             max_hold: Duration::from_millis(400),
             congestion_fill: None,
         };
-        let mut p = Pair::with_cfg(ca, true);
-        p.connect();
-        p.core(0).promote(true, 1).unwrap();
-        p.settle();
-        p.cut();
-        p.connect();
-        let x = p.core(0).gen().current;
-        assert_eq!(p.core(1).gen().current, x, "{protocol:?}: b did not adopt the forced X");
-        assert_eq!(p.core(1).disk(), DiskState::UpToDate);
-        // a's FLUSH is on its way to b when b crashes.
-        p.hold_to[1] = true;
-        let now = p.now;
-        p.core(0).flush(now, 1);
-        p.settle_now();
-        p.crash(1, false);
-        let y = p.core(0).gen();
-        assert!(y.current != x && y.bitmap == x, "{protocol:?}: a did not start Y: {y:?}");
-        p.hold_to[1] = false;
-        p.restart(1);
+        let (mut p, _, _) = untouched_on_two_generations(ca);
         // (A node left Behind never settles: the clock moves by hand.)
         p.connect_steps(0, |_| {});
         for _ in 0..100 {
@@ -390,24 +427,7 @@ fn created_disks_in_sync_on_different_generations_end_on_one() {
 /// ended its base when it decided).
 #[test]
 fn adoption_lost_in_a_crash_keeps_the_givers_bitmap_base() {
-    let mut p = Pair::with_cfg(cfg(Protocol::C), true);
-    p.connect();
-    p.core(0).promote(true, 1).unwrap();
-    p.settle();
-    p.cut();
-    p.connect();
-    let x = p.core(0).gen().current;
-    assert_eq!(p.core(1).gen().current, x);
-    // a's FLUSH is on its way to b when b crashes: a starts Y (bitmap X).
-    p.hold_to[1] = true;
-    let now = p.now;
-    p.core(0).flush(now, 1);
-    p.settle_now();
-    p.crash(1, false);
-    let y = p.core(0).gen();
-    assert!(y.current != x && y.bitmap == x, "{y:?}");
-    p.hold_to[1] = false;
-    p.restart(1);
+    let (mut p, x, y) = untouched_on_two_generations(cfg(Protocol::C));
     // The reconnect: both decide, b's record naming Y is never saved.
     p.n[1].hang_meta = true;
     p.connect_steps(200, |_| {});
@@ -416,29 +436,11 @@ fn adoption_lost_in_a_crash_keeps_the_givers_bitmap_base() {
     assert_eq!(p.core(0).gen().bitmap, x, "a ended its base before b's record held Y");
     p.crash(1, false);
     p.n[1].hang_meta = false;
-    // a, Primary, writes without b; restarts; writes again.
-    p.write(0, 10, 0, 0xab, 4096);
-    p.settle();
-    assert!(matches!(p.reply(0, 10), Some(Ok(()))));
-    p.crash(0, false);
-    p.restart(0);
-    p.core(0).promote(false, 2).unwrap();
-    p.settle();
-    p.write(0, 11, 8192, 0xcd, 4096);
-    p.settle();
-    assert!(matches!(p.reply(0, 11), Some(Ok(()))));
+    write_alone(&mut p, 2);
     p.restart(1);
     p.connect();
     p.settle();
-    let (ga, gb) = (p.core(0).gen(), p.core(1).gen());
-    assert_eq!(
-        p.core(1).replication(),
-        Replication::Established,
-        "b at {gb:?}, a at {ga:?}: {:?}",
-        p.core(1).status().last_error
-    );
-    assert_eq!(gb.current, ga.current);
-    assert!(p.n[0].cache == p.n[1].cache);
+    assert_one_generation(&mut p);
 }
 
 /// The other way an adoption is cut short: the taker's record holds the
@@ -448,23 +450,7 @@ fn adoption_lost_in_a_crash_keeps_the_givers_bitmap_base() {
 /// history: one generation later a full resync for a 4 KiB write, three
 /// later a split brain refused (found by review).
 fn adoption_state_lost_then_alone(generations: u64) {
-    let mut p = Pair::with_cfg(cfg(Protocol::C), true);
-    p.connect();
-    p.core(0).promote(true, 1).unwrap();
-    p.settle();
-    p.cut();
-    p.connect();
-    let x = p.core(0).gen().current;
-    assert_eq!(p.core(1).gen().current, x);
-    p.hold_to[1] = true;
-    let now = p.now;
-    p.core(0).flush(now, 1);
-    p.settle_now();
-    p.crash(1, false);
-    let y = p.core(0).gen();
-    assert!(y.current != x && y.bitmap == x, "{y:?}");
-    p.hold_to[1] = false;
-    p.restart(1);
+    let (mut p, x, y) = untouched_on_two_generations(cfg(Protocol::C));
     // b saves its record naming Y; the link goes before b's State reaches a.
     p.connect_steps(0, |_| {});
     for _ in 0..1000 {
@@ -483,32 +469,11 @@ fn adoption_state_lost_then_alone(generations: u64) {
     assert_eq!(p.core(0).gen().bitmap, 0, "a's base outlived a session on one generation");
     p.cut();
     p.settle();
-    // a, Primary, writes alone, restarting between generations.
-    let mut req = 10;
-    for i in 0..generations {
-        if i > 0 {
-            p.crash(0, false);
-            p.restart(0);
-            p.core(0).promote(false, 2 + i).unwrap();
-            p.settle();
-        }
-        p.write(0, req, i * 4096, 0xab + i as u8, 4096);
-        p.settle();
-        assert!(matches!(p.reply(0, req), Some(Ok(()))));
-        req += 1;
-    }
+    write_alone(&mut p, generations);
     let before = p.log.len();
     p.connect();
     p.settle();
-    let (ga, gb) = (p.core(0).gen(), p.core(1).gen());
-    assert_eq!(
-        p.core(1).replication(),
-        Replication::Established,
-        "b at {gb:?}, a at {ga:?}: {:?}",
-        p.core(1).status().last_error
-    );
-    assert_eq!(gb.current, ga.current);
-    assert!(p.n[0].cache == p.n[1].cache);
+    assert_one_generation(&mut p);
     // A bitmap resync: what a wrote alone, not the whole device.
     let resynced: u64 = p.log[before..]
         .iter()
