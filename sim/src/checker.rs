@@ -20,6 +20,14 @@
 //!   what an acknowledged FLUSH covered (the floors at its submission:
 //!   local; the peer's in B and C over an unbroken link).
 //!
+//! - `own`: the writes a node acknowledged as Primary since its peer was
+//!   last promoted (lost at a power loss, a failed or replaced disk, a
+//!   discard): when the two meet again on one generation, a sync into that
+//!   node (the union of their bitmaps) must leave them on it, in every
+//!   protocol: the node that was Primary last is the source of what it
+//!   wrote (checked when such a sync ends). Not for a sync the
+//!   generations decided (a newer peer, a split brain resolved).
+//!
 //! Protocol A sets no peer floors (I6 covers it). Checked: a promotion
 //! without `--force` (or with it, of an UpToDate disk) finds the new
 //! Primary holding its floors once what it had received is applied (at the
@@ -142,6 +150,8 @@ pub struct Stats {
     pub i6_checks: u64,
     pub i6_nontrivial: u64,
     pub syncs_done: u64,
+    /// Syncs on one generation into a node whose own writes were checked.
+    pub own_checks: u64,
     pub steps: u64,
     pub connected_steps: u64,
     pub primary_steps: u64,
@@ -205,6 +215,14 @@ pub(crate) struct Checker {
     /// Whether each node's core said UpToDate (or Consistent) at the
     /// last step.
     was_up: [bool; 2],
+    /// I1: what each node acknowledged as Primary since its peer was last
+    /// promoted (see the module documentation).
+    own: [Vec<u64>; 2],
+    /// The last link came up with both nodes on one generation.
+    same_gen: bool,
+    /// A sync into the node began on such a link: its `own` floor is
+    /// checked when it ends.
+    own_sync: [bool; 2],
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -260,6 +278,9 @@ impl Checker {
             unsynced: [true, true],
             adoptable: [false, false],
             was_up: [false, false],
+            own: [z(), z()],
+            same_gen: false,
+            own_sync: [false, false],
         }
     }
 
@@ -321,6 +342,7 @@ impl Checker {
         match &r.kind {
             AppKind::Write { id, off, len, fua } | AppKind::Zero { id, off, len, fua } => {
                 for b in cells(*off, *len) {
+                    self.own[n][b] = self.own[n][b].max(*id);
                     self.fl_c[n][b] = self.fl_c[n][b].max(*id);
                     if *fua {
                         self.dfl[n][b] = self.dfl[n][b].max(*id);
@@ -477,6 +499,7 @@ impl Checker {
             }
         }
         if power {
+            self.own[n].iter_mut().for_each(|x| *x = 0);
             self.power_losses[n] += 1;
             self.fo[n].iter_mut().for_each(|x| *x = 0);
             self.fl_c[n] = self.dfl[n].clone();
@@ -489,6 +512,7 @@ impl Checker {
     /// writes it acknowledged apart need not survive a failover to its
     /// peer any more.
     pub fn discarded(&mut self, n: usize) {
+        self.own[n].iter_mut().for_each(|x| *x = 0);
         self.fo[1 - n].iter_mut().for_each(|x| *x = 0);
     }
 
@@ -497,7 +521,7 @@ impl Checker {
         self.epoch[n] += 1;
         self.fo[n].iter_mut().for_each(|x| *x = 0);
         self.synced_floor[n] = None;
-        for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n]] {
+        for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.own[n]] {
             f.iter_mut().for_each(|x| *x = 0);
         }
         self.lineage[n] = None;
@@ -541,12 +565,21 @@ impl Checker {
         }
         self.lineage[n] = None;
         self.reign[n] = Some(sim.now);
+        // The peer's writes as Primary before this reign are this node's
+        // to keep or drop now.
+        self.own[1 - n].iter_mut().for_each(|x| *x = 0);
         if force && disk != DiskState::UpToDate {
             self.synced_floor = [None, None];
             self.epoch[0] += 1;
             self.epoch[1] += 1;
             for m in 0..2 {
-                for f in [&mut self.fl_c[m], &mut self.fl_b[m], &mut self.dfl[m], &mut self.fo[m]] {
+                for f in [
+                    &mut self.fl_c[m],
+                    &mut self.fl_b[m],
+                    &mut self.dfl[m],
+                    &mut self.fo[m],
+                    &mut self.own[m],
+                ] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
             }
@@ -579,7 +612,14 @@ impl Checker {
         }) {
             self.stats.no_quorum_steps += 1;
         }
-        self.follow_syncs(sim);
+        for n in 0..2 {
+            // A failed disk's data counts for nothing (what its node
+            // acknowledged rests on the peer, as the other floors say).
+            if sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
+                self.own[n].iter_mut().for_each(|x| *x = 0);
+            }
+        }
+        self.follow_syncs(sim)?;
         self.follow_adoptions(sim);
         self.check_core_caches(sim)?;
         self.check_i4_i5(sim)?;
@@ -644,7 +684,7 @@ impl Checker {
     }
 
     /// A SyncTarget's data becomes the source's: so do its floors.
-    fn follow_syncs(&mut self, sim: &Sim) {
+    fn follow_syncs(&mut self, sim: &Sim) -> Result<(), Violation> {
         for n in 0..2 {
             let target = sim.replication(n) == Replication::SyncTarget;
             if target {
@@ -659,6 +699,12 @@ impl Checker {
                 // replicated meanwhile, which confirm floors directly).
                 let sid = sim.nodes[n].core.as_ref().and_then(|c| c.session_id()).unwrap_or(0);
                 self.synced_floor[n] = Some((sid, self.floor(1 - n)));
+                // On one generation, what the node acknowledged as Primary
+                // must come out of the sync (checked at its end).
+                self.own_sync[n] = self.same_gen;
+                if !self.same_gen {
+                    self.own[n].iter_mut().for_each(|x| *x = 0);
+                }
                 for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.fo[n]] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
@@ -699,14 +745,41 @@ impl Checker {
                 if let Some((_, f)) = self.synced_floor[n].take() {
                     self.stats.syncs_done += 1;
                     maxv(&mut self.fl_c[n], &f);
+                    if std::mem::take(&mut self.own_sync[n]) {
+                        self.check_own(sim, n)?;
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// I1 (`own`): a sync on one generation into node `n` ended; the writes
+    /// it acknowledged as Primary since its peer's last promotion are there.
+    fn check_own(&mut self, sim: &Sim, n: usize) -> Result<(), Violation> {
+        self.stats.own_checks += 1;
+        let node = &sim.nodes[n];
+        let lacking = (0..CELLS).find(|&b| {
+            self.own[n][b] > 0 && self.pos(b, node.disk.cell(b)).is_none_or(|p| p < self.own[n][b])
+        });
+        let Some(b) = lacking else { return Ok(()) };
+        Err(self.v(
+            "I1",
+            format!(
+                "a sync on one generation into {} overwrote write {} it acknowledged as the \
+                 last Primary (cell {b} holds {:?})",
+                node.name,
+                self.own[n][b],
+                decode(b, node.disk.cell(b))
+            ),
+        ))
     }
 
     /// The link came up: whether each node may adopt its peer's data
     /// without a sync in this session (see `follow_adoptions`).
     pub fn linked(&mut self, nodes: &[crate::Node]) {
+        let gen = |n: usize| nodes[n].core.as_ref().map(|c| c.gen().current);
+        self.same_gen = gen(0).is_some() && gen(0) == gen(1);
         let zero = |n: usize| nodes[n].disk.cache.iter().all(|&x| x == 0);
         let both = zero(0) && zero(1);
         for n in 0..2 {

@@ -128,6 +128,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::SkipBitmapExchange => "skip-bitmap-exchange",
         Plant::ClearBeforeDurable => "clear-before-durable",
         Plant::ResumeAnyFullSync => "resume-any-full-sync",
+        Plant::UnionByName => "union-by-name",
         Plant::IgnoreQuorum => "ignore-quorum",
         Plant::NoPeerFence => "no-peer-fence",
         Plant::AheadWithoutMark => "ahead-without-mark",

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         total.i6_checks += st.i6_checks;
         total.i6_nontrivial += st.i6_nontrivial;
         total.syncs_done += st.syncs_done;
+        total.own_checks += st.own_checks;
         total.steps += st.steps;
         total.connected_steps += st.connected_steps;
         total.primary_steps += st.primary_steps;

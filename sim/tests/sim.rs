@@ -490,6 +490,16 @@ fn finds_resume_any_full_sync() {
     finds(Plant::ResumeAnyFullSync);
 }
 
+/// Two nodes that meet on one generation resync the union of their
+/// bitmaps from the node that was Primary last: by name (and by disk
+/// state alone, UpToDate over Consistent), a Primary demoted or crashed
+/// with writes its peer lacked had them overwritten (invariant 1, the
+/// writes a node acknowledged as the last Primary).
+#[test]
+fn finds_union_by_name() {
+    finds(Plant::UnionByName);
+}
+
 /// A seed replays alike: the same seed run twice in one process (where
 /// each hash map gets other keys, as in another process) takes the same
 /// course, event for event. A failing seed that does not replay cannot

@@ -103,6 +103,7 @@ impl Core {
             // operator does meanwhile: it stays the same on both sides.
             s.hello_role = hello.role;
             s.hello_disk = hello.disk;
+            s.hello_promoted_at = hello.promoted_at;
             s.hello_full_sync = hello.full_sync;
             s.hello_discard = hello.discard;
         }
@@ -198,7 +199,7 @@ impl Core {
     fn decide_sync(&mut self, sid: SessionId) -> Result<(), String> {
         let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
         let h = s.peer_hello.clone().ok_or("no hello")?;
-        let (my_role, my_disk) = (s.hello_role, s.hello_disk);
+        let (my_role, my_disk, my_promoted_at) = (s.hello_role, s.hello_disk, s.hello_promoted_at);
         let mut peer_bits =
             std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
         if self.cfg.plant == Plant::SkipBitmapExchange {
@@ -209,6 +210,18 @@ impl Core {
                 "both {} and {} are Primary: refusing",
                 self.cfg.me, self.cfg.peer
             ));
+        }
+        if my_role == Role::Primary
+            && self.role == Role::Primary
+            && h.promoted_at >= self.promoted_at
+            && self.cfg.plant != Plant::UnionByName
+        {
+            // This node reigns now: its promotion is the pair's latest,
+            // whatever the clocks said (a peer promoted earlier by a clock
+            // ahead of ours, or before this process learned of it, may
+            // name a later time). Saved before its next write, so that a
+            // union resync on this generation goes from it (below).
+            self.promoted_at = h.promoted_at.saturating_add(1);
         }
         let mut decision = decide(&self.gen, &h.gen);
         // Two disks as twinblock created them, never written: identical,
@@ -274,7 +287,7 @@ impl Core {
         if decision == Decision::SplitBrain && !self.discard && !h.discard {
             let mine = SplitSide {
                 changes: self.dirty.bytes(),
-                promoted_at: self.promoted_at,
+                promoted_at: my_promoted_at,
                 secondary: my_role == Role::Secondary,
             };
             let theirs = SplitSide {
@@ -335,13 +348,31 @@ impl Core {
         }
         // Same generation: the union of both bitmaps (a crashed node's
         // activity log, failed writes, verify mismatches) still moves, from
-        // the better side.
-        // (The better side: disk, then Primary, then name; the same answer
-        // from both sides. It also keeps its generation when two untouched
-        // disks end on one, below.)
-        let union_source =
-            (disk_rank(my_disk), my_role == Role::Primary, self.cfg.me < self.cfg.peer)
-                > (disk_rank(h.disk), h.role == Role::Primary, self.cfg.peer < self.cfg.me);
+        // the better side: the better disk, then the Primary, then the node
+        // that was Primary last, then the name; the same answer from both
+        // sides. (The last Primary: what it acknowledged that the peer may
+        // lack is in its activity log or bitmap, and the bits the peer
+        // holds are blocks the peer failed to write or found different, so
+        // its data is the one to keep, as DRBD's crashed primary is the
+        // sync source. By name alone, a protocol-A Primary demoted with its
+        // lag unsent, or crashed, had the writes it acknowledged overwritten
+        // by its peer's older blocks.) The better side also keeps its
+        // generation when two untouched disks end on one, below.
+        // (UpToDate and Consistent rank alike here: on one generation a
+        // Consistent disk is one that lost its peer not knowing whether
+        // the peer went on, as the survivor of the last Primary's crash
+        // restarted UpToDate does not know either; neither wrote since.)
+        let by_name = self.cfg.plant == Plant::UnionByName;
+        let rank = |disk: DiskState, role: Role, promoted_at: u64, first_by_name: bool| {
+            let disk = match disk {
+                DiskState::Consistent if !by_name => disk_rank(DiskState::UpToDate),
+                d => disk_rank(d),
+            };
+            (disk, role == Role::Primary, promoted_at, first_by_name)
+        };
+        let (mine, theirs) = if by_name { (0, 0) } else { (my_promoted_at, h.promoted_at) };
+        let union_source = rank(my_disk, my_role, mine, self.cfg.me < self.cfg.peer)
+            > rank(h.disk, h.role, theirs, self.cfg.peer < self.cfg.me);
         if decision == Decision::InSync && (self.dirty.bytes() > 0 || peer_bits.bytes() > 0) {
             decision = if union_source {
                 Decision::SyncSource { full: false }

@@ -155,6 +155,8 @@ pub struct Session {
     /// Our role and disk as our hello announced them (the decision's input).
     pub hello_role: Role,
     pub hello_disk: DiskState,
+    /// When our hello said this node was last promoted (0: never).
+    pub hello_promoted_at: u64,
     /// Our hello's nonce, full sync and discard flag (see
     /// [`crate::protocol::wire::Hello`]): the resume decision is made on them.
     pub nonce: u64,
@@ -251,6 +253,7 @@ impl Session {
             },
             hello_role: Role::Secondary,
             hello_disk: DiskState::Inconsistent,
+            hello_promoted_at: 0,
             nonce: 0,
             hello_full_sync: 0,
             hello_discard: false,

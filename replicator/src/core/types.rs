@@ -196,6 +196,10 @@ pub enum Plant {
     /// full sync the target's data was part of (a replaced disk, or one
     /// that took another sync, included).
     ResumeAnyFullSync,
+    /// Two nodes on one generation resync the union of their bitmaps from
+    /// the first by name (disk and role aside), not from the node that was
+    /// Primary last (its acknowledged writes the peer lacks are overwritten).
+    UnionByName,
 }
 
 impl std::str::FromStr for Plant {
@@ -222,9 +226,10 @@ impl std::str::FromStr for Plant {
             "adopt-any-peer" => Plant::AdoptAnyPeer,
             "promote-without-asking" => Plant::PromoteWithoutAsking,
             "resume-any-full-sync" => Plant::ResumeAnyFullSync,
+            "union-by-name" => Plant::UnionByName,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name)"
                 ))
             }
         })
