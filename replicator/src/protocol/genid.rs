@@ -63,6 +63,25 @@ impl GenIds {
     fn knows(&self, id: u64) -> bool {
         id != 0 && (self.history.contains(&id) || self.bitmap == id)
     }
+
+    /// The bitmap holds every change since data on generation `id` parted
+    /// from this one: `id` is the bitmap's base, or a generation this data
+    /// went through after it (the history, newest first, names it before
+    /// the base, or the base has left the history). A base outlives the
+    /// generation it names when the peer's State saying it took a newer
+    /// one was lost (`core::session::Adoption`); the bits still cover the
+    /// peer's departure from any later generation, as they cover its
+    /// departure from the base.
+    fn bitmap_covers(&self, id: u64) -> bool {
+        if self.bitmap == 0 || id == 0 || id == NEVER_SYNCED {
+            return false;
+        }
+        if id == self.bitmap {
+            return true;
+        }
+        let Some(at) = self.history.iter().position(|&h| h == id) else { return false };
+        self.history.iter().position(|&h| h == self.bitmap).is_none_or(|base| at < base)
+    }
 }
 
 /// How data must move, from this node's point of view.
@@ -105,11 +124,12 @@ pub fn decide(mine: &GenIds, peer: &GenIds) -> Decision {
     if m == p {
         return Decision::InSync;
     }
-    if mine.bitmap != 0 && mine.bitmap == p {
-        return Decision::SyncSource { full: false };
-    }
-    if peer.bitmap != 0 && peer.bitmap == m {
-        return Decision::SyncTarget { full: false };
+    match (mine.bitmap_covers(p), peer.bitmap_covers(m)) {
+        (true, false) => return Decision::SyncSource { full: false },
+        (false, true) => return Decision::SyncTarget { full: false },
+        // (Both: each went through the other's current, which no course
+        // makes; decided below, from both sides alike.)
+        _ => {}
     }
     let mine_newer = mine.knows(p);
     let peer_newer = peer.knows(m);
@@ -233,6 +253,30 @@ mod tests {
                 "in history only: full sync",
                 g(12, 0, 11, 10),
                 g(10, 0, 0, 0),
+                SyncSource { full: true },
+            ),
+            (
+                "a stale base, the peer on a later generation: bitmap resync",
+                g(13, 10, 12, 10),
+                g(12, 0, 10, 0),
+                SyncSource { full: false },
+            ),
+            (
+                "the base left the history: both entries are later",
+                g(14, 10, 13, 12),
+                g(12, 0, 10, 0),
+                SyncSource { full: false },
+            ),
+            (
+                "older than the base: full sync",
+                g(14, 12, 12, 10),
+                g(10, 0, 0, 0),
+                SyncSource { full: true },
+            ),
+            (
+                "a base of 0 covers nothing: full sync",
+                g(14, 0, 13, 12),
+                g(13, 0, 12, 0),
                 SyncSource { full: true },
             ),
             ("both wrote apart: split brain", g(11, 10, 10, 0), g(12, 10, 10, 0), SplitBrain),
