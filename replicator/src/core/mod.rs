@@ -998,7 +998,16 @@ impl Core {
             disk: self.disk,
             peer_out_of_sync: self.dirty.bytes(),
             fresh: self.fresh,
-            current: self.gen.current,
+            // The generation this node's record holds: a peer ends its
+            // bitmap's base (or its resync) on a State naming its own
+            // generation, so a State sent before the record holding a new
+            // one is saved (a promotion, a demotion or a hook while a
+            // SyncTarget's record after SyncDone is on its way) must not
+            // name it, or a crash in that window left the peer with no
+            // base for the generation this node came back on (a full
+            // resync; found by review). `meta_saved` announces the new
+            // one.
+            current: self.p.durable_meta.as_ref().map_or(self.gen.current, |m| m.gen.current),
         }
     }
 }

@@ -276,3 +276,47 @@ fn full_syncs_cut_at_random_resume_to_identical_disks() {
     }
     assert!(bad.is_empty(), "{bad:?}");
 }
+
+/// A State a target sends between its SyncDone and the record that holds
+/// the new generation (here a promotion it asked for) names the
+/// generation the record holds, not the new one: the source finishes the
+/// sync (and forgets its bitmap's story) only on a State naming its own.
+/// Before, the promotion's State named it; b crashed before its record was
+/// saved came back Inconsistent, and the source, finished, had no sync to
+/// resume: the whole device again instead of nothing.
+#[test]
+fn a_state_before_the_targets_record_does_not_finish_the_sync() {
+    let mut p = forced_over_user_data(Plant::None);
+    p.core(0).demote().unwrap();
+    p.settle();
+    let current = p.core(0).gen().current;
+    p.connect_steps_until(|p| p.n[1].c.as_ref().unwrap().gen().current == current);
+    // SyncDone handled in memory; its record is never saved.
+    p.n[1].hang_meta = true;
+    let now = p.now;
+    p.core(1).promote(false, now.as_millis() as u64 + 10).unwrap();
+    p.steps(200, false, &mut |_| {});
+    assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
+    assert_eq!(
+        p.core(0).replication(),
+        Replication::SyncSource,
+        "a finished the sync on b's word before b's record held it"
+    );
+    p.crash(1, false);
+    p.n[1].hang_meta = false;
+    p.restart(1);
+    assert_eq!(p.core(1).disk(), DiskState::Inconsistent);
+    let before = p.log.len();
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
+    let resynced: u64 = p.log[before..]
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::Write(_, len) if *i == 1 => Some(*len),
+            _ => None,
+        })
+        .sum();
+    assert!(resynced < SIZE, "the finished sync started over: {resynced} of {SIZE} bytes");
+}
