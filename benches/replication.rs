@@ -55,6 +55,7 @@ fn primary_core() -> Core {
         promoted_at: 0,
         nonce: 1,
         full_sync: 0,
+        cache_lost: false,
     };
     core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));
     core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![], last: true });

@@ -17,6 +17,7 @@ pub mod al;
 pub mod arbiter;
 pub mod bench;
 pub mod bitmap;
+pub mod boot;
 pub mod busy_poll;
 pub mod config;
 pub mod core;

@@ -38,6 +38,12 @@ pub struct Meta {
     /// See [`MetaRecord::full_sync`] (0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub full_sync: u64,
+    /// See [`MetaRecord::boot`] (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boot: u64,
+    /// See [`MetaRecord::cache_lost`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_lost: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -64,6 +70,8 @@ impl Meta {
             lost_acked: self.lost_acked,
             told: self.told.clone(),
             full_sync: self.full_sync,
+            boot: self.boot,
+            cache_lost: self.cache_lost,
         }
     }
 
@@ -80,6 +88,8 @@ impl Meta {
             lost_acked: r.lost_acked,
             told: r.told.clone(),
             full_sync: r.full_sync,
+            boot: r.boot,
+            cache_lost: r.cache_lost,
         }
     }
 

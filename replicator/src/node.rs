@@ -406,6 +406,7 @@ impl Node {
             bitmap: saved,
             al: held,
             disk_created: store.created(),
+            boot: crate::boot::boot(),
         };
         let origin = Instant::now();
         let core = Core::new(cfg, rec, Duration::ZERO, random_seed());

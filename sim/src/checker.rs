@@ -27,6 +27,13 @@
 //!   protocol: the node that was Primary last is the source of what it
 //!   wrote (checked when such a sync ends). Not for a sync the
 //!   generations decided (a newer peer, a split brain resolved).
+//! - the target's own floors in B and C: a sync on one generation into a
+//!   node leaves it holding what its floors said at the sync's start (the
+//!   writes its peer acknowledged and it holds; the peer, back from a
+//!   power loss, may lack them), unless the node itself crashed meanwhile
+//!   or its disk was not UpToDate or Consistent before (a sync target's
+//!   mix: the Primary alone held the data, and lost what it had not
+//!   flushed with its power).
 //!
 //! Protocol A sets no peer floors (I6 covers it). Checked: a promotion
 //! without `--force` (or with it, of an UpToDate disk) finds the new
@@ -152,6 +159,8 @@ pub struct Stats {
     pub syncs_done: u64,
     /// Syncs on one generation into a node whose own writes were checked.
     pub own_checks: u64,
+    /// Syncs on one generation into a node whose floors were checked (B, C).
+    pub kept_checks: u64,
     pub steps: u64,
     pub connected_steps: u64,
     pub primary_steps: u64,
@@ -223,6 +232,10 @@ pub(crate) struct Checker {
     /// A sync into the node began on such a link: its `own` floor is
     /// checked when it ends.
     own_sync: [bool; 2],
+    /// B and C: the node's floors when such a sync into it began (checked
+    /// when it ends; dropped at its crash).
+    kept: [Option<Vec<u64>>; 2],
+    pub protocol: Protocol,
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -281,6 +294,8 @@ impl Checker {
             own: [z(), z()],
             same_gen: false,
             own_sync: [false, false],
+            kept: [None, None],
+            protocol: Protocol::C,
         }
     }
 
@@ -490,6 +505,7 @@ impl Checker {
     }
 
     pub fn crashed(&mut self, n: usize, power: bool) {
+        self.kept[n] = None;
         self.synced_floor[n] = None;
         self.fl_b[n].iter_mut().for_each(|x| *x = 0);
         self.promotion[n] = None;
@@ -512,11 +528,13 @@ impl Checker {
     /// writes it acknowledged apart need not survive a failover to its
     /// peer any more.
     pub fn discarded(&mut self, n: usize) {
+        self.kept[n] = None;
         self.own[n].iter_mut().for_each(|x| *x = 0);
         self.fo[1 - n].iter_mut().for_each(|x| *x = 0);
     }
 
     pub fn disk_replaced(&mut self, n: usize) {
+        self.kept[n] = None;
         self.unsynced[n] = true;
         self.epoch[n] += 1;
         self.fo[n].iter_mut().for_each(|x| *x = 0);
@@ -569,6 +587,7 @@ impl Checker {
         // to keep or drop now.
         self.own[1 - n].iter_mut().for_each(|x| *x = 0);
         if force && disk != DiskState::UpToDate {
+            self.kept = [None, None];
             self.synced_floor = [None, None];
             self.epoch[0] += 1;
             self.epoch[1] += 1;
@@ -617,6 +636,7 @@ impl Checker {
             // acknowledged rests on the peer, as the other floors say).
             if sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
                 self.own[n].iter_mut().for_each(|x| *x = 0);
+                self.kept[n] = None;
             }
         }
         self.follow_syncs(sim)?;
@@ -698,6 +718,7 @@ impl Checker {
                 // then held is what the sync brings, besides the writes
                 // replicated meanwhile, which confirm floors directly).
                 let sid = sim.nodes[n].core.as_ref().and_then(|c| c.session_id()).unwrap_or(0);
+                let kept_floor = self.floor(n);
                 self.synced_floor[n] = Some((sid, self.floor(1 - n)));
                 // On one generation, what the node acknowledged as Primary
                 // must come out of the sync (checked at its end).
@@ -705,6 +726,11 @@ impl Checker {
                 if !self.same_gen {
                     self.own[n].iter_mut().for_each(|x| *x = 0);
                 }
+                // (Not for a node whose disk was already a mix, a sync
+                // target before: the Primary alone held the data then, and
+                // what it did not flush is lost with its power.)
+                self.kept[n] = (self.same_gen && self.protocol != Protocol::A && self.was_up[n])
+                    .then_some(kept_floor);
                 for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.fo[n]] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
@@ -748,10 +774,33 @@ impl Checker {
                     if std::mem::take(&mut self.own_sync[n]) {
                         self.check_own(sim, n)?;
                     }
+                    if let Some(kept) = self.kept[n].take() {
+                        self.check_kept(sim, n, &kept)?;
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// I1 (B and C): a sync on one generation into node `n` ended; what
+    /// its floors said at the sync's start is still there.
+    fn check_kept(&mut self, sim: &Sim, n: usize, kept: &[u64]) -> Result<(), Violation> {
+        self.stats.kept_checks += 1;
+        let node = &sim.nodes[n];
+        let lacking = (0..CELLS)
+            .find(|&b| kept[b] > 0 && self.pos(b, node.disk.cell(b)).is_none_or(|p| p < kept[b]));
+        let Some(b) = lacking else { return Ok(()) };
+        Err(self.v(
+            "I1",
+            format!(
+                "a sync on one generation into {} overwrote write {} it held for its peer \
+                 (cell {b} holds {:?})",
+                node.name,
+                kept[b],
+                decode(b, node.disk.cell(b))
+            ),
+        ))
     }
 
     /// I1 (`own`): a sync on one generation into node `n` ended; the writes

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         total.i6_nontrivial += st.i6_nontrivial;
         total.syncs_done += st.syncs_done;
         total.own_checks += st.own_checks;
+        total.kept_checks += st.kept_checks;
         total.steps += st.steps;
         total.connected_steps += st.connected_steps;
         total.primary_steps += st.primary_steps;

@@ -34,7 +34,14 @@ pub(crate) fn short_msg(m: &Message) -> String {
             }
             op => format!("Data#{seq} {op:?}"),
         },
-        Message::Hello(h) => format!("Hello {:?} {:?} gen {:x?}", h.role, h.disk, h.gen),
+        Message::Hello(h) => format!(
+            "Hello {:?} {:?} gen {:x?} promoted_at {}{}",
+            h.role,
+            h.disk,
+            h.gen,
+            h.promoted_at,
+            if h.cache_lost { " cache lost" } else { "" }
+        ),
         Message::Bits { runs, last } => format!("Bits {runs:?} last={last}"),
         m => format!("{m:?}"),
     }

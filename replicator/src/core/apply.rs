@@ -92,7 +92,9 @@ impl Core {
                 }
                 self.ctl_pong(id);
             }
-            Message::State { role, disk, peer_out_of_sync, current, .. } => {
+            Message::State { role, disk, peer_out_of_sync, current, promoted_at, .. } => {
+                // A promotion during the session: ours is numbered after it.
+                self.peer_promoted_at = self.peer_promoted_at.max(promoted_at);
                 self.on_peer_state(sid, role, disk, peer_out_of_sync, current)?
             }
             Message::SyncDone { current } => self.on_sync_done(current)?,

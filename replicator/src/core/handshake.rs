@@ -104,6 +104,7 @@ impl Core {
             s.hello_role = hello.role;
             s.hello_disk = hello.disk;
             s.hello_promoted_at = hello.promoted_at;
+            s.hello_cache_lost = hello.cache_lost;
             s.hello_full_sync = hello.full_sync;
             s.hello_discard = hello.discard;
         }
@@ -136,6 +137,7 @@ impl Core {
             promoted_at: self.promoted_at,
             nonce: self.session.as_ref().map_or(0, |s| s.nonce),
             full_sync: self.full_sync,
+            cache_lost: self.cache_lost,
         }
     }
 
@@ -199,7 +201,8 @@ impl Core {
     fn decide_sync(&mut self, sid: SessionId) -> Result<(), String> {
         let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
         let h = s.peer_hello.clone().ok_or("no hello")?;
-        let (my_role, my_disk, my_promoted_at) = (s.hello_role, s.hello_disk, s.hello_promoted_at);
+        let (my_role, my_disk, my_promoted_at, my_cache_lost) =
+            (s.hello_role, s.hello_disk, s.hello_promoted_at, s.hello_cache_lost);
         let mut peer_bits =
             std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
         if self.cfg.plant == Plant::SkipBitmapExchange {
@@ -362,17 +365,28 @@ impl Core {
         // Consistent disk is one that lost its peer not knowing whether
         // the peer went on, as the survivor of the last Primary's crash
         // restarted UpToDate does not know either; neither wrote since.)
+        // Before the role and the last Primary: a node whose machine
+        // restarted since (its page cache lost, `cache_lost`) may lack
+        // writes it had not flushed, which its peer holds (in B and C every
+        // write the Primary acknowledged, in A a prefix); a Primary in that
+        // state is refused below rather than made the source (found by
+        // review: the last Primary back from a power loss overwrote its
+        // peer's copies of the writes it had acknowledged and lost).
         let by_name = self.cfg.plant == Plant::UnionByName;
-        let rank = |disk: DiskState, role: Role, promoted_at: u64, first_by_name: bool| {
+        let rank = |disk: DiskState,
+                    cache_lost: bool,
+                    role: Role,
+                    promoted_at: u64,
+                    first_by_name: bool| {
             let disk = match disk {
                 DiskState::Consistent if !by_name => disk_rank(DiskState::UpToDate),
                 d => disk_rank(d),
             };
-            (disk, role == Role::Primary, promoted_at, first_by_name)
+            (disk, !cache_lost || by_name, role == Role::Primary, promoted_at, first_by_name)
         };
         let (mine, theirs) = if by_name { (0, 0) } else { (my_promoted_at, h.promoted_at) };
-        let union_source = rank(my_disk, my_role, mine, self.cfg.me < self.cfg.peer)
-            > rank(h.disk, h.role, theirs, self.cfg.peer < self.cfg.me);
+        let union_source = rank(my_disk, my_cache_lost, my_role, mine, self.cfg.me < self.cfg.peer)
+            > rank(h.disk, h.cache_lost, h.role, theirs, self.cfg.peer < self.cfg.me);
         if decision == Decision::InSync && (self.dirty.bytes() > 0 || peer_bits.bytes() > 0) {
             decision = if union_source {
                 Decision::SyncSource { full: false }
@@ -426,6 +440,15 @@ impl Core {
             {
                 self.linking =
                     Linking::StandAlone("StandAlone: the peer's data is newer than this Primary's");
+                if my_cache_lost && h.gen.current == self.gen.current {
+                    return Err(
+                        "this Primary's machine restarted since its data was last in sync \
+                         with the peer, which holds the writes it may have lost: refusing to \
+                         overwrite them (run `secondary` here and `connect`: they resync from \
+                         the peer)"
+                            .into(),
+                    );
+                }
                 return Err("the peer's data is newer than this Primary's: refusing".into());
             }
             Decision::SyncSource { .. } if disk_rank(my_disk) == 0 || disk_rank(self.disk) == 0 => {
@@ -491,6 +514,9 @@ impl Core {
                 s.activity = Activity::Source(src);
             }
             Decision::InSync => {
+                // Identical: nothing this node lost with a page cache is
+                // missing from it.
+                self.cache_lost = false;
                 // Nothing to move: a Secondary facing an UpToDate peer of
                 // the same generation is UpToDate.
                 if self.role == Role::Secondary

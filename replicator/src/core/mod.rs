@@ -166,6 +166,10 @@ pub struct Core {
     told: Vec<u64>,
     /// See [`MetaRecord::full_sync`].
     pub(crate) full_sync: u64,
+    /// This process's boot ([`Recovered::boot`]), saved in the record.
+    boot: u64,
+    /// See [`MetaRecord::cache_lost`].
+    cache_lost: bool,
     /// The latest `promoted_at` the peer's hellos gave (0: none): a
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
@@ -266,8 +270,26 @@ impl Core {
             lost_acked: 0,
             told: Vec::new(),
             full_sync: 0,
+            boot: rec.boot,
+            cache_lost: false,
         });
         let durable_meta = rec.meta.clone();
+        if meta.boot != 0
+            && rec.boot != 0
+            && meta.boot != rec.boot
+            && !rec.al.is_empty()
+            && !meta.cache_lost
+        {
+            // Written during another boot, with writes in the activity log
+            // (extents leave it only once flushed; a clean stop empties
+            // it): what was not flushed then may be gone (a power loss),
+            // though the record says nothing of it.
+            tracing::warn!(
+                "the machine restarted since this node's data was written: writes it had not \
+                 flushed may be lost; its peer is the better resync source on one generation"
+            );
+            meta.cache_lost = true;
+        }
         if rec.meta.is_some() && rec.disk_created {
             // The disk is new but its metadata is not: the data is gone, as
             // if the disk had failed. The generation ids stay: they say
@@ -302,6 +324,8 @@ impl Core {
             lost_acked: meta.lost_acked,
             told: meta.told.clone(),
             full_sync: meta.full_sync,
+            boot: rec.boot,
+            cache_lost: meta.cache_lost,
             peer_promoted_at: 0,
             linking: Linking::Wanted,
             split_brain: false,
@@ -523,6 +547,8 @@ impl Core {
             lost_acked: self.lost_acked,
             told: self.told.clone(),
             full_sync: self.full_sync,
+            boot: self.boot,
+            cache_lost: self.cache_lost,
         }
     }
 
@@ -535,6 +561,8 @@ impl Core {
             && m.promoted_at == self.promoted_at
             && m.lost_acked == self.lost_acked
             && m.full_sync == self.full_sync
+            && m.boot == self.boot
+            && m.cache_lost == self.cache_lost
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)
@@ -875,6 +903,10 @@ impl Core {
         // on was never given up (simulator seed 203066 at 5,000 steps: a
         // node promoted with the flag set was later overwritten in full).
         self.discard = false;
+        if force {
+            // The operator declared this data the truth.
+            self.cache_lost = false;
+        }
         self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));
@@ -1008,6 +1040,7 @@ impl Core {
             // resync; found by review). `meta_saved` announces the new
             // one.
             current: self.p.durable_meta.as_ref().map_or(self.gen.current, |m| m.gen.current),
+            promoted_at: self.promoted_at,
         }
     }
 }

@@ -109,6 +109,15 @@ pub struct MetaRecord {
     /// durable) instead of starting over.
     #[serde(default)]
     pub full_sync: u64,
+    /// The boot the record was saved during ([`Recovered::boot`]; 0:
+    /// unknown).
+    #[serde(default)]
+    pub boot: u64,
+    /// The page cache was lost (another boot) since this node's data was
+    /// last reconciled with its peer: writes it had not flushed may be
+    /// gone. On one generation the peer is then the better source.
+    #[serde(default)]
+    pub cache_lost: bool,
 }
 
 /// How many told generations a node keeps (older ones are dropped: a
@@ -129,6 +138,10 @@ pub struct Recovered {
     pub al: Vec<u64>,
     /// The store created the disk file just now (missing before).
     pub disk_created: bool,
+    /// The machine's boot (a hash of its boot id; 0: unknown): a record
+    /// saved during another boot means the page cache the data was
+    /// written to was lost since (a power loss or a reboot).
+    pub boot: u64,
 }
 
 /// Planted mistakes: the simulator proves it finds each one. Never set

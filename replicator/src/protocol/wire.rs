@@ -12,7 +12,7 @@ use super::genid::GenIds;
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
 /// 64-bit checksums (SHA-256) instead of CRC32s, and Verify says whether
 /// it is an online verify's.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -221,6 +221,10 @@ pub struct Hello {
     /// (its source's nonce; 0: none): a full sync cut short resumes from
     /// the source's bitmap when both name the same one.
     pub full_sync: u64,
+    /// The sender's page cache was lost (its machine rebooted: a power
+    /// loss) since its data was last reconciled with its peer: unflushed
+    /// writes it had acknowledged or received may be gone from its disk.
+    pub cache_lost: bool,
 }
 
 fn put_gen(b: &mut BytesMut, g: &GenIds) {
@@ -284,6 +288,10 @@ pub enum Message {
         peer_out_of_sync: u64,
         fresh: bool,
         current: u64,
+        /// When the sender was last promoted (as in [`Hello`]): a
+        /// promotion during a session reaches the peer, whose own next
+        /// promotion is numbered after it.
+        promoted_at: u64,
     },
     /// `primary` on a connected Secondary: may the sender become Primary?
     /// (`ask` numbers the request.)
@@ -330,6 +338,7 @@ impl Message {
                 b.put_u64(h.promoted_at);
                 b.put_u64(h.nonce);
                 b.put_u64(h.full_sync);
+                b.put_u8(h.cache_lost as u8);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -435,13 +444,14 @@ impl Message {
                 b.put_u8(*granted as u8);
                 put_str(&mut b, why);
             }
-            Message::State { role, disk, peer_out_of_sync, fresh, current } => {
+            Message::State { role, disk, peer_out_of_sync, fresh, current, promoted_at } => {
                 b.put_u8(T_STATE);
                 b.put_u8(role.code());
                 b.put_u8(disk.code());
                 b.put_u64(*peer_out_of_sync);
                 b.put_u8(*fresh as u8);
                 b.put_u64(*current);
+                b.put_u64(*promoted_at);
             }
         }
         let body = (b.len() - 4 + payload.as_ref().map_or(0, |p| p.len())) as u32;
@@ -517,6 +527,9 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let promoted_at = b.get_u64();
             let nonce = b.get_u64();
             let full_sync = b.get_u64();
+            // (An older peer's hello ends here: its version is refused by
+            // name, not as a malformed frame.)
+            let cache_lost = b.has_remaining() && b.get_u8() != 0;
             Message::Hello(Hello {
                 version,
                 node,
@@ -531,6 +544,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 promoted_at,
                 nonce,
                 full_sync,
+                cache_lost,
             })
         }
         T_WRITE => {
@@ -634,14 +648,15 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::Pong { id: b.get_u64() }
         }
         T_STATE => {
-            need(&b, 19, "state")?;
+            need(&b, 27, "state")?;
             let role = Role::from_code(b.get_u8()).ok_or(WireError::Malformed("state role"))?;
             let disk =
                 DiskState::from_code(b.get_u8()).ok_or(WireError::Malformed("state disk"))?;
             let peer_out_of_sync = b.get_u64();
             let fresh = b.get_u8() != 0;
             let current = b.get_u64();
-            Message::State { role, disk, peer_out_of_sync, fresh, current }
+            let promoted_at = b.get_u64();
+            Message::State { role, disk, peer_out_of_sync, fresh, current, promoted_at }
         }
         T_PROMOTE_ASK => {
             need(&b, 8, "promote ask")?;

@@ -171,6 +171,7 @@ impl Sim {
             ));
         }
         sim.chk.ctl_mode = sim.witness.is_some();
+        sim.chk.protocol = sim.protocol;
         if sim.witness.is_some() {
             sim.note(format!("controller with a witness, on-no-quorum {:?}", sim.on_no_quorum));
         }
@@ -228,6 +229,8 @@ impl Sim {
             bitmap: self.nodes[n].meta.bitmap.clone(),
             al: self.nodes[n].meta.al.iter().copied().collect(),
             disk_created: self.nodes[n].recreated,
+            // A power loss is a new boot (the page cache is gone).
+            boot: self.chk.power_losses[n] + 1,
         };
         let seed = self.rng.next();
         let core = Core::new(self.cfg(n), rec, self.now, seed);

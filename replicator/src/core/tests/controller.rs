@@ -505,7 +505,8 @@ fn with_a_controller_only_discard_zero_changes_resolves_a_split_brain() {
         let mut m = meta(DiskState::UpToDate);
         m.gen = GenIds { current: 0x111, bitmap: GEN, history: [GEN, 0] };
         m.promoted_at = 50;
-        let rec = Recovered { meta: Some(m), bitmap: None, al: Vec::new(), disk_created: false };
+        let rec =
+            Recovered { meta: Some(m), bitmap: None, al: Vec::new(), disk_created: false, boot: 0 };
         let mut core = Core::new(c, rec, Duration::ZERO, 7);
         core.handle_link_up(Duration::ZERO, 1);
         let mut h = hello(

@@ -51,6 +51,7 @@ impl Duo {
                 bitmap: None,
                 al: Vec::new(),
                 disk_created: false,
+                boot: 0,
             };
             Core::new(ccfg(me, peer, protocol), rec, Duration::from_secs(10), seed)
         };

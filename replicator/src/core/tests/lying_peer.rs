@@ -44,11 +44,18 @@ fn a_sync_source_applies_no_data_from_its_target() {
         lost_acked: 0,
         told: Vec::new(),
         full_sync: 0,
+        boot: 0,
+        cache_lost: false,
     };
     let mut words = vec![0u64; (SIZE / 64).div_ceil(64) as usize];
     words[0] = 0xff;
-    let rec =
-        Recovered { meta: Some(meta), bitmap: Some(words), al: Vec::new(), disk_created: false };
+    let rec = Recovered {
+        meta: Some(meta),
+        bitmap: Some(words),
+        al: Vec::new(),
+        disk_created: false,
+        boot: 0,
+    };
     let mut c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 7);
     run(&mut c, Duration::ZERO);
     let t = Duration::ZERO;

@@ -68,12 +68,19 @@ fn meta(disk: DiskState) -> MetaRecord {
         lost_acked: 0,
         told: Vec::new(),
         full_sync: 0,
+        boot: 0,
+        cache_lost: false,
     }
 }
 
 fn core(protocol: Protocol, disk: DiskState) -> Core {
-    let rec =
-        Recovered { meta: Some(meta(disk)), bitmap: None, al: Vec::new(), disk_created: false };
+    let rec = Recovered {
+        meta: Some(meta(disk)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+        boot: 0,
+    };
     Core::new(cfg(protocol), rec, Duration::ZERO, 7)
 }
 
@@ -128,6 +135,7 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
         promoted_at: 0,
         nonce: 0x5eed,
         full_sync: 0,
+        cache_lost: false,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Node {
     pub hang: bool,
     /// The same for metadata updates (the metadata on that disk too).
     pub hang_meta: bool,
+    /// The machine's boot (a power loss starts another).
+    pub boot: u64,
 }
 
 pub struct Pair {
@@ -70,7 +72,7 @@ impl Pair {
         let node = |c: &CoreConfig| Node {
             c: Some(Core::new(
                 c.clone(),
-                Recovered { disk_created: created, ..Recovered::default() },
+                Recovered { disk_created: created, boot: 1, ..Recovered::default() },
                 Duration::ZERO,
                 c.me.len() as u64 * 77,
             )),
@@ -84,6 +86,7 @@ impl Pair {
             fail_reads: false,
             hang: false,
             hang_meta: false,
+            boot: 1,
         };
         let mut p = Pair {
             n: [node(&ca), node(&cb)],
@@ -416,6 +419,7 @@ impl Pair {
         self.n[i].c = None;
         if power {
             self.n[i].cache = self.n[i].durable.clone();
+            self.n[i].boot += 1;
         }
         self.cut();
         self.settle();
@@ -428,6 +432,7 @@ impl Pair {
             bitmap: node.bitmap.clone(),
             al: node.al.iter().copied().collect(),
             disk_created: false,
+            boot: node.boot,
         };
         self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, 1000 + i as u64));
         self.settle();

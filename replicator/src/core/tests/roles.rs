@@ -67,6 +67,7 @@ fn a_promotion_during_the_handshake_does_not_make_two_sources() {
         bitmap: None,
         al: Vec::new(),
         disk_created: false,
+        boot: 0,
     };
     let mut b = Core::new(c, rec, Duration::ZERO, 3);
     run(&mut b, Duration::ZERO);
@@ -124,6 +125,7 @@ fn a_recreated_disk_can_be_forced() {
         bitmap: None,
         al: Vec::new(),
         disk_created: true,
+        boot: 0,
     };
     let mut c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 1);
     assert_eq!(c.disk(), DiskState::Failed);
