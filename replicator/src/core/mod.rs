@@ -877,6 +877,11 @@ impl Core {
             self.disk = DiskState::UpToDate;
             let id = self.random_id();
             self.gen.new_current(id);
+            // The operator declared this data the truth, a generation of
+            // its own. (Not an UpToDate disk forced: it keeps its
+            // generation, and its peer's copies of what it lost with its
+            // cache stay the ones to keep, found by review.)
+            self.cache_lost = false;
             // Data declared good here is no longer a part of any full sync:
             // none resumes into it.
             self.full_sync = 0;
@@ -903,10 +908,6 @@ impl Core {
         // on was never given up (simulator seed 203066 at 5,000 steps: a
         // node promoted with the flag set was later overwritten in full).
         self.discard = false;
-        if force {
-            // The operator declared this data the truth.
-            self.cache_lost = false;
-        }
         self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));

@@ -111,7 +111,14 @@ impl Core {
             self.p.want_bitmap = false;
             self.actions.push_back(Action::Persist { io, what: Persist::Bitmap { pages } });
         }
-        if self.p.al_trim_wanted && self.al.saving.is_none() && self.p.al_failed.is_none() {
+        // (A node that found its cache lost keeps its activity log until
+        // its record saying so is saved: the log is what tells the next
+        // start, on the same boot, that the cache was lost.)
+        if self.p.al_trim_wanted
+            && self.al.saving.is_none()
+            && self.p.al_failed.is_none()
+            && (!self.cache_lost || self.meta_durable())
+        {
             let (ready, later) = self.al.candidates(self.flushed_epoch);
             if later > 0 && self.al_flush.is_none() && self.disk_usable() {
                 // Extents written since the last flush leave only once

@@ -745,3 +745,109 @@ fn a_clean_stop_before_a_reboot_loses_no_cache() {
     assert_eq!(p.core(1).replication(), Replication::Established);
     assert!(p.n[0].cache == p.n[1].cache);
 }
+
+/// A Primary demoted with a write in flight whose peer part is then lost
+/// with the link: the write is answered from the local disk alone, so the
+/// node's data moved on without the peer, Primary or not: a new
+/// generation. Its peer promoted apart is then refused (the operator
+/// decides which data to keep), where before the two met on one
+/// generation and the new Primary's older block was resynced over the
+/// acknowledged write (simulator seed 1202562).
+#[test]
+fn a_write_answered_alone_after_a_demotion_starts_a_generation() {
+    let mut p = Pair::new(Protocol::B, Plant::None);
+    p.initial();
+    let before = p.core(0).gen().current;
+    p.hold_to[1] = true;
+    p.write(0, 7, 8192, 0x66, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), None, "B waits for the peer");
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    p.cut();
+    p.settle();
+    p.hold_to[1] = false;
+    assert!(matches!(p.reply(0, 7), Some(Ok(()))), "answered from the local disk");
+    assert_ne!(p.core(0).gen().current, before, "a's data moved on under the same generation");
+    p.core(1).promote(false, 50).unwrap();
+    p.settle();
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[0].cache[8192], 0x66, "the acknowledged write was overwritten");
+    assert_ne!(p.core(0).replication(), Replication::Established);
+}
+
+/// `primary --force` on an UpToDate disk back from a power loss makes no
+/// generation: its flag stays, and its peer's copies of what it lost stay
+/// the ones to keep (found by review: the flag was cleared by any forced
+/// promotion, and the peer's copy of an acknowledged write overwritten).
+#[test]
+fn force_on_an_up_to_date_disk_keeps_cache_lost() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 7, 8192, 0x44, 4096);
+    p.settle_now();
+    assert!(matches!(p.reply(0, 7), Some(Ok(()))));
+    p.crash(0, true);
+    p.restart(0);
+    assert!(p.core(0).cache_lost);
+    let gen = p.core(0).gen().current;
+    p.core(0).promote(true, 9).unwrap();
+    p.settle();
+    assert_eq!(p.core(0).gen().current, gen, "no new generation for an UpToDate disk");
+    assert!(p.core(0).cache_lost, "forced, the flag went");
+    p.connect();
+    p.settle();
+    assert!(
+        p.n[1].cache[8192..12288].iter().all(|&x| x == 0x44),
+        "overwritten on b ({:#x})",
+        p.n[1].cache[8192]
+    );
+}
+
+/// The activity log is what tells a start on the same boot that the cache
+/// was lost, until the record saying so is saved: a start whose record
+/// save fails keeps the log (found by review: it was trimmed after the
+/// recovery flush, and the next start lost the flag).
+#[test]
+fn a_failed_record_save_at_start_keeps_the_log_that_says_cache_lost() {
+    let mut m = meta(DiskState::UpToDate);
+    m.boot = 1;
+    let mk = |al: Vec<u64>| Recovered {
+        meta: Some(m.clone()),
+        bitmap: None,
+        al,
+        disk_created: false,
+        boot: 2,
+    };
+    let mut c = Core::new(cfg(Protocol::C), mk(vec![3]), Duration::ZERO, 7);
+    assert!(c.cache_lost);
+    let now = Duration::ZERO;
+    let mut removed = Vec::new();
+    loop {
+        let mut moved = false;
+        while let Some(a) = c.poll_action() {
+            moved = true;
+            match a {
+                Action::Persist { io, what: Persist::Meta(_) } => {
+                    c.handle_io(now, io, Err(IoError::ENOSPC))
+                }
+                Action::Persist { io, what: Persist::Al { remove, .. } } => {
+                    removed.extend(remove);
+                    c.handle_io(now, io, Ok(None));
+                }
+                Action::Persist { io, .. } | Action::Store { io, .. } => {
+                    c.handle_io(now, io, Ok(None))
+                }
+                _ => {}
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(!c.meta_durable());
+    let al: Vec<u64> = [3u64].into_iter().filter(|e| !removed.contains(e)).collect();
+    let c2 = Core::new(cfg(Protocol::C), mk(al), Duration::ZERO, 7);
+    assert!(c2.cache_lost, "the log was trimmed ({removed:?}) before a record said cache_lost");
+}
