@@ -474,11 +474,7 @@ impl Core {
         // ever after an adaptive catch-up, simulator seed 20306), and
         // the witness need not hear that it is behind.
         let peer_has_them = self.peer_current();
-        // (Whatever the role now: a Primary demoted with these writes in
-        // flight holds them alone all the same; without a new generation
-        // its peer, promoted apart, later resynced over them as if on one
-        // generation: simulator seed 1202562.)
-        if !peer_has_them {
+        if self.role == Role::Primary && !peer_has_them {
             self.diverge("the peer may lack acknowledged writes");
         }
         let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
@@ -694,9 +690,10 @@ impl Core {
         }
         if lost_app {
             self.p.want_bitmap = true;
-            // Our data moves on without the peer: the writes were issued
-            // as Primary (a Secondary takes none), demoted since or not.
-            self.diverge("the peer lost");
+            // Only a Primary's data moves on without the peer.
+            if self.role == Role::Primary {
+                self.diverge("the peer lost");
+            }
         }
         if self.role == Role::Secondary
             && self.disk == DiskState::UpToDate

@@ -746,37 +746,6 @@ fn a_clean_stop_before_a_reboot_loses_no_cache() {
     assert!(p.n[0].cache == p.n[1].cache);
 }
 
-/// A Primary demoted with a write in flight whose peer part is then lost
-/// with the link: the write is answered from the local disk alone, so the
-/// node's data moved on without the peer, Primary or not: a new
-/// generation. Its peer promoted apart is then refused (the operator
-/// decides which data to keep), where before the two met on one
-/// generation and the new Primary's older block was resynced over the
-/// acknowledged write (simulator seed 1202562).
-#[test]
-fn a_write_answered_alone_after_a_demotion_starts_a_generation() {
-    let mut p = Pair::new(Protocol::B, Plant::None);
-    p.initial();
-    let before = p.core(0).gen().current;
-    p.hold_to[1] = true;
-    p.write(0, 7, 8192, 0x66, 4096);
-    p.settle_now();
-    assert_eq!(p.reply(0, 7), None, "B waits for the peer");
-    p.core(0).demote().unwrap();
-    p.settle_now();
-    p.cut();
-    p.settle();
-    p.hold_to[1] = false;
-    assert!(matches!(p.reply(0, 7), Some(Ok(()))), "answered from the local disk");
-    assert_ne!(p.core(0).gen().current, before, "a's data moved on under the same generation");
-    p.core(1).promote(false, 50).unwrap();
-    p.settle();
-    p.connect();
-    p.settle();
-    assert_eq!(p.n[0].cache[8192], 0x66, "the acknowledged write was overwritten");
-    assert_ne!(p.core(0).replication(), Replication::Established);
-}
-
 /// `primary --force` on an UpToDate disk back from a power loss makes no
 /// generation: its flag stays, and its peer's copies of what it lost stay
 /// the ones to keep (found by review: the flag was cleared by any forced
