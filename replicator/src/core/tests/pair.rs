@@ -51,6 +51,8 @@ pub struct Pair {
     pub cfg: [CoreConfig; 2],
     /// What each node made happen, in order.
     pub log: Vec<(usize, Event)>,
+    /// Restarts so far (each seeds its core afresh).
+    starts: u64,
 }
 
 impl Pair {
@@ -101,6 +103,7 @@ impl Pair {
             replies: Vec::new(),
             cfg: [ca, cb],
             log: Vec::new(),
+            starts: 0,
         };
         p.settle();
         p
@@ -434,7 +437,12 @@ impl Pair {
             disk_created: false,
             boot: node.boot,
         };
-        self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, 1000 + i as u64));
+        // (A seed of its own per start: each start's generation ids
+        // differ, as random ones do; found by review, the same seed made
+        // every restart's first generation the same id.)
+        self.starts += 1;
+        let seed = 1000 + i as u64 + 2 * self.starts;
+        self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, seed));
         self.settle();
     }
 

@@ -360,6 +360,8 @@ fn write_alone(p: &mut Pair, generations: u64) {
         p.write(0, req, i * 4096, 0xab + i as u8, 4096);
         p.settle();
         assert!(matches!(p.reply(0, req), Some(Ok(()))));
+        let g = p.core(0).gen();
+        assert!(!g.history.contains(&g.current), "generation {i} repeats an id: {g:x?}");
     }
 }
 
