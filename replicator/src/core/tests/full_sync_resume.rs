@@ -314,12 +314,6 @@ fn a_state_before_the_targets_record_does_not_finish_the_sync() {
     p.settle();
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
     assert!(p.n[0].cache == p.n[1].cache);
-    let resynced: u64 = p.log[before..]
-        .iter()
-        .filter_map(|(i, e)| match e {
-            Event::Write(_, len) if *i == 1 => Some(*len),
-            _ => None,
-        })
-        .sum();
+    let resynced = p.written_to(1, before);
     assert!(resynced < SIZE, "the finished sync started over: {resynced} of {SIZE} bytes");
 }

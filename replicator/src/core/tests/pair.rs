@@ -460,6 +460,17 @@ impl Pair {
         assert_eq!(self.core(1).disk(), DiskState::UpToDate);
     }
 
+    /// Bytes node `i` wrote to its disk since `p.log[since]`.
+    pub fn written_to(&self, i: usize, since: usize) -> u64 {
+        self.log[since..]
+            .iter()
+            .filter_map(|(n, e)| match e {
+                Event::Write(_, len) if *n == i => Some(*len),
+                _ => None,
+            })
+            .sum()
+    }
+
     pub fn reply(&self, i: usize, req: ReqId) -> Option<Result<(), ReplyError>> {
         self.replies.iter().find(|(n, r, _)| *n == i && *r == req).map(|(_, _, r)| *r)
     }
