@@ -351,27 +351,24 @@ impl Core {
         }
         // Same generation: the union of both bitmaps (a crashed node's
         // activity log, failed writes, verify mismatches) still moves, from
-        // the better side: the better disk, then the Primary, then the node
-        // that was Primary last, then the name; the same answer from both
-        // sides. (The last Primary: what it acknowledged that the peer may
-        // lack is in its activity log or bitmap, and the bits the peer
-        // holds are blocks the peer failed to write or found different, so
-        // its data is the one to keep, as DRBD's crashed primary is the
-        // sync source. By name alone, a protocol-A Primary demoted with its
-        // lag unsent, or crashed, had the writes it acknowledged overwritten
-        // by its peer's older blocks.) The better side also keeps its
-        // generation when two untouched disks end on one, below.
-        // (UpToDate and Consistent rank alike here: on one generation a
-        // Consistent disk is one that lost its peer not knowing whether
-        // the peer went on, as the survivor of the last Primary's crash
-        // restarted UpToDate does not know either; neither wrote since.)
-        // Before the role and the last Primary: a node whose machine
-        // restarted since (its page cache lost, `cache_lost`) may lack
-        // writes it had not flushed, which its peer holds (in B and C every
-        // write the Primary acknowledged, in A a prefix); a Primary in that
-        // state is refused below rather than made the source (found by
-        // review: the last Primary back from a power loss overwrote its
-        // peer's copies of the writes it had acknowledged and lost).
+        // the better side, ranked alike from both sides' hellos:
+        // 1. the usable disk (UpToDate and Consistent alike: on one
+        //    generation Consistent only says the node lost its peer not
+        //    knowing whether the peer went on; neither wrote since);
+        // 2. the node whose page cache survived (`cache_lost`: writes it had
+        //    not flushed may be gone, and its peer holds them, in B and C
+        //    every one the Primary acknowledged; a Primary in that state is
+        //    refused below rather than made the target);
+        // 3. the Primary;
+        // 4. the node that was Primary last (`promoted_at`): what it
+        //    acknowledged that the peer may lack is in its activity log or
+        //    bitmap, and the peer's bits are blocks it failed to write or
+        //    found different (DRBD's crashed primary is the sync source;
+        //    by name, a protocol-A Primary demoted with its lag unsent had
+        //    its acknowledged writes overwritten);
+        // 5. the name.
+        // The better side also keeps its generation when two untouched
+        // disks end on one, below.
         let by_name = self.cfg.plant == Plant::UnionByName;
         let rank = |disk: DiskState,
                     cache_lost: bool,
