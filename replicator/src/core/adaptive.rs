@@ -49,6 +49,7 @@
 use std::time::Duration;
 
 use crate::config::Protocol;
+use crate::protocol::genid::NEVER_SYNCED;
 use crate::protocol::wire::{DiskState, Role};
 
 use super::session::{Activity, OutKind, Phase, SourceSync};
@@ -477,11 +478,19 @@ impl Core {
 
     /// Secondary: the Primary's data is a generation we do not hold while
     /// the link is up — it went Ahead: we are Behind (Outdated).
+    ///
+    /// Not when the State names a generation our data descends from, or
+    /// none (a new disk's): a State names the generation the Primary's
+    /// *record* holds, and one sent before the record with its newest
+    /// generation is saved (a `primary --force` just before the connect,
+    /// whose new generation the handshake gave us) names an older one.
+    /// Going Ahead takes a fresh id, never one of those.
     pub(crate) fn adaptive_peer_state(&mut self, role: Role, current: u64) {
         if !self.adaptive()
             || role != Role::Primary
             || self.role != Role::Secondary
-            || current == self.gen.current
+            || current == NEVER_SYNCED
+            || self.gen.lineage().contains(&current)
             || !matches!(self.disk, DiskState::UpToDate | DiskState::Consistent)
         {
             return;
