@@ -501,7 +501,21 @@ impl Core {
                     return;
                 }
             }
+            // A node demoted since it sent them (`secondary` with writes
+            // in flight) no longer moves its data on without the peer: it
+            // keeps its generation, and a peer promoted apart that meets it
+            // on that generation takes the union of the bits from the
+            // Primary. An OK from the local disk alone would then be a
+            // promise the resync breaks (simulator seed 1202562): such a
+            // write or flush fails (EIO; the bits make the two disks agree
+            // at the next connect, on one copy or the other).
+            let demoted = self.role != Role::Primary;
             for req in lost {
+                if demoted && self.pending.get(&req).is_some_and(|p| p.local.is_some()) {
+                    self.pending.remove(&req);
+                    self.reply(req, Err(ReplyError::Io(IoError::EIO)));
+                    continue;
+                }
                 if let Some(p) = self.pending.get_mut(&req) {
                     p.peer = PeerPart::Released;
                 }

@@ -807,3 +807,44 @@ fn a_failed_record_save_at_start_keeps_the_log_that_says_cache_lost() {
     let c2 = Core::new(cfg(Protocol::C), mk(al), Duration::ZERO, 7);
     assert!(c2.cache_lost, "the log was trimmed ({removed:?}) before a record said cache_lost");
 }
+
+/// A Primary demoted with a write (and a flush) in flight whose peer part
+/// is then lost with the link keeps its generation (only a Primary's data
+/// moves on alone); its peer, promoted apart, meets it on that generation
+/// and, as the Primary, is the source of the union's resync. So the write
+/// cannot be answered OK from the demoted node's disk alone: it fails
+/// (EIO), and the two disks agree after the resync. Before, it was
+/// answered OK and the resync overwrote it (simulator seed 1202562).
+#[test]
+fn a_write_a_demoted_primary_lost_with_the_link_fails() {
+    for protocol in [Protocol::B, Protocol::C] {
+        let mut p = Pair::new(protocol, Plant::None);
+        p.initial();
+        let before = p.core(0).gen().current;
+        p.hold_to[1] = true;
+        p.write(0, 7, 8192, 0x66, 4096);
+        let now = p.now;
+        p.core(0).flush(now, 8);
+        p.settle_now();
+        assert_eq!(p.reply(0, 7), None, "{protocol:?} waits for the peer");
+        p.core(0).demote().unwrap();
+        p.settle_now();
+        p.cut();
+        p.settle();
+        p.hold_to[1] = false;
+        assert_eq!(p.core(0).gen().current, before);
+        for req in [7, 8] {
+            assert!(
+                matches!(p.reply(0, req), Some(Err(_))),
+                "{protocol:?}: request {req} answered {:?} from the demoted node's disk alone",
+                p.reply(0, req)
+            );
+        }
+        p.core(1).promote(false, 50).unwrap();
+        p.settle();
+        p.connect();
+        p.settle();
+        assert_eq!(p.core(0).replication(), Replication::Established);
+        assert!(p.n[0].cache == p.n[1].cache, "{protocol:?}: the disks differ after the resync");
+    }
+}
