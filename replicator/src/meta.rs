@@ -44,9 +44,6 @@ pub struct Meta {
     /// See [`MetaRecord::cache_lost`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_lost: bool,
-    /// See [`MetaRecord::secondary`].
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub secondary: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -75,7 +72,6 @@ impl Meta {
             full_sync: self.full_sync,
             boot: self.boot,
             cache_lost: self.cache_lost,
-            secondary: self.secondary,
         }
     }
 
@@ -94,7 +90,6 @@ impl Meta {
             full_sync: r.full_sync,
             boot: r.boot,
             cache_lost: r.cache_lost,
-            secondary: r.secondary,
         }
     }
 

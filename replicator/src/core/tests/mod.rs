@@ -70,7 +70,6 @@ fn meta(disk: DiskState) -> MetaRecord {
         full_sync: 0,
         boot: 0,
         cache_lost: false,
-        secondary: false,
     }
 }
 
