@@ -109,6 +109,9 @@ fn regression_seeds_pass() {
         (5000239, 100000),
         // A sync target's mix is no copy to keep (the checker's exclusion).
         (2000524, 5000),
+        // A Primary demoted with a B write in flight answered it OK from
+        // its own disk; its peer, promoted apart, resynced over it.
+        (1202562, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);
