@@ -79,6 +79,19 @@ fn replies_wait_for_the_new_generation_after_link_loss() {
     assert!(!replied_before_meta);
 }
 
+/// A pair of new disks in adaptive mode with latency budget `budget`
+/// (holds of 50 ms, no congestion rule).
+fn adaptive_pair(budget: Duration) -> Pair {
+    let mut ca = cfg(Protocol::Adaptive);
+    ca.adaptive = AdaptiveConfig {
+        budget,
+        hold: Duration::from_millis(50),
+        max_hold: Duration::from_millis(50),
+        congestion_fill: None,
+    };
+    Pair::with_cfg(ca, true)
+}
+
 /// Adaptive mode: a Primary went Ahead within a session (a new generation
 /// X1), caught up, and sent SyncDone{X1}; the peer took X1 as its own
 /// (UpToDate), but its answer never came back and the session was lost.
@@ -88,14 +101,7 @@ fn replies_wait_for_the_new_generation_after_link_loss() {
 /// from this one).
 #[test]
 fn writes_alone_after_a_session_lost_past_its_sync_done_start_a_generation() {
-    let mut ca = cfg(Protocol::Adaptive);
-    ca.adaptive = AdaptiveConfig {
-        budget: Duration::from_millis(3),
-        hold: Duration::from_millis(50),
-        max_hold: Duration::from_millis(50),
-        congestion_fill: None,
-    };
-    let mut p = Pair::with_cfg(ca, true);
+    let mut p = adaptive_pair(Duration::from_millis(3));
     p.initial();
     let x0 = p.core(0).gen().current;
     // The peer is slow: a's write waits past the budget, a goes Ahead.
@@ -329,14 +335,7 @@ fn an_extent_a_failed_activity_log_update_removed_is_not_trusted() {
 /// never connected).
 #[test]
 fn a_state_naming_an_older_record_is_not_a_primary_gone_ahead() {
-    let mut ca = cfg(Protocol::Adaptive);
-    ca.adaptive = AdaptiveConfig {
-        budget: Duration::from_millis(100),
-        hold: Duration::from_millis(50),
-        max_hold: Duration::from_millis(50),
-        congestion_fill: None,
-    };
-    let mut p = Pair::with_cfg(ca, true);
+    let mut p = adaptive_pair(Duration::from_millis(100));
     p.n[0].hang_meta = true;
     p.core(0).promote(true, 1).unwrap();
     p.settle_now();
