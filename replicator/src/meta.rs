@@ -44,6 +44,9 @@ pub struct Meta {
     /// See [`MetaRecord::cache_lost`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_lost: bool,
+    /// See [`MetaRecord::secondary`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secondary: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -72,6 +75,7 @@ impl Meta {
             full_sync: self.full_sync,
             boot: self.boot,
             cache_lost: self.cache_lost,
+            secondary: self.secondary,
         }
     }
 
@@ -90,6 +94,7 @@ impl Meta {
             full_sync: r.full_sync,
             boot: r.boot,
             cache_lost: r.cache_lost,
+            secondary: r.secondary,
         }
     }
 

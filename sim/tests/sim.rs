@@ -112,6 +112,12 @@ fn regression_seeds_pass() {
         // A Primary demoted with a B write in flight answered it OK from
         // its own disk; its peer, promoted apart, resynced over it.
         (1202562, 5000),
+        // A B Secondary stopped with writes received and not written,
+        // promoted before it reconnected, was the union's source.
+        (2200234, 5000),
+        // A B Primary's process crash flagged like a lost cache made it the
+        // target of a peer that then lost power.
+        (2201685, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);
@@ -158,13 +164,14 @@ fn finds_witness_ignores_data() {
 /// that keeps no list of the generations it told the witness (the plant
 /// `forget-told`) has its own data refused after separations the witness
 /// did not hear of: caught in these 5,000-step seeds, found by
-/// `--plant forget-told` runs (3 of the 10,000 seeds from 15000; a change
+/// `--plant forget-told` runs (5 of the 10,000 seeds from 15000; a change
 /// of the core's course changes which: the no-progress rule for a lost
-/// peer, Ahead needing the witness, the resync rate under load and
-/// resuming a full sync cut short each did), and the real node passes them.
+/// peer, Ahead needing the witness, the resync rate under load, resuming
+/// a full sync cut short and the record saved at every role change each
+/// did), and the real node passes them.
 #[test]
 fn finds_forget_told() {
-    for seed in [17894, 22493] {
+    for seed in [17753, 22493] {
         let o = run_seed(seed, 5000, Plant::None, false);
         if let Some((v, _)) = &o.failure {
             panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));

@@ -355,10 +355,12 @@ impl Core {
         // 1. the usable disk (UpToDate and Consistent alike: on one
         //    generation Consistent only says the node lost its peer not
         //    knowing whether the peer went on; neither wrote since);
-        // 2. the node whose page cache survived (`cache_lost`: writes it had
-        //    not flushed may be gone, and its peer holds them, in B and C
-        //    every one the Primary acknowledged; a Primary in that state is
-        //    refused below rather than made the target);
+        // 2. the node that lost no writes it held (`cache_lost`: after a
+        //    power loss writes it had not flushed may be gone, and in B a
+        //    process that stopped may have lost writes received and not
+        //    written; its peer holds them, in B and C every one the Primary
+        //    acknowledged; a Primary in that state is refused below rather
+        //    than made the target);
         // 3. the Primary;
         // 4. the node that was Primary last (`promoted_at`): what it
         //    acknowledged that the peer may lack is in its activity log or
@@ -439,10 +441,11 @@ impl Core {
                     Linking::StandAlone("StandAlone: the peer's data is newer than this Primary's");
                 if my_cache_lost && h.gen.current == self.gen.current {
                     return Err(
-                        "this Primary's machine restarted since its data was last in sync \
-                         with the peer, which holds the writes it may have lost: refusing to \
-                         overwrite them (run `secondary` here and `connect`: they resync from \
-                         the peer)"
+                        "this Primary may have lost writes since its data was last in sync \
+                         with the peer (its machine restarted, or in protocol B its process \
+                         stopped with writes received but not written), and the peer holds \
+                         them: refusing to overwrite them (run `secondary` here and `connect`: \
+                         they resync from the peer)"
                             .into(),
                     );
                 }

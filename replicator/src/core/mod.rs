@@ -53,6 +53,7 @@ pub use types::*;
 pub const PEER_FINISHED: &str = "the peer closed the link";
 
 use crate::bitmap::Bitmap;
+use crate::config::Protocol;
 use crate::protocol::genid::{GenIds, NEVER_SYNCED};
 use crate::protocol::wire::{DiskState, Message, Op, Role};
 use al::AlState;
@@ -272,6 +273,7 @@ impl Core {
             full_sync: 0,
             boot: rec.boot,
             cache_lost: false,
+            secondary: true,
         });
         let durable_meta = rec.meta.clone();
         if meta.boot != 0
@@ -287,6 +289,26 @@ impl Core {
             tracing::warn!(
                 "the machine restarted since this node's data was written: writes it had not \
                  flushed may be lost; its peer is the better resync source on one generation"
+            );
+            meta.cache_lost = true;
+        } else if cfg.protocol == Protocol::B
+            && rec.meta.is_some()
+            && meta.secondary
+            && !rec.al.is_empty()
+            && !meta.cache_lost
+        {
+            // Protocol B acknowledges a write on the peer's receipt: a
+            // Secondary whose process stopped with writes in its activity
+            // log may have held some received and not yet written, which
+            // only the Primary now has. As after a power loss, the peer is
+            // the better source on one generation (simulator seed
+            // 2200234). (Not a Primary: its own writes were in the page
+            // cache, which a process crash keeps; flagged, it became the
+            // target of a peer that then lost power, seed 2201685.)
+            tracing::warn!(
+                "protocol B: this Secondary stopped with writes in its activity log; writes it \
+                 had received but not written are gone: its peer is the better resync source \
+                 on one generation"
             );
             meta.cache_lost = true;
         }
@@ -549,6 +571,7 @@ impl Core {
             full_sync: self.full_sync,
             boot: self.boot,
             cache_lost: self.cache_lost,
+            secondary: self.role == Role::Secondary,
         }
     }
 
@@ -563,6 +586,7 @@ impl Core {
             && m.full_sync == self.full_sync
             && m.boot == self.boot
             && m.cache_lost == self.cache_lost
+            && m.secondary == (self.role == Role::Secondary)
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)

@@ -118,6 +118,12 @@ pub struct MetaRecord {
     /// gone. On one generation the peer is then the better source.
     #[serde(default)]
     pub cache_lost: bool,
+    /// The node was Secondary when the record was saved (every role
+    /// change saves it). In protocol B a Secondary acknowledges writes it
+    /// has received and not yet written: if its process stops with writes
+    /// in its activity log, some may be gone (see `cache_lost`).
+    #[serde(default)]
+    pub secondary: bool,
 }
 
 /// How many told generations a node keeps (older ones are dropped: a

@@ -70,6 +70,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         full_sync: 0,
         boot: 0,
         cache_lost: false,
+        secondary: false,
     }
 }
 

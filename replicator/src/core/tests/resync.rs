@@ -848,3 +848,75 @@ fn a_write_a_demoted_primary_lost_with_the_link_fails() {
         assert!(p.n[0].cache == p.n[1].cache, "{protocol:?}: the disks differ after the resync");
     }
 }
+
+/// Protocol B acknowledges a write once the peer has *received* it. A
+/// Secondary whose process stops with such writes received but not yet
+/// written has lost them (its activity log names their extents), though
+/// its disk and its page cache are intact. Restarted and promoted before it
+/// reconnects, it must not be the source of the union on one generation:
+/// it would overwrite the acknowledged writes on the old Primary, the only
+/// node that holds them (simulator seed 2200234). It is refused instead,
+/// as a Primary back from a power loss is; as a Secondary it takes the
+/// old Primary's blocks.
+#[test]
+fn a_b_secondary_that_stopped_with_writes_received_is_not_the_source() {
+    for promote in [true, false] {
+        let mut p = Pair::new(Protocol::B, Plant::None);
+        p.initial();
+        // b receives the write, acknowledges receipt, never writes it.
+        p.n[1].hang = true;
+        p.write(0, 7, 8192, 0x66, 4096);
+        p.settle_now();
+        assert_eq!(p.reply(0, 7), Some(Ok(())), "B answers on the peer's receipt");
+        assert_eq!(p.n[1].cache[8192], 0);
+        p.core(0).demote().unwrap();
+        p.settle_now();
+        p.crash(1, false);
+        p.n[1].hang = false;
+        p.restart(1);
+        if promote {
+            p.core(1).promote(false, 50).unwrap();
+            p.settle();
+        }
+        p.connect();
+        p.settle();
+        assert_eq!(
+            p.n[0].cache[8192], 0x66,
+            "promoted {promote}: the acknowledged write was overwritten"
+        );
+        if promote {
+            assert_ne!(
+                p.core(0).replication(),
+                Replication::Established,
+                "b, Primary, was made the target"
+            );
+        } else {
+            assert_eq!(p.core(0).replication(), Replication::Established);
+            assert!(p.n[0].cache == p.n[1].cache, "the disks differ after the resync");
+        }
+    }
+}
+
+/// The other side of the rule above: a protocol-B *Primary* whose process
+/// stops keeps its writes (they were in the page cache, which a process
+/// crash does not take), so it is not flagged and stays the source of the
+/// union on one generation. Flagged, it became its peer's target, and a
+/// power loss of that peer before the resync lost writes only the Primary
+/// held (simulator seed 2201685).
+#[test]
+fn a_b_primary_that_stopped_stays_the_source() {
+    let mut p = Pair::new(Protocol::B, Plant::None);
+    p.initial();
+    p.write(0, 7, 8192, 0x66, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    assert!(!p.n[0].al.is_empty(), "nothing in a's activity log");
+    p.crash(0, false);
+    p.restart(0);
+    let before = p.log.len();
+    p.connect();
+    p.settle();
+    assert!(p.written_to(1, before) > 0, "a's activity log did not move to b");
+    assert_eq!(p.written_to(0, before), 0, "b's blocks were written over a's");
+    assert!(p.n[0].cache == p.n[1].cache);
+}
