@@ -55,7 +55,7 @@ fn primary_core() -> Core {
         promoted_at: 0,
         nonce: 1,
         full_sync: 0,
-        cache_lost: false,
+        lost: wire::Lost::None,
     };
     core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));
     core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![], last: true });

@@ -44,6 +44,9 @@ pub struct Meta {
     /// See [`MetaRecord::cache_lost`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_lost: bool,
+    /// See [`MetaRecord::received_lost`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub received_lost: bool,
     /// See [`MetaRecord::secondary`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secondary: bool,
@@ -75,6 +78,7 @@ impl Meta {
             full_sync: self.full_sync,
             boot: self.boot,
             cache_lost: self.cache_lost,
+            received_lost: self.received_lost,
             secondary: self.secondary,
         }
     }
@@ -94,6 +98,7 @@ impl Meta {
             full_sync: r.full_sync,
             boot: r.boot,
             cache_lost: r.cache_lost,
+            received_lost: r.received_lost,
             secondary: r.secondary,
         }
     }

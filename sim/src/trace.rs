@@ -40,7 +40,11 @@ pub(crate) fn short_msg(m: &Message) -> String {
             h.disk,
             h.gen,
             h.promoted_at,
-            if h.cache_lost { " cache lost" } else { "" }
+            match h.lost {
+                twinblock_replicator::protocol::wire::Lost::None => "",
+                twinblock_replicator::protocol::wire::Lost::Received => " received lost",
+                twinblock_replicator::protocol::wire::Lost::Cache => " cache lost",
+            }
         ),
         Message::Bits { runs, last } => format!("Bits {runs:?} last={last}"),
         m => format!("{m:?}"),

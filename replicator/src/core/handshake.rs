@@ -7,7 +7,7 @@
 use crate::protocol::genid::{
     decide, resolve_split_brain, Decision, GenIds, SplitBrainPolicy, SplitSide, NEVER_SYNCED,
 };
-use crate::protocol::wire::{self, DiskState, Hello, Message, Role};
+use crate::protocol::wire::{self, DiskState, Hello, Lost, Message, Role};
 
 use super::session::{Activity, Adoption, Phase, Session, SourceStart, SourceSync};
 use super::types::{Linking, Plant, Progress, SessionId, Time};
@@ -104,7 +104,7 @@ impl Core {
             s.hello_role = hello.role;
             s.hello_disk = hello.disk;
             s.hello_promoted_at = hello.promoted_at;
-            s.hello_cache_lost = hello.cache_lost;
+            s.hello_lost = hello.lost;
             s.hello_full_sync = hello.full_sync;
             s.hello_discard = hello.discard;
         }
@@ -137,7 +137,7 @@ impl Core {
             promoted_at: self.promoted_at,
             nonce: self.session.as_ref().map_or(0, |s| s.nonce),
             full_sync: self.full_sync,
-            cache_lost: self.cache_lost,
+            lost: self.lost,
         }
     }
 
@@ -201,8 +201,8 @@ impl Core {
     fn decide_sync(&mut self, sid: SessionId) -> Result<(), String> {
         let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
         let h = s.peer_hello.clone().ok_or("no hello")?;
-        let (my_role, my_disk, my_promoted_at, my_cache_lost) =
-            (s.hello_role, s.hello_disk, s.hello_promoted_at, s.hello_cache_lost);
+        let (my_role, my_disk, my_promoted_at, my_lost) =
+            (s.hello_role, s.hello_disk, s.hello_promoted_at, s.hello_lost);
         let mut peer_bits =
             std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
         if self.cfg.plant == Plant::SkipBitmapExchange {
@@ -355,11 +355,11 @@ impl Core {
         // 1. the usable disk (UpToDate and Consistent alike: on one
         //    generation Consistent only says the node lost its peer not
         //    knowing whether the peer went on; neither wrote since);
-        // 2. the node that lost no writes it held (`cache_lost`: after a
-        //    power loss writes it had not flushed may be gone, and in B a
-        //    process that stopped may have lost writes received and not
+        // 2. the node that lost less of what it held (`Lost`: after a power
+        //    loss writes it had not flushed may be gone; in B a Secondary
+        //    whose process stopped lost only writes received and not
         //    written; its peer holds them, in B and C every one the Primary
-        //    acknowledged; a Primary in that state is refused below rather
+        //    acknowledged; a Primary that lost any is refused below rather
         //    than made the target);
         // 3. the Primary;
         // 4. the node that was Primary last (`promoted_at`): what it
@@ -372,20 +372,18 @@ impl Core {
         // The better side also keeps its generation when two untouched
         // disks end on one, below.
         let by_name = self.cfg.plant == Plant::UnionByName;
-        let rank = |disk: DiskState,
-                    cache_lost: bool,
-                    role: Role,
-                    promoted_at: u64,
-                    first_by_name: bool| {
-            let disk = match disk {
-                DiskState::Consistent if !by_name => disk_rank(DiskState::UpToDate),
-                d => disk_rank(d),
+        let rank =
+            |disk: DiskState, lost: Lost, role: Role, promoted_at: u64, first_by_name: bool| {
+                let disk = match disk {
+                    DiskState::Consistent if !by_name => disk_rank(DiskState::UpToDate),
+                    d => disk_rank(d),
+                };
+                let lost = if by_name { Lost::None } else { lost };
+                (disk, std::cmp::Reverse(lost), role == Role::Primary, promoted_at, first_by_name)
             };
-            (disk, !cache_lost || by_name, role == Role::Primary, promoted_at, first_by_name)
-        };
         let (mine, theirs) = if by_name { (0, 0) } else { (my_promoted_at, h.promoted_at) };
-        let union_source = rank(my_disk, my_cache_lost, my_role, mine, self.cfg.me < self.cfg.peer)
-            > rank(h.disk, h.cache_lost, h.role, theirs, self.cfg.peer < self.cfg.me);
+        let union_source = rank(my_disk, my_lost, my_role, mine, self.cfg.me < self.cfg.peer)
+            > rank(h.disk, h.lost, h.role, theirs, self.cfg.peer < self.cfg.me);
         if decision == Decision::InSync && (self.dirty.bytes() > 0 || peer_bits.bytes() > 0) {
             decision = if union_source {
                 Decision::SyncSource { full: false }
@@ -439,7 +437,7 @@ impl Core {
             {
                 self.linking =
                     Linking::StandAlone("StandAlone: the peer's data is newer than this Primary's");
-                if my_cache_lost && h.gen.current == self.gen.current {
+                if my_lost != Lost::None && h.gen.current == self.gen.current {
                     return Err(
                         "this Primary may have lost writes since its data was last in sync \
                          with the peer (its machine restarted, or in protocol B its process \
@@ -516,7 +514,7 @@ impl Core {
             Decision::InSync => {
                 // Identical: nothing this node lost with a page cache is
                 // missing from it.
-                self.cache_lost = false;
+                self.lost = Lost::None;
                 // Nothing to move: a Secondary facing an UpToDate peer of
                 // the same generation is UpToDate.
                 if self.role == Role::Secondary

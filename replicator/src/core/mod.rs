@@ -55,7 +55,7 @@ pub const PEER_FINISHED: &str = "the peer closed the link";
 use crate::bitmap::Bitmap;
 use crate::config::Protocol;
 use crate::protocol::genid::{GenIds, NEVER_SYNCED};
-use crate::protocol::wire::{DiskState, Message, Op, Role};
+use crate::protocol::wire::{DiskState, Lost, Message, Op, Role};
 use al::AlState;
 use session::{Phase, Session};
 
@@ -169,8 +169,8 @@ pub struct Core {
     pub(crate) full_sync: u64,
     /// This process's boot ([`Recovered::boot`]), saved in the record.
     boot: u64,
-    /// See [`MetaRecord::cache_lost`].
-    cache_lost: bool,
+    /// See [`MetaRecord::cache_lost`] and [`MetaRecord::received_lost`].
+    lost: Lost,
     /// The latest `promoted_at` the peer's hellos gave (0: none): a
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
@@ -273,6 +273,7 @@ impl Core {
             full_sync: 0,
             boot: rec.boot,
             cache_lost: false,
+            received_lost: false,
             secondary: true,
         });
         let durable_meta = rec.meta.clone();
@@ -296,21 +297,25 @@ impl Core {
             && meta.secondary
             && !rec.al.is_empty()
             && !meta.cache_lost
+            && !meta.received_lost
         {
             // Protocol B acknowledges a write on the peer's receipt: a
             // Secondary whose process stopped with writes in its activity
             // log may have held some received and not yet written, which
-            // only the Primary now has. As after a power loss, the peer is
-            // the better source on one generation (simulator seed
-            // 2200234). (Not a Primary: its own writes were in the page
-            // cache, which a process crash keeps; flagged, it became the
-            // target of a peer that then lost power, seed 2201685.)
+            // only the Primary now has: the peer is the better source on
+            // one generation (simulator seed 2200234), unless the peer lost
+            // its page cache, which is worse (its own activity log may be
+            // older writes of this node's, as a Primary: review). Not a
+            // Primary that held no received writes: its own writes were in
+            // the page cache, which a process crash keeps (flagged, it
+            // became the target of a peer that then lost power, seed
+            // 2201685).
             tracing::warn!(
                 "protocol B: this Secondary stopped with writes in its activity log; writes it \
                  had received but not written are gone: its peer is the better resync source \
                  on one generation"
             );
-            meta.cache_lost = true;
+            meta.received_lost = true;
         }
         if rec.meta.is_some() && rec.disk_created {
             // The disk is new but its metadata is not: the data is gone, as
@@ -347,7 +352,13 @@ impl Core {
             told: meta.told.clone(),
             full_sync: meta.full_sync,
             boot: rec.boot,
-            cache_lost: meta.cache_lost,
+            lost: if meta.cache_lost {
+                Lost::Cache
+            } else if meta.received_lost {
+                Lost::Received
+            } else {
+                Lost::None
+            },
             peer_promoted_at: 0,
             linking: Linking::Wanted,
             split_brain: false,
@@ -570,9 +581,33 @@ impl Core {
             told: self.told.clone(),
             full_sync: self.full_sync,
             boot: self.boot,
-            cache_lost: self.cache_lost,
-            secondary: self.role == Role::Secondary,
+            cache_lost: self.lost == Lost::Cache,
+            received_lost: self.lost == Lost::Received,
+            secondary: self.holds_received(),
         }
+    }
+
+    /// It may have lost unflushed writes with its machine's page cache.
+    #[cfg(test)]
+    pub(crate) fn cache_lost(&self) -> bool {
+        self.lost == Lost::Cache
+    }
+
+    /// What it may have lost since its data was last reconciled.
+    #[cfg(test)]
+    pub(crate) fn lost(&self) -> Lost {
+        self.lost
+    }
+
+    /// This node is Secondary, or holds writes it received and has not
+    /// written (a Secondary promoted before it applied them): in protocol
+    /// B a process crash now would lose acknowledged writes (the record's
+    /// `secondary`; found by review: a promotion saved the record as a
+    /// Primary's with a received write still queued).
+    fn holds_received(&self) -> bool {
+        self.role == Role::Secondary
+            || !self.incoming.is_empty()
+            || self.session.as_ref().is_some_and(|s| s.received != s.done)
     }
 
     /// `m` is the metadata record in memory (without building one: this
@@ -585,8 +620,9 @@ impl Core {
             && m.lost_acked == self.lost_acked
             && m.full_sync == self.full_sync
             && m.boot == self.boot
-            && m.cache_lost == self.cache_lost
-            && m.secondary == (self.role == Role::Secondary)
+            && m.cache_lost == (self.lost == Lost::Cache)
+            && m.received_lost == (self.lost == Lost::Received)
+            && m.secondary == self.holds_received()
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)
@@ -905,7 +941,7 @@ impl Core {
             // its own. (Not an UpToDate disk forced: it keeps its
             // generation, and its peer's copies of what it lost with its
             // cache stay the ones to keep, found by review.)
-            self.cache_lost = false;
+            self.lost = Lost::None;
             // Data declared good here is no longer a part of any full sync:
             // none resumes into it.
             self.full_sync = 0;

@@ -117,7 +117,7 @@ impl Core {
         if self.p.al_trim_wanted
             && self.al.saving.is_none()
             && self.p.al_failed.is_none()
-            && (!self.cache_lost || self.meta_durable())
+            && (self.lost == crate::protocol::wire::Lost::None || self.meta_durable())
         {
             let (ready, later) = self.al.candidates(self.flushed_epoch);
             if later > 0 && self.al_flush.is_none() && self.disk_usable() {

@@ -438,7 +438,7 @@ impl Core {
         self.gen.synced_to(current);
         self.full_sync = 0;
         // The data is the source's now.
-        self.cache_lost = false;
+        self.lost = crate::protocol::wire::Lost::None;
         let pin = (lost || self.lost_pinned()) && self.cfg.plant != Plant::ForgetLost;
         self.lost_acked = if pin { current } else { 0 };
         // (A source that is Primary on this very generation already made
@@ -476,7 +476,7 @@ impl Core {
         tracing::info!(remaining = self.dirty.bytes(), "resync finished");
         self.full_sync = 0;
         // The peer holds our data now: whatever we lost, it lacks too.
-        self.cache_lost = false;
+        self.lost = crate::protocol::wire::Lost::None;
         if self.dirty.bytes() == 0 {
             let current = self.gen.current;
             self.gen.synced_to(current);

@@ -157,8 +157,8 @@ pub struct Session {
     pub hello_disk: DiskState,
     /// When our hello said this node was last promoted (0: never).
     pub hello_promoted_at: u64,
-    /// Whether our hello said our page cache was lost (`cache_lost`).
-    pub hello_cache_lost: bool,
+    /// What our hello said this node may have lost (`Lost`).
+    pub hello_lost: crate::protocol::wire::Lost,
     /// Our hello's nonce, full sync and discard flag (see
     /// [`crate::protocol::wire::Hello`]): the resume decision is made on them.
     pub nonce: u64,
@@ -256,7 +256,7 @@ impl Session {
             hello_role: Role::Secondary,
             hello_disk: DiskState::Inconsistent,
             hello_promoted_at: 0,
-            hello_cache_lost: false,
+            hello_lost: crate::protocol::wire::Lost::None,
             nonce: 0,
             hello_full_sync: 0,
             hello_discard: false,

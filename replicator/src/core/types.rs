@@ -118,10 +118,17 @@ pub struct MetaRecord {
     /// gone. On one generation the peer is then the better source.
     #[serde(default)]
     pub cache_lost: bool,
-    /// The node was Secondary when the record was saved (every role
-    /// change saves it). In protocol B a Secondary acknowledges writes it
-    /// has received and not yet written: if its process stops with writes
-    /// in its activity log, some may be gone (see `cache_lost`).
+    /// Protocol B: writes this node had received and not written may be
+    /// gone (its process stopped while it was Secondary); its page cache
+    /// was not lost. On one generation the peer is then the better
+    /// source, unless the peer lost its page cache.
+    #[serde(default)]
+    pub received_lost: bool,
+    /// The node was Secondary, or held writes it had received and not yet
+    /// written, when the record was saved (every change of either saves
+    /// it). In protocol B a Secondary acknowledges writes it has received:
+    /// if its process stops with writes in its activity log, some may be
+    /// gone (`received_lost`).
     #[serde(default)]
     pub secondary: bool,
 }

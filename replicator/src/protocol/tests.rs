@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::wire::{self, DiskState, Hello, Message, Op, Role, WireError};
+use super::wire::{self, DiskState, Hello, Lost, Message, Op, Role, WireError};
 
 fn w(offset: u64, fill: u8, len: usize) -> Op {
     Op::write(offset, Bytes::from(vec![fill; len]), false)
@@ -25,7 +25,7 @@ fn every_message_round_trips_even_byte_by_byte() {
             promoted_at: 1_795_000_000_000,
             nonce: 0x1234_5678_9abc_def0,
             full_sync: 77,
-            cache_lost: true,
+            lost: Lost::Cache,
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
         Message::Data { seq: 2, op: Op::write(0, Bytes::from_static(b"x"), true) },

@@ -12,7 +12,7 @@ use super::genid::GenIds;
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
 /// 64-bit checksums (SHA-256) instead of CRC32s, and Verify says whether
 /// it is an online verify's.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -221,10 +221,36 @@ pub struct Hello {
     /// (its source's nonce; 0: none): a full sync cut short resumes from
     /// the source's bitmap when both name the same one.
     pub full_sync: u64,
-    /// The sender's page cache was lost (its machine rebooted: a power
-    /// loss) since its data was last reconciled with its peer: unflushed
-    /// writes it had acknowledged or received may be gone from its disk.
-    pub cache_lost: bool,
+    /// Writes the sender held may be gone from its disk since its data
+    /// was last reconciled with its peer (see [`Lost`]).
+    pub lost: Lost,
+}
+
+/// What a node may have lost since its data was last reconciled with its
+/// peer, worst last: on one generation the node that lost less is the
+/// better resync source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Lost {
+    #[default]
+    None = 0,
+    /// Protocol B: a Secondary's process stopped (or a Primary promoted
+    /// with received writes not yet written): writes it had received and
+    /// not written are gone; its page cache is not.
+    Received = 1,
+    /// Its machine restarted (a power loss): unflushed writes it had
+    /// acknowledged or received may be gone.
+    Cache = 2,
+}
+
+impl Lost {
+    /// From the hello's byte (an unknown value counts as the worst).
+    pub fn from_wire(b: u8) -> Lost {
+        match b {
+            0 => Lost::None,
+            1 => Lost::Received,
+            _ => Lost::Cache,
+        }
+    }
 }
 
 fn put_gen(b: &mut BytesMut, g: &GenIds) {
@@ -338,7 +364,7 @@ impl Message {
                 b.put_u64(h.promoted_at);
                 b.put_u64(h.nonce);
                 b.put_u64(h.full_sync);
-                b.put_u8(h.cache_lost as u8);
+                b.put_u8(h.lost as u8);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -529,7 +555,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             let full_sync = b.get_u64();
             // (An older peer's hello ends here: its version is refused by
             // name, not as a malformed frame.)
-            let cache_lost = b.has_remaining() && b.get_u8() != 0;
+            let lost = Lost::from_wire(if b.has_remaining() { b.get_u8() } else { 0 });
             Message::Hello(Hello {
                 version,
                 node,
@@ -544,7 +570,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 promoted_at,
                 nonce,
                 full_sync,
-                cache_lost,
+                lost,
             })
         }
         T_WRITE => {

@@ -253,7 +253,7 @@ fn full_syncs_cut_at_random_resume_to_identical_disks() {
                     // (A node back from a power loss is not promoted
                     // before it reconnects: refused, see
                     // `a_primary_back_from_a_power_loss_is_refused_not_made_the_source`.)
-                    if who == 0 && !p.core(0).cache_lost {
+                    if who == 0 && !p.core(0).cache_lost() {
                         p.core(0).promote(false, 10 + round).ok();
                         p.settle();
                     }

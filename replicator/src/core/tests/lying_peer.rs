@@ -46,6 +46,7 @@ fn a_sync_source_applies_no_data_from_its_target() {
         full_sync: 0,
         boot: 0,
         cache_lost: false,
+        received_lost: false,
         secondary: false,
     };
     let mut words = vec![0u64; (SIZE / 64).div_ceil(64) as usize];

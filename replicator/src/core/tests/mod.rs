@@ -70,6 +70,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         full_sync: 0,
         boot: 0,
         cache_lost: false,
+        received_lost: false,
         secondary: false,
     }
 }
@@ -136,7 +137,7 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
         promoted_at: 0,
         nonce: 0x5eed,
         full_sync: 0,
-        cache_lost: false,
+        lost: crate::protocol::wire::Lost::None,
     }
 }
 

@@ -642,7 +642,7 @@ fn the_last_primary_back_from_a_power_loss_takes_its_peers_blocks() {
             assert_eq!(p.n[s].cache[8192], 0x33, "{protocol:?}: the peer holds it");
             p.crash(primary, true);
             p.restart(primary);
-            assert!(p.core(primary).cache_lost, "{protocol:?}: a new boot went unseen");
+            assert!(p.core(primary).cache_lost(), "{protocol:?}: a new boot went unseen");
             p.connect();
             p.settle();
             assert!(
@@ -652,11 +652,11 @@ fn the_last_primary_back_from_a_power_loss_takes_its_peers_blocks() {
                 p.n[s].cache[8192]
             );
             assert!(p.n[0].cache == p.n[1].cache, "{protocol:?} {primary}");
-            assert!(!p.core(primary).cache_lost, "{protocol:?}: reconciled, still flagged");
+            assert!(!p.core(primary).cache_lost(), "{protocol:?}: reconciled, still flagged");
             // Saved: a restart on the same boot does not raise it again.
             p.crash(primary, false);
             p.restart(primary);
-            assert!(!p.core(primary).cache_lost, "{protocol:?}: raised again");
+            assert!(!p.core(primary).cache_lost(), "{protocol:?}: raised again");
         }
     }
 }
@@ -724,7 +724,7 @@ fn a_clean_stop_before_a_reboot_loses_no_cache() {
     assert!(p.n[0].al.is_empty(), "the clean stop left {:?} in the log", p.n[0].al);
     p.crash(0, true);
     p.restart(0);
-    assert!(!p.core(0).cache_lost);
+    assert!(!p.core(0).cache_lost());
     p.core(0).promote(false, 9).unwrap();
     p.settle();
     p.connect();
@@ -746,12 +746,12 @@ fn force_on_an_up_to_date_disk_keeps_cache_lost() {
     assert!(matches!(p.reply(0, 7), Some(Ok(()))));
     p.crash(0, true);
     p.restart(0);
-    assert!(p.core(0).cache_lost);
+    assert!(p.core(0).cache_lost());
     let gen = p.core(0).gen().current;
     p.core(0).promote(true, 9).unwrap();
     p.settle();
     assert_eq!(p.core(0).gen().current, gen, "no new generation for an UpToDate disk");
-    assert!(p.core(0).cache_lost, "forced, the flag went");
+    assert!(p.core(0).cache_lost(), "forced, the flag went");
     p.connect();
     p.settle();
     assert!(
@@ -777,7 +777,7 @@ fn a_failed_record_save_at_start_keeps_the_log_that_says_cache_lost() {
         boot: 2,
     };
     let mut c = Core::new(cfg(Protocol::C), mk(vec![3]), Duration::ZERO, 7);
-    assert!(c.cache_lost);
+    assert!(c.cache_lost());
     let now = Duration::ZERO;
     let mut removed = Vec::new();
     loop {
@@ -805,7 +805,7 @@ fn a_failed_record_save_at_start_keeps_the_log_that_says_cache_lost() {
     assert!(!c.meta_durable());
     let al: Vec<u64> = [3u64].into_iter().filter(|e| !removed.contains(e)).collect();
     let c2 = Core::new(cfg(Protocol::C), mk(al), Duration::ZERO, 7);
-    assert!(c2.cache_lost, "the log was trimmed ({removed:?}) before a record said cache_lost");
+    assert!(c2.cache_lost(), "the log was trimmed ({removed:?}) before a record said cache_lost");
 }
 
 /// A Primary demoted with a write (and a flush) in flight whose peer part
@@ -919,4 +919,69 @@ fn a_b_primary_that_stopped_stays_the_source() {
     assert!(p.written_to(1, before) > 0, "a's activity log did not move to b");
     assert_eq!(p.written_to(0, before), 0, "b's blocks were written over a's");
     assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// From review (helper-57): a demoted B Primary keeps its own writes'
+/// extents in its activity log; a later process crash flags it (it was
+/// Secondary), but it lost only received writes, if any. Its peer, promoted
+/// since, lost power: it lost more (its unflushed copy of the Primary's
+/// acknowledged write), so the demoted node stays the source. Before, both
+/// counted alike and the last Primary's empty copy won.
+#[test]
+fn a_demoted_b_primary_keeps_its_acknowledged_write_over_a_powered_off_peer() {
+    let mut p = Pair::new(Protocol::B, Plant::None);
+    p.initial();
+    p.write(0, 7, 8192, 0x66, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())), "B answers on the peer's receipt");
+    assert_eq!(p.n[1].cache[8192], 0x66, "b wrote W to its page cache");
+    assert_eq!(p.n[1].durable[8192], 0, "b has not flushed W");
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    p.core(1).promote(false, 50).unwrap();
+    p.settle_now();
+    assert!(!p.n[0].al.is_empty(), "a's log names W's extent");
+    p.crash(0, false);
+    p.crash(1, true);
+    p.restart(0);
+    p.restart(1);
+    assert_eq!(p.core(0).lost(), Lost::Received);
+    assert_eq!(p.core(1).lost(), Lost::Cache);
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(0).replication(), Replication::Established);
+    assert_eq!(p.n[0].cache[8192], 0x66, "W lost though only b lost power");
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// From review (helper-57): a B Secondary promoted while a write it had
+/// received was still queued (its disk slow), whose process then stopped:
+/// the promotion's record must not clear what a crash now loses. The
+/// record says `secondary` until the queue is written, so b comes back
+/// flagged and is not the union's source over the old Primary's copy.
+#[test]
+fn a_b_secondary_promoted_with_a_received_write_queued_then_stopped() {
+    let mut p = Pair::new(Protocol::B, Plant::None);
+    p.initial();
+    p.n[1].hang = true;
+    p.write(0, 7, 8192, 0x66, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())), "B answers on the peer's receipt");
+    assert_eq!(p.n[1].cache[8192], 0);
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    p.core(1).promote(false, 50).unwrap();
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Primary);
+    assert!(
+        p.n[1].meta.as_ref().is_some_and(|m| m.secondary),
+        "the record forgot the queued write"
+    );
+    p.crash(1, false);
+    p.n[1].hang = false;
+    p.restart(1);
+    assert_eq!(p.core(1).lost(), Lost::Received);
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[0].cache[8192], 0x66, "W overwritten on a, which never crashed");
 }
