@@ -217,6 +217,7 @@ impl Core {
         while let Some((sid, seq, op)) = self.incoming.front().cloned() {
             if !self.disk_usable() {
                 self.incoming.pop_front();
+                self.admitted(sid, seq);
                 if self.session_id() == Some(sid) {
                     self.send(Message::Failed { seq, errno: IoError::EIO.0 });
                 }
@@ -246,6 +247,7 @@ impl Core {
                 }
             }
             self.incoming.pop_front();
+            self.admitted(sid, seq);
             self.al.hold(&extents);
             let scratch = matches!(op, Op::Bench { .. });
             let mut a = ApplyIo {
@@ -328,14 +330,25 @@ impl Core {
         }
     }
 
-    /// A cumulative acknowledgement, when something changed.
+    /// Operation `seq` of session `sid` left the receive queue (in order):
+    /// its extents are in the activity log, so a crash from now on knows
+    /// it may have been lost.
+    fn admitted(&mut self, sid: SessionId, seq: u64) {
+        if let Some(s) = self.session.as_mut().filter(|s| s.id == sid) {
+            s.admitted = s.admitted.max(seq);
+        }
+    }
+
+    /// A cumulative acknowledgement, when something changed. Its
+    /// `received` is what was admitted ([`Session::admitted`]), not what
+    /// arrived: protocol B acknowledges a write on it.
     pub(crate) fn send_ack(&mut self) {
         let Some(s) = self.session.as_mut() else { return };
-        if s.phase != Phase::Running || (s.received, s.done) == s.acked {
+        if s.phase != Phase::Running || (s.admitted, s.done) == s.acked {
             return;
         }
-        s.acked = (s.received, s.done);
-        let (received, done, sid) = (s.received, s.done, s.id);
+        s.acked = (s.admitted, s.done);
+        let (received, done, sid) = (s.admitted, s.done, s.id);
         self.actions
             .push_back(super::Action::Send { session: sid, msg: Message::Ack { received, done } });
     }

@@ -282,11 +282,18 @@ impl Core {
             && meta.boot != rec.boot
             && !rec.al.is_empty()
             && !meta.cache_lost
+            && cfg.protocol != Protocol::A
         {
             // Written during another boot, with writes in the activity log
             // (extents leave it only once flushed; a clean stop empties
             // it): what was not flushed then may be gone (a power loss),
-            // though the record says nothing of it.
+            // though the record says nothing of it. Not in protocol A: there
+            // the peer need not hold what this node acknowledged (a write
+            // is answered before the peer has it), so ranked below its peer
+            // this node's durable writes (FUA, flushed) were overwritten by
+            // the peer's older copies (simulator seed 7205678); an unflushed
+            // write lost with the page cache is what A, like a local disk,
+            // allows.
             tracing::warn!(
                 "the machine restarted since this node's data was written: writes it had not \
                  flushed may be lost; its peer is the better resync source on one generation"

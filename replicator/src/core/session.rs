@@ -182,6 +182,14 @@ pub struct Session {
     pub probe_bytes: u64,
     // Receiving side.
     pub received: u64,
+    /// Taken from the receive queue into the store's order, its extents
+    /// durably in the activity log (or failed): what the `Ack`'s
+    /// `received` says. Protocol B answers a write on it, and a Secondary
+    /// whose process stops may lose writes received and not yet written:
+    /// its activity log must name them for the restart to know (simulator
+    /// seed 7205784: an acknowledgement of bare receipt left a power loss
+    /// there without evidence).
+    pub admitted: u64,
     pub done: u64,
     /// Completed out of order, waiting for earlier ones.
     pub completed: std::collections::BTreeSet<u64>,
@@ -270,6 +278,7 @@ impl Session {
             verify_target: None,
             probe_bytes: 0,
             received: 0,
+            admitted: 0,
             done: 0,
             completed: Default::default(),
             acked: (0, 0),

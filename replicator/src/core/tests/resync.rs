@@ -985,3 +985,66 @@ fn a_b_secondary_promoted_with_a_received_write_queued_then_stopped() {
     p.settle();
     assert_eq!(p.n[0].cache[8192], 0x66, "W overwritten on a, which never crashed");
 }
+
+/// Protocol B answers a write once the peer has received it; "received"
+/// means taken into the peer's store order with its extent durably in the
+/// peer's activity log. Acknowledged on bare arrival, a write whose extent
+/// the Secondary had not yet logged left a power loss (or a process crash)
+/// there without evidence: the restarted Secondary did not know it lacked
+/// it, and a resync from it overwrote the Primary's copy (simulator seed
+/// 7205784 with the `Lost` ranking).
+#[test]
+fn a_b_receipt_waits_for_the_secondary_activity_log() {
+    let mut p = Pair::new(Protocol::B, Plant::None);
+    p.initial();
+    let extent = 12288 / 1024;
+    assert!(!p.n[1].al.contains(&extent), "b's log already names the extent");
+    p.n[1].hang_meta = true;
+    p.write(0, 7, 12288, 0x5a, 1024);
+    p.settle_now();
+    assert!(!p.n[1].al.contains(&extent));
+    assert_eq!(p.reply(0, 7), None, "answered before b's activity log named the write's extent");
+    // With b's log answering, the same write is answered, its extent
+    // logged on b.
+    let mut q = Pair::new(Protocol::B, Plant::None);
+    q.initial();
+    q.write(0, 7, 12288, 0x5a, 1024);
+    q.settle_now();
+    assert_eq!(q.reply(0, 7), Some(Ok(())));
+    assert!(q.n[1].al.contains(&extent), "b acknowledged receipt without logging the extent");
+}
+
+/// Protocol A: a Primary's FUA write its peer never received (the link
+/// silently down), then the Primary's process crash, restart and power
+/// loss: the write is on its disk (FUA), the peer lacks it. Back on one
+/// generation the Primary's lost cache must not make the peer's older copy
+/// win over a write that was durable (simulator seed 7205678: it did, the
+/// cache-lost rule assuming, as B and C may, that the peer holds every
+/// acknowledged write).
+#[test]
+fn an_a_primarys_durable_write_the_peer_never_got_survives_its_power_loss() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.drop = true;
+    let now = p.now;
+    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    assert_eq!(p.n[0].durable[8192], 0x66, "FUA: on a's disk");
+    assert_eq!(p.n[1].cache[8192], 0, "b never got it");
+    p.crash(0, false);
+    // Back, its flush hangs: its activity log is still full when it loses
+    // power (in B or C the next start would flag a lost page cache; in A
+    // it may not, the peer not holding what a acknowledged).
+    p.n[0].hang = true;
+    p.restart_now(0);
+    p.crash(0, true);
+    p.n[0].hang = false;
+    assert!(!p.n[0].al.is_empty(), "the activity log was emptied before the power loss");
+    p.restart(0);
+    assert!(!p.core(0).cache_lost(), "protocol A flagged a lost cache");
+    p.drop = false;
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[0].cache[8192], 0x66, "a's durable write was overwritten by b's older copy");
+}
