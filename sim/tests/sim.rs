@@ -136,6 +136,12 @@ fn regression_seeds_pass() {
         // A B Primary's process crash flagged like a lost cache made it the
         // target of a peer that then lost power.
         (2201685, 5000),
+        // A B Secondary acknowledged receipt before its activity log named
+        // the write's extent: a power loss there left no evidence.
+        (7205784, 5000),
+        // Protocol A: a Primary's lost page cache ranked its peer's older
+        // copies over its own durable (FUA) write.
+        (7205678, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);
