@@ -429,6 +429,18 @@ impl Pair {
     }
 
     pub fn restart(&mut self, i: usize) {
+        self.start(i);
+        self.settle();
+    }
+
+    /// As [`Pair::restart`], settling only what is due now (a crash can
+    /// follow before the start's own I/O, a flush, completes).
+    pub fn restart_now(&mut self, i: usize) {
+        self.start(i);
+        self.settle_now();
+    }
+
+    fn start(&mut self, i: usize) {
         let node = &self.n[i];
         let rec = Recovered {
             meta: node.meta.clone(),
@@ -443,24 +455,6 @@ impl Pair {
         self.starts += 1;
         let seed = 1000 + i as u64 + 2 * self.starts;
         self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, seed));
-        self.settle();
-    }
-
-    /// As [`Pair::restart`], settling only what is due now (a crash can
-    /// follow before the start's own I/O, a flush, completes).
-    pub fn restart_now(&mut self, i: usize) {
-        let node = &self.n[i];
-        let rec = Recovered {
-            meta: node.meta.clone(),
-            bitmap: node.bitmap.clone(),
-            al: node.al.iter().copied().collect(),
-            disk_created: false,
-            boot: node.boot,
-        };
-        self.starts += 1;
-        let seed = 1000 + i as u64 + 2 * self.starts;
-        self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, seed));
-        self.settle_now();
     }
 
     pub fn write(&mut self, i: usize, req: ReqId, off: u64, byte: u8, len: u64) {
