@@ -47,9 +47,12 @@ pub struct Meta {
     /// See [`MetaRecord::received_lost`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub received_lost: bool,
-    /// See [`MetaRecord::secondary`].
+    /// See [`MetaRecord::received`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub secondary: bool,
+    pub received: bool,
+    /// See [`MetaRecord::async_acks`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub async_acks: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -79,7 +82,8 @@ impl Meta {
             boot: self.boot,
             cache_lost: self.cache_lost,
             received_lost: self.received_lost,
-            secondary: self.secondary,
+            received: self.received,
+            async_acks: self.async_acks,
         }
     }
 
@@ -99,7 +103,8 @@ impl Meta {
             boot: r.boot,
             cache_lost: r.cache_lost,
             received_lost: r.received_lost,
-            secondary: r.secondary,
+            received: r.received,
+            async_acks: r.async_acks,
         }
     }
 

@@ -230,6 +230,11 @@ impl Core {
                 if matches!(op, Op::Resync { .. }) { Vec::new() } else { self.extents(range) };
             if range.is_some() {
                 self.fresh = false;
+                if matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::Zero { .. }) {
+                    // Saved before its receipt is acknowledged (below): a
+                    // crash from now on may lose a received write.
+                    self.received = true;
+                }
                 if !self.meta_durable() {
                     if let Some(e) = self.p.meta_failed.take() {
                         self.disk_failed(e, "metadata");

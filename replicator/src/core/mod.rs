@@ -171,6 +171,8 @@ pub struct Core {
     boot: u64,
     /// See [`MetaRecord::cache_lost`] and [`MetaRecord::received_lost`].
     lost: Lost,
+    /// See [`MetaRecord::received`].
+    received: bool,
     /// The latest `promoted_at` the peer's hellos gave (0: none): a
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
@@ -274,7 +276,8 @@ impl Core {
             boot: rec.boot,
             cache_lost: false,
             received_lost: false,
-            secondary: true,
+            received: false,
+            async_acks: cfg.protocol == Protocol::A,
         });
         let durable_meta = rec.meta.clone();
         if meta.boot != 0
@@ -282,7 +285,7 @@ impl Core {
             && meta.boot != rec.boot
             && !rec.al.is_empty()
             && !meta.cache_lost
-            && cfg.protocol != Protocol::A
+            && (!meta.async_acks || meta.received)
         {
             // Written during another boot, with writes in the activity log
             // (extents leave it only once flushed; a clean stop empties
@@ -293,7 +296,11 @@ impl Core {
             // this node's durable writes (FUA, flushed) were overwritten by
             // the peer's older copies (simulator seed 7205678); an unflushed
             // write lost with the page cache is what A, like a local disk,
-            // allows.
+            // allows. Unless it held writes received from the peer: those
+            // the peer has (a Secondary's lost copy of a FUA write, promoted,
+            // overwrote the Primary's: review). The protocol is the one the
+            // record was saved under, not this start's (review: a C Primary
+            // restarted under A overwrote its peer's copies).
             tracing::warn!(
                 "the machine restarted since this node's data was written: writes it had not \
                  flushed may be lost; its peer is the better resync source on one generation"
@@ -301,7 +308,7 @@ impl Core {
             meta.cache_lost = true;
         } else if cfg.protocol == Protocol::B
             && rec.meta.is_some()
-            && meta.secondary
+            && meta.received
             && !rec.al.is_empty()
             && !meta.cache_lost
             && !meta.received_lost
@@ -313,10 +320,10 @@ impl Core {
             // one generation (simulator seed 2200234), unless the peer lost
             // its page cache, which is worse (its own activity log may be
             // older writes of this node's, as a Primary: review). Not a
-            // Primary that held no received writes: its own writes were in
-            // the page cache, which a process crash keeps (flagged, it
-            // became the target of a peer that then lost power, seed
-            // 2201685).
+            // node that held no received writes (a Primary, a demoted one):
+            // its own writes were in the page cache, which a process crash
+            // keeps (flagged, it became the target of a peer that then lost
+            // power, seed 2201685 and review).
             tracing::warn!(
                 "protocol B: this Secondary stopped with writes in its activity log; writes it \
                  had received but not written are gone: its peer is the better resync source \
@@ -366,6 +373,7 @@ impl Core {
             } else {
                 Lost::None
             },
+            received: meta.received,
             peer_promoted_at: 0,
             linking: Linking::Wanted,
             split_brain: false,
@@ -590,7 +598,8 @@ impl Core {
             boot: self.boot,
             cache_lost: self.lost == Lost::Cache,
             received_lost: self.lost == Lost::Received,
-            secondary: self.holds_received(),
+            received: self.received,
+            async_acks: self.cfg.protocol == Protocol::A,
         }
     }
 
@@ -606,15 +615,20 @@ impl Core {
         self.lost
     }
 
-    /// This node is Secondary, or holds writes it received and has not
-    /// written (a Secondary promoted before it applied them): in protocol
-    /// B a process crash now would lose acknowledged writes (the record's
-    /// `secondary`; found by review: a promotion saved the record as a
-    /// Primary's with a received write still queued).
-    fn holds_received(&self) -> bool {
-        self.role == Role::Secondary
-            || !self.incoming.is_empty()
-            || self.session.as_ref().is_some_and(|s| s.received != s.done)
+    /// Writes received from the peer are still to be written here (queued,
+    /// or with the store).
+    pub(crate) fn peer_writes_pending(&self) -> bool {
+        !self.incoming.is_empty() || self.applying > 0
+    }
+
+    /// [`MetaRecord::received`] as it should be: set before the first peer
+    /// write is taken in (`apply_pump`), cleared here once the node is
+    /// Primary with none pending (a demoted Primary's log then holds only
+    /// its own writes, until it takes in one of its peer's).
+    fn settle_received(&mut self) {
+        if self.received && self.role == Role::Primary && !self.peer_writes_pending() {
+            self.received = false;
+        }
     }
 
     /// `m` is the metadata record in memory (without building one: this
@@ -629,7 +643,8 @@ impl Core {
             && m.boot == self.boot
             && m.cache_lost == (self.lost == Lost::Cache)
             && m.received_lost == (self.lost == Lost::Received)
-            && m.secondary == self.holds_received()
+            && m.received == self.received
+            && m.async_acks == (self.cfg.protocol == Protocol::A)
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)
@@ -852,6 +867,7 @@ impl Core {
     fn pump(&mut self) {
         for _ in 0..64 {
             let before = (self.actions.len(), self.app.len(), self.incoming.len());
+            self.settle_received();
             self.adaptive_tick();
             self.persist_pump();
             self.apply_pump();

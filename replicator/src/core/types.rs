@@ -124,13 +124,23 @@ pub struct MetaRecord {
     /// source, unless the peer lost its page cache.
     #[serde(default)]
     pub received_lost: bool,
-    /// The node was Secondary, or held writes it had received and not yet
-    /// written, when the record was saved (every change of either saves
-    /// it). In protocol B a Secondary acknowledges writes it has received:
-    /// if its process stops with writes in its activity log, some may be
-    /// gone (`received_lost`).
+    /// The node may hold writes received from its peer that are not on
+    /// its disk: set, and saved, before it takes in the first peer write
+    /// after it was last Primary with none pending; cleared when it is
+    /// Primary with none pending. In protocol B a Secondary acknowledges
+    /// writes on receipt: if its process stops with this set and writes in
+    /// its activity log, some may be gone (`received_lost`). (Not its role:
+    /// a demoted Primary's log holds its own writes, which a process crash
+    /// keeps; flagged for them, it lost an acknowledged write, review.)
     #[serde(default)]
-    pub secondary: bool,
+    pub received: bool,
+    /// The record was saved under protocol A: what its activity log holds
+    /// was acknowledged before the peer had it, so a lost page cache does
+    /// not make the peer the better source (unless `received`). Saved, so
+    /// that a restart under another protocol judges the log by the one it
+    /// was written under (review).
+    #[serde(default)]
+    pub async_acks: bool,
 }
 
 /// How many told generations a node keeps (older ones are dropped: a

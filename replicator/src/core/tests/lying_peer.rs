@@ -47,7 +47,8 @@ fn a_sync_source_applies_no_data_from_its_target() {
         boot: 0,
         cache_lost: false,
         received_lost: false,
-        secondary: false,
+        received: false,
+        async_acks: false,
     };
     let mut words = vec![0u64; (SIZE / 64).div_ceil(64) as usize];
     words[0] = 0xff;

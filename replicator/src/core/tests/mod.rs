@@ -71,7 +71,8 @@ fn meta(disk: DiskState) -> MetaRecord {
         boot: 0,
         cache_lost: false,
         received_lost: false,
-        secondary: false,
+        received: false,
+        async_acks: false,
     }
 }
 

@@ -922,11 +922,13 @@ fn a_b_primary_that_stopped_stays_the_source() {
 }
 
 /// From review (helper-57): a demoted B Primary keeps its own writes'
-/// extents in its activity log; a later process crash flags it (it was
-/// Secondary), but it lost only received writes, if any. Its peer, promoted
-/// since, lost power: it lost more (its unflushed copy of the Primary's
-/// acknowledged write), so the demoted node stays the source. Before, both
-/// counted alike and the last Primary's empty copy won.
+/// extents in its activity log; a later process crash does not flag it
+/// (it held no writes received from its peer: `received` is set only by
+/// taking one in, not by the role; flagged for its own writes, a second
+/// review found it made the target and the write lost when its peer then
+/// lost power, seed 8201423). Its peer, promoted since, lost power: it
+/// lost more (its unflushed copy of the Primary's acknowledged write), so
+/// the demoted node stays the source.
 #[test]
 fn a_demoted_b_primary_keeps_its_acknowledged_write_over_a_powered_off_peer() {
     let mut p = Pair::new(Protocol::B, Plant::None);
@@ -945,7 +947,7 @@ fn a_demoted_b_primary_keeps_its_acknowledged_write_over_a_powered_off_peer() {
     p.crash(1, true);
     p.restart(0);
     p.restart(1);
-    assert_eq!(p.core(0).lost(), Lost::Received);
+    assert_eq!(p.core(0).lost(), Lost::None);
     assert_eq!(p.core(1).lost(), Lost::Cache);
     p.connect();
     p.settle();
@@ -973,10 +975,7 @@ fn a_b_secondary_promoted_with_a_received_write_queued_then_stopped() {
     p.core(1).promote(false, 50).unwrap();
     p.settle_now();
     assert_eq!(p.core(1).role(), Role::Primary);
-    assert!(
-        p.n[1].meta.as_ref().is_some_and(|m| m.secondary),
-        "the record forgot the queued write"
-    );
+    assert!(p.n[1].meta.as_ref().is_some_and(|m| m.received), "the record forgot the queued write");
     p.crash(1, false);
     p.n[1].hang = false;
     p.restart(1);
@@ -1047,4 +1046,123 @@ fn an_a_primarys_durable_write_the_peer_never_got_survives_its_power_loss() {
     p.connect();
     p.settle();
     assert_eq!(p.n[0].cache[8192], 0x66, "a's durable write was overwritten by b's older copy");
+}
+
+/// Simulator seed 8201423 (20,000 steps, from review), by hand: a B
+/// Primary's write W, held by both and flushed by neither; a demoted, then
+/// its process stops. Its log names W's extent (its own write). Flagged
+/// `Received` for it (its record said Secondary), it ranked below b and
+/// became b's target, Inconsistent on disk; the link dropped before the
+/// resync and b lost power: W was gone from both though only b lost power.
+/// A node is flagged only for writes it took in from its peer.
+#[test]
+fn a_demoted_b_primary_whose_process_stops_is_not_flagged_for_its_own_writes() {
+    let mut p = Pair::new(Protocol::B, Plant::None);
+    p.initial();
+    p.write(0, 7, 8192, 0x66, 1024);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    assert_eq!(p.n[1].durable[8192], 0, "b flushed W");
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    assert!(!p.n[0].al.is_empty(), "a's log is empty");
+    p.crash(0, false);
+    p.restart(0);
+    assert_eq!(p.core(0).lost(), Lost::None, "flagged for its own writes");
+    // (b's disk slow: its flush has not landed when it loses power.)
+    p.n[1].hang = true;
+    p.connect_steps_until(|p| {
+        p.n[0].meta.as_ref().is_some_and(|m| m.disk == DiskState::Inconsistent)
+            || p.n[1].meta.as_ref().is_some_and(|m| m.disk == DiskState::Inconsistent)
+            || p.n[0].c.as_ref().is_some_and(|c| c.replication() == Replication::Established)
+    });
+    p.crash(1, true);
+    p.n[1].hang = false;
+    p.restart(1);
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[0].cache[8192], 0x66, "W lost from both; only b lost power");
+}
+
+/// From review: a C (or B) Primary acknowledges W, which its peer holds,
+/// loses power and is restarted under protocol A. Its log was written
+/// under C: the record says so, and the lost cache is flagged as under C;
+/// judged by the new protocol, as the last Primary it overwrote the peer's
+/// copy of W.
+#[test]
+fn a_protocol_changed_to_a_after_a_power_loss_keeps_the_peers_copies() {
+    for protocol in [Protocol::C, Protocol::B] {
+        let mut p = Pair::new(protocol, Plant::None);
+        p.initial();
+        p.write(0, 7, 8192, 0x33, 4096);
+        p.settle_now();
+        assert!(matches!(p.reply(0, 7), Some(Ok(()))));
+        assert_eq!(p.n[1].cache[8192], 0x33);
+        p.crash(0, true);
+        p.cfg[0].protocol = Protocol::A;
+        p.cfg[1].protocol = Protocol::A;
+        p.restart(0);
+        assert!(p.core(0).cache_lost(), "{protocol:?}: the log written under it was judged as A's");
+        p.connect();
+        p.settle();
+        assert_eq!(p.n[1].cache[8192], 0x33, "{protocol:?}: overwritten after a switch to A");
+        assert!(p.n[0].cache == p.n[1].cache);
+    }
+}
+
+/// From review: the other way, seed 7205678's course with the node
+/// restarted under C: its log was written under A, so its durable FUA
+/// write stays the one to keep.
+#[test]
+fn a_protocol_changed_from_a_after_a_power_loss_keeps_a_durable_write() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.drop = true;
+    let now = p.now;
+    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    p.crash(0, false);
+    p.n[0].hang = true;
+    p.restart_now(0);
+    p.crash(0, true);
+    p.n[0].hang = false;
+    assert!(!p.n[0].al.is_empty());
+    p.cfg[0].protocol = Protocol::C;
+    p.restart(0);
+    p.drop = false;
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[0].cache[8192], 0x66, "a's durable FUA write overwritten after a switch to C");
+}
+
+/// From review: protocol A, the Primary's FUA write W durable on a; b
+/// holds it received (its extent logged) and not written, then loses
+/// power; a's process stops; b is promoted before it reconnects. b held
+/// writes received from its peer, so in A too its lost cache is flagged
+/// and it is refused rather than made the union's source over a's W.
+#[test]
+fn an_a_secondary_back_from_a_power_loss_with_received_writes_is_not_the_source() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.n[1].hang = true;
+    let now = p.now;
+    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    assert_eq!(p.n[0].durable[8192], 0x66, "FUA: on a's disk");
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    p.crash(1, true);
+    p.n[1].hang = false;
+    p.crash(0, false);
+    assert!(!p.n[1].al.is_empty(), "b's log is empty");
+    p.restart(1);
+    assert!(p.core(1).cache_lost(), "b held received writes: its lost cache went unflagged");
+    p.core(1).promote(false, 50).unwrap();
+    p.settle();
+    p.restart(0);
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[0].cache[8192], 0x66, "a's durable FUA write was overwritten by b's copy");
 }
