@@ -53,6 +53,9 @@ pub struct Meta {
     /// See [`MetaRecord::async_acks`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub async_acks: bool,
+    /// See [`MetaRecord::receipt_acks`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receipt_acks: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -84,6 +87,7 @@ impl Meta {
             received_lost: self.received_lost,
             received: self.received,
             async_acks: self.async_acks,
+            receipt_acks: self.receipt_acks,
         }
     }
 
@@ -105,6 +109,7 @@ impl Meta {
             received_lost: r.received_lost,
             received: r.received,
             async_acks: r.async_acks,
+            receipt_acks: r.receipt_acks,
         }
     }
 

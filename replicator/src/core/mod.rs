@@ -173,6 +173,8 @@ pub struct Core {
     lost: Lost,
     /// See [`MetaRecord::received`].
     received: bool,
+    /// See [`MetaRecord::async_acks`] (A, B or C).
+    log_protocol: Protocol,
     /// The latest `promoted_at` the peer's hellos gave (0: none): a
     /// promotion here is numbered after it, so "the peer was Primary since
     /// this node's promotion" is read off the two numbers.
@@ -278,14 +280,22 @@ impl Core {
             received_lost: false,
             received: false,
             async_acks: cfg.protocol == Protocol::A,
+            receipt_acks: cfg.protocol == Protocol::B,
         });
+        // The protocol the activity log's writes were acknowledged under:
+        // the record's while the log holds extents, else this start's.
+        let log_protocol = if rec.meta.is_some() && !rec.al.is_empty() {
+            log_protocol_of(&meta)
+        } else {
+            ack_kind(cfg.protocol)
+        };
         let durable_meta = rec.meta.clone();
         if meta.boot != 0
             && rec.boot != 0
             && meta.boot != rec.boot
             && !rec.al.is_empty()
             && !meta.cache_lost
-            && (!meta.async_acks || meta.received)
+            && (log_protocol != Protocol::A || meta.received)
         {
             // Written during another boot, with writes in the activity log
             // (extents leave it only once flushed; a clean stop empties
@@ -306,7 +316,7 @@ impl Core {
                  flushed may be lost; its peer is the better resync source on one generation"
             );
             meta.cache_lost = true;
-        } else if cfg.protocol == Protocol::B
+        } else if log_protocol == Protocol::B
             && rec.meta.is_some()
             && meta.received
             && !rec.al.is_empty()
@@ -374,6 +384,7 @@ impl Core {
                 Lost::None
             },
             received: meta.received,
+            log_protocol,
             peer_promoted_at: 0,
             linking: Linking::Wanted,
             split_brain: false,
@@ -599,7 +610,8 @@ impl Core {
             cache_lost: self.lost == Lost::Cache,
             received_lost: self.lost == Lost::Received,
             received: self.received,
-            async_acks: self.cfg.protocol == Protocol::A,
+            async_acks: self.log_protocol == Protocol::A,
+            receipt_acks: self.log_protocol == Protocol::B,
         }
     }
 
@@ -629,6 +641,12 @@ impl Core {
         if self.received && self.role == Role::Primary && !self.peer_writes_pending() {
             self.received = false;
         }
+        // The log's label follows the configuration once the log is empty
+        // (what it held was judged by the protocol it was written under).
+        let now = ack_kind(self.cfg.protocol);
+        if self.log_protocol != now && self.al.durable.is_empty() && self.al.saving.is_none() {
+            self.log_protocol = now;
+        }
     }
 
     /// `m` is the metadata record in memory (without building one: this
@@ -644,7 +662,8 @@ impl Core {
             && m.cache_lost == (self.lost == Lost::Cache)
             && m.received_lost == (self.lost == Lost::Received)
             && m.received == self.received
-            && m.async_acks == (self.cfg.protocol == Protocol::A)
+            && m.async_acks == (self.log_protocol == Protocol::A)
+            && m.receipt_acks == (self.log_protocol == Protocol::B)
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)
@@ -1126,5 +1145,26 @@ impl Core {
             current: self.p.durable_meta.as_ref().map_or(self.gen.current, |m| m.gen.current),
             promoted_at: self.promoted_at,
         }
+    }
+}
+
+/// When a protocol acknowledges writes, as the activity log's label: A, B
+/// or C (adaptive's Ahead writes start a generation of their own, so its
+/// log is C's).
+fn ack_kind(p: Protocol) -> Protocol {
+    match p {
+        Protocol::Adaptive => Protocol::C,
+        p => p,
+    }
+}
+
+/// The protocol a record says its activity log was written under.
+fn log_protocol_of(m: &MetaRecord) -> Protocol {
+    if m.async_acks {
+        Protocol::A
+    } else if m.receipt_acks {
+        Protocol::B
+    } else {
+        Protocol::C
     }
 }

@@ -134,13 +134,19 @@ pub struct MetaRecord {
     /// keeps; flagged for them, it lost an acknowledged write, review.)
     #[serde(default)]
     pub received: bool,
-    /// The record was saved under protocol A: what its activity log holds
-    /// was acknowledged before the peer had it, so a lost page cache does
-    /// not make the peer the better source (unless `received`). Saved, so
-    /// that a restart under another protocol judges the log by the one it
-    /// was written under (review).
+    /// The activity log's writes were acknowledged under protocol A: before
+    /// the peer had them, so a lost page cache does not make the peer the
+    /// better source (unless `received`). Saved, so that a restart under
+    /// another protocol judges the log by the one it was written under
+    /// (review); the label follows the configuration only once the log is
+    /// empty (review: a process restart under C relabelled an A log, and
+    /// the power loss that followed was judged as C's).
     #[serde(default)]
     pub async_acks: bool,
+    /// The same for protocol B (receipts acknowledged before the peer wrote
+    /// them): `received_lost` is judged by it (review).
+    #[serde(default)]
+    pub receipt_acks: bool,
 }
 
 /// How many told generations a node keeps (older ones are dropped: a

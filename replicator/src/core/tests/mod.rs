@@ -73,6 +73,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         received_lost: false,
         received: false,
         async_acks: false,
+        receipt_acks: false,
     }
 }
 

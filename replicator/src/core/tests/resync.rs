@@ -1166,3 +1166,76 @@ fn an_a_secondary_back_from_a_power_loss_with_received_writes_is_not_the_source(
     p.settle();
     assert_eq!(p.n[0].cache[8192], 0x66, "a's durable FUA write was overwritten by b's copy");
 }
+
+/// From review: seed 2200234's course (a B Secondary's process stops with a
+/// received, acknowledged write not written), restarted under protocol C.
+/// `received_lost` was judged by this start's protocol, not the log's: b
+/// went unflagged, and promoted it overwrote the old Primary's W.
+#[test]
+fn a_b_secondary_restarted_under_c_is_still_flagged() {
+    for promote in [true, false] {
+        let mut p = Pair::new(Protocol::B, Plant::None);
+        p.initial();
+        p.n[1].hang = true;
+        p.write(0, 7, 8192, 0x66, 4096);
+        p.settle_now();
+        assert_eq!(p.reply(0, 7), Some(Ok(())), "B answers on the peer's receipt");
+        assert_eq!(p.n[1].cache[8192], 0);
+        p.core(0).demote().unwrap();
+        p.settle_now();
+        p.crash(1, false);
+        p.n[1].hang = false;
+        p.cfg[0].protocol = Protocol::C;
+        p.cfg[1].protocol = Protocol::C;
+        p.restart(1);
+        assert_eq!(p.core(1).lost(), Lost::Received, "promote {promote}");
+        if promote {
+            p.core(1).promote(false, 50).unwrap();
+            p.settle();
+        }
+        p.connect();
+        p.settle();
+        assert_eq!(
+            p.n[0].cache[8192], 0x66,
+            "promoted {promote}: the acknowledged write was overwritten after a switch to C"
+        );
+    }
+}
+
+/// From review: as `a_protocol_changed_from_a_after_a_power_loss_keeps_a_durable_write`,
+/// but the protocol changes at the process restart that precedes the power
+/// loss: that start rewrote the record as C's (`async_acks` false) while
+/// the log still named the A-era extent (its flush hung), and the next
+/// start, after the power loss, judged the A-era log as C's. The label now
+/// follows the configuration only once the log is empty.
+#[test]
+fn an_a_log_is_not_relabelled_by_a_c_start_before_its_flush() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.drop = true;
+    let now = p.now;
+    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    p.crash(0, false);
+    p.cfg[0].protocol = Protocol::C;
+    p.cfg[1].protocol = Protocol::C;
+    p.n[0].hang = true;
+    p.restart_now(0);
+    assert!(
+        p.n[0].meta.as_ref().is_some_and(|m| m.async_acks),
+        "relabelled before the log emptied"
+    );
+    p.crash(0, true);
+    p.n[0].hang = false;
+    assert!(!p.n[0].al.is_empty());
+    p.restart(0);
+    assert!(!p.core(0).cache_lost(), "an A log judged as C's");
+    p.drop = false;
+    p.connect();
+    p.settle();
+    assert_eq!(
+        p.n[0].cache[8192], 0x66,
+        "a's durable FUA write overwritten: its A log relabelled C"
+    );
+}
