@@ -31,16 +31,7 @@ fn seeds_pass() {
 }
 
 fn finds(plant: Plant) {
-    let failed = run_many(0, CI_SEEDS, steps(), plant, true);
-    let Some(o) = failed.first() else {
-        panic!("the simulator did not find the planted bug {plant:?} in {CI_SEEDS} seeds");
-    };
-    let (v, _) = o.failure.as_ref().expect("failure");
-    eprintln!(
-        "{plant:?} found by seed {}: {v}\n  replay: {}",
-        o.seed,
-        replay_line(o.seed, plant, steps())
-    );
+    finds_in(plant, CI_SEEDS, steps());
 }
 
 /// As [`finds`], for plants whose course needs longer runs: up to 600
@@ -49,15 +40,19 @@ fn finds(plant: Plant) {
 /// `resume-any-full-sync` feed on rarer in short runs: found by one
 /// seed in 5,000 or so at 1,000 steps, by one in 60 to 150 at 5,000.)
 fn finds_long(plant: Plant) {
-    let failed = run_many(0, 600, 5000, plant, true);
+    finds_in(plant, 600, 5000);
+}
+
+fn finds_in(plant: Plant, seeds: u64, steps: usize) {
+    let failed = run_many(0, seeds, steps, plant, true);
     let Some(o) = failed.first() else {
-        panic!("the simulator did not find the planted bug {plant:?} in 600 seeds of 5,000 steps");
+        panic!("the simulator did not find the planted bug {plant:?} in {seeds} seeds of {steps} steps");
     };
     let (v, _) = o.failure.as_ref().expect("failure");
     eprintln!(
         "{plant:?} found by seed {}: {v}\n  replay: {}",
         o.seed,
-        replay_line(o.seed, plant, 5000)
+        replay_line(o.seed, plant, steps)
     );
 }
 

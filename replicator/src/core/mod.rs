@@ -279,8 +279,8 @@ impl Core {
             cache_lost: false,
             received_lost: false,
             received: false,
-            async_acks: cfg.protocol == Protocol::A,
-            receipt_acks: cfg.protocol == Protocol::B,
+            async_acks: ack_kind(cfg.protocol) == Protocol::A,
+            receipt_acks: ack_kind(cfg.protocol) == Protocol::B,
         });
         // The protocol the activity log's writes were acknowledged under:
         // the record's while the log holds extents, else this start's.
@@ -629,15 +629,16 @@ impl Core {
 
     /// Writes received from the peer are still to be written here (queued,
     /// or with the store).
-    pub(crate) fn peer_writes_pending(&self) -> bool {
+    fn peer_writes_pending(&self) -> bool {
         !self.incoming.is_empty() || self.applying > 0
     }
 
-    /// [`MetaRecord::received`] as it should be: set before the first peer
-    /// write is taken in (`apply_pump`), cleared here once the node is
-    /// Primary with none pending (a demoted Primary's log then holds only
-    /// its own writes, until it takes in one of its peer's).
-    fn settle_received(&mut self) {
+    /// [`MetaRecord::received`] and the log's protocol label as they should
+    /// be: `received` is set before the first peer write is taken in
+    /// (`apply_pump`) and cleared here once the node is Primary with none
+    /// pending (a demoted Primary's log then holds only its own writes,
+    /// until it takes in one of its peer's).
+    fn settle_record_flags(&mut self) {
         if self.received && self.role == Role::Primary && !self.peer_writes_pending() {
             self.received = false;
         }
@@ -886,7 +887,7 @@ impl Core {
     fn pump(&mut self) {
         for _ in 0..64 {
             let before = (self.actions.len(), self.app.len(), self.incoming.len());
-            self.settle_received();
+            self.settle_record_flags();
             self.adaptive_tick();
             self.persist_pump();
             self.apply_pump();

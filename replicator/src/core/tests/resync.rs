@@ -1024,21 +1024,14 @@ fn a_b_receipt_waits_for_the_secondary_activity_log() {
 fn an_a_primarys_durable_write_the_peer_never_got_survives_its_power_loss() {
     let mut p = Pair::new(Protocol::A, Plant::None);
     p.initial();
-    p.drop = true;
-    let now = p.now;
-    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
-    p.settle_now();
-    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    fua_write_b_never_gets(&mut p);
     assert_eq!(p.n[0].durable[8192], 0x66, "FUA: on a's disk");
     assert_eq!(p.n[1].cache[8192], 0, "b never got it");
     p.crash(0, false);
     // Back, its flush hangs: its activity log is still full when it loses
     // power (in B or C the next start would flag a lost page cache; in A
     // it may not, the peer not holding what a acknowledged).
-    p.n[0].hang = true;
-    p.restart_now(0);
-    p.crash(0, true);
-    p.n[0].hang = false;
+    power_loss_before_the_start_flushes(&mut p);
     assert!(!p.n[0].al.is_empty(), "the activity log was emptied before the power loss");
     p.restart(0);
     assert!(!p.core(0).cache_lost(), "protocol A flagged a lost cache");
@@ -1117,16 +1110,9 @@ fn a_protocol_changed_to_a_after_a_power_loss_keeps_the_peers_copies() {
 fn a_protocol_changed_from_a_after_a_power_loss_keeps_a_durable_write() {
     let mut p = Pair::new(Protocol::A, Plant::None);
     p.initial();
-    p.drop = true;
-    let now = p.now;
-    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
-    p.settle_now();
-    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    fua_write_b_never_gets(&mut p);
     p.crash(0, false);
-    p.n[0].hang = true;
-    p.restart_now(0);
-    p.crash(0, true);
-    p.n[0].hang = false;
+    power_loss_before_the_start_flushes(&mut p);
     assert!(!p.n[0].al.is_empty());
     p.cfg[0].protocol = Protocol::C;
     p.restart(0);
@@ -1212,11 +1198,7 @@ fn a_b_secondary_restarted_under_c_is_still_flagged() {
 fn an_a_log_is_not_relabelled_by_a_c_start_before_its_flush() {
     let mut p = Pair::new(Protocol::A, Plant::None);
     p.initial();
-    p.drop = true;
-    let now = p.now;
-    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
-    p.settle_now();
-    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    fua_write_b_never_gets(&mut p);
     p.crash(0, false);
     p.cfg[0].protocol = Protocol::C;
     p.cfg[1].protocol = Protocol::C;
@@ -1238,4 +1220,23 @@ fn an_a_log_is_not_relabelled_by_a_c_start_before_its_flush() {
         p.n[0].cache[8192], 0x66,
         "a's durable FUA write overwritten: its A log relabelled C"
     );
+}
+
+/// Protocol A, the link silently down: a acknowledges a FUA write W (at
+/// 8192) that b never gets.
+fn fua_write_b_never_gets(p: &mut Pair) {
+    p.drop = true;
+    let now = p.now;
+    p.core(0).write(now, 7, 8192, Bytes::from(vec![0x66u8; 1024]), true);
+    p.settle_now();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+}
+
+/// a, stopped, starts again and loses power before the start's flush
+/// completes (its disk slow): its activity log is still full.
+fn power_loss_before_the_start_flushes(p: &mut Pair) {
+    p.n[0].hang = true;
+    p.restart_now(0);
+    p.crash(0, true);
+    p.n[0].hang = false;
 }
