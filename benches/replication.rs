@@ -56,6 +56,7 @@ fn primary_core() -> Core {
         nonce: 1,
         full_sync: 0,
         lost: wire::Lost::None,
+        protocol: Protocol::C,
     };
     core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));
     core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![], last: true });

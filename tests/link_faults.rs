@@ -57,3 +57,48 @@ fn a_peer_that_sends_an_undecodable_frame_is_closed_with_the_reason() {
     p.down(0);
     p.down(1);
 }
+
+/// Two nodes whose resource files name different protocols (a file edited
+/// on one node only): each refuses the other at the handshake and says
+/// why in its status, the Primary keeps serving alone, and once b runs a's
+/// protocol the pair connects and b catches up with what a wrote meanwhile.
+#[test]
+fn nodes_configured_with_different_protocols_refuse_each_other_until_they_agree() {
+    if !common::have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::start("C", "64M");
+    p.wait_synced("the pair in sync", Duration::from_secs(30));
+    p.down(1);
+    let same = p.config.clone();
+    let edited = p.dir.path().join("r0-b.toml");
+    let text = std::fs::read_to_string(&same).unwrap();
+    std::fs::write(&edited, text.replacen("protocol = \"C\"", "protocol = \"B\"", 1)).unwrap();
+    p.config = edited;
+    p.up(1);
+    p.config = same;
+    let refused = |s: &serde_json::Value| {
+        let why = s["last_error"].as_str().unwrap_or_default();
+        s["connection"] != "Connected"
+            && why.contains("protocol C")
+            && why.contains("protocol B")
+            && why.contains("same protocol")
+    };
+    p.wait("both nodes to refuse the other's protocol", Duration::from_secs(20), |a, b| {
+        refused(a) && refused(b)
+    });
+    p.qemu_io(0, "write -P 0x5a 1M 1M");
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, b) = (p.status(0), p.status(1));
+    assert!(refused(&a) && refused(&b), "connected with two protocols\na: {a}\nb: {b}");
+    assert!(a["out_of_sync_bytes"].as_u64().unwrap_or(0) >= 1 << 20, "{a}");
+    p.down(1);
+    p.up(1);
+    p.wait_synced("b caught up once both run protocol C", Duration::from_secs(30));
+    p.down(0);
+    p.down(1);
+    assert!(
+        std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after the catch-up"
+    );
+}

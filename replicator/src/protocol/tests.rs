@@ -26,6 +26,7 @@ fn every_message_round_trips_even_byte_by_byte() {
             nonce: 0x1234_5678_9abc_def0,
             full_sync: 77,
             lost: Lost::Cache,
+            protocol: crate::config::Protocol::B,
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
         Message::Data { seq: 2, op: Op::write(0, Bytes::from_static(b"x"), true) },
@@ -82,4 +83,33 @@ fn malformed_frames_are_errors() {
     let body = (n - 1 - 4) as u32;
     m[..4].copy_from_slice(&body.to_be_bytes());
     assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("write length")));
+    // A hello naming no protocol the wire knows (its last byte).
+    for protocol in [crate::config::Protocol::A, crate::config::Protocol::Adaptive] {
+        let mut h = hello_frame(protocol).to_bytes();
+        let mut ok = h.clone();
+        assert_eq!(wire::decode(&mut ok), Ok(Some(hello_frame(protocol))));
+        let last = h.len() - 1;
+        h[last] = 9;
+        assert_eq!(wire::decode(&mut h), Err(WireError::Malformed("hello protocol")));
+    }
+}
+
+fn hello_frame(protocol: crate::config::Protocol) -> Message {
+    Message::Hello(Hello {
+        version: wire::VERSION,
+        node: "b".into(),
+        resource: "r".into(),
+        size: 1 << 20,
+        role: Role::Secondary,
+        disk: DiskState::UpToDate,
+        peer_out_of_sync: 0,
+        fresh: false,
+        gen: super::genid::GenIds { current: 3, bitmap: 0, history: [0, 0] },
+        discard: false,
+        promoted_at: 0,
+        nonce: 1,
+        full_sync: 0,
+        lost: Lost::None,
+        protocol,
+    })
 }

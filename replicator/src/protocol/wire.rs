@@ -8,11 +8,13 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::genid::GenIds;
+use crate::config::Protocol;
 
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
 /// 64-bit checksums (SHA-256) instead of CRC32s, and Verify says whether
-/// it is an online verify's.
-pub const VERSION: u16 = 8;
+/// it is an online verify's; 9: Hello carries the sender's protocol (a
+/// pair whose nodes are configured with different protocols is refused).
+pub const VERSION: u16 = 9;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -224,6 +226,10 @@ pub struct Hello {
     /// Writes the sender held may be gone from its disk since its data
     /// was last reconciled with its peer (see [`Lost`]).
     pub lost: Lost,
+    /// The sender's configured protocol: both nodes must run the same one
+    /// (when a write is answered on one side decides what the other must
+    /// remember of it after a crash).
+    pub protocol: Protocol,
 }
 
 /// What a node may have lost since its data was last reconciled with its
@@ -250,6 +256,25 @@ impl Lost {
             1 => Lost::Received,
             _ => Lost::Cache,
         }
+    }
+}
+
+fn protocol_code(p: Protocol) -> u8 {
+    match p {
+        Protocol::A => 1,
+        Protocol::B => 2,
+        Protocol::C => 3,
+        Protocol::Adaptive => 4,
+    }
+}
+
+fn protocol_from_code(c: u8) -> Option<Protocol> {
+    match c {
+        1 => Some(Protocol::A),
+        2 => Some(Protocol::B),
+        3 => Some(Protocol::C),
+        4 => Some(Protocol::Adaptive),
+        _ => None,
     }
 }
 
@@ -365,6 +390,7 @@ impl Message {
                 b.put_u64(h.nonce);
                 b.put_u64(h.full_sync);
                 b.put_u8(h.lost as u8);
+                b.put_u8(protocol_code(h.protocol));
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -556,6 +582,12 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             // (An older peer's hello ends here: its version is refused by
             // name, not as a malformed frame.)
             let lost = Lost::from_wire(if b.has_remaining() { b.get_u8() } else { 0 });
+            // (Absent from an older peer's hello, refused by its version.)
+            let protocol = if b.has_remaining() {
+                protocol_from_code(b.get_u8()).ok_or(WireError::Malformed("hello protocol"))?
+            } else {
+                Protocol::C
+            };
             Message::Hello(Hello {
                 version,
                 node,
@@ -571,6 +603,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 nonce,
                 full_sync,
                 lost,
+                protocol,
             })
         }
         T_WRITE => {

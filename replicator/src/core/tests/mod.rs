@@ -140,6 +140,7 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
         nonce: 0x5eed,
         full_sync: 0,
         lost: crate::protocol::wire::Lost::None,
+        protocol: crate::config::Protocol::C,
     }
 }
 
@@ -147,7 +148,9 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
 fn connect(c: &mut Core, sid: SessionId, role: Role) {
     c.handle_link_up(Duration::ZERO, sid);
     let g = GenIds { current: GEN, bitmap: 0, history: [0, 0] };
-    c.handle_frame(Duration::ZERO, sid, Message::Hello(hello(role, DiskState::UpToDate, g)));
+    let mut h = hello(role, DiskState::UpToDate, g);
+    h.protocol = c.cfg.protocol;
+    c.handle_frame(Duration::ZERO, sid, Message::Hello(h));
     c.handle_frame(Duration::ZERO, sid, Message::Bits { runs: Vec::new(), last: true });
     run(c, Duration::ZERO);
     assert_eq!(c.connection(), Connection::Connected);

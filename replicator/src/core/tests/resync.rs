@@ -1092,8 +1092,11 @@ fn a_protocol_changed_to_a_after_a_power_loss_keeps_the_peers_copies() {
         assert!(matches!(p.reply(0, 7), Some(Ok(()))));
         assert_eq!(p.n[1].cache[8192], 0x33);
         p.crash(0, true);
+        // (Both nodes: a pair with two protocols is refused.)
         p.cfg[0].protocol = Protocol::A;
         p.cfg[1].protocol = Protocol::A;
+        p.crash(1, false);
+        p.restart(1);
         p.restart(0);
         assert!(p.core(0).cache_lost(), "{protocol:?}: the log written under it was judged as A's");
         p.connect();
@@ -1115,11 +1118,16 @@ fn a_protocol_changed_from_a_after_a_power_loss_keeps_a_durable_write() {
     power_loss_before_the_start_flushes(&mut p);
     assert!(!p.n[0].al.is_empty());
     p.cfg[0].protocol = Protocol::C;
+    p.cfg[1].protocol = Protocol::C;
+    p.crash(1, false);
+    p.restart(1);
     p.restart(0);
     p.drop = false;
     p.connect();
     p.settle();
+    assert_eq!(p.core(0).connection(), Connection::Connected);
     assert_eq!(p.n[0].cache[8192], 0x66, "a's durable FUA write overwritten after a switch to C");
+    assert!(p.n[0].cache == p.n[1].cache);
 }
 
 /// From review: protocol A, the Primary's FUA write W durable on a; b
@@ -1179,8 +1187,15 @@ fn a_b_secondary_restarted_under_c_is_still_flagged() {
             p.core(1).promote(false, 50).unwrap();
             p.settle();
         }
+        // (a too: a pair with two protocols is refused.)
+        p.crash(0, false);
+        p.restart(0);
         p.connect();
         p.settle();
+        if !promote {
+            // (Promoted, flagged b is refused as the target's source.)
+            assert_eq!(p.core(0).connection(), Connection::Connected);
+        }
         assert_eq!(
             p.n[0].cache[8192], 0x66,
             "promoted {promote}: the acknowledged write was overwritten after a switch to C"
@@ -1213,9 +1228,12 @@ fn an_a_log_is_not_relabelled_by_a_c_start_before_its_flush() {
     assert!(!p.n[0].al.is_empty());
     p.restart(0);
     assert!(!p.core(0).cache_lost(), "an A log judged as C's");
+    p.crash(1, false);
+    p.restart(1);
     p.drop = false;
     p.connect();
     p.settle();
+    assert_eq!(p.core(0).connection(), Connection::Connected);
     assert_eq!(
         p.n[0].cache[8192], 0x66,
         "a's durable FUA write overwritten: its A log relabelled C"
