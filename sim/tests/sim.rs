@@ -140,6 +140,10 @@ fn regression_seeds_pass() {
         // A demoted B Primary flagged for its own writes after a process
         // crash became the target of a peer that then lost power (review).
         (8201423, 20000),
+        // Two disks never written: a Primary's disk failed on a generation
+        // it never wrote, and the rebuild from its peer forgot that
+        // generation, which the witness then refused its claim for.
+        (8509334, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -273,6 +273,16 @@ impl Core {
                     // into its history without our writes (found by
                     // review).
                     grew_from_ours = h.gen.current == self.gen.current;
+                    if untouched_apart {
+                        // Two disks never written: this node's generation
+                        // holds no write its peer's data lacks, so the copy
+                        // still holds all it ran with, and says so to the
+                        // witness (a Failed disk on a generation it started
+                        // as Primary and never wrote was refused by the
+                        // witness once rebuilt: simulator seed 8509334).
+                        grew_from_ours = true;
+                        self.told_also(self.gen.current);
+                    }
                     self.gen = GenIds::never_synced();
                     if !grew_from_ours {
                         self.data_from_peer();

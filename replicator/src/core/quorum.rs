@@ -628,9 +628,8 @@ impl Core {
         if saved.current != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold {
             let good =
                 self.disk == DiskState::UpToDate && self.gen.lineage().contains(&saved.current);
-            if good && !self.told.contains(&saved.current) {
-                self.told.insert(0, saved.current);
-                self.told.truncate(super::types::TOLD_KEPT);
+            if good {
+                self.told_also(saved.current);
             }
             for &g in &self.told {
                 if !data.contains(&g) {
@@ -639,6 +638,15 @@ impl Core {
             }
         }
         data
+    }
+
+    /// The data descends from generation `g` (kept with the next metadata
+    /// update, the newest first, at most `TOLD_KEPT`).
+    pub(crate) fn told_also(&mut self, g: u64) {
+        if g != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold && !self.told.contains(&g) {
+            self.told.insert(0, g);
+            self.told.truncate(super::types::TOLD_KEPT);
+        }
     }
 
     /// A heartbeat to the peer went out (the peer lease starts at its send).

@@ -317,3 +317,48 @@ fn a_state_before_the_targets_record_does_not_finish_the_sync() {
     let resynced = p.written_to(1, before);
     assert!(resynced < SIZE, "the finished sync started over: {resynced} of {SIZE} bytes");
 }
+
+/// Simulator seed 8509334 (witness controller): two disks never written;
+/// a is forced (generation g0) and b adopts it (`untouched_apart`); b,
+/// promoted, starts generation g1 (told the witness as the data it runs
+/// without a) and its disk fails before anything is written to it. Rebuilt
+/// from a's g0, b's data holds all of g1 (nothing was written in it), so
+/// it keeps g1 among what it tells the witness: before, it forgot it and
+/// the witness refused its later claim, leaving the pair without a
+/// Primary. Not when b's disk was written (`fresh` false): then b lost
+/// what it wrote in g1, and stays Outdated.
+#[test]
+fn a_failed_disk_that_never_wrote_its_generation_keeps_it_told() {
+    for fresh in [true, false] {
+        let mut p = Pair::new(Protocol::C, Plant::None);
+        p.core(0).promote(true, 1).unwrap();
+        p.settle();
+        p.core(0).demote().unwrap();
+        p.settle();
+        p.connect();
+        p.settle();
+        assert_eq!(p.core(1).disk(), DiskState::UpToDate, "adopted without a sync");
+        let g0 = p.core(0).gen().current;
+        let g1 = 0xf42b_9f21_aa2b_3745;
+        p.crash(1, false);
+        {
+            let m = p.n[1].meta.as_mut().unwrap();
+            assert!(m.fresh);
+            m.disk = DiskState::Failed;
+            m.gen = GenIds { current: g1, bitmap: g0, history: [g0, 0] };
+            m.fresh = fresh;
+        }
+        p.restart(1);
+        p.connect();
+        p.settle();
+        let b = p.core(1);
+        assert!(b.gen().lineage().contains(&g0), "fresh {fresh}");
+        if fresh {
+            assert_eq!(b.disk(), DiskState::UpToDate);
+            assert!(b.told.contains(&g1), "g1 forgotten: told {:x?}", b.told);
+        } else {
+            assert_eq!(b.disk(), DiskState::Outdated, "written in g1, rebuilt from g0");
+            assert!(!b.told.contains(&g1), "told {:x?}", b.told);
+        }
+    }
+}
