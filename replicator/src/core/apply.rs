@@ -95,6 +95,9 @@ impl Core {
             Message::State { role, disk, peer_out_of_sync, current, promoted_at, .. } => {
                 // A promotion during the session: ours is numbered after it.
                 self.peer_promoted_at = self.peer_promoted_at.max(promoted_at);
+                if let Some(s) = self.session.as_mut().filter(|s| s.id == sid) {
+                    s.peer.promoted_at = promoted_at;
+                }
                 self.on_peer_state(sid, role, disk, peer_out_of_sync, current)?
             }
             Message::SyncDone { current } => self.on_sync_done(current)?,
@@ -168,6 +171,25 @@ impl Core {
         match &op {
             Op::Write { .. } | Op::Trim { .. } | Op::Zero { .. } if !peer_primary => {
                 return Err(format!("operation {seq} writes, and the peer is not Primary"));
+            }
+            // A write of a reign that began before this node's own during
+            // this session: the peer sent it before it heard of this node's
+            // promotion (a link that stalled and came back), and this node's
+            // data moved on since. Applied, it would overwrite newer blocks
+            // while the resync of this node's reign sent the older ones
+            // (simulator seed 9102746: the disks differed, both connected
+            // and in sync). Ending the session leaves it to the handshake:
+            // the peer marks what it had not seen confirmed out of sync.
+            Op::Write { .. } | Op::Trim { .. } | Op::Zero { .. }
+                if s.reigned.is_some_and(|mine| s.peer.promoted_at <= mine) =>
+            {
+                return Err(format!(
+                    "operation {seq} writes for {}'s reign (promoted at {} ms), which began \
+                     before this node's (promoted at {} ms): this node's data moved on since",
+                    self.cfg.peer,
+                    s.peer.promoted_at,
+                    s.reigned.unwrap_or_default()
+                ));
             }
             Op::Resync { .. } if !peer_primary && !target => {
                 return Err(format!(

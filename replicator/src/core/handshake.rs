@@ -175,6 +175,7 @@ impl Core {
         s.peer.disk = h.disk;
         s.peer.current = h.gen.current;
         s.peer.out_of_sync = h.peer_out_of_sync;
+        s.peer.promoted_at = h.promoted_at;
         let primary_on = (h.role == Role::Primary).then_some(h.gen.current);
         let promoted_at = h.promoted_at;
         s.peer_hello = Some(h);

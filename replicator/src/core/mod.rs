@@ -1014,6 +1014,9 @@ impl Core {
         self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));
+        if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
+            s.reigned = Some(self.promoted_at);
+        }
         tracing::info!(force, "promoted to Primary");
         if bounce {
             // The declared data is a new generation: let the handshake

@@ -25,6 +25,8 @@ pub struct PeerInfo {
     pub disk: DiskState,
     pub current: u64,
     pub out_of_sync: u64,
+    /// When it was last promoted, as its hello or its last State said.
+    pub promoted_at: u64,
 }
 
 /// What the reply for an operation waits for from the peer.
@@ -215,6 +217,10 @@ pub struct Session {
     /// The peer was granted its promotion; until its next State it counts
     /// as Primary for a promotion of ours.
     pub peer_promoting: bool,
+    /// This node was promoted while this session ran (the promotion's
+    /// `promoted_at`): writes the peer sent as Primary before it heard of
+    /// that (a reign that began earlier) are older than this node's data.
+    pub reigned: Option<u64>,
     /// Receiving side: the last resync chunk and the last flush received
     /// (a SyncDone is taken only once a flush after every chunk is done).
     pub last_resync: u64,
@@ -260,6 +266,7 @@ impl Session {
                 disk: DiskState::Inconsistent,
                 current: 0,
                 out_of_sync: 0,
+                promoted_at: 0,
             },
             hello_role: Role::Secondary,
             hello_disk: DiskState::Inconsistent,
@@ -291,6 +298,7 @@ impl Session {
             last_refill: now,
             asked: None,
             peer_promoting: false,
+            reigned: None,
             last_resync: 0,
             last_flush: 0,
             adoption: Adoption::None,

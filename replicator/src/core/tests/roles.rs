@@ -315,3 +315,48 @@ fn force_on_a_connected_full_sync_target() {
         b.last_error
     );
 }
+
+/// Simulator seed 9102746 (witness controller, adaptive): the link stalled
+/// across two reigns on one session. b was promoted, wrote W and demoted
+/// while its frames to a waited in the stalled link; a, promoted without
+/// knowing of b's reign (the controller asks the witness, not the peer),
+/// wrote to the same block. When the link came back a received b's State
+/// (Primary) and W: applied over a's newer data, the disks differed while
+/// both said they were in sync. Here a's side, fed by hand: a write of a
+/// reign that began before a's own, during one session, ends the session
+/// (the handshake's resync then decides); one of a later reign is applied.
+#[test]
+fn a_write_of_a_reign_older_than_this_nodes_is_refused() {
+    for (peer_reign, refused) in [(100, true), (200, true), (300, false)] {
+        let t = Duration::ZERO;
+        let mut c = core(Protocol::C, DiskState::UpToDate);
+        connect(&mut c, 1, Role::Secondary);
+        c.promote(false, 200).unwrap();
+        run(&mut c, t);
+        let ask = c.promotion_asked().expect("asked");
+        c.handle_frame(t, 1, Message::PromoteAnswer { ask, granted: true, why: String::new() });
+        run(&mut c, t);
+        assert_eq!(c.role(), Role::Primary);
+        c.demote().unwrap();
+        run(&mut c, t);
+        let state = |role| Message::State {
+            role,
+            disk: DiskState::UpToDate,
+            peer_out_of_sync: 0,
+            fresh: false,
+            current: GEN,
+            promoted_at: peer_reign,
+        };
+        c.handle_frame(t, 1, state(Role::Primary));
+        let op = Op::write(4096, Bytes::from(vec![0xbb; 1024]), false);
+        c.handle_frame(t, 1, Message::Data { seq: 1, op });
+        let (a, applied) = run_applied(&mut c, t);
+        let why = c.status().last_error;
+        assert_eq!(closed(&a), refused, "peer's reign {peer_reign}: {why:?}");
+        assert_eq!(applied.is_empty(), refused, "peer's reign {peer_reign}");
+        if refused {
+            let why = c.status().last_error.unwrap_or_default();
+            assert!(why.contains("reign"), "{why}");
+        }
+    }
+}
