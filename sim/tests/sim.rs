@@ -147,6 +147,12 @@ fn regression_seeds_pass() {
         // A write of an older reign, stalled in the link, applied over a
         // node's own newer reign on one session: the disks differed.
         (9102746, 5000),
+        // A node with discard-my-data pending claimed; rebuilt from the
+        // peer it outdated, neither could be promoted.
+        (9147131, 5000),
+        // A generation a fresh peer took at a handshake its giver never
+        // finished named two data; an acknowledged write was lost (review).
+        (9402788, 20000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -108,6 +108,16 @@ impl Core {
             s.hello_full_sync = hello.full_sync;
             s.hello_discard = hello.discard;
         }
+        if hello.fresh {
+            // A fresh peer may take our generation at this handshake
+            // (`untouched_apart`) without our learning it: the link can go
+            // before we decide. Our next write without the peer starts a
+            // new generation, so that one id never names two data (found
+            // by review, simulator seed 9402788: a's acknowledged write
+            // landed in the generation b held without it, and was lost).
+            // Only while fresh: at most once.
+            self.separated = false;
+        }
         self.send(Message::Hello(hello));
         let runs = self.dirty.runs();
         let mut chunks = runs.chunks(RUNS_PER_FRAME).peekable();

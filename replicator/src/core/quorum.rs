@@ -848,6 +848,12 @@ impl Core {
             // would find: a sync's end, say, saved.)
             || !self.meta_durable()
             || self.split_brain
+            // Data this node gives up to its peer on the next handshake
+            // (`discard-my-data`, or a deposed Primary's): claimed, the
+            // witness recorded what it ran with, and the peer it then
+            // took its data from was outdated, leaving the pair without
+            // a Primary (simulator seed 9147131).
+            || self.discard
             || self.linking != Linking::Wanted;
         let peer_gone = now >= c.peer_heard + c.cfg.dead_time;
         // A connected Secondary peer, no Primary around: the first start,

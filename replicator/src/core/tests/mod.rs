@@ -18,6 +18,7 @@ use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 mod controller;
 mod ctl;
 mod failed_disk;
+mod fresh;
 mod full_sync_resume;
 mod link_faults;
 mod lying_peer;
