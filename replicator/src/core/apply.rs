@@ -93,6 +93,25 @@ impl Core {
                 self.ctl_pong(id);
             }
             Message::State { role, disk, peer_out_of_sync, current, promoted_at, .. } => {
+                // The peer's State as Primary of a reign that began before
+                // this node's own on this session is stale, and so is what
+                // follows it (writes, an Ahead catch-up's chunks, a resync
+                // of its own blocks): the session ends here (from review;
+                // the write check below is the backstop).
+                if role == Role::Primary
+                    && self
+                        .session
+                        .as_ref()
+                        .filter(|s| s.id == sid)
+                        .and_then(|s| s.reigned)
+                        .is_some_and(|mine| promoted_at <= mine)
+                {
+                    return Err(format!(
+                        "{} says it is Primary for a reign (promoted at {promoted_at} ms) that \
+                         began before this node's: its data is older",
+                        self.cfg.peer
+                    ));
+                }
                 // A promotion during the session: ours is numbered after it.
                 self.peer_promoted_at = self.peer_promoted_at.max(promoted_at);
                 if let Some(s) = self.session.as_mut().filter(|s| s.id == sid) {

@@ -532,6 +532,10 @@ impl Core {
                 }
                 self.p.all_pages_dirty(&self.dirty);
                 tracing::info!(full, bytes = self.dirty.bytes(), "SyncSource");
+                // This node's data stands (and becomes the peer's): nothing
+                // is left to give up, and a pending discard would keep it
+                // from claiming for good (from review).
+                self.discard = false;
                 let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
                 let total = self.dirty.bytes();
                 if !full && !resumed {
@@ -548,6 +552,9 @@ impl Core {
             Decision::InSync => {
                 // Identical: nothing this node lost with a page cache is
                 // missing from it.
+                // (Identical: nothing is given up; a pending discard would
+                // keep this node from claiming for good, from review.)
+                self.discard = false;
                 self.lost = Lost::None;
                 // Nothing to move: a Secondary facing an UpToDate peer of
                 // the same generation is UpToDate.

@@ -275,26 +275,26 @@ fn a_pong_to_a_ping_sent_before_the_promotion_gives_no_peer_lease() {
 }
 
 /// Simulator seed 9147131 (protocol A, witness): a node with
-/// `discard-my-data` pending claimed as its link came up, before the
-/// handshake made it the target of its peer's data; the witness recorded
-/// the generation it was giving up as the one it ran with and outdated the
-/// peer, and once rebuilt from that peer, neither node could be promoted.
-/// A node whose data is to be given up does not claim, connected or
-/// alone; its peer does.
+/// `discard-my-data` pending claimed, before the handshake made it the
+/// target of its peer's data; the witness recorded the generation it was
+/// giving up as the one it ran with and outdated the peer, and once
+/// rebuilt from that peer, neither node could be promoted. A node whose
+/// data is to be given up does not claim; its peer does. A handshake that
+/// finds the two identical settles the discard (nothing is given up), and
+/// the node may claim again (from review: it never did).
 #[test]
 fn a_node_that_gives_up_its_data_does_not_claim() {
     let claims =
         |d: &Duo, i: usize| d.votes[i].iter().filter(|v| v.kind == VoteKind::Claim).count();
     let mut d = Duo::new(Protocol::A);
     d.c[1].discard_my_data().unwrap();
-    d.connect();
     d.witness_up(0, true);
     d.witness_up(1, true);
-    assert_eq!(claims(&d, 1), 0, "b claimed with its data to be discarded");
-    assert_eq!(claims(&d, 0), 1, "a did not claim");
-    d.votes[0].clear();
-    d.cut();
     d.tick(DEAD * 2);
     d.tick(Duration::from_millis(500));
-    assert_eq!(claims(&d, 1), 0, "b claimed alone with its data to be discarded");
+    assert_eq!(claims(&d, 1), 0, "b claimed with its data to be discarded");
+    assert!(claims(&d, 0) >= 1, "a did not claim");
+    d.votes[0].clear();
+    d.connect();
+    assert!(!d.c[1].discard, "an in-sync handshake left the discard pending");
 }

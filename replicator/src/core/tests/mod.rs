@@ -27,6 +27,7 @@ mod probes;
 mod probes_adversarial;
 mod resync;
 mod roles;
+mod stale_reigns;
 mod writes;
 
 use pair::{Event, Pair};
