@@ -11,10 +11,11 @@ fn claims(d: &Duo, i: usize) -> usize {
 
 /// a Primary, deposed with unacknowledged changes (discard set). b, the
 /// new Primary, writes nothing and steps down; when the link returns with
-/// b Secondary the generations make a the SyncSource: the handshake does
-/// not clear a's discard flag. Does a ever claim again?
+/// b Secondary the generations make a the SyncSource. That handshake
+/// settles a's discard (its data stands), so a claims again once b, later
+/// Primary on a's data, is gone (before, it never did).
 #[test]
-fn deposed_then_source_keeps_discard() {
+fn a_deposed_node_made_the_source_claims_again() {
     let mut d = Duo::new(Protocol::C);
     d.connect();
     d.witness_up(0, true);
@@ -105,14 +106,14 @@ fn deposed_then_source_keeps_discard() {
     assert!(promoted, "node {other} (UpToDate, in sync with the lost Primary) never became Primary; claims {claimed}");
 }
 
-/// The reign guard covers Write/Trim/Zero only. A Primary also resyncs
-/// its own out-of-sync blocks to a connected Secondary that is not its
-/// SyncTarget (a failed write there, a verify mismatch): such a chunk,
-/// sent before the stall of seed 9102746's kind, arrives after this
-/// node's own reign (promoted, wrote, demoted) and is applied over the
-/// newer block, as the guarded write was.
+/// A Primary also resyncs its own out-of-sync blocks to a connected
+/// Secondary that is not its SyncTarget (a failed write there, a verify
+/// mismatch): such a chunk, sent before a stall of seed 9102746's kind,
+/// arrives after this node's own reign (promoted, wrote, demoted); it was
+/// applied over the newer block. The stale State before it ends the
+/// session now.
 #[test]
-fn a_resync_chunk_of_an_older_reign_is_applied() {
+fn a_resync_chunk_of_an_older_reign_is_refused() {
     let t = Duration::ZERO;
     let mut c = core(Protocol::C, DiskState::UpToDate);
     connect(&mut c, 1, Role::Secondary);
@@ -152,11 +153,11 @@ fn a_resync_chunk_of_an_older_reign_is_applied() {
 }
 
 /// `discard-my-data` on a Secondary whose generation equals its peer's
-/// (InSync handshake): the flag is never cleared (only a SyncTarget
-/// decision or a promotion clears it), so once its peer reigned and
-/// vanished, the node holding every replicated write never claims.
+/// (InSync handshake): the flag was never cleared (only a SyncTarget
+/// decision or a promotion did), so once its peer reigned and vanished,
+/// the node holding every replicated write never claimed. It does now.
 #[test]
-fn discard_never_cleared_on_an_in_sync_handshake() {
+fn a_discard_is_settled_by_an_in_sync_handshake() {
     let mut d = Duo::new(Protocol::C);
     d.c[1].discard_my_data().unwrap();
     d.connect();
@@ -195,10 +196,10 @@ fn discard_never_cleared_on_an_in_sync_handshake() {
 /// the peer, Primary in a reign older than this node's (its State stalled),
 /// went Ahead; its State naming the Ahead generation makes this node,
 /// after its own reign, Behind (Outdated) and the catch-up resync chunks
-/// of the older reign overwrite its newer blocks. The guard looks at
-/// Write/Trim/Zero only.
+/// of the older reign overwrote its newer blocks. The stale State ends
+/// the session now.
 #[test]
-fn an_older_reigns_ahead_catch_up_is_applied() {
+fn an_older_reigns_ahead_catch_up_is_refused() {
     let t = Duration::ZERO;
     let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
     connect(&mut c, 1, Role::Secondary);
