@@ -325,10 +325,15 @@ impl Hub {
     ) -> Arc<Hub> {
         let (tx, _) = broadcast::channel(4096);
         let hub = Arc::new(Hub { tx: tx.clone(), node: node.clone() });
+        // The first snapshot and the subscription are taken before `start`
+        // returns: a change made right after (a `disconnect` as soon as
+        // `up` says it is up) is then a difference, not the baseline.
+        let mut tracker = Tracker::default();
+        let mut transitions = node.transitions();
+        let (_, first) = node.status_since(&mut transitions);
+        tracker.diff(&first, Instant::now());
         // Not inside the node's span: each line names resource and node itself.
         tokio::spawn(async move {
-            let mut tracker = Tracker::default();
-            let mut transitions = node.transitions();
             let mut passed = Vec::new();
             loop {
                 let mut events = Vec::new();
