@@ -773,6 +773,23 @@ fn split_brain_is_detected_and_resolved_by_discard_my_data() {
     assert!(read_file(&p.nodes[0].disk) == disk_a, "a's disk changed");
     assert!(read_file(&p.nodes[1].disk) == disk_b, "b's disk changed");
     assert!(p.log(0).contains("split brain"));
+    // The wrong verb: discard-my-data on both. Neither is a source; both
+    // refuse, nothing is overwritten, and both discards are withdrawn.
+    // (a, Primary, must be demoted first: only a Secondary discards.)
+    p.ok(&["secondary"], 0);
+    p.ok(&["discard-my-data"], 0);
+    p.ok(&["discard-my-data"], 1);
+    p.wait("both refuse the double discard", Duration::from_secs(15), |a, b| {
+        [a, b].iter().all(|s| {
+            s["connection"] == "StandAlone"
+                && s["split_brain"] == true
+                && s["last_error"].as_str().is_some_and(|e| e.contains("both nodes were told"))
+        })
+    });
+    assert_eq!(p.status(0)["disk"], "UpToDate");
+    assert_eq!(p.status(1)["disk"], "UpToDate");
+    assert!(read_file(&p.nodes[0].disk) == disk_a, "a's disk changed");
+    assert!(read_file(&p.nodes[1].disk) == disk_b, "b's disk changed");
     // b's changes go; a's data wins.
     p.ok(&["discard-my-data"], 1);
     p.ok(&["connect"], 0);

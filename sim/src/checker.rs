@@ -235,6 +235,10 @@ pub(crate) struct Checker {
     /// B and C: the node's floors when such a sync into it began (checked
     /// when it ends; dropped at its crash).
     kept: [Option<Vec<u64>>; 2],
+    /// Node `n` lost power since the two were last in sync (Established
+    /// on one session): when both did, only what the pair made durable
+    /// together is owed (see `follow_syncs`).
+    power_apart: [bool; 2],
     pub protocol: Protocol,
 }
 
@@ -291,6 +295,7 @@ impl Checker {
             unsynced: [true, true],
             adoptable: [false, false],
             was_up: [false, false],
+            power_apart: [false, false],
             own: [z(), z()],
             same_gen: false,
             own_sync: [false, false],
@@ -517,6 +522,7 @@ impl Checker {
         if power {
             self.own[n].iter_mut().for_each(|x| *x = 0);
             self.power_losses[n] += 1;
+            self.power_apart[n] = true;
             self.fo[n].iter_mut().for_each(|x| *x = 0);
             self.fl_c[n] = self.dfl[n].clone();
             self.lineage[n] = None;
@@ -641,6 +647,7 @@ impl Checker {
         }
         self.follow_syncs(sim)?;
         self.follow_adoptions(sim);
+        self.follow_power(sim);
         self.check_core_caches(sim)?;
         self.check_i4_i5(sim)?;
         self.check_promotions(sim)?;
@@ -729,7 +736,21 @@ impl Checker {
                 // (Not for a node whose disk was already a mix, a sync
                 // target before: the Primary alone held the data then, and
                 // what it did not flush is lost with its power.)
-                self.kept[n] = (self.same_gen && self.protocol != Protocol::A && self.was_up[n])
+                // Nor when both nodes lost power since they were last in
+                // sync: each may then lack unflushed writes the other holds
+                // (the target's own flushes as a Secondary, or the luck of
+                // its disk), and neither is the better source; what a
+                // FLUSH or FUA made durable on both is on the source too
+                // (its `dfl`, checked at its power loss, which the target
+                // takes with the data). NBD owes no more after the whole
+                // pair lost power (seed 9570026: b flushed a write the
+                // Primary never flushed; both lost power; the last Primary
+                // was the source).
+                let both_lost_power = self.power_apart[0] && self.power_apart[1];
+                self.kept[n] = (self.same_gen
+                    && self.protocol != Protocol::A
+                    && self.was_up[n]
+                    && !both_lost_power)
                     .then_some(kept_floor);
                 for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.fo[n]] {
                     f.iter_mut().for_each(|x| *x = 0);
@@ -822,6 +843,21 @@ impl Checker {
                 decode(b, node.disk.cell(b))
             ),
         ))
+    }
+
+    /// Two nodes Established on one session are in sync: a power loss
+    /// before it is no longer "apart".
+    fn follow_power(&mut self, sim: &Sim) {
+        let established = |n: usize| {
+            sim.nodes[n]
+                .core
+                .as_ref()
+                .filter(|c| c.replication() == Replication::Established)
+                .and_then(|c| c.session_id())
+        };
+        if established(0).is_some() && established(0) == established(1) {
+            self.power_apart = [false, false];
+        }
     }
 
     /// The link came up: whether each node may adopt its peer's data

@@ -129,6 +129,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ClearBeforeDurable => "clear-before-durable",
         Plant::ResumeAnyFullSync => "resume-any-full-sync",
         Plant::UnionByName => "union-by-name",
+        Plant::IgnoreLostCache => "ignore-lost-cache",
         Plant::IgnoreQuorum => "ignore-quorum",
         Plant::NoPeerFence => "no-peer-fence",
         Plant::AheadWithoutMark => "ahead-without-mark",

@@ -360,9 +360,23 @@ impl Core {
             }
         }
         if decision == Decision::SplitBrain {
-            if self.discard && my_role == Role::Secondary {
+            let i_discard = self.discard && my_role == Role::Secondary;
+            let peer_discards = h.discard && h.role == Role::Secondary;
+            if i_discard && peer_discards {
+                // Both told to give up their changes: each would be the
+                // other's target and neither a source (DRBD refuses it
+                // too). Nothing is overwritten; both withdraw the discard
+                // and stay split, for the operator to choose one.
+                self.discard = false;
+                self.split_brain = true;
+                self.linking = Linking::StandAlone(
+                    "StandAlone after a split brain: both nodes were told to discard their data                      (run `discard-my-data` on one node only, then `connect` on both)",
+                );
+                return Err("split brain: both nodes were told to discard their data, so neither                      is a source; nothing was overwritten and both discards are withdrawn (run                      `twinblock discard-my-data` on one node only, then `connect` on both)"
+                    .into());
+            } else if i_discard {
                 decision = Decision::SyncTarget { full: true };
-            } else if h.discard && h.role == Role::Secondary {
+            } else if peer_discards {
                 decision = Decision::SyncSource { full: true };
             } else {
                 self.split_brain = true;
@@ -412,7 +426,8 @@ impl Core {
                     DiskState::Consistent if !by_name => disk_rank(DiskState::UpToDate),
                     d => disk_rank(d),
                 };
-                let lost = if by_name { Lost::None } else { lost };
+                let ignore_lost = by_name || self.cfg.plant == Plant::IgnoreLostCache;
+                let lost = if ignore_lost { Lost::None } else { lost };
                 (disk, std::cmp::Reverse(lost), role == Role::Primary, promoted_at, first_by_name)
             };
         let (mine, theirs) = if by_name { (0, 0) } else { (my_promoted_at, h.promoted_at) };

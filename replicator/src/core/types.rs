@@ -242,6 +242,10 @@ pub enum Plant {
     /// the first by name (disk and role aside), not from the node that was
     /// Primary last (its acknowledged writes the peer lacks are overwritten).
     UnionByName,
+    /// Two nodes on one generation rank the union's source without asking
+    /// which lost its page cache: the last Primary, back from a power loss,
+    /// overwrites the acknowledged writes its peer holds and it lost.
+    IgnoreLostCache,
 }
 
 impl std::str::FromStr for Plant {
@@ -269,9 +273,10 @@ impl std::str::FromStr for Plant {
             "promote-without-asking" => Plant::PromoteWithoutAsking,
             "resume-any-full-sync" => Plant::ResumeAnyFullSync,
             "union-by-name" => Plant::UnionByName,
+            "ignore-lost-cache" => Plant::IgnoreLostCache,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache)"
                 ))
             }
         })

@@ -292,6 +292,53 @@ fn a_discarded_node_cut_mid_resync_ends_up_to_date() {
     assert_eq!(b.disk, DiskState::UpToDate, "b ends {:?}: {:?}", b.disk, b.last_error);
 }
 
+/// `discard-my-data` on both nodes of a split brain: each would take the
+/// other's data and neither send it (both SyncTarget, the disks
+/// Inconsistent for good). Refused on both sides, nothing overwritten,
+/// both discards withdrawn; then a discard on one node resolves it.
+#[test]
+fn a_discard_on_both_nodes_of_a_split_brain_is_refused() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 256);
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.core(1).promote(false, 3).unwrap();
+    p.write(1, 2, 4096, 7, 256);
+    p.settle();
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.connect();
+    assert!(p.core(0).status().split_brain && p.core(1).status().split_brain);
+    let (a_data, b_data) = (p.n[0].cache.clone(), p.n[1].cache.clone());
+    p.core(0).discard_my_data().unwrap();
+    p.core(1).discard_my_data().unwrap();
+    p.connect();
+    for n in 0..2 {
+        let st = p.core(n).status();
+        assert_eq!(st.replication, Replication::Off, "node {n} syncs: {:?}", st.sync);
+        assert_eq!(st.disk, DiskState::UpToDate, "node {n}");
+        assert!(st.split_brain, "node {n} not split");
+        let why = st.last_error.unwrap_or_default();
+        assert!(why.contains("both nodes were told to discard"), "node {n}: {why}");
+    }
+    assert!(p.n[0].cache == a_data && p.n[1].cache == b_data, "data overwritten");
+    // The discards were withdrawn: `connect` alone is a split brain again.
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    assert!(p.core(0).status().split_brain && p.core(1).status().split_brain);
+    assert!(p.n[0].cache == a_data && p.n[1].cache == b_data, "data overwritten");
+    // One discard resolves it: b takes a's data.
+    p.core(1).discard_my_data().unwrap();
+    p.core(0).connect();
+    p.connect();
+    assert!(p.n[0].cache == a_data && p.n[1].cache == a_data, "b did not take a's data");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(1).replication(), Replication::Established);
+}
+
 /// With `resync-checksum`, a verify that finds a difference starts a
 /// resync in the same session, whose probes are verify operations too:
 /// the Secondary, Idle meanwhile, took them for an online verify and was
