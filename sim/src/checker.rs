@@ -190,6 +190,11 @@ pub(crate) struct Checker {
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
     dfl: [Vec<u64>; 2],
+    /// The part of `dfl` a Primary promised its client: FUA writes and
+    /// what a FLUSH acknowledged by a Primary covered (not a Secondary's
+    /// own FLUSH). What a sync on one generation into a node must leave
+    /// when both nodes lost power since they were last in sync.
+    pdfl: [Vec<u64>; 2],
     zero_max: Vec<u64>,
     lineage: [Option<Lineage>; 2],
     was_target: [bool; 2],
@@ -236,8 +241,8 @@ pub(crate) struct Checker {
     /// when it ends; dropped at its crash).
     kept: [Option<Vec<u64>>; 2],
     /// Node `n` lost power since the two were last in sync (Established
-    /// on one session): when both did, only what the pair made durable
-    /// together is owed (see `follow_syncs`).
+    /// on one session): when both did, only what a Primary promised its
+    /// client is owed (`pdfl`, see `follow_syncs`).
     power_apart: [bool; 2],
     pub protocol: Protocol,
 }
@@ -277,6 +282,7 @@ impl Checker {
             fl_c: [z(), z()],
             fl_b: [z(), z()],
             dfl: [z(), z()],
+            pdfl: [z(), z()],
             zero_max: z(),
             lineage: [None, None],
             was_target: [false, false],
@@ -366,6 +372,7 @@ impl Checker {
                     self.fl_c[n][b] = self.fl_c[n][b].max(*id);
                     if *fua {
                         self.dfl[n][b] = self.dfl[n][b].max(*id);
+                        self.pdfl[n][b] = self.pdfl[n][b].max(*id);
                     }
                     if confirmed {
                         match protocol {
@@ -373,6 +380,7 @@ impl Checker {
                                 self.fl_c[m][b] = self.fl_c[m][b].max(*id);
                                 if *fua {
                                     self.dfl[m][b] = self.dfl[m][b].max(*id);
+                                    self.pdfl[m][b] = self.pdfl[m][b].max(*id);
                                 }
                             }
                             Protocol::B => self.fl_b[m][b] = self.fl_b[m][b].max(*id),
@@ -389,10 +397,16 @@ impl Checker {
                 let own = snap.own.clone();
                 if snap.epochs[n] == self.epoch[n] {
                     maxv(&mut self.dfl[n], &own);
+                    if r.primary {
+                        maxv(&mut self.pdfl[n], &own);
+                    }
                 }
                 if confirmed && protocol != Protocol::A && snap.epochs[m] == self.epoch[m] {
                     let peer = snap.peer.clone();
                     maxv(&mut self.dfl[m], &peer);
+                    if r.primary {
+                        maxv(&mut self.pdfl[m], &peer);
+                    }
                 }
             }
         }
@@ -545,7 +559,13 @@ impl Checker {
         self.epoch[n] += 1;
         self.fo[n].iter_mut().for_each(|x| *x = 0);
         self.synced_floor[n] = None;
-        for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.own[n]] {
+        for f in [
+            &mut self.fl_c[n],
+            &mut self.fl_b[n],
+            &mut self.dfl[n],
+            &mut self.pdfl[n],
+            &mut self.own[n],
+        ] {
             f.iter_mut().for_each(|x| *x = 0);
         }
         self.lineage[n] = None;
@@ -602,6 +622,7 @@ impl Checker {
                     &mut self.fl_c[m],
                     &mut self.fl_b[m],
                     &mut self.dfl[m],
+                    &mut self.pdfl[m],
                     &mut self.fo[m],
                     &mut self.own[m],
                 ] {
@@ -736,23 +757,31 @@ impl Checker {
                 // (Not for a node whose disk was already a mix, a sync
                 // target before: the Primary alone held the data then, and
                 // what it did not flush is lost with its power.)
-                // Nor when both nodes lost power since they were last in
-                // sync: each may then lack unflushed writes the other holds
-                // (the target's own flushes as a Secondary, or the luck of
-                // its disk), and neither is the better source; what a
-                // FLUSH or FUA made durable on both is on the source too
-                // (its `dfl`, checked at its power loss, which the target
-                // takes with the data). NBD owes no more after the whole
-                // pair lost power (seed 9570026: b flushed a write the
-                // Primary never flushed; both lost power; the last Primary
-                // was the source).
-                let both_lost_power = self.power_apart[0] && self.power_apart[1];
-                self.kept[n] = (self.same_gen
-                    && self.protocol != Protocol::A
-                    && self.was_up[n]
-                    && !both_lost_power)
+                // When both nodes lost power since they were last in sync,
+                // each may lack unflushed writes the other holds, and
+                // neither is the better source: what is owed is what a
+                // Primary promised its client, FUA writes and what its
+                // acknowledged FLUSH covered (`pdfl`), not what the target
+                // made durable by a FLUSH of its own as a Secondary (seed
+                // 9570026: b flushed a write its Primary never flushed;
+                // both lost power; the last Primary was the source). A
+                // Primary's FLUSH acknowledged while the link was down is
+                // on it alone: the node promoted later makes its data
+                // durable before its promotion counts (review).
+                let kept_floor = if self.power_apart[0] && self.power_apart[1] {
+                    self.pdfl[n].clone()
+                } else {
+                    kept_floor
+                };
+                self.kept[n] = (self.same_gen && self.protocol != Protocol::A && self.was_up[n])
                     .then_some(kept_floor);
-                for f in [&mut self.fl_c[n], &mut self.fl_b[n], &mut self.dfl[n], &mut self.fo[n]] {
+                for f in [
+                    &mut self.fl_c[n],
+                    &mut self.fl_b[n],
+                    &mut self.dfl[n],
+                    &mut self.pdfl[n],
+                    &mut self.fo[n],
+                ] {
                     f.iter_mut().for_each(|x| *x = 0);
                 }
                 self.lineage[n] = None;

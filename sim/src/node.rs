@@ -39,6 +39,9 @@ pub(crate) struct AppReq {
     pub peer_power: u64,
     /// When it was submitted.
     pub at: Time,
+    /// Submitted to a Primary (a Secondary's FLUSH promises only its own
+    /// disk, and nothing once both nodes lost power).
+    pub primary: bool,
 }
 
 #[derive(Clone, Debug)]

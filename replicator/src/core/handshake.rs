@@ -227,6 +227,11 @@ impl Core {
         let h = s.peer_hello.clone().ok_or("no hello")?;
         let (my_role, my_disk, my_promoted_at, my_lost) =
             (s.hello_role, s.hello_disk, s.hello_promoted_at, s.hello_lost);
+        // The discard this node's hello told the peer, which the peer
+        // decides on: a `discard-my-data` run since then waits for the next
+        // handshake, or the two decide differently (both discarding after
+        // the hellos went out became each other's target: review).
+        let told_discard = s.hello_discard;
         let mut peer_bits =
             std::mem::replace(&mut s.peer_bits, crate::bitmap::Bitmap::with_block(0, 1));
         if self.cfg.plant == Plant::SkipBitmapExchange {
@@ -315,13 +320,13 @@ impl Core {
         // Primary the controller deposed) takes the peer's data whatever
         // the generations say.
         if decision != Decision::InSync && unusable.is_none() {
-            if self.discard && my_role == Role::Secondary && h.role == Role::Primary {
+            if told_discard && my_role == Role::Secondary && h.role == Role::Primary {
                 decision = Decision::SyncTarget { full: true };
             } else if h.discard && h.role == Role::Secondary && my_role == Role::Primary {
                 decision = Decision::SyncSource { full: true };
             }
         }
-        if decision == Decision::SplitBrain && !self.discard && !h.discard {
+        if decision == Decision::SplitBrain && !told_discard && !h.discard {
             let mine = SplitSide {
                 changes: self.dirty.bytes(),
                 promoted_at: my_promoted_at,
@@ -360,7 +365,7 @@ impl Core {
             }
         }
         if decision == Decision::SplitBrain {
-            let i_discard = self.discard && my_role == Role::Secondary;
+            let i_discard = told_discard && my_role == Role::Secondary;
             let peer_discards = h.discard && h.role == Role::Secondary;
             if i_discard && peer_discards {
                 // Both told to give up their changes: each would be the
@@ -370,14 +375,23 @@ impl Core {
                 self.discard = false;
                 self.split_brain = true;
                 self.linking = Linking::StandAlone(
-                    "StandAlone after a split brain: both nodes were told to discard their data                      (run `discard-my-data` on one node only, then `connect` on both)",
+                    "StandAlone after a split brain: both nodes were told to discard their data \
+                     (run `discard-my-data` on one node only, then `connect` on both)",
                 );
-                return Err("split brain: both nodes were told to discard their data, so neither                      is a source; nothing was overwritten and both discards are withdrawn (run                      `twinblock discard-my-data` on one node only, then `connect` on both)"
+                return Err("split brain: both nodes were told to discard their data, so neither \
+                     is a source; nothing was overwritten and both discards are withdrawn (run \
+                     `twinblock discard-my-data` on one node only, then `connect` on both)"
                     .into());
             } else if i_discard {
                 decision = Decision::SyncTarget { full: true };
             } else if peer_discards {
                 decision = Decision::SyncSource { full: true };
+            } else if self.discard && my_role == Role::Secondary {
+                // A `discard-my-data` run after this node's hello went
+                // out: the next handshake carries it.
+                return Err("split brain: discard-my-data came after this handshake began; \
+                     connecting again with it"
+                    .into());
             } else {
                 self.split_brain = true;
                 self.linking = Linking::StandAlone(

@@ -217,6 +217,10 @@ pub struct Core {
     /// Store writes emitted so far, and how many of them are durable.
     write_epoch: u64,
     flushed_epoch: u64,
+    /// The write epoch when this node was last promoted: the record that
+    /// makes it the last Primary (`promoted_at`) is saved only once what
+    /// it held then is durable (`persist_pump`).
+    promo_epoch: u64,
     al_flush: Option<IoId>,
     /// Application flushes in flight: the write epoch each covers.
     flush_epochs: HashMap<ReqId, u64>,
@@ -404,6 +408,7 @@ impl Core {
             next_io: 1,
             write_epoch: 1,
             flushed_epoch: 0,
+            promo_epoch: 0,
             al_flush: None,
             flush_epochs: HashMap::new(),
             barrier: 0,
@@ -1014,6 +1019,7 @@ impl Core {
         self.ctl_promoted();
         self.role = Role::Primary;
         self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));
+        self.promo_epoch = self.write_epoch;
         if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
             s.reigned = Some(self.promoted_at);
         }

@@ -90,7 +90,11 @@ impl Core {
 
     /// Issues the updates that are due.
     pub(crate) fn persist_pump(&mut self) {
-        if !self.p.meta_saving && self.p.meta_failed.is_none() && !self.meta_durable() {
+        if !self.p.meta_saving
+            && self.p.meta_failed.is_none()
+            && !self.meta_durable()
+            && !self.promotion_unflushed()
+        {
             let m = self.meta_record();
             let io = self.io(IoFor::Meta(m.clone()));
             self.p.meta_saving = true;
@@ -135,6 +139,27 @@ impl Core {
                 self.p.want_bitmap = true;
             }
         }
+    }
+
+    /// The record to save makes this node the last Primary (a newer
+    /// `promoted_at`), and what the node held at its promotion is not yet
+    /// durable: a flush goes first. On one generation the last Primary is
+    /// the union's source when both nodes lost their page caches, so its
+    /// disk must hold what its peer made durable alone: a write both held
+    /// that the peer's FLUSH, acknowledged while the link was down, made
+    /// durable there and only cached here (review of the simulator's
+    /// exclusion for two power losses). A disk that cannot flush does not
+    /// hold the record back.
+    fn promotion_unflushed(&mut self) -> bool {
+        let durable_at = self.p.durable_meta.as_ref().map_or(0, |m| m.promoted_at);
+        if self.promoted_at <= durable_at
+            || self.flushed_epoch >= self.promo_epoch
+            || !self.disk_usable()
+        {
+            return false;
+        }
+        self.flush_written();
+        true
     }
 
     /// Issues an activity-log journal update.

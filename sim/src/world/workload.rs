@@ -71,9 +71,10 @@ impl Sim {
         }
         let switches = self.nodes[n].core.as_ref().map_or(0, |c| c.status().counters.mode_switches);
         let peer_power = self.chk.power_losses[1 - n];
+        let primary = self.nodes[n].core.as_ref().is_some_and(|c| c.role() == Role::Primary);
         self.nodes[n].reqs.insert(
             req,
-            AppReq { kind: kind.clone(), linked, snapshot, switches, peer_power, at: now },
+            AppReq { kind: kind.clone(), linked, snapshot, switches, peer_power, at: now, primary },
         );
         let core = self.nodes[n].core.as_mut().expect("alive");
         match kind {

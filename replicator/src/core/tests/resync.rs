@@ -339,6 +339,102 @@ fn a_discard_on_both_nodes_of_a_split_brain_is_refused() {
     assert_eq!(p.core(1).replication(), Replication::Established);
 }
 
+/// Both nodes run `discard-my-data` after their hellos went out (the
+/// link up, the decision not yet made): each decides on the discard its
+/// hello told, so both see a split brain without discards, and neither
+/// becomes the other's target (before, each saw its own discard and the
+/// peer's none: both SyncTarget, both Inconsistent; review). The pending
+/// discards then meet at the next handshake, which refuses them both.
+#[test]
+fn a_discard_on_both_nodes_after_the_hellos_is_refused_not_both_targets() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 256);
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.core(1).promote(false, 3).unwrap();
+    p.write(1, 2, 4096, 7, 256);
+    p.settle();
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.connect();
+    assert!(p.core(0).status().split_brain && p.core(1).status().split_brain);
+    let (a_data, b_data) = (p.n[0].cache.clone(), p.n[1].cache.clone());
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect_steps(0, |_| {}); // the hellos are out, without a discard
+    p.core(0).discard_my_data().unwrap();
+    p.core(1).discard_my_data().unwrap();
+    for _ in 0..500 {
+        if p.sid.is_none() {
+            break;
+        }
+        p.steps(1, true, &mut |_| {});
+    }
+    for n in 0..2 {
+        let (r, peer) = (p.core(n).replication(), p.core(1 - n).replication());
+        assert!(
+            r != Replication::SyncTarget || peer == Replication::SyncSource,
+            "node {n} is SyncTarget, its peer {peer:?}"
+        );
+    }
+    assert!(p.n[0].cache == a_data && p.n[1].cache == b_data, "data overwritten");
+    // Next handshake: both discards told, both refused and withdrawn.
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    for n in 0..2 {
+        let st = p.core(n).status();
+        assert_eq!(st.disk, DiskState::UpToDate, "node {n}");
+        let why = st.last_error.unwrap_or_default();
+        assert!(why.contains("both nodes were told to discard"), "node {n}: {why}");
+    }
+    assert!(p.n[0].cache == a_data && p.n[1].cache == b_data, "data overwritten");
+}
+
+/// A write both nodes held, made durable on `a` alone by a FLUSH it
+/// acknowledged while the link was down (a FLUSH writes nothing: the
+/// generation stays, and the two reconnect in sync). `b`, promoted later,
+/// is the last Primary; both lose power; on one generation with both
+/// caches lost the last Primary is the union's source, and its disk had
+/// the write only in its page cache: the acknowledged and flushed write
+/// was gone from both (review). A node's promotion is saved only once
+/// what it held is durable.
+#[test]
+fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    p.write(0, 10, 0, 0x5a, 64); // W, in b's page cache
+    p.settle();
+    assert_eq!(p.reply(0, 10), Some(Ok(())));
+    p.cut();
+    let gen_before = p.core(0).gen().current;
+    let now = p.now;
+    p.core(0).flush(now, 11); // acknowledged by a alone
+    p.settle();
+    assert_eq!(p.reply(0, 11), Some(Ok(())));
+    assert_eq!(p.core(0).gen().current, gen_before, "a FLUSH started a generation");
+    assert!(p.n[0].durable[..64].iter().all(|&x| x == 0x5a));
+    p.connect();
+    assert_eq!(p.core(0).replication(), Replication::Established);
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.core(1).promote(false, 5).unwrap();
+    p.settle();
+    assert!(p.n[1].durable[..64].iter().all(|&x| x == 0x5a), "b promoted without W durable");
+    p.write(1, 12, 128, 0x33, 64); // the same activity-log extent as W
+    p.settle();
+    p.crash(1, true);
+    p.crash(0, true);
+    p.restart(0);
+    p.restart(1);
+    p.connect();
+    p.settle();
+    assert!(p.n[0].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from a");
+    assert!(p.n[1].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from b");
+}
+
 /// With `resync-checksum`, a verify that finds a difference starts a
 /// resync in the same session, whose probes are verify operations too:
 /// the Secondary, Idle meanwhile, took them for an online verify and was
