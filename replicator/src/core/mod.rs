@@ -790,6 +790,11 @@ impl Core {
         if self.disk != DiskState::Failed {
             self.error(format!("local disk failed ({what}: errno {}): detached", e.0));
             self.disk = DiskState::Failed;
+            // A flush in flight may never answer (a disk that hangs); its
+            // answer says nothing once the disk is declared good again,
+            // and a promotion then waits for a flush issued afresh
+            // (review: it waited for this one for ever).
+            self.al_flush = None;
             // Detached: nothing this disk holds may go to the peer any
             // more (a resync or verify it was the source of ends); the
             // handshake of the next link sends it a full sync instead.
@@ -823,10 +828,13 @@ impl Core {
             IoFor::Bench(req) => self.bench_local_done(req, result.map(|_| ())),
             IoFor::Apply(a) => self.apply_done(a, result),
             IoFor::AlFlush { epoch } => {
-                self.al_flush = None;
-                match result {
-                    Ok(_) => self.flushed_epoch = self.flushed_epoch.max(epoch),
-                    Err(e) => self.disk_failed(e, "flush"),
+                // (A flush the disk's failure let go of is no longer ours.)
+                if self.al_flush == Some(io) {
+                    self.al_flush = None;
+                    match result {
+                        Ok(_) => self.flushed_epoch = self.flushed_epoch.max(epoch),
+                        Err(e) => self.disk_failed(e, "flush"),
+                    }
                 }
             }
             IoFor::SourceRead { sid } => {

@@ -435,6 +435,78 @@ fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
     assert!(p.n[1].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from b");
 }
 
+/// The handshake's raise of a reigning Primary's `promoted_at` past its
+/// peer's ("takes the peer's time plus one") makes it the last Primary
+/// too, so it waits for the same flush as a promotion (review: it was
+/// saved without). `a` writes W (cached
+/// on both); cut; `b` is promoted alone (its promotion flushes W) and
+/// acknowledges a FLUSH as Primary; `b` demotes; the two reconnect on one
+/// generation and `a`, still Primary, takes b's time plus one with W only
+/// in its page cache. Both lose power: `a` is the union's source and its
+/// activity log carries the old block over b's durable W.
+#[test]
+fn a_primary_raised_past_its_peers_promotion_holds_what_it_cached() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    p.write(0, 10, 0, 0x5a, 64); // W, in both page caches
+    p.settle();
+    assert_eq!(p.reply(0, 10), Some(Ok(())));
+    p.cut();
+    p.core(1).promote(false, 5).unwrap();
+    p.settle();
+    let now = p.now;
+    p.core(1).flush(now, 11); // acknowledged by b as Primary
+    p.settle();
+    assert_eq!(p.reply(1, 11), Some(Ok(())));
+    assert!(p.n[1].durable[..64].iter().all(|&x| x == 0x5a));
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.connect();
+    assert_eq!(p.core(0).replication(), Replication::Established);
+    p.crash(0, true);
+    p.crash(1, true);
+    p.restart(0);
+    p.restart(1);
+    p.connect();
+    p.settle();
+    assert!(p.n[1].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from b");
+    assert!(p.n[0].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from a");
+}
+
+/// A flush that a disk left without a completion when
+/// `disk-timeout` detached it stays in `al_flush` for ever, so
+/// `flush_written` issues none again; once the operator declares the disk
+/// good (`primary --force` of the Failed disk, "one whose error was
+/// transient"), `promotion_unflushed` waits for a flush that is never
+/// issued: the record was never saved and every write waited for it
+/// (review). The disk's failure lets go of its flush in flight.
+#[test]
+fn a_flush_a_detached_disk_never_answered_does_not_hold_a_later_promotion() {
+    let mut ca = cfg(Protocol::C);
+    ca.disk_timeout = Some(Duration::from_secs(1));
+    let mut p = Pair::with_cfg(ca, true);
+    p.initial();
+    p.cut();
+    p.write(0, 29, 512, 1, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 29), Some(Ok(())));
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.n[0].hang = true;
+    p.core(0).promote(false, 10).unwrap(); // its flush never answers
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.n[0].hang = false; // the disk answers again
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    p.core(0).promote(true, 20).unwrap();
+    p.settle_now();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    p.write(0, 30, 0, 7, 64);
+    p.settle_now();
+    assert_eq!(p.reply(0, 30), Some(Ok(())), "the write waits for a record never saved");
+}
+
 /// With `resync-checksum`, a verify that finds a difference starts a
 /// resync in the same session, whose probes are verify operations too:
 /// the Secondary, Idle meanwhile, took them for an online verify and was
