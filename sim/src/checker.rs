@@ -746,17 +746,6 @@ impl Checker {
                 // then held is what the sync brings, besides the writes
                 // replicated meanwhile, which confirm floors directly).
                 let sid = sim.nodes[n].core.as_ref().and_then(|c| c.session_id()).unwrap_or(0);
-                let kept_floor = self.floor(n);
-                self.synced_floor[n] = Some((sid, self.floor(1 - n)));
-                // On one generation, what the node acknowledged as Primary
-                // must come out of the sync (checked at its end).
-                self.own_sync[n] = self.same_gen;
-                if !self.same_gen {
-                    self.own[n].iter_mut().for_each(|x| *x = 0);
-                }
-                // (Not for a node whose disk was already a mix, a sync
-                // target before: the Primary alone held the data then, and
-                // what it did not flush is lost with its power.)
                 // When both nodes lost power since they were last in sync,
                 // each may lack unflushed writes the other holds, and
                 // neither is the better source: what is owed is what a
@@ -771,8 +760,18 @@ impl Checker {
                 let kept_floor = if self.power_apart[0] && self.power_apart[1] {
                     self.pdfl[n].clone()
                 } else {
-                    kept_floor
+                    self.floor(n)
                 };
+                self.synced_floor[n] = Some((sid, self.floor(1 - n)));
+                // On one generation, what the node acknowledged as Primary
+                // must come out of the sync (checked at its end).
+                self.own_sync[n] = self.same_gen;
+                if !self.same_gen {
+                    self.own[n].iter_mut().for_each(|x| *x = 0);
+                }
+                // (Not for a node whose disk was already a mix, a sync
+                // target before: the Primary alone held the data then, and
+                // what it did not flush is lost with its power.)
                 self.kept[n] = (self.same_gen && self.protocol != Protocol::A && self.was_up[n])
                     .then_some(kept_floor);
                 for f in [

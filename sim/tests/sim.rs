@@ -2,7 +2,7 @@
 //! and each planted bug must be found within the same budget.
 
 use twinblock_replicator::core::Plant;
-use twinblock_sim::{replay_line, run_many, run_seed, DEFAULT_STEPS};
+use twinblock_sim::{replay_line, run_many, run_seed, Violation, DEFAULT_STEPS};
 
 /// Seeds per `cargo test` run (a few hundred steps each).
 const CI_SEEDS: u64 = 2000;
@@ -41,6 +41,16 @@ fn finds(plant: Plant) {
 /// seed in 5,000 or so at 1,000 steps, by one in 60 to 150 at 5,000.)
 fn finds_long(plant: Plant) {
     finds_in(plant, 600, 5000);
+}
+
+/// What `plant` makes seed `seed` fail on (5,000 steps), once the real
+/// core has passed the same seed.
+fn planted_on(seed: u64, plant: Plant) -> Option<Violation> {
+    let o = run_seed(seed, 5000, Plant::None, false);
+    if let Some((v, _)) = &o.failure {
+        panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));
+    }
+    run_seed(seed, 5000, plant, false).failure.map(|(v, _)| v)
 }
 
 fn finds_in(plant: Plant, seeds: u64, steps: usize) {
@@ -187,12 +197,7 @@ fn finds_witness_ignores_data() {
     const SEEDS: &[u64] = &[317, 377, 20801];
     let mut found = 0;
     for &seed in SEEDS {
-        let o = run_seed(seed, 5000, Plant::None, false);
-        if let Some((v, _)) = &o.failure {
-            panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));
-        }
-        let o = run_seed(seed, 5000, Plant::WitnessIgnoresData, false);
-        if let Some((v, _)) = &o.failure {
+        if let Some(v) = planted_on(seed, Plant::WitnessIgnoresData) {
             eprintln!("WitnessIgnoresData found by seed {seed}: {v}");
             found += 1;
         }
@@ -218,12 +223,7 @@ fn finds_witness_ignores_data() {
 #[test]
 fn finds_forget_told() {
     for seed in [15779, 15953, 17981] {
-        let o = run_seed(seed, 5000, Plant::None, false);
-        if let Some((v, _)) = &o.failure {
-            panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));
-        }
-        let o = run_seed(seed, 5000, Plant::ForgetTold, false);
-        let found = o.failure.as_ref().map(|(v, _)| v.rule);
+        let found = planted_on(seed, Plant::ForgetTold).map(|v| v.rule);
         assert_eq!(found, Some("witness-data"), "the planted node is not caught by seed {seed}");
     }
 }
@@ -582,12 +582,7 @@ fn finds_ignore_lost_cache() {
     const SEEDS: &[u64] = &[2000159, 2000968, 2001153, 2001670, 2002098];
     let mut found = 0;
     for &seed in SEEDS {
-        let o = run_seed(seed, 5000, Plant::None, false);
-        if let Some((v, _)) = &o.failure {
-            panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, 5000));
-        }
-        let o = run_seed(seed, 5000, Plant::IgnoreLostCache, false);
-        if let Some((v, _)) = &o.failure {
+        if let Some(v) = planted_on(seed, Plant::IgnoreLostCache) {
             eprintln!("IgnoreLostCache found by seed {seed}: {v}");
             assert_eq!(v.rule, "I1", "seed {seed}: {v}");
             found += 1;

@@ -252,12 +252,8 @@ impl Core {
             // whatever the clocks said (a peer promoted earlier by a clock
             // ahead of ours, or before this process learned of it, may
             // name a later time). Saved before its next write, so that a
-            // union resync on this generation goes from it (below), and
-            // only once what it holds is durable, as for a promotion
-            // (`promotion_unflushed`; review: the raise was saved with a
-            // write the peer had flushed only in this node's cache).
-            self.promoted_at = h.promoted_at.saturating_add(1);
-            self.promo_epoch = self.write_epoch;
+            // union resync on this generation goes from it (below).
+            self.reign_from(h.promoted_at.saturating_add(1));
         }
         let mut decision = decide(&self.gen, &h.gen);
         // Two disks as twinblock created them, never written: identical,

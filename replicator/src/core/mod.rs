@@ -1026,8 +1026,7 @@ impl Core {
         self.discard = false;
         self.ctl_promoted();
         self.role = Role::Primary;
-        self.promoted_at = wall_ms.max(self.peer_promoted_at.saturating_add(1));
-        self.promo_epoch = self.write_epoch;
+        self.reign_from(wall_ms.max(self.peer_promoted_at.saturating_add(1)));
         if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
             s.reigned = Some(self.promoted_at);
         }

@@ -143,7 +143,8 @@ impl Core {
 
     /// The record to save makes this node the last Primary (a newer
     /// `promoted_at`), and what the node held at its promotion is not yet
-    /// durable: a flush goes first. On one generation the last Primary is
+    /// durable: issues that flush (if none is out) and says the record
+    /// waits. On one generation the last Primary is
     /// the union's source when both nodes lost their page caches, so its
     /// disk must hold what its peer made durable alone: a write both held
     /// that the peer's FLUSH, acknowledged while the link was down, made
@@ -160,6 +161,17 @@ impl Core {
         }
         self.flush_written();
         true
+    }
+
+    /// This node is the pair's last Primary as of `promoted_at`: the
+    /// record saying so waits for a flush of every write issued until now
+    /// ([`Core::promotion_unflushed`]). A promotion, and the handshake's
+    /// raise of a reigning Primary past its peer's time (review: the raise
+    /// was saved with a write the peer had flushed only in this node's
+    /// cache).
+    pub(crate) fn reign_from(&mut self, promoted_at: u64) {
+        self.promoted_at = promoted_at;
+        self.promo_epoch = self.write_epoch;
     }
 
     /// Issues an activity-log journal update.

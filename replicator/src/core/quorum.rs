@@ -418,10 +418,9 @@ impl Core {
                     // it refused would otherwise be resent on every answer.
                     c.quiet_until = self.now + c.cfg.heartbeat;
                 }
-                // A late grant after this node demoted (and released) is
-                // void: the witness may hand the right on already.
-                if reply.granted && self.role != Role::Primary {
-                } else if reply.granted {
+                // (A late grant to a node that demoted since is not here:
+                // its release forgot every request, see `release`.)
+                if reply.granted {
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
                     c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                     c.witness_gen = gen;
@@ -581,10 +580,11 @@ impl Core {
         c.peer_until = Time::ZERO;
         // A grant the witness gave before it hears of the release is
         // void, though its answer may come after: the witness may hand
-        // the right on at once. Answered late to a node promoted again
-        // (`primary --force`), it gave that node a lease while its peer
-        // held the right (simulator seed 10264532 at 20,000 steps: both
-        // accepted writes).
+        // the right on at once. (Every demotion releases. Before, only a
+        // grant answered while the node was still Secondary was dropped;
+        // answered after the operator forced it Primary again, one gave
+        // the node a lease while its peer held the right: simulator seed
+        // 10264532 at 20,000 steps, both accepted writes.)
         c.sent.clear();
         if c.witness_up {
             let req = self.vote_request(VoteKind::Release);

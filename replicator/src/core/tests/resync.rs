@@ -263,16 +263,7 @@ fn a_discarded_node_cut_mid_resync_ends_up_to_date() {
     p.initial();
     p.crash(1, false); // (b's own id seed, see above)
     p.restart(1);
-    p.cut();
-    p.write(0, 1, 0, 9, 256);
-    p.settle();
-    p.core(0).demote().unwrap();
-    p.core(1).promote(false, 3).unwrap();
-    p.write(1, 2, 4096, 7, 256);
-    p.settle();
-    p.core(1).demote().unwrap();
-    p.settle();
-    p.connect();
+    split_apart(&mut p);
     assert!(
         p.core(0).status().split_brain || p.core(1).status().split_brain,
         "no split brain: {:?} / {:?}",
@@ -292,14 +283,9 @@ fn a_discarded_node_cut_mid_resync_ends_up_to_date() {
     assert_eq!(b.disk, DiskState::UpToDate, "b ends {:?}: {:?}", b.disk, b.last_error);
 }
 
-/// `discard-my-data` on both nodes of a split brain: each would take the
-/// other's data and neither send it (both SyncTarget, the disks
-/// Inconsistent for good). Refused on both sides, nothing overwritten,
-/// both discards withdrawn; then a discard on one node resolves it.
-#[test]
-fn a_discard_on_both_nodes_of_a_split_brain_is_refused() {
-    let mut p = Pair::with(Protocol::C, Plant::None, false);
-    p.initial();
+/// Both nodes Primary apart, each writing, then demoted; the link comes
+/// up again (a split brain, unless something resolves it).
+fn split_apart(p: &mut Pair) {
     p.cut();
     p.write(0, 1, 0, 9, 256);
     p.settle();
@@ -310,6 +296,17 @@ fn a_discard_on_both_nodes_of_a_split_brain_is_refused() {
     p.core(1).demote().unwrap();
     p.settle();
     p.connect();
+}
+
+/// `discard-my-data` on both nodes of a split brain: each would take the
+/// other's data and neither send it (both SyncTarget, the disks
+/// Inconsistent for good). Refused on both sides, nothing overwritten,
+/// both discards withdrawn; then a discard on one node resolves it.
+#[test]
+fn a_discard_on_both_nodes_of_a_split_brain_is_refused() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    split_apart(&mut p);
     assert!(p.core(0).status().split_brain && p.core(1).status().split_brain);
     let (a_data, b_data) = (p.n[0].cache.clone(), p.n[1].cache.clone());
     p.core(0).discard_my_data().unwrap();
@@ -349,16 +346,7 @@ fn a_discard_on_both_nodes_of_a_split_brain_is_refused() {
 fn a_discard_on_both_nodes_after_the_hellos_is_refused_not_both_targets() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
     p.initial();
-    p.cut();
-    p.write(0, 1, 0, 9, 256);
-    p.settle();
-    p.core(0).demote().unwrap();
-    p.core(1).promote(false, 3).unwrap();
-    p.write(1, 2, 4096, 7, 256);
-    p.settle();
-    p.core(1).demote().unwrap();
-    p.settle();
-    p.connect();
+    split_apart(&mut p);
     assert!(p.core(0).status().split_brain && p.core(1).status().split_brain);
     let (a_data, b_data) = (p.n[0].cache.clone(), p.n[1].cache.clone());
     p.core(0).connect();
@@ -393,6 +381,23 @@ fn a_discard_on_both_nodes_after_the_hellos_is_refused_not_both_targets() {
     assert!(p.n[0].cache == a_data && p.n[1].cache == b_data, "data overwritten");
 }
 
+/// `a` (Primary, connected) writes W, 64 bytes of 0x5a at 0, into both
+/// page caches; the link goes.
+fn written_then_cut(p: &mut Pair) {
+    p.write(0, 10, 0, 0x5a, 64); // W, in both page caches
+    p.settle();
+    assert_eq!(p.reply(0, 10), Some(Ok(())));
+    p.cut();
+}
+
+/// Both machines lose power and restart.
+fn both_lose_power(p: &mut Pair) {
+    p.crash(0, true);
+    p.crash(1, true);
+    p.restart(0);
+    p.restart(1);
+}
+
 /// A write both nodes held, made durable on `a` alone by a FLUSH it
 /// acknowledged while the link was down (a FLUSH writes nothing: the
 /// generation stays, and the two reconnect in sync). `b`, promoted later,
@@ -405,10 +410,7 @@ fn a_discard_on_both_nodes_after_the_hellos_is_refused_not_both_targets() {
 fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
     p.initial();
-    p.write(0, 10, 0, 0x5a, 64); // W, in b's page cache
-    p.settle();
-    assert_eq!(p.reply(0, 10), Some(Ok(())));
-    p.cut();
+    written_then_cut(&mut p);
     let gen_before = p.core(0).gen().current;
     let now = p.now;
     p.core(0).flush(now, 11); // acknowledged by a alone
@@ -425,10 +427,7 @@ fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
     assert!(p.n[1].durable[..64].iter().all(|&x| x == 0x5a), "b promoted without W durable");
     p.write(1, 12, 128, 0x33, 64); // the same activity-log extent as W
     p.settle();
-    p.crash(1, true);
-    p.crash(0, true);
-    p.restart(0);
-    p.restart(1);
+    both_lose_power(&mut p);
     p.connect();
     p.settle();
     assert!(p.n[0].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from a");
@@ -448,10 +447,7 @@ fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
 fn a_primary_raised_past_its_peers_promotion_holds_what_it_cached() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
     p.initial();
-    p.write(0, 10, 0, 0x5a, 64); // W, in both page caches
-    p.settle();
-    assert_eq!(p.reply(0, 10), Some(Ok(())));
-    p.cut();
+    written_then_cut(&mut p);
     p.core(1).promote(false, 5).unwrap();
     p.settle();
     let now = p.now;
@@ -463,10 +459,7 @@ fn a_primary_raised_past_its_peers_promotion_holds_what_it_cached() {
     p.settle();
     p.connect();
     assert_eq!(p.core(0).replication(), Replication::Established);
-    p.crash(0, true);
-    p.crash(1, true);
-    p.restart(0);
-    p.restart(1);
+    both_lose_power(&mut p);
     p.connect();
     p.settle();
     assert!(p.n[1].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from b");
