@@ -106,7 +106,26 @@ impl Core {
         if self.session.as_ref().is_some_and(|s| s.phase == Phase::Handshake) {
             return Admit::Wait;
         }
-        let Some((off, len)) = range else { return Admit::Go };
+        let Some((off, len)) = range else {
+            if self.role == Role::Primary && (!self.linked() || self.ahead()) {
+                // A FLUSH without the peer makes durable here what the
+                // peer may hold only in its page cache (writes it received
+                // before the link went): a promise this node alone keeps,
+                // so its data is a new generation, as for a write. Else a
+                // peer that lost those writes with its power, promoted
+                // later on the same generation, was the source and
+                // overwrote them (review; `core::tests`
+                // `a_flush_without_the_peer_is_a_generation_the_peer_lacks`).
+                if let Some(g) = self.reply_gate(true, false) {
+                    return match g {
+                        Ok(()) => Admit::Wait,
+                        Err(e) => Admit::Fail(e),
+                    };
+                }
+                self.diverge("a FLUSH without the peer");
+            }
+            return Admit::Go;
+        };
         if self.barrier > 0 {
             return Admit::Wait;
         }

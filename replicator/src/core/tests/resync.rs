@@ -399,13 +399,14 @@ fn both_lose_power(p: &mut Pair) {
 }
 
 /// A write both nodes held, made durable on `a` alone by a FLUSH it
-/// acknowledged while the link was down (a FLUSH writes nothing: the
-/// generation stays, and the two reconnect in sync). `b`, promoted later,
-/// is the last Primary; both lose power; on one generation with both
-/// caches lost the last Primary is the union's source, and its disk had
-/// the write only in its page cache: the acknowledged and flushed write
-/// was gone from both (review). A node's promotion is saved only once
-/// what it held is durable.
+/// acknowledged while the link was down (a new generation since, see
+/// `a_flush_without_the_peer_is_a_generation_the_peer_lacks`: the two
+/// reconnect with `a` the source of an empty resync). `b`, promoted
+/// later, is the last Primary; both lose power; on one generation with
+/// both caches lost the last Primary is the union's source, and its disk
+/// had the write only in its page cache: the acknowledged and flushed
+/// write was gone from both (review). A node's promotion is saved only
+/// once what it held is durable.
 #[test]
 fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
@@ -416,7 +417,7 @@ fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
     p.core(0).flush(now, 11); // acknowledged by a alone
     p.settle();
     assert_eq!(p.reply(0, 11), Some(Ok(())));
-    assert_eq!(p.core(0).gen().current, gen_before, "a FLUSH started a generation");
+    assert_ne!(p.core(0).gen().current, gen_before, "a FLUSH alone kept the generation");
     assert!(p.n[0].durable[..64].iter().all(|&x| x == 0x5a));
     p.connect();
     assert_eq!(p.core(0).replication(), Replication::Established);
@@ -434,15 +435,65 @@ fn a_write_flushed_on_one_node_alone_survives_both_losing_power() {
     assert!(p.n[1].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from b");
 }
 
+/// `a` writes W (cached on both); the link goes; `a` acknowledges a
+/// FLUSH alone (W durable on `a` only) and demotes. `b` loses power (W
+/// gone from its page cache), restarts, is promoted alone, writes nothing
+/// and demotes; then `a` loses power too. Before, a FLUSH kept the
+/// generation: both came back on one generation with their caches lost,
+/// the last Primary `b` was the source and W was gone from both (review).
+/// The FLUSH alone started a generation of `a`'s, which `b` lacks: `a` is
+/// the source, and `b`'s activity log (W's extent, unflushed at its power
+/// loss) brings W back to `b`. Had `b` written as Primary, the two would
+/// be a split brain, refused, W kept on `a`.
+#[test]
+fn a_flush_without_the_peer_is_a_generation_the_peer_lacks() {
+    for b_writes in [false, true] {
+        let mut p = Pair::with(Protocol::C, Plant::None, false);
+        p.initial();
+        written_then_cut(&mut p);
+        let now = p.now;
+        p.core(0).flush(now, 11); // acknowledged by a alone
+        p.settle();
+        assert_eq!(p.reply(0, 11), Some(Ok(())));
+        assert!(p.n[0].durable[..64].iter().all(|&x| x == 0x5a));
+        p.core(0).demote().unwrap();
+        p.settle();
+        p.crash(1, true);
+        p.restart(1);
+        assert!(p.n[1].durable[..64].iter().all(|&x| x != 0x5a), "b's power loss kept W");
+        p.core(1).promote(false, 5).unwrap();
+        p.settle();
+        if b_writes {
+            p.write(1, 12, 4096, 0x33, 64);
+            p.settle();
+            assert_eq!(p.reply(1, 12), Some(Ok(())));
+        }
+        p.core(1).demote().unwrap();
+        p.settle();
+        p.crash(0, true);
+        p.restart(0);
+        p.connect();
+        p.settle();
+        assert!(p.n[0].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from a ({b_writes})");
+        if b_writes {
+            assert!(p.core(0).status().split_brain, "no split brain with b's write");
+            assert!(p.n[1].cache[4096..4160].iter().all(|&x| x == 0x33), "b's write is gone");
+        } else {
+            assert_eq!(p.core(1).replication(), Replication::Established);
+            assert!(p.n[1].cache[..64].iter().all(|&x| x == 0x5a), "W did not come back to b");
+        }
+    }
+}
+
 /// The handshake's raise of a reigning Primary's `promoted_at` past its
 /// peer's ("takes the peer's time plus one") makes it the last Primary
 /// too, so it waits for the same flush as a promotion (review: it was
 /// saved without). `a` writes W (cached
 /// on both); cut; `b` is promoted alone (its promotion flushes W) and
-/// acknowledges a FLUSH as Primary; `b` demotes; the two reconnect on one
-/// generation and `a`, still Primary, takes b's time plus one with W only
-/// in its page cache. Both lose power: `a` is the union's source and its
-/// activity log carries the old block over b's durable W.
+/// demotes; the two reconnect on one generation and `a`, still Primary,
+/// takes b's time plus one with W only in its page cache. Both lose
+/// power: `a` is the union's source and its activity log carries the old
+/// block over b's durable W.
 #[test]
 fn a_primary_raised_past_its_peers_promotion_holds_what_it_cached() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
@@ -450,11 +501,7 @@ fn a_primary_raised_past_its_peers_promotion_holds_what_it_cached() {
     written_then_cut(&mut p);
     p.core(1).promote(false, 5).unwrap();
     p.settle();
-    let now = p.now;
-    p.core(1).flush(now, 11); // acknowledged by b as Primary
-    p.settle();
-    assert_eq!(p.reply(1, 11), Some(Ok(())));
-    assert!(p.n[1].durable[..64].iter().all(|&x| x == 0x5a));
+    assert!(p.n[1].durable[..64].iter().all(|&x| x == 0x5a), "b's promotion left W unflushed");
     p.core(1).demote().unwrap();
     p.settle();
     p.connect();
