@@ -353,6 +353,21 @@ impl Core {
                     );
                     SplitBrainPolicy::Disconnect
                 }
+                // A side that lost its page cache (or, in B, writes it had
+                // received) counts its activity log's extents as changes:
+                // they may be losses, and the side with none may hold what
+                // a FLUSH it acknowledged alone made durable (review: the
+                // flushed side was discarded and the write lost).
+                SplitBrainPolicy::DiscardZeroChanges | SplitBrainPolicy::DiscardLeastChanges
+                    if my_lost != Lost::None || h.lost != Lost::None =>
+                {
+                    tracing::warn!(
+                        policy = ?self.cfg.split_brain_policy,
+                        "split brain with a node that lost its page cache since the two were \
+                         in sync: its changes may be losses; resolve by hand"
+                    );
+                    SplitBrainPolicy::Disconnect
+                }
                 p => p,
             };
             if let Some(i_discard) = resolve_split_brain(policy, mine, theirs) {

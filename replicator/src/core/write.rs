@@ -123,6 +123,15 @@ impl Core {
                     };
                 }
                 self.diverge("a FLUSH without the peer");
+                // Answered only once the new generation is saved: a power
+                // loss before would bring the node back on the old one
+                // (review).
+                if !self.meta_durable() {
+                    return match self.p.meta_failed.take() {
+                        Some(e) => Admit::Fail(ReplyError::Io(e)),
+                        None => Admit::Wait,
+                    };
+                }
             }
             return Admit::Go;
         };
@@ -401,7 +410,10 @@ impl Core {
                     Some(Err(e)) => result = Err(e),
                 }
             }
-            if result.is_ok() && p.range.is_some() && self.apart() {
+            // A FLUSH answered apart counts too: it promised what this
+            // node alone made durable (review: a node deposed after a
+            // FLUSH alone was given up in full).
+            if result.is_ok() && self.apart() {
                 self.acked_apart = true;
             }
             if let Some(p) = self.pending.remove(&req) {

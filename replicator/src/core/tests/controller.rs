@@ -130,8 +130,19 @@ fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
 /// who is current); one restored from an old backup still can, and the
 /// deposed Primary must then keep the writes it acknowledged alone (a
 /// split brain for the operator), not overwrite them silently.
+///
+/// The same for a FLUSH acknowledged alone (it promised what `a` alone
+/// made durable; b may have lost it with its power): before, the deposed
+/// node kept only writes acknowledged apart, and gave the FLUSH's data up
+/// in full (review).
 #[test]
 fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
+    for flush in [false, true] {
+        deposed_after_acknowledging_alone(flush);
+    }
+}
+
+fn deposed_after_acknowledging_alone(flush: bool) {
     use ctl::Duo;
     let mut d = Duo::new(Protocol::C);
     d.connect();
@@ -143,9 +154,21 @@ fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
     d.witness_up(1, true);
     d.vote_all(1);
     assert_eq!(d.c[0].role(), Role::Primary);
-    // Apart: a acknowledges a write b lacks (the witness outdated b).
+    // Apart: a acknowledges a write b lacks, or a FLUSH alone (the
+    // witness outdated b).
+    if flush {
+        d.write(0, 9, 0, 0x11);
+        d.flow();
+        assert_eq!(d.reply(0, 9), Some(Ok(())));
+    }
     d.cut();
-    d.write(0, 1, 0, 0x11);
+    if flush {
+        let now = d.now;
+        d.c[0].flush(now, 1);
+        d.act(0);
+    } else {
+        d.write(0, 1, 0, 0x11);
+    }
     d.vote_all(0);
     assert_eq!(d.reply(0, 1), Some(Ok(())));
     // a loses the witness; the witness restarts without saved state.

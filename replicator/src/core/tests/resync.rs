@@ -485,6 +485,76 @@ fn a_flush_without_the_peer_is_a_generation_the_peer_lacks() {
     }
 }
 
+/// The FLUSH alone is answered only once its new generation is saved:
+/// `a`'s metadata save hangs, so the FLUSH waits; both lose power with the
+/// record unsaved; `b` is promoted alone and demotes; the two come back
+/// on the old generation with `b` the last Primary. Answered before the
+/// save (review), the acknowledged FLUSH's W was gone from both.
+#[test]
+fn a_flush_alone_is_answered_once_its_generation_is_saved() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.initial();
+    written_then_cut(&mut p);
+    let saved_gen = p.n[0].meta.as_ref().unwrap().gen.current;
+    p.n[0].hang_meta = true; // the record's save is slow
+    let now = p.now;
+    p.core(0).flush(now, 11);
+    p.settle_now();
+    assert_eq!(p.n[0].meta.as_ref().unwrap().gen.current, saved_gen, "the save did not hang");
+    assert_eq!(p.reply(0, 11), None, "the FLUSH was answered before its generation was saved");
+    p.crash(0, true);
+    p.n[0].hang_meta = false;
+    p.crash(1, true);
+    p.restart(1);
+    p.core(1).promote(false, 5).unwrap();
+    p.settle();
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.restart(0);
+    p.connect();
+    p.settle();
+    // Nothing was promised: whatever the two agree on is allowed, but
+    // they agree.
+    assert!(p.n[0].cache[..64] == p.n[1].cache[..64], "the disks differ");
+}
+
+/// Under `discard-zero-changes`, a side that acknowledged a FLUSH alone
+/// has no blocks out of sync, while a peer that lost its page cache
+/// counts its activity log's extents as changes: the policy discarded
+/// the side holding the flushed write (review). With a node that lost its
+/// cache the changes-based policies resolve nothing: the split brain is
+/// refused and W stays on `a`.
+#[test]
+fn a_split_brain_with_a_lost_cache_is_not_resolved_by_counting_changes() {
+    for policy in [SplitBrainPolicy::DiscardZeroChanges, SplitBrainPolicy::DiscardLeastChanges] {
+        let mut c = cfg(Protocol::C);
+        c.split_brain_policy = policy;
+        let mut p = Pair::with_cfg(c, false);
+        p.initial();
+        written_then_cut(&mut p);
+        let now = p.now;
+        p.core(0).flush(now, 11); // acknowledged by a alone
+        p.settle();
+        assert_eq!(p.reply(0, 11), Some(Ok(())));
+        p.core(0).demote().unwrap();
+        p.settle();
+        p.crash(1, true);
+        p.restart(1);
+        p.core(1).promote(false, 5).unwrap();
+        p.settle();
+        let now = p.now;
+        p.core(1).flush(now, 12); // acknowledged by b alone, nothing written
+        p.settle();
+        assert_eq!(p.reply(1, 12), Some(Ok(())));
+        p.core(1).demote().unwrap();
+        p.settle();
+        p.connect();
+        p.settle();
+        assert!(p.n[0].cache[..64].iter().all(|&x| x == 0x5a), "W is gone from a ({policy:?})");
+        assert!(p.core(0).status().split_brain, "no split brain ({policy:?})");
+    }
+}
+
 /// The handshake's raise of a reigning Primary's `promoted_at` past its
 /// peer's ("takes the peer's time plus one") makes it the last Primary
 /// too, so it waits for the same flush as a promotion (review: it was
