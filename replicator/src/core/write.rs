@@ -412,8 +412,12 @@ impl Core {
             }
             // A FLUSH answered apart counts too: it promised what this
             // node alone made durable (review: a node deposed after a
-            // FLUSH alone was given up in full).
-            if result.is_ok() && self.apart() {
+            // FLUSH alone was given up in full). Only in a separation of
+            // this session's: a SyncSource is apart until its resync
+            // ends, and what it answers meanwhile reaches the peer
+            // (review: a reply during the resync kept a later deposed
+            // node's unacknowledged changes, the pair StandAlone).
+            if result.is_ok() && self.apart() && self.separated {
                 self.acked_apart = true;
             }
             if let Some(p) = self.pending.remove(&req) {

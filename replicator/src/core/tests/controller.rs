@@ -595,3 +595,86 @@ fn a_grant_answered_after_the_release_gives_no_lease() {
     d.answer(0, late);
     assert!(!d.c[0].accepts_writes(), "a lease from a grant older than the release");
 }
+
+/// What a Primary answers while it is its peer's SyncSource reaches the
+/// peer: it is not acknowledged apart. `a` writes apart, reconnects and
+/// answers a FLUSH (or a write) during the resync; in sync again, it is
+/// cut off with a write in flight (a new generation, nothing answered);
+/// the witness promotes `b` and `a` is deposed: it gives up its
+/// unacknowledged change and resyncs from `b`. Counted as acknowledged
+/// apart (a reply while `apart()`, which a SyncSource is until the resync
+/// ends), it kept them, and `b` refused the link (review).
+#[test]
+fn what_a_sync_source_answers_is_not_acknowledged_apart() {
+    use ctl::Duo;
+    for flush in [false, true] {
+        let mut d = Duo::new(Protocol::C);
+        d.connect();
+        d.witness_up(0, true);
+        d.votes[1].clear();
+        d.vote_all(0);
+        d.hooks_done(0);
+        d.vote_all(0);
+        d.witness_up(1, true);
+        d.vote_all(1);
+        assert_eq!(d.c[0].role(), Role::Primary);
+        d.cut();
+        d.write(0, 1, 0, 0x11); // acknowledged without b
+        d.vote_all(0);
+        d.act(0);
+        d.vote_all(0);
+        assert_eq!(d.reply(0, 1), Some(Ok(())));
+        d.link_up();
+        d.act_all(); // a is b's SyncSource
+        if flush {
+            let now = d.now;
+            d.c[0].flush(now, 2);
+            d.act(0);
+        } else {
+            d.write(0, 2, 256, 0x33);
+        }
+        d.flow();
+        assert_eq!(d.reply(0, 2), Some(Ok(())));
+        for _ in 0..20 {
+            d.tick(Duration::from_millis(100));
+            d.flow();
+            d.vote_all(0);
+            d.vote_all(1);
+            d.flow();
+        }
+        assert!(!d.c[0].apart(), "the resync did not end ({flush})");
+        // Cut off with a write in flight to b.
+        d.mute[0] = true;
+        d.write(0, 3, 128, 0x22);
+        d.cut();
+        d.mute[0] = false;
+        d.witness_up(0, false);
+        d.votes[0].clear();
+        let mut promoted = false;
+        for _ in 0..200 {
+            d.tick(Duration::from_millis(100));
+            d.votes[0].clear();
+            d.vote_all(1);
+            d.hooks_done(1);
+            if d.c[1].role() == Role::Primary {
+                promoted = true;
+                break;
+            }
+        }
+        assert!(promoted, "b was not promoted ({flush})");
+        assert_ne!(d.reply(0, 3), Some(Ok(())));
+        d.vote_all(1);
+        d.witness_up(0, true);
+        d.vote_all(0);
+        d.hooks_done(0);
+        d.vote_all(0);
+        d.hooks_done(0);
+        assert_eq!(d.c[0].role(), Role::Secondary, "a was not deposed ({flush})");
+        d.connect();
+        assert!(
+            matches!(d.c[0].replication(), Replication::SyncTarget | Replication::Established),
+            "the deposed a kept changes it never acknowledged ({flush}): {:?}",
+            d.c[0].replication()
+        );
+    }
+}

@@ -145,6 +145,16 @@ impl Duo {
         self.flow();
     }
 
+    /// A new link, its handshake not yet run.
+    pub fn link_up(&mut self) {
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.sid = Some(sid);
+        for i in 0..2 {
+            self.c[i].handle_link_up(self.now, sid);
+        }
+    }
+
     pub fn cut(&mut self) {
         let Some(sid) = self.sid.take() else { return };
         self.q = [VecDeque::new(), VecDeque::new()];
