@@ -91,6 +91,37 @@ impl Core {
         }
     }
 
+    /// The controller's gate for an operation (`write`: a write's), and,
+    /// one the peer will not get (`alone`), a new generation of ours
+    /// first: a Primary without quorum takes none, and one the peer will
+    /// not get needs the witness to know the peer is behind. `Some`: what
+    /// admission says meanwhile.
+    fn go_apart(&mut self, alone: bool, write: bool, why: &str) -> Option<Admit> {
+        if let Some(g) = self.reply_gate(alone, write) {
+            return Some(match g {
+                Ok(()) => Admit::Wait,
+                Err(e) => Admit::Fail(e),
+            });
+        }
+        if alone {
+            self.diverge(why);
+        }
+        None
+    }
+
+    /// Waits for the metadata record (a new generation, `fresh` cleared)
+    /// to be durable before an operation that relies on it; fails it if
+    /// the save failed.
+    fn meta_wait(&mut self) -> Option<Admit> {
+        if self.meta_durable() {
+            return None;
+        }
+        Some(match self.p.meta_failed.take() {
+            Some(e) => Admit::Fail(ReplyError::Io(e)),
+            None => Admit::Wait,
+        })
+    }
+
     fn admit_app(&mut self, op: &Op, primary: bool) -> Admit {
         let range = op.range();
         if (range.is_some() || primary) && self.role != Role::Primary {
@@ -107,30 +138,18 @@ impl Core {
             return Admit::Wait;
         }
         let Some((off, len)) = range else {
+            // A FLUSH without the peer makes durable here what the peer
+            // may hold only in its page cache (writes it received before
+            // the link went): a promise this node alone keeps, so its data
+            // is a new generation, as for a write, saved before the FLUSH
+            // is answered. Else a peer that lost those writes with its
+            // power, promoted later on the same generation, was the source
+            // and overwrote them (review; `core::tests`
+            // `a_flush_without_the_peer_is_a_generation_the_peer_lacks`).
             if self.role == Role::Primary && (!self.linked() || self.ahead()) {
-                // A FLUSH without the peer makes durable here what the
-                // peer may hold only in its page cache (writes it received
-                // before the link went): a promise this node alone keeps,
-                // so its data is a new generation, as for a write. Else a
-                // peer that lost those writes with its power, promoted
-                // later on the same generation, was the source and
-                // overwrote them (review; `core::tests`
-                // `a_flush_without_the_peer_is_a_generation_the_peer_lacks`).
-                if let Some(g) = self.reply_gate(true, false) {
-                    return match g {
-                        Ok(()) => Admit::Wait,
-                        Err(e) => Admit::Fail(e),
-                    };
-                }
-                self.diverge("a FLUSH without the peer");
-                // Answered only once the new generation is saved: a power
-                // loss before would bring the node back on the old one
-                // (review).
-                if !self.meta_durable() {
-                    return match self.p.meta_failed.take() {
-                        Some(e) => Admit::Fail(ReplyError::Io(e)),
-                        None => Admit::Wait,
-                    };
+                let held = self.go_apart(true, false, "a FLUSH without the peer");
+                if let Some(a) = held.or_else(|| self.meta_wait()) {
+                    return a;
                 }
             }
             return Admit::Go;
@@ -138,28 +157,14 @@ impl Core {
         if self.barrier > 0 {
             return Admit::Wait;
         }
-        // The controller: a Primary without quorum takes no write; one
-        // the peer will not get needs the witness to know the peer is
-        // behind first.
         // (Adaptive mode: an Ahead Primary writes without the peer too.)
         let alone = !self.linked() || self.ahead();
-        if let Some(g) = self.reply_gate(alone, true) {
-            return match g {
-                Ok(()) => Admit::Wait,
-                Err(e) => Admit::Fail(e),
-            };
-        }
-        if alone {
-            // The peer will not get this write: our data is a new
-            // generation, on disk before the write lands.
-            self.diverge("writing without the peer");
+        if let Some(a) = self.go_apart(alone, true, "writing without the peer") {
+            return a;
         }
         self.fresh = false;
-        if !self.meta_durable() {
-            return match self.p.meta_failed.take() {
-                Some(e) => Admit::Fail(ReplyError::Io(e)),
-                None => Admit::Wait,
-            };
+        if let Some(a) = self.meta_wait() {
+            return a;
         }
         let extents = self.extents(Some((off, len)));
         match self.al_admit(&extents) {

@@ -608,16 +608,7 @@ fn a_grant_answered_after_the_release_gives_no_lease() {
 fn what_a_sync_source_answers_is_not_acknowledged_apart() {
     use ctl::Duo;
     for flush in [false, true] {
-        let mut d = Duo::new(Protocol::C);
-        d.connect();
-        d.witness_up(0, true);
-        d.votes[1].clear();
-        d.vote_all(0);
-        d.hooks_done(0);
-        d.vote_all(0);
-        d.witness_up(1, true);
-        d.vote_all(1);
-        assert_eq!(d.c[0].role(), Role::Primary);
+        let mut d = Duo::a_primary_with_witness(Protocol::C);
         d.cut();
         d.write(0, 1, 0, 0x11); // acknowledged without b
         d.vote_all(0);
@@ -650,18 +641,7 @@ fn what_a_sync_source_answers_is_not_acknowledged_apart() {
         d.mute[0] = false;
         d.witness_up(0, false);
         d.votes[0].clear();
-        let mut promoted = false;
-        for _ in 0..200 {
-            d.tick(Duration::from_millis(100));
-            d.votes[0].clear();
-            d.vote_all(1);
-            d.hooks_done(1);
-            if d.c[1].role() == Role::Primary {
-                promoted = true;
-                break;
-            }
-        }
-        assert!(promoted, "b was not promoted ({flush})");
+        assert!(d.witness_promotes_b(), "b was not promoted ({flush})");
         assert_ne!(d.reply(0, 3), Some(Ok(())));
         d.vote_all(1);
         d.witness_up(0, true);

@@ -145,6 +145,36 @@ impl Duo {
         self.flow();
     }
 
+    /// Connected, both with the witness, `a` Primary by its vote.
+    pub fn a_primary_with_witness(protocol: Protocol) -> Duo {
+        let mut d = Duo::new(protocol);
+        d.connect();
+        d.witness_up(0, true);
+        d.votes[1].clear();
+        d.vote_all(0);
+        d.hooks_done(0);
+        d.vote_all(0);
+        d.witness_up(1, true);
+        d.vote_all(1);
+        assert_eq!(d.c[0].role(), Role::Primary);
+        d
+    }
+
+    /// Ticks (at most 20 s) until the witness has promoted `b`, whose
+    /// votes alone are answered; whether it did.
+    pub fn witness_promotes_b(&mut self) -> bool {
+        for _ in 0..200 {
+            self.tick(Duration::from_millis(100));
+            self.votes[0].clear();
+            self.vote_all(1);
+            self.hooks_done(1);
+            if self.c[1].role() == Role::Primary {
+                return true;
+            }
+        }
+        false
+    }
+
     /// A new link, its handshake not yet run.
     pub fn link_up(&mut self) {
         let sid = self.next_sid;

@@ -390,6 +390,21 @@ fn written_then_cut(p: &mut Pair) {
     p.cut();
 }
 
+/// `written_then_cut`; `a` acknowledges a FLUSH alone (W durable on `a`
+/// only) and demotes; `b` loses power (W gone from its page cache) and
+/// restarts.
+fn flushed_alone_then_peer_lost_power(p: &mut Pair) {
+    written_then_cut(p);
+    let now = p.now;
+    p.core(0).flush(now, 11); // acknowledged by a alone
+    p.settle();
+    assert_eq!(p.reply(0, 11), Some(Ok(())));
+    p.core(0).demote().unwrap();
+    p.settle();
+    p.crash(1, true);
+    p.restart(1);
+}
+
 /// Both machines lose power and restart.
 fn both_lose_power(p: &mut Pair) {
     p.crash(0, true);
@@ -450,16 +465,8 @@ fn a_flush_without_the_peer_is_a_generation_the_peer_lacks() {
     for b_writes in [false, true] {
         let mut p = Pair::with(Protocol::C, Plant::None, false);
         p.initial();
-        written_then_cut(&mut p);
-        let now = p.now;
-        p.core(0).flush(now, 11); // acknowledged by a alone
-        p.settle();
-        assert_eq!(p.reply(0, 11), Some(Ok(())));
+        flushed_alone_then_peer_lost_power(&mut p);
         assert!(p.n[0].durable[..64].iter().all(|&x| x == 0x5a));
-        p.core(0).demote().unwrap();
-        p.settle();
-        p.crash(1, true);
-        p.restart(1);
         assert!(p.n[1].durable[..64].iter().all(|&x| x != 0x5a), "b's power loss kept W");
         p.core(1).promote(false, 5).unwrap();
         p.settle();
@@ -531,15 +538,7 @@ fn a_split_brain_with_a_lost_cache_is_not_resolved_by_counting_changes() {
         c.split_brain_policy = policy;
         let mut p = Pair::with_cfg(c, false);
         p.initial();
-        written_then_cut(&mut p);
-        let now = p.now;
-        p.core(0).flush(now, 11); // acknowledged by a alone
-        p.settle();
-        assert_eq!(p.reply(0, 11), Some(Ok(())));
-        p.core(0).demote().unwrap();
-        p.settle();
-        p.crash(1, true);
-        p.restart(1);
+        flushed_alone_then_peer_lost_power(&mut p);
         p.core(1).promote(false, 5).unwrap();
         p.settle();
         let now = p.now;
