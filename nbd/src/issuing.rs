@@ -90,7 +90,10 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
-    fn counter() -> (Rc<Cell<u32>>, impl Fn() -> Box<dyn FnOnce()>) {
+    /// A release callback, boxed as `when_issued` takes it.
+    type Release = Box<dyn FnOnce()>;
+
+    fn counter() -> (Rc<Cell<u32>>, impl Fn() -> Release) {
         let n = Rc::new(Cell::new(0));
         let m = n.clone();
         (n, move || {

@@ -170,6 +170,13 @@ fn regression_seeds_pass() {
         // A renewal granted before a release, answered after the node was
         // forced Primary again: a lease while its peer held the right.
         (10264532, 20000),
+        // A node that ran alone without writing, its disk failed, was
+        // rebuilt from a peer that moved on from its very generation; the
+        // rebuild forgot what it told the witness, which refused it.
+        (10746239, 5000),
+        // A rebuild on the node's own generation cut by its disk failing
+        // again forgot what it told the witness, which refused it.
+        (10753625, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -289,6 +289,25 @@ impl Core {
                     // into its history without our writes (found by
                     // review).
                     grew_from_ours = h.gen.current == self.gen.current;
+                    // Nor a peer that parted from our very generation and
+                    // moved on alone: its bitmap's base is our current (it
+                    // held our data when its bitmap began; a forced
+                    // Inconsistent or Failed disk starts no bitmap), so
+                    // its data grew from ours (else a node that ran alone
+                    // without writing, its disk failed, was refused by the
+                    // witness once rebuilt from a peer that wrote, or
+                    // flushed, alone since: simulator seed 10746239).
+                    grew_from_ours |=
+                        self.gen.current != NEVER_SYNCED && h.gen.bitmap == self.gen.current;
+                    // A rebuild that grew from ours, cut short by this disk
+                    // failing again: the peer still runs the very full sync
+                    // (the source's nonce both name) that began on our
+                    // generation, and its data still grew from it (else a
+                    // rebuilt node whose disk failed mid-rebuild was refused
+                    // by the witness: simulator seed 10753625).
+                    grew_from_ours |= self.gen.current == NEVER_SYNCED
+                        && self.full_sync != 0
+                        && h.full_sync == self.full_sync;
                     if untouched_apart {
                         // Two disks never written: this node's generation
                         // holds no write its peer's data lacks, so the copy

@@ -54,7 +54,7 @@ fn a_fresh_record_never_holds_written_data() {
             let what = format!("seed {seed} step {step} {protocol:?}");
             let k = r.below(14);
             match k {
-                0 | 1 | 2 => {
+                0..=2 => {
                     // a write/trim/zero on whichever is Primary
                     for i in 0..2 {
                         if p.n[i].c.as_ref().is_some_and(|c| c.role == Role::Primary) {
@@ -87,12 +87,11 @@ fn a_fresh_record_never_holds_written_data() {
                         let _ = p.core(i).demote();
                     }
                 }
-                5 => {
-                    if p.n[0].c.is_some() && p.n[1].c.is_some() && p.sid.is_none() {
-                        let w = what.clone();
-                        p.connect_steps(r.below(8) as usize, |p| check_fresh(p, &w));
-                    }
+                5 if p.n[0].c.is_some() && p.n[1].c.is_some() && p.sid.is_none() => {
+                    let w = what.clone();
+                    p.connect_steps(r.below(8) as usize, |p| check_fresh(p, &w));
                 }
+                5 => {}
                 6 => p.cut(),
                 7 => {
                     let i = r.below(2) as usize;

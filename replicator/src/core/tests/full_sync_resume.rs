@@ -126,6 +126,69 @@ fn a_rebuild_cut_short_keeps_what_was_told_the_witness() {
     assert_eq!(second, vec![g, 0xabcdef], "told forgotten once the rebuild was cut and resumed");
 }
 
+/// As above, but the rebuild is cut by b's disk failing again (not by a
+/// lost link): b restarts Failed on no generation, and the peer still runs
+/// the very full sync that began on b's generation, so what b told the
+/// witness stays (it was forgotten, and b refused by the witness for data
+/// it holds: simulator seed 10753625).
+#[test]
+fn a_rebuild_cut_by_the_disk_failing_again_keeps_what_was_told_the_witness() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let g = p.core(0).gen().current;
+    p.crash(1, false);
+    {
+        let m = p.n[1].meta.as_mut().unwrap();
+        m.told = vec![g, 0xabcdef];
+        m.disk = DiskState::Failed;
+    }
+    p.restart(1);
+    p.connect_until(|p| {
+        let c = p.n[0].c.as_ref().unwrap();
+        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
+    });
+    assert_ne!(p.core(0).full_sync, 0, "the source did not name its full sync");
+    // b's disk fails again mid-rebuild.
+    p.crash(1, false);
+    assert_eq!(p.n[1].meta.as_ref().unwrap().told, vec![g, 0xabcdef]);
+    p.n[1].meta.as_mut().unwrap().disk = DiskState::Failed;
+    p.restart(1);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert_eq!(p.core(1).told, vec![g, 0xabcdef], "told forgotten once the disk failed again");
+}
+
+/// b ran alone on generation g without writing (it told the witness), a
+/// wrote alone since (a new generation, its bitmap's base g), then b's
+/// disk failed: rebuilt from a, whose data grew from g, b keeps g among
+/// what it told the witness (it was forgotten, and b refused by the
+/// witness for data it holds: simulator seed 10746239).
+#[test]
+fn a_disk_rebuilt_from_a_peer_that_moved_on_from_its_generation_keeps_what_it_told() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let g = p.core(0).gen().current;
+    p.cut();
+    p.settle();
+    p.write(0, 100, 0, 7, 1024);
+    p.settle();
+    let ga = p.core(0).gen();
+    assert_ne!(ga.current, g, "a wrote alone on g");
+    assert_eq!(ga.bitmap, g);
+    p.crash(1, false);
+    {
+        let m = p.n[1].meta.as_mut().unwrap();
+        m.told = vec![g];
+        m.disk = DiskState::Failed;
+    }
+    p.restart(1);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert!(p.core(1).told.contains(&g), "g forgotten: {:x?}", p.core(1).told);
+}
+
 /// b ran alone (generation g1, told the witness), resynced part of it to
 /// a, then lost its disk; a (Inconsistent) is forced while connected, its
 /// history stamped with g1 (`promote_inner`). b, rebuilt from a's data,
