@@ -70,16 +70,7 @@ fn a_claim_granted_after_the_primary_came_back_is_not_used() {
 #[test]
 fn a_request_saying_the_peer_is_current_ends_running_alone_at_once() {
     use ctl::Duo;
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
-    assert_eq!(d.c[0].role(), Role::Primary);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     // Apart: a writes alone once the witness outdated b.
     d.cut();
     d.write(0, 1, 0, 0x11);
@@ -144,16 +135,7 @@ fn a_deposed_primary_keeps_changes_it_acknowledged_alone() {
 
 fn deposed_after_acknowledging_alone(flush: bool) {
     use ctl::Duo;
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
-    assert_eq!(d.c[0].role(), Role::Primary);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     // Apart: a acknowledges a write b lacks, or a FLUSH alone (the
     // witness outdated b).
     if flush {
@@ -369,16 +351,7 @@ fn the_peer_lease_works_after_a_reconnect() {
 #[test]
 fn a_primary_whose_disk_failed_does_not_hold_the_right_for_good() {
     use ctl::Duo;
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
-    assert_eq!(d.c[0].role(), Role::Primary);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.fail_writes[0] = true;
     d.write(0, 1, 0, 0x11);
     d.flow();
@@ -460,16 +433,7 @@ fn an_old_primary_that_meets_the_new_one_steps_down() {
 #[test]
 fn a_primary_whose_peer_reigned_meanwhile_steps_down_when_they_meet() {
     use ctl::Duo;
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
-    assert_eq!(d.c[0].role(), Role::Primary);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.witness_up(0, false);
     d.votes[0].clear();
     d.cut();

@@ -16,16 +16,7 @@ fn claims(d: &Duo, i: usize) -> usize {
 /// Primary on a's data, is gone (before, it never did).
 #[test]
 fn a_deposed_node_made_the_source_claims_again() {
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
-    assert_eq!(d.c[0].role(), Role::Primary);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     // a loses both the peer and the witness; its write is not acknowledged.
     d.mute[0] = true;
     d.write(0, 1, 0, 0x11);
