@@ -477,6 +477,14 @@ impl Core {
         self.full_sync = 0;
         // The peer holds our data now: whatever we lost, it lacks too.
         self.lost = crate::protocol::wire::Lost::None;
+        // It holds our generation too: what goes on without it from now
+        // (Ahead again in this session) is a new one, as after a session
+        // that ends once the SyncDone went out (`lose_session`). With
+        // blocks still marked the bitmap's base stays, and `diverge` would
+        // otherwise take this for the separation it already numbered
+        // (review: writes Ahead in a generation the peer holds without
+        // them).
+        self.separated = false;
         if self.dirty.bytes() == 0 {
             let current = self.gen.current;
             self.gen.synced_to(current);
