@@ -226,7 +226,18 @@ for ((run = 1; run <= REPEAT; run++)); do
     prefill "$URI" "$WORK/a.img" "$WORK/b.img"
     record "$run" "relay|quic_rtt" "$(status_field rtt_us)"
     record "$run" "relay|4k randwrite QD1" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=1)"
+    seen=$(wc -l <"$WORK/netem.log")
     record "$run" "relay|4k randwrite QD32" "$(fio_run "$URI" --rw=randwrite --bs=4k --iodepth=32)"
+    # The relay's summary (every 5 s of traffic) of the window that ends
+    # after the run: the busiest one since it started is the run's.
+    for _ in $(seq 70); do
+      (($(grep -c "sends, late by" "$WORK/netem.log") > $(head -n "$seen" "$WORK/netem.log" | grep -c "sends, late by") + 1)) && break
+      sleep 0.1
+    done
+    record "$run" "relay|late" "$(tail -n "+$((seen + 1))" "$WORK/netem.log" | python3 -c '
+import re, sys
+w = [tuple(map(int, m.groups())) for m in (re.search(r"(\d+) sends, late by (\d+)us \(median\), (\d+)us \(p99\)", l) for l in sys.stdin) if m]
+print(*(max(w)[1:] if w else (0, 0)))')"
     stop_all
   fi
   if [[ -z $ONLY || $ONLY == adaptive ]]; then
@@ -349,6 +360,10 @@ if "relay|rtt" in d:
           f"{statistics.median(ratios):.2f} of it (target: 0.8)")
     if n > 1:
         print("  QD32 / (32/RTT) per run: " + ", ".join(f"{r:.2f}" for r in ratios))
+    if "relay|late" in d:
+        print(f"  the relay's sends during QD32 (its busiest 5 s), late beyond the delay: "
+              f"{med('relay|late', 0):,.0f} us median, {med('relay|late', 1):,.0f} us p99 "
+              "(each write crosses it twice)")
     print(f"  the relay's own CPU during QD1 / QD32: {med('relay|4k randwrite QD1', 6):.0f}% / "
           f"{med('relay|4k randwrite QD32', 6):.0f}% of a core (a real network takes none of the nodes')")
 if "adaptive|4k randwrite QD1" in d:

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod batch;
+mod lateness;
 mod line;
 mod wake;
 
@@ -106,6 +107,7 @@ pub fn run(args: NetemArgs) -> Result<()> {
         early: Early::new(early, args.delay),
         clients: Vec::new(),
         by_addr: HashMap::new(),
+        late: lateness::Lateness::new(Instant::now()),
     }
     .run()
 }
@@ -142,6 +144,8 @@ struct Relay {
     early: Early,
     clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// How late its sends leave (printed every few seconds of traffic).
+    late: lateness::Lateness,
 }
 
 /// Reads taken from one socket before the lines are looked at again, so
@@ -154,6 +158,9 @@ impl Relay {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         loop {
             self.send_due(Instant::now());
+            if let Some(line) = self.late.report(Instant::now()) {
+                println!("{line}");
+            }
             let next = self
                 .clients
                 .iter()
@@ -218,9 +225,11 @@ impl Relay {
             // lost, as on a congested link.
             while let Some(h) = c.forward.pop_due(now) {
                 let _ = batch::send(&c.up, &h.data, h.seg, None);
+                self.late.sent(h.at, Instant::now());
             }
             while let Some(h) = c.back.pop_due(now) {
                 let _ = batch::send(&self.listen, &h.data, h.seg, c.back.to);
+                self.late.sent(h.at, Instant::now());
             }
         }
     }
@@ -321,6 +330,7 @@ mod tests {
                 early: Early::new(early, delay),
                 clients: Vec::new(),
                 by_addr: HashMap::new(),
+                late: lateness::Lateness::new(Instant::now()),
             }
             .run()
         });

@@ -1,0 +1,80 @@
+//! How late the relay sends what it holds: each datagram batch's send
+//! against its due time (the delay asked for), summed up every
+//! [`REPORT_EVERY`] while traffic flows. On a machine the relay shares
+//! with the nodes it sits between, a send waits for the CPU too: this is
+//! what the relay adds beyond the delay it was told, under the load of the
+//! moment (the start-up line's timer overhead is measured idle).
+
+use std::time::{Duration, Instant};
+
+/// How often a summary is printed (when anything was sent).
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Lateness samples since the last summary, in microseconds.
+pub struct Lateness {
+    since: Instant,
+    us: Vec<u32>,
+}
+
+impl Lateness {
+    pub fn new(now: Instant) -> Lateness {
+        Lateness { since: now, us: Vec::new() }
+    }
+
+    /// A batch due at `due` was sent at `sent`.
+    pub fn sent(&mut self, due: Instant, sent: Instant) {
+        let late = sent.saturating_duration_since(due).as_micros();
+        self.us.push(late.min(u32::MAX as u128) as u32);
+    }
+
+    /// The summary of the samples since the last one, if one is due at
+    /// `now` and anything was sent; the samples start over.
+    pub fn report(&mut self, now: Instant) -> Option<String> {
+        if now.saturating_duration_since(self.since) < REPORT_EVERY {
+            return None;
+        }
+        let secs = now.saturating_duration_since(self.since).as_secs_f64();
+        self.since = now;
+        if self.us.is_empty() {
+            return None;
+        }
+        let mut us = std::mem::take(&mut self.us);
+        us.sort_unstable();
+        let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+        Some(format!(
+            "twinblock netem: last {secs:.0}s: {} sends, late by {}us (median), {}us (p99), {}us (max) beyond the delay",
+            us.len(),
+            at(0.5),
+            at(0.99),
+            us[us.len() - 1]
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_gives_the_lateness_percentiles_once_per_period() {
+        let t0 = Instant::now();
+        let mut l = Lateness::new(t0);
+        for i in 0..100u64 {
+            let due = t0 + Duration::from_millis(i);
+            l.sent(due, due + Duration::from_micros(i + 1));
+        }
+        assert_eq!(l.report(t0 + Duration::from_secs(1)), None, "before the period");
+        let s = l.report(t0 + REPORT_EVERY).expect("a summary");
+        assert!(s.contains("100 sends, late by 51us (median), 99us (p99), 100us (max)"), "{s}");
+        assert_eq!(l.report(t0 + REPORT_EVERY * 2), None, "nothing sent since");
+    }
+
+    #[test]
+    fn a_send_before_its_time_counts_as_on_time() {
+        let t0 = Instant::now();
+        let mut l = Lateness::new(t0);
+        l.sent(t0 + Duration::from_millis(1), t0);
+        let s = l.report(t0 + REPORT_EVERY).expect("a summary");
+        assert!(s.contains("late by 0us (median)"), "{s}");
+    }
+}
