@@ -587,6 +587,21 @@ impl Core {
                 let s = self.session.as_mut().expect("session");
                 s.activity = Activity::Target { behind: h.peer_out_of_sync, progress, lost };
             }
+            Decision::SyncSource { .. }
+                if self.discard && !told_discard && h.role == Role::Primary =>
+            {
+                // `discard-my-data` run after our hello, which the peer
+                // decided on without it: this node would be the source of
+                // the data it was told to give up (the Primary refuses it,
+                // StandAlone). The next handshake carries it; dropped here,
+                // the pair met the same refusal again.
+                self.close_session(
+                    sid,
+                    "discard-my-data came after this node's hello: renegotiating with the peer"
+                        .into(),
+                );
+                return Ok(());
+            }
             Decision::SyncSource { full } => {
                 if full {
                     self.dirty.mark_all();

@@ -360,3 +360,38 @@ fn a_write_of_a_reign_older_than_this_nodes_is_refused() {
         }
     }
 }
+
+/// `discard-my-data` on a Secondary whose data is newer than the
+/// Primary's, run after its hello went out: the handshake decides on
+/// the hello (the Secondary would be the source, which the Primary
+/// refuses: StandAlone). The discard is not dropped: the Secondary
+/// renegotiates, and once the operator connects the Primary again the
+/// Secondary takes the Primary's data (before, the discard was dropped
+/// and the pair met the same refusal again).
+#[test]
+fn a_discard_run_after_the_hello_is_carried_by_the_next_handshake() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.cut();
+    p.settle();
+    // b, promoted alone, writes: its data is newer than Primary a's.
+    p.core(1).promote(false, 5).unwrap();
+    p.settle();
+    p.write(1, 50, 0, 9, 1024);
+    p.settle();
+    p.core(1).demote().unwrap();
+    p.settle();
+    let a_data = p.n[0].cache.clone();
+    assert_ne!(p.n[1].cache, a_data);
+    // The link returns; b's hello is out when the operator discards b.
+    p.connect_steps(0, |_| {});
+    p.core(1).discard_my_data().unwrap();
+    p.settle();
+    assert_eq!(p.core(0).role(), Role::Primary);
+    // The operator connects a again.
+    p.core(0).connect();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{:?}", p.core(1).status().last_error);
+    assert!(p.n[1].cache == a_data, "b did not take a's data: the discard was dropped");
+    assert_eq!(p.core(0).connection(), Connection::Connected, "{:?}", p.core(0).status());
+}
