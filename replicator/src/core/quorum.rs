@@ -498,6 +498,9 @@ impl Core {
                 self.role = Role::Secondary;
                 tracing::info!(?why, "demoted to Secondary by the controller");
                 self.announce();
+                // As a demotion without a controller: a resync of our own
+                // blocks is renegotiated (the peer drops it otherwise).
+                self.resync_after_demotion();
             }
             if why == Some(DemoteWhy::Deposed) && self.apart() && self.acked_apart {
                 tracing::error!(

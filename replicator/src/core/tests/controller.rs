@@ -622,3 +622,47 @@ fn what_a_sync_source_answers_is_not_acknowledged_apart() {
         );
     }
 }
+
+/// A Primary resyncing its own out-of-sync blocks (here verify
+/// mismatches) to a peer that is not its SyncTarget, demoted through the
+/// controller: it renegotiates the session, as a demotion without a
+/// controller does (the peer takes resync chunks only from a Primary or
+/// its sync source; before, the demoted node went on sending them and the
+/// peer dropped the link). The pair then meets again in sync.
+#[test]
+fn a_primary_demoted_by_the_controller_during_its_own_resync_renegotiates() {
+    use ctl::Duo;
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    // b's disk differs: the Primary's verify marks those blocks and
+    // resyncs them from a.
+    d.read_fill[1] = 0xee;
+    d.c[0].verify().unwrap();
+    for _ in 0..100 {
+        d.act_all();
+        d.deliver(1);
+        d.deliver(0);
+        if d.c[0].replication() == Replication::SyncSource {
+            break;
+        }
+    }
+    assert_eq!(d.c[0].replication(), Replication::SyncSource, "no resync of a's own blocks");
+    assert_eq!(d.c[1].replication(), Replication::Established, "b is not a SyncTarget");
+    // The operator demotes a, through the controller (its demote hook).
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    d.act(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    assert!(d.sid.is_none(), "the demoted node kept the session of its own resync");
+    // The link returns: in sync, b's blocks resynced by the handshake.
+    d.read_fill[1] = 0;
+    d.connect();
+    for _ in 0..20 {
+        d.flow();
+        d.tick(Duration::from_millis(100));
+    }
+    for i in 0..2 {
+        assert_eq!(d.c[i].replication(), Replication::Established, "node {i}");
+        assert_eq!(d.c[i].disk(), DiskState::UpToDate, "node {i}");
+    }
+}

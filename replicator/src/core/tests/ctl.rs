@@ -38,6 +38,8 @@ pub(super) struct Duo {
     pub lazy_close: [bool; 2],
     /// Node i's store writes fail (EIO).
     pub fail_writes: [bool; 2],
+    /// The byte node i's store reads return (its disk's content).
+    pub read_fill: [u8; 2],
     pub w: Arbiter,
 }
 
@@ -67,6 +69,7 @@ impl Duo {
             mute: [false, false],
             lazy_close: [false, false],
             fail_writes: [false, false],
+            read_fill: [0, 0],
             w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
         }
     }
@@ -77,7 +80,8 @@ impl Duo {
         while let Some(a) = self.c[i].poll_action() {
             match a {
                 Action::Store { io, op: StoreOp::Read { len, .. } } => {
-                    self.c[i].handle_io(now, io, Ok(Some(Bytes::from(vec![0u8; len as usize]))))
+                    let fill = self.read_fill[i];
+                    self.c[i].handle_io(now, io, Ok(Some(Bytes::from(vec![fill; len as usize]))))
                 }
                 Action::Store { io, op: StoreOp::Write { .. } } if self.fail_writes[i] => {
                     self.c[i].handle_io(now, io, Err(IoError::EIO))
