@@ -588,16 +588,24 @@ impl Core {
                 s.activity = Activity::Target { behind: h.peer_out_of_sync, progress, lost };
             }
             Decision::SyncSource { .. }
-                if self.discard && !told_discard && h.role == Role::Primary =>
+                if self.discard
+                    && !told_discard
+                    && h.role == Role::Primary
+                    && unusable.is_none() =>
             {
                 // `discard-my-data` run after our hello, which the peer
                 // decided on without it: this node would be the source of
-                // the data it was told to give up (the Primary refuses it,
-                // StandAlone). The next handshake carries it; dropped here,
-                // the pair met the same refusal again.
+                // the data it was told to give up (the Primary refuses
+                // this handshake: StandAlone). The discard is kept for the
+                // next one, which the operator's `connect` on the Primary
+                // starts; dropped here, the pair met the same refusal
+                // again. (Not where the Primary's disk is unusable: no
+                // discard applies then, and a pending one would keep the
+                // only good copy from claiming; found by review.)
                 self.close_session(
                     sid,
-                    "discard-my-data came after this node's hello: renegotiating with the peer"
+                    "discard-my-data came after this node's hello, which the Primary refused: \
+                     kept for the next handshake (run `connect` on the Primary)"
                         .into(),
                 );
                 return Ok(());

@@ -395,3 +395,26 @@ fn a_discard_run_after_the_hello_is_carried_by_the_next_handshake() {
     assert!(p.n[1].cache == a_data, "b did not take a's data: the discard was dropped");
     assert_eq!(p.core(0).connection(), Connection::Connected, "{:?}", p.core(0).status());
 }
+
+/// The same late discard facing a Primary whose disk failed: no discard
+/// applies there (the Secondary holds the only good copy and is the
+/// source whatever its hello said), so it is not kept pending, which
+/// under a controller would keep that copy from claiming (found by
+/// review: it was kept, one more handshake, then cleared).
+#[test]
+fn a_discard_after_the_hello_facing_a_failed_primary_is_not_kept() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 10, 0, 7, 1024);
+    p.settle();
+    p.n[0].fail_writes = true;
+    p.write(0, 11, 1024, 8, 1024);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.cut();
+    p.settle();
+    p.connect_steps(0, |_| {});
+    p.core(1).discard_my_data().unwrap();
+    p.settle();
+    assert!(!p.core(1).discard, "a discard that cannot apply is kept pending");
+}
