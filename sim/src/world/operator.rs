@@ -135,8 +135,11 @@ impl Sim {
             self.note(format!("{}: verify -> {res:?}", self.nodes[n].name));
             self.drain(n);
         } else {
-            // Split brain: the Secondary gives up its data.
-            if core.status().split_brain || !core.wants_link() {
+            // Split brain: the Secondary gives up its data. Or an
+            // operator's discard that lands while a handshake is under
+            // way (after this node's hello: it waits for the next one).
+            let handshaking = core.session_id().is_some_and(|sid| !core.session_running(sid));
+            if core.status().split_brain || !core.wants_link() || handshaking {
                 if core.role() == Role::Primary {
                     return Ok(());
                 }
