@@ -144,13 +144,7 @@ fn deposed_after_acknowledging_alone(flush: bool) {
         assert_eq!(d.reply(0, 9), Some(Ok(())));
     }
     d.cut();
-    if flush {
-        let now = d.now;
-        d.c[0].flush(now, 1);
-        d.act(0);
-    } else {
-        d.write(0, 1, 0, 0x11);
-    }
+    d.write_or_flush(flush, 0, 1, 0, 0x11);
     d.vote_all(0);
     assert_eq!(d.reply(0, 1), Some(Ok(())));
     // a loses the witness; the witness restarts without saved state.
@@ -280,15 +274,7 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
 #[test]
 fn a_handover_promotes_the_peer_at_its_first_grant() {
     use ctl::Duo;
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     for _ in 0..4 {
         d.tick(Duration::from_millis(100));
         d.flow();
@@ -382,15 +368,7 @@ fn a_primary_whose_disk_failed_does_not_hold_the_right_for_good() {
 #[test]
 fn an_old_primary_that_meets_the_new_one_steps_down() {
     use ctl::Duo;
-    let mut d = Duo::new(Protocol::C);
-    d.connect();
-    d.witness_up(0, true);
-    d.votes[1].clear();
-    d.vote_all(0);
-    d.hooks_done(0);
-    d.vote_all(0);
-    d.witness_up(1, true);
-    d.vote_all(1);
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
     // a is cut off from the witness and from b; b takes over.
     d.witness_up(0, false);
     d.votes[0].clear();
@@ -581,13 +559,7 @@ fn what_a_sync_source_answers_is_not_acknowledged_apart() {
         assert_eq!(d.reply(0, 1), Some(Ok(())));
         d.link_up();
         d.act_all(); // a is b's SyncSource
-        if flush {
-            let now = d.now;
-            d.c[0].flush(now, 2);
-            d.act(0);
-        } else {
-            d.write(0, 2, 256, 0x33);
-        }
+        d.write_or_flush(flush, 0, 2, 256, 0x33);
         d.flow();
         assert_eq!(d.reply(0, 2), Some(Ok(())));
         for _ in 0..20 {

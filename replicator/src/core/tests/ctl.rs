@@ -246,6 +246,18 @@ impl Duo {
         self.act(i);
     }
 
+    /// Node i's request `req`: a FLUSH (`flush`), else a write as
+    /// [`Duo::write`].
+    pub fn write_or_flush(&mut self, flush: bool, i: usize, req: ReqId, off: u64, byte: u8) {
+        if flush {
+            let now = self.now;
+            self.c[i].flush(now, req);
+            self.act(i);
+        } else {
+            self.write(i, req, off, byte);
+        }
+    }
+
     pub fn reply(&self, i: usize, req: ReqId) -> Option<Result<(), ReplyError>> {
         self.replies.iter().find(|(n, r, _)| *n == i && *r == req).map(|(_, _, r)| *r)
     }

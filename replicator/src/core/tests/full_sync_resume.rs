@@ -16,14 +16,27 @@ fn forced_over_user_data(plant: Plant) -> Pair {
     p
 }
 
+/// Node `src` is a SyncSource with less than half the device left to send.
+fn source_half_way(p: &Pair, src: usize) -> bool {
+    let c = p.n[src].c.as_ref().unwrap();
+    c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
+}
+
+/// b, down, finds its disk failed: its saved record says Failed (and,
+/// with `told`, that it told the witness those generations).
+fn failed_while_down(p: &mut Pair, told: Option<Vec<u64>>) {
+    let m = p.n[1].meta.as_mut().unwrap();
+    if let Some(told) = told {
+        m.told = told;
+    }
+    m.disk = DiskState::Failed;
+}
+
 /// [`forced_over_user_data`], its full sync into b cut when about half
 /// of it is durable on b.
 fn full_sync_cut_half_way(plant: Plant) -> Pair {
     let mut p = forced_over_user_data(plant);
-    p.connect_until(|p| {
-        let c = p.n[0].c.as_ref().unwrap();
-        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
-    });
+    p.connect_until(|p| source_half_way(p, 0));
     assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "not cut mid-sync");
     assert_ne!(p.core(0).full_sync, 0, "the source did not name its full sync");
     let (a, b) = (p.core(0).full_sync, p.core(1).full_sync);
@@ -107,17 +120,10 @@ fn a_rebuild_cut_short_keeps_what_was_told_the_witness() {
     p.initial();
     let g = p.core(0).gen().current;
     p.crash(1, false);
-    {
-        let m = p.n[1].meta.as_mut().unwrap();
-        m.told = vec![g, 0xabcdef];
-        m.disk = DiskState::Failed;
-    }
+    failed_while_down(&mut p, Some(vec![g, 0xabcdef]));
     p.restart(1);
     assert_eq!(p.core(1).told, vec![g, 0xabcdef]);
-    p.connect_until(|p| {
-        let c = p.n[0].c.as_ref().unwrap();
-        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
-    });
+    p.connect_until(|p| source_half_way(p, 0));
     let first = p.core(1).told.clone();
     p.connect();
     let second = p.core(1).told.clone();
@@ -137,21 +143,14 @@ fn a_rebuild_cut_by_the_disk_failing_again_keeps_what_was_told_the_witness() {
     p.initial();
     let g = p.core(0).gen().current;
     p.crash(1, false);
-    {
-        let m = p.n[1].meta.as_mut().unwrap();
-        m.told = vec![g, 0xabcdef];
-        m.disk = DiskState::Failed;
-    }
+    failed_while_down(&mut p, Some(vec![g, 0xabcdef]));
     p.restart(1);
-    p.connect_until(|p| {
-        let c = p.n[0].c.as_ref().unwrap();
-        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
-    });
+    p.connect_until(|p| source_half_way(p, 0));
     assert_ne!(p.core(0).full_sync, 0, "the source did not name its full sync");
     // b's disk fails again mid-rebuild.
     p.crash(1, false);
     assert_eq!(p.n[1].meta.as_ref().unwrap().told, vec![g, 0xabcdef]);
-    p.n[1].meta.as_mut().unwrap().disk = DiskState::Failed;
+    failed_while_down(&mut p, None);
     p.restart(1);
     p.connect();
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
@@ -177,11 +176,7 @@ fn a_disk_rebuilt_from_a_peer_that_moved_on_from_its_generation_keeps_what_it_to
     assert_ne!(ga.current, g, "a wrote alone on g");
     assert_eq!(ga.bitmap, g);
     p.crash(1, false);
-    {
-        let m = p.n[1].meta.as_mut().unwrap();
-        m.told = vec![g];
-        m.disk = DiskState::Failed;
-    }
+    failed_while_down(&mut p, Some(vec![g]));
     p.restart(1);
     p.connect();
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
@@ -219,14 +214,11 @@ fn a_disk_rebuilt_from_a_forced_peer_forgets_what_it_told() {
     p.core(1).demote().unwrap();
     p.core(1).connect();
     p.settle();
-    p.connect_until(|p| {
-        let c = p.n[1].c.as_ref().unwrap();
-        c.replication() == Replication::SyncSource && c.dirty().bytes() < SIZE / 2
-    });
+    p.connect_until(|p| source_half_way(p, 1));
     assert_eq!(p.core(0).disk(), DiskState::Inconsistent);
     // b's disk fails (a read error): Failed, its told list kept.
     p.crash(1, false);
-    p.n[1].meta.as_mut().unwrap().disk = DiskState::Failed;
+    failed_while_down(&mut p, None);
     p.restart(1);
     assert_eq!(p.core(1).told, vec![g1]);
     p.connect();
