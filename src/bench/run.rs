@@ -50,7 +50,7 @@ impl Drop for Slot {
 /// Warm-up before each run's measuring time (not counted).
 const WARMUP: Duration = Duration::from_millis(200);
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs .. 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
