@@ -110,6 +110,48 @@ fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
     );
 }
 
+/// A relay kept from reading for a while (stopped, as a busy machine keeps
+/// it off the CPU) still holds each datagram for the delay from its
+/// arrival, not from the late read: what waited in its socket does not
+/// wait again.
+#[test]
+fn netem_counts_the_delay_from_each_datagrams_arrival() {
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let relay = free_udp();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (r, _) = netem(&relay, &echo_addr, "20ms");
+    let warm = median_rtt(&client, &relay, 5);
+    assert!(warm < Duration::from_millis(50), "20ms each way: {warm:?}");
+    let pid = r.0.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    client.send_to(&7u64.to_le_bytes(), &relay).unwrap();
+    std::thread::sleep(Duration::from_millis(15));
+    signal("-CONT");
+    let mut buf = [0u8; 64];
+    let (n, _) = client.recv_from(&mut buf).expect("the probe's answer");
+    let rtt = t.elapsed();
+    assert_eq!(&buf[..n], &7u64.to_le_bytes());
+    eprintln!("read 15ms late, 20ms each way: round trip {rtt:?}");
+    // From arrival: about 40 ms. From the late read it would be 55.
+    assert!(
+        rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(50),
+        "a datagram read 15ms late came back after {rtt:?}"
+    );
+}
+
 /// The pair's resource file with `[adaptive] latency_budget = budget`.
 fn adaptive_pair(budget: &str) -> Pair {
     adaptive_pair_with(budget, "")

@@ -13,6 +13,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The kernel takes at most this many segments in one send.
 const MAX_SEGMENTS: usize = 64;
@@ -24,12 +25,51 @@ pub struct Batch {
     pub len: usize,
     pub seg: usize,
     pub from: SocketAddr,
+    /// When the kernel received it (`SO_TIMESTAMPNS`, the real-time clock),
+    /// where the socket asked for it ([`enable_receive_timestamps`]).
+    pub stamp: Option<Duration>,
 }
 
 impl Batch {
     /// The datagrams of `data` (this batch's bytes) one by one.
     pub fn datagrams<'a>(&self, data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
         data[..self.len].chunks(self.seg.max(1))
+    }
+
+    /// How long before its read (at `read`, the real-time clock) the kernel
+    /// had it: zero without a timestamp, at most [`MAX_QUEUED`] (a clock
+    /// step, not a wait).
+    pub fn queued(&self, read: SystemTime) -> Duration {
+        self.stamp
+            .and_then(|at| read.duration_since(UNIX_EPOCH).ok()?.checked_sub(at))
+            .filter(|d| *d <= MAX_QUEUED)
+            .unwrap_or_default()
+    }
+}
+
+/// A receive timestamp further back than this is taken for a step of the
+/// real-time clock, and ignored.
+pub const MAX_QUEUED: Duration = Duration::from_secs(1);
+
+/// Asks the kernel to stamp each datagram with its time of arrival (read
+/// by [`recv`] into [`Batch::stamp`]): a relay woken late by the scheduler
+/// then holds it for the delay from its arrival, not from its read.
+pub fn enable_receive_timestamps(sock: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid fd and a pointer to a c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -58,7 +98,8 @@ pub fn enable_receive_offload(sock: &UdpSocket) -> io::Result<()> {
 pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
     // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
     let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut control = [0u64; 8];
+    // Room for the receive offload's segment size and a timestamp.
+    let mut control = [0u64; 16];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut msg: libc::msghdr = unsafe { zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
@@ -66,7 +107,7 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<[u64; 8]>() as _;
+    msg.msg_controllen = size_of::<[u64; 16]>() as _;
     // SAFETY: msg points at live buffers of the sizes it gives.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
     if n < 0 {
@@ -78,6 +119,7 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
     }
     let len = n as usize;
     let mut seg = len;
+    let mut stamp = None;
     // SAFETY: the kernel filled msg's control buffer; the CMSG macros walk
     // it within msg_controllen.
     unsafe {
@@ -89,12 +131,18 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Batch> {
                     seg = v as usize;
                 }
             }
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let t = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                if t.tv_sec >= 0 && (0..1_000_000_000).contains(&t.tv_nsec) {
+                    stamp = Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
+                }
+            }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
     let from = sockaddr_to_std(&addr)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from no address"))?;
-    Ok(Batch { len, seg: seg.min(len).max(1), from })
+    Ok(Batch { len, seg: seg.min(len).max(1), from, stamp })
 }
 
 /// Sends `data`, datagrams of `seg` bytes but the last, to `to` (or the
@@ -303,5 +351,31 @@ mod tests {
             assert_eq!((b.len, b.seg), (1000, 1000));
             assert_eq!(&buf[..1000], &data[i * 1000..(i + 1) * 1000]);
         }
+    }
+
+    /// A batch read well after it arrived says how long the kernel held it
+    /// (offload's segment size read too); without timestamps asked for, or
+    /// with a timestamp from the future (a clock step), nothing.
+    #[test]
+    fn a_batch_read_late_says_how_long_it_waited() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_receive_offload(&rx).unwrap();
+        enable_receive_timestamps(&rx).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        send(&tx, &[7u8; 3000], 1000, Some(to)).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let mut buf = vec![0u8; 65536];
+        let b = recv(&rx, &mut buf).unwrap();
+        assert_eq!((b.len, b.seg), (3000, 1000));
+        let waited = b.queued(SystemTime::now());
+        assert!(waited >= Duration::from_millis(30) && waited < MAX_QUEUED, "{waited:?}");
+        assert_eq!(b.queued(SystemTime::now() - Duration::from_secs(10)), Duration::ZERO);
+
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        send(&tx, b"x", 1000, Some(plain.local_addr().unwrap())).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = recv(&plain, &mut buf).unwrap();
+        assert_eq!((b.stamp, b.queued(SystemTime::now())), (None, Duration::ZERO));
     }
 }

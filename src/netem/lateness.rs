@@ -4,6 +4,11 @@
 //! with the nodes it sits between, a send waits for the CPU too: this is
 //! what the relay adds beyond the delay it was told, under the load of the
 //! moment (the start-up line's timer overhead is measured idle).
+//!
+//! Also how long datagrams waited in the kernel before the relay read them
+//! (the relay's wake-up, or its work on others): the delay counts from their
+//! arrival (receive timestamps), so that wait is part of the delay, not
+//! added to it, unless it exceeds it.
 
 use std::time::{Duration, Instant};
 
@@ -18,17 +23,28 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 pub struct Lateness {
     since: Instant,
     us: Histogram<u64>,
+    /// Arrival to read, in microseconds.
+    read_us: Histogram<u64>,
 }
 
 impl Lateness {
     pub fn new(now: Instant) -> Lateness {
-        Lateness { since: now, us: crate::bench::run::histogram() }
+        Lateness {
+            since: now,
+            us: crate::bench::run::histogram(),
+            read_us: crate::bench::run::histogram(),
+        }
     }
 
     /// A batch due at `due` was sent at `sent`.
     pub fn sent(&mut self, due: Instant, sent: Instant) {
         let late = sent.saturating_duration_since(due).as_micros();
         self.us.saturating_record(late.min(u64::MAX as u128) as u64);
+    }
+
+    /// A batch was read `queued` after the kernel received it.
+    pub fn read(&mut self, queued: Duration) {
+        self.read_us.saturating_record(queued.as_micros().min(u64::MAX as u128) as u64);
     }
 
     /// The summary of the samples since the last one, if one is due at
@@ -42,15 +58,23 @@ impl Lateness {
         if self.us.is_empty() {
             return None;
         }
-        let us = &self.us;
-        let line = format!(
+        let (us, read) = (&self.us, &self.read_us);
+        let mut line = format!(
             "twinblock netem: last {secs:.0}s: {} sends, late by {}us (median), {}us (p99), {}us (max) beyond the delay",
             us.len(),
             us.value_at_quantile(0.5),
             us.value_at_quantile(0.99),
             us.max()
         );
+        if !read.is_empty() {
+            line.push_str(&format!(
+                "; read {}us (median), {}us (p99) after arrival, within the delay",
+                read.value_at_quantile(0.5),
+                read.value_at_quantile(0.99)
+            ));
+        }
         self.us.reset();
+        self.read_us.reset();
         Some(line)
     }
 }
@@ -70,6 +94,7 @@ mod tests {
         assert_eq!(l.report(t0 + Duration::from_secs(1)), None, "before the period");
         let s = l.report(t0 + REPORT_EVERY).expect("a summary");
         assert!(s.contains("100 sends, late by 50us (median), 99us (p99), 100us (max)"), "{s}");
+        assert!(!s.contains("after arrival"), "no read recorded: {s}");
         assert_eq!(l.report(t0 + REPORT_EVERY * 2), None, "nothing sent since");
     }
 
@@ -80,5 +105,20 @@ mod tests {
         l.sent(t0 + Duration::from_millis(1), t0);
         let s = l.report(t0 + REPORT_EVERY).expect("a summary");
         assert!(s.contains("late by 0us (median)"), "{s}");
+    }
+
+    #[test]
+    fn a_summary_gives_how_long_datagrams_waited_to_be_read() {
+        let t0 = Instant::now();
+        let mut l = Lateness::new(t0);
+        for i in 1..=100u64 {
+            l.read(Duration::from_micros(i));
+            l.sent(t0, t0);
+        }
+        let s = l.report(t0 + REPORT_EVERY).expect("a summary");
+        assert!(s.contains("read 50us (median), 99us (p99) after arrival"), "{s}");
+        l.sent(t0, t0);
+        let s = l.report(t0 + REPORT_EVERY * 2).expect("a summary");
+        assert!(!s.contains("after arrival"), "the reads start over: {s}");
     }
 }

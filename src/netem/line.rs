@@ -99,7 +99,7 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     fn batch(len: usize, seg: usize) -> Batch {
-        Batch { len, seg, from: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1).into() }
+        Batch { len, seg, from: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1).into(), stamp: None }
     }
 
     #[test]

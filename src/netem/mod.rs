@@ -121,6 +121,12 @@ fn prepare(sock: &UdpSocket) -> Result<()> {
             "twinblock netem: no UDP receive offload ({e}); datagrams are relayed one by one"
         );
     }
+    if let Err(e) = batch::enable_receive_timestamps(sock) {
+        eprintln!(
+            "twinblock netem: no receive timestamps ({e}); the delay counts from each read, \
+             so the relay's own wake-ups add to it"
+        );
+    }
     sock.set_nonblocking(true).context("relay socket")
 }
 
@@ -219,6 +225,15 @@ impl Relay {
         }
     }
 
+    /// When batch `b`, just read, arrived: its delay counts from then (the
+    /// time it waited for this thread is recorded).
+    fn arrival(&mut self, b: &batch::Batch) -> Instant {
+        let read = Instant::now();
+        let queued = b.queued(std::time::SystemTime::now());
+        self.late.read(queued);
+        read.checked_sub(queued).unwrap_or(read)
+    }
+
     fn send_due(&mut self, now: Instant) {
         for c in &mut self.clients {
             // A datagram the kernel does not take now (a full buffer) is
@@ -245,7 +260,7 @@ impl Relay {
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(e) => return Err(e).context("relay"),
             };
-            let now = Instant::now();
+            let now = self.arrival(&b);
             let i = match self.by_addr.get(&b.from) {
                 Some(&i) => i,
                 None => {
@@ -273,7 +288,10 @@ impl Relay {
     fn read_up(&mut self, i: usize, buf: &mut [u8]) -> bool {
         for _ in 0..READS_PER_ROUND {
             match batch::recv(&self.clients[i].up, buf) {
-                Ok(b) => self.clients[i].back.push(buf, &b, Instant::now()),
+                Ok(b) => {
+                    let at = self.arrival(&b);
+                    self.clients[i].back.push(buf, &b, at)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // ICMP "port unreachable" from a forward target that is not
                 // up yet (or its host, unreachable for now); it may come up
