@@ -24,6 +24,11 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
     async move {
         crate::serve::tune_malloc();
         let shutdown = Shutdown::install()?;
+        match twinblock_timeline::start(me) {
+            Ok(Some(path)) => tracing::info!("recording a write timeline to {}", path.display()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let control = ControlServer::bind(&node.me.control)?;

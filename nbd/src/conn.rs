@@ -31,6 +31,7 @@ use crate::request::{Command, Decoded, ProtocolError, RequestDecoder};
 use crate::server::Shared;
 use crate::sink::{Ended, Queued, Sink};
 use crate::sock;
+use twinblock_timeline::{mark, Point};
 
 /// Socket reads when no large payload is expected.
 const READ_CHUNK: usize = 64 * 1024;
@@ -252,6 +253,7 @@ fn transmission<D: BlockDevice>(
                     break Some(Ok(End::Disconnect))
                 }
                 Decoded::Command { cookie, command } => {
+                    mark(Point::NbdRequest, cookie);
                     let weight = 1 + command_bytes(&command) / (1 << 20);
                     let Some(permit) = acquire(weight, &issuing) else {
                         // Killed while waiting: what was read and not issued
@@ -281,7 +283,11 @@ fn transmission<D: BlockDevice>(
         let wanted = decoder.wanted();
         let max =
             if wanted > READ_CHUNK { wanted.saturating_sub(buf.len()).max(1) } else { READ_CHUNK };
-        match sock::read_into(s, &mut buf, max) {
+        let read = sock::read_into(s, &mut buf, max);
+        if let Ok(n) = read {
+            mark(Point::NbdRead, n as u64);
+        }
+        match read {
             Ok(0) if conn.is_stopping() => break 'read Ok(End::Stopped),
             Ok(0) => break 'read Ok(End::Eof),
             Ok(_) => {}

@@ -22,6 +22,7 @@ use crate::link_stats;
 use crate::node::{LinkTx, Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
+use twinblock_timeline::{mark, Point};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -373,7 +374,14 @@ async fn run_session(
                     let mut msgs = Vec::new();
                     let fault = loop {
                         match wire::decode(&mut buf) {
-                            Ok(Some(m)) => msgs.push(m),
+                            Ok(Some(m)) => {
+                                match &m {
+                                    Message::Data { seq, .. } => mark(Point::FrameDecoded, *seq),
+                                    Message::Ack { done, .. } => mark(Point::AckDecoded, *done),
+                                    _ => {}
+                                }
+                                msgs.push(m)
+                            }
                             Ok(None) => break None,
                             Err(e) => break Some(format!("link fault: {e}")),
                         }
@@ -560,6 +568,11 @@ async fn write_frames(
 ) {
     let mut chunks: Vec<Bytes> = Vec::with_capacity(128);
     fn push(chunks: &mut Vec<Bytes>, m: Message) {
+        match &m {
+            Message::Data { seq, .. } => mark(Point::WriterTook, *seq),
+            Message::Ack { done, .. } => mark(Point::AckWriterTook, *done),
+            _ => {}
+        }
         let (head, payload) = m.encode();
         chunks.push(head.freeze());
         if let Some(p) = payload {
@@ -625,6 +638,7 @@ async fn write_frames(
                 return;
             }
             Ok(false) => {
+                mark(Point::StreamWritten, 0);
                 chunks.clear();
                 if let Ending::Closed(why) = ending {
                     // The session closes the connection next, which would

@@ -35,6 +35,7 @@ use crate::meta::{Meta, MetaError};
 use crate::protocol::wire::{DiskState, Message, Role};
 use crate::status::{Counters, LinkStatus, PeerStatus, Status, SyncStatus};
 use crate::store::{Store, StoreError, StoreOptions};
+use twinblock_timeline::{mark, Point};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -647,6 +648,9 @@ impl Node {
     /// wait would count against the link); and the connection's budget
     /// (at least 34 units) is never all in held frames.
     fn send_frame(&self, sh: &mut Shell, session: SessionId, msg: Message) {
+        if let Message::Data { seq, .. } = &msg {
+            mark(Point::Frame, *seq);
+        }
         if twinblock_nbd::issuing::issuing_more()
             && sh.held.len() < HOLD_FRAMES
             && sh.held_since.is_none_or(|t| t.elapsed() < HOLD_TIME)
@@ -676,6 +680,11 @@ impl Node {
     }
 
     fn hand_over(sh: &Shell, session: SessionId, msg: Message) {
+        match &msg {
+            Message::Data { seq, .. } => mark(Point::Handed, *seq),
+            Message::Ack { done, .. } => mark(Point::AckHanded, *done),
+            _ => {}
+        }
         if let Some(l) = sh.links.get(&session) {
             let _ = l.queue.send(Outbound::Frame(msg));
         }
@@ -818,6 +827,7 @@ impl Node {
     ) -> DeviceResult<()> {
         let start = Instant::now();
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        mark(Point::Admitted, req);
         let (tx, rx) = oneshot::channel();
         {
             let mut sh = self.lock();
@@ -827,6 +837,7 @@ impl Node {
             self.drain(&mut sh);
         }
         let reply = rx.await;
+        mark(Point::Answered, req);
         if let Some(o) = self.observer.get() {
             o.completed(kind, start.elapsed(), matches!(reply, Ok(Ok(()))));
         }

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use twinblock_timeline::{mark, Point};
 
 /// The most one UDP send carries (an IPv4 datagram's 65,535 bytes less
 /// its IP and UDP headers).
@@ -68,6 +69,7 @@ impl AsyncUdpSocket for BoundedGso {
     /// rest as losses (a socket buffer twice the flow-control window makes
     /// this rare).
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        mark(Point::UdpSend, transmit.contents.len() as u64);
         let Some(segment) = transmit.segment_size.filter(|_| transmit.contents.len() > MAX_SEND)
         else {
             return self.inner.try_send(transmit);
@@ -93,7 +95,11 @@ impl AsyncUdpSocket for BoundedGso {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        let r = self.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(n)) = &r {
+            mark(Point::UdpRecv, meta[..*n].iter().map(|m| m.len as u64).sum());
+        }
+        r
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

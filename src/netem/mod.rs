@@ -34,6 +34,7 @@ mod line;
 mod wake;
 
 use line::{DelayLine, Shape};
+use twinblock_timeline::{mark, Point};
 use wake::Early;
 
 pub struct NetemArgs {
@@ -76,6 +77,11 @@ pub fn timer_overhead() -> (Duration, Duration) {
 }
 
 pub fn run(args: NetemArgs) -> Result<()> {
+    match twinblock_timeline::start("relay") {
+        Ok(Some(path)) => eprintln!("twinblock netem: recording a timeline to {}", path.display()),
+        Ok(None) => {}
+        Err(e) => eprintln!("twinblock netem: {e}"),
+    }
     if !(0.0..=100.0).contains(&args.loss) {
         bail!("--loss must be a percentage between 0 and 100");
     }
@@ -240,10 +246,12 @@ impl Relay {
             // lost, as on a congested link.
             while let Some(h) = c.forward.pop_due(now) {
                 let _ = batch::send(&c.up, &h.data, h.seg, None);
+                mark(Point::RelayOutForward, h.data.len() as u64);
                 self.late.sent(h.at, Instant::now());
             }
             while let Some(h) = c.back.pop_due(now) {
                 let _ = batch::send(&self.listen, &h.data, h.seg, c.back.to);
+                mark(Point::RelayOutBack, h.data.len() as u64);
                 self.late.sent(h.at, Instant::now());
             }
         }
@@ -261,6 +269,7 @@ impl Relay {
                 Err(e) => return Err(e).context("relay"),
             };
             let now = self.arrival(&b);
+            mark(Point::RelayInForward, b.len as u64);
             let i = match self.by_addr.get(&b.from) {
                 Some(&i) => i,
                 None => {
@@ -290,6 +299,7 @@ impl Relay {
             match batch::recv(&self.clients[i].up, buf) {
                 Ok(b) => {
                     let at = self.arrival(&b);
+                    mark(Point::RelayInBack, b.len as u64);
                     self.clients[i].back.push(buf, &b, at)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
