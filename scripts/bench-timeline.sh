@@ -9,11 +9,14 @@
 #
 # Usage: scripts/bench-timeline.sh [--delay 500us] [--iodepth 32]
 #                                  [--runtime 4] [--size 256M] [--keep DIR]
+#                                  [--set 'KEY = VALUE']
+# (--set: one more line in the pair's resource file, e.g.
+# --set 'busy-poll = "0"', to see which stages a setting moves.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-DELAY=500us QD=32 RUNTIME=4 SIZE=256M KEEP=""
+DELAY=500us QD=32 RUNTIME=4 SIZE=256M KEEP="" EXTRA=""
 while (($#)); do
   case $1 in
     --delay) DELAY=$2; shift 2 ;;
@@ -21,7 +24,8 @@ while (($#)); do
     --runtime) RUNTIME=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
-    *) echo "usage: $0 [--delay DUR|0] [--iodepth N] [--runtime SECS] [--size SIZE] [--keep DIR]" >&2; exit 2 ;;
+    --set) EXTRA=$2; shift 2 ;;
+    *) echo "usage: $0 [--delay DUR|0] [--iodepth N] [--runtime SECS] [--size SIZE] [--keep DIR] [--set 'KEY = VALUE']" >&2; exit 2 ;;
   esac
 done
 bench_setup bench-timeline bench-timeline
@@ -35,7 +39,7 @@ if [[ $DELAY != 0 ]]; then
   PIDS+=($!)
 fi
 CFG=$WORK/r.toml
-pair_config "$CFG" bench C "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay"
+pair_config "$CFG" bench C "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay" "$EXTRA"
 for n in a b; do
   TWINBLOCK_TIMELINE=$TL "$BIN" up --config "$CFG" --node $n >/dev/null 2>"$WORK/$n.log" &
   PIDS+=($!)
@@ -53,7 +57,7 @@ fio --name=t --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth="$QD" 
     --time_based --runtime="$RUNTIME" --output-format=json --output="$WORK/fio.json" >/dev/null
 sleep 1 # the recorders' last flush
 stop_all
-echo "protocol C, 4k randwrite QD$QD, relay ${DELAY} each way ($(date -u +%FT%TZ))"
+echo "protocol C, 4k randwrite QD$QD, relay ${DELAY} each way${EXTRA:+, $EXTRA} ($(date -u +%FT%TZ))"
 python3 -c '
 import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
 iops, mean, p50, p99 = w["iops"], c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3
