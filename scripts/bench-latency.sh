@@ -236,7 +236,7 @@ for ((run = 1; run <= REPEAT; run++)); do
     done
     record "$run" "relay|late" "$(tail -n "+$((seen + 1))" "$WORK/netem.log" | python3 -c '
 import re, sys
-w = [tuple(int(g or 0) for g in m.groups()) for m in (re.search(r"(\d+) sends, late by (\d+)us \(median\), (\d+)us \(p99\).*?(?:read (\d+)us \(median\), (\d+)us \(p99\) after arrival)?$", l) for l in sys.stdin) if m]
+w = [tuple(int(g or 0) for g in m.groups()) for m in (re.search(r"(\d+) sends, late by (\d+)us \(median\), (\d+)us \(p99\)(?:.*?; read (\d+)us \(median\), (\d+)us \(p99\) after arrival)?", l) for l in sys.stdin) if m]
 print(*(max(w)[1:] if w else (0, 0, 0, 0)))')"
     stop_all
   fi
@@ -364,7 +364,7 @@ if "relay|rtt" in d:
         print(f"  the relay's sends during QD32 (its busiest 5 s), late beyond the delay: "
               f"{med('relay|late', 0):,.0f} us median, {med('relay|late', 1):,.0f} us p99 "
               "(each write crosses it twice)")
-        print(f"  datagrams waiting to be read by the relay (within the delay, which counts from arrival): "
+        print(f"  datagrams waiting to be read by the relay (part of the delay, which counts from arrival): "
               f"{med('relay|late', 2):,.0f} us median, {med('relay|late', 3):,.0f} us p99")
     print(f"  the relay's own CPU during QD1 / QD32: {med('relay|4k randwrite QD1', 6):.0f}% / "
           f"{med('relay|4k randwrite QD32', 6):.0f}% of a core (a real network takes none of the nodes')")

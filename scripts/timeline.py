@@ -102,10 +102,17 @@ def main():
 
     # Requests and frames are numbered in the same order on one NBD
     # connection that only writes: the n-th request admitted is the n-th
-    # frame. Checked: a frame is made right after its request's admission.
+    # frame. Checked: as many frames as requests over the whole recording
+    # (a request without a frame, such as a read, a write answered while
+    # Ahead or refused, or a frame without a request, such as a resync's,
+    # would shift every later pair), and each frame made after its
+    # request's admission.
     reqs, seqs = sorted(admitted), sorted(frame)
-    n = min(len(reqs), len(seqs))
-    pairs = list(zip(reqs[:n], seqs[:n]))[n // 5: n - n // 5]
+    if len(reqs) != len(seqs):
+        sys.exit(f"timeline.py: {len(reqs)} requests admitted but {len(seqs)} frames made: they do not pair up "
+                 "(reads, more than one connection, writes answered without the peer, or a resync?)")
+    n = len(reqs)
+    pairs = list(zip(reqs, seqs))[n // 5: n - n // 5]
     off = [frame[s] - admitted[r] for r, s in pairs]
     if not off or sorted(off)[len(off) // 2] > 1_000_000 or min(off) < 0:
         sys.exit("timeline.py: requests and frames do not pair up (more than one connection, or reads?)")
@@ -122,6 +129,7 @@ def main():
               "ack decoded -> answered (the core, the reply)"]
     rows = [[] for _ in stages]
     totals = []
+    backwards = 0
     window = [1 << 63, 0]
     for r, s in pairs:
         t_adm, t_ans = admitted.get(r), answered.get(r)
@@ -134,12 +142,18 @@ def main():
         if None in chain or t_recv < t_send:
             continue
         steps = [(b - a) / 1000 for a, b in zip(chain, chain[1:])]
+        if min(steps) < 0:
+            backwards += 1
+            continue
         for row, v in zip(rows, steps):
             row.append(v)
         totals.append((t_ans - t_read) / 1000)
         window = [min(window[0], t_read), max(window[1], t_ans)]
     if not totals:
         sys.exit("timeline.py: no write could be followed through both nodes")
+    if backwards > len(pairs) // 100:
+        sys.exit(f"timeline.py: {backwards} of {len(pairs)} writes would pass a stage backwards in time: "
+                 "the marks do not pair up as this script assumes")
     def figures(v):
         m, p50, p90, p99 = stats(v)
         return {"mean_us": round(m, 1), "p50_us": round(p50, 1), "p90_us": round(p90, 1), "p99_us": round(p99, 1)}

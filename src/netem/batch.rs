@@ -37,13 +37,12 @@ impl Batch {
     }
 
     /// How long before its read (at `read`, the real-time clock) the kernel
-    /// had it: zero without a timestamp, at most [`MAX_QUEUED`] (a clock
-    /// step, not a wait).
-    pub fn queued(&self, read: SystemTime) -> Duration {
+    /// had it; none without a timestamp, or for one from the future or more
+    /// than [`MAX_QUEUED`] back (a step of the clock, not a wait).
+    pub fn queued(&self, read: SystemTime) -> Option<Duration> {
         self.stamp
             .and_then(|at| read.duration_since(UNIX_EPOCH).ok()?.checked_sub(at))
             .filter(|d| *d <= MAX_QUEUED)
-            .unwrap_or_default()
     }
 }
 
@@ -368,14 +367,15 @@ mod tests {
         let mut buf = vec![0u8; 65536];
         let b = recv(&rx, &mut buf).unwrap();
         assert_eq!((b.len, b.seg), (3000, 1000));
-        let waited = b.queued(SystemTime::now());
+        let waited = b.queued(SystemTime::now()).expect("a timestamp");
         assert!(waited >= Duration::from_millis(30) && waited < MAX_QUEUED, "{waited:?}");
-        assert_eq!(b.queued(SystemTime::now() - Duration::from_secs(10)), Duration::ZERO);
+        assert_eq!(b.queued(SystemTime::now() - Duration::from_secs(10)), None, "from the future");
+        assert_eq!(b.queued(SystemTime::now() + Duration::from_secs(10)), None, "a step forward");
 
         let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
         send(&tx, b"x", 1000, Some(plain.local_addr().unwrap())).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let b = recv(&plain, &mut buf).unwrap();
-        assert_eq!((b.stamp, b.queued(SystemTime::now())), (None, Duration::ZERO));
+        assert_eq!((b.stamp, b.queued(SystemTime::now())), (None, None));
     }
 }

@@ -8,7 +8,8 @@
 //! Also how long datagrams waited in the kernel before the relay read them
 //! (the relay's wake-up, or its work on others): the delay counts from their
 //! arrival (receive timestamps), so that wait is part of the delay, not
-//! added to it, unless it exceeds it.
+//! added to it, unless it exceeds it (then the batch leaves at once, and
+//! late). Batches without a timestamp are not counted.
 
 use std::time::{Duration, Instant};
 
@@ -68,7 +69,7 @@ impl Lateness {
         );
         if !read.is_empty() {
             line.push_str(&format!(
-                "; read {}us (median), {}us (p99) after arrival, within the delay",
+                "; read {}us (median), {}us (p99) after arrival (the delay counts from arrival)",
                 read.value_at_quantile(0.5),
                 read.value_at_quantile(0.99)
             ));

@@ -232,10 +232,13 @@ impl Relay {
     }
 
     /// When batch `b`, just read, arrived: its delay counts from then (the
-    /// time it waited for this thread is recorded).
+    /// time it waited for this thread is recorded). The real-time clock is
+    /// read first: a preemption between the two reads makes the arrival
+    /// later, never earlier, so no datagram leaves before its delay.
     fn arrival(&mut self, b: &batch::Batch) -> Instant {
-        let read = Instant::now();
         let queued = b.queued(std::time::SystemTime::now());
+        let read = Instant::now();
+        let Some(queued) = queued else { return read };
         self.late.read(queued);
         read.checked_sub(queued).unwrap_or(read)
     }

@@ -93,6 +93,9 @@ pub fn start(name: &str) -> Result<Option<PathBuf>, String> {
 }
 
 fn start_in(path: PathBuf) -> Result<Option<PathBuf>, String> {
+    if MARKS.get().is_some() {
+        return Err("timeline: already recording".into());
+    }
     let file = std::fs::File::create(&path)
         .map_err(|e| format!("timeline: cannot create {}: {e}", path.display()))?;
     let marks: Box<[AtomicU64]> = (0..2 * CAPACITY).map(|_| AtomicU64::new(0)).collect();
@@ -110,7 +113,9 @@ fn start_in(path: PathBuf) -> Result<Option<PathBuf>, String> {
 /// Records that a write passed `point` now.
 #[inline]
 pub fn mark(point: Point, key: u64) {
-    if !ON.load(Ordering::Relaxed) {
+    // Acquire: a mark that sees recording on sees its buffer (on x86 a
+    // plain load, as Relaxed).
+    if !ON.load(Ordering::Acquire) {
         return;
     }
     record(point, key, now_ns());
@@ -118,8 +123,10 @@ pub fn mark(point: Point, key: u64) {
 
 #[cold]
 fn record(point: Point, key: u64, t: u64) {
-    let i = NEXT.fetch_add(1, Ordering::Relaxed);
+    // The buffer first: a slot claimed is always written (the flusher
+    // waits at the first one that is not).
     let Some(marks) = MARKS.get() else { return };
+    let i = NEXT.fetch_add(1, Ordering::Relaxed);
     if i >= CAPACITY {
         return;
     }
@@ -183,6 +190,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = start_in(dir.path().join("t.timeline")).unwrap().unwrap();
         assert!(start_in(dir.path().join("u.timeline")).is_err(), "a second start");
+        assert!(!dir.path().join("u.timeline").exists(), "a second start created a file");
         let threads: Vec<_> = (0..4u64)
             .map(|th| {
                 std::thread::spawn(move || {
