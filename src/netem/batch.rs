@@ -362,9 +362,19 @@ mod tests {
         enable_receive_timestamps(&rx).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
+        let mut buf = vec![0u8; 65536];
+        // The kernel turns receive stamping on for the host a moment after
+        // the first socket asks (a deferred work item); until then it
+        // stamps a datagram when it is read. Wait for stamps on arrival.
+        let on_arrival = (0..200).any(|_| {
+            send(&tx, b"probe", 1000, Some(to)).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            let b = recv(&rx, &mut buf).unwrap();
+            b.queued(SystemTime::now()).is_some_and(|w| w >= Duration::from_millis(5))
+        });
+        assert!(on_arrival, "the kernel never stamped a datagram on its arrival");
         send(&tx, &[7u8; 3000], 1000, Some(to)).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        let mut buf = vec![0u8; 65536];
         let b = recv(&rx, &mut buf).unwrap();
         assert_eq!((b.len, b.seg), (3000, 1000));
         let waited = b.queued(SystemTime::now()).expect("a timestamp");
