@@ -20,8 +20,8 @@ fn a_recorded_timeline_follows_writes_through_both_nodes_and_the_relay() {
         return;
     }
     let recorded = tempfile::tempdir_in(test_tmp()).unwrap();
-    // SAFETY (edition 2021: safe): the only test of this binary, set before
-    // any process it starts.
+    // The only test of this binary: the variable reaches every process it
+    // starts, and no other test's.
     std::env::set_var("TWINBLOCK_TIMELINE", recorded.path());
     let p = Pair::prepare("C", "64M");
     let _relay = p.relay_b("300us");
