@@ -69,9 +69,9 @@ fn median_rtt(sock: &UdpSocket, relay: &str, n: usize) -> Duration {
     rtts[n / 2]
 }
 
-#[test]
-fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
-    // An echo server behind the relay.
+/// An echo server (its address), a free port for a relay in front of it,
+/// and a client socket that gives up a read after a second.
+fn echo_and_client() -> (String, String, UdpSocket) {
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
     let echo_addr = echo.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -80,9 +80,14 @@ fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
             let _ = echo.send_to(&buf[..n], from);
         }
     });
-    let relay = free_udp();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    (echo_addr, free_udp(), client)
+}
+
+#[test]
+fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
+    let (echo_addr, relay, client) = echo_and_client();
 
     let (mut r, printed) = netem(&relay, &echo_addr, "20ms");
     assert!(
@@ -116,17 +121,7 @@ fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
 /// wait again.
 #[test]
 fn netem_counts_the_delay_from_each_datagrams_arrival() {
-    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let echo_addr = echo.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = echo.recv_from(&mut buf) {
-            let _ = echo.send_to(&buf[..n], from);
-        }
-    });
-    let relay = free_udp();
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (echo_addr, relay, client) = echo_and_client();
     let (r, _) = netem(&relay, &echo_addr, "20ms");
     let warm = median_rtt(&client, &relay, 5);
     assert!(warm < Duration::from_millis(50), "20ms each way: {warm:?}");

@@ -54,34 +54,24 @@ pub const MAX_QUEUED: Duration = Duration::from_secs(1);
 /// by [`recv`] into [`Batch::stamp`]): a relay woken late by the scheduler
 /// then holds it for the delay from its arrival, not from its read.
 pub fn enable_receive_timestamps(sock: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt with a valid fd and a pointer to a c_int.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    turn_on(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
 }
 
 /// Asks the kernel to hand this socket's datagrams over in batches. Where
 /// it cannot, reads return one datagram each, which [`recv`] handles too.
 pub fn enable_receive_offload(sock: &UdpSocket) -> io::Result<()> {
+    turn_on(sock, libc::SOL_UDP, libc::UDP_GRO)
+}
+
+/// Sets the boolean socket option `name` of `level` on `sock`.
+fn turn_on(sock: &UdpSocket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: setsockopt with a valid fd and a pointer to a c_int.
     let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
+            level,
+            name,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )

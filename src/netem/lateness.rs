@@ -39,13 +39,12 @@ impl Lateness {
 
     /// A batch due at `due` was sent at `sent`.
     pub fn sent(&mut self, due: Instant, sent: Instant) {
-        let late = sent.saturating_duration_since(due).as_micros();
-        self.us.saturating_record(late.min(u64::MAX as u128) as u64);
+        self.us.saturating_record(micros(sent.saturating_duration_since(due)));
     }
 
     /// A batch was read `queued` after the kernel received it.
     pub fn read(&mut self, queued: Duration) {
-        self.read_us.saturating_record(queued.as_micros().min(u64::MAX as u128) as u64);
+        self.read_us.saturating_record(micros(queued));
     }
 
     /// The summary of the samples since the last one, if one is due at
@@ -78,6 +77,10 @@ impl Lateness {
         self.read_us.reset();
         Some(line)
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
 }
 
 #[cfg(test)]

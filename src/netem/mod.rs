@@ -156,7 +156,8 @@ struct Relay {
     early: Early,
     clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
-    /// How late its sends leave (printed every few seconds of traffic).
+    /// How late its sends leave, and how long datagrams waited to be read
+    /// (printed every few seconds of traffic).
     late: lateness::Lateness,
 }
 
