@@ -253,7 +253,6 @@ fn transmission<D: BlockDevice>(
                     break Some(Ok(End::Disconnect))
                 }
                 Decoded::Command { cookie, command } => {
-                    mark(Point::NbdRequest, cookie);
                     let weight = 1 + command_bytes(&command) / (1 << 20);
                     let Some(permit) = acquire(weight, &issuing) else {
                         // Killed while waiting: what was read and not issued

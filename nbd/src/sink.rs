@@ -19,7 +19,6 @@ use tracing::debug;
 use crate::budget::{Budget, Permit};
 use crate::reply::Reply;
 use crate::sock;
-use twinblock_timeline::{mark, Point};
 
 /// A reply on its way to the socket, holding the in-flight budget it used.
 pub(crate) struct Queued {
@@ -335,7 +334,6 @@ fn write_batch(s: &TcpStream, batch: &mut [Queued], wait: bool) -> io::Result<bo
                 break;
             }
         }
-        mark(Point::NbdReplies, (batch.len() - first) as u64);
         let mut n = match sock::send_vectored(s, &slices, wait) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,

@@ -638,7 +638,6 @@ async fn write_frames(
                 return;
             }
             Ok(false) => {
-                mark(Point::StreamWritten, 0);
                 chunks.clear();
                 if let Ending::Closed(why) = ending {
                     // The session closes the connection next, which would

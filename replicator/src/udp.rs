@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use twinblock_timeline::{mark, Point};
+use twinblock_timeline::{mark, mark_with, Point};
 
 /// The most one UDP send carries (an IPv4 datagram's 65,535 bytes less
 /// its IP and UDP headers).
@@ -97,7 +97,7 @@ impl AsyncUdpSocket for BoundedGso {
     ) -> Poll<io::Result<usize>> {
         let r = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(n)) = &r {
-            mark(Point::UdpRecv, meta[..*n].iter().map(|m| m.len as u64).sum());
+            mark_with(Point::UdpRecv, || meta[..*n].iter().map(|m| m.len as u64).sum());
         }
         r
     }

@@ -11,7 +11,7 @@
 //! the files of a loopback pair and its relay into per-stage latencies
 //! (`scripts/bench-timeline.sh` runs the whole measurement).
 //!
-//! Off (the variable unset), a mark is one relaxed atomic load. On, it is a
+//! Off (the variable unset), a mark is one atomic load. On, it is a
 //! clock read and three atomic stores into a buffer allocated at start
 //! ([`CAPACITY`] marks, 32 MiB); marks beyond it are dropped, and said so.
 //!
@@ -37,10 +37,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub enum Point {
     /// The NBD connection's read returned (key: bytes read).
     NbdRead = 20,
-    /// An NBD request decoded (key: its cookie).
-    NbdRequest = 21,
-    /// Replies written to the NBD client (key: how many).
-    NbdReplies = 22,
     /// The node admitted an application request (key: request number).
     Admitted = 1,
     /// The node answered it (key: request number).
@@ -55,8 +51,6 @@ pub enum Point {
     AckHanded = 6,
     /// The link's writer took the acknowledgement (key: ops done).
     AckWriterTook = 11,
-    /// The writer's batch is in QUIC's stream (key: 0).
-    StreamWritten = 12,
     /// The link's UDP send (key: bytes).
     UdpSend = 30,
     /// The link's UDP receive (key: bytes).
@@ -108,6 +102,15 @@ fn start_in(path: PathBuf) -> Result<Option<PathBuf>, String> {
         .map_err(|e| format!("timeline: {e}"))?;
     ON.store(true, Ordering::Release);
     Ok(Some(path))
+}
+
+/// Records that a write passed `point` now, with a key that costs
+/// something to compute: `key` is called only while recording.
+#[inline]
+pub fn mark_with(point: Point, key: impl FnOnce() -> u64) {
+    if ON.load(Ordering::Acquire) {
+        record(point, key(), now_ns());
+    }
 }
 
 /// Records that a write passed `point` now.
