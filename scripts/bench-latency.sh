@@ -113,42 +113,7 @@ print(w["iops"], w["bw_bytes"]/2**20, c["mean"]/1e3, p.get("50.000000",0)/1e3, p
     "$WORK/out.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$t0" "$t1" "$((r1 - r0))"
 }
 
-# pair MODE [RELAY_DELAY] [EXTRA]: starts a loopback pair (b reached
-# through a netem relay when a delay is given), a Primary; sets URI, CFG.
-pair() {
-  local mode=$1 delay=${2:-} extra=${3:-} relay=""
-  RELAY_PID=""
-  rm -f "$WORK"/{a,b}.{img,meta}
-  local aq bq an bn
-  aq=$(free_port udp); bq=$(free_port udp); an=$(free_port tcp); bn=$(free_port tcp)
-  if [[ -n $delay ]]; then
-    relay=$(free_port udp)
-    "$BIN" netem --listen "127.0.0.1:$relay" --forward "127.0.0.1:$bq" --delay "$delay" >"$WORK/netem.log" 2>&1 &
-    PIDS+=($!)
-    RELAY_PID=$!
-  fi
-  CFG=$WORK/r.toml
-  pair_config "$CFG" bench "$mode" "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay" "$extra"
-  NODE_PIDS=()
-  for n in a b; do
-    "$BIN" up --config "$CFG" --node $n >/dev/null 2>"$WORK/$n.log" &
-    PIDS+=($!)
-    NODE_PIDS+=($!)
-  done
-  pair_promote "$BIN" "$CFG"
-  URI="nbd://127.0.0.1:$an/bench"
-  wait_nbd "$URI"
-  wait_in_sync
-}
 status_field() { "$BIN" status --config "$CFG" --node a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]] or 0)' "$1"; }
-wait_in_sync() { # until node a is Connected with nothing out of sync (at most 120 s)
-  for _ in $(seq 1200); do
-    "$BIN" status --config "$CFG" --node a --json | python3 -c '
-import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["connection"]=="Connected" and s["out_of_sync_bytes"]==0 and s["peer"]["disk"]=="UpToDate" else 1)' && return 0
-    sleep 0.1
-  done
-  echo "bench-latency: the pair did not get in sync" >&2
-}
 
 # relay_rtt DELAY: the round trip through two relay hops of DELAY each, as a
 # datagram sees it (netem relay -> UDP echo -> back): median of 300 pings, us.

@@ -32,32 +32,16 @@ bench_setup bench-timeline bench-timeline
 
 TL=$WORK/timeline
 mkdir -p "$TL"
-aq=$(free_port udp); bq=$(free_port udp); an=$(free_port tcp); bn=$(free_port tcp); relay=""
-if [[ $DELAY != 0 ]]; then
-  relay=$(free_port udp)
-  TWINBLOCK_TIMELINE=$TL "$BIN" netem --listen "127.0.0.1:$relay" --forward "127.0.0.1:$bq" --delay "$DELAY" >"$WORK/netem.log" 2>&1 &
-  PIDS+=($!)
-fi
-CFG=$WORK/r.toml
-pair_config "$CFG" bench C "$SIZE" "$aq" "$an" "$bq" "$bn" "$relay" "$EXTRA"
-for n in a b; do
-  TWINBLOCK_TIMELINE=$TL "$BIN" up --config "$CFG" --node $n >/dev/null 2>"$WORK/$n.log" &
-  PIDS+=($!)
-done
-pair_promote "$BIN" "$CFG"
-URI="nbd://127.0.0.1:$an/bench"
-wait_nbd "$URI"
-for _ in $(seq 1200); do
-  "$BIN" status --config "$CFG" --node a --json | python3 -c '
-import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["connection"]=="Connected" and s["out_of_sync_bytes"]==0 and s["peer"]["disk"]=="UpToDate" else 1)' && break
-  sleep 0.1
-done
+relay_delay=$DELAY
+[[ $DELAY == 0 ]] && relay_delay=""
+TWINBLOCK_TIMELINE=$TL pair C "$relay_delay" "$EXTRA"
 prefill "$URI" "$WORK/a.img" "$WORK/b.img"
 fio --name=t --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth="$QD" --size="$SIZE" \
     --time_based --runtime="$RUNTIME" --output-format=json --output="$WORK/fio.json" >/dev/null
 sleep 1 # the recorders' last flush
 stop_all
-echo "protocol C, 4k randwrite QD$QD, relay ${DELAY} each way${EXTRA:+, $EXTRA} ($(date -u +%FT%TZ))"
+where="relay ${DELAY} each way"; [[ $DELAY == 0 ]] && where="no relay"
+echo "protocol C, 4k randwrite QD$QD, $where${EXTRA:+, $EXTRA} ($(date -u +%FT%TZ))"
 python3 -c '
 import json,sys; w=json.load(open(sys.argv[1]))["jobs"][0]["write"]; c=w["clat_ns"]; p=c.get("percentile",{})
 iops, mean, p50, p99 = w["iops"], c["mean"]/1e3, p.get("50.000000",0)/1e3, p.get("99.000000",0)/1e3
