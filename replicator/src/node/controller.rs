@@ -1,0 +1,31 @@
+//! The failover controller's side: votes and hooks out, the witness's
+//! link, answers and the health check in.
+
+use super::*;
+
+impl Node {
+    /// Starts routing the core's votes and hooks to the caller.
+    pub fn attach_controller(&self) -> mpsc::UnboundedReceiver<ControllerOut> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().controller = Some(tx);
+        rx
+    }
+
+    pub fn witness_link(&self, up: bool) {
+        self.with_core(|c, now| c.handle_witness_link(now, up));
+    }
+
+    pub fn vote(&self, reply: crate::core::VoteReply) {
+        self.with_core(|c, now| c.handle_vote(now, wall_ms(), reply));
+        self.changed.notify_waiters();
+    }
+
+    pub fn hook_done(&self, hook: crate::core::Hook, result: Result<(), String>) {
+        self.with_core(|c, now| c.hook_done(now, hook, result));
+        self.changed.notify_waiters();
+    }
+
+    pub fn health(&self, ok: bool) {
+        self.with_core(|c, now| c.health(now, ok));
+    }
+}

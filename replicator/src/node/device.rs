@@ -1,0 +1,147 @@
+//! The node as the NBD export (`BlockDevice`): application requests in,
+//! replies out; writable only while Primary, reads only from current data.
+
+use super::*;
+
+impl Node {
+    /// Sets who is told of every answered application request (once).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Submits an application request and waits for its reply.
+    async fn request(
+        &self,
+        kind: RequestKind,
+        f: impl FnOnce(&mut Core, Duration, ReqId),
+    ) -> DeviceResult<()> {
+        let start = Instant::now();
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        mark(Point::Admitted, req);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut sh = self.lock();
+            sh.replies.insert(req, tx);
+            let now = self.now();
+            f(&mut sh.core, now, req);
+            self.drain(&mut sh);
+        }
+        let reply = rx.await;
+        mark(Point::Answered, req);
+        if let Some(o) = self.observer.get() {
+            o.completed(kind, start.elapsed(), matches!(reply, Ok(Ok(()))));
+        }
+        match reply {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ReplyError::ReadOnly)) => Err(DeviceError::ReadOnly),
+            Ok(Err(ReplyError::OutOfRange)) => Err(DeviceError::NoSpace),
+            Ok(Err(ReplyError::Io(e))) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
+            Err(_) => Err(DeviceError::Shutdown),
+        }
+    }
+}
+
+/// The NBD export of a node: writable only while Primary; reads only from
+/// current data.
+impl BlockDevice for Node {
+    fn size(&self) -> u64 {
+        self.res.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.role() != Role::Primary
+    }
+
+    fn description(&self) -> String {
+        format!("twinblock resource {} on node {}", self.res.name, self.me.name)
+    }
+
+    /// Replies are sent after the node's lock is released ([`ShellGuard`]);
+    /// a pending request waits on its reply channel (no timers or sockets),
+    /// or on a store read, whose engines complete outside their locks.
+    fn finish_on_wake(&self) -> bool {
+        true
+    }
+
+    /// Reads what every write issued before it left ([`Node::readable`]).
+    async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
+        self.readable().await?;
+        let read = self.store.read(offset, len);
+        let Some(limit) = self.res.disk_timeout else { return Ok(read.await?) };
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                // A disk that stopped answering reads: detached, as for a
+                // write (the read itself fails).
+                let mut sh = self.lock();
+                let now = self.now();
+                sh.core.handle_disk_stalled(now, "a read");
+                self.drain(&mut sh);
+                Err(DeviceError::Io(io::Error::from_raw_os_error(libc::ETIMEDOUT)))
+            }
+        }
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> DeviceResult<()> {
+        self.request(RequestKind::Write, |c, now, req| c.write(now, req, offset, data, fua)).await
+    }
+
+    async fn flush(&self) -> DeviceResult<()> {
+        self.request(RequestKind::Flush, |c, now, req| c.flush(now, req)).await
+    }
+
+    async fn trim(&self, offset: u64, len: u64, fua: bool) -> DeviceResult<()> {
+        let len = u32::try_from(len).map_err(|_| DeviceError::Invalid("trim longer than 4 GiB"))?;
+        self.request(RequestKind::Trim, |c, now, req| c.trim(now, req, offset, len, fua)).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DeviceResult<()> {
+        if flags.fast {
+            // Zeroing here is replicated; it cannot promise to be fast.
+            return Err(DeviceError::NotSupported);
+        }
+        let len = u32::try_from(len).map_err(|_| DeviceError::Invalid("zero longer than 4 GiB"))?;
+        self.request(RequestKind::WriteZeroes, |c, now, req| {
+            c.write_zeroes(now, req, offset, len, flags.no_hole, flags.fua)
+        })
+        .await
+    }
+
+    async fn cache(&self, offset: u64, len: u64) -> DeviceResult<()> {
+        Ok(self.store.prefetch(offset, len)?)
+    }
+
+    async fn block_status(&self, offset: u64, len: u32) -> DeviceResult<Vec<Extent>> {
+        self.readable().await?;
+        crate::local::allocation(&self.store, offset, len)
+    }
+}
+
+impl Node {
+    /// Whether this node's data may be read now (UpToDate or Consistent),
+    /// once every write issued before the call is performed: a write still
+    /// on the store lane (a Secondary's backlog of peer writes,
+    /// acknowledged as received in protocol B, when it has just been
+    /// promoted) first. What a READ and a BLOCK_STATUS answer both wait
+    /// for: a status of "zeroes" where a read would fail (an Inconsistent
+    /// disk is mostly holes) had backup tools copy zeroes and succeed.
+    async fn readable(&self) -> DeviceResult<()> {
+        let may_read = |sh: &Shell| match sh.core.may_read() {
+            Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
+            _ => Ok(()),
+        };
+        let mark = {
+            let sh = self.lock();
+            may_read(&sh)?;
+            let mark = sh.lane.mark();
+            (!sh.lane.caught_up(mark)).then_some(mark)
+        };
+        if let Some(mark) = mark {
+            // (Or the disk is detached meanwhile: a write it never
+            // completes would hold the read for ever.)
+            self.lane_wait(|sh| sh.lane.caught_up(mark) || sh.detached()).await;
+            may_read(&self.lock())?;
+        }
+        Ok(())
+    }
+}

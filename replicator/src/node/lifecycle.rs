@@ -1,0 +1,223 @@
+//! Opening a node (its disk, metadata and core, the store lane's thread,
+//! the core's timer) and the end of its life (the final flush's failure,
+//! a clean stop).
+
+use super::*;
+
+impl Node {
+    /// Opens (creating if needed) the disk and metadata of node `me`, and
+    /// starts the core's timer. Starts Secondary. Must run inside tokio.
+    pub fn open(
+        res: ResourceConfig,
+        me: &str,
+        opts: &StoreOptions,
+    ) -> Result<Arc<Node>, NodeError> {
+        let (mine, peer) = res.pair(me)?;
+        let (mine, peer) = (mine.clone(), peer.clone());
+        let mut meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
+        if let Some(m) = meta.as_mut().filter(|_| !mine.disk.exists()) {
+            // The disk is gone but its metadata is not: record that the data
+            // is gone (as if the disk had failed: a full sync follows) before
+            // a new file exists, so a crash in between cannot make an empty
+            // disk look UpToDate. The generation ids stay (see Core::new).
+            m.save_failed(&mine.meta)?;
+        }
+        let store = Store::open(&mine.disk, Some(res.size), opts)?;
+        let meta_io = |source| MetaError::Io { path: mine.meta.clone(), source };
+        // A disk replaced at the same path (an operator's new empty file,
+        // a new volume under the same name) is not the one the metadata
+        // describes: recorded Failed (a full sync from the peer follows)
+        // before its identity replaces the old one.
+        match crate::disk_id::check(&mine.meta, &mine.disk).map_err(meta_io)? {
+            Check::Same => {}
+            Check::Unrecorded(id) => crate::disk_id::record(&mine.meta, &id).map_err(meta_io)?,
+            Check::Replaced { was, found } => {
+                if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+                    tracing::warn!(
+                        disk = %mine.disk.display(), recorded = %was, %found,
+                        "the disk is not the one the metadata describes (replaced): Failed, a \
+                         full sync from the peer follows"
+                    );
+                    m.save_failed(&mine.meta)?;
+                }
+                crate::disk_id::record(&mine.meta, &found).map_err(meta_io)?;
+            }
+        }
+        let cfg = CoreConfig::from_resource(&res, me, &peer.name);
+        let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
+        // The metadata survives but its bitmap or activity log does not (a
+        // file lost, or the bitmap of another size): nothing may be taken
+        // as in sync on no evidence, so every block is out of sync (a full
+        // resync, in the direction the generations say). Decided before
+        // either file is created, and the bitmap of ones replaces the old
+        // one atomically before the log is created: a crash or error in
+        // between leaves the sign of the loss for the next start.
+        let bitmap_fits = BitmapFile::fits(&mine.meta, words).map_err(meta_io)?;
+        let al_exists = AlJournal::exists(&mine.meta).map_err(meta_io)?;
+        if meta.is_some() && !(bitmap_fits && al_exists) {
+            tracing::warn!(
+                bitmap_lost = !bitmap_fits,
+                activity_log_lost = !al_exists,
+                "the out-of-sync bitmap or the activity log is missing (or the bitmap does not \
+                 fit the device): every block counts as out of sync (a full resync follows)"
+            );
+            let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
+            all.mark_all();
+            BitmapFile::replace(&mine.meta, all.words()).map_err(meta_io)?;
+        }
+        let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
+        let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
+        if !held.is_empty() {
+            tracing::warn!(
+                extents = held.len(),
+                "unclean shutdown: the activity log's extents are out of sync"
+            );
+        }
+        if !held.is_empty() && !store.created() {
+            // An unclean stop (a crash, or a final flush that did not
+            // complete): the activity log's extents hold what the page
+            // cache kept, and a resync may send it over the peer's copy.
+            // If its writeback failed, the kernel let it go and the disk
+            // holds older data. The core's recovery flush would hear of it
+            // too, but only once the node runs, racing the handshake: a
+            // peer that became this node's SyncTarget meanwhile is left
+            // Inconsistent beside a Failed disk. So it is asked here, and
+            // the disk is recorded Failed (a full sync from the peer).
+            if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+                match store.sync_unseen(res.disk_timeout) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Err(NodeError::UncleanSync(e));
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "after an unclean stop the disk's writeback failed ({e}): its data \
+                             is not trusted (Failed; a full sync from the peer follows)"
+                        );
+                        m.save_failed(&mine.meta)?;
+                    }
+                }
+            }
+        }
+        if store.created() && meta.is_some() {
+            tracing::warn!(disk = %mine.disk.display(), "the disk file is new but its metadata is not: Inconsistent, a full sync from the peer follows");
+        }
+        let rec = Recovered {
+            meta: meta.as_ref().map(Meta::record),
+            bitmap: saved,
+            al: held,
+            disk_created: store.created(),
+            boot: crate::boot::boot(),
+        };
+        let origin = Instant::now();
+        let core = Core::new(cfg, rec, Duration::ZERO, random_seed());
+        let (lane_wake, lane_woken) = std::sync::mpsc::channel();
+        // A disk that stops answering must not hold the node's lock.
+        let lane = if res.disk_timeout.is_some() { Lane::all() } else { Lane::default() };
+        let node = Arc::new_cyclic(|this| Node {
+            this: this.clone(),
+            res,
+            me: mine.clone(),
+            peer,
+            store: Arc::new(store),
+            shell: Mutex::new(Shell {
+                core,
+                replies: HashMap::new(),
+                answered: Vec::new(),
+                state_changed: None,
+                links: HashMap::new(),
+                persist_async: false,
+                controller: None,
+                last_key: None,
+                lane,
+                held: Vec::new(),
+                held_since: None,
+            }),
+            files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
+            origin,
+            next_req: AtomicU64::new(1),
+            next_session: AtomicU64::new(1),
+            changed: Notify::new(),
+            observer: std::sync::OnceLock::new(),
+            transitions: tokio::sync::broadcast::channel(256).0,
+            scratch: std::sync::OnceLock::new(),
+            opts: opts.clone(),
+            rt: tokio::runtime::Handle::current(),
+            lane_wake,
+            lane_progress: Arc::new(Notify::new()),
+            link_tally: Mutex::new(LinkTally::default()),
+        });
+        let lane = Arc::downgrade(&node);
+        let span = tracing::Span::current();
+        let rt = node.rt.clone();
+        std::thread::Builder::new()
+            .name("twinblock-store".into())
+            .spawn(move || {
+                // What the completions lead to (metadata updates, flushes,
+                // NBD requests finished here) may spawn onto the runtime.
+                let _rt = rt.enter();
+                let _span = span.enter();
+                // Ends when the node is gone (its sender dropped).
+                while lane_woken.recv().is_ok() {
+                    let Some(node) = lane.upgrade() else { return };
+                    let run = std::panic::AssertUnwindSafe(|| node.run_lane());
+                    if std::panic::catch_unwind(run).is_err() {
+                        // Every store operation from now on would wait
+                        // behind the lost one for ever: stop the process
+                        // (a restart recovers from the activity log).
+                        tracing::error!("the store thread failed: stopping the node");
+                        std::process::abort();
+                    }
+                }
+            })
+            .map_err(NodeError::LaneThread)?;
+        {
+            let mut sh = node.lock();
+            node.drain(&mut sh);
+            if let Some(e) = sh.core.status().last_error {
+                return Err(NodeError::Meta(MetaError::Io {
+                    path: mine.meta.clone(),
+                    source: io::Error::other(e),
+                }));
+            }
+            sh.persist_async = true;
+        }
+        let timer = Arc::downgrade(&node);
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let Some(node) = timer.upgrade() else { return };
+                    let mut sh = node.lock();
+                    let now = node.now();
+                    sh.core.handle_timeout(now);
+                    node.drain(&mut sh);
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(node)
+    }
+
+    /// The final flush at stop failed: the disk is detached and recorded
+    /// so (in place: the process ends next). Its page cache may have
+    /// dropped writes the failed sync covered; recorded `UpToDate`, the
+    /// next start would take what is left for data, and as the crashed
+    /// Primary's, send its activity-log extents over the peer's copy.
+    pub fn final_flush_failed(&self, e: &io::Error) {
+        let mut sh = self.lock();
+        sh.persist_async = false;
+        let now = self.now();
+        sh.core.handle_disk_error(now, io_err(e), "the final flush");
+        self.drain(&mut sh);
+    }
+
+    /// Clean stop, after the final flush: the bitmap on disk and the
+    /// activity log emptied of every idle extent.
+    pub fn close(&self) {
+        let mut sh = self.lock();
+        sh.persist_async = false; // the process ends next: update in place
+        sh.core.prepare_stop();
+        self.drain(&mut sh);
+    }
+}

@@ -1,0 +1,69 @@
+//! The operator's verbs (control socket): `primary`, `secondary`,
+//! `connect`/`disconnect`, `discard-my-data`, `verify`.
+
+use super::*;
+
+impl Node {
+    /// Runs `f` on the core and performs what it asks.
+    pub(super) fn with_core<T>(&self, f: impl FnOnce(&mut Core, Duration) -> T) -> T {
+        let mut sh = self.lock();
+        let now = self.now();
+        let r = f(&mut sh.core, now);
+        self.drain(&mut sh);
+        r
+    }
+
+    /// `primary`. On a connected node the peer is asked first
+    /// (`core/promotion.rs`): waits for its answer, at most `timeout` and
+    /// a second (then the ask is withdrawn: a late grant changes nothing).
+    pub async fn promote(&self, force: bool) -> Result<(), Refused> {
+        let wait = self.res.timeout + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        // A link in its handshake first says what the peer is.
+        while self.lock().core.handshaking() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (r, ask) = self.with_core(|c, _| (c.promote(force, wall_ms()), c.promotion_asked()));
+        self.changed.notify_waiters();
+        r?;
+        let Some(ask) = ask else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let answer = self.lock().core.promotion_answer(ask);
+            if let Some(r) = answer {
+                self.changed.notify_waiters();
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                // (An answer that came meanwhile stands.)
+                return self.with_core(|c, _| c.withdraw_promotion(ask)).map_err(|_| {
+                    Refused(format!(
+                        "the peer did not answer within {wait:?}: not promoted (`primary` again)"
+                    ))
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn demote(&self) -> Result<(), Refused> {
+        let r = self.with_core(|c, _| c.demote());
+        self.changed.notify_waiters();
+        r
+    }
+
+    pub fn set_want_connected(&self, want: bool) {
+        self.with_core(|c, _| if want { c.connect() } else { c.disconnect() });
+        self.changed.notify_waiters();
+    }
+
+    pub fn discard_my_data(&self) -> Result<(), Refused> {
+        let r = self.with_core(|c, _| c.discard_my_data());
+        self.changed.notify_waiters();
+        r
+    }
+
+    pub fn start_verify(&self) -> Result<(), Refused> {
+        self.with_core(|c, _| c.verify())
+    }
+}
