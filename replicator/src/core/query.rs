@@ -1,0 +1,160 @@
+//! What the core says of itself: its states, what it accepts, its
+//! status and the metadata record it should have on disk.
+
+use super::*;
+
+impl Core {
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn disk(&self) -> DiskState {
+        self.disk
+    }
+
+    pub fn gen(&self) -> GenIds {
+        self.gen
+    }
+
+    pub fn connection(&self) -> Connection {
+        match &self.session {
+            Some(s) if s.phase == Phase::Running => Connection::Connected,
+            _ if self.linking != Linking::Wanted => Connection::StandAlone,
+            _ => Connection::Connecting,
+        }
+    }
+
+    pub fn replication(&self) -> Replication {
+        match &self.session {
+            Some(s) if s.phase == Phase::Running => s.repl(),
+            _ => Replication::Off,
+        }
+    }
+
+    /// The node wants a link to its peer (see [`Core::link_refused`]).
+    pub fn wants_link(&self) -> bool {
+        self.link_refused().is_none()
+    }
+
+    /// Why the node takes no link to its peer now, if it takes none:
+    /// StandAlone, or a detached disk that still holds operations it never
+    /// completed (a disk that stopped answering takes no sync until they
+    /// return: each sync would time out on them again at once).
+    pub fn link_refused(&self) -> Option<&'static str> {
+        if let Linking::StandAlone(why) = self.linking {
+            Some(why)
+        } else if self.disk_hung() {
+            Some("the local disk is detached with operations it never completed")
+        } else {
+            None
+        }
+    }
+
+    /// Session `sid` is in force and past its handshake.
+    pub fn session_running(&self, sid: SessionId) -> bool {
+        self.session.as_ref().is_some_and(|s| s.id == sid && s.phase == session::Phase::Running)
+    }
+
+    /// The session in force, if any (handshaking or running).
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// Accepts application writes now (Primary with a usable disk, and
+    /// quorum when a controller runs).
+    pub fn accepts_writes(&self) -> bool {
+        self.role == Role::Primary && self.disk_usable() && self.has_quorum()
+    }
+
+    /// Whether reads may be served: the data here is current (never from
+    /// an Inconsistent, Outdated or Failed disk).
+    pub fn may_read(&self) -> Result<(), ReplyError> {
+        match self.disk {
+            DiskState::UpToDate | DiskState::Consistent => Ok(()),
+            _ => Err(ReplyError::Io(IoError::EIO)),
+        }
+    }
+
+    /// The out-of-sync bitmap in memory.
+    pub fn dirty(&self) -> &Bitmap {
+        &self.dirty
+    }
+
+    /// Extents durably in the activity log.
+    pub fn al_extents(&self) -> impl Iterator<Item = u64> + '_ {
+        self.al.durable.iter().copied()
+    }
+
+    /// Checks that what the core keeps to spare itself work agrees with
+    /// the state it stands for (the simulator calls it after every step).
+    pub fn check_caches(&self) -> Result<(), String> {
+        if !self.maybe_lost {
+            if let Some((req, _)) = self.pending.iter().find(|(_, p)| p.peer == PeerPart::Lost) {
+                return Err(format!(
+                    "request {req} lost its peer part but `maybe_lost` is clear: \
+                     it would never be released"
+                ));
+            }
+        }
+        if !self.maybe_held {
+            // After a step every operation that may be answered was: one
+            // complete on both sides and still pending is held for quorum.
+            let detached = self.answers_alone();
+            // (Or it waits for this detached disk's record, whose save is
+            // under way: its end, or its deadline, tries it again.)
+            let record = detached
+                && self.failed_record() == disk_timeout::FailedRecord::Saving
+                && self.failed_record_deadline().is_some();
+            if let Some((req, _)) =
+                self.pending.iter().find(|(_, p)| p.decided(detached) && !record)
+            {
+                return Err(format!(
+                    "request {req} is complete and unanswered but `maybe_held` is clear: \
+                     it would never be answered"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// No I/O in flight, nothing waiting, no resync or verify under way.
+    pub fn quiescent(&self) -> bool {
+        self.app.is_empty()
+            && self.probes.is_empty()
+            && self.pending.is_empty()
+            && self.incoming.is_empty()
+            && self.applying == 0
+            && self.ios.is_empty()
+            && self.session.as_ref().is_none_or(|s| s.idle())
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        let s = self.session.as_ref().filter(|s| s.phase == Phase::Running);
+        CoreStatus {
+            role: self.role,
+            disk: self.disk,
+            connection: self.connection(),
+            replication: self.replication(),
+            peer_role: s.map(|s| s.peer.role),
+            peer_disk: s.map(|s| {
+                if self.role == Role::Primary
+                    && self.dirty.bytes() > 0
+                    && s.peer.disk == DiskState::UpToDate
+                {
+                    DiskState::Outdated
+                } else {
+                    s.peer.disk
+                }
+            }),
+            out_of_sync_bytes: self.dirty.bytes(),
+            split_brain: self.split_brain,
+            rtt: s.and_then(|s| s.rtt),
+            sync: s.and_then(|s| s.progress()),
+            counters: self.counters,
+            in_flight: s.map_or(0, |s| s.out.len()),
+            al_extents: self.al.durable.len(),
+            last_error: self.last_error.clone(),
+            gen: self.gen,
+        }
+    }
+}

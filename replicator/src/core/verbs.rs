@@ -1,0 +1,212 @@
+//! The operator's verbs as the core takes them: `primary [--force]`,
+//! `secondary`, `connect`, `disconnect`, `discard-my-data`, `verify`
+//! (`primary` on a connected node asks the peer first: [`super::promotion`]).
+
+use super::*;
+
+impl Core {
+    /// `primary [--force]` (`wall_ms`: the wall clock, for split-brain policies).
+    pub fn promote(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        if self.ctl.is_some() {
+            if !force {
+                return Err(Refused(
+                    "the failover controller decides which node is Primary \
+                     (`secondary` on the Primary hands over; `primary --force` overrides)"
+                        .into(),
+                ));
+            }
+            // Forced: the disk is declared UpToDate, the hooks run; writes
+            // still need quorum (the witness grants it, or deposes us).
+            let was = self.role;
+            self.promote_inner(true, wall_ms)?;
+            if was != Role::Primary {
+                self.actions.push_back(Action::Hook(Hook::Promoted));
+            }
+            return Ok(());
+        }
+        if self.role == Role::Primary {
+            return Ok(());
+        }
+        // Connected: the peer agrees first (`promotion.rs`). Ok here means
+        // asked; `promotion_asked` and `promotion_answer` say the rest.
+        if self.session.is_some() && self.cfg.plant != Plant::PromoteWithoutAsking {
+            return self.ask_promotion(force, wall_ms);
+        }
+        self.promote_inner(force, wall_ms)
+    }
+
+    /// Why this node may not become Primary now, if it may not.
+    pub(super) fn promotion_refused(&self, force: bool) -> Result<(), Refused> {
+        if let Some(s) = &self.session {
+            if s.phase == Phase::Running && s.peer.role == Role::Primary {
+                return Err(Refused(format!("peer {} is Primary; demote it first", self.cfg.peer)));
+            }
+            if s.peer_promoting {
+                return Err(Refused(format!("peer {} is becoming Primary", self.cfg.peer)));
+            }
+        }
+        // A Failed disk may be declared good only by force (a disk file
+        // recreated by the operator to start over, or one whose error was
+        // transient and that holds the only copy of what was acknowledged).
+        if self.disk == DiskState::Diskless || (self.disk == DiskState::Failed && !force) {
+            return Err(Refused(format!(
+                "disk is {:?}: it cannot become Primary (it takes a full sync from its peer \
+                 at connect; `primary --force` declares its data good)",
+                self.disk
+            )));
+        }
+        if self.disk != DiskState::UpToDate && !force {
+            return Err(Refused(format!(
+                "disk is {:?}; only an UpToDate disk can become Primary \
+                 (primary --force declares this node's data UpToDate)",
+                self.disk
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn promote_inner(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        if self.role == Role::Primary {
+            return Ok(());
+        }
+        self.promotion_refused(force)?;
+        let mut bounce = false;
+        if self.disk != DiskState::UpToDate {
+            let was = self.disk;
+            self.disk = DiskState::UpToDate;
+            let id = self.random_id();
+            self.gen.new_current(id);
+            // The operator declared this data the truth, a generation of
+            // its own. (Not an UpToDate disk forced: it keeps its
+            // generation, and its peer's copies of what it lost with its
+            // cache stay the ones to keep, found by review.)
+            self.lost = Lost::None;
+            // Data declared good here is no longer a part of any full sync:
+            // none resumes into it.
+            self.full_sync = 0;
+            if matches!(was, DiskState::Inconsistent | DiskState::Failed) {
+                // A partly synced (or failed) disk: no bitmap says where it
+                // differs from the peer, so the peer takes all of it.
+                self.gen.bitmap = 0;
+                // Connected, the peer agreed to this: its
+                // generation is one ours supersedes (a full sync to it),
+                // not a split brain or an unrelated device.
+                if let Some(peer) = self.session.as_ref().map(|s| s.peer.current) {
+                    if peer != NEVER_SYNCED && peer != 0 && !self.gen.history.contains(&peer) {
+                        self.gen.history = [peer, self.gen.history[0]];
+                    }
+                }
+            }
+            bounce = self.session.is_some();
+        } else if self.gen.current == NEVER_SYNCED {
+            let id = self.random_id();
+            self.gen.new_current(id);
+        }
+        // A pending `discard-my-data` (or a deposition's) gave up the data
+        // as it stood then; what this node acknowledges as Primary from now
+        // on was never given up (simulator seed 203066 at 5,000 steps: a
+        // node promoted with the flag set was later overwritten in full).
+        self.discard = false;
+        self.ctl_promoted();
+        self.role = Role::Primary;
+        self.reign_from(wall_ms.max(self.peer_promoted_at.saturating_add(1)));
+        if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
+            s.reigned = Some(self.promoted_at);
+        }
+        tracing::info!(force, "promoted to Primary");
+        if bounce {
+            // The declared data is a new generation: let the handshake
+            // decide again (a full sync to the peer).
+            if let Some(sid) = self.session_id() {
+                self.close_session(sid, "primary --force: renegotiating with the peer".into());
+            }
+        } else {
+            self.announce();
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// `secondary`.
+    pub fn demote(&mut self) -> Result<(), Refused> {
+        if self.role == Role::Secondary {
+            return Ok(());
+        }
+        if self.ctl.is_some() {
+            // on_demote runs first; the role changes when it is done.
+            self.operator_demote();
+            self.pump();
+            return Ok(());
+        }
+        self.role = Role::Secondary;
+        tracing::info!("demoted to Secondary");
+        self.announce();
+        self.resync_after_demotion();
+        self.pump();
+        Ok(())
+    }
+
+    /// A Primary demoted while it resyncs its own out-of-sync blocks (a
+    /// peer's failed write, verify mismatches) to a peer that is not its
+    /// SyncTarget: the peer takes resync chunks only from a Primary or its
+    /// sync source, so the handshake decides again (as DRBD renegotiates
+    /// a resync across a role change).
+    pub(crate) fn resync_after_demotion(&mut self) {
+        let source = self
+            .session
+            .as_ref()
+            .filter(|s| matches!(s.activity, session::Activity::Source(_)))
+            .map(|s| s.id);
+        if let Some(sid) = source {
+            self.close_session(sid, "demoted during a resync: renegotiating with the peer".into());
+        }
+    }
+
+    /// `connect`.
+    pub fn connect(&mut self) {
+        self.linking = Linking::Wanted;
+    }
+
+    /// `disconnect`: drops the link and stays StandAlone.
+    pub fn disconnect(&mut self) {
+        self.linking = Linking::StandAlone("StandAlone: disconnected by the operator");
+        if let Some(sid) = self.session_id() {
+            self.close_session(sid, "disconnected by the operator".into());
+        }
+        self.pump();
+    }
+
+    /// `discard-my-data`: after a split brain, this Secondary gives up its
+    /// changes and takes the peer's data by a full resync.
+    pub fn discard_my_data(&mut self) -> Result<(), Refused> {
+        if self.role != Role::Secondary {
+            return Err(Refused("only a Secondary can discard its data".into()));
+        }
+        self.discard = true;
+        self.split_brain = false;
+        self.linking = Linking::Wanted;
+        tracing::warn!("discard-my-data: this node's changes will be overwritten by the peer");
+        Ok(())
+    }
+
+    /// `verify`: online verify. On a Secondary whose peer is Primary, the
+    /// Primary is asked to run it (it numbers the data).
+    pub fn verify(&mut self) -> Result<(), Refused> {
+        let Some(s) = &self.session else {
+            return Err(Refused("not connected to the peer".into()));
+        };
+        if s.phase != Phase::Running {
+            return Err(Refused("not connected to the peer".into()));
+        }
+        if s.repl() != Replication::Established {
+            return Err(Refused(format!("a {} is under way", s.repl())));
+        }
+        if self.role == Role::Secondary && s.peer.role == Role::Primary {
+            self.send(Message::VerifyRequest);
+            return Ok(());
+        }
+        self.start_verify();
+        self.pump();
+        Ok(())
+    }
+}
