@@ -49,7 +49,7 @@ impl Core {
         if self.promotion_asked().is_some() {
             return Err(Refused("a promotion is already being asked of the peer".into()));
         }
-        self.promotion_refused(force)?;
+        self.promotion_refused(force, true)?;
         self.next_ask += 1;
         let ask = self.next_ask;
         if let Some(s) = self.session.as_mut() {
@@ -108,7 +108,7 @@ impl Core {
         let (me, peer) = (self.cfg.me.clone(), self.cfg.peer.clone());
         let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return };
         let refusal = if self.role == Role::Primary {
-            Some(format!("{me} is Primary"))
+            Some(format!("{me} is Primary; demote it first"))
         } else if s.peer_promoting {
             Some(format!("{peer} was already granted a promotion"))
         } else if let Some(mine) = s.asked {

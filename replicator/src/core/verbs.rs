@@ -35,14 +35,50 @@ impl Core {
         self.promote_inner(force, wall_ms)
     }
 
-    /// Why this node may not become Primary now, if it may not.
-    pub(super) fn promotion_refused(&self, force: bool) -> Result<(), Refused> {
+    /// A Secondary's data stops being current (its Primary's graceful
+    /// disconnect): an UpToDate or Consistent disk becomes Outdated, saved
+    /// with the next metadata update.
+    pub(super) fn outdate(&mut self, why: &str) {
+        if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
+            self.disk = DiskState::Outdated;
+            tracing::warn!(
+                "{why}: disk Outdated (the Primary's next writes will not be here; `connect` \
+                 resyncs it, `primary --force` promotes it as it is)"
+            );
+        }
+    }
+
+    /// Why this node may not become Primary now, if it may not. `asking`:
+    /// the peer is about to be asked (`promotion.rs`), and its own answer
+    /// says whether it is Primary (what this node last heard of its role
+    /// may be a moment old: a `secondary` there just before).
+    pub(super) fn promotion_refused(&self, force: bool, asking: bool) -> Result<(), Refused> {
         if let Some(s) = &self.session {
-            if s.phase == Phase::Running && s.peer.role == Role::Primary {
+            if s.phase == Phase::Running && s.peer.role == Role::Primary && !asking {
                 return Err(Refused(format!("peer {} is Primary; demote it first", self.cfg.peer)));
             }
             if s.peer_promoting {
                 return Err(Refused(format!("peer {} is becoming Primary", self.cfg.peer)));
+            }
+            // Forcing a disk that is not UpToDate while the peer holds
+            // UpToDate data would make this one the truth and replace the
+            // peer's by a full sync: refused (found by review: an
+            // Inconsistent SyncTarget forced so overwrote what the pair
+            // had acknowledged). Disconnected, it is the operator's choice
+            // and the next handshake finds a split brain.
+            if force
+                && s.phase == Phase::Running
+                && self.disk != DiskState::UpToDate
+                && s.peer.disk == DiskState::UpToDate
+            {
+                return Err(Refused(format!(
+                    "peer {peer} holds UpToDate data and this disk is {:?}: `primary --force` \
+                     here would replace {peer}'s data by a full sync from this one (make \
+                     {peer} Primary instead, or `disconnect` first to declare this node's \
+                     data the truth)",
+                    self.disk,
+                    peer = self.cfg.peer
+                )));
             }
         }
         // A Failed disk may be declared good only by force (a disk file
@@ -69,7 +105,7 @@ impl Core {
         if self.role == Role::Primary {
             return Ok(());
         }
-        self.promotion_refused(force)?;
+        self.promotion_refused(force, false)?;
         let mut bounce = false;
         if self.disk != DiskState::UpToDate {
             let was = self.disk;
@@ -168,8 +204,22 @@ impl Core {
     }
 
     /// `disconnect`: drops the link and stays StandAlone.
+    ///
+    /// `disconnect` on a Primary leaves its Secondary Outdated (as DRBD
+    /// outdates the peer of a Primary's graceful disconnect): the Primary's
+    /// writes from now on will not reach it, so promoting it takes
+    /// `--force`. The Secondary is told first (`Message::Outdate`, before
+    /// the close). `disconnect` on the Secondary, or a link that fails,
+    /// leaves it as it was: its Primary may be dead, and disconnecting the
+    /// survivor to promote it is the failover path (the failover
+    /// controller's witness covers a Primary that runs on alone).
     pub fn disconnect(&mut self) {
         self.linking = Linking::StandAlone("StandAlone: disconnected by the operator");
+        if let Some(s) = self.session.as_ref().filter(|s| s.phase == Phase::Running) {
+            if self.role == Role::Primary && s.peer.role == Role::Secondary {
+                self.send(Message::Outdate);
+            }
+        }
         if let Some(sid) = self.session_id() {
             self.close_session(sid, "disconnected by the operator".into());
         }

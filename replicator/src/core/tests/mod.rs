@@ -17,6 +17,7 @@ use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 
 mod controller;
 mod ctl;
+mod disconnect;
 mod failed_disk;
 mod fresh;
 mod full_sync_resume;

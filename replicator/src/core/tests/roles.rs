@@ -195,7 +195,13 @@ fn primary_on_both_connected_nodes_at_once_makes_one_primary() {
     p.hold_to[1] = false;
     p.settle();
     assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Primary));
-    p.core(0).promote(false, 4).unwrap_err();
+    // a asks (what it heard of b's role may be a moment old); b refuses.
+    p.core(0).promote(false, 4).unwrap();
+    let ask = p.core(0).promotion_asked().unwrap();
+    p.settle();
+    let e = p.core(0).promotion_answer(ask).unwrap().unwrap_err();
+    assert!(e.0.contains("b is Primary; demote it first"), "{e}");
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Primary));
 }
 
 /// An ask whose link goes down before the answer fails (the node stays
@@ -231,15 +237,14 @@ fn an_unanswered_promotion_fails_and_a_late_grant_changes_nothing() {
 }
 
 /// `primary --force` on a SyncTarget mid bitmap-resync, its SyncSource a
-/// connected Secondary that grants the promotion. promote_inner's comment
-/// ("A partly synced (or failed) disk: no bitmap says where it differs from
-/// the peer, so the peer takes all of it") and
-/// `primary_force_of_an_inconsistent_disk_syncs_the_peer_fully` say the
-/// peer then takes a full sync from the forced node. It was a split brain
-/// (found by review); now the forced node's history holds the connected
-/// peer's generation, so the peer takes a full sync from it.
+/// connected UpToDate Secondary. It used to be granted and make the
+/// forced node the truth: the peer took a full sync from a partly synced
+/// disk, and what the pair had acknowledged was gone from both (found by
+/// review: an operator's hasty `primary --force` on the wrong node). It is
+/// refused now, naming the peer; the resync runs to its end and the disks
+/// match.
 #[test]
-fn force_on_a_connected_sync_target_syncs_the_peer() {
+fn force_on_a_connected_sync_target_is_refused_and_the_resync_completes() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
     p.initial();
     // (The harness seeds both cores' id generators alike: b restarts with
@@ -253,37 +258,21 @@ fn force_on_a_connected_sync_target_syncs_the_peer() {
     p.settle();
     p.core(0).demote().unwrap();
     p.settle();
-    // b becomes SyncTarget (a a Secondary source); mid-resync, the
-    // operator forces b (the connected peer grants it).
     p.connect_steps_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
     assert!(p.core(0).dirty().bytes() > 0, "the resync is over");
-    p.core(1).promote(true, 5).expect("asked");
+    let e = p.core(1).promote(true, 5).unwrap_err();
+    assert!(e.0.contains("peer a holds UpToDate data"), "{e}");
     p.settle();
-    assert_eq!(p.core(1).role(), Role::Primary);
-    p.cut();
-    p.core(0).connect();
-    p.core(1).connect();
-    p.connect();
-    let (a, b) = (p.core(0).status(), p.core(1).status());
-    assert!(
-        !a.split_brain && !b.split_brain && p.n[0].cache == p.n[1].cache,
-        "a: {:?} {:?} split {} {:?}; b: {:?} {:?} split {} {:?}",
-        a.connection,
-        a.disk,
-        a.split_brain,
-        a.last_error,
-        b.connection,
-        b.disk,
-        b.split_brain,
-        b.last_error
-    );
+    assert_eq!((p.core(0).role(), p.core(1).role()), (Role::Secondary, Role::Secondary));
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
 }
 
 /// Full-resync flavour of the above: b's disk was replaced (never synced),
-/// a is a Secondary SyncSource; b forced mid-sync: the pair was refused as
-/// "unrelated devices".
+/// a is an UpToDate Secondary SyncSource; forcing b mid-sync is refused,
+/// and the full sync completes.
 #[test]
-fn force_on_a_connected_full_sync_target() {
+fn force_on_a_connected_full_sync_target_is_refused() {
     let mut p = Pair::with(Protocol::C, Plant::None, false);
     for (i, x) in p.n[0].cache.iter_mut().enumerate() {
         *x = (i % 251) as u8 + 1;
@@ -296,24 +285,11 @@ fn force_on_a_connected_full_sync_target() {
     p.crash(1, false); // (b's own id seed, see above)
     p.restart(1);
     p.connect_steps_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
-    p.core(1).promote(true, 5).expect("asked");
+    let e = p.core(1).promote(true, 5).unwrap_err();
+    assert!(e.0.contains("peer a holds UpToDate data"), "{e}");
     p.settle();
-    assert_eq!(p.core(1).role(), Role::Primary);
-    p.cut();
-    p.core(0).connect();
-    p.core(1).connect();
-    p.connect();
-    let (a, b) = (p.core(0).status(), p.core(1).status());
-    assert!(
-        a.connection != Connection::StandAlone && b.connection != Connection::StandAlone,
-        "a: {:?} {:?} {:?}; b: {:?} {:?} {:?}",
-        a.connection,
-        a.disk,
-        a.last_error,
-        b.connection,
-        b.disk,
-        b.last_error
-    );
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
 }
 
 /// Simulator seed 9102746 (witness controller, adaptive): the link stalled
