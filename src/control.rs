@@ -360,9 +360,20 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, CallError> {
 
 /// [`call`], waiting up to `wait` for the answer.
 pub fn call_within(path: &Path, req: &Request, wait: Duration) -> Result<Response, CallError> {
+    call_from(path, req, wait).map(|(resp, _)| resp)
+}
+
+/// [`call_within`], also returning the answering process's pid (from the
+/// socket's peer credentials), when the kernel gives it.
+pub fn call_from(
+    path: &Path,
+    req: &Request,
+    wait: Duration,
+) -> Result<(Response, Option<u32>), CallError> {
     let unreachable =
         |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
     let mut s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
+    let pid = peer_pid(&s);
     s.set_read_timeout(Some(wait)).map_err(|e| unreachable(e.to_string()))?;
     let mut text = serde_json::to_string(req).expect("request serializes");
     text.push('\n');
@@ -374,5 +385,36 @@ pub fn call_within(path: &Path, req: &Request, wait: Duration) -> Result<Respons
     if !resp.ok {
         return Err(CallError::Refused(resp.error.clone().unwrap_or_else(|| "refused".into())));
     }
-    Ok(resp)
+    Ok((resp, pid))
+}
+
+/// The pid of the process at the other end of a Unix socket.
+fn peer_pid(s: &StdUnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for the call; the kernel writes at
+    // most `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not
+/// reaped yet: it holds nothing any more).
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        }
+        Err(_) => true,
+    }
 }

@@ -400,11 +400,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Verify(v) => simple(&v.node, "verify", false, v.json)?,
         Command::DiscardMyData(v) => simple(&v.node, "discard-my-data", false, v.json)?,
         Command::Down(v) => {
-            let st = verbs::run(&v.node.config, &v.node.node, "down", false)?;
+            let st = verbs::down(&v.node.config, &v.node.node)?;
             if v.json {
                 println!("{}", serde_json::to_string(&st).unwrap_or_default());
             } else {
-                println!("{}: going down", v.node.node);
+                println!("{}: down", v.node.node);
             }
         }
         Command::Events { node, json, now, count } => {

@@ -29,6 +29,16 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             Ok(None) => {}
             Err(e) => tracing::warn!("{e}"),
         }
+        // The certificates first: a missing or mismatched file fails the
+        // start before the disk and its metadata are created (found by
+        // review: a start that failed on its certificate left a new disk
+        // file and metadata behind).
+        {
+            use twinblock_replicator::tls;
+            let (mine, _) = res.pair(me)?;
+            let transport = tls::transport(res.timeout, res.ping_interval);
+            tls::endpoint_configs(&res.ca, &mine.cert, &mine.key, &res.name, transport)?;
+        }
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let control = ControlServer::bind(&node.me.control)?;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use twinblock_replicator::config::ResourceConfig;
 
-use crate::control::{call_within, CallError, Request, CALL_WAIT};
+use crate::control::{call_from, call_within, CallError, Request, CALL_WAIT};
 
 /// Exit code when the node's daemon cannot be reached.
 pub const EXIT_NOT_RUNNING: u8 = 3;
@@ -32,6 +32,37 @@ pub fn run(config: &Path, node: &str, verb: &str, force: bool) -> Result<Value, 
     let wait = CALL_WAIT.max((timeout + Duration::from_secs(1)) * 2 + Duration::from_secs(5));
     let req = Request { verb: verb.into(), force, now: false, bench: None };
     let resp = call_within(&path, &req, wait).map_err(VerbError::Call)?;
+    Ok(resp.status.unwrap_or(Value::Null))
+}
+
+/// How long `down` waits for the node's process to finish its stop (the
+/// final flush of its page cache, the metadata, the disk's lock).
+pub const DOWN_WAIT: Duration = Duration::from_secs(120);
+
+/// `down`: asks the node to stop and waits until its process has exited,
+/// as `drbdadm down` returns once the resource is down: a `down` followed
+/// by `up`, a copy or a checksum of the disk then sees the stopped node's
+/// last writes and finds its lock released (before, `down` returned at
+/// once, and an `up` right after failed on the lock). Returns the status
+/// the node answered with, or an error naming the pid still running after
+/// [`DOWN_WAIT`] (a disk that hangs can hold a process in the kernel).
+pub fn down(config: &Path, node: &str) -> Result<Value, VerbError> {
+    let path = control_path(config, node).map_err(VerbError::Other)?;
+    let req = Request { verb: "down".into(), force: false, now: false, bench: None };
+    let (resp, pid) = call_from(&path, &req, CALL_WAIT).map_err(VerbError::Call)?;
+    if let Some(pid) = pid {
+        let deadline = std::time::Instant::now() + DOWN_WAIT;
+        while !crate::control::exited(pid) {
+            if std::time::Instant::now() >= deadline {
+                return Err(VerbError::Other(anyhow::anyhow!(
+                    "{node} is still stopping after {}s (pid {pid}): its disk may not be \
+                     answering; see its log",
+                    DOWN_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     Ok(resp.status.unwrap_or(Value::Null))
 }
 

@@ -105,3 +105,37 @@ fn gen_certs_json_names_the_files_it_wrote() {
     let v: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(v["reused_ca"], true, "{again}");
 }
+
+/// Found by review: `up` with a missing certificate created the disk file
+/// and its metadata before it failed on the certificate; a key that does
+/// not go with its certificate was reported without a file name.
+#[test]
+fn up_checks_its_certificates_before_it_creates_anything() {
+    let p = Pair::prepare("C", "16M");
+    let certs = p.dir.path().join("certs");
+    let up = |p: &Pair| {
+        Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&p.config)
+            .args(["--node", "a"])
+            .output()
+            .unwrap()
+    };
+    std::fs::rename(certs.join("a.pem"), certs.join("a.pem.away")).unwrap();
+    let out = up(&p);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.pem"), "{err}");
+    let made: Vec<_> = std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("a."))
+        .collect();
+    assert!(made.is_empty(), "a failed start left {made:?}");
+    std::fs::rename(certs.join("a.pem.away"), certs.join("a.pem")).unwrap();
+    std::fs::copy(certs.join("b.key"), certs.join("a.key")).unwrap();
+    let out = up(&p);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.key: the key does not go with the certificate"), "{err}");
+}

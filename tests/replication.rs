@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1244,4 +1244,41 @@ fn a_primarys_disconnect_outdates_its_secondary_until_the_resync() {
     p.ok(&["primary"], 1);
     let read = p.qemu_io(1, "read -P 0x22 0 1M");
     assert!(!read.contains("verification failed"), "b lacks a's acknowledged write: {read}");
+}
+
+/// Found by an adversarial test of the verbs: `down` returned as soon as
+/// the node had been asked, while its process went on stopping (2 s under
+/// writes; its metadata changed after `down` returned), so `down` then
+/// `up` failed on the disk's lock. Now `down` returns once the process has
+/// exited (a zombie counts: it holds nothing); `up` right after starts.
+#[test]
+fn down_returns_once_the_node_has_exited() {
+    if !have("fio") {
+        return;
+    }
+    let mut p = Pair::start("C", "64M");
+    // Writes in flight while a stops: its final flush has work to do.
+    let fio = Command::new("fio")
+        .args(["--name=w", "--ioengine=nbd", "--rw=write", "--bs=1M", "--iodepth=16"])
+        .arg(format!("--uri={}", p.uri(0)))
+        .args(["--size=64M", "--time_based", "--runtime=30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _fio = KillOnDrop(fio);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in [1, 0] {
+        p.ok(&["down"], i);
+        let c = p.nodes[i].child.as_mut().unwrap();
+        assert!(
+            c.try_wait().unwrap().is_some(),
+            "{}'s process runs on after `down`",
+            p.nodes[i].name
+        );
+        p.nodes[i].child = None;
+    }
+    p.up(0);
+    p.up(1);
+    p.wait_connected();
 }

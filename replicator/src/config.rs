@@ -53,8 +53,10 @@ impl fmt::Display for Protocol {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    // (`reason`, not a source: the message holds it already, and a chain
+    // printed with its sources said it twice.)
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: {key}: {reason}")]
@@ -257,7 +259,7 @@ pub struct ResourceConfig {
 impl ResourceConfig {
     pub fn load(path: &Path) -> Result<ResourceConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|reason| ConfigError::Read { path: path.to_owned(), reason })?;
         Self::parse(path, &text)
     }
 
@@ -291,8 +293,14 @@ impl ResourceConfig {
         let ping_interval = dur("ping-interval", &raw.ping_interval, Duration::from_millis(500))?;
         let connect_interval =
             dur("connect-interval", &raw.connect_interval, Duration::from_millis(250))?;
+        if timeout.is_zero() {
+            return Err(key_err("timeout", "must be above 0".into()));
+        }
         if ping_interval.is_zero() || ping_interval >= timeout {
-            return Err(key_err("ping-interval", "must be above 0 and below timeout".into()));
+            return Err(key_err(
+                "ping-interval",
+                format!("must be above 0 and below timeout ({timeout:?})"),
+            ));
         }
         // A duration where "0" (no unit needed) turns the setting off, as
         // DRBD's disk-timeout 0.
@@ -629,6 +637,16 @@ key = "certs/b.key"
         assert_eq!(b.disk, Path::new("/abs/b.img"));
         assert_eq!(c.timeout, Duration::from_secs(6));
         assert_eq!(c.disk_timeout, None, "disk-timeout is off by default");
+    }
+
+    /// A zero `timeout` names `timeout` (it named `ping-interval`, found
+    /// by review).
+    #[test]
+    fn a_zero_timeout_names_timeout() {
+        let e = parse(&GOOD.replace("[tls]", "timeout = \"0s\"\n[tls]")).unwrap_err();
+        assert!(e.contains(": timeout: must be above 0"), "{e}");
+        let e = parse(&GOOD.replace("[tls]", "ping-interval = \"7s\"\n[tls]")).unwrap_err();
+        assert!(e.contains("ping-interval") && e.contains("below timeout (6s)"), "{e}");
     }
 
     #[test]

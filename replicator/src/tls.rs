@@ -171,7 +171,11 @@ pub fn endpoint_configs_for(
     let mut sc = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.clone(), key.clone_key())?;
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| TlsError::File {
+            path: key_path.display().to_string(),
+            reason: format!("the key does not go with the certificate {}: {e}", cert.display()),
+        })?;
     sc.alpn_protocols = vec![alpn_id.clone()];
     sc.max_early_data_size = 0;
     let mut cc = rustls::ClientConfig::builder_with_provider(provider())
