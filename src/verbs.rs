@@ -36,8 +36,9 @@ pub fn run(config: &Path, node: &str, verb: &str, force: bool) -> Result<Value, 
 }
 
 /// How long `down` waits for the node's process to finish its stop (the
-/// final flush of its page cache, the metadata, the disk's lock).
-pub const DOWN_WAIT: Duration = Duration::from_secs(120);
+/// final flush of its page cache, the metadata, the disk's lock): within
+/// systemd's default stop timeout (90 s) for an `ExecStop=twinblock down`.
+pub const DOWN_WAIT: Duration = Duration::from_secs(80);
 
 /// `down`: asks the node to stop and waits until its process has exited,
 /// as `drbdadm down` returns once the resource is down: a `down` followed

@@ -46,7 +46,6 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Bits { runs: vec![], last: true },
         Message::SyncDone { current: 0x1234 },
         Message::VerifyRequest,
-        Message::Outdate,
         Message::State {
             role: Role::Secondary,
             disk: DiskState::Outdated,
