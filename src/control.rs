@@ -406,15 +406,3 @@ fn peer_pid(s: &StdUnixStream) -> Option<u32> {
     };
     (r == 0 && cred.pid > 0).then_some(cred.pid as u32)
 }
-
-/// Whether process `pid` has exited (gone, or a zombie its parent has not
-/// reaped yet: it holds nothing any more).
-pub fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name's closing parenthesis.
-        Ok(stat) => {
-            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        }
-        Err(_) => true,
-    }
-}

@@ -33,12 +33,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // start before the disk and its metadata are created (found by
         // review: a start that failed on its certificate left a new disk
         // file and metadata behind).
-        {
-            use twinblock_replicator::tls;
-            let (mine, _) = res.pair(me)?;
-            let transport = tls::transport(res.timeout, res.ping_interval);
-            tls::endpoint_configs(&res.ca, &mine.cert, &mine.key, &res.name, transport)?;
-        }
+        let tls = link::configs(&res, res.pair(me)?.0)?;
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let control = ControlServer::bind(&node.me.control)?;
@@ -50,7 +45,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
             None => None,
         };
-        let endpoint = link::start(node.clone(), stop_rx.clone())?;
+        let endpoint = link::start(node.clone(), tls, stop_rx.clone())?;
         if let Some(c) = node.res.controller.clone() {
             if let Some(a) = &c.address {
                 crate::controller::address::spec(a).map_err(anyhow::Error::msg)?;

@@ -53,7 +53,7 @@ pub fn down(config: &Path, node: &str) -> Result<Value, VerbError> {
     let (resp, pid) = call_from(&path, &req, CALL_WAIT).map_err(VerbError::Call)?;
     if let Some(pid) = pid {
         let deadline = std::time::Instant::now() + DOWN_WAIT;
-        while !crate::control::exited(pid) {
+        while twinblock_replicator::store::process_alive(pid) {
             if std::time::Instant::now() >= deadline {
                 return Err(VerbError::Other(anyhow::anyhow!(
                     "{node} is still stopping after {}s (pid {pid}): its disk may not be \

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::busy_poll::BusyPoll;
+use crate::config::{NodeConfig, ResourceConfig};
 use crate::core;
 use crate::link_stats;
 use crate::node::{LinkTx, Node, Outbound};
@@ -77,6 +78,18 @@ enum EndedBy {
 /// (`tls::transport`), as the kernel counts each datagram's overhead too.
 const SOCKET_BUFFER: i32 = 2 * tls::WINDOW as i32;
 
+/// The link's QUIC server and client configurations.
+pub type Configs = (quinn::ServerConfig, quinn::ClientConfig);
+
+/// Node `me`'s link configurations: its certificate, key and CA read and
+/// checked. `up` builds them before it opens (and may create) the disk and
+/// metadata, so a missing or mismatched file fails the start first, and
+/// hands them to [`start`].
+pub fn configs(res: &ResourceConfig, me: &NodeConfig) -> Result<Configs, LinkError> {
+    let transport = tls::transport(res.timeout, res.ping_interval);
+    Ok(tls::endpoint_configs(&res.ca, &me.cert, &me.key, &res.name, transport)?)
+}
+
 /// Starts the link tasks of `node`; they stop when `stop` turns true.
 ///
 /// The link runs on a thread of its own (a current-thread runtime): the
@@ -86,15 +99,11 @@ const SOCKET_BUFFER: i32 = 2 * tls::WINDOW as i32;
 /// where on the node's multi-threaded runtime it was a wake-up of another
 /// worker, several per write (the profile of issue 10: context switches
 /// were the largest cost of the replicated path on two cores).
-pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<quinn::Endpoint, LinkError> {
-    let transport = tls::transport(node.res.timeout, node.res.ping_interval);
-    let (server, client) = tls::endpoint_configs(
-        &node.res.ca,
-        &node.me.cert,
-        &node.me.key,
-        &node.res.name,
-        transport,
-    )?;
+pub fn start(
+    node: Arc<Node>,
+    (server, client): Configs,
+    stop: watch::Receiver<bool>,
+) -> Result<quinn::Endpoint, LinkError> {
     let addr = node.me.address;
     let bind = |source| LinkError::Bind { addr, source };
     // Bound before the link's runtime exists: a runtime may not be dropped

@@ -116,7 +116,9 @@ fn parse_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
     })
 }
 
-fn alive(pid: u32) -> bool {
+/// Whether process `pid` runs (a zombie does not: its files are closed).
+/// Also what `twinblock down` waits on.
+pub fn alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }

@@ -10,6 +10,7 @@
 
 mod aligned;
 mod lock;
+pub use lock::alive as process_alive;
 mod op;
 mod syncer;
 mod sys;

@@ -17,12 +17,12 @@ use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 
 mod controller;
 mod ctl;
-mod disconnect;
 mod failed_disk;
 mod fresh;
 mod full_sync_resume;
 mod link_faults;
 mod lying_peer;
+mod operator_verbs;
 mod pair;
 mod probes;
 mod probes_adversarial;
