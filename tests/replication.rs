@@ -1217,6 +1217,35 @@ fn a_full_sync_cut_short_resumes_and_a_replaced_disk_takes_all_of_it() {
     assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk), "disks differ");
 }
 
+/// Found by an adversarial test of the verbs: after `disconnect` on the
+/// Primary, its Secondary stayed UpToDate, and `primary` on it (no
+/// `--force`) served data without the writes the Primary acknowledged
+/// after the disconnect. Now the Secondary is told and is Outdated:
+/// `primary` on it is refused until `connect` has resynced it; then it
+/// serves what the Primary acknowledged alone.
+#[test]
+fn a_primarys_disconnect_outdates_its_secondary_until_the_resync() {
+    if !have("qemu-io") {
+        return;
+    }
+    let p = Pair::start("C", "16M");
+    p.qemu_io(0, "write -P 0x11 0 1M");
+    p.ok(&["disconnect"], 0);
+    p.wait("b Outdated", Duration::from_secs(10), |_, b| b["disk"] == "Outdated");
+    p.qemu_io(0, "write -P 0x22 0 1M");
+    p.ok(&["secondary"], 0);
+    let out = p.cli("primary", &[], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "b promoted over stale data: {err}");
+    assert!(err.contains("Outdated"), "{err}");
+    // Reconnected: b takes what a wrote alone, then may be promoted.
+    p.ok(&["connect"], 0);
+    p.wait_synced("b resynced from a", Duration::from_secs(30));
+    p.ok(&["primary"], 1);
+    let read = p.qemu_io(1, "read -P 0x22 0 1M");
+    assert!(!read.contains("verification failed"), "b lacks a's acknowledged write: {read}");
+}
+
 /// Found by an adversarial test of the verbs: `down` returned as soon as
 /// the node had been asked, while its process went on stopping (2 s under
 /// writes; its metadata changed after `down` returned), so `down` then

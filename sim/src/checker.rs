@@ -182,6 +182,9 @@ pub struct Stats {
     pub catch_ups_done: u64,
     pub adaptive_ms: u64,
     pub max_switches_window: u64,
+    /// Secondaries outdated by their Primary's `disconnect` (its Outdate
+    /// frame arrived before the close).
+    pub outdated_by_primary: u64,
 }
 
 pub(crate) struct Checker {

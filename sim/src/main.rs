@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         total.catch_ups_done += st.catch_ups_done;
         total.adaptive_ms += st.adaptive_ms;
         total.max_switches_window = total.max_switches_window.max(st.max_switches_window);
+        total.outdated_by_primary += st.outdated_by_primary;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {

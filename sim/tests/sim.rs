@@ -177,6 +177,11 @@ fn regression_seeds_pass() {
         // A rebuild on the node's own generation cut by its disk failing
         // again forgot what it told the witness, which refused it.
         (10753625, 5000),
+        // A rebuild from a peer on the node's own generation, started over
+        // after the source lost power before naming the full sync durably,
+        // forgot what it told the witness, which refused it (found with
+        // the Outdate frame, which moved the course's draws).
+        (11400671, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -245,7 +245,7 @@ impl Pair {
         super::run_qemu_io(&self.uri(i), &[command])
     }
 
-    /// Splits the pair: both disconnect, b becomes Primary too, each runs
+    /// Splits the pair: both disconnect, b is forced Primary too, each runs
     /// its qemu-io command, then b is demoted again.
     pub fn split_apart(&self, on_a: &str, on_b: &str) {
         self.ok(&["disconnect"], 0);
@@ -253,7 +253,8 @@ impl Pair {
         self.wait("both StandAlone", Duration::from_secs(10), |a, b| {
             a["connection"] == "StandAlone" && b["connection"] == "StandAlone"
         });
-        self.ok(&["primary"], 1);
+        // (a's disconnect left b Outdated: a split brain is forced.)
+        self.ok(&["primary", "--force"], 1);
         self.qemu_io(0, on_a);
         self.qemu_io(1, on_b);
         self.ok(&["secondary"], 1);

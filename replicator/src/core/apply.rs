@@ -124,6 +124,16 @@ impl Core {
             Message::PromoteAnswer { ask, granted, why } => {
                 self.on_promote_answer(sid, ask, granted, why)?
             }
+            Message::Outdate => {
+                let from_primary = self
+                    .session
+                    .as_ref()
+                    .filter(|s| s.id == sid)
+                    .is_some_and(|s| s.peer.role == Role::Primary);
+                if from_primary && self.role == Role::Secondary {
+                    self.outdate("the Primary disconnected (its operator's `disconnect`)");
+                }
+            }
             Message::VerifyRequest => {
                 let repl = self.replication();
                 if self.role == Role::Primary && repl == super::Replication::Established {

@@ -269,7 +269,14 @@ impl Core {
         let mut lost = false;
         // The peer's data grew from ours: the generations this node told
         // the witness it ran alone with still hold for what it receives.
-        let mut grew_from_ours = false;
+        // So it is for a rebuild that grew from ours, cut short before the
+        // source's nonce for it was durable (the source's power failed):
+        // the rebuild put the peer's generation first among the told ones,
+        // and a peer still on it holds what ours descended from (else a
+        // node rebuilt from the very generation it made was refused by the
+        // witness once the rebuild started over: simulator seed 11400671).
+        let mut grew_from_ours =
+            self.gen.current == NEVER_SYNCED && self.told.first() == Some(&h.gen.current);
         match unusable {
             Some(Unusable::Mine { lost: l }) => {
                 decision = Decision::SyncTarget { full: true };
@@ -288,7 +295,7 @@ impl Core {
                     // forced while connected to us writes our generation
                     // into its history without our writes (found by
                     // review).
-                    grew_from_ours = h.gen.current == self.gen.current;
+                    grew_from_ours |= h.gen.current == self.gen.current;
                     // Nor a peer that parted from our very generation and
                     // moved on alone: its bitmap's base is our current (it
                     // held our data when its bitmap began; a forced
@@ -319,7 +326,9 @@ impl Core {
                         self.told_also(self.gen.current);
                     }
                     self.gen = GenIds::never_synced();
-                    if !grew_from_ours {
+                    if grew_from_ours {
+                        self.told_first(h.gen.current);
+                    } else {
                         self.data_from_peer();
                     }
                 } else {
@@ -448,9 +457,15 @@ impl Core {
         // Same generation: the union of both bitmaps (a crashed node's
         // activity log, failed writes, verify mismatches) still moves, from
         // the better side, ranked alike from both sides' hellos:
-        // 1. the usable disk (UpToDate and Consistent alike: on one
-        //    generation Consistent only says the node lost its peer not
-        //    knowing whether the peer went on; neither wrote since);
+        // 1. the usable disk (UpToDate, Consistent and Outdated alike: on
+        //    one generation Consistent only says the node lost its peer
+        //    not knowing whether the peer went on, Outdated that its peer
+        //    may go on without it (a Primary's graceful disconnect, or data
+        //    rebuilt after its own acknowledged writes were lost); neither
+        //    wrote since. Outdated ranked below, the Primary that outdated
+        //    its Secondary and then lost its page cache was the source, and
+        //    a write it had acknowledged and not flushed was lost on both:
+        //    found by review);
         // 2. the node that lost less of what it held (`Lost`: after a power
         //    loss writes it had not flushed may be gone; in B a Secondary
         //    whose process stopped lost only writes received and not
@@ -471,7 +486,9 @@ impl Core {
         let rank =
             |disk: DiskState, lost: Lost, role: Role, promoted_at: u64, first_by_name: bool| {
                 let disk = match disk {
-                    DiskState::Consistent if !by_name => disk_rank(DiskState::UpToDate),
+                    DiskState::Consistent | DiskState::Outdated if !by_name => {
+                        disk_rank(DiskState::UpToDate)
+                    }
                     d => disk_rank(d),
                 };
                 let ignore_lost = by_name || self.cfg.plant == Plant::IgnoreLostCache;
@@ -659,9 +676,13 @@ impl Core {
             && decision == Decision::InSync
             && h.gen.current != NEVER_SYNCED
         {
-            // Both fresh: we hold the peer's generation.
+            // Both fresh: we hold the peer's generation. (A rebuild from a
+            // peer whose data grew from ours, started over, finds the two
+            // disks untouched: what this node told stays, as above.)
             self.gen = GenIds { current: h.gen.current, bitmap: 0, history: [0, 0] };
-            self.data_from_peer();
+            if !grew_from_ours {
+                self.data_from_peer();
+            }
             if h.disk == DiskState::UpToDate {
                 self.disk = DiskState::UpToDate;
             }

@@ -659,6 +659,17 @@ impl Core {
         }
     }
 
+    /// The data is being rebuilt from a peer on generation `g` whose data
+    /// grew from this node's: `g` first among the told ones, so a rebuild
+    /// that starts over knows a peer still on it (`handshake`).
+    pub(crate) fn told_first(&mut self, g: u64) {
+        if g != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold {
+            self.told.retain(|&t| t != g);
+            self.told.insert(0, g);
+            self.told.truncate(super::types::TOLD_KEPT);
+        }
+    }
+
     /// A heartbeat to the peer went out (the peer lease starts at its send).
     /// Only a Primary's heartbeats on a running session count: the State
     /// that announced the promotion went before them on the same stream,

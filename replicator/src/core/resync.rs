@@ -485,6 +485,13 @@ impl Core {
         // (review: writes Ahead in a generation the peer holds without
         // them).
         self.separated = false;
+        if self.disk == DiskState::Outdated && !self.lost_pinned() {
+            // An outdated Secondary that was the better side of a union
+            // resync on its generation (its Primary lost its page cache):
+            // both hold its data now.
+            tracing::info!("the peer holds our data: UpToDate");
+            self.disk = DiskState::UpToDate;
+        }
         if self.dirty.bytes() == 0 {
             let current = self.gen.current;
             self.gen.synced_to(current);

@@ -35,6 +35,19 @@ impl Core {
         self.promote_inner(force, wall_ms)
     }
 
+    /// A Secondary's data stops being current (its Primary's graceful
+    /// disconnect): an UpToDate or Consistent disk becomes Outdated, saved
+    /// with the next metadata update.
+    pub(super) fn outdate(&mut self, why: &str) {
+        if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
+            self.disk = DiskState::Outdated;
+            tracing::warn!(
+                "{why}: disk Outdated (the Primary's next writes will not be here; `connect` \
+                 resyncs it, `primary --force` promotes it as it is)"
+            );
+        }
+    }
+
     /// Why this node may not become Primary now, if it may not. `asking`:
     /// the peer is about to be asked (`promotion.rs`), and its own answer
     /// says whether it is Primary (what this node last heard of its role
@@ -191,8 +204,22 @@ impl Core {
     }
 
     /// `disconnect`: drops the link and stays StandAlone.
+    ///
+    /// `disconnect` on a Primary leaves its Secondary Outdated (as DRBD
+    /// outdates the peer of a Primary's graceful disconnect): the Primary's
+    /// writes from now on will not reach it, so promoting it takes
+    /// `--force`. The Secondary is told first (`Message::Outdate`, before
+    /// the close). `disconnect` on the Secondary, or a link that fails,
+    /// leaves it as it was: its Primary may be dead, and disconnecting the
+    /// survivor to promote it is the failover path (the failover
+    /// controller's witness covers a Primary that runs on alone).
     pub fn disconnect(&mut self) {
         self.linking = Linking::StandAlone("StandAlone: disconnected by the operator");
+        if let Some(s) = self.session.as_ref().filter(|s| s.phase == Phase::Running) {
+            if self.role == Role::Primary && s.peer.role == Role::Secondary {
+                self.send(Message::Outdate);
+            }
+        }
         if let Some(sid) = self.session_id() {
             self.close_session(sid, "disconnected by the operator".into());
         }

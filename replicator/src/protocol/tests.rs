@@ -46,6 +46,7 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Bits { runs: vec![], last: true },
         Message::SyncDone { current: 0x1234 },
         Message::VerifyRequest,
+        Message::Outdate,
         Message::State {
             role: Role::Secondary,
             disk: DiskState::Outdated,

@@ -37,6 +37,7 @@ const T_RESYNC: u8 = 16;
 const T_BENCH: u8 = 17;
 const T_PROMOTE_ASK: u8 = 18;
 const T_PROMOTE_ANSWER: u8 = 19;
+const T_OUTDATE: u8 = 20;
 
 /// Largest run list in one BITS frame.
 pub const MAX_RUNS: usize = 65536;
@@ -355,6 +356,11 @@ pub enum Message {
         granted: bool,
         why: String,
     },
+    /// The sender, Primary, ends the session by its operator's
+    /// `disconnect`: its writes from now on will not reach the receiving
+    /// Secondary, whose disk is Outdated from now on (promoting it takes
+    /// `--force`, as DRBD outdates the peer of a graceful disconnect).
+    Outdate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -468,6 +474,7 @@ impl Message {
                 b.put_u64(*current);
             }
             Message::VerifyRequest => b.put_u8(T_VERIFY_REQUEST),
+            Message::Outdate => b.put_u8(T_OUTDATE),
             Message::Ack { received, done } => {
                 b.put_u8(T_ACK);
                 b.put_u64(*received);
@@ -647,6 +654,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             Message::SyncDone { current: b.get_u64() }
         }
         T_VERIFY_REQUEST => Message::VerifyRequest,
+        T_OUTDATE => Message::Outdate,
         T_RESYNC => {
             need(&b, 24, "resync")?;
             let seq = b.get_u64();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use twinblock_replicator::core::{Action, IoError, Replication, ReplyError, ReqId, StoreOp, Time};
-use twinblock_replicator::protocol::wire::DiskState;
+use twinblock_replicator::protocol::wire::{DiskState, Message};
 
 use crate::checker::Violation;
 use crate::node::{AppKind, PendingIo};
@@ -227,8 +227,13 @@ impl Sim {
             let q = std::mem::take(&mut l.queue[to]);
             let keep = if l.partitioned { 0 } else { self.rng.below(q.len() as u64 + 1) as usize };
             for (_, msg) in q.into_iter().take(keep) {
+                let outdate = matches!(msg, Message::Outdate);
                 if let Some(c) = self.nodes[to].core.as_mut() {
+                    let before = c.disk();
                     c.handle_frame(self.now, l.sid, msg);
+                    if outdate && before != DiskState::Outdated && c.disk() == DiskState::Outdated {
+                        self.chk.stats.outdated_by_primary += 1;
+                    }
                 }
                 // Actions are performed after the link is gone: sends drop.
                 self.drain(to);

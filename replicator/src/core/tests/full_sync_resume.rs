@@ -132,6 +132,44 @@ fn a_rebuild_cut_short_keeps_what_was_told_the_witness() {
     assert_eq!(second, vec![g, 0xabcdef], "told forgotten once the rebuild was cut and resumed");
 }
 
+/// As above, but the rebuild is cut by the source's power failing before
+/// it named the full sync durably: the next handshake starts the rebuild
+/// over, and b (on no generation now) still knows its source's data grew
+/// from its own (the rebuild put the source's generation first among the
+/// told ones). It forgot what it told, and the witness refused it once
+/// rebuilt, for data it holds (simulator seed 11400671).
+#[test]
+fn a_rebuild_started_over_after_the_sources_power_loss_keeps_what_was_told() {
+    for written in [true, false] {
+        rebuild_started_over_after_the_sources_power_loss(written);
+    }
+}
+
+/// (`written`: the pair's data was written; else both disks are as
+/// twinblock created them, and the restarted rebuild finds them identical.)
+fn rebuild_started_over_after_the_sources_power_loss(written: bool) {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    if written {
+        p.write(0, 100, 0, 7, 8192);
+        p.settle();
+    }
+    let g = p.core(0).gen().current;
+    p.crash(1, false);
+    failed_while_down(&mut p, Some(vec![0xabcdef]));
+    p.restart(1);
+    p.connect_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
+    assert_eq!(p.core(0).full_sync, 0, "the source named its full sync: the case is not made");
+    assert_eq!(p.core(1).told, vec![g, 0xabcdef]);
+    p.crash(0, true);
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    let told = &p.core(1).told;
+    assert!(told.contains(&0xabcdef), "told forgotten (written {written}): {told:x?}");
+}
+
 /// As above, but the rebuild is cut by b's disk failing again (not by a
 /// lost link): b restarts Failed on no generation, and the peer still runs
 /// the very full sync that began on b's generation, so what b told the

@@ -1,6 +1,7 @@
-//! `primary --force` never replaces an UpToDate connected peer's data; a
-//! promotion asks the peer even when this node last heard it was Primary
-//! (found by an adversarial test of the operator's verbs on a live pair).
+//! A Primary's graceful disconnect outdates its Secondary; `primary --force` never
+//! replaces an UpToDate connected peer's data; a promotion asks the peer
+//! even when this node last heard it was Primary (found by review, an
+//! operator's wrong or hasty verbs on a live pair).
 
 use super::*;
 
@@ -9,6 +10,139 @@ fn connected_secondary() -> Core {
     let mut c = core(Protocol::C, DiskState::UpToDate);
     connect(&mut c, 1, Role::Primary);
     c
+}
+
+fn persisted_disk(c: &mut Core) -> Option<DiskState> {
+    let mut disk = None;
+    while let Some(a) = c.poll_action() {
+        match a {
+            Action::Persist { io, what } => {
+                if let Persist::Meta(m) = &what {
+                    disk = Some(m.disk);
+                }
+                c.handle_io(Duration::ZERO, io, Ok(None));
+            }
+            Action::Store { io, .. } => c.handle_io(Duration::ZERO, io, Ok(None)),
+            _ => {}
+        }
+    }
+    disk
+}
+
+/// `disconnect` on the Primary tells its Secondary first: the frame
+/// leaves before the close.
+#[test]
+fn disconnect_on_the_primary_sends_outdate_before_the_close() {
+    let mut a = connected_primary(Protocol::C);
+    a.disconnect();
+    let acts = drain(&mut a);
+    let outdate = acts.iter().position(|x| matches!(x, Action::Send { msg: Message::Outdate, .. }));
+    let close = acts.iter().position(|x| matches!(x, Action::Close { .. }));
+    assert!(outdate.is_some() && close.is_some() && outdate < close, "{acts:?}");
+}
+
+/// The Secondary told so is Outdated, durably, and refuses `primary`
+/// without `--force` (before: UpToDate, and `primary` served data without
+/// the writes its Primary acknowledged after the disconnect).
+#[test]
+fn a_secondary_told_outdate_is_outdated_durably_and_not_promoted_without_force() {
+    let mut b = connected_secondary();
+    b.handle_frame(Duration::ZERO, 1, Message::Outdate);
+    assert_eq!(b.disk(), DiskState::Outdated);
+    assert_eq!(persisted_disk(&mut b), Some(DiskState::Outdated), "not saved");
+    b.handle_link_down(Duration::ZERO, 1, "closed");
+    run(&mut b, Duration::ZERO);
+    let e = b.promote(false, 1).unwrap_err();
+    assert!(e.0.contains("Outdated"), "{e}");
+    b.promote(true, 2).expect("--force promotes it as it is");
+}
+
+/// `disconnect` on the Secondary leaves it as it was (its Primary may be
+/// dead: disconnecting the survivor to promote it is the failover path),
+/// and so does a link that fails; an Outdate from a peer that is not
+/// Primary changes nothing.
+#[test]
+fn disconnect_on_the_secondary_or_a_failed_link_does_not_outdate_it() {
+    let mut b = connected_secondary();
+    b.disconnect();
+    run(&mut b, Duration::ZERO);
+    assert_eq!(b.disk(), DiskState::UpToDate);
+    b.promote(false, 1).expect("promoted");
+
+    let mut b = connected_secondary();
+    b.handle_link_down(Duration::ZERO, 1, "timed out");
+    run(&mut b, Duration::ZERO);
+    assert_eq!(b.disk(), DiskState::UpToDate, "a crashed Primary's survivor must be promotable");
+    b.promote(false, 1).expect("promoted");
+
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Secondary);
+    c.handle_frame(Duration::ZERO, 1, Message::Outdate);
+    assert_eq!(c.disk(), DiskState::UpToDate);
+}
+
+/// Reconnected to its Primary with nothing written apart, the outdated
+/// Secondary is UpToDate again; with writes apart, after the resync.
+#[test]
+fn an_outdated_secondary_is_uptodate_again_after_the_reconnect() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    // (The harness cuts a link at its close: the frame the Primary sends
+    // before it, `disconnect_on_the_primary_sends_outdate_before_the_close`,
+    // is handed over here.)
+    let outdate = |p: &mut Pair| {
+        let (now, sid) = (p.now, p.sid.unwrap());
+        p.core(1).handle_frame(now, sid, Message::Outdate);
+        p.core(0).disconnect();
+        p.settle();
+    };
+    outdate(&mut p);
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::Outdated));
+    p.core(0).connect();
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+
+    outdate(&mut p);
+    p.write(0, 7, 8192, 5, 4096);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    assert!(p.core(1).promote(false, 3).is_err());
+    p.core(0).connect();
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
+}
+
+/// Found by review: a Primary that lost its page cache after its graceful
+/// disconnect met the Secondary it had outdated on one generation, and the
+/// union resync went from the Primary (UpToDate ranked above Outdated): a
+/// write it had acknowledged and not flushed was lost on both. On one
+/// generation neither wrote since the outdate, so the Secondary holds every
+/// acknowledged write, and the node that lost less is the source.
+#[test]
+fn an_outdated_secondary_is_the_source_after_its_primary_lost_its_cache() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 7, 8192, 5, 4096);
+    p.settle();
+    assert_eq!(p.reply(0, 7), Some(Ok(())));
+    let (now, sid) = (p.now, p.sid.unwrap());
+    p.core(1).handle_frame(now, sid, Message::Outdate);
+    p.core(0).disconnect();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    p.crash(0, true);
+    assert_ne!(p.n[0].cache[8192], 5, "the write was flushed: the case is not made");
+    p.restart(0);
+    p.connect();
+    p.settle();
+    assert!(p.n[0].cache[8192..8192 + 4096] == [5; 4096], "a lacks its acknowledged write");
+    assert!(p.n[1].cache[8192..8192 + 4096] == [5; 4096], "b lost a's acknowledged write");
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
 
 /// `primary --force` on a connected node whose disk is not UpToDate while
