@@ -450,7 +450,7 @@ impl Core {
         let idle = s.phase == Phase::Running && matches!(s.activity, Activity::Idle);
         if finished {
             s.activity = Activity::Idle;
-            self.sync_finished_source();
+            self.sync_finished_source(disk);
         }
         if role == Role::Primary && self.unpin_for_primary_peer(current) {
             // Pinned to the Primary's very generation: with nothing to move

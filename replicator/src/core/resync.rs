@@ -472,7 +472,7 @@ impl Core {
     }
 
     /// SyncSource: the target holds our generation.
-    pub(crate) fn sync_finished_source(&mut self) {
+    pub(crate) fn sync_finished_source(&mut self, peer_disk: DiskState) {
         tracing::info!(remaining = self.dirty.bytes(), "resync finished");
         self.full_sync = 0;
         // The peer holds our data now: whatever we lost, it lacks too.
@@ -485,10 +485,18 @@ impl Core {
         // (review: writes Ahead in a generation the peer holds without
         // them).
         self.separated = false;
-        if self.disk == DiskState::Outdated && !self.lost_pinned() {
+        if self.disk == DiskState::Outdated
+            && !self.lost_pinned()
+            && peer_disk == DiskState::UpToDate
+        {
             // An outdated Secondary that was the better side of a union
             // resync on its generation (its Primary lost its page cache):
-            // both hold its data now.
+            // both hold its data now. Only on the target's word that it is
+            // UpToDate: a target rebuilt after it lost writes it had
+            // acknowledged (a Primary that wrote alone after outdating us,
+            // then lost its disk) stays Outdated, and so must we, who lack
+            // them too (found by review: made UpToDate, this node was
+            // promoted without `--force` over the lost writes).
             tracing::info!("the peer holds our data: UpToDate");
             self.disk = DiskState::UpToDate;
         }

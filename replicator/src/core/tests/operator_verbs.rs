@@ -145,6 +145,37 @@ fn an_outdated_secondary_is_the_source_after_its_primary_lost_its_cache() {
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
 
+/// Found by review: the outdated Secondary, source of a full sync into
+/// its Primary's failed disk after the Primary had written alone, was made
+/// UpToDate when the sync finished, and `primary` on it (no `--force`)
+/// served data without the Primary's acknowledged write. Both stay
+/// Outdated: only `primary --force` accepts the loss.
+#[test]
+fn an_outdated_source_of_a_failed_peers_rebuild_stays_outdated() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let (now, sid) = (p.now, p.sid.unwrap());
+    p.core(1).handle_frame(now, sid, Message::Outdate);
+    p.core(0).disconnect();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    p.write(0, 7, 8192, 5, 4096);
+    p.settle();
+    assert_eq!(p.reply(0, 7), Some(Ok(())), "not acknowledged");
+    // a's disk is found failed (its record says so, its generations kept).
+    p.crash(0, false);
+    p.n[0].meta.as_mut().unwrap().disk = DiskState::Failed;
+    p.restart(0);
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "a not pinned");
+    assert!(p.n[1].cache[8192..8192 + 4096] != [5; 4096], "b got the write: the case is not made");
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "b made UpToDate without a's write");
+    assert!(p.core(1).promote(false, 9).is_err(), "b promoted without --force over a lost write");
+}
+
 /// `primary --force` on a connected node whose disk is not UpToDate while
 /// the peer's is: refused, naming the peer (it replaced the peer's data by
 /// a full sync: what the pair acknowledged was lost on both).
