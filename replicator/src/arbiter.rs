@@ -53,6 +53,11 @@ pub struct Durable {
     /// data had at its last granted request.
     #[serde(default)]
     pub alone_with: BTreeMap<String, u64>,
+    /// The node last granted the right (kept after its release): a
+    /// Primary whose lease ran out may renew it only if no other node was
+    /// granted it since.
+    #[serde(default)]
+    pub last_holder: Option<String>,
 }
 
 /// What the witness decided: granted (how), or refused (why).
@@ -92,6 +97,8 @@ pub enum Refusal {
     NamesItself { node: String },
     #[error("{holder} holds the Primary right")]
     Held { holder: String },
+    #[error("{holder} was granted the Primary right after {node}'s lease ran out: {node} may not resume as Primary")]
+    HeldSince { node: String, holder: String },
     #[error("{node} is outdated: its peer acknowledged writes without it")]
     Outdated { node: String },
     #[error("{node}'s disk may not be promoted")]
@@ -131,6 +138,7 @@ impl Refusal {
             Refusal::OtherResource { .. } => "other_resource",
             Refusal::NamesItself { .. } => "names_itself",
             Refusal::Held { .. } => "held",
+            Refusal::HeldSince { .. } => "held_since",
             Refusal::Outdated { .. } => "outdated",
             Refusal::NotPromotable { .. } => "not_promotable",
             Refusal::DataUnknown { .. } => "data_unknown",
@@ -155,6 +163,7 @@ pub struct Arbiter {
     outdated: BTreeSet<String>,
     complete: bool,
     alone_with: BTreeMap<String, u64>,
+    last_holder: Option<String>,
     /// Last time each node was heard (for status).
     pub heard: BTreeMap<String, Time>,
     /// A planted mistake (the simulator's; `Plant::None` elsewhere).
@@ -176,6 +185,7 @@ impl Arbiter {
             outdated: saved.outdated,
             complete: saved.complete,
             alone_with: saved.alone_with,
+            last_holder: saved.last_holder,
             heard: BTreeMap::new(),
             plant: Plant::None,
         }
@@ -188,6 +198,7 @@ impl Arbiter {
             outdated: self.outdated.clone(),
             complete: self.complete,
             alone_with: self.alone_with.clone(),
+            last_holder: self.last_holder.clone(),
         }
     }
 
@@ -230,7 +241,14 @@ impl Arbiter {
             Ok(g) => (true, g.to_string()),
             Err(r) => (false, r.to_string()),
         };
-        VoteReply { id: req.id, granted, holder: self.holder.clone(), reason }
+        // A Primary refused its renewal because another node held the
+        // right since is told that node: it steps down (`core::quorum`),
+        // and may claim again as any node (its data checked then).
+        let holder = match verdict {
+            Err(Refusal::HeldSince { holder, .. }) => Some(holder.clone()),
+            _ => self.holder.clone(),
+        };
+        VoteReply { id: req.id, granted, holder, reason }
     }
 
     /// Decides one request.
@@ -290,11 +308,22 @@ impl Arbiter {
             VoteKind::Renew => {
                 // A Primary the witness does not know as holder (it
                 // restarted, or the holder's lease ran out): it keeps the
-                // right if nobody else holds it.
+                // right if nobody else holds it, nor was granted it since
+                // (a node granted and gone again may have taken writes in
+                // between: the renewing Primary resumed after it, two
+                // writers one after the other on diverging data; found by
+                // the simulator).
+                if let Some(last) = self.last_holder.as_ref().filter(|l| **l != req.node) {
+                    return Err(Refusal::HeldSince {
+                        node: req.node.clone(),
+                        holder: last.clone(),
+                    });
+                }
             }
             VoteKind::Release => unreachable!("handled above"),
         }
         self.holder = Some(req.node.clone());
+        self.last_holder = Some(req.node.clone());
         self.until = now + lease + margin;
         self.record(req);
         tracing::info!(resource = %self.resource, holder = %req.node, kind = ?req.kind, "Primary right granted");
@@ -373,6 +402,47 @@ mod tests {
             lease_ms: 1000,
             data: Vec::new(),
         }
+    }
+
+    /// A Primary whose lease ran out (cut from the witness) may not renew
+    /// it once another node was granted the right since, even if that
+    /// node released it again: it may have taken writes in between (found
+    /// by the simulator: b resumed after a's short reign, two writers one
+    /// after the other). Without such a grant its renewal is granted, and
+    /// after a restart that lost the witness's state too.
+    #[test]
+    fn a_lapsed_primary_may_not_renew_after_another_node_was_granted() {
+        let saved = Durable { complete: true, ..Durable::default() };
+        let mut w = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), saved);
+        let t = Duration::from_secs(100);
+        assert!(w.handle(t, &req("b", "a", VoteKind::Claim, true)).granted);
+        // b's lease (1 s and its margin) runs out; nobody claims: b renews.
+        let t = t + Duration::from_secs(3);
+        assert!(w.handle(t, &req("b", "a", VoteKind::Renew, true)).granted);
+        // It runs out again; a claims and releases.
+        let t = t + Duration::from_secs(3);
+        assert!(w.handle(t, &req("a", "b", VoteKind::Claim, true)).granted);
+        assert!(w.handle(t, &req("a", "b", VoteKind::Release, true)).granted);
+        let r = w.handle(t + Duration::from_millis(1), &req("b", "a", VoteKind::Renew, true));
+        assert!(!r.granted, "{r:?}");
+        assert!(
+            r.reason.contains("a was granted the Primary right after b's lease"),
+            "{}",
+            r.reason
+        );
+        // (Named as the holder: b's core steps down on it.)
+        assert_eq!(r.holder.as_deref(), Some("a"));
+        // Saved and restarted, the witness still refuses it.
+        let mut w2 = Arbiter::new("r", t, Duration::from_secs(2), w.durable());
+        let r = w2.handle(t + Duration::from_secs(3), &req("b", "a", VoteKind::Renew, true));
+        assert!(!r.granted, "{r:?}");
+        // b claims as any node would: granted (a is not outdated).
+        assert!(
+            w.handle(t + Duration::from_millis(2), &req("b", "a", VoteKind::Claim, true)).granted
+        );
+        // A witness that lost its state re-establishes a renewing Primary.
+        let mut w3 = Arbiter::new("r", t, Duration::from_secs(2), Durable::default());
+        assert!(w3.handle(t, &req("b", "a", VoteKind::Renew, true)).granted);
     }
 
     /// A request whose peer is the requester itself outdates nobody: it

@@ -182,14 +182,24 @@ pub struct Stats {
     pub catch_ups_done: u64,
     pub adaptive_ms: u64,
     pub max_switches_window: u64,
-    /// Secondaries outdated by their Primary's `disconnect` (its Outdate
-    /// frame arrived before the close).
+    /// Secondaries outdated by their Primary's `disconnect` (they
+    /// confirmed its Outdate frame).
     pub outdated_by_primary: u64,
 }
 
 pub(crate) struct Checker {
     pub step: usize,
     pub stats: Stats,
+    /// Per node outdated by its Primary's `disconnect` (it confirmed the
+    /// Outdate frame: its record says so): whether that peer acknowledged
+    /// a write alone since. Such a node
+    /// lacks those writes until it completes a sync as target; it must not
+    /// be promoted without `--force` before (whatever its disk state says:
+    /// kept here apart from the core's own, found by review). Over when it
+    /// is in sync again with a peer that wrote nothing alone since, or is
+    /// promoted; cleared by a forced promotion, a discard or a replaced
+    /// disk (data given up).
+    frame_outdated: [Option<bool>; 2],
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
     dfl: [Vec<u64>; 2],
@@ -282,6 +292,7 @@ impl Checker {
         Checker {
             step: 0,
             stats: Stats::default(),
+            frame_outdated: [None, None],
             fl_c: [z(), z()],
             fl_b: [z(), z()],
             dfl: [z(), z()],
@@ -550,13 +561,30 @@ impl Checker {
     /// The operator gave up node `n`'s changes (`discard-my-data`): the
     /// writes it acknowledged apart need not survive a failover to its
     /// peer any more.
+    /// Node `n` confirmed its Primary's Outdate frame (`OutdateDone`, its
+    /// record saying Outdated).
+    pub fn outdated_by_frame(&mut self, n: usize) {
+        self.stats.outdated_by_primary += 1;
+        self.frame_outdated[n] = Some(false);
+    }
+
+    /// Node `n` acknowledged a write without a session with its peer
+    /// (the peer did not get it then).
+    pub fn write_acked_alone(&mut self, n: usize) {
+        if let Some(wrote) = self.frame_outdated[1 - n].as_mut() {
+            *wrote = true;
+        }
+    }
+
     pub fn discarded(&mut self, n: usize) {
+        self.frame_outdated = [None, None];
         self.kept[n] = None;
         self.own[n].iter_mut().for_each(|x| *x = 0);
         self.fo[1 - n].iter_mut().for_each(|x| *x = 0);
     }
 
     pub fn disk_replaced(&mut self, n: usize) {
+        self.frame_outdated = [None, None];
         self.kept[n] = None;
         self.unsynced[n] = true;
         self.epoch[n] += 1;
@@ -607,9 +635,22 @@ impl Checker {
                 ),
             ));
         }
+        if !force && self.frame_outdated[n] == Some(true) {
+            return Err(self.v(
+                "I5",
+                format!(
+                    "{} promoted without --force ({disk:?}) without the writes its Primary \
+                     acknowledged after outdating it",
+                    sim.nodes[n].name
+                ),
+            ));
+        }
         if force {
             self.unsynced[n] = false;
+            self.frame_outdated = [None, None];
         }
+        // (Its own reign now: the outdate is over.)
+        self.frame_outdated[n] = None;
         self.lineage[n] = None;
         self.reign[n] = Some(sim.now);
         // The peer's writes as Primary before this reign are this node's
@@ -788,6 +829,15 @@ impl Checker {
                 }
                 self.lineage[n] = None;
             }
+            // Back in sync with a peer that wrote nothing alone since the
+            // outdate (its generation is this node's): the outdate is over.
+            if self.frame_outdated[n] == Some(false)
+                && sim.nodes[n].core.as_ref().is_some_and(|c| {
+                    c.replication() == Replication::Established && c.disk() == DiskState::UpToDate
+                })
+            {
+                self.frame_outdated[n] = None;
+            }
             let was_target = std::mem::replace(&mut self.was_target[n], target);
             // Ended: the same session is Established. The data came,
             // whatever the disk state says of writes the node acknowledged
@@ -820,6 +870,8 @@ impl Checker {
             let cut_up = cut_after_done
                 && sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
             if disk == Some(DiskState::UpToDate) || cut_up {
+                // (The sync brought the peer's writes.)
+                self.frame_outdated[n] = None;
                 if let Some((_, f)) = self.synced_floor[n].take() {
                     self.stats.syncs_done += 1;
                     maxv(&mut self.fl_c[n], &f);

@@ -182,6 +182,14 @@ fn regression_seeds_pass() {
         // forgot what it told the witness, which refused it (found with
         // the Outdate frame, which moved the course's draws).
         (11400671, 5000),
+        // A Secondary outdated by its Primary's disconnect crashed before
+        // its record said so, came back UpToDate and was promoted without
+        // the writes the Primary acknowledged alone since.
+        (11713051, 5000),
+        (11704021, 5000),
+        // A Primary cut from the witness renewed its lease after its peer
+        // had been granted the right and released it: two writers.
+        (11129, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);
@@ -237,6 +245,32 @@ fn finds_forget_told() {
     for seed in [15953, 17981, 24875] {
         let found = planted_on(seed, Plant::ForgetTold).map(|v| v.rule);
         assert_eq!(found, Some("witness-data"), "the planted node is not caught by seed {seed}");
+    }
+}
+
+/// A Secondary that confirms its Primary's `Outdate` before its record
+/// saying Outdated is durable: a power loss brings it back UpToDate while
+/// the Primary writes on alone, and it is promoted without `--force`
+/// (invariant 5 by the checker's own record of the outdate): caught in
+/// this seed, found by a `--plant outdate-done-early` run from seed 0;
+/// the real core passes it.
+#[test]
+fn finds_outdate_done_early() {
+    let found = planted_on(9879, Plant::OutdateDoneEarly).map(|v| v.rule);
+    assert_eq!(found, Some("I5"), "the planted early confirmation is not caught");
+}
+
+/// An Outdated SyncSource made UpToDate at any resync's end (not only on
+/// its target's word that it is UpToDate): the Secondary outdated by a
+/// Primary that then wrote alone, source of a rebuild of that Primary's
+/// disk, is promoted without `--force` over those writes (found by
+/// review): caught in these seeds, found by a `--plant
+/// lift-outdated-source` run from seed 0; the real core passes them.
+#[test]
+fn finds_lift_outdated_source() {
+    for seed in [3646, 7293] {
+        let found = planted_on(seed, Plant::LiftOutdatedSource).map(|v| v.rule);
+        assert_eq!(found, Some("I5"), "the planted lift is not caught by seed {seed}");
     }
 }
 

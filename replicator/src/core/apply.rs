@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::protocol::wire::{self, DiskState, Message, Op, Role};
 
 use super::session::{Activity, Phase};
-use super::types::{IoError, Progress, SessionId, StoreOp, Time};
+use super::types::{IoError, Plant, Progress, SessionId, StoreOp, Time};
 use super::write::Admit;
 use super::{Core, IoFor};
 
@@ -130,8 +130,24 @@ impl Core {
                     .as_ref()
                     .filter(|s| s.id == sid)
                     .is_some_and(|s| s.peer.role == Role::Primary);
-                if from_primary && self.role == Role::Secondary {
-                    self.outdate("the Primary disconnected (its operator's `disconnect`)");
+                let outdated = from_primary
+                    && self.role == Role::Secondary
+                    && self.outdate("the Primary disconnected (its operator's `disconnect`)");
+                if outdated && self.cfg.plant != Plant::OutdateDoneEarly {
+                    // Answered once the record saying so is durable.
+                    self.outdate_ack = Some(sid);
+                } else {
+                    self.send(Message::OutdateDone);
+                }
+            }
+            Message::OutdateDone => {
+                let outdating = self
+                    .session
+                    .as_ref()
+                    .filter(|s| s.id == sid)
+                    .is_some_and(|s| s.outdating.is_some());
+                if outdating {
+                    self.close_session(sid, "disconnected by the operator".into());
                 }
             }
             Message::VerifyRequest => {

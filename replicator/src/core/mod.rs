@@ -168,6 +168,9 @@ pub struct Core {
     lost_acked: u64,
     /// See [`MetaRecord::told`].
     told: Vec<u64>,
+    /// The session whose Primary's `Outdate` this node answers once its
+    /// record saying Outdated is durable (`OutdateDone`).
+    pub(crate) outdate_ack: Option<SessionId>,
     /// See [`MetaRecord::full_sync`].
     pub(crate) full_sync: u64,
     /// This process's boot ([`Recovered::boot`]), saved in the record.
@@ -381,6 +384,7 @@ impl Core {
             asked_last: None,
             lost_acked: meta.lost_acked,
             told: meta.told.clone(),
+            outdate_ack: None,
             full_sync: meta.full_sync,
             boot: rec.boot,
             lost: if meta.cache_lost {

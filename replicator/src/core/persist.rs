@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use crate::bitmap::Bitmap;
+use crate::protocol::wire::{DiskState, Message};
 
 use super::types::{IoError, MetaRecord, Persist, PAGE_WORDS};
 use super::{Action, Core, IoFor};
@@ -185,10 +186,16 @@ impl Core {
         self.p.meta_saving = false;
         match result {
             Ok(()) => {
+                let outdated = m.disk == DiskState::Outdated;
                 self.p.durable_meta = Some(m);
                 // The peer learns what we now stand by (a SyncTarget's new
                 // generation, a changed disk state).
                 self.announce();
+                // A Primary's `Outdate`, now saved: its `disconnect` ends.
+                if outdated && self.outdate_ack.is_some() && self.outdate_ack == self.session_id() {
+                    self.outdate_ack = None;
+                    self.send(Message::OutdateDone);
+                }
             }
             Err(e) => {
                 self.error(format!("cannot save metadata: errno {}", e.0));

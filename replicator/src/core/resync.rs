@@ -487,7 +487,7 @@ impl Core {
         self.separated = false;
         if self.disk == DiskState::Outdated
             && !self.lost_pinned()
-            && peer_disk == DiskState::UpToDate
+            && (peer_disk == DiskState::UpToDate || self.cfg.plant == Plant::LiftOutdatedSource)
         {
             // An outdated Secondary that was the better side of a union
             // resync on its generation (its Primary lost its page cache):

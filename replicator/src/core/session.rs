@@ -166,6 +166,9 @@ pub struct Session {
     pub nonce: u64,
     pub hello_full_sync: u64,
     pub hello_discard: bool,
+    /// `disconnect` on this Primary sent `Outdate` at this time: the
+    /// session closes on the peer's `OutdateDone`, or after `timeout`.
+    pub outdating: Option<Time>,
     pub activity: Activity,
     // Sending side.
     pub next_seq: u64,
@@ -275,6 +278,7 @@ impl Session {
             nonce: 0,
             hello_full_sync: 0,
             hello_discard: false,
+            outdating: None,
             activity: Activity::Idle,
             next_seq: 1,
             out: BTreeMap::new(),
@@ -382,6 +386,13 @@ impl Session {
         if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
             return Some("the peer did not finish the handshake".into());
         }
+        if self.outdating.is_some_and(|at| now.saturating_sub(at) >= cfg.timeout) {
+            return Some(format!(
+                "disconnected by the operator; the peer did not confirm within {:?} that it is \
+                 Outdated (it may still say UpToDate)",
+                cfg.timeout
+            ));
+        }
         // A peer that answers pings but completes nothing (a hung disk, a
         // stuck apply) is lost after `timeout` without progress; one that
         // completes operations slowly (a slow link or disk with a backlog
@@ -453,6 +464,9 @@ impl Session {
         let mut t = self.last_heard + cfg.timeout;
         if self.phase == Phase::Handshake {
             t = t.min(self.started + cfg.timeout);
+        }
+        if let Some(at) = self.outdating {
+            t = t.min(at + cfg.timeout);
         }
         if let Some((_, o)) = self.out.iter().next() {
             t = t.min(o.sent + cfg.timeout);

@@ -246,6 +246,15 @@ pub enum Plant {
     /// which lost its page cache: the last Primary, back from a power loss,
     /// overwrites the acknowledged writes its peer holds and it lost.
     IgnoreLostCache,
+    /// An Outdated SyncSource is made UpToDate at any resync's end, not
+    /// only on its target's word that it is UpToDate: the Secondary
+    /// outdated by a Primary that then wrote alone and lost its disk is
+    /// promoted without `--force` over those writes.
+    LiftOutdatedSource,
+    /// A Secondary confirms its Primary's `Outdate` (`OutdateDone`) at
+    /// once, before its record saying Outdated is durable: a crash then
+    /// brings it back UpToDate while the Primary writes on alone.
+    OutdateDoneEarly,
 }
 
 impl std::str::FromStr for Plant {
@@ -274,9 +283,11 @@ impl std::str::FromStr for Plant {
             "resume-any-full-sync" => Plant::ResumeAnyFullSync,
             "union-by-name" => Plant::UnionByName,
             "ignore-lost-cache" => Plant::IgnoreLostCache,
+            "lift-outdated-source" => Plant::LiftOutdatedSource,
+            "outdate-done-early" => Plant::OutdateDoneEarly,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early)"
                 ))
             }
         })

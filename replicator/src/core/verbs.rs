@@ -38,14 +38,16 @@ impl Core {
     /// A Secondary's data stops being current (its Primary's graceful
     /// disconnect): an UpToDate or Consistent disk becomes Outdated, saved
     /// with the next metadata update.
-    pub(super) fn outdate(&mut self, why: &str) {
-        if matches!(self.disk, DiskState::UpToDate | DiskState::Consistent) {
+    pub(super) fn outdate(&mut self, why: &str) -> bool {
+        let current = matches!(self.disk, DiskState::UpToDate | DiskState::Consistent);
+        if current {
             self.disk = DiskState::Outdated;
             tracing::warn!(
                 "{why}: disk Outdated (the Primary's next writes will not be here; `connect` \
                  resyncs it, `primary --force` promotes it as it is)"
             );
         }
+        current
     }
 
     /// Why this node may not become Primary now, if it may not. `asking`:
@@ -208,16 +210,25 @@ impl Core {
     /// `disconnect` on a Primary leaves its Secondary Outdated (as DRBD
     /// outdates the peer of a Primary's graceful disconnect): the Primary's
     /// writes from now on will not reach it, so promoting it takes
-    /// `--force`. The Secondary is told first (`Message::Outdate`, before
-    /// the close). `disconnect` on the Secondary, or a link that fails,
+    /// `--force`. The Secondary is told first (`Message::Outdate`), and the
+    /// session closes once it answers that its record says so
+    /// (`Message::OutdateDone`), or after `timeout` (a Secondary that
+    /// crashed before saving it came back UpToDate: found by the
+    /// simulator). `disconnect` on the Secondary, or a link that fails,
     /// leaves it as it was: its Primary may be dead, and disconnecting the
     /// survivor to promote it is the failover path (the failover
     /// controller's witness covers a Primary that runs on alone).
     pub fn disconnect(&mut self) {
         self.linking = Linking::StandAlone("StandAlone: disconnected by the operator");
-        if let Some(s) = self.session.as_ref().filter(|s| s.phase == Phase::Running) {
+        let now = self.now;
+        if let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) {
             if self.role == Role::Primary && s.peer.role == Role::Secondary {
-                self.send(Message::Outdate);
+                if s.outdating.is_none() {
+                    s.outdating = Some(now);
+                    self.send(Message::Outdate);
+                }
+                self.pump();
+                return;
             }
         }
         if let Some(sid) = self.session_id() {

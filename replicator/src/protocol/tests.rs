@@ -47,6 +47,7 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::SyncDone { current: 0x1234 },
         Message::VerifyRequest,
         Message::Outdate,
+        Message::OutdateDone,
         Message::State {
             role: Role::Secondary,
             disk: DiskState::Outdated,

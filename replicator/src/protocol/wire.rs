@@ -38,6 +38,7 @@ const T_BENCH: u8 = 17;
 const T_PROMOTE_ASK: u8 = 18;
 const T_PROMOTE_ANSWER: u8 = 19;
 const T_OUTDATE: u8 = 20;
+const T_OUTDATE_DONE: u8 = 21;
 
 /// Largest run list in one BITS frame.
 pub const MAX_RUNS: usize = 65536;
@@ -361,6 +362,11 @@ pub enum Message {
     /// Secondary, whose disk is Outdated from now on (promoting it takes
     /// `--force`, as DRBD outdates the peer of a graceful disconnect).
     Outdate,
+    /// The receiving Primary's `Outdate` is done: the sender's disk is
+    /// Outdated in its saved record (or was not current to begin with).
+    /// The Primary closes the session on it: a Secondary that crashed
+    /// before saving came back UpToDate (found by the simulator).
+    OutdateDone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -475,6 +481,7 @@ impl Message {
             }
             Message::VerifyRequest => b.put_u8(T_VERIFY_REQUEST),
             Message::Outdate => b.put_u8(T_OUTDATE),
+            Message::OutdateDone => b.put_u8(T_OUTDATE_DONE),
             Message::Ack { received, done } => {
                 b.put_u8(T_ACK);
                 b.put_u64(*received);
@@ -655,6 +662,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
         }
         T_VERIFY_REQUEST => Message::VerifyRequest,
         T_OUTDATE => Message::Outdate,
+        T_OUTDATE_DONE => Message::OutdateDone,
         T_RESYNC => {
             need(&b, 24, "resync")?;
             let seq = b.get_u64();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use twinblock_replicator::arbiter::Refusal;
 use twinblock_replicator::core::{Persist, Time};
-use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
+use twinblock_replicator::protocol::wire::{DiskState, Role};
 
 use crate::checker::{self, Violation};
 use crate::disk::Disk;
@@ -294,16 +294,8 @@ impl Sim {
                             short_msg(&msg)
                         ));
                     }
-                    let outdate = matches!(msg, Message::Outdate);
                     if let Some(c) = self.nodes[to].core.as_mut() {
-                        let before = c.disk();
                         c.handle_frame(now, sid, msg);
-                        if outdate
-                            && before != DiskState::Outdated
-                            && c.disk() == DiskState::Outdated
-                        {
-                            self.chk.stats.outdated_by_primary += 1;
-                        }
                     }
                     self.drain(to);
                     return;

@@ -175,6 +175,13 @@ impl Sim {
                 );
             }
             Action::Send { session, msg } => {
+                // A Secondary confirms its Primary's `Outdate`: its record
+                // says Outdated (the checker's rule, `outdated_by_frame`).
+                let confirmed = matches!(msg, Message::OutdateDone)
+                    && self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Outdated);
+                if confirmed {
+                    self.chk.outdated_by_frame(n);
+                }
                 let delay = match self.level {
                     None => Duration::from_micros(100 + self.rng.below(3000)),
                     Some(l) => self.link_delay(l),
@@ -227,13 +234,8 @@ impl Sim {
             let q = std::mem::take(&mut l.queue[to]);
             let keep = if l.partitioned { 0 } else { self.rng.below(q.len() as u64 + 1) as usize };
             for (_, msg) in q.into_iter().take(keep) {
-                let outdate = matches!(msg, Message::Outdate);
                 if let Some(c) = self.nodes[to].core.as_mut() {
-                    let before = c.disk();
                     c.handle_frame(self.now, l.sid, msg);
-                    if outdate && before != DiskState::Outdated && c.disk() == DiskState::Outdated {
-                        self.chk.stats.outdated_by_primary += 1;
-                    }
                 }
                 // Actions are performed after the link is gone: sends drop.
                 self.drain(to);
@@ -280,6 +282,12 @@ impl Sim {
             ));
         } else if result.is_ok() {
             self.note(format!("{}: req {req} Flush ok", self.nodes[n].name));
+        }
+        if result.is_ok()
+            && matches!(r.kind, AppKind::Write { .. } | AppKind::Zero { .. })
+            && self.nodes[n].core.as_ref().is_none_or(|c| c.session_id().is_none())
+        {
+            self.chk.write_acked_alone(n);
         }
         if result.is_ok() {
             let confirmed = r.linked.is_some_and(|(sid, g)| {

@@ -29,16 +29,71 @@ fn persisted_disk(c: &mut Core) -> Option<DiskState> {
     disk
 }
 
-/// `disconnect` on the Primary tells its Secondary first: the frame
-/// leaves before the close.
+/// `disconnect` on the Primary tells its Secondary first, and closes the
+/// session once the Secondary says its record holds Outdated, or after
+/// `timeout` without that answer.
 #[test]
-fn disconnect_on_the_primary_sends_outdate_before_the_close() {
+fn disconnect_on_the_primary_closes_once_the_secondary_is_outdated() {
     let mut a = connected_primary(Protocol::C);
     a.disconnect();
     let acts = drain(&mut a);
-    let outdate = acts.iter().position(|x| matches!(x, Action::Send { msg: Message::Outdate, .. }));
-    let close = acts.iter().position(|x| matches!(x, Action::Close { .. }));
-    assert!(outdate.is_some() && close.is_some() && outdate < close, "{acts:?}");
+    assert!(
+        acts.iter().any(|x| matches!(x, Action::Send { msg: Message::Outdate, .. })),
+        "{acts:?}"
+    );
+    assert!(!acts.iter().any(|x| matches!(x, Action::Close { .. })), "closed before the answer");
+    a.handle_frame(Duration::from_millis(5), 1, Message::OutdateDone);
+    let acts = drain(&mut a);
+    assert!(acts.iter().any(|x| matches!(x, Action::Close { .. })), "{acts:?}");
+
+    let mut a = connected_primary(Protocol::C);
+    a.disconnect();
+    drain(&mut a);
+    let timeout = a.cfg.timeout;
+    // (The peer is alive: it answers pings, not the Outdate.)
+    a.handle_frame(timeout / 2, 1, Message::Ping { id: 7 });
+    a.handle_timeout(timeout / 2);
+    assert!(!drain(&mut a).iter().any(|x| matches!(x, Action::Close { .. })));
+    a.handle_timeout(timeout);
+    let acts = drain(&mut a);
+    assert!(
+        acts.iter().any(
+            |x| matches!(x, Action::Close { reason, .. } if reason.contains("did not confirm"))
+        ),
+        "{acts:?}"
+    );
+}
+
+/// The Secondary answers `OutdateDone` only once the record saying
+/// Outdated is durable: a crash before it brought it back UpToDate while
+/// its Primary wrote on alone (found by the simulator's rule that tracks
+/// the outdate apart from the core).
+#[test]
+fn the_secondary_answers_outdate_once_its_record_is_durable() {
+    let mut b = connected_secondary();
+    b.handle_frame(Duration::ZERO, 1, Message::Outdate);
+    let mut answered_before_saved = false;
+    let mut saved = false;
+    while let Some(a) = b.poll_action() {
+        match a {
+            Action::Send { msg: Message::OutdateDone, .. } => answered_before_saved |= !saved,
+            Action::Persist { io, what } => {
+                if matches!(&what, Persist::Meta(m) if m.disk == DiskState::Outdated) {
+                    saved = true;
+                }
+                b.handle_io(Duration::ZERO, io, Ok(None));
+            }
+            Action::Store { io, .. } => b.handle_io(Duration::ZERO, io, Ok(None)),
+            _ => {}
+        }
+    }
+    assert!(saved, "Outdated never saved");
+    assert!(!answered_before_saved, "answered before the record was durable");
+    // (Answered after it: drained above.)
+    let mut b = connected_secondary();
+    b.handle_frame(Duration::ZERO, 1, Message::Outdate);
+    let acts = drain(&mut b);
+    assert!(!acts.iter().any(|x| matches!(x, Action::Send { msg: Message::OutdateDone, .. })));
 }
 
 /// The Secondary told so is Outdated, durably, and refuses `primary`
