@@ -720,7 +720,8 @@ fn a_secondary_given_up_while_its_lane_is_full_resyncs_once_its_disk_answers() {
 
 /// An operator disconnects a from a b whose disk stalls with its lane
 /// full: a's writer is held by QUIC's flow control, as b reads nothing.
-/// The disconnect takes effect at once, not when b would give a up
+/// The disconnect takes effect within seconds (a waits at most 2 s for
+/// b to confirm its Outdate), not when b would give a up
 /// (`timeout`, 60 s here): a's close is not queued behind the held frames
 /// (they get half a second, then the connection closes with the core's
 /// reason), so b's session ends within seconds and b's `last_error` says
@@ -755,9 +756,11 @@ fn a_disconnect_from_a_peer_whose_lane_is_full_takes_effect_at_once() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // b was told why.
+    // b was told why (it read nothing, so it did not confirm a's Outdate:
+    // a waited for that at most 2 s, and says so).
     let b = p.status(1);
-    assert_eq!(b["last_error"], "a closed the link: disconnected by the operator", "{b}");
+    let why = b["last_error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("a closed the link: disconnected by the operator"), "{b}");
     // a answers its writes alone, with b's disk still hung.
     let errnos = writer.join().unwrap();
     assert!(errnos.values().all(|e| *e == 0), "{errnos:?}");

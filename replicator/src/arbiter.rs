@@ -313,7 +313,11 @@ impl Arbiter {
                 // between: the renewing Primary resumed after it, two
                 // writers one after the other on diverging data; found by
                 // the simulator).
-                if let Some(last) = self.last_holder.as_ref().filter(|l| **l != req.node) {
+                // (Not a Primary an operator forced, which holds no grant
+                // of its reign: it accepted what is missing.)
+                let lapsed = !req.forced;
+                if let Some(last) = self.last_holder.as_ref().filter(|l| lapsed && **l != req.node)
+                {
                     return Err(Refusal::HeldSince {
                         node: req.node.clone(),
                         holder: last.clone(),
@@ -401,6 +405,7 @@ mod tests {
             peer_current,
             lease_ms: 1000,
             data: Vec::new(),
+            forced: false,
         }
     }
 
@@ -443,6 +448,10 @@ mod tests {
         // A witness that lost its state re-establishes a renewing Primary.
         let mut w3 = Arbiter::new("r", t, Duration::from_secs(2), Durable::default());
         assert!(w3.handle(t, &req("b", "a", VoteKind::Renew, true)).granted);
+        // A Primary an operator forced, with no grant of its reign, is
+        // renewed (it accepted what is missing), as before.
+        let forced = VoteRequest { forced: true, ..req("b", "a", VoteKind::Renew, true) };
+        assert!(w2.handle(t + Duration::from_secs(4), &forced).granted);
     }
 
     /// A request whose peer is the requester itself outdates nobody: it

@@ -102,6 +102,12 @@ pub struct VoteRequest {
     /// without the peer from data rebuilt from the outdated peer.
     #[serde(default)]
     pub data: Vec<u64>,
+    /// Renew: this Primary was forced by an operator and holds no grant of
+    /// its reign yet. The witness renews it even if another node was
+    /// granted the right since (the operator accepted what is missing);
+    /// a lapsed grant's Renew is refused then (`arbiter`).
+    #[serde(default)]
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +173,10 @@ enum DemoteWhy {
 #[derive(Debug, Clone)]
 pub(crate) struct Ctl {
     pub cfg: ControllerConfig,
+    /// The witness granted this node the right since it last released it
+    /// (its reign as Primary): a Renew without it comes from a Primary
+    /// forced by an operator (`VoteRequest::forced`).
+    granted_reign: bool,
     /// End of the peer lease (ZERO: none).
     peer_until: Time,
     /// End of the witness lease.
@@ -215,6 +225,7 @@ impl Ctl {
     pub fn new(cfg: ControllerConfig, now: Time) -> Ctl {
         Ctl {
             cfg,
+            granted_reign: false,
             peer_until: Time::ZERO,
             witness_until: Time::ZERO,
             witness_fenced_peer: false,
@@ -404,6 +415,7 @@ impl Core {
                     c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                     c.witness_gen = gen;
                     c.lost_since = None;
+                    c.granted_reign = true;
                     self.claimed(wall_ms, &reply);
                 } else {
                     // Ask again a heartbeat later.
@@ -421,6 +433,7 @@ impl Core {
                 // (A late grant to a node that demoted since is not here:
                 // its release forgot every request, see `release`.)
                 if reply.granted {
+                    c.granted_reign = true;
                     c.witness_until = c.witness_until.max(sent + c.cfg.lease());
                     c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                     c.witness_gen = gen;
@@ -579,6 +592,7 @@ impl Core {
     /// Gives the right back to the witness.
     fn release(&mut self) {
         let Some(c) = &mut self.ctl else { return };
+        c.granted_reign = false;
         c.witness_until = Time::ZERO;
         c.peer_until = Time::ZERO;
         // A grant the witness gave before it hears of the release is
@@ -622,6 +636,7 @@ impl Core {
             peer_current,
             lease_ms: c.cfg.lease().as_millis() as u64,
             data,
+            forced: kind == VoteKind::Renew && !c.granted_reign,
         }
     }
 

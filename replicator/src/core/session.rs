@@ -167,7 +167,8 @@ pub struct Session {
     pub hello_full_sync: u64,
     pub hello_discard: bool,
     /// `disconnect` on this Primary sent `Outdate` at this time: the
-    /// session closes on the peer's `OutdateDone`, or after `timeout`.
+    /// session closes on the peer's `OutdateDone`, or after
+    /// [`outdate_wait`].
     pub outdating: Option<Time>,
     pub activity: Activity,
     // Sending side.
@@ -386,11 +387,11 @@ impl Session {
         if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
             return Some("the peer did not finish the handshake".into());
         }
-        if self.outdating.is_some_and(|at| now.saturating_sub(at) >= cfg.timeout) {
+        let outdate_wait = outdate_wait(cfg);
+        if self.outdating.is_some_and(|at| now.saturating_sub(at) >= outdate_wait) {
             return Some(format!(
-                "disconnected by the operator; the peer did not confirm within {:?} that it is \
-                 Outdated (it may still say UpToDate)",
-                cfg.timeout
+                "disconnected by the operator; the peer did not confirm within {outdate_wait:?} \
+                 that it is Outdated (it may still say UpToDate)"
             ));
         }
         // A peer that answers pings but completes nothing (a hung disk, a
@@ -466,7 +467,7 @@ impl Session {
             t = t.min(self.started + cfg.timeout);
         }
         if let Some(at) = self.outdating {
-            t = t.min(at + cfg.timeout);
+            t = t.min(at + outdate_wait(cfg));
         }
         if let Some((_, o)) = self.out.iter().next() {
             t = t.min(o.sent + cfg.timeout);
@@ -479,4 +480,12 @@ impl Session {
         }
         t
     }
+}
+
+/// How long `disconnect` on a Primary waits for its Secondary to confirm
+/// it is Outdated (a round trip and one metadata update): at most 2 s, so
+/// a `disconnect` from a peer that reads nothing (its disk stalled, its
+/// lane full) still takes effect within seconds, not after `timeout`.
+pub fn outdate_wait(cfg: &CoreConfig) -> Duration {
+    cfg.timeout.min(Duration::from_secs(2))
 }

@@ -49,7 +49,7 @@ fn disconnect_on_the_primary_closes_once_the_secondary_is_outdated() {
     let mut a = connected_primary(Protocol::C);
     a.disconnect();
     drain(&mut a);
-    let timeout = a.cfg.timeout;
+    let timeout = super::super::session::outdate_wait(&a.cfg);
     // (The peer is alive: it answers pings, not the Outdate.)
     a.handle_frame(timeout / 2, 1, Message::Ping { id: 7 });
     a.handle_timeout(timeout / 2);
