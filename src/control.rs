@@ -303,7 +303,7 @@ async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> R
             Ok(())
         }
         "disconnect" => {
-            node.set_want_connected(false);
+            node.disconnect().await;
             Ok(())
         }
         "down" => {

@@ -200,6 +200,9 @@ pub(crate) struct Checker {
     /// promoted; cleared by a forced promotion, a discard or a replaced
     /// disk (data given up).
     frame_outdated: [Option<bool>; 2],
+    /// The generation of that peer's latest write acknowledged alone: a
+    /// node UpToDate on it holds them (a sync brought it there).
+    frame_alone_gen: [u64; 2],
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
     dfl: [Vec<u64>; 2],
@@ -293,6 +296,7 @@ impl Checker {
             step: 0,
             stats: Stats::default(),
             frame_outdated: [None, None],
+            frame_alone_gen: [0, 0],
             fl_c: [z(), z()],
             fl_b: [z(), z()],
             dfl: [z(), z()],
@@ -570,9 +574,10 @@ impl Checker {
 
     /// Node `n` acknowledged a write without a session with its peer
     /// (the peer did not get it then).
-    pub fn write_acked_alone(&mut self, n: usize) {
+    pub fn write_acked_alone(&mut self, n: usize, gen: u64) {
         if let Some(wrote) = self.frame_outdated[1 - n].as_mut() {
             *wrote = true;
+            self.frame_alone_gen[1 - n] = gen;
         }
     }
 
@@ -831,11 +836,20 @@ impl Checker {
             }
             // Back in sync with a peer that wrote nothing alone since the
             // outdate (its generation is this node's): the outdate is over.
-            if self.frame_outdated[n] == Some(false)
-                && sim.nodes[n].core.as_ref().is_some_and(|c| {
+            // Or UpToDate on the generation of the peer's last write
+            // acknowledged alone: a sync brought it those (its end may be
+            // cut in the very step that delivered it, which the sync's own
+            // end below does not see: simulator seed 12101159).
+            let over = match self.frame_outdated[n] {
+                Some(false) => sim.nodes[n].core.as_ref().is_some_and(|c| {
                     c.replication() == Replication::Established && c.disk() == DiskState::UpToDate
-                })
-            {
+                }),
+                Some(true) => sim.nodes[n].core.as_ref().is_some_and(|c| {
+                    c.disk() == DiskState::UpToDate && c.gen().current == self.frame_alone_gen[n]
+                }),
+                None => false,
+            };
+            if over {
                 self.frame_outdated[n] = None;
             }
             let was_target = std::mem::replace(&mut self.was_target[n], target);

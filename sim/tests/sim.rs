@@ -190,6 +190,12 @@ fn regression_seeds_pass() {
         // A Primary cut from the witness renewed its lease after its peer
         // had been granted the right and released it: two writers.
         (11129, 5000),
+        // The checker's outdate rule: a sync that brought the Primary's
+        // writes ended in the step its link was cut (not a core bug).
+        (12101159, 5000),
+        // A Behind Secondary (Outdated in memory, not yet saved) confirmed
+        // its Primary's Outdate at once, lost power, came back UpToDate.
+        (12235326, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

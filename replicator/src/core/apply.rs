@@ -133,7 +133,14 @@ impl Core {
                 let outdated = from_primary
                     && self.role == Role::Secondary
                     && self.outdate("the Primary disconnected (its operator's `disconnect`)");
-                if outdated && self.cfg.plant != Plant::OutdateDoneEarly {
+                // Outdated already (Behind in adaptive mode) but not yet in
+                // the saved record: answered once it is, too (else a power
+                // loss brought it back UpToDate: simulator seed 12235326).
+                let saved = self.p.durable_meta.as_ref().map(|m| m.disk);
+                let unsaved = self.role == Role::Secondary
+                    && self.disk == DiskState::Outdated
+                    && saved != Some(DiskState::Outdated);
+                if (outdated || unsaved) && self.cfg.plant != Plant::OutdateDoneEarly {
                     // Answered once the record saying so is durable.
                     self.outdate_ack = Some(sid);
                 } else {

@@ -57,6 +57,18 @@ impl Node {
         self.changed.notify_waiters();
     }
 
+    /// `disconnect`, answered once the session has ended: a Primary's ends
+    /// when its Secondary confirms it is Outdated, or after
+    /// `core::session::outdate_wait` (2 s at most), as `drbdadm
+    /// disconnect` returns once disconnected.
+    pub async fn disconnect(&self) {
+        self.set_want_connected(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.lock().core.session_id().is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn discard_my_data(&self) -> Result<(), Refused> {
         let r = self.with_core(|c, _| c.discard_my_data());
         self.changed.notify_waiters();

@@ -287,7 +287,8 @@ impl Sim {
             && matches!(r.kind, AppKind::Write { .. } | AppKind::Zero { .. })
             && self.nodes[n].core.as_ref().is_none_or(|c| c.session_id().is_none())
         {
-            self.chk.write_acked_alone(n);
+            let gen = self.nodes[n].core.as_ref().map_or(0, |c| c.gen().current);
+            self.chk.write_acked_alone(n, gen);
         }
         if result.is_ok() {
             let confirmed = r.linked.is_some_and(|(sid, g)| {
