@@ -125,11 +125,23 @@ pub fn alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
-    // A zombie still has its /proc entry, but its files are closed.
+    // A zombie still has its /proc entry, but its files are closed; not
+    // while other threads of it are still exiting (its leader shows `Z`
+    // before they are gone, and the files close with the last: `down`
+    // returned while the process could not be reaped yet, in CI).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => {
+            let zombie =
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie || threads(pid) > 1
+        }
         Err(_) => false,
     }
+}
+
+/// The threads `/proc` still lists for `pid` (0: gone).
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 #[cfg(test)]
