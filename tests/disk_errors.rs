@@ -347,7 +347,8 @@ fn a_flush_whose_disk_and_metadata_hang_is_not_answered_on_the_peers_word() {
 /// closes. The process itself exits once the kernel gives back the thread
 /// whose write waits in the disk (a FUSE request already taken by the
 /// server, like a hung block device, cannot be interrupted): here, when the
-/// disk answers again.
+/// disk answers again; `down` returns then (before, it returned as soon as
+/// the main thread had exited, the disk file still open).
 #[test]
 fn a_node_whose_disk_hangs_stops_on_down() {
     let dir = tempfile::Builder::new().prefix("tb-hang").tempdir_in(test_tmp()).unwrap();
@@ -376,7 +377,16 @@ fn a_node_whose_disk_hangs_stops_on_down() {
     assert!(out.contains("wrote 4096/4096"), "the write the peer applied: {out}");
     assert!(out.contains("Input/output error"), "the read behind the hung write: {out}");
     assert_eq!(p.status(0)["disk"], "Failed");
-    p.ok(&["down"], 0);
+    // `down` waits for the process to exit, which it cannot while the
+    // disk holds a thread of it (the files close with the last thread).
+    let mut down = Command::new(BIN)
+        .args(["down", "--config"])
+        .arg(&p.config)
+        .args(["--node", "a"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !p.log(0).contains("twinblock::up: stopped") {
         assert!(
@@ -388,7 +398,19 @@ fn a_node_whose_disk_hangs_stops_on_down() {
     }
     assert!(p.log(0).contains("stopping without a final flush"), "{}", tail(&p.log(0)));
     assert!(std::net::TcpStream::connect(p.nodes[0].nbd).is_err(), "the export is still open");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(down.try_wait().unwrap().is_none(), "down returned while a thread of a still waits");
     disk.hang(false);
+    // The disk answers: the process exits, and `down` returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        if let Some(s) = down.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "down did not return once the disk answered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(done.success(), "down failed once the disk answered");
     let mut child = p.nodes[0].child.take().expect("a runs");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
