@@ -402,24 +402,11 @@ fn a_node_whose_disk_hangs_stops_on_down() {
     assert!(down.try_wait().unwrap().is_none(), "down returned while a thread of a still waits");
     disk.hang(false);
     // The disk answers: the process exits, and `down` returns.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let done = loop {
-        if let Some(s) = down.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "down did not return once the disk answered");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let ten = Duration::from_secs(10);
+    let done = wait_exit(&mut down, ten, "down did not return once the disk answered");
     assert!(done.success(), "down failed once the disk answered");
     let mut child = p.nodes[0].child.take().expect("a runs");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "a did not exit once its disk answered");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, ten, "a did not exit once its disk answered");
     assert!(status.success(), "a exited with {status}: {}", tail(&p.log(0)));
 }
 

@@ -315,13 +315,14 @@ impl Arbiter {
                 // the simulator).
                 // (Not a Primary an operator forced, which holds no grant
                 // of its reign: it accepted what is missing.)
-                let lapsed = !req.forced;
-                if let Some(last) = self.last_holder.as_ref().filter(|l| lapsed && **l != req.node)
-                {
-                    return Err(Refusal::HeldSince {
-                        node: req.node.clone(),
-                        holder: last.clone(),
-                    });
+                match &self.last_holder {
+                    Some(last) if !req.forced && *last != req.node => {
+                        return Err(Refusal::HeldSince {
+                            node: req.node.clone(),
+                            holder: last.clone(),
+                        });
+                    }
+                    _ => {}
                 }
             }
             VoteKind::Release => unreachable!("handled above"),

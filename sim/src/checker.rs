@@ -191,18 +191,15 @@ pub(crate) struct Checker {
     pub step: usize,
     pub stats: Stats,
     /// Per node outdated by its Primary's `disconnect` (it confirmed the
-    /// Outdate frame: its record says so): whether that peer acknowledged
-    /// a write alone since. Such a node
+    /// Outdate frame: its record says so): the generation of that peer's
+    /// latest write acknowledged alone since (0: none yet). Such a node
     /// lacks those writes until it completes a sync as target; it must not
     /// be promoted without `--force` before (whatever its disk state says:
     /// kept here apart from the core's own, found by review). Over when it
     /// is in sync again with a peer that wrote nothing alone since, or is
     /// promoted; cleared by a forced promotion, a discard or a replaced
     /// disk (data given up).
-    frame_outdated: [Option<bool>; 2],
-    /// The generation of that peer's latest write acknowledged alone: a
-    /// node UpToDate on it holds them (a sync brought it there).
-    frame_alone_gen: [u64; 2],
+    frame_outdated: [Option<u64>; 2],
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
     dfl: [Vec<u64>; 2],
@@ -296,7 +293,6 @@ impl Checker {
             step: 0,
             stats: Stats::default(),
             frame_outdated: [None, None],
-            frame_alone_gen: [0, 0],
             fl_c: [z(), z()],
             fl_b: [z(), z()],
             dfl: [z(), z()],
@@ -569,15 +565,14 @@ impl Checker {
     /// record saying Outdated).
     pub fn outdated_by_frame(&mut self, n: usize) {
         self.stats.outdated_by_primary += 1;
-        self.frame_outdated[n] = Some(false);
+        self.frame_outdated[n] = Some(0);
     }
 
     /// Node `n` acknowledged a write without a session with its peer
     /// (the peer did not get it then).
     pub fn write_acked_alone(&mut self, n: usize, gen: u64) {
-        if let Some(wrote) = self.frame_outdated[1 - n].as_mut() {
-            *wrote = true;
-            self.frame_alone_gen[1 - n] = gen;
+        if let Some(alone) = self.frame_outdated[1 - n].as_mut() {
+            *alone = gen;
         }
     }
 
@@ -640,7 +635,7 @@ impl Checker {
                 ),
             ));
         }
-        if !force && self.frame_outdated[n] == Some(true) {
+        if !force && self.frame_outdated[n].is_some_and(|g| g != 0) {
             return Err(self.v(
                 "I5",
                 format!(
@@ -841,12 +836,13 @@ impl Checker {
             // cut in the very step that delivered it, which the sync's own
             // end below does not see: simulator seed 12101159).
             let over = match self.frame_outdated[n] {
-                Some(false) => sim.nodes[n].core.as_ref().is_some_and(|c| {
+                Some(0) => sim.nodes[n].core.as_ref().is_some_and(|c| {
                     c.replication() == Replication::Established && c.disk() == DiskState::UpToDate
                 }),
-                Some(true) => sim.nodes[n].core.as_ref().is_some_and(|c| {
-                    c.disk() == DiskState::UpToDate && c.gen().current == self.frame_alone_gen[n]
-                }),
+                Some(alone) => sim.nodes[n]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.disk() == DiskState::UpToDate && c.gen().current == alone),
                 None => false,
             };
             if over {

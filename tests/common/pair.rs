@@ -369,14 +369,7 @@ impl Pair {
     pub fn down(&mut self, i: usize) -> std::process::ExitStatus {
         self.ok(&["down"], i);
         let mut c = self.nodes[i].child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "node did not go down");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_exit(&mut c, Duration::from_secs(20), "node did not go down")
     }
 }
 

@@ -678,11 +678,10 @@ impl Core {
     /// grew from this node's: `g` first among the told ones, so a rebuild
     /// that starts over knows a peer still on it (`handshake`).
     pub(crate) fn told_first(&mut self, g: u64) {
-        if g != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold {
+        if self.cfg.plant != Plant::ForgetTold {
             self.told.retain(|&t| t != g);
-            self.told.insert(0, g);
-            self.told.truncate(super::types::TOLD_KEPT);
         }
+        self.told_also(g);
     }
 
     /// A heartbeat to the peer went out (the peer lease starts at its send).

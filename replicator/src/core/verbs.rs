@@ -212,9 +212,9 @@ impl Core {
     /// writes from now on will not reach it, so promoting it takes
     /// `--force`. The Secondary is told first (`Message::Outdate`), and the
     /// session closes once it answers that its record says so
-    /// (`Message::OutdateDone`), or after `timeout` (a Secondary that
-    /// crashed before saving it came back UpToDate: found by the
-    /// simulator). `disconnect` on the Secondary, or a link that fails,
+    /// (`Message::OutdateDone`), or after `session::outdate_wait` (a
+    /// Secondary that crashed before saving it came back UpToDate: found
+    /// by the simulator). `disconnect` on the Secondary, or a link that fails,
     /// leaves it as it was: its Primary may be dead, and disconnecting the
     /// survivor to promote it is the failover path (the failover
     /// controller's witness covers a Primary that runs on alone).
