@@ -36,6 +36,10 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         let tls = link::configs(&res, res.pair(me)?.0)?;
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        // `down` asks for the stop: the export drains and a Primary
+        // demotes while the link and the controller still run; `stop_tx`
+        // then ends them.
+        let (down_tx, mut down_rx) = watch::channel(false);
         let control = ControlServer::bind(&node.me.control)?;
         let control_path = control.path().to_owned();
         let listener = TcpListener::bind(node.me.nbd)
@@ -71,7 +75,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             None => None,
         };
         let hub = crate::events::Hub::start(node.clone(), metrics, stop_rx.clone());
-        tokio::spawn(control.run(node.clone(), stop_tx.clone(), hub).in_current_span());
+        tokio::spawn(control.run(node.clone(), down_tx, hub).in_current_span());
         println!(
             "twinblock up: {} node {} (Secondary): NBD on nbd://{}/{}, replication on {} (peer {} at {}), control {}{}",
             node.res.name,
@@ -90,11 +94,10 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             control_path.display(),
             std::process::id()
         ));
-        let mut stop_wait = stop_rx.clone();
         let stop = async move {
             tokio::select! {
                 _ = shutdown.wait() => {}
-                _ = stop_wait.wait_for(|s| *s) => tracing::info!("down: shutting down"),
+                _ = down_rx.wait_for(|s| *s) => tracing::info!("down: shutting down"),
             }
         };
         let config = ServerConfig {
@@ -104,6 +107,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         };
         twinblock_nbd::serve(listener, node.clone(), config, stop).await?;
         crate::sd_notify::tell("STOPPING=1");
+        node.demote_for_stop(demote_wait(&node)).await;
         let _ = stop_tx.send(true);
         twinblock_replicator::link::close_on_stop(&endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -192,4 +196,15 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// How long a stopping Primary waits for its demotion: every `on_demote`
+/// command's deadline, and two seconds for the witness's answer.
+fn demote_wait(node: &Node) -> Duration {
+    let hooks = node
+        .res
+        .controller
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.hook_timeout.saturating_mul(c.on_demote.len() as u32));
+    hooks + Duration::from_secs(2)
 }

@@ -13,7 +13,9 @@
 //! - a link blip shorter than `dead_time` changes nothing;
 //! - cut from its peer but not from the witness, the Primary goes on (the
 //!   witness records the peer as outdated) and the peer never promotes;
-//! - a failing health check on the Primary hands over to the peer.
+//! - a failing health check on the Primary hands over to the peer;
+//! - `down` on a busy Primary demotes it before its link closes: the peer
+//!   takes over, and the old Primary rejoins in sync (no split brain).
 
 mod common;
 
@@ -388,4 +390,78 @@ fn failing_health_check_hands_over() {
     assert!(c.hooks().contains("demote a"), "on_demote ran on a first: {}", c.hooks());
     assert_eq!(c.owner_when("b"), "b");
     let _ = std::fs::remove_file(&flag);
+}
+
+/// `down` on a Primary under writes (as an operator stops it for
+/// maintenance): the export answers what is in flight, the node demotes
+/// (`on_demote`, the right back to the witness) while the link still runs,
+/// and the survivor takes over. Back up, the old Primary resyncs from it
+/// as its Secondary: no split brain, every write either side acknowledged
+/// on both. (Before, `down` closed the link first: the Primary started a
+/// new generation for a write in flight and failed it, and the handshake
+/// after the failover found a split brain; found by a live test.)
+#[test]
+fn down_on_a_busy_primary_hands_over_and_it_rejoins_in_sync() {
+    if !need_tools() {
+        return;
+    }
+    let mut c = cluster(None);
+    c.first_primary();
+    // A writer that never pauses: 1 MiB writes, pattern = index, until
+    // one fails (the export went away); each success is acknowledged.
+    let uri = c.p.uri(0);
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..24u64 {
+            let (ok, text) = qemu_io(
+                &uri,
+                &format!("write -P {} {} 1M", 0x10 + i, i << 20),
+                Duration::from_secs(60),
+            );
+            if !ok || !text.contains("wrote") || text.contains("failed") {
+                break;
+            }
+            acked.push(i);
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(c.p.down(0).success(), "down on the busy Primary: {}", c.p.log(0));
+    let acked = writer.join().unwrap();
+    assert!(!acked.is_empty(), "no write was acknowledged before down");
+    assert!(c.p.log(0).contains("stopping as Primary: demoting first"), "{}", c.p.log(0));
+    assert!(c.hooks().contains("demote a"), "on_demote ran on a: {}", c.hooks());
+    c.witness_status_when(|w| w["holder"] == "b");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.p.status(1)["controller"]["state"] != "Holding" {
+        assert!(Instant::now() < deadline, "b did not take over: {}", c.p.status(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    qemu_write(&c.p.uri(1), 30 << 20, 0x77).expect("the new Primary takes writes");
+    c.p.up(0);
+    c.p.wait("a back as b's Secondary, in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary"
+            && b["role"] == "Primary"
+            && a["disk"] == "UpToDate"
+            && a["connection"] == "Connected"
+            && b["replication"] == "Established"
+    });
+    let (a, b) = (c.p.status(0), c.p.status(1));
+    assert_eq!(a["split_brain"], false, "{a}");
+    assert_eq!(b["split_brain"], false, "{b}");
+    for &i in &acked {
+        let (ok, text) = qemu_io(
+            &c.p.uri(1),
+            &format!("read -P {} {} 1M", 0x10 + i, i << 20),
+            Duration::from_secs(30),
+        );
+        assert!(ok && !text.contains("verification failed"), "acknowledged write {i} lost: {text}");
+    }
+    // Both disks hold the same bytes once quiet.
+    c.p.wait("b's writes answered", Duration::from_secs(30), |_, b| b["in_flight"] == 0);
+    c.p.down(0);
+    c.p.down(1);
+    let (da, db) =
+        (std::fs::read(&c.p.nodes[0].disk).unwrap(), std::fs::read(&c.p.nodes[1].disk).unwrap());
+    assert!(da == db, "the disks differ after the failover and the resync");
 }

@@ -309,10 +309,10 @@ impl Arbiter {
                 // A Primary the witness does not know as holder (it
                 // restarted, or the holder's lease ran out): it keeps the
                 // right if nobody else holds it, nor was granted it since
-                // (a node granted and gone again may have taken writes in
-                // between: the renewing Primary resumed after it, two
-                // writers one after the other on diverging data; found by
-                // the simulator).
+                // (a node granted and gone again may have served in
+                // between; writes it acknowledged alone have outdated the
+                // renewing node here already, this covers the rest:
+                // simulator seed 11129).
                 // (Not a Primary an operator forced, which holds no grant
                 // of its reign: it accepted what is missing.)
                 match &self.last_holder {

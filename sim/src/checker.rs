@@ -221,6 +221,8 @@ pub(crate) struct Checker {
     fo: [Vec<u64>; 2],
     /// When each node last became Primary.
     reign: [Option<Time>; 2],
+    /// Writes each node acknowledged in its last reign.
+    reign_acks: [u64; 2],
     /// Adaptive seeds (see the module documentation).
     pub adaptive: bool,
     /// Per node: the core's switch count last seen, and recent switches.
@@ -306,6 +308,7 @@ impl Checker {
             ctl_mode: false,
             fo: [z(), z()],
             reign: [None, None],
+            reign_acks: [0, 0],
             adaptive: false,
             switches_seen: [0, 0],
             switch_times: Default::default(),
@@ -427,14 +430,19 @@ impl Checker {
     }
 
     /// I4 as a client sees it: node `n` acknowledged a write at `now`; no
-    /// node became Primary after `n` did and before now.
+    /// node became Primary after `n` did and before now — unless that
+    /// reign is over (the node is no longer Primary) and acknowledged no
+    /// write: a reign that wrote nothing leaves no history for `n`'s
+    /// writes to fork from (with writes, its new generation makes the
+    /// next handshake a split brain, and `n` regains no quorum from it).
     pub fn ack_check(&self, sim: &Sim, n: usize, r: &AppReq) -> Result<(), Violation> {
         if !self.ctl_mode || matches!(r.kind, AppKind::Flush) {
             return Ok(());
         }
         let m = 1 - n;
         if let (Some(mine), Some(theirs)) = (self.reign[n], self.reign[m]) {
-            if theirs > mine && theirs <= sim.now {
+            let void = self.reign_acks[m] == 0 && !sim.nodes[m].is_primary();
+            if theirs > mine && theirs <= sim.now && !void {
                 return Err(self.v(
                     "I4",
                     format!(
@@ -445,6 +453,11 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// Node `n` acknowledged a write or zero as Primary (for `ack_check`).
+    pub fn reign_ack(&mut self, n: usize) {
+        self.reign_acks[n] += 1;
     }
 
     /// I1 at the reply: node `n` acknowledged write `r` while its disk is
@@ -653,6 +666,7 @@ impl Checker {
         self.frame_outdated[n] = None;
         self.lineage[n] = None;
         self.reign[n] = Some(sim.now);
+        self.reign_acks[n] = 0;
         // The peer's writes as Primary before this reign are this node's
         // to keep or drop now.
         self.own[1 - n].iter_mut().for_each(|x| *x = 0);

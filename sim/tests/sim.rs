@@ -188,7 +188,9 @@ fn regression_seeds_pass() {
         (11713051, 5000),
         (11704021, 5000),
         // A Primary cut from the witness renewed its lease after its peer
-        // had been granted the right and released it: two writers.
+        // had been granted the right and released it (a reign that
+        // acknowledged nothing: the witness refuses it since, and the
+        // checker no longer counts such a reign).
         (11129, 5000),
         // The checker's outdate rule: a sync that brought the Primary's
         // writes ended in the step its link was cut (not a core bug).
@@ -196,6 +198,11 @@ fn regression_seeds_pass() {
         // A Behind Secondary (Outdated in memory, not yet saved) confirmed
         // its Primary's Outdate at once, lost power, came back UpToDate.
         (12235326, 5000),
+        // The checker's I4 (not a core bug): a Primary cut from the witness
+        // resumed on its peer's heartbeats after the peer's reign, which
+        // ended in a crash before its promotion was saved and acknowledged
+        // nothing (its Secondary since, in sync with the Primary's data).
+        (12506639, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

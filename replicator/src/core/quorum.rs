@@ -589,6 +589,12 @@ impl Core {
         }
     }
 
+    /// A release to the witness is out and not answered yet (nor given
+    /// up for lost, after a lease).
+    pub fn releasing(&self) -> bool {
+        self.ctl.as_ref().is_some_and(|c| c.sent.values().any(|s| s.kind == VoteKind::Release))
+    }
+
     /// Gives the right back to the witness.
     fn release(&mut self) {
         let Some(c) = &mut self.ctl else { return };

@@ -199,6 +199,35 @@ impl Node {
         Ok(node)
     }
 
+    /// `down` (or SIGTERM), once the export has answered everything: a
+    /// Primary demotes first, as DRBD's `down` runs `secondary`, so its
+    /// link closes as a Secondary's. (Closed as a Primary's, the session's
+    /// end started a new generation here for a write still in flight,
+    /// which then failed: once the peer took over and wrote, the next
+    /// handshake found a split brain; found by a live test.) With a
+    /// controller `on_demote` runs first and the witness gets the right
+    /// back, so the peer may take over at once rather than after
+    /// `dead_time`. A demotion not done within `wait` is given up: the
+    /// node stops as Primary, as before.
+    pub async fn demote_for_stop(&self, wait: Duration) {
+        if self.role() != Role::Primary {
+            return;
+        }
+        tracing::info!("stopping as Primary: demoting first");
+        if let Err(e) = self.demote() {
+            tracing::warn!("stopping as Primary: the demotion was refused: {e}");
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let busy = || self.role() == Role::Primary || self.lock().core.releasing();
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.role() == Role::Primary {
+            tracing::warn!("stopping as Primary: the demotion did not finish within {wait:?}");
+        }
+    }
+
     /// The final flush at stop failed: the disk is detached and recorded
     /// so (in place: the process ends next). Its page cache may have
     /// dropped writes the failed sync covered; recorded `UpToDate`, the

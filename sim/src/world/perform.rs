@@ -302,6 +302,11 @@ impl Sim {
             if let Err(v) = self.chk.ack_check(self, n, &r) {
                 self.pending_violation.get_or_insert(v);
             }
+            if matches!(r.kind, AppKind::Write { .. } | AppKind::Zero { .. })
+                && self.nodes[n].is_primary()
+            {
+                self.chk.reign_ack(n);
+            }
             if let Err(v) = self.chk.failed_disk_ack(self, n, &r, self.protocol) {
                 self.pending_violation.get_or_insert(v);
             }
