@@ -296,6 +296,10 @@ async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> R
     let result: Result<(), String> = match req.verb.as_str() {
         "status" => Ok(()),
         "primary" => node.promote(req.force).await.map_err(|e| e.0),
+        "secondary" if req.force => {
+            node.demote_forced();
+            Ok(())
+        }
         "secondary" => node.demote().map_err(|e| e.0),
         "discard-my-data" => node.discard_my_data().map_err(|e| e.0),
         "connect" => {

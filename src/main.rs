@@ -169,8 +169,20 @@ enum Command {
         json: bool,
     },
     /// Make the node Secondary.
-    #[command(after_help = "Example:\n  twinblock secondary --config r0.toml --node a")]
-    Secondary(VerbArgs),
+    #[command(
+        after_help = "Example:\n  twinblock secondary --config r0.toml --node a   # with a controller: hands over to the peer"
+    )]
+    Secondary {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// With a controller: demote even if the peer cannot take over (no
+        /// Primary until the controller promotes this node again).
+        #[arg(long)]
+        force: bool,
+        /// Print the node's status afterwards as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the node's state.
     #[command(
         after_help = "Example:\n  twinblock status --config r0.toml --node a\n  twinblock status --config r0.toml --node a --json | jq .out_of_sync_bytes"
@@ -394,7 +406,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Witness(n) => runtime()?.block_on(up::witness(&n.config, &n.node))?,
         Command::Primary { node, force, json } => simple(&node, "primary", force, json)?,
-        Command::Secondary(v) => simple(&v.node, "secondary", false, v.json)?,
+        Command::Secondary { node, force, json } => simple(&node, "secondary", force, json)?,
         Command::Connect(v) => simple(&v.node, "connect", false, v.json)?,
         Command::Disconnect(v) => simple(&v.node, "disconnect", false, v.json)?,
         Command::Verify(v) => simple(&v.node, "verify", false, v.json)?,

@@ -16,6 +16,8 @@
 //! - a failing health check on the Primary hands over to the peer;
 //! - `down` on a busy Primary demotes it before its link closes: the peer
 //!   takes over, and the old Primary rejoins in sync (no split brain).
+//! - `secondary` on a Primary whose peer cannot take over is refused;
+//!   `secondary --force` demotes it.
 
 mod common;
 
@@ -464,4 +466,42 @@ fn down_on_a_busy_primary_hands_over_and_it_rejoins_in_sync() {
     let (da, db) =
         (std::fs::read(&c.p.nodes[0].disk).unwrap(), std::fs::read(&c.p.nodes[1].disk).unwrap());
     assert!(da == db, "the disks differ after the failover and the resync");
+}
+
+/// `secondary` on a controlled Primary whose peer cannot take over is
+/// refused (exit 1, the reason on stderr) and the node stays Primary;
+/// `secondary --force` demotes it anyway, and the controller promotes it
+/// again once `dead_time` has passed (before, plain `secondary` did that
+/// and exited 0: nobody was Primary meanwhile; found by a live test).
+#[test]
+fn secondary_without_a_peer_to_take_over_is_refused_unless_forced() {
+    if !need_tools() {
+        return;
+    }
+    let mut c = cluster(None);
+    c.first_primary();
+    c.p.kill(1);
+    c.p.wait_unlinked(0);
+    let out = c.p.cli("secondary", &[], 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "secondary with no peer: {err}");
+    assert!(err.contains("not connected") && err.contains("stays Primary"), "{err}");
+    let a = c.p.status(0);
+    assert_eq!(a["role"], "Primary", "{a}");
+    assert_eq!(a["controller"]["state"], "Holding", "{a}");
+    qemu_write(&c.p.uri(0), 0, 0x5a).expect("a still takes writes");
+    c.p.ok(&["secondary", "--force"], 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.p.status(0)["role"] != "Secondary" {
+        assert!(Instant::now() < deadline, "secondary --force did not demote: {}", c.p.status(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.hooks().contains("demote a"), "on_demote ran: {}", c.hooks());
+    // Nobody else can be: the controller takes a back after dead_time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.p.status(0)["controller"]["state"] != "Holding" {
+        assert!(Instant::now() < deadline, "a not promoted again: {}", c.p.status(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's write is there");
 }

@@ -41,7 +41,7 @@ use crate::protocol::genid::NEVER_SYNCED;
 use crate::protocol::wire::{DiskState, Role};
 
 use super::session::Phase;
-use super::types::{Action, IoError, Linking, Plant, ReplyError, Time};
+use super::types::{Action, IoError, Linking, Plant, Refused, ReplyError, Time};
 use super::Core;
 
 /// What a Primary that lost quorum does with writes (`on-no-quorum`).
@@ -540,11 +540,7 @@ impl Core {
         c.health_ok = Some(ok);
         if !ok && self.role == Role::Primary && c.demoting.is_none() {
             // Hand over only to a peer that can take over.
-            let peer_ready = self
-                .session
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Running && s.peer.disk == DiskState::UpToDate);
-            if peer_ready {
+            if self.no_handover().is_none() {
                 tracing::warn!("health check failed: handing over to the peer");
                 self.start_demote(DemoteWhy::Health);
             }
@@ -564,9 +560,46 @@ impl Core {
         self.actions.push_back(Action::Hook(Hook::Demote));
     }
 
-    /// The operator's `secondary`: `on_demote` first.
-    pub(crate) fn operator_demote(&mut self) {
+    /// The operator's `secondary`: `on_demote` first. Refused while the
+    /// peer cannot take over: the pair would have no Primary until the
+    /// controller promoted this node again, `dead_time` later (before, it
+    /// was done and answered OK; found by a live test).
+    pub(crate) fn operator_demote(&mut self) -> Result<(), Refused> {
+        if let Some(why) = self.no_handover() {
+            return Err(Refused(format!(
+                "{why}: nobody could take over, so this node stays Primary (`secondary --force` \
+                 demotes it anyway)"
+            )));
+        }
         self.start_demote(DemoteWhy::Operator);
+        Ok(())
+    }
+
+    /// `secondary --force` (or `down`): demoted whether or not the peer
+    /// can take over (`on_demote` first).
+    pub(crate) fn forced_demote(&mut self) {
+        self.start_demote(DemoteWhy::Operator);
+    }
+
+    /// Why the peer could not take over from this Primary now, if it
+    /// could not: it must be a connected Secondary whose disk is UpToDate
+    /// (the witness grants nothing else), and the witness must hear the
+    /// release.
+    fn no_handover(&self) -> Option<String> {
+        let peer = &self.cfg.peer;
+        let Some(s) = self.session.as_ref().filter(|s| s.phase == Phase::Running) else {
+            return Some(format!("peer {peer} is not connected"));
+        };
+        if s.peer.disk != DiskState::UpToDate || s.peer.role != Role::Secondary {
+            return Some(format!(
+                "peer {peer} is {:?} {:?}, not an UpToDate Secondary",
+                s.peer.role, s.peer.disk
+            ));
+        }
+        if !self.ctl.as_ref().is_some_and(|c| c.witness_up) {
+            return Some("the witness is not reachable from this node".into());
+        }
+        None
     }
 
     /// Replies that are ready and waited for quorum go out once it is back.

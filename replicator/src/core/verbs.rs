@@ -172,16 +172,35 @@ impl Core {
         }
         if self.ctl.is_some() {
             // on_demote runs first; the role changes when it is done.
-            self.operator_demote();
+            let r = self.operator_demote();
             self.pump();
-            return Ok(());
+            return r;
         }
+        self.demote_now();
+        Ok(())
+    }
+
+    /// `secondary --force`, and `down`: a Primary demotes even where
+    /// `secondary` is refused (with a controller: no peer could take over;
+    /// nobody is Primary until the controller promotes this node again).
+    pub fn demote_forced(&mut self) {
+        if self.role == Role::Secondary {
+            return;
+        }
+        if self.ctl.is_some() {
+            self.forced_demote();
+            self.pump();
+            return;
+        }
+        self.demote_now();
+    }
+
+    fn demote_now(&mut self) {
         self.role = Role::Secondary;
         tracing::info!("demoted to Secondary");
         self.announce();
         self.resync_after_demotion();
         self.pump();
-        Ok(())
     }
 
     /// A Primary demoted while it resyncs its own out-of-sync blocks (a

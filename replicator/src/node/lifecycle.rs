@@ -214,10 +214,7 @@ impl Node {
             return;
         }
         tracing::info!("stopping as Primary: demoting first");
-        if let Err(e) = self.demote() {
-            tracing::warn!("stopping as Primary: the demotion was refused: {e}");
-            return;
-        }
+        self.demote_forced();
         let deadline = tokio::time::Instant::now() + wait;
         let busy = || self.role() == Role::Primary || self.lock().core.releasing();
         while busy() && tokio::time::Instant::now() < deadline {

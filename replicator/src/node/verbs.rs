@@ -52,6 +52,13 @@ impl Node {
         r
     }
 
+    /// `secondary --force` (and `down`): demoted even where `secondary`
+    /// is refused.
+    pub fn demote_forced(&self) {
+        self.with_core(|c, _| c.demote_forced());
+        self.changed.notify_waiters();
+    }
+
     pub fn set_want_connected(&self, want: bool) {
         self.with_core(|c, _| if want { c.connect() } else { c.disconnect() });
         self.changed.notify_waiters();

@@ -56,6 +56,13 @@ impl Sim {
                 } else {
                     let res = core.demote();
                     self.note(format!("{}: secondary -> {res:?}", self.nodes[n].name));
+                    // Refused (no peer could take over): the operator
+                    // sometimes insists.
+                    if res.is_err() && self.rng.chance(1, 2) {
+                        let core = self.nodes[n].core.as_mut().expect("alive");
+                        core.demote_forced();
+                        self.note(format!("{}: secondary --force", self.nodes[n].name));
+                    }
                 }
                 self.drain(n);
             }
