@@ -94,10 +94,16 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             control_path.display(),
             std::process::id()
         ));
+        let stopping = node.clone();
         let stop = async move {
             tokio::select! {
                 _ = shutdown.wait() => {}
                 _ = down_rx.wait_for(|s| *s) => tracing::info!("down: shutting down"),
+            }
+            // With a controller, `on_demote` (stop the service, unmount)
+            // needs the export: the demotion comes before it closes.
+            if stopping.res.controller.is_some() {
+                stopping.demote_for_stop(demote_wait(&stopping)).await;
             }
         };
         let config = ServerConfig {
@@ -199,12 +205,20 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
 }
 
 /// How long a stopping Primary waits for its demotion: every `on_demote`
-/// command's deadline, and two seconds for the witness's answer.
+/// command's deadline and two seconds for the witness's answer, at most
+/// `DEMOTE_WAIT_MAX`.
 fn demote_wait(node: &Node) -> Duration {
     let hooks = node
         .res
         .controller
         .as_ref()
         .map_or(Duration::ZERO, |c| c.hook_timeout.saturating_mul(c.on_demote.len() as u32));
-    hooks + Duration::from_secs(2)
+    (hooks + Duration::from_secs(2)).min(DEMOTE_WAIT_MAX)
 }
+
+/// The stop must end within the systemd unit's `TimeoutStopSec` (60 s)
+/// and `down`'s own wait (80 s), with the export's drain, the link's close
+/// and the final flush after it: a demotion still running after this is
+/// given up (found by review: one slow `on_demote` had the node killed by
+/// systemd mid-stop, still Primary).
+const DEMOTE_WAIT_MAX: Duration = Duration::from_secs(30);

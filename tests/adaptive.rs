@@ -168,6 +168,7 @@ fn synced_through_relay(p: &mut Pair, delay: &str) -> KillOnDrop {
     let (link, _) = netem(&relay, &b_addr, delay);
     p.up(0);
     p.up(1);
+    p.wait_connected();
     p.ok(&["primary", "--force"], 0);
     p.wait_linked();
     p.wait("the initial sync", Duration::from_secs(60), |a, b| {
@@ -241,6 +242,7 @@ fn adaptive_goes_ahead_above_the_budget_and_comes_back_in_sync() {
     assert!(printed.contains("timer overhead"), "{printed}");
     p.up(0);
     p.up(1);
+    p.wait_connected();
     p.ok(&["primary", "--force"], 0);
     p.wait_connected();
     let a = p.status(0);
@@ -386,6 +388,7 @@ fn a_relay_restart_keeps_the_pair_replicating() {
     let (link, _) = netem(&relay, &b_addr, "0ms");
     p.up(0);
     p.up(1);
+    p.wait_connected();
     p.ok(&["primary", "--force"], 0);
     p.wait_connected();
     p.qemu_io(0, "write -P 0x61 0 64k");

@@ -18,6 +18,8 @@
 //!   takes over, and the old Primary rejoins in sync (no split brain).
 //! - `secondary` on a Primary whose peer cannot take over is refused;
 //!   `secondary --force` demotes it.
+//! - `primary --force` that the witness refuses fails and moves nothing.
+//! - `on_demote` writes through the export at a handover and at `down`.
 
 mod common;
 
@@ -30,6 +32,12 @@ use common::pair::Pair;
 use common::*;
 
 const DEAD_TIME: &str = "3s";
+
+thread_local! {
+    /// More `on_demote` commands for the next cluster (TOML, each with a
+    /// leading comma).
+    static DEMOTE_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
     netem_quiet(relay, forward, "0ms")
@@ -74,10 +82,11 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
             "\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\nconnect = \"{w_connect}\"\nmeta = \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
              [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n{controller_extra}\n\
              on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"]\n\
-             on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"]\n\n\
+             on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"{demote_extra}]\n\n\
              [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n",
             log = hooks_log.display(),
             owner = owner.display(),
+            demote_extra = DEMOTE_EXTRA.with(|d| d.borrow().clone()),
         )
     };
     let config_b = dir.join("b.toml");
@@ -158,8 +167,11 @@ impl Cluster {
         }
     }
 
-    /// `a` forced Primary (first setup), b synced.
+    /// `a` forced Primary (first setup, once the nodes are connected:
+    /// apart, the witness would be asked, and it refuses in its quiet
+    /// start), b synced.
     fn first_primary(&self) {
+        self.p.wait_connected();
         self.p.ok(&["primary", "--force"], 0);
         self.p.wait("a Primary with quorum and b in sync", Duration::from_secs(60), |a, b| {
             a["role"] == "Primary"
@@ -504,4 +516,84 @@ fn secondary_without_a_peer_to_take_over_is_refused_unless_forced() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's write is there");
+}
+
+/// `primary --force` on the Secondary while the Primary's lease still runs
+/// at the witness (here: right after the Primary died): refused, exit 1,
+/// the witness's reason on stderr, and nothing moved: no `on_promote`, the
+/// address stays. (Before, the node was promoted at once, moved the
+/// address and ran `on_promote`, then demoted at the witness's refusal;
+/// found by a live test.) The controller then promotes it the normal way.
+#[test]
+fn primary_force_refused_by_the_witness_moves_nothing() {
+    if !need_tools() {
+        return;
+    }
+    let mut c = cluster(None);
+    c.first_primary();
+    assert_eq!(c.owner_when("a"), "a");
+    c.witness_status_when(|w| w["holder"] == "a");
+    c.p.kill(0);
+    let out = c.p.cli("primary", &["--force"], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "primary --force while a holds the right: {err}");
+    assert!(err.contains("witness refused"), "{err}");
+    let b = c.p.status(1);
+    assert_eq!(b["role"], "Secondary", "{b}");
+    assert!(!c.hooks().contains("promote b"), "on_promote ran on b: {}", c.hooks());
+    assert_eq!(c.owner(), "a", "the address moved");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.p.status(1)["controller"]["state"] != "Holding" {
+        assert!(Instant::now() < deadline, "b not promoted after dead_time: {}", c.p.status(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.owner_when("b"), "b");
+}
+
+/// `on_demote` stops the service and unmounts, which writes through the
+/// export: while it runs for a handover (`secondary`) or a `down`, the
+/// node still holds the right and acknowledges writes (before, they failed
+/// with EIO during any demotion, and at `down` the export was closed
+/// before the hook ran; found by review). The hook's write reaches the
+/// peer, which takes over with it.
+#[test]
+fn on_demote_writes_through_the_export_at_secondary_and_at_down() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("mark");
+    // Each demotion writes pattern 0x55 then 0x66 (the second) at 0.
+    DEMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"n=$(cat {m}.n 2>/dev/null || echo 85); qemu-io -f raw \
+             nbd://$TWINBLOCK_NBD/$TWINBLOCK_RESOURCE -c \\\"write -P $n 0 4k\\\" -c flush \
+             >> {m} 2>&1; echo rc=$? >> {m}; echo 102 > {m}.n\"",
+            m = mark.display()
+        )
+    });
+    let mut c = cluster(None);
+    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    c.p.ok(&["secondary"], 0);
+    c.p.wait("b took over", Duration::from_secs(30), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary" && b["controller"]["state"] == "Holding"
+    });
+    let text = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert!(
+        text.contains("rc=0") && !text.contains("failed"),
+        "on_demote's write at secondary: {text}"
+    );
+    assert!(read_back(&c.p.uri(1), 0, 0x55), "b took over without on_demote's write");
+    // And at `down` on b, now Primary.
+    let _ = std::fs::remove_file(&mark);
+    assert!(c.p.down(1).success());
+    let text = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert!(text.contains("rc=0") && !text.contains("failed"), "on_demote's write at down: {text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.p.status(0)["controller"]["state"] != "Holding" {
+        assert!(Instant::now() < deadline, "a did not take over: {}", c.p.status(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(read_back(&c.p.uri(0), 0, 0x66), "a took over without on_demote's write at b's down");
 }

@@ -27,6 +27,7 @@ fn pair_with_metrics() -> (Pair, [SocketAddr; 2]) {
     std::fs::write(&p.config, text).unwrap();
     p.up(0);
     p.up(1);
+    p.wait_connected();
     p.ok(&["primary", "--force"], 0);
     p.wait_connected();
     (p, ports)
@@ -353,6 +354,7 @@ fn controller_metrics_follow_the_controller() {
     let (mut p, witness) = pair_with_witness(ma, None);
     p.up(0);
     p.up(1);
+    p.wait_connected();
     p.ok(&["primary", "--force"], 0);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -394,6 +396,7 @@ fn witness_metrics_follow_a_failover() {
     let (mut p, _witness) = pair_with_witness(ma, Some(mw));
     p.up(0);
     p.up(1);
+    p.wait_connected();
     p.ok(&["primary", "--force"], 0);
     p.wait_connected();
     fn holder(m: &'static str) -> [(&'static str, &'static str); 1] {

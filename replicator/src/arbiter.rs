@@ -286,11 +286,20 @@ impl Arbiter {
                 return Err(Refusal::Held { holder: h.clone() });
             }
         }
-        if self.outdated.contains(&req.node) {
+        // The operator's `primary --force`: whatever the data (the operator
+        // accepts what it lacks), but never while another node holds the
+        // right, nor in the quiet start (a holder may be around).
+        let forced_claim = req.kind == VoteKind::Claim && req.forced;
+        if self.outdated.contains(&req.node) && !forced_claim {
             return Err(Refusal::Outdated { node: req.node.clone() });
         }
         let in_quiet = now < self.started + self.quiet;
         match req.kind {
+            VoteKind::Claim if forced_claim => {
+                if in_quiet {
+                    return Err(Refusal::JustStarted);
+                }
+            }
             VoteKind::Claim => {
                 if !req.uptodate {
                     return Err(Refusal::NotPromotable { node: req.node.clone() });

@@ -69,7 +69,7 @@ impl Core {
 
     /// The ask in flight, if any.
     pub fn promotion_asked(&self) -> Option<u64> {
-        self.session.as_ref().and_then(|s| s.asked).map(|a| a.ask)
+        self.session.as_ref().and_then(|s| s.asked).map(|a| a.ask).or(self.forced_claim_ask())
     }
 
     /// How ask `ask` ended (None: not yet).
@@ -87,6 +87,12 @@ impl Core {
         if let Some(r) = self.promotion_answer(ask) {
             return r;
         }
+        if self.forced_claim_ask() == Some(ask) {
+            self.withdraw_forced_claim();
+            let r = Err(Refused("the witness did not answer in time".into()));
+            self.answered(ask, r.clone());
+            return r;
+        }
         if let Some(s) = self.session.as_mut().filter(|s| s.asked.is_some_and(|a| a.ask == ask)) {
             s.asked = None;
         }
@@ -95,7 +101,7 @@ impl Core {
         r
     }
 
-    fn answered(&mut self, ask: u64, r: Result<(), Refused>) {
+    pub(super) fn answered(&mut self, ask: u64, r: Result<(), Refused>) {
         if let Err(e) = &r {
             tracing::warn!(ask, "promotion refused: {e}");
         }

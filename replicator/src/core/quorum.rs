@@ -106,6 +106,9 @@ pub struct VoteRequest {
     /// its reign yet. The witness renews it even if another node was
     /// granted the right since (the operator accepted what is missing);
     /// a lapsed grant's Renew is refused then (`arbiter`).
+    /// Claim: the operator's `primary --force`: granted whatever the data
+    /// (outdated, not vouched for), never while another node holds the
+    /// right.
     #[serde(default)]
     pub forced: bool,
 }
@@ -203,6 +206,9 @@ pub(crate) struct Ctl {
     pub peer_heard: Time,
     /// A Claim is out (its id).
     claim: Option<u64>,
+    /// The operator's `primary --force` asked the witness: (the Claim's
+    /// id, the promotion's ask number, the wall clock at the verb).
+    forced_claim: Option<(u64, u64, u64)>,
     demoting: Option<DemoteWhy>,
     /// After a handover or a refusal: no claim (nor, for a Primary whose
     /// renewal was refused, a renewal out of turn) before this.
@@ -222,6 +228,13 @@ pub(crate) struct Ctl {
 }
 
 impl Ctl {
+    /// Not deposed: a Primary that holds its right may acknowledge writes
+    /// (also while `on_demote` runs for a handover, then only those its
+    /// peer holds: see `may_run_alone`).
+    fn serving(&self) -> bool {
+        self.demoting != Some(DemoteWhy::Deposed)
+    }
+
     pub fn new(cfg: ControllerConfig, now: Time) -> Ctl {
         Ctl {
             cfg,
@@ -237,6 +250,7 @@ impl Ctl {
             last_request: Time::ZERO,
             peer_heard: now,
             claim: None,
+            forced_claim: None,
             demoting: None,
             quiet_until: Time::ZERO,
             health_ok: None,
@@ -295,7 +309,7 @@ impl Core {
         if self.cfg.plant == Plant::IgnoreQuorum {
             return true;
         }
-        c.demoting.is_none() && (c.peer_until > self.now || c.witness_until > self.now)
+        c.serving() && (c.peer_until > self.now || c.witness_until > self.now)
     }
 
     /// Writes the peer may lack may be acknowledged: the witness recorded
@@ -353,7 +367,7 @@ impl Core {
         if open {
             return None;
         }
-        if c.demoting.is_some() || (self.fenced() && c.cfg.on_no_quorum == NoQuorum::IoError) {
+        if !c.serving() || (self.fenced() && c.cfg.on_no_quorum == NoQuorum::IoError) {
             return Some(Err(ReplyError::Io(IoError::EIO)));
         }
         Some(Ok(()))
@@ -390,6 +404,7 @@ impl Core {
             }
             c.last_request = Time::ZERO;
         }
+        self.forced_claim_lost("the link to the witness went down");
         self.ctl_tick();
         self.pump();
     }
@@ -407,16 +422,32 @@ impl Core {
         if !reply.granted {
             c.last_refusal = Some(reply.reason.clone());
         }
+        let forced = c.forced_claim.filter(|f| f.0 == reply.id);
+        if forced.is_some() {
+            c.forced_claim = None;
+        }
         match kind {
             VoteKind::Claim => {
                 c.claim = None;
-                if reply.granted {
+                if let Some((_, ask, wall)) = forced {
+                    let r = if reply.granted {
+                        c.witness_until = sent + c.cfg.lease();
+                        c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
+                        c.witness_gen = gen;
+                        c.lost_since = None;
+                        c.granted_reign = true;
+                        self.claimed(wall, &reply, true)
+                    } else {
+                        Err(Refused(format!("the witness refused: {}", reply.reason)))
+                    };
+                    self.answered(ask, r);
+                } else if reply.granted {
                     c.witness_until = sent + c.cfg.lease();
                     c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
                     c.witness_gen = gen;
                     c.lost_since = None;
                     c.granted_reign = true;
-                    self.claimed(wall_ms, &reply);
+                    let _ = self.claimed(wall_ms, &reply, false);
                 } else {
                     // Ask again a heartbeat later.
                     c.quiet_until = self.now + c.cfg.heartbeat;
@@ -450,13 +481,15 @@ impl Core {
         self.pump();
     }
 
-    /// The granted claim: become Primary.
-    fn claimed(&mut self, wall_ms: u64, reply: &VoteReply) {
+    /// The granted claim: become Primary (`forced`: the operator's
+    /// `primary --force`, whatever the disk). Err: why not.
+    fn claimed(&mut self, wall_ms: u64, reply: &VoteReply, forced: bool) -> Result<(), Refused> {
         if self.role == Role::Primary {
-            return;
+            return Ok(());
         }
-        if !self.may_claim() {
-            return;
+        if !self.may_claim() && !forced {
+            self.release();
+            return Err(Refused(format!("the disk is {:?} now", self.disk)));
         }
         // The claim went out while the peer was silent (or a Secondary),
         // but since then this node answered the heartbeats of a Primary
@@ -470,7 +503,7 @@ impl Core {
                 );
                 c.quiet_until = self.now + c.cfg.heartbeat;
                 self.release();
-                return;
+                return Err(Refused(format!("peer {} is Primary", self.cfg.peer)));
             }
         }
         // The peer is declared dead (or is a Secondary that agreed): a
@@ -484,11 +517,80 @@ impl Core {
         let force = self.disk != DiskState::UpToDate;
         match self.promote_inner(force, wall_ms) {
             Ok(()) => {
-                tracing::info!(reason = %reply.reason, "the witness granted Primary: promoted");
+                tracing::info!(reason = %reply.reason, forced, "the witness granted Primary: promoted");
                 self.actions.push_back(Action::Hook(Hook::Promoted));
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!("granted Primary but the promotion was refused: {e}");
+                self.release();
+                Err(e)
+            }
+        }
+    }
+
+    /// `primary --force` while a controller runs and no session does: the
+    /// witness is asked first (a Claim that says so), and the node is
+    /// promoted, the address moved and `on_promote` run only once it
+    /// grants (before, all of that happened at once and the node demoted
+    /// itself at the witness's refusal; found by a live test). Ok: asked
+    /// ([`Core::promotion_asked`], [`Core::promotion_answer`]).
+    pub(super) fn ask_witness_forced(&mut self, wall_ms: u64) -> Result<(), Refused> {
+        let Some(c) = &self.ctl else { return Err(Refused("no controller".into())) };
+        if !c.witness_up {
+            return Err(Refused(format!(
+                "peer {} is not connected and the witness is not reachable: a Primary could \
+                 acknowledge no write (no quorum)",
+                self.cfg.peer
+            )));
+        }
+        if c.forced_claim.is_some() {
+            return Err(Refused("a forced promotion is already being asked of the witness".into()));
+        }
+        if self.disk == DiskState::Diskless {
+            return Err(Refused("no disk: nothing to promote".into()));
+        }
+        let mut req = self.vote_request(VoteKind::Claim);
+        req.forced = true;
+        req.uptodate = true;
+        self.next_ask += 1;
+        let ask = self.next_ask;
+        self.asked_last = Some((ask, None));
+        if let Some(c) = &mut self.ctl {
+            c.claim = Some(req.id);
+            c.forced_claim = Some((req.id, ask, wall_ms));
+        }
+        tracing::info!(ask, "primary --force: asking the witness first");
+        self.actions.push_back(Action::Vote(req));
+        Ok(())
+    }
+
+    /// The forced claim out, if any (its ask number).
+    pub(super) fn forced_claim_ask(&self) -> Option<u64> {
+        self.ctl.as_ref().and_then(|c| c.forced_claim).map(|f| f.1)
+    }
+
+    /// A forced claim whose request is lost fails (`why`).
+    fn forced_claim_lost(&mut self, why: &str) {
+        let Some(c) = &mut self.ctl else { return };
+        let Some((id, ask, _)) = c.forced_claim else { return };
+        if c.sent.contains_key(&id) {
+            return;
+        }
+        c.forced_claim = None;
+        // (A grant whose answer was lost: given back.)
+        self.release();
+        self.answered(ask, Err(Refused(format!("not promoted: {why}"))));
+    }
+
+    /// The shell gave up waiting for the forced claim: a grant the witness
+    /// may give is given back.
+    pub(super) fn withdraw_forced_claim(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            if let Some((id, _, _)) = c.forced_claim.take() {
+                if c.claim == Some(id) {
+                    c.claim = None;
+                }
                 self.release();
             }
         }
@@ -548,15 +650,30 @@ impl Core {
         self.pump();
     }
 
+    /// `on_demote` runs, then the node demotes (`hook_done`). A handover
+    /// (the operator's `secondary`, a failed health check) still holds
+    /// the right meanwhile: writes are acknowledged as before (the hook
+    /// stops the service and unmounts, which writes; before, they failed
+    /// with EIO; found by review). A deposed node acknowledges nothing
+    /// more, and a deposition during a handover makes it one.
     fn start_demote(&mut self, why: DemoteWhy) {
         if let Some(c) = &mut self.ctl {
-            if c.demoting.is_some() {
-                return;
+            match c.demoting {
+                None => c.demoting = Some(why),
+                Some(DemoteWhy::Deposed) => return,
+                Some(_) if why != DemoteWhy::Deposed => return,
+                Some(_) => {
+                    // Its hook is queued already.
+                    c.demoting = Some(why);
+                    self.fail_held();
+                    return;
+                }
             }
-            c.demoting = Some(why);
         }
-        // Nothing more is acknowledged: what waits fails (it never was).
-        self.fail_held();
+        if why == DemoteWhy::Deposed {
+            // What waits fails (it never was acknowledged).
+            self.fail_held();
+        }
         self.actions.push_back(Action::Hook(Hook::Demote));
     }
 
@@ -607,10 +724,7 @@ impl Core {
         if self.ctl.is_none() || self.role != Role::Primary || !self.maybe_held {
             return;
         }
-        if self.has_quorum()
-            || self.fenced()
-            || self.ctl.as_ref().is_some_and(|c| c.demoting.is_some())
-        {
+        if self.has_quorum() || self.fenced() || self.ctl.as_ref().is_some_and(|c| !c.serving()) {
             // Raised again by `try_reply` for each one still held.
             self.maybe_held = false;
             let detached = self.answers_alone();
@@ -817,8 +931,8 @@ impl Core {
     /// leases ended). Step down as if deposed, rather than stay a Primary
     /// that refuses every handshake while the witness is out of reach.
     pub(crate) fn ctl_met_primary(&mut self) {
-        let idle = self.ctl.as_ref().is_some_and(|c| c.demoting.is_none());
-        if idle && self.role == Role::Primary && !self.has_quorum() {
+        let serving = self.ctl.as_ref().is_some_and(Ctl::serving);
+        if serving && self.role == Role::Primary && !self.has_quorum() {
             tracing::warn!("the peer is Primary and this node has no quorum: stepping down");
             self.start_demote(DemoteWhy::Deposed);
         }
@@ -829,8 +943,8 @@ impl Core {
     /// or `ctl_met_primary` would see it). This node must not acknowledge
     /// another write, whatever lease the peer's answers would give it.
     pub(crate) fn ctl_peer_reigned(&mut self, peer_promoted_at: u64) {
-        let idle = self.ctl.as_ref().is_some_and(|c| c.demoting.is_none());
-        if idle && self.role == Role::Primary && peer_promoted_at > self.promoted_at {
+        let serving = self.ctl.as_ref().is_some_and(Ctl::serving);
+        if serving && self.role == Role::Primary && peer_promoted_at > self.promoted_at {
             tracing::warn!(
                 peer_promoted_at,
                 promoted_at = self.promoted_at,
@@ -865,6 +979,7 @@ impl Core {
         if c.claim.is_some_and(|id| !c.sent.contains_key(&id)) {
             c.claim = None;
         }
+        self.forced_claim_lost("the witness did not answer");
         let Some(c) = &self.ctl else { return };
         if self.role == Role::Primary && c.demoting.is_none() && !self.disk_usable() {
             // The disk failed: this node serves nothing any more, and
@@ -908,7 +1023,10 @@ impl Core {
                 && c.witness_gen != gen
                 && !renewing(&|s| s.gen == gen);
             let news = now >= c.quiet_until && (fence_news || gen_news);
-            if c.witness_up && c.demoting.is_none() && (due || news) && c.sent.len() < 8 {
+            // (Handing over, only with the peer current: a renewal that
+            // says otherwise would outdate the peer about to take over.)
+            let renew = c.demoting.is_none() || (c.serving() && current);
+            if c.witness_up && renew && (due || news) && c.sent.len() < 8 {
                 let req = self.vote_request(VoteKind::Renew);
                 self.actions.push_back(Action::Vote(req));
             }
@@ -963,7 +1081,7 @@ impl Core {
             at(s.at + c.cfg.lease());
         }
         if self.role == Role::Primary {
-            if c.witness_up && c.demoting.is_none() {
+            if c.witness_up && c.serving() {
                 at((c.last_request + c.cfg.heartbeat).max(now + Time::from_millis(1)));
             }
             at(c.peer_until);

@@ -15,8 +15,20 @@ impl Core {
                         .into(),
                 ));
             }
-            // Forced: the disk is declared UpToDate, the hooks run; writes
-            // still need quorum (the witness grants it, or deposes us).
+            if self.role == Role::Primary {
+                return Ok(());
+            }
+            // Not connected to a Secondary: the witness grants it first
+            // (`quorum.rs`).
+            let connected = self.session.as_ref().is_some_and(|s| {
+                s.phase == session::Phase::Running && s.peer.role == Role::Secondary
+            });
+            if !connected {
+                return self.ask_witness_forced(wall_ms);
+            }
+            // Forced beside a connected Secondary (its heartbeats give
+            // quorum): the disk is declared UpToDate, the hooks run; the
+            // witness is told at the next renewal (or deposes us).
             let was = self.role;
             self.promote_inner(true, wall_ms)?;
             if was != Role::Primary {

@@ -199,16 +199,17 @@ impl Node {
         Ok(node)
     }
 
-    /// `down` (or SIGTERM), once the export has answered everything: a
-    /// Primary demotes first, as DRBD's `down` runs `secondary`, so its
-    /// link closes as a Secondary's. (Closed as a Primary's, the session's
-    /// end started a new generation here for a write still in flight,
-    /// which then failed: once the peer took over and wrote, the next
-    /// handshake found a split brain; found by a live test.) With a
-    /// controller `on_demote` runs first and the witness gets the right
+    /// `down` (or SIGTERM): a Primary demotes before its link closes, as
+    /// DRBD's `down` runs `secondary`, so the link closes as a Secondary's.
+    /// (Closed as a Primary's, the session's end started a new generation
+    /// here for a write still in flight, which then failed: once the peer
+    /// took over and wrote, the next handshake found a split brain; found
+    /// by a live test.) Without a controller, once the export has answered
+    /// everything; with one, before the export closes (`on_demote` stops
+    /// the service and unmounts through it), and the witness gets the right
     /// back, so the peer may take over at once rather than after
-    /// `dead_time`. A demotion not done within `wait` is given up: the
-    /// node stops as Primary, as before.
+    /// `dead_time`. A demotion not done within `wait` is given up: the node
+    /// stops as Primary, as before.
     pub async fn demote_for_stop(&self, wait: Duration) {
         if self.role() != Role::Primary {
             return;

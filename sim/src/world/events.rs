@@ -147,7 +147,18 @@ impl Sim {
                 let (role, disk) = (c.role(), c.disk());
                 c.handle_vote(now, now.as_millis() as u64 + 1, reply);
                 let promoted = c.role() == Role::Primary && role != Role::Primary;
+                let forced = self.forced_claim[n].filter(|_| c.promotion_asked().is_none());
+                if forced.is_some() {
+                    self.forced_claim[n] = None;
+                }
                 self.drain(n);
+                if let (true, Some(d)) = (promoted, forced) {
+                    self.note(format!(
+                        "{}: primary --force granted by the witness",
+                        self.nodes[n].name
+                    ));
+                    self.forced_promotion(n, d);
+                }
                 if promoted {
                     self.note(format!(
                         "{}: promoted by the controller ({disk:?})",
@@ -368,6 +379,7 @@ impl Sim {
             if power { "POWER LOSS" } else { "crashes" }
         ));
         self.nodes[n].core = None;
+        self.forced_claim[n] = None;
         // Metadata updates in flight: done or not, atomically.
         let mut ios = std::mem::take(&mut self.nodes[n].ios);
         ios.append(&mut self.nodes[n].hung);
@@ -426,6 +438,16 @@ impl Sim {
     }
 
     /// The witness holds a generation node `n` ran alone with.
+    /// The operator's `primary --force` on node `n` (its disk `disk`) took
+    /// effect. Forcing data that is not UpToDate gives up what either node
+    /// acknowledged alone that it lacks (the peer's data will be resynced
+    /// from it): the operator accepts that it may be gone.
+    pub(crate) fn forced_promotion(&mut self, n: usize, disk: DiskState) {
+        if disk != DiskState::UpToDate && (self.ran_alone(n) || self.ran_alone(1 - n)) {
+            self.data_replaced += 1;
+        }
+    }
+
     pub(crate) fn ran_alone(&self, n: usize) -> bool {
         self.witness
             .as_ref()

@@ -77,6 +77,9 @@ pub struct Sim {
     /// A promotion asked of the peer (force, the disk at the ask): checked
     /// when it happens.
     pub(crate) asked_promotion: [Option<(bool, DiskState)>; 2],
+    /// Controller seeds: `primary --force` asked the witness (the disk
+    /// then); the promotion comes with its grant.
+    pub(crate) forced_claim: [Option<DiskState>; 2],
     /// `disk-timeout` seeds: the cores' limit (a disk may stall: its store
     /// operations never complete).
     pub(crate) disk_timeout: Option<Duration>,
@@ -150,6 +153,7 @@ impl Sim {
             congestion_fill: None,
             noted_repl: [Replication::Off; 2],
             asked_promotion: [None; 2],
+            forced_claim: [None; 2],
             // One seed in four.
             disk_timeout: (opts.seed % 4 == 3).then_some(DISK_TIMEOUT),
             // Of those, one in two (seeds 8k+7) with the metadata apart.

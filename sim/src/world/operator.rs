@@ -31,20 +31,20 @@ impl Sim {
                 // The first setup: the operator declares one node's data good.
                 let disk = core.disk();
                 let res = core.promote(true, now_ms);
-                self.note(format!("{}: primary --force ({disk:?}) -> {res:?}", self.nodes[n].name));
+                let now_primary = core.role() == Role::Primary;
+                self.note(format!(
+                    "{}: primary --force ({disk:?}) -> {res:?}{}",
+                    self.nodes[n].name,
+                    if res.is_ok() && !now_primary { " (asked the witness)" } else { "" }
+                ));
                 self.drain(n);
-                // (Forcing data that is not UpToDate gives up what either
-                // node acknowledged alone that it lacks: the peer's data
-                // will be resynced from it.)
-                if res.is_ok()
-                    && disk != DiskState::UpToDate
-                    && (self.ran_alone(n) || self.ran_alone(1 - n))
-                {
-                    // The operator accepts what that node ran alone with
-                    // may be gone.
-                    self.data_replaced += 1;
+                if res.is_ok() && !now_primary {
+                    // Not connected: promoted at the witness's grant.
+                    self.forced_claim[n] = Some(disk);
+                    return Ok(());
                 }
                 if res.is_ok() {
+                    self.forced_promotion(n, disk);
                     self.check_promoted(n, true, disk)?;
                 }
                 return Ok(());

@@ -254,6 +254,9 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
     };
     assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
     assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);
+    // Forced beside its connected Secondary (apart, the witness would be
+    // asked first, and grant a forced claim).
+    d.connect();
     d.witness_up(0, true);
     d.c[0].promote(true, 1).unwrap();
     d.act(0);
@@ -641,4 +644,84 @@ fn a_primary_demoted_by_the_controller_during_its_own_resync_renegotiates() {
         assert_eq!(d.c[i].replication(), Replication::Established, "node {i}");
         assert_eq!(d.c[i].disk(), DiskState::UpToDate, "node {i}");
     }
+}
+
+/// `primary --force` with a controller and no session: the witness is
+/// asked first. While the other node holds the right the verb fails with
+/// the witness's reason, and nothing of a promotion happened (no role, no
+/// hook: the address stays); once nobody holds it, the outdated node is
+/// granted (the operator accepts what it lacks) and promoted, its hooks
+/// run after. Before, the node was promoted, moved the address and ran
+/// `on_promote` at once, then demoted at the refusal (found by a live
+/// test).
+#[test]
+fn primary_force_asks_the_witness_before_anything_happens() {
+    use ctl::Duo;
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    // Apart: a runs alone, the witness outdates b.
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    assert!(d.w.outdated().any(|n| n == "b"));
+    d.hooks[1].clear();
+    // b forced while a holds the right.
+    d.c[1].promote(true, 1).expect("asked");
+    d.act(1);
+    let ask = d.c[1].promotion_asked().expect("an ask is out");
+    assert_eq!(d.c[1].role(), Role::Secondary, "nothing before the witness answers");
+    assert!(d.hooks[1].is_empty(), "no hook before the witness answers");
+    d.vote_all(1);
+    let r = d.c[1].promotion_answer(ask).expect("answered");
+    let e = r.expect_err("refused while a holds the right");
+    assert!(e.0.contains("the witness refused") && e.0.contains('a'), "{e}");
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    assert!(d.hooks[1].is_empty(), "no hook after a refusal: {:?}", d.hooks[1]);
+    // a dies; its lease runs out; b forced again is granted, outdated as it is.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    d.tick(ctl::DEAD * 2);
+    d.c[1].promote(true, 2).expect("asked");
+    d.act(1);
+    let ask = d.c[1].promotion_asked().expect("an ask is out");
+    d.vote_all(1);
+    assert_eq!(d.c[1].promotion_answer(ask), Some(Ok(())));
+    assert_eq!(d.c[1].role(), Role::Primary);
+    assert_eq!(d.hooks[1], vec![Hook::Promoted], "the hooks run after the grant");
+    assert_eq!(d.w.holder(), Some("b"));
+    assert!(d.w.outdated().any(|n| n == "a"), "a is the outdated one now");
+}
+
+/// `primary --force` with a controller, no peer and no witness: refused at
+/// once (a Primary could acknowledge nothing); a witness that never
+/// answers fails the ask after a lease, and a grant that comes later is
+/// given back.
+#[test]
+fn primary_force_without_quorum_is_refused() {
+    use ctl::Duo;
+    let mut d = Duo::new(Protocol::C);
+    let e = d.c[0].promote(true, 1).expect_err("no peer, no witness");
+    assert!(e.0.contains("no quorum"), "{e}");
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    d.witness_up(0, true);
+    d.votes[0].clear(); // whatever the controller asks by itself
+    d.c[0].promote(true, 2).expect("asked");
+    d.act(0);
+    let ask = d.c[0].promotion_asked().expect("an ask is out");
+    let lost = d.votes[0].pop_back().expect("the forced claim");
+    assert!(lost.forced && lost.kind == VoteKind::Claim, "{lost:?}");
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(200));
+    }
+    let r = d.c[0].promotion_answer(ask).expect("answered");
+    assert!(r.expect_err("lost").0.contains("did not answer"));
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    // The witness saw the claim after all: a release follows it.
+    let verdict = d.w.handle(d.now, &lost);
+    assert!(verdict.granted);
+    assert!(
+        d.votes[0].iter().any(|v| v.kind == VoteKind::Release),
+        "the lost claim is given back: {:?}",
+        d.votes[0]
+    );
 }
