@@ -203,6 +203,10 @@ fn regression_seeds_pass() {
         // ended in a crash before its promotion was saved and acknowledged
         // nothing (its Secondary since, in sync with the Primary's data).
         (12506639, 5000),
+        // A handover kept a reply waiting for quorum; the node demoted,
+        // and as a Secondary released none: it waited for ever (liveness).
+        (12708947, 5000),
+        (12718583, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

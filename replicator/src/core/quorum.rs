@@ -616,6 +616,10 @@ impl Core {
                 // As a demotion without a controller: a resync of our own
                 // blocks is renegotiated (the peer drops it otherwise).
                 self.resync_after_demotion();
+                // A handover kept replies waiting for quorum: a Secondary
+                // releases none, so they are answered now (a write fails).
+                // (Simulator seed 12708947: one waited for ever.)
+                self.fail_held();
             }
             if why == Some(DemoteWhy::Deposed) && self.apart() && self.acked_apart {
                 tracing::error!(
