@@ -518,9 +518,9 @@ fn secondary_without_a_peer_to_take_over_is_refused_unless_forced() {
     assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's write is there");
 }
 
-/// `primary --force` on the Secondary while the Primary's lease still runs
-/// at the witness (here: right after the Primary died): refused, exit 1,
-/// the witness's reason on stderr, and nothing moved: no `on_promote`, the
+/// `primary --force` on the Secondary while the Primary's lease may still
+/// run (here: right after the Primary died): refused, exit 1, the reason
+/// on stderr, and nothing moved: no `on_promote`, the
 /// address stays. (Before, the node was promoted at once, moved the
 /// address and ran `on_promote`, then demoted at the witness's refusal;
 /// found by a live test.) The controller then promotes it the normal way.
@@ -537,7 +537,13 @@ fn primary_force_refused_by_the_witness_moves_nothing() {
     let out = c.p.cli("primary", &["--force"], 1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "primary --force while a holds the right: {err}");
-    assert!(err.contains("witness refused"), "{err}");
+    // (Refused by b itself: its link still shows a Primary, or it
+    // answered a's heartbeats a moment ago and a may still hold a lease;
+    // or by the witness, a's lease running.)
+    assert!(
+        ["witness refused", "may still hold a lease", "is Primary"].iter().any(|w| err.contains(w)),
+        "{err}"
+    );
     let b = c.p.status(1);
     assert_eq!(b["role"], "Secondary", "{b}");
     assert!(!c.hooks().contains("promote b"), "on_promote ran on b: {}", c.hooks());

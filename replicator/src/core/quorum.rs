@@ -225,6 +225,9 @@ pub(crate) struct Ctl {
     /// Last time this node answered a Primary's heartbeat (that Primary
     /// may hold a peer lease until about then plus `lease`).
     answered_primary: Time,
+    /// When this controller started (a process before it may have answered
+    /// a Primary's heartbeats just before).
+    since: Time,
 }
 
 impl Ctl {
@@ -259,6 +262,7 @@ impl Ctl {
             ping_sent: BTreeMap::new(),
             ping_sid: None,
             answered_primary: Time::ZERO,
+            since: now,
         }
     }
 }
@@ -546,6 +550,34 @@ impl Core {
         }
         if c.forced_claim.is_some() {
             return Err(Refused("a forced promotion is already being asked of the witness".into()));
+        }
+        // The witness cannot see a peer lease: a Primary whose heartbeats
+        // this node answered lately (this process, or one before a
+        // restart) may still acknowledge writes on it, and a grant would
+        // also outdate it at the witness for nothing. (Found by review:
+        // forced right after a restart, both accepted writes in protocol
+        // A; a declined grant left the live Primary outdated.)
+        let lease = c.cfg.lease();
+        let guard = lease + lease / 4;
+        let peer = &self.cfg.peer;
+        if self.session.as_ref().is_some_and(|s| s.peer.role == Role::Primary) {
+            return Err(Refused(format!("peer {peer} is Primary; demote it first")));
+        }
+        if c.answered_primary != Time::ZERO && self.now < c.answered_primary + guard {
+            return Err(Refused(format!(
+                "this node answered Primary {peer}'s heartbeats {:?} ago: it may still hold a \
+                 lease (`primary --force` again in {:?})",
+                self.now - c.answered_primary,
+                c.answered_primary + guard - self.now
+            )));
+        }
+        if self.now < c.since + guard {
+            return Err(Refused(format!(
+                "this node started {:?} ago: a Primary {peer} may still hold a lease from \
+                 before (`primary --force` again in {:?})",
+                self.now - c.since,
+                c.since + guard - self.now
+            )));
         }
         if self.disk == DiskState::Diskless {
             return Err(Refused("no disk: nothing to promote".into()));

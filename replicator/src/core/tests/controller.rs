@@ -535,9 +535,10 @@ fn a_grant_answered_after_the_release_gives_no_lease() {
     // The witness hears the release; its answer is late too.
     let released = d.decide(0).expect("no release");
     assert!(released.granted, "{released:?}");
-    // ... and forces it Primary again; then the late grant arrives.
+    // ... and forces it Primary again (apart, that asks the witness now,
+    // or is refused so soon after the start); then the late grant arrives.
     let now = d.now;
-    d.c[0].promote(true, now.as_millis() as u64).unwrap();
+    let _ = d.c[0].promote(true, now.as_millis() as u64);
     d.act(0);
     d.hooks_done(0);
     d.votes[0].clear(); // its new request is not answered yet
@@ -665,7 +666,15 @@ fn primary_force_asks_the_witness_before_anything_happens() {
     assert_eq!(d.reply(0, 1), Some(Ok(())));
     assert!(d.w.outdated().any(|n| n == "b"));
     d.hooks[1].clear();
-    // b forced while a holds the right.
+    // b forced while a holds the right (a lease after b last answered
+    // a's heartbeats: before, b refuses by itself).
+    let e = d.c[1].promote(true, 1).expect_err("b answered a's heartbeats just now");
+    assert!(e.0.contains("may still hold a lease"), "{e}");
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(0);
+        d.votes[1].clear();
+    }
     d.c[1].promote(true, 1).expect("asked");
     d.act(1);
     let ask = d.c[1].promotion_asked().expect("an ask is out");
@@ -704,6 +713,10 @@ fn primary_force_without_quorum_is_refused() {
     assert!(e.0.contains("no quorum"), "{e}");
     assert_eq!(d.c[0].role(), Role::Secondary);
     d.witness_up(0, true);
+    // Just started: a Primary peer may hold a lease from before.
+    let e = d.c[0].promote(true, 2).expect_err("just started");
+    assert!(e.0.contains("started"), "{e}");
+    d.tick(ctl::DEAD);
     d.votes[0].clear(); // whatever the controller asks by itself
     d.c[0].promote(true, 2).expect("asked");
     d.act(0);

@@ -354,3 +354,105 @@ fn a_node_that_gives_up_its_data_does_not_claim() {
     d.connect();
     assert!(!d.c[1].discard, "an in-sync handshake left the discard pending");
 }
+
+// Found by review (helper-76), both fixed in `ask_witness_forced`.
+
+/// `primary --force` on a node whose process just restarted. The
+/// forced claim skips the claimant's `dead_time` of silence and rests on
+/// `answered_primary` alone to not be used while the old Primary holds a
+/// peer lease; a restart forgets `answered_primary` (ZERO), while the old
+/// Primary, whose side of the link has not noticed yet (QUIC idle
+/// timeout), still holds the peer lease from pongs of the old process. In
+/// protocol A it acknowledges on that lease; the witness (which lost the
+/// old Primary for a lease) granted the forced claimant: both accept
+/// writes at once (I4; `--force` accepts lost data, not two writers).
+#[test]
+fn a_forced_claim_right_after_a_restart_waits_out_the_old_primarys_peer_lease() {
+    let mut d = Duo::a_primary_with_witness(Protocol::A);
+    // a loses the witness; b keeps answering its heartbeats.
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    for _ in 0..15 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // b's process restarts; a's side of the link stays up (not told yet).
+    d.sid = None;
+    d.q = [VecDeque::new(), VecDeque::new()];
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+        boot: 1,
+    };
+    d.c[1] = Core::new(ccfg("b", "a", Protocol::A), rec, d.now, 7);
+    d.hooks[1].clear();
+    d.witness_up(1, true);
+    d.votes[1].clear();
+    // The operator forces b at once: refused (a Primary may hold a lease
+    // from the process before; before, the witness granted it).
+    assert!(d.c[1].promote(true, 1).is_err(), "forced right after the restart");
+    d.act(1);
+    d.vote_all(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    let b_primary = d.c[1].role() == Role::Primary;
+    d.write(1, 2, 64, 0xbb);
+    d.vote_all(1);
+    d.write(1, 3, 128, 0xbb);
+    d.vote_all(1);
+    let acked_b = d.reply(1, 2) == Some(Ok(())) || d.reply(1, 3) == Some(Ok(()));
+    // Same instant: a's client writes.
+    d.write(0, 1, 0, 0xaa);
+    let acked_a = d.reply(0, 1) == Some(Ok(()));
+    assert!(
+        !(acked_a && acked_b),
+        "both accept writes: a (old Primary, peer lease) and b (forced, granted; Primary: {b_primary})"
+    );
+}
+
+/// a forced claim the claimant does not use (here declined: its
+/// peer is a live Primary, `answered_primary`) was still recorded by the
+/// witness at its grant: the live Primary is outdated there and
+/// `last_holder` is the claimant. Once its witness link is back, every
+/// renewal of the live Primary is refused (Outdated): it never regains
+/// the witness lease, and the next link loss to its Secondary freezes it
+/// (no writes alone) although nothing happened but a refused verb.
+#[test]
+fn a_forced_claim_beside_a_live_primary_is_refused_before_the_witness_hears_of_it() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    for _ in 0..15 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    // The operator forces b, connected to the live Primary a.
+    let r = d.c[1].promote(true, 1);
+    assert!(r.is_err(), "refused before asking the witness: {r:?}");
+    d.act(1);
+    assert!(d.c[1].promotion_asked().is_none());
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    // a's witness link is back; heartbeats go on.
+    d.witness_up(0, true);
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    assert!(
+        !d.w.outdated().any(|n| n == "a"),
+        "the live Primary a stays outdated at the witness after b's refused forced claim \
+         (a's last refusal: {:?})",
+        d.c[0].controller().and_then(|c| c.last_refusal)
+    );
+}
