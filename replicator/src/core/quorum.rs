@@ -81,6 +81,17 @@ struct Sent {
     gen: u64,
 }
 
+/// The operator's `primary --force` waiting for the witness's answer.
+#[derive(Debug, Clone, Copy)]
+struct ForcedClaim {
+    /// The Claim's request id.
+    id: u64,
+    /// The promotion's ask number (answered at the witness's reply).
+    ask: u64,
+    /// The wall clock at the verb (the promotion's time).
+    wall_ms: u64,
+}
+
 /// A request to the witness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteRequest {
@@ -206,9 +217,8 @@ pub(crate) struct Ctl {
     pub peer_heard: Time,
     /// A Claim is out (its id).
     claim: Option<u64>,
-    /// The operator's `primary --force` asked the witness: (the Claim's
-    /// id, the promotion's ask number, the wall clock at the verb).
-    forced_claim: Option<(u64, u64, u64)>,
+    /// The operator's `primary --force` asked the witness.
+    forced_claim: Option<ForcedClaim>,
     demoting: Option<DemoteWhy>,
     /// After a handover or a refusal: no claim (nor, for a Primary whose
     /// renewal was refused, a renewal out of turn) before this.
@@ -231,6 +241,16 @@ pub(crate) struct Ctl {
 }
 
 impl Ctl {
+    /// The witness granted request `id` (a claim or a renewal, sent at
+    /// `sent` with the peer current or not, telling generation `gen`):
+    /// the right is held a lease from when it was asked.
+    fn granted(&mut self, sent: Time, peer_current: bool, id: u64, gen: u64) {
+        self.granted_reign = true;
+        self.witness_until = self.witness_until.max(sent + self.cfg.lease());
+        self.witness_fenced_peer = !peer_current && id > self.unfenced_id;
+        self.witness_gen = gen;
+    }
+
     /// Not deposed: a Primary that holds its right may acknowledge writes
     /// (also while `on_demote` runs for a handover, then only those its
     /// peer holds: see `may_run_alone`).
@@ -426,31 +446,25 @@ impl Core {
         if !reply.granted {
             c.last_refusal = Some(reply.reason.clone());
         }
-        let forced = c.forced_claim.filter(|f| f.0 == reply.id);
+        let forced = c.forced_claim.filter(|f| f.id == reply.id);
         if forced.is_some() {
             c.forced_claim = None;
         }
         match kind {
             VoteKind::Claim => {
                 c.claim = None;
-                if let Some((_, ask, wall)) = forced {
+                if reply.granted {
+                    c.granted(sent, peer_current, reply.id, gen);
+                    c.lost_since = None;
+                }
+                if let Some(f) = forced {
                     let r = if reply.granted {
-                        c.witness_until = sent + c.cfg.lease();
-                        c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
-                        c.witness_gen = gen;
-                        c.lost_since = None;
-                        c.granted_reign = true;
-                        self.claimed(wall, &reply, true)
+                        self.claimed(f.wall_ms, &reply, true)
                     } else {
                         Err(Refused(format!("the witness refused: {}", reply.reason)))
                     };
-                    self.answered(ask, r);
+                    self.answered(f.ask, r);
                 } else if reply.granted {
-                    c.witness_until = sent + c.cfg.lease();
-                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
-                    c.witness_gen = gen;
-                    c.lost_since = None;
-                    c.granted_reign = true;
                     let _ = self.claimed(wall_ms, &reply, false);
                 } else {
                     // Ask again a heartbeat later.
@@ -468,10 +482,7 @@ impl Core {
                 // (A late grant to a node that demoted since is not here:
                 // its release forgot every request, see `release`.)
                 if reply.granted {
-                    c.granted_reign = true;
-                    c.witness_until = c.witness_until.max(sent + c.cfg.lease());
-                    c.witness_fenced_peer = !peer_current && reply.id > c.unfenced_id;
-                    c.witness_gen = gen;
+                    c.granted(sent, peer_current, reply.id, gen);
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
@@ -590,7 +601,7 @@ impl Core {
         self.asked_last = Some((ask, None));
         if let Some(c) = &mut self.ctl {
             c.claim = Some(req.id);
-            c.forced_claim = Some((req.id, ask, wall_ms));
+            c.forced_claim = Some(ForcedClaim { id: req.id, ask, wall_ms });
         }
         tracing::info!(ask, "primary --force: asking the witness first");
         self.actions.push_back(Action::Vote(req));
@@ -599,13 +610,13 @@ impl Core {
 
     /// The forced claim out, if any (its ask number).
     pub(super) fn forced_claim_ask(&self) -> Option<u64> {
-        self.ctl.as_ref().and_then(|c| c.forced_claim).map(|f| f.1)
+        self.ctl.as_ref().and_then(|c| c.forced_claim).map(|f| f.ask)
     }
 
     /// A forced claim whose request is lost fails (`why`).
     fn forced_claim_lost(&mut self, why: &str) {
         let Some(c) = &mut self.ctl else { return };
-        let Some((id, ask, _)) = c.forced_claim else { return };
+        let Some(ForcedClaim { id, ask, .. }) = c.forced_claim else { return };
         if c.sent.contains_key(&id) {
             return;
         }
@@ -619,7 +630,7 @@ impl Core {
     /// may give is given back.
     pub(super) fn withdraw_forced_claim(&mut self) {
         if let Some(c) = &mut self.ctl {
-            if let Some((id, _, _)) = c.forced_claim.take() {
+            if let Some(ForcedClaim { id, .. }) = c.forced_claim.take() {
                 if c.claim == Some(id) {
                     c.claim = None;
                 }

@@ -357,6 +357,26 @@ fn a_node_that_gives_up_its_data_does_not_claim() {
 
 // Found by review (helper-76), both fixed in `ask_witness_forced`.
 
+/// Primary a with the witness's right, then cut from the witness for
+/// 1.5 s while b answers its heartbeats (b's requests to the witness
+/// answered when `b_votes`, dropped otherwise).
+fn a_primary_cut_from_the_witness(protocol: Protocol, b_votes: bool) -> Duo {
+    let mut d = Duo::a_primary_with_witness(protocol);
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    for _ in 0..15 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+        if b_votes {
+            d.vote_all(1);
+        } else {
+            d.votes[1].clear();
+        }
+    }
+    d
+}
+
 /// `primary --force` on a node whose process just restarted. The
 /// forced claim skips the claimant's `dead_time` of silence and rests on
 /// `answered_primary` alone to not be used while the old Primary holds a
@@ -368,16 +388,8 @@ fn a_node_that_gives_up_its_data_does_not_claim() {
 /// writes at once (I4; `--force` accepts lost data, not two writers).
 #[test]
 fn a_forced_claim_right_after_a_restart_waits_out_the_old_primarys_peer_lease() {
-    let mut d = Duo::a_primary_with_witness(Protocol::A);
     // a loses the witness; b keeps answering its heartbeats.
-    d.witness_up(0, false);
-    d.votes[0].clear();
-    for _ in 0..15 {
-        d.tick(Duration::from_millis(100));
-        d.flow();
-        d.votes[0].clear();
-        d.votes[1].clear();
-    }
+    let mut d = a_primary_cut_from_the_witness(Protocol::A, false);
     assert_eq!(d.c[0].role(), Role::Primary);
     // b's process restarts; a's side of the link stays up (not told yet).
     d.sid = None;
@@ -424,15 +436,7 @@ fn a_forced_claim_right_after_a_restart_waits_out_the_old_primarys_peer_lease() 
 /// (no writes alone) although nothing happened but a refused verb.
 #[test]
 fn a_forced_claim_beside_a_live_primary_is_refused_before_the_witness_hears_of_it() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.witness_up(0, false);
-    d.votes[0].clear();
-    for _ in 0..15 {
-        d.tick(Duration::from_millis(100));
-        d.flow();
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
+    let mut d = a_primary_cut_from_the_witness(Protocol::C, true);
     // The operator forces b, connected to the live Primary a.
     let r = d.c[1].promote(true, 1);
     assert!(r.is_err(), "refused before asking the witness: {r:?}");
