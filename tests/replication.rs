@@ -520,6 +520,32 @@ fn down_stops_a_node_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
 
+/// Protocol A answers a write before the peer has it. A planned `down` of
+/// the Primary (`drbdadm down` runs `secondary` first) waits until the
+/// peer has confirmed every write it acknowledged before the link closes:
+/// the Secondary, promoted next, holds all of them. (A crash may lose
+/// them: that is protocol A. A stop the operator asked for need not.)
+#[test]
+fn down_in_protocol_a_hands_every_acknowledged_write_to_the_peer_first() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("A", "8M");
+    // 150 ms each way: the writes are still on their way at `down`.
+    let _netem = p.relay_b("150ms");
+    p.up_in_sync("the initial sync", Duration::from_secs(60));
+    let writes: Vec<String> =
+        (0..8u64).map(|i| format!("write -P {} {} 256k", 0x40 + i, i * 1024 * 1024)).collect();
+    run_qemu_io(&p.uri(0), &writes);
+    assert!(p.down(0).success());
+    // b, promoted without --force: every acknowledged write is there.
+    p.ok(&["primary"], 1);
+    let reads: Vec<String> =
+        (0..8u64).map(|i| format!("read -P {} {} 256k", 0x40 + i, i * 1024 * 1024)).collect();
+    let out = run_qemu_io(&p.uri(1), &reads);
+    assert!(!out.contains("Pattern verification failed"), "b lacks acknowledged writes: {out}");
+}
+
 /// The slow-disk pair of the tests below: protocol B, b's disk on a
 /// [`FuseDisk::slow`], a Primary, in sync; the peer's `timeout`, more top-level
 /// keys in `extra`. None if a tool or root is missing (outside CI).

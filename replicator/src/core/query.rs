@@ -117,6 +117,15 @@ impl Core {
         Ok(())
     }
 
+    /// Application operations sent to the peer on the running session
+    /// that it has not applied yet (protocol A answers writes before
+    /// that: a planned stop waits for them, see `Node::demote_for_stop`).
+    pub fn unconfirmed_writes(&self) -> usize {
+        self.session.as_ref().filter(|s| s.phase == Phase::Running).map_or(0, |s| {
+            s.out.values().filter(|o| matches!(o.kind, session::OutKind::App(_))).count()
+        })
+    }
+
     /// No I/O in flight, nothing waiting, no resync or verify under way.
     pub fn quiescent(&self) -> bool {
         self.app.is_empty()

@@ -752,8 +752,13 @@ impl Core {
         if self.role == Role::Secondary
             && self.disk == DiskState::UpToDate
             && self.cfg.protocol == Protocol::A
+            && (s.peer.role == Role::Primary || s.peer_promoting)
         {
-            // Protocol A may have left us behind: freshness unknown.
+            // Protocol A may have left us behind: freshness unknown. (A
+            // peer that said it is Secondary, and was not granted a
+            // promotion, sent every write it answered before it said so,
+            // in order: a Primary's `down` demotes first, and its writes
+            // reach us before the link closes.)
             self.disk = DiskState::Consistent;
         }
         // The same failure again before any session ran (a peer that

@@ -209,7 +209,9 @@ impl Node {
     /// the service and unmounts through it), and the witness gets the right
     /// back, so the peer may take over at once rather than after
     /// `dead_time`. A demotion not done within `wait` is given up: the node
-    /// stops as Primary, as before.
+    /// stops as Primary, as before. Then, within the same `wait`, the
+    /// writes the peer was sent and has not applied (protocol A answered
+    /// them already) reach it before the link closes.
     pub async fn demote_for_stop(&self, wait: Duration) {
         if self.role() != Role::Primary {
             return;
@@ -223,6 +225,25 @@ impl Node {
         }
         if self.role() == Role::Primary {
             tracing::warn!("stopping as Primary: the demotion did not finish within {wait:?}");
+            return;
+        }
+        // Protocol A answered writes its peer may not have yet: they reach
+        // it before the link closes (a crash may lose them; a planned stop
+        // does not). A link that fails ends the session, and the wait.
+        let unconfirmed = || self.lock().core.unconfirmed_writes();
+        let left = unconfirmed();
+        if left > 0 {
+            tracing::info!(left, "waiting for the peer to confirm the writes it was sent");
+        }
+        while unconfirmed() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = unconfirmed();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "stopping with writes the peer has not confirmed (within {wait:?})"
+            );
         }
     }
 
