@@ -220,6 +220,8 @@ pub(crate) struct Ctl {
     /// The operator's `primary --force` asked the witness.
     forced_claim: Option<ForcedClaim>,
     demoting: Option<DemoteWhy>,
+    /// The node is stopping (`down`, SIGTERM): it claims nothing more.
+    stopping: bool,
     /// After a handover or a refusal: no claim (nor, for a Primary whose
     /// renewal was refused, a renewal out of turn) before this.
     quiet_until: Time,
@@ -275,6 +277,7 @@ impl Ctl {
             claim: None,
             forced_claim: None,
             demoting: None,
+            stopping: false,
             quiet_until: Time::ZERO,
             health_ok: None,
             lost_since: None,
@@ -502,6 +505,11 @@ impl Core {
         if self.role == Role::Primary {
             return Ok(());
         }
+        if self.ctl.as_ref().is_some_and(|c| c.stopping) {
+            tracing::info!("granted Primary while stopping: giving the right back");
+            self.release();
+            return Err(Refused("the node is stopping".into()));
+        }
         if !self.may_claim() && !forced {
             self.release();
             return Err(Refused(format!("the disk is {:?} now", self.disk)));
@@ -722,6 +730,20 @@ impl Core {
             self.fail_held();
         }
         self.actions.push_back(Action::Hook(Hook::Demote));
+    }
+
+    /// The node is stopping (`down`, SIGTERM): its controller claims
+    /// nothing more, and a grant that comes is given back. (Both nodes
+    /// stopped together: the Secondary took over from its Primary's `down`
+    /// in its own last moments, moving the address and running
+    /// `on_promote` only to demote at once; found by review.)
+    pub fn stopping(&mut self) {
+        if let Some(c) = &mut self.ctl {
+            if !c.stopping {
+                tracing::info!("stopping: no claim for the Primary role from now on");
+            }
+            c.stopping = true;
+        }
     }
 
     /// The operator's `secondary`: `on_demote` first. Refused while the
@@ -1080,6 +1102,7 @@ impl Core {
             return;
         }
         let blocked = c.claim.is_some()
+            || c.stopping
             || !c.witness_up
             || now < c.quiet_until
             || !self.may_claim()

@@ -213,6 +213,9 @@ impl Node {
     /// writes the peer was sent and has not applied (protocol A answered
     /// them already) reach it before the link closes.
     pub async fn demote_for_stop(&self, wait: Duration) {
+        // (A Secondary stopping beside its Primary's `down` would take
+        // the right it gives back in its own last moments.)
+        self.with_core(|c, _| c.stopping());
         if self.role() != Role::Primary {
             return;
         }

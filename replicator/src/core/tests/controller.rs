@@ -298,6 +298,61 @@ fn a_handover_promotes_the_peer_at_its_first_grant() {
     assert_eq!(d.c[1].role(), Role::Primary);
 }
 
+/// Both nodes stopped together (`down` on each, or the machines shut
+/// down): the Secondary, stopping, does not take the right its Primary
+/// gives back at its own `down` (it would move the address and run
+/// `on_promote` in its last moments, then demote), and a grant that comes
+/// anyway is given back.
+#[test]
+fn a_stopping_secondary_does_not_take_over() {
+    use ctl::Duo;
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.c[1].stopping();
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    d.flow();
+    d.vote_all(0);
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+        assert!(
+            d.votes[1].iter().all(|v| v.kind != VoteKind::Claim),
+            "the stopping b claims: {:?}",
+            d.votes[1]
+        );
+        d.vote_all(1);
+    }
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    // A claim it sent just before it began to stop, granted after.
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    for _ in 0..4 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    d.c[0].demote().unwrap();
+    d.act(0);
+    d.hooks_done(0);
+    d.flow();
+    d.vote_all(0);
+    d.tick(Duration::from_millis(10));
+    d.flow();
+    let g = d.decide(1).expect("b claims at once");
+    assert!(g.granted, "{g:?}");
+    d.c[1].stopping();
+    d.answer(1, g);
+    assert_eq!(d.c[1].role(), Role::Secondary, "promoted while stopping");
+    assert!(d.hooks[1].is_empty(), "hooks while stopping: {:?}", d.hooks[1]);
+    assert!(
+        d.votes[1].iter().any(|v| v.kind == VoteKind::Release),
+        "the grant is not given back: {:?}",
+        d.votes[1]
+    );
+}
+
 /// Heartbeat ids start again at 1 in each session; the peer lease must
 /// keep working after a reconnect (a Primary without the witness relies
 /// on it), not lose every new heartbeat to the old session's higher ids.
