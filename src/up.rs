@@ -103,7 +103,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             // With a controller, `on_demote` (stop the service, unmount)
             // needs the export: the demotion comes before it closes.
             if stopping.res.controller.is_some() {
-                stopping.demote_for_stop(demote_wait(&stopping)).await;
+                stopping.demote_for_stop(demote_wait(&stopping), DRAIN_WAIT_MAX).await;
             }
         };
         let config = ServerConfig {
@@ -113,7 +113,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         };
         twinblock_nbd::serve(listener, node.clone(), config, stop).await?;
         crate::sd_notify::tell("STOPPING=1");
-        node.demote_for_stop(demote_wait(&node)).await;
+        node.demote_for_stop(demote_wait(&node), DRAIN_WAIT_MAX).await;
         let _ = stop_tx.send(true);
         twinblock_replicator::link::close_on_stop(&endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -222,3 +222,10 @@ fn demote_wait(node: &Node) -> Duration {
 /// given up (found by review: one slow `on_demote` had the node killed by
 /// systemd mid-stop, still Primary).
 const DEMOTE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// After the demotion, how long the link stays up at most for the writes
+/// the peer has not applied yet (protocol A answered them): its own bound,
+/// not the demotion's (without a controller that is 2 s, too short for a
+/// full `max-lag` on a slow link; found by review). With the demotion's
+/// 30 s it stays within systemd's 60 s.
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(20);

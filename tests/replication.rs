@@ -530,18 +530,27 @@ fn down_in_protocol_a_hands_every_acknowledged_write_to_the_peer_first() {
     if !have("qemu-io") {
         return;
     }
-    let mut p = Pair::prepare("A", "8M");
-    // 150 ms each way: the writes are still on their way at `down`.
+    let mut p = Pair::prepare("A", "32M");
+    // 150 ms each way: the writes are still on their way at `down`, more
+    // than two seconds of them (the demotion's own bound without a
+    // controller; review).
     let _netem = p.relay_b("150ms");
-    p.up_in_sync("the initial sync", Duration::from_secs(60));
+    p.up_in_sync("the initial sync", Duration::from_secs(120));
     let writes: Vec<String> =
-        (0..8u64).map(|i| format!("write -P {} {} 256k", 0x40 + i, i * 1024 * 1024)).collect();
+        (0..24u64).map(|i| format!("write -P {} {} 1M", 0x40 + i, i * 1024 * 1024)).collect();
     run_qemu_io(&p.uri(0), &writes);
+    let t0 = Instant::now();
     assert!(p.down(0).success());
+    let log = p.log(0);
+    assert!(
+        !log.contains("stopping with writes the peer has not confirmed"),
+        "down gave up after {:?} with writes unconfirmed",
+        t0.elapsed()
+    );
     // b, promoted without --force: every acknowledged write is there.
     p.ok(&["primary"], 1);
     let reads: Vec<String> =
-        (0..8u64).map(|i| format!("read -P {} {} 256k", 0x40 + i, i * 1024 * 1024)).collect();
+        (0..24u64).map(|i| format!("read -P {} {} 1M", 0x40 + i, i * 1024 * 1024)).collect();
     let out = run_qemu_io(&p.uri(1), &reads);
     assert!(!out.contains("Pattern verification failed"), "b lacks acknowledged writes: {out}");
 }

@@ -361,15 +361,27 @@ impl Checker {
     }
 
     /// Node `n` acknowledged `r` successfully; `confirmed`: over a link
-    /// that stayed up since submission.
-    pub fn acked(&mut self, n: usize, r: &AppReq, confirmed: bool, protocol: Protocol) {
+    /// that stayed up since submission; `linked`: `n` is a Primary with a
+    /// running session now.
+    pub fn acked(
+        &mut self,
+        n: usize,
+        r: &AppReq,
+        confirmed: bool,
+        linked: bool,
+        protocol: Protocol,
+    ) {
         let m = 1 - n;
         // With the controller every acknowledged write survives a failover
         // in C: the peer has it, or the witness will not let it take over
         // (checked at a promotion; a power loss of the peer keeps only
-        // what it made durable).
+        // what it made durable). Without one, so does a write an adaptive
+        // Primary acknowledged Ahead while linked (its peer's record says
+        // Outdated first; found by review, helper-78: before, it did not,
+        // and this checker did not look).
         let c_like = matches!(protocol, Protocol::C | Protocol::Adaptive);
-        if self.ctl_mode && !confirmed && c_like {
+        let ahead_linked = protocol == Protocol::Adaptive && linked;
+        if !confirmed && ((self.ctl_mode && c_like) || ahead_linked) {
             if let AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } =
                 &r.kind
             {

@@ -146,6 +146,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ForgetTold => "forget-told",
         Plant::AdoptAnyPeer => "adopt-any-peer",
         Plant::PromoteWithoutAsking => "promote-without-asking",
+        Plant::AheadBeforeOutdated => "ahead-before-outdated",
     }
 }
 

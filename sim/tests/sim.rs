@@ -91,17 +91,21 @@ fn finds_clear_before_durable() {
 
 /// The controller: a Primary that acknowledges without quorum is caught
 /// (two nodes accepting writes, or a failover losing acknowledged writes)
-/// in these 1,000-step seeds, found by `--plant ignore-quorum` runs (6 of
-/// the 6,000 seeds from 0 since `primary --force` waits out a peer lease
-/// the witness cannot see; 1 in 10 before), and the real core passes them.
+/// in these 1,000-step seeds: 4 to 6 of the 6,000 from 0 (1 in 10 before
+/// `primary --force` waited out a peer lease the witness cannot see), so
+/// the search goes on to the first that catches it, where hard-coded
+/// seeds moved with every change of the core's course; the real core
+/// passes that seed.
 #[test]
 fn finds_ignore_quorum() {
-    for seed in [2144, 2516, 2789] {
-        let planted = run_seed(seed, 1000, Plant::IgnoreQuorum, false).failure.map(|(v, _)| v.rule);
-        assert_eq!(planted, Some("I4"), "the planted Primary is not caught by seed {seed}");
-        let real = run_seed(seed, 1000, Plant::None, false).failure.map(|(v, _)| v.to_string());
-        assert_eq!(real, None, "the real core fails seed {seed}");
-    }
+    let failed = run_many(0, 8000, 1000, Plant::IgnoreQuorum, true);
+    let Some(o) = failed.first() else {
+        panic!("the planted Primary without quorum is not caught in 8,000 seeds of 1,000 steps");
+    };
+    let (v, _) = o.failure.as_ref().expect("failure");
+    eprintln!("IgnoreQuorum found by seed {}: {v}", o.seed);
+    let real = run_seed(o.seed, 1000, Plant::None, false).failure.map(|(v, _)| v.to_string());
+    assert_eq!(real, None, "the real core fails seed {}", o.seed);
 }
 
 /// The controller: a Primary that never tells the witness its peer fell
@@ -282,8 +286,27 @@ fn finds_forget_told() {
 /// the real core passes it.
 #[test]
 fn finds_outdate_done_early() {
-    let found = planted_on(9879, Plant::OutdateDoneEarly).map(|v| v.rule);
+    let found = planted_on(3470, Plant::OutdateDoneEarly).map(|v| v.rule);
     assert_eq!(found, Some("I5"), "the planted early confirmation is not caught");
+}
+
+/// Adaptive mode without a controller: an Ahead Primary that answers
+/// writes alone before its peer's record says Outdated loses them when
+/// it dies and the peer, UpToDate, is promoted without `--force`
+/// (invariant 1, by the floor an Ahead acknowledgement gives the peer;
+/// found by review, helper-78): caught in these seeds, found by a
+/// `--plant ahead-before-outdated` run from seed 0; the real core passes
+/// them.
+#[test]
+fn finds_ahead_before_outdated() {
+    for seed in [1501, 1806] {
+        let found = planted_on(seed, Plant::AheadBeforeOutdated).map(|v| v.rule);
+        assert_eq!(
+            found,
+            Some("I1"),
+            "the planted early Ahead answer is not caught by seed {seed}"
+        );
+    }
 }
 
 /// An Outdated SyncSource made UpToDate at any resync's end (not only on
@@ -294,7 +317,7 @@ fn finds_outdate_done_early() {
 /// lift-outdated-source` run from seed 0; the real core passes them.
 #[test]
 fn finds_lift_outdated_source() {
-    for seed in [3646, 7293] {
+    for seed in [1480, 7293] {
         let found = planted_on(seed, Plant::LiftOutdatedSource).map(|v| v.rule);
         assert_eq!(found, Some("I5"), "the planted lift is not caught by seed {seed}");
     }

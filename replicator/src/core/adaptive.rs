@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use crate::config::Protocol;
 use crate::protocol::genid::NEVER_SYNCED;
-use crate::protocol::wire::{DiskState, Role};
+use crate::protocol::wire::{DiskState, Message, Role};
 
 use super::session::{Activity, OutKind, Phase, SourceSync};
 use super::types::{AdaptiveConfig, Progress, Time};
@@ -110,6 +110,23 @@ pub struct AheadRun {
     /// Per way out ([`WAYS`]): since when every round trip measured was
     /// within its limit.
     pub fits_since: [Option<Time>; WAYS.len()],
+    /// Whether the peer's record says it is Outdated yet.
+    pub peer: PeerRecord,
+}
+
+/// An Ahead Primary's knowledge of its peer's saved record. Nothing is
+/// acknowledged alone until the peer says its record says Outdated
+/// (`Message::Outdate`, answered by `OutdateDone` once durable): a crash
+/// of this Primary before then would leave a peer that comes back, or
+/// stays, UpToDate without those writes, and `primary` without `--force`
+/// would promote it (found by review, without a controller; with one,
+/// the witness's fence closes the same window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRecord {
+    /// `Outdate` sent, not answered yet: writes and flushes wait.
+    Asked,
+    /// The peer answered: its saved record says Outdated.
+    Outdated,
 }
 
 /// A round trip against the budget: the quickest way out it allows
@@ -242,6 +259,29 @@ impl Core {
         self.session
             .as_ref()
             .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Ahead(_)))
+    }
+
+    /// Ahead, and the peer has not yet said that its saved record says
+    /// Outdated: no write or flush may be answered alone yet.
+    pub(crate) fn ahead_unfenced(&self) -> bool {
+        if self.cfg.plant == super::Plant::AheadBeforeOutdated {
+            return false;
+        }
+        self.session.as_ref().is_some_and(|s| {
+            s.phase == Phase::Running
+                && matches!(&s.activity, Activity::Ahead(r) if r.peer == PeerRecord::Asked)
+        })
+    }
+
+    /// The peer's `OutdateDone` while Ahead: its record says Outdated, and
+    /// what waited may be answered alone.
+    pub(crate) fn ahead_peer_outdated(&mut self) {
+        if let Some(Activity::Ahead(r)) = self.session.as_mut().map(|s| &mut s.activity) {
+            if r.peer == PeerRecord::Asked {
+                r.peer = PeerRecord::Outdated;
+                tracing::info!("adaptive: the peer's record says Outdated: writes answered alone");
+            }
+        }
     }
 
     /// Whether this Primary replicates in C, Established.
@@ -423,7 +463,11 @@ impl Core {
                 _ => None,
             })
             .collect();
-        s.activity = Activity::Ahead(AheadRun { since: now, fits_since: [None; WAYS.len()] });
+        s.activity = Activity::Ahead(AheadRun {
+            since: now,
+            fits_since: [None; WAYS.len()],
+            peer: PeerRecord::Asked,
+        });
         self.backoff.level = level;
         // Back in C, the window starts afresh.
         self.backoff.window.clear();
@@ -435,6 +479,8 @@ impl Core {
             self.lose_peer_part(req, |p| matches!(p, PeerPart::Waiting(_)));
         }
         self.p.want_bitmap = true;
+        // The peer saves itself Outdated before anything is answered alone.
+        self.send(Message::Outdate);
         self.diverge("Ahead: the peer falls behind");
         self.counters.mode_switches += 1;
         let hold_ms = hold(&self.cfg.adaptive, level).as_millis() as u64;
@@ -491,7 +537,12 @@ impl Core {
             || self.role != Role::Secondary
             || current == NEVER_SYNCED
             || self.gen.lineage().contains(&current)
-            || !matches!(self.disk, DiskState::UpToDate | DiskState::Consistent)
+            // (Outdated already: by the `Outdate` the Primary sent as it
+            // went Ahead, which comes before this State.)
+            || !matches!(
+                self.disk,
+                DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated
+            )
         {
             return;
         }
@@ -568,8 +619,11 @@ mod tests {
         assert_eq!(rtt_class(&c, Duration::from_micros(3001)), RttClass::Within);
         assert_eq!(rtt_class(&c, Duration::from_micros(3500)), RttClass::Within);
         assert_eq!(rtt_class(&c, Duration::from_micros(3501)), RttClass::Bad);
-        let at =
-            |good, fair, within| AheadRun { since: ms(1000), fits_since: [good, fair, within] };
+        let at = |good, fair, within| AheadRun {
+            since: ms(1000),
+            fits_since: [good, fair, within],
+            peer: PeerRecord::Outdated,
+        };
         let run = at(Some(ms(1050)), None, None);
         assert!(!may_leave(&c, 0, run, ms(1100)));
         assert!(may_leave(&c, 0, run, ms(1150)));

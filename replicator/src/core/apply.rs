@@ -132,7 +132,10 @@ impl Core {
                     .is_some_and(|s| s.peer.role == Role::Primary);
                 let outdated = from_primary
                     && self.role == Role::Secondary
-                    && self.outdate("the Primary disconnected (its operator's `disconnect`)");
+                    && self.outdate(
+                        "the Primary goes on without this node (its operator's `disconnect`, or \
+                         adaptive mode's Ahead)",
+                    );
                 // Outdated already (Behind in adaptive mode) but not yet in
                 // the saved record: answered once it is, too (else a power
                 // loss brought it back UpToDate: simulator seed 12235326).
@@ -155,6 +158,8 @@ impl Core {
                     .is_some_and(|s| s.outdating.is_some());
                 if outdating {
                     self.close_session(sid, "disconnected by the operator".into());
+                } else if self.session_id() == Some(sid) {
+                    self.ahead_peer_outdated();
                 }
             }
             Message::VerifyRequest => {
@@ -447,6 +452,10 @@ impl Core {
         let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return Ok(()) };
         // (A promotion it was granted is decided once it says its role.)
         s.peer_promoting = false;
+        if role == Role::Primary {
+            // The promotion granted is done: its role says the rest.
+            s.granted_promotion = false;
+        }
         s.peer.role = role;
         s.peer.disk = disk;
         s.peer.current = current;

@@ -137,6 +137,7 @@ impl Core {
         let granted = refusal.is_none();
         if let Some(s) = self.session.as_mut() {
             s.peer_promoting |= granted;
+            s.granted_promotion |= granted;
         }
         self.send(Message::PromoteAnswer { ask, granted, why: refusal.unwrap_or_default() });
     }

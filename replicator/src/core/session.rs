@@ -221,6 +221,11 @@ pub struct Session {
     /// The peer was granted its promotion; until its next State it counts
     /// as Primary for a promotion of ours.
     pub peer_promoting: bool,
+    /// This node granted the peer a promotion not yet seen done (a State
+    /// saying Primary): a State the peer sent before it heard the grant
+    /// clears `peer_promoting`, and protocol A's Secondary must still take
+    /// itself for behind when the link goes (found by review).
+    pub granted_promotion: bool,
     /// This node was promoted while this session ran (the promotion's
     /// `promoted_at`): writes the peer sent as Primary before it heard of
     /// that (a reign that began earlier) are older than this node's data.
@@ -303,6 +308,7 @@ impl Session {
             last_refill: now,
             asked: None,
             peer_promoting: false,
+            granted_promotion: false,
             reigned: None,
             last_resync: 0,
             last_flush: 0,

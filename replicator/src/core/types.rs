@@ -255,6 +255,9 @@ pub enum Plant {
     /// once, before its record saying Outdated is durable: a crash then
     /// brings it back UpToDate while the Primary writes on alone.
     OutdateDoneEarly,
+    /// Adaptive mode: an Ahead Primary answers writes alone at once, not
+    /// only once its peer's record says Outdated.
+    AheadBeforeOutdated,
 }
 
 impl std::str::FromStr for Plant {
@@ -285,9 +288,10 @@ impl std::str::FromStr for Plant {
             "ignore-lost-cache" => Plant::IgnoreLostCache,
             "lift-outdated-source" => Plant::LiftOutdatedSource,
             "outdate-done-early" => Plant::OutdateDoneEarly,
+            "ahead-before-outdated" => Plant::AheadBeforeOutdated,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated)"
                 ))
             }
         })

@@ -147,6 +147,9 @@ impl Core {
             // and overwrote them (review; `core::tests`
             // `a_flush_without_the_peer_is_a_generation_the_peer_lacks`).
             if self.role == Role::Primary && (!self.linked() || self.ahead()) {
+                if self.ahead_unfenced() {
+                    return Admit::Wait;
+                }
                 let held = self.go_apart(true, false, "a FLUSH without the peer");
                 if let Some(a) = held.or_else(|| self.meta_wait()) {
                     return a;
@@ -157,7 +160,11 @@ impl Core {
         if self.barrier > 0 {
             return Admit::Wait;
         }
-        // (Adaptive mode: an Ahead Primary writes without the peer too.)
+        // (Adaptive mode: an Ahead Primary writes without the peer too,
+        // once the peer's record says it is Outdated.)
+        if self.ahead_unfenced() {
+            return Admit::Wait;
+        }
         let alone = !self.linked() || self.ahead();
         if let Some(a) = self.go_apart(alone, true, "writing without the peer") {
             return a;
@@ -528,6 +535,11 @@ impl Core {
         if !self.bitmap_clean() {
             self.p.want_bitmap = true;
         }
+        if self.ahead_unfenced() {
+            // Released by going Ahead: answered once the peer's record
+            // says it is Outdated (`adaptive::PeerRecord`).
+            return;
+        }
         if self.meta_durable() && self.bitmap_clean() {
             // The peer may lack them: the witness must know it is behind.
             match self.reply_gate(!peer_has_them, true) {
@@ -752,13 +764,13 @@ impl Core {
         if self.role == Role::Secondary
             && self.disk == DiskState::UpToDate
             && self.cfg.protocol == Protocol::A
-            && (s.peer.role == Role::Primary || s.peer_promoting)
+            && (s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion)
         {
             // Protocol A may have left us behind: freshness unknown. (A
-            // peer that said it is Secondary, and was not granted a
-            // promotion, sent every write it answered before it said so,
-            // in order: a Primary's `down` demotes first, and its writes
-            // reach us before the link closes.)
+            // peer that said it is Secondary, and was granted no promotion
+            // in this session, sent every write it answered before it said
+            // so, in order: a Primary's `down` demotes first, and its
+            // writes reach us before the link closes.)
             self.disk = DiskState::Consistent;
         }
         // The same failure again before any session ran (a peer that

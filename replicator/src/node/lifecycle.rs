@@ -209,10 +209,10 @@ impl Node {
     /// the service and unmounts through it), and the witness gets the right
     /// back, so the peer may take over at once rather than after
     /// `dead_time`. A demotion not done within `wait` is given up: the node
-    /// stops as Primary, as before. Then, within the same `wait`, the
-    /// writes the peer was sent and has not applied (protocol A answered
-    /// them already) reach it before the link closes.
-    pub async fn demote_for_stop(&self, wait: Duration) {
+    /// stops as Primary, as before. Then, for at most `drain`, the writes
+    /// the peer was sent and has not applied (protocol A answered them
+    /// already) reach it before the link closes.
+    pub async fn demote_for_stop(&self, wait: Duration, drain: Duration) {
         // (A Secondary stopping beside its Primary's `down` would take
         // the right it gives back in its own last moments.)
         self.with_core(|c, _| c.stopping());
@@ -238,6 +238,7 @@ impl Node {
         if left > 0 {
             tracing::info!(left, "waiting for the peer to confirm the writes it was sent");
         }
+        let deadline = tokio::time::Instant::now() + drain;
         while unconfirmed() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

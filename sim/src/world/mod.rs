@@ -80,6 +80,9 @@ pub struct Sim {
     /// Controller seeds: `primary --force` asked the witness (the disk
     /// then); the promotion comes with its grant.
     pub(crate) forced_claim: [Option<DiskState>; 2],
+    /// The operator runs `primary --force` on this node again then (it
+    /// was refused with a wait).
+    pub(crate) force_again: Option<(usize, Time)>,
     /// `disk-timeout` seeds: the cores' limit (a disk may stall: its store
     /// operations never complete).
     pub(crate) disk_timeout: Option<Duration>,
@@ -154,6 +157,7 @@ impl Sim {
             noted_repl: [Replication::Off; 2],
             asked_promotion: [None; 2],
             forced_claim: [None; 2],
+            force_again: None,
             // One seed in four.
             disk_timeout: (opts.seed % 4 == 3).then_some(DISK_TIMEOUT),
             // Of those, one in two (seeds 8k+7) with the metadata apart.
@@ -266,6 +270,7 @@ impl Sim {
         if let Some((start, sid, sig)) = self.calm.take() {
             self.liveness(start, sid, sig)?;
         }
+        self.first_setup_again()?;
         if self.rng.chance(1, 250) {
             let longer = if self.level.is_some() { 2000 } else { 0 };
             self.calm_until = self.now + Duration::from_millis(300 + self.rng.below(3000 + longer));

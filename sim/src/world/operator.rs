@@ -7,6 +7,10 @@ use crate::checker::Violation;
 use crate::node::Node;
 use crate::world::Sim;
 
+/// How long after a `primary --force` refused with a wait the operator
+/// runs it again (the wait is a lease and a quarter, under a second).
+const FORCE_AGAIN: std::time::Duration = std::time::Duration::from_millis(1000);
+
 impl Sim {
     pub(crate) fn operator(&mut self) -> Result<(), Violation> {
         let mut n = self.rng.below(2) as usize;
@@ -21,34 +25,11 @@ impl Sim {
         if self.witness.is_some() && r < 48 {
             // The controller decides the roles: the operator only hands
             // over (`secondary`) or the service's health check fails.
-            let nobody_good = self.nodes.iter().all(|x| {
-                x.core
-                    .as_ref()
-                    .is_none_or(|c| c.disk() != DiskState::UpToDate && c.role() != Role::Primary)
-            });
-            let core = self.nodes[n].core.as_mut().expect("alive");
+            let nobody_good = self.nobody_good();
             if nobody_good && r < 10 {
-                // The first setup: the operator declares one node's data good.
-                let disk = core.disk();
-                let res = core.promote(true, now_ms);
-                let now_primary = core.role() == Role::Primary;
-                self.note(format!(
-                    "{}: primary --force ({disk:?}) -> {res:?}{}",
-                    self.nodes[n].name,
-                    if res.is_ok() && !now_primary { " (asked the witness)" } else { "" }
-                ));
-                self.drain(n);
-                if res.is_ok() && !now_primary {
-                    // Not connected: promoted at the witness's grant.
-                    self.forced_claim[n] = Some(disk);
-                    return Ok(());
-                }
-                if res.is_ok() {
-                    self.forced_promotion(n, disk);
-                    self.check_promoted(n, true, disk)?;
-                }
-                return Ok(());
+                return self.first_setup(n);
             }
+            let core = self.nodes[n].core.as_mut().expect("alive");
             if core.role() == Role::Primary {
                 if r < 20 {
                     core.health(self.now, false);
@@ -166,5 +147,59 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The first setup with a controller: the operator declares node
+    /// `n`'s data good (`primary --force`). Refused with a wait (a Primary
+    /// peer may hold a lease), the operator runs it again once the wait is
+    /// over, as the message says.
+    pub(crate) fn first_setup(&mut self, n: usize) -> Result<(), Violation> {
+        let now_ms = self.now.as_millis() as u64 + 1;
+        let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
+        let disk = core.disk();
+        let res = core.promote(true, now_ms);
+        let now_primary = core.role() == Role::Primary;
+        self.note(format!(
+            "{}: primary --force ({disk:?}) -> {res:?}{}",
+            self.nodes[n].name,
+            if res.is_ok() && !now_primary { " (asked the witness)" } else { "" }
+        ));
+        self.drain(n);
+        match res {
+            Err(e) if e.0.contains("again in") => {
+                self.force_again = Some((n, self.now + FORCE_AGAIN));
+            }
+            // Not connected: promoted at the witness's grant.
+            Ok(()) if !now_primary => self.forced_claim[n] = Some(disk),
+            Ok(()) => {
+                self.forced_promotion(n, disk);
+                self.check_promoted(n, true, disk)?;
+            }
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The operator's `primary --force` that was to be run again, once
+    /// due, if nobody holds good data still.
+    pub(crate) fn first_setup_again(&mut self) -> Result<(), Violation> {
+        let Some((n, at)) = self.force_again else { return Ok(()) };
+        if self.now < at {
+            return Ok(());
+        }
+        self.force_again = None;
+        if self.nobody_good() && self.nodes[n].alive() {
+            return self.first_setup(n);
+        }
+        Ok(())
+    }
+
+    /// No node holds data the controller would promote, nor is Primary.
+    fn nobody_good(&self) -> bool {
+        self.nodes.iter().all(|x| {
+            x.core
+                .as_ref()
+                .is_none_or(|c| c.disk() != DiskState::UpToDate && c.role() != Role::Primary)
+        })
     }
 }

@@ -313,7 +313,14 @@ impl Sim {
             if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
                 self.chk.stats.failed_disk_acks += 1;
             }
-            self.chk.acked(n, &r, confirmed, self.protocol);
+            // (A session still in its handshake is not a link yet: a
+            // Primary writes alone then, as without one.)
+            let linked = self.nodes[n].is_primary()
+                && self.nodes[n]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.session_id().is_some_and(|sid| c.session_running(sid)));
+            self.chk.acked(n, &r, confirmed, linked, self.protocol);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::config::Protocol;
 use crate::protocol::genid::{GenIds, SplitBrainPolicy};
 use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 
+mod ahead_record;
 mod controller;
 mod ctl;
 mod failed_disk;
@@ -26,6 +27,7 @@ mod operator_verbs;
 mod pair;
 mod probes;
 mod probes_adversarial;
+mod protocol_a;
 mod resync;
 mod roles;
 mod stale_reigns;

@@ -1,0 +1,91 @@
+//! An Ahead Primary answers nothing alone before its peer's saved record
+//! says Outdated (`adaptive::PeerRecord`). Found by review (helper-78),
+//! without a controller: writes acknowledged Ahead while the peer had not
+//! heard of it, or had not yet saved Outdated, were lost when the Primary
+//! died, and `primary` without `--force` promoted the peer, still (or
+//! again, after its power loss) UpToDate. Both courses below failed so.
+
+use super::*;
+
+fn adaptive_pair(budget: Duration) -> Pair {
+    let mut ca = cfg(Protocol::Adaptive);
+    ca.adaptive = AdaptiveConfig {
+        budget,
+        hold: Duration::from_millis(50),
+        max_hold: Duration::from_millis(50),
+        congestion_fill: None,
+    };
+    Pair::with_cfg(ca, true)
+}
+
+/// a goes Ahead while its frames to b are held (a slow link); write 1
+/// waited the budget, write 2 is written Ahead.
+fn ahead_with_frames_held(p: &mut Pair) {
+    p.initial();
+    let x0 = p.core(0).gen().current;
+    p.hold_to[1] = true;
+    p.write(0, 1, 0, 7, 64);
+    for _ in 0..5 {
+        p.now += Duration::from_millis(5);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.settle_now();
+    }
+    assert_ne!(p.core(0).gen().current, x0, "a did not go Ahead");
+    assert_eq!(p.core(0).replication(), Replication::Ahead);
+    p.write(0, 2, 1024, 9, 64);
+    p.settle_now();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "b has not heard yet");
+}
+
+/// The Primary dies while b has not heard it went Ahead: b, UpToDate, is
+/// promoted without `--force`, and nothing a acknowledged is lost.
+#[test]
+fn an_ahead_primary_that_dies_before_its_peer_hears_acknowledged_nothing_alone() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    ahead_with_frames_held(&mut p);
+    assert_eq!(p.reply(0, 1), None, "write 1 answered before b's record says Outdated");
+    assert_eq!(p.reply(0, 2), None, "write 2 answered before b's record says Outdated");
+    p.crash(0, true);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.core(1).promote(false, 5).is_ok());
+}
+
+/// b heard (Outdated in memory) but its record is not saved when both
+/// lose power: b comes back UpToDate; a answered nothing alone meanwhile.
+#[test]
+fn an_ahead_primary_waits_for_its_peers_saved_record_not_its_word() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    ahead_with_frames_held(&mut p);
+    p.n[1].hang_meta = true;
+    p.hold_to[1] = false;
+    p.settle_now();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "b went Behind (in memory)");
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::UpToDate));
+    assert_eq!(p.reply(0, 1), None, "write 1 answered before b's record says Outdated");
+    assert_eq!(p.reply(0, 2), None, "write 2 answered before b's record says Outdated");
+    p.crash(1, true);
+    p.n[1].hang_meta = false;
+    p.crash(0, true);
+    p.restart(1);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+}
+
+/// Once b's record says Outdated, a answers both; a dies, and b (its
+/// record Outdated, also after a restart) is not promoted without
+/// `--force`.
+#[test]
+fn once_the_peers_record_says_outdated_ahead_writes_are_answered() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    ahead_with_frames_held(&mut p);
+    p.hold_to[1] = false;
+    p.settle_now();
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::Outdated));
+    assert_eq!(p.reply(0, 1), Some(Ok(())), "write 1 (released at the switch)");
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "write 2 (written Ahead)");
+    p.crash(0, true);
+    assert!(p.core(1).promote(false, 5).is_err(), "b promoted without --force");
+    p.crash(1, true);
+    p.restart(1);
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+}

@@ -1,0 +1,64 @@
+//! Protocol A: when a Secondary whose link went may lack writes its peer
+//! acknowledged (Consistent), and when it cannot (UpToDate).
+
+use super::*;
+
+/// (From review, helper-77.) Protocol A, no controller. `a`, a SyncTarget that has just taken
+/// SyncDone (UpToDate in memory, its record's update still on its way),
+/// runs `primary`: its PromoteAsk goes out, then the record is saved and
+/// `meta_saved` announces State(Secondary) AFTER the ask. `b` grants
+/// (peer_promoting = true), then takes that State: peer_promoting is
+/// cleared although `a` is about to promote on b's grant. `a` promotes,
+/// acknowledges a write (A: on its local completion); the link fails
+/// before State(Primary) reaches `b`. `b` kept UpToDate and `primary`
+/// without --force was accepted on a disk that lacks the acknowledged
+/// write (the grant is now remembered until a State says Primary).
+#[test]
+fn a_state_sent_before_the_grant_was_heard_leaves_an_a_secondary_consistent() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial(); // a Primary (forced), b UpToDate
+    p.core(0).demote().unwrap();
+    p.settle();
+    // b moves on alone, so that a becomes b's SyncTarget at the next link.
+    p.cut();
+    p.settle();
+    p.core(1).promote(true, 10).unwrap();
+    p.settle();
+    p.write(1, 100, 0, 0x11, 4096);
+    p.settle();
+    p.core(1).demote().unwrap();
+    p.settle();
+    // Reconnect: a is b's SyncTarget; stop right after a took SyncDone.
+    p.connect_steps_until(|p| {
+        p.n[0].c.as_ref().unwrap().disk() == DiskState::UpToDate
+            && p.n[0].meta.as_ref().is_some_and(|m| m.disk != DiskState::UpToDate)
+    });
+    assert_eq!(p.core(0).role(), Role::Secondary);
+    // `primary` on a: asked of b (the record's save is still queued).
+    p.core(0).promote(false, 20).unwrap();
+    assert!(p.core(0).promotion_asked().is_some());
+    // a performs its actions (record saved -> State(Secondary) after the
+    // ask); b takes the ask and that State; b's answer waits.
+    p.hold_to[0] = true;
+    p.settle_now();
+    // a hears the grant; nothing more reaches b.
+    p.hold_to[0] = false;
+    p.hold_to[1] = true;
+    p.settle_now();
+    assert_eq!(p.core(0).role(), Role::Primary, "a promoted on b's grant");
+    p.write(0, 200, 8192, 0x22, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 200), Some(Ok(())), "protocol A acknowledged the write");
+    // The link fails with State(Primary) and the write on their way to b.
+    p.hold_to[1] = false;
+    p.cut();
+    p.settle();
+    let bdisk = p.core(1).disk();
+    let r = p.core(1).promote(false, 30);
+    let has = p.n[1].cache[8192] == 0x22;
+    eprintln!("b after the cut: {bdisk:?}; primary (no --force): {r:?}; holds the write: {has}");
+    assert!(
+        bdisk != DiskState::UpToDate || has,
+        "b is UpToDate lacking a write a acknowledged (promote without --force: {r:?})"
+    );
+}
