@@ -219,6 +219,14 @@ fn regression_seeds_pass() {
         // and as a Secondary released none: it waited for ever (liveness).
         (12708947, 5000),
         (12718583, 5000),
+        // An Ahead Primary that lost its disk was rebuilt from its Behind
+        // peer, came out UpToDate and lifted its source: both promoted
+        // without --force over writes acknowledged Ahead (review).
+        (14000646, 5000),
+        // Ahead acknowledgements before the peer's record said Outdated,
+        // found by the checker's Ahead floor on the code before the wait.
+        (13700436, 5000),
+        (13700281, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -110,20 +110,24 @@ pub struct AheadRun {
     /// Per way out ([`WAYS`]): since when every round trip measured was
     /// within its limit.
     pub fits_since: [Option<Time>; WAYS.len()],
-    /// Whether the peer's record says it is Outdated yet.
-    pub peer: PeerRecord,
 }
 
-/// An Ahead Primary's knowledge of its peer's saved record. Nothing is
-/// acknowledged alone until the peer says its record says Outdated
-/// (`Message::Outdate`, answered by `OutdateDone` once durable): a crash
-/// of this Primary before then would leave a peer that comes back, or
-/// stays, UpToDate without those writes, and `primary` without `--force`
-/// would promote it (found by review, without a controller; with one,
-/// the witness's fence closes the same window).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a Primary that went Ahead in this session knows of its peer's
+/// saved record (`Session::peer_record`). Nothing is acknowledged alone
+/// until the peer says its record says Outdated (`Message::Outdate`,
+/// answered by `OutdateDone` once durable): a crash of this Primary
+/// before then would leave a peer that comes back, or stays, UpToDate
+/// without those writes, and `primary` without `--force` would promote it
+/// (found by review, without a controller; with one, the witness's fence
+/// closes the same window). Kept beyond the Ahead run: the writes the
+/// switch released still wait after a quick way back to C (review).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerRecord {
-    /// `Outdate` sent, not answered yet: writes and flushes wait.
+    /// Never asked in this session.
+    #[default]
+    Unasked,
+    /// `Outdate` sent, not answered yet: writes and flushes answered
+    /// alone wait.
     Asked,
     /// The peer answered: its saved record says Outdated.
     Outdated,
@@ -261,24 +265,24 @@ impl Core {
             .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Ahead(_)))
     }
 
-    /// Ahead, and the peer has not yet said that its saved record says
-    /// Outdated: no write or flush may be answered alone yet.
+    /// This session's Ahead switch asked the peer to outdate itself and it
+    /// has not yet said its saved record does: no write or flush may be
+    /// answered alone yet (Ahead, or released by the switch).
     pub(crate) fn ahead_unfenced(&self) -> bool {
         if self.cfg.plant == super::Plant::AheadBeforeOutdated {
             return false;
         }
-        self.session.as_ref().is_some_and(|s| {
-            s.phase == Phase::Running
-                && matches!(&s.activity, Activity::Ahead(r) if r.peer == PeerRecord::Asked)
-        })
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && s.peer_record == PeerRecord::Asked)
     }
 
-    /// The peer's `OutdateDone` while Ahead: its record says Outdated, and
-    /// what waited may be answered alone.
+    /// The peer's `OutdateDone` after an Ahead switch: its record says
+    /// Outdated, and what waited may be answered alone.
     pub(crate) fn ahead_peer_outdated(&mut self) {
-        if let Some(Activity::Ahead(r)) = self.session.as_mut().map(|s| &mut s.activity) {
-            if r.peer == PeerRecord::Asked {
-                r.peer = PeerRecord::Outdated;
+        if let Some(s) = self.session.as_mut() {
+            if s.peer_record == PeerRecord::Asked {
+                s.peer_record = PeerRecord::Outdated;
                 tracing::info!("adaptive: the peer's record says Outdated: writes answered alone");
             }
         }
@@ -463,11 +467,8 @@ impl Core {
                 _ => None,
             })
             .collect();
-        s.activity = Activity::Ahead(AheadRun {
-            since: now,
-            fits_since: [None; WAYS.len()],
-            peer: PeerRecord::Asked,
-        });
+        s.activity = Activity::Ahead(AheadRun { since: now, fits_since: [None; WAYS.len()] });
+        s.peer_record = PeerRecord::Asked;
         self.backoff.level = level;
         // Back in C, the window starts afresh.
         self.backoff.window.clear();
@@ -619,11 +620,8 @@ mod tests {
         assert_eq!(rtt_class(&c, Duration::from_micros(3001)), RttClass::Within);
         assert_eq!(rtt_class(&c, Duration::from_micros(3500)), RttClass::Within);
         assert_eq!(rtt_class(&c, Duration::from_micros(3501)), RttClass::Bad);
-        let at = |good, fair, within| AheadRun {
-            since: ms(1000),
-            fits_since: [good, fair, within],
-            peer: PeerRecord::Outdated,
-        };
+        let at =
+            |good, fair, within| AheadRun { since: ms(1000), fits_since: [good, fair, within] };
         let run = at(Some(ms(1050)), None, None);
         assert!(!may_leave(&c, 0, run, ms(1100)));
         assert!(may_leave(&c, 0, run, ms(1150)));

@@ -435,6 +435,17 @@ impl Core {
                 return Ok(());
             }
         };
+        // A full sync (a new or replaced disk) from a Secondary whose
+        // disk is Outdated: the data is that node's, which lacks what its
+        // Primary acknowledged after outdating it, so this node is
+        // Outdated too (found by review, helper-79: made UpToDate, it was
+        // promoted without `--force`, and its source, lifted on its word,
+        // later too, over writes an Ahead Primary acknowledged before it
+        // lost its disk; simulator seed 14000646).
+        let from_outdated = self.full_sync != 0
+            && self.session.as_ref().is_some_and(|s| {
+                s.peer.disk == DiskState::Outdated && s.peer.role == Role::Secondary
+            });
         self.gen.synced_to(current);
         self.full_sync = 0;
         // The data is the source's now.
@@ -455,6 +466,14 @@ impl Core {
                 "resync complete, but the peer's data is older than writes this node \
                  acknowledged before its disk failed: those writes are lost; Outdated until \
                  `primary --force` on a node accepts the loss"
+                    .into(),
+            );
+        } else if from_outdated {
+            self.disk = DiskState::Outdated;
+            self.error(
+                "resync complete from an Outdated peer: Outdated too (writes its Primary \
+                 acknowledged after outdating it are on neither node; `primary --force` on a \
+                 node accepts that)"
                     .into(),
             );
         } else {

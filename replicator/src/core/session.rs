@@ -226,6 +226,10 @@ pub struct Session {
     /// clears `peer_promoting`, and protocol A's Secondary must still take
     /// itself for behind when the link goes (found by review).
     pub granted_promotion: bool,
+    /// Adaptive mode: what this Primary knows of the peer's saved record
+    /// since it went Ahead in this session (writes answered alone wait
+    /// for `Outdated`).
+    pub peer_record: super::adaptive::PeerRecord,
     /// This node was promoted while this session ran (the promotion's
     /// `promoted_at`): writes the peer sent as Primary before it heard of
     /// that (a reign that began earlier) are older than this node's data.
@@ -309,6 +313,7 @@ impl Session {
             asked: None,
             peer_promoting: false,
             granted_promotion: false,
+            peer_record: super::adaptive::PeerRecord::Unasked,
             reigned: None,
             last_resync: 0,
             last_flush: 0,

@@ -162,7 +162,7 @@ impl Core {
         }
         // (Adaptive mode: an Ahead Primary writes without the peer too,
         // once the peer's record says it is Outdated.)
-        if self.ahead_unfenced() {
+        if self.ahead() && self.ahead_unfenced() {
             return Admit::Wait;
         }
         let alone = !self.linked() || self.ahead();
@@ -535,9 +535,10 @@ impl Core {
         if !self.bitmap_clean() {
             self.p.want_bitmap = true;
         }
-        if self.ahead_unfenced() {
+        if self.role == Role::Primary && self.ahead_unfenced() {
             // Released by going Ahead: answered once the peer's record
-            // says it is Outdated (`adaptive::PeerRecord`).
+            // says it is Outdated (`adaptive::PeerRecord`), also after the
+            // Ahead run ended (a demoted node fails them below).
             return;
         }
         if self.meta_durable() && self.bitmap_clean() {

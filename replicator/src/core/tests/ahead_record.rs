@@ -89,3 +89,43 @@ fn once_the_peers_record_says_outdated_ahead_writes_are_answered() {
     p.restart(1);
     assert_eq!(p.core(1).disk(), DiskState::Outdated);
 }
+
+/// (From review, helper-79.) The Ahead run ends (the link is good for
+/// `hold`) while the peer's record is still being saved: the write
+/// released at the switch was then answered although b's record never
+/// said Outdated; both lost power and b came back UpToDate without it,
+/// promotable without --force. It waits for the record now, Ahead or not.
+#[test]
+fn leaving_ahead_before_the_peers_record_is_saved_answers_nothing_alone() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    ahead_with_frames_held(&mut p);
+    p.n[1].hang_meta = true;
+    p.hold_to[1] = false;
+    p.settle_now();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "b went Behind (in memory)");
+    assert_eq!(p.reply(0, 1), None);
+    for _ in 0..5000 {
+        p.now += Duration::from_millis(1);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.core(1).handle_timeout(now);
+        p.settle_now();
+        if p.core(0).replication() != Replication::Ahead {
+            break;
+        }
+    }
+    let repl = p.core(0).replication();
+    let r1 = p.reply(0, 1);
+    eprintln!("a: {repl:?}; write 1: {r1:?}; b record: {:?}", p.n[1].meta.as_ref().map(|m| m.disk));
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::UpToDate));
+    if r1 == Some(Ok(())) {
+        p.crash(1, true);
+        p.n[1].hang_meta = false;
+        p.crash(0, true);
+        p.restart(1);
+        let d = p.core(1).disk();
+        let has = p.n[1].cache[0] == 7;
+        let pr = p.core(1).promote(false, 5);
+        panic!("write 1 acknowledged before b's record said Outdated; b after both lost power: {d:?}, holds it: {has}, primary without --force: {pr:?}");
+    }
+}
