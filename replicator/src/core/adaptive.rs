@@ -126,9 +126,10 @@ pub enum PeerRecord {
     /// Never asked in this session.
     #[default]
     Unasked,
-    /// `Outdate` sent, not answered yet: writes and flushes answered
-    /// alone wait.
-    Asked,
+    /// `Outdate` sent at this time, not answered yet: writes and flushes
+    /// answered alone wait (for `timeout` at most: then the session ends,
+    /// as for an operation the peer does not complete).
+    Asked(Time),
     /// The peer answered: its saved record says Outdated.
     Outdated,
 }
@@ -272,16 +273,16 @@ impl Core {
         if self.cfg.plant == super::Plant::AheadBeforeOutdated {
             return false;
         }
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Running && s.peer_record == PeerRecord::Asked)
+        self.session.as_ref().is_some_and(|s| {
+            s.phase == Phase::Running && matches!(s.peer_record, PeerRecord::Asked(_))
+        })
     }
 
     /// The peer's `OutdateDone` after an Ahead switch: its record says
     /// Outdated, and what waited may be answered alone.
     pub(crate) fn ahead_peer_outdated(&mut self) {
         if let Some(s) = self.session.as_mut() {
-            if s.peer_record == PeerRecord::Asked {
+            if matches!(s.peer_record, PeerRecord::Asked(_)) {
                 s.peer_record = PeerRecord::Outdated;
                 tracing::info!("adaptive: the peer's record says Outdated: writes answered alone");
             }
@@ -468,7 +469,7 @@ impl Core {
             })
             .collect();
         s.activity = Activity::Ahead(AheadRun { since: now, fits_since: [None; WAYS.len()] });
-        s.peer_record = PeerRecord::Asked;
+        s.peer_record = PeerRecord::Asked(now);
         self.backoff.level = level;
         // Back in C, the window starts afresh.
         self.backoff.window.clear();

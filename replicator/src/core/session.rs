@@ -398,6 +398,15 @@ impl Session {
         if self.phase == Phase::Handshake && now.saturating_sub(self.started) >= cfg.timeout {
             return Some("the peer did not finish the handshake".into());
         }
+        if let super::adaptive::PeerRecord::Asked(at) = self.peer_record {
+            if now.saturating_sub(at) >= cfg.timeout {
+                return Some(format!(
+                    "the peer did not confirm within {:?} that its record says Outdated (adaptive \
+                     mode went Ahead; its metadata device may hang)",
+                    cfg.timeout
+                ));
+            }
+        }
         let outdate_wait = outdate_wait(cfg);
         if self.outdating.is_some_and(|at| now.saturating_sub(at) >= outdate_wait) {
             return Some(format!(
@@ -479,6 +488,9 @@ impl Session {
         }
         if let Some(at) = self.outdating {
             t = t.min(at + outdate_wait(cfg));
+        }
+        if let super::adaptive::PeerRecord::Asked(at) = self.peer_record {
+            t = t.min(at + cfg.timeout);
         }
         if let Some((_, o)) = self.out.iter().next() {
             t = t.min(o.sent + cfg.timeout);

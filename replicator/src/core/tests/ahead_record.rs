@@ -8,13 +8,13 @@
 use super::*;
 
 fn adaptive_pair(budget: Duration) -> Pair {
+    adaptive_pair_holding(budget, Duration::from_millis(50))
+}
+
+/// Ahead runs last at least `hold`.
+fn adaptive_pair_holding(budget: Duration, hold: Duration) -> Pair {
     let mut ca = cfg(Protocol::Adaptive);
-    ca.adaptive = AdaptiveConfig {
-        budget,
-        hold: Duration::from_millis(50),
-        max_hold: Duration::from_millis(50),
-        congestion_fill: None,
-    };
+    ca.adaptive = AdaptiveConfig { budget, hold, max_hold: hold, congestion_fill: None };
     Pair::with_cfg(ca, true)
 }
 
@@ -128,4 +128,51 @@ fn leaving_ahead_before_the_peers_record_is_saved_answers_nothing_alone() {
         let pr = p.core(1).promote(false, 5);
         panic!("write 1 acknowledged before b's record said Outdated; b after both lost power: {d:?}, holds it: {has}, primary without --force: {pr:?}");
     }
+}
+
+/// The peer's metadata record stops being saved (its pings pass, its
+/// data writes land): the Ahead Primary does not wait for ever for
+/// `OutdateDone` (review): after the peer `timeout` the session ends, as
+/// for an operation the peer does not complete, and the Primary goes on as
+/// after any link loss.
+#[test]
+fn a_peer_that_never_saves_outdated_ends_the_session_after_timeout() {
+    // (Ahead for 10 s: nothing else ends the session first.)
+    let mut p = adaptive_pair_holding(Duration::from_millis(3), Duration::from_secs(10));
+    p.initial();
+    // b has taken in a write of this session (its record says so already).
+    p.write(0, 10, 4096, 5, 64);
+    p.settle_now();
+    assert_eq!(p.reply(0, 10), Some(Ok(())));
+    p.n[1].hang_record = true;
+    p.hold_to[1] = true;
+    p.write(0, 1, 0, 7, 64);
+    for _ in 0..5 {
+        p.now += Duration::from_millis(5);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.settle_now();
+    }
+    assert_eq!(p.core(0).replication(), Replication::Ahead);
+    let switched = p.now;
+    p.hold_to[1] = false;
+    p.settle_now();
+    assert_eq!(p.reply(0, 1), None, "answered before b's record says Outdated");
+    let mut ended = None;
+    for _ in 0..4000 {
+        p.now += Duration::from_millis(1);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.core(1).handle_timeout(now);
+        p.settle_now();
+        if p.core(0).session_id().is_none() {
+            ended = Some(p.now - switched);
+            break;
+        }
+    }
+    let ended = ended.expect("the session outlived 4 s without the peer's OutdateDone");
+    let timeout = p.core(0).cfg.timeout;
+    let why = p.core(0).status().last_error.unwrap_or_default();
+    assert!(ended < timeout + Duration::from_millis(500), "{ended:?}: {why}");
+    assert!(why.contains("did not confirm"), "{ended:?}: {why}");
 }

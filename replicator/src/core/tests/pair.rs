@@ -29,6 +29,9 @@ pub struct Node {
     pub hang: bool,
     /// The same for metadata updates (the metadata on that disk too).
     pub hang_meta: bool,
+    /// Only the metadata record's updates hang (not the activity log's
+    /// or the bitmap's).
+    pub hang_record: bool,
     /// The machine's boot (a power loss starts another).
     pub boot: u64,
 }
@@ -91,6 +94,7 @@ impl Pair {
             fail_reads: false,
             hang: false,
             hang_meta: false,
+            hang_record: false,
             boot: 1,
         };
         let mut p = Pair {
@@ -121,6 +125,7 @@ impl Pair {
         let n = &self.n[i];
         if (n.hang && matches!(a, Action::Store { .. }))
             || (n.hang_meta && matches!(a, Action::Persist { .. }))
+            || (n.hang_record && matches!(a, Action::Persist { what: Persist::Meta(_), .. }))
         {
             return;
         }

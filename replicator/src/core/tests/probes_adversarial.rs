@@ -149,9 +149,10 @@ fn ahead_then_round_trips_by(rtt: impl Fn(u64) -> Duration, within: Duration) ->
         run(&mut c, t);
     }
     assert_eq!(c.replication(), Replication::Ahead);
-    // The peer completes what it was sent (else it is lost after
-    // `timeout`).
+    // The peer completes what it was sent and says its record says
+    // Outdated (else it is lost after `timeout`).
     c.handle_frame(t, 1, Message::Ack { received: 3, done: 3 });
+    c.handle_frame(t, 1, Message::OutdateDone);
     run(&mut c, t);
     let start = t;
     let mut pings = 0u64;
