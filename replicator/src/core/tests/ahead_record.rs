@@ -5,18 +5,8 @@
 //! died, and `primary` without `--force` promoted the peer, still (or
 //! again, after its power loss) UpToDate. Both courses below failed so.
 
+use super::writes::{adaptive_pair, adaptive_pair_holding};
 use super::*;
-
-fn adaptive_pair(budget: Duration) -> Pair {
-    adaptive_pair_holding(budget, Duration::from_millis(50))
-}
-
-/// Ahead runs last at least `hold`.
-fn adaptive_pair_holding(budget: Duration, hold: Duration) -> Pair {
-    let mut ca = cfg(Protocol::Adaptive);
-    ca.adaptive = AdaptiveConfig { budget, hold, max_hold: hold, congestion_fill: None };
-    Pair::with_cfg(ca, true)
-}
 
 /// a goes Ahead while its frames to b are held (a slow link); write 1
 /// waited the budget, write 2 is written Ahead.
@@ -104,16 +94,7 @@ fn leaving_ahead_before_the_peers_record_is_saved_answers_nothing_alone() {
     p.settle_now();
     assert_eq!(p.core(1).disk(), DiskState::Outdated, "b went Behind (in memory)");
     assert_eq!(p.reply(0, 1), None);
-    for _ in 0..5000 {
-        p.now += Duration::from_millis(1);
-        let now = p.now;
-        p.core(0).handle_timeout(now);
-        p.core(1).handle_timeout(now);
-        p.settle_now();
-        if p.core(0).replication() != Replication::Ahead {
-            break;
-        }
-    }
+    p.tick_until(5000, |p| p.core(0).replication() != Replication::Ahead);
     let repl = p.core(0).replication();
     let r1 = p.reply(0, 1);
     eprintln!("a: {repl:?}; write 1: {r1:?}; b record: {:?}", p.n[1].meta.as_ref().map(|m| m.disk));
@@ -158,19 +139,9 @@ fn a_peer_that_never_saves_outdated_ends_the_session_after_timeout() {
     p.hold_to[1] = false;
     p.settle_now();
     assert_eq!(p.reply(0, 1), None, "answered before b's record says Outdated");
-    let mut ended = None;
-    for _ in 0..4000 {
-        p.now += Duration::from_millis(1);
-        let now = p.now;
-        p.core(0).handle_timeout(now);
-        p.core(1).handle_timeout(now);
-        p.settle_now();
-        if p.core(0).session_id().is_none() {
-            ended = Some(p.now - switched);
-            break;
-        }
-    }
-    let ended = ended.expect("the session outlived 4 s without the peer's OutdateDone");
+    let ended = p.tick_until(4000, |p| p.core(0).session_id().is_none());
+    assert!(ended, "the session outlived 4 s without the peer's OutdateDone");
+    let ended = p.now - switched;
     let timeout = p.core(0).cfg.timeout;
     let why = p.core(0).status().last_error.unwrap_or_default();
     assert!(ended < timeout + Duration::from_millis(500), "{ended:?}: {why}");

@@ -273,12 +273,10 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
     assert!(asked <= 2, "{asked} renewals in 150 ms (heartbeat 200 ms)");
 }
 
-/// A handover is not delayed by the heartbeats the new Primary answered
-/// while the old one was Primary (it said Secondary since).
-#[test]
-fn a_handover_promotes_the_peer_at_its_first_grant() {
-    use ctl::Duo;
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
+/// a, Primary with the witness's right, hands over (`secondary`): b's
+/// claim and the witness's grant, not yet answered to b.
+fn handed_over_to_b() -> (ctl::Duo, VoteReply) {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
     for _ in 0..4 {
         d.tick(Duration::from_millis(100));
         d.flow();
@@ -294,6 +292,14 @@ fn a_handover_promotes_the_peer_at_its_first_grant() {
     d.flow();
     let g = d.decide(1).expect("b claims at once");
     assert!(g.granted, "{g:?}");
+    (d, g)
+}
+
+/// A handover is not delayed by the heartbeats the new Primary answered
+/// while the old one was Primary (it said Secondary since).
+#[test]
+fn a_handover_promotes_the_peer_at_its_first_grant() {
+    let (mut d, g) = handed_over_to_b();
     d.answer(1, g);
     assert_eq!(d.c[1].role(), Role::Primary);
 }
@@ -326,22 +332,7 @@ fn a_stopping_secondary_does_not_take_over() {
     }
     assert_eq!(d.c[1].role(), Role::Secondary);
     // A claim it sent just before it began to stop, granted after.
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    for _ in 0..4 {
-        d.tick(Duration::from_millis(100));
-        d.flow();
-        d.vote_all(0);
-        d.vote_all(1);
-    }
-    d.c[0].demote().unwrap();
-    d.act(0);
-    d.hooks_done(0);
-    d.flow();
-    d.vote_all(0);
-    d.tick(Duration::from_millis(10));
-    d.flow();
-    let g = d.decide(1).expect("b claims at once");
-    assert!(g.granted, "{g:?}");
+    let (mut d, g) = handed_over_to_b();
     d.c[1].stopping();
     d.answer(1, g);
     assert_eq!(d.c[1].role(), Role::Secondary, "promoted while stopping");

@@ -426,6 +426,22 @@ impl Pair {
     }
 
     /// Process crash (`power`: power loss, unflushed data lost).
+    /// Time passes in steps of 1 ms (both cores' timers fire, every
+    /// frame is delivered) until `done` or `steps` of them; whether done.
+    pub fn tick_until(&mut self, steps: usize, done: impl Fn(&mut Pair) -> bool) -> bool {
+        for _ in 0..steps {
+            self.now += Duration::from_millis(1);
+            let now = self.now;
+            self.core(0).handle_timeout(now);
+            self.core(1).handle_timeout(now);
+            self.settle_now();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
     pub fn crash(&mut self, i: usize, power: bool) {
         self.n[i].c = None;
         if power {

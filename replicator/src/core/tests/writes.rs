@@ -81,14 +81,14 @@ fn replies_wait_for_the_new_generation_after_link_loss() {
 
 /// A pair of new disks in adaptive mode with latency budget `budget`
 /// (holds of 50 ms, no congestion rule).
-fn adaptive_pair(budget: Duration) -> Pair {
+pub(super) fn adaptive_pair(budget: Duration) -> Pair {
+    adaptive_pair_holding(budget, Duration::from_millis(50))
+}
+
+/// An adaptive pair whose Ahead runs last at least `hold`.
+pub(super) fn adaptive_pair_holding(budget: Duration, hold: Duration) -> Pair {
     let mut ca = cfg(Protocol::Adaptive);
-    ca.adaptive = AdaptiveConfig {
-        budget,
-        hold: Duration::from_millis(50),
-        max_hold: Duration::from_millis(50),
-        congestion_fill: None,
-    };
+    ca.adaptive = AdaptiveConfig { budget, hold, max_hold: hold, congestion_fill: None };
     Pair::with_cfg(ca, true)
 }
 
