@@ -130,6 +130,27 @@ fn hanging_pair(dir: &std::path::Path, i: usize) -> Option<(Pair, FuseDisk)> {
     Some((p, disk))
 }
 
+/// A C pair over a filesystem that can stop answering (ext4 on a loop
+/// device over nbdkit's pause filter, through nbdfuse), `place` putting
+/// files of the pair on it, up and in sync; None (the test skips) without
+/// root or a tool. Bind all three, the disk first: dropped in reverse, the
+/// nodes stop, the filesystem is unmounted, then the FUSE disk goes.
+fn hanging_fs_pair(
+    dir: &std::path::Path,
+    place: impl FnOnce(&mut Pair, &Ext4),
+) -> Option<(FuseDisk, Ext4, Pair)> {
+    let tools = ["nbdkit", "nbdfuse", "qemu-io", "losetup", "mkfs.ext4"];
+    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
+        return None;
+    }
+    let disk = FuseDisk::hanging(dir, "64M");
+    let fs = Ext4::make(&disk.file(), &dir.join("fs"));
+    let mut p = Pair::prepare("C", "16M");
+    place(&mut p, &fs);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    Some((disk, fs, p))
+}
+
 /// A qemu-io command against `uri`: its output, whatever its exit status.
 fn qemu_io(uri: &str, cmd: &str) -> String {
     let out = run_timeout(
@@ -305,19 +326,15 @@ impl Drop for Ext4 {
 #[test]
 fn a_flush_whose_disk_and_metadata_hang_is_not_answered_on_the_peers_word() {
     let dir = tempfile::Builder::new().prefix("tb-hangfs").tempdir_in(test_tmp()).unwrap();
-    let tools = ["nbdkit", "nbdfuse", "qemu-io", "losetup", "mkfs.ext4"];
-    if !(tools.iter().all(|t| have(t)) && root("FUSE, losetup and mount")) {
-        return;
-    }
     // (Dropped in reverse: the disk answers again, the nodes stop, the
     // filesystem is unmounted, then the FUSE disk goes.)
-    let disk = FuseDisk::hanging(dir.path(), "64M");
-    let fs = Ext4::make(&disk.file(), &dir.path().join("fs"));
-    let mut p = Pair::prepare("C", "16M");
-    p.set_disk(0, &fs.mnt.join("a.img"));
-    p.set_meta(0, &fs.mnt.join("a.meta"));
-    p.configure("disk-timeout = \"1s\"");
-    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let Some((disk, _fs, p)) = hanging_fs_pair(dir.path(), |p, fs| {
+        p.set_disk(0, &fs.mnt.join("a.img"));
+        p.set_meta(0, &fs.mnt.join("a.meta"));
+        p.configure("disk-timeout = \"1s\"");
+    }) else {
+        return;
+    };
     let _resume = disk.resume_on_drop();
     let out = qemu_io(&p.uri(0), "write -P 0x11 0 4k");
     assert!(out.contains("wrote 4096"), "{out}");
@@ -339,6 +356,71 @@ fn a_flush_whose_disk_and_metadata_hang_is_not_answered_on_the_peers_word() {
     // b holds the write (it was replicated; its FLUSH there completed).
     let b = std::fs::read(&p.nodes[1].disk).unwrap();
     assert!(b[..4096].iter().all(|&x| x == 0x22), "b lacks the write");
+}
+
+/// A Secondary promoted while a write it received still waits to be
+/// issued (its activity-log transaction hangs: its metadata is on a
+/// filesystem that stopped answering) serves no read before that write.
+/// A read answered with the older data, the write landing after it, is
+/// what a filesystem mounted on the new Primary cannot survive (journal
+/// replay reads a block that then changes under it). Protocol C and a
+/// killed before b applied it: the write was never acknowledged, either
+/// answer would do, but not both in turn (`Core::reads_settled`).
+#[test]
+fn a_read_on_a_new_primary_waits_for_the_writes_it_received() {
+    let dir = tempfile::Builder::new().prefix("tb-hangmeta").tempdir_in(test_tmp()).unwrap();
+    let Some((disk, _fs, mut p)) = hanging_fs_pair(dir.path(), |p, fs| {
+        p.set_meta(1, &fs.mnt.join("b.meta"));
+        p.set_timeout("1s");
+    }) else {
+        return;
+    };
+    let _resume = disk.resume_on_drop();
+    // b has taken in a write (it records that once) and is idle.
+    let out = qemu_io(&p.uri(0), "write -P 0x11 0 4k");
+    assert!(out.contains("wrote 4096"), "{out}");
+    p.wait_drained();
+    disk.hang(true);
+    // A write to an extent b's activity log does not hold: b receives it
+    // and waits for the log's transaction on the hung filesystem.
+    const AT: u64 = 8 << 20;
+    let mut w = Client::go_addr(p.nodes[0].nbd, false);
+    w.request(0, 1, 1, AT, 4096, &[0x22; 4096]); // WRITE
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(p.status(0)["in_flight"], 1, "the write is not waiting for b");
+    p.kill(0);
+    p.wait_unlinked(1);
+    // b's promotion saves its record on the hung filesystem too: the verb
+    // waits, the role is Primary at once.
+    let mut promote = Command::new(BIN)
+        .args(["primary", "--config"])
+        .arg(&p.config)
+        .args(["--node", "b"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    p.wait_one(1, "b to be Primary", |b| b["role"] == "Primary");
+    let mut r = Client::go_addr(p.nodes[1].nbd, false);
+    r.request(0, 0, 2, AT, 4096, &[]); // READ
+    r.s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let early = r.s.peek(&mut [0u8; 1]);
+    assert!(
+        early.is_err(),
+        "b answered a read while the write it received waited to be issued: {:?}",
+        {
+            r.s.set_read_timeout(None).unwrap();
+            (r.simple_reply(), r.bytes(8))
+        }
+    );
+    disk.hang(false);
+    r.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(r.simple_reply(), (0, 2), "the read failed");
+    assert!(r.bytes(4096).iter().all(|&x| x == 0x22), "the read misses the write b received");
+    let done = wait_exit(&mut promote, Duration::from_secs(20), "primary did not return");
+    assert!(done.success(), "primary failed once the filesystem answered");
+    let out = qemu_io(&p.uri(1), "read -P 0x22 8M 4k");
+    assert!(out.contains("read 4096/4096") && !out.contains("fail"), "{out}");
 }
 
 /// `down` on a node whose disk stopped answering (detached by

@@ -74,6 +74,13 @@
 //! with nothing in flight; the lineage ends when the Primary changes, dies
 //! or fails, or the Secondary loses power, skips a failed write or syncs.
 //!
+//! I7 (reads after a promotion): once a Primary's core says its reads are
+//! settled (`Core::reads_settled`, readable data), it issues no write of
+//! its peer's stream while it stays Primary: a read from then on would have
+//! seen older data under it. A store write's cells name the application
+//! write they hold; one submitted before that moment, not to this node
+//! and not by a request of its own still pending, is the peer's.
+//!
 //! Adaptive seeds (protocol adaptive, the link's delay moving around the
 //! budget, hovering at it, at half of it, far above and below): a write
 //! is confirmed by the peer only if the Primary neither was Ahead at its
@@ -260,6 +267,10 @@ pub(crate) struct Checker {
     /// client is owed (`pdfl`, see `follow_syncs`).
     power_apart: [bool; 2],
     pub protocol: Protocol,
+    /// I7: the first application write id submitted after node `n`, as
+    /// Primary, said its reads were settled (None: not so since it became
+    /// Primary).
+    reads_open: [Option<u64>; 2],
 }
 
 fn maxv(a: &mut [u64], b: &[u64]) {
@@ -324,6 +335,7 @@ impl Checker {
             own_sync: [false, false],
             kept: [None, None],
             protocol: Protocol::C,
+            reads_open: [None, None],
         }
     }
 
@@ -746,6 +758,50 @@ impl Checker {
         self.check_i3(sim)?;
         self.check_i6(sim)?;
         self.check_flapping(sim)?;
+        self.follow_reads(sim);
+        Ok(())
+    }
+
+    /// I7: when each Primary's reads became settled.
+    fn follow_reads(&mut self, sim: &Sim) {
+        for n in 0..2 {
+            let settled = sim.nodes[n].core.as_ref().is_some_and(|c| {
+                c.role() == Role::Primary && c.may_read().is_ok() && c.reads_settled()
+            });
+            let primary = sim.nodes[n].is_primary();
+            if !primary {
+                self.reads_open[n] = None;
+            } else if settled && self.reads_open[n].is_none() {
+                self.reads_open[n] = Some(sim.next_uid);
+            }
+        }
+    }
+
+    /// I7: a store write the Primary `n` issues: none of its peer's once
+    /// its reads were settled. `own` says whether write `id` is a pending
+    /// request of the node's own.
+    pub fn primary_store_write(
+        &mut self,
+        n: usize,
+        name: &str,
+        off: u64,
+        data: &[u8],
+        own: impl Fn(u64) -> bool,
+    ) -> Result<(), Violation> {
+        let Some(open) = self.reads_open[n] else { return Ok(()) };
+        for (i, cell) in data.chunks(CELL as usize).enumerate() {
+            let c = (off / CELL) as usize + i;
+            let Some(id) = decode(c, cell) else { continue };
+            if id != 0 && id < open && !own(id) {
+                return Err(self.v(
+                    "I7",
+                    format!(
+                        "{name} is Primary and said its reads were settled, and now writes cell \
+                         {c} with write {id} of its peer's stream: a read before saw older data"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -147,6 +147,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::AdoptAnyPeer => "adopt-any-peer",
         Plant::PromoteWithoutAsking => "promote-without-asking",
         Plant::AheadBeforeOutdated => "ahead-before-outdated",
+        Plant::ReadsBeforeReceived => "reads-before-received",
     }
 }
 

@@ -208,6 +208,23 @@ impl Pair {
         }
     }
 
+    /// Polls node `i` alone (the other may be down) until `f(its status)`.
+    pub fn wait_one(&self, i: usize, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status(i);
+            if f(&s) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}\n{}",
+                tail(&self.log(i))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_connected(&self) {
         self.wait("the pair to connect", Duration::from_secs(20), |a, b| {
             a["connection"] == "Connected" && b["connection"] == "Connected"

@@ -75,6 +75,23 @@ impl Core {
         }
     }
 
+    /// Whether a Primary's read now sees every write received from the
+    /// peer, once the store operations issued so far are performed: false
+    /// while received writes wait in the receive queue to be issued (for
+    /// their activity-log extents or the metadata record). A Secondary
+    /// promoted right after its link dropped may still hold such writes; a
+    /// read before them would see older data, and the peer's write would
+    /// land after it (`Node::readable` waits for this, then for the store
+    /// lane). Once Primary, nothing more arrives from the peer's stream, so
+    /// the wait ends. A Secondary's reads do not wait: its data moves with
+    /// its peer's writes anyway, and while they stream in the queue may
+    /// never be empty.
+    pub fn reads_settled(&self) -> bool {
+        self.role != Role::Primary
+            || self.incoming.is_empty()
+            || self.cfg.plant == Plant::ReadsBeforeReceived
+    }
+
     /// The out-of-sync bitmap in memory.
     pub fn dirty(&self) -> &Bitmap {
         &self.dirty

@@ -258,6 +258,10 @@ pub enum Plant {
     /// Adaptive mode: an Ahead Primary answers writes alone at once, not
     /// only once its peer's record says Outdated.
     AheadBeforeOutdated,
+    /// A node says reads may be served while writes it received from its
+    /// peer still wait to be issued (a Primary promoted right after its
+    /// link dropped reads older data, and the peer's write lands after).
+    ReadsBeforeReceived,
 }
 
 impl std::str::FromStr for Plant {
@@ -289,9 +293,10 @@ impl std::str::FromStr for Plant {
             "lift-outdated-source" => Plant::LiftOutdatedSource,
             "outdate-done-early" => Plant::OutdateDoneEarly,
             "ahead-before-outdated" => Plant::AheadBeforeOutdated,
+            "reads-before-received" => Plant::ReadsBeforeReceived,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received)"
                 ))
             }
         })

@@ -119,8 +119,9 @@ impl BlockDevice for Node {
 
 impl Node {
     /// Whether this node's data may be read now (UpToDate or Consistent),
-    /// once every write issued before the call is performed: a write still
-    /// on the store lane (a Secondary's backlog of peer writes,
+    /// once every write received from the peer is issued (a Primary just
+    /// promoted) and every write issued before the call is performed: a
+    /// write still on the store lane (a Secondary's backlog of peer writes,
     /// acknowledged as received in protocol B, when it has just been
     /// promoted) first. What a READ and a BLOCK_STATUS answer both wait
     /// for: a status of "zeroes" where a read would fail (an Inconsistent
@@ -130,18 +131,33 @@ impl Node {
             Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
             _ => Ok(()),
         };
-        let mark = {
-            let sh = self.lock();
-            may_read(&sh)?;
-            let mark = sh.lane.mark();
-            (!sh.lane.caught_up(mark)).then_some(mark)
-        };
-        if let Some(mark) = mark {
+        // A Primary just promoted may still hold writes of its peer's
+        // that wait to be issued (`Core::reads_settled`): they go first.
+        // (Or the disk is detached meanwhile: they never will be.)
+        let settled = |sh: &Shell| sh.core.reads_settled() || sh.detached();
+        loop {
+            let mark = {
+                let sh = self.lock();
+                may_read(&sh)?;
+                if settled(&sh) {
+                    let mark = sh.lane.mark();
+                    if sh.lane.caught_up(mark) {
+                        return Ok(());
+                    }
+                    Some(mark)
+                } else {
+                    None
+                }
+            };
+            let Some(mark) = mark else {
+                self.lane_wait(settled).await;
+                continue;
+            };
             // (Or the disk is detached meanwhile: a write it never
             // completes would hold the read for ever.)
             self.lane_wait(|sh| sh.lane.caught_up(mark) || sh.detached()).await;
             may_read(&self.lock())?;
+            return Ok(());
         }
-        Ok(())
     }
 }

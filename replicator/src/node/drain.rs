@@ -72,6 +72,10 @@ impl Node {
                             let now = node.now();
                             sh.core.handle_io(now, io, r.map(|()| None));
                             node.drain(&mut sh);
+                            drop(sh);
+                            // Received writes it held back may be issued now
+                            // (a read waits for them: `Node::readable`).
+                            node.lane_progress.notify_waiters();
                         }
                         .in_current_span(),
                     );

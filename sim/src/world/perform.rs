@@ -77,7 +77,19 @@ impl Sim {
                     // The Primary's apply history (what it sends, too).
                     match &op {
                         StoreOp::Write { offset, data, .. } => {
-                            self.chk.primary_applied(n, *offset, data)
+                            self.chk.primary_applied(n, *offset, data);
+                            let reqs = &self.nodes[n].reqs;
+                            let own = |id| {
+                                reqs.values().any(
+                                    |r| matches!(r.kind, AppKind::Write { id: w, .. } if w == id),
+                                )
+                            };
+                            let name = self.nodes[n].name;
+                            if let Err(v) =
+                                self.chk.primary_store_write(n, name, *offset, data, own)
+                            {
+                                self.pending_violation.get_or_insert(v);
+                            }
                         }
                         StoreOp::Zero { offset, len, .. } => {
                             self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize])

@@ -28,6 +28,7 @@ mod pair;
 mod probes;
 mod probes_adversarial;
 mod protocol_a;
+mod reads;
 mod resync;
 mod roles;
 mod stale_reigns;

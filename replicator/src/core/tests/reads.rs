@@ -1,0 +1,36 @@
+//! What a Primary's reads may see: every write its peer sent before the
+//! promotion, so that none lands after a read saw the older data.
+
+use super::*;
+
+/// A Secondary promoted right after its link dropped, a write it received
+/// still waiting to be issued (here for its metadata record: the first
+/// write received is recorded first). A read then would see the older
+/// data, and the write would land after it: `reads_settled` says to wait
+/// until it is issued (the shell then waits for the store lane).
+#[test]
+fn a_primary_promoted_with_a_received_write_unissued_reads_after_it() {
+    let t0 = Duration::ZERO;
+    let mut c = core(Protocol::B, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Primary);
+    assert!(c.reads_settled(), "a Secondary's reads wait for nothing");
+    let write = Op::write(0, Bytes::from(vec![7u8; 64]), false);
+    c.handle_frame(t0, 1, Message::Data { seq: 1, op: write });
+    let held: Vec<IoId> = drain(&mut c)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Persist { io, .. } => Some(io),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(held.len(), 1, "the write waits for its metadata record");
+    c.handle_link_down(t0, 1, "cut");
+    c.promote(false, 1).expect("an UpToDate Secondary whose Primary went away");
+    assert_eq!(c.role(), Role::Primary);
+    assert!(!stores_written(&drain(&mut c)), "the received write is not issued yet");
+    assert!(!c.reads_settled(), "a read now would see the data before the peer's write");
+    c.handle_io(t0, held[0], Ok(None));
+    let (_, applied) = run_applied(&mut c, t0);
+    assert_eq!(applied.len(), 1, "the peer's write is issued once its record is saved");
+    assert!(c.reads_settled());
+}
