@@ -93,6 +93,14 @@ impl Core {
         if src.done_sent {
             return;
         }
+        // The source reads once every write it received from its peer is
+        // issued (a node promoted, or one that became a source, with
+        // writes of an earlier session still queued): read before, the
+        // target would get the older block and the queued write land on
+        // the source alone (review: both UpToDate, in sync, and differing).
+        if !self.incoming.is_empty() {
+            return;
+        }
         let mut to_read = None;
         let mut probes = Vec::new();
         loop {

@@ -30,7 +30,10 @@ impl Core {
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         let sid = s.id;
         let Activity::Verify(v) = &mut s.activity else { return };
-        if !v.reading && v.chunks < window && v.cursor < size {
+        // (Reads after the writes received from the peer, as a resync's:
+        // before, a block a queued write changes would be reported as
+        // differing.)
+        if !v.reading && v.chunks < window && v.cursor < size && self.incoming.is_empty() {
             let len = chunk.min(size - v.cursor);
             let offset = v.cursor;
             v.reading = true;

@@ -32,6 +32,8 @@ pub struct Node {
     /// Only the metadata record's updates hang (not the activity log's
     /// or the bitmap's).
     pub hang_record: bool,
+    /// Activity-log updates wait in `Pair::held` (review).
+    pub hang_al: bool,
     /// The machine's boot (a power loss starts another).
     pub boot: u64,
 }
@@ -56,6 +58,7 @@ pub struct Pair {
     pub log: Vec<(usize, Event)>,
     /// Restarts so far (each seeds its core afresh).
     starts: u64,
+    pub held: Vec<(usize, Action)>,
 }
 
 impl Pair {
@@ -95,6 +98,7 @@ impl Pair {
             hang: false,
             hang_meta: false,
             hang_record: false,
+            hang_al: false,
             boot: 1,
         };
         let mut p = Pair {
@@ -111,9 +115,17 @@ impl Pair {
             cfg: [ca, cb],
             log: Vec::new(),
             starts: 0,
+            held: Vec::new(),
         };
         p.settle();
         p
+    }
+
+    pub fn release_held(&mut self) {
+        for (i, a) in std::mem::take(&mut self.held) {
+            self.n[i].hang_al = false;
+            self.perform(i, a);
+        }
     }
 
     pub fn core(&mut self, i: usize) -> &mut Core {
@@ -123,6 +135,10 @@ impl Pair {
     fn perform(&mut self, i: usize, a: Action) {
         let now = self.now;
         let n = &self.n[i];
+        if n.hang_al && matches!(a, Action::Persist { what: Persist::Al { .. }, .. }) {
+            self.held.push((i, a));
+            return;
+        }
         if (n.hang && matches!(a, Action::Store { .. }))
             || (n.hang_meta && matches!(a, Action::Persist { .. }))
             || (n.hang_record && matches!(a, Action::Persist { what: Persist::Meta(_), .. }))

@@ -34,3 +34,46 @@ fn a_primary_promoted_with_a_received_write_unissued_reads_after_it() {
     assert_eq!(applied.len(), 1, "the peer's write is issued once its record is saved");
     assert!(c.reads_settled());
 }
+
+/// A node promoted with a received write still queued (its activity-log
+/// transaction not saved) becomes its old Primary's sync source when that
+/// one comes back: its resync reads the block only once the queued write
+/// is issued. Before, the target got the older block and the write landed
+/// on the source alone: both UpToDate, in sync, and differing (review).
+#[test]
+fn a_sync_source_reads_after_the_writes_it_received() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    const AT: u64 = 8 * 1024;
+    p.n[1].hang_al = true;
+    p.write(0, 1, AT, 0x22, 64);
+    p.settle_now();
+    assert!(!p.held.is_empty(), "b's activity-log update is held");
+    p.n[0].c = None;
+    p.cut();
+    p.settle_now();
+    p.core(1).promote(false, 5).expect("promote b");
+    p.settle_now();
+    assert!(!p.core(1).reads_settled());
+    p.restart_now(0);
+    p.sid = Some(99);
+    let now = p.now;
+    p.core(0).handle_link_up(now, 99);
+    p.core(1).handle_link_up(now, 99);
+    p.settle_now();
+    p.tick_until(2000, |p| p.core(0).disk() == DiskState::UpToDate);
+    p.release_held();
+    p.settle_now();
+    assert!(
+        p.tick_until(5000, |p| p.core(0).disk() == DiskState::UpToDate
+            && p.core(1).replication() == Replication::Established
+            && p.core(1).quiescent()),
+        "the resync did not end"
+    );
+    assert_eq!(p.n[1].cache[AT as usize], 0x22, "b lacks the write it received");
+    assert!(
+        p.n[0].cache == p.n[1].cache,
+        "the disks differ at {AT}: a {}",
+        p.n[0].cache[AT as usize]
+    );
+}
