@@ -363,6 +363,9 @@ fn a_lost_peer_never_hangs_the_primary() {
         return;
     }
     let mut p = Pair::start("C", "16M");
+    // (b adopted a's data as both disks were new; killed before its record
+    // says so, it comes back as created and takes a full sync: CI once.)
+    p.wait_saved(1, "UpToDate");
     p.kill(1);
     let t0 = Instant::now();
     p.qemu_io(0, "write -P 0x5 0 64k");

@@ -225,6 +225,23 @@ impl Pair {
         }
     }
 
+    /// Polls until node `i`'s saved metadata record says its disk is
+    /// `disk` (a node killed before its record is saved comes back as that
+    /// record says: a new disk adopted from its peer, for one, as created).
+    pub fn wait_saved(&self, i: usize, disk: &str) {
+        let path = self.dir.path().join(format!("{}.meta", self.nodes[i].name));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let saved = serde_json::from_str::<serde_json::Value>(&text).ok();
+            if saved.as_ref().is_some_and(|m| m["disk"] == disk) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} never saved {disk}: {text}", path.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn wait_connected(&self) {
         self.wait("the pair to connect", Duration::from_secs(20), |a, b| {
             a["connection"] == "Connected" && b["connection"] == "Connected"
