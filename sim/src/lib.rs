@@ -148,6 +148,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::PromoteWithoutAsking => "promote-without-asking",
         Plant::AheadBeforeOutdated => "ahead-before-outdated",
         Plant::ReadsBeforeReceived => "reads-before-received",
+        Plant::ResyncBeforeReceived => "resync-before-received",
     }
 }
 

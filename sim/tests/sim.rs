@@ -129,6 +129,18 @@ fn finds_reads_before_received() {
     assert_eq!(v.rule, "I7", "another rule caught it: {v}");
 }
 
+/// A sync source that reads blocks for the resync while writes it
+/// received still wait in its queue: the target gets the older block, the
+/// write lands on the source alone (I2 or I3). It needs a Secondary's
+/// activity-log update that lags across a failover and the reconnect (the
+/// slow-metadata seeds, 1 in 16 of the controller's): 4 of 10,000 seeds
+/// of 3,000 steps when it was added (200 the first); the first of 10,000
+/// that catches it.
+#[test]
+fn finds_resync_before_received() {
+    first_catch(Plant::ResyncBeforeReceived, 10000, 3000);
+}
+
 /// The controller: a Primary that never tells the witness its peer fell
 /// behind lets an outdated node be promoted.
 #[test]

@@ -98,7 +98,7 @@ impl Core {
         // writes of an earlier session still queued): read before, the
         // target would get the older block and the queued write land on
         // the source alone (review: both UpToDate, in sync, and differing).
-        if !self.incoming.is_empty() {
+        if !self.incoming.is_empty() && self.cfg.plant != Plant::ResyncBeforeReceived {
             return;
         }
         let mut to_read = None;

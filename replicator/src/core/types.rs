@@ -262,6 +262,10 @@ pub enum Plant {
     /// peer still wait to be issued (a Primary promoted right after its
     /// link dropped reads older data, and the peer's write lands after).
     ReadsBeforeReceived,
+    /// A sync source reads blocks for the resync while writes it received
+    /// from its peer still wait to be issued: the target gets the older
+    /// block, the queued write lands on the source alone.
+    ResyncBeforeReceived,
 }
 
 impl std::str::FromStr for Plant {
@@ -294,9 +298,10 @@ impl std::str::FromStr for Plant {
             "outdate-done-early" => Plant::OutdateDoneEarly,
             "ahead-before-outdated" => Plant::AheadBeforeOutdated,
             "reads-before-received" => Plant::ReadsBeforeReceived,
+            "resync-before-received" => Plant::ResyncBeforeReceived,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received)"
                 ))
             }
         })

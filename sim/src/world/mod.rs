@@ -86,6 +86,11 @@ pub struct Sim {
     /// `disk-timeout` seeds: the cores' limit (a disk may stall: its store
     /// operations never complete).
     pub(crate) disk_timeout: Option<Duration>,
+    /// Slow-metadata seeds (48k+5, 48k+8, 48k+44: controller seeds, whose
+    /// failovers come fast; not adaptive): draws of their own for
+    /// the Secondary's activity-log updates that lag (`perform.rs`), so
+    /// the other seeds' courses stay as they were.
+    pub(crate) slow_al: Option<Rng>,
     /// The metadata sits on the data's device: a stall hangs its updates
     /// too (else it is on a device of its own that keeps answering).
     pub(crate) meta_on_disk: bool,
@@ -162,6 +167,8 @@ impl Sim {
             disk_timeout: (opts.seed % 4 == 3).then_some(DISK_TIMEOUT),
             // Of those, one in two (seeds 8k+7) with the metadata apart.
             meta_on_disk: opts.seed % 8 != 7,
+            slow_al: (matches!(opts.seed % 48, 5 | 8 | 44) && opts.seed % 5 != 1)
+                .then(|| Rng::new(opts.seed ^ 0x51_0A1)),
             opts,
         };
         if sim.level.is_some() {

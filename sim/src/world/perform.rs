@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use twinblock_replicator::core::{Action, IoError, Replication, ReplyError, ReqId, StoreOp, Time};
+use twinblock_replicator::core::{
+    Action, IoError, Persist, Replication, ReplyError, ReqId, StoreOp, Time,
+};
 use twinblock_replicator::protocol::wire::{DiskState, Message};
 
 use crate::checker::Violation;
@@ -166,7 +168,21 @@ impl Sim {
                 self.queue_io(n, PendingIo { io, at, result, durable, persist: None, may_hang });
             }
             Action::Persist { io, what } => {
-                let at = self.now + self.io_delay();
+                let mut at = self.now + self.io_delay();
+                // Slow-metadata seeds: now and then a Secondary's
+                // activity-log update lags (a metadata device that stalls),
+                // and the writes it received wait in its queue meanwhile,
+                // long enough for a failover, or a replaced disk, and a
+                // reconnect (from review: the resync read before them).
+                // (Not in a calm period: no trouble then, the pair settles.)
+                let lags = matches!(what, Persist::Al { .. })
+                    && !self.nodes[n].is_primary()
+                    && self.now >= self.calm_until;
+                if let Some(r) = self.slow_al.as_mut().filter(|_| lags) {
+                    if r.chance(1, 5) {
+                        at += Duration::from_millis(200 + r.below(1000));
+                    }
+                }
                 let result = match self.fails() {
                     Some(e) => {
                         self.note(format!(

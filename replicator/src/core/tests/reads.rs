@@ -35,14 +35,21 @@ fn a_primary_promoted_with_a_received_write_unissued_reads_after_it() {
     assert!(c.reads_settled());
 }
 
-/// A node promoted with a received write still queued (its activity-log
-/// transaction not saved) becomes its old Primary's sync source when that
-/// one comes back: its resync reads the block only once the queued write
-/// is issued. Before, the target got the older block and the write landed
-/// on the source alone: both UpToDate, in sync, and differing (review).
-#[test]
-fn a_sync_source_reads_after_the_writes_it_received() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
+/// What happens to a (the Primary) while b holds a received write in its
+/// queue (its activity-log transaction not saved).
+#[derive(Clone, Copy)]
+enum Meanwhile {
+    /// a's process dies and b is promoted; a comes back.
+    BPromoted,
+    /// a's disk is replaced (zeroes, no metadata); b stays Secondary.
+    AReplaced,
+}
+
+/// b becomes a's sync source on reconnect, with the write still queued;
+/// it is saved at last. Whether the disks end identical, and a's byte at
+/// the write.
+fn source_with_a_write_queued(meanwhile: Meanwhile, plant: Plant) -> (bool, u8) {
+    let mut p = Pair::new(Protocol::C, plant);
     p.initial();
     const AT: u64 = 8 * 1024;
     p.n[1].hang_al = true;
@@ -52,9 +59,21 @@ fn a_sync_source_reads_after_the_writes_it_received() {
     p.n[0].c = None;
     p.cut();
     p.settle_now();
-    p.core(1).promote(false, 5).expect("promote b");
-    p.settle_now();
-    assert!(!p.core(1).reads_settled());
+    match meanwhile {
+        Meanwhile::BPromoted => {
+            p.core(1).promote(false, 5).expect("promote b");
+            p.settle_now();
+            assert!(!p.core(1).reads_settled());
+        }
+        Meanwhile::AReplaced => {
+            p.n[0].cache = vec![0; p.n[0].cache.len()];
+            p.n[0].durable = p.n[0].cache.clone();
+            p.n[0].meta = None;
+            p.n[0].bitmap = None;
+            p.n[0].al.clear();
+            p.n[0].boot += 1;
+        }
+    }
     p.restart_now(0);
     p.sid = Some(99);
     let now = p.now;
@@ -68,12 +87,32 @@ fn a_sync_source_reads_after_the_writes_it_received() {
         p.tick_until(5000, |p| p.core(0).disk() == DiskState::UpToDate
             && p.core(1).replication() == Replication::Established
             && p.core(1).quiescent()),
-        "the resync did not end"
+        "the sync did not end"
     );
     assert_eq!(p.n[1].cache[AT as usize], 0x22, "b lacks the write it received");
-    assert!(
-        p.n[0].cache == p.n[1].cache,
-        "the disks differ at {AT}: a {}",
-        p.n[0].cache[AT as usize]
-    );
+    (p.n[0].cache == p.n[1].cache, p.n[0].cache[AT as usize])
+}
+
+/// A node promoted with a received write still queued becomes its old
+/// Primary's sync source when that one comes back: its resync reads the
+/// block only once the queued write is issued. Before, the target got the
+/// older block and the write landed on the source alone: both UpToDate,
+/// in sync, and differing (review). With the plant, again.
+#[test]
+fn a_sync_source_reads_after_the_writes_it_received() {
+    let (same, at) = source_with_a_write_queued(Meanwhile::BPromoted, Plant::None);
+    assert!(same, "the disks differ: a holds {at}");
+    let (same, _) = source_with_a_write_queued(Meanwhile::BPromoted, Plant::ResyncBeforeReceived);
+    assert!(!same, "the plant is not seen by this test");
+}
+
+/// The same on a Secondary never promoted: its Primary's disk is replaced
+/// while a received write waits in its queue; it becomes the new disk's
+/// full-sync source.
+#[test]
+fn a_secondary_source_for_a_replaced_peer_reads_after_the_writes_it_received() {
+    let (same, at) = source_with_a_write_queued(Meanwhile::AReplaced, Plant::None);
+    assert!(same, "the disks differ: a holds {at}");
+    let (same, _) = source_with_a_write_queued(Meanwhile::AReplaced, Plant::ResyncBeforeReceived);
+    assert!(!same, "the plant is not seen by this test");
 }
