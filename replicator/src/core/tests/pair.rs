@@ -32,7 +32,7 @@ pub struct Node {
     /// Only the metadata record's updates hang (not the activity log's
     /// or the bitmap's).
     pub hang_record: bool,
-    /// Activity-log updates wait in `Pair::held` (review).
+    /// Activity-log updates wait in `Pair::held` until `release_held`.
     pub hang_al: bool,
     /// The machine's boot (a power loss starts another).
     pub boot: u64,
@@ -58,6 +58,7 @@ pub struct Pair {
     pub log: Vec<(usize, Event)>,
     /// Restarts so far (each seeds its core afresh).
     starts: u64,
+    /// Activity-log updates held back (`Node::hang_al`), with their node.
     pub held: Vec<(usize, Action)>,
 }
 
@@ -121,6 +122,7 @@ impl Pair {
         p
     }
 
+    /// Performs the held activity-log updates (in order) and holds no more.
     pub fn release_held(&mut self) {
         for (i, a) in std::mem::take(&mut self.held) {
             self.n[i].hang_al = false;
