@@ -777,6 +777,28 @@ impl Checker {
         }
     }
 
+    /// I7 for zeroes (a write zeroes or a trim): once the Primary `n`'s
+    /// reads were settled, only its own pending requests (`own`).
+    pub fn primary_store_zero(
+        &mut self,
+        n: usize,
+        name: &str,
+        off: u64,
+        len: u64,
+        own: bool,
+    ) -> Result<(), Violation> {
+        if self.reads_open[n].is_none() || own {
+            return Ok(());
+        }
+        Err(self.v(
+            "I7",
+            format!(
+                "{name} is Primary and said its reads were settled, and now zeroes {off}+{len}, \
+                 none of its own pending requests: its peer's, a read before saw older data"
+            ),
+        ))
+    }
+
     /// I7: a store write the Primary `n` issues: none of its peer's once
     /// its reads were settled. `own` says whether write `id` is a pending
     /// request of the node's own.

@@ -94,7 +94,18 @@ impl Sim {
                             }
                         }
                         StoreOp::Zero { offset, len, .. } => {
-                            self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize])
+                            self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize]);
+                            // (Zeroes name no write: one of the node's own
+                            // pending requests must cover the range.)
+                            let (o, l) = (*offset, *len);
+                            let own = self.nodes[n].reqs.values().any(|r| {
+                                matches!(r.kind, AppKind::Zero { off, len, .. }
+                                    if off <= o && o + l <= off + len)
+                            });
+                            let name = self.nodes[n].name;
+                            if let Err(v) = self.chk.primary_store_zero(n, name, o, l, own) {
+                                self.pending_violation.get_or_insert(v);
+                            }
                         }
                         _ => {}
                     }
