@@ -79,7 +79,9 @@
 //! its peer's stream while it stays Primary: a read from then on would have
 //! seen older data under it. A store write's cells name the application
 //! write they hold; one submitted before that moment, not to this node
-//! and not by a request of its own still pending, is the peer's.
+//! and not by a request of its own still pending, is the peer's. Zeroes
+//! name no write: a zero (write zeroes or trim) must lie within one of the
+//! node's own pending zero requests.
 //!
 //! Adaptive seeds (protocol adaptive, the link's delay moving around the
 //! budget, hovering at it, at half of it, far above and below): a write
@@ -99,11 +101,11 @@ use std::fmt;
 use std::time::Duration;
 
 use twinblock_replicator::config::Protocol;
-use twinblock_replicator::core::{Replication, Time};
+use twinblock_replicator::core::{Replication, StoreOp, Time};
 use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
-use crate::node::{AppKind, AppReq};
+use crate::node::{AppKind, AppReq, Node};
 use crate::world::Sim;
 use crate::{decode, BLOCK, BLOCKS, CELL, CELLS, EXTENT};
 
@@ -777,54 +779,44 @@ impl Checker {
         }
     }
 
-    /// I7 for zeroes (a write zeroes or a trim): once the Primary `n`'s
-    /// reads were settled, only its own pending requests (`own`).
-    pub fn primary_store_zero(
-        &mut self,
-        n: usize,
-        name: &str,
-        off: u64,
-        len: u64,
-        own: bool,
-    ) -> Result<(), Violation> {
-        if self.reads_open[n].is_none() || own {
-            return Ok(());
-        }
-        Err(self.v(
-            "I7",
-            format!(
-                "{name} is Primary and said its reads were settled, and now zeroes {off}+{len}, \
-                 none of its own pending requests: its peer's, a read before saw older data"
-            ),
-        ))
-    }
-
-    /// I7: a store write the Primary `n` issues: none of its peer's once
-    /// its reads were settled. `own` says whether write `id` is a pending
-    /// request of the node's own.
-    pub fn primary_store_write(
-        &mut self,
-        n: usize,
-        name: &str,
-        off: u64,
-        data: &[u8],
-        own: impl Fn(u64) -> bool,
-    ) -> Result<(), Violation> {
+    /// I7: a store write or zero the Primary `node` (index `n`) issues:
+    /// none of its peer's once its reads were settled. A write's cells
+    /// name the application write they hold (its own: submitted after that
+    /// moment, or a request still pending); zeroes name none, so one of its
+    /// own pending zero requests must cover them.
+    pub fn primary_store(&self, n: usize, node: &Node, op: &StoreOp) -> Result<(), Violation> {
         let Some(open) = self.reads_open[n] else { return Ok(()) };
-        for (i, cell) in data.chunks(CELL as usize).enumerate() {
-            let c = (off / CELL) as usize + i;
-            let Some(id) = decode(c, cell) else { continue };
-            if id != 0 && id < open && !own(id) {
-                return Err(self.v(
-                    "I7",
-                    format!(
-                        "{name} is Primary and said its reads were settled, and now writes cell \
-                         {c} with write {id} of its peer's stream: a read before saw older data"
-                    ),
-                ));
+        let own_write = |id| {
+            node.reqs.values().any(|r| matches!(r.kind, AppKind::Write { id: w, .. } if w == id))
+        };
+        let peers = match op {
+            StoreOp::Write { offset, data, .. } => {
+                data.chunks(CELL as usize).enumerate().find_map(|(i, cell)| {
+                    let c = (offset / CELL) as usize + i;
+                    decode(c, cell)
+                        .filter(|&id| id != 0 && id < open && !own_write(id))
+                        .map(|id| format!("writes cell {c} with write {id} of its peer's stream"))
+                })
             }
+            StoreOp::Zero { offset: o, len: l, .. } => {
+                let own = node.reqs.values().any(|r| {
+                    matches!(r.kind, AppKind::Zero { off, len, .. } if off <= *o && o + l <= off + len)
+                });
+                (!own).then(|| format!("zeroes {o}+{l}, none of its own pending requests"))
+            }
+            _ => None,
+        };
+        match peers {
+            None => Ok(()),
+            Some(what) => Err(self.v(
+                "I7",
+                format!(
+                    "{} is Primary and said its reads were settled, and now {what}: a read \
+                     before saw older data",
+                    node.name
+                ),
+            )),
         }
-        Ok(())
     }
 
     /// Adaptive seeds: switches counted, and no flapping.

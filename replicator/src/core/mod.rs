@@ -486,7 +486,14 @@ impl Core {
     /// Writes received from the peer are still to be written here (queued,
     /// or with the store).
     fn peer_writes_pending(&self) -> bool {
-        !self.incoming.is_empty() || self.applying > 0
+        self.peer_writes_queued() || self.applying > 0
+    }
+
+    /// Writes received from the peer wait in the receive queue, not yet
+    /// issued to the store: what this node reads of its own data (for a
+    /// client, a resync or a verify) would not hold them yet.
+    fn peer_writes_queued(&self) -> bool {
+        !self.incoming.is_empty()
     }
 
     /// [`MetaRecord::received`] and the log's protocol label as they should

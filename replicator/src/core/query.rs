@@ -88,7 +88,7 @@ impl Core {
     /// never be empty.
     pub fn reads_settled(&self) -> bool {
         self.role != Role::Primary
-            || self.incoming.is_empty()
+            || !self.peer_writes_queued()
             || self.cfg.plant == Plant::ReadsBeforeReceived
     }
 

@@ -64,6 +64,7 @@ impl Core {
         let (chunk_bytes, window, checksum) =
             (self.cfg.chunk_blocks * block, self.cfg.window, self.cfg.resync_checksum);
         let bitmap_ready = self.bitmap_clean() && self.meta_durable();
+        let queued = self.peer_writes_queued() && self.cfg.plant != Plant::ResyncBeforeReceived;
         let now = self.now;
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         let sid = s.id;
@@ -98,7 +99,7 @@ impl Core {
         // writes of an earlier session still queued): read before, the
         // target would get the older block and the queued write land on
         // the source alone (review: both UpToDate, in sync, and differing).
-        if !self.incoming.is_empty() && self.cfg.plant != Plant::ResyncBeforeReceived {
+        if queued {
             return;
         }
         let mut to_read = None;

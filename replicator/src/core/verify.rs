@@ -27,13 +27,14 @@ impl Core {
     pub(crate) fn verify_pump(&mut self) {
         let chunk = self.cfg.chunk_blocks * self.cfg.block;
         let (window, size) = (self.cfg.window, self.cfg.size);
+        let queued = self.peer_writes_queued();
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         let sid = s.id;
         let Activity::Verify(v) = &mut s.activity else { return };
         // (Reads after the writes received from the peer, as a resync's:
         // before, a block a queued write changes would be reported as
         // differing.)
-        if !v.reading && v.chunks < window && v.cursor < size && self.incoming.is_empty() {
+        if !v.reading && v.chunks < window && v.cursor < size && !queued {
             let len = chunk.min(size - v.cursor);
             let offset = v.cursor;
             v.reading = true;

@@ -131,7 +131,7 @@ impl Core {
             return Admit::Fail(ReplyError::Io(IoError::EIO));
         }
         // What the peer sent before must land first.
-        if !self.incoming.is_empty() || self.applying > 0 {
+        if self.peer_writes_pending() {
             return Admit::Wait;
         }
         if self.session.as_ref().is_some_and(|s| s.phase == Phase::Handshake) {

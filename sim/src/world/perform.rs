@@ -79,35 +79,15 @@ impl Sim {
                     // The Primary's apply history (what it sends, too).
                     match &op {
                         StoreOp::Write { offset, data, .. } => {
-                            self.chk.primary_applied(n, *offset, data);
-                            let reqs = &self.nodes[n].reqs;
-                            let own = |id| {
-                                reqs.values().any(
-                                    |r| matches!(r.kind, AppKind::Write { id: w, .. } if w == id),
-                                )
-                            };
-                            let name = self.nodes[n].name;
-                            if let Err(v) =
-                                self.chk.primary_store_write(n, name, *offset, data, own)
-                            {
-                                self.pending_violation.get_or_insert(v);
-                            }
+                            self.chk.primary_applied(n, *offset, data)
                         }
                         StoreOp::Zero { offset, len, .. } => {
-                            self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize]);
-                            // (Zeroes name no write: one of the node's own
-                            // pending requests must cover the range.)
-                            let (o, l) = (*offset, *len);
-                            let own = self.nodes[n].reqs.values().any(|r| {
-                                matches!(r.kind, AppKind::Zero { off, len, .. }
-                                    if off <= o && o + l <= off + len)
-                            });
-                            let name = self.nodes[n].name;
-                            if let Err(v) = self.chk.primary_store_zero(n, name, o, l, own) {
-                                self.pending_violation.get_or_insert(v);
-                            }
+                            self.chk.primary_applied(n, *offset, &vec![0u8; *len as usize])
                         }
                         _ => {}
+                    }
+                    if let Err(v) = self.chk.primary_store(n, &self.nodes[n], &op) {
+                        self.pending_violation.get_or_insert(v);
                     }
                 }
                 match &op {

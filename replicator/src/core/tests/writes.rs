@@ -85,6 +85,20 @@ pub(super) fn adaptive_pair(budget: Duration) -> Pair {
     adaptive_pair_holding(budget, Duration::from_millis(50))
 }
 
+/// a writes `byte` at `off` (request `req`, 64 bytes) with its frames to b
+/// held from now on (a slow link): the write waits past a 3 ms budget
+/// while a's timer runs for 25 ms, and a goes Ahead.
+pub(super) fn write_past_the_budget(p: &mut Pair, req: ReqId, off: u64, byte: u8) {
+    p.hold_to[1] = true;
+    p.write(0, req, off, byte, 64);
+    for _ in 0..5 {
+        p.now += Duration::from_millis(5);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.settle_now();
+    }
+}
+
 /// An adaptive pair whose Ahead runs last at least `hold`.
 pub(super) fn adaptive_pair_holding(budget: Duration, hold: Duration) -> Pair {
     let mut ca = cfg(Protocol::Adaptive);
@@ -105,14 +119,7 @@ fn writes_alone_after_a_session_lost_past_its_sync_done_start_a_generation() {
     p.initial();
     let x0 = p.core(0).gen().current;
     // The peer is slow: a's write waits past the budget, a goes Ahead.
-    p.hold_to[1] = true;
-    p.write(0, 1, 0, 7, 64);
-    for _ in 0..5 {
-        p.now += Duration::from_millis(5);
-        let now = p.now;
-        p.core(0).handle_timeout(now);
-        p.settle_now();
-    }
+    write_past_the_budget(&mut p, 1, 0, 7);
     let x1 = p.core(0).gen().current;
     assert_ne!(x1, x0, "a did not go Ahead");
     // The link is good again: a catches up and sends SyncDone{x1}; b's
