@@ -581,6 +581,11 @@ fn on_demote_writes_through_the_export_at_secondary_and_at_down() {
     let mut c = cluster(None);
     DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
     c.first_primary();
+    // The witness refuses every claim in its quiet start (`dead_time` from
+    // its start, before the first promotion): b's takeover must come after
+    // it, or a reclaims the right once it ends and races b (CI once, under
+    // load: a won).
+    std::thread::sleep(Duration::from_secs(3)); // DEAD_TIME
     c.p.ok(&["secondary"], 0);
     c.p.wait("b took over", Duration::from_secs(30), |a, b| {
         a["role"] == "Secondary" && b["role"] == "Primary" && b["controller"]["state"] == "Holding"
