@@ -27,6 +27,26 @@ impl AlignedBuf {
         AlignedBuf { ptr, len }
     }
 
+    /// A buffer of `len` bytes (a non-zero multiple of ALIGN), all zero.
+    pub fn zeroed(len: usize) -> Self {
+        assert!(len > 0 && len.is_multiple_of(ALIGN), "aligned buffer of {len} bytes");
+        let layout = Layout::from_size_align(len, ALIGN).expect("valid layout");
+        // SAFETY: layout has non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    /// The bytes, to fill in place; only for a buffer made by [`zeroed`]
+    /// or [`copy_from`] (initialised throughout).
+    ///
+    /// [`zeroed`]: AlignedBuf::zeroed
+    /// [`copy_from`]: AlignedBuf::copy_from
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes, initialised by the constructor.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
     pub fn copy_from(data: &[u8]) -> Self {
         let mut b = AlignedBuf::new(data.len());
         // SAFETY: both ranges are `data.len()` bytes and do not overlap.

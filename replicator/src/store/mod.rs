@@ -6,7 +6,9 @@
 //! fdatasync, one at a time and latched after a failure, [`syncer`]; a
 //! buffered FUA write is a write and that sync); with `direct`, aligned
 //! requests go through an O_DIRECT descriptor where the file system allows
-//! it (FUA there is RWF_DSYNC).
+//! it (FUA there is RWF_DSYNC), and unaligned ones by read-modify-write
+//! through it ([`unaligned`]): buffered and direct I/O on one file do not
+//! mix.
 
 mod aligned;
 mod lock;
@@ -15,6 +17,7 @@ mod op;
 mod syncer;
 mod sys;
 mod threads;
+mod unaligned;
 mod uring;
 
 use std::fmt;
@@ -31,6 +34,7 @@ use bytes::Bytes;
 use aligned::{is_aligned, AlignedBuf};
 use op::{Done, Op, ReadBuf, WriteData};
 use syncer::Syncer;
+use unaligned::Patch;
 
 /// The environment variable that forces a backend (`uring`, `threads`, `auto`).
 pub const BACKEND_ENV: &str = "TWINBLOCK_IO";
@@ -157,6 +161,9 @@ pub struct Store {
     /// The O_DIRECT descriptor refused a request (EINVAL) and it was redone
     /// buffered; warned about once.
     direct_refused: AtomicBool,
+    /// Read-modify-writes of unaligned requests on a direct store, one at
+    /// a time ([`unaligned`]).
+    rmw: tokio::sync::Mutex<()>,
     /// Buffered reads try the page cache first ([`Store::read_cached`]);
     /// cleared if the kernel refuses `RWF_NOWAIT`.
     nowait_reads: AtomicBool,
@@ -266,6 +273,7 @@ impl Store {
             created: !exists,
             is_blockdev,
             direct_refused: AtomicBool::new(false),
+            rmw: tokio::sync::Mutex::new(()),
             nowait_reads: AtomicBool::new(true),
         };
         tracing::info!(
@@ -347,6 +355,11 @@ impl Store {
                 Err(e) if self.direct_refused(&e, off, len) => {}
                 r => return r?.into_data(),
             }
+        } else if let Some(c) = self.direct_cover(off, len as u64) {
+            match self.read_cover(c).await {
+                Err(e) if self.direct_refused(&e, off, len) => {}
+                r => return r,
+            }
         }
         let mut buf = ReadBuf::heap(len);
         let done = self.read_cached(&mut buf, off);
@@ -387,6 +400,11 @@ impl Store {
             match self.run(Op::Write { fd, off, data: aligned, done: 0, fua }).await {
                 Err(e) if self.direct_refused(&e, off, data.len()) => {}
                 r => return r.map(drop),
+            }
+        } else if let Some(c) = self.direct_cover(off, data.len() as u64) {
+            match self.patch(c, Patch::Data(&data), fua).await {
+                Err(e) if self.direct_refused(&e, off, data.len()) => {}
+                r => return r,
             }
         }
         // A buffered FUA write is the write, then a sync of the store's:
@@ -473,6 +491,17 @@ impl Store {
     }
 
     async fn apply(&self, plan: ZeroPlan, off: u64, len: u64) -> io::Result<()> {
+        // On a direct store the partial blocks at the ends are written, not
+        // left to fallocate, which would zero them in the page cache.
+        let (off, len) = match self.zero_ends(off, len, plan.otherwise == Otherwise::Nothing).await
+        {
+            Some(Err(e)) if self.direct_refused(&e, off, len as usize) => (off, len),
+            Some(r) => r?,
+            None => (off, len),
+        };
+        if len == 0 {
+            return Ok(());
+        }
         for &mode in plan.modes {
             match self.fallocate(mode, off, len).await {
                 Err(e) if unsupported(&e) => {}
@@ -500,6 +529,7 @@ impl Store {
     /// ordering lock, so that the local store applies writes exactly in the
     /// order they are numbered for the peer.
     pub fn write_now(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        debug_assert!(self.direct.is_none(), "buffered write on a direct store");
         sys::pwrite_full(self.fd(), data, off, false)
     }
 
@@ -531,6 +561,7 @@ impl Store {
     }
 
     fn apply_now(&self, plan: ZeroPlan, off: u64, len: u64) -> io::Result<()> {
+        debug_assert!(self.direct.is_none(), "buffered zeroing on a direct store");
         for &mode in plan.modes {
             match sys::fallocate(self.fd(), mode, off, len) {
                 Err(e) if unsupported(&e) => {}
