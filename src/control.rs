@@ -243,12 +243,14 @@ async fn stream_bench(
     let mut slot = None;
     let refusal = match &req.bench {
         None => Some("bench: no parameters in the request".to_string()),
-        Some(_) => node.bench_refusal().or_else(|| match crate::bench::run::Slot::take() {
-            Ok(s) => {
-                slot = Some(s);
-                None
+        Some(_) => node.bench_refusal().or_else(|| node.bench_prepare().err()).or_else(|| {
+            match crate::bench::run::Slot::take() {
+                Ok(s) => {
+                    slot = Some(s);
+                    None
+                }
+                Err(e) => Some(e),
             }
-            Err(e) => Some(e),
         }),
     };
     let status = serde_json::to_value(node.status()).ok();

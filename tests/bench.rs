@@ -312,18 +312,16 @@ fn a_scratch_area_that_cannot_be_written_stops_the_bench_and_nothing_else() {
         }
         assert_eq!(pair.status(0)["generation"], gen, "{why}: a new data generation");
     };
-    // Both scratch areas are directories (they open on first use): the
-    // Primary's first probe write fails, and the peer's.
+    // Both scratch areas are directories: the Primary's is made ready
+    // before the bench starts, and the bench is refused, naming it.
     let a = pair.dir.path().join("a.meta.bench");
     std::fs::create_dir(&a).unwrap();
     std::fs::create_dir(pair.dir.path().join("b.meta.bench")).unwrap();
     let out = bench(&pair, 0, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    // The link runs write nothing: the first write (protocol A) stops
-    // the bench, and says why.
-    assert!(err.contains("bench stopped: protocol A"), "{err}");
-    assert!(err.contains("Is a directory"), "{err}");
+    assert!(err.contains("a.meta.bench") && err.contains("Is a directory"), "{err}");
+    assert!(!err.contains("[1/8]"), "measured before refusing: {err}");
     healthy("the scratch areas failed");
     // The Primary's is fine now; the peer's still fails: A and B, which
     // do not wait for the peer's write, run; C stops the bench.
@@ -367,4 +365,117 @@ fn a_verb_that_ends_the_measurement_mid_bench_is_named_in_the_error() {
     let st = pair.status(0);
     assert_eq!(st["connection"], "Connected", "{st}");
     assert_eq!(st["out_of_sync_bytes"], 0, "{st}");
+}
+
+/// Small file systems (tmpfs) for the nodes' metadata, unmounted and
+/// removed when dropped (after the pair, declared after it, is gone).
+struct MetaVolumes(tempfile::TempDir);
+
+impl MetaVolumes {
+    fn mount(mib: &[u64; 2]) -> MetaVolumes {
+        let dir = tempfile::Builder::new().prefix("tb-metavol").tempdir_in(test_tmp()).unwrap();
+        for (n, mib) in ["a", "b"].iter().zip(mib) {
+            let at = dir.path().join(n);
+            std::fs::create_dir(&at).unwrap();
+            run_ok(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mib}M"), "tmpfs"])
+                    .arg(&at),
+            );
+        }
+        MetaVolumes(dir)
+    }
+
+    fn meta(&self, n: &str) -> std::path::PathBuf {
+        self.0.path().join(n).join(format!("{n}.meta"))
+    }
+
+    fn resize(&self, n: &str, mib: u64) {
+        let at = self.0.path().join(n);
+        run_ok(Command::new("mount").args(["-o", &format!("remount,size={mib}M")]).arg(&at));
+    }
+
+    fn free_mib(&self, n: &str) -> u64 {
+        let out =
+            run_ok(Command::new("df").args(["--output=avail", "-B1M"]).arg(self.0.path().join(n)));
+        out.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap()
+    }
+}
+
+impl Drop for MetaVolumes {
+    fn drop(&mut self) {
+        for n in ["a", "b"] {
+            let _ = Command::new("umount").arg(self.0.path().join(n)).status();
+        }
+    }
+}
+
+/// A bench never fills the metadata's file system: its scratch area (64
+/// MiB, beside the metadata) is reserved only where 64 MiB stay free
+/// besides. Before, a bench on 40 MiB metadata volumes filled both; the
+/// device then refused writes with ENOSPC (its metadata updates failed),
+/// even after a restart.
+#[test]
+fn a_bench_never_fills_the_metadata_volume() {
+    if !root("mounting small file systems for the metadata") {
+        return;
+    }
+    let vols = MetaVolumes::mount(&[40, 40]);
+    let pair = Pair::prepare("C", "16M");
+    let text = std::fs::read_to_string(&pair.config).unwrap();
+    let text = ["a", "b"].iter().fold(text, |t, n| {
+        t.replace(
+            &format!("meta = \"{n}.meta\""),
+            &format!("meta = \"{}\"", vols.meta(n).display()),
+        )
+    });
+    std::fs::write(&pair.config, text).unwrap();
+    let pair = pair.bring_up();
+    pair.wait_synced("the initial sync", Duration::from_secs(60));
+    let gen = pair.status(0)["generation"].clone();
+    let healthy = |why: &str| {
+        for i in 0..2 {
+            let st = pair.status(i);
+            assert_eq!(st["disk"], "UpToDate", "{why}: node {i}: {st}");
+            assert_eq!(st["connection"], "Connected", "{why}: node {i}: {st}");
+            assert_eq!(st["out_of_sync_bytes"], 0, "{why}: node {i}: {st}");
+        }
+        assert_eq!(pair.status(0)["generation"], gen, "{why}: a new data generation");
+    };
+    let (free_a, free_b) = (vols.free_mib("a"), vols.free_mib("b"));
+    // The Primary's area has no room: refused before measuring, saying why.
+    let out = bench(&pair, 0, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.meta.bench") && err.contains("must stay free"), "{err}");
+    assert!(
+        vols.free_mib("a") + 1 >= free_a,
+        "a's volume: {} MiB free, {free_a} before",
+        vols.free_mib("a")
+    );
+    healthy("refused for want of room");
+    // Room on a, none on b: the peer's probes fail (C stops the bench),
+    // b's volume keeps its room, its log says why, the device goes on.
+    vols.resize("a", 256);
+    let out = bench(&pair, 0, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bench stopped") && err.contains("No space left"), "{err}");
+    assert!(
+        vols.free_mib("b") + 1 >= free_b,
+        "b's volume: {} MiB free, {free_b} before",
+        vols.free_mib("b")
+    );
+    assert!(pair.log(1).contains("must stay free"), "{}", pair.log(1));
+    healthy("the peer's area had no room");
+    if have("qemu-io") {
+        pair.qemu_io(0, "write -P 0x5a 0 64k");
+        pair.wait_drained();
+        healthy("after a user write");
+    }
+    // Room on both: the bench runs.
+    vols.resize("b", 256);
+    let out = bench(&pair, 0, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    healthy("after a bench");
 }

@@ -33,6 +33,13 @@ impl Node {
         self.lock().core.bench_refusal()
     }
 
+    /// Makes this node's scratch area ready (opened, its room reserved):
+    /// before a bench, so that a scratch area that cannot take probes is
+    /// named with its reason, not as the errno of a failed probe.
+    pub fn bench_prepare(&self) -> Result<(), String> {
+        self.scratch.prepare().map_err(|e| format!("bench: {e}"))
+    }
+
     /// One probe of `data` at `offset` of the scratch area, answered under
     /// `mode`'s rule.
     pub async fn probe(&self, mode: ProbeMode, offset: u64, data: Bytes) -> Result<(), ProbeError> {

@@ -2,6 +2,7 @@
 //! the core's timer) and the end of its life (the final flush's failure,
 //! a clean stop).
 
+use super::scratch::Scratch;
 use super::*;
 
 impl Node {
@@ -140,8 +141,7 @@ impl Node {
             changed: Notify::new(),
             observer: std::sync::OnceLock::new(),
             transitions: tokio::sync::broadcast::channel(256).0,
-            scratch: std::sync::OnceLock::new(),
-            opts: opts.clone(),
+            scratch: Arc::new(Scratch::new(&mine.meta, opts, tokio::runtime::Handle::current())),
             rt: tokio::runtime::Handle::current(),
             lane_wake,
             lane_progress: Arc::new(Notify::new()),

@@ -15,7 +15,8 @@
 //! `device.rs` (the NBD export: application requests in, replies out),
 //! `drain.rs` (the core's actions, frames held and handed to the link),
 //! `store_ops.rs` (store and metadata operations, the store lane's
-//! thread), `peer.rs` (the link's sessions and frames), `verbs.rs` (the
+//! thread), `scratch.rs` (the bench's scratch area), `peer.rs` (the
+//! link's sessions and frames), `verbs.rs` (the
 //! operator's verbs), `controller.rs` (votes, hooks, the witness, the
 //! health check), `status.rs` (`status` and state changes).
 
@@ -50,6 +51,7 @@ mod device;
 mod drain;
 mod lifecycle;
 mod peer;
+pub mod scratch;
 mod status;
 mod store_ops;
 mod verbs;
@@ -247,8 +249,7 @@ pub struct Node {
     /// Every change of [`StateKey`].
     transitions: tokio::sync::broadcast::Sender<StateKey>,
     /// `twinblock bench`'s scratch area (`META.bench`), opened on first use.
-    scratch: std::sync::OnceLock<Arc<Store>>,
-    opts: StoreOptions,
+    pub(crate) scratch: Arc<scratch::Scratch>,
     /// The runtime the node's tasks run on (flushes the lane's thread starts).
     rt: tokio::runtime::Handle,
     /// Wakes the lane's thread ([`crate::lane`]).

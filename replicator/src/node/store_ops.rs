@@ -48,10 +48,7 @@ impl Node {
                 return Performed::Done(r.map(Some).map_err(|e| io_err(&e)));
             }
             StoreOp::Flush => (Ok(()), true),
-            StoreOp::Scratch { offset, data } => match self.scratch() {
-                Ok(s) => (s.write_now(offset, &data), false),
-                Err(e) => (Err(e), false),
-            },
+            StoreOp::Scratch { offset, data } => (self.scratch.write(offset, &data), false),
         };
         match result {
             Err(e) => Performed::Done(Err(io_err(&e))),
@@ -120,28 +117,5 @@ impl Node {
     pub async fn lane_idle(&self) -> bool {
         self.lane_wait(|sh| sh.lane.state() == crate::lane::LaneState::Idle || sh.detached()).await;
         !self.lock().detached()
-    }
-
-    /// The bench scratch area, opened (created sparse) on first use.
-    fn scratch(&self) -> io::Result<&Arc<Store>> {
-        if let Some(s) = self.scratch.get() {
-            return Ok(s);
-        }
-        let path = crate::bench::scratch_path(&self.me.meta);
-        // Opened under the node's lock: never wait there for a lock an
-        // exited process left (a failed probe is all it costs).
-        let opts = StoreOptions { lock_wait: Duration::ZERO, ..self.opts.clone() };
-        // (Every probe tries again; the core warns of the failed writes,
-        // at most every 10 s, with their errno.)
-        let store =
-            Store::open(&path, Some(crate::protocol::wire::BENCH_AREA), &opts).map_err(|e| {
-                // The errno travels to the bench's report (and the peer's
-                // Failed frame): "Is a directory", not an anonymous EIO.
-                match e {
-                    StoreError::Open { source, .. } => source,
-                    other => io::Error::other(other.to_string()),
-                }
-            })?;
-        Ok(self.scratch.get_or_init(|| Arc::new(store)))
     }
 }

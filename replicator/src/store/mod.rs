@@ -583,6 +583,17 @@ impl Store {
         }
     }
 
+    /// Allocates the whole file (`fallocate`), on the calling thread.
+    pub fn allocate_now(&self) -> io::Result<()> {
+        sys::fallocate(self.fd(), 0, 0, self.size)
+    }
+
+    /// Gives the whole file's blocks back (a punched hole, read back as
+    /// zeroes), on the calling thread.
+    pub fn punch_now(&self) -> io::Result<()> {
+        sys::fallocate(self.fd(), PUNCH, 0, self.size)
+    }
+
     /// Prefetch hint.
     pub fn prefetch(&self, off: u64, len: u64) -> io::Result<()> {
         sys::fadvise_willneed(self.fd(), off, len)

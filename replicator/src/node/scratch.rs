@@ -1,0 +1,263 @@
+//! `twinblock bench`'s scratch area on this node: `META.bench`, beside the
+//! metadata, where probes are written (both nodes; see `core::bench`).
+//!
+//! It shares its file system with the metadata, whose updates (a record
+//! saved through a temporary file and a rename, the activity log, the
+//! bitmap) must never fail for want of room: a full metadata volume fails
+//! the device's writes. So before the first probe of a bench the area is
+//! reserved whole (`fallocate`), and only if that leaves [`KEEP_FREE`] on
+//! the file system; otherwise the probe fails with ENOSPC and this node's
+//! log says why. Once no probe has come for [`IDLE`] its blocks are given
+//! back (punched; the file stays, sparse), and the next bench reserves
+//! them again. (Found by review: 64 MiB of probes filled a 40 MiB metadata
+//! volume, and the device then refused writes with ENOSPC, even after a
+//! restart.)
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::protocol::wire::BENCH_AREA;
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Room the scratch area leaves free on its file system, for the metadata.
+pub const KEEP_FREE: u64 = 64 << 20;
+/// The area's blocks are given back once no probe has come for this long.
+pub const IDLE: Duration = Duration::from_secs(30);
+/// A failure is logged again after this long (every probe retries).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the scratch area cannot take probes.
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    #[error(
+        "{}: the bench's scratch area needs {} MiB more on its file system, which has {} MiB free, \
+         and {} MiB must stay free there for the metadata",
+        path.display(), need >> 20, free >> 20, KEEP_FREE >> 20
+    )]
+    NoRoom { path: PathBuf, need: u64, free: u64 },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ScratchError {
+    /// The errno a failed probe carries (to the bench's report and the
+    /// peer's): "No space left on device", "Is a directory"...
+    pub fn errno(&self) -> io::Error {
+        let n = match self {
+            ScratchError::NoRoom { .. } => libc::ENOSPC,
+            ScratchError::Io { source, .. }
+            | ScratchError::Store(StoreError::Open { source, .. }) => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            ScratchError::Store(StoreError::InUse { .. }) => libc::EBUSY,
+            ScratchError::Store(StoreError::SizeMismatch { .. } | StoreError::Empty { .. }) => {
+                libc::EINVAL
+            }
+            ScratchError::Store(_) => libc::EIO,
+        };
+        io::Error::from_raw_os_error(n)
+    }
+}
+
+pub(crate) struct Scratch {
+    path: PathBuf,
+    opts: StoreOptions,
+    idle: Duration,
+    rt: tokio::runtime::Handle,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    store: Option<Store>,
+    /// The area is allocated whole (until given back when idle).
+    reserved: bool,
+    last_use: Option<Instant>,
+    last_warned: Option<(String, Instant)>,
+}
+
+impl Scratch {
+    pub fn new(meta: &Path, opts: &StoreOptions, rt: tokio::runtime::Handle) -> Scratch {
+        Scratch::with_idle(meta, opts, rt, IDLE)
+    }
+
+    fn with_idle(
+        meta: &Path,
+        opts: &StoreOptions,
+        rt: tokio::runtime::Handle,
+        idle: Duration,
+    ) -> Scratch {
+        // Opened under the node's lock: never wait there for a lock an
+        // exited process left (a failed probe is all it costs).
+        let opts = StoreOptions { lock_wait: Duration::ZERO, ..opts.clone() };
+        Scratch { path: crate::bench::scratch_path(meta), opts, idle, rt, state: Mutex::default() }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the area ready for probes (opened and reserved): the
+    /// Primary's check before a bench, with the reason in full.
+    pub fn prepare(self: &Arc<Self>) -> Result<(), ScratchError> {
+        let mut st = self.state();
+        st.last_use = Some(Instant::now());
+        self.ready(&mut st)
+    }
+
+    /// Writes one probe's data (on the lane's thread). A failure carries
+    /// its errno; this node's log says why, at most every 10 s.
+    pub fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut st = self.state();
+        st.last_use = Some(Instant::now());
+        if let Err(e) = self.ready(&mut st) {
+            let why = e.to_string();
+            let again = st
+                .last_warned
+                .as_ref()
+                .is_none_or(|(w, at)| *w != why || at.elapsed() >= WARN_EVERY);
+            if again {
+                tracing::warn!("bench scratch area: {why}");
+                st.last_warned = Some((why, Instant::now()));
+            }
+            return Err(e.errno());
+        }
+        st.store.as_ref().expect("ready").write_now(offset, data)
+    }
+
+    fn ready(self: &Arc<Self>, st: &mut State) -> Result<(), ScratchError> {
+        if st.store.is_none() {
+            st.store = Some(Store::open(&self.path, Some(BENCH_AREA), &self.opts)?);
+        }
+        if !st.reserved {
+            self.reserve(st.store.as_ref().expect("opened above"))?;
+            st.reserved = true;
+            let me = self.clone();
+            self.rt.spawn(async move { me.give_back_when_idle().await });
+        }
+        Ok(())
+    }
+
+    fn reserve(&self, store: &Store) -> Result<(), ScratchError> {
+        let io = |source| ScratchError::Io { path: self.path.clone(), source };
+        let have = std::fs::metadata(&self.path).map_err(io)?.blocks() * 512;
+        let need = BENCH_AREA.saturating_sub(have);
+        if need == 0 {
+            return Ok(());
+        }
+        let free = free_bytes(&self.path).map_err(io)?;
+        if free < need + KEEP_FREE {
+            return Err(ScratchError::NoRoom { path: self.path.clone(), need, free });
+        }
+        match store.allocate_now() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) => {
+                Ok(())
+            }
+            Err(e) => {
+                // (What a failed fallocate allocated goes back at once.)
+                let _ = store.punch_now();
+                Err(io(e))
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Gives the area's blocks back once no probe has come for `idle`.
+    async fn give_back_when_idle(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.idle / 2).await;
+            let mut st = self.state();
+            if st.last_use.is_some_and(|t| t.elapsed() < self.idle) {
+                continue;
+            }
+            if let Some(store) = &st.store {
+                match store.punch_now() {
+                    Ok(()) => {
+                        tracing::debug!(path = %self.path.display(), "the bench's scratch area given back")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), "the bench's scratch area not given back: {e}")
+                    }
+                }
+            }
+            st.reserved = false;
+            return;
+        }
+    }
+}
+
+/// Bytes an unprivileged writer may still allocate on `path`'s file system.
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `s` a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded and filled it.
+    let s = unsafe { s.assume_init() };
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allocated(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// The first probe reserves the whole area; once idle its blocks go
+    /// back, and the next probe reserves them again.
+    #[tokio::test]
+    async fn the_area_is_reserved_for_a_bench_and_given_back_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("a.meta");
+        let idle = Duration::from_millis(300);
+        let s = Arc::new(Scratch::with_idle(
+            &meta,
+            &StoreOptions::default(),
+            tokio::runtime::Handle::current(),
+            idle,
+        ));
+        let path = crate::bench::scratch_path(&meta);
+        s.write(4096, &[7u8; 4096]).unwrap();
+        if allocated(&path) < BENCH_AREA {
+            eprintln!("skipped: no fallocate in {}", dir.path().display());
+            return;
+        }
+        for _ in 0..3 {
+            tokio::time::sleep(idle / 3).await;
+            s.write(8192, &[8u8; 4096]).unwrap();
+        }
+        assert!(allocated(&path) >= BENCH_AREA, "given back while probes came");
+        tokio::time::sleep(idle * 3).await;
+        assert_eq!(allocated(&path), 0, "not given back once idle");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), BENCH_AREA, "the file stays");
+        s.prepare().unwrap();
+        assert!(allocated(&path) >= BENCH_AREA, "not reserved again");
+    }
+
+    /// An area that cannot be opened names the file and carries its errno.
+    #[tokio::test]
+    async fn a_scratch_area_that_is_a_directory_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("a.meta");
+        std::fs::create_dir(crate::bench::scratch_path(&meta)).unwrap();
+        let s = Arc::new(Scratch::new(
+            &meta,
+            &StoreOptions::default(),
+            tokio::runtime::Handle::current(),
+        ));
+        let e = s.prepare().unwrap_err();
+        assert!(e.to_string().contains("a.meta.bench"), "{e}");
+        assert_eq!(e.errno().raw_os_error(), Some(libc::EISDIR), "{e}");
+        assert_eq!(s.write(0, &[1u8; 512]).unwrap_err().raw_os_error(), Some(libc::EISDIR));
+    }
+}
