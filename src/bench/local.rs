@@ -126,12 +126,37 @@ fn dies_with_bench(mut cmd: Command) -> Command {
     cmd
 }
 
-impl Pair {
-    fn spawn(&mut self, cmd: Command, what: &str) -> Result<()> {
-        let child = dies_with_bench(cmd).spawn().with_context(|| format!("starting {what}"))?;
-        if let Ok(mut l) = LEFTOVERS.lock() {
-            l.pids.push(child.id());
+/// Runs a step of the pair's set-up that creates files or processes in
+/// its directory, never beside the signal thread's clean-up: a step under
+/// way ends before the clean-up starts (the signal thread takes the same
+/// lock), and none starts after it (the set-up waits for the process to
+/// end). Before, `gen-certs` still writing when the directory was removed
+/// left `certs/` with the keys behind (found by review).
+fn setup_step<T>(f: impl FnOnce(&mut Leftovers) -> Result<T>) -> Result<T> {
+    let mut l = LEFTOVERS.lock().unwrap_or_else(|p| p.into_inner());
+    if INTERRUPTED.load(Ordering::Acquire) {
+        drop(l);
+        // (The signal thread ends the process.)
+        loop {
+            yield_to_signal();
         }
+    }
+    f(&mut l)
+}
+
+impl Pair {
+    /// Starts a process of the pair, its output into the files `out` and
+    /// `err` of the directory.
+    fn spawn(&mut self, mut cmd: Command, what: &str, out: &str, err: &str) -> Result<()> {
+        let child = setup_step(|l| {
+            let log = |name: &str| -> Result<Stdio> {
+                Ok(std::fs::File::create(self.dir.join(name)).map(Stdio::from)?)
+            };
+            cmd.stdout(log(out)?).stderr(log(err)?);
+            let child = dies_with_bench(cmd).spawn().with_context(|| format!("starting {what}"))?;
+            l.pids.push(child.id());
+            Ok(child)
+        })?;
         self.children.push(child);
         Ok(())
     }
@@ -161,18 +186,21 @@ impl Pair {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let dir = base.join(format!("twinblock-bench.{}.{stamp}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        if let Ok(mut l) = LEFTOVERS.lock() {
+        setup_step(|l| {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             l.dir = Some(dir.clone());
-        }
+            Ok(())
+        })?;
         let mut pair = Pair { dir: dir.clone(), children: Vec::new(), keep: false };
-        let certs = Command::new(&exe)
-            .args(["gen-certs", "--json", "--out"])
-            .arg(dir.join("certs"))
-            .args(["a", "b"])
-            .stdout(Stdio::null())
-            .status()
-            .context("running gen-certs")?;
+        let certs = setup_step(|_| {
+            Command::new(&exe)
+                .args(["gen-certs", "--json", "--out"])
+                .arg(dir.join("certs"))
+                .args(["a", "b"])
+                .stdout(Stdio::null())
+                .status()
+                .context("running gen-certs")
+        })?;
         if !certs.success() {
             bail!("gen-certs failed");
         }
@@ -190,26 +218,20 @@ impl Pair {
             }
         }
         let config = dir.join("bench.toml");
-        std::fs::write(&config, cfg).context("writing the pair's resource file")?;
-        let log = |name: &str| -> Result<Stdio> {
-            Ok(std::fs::File::create(dir.join(name)).map(Stdio::from)?)
-        };
+        setup_step(|_| std::fs::write(&config, cfg).context("writing the pair's resource file"))?;
         let one_way = format!("{}us", (rtt / 2).as_micros());
         let mut netem = Command::new(&exe);
-        netem
-            .args(["netem", "--listen", &format!("127.0.0.1:{relay}")])
-            .args(["--forward", &format!("127.0.0.1:{qb}"), "--delay", &one_way])
-            .stdout(log("netem.out")?)
-            .stderr(log("netem.log")?);
-        pair.spawn(netem, "the netem relay")?;
+        netem.args(["netem", "--listen", &format!("127.0.0.1:{relay}")]).args([
+            "--forward",
+            &format!("127.0.0.1:{qb}"),
+            "--delay",
+            &one_way,
+        ]);
+        pair.spawn(netem, "the netem relay", "netem.out", "netem.log")?;
         for n in ["a", "b"] {
             let mut up = Command::new(&exe);
-            up.args(["-q", "up", "--config"])
-                .arg(&config)
-                .args(["--node", n])
-                .stdout(log(&format!("{n}.out"))?)
-                .stderr(log(&format!("{n}.log"))?);
-            pair.spawn(up, &format!("node {n}"))?;
+            up.args(["-q", "up", "--config"]).arg(&config).args(["--node", n]);
+            pair.spawn(up, &format!("node {n}"), &format!("{n}.out"), &format!("{n}.log"))?;
         }
         let a = dir.join("a.sock");
         pair.wait(Duration::from_secs(30), "node a connected to b", |st| {
