@@ -434,6 +434,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Netem { listen, forward, delay, jitter, loss } => {
             let args = netem::NetemArgs { listen, forward, delay, jitter, loss };
+            if let Some(why) = args.refusal() {
+                return Err(Failure(2, anyhow::anyhow!(why)));
+            }
             netem::run(args)?; // runs until killed (SIGINT/SIGTERM)
         }
         Command::Bench { config, node, rtt, time, block_size, budget, json, plot } => {

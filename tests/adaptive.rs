@@ -115,6 +115,67 @@ fn netem_adds_the_delay_it_is_told_and_survives_a_restart() {
     );
 }
 
+/// A command line that makes no relay is refused (exit 2, the option
+/// named): the relay as its own target (before, one datagram then looped
+/// through a new socket every millisecond until the relay ran out of
+/// descriptors), a target no datagram reaches, a loss that is no
+/// percentage (exit 1 before).
+#[test]
+fn netem_refuses_a_command_line_that_makes_no_relay() {
+    let port = free_udp();
+    let port = port.rsplit(':').next().unwrap();
+    for (listen, forward, loss, says) in [
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"), "0", "own --listen"),
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}"), "0", "own --listen"),
+        ("127.0.0.1:0".into(), "0.0.0.0:9".into(), "0", "--forward"),
+        ("127.0.0.1:0".into(), "127.0.0.1:0".into(), "0", "--forward"),
+        ("127.0.0.1:0".into(), "127.0.0.1:9".into(), "101", "--loss"),
+        ("127.0.0.1:0".into(), "127.0.0.1:9".into(), "NaN", "--loss"),
+        ("127.0.0.1:0".into(), "127.0.0.1:9".into(), "inf", "--loss"),
+    ] {
+        let out = run_timeout(
+            Command::new(BIN)
+                .args(["netem", "--listen", &listen, "--forward", &forward])
+                .args(["--delay", "1ms", "--loss", loss]),
+            Duration::from_secs(10),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{listen} -> {forward}, loss {loss}: {err}");
+        assert!(err.contains(says), "{listen} -> {forward}, loss {loss}: {err}");
+    }
+}
+
+/// Stray datagrams from many source ports cost the relay nothing lasting:
+/// with room for 48 descriptors it takes datagrams from 150 sources and
+/// still relays its real client. (Before, each source kept a socket for
+/// ever and the first that could not get one ended the relay.)
+#[test]
+fn netem_outlives_stray_senders() {
+    let (echo_addr, relay, client) = echo_and_client();
+    let mut r = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n 48 && exec {BIN} netem --listen {relay} --forward {echo_addr} --delay 1ms"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        median_rtt(&client, &relay, 5) < Duration::from_millis(500),
+        "the relay never answered"
+    );
+    for _ in 0..150 {
+        let stray = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stray.send_to(b"stray", &relay).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(r.0.try_wait().unwrap().is_none(), "the relay ended");
+    let rtt = median_rtt(&client, &relay, 10);
+    assert!(rtt < Duration::from_millis(500), "the relay no longer answers its client: {rtt:?}");
+}
+
 /// A relay kept from reading for a while (stopped, as a busy machine keeps
 /// it off the CPU) still holds each datagram for the delay from its
 /// arrival, not from the late read: what waited in its socket does not

@@ -76,14 +76,41 @@ pub fn timer_overhead() -> (Duration, Duration) {
     (late[late.len() / 2], late[late.len() * 99 / 100])
 }
 
+impl NetemArgs {
+    /// Why these arguments make no relay (a bad command line), if they
+    /// do not: a loss that is no percentage, a target no datagram can be
+    /// sent to, or the relay itself (each datagram would come back to it
+    /// from a new socket, for ever, until it ran out of descriptors).
+    pub fn refusal(&self) -> Option<String> {
+        if !(0.0..=100.0).contains(&self.loss) {
+            return Some(format!("--loss {}: give a percentage from 0 to 100", self.loss));
+        }
+        let f = self.forward;
+        if f.ip().is_unspecified() || f.port() == 0 {
+            return Some(format!("--forward {f}: give the address a datagram is sent to"));
+        }
+        let same_port = f.port() == self.listen.port();
+        let listen_ip = self.listen.ip();
+        if same_port && (f.ip() == listen_ip || listen_ip.is_unspecified() && is_local(f.ip())) {
+            return Some(format!("--forward {f} is the relay's own --listen {}", self.listen));
+        }
+        None
+    }
+}
+
+/// An address of this host (loopback, or one a socket can bind here).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 pub fn run(args: NetemArgs) -> Result<()> {
     match twinblock_timeline::start("relay") {
         Ok(Some(path)) => eprintln!("twinblock netem: recording a timeline to {}", path.display()),
         Ok(None) => {}
         Err(e) => eprintln!("twinblock netem: {e}"),
     }
-    if !(0.0..=100.0).contains(&args.loss) {
-        bail!("--loss must be a percentage between 0 and 100");
+    if let Some(why) = args.refusal() {
+        bail!(why);
     }
     let listen =
         UdpSocket::bind(args.listen).with_context(|| format!("cannot bind {}", args.listen))?;
@@ -143,7 +170,17 @@ struct Client {
     up: UdpSocket,
     forward: DelayLine,
     back: DelayLine,
+    /// Its last datagram, either way.
+    last: Instant,
 }
+
+/// A client that sent or received nothing for this long is dropped (its
+/// socket closed): a node sends pings far more often.
+const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// At most this many clients at once: a new one beyond it takes the place
+/// of the one idle longest. (Each has a socket; before, stray datagrams
+/// from many source ports ran the relay out of descriptors, and it ended.)
+const MAX_CLIENTS: usize = 64;
 
 /// The relay: one thread, woken by a datagram or by the next one's time.
 /// (A thread per line, handed each datagram, cost two context switches a
@@ -224,11 +261,7 @@ impl Relay {
                 .filter(|&i| fds.get(i + 1).is_some_and(|f| f.revents != 0))
                 .filter(|&i| !self.read_up(i, &mut buf))
                 .collect();
-            for i in gone.into_iter().rev() {
-                let c = self.clients.remove(i);
-                self.by_addr.remove(&c.addr);
-                self.by_addr.values_mut().filter(|j| **j > i).for_each(|j| *j -= 1);
-            }
+            self.drop_clients(gone);
         }
     }
 
@@ -276,24 +309,59 @@ impl Relay {
             mark(Point::RelayInForward, b.len as u64);
             let i = match self.by_addr.get(&b.from) {
                 Some(&i) => i,
-                None => {
-                    let up = UdpSocket::bind("0.0.0.0:0")?;
-                    prepare(&up)?;
-                    up.connect(self.forward)?;
-                    let seed = self.clients.len() as u64 * 2 + 1;
-                    self.clients.push(Client {
-                        addr: b.from,
-                        up,
-                        forward: DelayLine::new(None, self.shape, seed),
-                        back: DelayLine::new(Some(b.from), self.shape, seed + 7),
-                    });
-                    self.by_addr.insert(b.from, self.clients.len() - 1);
-                    self.clients.len() - 1
-                }
+                None => match self.add_client(b.from) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        // This datagram is lost, not the relay.
+                        eprintln!(
+                            "twinblock netem: new client {}: {e:#}; its datagram dropped",
+                            b.from
+                        );
+                        continue;
+                    }
+                },
             };
+            self.clients[i].last = now;
             self.clients[i].forward.push(buf, &b, now);
         }
         Ok(())
+    }
+
+    /// A socket towards `--forward` for a new client; its index. Makes
+    /// room first (clients idle for [`CLIENT_IDLE`], else the one idle
+    /// longest when there are [`MAX_CLIENTS`]).
+    fn add_client(&mut self, addr: SocketAddr) -> Result<usize> {
+        let now = Instant::now();
+        let idle: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| now.saturating_duration_since(self.clients[i].last) >= CLIENT_IDLE)
+            .collect();
+        self.drop_clients(idle);
+        if self.clients.len() >= MAX_CLIENTS {
+            let oldest = (0..self.clients.len()).min_by_key(|&i| self.clients[i].last);
+            self.drop_clients(oldest.into_iter().collect());
+        }
+        let up = UdpSocket::bind("0.0.0.0:0").context("a socket for it")?;
+        prepare(&up)?;
+        up.connect(self.forward).with_context(|| format!("connecting to {}", self.forward))?;
+        let seed = self.clients.len() as u64 * 2 + 1;
+        self.clients.push(Client {
+            addr,
+            up,
+            forward: DelayLine::new(None, self.shape, seed),
+            back: DelayLine::new(Some(addr), self.shape, seed + 7),
+            last: now,
+        });
+        self.by_addr.insert(addr, self.clients.len() - 1);
+        Ok(self.clients.len() - 1)
+    }
+
+    /// Drops the clients at `gone` (ascending indices) with what they hold.
+    fn drop_clients(&mut self, gone: Vec<usize>) {
+        for i in gone.into_iter().rev() {
+            let c = self.clients.remove(i);
+            self.by_addr.remove(&c.addr);
+            self.by_addr.values_mut().filter(|j| **j > i).for_each(|j| *j -= 1);
+        }
     }
 
     /// Datagrams from `--forward` for client `i`, to its back line; false
@@ -303,6 +371,7 @@ impl Relay {
             match batch::recv(&self.clients[i].up, buf) {
                 Ok(b) => {
                     let at = self.arrival(&b);
+                    self.clients[i].last = at;
                     mark(Point::RelayInBack, b.len as u64);
                     self.clients[i].back.push(buf, &b, at)
                 }
