@@ -141,6 +141,7 @@ fn bench_is_refused_where_it_cannot_measure() {
     for (args, says) in [
         (&["--plot", "/tmp/x.png"][..], ".svg"),
         (&["--plot", "/nonexistent-dir/x.svg"][..], "no directory /nonexistent-dir"),
+        (&["--plot", "/proc/x.svg"][..], "cannot write it"),
         (&["--block-size", "1000"][..], "--block-size"),
         (&["--block-size", "0"][..], "--block-size"),
         (&["--block-size", "2M"][..], "--block-size"),

@@ -64,8 +64,9 @@ pub fn block_refusal(block: u64) -> Option<String> {
 
 /// What is wrong with the command line, said before anything runs (the
 /// caller exits 2): a probe size the node refuses, a run time outside
-/// 100ms..10min, a zero budget, a plot that is not SVG or whose
-/// directory does not exist (found after minutes of measuring, before).
+/// 100ms..10min, a zero budget, a plot that is not SVG, whose directory
+/// does not exist or that cannot be written (found after minutes of
+/// measuring, before).
 pub fn check_args(
     time: Duration,
     block: u64,
@@ -91,6 +92,16 @@ pub fn check_args(
         };
         if !dir.is_dir() {
             return Err(format!("--plot {}: no directory {}", p.display(), dir.display()));
+        }
+        // Writable? (Opened, not truncated; made and removed again if new:
+        // a read-only file system, /proc, a file without write permission.)
+        let existed = p.exists();
+        let opened = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(p);
+        if let Err(e) = opened {
+            return Err(format!("--plot {}: cannot write it: {e}", p.display()));
+        }
+        if !existed {
+            let _ = std::fs::remove_file(p);
         }
     }
     Ok(())
