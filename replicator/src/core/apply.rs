@@ -254,8 +254,8 @@ impl Core {
                      node's sync source"
                 ));
             }
-            Op::Resync { .. } => s.last_resync = seq,
-            Op::Flush => s.last_flush = seq,
+            Op::Resync { .. } => (s.last_resync, s.flush_after_resync) = (seq, 0),
+            Op::Flush if s.flush_after_resync == 0 => s.flush_after_resync = seq,
             _ => {}
         }
         if let Activity::Target { progress, .. } = &mut s.activity {

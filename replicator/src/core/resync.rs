@@ -404,7 +404,7 @@ impl Core {
         // chunk is done here: chunks not yet on disk (or never applied)
         // would be declared UpToDate (found by a lying-peer test).
         if let Some(s) = &self.session {
-            if s.last_resync > 0 && (s.last_flush < s.last_resync || s.done < s.last_flush) {
+            if s.last_resync > 0 && (s.flush_after_resync == 0 || s.done < s.flush_after_resync) {
                 return Err(format!(
                     "SyncDone before the resync data up to operation {} was flushed here",
                     s.last_resync

@@ -234,10 +234,14 @@ pub struct Session {
     /// `promoted_at`): writes the peer sent as Primary before it heard of
     /// that (a reign that began earlier) are older than this node's data.
     pub reigned: Option<u64>,
-    /// Receiving side: the last resync chunk and the last flush received
-    /// (a SyncDone is taken only once a flush after every chunk is done).
+    /// Receiving side: the last resync chunk received, and the first flush
+    /// received after it (0: none yet). A SyncDone is taken only once that
+    /// flush is done: every chunk is then on disk. (Not the last flush
+    /// received: an application flush sent after the source's resync
+    /// flush may still run when the SyncDone comes; taken for a lie, it
+    /// dropped the link, found by a live test.)
     pub last_resync: u64,
-    pub last_flush: u64,
+    pub flush_after_resync: u64,
     /// Which side ends on the other's generation, or retires a stale
     /// bitmap base, once the handshake found nothing to move
     /// (`decide_sync`).
@@ -316,7 +320,7 @@ impl Session {
             peer_record: super::adaptive::PeerRecord::Unasked,
             reigned: None,
             last_resync: 0,
-            last_flush: 0,
+            flush_after_resync: 0,
             adoption: Adoption::None,
             app_busy: false,
             last_app: None,

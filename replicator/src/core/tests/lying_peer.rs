@@ -31,6 +31,56 @@ fn a_sync_done_before_the_chunks_are_flushed_is_a_link_fault() {
     assert_ne!(c.disk(), DiskState::UpToDate);
 }
 
+/// An honest source's SyncDone comes once its resync flush (after the last
+/// chunk) is done here; an application flush sent after that one may
+/// still be running. The SyncDone is taken. (Before, the target checked
+/// the last flush received, not the first after the last chunk, and took
+/// such a SyncDone for a lie: the link dropped, the Primary started a new
+/// generation and the target stayed Inconsistent until another resync; a
+/// live test hit it in 1 of 10 resyncs beside FUA writes and flushes.)
+#[test]
+fn a_sync_done_while_a_later_flush_runs_here_is_taken() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    run(&mut c, Duration::ZERO);
+    let t = Duration::ZERO;
+    c.handle_link_up(t, 1);
+    let mut h = hello(
+        Role::Primary,
+        DiskState::UpToDate,
+        GenIds { current: G2, bitmap: GEN, history: [GEN, 0] },
+    );
+    h.peer_out_of_sync = SIZE;
+    c.handle_frame(t, 1, Message::Hello(h));
+    c.handle_frame(t, 1, Message::Bits { runs: vec![(0, SIZE / 64)], last: true });
+    run_applied(&mut c, Duration::ZERO);
+    assert_eq!(c.replication(), Replication::SyncTarget);
+    c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::resync(0, Bytes::from(vec![9u8; 256])) });
+    c.handle_frame(t, 1, Message::Data { seq: 2, op: Op::Flush });
+    let (acts, _) = run_applied(&mut c, Duration::ZERO);
+    assert!(!closed(&acts), "{acts:?}");
+    // The application's flush, numbered after the resync flush: here it
+    // has not finished when the SyncDone comes.
+    c.handle_frame(t, 1, Message::Data { seq: 3, op: Op::Flush });
+    let mut running = Vec::new();
+    while let Some(a) = c.poll_action() {
+        match a {
+            Action::Store { io, op: StoreOp::Flush } => running.push(io),
+            Action::Persist { io, .. } => c.handle_io(t, io, Ok(None)),
+            other => assert!(!matches!(other, Action::Close { .. }), "{other:?}"),
+        }
+    }
+    assert_eq!(running.len(), 1, "the application's flush is running");
+    c.handle_frame(t, 1, Message::SyncDone { current: G2 });
+    let (acts, _) = run_applied(&mut c, Duration::ZERO);
+    assert!(!closed(&acts), "an honest SyncDone refused: {acts:?}");
+    for io in running {
+        c.handle_io(t, io, Ok(None));
+    }
+    let (acts, _) = run_applied(&mut c, Duration::ZERO);
+    assert!(!closed(&acts), "{acts:?}");
+    assert_eq!(c.disk(), DiskState::UpToDate);
+}
+
 /// A SyncSource (Secondary, the newer data) does not apply writes its
 /// SyncTarget sends: the authoritative copy would be overwritten by the
 /// stale side, and carried back by the next chunk read from it.
