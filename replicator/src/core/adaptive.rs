@@ -254,6 +254,14 @@ pub fn leave_rule(cfg: &AdaptiveConfig, level: u32, run: AheadRun, now: Time) ->
         .map(|(w, _)| w.holds)
 }
 
+/// Why an Ahead run ends (for its log line).
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    LinkBack,
+    Demoted,
+    NoQuorum,
+}
+
 impl Core {
     fn adaptive(&self) -> bool {
         self.cfg.protocol == Protocol::Adaptive
@@ -291,12 +299,16 @@ impl Core {
 
     /// Whether this Primary replicates in C, Established.
     fn in_c(&self) -> bool {
+        // An online verify runs beside writes in C: the budget holds then
+        // too (going Ahead stops the verify). Before, a verify kept the
+        // Primary in C whatever its writes waited, for as long as it ran
+        // (hours on a large disk; found by review).
         self.adaptive()
             && self.role == Role::Primary
-            && self
-                .session
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Running && matches!(s.activity, Activity::Idle))
+            && self.session.as_ref().is_some_and(|s| {
+                s.phase == Phase::Running
+                    && matches!(s.activity, Activity::Idle | Activity::Verify(_))
+            })
     }
 
     /// Since when application operation `req`, sent at `sent`, waits
@@ -388,15 +400,17 @@ impl Core {
             run.saw(rtt_class(cfg, u), None);
         }
         let run = *run;
-        let leave = if self.role != Role::Primary || !self.may_go_ahead() {
-            Some(1)
+        let (leave, why) = if self.role != Role::Primary {
+            (Some(1), Leave::Demoted)
+        } else if !self.may_go_ahead() {
+            (Some(1), Leave::NoQuorum)
         } else {
-            leave_rule(&self.cfg.adaptive, self.backoff.level, run, now)
+            (leave_rule(&self.cfg.adaptive, self.backoff.level, run, now), Leave::LinkBack)
         };
         // The peer knows it is behind (our generation is durable and was
         // announced) and no resync read of an earlier run is outstanding.
         if let Some(holds) = leave.filter(|_| self.meta_durable() && self.barrier == 0) {
-            self.leave_ahead(run, holds);
+            self.leave_ahead(run, holds, why);
         }
     }
 
@@ -468,6 +482,13 @@ impl Core {
                 _ => None,
             })
             .collect();
+        if let Activity::Verify(v) = &s.activity {
+            tracing::warn!(
+                checked = v.progress.done,
+                bytes = v.progress.total,
+                "online verify stopped: adaptive mode goes Ahead (run it again once in sync)"
+            );
+        }
         s.activity = Activity::Ahead(AheadRun { since: now, fits_since: [None; WAYS.len()] });
         s.peer_record = PeerRecord::Asked(now);
         self.backoff.level = level;
@@ -508,7 +529,7 @@ impl Core {
     }
 
     /// Ahead -> SyncSource: the marked blocks go to the peer; C again.
-    fn leave_ahead(&mut self, run: AheadRun, holds: u32) {
+    fn leave_ahead(&mut self, run: AheadRun, holds: u32, why: Leave) {
         let now = self.now;
         let claimed = crate::bitmap::Bitmap::with_block(self.cfg.size, self.cfg.block);
         let total = self.dirty.bytes();
@@ -516,11 +537,16 @@ impl Core {
         s.activity = Activity::Source(SourceSync::new(claimed, total, now));
         self.backoff.left = Some((now, holds));
         self.counters.mode_switches += 1;
+        let why = match why {
+            Leave::LinkBack => "the link is back within the budget",
+            Leave::Demoted => "this node is no longer Primary",
+            Leave::NoQuorum => "the controller forbids answering alone (no quorum, or demoting)",
+        };
         tracing::info!(
             ahead_ms = now.saturating_sub(run.since).as_millis() as u64,
             out_of_sync = self.dirty.bytes(),
             switches = self.counters.mode_switches,
-            "adaptive: the link is back within the budget: resyncing the marked blocks (C again)"
+            "adaptive: leaving Ahead, {why}: resyncing the marked blocks (C again)"
         );
     }
 

@@ -291,7 +291,7 @@ impl Core {
             return Err(Refused("not connected to the peer".into()));
         }
         if s.repl() != Replication::Established {
-            return Err(Refused(format!("a {} is under way", s.repl())));
+            return Err(Refused(format!("the replication is {}, not Established", s.repl())));
         }
         if self.role == Role::Secondary && s.peer.role == Role::Primary {
             self.send(Message::VerifyRequest);

@@ -351,3 +351,38 @@ fn a_state_naming_an_older_record_is_not_a_primary_gone_ahead() {
     assert_ne!(p.core(1).disk(), DiskState::Outdated, "b went Behind though a is not Ahead");
     assert_eq!(p.core(0).replication(), p.core(1).replication());
 }
+
+/// Adaptive mode: an online verify does not turn the latency budget off.
+/// A write that waits past it during a verify sends the Primary Ahead
+/// (the verify stops; it can be run again once in sync). Before, the
+/// verify kept the Primary in C whatever its writes waited, for as long
+/// as it ran (live: writes waited 75–103 ms at the median against a 20 ms
+/// budget for a whole verify; found by review).
+#[test]
+fn a_write_waiting_past_the_budget_during_a_verify_goes_ahead() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    p.initial();
+    let x0 = p.core(0).gen().current;
+    // (The slow link from now on: the verify stays under way.)
+    p.hold_to[1] = true;
+    p.core(0).verify().expect("verify starts");
+    p.settle_now();
+    assert_eq!(p.core(0).replication(), Replication::VerifySource);
+    write_past_the_budget(&mut p, 1, 0, 7);
+    assert_eq!(p.core(0).replication(), Replication::Ahead, "a stayed in C through the verify");
+    assert_ne!(p.core(0).gen().current, x0, "going Ahead starts a generation");
+    // The link is good again: a catches up, and a verify runs again.
+    p.hold_to[1] = false;
+    for _ in 0..400 {
+        p.now += Duration::from_millis(5);
+        let now = p.now;
+        p.core(0).handle_timeout(now);
+        p.settle_now();
+        if p.core(0).replication() == Replication::Established {
+            break;
+        }
+    }
+    assert_eq!(p.core(0).replication(), Replication::Established, "a never caught up");
+    assert!(p.reply(0, 1).is_some_and(|r| r.is_ok()), "the write was not answered");
+    p.core(0).verify().expect("verify starts again once in sync");
+}
