@@ -375,6 +375,44 @@ fn adaptive_goes_ahead_above_the_budget_and_comes_back_in_sync() {
     assert!(da == db, "the disks differ after Ahead, the catch-up resync and a flush");
 }
 
+/// `down` on a Primary that is Ahead (the link still slower than the
+/// budget) hands the blocks it answered alone to the peer before it stops:
+/// the peer ends UpToDate and is promoted without `--force`, with every
+/// write. Before, `down` returned at once and left the peer Outdated
+/// without them: only `primary --force` was left, losing them (found by
+/// review).
+#[test]
+fn down_on_an_ahead_primary_hands_its_marked_blocks_over_first() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = adaptive_pair("100ms");
+    let (relay, b_addr) = p.route_b_through_relay();
+    let (link, _) = netem(&relay, &b_addr, "0ms");
+    p.up(0);
+    p.up(1);
+    p.wait_connected();
+    p.ok(&["primary", "--force"], 0);
+    p.wait_connected();
+    drop(link);
+    let (_link, _) = netem(&relay, &b_addr, "80ms");
+    write_for(&p, Duration::from_secs(2), 0x22);
+    wait(&p, "a to go Ahead", Duration::from_secs(20), |a, b| {
+        a["connection"] == "Ahead" && b["disk"] == "Outdated"
+    });
+    p.qemu_io(0, "write -P 0x5c 40M 256k");
+    assert!(p.status(0)["out_of_sync_bytes"].as_u64().unwrap() > 0);
+    // The link stays slower than the budget (160 ms round trips).
+    assert!(p.down(0).success(), "down: {}", p.log(0));
+    assert!(p.log(0).contains("no longer Primary"), "{}", events(&p));
+    let b = p.status(1);
+    assert_eq!(b["disk"], "UpToDate", "b after a's down: {b}\n{}", events(&p));
+    p.ok(&["primary"], 1);
+    let out = p.qemu_io(1, "read -P 0x5c 40M 256k");
+    assert!(out.contains("read 262144/262144") && !out.contains("fail"), "{out}");
+    assert!(p.qemu_io(1, "read -P 0x22 0 4k").contains("read 4096/4096"));
+}
+
 #[test]
 fn adaptive_does_not_flap_with_the_delay_at_the_budget() {
     if !have("qemu-io") {

@@ -263,7 +263,7 @@ enum Leave {
 }
 
 impl Core {
-    fn adaptive(&self) -> bool {
+    pub(crate) fn adaptive(&self) -> bool {
         self.cfg.protocol == Protocol::Adaptive
     }
 

@@ -143,6 +143,24 @@ impl Core {
         })
     }
 
+    /// Adaptive mode: bytes this node holds for its peer on the running
+    /// session, marked out of sync while it was Ahead (then resynced to
+    /// the peer as its source). A planned stop waits for them, as for
+    /// protocol A's writes: the peer stays Outdated without them, and only
+    /// `primary --force` would promote it, losing them.
+    pub fn unsent_to_peer(&self) -> u64 {
+        if !self.adaptive() {
+            return 0;
+        }
+        self.session
+            .as_ref()
+            .filter(|s| s.phase == Phase::Running)
+            .filter(|s| {
+                matches!(s.activity, session::Activity::Ahead(_) | session::Activity::Source(_))
+            })
+            .map_or(0, |_| self.dirty.bytes())
+    }
+
     /// No I/O in flight, nothing waiting, no resync or verify under way.
     pub fn quiescent(&self) -> bool {
         self.app.is_empty()

@@ -232,21 +232,33 @@ impl Node {
         }
         // Protocol A answered writes its peer may not have yet: they reach
         // it before the link closes (a crash may lose them; a planned stop
-        // does not). A link that fails ends the session, and the wait.
-        let unconfirmed = || self.lock().core.unconfirmed_writes();
-        let left = unconfirmed();
-        if left > 0 {
-            tracing::info!(left, "waiting for the peer to confirm the writes it was sent");
+        // does not). So do the blocks adaptive mode marked while Ahead
+        // (the demotion ended the run: they are resynced to the peer now;
+        // before, `down` left the peer Outdated without them, found by
+        // review). A link that fails ends the session, and the wait.
+        let unconfirmed = || {
+            let sh = self.lock();
+            (sh.core.unconfirmed_writes(), sh.core.unsent_to_peer())
+        };
+        let (left, marked) = unconfirmed();
+        if left > 0 || marked > 0 {
+            tracing::info!(
+                left,
+                marked,
+                "waiting for the peer to confirm the writes it was sent and take the marked blocks"
+            );
         }
         let deadline = tokio::time::Instant::now() + drain;
-        while unconfirmed() > 0 && tokio::time::Instant::now() < deadline {
+        while unconfirmed() != (0, 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let left = unconfirmed();
-        if left > 0 {
+        let (left, marked) = unconfirmed();
+        if left > 0 || marked > 0 {
             tracing::warn!(
                 left,
-                "stopping with writes the peer has not confirmed (within {wait:?})"
+                marked,
+                "stopping with writes the peer has not confirmed or blocks it has not taken \
+                 (within {drain:?})"
             );
         }
     }
