@@ -579,6 +579,9 @@ impl Core {
             return;
         }
         s.activity = Activity::Behind;
+        // (The Primary's verify, if it ran one, stopped when it went
+        // Ahead: no "VerifyTarget" once the catch-up is over.)
+        s.verify_target = None;
         self.disk = DiskState::Outdated;
         tracing::warn!(
             "adaptive: the Primary is Ahead: Behind (disk Outdated until the catch-up resync)"
