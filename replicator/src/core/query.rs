@@ -143,22 +143,30 @@ impl Core {
         })
     }
 
-    /// Adaptive mode: bytes this node holds for its peer on the running
-    /// session, marked out of sync while it was Ahead (then resynced to
-    /// the peer as its source). A planned stop waits for them, as for
-    /// protocol A's writes: the peer stays Outdated without them, and only
-    /// `primary --force` would promote it, losing them.
-    pub fn unsent_to_peer(&self) -> u64 {
-        if !self.adaptive() {
-            return 0;
-        }
-        self.session
-            .as_ref()
-            .filter(|s| s.phase == Phase::Running)
-            .filter(|s| {
+    /// Adaptive mode: this node holds data its peer lacks (it is Ahead,
+    /// or resyncs the blocks it marked then, or still has them marked),
+    /// and the peer has not said it holds it all. A planned stop waits for
+    /// that, as for protocol A's writes: without it the peer stays
+    /// Outdated (or Inconsistent mid-resync), and only `primary --force`
+    /// would promote it, losing those writes.
+    pub fn owes_peer(&self) -> bool {
+        let marked_or_moving = self.dirty.bytes() > 0
+            || self.session.as_ref().is_some_and(|s| {
                 matches!(s.activity, session::Activity::Ahead(_) | session::Activity::Source(_))
+            });
+        self.adaptive() && marked_or_moving && !self.peer_in_sync()
+    }
+
+    /// The running session's peer said it is UpToDate (its State, sent
+    /// once it took the SyncDone and saved itself so), nothing is marked
+    /// out of sync and no resync is under way.
+    pub fn peer_in_sync(&self) -> bool {
+        self.dirty.bytes() == 0
+            && self.session.as_ref().is_some_and(|s| {
+                s.phase == Phase::Running
+                    && matches!(s.activity, session::Activity::Idle)
+                    && s.peer.disk == DiskState::UpToDate
             })
-            .map_or(0, |_| self.dirty.bytes())
     }
 
     /// No I/O in flight, nothing waiting, no resync or verify under way.

@@ -220,6 +220,9 @@ impl Node {
             return;
         }
         tracing::info!("stopping as Primary: demoting first");
+        // (Adaptive mode: what it answered alone while Ahead goes to the
+        // peer before the link closes, below.)
+        let owed = self.lock().core.owes_peer();
         self.demote_forced();
         let deadline = tokio::time::Instant::now() + wait;
         let busy = || self.role() == Role::Primary || self.lock().core.releasing();
@@ -232,34 +235,56 @@ impl Node {
         }
         // Protocol A answered writes its peer may not have yet: they reach
         // it before the link closes (a crash may lose them; a planned stop
-        // does not). So do the blocks adaptive mode marked while Ahead
-        // (the demotion ended the run: they are resynced to the peer now;
-        // before, `down` left the peer Outdated without them, found by
-        // review). A link that fails ends the session, and the wait.
-        let unconfirmed = || {
+        // does not). A link that fails ends the session, and the wait.
+        //
+        // So do the blocks adaptive mode answered alone while Ahead: the
+        // demotion ends the run (or, mid-catch-up, the session: the
+        // handshake then resyncs them from this node as a Secondary), and
+        // the wait lasts until the peer says it holds them all (its
+        // State after the SyncDone: the bitmap being empty here is not
+        // enough, the SyncDone may still be unsent). Before, `down`
+        // returned at once and left the peer Outdated (found by review);
+        // a first fix waited for the bitmap alone and could close the
+        // link before the SyncDone left (the peer then Inconsistent;
+        // found by review of it). Without a link for 3 s the wait ends.
+        let pending = || {
             let sh = self.lock();
-            (sh.core.unconfirmed_writes(), sh.core.unsent_to_peer())
+            let c = &sh.core;
+            (c.unconfirmed_writes(), owed && !c.peer_in_sync(), c.session_id().is_some())
         };
-        let (left, marked) = unconfirmed();
-        if left > 0 || marked > 0 {
+        let (left, behind, _) = pending();
+        if left > 0 || behind {
             tracing::info!(
                 left,
-                marked,
-                "waiting for the peer to confirm the writes it was sent and take the marked blocks"
+                behind,
+                "waiting for the peer to confirm the writes it was sent and take the blocks \
+                 answered alone"
             );
         }
         let deadline = tokio::time::Instant::now() + drain;
-        while unconfirmed() != (0, 0) && tokio::time::Instant::now() < deadline {
+        let mut unlinked_since = None;
+        loop {
+            let (left, behind, linked) = pending();
+            let now = tokio::time::Instant::now();
+            if left == 0 && !behind {
+                break;
+            }
+            let unlinked = *unlinked_since.get_or_insert(now);
+            if linked {
+                unlinked_since = None;
+            }
+            let gone = !linked && now.duration_since(unlinked) >= Duration::from_secs(3);
+            if now >= deadline || gone {
+                tracing::warn!(
+                    left,
+                    behind,
+                    "stopping with writes the peer has not confirmed or blocks it has not taken \
+                     ({})",
+                    if gone { "no link for 3 s" } else { "waited the limit" }
+                );
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (left, marked) = unconfirmed();
-        if left > 0 || marked > 0 {
-            tracing::warn!(
-                left,
-                marked,
-                "stopping with writes the peer has not confirmed or blocks it has not taken \
-                 (within {drain:?})"
-            );
         }
     }
 

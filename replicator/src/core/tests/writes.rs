@@ -386,3 +386,69 @@ fn a_write_waiting_past_the_budget_during_a_verify_goes_ahead() {
     assert!(p.reply(0, 1).is_some_and(|r| r.is_ok()), "the write was not answered");
     p.core(0).verify().expect("verify starts again once in sync");
 }
+
+/// `down` on an Ahead Primary waits (in the node's shell) while
+/// `owes_peer()` held at the demotion and `peer_in_sync()` does not hold
+/// yet. When that wait ends the peer holds everything, UpToDate, and a
+/// link closed right then leaves it so. (From review of a first fix that
+/// waited for the bitmap alone: the SyncDone, sent once the emptied bitmap
+/// is saved, could still be unsent; the peer stayed Inconsistent.)
+#[test]
+fn a_stop_waits_until_the_peer_holds_what_was_answered_alone() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    p.initial();
+    write_past_the_budget(&mut p, 1, 0, 7);
+    assert_eq!(p.core(0).replication(), Replication::Ahead);
+    p.hold_to[1] = false;
+    p.settle_now();
+    p.write(0, 2, 4096, 9, 64);
+    p.settle_now();
+    assert!(p.core(0).owes_peer(), "nothing owed after answering alone");
+    p.core(0).demote_forced();
+    let mut steps = 0;
+    while !p.core(0).peer_in_sync() && steps < 20_000 {
+        p.steps(1, true, &mut |_| {});
+        steps += 1;
+    }
+    assert!(p.core(0).peer_in_sync(), "the wait would never end");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "the wait ends before b holds it all");
+    p.cut();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "b after the link closed as down closes it");
+}
+
+/// The same with the catch-up resync already under way at the demotion:
+/// the demotion ends the session (the handshake renegotiates), so the wait
+/// must not end on an empty view of the session; it ends once the next
+/// session's resync has brought the peer UpToDate. (Before, it saw
+/// nothing owed at once; found by review.)
+#[test]
+fn a_stop_during_the_catch_up_waits_for_the_next_session_to_finish_it() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    p.initial();
+    write_past_the_budget(&mut p, 1, 0, 7);
+    for r in 0..64u64 {
+        p.write(0, 10 + r, r * 4096, 9, 64);
+        p.settle_now();
+    }
+    p.hold_to[1] = false;
+    let mut tries = 0;
+    while p.core(0).replication() != Replication::SyncSource && tries < 2000 {
+        p.steps(1, true, &mut |_| {});
+        tries += 1;
+    }
+    assert_eq!(p.core(0).replication(), Replication::SyncSource);
+    assert!(p.core(0).owes_peer());
+    p.core(0).demote_forced();
+    assert!(!p.core(0).peer_in_sync(), "the wait would end at once");
+    if p.core(0).session_id().is_none() {
+        p.connect();
+    }
+    let mut steps = 0;
+    while !p.core(0).peer_in_sync() && steps < 20_000 {
+        p.steps(1, true, &mut |_| {});
+        steps += 1;
+    }
+    assert!(p.core(0).peer_in_sync(), "the next session never finished the catch-up");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+}
