@@ -161,9 +161,10 @@ pub struct Store {
     /// The O_DIRECT descriptor refused a request (EINVAL) and it was redone
     /// buffered; warned about once.
     direct_refused: AtomicBool,
-    /// Read-modify-writes of unaligned requests on a direct store, one at
-    /// a time ([`unaligned`]).
-    rmw: tokio::sync::Mutex<()>,
+    /// Read-modify-writes of unaligned requests on a direct store run
+    /// alone (write side), aligned direct writes beside each other (read
+    /// side): see [`unaligned`].
+    rmw: tokio::sync::RwLock<()>,
     /// Buffered reads try the page cache first ([`Store::read_cached`]);
     /// cleared if the kernel refuses `RWF_NOWAIT`.
     nowait_reads: AtomicBool,
@@ -273,7 +274,7 @@ impl Store {
             created: !exists,
             is_blockdev,
             direct_refused: AtomicBool::new(false),
-            rmw: tokio::sync::Mutex::new(()),
+            rmw: tokio::sync::RwLock::new(()),
             nowait_reads: AtomicBool::new(true),
         };
         tracing::info!(
@@ -397,6 +398,7 @@ impl Store {
             // (RWF_DSYNC on the O_DIRECT descriptor: another open file,
             // whose syncs take no error report from the buffered one's.)
             let aligned = WriteData::Aligned(AlignedBuf::copy_from(&data));
+            let _beside_others = self.rmw.read().await;
             match self.run(Op::Write { fd, off, data: aligned, done: 0, fua }).await {
                 Err(e) if self.direct_refused(&e, off, data.len()) => {}
                 r => return r.map(drop),

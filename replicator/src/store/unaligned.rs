@@ -16,10 +16,12 @@
 //! partial 4 KiB blocks at its ends, patches them and writes the covering
 //! range back (read-modify-write); a zeroing or trim does the same for its
 //! partial blocks and leaves the aligned middle to `fallocate`. The
-//! read-modify-writes run one at a time, because two writes to different
-//! sectors of one 4 KiB block must both land. A request that overlaps one
-//! in flight may find either one's data in the blocks they share, as NBD
-//! allows of overlapping requests. A range whose covering blocks would
+//! read-modify-writes run alone, because two writes to different sectors
+//! of one 4 KiB block must both land, and an aligned write in flight
+//! beside one would be undone in the block they share (the
+//! read-modify-write read the block before it landed; found by review):
+//! aligned direct writes take the lock's shared side. Overlapping
+//! requests then end in one order or the other. A range whose covering blocks would
 //! reach past the end of the file (a file whose size is not a multiple of
 //! 4 KiB) keeps the buffered path: a direct write there would grow it.
 
@@ -82,7 +84,7 @@ impl Store {
     /// Puts `patch` over `[c.off, c.off + c.len)` by a read-modify-write of
     /// the covering blocks, one at a time; with `fua` durable on return.
     pub(super) async fn patch(&self, c: Cover, patch: Patch<'_>, fua: bool) -> io::Result<()> {
-        let _alone = self.rmw.lock().await;
+        let _alone = self.rmw.write().await;
         let a = ALIGN as u64;
         let mut buf = AlignedBuf::zeroed((c.end - c.start) as usize);
         let (head, tail) = (c.off > c.start, c.off + c.len < c.end);
