@@ -149,11 +149,16 @@ impl Core {
     /// that, as for protocol A's writes: without it the peer stays
     /// Outdated (or Inconsistent mid-resync), and only `primary --force`
     /// would promote it, losing those writes.
+    ///
+    /// Only with the peer connected: a Primary that wrote while its peer
+    /// was away owes it nothing a stop could hand over (before, `down`
+    /// then waited 3 s for a link; found by review).
     pub fn owes_peer(&self) -> bool {
+        let Some(s) = self.session.as_ref().filter(|s| s.phase == Phase::Running) else {
+            return false;
+        };
         let marked_or_moving = self.dirty.bytes() > 0
-            || self.session.as_ref().is_some_and(|s| {
-                matches!(s.activity, session::Activity::Ahead(_) | session::Activity::Source(_))
-            });
+            || matches!(s.activity, session::Activity::Ahead(_) | session::Activity::Source(_));
         self.adaptive() && marked_or_moving && !self.peer_in_sync()
     }
 

@@ -250,7 +250,10 @@ impl Node {
         let pending = || {
             let sh = self.lock();
             let c = &sh.core;
-            (c.unconfirmed_writes(), owed && !c.peer_in_sync(), c.session_id().is_some())
+            // (Linked: a running session. A handshake that keeps failing
+            // does not hold the stop for the whole limit; found by review.)
+            let linked = c.connection() == crate::core::Connection::Connected;
+            (c.unconfirmed_writes(), owed && !c.peer_in_sync(), linked)
         };
         let (left, behind, _) = pending();
         if left > 0 || behind {

@@ -452,3 +452,50 @@ fn a_stop_during_the_catch_up_waits_for_the_next_session_to_finish_it() {
     assert!(p.core(0).peer_in_sync(), "the next session never finished the catch-up");
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
+
+/// An adaptive Primary that wrote while its peer was away owes a stop
+/// nothing to hand over (before, `down` then waited 3 s for a link and
+/// warned; found by review).
+#[test]
+fn a_stop_with_the_peer_away_does_not_wait() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    p.initial();
+    p.cut();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    assert!(p.core(0).session_id().is_none());
+    assert!(p.core(0).dirty().bytes() > 0, "the write was not marked");
+    assert!(!p.core(0).owes_peer(), "owes its peer with no peer linked");
+}
+
+/// The demotion lands after the last resync flush was acknowledged (the
+/// bitmap empty) but before the SyncDone left: the wait goes on until the
+/// peer is UpToDate (from review).
+#[test]
+fn a_stop_with_an_empty_bitmap_before_the_sync_done_still_waits() {
+    let mut p = adaptive_pair(Duration::from_millis(3));
+    p.initial();
+    write_past_the_budget(&mut p, 1, 0, 7);
+    p.hold_to[1] = false;
+    let mut tries = 0;
+    while !(p.core(0).replication() == Replication::SyncSource && p.core(0).dirty().bytes() == 0)
+        && tries < 20_000
+    {
+        p.steps(1, true, &mut |_| {});
+        tries += 1;
+    }
+    assert_eq!(p.core(0).replication(), Replication::SyncSource, "the window was not reached");
+    assert!(p.core(0).owes_peer());
+    p.core(0).demote_forced();
+    assert!(!p.core(0).peer_in_sync(), "the wait would end at once");
+    if p.core(0).session_id().is_none() {
+        p.connect();
+    }
+    let mut steps = 0;
+    while !p.core(0).peer_in_sync() && steps < 20_000 {
+        p.steps(1, true, &mut |_| {});
+        steps += 1;
+    }
+    assert!(p.core(0).peer_in_sync(), "never in sync");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+}
