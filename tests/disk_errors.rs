@@ -369,9 +369,12 @@ fn a_flush_whose_disk_and_metadata_hang_is_not_answered_on_the_peers_word() {
 #[test]
 fn a_read_on_a_new_primary_waits_for_the_writes_it_received() {
     let dir = tempfile::Builder::new().prefix("tb-hangmeta").tempdir_in(test_tmp()).unwrap();
+    // (A peer timeout well above the second the write is given below:
+    // with 1 s, a loaded CI machine saw a give b up — "completed no
+    // operation for 1s" — before the check, and resync the write.)
     let Some((disk, _fs, mut p)) = hanging_fs_pair(dir.path(), |p, fs| {
         p.set_meta(1, &fs.mnt.join("b.meta"));
-        p.set_timeout("1s");
+        p.set_timeout("4s");
     }) else {
         return;
     };
