@@ -300,19 +300,23 @@ fn bench_rtt_interrupted_leaves_no_process_nor_file() {
     }
 }
 
+/// Both nodes UpToDate, connected, nothing out of sync, still on
+/// generation `gen` (a bench changes none of it).
+fn assert_healthy(pair: &Pair, gen: &serde_json::Value, why: &str) {
+    for i in 0..2 {
+        let st = pair.status(i);
+        assert_eq!(st["disk"], "UpToDate", "{why}: node {i}: {st}");
+        assert_eq!(st["connection"], "Connected", "{why}: node {i}: {st}");
+        assert_eq!(st["out_of_sync_bytes"], 0, "{why}: node {i}: {st}");
+    }
+    assert_eq!(&pair.status(0)["generation"], gen, "{why}: a new data generation");
+}
+
 #[test]
 fn a_scratch_area_that_cannot_be_written_stops_the_bench_and_nothing_else() {
     let pair = Pair::start("C", "16M");
     let gen = pair.status(0)["generation"].clone();
-    let healthy = |why: &str| {
-        for i in 0..2 {
-            let st = pair.status(i);
-            assert_eq!(st["disk"], "UpToDate", "{why}: node {i}: {st}");
-            assert_eq!(st["connection"], "Connected", "{why}: node {i}: {st}");
-            assert_eq!(st["out_of_sync_bytes"], 0, "{why}: node {i}: {st}");
-        }
-        assert_eq!(pair.status(0)["generation"], gen, "{why}: a new data generation");
-    };
+    let healthy = |why: &str| assert_healthy(&pair, &gen, why);
     // Both scratch areas are directories: the Primary's is made ready
     // before the bench starts, and the bench is refused, naming it.
     let a = pair.dir.path().join("a.meta.bench");
@@ -434,15 +438,7 @@ fn a_bench_never_fills_the_metadata_volume() {
     let pair = pair.bring_up();
     pair.wait_synced("the initial sync", Duration::from_secs(60));
     let gen = pair.status(0)["generation"].clone();
-    let healthy = |why: &str| {
-        for i in 0..2 {
-            let st = pair.status(i);
-            assert_eq!(st["disk"], "UpToDate", "{why}: node {i}: {st}");
-            assert_eq!(st["connection"], "Connected", "{why}: node {i}: {st}");
-            assert_eq!(st["out_of_sync_bytes"], 0, "{why}: node {i}: {st}");
-        }
-        assert_eq!(pair.status(0)["generation"], gen, "{why}: a new data generation");
-    };
+    let healthy = |why: &str| assert_healthy(&pair, &gen, why);
     let (free_a, free_b) = (vols.free_mib("a"), vols.free_mib("b"));
     // The Primary's area has no room: refused before measuring, saying why.
     let out = bench(&pair, 0, &[]);

@@ -19,20 +19,25 @@ impl AlignedBuf {
     /// A buffer of `len` bytes (a non-zero multiple of ALIGN), contents
     /// unspecified until written.
     pub fn new(len: usize) -> Self {
-        assert!(len > 0 && len.is_multiple_of(ALIGN), "aligned buffer of {len} bytes");
-        let layout = Layout::from_size_align(len, ALIGN).expect("valid layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc::alloc(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len }
+        Self::alloc(len, false)
     }
 
     /// A buffer of `len` bytes (a non-zero multiple of ALIGN), all zero.
     pub fn zeroed(len: usize) -> Self {
+        Self::alloc(len, true)
+    }
+
+    fn alloc(len: usize, zeroed: bool) -> Self {
         assert!(len > 0 && len.is_multiple_of(ALIGN), "aligned buffer of {len} bytes");
         let layout = Layout::from_size_align(len, ALIGN).expect("valid layout");
         // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = unsafe {
+            if zeroed {
+                alloc::alloc_zeroed(layout)
+            } else {
+                alloc::alloc(layout)
+            }
+        };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len }
     }

@@ -5,25 +5,29 @@ use super::*;
 
 const G2: u64 = 0x2222_3333_4444_5555;
 
-/// A SyncTarget given a SyncDone before the chunks it received are
-/// flushed (here: one chunk, not yet applied) does not take it: it would
-/// be UpToDate over data not on its disk.
-#[test]
-fn a_sync_done_before_the_chunks_are_flushed_is_a_link_fault() {
+/// A core made the SyncTarget of a peer in `role` whose generation G2
+/// holds everything (the whole device out of sync); with the time.
+fn sync_target_of(role: Role) -> (Core, Time) {
     let mut c = core(Protocol::C, DiskState::UpToDate);
     run(&mut c, Duration::ZERO);
     let t = Duration::ZERO;
     c.handle_link_up(t, 1);
-    let mut h = hello(
-        Role::Secondary,
-        DiskState::UpToDate,
-        GenIds { current: G2, bitmap: GEN, history: [GEN, 0] },
-    );
+    let mut h =
+        hello(role, DiskState::UpToDate, GenIds { current: G2, bitmap: GEN, history: [GEN, 0] });
     h.peer_out_of_sync = SIZE;
     c.handle_frame(t, 1, Message::Hello(h));
     c.handle_frame(t, 1, Message::Bits { runs: vec![(0, SIZE / 64)], last: true });
     run_applied(&mut c, Duration::ZERO);
     assert_eq!(c.replication(), Replication::SyncTarget);
+    (c, t)
+}
+
+/// A SyncTarget given a SyncDone before the chunks it received are
+/// flushed (here: one chunk, not yet applied) does not take it: it would
+/// be UpToDate over data not on its disk.
+#[test]
+fn a_sync_done_before_the_chunks_are_flushed_is_a_link_fault() {
+    let (mut c, t) = sync_target_of(Role::Secondary);
     c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::resync(0, Bytes::from(vec![9u8; 256])) });
     c.handle_frame(t, 1, Message::SyncDone { current: G2 });
     let (acts, _) = run_applied(&mut c, Duration::ZERO);
@@ -40,20 +44,7 @@ fn a_sync_done_before_the_chunks_are_flushed_is_a_link_fault() {
 /// live test hit it in 1 of 10 resyncs beside FUA writes and flushes.)
 #[test]
 fn a_sync_done_while_a_later_flush_runs_here_is_taken() {
-    let mut c = core(Protocol::C, DiskState::UpToDate);
-    run(&mut c, Duration::ZERO);
-    let t = Duration::ZERO;
-    c.handle_link_up(t, 1);
-    let mut h = hello(
-        Role::Primary,
-        DiskState::UpToDate,
-        GenIds { current: G2, bitmap: GEN, history: [GEN, 0] },
-    );
-    h.peer_out_of_sync = SIZE;
-    c.handle_frame(t, 1, Message::Hello(h));
-    c.handle_frame(t, 1, Message::Bits { runs: vec![(0, SIZE / 64)], last: true });
-    run_applied(&mut c, Duration::ZERO);
-    assert_eq!(c.replication(), Replication::SyncTarget);
+    let (mut c, t) = sync_target_of(Role::Primary);
     c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::resync(0, Bytes::from(vec![9u8; 256])) });
     c.handle_frame(t, 1, Message::Data { seq: 2, op: Op::Flush });
     let (acts, _) = run_applied(&mut c, Duration::ZERO);

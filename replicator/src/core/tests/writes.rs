@@ -438,19 +438,7 @@ fn a_stop_during_the_catch_up_waits_for_the_next_session_to_finish_it() {
         tries += 1;
     }
     assert_eq!(p.core(0).replication(), Replication::SyncSource);
-    assert!(p.core(0).owes_peer());
-    p.core(0).demote_forced();
-    assert!(!p.core(0).peer_in_sync(), "the wait would end at once");
-    if p.core(0).session_id().is_none() {
-        p.connect();
-    }
-    let mut steps = 0;
-    while !p.core(0).peer_in_sync() && steps < 20_000 {
-        p.steps(1, true, &mut |_| {});
-        steps += 1;
-    }
-    assert!(p.core(0).peer_in_sync(), "the next session never finished the catch-up");
-    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    demote_and_wait_for_the_peer(&mut p, "the next session never finished the catch-up");
 }
 
 /// An adaptive Primary that wrote while its peer was away owes a stop
@@ -485,6 +473,13 @@ fn a_stop_with_an_empty_bitmap_before_the_sync_done_still_waits() {
         tries += 1;
     }
     assert_eq!(p.core(0).replication(), Replication::SyncSource, "the window was not reached");
+    demote_and_wait_for_the_peer(&mut p, "never in sync");
+}
+
+/// a, owing its peer, is demoted (as `down` does); the stop's wait must
+/// not end at once, and ends (a's next session too, if the demotion ended
+/// this one) with b UpToDate.
+fn demote_and_wait_for_the_peer(p: &mut Pair, never: &str) {
     assert!(p.core(0).owes_peer());
     p.core(0).demote_forced();
     assert!(!p.core(0).peer_in_sync(), "the wait would end at once");
@@ -496,6 +491,6 @@ fn a_stop_with_an_empty_bitmap_before_the_sync_done_still_waits() {
         p.steps(1, true, &mut |_| {});
         steps += 1;
     }
-    assert!(p.core(0).peer_in_sync(), "never in sync");
+    assert!(p.core(0).peer_in_sync(), "{never}");
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
