@@ -296,10 +296,26 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
-            eprintln!("twinblock: {e:#}");
+            eprintln!("twinblock: {}", chain_text(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// An error and its causes, `: `-joined, each cause left out whose text
+/// the message already ends with (errors that print their source, as
+/// `MetaError::Io` does, would otherwise say it twice).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text = format!("{text}: {part}");
+        }
+    }
+    text
 }
 
 /// Logs on stderr: the level from -v/-q, else $TWINBLOCK_LOG or $RUST_LOG,

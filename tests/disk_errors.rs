@@ -522,6 +522,42 @@ fn a_read_the_disk_never_answers_detaches_it_after_disk_timeout() {
     assert!(why.contains("a read: no completion for 1s"), "{why}");
 }
 
+/// An application read the disk fails (EIO) detaches the disk, as a
+/// failed write does: the node stayed UpToDate, connected and promotable
+/// with a disk whose every read failed, and said nothing (found by
+/// review, helper-87 D4). The read fails; the peer holds the data.
+#[test]
+fn a_read_the_disk_fails_detaches_it() {
+    if !(have("nbdkit") && have("nbdfuse") && have("qemu-io") && root("FUSE")) {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("tb-eio").tempdir_in(test_tmp()).unwrap();
+    let disk = FuseDisk::failing_reads(dir.path(), "16M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &disk.file());
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let written = qemu_io(&p.uri(0), "write -P 0x5a 8M 4k");
+    assert!(!written.contains("error"), "{written}");
+    p.wait_drained();
+    // The disk's pages out of the page cache: the read must reach the disk.
+    let f = std::fs::File::open(disk.file()).unwrap();
+    // SAFETY: posix_fadvise on an open file descriptor.
+    let r = unsafe {
+        libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED)
+    };
+    assert_eq!(r, 0, "posix_fadvise");
+    disk.fail_writes(true);
+    let out = qemu_io(&p.uri(0), "read 8M 4k");
+    assert!(out.contains("Input/output error"), "a read of the failing disk: {out}");
+    let a = p.status(0);
+    assert_eq!(a["disk"], "Failed", "{a}");
+    let why = a["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("application read"), "{why}");
+    assert_eq!(p.status(1)["disk"], "UpToDate");
+    let b = std::fs::read(&p.nodes[1].disk).unwrap();
+    assert!(b[8 << 20..(8 << 20) + 4096].iter().all(|&x| x == 0x5a), "b lacks the write");
+}
+
 /// Writes waiting for a peer that stopped answering (a partition: the
 /// relay to b is gone), their local part done, when another write fails
 /// on the local disk: that failure detaches the disk and ends the session,

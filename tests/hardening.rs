@@ -140,7 +140,7 @@ fn up_refuses_nbd_clients_beyond_max_connections() {
 /// sync.
 #[test]
 fn a_recreated_disk_is_not_trusted_and_takes_a_full_sync() {
-    recreated_disk(false);
+    recreated_disk(Recreated::Removed);
 }
 
 /// The same with the operator's new empty file at the path (README's
@@ -150,27 +150,105 @@ fn a_recreated_disk_is_not_trusted_and_takes_a_full_sync() {
 /// beside the metadata (`meta.disk`) and checked at every start.
 #[test]
 fn a_disk_replaced_by_a_new_file_is_not_trusted_and_takes_a_full_sync() {
-    recreated_disk(true);
+    recreated_disk(Recreated::NewFile);
 }
 
-fn recreated_disk(replace: bool) {
+/// A disk file emptied in place (`truncate -s 0`: the same inode and
+/// birth) was grown back to size and trusted: UpToDate, its zeroes
+/// resynced over the peer's data (found by review, helper-87 D1).
+#[test]
+fn a_disk_file_emptied_in_place_is_not_trusted() {
+    recreated_disk(Recreated::Emptied);
+}
+
+/// A new disk file whose identity file (`meta.disk`) is gone too: the
+/// node recorded the new disk as its own and trusted it (helper-87 D3b).
+#[test]
+fn a_new_disk_beside_metadata_without_its_identity_is_not_trusted() {
+    recreated_disk(Recreated::NewFileIdentityLost);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Recreated {
+    Removed,
+    NewFile,
+    Emptied,
+    NewFileIdentityLost,
+}
+
+fn recreated_disk(how: Recreated) {
     let mut p = Pair::start("C", "16M");
     p.qemu_io(0, "write -P 0x3c 1M 2M");
     p.wait_drained();
     assert!(p.down(1).success());
-    std::fs::remove_file(&p.nodes[1].disk).unwrap();
-    if replace {
-        std::fs::File::create(&p.nodes[1].disk).unwrap().set_len(16 << 20).unwrap();
+    let disk = &p.nodes[1].disk;
+    match how {
+        Recreated::Emptied => std::fs::File::create(disk).map(drop).unwrap(),
+        _ => std::fs::remove_file(disk).unwrap(),
+    }
+    if matches!(how, Recreated::NewFile | Recreated::NewFileIdentityLost) {
+        std::fs::File::create(disk).unwrap().set_len(16 << 20).unwrap();
+    }
+    if matches!(how, Recreated::NewFileIdentityLost) {
+        std::fs::remove_file(p.dir.path().join("b.meta.disk")).unwrap();
     }
     p.up(1);
     let b = p.status(1);
-    assert_ne!(b["disk"], "UpToDate", "an empty new disk claims to be UpToDate: {b}");
+    assert_ne!(b["disk"], "UpToDate", "{how:?}: an empty disk claims to be UpToDate: {b}");
     p.wait_synced("the full sync of the new disk", Duration::from_secs(60));
     assert!(
         std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
-        "the disks differ after the full sync"
+        "{how:?}: the disks differ after the full sync"
     );
-    assert!(p.status(0)["counters"]["resync_bytes"].as_u64().unwrap() >= 16 << 20);
+    let a = p.status(0);
+    assert!(a["counters"]["resync_bytes"].as_u64().unwrap() >= 16 << 20, "{how:?}: {a}");
+    assert!(
+        std::fs::read(&p.nodes[0].disk).unwrap()[1 << 20..3 << 20].iter().all(|&x| x == 0x3c),
+        "{how:?}: the written data is gone"
+    );
+}
+
+/// A node whose record (`meta`) is gone while its bitmap, activity log and
+/// disk identity remain started afresh, silently, as a new node: what it
+/// alone held was given up to its peer's full sync (helper-87 D5). It now
+/// refuses to start, naming both files. A bitmap that is not a file is
+/// named as itself, once (the error named `meta` and said its cause twice).
+#[test]
+fn lost_metadata_is_named_not_taken_for_a_new_node() {
+    let mut p = Pair::start("C", "16M");
+    p.qemu_io(0, "write -P 0x3c 0 64k");
+    p.wait_drained();
+    assert!(p.down(1).success());
+    let dir = p.dir.path().to_path_buf();
+    let start_b = || {
+        run_timeout(
+            Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "b"]),
+            Duration::from_secs(20),
+        )
+    };
+    let meta = dir.join("b.meta");
+    let kept = std::fs::read(&meta).unwrap();
+    std::fs::remove_file(&meta).unwrap();
+    let out = start_b();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{} is missing", meta.display())) && err.contains("b.meta.bitmap"),
+        "{err}"
+    );
+    std::fs::write(&meta, kept).unwrap();
+    let bitmap = dir.join("b.meta.bitmap");
+    std::fs::remove_file(&bitmap).unwrap();
+    std::fs::create_dir(&bitmap).unwrap();
+    let out = start_b();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&bitmap.display().to_string()), "the bitmap is not named: {err}");
+    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+    // Put back, the node starts and is in sync.
+    std::fs::remove_dir(&bitmap).unwrap();
+    p.up(1);
+    p.wait_synced("b back", Duration::from_secs(60));
 }
 
 /// A replication address another process holds: `up` says which and

@@ -27,7 +27,8 @@ pub const EXTENT: u64 = 4 << 20;
 /// Journal lines after which the log file is rewritten compactly.
 const COMPACT_AFTER: usize = 16 * 1024;
 
-fn sibling(meta: &Path, ext: &str) -> PathBuf {
+/// `<meta>.<ext>`: the metadata's sibling files (`al`, `bitmap`).
+pub fn sibling(meta: &Path, ext: &str) -> PathBuf {
     PathBuf::from(format!("{}.{ext}", meta.display()))
 }
 

@@ -6,7 +6,8 @@
 //! - a regular file: its file system, inode and birth time (a new file,
 //!   even one given the old inode number, differs);
 //! - a block device: the first stable name sysfs gives it (WWID, serial,
-//!   device-mapper UUID, or a loop device's backing file and its inode),
+//!   device-mapper UUID, or a loop device's backing file with its inode
+//!   and birth time),
 //!   else its device number.
 
 use std::fs;
@@ -36,18 +37,27 @@ pub fn identity(path: &Path) -> io::Result<String> {
             }
         }
         if let Ok(backing) = fs::read_to_string(sys.join("loop/backing_file")) {
+            // The backing file as a regular disk file is known: its birth
+            // too, since a new file may reuse a removed one's inode number
+            // (found by review: a backing file removed and made anew at the
+            // same path got the old inode, and the empty disk was trusted).
             let backing = backing.trim();
-            let ino = fs::metadata(backing).map(|b| (b.dev(), b.ino())).unwrap_or((0, 0));
-            return Ok(format!("block loop={backing} dev={} ino={}", ino.0, ino.1));
+            let file = fs::metadata(backing).map(|b| file_identity(&b)).unwrap_or_default();
+            return Ok(format!("block loop={backing} {file}"));
         }
         return Ok(format!("block {major}:{minor}"));
     }
+    Ok(format!("file {}", file_identity(&m)))
+}
+
+/// A regular file's device, inode and birth time.
+fn file_identity(m: &fs::Metadata) -> String {
     let born = m
         .created()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok(format!("file dev={} ino={} born={born}", m.dev(), m.ino()))
+    format!("dev={} ino={} born={born}", m.dev(), m.ino())
 }
 
 /// What the start finds.

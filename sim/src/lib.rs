@@ -130,6 +130,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ResumeAnyFullSync => "resume-any-full-sync",
         Plant::UnionByName => "union-by-name",
         Plant::IgnoreLostCache => "ignore-lost-cache",
+        Plant::ClaimAfterLoss => "claim-after-loss",
         Plant::LiftOutdatedSource => "lift-outdated-source",
         Plant::OutdateDoneEarly => "outdate-done-early",
         Plant::IgnoreQuorum => "ignore-quorum",

@@ -75,6 +75,17 @@ impl FuseDisk {
         )
     }
 
+    /// A disk that fails every read with EIO while [`FuseDisk::fail_writes`]
+    /// (the same switch) is on; writes work.
+    pub fn failing_reads(dir: &Path, size: &str) -> FuseDisk {
+        let file = format!("error-file={}", FuseDisk::trigger(dir).display());
+        FuseDisk::start(
+            dir,
+            "eio-read",
+            &["--filter=error", "memory", size, "error=EIO", "error-pread-rate=100%", &file],
+        )
+    }
+
     /// The failing disk's switch: its writes fail from now on.
     pub fn fail_writes(&self, on: bool) {
         let trigger = FuseDisk::trigger(&self.dir);

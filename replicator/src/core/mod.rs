@@ -323,7 +323,8 @@ impl Core {
             // restarted under A overwrote its peer's copies).
             tracing::warn!(
                 "the machine restarted since this node's data was written: writes it had not \
-                 flushed may be lost; its peer is the better resync source on one generation"
+                 flushed may be lost; its peer is the better resync source on one generation, \
+                 and the failover controller promotes it only once it has met its peer"
             );
             meta.cache_lost = true;
         } else if log_protocol == Protocol::B
@@ -347,7 +348,8 @@ impl Core {
             tracing::warn!(
                 "protocol B: this Secondary stopped with writes in its activity log; writes it \
                  had received but not written are gone: its peer is the better resync source \
-                 on one generation"
+                 on one generation, and the failover controller promotes it only once it has \
+                 met its peer"
             );
             meta.received_lost = true;
         }

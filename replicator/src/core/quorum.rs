@@ -44,6 +44,13 @@ use super::session::Phase;
 use super::types::{Action, IoError, Linking, Plant, Refused, ReplyError, Time};
 use super::Core;
 
+/// Why a node that may have lost what it confirmed to its peer is not
+/// made Primary by the controller ([`Core::lost_since_synced`]).
+pub(crate) const LOST_SINCE_SYNCED: &str = "this node may lack writes it confirmed to its peer \
+     (its page cache was lost, or in protocol B writes it had received) and has not met the \
+     peer since: the controller promotes it only once a session with the peer has brought \
+     them back (`primary --force` accepts the loss)";
+
 /// What a Primary that lost quorum does with writes (`on-no-quorum`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NoQuorum {
@@ -410,6 +417,28 @@ impl Core {
         }) && self.dirty.bytes() == 0
     }
 
+    /// A session runs with a Secondary peer (no Primary around).
+    fn secondary_peer_running(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary)
+    }
+
+    /// This node may have lost what it confirmed to its peer since the
+    /// two were last reconciled: its page cache (a power loss or reboot
+    /// with writes in its activity log), or in protocol B writes it had
+    /// received and not written. Its peer may hold writes acknowledged in
+    /// C or B that it lacks, and the witness cannot know (its peer never
+    /// ran alone): the controller does not take the role over for it
+    /// while the peer is away, until a session with the peer has
+    /// reconciled the two (the handshake takes the peer's copies); an
+    /// operator's `primary --force` accepts the loss. (Simulator seed 14940551: a Secondary that confirmed a
+    /// write in C and lost its power was promoted once its Primary had
+    /// crashed, without that write.)
+    pub(crate) fn lost_since_synced(&self) -> bool {
+        self.lost != crate::protocol::wire::Lost::None && self.cfg.plant != Plant::ClaimAfterLoss
+    }
+
     fn may_claim(&self) -> bool {
         match self.disk {
             DiskState::UpToDate => true,
@@ -513,6 +542,10 @@ impl Core {
         if !self.may_claim() && !forced {
             self.release();
             return Err(Refused(format!("the disk is {:?} now", self.disk)));
+        }
+        if self.lost_since_synced() && !forced && !self.secondary_peer_running() {
+            self.release();
+            return Err(Refused(LOST_SINCE_SYNCED.into()));
         }
         // The claim went out while the peer was silent (or a Secondary),
         // but since then this node answered the heartbeats of a Primary
@@ -1120,14 +1153,15 @@ impl Core {
         let peer_gone = now >= c.peer_heard + c.cfg.dead_time;
         // A connected Secondary peer, no Primary around: the first start,
         // or a handover. The witness picks one claimant.
-        let nobody_primary = self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary);
+        let nobody_primary = self.secondary_peer_running();
         if let Some(c) = self.ctl.as_mut() {
             c.lost_since = None;
         }
-        if !blocked && (peer_gone || nobody_primary) {
+        // (With the peer connected, a Secondary, the handshake has ranked
+        // the two: a node that lost what it confirmed is the peer's target
+        // on one generation, Inconsistent; a source, its data the pair's.)
+        let takeover = peer_gone && !self.lost_since_synced();
+        if !blocked && (takeover || nobody_primary) {
             let req = self.vote_request(VoteKind::Claim);
             if let Some(c) = &mut self.ctl {
                 c.claim = Some(req.id);

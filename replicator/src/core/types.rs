@@ -266,6 +266,11 @@ pub enum Plant {
     /// from its peer still wait to be issued: the target gets the older
     /// block, the queued write lands on the source alone.
     ResyncBeforeReceived,
+    /// The controller claims the Primary role for a node that may have
+    /// lost what it confirmed to its peer (its page cache, or in B the
+    /// writes it had received): promoted while its peer is away, it runs
+    /// the service without writes acknowledged in C or B.
+    ClaimAfterLoss,
 }
 
 impl std::str::FromStr for Plant {
@@ -298,10 +303,11 @@ impl std::str::FromStr for Plant {
             "outdate-done-early" => Plant::OutdateDoneEarly,
             "ahead-before-outdated" => Plant::AheadBeforeOutdated,
             "reads-before-received" => Plant::ReadsBeforeReceived,
+            "claim-after-loss" => Plant::ClaimAfterLoss,
             "resync-before-received" => Plant::ResyncBeforeReceived,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss)"
                 ))
             }
         })

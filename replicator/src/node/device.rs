@@ -67,9 +67,9 @@ impl BlockDevice for Node {
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
         self.readable().await?;
         let read = self.store.read(offset, len);
-        let Some(limit) = self.res.disk_timeout else { return Ok(read.await?) };
+        let Some(limit) = self.res.disk_timeout else { return self.read_done(read.await) };
         match tokio::time::timeout(limit, read).await {
-            Ok(r) => Ok(r?),
+            Ok(r) => self.read_done(r),
             Err(_) => {
                 // A disk that stopped answering reads: detached, as for a
                 // write (the read itself fails).
@@ -118,6 +118,24 @@ impl BlockDevice for Node {
 }
 
 impl Node {
+    /// An application read's result: one that failed detaches the disk, as
+    /// a failed write does (found by review: the node stayed UpToDate and
+    /// promotable with a disk whose every read failed, where a resync or
+    /// verify read error detached it). The read itself fails.
+    fn read_done(&self, r: io::Result<Bytes>) -> DeviceResult<Bytes> {
+        let e = match r {
+            Ok(data) => return Ok(data),
+            Err(e) => e,
+        };
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            let mut sh = self.lock();
+            let now = self.now();
+            sh.core.handle_disk_error(now, io_err(&e), &format!("application read: {e}"));
+            self.drain(&mut sh);
+        }
+        Err(DeviceError::Io(e))
+    }
+
     /// Whether this node's data may be read now (UpToDate or Consistent),
     /// once every write received from the peer is issued (a Primary just
     /// promoted) and every write issued before the call is performed: a

@@ -16,22 +16,55 @@ impl Node {
         let (mine, peer) = res.pair(me)?;
         let (mine, peer) = (mine.clone(), peer.clone());
         let mut meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
-        if let Some(m) = meta.as_mut().filter(|_| !mine.disk.exists()) {
-            // The disk is gone but its metadata is not: record that the data
-            // is gone (as if the disk had failed: a full sync follows) before
-            // a new file exists, so a crash in between cannot make an empty
-            // disk look UpToDate. The generation ids stay (see Core::new).
+        if meta.is_none() {
+            // No record, but its sibling files: the record was lost, not
+            // never made. Starting afresh would take this node for a new
+            // one and silently give up what it alone holds (writes it
+            // acknowledged while its peer was away; found by review).
+            let siblings = [
+                crate::al::sibling(&mine.meta, "bitmap"),
+                crate::al::sibling(&mine.meta, "al"),
+                crate::disk_id::id_path(&mine.meta),
+            ];
+            if let Some(found) = siblings.iter().find(|p| p.symlink_metadata().is_ok()) {
+                return Err(NodeError::MetaLost { meta: mine.meta.clone(), found: found.clone() });
+            }
+        }
+        // An empty regular file is made anew too (`Store::open`).
+        let empty = std::fs::metadata(&mine.disk).is_ok_and(|d| d.is_file() && d.len() == 0);
+        if let Some(m) = meta.as_mut().filter(|_| !mine.disk.exists() || empty) {
+            // The disk is gone (or emptied) but its metadata is not: record
+            // that the data is gone (as if the disk had failed: a full sync
+            // follows) before a new file exists, so a crash in between
+            // cannot make an empty disk look UpToDate. The generation ids
+            // stay (see Core::new).
             m.save_failed(&mine.meta)?;
         }
         let store = Store::open(&mine.disk, Some(res.size), opts)?;
-        let meta_io = |source| MetaError::Io { path: mine.meta.clone(), source };
+        // Errors name the file they are about.
+        let file_io =
+            |path: std::path::PathBuf| move |source| MetaError::Io { path: path.clone(), source };
+        let id_io = file_io(crate::disk_id::id_path(&mine.meta));
+        let bitmap_io = file_io(crate::al::sibling(&mine.meta, "bitmap"));
+        let al_io = file_io(crate::al::sibling(&mine.meta, "al"));
         // A disk replaced at the same path (an operator's new empty file,
         // a new volume under the same name) is not the one the metadata
         // describes: recorded Failed (a full sync from the peer follows)
         // before its identity replaces the old one.
-        match crate::disk_id::check(&mine.meta, &mine.disk).map_err(meta_io)? {
+        let check = match crate::disk_id::check(&mine.meta, &mine.disk).map_err(&id_io)? {
+            // Metadata without the identity of its disk (the file lost):
+            // nothing says this is the disk it describes (found by review:
+            // a new empty disk was recorded and trusted).
+            Check::Unrecorded(found) if meta.is_some() => {
+                let was =
+                    format!("none ({} is missing)", crate::disk_id::id_path(&mine.meta).display());
+                Check::Replaced { was, found }
+            }
+            check => check,
+        };
+        match check {
             Check::Same => {}
-            Check::Unrecorded(id) => crate::disk_id::record(&mine.meta, &id).map_err(meta_io)?,
+            Check::Unrecorded(id) => crate::disk_id::record(&mine.meta, &id).map_err(&id_io)?,
             Check::Replaced { was, found } => {
                 if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
                     tracing::warn!(
@@ -41,7 +74,7 @@ impl Node {
                     );
                     m.save_failed(&mine.meta)?;
                 }
-                crate::disk_id::record(&mine.meta, &found).map_err(meta_io)?;
+                crate::disk_id::record(&mine.meta, &found).map_err(&id_io)?;
             }
         }
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
@@ -53,8 +86,8 @@ impl Node {
         // either file is created, and the bitmap of ones replaces the old
         // one atomically before the log is created: a crash or error in
         // between leaves the sign of the loss for the next start.
-        let bitmap_fits = BitmapFile::fits(&mine.meta, words).map_err(meta_io)?;
-        let al_exists = AlJournal::exists(&mine.meta).map_err(meta_io)?;
+        let bitmap_fits = BitmapFile::fits(&mine.meta, words).map_err(&bitmap_io)?;
+        let al_exists = AlJournal::exists(&mine.meta).map_err(&al_io)?;
         if meta.is_some() && !(bitmap_fits && al_exists) {
             tracing::warn!(
                 bitmap_lost = !bitmap_fits,
@@ -64,10 +97,10 @@ impl Node {
             );
             let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
             all.mark_all();
-            BitmapFile::replace(&mine.meta, all.words()).map_err(meta_io)?;
+            BitmapFile::replace(&mine.meta, all.words()).map_err(&bitmap_io)?;
         }
-        let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(meta_io)?;
-        let (al, held) = AlJournal::open(&mine.meta).map_err(meta_io)?;
+        let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(&bitmap_io)?;
+        let (al, held) = AlJournal::open(&mine.meta).map_err(&al_io)?;
         if !held.is_empty() {
             tracing::warn!(
                 extents = held.len(),

@@ -68,6 +68,13 @@ pub enum NodeError {
     LaneThread(io::Error),
     #[error("after an unclean stop, the disk did not complete a sync (disk-timeout): {0}")]
     UncleanSync(io::Error),
+    #[error(
+        "{} is missing but {} exists: this node's metadata was lost, and starting afresh would \
+         give up what only this node holds. Restore it, or remove all of {}.* to start the node \
+         anew (it then takes a full sync from its peer)",
+        meta.display(), found.display(), meta.display()
+    )]
+    MetaLost { meta: std::path::PathBuf, found: std::path::PathBuf },
 }
 
 /// What a link's writer task is told.

@@ -197,14 +197,19 @@ impl Store {
         // One process per disk: a second `up` or `serve` on it is refused.
         lock::lock_exclusive(&file, path, opts.lock_wait)?;
         let mut actual = sys::size_of(&file).map_err(open_err)?;
+        let mut created = !exists;
         let meta = file.metadata().map_err(open_err)?;
         let is_regular = meta.is_file();
         let is_blockdev = meta.file_type().is_block_device();
         if let Some(want) = size {
-            // A new (or empty) regular file takes the configured size.
+            // A new (or empty) regular file takes the configured size. An
+            // empty one counts as created: whatever it held is gone (found
+            // by review: a disk file emptied in place was trusted, its
+            // zeroes served and resynced over the peer's data).
             if actual == 0 && is_regular && want > 0 {
                 file.set_len(want).map_err(open_err)?;
                 actual = want;
+                created = true;
             } else if actual != want {
                 return Err(StoreError::SizeMismatch {
                     path: path.to_owned(),
@@ -271,7 +276,7 @@ impl Store {
             size: actual,
             path: path.to_owned(),
             inline_write_max,
-            created: !exists,
+            created,
             is_blockdev,
             direct_refused: AtomicBool::new(false),
             rmw: tokio::sync::RwLock::new(()),
@@ -303,7 +308,8 @@ impl Store {
         }
     }
 
-    /// The backing file did not exist and was created (sparse) by `open`.
+    /// The backing file did not exist, or was empty, and `open` made it
+    /// (sparse, of the configured size).
     pub fn created(&self) -> bool {
         self.created
     }
@@ -547,7 +553,7 @@ impl Store {
     pub fn read_now(&self, off: u64, len: usize) -> io::Result<Bytes> {
         let mut buf = bytes::BytesMut::with_capacity(len);
         // SAFETY: the buffer has `len` bytes of capacity and pread_full
-        // writes all of them (zero-filling past EOF).
+        // writes all of them (or fails).
         unsafe {
             sys::pread_full(self.fd(), buf.as_mut_ptr(), len, off)?;
             buf.set_len(len);

@@ -92,8 +92,8 @@ impl Op {
             Op::Read { fd, off, mut buf, done } => {
                 let len = buf.len();
                 // SAFETY: the buffer has `len` bytes of capacity, the first
-                // `done` already filled; pread_full writes the rest
-                // (zero-filling past EOF).
+                // `done` already filled; pread_full writes the rest (or
+                // fails).
                 unsafe {
                     sys::pread_full(fd, buf.as_mut_ptr().add(done), len - done, off + done as u64)?;
                     Ok(Done::Data(buf.into_bytes()))

@@ -13,8 +13,21 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Reads exactly `len` bytes at `off` into `ptr`; past the end of the file
-/// the rest is zero-filled (a sparse file's tail reads as zeroes).
+/// The file ended at `off`, inside the device (callers never read past
+/// the device's end): it was truncated under the node (or its device
+/// shrank). Its data is gone there, so the read fails (EIO) instead of
+/// reading zeroes a resync would then carry over the peer's copy (found
+/// by review: `truncate` of a running node's disk file, then a resync).
+pub fn past_eof(off: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("the disk ends at byte {off}, inside the device: was it truncated?"),
+    )
+}
+
+/// Reads exactly `len` bytes at `off` into `ptr` (a sparse file's holes
+/// read as zeroes); the end of the file before `len` bytes fails
+/// ([`past_eof`]).
 ///
 /// # Safety
 /// `ptr` must be valid for writes of `len` bytes.
@@ -31,8 +44,7 @@ pub unsafe fn pread_full(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io::R
             return Err(e);
         }
         if n == 0 {
-            std::ptr::write_bytes(ptr.add(done), 0, len - done);
-            break;
+            return Err(past_eof(off + done as u64));
         }
         done += n as usize;
     }
@@ -43,7 +55,7 @@ pub unsafe fn pread_full(fd: RawFd, ptr: *mut u8, len: usize, off: u64) -> io::R
 /// right now, without waiting for the device (`RWF_NOWAIT`): the count of
 /// bytes read, a prefix of the range, 0 when its first page is not cached.
 /// Stops early at the end of the file and at any error; the caller reads
-/// the rest the ordinary way (which zero-fills, waits and reports errors).
+/// the rest the ordinary way (which waits and reports errors).
 /// `Err` only when the kernel does not know `RWF_NOWAIT`.
 ///
 /// # Safety

@@ -155,6 +155,39 @@ async fn cached_and_engine_reads_agree(backend: BackendChoice) {
     assert!(store.nowait_reads.load(Ordering::Relaxed));
 }
 
+/// A disk file truncated under the store ends inside the device: reads
+/// there fail, on every path (the page-cache fast path, the engine, the
+/// resync's blocking read), where they read zeroes a resync then carried
+/// over the peer's copy (found by review). An empty file is opened as a
+/// new one.
+async fn reads_past_a_truncated_end_fail(backend: BackendChoice, direct: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path).unwrap();
+    let store = Store::open(&path, Some(4 << 20), &opts(backend, direct)).unwrap();
+    assert!(store.created(), "an empty file was not taken for a new disk");
+    store.write(0, Bytes::from(vec![9u8; 4 << 20]), false).await.unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
+    assert!(store.read(0, 4096).await.unwrap().iter().all(|&x| x == 9));
+    for (off, len) in [(2u64 << 20, 4096u32), (2 << 20, 512 << 10), ((1 << 20) - 4096, 8192)] {
+        let e = store.read(off, len).await.expect_err("a read past the file's end");
+        assert!(e.to_string().contains("inside the device"), "{off}+{len}: {e}");
+    }
+    assert!(store.read_now(2 << 20, 4096).is_err(), "the blocking read");
+}
+
+#[tokio::test]
+async fn uring_reads_past_a_truncated_end_fail() {
+    reads_past_a_truncated_end_fail(BackendChoice::IoUring, false).await;
+    reads_past_a_truncated_end_fail(BackendChoice::IoUring, true).await;
+}
+
+#[tokio::test]
+async fn threads_reads_past_a_truncated_end_fail() {
+    reads_past_a_truncated_end_fail(BackendChoice::Threads, false).await;
+    reads_past_a_truncated_end_fail(BackendChoice::Threads, true).await;
+}
+
 #[tokio::test]
 async fn uring_cached_and_engine_reads_agree() {
     cached_and_engine_reads_agree(BackendChoice::IoUring).await;

@@ -278,13 +278,12 @@ impl State {
         }
         let n = res as usize;
         match &mut slot.op {
-            Op::Read { buf, done, .. } => {
+            Op::Read { buf, done, off, .. } => {
                 if n == 0 {
-                    // Past the end of the file: the rest reads as zeroes.
-                    let len = buf.len();
-                    // SAFETY: [done, len) lies within the buffer.
-                    unsafe { std::ptr::write_bytes(buf.as_mut_ptr().add(*done), 0, len - *done) };
-                    *done = len;
+                    // The file ends inside the device (truncated under the
+                    // node): an error, never zeroes (see `sys::past_eof`).
+                    let at = *off + *done as u64;
+                    return self.finish(id, Err(super::sys::past_eof(at)));
                 } else {
                     *done += n;
                 }

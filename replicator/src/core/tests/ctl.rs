@@ -460,3 +460,70 @@ fn a_forced_claim_beside_a_live_primary_is_refused_before_the_witness_hears_of_i
         d.c[0].controller().and_then(|c| c.last_refusal)
     );
 }
+
+/// Simulator seed 14940551 (20,000 steps): b, Secondary in C, confirmed
+/// a write, then lost its power before the write was durable; a crashed
+/// next. b came back (its activity log held extents written during
+/// another boot: its page cache was lost) and the witness, with no
+/// reason to think b behind, granted b's claim: the service ran on data
+/// without a write acknowledged in C, which a still held. A node that may
+/// have lost what it confirmed to its peer claims nothing until a session
+/// with the peer has reconciled the two; `primary --force` still can.
+#[test]
+fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "b confirmed the write");
+    // b loses its power: its record from boot 1 and extent 0 in its log.
+    d.cut();
+    let restart = |d: &mut Duo| {
+        let mut m = meta(DiskState::UpToDate);
+        m.boot = 1;
+        let rec =
+            Recovered { meta: Some(m), bitmap: None, al: vec![0], disk_created: false, boot: 2 };
+        d.c[1] = Core::new(ccfg("b", "a", Protocol::C), rec, d.now, 7);
+        d.hooks[1].clear();
+        d.votes[1].clear();
+        d.act(1);
+        d.witness_up(1, true);
+    };
+    restart(&mut d);
+    assert!(d.c[1].cache_lost());
+    // a crashes at once (nothing it asks reaches the witness).
+    d.votes[0].clear();
+    assert!(!d.witness_promotes_b(), "b, which may lack a's acknowledged write, was promoted");
+    assert!(
+        d.votes[1].iter().all(|v| v.kind != VoteKind::Claim),
+        "b asked the witness for the right"
+    );
+    // The operator accepts what b may lack.
+    d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force");
+    d.act(1);
+    d.vote_all(1);
+    d.hooks_done(1);
+    assert_eq!(d.c[1].role(), Role::Primary, "primary --force refused");
+
+    // Again, but a comes back first: the handshake takes a's copy of the
+    // extents b may have lost, after which b may take over.
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    d.cut();
+    restart(&mut d);
+    d.connect();
+    for _ in 0..50 {
+        if !d.c[1].cache_lost() {
+            break;
+        }
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    assert!(!d.c[1].cache_lost(), "the resync left b flagged");
+    assert_eq!(d.c[1].disk(), DiskState::UpToDate);
+    d.cut();
+    d.votes[0].clear();
+    assert!(d.witness_promotes_b(), "b, reconciled with a, was not promoted");
+}
