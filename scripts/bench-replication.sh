@@ -53,7 +53,7 @@ run_workloads serve "nbd://127.0.0.1:$P"
 stop_all
 
 for MODE in C B A; do
-  rm -f "$WORK"/{a,b}.{img,meta}
+  rm -f "$WORK"/{a,b}.{img,meta}*
   AQ=$(free_port udp); BQ=$(free_port udp); AN=$(free_port tcp); BN=$(free_port tcp)
   RELAY=""
   if [[ -n $DELAY ]]; then

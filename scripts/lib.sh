@@ -92,7 +92,7 @@ wait_nbd() { for _ in $(seq 100); do nbdinfo --size "$1" >/dev/null 2>&1 && retu
 pair() {
   local mode=$1 delay=${2:-} extra=${3:-} relay=""
   RELAY_PID=""
-  rm -f "$WORK"/{a,b}.{img,meta}
+  rm -f "$WORK"/{a,b}.{img,meta}*
   local aq bq an bn
   aq=$(free_port udp); bq=$(free_port udp); an=$(free_port tcp); bn=$(free_port tcp)
   if [[ -n $delay ]]; then

@@ -208,47 +208,59 @@ fn recreated_disk(how: Recreated) {
     );
 }
 
-/// A node whose record (`meta`) is gone while its bitmap, activity log and
-/// disk identity remain started afresh, silently, as a new node: what it
-/// alone held was given up to its peer's full sync (helper-87 D5). It now
-/// refuses to start, naming both files. A bitmap that is not a file is
-/// named as itself, once (the error named `meta` and said its cause twice).
+/// A node whose record (`meta`) is gone while its bitmap marks blocks
+/// started afresh, silently, as a new node: what it alone held was given
+/// up to its peer's full sync (helper-87 D5). It now refuses to start,
+/// naming both files. Siblings that mark nothing (a node in sync, stopped
+/// cleanly; or a first start that failed before its record was saved)
+/// lose nothing to a full sync: such a node starts anew. A bitmap that is
+/// not a file is named as itself, once (the error named `meta` and said
+/// its cause twice).
 #[test]
 fn lost_metadata_is_named_not_taken_for_a_new_node() {
     let mut p = Pair::start("C", "16M");
-    p.qemu_io(0, "write -P 0x3c 0 64k");
-    p.wait_drained();
     assert!(p.down(1).success());
+    // a writes alone: its bitmap marks the blocks b lacks.
+    p.qemu_io(0, "write -P 0x3c 0 64k");
+    assert!(p.down(0).success());
     let dir = p.dir.path().to_path_buf();
-    let start_b = || {
+    let start = |node: &str| {
         run_timeout(
-            Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "b"]),
+            Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", node]),
             Duration::from_secs(20),
         )
     };
-    let meta = dir.join("b.meta");
+    let meta = dir.join("a.meta");
     let kept = std::fs::read(&meta).unwrap();
     std::fs::remove_file(&meta).unwrap();
-    let out = start_b();
+    let out = start("a");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("{} is missing", meta.display())) && err.contains("b.meta.bitmap"),
+        err.contains(&format!("{} is missing", meta.display())) && err.contains("a.meta.bitmap"),
         "{err}"
     );
     std::fs::write(&meta, kept).unwrap();
-    let bitmap = dir.join("b.meta.bitmap");
+    let bitmap = dir.join("a.meta.bitmap");
     std::fs::remove_file(&bitmap).unwrap();
     std::fs::create_dir(&bitmap).unwrap();
-    let out = start_b();
+    let out = start("a");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&bitmap.display().to_string()), "the bitmap is not named: {err}");
     assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
-    // Put back, the node starts and is in sync.
+    // Put back (the bitmap lost: every block out of sync), a starts; b,
+    // whose record is gone while its siblings mark nothing, starts anew
+    // and takes a's data.
     std::fs::remove_dir(&bitmap).unwrap();
+    std::fs::remove_file(dir.join("b.meta")).unwrap();
+    p.up(0);
     p.up(1);
-    p.wait_synced("b back", Duration::from_secs(60));
+    p.wait_synced("b anew", Duration::from_secs(60));
+    assert!(
+        std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after the full sync"
+    );
 }
 
 /// A replication address another process holds: `up` says which and

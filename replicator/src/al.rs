@@ -91,6 +91,20 @@ fn replay(text: &str) -> BTreeSet<u64> {
     active
 }
 
+/// The metadata's sibling that says blocks may differ from the peer's:
+/// the bitmap with a bit set, or the activity log holding an extent
+/// (read only, nothing rewritten). None: neither marks anything (or
+/// neither exists, or one cannot be read: then the start's own opening
+/// reports it).
+pub fn marking_sibling(meta: &Path) -> Option<PathBuf> {
+    let bitmap = sibling(meta, "bitmap");
+    if fs::read(&bitmap).is_ok_and(|b| b.iter().any(|&x| x != 0)) {
+        return Some(bitmap);
+    }
+    let al = sibling(meta, "al");
+    fs::read(&al).is_ok_and(|b| !replay(&String::from_utf8_lossy(&b)).is_empty()).then_some(al)
+}
+
 impl AlJournal {
     /// Opens the journal next to `meta`; returns it and the extents it
     /// holds. The file is rewritten with them alone (a torn last line

@@ -50,6 +50,11 @@ pub fn identity(path: &Path) -> io::Result<String> {
     Ok(format!("file {}", file_identity(&m)))
 }
 
+/// `id` without its ` born=N` part.
+fn without_birth(id: &str) -> &str {
+    id.rfind(" born=").map_or(id, |i| &id[..i])
+}
+
 /// A regular file's device, inode and birth time.
 fn file_identity(m: &fs::Metadata) -> String {
     let born = m
@@ -72,11 +77,20 @@ pub enum Check {
     Replaced { was: String, found: String },
 }
 
-/// Compares the disk at `disk` with the identity recorded beside `meta`.
+/// Compares the disk at `disk` with the identity recorded beside `meta`. A
+/// loop device recorded before its identity had the backing file's birth
+/// is the same disk if the rest matches (the identity is then recorded
+/// anew, with the birth).
 pub fn check(meta: &Path, disk: &Path) -> io::Result<Check> {
     let found = identity(disk)?;
     match fs::read_to_string(id_path(meta)) {
         Ok(recorded) if recorded.trim() == found => Ok(Check::Same),
+        Ok(recorded)
+            if found.starts_with("block loop=") && recorded.trim() == without_birth(&found) =>
+        {
+            record(meta, &found)?;
+            Ok(Check::Same)
+        }
         Ok(recorded) => Ok(Check::Replaced { was: recorded.trim().to_owned(), found }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Check::Unrecorded(found)),
         Err(e) => Err(e),
@@ -110,5 +124,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::File::create(&disk).unwrap().set_len(8192).unwrap();
         assert!(matches!(check(&meta, &disk).unwrap(), Check::Replaced { .. }));
+    }
+
+    /// A loop device's identity recorded before it had the backing file's
+    /// birth (the previous version's) still names the same disk.
+    #[test]
+    fn a_loop_identity_without_the_birth_is_the_same_disk() {
+        let id = "block loop=/srv/a.img dev=2049 ino=12 born=1764000000000000000";
+        assert_eq!(without_birth(id), "block loop=/srv/a.img dev=2049 ino=12");
+        assert_eq!(without_birth("block 7:0"), "block 7:0");
     }
 }

@@ -56,6 +56,12 @@ pub struct Meta {
     /// See [`MetaRecord::receipt_acks`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub receipt_acks: bool,
+    /// Saved by a version that records the disk's identity (`meta.disk`,
+    /// [`crate::disk_id`]) at every start before any record: with it set,
+    /// a missing identity file means the disk cannot be vouched for;
+    /// without it (older metadata) the identity found is recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_identified: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -110,6 +116,7 @@ impl Meta {
             received: r.received,
             async_acks: r.async_acks,
             receipt_acks: r.receipt_acks,
+            disk_identified: true,
         }
     }
 

@@ -425,9 +425,15 @@ impl Core {
     }
 
     /// This node may have lost what it confirmed to its peer since the
-    /// two were last reconciled: its page cache (a power loss or reboot
-    /// with writes in its activity log), or in protocol B writes it had
-    /// received and not written. Its peer may hold writes acknowledged in
+    /// two were last reconciled: it took in its peer's writes as a
+    /// Secondary (`received`: since it was last Primary with nothing
+    /// pending) and lost its page cache (a power loss or reboot with
+    /// writes in its activity log), or in protocol B writes it had
+    /// received and not written. (A Primary that lost its own cache
+    /// confirmed nothing: its peer, fenced at the witness if it ran
+    /// alone, is no better; found by the review of the first version,
+    /// which kept such a Primary from ever being promoted again, and a
+    /// forced one after every restart.) Its peer may hold writes acknowledged in
     /// C or B that it lacks, and the witness cannot know (its peer never
     /// ran alone): the controller does not take the role over for it
     /// while the peer is away, until a session with the peer has
@@ -436,7 +442,9 @@ impl Core {
     /// write in C and lost its power was promoted once its Primary had
     /// crashed, without that write.)
     pub(crate) fn lost_since_synced(&self) -> bool {
-        self.lost != crate::protocol::wire::Lost::None && self.cfg.plant != Plant::ClaimAfterLoss
+        self.lost != crate::protocol::wire::Lost::None
+            && self.received
+            && self.cfg.plant != Plant::ClaimAfterLoss
     }
 
     fn may_claim(&self) -> bool {
@@ -1160,8 +1168,17 @@ impl Core {
         // (With the peer connected, a Secondary, the handshake has ranked
         // the two: a node that lost what it confirmed is the peer's target
         // on one generation, Inconsistent; a source, its data the pair's.)
-        let takeover = peer_gone && !self.lost_since_synced();
-        if !blocked && (takeover || nobody_primary) {
+        let held_back = peer_gone && self.lost_since_synced();
+        if held_back && !blocked {
+            // Said where `status` shows it (the controller's last refusal).
+            if let Some(c) = self.ctl.as_mut() {
+                if c.last_refusal.as_deref() != Some(LOST_SINCE_SYNCED) {
+                    tracing::warn!("not taking over: {LOST_SINCE_SYNCED}");
+                    c.last_refusal = Some(LOST_SINCE_SYNCED.into());
+                }
+            }
+        }
+        if !blocked && ((peer_gone && !held_back) || nobody_primary) {
             let req = self.vote_request(VoteKind::Claim);
             if let Some(c) = &mut self.ctl {
                 c.claim = Some(req.id);

@@ -17,17 +17,15 @@ impl Node {
         let (mine, peer) = (mine.clone(), peer.clone());
         let mut meta = Meta::load(&mine.meta, me, &res.name, res.size)?;
         if meta.is_none() {
-            // No record, but its sibling files: the record was lost, not
-            // never made. Starting afresh would take this node for a new
-            // one and silently give up what it alone holds (writes it
-            // acknowledged while its peer was away; found by review).
-            let siblings = [
-                crate::al::sibling(&mine.meta, "bitmap"),
-                crate::al::sibling(&mine.meta, "al"),
-                crate::disk_id::id_path(&mine.meta),
-            ];
-            if let Some(found) = siblings.iter().find(|p| p.symlink_metadata().is_ok()) {
-                return Err(NodeError::MetaLost { meta: mine.meta.clone(), found: found.clone() });
+            // No record, but a bitmap or activity log marking blocks: the
+            // record was lost, not never made. Starting afresh would take
+            // this node for a new one and silently give up what it alone
+            // holds (writes it acknowledged while its peer was away; found
+            // by review). Siblings that mark nothing (a first start that
+            // failed before its record was saved, found by the review of
+            // this) say nothing a full sync from the peer would lose.
+            if let Some(found) = crate::al::marking_sibling(&mine.meta) {
+                return Err(NodeError::MetaLost { meta: mine.meta.clone(), found });
             }
         }
         // An empty regular file is made anew too (`Store::open`).
@@ -52,10 +50,11 @@ impl Node {
         // describes: recorded Failed (a full sync from the peer follows)
         // before its identity replaces the old one.
         let check = match crate::disk_id::check(&mine.meta, &mine.disk).map_err(&id_io)? {
-            // Metadata without the identity of its disk (the file lost):
-            // nothing says this is the disk it describes (found by review:
-            // a new empty disk was recorded and trusted).
-            Check::Unrecorded(found) if meta.is_some() => {
+            // Metadata saved with an identity recorded, and none now (the
+            // file lost): nothing says this is the disk it describes (found
+            // by review: a new empty disk was recorded and trusted). Older
+            // metadata, from before identities, has its disk recorded.
+            Check::Unrecorded(found) if meta.as_ref().is_some_and(|m| m.disk_identified) => {
                 let was =
                     format!("none ({} is missing)", crate::disk_id::id_path(&mine.meta).display());
                 Check::Replaced { was, found }

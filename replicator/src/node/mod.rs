@@ -69,7 +69,7 @@ pub enum NodeError {
     #[error("after an unclean stop, the disk did not complete a sync (disk-timeout): {0}")]
     UncleanSync(io::Error),
     #[error(
-        "{} is missing but {} exists: this node's metadata was lost, and starting afresh would \
+        "{} is missing but {} marks blocks: this node's metadata was lost, and starting afresh would \
          give up what only this node holds. Restore it, or remove all of {}.* to start the node \
          anew (it then takes a full sync from its peer)",
         meta.display(), found.display(), meta.display()

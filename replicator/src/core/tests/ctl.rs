@@ -477,18 +477,7 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
     assert_eq!(d.reply(0, 1), Some(Ok(())), "b confirmed the write");
     // b loses its power: its record from boot 1 and extent 0 in its log.
     d.cut();
-    let restart = |d: &mut Duo| {
-        let mut m = meta(DiskState::UpToDate);
-        m.boot = 1;
-        let rec =
-            Recovered { meta: Some(m), bitmap: None, al: vec![0], disk_created: false, boot: 2 };
-        d.c[1] = Core::new(ccfg("b", "a", Protocol::C), rec, d.now, 7);
-        d.hooks[1].clear();
-        d.votes[1].clear();
-        d.act(1);
-        d.witness_up(1, true);
-    };
-    restart(&mut d);
+    restart_lost(&mut d, 1, Plant::None, true);
     assert!(d.c[1].cache_lost());
     // a crashes at once (nothing it asks reaches the witness).
     d.votes[0].clear();
@@ -497,6 +486,8 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
         d.votes[1].iter().all(|v| v.kind != VoteKind::Claim),
         "b asked the witness for the right"
     );
+    let why = d.c[1].controller().and_then(|c| c.last_refusal).unwrap_or_default();
+    assert!(why.contains("confirmed to its peer"), "status does not say why: {why:?}");
     // The operator accepts what b may lack.
     d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force");
     d.act(1);
@@ -510,7 +501,7 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
     d.write(0, 1, 0, 0xaa);
     d.flow();
     d.cut();
-    restart(&mut d);
+    restart_lost(&mut d, 1, Plant::None, true);
     d.connect();
     for _ in 0..50 {
         if !d.c[1].cache_lost() {
@@ -526,4 +517,95 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
     d.cut();
     d.votes[0].clear();
     assert!(d.witness_promotes_b(), "b, reconciled with a, was not promoted");
+}
+
+/// Node i restarts from its own saved record: after a power loss
+/// (`power`: a record from another boot, extent 0 in its log), or
+/// cleanly.
+fn restart_lost(d: &mut Duo, i: usize, plant: Plant, power: bool) {
+    let (me, peer) = if i == 0 { ("a", "b") } else { ("b", "a") };
+    let mut m = d.c[i].meta_record();
+    let (al, boot) = if power {
+        m.boot = 1;
+        (vec![0], 2)
+    } else {
+        (Vec::new(), m.boot)
+    };
+    let rec = Recovered { meta: Some(m), bitmap: None, al, disk_created: false, boot };
+    let mut cfg = ccfg(me, peer, Protocol::C);
+    cfg.plant = plant;
+    d.c[i] = Core::new(cfg, rec, d.now, 7 + i as u64);
+    d.hooks[i].clear();
+    d.votes[i].clear();
+    d.act(i);
+    d.witness_up(i, true);
+}
+
+/// Ticks (at most 20 s) until the witness, hearing node i alone, has
+/// promoted it; whether it did.
+fn promotes(d: &mut Duo, i: usize) -> bool {
+    for _ in 0..200 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1 - i].clear();
+        d.vote_all(i);
+        d.hooks_done(i);
+        if d.c[i].role() == Role::Primary {
+            return true;
+        }
+    }
+    false
+}
+
+/// From the review of the fix above (helper-88): a Primary running alone
+/// (its peer gone, outdated at the witness) that loses its power confirmed
+/// nothing to its peer, which holds nothing newer: the controller promotes
+/// it again (the first version of the fix never did, and needed `--force`).
+#[test]
+fn a_lone_primary_back_from_a_power_loss_is_promoted_again() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+    }
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.write(0, 1, 0, 0xaa);
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+    }
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a's lone write");
+    restart_lost(&mut d, 0, Plant::None, true);
+    assert!(d.c[0].cache_lost());
+    assert!(promotes(&mut d, 0), "a lone Primary back from a power loss was not promoted");
+}
+
+/// From the same review: a node forced Primary after a power loss (its
+/// peer away), which then writes, is promoted by the controller after a
+/// clean restart (the first version kept it from that for good).
+#[test]
+fn a_node_forced_after_a_power_loss_is_promoted_after_a_restart() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    d.cut();
+    restart_lost(&mut d, 1, Plant::None, true);
+    d.votes[0].clear();
+    assert!(!promotes(&mut d, 1), "b, which may lack a's write, was promoted");
+    d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force");
+    d.act(1);
+    d.vote_all(1);
+    d.hooks_done(1);
+    assert_eq!(d.c[1].role(), Role::Primary, "primary --force refused");
+    d.write(1, 2, 4096, 0xbb);
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert_eq!(d.reply(1, 2), Some(Ok(())), "b's write as forced Primary");
+    restart_lost(&mut d, 1, Plant::None, false);
+    assert!(promotes(&mut d, 1), "the forced Primary, restarted, was not promoted again");
 }
