@@ -424,23 +424,22 @@ impl Core {
             .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary)
     }
 
-    /// This node may have lost what it confirmed to its peer since the
-    /// two were last reconciled: it took in its peer's writes as a
-    /// Secondary (`received`: since it was last Primary with nothing
-    /// pending) and lost its page cache (a power loss or reboot with
-    /// writes in its activity log), or in protocol B writes it had
-    /// received and not written. (A Primary that lost its own cache
-    /// confirmed nothing: its peer, fenced at the witness if it ran
-    /// alone, is no better; found by the review of the first version,
-    /// which kept such a Primary from ever being promoted again, and a
-    /// forced one after every restart.) Its peer may hold writes acknowledged in
-    /// C or B that it lacks, and the witness cannot know (its peer never
-    /// ran alone): the controller does not take the role over for it
-    /// while the peer is away, until a session with the peer has
-    /// reconciled the two (the handshake takes the peer's copies); an
-    /// operator's `primary --force` accepts the loss. (Simulator seed 14940551: a Secondary that confirmed a
-    /// write in C and lost its power was promoted once its Primary had
-    /// crashed, without that write.)
+    /// This node may lack writes it confirmed to its peer since the two
+    /// were last reconciled: it took in its peer's writes as a Secondary
+    /// (`received`: since it was last Primary with nothing pending), and
+    /// then lost its page cache (a power loss or reboot with writes in its
+    /// activity log) or, in protocol B, writes it had received and not
+    /// written. Its peer may hold writes acknowledged on that confirmation,
+    /// and the witness cannot know (the peer never ran alone), so the
+    /// controller does not take over for it while the peer is away; a
+    /// session with the peer reconciles the two (the handshake takes the
+    /// peer's copies), and `primary --force` accepts the loss. Simulator
+    /// seed 14940551: a Secondary that confirmed a C write and lost its
+    /// power was promoted once its Primary crashed, without that write. A
+    /// Primary that lost its own cache confirmed nothing and is not held
+    /// back (the first version held back every lost cache: a lone Primary
+    /// back from a power loss, or a node forced after one, was never
+    /// promoted again; review).
     pub(crate) fn lost_since_synced(&self) -> bool {
         self.lost != crate::protocol::wire::Lost::None
             && self.received
