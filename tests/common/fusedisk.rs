@@ -67,23 +67,20 @@ impl FuseDisk {
     /// A disk that fails every write with EIO while
     /// [`FuseDisk::fail_writes`] is on (nbdkit's error filter); reads work.
     pub fn failing(dir: &Path, size: &str) -> FuseDisk {
-        let file = format!("error-file={}", FuseDisk::trigger(dir).display());
-        FuseDisk::start(
-            dir,
-            "eio",
-            &["--filter=error", "memory", size, "error=EIO", "error-pwrite-rate=100%", &file],
-        )
+        FuseDisk::failing_on(dir, size, "eio", "error-pwrite-rate=100%")
     }
 
     /// A disk that fails every read with EIO while [`FuseDisk::fail_writes`]
     /// (the same switch) is on; writes work.
     pub fn failing_reads(dir: &Path, size: &str) -> FuseDisk {
+        FuseDisk::failing_on(dir, size, "eio-read", "error-pread-rate=100%")
+    }
+
+    /// nbdkit's error filter failing what `rate` names while the trigger
+    /// file exists.
+    fn failing_on(dir: &Path, size: &str, name: &str, rate: &str) -> FuseDisk {
         let file = format!("error-file={}", FuseDisk::trigger(dir).display());
-        FuseDisk::start(
-            dir,
-            "eio-read",
-            &["--filter=error", "memory", size, "error=EIO", "error-pread-rate=100%", &file],
-        )
+        FuseDisk::start(dir, name, &["--filter=error", "memory", size, "error=EIO", rate, &file])
     }
 
     /// The failing disk's switch: its writes fail from now on.

@@ -167,16 +167,40 @@ impl Duo {
     /// Ticks (at most 20 s) until the witness has promoted `b`, whose
     /// votes alone are answered; whether it did.
     pub fn witness_promotes_b(&mut self) -> bool {
+        self.witness_promotes(1)
+    }
+
+    /// Ticks (at most 20 s) until the witness, hearing node i alone, has
+    /// promoted it; whether it did.
+    pub fn witness_promotes(&mut self, i: usize) -> bool {
         for _ in 0..200 {
             self.tick(Duration::from_millis(100));
-            self.votes[0].clear();
-            self.vote_all(1);
-            self.hooks_done(1);
-            if self.c[1].role() == Role::Primary {
+            self.votes[1 - i].clear();
+            self.vote_all(i);
+            self.hooks_done(i);
+            if self.c[i].role() == Role::Primary {
                 return true;
             }
         }
         false
+    }
+
+    /// 4 s pass with node i alone heard by the witness.
+    pub fn alone(&mut self, i: usize) {
+        for _ in 0..40 {
+            self.tick(Duration::from_millis(100));
+            self.votes[1 - i].clear();
+            self.vote_all(i);
+        }
+    }
+
+    /// `primary --force` on node i, granted by the witness, hooks run.
+    pub fn force(&mut self, i: usize) {
+        self.c[i].promote(true, self.now.as_millis() as u64).expect("primary --force");
+        self.act(i);
+        self.vote_all(i);
+        self.hooks_done(i);
+        assert_eq!(self.c[i].role(), Role::Primary, "primary --force refused");
     }
 
     /// A new link, its handshake not yet run.
@@ -489,11 +513,7 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
     let why = d.c[1].controller().and_then(|c| c.last_refusal).unwrap_or_default();
     assert!(why.contains("confirmed to its peer"), "status does not say why: {why:?}");
     // The operator accepts what b may lack.
-    d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force");
-    d.act(1);
-    d.vote_all(1);
-    d.hooks_done(1);
-    assert_eq!(d.c[1].role(), Role::Primary, "primary --force refused");
+    d.force(1);
 
     // Again, but a comes back first: the handshake takes a's copy of the
     // extents b may have lost, after which b may take over.
@@ -541,21 +561,6 @@ fn restart_lost(d: &mut Duo, i: usize, plant: Plant, power: bool) {
     d.witness_up(i, true);
 }
 
-/// Ticks (at most 20 s) until the witness, hearing node i alone, has
-/// promoted it; whether it did.
-fn promotes(d: &mut Duo, i: usize) -> bool {
-    for _ in 0..200 {
-        d.tick(Duration::from_millis(100));
-        d.votes[1 - i].clear();
-        d.vote_all(i);
-        d.hooks_done(i);
-        if d.c[i].role() == Role::Primary {
-            return true;
-        }
-    }
-    false
-}
-
 /// From the review of the fix above (helper-88): a Primary running alone
 /// (its peer gone, outdated at the witness) that loses its power confirmed
 /// nothing to its peer, which holds nothing newer: the controller promotes
@@ -564,22 +569,14 @@ fn promotes(d: &mut Duo, i: usize) -> bool {
 fn a_lone_primary_back_from_a_power_loss_is_promoted_again() {
     let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.cut();
-    for _ in 0..40 {
-        d.tick(Duration::from_millis(100));
-        d.votes[1].clear();
-        d.vote_all(0);
-    }
+    d.alone(0);
     assert_eq!(d.c[0].role(), Role::Primary);
     d.write(0, 1, 0, 0xaa);
-    for _ in 0..40 {
-        d.tick(Duration::from_millis(100));
-        d.votes[1].clear();
-        d.vote_all(0);
-    }
+    d.alone(0);
     assert_eq!(d.reply(0, 1), Some(Ok(())), "a's lone write");
     restart_lost(&mut d, 0, Plant::None, true);
     assert!(d.c[0].cache_lost());
-    assert!(promotes(&mut d, 0), "a lone Primary back from a power loss was not promoted");
+    assert!(d.witness_promotes(0), "a lone Primary back from a power loss was not promoted");
 }
 
 /// From the same review: a node forced Primary after a power loss (its
@@ -593,19 +590,11 @@ fn a_node_forced_after_a_power_loss_is_promoted_after_a_restart() {
     d.cut();
     restart_lost(&mut d, 1, Plant::None, true);
     d.votes[0].clear();
-    assert!(!promotes(&mut d, 1), "b, which may lack a's write, was promoted");
-    d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force");
-    d.act(1);
-    d.vote_all(1);
-    d.hooks_done(1);
-    assert_eq!(d.c[1].role(), Role::Primary, "primary --force refused");
+    assert!(!d.witness_promotes(1), "b, which may lack a's write, was promoted");
+    d.force(1);
     d.write(1, 2, 4096, 0xbb);
-    for _ in 0..40 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
+    d.alone(1);
     assert_eq!(d.reply(1, 2), Some(Ok(())), "b's write as forced Primary");
     restart_lost(&mut d, 1, Plant::None, false);
-    assert!(promotes(&mut d, 1), "the forced Primary, restarted, was not promoted again");
+    assert!(d.witness_promotes(1), "the forced Primary, restarted, was not promoted again");
 }
