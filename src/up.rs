@@ -33,7 +33,8 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // start before the disk and its metadata are created (found by
         // review: a start that failed on its certificate left a new disk
         // file and metadata behind).
-        let tls = link::configs(&res, res.pair(me)?.0)?;
+        let (mine, peer) = res.pair(me)?;
+        let tls = link::configs(&res, mine, peer)?;
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         // `down` asks for the stop: the export drains and a Primary

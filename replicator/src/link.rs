@@ -84,9 +84,16 @@ pub type Configs = (quinn::ServerConfig, quinn::ClientConfig);
 /// Node `me`'s link configurations: its certificate, key and CA read and
 /// checked. `up` builds them before it opens (and may create) the disk and
 /// metadata, so a missing or mismatched file fails the start first, and
-/// hands them to [`start`].
-pub fn configs(res: &ResourceConfig, me: &NodeConfig) -> Result<Configs, LinkError> {
-    let transport = tls::transport(res.timeout, res.ping_interval);
+/// hands them to [`start`]. MTU discovery probes up to what the route to
+/// `peer` (where this node sends) carries.
+pub fn configs(
+    res: &ResourceConfig,
+    me: &NodeConfig,
+    peer: &NodeConfig,
+) -> Result<Configs, LinkError> {
+    let probe = tls::probe_bound(peer.connect);
+    debug!(node = %me.name, peer = %peer.connect, probe, "replication link: MTU discovery bound");
+    let transport = tls::transport(res.timeout, res.ping_interval, probe);
     Ok(tls::endpoint_configs(&res.ca, &me.cert, &me.key, &res.name, transport)?)
 }
 

@@ -62,7 +62,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The largest UDP payload a node accepts (the most UDP allows; it probes
-/// up to [`PROBE_UP_TO`]). QUIC's per-packet work (header protection, AEAD setup, packet
+/// up to what the route to its peer carries, [`probe_bound`]). QUIC's per-packet work (header protection, AEAD setup, packet
 /// numbers, ACK tracking, one `sendmsg`/`recvmsg`) dominates the replicated
 /// path's CPU cost: a 1 MiB write is 16 packets at this size, 118 at AWS's
 /// 9001-byte jumbo frames and 712 at quinn's default of 1472. Path MTU
@@ -70,13 +70,53 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// elsewhere): probes larger than that are merely lost.
 pub const MAX_UDP_PAYLOAD: u16 = 65527;
 
-/// The largest datagram MTU discovery probes for: AWS's in-VPC jumbo
-/// frames (9001-byte MTU), where the pairs run. Probing up to loopback's
-/// 65507 made a local pair's 1 MiB writes cheaper still, but through a
-/// `netem` relay the first writes of a connection then stalled for tens of
-/// milliseconds (tests/adaptive.rs saw adaptive mode go Ahead on a fast
-/// link), so the bound stays at the jumbo frame.
-const PROBE_UP_TO: u16 = 8951;
+/// The largest datagram MTU discovery probes for when the route to the
+/// peer says nothing ([`probe_bound`]): AWS's in-VPC jumbo frames
+/// (9001-byte MTU), where the pairs run. The witness's links use it too
+/// (they carry a few small messages).
+pub const PROBE_UP_TO: u16 = 8951;
+
+/// The largest datagram worth probing for on the way to `peer`: what the
+/// local route there carries (the interface's MTU, or a smaller path MTU
+/// the kernel learnt), less the IP and UDP headers, as TCP's MSS is
+/// bounded by it. Discovery then finds the path's own limit below that (a
+/// jumbo-frame interface in a VPC: 8973; loopback: 65507, where TCP on
+/// the same host sends 64 KiB segments too). [`PROBE_UP_TO`] when the
+/// route cannot be looked up.
+pub fn probe_bound(peer: std::net::SocketAddr) -> u16 {
+    route_mtu(peer).map_or(PROBE_UP_TO, |mtu| payload_within(mtu, peer.is_ipv4()))
+}
+
+/// The largest UDP payload in an IP packet of `mtu` bytes (QUIC's floor
+/// of 1200 at least): IPv4 counts its header in its 64 KiB limit, IPv6
+/// does not.
+fn payload_within(mtu: u32, v4: bool) -> u16 {
+    let payload =
+        if v4 { mtu.min(65535).saturating_sub(20 + 8) } else { mtu.saturating_sub(40 + 8) };
+    payload.clamp(1200, u32::from(MAX_UDP_PAYLOAD)) as u16
+}
+
+/// The MTU of the local route to `peer` (Linux: a connected UDP socket's
+/// `IP_MTU`); nothing is sent.
+fn route_mtu(peer: std::net::SocketAddr) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let any: std::net::SocketAddr =
+        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(peer).ok()?;
+    let (level, opt) = if peer.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt on a valid fd into an int of the length passed.
+    let r = unsafe {
+        libc::getsockopt(s.as_raw_fd(), level, opt, (&mut mtu as *mut libc::c_int).cast(), &mut len)
+    };
+    (r == 0 && mtu > 0).then_some(mtu as u32)
+}
 
 /// The endpoint settings of the peer link: accept datagrams as large as
 /// [`MAX_UDP_PAYLOAD`] (quinn's default endpoint refuses to announce more
@@ -95,14 +135,20 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 /// receiver (which QUIC reads as congestion or an MTU black hole).
 pub const WINDOW: u32 = 16 << 20;
 
-/// Transport settings for many small writes in flight on a LAN-like link.
-pub fn transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
+/// Transport settings for many small writes in flight on a LAN-like link;
+/// MTU discovery probes up to `probe_up_to` ([`probe_bound`]).
+pub fn transport(
+    timeout: Duration,
+    keep_alive: Duration,
+    probe_up_to: u16,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Fewer, larger packets cost less CPU per byte: probe up to jumbo
-    // frames (the peer's `max_udp_payload_size`, see `endpoint_config`,
-    // bounds it too). Discovery falls back where the path is smaller.
+    // Fewer, larger packets cost less CPU per byte: probe up to what the
+    // route carries (the peer's `max_udp_payload_size`, see
+    // `endpoint_config`, bounds it too). Discovery falls back where the
+    // path is smaller.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(PROBE_UP_TO);
+    mtu.upper_bound(probe_up_to);
     // A spurious black-hole verdict (a burst of losses of large packets
     // under load) costs 1200-byte packets until the next search: retry
     // after 10 s rather than quinn's minute.
@@ -223,5 +269,19 @@ mod tests {
         let ring = rustls::crypto::ring::default_provider();
         assert_eq!(suites.len(), ring.cipher_suites.len());
         assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+    }
+
+    #[test]
+    fn discovery_probes_up_to_what_the_route_carries() {
+        // Loopback's 64 KiB MTU: the largest IPv4 UDP payload.
+        assert_eq!(probe_bound(([127, 0, 0, 1], 9).into()), 65507);
+        // A jumbo-frame interface (AWS in a VPC), a plain Ethernet one.
+        assert_eq!(payload_within(9001, true), 8973);
+        assert_eq!(payload_within(9001, false), 8953);
+        assert_eq!(payload_within(1500, true), 1472);
+        // Never under QUIC's floor, never over what a node accepts.
+        assert_eq!(payload_within(576, true), 1200);
+        assert_eq!(payload_within(65536, false), 65488);
+        assert_eq!(payload_within(1 << 20, false), MAX_UDP_PAYLOAD);
     }
 }
