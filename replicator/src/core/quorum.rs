@@ -418,7 +418,7 @@ impl Core {
     }
 
     /// A session runs with a Secondary peer (no Primary around).
-    fn secondary_peer_running(&self) -> bool {
+    pub(super) fn secondary_peer_running(&self) -> bool {
         self.session
             .as_ref()
             .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary)

@@ -39,6 +39,21 @@ impl Core {
         if self.role == Role::Primary {
             return Ok(());
         }
+        // A node that may lack writes it confirmed to its peer and has not
+        // met it since (`quorum.rs` `lost_since_synced`; the controller's
+        // path checks it where the witness's grant arrives): promoted, the
+        // service would run without them, and the resync from its new
+        // generation would carry its activity log's extents over the
+        // peer's copies (a known limit until 2026-12-05). DRBD's
+        // Consistent disk after a crash needs `--force` the same way.
+        if !force && self.lost_since_synced() && !self.secondary_peer_running() {
+            return Err(Refused(format!(
+                "this node may lack writes it confirmed to its peer (its page cache was lost, or \
+                 in protocol B writes it had received) and has not met {} since: `connect` and \
+                 let the resync bring them back first, or `primary --force` to accept the loss",
+                self.cfg.peer
+            )));
+        }
         // Connected: the peer agrees first (`promotion.rs`). Ok here means
         // asked; `promotion_asked` and `promotion_answer` say the rest.
         if self.session.is_some() && self.cfg.plant != Plant::PromoteWithoutAsking {

@@ -134,6 +134,18 @@ impl Pair {
         self.n[i].c.as_mut().expect("running")
     }
 
+    /// `primary` on node i, which may lack writes it confirmed to its peer
+    /// and has not met it since: refused without `--force` (it names the
+    /// loss and the way out), then forced (an UpToDate disk forced keeps
+    /// its generation and its flag: the scenario goes on as an operator's
+    /// choice).
+    pub fn promote_lost(&mut self, i: usize, wall_ms: u64) {
+        let e = self.core(i).promote(false, wall_ms).expect_err("primary without --force");
+        assert!(e.0.contains("may lack writes it confirmed"), "{}", e.0);
+        assert_eq!(self.core(i).role(), Role::Secondary);
+        self.core(i).promote(true, wall_ms).expect("primary --force");
+    }
+
     fn perform(&mut self, i: usize, a: Action) {
         let now = self.now;
         let n = &self.n[i];
