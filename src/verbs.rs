@@ -168,6 +168,12 @@ pub fn render(st: &Value) -> String {
     if st["split_brain"] == true {
         out.push_str("  SPLIT BRAIN: nothing was overwritten; see `discard-my-data`\n");
     }
+    if st["lost_since_synced"] == true {
+        out.push_str(
+            "  may lack writes it confirmed to its peer (power loss): `connect` before \
+             `primary` (or `primary --force` to accept the loss)\n",
+        );
+    }
     if let Some(e) = st["last_error"].as_str() {
         out.push_str(&format!("  last error: {e}\n"));
     }
@@ -225,5 +231,10 @@ mod tests {
         assert!(text.contains("[##########..........] 50.0% of 2.0 MiB, ETA 3 s"), "{text}");
         assert!(text.contains("SPLIT BRAIN"), "{text}");
         assert!(text.contains("rtt 0.25 ms"), "{text}");
+        assert!(!text.contains("may lack writes"), "{text}");
+        let mut lost = st.clone();
+        lost["lost_since_synced"] = true.into();
+        let text = render(&lost);
+        assert!(text.contains("may lack writes it confirmed to its peer"), "{text}");
     }
 }

@@ -194,9 +194,10 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
 
     // The link's transport, as QUIC counted it (looked at on each
     // session tick): the 32 MiB left a in datagrams of at most what the
-    // route carries (loopback: 65507 bytes) and reached b; with
-    // segmentation offload a batch carries one or more; the path's MTU is
-    // known. `status --json` shows the same totals.
+    // route carries (loopback: 65507 bytes) and reached b; a send batch
+    // carries one or more (batches of several are `tests/link.rs`'s, at
+    // jumbo sizes); the path's MTU is known. `status --json` shows the
+    // same totals.
     let mib32 = 32.0 * 1048576.0;
     eventually(ma, "twinblock_link_udp_bytes_total", &[("direction", "sent")], |n| n >= mib32);
     eventually(mb, "twinblock_link_udp_bytes_total", &[("direction", "received")], |n| n >= mib32);
@@ -205,8 +206,9 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
     let batches = get(&l, "twinblock_link_send_batches_total", &[]);
     let bytes = get(&l, "twinblock_link_udp_bytes_total", &[("direction", "sent")]);
     let mtu = get(&l, "twinblock_link_path_mtu_bytes", &[]);
-    assert!((1200.0..=65507.0).contains(&mtu), "path MTU {mtu}");
-    assert!(dgrams * mtu >= bytes, "{dgrams} datagrams carried {bytes} bytes");
+    // Above jumbo frames: MTU discovery probed up to loopback's route.
+    assert!((8952.0..=65507.0).contains(&mtu), "path MTU {mtu}");
+    assert!(dgrams * 65507.0 >= bytes, "{dgrams} datagrams carried {bytes} bytes");
     assert!(batches >= 1.0 && batches <= dgrams, "{batches} batches for {dgrams} datagrams");
     let received = get(&l, "twinblock_link_datagrams_total", &[("direction", "received")]);
     assert!(received > 0.0, "no acknowledgement came back");

@@ -25,6 +25,8 @@ struct Agent {
     pair: Pair,
     bin: PathBuf,
     scores: PathBuf,
+    /// The `binary` parameter: twinblock itself, or a test's stand-in.
+    twinblock: PathBuf,
 }
 
 impl Agent {
@@ -41,7 +43,7 @@ impl Agent {
         )
         .unwrap();
         make_executable(&script);
-        Agent { pair, bin, scores }
+        Agent { pair, bin, scores, twinblock: BIN.into() }
     }
 
     fn name(i: usize) -> &'static str {
@@ -58,7 +60,7 @@ impl Agent {
         vec![
             ("config".into(), self.pair.config.display().to_string()),
             ("node".into(), Agent::name(i).into()),
-            ("binary".into(), BIN.into()),
+            ("binary".into(), self.twinblock.display().to_string()),
             ("pidfile".into(), self.pidfile(i).display().to_string()),
             ("logfile".into(), dir.join(format!("{}.log", Agent::name(i))).display().to_string()),
         ]
@@ -258,4 +260,37 @@ fn ocf_tester_accepts_the_agent() {
     );
     // It ends with the resource stopped.
     ag.expect(0, "monitor", OCF_NOT_RUNNING);
+}
+
+/// The promotion score `monitor` offers for a node whose `status --json`
+/// says what the agent reads: a node back from a power loss that may lack
+/// writes it confirmed to its peer (`lost_since_synced`) is refused
+/// `primary` until it has met the peer, so apart it is offered as a
+/// Consistent one (0), not as the lone UpToDate survivor (1000); connected
+/// it is offered as any (its promotion is asked of the peer). The
+/// daemon's answer is a stand-in script here: the scoring is the agent's
+/// own logic (the refusal itself is `core::tests`
+/// `primary_on_a_node_back_from_a_power_loss_waits_for_its_peer`).
+#[test]
+fn ocf_agent_does_not_offer_a_node_that_may_lack_confirmed_writes() {
+    let mut ag = Agent::new();
+    let dir = ag.pair.dir.path().to_path_buf();
+    let answer = dir.join("status.json");
+    let fake = dir.join("fake-twinblock");
+    std::fs::write(&fake, format!("#!/bin/sh\ncat '{}'\n", answer.display())).unwrap();
+    make_executable(&fake);
+    ag.twinblock = fake;
+    let alone = |lost: bool| {
+        serde_json::json!({"role": "Secondary", "disk": "UpToDate", "connection": "Connecting",
+            "peer": {"node": "b", "role": null, "disk": null}, "lost_since_synced": lost})
+    };
+    let connected = serde_json::json!({"role": "Secondary", "disk": "UpToDate",
+        "connection": "Connected", "peer": {"node": "b", "role": "Secondary", "disk": "UpToDate"},
+        "lost_since_synced": true});
+    for (st, want) in [(alone(false), "1000"), (alone(true), "0"), (connected, "10000")] {
+        std::fs::write(&answer, st.to_string()).unwrap();
+        ag.expect(0, "monitor", OCF_SUCCESS);
+        let score = ag.last_score(0);
+        assert!(score.ends_with(&format!(" {want}")), "score {score:?} for {st}, want {want}");
+    }
 }

@@ -91,7 +91,7 @@ pub fn configs(
     me: &NodeConfig,
     peer: &NodeConfig,
 ) -> Result<Configs, LinkError> {
-    let probe = tls::probe_bound(peer.connect);
+    let probe = tls::probe_bound(me.address.ip(), peer.connect);
     debug!(node = %me.name, peer = %peer.connect, probe, "replication link: MTU discovery bound");
     let transport = tls::transport(res.timeout, res.ping_interval, probe);
     Ok(tls::endpoint_configs(&res.ca, &me.cert, &me.key, &res.name, transport)?)

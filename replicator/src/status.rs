@@ -61,6 +61,11 @@ pub struct Status {
     pub peer: PeerStatus,
     pub out_of_sync_bytes: u64,
     pub split_brain: bool,
+    /// This node may lack writes it confirmed to its peer (a lost page
+    /// cache, or in protocol B received writes, after it took in the
+    /// peer's writes) and has not met the peer since: `primary` without
+    /// `--force` and the failover controller wait for a session with it.
+    pub lost_since_synced: bool,
     pub rtt_us: Option<u64>,
     pub sync: Option<SyncStatus>,
     pub counters: Counters,

@@ -70,21 +70,27 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// elsewhere): probes larger than that are merely lost.
 pub const MAX_UDP_PAYLOAD: u16 = 65527;
 
-/// The largest datagram MTU discovery probes for when the route to the
-/// peer says nothing ([`probe_bound`]): AWS's in-VPC jumbo frames
-/// (9001-byte MTU), where the pairs run. The witness's links use it too
-/// (they carry a few small messages).
+/// The least MTU discovery probes up to, whatever the route to the peer
+/// says ([`probe_bound`]): AWS's in-VPC jumbo frames (9001-byte MTU),
+/// where the pairs run. The witness's links use it (they carry a few
+/// small messages).
 pub const PROBE_UP_TO: u16 = 8951;
 
-/// The largest datagram worth probing for on the way to `peer`: what the
-/// local route there carries (the interface's MTU, or a smaller path MTU
-/// the kernel learnt), less the IP and UDP headers, as TCP's MSS is
-/// bounded by it. Discovery then finds the path's own limit below that (a
-/// jumbo-frame interface in a VPC: 8973; loopback: 65507, where TCP on
-/// the same host sends 64 KiB segments too). [`PROBE_UP_TO`] when the
-/// route cannot be looked up.
-pub fn probe_bound(peer: std::net::SocketAddr) -> u16 {
-    route_mtu(peer).map_or(PROBE_UP_TO, |mtu| payload_within(mtu, peer.is_ipv4()))
+/// The largest datagram worth probing for on the way from `local` to
+/// `peer`: what the local route there carries (the interface's MTU), less
+/// the IP and UDP headers, as TCP's MSS is bounded by it, and never less
+/// than [`PROBE_UP_TO`] (a route seen at start, or a path MTU the kernel
+/// had learnt, must not cap the link for the process's life: a probe the
+/// path cannot carry is merely lost). Discovery then finds the path's own
+/// limit below that (loopback: 65507, where TCP on the same host sends 64
+/// KiB segments too; a 9001-byte interface: 8973).
+pub fn probe_bound(local: std::net::IpAddr, peer: std::net::SocketAddr) -> u16 {
+    bound_for(route_mtu(local, peer), peer.is_ipv4())
+}
+
+/// [`probe_bound`] for a route of `mtu` bytes (None: unknown).
+fn bound_for(mtu: Option<u32>, v4: bool) -> u16 {
+    mtu.map_or(PROBE_UP_TO, |mtu| payload_within(mtu, v4).max(PROBE_UP_TO))
 }
 
 /// The largest UDP payload in an IP packet of `mtu` bytes (QUIC's floor
@@ -96,13 +102,17 @@ fn payload_within(mtu: u32, v4: bool) -> u16 {
     payload.clamp(1200, u32::from(MAX_UDP_PAYLOAD)) as u16
 }
 
-/// The MTU of the local route to `peer` (Linux: a connected UDP socket's
-/// `IP_MTU`); nothing is sent.
-fn route_mtu(peer: std::net::SocketAddr) -> Option<u32> {
+/// The MTU of the route from `local` (the link's own address: with
+/// source routing it picks the route; unspecified or not this host's,
+/// any) to `peer` (Linux: a connected UDP socket's `IP_MTU`); nothing is
+/// sent.
+fn route_mtu(local: std::net::IpAddr, peer: std::net::SocketAddr) -> Option<u32> {
     use std::os::fd::AsRawFd;
-    let any: std::net::SocketAddr =
-        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let s = std::net::UdpSocket::bind(any).ok()?;
+    let any: std::net::IpAddr = if peer.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
+    let from = if local.is_ipv4() == peer.is_ipv4() { local } else { any };
+    let s = std::net::UdpSocket::bind((from, 0))
+        .or_else(|_| std::net::UdpSocket::bind((any, 0)))
+        .ok()?;
     s.connect(peer).ok()?;
     let (level, opt) = if peer.is_ipv4() {
         (libc::IPPROTO_IP, libc::IP_MTU)
@@ -273,8 +283,13 @@ mod tests {
 
     #[test]
     fn discovery_probes_up_to_what_the_route_carries() {
-        // Loopback's 64 KiB MTU: the largest IPv4 UDP payload.
-        assert_eq!(probe_bound(([127, 0, 0, 1], 9).into()), 65507);
+        // Loopback's 64 KiB MTU: the largest IPv4 UDP payload, from any
+        // local address or the loopback one.
+        let lo: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
+        assert_eq!(probe_bound([0, 0, 0, 0].into(), lo), 65507);
+        assert_eq!(probe_bound([127, 0, 0, 1].into(), lo), 65507);
+        // A local address this host does not have: any route.
+        assert_eq!(probe_bound([192, 0, 2, 7].into(), lo), 65507);
         // A jumbo-frame interface (AWS in a VPC), a plain Ethernet one.
         assert_eq!(payload_within(9001, true), 8973);
         assert_eq!(payload_within(9001, false), 8953);
@@ -283,5 +298,12 @@ mod tests {
         assert_eq!(payload_within(576, true), 1200);
         assert_eq!(payload_within(65536, false), 65488);
         assert_eq!(payload_within(1 << 20, false), MAX_UDP_PAYLOAD);
+        // The bound: the route's payload, never under jumbo frames (a
+        // 1500-byte route seen at start must not cap the link for good:
+        // larger probes are merely lost, as before), jumbo when unknown.
+        assert_eq!(bound_for(Some(65536), true), 65507);
+        assert_eq!(bound_for(Some(9001), true), 8973);
+        assert_eq!(bound_for(Some(1500), true), PROBE_UP_TO);
+        assert_eq!(bound_for(None, false), PROBE_UP_TO);
     }
 }

@@ -205,6 +205,7 @@ impl Core {
             }),
             out_of_sync_bytes: self.dirty.bytes(),
             split_brain: self.split_brain,
+            lost_since_synced: self.lost_since_synced(),
             rtt: s.and_then(|s| s.rtt),
             sync: s.and_then(|s| s.progress()),
             counters: self.counters,

@@ -551,6 +551,10 @@ pub struct CoreStatus {
     pub peer_disk: Option<DiskState>,
     pub out_of_sync_bytes: u64,
     pub split_brain: bool,
+    /// This node may lack writes it confirmed to its peer and has not met
+    /// it since (`Core::lost_since_synced`): neither `primary` without
+    /// `--force` nor the controller promotes it until a session has.
+    pub lost_since_synced: bool,
     pub rtt: Option<Duration>,
     pub sync: Option<Progress>,
     pub counters: CoreCounters,
