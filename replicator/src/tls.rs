@@ -62,10 +62,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The largest UDP payload a node accepts (the most UDP allows; it probes
-/// up to what the route to its peer carries, [`probe_bound`]). QUIC's per-packet work (header protection, AEAD setup, packet
-/// numbers, ACK tracking, one `sendmsg`/`recvmsg`) dominates the replicated
-/// path's CPU cost: a 1 MiB write is 16 packets at this size, 118 at AWS's
-/// 9001-byte jumbo frames and 712 at quinn's default of 1472. Path MTU
+/// up to what the route to its peer carries, [`probe_bound`]). QUIC's
+/// per-packet work (header protection, AEAD setup, packet numbers, ACK
+/// tracking, one `sendmsg`/`recvmsg`) dominates the replicated path's CPU
+/// cost: a 1 MiB write is 16 packets at this size, 118 at AWS's 9001-byte
+/// jumbo frames and 712 at quinn's default of 1472. Path MTU
 /// discovery finds what the path really carries (9001 inside a VPC, 1500
 /// elsewhere): probes larger than that are merely lost.
 pub const MAX_UDP_PAYLOAD: u16 = 65527;
