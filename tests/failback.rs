@@ -113,3 +113,43 @@ fn failover_then_failback_without_writes_on_the_new_primary_leaves_identical_dis
 fn failover_then_failback_with_writes_on_the_new_primary_leaves_identical_disks() {
     failover_and_failback(true);
 }
+
+/// b, a Secondary that took in a's writes, comes back from a reboot of its
+/// machine (another boot id: its page cache may have lost writes it had
+/// confirmed to a) while a is down. `status` says so, and `primary` on it
+/// is refused, naming `connect` and `--force` (before, it was promoted:
+/// the service would have run without what a had acknowledged on b's
+/// confirmation). Once a is back and the two have met, `primary` on b is
+/// accepted and the disks are identical.
+#[test]
+fn a_secondary_back_from_a_reboot_meets_its_peer_before_it_is_primary() {
+    if !root("a bind mount over the kernel's boot id") || !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::start("C", "16M");
+    wait_in_sync(&p, "the initial sync");
+    p.qemu_io(0, "write -P 0x5a 1M 2M");
+    p.wait_drained();
+    p.kill(0);
+    p.kill(1);
+    p.up_rebooted(1);
+    let b = p.status(1);
+    assert_eq!(b["lost_since_synced"], true, "{b}\n{}", p.log(1));
+    let text = p.ok(&["status"], 1);
+    assert!(text.contains("may lack writes it confirmed to its peer"), "{text}");
+    let out = p.cli("primary", &[], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "b was promoted apart after its reboot: {err}");
+    assert!(err.contains("may lack writes it confirmed") && err.contains("--force"), "{err}");
+    assert_eq!(p.status(1)["role"], "Secondary");
+
+    p.up(0);
+    wait_in_sync(&p, "a and b to meet again");
+    assert_eq!(p.status(1)["lost_since_synced"], false);
+    p.ok(&["primary"], 1);
+    assert_eq!(p.status(1)["role"], "Primary");
+    let disk = |n: &str| std::fs::read(p.dir.path().join(format!("{n}.img"))).unwrap();
+    let (a, b) = (disk("a"), disk("b"));
+    assert!(a[1 << 20..3 << 20].iter().all(|&x| x == 0x5a), "a lost the write");
+    assert!(a == b, "the disks differ after the two met");
+}

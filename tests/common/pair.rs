@@ -126,9 +126,37 @@ impl Pair {
 
     /// Starts node `i` and waits for its "twinblock up" line.
     pub fn up(&mut self, i: usize) {
+        self.up_with(i, Command::new(BIN));
+    }
+
+    /// [`Pair::up`] as after a reboot of node `i`'s machine: the daemon
+    /// sees another kernel boot id (a bind mount over
+    /// `/proc/sys/kernel/random/boot_id` in a mount namespace of its own;
+    /// root), so what its activity log holds may have been lost with the
+    /// page cache, as after a power loss. (The data itself is all there:
+    /// only the node's judgement is tested.)
+    pub fn up_rebooted(&mut self, i: usize) {
+        let boot = self.dir.path().join(format!("{}.boot_id", self.nodes[i].name));
+        let id = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), i as u64 + 1);
+        std::fs::write(&boot, format!("{id}\n")).unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /proc/sys/kernel/random/boot_id && exec \"$@\"",
+        ])
+        .arg(&boot)
+        .arg(BIN);
+        self.up_with(i, cmd);
+    }
+
+    /// Starts node `i` with `cmd` (twinblock, or a wrapper that execs the
+    /// twinblock it is given last) and waits for its "twinblock up" line.
+    fn up_with(&mut self, i: usize, mut cmd: Command) {
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .args(["up", "--config"])
             .arg(&self.config)
             .args(["--node", &n.name])
