@@ -418,7 +418,7 @@ impl Core {
     }
 
     /// A session runs with a Secondary peer (no Primary around).
-    pub(super) fn secondary_peer_running(&self) -> bool {
+    fn secondary_peer_running(&self) -> bool {
         self.session
             .as_ref()
             .is_some_and(|s| s.phase == Phase::Running && s.peer.role == Role::Secondary)
@@ -444,6 +444,13 @@ impl Core {
         self.lost != crate::protocol::wire::Lost::None
             && self.received
             && self.cfg.plant != Plant::ClaimAfterLoss
+    }
+
+    /// [`Core::lost_since_synced`] with no session running beside a
+    /// Secondary peer: a promotion (the controller's grant, an operator's
+    /// `primary`) waits for the peer unless forced.
+    pub(super) fn held_back_by_loss(&self) -> bool {
+        self.lost_since_synced() && !self.secondary_peer_running()
     }
 
     fn may_claim(&self) -> bool {
@@ -550,7 +557,7 @@ impl Core {
             self.release();
             return Err(Refused(format!("the disk is {:?} now", self.disk)));
         }
-        if self.lost_since_synced() && !forced && !self.secondary_peer_running() {
+        if !forced && self.held_back_by_loss() {
             self.release();
             return Err(Refused(LOST_SINCE_SYNCED.into()));
         }

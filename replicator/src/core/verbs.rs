@@ -46,7 +46,7 @@ impl Core {
         // generation would carry its activity log's extents over the
         // peer's copies (a known limit until 2026-12-05). DRBD's
         // Consistent disk after a crash needs `--force` the same way.
-        if !force && self.lost_since_synced() && !self.secondary_peer_running() {
+        if !force && self.held_back_by_loss() {
             return Err(Refused(format!(
                 "this node may lack writes it confirmed to its peer (its page cache was lost, or \
                  in protocol B writes it had received) and has not met {} since: `connect` and \

@@ -123,17 +123,15 @@ impl Node {
     /// promotable with a disk whose every read failed, where a resync or
     /// verify read error detached it). The read itself fails.
     fn read_done(&self, r: io::Result<Bytes>) -> DeviceResult<Bytes> {
-        let e = match r {
-            Ok(data) => return Ok(data),
-            Err(e) => e,
-        };
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            let mut sh = self.lock();
-            let now = self.now();
-            sh.core.handle_disk_error(now, io_err(&e), &format!("application read: {e}"));
-            self.drain(&mut sh);
-        }
-        Err(DeviceError::Io(e))
+        r.map_err(|e| {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                let mut sh = self.lock();
+                let now = self.now();
+                sh.core.handle_disk_error(now, io_err(&e), &format!("application read: {e}"));
+                self.drain(&mut sh);
+            }
+            DeviceError::Io(e)
+        })
     }
 
     /// Whether this node's data may be read now (UpToDate or Consistent),

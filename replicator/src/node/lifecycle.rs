@@ -28,9 +28,7 @@ impl Node {
                 return Err(NodeError::MetaLost { meta: mine.meta.clone(), found });
             }
         }
-        // An empty regular file is made anew too (`Store::open`).
-        let empty = std::fs::metadata(&mine.disk).is_ok_and(|d| d.is_file() && d.len() == 0);
-        if let Some(m) = meta.as_mut().filter(|_| !mine.disk.exists() || empty) {
+        if let Some(m) = meta.as_mut().filter(|_| Store::makes_anew(&mine.disk)) {
             // The disk is gone (or emptied) but its metadata is not: record
             // that the data is gone (as if the disk had failed: a full sync
             // follows) before a new file exists, so a crash in between

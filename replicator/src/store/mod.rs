@@ -178,6 +178,13 @@ const CACHED_READ_MAX: usize = 256 << 10;
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 impl Store {
+    /// Whether [`Store::open`] with a size makes the disk at `path` anew
+    /// (missing, or an empty regular file): what it held, if anything, is
+    /// gone. The start records that before the open grows the file.
+    pub fn makes_anew(path: &Path) -> bool {
+        std::fs::metadata(path).map_or(true, |d| d.is_file() && d.len() == 0)
+    }
+
     /// Opens `path`, creating it (sparse) at `size` when missing, and checks
     /// that an existing file has that size. `TWINBLOCK_IO` overrides
     /// `opts.backend`. Must be called inside a tokio runtime.
