@@ -263,6 +263,11 @@ fn regression_seeds_pass() {
         // A Secondary that confirmed a C write lost its power; its Primary
         // crashed, and the witness granted the rebooted Secondary's claim.
         (14940551, 20000),
+        // A claim in flight when the operator ran discard-my-data was
+        // granted; the node's full sync from the peer that parted from its
+        // generation, started over after the peer's restart, forgot what
+        // it told the witness, which refused it once rebuilt.
+        (15810362, 20000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

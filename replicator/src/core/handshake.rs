@@ -578,7 +578,9 @@ impl Core {
             Decision::SyncTarget { full } => {
                 tracing::info!(full, "SyncTarget: the peer's data is newer");
                 self.disk = DiskState::Inconsistent;
-                if !grew_from_ours && !resumed && !h.gen.lineage().contains(&self.gen.current) {
+                let keeps_told =
+                    grew_from_ours || resumed || h.gen.lineage().contains(&self.gen.current);
+                if !keeps_told {
                     // (A peer whose data grew from ours holds whatever
                     // ours descends from; any other replaces it. A
                     // resumed sync was judged so when it started.)
@@ -590,6 +592,18 @@ impl Core {
                     // again as a split brain or as a failed disk that lost
                     // acknowledged writes (found by review).
                     self.gen = GenIds::never_synced();
+                    if keeps_told && !resumed {
+                        // From a peer whose data grew from ours: its
+                        // generation first among the told ones, as for a
+                        // rebuild (above), so that a full sync cut short
+                        // and started over still knows the peer's data
+                        // holds what ours descended from (else a node that
+                        // gave up its data to a peer that parted from it,
+                        // rebuilt from it across the peer's restart, was
+                        // refused by the witness: simulator seed 15810362
+                        // at 20,000 steps).
+                        self.told_first(h.gen.current);
+                    }
                 }
                 self.discard = false;
                 // What the source will send: every block, or the union of

@@ -455,3 +455,39 @@ fn a_failed_disk_that_never_wrote_its_generation_keeps_it_told() {
         }
     }
 }
+
+/// b told the witness it ran alone on generation g (its claim, in flight
+/// when the operator ran `discard-my-data` on it, was granted), a moved on
+/// from g alone (a new generation, its bitmap's base g); b gives up its
+/// data, and the full sync from a is cut by a's power failing before a
+/// named it durably. The sync starts over with b on no generation: b must
+/// still know a's data grew from its own, and keep g among what it told
+/// (it forgot it, and the witness refused b's claim once rebuilt, for data
+/// it holds: simulator seed 15810362 at 20,000 steps).
+#[test]
+fn a_discarding_node_rebuilt_across_its_sources_power_loss_keeps_what_it_told() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 100, 0, 7, 8192);
+    p.settle();
+    let g = p.core(0).gen().current;
+    p.cut();
+    p.settle();
+    p.write(0, 101, 4096, 9, 1024);
+    p.settle();
+    let ga = p.core(0).gen();
+    assert_ne!(ga.current, g, "a wrote alone on g");
+    assert_eq!(ga.bitmap, g);
+    p.core(1).told = vec![g];
+    p.core(1).discard_my_data().unwrap();
+    p.connect_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
+    assert_eq!(p.core(1).gen().current, NEVER_SYNCED, "b's data not given up");
+    assert_eq!(p.core(0).full_sync, 0, "the source named its full sync: the case is not made");
+    p.crash(0, true);
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    let told = &p.core(1).told;
+    assert!(told.contains(&g), "g forgotten: {told:x?}");
+}
