@@ -558,6 +558,49 @@ fn down_in_protocol_a_hands_every_acknowledged_write_to_the_peer_first() {
     assert!(!out.contains("Pattern verification failed"), "b lacks acknowledged writes: {out}");
 }
 
+/// Protocol A: both processes killed, the Secondary first, while the
+/// Primary's acknowledged writes are still on their way (a relay of 150 ms
+/// each way). The Secondary's record said its peer was Primary: it comes
+/// back `Consistent`, and `primary` without `--force` is refused, as when
+/// its link goes first (before, it came back UpToDate and was promoted
+/// lacking writes the old Primary had answered; review, helper-86). When
+/// the old Primary returns, the two meet, the writes move, and b is
+/// UpToDate with disks identical.
+#[test]
+fn an_a_secondary_killed_before_its_primary_comes_back_consistent() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("A", "32M");
+    let _netem = p.relay_b("150ms");
+    p.up_in_sync("the initial sync", Duration::from_secs(120));
+    let writes: Vec<String> =
+        (0..8u64).map(|i| format!("write -P {} {} 1M", 0x40 + i, i * 1024 * 1024)).collect();
+    run_qemu_io(&p.uri(0), &writes);
+    p.kill(1);
+    p.kill(0);
+    let b = read_file(&p.nodes[1].disk);
+    let has = |d: &[u8], i: usize| d[i << 20..(i + 1) << 20].iter().all(|&x| x == 0x40 + i as u8);
+    assert!((0..8).any(|i| !has(&b, i)), "b holds every write: the case is not made");
+    p.up(1);
+    let st = p.status(1);
+    assert_eq!(st["disk"], "Consistent", "b came back {st}\n{}", tail(&p.log(1)));
+    let out = p.cli("primary", &[], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "b was promoted without --force lacking a's writes");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(p.status(1)["role"], "Secondary");
+
+    p.up(0);
+    p.wait_connected();
+    p.wait_synced("a and b to meet again", Duration::from_secs(60));
+    p.wait_drained();
+    assert_eq!(p.status(1)["disk"], "UpToDate");
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!((0..8).all(|i| has(&a, i)), "a lost a write it acknowledged");
+    assert!(a == b, "the disks differ after the two met");
+}
+
 /// The slow-disk pair of the tests below: protocol B, b's disk on a
 /// [`FuseDisk::slow`], a Primary, in sync; the peer's `timeout`, more top-level
 /// keys in `extra`. None if a tool or root is missing (outside CI).

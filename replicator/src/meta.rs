@@ -56,6 +56,9 @@ pub struct Meta {
     /// See [`MetaRecord::receipt_acks`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub receipt_acks: bool,
+    /// See [`MetaRecord::behind_async_primary`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub behind_async_primary: bool,
     /// Saved by a version that records the disk's identity (`meta.disk`,
     /// [`crate::disk_id`]) at every start before any record: with it set,
     /// a missing identity file means the disk cannot be vouched for;
@@ -94,6 +97,7 @@ impl Meta {
             received: self.received,
             async_acks: self.async_acks,
             receipt_acks: self.receipt_acks,
+            behind_async_primary: self.behind_async_primary,
         }
     }
 
@@ -116,6 +120,7 @@ impl Meta {
             received: r.received,
             async_acks: r.async_acks,
             receipt_acks: r.receipt_acks,
+            behind_async_primary: r.behind_async_primary,
             disk_identified: true,
         }
     }

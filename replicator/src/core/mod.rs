@@ -291,6 +291,7 @@ impl Core {
             received: false,
             async_acks: ack_kind(cfg.protocol) == Protocol::A,
             receipt_acks: ack_kind(cfg.protocol) == Protocol::B,
+            behind_async_primary: false,
         });
         // The protocol the activity log's writes were acknowledged under:
         // the record's while the log holds extents, else this start's.
@@ -352,6 +353,18 @@ impl Core {
                  met its peer"
             );
             meta.received_lost = true;
+        }
+        if meta.behind_async_primary && meta.disk == DiskState::UpToDate {
+            // The process stopped (with the link, or before the link's
+            // loss was saved) while its peer was a protocol-A Primary:
+            // writes the peer answered may never have reached this node.
+            // So the link's loss leaves a running node (`write.rs`).
+            tracing::warn!(
+                "protocol A: this Secondary stopped while its peer was Primary; writes the peer \
+                 acknowledged may not have reached it: disk Consistent (`connect` brings them, \
+                 `primary --force` promotes it as it is)"
+            );
+            meta.disk = DiskState::Consistent;
         }
         if rec.meta.is_some() && rec.disk_created {
             // The disk is new but its metadata is not: the data is gone, as
@@ -470,7 +483,23 @@ impl Core {
             received: self.received,
             async_acks: self.log_protocol == Protocol::A,
             receipt_acks: self.log_protocol == Protocol::B,
+            behind_async_primary: self.behind_async_primary(),
         }
+    }
+
+    /// See [`MetaRecord::behind_async_primary`]: a protocol-A Secondary,
+    /// UpToDate, whose peer is Primary (as its hello or a State said) or
+    /// was granted a promotion: what the link's loss judges (`write.rs`).
+    /// (A peer that said it is Secondary sent every write before; those
+    /// received and not yet written when this process stops are lost, as
+    /// when the link goes then: a known limit.)
+    pub(crate) fn behind_async_primary(&self) -> bool {
+        self.cfg.protocol == Protocol::A
+            && self.role == Role::Secondary
+            && self.disk == DiskState::UpToDate
+            && self.session.as_ref().is_some_and(|s| {
+                s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion
+            })
     }
 
     /// It may have lost unflushed writes with its machine's page cache.
@@ -530,6 +559,7 @@ impl Core {
             && m.received == self.received
             && m.async_acks == (self.log_protocol == Protocol::A)
             && m.receipt_acks == (self.log_protocol == Protocol::B)
+            && m.behind_async_primary == self.behind_async_primary()
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)

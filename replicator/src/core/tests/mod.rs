@@ -80,6 +80,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         received: false,
         async_acks: false,
         receipt_acks: false,
+        behind_async_primary: false,
     }
 }
 

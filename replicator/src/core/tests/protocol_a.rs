@@ -62,3 +62,59 @@ fn a_state_sent_before_the_grant_was_heard_leaves_an_a_secondary_consistent() {
         "b is UpToDate lacking a write a acknowledged (promote without --force: {r:?})"
     );
 }
+
+/// (Review, helper-86.) Protocol A: both processes are killed, the
+/// Secondary first, with a write the Primary acknowledged still on its
+/// way. The Secondary's record said its peer was Primary, so it comes
+/// back Consistent and `primary` without `--force` is refused, as when
+/// the link goes first (before, it came back UpToDate and was promoted
+/// lacking the write). A peer that demoted first sent every write before
+/// saying so: then the Secondary comes back UpToDate.
+#[test]
+fn an_a_secondary_killed_while_its_peer_is_primary_comes_back_consistent() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.write(0, 100, 0, 0x11, 4096);
+    p.settle();
+    assert!(
+        p.n[1].meta.as_ref().is_some_and(|m| m.behind_async_primary),
+        "b's record does not say its peer is an A Primary"
+    );
+    // a answers a write that never reaches b; b's process dies, then a's.
+    p.hold_to[1] = true;
+    p.write(0, 101, 8192, 0x22, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A acknowledged the write");
+    p.crash(1, false);
+    p.hold_to[1] = false;
+    p.crash(0, false);
+    p.restart(1);
+    assert_eq!(p.n[1].cache[8192], 0, "b holds the write: the case is not made");
+    assert_eq!(p.core(1).disk(), DiskState::Consistent, "b came back UpToDate");
+    let r = p.core(1).promote(false, 30);
+    assert!(r.is_err(), "primary without --force accepted on b lacking a's write");
+    // a returns: the write reaches b, which is UpToDate again.
+    p.restart(0);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert!(!p.n[1].meta.as_ref().is_some_and(|m| m.behind_async_primary));
+
+    // a demotes first: every write it answered reached b before its State.
+    p.core(0).promote(false, 40).unwrap();
+    p.settle();
+    p.write(0, 102, 4096, 0x33, 4096);
+    p.settle();
+    p.core(0).demote().unwrap();
+    p.settle();
+    assert!(
+        !p.n[1].meta.as_ref().is_some_and(|m| m.behind_async_primary),
+        "b's record still says its peer is Primary after the peer demoted"
+    );
+    p.crash(1, false);
+    p.crash(0, false);
+    p.restart(1);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    p.core(1).promote(false, 50).unwrap();
+    assert_eq!(p.core(1).role(), Role::Primary);
+}

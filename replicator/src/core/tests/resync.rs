@@ -857,8 +857,8 @@ fn adoption_state_lost_then_generations_alone_at_once() {
 /// A protocol-A Primary acknowledges writes that never reach its peer,
 /// then stops being Primary without a failover: demoted, then the link
 /// lost before the lag was sent; demoted, then its peer's process crashed
-/// (the peer comes back UpToDate, and so is this node: simulator seed
-/// 1005); or its own process crashed (the page cache keeps what it wrote)
+/// (the peer, which never heard the demotion, comes back Consistent, this
+/// node UpToDate: simulator seed 1005); or its own process crashed (the page cache keeps what it wrote)
 /// and the peer's too. When the two meet again on their one generation,
 /// both Secondary, the writes move from the node that was Primary last
 /// (DRBD's crashed primary is the sync source). Before, the union resync
@@ -898,8 +898,10 @@ fn the_last_primarys_acknowledged_writes_survive_a_resync_on_one_generation() {
                     } else {
                         p.crash(s, false);
                         p.restart(s);
-                        assert_eq!(p.core(s).disk(), DiskState::UpToDate);
-                        // (Its peer was a Secondary: nothing it lacks.)
+                        // (It never heard its peer demote: its record says
+                        // the peer is Primary, so it may lack what the peer
+                        // answered.)
+                        assert_eq!(p.core(s).disk(), DiskState::Consistent);
                         assert_eq!(p.core(primary).disk(), DiskState::UpToDate);
                     }
                 }
