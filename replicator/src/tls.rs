@@ -139,6 +139,37 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     e
 }
 
+/// The endpoint settings of a server that must be noticed when it
+/// restarts (the witness): its stateless-reset key, and the key its
+/// connection ids are signed with, are derived from its private key, so
+/// a restarted process takes a packet of a connection its predecessor
+/// held for one of its own ids and answers it with a stateless reset the
+/// client accepts (RFC 9000 section 10.3: the token depends on the key
+/// and the connection id; quinn's default keys are new at every start,
+/// and the new process dropped such packets as bearing invalid ids). The
+/// client then drops the connection at once and dials again, instead of
+/// sending into it until its idle timeout (10 s on the witness link).
+/// The keys stay secret: whoever could compute them could close the
+/// connections.
+pub fn restart_noticed_endpoint_config(key_path: &Path) -> Result<quinn::EndpointConfig, TlsError> {
+    let der = key(key_path)?;
+    let derive = |label: &[u8]| {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(label);
+        ctx.update(der.secret_der());
+        ctx.finish()
+    };
+    let reset = derive(b"twinblock stateless reset key v1\0");
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let mut e = quinn::EndpointConfig::new(Arc::new(hmac));
+    let cids = derive(b"twinblock connection id key v1\0");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&cids.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(k);
+    e.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    Ok(e)
+}
+
 /// The flow-control windows (stream, connection, send): what may be in
 /// flight unconsumed. Enough for 8 GB/s at a 2 ms RTT; small enough that
 /// the receiver's socket buffer (`link::set_socket_buffers`, twice this)

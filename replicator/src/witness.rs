@@ -220,8 +220,13 @@ pub async fn serve_reporting(
         transport,
     )?;
     let addr = w.address;
-    let endpoint = quinn::Endpoint::server(server, addr)
-        .map_err(|source| WitnessError::Bind { addr, source })?;
+    // (Its nodes notice a restart at their next packet: `tls`.)
+    let endpoint_config = tls::restart_noticed_endpoint_config(&w.key)?;
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| WitnessError::Bind { addr, source })?;
+    let endpoint =
+        quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|source| WitnessError::Bind { addr, source })?;
     info!(%addr, "witness listening");
     let nodes: Vec<String> = res.nodes.keys().cloned().collect();
     if let Some(report) = report {
@@ -399,9 +404,12 @@ pub async fn client(
             r = writer => r.err().unwrap_or_else(|| "stopped".into()),
             _ = stop.wait_for(|s| *s) => "stopped".into(),
         };
+        // (How the connection ended, if it did: "reset by peer" is a
+        // restarted witness, "timed out" one that went silent.)
+        let how = conn.close_reason().map(|e| format!(" ({e})")).unwrap_or_default();
         conn.close(0u32.into(), b"bye");
         node.witness_link(false);
-        warn!(witness = %w.name, "link to the witness lost: {why}");
+        warn!(witness = %w.name, "link to the witness lost: {why}{how}");
     }
     endpoint.close(0u32.into(), b"down");
     Ok(())
