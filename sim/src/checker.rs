@@ -101,7 +101,7 @@ use std::fmt;
 use std::time::Duration;
 
 use twinblock_replicator::config::Protocol;
-use twinblock_replicator::core::{Replication, StoreOp, Time};
+use twinblock_replicator::core::{Connection, Replication, StoreOp, Time};
 use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
@@ -160,6 +160,8 @@ pub struct Stats {
     pub landed_failed_persists: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
+    /// Protocol-A Secondaries stopped while linked to a Primary.
+    pub a_behind_crashes: u64,
     pub power_checks: u64,
     pub i2_checks: u64,
     pub i3_diff_blocks: u64,
@@ -209,6 +211,18 @@ pub(crate) struct Checker {
     /// promoted; cleared by a forced promotion, a discard or a replaced
     /// disk (data given up).
     frame_outdated: [Option<u64>; 2],
+    /// Protocol A: node `n`'s process stopped while it was an UpToDate
+    /// Secondary linked to a Primary, lacking a write that Primary had
+    /// acknowledged (`a_acked`): until the two have met again (or it was
+    /// forced, or its data replaced) it is not promoted without `--force`
+    /// (I5).
+    a_behind: [bool; 2],
+    /// Protocol A, per cell: the newest write node `n`'s peer acknowledged
+    /// while linked to it (confirmed or not), which `n` should hold to be
+    /// current. Cleared
+    /// when `n` is promoted (its data is the truth from then on), its
+    /// disk replaced, the peer's changes given up or its power lost.
+    a_acked: [Vec<u64>; 2],
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
     dfl: [Vec<u64>; 2],
@@ -308,6 +322,8 @@ impl Checker {
             step: 0,
             stats: Stats::default(),
             frame_outdated: [None, None],
+            a_behind: [false, false],
+            a_acked: [z(), z()],
             fl_c: [z(), z()],
             fl_b: [z(), z()],
             dfl: [z(), z()],
@@ -407,6 +423,18 @@ impl Checker {
         self.stats.acked += 1;
         if confirmed {
             self.stats.confirmed += 1;
+        }
+        // (Writes acknowledged apart, the peer not linked, are the
+        // unfenced case A, like DRBD without fencing, leaves to the
+        // operator.)
+        if protocol == Protocol::A && linked {
+            if let AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } =
+                &r.kind
+            {
+                for b in cells(*off, *len) {
+                    self.a_acked[m][b] = self.a_acked[m][b].max(*id);
+                }
+            }
         }
         match &r.kind {
             AppKind::Write { id, off, len, fua } | AppKind::Zero { id, off, len, fua } => {
@@ -548,8 +576,10 @@ impl Checker {
         };
         let on_peer = match protocol {
             Protocol::B => return Ok(()),
-            Protocol::A => false,
-            Protocol::C | Protocol::Adaptive => {
+            // (In A too a write may wait for the peer's completion: a
+            // reign's first writes, `session::PeerBehind`. Acknowledged
+            // from a Failed disk, the peer must hold it.)
+            Protocol::A | Protocol::C | Protocol::Adaptive => {
                 self.power_losses[m] != r.peer_power
                     || cells(*off, *len)
                         .all(|b| self.pos(b, sim.nodes[m].disk.cell(b)).is_some_and(|p| p >= *id))
@@ -576,7 +606,16 @@ impl Checker {
         }
     }
 
-    pub fn crashed(&mut self, n: usize, power: bool) {
+    /// `behind_a`: it was an UpToDate protocol-A Secondary linked to a
+    /// Primary peer, lacking a write the peer acknowledged (see
+    /// `a_behind`, [`Checker::lacks_a_acked`]).
+    pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool) {
+        self.a_behind[n] |= behind_a;
+        if power {
+            // (What it acknowledged and had not flushed may be gone from
+            // its own disk too: the power rules judge that.)
+            self.a_acked[1 - n].iter_mut().for_each(|x| *x = 0);
+        }
         self.kept[n] = None;
         self.synced_floor[n] = None;
         self.fl_b[n].iter_mut().for_each(|x| *x = 0);
@@ -616,13 +655,24 @@ impl Checker {
     }
 
     pub fn discarded(&mut self, n: usize) {
+        self.a_acked[1 - n].iter_mut().for_each(|x| *x = 0);
         self.frame_outdated = [None, None];
         self.kept[n] = None;
         self.own[n].iter_mut().for_each(|x| *x = 0);
         self.fo[1 - n].iter_mut().for_each(|x| *x = 0);
     }
 
+    /// Node `n`'s disk lacks a write its peer acknowledged in protocol A.
+    pub fn lacks_a_acked(&self, sim: &Sim, n: usize) -> bool {
+        (0..CELLS).any(|b| {
+            self.a_acked[n][b] > 0
+                && self.pos(b, sim.nodes[n].disk.cell(b)).is_none_or(|p| p < self.a_acked[n][b])
+        })
+    }
+
     pub fn disk_replaced(&mut self, n: usize) {
+        self.a_behind[n] = false;
+        self.a_acked[n].iter_mut().for_each(|x| *x = 0);
         self.frame_outdated = [None, None];
         self.kept[n] = None;
         self.unsynced[n] = true;
@@ -674,6 +724,19 @@ impl Checker {
                 ),
             ));
         }
+        if !force && self.a_behind[n] {
+            return Err(self.v(
+                "I5",
+                format!(
+                    "{} promoted without --force ({disk:?}) after its process stopped lacking a \
+                     write its protocol-A Primary had acknowledged, before it met the peer again",
+                    sim.nodes[n].name
+                ),
+            ));
+        }
+        self.a_behind[n] = false;
+        // (Its data is the truth from now on.)
+        self.a_acked[n].iter_mut().for_each(|x| *x = 0);
         if !force && self.frame_outdated[n].is_some_and(|g| g != 0) {
             return Err(self.v(
                 "I5",
@@ -726,6 +789,16 @@ impl Checker {
 
     pub fn observe(&mut self, sim: &Sim) -> Result<(), Violation> {
         self.stats.steps += 1;
+        for n in 0..2 {
+            // Met its peer again (the handshake judged what it lacks), or
+            // the node took itself for behind (Consistent: promoted only by
+            // force, or made UpToDate by a handshake).
+            if sim.nodes[n].core.as_ref().is_some_and(|c| {
+                c.connection() == Connection::Connected || c.disk() != DiskState::UpToDate
+            }) {
+                self.a_behind[n] = false;
+            }
+        }
         if sim.replication(0) != Replication::Off && sim.replication(1) != Replication::Off {
             self.stats.connected_steps += 1;
         }

@@ -150,6 +150,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::AheadBeforeOutdated => "ahead-before-outdated",
         Plant::ReadsBeforeReceived => "reads-before-received",
         Plant::ResyncBeforeReceived => "resync-before-received",
+        Plant::ForgetAsyncPrimary => "forget-async-primary",
     }
 }
 

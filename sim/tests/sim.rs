@@ -361,6 +361,21 @@ fn finds_ahead_before_outdated() {
     }
 }
 
+/// Protocol A: a start that ignores the record saying the node was a
+/// Secondary whose peer was Primary (`behind_async_primary`): killed
+/// while lacking a write its Primary acknowledged, it comes back UpToDate
+/// and is promoted without `--force` (invariant 5, by the checker's own
+/// record of what the Primary acknowledged while linked): caught in
+/// these seeds, found by a `--plant forget-async-primary` run from seed
+/// 0; the real core passes them.
+#[test]
+fn finds_forget_async_primary() {
+    for seed in [2748, 3243] {
+        let found = planted_on(seed, Plant::ForgetAsyncPrimary).map(|v| v.rule);
+        assert_eq!(found, Some("I5"), "the planted start is not caught by seed {seed}");
+    }
+}
+
 /// An Outdated SyncSource made UpToDate at any resync's end (not only on
 /// its target's word that it is UpToDate): the Secondary outdated by a
 /// Primary that then wrote alone, source of a rebuild of that Primary's
@@ -369,7 +384,7 @@ fn finds_ahead_before_outdated() {
 /// lift-outdated-source` run from seed 0; the real core passes them.
 #[test]
 fn finds_lift_outdated_source() {
-    for seed in [1480, 7293] {
+    for seed in [2871, 7293] {
         let found = planted_on(seed, Plant::LiftOutdatedSource).map(|v| v.rule);
         assert_eq!(found, Some("I5"), "the planted lift is not caught by seed {seed}");
     }

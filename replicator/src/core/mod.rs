@@ -354,7 +354,10 @@ impl Core {
             );
             meta.received_lost = true;
         }
-        if meta.behind_async_primary && meta.disk == DiskState::UpToDate {
+        if meta.behind_async_primary
+            && meta.disk == DiskState::UpToDate
+            && cfg.plant != Plant::ForgetAsyncPrimary
+        {
             // The process stopped (with the link, or before the link's
             // loss was saved) while its peer was a protocol-A Primary:
             // writes the peer answered may never have reached this node.

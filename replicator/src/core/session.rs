@@ -145,6 +145,24 @@ pub enum Activity {
     Behind,
 }
 
+/// Protocol A: what a Primary knows of its peer's record
+/// (`MetaRecord::behind_async_primary`), which makes the peer come back
+/// `Consistent` if its process stops while this node answers writes it
+/// may lack. The peer saves it once it knows this node is Primary, and
+/// applies no write of ours before (`apply.rs` waits for its record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerBehind {
+    /// Not known saved (the session began, or this node was promoted, since
+    /// the peer last completed one of our writes): a write is answered once
+    /// the peer has completed it, as in C (else the peer, killed before
+    /// its record was saved, came back UpToDate without it and was promoted
+    /// without `--force`; review, helper-90).
+    Unknown,
+    /// The peer completed a write this Primary sent: its record says so,
+    /// and writes are answered on their local completion.
+    Saved,
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub id: SessionId,
@@ -226,6 +244,9 @@ pub struct Session {
     /// clears `peer_promoting`, and protocol A's Secondary must still take
     /// itself for behind when the link goes (found by review).
     pub granted_promotion: bool,
+    /// Protocol A: whether this Primary knows its peer's record says it
+    /// may be behind an A Primary (see [`PeerBehind`]).
+    pub peer_behind: PeerBehind,
     /// Adaptive mode: what this Primary knows of the peer's saved record
     /// since it went Ahead in this session (writes answered alone wait
     /// for `Outdated`).
@@ -317,6 +338,7 @@ impl Session {
             asked: None,
             peer_promoting: false,
             granted_promotion: false,
+            peer_behind: PeerBehind::Unknown,
             peer_record: super::adaptive::PeerRecord::Unasked,
             reigned: None,
             last_resync: 0,

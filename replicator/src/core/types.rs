@@ -283,6 +283,10 @@ pub enum Plant {
     /// writes it had received): promoted while its peer is away, it runs
     /// the service without writes acknowledged in C or B.
     ClaimAfterLoss,
+    /// A start ignores [`MetaRecord::behind_async_primary`]: a protocol-A
+    /// Secondary killed while its peer was Primary comes back UpToDate
+    /// and is promoted without `--force`.
+    ForgetAsyncPrimary,
 }
 
 impl std::str::FromStr for Plant {
@@ -317,9 +321,10 @@ impl std::str::FromStr for Plant {
             "reads-before-received" => Plant::ReadsBeforeReceived,
             "claim-after-loss" => Plant::ClaimAfterLoss,
             "resync-before-received" => Plant::ResyncBeforeReceived,
+            "forget-async-primary" => Plant::ForgetAsyncPrimary,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary)"
                 ))
             }
         })

@@ -177,6 +177,9 @@ impl Core {
         self.reign_from(wall_ms.max(self.peer_promoted_at.saturating_add(1)));
         if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
             s.reigned = Some(self.promoted_at);
+            // (What the peer saved of an earlier reign was cleared when it
+            // heard this node demote.)
+            s.peer_behind = session::PeerBehind::Unknown;
         }
         tracing::info!(force, "promoted to Primary");
         if bounce {

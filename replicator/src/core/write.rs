@@ -13,7 +13,7 @@ use crate::config::Protocol;
 use crate::protocol::wire::{DiskState, Message, Op, Role};
 
 use super::disk_timeout::FailedRecord;
-use super::session::{Activity, Need, OutKind, Phase};
+use super::session::{Activity, Need, OutKind, PeerBehind, Phase};
 use super::types::{IoError, Plant, ReplyError, ReqId, StoreOp, Time};
 use super::{AppOp, Core, IoFor, PeerPart, Pending};
 
@@ -320,7 +320,11 @@ impl Core {
             self.session.as_mut().filter(|s| replicate && s.phase == Phase::Running)
         {
             let mut need = match (protocol, &op) {
-                (Protocol::A, _) => Need::Queued,
+                // (A flush answered alone leaves the peer lacking nothing
+                // more: only writes wait, `session::PeerBehind`.)
+                (Protocol::A, Op::Flush) => Need::Queued,
+                (Protocol::A, _) if s.peer_behind == PeerBehind::Saved => Need::Queued,
+                (Protocol::A, _) => Need::Done,
                 (Protocol::B, Op::Flush) => Need::Done,
                 (Protocol::B, _) => Need::Received,
                 (Protocol::C | Protocol::Adaptive, _) => Need::Done,
@@ -613,6 +617,14 @@ impl Core {
             self.peer_confirmed(req);
         }
         for (_, o) in retired {
+            if let (OutKind::App(_), Need::Done, Protocol::A) = (&o.kind, o.need, self.cfg.protocol)
+            {
+                // (Only a Primary sends writes; it applied ours after its
+                // record said it may be behind: `session::PeerBehind`.)
+                if let Some(s) = self.session.as_mut() {
+                    s.peer_behind = PeerBehind::Saved;
+                }
+            }
             if let OutKind::App(req) = o.kind {
                 if !o.behind_probes {
                     self.adaptive_acked(req, o.sent);

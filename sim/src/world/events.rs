@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use twinblock_replicator::arbiter::Refusal;
+use twinblock_replicator::config::Protocol;
 use twinblock_replicator::core::{Persist, Time};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
@@ -378,6 +379,17 @@ impl Sim {
             self.nodes[n].name,
             if power { "POWER LOSS" } else { "crashes" }
         ));
+        let behind_a = self.protocol == Protocol::A
+            && self.link.is_some()
+            && self.nodes[n]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.role() == Role::Secondary && c.disk() == DiskState::UpToDate)
+            && self.nodes[1 - n].core.as_ref().is_some_and(|c| c.role() == Role::Primary)
+            && self.chk.lacks_a_acked(self, n);
+        if behind_a {
+            self.chk.stats.a_behind_crashes += 1;
+        }
         self.nodes[n].core = None;
         self.forced_claim[n] = None;
         // Metadata updates in flight: done or not, atomically.
@@ -408,7 +420,7 @@ impl Sim {
             self.nodes[n].disk.power_loss(&mut rng);
             self.rng = rng;
         }
-        self.chk.crashed(n, power);
+        self.chk.crashed(n, power, behind_a);
         if power {
             let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
             let r = chk.power_check(self, n);

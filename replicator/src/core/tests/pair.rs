@@ -511,6 +511,16 @@ impl Pair {
         self.n[i].c = Some(Core::new(self.cfg[i].clone(), rec, self.now, seed));
     }
 
+    /// Protocol A: Primary `i` writes `len` bytes of 0x01 at `off`, which
+    /// its peer completes: from then on it knows the peer's record says it
+    /// may be behind (`session::PeerBehind`), and answers writes at once.
+    pub fn prime_a(&mut self, i: usize, off: u64, len: u64) {
+        let req = 90_000 + self.replies.len() as ReqId;
+        self.write(i, req, off, 0x01, len);
+        self.settle();
+        assert_eq!(self.reply(i, req), Some(Ok(())), "the priming write");
+    }
+
     pub fn write(&mut self, i: usize, req: ReqId, off: u64, byte: u8, len: u64) {
         let now = self.now;
         self.core(i).write(now, req, off, Bytes::from(vec![byte; len as usize]), false);

@@ -48,7 +48,9 @@ fn a_state_sent_before_the_grant_was_heard_leaves_an_a_secondary_consistent() {
     assert_eq!(p.core(0).role(), Role::Primary, "a promoted on b's grant");
     p.write(0, 200, 8192, 0x22, 4096);
     p.settle_now();
-    assert_eq!(p.reply(0, 200), Some(Ok(())), "protocol A acknowledged the write");
+    // (The reign's first write waits for b, as in C: b's record may not
+    // say yet that it may be behind, `session::PeerBehind`.)
+    assert_eq!(p.reply(0, 200), None, "answered before b could have saved that it is behind");
     // The link fails with State(Primary) and the write on their way to b.
     p.hold_to[1] = false;
     p.cut();
@@ -117,4 +119,52 @@ fn an_a_secondary_killed_while_its_peer_is_primary_comes_back_consistent() {
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
     p.core(1).promote(false, 50).unwrap();
     assert_eq!(p.core(1).role(), Role::Primary);
+}
+
+/// (Review, helper-90.) Protocol A: b's record saying it may be behind
+/// its Primary is still being saved when a, promoted on b's grant, writes
+/// W; b's process dies, then a's. Before, a answered W at once: b came
+/// back UpToDate from its old record and `primary` without `--force`
+/// was accepted on it lacking W. Now a's first write of its reign waits
+/// for b's completion (b applies nothing before its record is saved), so
+/// W is not answered.
+#[test]
+fn a_reigns_first_write_waits_until_the_peer_saved_that_it_may_be_behind() {
+    for via_hello in [false, true] {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.core(0).demote().unwrap();
+        p.settle();
+        if via_hello {
+            // a promoted apart without writing; b learns it from a's hello.
+            p.cut();
+            p.settle();
+            p.core(0).promote(false, 20).unwrap();
+            p.settle();
+            p.n[1].hang_record = true;
+            p.connect_steps_until(|p| {
+                p.n[0].c.as_ref().unwrap().connection() == Connection::Connected
+            });
+        } else {
+            p.n[1].hang_record = true;
+            p.core(0).promote(false, 20).unwrap();
+            p.settle_now();
+        }
+        assert_eq!(p.core(0).role(), Role::Primary);
+        assert!(!p.n[1].meta.as_ref().unwrap().behind_async_primary, "the case is not made");
+        p.write(0, 101, 8192, 0x22, 4096);
+        p.settle_now();
+        let answered = p.reply(0, 101) == Some(Ok(()));
+        p.crash(1, false);
+        p.n[1].hang_record = false;
+        p.crash(0, false);
+        p.restart(1);
+        let has = p.n[1].cache[8192] == 0x22;
+        let r = p.core(1).promote(false, 30);
+        assert!(
+            !answered || has || r.is_err(),
+            "b promoted without --force lacking a write a acknowledged (via hello: {via_hello})"
+        );
+        assert!(!answered, "a answered before b's record said it may be behind");
+    }
 }

@@ -237,6 +237,14 @@ fn the_activity_log_keeps_extents_with_writes_in_flight_to_the_peer() {
     let mut c = core(Protocol::A, DiskState::UpToDate);
     c.promote(false, 1).unwrap();
     connect(&mut c, 1, Role::Secondary);
+    // The session's first write waits for the peer (`session::PeerBehind`);
+    // once the peer completed it, writes are answered at once.
+    c.write(Duration::ZERO, 100, 0, Bytes::from(vec![0xee; 64]), false);
+    let first = run(&mut c, Duration::ZERO);
+    assert!(!first.iter().any(|a| matches!(a, Action::Reply { .. })), "answered before the peer");
+    c.handle_frame(Duration::ZERO, 1, Message::Ack { received: 1, done: 1 });
+    let first = run(&mut c, Duration::ZERO);
+    assert!(first.iter().any(|a| matches!(a, Action::Reply { .. })), "not answered");
     let mut removed = Vec::new();
     let mut replies = 0;
     let mut sent = 0;
@@ -259,7 +267,7 @@ fn the_activity_log_keeps_extents_with_writes_in_flight_to_the_peer() {
     assert_eq!(sent, 3);
     assert_eq!(removed, vec![0, 1, 2], "an extent with writes in flight left the log");
     // The peer applies them: the fourth extent gets in, and the rest follow.
-    c.handle_frame(Duration::ZERO, 1, Message::Ack { received: 3, done: 3 });
+    c.handle_frame(Duration::ZERO, 1, Message::Ack { received: 4, done: 4 });
     let mut more = 0;
     for a in run(&mut c, Duration::ZERO) {
         if let Action::Reply { .. } = a {
