@@ -275,8 +275,10 @@ impl Core {
         // and a peer still on it holds what ours descended from (else a
         // node rebuilt from the very generation it made was refused by the
         // witness once the rebuild started over: simulator seed 11400671).
-        let mut grew_from_ours =
-            self.gen.current == NEVER_SYNCED && self.told.first() == Some(&h.gen.current);
+        // (A peer that moved on from that generation since, its history
+        // naming it, holds it too: review, helper-90.)
+        let mut grew_from_ours = self.gen.current == NEVER_SYNCED
+            && self.told.first().is_some_and(|t| h.gen.lineage().contains(t));
         match unusable {
             Some(Unusable::Mine { lost: l }) => {
                 decision = Decision::SyncTarget { full: true };
