@@ -221,7 +221,8 @@ pub async fn serve_reporting(
     )?;
     let addr = w.address;
     // (Its nodes notice a restart at their next packet: `tls`.)
-    let endpoint_config = tls::restart_noticed_endpoint_config(&w.key)?;
+    let endpoint_config =
+        tls::restart_noticed_endpoint_config(&w.key, &format!("{} {addr}", res.name))?;
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| WitnessError::Bind { addr, source })?;
     let endpoint =

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         total.landed_failed_persists += st.landed_failed_persists;
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
+        total.a_behind_crashes += st.a_behind_crashes;
         total.power_checks += st.power_checks;
         total.i2_checks += st.i2_checks;
         total.i3_diff_blocks += st.i3_diff_blocks;

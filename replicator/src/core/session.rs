@@ -247,6 +247,11 @@ pub struct Session {
     /// Protocol A: whether this Primary knows its peer's record says it
     /// may be behind an A Primary (see [`PeerBehind`]).
     pub peer_behind: PeerBehind,
+    /// The first sequence number of this node's reign in this session (a
+    /// reign begun before the session: 1): only a completion of a write
+    /// sent since proves the peer's record (review, helper-91: a write of
+    /// the reign before, completed after a re-promotion, took its place).
+    pub reign_seq: u64,
     /// Adaptive mode: what this Primary knows of the peer's saved record
     /// since it went Ahead in this session (writes answered alone wait
     /// for `Outdated`).
@@ -339,6 +344,7 @@ impl Session {
             peer_promoting: false,
             granted_promotion: false,
             peer_behind: PeerBehind::Unknown,
+            reign_seq: 1,
             peer_record: super::adaptive::PeerRecord::Unasked,
             reigned: None,
             last_resync: 0,

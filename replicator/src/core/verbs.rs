@@ -180,6 +180,7 @@ impl Core {
             // (What the peer saved of an earlier reign was cleared when it
             // heard this node demote.)
             s.peer_behind = session::PeerBehind::Unknown;
+            s.reign_seq = s.next_seq;
         }
         tracing::info!(force, "promoted to Primary");
         if bounce {

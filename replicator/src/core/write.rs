@@ -616,12 +616,13 @@ impl Core {
         for req in confirmed {
             self.peer_confirmed(req);
         }
-        for (_, o) in retired {
+        for (seq, o) in retired {
             if let (OutKind::App(_), Need::Done, Protocol::A) = (&o.kind, o.need, self.cfg.protocol)
             {
-                // (Only a Primary sends writes; it applied ours after its
-                // record said it may be behind: `session::PeerBehind`.)
-                if let Some(s) = self.session.as_mut() {
+                // (Only a Primary sends writes; a write of this reign the
+                // peer applied after its record said it may be behind:
+                // `session::PeerBehind`.)
+                if let Some(s) = self.session.as_mut().filter(|s| seq >= s.reign_seq) {
                     s.peer_behind = PeerBehind::Saved;
                 }
             }

@@ -34,6 +34,8 @@ pub struct Node {
     pub hang_record: bool,
     /// Activity-log updates wait in `Pair::held` until `release_held`.
     pub hang_al: bool,
+    /// Store operations wait in `Pair::held` until `release_held`.
+    pub hold_store: bool,
     /// The machine's boot (a power loss starts another).
     pub boot: u64,
 }
@@ -100,6 +102,7 @@ impl Pair {
             hang_meta: false,
             hang_record: false,
             hang_al: false,
+            hold_store: false,
             boot: 1,
         };
         let mut p = Pair {
@@ -149,7 +152,9 @@ impl Pair {
     fn perform(&mut self, i: usize, a: Action) {
         let now = self.now;
         let n = &self.n[i];
-        if n.hang_al && matches!(a, Action::Persist { what: Persist::Al { .. }, .. }) {
+        if (n.hang_al && matches!(a, Action::Persist { what: Persist::Al { .. }, .. }))
+            || (n.hold_store && matches!(a, Action::Store { .. }))
+        {
             self.held.push((i, a));
             return;
         }

@@ -168,3 +168,52 @@ fn a_reigns_first_write_waits_until_the_peer_saved_that_it_may_be_behind() {
         assert!(!answered, "a answered before b's record said it may be behind");
     }
 }
+
+/// (Review, helper-91.) The completion of a write a sent in its previous
+/// reign arrives after a demoted and was promoted again: it proves
+/// nothing of b's record now (b cleared its flag when it heard a demote,
+/// and the record setting it again, after its grant, is still being
+/// saved). Before, a took it for proof and answered W2 at once; b,
+/// killed, came back UpToDate without W2 and was promoted without
+/// `--force`. Only a completion of a write of this reign counts.
+#[test]
+fn a_completion_from_an_earlier_reign_proves_nothing_of_the_peers_record() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    assert!(p.n[1].meta.as_ref().unwrap().behind_async_primary);
+    // W1, sent in a's first reign: b's disk is slow to complete it.
+    p.n[1].hold_store = true;
+    p.write(0, 101, 0, 0x11, 4096);
+    p.settle_now();
+    assert_eq!(p.reply(0, 101), None, "W1 waits for b");
+    // a demotes (W1 still in flight) and is promoted again on b's grant;
+    // b's record saying it is behind again hangs.
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    assert!(!p.n[1].meta.as_ref().unwrap().behind_async_primary, "b heard a demote");
+    p.n[1].hang_record = true;
+    p.core(0).promote(false, 50).unwrap();
+    p.settle_now();
+    assert_eq!(p.core(0).role(), Role::Primary);
+    // b's disk completes W1: its Ack reaches a in the new reign.
+    p.n[1].hold_store = false;
+    p.release_held();
+    p.settle_now();
+    assert_eq!(p.reply(0, 101), Some(Ok(())));
+    p.write(0, 102, 8192, 0x22, 4096);
+    p.settle_now();
+    let answered = p.reply(0, 102) == Some(Ok(()));
+    assert!(!p.n[1].meta.as_ref().unwrap().behind_async_primary, "the case is not made");
+    p.crash(1, false);
+    p.n[1].hang_record = false;
+    p.crash(0, false);
+    p.restart(1);
+    let has = p.n[1].cache[8192] == 0x22;
+    let disk = p.core(1).disk();
+    let r = p.core(1).promote(false, 60);
+    assert!(
+        !answered || has || r.is_err(),
+        "b ({disk:?}) promoted without --force lacking W2, which a acknowledged: {r:?}"
+    );
+    assert!(!answered, "W2 answered before b's record said it may be behind");
+}
