@@ -152,12 +152,14 @@ pub enum Activity {
 /// applies no write of ours before (`apply.rs` waits for its record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerBehind {
-    /// Not known saved (the session began, or this node was promoted, since
-    /// the peer last completed one of our writes): a write is answered once
-    /// the peer has completed it, as in C (else the peer, killed before
-    /// its record was saved, came back UpToDate without it and was promoted
-    /// without `--force`; review, helper-90).
-    Unknown,
+    /// Not known saved: a write is answered once the peer has completed
+    /// it, as in C (else the peer, killed before its record was saved,
+    /// came back UpToDate without it and was promoted without `--force`;
+    /// review, helper-90). Only the completion of a write numbered `from`
+    /// or later, sent in this reign, proves the record (one of the reign
+    /// before a re-promotion, completed late, took its place: review,
+    /// helper-91); a reign begun before the session: 1.
+    Unknown { from: u64 },
     /// The peer completed a write this Primary sent: its record says so,
     /// and writes are answered on their local completion.
     Saved,
@@ -247,11 +249,6 @@ pub struct Session {
     /// Protocol A: whether this Primary knows its peer's record says it
     /// may be behind an A Primary (see [`PeerBehind`]).
     pub peer_behind: PeerBehind,
-    /// The first sequence number of this node's reign in this session (a
-    /// reign begun before the session: 1): only a completion of a write
-    /// sent since proves the peer's record (review, helper-91: a write of
-    /// the reign before, completed after a re-promotion, took its place).
-    pub reign_seq: u64,
     /// Adaptive mode: what this Primary knows of the peer's saved record
     /// since it went Ahead in this session (writes answered alone wait
     /// for `Outdated`).
@@ -343,8 +340,7 @@ impl Session {
             asked: None,
             peer_promoting: false,
             granted_promotion: false,
-            peer_behind: PeerBehind::Unknown,
-            reign_seq: 1,
+            peer_behind: PeerBehind::Unknown { from: 1 },
             peer_record: super::adaptive::PeerRecord::Unasked,
             reigned: None,
             last_resync: 0,

@@ -179,8 +179,7 @@ impl Core {
             s.reigned = Some(self.promoted_at);
             // (What the peer saved of an earlier reign was cleared when it
             // heard this node demote.)
-            s.peer_behind = session::PeerBehind::Unknown;
-            s.reign_seq = s.next_seq;
+            s.peer_behind = session::PeerBehind::Unknown { from: s.next_seq };
         }
         tracing::info!(force, "promoted to Primary");
         if bounce {

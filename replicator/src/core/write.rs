@@ -622,8 +622,10 @@ impl Core {
                 // (Only a Primary sends writes; a write of this reign the
                 // peer applied after its record said it may be behind:
                 // `session::PeerBehind`.)
-                if let Some(s) = self.session.as_mut().filter(|s| seq >= s.reign_seq) {
-                    s.peer_behind = PeerBehind::Saved;
+                if let Some(s) = self.session.as_mut() {
+                    if matches!(s.peer_behind, PeerBehind::Unknown { from } if seq >= from) {
+                        s.peer_behind = PeerBehind::Saved;
+                    }
                 }
             }
             if let OutKind::App(req) = o.kind {
