@@ -523,6 +523,19 @@ fn down_stops_a_node_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
 
+/// A protocol-A pair in sync, b behind a `netem` relay of 150 ms each way
+/// (kept while the guard lives), and `count` 1 MiB writes (pattern 0x40 +
+/// i at i MiB) acknowledged by a, most still on their way to b.
+fn a_pair_with_writes_in_flight(count: u64) -> (Pair, KillOnDrop) {
+    let mut p = Pair::prepare("A", "32M");
+    let netem = p.relay_b("150ms");
+    p.up_in_sync("the initial sync", Duration::from_secs(120));
+    let writes: Vec<String> =
+        (0..count).map(|i| format!("write -P {} {} 1M", 0x40 + i, i * 1024 * 1024)).collect();
+    run_qemu_io(&p.uri(0), &writes);
+    (p, netem)
+}
+
 /// Protocol A answers a write before the peer has it. A planned `down` of
 /// the Primary (`drbdadm down` runs `secondary` first) waits until the
 /// peer has confirmed every write it acknowledged before the link closes:
@@ -533,15 +546,10 @@ fn down_in_protocol_a_hands_every_acknowledged_write_to_the_peer_first() {
     if !have("qemu-io") {
         return;
     }
-    let mut p = Pair::prepare("A", "32M");
     // 150 ms each way: the writes are still on their way at `down`, more
     // than two seconds of them (the demotion's own bound without a
     // controller; review).
-    let _netem = p.relay_b("150ms");
-    p.up_in_sync("the initial sync", Duration::from_secs(120));
-    let writes: Vec<String> =
-        (0..24u64).map(|i| format!("write -P {} {} 1M", 0x40 + i, i * 1024 * 1024)).collect();
-    run_qemu_io(&p.uri(0), &writes);
+    let (mut p, _netem) = a_pair_with_writes_in_flight(24);
     let t0 = Instant::now();
     assert!(p.down(0).success());
     let log = p.log(0);
@@ -571,12 +579,7 @@ fn an_a_secondary_killed_before_its_primary_comes_back_consistent() {
     if !have("qemu-io") {
         return;
     }
-    let mut p = Pair::prepare("A", "32M");
-    let _netem = p.relay_b("150ms");
-    p.up_in_sync("the initial sync", Duration::from_secs(120));
-    let writes: Vec<String> =
-        (0..8u64).map(|i| format!("write -P {} {} 1M", 0x40 + i, i * 1024 * 1024)).collect();
-    run_qemu_io(&p.uri(0), &writes);
+    let (mut p, _netem) = a_pair_with_writes_in_flight(8);
     p.kill(1);
     p.kill(0);
     let b = read_file(&p.nodes[1].disk);

@@ -490,19 +490,23 @@ impl Core {
         }
     }
 
-    /// See [`MetaRecord::behind_async_primary`]: a protocol-A Secondary,
-    /// UpToDate, whose peer is Primary (as its hello or a State said) or
-    /// was granted a promotion: what the link's loss judges (`write.rs`).
-    /// (A peer that said it is Secondary sent every write before; those
+    /// See [`MetaRecord::behind_async_primary`]: in the running session.
+    pub(crate) fn behind_async_primary(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| self.behind_async_primary_in(s))
+    }
+
+    /// A protocol-A Secondary, UpToDate, whose peer in session `s` is
+    /// Primary (as its hello or a State said) or was granted a promotion:
+    /// writes the peer answered may not be here. What the record says
+    /// while `s` runs, and what the link's loss judges (`write.rs`). (A
+    /// peer that said it is Secondary sent every write before; those
     /// received and not yet written when this process stops are lost, as
     /// when the link goes then: a known limit.)
-    pub(crate) fn behind_async_primary(&self) -> bool {
+    pub(crate) fn behind_async_primary_in(&self, s: &session::Session) -> bool {
         self.cfg.protocol == Protocol::A
             && self.role == Role::Secondary
             && self.disk == DiskState::UpToDate
-            && self.session.as_ref().is_some_and(|s| {
-                s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion
-            })
+            && (s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion)
     }
 
     /// It may have lost unflushed writes with its machine's page cache.

@@ -150,10 +150,9 @@ pub struct MetaRecord {
     /// Protocol A: this node is a Secondary whose peer is Primary (or was
     /// granted its promotion) on a link. The peer answers writes before
     /// this node has them: were this process to stop now, some may never
-    /// arrive. A
-    /// start that finds it set makes an UpToDate disk Consistent, as the
-    /// link's loss does to a running node (`primary` then needs
-    /// `--force`). Saved before this node takes in any write of that
+    /// arrive. A start that finds it set makes an UpToDate disk
+    /// Consistent, as the link's loss does to a running node (`primary`
+    /// then needs `--force`). Saved before this node takes in any write of that
     /// peer's (review, helper-86: both processes killed, the Secondary
     /// first, the Secondary came back UpToDate and was promoted without
     /// `--force` lacking what the old Primary had answered).

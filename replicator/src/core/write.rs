@@ -732,6 +732,9 @@ impl Core {
     /// of sync; the replies that waited for it go out once that is durable.
     pub(crate) fn lose_session(&mut self, why: String) {
         let Some(s) = self.session.take() else { return };
+        // (Judged as the session ends; nothing below moves a Secondary's
+        // role or disk.)
+        let behind = self.behind_async_primary_in(&s);
         self.last_lost = Some(s.id);
         self.promotion_session_ended(s.asked);
         if matches!(&s.activity, super::session::Activity::Source(src) if src.done_sent) {
@@ -777,11 +780,7 @@ impl Core {
                 self.diverge("the peer lost");
             }
         }
-        if self.role == Role::Secondary
-            && self.disk == DiskState::UpToDate
-            && self.cfg.protocol == Protocol::A
-            && (s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion)
-        {
+        if behind {
             // Protocol A may have left us behind: freshness unknown. (A
             // peer that said it is Secondary, and was granted no promotion
             // in this session, sent every write it answered before it said

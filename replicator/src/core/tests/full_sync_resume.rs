@@ -466,22 +466,7 @@ fn a_failed_disk_that_never_wrote_its_generation_keeps_it_told() {
 /// it holds: simulator seed 15810362 at 20,000 steps).
 #[test]
 fn a_discarding_node_rebuilt_across_its_sources_power_loss_keeps_what_it_told() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.write(0, 100, 0, 7, 8192);
-    p.settle();
-    let g = p.core(0).gen().current;
-    p.cut();
-    p.settle();
-    p.write(0, 101, 4096, 9, 1024);
-    p.settle();
-    let ga = p.core(0).gen();
-    assert_ne!(ga.current, g, "a wrote alone on g");
-    assert_eq!(ga.bitmap, g);
-    p.core(1).told = vec![g];
-    p.core(1).discard_my_data().unwrap();
-    p.connect_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
-    assert_eq!(p.core(1).gen().current, NEVER_SYNCED, "b's data not given up");
+    let (mut p, g) = discarding_node_rebuilding();
     assert_eq!(p.core(0).full_sync, 0, "the source named its full sync: the case is not made");
     p.crash(0, true);
     p.restart(0);
@@ -498,19 +483,7 @@ fn a_discarding_node_rebuilt_across_its_sources_power_loss_keeps_what_it_told() 
 /// g among what it told (it forgot it: review, helper-90).
 #[test]
 fn a_discarding_node_rebuilt_from_a_source_that_moved_on_keeps_what_it_told() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.write(0, 100, 0, 7, 8192);
-    p.settle();
-    let g = p.core(0).gen().current;
-    p.cut();
-    p.settle();
-    p.write(0, 101, 4096, 9, 1024);
-    p.settle();
-    p.core(1).told = vec![g];
-    p.core(1).discard_my_data().unwrap();
-    p.connect_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
-    assert_eq!(p.core(1).gen().current, NEVER_SYNCED, "b's data not given up");
+    let (mut p, g) = discarding_node_rebuilding();
     p.crash(0, true);
     p.restart(0);
     p.core(0).promote(true, 50).unwrap();
@@ -522,4 +495,27 @@ fn a_discarding_node_rebuilt_from_a_source_that_moved_on_keeps_what_it_told() {
     assert!(p.n[0].cache == p.n[1].cache, "disks differ");
     let told = &p.core(1).told;
     assert!(told.contains(&g), "g forgotten: {told:x?}");
+}
+
+/// The course of the two tests above up to the rebuild: b told g, a wrote
+/// alone since (its bitmap's base g), b ran `discard-my-data` and is a's
+/// SyncTarget on no generation. Returns g.
+fn discarding_node_rebuilding() -> (Pair, u64) {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 100, 0, 7, 8192);
+    p.settle();
+    let g = p.core(0).gen().current;
+    p.cut();
+    p.settle();
+    p.write(0, 101, 4096, 9, 1024);
+    p.settle();
+    let ga = p.core(0).gen();
+    assert_ne!(ga.current, g, "a wrote alone on g");
+    assert_eq!(ga.bitmap, g);
+    p.core(1).told = vec![g];
+    p.core(1).discard_my_data().unwrap();
+    p.connect_until(|p| p.n[1].c.as_ref().unwrap().replication() == Replication::SyncTarget);
+    assert_eq!(p.core(1).gen().current, NEVER_SYNCED, "b's data not given up");
+    (p, g)
 }
