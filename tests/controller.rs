@@ -173,9 +173,15 @@ impl Cluster {
     fn first_primary(&self) {
         self.p.wait_connected();
         self.p.ok(&["primary", "--force"], 0);
+        // Both sides of the link that follows the promotion (`primary
+        // --force` renegotiates): b may see it up before a does, and a
+        // test that then kills b and waits for a to see the link go would
+        // take a's not-yet-connected for the loss (a CI run did).
         self.p.wait("a Primary with quorum and b in sync", Duration::from_secs(60), |a, b| {
             a["role"] == "Primary"
                 && a["controller"]["quorum"] == true
+                && a["connection"] == "Connected"
+                && a["peer"]["disk"] == "UpToDate"
                 && b["disk"] == "UpToDate"
                 && b["connection"] == "Connected"
         });
