@@ -604,6 +604,46 @@ fn an_a_secondary_killed_before_its_primary_comes_back_consistent() {
     assert!(a == b, "the disks differ after the two met");
 }
 
+/// Protocol A, a handover while the Secondary's disk is behind: a answers
+/// 16 MiB of writes at once, b's disk (slow) is still writing them when a
+/// says it is Secondary (`secondary`, no controller), and b's process is
+/// killed as soon as it has heard that, then a's. Before, b's record
+/// stopped saying it may be behind as soon as a said Secondary: b came
+/// back UpToDate without a's last writes, and `primary` without `--force`
+/// was accepted on it (a known limit). Now the record says so until b has
+/// written what it received: b comes back `Consistent`, `primary` is
+/// refused, and when a returns the two meet and end byte-identical.
+#[test]
+fn an_a_secondary_killed_right_after_a_handover_comes_back_consistent() {
+    let dir = tempfile::Builder::new().prefix("tb-slow").tempdir_in(test_tmp()).unwrap();
+    let Some((mut p, slow)) = slow_pair_in("A", dir.path(), "64M", "30s", "") else { return };
+    const MIB: usize = 1 << 20;
+    let writes: Vec<String> =
+        (0..16usize).map(|i| format!("write -P {} {} 1M", 0x40 + i, i * MIB)).collect();
+    run_qemu_io(&p.uri(0), &writes);
+    p.ok(&["secondary"], 0);
+    p.wait_one(1, "b to hear that a is Secondary", |b| b["peer"]["role"] == "Secondary");
+    p.kill(1);
+    p.kill(0);
+    let has = |d: &[u8], i: usize| d[i * MIB..(i + 1) * MIB].iter().all(|&x| x == 0x40 + i as u8);
+    let b = read_file(&slow.file());
+    assert!((0..16).any(|i| !has(&b, i)), "b wrote everything before it was killed: no case");
+    p.up(1);
+    let st = p.status(1);
+    assert_eq!(st["disk"], "Consistent", "b came back {st}\n{}", tail(&p.log(1)));
+    let out = p.cli("primary", &[], 1);
+    assert!(!out.status.success(), "b was promoted without --force lacking a's writes");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+
+    p.up(0);
+    p.wait_connected();
+    p.wait_synced("a and b to meet again", Duration::from_secs(90));
+    assert_eq!(p.status(1)["disk"], "UpToDate");
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&slow.file()));
+    assert!((0..16).all(|i| has(&a, i)), "a lost a write it acknowledged");
+    assert!(a == b, "the disks differ after the two met");
+}
+
 /// The slow-disk pair of the tests below: protocol B, b's disk on a
 /// [`FuseDisk::slow`], a Primary, in sync; the peer's `timeout`, more top-level
 /// keys in `extra`. None if a tool or root is missing (outside CI).
@@ -613,11 +653,22 @@ fn slow_pair(
     timeout: &str,
     extra: &str,
 ) -> Option<(Pair, FuseDisk)> {
+    slow_pair_in("B", dir, size, timeout, extra)
+}
+
+/// [`slow_pair`] in `protocol`.
+fn slow_pair_in(
+    protocol: &str,
+    dir: &std::path::Path,
+    size: &str,
+    timeout: &str,
+    extra: &str,
+) -> Option<(Pair, FuseDisk)> {
     if !(have("nbdkit") && have("nbdfuse") && have("nbdcopy") && root("FUSE, bdi limits")) {
         return None;
     }
     let slow = FuseDisk::slow(dir, size);
-    let mut p = Pair::prepare("B", size);
+    let mut p = Pair::prepare(protocol, size);
     p.set_disk(1, &slow.file());
     p.set_timeout(timeout);
     if !extra.is_empty() {

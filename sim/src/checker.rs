@@ -212,10 +212,11 @@ pub(crate) struct Checker {
     /// disk (data given up).
     frame_outdated: [Option<u64>; 2],
     /// Protocol A: node `n`'s process stopped while it was an UpToDate
-    /// Secondary linked to a Primary, lacking a write that Primary had
-    /// acknowledged (`a_acked`): until the two have met again (or it was
-    /// forced, or its data replaced) it is not promoted without `--force`
-    /// (I5).
+    /// Secondary linked to its peer, lacking a write the peer had
+    /// acknowledged as Primary (`a_acked`; the peer may have said it is
+    /// Secondary since, with that write still on `n`'s queue): until the
+    /// two have met again (or it was forced, or its data replaced) it is
+    /// not promoted without `--force` (I5).
     a_behind: [bool; 2],
     /// Protocol A, per cell: the newest write node `n`'s peer acknowledged
     /// while linked to it (confirmed or not), which `n` should hold to be
@@ -606,8 +607,8 @@ impl Checker {
         }
     }
 
-    /// `behind_a`: it was an UpToDate protocol-A Secondary linked to a
-    /// Primary peer, lacking a write the peer acknowledged (see
+    /// `behind_a`: it was an UpToDate protocol-A Secondary linked to its
+    /// peer, lacking a write the peer acknowledged as Primary (see
     /// `a_behind`, [`Checker::lacks_a_acked`]).
     pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool) {
         self.a_behind[n] |= behind_a;

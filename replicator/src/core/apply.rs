@@ -23,6 +23,16 @@ pub(crate) struct ApplyIo {
     pub bytes: u64,
     /// A bench probe (scratch area): its failure is the probe's alone.
     pub scratch: bool,
+    /// One of the peer's writes (a write, trim or zero; not a resync
+    /// chunk, a flush, a verify read or a probe): counted in
+    /// `Core::unwritten_peer_writes` until it completes.
+    pub write: bool,
+}
+
+/// A write of the peer's (application data, not a resync chunk, a flush,
+/// a verify read or a bench probe).
+fn peer_write(op: &Op) -> bool {
+    matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::Zero { .. })
 }
 
 /// The checksum online verify and checksum resync compare, of each
@@ -286,6 +296,9 @@ impl Core {
         }
         s.received = seq;
         self.adaptive_data();
+        if peer_write(&op) {
+            self.unwritten_peer_writes += 1;
+        }
         self.incoming.push_back((sid, seq, op));
         Ok(())
     }
@@ -296,6 +309,9 @@ impl Core {
         while let Some((sid, seq, op)) = self.incoming.front().cloned() {
             if !self.disk_usable() {
                 self.incoming.pop_front();
+                if peer_write(&op) {
+                    self.peer_write_done();
+                }
                 self.admitted(sid, seq);
                 if self.session_id() == Some(sid) {
                     self.send(Message::Failed { seq, errno: IoError::EIO.0 });
@@ -309,7 +325,7 @@ impl Core {
                 if matches!(op, Op::Resync { .. }) { Vec::new() } else { self.extents(range) };
             if range.is_some() {
                 self.fresh = false;
-                if matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::Zero { .. }) {
+                if peer_write(&op) {
                     // Saved before its receipt is acknowledged (below): a
                     // crash from now on may lose a received write.
                     self.received = true;
@@ -342,6 +358,7 @@ impl Core {
                 flush_epoch: None,
                 bytes: if scratch { 0 } else { op.wire_bytes() },
                 scratch,
+                write: peer_write(&op),
             };
             if matches!(op, Op::Bench { store: false, .. }) {
                 // Crosses the link only: done as it arrives.
@@ -364,6 +381,9 @@ impl Core {
 
     pub(crate) fn apply_done(&mut self, a: ApplyIo, result: Result<Option<Bytes>, IoError>) {
         self.applying -= 1;
+        if a.write {
+            self.peer_write_done();
+        }
         self.al.release(&a.extents);
         let current = self.session_id() == Some(a.sid);
         match result {
@@ -401,6 +421,13 @@ impl Core {
             }
         }
         self.applied(a.sid, a.seq);
+    }
+
+    /// A write of the peer's is written here (or failed, or dropped on a
+    /// detached disk): one fewer to write.
+    fn peer_write_done(&mut self) {
+        debug_assert!(self.unwritten_peer_writes > 0, "a peer write counted twice");
+        self.unwritten_peer_writes = self.unwritten_peer_writes.saturating_sub(1);
     }
 
     /// Operation `seq` of session `sid` is done here (in any order; the

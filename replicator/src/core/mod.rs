@@ -216,6 +216,11 @@ pub struct Core {
     incoming: VecDeque<(SessionId, u64, Op)>,
     /// Peer operations issued to the store, not yet complete.
     applying: usize,
+    /// The peer's writes (writes, trims, zeroes) received and not yet
+    /// completed here, queued or issued: what a protocol-A Secondary
+    /// would lose were its process to stop now
+    /// ([`Core::behind_async_primary`]).
+    unwritten_peer_writes: usize,
     ios: HashMap<IoId, IoFor>,
     /// Store operations in flight, oldest first (with a `disk-timeout`).
     in_flight: disk_timeout::InFlight,
@@ -356,12 +361,20 @@ impl Core {
         }
         if meta.behind_async_primary
             && meta.disk == DiskState::UpToDate
+            && !meta.cache_lost
             && cfg.plant != Plant::ForgetAsyncPrimary
         {
             // The process stopped (with the link, or before the link's
-            // loss was saved) while its peer was a protocol-A Primary:
-            // writes the peer answered may never have reached this node.
-            // So the link's loss leaves a running node (`write.rs`).
+            // loss was saved) while its peer was a protocol-A Primary, or
+            // with writes of that peer's still to write: writes the peer
+            // answered may never have reached this node. So the link's
+            // loss leaves a running node (`write.rs`). (Not a node that
+            // lost its page cache with writes received: flagged above, it
+            // is held back as surely, and its peer stays the better source
+            // on one generation, `primary --force` included; made
+            // Consistent, a forced promotion started a generation and
+            // overwrote its peer's durable writes: `core::tests::resync`
+            // `an_a_secondary_back_from_a_power_loss_with_received_writes_is_not_the_source`.)
             tracing::warn!(
                 "protocol A: this Secondary stopped while its peer was Primary; writes the peer \
                  acknowledged may not have reached it: disk Consistent (`connect` brings them, \
@@ -428,6 +441,7 @@ impl Core {
             maybe_held: false,
             incoming: VecDeque::new(),
             applying: 0,
+            unwritten_peer_writes: 0,
             ios: HashMap::new(),
             in_flight: Default::default(),
             next_io: 1,
@@ -490,23 +504,37 @@ impl Core {
         }
     }
 
-    /// See [`MetaRecord::behind_async_primary`]: in the running session.
+    /// See [`MetaRecord::behind_async_primary`]: what the record says.
+    /// Also while writes the peer sent are still to be written here,
+    /// whatever the peer's role now: a peer that said it is Secondary (a
+    /// handover, `down`) sent every write it answered before, but those
+    /// received and not yet written are gone if this process stops (before,
+    /// the record was cleared at once, and such a node came back UpToDate
+    /// without them: a known limit until 2026-12-06; `core::tests::protocol_a`
+    /// `an_a_secondary_killed_with_a_demoted_peers_writes_unwritten_comes_back_consistent`).
     pub(crate) fn behind_async_primary(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| self.behind_async_primary_in(s))
+        self.async_secondary_in_sync()
+            && (self.unwritten_peer_writes > 0
+                || self.session.as_ref().is_some_and(Self::peer_reigns))
     }
 
     /// A protocol-A Secondary, UpToDate, whose peer in session `s` is
     /// Primary (as its hello or a State said) or was granted a promotion:
-    /// writes the peer answered may not be here. What the record says
-    /// while `s` runs, and what the link's loss judges (`write.rs`). (A
-    /// peer that said it is Secondary sent every write before; those
-    /// received and not yet written when this process stops are lost, as
-    /// when the link goes then: a known limit.)
+    /// writes the peer answered may not be here. What the link's loss
+    /// judges (`write.rs`; the writes already received land after it).
     pub(crate) fn behind_async_primary_in(&self, s: &session::Session) -> bool {
+        self.async_secondary_in_sync() && Self::peer_reigns(s)
+    }
+
+    fn async_secondary_in_sync(&self) -> bool {
         self.cfg.protocol == Protocol::A
             && self.role == Role::Secondary
             && self.disk == DiskState::UpToDate
-            && (s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion)
+    }
+
+    /// The peer in session `s` is Primary or was granted a promotion.
+    fn peer_reigns(s: &session::Session) -> bool {
+        s.peer.role == Role::Primary || s.peer_promoting || s.granted_promotion
     }
 
     /// It may have lost unflushed writes with its machine's page cache.

@@ -148,8 +148,10 @@ pub struct MetaRecord {
     #[serde(default)]
     pub receipt_acks: bool,
     /// Protocol A: this node is a Secondary whose peer is Primary (or was
-    /// granted its promotion) on a link. The peer answers writes before
-    /// this node has them: were this process to stop now, some may never
+    /// granted its promotion) on a link, or that still has writes of the
+    /// peer's to write (received, not yet completed: a peer that said it
+    /// is Secondary sent them before). The peer answers writes before this
+    /// node has them: were this process to stop now, some may never
     /// arrive. A start that finds it set makes an UpToDate disk
     /// Consistent, as the link's loss does to a running node (`primary`
     /// then needs `--force`). Saved before this node takes in any write of that

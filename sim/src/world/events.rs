@@ -385,7 +385,6 @@ impl Sim {
                 .core
                 .as_ref()
                 .is_some_and(|c| c.role() == Role::Secondary && c.disk() == DiskState::UpToDate)
-            && self.nodes[1 - n].core.as_ref().is_some_and(|c| c.role() == Role::Primary)
             && self.chk.lacks_a_acked(self, n);
         if behind_a {
             self.chk.stats.a_behind_crashes += 1;
