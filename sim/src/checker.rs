@@ -211,17 +211,17 @@ pub(crate) struct Checker {
     /// promoted; cleared by a forced promotion, a discard or a replaced
     /// disk (data given up).
     frame_outdated: [Option<u64>; 2],
-    /// Protocol A: node `n`'s process stopped while it was an UpToDate
-    /// Secondary linked to its peer, lacking a write the peer had
-    /// acknowledged as Primary (`a_acked`; the peer may have said it is
-    /// Secondary since, with that write still on `n`'s queue): until the
-    /// two have met again (or it was forced, or its data replaced) it is
-    /// not promoted without `--force` (I5).
+    /// Protocol A: node `n`'s process stopped while its disk was UpToDate,
+    /// lacking a write its peer had acknowledged as Primary while linked
+    /// (`a_acked`; the peer may have said it is Secondary since, with that
+    /// write still on `n`'s queue, and `n` may have been promoted or cut
+    /// off since): until the two have met again (or it was forced, or its
+    /// data replaced) it is not promoted without `--force` (I5).
     a_behind: [bool; 2],
     /// Protocol A, per cell: the newest write node `n`'s peer acknowledged
     /// while linked to it (confirmed or not), which `n` should hold to be
     /// current. Cleared
-    /// when `n` is promoted (its data is the truth from then on), its
+    /// when `n` is forced Primary (its data is the truth from then on), its
     /// disk replaced, the peer's changes given up or its power lost.
     a_acked: [Vec<u64>; 2],
     fl_c: [Vec<u64>; 2],
@@ -736,8 +736,14 @@ impl Checker {
             ));
         }
         self.a_behind[n] = false;
-        // (Its data is the truth from now on.)
-        self.a_acked[n].iter_mut().for_each(|x| *x = 0);
+        // Forced, its data is the truth from now on. Not forced, what its
+        // peer acknowledged is still to be here: received before the peer
+        // said Secondary, it may still be queued (review, helper-92: a
+        // node promoted so and killed came back without it, promoted
+        // without `--force`).
+        if force {
+            self.a_acked[n].iter_mut().for_each(|x| *x = 0);
+        }
         if !force && self.frame_outdated[n].is_some_and(|g| g != 0) {
             return Err(self.v(
                 "I5",

@@ -268,6 +268,15 @@ fn regression_seeds_pass() {
         // generation, started over after the peer's restart, forgot what
         // it told the witness, which refused it once rebuilt.
         (15810362, 20000),
+        // The checker's rule now keeps what an A peer answered across a
+        // promotion without `--force` (review, helper-92): the controller
+        // taking over a disk its Primary's loss left Consistent, within
+        // the grant's own event, was judged unforced by the disk seen
+        // before it (`Core::promoted_from` now); and such a take-over
+        // gives up what was answered alone, as `--force` does (a false
+        // witness-data refusal after).
+        (2069, 5000),
+        (16400030, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -232,6 +232,9 @@ pub struct Core {
     /// makes it the last Primary (`promoted_at`) is saved only once what
     /// it held then is durable (`persist_pump`).
     promo_epoch: u64,
+    /// The disk state this node's last promotion started from (not
+    /// UpToDate: the promotion declared the data good, as `--force` does).
+    promoted_from: DiskState,
     al_flush: Option<IoId>,
     /// Application flushes in flight: the write epoch each covers.
     flush_epochs: HashMap<ReqId, u64>,
@@ -376,9 +379,9 @@ impl Core {
             // overwrote its peer's durable writes: `core::tests::resync`
             // `an_a_secondary_back_from_a_power_loss_with_received_writes_is_not_the_source`.)
             tracing::warn!(
-                "protocol A: this Secondary stopped while its peer was Primary; writes the peer \
-                 acknowledged may not have reached it: disk Consistent (`connect` brings them, \
-                 `primary --force` promotes it as it is)"
+                "protocol A: this node stopped while its peer was Primary, or with writes of its \
+                 peer's still to write; writes the peer acknowledged may not have reached it: disk \
+                 Consistent (`connect` brings them, `primary --force` promotes it as it is)"
             );
             meta.disk = DiskState::Consistent;
         }
@@ -448,6 +451,7 @@ impl Core {
             write_epoch: 1,
             flushed_epoch: 0,
             promo_epoch: 0,
+            promoted_from: DiskState::UpToDate,
             al_flush: None,
             flush_epochs: HashMap::new(),
             barrier: 0,
@@ -496,7 +500,7 @@ impl Core {
             full_sync: self.full_sync,
             boot: self.boot,
             cache_lost: self.lost == Lost::Cache,
-            received_lost: self.lost == Lost::Received,
+            received_lost: self.received_lost_recorded(),
             received: self.received,
             async_acks: self.log_protocol == Protocol::A,
             receipt_acks: self.log_protocol == Protocol::B,
@@ -512,10 +516,31 @@ impl Core {
     /// the record was cleared at once, and such a node came back UpToDate
     /// without them: a known limit until 2026-12-06; `core::tests::protocol_a`
     /// `an_a_secondary_killed_with_a_demoted_peers_writes_unwritten_comes_back_consistent`).
+    /// (Promoted meanwhile, the node says so by [`Core::received_lost_recorded`].)
     pub(crate) fn behind_async_primary(&self) -> bool {
-        self.async_secondary_in_sync()
+        self.cfg.protocol == Protocol::A
+            && self.role == Role::Secondary
+            && self.disk == DiskState::UpToDate
             && (self.unwritten_peer_writes > 0
                 || self.session.as_ref().is_some_and(Self::peer_reigns))
+    }
+
+    /// What the record's `received_lost` says: this node lost writes
+    /// received and not written (protocol B, found at start), or would
+    /// were its process to stop now: a protocol-A Primary promoted with
+    /// writes of its peer's still to write (a handover). Such a node comes
+    /// back held back, its peer the better source on one generation (as in
+    /// B); else, the last Primary, it was the resync's source and its older
+    /// copies overwrote what its peer had acknowledged (review, helper-92:
+    /// `core::tests::protocol_a`
+    /// `an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back`).
+    /// Its own writes wait for the record that clears it (`write::admit_app`'s
+    /// `meta_wait`): come back so, the peer's older copies would replace them.
+    fn received_lost_recorded(&self) -> bool {
+        self.lost == Lost::Received
+            || (self.cfg.protocol == Protocol::A
+                && self.role == Role::Primary
+                && self.unwritten_peer_writes > 0)
     }
 
     /// A protocol-A Secondary, UpToDate, whose peer in session `s` is
@@ -523,13 +548,10 @@ impl Core {
     /// writes the peer answered may not be here. What the link's loss
     /// judges (`write.rs`; the writes already received land after it).
     pub(crate) fn behind_async_primary_in(&self, s: &session::Session) -> bool {
-        self.async_secondary_in_sync() && Self::peer_reigns(s)
-    }
-
-    fn async_secondary_in_sync(&self) -> bool {
         self.cfg.protocol == Protocol::A
             && self.role == Role::Secondary
             && self.disk == DiskState::UpToDate
+            && Self::peer_reigns(s)
     }
 
     /// The peer in session `s` is Primary or was granted a promotion.
@@ -590,7 +612,7 @@ impl Core {
             && m.full_sync == self.full_sync
             && m.boot == self.boot
             && m.cache_lost == (self.lost == Lost::Cache)
-            && m.received_lost == (self.lost == Lost::Received)
+            && m.received_lost == self.received_lost_recorded()
             && m.received == self.received
             && m.async_acks == (self.log_protocol == Protocol::A)
             && m.receipt_acks == (self.log_protocol == Protocol::B)

@@ -12,6 +12,14 @@ impl Core {
         self.disk
     }
 
+    /// The disk state this node's last promotion started from: not
+    /// UpToDate, it declared the data good (forced, or the controller
+    /// taking over a protocol-A disk left Consistent by its Primary's
+    /// loss, which may happen within the grant's own event).
+    pub fn promoted_from(&self) -> DiskState {
+        self.promoted_from
+    }
+
     pub fn gen(&self) -> GenIds {
         self.gen
     }

@@ -49,7 +49,7 @@ impl Core {
         if !force && self.held_back_by_loss() {
             return Err(Refused(format!(
                 "this node may lack writes it confirmed to its peer (its page cache was lost, or \
-                 in protocol B writes it had received) and has not met {} since: `connect` and \
+                 writes it had received were not written) and has not met {} since: `connect` and \
                  let the resync bring them back first, or `primary --force` to accept the loss",
                 self.cfg.peer
             )));
@@ -135,6 +135,7 @@ impl Core {
             return Ok(());
         }
         self.promotion_refused(force, false)?;
+        self.promoted_from = self.disk;
         let mut bounce = false;
         if self.disk != DiskState::UpToDate {
             let was = self.disk;

@@ -161,11 +161,21 @@ impl Sim {
                     self.forced_promotion(n, d);
                 }
                 if promoted {
+                    // (The disk it was promoted from: the grant may first
+                    // end a session whose Primary's loss leaves it
+                    // Consistent, in protocol A.)
+                    let disk = self.nodes[n].core.as_ref().map_or(disk, |c| c.promoted_from());
                     self.note(format!(
                         "{}: promoted by the controller ({disk:?})",
                         self.nodes[n].name
                     ));
                     let force = disk != DiskState::UpToDate;
+                    if force && forced.is_none() {
+                        // The controller declared a protocol-A disk left
+                        // Consistent good, as `--force` does: what either
+                        // node acknowledged alone that it lacks is given up.
+                        self.forced_promotion(n, disk);
+                    }
                     self.chk.stats.ctl_promotions += 1;
                     self.check_promoted(n, force, disk)?;
                 }
@@ -379,12 +389,11 @@ impl Sim {
             self.nodes[n].name,
             if power { "POWER LOSS" } else { "crashes" }
         ));
+        // (Whatever its role and link now: a write received before its
+        // peer said Secondary may still be queued here, promoted since or
+        // cut off since; review, helper-92.)
         let behind_a = self.protocol == Protocol::A
-            && self.link.is_some()
-            && self.nodes[n]
-                .core
-                .as_ref()
-                .is_some_and(|c| c.role() == Role::Secondary && c.disk() == DiskState::UpToDate)
+            && self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate)
             && self.chk.lacks_a_acked(self, n);
         if behind_a {
             self.chk.stats.a_behind_crashes += 1;

@@ -174,6 +174,81 @@ fn an_a_secondary_killed_with_a_demoted_peers_writes_unwritten_comes_back_consis
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
 
+/// (Review, helper-92.) Protocol A, a handover done the usual way:
+/// `secondary` on a, then `primary` on b. a answered W at once; W waits
+/// on b for b's activity-log update (slow) when b is promoted (the
+/// promotion does not wait for the peer's writes to land; b's own writes
+/// do). Before, promoted, b's record said nothing of W: b's process
+/// killed, then a's, b came back UpToDate without W, `primary` without
+/// `--force` was accepted on it, and meeting a, b (the last Primary) was
+/// the resync's source and W was overwritten on a too. Now b's record
+/// says it lost writes it received (as protocol B's does): it comes back
+/// held back, and a is the source. Once W is written the record clears,
+/// and a crash after b answered a write of its own brings b back as it
+/// was (held back, its peer's older copy would overwrite that write).
+#[test]
+fn an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back() {
+    for kill in [true, false] {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.prime_a(0, 0, 4096);
+        p.settle();
+        // b's activity-log update for W's extent hangs: W stays queued.
+        p.n[1].hang_al = true;
+        p.write(0, 101, 8192, 0x22, 1024);
+        p.settle_now();
+        assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A acknowledged the write");
+        assert!(!p.held.is_empty(), "b's activity-log update is not held");
+        // The handover: `secondary` on a, then `primary` on b (granted by a).
+        p.core(0).demote().unwrap();
+        p.settle_now();
+        assert_eq!(p.core(1).status().peer_role, Some(Role::Secondary));
+        p.core(1).promote(false, 50).unwrap();
+        p.settle_now();
+        assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
+        assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
+        assert!(
+            p.n[1].meta.as_ref().is_some_and(|m| m.received_lost),
+            "b, promoted with W unwritten, says nothing of it"
+        );
+        if kill {
+            // b's process dies with W unwritten (its log update with it).
+            p.held.retain(|(i, _)| *i != 1);
+            p.n[1].hang_al = false;
+            p.crash(1, false);
+            p.crash(0, false);
+            p.restart(1);
+            assert_eq!(p.n[1].cache[8192], 0, "b holds the write: the case is not made");
+            let disk = p.core(1).disk();
+            let r = p.core(1).promote(false, 60);
+            let Err(e) = r else { panic!("b ({disk:?}) promoted without --force lacking W") };
+            assert!(e.0.contains("may lack writes it confirmed"), "{}", e.0);
+            p.restart(0);
+            p.connect();
+            assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+            assert_eq!(p.n[0].cache[8192], 0x22, "a's acknowledged W overwritten by b's copy");
+            assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+        } else {
+            // W lands, the record clears; b's own write X is answered.
+            // b killed: back as it was, with X, and promoted again.
+            p.n[1].hang_al = false;
+            p.release_held();
+            p.settle();
+            assert_eq!(p.n[1].cache[8192], 0x22);
+            assert!(!p.n[1].meta.as_ref().is_some_and(|m| m.received_lost));
+            p.write(1, 201, 4096, 0x44, 4096);
+            p.settle();
+            assert_eq!(p.reply(1, 201), Some(Ok(())), "X never answered");
+            p.crash(1, false);
+            p.crash(0, false);
+            p.restart(1);
+            assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+            assert_eq!(p.n[1].cache[4096], 0x44);
+            p.core(1).promote(false, 60).expect("b, which lost nothing, held back");
+        }
+    }
+}
+
 /// (Review, helper-90.) Protocol A: b's record saying it may be behind
 /// its Primary is still being saved when a, promoted on b's grant, writes
 /// W; b's process dies, then a's. Before, a answered W at once: b came
