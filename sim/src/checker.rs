@@ -221,8 +221,9 @@ pub(crate) struct Checker {
     /// Protocol A, per cell: the newest write node `n`'s peer acknowledged
     /// while linked to it (confirmed or not), which `n` should hold to be
     /// current. Cleared
-    /// when `n` is forced Primary (its data is the truth from then on), its
-    /// disk replaced, the peer's changes given up or its power lost.
+    /// when `n` is promoted (its data is the truth from then on; not when
+    /// promoted without `--force` with writes of the peer's still queued),
+    /// its disk replaced, the peer's changes given up or its power lost.
     a_acked: [Vec<u64>; 2],
     fl_c: [Vec<u64>; 2],
     fl_b: [Vec<u64>; 2],
@@ -607,9 +608,9 @@ impl Checker {
         }
     }
 
-    /// `behind_a`: it was an UpToDate protocol-A Secondary linked to its
-    /// peer, lacking a write the peer acknowledged as Primary (see
-    /// `a_behind`, [`Checker::lacks_a_acked`]).
+    /// `behind_a`: its disk was UpToDate (protocol A, any role, linked or
+    /// not), lacking a write its peer acknowledged as Primary while linked
+    /// (see `a_behind`, [`Checker::lacks_a_acked`]).
     pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool) {
         self.a_behind[n] |= behind_a;
         if power {
@@ -736,12 +737,13 @@ impl Checker {
             ));
         }
         self.a_behind[n] = false;
-        // Forced, its data is the truth from now on. Not forced, what its
-        // peer acknowledged is still to be here: received before the peer
-        // said Secondary, it may still be queued (review, helper-92: a
-        // node promoted so and killed came back without it, promoted
-        // without `--force`).
-        if force {
+        // Its data is the truth from now on, but for what its peer sent
+        // before it said Secondary and is still queued here: that is still
+        // to be here (review, helper-92: a node promoted so and killed came
+        // back without it, promoted without `--force`). (Not what is
+        // lacking for good: a double failure the promotion accepted.)
+        let queued = sim.nodes[n].core.as_ref().is_some_and(|c| c.unwritten_peer_writes() > 0);
+        if force || !queued {
             self.a_acked[n].iter_mut().for_each(|x| *x = 0);
         }
         if !force && self.frame_outdated[n].is_some_and(|g| g != 0) {

@@ -217,9 +217,9 @@ pub struct Core {
     /// Peer operations issued to the store, not yet complete.
     applying: usize,
     /// The peer's writes (writes, trims, zeroes) received and not yet
-    /// completed here, queued or issued: what a protocol-A Secondary
-    /// would lose were its process to stop now
-    /// ([`Core::behind_async_primary`]).
+    /// completed here, queued or issued: what a protocol-A node would lose
+    /// were its process to stop now ([`Core::behind_async_primary`] for a
+    /// Secondary, [`Core::received_lost_recorded`] once promoted).
     unwritten_peer_writes: usize,
     ios: HashMap<IoId, IoFor>,
     /// Store operations in flight, oldest first (with a `disk-timeout`).

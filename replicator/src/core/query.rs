@@ -12,6 +12,12 @@ impl Core {
         self.disk
     }
 
+    /// The peer's writes received here and not yet written (queued or
+    /// with the store).
+    pub fn unwritten_peer_writes(&self) -> usize {
+        self.unwritten_peer_writes
+    }
+
     /// The disk state this node's last promotion started from: not
     /// UpToDate, it declared the data good (forced, or the controller
     /// taking over a protocol-A disk left Consistent by its Primary's
@@ -53,6 +59,21 @@ impl Core {
             Some(why)
         } else if self.disk_hung() {
             Some("the local disk is detached with operations it never completed")
+        } else if self.cfg.protocol == Protocol::A
+            && self.role == Role::Primary
+            && self.unwritten_peer_writes > 0
+        {
+            // A handshake now would rank this Primary the source (in memory
+            // it lost nothing) and make the peer, which holds those writes,
+            // its Inconsistent target: this process killed before they land,
+            // the peer was unusable and this node's older copies overwrote
+            // them on both disks (review, helper-93; `core::tests::protocol_a`
+            // `a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them`).
+            // They land in moments; the link is taken after.
+            Some(
+                "writes received from the peer before this node's promotion are still being \
+                 written here (protocol A): the link waits for them",
+            )
         } else {
             None
         }

@@ -183,9 +183,10 @@ fn an_a_secondary_killed_with_a_demoted_peers_writes_unwritten_comes_back_consis
 /// `--force` was accepted on it, and meeting a, b (the last Primary) was
 /// the resync's source and W was overwritten on a too. Now b's record
 /// says it lost writes it received (as protocol B's does): it comes back
-/// held back, and a is the source. Once W is written the record clears,
-/// and a crash after b answered a write of its own brings b back as it
-/// was (held back, its peer's older copy would overwrite that write).
+/// held back, and a is the source. Once W is written the record clears
+/// before b answers a write of its own, and a crash after that brings b
+/// back UpToDate and free to be promoted (held back, a would be the source
+/// and its older copy would overwrite b's write).
 #[test]
 fn an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back() {
     for kill in [true, false] {
@@ -246,6 +247,64 @@ fn an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back() {
             assert_eq!(p.n[1].cache[4096], 0x44);
             p.core(1).promote(false, 60).expect("b, which lost nothing, held back");
         }
+    }
+}
+
+/// (Review, helper-93.) As
+/// `an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back`,
+/// but the link drops and comes back while W still waits on b. Before, in
+/// the handshake b (running) said it lost nothing (only its record said
+/// `received_lost`), so as Primary it was the source and a, which holds W,
+/// its Inconsistent SyncTarget; b killed before W landed came back held
+/// back, met an Inconsistent a and was the source again: W, which a
+/// acknowledged, was gone from both disks. Now b takes no link until W is
+/// written: killed first, it meets an UpToDate a, which is the source.
+/// Not killed, the link comes up once W lands, and the two are in sync.
+#[test]
+fn a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them() {
+    for kill in [true, false] {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.prime_a(0, 0, 4096);
+        p.settle();
+        p.n[1].hang_al = true;
+        p.write(0, 101, 8192, 0x22, 1024);
+        p.settle_now();
+        assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A acknowledged the write");
+        assert!(!p.held.is_empty(), "b's activity-log update is not held");
+        p.core(0).demote().unwrap();
+        p.settle_now();
+        p.core(1).promote(false, 50).unwrap();
+        p.settle_now();
+        assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
+        assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
+        // The link drops and comes back; W still waits on b.
+        p.cut();
+        p.settle_now();
+        let refused = p.core(1).link_refused();
+        assert!(refused.is_some_and(|w| w.contains("still being written")), "{refused:?}");
+        p.connect_steps(2000, |_| {});
+        assert_ne!(p.core(0).disk(), DiskState::Inconsistent, "a made b's SyncTarget");
+        assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
+        if kill {
+            p.cut();
+            p.held.retain(|(i, _)| *i != 1);
+            p.n[1].hang_al = false;
+            p.crash(1, false);
+            p.restart(1);
+            assert_eq!(p.n[1].cache[8192], 0, "b holds the write: the case is not made");
+            assert!(p.core(1).promote(false, 60).is_err(), "b promoted without --force lacking W");
+        } else {
+            p.n[1].hang_al = false;
+            p.release_held();
+            p.settle();
+            assert!(p.core(1).link_refused().is_none());
+        }
+        p.connect();
+        assert_eq!(p.core(1).connection(), Connection::Connected);
+        assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+        assert_eq!(p.n[0].cache[8192], 0x22, "a's acknowledged W overwritten by b's copy");
+        assert!(p.n[0].cache == p.n[1].cache, "disks differ");
     }
 }
 
