@@ -62,6 +62,7 @@ impl Core {
         } else if self.cfg.protocol == Protocol::A
             && self.role == Role::Primary
             && self.unwritten_peer_writes > 0
+            && self.disk_usable()
         {
             // A handshake now would rank this Primary the source (in memory
             // it lost nothing) and make the peer, which holds those writes,
@@ -69,7 +70,10 @@ impl Core {
             // the peer was unusable and this node's older copies overwrote
             // them on both disks (review, helper-93; `core::tests::protocol_a`
             // `a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them`).
-            // They land in moments; the link is taken after.
+            // They land in moments; the link is taken after. (Not on a
+            // detached disk, which is no source: a write it never completes
+            // would refuse the link for ever, with a reason never true;
+            // review, helper-94.)
             Some(
                 "writes received from the peer before this node's promotion are still being \
                  written here (protocol A): the link waits for them",

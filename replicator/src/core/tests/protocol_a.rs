@@ -308,6 +308,65 @@ fn a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them() {
     }
 }
 
+/// (Review, helper-94.) The link's wait for a promoted node's queued peer
+/// writes is not for a detached disk: b, promoted with two of a's writes
+/// issued, fails one (EIO: detached) while the other never completes (the
+/// disk answers nothing more). Before, every link was refused for ever
+/// with "still being written", never true; now the link is taken and the
+/// handshake judges it (a Failed Primary is no source).
+#[test]
+fn a_promoted_nodes_failed_disk_with_a_hung_peer_write_does_not_wait_for_it() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.prime_a(0, 0, 4096);
+    p.settle();
+    p.n[1].hold_store = true;
+    p.write(0, 101, 8192, 0x22, 1024);
+    p.write(0, 102, 9216, 0x33, 1024);
+    p.settle_now();
+    assert_eq!(p.reply(0, 101), Some(Ok(())));
+    assert_eq!(p.reply(0, 102), Some(Ok(())));
+    let is_write = |(i, a): &(usize, Action)| {
+        *i == 1 && matches!(a, Action::Store { op: StoreOp::Write { .. }, .. })
+    };
+    // b's other store operations (its flushes) complete; its writes are held.
+    for _ in 0..20 {
+        let (w, o): (Vec<_>, Vec<_>) = std::mem::take(&mut p.held).into_iter().partition(is_write);
+        if o.is_empty() {
+            p.held = w;
+            break;
+        }
+        p.held = o;
+        p.n[1].hold_store = false;
+        p.release_held();
+        p.n[1].hold_store = true;
+        let later = std::mem::take(&mut p.held);
+        p.held = w;
+        p.held.extend(later);
+        p.settle_now();
+    }
+    assert_eq!(p.held.iter().filter(|x| is_write(x)).count(), 2, "a's writes not issued on b");
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    p.core(1).promote(false, 50).unwrap();
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
+    assert_eq!(p.core(1).unwritten_peer_writes(), 2);
+    // The first write hangs for ever; the second fails: b's disk detached.
+    let k = p.held.iter().position(is_write).expect("a held write");
+    let _hung = p.held.remove(k);
+    p.n[1].hold_store = false;
+    p.n[1].fail_writes = true;
+    p.release_held();
+    p.n[1].hang = true;
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed, "b's disk not detached");
+    assert_eq!(p.core(1).role(), Role::Primary);
+    assert_eq!(p.core(1).unwritten_peer_writes(), 1, "the hung write still counted");
+    let refused = p.core(1).link_refused();
+    assert!(!refused.is_some_and(|w| w.contains("still being written")), "{refused:?}");
+}
+
 /// (Review, helper-90.) Protocol A: b's record saying it may be behind
 /// its Primary is still being saved when a, promoted on b's grant, writes
 /// W; b's process dies, then a's. Before, a answered W at once: b came
