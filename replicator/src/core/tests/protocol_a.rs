@@ -174,6 +174,31 @@ fn an_a_secondary_killed_with_a_demoted_peers_writes_unwritten_comes_back_consis
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
 
+/// Protocol A: a answers W (8192, 0x22) at once while b's activity-log
+/// update for it hangs (W stays queued on b); then the handover,
+/// `secondary` on a and `primary` on b (granted by a), with W unwritten.
+fn handed_over_with_w_queued() -> Pair {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.prime_a(0, 0, 4096);
+    p.settle();
+    // b's activity-log update for W's extent hangs: W stays queued.
+    p.n[1].hang_al = true;
+    p.write(0, 101, 8192, 0x22, 1024);
+    p.settle_now();
+    assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A acknowledged the write");
+    assert!(!p.held.is_empty(), "b's activity-log update is not held");
+    // The handover: `secondary` on a, then `primary` on b (granted by a).
+    p.core(0).demote().unwrap();
+    p.settle_now();
+    assert_eq!(p.core(1).status().peer_role, Some(Role::Secondary));
+    p.core(1).promote(false, 50).unwrap();
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
+    assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
+    p
+}
+
 /// (Review, helper-92.) Protocol A, a handover done the usual way:
 /// `secondary` on a, then `primary` on b. a answered W at once; W waits
 /// on b for b's activity-log update (slow) when b is promoted (the
@@ -190,24 +215,7 @@ fn an_a_secondary_killed_with_a_demoted_peers_writes_unwritten_comes_back_consis
 #[test]
 fn an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back() {
     for kill in [true, false] {
-        let mut p = Pair::new(Protocol::A, Plant::None);
-        p.initial();
-        p.prime_a(0, 0, 4096);
-        p.settle();
-        // b's activity-log update for W's extent hangs: W stays queued.
-        p.n[1].hang_al = true;
-        p.write(0, 101, 8192, 0x22, 1024);
-        p.settle_now();
-        assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A acknowledged the write");
-        assert!(!p.held.is_empty(), "b's activity-log update is not held");
-        // The handover: `secondary` on a, then `primary` on b (granted by a).
-        p.core(0).demote().unwrap();
-        p.settle_now();
-        assert_eq!(p.core(1).status().peer_role, Some(Role::Secondary));
-        p.core(1).promote(false, 50).unwrap();
-        p.settle_now();
-        assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
-        assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
+        let mut p = handed_over_with_w_queued();
         assert!(
             p.n[1].meta.as_ref().is_some_and(|m| m.received_lost),
             "b, promoted with W unwritten, says nothing of it"
@@ -263,21 +271,7 @@ fn an_a_node_promoted_with_its_peers_write_queued_then_killed_is_held_back() {
 #[test]
 fn a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them() {
     for kill in [true, false] {
-        let mut p = Pair::new(Protocol::A, Plant::None);
-        p.initial();
-        p.prime_a(0, 0, 4096);
-        p.settle();
-        p.n[1].hang_al = true;
-        p.write(0, 101, 8192, 0x22, 1024);
-        p.settle_now();
-        assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A acknowledged the write");
-        assert!(!p.held.is_empty(), "b's activity-log update is not held");
-        p.core(0).demote().unwrap();
-        p.settle_now();
-        p.core(1).promote(false, 50).unwrap();
-        p.settle_now();
-        assert_eq!(p.core(1).role(), Role::Primary, "b was not promoted");
-        assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
+        let mut p = handed_over_with_w_queued();
         // The link drops and comes back; W still waits on b.
         p.cut();
         p.settle_now();
