@@ -537,10 +537,17 @@ impl Core {
     /// Its own writes wait for the record that clears it (`write::admit_app`'s
     /// `meta_wait`): come back so, the peer's older copies would replace them.
     fn received_lost_recorded(&self) -> bool {
-        self.lost == Lost::Received
-            || (self.cfg.protocol == Protocol::A
-                && self.role == Role::Primary
-                && self.unwritten_peer_writes > 0)
+        self.lost == Lost::Received || self.a_primary_with_peer_writes_unwritten()
+    }
+
+    /// A protocol-A Primary promoted (a handover) while writes its peer
+    /// sent as Primary are still to be written here: its record says it
+    /// lost them ([`Core::received_lost_recorded`]) and it takes no link
+    /// until they land ([`Core::link_refused`]).
+    pub(crate) fn a_primary_with_peer_writes_unwritten(&self) -> bool {
+        self.cfg.protocol == Protocol::A
+            && self.role == Role::Primary
+            && self.unwritten_peer_writes > 0
     }
 
     /// A protocol-A Secondary, UpToDate, whose peer in session `s` is

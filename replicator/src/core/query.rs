@@ -59,11 +59,7 @@ impl Core {
             Some(why)
         } else if self.disk_hung() {
             Some("the local disk is detached with operations it never completed")
-        } else if self.cfg.protocol == Protocol::A
-            && self.role == Role::Primary
-            && self.unwritten_peer_writes > 0
-            && self.disk_usable()
-        {
+        } else if self.a_primary_with_peer_writes_unwritten() && self.disk_usable() {
             // A handshake now would rank this Primary the source (in memory
             // it lost nothing) and make the peer, which holds those writes,
             // its Inconsistent target: this process killed before they land,
