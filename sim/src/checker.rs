@@ -162,6 +162,11 @@ pub struct Stats {
     pub promotions_checked: u64,
     /// Protocol-A Secondaries stopped while linked to a Primary.
     pub a_behind_crashes: u64,
+    /// Crashes and power losses that left a node lacking a write its
+    /// Primary had acknowledged on its word (B, C).
+    pub lost_conf_crashes: u64,
+    /// Promotions forced on a node a loss held back.
+    pub held_forced: u64,
     pub power_checks: u64,
     pub i2_checks: u64,
     pub i3_diff_blocks: u64,
@@ -218,6 +223,19 @@ pub(crate) struct Checker {
     /// off since): until the two have met again (or it was forced, or its
     /// data replaced) it is not promoted without `--force` (I5).
     a_behind: [bool; 2],
+    /// B and C, per cell: the newest write node `n`'s Primary acknowledged
+    /// on `n`'s word (confirmed: received in B, written in C) since `n` was
+    /// last promoted, became a sync target, or had its data replaced.
+    conf: [Vec<u64>; 2],
+    /// Node `n`'s process stopped or its power went while it lacked such
+    /// a write (`conf`): a power loss took the page cache, or in B a crash
+    /// the writes received and not yet written. Until it has a running
+    /// session with its peer again (the handshake judged what it lacks),
+    /// or was forced, discarded or replaced, it is not promoted without
+    /// `--force` (I5). The checker's own record, from the disk's content,
+    /// beside the core's (`Core::held_back_by_loss`): a loss the core does
+    /// not see is caught here.
+    lost_conf: [bool; 2],
     /// Protocol A, per cell: the newest write node `n`'s peer acknowledged
     /// while linked to it (confirmed or not), which `n` should hold to be
     /// current. Cleared
@@ -325,6 +343,8 @@ impl Checker {
             stats: Stats::default(),
             frame_outdated: [None, None],
             a_behind: [false, false],
+            conf: [vec![0; CELLS], vec![0; CELLS]],
+            lost_conf: [false, false],
             a_acked: [z(), z()],
             fl_c: [z(), z()],
             fl_b: [z(), z()],
@@ -446,6 +466,9 @@ impl Checker {
                     if *fua {
                         self.dfl[n][b] = self.dfl[n][b].max(*id);
                         self.pdfl[n][b] = self.pdfl[n][b].max(*id);
+                    }
+                    if confirmed && protocol != Protocol::A {
+                        self.conf[m][b] = self.conf[m][b].max(*id);
                     }
                     if confirmed {
                         match protocol {
@@ -611,8 +634,10 @@ impl Checker {
     /// `behind_a`: its disk was UpToDate (protocol A, any role, linked or
     /// not), lacking a write its peer acknowledged as Primary while linked
     /// (see `a_behind`, [`Checker::lacks_a_acked`]).
-    pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool) {
+    pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool, lost_conf: bool) {
         self.a_behind[n] |= behind_a;
+        self.lost_conf[n] |= lost_conf;
+        self.stats.lost_conf_crashes += u64::from(lost_conf);
         if power {
             // (What it acknowledged and had not flushed may be gone from
             // its own disk too: the power rules judge that.)
@@ -657,11 +682,22 @@ impl Checker {
     }
 
     pub fn discarded(&mut self, n: usize) {
+        self.lost_conf[n] = false;
+        self.conf[n].iter_mut().for_each(|x| *x = 0);
         self.a_acked[1 - n].iter_mut().for_each(|x| *x = 0);
         self.frame_outdated = [None, None];
         self.kept[n] = None;
         self.own[n].iter_mut().for_each(|x| *x = 0);
         self.fo[1 - n].iter_mut().for_each(|x| *x = 0);
+    }
+
+    /// Node `n`'s disk lacks a write its Primary acknowledged on its word
+    /// (B or C, see `conf`).
+    pub fn lacks_confirmed(&self, sim: &Sim, n: usize) -> bool {
+        (0..CELLS).any(|b| {
+            self.conf[n][b] > 0
+                && self.pos(b, sim.nodes[n].disk.cell(b)).is_none_or(|p| p < self.conf[n][b])
+        })
     }
 
     /// Node `n`'s disk lacks a write its peer acknowledged in protocol A.
@@ -674,6 +710,8 @@ impl Checker {
 
     pub fn disk_replaced(&mut self, n: usize) {
         self.a_behind[n] = false;
+        self.lost_conf[n] = false;
+        self.conf[n].iter_mut().for_each(|x| *x = 0);
         self.a_acked[n].iter_mut().for_each(|x| *x = 0);
         self.frame_outdated = [None, None];
         self.kept[n] = None;
@@ -697,14 +735,39 @@ impl Checker {
         self.lineage[n] = None;
     }
 
-    /// Node `n` was promoted (`disk`: its disk state before).
+    /// Node `n` was promoted (`disk`: its disk state before; `held`: a
+    /// loss held it back then, `Core`'s `lost_since_synced`).
     pub fn promoted(
         &mut self,
         sim: &Sim,
         n: usize,
         force: bool,
         disk: DiskState,
+        held: bool,
     ) -> Result<(), Violation> {
+        // (The checker's own record first: the core's below could miss
+        // what it does not see.)
+        if !force && self.lost_conf[n] {
+            return Err(self.v(
+                "I5",
+                format!(
+                    "{} promoted without --force ({disk:?}) lacking a write its Primary had \
+                     acknowledged on its word, lost with its {}, before it met the peer again",
+                    sim.nodes[n].name,
+                    if self.protocol == Protocol::B { "page cache or queue" } else { "page cache" }
+                ),
+            ));
+        }
+        if !force && held {
+            return Err(self.v(
+                "I5",
+                format!(
+                    "{} promoted without --force ({disk:?}) while it may lack writes it confirmed \
+                     to its peer (a lost page cache or received writes) and had not met it since",
+                    sim.nodes[n].name
+                ),
+            ));
+        }
         if !force
             && matches!(
                 disk,
@@ -737,6 +800,8 @@ impl Checker {
             ));
         }
         self.a_behind[n] = false;
+        self.lost_conf[n] = false;
+        self.conf[n].iter_mut().for_each(|x| *x = 0);
         // Its data is the truth from now on, but for what its peer sent
         // before it said Secondary and is still queued here: that is still
         // to be here (review, helper-92: a node promoted so and killed came
@@ -768,13 +833,18 @@ impl Checker {
         // The peer's writes as Primary before this reign are this node's
         // to keep or drop now.
         self.own[1 - n].iter_mut().for_each(|x| *x = 0);
-        if force && disk != DiskState::UpToDate {
+        // `--force` on a disk that is not UpToDate, or on one a loss held
+        // back: the operator accepted that what it lacks is gone.
+        if force && (disk != DiskState::UpToDate || held) {
+            self.stats.held_forced += u64::from(held);
             self.kept = [None, None];
             self.synced_floor = [None, None];
             self.epoch[0] += 1;
             self.epoch[1] += 1;
+            self.lost_conf = [false, false];
             for m in 0..2 {
                 for f in [
+                    &mut self.conf[m],
                     &mut self.fl_c[m],
                     &mut self.fl_b[m],
                     &mut self.dfl[m],
@@ -806,6 +876,12 @@ impl Checker {
                 c.connection() == Connection::Connected || c.disk() != DiskState::UpToDate
             }) {
                 self.a_behind[n] = false;
+            }
+            if sim.replication(n) != Replication::Off && std::mem::take(&mut self.lost_conf[n]) {
+                // The handshake judged what it lacks: a sync as target
+                // brings it, else (a source, the peer worse off) it is
+                // gone from the pair and no longer expected here.
+                self.conf[n].iter_mut().for_each(|x| *x = 0);
             }
         }
         if sim.replication(0) != Replication::Off && sim.replication(1) != Replication::Off {
@@ -997,6 +1073,7 @@ impl Checker {
                 self.kept[n] = (self.same_gen && self.protocol != Protocol::A && self.was_up[n])
                     .then_some(kept_floor);
                 for f in [
+                    &mut self.conf[n],
                     &mut self.fl_c[n],
                     &mut self.fl_b[n],
                     &mut self.dfl[n],

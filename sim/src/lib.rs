@@ -151,6 +151,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ReadsBeforeReceived => "reads-before-received",
         Plant::ResyncBeforeReceived => "resync-before-received",
         Plant::ForgetAsyncPrimary => "forget-async-primary",
+        Plant::PromoteAfterLoss => "promote-after-loss",
     }
 }
 

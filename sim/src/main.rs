@@ -80,6 +80,8 @@ fn main() -> ExitCode {
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
         total.a_behind_crashes += st.a_behind_crashes;
+        total.held_forced += st.held_forced;
+        total.lost_conf_crashes += st.lost_conf_crashes;
         total.power_checks += st.power_checks;
         total.i2_checks += st.i2_checks;
         total.i3_diff_blocks += st.i3_diff_blocks;

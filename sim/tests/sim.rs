@@ -785,6 +785,20 @@ fn finds_claim_after_loss() {
     assert_eq!(v.rule, "I1", "another rule caught it: {v}");
 }
 
+/// `primary` without `--force` on a node a loss holds back (its page
+/// cache, or in B the writes it had received, gone since it last met its
+/// peer) is refused; accepting it (the plant `promote-after-loss`), the
+/// node runs the service without a write its Primary acknowledged on its
+/// word. Caught by the checker's own record of what the crash took from
+/// the disk (`lost_conf`), not by the core's flag: about 3 seeds in
+/// 1,000 of 5,000 steps.
+#[test]
+fn finds_promote_after_loss() {
+    let v = first_catch(Plant::PromoteAfterLoss, 2000, 5000);
+    assert_eq!(v.rule, "I5", "another rule caught it: {v}");
+    assert!(v.what.contains("acknowledged on its word"), "not the checker's own record: {v}");
+}
+
 /// A seed replays alike: the same seed run twice in one process (where
 /// each hash map gets other keys, as in another process) takes the same
 /// course, event for event. A failing seed that does not replay cannot

@@ -449,7 +449,7 @@ impl Core {
     /// [`Core::lost_since_synced`] with no session running beside a
     /// Secondary peer: a promotion (the controller's grant, an operator's
     /// `primary`) waits for the peer unless forced.
-    pub(super) fn held_back_by_loss(&self) -> bool {
+    pub fn held_back_by_loss(&self) -> bool {
         self.lost_since_synced() && !self.secondary_peer_running()
     }
 

@@ -288,6 +288,10 @@ pub enum Plant {
     /// Secondary killed while its peer was Primary comes back UpToDate
     /// and is promoted without `--force`.
     ForgetAsyncPrimary,
+    /// The operator's `primary` without `--force` is accepted on a node
+    /// a loss holds back ([`Core::held_back_by_loss`]): it runs the
+    /// service without writes it had confirmed to its peer.
+    PromoteAfterLoss,
 }
 
 impl std::str::FromStr for Plant {
@@ -323,9 +327,10 @@ impl std::str::FromStr for Plant {
             "claim-after-loss" => Plant::ClaimAfterLoss,
             "resync-before-received" => Plant::ResyncBeforeReceived,
             "forget-async-primary" => Plant::ForgetAsyncPrimary,
+            "promote-after-loss" => Plant::PromoteAfterLoss,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss)"
                 ))
             }
         })

@@ -46,7 +46,7 @@ impl Core {
         // generation would carry its activity log's extents over the
         // peer's copies (a known limit until 2026-12-05). DRBD's
         // Consistent disk after a crash needs `--force` the same way.
-        if !force && self.held_back_by_loss() {
+        if !force && self.held_back_by_loss() && self.cfg.plant != Plant::PromoteAfterLoss {
             return Err(Refused(format!(
                 "this node may lack writes it confirmed to its peer (its page cache was lost, or \
                  writes it had received were not written) and has not met {} since: `connect` and \

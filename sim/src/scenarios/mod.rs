@@ -81,10 +81,10 @@ fn promote_checked(
 ) -> Result<(), (Violation, Vec<String>)> {
     let now_ms = sim.now.as_millis() as u64 + 1;
     let core = sim.nodes[n].core.as_mut().expect("up");
-    let disk = core.disk();
+    let (disk, held) = (core.disk(), core.held_back_by_loss());
     core.promote(force, now_ms).map_err(|e| stuck_at(sim, rule, &format!("promote: {e}")))?;
     sim.drain(n);
-    sim.check_promoted(n, force, disk).map_err(|v| fail(sim, v))
+    sim.check_promoted(n, force, disk, held).map_err(|v| fail(sim, v))
 }
 
 /// Both nodes Established, UpToDate and quiescent.

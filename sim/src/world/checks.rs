@@ -39,7 +39,7 @@ impl Sim {
     /// refused or withdrawn are forgotten.
     pub(crate) fn asked_promotions(&mut self) -> Result<(), Violation> {
         for n in 0..2 {
-            let Some((force, disk)) = self.asked_promotion[n] else { continue };
+            let Some((force, disk, held)) = self.asked_promotion[n] else { continue };
             let Some(core) = self.nodes[n].core.as_ref() else {
                 self.asked_promotion[n] = None;
                 continue;
@@ -47,7 +47,7 @@ impl Sim {
             if core.role() == Role::Primary {
                 self.asked_promotion[n] = None;
                 self.note(format!("{}: promoted (granted by the peer)", self.nodes[n].name));
-                self.check_promoted(n, force, disk)?;
+                self.check_promoted(n, force, disk, held)?;
             } else if core.promotion_asked().is_none() {
                 self.asked_promotion[n] = None;
             }
@@ -55,15 +55,18 @@ impl Sim {
         Ok(())
     }
 
-    /// The checker's rules for a promotion of node `n` that just happened.
+    /// The checker's rules for a promotion of node `n` that just happened
+    /// (`disk` and `held`: its disk state and whether a loss held it back,
+    /// when the promotion was asked).
     pub(crate) fn check_promoted(
         &mut self,
         n: usize,
         force: bool,
         disk: DiskState,
+        held: bool,
     ) -> Result<(), Violation> {
         let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
-        let r = chk.promoted(self, n, force, disk);
+        let r = chk.promoted(self, n, force, disk, held);
         self.chk = chk;
         r
     }

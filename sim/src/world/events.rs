@@ -153,7 +153,7 @@ impl Sim {
                     self.forced_claim[n] = None;
                 }
                 self.drain(n);
-                if let (true, Some(d)) = (promoted, forced) {
+                if let (true, Some((d, _))) = (promoted, forced) {
                     self.note(format!(
                         "{}: primary --force granted by the witness",
                         self.nodes[n].name
@@ -177,7 +177,8 @@ impl Sim {
                         self.forced_promotion(n, disk);
                     }
                     self.chk.stats.ctl_promotions += 1;
-                    self.check_promoted(n, force, disk)?;
+                    let held = forced.is_some_and(|(_, held)| held);
+                    self.check_promoted(n, force || held, disk, held)?;
                 }
                 return Ok(true);
             }
@@ -428,7 +429,10 @@ impl Sim {
             self.nodes[n].disk.power_loss(&mut rng);
             self.rng = rng;
         }
-        self.chk.crashed(n, power, behind_a);
+        // (After the crash: what the core had received and not issued is
+        // gone, and after a power loss what was not durable may be.)
+        let lost_conf = self.chk.lacks_confirmed(self, n);
+        self.chk.crashed(n, power, behind_a, lost_conf);
         if power {
             let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
             let r = chk.power_check(self, n);

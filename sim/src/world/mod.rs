@@ -74,12 +74,12 @@ pub struct Sim {
     pub congestion_fill: Option<u64>,
     /// Each node's replication state as last noted.
     pub(crate) noted_repl: [Replication; 2],
-    /// A promotion asked of the peer (force, the disk at the ask): checked
-    /// when it happens.
-    pub(crate) asked_promotion: [Option<(bool, DiskState)>; 2],
+    /// A promotion asked of the peer (force, the disk at the ask, held
+    /// back by a loss then): checked when it happens.
+    pub(crate) asked_promotion: [Option<(bool, DiskState, bool)>; 2],
     /// Controller seeds: `primary --force` asked the witness (the disk
-    /// then); the promotion comes with its grant.
-    pub(crate) forced_claim: [Option<DiskState>; 2],
+    /// then, held back by a loss then); the promotion comes with its grant.
+    pub(crate) forced_claim: [Option<(DiskState, bool)>; 2],
     /// The operator runs `primary --force` on this node again then (it
     /// was refused with a wait).
     pub(crate) force_again: Option<(usize, Time)>,

@@ -57,10 +57,15 @@ impl Sim {
             }
             let disk = core.disk();
             // A sane operator forces a node only when the other holds no
-            // better data that it can see.
+            // better data that it can see: a disk not UpToDate, or one held
+            // back by a loss (its page cache, or writes it had received,
+            // gone since it last met its peer: `primary` names `--force`
+            // "to accept the loss").
             let other_good =
                 self.nodes[1 - n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
-            let force = disk != DiskState::UpToDate && !other_good && self.rng.chance(1, 4);
+            let held = self.nodes[n].core.as_ref().is_some_and(|c| c.held_back_by_loss());
+            let force =
+                (disk != DiskState::UpToDate || held) && !other_good && self.rng.chance(1, 4);
             // Sometimes the operator (or a script) runs `primary` on both
             // connected nodes at once, before either hears of the other
             // (disconnected, that is a split brain the operator makes).
@@ -77,7 +82,7 @@ impl Sim {
                 if core.role() == Role::Primary {
                     continue;
                 }
-                let disk = core.disk();
+                let (disk, held) = (core.disk(), core.held_back_by_loss());
                 let force = force && m == n;
                 let res = core.promote(force, now_ms);
                 let now_primary = core.role() == Role::Primary;
@@ -90,17 +95,17 @@ impl Sim {
                 ));
                 if res.is_ok() {
                     if now_primary {
-                        asked.push((m, force, disk));
+                        asked.push((m, force, disk, held));
                     } else {
-                        self.asked_promotion[m] = Some((force, disk));
+                        self.asked_promotion[m] = Some((force, disk, held));
                     }
                 }
             }
             for &m in &promoted {
                 self.drain(m);
             }
-            for (m, force, disk) in asked {
-                self.check_promoted(m, force, disk)?;
+            for (m, force, disk, held) in asked {
+                self.check_promoted(m, force, disk, held)?;
             }
         } else if r < 48 {
             if core.role() == Role::Primary {
@@ -156,7 +161,7 @@ impl Sim {
     pub(crate) fn first_setup(&mut self, n: usize) -> Result<(), Violation> {
         let now_ms = self.now.as_millis() as u64 + 1;
         let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
-        let disk = core.disk();
+        let (disk, held) = (core.disk(), core.held_back_by_loss());
         let res = core.promote(true, now_ms);
         let now_primary = core.role() == Role::Primary;
         self.note(format!(
@@ -170,10 +175,10 @@ impl Sim {
                 self.force_again = Some((n, self.now + FORCE_AGAIN));
             }
             // Not connected: promoted at the witness's grant.
-            Ok(()) if !now_primary => self.forced_claim[n] = Some(disk),
+            Ok(()) if !now_primary => self.forced_claim[n] = Some((disk, held)),
             Ok(()) => {
                 self.forced_promotion(n, disk);
-                self.check_promoted(n, true, disk)?;
+                self.check_promoted(n, true, disk, held)?;
             }
             Err(_) => {}
         }
