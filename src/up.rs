@@ -123,20 +123,25 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // (it holds nothing anyone relies on, and one that stopped
         // answering would hold the stop for ever).
         if node.lane_idle().await {
-            let flush = async {
-                node.store().flush().await.map_err(|e| {
-                    // Recorded as a failed disk, not left UpToDate.
-                    node.final_flush_failed(&e);
-                    anyhow::Error::new(e).context("final flush")
-                })
+            let flushed = match node.res.disk_timeout {
+                Some(limit) => {
+                    tokio::time::timeout(limit, node.store().flush()).await.map_err(|_| limit)
+                }
+                None => Ok(node.store().flush().await),
             };
-            match node.res.disk_timeout {
+            match flushed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // Recorded as a failed disk, not left UpToDate (the wait
+                    // for that record is not the disk's: outside its limit).
+                    node.final_flush_failed(&e).await;
+                    return Err(anyhow::Error::new(e).context("final flush"));
+                }
                 // (A disk that stops answering now: the stop fails, and
                 // the metadata is not marked clean.)
-                Some(limit) => tokio::time::timeout(limit, flush).await.unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!("final flush: no completion for {limit:?} (disk-timeout)"))
-                })?,
-                None => flush.await?,
+                Err(limit) => {
+                    anyhow::bail!("final flush: no completion for {limit:?} (disk-timeout)")
+                }
             }
         } else {
             tracing::warn!("the local disk is detached (Failed): stopping without a final flush");

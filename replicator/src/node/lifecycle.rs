@@ -5,6 +5,10 @@
 use super::scratch::Scratch;
 use super::*;
 
+/// How long a stop whose final flush failed waits for the record saying
+/// so ([`Node::final_flush_failed`]).
+const FAILED_RECORD_WAIT: Duration = Duration::from_secs(3);
+
 impl Node {
     /// Opens (creating if needed) the disk and metadata of node `me`, and
     /// starts the core's timer. Starts Secondary. Must run inside tokio.
@@ -326,12 +330,36 @@ impl Node {
     /// dropped writes the failed sync covered; recorded `UpToDate`, the
     /// next start would take what is left for data, and as the crashed
     /// Primary's, send its activity-log extents over the peer's copy.
-    pub fn final_flush_failed(&self, e: &io::Error) {
-        let mut sh = self.lock();
-        sh.persist_async = false;
-        let now = self.now();
-        sh.core.handle_disk_error(now, io_err(e), "the final flush");
-        self.drain(&mut sh);
+    ///
+    /// Returns once that record is on disk, or after
+    /// [`FAILED_RECORD_WAIT`]: a record save issued before (on its own
+    /// task) may still be under way, and the one saying Failed follows it
+    /// only when it completes, from that task; one that failed shortly
+    /// before is tried again by the timer. Returned at once, the process
+    /// ended with the task and left the record as it was, `UpToDate`
+    /// (found by review; `node::tests`).
+    pub async fn final_flush_failed(&self, e: &io::Error) {
+        {
+            let mut sh = self.lock();
+            sh.persist_async = false;
+            let now = self.now();
+            sh.core.handle_disk_error(now, io_err(e), "the final flush");
+            self.drain(&mut sh);
+        }
+        let deadline = tokio::time::Instant::now() + FAILED_RECORD_WAIT;
+        loop {
+            let saved = self.lock().core.meta_durable();
+            if saved {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!(
+                    "the failed final flush could not be recorded within {FAILED_RECORD_WAIT:?}"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Clean stop, after the final flush: the bitmap on disk and the

@@ -54,6 +54,8 @@ mod peer;
 pub mod scratch;
 mod status;
 mod store_ops;
+#[cfg(test)]
+mod tests;
 mod verbs;
 
 #[derive(Debug, thiserror::Error)]
