@@ -97,6 +97,34 @@ pub fn check(meta: &Path, disk: &Path) -> io::Result<Check> {
     }
 }
 
+/// With the disk's path missing: the disk recorded beside `meta` was
+/// not at that path in a way a missing path could mean gone, but on
+/// something not there yet: a block device's (a volume still attaching,
+/// udev at boot), or a file on another file system than the one that
+/// now holds the path's directory (its file system not mounted yet).
+/// None recorded: false.
+pub fn recorded_elsewhere(meta: &Path, disk: &Path) -> io::Result<bool> {
+    let recorded = match fs::read_to_string(id_path(meta)) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if recorded.starts_with("block ") {
+        return Ok(true);
+    }
+    let dev = recorded
+        .strip_prefix("file dev=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|d| d.parse::<u64>().ok());
+    let Some(dev) = dev else { return Ok(false) };
+    let dir = disk.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match fs::metadata(dir) {
+        Ok(m) => Ok(m.dev() != dev),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Records `id` as the identity of the metadata's disk (atomically, 0600).
 pub fn record(meta: &Path, id: &str) -> io::Result<()> {
     crate::meta::atomic_write(&id_path(meta), format!("{id}\n").as_bytes())

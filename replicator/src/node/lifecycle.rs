@@ -32,6 +32,20 @@ impl Node {
                 return Err(NodeError::MetaLost { meta: mine.meta.clone(), found });
             }
         }
+        // A disk path missing may be a disk that is not there yet, not
+        // one gone: a block device not yet appeared (a volume still
+        // attaching, udev at boot), or a file whose file system is not
+        // mounted yet. Taken for gone, the metadata was saved Failed for
+        // good, giving up the data on it, and a regular file made at its
+        // path (found by review). The start is refused until it is there.
+        let id_path = crate::disk_id::id_path(&mine.meta);
+        if meta.is_some()
+            && !mine.disk.exists()
+            && crate::disk_id::recorded_elsewhere(&mine.meta, &mine.disk)
+                .map_err(|source| MetaError::Io { path: id_path.clone(), source })?
+        {
+            return Err(NodeError::DiskAbsent { disk: mine.disk.clone(), id: id_path });
+        }
         if let Some(m) = meta.as_mut().filter(|_| Store::makes_anew(&mine.disk)) {
             // The disk is gone (or emptied) but its metadata is not: record
             // that the data is gone (as if the disk had failed: a full sync

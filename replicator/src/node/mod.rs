@@ -77,6 +77,14 @@ pub enum NodeError {
         meta.display(), found.display(), meta.display()
     )]
     MetaLost { meta: std::path::PathBuf, found: std::path::PathBuf },
+    #[error(
+        "{} is missing, and the metadata's disk was a block device or on another file system \
+         ({} records it): not started, it may not be there yet (a device not appeared, a file \
+         system not mounted). Start again once it is; if it is gone for good, remove {} (the \
+         node then takes a full sync from its peer)",
+        disk.display(), id.display(), id.display()
+    )]
+    DiskAbsent { disk: std::path::PathBuf, id: std::path::PathBuf },
 }
 
 /// What a link's writer task is told.

@@ -105,3 +105,75 @@ fn a_failed_final_flush_is_recorded_though_a_record_save_failed_just_before() {
     let m = Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap();
     assert_eq!(m.disk, DiskState::Failed, "the failed final flush is not on record");
 }
+
+/// Opens node `a` of `dir` (its disk a file there), forces it Primary,
+/// and stops it cleanly: its record UpToDate.
+fn uptodate_node(dir: &std::path::Path) {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let node =
+        rt.block_on(async { Node::open(resource(dir), "a", &StoreOptions::default()) }).unwrap();
+    rt.block_on(node.promote(true)).unwrap();
+    while !node.lock().core.meta_durable() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt.block_on(node.demote_for_stop(Duration::from_secs(1), Duration::ZERO));
+    node.close();
+    drop(node);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let meta = dir.join("a.meta");
+    assert_eq!(Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap().disk, DiskState::UpToDate);
+}
+
+/// Opens node `a` of `dir` again: whether it started, and its record's
+/// disk state after.
+fn reopen(dir: &std::path::Path) -> (bool, DiskState) {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opened = rt.block_on(async { Node::open(resource(dir), "a", &StoreOptions::default()) });
+    let started = opened.is_ok();
+    drop(opened);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let meta = dir.join("a.meta");
+    (started, Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap().disk)
+}
+
+/// A node whose disk is a block device starts before the device has
+/// appeared (a volume still attaching, udev not done at boot), or whose
+/// disk file's file system is not mounted yet. Its path missing was taken
+/// for a disk gone: the metadata was saved Failed for good and a sparse
+/// regular file made at the disk's path. The data on the disk was then
+/// given up: a full sync from the peer, or, with a peer that is not
+/// UpToDate, no node to promote without `--force` (the node that held the
+/// newest writes looks like the one to discard). The start is refused
+/// instead, the metadata untouched, until it is there. (A file removed
+/// from its file system is gone, as before.)
+#[test]
+fn a_disk_not_there_yet_is_not_taken_for_a_lost_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("a.meta");
+    let disk = dir.path().join("a.img");
+    let id = crate::disk_id::id_path(&meta);
+    uptodate_node(dir.path());
+    // As recorded for a block device (its stable name), now not there.
+    std::fs::write(&id, "block device/serial=vol0123\n").unwrap();
+    std::fs::remove_file(&disk).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(!started, "started on a block device that is not there");
+    assert!(!disk.exists(), "a file was made at the block device's path");
+    assert_eq!(disk_state, DiskState::UpToDate, "the data on the device was recorded lost");
+    // A file on a file system not mounted (another device than the one
+    // holding the path's directory now).
+    std::fs::write(&id, "file dev=4242424242 ino=12 born=0\n").unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(!started, "started on a file whose file system is not there");
+    assert!(!disk.exists(), "a file was made under the mount point");
+    assert_eq!(disk_state, DiskState::UpToDate, "the data on the file was recorded lost");
+    // A file removed from its own file system: gone (Failed, a full sync).
+    let dir = tempfile::tempdir().unwrap();
+    uptodate_node(dir.path());
+    std::fs::remove_file(dir.path().join("a.img")).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(started);
+    assert_eq!(disk_state, DiskState::Failed);
+}
