@@ -42,7 +42,8 @@
 //! image holds `dfl` if the durable metadata says the data is usable
 //! (UpToDate/Consistent/Outdated). Floors move with the data: a SyncTarget
 //! has none during the sync and takes the source's (as of the sync's start)
-//! when that session ends it Established and UpToDate; `--force` on a disk
+//! when that session ends it Established and UpToDate (or Consistent: from a
+//! Consistent source); `--force` on a disk
 //! that is not UpToDate resets all floors (the operator accepted the loss);
 //! a replaced disk has none; flush snapshots taken before a node's data was
 //! replaced are dropped. With the controller, the writes a node
@@ -1106,7 +1107,9 @@ impl Checker {
             let was_target = std::mem::replace(&mut self.was_target[n], target);
             // Ended: the same session is Established. The data came,
             // whatever the disk state says of writes the node acknowledged
-            // before (Outdated: they are lost); completed if UpToDate.
+            // before (Outdated: they are lost); completed if UpToDate, or
+            // Consistent (the source was: protocol A, it may lack what its
+            // Primary answered alone, and so may the copy).
             let ended = sim.nodes[n].core.as_ref().filter(|c| {
                 c.replication() == Replication::Established
                     && self.synced_floor[n]
@@ -1114,7 +1117,10 @@ impl Checker {
                         .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
             });
             let disk = ended.map(|c| c.disk());
-            if matches!(disk, Some(DiskState::UpToDate | DiskState::Outdated)) {
+            if matches!(
+                disk,
+                Some(DiskState::UpToDate | DiskState::Outdated | DiskState::Consistent)
+            ) {
                 self.unsynced[n] = false;
             }
             // Or the link went down in the very step that brought SyncDone
@@ -1134,7 +1140,7 @@ impl Checker {
             }
             let cut_up = cut_after_done
                 && sim.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::UpToDate);
-            if disk == Some(DiskState::UpToDate) || cut_up {
+            if matches!(disk, Some(DiskState::UpToDate | DiskState::Consistent)) || cut_up {
                 // (The sync brought the peer's writes.)
                 self.frame_outdated[n] = None;
                 if let Some((_, f)) = self.synced_floor[n].take() {

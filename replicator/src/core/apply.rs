@@ -489,11 +489,15 @@ impl Core {
         s.peer.out_of_sync = out_of_sync;
         let finished = match &s.activity {
             // (Outdated: a target that holds our data but lost writes of
-            // its own that it acknowledged before its disk failed.)
+            // its own that it acknowledged before its disk failed;
+            // Consistent: one that holds our data, which is Consistent.)
             Activity::Source(src) => {
                 src.done_sent
                     && current == my_current
-                    && matches!(disk, DiskState::UpToDate | DiskState::Outdated)
+                    && matches!(
+                        disk,
+                        DiskState::UpToDate | DiskState::Outdated | DiskState::Consistent
+                    )
             }
             _ => false,
         };

@@ -455,6 +455,21 @@ impl Core {
             && self.session.as_ref().is_some_and(|s| {
                 s.peer.disk == DiskState::Outdated && s.peer.role == Role::Secondary
             });
+        // A sync from a Consistent peer (protocol A: a Secondary that lost
+        // its Primary, and may lack writes that Primary answered alone)
+        // leaves this node holding that peer's data: Consistent too, unless
+        // this node was UpToDate itself and kept its own data outside the
+        // blocks that moved (a union on one generation, the source ranked
+        // first because this node lost writes it had received, before it
+        // answered any of its own). Made UpToDate, a node whose disk was
+        // replaced after it answered writes as a protocol-A Primary took
+        // `primary` without `--force` over their loss (review: the open
+        // question of helper-93's course, a source left Consistent beside
+        // an UpToDate target).
+        let from_consistent = self.session.as_ref().is_some_and(|s| {
+            s.peer.disk == DiskState::Consistent
+                && (self.full_sync != 0 || s.hello_disk != DiskState::UpToDate)
+        });
         self.gen.synced_to(current);
         self.full_sync = 0;
         // The data is the source's now.
@@ -483,6 +498,14 @@ impl Core {
                 "resync complete from an Outdated peer: Outdated too (writes its Primary \
                  acknowledged after outdating it are on neither node; `primary --force` on a \
                  node accepts that)"
+                    .into(),
+            );
+        } else if from_consistent {
+            self.disk = DiskState::Consistent;
+            self.error(
+                "resync complete from a Consistent peer: Consistent too (writes its protocol-A \
+                 Primary answered before the two parted may be on neither node; `primary --force` \
+                 on a node accepts that)"
                     .into(),
             );
         } else {

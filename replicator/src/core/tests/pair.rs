@@ -499,13 +499,32 @@ impl Pair {
         self.settle_now();
     }
 
+    /// As [`Pair::restart`], on a new disk (all zeroes): under the
+    /// surviving metadata (`keep_meta`) the node comes back `Failed`,
+    /// else as a new node (never-synced metadata).
+    pub fn restart_on_a_new_disk(&mut self, i: usize, keep_meta: bool) {
+        self.n[i].cache = vec![0; SIZE as usize];
+        self.n[i].durable = vec![0; SIZE as usize];
+        if !keep_meta {
+            self.n[i].meta = None;
+            self.n[i].bitmap = None;
+            self.n[i].al.clear();
+        }
+        self.start_on(i, true);
+        self.settle();
+    }
+
     fn start(&mut self, i: usize) {
+        self.start_on(i, false);
+    }
+
+    fn start_on(&mut self, i: usize, disk_created: bool) {
         let node = &self.n[i];
         let rec = Recovered {
             meta: node.meta.clone(),
             bitmap: node.bitmap.clone(),
             al: node.al.iter().copied().collect(),
-            disk_created: false,
+            disk_created,
             boot: node.boot,
         };
         // (A seed of its own per start: each start's generation ids

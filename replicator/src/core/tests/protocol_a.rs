@@ -460,3 +460,63 @@ fn a_completion_from_an_earlier_reign_proves_nothing_of_the_peers_record() {
         "b ({disk:?}) promoted without --force lacking W2, which a acknowledged: {r:?}"
     );
 }
+
+/// (Review of helper-93's open question.) Protocol A: a, Primary, answers
+/// W, which b never gets; a's process is killed (b, whose Primary went,
+/// is Consistent), and a comes back on a new disk: under its old
+/// metadata (Failed, the generation b holds) or as a new node. The full
+/// sync from b rebuilds it without W. Before, a came out UpToDate and
+/// `primary` without `--force` was accepted on it over W's loss, while
+/// on b, holding the very same data, it was refused; now a is Consistent
+/// as b is, and only `--force` (which accepts the loss) promotes either.
+/// A union resync between the two later (a bit of b's) leaves both so.
+#[test]
+fn an_a_primary_rebuilt_from_its_consistent_peer_is_consistent_too() {
+    for keep_meta in [true, false] {
+        let mut p = Pair::new(Protocol::A, Plant::None);
+        p.initial();
+        p.prime_a(0, 0, 4096);
+        p.hold_to[1] = true;
+        p.write(0, 101, 8192, 0x22, 1024);
+        p.settle_now();
+        assert_eq!(p.reply(0, 101), Some(Ok(())), "protocol A answered W");
+        p.crash(0, false);
+        p.hold_to[1] = false;
+        assert_eq!(p.core(1).disk(), DiskState::Consistent);
+        assert_eq!(p.n[1].cache[8192], 0, "b holds W: the case is not made");
+        p.restart_on_a_new_disk(0, keep_meta);
+        let was = p.core(0).disk();
+        p.connect();
+        assert_eq!(p.core(0).connection(), Connection::Connected, "{keep_meta}");
+        assert!(p.n[0].cache == p.n[1].cache, "a not rebuilt from b ({was:?})");
+        for i in [0, 1] {
+            assert_eq!(
+                p.core(i).disk(),
+                DiskState::Consistent,
+                "node {i} (new metadata: {})",
+                !keep_meta
+            );
+            let r = p.core(i).promote(false, 60);
+            assert!(r.is_err(), "node {i} promoted without --force lacking W, which a answered");
+        }
+        // A union on that generation later (a bit of b's after its
+        // restart): neither comes out UpToDate.
+        p.crash(1, false);
+        p.n[1].bitmap.get_or_insert_with(|| vec![0])[0] |= 1 << 2;
+        p.restart(1);
+        let before = p.core(0).status().counters.resync_bytes;
+        p.connect();
+        let moved = p.core(0).status().counters.resync_bytes - before;
+        assert!(moved > 0, "not a union of b's bit, from a");
+        assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+        for i in [0, 1] {
+            assert_eq!(p.core(i).disk(), DiskState::Consistent, "node {i} after the union");
+        }
+        // The operator accepts the loss on a: b follows, UpToDate.
+        p.core(0).promote(true, 70).expect("--force");
+        p.settle();
+        p.connect();
+        assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+        assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    }
+}
