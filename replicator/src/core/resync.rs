@@ -551,6 +551,23 @@ impl Core {
             tracing::info!("the peer holds our data: UpToDate");
             self.disk = DiskState::UpToDate;
         }
+        if self.disk == DiskState::Consistent
+            && self.role == Role::Secondary
+            && peer_disk == DiskState::UpToDate
+        {
+            // A protocol-A Secondary left Consistent by its Primary's loss,
+            // the source of a union resync on one generation into that
+            // Primary (ranked below: it lost writes it had received, and
+            // answered none of its own since): the two hold one data, and
+            // the target, UpToDate before and after, says nothing it
+            // answered is missing from it. (A target that was not UpToDate
+            // before, or took a full sync, stays Consistent: see
+            // `on_sync_done`.) Before, this node stayed Consistent beside an
+            // UpToDate peer holding the very same data (review: the killed
+            // course of `a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them`).
+            tracing::info!("the peer holds our data and is UpToDate: UpToDate");
+            self.disk = DiskState::UpToDate;
+        }
         if self.dirty.bytes() == 0 {
             let current = self.gen.current;
             self.gen.synced_to(current);

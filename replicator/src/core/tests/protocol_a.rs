@@ -520,3 +520,37 @@ fn an_a_primary_rebuilt_from_its_consistent_peer_is_consistent_too() {
         assert_eq!(p.core(1).disk(), DiskState::UpToDate);
     }
 }
+
+/// (Review of helper-93's open question.) The killed course of
+/// `a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them`:
+/// a, Consistent (its Primary b went), is the source of the union resync
+/// into b, which came back UpToDate but lost W, received from a and not
+/// written (`received_lost`: it answered nothing of its own meanwhile).
+/// Both end holding a's data, W included, and b UpToDate. Before, a
+/// stayed Consistent beside it (`primary` without `--force` refused on
+/// the node that holds every write either answered, accepted on its copy);
+/// now the source is UpToDate on its target's word, as an Outdated
+/// source is.
+#[test]
+fn a_consistent_source_of_a_union_into_an_uptodate_peer_ends_uptodate() {
+    let mut p = handed_over_with_w_queued();
+    p.cut();
+    p.held.retain(|(i, _)| *i != 1);
+    p.n[1].hang_al = false;
+    p.crash(1, false);
+    p.restart(1);
+    assert_eq!(p.core(0).disk(), DiskState::Consistent, "a left Consistent by its Primary's loss");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.core(1).lost_since_synced(), "b does not say it lost W");
+    let before = p.core(0).status().counters.resync_bytes;
+    p.connect();
+    assert!(p.core(0).status().counters.resync_bytes > before, "a was not the source");
+    assert_eq!(p.n[1].cache[8192], 0x22);
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate, "a, holding what b holds, left Consistent");
+    assert_eq!(p.core(1).status().peer_disk, Some(DiskState::UpToDate), "b not told");
+    p.core(0).promote(false, 70).expect("a refused without --force");
+    p.settle();
+    assert_eq!(p.core(0).role(), Role::Primary);
+}
