@@ -451,10 +451,17 @@ impl Core {
         // promoted without `--force`, and its source, lifted on its word,
         // later too, over writes an Ahead Primary acknowledged before it
         // lost its disk; simulator seed 14000646).
-        let from_outdated = self.full_sync != 0
-            && self.session.as_ref().is_some_and(|s| {
-                s.peer.disk == DiskState::Outdated && s.peer.role == Role::Secondary
-            });
+        // So is a union on one generation from such a peer into a node that
+        // was not UpToDate at the handshake (review, helper-97: a Consistent
+        // or Outdated node took the blocks of a peer pinned Outdated for the
+        // writes it had answered and lost with its disk, and came out
+        // UpToDate, `primary` without `--force` accepted over their loss;
+        // without a bit to move, the two stayed as they were).
+        let from_outdated = self.session.as_ref().is_some_and(|s| {
+            s.peer.disk == DiskState::Outdated
+                && s.peer.role == Role::Secondary
+                && (self.full_sync != 0 || s.hello_disk != DiskState::UpToDate)
+        });
         // A sync from a Consistent peer (protocol A: a Secondary that lost
         // its Primary, and may lack writes that Primary answered alone)
         // leaves this node holding that peer's data: Consistent too, unless

@@ -554,3 +554,86 @@ fn a_consistent_source_of_a_union_into_an_uptodate_peer_ends_uptodate() {
     p.settle();
     assert_eq!(p.core(0).role(), Role::Primary);
 }
+
+/// (Review, helper-97.) Protocol A: a, Primary, cut from b (b Consistent:
+/// its Primary went), answers W alone (a new generation), and its disk
+/// is replaced under its metadata: the full sync from b leaves a Outdated
+/// (pinned: W, which it answered, is on neither node). A union on that
+/// generation later, a the source (it reigned last), moves a's data, W
+/// still missing, into b: b must not come out of it UpToDate (promotable
+/// without `--force` over W's loss) when it went in Consistent.
+#[test]
+fn a_union_from_an_outdated_source_does_not_lift_a_consistent_target() {
+    let mut p = Pair::new(Protocol::A, Plant::None);
+    p.initial();
+    p.prime_a(0, 0, 4096);
+    p.cut();
+    assert_eq!(p.core(1).disk(), DiskState::Consistent);
+    p.write(0, 101, 8192, 0x22, 4096);
+    p.settle();
+    assert_eq!(p.reply(0, 101), Some(Ok(())), "a answered W alone");
+    p.crash(0, false);
+    p.restart_on_a_new_disk(0, true);
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.connect();
+    assert!(p.n[0].cache == p.n[1].cache, "a not rebuilt from b");
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "a lost W");
+    assert_eq!(p.core(1).disk(), DiskState::Consistent);
+    // A union on that generation (a bit of b's after its restart).
+    p.crash(1, false);
+    p.n[1].bitmap.get_or_insert_with(|| vec![0])[0] |= 1 << 2;
+    p.restart(1);
+    assert_eq!(p.core(1).disk(), DiskState::Consistent);
+    let before = p.core(0).status().counters.resync_bytes;
+    p.connect();
+    let moved = p.core(0).status().counters.resync_bytes - before;
+    eprintln!("moved {moved}; a {:?} b {:?}", p.core(0).disk(), p.core(1).disk());
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert_ne!(p.n[1].cache[8192], 0x22, "b holds W: the case is not made");
+    let bdisk = p.core(1).disk();
+    let r = p.core(1).promote(false, 60);
+    assert!(
+        bdisk != DiskState::UpToDate && r.is_err(),
+        "b ({bdisk:?}) promotable without --force lacking W, which a answered: {r:?}"
+    );
+}
+
+/// (Review, helper-97.) The same in protocol C, with an Outdated target:
+/// a, Primary, outdates b (a graceful disconnect), answers W alone, and
+/// its disk is replaced under its metadata; rebuilt from b it is
+/// Outdated (pinned). A union later from a into b must not make b
+/// UpToDate, which it was not going in, lacking W.
+#[test]
+fn a_union_from_an_outdated_source_does_not_lift_an_outdated_target() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let (now, sid) = (p.now, p.sid.unwrap());
+    p.core(1).handle_frame(now, sid, Message::Outdate);
+    p.core(0).disconnect();
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    p.write(0, 101, 8192, 0x22, 4096);
+    p.settle();
+    assert_eq!(p.reply(0, 101), Some(Ok(())), "a answered W alone");
+    p.crash(0, false);
+    p.restart_on_a_new_disk(0, true);
+    p.connect();
+    assert!(p.n[0].cache == p.n[1].cache, "a not rebuilt from b");
+    assert_eq!(p.core(0).disk(), DiskState::Outdated, "a lost W");
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    p.crash(1, false);
+    p.n[1].bitmap.get_or_insert_with(|| vec![0])[0] |= 1 << 2;
+    p.restart(1);
+    let before = p.core(0).status().counters.resync_bytes;
+    p.connect();
+    let moved = p.core(0).status().counters.resync_bytes - before;
+    eprintln!("moved {moved}; a {:?} b {:?}", p.core(0).disk(), p.core(1).disk());
+    assert!(p.n[0].cache == p.n[1].cache, "disks differ");
+    assert_ne!(p.n[1].cache[8192], 0x22, "b holds W: the case is not made");
+    let bdisk = p.core(1).disk();
+    let r = p.core(1).promote(false, 60);
+    assert!(
+        bdisk != DiskState::UpToDate && r.is_err(),
+        "b ({bdisk:?}) promotable without --force lacking W, which a answered: {r:?}"
+    );
+}
