@@ -117,6 +117,15 @@ pub fn recorded_elsewhere(meta: &Path, disk: &Path) -> io::Result<bool> {
         .and_then(|r| r.split(' ').next())
         .and_then(|d| d.parse::<u64>().ok());
     let Some(dev) = dev else { return Ok(false) };
+    // A dangling symlink (`/var/lib/twinblock/r0.img -> /data/r0.img`,
+    // the file deleted there): the file was in its target's directory,
+    // not the link's (review: a file deleted on its own, mounted, file
+    // system was refused as one not mounted yet).
+    let mut disk = disk.to_path_buf();
+    for _ in 0..40 {
+        let Ok(target) = fs::read_link(&disk) else { break };
+        disk = disk.parent().unwrap_or(Path::new("")).join(target);
+    }
     let dir = disk.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     match fs::metadata(dir) {
         Ok(m) => Ok(m.dev() != dev),

@@ -177,3 +177,41 @@ fn a_disk_not_there_yet_is_not_taken_for_a_lost_disk() {
     assert!(started);
     assert_eq!(disk_state, DiskState::Failed);
 }
+
+/// The disk path is a symlink to the disk file on another file system
+/// (`/var/lib/twinblock/r0.img -> /data/r0.img`), and the operator
+/// replaces the disk as the README says: the file deleted (on its own,
+/// mounted file system), the node started again. The path's directory is
+/// on another device than the recorded file, so the start was refused as
+/// if that file system were not mounted yet (review of helper-95's
+/// `DiskAbsent`): a dangling symlink's target's directory is the one to
+/// compare. A target whose directory is not there is still refused.
+#[test]
+fn a_disk_file_deleted_behind_a_symlink_to_another_file_system_is_gone() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    if dev(other.path()) == dev(dir.path()) {
+        return; // (needs two file systems)
+    }
+    let target = other.path().join("a.img");
+    std::os::unix::fs::symlink(&target, dir.path().join("a.img")).unwrap();
+    uptodate_node(dir.path());
+    assert!(target.exists());
+    std::fs::remove_file(&target).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(started, "a file deleted on its own, mounted, file system taken for one not there yet");
+    assert_eq!(disk_state, DiskState::Failed);
+    assert!(target.exists(), "the new disk file is made through the symlink");
+    // Its directory not there (the file system not mounted): refused.
+    let dir = tempfile::tempdir().unwrap();
+    let sub = other.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::os::unix::fs::symlink(sub.join("a.img"), dir.path().join("a.img")).unwrap();
+    uptodate_node(dir.path());
+    std::fs::remove_dir_all(&sub).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(!started, "started on a disk whose directory is not there");
+    assert_eq!(disk_state, DiskState::UpToDate);
+}
