@@ -102,21 +102,21 @@ pub fn check(meta: &Path, disk: &Path) -> io::Result<Check> {
 /// something not there yet: a block device's (a volume still attaching,
 /// udev at boot), or a file on another file system than the one that
 /// now holds the path's directory (its file system not mounted yet).
-/// None recorded: false.
-pub fn recorded_elsewhere(meta: &Path, disk: &Path) -> io::Result<bool> {
+/// None recorded: None.
+pub fn recorded_elsewhere(meta: &Path, disk: &Path) -> io::Result<Option<Elsewhere>> {
     let recorded = match fs::read_to_string(id_path(meta)) {
         Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     if recorded.starts_with("block ") {
-        return Ok(true);
+        return Ok(Some(Elsewhere::Block));
     }
     let dev = recorded
         .strip_prefix("file dev=")
         .and_then(|r| r.split(' ').next())
         .and_then(|d| d.parse::<u64>().ok());
-    let Some(dev) = dev else { return Ok(false) };
+    let Some(dev) = dev else { return Ok(None) };
     // A dangling symlink (`/var/lib/twinblock/r0.img -> /data/r0.img`,
     // the file deleted there): the file was in its target's directory,
     // not the link's (review: a file deleted on its own, mounted, file
@@ -128,10 +128,19 @@ pub fn recorded_elsewhere(meta: &Path, disk: &Path) -> io::Result<bool> {
     }
     let dir = disk.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     match fs::metadata(dir) {
-        Ok(m) => Ok(m.dev() != dev),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Ok(m) => Ok((m.dev() != dev).then_some(Elsewhere::FileSystem)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(Elsewhere::FileSystem)),
         Err(e) => Err(e),
     }
+}
+
+/// Where the disk of a missing path was ([`recorded_elsewhere`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// A block device.
+    Block,
+    /// A file on another file system than the path's directory's now.
+    FileSystem,
 }
 
 /// Records `id` as the identity of the metadata's disk (atomically, 0600).

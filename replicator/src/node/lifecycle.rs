@@ -39,12 +39,13 @@ impl Node {
         // good, giving up the data on it, and a regular file made at its
         // path (found by review). The start is refused until it is there.
         let id_path = crate::disk_id::id_path(&mine.meta);
-        if meta.is_some()
-            && !mine.disk.exists()
-            && crate::disk_id::recorded_elsewhere(&mine.meta, &mine.disk)
-                .map_err(|source| MetaError::Io { path: id_path.clone(), source })?
-        {
-            return Err(NodeError::DiskAbsent { disk: mine.disk.clone(), id: id_path });
+        if meta.is_some() && !mine.disk.exists() {
+            let elsewhere = crate::disk_id::recorded_elsewhere(&mine.meta, &mine.disk)
+                .map_err(|source| MetaError::Io { path: id_path.clone(), source })?;
+            if let Some(was) = elsewhere {
+                let block = was == crate::disk_id::Elsewhere::Block;
+                return Err(NodeError::DiskAbsent { disk: mine.disk.clone(), id: id_path, block });
+            }
         }
         if let Some(m) = meta.as_mut().filter(|_| Store::makes_anew(&mine.disk)) {
             // The disk is gone (or emptied) but its metadata is not: record

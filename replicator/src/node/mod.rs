@@ -77,14 +77,8 @@ pub enum NodeError {
         meta.display(), found.display(), meta.display()
     )]
     MetaLost { meta: std::path::PathBuf, found: std::path::PathBuf },
-    #[error(
-        "{} is missing, and the metadata's disk was a block device or on another file system \
-         ({} records it): not started, it may not be there yet (a device not appeared, a file \
-         system not mounted). Start again once it is; if it is gone for good, remove {} (the \
-         node then takes a full sync from its peer)",
-        disk.display(), id.display(), id.display()
-    )]
-    DiskAbsent { disk: std::path::PathBuf, id: std::path::PathBuf },
+    #[error("{}", disk_absent(disk, id, *block))]
+    DiskAbsent { disk: std::path::PathBuf, id: std::path::PathBuf, block: bool },
 }
 
 /// What a link's writer task is told.
@@ -276,6 +270,29 @@ pub struct Node {
     /// The link's transport counters (status `link`). `status` takes it
     /// under the node's lock; nothing takes them the other way round.
     link_tally: Mutex<LinkTally>,
+}
+
+/// [`NodeError::DiskAbsent`]'s message. A block device gone for good is
+/// answered by its replacement at the path (taken for a replaced disk:
+/// Failed, a full sync), not by removing its identity: the start then made
+/// a regular file at the device's path (on /dev; review).
+fn disk_absent(disk: &std::path::Path, id: &std::path::Path, block: bool) -> String {
+    let (disk, id) = (disk.display(), id.display());
+    if block {
+        format!(
+            "{disk} is missing, and the metadata's disk was a block device ({id} records it): \
+             not started, it may not be there yet (a device not appeared). Start again once it \
+             is; if it is gone for good, attach its replacement at {disk}, or set `disk` to the \
+             new device (the node then takes a full sync from its peer)"
+        )
+    } else {
+        format!(
+            "{disk} is missing, and the metadata's disk was a file on another file system ({id} \
+             records it): not started, it may not be there yet (a file system not mounted). \
+             Start again once it is; if it is gone for good, remove {id} (the node then takes a \
+             full sync from its peer)"
+        )
+    }
 }
 
 fn io_err(e: &io::Error) -> IoError {

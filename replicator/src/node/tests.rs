@@ -215,3 +215,41 @@ fn a_disk_file_deleted_behind_a_symlink_to_another_file_system_is_gone() {
     assert!(!started, "started on a disk whose directory is not there");
     assert_eq!(disk_state, DiskState::UpToDate);
 }
+
+/// A block device that is not there and is gone for good. `DiskAbsent`
+/// told the operator to remove `META.disk`; the start after that took the
+/// missing path for a gone disk and made a sparse regular file at the
+/// device's path (on /dev: in memory, and holding the name the kernel
+/// would give the replacement device's node), the very outcome the
+/// refusal is there to prevent (review of helper-95's `DiskAbsent`). For
+/// a block device the remedy is its replacement at that path, taken for
+/// a replaced disk (Failed, a full sync from the peer): the message says
+/// that, not to remove `META.disk`.
+#[test]
+fn a_block_device_not_there_is_not_answered_by_a_file_at_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("a.meta");
+    let disk = dir.path().join("a.img");
+    let id = crate::disk_id::id_path(&meta);
+    uptodate_node(dir.path());
+    std::fs::write(&id, "block device/serial=vol0123\n").unwrap();
+    std::fs::remove_file(&disk).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opened =
+        rt.block_on(async { Node::open(resource(dir.path()), "a", &StoreOptions::default()) });
+    let Err(e @ NodeError::DiskAbsent { .. }) = opened else { panic!("not refused as absent") };
+    drop(rt);
+    let msg = e.to_string();
+    assert!(
+        !msg.contains(&format!("remove {}", id.display())),
+        "a block device gone for good is not to be answered by removing its identity: {msg}"
+    );
+    assert!(msg.contains("replacement"), "{msg}");
+    // Its replacement at the path (a new disk, standing for the device):
+    // another disk than the recorded one, Failed, a full sync.
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(started);
+    assert_eq!(disk_state, DiskState::Failed);
+}
