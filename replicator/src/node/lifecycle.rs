@@ -39,7 +39,7 @@ impl Node {
         // good, giving up the data on it, and a regular file made at its
         // path (found by review). The start is refused until it is there.
         let id_path = crate::disk_id::id_path(&mine.meta);
-        if meta.is_some() && !mine.disk.exists() {
+        if meta.is_some() && Store::missing(&mine.disk) {
             let elsewhere = crate::disk_id::recorded_elsewhere(&mine.meta, &mine.disk)
                 .map_err(|source| MetaError::Io { path: id_path.clone(), source })?;
             if let Some(was) = elsewhere {

@@ -253,3 +253,32 @@ fn a_block_device_not_there_is_not_answered_by_a_file_at_its_path() {
     assert!(started);
     assert_eq!(disk_state, DiskState::Failed);
 }
+
+/// The disk path cannot be looked up, for another reason than being
+/// missing (here a symlink loop, an operator's `ln -sf` gone wrong; as
+/// well a stale NFS handle, a FUSE mount whose daemon died, an EIO or
+/// EACCES on a directory): the start took it for a gone disk, saved the
+/// record Failed for good and then failed to open it. Once the path was
+/// mended, the disk, intact, took a full sync from its peer (review of
+/// helper-95's `DiskAbsent`: only NotFound is a missing path). The start
+/// fails, the record untouched.
+#[test]
+fn a_disk_path_that_cannot_be_looked_up_is_not_taken_for_a_lost_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("a.img");
+    let real = dir.path().join("real.img");
+    uptodate_node(dir.path());
+    std::fs::rename(&disk, &real).unwrap();
+    // a.img -> b.img -> a.img
+    std::os::unix::fs::symlink("b.img", &disk).unwrap();
+    std::os::unix::fs::symlink("a.img", dir.path().join("b.img")).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(!started);
+    assert_eq!(disk_state, DiskState::UpToDate, "a path not looked up was recorded lost");
+    // Mended: the same disk.
+    std::fs::remove_file(&disk).unwrap();
+    std::os::unix::fs::symlink(&real, &disk).unwrap();
+    let (started, disk_state) = reopen(dir.path());
+    assert!(started);
+    assert_eq!(disk_state, DiskState::UpToDate);
+}

@@ -180,9 +180,22 @@ static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 impl Store {
     /// Whether [`Store::open`] with a size makes the disk at `path` anew
     /// (missing, or an empty regular file): what it held, if anything, is
-    /// gone. The start records that before the open grows the file.
+    /// gone. The start records that before the open grows the file. A
+    /// path that cannot be looked up for another reason (a symlink loop, a
+    /// stale NFS handle, EIO, EACCES) is not missing: the open fails on it
+    /// (review: the record was saved Failed for good, and the intact disk
+    /// took a full sync once the path was mended).
     pub fn makes_anew(path: &Path) -> bool {
-        std::fs::metadata(path).map_or(true, |d| d.is_file() && d.len() == 0)
+        match std::fs::metadata(path) {
+            Ok(d) => d.is_file() && d.len() == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Nothing is at `path` (its lookup says NotFound; a dangling symlink
+    /// too): not a path that cannot be looked up ([`Store::makes_anew`]).
+    pub fn missing(path: &Path) -> bool {
+        std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     }
 
     /// Opens `path`, creating it (sparse) at `size` when missing, and checks
