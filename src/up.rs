@@ -134,7 +134,19 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
                 Ok(Err(e)) => {
                     // Recorded as a failed disk, not left UpToDate (the wait
                     // for that record is not the disk's: outside its limit).
-                    node.final_flush_failed(&e).await;
+                    if !node.final_flush_failed(&e).await {
+                        // The record still says what it said: the next
+                        // start (a new descriptor no longer hears of the
+                        // failed writeback) would trust the disk.
+                        let id = twinblock_replicator::disk_id::id_path(&node.me.meta);
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "final flush, and the record saying the disk failed could not be \
+                             saved ({} still trusts it): before the next start, remove {} (the \
+                             disk is then taken for another and takes a full sync from its peer)",
+                            node.me.meta.display(),
+                            id.display()
+                        )));
+                    }
                     return Err(anyhow::Error::new(e).context("final flush"));
                 }
                 // (A disk that stops answering now: the stop fails, and

@@ -352,8 +352,10 @@ impl Node {
     /// only when it completes, from that task; one that failed shortly
     /// before is tried again by the timer. Returned at once, the process
     /// ended with the task and left the record as it was, `UpToDate`
-    /// (found by review; `node::tests`).
-    pub async fn final_flush_failed(&self, e: &io::Error) {
+    /// (found by review; `node::tests`). False: the record could not be
+    /// saved, and still says what it said (the caller says so: the next
+    /// start would trust the disk).
+    pub async fn final_flush_failed(&self, e: &io::Error) -> bool {
         {
             let mut sh = self.lock();
             sh.persist_async = false;
@@ -365,13 +367,13 @@ impl Node {
         loop {
             let saved = self.lock().core.meta_durable();
             if saved {
-                return;
+                return true;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::error!(
                     "the failed final flush could not be recorded within {FAILED_RECORD_WAIT:?}"
                 );
-                return;
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -282,3 +282,36 @@ fn a_disk_path_that_cannot_be_looked_up_is_not_taken_for_a_lost_disk() {
     assert!(started);
     assert_eq!(disk_state, DiskState::UpToDate);
 }
+
+/// The final flush at stop failed and every record save fails too (the
+/// metadata volume gone as well): the stop still ends within the wait,
+/// and says the record was not saved. It returned as when it was, and
+/// `up`'s error was the flush's alone (a log line aside): nothing told
+/// the operator that the record still says UpToDate and that the next
+/// start trusts the disk (its own descriptor no longer hears of the
+/// failed writeback), nor what to do (remove `META.disk`: the disk is
+/// then taken for another and takes a full sync; review).
+#[test]
+fn a_failed_final_flush_that_cannot_be_recorded_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resource(dir.path());
+    let meta = dir.path().join("a.meta");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
+    rt.block_on(node.promote(true)).unwrap();
+    while !node.lock().core.meta_durable() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Every record save fails from now on.
+    std::fs::create_dir(dir.path().join("a.meta.tmp")).unwrap();
+    let eio = io::Error::from_raw_os_error(libc::EIO);
+    let t = std::time::Instant::now();
+    let recorded = rt.block_on(node.final_flush_failed(&eio));
+    assert!(t.elapsed() < Duration::from_secs(4), "the stop waited {:?}", t.elapsed());
+    assert!(!recorded, "the record was not saved, and nothing says so");
+    drop(node);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let m = Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap();
+    assert_eq!(m.disk, DiskState::UpToDate);
+}
