@@ -341,10 +341,10 @@ impl Node {
     }
 
     /// The final flush at stop failed: the disk is detached and recorded
-    /// so (in place: the process ends next). Its page cache may have
-    /// dropped writes the failed sync covered; recorded `UpToDate`, the
-    /// next start would take what is left for data, and as the crashed
-    /// Primary's, send its activity-log extents over the peer's copy.
+    /// so. Its page cache may have dropped writes the failed sync
+    /// covered; recorded `UpToDate`, the next start would take what is
+    /// left for data, and as the crashed Primary's, send its activity-log
+    /// extents over the peer's copy.
     ///
     /// Returns once that record is on disk, or after
     /// [`FAILED_RECORD_WAIT`]: a record save issued before (on its own
@@ -357,8 +357,10 @@ impl Node {
     /// start would trust the disk).
     pub async fn final_flush_failed(&self, e: &io::Error) -> bool {
         {
+            // (Saved on a blocking thread, as while running, not in place
+            // under the node's lock: on a metadata volume that hangs, the
+            // stop hung with it, past the wait; found by review.)
             let mut sh = self.lock();
-            sh.persist_async = false;
             let now = self.now();
             sh.core.handle_disk_error(now, io_err(e), "the final flush");
             self.drain(&mut sh);

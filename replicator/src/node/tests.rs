@@ -315,3 +315,43 @@ fn a_failed_final_flush_that_cannot_be_recorded_says_so() {
     let m = Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap();
     assert_eq!(m.disk, DiskState::UpToDate);
 }
+
+/// The final flush at stop failed and the metadata volume hangs (a dying
+/// device often fails one request and stops answering the next; the
+/// metadata often sits on it: `disk_timeout::RECORD_WAIT`). The record
+/// saying Failed was saved in place, under the node's lock, by
+/// `final_flush_failed` itself (or by the timer's retry): the stop hung
+/// with it, past the 3 s the wait promises, until the volume answered or
+/// systemd killed the process. It is saved on a blocking thread, as while
+/// running, and the stop ends after the wait, saying it is not recorded
+/// (review).
+#[test]
+fn a_failed_final_flush_does_not_hang_the_stop_on_a_hung_metadata_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = resource(dir.path());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
+    rt.block_on(node.promote(true)).unwrap();
+    while !node.lock().core.meta_durable() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The metadata volume stops answering (for longer than the wait).
+    let files = node.files.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let _hung = files.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    locked_rx.recv().unwrap();
+    let eio = io::Error::from_raw_os_error(libc::EIO);
+    let t = std::time::Instant::now();
+    let recorded = rt.block_on(node.final_flush_failed(&eio));
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_millis(4500), "the stop waited {waited:?}");
+    assert!(!recorded);
+    drop(node);
+    rt.shutdown_timeout(Duration::from_millis(100));
+    holder.join().unwrap();
+}
