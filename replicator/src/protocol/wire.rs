@@ -13,8 +13,12 @@ use crate::config::Protocol;
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
 /// 64-bit checksums (SHA-256) instead of CRC32s, and Verify says whether
 /// it is an online verify's; 9: Hello carries the sender's protocol (a
-/// pair whose nodes are configured with different protocols is refused).
-pub const VERSION: u16 = 9;
+/// pair whose nodes are configured with different protocols is refused);
+/// 10: a sync target from a Consistent or Outdated source may end
+/// Consistent or Outdated, and the source finishes on that State (a
+/// version-9 source would wait on it for ever; a version-9 target would
+/// end UpToDate over writes lost).
+pub const VERSION: u16 = 10;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
