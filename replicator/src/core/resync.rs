@@ -457,10 +457,13 @@ impl Core {
         // writes it had answered and lost with its disk, and came out
         // UpToDate, `primary` without `--force` accepted over their loss;
         // without a bit to move, the two stayed as they were).
+        // (Both rules: the data is the source's, not this node's own kept
+        // outside the blocks that moved.)
+        let took_sources = |s: &super::session::Session| {
+            self.full_sync != 0 || s.hello_disk != DiskState::UpToDate
+        };
         let from_outdated = self.session.as_ref().is_some_and(|s| {
-            s.peer.disk == DiskState::Outdated
-                && s.peer.role == Role::Secondary
-                && (self.full_sync != 0 || s.hello_disk != DiskState::UpToDate)
+            s.peer.disk == DiskState::Outdated && s.peer.role == Role::Secondary && took_sources(s)
         });
         // A sync from a Consistent peer (protocol A: a Secondary that lost
         // its Primary, and may lack writes that Primary answered alone)
@@ -473,10 +476,10 @@ impl Core {
         // `primary` without `--force` over their loss (review: the open
         // question of helper-93's course, a source left Consistent beside
         // an UpToDate target).
-        let from_consistent = self.session.as_ref().is_some_and(|s| {
-            s.peer.disk == DiskState::Consistent
-                && (self.full_sync != 0 || s.hello_disk != DiskState::UpToDate)
-        });
+        let from_consistent = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.peer.disk == DiskState::Consistent && took_sources(s));
         self.gen.synced_to(current);
         self.full_sync = 0;
         // The data is the source's now.
