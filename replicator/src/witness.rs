@@ -87,6 +87,10 @@ struct Shared {
     tally: BTreeMap<(String, &'static str, &'static str), u64>,
     /// Decisions undone because the state could not be saved.
     save_failures: u64,
+    /// The last save failed: the file may hold a decision undone here
+    /// (a failure after the rename), which a restart would bring back.
+    /// The next request saves what the witness holds, whatever it decides.
+    unsaved: bool,
 }
 
 /// Runs the witness `name` of `res` until `stop` turns true.
@@ -206,6 +210,7 @@ pub async fn serve_reporting(
         state: w.state.clone(),
         tally: BTreeMap::new(),
         save_failures: 0,
+        unsaved: false,
     }));
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
@@ -291,46 +296,91 @@ async fn session(
 ) -> Result<(), String> {
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     while let Some(req) = read_msg::<VoteRequest>(&mut rx).await? {
-        let refused =
-            |reason: String| VoteReply { id: req.id, granted: false, holder: None, reason };
         let mut sh = shared.lock().await;
-        let (reply, verdict) = if req.node != who {
-            (refused(format!("request for {} on {who}'s connection", req.node)), "wrong_node")
-        } else if req.peer == who || !nodes.contains(&req.peer) {
-            // The peer it names is what the witness outdates: it must be
-            // the other node of this resource.
-            let why = format!("{who} names {:?} as its peer, not the other node", req.peer);
-            (refused(why), "wrong_peer")
-        } else {
-            // The lock is held until the new state is saved: a decision
-            // that could not be saved is undone before anyone else sees it.
-            let prev = sh.arb.clone();
-            let before = sh.arb.durable();
-            let now = sh.origin.elapsed();
-            let verdict = sh.arb.judge(now, &req);
-            let reply = sh.arb.reply(&req, &verdict);
-            let after = sh.arb.durable();
-            let saved = match (before != after, sh.state.clone()) {
-                // Durable before the answer relies on it.
-                (true, Some(path)) => matches!(
-                    tokio::task::spawn_blocking(move || save_state(&path, &after)).await,
-                    Ok(Ok(()))
-                ),
-                _ => true,
-            };
-            if saved {
-                (reply, verdict_label(&verdict))
-            } else {
-                sh.arb = prev;
-                sh.save_failures += 1;
-                (refused("the witness cannot save its state".into()), "save_failed")
-            }
+        // The lock is held until the new state is saved: a decision that
+        // could not be saved is undone before anyone else sees it.
+        let now = sh.origin.elapsed();
+        let d = decide(&mut sh, now, who, nodes, &req);
+        let saved = match (d.save.clone(), sh.state.clone()) {
+            // Durable before the answer relies on it.
+            (Some(after), Some(path)) => matches!(
+                tokio::task::spawn_blocking(move || save_state(&path, &after)).await,
+                Ok(Ok(()))
+            ),
+            _ => true,
         };
+        let (reply, verdict) = settle(&mut sh, d, saved);
         *sh.tally.entry((who.to_owned(), kind_label(req.kind), verdict)).or_default() += 1;
         drop(sh);
         write_msg(&mut tx, &reply).await?;
     }
     Ok(())
+}
+
+/// A request decided, its new state not saved yet ([`settle`]).
+struct Decision {
+    reply: VoteReply,
+    verdict: &'static str,
+    /// The arbiter before the request (undone to it if the save fails).
+    prev: Option<Arbiter>,
+    /// What to save before the reply goes out.
+    save: Option<Durable>,
+}
+
+/// Decides `req` on `who`'s connection (`nodes`: the resource's).
+fn decide(
+    sh: &mut Shared,
+    now: Duration,
+    who: &str,
+    nodes: &[String],
+    req: &VoteRequest,
+) -> Decision {
+    let refused = |reason: String| VoteReply { id: req.id, granted: false, holder: None, reason };
+    let plain = |reply, verdict| Decision { reply, verdict, prev: None, save: None };
+    if req.node != who {
+        return plain(
+            refused(format!("request for {} on {who}'s connection", req.node)),
+            "wrong_node",
+        );
+    }
+    if req.peer == who || !nodes.contains(&req.peer) {
+        // The peer it names is what the witness outdates: it must be
+        // the other node of this resource.
+        let why = format!("{who} names {:?} as its peer, not the other node", req.peer);
+        return plain(refused(why), "wrong_peer");
+    }
+    let prev = sh.arb.clone();
+    let before = sh.arb.durable();
+    let verdict = sh.arb.judge(now, req);
+    let reply = sh.arb.reply(req, &verdict);
+    let after = sh.arb.durable();
+    // (After a failed save, whatever the file holds is replaced before a
+    // reply relies on what the witness holds, changed or not.)
+    let save = (before != after || sh.unsaved).then_some(after);
+    Decision { reply, verdict: verdict_label(&verdict), prev: Some(prev), save }
+}
+
+/// The answer to a decision, once its state was saved (`saved`) or not:
+/// a decision that could not be saved is undone and refused.
+fn settle(sh: &mut Shared, d: Decision, saved: bool) -> (VoteReply, &'static str) {
+    if d.save.is_none() {
+        return (d.reply, d.verdict);
+    }
+    sh.unsaved = !saved;
+    if saved {
+        return (d.reply, d.verdict);
+    }
+    if let Some(prev) = d.prev {
+        sh.arb = prev;
+    }
+    sh.save_failures += 1;
+    let reply = VoteReply {
+        id: d.reply.id,
+        granted: false,
+        holder: None,
+        reason: "the witness cannot save its state".into(),
+    };
+    (reply, "save_failed")
 }
 
 /// The node side: keeps a connection to the witness, sends what the core
@@ -414,4 +464,85 @@ pub async fn client(
     }
     endpoint.close(0u32.into(), b"down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(node: &str, kind: VoteKind, data: &[u64], forced: bool) -> VoteRequest {
+        VoteRequest {
+            id: 1,
+            resource: "r".into(),
+            node: node.into(),
+            peer: if node == "a" { "b" } else { "a" }.into(),
+            kind,
+            uptodate: true,
+            peer_current: false,
+            lease_ms: 1000,
+            data: data.to_vec(),
+            forced,
+        }
+    }
+
+    /// One request as `session` runs it, its state saved to `disk`;
+    /// `fails`: the save returns an error after the rename (the new
+    /// state is in the file all the same).
+    fn ask(
+        sh: &mut Shared,
+        disk: &mut Durable,
+        now: Duration,
+        r: VoteRequest,
+        fails: bool,
+    ) -> VoteReply {
+        let nodes = ["a".to_string(), "b".to_string()];
+        let d = decide(sh, now, &r.node, &nodes, &r);
+        if let Some(after) = &d.save {
+            *disk = after.clone();
+        }
+        settle(sh, d, !fails).0
+    }
+
+    /// b runs without a (a outdated at the witness) and is cut off; the
+    /// operator forces a (`primary --force`, b thought lost), and the
+    /// witness's save of that grant fails after its rename: refused, and
+    /// undone in memory, but the grant is in the file. b comes back and
+    /// renews: granted (nothing new to save), and it acknowledges writes
+    /// alone again. The witness restarts: from the file, a is the holder
+    /// and b outdated, so a's next claim is granted, without b's writes.
+    /// The witness must save what it holds at the first request after a
+    /// failed save, whatever it decides.
+    #[test]
+    fn a_decision_undone_after_a_failed_save_is_not_restored_by_a_restart() {
+        let saved = Durable { complete: true, ..Durable::default() };
+        let quiet = Duration::from_secs(2);
+        let mut sh = Shared {
+            arb: Arbiter::new("r", Duration::ZERO, quiet, saved.clone()),
+            origin: Instant::now(),
+            state: Some(PathBuf::from("/nonexistent/w.meta")),
+            tally: BTreeMap::new(),
+            save_failures: 0,
+            unsaved: false,
+        };
+        let mut disk = saved;
+        let t = Duration::from_secs(100);
+        assert!(
+            ask(&mut sh, &mut disk, t, req("b", VoteKind::Claim, &[2, 1], false), false).granted
+        );
+        // b's lease runs out; a forced.
+        let t = t + Duration::from_secs(5);
+        let r = ask(&mut sh, &mut disk, t, req("a", VoteKind::Claim, &[1], true), true);
+        assert!(!r.granted, "{r:?}");
+        assert_eq!(sh.arb.holder(), Some("b"));
+        // b is back, renews, and writes alone.
+        let t = t + Duration::from_secs(1);
+        let r = ask(&mut sh, &mut disk, t, req("b", VoteKind::Renew, &[2, 1], false), false);
+        assert!(r.granted, "{r:?}");
+        // The witness crashes and starts from its file.
+        let t = t + Duration::from_millis(100);
+        let mut w = Arbiter::new("r", t, quiet, disk.clone());
+        let t = t + Duration::from_secs(3);
+        let r = w.handle(t, &req("a", VoteKind::Claim, &[1], false));
+        assert!(!r.granted, "a, which lacks b's writes, is granted the right: {r:?} ({disk:?})");
+    }
 }
