@@ -10,7 +10,9 @@
 //!   if no other node's lease may still run (its end plus a margin for
 //!   clock drift has passed), the witness is past its start-up quiet period
 //!   (a holder it forgot in a restart may still hold a lease; a `Renew`
-//!   re-establishes such a holder at once), and the node is not outdated
+//!   re-establishes such a holder at once, unless the witness lost its
+//!   record and the renewing node runs alone: it may be a Primary cut off
+//!   whose peer was granted since), and the node is not outdated
 //!   and, for a claim, says its disk may be promoted.
 //! - Every granted request records whether the requester's peer is
 //!   current; a node recorded as not current is outdated.
@@ -313,6 +315,17 @@ impl Arbiter {
                 if in_quiet {
                     return Err(Refusal::JustStarted);
                 }
+            }
+            VoteKind::Renew if !self.complete && !req.peer_current && in_quiet => {
+                // Without its record (it lost its state) the witness cannot
+                // tell the Primary it granted last, running alone, from one
+                // cut off whose lease ran out and whose peer was granted
+                // since: a lease it forgot may still run until the quiet
+                // period ends (before, the first to renew got a lease at
+                // once, the other's still running: both accepted writes;
+                // review, helper-100, `core::tests::controller`
+                // `a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_lease`).
+                return Err(Refusal::JustStarted);
             }
             VoteKind::Renew => {
                 // A Primary the witness does not know as holder (it

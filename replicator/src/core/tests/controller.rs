@@ -784,3 +784,56 @@ fn primary_force_without_quorum_is_refused() {
         d.votes[0]
     );
 }
+
+/// A witness that lost its state (run without `meta`, or its file lost
+/// or deleted) restarts while b runs alone as the Primary it granted;
+/// a, the Primary b took over from, cut off with its lease run out,
+/// reaches the witness again first. Its renewal must not give it a lease
+/// while b's may still run: both would accept writes.
+#[test]
+fn a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_lease() {
+    use ctl::Duo;
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    // a is cut off from b and from the witness; b takes over.
+    d.cut();
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    assert!(d.witness_promotes_b(), "b is not promoted");
+    d.hooks_done(1);
+    d.vote_all(1);
+    d.write(1, 1, 0, 0xbb);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 1), Some(Ok(())), "b acknowledges alone");
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert!(!d.c[0].accepts_writes());
+    // b renews; then the witness restarts without its state.
+    d.tick(Duration::from_millis(200));
+    d.vote_all(1);
+    d.votes[0].clear();
+    assert!(d.c[1].accepts_writes());
+    d.w = crate::arbiter::Arbiter::new("r", d.now, ctl::DEAD, Default::default());
+    d.witness_up(1, false);
+    d.votes[1].clear();
+    // a reaches the restarted witness and renews.
+    d.witness_up(0, true);
+    for _ in 0..3 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(0);
+        d.votes[1].clear();
+    }
+    assert!(
+        !(d.c[0].accepts_writes() && d.c[1].accepts_writes()),
+        "a, renewed by the witness that lost its state, accepts writes while b's lease runs"
+    );
+    // Once the quiet period is over, b's lease (not renewed since) has
+    // run out: a's renewal is granted, and a alone accepts writes. (It
+    // lacks b's write: the witness that lost its state cannot tell; see
+    // the README.)
+    for _ in 0..25 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(0);
+        d.votes[1].clear();
+        assert!(!(d.c[0].accepts_writes() && d.c[1].accepts_writes()), "both at {:?}", d.now);
+    }
+    assert!(d.c[0].accepts_writes());
+}
