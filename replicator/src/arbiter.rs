@@ -166,6 +166,10 @@ pub struct Arbiter {
     complete: bool,
     alone_with: BTreeMap<String, u64>,
     last_holder: Option<String>,
+    /// The last save of the state failed: the file may hold a decision
+    /// undone here (an error after the rename), which a restart would
+    /// bring back. Not saved; a restart clears it.
+    unsaved: bool,
     /// Last time each node was heard (for status).
     pub heard: BTreeMap<String, Time>,
     /// A planted mistake (the simulator's; `Plant::None` elsewhere).
@@ -188,6 +192,7 @@ impl Arbiter {
             complete: saved.complete,
             alone_with: saved.alone_with,
             last_holder: saved.last_holder,
+            unsaved: false,
             heard: BTreeMap::new(),
             plant: Plant::None,
         }
@@ -226,9 +231,34 @@ impl Arbiter {
 
     /// A restart: only what was saved remains.
     pub fn restart(&mut self, now: Time) {
+        self.restart_from(now, self.durable());
+    }
+
+    /// A restart from `saved`, what its file holds.
+    pub fn restart_from(&mut self, now: Time, saved: Durable) {
         let plant = self.plant;
-        *self = Arbiter::new(&self.resource.clone(), now, self.quiet, self.durable());
+        *self = Arbiter::new(&self.resource.clone(), now, self.quiet, saved);
         self.plant = plant;
+    }
+
+    /// What to save after a decision (`before`: [`Arbiter::durable`]
+    /// before it) before its answer goes out: the state if it changed,
+    /// and after a failed save whatever it is (the file may hold a
+    /// decision undone since: the answers from now on rely on this state).
+    pub fn to_save(&self, before: &Durable) -> Option<Durable> {
+        let after = self.durable();
+        (self.unsaved || *before != after).then_some(after)
+    }
+
+    /// The save [`Arbiter::to_save`] asked for is done (`ok`), or it
+    /// failed: the decision is undone (`prev`: the arbiter before it; the
+    /// shell refuses the request) and the next decision saves the state
+    /// whatever it is.
+    pub fn saved(&mut self, prev: Arbiter, ok: bool) {
+        if !ok {
+            *self = prev;
+        }
+        self.unsaved = !ok;
     }
 
     /// Decides one request, as the reply the node reads.

@@ -87,10 +87,6 @@ struct Shared {
     tally: BTreeMap<(String, &'static str, &'static str), u64>,
     /// Decisions undone because the state could not be saved.
     save_failures: u64,
-    /// The last save failed: the file may hold a decision undone here
-    /// (a failure after the rename), which a restart would bring back.
-    /// The next request saves what the witness holds, whatever it decides.
-    unsaved: bool,
 }
 
 /// Runs the witness `name` of `res` until `stop` turns true.
@@ -210,7 +206,6 @@ pub async fn serve_reporting(
         state: w.state.clone(),
         tally: BTreeMap::new(),
         save_failures: 0,
-        unsaved: false,
     }));
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
@@ -353,25 +348,19 @@ fn decide(
     let before = sh.arb.durable();
     let verdict = sh.arb.judge(now, req);
     let reply = sh.arb.reply(req, &verdict);
-    let after = sh.arb.durable();
     // (After a failed save, whatever the file holds is replaced before a
     // reply relies on what the witness holds, changed or not.)
-    let save = (before != after || sh.unsaved).then_some(after);
+    let save = sh.arb.to_save(&before);
     Decision { reply, verdict: verdict_label(&verdict), prev: Some(prev), save }
 }
 
 /// The answer to a decision, once its state was saved (`saved`) or not:
 /// a decision that could not be saved is undone and refused.
 fn settle(sh: &mut Shared, d: Decision, saved: bool) -> (VoteReply, &'static str) {
-    if d.save.is_none() {
-        return (d.reply, d.verdict);
-    }
-    sh.unsaved = !saved;
+    let (Some(prev), Some(_)) = (d.prev, &d.save) else { return (d.reply, d.verdict) };
+    sh.arb.saved(prev, saved);
     if saved {
         return (d.reply, d.verdict);
-    }
-    if let Some(prev) = d.prev {
-        sh.arb = prev;
     }
     sh.save_failures += 1;
     let reply = VoteReply {
@@ -522,7 +511,6 @@ mod tests {
             state: Some(PathBuf::from("/nonexistent/w.meta")),
             tally: BTreeMap::new(),
             save_failures: 0,
-            unsaved: false,
         };
         let mut disk = saved;
         let t = Duration::from_secs(100);

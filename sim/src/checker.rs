@@ -159,6 +159,10 @@ pub struct Stats {
     pub failed_disk_errors: u64,
     /// Metadata updates that failed and landed all the same.
     pub landed_failed_persists: u64,
+    /// Saves of the witness's state that failed, and of those the ones
+    /// that landed all the same.
+    pub witness_failed_saves: u64,
+    pub witness_landed_failed_saves: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
     /// Protocol-A Secondaries stopped while linked to a Primary.

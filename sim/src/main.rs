@@ -77,6 +77,8 @@ fn main() -> ExitCode {
         total.failed_disk_acks += st.failed_disk_acks;
         total.failed_disk_errors += st.failed_disk_errors;
         total.landed_failed_persists += st.landed_failed_persists;
+        total.witness_failed_saves += st.witness_failed_saves;
+        total.witness_landed_failed_saves += st.witness_landed_failed_saves;
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
         total.a_behind_crashes += st.a_behind_crashes;

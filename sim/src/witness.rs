@@ -1,13 +1,19 @@
 //! The third node: the witness (the real `Arbiter`) and its links to the
 //! two nodes, in controller seeds. Each link can be cut (the node is told),
 //! silently partitioned (requests and answers vanish), or the witness can
-//! restart (it keeps only what `Arbiter::durable` saves).
+//! restart (it keeps only what `Arbiter::durable` saves). A save of its
+//! state fails now and then (the decision undone and refused, as
+//! `twinblock witness` does), and one failure in two landed all the same
+//! (an error from the directory's fsync after the rename): a restart
+//! starts from what the file holds.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use twinblock_replicator::arbiter::Arbiter;
+use twinblock_replicator::arbiter::{Arbiter, Durable, Verdict};
 use twinblock_replicator::core::{Hook, Plant, Time, VoteReply, VoteRequest};
+
+use crate::rng::Rng;
 
 pub(crate) struct Witness {
     pub arb: Arbiter,
@@ -25,10 +31,15 @@ pub(crate) struct Witness {
     /// Restarts and healed links so far: each sends the nodes back to the
     /// witness (claims, the generations they told saved).
     pub returns: u64,
+    /// What its state file holds.
+    pub file: Durable,
+    /// Draws for failed saves (a stream of their own: the other draws of
+    /// a seed stay as they were), in some seeds only ([`Witness::new`]).
+    pub save_rng: Option<Rng>,
 }
 
 impl Witness {
-    pub fn new(dead_time: Duration, plant: Plant) -> Witness {
+    pub fn new(dead_time: Duration, plant: Plant, seed: u64) -> Witness {
         let mut arb = Arbiter::new("sim", Time::ZERO, dead_time, Default::default());
         arb.plant = plant;
         Witness {
@@ -42,7 +53,34 @@ impl Witness {
             from_w: [VecDeque::new(), VecDeque::new()],
             hooks: Vec::new(),
             returns: 0,
+            file: Durable::default(),
+            // In 6 of 23 seeds (by their number, not drawn; these leave
+            // the courses of the seeds the plant tests name as they were).
+            save_rng: matches!(seed % 23, 3 | 5 | 7 | 11 | 12 | 15)
+                .then(|| Rng::new(seed ^ 0x5A_7E_F1_1E)),
         }
+    }
+
+    /// Decides `req` as `twinblock witness` does: its state saved before
+    /// the answer, a decision whose save failed undone and refused.
+    /// (The third: the save failed, and whether it landed.)
+    pub fn decide(&mut self, now: Time, req: &VoteRequest) -> (Verdict, VoteReply, Option<bool>) {
+        let prev = self.arb.clone();
+        let before = self.arb.durable();
+        let verdict = self.arb.judge(now, req);
+        let reply = self.arb.reply(req, &verdict);
+        let Some(after) = self.arb.to_save(&before) else { return (verdict, reply, None) };
+        let fails = self.save_rng.as_mut().is_some_and(|r| r.chance(1, 20));
+        let landed = !fails || self.save_rng.as_mut().is_some_and(|r| r.chance(1, 2));
+        if landed {
+            self.file = after;
+        }
+        self.arb.saved(prev, !fails);
+        if !fails {
+            return (verdict, reply, None);
+        }
+        let reason = "the witness cannot save its state".to_string();
+        (verdict, VoteReply { id: req.id, granted: false, holder: None, reason }, Some(landed))
     }
 
     pub fn reachable(&self, n: usize, now: Time) -> bool {

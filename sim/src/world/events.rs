@@ -62,7 +62,8 @@ impl Sim {
             w.restart_at = None;
             w.alive = true;
             w.returns += 1;
-            w.arb.restart(now);
+            let file = w.file.clone();
+            w.arb.restart_from(now, file);
             self.note("witness restarts".into());
             for n in 0..2 {
                 if self.witness.as_ref().is_some_and(|w| w.up[n]) {
@@ -96,9 +97,16 @@ impl Sim {
             let (_, n, req) = w.to_w.pop_front().expect("front");
             if w.reachable(n, now) {
                 let before = w.arb.holder().map(str::to_owned);
-                let verdict = w.arb.judge(now, &req);
-                let reply = w.arb.reply(&req, &verdict);
+                let (verdict, reply, failed) = w.decide(now, &req);
                 let after = w.arb.holder().map(str::to_owned);
+                if let Some(landed) = failed {
+                    self.chk.stats.witness_failed_saves += 1;
+                    self.chk.stats.witness_landed_failed_saves += u64::from(landed);
+                    self.note(format!(
+                        "witness: the save of its state failed (landed: {landed}): {:?} of {} undone",
+                        req.kind, req.node
+                    ));
+                }
                 // The witness refuses a claim by its data only for data
                 // that lost what its node ran alone with: a node replaced
                 // (its metadata lost). Anything else is a false refusal,

@@ -150,7 +150,8 @@ impl Sim {
             log: Vec::new(),
             downs: VecDeque::new(),
             // One seed in three (without drawing from the seed's stream).
-            witness: (opts.seed % 3 == 2).then(|| witness::Witness::new(DEAD_TIME, opts.plant)),
+            witness: (opts.seed % 3 == 2)
+                .then(|| witness::Witness::new(DEAD_TIME, opts.plant, opts.seed)),
             data_replaced: 0,
             on_no_quorum: if opts.seed % 6 == 5 { NoQuorum::Freeze } else { NoQuorum::IoError },
             pending_violation: None,
