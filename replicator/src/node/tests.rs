@@ -30,6 +30,35 @@ key = "b.key"
     ResourceConfig::parse(&dir.join("r.toml"), text).unwrap()
 }
 
+/// The runtime a test's node runs in.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Node `a` of `res` opened and forced Primary, its record saved.
+fn primary(rt: &tokio::runtime::Runtime, res: ResourceConfig) -> Arc<Node> {
+    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
+    rt.block_on(node.promote(true)).unwrap();
+    while !node.lock().core.meta_durable() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node
+}
+
+/// The metadata files busy for `how_long` (a slow or hung metadata
+/// volume): held from before this returns.
+fn hold_files(node: &Node, how_long: Duration) -> std::thread::JoinHandle<()> {
+    let files = node.files.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let _busy = files.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(how_long);
+    });
+    locked_rx.recv().unwrap();
+    holder
+}
+
 /// The final flush at stop fails while a record save (issued before, on
 /// its own task) is still under way: the record that says the disk
 /// failed waits for it, and is issued by that task when it completes.
@@ -42,25 +71,13 @@ fn a_failed_final_flush_is_recorded_though_a_record_save_was_under_way() {
     let dir = tempfile::tempdir().unwrap();
     let res = resource(dir.path());
     let meta = dir.path().join("a.meta");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
-    rt.block_on(node.promote(true)).unwrap();
+    let rt = runtime();
+    let node = primary(&rt, res);
     let durable = |node: &Node| node.lock().core.meta_durable();
-    while !durable(&node) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     assert_eq!(Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap().disk, DiskState::UpToDate);
     // The metadata files are busy (a slow metadata volume): the next
     // record save waits for them.
-    let files = node.files.clone();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let _busy = files.lock().unwrap();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-    });
-    locked_rx.recv().unwrap();
+    let holder = hold_files(&node, Duration::from_millis(300));
     // The first write changes the record (no longer fresh): its save is
     // under way.
     let writer = node.clone();
@@ -85,13 +102,8 @@ fn a_failed_final_flush_is_recorded_though_a_record_save_failed_just_before() {
     let dir = tempfile::tempdir().unwrap();
     let res = resource(dir.path());
     let meta = dir.path().join("a.meta");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
-    rt.block_on(node.promote(true)).unwrap();
-    while !node.lock().core.meta_durable() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let rt = runtime();
+    let node = primary(&rt, res);
     // The next record save fails (its temporary file cannot be made).
     let tmp = dir.path().join("a.meta.tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -109,14 +121,8 @@ fn a_failed_final_flush_is_recorded_though_a_record_save_failed_just_before() {
 /// Opens node `a` of `dir` (its disk a file there), forces it Primary,
 /// and stops it cleanly: its record UpToDate.
 fn uptodate_node(dir: &std::path::Path) {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node =
-        rt.block_on(async { Node::open(resource(dir), "a", &StoreOptions::default()) }).unwrap();
-    rt.block_on(node.promote(true)).unwrap();
-    while !node.lock().core.meta_durable() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let rt = runtime();
+    let node = primary(&rt, resource(dir));
     rt.block_on(node.demote_for_stop(Duration::from_secs(1), Duration::ZERO));
     node.close();
     drop(node);
@@ -128,8 +134,7 @@ fn uptodate_node(dir: &std::path::Path) {
 /// Opens node `a` of `dir` again: whether it started, and its record's
 /// disk state after.
 fn reopen(dir: &std::path::Path) -> (bool, DiskState) {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = runtime();
     let opened = rt.block_on(async { Node::open(resource(dir), "a", &StoreOptions::default()) });
     let started = opened.is_ok();
     drop(opened);
@@ -234,8 +239,7 @@ fn a_block_device_not_there_is_not_answered_by_a_file_at_its_path() {
     uptodate_node(dir.path());
     std::fs::write(&id, "block device/serial=vol0123\n").unwrap();
     std::fs::remove_file(&disk).unwrap();
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = runtime();
     let opened =
         rt.block_on(async { Node::open(resource(dir.path()), "a", &StoreOptions::default()) });
     let Err(e @ NodeError::DiskAbsent { .. }) = opened else { panic!("not refused as absent") };
@@ -296,13 +300,8 @@ fn a_failed_final_flush_that_cannot_be_recorded_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let res = resource(dir.path());
     let meta = dir.path().join("a.meta");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
-    rt.block_on(node.promote(true)).unwrap();
-    while !node.lock().core.meta_durable() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let rt = runtime();
+    let node = primary(&rt, res);
     // Every record save fails from now on.
     std::fs::create_dir(dir.path().join("a.meta.tmp")).unwrap();
     let eio = io::Error::from_raw_os_error(libc::EIO);
@@ -329,22 +328,10 @@ fn a_failed_final_flush_that_cannot_be_recorded_says_so() {
 fn a_failed_final_flush_does_not_hang_the_stop_on_a_hung_metadata_volume() {
     let dir = tempfile::tempdir().unwrap();
     let res = resource(dir.path());
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
-    rt.block_on(node.promote(true)).unwrap();
-    while !node.lock().core.meta_durable() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let rt = runtime();
+    let node = primary(&rt, res);
     // The metadata volume stops answering (for longer than the wait).
-    let files = node.files.clone();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let _hung = files.lock().unwrap();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_secs(5));
-    });
-    locked_rx.recv().unwrap();
+    let holder = hold_files(&node, Duration::from_secs(5));
     let eio = io::Error::from_raw_os_error(libc::EIO);
     let t = std::time::Instant::now();
     let recorded = rt.block_on(node.final_flush_failed(&eio));
