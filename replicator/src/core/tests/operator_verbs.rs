@@ -145,12 +145,7 @@ fn an_outdated_secondary_is_uptodate_again_after_the_reconnect() {
     // (The harness cuts a link at its close: the frame the Primary sends
     // before it, `disconnect_on_the_primary_sends_outdate_before_the_close`,
     // is handed over here.)
-    let outdate = |p: &mut Pair| {
-        let (now, sid) = (p.now, p.sid.unwrap());
-        p.core(1).handle_frame(now, sid, Message::Outdate);
-        p.core(0).disconnect();
-        p.settle();
-    };
+    let outdate = |p: &mut Pair| p.outdate_by_disconnect();
     outdate(&mut p);
     assert_eq!(p.core(1).disk(), DiskState::Outdated);
     assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::Outdated));
@@ -184,10 +179,7 @@ fn an_outdated_secondary_is_the_source_after_its_primary_lost_its_cache() {
     p.write(0, 7, 8192, 5, 4096);
     p.settle();
     assert_eq!(p.reply(0, 7), Some(Ok(())));
-    let (now, sid) = (p.now, p.sid.unwrap());
-    p.core(1).handle_frame(now, sid, Message::Outdate);
-    p.core(0).disconnect();
-    p.settle();
+    p.outdate_by_disconnect();
     assert_eq!(p.core(1).disk(), DiskState::Outdated);
     p.crash(0, true);
     assert_ne!(p.n[0].cache[8192], 5, "the write was flushed: the case is not made");
@@ -209,10 +201,7 @@ fn an_outdated_secondary_is_the_source_after_its_primary_lost_its_cache() {
 fn an_outdated_source_of_a_failed_peers_rebuild_stays_outdated() {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
-    let (now, sid) = (p.now, p.sid.unwrap());
-    p.core(1).handle_frame(now, sid, Message::Outdate);
-    p.core(0).disconnect();
-    p.settle();
+    p.outdate_by_disconnect();
     assert_eq!(p.core(1).disk(), DiskState::Outdated);
     p.write(0, 7, 8192, 5, 4096);
     p.settle();

@@ -449,6 +449,16 @@ impl Pair {
         panic!("never reached");
     }
 
+    /// a's `disconnect` outdates b: b takes the `Outdate` frame a sends
+    /// before it closes (delivered here first, as the link would), and the
+    /// two part.
+    pub fn outdate_by_disconnect(&mut self) {
+        let (now, sid) = (self.now, self.sid.unwrap());
+        self.core(1).handle_frame(now, sid, Message::Outdate);
+        self.core(0).disconnect();
+        self.settle();
+    }
+
     pub fn cut(&mut self) {
         let Some(sid) = self.sid.take() else { return };
         self.q = [VecDeque::new(), VecDeque::new()];
