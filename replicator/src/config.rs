@@ -467,7 +467,39 @@ impl ResourceConfig {
                 cloud_eni: n.cloud_eni,
                 metrics,
             };
+            if node.meta == node.disk {
+                // The metadata would be written over the device's first
+                // blocks (or, the disk created first, refused as "not
+                // twinblock metadata", which says nothing of the cause).
+                return Err(key_err(
+                    &k("meta"),
+                    format!(
+                        "{} is nodes.{name}.disk too: the metadata needs a file of its own",
+                        node.meta.display()
+                    ),
+                ));
+            }
             nodes.insert(name, node);
+        }
+        // Where each node is reached (its `connect`, else its `address`):
+        // two nodes reached at one endpoint make a node talk to itself (or
+        // to the witness), refused at every connection by its certificate
+        // with nothing in the file named. (Two nodes may bind the same
+        // `address`, a wildcard such as 0.0.0.0:7788 on each host, when
+        // `connect` says where each is reached.)
+        let mut reached: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        let ends = nodes
+            .values()
+            .map(|n| (&n.name, n.connect, n.connect != n.address))
+            .chain(witness.iter().map(|w| (&w.name, w.connect, w.connect != w.address)));
+        for (name, at, explicit) in ends {
+            let key = format!("nodes.{name}.{}", if explicit { "connect" } else { "address" });
+            if let Some(other) = reached.insert(at, name.clone()) {
+                return Err(key_err(
+                    &key,
+                    format!("{at} is where nodes.{other} is reached too: each node needs its own endpoint"),
+                ));
+            }
         }
         let controller = match raw.controller {
             None => None,
@@ -746,5 +778,32 @@ key = "certs/b.key"
         assert!(e.contains("adaptive.congestion_fill") && e.contains("too small"), "{e}");
         let e = fill("congestion_fill = \"lots\"").unwrap_err();
         assert!(e.contains("adaptive.congestion_fill"), "{e}");
+    }
+
+    /// A copied node section left with the first node's endpoint, or a
+    /// node's metadata on its disk file: refused naming the key (before,
+    /// the node started and was refused by its own certificate at every
+    /// connection, or its start failed on "not twinblock metadata").
+    #[test]
+    fn endpoints_and_a_nodes_files_may_not_coincide() {
+        let e = parse(&GOOD.replace("127.0.0.1:7789", "127.0.0.1:7788")).unwrap_err();
+        assert!(e.contains("nodes.b.address") && e.contains("nodes.a is reached too"), "{e}");
+        let e = parse(&GOOD.replace("meta = \"b.meta\"", "meta = \"/abs/b.img\"")).unwrap_err();
+        assert!(e.contains("nodes.b.meta") && e.contains("nodes.b.disk too"), "{e}");
+        // Both binding a wildcard, each reached by its own `connect`: fine.
+        let wild = GOOD
+            .replace(
+                "address = \"127.0.0.1:7788\"",
+                "address = \"0.0.0.0:7788\"\nconnect = \"10.0.1.10:7788\"",
+            )
+            .replace(
+                "address = \"127.0.0.1:7789\"",
+                "address = \"0.0.0.0:7788\"\nconnect = \"10.0.2.10:7788\"",
+            );
+        parse(&wild).unwrap();
+        let e = parse(&wild.replace("10.0.2.10", "10.0.1.10")).unwrap_err();
+        assert!(e.contains("nodes.b.connect") && e.contains("nodes.a is reached too"), "{e}");
+        // The same disk path on both nodes is the usual file (two hosts).
+        parse(&GOOD.replace("/abs/b.img", "a.img")).unwrap();
     }
 }
