@@ -23,6 +23,7 @@ mod fresh;
 mod full_sync_resume;
 mod link_faults;
 mod lying_peer;
+mod multi_conn;
 mod operator_verbs;
 mod pair;
 mod probes;

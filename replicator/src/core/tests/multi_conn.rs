@@ -1,0 +1,132 @@
+//! FLUSH and FUA across connections (NBD's CAN_MULTI_CONN): the core has
+//! one admission queue for every connection, so a FLUSH covers every
+//! write answered before it was submitted, whichever connection sent it;
+//! and where the mode says, on the peer too. Overlapping writes, TRIMs and
+//! WRITE_ZEROES in flight together land in one order on both nodes.
+
+use super::*;
+
+/// The bytes of `len` at `off` on node `i`'s durable image.
+fn durable(p: &Pair, i: usize, off: u64, len: u64) -> &[u8] {
+    &p.n[i].durable[off as usize..(off + len) as usize]
+}
+
+/// A write answered on one connection, then a FLUSH on another: in C and
+/// B the FLUSH is answered only once the write is durable on both nodes
+/// (the peer's store held back meanwhile: the FLUSH waits for it). In A
+/// the local flush answers it, and the flush reaches the peer as a
+/// barrier behind the write.
+fn flush_covers_a_write_answered_before_it(protocol: Protocol) {
+    let mut p = Pair::new(protocol, Plant::None);
+    p.initial();
+    if protocol == Protocol::A {
+        p.prime_a(0, 4096, 64);
+    }
+    if protocol != Protocol::C {
+        // B and A answer before the peer wrote it: the peer's store holds.
+        p.n[1].hold_store = true;
+    }
+    p.write(0, 1, 0, 0x5a, 256);
+    p.settle_now();
+    assert_eq!(p.reply(0, 1), Some(Ok(())), "the write on connection 1");
+    assert!(durable(&p, 1, 0, 256).iter().all(|&b| b != 0x5a), "not flushed yet");
+    // The peer's store holds from now on: the FLUSH must wait for it.
+    p.n[1].hold_store = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle_now();
+    if protocol != Protocol::A {
+        assert_eq!(p.reply(0, 2), None, "the FLUSH answered before the peer flushed");
+    }
+    p.n[1].hold_store = false;
+    p.release_held();
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "the FLUSH on connection 2");
+    assert!(durable(&p, 0, 0, 256).iter().all(|&b| b == 0x5a), "not durable on the Primary");
+    // (In A too: the barrier is applied after the write it follows.)
+    assert!(durable(&p, 1, 0, 256).iter().all(|&b| b == 0x5a), "not durable on the peer");
+}
+
+#[test]
+fn a_flush_covers_a_write_answered_before_it_on_both_nodes_in_c() {
+    flush_covers_a_write_answered_before_it(Protocol::C);
+}
+
+#[test]
+fn a_flush_covers_a_write_answered_before_it_on_both_nodes_in_b() {
+    flush_covers_a_write_answered_before_it(Protocol::B);
+}
+
+#[test]
+fn a_flush_in_a_is_local_and_a_barrier_on_the_peer() {
+    flush_covers_a_write_answered_before_it(Protocol::A);
+}
+
+/// In C a FUA write, TRIM or WRITE_ZEROES is durable on both nodes when
+/// it is answered.
+#[test]
+fn fua_in_c_is_durable_on_both_nodes_at_the_reply() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 0x11, 512);
+    p.settle();
+    p.n[1].durable = p.n[1].cache.clone();
+    p.n[0].durable = p.n[0].cache.clone();
+    let now = p.now;
+    p.core(0).write(now, 2, 1024, Bytes::from(vec![0x22; 256]), true);
+    p.core(0).trim(now, 3, 0, 128, true);
+    p.core(0).write_zeroes(now, 4, 256, 128, true, true);
+    p.settle();
+    for req in 2..=4 {
+        assert_eq!(p.reply(0, req), Some(Ok(())));
+    }
+    for i in 0..2 {
+        assert!(durable(&p, i, 1024, 256).iter().all(|&b| b == 0x22), "FUA write on {i}");
+        assert!(durable(&p, i, 0, 128).iter().all(|&b| b == 0), "FUA trim on {i}");
+        assert!(durable(&p, i, 256, 128).iter().all(|&b| b == 0), "FUA zeroes on {i}");
+        assert!(durable(&p, i, 128, 128).iter().all(|&b| b == 0x11), "untouched on {i}");
+    }
+}
+
+/// Overlapping writes, TRIMs and WRITE_ZEROES from several connections in
+/// flight at once (the peer's store held while they all go out), with
+/// FLUSHes among them: both nodes end with the same bytes, the Primary's
+/// order, and the last FLUSH covers them on both.
+#[test]
+fn overlapping_writes_trims_and_zeroes_in_flight_land_in_one_order() {
+    for protocol in [Protocol::A, Protocol::B, Protocol::C] {
+        let mut p = Pair::new(protocol, Plant::None);
+        p.initial();
+        p.n[1].hold_store = true;
+        let now = p.now;
+        let mut req = 1;
+        for round in 0..6u64 {
+            let base = (round % 3) * 64;
+            p.core(0).write(now, req, base, Bytes::from(vec![round as u8 + 1; 512]), round == 2);
+            p.core(0).trim(now, req + 1, base + 128, 192, round == 4);
+            p.core(0).write_zeroes(now, req + 2, base + 64, 64, round % 2 == 0, false);
+            p.core(0).write(
+                now,
+                req + 3,
+                base + 192,
+                Bytes::from(vec![0xa0 + round as u8; 64]),
+                false,
+            );
+            if round % 2 == 1 {
+                p.core(0).flush(now, req + 4);
+            }
+            req += 5;
+            p.settle_now();
+        }
+        p.core(0).flush(now, req);
+        p.settle_now();
+        p.n[1].hold_store = false;
+        p.release_held();
+        p.settle();
+        assert!(p.n[0].cache == p.n[1].cache, "{protocol:?}: the nodes differ");
+        assert_eq!(p.reply(0, req), Some(Ok(())), "{protocol:?}: the last FLUSH");
+        assert!(p.n[0].durable == p.n[0].cache, "{protocol:?}: not all durable on the Primary");
+        assert!(p.n[1].durable == p.n[1].cache, "{protocol:?}: not all durable on the peer");
+        assert!(p.replies.iter().all(|(_, _, r)| r.is_ok()), "{protocol:?}: {:?}", p.replies);
+    }
+}
