@@ -130,3 +130,71 @@ fn overlapping_writes_trims_and_zeroes_in_flight_land_in_one_order() {
         assert!(p.replies.iter().all(|(_, _, r)| r.is_ok()), "{protocol:?}: {:?}", p.replies);
     }
 }
+
+/// A write answered in C on one connection, then a FLUSH on another whose
+/// peer side fails (the peer's fdatasync: EIO, its writeback dropped the
+/// page). The FLUSH is answered OK on the Primary's flush once its data is
+/// a new generation; the peer, detached, loses power before its record
+/// saying so is durable and comes back on its old record. Its activity log
+/// still holds the write's extent (no flush of its completed), so the
+/// reconnect resyncs it: the nodes end identical.
+#[test]
+fn a_flush_whose_peer_side_fails_leaves_the_write_it_covers_resynced() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 2048, 0x6b, 256);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())));
+    p.n[1].fail_flush = true;
+    p.n[1].hang_record = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    // (The peer's record never saved: its node never goes quiet.)
+    p.settle_now();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "the Primary's flush alone answers it");
+    assert!(durable(&p, 0, 2048, 256).iter().all(|&b| b == 0x6b));
+    assert_ne!(p.n[0].meta.as_ref().map(|m| m.gen.bitmap), Some(0), "no new generation");
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::UpToDate));
+    p.n[1].fail_flush = false;
+    p.n[1].hang_record = false;
+    p.crash(1, true);
+    assert!(durable(&p, 1, 2048, 256).iter().all(|&b| b != 0x6b), "the peer lost the write");
+    p.restart(1);
+    p.connect();
+    p.settle();
+    assert!(p.n[0].cache == p.n[1].cache, "the write the FLUSH covered is not on the peer");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+}
+
+/// The same, the peer's process killed instead (same boot: its page cache
+/// survives, but the page whose writeback failed was dropped from it and
+/// reads back as the disk's older bytes). It comes back on its old record
+/// (the one saying Failed never saved); the reconnect must still bring the
+/// write back, or the nodes differ, both UpToDate.
+#[test]
+fn a_flush_whose_peer_side_fails_then_a_process_crash_leaves_the_write_resynced() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 2048, 0x6b, 256);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())));
+    p.n[1].fail_flush = true;
+    p.n[1].hang_record = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    // (The peer's record never saved: its node never goes quiet.)
+    p.settle_now();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "the Primary's flush alone answers it");
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    p.n[1].fail_flush = false;
+    p.n[1].hang_record = false;
+    p.crash(1, false);
+    // Linux dropped the page whose writeback failed.
+    let old = p.n[1].durable[2048..2304].to_vec();
+    p.n[1].cache[2048..2304].copy_from_slice(&old);
+    p.restart(1);
+    p.connect();
+    p.settle();
+    assert!(p.n[0].cache == p.n[1].cache, "the write the FLUSH covered is not on the peer");
+}
