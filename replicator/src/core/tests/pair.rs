@@ -133,6 +133,19 @@ impl Pair {
         }
     }
 
+    /// Performs the held store operations but the newest (a disk that is
+    /// always one operation behind a steady stream).
+    pub fn release_held_but_last(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        let last = held.pop();
+        for (i, a) in held {
+            let hold = std::mem::replace(&mut self.n[i].hold_store, false);
+            self.perform(i, a);
+            self.n[i].hold_store = hold;
+        }
+        self.held.extend(last);
+    }
+
     pub fn core(&mut self, i: usize) -> &mut Core {
         self.n[i].c.as_mut().expect("running")
     }
