@@ -20,7 +20,7 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_types::retry::ErrorKind;
 
 use crate::backoff::Backoff;
-use crate::{AddressSpec, Identity, Kind, MoveError, MoveReport};
+use crate::{AddressSpec, Guard, Identity, Kind, MoveError, MoveReport, Permit};
 
 /// One API call's own limit (connect + request + answer).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +47,9 @@ pub(crate) async fn move_address(
     spec: &AddressSpec,
     me: &Identity,
     deadline: Duration,
+    guard: Guard<'_>,
 ) -> Result<MoveReport, MoveError> {
-    let ec2 = Ec2::connect(spec, deadline).await?;
+    let ec2 = Ec2::connect(spec, deadline, guard).await?;
     let (already_in_place, detail) = match spec.kind {
         Kind::AwsEip => eip(&ec2, spec, me).await?,
         Kind::AwsRoute => route(&ec2, spec, me).await?,
@@ -64,9 +65,10 @@ pub(crate) async fn move_address(
     })
 }
 
-/// An EC2 client bound to one move's deadline.
-struct Ec2 {
+/// An EC2 client bound to one move's deadline and the caller's guard.
+struct Ec2<'g> {
     client: Client,
+    guard: Guard<'g>,
     started: Instant,
     until: Instant,
     deadline: Duration,
@@ -78,8 +80,20 @@ enum Class {
     Fatal { code: String, message: String },
 }
 
-impl Ec2 {
-    async fn connect(spec: &AddressSpec, deadline: Duration) -> Result<Ec2, MoveError> {
+/// A read (`Describe*`) or a change (`AssociateAddress`, ...): only
+/// changes wait for [`Permit::Go`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Change,
+}
+
+impl<'g> Ec2<'g> {
+    async fn connect(
+        spec: &AddressSpec,
+        deadline: Duration,
+        guard: Guard<'g>,
+    ) -> Result<Ec2<'g>, MoveError> {
         let started = Instant::now();
         let region = spec.region.clone().unwrap_or_default();
         let attempt = ATTEMPT_TIMEOUT.min(deadline).max(Duration::from_millis(100));
@@ -106,6 +120,7 @@ impl Ec2 {
             .map_err(|_| MoveError::Setup("loading the AWS configuration timed out".into()))?;
         Ok(Ec2 {
             client: Client::new(&conf),
+            guard,
             started,
             until: started + deadline,
             deadline,
@@ -113,8 +128,43 @@ impl Ec2 {
         })
     }
 
+    /// Asks the guard before an attempt of `op`: Stop fails the move, Wait
+    /// holds a change back (with backoff, until the deadline). Asked before
+    /// every attempt, not once per move: a retry sent after the node lost
+    /// the right would take the address from the node that has it now.
+    async fn permitted(&self, op: &'static str, kind: Op) -> Result<(), MoveError> {
+        let mut backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(1), self.until);
+        loop {
+            match (self.guard)() {
+                Permit::Go => return Ok(()),
+                Permit::Stop(reason) => {
+                    tracing::warn!(op, %reason, "move withdrawn");
+                    return Err(MoveError::Withdrawn { op, reason });
+                }
+                Permit::Wait(_) if kind == Op::Read => return Ok(()),
+                Permit::Wait(why) => {
+                    tracing::info!(op, %why, "change held back");
+                    if !backoff.wait().await {
+                        return Err(MoveError::Deadline {
+                            op,
+                            attempts: 0,
+                            deadline: self.deadline,
+                            last: format!("not permitted: {why}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs one EC2 operation with retries on transient failures.
-    async fn call<T, E, Fut>(&self, op: &'static str, f: impl Fn() -> Fut) -> Result<T, MoveError>
+    async fn call<T, E, Fut>(
+        &self,
+        op: &'static str,
+        kind: Op,
+        f: impl Fn() -> Fut,
+    ) -> Result<T, MoveError>
     where
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -123,6 +173,7 @@ impl Ec2 {
             Backoff::new(Duration::from_millis(200), Duration::from_secs(5), self.until);
         let mut attempts = 0;
         loop {
+            self.permitted(op, kind).await?;
             attempts += 1;
             self.attempts.fetch_add(1, Ordering::Relaxed);
             let left = self.until.saturating_duration_since(Instant::now());
@@ -229,7 +280,11 @@ where
 }
 
 /// Elastic IP: AssociateAddress to our instance (or ENI).
-async fn eip(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, String), MoveError> {
+async fn eip(
+    ec2: &Ec2<'_>,
+    spec: &AddressSpec,
+    me: &Identity,
+) -> Result<(bool, String), MoveError> {
     let alloc = spec.allocation_id.as_deref().unwrap_or_default().trim();
     let (instance, eni) = match (&me.instance_id, &me.eni) {
         (Some(i), _) => (Some(i.as_str()), None),
@@ -242,7 +297,7 @@ async fn eip(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, Stri
     // Who holds it now (Some(why not ours)), and its public IP for the logs.
     let owner = || async {
         let out = ec2
-            .call("DescribeAddresses", || {
+            .call("DescribeAddresses", Op::Read, || {
                 ec2.client.describe_addresses().allocation_ids(alloc).send()
             })
             .await?;
@@ -276,7 +331,7 @@ async fn eip(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, Stri
     };
     tracing::info!(%alloc, %ip, %target, was = %why, "AssociateAddress");
     let out = ec2
-        .call("AssociateAddress", || {
+        .call("AssociateAddress", Op::Change, || {
             ec2.client
                 .associate_address()
                 .allocation_id(alloc)
@@ -293,7 +348,11 @@ async fn eip(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, Stri
 }
 
 /// Overlay IP: ReplaceRoute on each table so that `cidr` goes to our ENI.
-async fn route(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, String), MoveError> {
+async fn route(
+    ec2: &Ec2<'_>,
+    spec: &AddressSpec,
+    me: &Identity,
+) -> Result<(bool, String), MoveError> {
     let cidr = spec.cidr.as_deref().unwrap_or_default().trim();
     let eni = me
         .eni
@@ -303,7 +362,7 @@ async fn route(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, St
     // Tables whose route to `cidr` does not point at our ENI, with why.
     let elsewhere = || async {
         let out = ec2
-            .call("DescribeRouteTables", || {
+            .call("DescribeRouteTables", Op::Read, || {
                 ec2.client.describe_route_tables().set_route_table_ids(Some(tables.clone())).send()
             })
             .await?;
@@ -335,7 +394,7 @@ async fn route(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, St
     }
     for (table, was) in &off {
         tracing::info!(%table, %cidr, %eni, %was, "ReplaceRoute");
-        ec2.call("ReplaceRoute", || {
+        ec2.call("ReplaceRoute", Op::Change, || {
             ec2.client
                 .replace_route()
                 .route_table_id(table)
@@ -356,7 +415,7 @@ async fn route(ec2: &Ec2, spec: &AddressSpec, me: &Identity) -> Result<(bool, St
 
 /// Secondary private IP: AssignPrivateIpAddresses to our ENI.
 async fn secondary_ip(
-    ec2: &Ec2,
+    ec2: &Ec2<'_>,
     spec: &AddressSpec,
     me: &Identity,
 ) -> Result<(bool, String), MoveError> {
@@ -367,7 +426,7 @@ async fn secondary_ip(
         .ok_or(MoveError::Identity { kind: spec.kind, what: "ENI (network interface id)" })?;
     let missing = || async {
         let out = ec2
-            .call("DescribeNetworkInterfaces", || {
+            .call("DescribeNetworkInterfaces", Op::Read, || {
                 ec2.client.describe_network_interfaces().network_interface_ids(eni).send()
             })
             .await?;
@@ -385,7 +444,7 @@ async fn secondary_ip(
         return Ok((true, format!("{ip} already in place on {eni}")));
     }
     tracing::info!(%ip, %eni, "AssignPrivateIpAddresses");
-    ec2.call("AssignPrivateIpAddresses", || {
+    ec2.call("AssignPrivateIpAddresses", Op::Change, || {
         ec2.client
             .assign_private_ip_addresses()
             .network_interface_id(eni)

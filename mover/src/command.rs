@@ -6,20 +6,46 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use crate::{AddressSpec, Kind, MoveError, MoveReport};
+use crate::backoff::Backoff;
+use crate::{AddressSpec, Guard, Kind, MoveError, MoveReport, Permit};
 
 /// How much of stderr an error keeps.
 const TAIL: usize = 1024;
 
+/// How often a running command's guard is asked whether to go on.
+const GUARD_POLL: Duration = Duration::from_millis(100);
+
 /// Runs `spec.command` in its own process group with `env` added to the
-/// environment; kills the whole group at the deadline.
+/// environment; kills the whole group at the deadline, or when `guard`
+/// says [`Permit::Stop`] (the node lost the right to the address).
 pub(crate) async fn run(
     spec: &AddressSpec,
     env: &[(String, String)],
     deadline: Duration,
+    guard: Guard<'_>,
 ) -> Result<MoveReport, MoveError> {
     let command = spec.command.clone().unwrap_or_default();
     let started = Instant::now();
+    let until = started + deadline;
+    // Not started while the caller says wait; never once it says stop.
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), until);
+    loop {
+        match guard() {
+            Permit::Go => break,
+            Permit::Stop(reason) => return Err(MoveError::Withdrawn { op: "command", reason }),
+            Permit::Wait(why) => {
+                tracing::info!(%command, %why, "address command held back");
+                if !backoff.wait().await {
+                    return Err(MoveError::Deadline {
+                        op: "command",
+                        attempts: 0,
+                        deadline,
+                        last: format!("not permitted: {why}"),
+                    });
+                }
+            }
+        }
+    }
     tracing::info!(%command, "running the address command");
     let mut child = Command::new("sh")
         .arg("-c")
@@ -35,18 +61,36 @@ pub(crate) async fn run(
     let pgid = child.id();
     // If the caller drops this future (cancels the move), the command and
     // anything it started go too.
-    let mut guard = GroupGuard(pgid);
+    let mut group = GroupGuard(pgid);
     let stdout = child.stdout.take().map(|o| tokio::spawn(read_all(o)));
     let stderr = child.stderr.take().map(|e| tokio::spawn(read_all(e)));
 
-    let waited = tokio::time::timeout(deadline, child.wait()).await;
+    // The command stops at the deadline, or as soon as the caller says
+    // stop (it may be moving the address away from the current Primary).
+    let stopped = async {
+        loop {
+            tokio::time::sleep(GUARD_POLL).await;
+            if let Permit::Stop(reason) = guard() {
+                return reason;
+            }
+        }
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    let mut withdrawn = None;
+    let waited = tokio::select! {
+        w = tokio::time::timeout(left, child.wait()) => w.ok(),
+        reason = stopped => {
+            withdrawn = Some(reason);
+            None
+        }
+    };
     let status = match waited {
-        Ok(status) => {
-            guard.0 = None;
+        Some(status) => {
+            group.0 = None;
             Some(status)
         }
-        Err(_) => {
-            kill_group(guard.0.take());
+        None => {
+            kill_group(group.0.take());
             let _ = child.kill().await;
             None
         }
@@ -71,6 +115,10 @@ pub(crate) async fn run(
     let out = collect(stdout).await;
     let err = collect(stderr).await;
     let stderr_tail = tail(&err);
+    if let Some(reason) = withdrawn {
+        tracing::warn!(%command, %reason, "address command killed: move withdrawn");
+        return Err(MoveError::Withdrawn { op: "command", reason });
+    }
     match status {
         None => {
             tracing::warn!(%command, ?deadline, "address command killed at the deadline");

@@ -275,6 +275,30 @@ impl fmt::Display for MoveReport {
     }
 }
 
+/// The caller's answer to "may this node still move the address here?",
+/// asked before every change a mover makes, before every retry, and
+/// between verification polls.
+///
+/// Why: a move runs for seconds (retries, verification), and the node may
+/// be demoted or deposed meanwhile while another node is promoted and
+/// moves the address to itself. A late retry of the old move would take
+/// the address back from the current Primary (it is sent with
+/// `AllowReassociation`/`AllowReassignment`, so AWS obeys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// Go on.
+    Go,
+    /// Not now (e.g. a Primary without quorum, which may yet renew or be
+    /// deposed): no change is made; reads go on, and the change is asked
+    /// for again after a backoff, until the deadline.
+    Wait(String),
+    /// Never: the move stops at once and changes nothing more.
+    Stop(String),
+}
+
+/// Asked before each change: see [`Permit`].
+pub type Guard<'a> = &'a (dyn Fn() -> Permit + Send + Sync);
+
 /// Why a move failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
@@ -303,6 +327,10 @@ pub enum MoveError {
     /// The command exited non-zero (or by a signal).
     #[error("command `{command}` failed ({status}); stderr: {stderr_tail}")]
     CommandFailed { command: String, status: String, stderr_tail: String },
+    /// The caller's guard said [`Permit::Stop`]: the move was given up
+    /// before `op` (nothing more was changed).
+    #[error("{op}: move withdrawn: {reason}")]
+    Withdrawn { op: &'static str, reason: String },
     /// The command outlived the deadline and was killed.
     #[error("command `{command}` killed at the deadline ({deadline:?}); stderr: {stderr_tail}")]
     CommandTimeout { command: String, deadline: Duration, stderr_tail: String },
@@ -324,22 +352,39 @@ impl MoveError {
 /// `TWINBLOCK_RESOURCE`, `TWINBLOCK_NODE`, `TWINBLOCK_NBD`). The whole move,
 /// retries and verification included, ends within `deadline`. Safe to call
 /// again: when the address is already here the report says so.
+///
+/// Unguarded: use [`move_address_guarded`] where the node may lose the
+/// right to the address while the move runs.
 pub async fn move_address(
     spec: &AddressSpec,
     me: &Identity,
     env: &[(String, String)],
     deadline: Duration,
 ) -> Result<MoveReport, MoveError> {
+    move_address_guarded(spec, me, env, deadline, &|| Permit::Go).await
+}
+
+/// [`move_address`], asking `guard` before every change (and before every
+/// retry and verification poll): [`Permit::Stop`] ends the move with
+/// [`MoveError::Withdrawn`] (the command mover's command is killed),
+/// [`Permit::Wait`] holds changes back until the deadline.
+pub async fn move_address_guarded(
+    spec: &AddressSpec,
+    me: &Identity,
+    env: &[(String, String)],
+    deadline: Duration,
+    guard: Guard<'_>,
+) -> Result<MoveReport, MoveError> {
     spec.validate()?;
     let started = std::time::Instant::now();
     tracing::info!(kind = %spec.kind, ?deadline, "moving the service address");
     let result = match spec.kind {
-        Kind::Command => command::run(spec, env, deadline).await,
+        Kind::Command => command::run(spec, env, deadline, guard).await,
         #[cfg(feature = "aws")]
-        _ => aws::move_address(spec, &me.clone().normalized(), deadline).await,
+        _ => aws::move_address(spec, &me.clone().normalized(), deadline, guard).await,
         #[cfg(not(feature = "aws"))]
         k => {
-            let _ = me;
+            let _ = (me, guard);
             Err(MoveError::Spec(SpecError::invalid(
                 "kind",
                 format!("\"{k}\" needs twinblock built with the `aws` feature"),
@@ -429,6 +474,9 @@ mod tests {
         fn send<T: Send>(_: &T) {}
         let (spec, me) = (AddressSpec::default(), Identity::default());
         let f = move_address(&spec, &me, &[], Duration::from_secs(1));
+        send(&f);
+        let g = || Permit::Go;
+        let f = move_address_guarded(&spec, &me, &[], Duration::from_secs(1), &g);
         send(&f);
     }
 

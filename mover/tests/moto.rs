@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use twinblock_mover::{imds, move_address, AddressSpec, Identity, Kind, MoveError};
+use twinblock_mover::{
+    imds, move_address, move_address_guarded, AddressSpec, Identity, Kind, MoveError, Permit,
+};
 
 const REGION: &str = "us-east-1";
 /// An AMI from moto's built-in list (moto/ec2/resources/amis.json).
@@ -689,6 +691,114 @@ async fn a_refused_connection_is_retried_until_the_deadline() {
     assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
 }
 
+// ------------------------------------------- racing movers, the guard ---
+
+/// A guard the test flips: what the controller's node would answer.
+#[derive(Clone)]
+struct Flag(Arc<Mutex<Permit>>);
+
+impl Flag {
+    fn new(p: Permit) -> Flag {
+        Flag(Arc::new(Mutex::new(p)))
+    }
+    fn set(&self, p: Permit) {
+        *self.0.lock().unwrap() = p;
+    }
+    fn get(&self) -> Permit {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Waits until the proxy has seen `action` at least `n` times.
+async fn until_seen(proxy: &Proxy, action: &str, n: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while proxy.actions().iter().filter(|a| *a == action).count() < n {
+        assert!(Instant::now() < until, "no {action}: {:?}", proxy.actions());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Found by review (helper-103): node a (instance 1) was promoted and its
+// move is slow (AssociateAddress throttled); a is deposed meanwhile and b
+// (instance 0, where the address is) is promoted: b's move finds the
+// address in place. a's move then went on retrying, and its retry landed
+// with AllowReassociation: the address ended on a, now a Secondary. With
+// the guard a stops at its next attempt; the address stays with b.
+#[tokio::test]
+async fn an_old_promotions_retry_does_not_take_the_address_from_the_new_primary() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start_for(moto.addr, Fault::Throttled, 6, Some("AssociateAddress")).await;
+    let a_spec = w.eip_spec(&proxy.url());
+    let a_flag = Flag::new(Permit::Go);
+    let a_guard = {
+        let f = a_flag.clone();
+        move || f.get()
+    };
+    let a_me = w.me(1);
+    let a_move = move_address_guarded(&a_spec, &a_me, &[], DEADLINE, &a_guard);
+    let race = async {
+        until_seen(&proxy, "AssociateAddress", 1).await;
+        a_flag.set(Permit::Stop("deposed: the witness granted b".into()));
+        let r = move_address(&w.eip_spec(&moto.url()), &w.me(0), &[], DEADLINE).await.unwrap();
+        assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[0].as_str()), "{r}");
+    };
+    let (a_result, ()) = tokio::join!(a_move, race);
+    let e = a_result.expect_err("a's move must not succeed once a is deposed");
+    assert!(matches!(e, MoveError::Withdrawn { op: "AssociateAddress", .. }), "{e:?}");
+    assert_eq!(
+        w.eip_owner().await.0.as_deref(),
+        Some(w.instances[0].as_str()),
+        "the address must stay on the current Primary b: {:?}",
+        proxy.actions()
+    );
+}
+
+// A Primary without quorum (it may renew, or be deposed) holds its change
+// back: reads go on, AssociateAddress waits until the guard says go.
+#[tokio::test]
+async fn a_change_waits_while_the_guard_says_wait() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let proxy = Proxy::start(moto.addr, Fault::Unavailable, 0).await;
+    let spec = w.eip_spec(&proxy.url());
+    let flag = Flag::new(Permit::Wait("no quorum".into()));
+    let guard = {
+        let f = flag.clone();
+        move || f.get()
+    };
+    let me = w.me(1);
+    let mv = move_address_guarded(&spec, &me, &[], DEADLINE, &guard);
+    let release = async {
+        until_seen(&proxy, "DescribeAddresses", 1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let early = proxy.actions();
+        assert!(!early.iter().any(|a| a == "AssociateAddress"), "{early:?}");
+        flag.set(Permit::Go);
+    };
+    let (r, ()) = tokio::join!(mv, release);
+    let r = r.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[1].as_str()));
+}
+
+// A guard that never says go fails the move at the deadline, unchanged.
+#[tokio::test]
+async fn a_change_held_back_until_the_deadline_fails_and_changes_nothing() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let guard = || Permit::Wait("no quorum".into());
+    let deadline = Duration::from_secs(2);
+    let started = Instant::now();
+    let e = move_address_guarded(&w.eip_spec(&moto.url()), &w.me(1), &[], deadline, &guard)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MoveError::Deadline { .. }), "{e:?}");
+    assert!(e.to_string().contains("not permitted: no quorum"), "{e}");
+    assert!(started.elapsed() <= deadline + Duration::from_secs(1));
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[0].as_str()));
+}
+
 // ------------------------------------------------------ command mover ---
 
 fn command_spec(command: &str) -> AddressSpec {
@@ -765,6 +875,34 @@ async fn a_cancelled_command_move_takes_the_command_down() {
         assert!(Instant::now() < until, "sleep {pid} survived the cancelled move");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// The node is demoted while its address command runs: the command and
+// its children are killed at once, not at the deadline.
+#[tokio::test]
+async fn a_withdrawn_command_move_kills_the_command() {
+    init();
+    let spec = command_spec("sleep 30");
+    let flag = Flag::new(Permit::Go);
+    let guard = {
+        let f = flag.clone();
+        move || f.get()
+    };
+    let me = Identity::default();
+    let started = Instant::now();
+    let mv = move_address_guarded(&spec, &me, &[], DEADLINE, &guard);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        flag.set(Permit::Stop("demoted".into()));
+    };
+    let (r, ()) = tokio::join!(mv, stop);
+    let e = r.unwrap_err();
+    assert!(matches!(e, MoveError::Withdrawn { op: "command", .. }), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    // Never started once stopped.
+    let stopped = || Permit::Stop("demoted".into());
+    let e = move_address_guarded(&spec, &me, &[], DEADLINE, &stopped).await.unwrap_err();
+    assert!(matches!(e, MoveError::Withdrawn { .. }), "{e:?}");
 }
 
 // --------------------------------------------------------------- IMDS ---

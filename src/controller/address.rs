@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use twinblock_mover::{imds, AddressSpec, Identity, Kind};
+use twinblock_mover::{imds, AddressSpec, Identity, Kind, Permit};
 use twinblock_replicator::config::AddressSettings;
 use twinblock_replicator::units::parse_duration;
 use twinblock_replicator::Node;
@@ -54,7 +54,14 @@ pub async fn move_here(
         let endpoint = a.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254");
         me = imds::resolve(endpoint, me).await.map_err(|e| format!("IMDSv2 at {endpoint}: {e}"))?;
     }
-    let report = twinblock_mover::move_address(&spec, &me, env, deadline)
+    // Asked before every change the mover makes: a node demoted or deposed
+    // while its move runs must not move the address after its successor.
+    let guard = || match node.address_permit() {
+        Ok(()) => Permit::Go,
+        Err((true, why)) => Permit::Wait(why.to_string()),
+        Err((false, why)) => Permit::Stop(why.to_string()),
+    };
+    let report = twinblock_mover::move_address_guarded(&spec, &me, env, deadline, &guard)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("service address: {report}");

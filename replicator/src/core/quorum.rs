@@ -337,6 +337,35 @@ impl Core {
         }
     }
 
+    /// May the shell move the service address to this node at `now`? The
+    /// mover asks before every change it makes (and between retries), as a
+    /// move runs for seconds. `Ok`: Primary with quorum, not demoting.
+    /// `Err((true, why))`: wait, a Primary without quorum (its renewal may
+    /// come back, or it is being deposed; it does not know yet).
+    /// `Err((false, why))`: stop, no longer a Primary that keeps the role:
+    /// another node may be promoted and hold the address, and a late retry
+    /// would take it away (found by review, helper-103: a deposed node's
+    /// retried `AssociateAddress` landed after its successor's move).
+    /// `now` is the caller's clock: the lease may have run out since the
+    /// core's last event.
+    pub fn address_permit(&self, now: Time) -> Result<(), (bool, &'static str)> {
+        let Some(c) = &self.ctl else { return Ok(()) };
+        if self.role != Role::Primary {
+            return Err((false, "no longer Primary"));
+        }
+        if c.demoting.is_some() {
+            return Err((false, "demoting"));
+        }
+        let now = now.max(self.now);
+        let quorum = self.cfg.plant == Plant::IgnoreQuorum
+            || (c.serving() && (c.peer_until > now || c.witness_until > now));
+        if quorum {
+            Ok(())
+        } else {
+            Err((true, "Primary without quorum"))
+        }
+    }
+
     /// Quorum now (true without a controller).
     pub(crate) fn has_quorum(&self) -> bool {
         let Some(c) = &self.ctl else { return true };

@@ -25,6 +25,14 @@ impl Node {
         self.changed.notify_waiters();
     }
 
+    /// Whether the address may be moved here now (see
+    /// [`crate::core::Core::address_permit`]). Reads only: nothing is
+    /// performed.
+    pub fn address_permit(&self) -> Result<(), (bool, &'static str)> {
+        let now = self.now();
+        self.lock().core.address_permit(now)
+    }
+
     pub fn health(&self, ok: bool) {
         self.with_core(|c, now| c.health(now, ok));
     }

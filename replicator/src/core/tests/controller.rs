@@ -837,3 +837,24 @@ fn a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_
     }
     assert!(d.c[0].accepts_writes());
 }
+
+/// The address mover asks before each change (review, helper-103: a
+/// deposed node's retried move landed after its successor's and took the
+/// address back). A Primary with quorum may move it; one whose lease ran
+/// out waits (it may renew, or be deposed); a demoting one never, nor a
+/// Secondary; the caller's clock counts, not the core's last event.
+#[test]
+fn the_address_moves_only_for_a_primary_that_holds_its_lease() {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    assert_eq!(d.c[0].address_permit(d.now), Ok(()));
+    assert_eq!(d.c[1].address_permit(d.now), Err((false, "no longer Primary")));
+    d.cut();
+    d.witness_up(0, false);
+    // No event since: the lease ran out all the same.
+    let later = d.now + ctl::DEAD;
+    assert_eq!(d.c[0].address_permit(later), Err((true, "Primary without quorum")));
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].demote().unwrap();
+    d.act(0);
+    assert_eq!(d.c[0].address_permit(d.now), Err((false, "demoting")));
+}
