@@ -149,10 +149,24 @@ pub(crate) async fn run(
     }
 }
 
+/// Reads `r` to its end, keeping only the last `TAIL` bytes or a little
+/// more (only tails are reported; a command that prints without end must
+/// not fill the daemon's memory). The pipe is still drained, so the
+/// command never blocks on a full pipe.
 async fn read_all<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
     let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v).await;
-    v
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return v,
+            Ok(n) => {
+                v.extend_from_slice(&chunk[..n]);
+                if v.len() > 2 * TAIL {
+                    v.drain(..v.len() - TAIL);
+                }
+            }
+        }
+    }
 }
 
 /// The last `TAIL` bytes as trimmed text.
@@ -179,7 +193,19 @@ fn kill_group(pgid: Option<u32>) {
 
 #[cfg(test)]
 mod tests {
-    use super::tail;
+    use super::{read_all, tail, TAIL};
+    use tokio::io::AsyncReadExt;
+
+    // Found by review (helper-103): a command that prints without end
+    // (`yes`, a verbose tool) until the deadline filled the daemon's
+    // memory, as both pipes were read whole; only their tails are used.
+    #[tokio::test]
+    async fn a_flood_of_output_keeps_only_its_tail() {
+        let flood = tokio::io::repeat(b'x').take(64 << 20).chain(&b"the end\n"[..]);
+        let kept = read_all(flood).await;
+        assert!(kept.len() <= 2 * TAIL, "kept {} bytes", kept.len());
+        assert!(tail(&kept).ends_with("the end"));
+    }
 
     #[test]
     fn tail_keeps_the_end() {
