@@ -10,24 +10,94 @@ use twinblock_replicator::config::ControllerSettings;
 use twinblock_replicator::core::Hook;
 use twinblock_replicator::Node;
 
+/// How much of stderr an error keeps.
+const TAIL: usize = 300;
+
 /// Runs one shell command; Err carries the exit status and stderr's tail.
+/// The command runs in its own process group: at the deadline (or when
+/// the caller drops this future) the whole group is killed, not only the
+/// shell. It is done when the shell exits: a background process it
+/// started (a daemon in `on_promote`) may keep stderr open and live on.
 pub async fn shell(cmd: &str, env: &[(String, String)], deadline: Duration) -> Result<(), String> {
     let mut c = Command::new("sh");
     c.arg("-c").arg(cmd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    c.kill_on_drop(true);
+    c.process_group(0).kill_on_drop(true);
     for (k, v) in env {
         c.env(k, v);
     }
-    let child = c.spawn().map_err(|e| format!("{cmd:?}: cannot start: {e}"))?;
-    match tokio::time::timeout(deadline, child.wait_with_output()).await {
-        Err(_) => Err(format!("{cmd:?}: still running after {deadline:?}: killed")),
-        Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: String =
-                err.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
-            Err(format!("{cmd:?}: {}: {tail}", out.status))
+    let mut child = c.spawn().map_err(|e| format!("{cmd:?}: cannot start: {e}"))?;
+    let mut group = Group(child.id());
+    let stderr = child.stderr.take().map(|e| tokio::spawn(read_tail(e)));
+    let status = match tokio::time::timeout(deadline, child.wait()).await {
+        Err(_) => {
+            drop(group);
+            let _ = child.kill().await;
+            if let Some(h) = stderr {
+                h.abort();
+            }
+            return Err(format!("{cmd:?}: still running after {deadline:?}: killed"));
+        }
+        Ok(Err(e)) => return Err(format!("{cmd:?}: {e}")),
+        Ok(Ok(status)) => {
+            // Exited: what it started in the background is not ours to kill.
+            group.0 = None;
+            status
+        }
+    };
+    if status.success() {
+        // stderr's reader runs on until the last holder of the pipe closes
+        // it: a daemon the hook left behind may write there, and a closed
+        // pipe would kill it with SIGPIPE. What it keeps is bounded.
+        return Ok(());
+    }
+    // A background child may hold stderr open: take what came within a
+    // short grace period.
+    let err = match stderr {
+        Some(h) => {
+            let abort = h.abort_handle();
+            match tokio::time::timeout(Duration::from_millis(500), h).await {
+                Ok(Ok(v)) => v,
+                _ => {
+                    abort.abort();
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    let err = String::from_utf8_lossy(&err);
+    let tail: String =
+        err.trim().chars().rev().take(TAIL).collect::<Vec<_>>().into_iter().rev().collect();
+    Err(format!("{cmd:?}: {status}: {tail}"))
+}
+
+/// Reads `r` to its end, keeping only about the last `TAIL` bytes (a hook
+/// that prints without end must not fill the daemon's memory).
+async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut v = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return v,
+            Ok(n) => {
+                v.extend_from_slice(&chunk[..n]);
+                if v.len() > 8 * TAIL {
+                    v.drain(..v.len() - 4 * TAIL);
+                }
+            }
+        }
+    }
+}
+
+/// Kills the command's process group when dropped, unless disarmed.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) on the process group created for the command.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
     }
 }
@@ -59,5 +129,55 @@ pub async fn run(node: &Node, s: &ControllerSettings, h: Hook) -> Result<(), Str
             }
             first_err.map_or(Ok(()), Err)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    // Found by review (helper-103): a hook that starts a daemon which
+    // keeps stderr open (`on_promote = ["myservice &"]`) was waited for
+    // until the hook timeout and reported as failed ("still running"),
+    // as the whole of stderr was awaited, not the shell's exit.
+    #[tokio::test]
+    async fn a_hook_that_leaves_a_process_in_the_background_is_done_at_its_exit() {
+        let started = Instant::now();
+        let r = shell("sleep 3 &", &[], Duration::from_secs(2)).await;
+        assert_eq!(r, Ok(()));
+        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    }
+
+    // At the deadline the hook's children go with it (only `sh` was
+    // killed: a hung `mount` or `sleep` lived on).
+    #[tokio::test]
+    async fn a_hook_killed_at_its_deadline_takes_its_children_down() {
+        let pidfile = std::env::temp_dir().join(format!("tb-hook-{}.pid", std::process::id()));
+        let cmd = format!("sleep 30 & echo $! > '{}'; wait", pidfile.display());
+        let r = shell(&cmd, &[], Duration::from_millis(500)).await;
+        assert!(r.as_ref().is_err_and(|e| e.contains("killed")), "{r:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let _ = std::fs::remove_file(&pidfile);
+        let until = Instant::now() + Duration::from_secs(5);
+        // SAFETY: signal 0 only checks whether the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            assert!(Instant::now() < until, "sleep {pid} outlived its hook");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_reports_its_status_and_stderrs_tail() {
+        let r = shell(
+            "head -c 10000000 /dev/zero | tr '\\0' x >&2; echo the end >&2; exit 3",
+            &[],
+            Duration::from_secs(20),
+        )
+        .await;
+        let e = r.unwrap_err();
+        assert!(e.contains("exit status: 3"), "{e}");
+        assert!(e.ends_with("the end"), "{e}");
+        assert!(e.len() < 1000, "{} bytes", e.len());
     }
 }
