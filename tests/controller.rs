@@ -37,6 +37,8 @@ thread_local! {
     /// More `on_demote` commands for the next cluster (TOML, each with a
     /// leading comma).
     static DEMOTE_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// More `[controller.address]` keys for the next cluster (TOML lines).
+    static ADDRESS_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
@@ -83,10 +85,11 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
              [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n{controller_extra}\n\
              on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"]\n\
              on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"{demote_extra}]\n\n\
-             [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n",
+             [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n{address_extra}",
             log = hooks_log.display(),
             owner = owner.display(),
             demote_extra = DEMOTE_EXTRA.with(|d| d.borrow().clone()),
+            address_extra = ADDRESS_EXTRA.with(|d| d.borrow().clone()),
         )
     };
     let config_b = dir.join("b.toml");
@@ -667,4 +670,25 @@ fn a_restarted_witness_is_noticed_at_once_and_a_handover_follows() {
     });
     qemu_write(&c.p.uri(1), 4096, 0x32).unwrap();
     assert!(read_back(&c.p.uri(1), 0, 0x31), "b took over without a's write");
+}
+
+/// The address taken away from the Primary after its move (a late move of
+/// a node deposed before, whose request was still on the wire) is moved
+/// back by the Primary's re-check (`recheck`); without it the address
+/// stayed elsewhere for good. (Review, helper-103.)
+#[test]
+fn the_primary_takes_its_address_back_when_it_is_moved_away() {
+    if !need_tools() {
+        return;
+    }
+    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\n".into());
+    let c = cluster(None);
+    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    assert_eq!(c.owner_when("a"), "a", "the address mover ran for a");
+    std::fs::write(&c.owner, "elsewhere\n").unwrap();
+    assert_eq!(c.owner_when("a"), "a", "the re-check moved the address back to a");
+    // The Secondary does not take it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.owner(), "a");
 }

@@ -131,6 +131,10 @@ pub struct AddressSettings {
     pub imds_endpoint: Option<String>,
     /// How long one move may take, retries included (default 60s).
     pub deadline: Option<String>,
+    /// How often a Primary with quorum checks that the address is still
+    /// here and moves it back if not (default 30s for the AWS kinds, off
+    /// for `command`; "0s": off).
+    pub recheck: Option<String>,
 }
 
 /// The `[controller]` table: `up` runs the failover controller.
@@ -557,7 +561,18 @@ impl ResourceConfig {
                         ));
                     }
                     if let Some(d) = &a.deadline {
-                        parse_duration(d).map_err(|e| key_err("controller.address.deadline", e))?;
+                        let d = parse_duration(d)
+                            .map_err(|e| key_err("controller.address.deadline", e))?;
+                        // A zero deadline fails every move before its first call.
+                        if d.is_zero() {
+                            return Err(key_err(
+                                "controller.address.deadline",
+                                "must be more than 0s".into(),
+                            ));
+                        }
+                    }
+                    if let Some(r) = &a.recheck {
+                        parse_duration(r).map_err(|e| key_err("controller.address.recheck", e))?;
                     }
                 }
                 Some(ControllerSettings {
@@ -669,6 +684,28 @@ key = "certs/b.key"
         assert_eq!(b.disk, Path::new("/abs/b.img"));
         assert_eq!(c.timeout, Duration::from_secs(6));
         assert_eq!(c.disk_timeout, None, "disk-timeout is off by default");
+    }
+
+    /// `[controller.address]`'s durations are checked at load, naming the
+    /// key; a zero deadline (every move failing before its first call) is
+    /// refused (review, helper-103).
+    #[test]
+    fn address_deadline_and_recheck_are_checked_at_load() {
+        let with = |extra: &str| {
+            format!(
+                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+                 [controller]\n[controller.address]\nkind = \"command\"\n\
+                 command = \"true\"\n{extra}"
+            )
+        };
+        let c = parse(&with("deadline = \"5s\"\nrecheck = \"10s\"\n")).unwrap();
+        let a = c.controller.unwrap().address.unwrap();
+        assert_eq!(a.recheck.as_deref(), Some("10s"));
+        let e = parse(&with("deadline = \"0s\"\n")).unwrap_err();
+        assert!(e.contains("controller.address.deadline: must be more than 0s"), "{e}");
+        let e = parse(&with("recheck = \"often\"\n")).unwrap_err();
+        assert!(e.contains("controller.address.recheck") && e.contains("often"), "{e}");
     }
 
     /// A zero `timeout` names `timeout` (it named `ping-interval`, found

@@ -32,6 +32,22 @@ pub fn spec(a: &AddressSettings) -> Result<AddressSpec, String> {
     Ok(s)
 }
 
+/// How often the Primary checks that the address is still here
+/// (`recheck`; default 30 s for the AWS kinds, off for `command`, whose
+/// command the user may not want run again and again). Why: a move sent
+/// by a node that has lost the right since (on the wire when its lease
+/// ran out, or a late TCP retransmission) can land after its successor's
+/// move, and a move that failed (AWS down past the deadline) left the
+/// Primary without its address for good.
+pub fn recheck_interval(a: &AddressSettings) -> Option<Duration> {
+    let default = (a.kind != "command").then_some(Duration::from_secs(30));
+    let every = match a.recheck.as_deref() {
+        Some(r) => parse_duration(r).ok(),
+        None => default,
+    };
+    every.filter(|d| !d.is_zero())
+}
+
 pub async fn move_here(
     node: &Node,
     a: &AddressSettings,

@@ -53,15 +53,36 @@ pub fn start(node: Arc<Node>, settings: ControllerSettings, stop: watch::Receive
     {
         let node = node.clone();
         let settings = settings.clone();
+        // The address re-check runs in the same task: never beside a
+        // hook's move.
+        let recheck = settings.address.as_ref().and_then(address::recheck_interval);
         tokio::spawn(
             async move {
-                while let Some(h) = hooks_rx.recv().await {
-                    let r = hooks::run(&node, &settings, h).await;
-                    match &r {
-                        Ok(()) => info!(hook = ?h, "hooks done"),
-                        Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
+                let mut tick = tokio::time::interval(recheck.unwrap_or(Duration::from_secs(3600)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.reset();
+                loop {
+                    tokio::select! {
+                        h = hooks_rx.recv() => {
+                            let Some(h) = h else { return };
+                            let r = hooks::run(&node, &settings, h).await;
+                            match &r {
+                                Ok(()) => info!(hook = ?h, "hooks done"),
+                                Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
+                            }
+                            node.hook_done(h, r);
+                        }
+                        _ = tick.tick(), if recheck.is_some() => {
+                            let Some(a) = &settings.address else { continue };
+                            if node.address_permit().is_err() {
+                                continue;
+                            }
+                            let env = hook_env(&node);
+                            if let Err(e) = address::move_here(&node, a, &env).await {
+                                warn!("service address re-check: {e}");
+                            }
+                        }
                     }
-                    node.hook_done(h, r);
                 }
             }
             .instrument(span.clone()),
