@@ -29,6 +29,16 @@ pub fn spec(a: &AddressSettings) -> Result<AddressSpec, String> {
         endpoint: a.endpoint.clone(),
     };
     s.validate().map_err(|e| e.to_string())?;
+    // Checked here, at `up`, not at the first promotion that needs IMDS.
+    if let Some(e) = &a.imds_endpoint {
+        let host = e.strip_prefix("http://").map(|h| h.trim_end_matches('/'));
+        if host.is_none_or(|h| h.is_empty() || h.contains('/')) {
+            return Err(format!(
+                "controller.address.imds_endpoint: {e:?} is not http://host[:port] (IMDS speaks \
+                 plain HTTP)"
+            ));
+        }
+    }
     Ok(s)
 }
 
@@ -82,4 +92,25 @@ pub async fn move_here(
         .map_err(|e| e.to_string())?;
     tracing::info!("service address: {report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Found by review (helper-103): a bad imds_endpoint was found only at
+    // the first promotion that needed IMDS, failing the address move then.
+    #[test]
+    fn a_bad_imds_endpoint_is_refused_naming_the_key() {
+        let a = AddressSettings {
+            kind: "command".into(),
+            command: Some("true".into()),
+            imds_endpoint: Some("https://169.254.169.254".into()),
+            ..AddressSettings::default()
+        };
+        let e = spec(&a).unwrap_err();
+        assert!(e.starts_with("controller.address.imds_endpoint:"), "{e}");
+        let ok = AddressSettings { imds_endpoint: Some("http://127.0.0.1:5000/".into()), ..a };
+        assert!(spec(&ok).is_ok());
+    }
 }
