@@ -27,6 +27,14 @@
 //!   checked: a Primary the witness does not know as holder was forced
 //!   by an operator, who accepted what is missing; an outdated node's
 //!   Renew is refused all the same.)
+//! - A witness without its record (`complete` false: it lost its state)
+//!   renews no Primary that runs alone while the data the other node
+//!   told it since its start descends from the renewer's current
+//!   generation and is newer: the other node acknowledged writes the
+//!   renewer lacks (it was granted the right while the renewer was cut
+//!   off; `Refusal::Behind`). The witness remembers what each node told
+//!   in memory only: a node it has not heard since its start is no
+//!   evidence (the residual limit, README).
 //! - `Release` from the holder: no holder any more.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +134,17 @@ pub enum Refusal {
     NoRecord { node: String },
     #[error("the witness just started: waiting for a lease it may have forgotten")]
     JustStarted,
+    /// A witness without its record: the renewing Primary runs alone and
+    /// the other node's data, as it told it since the witness started,
+    /// is newer and descends from the renewer's (writes it acknowledged
+    /// without the renewer).
+    #[error(
+        "{other}'s data (generation {other_gen:x}) descends from {node}'s (generation \
+         {gen:x}) and is newer: {other} acknowledged writes {node} lacks, and the witness lost \
+         its record of who holds the right; {node} may not resume as Primary (`primary \
+         --force` on {node} accepts what it lacks)"
+    )]
+    Behind { node: String, other: String, gen: u64, other_gen: u64 },
 }
 
 impl Refusal {
@@ -147,8 +166,19 @@ impl Refusal {
             Refusal::DataNotDescended { .. } => "data_not_descended",
             Refusal::NoRecord { .. } => "no_record",
             Refusal::JustStarted => "just_started",
+            Refusal::Behind { .. } => "behind",
         }
     }
+}
+
+/// What a node last told the witness of its data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Told {
+    /// Its generations, current first ([`VoteRequest::data`]).
+    data: Vec<u64>,
+    /// Its disk was good ([`VoteRequest::uptodate`]): not a resync
+    /// target, whose list names the generation it is being rebuilt to.
+    uptodate: bool,
 }
 
 /// One resource's arbitration.
@@ -172,6 +202,9 @@ pub struct Arbiter {
     unsaved: bool,
     /// Last time each node was heard (for status).
     pub heard: BTreeMap<String, Time>,
+    /// What each node last told of its data since this start, refused or
+    /// not (in memory only: evidence for [`Refusal::Behind`]).
+    told: BTreeMap<String, Told>,
     /// A planted mistake (the simulator's; `Plant::None` elsewhere).
     pub plant: Plant,
 }
@@ -194,6 +227,7 @@ impl Arbiter {
             last_holder: saved.last_holder,
             unsaved: false,
             heard: BTreeMap::new(),
+            told: BTreeMap::new(),
             plant: Plant::None,
         }
     }
@@ -276,8 +310,11 @@ impl Arbiter {
         // A Primary refused its renewal because another node held the
         // right since is told that node: it steps down (`core::quorum`),
         // and may claim again as any node (its data checked then).
+        // So is one refused because the other node's data is newer (the
+        // witness lost its record of the grant: that node took over).
         let holder = match verdict {
             Err(Refusal::HeldSince { holder, .. }) => Some(holder.clone()),
+            Err(Refusal::Behind { other, .. }) => Some(other.clone()),
             _ => self.holder.clone(),
         };
         VoteReply { id: req.id, granted, holder, reason }
@@ -294,6 +331,7 @@ impl Arbiter {
             return Err(Refusal::NamesItself { node: req.node.clone() });
         }
         self.heard.insert(req.node.clone(), now);
+        self.told.insert(req.node.clone(), Told { data: req.data.clone(), uptodate: req.uptodate });
         self.follow_lineage(req);
         let lease = Duration::from_millis(req.lease_ms);
         let margin = lease / 4 + Duration::from_millis(10);
@@ -357,6 +395,15 @@ impl Arbiter {
                 // `a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_lease`).
                 return Err(Refusal::JustStarted);
             }
+            VoteKind::Renew if !self.complete && !req.peer_current && !req.forced => {
+                // Past the quiet period, without its record: the renewer
+                // may be the Primary cut off whose peer was granted since
+                // (before, the first of the two to renew kept the right,
+                // the other's acknowledged writes missing). The other
+                // node's data, if it told it since this start, says.
+                self.behind(req)?;
+                self.held_since(req)?;
+            }
             VoteKind::Renew => {
                 // A Primary the witness does not know as holder (it
                 // restarted, or the holder's lease ran out): it keeps the
@@ -367,15 +414,7 @@ impl Arbiter {
                 // simulator seed 11129).
                 // (Not a Primary an operator forced, which holds no grant
                 // of its reign: it accepted what is missing.)
-                match &self.last_holder {
-                    Some(last) if !req.forced && *last != req.node => {
-                        return Err(Refusal::HeldSince {
-                            node: req.node.clone(),
-                            holder: last.clone(),
-                        });
-                    }
-                    _ => {}
-                }
+                self.held_since(req)?;
             }
             VoteKind::Release => unreachable!("handled above"),
         }
@@ -385,6 +424,55 @@ impl Arbiter {
         self.record(req);
         tracing::info!(resource = %self.resource, holder = %req.node, kind = ?req.kind, "Primary right granted");
         Ok(Grant::Granted)
+    }
+
+    /// A renewing Primary the witness does not know as holder may not
+    /// resume once another node was granted the right since.
+    fn held_since(&self, req: &VoteRequest) -> Result<(), Refusal> {
+        match &self.last_holder {
+            Some(last) if !req.forced && *last != req.node => {
+                Err(Refusal::HeldSince { node: req.node.clone(), holder: last.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The renewer's data is not behind the other node's, as that node
+    /// told it since this start: the other's (good) data must not be a
+    /// newer generation grown from the renewer's current one. Data that
+    /// grew apart on both sides (a split brain), or that either node did
+    /// not tell (an older node; a node not heard since the start), is no
+    /// evidence: renewed as before.
+    fn behind(&self, req: &VoteRequest) -> Result<(), Refusal> {
+        if self.plant == Plant::WitnessRenewsBehind {
+            return Ok(());
+        }
+        let Some(&gen) = req.data.first().filter(|g| **g != NEVER_SYNCED) else {
+            return Ok(());
+        };
+        let Some(other) = self.told.get(&req.peer).filter(|t| t.uptodate) else {
+            return Ok(());
+        };
+        let Some(&other_gen) = other.data.first() else { return Ok(()) };
+        // Newer: the other's current is not in the renewer's lineage
+        // (which holds the generations its own data went through).
+        if other.data.contains(&gen) && !req.data.contains(&other_gen) {
+            tracing::warn!(
+                resource = %self.resource,
+                node = %req.node,
+                other = %req.peer,
+                gen = format!("{gen:x}"),
+                other_gen = format!("{other_gen:x}"),
+                "no record: the renewing Primary's data is behind the other node's, renewal refused"
+            );
+            return Err(Refusal::Behind {
+                node: req.node.clone(),
+                other: req.peer.clone(),
+                gen,
+                other_gen,
+            });
+        }
+        Ok(())
     }
 
     /// A claimant's data is the data that ran without its outdated peer
@@ -609,6 +697,69 @@ mod tests {
         // A claim that does not say what its data is (an older node).
         let r = w.judge(t, &data("a", VoteKind::Claim, false, &[]));
         assert!(matches!(r, Err(Refusal::DataUnknown { .. })), "{r:?}");
+    }
+
+    /// A witness without its record, past its quiet period, renews a
+    /// Primary running alone unless the other node told it, since the
+    /// witness started, good data newer than the renewer's and grown from
+    /// it (`Behind`, the reply naming that node so the renewer steps
+    /// down). Anything else renews as before: the other node not heard,
+    /// its data behind, equal, grown apart (a split brain), untold (an
+    /// older node) or being rebuilt; a forced Primary; a renewer whose
+    /// peer is current; a witness with its record.
+    #[test]
+    fn a_witness_without_its_record_refuses_a_renewer_behind_the_other() {
+        let quiet = Duration::from_secs(2);
+        let t = Duration::from_secs(100);
+        let later = t + Duration::from_secs(3);
+        let a = |pc: bool, d: &[u64]| VoteRequest {
+            data: d.to_vec(),
+            ..req("a", "b", VoteKind::Renew, pc)
+        };
+        let b =
+            |d: &[u64]| VoteRequest { data: d.to_vec(), ..req("b", "a", VoteKind::Renew, false) };
+        // b heard in the quiet period (refused then), a after it.
+        let judge = |told_b: Option<VoteRequest>, saved: Durable, renew: VoteRequest| {
+            let mut w = Arbiter::new("r", t, quiet, saved);
+            if let Some(tb) = told_b {
+                let r = w.judge(t, &tb);
+                assert!(r.is_err(), "{r:?}");
+            }
+            let reply = w.handle(later, &renew);
+            (w, reply)
+        };
+        let (w, r) = judge(Some(b(&[2, 1])), Durable::default(), a(false, &[1]));
+        assert!(!r.granted, "{r:?}");
+        assert_eq!(r.holder.as_deref(), Some("b"), "a is not told to step down");
+        assert!(r.reason.contains("primary --force"), "{}", r.reason);
+        assert_eq!(w.holder(), None);
+        let mut w = w;
+        let r = w.judge(later, &a(false, &[1]));
+        assert!(matches!(r, Err(Refusal::Behind { gen: 1, other_gen: 2, .. })), "{r:?}");
+        assert_eq!(r.unwrap_err().label(), "behind");
+        // b renews: granted, the record complete again (a outdated).
+        assert!(w.handle(later, &b(&[2, 1])).granted);
+        assert!(matches!(w.judge(later, &a(false, &[1])), Err(Refusal::Held { .. })));
+        let not_b = VoteRequest { uptodate: false, ..b(&[2, 1]) };
+        let forced = VoteRequest { forced: true, ..a(false, &[1]) };
+        let complete = Durable { complete: true, ..Durable::default() };
+        // (Refused in the quiet period, as b's renewal would be granted.)
+        let claim_b = VoteRequest { kind: VoteKind::Claim, ..b(&[2, 1]) };
+        for (what, told_b, saved, renew) in [
+            ("b not heard", None, Durable::default(), a(false, &[1])),
+            ("b behind", Some(b(&[1])), Durable::default(), a(false, &[2, 1])),
+            ("b equal", Some(b(&[1])), Durable::default(), a(false, &[1])),
+            ("grown apart", Some(b(&[3, 1])), Durable::default(), a(false, &[2, 1])),
+            ("b untold", Some(b(&[])), Durable::default(), a(false, &[1])),
+            ("a untold", Some(b(&[2, 1])), Durable::default(), a(false, &[])),
+            ("b rebuilt", Some(not_b), Durable::default(), a(false, &[1])),
+            ("a forced", Some(b(&[2, 1])), Durable::default(), forced),
+            ("a with b current", Some(b(&[2, 1])), Durable::default(), a(true, &[1])),
+            ("with its record", Some(claim_b), complete, a(false, &[1])),
+        ] {
+            let (_, r) = judge(told_b, saved, renew);
+            assert!(r.granted, "{what}: {r:?}");
+        }
     }
 
     /// A witness without its record (no `meta`, or the file lost) does

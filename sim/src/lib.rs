@@ -145,6 +145,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::AckBeforeFailedRecord => "ack-before-failed-record",
         Plant::WitnessIgnoresData => "witness-ignores-data",
         Plant::ForgetTold => "forget-told",
+        Plant::WitnessRenewsBehind => "witness-renews-behind",
         Plant::AdoptAnyPeer => "adopt-any-peer",
         Plant::PromoteWithoutAsking => "promote-without-asking",
         Plant::AheadBeforeOutdated => "ahead-before-outdated",

@@ -234,6 +234,8 @@ mod tests {
             Refusal::OtherResource { serves: n.clone() },
             Refusal::NamesItself { node: n.clone() },
             Refusal::Held { holder: n.clone() },
+            Refusal::HeldSince { node: n.clone(), holder: p.clone() },
+            Refusal::Behind { node: n.clone(), other: p.clone(), gen: 1, other_gen: 2 },
             Refusal::Outdated { node: n.clone() },
             Refusal::NotPromotable { node: n.clone() },
             Refusal::DataUnknown { node: n.clone(), peer: p.clone() },

@@ -241,6 +241,11 @@ pub enum Plant {
     /// few separations the witness did not hear of, the one it holds is
     /// out of the node's saved history and its own data is refused.
     ForgetTold,
+    /// A witness without its record renews a Primary running alone
+    /// whatever the other node told of its data (`Refusal::Behind` never
+    /// given): the Primary cut off while its peer was granted the right
+    /// resumes without the writes that peer acknowledged.
+    WitnessRenewsBehind,
     /// A disk as created takes its peer's data as its own without a sync,
     /// whatever the peer holds (not only a peer as created too).
     AdoptAnyPeer,
@@ -315,6 +320,7 @@ impl std::str::FromStr for Plant {
             "ack-before-failed-record" => Plant::AckBeforeFailedRecord,
             "witness-ignores-data" => Plant::WitnessIgnoresData,
             "forget-told" => Plant::ForgetTold,
+            "witness-renews-behind" => Plant::WitnessRenewsBehind,
             "adopt-any-peer" => Plant::AdoptAnyPeer,
             "promote-without-asking" => Plant::PromoteWithoutAsking,
             "resume-any-full-sync" => Plant::ResumeAnyFullSync,
@@ -330,7 +336,7 @@ impl std::str::FromStr for Plant {
             "promote-after-loss" => Plant::PromoteAfterLoss,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss)"
                 ))
             }
         })
