@@ -163,6 +163,12 @@ pub struct Stats {
     /// that landed all the same.
     pub witness_failed_saves: u64,
     pub witness_landed_failed_saves: u64,
+    /// Witness restarts that found no state file.
+    pub witness_stateless_restarts: u64,
+    /// Controller promotions while the other node was still Primary (cut
+    /// off), and of those the ones the witness crashed after.
+    pub takeovers_from_primary: u64,
+    pub witness_failover_crashes: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
     /// Protocol-A Secondaries stopped while linked to a Primary.
@@ -271,6 +277,11 @@ pub(crate) struct Checker {
     reign: [Option<Time>; 2],
     /// Writes each node acknowledged in its last reign.
     reign_acks: [u64; 2],
+    /// Each node's last reign, not over and with no write acknowledged,
+    /// was overtaken: the other node (Primary before it) acknowledged a
+    /// write while it did not accept writes. It may acknowledge none in
+    /// that reign any more (see `ack_check`).
+    overtaken: [bool; 2],
     /// Adaptive seeds (see the module documentation).
     pub adaptive: bool,
     /// Per node: the core's switch count last seen, and recent switches.
@@ -365,6 +376,7 @@ impl Checker {
             fo: [z(), z()],
             reign: [None, None],
             reign_acks: [0, 0],
+            overtaken: [false, false],
             adaptive: false,
             switches_seen: [0, 0],
             switch_times: Default::default(),
@@ -519,13 +531,35 @@ impl Checker {
     /// write: a reign that wrote nothing leaves no history for `n`'s
     /// writes to fork from (with writes, its new generation makes the
     /// next handshake a split brain, and `n` regains no quorum from it).
-    pub fn ack_check(&self, sim: &Sim, n: usize, r: &AppReq) -> Result<(), Violation> {
+    ///
+    /// Nor while that reign, with no write acknowledged yet, is not over
+    /// but its node accepts no writes (a Primary without quorum, about to
+    /// be deposed: the witness without its state ranks the two by their
+    /// data, `Refusal::Behind`, and renews the one whose data is newer):
+    /// Ok(true), that reign is overtaken, and a write it acknowledges
+    /// later is a violation.
+    pub fn ack_check(&self, sim: &Sim, n: usize, r: &AppReq) -> Result<bool, Violation> {
         if !self.ctl_mode || matches!(r.kind, AppKind::Flush) {
-            return Ok(());
+            return Ok(false);
         }
         let m = 1 - n;
+        if self.overtaken[n] {
+            return Err(self.v(
+                "I4",
+                format!(
+                    "{} acknowledged a write at {:?} in a reign {} overtook (it acknowledged \
+                     writes since {} became Primary)",
+                    sim.nodes[n].name, sim.now, sim.nodes[m].name, sim.nodes[n].name
+                ),
+            ));
+        }
         if let (Some(mine), Some(theirs)) = (self.reign[n], self.reign[m]) {
-            let void = self.reign_acks[m] == 0 && !sim.nodes[m].is_primary();
+            let idle = self.reign_acks[m] == 0;
+            let void = idle && !sim.nodes[m].is_primary();
+            let shut = idle && !sim.nodes[m].core.as_ref().is_some_and(|c| c.accepts_writes());
+            if theirs > mine && theirs <= sim.now && !void && shut {
+                return Ok(true);
+            }
             if theirs > mine && theirs <= sim.now && !void {
                 return Err(self.v(
                     "I4",
@@ -536,7 +570,12 @@ impl Checker {
                 ));
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Node `n`'s reign is overtaken (`ack_check` said so).
+    pub fn overtake(&mut self, n: usize) {
+        self.overtaken[n] = true;
     }
 
     /// Node `n` acknowledged a write or zero as Primary (for `ack_check`).
@@ -835,6 +874,7 @@ impl Checker {
         self.lineage[n] = None;
         self.reign[n] = Some(sim.now);
         self.reign_acks[n] = 0;
+        self.overtaken[n] = false;
         // The peer's writes as Primary before this reign are this node's
         // to keep or drop now.
         self.own[1 - n].iter_mut().for_each(|x| *x = 0);

@@ -79,6 +79,9 @@ fn main() -> ExitCode {
         total.landed_failed_persists += st.landed_failed_persists;
         total.witness_failed_saves += st.witness_failed_saves;
         total.witness_landed_failed_saves += st.witness_landed_failed_saves;
+        total.witness_stateless_restarts += st.witness_stateless_restarts;
+        total.takeovers_from_primary += st.takeovers_from_primary;
+        total.witness_failover_crashes += st.witness_failover_crashes;
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
         total.a_behind_crashes += st.a_behind_crashes;

@@ -5,7 +5,9 @@
 //! state fails now and then (the decision undone and refused, as
 //! `twinblock witness` does), and one failure in two landed all the same
 //! (an error from the directory's fsync after the rename): a restart
-//! starts from what the file holds.
+//! starts from what the file holds. In some seeds a restart now and then
+//! finds no file (a witness without `meta`, or its file lost): it starts
+//! knowing nothing ([`Witness::lose_rng`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -36,6 +38,11 @@ pub(crate) struct Witness {
     /// Draws for failed saves (a stream of their own: the other draws of
     /// a seed stay as they were), in some seeds only ([`Witness::new`]).
     pub save_rng: Option<Rng>,
+    /// Draws for restarts that lose the state file (a stream of its own,
+    /// as `save_rng`), in some seeds only ([`Witness::new`]).
+    pub lose_rng: Option<Rng>,
+    /// The next restart finds no file ([`Witness::crash_in_failover`]).
+    pub lose_next: bool,
 }
 
 impl Witness {
@@ -58,6 +65,10 @@ impl Witness {
             // the courses of the seeds the plant tests name as they were).
             save_rng: matches!(seed % 23, 3 | 5 | 7 | 11 | 12 | 15)
                 .then(|| Rng::new(seed ^ 0x5A_7E_F1_1E)),
+            // In 2 of 11 seeds (by their number: none the plant tests
+            // name before these), 1 restart in 4.
+            lose_rng: matches!(seed % 11, 4 | 9).then(|| Rng::new(seed ^ 0x10_57_F1_1E)),
+            lose_next: false,
         }
     }
 
@@ -81,6 +92,44 @@ impl Witness {
         }
         let reason = "the witness cannot save its state".to_string();
         (verdict, VoteReply { id: req.id, granted: false, holder: None, reason }, Some(landed))
+    }
+
+    /// What a restart starts from: the file, or nothing (the file lost).
+    pub fn restart_file(&mut self) -> Option<Durable> {
+        if std::mem::take(&mut self.lose_next)
+            || self.lose_rng.as_mut().is_some_and(|r| r.chance(1, 4))
+        {
+            self.file = Durable::default();
+            return None;
+        }
+        Some(self.file.clone())
+    }
+
+    /// In the seeds whose witness may lose its state, one grant in two
+    /// that takes the right from a Primary still running (cut off) is
+    /// followed by a crash, the restart without the state a while
+    /// later: the course where the witness forgets the grant while the
+    /// old Primary may come back (random witness trouble rarely lands
+    /// there). The restart's delay, or `None`.
+    pub fn crash_in_failover(&mut self) -> Option<Duration> {
+        let r = self.lose_rng.as_mut()?;
+        if !self.alive {
+            return None;
+        }
+        self.lose_next = true;
+        Some(Duration::from_millis(50 + r.below(800)))
+    }
+
+    /// In the same seeds, now and then (a draw per step): the Primary is
+    /// cut off from its peer and from the witness at once, for the
+    /// returned time (long enough for its peer to take over), so that
+    /// the course above happens at all.
+    pub fn isolation(&mut self) -> Option<Duration> {
+        let r = self.lose_rng.as_mut()?;
+        if !r.chance(1, 150) {
+            return None;
+        }
+        Some(Duration::from_millis(2500 + r.below(3000)))
     }
 
     pub fn reachable(&self, n: usize, now: Time) -> bool {

@@ -62,9 +62,17 @@ impl Sim {
             w.restart_at = None;
             w.alive = true;
             w.returns += 1;
-            let file = w.file.clone();
-            w.arb.restart_from(now, file);
-            self.note("witness restarts".into());
+            match w.restart_file() {
+                Some(file) => {
+                    w.arb.restart_from(now, file);
+                    self.note("witness restarts".into());
+                }
+                None => {
+                    w.arb.restart_from(now, Default::default());
+                    self.chk.stats.witness_stateless_restarts += 1;
+                    self.note("witness restarts without its state (its file lost)".into());
+                }
+            }
             for n in 0..2 {
                 if self.witness.as_ref().is_some_and(|w| w.up[n]) {
                     if let Some(c) = self.nodes[n].core.as_mut() {
@@ -187,6 +195,20 @@ impl Sim {
                     self.chk.stats.ctl_promotions += 1;
                     let held = forced.is_some_and(|(_, held)| held);
                     self.check_promoted(n, force || held, disk, held)?;
+                    if self.nodes[1 - n].is_primary() {
+                        self.chk.stats.takeovers_from_primary += 1;
+                        // (Only where the old Primary wrote nothing alone:
+                        // its data is where the new one's grew from, the
+                        // course `Refusal::Behind` covers. Data grown apart
+                        // on both sides is a split brain the witness
+                        // without its state cannot rank.)
+                        let gen = |m: usize| self.nodes[m].core.as_ref().map(|c| c.gen());
+                        if let (Some(old), Some(new)) = (gen(1 - n), gen(n)) {
+                            if new.lineage().contains(&old.current) {
+                                self.failover_crash();
+                            }
+                        }
+                    }
                 }
                 return Ok(true);
             }
@@ -204,6 +226,59 @@ impl Sim {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The witness crashes (in some seeds) right after handing the right
+    /// over from a Primary still running, and restarts without its state
+    /// ([`crate::witness::Witness::crash_in_failover`]).
+    fn failover_crash(&mut self) {
+        let now = self.now;
+        let Some(w) = self.witness.as_mut() else { return };
+        let Some(down) = w.crash_in_failover() else { return };
+        self.chk.stats.witness_failover_crashes += 1;
+        w.alive = false;
+        w.restart_at = Some(now + down);
+        w.cut(0);
+        w.cut(1);
+        self.note("witness crashes (in a failover; it will lose its state)".into());
+        for m in 0..2 {
+            if let Some(c) = self.nodes[m].core.as_mut() {
+                c.handle_witness_link(now, false);
+            }
+            self.drain(m);
+        }
+    }
+
+    /// The Primary loses the witness (its link cut) for `d`, and its
+    /// peer (a silent partition) for 3 s more: it may reach the witness
+    /// before it meets its peer again ([`crate::witness::Witness::isolation`]).
+    pub(crate) fn isolate_primary(&mut self, d: Duration) {
+        let now = self.now;
+        let Some(p) = self.nodes.iter().position(|n| n.is_primary()) else { return };
+        // (Only with an UpToDate Secondary to take over.)
+        let peer_ready = self.nodes[1 - p]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.role() == Role::Secondary && c.disk() == DiskState::UpToDate);
+        let Some(w) = self.witness.as_mut().filter(|_| peer_ready) else { return };
+        if !w.up[p] {
+            return;
+        }
+        w.up[p] = false;
+        w.heal_at[p] = Some(now + d);
+        w.cut(p);
+        self.partition_until = self.partition_until.max(now + d + Duration::from_secs(3));
+        if let Some(l) = self.link.as_mut() {
+            l.partitioned = true;
+        }
+        self.note(format!(
+            "{}: cut off from its peer and the witness for {d:?}",
+            self.nodes[p].name
+        ));
+        if let Some(c) = self.nodes[p].core.as_mut() {
+            c.handle_witness_link(now, false);
+        }
+        self.drain(p);
     }
 
     /// Witness trouble: a cut or silent link, or a witness restart.

@@ -311,6 +311,9 @@ impl Sim {
                 self.nodes[n].stalled = true;
             }
         }
+        if let Some(d) = self.witness.as_mut().and_then(|w| w.isolation()) {
+            self.isolate_primary(d);
+        }
         let r = self.rng.below(1000);
         if r < 700 {
             self.advance();

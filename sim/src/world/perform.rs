@@ -318,8 +318,12 @@ impl Sim {
                 c.status().counters.mode_switches == r.switches
                     && c.replication() != Replication::Ahead
             });
-            if let Err(v) = self.chk.ack_check(self, n, &r) {
-                self.pending_violation.get_or_insert(v);
+            match self.chk.ack_check(self, n, &r) {
+                Err(v) => {
+                    self.pending_violation.get_or_insert(v);
+                }
+                Ok(true) => self.chk.overtake(1 - n),
+                Ok(false) => {}
             }
             if matches!(r.kind, AppKind::Write { .. } | AppKind::Zero { .. })
                 && self.nodes[n].is_primary()
