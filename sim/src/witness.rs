@@ -43,6 +43,9 @@ pub(crate) struct Witness {
     pub lose_rng: Option<Rng>,
     /// The next restart finds no file ([`Witness::crash_in_failover`]).
     pub lose_next: bool,
+    /// A crash due then ([`Witness::crash_in_failover`]), and how long
+    /// the witness stays down.
+    pub crash_at: Option<(Time, Duration)>,
 }
 
 impl Witness {
@@ -69,6 +72,7 @@ impl Witness {
             // name before these), 1 restart in 4.
             lose_rng: matches!(seed % 11, 4 | 9).then(|| Rng::new(seed ^ 0x10_57_F1_1E)),
             lose_next: false,
+            crash_at: None,
         }
     }
 
@@ -110,14 +114,16 @@ impl Witness {
     /// followed by a crash, the restart without the state a while
     /// later: the course where the witness forgets the grant while the
     /// old Primary may come back (random witness trouble rarely lands
-    /// there). The restart's delay, or `None`.
-    pub fn crash_in_failover(&mut self) -> Option<Duration> {
-        let r = self.lose_rng.as_mut()?;
-        if !self.alive {
-            return None;
+    /// there): the crash is scheduled (`crash_at`).
+    pub fn crash_in_failover(&mut self, now: Time) {
+        let Some(r) = self.lose_rng.as_mut() else { return };
+        if !self.alive || self.crash_at.is_some() {
+            return;
         }
-        self.lose_next = true;
-        Some(Duration::from_millis(50 + r.below(800)))
+        // A while after the grant: the new Primary renews and writes.
+        let at = now + Duration::from_millis(100 + r.below(600));
+        let down = Duration::from_millis(50 + r.below(800));
+        self.crash_at = Some((at, down));
     }
 
     /// In the same seeds, now and then (a draw per step): the Primary is
@@ -152,6 +158,9 @@ impl Witness {
         }
         if let Some(r) = self.restart_at {
             min(r);
+        }
+        if let Some((c, _)) = self.crash_at {
+            min(c);
         }
         for h in self.heal_at.iter().flatten() {
             min(*h);

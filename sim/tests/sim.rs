@@ -342,6 +342,20 @@ fn finds_forget_told() {
     }
 }
 
+/// A witness without its state that renews a Primary running alone
+/// whatever the other node told it of its data: the Primary cut off while
+/// its peer took over and acknowledged writes resumes without them
+/// (invariant 4, its writes after the peer's reign; README "Without
+/// `meta`"). Caught in this 5,000-step seed (the witness crashes after the
+/// takeover and restarts without its state), found by a `--plant
+/// witness-renews-behind` run from seed 0; the real witness refuses the
+/// renewal (`behind`) and the seed passes.
+#[test]
+fn finds_witness_renews_behind() {
+    let found = planted_on(1610, Plant::WitnessRenewsBehind).map(|v| v.rule);
+    assert_eq!(found, Some("I4"), "the planted witness is not caught");
+}
+
 /// A Secondary that confirms its Primary's `Outdate` before its record
 /// saying Outdated is durable: a power loss brings it back UpToDate while
 /// the Primary writes on alone, and it is promoted without `--force`

@@ -58,6 +58,14 @@ impl Sim {
     pub(crate) fn advance_witness(&mut self) -> Result<bool, Violation> {
         let now = self.now;
         let Some(w) = self.witness.as_mut() else { return Ok(false) };
+        if let Some((_, down)) = w.crash_at.filter(|(c, _)| *c <= now) {
+            w.crash_at = None;
+            if w.alive {
+                self.failover_crash(down);
+            }
+            return Ok(true);
+        }
+        let Some(w) = self.witness.as_mut() else { return Ok(false) };
         if w.restart_at.is_some_and(|r| r <= now) {
             w.restart_at = None;
             w.alive = true;
@@ -205,7 +213,10 @@ impl Sim {
                         let gen = |m: usize| self.nodes[m].core.as_ref().map(|c| c.gen());
                         if let (Some(old), Some(new)) = (gen(1 - n), gen(n)) {
                             if new.lineage().contains(&old.current) {
-                                self.failover_crash();
+                                let now = self.now;
+                                if let Some(w) = self.witness.as_mut() {
+                                    w.crash_in_failover(now);
+                                }
                             }
                         }
                     }
@@ -231,10 +242,10 @@ impl Sim {
     /// The witness crashes (in some seeds) right after handing the right
     /// over from a Primary still running, and restarts without its state
     /// ([`crate::witness::Witness::crash_in_failover`]).
-    fn failover_crash(&mut self) {
+    fn failover_crash(&mut self, down: Duration) {
         let now = self.now;
         let Some(w) = self.witness.as_mut() else { return };
-        let Some(down) = w.crash_in_failover() else { return };
+        w.lose_next = true;
         self.chk.stats.witness_failover_crashes += 1;
         w.alive = false;
         w.restart_at = Some(now + down);
