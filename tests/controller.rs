@@ -37,6 +37,9 @@ thread_local! {
     /// More `on_demote` commands for the next cluster (TOML, each with a
     /// leading comma).
     static DEMOTE_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// More `on_promote` commands for the next cluster (TOML, each with a
+    /// leading comma).
+    static PROMOTE_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     /// More `[controller.address]` keys for the next cluster (TOML lines).
     static ADDRESS_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
@@ -83,11 +86,12 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
         format!(
             "\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\nconnect = \"{w_connect}\"\nmeta = \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
              [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n{controller_extra}\n\
-             on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"]\n\
+             on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"{promote_extra}]\n\
              on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"{demote_extra}]\n\n\
              [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n{address_extra}",
             log = hooks_log.display(),
             owner = owner.display(),
+            promote_extra = PROMOTE_EXTRA.with(|d| d.borrow().clone()),
             demote_extra = DEMOTE_EXTRA.with(|d| d.borrow().clone()),
             address_extra = ADDRESS_EXTRA.with(|d| d.borrow().clone()),
         )
@@ -691,4 +695,42 @@ fn the_primary_takes_its_address_back_when_it_is_moved_away() {
     // The Secondary does not take it.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(c.owner(), "a");
+}
+
+/// `down` while a slow `on_promote` runs: the running command is killed
+/// with its process group, the rest skipped, and `on_demote` runs at once.
+/// Before, the Demote hook waited behind `on_promote` (up to its
+/// `hook_timeout`), `down`'s demotion wait (the `on_demote` time plus
+/// 2 s) ran out, and the node stopped as Primary without `on_demote`.
+/// (Review, helper-103.)
+#[test]
+fn down_during_a_slow_on_promote_stops_it_and_runs_on_demote() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let after = dir.path().join("after");
+    PROMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"touch {s}; sleep 120\", \"touch {a}\"",
+            s = started.display(),
+            a = after.display()
+        )
+    });
+    let mut c = cluster_with(None, None, "hook_timeout = \"200s\"");
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "on_promote's slow command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    assert!(c.p.down(0).success());
+    // Without the fix `down` gives the demotion up after 30 s.
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(20), "down took {took:?}");
+    assert!(c.hooks().contains("demote a"), "on_demote did not run: {}", c.hooks());
+    assert!(!after.exists(), "on_promote went on after the demotion");
 }

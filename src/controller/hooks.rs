@@ -102,8 +102,65 @@ impl Drop for Group {
     }
 }
 
+/// How often a running `on_promote` command looks whether the node is
+/// still a Primary that keeps the role.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// `on_promote`'s commands in order, stopping at the first failure, and
+/// given up as soon as `stop` names a reason (the node was deposed, is
+/// demoting, `down` came, or is no longer Primary): the rest is skipped,
+/// and a command running then is killed with its process group. The
+/// Demote hook waits behind this one, and `down` waits for the demotion
+/// only for the `on_demote` commands' time: before, a slow `on_promote`
+/// ran to its end (up to `hook_timeout` each), `down` gave the demotion
+/// up and the node stopped as Primary without `on_demote` (found by
+/// review, helper-103).
+///
+/// Killed rather than let finish: `on_demote` undoes what `on_promote`
+/// did, and must cope with a promotion done in part anyway (a failed or
+/// timed-out command stops `on_promote` there too): an unmount of what
+/// is not mounted, a stop of what is not started. A deposed node
+/// acknowledges no write, so a `mount` or a service that it would let
+/// finish can only fail or hold the filesystem longer; a `mount(2)`
+/// under way in the kernel completes or not regardless of the signal,
+/// and `on_demote` unmounts it if it did.
+async fn on_promote(
+    cmds: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    stop: &(dyn Fn() -> Option<&'static str> + Send + Sync),
+) -> Result<(), String> {
+    let withdrawn = |why: &str, i: usize, killed: Option<&str>| {
+        let skipped = &cmds[i + usize::from(killed.is_some())..];
+        let killed = killed.map_or(String::new(), |c| format!("{c:?} killed, "));
+        tracing::warn!(why, "on_promote given up: {killed}{} command(s) skipped", skipped.len());
+        Err(format!("on_promote given up ({why}): {killed}skipped {skipped:?}"))
+    };
+    for (i, cmd) in cmds.iter().enumerate() {
+        if let Some(why) = stop() {
+            return withdrawn(why, i, None);
+        }
+        tracing::info!(%cmd, "on_promote");
+        let stopped = async {
+            loop {
+                tokio::time::sleep(STOP_POLL).await;
+                if let Some(why) = stop() {
+                    return why;
+                }
+            }
+        };
+        tokio::select! {
+            r = shell(cmd, env, timeout) => r?,
+            // Dropping `shell` kills the command's process group.
+            why = stopped => return withdrawn(why, i, Some(cmd)),
+        }
+    }
+    Ok(())
+}
+
 /// The hook `h`: for a promotion, the address first, then `on_promote`
-/// (stopping at the first failure); for a demotion, every `on_demote`
+/// (stopping at the first failure, or when the node is to demote: see
+/// [`on_promote`]); for a demotion, every `on_demote`
 /// command (a failure is reported, the demotion goes on).
 pub async fn run(node: &Node, s: &ControllerSettings, h: Hook) -> Result<(), String> {
     let env = super::hook_env(node);
@@ -112,11 +169,11 @@ pub async fn run(node: &Node, s: &ControllerSettings, h: Hook) -> Result<(), Str
             if let Some(a) = &s.address {
                 super::address::move_here(node, a, &env).await?;
             }
-            for cmd in &s.on_promote {
-                tracing::info!(%cmd, "on_promote");
-                shell(cmd, &env, s.hook_timeout).await?;
-            }
-            Ok(())
+            let stop = || match node.address_permit() {
+                Err((false, why)) => Some(why),
+                _ => None,
+            };
+            on_promote(&s.on_promote, &env, s.hook_timeout, &stop).await
         }
         Hook::Demote => {
             let mut first_err = None;
@@ -165,6 +222,51 @@ mod tests {
             assert!(Instant::now() < until, "sleep {pid} outlived its hook");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    // Found by review (helper-103): `on_promote` ran on after the node
+    // was told to demote, and the Demote hook (and `down`) waited behind
+    // it. The running command goes with its children, the rest is skipped.
+    #[tokio::test]
+    async fn on_promote_is_given_up_when_the_node_is_to_demote() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (pidfile, after) = (dir.path().join("pid"), dir.path().join("after"));
+        let cmds = vec![
+            format!("sleep 60 & echo $! > '{}'; wait", pidfile.display()),
+            format!("touch '{}'", after.display()),
+        ];
+        let demoting = AtomicBool::new(false);
+        let stop = || demoting.load(Ordering::SeqCst).then_some("demoting");
+        let started = Instant::now();
+        let run = on_promote(&cmds, &[], Duration::from_secs(60), &stop);
+        let flip = async {
+            while !pidfile.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            demoting.store(true, Ordering::SeqCst);
+        };
+        let (r, ()) = tokio::join!(run, flip);
+        let e = r.unwrap_err();
+        assert!(e.contains("demoting") && e.contains("killed"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert!(!after.exists(), "the next command ran");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        // SAFETY: signal 0 only checks whether the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            assert!(Instant::now() < until, "sleep {pid} outlived its on_promote");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Told before it starts: nothing runs.
+        let e = on_promote(&cmds[1..], &[], Duration::from_secs(5), &stop).await.unwrap_err();
+        assert!(e.contains("skipped"), "{e}");
+        assert!(!after.exists());
+        // Never told: all of it runs.
+        let go = || None;
+        assert_eq!(on_promote(&cmds[1..], &[], Duration::from_secs(5), &go).await, Ok(()));
+        assert!(after.exists());
     }
 
     #[tokio::test]
