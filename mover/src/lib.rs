@@ -156,9 +156,30 @@ fn present(v: &Option<String>) -> Option<&str> {
 }
 
 impl AddressSpec {
-    /// Checks that the keys the kind needs are there and well formed.
+    /// Checks that the keys the kind needs are there and well formed, and
+    /// that no key of another kind is set (`cidr` with `aws-eip`: it
+    /// would be ignored; found by review, helper-103).
     pub fn validate(&self) -> Result<(), SpecError> {
         let k = self.kind;
+        let aws = [Kind::AwsEip, Kind::AwsRoute, Kind::AwsSecondaryIp];
+        let others: [(&'static str, bool, &[Kind]); 7] = [
+            ("allocation_id", self.allocation_id.is_some(), &[Kind::AwsEip]),
+            ("route_table_ids", !self.route_table_ids.is_empty(), &[Kind::AwsRoute]),
+            ("cidr", self.cidr.is_some(), &[Kind::AwsRoute]),
+            ("private_ip", self.private_ip.is_some(), &[Kind::AwsSecondaryIp]),
+            ("command", self.command.is_some(), &[Kind::Command]),
+            ("region", self.region.is_some(), &aws),
+            ("endpoint", self.endpoint.is_some(), &aws),
+        ];
+        if let Some((key, _, kinds)) =
+            others.iter().find(|(_, set, kinds)| *set && !kinds.contains(&k))
+        {
+            let owners: Vec<String> = kinds.iter().map(|o| format!("\"{o}\"")).collect();
+            return Err(SpecError::invalid(
+                key,
+                format!("belongs to kind {}, not to kind \"{k}\"", owners.join(" or ")),
+            ));
+        }
         match k {
             Kind::AwsEip => {
                 let id = present(&self.allocation_id)
@@ -467,6 +488,31 @@ mod tests {
         assert_eq!(s.validate(), Ok(()));
         assert!(toml::from_str::<AddressSpec>("kind = \"aws-eip\"\nallocation = \"x\"").is_err());
         assert!(toml::from_str::<AddressSpec>("kind = \"gcp-ip\"").is_err());
+    }
+
+    // Found by review (helper-103): a key of another kind was ignored.
+    #[test]
+    fn a_key_of_another_kind_is_refused_naming_it() {
+        let s = AddressSpec {
+            kind: Kind::Command,
+            command: Some("true".into()),
+            region: Some("eu-west-1".into()),
+            ..AddressSpec::default()
+        };
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "region");
+        assert!(e.reason.contains("\"aws-eip\"") && e.reason.contains("\"command\""), "{e}");
+        let s = AddressSpec {
+            kind: Kind::AwsEip,
+            allocation_id: Some("eipalloc-1".into()),
+            region: Some("eu-west-1".into()),
+            cidr: Some("10.9.9.9/32".into()),
+            ..AddressSpec::default()
+        };
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "controller.address.cidr: belongs to kind \"aws-route\", not to kind \"aws-eip\""
+        );
     }
 
     #[test]

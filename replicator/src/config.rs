@@ -137,6 +137,35 @@ pub struct AddressSettings {
     pub recheck: Option<String>,
 }
 
+impl AddressSettings {
+    /// A key set that `kind` does not use, and the kind(s) it belongs to
+    /// (`cidr` with `kind = "aws-eip"`): refused at load, as it was
+    /// ignored (found by review, helper-103). `deadline` and `recheck`
+    /// belong to every kind.
+    pub fn key_of_another_kind(&self) -> Option<(&'static str, &'static str)> {
+        const AWS: &str = "\"aws-eip\", \"aws-route\" or \"aws-secondary-ip\"";
+        let set = |v: &Option<String>| v.is_some();
+        let keys = [
+            ("allocation_id", set(&self.allocation_id), &["aws-eip"][..], "\"aws-eip\""),
+            ("route_table_ids", !self.route_table_ids.is_empty(), &["aws-route"], "\"aws-route\""),
+            ("cidr", set(&self.cidr), &["aws-route"], "\"aws-route\""),
+            ("private_ip", set(&self.private_ip), &["aws-secondary-ip"], "\"aws-secondary-ip\""),
+            ("command", set(&self.command), &["command"], "\"command\""),
+            ("region", set(&self.region), &["aws-eip", "aws-route", "aws-secondary-ip"], AWS),
+            ("endpoint", set(&self.endpoint), &["aws-eip", "aws-route", "aws-secondary-ip"], AWS),
+            (
+                "imds_endpoint",
+                set(&self.imds_endpoint),
+                &["aws-eip", "aws-route", "aws-secondary-ip"],
+                AWS,
+            ),
+        ];
+        keys.into_iter()
+            .find(|(_, is_set, kinds, _)| *is_set && !kinds.contains(&self.kind.as_str()))
+            .map(|(key, _, _, owners)| (key, owners))
+    }
+}
+
 /// The `[controller]` table: `up` runs the failover controller.
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
@@ -560,6 +589,16 @@ impl ResourceConfig {
                             ),
                         ));
                     }
+                    if let Some((key, owners)) = a.key_of_another_kind() {
+                        return Err(key_err(
+                            &format!("controller.address.{key}"),
+                            format!(
+                                "belongs to kind {owners}, not to kind {:?} (remove it, or \
+                                 check the kind)",
+                                a.kind
+                            ),
+                        ));
+                    }
                     if let Some(d) = &a.deadline {
                         let d = parse_duration(d)
                             .map_err(|e| key_err("controller.address.deadline", e))?;
@@ -706,6 +745,42 @@ key = "certs/b.key"
         assert!(e.contains("controller.address.deadline: must be more than 0s"), "{e}");
         let e = parse(&with("recheck = \"often\"\n")).unwrap_err();
         assert!(e.contains("controller.address.recheck") && e.contains("often"), "{e}");
+    }
+
+    /// A key of another kind (`cidr` with `kind = "aws-eip"`) is refused
+    /// at load, naming the key and the kind it belongs to: it was ignored,
+    /// and a typo'd kind or a half-edited table went unnoticed (review,
+    /// helper-103).
+    #[test]
+    fn address_keys_of_another_kind_are_refused_at_load() {
+        let with = |kind: &str, extra: &str| {
+            format!(
+                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+                 [controller]\n[controller.address]\nkind = \"{kind}\"\n{extra}"
+            )
+        };
+        let eip = "allocation_id = \"eipalloc-1\"\nregion = \"eu-west-1\"\n";
+        assert!(parse(&with("aws-eip", eip)).is_ok());
+        let e = parse(&with("aws-eip", &format!("{eip}cidr = \"10.9.9.9/32\"\n"))).unwrap_err();
+        assert!(
+            e.contains("controller.address.cidr")
+                && e.contains("aws-route")
+                && e.contains("aws-eip"),
+            "{e}"
+        );
+        let e =
+            parse(&with("aws-eip", &format!("{eip}route_table_ids = [\"rtb-1\"]\n"))).unwrap_err();
+        assert!(e.contains("controller.address.route_table_ids"), "{e}");
+        let cmd = "command = \"true\"\n";
+        assert!(parse(&with("command", cmd)).is_ok());
+        let e = parse(&with("command", &format!("{cmd}region = \"eu-west-1\"\n"))).unwrap_err();
+        assert!(e.contains("controller.address.region") && e.contains("\"command\""), "{e}");
+        let e = parse(&with("command", &format!("{cmd}imds_endpoint = \"http://1.2.3.4\"\n")))
+            .unwrap_err();
+        assert!(e.contains("controller.address.imds_endpoint"), "{e}");
+        let e = parse(&with("aws-route", "command = \"x\"\nregion = \"r\"\n")).unwrap_err();
+        assert!(e.contains("controller.address.command") && e.contains("aws-route"), "{e}");
     }
 
     /// A zero `timeout` names `timeout` (it named `ping-interval`, found
