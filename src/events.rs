@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use twinblock_replicator::node::StateKey;
 use twinblock_replicator::status::Status;
 use twinblock_replicator::Node;
@@ -42,7 +42,8 @@ pub struct Event {
     pub node: String,
     /// What changed: `role`, `disk`, `connection`, `replication`,
     /// `peer-role`, `peer-disk`, `split-brain`, `sync`, `mode`,
-    /// `controller`, `quorum`, `witness`.
+    /// `controller`, `quorum`, `witness`, `address` (a service address
+    /// move: `moved`, `in-place`, `failed`, `withdrawn`).
     pub object: String,
     /// The value before (absent for `exists`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +53,35 @@ pub struct Event {
     /// For `sync`: where it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncInfo>,
+    /// For `address`: what moved, or why not (`promote: ...`,
+    /// `recheck: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The outcome of one service address move (`[controller.address]`), sent
+/// by the controller to the events hub: an `address` event (every one of
+/// a promotion; of a re-check, only a move back or a failure, not the
+/// usual "in place") and `twinblock_address_moves_total{op,result}`.
+/// Before, a failed or withdrawn move was only `last_error` in `status`,
+/// a failed re-check only a warning in the log (found by review,
+/// helper-103).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressOutcome {
+    /// `promote` (the move after a promotion) or `recheck`.
+    pub op: &'static str,
+    /// `moved`, `in-place`, `failed` or `withdrawn` (the node was to
+    /// demote meanwhile).
+    pub result: &'static str,
+    /// The mover's report, or the error.
+    pub detail: String,
+}
+
+impl AddressOutcome {
+    /// Whether `twinblock events` shows it.
+    fn is_event(&self) -> bool {
+        self.op != "recheck" || self.result != "in-place"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +204,7 @@ impl Tracker {
             old,
             new,
             sync: None,
+            detail: None,
         }
     }
 
@@ -307,6 +338,9 @@ pub fn render(e: &Event) -> String {
         (Some(old), None) => line.push_str(&format!(" {old} -> {}", e.new)),
         (None, None) => line.push_str(&format!(" {}", e.new)),
     }
+    if let Some(d) = &e.detail {
+        line.push_str(&format!(" ({d})"));
+    }
     line
 }
 
@@ -318,9 +352,11 @@ pub struct Hub {
 
 impl Hub {
     /// Starts watching `node` until `stop` turns true.
+    /// `address`: the controller's address moves (closed without one).
     pub fn start(
         node: Arc<Node>,
         metrics: Option<Arc<Metrics>>,
+        mut address: mpsc::UnboundedReceiver<AddressOutcome>,
         mut stop: watch::Receiver<bool>,
     ) -> Arc<Hub> {
         let (tx, _) = broadcast::channel(4096);
@@ -335,8 +371,21 @@ impl Hub {
         // Not inside the node's span: each line names resource and node itself.
         tokio::spawn(async move {
             let mut passed = Vec::new();
+            let mut moves = Vec::new();
+            let mut address_open = true;
             loop {
                 let mut events = Vec::new();
+                for o in moves.drain(..) {
+                    if let Some(m) = &metrics {
+                        m.count_address_move(&o);
+                    }
+                    if o.is_event() {
+                        let st = node.status();
+                        let mut e = Tracker::event(&st, "change", "address", None, o.result.into());
+                        e.detail = Some(format!("{}: {}", o.op, o.detail));
+                        events.push(e);
+                    }
+                }
                 let (keys, st) = node.status_since(&mut transitions);
                 for k in passed.drain(..).chain(keys) {
                     events.extend(tracker.passed(&k, &st, Instant::now()));
@@ -354,6 +403,10 @@ impl Hub {
                 }
                 tokio::select! {
                     k = transitions.recv() => if let Ok(k) = k { passed.push(k) },
+                    o = address.recv(), if address_open => match o {
+                        Some(o) => moves.push(o),
+                        None => address_open = false,
+                    },
                     _ = node.changed.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                     _ = stop.wait_for(|s| *s) => return,
@@ -385,6 +438,16 @@ fn log(e: &Event) {
             "state change: sync {} ({})",
             e.new,
             s.direction,
+        ),
+        None if e.detail.is_some() => tracing::info!(
+            resource = %e.resource,
+            node = %e.node,
+            object = %e.object,
+            new = %e.new,
+            detail = e.detail.as_deref().unwrap_or_default(),
+            "{}: {}",
+            e.object,
+            e.new
         ),
         None => tracing::info!(
             resource = %e.resource,
@@ -573,5 +636,28 @@ mod tests {
         let role = ev.iter().find(|e| e.object == "role").unwrap();
         assert_eq!(role.new, "Primary");
         assert!(render(role).ends_with("exists r0 a: role Primary"), "{}", render(role));
+    }
+
+    // Review (helper-103): a failed address move was silent. Every
+    // promotion's move is an event; a re-check only when it moved the
+    // address back or failed (not every 30 s "in place").
+    #[test]
+    fn address_moves_are_events_with_their_detail() {
+        let o = |op, result| AddressOutcome { op, result, detail: "x".into() };
+        assert!(o("promote", "in-place").is_event());
+        assert!(o("promote", "failed").is_event());
+        assert!(o("recheck", "moved").is_event());
+        assert!(o("recheck", "failed").is_event());
+        assert!(!o("recheck", "in-place").is_event());
+        let mut e = Tracker::event(&status(), "change", "address", None, "failed".into());
+        e.detail = Some("promote: command `x` failed".into());
+        assert!(
+            render(&e).ends_with("change r0 a: address failed (promote: command `x` failed)"),
+            "{}",
+            render(&e)
+        );
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"detail\":\"promote: command `x` failed\""), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
     }
 }

@@ -51,11 +51,13 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             None => None,
         };
         let endpoint = link::start(node.clone(), tls, stop_rx.clone())?;
+        // Address moves' outcomes, controller to events hub.
+        let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Some(c) = node.res.controller.clone() {
             if let Some(a) = &c.address {
                 crate::controller::address::spec(a).map_err(anyhow::Error::msg)?;
             }
-            crate::controller::start(node.clone(), c, stop_rx.clone());
+            crate::controller::start(node.clone(), c, stop_rx.clone(), outcomes_tx);
             println!(
                 "twinblock up: failover controller on (dead_time {:?}, witness {})",
                 node.res.controller.as_ref().map(|c| c.rules.dead_time).unwrap_or_default(),
@@ -75,7 +77,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             }
             None => None,
         };
-        let hub = crate::events::Hub::start(node.clone(), metrics, stop_rx.clone());
+        let hub = crate::events::Hub::start(node.clone(), metrics, outcomes_rx, stop_rx.clone());
         tokio::spawn(control.run(node.clone(), down_tx, hub).in_current_span());
         println!(
             "twinblock up: {} node {} (Secondary): NBD on nbd://{}/{}, replication on {} (peer {} at {}), control {}{}",

@@ -40,6 +40,8 @@ thread_local! {
     /// More `on_promote` commands for the next cluster (TOML, each with a
     /// leading comma).
     static PROMOTE_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// More keys of `[nodes.a]` for the next cluster (TOML lines).
+    static A_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     /// More `[controller.address]` keys for the next cluster (TOML lines).
     static ADDRESS_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
@@ -81,7 +83,9 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
     let w_addr = free_udp();
     let hooks_log = dir.join("hooks.log");
     let owner = dir.join("owner");
-    let base = std::fs::read_to_string(&p.config).unwrap();
+    let base = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace("[nodes.a]\n", &format!("[nodes.a]\n{}", A_EXTRA.with(|d| d.borrow().clone())));
     let tail = |w_connect: &str| {
         format!(
             "\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\nconnect = \"{w_connect}\"\nmeta = \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
@@ -733,4 +737,68 @@ fn down_during_a_slow_on_promote_stops_it_and_runs_on_demote() {
     assert!(took < Duration::from_secs(20), "down took {took:?}");
     assert!(c.hooks().contains("demote a"), "on_demote did not run: {}", c.hooks());
     assert!(!after.exists(), "on_promote went on after the demotion");
+}
+
+/// A failed address move is an event (`twinblock events`: `address
+/// failed`) and a metric (`twinblock_address_moves_total{op="promote",
+/// result="failed"}`); before, it was only `last_error` in `status`, and
+/// a failed re-check only a warning in the log. (Review, helper-103.)
+#[test]
+fn a_failed_address_move_is_an_event_and_a_metric() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    if !need_tools() {
+        return;
+    }
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    A_EXTRA.with(|d| *d.borrow_mut() = format!("metrics = \"{metrics}\"\n"));
+    let c = cluster(None);
+    A_EXTRA.with(|d| d.borrow_mut().clear());
+    // The mover's `echo a > owner` fails: owner is a directory.
+    std::fs::create_dir(&c.owner).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["events", "--json", "--config"])
+        .arg(&c.p.config)
+        .args(["--node", "a"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _events = KillOnDrop(child);
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    c.first_primary();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = lines.recv_timeout(left).expect("no address event within 30 s");
+        let e: serde_json::Value = serde_json::from_str(&l).unwrap();
+        if e["object"] == "address" {
+            break e;
+        }
+    };
+    assert_eq!(event["new"], "failed", "{event}");
+    let detail = event["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("promote:") && detail.contains("failed"), "{event}");
+    assert!(!c.hooks().contains("promote a"), "on_promote ran after a failed move");
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {metrics}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("twinblock_address_moves_total{")
+                && l.contains("op=\"promote\"")
+                && l.contains("result=\"failed\"")
+        })
+        .unwrap_or_else(|| panic!("no failed-move counter in:\n{text}"));
+    assert!(line.ends_with(" 1"), "{line}");
 }

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use twinblock_mover::{imds, AddressSpec, Identity, Kind, Permit};
+use twinblock_mover::{imds, AddressSpec, Identity, Kind, MoveError, MoveReport, Permit};
 use twinblock_replicator::config::AddressSettings;
 use twinblock_replicator::units::parse_duration;
 use twinblock_replicator::Node;
+
+use crate::events::AddressOutcome;
 
 /// The mover's view of `[controller.address]`.
 pub fn spec(a: &AddressSettings) -> Result<AddressSpec, String> {
@@ -58,17 +60,44 @@ pub fn recheck_interval(a: &AddressSettings) -> Option<Duration> {
     every.filter(|d| !d.is_zero())
 }
 
+/// Where the outcome of each move goes (the events hub: an `address`
+/// event and `twinblock_address_moves_total`).
+pub type Outcomes = tokio::sync::mpsc::UnboundedSender<AddressOutcome>;
+
+/// [`move_here`], its outcome sent to `outcomes` as `op` (`promote`,
+/// `recheck`).
+pub async fn move_and_report(
+    node: &Node,
+    a: &AddressSettings,
+    env: &[(String, String)],
+    op: &'static str,
+    outcomes: &Outcomes,
+) -> Result<(), String> {
+    let r = move_here(node, a, env).await;
+    let (result, detail) = match &r {
+        Ok(report) if report.already_in_place => ("in-place", report.to_string()),
+        Ok(report) => ("moved", report.to_string()),
+        Err((true, e)) => ("withdrawn", e.clone()),
+        Err((false, e)) => ("failed", e.clone()),
+    };
+    let _ = outcomes.send(AddressOutcome { op, result, detail });
+    r.map(|_| ()).map_err(|(_, e)| e)
+}
+
+/// Err: (withdrawn, what): withdrawn, the node was to demote meanwhile
+/// ([`MoveError::Withdrawn`]); else the move failed.
 pub async fn move_here(
     node: &Node,
     a: &AddressSettings,
     env: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<MoveReport, (bool, String)> {
+    let failed = |e: String| (false, e);
     let deadline = a
         .deadline
         .as_deref()
         .and_then(|d| parse_duration(d).ok())
         .unwrap_or(Duration::from_secs(60));
-    let spec = spec(a)?;
+    let spec = spec(a).map_err(failed)?;
     let mut me =
         Identity { instance_id: node.me.cloud_instance_id.clone(), eni: node.me.cloud_eni.clone() };
     let needs = match spec.kind {
@@ -78,7 +107,9 @@ pub async fn move_here(
     };
     if needs {
         let endpoint = a.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254");
-        me = imds::resolve(endpoint, me).await.map_err(|e| format!("IMDSv2 at {endpoint}: {e}"))?;
+        me = imds::resolve(endpoint, me)
+            .await
+            .map_err(|e| failed(format!("IMDSv2 at {endpoint}: {e}")))?;
     }
     // Asked before every change the mover makes: a node demoted or deposed
     // while its move runs must not move the address after its successor.
@@ -89,9 +120,9 @@ pub async fn move_here(
     };
     let report = twinblock_mover::move_address_guarded(&spec, &me, env, deadline, &guard)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (matches!(e, MoveError::Withdrawn { .. }), e.to_string()))?;
     tracing::info!("service address: {report}");
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -162,12 +162,17 @@ async fn on_promote(
 /// (stopping at the first failure, or when the node is to demote: see
 /// [`on_promote`]); for a demotion, every `on_demote`
 /// command (a failure is reported, the demotion goes on).
-pub async fn run(node: &Node, s: &ControllerSettings, h: Hook) -> Result<(), String> {
+pub async fn run(
+    node: &Node,
+    s: &ControllerSettings,
+    h: Hook,
+    outcomes: &super::address::Outcomes,
+) -> Result<(), String> {
     let env = super::hook_env(node);
     match h {
         Hook::Promoted => {
             if let Some(a) = &s.address {
-                super::address::move_here(node, a, &env).await?;
+                super::address::move_and_report(node, a, &env, "promote", outcomes).await?;
             }
             let stop = || match node.address_permit() {
                 Err((false, why)) => Some(why),

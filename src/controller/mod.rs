@@ -32,7 +32,13 @@ pub fn hook_env(node: &Node) -> Vec<(String, String)> {
 }
 
 /// Starts the controller's tasks for `node`.
-pub fn start(node: Arc<Node>, settings: ControllerSettings, stop: watch::Receiver<bool>) {
+/// `outcomes`: each address move's outcome (for the events hub).
+pub fn start(
+    node: Arc<Node>,
+    settings: ControllerSettings,
+    stop: watch::Receiver<bool>,
+    outcomes: address::Outcomes,
+) {
     let mut rx = node.attach_controller();
     let (votes_tx, votes_rx) = mpsc::unbounded_channel();
     let span = tracing::Span::current();
@@ -65,7 +71,7 @@ pub fn start(node: Arc<Node>, settings: ControllerSettings, stop: watch::Receive
                     tokio::select! {
                         h = hooks_rx.recv() => {
                             let Some(h) = h else { return };
-                            let r = hooks::run(&node, &settings, h).await;
+                            let r = hooks::run(&node, &settings, h, &outcomes).await;
                             match &r {
                                 Ok(()) => info!(hook = ?h, "hooks done"),
                                 Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
@@ -78,7 +84,10 @@ pub fn start(node: Arc<Node>, settings: ControllerSettings, stop: watch::Receive
                                 continue;
                             }
                             let env = hook_env(&node);
-                            if let Err(e) = address::move_here(&node, a, &env).await {
+                            let r =
+                                address::move_and_report(&node, a, &env, "recheck", &outcomes)
+                                    .await;
+                            if let Err(e) = r {
                                 warn!("service address re-check: {e}");
                             }
                         }

@@ -25,7 +25,7 @@ use twinblock_replicator::node::{RequestKind, RequestObserver};
 use twinblock_replicator::status::{Counters, LinkStatus, Status};
 use twinblock_replicator::Node;
 
-use crate::events::Event;
+use crate::events::{AddressOutcome, Event};
 
 mod http;
 pub mod witness;
@@ -170,6 +170,7 @@ pub struct Metrics {
     syncs_finished: Family<Labels, Counter>,
     split_brains: Counter,
     controller_transitions: Option<Family<Labels, Counter>>,
+    address_moves: Option<Family<Labels, Counter>>,
 }
 
 impl Metrics {
@@ -388,6 +389,17 @@ impl Metrics {
             );
             f
         });
+        let address_moves =
+            node.res.controller.as_ref().and_then(|c| c.address.as_ref()).map(|_| {
+                let f = Family::<Labels, Counter>::default();
+                r.register(
+                    "address_moves",
+                    "Service address moves ([controller.address]), by op (promote, recheck) \
+                     and result (moved, in-place, failed, withdrawn)",
+                    f.clone(),
+                );
+                f
+            });
         let m = Metrics {
             registry: reg,
             role,
@@ -431,6 +443,7 @@ impl Metrics {
             syncs_finished,
             split_brains,
             controller_transitions,
+            address_moves,
         };
         m.observe_status(&node.status());
         m
@@ -520,6 +533,15 @@ impl Metrics {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Counts a service address move (every one, re-checks that found
+    /// the address in place too).
+    pub fn count_address_move(&self, o: &AddressOutcome) {
+        if let Some(f) = &self.address_moves {
+            f.get_or_create(&vec![("op", o.op.to_string()), ("result", o.result.to_string())])
+                .inc();
         }
     }
 
