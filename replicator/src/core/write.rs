@@ -130,8 +130,13 @@ impl Core {
         if !self.disk_usable() {
             return Admit::Fail(ReplyError::Io(IoError::EIO));
         }
-        // What the peer sent before must land first.
-        if self.peer_writes_pending() {
+        // What the peer sent before must land first: a Primary promoted
+        // with its peer's writes still to write answers nothing over them.
+        // (A Secondary's FLUSH goes to the store behind the peer writes
+        // already issued there, all it covers: held here, it starved under
+        // a steady stream of them; review, helper-102, `core::tests::multi_conn`
+        // `a_flush_on_the_secondary_is_answered_under_a_steady_stream_of_peer_writes`.)
+        if self.role == Role::Primary && self.peer_writes_pending() {
             return Admit::Wait;
         }
         if self.session.as_ref().is_some_and(|s| s.phase == Phase::Handshake) {

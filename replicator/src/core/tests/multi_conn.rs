@@ -201,21 +201,13 @@ fn a_flush_whose_peer_side_fails_then_a_process_crash_leaves_the_write_resynced(
 
 /// A FLUSH from a client of the Secondary's (read-only) export while the
 /// Primary streams writes and the Secondary's disk is always one write
-/// behind: it should be answered (its own store op, issued after the
-/// peer's writes already issued, covers what it must: nothing of its
-/// client's). It is not: `admit_app` holds every operation while peer
-/// writes are pending (`peer_writes_pending`, meant for a Primary promoted
-/// with a backlog), so under a steady stream (the store lane busy with
-/// large writes on a slower disk) the Secondary's FLUSH starves. A
-/// liveness defect only, on a read-only export (found by review,
-/// helper-102). The fix is one condition in `admit_app`
-/// (`self.role == Role::Primary && self.peer_writes_pending()`): the core
-/// tests and 20,000 simulator seeds pass with it, but it moves the course
-/// of the seeds the planted-bug tests of `sim/tests/sim.rs` name (eight of
-/// them: `finds_forget_told`, `finds_ahead_before_outdated`, ...), which
-/// must be found again with it; left for that.
+/// behind is answered: its own store op, issued after the peer's writes
+/// already issued, covers what it must (nothing of its client's). Before,
+/// `admit_app` held every operation while peer writes were pending (a wait
+/// meant for a Primary promoted with a backlog), and under a steady stream
+/// (the store lane busy with large writes on a slower disk) the
+/// Secondary's FLUSH starved (found by review, helper-102; liveness only).
 #[test]
-#[ignore = "a Secondary's FLUSH starves behind a steady stream of peer writes: see the comment"]
 fn a_flush_on_the_secondary_is_answered_under_a_steady_stream_of_peer_writes() {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
