@@ -140,24 +140,10 @@ fn overlapping_writes_trims_and_zeroes_in_flight_land_in_one_order() {
 /// reconnect resyncs it: the nodes end identical.
 #[test]
 fn a_flush_whose_peer_side_fails_leaves_the_write_it_covers_resynced() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.write(0, 1, 2048, 0x6b, 256);
-    p.settle();
-    assert_eq!(p.reply(0, 1), Some(Ok(())));
-    p.n[1].fail_flush = true;
-    p.n[1].hang_record = true;
-    let now = p.now;
-    p.core(0).flush(now, 2);
-    // (The peer's record never saved: its node never goes quiet.)
-    p.settle_now();
-    assert_eq!(p.reply(0, 2), Some(Ok(())), "the Primary's flush alone answers it");
+    let mut p = flush_whose_peer_side_fails();
     assert!(durable(&p, 0, 2048, 256).iter().all(|&b| b == 0x6b));
     assert_ne!(p.n[0].meta.as_ref().map(|m| m.gen.bitmap), Some(0), "no new generation");
-    assert_eq!(p.core(1).disk(), DiskState::Failed);
     assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::UpToDate));
-    p.n[1].fail_flush = false;
-    p.n[1].hang_record = false;
     p.crash(1, true);
     assert!(durable(&p, 1, 2048, 256).iter().all(|&b| b != 0x6b), "the peer lost the write");
     p.restart(1);
@@ -174,6 +160,22 @@ fn a_flush_whose_peer_side_fails_leaves_the_write_it_covers_resynced() {
 /// write back, or the nodes differ, both UpToDate.
 #[test]
 fn a_flush_whose_peer_side_fails_then_a_process_crash_leaves_the_write_resynced() {
+    let mut p = flush_whose_peer_side_fails();
+    p.crash(1, false);
+    // Linux dropped the page whose writeback failed.
+    let old = p.n[1].durable[2048..2304].to_vec();
+    p.n[1].cache[2048..2304].copy_from_slice(&old);
+    p.restart(1);
+    p.connect();
+    p.settle();
+    assert!(p.n[0].cache == p.n[1].cache, "the write the FLUSH covered is not on the peer");
+}
+
+/// Their course: a write answered in C, then a FLUSH whose peer side
+/// fails (EIO) while the peer's record saying so never saves; the FLUSH
+/// is answered on the Primary's flush, the peer is Failed (its disk
+/// behaving again from here).
+fn flush_whose_peer_side_fails() -> Pair {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
     p.write(0, 1, 2048, 0x6b, 256);
@@ -189,14 +191,7 @@ fn a_flush_whose_peer_side_fails_then_a_process_crash_leaves_the_write_resynced(
     assert_eq!(p.core(1).disk(), DiskState::Failed);
     p.n[1].fail_flush = false;
     p.n[1].hang_record = false;
-    p.crash(1, false);
-    // Linux dropped the page whose writeback failed.
-    let old = p.n[1].durable[2048..2304].to_vec();
-    p.n[1].cache[2048..2304].copy_from_slice(&old);
-    p.restart(1);
-    p.connect();
-    p.settle();
-    assert!(p.n[0].cache == p.n[1].cache, "the write the FLUSH covered is not on the peer");
+    p
 }
 
 /// A FLUSH from a client of the Secondary's (read-only) export while the
