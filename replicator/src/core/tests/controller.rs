@@ -785,16 +785,10 @@ fn primary_force_without_quorum_is_refused() {
     );
 }
 
-/// A witness that lost its state (run without `meta`, or its file lost
-/// or deleted) restarts while b runs alone as the Primary it granted;
-/// a, the Primary b took over from, cut off with its lease run out,
-/// reaches the witness again first. Its renewal must not give it a lease
-/// while b's may still run: both would accept writes.
-#[test]
-fn a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_lease() {
-    use ctl::Duo;
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    // a is cut off from b and from the witness; b takes over.
+/// The course of the two tests below: a is cut off from b and from the
+/// witness; b takes over and acknowledges a write alone.
+fn b_took_over_and_wrote_alone() -> ctl::Duo {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
     d.cut();
     d.witness_up(0, false);
     d.votes[0].clear();
@@ -804,6 +798,17 @@ fn a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_
     d.write(1, 1, 0, 0xbb);
     d.vote_all(1);
     assert_eq!(d.reply(1, 1), Some(Ok(())), "b acknowledges alone");
+    d
+}
+
+/// A witness that lost its state (run without `meta`, or its file lost
+/// or deleted) restarts while b runs alone as the Primary it granted;
+/// a, the Primary b took over from, cut off with its lease run out,
+/// reaches the witness again first. Its renewal must not give it a lease
+/// while b's may still run: both would accept writes.
+#[test]
+fn a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_lease() {
+    let mut d = b_took_over_and_wrote_alone();
     assert_eq!(d.c[0].role(), Role::Primary);
     assert!(!d.c[0].accepts_writes());
     // b renews; then the witness restarts without its state.
@@ -869,17 +874,7 @@ fn the_address_moves_only_for_a_primary_that_holds_its_lease() {
 /// a steps down, and b, renewed, serves on.
 #[test]
 fn a_witness_without_its_state_does_not_renew_a_primary_behind_the_other() {
-    use ctl::Duo;
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.cut();
-    d.witness_up(0, false);
-    d.votes[0].clear();
-    assert!(d.witness_promotes_b(), "b is not promoted");
-    d.hooks_done(1);
-    d.vote_all(1);
-    d.write(1, 1, 0, 0xbb);
-    d.vote_all(1);
-    assert_eq!(d.reply(1, 1), Some(Ok(())), "b acknowledges alone");
+    let mut d = b_took_over_and_wrote_alone();
     d.tick(Duration::from_millis(200));
     d.vote_all(1);
     assert!(d.c[1].accepts_writes());
