@@ -169,6 +169,9 @@ pub struct Stats {
     /// off), and of those the ones the witness crashed after.
     pub takeovers_from_primary: u64,
     pub witness_failover_crashes: u64,
+    /// Renewals of a lone Primary by a witness without its record that had
+    /// not heard the other node since its start (the residual limit).
+    pub witness_blind_renewals: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
     /// Protocol-A Secondaries stopped while linked to a Primary.

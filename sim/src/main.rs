@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         total.witness_stateless_restarts += st.witness_stateless_restarts;
         total.takeovers_from_primary += st.takeovers_from_primary;
         total.witness_failover_crashes += st.witness_failover_crashes;
+        total.witness_blind_renewals += st.witness_blind_renewals;
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
         total.a_behind_crashes += st.a_behind_crashes;

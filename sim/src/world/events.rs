@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use twinblock_replicator::arbiter::Refusal;
+use twinblock_replicator::arbiter::{Grant, Refusal};
 use twinblock_replicator::config::Protocol;
-use twinblock_replicator::core::{Persist, Time};
+use twinblock_replicator::core::{Persist, Time, VoteKind};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
 use crate::checker::{self, Violation};
@@ -113,8 +113,37 @@ impl Sim {
             let (_, n, req) = w.to_w.pop_front().expect("front");
             if w.reachable(n, now) {
                 let before = w.arb.holder().map(str::to_owned);
+                // The residual limit of a witness without its record (README):
+                // it cannot tell a lone Primary cut off and overtaken from the
+                // one it granted last unless the other node told it its data
+                // since its start (`Refusal::Behind`).
+                let blind =
+                    !w.arb.durable().complete && !w.arb.heard.contains_key(self.nodes[1 - n].name);
                 let (verdict, reply, failed) = w.decide(now, &req);
                 let after = w.arb.holder().map(str::to_owned);
+                if blind
+                    && req.kind == VoteKind::Renew
+                    && !req.peer_current
+                    && verdict == Ok(Grant::Granted)
+                    && reply.granted
+                {
+                    // Renewed so, the Primary runs on without what the other
+                    // node acknowledged alone since it was overtaken, as if an
+                    // operator had forced it: that is given up (seed 17400596:
+                    // a took over from b and acknowledged a write, then crashed;
+                    // the witness lost its state in the failover and renewed b,
+                    // never hearing a).
+                    self.chk.stats.witness_blind_renewals += 1;
+                    self.note(format!(
+                        "witness without its record renews {} not having heard {} since its start \
+                         (the residual limit: what {} acknowledged alone is given up)",
+                        req.node,
+                        self.nodes[1 - n].name,
+                        self.nodes[1 - n].name
+                    ));
+                    self.forced_promotion(n, DiskState::Consistent);
+                    self.check_promoted(n, true, DiskState::Consistent, false)?;
+                }
                 if let Some(landed) = failed {
                     self.chk.stats.witness_failed_saves += 1;
                     self.chk.stats.witness_landed_failed_saves += u64::from(landed);
