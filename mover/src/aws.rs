@@ -25,6 +25,8 @@ use crate::{AddressSpec, Guard, Identity, Kind, MoveError, MoveReport, Permit};
 /// One API call's own limit (connect + request + answer).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the guard is asked while a call is in flight or a retry waits.
+const GUARD_POLL: Duration = Duration::from_millis(100);
 
 /// Error codes that mean "try again later".
 const RETRY_CODES: &[&str] = &[
@@ -158,6 +160,34 @@ impl<'g> Ec2<'g> {
         }
     }
 
+    /// `fut`, given up as soon as the guard says [`Permit::Stop`] (asked
+    /// every [`GUARD_POLL`]). Found by review (helper-106): a call in
+    /// flight (up to [`ATTEMPT_TIMEOUT`]) or a backoff sleep (up to 5 s)
+    /// ran to its end after the node was told to demote, and `on_demote`
+    /// waited behind it. A request already sent is not called back by
+    /// this (nothing can): the successor's re-check takes the address back.
+    async fn unless_stopped<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, MoveError> {
+        let stopped = async {
+            loop {
+                tokio::time::sleep(GUARD_POLL).await;
+                if let Permit::Stop(reason) = (self.guard)() {
+                    return reason;
+                }
+            }
+        };
+        tokio::select! {
+            v = fut => Ok(v),
+            reason = stopped => {
+                tracing::warn!(op, %reason, "move withdrawn while waiting");
+                Err(MoveError::Withdrawn { op, reason })
+            }
+        }
+    }
+
     /// Runs one EC2 operation with retries on transient failures.
     async fn call<T, E, Fut>(
         &self,
@@ -177,7 +207,7 @@ impl<'g> Ec2<'g> {
             attempts += 1;
             self.attempts.fetch_add(1, Ordering::Relaxed);
             let left = self.until.saturating_duration_since(Instant::now());
-            let last = match tokio::time::timeout(left, f()).await {
+            let last = match self.unless_stopped(op, tokio::time::timeout(left, f())).await? {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => match classify(&e) {
                     Class::Retry(why) => why,
@@ -189,7 +219,7 @@ impl<'g> Ec2<'g> {
                 Err(_) => "no answer before the deadline".to_string(),
             };
             tracing::warn!(op, attempt = attempts, error = %last, "EC2 call failed; retrying");
-            if !backoff.wait().await {
+            if !self.unless_stopped(op, backoff.wait()).await? {
                 return Err(MoveError::Deadline { op, attempts, deadline: self.deadline, last });
             }
         }
@@ -211,7 +241,7 @@ impl<'g> Ec2<'g> {
                 }
                 Some(why) => {
                     tracing::info!(op, state = %why, "not in place yet");
-                    if !backoff.wait().await {
+                    if !self.unless_stopped(op, backoff.wait()).await? {
                         return Err(MoveError::NotMoved {
                             op,
                             deadline: self.deadline,

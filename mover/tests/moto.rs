@@ -754,6 +754,55 @@ async fn an_old_promotions_retry_does_not_take_the_address_from_the_new_primary(
     );
 }
 
+// Found by review (helper-106): the guard was asked only between attempts.
+// A call in flight (EC2 not answering: up to 10 s an attempt) or a backoff
+// sleep ran to its end after the node was told to demote, and the Demote
+// hook (on_demote, and `down`, which waits only for on_demote's time)
+// waited behind it, e.g. behind the periodic re-check. Stop now ends the
+// move at once (a request already sent cannot be called back anyway; the
+// successor's re-check takes the address back).
+#[tokio::test]
+async fn a_stop_ends_a_move_whose_call_is_in_flight() {
+    init();
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let spec = AddressSpec {
+        kind: Kind::AwsEip,
+        allocation_id: Some("eipalloc-1".into()),
+        region: Some(REGION.into()),
+        endpoint: Some(format!("http://{addr}")),
+        ..AddressSpec::default()
+    };
+    let me = Identity { instance_id: Some("i-1".into()), eni: None };
+    let flag = Flag::new(Permit::Go);
+    let guard = {
+        let f = flag.clone();
+        move || f.get()
+    };
+    let started = Instant::now();
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flag.set(Permit::Stop("demoting".into()));
+        Instant::now()
+    };
+    let (r, stopped) = tokio::join!(move_address_guarded(&spec, &me, &[], DEADLINE, &guard), stop);
+    let e = r.unwrap_err();
+    assert!(matches!(e, MoveError::Withdrawn { .. }), "{e}");
+    let late = stopped.elapsed();
+    assert!(
+        late < Duration::from_secs(1),
+        "ended {late:?} after the stop ({:?})",
+        started.elapsed()
+    );
+    hold.abort();
+}
+
 // A Primary without quorum (it may renew, or be deposed) holds its change
 // back: reads go on, AssociateAddress waits until the guard says go.
 #[tokio::test]
