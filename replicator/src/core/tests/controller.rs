@@ -864,6 +864,22 @@ fn the_address_moves_only_for_a_primary_that_holds_its_lease() {
     assert_eq!(d.c[0].address_permit(d.now), Err((false, "demoting")));
 }
 
+/// Checked by review (helper-106): the address never moves to a Primary
+/// that refuses writes (`accepts_writes`): a failed disk starts the
+/// demotion in the same event, so the mover is told to stop at once (no
+/// window in which a re-check would move the address there).
+#[test]
+fn the_address_does_not_move_to_a_primary_that_refuses_writes() {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    d.fail_writes[0] = true;
+    d.write(0, 1, 0, 0x11);
+    d.flow();
+    assert_eq!(d.c[0].disk(), DiskState::Failed);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert!(!d.c[0].accepts_writes());
+    assert_eq!(d.c[0].address_permit(d.now), Err((false, "demoting")));
+}
+
 /// The known limit left by the test above (README): the witness without
 /// its state hears b, the Primary it granted before its restart, during
 /// its quiet period, and a, cut off from b with its lease run out, after
