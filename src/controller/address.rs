@@ -105,12 +105,6 @@ pub async fn move_here(
         Kind::AwsRoute | Kind::AwsSecondaryIp => me.eni.is_none(),
         Kind::Command => false,
     };
-    if needs {
-        let endpoint = a.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254");
-        me = imds::resolve(endpoint, me)
-            .await
-            .map_err(|e| failed(format!("IMDSv2 at {endpoint}: {e}")))?;
-    }
     // Asked before every change the mover makes: a node demoted or deposed
     // while its move runs must not move the address after its successor.
     let guard = || match node.address_permit() {
@@ -118,11 +112,47 @@ pub async fn move_here(
         Err((true, why)) => Permit::Wait(why.to_string()),
         Err((false, why)) => Permit::Stop(why.to_string()),
     };
+    if needs {
+        let endpoint = a.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254");
+        me = unless_stopped(&guard, imds::resolve(endpoint, me))
+            .await
+            .map_err(|why| (true, format!("IMDSv2 at {endpoint}: move withdrawn: {why}")))?
+            .map_err(|e| failed(format!("IMDSv2 at {endpoint}: {e}")))?;
+    }
     let report = twinblock_mover::move_address_guarded(&spec, &me, env, deadline, &guard)
         .await
         .map_err(|e| (matches!(e, MoveError::Withdrawn { .. }), e.to_string()))?;
     tracing::info!("service address: {report}");
     Ok(report)
+}
+
+/// How often a step the mover does not guard itself asks the guard.
+const GUARD_POLL: Duration = Duration::from_millis(100);
+
+/// `fut`, given up as soon as `guard` says [`Permit::Stop`] (Err: why).
+/// Found by review (helper-106): the IMDSv2 look-up (up to 10 s when IMDS
+/// does not answer; on every re-check when the node's config names no
+/// instance or ENI) ran to its end after the node was told to demote, and
+/// the Demote hook (`on_demote`, `down`) waited behind it.
+async fn unless_stopped<T>(
+    guard: &(dyn Fn() -> Permit + Send + Sync),
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    if let Permit::Stop(why) = guard() {
+        return Err(why);
+    }
+    let stopped = async {
+        loop {
+            tokio::time::sleep(GUARD_POLL).await;
+            if let Permit::Stop(why) = guard() {
+                return why;
+            }
+        }
+    };
+    tokio::select! {
+        v = fut => Ok(v),
+        why = stopped => Err(why),
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +173,40 @@ mod tests {
         assert!(e.starts_with("controller.address.imds_endpoint:"), "{e}");
         let ok = AddressSettings { imds_endpoint: Some("http://127.0.0.1:5000/".into()), ..a };
         assert!(spec(&ok).is_ok());
+    }
+
+    // Found by review (helper-106): the IMDSv2 look-up was not asked the
+    // guard: with IMDS silent it held a move (or a re-check) for its 10 s
+    // after the node was told to demote, on_demote waiting behind it.
+    #[tokio::test]
+    async fn an_imds_lookup_is_given_up_when_the_node_is_to_demote() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", silent.local_addr().unwrap());
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let demoting = AtomicBool::new(false);
+        let guard = || {
+            if demoting.load(Ordering::SeqCst) {
+                Permit::Stop("demoting".into())
+            } else {
+                Permit::Go
+            }
+        };
+        let started = std::time::Instant::now();
+        let flip = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            demoting.store(true, Ordering::SeqCst);
+        };
+        let lookup = imds::resolve(&endpoint, Identity::default());
+        let (r, ()) = tokio::join!(unless_stopped(&guard, lookup), flip);
+        assert_eq!(r.err().as_deref(), Some("demoting"));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        hold.abort();
     }
 }
