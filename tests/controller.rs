@@ -701,6 +701,33 @@ fn the_primary_takes_its_address_back_when_it_is_moved_away() {
     assert_eq!(c.owner(), "a");
 }
 
+/// A promotion whose address move failed (AWS unreachable past the
+/// deadline) skips `on_promote`; the re-check moves the address later,
+/// and then `on_promote` must run: before, the address came to a Primary
+/// whose service `on_promote` never started, for good. (Review,
+/// helper-106.)
+#[test]
+fn on_promote_runs_once_a_recheck_moves_the_address_after_a_failed_move() {
+    if !need_tools() {
+        return;
+    }
+    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\n".into());
+    let c = cluster(None);
+    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
+    // The mover's `echo a > owner` fails: owner is a directory.
+    std::fs::create_dir(&c.owner).unwrap();
+    c.first_primary();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!c.hooks().contains("promote a"), "on_promote ran without the address");
+    std::fs::remove_dir(&c.owner).unwrap();
+    assert_eq!(c.owner_when("a"), "a", "the re-check moved the address to a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.hooks().contains("promote a") {
+        assert!(Instant::now() < deadline, "on_promote never ran: {:?}", c.hooks());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `down` while a slow `on_promote` runs: the running command is killed
 /// with its process group, the rest skipped, and `on_demote` runs at once.
 /// Before, the Demote hook waited behind `on_promote` (up to its

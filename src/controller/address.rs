@@ -65,14 +65,14 @@ pub fn recheck_interval(a: &AddressSettings) -> Option<Duration> {
 pub type Outcomes = tokio::sync::mpsc::UnboundedSender<AddressOutcome>;
 
 /// [`move_here`], its outcome sent to `outcomes` as `op` (`promote`,
-/// `recheck`).
+/// `recheck`). Err: (withdrawn, what), as [`move_here`].
 pub async fn move_and_report(
     node: &Node,
     a: &AddressSettings,
     env: &[(String, String)],
     op: &'static str,
     outcomes: &Outcomes,
-) -> Result<(), String> {
+) -> Result<(), (bool, String)> {
     let r = move_here(node, a, env).await;
     let (result, detail) = match &r {
         Ok(report) if report.already_in_place => ("in-place", report.to_string()),
@@ -81,7 +81,7 @@ pub async fn move_and_report(
         Err((false, e)) => ("failed", e.clone()),
     };
     let _ = outcomes.send(AddressOutcome { op, result, detail });
-    r.map(|_| ()).map_err(|(_, e)| e)
+    r.map(|_| ())
 }
 
 /// Err: (withdrawn, what): withdrawn, the node was to demote meanwhile

@@ -158,27 +158,44 @@ async fn on_promote(
     Ok(())
 }
 
+/// `on_promote` for this node's promotion, given up when it is to demote.
+pub async fn run_on_promote(node: &Node, s: &ControllerSettings) -> Result<(), String> {
+    let env = super::hook_env(node);
+    let stop = || match node.address_permit() {
+        Err((false, why)) => Some(why),
+        _ => None,
+    };
+    on_promote(&s.on_promote, &env, s.hook_timeout, &stop).await
+}
+
 /// The hook `h`: for a promotion, the address first, then `on_promote`
 /// (stopping at the first failure, or when the node is to demote: see
 /// [`on_promote`]); for a demotion, every `on_demote`
 /// command (a failure is reported, the demotion goes on).
+///
+/// `owed`: set when the promotion's address move failed (not withdrawn),
+/// so `on_promote` was not run: the re-check runs it once it has moved the
+/// address (review, helper-106); cleared by a demotion.
 pub async fn run(
     node: &Node,
     s: &ControllerSettings,
     h: Hook,
     outcomes: &super::address::Outcomes,
+    owed: &mut bool,
 ) -> Result<(), String> {
     let env = super::hook_env(node);
+    *owed = false;
     match h {
         Hook::Promoted => {
             if let Some(a) = &s.address {
-                super::address::move_and_report(node, a, &env, "promote", outcomes).await?;
+                if let Err((withdrawn, e)) =
+                    super::address::move_and_report(node, a, &env, "promote", outcomes).await
+                {
+                    *owed = !withdrawn;
+                    return Err(e);
+                }
             }
-            let stop = || match node.address_permit() {
-                Err((false, why)) => Some(why),
-                _ => None,
-            };
-            on_promote(&s.on_promote, &env, s.hook_timeout, &stop).await
+            run_on_promote(node, s).await
         }
         Hook::Demote => {
             let mut first_err = None;

@@ -67,11 +67,14 @@ pub fn start(
                 let mut tick = tokio::time::interval(recheck.unwrap_or(Duration::from_secs(3600)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.reset();
+                // The promotion's address move failed: `on_promote` waits
+                // for a re-check that moves the address.
+                let mut owed = false;
                 loop {
                     tokio::select! {
                         h = hooks_rx.recv() => {
                             let Some(h) = h else { return };
-                            let r = hooks::run(&node, &settings, h, &outcomes).await;
+                            let r = hooks::run(&node, &settings, h, &outcomes, &mut owed).await;
                             match &r {
                                 Ok(()) => info!(hook = ?h, "hooks done"),
                                 Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
@@ -87,8 +90,24 @@ pub fn start(
                             let r =
                                 address::move_and_report(&node, a, &env, "recheck", &outcomes)
                                     .await;
-                            if let Err(e) = r {
-                                warn!("service address re-check: {e}");
+                            match r {
+                                Err((_, e)) => warn!("service address re-check: {e}"),
+                                // The address is here now: the promotion
+                                // it failed for is completed (address
+                                // first, then on_promote). Before, the
+                                // address came to a Primary whose
+                                // on_promote never ran (review,
+                                // helper-106).
+                                Ok(()) if owed => {
+                                    owed = false;
+                                    info!("service address in place after a failed move: on_promote");
+                                    let r = hooks::run_on_promote(&node, &settings).await;
+                                    if let Err(e) = &r {
+                                        warn!("on_promote after the re-check failed: {e}");
+                                    }
+                                    node.hook_done(Hook::Promoted, r);
+                                }
+                                Ok(()) => {}
                             }
                         }
                     }
