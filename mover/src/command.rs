@@ -62,8 +62,14 @@ pub(crate) async fn run(
     // If the caller drops this future (cancels the move), the command and
     // anything it started go too.
     let mut group = GroupGuard(pgid);
-    let stdout = child.stdout.take().map(|o| tokio::spawn(read_all(o)));
-    let stderr = child.stderr.take().map(|e| tokio::spawn(read_all(e)));
+    let reader = |r: Option<_>| {
+        r.map(|r| {
+            let buf = Tail::default();
+            (tokio::spawn(read_into(r, buf.clone())), buf)
+        })
+    };
+    let stdout = reader(child.stdout.take().map(|o| Box::new(o) as Pipe));
+    let stderr = reader(child.stderr.take().map(|e| Box::new(e) as Pipe));
 
     // The command stops at the deadline, or as soon as the caller says
     // stop (it may be moving the address away from the current Primary).
@@ -96,18 +102,17 @@ pub(crate) async fn run(
         }
     };
     // Grandchildren that outlive the shell may hold the pipes open: do not
-    // wait for them past a short grace period.
-    let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
+    // wait for them past a short grace period, but do not close the pipes
+    // either: the reader drains them on (tail only) until the last holder
+    // closes them. Aborting it killed a process the command left running
+    // (`arping -U ... &`) with SIGPIPE at its next line of output (found
+    // by review, helper-106).
+    let collect = |h: Option<(tokio::task::JoinHandle<()>, Tail)>| async move {
         match h {
-            Some(h) => {
-                let abort = h.abort_handle();
-                match tokio::time::timeout(Duration::from_millis(500), h).await {
-                    Ok(Ok(v)) => v,
-                    _ => {
-                        abort.abort();
-                        Vec::new()
-                    }
-                }
+            Some((h, buf)) => {
+                let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
+                let v = buf.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                v
             }
             None => Vec::new(),
         }
@@ -149,24 +154,40 @@ pub(crate) async fn run(
     }
 }
 
-/// Reads `r` to its end, keeping only the last `TAIL` bytes or a little
-/// more (only tails are reported; a command that prints without end must
-/// not fill the daemon's memory). The pipe is still drained, so the
-/// command never blocks on a full pipe.
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
-    let mut v = Vec::new();
+/// A pipe of the command's.
+type Pipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// What a reader has kept so far of its pipe.
+type Tail = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Reads `r` to its end into `buf`, keeping only the last `TAIL` bytes or
+/// a little more (only tails are reported; a command that prints without
+/// end must not fill the daemon's memory). The pipe is still drained, so
+/// the command never blocks on a full pipe.
+async fn read_into<R: tokio::io::AsyncRead + Unpin>(mut r: R, buf: Tail) {
     let mut chunk = [0u8; 8192];
     loop {
         match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return v,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut v = buf.lock().unwrap_or_else(|e| e.into_inner());
                 v.extend_from_slice(&chunk[..n]);
                 if v.len() > 2 * TAIL {
-                    v.drain(..v.len() - TAIL);
+                    let cut = v.len() - TAIL;
+                    v.drain(..cut);
                 }
             }
         }
     }
+}
+
+/// [`read_into`] a buffer of its own, returned at the end.
+#[cfg(test)]
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: R) -> Vec<u8> {
+    let buf = Tail::default();
+    read_into(r, buf.clone()).await;
+    let v = buf.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    v
 }
 
 /// The last `TAIL` bytes as trimmed text.
@@ -205,6 +226,40 @@ mod tests {
         let kept = read_all(flood).await;
         assert!(kept.len() <= 2 * TAIL, "kept {} bytes", kept.len());
         assert!(tail(&kept).ends_with("the end"));
+    }
+
+    // Found by review (helper-106): a process the command leaves in the
+    // background (a gratuitous ARP loop, `arping -U ... &`, a helper
+    // daemon) that writes to its inherited stdout was killed by SIGPIPE
+    // half a second after the move: the pipes' readers were aborted then,
+    // closing their ends. Its output is drained (tail only) to its end.
+    #[tokio::test]
+    async fn a_process_the_command_leaves_behind_survives_its_output() {
+        use crate::{AddressSpec, Kind, Permit};
+        use std::time::{Duration, Instant};
+        let pidfile = std::env::temp_dir().join(format!("tb-mover-bg-{}.pid", std::process::id()));
+        let spec = AddressSpec {
+            kind: Kind::Command,
+            command: Some(format!(
+                "(while true; do echo announce; echo warn >&2; sleep 0.1; done) & echo $! > '{}'",
+                pidfile.display()
+            )),
+            ..AddressSpec::default()
+        };
+        let go = || Permit::Go;
+        let r = super::run(&spec, &[], Duration::from_secs(10), &go).await;
+        assert!(r.is_ok(), "{r:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            // SAFETY: signal 0 only checks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0;
+            assert!(alive, "the background process died (SIGPIPE)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // SAFETY: the test's own background process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = std::fs::remove_file(&pidfile);
     }
 
     #[test]
