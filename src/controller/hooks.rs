@@ -27,7 +27,8 @@ pub async fn shell(cmd: &str, env: &[(String, String)], deadline: Duration) -> R
     }
     let mut child = c.spawn().map_err(|e| format!("{cmd:?}: cannot start: {e}"))?;
     let mut group = Group(child.id());
-    let stderr = child.stderr.take().map(|e| tokio::spawn(read_tail(e)));
+    let kept = Kept::default();
+    let stderr = child.stderr.take().map(|e| tokio::spawn(read_tail(e, kept.clone())));
     let status = match tokio::time::timeout(deadline, child.wait()).await {
         Err(_) => {
             drop(group);
@@ -51,39 +52,37 @@ pub async fn shell(cmd: &str, env: &[(String, String)], deadline: Duration) -> R
         return Ok(());
     }
     // A background child may hold stderr open: take what came within a
-    // short grace period.
-    let err = match stderr {
-        Some(h) => {
-            let abort = h.abort_handle();
-            match tokio::time::timeout(Duration::from_millis(500), h).await {
-                Ok(Ok(v)) => v,
-                _ => {
-                    abort.abort();
-                    Vec::new()
-                }
-            }
-        }
-        None => Vec::new(),
-    };
+    // short grace period, and leave the reader draining on (aborting it
+    // closed the pipe, and the child died of SIGPIPE at its next line:
+    // found by review, helper-106).
+    if let Some(h) = stderr {
+        let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
+    }
+    let err = kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let err = String::from_utf8_lossy(&err);
     let tail: String =
         err.trim().chars().rev().take(TAIL).collect::<Vec<_>>().into_iter().rev().collect();
     Err(format!("{cmd:?}: {status}: {tail}"))
 }
 
-/// Reads `r` to its end, keeping only about the last `TAIL` bytes (a hook
-/// that prints without end must not fill the daemon's memory).
-async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+/// What the stderr reader has kept so far.
+type Kept = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Reads `r` to its end into `kept`, keeping only about the last `TAIL`
+/// bytes (a hook that prints without end must not fill the daemon's
+/// memory).
+async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, kept: Kept) {
     use tokio::io::AsyncReadExt;
-    let mut v = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return v,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut v = kept.lock().unwrap_or_else(|e| e.into_inner());
                 v.extend_from_slice(&chunk[..n]);
                 if v.len() > 8 * TAIL {
-                    v.drain(..v.len() - 4 * TAIL);
+                    let cut = v.len() - 4 * TAIL;
+                    v.drain(..cut);
                 }
             }
         }
@@ -289,6 +288,31 @@ mod tests {
         let go = || None;
         assert_eq!(on_promote(&cmds[1..], &[], Duration::from_secs(5), &go).await, Ok(()));
         assert!(after.exists());
+    }
+
+    // Found by review (helper-106): a failing hook's stderr reader was
+    // aborted after 500 ms, closing the pipe: a process the hook had left
+    // running that writes to stderr died of SIGPIPE at its next line (the
+    // successful path drained on; the command mover had the same defect).
+    #[tokio::test]
+    async fn a_failing_hook_does_not_kill_what_it_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let cmd = format!(
+            "(while true; do echo still here >&2; sleep 0.1; done) & echo $! > '{}'; exit 1",
+            pidfile.display()
+        );
+        let r = shell(&cmd, &[], Duration::from_secs(10)).await;
+        assert!(r.as_ref().is_err_and(|e| e.contains("exit status: 1")), "{r:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            // SAFETY: signal 0 only checks whether the process exists.
+            assert!(unsafe { libc::kill(pid, 0) } == 0, "the background process died (SIGPIPE)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // SAFETY: the test's own background process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 
     #[tokio::test]
