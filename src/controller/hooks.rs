@@ -33,9 +33,10 @@ pub async fn shell(cmd: &str, env: &[(String, String)], deadline: Duration) -> R
         Err(_) => {
             drop(group);
             let _ = child.kill().await;
-            if let Some(h) = stderr {
-                h.abort();
-            }
+            // The reader is not aborted: a daemon started in a session of
+            // its own (`setsid`) is not in the group, lives on, and may
+            // hold stderr; a closed pipe would kill it with SIGPIPE.
+            drop(stderr);
             return Err(format!("{cmd:?}: still running after {deadline:?}: killed"));
         }
         Ok(Err(e)) => return Err(format!("{cmd:?}: {e}")),
@@ -312,6 +313,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // SAFETY: the test's own background process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    // Found by review (helper-106): a daemon the hook started in a session
+    // of its own (`setsid`) is not in the hook's process group and lives
+    // on when the hook is killed at its deadline, as it should; but the
+    // stderr reader was aborted then, and the daemon, which inherited
+    // stderr, died of SIGPIPE at its next line.
+    #[tokio::test]
+    async fn a_daemon_started_with_setsid_outlives_a_hook_killed_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let cmd = format!(
+            "setsid sh -c 'while true; do echo still here >&2; sleep 0.1; done' & echo $! > '{}'; \
+             sleep 30",
+            pidfile.display()
+        );
+        let r = shell(&cmd, &[], Duration::from_millis(500)).await;
+        assert!(r.as_ref().is_err_and(|e| e.contains("killed")), "{r:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            // SAFETY: signal 0 only checks whether the process exists.
+            assert!(unsafe { libc::kill(pid, 0) } == 0, "the setsid daemon died");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // SAFETY: the test's own daemon.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 
