@@ -110,7 +110,9 @@ impl std::str::FromStr for Kind {
 
 /// `[controller.address]`: how the service address moves. Plain data; the
 /// config crate fills it (it also deserializes straight from the TOML
-/// table, unknown keys refused) and calls [`AddressSpec::validate`].
+/// table, unknown keys refused: the controller's own keys `deadline`,
+/// `recheck` and `imds_endpoint` are not the mover's and must be left
+/// out) and calls [`AddressSpec::validate`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddressSpec {
