@@ -728,6 +728,36 @@ fn on_promote_runs_once_a_recheck_moves_the_address_after_a_failed_move() {
     }
 }
 
+/// The health check counts only once the promotion's hooks are done (the
+/// address moved, `on_promote` run): before, it ran from the moment of
+/// the promotion, failed three times while `on_promote` still started the
+/// service (mount, slapd; or while the address move waited on AWS), and
+/// handed over to the peer, which did the same: a switchover ping-ponged.
+/// (Review, helper-106.)
+#[test]
+fn the_health_check_waits_for_on_promote() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    PROMOTE_EXTRA.with(|d| *d.borrow_mut() = format!(", \"sleep 6; touch {}\"", ready.display()));
+    let c = cluster_with(
+        None,
+        None,
+        &format!("health = \"test -f {}\"\nhealth_interval = \"1s\"", ready.display()),
+    );
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let a = c.p.status(0);
+        assert_eq!(a["role"], "Primary", "a handed over while on_promote ran: {a}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ready.exists(), "on_promote did not finish");
+}
+
 /// `down` while a slow `on_promote` runs: the running command is killed
 /// with its process group, the rest skipped, and `on_demote` runs at once.
 /// Before, the Demote hook waited behind `on_promote` (up to its

@@ -11,6 +11,7 @@
 pub(crate) mod address;
 mod hooks;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +57,15 @@ pub fn start(
     }
     // Hooks run one at a time, in the order the core asked for them.
     let (hooks_tx, mut hooks_rx) = mpsc::unbounded_channel::<Hook>();
+    // Promotions whose hooks (address, on_promote) are not done yet: the
+    // health check does not count meanwhile (review, helper-106: it failed
+    // three times while on_promote still started the service, and handed
+    // over to the peer, which did the same).
+    let promoting = Arc::new(AtomicUsize::new(0));
     {
         let node = node.clone();
         let settings = settings.clone();
+        let promoting = promoting.clone();
         // The address re-check runs in the same task: never beside a
         // hook's move.
         let recheck = settings.address.as_ref().and_then(address::recheck_interval);
@@ -80,6 +87,9 @@ pub fn start(
                                 Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
                             }
                             node.hook_done(h, r);
+                            if h == Hook::Promoted {
+                                promoting.fetch_sub(1, Ordering::SeqCst);
+                            }
                         }
                         _ = tick.tick(), if recheck.is_some() => {
                             let Some(a) = &settings.address else { continue };
@@ -116,6 +126,7 @@ pub fn start(
             .instrument(span.clone()),
         );
     }
+    let forwarded = promoting.clone();
     tokio::spawn(
         async move {
             while let Some(out) = rx.recv().await {
@@ -124,6 +135,9 @@ pub fn start(
                         let _ = votes_tx.send(v);
                     }
                     ControllerOut::Hook(h) => {
+                        if h == Hook::Promoted {
+                            forwarded.fetch_add(1, Ordering::SeqCst);
+                        }
                         let _ = hooks_tx.send(h);
                     }
                 }
@@ -133,7 +147,7 @@ pub fn start(
     );
     if let Some(cmd) = settings.health.clone() {
         let interval = settings.health_interval;
-        tokio::spawn(health_loop(node, cmd, interval, stop).instrument(span));
+        tokio::spawn(health_loop(node, cmd, interval, stop, promoting).instrument(span));
     }
 }
 
@@ -142,6 +156,7 @@ async fn health_loop(
     cmd: String,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
+    promoting: Arc<AtomicUsize>,
 ) {
     let mut failures = 0u32;
     loop {
@@ -149,7 +164,8 @@ async fn health_loop(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if node.role() != Role::Primary {
+        // Not while the promotion's hooks still start the service.
+        if node.role() != Role::Primary || promoting.load(Ordering::SeqCst) > 0 {
             failures = 0;
             continue;
         }
