@@ -111,7 +111,11 @@ pub fn start(
                                 Ok(()) if owed => {
                                     owed = false;
                                     info!("service address in place after a failed move: on_promote");
+                                    // As for a promotion: no health check
+                                    // while on_promote starts the service.
+                                    promoting.fetch_add(1, Ordering::SeqCst);
                                     let r = hooks::run_on_promote(&node, &settings).await;
+                                    promoting.fetch_sub(1, Ordering::SeqCst);
                                     if let Err(e) = &r {
                                         warn!("on_promote after the re-check failed: {e}");
                                     }
