@@ -175,6 +175,29 @@ mod tests {
         assert!(spec(&ok).is_ok());
     }
 
+    // Checked by review (helper-106): the user's command is not run every
+    // 30 s unasked; the AWS kinds re-check by default; "0s" is off.
+    #[test]
+    fn the_recheck_is_off_for_a_command_unless_set() {
+        let cmd = AddressSettings {
+            kind: "command".into(),
+            command: Some("true".into()),
+            ..AddressSettings::default()
+        };
+        assert_eq!(recheck_interval(&cmd), None);
+        let set = AddressSettings { recheck: Some("10s".into()), ..cmd.clone() };
+        assert_eq!(recheck_interval(&set), Some(Duration::from_secs(10)));
+        let eip = AddressSettings {
+            kind: "aws-eip".into(),
+            allocation_id: Some("eipalloc-1".into()),
+            region: Some("eu-west-1".into()),
+            ..AddressSettings::default()
+        };
+        assert_eq!(recheck_interval(&eip), Some(Duration::from_secs(30)));
+        let off = AddressSettings { recheck: Some("0s".into()), ..eip };
+        assert_eq!(recheck_interval(&off), None);
+    }
+
     // Found by review (helper-106): the IMDSv2 look-up was not asked the
     // guard: with IMDS silent it held a move (or a re-check) for its 10 s
     // after the node was told to demote, on_demote waiting behind it.
