@@ -783,6 +783,39 @@ key = "certs/b.key"
         assert!(e.contains("controller.address.command") && e.contains("aws-route"), "{e}");
     }
 
+    /// Checked by review (helper-106): every `[controller.address]` table
+    /// the README and docs/movers.md show still loads, every optional key
+    /// set (`endpoint`, `imds_endpoint`, `deadline`, `recheck` with the AWS
+    /// kinds; `deadline`, `recheck` with `command`).
+    #[test]
+    fn the_documented_address_tables_load() {
+        let with = |table: &str| {
+            format!(
+                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+                 [controller]\n[controller.address]\n{table}"
+            )
+        };
+        let optional = "endpoint = \"http://127.0.0.1:5000\"\n\
+                        imds_endpoint = \"http://169.254.169.254\"\n\
+                        deadline = \"60s\"\nrecheck = \"30s\"\n";
+        for table in [
+            "kind = \"aws-eip\"\nallocation_id = \"eipalloc-0123456789abcdef0\"\n\
+             region = \"eu-west-1\"\n",
+            "kind = \"aws-route\"\nroute_table_ids = [\"rtb-0aaa\", \"rtb-0bbb\"]\n\
+             cidr = \"10.9.9.9/32\"\nregion = \"eu-west-1\"\n",
+            "kind = \"aws-secondary-ip\"\nprivate_ip = \"10.0.1.50\"\nregion = \"eu-west-1\"\n",
+        ] {
+            assert!(parse(&with(table)).is_ok(), "{table}");
+            let all = format!("{table}{optional}");
+            assert!(parse(&with(&all)).is_ok(), "{all}");
+        }
+        let cmd = "kind = \"command\"\ncommand = \"/usr/local/bin/move-ip\"\n";
+        assert!(parse(&with(cmd)).is_ok());
+        let cmd_all = format!("{cmd}deadline = \"60s\"\nrecheck = \"30s\"\n");
+        assert!(parse(&with(&cmd_all)).is_ok());
+    }
+
     /// A zero `timeout` names `timeout` (it named `ping-interval`, found
     /// by review).
     #[test]
