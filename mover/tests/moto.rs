@@ -640,10 +640,9 @@ async fn the_deadline_is_honoured_when_every_answer_is_503() {
     assert!(proxy.actions().len() >= 3, "retried: {:?}", proxy.actions());
 }
 
-#[tokio::test]
-async fn the_deadline_is_honoured_when_nothing_answers() {
-    init();
-    // A listener that accepts and never answers.
+/// An Elastic IP move whose EC2 endpoint is a listener that accepts and
+/// never answers (abort the task to close it).
+async fn eip_at_a_silent_endpoint() -> (AddressSpec, Identity, tokio::task::JoinHandle<()>) {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
     let hold = tokio::spawn(async move {
@@ -659,7 +658,13 @@ async fn the_deadline_is_honoured_when_nothing_answers() {
         endpoint: Some(format!("http://{addr}")),
         ..AddressSpec::default()
     };
-    let me = Identity { instance_id: Some("i-1".into()), eni: None };
+    (spec, Identity { instance_id: Some("i-1".into()), eni: None }, hold)
+}
+
+#[tokio::test]
+async fn the_deadline_is_honoured_when_nothing_answers() {
+    init();
+    let (spec, me, hold) = eip_at_a_silent_endpoint().await;
     let deadline = Duration::from_secs(2);
     let started = Instant::now();
     let e = move_address(&spec, &me, &[], deadline).await.unwrap_err();
@@ -764,22 +769,7 @@ async fn an_old_promotions_retry_does_not_take_the_address_from_the_new_primary(
 #[tokio::test]
 async fn a_stop_ends_a_move_whose_call_is_in_flight() {
     init();
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((c, _)) = silent.accept().await {
-            conns.push(c);
-        }
-    });
-    let spec = AddressSpec {
-        kind: Kind::AwsEip,
-        allocation_id: Some("eipalloc-1".into()),
-        region: Some(REGION.into()),
-        endpoint: Some(format!("http://{addr}")),
-        ..AddressSpec::default()
-    };
-    let me = Identity { instance_id: Some("i-1".into()), eni: None };
+    let (spec, me, hold) = eip_at_a_silent_endpoint().await;
     let flag = Flag::new(Permit::Go);
     let guard = {
         let f = flag.clone();
