@@ -725,19 +725,23 @@ key = "certs/b.key"
         assert_eq!(c.disk_timeout, None, "disk-timeout is off by default");
     }
 
+    /// `GOOD` with a witness and a controller whose `[controller.address]`
+    /// table is `table`.
+    fn with_address(table: &str) -> String {
+        format!(
+            "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+             control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+             [controller]\n[controller.address]\n{table}"
+        )
+    }
+
     /// `[controller.address]`'s durations are checked at load, naming the
     /// key; a zero deadline (every move failing before its first call) is
     /// refused (review, helper-103).
     #[test]
     fn address_deadline_and_recheck_are_checked_at_load() {
-        let with = |extra: &str| {
-            format!(
-                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
-                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
-                 [controller]\n[controller.address]\nkind = \"command\"\n\
-                 command = \"true\"\n{extra}"
-            )
-        };
+        let with =
+            |extra: &str| with_address(&format!("kind = \"command\"\ncommand = \"true\"\n{extra}"));
         let c = parse(&with("deadline = \"5s\"\nrecheck = \"10s\"\n")).unwrap();
         let a = c.controller.unwrap().address.unwrap();
         assert_eq!(a.recheck.as_deref(), Some("10s"));
@@ -753,13 +757,7 @@ key = "certs/b.key"
     /// helper-103).
     #[test]
     fn address_keys_of_another_kind_are_refused_at_load() {
-        let with = |kind: &str, extra: &str| {
-            format!(
-                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
-                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
-                 [controller]\n[controller.address]\nkind = \"{kind}\"\n{extra}"
-            )
-        };
+        let with = |kind: &str, extra: &str| with_address(&format!("kind = \"{kind}\"\n{extra}"));
         let eip = "allocation_id = \"eipalloc-1\"\nregion = \"eu-west-1\"\n";
         assert!(parse(&with("aws-eip", eip)).is_ok());
         let e = parse(&with("aws-eip", &format!("{eip}cidr = \"10.9.9.9/32\"\n"))).unwrap_err();
@@ -789,13 +787,7 @@ key = "certs/b.key"
     /// kinds; `deadline`, `recheck` with `command`).
     #[test]
     fn the_documented_address_tables_load() {
-        let with = |table: &str| {
-            format!(
-                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
-                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
-                 [controller]\n[controller.address]\n{table}"
-            )
-        };
+        let with = with_address;
         let optional = "endpoint = \"http://127.0.0.1:5000\"\n\
                         imds_endpoint = \"http://169.254.169.254\"\n\
                         deadline = \"60s\"\nrecheck = \"30s\"\n";
