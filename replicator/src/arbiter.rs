@@ -762,6 +762,46 @@ mod tests {
         }
     }
 
+    /// A Primary's data told in the witness's quiet period is not final:
+    /// the lease the witness forgot may still run, and the Primary write
+    /// on under it (its first write alone starts a new generation) after
+    /// its refused renewal, then fall silent (cut off from the witness).
+    /// Renewing the other Primary past the quiet period on that stale
+    /// word resumes it without those writes: both acknowledged writes,
+    /// one after the other's takeover. It is refused until the other
+    /// node tells again (not named: it does not step down for it); a
+    /// word after the quiet period, or from a node that is no Primary (a
+    /// claim), is final.
+    #[test]
+    fn a_witness_without_its_record_does_not_trust_a_primary_word_from_its_quiet_period() {
+        let quiet = Duration::from_secs(2);
+        let t = Duration::from_secs(100);
+        let later = t + Duration::from_secs(3);
+        let data = |r: VoteRequest, d: &[u64]| VoteRequest { data: d.to_vec(), ..r };
+        let mut w = Arbiter::new("r", t, quiet, Durable::default());
+        // b, granted before the restart, renews in the quiet period on the
+        // generation it shares with a (it wrote nothing alone yet).
+        let r = w.judge(
+            t + Duration::from_millis(100),
+            &data(req("b", "a", VoteKind::Renew, false), &[1]),
+        );
+        assert!(matches!(r, Err(Refusal::JustStarted)), "{r:?}");
+        // (b writes on, generation 2, and is cut off from the witness.)
+        let r = w.handle(later, &data(req("a", "b", VoteKind::Renew, false), &[1]));
+        assert!(!r.granted, "a renewed on b's word from the quiet period: {r:?}");
+        assert_eq!(r.holder, None, "a is not told to step down");
+        // b heard again, past the quiet period: its word is final.
+        let r = w.judge(later, &data(req("b", "a", VoteKind::Claim, false), &[2, 1]));
+        assert!(r.is_err(), "{r:?}");
+        let r = w.judge(later, &data(req("a", "b", VoteKind::Renew, false), &[1]));
+        assert!(matches!(r, Err(Refusal::Behind { .. })), "{r:?}");
+        // Had b written nothing, a is renewed.
+        let mut w = Arbiter::new("r", t, quiet, Durable::default());
+        let _ = w.judge(t, &data(req("b", "a", VoteKind::Renew, false), &[1]));
+        let _ = w.judge(later, &data(req("b", "a", VoteKind::Claim, false), &[1]));
+        assert!(w.handle(later, &data(req("a", "b", VoteKind::Renew, false), &[1])).granted);
+    }
+
     /// A witness without its record (no `meta`, or the file lost) does
     /// not know that `b` was outdated: it must not promote `b` on a claim
     /// that says nothing of `a`, only once a grant told it who is current.
