@@ -145,6 +145,16 @@ pub enum Refusal {
          --force` on {node} accepts what it lacks)"
     )]
     Behind { node: String, other: String, gen: u64, other_gen: u64 },
+    /// A witness without its record: the renewing Primary runs alone and
+    /// the other node last told its data as a renewing Primary in the
+    /// quiet period, under a lease the witness may have forgotten: it may
+    /// have written on since (not final). Asked again once it tells.
+    #[error(
+        "{other} last renewed as Primary while a lease the witness lost may have run: it may \
+         have acknowledged writes since that {node} lacks; {node} is not renewed until {other} \
+         is heard again (`primary --force` on {node} accepts what it may lack)"
+    )]
+    Unsettled { node: String, other: String },
 }
 
 impl Refusal {
@@ -167,6 +177,7 @@ impl Refusal {
             Refusal::NoRecord { .. } => "no_record",
             Refusal::JustStarted => "just_started",
             Refusal::Behind { .. } => "behind",
+            Refusal::Unsettled { .. } => "unsettled",
         }
     }
 }
@@ -179,6 +190,10 @@ struct Told {
     /// Its disk was good ([`VoteRequest::uptodate`]): not a resync
     /// target, whose list names the generation it is being rebuilt to.
     uptodate: bool,
+    /// Told in a Renew during the quiet period: the node was Primary
+    /// under a lease the witness may have forgotten, and may have written
+    /// on after telling (its data not final).
+    unsettled: bool,
 }
 
 /// One resource's arbitration.
@@ -331,7 +346,15 @@ impl Arbiter {
             return Err(Refusal::NamesItself { node: req.node.clone() });
         }
         self.heard.insert(req.node.clone(), now);
-        self.told.insert(req.node.clone(), Told { data: req.data.clone(), uptodate: req.uptodate });
+        let in_quiet = now < self.started + self.quiet;
+        self.told.insert(
+            req.node.clone(),
+            Told {
+                data: req.data.clone(),
+                uptodate: req.uptodate,
+                unsettled: req.kind == VoteKind::Renew && in_quiet,
+            },
+        );
         self.follow_lineage(req);
         let lease = Duration::from_millis(req.lease_ms);
         let margin = lease / 4 + Duration::from_millis(10);
@@ -363,7 +386,6 @@ impl Arbiter {
         if self.outdated.contains(&req.node) && !forced_claim {
             return Err(Refusal::Outdated { node: req.node.clone() });
         }
-        let in_quiet = now < self.started + self.quiet;
         match req.kind {
             VoteKind::Claim if forced_claim => {
                 if in_quiet {
@@ -471,6 +493,13 @@ impl Arbiter {
                 gen,
                 other_gen,
             });
+        }
+        if other.unsettled {
+            // Not behind by its word from the quiet period: a Primary
+            // then, which may have acknowledged writes after it under the
+            // lease the witness forgot (its first write alone a new
+            // generation), then fallen silent. Asked again once it tells.
+            return Err(Refusal::Unsettled { node: req.node.clone(), other: req.peer.clone() });
         }
         Ok(())
     }
@@ -724,6 +753,12 @@ mod tests {
             if let Some(tb) = told_b {
                 let r = w.judge(t, &tb);
                 assert!(r.is_err(), "{r:?}");
+                if tb.kind == VoteKind::Renew {
+                    // (Its word from the quiet period is not final: heard
+                    // again past it, `Unsettled` otherwise.)
+                    let r = w.judge(later, &VoteRequest { kind: VoteKind::Claim, ..tb });
+                    assert!(r.is_err(), "{r:?}");
+                }
             }
             let reply = w.handle(later, &renew);
             (w, reply)

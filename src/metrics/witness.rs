@@ -236,6 +236,7 @@ mod tests {
             Refusal::Held { holder: n.clone() },
             Refusal::HeldSince { node: n.clone(), holder: p.clone() },
             Refusal::Behind { node: n.clone(), other: p.clone(), gen: 1, other_gen: 2 },
+            Refusal::Unsettled { node: n.clone(), other: p.clone() },
             Refusal::Outdated { node: n.clone() },
             Refusal::NotPromotable { node: n.clone() },
             Refusal::DataUnknown { node: n.clone(), peer: p.clone() },
