@@ -167,6 +167,21 @@ fn finds_no_peer_fence() {
 /// two generations after a FLUSH in flight at a crash started one for no
 /// block: in sync by their data, the adaptive Secondary saw the Primary
 /// on a generation it did not hold and stayed Behind for good).
+/// Seed 17300435 (20,000 steps, found by review, helper-105): b, Primary
+/// cut off with writes in flight to a, started a new generation when the
+/// link went ("the peer lost") and held those writes (no quorum); a took
+/// over and acknowledged a write; the witness lost its state. Past its
+/// quiet period b's renewal was granted: the two generations had "grown
+/// apart" (no `Refusal::Behind`), though b's held nothing it acknowledged,
+/// and b answered its held writes OK after a's (I4).
+#[test]
+fn a_primary_whose_new_generation_holds_nothing_acknowledged_is_not_renewed_beside_a_newer_one() {
+    let o = run_seed(17300435, 20000, Plant::None, false);
+    if let Some((v, _)) = &o.failure {
+        panic!("FAILED: {v}\n  replay: {}", replay_line(17300435, Plant::None, 20000));
+    }
+}
+
 #[test]
 fn regression_seeds_pass() {
     const SEEDS: &[(u64, usize)] = &[
