@@ -471,6 +471,7 @@ mod tests {
             lease_ms: 1000,
             data: data.to_vec(),
             forced,
+            unacked: false,
         }
     }
 

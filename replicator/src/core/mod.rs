@@ -168,6 +168,10 @@ pub struct Core {
     lost_acked: u64,
     /// See [`MetaRecord::told`].
     told: Vec<u64>,
+    /// The current generation, which this process started, holds no write
+    /// or FLUSH it answered OK yet ([`VoteRequest::unacked`]); false
+    /// after a start (not known then).
+    unacked_current: Option<u64>,
     /// The session whose Primary's `Outdate` this node answers once its
     /// record saying Outdated is durable (`OutdateDone`).
     pub(crate) outdate_ack: Option<SessionId>,
@@ -418,6 +422,7 @@ impl Core {
             asked_last: None,
             lost_acked: meta.lost_acked,
             told: meta.told.clone(),
+            unacked_current: None,
             outdate_ack: None,
             full_sync: meta.full_sync,
             boot: rec.boot,
@@ -719,6 +724,9 @@ impl Core {
     }
 
     fn reply(&mut self, req: ReqId, result: Result<(), ReplyError>) {
+        if result.is_ok() {
+            self.unacked_current = None;
+        }
         self.actions.push_back(Action::Reply { req, result });
     }
 

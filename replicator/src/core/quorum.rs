@@ -129,6 +129,14 @@ pub struct VoteRequest {
     /// right.
     #[serde(default)]
     pub forced: bool,
+    /// The current generation (first in `data`) holds nothing this node
+    /// acknowledged: it started it without its peer (writes in flight
+    /// when the link went, held without quorum) and answered no write
+    /// since. The witness without its record ranks a Renew by the
+    /// generation before it (`arbiter`, `Refusal::Behind`): beside a
+    /// node that acknowledged writes since that one, it is behind.
+    #[serde(default)]
+    pub unacked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -913,6 +921,8 @@ impl Core {
         let now = self.now;
         let told = self.told_gen();
         let data = self.tell_data(&told);
+        let unacked =
+            self.unacked_current.is_some_and(|g| g == told.current && g == self.gen.current);
         let c = self.ctl.as_mut().expect("controller");
         let id = c.next_id;
         c.next_id += 1;
@@ -935,6 +945,7 @@ impl Core {
             lease_ms: c.cfg.lease().as_millis() as u64,
             data,
             forced: kind == VoteKind::Renew && !c.granted_reign,
+            unacked,
         }
     }
 

@@ -300,6 +300,7 @@ impl Core {
         self.separated = true;
         let id = self.random_id();
         self.gen.new_current(id);
+        self.unacked_current = Some(id);
         tracing::info!(current = format!("{:016x}", self.gen.current), why, "new data generation");
     }
 

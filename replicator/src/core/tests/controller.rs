@@ -251,6 +251,7 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
         lease_ms: 1000,
         data: Vec::new(),
         forced: true,
+        unacked: false,
     };
     assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
     assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);
