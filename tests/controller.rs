@@ -362,6 +362,63 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     drop((relay_b, relay_w));
 }
 
+/// A Primary cut off from its peer and the witness no longer serves
+/// reads once the survivor may have taken over (`on-no-quorum =
+/// io-error`): before, a kept answering reads from its own data after b
+/// took over and acknowledged a write, so a client of a read what b had
+/// overwritten (found by review, helper-105). Its reads come back once it
+/// has rejoined as b's Secondary, with b's data.
+#[test]
+fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
+    if !need_tools() {
+        return;
+    }
+    let (to_b, to_w) = (free_udp(), free_udp());
+    let c = cluster(Some((&to_b, &to_w)));
+    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
+    let relay_b = netem(&to_b, &b_addr);
+    let relay_w = netem(&to_w, &w_addr);
+    c.first_primary();
+    qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
+    assert!(read_back(&c.p.uri(0), 0, 0x11), "a reads what it wrote");
+    // Isolate a from both; b takes over and overwrites the block.
+    drop(relay_b);
+    drop(relay_w);
+    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
+    qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    let a = c.p.status(0);
+    assert_eq!(a["role"], "Primary", "a, cut off, is still Primary (not deposed yet): {a}");
+    let (ok, text) = qemu_io(&c.p.uri(0), "read -P 17 0 4k", Duration::from_secs(30));
+    eprintln!("a's read after the takeover: ok {ok}: {text}");
+    assert!(
+        text.contains("Input/output error") || text.contains("failed"),
+        "a served a read after b took over and overwrote the block (ok {ok}): {text}"
+    );
+    assert!(!text.contains("4096/4096"), "a answered the read with its own data: {text}");
+    // a rejoins as b's Secondary: its reads are served, with b's data.
+    let relay_w = netem(&to_w, &w_addr);
+    let relay_b = netem(&to_b, &b_addr);
+    c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary"
+            && b["role"] == "Primary"
+            && a["disk"] == "UpToDate"
+            && a["connection"] == "Connected"
+    });
+    // (Read-only: a Secondary's export is.)
+    let out = run_timeout(
+        Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 51 0 4k"]),
+        Duration::from_secs(30),
+    );
+    let ok = out.status.success();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        ok && text.contains("4096/4096") && !text.contains("verification failed"),
+        "a's export does not show b's write once in sync: {text}"
+    );
+    drop((relay_b, relay_w));
+}
+
 #[test]
 fn cut_from_the_peer_only_the_primary_goes_on_and_the_peer_stays() {
     if !need_tools() {

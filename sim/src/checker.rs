@@ -64,7 +64,10 @@
 //! unrelated (never synced over; the operator forced a replaced disk) or
 //! call for a full sync (or a split brain, which only a full sync resolves).
 //!
-//! I4: never both nodes `accepts_writes()`.
+//! I4: never both nodes `accepts_writes()`; with a controller, no write
+//! acknowledged in a reign another node's later reign overtook (`ack_check`),
+//! and no Primary whose `read_gate` serves reads after the other node,
+//! Primary since it was, acknowledged writes (a stale read after a failover).
 //!
 //! I5: `promote(false)` returning Ok for an Inconsistent, Outdated, Failed
 //! or Diskless disk; `may_read()` Ok for one of them, at any step.
@@ -102,7 +105,7 @@ use std::fmt;
 use std::time::Duration;
 
 use twinblock_replicator::config::Protocol;
-use twinblock_replicator::core::{Connection, Replication, StoreOp, Time};
+use twinblock_replicator::core::{Connection, ReadGate, Replication, StoreOp, Time};
 use twinblock_replicator::protocol::genid::{decide, Decision, NEVER_SYNCED};
 use twinblock_replicator::protocol::wire::{DiskState, Role};
 
@@ -1320,6 +1323,28 @@ impl Checker {
         }
         for (n, node) in sim.nodes.iter().enumerate() {
             if let Some(c) = &node.core {
+                // Stale reads after a failover: a Primary serves reads
+                // (`Core::read_gate`) only in a reign the other node did
+                // not follow with acknowledged writes of its own.
+                let m = 1 - n;
+                if self.ctl_mode
+                    && c.role() == Role::Primary
+                    && c.may_read().is_ok()
+                    && c.read_gate(sim.now, true) == ReadGate::Serve
+                {
+                    if let (Some(mine), Some(theirs)) = (self.reign[n], self.reign[m]) {
+                        if theirs > mine && self.reign_acks[m] > 0 {
+                            return Err(self.v(
+                                "I4",
+                                format!(
+                                    "{} serves reads as Primary (since {mine:?}) after {}, \
+                                     Primary since {theirs:?}, acknowledged writes it lacks",
+                                    node.name, sim.nodes[m].name
+                                ),
+                            ));
+                        }
+                    }
+                }
                 if self.unsynced[n] && c.may_read().is_ok() {
                     return Err(self.v(
                         "I5",

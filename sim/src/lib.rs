@@ -153,6 +153,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ResyncBeforeReceived => "resync-before-received",
         Plant::ForgetAsyncPrimary => "forget-async-primary",
         Plant::PromoteAfterLoss => "promote-after-loss",
+        Plant::ReadsWithoutQuorum => "reads-without-quorum",
     }
 }
 

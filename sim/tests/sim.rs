@@ -846,6 +846,20 @@ fn finds_promote_after_loss() {
     }
 }
 
+/// Plant: a Primary serves reads whatever its quorum (`Core::read_gate`).
+/// Cut off from its peer and the witness, it went on serving its own
+/// data after the survivor took over and acknowledged writes (a stale
+/// read after a failover; found by review, helper-105). Caught by I4's
+/// read rule; the seeds are the first of 4,000 that catch it.
+#[test]
+fn finds_reads_without_quorum() {
+    for seed in [851, 2759, 3386, 3452] {
+        let v = planted_on(seed, Plant::ReadsWithoutQuorum).expect("not caught");
+        assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
+        assert!(v.what.contains("serves reads as Primary"), "seed {seed}: {v}");
+    }
+}
+
 /// A seed replays alike: the same seed run twice in one process (where
 /// each hash map gets other keys, as in another process) takes the same
 /// course, event for event. A failing seed that does not replay cannot

@@ -47,7 +47,8 @@ use bytes::Bytes;
 
 pub use bench::{ProbeMode, ENOTCONN};
 pub use quorum::{
-    ControllerConfig, ControllerStatus, Hook, NoQuorum, Standing, VoteKind, VoteReply, VoteRequest,
+    ControllerConfig, ControllerStatus, Hook, NoQuorum, ReadGate, Standing, VoteKind, VoteReply,
+    VoteRequest,
 };
 pub use types::*;
 

@@ -61,6 +61,20 @@ pub enum NoQuorum {
     Freeze,
 }
 
+/// What an application read does now ([`Core::read_gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadGate {
+    /// Served from this node's data.
+    Serve,
+    /// Held: a Primary whose quorum ran out and that may not have been
+    /// superseded yet (its renewal may come back), or that freezes
+    /// (`on-no-quorum = freeze`) until quorum returns or it is demoted.
+    Wait,
+    /// Failed with EIO: the other node may be Primary and have
+    /// acknowledged writes this node's data lacks.
+    Fail,
+}
+
 /// The controller's settings (the `[controller]` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerConfig {
@@ -442,6 +456,47 @@ impl Core {
             return Some(Err(ReplyError::Io(IoError::EIO)));
         }
         Some(Ok(()))
+    }
+
+    /// What an application read on this node does at `now` (the caller's
+    /// clock: the lease may have run out since the core's last event).
+    /// `issued_as_primary`: the node was Primary when the read came in.
+    ///
+    /// A Primary serves reads while it holds quorum: no other node can be
+    /// Primary before its leases end. Once they have ended, the other node
+    /// may be promoted and acknowledge writes; a read served from here
+    /// would miss them (a stale read after a failover). Such a read waits,
+    /// as a write's reply does: quorum may come back (a blip), and once the
+    /// survivor may have taken over it fails with EIO (`on-no-quorum =
+    /// io-error`) or waits on (`freeze`); a deposed Primary fails it. A read
+    /// that came in while Primary and finds the node demoted fails too: it
+    /// was issued when another node may already have been Primary. A
+    /// Secondary's reads are served from its copy, as before (its read-only
+    /// export follows its peer). Found by review (helper-105): a Primary cut
+    /// off from its peer and the witness served reads for good after the
+    /// survivor took over.
+    pub fn read_gate(&self, now: Time, issued_as_primary: bool) -> ReadGate {
+        let Some(c) = &self.ctl else { return ReadGate::Serve };
+        if self.role != Role::Primary {
+            return if issued_as_primary { ReadGate::Fail } else { ReadGate::Serve };
+        }
+        if matches!(self.cfg.plant, Plant::IgnoreQuorum | Plant::ReadsWithoutQuorum) {
+            return ReadGate::Serve;
+        }
+        if !c.serving() {
+            return ReadGate::Fail;
+        }
+        let now = now.max(self.now);
+        if c.peer_until > now || c.witness_until > now {
+            return ReadGate::Serve;
+        }
+        let fenced =
+            c.lost_since.is_some_and(|t| now >= t + c.cfg.dead_time.saturating_sub(c.cfg.lease()));
+        if fenced && c.cfg.on_no_quorum == NoQuorum::IoError {
+            ReadGate::Fail
+        } else {
+            ReadGate::Wait
+        }
     }
 
     /// The peer is current: everything acknowledged is on it.

@@ -297,6 +297,10 @@ pub enum Plant {
     /// a loss holds back ([`Core::held_back_by_loss`]): it runs the
     /// service without writes it had confirmed to its peer.
     PromoteAfterLoss,
+    /// A Primary serves reads whatever its quorum ([`Core::read_gate`]):
+    /// cut off from its peer and the witness, it reads its own data after
+    /// the survivor took over and acknowledged writes (stale reads).
+    ReadsWithoutQuorum,
 }
 
 impl std::str::FromStr for Plant {
@@ -334,9 +338,10 @@ impl std::str::FromStr for Plant {
             "resync-before-received" => Plant::ResyncBeforeReceived,
             "forget-async-primary" => Plant::ForgetAsyncPrimary,
             "promote-after-loss" => Plant::PromoteAfterLoss,
+            "reads-without-quorum" => Plant::ReadsWithoutQuorum,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum)"
                 ))
             }
         })

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How often a read held by [`Core::read_gate`] looks again.
+const READ_GATE_POLL: Duration = Duration::from_millis(20);
+
 impl Node {
     /// Sets who is told of every answered application request (once).
     pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
@@ -134,6 +137,39 @@ impl Node {
         })
     }
 
+    /// Until a read may be served by the controller's rules
+    /// ([`Core::read_gate`]): a Primary whose quorum ran out holds it
+    /// until quorum comes back, and fails it once the survivor may have
+    /// taken over (`on-no-quorum = io-error`) or it is deposed. The core
+    /// names no wake-up for a change of quorum, so a held read looks again
+    /// every [`READ_GATE_POLL`] (and at each change of state).
+    async fn quorum_for_read(&self) -> DeviceResult<()> {
+        let issued_as_primary = self.role() == Role::Primary;
+        let mut held = false;
+        loop {
+            let progress = self.lane_progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let gate = self.lock().core.read_gate(self.now(), issued_as_primary);
+            match gate {
+                ReadGate::Serve => return Ok(()),
+                ReadGate::Fail => {
+                    tracing::warn!(
+                        "a read failed: this Primary lost quorum, another node may serve"
+                    );
+                    return Err(DeviceError::Io(io::Error::from_raw_os_error(libc::EIO)));
+                }
+                ReadGate::Wait => {
+                    if !held {
+                        tracing::info!("a read waits: this Primary has no quorum");
+                        held = true;
+                    }
+                    let _ = tokio::time::timeout(READ_GATE_POLL, progress).await;
+                }
+            }
+        }
+    }
+
     /// Whether this node's data may be read now (UpToDate or Consistent),
     /// once every write received from the peer is issued (a Primary just
     /// promoted) and every write issued before the call is performed: a
@@ -143,6 +179,7 @@ impl Node {
     /// for: a status of "zeroes" where a read would fail (an Inconsistent
     /// disk is mostly holes) had backup tools copy zeroes and succeed.
     async fn readable(&self) -> DeviceResult<()> {
+        self.quorum_for_read().await?;
         let may_read = |sh: &Shell| match sh.core.may_read() {
             Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
             _ => Ok(()),

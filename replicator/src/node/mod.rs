@@ -34,8 +34,8 @@ use twinblock_nbd::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 use crate::al::{AlJournal, BitmapFile};
 use crate::config::{NodeConfig, ResourceConfig};
 use crate::core::{
-    Action, Core, CoreConfig, IoError, IoId, Persist, Recovered, Refused, ReplyError, ReqId,
-    SessionId, StoreOp,
+    Action, Core, CoreConfig, IoError, IoId, Persist, ReadGate, Recovered, Refused, ReplyError,
+    ReqId, SessionId, StoreOp,
 };
 use crate::disk_id::Check;
 use crate::lane::{Lane, Offer};

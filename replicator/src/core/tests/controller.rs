@@ -925,3 +925,87 @@ fn a_witness_without_its_state_does_not_renew_a_primary_behind_the_other() {
     );
     assert_ne!(d.c[0].role(), Role::Primary, "a did not step down");
 }
+
+/// Reads under the controller's rules (`Core::read_gate`; found by review,
+/// helper-105): a Primary cut off from its peer and the witness served its
+/// own data for good, also after the survivor took over and acknowledged
+/// writes it lacks. Now it serves reads while its lease runs, holds them
+/// once the lease has run out, and fails them (`on-no-quorum = io-error`)
+/// once the survivor may take over; never Serve while b is Primary. A
+/// Secondary's read-only export serves from its copy.
+#[test]
+fn a_primary_cut_off_stops_serving_reads_before_the_survivor_writes() {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    assert_eq!(d.c[0].read_gate(d.now, true), ReadGate::Serve);
+    assert_eq!(d.c[1].read_gate(d.now, false), ReadGate::Serve);
+    d.cut();
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    assert_eq!(d.c[0].read_gate(d.now, true), ReadGate::Serve, "within the lease");
+    let mut held = false;
+    for _ in 0..200 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+        d.hooks_done(1);
+        d.vote_all(1);
+        let g = d.c[0].read_gate(d.now, true);
+        held |= g == ReadGate::Wait;
+        if d.c[1].role() == Role::Primary {
+            assert_ne!(g, ReadGate::Serve, "a serves reads at {:?}, b Primary", d.now);
+            break;
+        }
+    }
+    assert!(held, "a's reads were never held between its lease's end and b's promotion");
+    assert_eq!(d.c[1].role(), Role::Primary, "b is not promoted");
+    d.write(1, 1, 0, 0xbb);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 1), Some(Ok(())), "b acknowledges alone");
+    // (The core's own clock may lag: the caller's counts.)
+    let later = d.now + ctl::DEAD;
+    assert_eq!(d.c[0].read_gate(later, true), ReadGate::Fail, "io-error: a's reads fail");
+    // a hears the witness again: refused, deposed, it steps down.
+    d.witness_up(0, true);
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(0);
+        d.hooks_done(0);
+        d.vote_all(1);
+        assert_ne!(d.c[0].read_gate(d.now, true), ReadGate::Serve, "deposed a serves a read");
+    }
+    assert_eq!(d.c[0].role(), Role::Secondary, "a is not deposed");
+    // A read that came in while a was Primary fails; one on its
+    // read-only export as a Secondary is served from its copy.
+    assert_eq!(d.c[0].read_gate(d.now, true), ReadGate::Fail);
+    assert_eq!(d.c[0].read_gate(d.now, false), ReadGate::Serve);
+}
+
+/// A blip: a Primary whose leases ran out holds reads (it may not fail
+/// them before the survivor may take over), and serves them again once
+/// the witness renews it. With `on-no-quorum = freeze` its reads wait on
+/// past the moment `io-error` fails them.
+#[test]
+fn a_primary_without_quorum_holds_reads_until_it_is_renewed() {
+    for freeze in [false, true] {
+        let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+        if freeze {
+            if let Some(c) = d.c[0].ctl.as_mut() {
+                c.cfg.on_no_quorum = NoQuorum::Freeze;
+            }
+        }
+        d.cut();
+        d.witness_up(0, false);
+        d.votes[0].clear();
+        let lease = ctl::DEAD / 2;
+        d.tick(lease + Duration::from_millis(100));
+        assert_eq!(d.c[0].read_gate(d.now, true), ReadGate::Wait, "freeze {freeze}");
+        let fenced = d.now + ctl::DEAD;
+        let want = if freeze { ReadGate::Wait } else { ReadGate::Fail };
+        assert_eq!(d.c[0].read_gate(fenced, true), want, "freeze {freeze}");
+        // The witness is back before the survivor claimed: renewed.
+        d.witness_up(0, true);
+        d.vote_all(0);
+        assert_eq!(d.c[0].role(), Role::Primary);
+        assert_eq!(d.c[0].read_gate(d.now, true), ReadGate::Serve, "freeze {freeze}");
+    }
+}
