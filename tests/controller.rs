@@ -230,6 +230,42 @@ fn need_tools() -> bool {
     true
 }
 
+/// A cluster whose node a reaches b and the witness through relays the
+/// test starts and stops (`links`): dropping them isolates a.
+struct Isolable {
+    c: Cluster,
+    to_b: String,
+    to_w: String,
+    b_addr: String,
+    w_addr: String,
+}
+
+impl Isolable {
+    fn new() -> Isolable {
+        let (to_b, to_w) = (free_udp(), free_udp());
+        // Filled in by cluster(): b's and w's real addresses.
+        let c = cluster(Some((&to_b, &to_w)));
+        let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
+        Isolable { c, to_b, to_w, b_addr, w_addr }
+    }
+
+    /// a's relays to b and to the witness, running until dropped.
+    fn links(&self) -> (KillOnDrop, KillOnDrop) {
+        (netem(&self.to_b, &self.b_addr), netem(&self.to_w, &self.w_addr))
+    }
+
+    /// Once a, linked again, was deposed (the witness names b), ran
+    /// `on_demote` and rejoined as b's Secondary, in sync.
+    fn wait_a_rejoined_b(&self) {
+        self.c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
+            a["role"] == "Secondary"
+                && b["role"] == "Primary"
+                && a["disk"] == "UpToDate"
+                && a["connection"] == "Connected"
+        });
+    }
+}
+
 #[test]
 fn survivor_takes_over_with_hooks_and_data() {
     if !need_tools() {
@@ -293,18 +329,15 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     if !need_tools() {
         return;
     }
-    let (to_b, to_w) = (free_udp(), free_udp());
-    // Filled in by cluster(): b's and w's real addresses.
-    let c = cluster(Some((&to_b, &to_w)));
-    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
-    let relay_b = netem(&to_b, &b_addr);
-    let relay_w = netem(&to_w, &w_addr);
+    let iso = Isolable::new();
+    let c = &iso.c;
+    let (relay_b, relay_w) = iso.links();
     c.p.wait_connected();
     c.first_primary();
     // A blip shorter than dead_time on the pair's link changes nothing.
     drop(relay_b);
     std::thread::sleep(Duration::from_millis(1500));
-    let relay_b = netem(&to_b, &b_addr);
+    let relay_b = netem(&iso.to_b, &iso.b_addr);
     qemu_write(&c.p.uri(0), 0, 0x11).expect("writes go on through a blip");
     std::thread::sleep(Duration::from_secs(3));
     let (a, b) = (c.p.status(0), c.p.status(1));
@@ -349,17 +382,11 @@ fn isolated_primary_stops_before_the_survivor_promotes() {
     assert_ne!(a["controller"]["quorum"], true, "a isolated yet holds quorum: {a}");
     // a reaches the witness again: it is told b holds the right, runs
     // on_demote, and rejoins as Secondary.
-    let relay_w = netem(&to_w, &w_addr);
-    let relay_b = netem(&to_b, &b_addr);
-    c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
-        a["role"] == "Secondary"
-            && b["role"] == "Primary"
-            && a["disk"] == "UpToDate"
-            && a["connection"] == "Connected"
-    });
+    let links = iso.links();
+    iso.wait_a_rejoined_b();
     assert!(c.hooks().contains("demote a"), "on_demote ran on a: {}", c.hooks());
     assert_eq!(c.owner_when("b"), "b");
-    drop((relay_b, relay_w));
+    drop(links);
 }
 
 /// A Primary cut off from its peer and the witness no longer serves
@@ -373,11 +400,9 @@ fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
     if !need_tools() {
         return;
     }
-    let (to_b, to_w) = (free_udp(), free_udp());
-    let c = cluster(Some((&to_b, &to_w)));
-    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
-    let relay_b = netem(&to_b, &b_addr);
-    let relay_w = netem(&to_w, &w_addr);
+    let iso = Isolable::new();
+    let c = &iso.c;
+    let (relay_b, relay_w) = iso.links();
     c.first_primary();
     qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
     assert!(read_back(&c.p.uri(0), 0, 0x11), "a reads what it wrote");
@@ -396,14 +421,8 @@ fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
     );
     assert!(!text.contains("4096/4096"), "a answered the read with its own data: {text}");
     // a rejoins as b's Secondary: its reads are served, with b's data.
-    let relay_w = netem(&to_w, &w_addr);
-    let relay_b = netem(&to_b, &b_addr);
-    c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
-        a["role"] == "Secondary"
-            && b["role"] == "Primary"
-            && a["disk"] == "UpToDate"
-            && a["connection"] == "Connected"
-    });
+    let links = iso.links();
+    iso.wait_a_rejoined_b();
     // (Read-only: a Secondary's export is.)
     let out = run_timeout(
         Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 51 0 4k"]),
@@ -416,7 +435,7 @@ fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
         ok && text.contains("4096/4096") && !text.contains("verification failed"),
         "a's export does not show b's write once in sync: {text}"
     );
-    drop((relay_b, relay_w));
+    drop(links);
 }
 
 #[test]
