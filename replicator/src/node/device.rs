@@ -137,39 +137,6 @@ impl Node {
         })
     }
 
-    /// Until a read may be served by the controller's rules
-    /// ([`Core::read_gate`]): a Primary whose quorum ran out holds it
-    /// until quorum comes back, and fails it once the survivor may have
-    /// taken over (`on-no-quorum = io-error`) or it is deposed. The core
-    /// names no wake-up for a change of quorum, so a held read looks again
-    /// every [`READ_GATE_POLL`] (and at each change of state).
-    async fn quorum_for_read(&self) -> DeviceResult<()> {
-        let issued_as_primary = self.role() == Role::Primary;
-        let mut held = false;
-        loop {
-            let progress = self.lane_progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            let gate = self.lock().core.read_gate(self.now(), issued_as_primary);
-            match gate {
-                ReadGate::Serve => return Ok(()),
-                ReadGate::Fail => {
-                    tracing::warn!(
-                        "a read failed: this Primary lost quorum, another node may serve"
-                    );
-                    return Err(DeviceError::Io(io::Error::from_raw_os_error(libc::EIO)));
-                }
-                ReadGate::Wait => {
-                    if !held {
-                        tracing::info!("a read waits: this Primary has no quorum");
-                        held = true;
-                    }
-                    let _ = tokio::time::timeout(READ_GATE_POLL, progress).await;
-                }
-            }
-        }
-    }
-
     /// Whether this node's data may be read now (UpToDate or Consistent),
     /// once every write received from the peer is issued (a Primary just
     /// promoted) and every write issued before the call is performed: a
@@ -178,8 +145,17 @@ impl Node {
     /// promoted) first. What a READ and a BLOCK_STATUS answer both wait
     /// for: a status of "zeroes" where a read would fail (an Inconsistent
     /// disk is mostly holes) had backup tools copy zeroes and succeed.
+    ///
+    /// First, the controller's rules ([`Core::read_gate`]): a Primary whose
+    /// quorum ran out holds the read until quorum comes back, and fails it
+    /// once the survivor may have taken over (`on-no-quorum = io-error`) or
+    /// it is deposed. The core names no wake-up for a change of quorum, so
+    /// a held read looks again every [`READ_GATE_POLL`] (and at each change
+    /// of state). Checked under the same lock as the rest: one lock per
+    /// read on the common path.
     async fn readable(&self) -> DeviceResult<()> {
-        self.quorum_for_read().await?;
+        let mut issued_as_primary = None;
+        let mut held = false;
         let may_read = |sh: &Shell| match sh.core.may_read() {
             Err(ReplyError::Io(e)) => Err(DeviceError::Io(io::Error::from_raw_os_error(e.0))),
             _ => Ok(()),
@@ -189,17 +165,44 @@ impl Node {
         // (Or the disk is detached meanwhile: they never will be.)
         let settled = |sh: &Shell| sh.core.reads_settled() || sh.detached();
         loop {
-            let mark = {
+            let progress = self.lane_progress.notified();
+            let step = {
                 let sh = self.lock();
-                may_read(&sh)?;
-                if settled(&sh) {
-                    let mark = sh.lane.mark();
-                    if sh.lane.caught_up(mark) {
-                        return Ok(());
+                let primary =
+                    *issued_as_primary.get_or_insert_with(|| sh.core.role() == Role::Primary);
+                match sh.core.read_gate(self.now(), primary) {
+                    ReadGate::Serve => {
+                        may_read(&sh)?;
+                        if settled(&sh) {
+                            let mark = sh.lane.mark();
+                            if sh.lane.caught_up(mark) {
+                                return Ok(());
+                            }
+                            Ok(Some(mark))
+                        } else {
+                            Ok(None)
+                        }
                     }
-                    Some(mark)
-                } else {
-                    None
+                    held => Err(held),
+                }
+            };
+            let mark = match step {
+                Ok(mark) => mark,
+                Err(ReadGate::Fail) => {
+                    tracing::warn!(
+                        "a read failed: this Primary lost quorum, another node may serve"
+                    );
+                    return Err(DeviceError::Io(io::Error::from_raw_os_error(libc::EIO)));
+                }
+                Err(_) => {
+                    if !held {
+                        tracing::info!("a read waits: this Primary has no quorum");
+                        held = true;
+                    }
+                    // (Woken by a change of state since `notified()`, or
+                    // after the poll: quorum changes wake nobody.)
+                    let _ = tokio::time::timeout(READ_GATE_POLL, progress).await;
+                    continue;
                 }
             };
             let Some(mark) = mark else {
