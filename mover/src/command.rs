@@ -1,16 +1,10 @@
 //! The `command` mover: a user command run with `sh -c`.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
-
 use crate::backoff::Backoff;
+use crate::child::{Child, Exit};
 use crate::{AddressSpec, Guard, Kind, MoveError, MoveReport, Permit};
-
-/// How much of stderr an error keeps.
-const TAIL: usize = 1024;
 
 /// How often a running command's guard is asked whether to go on.
 const GUARD_POLL: Duration = Duration::from_millis(100);
@@ -47,30 +41,10 @@ pub(crate) async fn run(
         }
     }
     tracing::info!(%command, "running the address command");
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+    // Dropped with this future when the caller cancels the move: the
+    // command and anything it started go too.
+    let mut child = Child::spawn(&command, env, true)
         .map_err(|source| MoveError::CommandSpawn { command: command.clone(), source })?;
-    let pgid = child.id();
-    // If the caller drops this future (cancels the move), the command and
-    // anything it started go too.
-    let mut group = GroupGuard(pgid);
-    let reader = |r: Option<_>| {
-        r.map(|r| {
-            let buf = Tail::default();
-            (tokio::spawn(read_into(r, buf.clone())), buf)
-        })
-    };
-    let stdout = reader(child.stdout.take().map(|o| Box::new(o) as Pipe));
-    let stderr = reader(child.stderr.take().map(|e| Box::new(e) as Pipe));
-
     // The command stops at the deadline, or as soon as the caller says
     // stop (it may be moving the address away from the current Primary).
     let stopped = async {
@@ -82,56 +56,21 @@ pub(crate) async fn run(
         }
     };
     let left = until.saturating_duration_since(Instant::now());
-    let mut withdrawn = None;
-    let waited = tokio::select! {
-        w = tokio::time::timeout(left, child.wait()) => w.ok(),
-        reason = stopped => {
-            withdrawn = Some(reason);
-            None
+    let exit = child.wait(left, stopped).await;
+    let out = child.stdout().await;
+    let stderr_tail = child.stderr().await;
+    match exit {
+        Exit::Stopped(reason) => {
+            tracing::warn!(%command, %reason, "address command killed: move withdrawn");
+            Err(MoveError::Withdrawn { op: "command", reason })
         }
-    };
-    let status = match waited {
-        Some(status) => {
-            group.0 = None;
-            Some(status)
-        }
-        None => {
-            kill_group(group.0.take());
-            let _ = child.kill().await;
-            None
-        }
-    };
-    // Grandchildren that outlive the shell may hold the pipes open: do not
-    // wait for them past a short grace period, but do not close the pipes
-    // either: the reader drains them on (tail only) until the last holder
-    // closes them. Aborting it killed a process the command left running
-    // (`arping -U ... &`) with SIGPIPE at its next line of output (found
-    // by review, helper-106).
-    let collect = |h: Option<(tokio::task::JoinHandle<()>, Tail)>| async move {
-        match h {
-            Some((h, buf)) => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
-                let v = buf.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                v
-            }
-            None => Vec::new(),
-        }
-    };
-    let out = collect(stdout).await;
-    let err = collect(stderr).await;
-    let stderr_tail = tail(&err);
-    if let Some(reason) = withdrawn {
-        tracing::warn!(%command, %reason, "address command killed: move withdrawn");
-        return Err(MoveError::Withdrawn { op: "command", reason });
-    }
-    match status {
-        None => {
+        Exit::Deadline => {
             tracing::warn!(%command, ?deadline, "address command killed at the deadline");
             Err(MoveError::CommandTimeout { command, deadline, stderr_tail })
         }
-        Some(Err(e)) => Err(MoveError::CommandSpawn { command, source: e }),
-        Some(Ok(s)) if s.success() => {
-            let detail = match tail(&out) {
+        Exit::Failed(e) => Err(MoveError::CommandSpawn { command, source: e }),
+        Exit::Exited(s) if s.success() => {
+            let detail = match out {
                 t if t.is_empty() => "command succeeded".to_string(),
                 t => format!("command succeeded: {}", t.lines().last().unwrap_or_default()),
             };
@@ -143,7 +82,7 @@ pub(crate) async fn run(
                 detail,
             })
         }
-        Some(Ok(s)) => {
+        Exit::Exited(s) => {
             let status = match s.code() {
                 Some(c) => format!("exit status {c}"),
                 None => format!("{s}"),
@@ -154,80 +93,8 @@ pub(crate) async fn run(
     }
 }
 
-/// A pipe of the command's.
-type Pipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-
-/// What a reader has kept so far of its pipe.
-type Tail = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
-
-/// Reads `r` to its end into `buf`, keeping only the last `TAIL` bytes or
-/// a little more (only tails are reported; a command that prints without
-/// end must not fill the daemon's memory). The pipe is still drained, so
-/// the command never blocks on a full pipe.
-async fn read_into<R: tokio::io::AsyncRead + Unpin>(mut r: R, buf: Tail) {
-    let mut chunk = [0u8; 8192];
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut v = buf.lock().unwrap_or_else(|e| e.into_inner());
-                v.extend_from_slice(&chunk[..n]);
-                if v.len() > 2 * TAIL {
-                    let cut = v.len() - TAIL;
-                    v.drain(..cut);
-                }
-            }
-        }
-    }
-}
-
-/// [`read_into`] a buffer of its own, returned at the end.
-#[cfg(test)]
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: R) -> Vec<u8> {
-    let buf = Tail::default();
-    read_into(r, buf.clone()).await;
-    let v = buf.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    v
-}
-
-/// The last `TAIL` bytes as trimmed text.
-fn tail(b: &[u8]) -> String {
-    let start = b.len().saturating_sub(TAIL);
-    String::from_utf8_lossy(&b[start..]).trim().to_string()
-}
-
-/// Kills the process group on drop unless disarmed (`.0 = None`).
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        kill_group(self.0.take());
-    }
-}
-
-fn kill_group(pgid: Option<u32>) {
-    if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-        // SAFETY: kill(2) on the process group we created for the command.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{read_all, tail, TAIL};
-    use tokio::io::AsyncReadExt;
-
-    // Found by review (helper-103): a command that prints without end
-    // (`yes`, a verbose tool) until the deadline filled the daemon's
-    // memory, as both pipes were read whole; only their tails are used.
-    #[tokio::test]
-    async fn a_flood_of_output_keeps_only_its_tail() {
-        let flood = tokio::io::repeat(b'x').take(64 << 20).chain(&b"the end\n"[..]);
-        let kept = read_all(flood).await;
-        assert!(kept.len() <= 2 * TAIL, "kept {} bytes", kept.len());
-        assert!(tail(&kept).ends_with("the end"));
-    }
-
     // Found by review (helper-106): a process the command leaves in the
     // background (a gratuitous ARP loop, `arping -U ... &`, a helper
     // daemon) that writes to its inherited stdout was killed by SIGPIPE
@@ -260,12 +127,5 @@ mod tests {
         // SAFETY: the test's own background process.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = std::fs::remove_file(&pidfile);
-    }
-
-    #[test]
-    fn tail_keeps_the_end() {
-        let long = "x".repeat(5000) + "the end\n";
-        assert!(tail(long.as_bytes()).ends_with("the end"));
-        assert!(tail(long.as_bytes()).len() <= 1024);
     }
 }

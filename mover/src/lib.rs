@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "aws")]
 mod aws;
 mod backoff;
+pub mod child;
 mod command;
 pub mod imds;
 

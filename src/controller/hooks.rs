@@ -2,104 +2,40 @@
 //! a promotion, `on_demote` before a demotion. Commands run through `sh -c`
 //! one after the other with the hook environment; each has a deadline.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
+use twinblock_mover::child::{Child, Exit};
 use twinblock_replicator::config::ControllerSettings;
 use twinblock_replicator::core::Hook;
 use twinblock_replicator::Node;
 
-/// How much of stderr an error keeps.
+/// How much of stderr an error keeps (characters).
 const TAIL: usize = 300;
 
 /// Runs one shell command; Err carries the exit status and stderr's tail.
-/// The command runs in its own process group: at the deadline (or when
-/// the caller drops this future) the whole group is killed, not only the
-/// shell. It is done when the shell exits: a background process it
-/// started (a daemon in `on_promote`) may keep stderr open and live on.
+/// The command runs in its own process group ([`Child`]): at the
+/// deadline (or when the caller drops this future) the whole group is
+/// killed, not only the shell. It is done when the shell exits: a
+/// background process it started (a daemon in `on_promote`) may keep
+/// stderr open and live on (stderr is drained on, never closed under it).
 pub async fn shell(cmd: &str, env: &[(String, String)], deadline: Duration) -> Result<(), String> {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(cmd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    c.process_group(0).kill_on_drop(true);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().map_err(|e| format!("{cmd:?}: cannot start: {e}"))?;
-    let mut group = Group(child.id());
-    let kept = Kept::default();
-    let stderr = child.stderr.take().map(|e| tokio::spawn(read_tail(e, kept.clone())));
-    let status = match tokio::time::timeout(deadline, child.wait()).await {
-        Err(_) => {
-            drop(group);
-            let _ = child.kill().await;
-            // The reader is not aborted: a daemon started in a session of
-            // its own (`setsid`) is not in the group, lives on, and may
-            // hold stderr; a closed pipe would kill it with SIGPIPE.
-            drop(stderr);
-            return Err(format!("{cmd:?}: still running after {deadline:?}: killed"));
-        }
-        Ok(Err(e)) => return Err(format!("{cmd:?}: {e}")),
-        Ok(Ok(status)) => {
-            // Exited: what it started in the background is not ours to kill.
-            group.0 = None;
-            status
+    let mut child =
+        Child::spawn(cmd, env, false).map_err(|e| format!("{cmd:?}: cannot start: {e}"))?;
+    let status = match child.wait(deadline, std::future::pending::<()>()).await {
+        Exit::Exited(status) => status,
+        Exit::Failed(e) => return Err(format!("{cmd:?}: {e}")),
+        Exit::Deadline | Exit::Stopped(()) => {
+            return Err(format!("{cmd:?}: still running after {deadline:?}: killed"))
         }
     };
     if status.success() {
-        // stderr's reader runs on until the last holder of the pipe closes
-        // it: a daemon the hook left behind may write there, and a closed
-        // pipe would kill it with SIGPIPE. What it keeps is bounded.
         return Ok(());
     }
-    // A background child may hold stderr open: take what came within a
-    // short grace period, and leave the reader draining on (aborting it
-    // closed the pipe, and the child died of SIGPIPE at its next line:
-    // found by review, helper-106).
-    if let Some(h) = stderr {
-        let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
-    }
-    let err = kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let err = String::from_utf8_lossy(&err);
-    let tail: String =
-        err.trim().chars().rev().take(TAIL).collect::<Vec<_>>().into_iter().rev().collect();
+    // What came on stderr within a short grace period (a background child
+    // may hold it open).
+    let err = child.stderr().await;
+    let tail: String = err.chars().rev().take(TAIL).collect::<Vec<_>>().into_iter().rev().collect();
     Err(format!("{cmd:?}: {status}: {tail}"))
-}
-
-/// What the stderr reader has kept so far.
-type Kept = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
-
-/// Reads `r` to its end into `kept`, keeping only about the last `TAIL`
-/// bytes (a hook that prints without end must not fill the daemon's
-/// memory).
-async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, kept: Kept) {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 8192];
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut v = kept.lock().unwrap_or_else(|e| e.into_inner());
-                v.extend_from_slice(&chunk[..n]);
-                if v.len() > 8 * TAIL {
-                    let cut = v.len() - 4 * TAIL;
-                    v.drain(..cut);
-                }
-            }
-        }
-    }
-}
-
-/// Kills the command's process group when dropped, unless disarmed.
-struct Group(Option<u32>);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take().and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill(2) on the process group created for the command.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-    }
 }
 
 /// How often a running `on_promote` command looks whether the node is
