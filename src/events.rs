@@ -43,7 +43,7 @@ pub struct Event {
     /// What changed: `role`, `disk`, `connection`, `replication`,
     /// `peer-role`, `peer-disk`, `split-brain`, `sync`, `mode`,
     /// `controller`, `quorum`, `witness`, `address` (a service address
-    /// move: `moved`, `in-place`, `failed`, `withdrawn`).
+    /// move: `moved`, `in-place`, `checked`, `failed`, `withdrawn`).
     pub object: String,
     /// The value before (absent for `exists`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +70,8 @@ pub struct Event {
 pub struct AddressOutcome {
     /// `promote` (the move after a promotion) or `recheck`.
     pub op: &'static str,
-    /// `moved`, `in-place`, `failed` or `withdrawn` (the node was to
+    /// `moved`, `in-place`, `checked` (a re-check by a `command` that
+    /// did not say whether it moved the address), `failed` or `withdrawn` (the node was to
     /// demote meanwhile).
     pub result: &'static str,
     /// The mover's report, or the error.
@@ -79,8 +80,8 @@ pub struct AddressOutcome {
 
 impl AddressOutcome {
     /// Whether `twinblock events` shows it.
-    fn is_event(&self) -> bool {
-        self.op != "recheck" || self.result != "in-place"
+    pub(crate) fn is_event(&self) -> bool {
+        self.op != "recheck" || !matches!(self.result, "in-place" | "checked")
     }
 }
 
@@ -649,6 +650,7 @@ mod tests {
         assert!(o("recheck", "moved").is_event());
         assert!(o("recheck", "failed").is_event());
         assert!(!o("recheck", "in-place").is_event());
+        assert!(!o("recheck", "checked").is_event());
         let mut e = Tracker::event(&status(), "change", "address", None, "failed".into());
         e.detail = Some("promote: command `x` failed".into());
         assert!(

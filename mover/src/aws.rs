@@ -61,6 +61,7 @@ pub(crate) async fn move_address(
     Ok(MoveReport {
         kind: spec.kind,
         already_in_place,
+        known: true,
         attempts: ec2.attempts.load(Ordering::Relaxed),
         elapsed: ec2.started.elapsed(),
         detail,

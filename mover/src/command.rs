@@ -70,13 +70,16 @@ pub(crate) async fn run(
         }
         Exit::Failed(e) => Err(MoveError::CommandSpawn { command, source: e }),
         Exit::Exited(s) if s.success() => {
-            let detail = match out {
-                t if t.is_empty() => "command succeeded".to_string(),
-                t => format!("command succeeded: {}", t.lines().last().unwrap_or_default()),
+            let last = out.lines().last().unwrap_or_default().trim();
+            let (known, already_in_place) = said(last);
+            let detail = match last {
+                "" => "command succeeded".to_string(),
+                l => format!("command succeeded: {l}"),
             };
             Ok(MoveReport {
                 kind: Kind::Command,
-                already_in_place: false,
+                already_in_place,
+                known,
                 attempts: 1,
                 elapsed: started.elapsed(),
                 detail,
@@ -93,8 +96,43 @@ pub(crate) async fn run(
     }
 }
 
+/// What a command said it did with the last line of its stdout: (known,
+/// already in place). `in-place`: the address was already here, nothing
+/// changed; `moved`: it moved it; anything else: not said.
+fn said(last: &str) -> (bool, bool) {
+    match last {
+        "in-place" => (true, true),
+        "moved" => (true, false),
+        _ => (false, false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    // Found by review (helper-107): a `command` re-check reported the
+    // address "moved" at every interval, nothing having changed. The
+    // command says what it did with its last line of stdout.
+    #[tokio::test]
+    async fn a_command_says_whether_it_moved_the_address_with_its_last_line() {
+        use crate::{AddressSpec, Kind, Permit};
+        use std::time::Duration;
+        let go = || Permit::Go;
+        for (cmd, known, in_place) in [
+            ("echo checking; echo in-place", true, true),
+            ("echo checking; echo moved", true, false),
+            ("echo checking", false, false),
+            ("true", false, false),
+        ] {
+            let spec = AddressSpec {
+                kind: Kind::Command,
+                command: Some(cmd.into()),
+                ..Default::default()
+            };
+            let r = super::run(&spec, &[], Duration::from_secs(10), &go).await.unwrap();
+            assert_eq!((r.known, r.already_in_place), (known, in_place), "{cmd}: {r}");
+        }
+    }
+
     // Found by review (helper-106): a process the command leaves in the
     // background (a gratuitous ARP loop, `arping -U ... &`, a helper
     // daemon) that writes to its inherited stdout was killed by SIGPIPE

@@ -278,6 +278,12 @@ pub struct MoveReport {
     pub kind: Kind,
     /// The address was already here: nothing was changed.
     pub already_in_place: bool,
+    /// Whether the mover knows what it did (`already_in_place` or moved):
+    /// always for the AWS kinds, which read the current owner first; for
+    /// `command`, only when the command's last line of stdout is `moved`
+    /// or `in-place` (else `already_in_place` is false: it ran and
+    /// succeeded, nothing more is known).
+    pub known: bool,
     /// API calls (or command runs) made, retries included.
     pub attempts: u32,
     pub elapsed: Duration,

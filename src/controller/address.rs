@@ -74,14 +74,26 @@ pub async fn move_and_report(
     outcomes: &Outcomes,
 ) -> Result<(), (bool, String)> {
     let r = move_here(node, a, env).await;
-    let (result, detail) = match &r {
+    let _ = outcomes.send(outcome(op, &r));
+    r.map(|_| ())
+}
+
+/// What a move as `op` (`promote`, `recheck`) reports: `in-place` when
+/// the mover found the address here, `moved` when it moved it, `failed`
+/// or `withdrawn`. A `command` mover's command that did not say which
+/// (its last line of stdout is neither `moved` nor `in-place`) moved it
+/// at a promotion, and at a re-check only `checked` it: not an event.
+/// Before, every such re-check was an `address moved` event, nothing
+/// having changed (review, helper-107).
+fn outcome(op: &'static str, r: &Result<MoveReport, (bool, String)>) -> AddressOutcome {
+    let (result, detail) = match r {
         Ok(report) if report.already_in_place => ("in-place", report.to_string()),
+        Ok(report) if !report.known && op == "recheck" => ("checked", report.to_string()),
         Ok(report) => ("moved", report.to_string()),
         Err((true, e)) => ("withdrawn", e.clone()),
         Err((false, e)) => ("failed", e.clone()),
     };
-    let _ = outcomes.send(AddressOutcome { op, result, detail });
-    r.map(|_| ())
+    AddressOutcome { op, result, detail }
 }
 
 /// Err: (withdrawn, what): withdrawn, the node was to demote meanwhile
@@ -196,6 +208,40 @@ mod tests {
         assert_eq!(recheck_interval(&eip), Some(Duration::from_secs(30)));
         let off = AddressSettings { recheck: Some("0s".into()), ..eip };
         assert_eq!(recheck_interval(&off), None);
+    }
+
+    // Found by review (helper-107): a `command` re-check was an `address
+    // moved` event at every interval, nothing having changed.
+    #[tokio::test]
+    async fn a_command_recheck_is_an_event_only_when_the_command_says_it_moved() {
+        let run = |cmd: &str| {
+            let spec = AddressSpec {
+                kind: Kind::Command,
+                command: Some(cmd.into()),
+                ..AddressSpec::default()
+            };
+            async move {
+                twinblock_mover::move_address(
+                    &spec,
+                    &Identity::default(),
+                    &[],
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| (false, e.to_string()))
+            }
+        };
+        let quiet = run("true").await;
+        let o = outcome("recheck", &quiet);
+        assert_eq!(o.result, "checked", "{o:?}");
+        assert!(!o.is_event(), "{o:?}");
+        assert_eq!(outcome("promote", &quiet).result, "moved");
+        let o = outcome("recheck", &run("echo in-place").await);
+        assert_eq!(o.result, "in-place", "{o:?}");
+        assert!(!o.is_event());
+        let o = outcome("recheck", &run("echo moved").await);
+        assert_eq!(o.result, "moved", "{o:?}");
+        assert!(o.is_event());
     }
 
     // Found by review (helper-106): the IMDSv2 look-up was not asked the

@@ -395,7 +395,7 @@ impl Metrics {
                 r.register(
                     "address_moves",
                     "Service address moves ([controller.address]), by op (promote, recheck) \
-                     and result (moved, in-place, failed, withdrawn)",
+                     and result (moved, in-place, checked, failed, withdrawn)",
                     f.clone(),
                 );
                 f
