@@ -810,6 +810,16 @@ fn on_promote_runs_once_a_recheck_moves_the_address_after_a_failed_move() {
         assert!(Instant::now() < deadline, "on_promote never ran: {:?}", c.hooks());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The failed move's error goes once on_promote has run (review,
+    // helper-107: `status` showed it for good).
+    loop {
+        let a = c.p.status(0);
+        if a["last_error"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last_error stays: {}", a["last_error"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The health check counts only once the promotion's hooks are done (the
