@@ -10,6 +10,7 @@
 //! token expired: a new one is fetched. Connection errors, timeouts and 5xx
 //! answers are retried with backoff until the deadline.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,6 +74,45 @@ pub async fn resolve_within(
         let eni = c.get(&format!("network/interfaces/macs/{mac}/interface-id")).await?;
         tracing::info!(%mac, %eni, "IMDS: primary network interface");
         got.eni = Some(eni);
+    }
+    Ok(got)
+}
+
+/// What IMDS answered at each endpoint in this process: a running
+/// instance's id and primary ENI cannot change.
+static ANSWERED: Mutex<Vec<(String, Identity)>> = Mutex::new(Vec::new());
+
+/// [`resolve`], asking IMDS only for what neither `want` nor an earlier
+/// answer from `endpoint` in this process holds. Found by review
+/// (helper-107): the controller asked IMDS at every address re-check
+/// (every 30 s by default) when the config names no instance or ENI;
+/// each look-up can fail or stall a re-check when IMDS is slow.
+pub async fn resolve_cached(endpoint: &str, want: Identity) -> Result<Identity, ImdsError> {
+    let want = want.normalized();
+    let known = {
+        let a = ANSWERED.lock().unwrap_or_else(|e| e.into_inner());
+        a.iter().find(|(e, _)| e == endpoint).map(|(_, id)| id.clone()).unwrap_or_default()
+    };
+    let ask = Identity {
+        instance_id: want.instance_id.clone().or(known.instance_id),
+        eni: want.eni.clone().or(known.eni),
+    };
+    let got = resolve(endpoint, ask).await?;
+    // Only IMDS's answers are kept, not what the caller gave.
+    let mut a = ANSWERED.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match a.iter().position(|(e, _)| e == endpoint) {
+        Some(i) => i,
+        None => {
+            a.push((endpoint.to_string(), Identity::default()));
+            a.len() - 1
+        }
+    };
+    let kept = &mut a[i].1;
+    if want.instance_id.is_none() {
+        kept.instance_id = got.instance_id.clone();
+    }
+    if want.eni.is_none() {
+        kept.eni = got.eni.clone();
     }
     Ok(got)
 }

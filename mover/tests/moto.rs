@@ -1057,6 +1057,31 @@ async fn imds_keeps_what_is_known_and_asks_only_for_the_rest() {
     assert_eq!(imds.requests.lock().unwrap().len(), before, "nothing asked");
 }
 
+// Found by review (helper-107): the controller asked IMDS at every
+// address re-check when the config names no instance or ENI; what IMDS
+// answered is kept for the life of the process.
+#[tokio::test]
+async fn imds_is_asked_once_per_process_for_each_answer() {
+    init();
+    let imds = Imds::start("i-cached", "02:00:00:00:00:03", "eni-cached").await;
+    let first = imds::resolve_cached(&imds.url(), Identity::default()).await.unwrap();
+    assert_eq!(first.instance_id.as_deref(), Some("i-cached"));
+    assert_eq!(first.eni.as_deref(), Some("eni-cached"));
+    let asked = imds.requests.lock().unwrap().len();
+    assert!(asked > 0);
+    let again = imds::resolve_cached(&imds.url(), Identity::default()).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(imds.requests.lock().unwrap().len(), asked, "IMDS asked again");
+    // What the caller gives wins over the cache, and is not cached.
+    let want = Identity { instance_id: Some("i-configured".into()), eni: None };
+    let got = imds::resolve_cached(&imds.url(), want).await.unwrap();
+    assert_eq!(got.instance_id.as_deref(), Some("i-configured"));
+    assert_eq!(got.eni.as_deref(), Some("eni-cached"));
+    let again = imds::resolve_cached(&imds.url(), Identity::default()).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(imds.requests.lock().unwrap().len(), asked, "IMDS asked again");
+}
+
 #[tokio::test]
 async fn imds_gives_up_at_its_deadline_when_nothing_listens() {
     init();

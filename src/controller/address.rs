@@ -126,7 +126,8 @@ pub async fn move_here(
     };
     if needs {
         let endpoint = a.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254");
-        me = unless_stopped(&guard, imds::resolve(endpoint, me))
+        // Asked once per process: the answer cannot change.
+        me = unless_stopped(&guard, imds::resolve_cached(endpoint, me))
             .await
             .map_err(|why| (true, format!("IMDSv2 at {endpoint}: move withdrawn: {why}")))?
             .map_err(|e| failed(format!("IMDSv2 at {endpoint}: {e}")))?;
@@ -143,7 +144,7 @@ const GUARD_POLL: Duration = Duration::from_millis(100);
 
 /// `fut`, given up as soon as `guard` says [`Permit::Stop`] (Err: why).
 /// Found by review (helper-106): the IMDSv2 look-up (up to 10 s when IMDS
-/// does not answer; on every re-check when the node's config names no
+/// does not answer; at the first move when the node's config names no
 /// instance or ENI) ran to its end after the node was told to demote, and
 /// the Demote hook (`on_demote`, `down`) waited behind it.
 async fn unless_stopped<T>(
