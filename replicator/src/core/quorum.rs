@@ -789,8 +789,20 @@ impl Core {
     /// The shell finished a hook.
     pub fn hook_done(&mut self, now: Time, hook: Hook, result: Result<(), String>) {
         self.now = self.now.max(now);
-        if let Err(e) = &result {
-            self.error(format!("{hook:?} hook failed: {e}"));
+        match &result {
+            Err(e) => self.error(format!("{hook:?} hook failed: {e}")),
+            // The same hook failed last and now succeeds (`on_promote` run
+            // by the re-check that moved the address after a failed move):
+            // the condition `last_error` reported is gone. A newer error is
+            // kept. Before, `status` showed the failure for good (review,
+            // helper-107).
+            Ok(()) => {
+                let failed = format!("{hook:?} hook failed: ");
+                if self.last_error.as_deref().is_some_and(|e| e.starts_with(&failed)) {
+                    tracing::info!(?hook, "the hook succeeded: its earlier failure is cleared");
+                    self.last_error = None;
+                }
+            }
         }
         if hook == Hook::Demote {
             let Some(c) = &mut self.ctl else { return };

@@ -20,30 +20,8 @@ impl Node {
         self.changed.notify_waiters();
     }
 
-    /// The controller ran `hook`'s commands. A hook that succeeds after
-    /// the same hook failed (`on_promote` run by the re-check that moved
-    /// the address after a failed move) takes that failure out of
-    /// `status`'s `last_error` if it is still the last error: the
-    /// condition it reported is gone. Before, `status` showed the old
-    /// failure for good (review, helper-107).
     pub fn hook_done(&self, hook: crate::core::Hook, result: Result<(), String>) {
-        let ok = result.is_ok();
-        let mut sh = self.lock();
-        let now = self.now();
-        sh.core.hook_done(now, hook, result);
-        let last = sh.core.status().last_error;
-        if !ok {
-            sh.hook_failed = last.map(|e| (hook, e));
-            sh.last_error_gone = None;
-        } else if let Some((failed, e)) = sh.hook_failed.take() {
-            if failed != hook {
-                sh.hook_failed = Some((failed, e));
-            } else if last.as_ref() == Some(&e) {
-                sh.last_error_gone = Some(e);
-            }
-        }
-        self.drain(&mut sh);
-        drop(sh);
+        self.with_core(|c, now| c.hook_done(now, hook, result));
         self.changed.notify_waiters();
     }
 

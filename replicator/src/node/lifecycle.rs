@@ -182,8 +182,6 @@ impl Node {
                 lane,
                 held: Vec::new(),
                 held_since: None,
-                hook_failed: None,
-                last_error_gone: None,
             }),
             files: Arc::new(Mutex::new(MetaFiles { meta: mine.meta.clone(), al, bitmap })),
             origin,

@@ -188,11 +188,6 @@ pub struct Shell {
     held: Vec<(SessionId, Message)>,
     /// When the first of them was held.
     held_since: Option<Instant>,
-    /// The last failed hook and the `last_error` its failure set.
-    hook_failed: Option<(crate::core::Hook, String)>,
-    /// A `last_error` whose condition is gone (a failed hook that later
-    /// succeeded): `status` does not show it while it is the last error.
-    last_error_gone: Option<String>,
 }
 
 /// The node's lock. Replies made under it are sent when it is released:

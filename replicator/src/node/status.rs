@@ -82,7 +82,7 @@ impl Node {
             in_flight: st.in_flight,
             activity_log_extents: st.al_extents,
             io_backend: self.store.backend().to_string(),
-            last_error: st.last_error.filter(|e| sh.last_error_gone.as_ref() != Some(e)),
+            last_error: st.last_error,
             generation: format!("{:016x}", st.gen.current),
             controller: sh.core.controller().map(|c| crate::status::ControllerView {
                 state: format!("{:?}", c.standing),
