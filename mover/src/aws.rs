@@ -56,7 +56,10 @@ pub(crate) async fn move_address(
         Kind::AwsEip => eip(&ec2, spec, me).await?,
         Kind::AwsRoute => route(&ec2, spec, me).await?,
         Kind::AwsSecondaryIp => secondary_ip(&ec2, spec, me).await?,
-        Kind::Command => unreachable!("the command mover is not an AWS mover"),
+        // (Dispatched to `command::run`; an error, not a panic, if not.)
+        Kind::Command => {
+            return Err(MoveError::Setup("the command mover is not an AWS mover".into()))
+        }
     };
     Ok(MoveReport {
         kind: spec.kind,
