@@ -189,14 +189,17 @@ impl Node {
             let mark = match step {
                 Ok(mark) => mark,
                 Err(ReadGate::Fail) => {
-                    tracing::warn!(
+                    // (Per read, so debug: the loss of quorum and
+                    // `Fenced` are logged and are events; a client that
+                    // retries its reads would flood the log.)
+                    tracing::debug!(
                         "a read failed: this Primary lost quorum, another node may serve"
                     );
                     return Err(DeviceError::Io(io::Error::from_raw_os_error(libc::EIO)));
                 }
                 Err(_) => {
                     if !held {
-                        tracing::info!("a read waits: this Primary has no quorum");
+                        tracing::debug!("a read waits: this Primary has no quorum");
                         held = true;
                     }
                     // (Woken by a change of state since `notified()`, or
