@@ -133,6 +133,41 @@ mod tests {
         }
     }
 
+    // Found by review (helper-108): what a process the command left
+    // running (`arping -U ... &` prints a line per probe) wrote to the
+    // inherited stdout within half a second of the command's exit became
+    // the command's "last line": `echo moved` at the end was lost (a
+    // re-check reported `checked`, the log showed arping's line), and the
+    // move waited those half seconds, once per pipe, before it was done.
+    // The command's output is what was in the pipes when it exited.
+    #[tokio::test]
+    async fn what_a_process_left_running_prints_later_is_not_the_commands_last_line() {
+        use crate::{AddressSpec, Kind, Permit};
+        use std::time::{Duration, Instant};
+        let pidfile =
+            std::env::temp_dir().join(format!("tb-mover-later-{}.pid", std::process::id()));
+        let spec = AddressSpec {
+            kind: Kind::Command,
+            command: Some(format!(
+                "(sleep 0.3; echo 'Sent 3 probes'; echo warn >&2; sleep 5) & echo $! > '{}'; \
+                 echo moved",
+                pidfile.display()
+            )),
+            ..AddressSpec::default()
+        };
+        let go = || Permit::Go;
+        let started = Instant::now();
+        let r = super::run(&spec, &[], Duration::from_secs(10), &go).await.unwrap();
+        let took = started.elapsed();
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // SAFETY: the test's own background process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = std::fs::remove_file(&pidfile);
+        assert_eq!((r.known, r.already_in_place), (true, false), "{r}");
+        assert_eq!(r.detail, "command succeeded: moved");
+        assert!(took < Duration::from_millis(250), "done {took:?} after the start");
+    }
+
     // Found by review (helper-106): a process the command leaves in the
     // background (a gratuitous ARP loop, `arping -U ... &`, a helper
     // daemon) that writes to its inherited stdout was killed by SIGPIPE
