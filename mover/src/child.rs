@@ -8,24 +8,24 @@
 //!   (`arping -U ... &`, a `setsid` daemon) is not waited for, and its
 //!   pipes are drained on to their end, never closed under it (a closed
 //!   pipe killed it with SIGPIPE at its next line: review, helper-106).
+//!   The command's output is what was in the pipes at the shell's exit:
+//!   what that process writes later is not the command's, and is not
+//!   waited for (review, helper-108).
 //! - At the deadline, at the caller's stop, or when dropped before the
 //!   shell exited, the whole group is killed, not only the shell.
 
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::process::Command;
-use tokio::task::JoinHandle;
 
 /// How many bytes of each pipe are kept (the last ones).
 pub const TAIL: usize = 1024;
-
-/// How long [`Child::stdout`] and [`Child::stderr`] wait for a pipe's end
-/// once the shell has exited or was killed (a process it left running may
-/// hold the pipe open for ever).
-pub const GRACE: Duration = Duration::from_millis(500);
 
 /// A running (or finished) command.
 #[derive(Debug)]
@@ -100,15 +100,16 @@ impl Child {
         let _ = self.child.kill().await;
     }
 
-    /// The kept tail of stdout (empty when not kept), once the pipe ended
-    /// or [`GRACE`] passed. The pipe is drained on either way.
-    pub async fn stdout(&mut self) -> String {
-        Reader::text(&mut self.stdout).await
+    /// The tail of stdout (empty when not kept) as trimmed text: after
+    /// [`Child::wait`], what the command wrote, not what a process it left
+    /// running writes after its exit. The pipe is drained on.
+    pub fn stdout(&self) -> String {
+        Reader::text(&self.stdout)
     }
 
-    /// The kept tail of stderr: as [`Child::stdout`].
-    pub async fn stderr(&mut self) -> String {
-        Reader::text(&mut self.stderr).await
+    /// The tail of stderr: as [`Child::stdout`].
+    pub fn stderr(&self) -> String {
+        Reader::text(&self.stderr)
     }
 }
 
@@ -127,49 +128,124 @@ fn kill_group(pgid: Option<u32>) {
     }
 }
 
-/// What a pipe's reader has kept so far.
-type Kept = Arc<Mutex<Vec<u8>>>;
+/// One pipe: what its reader has kept so far, and whether the pipe is
+/// closed on our side (its end was read, or the reader was dropped).
+#[derive(Debug, Default)]
+struct Pipe {
+    kept: Vec<u8>,
+    /// The pipe's file descriptor while the reader holds it open (None:
+    /// not a pipe, in tests).
+    fd: Option<RawFd>,
+    closed: bool,
+}
+
+/// A pipe shared by its reader task and the [`Child`].
+type Kept = Arc<Mutex<Pipe>>;
+
+fn lock(k: &Kept) -> std::sync::MutexGuard<'_, Pipe> {
+    k.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A task draining one pipe to its end, keeping its tail.
 #[derive(Debug)]
 struct Reader {
-    task: JoinHandle<()>,
     kept: Kept,
 }
 
 impl Reader {
-    fn start<R: AsyncRead + Unpin + Send + 'static>(r: R) -> Reader {
+    fn start<R: AsyncRead + AsRawFd + Unpin + Send + 'static>(r: R) -> Reader {
         let kept = Kept::default();
-        Reader { task: tokio::spawn(read_into(r, kept.clone())), kept }
+        lock(&kept).fd = Some(r.as_raw_fd());
+        tokio::spawn(read_into(r, kept.clone()));
+        Reader { kept }
     }
 
-    /// The tail as trimmed text, after the pipe's end or [`GRACE`]. The
-    /// task is not aborted: dropping its handle leaves it draining.
-    async fn text(r: &mut Option<Reader>) -> String {
+    /// The tail as trimmed text of what was written to the pipe so far:
+    /// what the reader has kept and what is in the pipe now (FIONREAD),
+    /// read at once. Called once the shell has exited (or
+    /// was killed), it is the command's output, all in the pipe by then,
+    /// and nothing a process it left running writes later (review,
+    /// helper-108: what came within half a second after was counted, and
+    /// that half second was waited for). The reader task drains on.
+    fn text(r: &Option<Reader>) -> String {
         let Some(r) = r else { return String::new() };
-        if !r.task.is_finished() {
-            let _ = tokio::time::timeout(GRACE, &mut r.task).await;
+        let mut p = lock(&r.kept);
+        if let (false, Some(fd)) = (p.closed, p.fd) {
+            // What is in the pipe now, no more: a process left running
+            // that writes without end must not hold this loop (and the
+            // read never waits, whatever the pipe's blocking mode).
+            let mut left: libc::c_int = 0;
+            // SAFETY: `fd` is the reader's open pipe: it is closed only
+            // after `closed` is set under this lock, which is held.
+            if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut left) } != 0 {
+                left = 0;
+            }
+            let mut chunk = [0u8; 8192];
+            let mut left = usize::try_from(left).unwrap_or(0);
+            while left > 0 {
+                let want = left.min(chunk.len());
+                // SAFETY: as above; `chunk` is ours, `want` within it.
+                let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), want) };
+                match usize::try_from(n) {
+                    Ok(n) if n > 0 => {
+                        keep(&mut p.kept, &chunk[..n]);
+                        left = left.saturating_sub(n);
+                    }
+                    Err(_)
+                        if std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::Interrupted => {}
+                    _ => break,
+                }
+            }
         }
-        let v = r.kept.lock().unwrap_or_else(|e| e.into_inner());
-        tail(&v)
+        tail(&p.kept)
     }
 }
 
-/// Reads `r` to its end into `kept`, keeping only the last [`TAIL`] bytes
-/// or a little more.
-async fn read_into<R: AsyncRead + Unpin>(mut r: R, kept: Kept) {
+/// The reader's pipe: marked closed (under the lock) before it is closed.
+struct Owned<R> {
+    r: R,
+    kept: Kept,
+}
+
+impl<R> Drop for Owned<R> {
+    fn drop(&mut self) {
+        lock(&self.kept).closed = true;
+        // `r` is closed after this, the lock released.
+    }
+}
+
+/// Appends `b` to `v`, keeping only the last [`TAIL`] bytes or a little
+/// more.
+fn keep(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend_from_slice(b);
+    if v.len() > 2 * TAIL {
+        let cut = v.len() - TAIL;
+        v.drain(..cut);
+    }
+}
+
+/// Reads `r` to its end into `kept` ([`keep`]). Each read is made under
+/// `kept`'s lock, so what [`Reader::text`] sees is all that was read.
+async fn read_into<R: AsyncRead + Unpin>(r: R, kept: Kept) {
+    let mut o = Owned { r, kept };
     let mut chunk = [0u8; 8192];
     loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut v = kept.lock().unwrap_or_else(|e| e.into_inner());
-                v.extend_from_slice(&chunk[..n]);
-                if v.len() > 2 * TAIL {
-                    let cut = v.len() - TAIL;
-                    v.drain(..cut);
+        let more = std::future::poll_fn(|cx| {
+            let mut p = lock(&o.kept);
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut o.r).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    keep(&mut p.kept, buf.filled());
+                    Poll::Ready(true)
                 }
+                Poll::Ready(_) => Poll::Ready(false),
             }
+        })
+        .await;
+        if !more {
+            return;
         }
     }
 }
@@ -196,10 +272,11 @@ mod tests {
     // memory, as both pipes were read whole; only their tails are used.
     #[tokio::test]
     async fn a_flood_of_output_keeps_only_its_tail() {
+        use tokio::io::AsyncReadExt;
         let flood = tokio::io::repeat(b'x').take(64 << 20).chain(&b"the end\n"[..]);
         let kept = Kept::default();
         read_into(flood, kept.clone()).await;
-        let kept = kept.lock().unwrap().clone();
+        let kept = kept.lock().unwrap().kept.clone();
         assert!(kept.len() <= 2 * TAIL, "kept {} bytes", kept.len());
         assert!(tail(&kept).ends_with("the end"));
     }
@@ -224,7 +301,7 @@ mod tests {
         let mut c = Child::spawn(&cmd, &[], true).unwrap();
         let exit = c.wait(Duration::from_secs(10), std::future::pending::<()>()).await;
         assert!(matches!(exit, Exit::Exited(s) if s.success()), "{exit:?}");
-        let _ = c.stdout().await;
+        let _ = c.stdout();
         drop(c);
         assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
         let pid: i32 = std::fs::read_to_string(&dir).unwrap().trim().parse().unwrap();
@@ -236,6 +313,39 @@ mod tests {
         }
         // SAFETY: the test's own background process.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    // The output is taken at once, even while a process left running
+    // fills the pipe without end (review, helper-108: reading "until the
+    // pipe is empty" under the lock would never end).
+    #[tokio::test]
+    async fn the_output_is_taken_at_once_while_a_process_left_running_floods_the_pipe() {
+        let pidfile = std::env::temp_dir().join(format!("tb-child-yes-{}", std::process::id()));
+        let cmd = format!("yes & echo $! > '{}'; sleep 0.2; echo last", pidfile.display());
+        let mut c = Child::spawn(&cmd, &[], true).unwrap();
+        let exit = c.wait(Duration::from_secs(10), std::future::pending::<()>()).await;
+        assert!(matches!(exit, Exit::Exited(s) if s.success()), "{exit:?}");
+        let started = Instant::now();
+        let out = c.stdout();
+        let took = started.elapsed();
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let _ = std::fs::remove_file(&pidfile);
+        // SAFETY: the test's own background process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(took < Duration::from_millis(100), "took {took:?}");
+        assert!(out.len() <= TAIL, "{} bytes", out.len());
+    }
+
+    // What the reader task has not read yet is read from the pipe
+    // itself: here the task is never run.
+    #[test]
+    fn what_is_still_in_the_pipe_is_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _enter = rt.enter();
+        let c = rt.block_on(async { Child::spawn("echo a; echo moved", &[], true) }).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(c.stdout(), "a\nmoved");
+        assert_eq!(c.stderr(), "");
     }
 
     // At the deadline, at a stop, or dropped while running: the group goes.

@@ -57,8 +57,8 @@ pub(crate) async fn run(
     };
     let left = until.saturating_duration_since(Instant::now());
     let exit = child.wait(left, stopped).await;
-    let out = child.stdout().await;
-    let stderr_tail = child.stderr().await;
+    let out = child.stdout();
+    let stderr_tail = child.stderr();
     match exit {
         Exit::Stopped(reason) => {
             tracing::warn!(%command, %reason, "address command killed: move withdrawn");
@@ -122,6 +122,14 @@ mod tests {
             ("echo checking; echo moved", true, false),
             ("echo checking", false, false),
             ("true", false, false),
+            // Line ends and spaces around the word, no final newline, and
+            // a long output before it (the pipe filled many times over).
+            ("printf 'moved\\r\\n'", true, false),
+            ("printf 'in-place  \\n\\n'", true, true),
+            ("printf moved", true, false),
+            ("head -c 300000 /dev/zero | tr '\\0' x; echo; echo in-place", true, true),
+            ("echo moved; echo", true, false),
+            ("echo moved >&2", false, false),
         ] {
             let spec = AddressSpec {
                 kind: Kind::Command,

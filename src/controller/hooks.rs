@@ -31,9 +31,9 @@ pub async fn shell(cmd: &str, env: &[(String, String)], deadline: Duration) -> R
     if status.success() {
         return Ok(());
     }
-    // What came on stderr within a short grace period (a background child
-    // may hold it open).
-    let err = child.stderr().await;
+    // What the command wrote to stderr before its exit (not what a
+    // background child holding it writes later, nor waited for).
+    let err = child.stderr();
     let tail: String = err.chars().rev().take(TAIL).collect::<Vec<_>>().into_iter().rev().collect();
     Err(format!("{cmd:?}: {status}: {tail}"))
 }
