@@ -953,3 +953,57 @@ fn a_failed_address_move_is_an_event_and_a_metric() {
         .unwrap_or_else(|| panic!("no failed-move counter in:\n{text}"));
     assert!(line.ends_with(" 1"), "{line}");
 }
+
+/// What a hook or the address command starts inherits no descriptor of
+/// the daemon's (its sockets, the NBD listener, the metadata file): a
+/// daemon `on_promote` starts with `setsid` has only stdin, stdout and
+/// stderr. An inherited listening socket would keep the export's port
+/// bound after `down`.
+#[test]
+fn a_daemon_started_by_a_hook_inherits_none_of_the_nodes_descriptors() {
+    if !need_tools() {
+        return;
+    }
+    // What this test process has open (the harness's, inherited by
+    // every process it starts): not the node's.
+    let fds = |pid: &str| -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let to = std::fs::read_link(e.path()).unwrap_or_default();
+                (e.file_name().to_string_lossy().into_owned(), to.display().to_string())
+            })
+            .collect()
+    };
+    let ours = fds("self");
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_pid, health_pid) = (dir.path().join("hook.pid"), dir.path().join("health.pid"));
+    PROMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(", \"setsid sleep 300 & echo $! > {}\"", hook_pid.display())
+    });
+    let health = format!(
+        "health = \"test -f {p} || (setsid sleep 300 & echo $! > {p})\"\nhealth_interval = \"500ms\"",
+        p = health_pid.display()
+    );
+    let c = cluster_with(None, None, &health);
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut leaks = Vec::new();
+    for f in [&hook_pid, &health_pid] {
+        while !f.exists() {
+            assert!(Instant::now() < deadline, "{} never written", f.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let pid = std::fs::read_to_string(f).unwrap().trim().to_string();
+        for (n, to) in fds(&pid) {
+            if !["0", "1", "2"].contains(&n.as_str()) && !ours.contains(&(n.clone(), to.clone())) {
+                leaks.push(format!("{}: fd {n} -> {to}", f.display()));
+            }
+        }
+        let _ = Command::new("kill").arg(&pid).status();
+    }
+    assert!(leaks.is_empty(), "inherited: {leaks:?}");
+}
