@@ -1007,3 +1007,69 @@ fn a_daemon_started_by_a_hook_inherits_none_of_the_nodes_descriptors() {
     }
     assert!(leaks.is_empty(), "inherited: {leaks:?}");
 }
+
+/// A re-check that moves the address after a failed move is an `address
+/// moved` event, whatever the `command` printed: the failure was the last
+/// word before (review, helper-108: with a command that does not print
+/// `moved`, it was `checked`, not an event, and `twinblock events` showed
+/// the address as failed for good, while it was here and `on_promote`
+/// ran).
+#[test]
+fn a_recheck_that_moves_the_address_after_a_failed_move_is_an_event() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !need_tools() {
+        return;
+    }
+    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\n".into());
+    let c = cluster(None);
+    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
+    // The mover's `echo a > owner` fails: owner is a directory.
+    std::fs::create_dir(&c.owner).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["events", "--json", "--config"])
+        .arg(&c.p.config)
+        .args(["--node", "a"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _events = KillOnDrop(child);
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    c.first_primary();
+    let next_address_event = |within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = lines.recv_timeout(left).ok()?;
+            let e: serde_json::Value = serde_json::from_str(&l).unwrap();
+            if e["object"] == "address" {
+                return Some(e);
+            }
+        }
+    };
+    let e = next_address_event(Duration::from_secs(30)).expect("no address event");
+    assert_eq!(e["new"], "failed", "{e}");
+    std::fs::remove_dir(&c.owner).unwrap();
+    assert_eq!(c.owner_when("a"), "a", "the re-check moved the address to a");
+    // (Re-checks that failed before the directory went are events too.)
+    let e = loop {
+        let e =
+            next_address_event(Duration::from_secs(10)).expect("no event for the re-check's move");
+        if e["new"] != "failed" {
+            break e;
+        }
+    };
+    assert_eq!(e["new"], "moved", "{e}");
+    assert!(e["detail"].as_str().unwrap_or_default().starts_with("recheck:"), "{e}");
+    // Then, nothing changing, no more events.
+    let e = next_address_event(Duration::from_secs(3));
+    assert!(e.is_none(), "{e:?}");
+}
