@@ -71,8 +71,9 @@ pub struct AddressOutcome {
     /// `promote` (the move after a promotion) or `recheck`.
     pub op: &'static str,
     /// `moved`, `in-place`, `checked` (a re-check by a `command` that
-    /// did not say whether it moved the address), `failed` or `withdrawn` (the node was to
-    /// demote meanwhile).
+    /// did not say whether it moved the address, the last move having
+    /// succeeded), `failed` or `withdrawn` (the node was to demote
+    /// meanwhile).
     pub result: &'static str,
     /// The mover's report, or the error.
     pub detail: String,

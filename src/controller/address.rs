@@ -65,16 +65,18 @@ pub fn recheck_interval(a: &AddressSettings) -> Option<Duration> {
 pub type Outcomes = tokio::sync::mpsc::UnboundedSender<AddressOutcome>;
 
 /// [`move_here`], its outcome sent to `outcomes` as `op` (`promote`,
-/// `recheck`). Err: (withdrawn, what), as [`move_here`].
+/// `recheck`). `after_failure`: the last move failed or was withdrawn
+/// (see [`outcome`]). Err: (withdrawn, what), as [`move_here`].
 pub async fn move_and_report(
     node: &Node,
     a: &AddressSettings,
     env: &[(String, String)],
     op: &'static str,
+    after_failure: bool,
     outcomes: &Outcomes,
 ) -> Result<(), (bool, String)> {
     let r = move_here(node, a, env).await;
-    let _ = outcomes.send(outcome(op, &r));
+    let _ = outcomes.send(outcome(op, after_failure, &r));
     r.map(|_| ())
 }
 
@@ -84,11 +86,21 @@ pub async fn move_and_report(
 /// (its last line of stdout is neither `moved` nor `in-place`) moved it
 /// at a promotion, and at a re-check only `checked` it: not an event.
 /// Before, every such re-check was an `address moved` event, nothing
-/// having changed (review, helper-107).
-fn outcome(op: &'static str, r: &Result<MoveReport, (bool, String)>) -> AddressOutcome {
+/// having changed (review, helper-107). Except `after_failure`, when the
+/// last move failed (or was withdrawn): then the address was not here,
+/// and a re-check that succeeds moved it (review, helper-108: it was
+/// `checked`, no event, and `twinblock events` showed the failure for
+/// good).
+fn outcome(
+    op: &'static str,
+    after_failure: bool,
+    r: &Result<MoveReport, (bool, String)>,
+) -> AddressOutcome {
     let (result, detail) = match r {
         Ok(report) if report.already_in_place => ("in-place", report.to_string()),
-        Ok(report) if !report.known && op == "recheck" => ("checked", report.to_string()),
+        Ok(report) if !report.known && op == "recheck" && !after_failure => {
+            ("checked", report.to_string())
+        }
         Ok(report) => ("moved", report.to_string()),
         Err((true, e)) => ("withdrawn", e.clone()),
         Err((false, e)) => ("failed", e.clone()),
@@ -233,14 +245,21 @@ mod tests {
             }
         };
         let quiet = run("true").await;
-        let o = outcome("recheck", &quiet);
+        let o = outcome("recheck", false, &quiet);
         assert_eq!(o.result, "checked", "{o:?}");
         assert!(!o.is_event(), "{o:?}");
-        assert_eq!(outcome("promote", &quiet).result, "moved");
-        let o = outcome("recheck", &run("echo in-place").await);
+        assert_eq!(outcome("promote", false, &quiet).result, "moved");
+        // After a failed move, the re-check that succeeds moved it
+        // (review, helper-108).
+        let o = outcome("recheck", true, &quiet);
+        assert_eq!(o.result, "moved", "{o:?}");
+        assert!(o.is_event());
+        let o = outcome("recheck", true, &run("echo in-place").await);
+        assert_eq!(o.result, "in-place", "{o:?}");
+        let o = outcome("recheck", false, &run("echo in-place").await);
         assert_eq!(o.result, "in-place", "{o:?}");
         assert!(!o.is_event());
-        let o = outcome("recheck", &run("echo moved").await);
+        let o = outcome("recheck", false, &run("echo moved").await);
         assert_eq!(o.result, "moved", "{o:?}");
         assert!(o.is_event());
     }

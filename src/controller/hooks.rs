@@ -125,7 +125,7 @@ pub async fn run(
         Hook::Promoted => {
             if let Some(a) = &s.address {
                 if let Err((withdrawn, e)) =
-                    super::address::move_and_report(node, a, &env, "promote", outcomes).await
+                    super::address::move_and_report(node, a, &env, "promote", false, outcomes).await
                 {
                     *owed = !withdrawn;
                     return Err(e);

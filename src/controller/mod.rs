@@ -77,6 +77,10 @@ pub fn start(
                 // The promotion's address move failed: `on_promote` waits
                 // for a re-check that moves the address.
                 let mut owed = false;
+                // The last move failed or was withdrawn: a re-check that
+                // succeeds moved the address (an event, even when the
+                // command does not say `moved`; review, helper-108).
+                let mut unsure = false;
                 loop {
                     tokio::select! {
                         h = hooks_rx.recv() => {
@@ -87,6 +91,7 @@ pub fn start(
                                 Err(e) => warn!(hook = ?h, "hooks failed: {e}"),
                             }
                             node.hook_done(h, r);
+                            unsure = owed;
                             if h == Hook::Promoted {
                                 promoting.fetch_sub(1, Ordering::SeqCst);
                             }
@@ -97,9 +102,11 @@ pub fn start(
                                 continue;
                             }
                             let env = hook_env(&node);
-                            let r =
-                                address::move_and_report(&node, a, &env, "recheck", &outcomes)
-                                    .await;
+                            let r = address::move_and_report(
+                                &node, a, &env, "recheck", unsure, &outcomes,
+                            )
+                            .await;
+                            unsure = r.is_err();
                             match r {
                                 Err((_, e)) => warn!("service address re-check: {e}"),
                                 // The address is here now: the promotion
