@@ -438,6 +438,66 @@ fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
     drop(links);
 }
 
+/// A Primary cut off from its peer and the witness, deposed once it hears
+/// the witness again (b holds the right), serves no read from its copy
+/// while it is still apart from b: before, the deposed a, a Secondary
+/// now, answered reads (its read-only export, or the writable connection
+/// its application opened while it was Primary) with the data b had
+/// overwritten (found by review, helper-108). Its reads come back once it
+/// has rejoined as b's Secondary, with b's data.
+#[test]
+fn a_deposed_primary_apart_from_the_new_one_serves_no_stale_reads() {
+    if !need_tools() {
+        return;
+    }
+    let (to_b, to_w) = (free_udp(), free_udp());
+    let c = cluster(Some((&to_b, &to_w)));
+    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
+    let relay_b = netem(&to_b, &b_addr);
+    let relay_w = netem(&to_w, &w_addr);
+    c.first_primary();
+    qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
+    drop(relay_b);
+    drop(relay_w);
+    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
+    qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    // a hears the witness again (not b): deposed, a Secondary apart from b.
+    let relay_w = netem(&to_w, &w_addr);
+    c.p.wait("a deposed", Duration::from_secs(30), |a, _| a["role"] == "Secondary");
+    let a = c.p.status(0);
+    assert_ne!(a["connection"], "Connected", "a met b already: {a}");
+    let out = run_timeout(
+        Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 17 0 4k"]),
+        Duration::from_secs(30),
+    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("the deposed a's read: {text}");
+    assert!(
+        !text.contains("4096/4096"),
+        "the deposed a answered a read with the data b overwrote: {text}"
+    );
+    // a rejoins as b's Secondary: its reads are served, with b's data.
+    let relay_b = netem(&to_b, &b_addr);
+    c.p.wait("a back in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary"
+            && b["role"] == "Primary"
+            && a["disk"] == "UpToDate"
+            && a["connection"] == "Connected"
+    });
+    let out = run_timeout(
+        Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 51 0 4k"]),
+        Duration::from_secs(30),
+    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("4096/4096") && !text.contains("verification failed"),
+        "a's export does not show b's write once in sync: {text}"
+    );
+    drop((relay_b, relay_w));
+}
+
 #[test]
 fn cut_from_the_peer_only_the_primary_goes_on_and_the_peer_stays() {
     if !need_tools() {

@@ -1009,3 +1009,78 @@ fn a_primary_without_quorum_holds_reads_until_it_is_renewed() {
         assert_eq!(d.c[0].read_gate(d.now, true), ReadGate::Serve, "freeze {freeze}");
     }
 }
+
+/// A deposed Primary, still cut off from its peer, no longer serves
+/// reads from its copy (found by review, helper-108): the witness told it
+/// another node holds the right, that node acknowledged writes its data
+/// lacks, and the application that read from the Primary (its NBD
+/// connection, opened writable, stays open across the demotion; or a new
+/// read-only one) read what the survivor had overwritten, as Secondary.
+/// Nor does a Primary the operator demotes (`secondary --force`) while it
+/// has no quorum. Their reads come back once a session with the peer runs
+/// (a resync then takes the peer's data, the disk Inconsistent until
+/// done). A Secondary demoted by a handover (its peer current) serves its
+/// copy as before.
+#[test]
+fn a_deposed_primary_serves_no_reads_until_it_meets_its_peer() {
+    for forced in [false, true] {
+        let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+        d.cut();
+        d.witness_up(0, false);
+        d.votes[0].clear();
+        assert!(d.witness_promotes_b(), "forced {forced}: b is not promoted");
+        d.write(1, 1, 0, 0xbb);
+        d.vote_all(1);
+        assert_eq!(d.reply(1, 1), Some(Ok(())), "b acknowledges alone");
+        if forced {
+            // The operator's `secondary --force` on the fenced a.
+            d.c[0].demote_forced();
+            d.act(0);
+            d.hooks_done(0);
+        } else {
+            // a hears the witness again: refused, deposed, it steps down.
+            d.witness_up(0, true);
+            for _ in 0..20 {
+                d.tick(Duration::from_millis(100));
+                d.vote_all(0);
+                d.hooks_done(0);
+                d.vote_all(1);
+            }
+        }
+        assert_eq!(d.c[0].role(), Role::Secondary, "forced {forced}: a is not demoted");
+        assert!(d.c[0].may_read().is_ok(), "forced {forced}: a's disk is not readable anyway");
+        assert_eq!(
+            d.c[0].read_gate(d.now, false),
+            ReadGate::Fail,
+            "forced {forced}: a, superseded by b, serves a read from its copy"
+        );
+        // a meets b: a session runs, a takes b's data.
+        d.witness_up(0, true);
+        d.connect();
+        for _ in 0..50 {
+            d.tick(Duration::from_millis(100));
+            d.vote_all(0);
+            d.vote_all(1);
+            d.hooks_done(0);
+            d.hooks_done(1);
+            d.flow();
+        }
+        assert_eq!(d.c[0].role(), Role::Secondary);
+        assert_eq!(d.c[0].disk(), DiskState::UpToDate, "forced {forced}: a is not in sync");
+        assert_eq!(d.c[0].read_gate(d.now, false), ReadGate::Serve, "forced {forced}");
+    }
+}
+
+/// A handover (the operator's `secondary` with the peer connected and
+/// current): the former Primary's copy follows the new Primary, and its
+/// read-only export serves it.
+#[test]
+fn a_primary_handed_over_serves_reads_as_secondary() {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].demote().expect("secondary");
+    d.act(0);
+    d.hooks_done(0);
+    d.flow();
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    assert_eq!(d.c[0].read_gate(d.now, false), ReadGate::Serve);
+}
