@@ -747,6 +747,11 @@ impl Core {
         }
         let s = self.session.as_mut().expect("session");
         s.phase = Phase::Running;
+        // A demoted Primary's copy that may have been superseded is the
+        // pair's again: a resync takes the peer's data (`read_gate`).
+        if let Some(c) = &mut self.ctl {
+            c.superseded = false;
+        }
         self.separated = false;
         self.acked_apart = false;
         self.split_brain = false;

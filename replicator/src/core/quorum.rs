@@ -269,6 +269,13 @@ pub(crate) struct Ctl {
     /// When this controller started (a process before it may have answered
     /// a Primary's heartbeats just before).
     since: Time,
+    /// Demoted from Primary without quorum (deposed, or the operator's
+    /// `secondary --force` on a fenced Primary) and no session with the
+    /// peer has run since: another node may be Primary and have
+    /// acknowledged writes this copy lacks, so it serves no read
+    /// ([`Core::read_gate`]) until it meets the peer (a resync then takes
+    /// the peer's data, the disk Inconsistent until done).
+    pub(crate) superseded: bool,
 }
 
 impl Ctl {
@@ -315,6 +322,7 @@ impl Ctl {
             ping_sid: None,
             answered_primary: Time::ZERO,
             since: now,
+            superseded: false,
         }
     }
 }
@@ -472,13 +480,21 @@ impl Core {
     /// that came in while Primary and finds the node demoted fails too: it
     /// was issued when another node may already have been Primary. A
     /// Secondary's reads are served from its copy, as before (its read-only
-    /// export follows its peer). Found by review (helper-105): a Primary cut
-    /// off from its peer and the witness served reads for good after the
-    /// survivor took over.
+    /// export follows its peer), unless it was demoted without quorum
+    /// (deposed, or `secondary --force` on a fenced Primary) and has not met
+    /// its peer since (`Ctl::superseded`). Found by review (helper-105): a
+    /// Primary cut off from its peer and the witness served reads for good
+    /// after the survivor took over; and (helper-108) once deposed, as a
+    /// Secondary still apart from the new Primary, it served them again
+    /// (its application's connection stays open across the demotion).
     pub fn read_gate(&self, now: Time, issued_as_primary: bool) -> ReadGate {
         let Some(c) = &self.ctl else { return ReadGate::Serve };
         if self.role != Role::Primary {
-            return if issued_as_primary { ReadGate::Fail } else { ReadGate::Serve };
+            return if issued_as_primary || c.superseded {
+                ReadGate::Fail
+            } else {
+                ReadGate::Serve
+            };
         }
         if matches!(self.cfg.plant, Plant::IgnoreQuorum | Plant::ReadsWithoutQuorum) {
             return ReadGate::Serve;
@@ -812,6 +828,13 @@ impl Core {
             let why = c.demoting.take();
             c.quiet_until = self.now + c.cfg.dead_time;
             if self.role == Role::Primary {
+                // Without quorum (deposed: not serving), another node may
+                // be Primary already: this copy serves no read until the
+                // peer is met (`read_gate`).
+                let quorum = self.has_quorum();
+                if let Some(c) = &mut self.ctl {
+                    c.superseded = !quorum;
+                }
                 self.role = Role::Secondary;
                 tracing::info!(?why, "demoted to Secondary by the controller");
                 self.announce();
@@ -1090,6 +1113,7 @@ impl Core {
         if let Some(c) = &mut self.ctl {
             c.ping_sent.clear();
             c.peer_until = Time::ZERO;
+            c.superseded = false;
         }
     }
 
