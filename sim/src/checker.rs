@@ -67,7 +67,10 @@
 //! I4: never both nodes `accepts_writes()`; with a controller, no write
 //! acknowledged in a reign another node's later reign overtook (`ack_check`),
 //! and no Primary whose `read_gate` serves reads after the other node,
-//! Primary since it was, acknowledged writes (a stale read after a failover).
+//! Primary since it was, acknowledged writes (a stale read after a failover);
+//! nor a node that was Primary when the other was promoted, demoted since,
+//! that serves reads as Secondary before it met its peer or restarted while
+//! the other node's reign acknowledged writes (plant `reads-when-superseded`).
 //!
 //! I5: `promote(false)` returning Ok for an Inconsistent, Outdated, Failed
 //! or Diskless disk; `may_read()` Ok for one of them, at any step.
@@ -283,6 +286,11 @@ pub(crate) struct Checker {
     reign: [Option<Time>; 2],
     /// Writes each node acknowledged in its last reign.
     reign_acks: [u64; 2],
+    /// Node `n` was Primary when the other node was promoted (it was
+    /// superseded: deposed, or demoted later) and has not met its peer
+    /// since (a running session) nor restarted: its copy may lack what the
+    /// other node acknowledged, and it serves no read as Secondary either.
+    superseded: [bool; 2],
     /// Each node's last reign, not over and with no write acknowledged,
     /// was overtaken: the other node (Primary before it) acknowledged a
     /// write while it did not accept writes. It may acknowledge none in
@@ -382,6 +390,7 @@ impl Checker {
             fo: [z(), z()],
             reign: [None, None],
             reign_acks: [0, 0],
+            superseded: [false, false],
             overtaken: [false, false],
             adaptive: false,
             switches_seen: [0, 0],
@@ -685,6 +694,8 @@ impl Checker {
     /// not), lacking a write its peer acknowledged as Primary while linked
     /// (see `a_behind`, [`Checker::lacks_a_acked`]).
     pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool, lost_conf: bool) {
+        // (A restarted core forgets that it was superseded: README.)
+        self.superseded[n] = false;
         self.a_behind[n] |= behind_a;
         self.lost_conf[n] |= lost_conf;
         self.stats.lost_conf_crashes += u64::from(lost_conf);
@@ -880,6 +891,8 @@ impl Checker {
         self.lineage[n] = None;
         self.reign[n] = Some(sim.now);
         self.reign_acks[n] = 0;
+        self.superseded[n] = false;
+        self.superseded[1 - n] = sim.nodes[1 - n].is_primary();
         self.overtaken[n] = false;
         // The peer's writes as Primary before this reign are this node's
         // to keep or drop now.
@@ -927,6 +940,15 @@ impl Checker {
                 c.connection() == Connection::Connected || c.disk() != DiskState::UpToDate
             }) {
                 self.a_behind[n] = false;
+            }
+            // Met its peer (a resync takes the peer's data), or its disk
+            // is read nowhere (`Core::read_gate`'s superseded copy).
+            if sim.nodes[n]
+                .core
+                .as_ref()
+                .is_none_or(|c| c.connection() == Connection::Connected || c.may_read().is_err())
+            {
+                self.superseded[n] = false;
             }
             if sim.replication(n) != Replication::Off && std::mem::take(&mut self.lost_conf[n]) {
                 // The handshake judged what it lacks: a sync as target
@@ -1344,6 +1366,23 @@ impl Checker {
                             ));
                         }
                     }
+                }
+                // Nor once demoted, apart from the node that superseded it.
+                if self.ctl_mode
+                    && self.superseded[n]
+                    && c.role() != Role::Primary
+                    && self.reign_acks[m] > 0
+                    && c.may_read().is_ok()
+                    && c.read_gate(sim.now, false) == ReadGate::Serve
+                {
+                    return Err(self.v(
+                        "I4",
+                        format!(
+                            "{} serves reads as a Secondary apart from {}, Primary since {:?} \
+                             (while {} was Primary), which acknowledged writes it lacks",
+                            node.name, sim.nodes[m].name, self.reign[m], node.name
+                        ),
+                    ));
                 }
                 if self.unsynced[n] && c.may_read().is_ok() {
                     return Err(self.v(

@@ -154,6 +154,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ForgetAsyncPrimary => "forget-async-primary",
         Plant::PromoteAfterLoss => "promote-after-loss",
         Plant::ReadsWithoutQuorum => "reads-without-quorum",
+        Plant::ReadsWhenSuperseded => "reads-when-superseded",
     }
 }
 

@@ -860,6 +860,21 @@ fn finds_reads_without_quorum() {
     }
 }
 
+/// Plant: a node demoted without quorum serves reads as Secondary before
+/// it met its peer (`Core::read_gate`, `Ctl::superseded`). Deposed while
+/// apart from the new Primary, it answered reads with its own data after
+/// the new Primary acknowledged writes (found by review, helper-108).
+/// Caught by I4's read rule for a superseded node; the seeds are the
+/// first of 4,000 that catch it (51 do).
+#[test]
+fn finds_reads_when_superseded() {
+    for seed in [119, 323, 422, 554] {
+        let v = planted_on(seed, Plant::ReadsWhenSuperseded).expect("not caught");
+        assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
+        assert!(v.what.contains("serves reads as a Secondary apart from"), "seed {seed}: {v}");
+    }
+}
+
 /// A seed replays alike: the same seed run twice in one process (where
 /// each hash map gets other keys, as in another process) takes the same
 /// course, event for event. A failing seed that does not replay cannot

@@ -490,11 +490,8 @@ impl Core {
     pub fn read_gate(&self, now: Time, issued_as_primary: bool) -> ReadGate {
         let Some(c) = &self.ctl else { return ReadGate::Serve };
         if self.role != Role::Primary {
-            return if issued_as_primary || c.superseded {
-                ReadGate::Fail
-            } else {
-                ReadGate::Serve
-            };
+            let superseded = c.superseded && self.cfg.plant != Plant::ReadsWhenSuperseded;
+            return if issued_as_primary || superseded { ReadGate::Fail } else { ReadGate::Serve };
         }
         if matches!(self.cfg.plant, Plant::IgnoreQuorum | Plant::ReadsWithoutQuorum) {
             return ReadGate::Serve;

@@ -301,6 +301,10 @@ pub enum Plant {
     /// cut off from its peer and the witness, it reads its own data after
     /// the survivor took over and acknowledged writes (stale reads).
     ReadsWithoutQuorum,
+    /// A node demoted without quorum serves reads as Secondary before it
+    /// met its peer ([`Core::read_gate`], `Ctl::superseded`): deposed, it
+    /// reads its own data after the new Primary acknowledged writes.
+    ReadsWhenSuperseded,
 }
 
 impl std::str::FromStr for Plant {
@@ -339,9 +343,10 @@ impl std::str::FromStr for Plant {
             "forget-async-primary" => Plant::ForgetAsyncPrimary,
             "promote-after-loss" => Plant::PromoteAfterLoss,
             "reads-without-quorum" => Plant::ReadsWithoutQuorum,
+            "reads-when-superseded" => Plant::ReadsWhenSuperseded,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded)"
                 ))
             }
         })
