@@ -286,6 +286,10 @@ pub(crate) struct Checker {
     reign: [Option<Time>; 2],
     /// Writes each node acknowledged in its last reign.
     reign_acks: [u64; 2],
+    /// The start of each node's latest reign in which it acknowledged a
+    /// write (not reset by a later reign: a stale read is one that lacks
+    /// writes of any reign after the reader's own).
+    acked_reign: [Option<Time>; 2],
     /// Node `n` was Primary when the other node was promoted (it was
     /// superseded: deposed, or demoted later) and has not met its peer
     /// since (a running session) nor restarted: its copy may lack what the
@@ -390,6 +394,7 @@ impl Checker {
             fo: [z(), z()],
             reign: [None, None],
             reign_acks: [0, 0],
+            acked_reign: [None, None],
             superseded: [false, false],
             overtaken: [false, false],
             adaptive: false,
@@ -596,6 +601,7 @@ impl Checker {
     /// Node `n` acknowledged a write or zero as Primary (for `ack_check`).
     pub fn reign_ack(&mut self, n: usize) {
         self.reign_acks[n] += 1;
+        self.acked_reign[n] = self.reign[n];
     }
 
     /// I1 at the reply: node `n` acknowledged write `r` while its disk is
@@ -1354,8 +1360,11 @@ impl Checker {
                     && c.may_read().is_ok()
                     && c.read_gate(sim.now, true) == ReadGate::Serve
                 {
-                    if let (Some(mine), Some(theirs)) = (self.reign[n], self.reign[m]) {
-                        if theirs > mine && self.reign_acks[m] > 0 {
+                    // (Any reign of the other's since counts, also one
+                    // followed by a later reign that acknowledged nothing
+                    // yet.)
+                    if let (Some(mine), Some(theirs)) = (self.reign[n], self.acked_reign[m]) {
+                        if theirs > mine {
                             return Err(self.v(
                                 "I4",
                                 format!(
@@ -1371,7 +1380,7 @@ impl Checker {
                 if self.ctl_mode
                     && self.superseded[n]
                     && c.role() != Role::Primary
-                    && self.reign_acks[m] > 0
+                    && self.acked_reign[m] > self.reign[n]
                     && c.may_read().is_ok()
                     && c.read_gate(sim.now, false) == ReadGate::Serve
                 {
