@@ -371,3 +371,111 @@ fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
     let e = node.status().last_error.unwrap_or_default();
     assert!(e.contains("on_demote failed"), "{e}");
 }
+
+/// A one-node resource in `dir` with a controller (its witness never
+/// started) that freezes without quorum.
+fn controlled_resource(dir: &std::path::Path) -> ResourceConfig {
+    let text = r#"
+name = "r"
+protocol = "C"
+size = "1M"
+ping-interval = "100ms"
+[tls]
+ca = "ca.pem"
+[nodes.a]
+address = "127.0.0.1:1"
+nbd = "127.0.0.1:2"
+disk = "a.img"
+meta = "a.meta"
+control = "a.sock"
+cert = "a.pem"
+key = "a.key"
+[nodes.b]
+address = "127.0.0.1:3"
+nbd = "127.0.0.1:4"
+disk = "b.img"
+meta = "b.meta"
+control = "b.sock"
+cert = "b.pem"
+key = "b.key"
+[nodes.w]
+witness = true
+address = "127.0.0.1:5"
+meta = "w.state"
+control = "w.sock"
+cert = "w.pem"
+key = "w.key"
+[controller]
+dead_time = "400ms"
+heartbeat = "100ms"
+on_no_quorum = "freeze"
+"#;
+    ResourceConfig::parse(&dir.join("r.toml"), text).unwrap()
+}
+
+/// A read held by the controller's rules (`Node::readable`: a
+/// Primary without quorum, `freeze`) is polled again on whatever thread
+/// wakes it (`finish_on_wake`: the NBD connection's `InlineTask`), which
+/// may be one outside the runtime (a store worker that drops the shell's
+/// lock after a state change). Each look armed a new tokio timer there,
+/// and tokio panics creating one outside a runtime ("there is no reactor
+/// running"): the waking thread died and the read hung (found by review,
+/// helper-108). Now the timer is armed in the node's runtime.
+#[test]
+fn a_held_read_woken_outside_the_runtime_waits_on() {
+    use std::future::Future;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let node = rt
+        .block_on(async {
+            Node::open(controlled_resource(dir.path()), "a", &StoreOptions::default())
+        })
+        .unwrap();
+    let mut out = node.attach_controller();
+    node.witness_link(true);
+    // `primary --force` (after the start's guard), granted by the "witness".
+    std::thread::sleep(Duration::from_millis(300));
+    let promote = {
+        let node = node.clone();
+        rt.spawn(async move { node.promote(true).await })
+    };
+    let vote = loop {
+        match rt.block_on(out.recv()).expect("controller channel") {
+            ControllerOut::Vote(v) if v.kind == crate::core::VoteKind::Claim => break v,
+            _ => {}
+        }
+    };
+    node.vote(crate::core::VoteReply {
+        id: vote.id,
+        granted: true,
+        holder: Some("a".into()),
+        reason: "granted".into(),
+    });
+    rt.block_on(promote).unwrap().expect("promoted");
+    assert_eq!(node.role(), Role::Primary);
+    // No renewal is answered: the lease runs out, reads are held (freeze).
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(node.lock().core.read_gate(node.now(), true), crate::core::ReadGate::Wait);
+    let mut read = Box::pin(node.read(0, 4096));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    {
+        // First polled on the connection's thread, in the runtime.
+        let _rt = rt.enter();
+        assert!(read.as_mut().poll(&mut cx).is_pending(), "the read was not held");
+    }
+    // Woken and polled again on a thread outside the runtime.
+    node.lane_progress.notify_waiters();
+    let polled = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read.as_mut().poll(&mut cx).is_pending()
+            }))
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(matches!(polled, Ok(true)), "the held read panicked outside the runtime: {polled:?}");
+    drop(read);
+    drop(out);
+}
