@@ -203,8 +203,17 @@ impl Node {
                         held = true;
                     }
                     // (Woken by a change of state since `notified()`, or
-                    // after the poll: quorum changes wake nobody.)
-                    let _ = tokio::time::timeout(READ_GATE_POLL, progress).await;
+                    // after the poll: quorum changes wake nobody.) Armed in
+                    // the node's runtime: this may run on the thread that
+                    // woke the read, outside it (an NBD request is polled
+                    // where it is woken, `finish_on_wake`), and tokio
+                    // panics arming a timer there (found by review,
+                    // helper-108).
+                    let wait = {
+                        let _rt = self.rt.enter();
+                        tokio::time::timeout(READ_GATE_POLL, progress)
+                    };
+                    let _ = wait.await;
                     continue;
                 }
             };
