@@ -374,12 +374,13 @@ fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
 
 /// A one-node resource in `dir` with a controller (its witness never
 /// started) that freezes without quorum.
-fn controlled_resource(dir: &std::path::Path) -> ResourceConfig {
+fn controlled_resource(dir: &std::path::Path, extra: &str) -> ResourceConfig {
     let text = r#"
 name = "r"
 protocol = "C"
 size = "1M"
 ping-interval = "100ms"
+EXTRA
 [tls]
 ca = "ca.pem"
 [nodes.a]
@@ -409,8 +410,66 @@ key = "w.key"
 dead_time = "400ms"
 heartbeat = "100ms"
 on_no_quorum = "freeze"
-"#;
-    ResourceConfig::parse(&dir.join("r.toml"), text).unwrap()
+"#
+    .replace("EXTRA", extra);
+    ResourceConfig::parse(&dir.join("r.toml"), &text).unwrap()
+}
+
+/// Node `a` of [`controlled_resource`] (`extra`: more top-level keys),
+/// forced Primary by its "witness" (the test answers its votes), whose
+/// lease has run out: its reads are held (`freeze`).
+fn primary_without_quorum(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    extra: &str,
+) -> (Arc<Node>, mpsc::UnboundedReceiver<ControllerOut>) {
+    let node = rt
+        .block_on(async {
+            Node::open(controlled_resource(dir, extra), "a", &StoreOptions::default())
+        })
+        .unwrap();
+    let mut out = node.attach_controller();
+    node.witness_link(true);
+    // `primary --force` (after the start's guard), granted.
+    std::thread::sleep(Duration::from_millis(300));
+    let promote = {
+        let node = node.clone();
+        rt.spawn(async move { node.promote(true).await })
+    };
+    let vote = loop {
+        match rt.block_on(out.recv()).expect("controller channel") {
+            ControllerOut::Vote(v) if v.kind == crate::core::VoteKind::Claim => break v,
+            _ => {}
+        }
+    };
+    node.vote(granted(vote.id));
+    rt.block_on(promote).unwrap().expect("promoted");
+    assert_eq!(node.role(), Role::Primary);
+    // No renewal is answered: the lease runs out, reads are held (freeze).
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(node.lock().core.read_gate(node.now(), true), crate::core::ReadGate::Wait);
+    (node, out)
+}
+
+fn granted(id: u64) -> crate::core::VoteReply {
+    crate::core::VoteReply { id, granted: true, holder: Some("a".into()), reason: "granted".into() }
+}
+
+/// Polls `f` once on a new thread outside any runtime: whether it was
+/// pending (Err: it panicked).
+fn poll_outside<F: std::future::Future + Send + Unpin>(
+    f: &mut F,
+) -> Result<bool, Box<dyn std::any::Any + Send>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                std::pin::Pin::new(&mut *f).poll(&mut cx).is_pending()
+            }))
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 /// A read held by the controller's rules (`Node::readable`: a
@@ -426,36 +485,7 @@ fn a_held_read_woken_outside_the_runtime_waits_on() {
     use std::future::Future;
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let node = rt
-        .block_on(async {
-            Node::open(controlled_resource(dir.path()), "a", &StoreOptions::default())
-        })
-        .unwrap();
-    let mut out = node.attach_controller();
-    node.witness_link(true);
-    // `primary --force` (after the start's guard), granted by the "witness".
-    std::thread::sleep(Duration::from_millis(300));
-    let promote = {
-        let node = node.clone();
-        rt.spawn(async move { node.promote(true).await })
-    };
-    let vote = loop {
-        match rt.block_on(out.recv()).expect("controller channel") {
-            ControllerOut::Vote(v) if v.kind == crate::core::VoteKind::Claim => break v,
-            _ => {}
-        }
-    };
-    node.vote(crate::core::VoteReply {
-        id: vote.id,
-        granted: true,
-        holder: Some("a".into()),
-        reason: "granted".into(),
-    });
-    rt.block_on(promote).unwrap().expect("promoted");
-    assert_eq!(node.role(), Role::Primary);
-    // No renewal is answered: the lease runs out, reads are held (freeze).
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(node.lock().core.read_gate(node.now(), true), crate::core::ReadGate::Wait);
+    let (node, out) = primary_without_quorum(&rt, dir.path(), "");
     let mut read = Box::pin(node.read(0, 4096));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     {
@@ -465,17 +495,40 @@ fn a_held_read_woken_outside_the_runtime_waits_on() {
     }
     // Woken and polled again on a thread outside the runtime.
     node.lane_progress.notify_waiters();
-    let polled = std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                read.as_mut().poll(&mut cx).is_pending()
-            }))
-        })
-        .join()
-        .unwrap()
-    });
+    let polled = poll_outside(&mut read);
     assert!(matches!(polled, Ok(true)), "the held read panicked outside the runtime: {polled:?}");
+    drop(read);
+    drop(out);
+}
+
+/// The same read let through once quorum is back, with `disk-timeout`:
+/// `Node::read` armed the disk timeout's timer on the thread that polled
+/// it, outside the runtime, and tokio panicked (found by review,
+/// helper-108).
+#[test]
+fn a_read_released_outside_the_runtime_arms_its_disk_timeout_in_it() {
+    use std::future::Future;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (node, mut out) = primary_without_quorum(&rt, dir.path(), "disk-timeout = \"5s\"");
+    let mut read = Box::pin(node.read(0, 4096));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    {
+        let _rt = rt.enter();
+        assert!(read.as_mut().poll(&mut cx).is_pending(), "the read was not held");
+    }
+    // The witness renews the lease (a fresh renewal): the read may go on.
+    let serve = || node.lock().core.read_gate(node.now(), true) == crate::core::ReadGate::Serve;
+    while !serve() {
+        if let ControllerOut::Vote(v) = rt.block_on(out.recv()).expect("controller channel") {
+            if v.kind == crate::core::VoteKind::Renew {
+                node.vote(granted(v.id));
+            }
+        }
+    }
+    node.lane_progress.notify_waiters();
+    let polled = poll_outside(&mut read);
+    assert!(polled.is_ok(), "the released read panicked outside the runtime: {polled:?}");
     drop(read);
     drop(out);
 }
