@@ -60,8 +60,11 @@ impl BlockDevice for Node {
     }
 
     /// Replies are sent after the node's lock is released ([`ShellGuard`]);
-    /// a pending request waits on its reply channel (no timers or sockets),
-    /// or on a store read, whose engines complete outside their locks.
+    /// a pending request waits on its reply channel (no sockets), or on a
+    /// store read, whose engines complete outside their locks. The timers
+    /// a read waits on (a held read's poll, `disk-timeout`) are armed in
+    /// the node's runtime: the request may be polled on a thread outside
+    /// it.
     fn finish_on_wake(&self) -> bool {
         true
     }
@@ -71,7 +74,14 @@ impl BlockDevice for Node {
         self.readable().await?;
         let read = self.store.read(offset, len);
         let Some(limit) = self.res.disk_timeout else { return self.read_done(read.await) };
-        match tokio::time::timeout(limit, read).await {
+        // Armed in the node's runtime: this may run on the thread that
+        // woke the read, outside it (`finish_on_wake`; found by review,
+        // helper-108: tokio panicked there).
+        let read = {
+            let _rt = self.rt.enter();
+            tokio::time::timeout(limit, read)
+        };
+        match read.await {
             Ok(r) => self.read_done(r),
             Err(_) => {
                 // A disk that stopped answering reads: detached, as for a
