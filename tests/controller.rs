@@ -25,7 +25,7 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pair::{tail, Pair};
@@ -496,6 +496,61 @@ fn a_deposed_primary_apart_from_the_new_one_serves_no_stale_reads() {
         "a's export does not show b's write once in sync: {text}"
     );
     drop((relay_b, relay_w));
+}
+
+/// `on-no-quorum = freeze`: a Primary cut off from its peer and the
+/// witness holds a read (it neither answers it from its data, which b has
+/// overwritten since, nor fails it), and fails it once it hears the
+/// witness again and is deposed.
+#[test]
+fn a_frozen_isolated_primary_holds_reads_until_it_is_deposed() {
+    if !need_tools() {
+        return;
+    }
+    let (to_b, to_w) = (free_udp(), free_udp());
+    let c = cluster_with(Some(&to_b), Some(&to_w), "on_no_quorum = \"freeze\"");
+    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
+    let relay_b = netem(&to_b, &b_addr);
+    let relay_w = netem(&to_w, &w_addr);
+    c.first_primary();
+    qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
+    drop(relay_b);
+    drop(relay_w);
+    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
+    qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    let mut read = Command::new("qemu-io")
+        .args(["-f", "raw", &c.p.uri(0), "-c", "read -P 17 0 4k"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io");
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(status) = read.try_wait().unwrap() {
+        let out = read.wait_with_output().unwrap();
+        panic!(
+            "a answered the read while frozen ({status}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // a hears the witness again: deposed, the held read fails.
+    let relay_w = netem(&to_w, &w_addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = read.kill();
+            panic!("a's held read was not answered once a was deposed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = read.wait_with_output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("a's held read: {text}");
+    assert!(!text.contains("4096/4096"), "a answered the held read with its own data: {text}");
+    assert!(text.contains("Input/output error"), "a's held read did not fail: {text}");
+    drop(relay_w);
 }
 
 #[test]
