@@ -343,35 +343,6 @@ fn a_failed_final_flush_does_not_hang_the_stop_on_a_hung_metadata_volume() {
     holder.join().unwrap();
 }
 
-/// A hook that succeeds after it failed (`on_promote` run by the re-check
-/// that moved the address after a failed move) takes the failure out of
-/// `last_error`: `status` showed it for good (review, helper-107). A
-/// newer error, or the same hook failing again, is shown.
-#[test]
-fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
-    use crate::core::Hook;
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let node = primary(&rt, resource(dir.path()));
-    let _enter = rt.enter();
-    node.hook_done(Hook::Promoted, Err("address move failed".into()));
-    let e = node.status().last_error.unwrap_or_default();
-    assert!(e.contains("address move failed"), "{e}");
-    // Another hook's success does not clear it.
-    node.hook_done(Hook::Demote, Ok(()));
-    assert!(node.status().last_error.is_some());
-    node.hook_done(Hook::Promoted, Ok(()));
-    assert_eq!(node.status().last_error, None);
-    // The same failure again is shown again.
-    node.hook_done(Hook::Promoted, Err("address move failed".into()));
-    assert!(node.status().last_error.is_some());
-    // A newer error than the hook's is not cleared by the hook's success.
-    node.hook_done(Hook::Demote, Err("on_demote failed".into()));
-    node.hook_done(Hook::Promoted, Ok(()));
-    let e = node.status().last_error.unwrap_or_default();
-    assert!(e.contains("on_demote failed"), "{e}");
-}
-
 /// A one-node resource in `dir` with a controller (its witness never
 /// started) that freezes without quorum.
 fn controlled_resource(dir: &std::path::Path, extra: &str) -> ResourceConfig {
@@ -472,7 +443,7 @@ fn poll_outside<F: std::future::Future + Send + Unpin>(
     })
 }
 
-/// A read held by the controller's rules (`Node::readable`: a
+/// A read held by the controller's rules (`Node::quorum_for_read`: a
 /// Primary without quorum, `freeze`) is polled again on whatever thread
 /// wakes it (`finish_on_wake`: the NBD connection's `InlineTask`), which
 /// may be one outside the runtime (a store worker that drops the shell's
@@ -531,4 +502,33 @@ fn a_read_released_outside_the_runtime_arms_its_disk_timeout_in_it() {
     assert!(polled.is_ok(), "the released read panicked outside the runtime: {polled:?}");
     drop(read);
     drop(out);
+}
+
+/// A hook that succeeds after it failed (`on_promote` run by the re-check
+/// that moved the address after a failed move) takes the failure out of
+/// `last_error`: `status` showed it for good (review, helper-107). A
+/// newer error, or the same hook failing again, is shown.
+#[test]
+fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
+    use crate::core::Hook;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let node = primary(&rt, resource(dir.path()));
+    let _enter = rt.enter();
+    node.hook_done(Hook::Promoted, Err("address move failed".into()));
+    let e = node.status().last_error.unwrap_or_default();
+    assert!(e.contains("address move failed"), "{e}");
+    // Another hook's success does not clear it.
+    node.hook_done(Hook::Demote, Ok(()));
+    assert!(node.status().last_error.is_some());
+    node.hook_done(Hook::Promoted, Ok(()));
+    assert_eq!(node.status().last_error, None);
+    // The same failure again is shown again.
+    node.hook_done(Hook::Promoted, Err("address move failed".into()));
+    assert!(node.status().last_error.is_some());
+    // A newer error than the hook's is not cleared by the hook's success.
+    node.hook_done(Hook::Demote, Err("on_demote failed".into()));
+    node.hook_done(Hook::Promoted, Ok(()));
+    let e = node.status().last_error.unwrap_or_default();
+    assert!(e.contains("on_demote failed"), "{e}");
 }
