@@ -203,7 +203,8 @@ impl Node {
                     // `Fenced` are logged and are events; a client that
                     // retries its reads would flood the log.)
                     tracing::debug!(
-                        "a read failed: this Primary lost quorum, another node may serve"
+                        "a read failed: another node may be Primary with writes this node's \
+                         data lacks (quorum lost, or demoted without it)"
                     );
                     return Err(DeviceError::Io(io::Error::from_raw_os_error(libc::EIO)));
                 }
