@@ -159,7 +159,7 @@ impl Node {
             disk_created: store.created(),
             boot: crate::boot::boot(),
         };
-        let origin = Instant::now();
+        let origin = super::clock::boot_time();
         let core = Core::new(cfg, rec, Duration::ZERO, random_seed());
         let (lane_wake, lane_woken) = std::sync::mpsc::channel();
         // A disk that stops answering must not hold the node's lock.

@@ -46,6 +46,7 @@ use crate::status::{Counters, LinkStatus, PeerStatus, Status, SyncStatus};
 use crate::store::{Store, StoreError, StoreOptions};
 use twinblock_timeline::{mark, Point};
 
+mod clock;
 mod controller;
 mod device;
 mod drain;
@@ -248,7 +249,8 @@ pub struct Node {
     shell: Mutex<Shell>,
     /// The metadata files: one update of each kind at a time (the core's rule).
     files: Arc<Mutex<MetaFiles>>,
-    origin: Instant,
+    /// The boot clock at the start ([`clock::boot_time`]).
+    origin: Duration,
     pub(crate) next_req: AtomicU64,
     next_session: AtomicU64,
     /// This node, for tasks the shell spawns (flush completions).
@@ -323,8 +325,10 @@ impl Node {
         ShellGuard(Some(self.shell.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
+    /// The core's time: the boot clock since the start, suspensions of
+    /// the host included ([`clock`]).
     pub(crate) fn now(&self) -> Duration {
-        self.origin.elapsed()
+        clock::boot_time().saturating_sub(self.origin)
     }
 
     pub fn store(&self) -> &Arc<Store> {
