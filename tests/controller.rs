@@ -156,6 +156,18 @@ impl Cluster {
         }
     }
 
+    /// `twinblock events --json` of node a, followed: the process and its
+    /// lines.
+    fn events_of_a(&self) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
+        follow_lines(
+            Command::new(BIN)
+                .args(["events", "--json", "--config"])
+                .arg(&self.p.config)
+                .args(["--node", "a"])
+                .stderr(Stdio::null()),
+        )
+    }
+
     fn hooks(&self) -> String {
         std::fs::read_to_string(&self.hooks_log).unwrap_or_default()
     }
@@ -1011,8 +1023,7 @@ fn down_during_a_slow_on_promote_stops_it_and_runs_on_demote() {
 /// a failed re-check only a warning in the log. (Review, helper-103.)
 #[test]
 fn a_failed_address_move_is_an_event_and_a_metric() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::Stdio;
+    use std::io::{Read, Write};
     if !need_tools() {
         return;
     }
@@ -1022,23 +1033,7 @@ fn a_failed_address_move_is_an_event_and_a_metric() {
     A_EXTRA.with(|d| d.borrow_mut().clear());
     // The mover's `echo a > owner` fails: owner is a directory.
     std::fs::create_dir(&c.owner).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["events", "--json", "--config"])
-        .arg(&c.p.config)
-        .args(["--node", "a"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let _events = KillOnDrop(child);
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (_events, lines) = c.events_of_a();
     c.first_primary();
     let deadline = Instant::now() + Duration::from_secs(30);
     let event = loop {
@@ -1131,8 +1126,6 @@ fn a_daemon_started_by_a_hook_inherits_none_of_the_nodes_descriptors() {
 /// ran).
 #[test]
 fn a_recheck_that_moves_the_address_after_a_failed_move_is_an_event() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     if !need_tools() {
         return;
     }
@@ -1141,23 +1134,7 @@ fn a_recheck_that_moves_the_address_after_a_failed_move_is_an_event() {
     ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
     // The mover's `echo a > owner` fails: owner is a directory.
     std::fs::create_dir(&c.owner).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["events", "--json", "--config"])
-        .arg(&c.p.config)
-        .args(["--node", "a"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let _events = KillOnDrop(child);
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (_events, lines) = c.events_of_a();
     c.first_primary();
     let next_address_event = |within: Duration| {
         let deadline = Instant::now() + within;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::nbd::Client;
 use common::pair::Pair;
-use common::{KillOnDrop, BIN};
+use common::{follow_lines, KillOnDrop, BIN};
 
 /// A running `twinblock events` and the lines it printed so far.
 struct Follow {
@@ -24,25 +23,16 @@ struct Follow {
 
 impl Follow {
     fn start(p: &Pair, i: usize, args: &[&str]) -> Follow {
-        let mut child = Command::new(BIN)
-            .arg("events")
-            .arg("--config")
-            .arg(&p.config)
-            .args(["--node", &p.nodes[i].name])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Follow { child: KillOnDrop(child), lines, seen: Vec::new() }
+        let (child, lines) = follow_lines(
+            Command::new(BIN)
+                .arg("events")
+                .arg("--config")
+                .arg(&p.config)
+                .args(["--node", &p.nodes[i].name])
+                .args(args)
+                .stderr(Stdio::piped()),
+        );
+        Follow { child, lines, seen: Vec::new() }
     }
 
     /// Reads lines until one satisfies `f`; returns it.

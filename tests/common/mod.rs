@@ -107,6 +107,21 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts `cmd` with stdin null and stdout read line by line on a thread
+/// (stderr as the caller set it): the process, killed when dropped, and
+/// its lines as they come (`twinblock events`, say).
+pub fn follow_lines(cmd: &mut Command) -> (KillOnDrop, mpsc::Receiver<String>) {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (KillOnDrop(child), lines)
+}
+
 /// `twinblock witness` for node `w` of the resource file `config`, its
 /// log to `log`; killed when dropped.
 pub fn witness(config: &Path, log: Stdio) -> KillOnDrop {
