@@ -2,12 +2,8 @@
 
 use super::*;
 
-/// A one-node resource in `dir` (the peer is never started).
-fn resource(dir: &std::path::Path) -> ResourceConfig {
-    let text = r#"
-name = "r"
-protocol = "C"
-size = "1M"
+/// The two nodes of the test resources (TOML, after the top-level keys).
+const NODES: &str = r#"
 [tls]
 ca = "ca.pem"
 [nodes.a]
@@ -27,7 +23,11 @@ control = "b.sock"
 cert = "b.pem"
 key = "b.key"
 "#;
-    ResourceConfig::parse(&dir.join("r.toml"), text).unwrap()
+
+/// A one-node resource in `dir` (the peer is never started).
+fn resource(dir: &std::path::Path) -> ResourceConfig {
+    let text = format!("name = \"r\"\nprotocol = \"C\"\nsize = \"1M\"\n{NODES}");
+    ResourceConfig::parse(&dir.join("r.toml"), &text).unwrap()
 }
 
 /// The runtime a test's node runs in.
@@ -346,31 +346,9 @@ fn a_failed_final_flush_does_not_hang_the_stop_on_a_hung_metadata_volume() {
 /// A one-node resource in `dir` with a controller (its witness never
 /// started) that freezes without quorum.
 fn controlled_resource(dir: &std::path::Path, extra: &str) -> ResourceConfig {
-    let text = r#"
-name = "r"
-protocol = "C"
-size = "1M"
-ping-interval = "100ms"
-EXTRA
-[tls]
-ca = "ca.pem"
-[nodes.a]
-address = "127.0.0.1:1"
-nbd = "127.0.0.1:2"
-disk = "a.img"
-meta = "a.meta"
-control = "a.sock"
-cert = "a.pem"
-key = "a.key"
-[nodes.b]
-address = "127.0.0.1:3"
-nbd = "127.0.0.1:4"
-disk = "b.img"
-meta = "b.meta"
-control = "b.sock"
-cert = "b.pem"
-key = "b.key"
-[nodes.w]
+    let text = format!(
+        "name = \"r\"\nprotocol = \"C\"\nsize = \"1M\"\nping-interval = \"100ms\"\n{extra}\n{NODES}{}",
+        r#"[nodes.w]
 witness = true
 address = "127.0.0.1:5"
 meta = "w.state"
@@ -382,7 +360,7 @@ dead_time = "400ms"
 heartbeat = "100ms"
 on_no_quorum = "freeze"
 "#
-    .replace("EXTRA", extra);
+    );
     ResourceConfig::parse(&dir.join("r.toml"), &text).unwrap()
 }
 
