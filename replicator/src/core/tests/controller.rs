@@ -1072,6 +1072,46 @@ fn a_deposed_primary_serves_no_reads_until_it_meets_its_peer() {
     }
 }
 
+/// A Primary deposed by what its peer's hello says (the peer reigned
+/// after it, acknowledged nothing and stepped down) runs `on_demote` while
+/// the handshake goes on: the session runs before the hook is done, in
+/// sync. Demoted then, the node is a connected, UpToDate Secondary whose
+/// session with its peer has run: nothing another node acknowledged is
+/// missing from its copy, and its reads are served. Before, the demotion
+/// marked it superseded after the session had started, and its reads
+/// failed for as long as that session lasted (found by review,
+/// helper-110).
+#[test]
+fn a_primary_deposed_while_its_session_starts_serves_reads_once_demoted() {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    assert!(d.witness_promotes_b(), "b is not promoted");
+    // b reigns, acknowledges nothing, and steps down.
+    d.c[1].demote_forced();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    // a meets b: deposed by b's hello, its `on_demote` still runs when
+    // the session starts.
+    d.connect();
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert!(d.hooks[0].contains(&Hook::Demote), "a is not deposed: {:?}", d.hooks[0]);
+    assert_eq!(d.c[0].connection(), Connection::Connected, "the session does not run");
+    d.hooks_done(0);
+    d.flow();
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    assert_eq!(d.c[0].disk(), DiskState::UpToDate);
+    assert_eq!(
+        d.c[0].read_gate(d.now, false),
+        ReadGate::Serve,
+        "a, connected and in sync with b, fails its reads"
+    );
+}
+
 /// A handover (the operator's `secondary` with the peer connected and
 /// current): the former Primary's copy follows the new Primary, and its
 /// read-only export serves it.
