@@ -827,10 +827,15 @@ impl Core {
             if self.role == Role::Primary {
                 // Without quorum (deposed: not serving), another node may
                 // be Primary already: this copy serves no read until the
-                // peer is met (`read_gate`).
+                // peer is met (`read_gate`). Met already (a session that
+                // started while `on_demote` ran: its handshake judged the
+                // data), it serves as any connected Secondary (before, it
+                // failed reads for the whole session; found by review,
+                // helper-110).
                 let quorum = self.has_quorum();
+                let met = self.connection() == super::Connection::Connected;
                 if let Some(c) = &mut self.ctl {
-                    c.superseded = !quorum;
+                    c.superseded = !quorum && !met;
                 }
                 self.role = Role::Secondary;
                 tracing::info!(?why, "demoted to Secondary by the controller");
