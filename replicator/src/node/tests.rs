@@ -482,6 +482,34 @@ fn a_read_released_outside_the_runtime_arms_its_disk_timeout_in_it() {
     drop(out);
 }
 
+/// A Primary demoted without quorum (`secondary --force` on a fenced
+/// one, or deposed) fails its reads as Secondary until it meets its peer
+/// (`Ctl::superseded`); `status` says so (`controller.superseded`), or an
+/// operator saw an UpToDate Secondary whose reads failed with EIO and no
+/// reason anywhere but a debug log (found by review, helper-110).
+#[test]
+fn status_shows_a_demoted_primary_superseded() {
+    use crate::core::Hook;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (node, mut out) = primary_without_quorum(&rt, dir.path(), "");
+    let _enter = rt.enter();
+    let superseded = |node: &Node| {
+        serde_json::to_value(node.status()).unwrap()["controller"]["superseded"].clone()
+    };
+    assert_eq!(superseded(&node), serde_json::json!(false));
+    node.demote_forced();
+    while !matches!(
+        rt.block_on(out.recv()).expect("controller channel"),
+        ControllerOut::Hook(Hook::Demote)
+    ) {}
+    node.hook_done(Hook::Demote, Ok(()));
+    assert_eq!(node.role(), Role::Secondary);
+    assert_eq!(node.lock().core.read_gate(node.now(), false), crate::core::ReadGate::Fail);
+    assert_eq!(superseded(&node), serde_json::json!(true), "status does not say why reads fail");
+    drop(out);
+}
+
 /// A hook that succeeds after it failed (`on_promote` run by the re-check
 /// that moved the address after a failed move) takes the failure out of
 /// `last_error`: `status` showed it for good (review, helper-107). A
