@@ -91,4 +91,8 @@ pub struct ControllerView {
     pub quorum: bool,
     pub witness_connected: bool,
     pub last_refusal: Option<String>,
+    /// Demoted without quorum (deposed, or `secondary --force` while
+    /// fenced) and not met its peer since: another node may have been
+    /// Primary with writes this copy lacks, so its reads fail with EIO.
+    pub superseded: bool,
 }

@@ -334,6 +334,9 @@ pub struct ControllerStatus {
     pub quorum: bool,
     pub witness_connected: bool,
     pub last_refusal: Option<String>,
+    /// Demoted without quorum and not met its peer since: its reads fail
+    /// (`Ctl::superseded`).
+    pub superseded: bool,
 }
 
 impl Core {
@@ -345,6 +348,7 @@ impl Core {
             quorum: self.has_quorum(),
             witness_connected: c.witness_up,
             last_refusal: c.last_refusal.clone(),
+            superseded: c.superseded,
         })
     }
 

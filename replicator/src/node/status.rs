@@ -89,6 +89,7 @@ impl Node {
                 quorum: c.quorum,
                 witness_connected: c.witness_connected,
                 last_refusal: c.last_refusal,
+                superseded: c.superseded,
             }),
         }
     }
