@@ -295,6 +295,12 @@ pub(crate) struct Checker {
     /// since (a running session) nor restarted: its copy may lack what the
     /// other node acknowledged, and it serves no read as Secondary either.
     superseded: [bool; 2],
+    /// Each node was Primary without quorum (its controller's standing)
+    /// when last observed: demoted at the next step, it was demoted
+    /// without quorum (deposed, or `secondary --force` while fenced), and
+    /// the other node may be promoted after its demotion (superseded
+    /// then too, though no longer Primary when the other was promoted).
+    primary_without_quorum: [bool; 2],
     /// Each node's last reign, not over and with no write acknowledged,
     /// was overtaken: the other node (Primary before it) acknowledged a
     /// write while it did not accept writes. It may acknowledge none in
@@ -396,6 +402,7 @@ impl Checker {
             reign_acks: [0, 0],
             acked_reign: [None, None],
             superseded: [false, false],
+            primary_without_quorum: [false, false],
             overtaken: [false, false],
             adaptive: false,
             switches_seen: [0, 0],
@@ -702,6 +709,7 @@ impl Checker {
     pub fn crashed(&mut self, n: usize, power: bool, behind_a: bool, lost_conf: bool) {
         // (A restarted core forgets that it was superseded: README.)
         self.superseded[n] = false;
+        self.primary_without_quorum[n] = false;
         self.a_behind[n] |= behind_a;
         self.lost_conf[n] |= lost_conf;
         self.stats.lost_conf_crashes += u64::from(lost_conf);
@@ -947,6 +955,19 @@ impl Checker {
             }) {
                 self.a_behind[n] = false;
             }
+            // Demoted without quorum: another node may be promoted after
+            // (a deposed node hears the witness name the new holder before
+            // that node has heard its grant), and its copy is stale then.
+            let primary = sim.nodes[n].is_primary();
+            if self.ctl_mode && std::mem::take(&mut self.primary_without_quorum[n]) && !primary {
+                self.superseded[n] = true;
+            }
+            self.primary_without_quorum[n] = primary
+                && sim.nodes[n]
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.controller())
+                    .is_some_and(|c| !c.quorum);
             // Met its peer (a resync takes the peer's data), or its disk
             // is read nowhere (`Core::read_gate`'s superseded copy).
             if sim.nodes[n]
