@@ -751,6 +751,7 @@ impl Core {
         // pair's again: a resync takes the peer's data (`read_gate`).
         if let Some(c) = &mut self.ctl {
             c.superseded = false;
+            c.met_while_demoting = c.demoting();
         }
         self.separated = false;
         self.acked_apart = false;

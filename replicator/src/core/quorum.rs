@@ -276,6 +276,10 @@ pub(crate) struct Ctl {
     /// ([`Core::read_gate`]) until it meets the peer (a resync then takes
     /// the peer's data, the disk Inconsistent until done).
     pub(crate) superseded: bool,
+    /// A session with the peer reached Running since the demotion under
+    /// way began (or last became a deposition): its handshake judged this
+    /// node's data against the peer's after it lost the right.
+    pub(crate) met_while_demoting: bool,
 }
 
 impl Ctl {
@@ -292,6 +296,11 @@ impl Ctl {
     /// Not deposed: a Primary that holds its right may acknowledge writes
     /// (also while `on_demote` runs for a handover, then only those its
     /// peer holds: see `may_run_alone`).
+    /// A demotion is under way (`on_demote` runs).
+    pub(crate) fn demoting(&self) -> bool {
+        self.demoting.is_some()
+    }
+
     fn serving(&self) -> bool {
         self.demoting != Some(DemoteWhy::Deposed)
     }
@@ -323,6 +332,7 @@ impl Ctl {
             answered_primary: Time::ZERO,
             since: now,
             superseded: false,
+            met_while_demoting: false,
         }
     }
 }
@@ -837,8 +847,11 @@ impl Core {
                 // failed reads for the whole session; found by review,
                 // helper-110).
                 let quorum = self.has_quorum();
-                let met = self.connection() == super::Connection::Connected;
+                // (A session that ran before the demotion began does not
+                // count: a half-dead link's, say, whose peer took over.)
+                let running = self.connection() == super::Connection::Connected;
                 if let Some(c) = &mut self.ctl {
+                    let met = running && c.met_while_demoting;
                     c.superseded = !quorum && !met;
                 }
                 self.role = Role::Secondary;
@@ -894,12 +907,16 @@ impl Core {
     fn start_demote(&mut self, why: DemoteWhy) {
         if let Some(c) = &mut self.ctl {
             match c.demoting {
-                None => c.demoting = Some(why),
+                None => {
+                    c.demoting = Some(why);
+                    c.met_while_demoting = false;
+                }
                 Some(DemoteWhy::Deposed) => return,
                 Some(_) if why != DemoteWhy::Deposed => return,
                 Some(_) => {
                     // Its hook is queued already.
                     c.demoting = Some(why);
+                    c.met_while_demoting = false;
                     self.fail_held();
                     return;
                 }
