@@ -293,14 +293,14 @@ impl Ctl {
         self.witness_gen = gen;
     }
 
-    /// Not deposed: a Primary that holds its right may acknowledge writes
-    /// (also while `on_demote` runs for a handover, then only those its
-    /// peer holds: see `may_run_alone`).
     /// A demotion is under way (`on_demote` runs).
     pub(crate) fn demoting(&self) -> bool {
         self.demoting.is_some()
     }
 
+    /// Not deposed: a Primary that holds its right may acknowledge writes
+    /// (also while `on_demote` runs for a handover, then only those its
+    /// peer holds: see `may_run_alone`).
     fn serving(&self) -> bool {
         self.demoting != Some(DemoteWhy::Deposed)
     }
