@@ -219,6 +219,18 @@ fn qemu_io(uri: &str, command: &str, timeout: Duration) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// One qemu-io command on `uri` opened read-only (a Secondary's export
+/// is): (exit status success, stdout + stderr).
+fn qemu_read_only(uri: &str, command: &str) -> (bool, String) {
+    let out = run_timeout(
+        Command::new("qemu-io").args(["-r", "-f", "raw", uri, "-c", command]),
+        Duration::from_secs(30),
+    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 fn qemu_write(uri: &str, off: u64, pattern: u8) -> Result<(), String> {
     let (ok, text) = qemu_io(uri, &format!("write -P {pattern} {off} 4k"), Duration::from_secs(60));
     if ok && text.contains("wrote") && !text.contains("failed") {
@@ -254,11 +266,39 @@ struct Isolable {
 
 impl Isolable {
     fn new() -> Isolable {
+        Isolable::with("")
+    }
+
+    /// `controller_extra`: more `[controller]` keys.
+    fn with(controller_extra: &str) -> Isolable {
         let (to_b, to_w) = (free_udp(), free_udp());
-        // Filled in by cluster(): b's and w's real addresses.
-        let c = cluster(Some((&to_b, &to_w)));
+        // Filled in by cluster_with(): b's and w's real addresses.
+        let c = cluster_with(Some(&to_b), Some(&to_w), controller_extra);
         let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
         Isolable { c, to_b, to_w, b_addr, w_addr }
+    }
+
+    /// a Primary writes 0x11 at offset 0 and reads it back; then, cut
+    /// off from b and the witness (its relays stopped), b takes over and
+    /// overwrites the block with 0x33.
+    fn b_takes_over_and_overwrites(&self) {
+        let links = self.links();
+        let c = &self.c;
+        c.first_primary();
+        qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
+        assert!(read_back(&c.p.uri(0), 0, 0x11), "a reads what it wrote");
+        drop(links);
+        c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
+        qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    }
+
+    /// Node a's export shows b's write (0x33 at offset 0).
+    fn a_shows_b_write(&self) {
+        let (ok, text) = qemu_read_only(&self.c.p.uri(0), "read -P 51 0 4k");
+        assert!(
+            ok && text.contains("4096/4096") && !text.contains("verification failed"),
+            "a's export does not show b's write once in sync: {text}"
+        );
     }
 
     /// a's relays to b and to the witness, running until dropped.
@@ -414,15 +454,7 @@ fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
     }
     let iso = Isolable::new();
     let c = &iso.c;
-    let (relay_b, relay_w) = iso.links();
-    c.first_primary();
-    qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
-    assert!(read_back(&c.p.uri(0), 0, 0x11), "a reads what it wrote");
-    // Isolate a from both; b takes over and overwrites the block.
-    drop(relay_b);
-    drop(relay_w);
-    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
-    qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    iso.b_takes_over_and_overwrites();
     let a = c.p.status(0);
     assert_eq!(a["role"], "Primary", "a, cut off, is still Primary (not deposed yet): {a}");
     let (ok, text) = qemu_io(&c.p.uri(0), "read -P 17 0 4k", Duration::from_secs(30));
@@ -435,18 +467,7 @@ fn an_isolated_primary_does_not_serve_stale_reads_after_the_takeover() {
     // a rejoins as b's Secondary: its reads are served, with b's data.
     let links = iso.links();
     iso.wait_a_rejoined_b();
-    // (Read-only: a Secondary's export is.)
-    let out = run_timeout(
-        Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 51 0 4k"]),
-        Duration::from_secs(30),
-    );
-    let ok = out.status.success();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        ok && text.contains("4096/4096") && !text.contains("verification failed"),
-        "a's export does not show b's write once in sync: {text}"
-    );
+    iso.a_shows_b_write();
     drop(links);
 }
 
@@ -462,51 +483,24 @@ fn a_deposed_primary_apart_from_the_new_one_serves_no_stale_reads() {
     if !need_tools() {
         return;
     }
-    let (to_b, to_w) = (free_udp(), free_udp());
-    let c = cluster(Some((&to_b, &to_w)));
-    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
-    let relay_b = netem(&to_b, &b_addr);
-    let relay_w = netem(&to_w, &w_addr);
-    c.first_primary();
-    qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
-    drop(relay_b);
-    drop(relay_w);
-    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
-    qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    let iso = Isolable::new();
+    let c = &iso.c;
+    iso.b_takes_over_and_overwrites();
     // a hears the witness again (not b): deposed, a Secondary apart from b.
-    let relay_w = netem(&to_w, &w_addr);
+    let relay_w = netem(&iso.to_w, &iso.w_addr);
     c.p.wait("a deposed", Duration::from_secs(30), |a, _| a["role"] == "Secondary");
     let a = c.p.status(0);
     assert_ne!(a["connection"], "Connected", "a met b already: {a}");
-    let out = run_timeout(
-        Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 17 0 4k"]),
-        Duration::from_secs(30),
-    );
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (_, text) = qemu_read_only(&c.p.uri(0), "read -P 17 0 4k");
     eprintln!("the deposed a's read: {text}");
     assert!(
         !text.contains("4096/4096"),
         "the deposed a answered a read with the data b overwrote: {text}"
     );
     // a rejoins as b's Secondary: its reads are served, with b's data.
-    let relay_b = netem(&to_b, &b_addr);
-    c.p.wait("a back in sync", Duration::from_secs(60), |a, b| {
-        a["role"] == "Secondary"
-            && b["role"] == "Primary"
-            && a["disk"] == "UpToDate"
-            && a["connection"] == "Connected"
-    });
-    let out = run_timeout(
-        Command::new("qemu-io").args(["-r", "-f", "raw", &c.p.uri(0), "-c", "read -P 51 0 4k"]),
-        Duration::from_secs(30),
-    );
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && text.contains("4096/4096") && !text.contains("verification failed"),
-        "a's export does not show b's write once in sync: {text}"
-    );
+    let relay_b = netem(&iso.to_b, &iso.b_addr);
+    iso.wait_a_rejoined_b();
+    iso.a_shows_b_write();
     drop((relay_b, relay_w));
 }
 
@@ -519,17 +513,9 @@ fn a_frozen_isolated_primary_holds_reads_until_it_is_deposed() {
     if !need_tools() {
         return;
     }
-    let (to_b, to_w) = (free_udp(), free_udp());
-    let c = cluster_with(Some(&to_b), Some(&to_w), "on_no_quorum = \"freeze\"");
-    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
-    let relay_b = netem(&to_b, &b_addr);
-    let relay_w = netem(&to_w, &w_addr);
-    c.first_primary();
-    qemu_write(&c.p.uri(0), 0, 0x11).expect("a writes");
-    drop(relay_b);
-    drop(relay_w);
-    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
-    qemu_write(&c.p.uri(1), 0, 0x33).expect("b writes as the new Primary");
+    let iso = Isolable::with("on_no_quorum = \"freeze\"");
+    let c = &iso.c;
+    iso.b_takes_over_and_overwrites();
     let mut read = Command::new("qemu-io")
         .args(["-f", "raw", &c.p.uri(0), "-c", "read -P 17 0 4k"])
         .stdin(Stdio::null())
@@ -547,7 +533,7 @@ fn a_frozen_isolated_primary_holds_reads_until_it_is_deposed() {
         );
     }
     // a hears the witness again: deposed, the held read fails.
-    let relay_w = netem(&to_w, &w_addr);
+    let relay_w = netem(&iso.to_w, &iso.w_addr);
     let deadline = Instant::now() + Duration::from_secs(30);
     while read.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
