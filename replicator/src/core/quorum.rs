@@ -400,10 +400,7 @@ impl Core {
         if c.demoting.is_some() {
             return Err((false, "demoting"));
         }
-        let now = now.max(self.now);
-        let quorum = self.cfg.plant == Plant::IgnoreQuorum
-            || (c.serving() && (c.peer_until > now || c.witness_until > now));
-        if quorum {
+        if self.has_quorum_at(now) {
             Ok(())
         } else {
             Err((true, "Primary without quorum"))
@@ -412,11 +409,18 @@ impl Core {
 
     /// Quorum now (true without a controller).
     pub(crate) fn has_quorum(&self) -> bool {
+        self.has_quorum_at(self.now)
+    }
+
+    /// Quorum at `now` (the caller's clock, no earlier than the core's:
+    /// a lease may have run out since the core's last event).
+    fn has_quorum_at(&self, now: Time) -> bool {
         let Some(c) = &self.ctl else { return true };
         if self.cfg.plant == Plant::IgnoreQuorum {
             return true;
         }
-        c.serving() && (c.peer_until > self.now || c.witness_until > self.now)
+        let now = now.max(self.now);
+        c.serving() && (c.peer_until > now || c.witness_until > now)
     }
 
     /// Writes the peer may lack may be acknowledged: the witness recorded
@@ -452,8 +456,14 @@ impl Core {
 
     /// Quorum has been missing for `dead_time`: the survivor may be Primary.
     fn fenced(&self) -> bool {
+        self.fenced_at(self.now)
+    }
+
+    /// [`Core::fenced`] at `now` (the caller's clock, as `has_quorum_at`).
+    fn fenced_at(&self, now: Time) -> bool {
         let Some(c) = &self.ctl else { return false };
-        c.lost_since.is_some_and(|t| self.now >= t + c.cfg.dead_time.saturating_sub(c.cfg.lease()))
+        let now = now.max(self.now);
+        c.lost_since.is_some_and(|t| now >= t + c.cfg.dead_time.saturating_sub(c.cfg.lease()))
     }
 
     /// What happens to a write or flush reply that is ready: `None` send it,
@@ -513,13 +523,10 @@ impl Core {
         if !c.serving() {
             return ReadGate::Fail;
         }
-        let now = now.max(self.now);
-        if c.peer_until > now || c.witness_until > now {
+        if self.has_quorum_at(now) {
             return ReadGate::Serve;
         }
-        let fenced =
-            c.lost_since.is_some_and(|t| now >= t + c.cfg.dead_time.saturating_sub(c.cfg.lease()));
-        if fenced && c.cfg.on_no_quorum == NoQuorum::IoError {
+        if self.fenced_at(now) && c.cfg.on_no_quorum == NoQuorum::IoError {
             ReadGate::Fail
         } else {
             ReadGate::Wait
