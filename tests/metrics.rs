@@ -103,6 +103,25 @@ fn write_chunks(nbd: SocketAddr, first: u64, count: u64, byte: u8) {
     }
 }
 
+/// `count` pipelined NBD reads of 64 KiB from `first` (in 64 KiB units),
+/// each answered with `errno` (0: the data).
+fn read_chunks(nbd: SocketAddr, first: u64, count: u64, errno: u32) {
+    let mut c = Client::go_addr(nbd, false);
+    for i in 0..count {
+        c.request(0, 0, i, (first + i) * 65536, 65536, &[]);
+    }
+    for _ in 0..count {
+        let (e, _) = c.simple_reply();
+        assert_eq!(e, errno, "read answered");
+        if e == 0 {
+            c.bytes(65536);
+        }
+    }
+}
+
+/// NBD's EIO.
+const NBD_EIO: u32 = 5;
+
 #[test]
 fn metrics_scraped_during_writes_and_a_disconnect() {
     let (p, [ma, mb]) = pair_with_metrics();
@@ -192,6 +211,18 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
         get(&after, "twinblock_write_duration_seconds_bucket", &[("mode", "C"), ("le", "+Inf")]);
     assert_eq!(inf, n);
 
+    // Reads are counted too, on the Primary and on a Secondary (which
+    // serves its own copy): 16 of 64 KiB on each.
+    for (i, m) in [(0, ma), (1, mb)] {
+        let reads0 =
+            sample(&scrape(m), "twinblock_requests_total", &[("op", "read"), ("result", "ok")])
+                .unwrap_or(0.0);
+        read_chunks(p.nodes[i].nbd, 0, 16, 0);
+        eventually(m, "twinblock_requests_total", &[("op", "read"), ("result", "ok")], |n| {
+            n - reads0 == 16.0
+        });
+    }
+
     // The link's transport, as QUIC counted it (looked at on each
     // session tick): the 32 MiB left a in datagrams of at most what the
     // route carries (loopback: 65507 bytes) and reached b; a send batch
@@ -241,6 +272,13 @@ fn metrics_scraped_during_writes_and_a_disconnect() {
     );
     let b = scrape(mb);
     assert_eq!(get(&b, "twinblock_peer_connected", &[]), 0.0);
+    // b, outdated by its Primary's `disconnect`, fails reads (EIO): an
+    // operator sees them as errors.
+    p.wait_one(1, "b outdated", |s| s["disk"] == "Outdated");
+    read_chunks(p.nodes[1].nbd, 0, 1, NBD_EIO);
+    eventually(mb, "twinblock_requests_total", &[("op", "read"), ("result", "error")], |n| {
+        n == 1.0
+    });
 
     // Reconnected: the resync moves what was written apart.
     p.ok(&["connect"], 0);

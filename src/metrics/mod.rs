@@ -158,7 +158,7 @@ pub struct Metrics {
     last_link: Mutex<LinkStatus>,
     requests: Family<Labels, Counter>,
     /// Per operation and result: the counters' handles, made at first use.
-    requests_by_kind: [OnceLock<Counter>; 8],
+    requests_by_kind: [OnceLock<Counter>; 12],
     write_latency: Family<Labels, Histogram, fn() -> Histogram>,
     flush_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Per mode: the histograms' handles, made at first use.
@@ -561,6 +561,8 @@ impl RequestObserver for Metrics {
             RequestKind::Flush => (1, "flush"),
             RequestKind::Trim => (2, "trim"),
             RequestKind::WriteZeroes => (3, "write_zeroes"),
+            RequestKind::Read => (4, "read"),
+            RequestKind::BlockStatus => (5, "block_status"),
         };
         let result = if ok { "ok" } else { "error" };
         self.requests_by_kind[i * 2 + usize::from(!ok)]

@@ -31,9 +31,7 @@ impl Node {
         }
         let reply = rx.await;
         mark(Point::Answered, req);
-        if let Some(o) = self.observer.get() {
-            o.completed(kind, start.elapsed(), matches!(reply, Ok(Ok(()))));
-        }
+        self.observe(kind, start, matches!(reply, Ok(Ok(()))));
         match reply {
             Ok(Ok(())) => Ok(()),
             Ok(Err(ReplyError::ReadOnly)) => Err(DeviceError::ReadOnly),
@@ -71,28 +69,10 @@ impl BlockDevice for Node {
 
     /// Reads what every write issued before it left ([`Node::readable`]).
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
-        self.readable().await?;
-        let read = self.store.read(offset, len);
-        let Some(limit) = self.res.disk_timeout else { return self.read_done(read.await) };
-        // Armed in the node's runtime: this may run on the thread that
-        // woke the read, outside it (`finish_on_wake`; found by review,
-        // helper-108: tokio panicked there).
-        let read = {
-            let _rt = self.rt.enter();
-            tokio::time::timeout(limit, read)
-        };
-        match read.await {
-            Ok(r) => self.read_done(r),
-            Err(_) => {
-                // A disk that stopped answering reads: detached, as for a
-                // write (the read itself fails).
-                let mut sh = self.lock();
-                let now = self.now();
-                sh.core.handle_disk_stalled(now, "a read");
-                self.drain(&mut sh);
-                Err(DeviceError::Io(io::Error::from_raw_os_error(libc::ETIMEDOUT)))
-            }
-        }
+        let start = Instant::now();
+        let r = self.read_now(offset, len).await;
+        self.observe(RequestKind::Read, start, r.is_ok());
+        r
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> DeviceResult<()> {
@@ -125,12 +105,50 @@ impl BlockDevice for Node {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> DeviceResult<Vec<Extent>> {
-        self.readable().await?;
-        crate::local::allocation(&self.store, offset, len)
+        let start = Instant::now();
+        let r = match self.readable().await {
+            Ok(()) => crate::local::allocation(&self.store, offset, len),
+            Err(e) => Err(e),
+        };
+        self.observe(RequestKind::BlockStatus, start, r.is_ok());
+        r
     }
 }
 
 impl Node {
+    /// [`BlockDevice::read`]'s work, counted by its caller.
+    async fn read_now(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
+        self.readable().await?;
+        let read = self.store.read(offset, len);
+        let Some(limit) = self.res.disk_timeout else { return self.read_done(read.await) };
+        // Armed in the node's runtime: this may run on the thread that
+        // woke the read, outside it (`finish_on_wake`; found by review,
+        // helper-108: tokio panicked there).
+        let read = {
+            let _rt = self.rt.enter();
+            tokio::time::timeout(limit, read)
+        };
+        match read.await {
+            Ok(r) => self.read_done(r),
+            Err(_) => {
+                // A disk that stopped answering reads: detached, as for a
+                // write (the read itself fails).
+                let mut sh = self.lock();
+                let now = self.now();
+                sh.core.handle_disk_stalled(now, "a read");
+                self.drain(&mut sh);
+                Err(DeviceError::Io(io::Error::from_raw_os_error(libc::ETIMEDOUT)))
+            }
+        }
+    }
+
+    /// Tells the observer of an answered application request.
+    fn observe(&self, kind: RequestKind, start: Instant, ok: bool) {
+        if let Some(o) = self.observer.get() {
+            o.completed(kind, start.elapsed(), ok);
+        }
+    }
+
     /// An application read's result: one that failed detaches the disk, as
     /// a failed write does (found by review: the node stayed UpToDate and
     /// promotable with a disk whose every read failed, where a resync or

@@ -113,6 +113,8 @@ pub enum RequestKind {
     Flush,
     Trim,
     WriteZeroes,
+    Read,
+    BlockStatus,
 }
 
 /// Told of every application request the node answered: its kind, how long
