@@ -42,7 +42,9 @@ pub struct Event {
     pub node: String,
     /// What changed: `role`, `disk`, `connection`, `replication`,
     /// `peer-role`, `peer-disk`, `split-brain`, `sync`, `mode`,
-    /// `controller`, `quorum`, `witness`, `address` (a service address
+    /// `controller`, `quorum`, `witness`, `superseded` (a node demoted
+    /// without quorum whose reads fail until it meets its peer: `yes`,
+    /// `no`), `address` (a service address
     /// move: `moved`, `in-place`, `checked`, `failed`, `withdrawn`).
     pub object: String,
     /// The value before (absent for `exists`).
@@ -163,6 +165,7 @@ fn plain(st: &Status) -> Vec<(&'static str, String)> {
         v.push(("controller", c.state.clone()));
         v.push(("quorum", if c.quorum { "yes" } else { "no" }.to_string()));
         v.push(("witness", if c.witness_connected { "connected" } else { "lost" }.to_string()));
+        v.push(("superseded", if c.superseded { "yes" } else { "no" }.to_string()));
     }
     v
 }
@@ -592,6 +595,31 @@ mod tests {
         assert_eq!(last.sync.as_ref().unwrap().moved_bytes, Some(1 << 20));
         let line = serde_json::to_string(last).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), *last);
+    }
+
+    #[test]
+    fn a_node_superseded_and_met_again_is_two_events() {
+        use twinblock_replicator::status::ControllerView;
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let mut s = status();
+        s.controller = Some(ControllerView {
+            state: "Watching".into(),
+            quorum: true,
+            witness_connected: true,
+            last_refusal: None,
+            superseded: false,
+        });
+        assert!(t.diff(&s, t0).is_empty());
+        let c = |s: &mut Status| s.controller.as_mut().unwrap().superseded ^= true;
+        c(&mut s);
+        let ev = t.diff(&s, t0);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(render(&ev[0]).split_once(' ').unwrap().1, "change r0 a: superseded no -> yes");
+        c(&mut s);
+        let ev = t.diff(&s, t0);
+        assert_eq!((ev[0].object.as_str(), ev[0].new.as_str()), ("superseded", "no"));
+        assert!(Tracker::exists(&s).iter().any(|e| e.object == "superseded" && e.new == "no"));
     }
 
     #[test]

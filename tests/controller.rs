@@ -497,6 +497,10 @@ fn a_deposed_primary_apart_from_the_new_one_serves_no_stale_reads() {
         !text.contains("4096/4096"),
         "the deposed a answered a read with the data b overwrote: {text}"
     );
+    // Why, as an operator sees it: `events` and `status` say superseded.
+    let out = c.p.ok(&["events", "--now", "--json", "--count", "12"], 0);
+    assert!(out.lines().any(|l| l.contains(r#""object":"superseded","new":"yes""#)), "{out}");
+    assert_eq!(c.p.status(0)["controller"]["superseded"], true);
     // a rejoins as b's Secondary: its reads are served, with b's data.
     let relay_b = netem(&iso.to_b, &iso.b_addr);
     iso.wait_a_rejoined_b();

@@ -407,6 +407,7 @@ fn controller_metrics_follow_the_controller() {
         if holding == Some(1.0) && entered >= Some(1.0) {
             assert_eq!(get(&body, "twinblock_controller_quorum", &[]), 1.0);
             assert_eq!(get(&body, "twinblock_controller_witness_connected", &[]), 1.0);
+            assert_eq!(get(&body, "twinblock_controller_superseded", &[]), 0.0);
             break;
         }
         assert!(Instant::now() < deadline, "never Holding:\n{body}\n{}", p.log(0));

@@ -131,7 +131,7 @@ pub struct Metrics {
     peer_disk: StateSet,
     connection: StateSet,
     replication: StateSet,
-    controller: Option<(StateSet, Gauge, Gauge)>,
+    controller: Option<(StateSet, Gauge, Gauge, Gauge)>,
     split_brain: Gauge,
     peer_connected: Gauge,
     out_of_sync: Gauge,
@@ -237,6 +237,11 @@ impl Metrics {
                 ),
                 flag(r, "controller_quorum", "1 while the controller holds quorum"),
                 flag(r, "controller_witness_connected", "1 while the witness is reachable"),
+                flag(
+                    r,
+                    "controller_superseded",
+                    "1 while this node, demoted without quorum, fails reads until it meets its peer",
+                ),
             )
         });
         let split_brain = flag(r, "split_brain", "1 while a split brain is detected");
@@ -458,10 +463,13 @@ impl Metrics {
         self.peer_disk.set(&st.peer.disk.map_or("Unknown".into(), |d| debug(&d)));
         self.connection.set(&st.connection);
         self.replication.set(&st.replication);
-        if let (Some((state, quorum, witness)), Some(c)) = (&self.controller, &st.controller) {
+        if let (Some((state, quorum, witness, superseded)), Some(c)) =
+            (&self.controller, &st.controller)
+        {
             state.set(&c.state);
             quorum.set(i64::from(c.quorum));
             witness.set(i64::from(c.witness_connected));
+            superseded.set(i64::from(c.superseded));
         }
         self.split_brain.set(i64::from(st.split_brain));
         self.peer_connected
