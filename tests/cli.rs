@@ -23,6 +23,7 @@ const VERBS: &[&str] = &[
     "verify",
     "discard-my-data",
     "down",
+    "bench",
     "netem",
 ];
 
@@ -138,4 +139,48 @@ fn up_checks_its_certificates_before_it_creates_anything() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a.key: the key does not go with the certificate"), "{err}");
+}
+
+/// Found by a newcomer's walk-through (helper-113): a value of the wrong
+/// type, or a missing key, was reported as the TOML parser's snippet
+/// ("TOML parse error at line 30, column 11 | 30 | address = 5 | ^
+/// invalid type ..."), which names neither the table nor the key, while
+/// every other bad value is reported as `FILE: KEY: reason`.
+#[test]
+fn a_value_of_the_wrong_type_names_its_key() {
+    let p = Pair::prepare("C", "16M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let status = |text: &str| {
+        std::fs::write(&p.config, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&p.config)
+            .args(["--node", "a"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let b = text.find("[nodes.b]").unwrap();
+    let (before, after) = text.split_at(b);
+    let wrong = format!("{before}{}", after.replacen("address = ", "address = 5 #", 1));
+    let (code, err) = status(&wrong);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("r0.toml: nodes.b.address: invalid type: integer `5`"), "{err}");
+    assert!(err.contains("line "), "{err}");
+    let (code, err) = status(&text.replacen("timeout = \"3s\"", "timeout = 3", 1));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("r0.toml: timeout: invalid type: integer `3`"), "{err}");
+    let (code, err) = status(&text.replacen("cert = \"certs/a.pem\"\n", "", 1));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("r0.toml: nodes.a: missing field `cert`"), "{err}");
+    let (code, err) = status(&text.replacen("name = \"r0\"\n", "", 1));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("r0.toml: name: missing field `name`"), "{err}");
+    let (code, err) = status(&text.replacen("timeout = ", "timout = ", 1));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("r0.toml: timout: unknown field `timout`"), "{err}");
+    // Broken syntax still says where.
+    let (code, err) = status(&text.replacen("timeout = \"3s\"", "timeout = \"3s", 1));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("line 4"), "{err}");
 }

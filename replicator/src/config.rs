@@ -289,6 +289,55 @@ pub struct ResourceConfig {
     pub congestion_fill: Option<u64>,
 }
 
+/// The dotted key (`nodes.b.address`) at a deserialization error's span:
+/// a value of the wrong type names its key, a missing key its table
+/// (`tables_only`), an unknown key itself. Before (found by helper-113), such errors were the
+/// parser's snippet alone, naming neither table nor key. None when the
+/// text does not parse (a syntax error: the parser's message says where).
+fn key_at(text: &str, at: &std::ops::Range<usize>, tables_only: bool) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    let overlaps = |s: &std::ops::Range<usize>| {
+        s.start < at.end.max(at.start + 1) && at.start < s.end.max(s.start + 1)
+    };
+    // (path, key span, value span, is a table)
+    fn walk(
+        t: &DeTable,
+        prefix: &str,
+        out: &mut Vec<(String, std::ops::Range<usize>, std::ops::Range<usize>, bool)>,
+    ) {
+        for (k, v) in t.iter() {
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            let table = matches!(v.get_ref(), DeValue::Table(_));
+            out.push((path.clone(), k.span(), v.span(), table));
+            if let DeValue::Table(t) = v.get_ref() {
+                walk(t, &path, out);
+            }
+        }
+    }
+    let doc = DeTable::parse(text).ok()?;
+    let mut all = Vec::new();
+    walk(doc.get_ref(), "", &mut all);
+    // A key or plain value first; then a table's header (the deepest);
+    // then the narrowest table around it.
+    all.iter()
+        .find(|(_, k, v, table)| !tables_only && !table && (overlaps(k) || overlaps(v)))
+        .or_else(|| {
+            all.iter()
+                .filter(|(_, k, _, table)| *table && overlaps(k))
+                .max_by_key(|(p, ..)| p.matches('.').count())
+        })
+        .or_else(|| {
+            all.iter()
+                .filter(|(_, _, v, table)| *table && overlaps(v))
+                .min_by_key(|(_, _, v, _)| v.len())
+        })
+        .map(|(p, ..)| p.clone())
+}
+
 impl ResourceConfig {
     pub fn load(path: &Path) -> Result<ResourceConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -297,9 +346,41 @@ impl ResourceConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<ResourceConfig, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // A key missing from the top level: its span is no key's.
+            let missing = || {
+                let rest = e.message().strip_prefix("missing field `")?;
+                Some(rest.split('`').next()?.to_owned())
+            };
+            let key = |at: &std::ops::Range<usize>| {
+                if missing().is_none() {
+                    return key_at(text, at, false);
+                }
+                // The whole document, or nothing: the top level's.
+                let root = at.start == 0 && (at.is_empty() || at.end >= text.trim_end().len());
+                if root {
+                    missing()
+                } else {
+                    key_at(text, at, true)
+                }
+            };
+            match e.span().and_then(|at| Some((key(&at)?, at))) {
+                // A value of the wrong type, a missing or unknown key:
+                // `FILE: KEY: reason (line N)`, as every other bad value.
+                Some((key, at)) => ConfigError::Key {
+                    path: path.to_owned(),
+                    key,
+                    reason: format!(
+                        "{} (line {})",
+                        e.message().trim(),
+                        text[..at.start.min(text.len())].matches('\n').count() + 1
+                    ),
+                },
+                None => ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.to_string().trim().replace('\n', " "),
+                },
+            }
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let key_err = |key: &str, reason: String| ConfigError::Key {
