@@ -63,20 +63,59 @@ pub enum ConfigError {
     Key { path: PathBuf, key: String, reason: String },
 }
 
+/// A SIZE key's text: a string (`"1G"`) or a plain number of bytes
+/// (`size = 1073741824`, as the suffix-less string means). Before, a
+/// number was refused as "expected a string" (found by helper-113).
+mod size_text {
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    struct Text;
+
+    impl Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a size such as \"1G\" or a number of bytes")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            u64::try_from(v).map(|v| v.to_string()).map_err(|_| {
+                E::invalid_value(de::Unexpected::Signed(v), &"a size of 0 bytes or more")
+            })
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        d.deserialize_any(Text)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(Text).map(Some)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
     name: String,
     protocol: String,
+    #[serde(deserialize_with = "size_text::required")]
     size: String,
     timeout: Option<String>,
     ping_interval: Option<String>,
     connect_interval: Option<String>,
     disk_timeout: Option<String>,
     busy_poll: Option<String>,
+    #[serde(default, deserialize_with = "size_text::optional")]
     max_lag: Option<String>,
     al_extents: Option<usize>,
     split_brain_policy: Option<String>,
+    #[serde(default, deserialize_with = "size_text::optional")]
     resync_rate: Option<String>,
     resync_checksum: Option<bool>,
     max_connections: Option<usize>,
@@ -92,7 +131,7 @@ struct RawConfig {
 struct RawAdaptive {
     #[serde(alias = "latency-budget")]
     latency_budget: Option<String>,
-    #[serde(alias = "congestion-fill")]
+    #[serde(alias = "congestion-fill", default, deserialize_with = "size_text::optional")]
     congestion_fill: Option<String>,
 }
 
@@ -791,6 +830,20 @@ key = "certs/b.key"
 
     fn parse(text: &str) -> Result<ResourceConfig, String> {
         ResourceConfig::parse(Path::new("/etc/tb/ldap.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_size_may_be_a_plain_number_of_bytes() {
+        let c =
+            parse(&GOOD.replace("size = \"1G\"", "size = 1073741824\nmax-lag = 67108864")).unwrap();
+        assert_eq!(c.size, 1 << 30);
+        assert_eq!(c.max_lag, 64 << 20);
+        let e = parse(&GOOD.replace("size = \"1G\"", "size = -1")).unwrap_err();
+        assert!(e.contains("ldap.toml: size: "), "{e}");
+        assert!(e.contains("-1"), "{e}");
+        let e = parse(&GOOD.replace("size = \"1G\"", "size = true")).unwrap_err();
+        assert!(e.contains("ldap.toml: size: invalid type: boolean `true`"), "{e}");
+        assert!(e.contains("a size"), "{e}");
     }
 
     #[test]
