@@ -268,6 +268,11 @@ impl Handshake {
     }
 
     fn meta_context(&mut self, option: u32, data: &[u8]) {
+        if option == OPT_SET_META_CONTEXT {
+            // "Issuing this command replaces all previously-set metadata
+            // contexts (including when this command fails)".
+            self.base_allocation = false;
+        }
         if !self.structured {
             self.error(option, REP_ERR_INVALID, "negotiate structured replies first");
             return;

@@ -357,3 +357,30 @@ fn read_only_export_advertises_it() {
     let Progress::Transmission(n) = hs.receive(&mut input).unwrap() else { panic!() };
     assert_ne!(n.flags & TFLAG_READ_ONLY, 0);
 }
+
+/// "Issuing this command replaces all previously-set metadata contexts
+/// (including when this command fails)" (proto.md, SET_META_CONTEXT): a
+/// failed SET leaves nothing selected, so BLOCK_STATUS is refused (found
+/// by review, helper-112: a SET for an unknown export, or a malformed
+/// one, kept the earlier `base:allocation`).
+#[test]
+fn a_failed_set_meta_context_clears_the_selection() {
+    let bad_sets: Vec<Vec<u8>> = vec![meta_data("nope", &["base:allocation"]), {
+        let mut bad = meta_data("", &["base:allocation"]);
+        bad[7] = 5;
+        bad
+    }];
+    for bad in bad_sets {
+        let mut hs = started(FLAG_C_FIXED_NEWSTYLE);
+        let (_, out) = send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]));
+        assert_eq!(replies(&out)[0].1, REP_ACK);
+        let (_, out) =
+            send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("", &["base:allocation"])));
+        assert_eq!(replies(&out)[0].1, REP_META_CONTEXT);
+        let (_, out) = send(&mut hs, &opt(OPT_SET_META_CONTEXT, &bad));
+        assert!(replies(&out)[0].1 & (1 << 31) != 0, "{:?}", replies(&out));
+        let (r, _) = send(&mut hs, &opt(OPT_GO, &info_data("", &[])));
+        let Progress::Transmission(n) = r.unwrap() else { panic!() };
+        assert!(!n.base_allocation, "a failed SET_META_CONTEXT left base:allocation selected");
+    }
+}
