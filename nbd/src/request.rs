@@ -127,11 +127,12 @@ impl RequestDecoder {
                         return Ok(Some(self.finish(h, None)));
                     }
                     if h.length > self.max_payload {
-                        let errno = if self.structured { EOVERFLOW } else { EINVAL };
+                        // Not EOVERFLOW: the spec keeps that for READ and
+                        // for commands without a payload.
                         self.state = State::Discard {
                             header: h,
                             remaining: h.length,
-                            errno,
+                            errno: EINVAL,
                             reason: "write larger than the maximum payload",
                         };
                     } else {
