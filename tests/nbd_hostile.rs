@@ -390,3 +390,44 @@ fn closing_with_unread_input_keeps_queued_replies() {
     assert_eq!(got, 16);
     assert!(c.closed());
 }
+
+/// A client that opens connection after connection past `--max-connections`
+/// (a reconnect loop, a scan) gets each one closed, and the log says so at
+/// most about once a second, with the number left unsaid: one warning per
+/// refused connection let any client write the log as fast as it could
+/// connect (found by review, helper-112: 300 connections, 236 warnings).
+#[test]
+fn refused_connections_do_not_flood_the_log() {
+    let dir = tempfile::Builder::new().prefix("tb-test").tempdir_in(test_tmp()).unwrap();
+    let disk = dir.path().join("disk.img");
+    let extra = ["--size", "16M", "--max-connections", "2"];
+    let serve = Serve::start_on(dir, disk, THREADS, &extra).unwrap_or_else(|e| panic!("{e}"));
+    let _held: Vec<Client> = (0..2).map(|_| Client::go(&serve, false)).collect();
+    let refused = |n: usize| {
+        for _ in 0..n {
+            let mut c = TcpStream::connect(serve.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 8];
+            assert!(matches!(std::io::Read::read(&mut c, &mut b), Ok(0) | Err(_)), "refused");
+        }
+    };
+    let started = Instant::now();
+    refused(500);
+    let secs = started.elapsed().as_secs() as usize;
+    std::thread::sleep(Duration::from_millis(1100));
+    refused(1);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = serve.log();
+    let warnings: Vec<&str> =
+        log.lines().filter(|l| l.contains("WARN") && l.contains("max-connections")).collect();
+    assert!(
+        warnings.len() >= 2 && warnings.len() <= secs + 3,
+        "{} warnings for 501 refusals in {secs} s:\n{}",
+        warnings.len(),
+        warnings.join("\n")
+    );
+    assert!(
+        warnings.last().is_some_and(|l| l.contains("suppressed")),
+        "the later warning counts the refusals it stands for: {warnings:?}"
+    );
+}

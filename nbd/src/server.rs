@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -112,6 +112,7 @@ where
         active: watch::channel(0).0,
     });
     let ids = AtomicU64::new(0);
+    let mut refusals = Refusals::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -120,8 +121,8 @@ where
                 Ok((stream, peer)) => {
                     let live = *shared.active.borrow();
                     if live >= shared.config.max_connections {
-                        warn!(client = %peer, live, "connection refused: --max-connections reached");
                         drop(stream);
+                        refusals.refused(peer, live);
                         continue;
                     }
                     let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
@@ -158,6 +159,37 @@ where
         let _ = rx.wait_for(|n| *n == 0).await;
     }
     Ok(())
+}
+
+/// How often at most a refused connection is logged: a client that
+/// connects in a loop must not write the log as fast as it can connect.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Connections refused at `max_connections`, logged at most once per
+/// [`REFUSAL_LOG_EVERY`] with the number of those not logged since.
+#[derive(Default)]
+struct Refusals {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Refusals {
+    fn refused(&mut self, peer: std::net::SocketAddr, live: usize) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+            self.suppressed += 1;
+            debug!(client = %peer, live, "connection refused: --max-connections reached");
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        warn!(
+            client = %peer,
+            live,
+            suppressed,
+            "connection refused: --max-connections reached ({suppressed} more refused and not logged since the last such warning)"
+        );
+        self.last = Some(now);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
