@@ -116,11 +116,11 @@ enum Command {
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
         /// Time a client has to finish the handshake (e.g. 30s).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
         handshake_timeout: std::time::Duration,
         /// A client that acknowledges nothing or takes no reply for this
         /// long is disconnected (keepalive, TCP_USER_TIMEOUT, reply writes).
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
         io_timeout: std::time::Duration,
         /// On SIGINT/SIGTERM, time clients get to read their last replies.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -288,6 +288,16 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
     },
+}
+
+/// A duration that must not be zero: a zero handshake or I/O timeout
+/// leaves a server that listens and serves no one.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {

@@ -95,6 +95,20 @@ fn bad_arguments_name_the_problem() {
     assert!(err.contains("TWINBLOCK_IO") && err.contains("warp"), "{err}");
 }
 
+/// A zero handshake or I/O timeout would leave a server that says it
+/// listens and serves no one (found by review, helper-112: every connection
+/// ended "handshake timed out", or "cannot set a 0 duration timeout" after
+/// the handshake): refused as bad arguments, like `--max-connections 0`.
+#[test]
+fn zero_timeouts_are_refused() {
+    for opt in ["--handshake-timeout", "--io-timeout"] {
+        let out = twinblock(&["serve", "--disk", "/tmp/x", "--size", "1M", opt, "0s"]);
+        assert_eq!(out.status.code(), Some(2), "{opt} 0s");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(opt), "{err}");
+    }
+}
+
 #[test]
 fn existing_file_is_served_at_its_size_and_new_file_is_sparse() {
     let dir = tempfile::tempdir_in(test_tmp()).unwrap();
