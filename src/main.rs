@@ -104,7 +104,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: SocketAddr,
         /// Export name (the empty name selects it too).
-        #[arg(long, default_value = "twinblock")]
+        #[arg(long, default_value = "twinblock", value_parser = parse_export_name)]
         name: String,
         /// I/O engine: auto, uring or threads (also $TWINBLOCK_IO).
         #[arg(long = "io", default_value = "auto")]
@@ -288,6 +288,18 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
     },
+}
+
+/// An NBD export name: a protocol string, at most 4096 bytes.
+fn parse_export_name(s: &str) -> Result<String, String> {
+    if s.len() > twinblock_nbd::consts::MAX_STRING {
+        return Err(format!(
+            "{} bytes: an NBD export name is at most {} bytes",
+            s.len(),
+            twinblock_nbd::consts::MAX_STRING
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// A duration that must not be zero: a zero handshake or I/O timeout

@@ -109,6 +109,19 @@ fn zero_timeouts_are_refused() {
     }
 }
 
+/// NBD strings "MUST be no longer than 4096 bytes" (proto.md): a longer
+/// `--name` was served, sent whole in NBD_OPT_LIST and NBD_INFO_NAME
+/// replies, and no client could select it by name (found by review,
+/// helper-112).
+#[test]
+fn an_export_name_longer_than_4096_bytes_is_refused() {
+    let long = "n".repeat(4097);
+    let out = twinblock(&["serve", "--disk", "/tmp/x", "--size", "1M", "--name", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--name") && err.contains("4096"), "{err}");
+}
+
 #[test]
 fn existing_file_is_served_at_its_size_and_new_file_is_sparse() {
     let dir = tempfile::tempdir_in(test_tmp()).unwrap();
