@@ -28,7 +28,7 @@ use crate::inline::InlineTask;
 use crate::issuing::Issuing;
 use crate::reply::{self, Reply};
 use crate::request::{Command, Decoded, ProtocolError, RequestDecoder};
-use crate::server::Shared;
+use crate::server::{LogEvery, Shared};
 use crate::sink::{Ended, Queued, Sink};
 use crate::sock;
 use twinblock_timeline::{mark, Point};
@@ -356,8 +356,9 @@ fn issue<D: BlockDevice>(
     let fence = sh.fence.enter();
     let device = sh.device.clone();
     let sink = conn.sink.clone();
+    let failures = sh.failures.clone();
     let request = async move {
-        let reply = execute(&*device, structured, cookie, command).await;
+        let reply = execute(&*device, &failures, structured, cookie, command).await;
         drop(fence);
         sink.send(Queued::new(reply, Some(permit)));
         drop(op);
@@ -396,6 +397,7 @@ fn command_bytes(c: &Command) -> u32 {
 
 async fn execute<D: BlockDevice>(
     dev: &D,
+    failures: &LogEvery,
     structured: bool,
     cookie: u64,
     command: Command,
@@ -429,7 +431,20 @@ async fn execute<D: BlockDevice>(
     match result {
         Ok(()) => reply::ok(cookie),
         Err(e) => {
-            warn!(cookie, "request failed: {e}");
+            // A client may repeat a failing request as often as it likes:
+            // I/O errors are warned of at most once a second, and refusals
+            // the protocol expects (read-only, FAST_ZERO not fast, ...) are
+            // no server failure at all.
+            let due = if matches!(e, DeviceError::Io(_)) { failures.due() } else { None };
+            match due {
+                Some(suppressed) => warn!(
+                    cookie,
+                    suppressed,
+                    "request failed: {e} ({suppressed} more failed and not logged since the \
+                     last such warning)"
+                ),
+                _ => debug!(cookie, "request failed: {e}"),
+            }
             reply::error(structured, cookie, e.errno(), &e.to_string())
         }
     }

@@ -78,6 +78,8 @@ pub(crate) struct Shared<D> {
     /// The in-flight units of all connections ([`ServerConfig::in_flight_total`]).
     pub budget: Arc<crate::budget::Budget>,
     pub fence: Arc<Fence>,
+    /// Failed requests, warned of at most once a second.
+    pub failures: Arc<LogEvery>,
     pub runtime: tokio::runtime::Handle,
     pub stopping: AtomicBool,
     /// Live connections, to stop and, past the deadline, kill them.
@@ -106,13 +108,14 @@ where
         budget,
         config,
         fence: Arc::new(Fence::default()),
+        failures: Arc::new(LogEvery::default()),
         runtime: tokio::runtime::Handle::current(),
         stopping: AtomicBool::new(false),
         conns: Mutex::new(HashMap::new()),
         active: watch::channel(0).0,
     });
     let ids = AtomicU64::new(0);
-    let mut refusals = Refusals::default();
+    let refusals = LogEvery::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -122,7 +125,16 @@ where
                     let live = *shared.active.borrow();
                     if live >= shared.config.max_connections {
                         drop(stream);
-                        refusals.refused(peer, live);
+                        match refusals.due() {
+                            Some(suppressed) => warn!(
+                                client = %peer,
+                                live,
+                                suppressed,
+                                "connection refused: --max-connections reached ({suppressed} more \
+                                 refused and not logged since the last such warning)"
+                            ),
+                            None => debug!(client = %peer, live, "connection refused: --max-connections reached"),
+                        }
                         continue;
                     }
                     let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
@@ -161,34 +173,30 @@ where
     Ok(())
 }
 
-/// How often at most a refused connection is logged: a client that
-/// connects in a loop must not write the log as fast as it can connect.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+/// How often at most a warning that a client can cause over and over is
+/// logged (a refused connection, a failed request): a client that
+/// reconnects or retries in a loop must not write the log as fast as it can.
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
-/// Connections refused at `max_connections`, logged at most once per
-/// [`REFUSAL_LOG_EVERY`] with the number of those not logged since.
+/// A warning logged at most once per [`WARN_EVERY`], with the number of
+/// occurrences not logged since.
 #[derive(Default)]
-struct Refusals {
-    last: Option<Instant>,
-    suppressed: u64,
+pub(crate) struct LogEvery {
+    state: Mutex<(Option<Instant>, u64)>,
 }
 
-impl Refusals {
-    fn refused(&mut self, peer: std::net::SocketAddr, live: usize) {
+impl LogEvery {
+    /// `Some(n)`: log this one now (`n` were not logged since the last);
+    /// `None`: counted, not to be logged.
+    pub fn due(&self) -> Option<u64> {
+        let mut st = lock(&self.state);
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
-            self.suppressed += 1;
-            debug!(client = %peer, live, "connection refused: --max-connections reached");
-            return;
+        if st.0.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            st.1 += 1;
+            return None;
         }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        warn!(
-            client = %peer,
-            live,
-            suppressed,
-            "connection refused: --max-connections reached ({suppressed} more refused and not logged since the last such warning)"
-        );
-        self.last = Some(now);
+        st.0 = Some(now);
+        Some(std::mem::take(&mut st.1))
     }
 }
 
