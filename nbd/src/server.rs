@@ -124,7 +124,8 @@ where
                 Ok((stream, peer)) => {
                     let live = *shared.active.borrow();
                     if live >= shared.config.max_connections {
-                        drop(stream);
+                        // (Logged before the close: whoever sees the close
+                        // finds it in the log.)
                         match refusals.due() {
                             Some(suppressed) => warn!(
                                 client = %peer,
@@ -135,6 +136,7 @@ where
                             ),
                             None => debug!(client = %peer, live, "connection refused: --max-connections reached"),
                         }
+                        drop(stream);
                         continue;
                     }
                     let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
