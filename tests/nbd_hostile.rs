@@ -468,3 +468,39 @@ fn refused_requests_do_not_flood_the_log() {
     let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("request")).count();
     assert!(warnings <= 2, "{warnings} warnings for 200 refused FAST_ZERO requests:\n{log}");
 }
+
+/// A client that sends part of a request (here a WRITE's header and some of
+/// its payload) and then nothing is disconnected after `--io-timeout`, which
+/// frees what it held: the payload buffer (up to 32 MiB a connection) and
+/// its connection slot. Before, it held them for ever (found by review,
+/// helper-112: 60 connections each stalled 1 byte short of a 32 MiB write
+/// held 1.9 GB of the server's memory, with no end). A connection idle
+/// between requests stays, however long.
+#[test]
+fn a_client_stalled_mid_request_is_disconnected() {
+    let dir = tempfile::Builder::new().prefix("tb-test").tempdir_in(test_tmp()).unwrap();
+    let disk = dir.path().join("disk.img");
+    let extra = ["--size", "16M", "--io-timeout", "2s"];
+    let serve = Serve::start_on(dir, disk, THREADS, &extra).unwrap_or_else(|e| panic!("{e}"));
+    let mut idle = Client::go(&serve, false);
+    let mut stalled = Client::go(&serve, false);
+    stalled.request(0, 1, 1, 0, 1 << 20, &[7u8; 1000]);
+    let mut half_header = Client::go(&serve, false);
+    half_header.send(&0x2560_9513u32.to_be_bytes());
+    let started = Instant::now();
+    assert!(stalled.closed(), "a stalled request was not disconnected");
+    assert!(half_header.closed(), "a stalled request header was not disconnected");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "disconnected after {took:?}");
+    // (Logged once the connection's thread has finished.)
+    let logged = Instant::now();
+    while !serve.log().contains("stalled") && logged.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(serve.log().contains("stalled"), "the log says why: {}", serve.log());
+    // The idle one, past the same time, is served.
+    std::thread::sleep(Duration::from_secs(1));
+    idle.request(0, 0, 2, 0, 4096, &[]);
+    assert_eq!(idle.simple_reply(), (0, 2));
+    idle.bytes(4096);
+}

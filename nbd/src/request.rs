@@ -97,6 +97,12 @@ impl RequestDecoder {
         }
     }
 
+    /// Whether a request has been started and not finished: part of it is
+    /// in `input`, or its payload is being read or skipped.
+    pub fn mid_request(&self, input: &BytesMut) -> bool {
+        !matches!(self.state, State::Header) || !input.is_empty()
+    }
+
     /// Whether `input` holds the start of another request after the one
     /// just decoded (its header at least).
     pub fn another_buffered(&self, input: &BytesMut) -> bool {
