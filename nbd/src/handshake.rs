@@ -228,7 +228,14 @@ impl Handshake {
             return Progress::NeedMore;
         }
         let flags = self.export.transmission_flags(self.structured);
+        // One reply per type, however often the client repeats it ("A
+        // particular information type SHOULD only appear once").
+        let mut sent = [false; 4];
         for info in requests {
+            match sent.get_mut(usize::from(info)) {
+                Some(seen) if !*seen => *seen = true,
+                _ => continue,
+            }
             match info {
                 INFO_NAME => {
                     let mut p = Vec::new();

@@ -384,3 +384,23 @@ fn a_failed_set_meta_context_clears_the_selection() {
         assert!(!n.base_allocation, "a failed SET_META_CONTEXT left base:allocation selected");
     }
 }
+
+/// "A particular information type SHOULD only appear once for a given
+/// export" (proto.md, NBD_REP_INFO): information requests repeated in one
+/// INFO/GO get one reply each type. Each repeat got its own (found by
+/// review, helper-112): 64 KiB of NBD_INFO_DESCRIPTION requests drew
+/// megabytes of replies.
+#[test]
+fn repeated_info_requests_get_one_reply_each() {
+    let mut hs = started(FLAG_C_FIXED_NEWSTYLE);
+    let mut infos = vec![INFO_DESCRIPTION; 1000];
+    infos.extend([INFO_NAME, INFO_BLOCK_SIZE, INFO_NAME, INFO_EXPORT, INFO_EXPORT]);
+    let (_, out) = send(&mut hs, &opt(OPT_INFO, &info_data("", &infos)));
+    let mut kinds: Vec<u16> = replies(&out)
+        .iter()
+        .filter(|r| r.1 == REP_INFO)
+        .map(|r| u16::from_be_bytes([r.2[0], r.2[1]]))
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, vec![INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]);
+}
