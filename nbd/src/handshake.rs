@@ -148,6 +148,10 @@ impl Handshake {
                         self.state = State::Discard { option, remaining };
                         return Ok(Progress::NeedMore);
                     }
+                    if option == OPT_SET_META_CONTEXT {
+                        // Failed, so no context stays selected.
+                        self.base_allocation = false;
+                    }
                     self.error(option, REP_ERR_TOO_BIG, "option data too long");
                     self.state = State::OptionHeader;
                 }

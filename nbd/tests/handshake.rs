@@ -365,11 +365,14 @@ fn read_only_export_advertises_it() {
 /// one, kept the earlier `base:allocation`).
 #[test]
 fn a_failed_set_meta_context_clears_the_selection() {
-    let bad_sets: Vec<Vec<u8>> = vec![meta_data("nope", &["base:allocation"]), {
-        let mut bad = meta_data("", &["base:allocation"]);
-        bad[7] = 5;
-        bad
-    }];
+    let mut malformed = meta_data("", &["base:allocation"]);
+    malformed[7] = 5;
+    let bad_sets: Vec<Vec<u8>> = vec![
+        meta_data("nope", &["base:allocation"]),
+        malformed,
+        // Too long to be read: skipped and refused with ERR_TOO_BIG.
+        meta_data("", &["base:allocation"; 5000]),
+    ];
     for bad in bad_sets {
         let mut hs = started(FLAG_C_FIXED_NEWSTYLE);
         let (_, out) = send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]));
