@@ -197,7 +197,13 @@ fn transmission<D: BlockDevice>(
     mut buf: BytesMut,
 ) -> Result<(), ConnError> {
     let s = &*conn.sock;
-    s.set_read_timeout(None)?;
+    // Reads wait without limit between requests (a client may idle), but
+    // no longer than `io_timeout` inside one: a client that stalls half way
+    // through a request would otherwise hold its payload buffer (up to 32
+    // MiB) and its connection slot for ever. Set once: a read that times
+    // out between requests is simply read again (switching the timeout
+    // on and off cost two system calls per read at depth).
+    s.set_read_timeout(Some(sh.config.io_timeout))?;
     // A blocking reply write that makes no progress for this long fails:
     // the client stopped reading.
     s.set_write_timeout(Some(sh.config.io_timeout))?;
@@ -213,11 +219,6 @@ fn transmission<D: BlockDevice>(
     let _rt = sh.runtime.enter();
     let structured = n.structured;
     let mut decoder = RequestDecoder::new(&n);
-    // Reads wait without limit between requests (a client may idle), but
-    // no longer than `io_timeout` inside one: a client that stalls half way
-    // through a request would otherwise hold its payload buffer (up to 32
-    // MiB) and its connection slot for ever.
-    let mut read_limited = false;
 
     // Takes units, sending held-back replies first if it has to wait (they
     // may be what holds the units), and what the device held back for the
@@ -289,13 +290,6 @@ fn transmission<D: BlockDevice>(
         let wanted = decoder.wanted();
         let max =
             if wanted > READ_CHUNK { wanted.saturating_sub(buf.len()).max(1) } else { READ_CHUNK };
-        let mid = decoder.mid_request(&buf);
-        if mid != read_limited {
-            if let Err(e) = s.set_read_timeout(mid.then_some(sh.config.io_timeout)) {
-                break 'read Err(e.into());
-            }
-            read_limited = mid;
-        }
         let read = sock::read_into(s, &mut buf, max);
         if let Ok(n) = read {
             mark(Point::NbdRead, n as u64);
@@ -304,11 +298,10 @@ fn transmission<D: BlockDevice>(
             Ok(0) if conn.is_stopping() => break 'read Ok(End::Stopped),
             Ok(0) => break 'read Ok(End::Eof),
             Ok(_) => {}
-            Err(e)
-                if read_limited
-                    && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
-            {
-                break 'read Err(ConnError::Stalled(sh.config.io_timeout))
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if decoder.mid_request(&buf) {
+                    break 'read Err(ConnError::Stalled(sh.config.io_timeout));
+                }
             }
             Err(e) => break 'read Err(e.into()),
         }
