@@ -479,7 +479,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Bench { config, node, rtt, time, block_size, budget, json, plot } => {
             // A bad command line exits 2 before anything runs.
-            bench::check_args(time, block_size, budget, plot.as_deref())
+            bench::check_args(time, block_size, budget, rtt, plot.as_deref())
                 .map_err(|e| Failure(2, anyhow::anyhow!(e)))?;
             let block = u32::try_from(block_size)
                 .map_err(|_| Failure(2, anyhow::anyhow!("--block-size is too large")))?;

@@ -514,3 +514,24 @@ fn bench_rtt_interrupted_while_starting_leaves_nothing() {
         }
     }
 }
+
+/// A round trip the local pair cannot hold is refused at once, exit 2,
+/// naming `--rtt` (found by review: `--rtt 20s` set a pair up, waited 30 s
+/// and said "timed out waiting for node a connected to b").
+#[test]
+fn bench_rtt_beyond_what_a_local_pair_holds_is_refused_naming_it() {
+    let tmp = tempfile::Builder::new().prefix("tb-bench-rtt-big").tempdir_in(test_tmp()).unwrap();
+    for rtt in ["20s", "1h"] {
+        let t0 = Instant::now();
+        let out = Command::new(BIN)
+            .args(["bench", "--rtt", rtt, "--time", "100ms"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--rtt {rtt}: {err}");
+        assert!(err.contains("--rtt"), "--rtt {rtt}: {err}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "--rtt {rtt} took {:?}", t0.elapsed());
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a refused bench left files");
+}

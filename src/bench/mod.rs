@@ -62,17 +62,29 @@ pub fn block_refusal(block: u64) -> Option<String> {
         .then(|| format!("probe size {block} is not a multiple of 512 between 512 and {max}"))
 }
 
+/// Longest `--rtt`: the local pair's link (a `timeout` of 6 s) is not
+/// held through much longer round trips (found by review: `--rtt 20s`
+/// waited 30 s for a connection that never came).
+pub const MAX_RTT: Duration = Duration::from_secs(1);
+
 /// What is wrong with the command line, said before anything runs (the
 /// caller exits 2): a probe size the node refuses, a run time outside
-/// 100ms..10min, a zero budget, a plot that is not SVG, whose directory
-/// does not exist or that cannot be written (found after minutes of
-/// measuring, before).
+/// 100ms..10min, a zero budget, a round trip above [`MAX_RTT`], a plot
+/// that is not SVG, whose directory does not exist or that cannot be
+/// written (found after minutes of measuring, before).
 pub fn check_args(
     time: Duration,
     block: u64,
     budget: Option<Duration>,
+    rtt: Option<Duration>,
     plot: Option<&Path>,
 ) -> Result<(), String> {
+    if let Some(rtt) = rtt.filter(|r| *r > MAX_RTT) {
+        return Err(format!(
+            "--rtt {rtt:?}: give a round trip of at most {MAX_RTT:?} (the local pair's link \
+             is not held through longer ones)"
+        ));
+    }
     if let Some(why) = block_refusal(block) {
         return Err(format!("--block-size: {why}"));
     }
