@@ -535,3 +535,26 @@ fn bench_rtt_beyond_what_a_local_pair_holds_is_refused_naming_it() {
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a refused bench left files");
 }
+
+/// A run that completes no probe within its measuring time (a round trip
+/// longer than the warm-up and the run) stops the bench naming `--time`
+/// (found by review: `--rtt 1s --time 100ms` reported every run at 0 ops,
+/// "link RTT p50 0.000 ms", and recommended protocol A from nothing).
+#[test]
+fn a_run_that_completes_no_probe_stops_the_bench_naming_time() {
+    let tmp = tempfile::Builder::new().prefix("tb-bench-none").tempdir_in(test_tmp()).unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "--rtt", "600ms", "--time", "100ms", "--json"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("no probe completed") && err.contains("--time"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "a report from nothing: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the local pair left files");
+}

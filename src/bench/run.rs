@@ -124,6 +124,13 @@ async fn measure(
         hist.add(&h).map_err(|e| format!("merging histograms: {e}"))?;
         ops += n;
     }
+    if ops == 0 {
+        // A report of this run would say 0 ms and recommend from nothing.
+        return Err(format!(
+            "no probe completed within the {run:?} measuring time (after a {WARMUP:?} \
+             warm-up): a round trip is longer; give a longer --time"
+        ));
+    }
     let elapsed = Instant::now().min(end).saturating_duration_since(counting);
     // What this run left in flight (protocol A's backlog) is not the next
     // run's: an empty C probe returns once everything before it is done.
