@@ -47,34 +47,53 @@ pub struct DelayLine {
     rng: Rng,
     last: Instant,
     queue: VecDeque<Held>,
+    /// Bytes held in `queue`.
+    bytes: usize,
 }
 
 impl DelayLine {
     pub fn new(to: Option<SocketAddr>, shape: Shape, seed: u64) -> DelayLine {
-        DelayLine { to, shape, rng: Rng(seed | 1), last: Instant::now(), queue: VecDeque::new() }
+        DelayLine {
+            to,
+            shape,
+            rng: Rng(seed | 1),
+            last: Instant::now(),
+            queue: VecDeque::new(),
+            bytes: 0,
+        }
     }
 
-    /// Holds the datagrams of one read (`b` in `buf`), received at `now`.
-    /// A batch the sender passed in one segmented send stays one (one stamp,
-    /// one send) unless loss or jitter is asked for, which apply to each
-    /// datagram.
-    pub fn push(&mut self, buf: &[u8], b: &Batch, now: Instant) {
-        if self.shape.loss == 0.0 && self.shape.jitter.is_zero() {
+    /// Holds the datagrams of one read (`b` in `buf`), received at `now`,
+    /// within `room` bytes (what does not fit is dropped, as a full queue
+    /// of a congested link drops); the bytes it held. A batch the sender
+    /// passed in one segmented send stays one (one stamp, one send) unless
+    /// loss or jitter is asked for, which apply to each datagram.
+    pub fn push(&mut self, buf: &[u8], b: &Batch, now: Instant, room: usize) -> usize {
+        if self.shape.loss == 0.0 && self.shape.jitter.is_zero() && b.len <= room {
             self.hold(buf[..b.len].to_vec(), b.seg, now);
-            return;
+            return b.len;
         }
+        let mut held = 0;
         for d in b.datagrams(buf) {
-            if self.rng.unit() * 100.0 < self.shape.loss {
+            if held + d.len() > room || self.rng.unit() * 100.0 < self.shape.loss {
                 continue;
             }
+            held += d.len();
             self.hold(d.to_vec(), d.len(), now);
         }
+        held
+    }
+
+    /// Bytes this line holds.
+    pub fn held(&self) -> usize {
+        self.bytes
     }
 
     fn hold(&mut self, data: Vec<u8>, seg: usize, now: Instant) {
         let jitter = self.shape.jitter.mul_f64(self.rng.unit());
         let at = (now + self.shape.delay + jitter).max(self.last);
         self.last = at;
+        self.bytes += data.len();
         self.queue.push_back(Held { at, data, seg });
     }
 
@@ -86,7 +105,9 @@ impl DelayLine {
     /// The next datagrams if they are due by `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Held> {
         if self.queue.front()?.at <= now {
-            self.queue.pop_front()
+            let h = self.queue.pop_front()?;
+            self.bytes -= h.data.len();
+            Some(h)
         } else {
             None
         }
@@ -107,7 +128,7 @@ mod tests {
         let shape = Shape { delay: Duration::from_micros(500), jitter: Duration::ZERO, loss: 0.0 };
         let mut line = DelayLine::new(None, shape, 1);
         let t0 = Instant::now();
-        line.push(&[7u8; 3000], &batch(2500, 1000), t0);
+        line.push(&[7u8; 3000], &batch(2500, 1000), t0, usize::MAX);
         assert_eq!(line.next_due(), Some(t0 + Duration::from_micros(500)));
         assert!(line.pop_due(t0 + Duration::from_micros(499)).is_none());
         let h = line.pop_due(t0 + Duration::from_micros(500)).unwrap();
@@ -125,8 +146,8 @@ mod tests {
         let mut line = DelayLine::new(None, shape, 3);
         let t0 = Instant::now();
         let buf: Vec<u8> = (0..40).collect();
-        line.push(&buf, &batch(40, 10), t0);
-        line.push(&buf, &batch(5, 5), t0 + Duration::from_micros(1));
+        line.push(&buf, &batch(40, 10), t0, usize::MAX);
+        line.push(&buf, &batch(5, 5), t0 + Duration::from_micros(1), usize::MAX);
         let far = t0 + Duration::from_secs(1);
         let mut got = Vec::new();
         let mut last = t0;
@@ -153,12 +174,32 @@ mod tests {
         let mut line = DelayLine::new(None, shape, 5);
         let t0 = Instant::now();
         for _ in 0..4000 {
-            line.push(&[1u8; 10], &batch(10, 10), t0);
+            line.push(&[1u8; 10], &batch(10, 10), t0, usize::MAX);
         }
         let mut kept = 0;
         while line.pop_due(t0).is_some() {
             kept += 1;
         }
         assert!((2800..3200).contains(&kept), "kept {kept} of 4000 at 25% loss");
+    }
+
+    /// A line holds what its room allows, datagram by datagram, and
+    /// counts what it holds until it is sent.
+    #[test]
+    fn a_line_holds_within_its_room_and_counts_what_it_holds() {
+        let shape = Shape { delay: Duration::from_secs(3600), jitter: Duration::ZERO, loss: 0.0 };
+        let mut line = DelayLine::new(None, shape, 1);
+        let t0 = Instant::now();
+        assert_eq!(line.push(&[1u8; 3000], &batch(2500, 1000), t0, 10_000), 2500);
+        // Room for two of the next batch's three datagrams.
+        assert_eq!(line.push(&[1u8; 3000], &batch(3000, 1000), t0, 2500), 2000);
+        assert_eq!(line.push(&[1u8; 3000], &batch(1000, 1000), t0, 0), 0);
+        assert_eq!(line.held(), 4500);
+        let far = t0 + Duration::from_secs(7200);
+        let mut sent = 0;
+        while let Some(h) = line.pop_due(far) {
+            sent += h.data.len();
+        }
+        assert_eq!((sent, line.held()), (4500, 0));
     }
 }

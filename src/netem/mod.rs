@@ -141,6 +141,7 @@ pub fn run(args: NetemArgs) -> Result<()> {
         clients: Vec::new(),
         by_addr: HashMap::new(),
         late: lateness::Lateness::new(Instant::now()),
+        held: 0,
     }
     .run()
 }
@@ -181,6 +182,11 @@ const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// of the one idle longest. (Each has a socket; before, stray datagrams
 /// from many source ports ran the relay out of descriptors, and it ended.)
 const MAX_CLIENTS: usize = 64;
+/// At most this many bytes held by the relay at once, every line together:
+/// beyond it datagrams are dropped, as netem's `limit` drops (1 GB/s held
+/// for 60 ms). Before, a relay with a long delay held all it was sent,
+/// without bound (found by review).
+const MAX_HELD: usize = 64 << 20;
 
 /// The relay: one thread, woken by a datagram or by the next one's time.
 /// (A thread per line, handed each datagram, cost two context switches a
@@ -196,6 +202,8 @@ struct Relay {
     /// How late its sends leave, and how long datagrams waited to be read
     /// (printed every few seconds of traffic).
     late: lateness::Lateness,
+    /// Bytes its lines hold (at most [`MAX_HELD`]).
+    held: usize,
 }
 
 /// Reads taken from one socket before the lines are looked at again, so
@@ -282,11 +290,13 @@ impl Relay {
             // A datagram the kernel does not take now (a full buffer) is
             // lost, as on a congested link.
             while let Some(h) = c.forward.pop_due(now) {
+                self.held -= h.data.len();
                 let _ = batch::send(&c.up, &h.data, h.seg, None);
                 mark(Point::RelayOutForward, h.data.len() as u64);
                 self.late.sent(h.at, Instant::now());
             }
             while let Some(h) = c.back.pop_due(now) {
+                self.held -= h.data.len();
                 let _ = batch::send(&self.listen, &h.data, h.seg, c.back.to);
                 mark(Point::RelayOutBack, h.data.len() as u64);
                 self.late.sent(h.at, Instant::now());
@@ -322,7 +332,7 @@ impl Relay {
                 },
             };
             self.clients[i].last = now;
-            self.clients[i].forward.push(buf, &b, now);
+            self.held += self.clients[i].forward.push(buf, &b, now, MAX_HELD - self.held);
         }
         Ok(())
     }
@@ -359,6 +369,7 @@ impl Relay {
     fn drop_clients(&mut self, gone: Vec<usize>) {
         for i in gone.into_iter().rev() {
             let c = self.clients.remove(i);
+            self.held -= c.forward.held() + c.back.held();
             self.by_addr.remove(&c.addr);
             self.by_addr.values_mut().filter(|j| **j > i).for_each(|j| *j -= 1);
         }
@@ -373,7 +384,7 @@ impl Relay {
                     let at = self.arrival(&b);
                     self.clients[i].last = at;
                     mark(Point::RelayInBack, b.len as u64);
-                    self.clients[i].back.push(buf, &b, at)
+                    self.held += self.clients[i].back.push(buf, &b, at, MAX_HELD - self.held);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // ICMP "port unreachable" from a forward target that is not
@@ -432,6 +443,7 @@ mod tests {
                 clients: Vec::new(),
                 by_addr: HashMap::new(),
                 late: lateness::Lateness::new(Instant::now()),
+                held: 0,
             }
             .run()
         });
