@@ -632,6 +632,27 @@ impl ResourceConfig {
                     ),
                 ));
             }
+            // Nor may the disk be one of the metadata's own files: the
+            // bench's scratch area (every bench failed, "in use by another
+            // process": the node itself), the activity log, the bitmap (its
+            // atomic write would replace the disk file), the identity.
+            let siblings = [
+                crate::bench::scratch_path(&node.meta),
+                crate::al::sibling(&node.meta, "al"),
+                crate::al::sibling(&node.meta, "bitmap"),
+                crate::disk_id::id_path(&node.meta),
+            ];
+            if siblings.contains(&node.disk) {
+                return Err(key_err(
+                    &k("disk"),
+                    format!(
+                        "{} is a file of nodes.{name}.meta's own ({}.*): the device needs a file \
+                         of its own",
+                        node.disk.display(),
+                        node.meta.display()
+                    ),
+                ));
+            }
             nodes.insert(name, node);
         }
         // Where each node is reached (its `connect`, else its `address`):
@@ -1076,5 +1097,23 @@ key = "certs/b.key"
         assert!(e.contains("nodes.b.connect") && e.contains("nodes.a is reached too"), "{e}");
         // The same disk path on both nodes is the usual file (two hosts).
         parse(&GOOD.replace("/abs/b.img", "a.img")).unwrap();
+    }
+
+    /// A disk that is one of its metadata's files (the bench's scratch
+    /// area `META.bench`, the activity log, the bitmap, the disk's
+    /// identity) is refused naming the key. Before, `disk = "b.meta.bench"`
+    /// was taken: every bench failed on b with "in use by another process"
+    /// (the node itself), and a disk at `META.bitmap` would be replaced by
+    /// the bitmap's next atomic write (found by review).
+    #[test]
+    fn a_disk_may_not_be_one_of_its_metadatas_files() {
+        for ext in ["bench", "al", "bitmap", "disk"] {
+            let cfg = GOOD.replace("disk = \"/abs/b.img\"", &format!("disk = \"b.meta.{ext}\""));
+            let e = parse(&cfg).unwrap_err();
+            assert!(
+                e.contains("nodes.b.disk") && e.contains(&format!("b.meta.{ext}")),
+                "{ext}: {e}"
+            );
+        }
     }
 }
