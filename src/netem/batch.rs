@@ -31,9 +31,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The datagrams of `data` (this batch's bytes) one by one.
+    /// The datagrams of `data` (this batch's bytes) one by one; an empty
+    /// datagram is one too.
     pub fn datagrams<'a>(&self, data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-        data[..self.len].chunks(self.seg.max(1))
+        let empty = (self.len == 0).then_some(&data[..0]);
+        data[..self.len].chunks(self.seg.max(1)).chain(empty)
     }
 
     /// How long before its read (at `read`, the real-time clock) the kernel

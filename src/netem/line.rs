@@ -202,4 +202,21 @@ mod tests {
         }
         assert_eq!((sent, line.held()), (4500, 0));
     }
+
+    /// An empty datagram (legal UDP) is relayed with jitter or loss asked
+    /// for, as it is without (found by review: with `--jitter` it was
+    /// dropped, the batch of no bytes split into no datagrams).
+    #[test]
+    fn an_empty_datagram_is_held_with_jitter_too() {
+        let shape = Shape {
+            delay: Duration::from_micros(100),
+            jitter: Duration::from_micros(100),
+            loss: 0.0,
+        };
+        let mut line = DelayLine::new(None, shape, 1);
+        let t0 = Instant::now();
+        assert_eq!(line.push(&[0u8; 8], &batch(0, 1), t0, usize::MAX), 0);
+        let h = line.pop_due(t0 + Duration::from_secs(1)).expect("the empty datagram held");
+        assert!(h.data.is_empty());
+    }
 }
