@@ -30,6 +30,16 @@ impl Rng {
     }
 }
 
+/// What holding a datagram costs beyond its bytes (its entry, its
+/// allocation), counted against the relay's room: else a flood of empty
+/// or tiny datagrams under a long delay was held without bound.
+const PER_DATAGRAM: usize = 64;
+
+/// What holding `len` bytes as one entry counts against the room.
+pub fn cost(len: usize) -> usize {
+    len + PER_DATAGRAM
+}
+
 /// Datagrams held until `at`, back to back, each `seg` bytes but the last.
 pub struct Held {
     pub at: Instant,
@@ -47,7 +57,7 @@ pub struct DelayLine {
     rng: Rng,
     last: Instant,
     queue: VecDeque<Held>,
-    /// Bytes held in `queue`.
+    /// What `queue` holds ([`cost`] of each entry).
     bytes: usize,
 }
 
@@ -65,26 +75,26 @@ impl DelayLine {
 
     /// Holds the datagrams of one read (`b` in `buf`), received at `now`,
     /// within `room` bytes (what does not fit is dropped, as a full queue
-    /// of a congested link drops); the bytes it held. A batch the sender
+    /// of a congested link drops); what it held ([`cost`]). A batch the sender
     /// passed in one segmented send stays one (one stamp, one send) unless
     /// loss or jitter is asked for, which apply to each datagram.
     pub fn push(&mut self, buf: &[u8], b: &Batch, now: Instant, room: usize) -> usize {
-        if self.shape.loss == 0.0 && self.shape.jitter.is_zero() && b.len <= room {
+        if self.shape.loss == 0.0 && self.shape.jitter.is_zero() && cost(b.len) <= room {
             self.hold(buf[..b.len].to_vec(), b.seg, now);
-            return b.len;
+            return cost(b.len);
         }
         let mut held = 0;
         for d in b.datagrams(buf) {
-            if held + d.len() > room || self.rng.unit() * 100.0 < self.shape.loss {
+            if held + cost(d.len()) > room || self.rng.unit() * 100.0 < self.shape.loss {
                 continue;
             }
-            held += d.len();
+            held += cost(d.len());
             self.hold(d.to_vec(), d.len(), now);
         }
         held
     }
 
-    /// Bytes this line holds.
+    /// What this line holds ([`cost`] of each entry).
     pub fn held(&self) -> usize {
         self.bytes
     }
@@ -93,7 +103,7 @@ impl DelayLine {
         let jitter = self.shape.jitter.mul_f64(self.rng.unit());
         let at = (now + self.shape.delay + jitter).max(self.last);
         self.last = at;
-        self.bytes += data.len();
+        self.bytes += cost(data.len());
         self.queue.push_back(Held { at, data, seg });
     }
 
@@ -106,7 +116,7 @@ impl DelayLine {
     pub fn pop_due(&mut self, now: Instant) -> Option<Held> {
         if self.queue.front()?.at <= now {
             let h = self.queue.pop_front()?;
-            self.bytes -= h.data.len();
+            self.bytes -= cost(h.data.len());
             Some(h)
         } else {
             None
@@ -190,11 +200,11 @@ mod tests {
         let shape = Shape { delay: Duration::from_secs(3600), jitter: Duration::ZERO, loss: 0.0 };
         let mut line = DelayLine::new(None, shape, 1);
         let t0 = Instant::now();
-        assert_eq!(line.push(&[1u8; 3000], &batch(2500, 1000), t0, 10_000), 2500);
+        assert_eq!(line.push(&[1u8; 3000], &batch(2500, 1000), t0, 10_000), cost(2500));
         // Room for two of the next batch's three datagrams.
-        assert_eq!(line.push(&[1u8; 3000], &batch(3000, 1000), t0, 2500), 2000);
+        assert_eq!(line.push(&[1u8; 3000], &batch(3000, 1000), t0, 2500), 2 * cost(1000));
         assert_eq!(line.push(&[1u8; 3000], &batch(1000, 1000), t0, 0), 0);
-        assert_eq!(line.held(), 4500);
+        assert_eq!(line.held(), cost(2500) + 2 * cost(1000));
         let far = t0 + Duration::from_secs(7200);
         let mut sent = 0;
         while let Some(h) = line.pop_due(far) {
@@ -215,8 +225,28 @@ mod tests {
         };
         let mut line = DelayLine::new(None, shape, 1);
         let t0 = Instant::now();
-        assert_eq!(line.push(&[0u8; 8], &batch(0, 1), t0, usize::MAX), 0);
+        assert_eq!(line.push(&[0u8; 8], &batch(0, 1), t0, usize::MAX), cost(0));
         let h = line.pop_due(t0 + Duration::from_secs(1)).expect("the empty datagram held");
         assert!(h.data.is_empty());
+    }
+
+    /// What a held datagram costs counts its bookkeeping, not its bytes
+    /// alone: empty or tiny datagrams fill the room too (else a flood of
+    /// them under a long delay was held without bound).
+    #[test]
+    fn tiny_datagrams_fill_the_room_too() {
+        let shape = Shape { delay: Duration::from_secs(3600), jitter: Duration::ZERO, loss: 0.0 };
+        let mut line = DelayLine::new(None, shape, 1);
+        let t0 = Instant::now();
+        let room = 1 << 20;
+        let mut n = 0;
+        for _ in 0..100_000 {
+            let used = line.held();
+            if line.push(&[0u8; 8], &batch(1, 1), t0, room - used) > 0 {
+                n += 1;
+            }
+        }
+        assert!(line.held() <= room, "{} held of {room}", line.held());
+        assert!(n < 100_000 / 4, "{n} one-byte datagrams held in 1 MiB of room");
     }
 }

@@ -182,7 +182,8 @@ const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// of the one idle longest. (Each has a socket; before, stray datagrams
 /// from many source ports ran the relay out of descriptors, and it ended.)
 const MAX_CLIENTS: usize = 64;
-/// At most this many bytes held by the relay at once, every line together:
+/// At most this much held by the relay at once, every line together
+/// (bytes and each datagram's bookkeeping, [`line::cost`]):
 /// beyond it datagrams are dropped, as netem's `limit` drops (1 GB/s held
 /// for 60 ms). Before, a relay with a long delay held all it was sent,
 /// without bound (found by review).
@@ -290,13 +291,13 @@ impl Relay {
             // A datagram the kernel does not take now (a full buffer) is
             // lost, as on a congested link.
             while let Some(h) = c.forward.pop_due(now) {
-                self.held -= h.data.len();
+                self.held -= line::cost(h.data.len());
                 let _ = batch::send(&c.up, &h.data, h.seg, None);
                 mark(Point::RelayOutForward, h.data.len() as u64);
                 self.late.sent(h.at, Instant::now());
             }
             while let Some(h) = c.back.pop_due(now) {
-                self.held -= h.data.len();
+                self.held -= line::cost(h.data.len());
                 let _ = batch::send(&self.listen, &h.data, h.seg, c.back.to);
                 mark(Point::RelayOutBack, h.data.len() as u64);
                 self.late.sent(h.at, Instant::now());
