@@ -351,7 +351,13 @@ impl Relay {
             let oldest = (0..self.clients.len()).min_by_key(|&i| self.clients[i].last);
             self.drop_clients(oldest.into_iter().collect());
         }
-        let up = UdpSocket::bind("0.0.0.0:0").context("a socket for it")?;
+        // Of the target's address family (an IPv4 socket cannot reach
+        // an IPv6 target).
+        let any: std::net::IpAddr = match self.forward {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let up = UdpSocket::bind(SocketAddr::new(any, 0)).context("a socket for it")?;
         prepare(&up)?;
         up.connect(self.forward).with_context(|| format!("connecting to {}", self.forward))?;
         let seed = self.clients.len() as u64 * 2 + 1;
@@ -516,5 +522,27 @@ mod tests {
         };
         let (p0, p1) = (ports(0), ports(1));
         assert!(p0.len() == 1 && p1.len() == 1 && p0 != p1, "{seen:?}");
+    }
+
+    /// A relay forwards to an IPv6 target (found by review: each client's
+    /// socket was bound to 0.0.0.0, so every datagram to `--forward [::1]:P`
+    /// was dropped with "Address family not supported by protocol").
+    #[test]
+    fn a_relay_forwards_to_an_ipv6_target() {
+        let Ok(target) = UdpSocket::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback here: skipped");
+            return;
+        };
+        target.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let via = relay(target.local_addr().unwrap(), Duration::from_micros(200));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.send_to(b"over six", via).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = target.recv_from(&mut buf).expect("the datagram reached the target");
+        assert_eq!(&buf[..n], b"over six");
+        target.send_to(b"back", from).unwrap();
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"back");
     }
 }
