@@ -315,12 +315,35 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    if !matches!(
+        cli.command,
+        Command::Serve { .. }
+            | Command::Up(_)
+            | Command::Witness(_)
+            | Command::Netem { .. }
+            | Command::Bench { .. }
+    ) {
+        end_when_stdout_closes();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
             eprintln!("twinblock: {}", chain_text(&e));
             ExitCode::from(code)
         }
+    }
+}
+
+/// A verb that reports (`status --json | head -c1`) ends when its reader
+/// goes away, as `cat` does (SIGPIPE), instead of panicking on the write
+/// ("failed printing to stdout", exit 101; found by review, helper-111).
+/// Not the daemons, whose sockets' EPIPE is an error each connection
+/// handles; `bench` calls it once its pair is stopped, before its report.
+pub(crate) fn end_when_stdout_closes() {
+    // SAFETY: sets a signal's disposition to its default; no handler of
+    // ours runs, no memory of ours is touched.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

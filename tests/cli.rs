@@ -184,3 +184,23 @@ fn a_value_of_the_wrong_type_names_its_key() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("line 4"), "{err}");
 }
+
+/// A verb whose reader goes away (`twinblock status --json | head -c1`)
+/// ends quietly, as `cat` does, instead of panicking ("failed printing
+/// to stdout", exit 101; found by review, helper-111).
+#[test]
+fn a_verb_whose_reader_went_away_ends_quietly() {
+    let dir = tempfile::Builder::new().prefix("tb-pipe").tempdir_in(test_tmp()).unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    drop(r);
+    let out = Command::new(BIN)
+        .args(["gen-certs", "--out"])
+        .arg(dir.path().join("certs"))
+        .args(["a", "b"])
+        .stdout(w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

@@ -143,6 +143,7 @@ pub fn main(a: Args) -> Result<(), BenchError> {
         }
         _ => return Err(anyhow!("give either --config and --node, or --rtt (a local pair)").into()),
     };
+    crate::end_when_stdout_closes();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
     } else {
