@@ -485,6 +485,7 @@ fn a_deposed_primary_apart_from_the_new_one_serves_no_stale_reads() {
     }
     let iso = Isolable::new();
     let c = &iso.c;
+    let (_events, lines) = c.events_of_a();
     iso.b_takes_over_and_overwrites();
     // a hears the witness again (not b): deposed, a Secondary apart from b.
     let relay_w = netem(&iso.to_w, &iso.w_addr);
@@ -497,14 +498,24 @@ fn a_deposed_primary_apart_from_the_new_one_serves_no_stale_reads() {
         !text.contains("4096/4096"),
         "the deposed a answered a read with the data b overwrote: {text}"
     );
-    // Why, as an operator sees it: `events` and `status` say superseded.
-    let out = c.p.ok(&["events", "--now", "--json", "--count", "12"], 0);
-    assert!(out.lines().any(|l| l.contains(r#""object":"superseded","new":"yes""#)), "{out}");
+    // Why, as an operator sees it: `status` and `events` say superseded.
     assert_eq!(c.p.status(0)["controller"]["superseded"], true);
+    let superseded = |old: &str, new: &str| {
+        let want = format!(r#""object":"superseded","old":"{old}","new":"{new}""#);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(l) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if l.contains(&want) {
+                return;
+            }
+        }
+        panic!("no event {want}");
+    };
+    superseded("no", "yes");
     // a rejoins as b's Secondary: its reads are served, with b's data.
     let relay_b = netem(&iso.to_b, &iso.b_addr);
     iso.wait_a_rejoined_b();
     iso.a_shows_b_write();
+    superseded("yes", "no");
     drop((relay_b, relay_w));
 }
 
