@@ -291,7 +291,23 @@ impl Core {
     /// changes and takes the peer's data by a full resync.
     pub fn discard_my_data(&mut self) -> Result<(), Refused> {
         if self.role != Role::Secondary {
-            return Err(Refused("only a Secondary can discard its data".into()));
+            return Err(Refused(
+                "only a Secondary can discard its data (`secondary` here first, then \
+                 `discard-my-data`)"
+                    .into(),
+            ));
+        }
+        // Connected, there is no split brain and nothing to give up: the
+        // flag would wait for some later handshake, and meanwhile (with a
+        // controller) keep this node from taking over from a Primary that
+        // dies (found by review, helper-114).
+        if self.session.as_ref().is_some_and(|s| s.phase == Phase::Running) {
+            return Err(Refused(format!(
+                "connected to {peer}: there is no split brain and nothing to discard \
+                 (`discard-my-data` resolves a split brain); to take {peer}'s data in \
+                 full anyway, `disconnect` here, then `discard-my-data` and `connect`",
+                peer = self.cfg.peer
+            )));
         }
         self.discard = true;
         self.split_brain = false;

@@ -230,3 +230,28 @@ fn an_older_reigns_ahead_catch_up_is_refused() {
         applied.len()
     );
 }
+
+/// Found by review (helper-114, the wrong verb at the wrong time):
+/// `discard-my-data` on the Secondary of a healthy connected pair (no
+/// split brain, nothing to discard) answered Ok and left the discard
+/// pending until a next handshake; under the controller a node with a
+/// pending discard does not claim, so when its Primary then died the
+/// node holding every replicated write never took over. Refused while
+/// connected: it says why and what to do.
+#[test]
+fn discard_my_data_on_a_connected_secondary_is_refused_and_failover_still_works() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0x42);
+    d.flow();
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a's write acknowledged (b has it)");
+    let r = d.c[1].discard_my_data();
+    let Err(why) = r else { panic!("discard-my-data on a connected in-sync Secondary: Ok") };
+    assert!(why.0.contains("disconnect"), "the refusal says what to do: {why}");
+    d.act(1);
+    // a dies for good.
+    d.cut();
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    assert!(d.witness_promotes_b(), "b holds every acknowledged write but never became Primary");
+}
