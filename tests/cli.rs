@@ -204,3 +204,33 @@ fn a_verb_whose_reader_went_away_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
+
+/// Found by review (helper-114): `primary` run twice at once on the
+/// Secondary of a connected pair (two shells, or a script's retry while
+/// the first still waits) answered one of them "a promotion is already
+/// being asked of the peer", exit 1, though the node became Primary as
+/// both asked. The second now waits for the ask in flight and answers as
+/// the node then is. (A relay of 100 ms each way keeps the ask in flight.)
+#[test]
+fn primary_twice_at_once_on_one_node_both_succeed() {
+    let mut p = Pair::prepare("C", "16M");
+    let _netem = p.relay_b("100ms");
+    p.up_in_sync("the initial sync", std::time::Duration::from_secs(60));
+    p.ok(&["secondary"], 0);
+    p.wait("b sees a Secondary", std::time::Duration::from_secs(10), |_, b| {
+        b["peer"]["role"] == "Secondary"
+    });
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2).map(|_| s.spawn(|| p.cli("primary", &[], 0))).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "a concurrent `primary` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(p.status(0)["role"], "Primary");
+    assert_eq!(p.status(1)["role"], "Secondary");
+}

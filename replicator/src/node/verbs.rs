@@ -19,8 +19,12 @@ impl Node {
     pub async fn promote(&self, force: bool) -> Result<(), Refused> {
         let wait = self.res.timeout + Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + wait;
-        // A link in its handshake first says what the peer is.
-        while self.lock().core.handshaking() && tokio::time::Instant::now() < deadline {
+        // A link in its handshake first says what the peer is; a
+        // promotion already being asked (another `primary` at once) ends
+        // first, and this one then answers as the node is (before, it was
+        // refused though the node became Primary: found by review).
+        let busy = |sh: &Shell| sh.core.handshaking() || sh.core.promotion_asked().is_some();
+        while busy(&self.lock()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let (r, ask) = self.with_core(|c, _| (c.promote(force, wall_ms()), c.promotion_asked()));
