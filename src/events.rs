@@ -530,6 +530,7 @@ mod tests {
             out_of_sync_bytes: 0,
             split_brain: false,
             lost_since_synced: false,
+            discard_pending: false,
             rtt_us: Some(100),
             sync: None,
             counters: Counters::default(),

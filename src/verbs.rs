@@ -174,6 +174,12 @@ pub fn render(st: &Value) -> String {
              `primary` (or `primary --force` to accept the loss)\n",
         );
     }
+    if st["discard_pending"] == true {
+        out.push_str(
+            "  discard-my-data pending: the next connection takes the peer's data in full; \
+             until then this node is not promoted by the controller\n",
+        );
+    }
     if let Some(e) = st["last_error"].as_str() {
         out.push_str(&format!("  last error: {e}\n"));
     }
@@ -236,5 +242,10 @@ mod tests {
         lost["lost_since_synced"] = true.into();
         let text = render(&lost);
         assert!(text.contains("may lack writes it confirmed to its peer"), "{text}");
+        assert!(!text.contains("discard-my-data pending"), "{text}");
+        let mut discard = st.clone();
+        discard["discard_pending"] = true.into();
+        let text = render(&discard);
+        assert!(text.contains("discard-my-data pending"), "{text}");
     }
 }

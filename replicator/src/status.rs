@@ -66,6 +66,10 @@ pub struct Status {
     /// peer's writes) and has not met the peer since: `primary` without
     /// `--force` and the failover controller wait for a session with it.
     pub lost_since_synced: bool,
+    /// `discard-my-data` waits for the next handshake, which takes the
+    /// peer's data in full; the controller does not promote this node
+    /// until then (review, helper-114: nothing showed it).
+    pub discard_pending: bool,
     pub rtt_us: Option<u64>,
     pub sync: Option<SyncStatus>,
     pub counters: Counters,

@@ -563,7 +563,9 @@ impl Core {
                             .into(),
                     );
                 }
-                return Err("the peer's data is newer than this Primary's: refusing".into());
+                return Err("the peer's data is newer than this Primary's: refusing (run \
+                            `secondary` here: the resync then takes the peer's data)"
+                    .into());
             }
             Decision::SyncSource { .. } if disk_rank(my_disk) == 0 || disk_rank(self.disk) == 0 => {
                 return Err(format!(

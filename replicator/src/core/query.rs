@@ -235,6 +235,7 @@ impl Core {
             out_of_sync_bytes: self.dirty.bytes(),
             split_brain: self.split_brain,
             lost_since_synced: self.lost_since_synced(),
+            discard_pending: self.discard,
             rtt: s.and_then(|s| s.rtt),
             sync: s.and_then(|s| s.progress()),
             counters: self.counters,

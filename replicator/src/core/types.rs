@@ -594,6 +594,10 @@ pub struct CoreStatus {
     /// it since (`Core::lost_since_synced`): neither `primary` without
     /// `--force` nor the controller promotes it until a session has.
     pub lost_since_synced: bool,
+    /// `discard-my-data` was accepted and waits for a handshake, which
+    /// will take the peer's data in full (the controller does not promote
+    /// this node meanwhile).
+    pub discard_pending: bool,
     pub rtt: Option<Duration>,
     pub sync: Option<Progress>,
     pub counters: CoreCounters,

@@ -319,11 +319,11 @@ impl Core {
     /// `verify`: online verify. On a Secondary whose peer is Primary, the
     /// Primary is asked to run it (it numbers the data).
     pub fn verify(&mut self) -> Result<(), Refused> {
-        let Some(s) = &self.session else {
-            return Err(Refused("not connected to the peer".into()));
-        };
+        const APART: &str = "not connected to the peer (verify compares the two nodes' data: \
+                             `connect` first, and wait for Connected)";
+        let Some(s) = &self.session else { return Err(Refused(APART.into())) };
         if s.phase != Phase::Running {
-            return Err(Refused("not connected to the peer".into()));
+            return Err(Refused(APART.into()));
         }
         if s.repl() != Replication::Established {
             return Err(Refused(format!("the replication is {}, not Established", s.repl())));

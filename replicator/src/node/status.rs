@@ -56,6 +56,7 @@ impl Node {
             out_of_sync_bytes: st.out_of_sync_bytes,
             split_brain: st.split_brain,
             lost_since_synced: st.lost_since_synced,
+            discard_pending: st.discard_pending,
             rtt_us: st.rtt.map(|d| d.as_micros() as u64),
             sync: st.sync.map(|p| {
                 let secs = now.saturating_sub(p.started).as_secs_f64().max(1e-3);

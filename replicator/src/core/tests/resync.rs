@@ -2,6 +2,30 @@
 
 use super::*;
 
+/// `status` shows a pending `discard-my-data` (review, helper-114: it
+/// kept a controlled node from taking over and nothing showed it) until
+/// the handshake that takes the peer's data.
+#[test]
+fn a_pending_discard_shows_in_status_until_the_handshake() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.disconnect();
+    assert!(!c.status().discard_pending);
+    c.discard_my_data().unwrap();
+    assert!(c.status().discard_pending);
+    connect(&mut c, 1, Role::Primary);
+    run(&mut c, Duration::ZERO);
+    assert!(!c.status().discard_pending, "{:?}", c.status());
+}
+
+/// A refusal says what to do (review, helper-114: "not connected to the
+/// peer" alone).
+#[test]
+fn verify_apart_says_to_connect_first() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    let e = c.verify().unwrap_err();
+    assert!(e.0.contains("not connected to the peer") && e.0.contains("`connect` first"), "{e:?}");
+}
+
 #[test]
 fn verify_on_a_secondary_asks_the_primary() {
     let mut c = core(Protocol::C, DiskState::UpToDate);
