@@ -275,6 +275,11 @@ pub(crate) struct Checker {
     lineage: [Option<Lineage>; 2],
     was_target: [bool; 2],
     synced_floor: [Option<(u64, Vec<u64>)>; 2],
+    /// The session of the last sync into each node: its end brings the
+    /// source's data, whatever a forced promotion since did to the floors
+    /// (`synced_floor` is dropped then; a blind renewal mid-sync, seed
+    /// 24000095, left a new disk's completed sync unseen, I5).
+    sync_sid: [Option<u64>; 2],
     epoch: [u64; 2],
     promotion: [Option<PendingPromotion>; 2],
     /// Controller seeds (see I1 and I4).
@@ -394,6 +399,7 @@ impl Checker {
             lineage: [None, None],
             was_target: [false, false],
             synced_floor: [None, None],
+            sync_sid: [None, None],
             epoch: [0, 0],
             promotion: [None, None],
             ctl_mode: false,
@@ -1161,6 +1167,7 @@ impl Checker {
                     self.floor(n)
                 };
                 self.synced_floor[n] = Some((sid, self.floor(1 - n)));
+                self.sync_sid[n] = Some(sid);
                 // On one generation, what the node acknowledged as Primary
                 // must come out of the sync (checked at its end).
                 self.own_sync[n] = self.same_gen;
@@ -1216,10 +1223,17 @@ impl Checker {
                         .is_some_and(|(sid, _)| c.session_id() == Some(*sid))
             });
             let disk = ended.map(|c| c.disk());
-            if matches!(
-                disk,
-                Some(DiskState::UpToDate | DiskState::Outdated | DiskState::Consistent)
-            ) {
+            // (The data came by the sync even if a forced promotion since
+            // dropped its floors.)
+            let data_came = sim.nodes[n].core.as_ref().is_some_and(|c| {
+                c.replication() == Replication::Established
+                    && self.sync_sid[n].is_some_and(|sid| c.session_id() == Some(sid))
+                    && matches!(
+                        c.disk(),
+                        DiskState::UpToDate | DiskState::Outdated | DiskState::Consistent
+                    )
+            });
+            if data_came {
                 self.unsynced[n] = false;
             }
             // Or the link went down in the very step that brought SyncDone
