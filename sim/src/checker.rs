@@ -178,6 +178,9 @@ pub struct Stats {
     /// Renewals of a lone Primary by a witness without its record that had
     /// not heard the other node since its start (the residual limit).
     pub witness_blind_renewals: u64,
+    /// Claims granted by a witness without its record, vouched by a
+    /// replaced peer (the same residual limit).
+    pub witness_blind_claims: u64,
     pub confirmed: u64,
     pub promotions_checked: u64,
     /// Protocol-A Secondaries stopped while linked to a Primary.
@@ -760,6 +763,13 @@ impl Checker {
         if let Some(alone) = self.frame_outdated[1 - n].as_mut() {
             *alone = gen;
         }
+    }
+
+    /// A witness without its record granted node `n`, vouched current by
+    /// its replaced peer: what the peer acknowledged alone before it was
+    /// replaced need not be on `n` (the README's residual limit).
+    pub fn given_up_by_blind_grant(&mut self, n: usize) {
+        self.fo[n].iter_mut().for_each(|x| *x = 0);
     }
 
     pub fn discarded(&mut self, n: usize) {

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         total.takeovers_from_primary += st.takeovers_from_primary;
         total.witness_failover_crashes += st.witness_failover_crashes;
         total.witness_blind_renewals += st.witness_blind_renewals;
+        total.witness_blind_claims += st.witness_blind_claims;
         total.confirmed += st.confirmed;
         total.promotions_checked += st.promotions_checked;
         total.a_behind_crashes += st.a_behind_crashes;

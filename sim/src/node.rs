@@ -87,6 +87,9 @@ pub struct Node {
     pub link_gen: u64,
     /// The disk file was recreated and no metadata was saved since.
     pub(crate) recreated: bool,
+    /// The node was replaced in this run (a new disk, no metadata): what it
+    /// knew of its past is gone, its word on its peer's data included.
+    pub(crate) was_replaced: bool,
     pub(crate) restart_at: Option<Time>,
 }
 
@@ -106,6 +109,7 @@ impl Node {
             answered: Default::default(),
             link_gen: 0,
             recreated: true,
+            was_replaced: false,
             restart_at: None,
         }
     }

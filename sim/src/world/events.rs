@@ -117,8 +117,8 @@ impl Sim {
                 // it cannot tell a lone Primary cut off and overtaken from the
                 // one it granted last unless the other node told it its data
                 // since its start (`Refusal::Behind`).
-                let blind =
-                    !w.arb.durable().complete && !w.arb.heard.contains_key(self.nodes[1 - n].name);
+                let recordless = !w.arb.durable().complete;
+                let blind = recordless && !w.arb.heard.contains_key(self.nodes[1 - n].name);
                 let (verdict, reply, failed) = w.decide(now, &req);
                 let after = w.arb.holder().map(str::to_owned);
                 if blind
@@ -143,6 +143,33 @@ impl Sim {
                     ));
                     self.forced_promotion(n, DiskState::Consistent);
                     self.check_promoted(n, true, DiskState::Consistent, false)?;
+                }
+                if recordless
+                    && req.kind == VoteKind::Claim
+                    && req.peer_current
+                    && self.nodes[1 - n].was_replaced
+                    && verdict == Ok(Grant::Granted)
+                    && reply.granted
+                {
+                    // The same residual limit, with a claim: a witness
+                    // without its record grants a node its peer vouches
+                    // current, and the peer is a replaced node rebuilt
+                    // from it, whose lost disk alone held what it
+                    // acknowledged running alone (seed 18010106: b ran
+                    // alone, its node was replaced and synced from a, the
+                    // witness lost its state, and a was granted). Three
+                    // failures: what the lost node acknowledged alone is
+                    // given up, as if an operator had forced the claimant.
+                    self.chk.stats.witness_blind_claims += 1;
+                    self.note(format!(
+                        "witness without its record grants {} vouched current by {}, a replaced \
+                         node (the residual limit: what {} acknowledged alone before it was \
+                         replaced is given up)",
+                        req.node,
+                        self.nodes[1 - n].name,
+                        self.nodes[1 - n].name
+                    ));
+                    self.chk.given_up_by_blind_grant(n);
                 }
                 if let Some(landed) = failed {
                     self.chk.stats.witness_failed_saves += 1;
@@ -576,6 +603,7 @@ impl Sim {
             self.nodes[n].disk = Disk::new();
             self.nodes[n].meta = Meta::default();
             self.nodes[n].recreated = true;
+            self.nodes[n].was_replaced = true;
             self.data_replaced += 1;
             self.chk.disk_replaced(n);
         }
