@@ -198,12 +198,10 @@ fn transmission<D: BlockDevice>(
 ) -> Result<(), ConnError> {
     let s = &*conn.sock;
     // Reads wait without limit between requests (a client may idle), but
-    // no longer than `io_timeout` inside one: a client that stalls half way
-    // through a request would otherwise hold its payload buffer (up to 32
-    // MiB) and its connection slot for ever. Set once: a read that times
-    // out between requests is simply read again (switching the timeout
-    // on and off cost two system calls per read at depth).
-    s.set_read_timeout(Some(sh.config.io_timeout))?;
+    // no longer than `io_timeout` inside one (`sock::read_within`): a
+    // client that stalls half way through a request would otherwise hold
+    // its payload buffer (up to 32 MiB) and its connection slot for ever.
+    s.set_read_timeout(None)?;
     // A blocking reply write that makes no progress for this long fails:
     // the client stopped reading.
     s.set_write_timeout(Some(sh.config.io_timeout))?;
@@ -290,7 +288,12 @@ fn transmission<D: BlockDevice>(
         let wanted = decoder.wanted();
         let max =
             if wanted > READ_CHUNK { wanted.saturating_sub(buf.len()).max(1) } else { READ_CHUNK };
-        let read = sock::read_into(s, &mut buf, max);
+        let mid = decoder.mid_request(&buf);
+        let read = if mid {
+            sock::read_within(s, &mut buf, max, sh.config.io_timeout)
+        } else {
+            sock::read_into(s, &mut buf, max)
+        };
         if let Ok(n) = read {
             mark(Point::NbdRead, n as u64);
         }
@@ -298,10 +301,8 @@ fn transmission<D: BlockDevice>(
             Ok(0) if conn.is_stopping() => break 'read Ok(End::Stopped),
             Ok(0) => break 'read Ok(End::Eof),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if decoder.mid_request(&buf) {
-                    break 'read Err(ConnError::Stalled(sh.config.io_timeout));
-                }
+            Err(e) if mid && e.kind() == io::ErrorKind::TimedOut => {
+                break 'read Err(ConnError::Stalled(sh.config.io_timeout))
             }
             Err(e) => break 'read Err(e.into()),
         }

@@ -92,3 +92,54 @@ pub fn read_into(s: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<us
         }
     }
 }
+
+/// Like [`read_into`], but waits at most `limit` for data (then
+/// `TimedOut`): a read inside a request, whose client must not stall
+/// half way. Data already there is taken at once (one `recv`); only an
+/// empty socket adds a `poll` with the limit. A read between requests
+/// stays a plain blocking `read` with no timeout at all: a socket
+/// timeout there arms a kernel timer at every wait (4k QD1 writes 0.87x
+/// nbdkit, median of six runs, against 0.92x without; within the noise
+/// of this machine), and switching the timeout on and off around reads
+/// costs two `setsockopt` calls per read at depth.
+pub fn read_within(
+    s: &TcpStream,
+    buf: &mut BytesMut,
+    max: usize,
+    limit: Duration,
+) -> io::Result<usize> {
+    let fd = s.as_raw_fd();
+    buf.reserve(max);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        // SAFETY: receiving at most spare.len() bytes into memory we own.
+        let n = unsafe {
+            libc::recv(fd, spare.as_mut_ptr() as *mut libc::c_void, spare.len(), libc::MSG_DONTWAIT)
+        };
+        if n >= 0 {
+            // SAFETY: the kernel initialised the first n bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {}
+            _ => return Err(e),
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, valid for the call.
+        if unsafe { libc::poll(&mut p, 1, ms) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
