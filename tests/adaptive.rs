@@ -255,6 +255,26 @@ fn events(p: &Pair) -> String {
 }
 
 /// [`Pair::wait`], printing the nodes' events when it times out.
+/// The pair back in sync: a Connected with nothing to resync and nothing
+/// in flight, b UpToDate.
+fn wait_in_sync(p: &Pair, what: &str, timeout: Duration) {
+    wait(p, what, timeout, |a, b| {
+        a["connection"] == "Connected"
+            && a["sync"].is_null()
+            && a["out_of_sync_bytes"] == 0
+            && a["in_flight"] == 0
+            && b["disk"] == "UpToDate"
+    });
+}
+
+/// Both nodes stopped (their last writes and flushes done), then their
+/// disks' bytes.
+fn down_and_read_disks(p: &mut Pair) -> (Vec<u8>, Vec<u8>) {
+    p.down(0);
+    p.down(1);
+    (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap())
+}
+
 fn wait(
     p: &Pair,
     what: &str,
@@ -345,13 +365,7 @@ fn adaptive_goes_ahead_above_the_budget_and_comes_back_in_sync() {
     // The relay restarts with no delay: resync, C again.
     drop(link);
     let (_link, _) = netem(&relay, &b_addr, "0ms");
-    wait(&p, "the pair back in sync", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
     let a = p.status(0);
     assert!(switches(&a) >= 2, "{a}");
     assert!(a["counters"]["resync_bytes"].as_u64().unwrap() > 0, "{a}");
@@ -361,17 +375,8 @@ fn adaptive_goes_ahead_above_the_budget_and_comes_back_in_sync() {
     // take an Ahead round trip more), then the disks agree.
     p.qemu_io(0, "write -P 0x44 8M 64k");
     p.qemu_io(0, "flush");
-    wait(&p, "the pair in sync after the flush", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
-    p.down(0);
-    p.down(1);
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    wait_in_sync(&p, "the pair in sync after the flush", Duration::from_secs(60));
+    let (da, db) = down_and_read_disks(&mut p);
     assert!(da == db, "the disks differ after Ahead, the catch-up resync and a flush");
 }
 
@@ -672,17 +677,8 @@ fn a_stalled_secondary_under_writes_then_resumed() {
     assert!(took < Duration::from_secs(10), "writes waited {took:?} for a stopped peer");
     p.qemu_io(0, "write -P 0x66 12M 64k");
     p.qemu_io(0, "flush");
-    wait(&p, "the pair back in sync", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
-    p.down(0);
-    p.down(1);
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
+    let (da, db) = down_and_read_disks(&mut p);
     assert!(da == db, "the disks differ after a stalled Secondary resumed");
 }
 
@@ -754,13 +750,7 @@ fn after_the_catch_up_the_witness_lets_the_peer_take_over() {
     assert!(out.contains("wrote 65536/65536"), "{out}");
     drop(link);
     let _link = netem_quiet(&relay, &b_addr, "0ms");
-    wait(&p, "the pair back in sync", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
     let out = p.qemu_io(0, "write -P 0x78 21M 64k");
     assert!(out.contains("wrote 65536/65536"), "{out}");
     std::thread::sleep(Duration::from_secs(1));
@@ -805,18 +795,9 @@ fn a_link_swinging_across_the_budget_switches_a_bounded_number_of_times() {
     drop(link.take());
     let _link = netem_quiet(&relay, &b_addr, "0ms");
     p.qemu_io(0, "flush");
-    wait(&p, "the pair back in sync", Duration::from_secs(90), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(90));
     assert!(n <= 10, "{n} switches in 20 s");
-    p.down(0);
-    p.down(1);
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    let (da, db) = down_and_read_disks(&mut p);
     assert!(da == db, "the disks differ after the swinging link");
 }
 
@@ -857,17 +838,8 @@ fn a_behind_secondary_rebooted_while_ahead_catches_up() {
     drop(link);
     let _link = netem_quiet(&relay, &b_addr, "0ms");
     p.qemu_io(0, "flush");
-    wait(&p, "the pair back in sync", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
-    p.down(0);
-    p.down(1);
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
+    let (da, db) = down_and_read_disks(&mut p);
     assert!(da == db, "the disks differ after the Behind node's reboot and the catch-up");
 }
 
@@ -921,17 +893,8 @@ fn writes_over_the_blocks_the_catch_up_sends_are_not_overwritten() {
     }
     eprintln!("{rounds} rounds of 64 writes during the catch-up");
     p.qemu_io(0, "flush");
-    wait(&p, "the pair back in sync", Duration::from_secs(60), |a, b| {
-        a["connection"] == "Connected"
-            && a["sync"].is_null()
-            && a["out_of_sync_bytes"] == 0
-            && a["in_flight"] == 0
-            && b["disk"] == "UpToDate"
-    });
-    p.down(0);
-    p.down(1);
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
+    let (da, db) = down_and_read_disks(&mut p);
     let first = da.iter().zip(&db).position(|(x, y)| x != y);
     assert!(first.is_none(), "the disks differ first at byte {first:?}");
     for k in 0..(rounds * 64).min(4096) {
