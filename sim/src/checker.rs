@@ -766,10 +766,16 @@ impl Checker {
     }
 
     /// A witness without its record granted node `n`, vouched current by
-    /// its replaced peer: what the peer acknowledged alone before it was
-    /// replaced need not be on `n` (the README's residual limit).
-    pub fn given_up_by_blind_grant(&mut self, n: usize) {
-        self.fo[n].iter_mut().for_each(|x| *x = 0);
+    /// its replaced peer: what either node acknowledged alone before a
+    /// replacement took it need not be on the other (the README's residual
+    /// limit; the two are in sync, so nothing else is given up). Seed
+    /// 18200516: the write b acknowledged alone before b's node was
+    /// replaced, given up at b's blind grant, was still asked of a at a's
+    /// promotion after b crashed.
+    pub fn given_up_by_blind_grant(&mut self) {
+        for f in &mut self.fo {
+            f.iter_mut().for_each(|x| *x = 0);
+        }
     }
 
     pub fn discarded(&mut self, n: usize) {

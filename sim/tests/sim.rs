@@ -315,6 +315,10 @@ fn regression_seeds_pass() {
         // acknowledged alone: three failures, the README's residual limit,
         // judged as a forced promotion.
         (18010106, 20000),
+        // The same course twice over: b, granted so, acknowledged a write
+        // alone and its node was replaced; a later blind grant gave it up
+        // for a too (checked at a's promotion after b crashed).
+        (18200516, 20000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

@@ -169,7 +169,7 @@ impl Sim {
                         self.nodes[1 - n].name,
                         self.nodes[1 - n].name
                     ));
-                    self.chk.given_up_by_blind_grant(n);
+                    self.chk.given_up_by_blind_grant();
                 }
                 if let Some(landed) = failed {
                     self.chk.stats.witness_failed_saves += 1;
