@@ -479,10 +479,7 @@ fn a_primary_whose_peer_reigned_meanwhile_steps_down_when_they_meet() {
     assert!(promoted, "b was not promoted");
     // (No peer could take over: `secondary` is refused, `--force` demotes.)
     assert!(d.c[1].demote().is_err());
-    d.c[1].demote_forced();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    d.secondary_forced(1);
     assert_eq!(d.c[1].role(), Role::Secondary);
     assert_eq!(d.c[0].role(), Role::Primary, "a stayed Primary (no witness, no peer)");
     d.connect();
@@ -1089,10 +1086,7 @@ fn a_primary_deposed_while_its_session_starts_serves_reads_once_demoted() {
     d.votes[0].clear();
     assert!(d.witness_promotes_b(), "b is not promoted");
     // b reigns, acknowledges nothing, and steps down.
-    d.c[1].demote_forced();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    d.secondary_forced(1);
     assert_eq!(d.c[1].role(), Role::Secondary);
     // a meets b: deposed by b's hello, its `on_demote` still runs when
     // the session starts.

@@ -255,6 +255,15 @@ impl Duo {
         }
     }
 
+    /// `secondary --force` on node i, its `on_demote` done and its
+    /// release answered.
+    pub fn secondary_forced(&mut self, i: usize) {
+        self.c[i].demote_forced();
+        self.act(i);
+        self.hooks_done(i);
+        self.vote_all(i);
+    }
+
     /// Time passes by `d` (timers fire on both), no frame delivered.
     pub fn tick(&mut self, d: Duration) {
         self.now += d;

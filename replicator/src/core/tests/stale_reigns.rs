@@ -51,10 +51,7 @@ fn a_deposed_node_made_the_source_claims_again() {
     assert_eq!(d.c[0].role(), Role::Secondary);
     eprintln!("a status after deposition: {:?}", d.c[0].status());
     // b steps down (`secondary --force`) before the link returns.
-    d.c[1].demote_forced();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    d.secondary_forced(1);
     assert_eq!(d.c[1].role(), Role::Secondary);
     d.connect();
     for _ in 0..50 {
