@@ -223,8 +223,9 @@ fn adaptive_pair_with(budget: &str, more: &str) -> Pair {
 }
 
 /// Both nodes up, b reached through a relay of `delay` each way, a
-/// Primary, the initial sync done; returns the relay.
-fn synced_through_relay(p: &mut Pair, delay: &str) -> KillOnDrop {
+/// Primary, the initial sync done; returns the relay, and where it
+/// listens and forwards to (to start it again with another delay).
+fn synced_through_relay(p: &mut Pair, delay: &str) -> (KillOnDrop, String, String) {
     let (relay, b_addr) = p.route_b_through_relay();
     let (link, _) = netem(&relay, &b_addr, delay);
     p.up(0);
@@ -235,7 +236,7 @@ fn synced_through_relay(p: &mut Pair, delay: &str) -> KillOnDrop {
     p.wait("the initial sync", Duration::from_secs(60), |a, b| {
         a["sync"].is_null() && b["disk"] != "Inconsistent"
     });
-    link
+    (link, relay, b_addr)
 }
 
 /// The nodes' log lines about the link and the mode (for the test output).
@@ -425,7 +426,7 @@ fn adaptive_does_not_flap_with_the_delay_at_the_budget() {
     }
     let mut p = adaptive_pair("20ms");
     // 10 ms each way: round trips of about the budget.
-    let _link = synced_through_relay(&mut p, "10ms");
+    let (_link, ..) = synced_through_relay(&mut p, "10ms");
     let before = switches(&p.status(0));
     let runs = write_for(&p, Duration::from_secs(10), 0x55);
     let a = p.status(0);
@@ -450,7 +451,7 @@ fn a_backlog_past_congestion_fill_goes_ahead_and_comes_back() {
         return;
     }
     let mut p = adaptive_pair_with("900ms", "congestion_fill = \"256K\"\n");
-    let _link = synced_through_relay(&mut p, "20ms");
+    let (_link, ..) = synced_through_relay(&mut p, "20ms");
     assert_eq!(switches(&p.status(0)), 0);
     run_qemu_io(&p.uri(0), &["write -P 0x66 1M 4M".to_string()]);
     let a = p.status(0);
@@ -663,7 +664,7 @@ fn a_stalled_secondary_under_writes_then_resumed() {
         return;
     }
     let mut p = adaptive_pair("100ms");
-    let _link = synced_through_relay(&mut p, "0ms");
+    let (_link, ..) = synced_through_relay(&mut p, "0ms");
     write_for(&p, Duration::from_millis(500), 0x11);
     signal(&p, 1, "STOP");
     let t = Instant::now();
@@ -771,16 +772,8 @@ fn a_link_swinging_across_the_budget_switches_a_bounded_number_of_times() {
         return;
     }
     let mut p = adaptive_pair("20ms");
-    let (relay, b_addr) = p.route_b_through_relay();
-    let mut link = Some(netem_quiet(&relay, &b_addr, "0ms"));
-    p.up(0);
-    p.up(1);
-    p.wait_connected();
-    p.ok(&["primary", "--force"], 0);
-    p.wait_linked();
-    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
-        a["sync"].is_null() && b["disk"] != "Inconsistent"
-    });
+    let (link, relay, b_addr) = synced_through_relay(&mut p, "0ms");
+    let mut link = Some(link);
     let before = switches(&p.status(0));
     let t = Instant::now();
     let mut i = 0;
@@ -811,16 +804,7 @@ fn a_behind_secondary_rebooted_while_ahead_catches_up() {
         return;
     }
     let mut p = adaptive_pair("100ms");
-    let (relay, b_addr) = p.route_b_through_relay();
-    let link = netem_quiet(&relay, &b_addr, "0ms");
-    p.up(0);
-    p.up(1);
-    p.wait_connected();
-    p.ok(&["primary", "--force"], 0);
-    p.wait_linked();
-    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
-        a["sync"].is_null() && b["disk"] != "Inconsistent"
-    });
+    let (link, relay, b_addr) = synced_through_relay(&mut p, "0ms");
     write_for(&p, Duration::from_millis(500), 0x11);
     drop(link);
     let link = netem_quiet(&relay, &b_addr, "150ms");
@@ -855,16 +839,7 @@ fn writes_over_the_blocks_the_catch_up_sends_are_not_overwritten() {
     let mut p = adaptive_pair("100ms");
     // A slow catch-up while the application writes (4 s for 16 MiB).
     p.configure("resync-rate = \"4M\"");
-    let (relay, b_addr) = p.route_b_through_relay();
-    let link = netem_quiet(&relay, &b_addr, "0ms");
-    p.up(0);
-    p.up(1);
-    p.wait_connected();
-    p.ok(&["primary", "--force"], 0);
-    p.wait_linked();
-    p.wait("the initial sync", Duration::from_secs(60), |a, b| {
-        a["sync"].is_null() && b["disk"] != "Inconsistent"
-    });
+    let (link, relay, b_addr) = synced_through_relay(&mut p, "0ms");
     drop(link);
     let link = netem_quiet(&relay, &b_addr, "150ms");
     write_for(&p, Duration::from_secs(1), 0x22);
