@@ -80,6 +80,7 @@ fn promote_checked(
     rule: &'static str,
 ) -> Result<(), (Violation, Vec<String>)> {
     let now_ms = sim.now.as_millis() as u64 + 1;
+    sim.clock_in(n);
     let core = sim.nodes[n].core.as_mut().expect("up");
     let (disk, held) = (core.disk(), core.held_back_by_loss());
     core.promote(force, now_ms).map_err(|e| stuck_at(sim, rule, &format!("promote: {e}")))?;
