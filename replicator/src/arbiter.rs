@@ -35,7 +35,10 @@
 //!   off; `Refusal::Behind`). The witness remembers what each node told
 //!   in memory only: a node it has not heard since its start is no
 //!   evidence (the residual limit, README).
-//! - `Release` from the holder: no holder any more.
+//! - `Release` from the holder: no holder any more. A forced claim's
+//!   grant the holder gives back unused (`withdrawn`: it was not promoted
+//!   on it, e.g. its answer was lost and the operator's verb failed) is
+//!   undone: the record is as before the claim.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -68,6 +71,12 @@ pub struct Durable {
     /// granted it since.
     #[serde(default)]
     pub last_holder: Option<String>,
+    /// The record before the holder's grant, if that grant was a forced
+    /// claim it has not used yet (no renewal since): a release that says
+    /// the grant was not used (`VoteRequest::withdrawn`) restores it, so a
+    /// `primary --force` that failed outdates nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Box<Durable>>,
 }
 
 /// What the witness decided: granted (how), or refused (why).
@@ -211,6 +220,8 @@ pub struct Arbiter {
     complete: bool,
     alone_with: BTreeMap<String, u64>,
     last_holder: Option<String>,
+    /// The record before an unused forced claim's grant ([`Durable::undo`]).
+    undo: Option<Box<Durable>>,
     /// The last save of the state failed: the file may hold a decision
     /// undone here (an error after the rename), which a restart would
     /// bring back. Not saved; a restart clears it.
@@ -240,6 +251,7 @@ impl Arbiter {
             complete: saved.complete,
             alone_with: saved.alone_with,
             last_holder: saved.last_holder,
+            undo: saved.undo,
             unsaved: false,
             heard: BTreeMap::new(),
             told: BTreeMap::new(),
@@ -255,6 +267,7 @@ impl Arbiter {
             complete: self.complete,
             alone_with: self.alone_with.clone(),
             last_holder: self.last_holder.clone(),
+            undo: self.undo.clone(),
         }
     }
 
@@ -362,12 +375,28 @@ impl Arbiter {
         match req.kind {
             VoteKind::Release => {
                 if mine {
-                    self.holder = None;
+                    match self.undo.take().filter(|_| req.withdrawn) {
+                        Some(before) => {
+                            tracing::warn!(
+                                resource = %self.resource,
+                                node = %req.node,
+                                "a forced claim given back unused: its record is undone"
+                            );
+                            self.holder = before.holder;
+                            self.outdated = before.outdated;
+                            self.complete = before.complete;
+                            self.alone_with = before.alone_with;
+                            self.last_holder = before.last_holder;
+                        }
+                        None => self.holder = None,
+                    }
                     self.until = Time::ZERO;
                 }
                 return Ok(Grant::Released);
             }
             VoteKind::Renew if mine => {
+                // The holder serves on its grant: nothing to undo.
+                self.undo = None;
                 self.until = self.until.max(now + lease + margin);
                 self.record(req);
                 return Ok(Grant::Renewed);
@@ -440,6 +469,14 @@ impl Arbiter {
             }
             VoteKind::Release => unreachable!("handled above"),
         }
+        // A forced claim may be given back unused: what it changes is
+        // kept to undo (a holder before it had lost its lease: restored
+        // so, it may renew as before).
+        self.undo = forced_claim.then(|| {
+            let mut before = self.durable();
+            before.undo = None;
+            Box::new(before)
+        });
         self.holder = Some(req.node.clone());
         self.last_holder = Some(req.node.clone());
         self.until = now + lease + margin;
@@ -583,7 +620,47 @@ mod tests {
             data: Vec::new(),
             forced: false,
             unacked: false,
+            withdrawn: false,
         }
+    }
+
+    /// A forced claim's grant given back unused (`withdrawn`) is undone,
+    /// a restart in between included: the node it outdated is current
+    /// again and the former holder may renew. Used (renewed once), or
+    /// given back without `withdrawn`, it stands.
+    #[test]
+    fn a_forced_claim_given_back_unused_is_undone() {
+        let saved = Durable { complete: true, ..Durable::default() };
+        let mut w = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), saved);
+        let t = Duration::from_secs(100);
+        // a holds the right alone: b is outdated.
+        assert!(w.handle(t, &req("a", "b", VoteKind::Claim, true)).granted);
+        assert!(w.handle(t, &req("a", "b", VoteKind::Renew, false)).granted);
+        let before = w.durable();
+        assert!(before.outdated.contains("b"));
+        // a's lease runs out; the operator forces b.
+        let t = t + Duration::from_secs(3);
+        let forced = VoteRequest { forced: true, ..req("b", "a", VoteKind::Claim, false) };
+        assert!(w.handle(t, &forced).granted);
+        assert!(w.durable().outdated.contains("a"));
+        // Restarted (the undo is saved), b gives it back unused.
+        let mut w = Arbiter::new("r", t, Duration::from_secs(2), w.durable());
+        let back = VoteRequest { withdrawn: true, ..req("b", "a", VoteKind::Release, false) };
+        assert!(w.handle(t, &back).granted);
+        assert_eq!(w.durable(), before, "the forced claim's record is undone");
+        // The same claim used (b renewed once): a release keeps it.
+        let mut w = Arbiter::new("r", t, Duration::from_secs(2), before.clone());
+        let t = t + Duration::from_secs(3);
+        assert!(w.handle(t, &forced).granted);
+        assert!(w.handle(t, &req("b", "a", VoteKind::Renew, false)).granted);
+        assert!(w.handle(t, &back).granted);
+        assert!(w.durable().outdated.contains("a") && !w.durable().outdated.contains("b"));
+        // Not withdrawn: it stands too.
+        let mut w = Arbiter::new("r", t, Duration::from_secs(2), before);
+        let t = t + Duration::from_secs(3);
+        assert!(w.handle(t, &forced).granted);
+        assert!(w.handle(t, &req("b", "a", VoteKind::Release, false)).granted);
+        assert!(w.durable().outdated.contains("a") && w.durable().undo.is_none());
     }
 
     /// A Primary whose lease ran out (cut from the witness) may not renew

@@ -472,6 +472,7 @@ mod tests {
             data: data.to_vec(),
             forced,
             unacked: false,
+            withdrawn: false,
         }
     }
 

@@ -151,6 +151,13 @@ pub struct VoteRequest {
     /// node that acknowledged writes since that one, it is behind.
     #[serde(default)]
     pub unacked: bool,
+    /// Release: this node never used the grant it gives back (it was not
+    /// promoted on it: a forced claim whose answer was lost or came too
+    /// late, a grant it declined). The witness undoes what a forced
+    /// claim's grant recorded (the operator's verb failed: the other node
+    /// is not outdated by it).
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -676,15 +683,15 @@ impl Core {
         }
         if self.ctl.as_ref().is_some_and(|c| c.stopping) {
             tracing::info!("granted Primary while stopping: giving the right back");
-            self.release();
+            self.withdraw();
             return Err(Refused("the node is stopping".into()));
         }
         if !self.may_claim() && !forced {
-            self.release();
+            self.withdraw();
             return Err(Refused(format!("the disk is {:?} now", self.disk)));
         }
         if !forced && self.held_back_by_loss() {
-            self.release();
+            self.withdraw();
             return Err(Refused(LOST_SINCE_SYNCED.into()));
         }
         // The claim went out while the peer was silent (or a Secondary),
@@ -698,7 +705,7 @@ impl Core {
                     "granted Primary, but a Primary peer is alive: giving the right back"
                 );
                 c.quiet_until = self.now + c.cfg.heartbeat;
-                self.release();
+                self.withdraw();
                 return Err(Refused(format!("peer {} is Primary", self.cfg.peer)));
             }
         }
@@ -719,7 +726,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!("granted Primary but the promotion was refused: {e}");
-                self.release();
+                self.withdraw();
                 Err(e)
             }
         }
@@ -802,8 +809,8 @@ impl Core {
             return;
         }
         c.forced_claim = None;
-        // (A grant whose answer was lost: given back.)
-        self.release();
+        // (A grant whose answer was lost: given back, and undone.)
+        self.withdraw();
         self.answered(ask, Err(Refused(format!("not promoted: {why}"))));
     }
 
@@ -815,7 +822,7 @@ impl Core {
                 if c.claim == Some(id) {
                     c.claim = None;
                 }
-                self.release();
+                self.withdraw();
             }
         }
     }
@@ -1017,6 +1024,16 @@ impl Core {
 
     /// Gives the right back to the witness.
     fn release(&mut self) {
+        self.release_as(false);
+    }
+
+    /// Gives back a grant this node did not use (not promoted on it): the
+    /// witness undoes a forced claim's record (`VoteRequest::withdrawn`).
+    fn withdraw(&mut self) {
+        self.release_as(self.role != Role::Primary);
+    }
+
+    fn release_as(&mut self, withdrawn: bool) {
         let Some(c) = &mut self.ctl else { return };
         c.granted_reign = false;
         c.witness_until = Time::ZERO;
@@ -1030,7 +1047,8 @@ impl Core {
         // 10264532 at 20,000 steps, both accepted writes.)
         c.sent.clear();
         if c.witness_up {
-            let req = self.vote_request(VoteKind::Release);
+            let mut req = self.vote_request(VoteKind::Release);
+            req.withdrawn = withdrawn;
             self.actions.push_back(Action::Vote(req));
         }
     }
@@ -1066,6 +1084,7 @@ impl Core {
             data,
             forced: kind == VoteKind::Renew && !c.granted_reign,
             unacked,
+            withdrawn: false,
         }
     }
 

@@ -252,6 +252,7 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
         data: Vec::new(),
         forced: true,
         unacked: false,
+        withdrawn: false,
     };
     assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
     assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);

@@ -617,3 +617,55 @@ fn a_node_forced_after_a_power_loss_is_promoted_after_a_restart() {
     restart_lost(&mut d, 1, Plant::None, false);
     assert!(d.witness_promotes(1), "the forced Primary, restarted, was not promoted again");
 }
+
+/// `primary --force` on b, outdated by a Primary a that acknowledged a
+/// write alone and then crashed: the witness granted the forced claim,
+/// but its answer was lost, so b took the claim for lost, answered the
+/// operator "not promoted" and gave the right back. The witness had
+/// recorded b's data as the truth at the grant (a outdated, b current),
+/// so b's controller was granted its next ordinary claim and b became
+/// Primary without a's write, after the operator's verb had failed
+/// (simulator seed 18200891's course, found while fixing it). A claim the
+/// node withdraws without using it is now undone at the witness.
+#[test]
+fn a_forced_claim_withdrawn_unused_is_undone_at_the_witness() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    // The link to b breaks; a runs alone (b outdated at the witness) and
+    // acknowledges a write b lacks.
+    d.cut();
+    d.alone(0);
+    d.write(0, 1, 0, 0xaa);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    assert!(d.w.outdated().any(|n| n == "b"));
+    // a crashes; b's controller claims and is refused (outdated).
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    // The operator forces b: the witness grants, its answer is lost.
+    d.c[1].promote(true, d.now.as_millis() as u64).expect("asked the witness");
+    d.act(1);
+    let ask = d.c[1].promotion_asked().expect("a forced claim is out");
+    let granted = d.decide(1).expect("the forced claim");
+    assert!(granted.granted, "{granted:?}");
+    // No answer within a lease: b gives the claim up.
+    for _ in 0..15 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    let answer = d.c[1].promotion_answer(ask);
+    assert!(matches!(answer, Some(Err(_))), "the verb failed: {answer:?}");
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    // What the failed verb left at the witness: b still outdated, and b's
+    // controller not promoted without `--force`.
+    assert!(
+        d.w.outdated().any(|n| n == "b") && !d.w.outdated().any(|n| n == "a"),
+        "the witness kept the withdrawn claim's record: outdated {:?}",
+        d.w.outdated().collect::<Vec<_>>()
+    );
+    assert!(!d.witness_promotes_b(), "b was promoted without a's acknowledged write");
+}
