@@ -821,6 +821,14 @@ impl Core {
             .min()
     }
 
+    /// The time, told before an operator's verb (which takes none): what
+    /// the verb sends is stamped with it (a witness request's age decides
+    /// when it counts as lost). Timers due by then run at the verb's own
+    /// pump or at the next [`Core::handle_timeout`].
+    pub fn set_clock(&mut self, now: Time) {
+        self.now = self.now.max(now);
+    }
+
     /// Timers: heartbeats, the peer's liveness, acknowledgements overdue,
     /// the resync rate.
     pub fn handle_timeout(&mut self, now: Time) {

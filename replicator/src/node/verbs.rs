@@ -8,10 +8,9 @@ impl Node {
     pub(super) fn with_core<T>(&self, f: impl FnOnce(&mut Core, Duration) -> T) -> T {
         let mut sh = self.lock();
         let now = self.now();
-        // The core learns the time first: a verb stamps what it sends (a
-        // witness request's age decides when it counts as lost) with the
-        // core's clock, which the 20 ms timer task otherwise moves.
-        sh.core.handle_timeout(now);
+        // The core learns the time first: a verb stamps what it sends with
+        // the core's clock, which the 20 ms timer task otherwise moves.
+        sh.core.set_clock(now);
         let r = f(&mut sh.core, now);
         self.drain(&mut sh);
         r

@@ -210,8 +210,7 @@ impl Sim {
     /// back while the witness granted it.)
     pub(crate) fn clock_in(&mut self, n: usize) {
         if let Some(core) = self.nodes[n].core.as_mut() {
-            core.handle_timeout(self.now);
-            self.drain(n);
+            core.set_clock(self.now);
         }
     }
 
