@@ -102,3 +102,115 @@ fn nodes_configured_with_different_protocols_refuse_each_other_until_they_agree(
         "the disks differ after the catch-up"
     );
 }
+
+/// The liar's side of a handshake b accepts: b's hello read, then a hello
+/// of a's that mirrors b's data (Secondary, same generations: in sync) and
+/// an empty bitmap. Returns b's hello.
+async fn handshake_as_a(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> twinblock_replicator::protocol::wire::Hello {
+    use twinblock_replicator::protocol::wire::{self, Message, Role};
+    // b sees the stream once bytes arrive on it, and only then sends its
+    // hello: the hello's length goes first (it does not depend on what b
+    // says, only on the names).
+    let mut mine = wire::Hello {
+        version: wire::VERSION,
+        node: "a".into(),
+        resource: "r0".into(),
+        size: 0,
+        role: Role::Secondary,
+        disk: wire::DiskState::UpToDate,
+        peer_out_of_sync: 0,
+        fresh: false,
+        gen: twinblock_replicator::protocol::genid::GenIds::never_synced(),
+        discard: false,
+        promoted_at: 0,
+        nonce: 7,
+        full_sync: 0,
+        lost: wire::Lost::None,
+        protocol: twinblock_replicator::config::Protocol::C,
+    };
+    let length = Message::Hello(mine.clone()).to_bytes()[..4].to_vec();
+    send.write_all(&length).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let (mut hello, mut bits_done) = (None, false);
+    while hello.is_none() || !bits_done {
+        let mut chunk = [0u8; 65536];
+        let n = recv.read(&mut chunk).await.unwrap().expect("b's handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(m) = wire::decode(&mut buf).unwrap() {
+            match m {
+                Message::Hello(h) => hello = Some(h),
+                Message::Bits { last: true, .. } => bits_done = true,
+                _ => {}
+            }
+        }
+    }
+    let theirs: wire::Hello = hello.unwrap();
+    (mine.size, mine.fresh, mine.gen) = (theirs.size, theirs.fresh, theirs.gen);
+    let frame = Message::Hello(mine).to_bytes();
+    assert_eq!(frame[..4], length[..], "the hello's length changed");
+    send.write_all(&frame[4..]).await.unwrap();
+    send.write_all(&Message::Bits { runs: Vec::new(), last: true }.to_bytes()).await.unwrap();
+    theirs
+}
+
+/// A peer (a's certificate) that sends a burst of two million pings and
+/// reads what comes back: every one is answered, within seconds, and b
+/// keeps the session. (Before, each pong went to QUIC as a segment of its
+/// own, and quinn walks the segments of its send buffer for every piece
+/// of every packet: b's link thread spent seconds per packet, took no
+/// frame for its `timeout`, and gave the peer up, "no sign of life".)
+#[test]
+fn a_burst_of_small_frames_is_answered_and_keeps_the_session() {
+    use twinblock_replicator::protocol::wire::{self, Message};
+    let mut p = Pair::prepare("C", "64M");
+    p.up(1);
+    p.ok(&["primary", "--force"], 1);
+    let b_addr: std::net::SocketAddr = p.b_address().parse().unwrap();
+    const PINGS: u64 = 2_000_000;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (pongs, took) = rt.block_on(async {
+        let liar = common::quic::link_endpoint(&p.dir.path().join("certs"), "a", "r0");
+        let conn = liar.connect(b_addr, "b").unwrap().await.expect("mutual TLS as a");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        handshake_as_a(&mut send, &mut recv).await;
+        let t = std::time::Instant::now();
+        let writer = tokio::spawn(async move {
+            let mut batch = bytes::BytesMut::new();
+            for id in 0..PINGS {
+                batch.extend_from_slice(&Message::Ping { id }.to_bytes());
+                if batch.len() >= 1 << 20 || id + 1 == PINGS {
+                    send.write_all(&batch.split()).await.expect("b takes the pings");
+                }
+            }
+            send
+        });
+        let mut buf = bytes::BytesMut::new();
+        let mut pongs = 0u64;
+        let read = async {
+            while pongs < PINGS {
+                let mut chunk = vec![0u8; 1 << 20];
+                let Some(n) = recv.read(&mut chunk).await.expect("b's pongs") else { break };
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(m) = wire::decode(&mut buf).unwrap() {
+                    if matches!(m, Message::Pong { .. }) {
+                        pongs += 1;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), read).await;
+        let took = t.elapsed();
+        let _send = writer.await;
+        (pongs, took)
+    });
+    eprintln!("{pongs} of {PINGS} pings answered in {took:?}");
+    assert_eq!(pongs, PINGS, "b answered {pongs} of {PINGS} pings in {took:?}");
+    assert!(took < Duration::from_secs(20), "b took {took:?} to answer {PINGS} pings");
+    let b = p.status(1);
+    assert_eq!(b["connection"], "Connected", "b gave the peer up: {b}");
+    p.down(1);
+}

@@ -565,6 +565,13 @@ fn one_line(text: &str) -> String {
     text.chars().take(200).map(|ch| if ch.is_control() { ' ' } else { ch }).collect()
 }
 
+/// Payloads shorter than this are copied beside their frame's header
+/// (see `write_frames`); longer ones go to QUIC as they are.
+const COPY_BELOW: usize = 1024;
+
+/// Small frames copied together into one chunk, at most (about).
+const SMALL_BATCH: usize = 64 << 10;
+
 /// Writes queued frames, batching what is ready into one vectored write.
 /// Ends (and says why on `closed`) when the core closes the session or the
 /// stream fails.
@@ -583,16 +590,29 @@ async fn write_frames(
     closed: tokio::sync::oneshot::Sender<WriterEnd>,
 ) {
     let mut chunks: Vec<Bytes> = Vec::with_capacity(128);
-    fn push(chunks: &mut Vec<Bytes>, m: Message) {
+    // Small frames (headers, acks, pongs, payloads under COPY_BELOW) are
+    // copied together into one buffer: each chunk handed to QUIC is a
+    // segment of its send buffer, and quinn looks a segment up by walking
+    // them from the oldest unacknowledged one, for every piece of every
+    // packet. With one segment per 13-byte frame (a peer's burst of pings,
+    // each answered) a send buffer of a million segments held the link's
+    // thread for seconds per packet, and the node gave its peer up.
+    let mut small = BytesMut::new();
+    fn push(chunks: &mut Vec<Bytes>, small: &mut BytesMut, m: Message) {
         match &m {
             Message::Data { seq, .. } => mark(Point::WriterTook, *seq),
             Message::Ack { done, .. } => mark(Point::AckWriterTook, *done),
             _ => {}
         }
         let (head, payload) = m.encode();
-        chunks.push(head.freeze());
-        if let Some(p) = payload {
-            chunks.push(p);
+        small.extend_from_slice(&head);
+        match payload {
+            Some(p) if p.len() >= COPY_BELOW => {
+                chunks.push(small.split().freeze());
+                chunks.push(p);
+            }
+            Some(p) => small.extend_from_slice(&p),
+            None => {}
         }
     }
     // Armed when the close rings; polled only then.
@@ -600,19 +620,26 @@ async fn write_frames(
     tokio::pin!(give_up);
     let mut ending = Ending::Running;
     loop {
-        while !matches!(ending, Ending::Closed(_)) && chunks.len() < 128 {
-            let got = if chunks.is_empty() { rx.recv().await } else { rx.try_recv().ok() };
+        while !matches!(ending, Ending::Closed(_))
+            && chunks.len() < 128
+            && small.len() < SMALL_BATCH
+        {
+            let empty = chunks.is_empty() && small.is_empty();
+            let got = if empty { rx.recv().await } else { rx.try_recv().ok() };
             match got {
-                Some(Outbound::Frame(m)) => push(&mut chunks, m),
+                Some(Outbound::Frame(m)) => push(&mut chunks, &mut small, m),
                 Some(Outbound::Close(why)) => {
                     if matches!(ending, Ending::Running) {
                         give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);
                     }
                     ending = Ending::Closed(why);
                 }
-                None if chunks.is_empty() => return,
+                None if chunks.is_empty() && small.is_empty() => return,
                 None => break,
             }
+        }
+        if !small.is_empty() {
+            chunks.push(small.split().freeze());
         }
         let held = {
             let write = send.write_all_chunks(&mut chunks);
