@@ -214,3 +214,80 @@ fn a_burst_of_small_frames_is_answered_and_keeps_the_session() {
     assert_eq!(b["connection"], "Connected", "b gave the peer up: {b}");
     p.down(1);
 }
+/// A peer with a's certificate that finishes the handshake, then sends
+/// pings and never reads what b sends back: b's answers must not pile up
+/// in its memory. b holds 8 MiB of them at most, then takes no more of
+/// the liar's frames (QUIC's flow control holds the liar), says why in
+/// its log, gives the peer up after its `timeout`, and keeps serving.
+/// (Before, each pong went to an unbounded queue: 64 MiB of pings grew b
+/// by more than 250 MiB, and more pings by more.)
+#[test]
+fn a_peer_that_reads_nothing_cannot_grow_the_nodes_memory() {
+    use std::sync::atomic::Ordering;
+    use twinblock_replicator::protocol::wire::Message;
+    let mut p = Pair::prepare("C", "64M");
+    p.up(1);
+    p.ok(&["primary", "--force"], 1);
+    let b_addr: std::net::SocketAddr = p.b_address().parse().unwrap();
+    let pid = p.nodes[1].child.as_ref().unwrap().id();
+    let rss = || common::nbd::proc_kib(pid, "VmRSS") * 1024;
+    let before = rss();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (peak, sent) = rt.block_on(async {
+        let liar = common::quic::link_endpoint(&p.dir.path().join("certs"), "a", "r0");
+        let conn = liar.connect(b_addr, "b").unwrap().await.expect("mutual TLS as a");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        handshake_as_a(&mut send, &mut recv).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let b = p.status(1);
+        assert_eq!(b["connection"], "Connected", "b took the liar's handshake: {b}");
+        // From here on nothing is read: up to 64 MiB of pings (5 million),
+        // from a task of their own (a write is never cut short).
+        let mut batch = bytes::BytesMut::new();
+        for id in 0..65536u64 {
+            batch.extend_from_slice(&Message::Ping { id }.to_bytes());
+        }
+        let batch = batch.freeze();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = sent.clone();
+        let writer = tokio::spawn(async move {
+            while counted.load(Ordering::Relaxed) < 64 << 20 {
+                if let Err(e) = send.write_all(&batch).await {
+                    return format!("{e} ({:?})", conn.close_reason());
+                }
+                counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            "all sent".to_string()
+        });
+        let mut peak = 0u64;
+        let t = std::time::Instant::now();
+        while !writer.is_finished() && t.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(rss());
+        }
+        let end = if writer.is_finished() { writer.await.unwrap() } else { "held".into() };
+        eprintln!("the liar's writer: {end} after {:?}", t.elapsed());
+        let sent = sent.load(Ordering::Relaxed);
+        drop(recv);
+        (peak.max(rss()), sent)
+    });
+    let grew = peak.saturating_sub(before);
+    eprintln!("sent {} MiB of pings; b's memory grew by {} MiB", sent >> 20, grew >> 20);
+    // The answers' 8 MiB, QUIC's windows (16 MiB each way) and the
+    // allocator's slack (65 MiB measured).
+    assert!(
+        grew < 128 << 20,
+        "b's memory grew by {} MiB for a peer that reads nothing ({} MiB of pings taken)",
+        grew >> 20,
+        sent >> 20
+    );
+    assert!(sent < 64 << 20, "b took all 64 MiB of pings from a peer that reads nothing");
+
+    // b gives the peer up, says why, and keeps serving.
+    p.wait_one(1, "b to give the silent peer up", |s| s["connection"] != "Connected");
+    let log = p.log(1);
+    assert!(log.contains("the peer reads nothing of what this node answers"), "b's log:\n{log}");
+    p.qemu_io(1, "write -P 0x11 0 64k");
+    p.down(1);
+}

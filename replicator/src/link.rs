@@ -20,7 +20,7 @@ use crate::busy_poll::BusyPoll;
 use crate::config::{NodeConfig, ResourceConfig};
 use crate::core;
 use crate::link_stats;
-use crate::node::{LinkTx, Node, Outbound};
+use crate::node::{Answers, LinkTx, Node, Outbound};
 use crate::protocol::wire::{self, Message};
 use crate::{tls, udp};
 use twinblock_timeline::{mark, Point};
@@ -363,15 +363,21 @@ async fn run_session(
     let remote = conn.remote_address();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let closing = Arc::new(tokio::sync::Notify::new());
-    let sid = node.link_up(LinkTx { queue: out_tx, closing: closing.clone() });
+    let answers = Arc::new(Answers::default());
+    let sid =
+        node.link_up(LinkTx { queue: out_tx, closing: closing.clone(), answers: answers.clone() });
     let mut tally = SessionTally { node: node.clone(), sid, conn: conn.clone(), mtu: 0 };
     info!(%remote, sid, "replication link up");
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(write_frames(send, out_rx, closing, closed_tx));
+    let writer = tokio::spawn(write_frames(send, out_rx, closing, closed_tx, answers.clone()));
     let mut buf = BytesMut::with_capacity(1 << 20);
     let mut tick = tokio::time::interval(node.res.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut room = true;
+    // The peer reads nothing of what this node answers: its frames wait
+    // in QUIC's window until it does (and it is lost after `timeout`).
+    let mut answered = true;
+    let mut held_once = false;
     let mut ran = false;
     let mut faulted = None;
     let (why, by): (String, EndedBy) = loop {
@@ -381,10 +387,16 @@ async fn run_session(
             // node's memory. Every other arm (the writer's end, the tick
             // with the link's RTT and counters, the stop) goes on meanwhile.
             _ = node.lane_room(), if !room => room = true,
+            _ = answers.room(), if !answered => {
+                answered = true;
+                debug!(sid, "replication link: the peer reads again");
+            }
             // The paused reader sees no close: the peer's (a disconnect,
             // its give-up) is seen here, with its reason.
-            e = conn.closed(), if !room => break read_failed(&node.peer.name, Some(e.clone()), e),
-            r = recv.read_buf(&mut buf), if room => match r {
+            e = conn.closed(), if !room || !answered => {
+                break read_failed(&node.peer.name, Some(e.clone()), e)
+            }
+            r = recv.read_buf(&mut buf), if room && answered => match r {
                 Ok(0) => break (core::PEER_FINISHED.into(), EndedBy::PeerFinished),
                 Ok(_) => {
                     let mut msgs = Vec::new();
@@ -403,6 +415,22 @@ async fn run_session(
                         }
                     };
                     room = node.frames(sid, msgs);
+                    if !answers.has_room() {
+                        answered = false;
+                        // (Once a session: a peer that reads in fits and
+                        // starts is not a line each time.)
+                        if std::mem::replace(&mut held_once, true) {
+                            debug!(sid, queued = answers.bytes(), "replication link: answers held");
+                        } else {
+                            warn!(
+                            sid,
+                            queued = answers.bytes(),
+                            "replication link: the peer reads nothing of what this node \
+                             answers; its frames wait until it does (it is lost after the \
+                             timeout)"
+                            );
+                        }
+                    }
                     if let Some(f) = fault {
                         // This node's decision, as for a frame the core
                         // refuses: its core ends the session, the writer
@@ -588,6 +616,7 @@ async fn write_frames(
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     closing: Arc<tokio::sync::Notify>,
     closed: tokio::sync::oneshot::Sender<WriterEnd>,
+    answers: Arc<Answers>,
 ) {
     let mut chunks: Vec<Bytes> = Vec::with_capacity(128);
     // Small frames (headers, acks, pongs, payloads under COPY_BELOW) are
@@ -627,7 +656,10 @@ async fn write_frames(
             let empty = chunks.is_empty() && small.is_empty();
             let got = if empty { rx.recv().await } else { rx.try_recv().ok() };
             match got {
-                Some(Outbound::Frame(m)) => push(&mut chunks, &mut small, m),
+                Some(Outbound::Frame(m)) => {
+                    answers.taken(&m);
+                    push(&mut chunks, &mut small, m)
+                }
                 Some(Outbound::Close(why)) => {
                     if matches!(ending, Ending::Running) {
                         give_up.as_mut().reset(tokio::time::Instant::now() + CLOSING);

@@ -191,6 +191,7 @@ impl Node {
             _ => {}
         }
         if let Some(l) = sh.links.get(&session) {
+            l.answers.queued(&msg);
             let _ = l.queue.send(Outbound::Frame(msg));
         }
     }

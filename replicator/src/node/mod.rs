@@ -96,6 +96,81 @@ pub enum Outbound {
 pub struct LinkTx {
     pub queue: mpsc::UnboundedSender<Outbound>,
     pub closing: Arc<Notify>,
+    /// What this node's answers to the peer hold in `queue`.
+    pub answers: Arc<Answers>,
+}
+
+/// The memory a session's queue holds in answers to the peer: frames the
+/// peer's own frames cause (acknowledgements, pongs, verify checksums,
+/// failures), not data (the core's windows bound that) nor the handshake
+/// (this node's bitmap). A peer that sends and reads nothing would grow it
+/// without end; the link's reader takes no frame from the peer while it
+/// is over [`Answers::LIMIT`] (`link::run_session`), so QUIC's flow
+/// control holds the peer, and the peer is given up after `timeout`
+/// without a frame taken.
+#[derive(Debug, Default)]
+pub struct Answers {
+    bytes: std::sync::atomic::AtomicUsize,
+    /// Rung when the writer takes answers while over the limit.
+    taken: Notify,
+}
+
+impl Answers {
+    /// Queued answers the reader waits for (bytes of memory): an honest
+    /// peer's never come near it (its requests in flight are bounded:
+    /// verify checksums of 16 ranges are 1 MiB).
+    pub const LIMIT: usize = 8 << 20;
+
+    /// The memory `msg` holds in the queue, if it is an answer.
+    pub fn cost(msg: &Message) -> Option<usize> {
+        let heap = match msg {
+            Message::Data { .. } | Message::Hello(_) | Message::Bits { .. } => return None,
+            Message::Verified { sums, .. } => sums.len() * 8,
+            Message::PromoteAnswer { why, .. } => why.len(),
+            _ => 0,
+        };
+        Some(std::mem::size_of::<Outbound>() + heap)
+    }
+
+    /// `msg` goes into the queue.
+    pub fn queued(&self, msg: &Message) {
+        if let Some(n) = Self::cost(msg) {
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The writer took `msg` from the queue.
+    pub fn taken(&self, msg: &Message) {
+        if let Some(n) = Self::cost(msg) {
+            let before = self.bytes.fetch_sub(n, Ordering::Relaxed);
+            if before > Self::LIMIT && before - n <= Self::LIMIT {
+                self.taken.notify_waiters();
+            }
+        }
+    }
+
+    /// Bytes of answers queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the reader may take more of the peer's frames.
+    pub fn has_room(&self) -> bool {
+        self.bytes() <= Self::LIMIT
+    }
+
+    /// Until the queued answers are within the limit.
+    pub async fn room(&self) {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            taken.await;
+        }
+    }
 }
 
 /// What the core asks of the controller's task (votes for the witness,
