@@ -21,6 +21,8 @@ pub(crate) struct ApplyIo {
     pub verify: bool,
     pub flush_epoch: Option<u64>,
     pub bytes: u64,
+    /// A checksum request of the peer's: its length (`Session::verify_asked`).
+    pub asked: u64,
     /// A bench probe (scratch area): its failure is the probe's alone.
     pub scratch: bool,
     /// One of the peer's writes (a write, trim or zero; not a resync
@@ -226,6 +228,15 @@ impl Core {
             Op::Verify { len, .. } if *len > wire::MAX_VERIFY => {
                 return Err(format!("verify of {len} bytes is larger than allowed"));
             }
+            Op::Verify { len, .. } if s.verify_asked + u64::from(*len) > wire::VERIFY_IN_FLIGHT => {
+                return Err(format!(
+                    "verify of {len} bytes (operation {seq}) past the {} MiB of checksum \
+                     requests allowed in flight ({} MiB not answered yet)",
+                    wire::VERIFY_IN_FLIGHT >> 20,
+                    s.verify_asked >> 20
+                ));
+            }
+            Op::Verify { len, .. } => s.verify_asked += u64::from(*len),
             _ => {}
         }
         // Who may send data: application writes come only from a Primary,
@@ -312,6 +323,7 @@ impl Core {
                 if peer_write(&op) {
                     self.peer_write_done();
                 }
+                self.verify_answered(sid, &op);
                 self.admitted(sid, seq);
                 if self.session_id() == Some(sid) {
                     self.send(Message::Failed { seq, errno: IoError::EIO.0 });
@@ -357,6 +369,10 @@ impl Core {
                 verify: false,
                 flush_epoch: None,
                 bytes: if scratch { 0 } else { op.wire_bytes() },
+                asked: match op {
+                    Op::Verify { len, .. } => u64::from(len),
+                    _ => 0,
+                },
                 scratch,
                 write: peer_write(&op),
             };
@@ -381,6 +397,9 @@ impl Core {
 
     pub(crate) fn apply_done(&mut self, a: ApplyIo, result: Result<Option<Bytes>, IoError>) {
         self.applying -= 1;
+        if let Some(s) = self.session.as_mut().filter(|s| s.id == a.sid) {
+            s.verify_asked = s.verify_asked.saturating_sub(a.asked);
+        }
         if a.write {
             self.peer_write_done();
         }
@@ -421,6 +440,16 @@ impl Core {
             }
         }
         self.applied(a.sid, a.seq);
+    }
+
+    /// The peer's checksum request `op` (if it is one) of session `sid`
+    /// is answered, or will never be.
+    fn verify_answered(&mut self, sid: SessionId, op: &Op) {
+        if let (Op::Verify { len, .. }, Some(s)) =
+            (op, self.session.as_mut().filter(|s| s.id == sid))
+        {
+            s.verify_asked = s.verify_asked.saturating_sub(u64::from(*len));
+        }
     }
 
     /// A write of the peer's is written here (or failed, or dropped on a

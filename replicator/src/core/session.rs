@@ -265,6 +265,9 @@ pub struct Session {
     /// dropped the link, found by a live test.)
     pub last_resync: u64,
     pub flush_after_resync: u64,
+    /// Bytes the peer asked this node to checksum (`Op::Verify`) and not
+    /// answered yet: bounded by [`wire::VERIFY_IN_FLIGHT`].
+    pub verify_asked: u64,
     /// Which side ends on the other's generation, or retires a stale
     /// bitmap base, once the handshake found nothing to move
     /// (`decide_sync`).
@@ -345,6 +348,7 @@ impl Session {
             reigned: None,
             last_resync: 0,
             flush_after_resync: 0,
+            verify_asked: 0,
             adoption: Adoption::None,
             app_busy: false,
             last_app: None,

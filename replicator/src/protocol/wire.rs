@@ -48,6 +48,12 @@ const T_OUTDATE_DONE: u8 = 21;
 pub const MAX_RUNS: usize = 65536;
 /// Largest verify request (blocks are answered with one CRC each).
 pub const MAX_VERIFY: u32 = 32 << 20;
+/// Most bytes a peer may have asked to checksum and not had answered: a
+/// node keeps 16 ranges of 1 MiB in flight (its resync or verify window),
+/// and each request costs the receiver a read of its length. (A frame of
+/// 22 bytes asks for 32 MiB of reads: a peer that sent them by the
+/// thousand queued terabytes of reads before the lane's bound held it.)
+pub const VERIFY_IN_FLIGHT: u64 = 256 << 20;
 /// Size of the scratch area `twinblock bench` writes its probes into, on
 /// both nodes (beside the metadata, never the device).
 pub const BENCH_AREA: u64 = 64 << 20;

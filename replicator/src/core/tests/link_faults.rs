@@ -35,6 +35,43 @@ fn a_verify_larger_than_allowed_closes_the_link() {
     assert!(closed(&drain(&mut c)));
 }
 
+/// Checksum requests cost the receiver a read each, and a peer that asks
+/// for more than [`wire::VERIFY_IN_FLIGHT`] bytes not yet answered is a
+/// link fault (before, a liar's 22-byte frames, each asking 32 MiB, were
+/// all queued: a megabyte of them was a terabyte of reads). Requests that
+/// are answered as they come, as an honest window's are, go on for ever.
+#[test]
+fn checksum_requests_past_the_bound_in_flight_close_the_link() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Primary);
+    let asked = wire::VERIFY_IN_FLIGHT / SIZE;
+    for seq in 1..=asked {
+        let op = Op::Verify { offset: 0, len: SIZE as u32, online: true };
+        c.handle_frame(Duration::ZERO, 1, Message::Data { seq, op });
+    }
+    assert!(!closed(&drain(&mut c)), "closed within the bound");
+    let op = Op::Verify { offset: 0, len: SIZE as u32, online: true };
+    c.handle_frame(Duration::ZERO, 1, Message::Data { seq: asked + 1, op });
+    let why = drain(&mut c).into_iter().find_map(|a| match a {
+        Action::Close { reason, .. } => Some(reason),
+        _ => None,
+    });
+    let why = why.expect("a request past the bound closes the link");
+    assert!(why.contains("link fault") && why.contains("in flight"), "{why}");
+
+    // Answered as they come: twice the bound's worth, and the link stays.
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    connect(&mut c, 1, Role::Primary);
+    for seq in 1..=2 * asked {
+        let op = Op::Verify { offset: 0, len: SIZE as u32, online: true };
+        c.handle_frame(Duration::ZERO, 1, Message::Data { seq, op });
+        if seq % 16 == 0 {
+            assert!(!closed(&run(&mut c, Duration::ZERO)), "closed at {seq}");
+        }
+    }
+    assert!(!closed(&run(&mut c, Duration::ZERO)));
+}
+
 #[test]
 fn an_ack_for_nothing_sent_closes_the_link() {
     let mut c = core(Protocol::C, DiskState::UpToDate);
