@@ -404,7 +404,11 @@ impl Core {
         }
         let mut al = AlState::new(cfg.al_extents);
         for &e in &rec.al {
-            dirty.mark(e * cfg.extent, cfg.extent);
+            // (An extent whose offset does not fit in 64 bits, read from a
+            // damaged log, covers no block: `mark` clips the rest.)
+            if let Some(offset) = e.checked_mul(cfg.extent) {
+                dirty.mark(offset, cfg.extent);
+            }
             al.durable.insert(e);
         }
         // The page cache may still hold the previous process's unflushed

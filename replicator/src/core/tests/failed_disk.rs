@@ -548,3 +548,23 @@ fn a_detached_disks_record_that_never_saves_fails_the_replies_waiting_for_it() {
     assert!(p.now >= t0 + super::disk_timeout::RECORD_WAIT, "answered before RECORD_WAIT");
     assert_eq!(p.core(0).poll_timeout(), None, "a deadline left behind");
 }
+
+/// A damaged activity log (`meta.al`, a line `+99999999999999`: a bit
+/// flipped, or a file from elsewhere) names an extent past any device:
+/// it covers no block of this one. The start took its offset as
+/// extent × extent size, which overflowed: a panic ("attempt to multiply
+/// with overflow") instead of a start (found by review, helper-117).
+#[test]
+fn an_activity_log_extent_past_any_device_is_not_a_panic() {
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: vec![1, 99_999_999_999_999, u64::MAX],
+        disk_created: false,
+        boot: 0,
+    };
+    let c = Core::new(cfg(Protocol::C), rec, Duration::ZERO, 1);
+    // Extent 1 alone is marked: the others hold no block of this device.
+    assert_eq!(c.status().out_of_sync_bytes, 1024);
+    assert_eq!(c.disk(), DiskState::UpToDate);
+}
