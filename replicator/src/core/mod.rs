@@ -250,6 +250,10 @@ pub struct Core {
     actions: VecDeque<Action>,
     counters: CoreCounters,
     last_error: Option<String>,
+    /// Why the local disk was detached: `status` shows it while the disk
+    /// is `Failed` and nothing newer is in `last_error` (a handshake clears
+    /// that one, and a detached disk ends the session).
+    disk_error: Option<String>,
     /// Bench scratch writes that failed here, and probes the peer's
     /// scratch area failed: warned of every 10 s, not each time.
     scratch_failed: types::LogEvery,
@@ -469,6 +473,7 @@ impl Core {
             actions: VecDeque::new(),
             counters: CoreCounters::default(),
             last_error: None,
+            disk_error: None,
             scratch_failed: Default::default(),
             peer_scratch_failed: Default::default(),
             last_lost: None,
@@ -755,7 +760,9 @@ impl Core {
     /// it leaves this node Outdated (see `handshake::unusable_side`).
     fn disk_failed(&mut self, e: IoError, what: &str) {
         if self.disk != DiskState::Failed {
-            self.error(format!("local disk failed ({what}: errno {}): detached", e.0));
+            let why = format!("local disk failed ({what}: errno {}): detached", e.0);
+            self.disk_error = Some(why.clone());
+            self.error(why);
             self.disk = DiskState::Failed;
             // A flush in flight may never answer (a disk that hangs); its
             // answer says nothing once the disk is declared good again,

@@ -241,7 +241,10 @@ impl Core {
             counters: self.counters,
             in_flight: s.map_or(0, |s| s.out.len()),
             al_extents: self.al.durable.len(),
-            last_error: self.last_error.clone(),
+            last_error: self
+                .last_error
+                .clone()
+                .or_else(|| self.disk_error.clone().filter(|_| self.disk == DiskState::Failed)),
             gen: self.gen,
         }
     }

@@ -123,6 +123,44 @@ fn a_failed_disk_of_the_same_generation_is_uptodate_after_its_full_sync() {
     assert!(p.n[0].cache == p.n[1].cache, "not a full sync");
 }
 
+/// The reason a disk is `Failed` stays in `status` (`last_error`) while
+/// it is: the failure ends the session, and the handshake of the next
+/// link cleared `last_error`, so a moment later the operator saw a
+/// Failed disk, connected, and no reason (found by review, helper-117:
+/// `primary --force` on a node whose disk's flush failed, beside a fresh
+/// peer). Once the disk is good again, its error is no longer shown.
+#[test]
+fn a_failed_disks_reason_survives_the_next_handshake() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.connect();
+    p.n[0].fail_flush = true;
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    let why = p.core(0).status().last_error.unwrap_or_default();
+    assert!(why.contains("local disk failed"), "Failed without a reason: {why:?}");
+}
+
+/// ... and once the full sync made the disk UpToDate again, its old
+/// error is not shown.
+#[test]
+fn a_disk_good_again_shows_no_old_disk_error() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.n[1].fail_writes = true;
+    p.write(0, 1, 0, 8, 64);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    p.n[1].fail_writes = false;
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(1).status().last_error, None, "an old disk error shown on a good disk");
+}
+
 /// A local disk fails (EIO on one write) while other writes are in
 /// flight: a write whose local part completed, before the failure or
 /// after it, is answered OK only if the peer confirmed it — the failed
