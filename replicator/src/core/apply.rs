@@ -432,7 +432,14 @@ impl Core {
                 if current {
                     self.send(Message::Failed { seq: a.seq, errno: e.0 });
                 }
-                self.disk_failed(e, "replicated write");
+                let what = if a.verify {
+                    "verify read for the peer"
+                } else if a.flush_epoch.is_some() {
+                    "replicated flush"
+                } else {
+                    "replicated write"
+                };
+                self.disk_failed(e, what);
                 if current {
                     self.close_session(a.sid, "the local disk failed: detached".into());
                 }

@@ -36,6 +36,24 @@ fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
     assert_ne!(m.gen.bitmap, 0, "no new generation recorded before the FLUSH reply");
 }
 
+/// A Secondary whose disk fails a flush of its peer's says so: its
+/// `last_error` named every failed operation of the peer's a "replicated
+/// write", a FLUSH or a verify read too (found by review, helper-117).
+#[test]
+fn a_secondarys_failed_flush_is_named_a_flush() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.n[1].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert!(why.contains("replicated flush"), "{why:?}");
+}
+
 /// Node a, Primary, acknowledges a write its peer never got (the link is
 /// cut), then its disk fails (a flush) and it is demoted. Returns the pair
 /// and the generation of that write.
