@@ -1166,3 +1166,33 @@ fn a_recheck_that_moves_the_address_after_a_failed_move_is_an_event() {
     let e = next_address_event(Duration::from_secs(3));
     assert!(e.is_none(), "{e:?}");
 }
+
+/// A `command` mover re-checks nothing unless `recheck` is set, but a
+/// promotion whose command failed is tried again all the same: before,
+/// with the default (no `recheck`), the failed move was never run again,
+/// and the Primary stayed without its address and without `on_promote`
+/// (the service never started) for good, with nothing but the failure in
+/// `twinblock events`. (Review, helper-118.)
+#[test]
+fn a_failed_command_move_is_tried_again_without_a_recheck() {
+    if !need_tools() {
+        return;
+    }
+    let c = cluster(None);
+    // The mover's `echo a > owner` fails: owner is a directory.
+    std::fs::create_dir(&c.owner).unwrap();
+    c.first_primary();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!c.hooks().contains("promote a"), "on_promote ran without the address");
+    std::fs::remove_dir(&c.owner).unwrap();
+    assert_eq!(c.owner_when("a"), "a", "the failed move was not tried again");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.hooks().contains("promote a") {
+        assert!(Instant::now() < deadline, "on_promote never ran: {:?}", c.hooks());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Once moved, the command is not run again (no re-check is set).
+    std::fs::remove_file(&c.owner).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(c.owner(), "", "the command ran again after it succeeded");
+}

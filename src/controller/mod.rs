@@ -23,6 +23,9 @@ use twinblock_replicator::node::ControllerOut;
 use twinblock_replicator::protocol::wire::Role;
 use twinblock_replicator::Node;
 
+/// How often a failed address move is tried again when `recheck` is off.
+const RETRY_FAILED_MOVE: Duration = Duration::from_secs(5);
+
 /// The environment every hook and command gets.
 pub fn hook_env(node: &Node) -> Vec<(String, String)> {
     vec![
@@ -71,7 +74,9 @@ pub fn start(
         let recheck = settings.address.as_ref().and_then(address::recheck_interval);
         tokio::spawn(
             async move {
-                let mut tick = tokio::time::interval(recheck.unwrap_or(Duration::from_secs(3600)));
+                // Without a re-check (`command`'s default), the tick only
+                // tries a failed move again.
+                let mut tick = tokio::time::interval(recheck.unwrap_or(RETRY_FAILED_MOVE));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.reset();
                 // The promotion's address move failed: `on_promote` waits
@@ -92,11 +97,21 @@ pub fn start(
                             }
                             node.hook_done(h, r);
                             unsure = owed;
+                            if unsure && recheck.is_none() {
+                                // The first retry a full interval after the failure.
+                                tick.reset();
+                            }
                             if h == Hook::Promoted {
                                 promoting.fetch_sub(1, Ordering::SeqCst);
                             }
                         }
-                        _ = tick.tick(), if recheck.is_some() => {
+                        // A failed move is tried again even when no
+                        // re-check is set: before, with `command`'s
+                        // default (no `recheck`), a promotion whose
+                        // command failed left the Primary without its
+                        // address and without `on_promote` for good
+                        // (review, helper-118).
+                        _ = tick.tick(), if recheck.is_some() || unsure => {
                             let Some(a) = &settings.address else { continue };
                             if node.address_permit().is_err() {
                                 continue;
