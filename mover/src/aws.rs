@@ -263,6 +263,9 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let full = || DisplayErrorContext(e).to_string();
+    if let Some(why) = credentials_hiccup(e) {
+        return Class::Retry(why);
+    }
     match e {
         SdkError::TimeoutError(_) => Class::Retry("timed out".into()),
         // I/O, timeouts, and "transient" failures such as a connection
@@ -311,6 +314,30 @@ where
         // Construction failures, missing credentials, bad endpoint URL...
         _ => Class::Fatal { code: "ClientError".into(), message: full() },
     }
+}
+
+/// A credentials provider that failed or timed out (the instance
+/// profile's IMDS answering 503 or not at all, STS throttled): transient,
+/// retried as the API's own hiccups are. Credentials that are not
+/// configured (`CredentialsNotLoaded`) or configured wrong are not.
+/// Found by review (helper-118): such a hiccup failed the move at once as
+/// a "ClientError", and a failover's `on_promote` waited for the next
+/// re-check.
+fn credentials_hiccup(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(c) = err.downcast_ref::<CredentialsError>() {
+            return match c {
+                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
+                    Some(format!("loading credentials failed: {}", DisplayErrorContext(c)))
+                }
+                _ => None,
+            };
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Elastic IP: AssociateAddress to our instance (or ENI).

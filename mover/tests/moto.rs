@@ -1112,3 +1112,88 @@ async fn imds_identity_drives_the_eip_move() {
     move_address(&w.eip_spec(&moto.url()), &me, &[], DEADLINE).await.unwrap();
     assert_eq!(w.eip_owner().await.0.as_deref(), Some(id));
 }
+
+// ------------------------------------------------ credentials hiccup ---
+
+/// An IMDS that serves instance-profile credentials (IMDSv2, with the TTL
+/// header the SDK wants), answering 503 to everything for `sick` first.
+async fn credentials_imds(sick: Duration) -> (SocketAddr, Arc<AtomicU32>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicU32::new(0));
+    let r = refused.clone();
+    let until = Instant::now() + sick;
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let Ok(Some(req)) = read_request(&mut c).await else { return };
+                let text = String::from_utf8_lossy(&req).to_string();
+                let line = text.lines().next().unwrap_or_default().to_string();
+                let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                let (status, extra, body) = if Instant::now() < until {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    ("503 Service Unavailable", "", String::new())
+                } else if line.starts_with("PUT /latest/api/token ") {
+                    ("200 OK", "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "tok".into())
+                } else if path == "/latest/meta-data/iam/security-credentials/" {
+                    ("200 OK", "", "role".into())
+                } else if path == "/latest/meta-data/iam/security-credentials/role" {
+                    let body = r#"{"Code":"Success","LastUpdated":"2026-12-06T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"testing","SecretAccessKey":"testing","Token":"testing","Expiration":"2099-01-01T00:00:00Z"}"#;
+                    ("200 OK", "", body.to_string())
+                } else {
+                    ("404 Not Found", "", String::new())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (addr, refused)
+}
+
+/// Found by review (helper-118): credentials that could not be loaded for
+/// a moment (the instance profile's IMDS answering 503 or timing out, a
+/// known hiccup on EC2) failed the move at once as a "ClientError", with
+/// no retry within its deadline: a failover's address move failed, and
+/// `on_promote` waited for the next re-check (30 s). Now a credentials
+/// provider's error or time-out is retried like the API's own hiccups;
+/// credentials that are not configured at all still fail at once.
+#[tokio::test]
+async fn a_credentials_hiccup_is_retried_within_the_deadline() {
+    const NAME: &str = "a_credentials_hiccup_is_retried_within_the_deadline";
+    // In a process of its own: the credentials must come from the
+    // instance profile (IMDS), not from the environment the other tests
+    // share.
+    if std::env::var_os("TB_CREDENTIALS_CHILD").is_none() {
+        init();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("TB_CREDENTIALS_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let (imds, refused) = credentials_imds(Duration::from_secs(4)).await;
+    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        std::env::remove_var(k);
+    }
+    std::env::remove_var("AWS_EC2_METADATA_DISABLED");
+    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials");
+    std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/config");
+    std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://{imds}"));
+    let r = move_address(&w.eip_spec(&moto.url()), &w.me(1), &[], DEADLINE).await;
+    assert!(refused.load(Ordering::SeqCst) > 0, "the IMDS hiccup was not met");
+    let r = r.unwrap();
+    assert!(!r.already_in_place, "{r}");
+    assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[1].as_str()));
+}
