@@ -44,6 +44,11 @@ thread_local! {
     static A_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     /// More `[controller.address]` keys for the next cluster (TOML lines).
     static ADDRESS_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// More keys of `[nodes.b]` for the next cluster (TOML lines).
+    static B_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// The whole `[controller.address]` table body for the next cluster
+    /// instead of the `command` mover (TOML lines; ADDRESS_EXTRA added).
+    static ADDRESS_TABLE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
@@ -86,15 +91,19 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
     let base = std::fs::read_to_string(&p.config)
         .unwrap()
         .replace("[nodes.a]\n", &format!("[nodes.a]\n{}", A_EXTRA.with(|d| d.borrow().clone())));
+    // [nodes.b] is the base file's last table.
+    let base = format!("{base}{}", B_EXTRA.with(|d| d.borrow().clone()));
+    let address = ADDRESS_TABLE.with(|d| d.borrow().clone()).unwrap_or_else(|| {
+        format!("kind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {}\"\n", owner.display())
+    });
     let tail = |w_connect: &str| {
         format!(
             "\n[nodes.w]\nwitness = true\naddress = \"{w_addr}\"\nconnect = \"{w_connect}\"\nmeta = \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
              [controller]\ndead_time = \"{DEAD_TIME}\"\nheartbeat = \"250ms\"\n{controller_extra}\n\
              on_promote = [\"echo promote $TWINBLOCK_NODE $TWINBLOCK_NBD $TWINBLOCK_RESOURCE >> {log}\"{promote_extra}]\n\
              on_demote = [\"echo demote $TWINBLOCK_NODE >> {log}\"{demote_extra}]\n\n\
-             [controller.address]\nkind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {owner}\"\n{address_extra}",
+             [controller.address]\n{address}{address_extra}",
             log = hooks_log.display(),
-            owner = owner.display(),
             promote_extra = PROMOTE_EXTRA.with(|d| d.borrow().clone()),
             demote_extra = DEMOTE_EXTRA.with(|d| d.borrow().clone()),
             address_extra = ADDRESS_EXTRA.with(|d| d.borrow().clone()),
@@ -1195,4 +1204,211 @@ fn a_failed_command_move_is_tried_again_without_a_recheck() {
     std::fs::remove_file(&c.owner).unwrap();
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(c.owner(), "", "the command ran again after it succeeded");
+}
+
+// ------------------------------------------------- against moto's EC2 ---
+
+/// moto's EC2 API on loopback (`moto_server`), killed on drop, and a
+/// TCP relay in front of it that the test can cut (the API unreachable).
+struct Ec2 {
+    _moto: KillOnDrop,
+    /// moto itself (set-up and checks).
+    url: String,
+    /// The relay the nodes use.
+    relay_url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    instances: [String; 2],
+    alloc: String,
+}
+
+impl Ec2 {
+    /// None (after printing why) without moto_server or boto3 outside CI.
+    fn start() -> Option<Ec2> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        if !have("moto_server") || !have("python3") {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let moto = KillOnDrop(
+            Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let addr = format!("127.0.0.1:{port}");
+        let until = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < until, "moto_server did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let url = format!("http://{addr}");
+        // The nodes' credentials (moto takes any), no IMDS credentials.
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            std::env::set_var(k, v);
+        }
+        let world = boto(
+            &url,
+            "vpc = ec2.create_vpc(CidrBlock='10.0.0.0/16')['Vpc']['VpcId']\n\
+             sn = ec2.create_subnet(VpcId=vpc, CidrBlock='10.0.1.0/24')['Subnet']['SubnetId']\n\
+             r = ec2.run_instances(ImageId='ami-12c6146b', MinCount=2, MaxCount=2,\n\
+                 InstanceType='t3.micro', SubnetId=sn)['Instances']\n\
+             alloc = ec2.allocate_address(Domain='vpc')['AllocationId']\n\
+             print(json.dumps({'instances': [i['InstanceId'] for i in r], 'alloc': alloc}))",
+        );
+        let id = |i: usize| world["instances"][i].as_str().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_url = format!("http://{}", relay.local_addr().unwrap());
+        {
+            let (cut, addr) = (cut.clone(), addr.clone());
+            std::thread::spawn(move || {
+                for c in relay.incoming() {
+                    let Ok(c) = c else { return };
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: connection reset
+                    }
+                    let Ok(up) = std::net::TcpStream::connect(&addr) else { continue };
+                    let (c2, up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+                    let pump = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        })
+                    };
+                    pump(c, up);
+                    pump(up2, c2);
+                }
+            });
+        }
+        Some(Ec2 {
+            _moto: moto,
+            url,
+            relay_url,
+            cut,
+            instances: [id(0), id(1)],
+            alloc: world["alloc"].as_str().unwrap().to_string(),
+        })
+    }
+
+    /// The instance the Elastic IP is on (DescribeAddresses), "" if none.
+    fn eip_owner(&self) -> String {
+        let v = boto(
+            &self.url,
+            &format!(
+                "a = ec2.describe_addresses(AllocationIds=['{}'])['Addresses'][0]\n\
+                 print(json.dumps(a.get('InstanceId', '')))",
+                self.alloc
+            ),
+        );
+        v.as_str().unwrap().to_string()
+    }
+
+    /// The instance holding the Elastic IP once it is `want`, or after 20 s.
+    fn eip_owner_when(&self, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let owner = self.eip_owner();
+            if owner == want || Instant::now() >= deadline {
+                return owner;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A cluster whose address is this Elastic IP, node a on the first
+    /// instance, b on the second; `extra`: more `[controller.address]` keys.
+    fn cluster(&self, to_b: Option<&str>, to_w: Option<&str>, extra: &str) -> Cluster {
+        let table = format!(
+            "kind = \"aws-eip\"\nallocation_id = \"{}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n{extra}",
+            self.alloc, self.relay_url
+        );
+        ADDRESS_TABLE.with(|d| *d.borrow_mut() = Some(table));
+        A_EXTRA
+            .with(|d| *d.borrow_mut() = format!("cloud_instance_id = \"{}\"\n", self.instances[0]));
+        B_EXTRA
+            .with(|d| *d.borrow_mut() = format!("cloud_instance_id = \"{}\"\n", self.instances[1]));
+        let c = cluster_with(to_b, to_w, "");
+        ADDRESS_TABLE.with(|d| *d.borrow_mut() = None);
+        A_EXTRA.with(|d| d.borrow_mut().clear());
+        B_EXTRA.with(|d| d.borrow_mut().clear());
+        c
+    }
+}
+
+/// Runs `script` with `ec2`, a boto3 EC2 client on `url`, and `json`;
+/// returns what it printed, parsed.
+fn boto(url: &str, script: &str) -> serde_json::Value {
+    let prelude = format!(
+        "import boto3, json\nec2 = boto3.client('ec2', region_name='us-east-1', \
+         endpoint_url='{url}', aws_access_key_id='testing', aws_secret_access_key='testing')\n"
+    );
+    let out = run_ok(Command::new("python3").arg("-c").arg(format!("{prelude}{script}")));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The Elastic IP follows the Primary through the real controller: on a
+/// at the first promotion, on b once b took over from an isolated a, and
+/// it stays on b when a comes back (a, deposed, never moves it back).
+#[test]
+fn the_elastic_ip_follows_the_primary_and_a_deposed_one_leaves_it() {
+    if !need_tools() {
+        return;
+    }
+    let Some(ec2) = Ec2::start() else { return };
+    let (to_b, to_w) = (free_udp(), free_udp());
+    let c = ec2.cluster(Some(&to_b), Some(&to_w), "recheck = \"500ms\"\n");
+    let (b_addr, w_addr) = (c.p.b_address(), c.w_addr.clone());
+    let links = (netem(&to_b, &b_addr), netem(&to_w, &w_addr));
+    c.first_primary();
+    assert_eq!(ec2.eip_owner_when(&ec2.instances[0]), ec2.instances[0], "not on a");
+    drop(links);
+    c.p.wait("b Primary", Duration::from_secs(30), |_, b| b["role"] == "Primary");
+    assert_eq!(ec2.eip_owner_when(&ec2.instances[1]), ec2.instances[1], "not on b");
+    let _links = (netem(&to_b, &b_addr), netem(&to_w, &w_addr));
+    c.p.wait("a rejoined as Secondary", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary" && a["connection"] == "Connected"
+    });
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(ec2.eip_owner(), ec2.instances[1], "the address went back to a");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The EC2 API unreachable at the promotion: the move fails (an event),
+/// b stays Primary without `on_promote`; once the API answers again the
+/// re-check moves the address and runs `on_promote`.
+#[test]
+fn an_unreachable_ec2_api_at_the_takeover_is_tried_again() {
+    use std::sync::atomic::Ordering;
+    if !need_tools() {
+        return;
+    }
+    let Some(ec2) = Ec2::start() else { return };
+    let mut c = ec2.cluster(None, None, "deadline = \"2s\"\nrecheck = \"1s\"\n");
+    c.first_primary();
+    assert_eq!(ec2.eip_owner_when(&ec2.instances[0]), ec2.instances[0], "not on a");
+    ec2.cut.store(true, Ordering::SeqCst);
+    c.p.kill(0);
+    c.p.wait_one(1, "b Primary", |b| b["role"] == "Primary");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!c.hooks().contains("promote b"), "on_promote ran without the address");
+    let b = c.p.status(1);
+    assert!(b["last_error"].as_str().is_some_and(|e| !e.is_empty()), "no error shown: {b}");
+    assert_eq!(ec2.eip_owner(), ec2.instances[0]);
+    ec2.cut.store(false, Ordering::SeqCst);
+    assert_eq!(ec2.eip_owner_when(&ec2.instances[1]), ec2.instances[1], "not moved to b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.hooks().contains("promote b") {
+        assert!(Instant::now() < deadline, "on_promote never ran: {:?}", c.hooks());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
