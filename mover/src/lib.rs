@@ -223,6 +223,8 @@ impl AddressSpec {
         }
         if k.is_aws() {
             present(&self.region).ok_or_else(|| SpecError::required("region", k))?;
+            // As given: the SDK takes it untrimmed.
+            check_region(self.region.as_deref().unwrap_or_default())?;
             if !cfg!(feature = "aws") {
                 return Err(SpecError::invalid(
                     "kind",
@@ -240,6 +242,37 @@ impl AddressSpec {
         }
         Ok(())
     }
+}
+
+/// A region name (`eu-west-1`, `us-gov-west-1`): lower-case words and a
+/// number. Found by review (helper-118): an availability zone
+/// (`us-east-1a`) or a typo was taken, and every move then retried its
+/// endpoint's DNS failure until the deadline (60 s) at each failover.
+fn check_region(region: &str) -> Result<(), SpecError> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let word = |w: &&str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
+    let number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    let ok = parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1].iter().all(word)
+        && number(parts[parts.len() - 1]);
+    if ok {
+        return Ok(());
+    }
+    let zone = region
+        .strip_suffix(|c: char| c.is_ascii_lowercase())
+        .is_some_and(|r| check_region(r).is_ok());
+    Err(SpecError::invalid(
+        "region",
+        if zone {
+            format!(
+                "{region:?} is an availability zone, not a region (e.g. {:?})",
+                &region[..region.len() - 1]
+            )
+        } else {
+            format!("{region:?} is not an AWS region name (e.g. \"eu-west-1\")")
+        },
+    ))
 }
 
 fn check_cidr(cidr: &str) -> Result<(), SpecError> {
@@ -522,6 +555,31 @@ mod tests {
             s.validate().unwrap_err().to_string(),
             "controller.address.cidr: belongs to kind \"aws-route\", not to kind \"aws-eip\""
         );
+    }
+
+    // Found by review (helper-118): an availability zone or a typo in
+    // `region` was taken, and each move retried the endpoint's DNS
+    // failure until its deadline.
+    #[cfg(feature = "aws")]
+    #[test]
+    fn a_region_that_is_not_one_is_refused_naming_the_key() {
+        let mut s = spec(Kind::AwsEip);
+        s.allocation_id = Some("eipalloc-1".into());
+        for good in ["us-east-1", "eu-west-3", "us-gov-west-1", "cn-north-1", "us-isob-east-1"] {
+            s.region = Some(good.into());
+            assert_eq!(s.validate(), Ok(()), "{good}");
+        }
+        s.region = Some("us-east-1a".into());
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "controller.address.region: \"us-east-1a\" is an availability zone, not a region \
+             (e.g. \"us-east-1\")"
+        );
+        for bad in ["US-EAST-1", "useast1", "eu-west", "eu_west_1", "eu-west-1 "] {
+            s.region = Some(bad.into());
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.key, "region", "{bad}: {e}");
+        }
     }
 
     #[test]
