@@ -605,6 +605,24 @@ impl ResourceConfig {
                 });
                 continue;
             }
+            // Found by review (helper-118): an ENI id given as the
+            // instance (or the reverse) was found only by the first
+            // failover's address move, which then failed.
+            for (field, v, prefix, what) in [
+                ("cloud_instance_id", &n.cloud_instance_id, "i-", "an instance id"),
+                ("cloud_eni", &n.cloud_eni, "eni-", "a network interface id"),
+            ] {
+                // Blank: not given (IMDS is asked), as the mover takes it.
+                if let Some(v) = v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                    let id = v.strip_prefix(prefix).unwrap_or_default();
+                    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return Err(key_err(
+                            &k(field),
+                            format!("{v:?} is not {what} ({prefix}...)"),
+                        ));
+                    }
+                }
+            }
             let need = |field: &str| key_err(&k(field), "required for a node with a disk".into());
             let node = NodeConfig {
                 name: name.clone(),
@@ -888,6 +906,29 @@ key = "certs/b.key"
              control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
              [controller]\n[controller.address]\n{table}"
         )
+    }
+
+    /// A node's `cloud_instance_id` and `cloud_eni` are checked at load:
+    /// swapped or mistyped, they failed the first failover's address move
+    /// (review, helper-118).
+    #[test]
+    fn cloud_ids_are_checked_at_load() {
+        let with = |line: &str| GOOD.replace("[nodes.b]\n", &format!("[nodes.b]\n{line}\n"));
+        let c =
+            parse(&with("cloud_instance_id = \"i-0abc123\"\ncloud_eni = \"eni-0def456\"")).unwrap();
+        assert_eq!(c.nodes["b"].cloud_eni.as_deref(), Some("eni-0def456"));
+        let e = parse(&with("cloud_instance_id = \"eni-0def456\"")).unwrap_err();
+        assert!(
+            e.contains("nodes.b.cloud_instance_id") && e.contains("is not an instance id (i-...)"),
+            "{e}"
+        );
+        let e = parse(&with("cloud_eni = \"i-0abc123\"")).unwrap_err();
+        assert!(e.contains("nodes.b.cloud_eni") && e.contains("(eni-...)"), "{e}");
+        assert!(parse(&with("cloud_instance_id = \" \"")).is_ok(), "blank: not given");
+        for bad in ["\"i-\"", "\"i-0a/bc\"", "\"0abc\""] {
+            let e = parse(&with(&format!("cloud_instance_id = {bad}"))).unwrap_err();
+            assert!(e.contains("nodes.b.cloud_instance_id"), "{bad}: {e}");
+        }
     }
 
     /// `[controller.address]`'s durations are checked at load, naming the
