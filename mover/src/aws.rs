@@ -441,8 +441,9 @@ async fn route(
                         "{t}: {cidr} -> {}",
                         r.network_interface_id().or(r.instance_id()).unwrap_or("-")
                     ),
+                    true,
                 )),
-                None => off.push((t.clone(), format!("{t}: no route to {cidr}"))),
+                None => off.push((t.clone(), format!("{t}: no route to {cidr}"), false)),
             }
         }
         Ok::<_, MoveError>(off)
@@ -453,7 +454,13 @@ async fn route(
         tracing::info!(%cidr, %eni, ?tables, "overlay route already in place");
         return Ok((true, format!("{cidr} already in place via {eni} in {}", tables.join(", "))));
     }
-    for (table, was) in &off {
+    // A table without the route: ReplaceRoute cannot create it. The
+    // others move all the same, and the error names it (found by review,
+    // helper-118: AWS's error names no table, and the tables after it
+    // were left pointing at the old node).
+    let (off, bare): (Vec<_>, Vec<_>) = off.into_iter().partition(|o| o.2);
+    let bare: Vec<String> = bare.into_iter().map(|o| o.0).collect();
+    for (table, was, _) in &off {
         tracing::info!(%table, %cidr, %eni, %was, "ReplaceRoute");
         ec2.call("ReplaceRoute", Op::Change, || {
             ec2.client
@@ -466,11 +473,14 @@ async fn route(
         .await?;
     }
     ec2.verify("DescribeRouteTables", || async {
-        let off = elsewhere().await?;
+        let off: Vec<_> = elsewhere().await?.into_iter().filter(|o| !bare.contains(&o.0)).collect();
         Ok((!off.is_empty()).then(|| off.into_iter().map(|o| o.1).collect::<Vec<_>>().join("; ")))
     })
     .await?;
     let moved: Vec<_> = off.into_iter().map(|o| o.0).collect();
+    if !bare.is_empty() {
+        return Err(MoveError::NoRoute { cidr: cidr.to_string(), tables: bare, moved });
+    }
     Ok((false, format!("{cidr} now via {eni} in {}", moved.join(", "))))
 }
 

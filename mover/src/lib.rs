@@ -381,6 +381,14 @@ pub enum MoveError {
     /// The call succeeded but the address is not ours after it.
     #[error("{op}: the address did not arrive within the deadline ({deadline:?}): {detail}")]
     NotMoved { op: &'static str, deadline: Duration, detail: String },
+    /// `aws-route`: these tables have no route to `cidr`, which
+    /// ReplaceRoute cannot create (the others, `moved`, were moved).
+    #[error(
+        "no route to {cidr} in {tables:?} (ReplaceRoute cannot create one: create it once at \
+         setup, `aws ec2 create-route --route-table-id ... --destination-cidr-block {cidr} \
+         --network-interface-id ...`); moved in {moved:?}"
+    )]
+    NoRoute { cidr: String, tables: Vec<String>, moved: Vec<String> },
     /// The SDK could not even be set up (credentials, client config).
     #[error("AWS client setup: {0}")]
     Setup(String),

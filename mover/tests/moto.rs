@@ -300,16 +300,17 @@ async fn route_moves_in_every_table_and_a_repeat_is_a_no_op() {
     assert!(again.already_in_place && again.detail.contains("already in place"), "{again}");
     assert_eq!(w.route_targets().await, vec![second.clone(), second]);
 
-    // A table without the route: ReplaceRoute's error, at once.
+    // A table without the route: an error naming it, at once (the
+    // others move: review, helper-118).
     let vpc = w.ec2.describe_vpcs().send().await.unwrap();
     let vpc_id = vpc.vpcs().iter().find(|v| v.cidr_block() == Some("10.0.0.0/16")).unwrap();
     let bare = w.ec2.create_route_table().vpc_id(vpc_id.vpc_id().unwrap()).send().await.unwrap();
     let bare = bare.route_table().unwrap().route_table_id().unwrap().to_string();
     let mut spec = spec;
-    spec.route_table_ids.push(bare);
+    spec.route_table_ids.push(bare.clone());
     let started = Instant::now();
     let e = move_address(&spec, &w.me(0), &[], DEADLINE).await.unwrap_err();
-    assert!(matches!(e, MoveError::Aws { op: "ReplaceRoute", .. }), "{e}");
+    assert!(matches!(&e, MoveError::NoRoute { tables, .. } if *tables == [bare]), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
@@ -1196,4 +1197,33 @@ async fn a_credentials_hiccup_is_retried_within_the_deadline() {
     let r = r.unwrap();
     assert!(!r.already_in_place, "{r}");
     assert_eq!(w.eip_owner().await.0.as_deref(), Some(w.instances[1].as_str()));
+}
+
+/// Found by review (helper-118): with several route tables, one lacking
+/// the route (ReplaceRoute cannot create it) failed the move with AWS's
+/// message, which names no table, and the tables after it were not
+/// moved. Now the others move, and the error names the table and the fix.
+#[tokio::test]
+async fn a_table_without_the_route_is_named_and_the_others_move() {
+    let Some(moto) = Moto::start().await else { return };
+    let w = World::build(&moto).await;
+    let vpc = w.ec2.describe_vpcs().send().await.unwrap();
+    let vpc_id = vpc.vpcs().iter().find_map(|v| {
+        (v.cidr_block() == Some("10.0.0.0/16")).then(|| v.vpc_id().unwrap().to_string())
+    });
+    let rt = w.ec2.create_route_table().vpc_id(vpc_id.unwrap()).send().await.unwrap();
+    let bare = rt.route_table().unwrap().route_table_id().unwrap().to_string();
+    let spec = AddressSpec {
+        kind: Kind::AwsRoute,
+        route_table_ids: vec![w.tables[0].clone(), bare.clone(), w.tables[1].clone()],
+        cidr: Some(OVERLAY.into()),
+        region: Some(REGION.into()),
+        endpoint: Some(moto.url()),
+        ..AddressSpec::default()
+    };
+    let e = move_address(&spec, &w.me(1), &[], DEADLINE).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&bare) && text.contains("create"), "{text}");
+    let second = Some(w.enis[1].clone());
+    assert_eq!(w.route_targets().await, vec![second.clone(), second], "{text}");
 }
