@@ -604,6 +604,56 @@ fn an_a_secondary_killed_before_its_primary_comes_back_consistent() {
     assert!(a == b, "the disks differ after the two met");
 }
 
+/// Protocol A's failover and failback: the Primary is killed while the
+/// writes it acknowledged are still on their way (a relay of 150 ms each
+/// way); b is `Consistent`, `primary --force` takes it as it is (the tail
+/// is lost, as protocol A allows) and b writes. The old Primary comes
+/// back as Secondary: the tail it holds alone is resynced away, not left
+/// as a silent difference, and b's write reaches it; failing back keeps
+/// the disks identical.
+#[test]
+fn a_forced_failover_in_protocol_a_resyncs_the_old_primarys_tail_away() {
+    if !have("qemu-io") {
+        return;
+    }
+    let (mut p, _netem) = a_pair_with_writes_in_flight(8);
+    p.kill(0);
+    p.wait_unlinked(1);
+    let has = |d: &[u8], i: usize| d[i << 20..(i + 1) << 20].iter().all(|&x| x == 0x40 + i as u8);
+    let a = read_file(&p.nodes[0].disk);
+    assert!((0..8).all(|i| has(&a, i)), "a lacks its own acknowledged writes");
+    assert!(!has(&read_file(&p.nodes[1].disk), 7), "b holds the last write: the case is not made");
+    assert_eq!(p.status(1)["disk"], "Consistent");
+    p.ok(&["primary", "--force"], 1);
+    p.qemu_io(1, "write -P 0x5b 12M 1M");
+    p.up(0);
+    p.wait("the old Primary to resync", Duration::from_secs(60), |a, b| {
+        [a, b].iter().all(|s| {
+            s["connection"] == "Connected"
+                && s["sync"].is_null()
+                && s["out_of_sync_bytes"] == 0
+                && s["in_flight"] == 0
+                && s["disk"] == "UpToDate"
+        })
+    });
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!(a == b, "the disks differ after the old Primary's return");
+    assert!(a[12 << 20..13 << 20].iter().all(|&x| x == 0x5b), "b's write did not reach a");
+    assert!(!has(&a, 7), "a kept the tail b never got");
+
+    p.ok(&["secondary"], 1);
+    p.wait("a to see b Secondary", Duration::from_secs(10), |a, _| {
+        a["peer"]["role"] == "Secondary"
+    });
+    p.ok(&["primary"], 0);
+    p.qemu_io(0, "write -P 0xa7 20M 1M");
+    p.wait_synced("the failback", Duration::from_secs(60));
+    p.wait_drained();
+    assert!(p.down(0).success() && p.down(1).success());
+    let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
+    assert!(a == b, "the disks differ after the failback");
+}
+
 /// Protocol A, a handover while the Secondary's disk is behind: a answers
 /// 16 MiB of writes at once, b's disk (slow) is still writing them when a
 /// says it is Secondary (`secondary`, no controller), and b's process is
