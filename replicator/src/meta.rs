@@ -14,7 +14,13 @@ use crate::core::MetaRecord;
 use crate::protocol::genid::GenIds;
 use crate::protocol::wire::DiskState;
 
+/// The metadata format this binary writes. A file of a higher version, or
+/// with a field this binary does not know, was written by a newer one: it
+/// is refused (loaded, the next save would drop what it records).
+pub const META_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Meta {
     pub version: u32,
     pub node: String,
@@ -77,6 +83,10 @@ pub enum MetaError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not twinblock metadata: {reason}")]
     Parse { path: PathBuf, reason: String },
+    #[error(
+        "{path}: written by a newer twinblock ({reason}): run that version, or upgrade this one"
+    )]
+    Newer { path: PathBuf, reason: String },
     #[error("{path} belongs to {what} {found:?}, not {expected:?}")]
     Mismatch { path: PathBuf, what: &'static str, found: String, expected: String },
 }
@@ -103,7 +113,7 @@ impl Meta {
 
     pub fn from_record(node: &str, resource: &str, size: u64, r: &MetaRecord) -> Meta {
         Meta {
-            version: 1,
+            version: META_VERSION,
             node: node.into(),
             resource: resource.into(),
             size,
@@ -148,8 +158,17 @@ impl Meta {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(e)),
         };
-        let m: Meta = serde_json::from_str(&text)
-            .map_err(|e| MetaError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+        let newer = |reason: String| MetaError::Newer { path: path.to_owned(), reason };
+        let m: Meta = serde_json::from_str(&text).map_err(|e| match e.to_string() {
+            e if e.starts_with("unknown field") => newer(e),
+            e => MetaError::Parse { path: path.to_owned(), reason: e },
+        })?;
+        if m.version > META_VERSION {
+            return Err(newer(format!(
+                "metadata version {}, this one reads up to {META_VERSION}",
+                m.version
+            )));
+        }
         let mismatch = |what, found: String, expected: String| MetaError::Mismatch {
             path: path.to_owned(),
             what,
@@ -190,4 +209,42 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(dir: &Path) -> (PathBuf, serde_json::Value) {
+        let path = dir.join("meta");
+        let v = serde_json::json!({
+            "version": 1, "node": "a", "resource": "r", "size": 1 << 20,
+            "disk": DiskState::UpToDate, "fresh": false,
+        });
+        let m: Meta = serde_json::from_value(v).unwrap();
+        m.save(&path).unwrap();
+        let v = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        (path, v)
+    }
+
+    /// Metadata written by a newer twinblock (a field this one does not
+    /// know, or a higher version) is refused naming why: loaded, the
+    /// next save would drop what the newer version records (a safety
+    /// flag), silently (review, helper-117).
+    #[test]
+    fn metadata_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, v) = saved(dir.path());
+        assert!(Meta::load(&path, "a", "r", 1 << 20).unwrap().is_some());
+        let mut newer = v.clone();
+        newer["must_not_be_dropped"] = serde_json::Value::Bool(true);
+        fs::write(&path, serde_json::to_string(&newer).unwrap()).unwrap();
+        let e = Meta::load(&path, "a", "r", 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("must_not_be_dropped") && e.contains("newer"), "{e}");
+        let mut newer = v;
+        newer["version"] = serde_json::json!(2);
+        fs::write(&path, serde_json::to_string(&newer).unwrap()).unwrap();
+        let e = Meta::load(&path, "a", "r", 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("version 2") && e.contains("newer"), "{e}");
+    }
 }
