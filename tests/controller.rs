@@ -1412,3 +1412,48 @@ fn an_unreachable_ec2_api_at_the_takeover_is_tried_again() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The health check does not count while `on_promote` waits for a failed
+/// address move (the service is not started yet, by design): before, it
+/// failed three times and handed over to the peer, whose move failed as
+/// well (the API down for both), and the role went back and forth for as
+/// long as the move failed. (Review, helper-118.)
+#[test]
+fn the_health_check_waits_while_on_promote_waits_for_the_address() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    PROMOTE_EXTRA.with(|d| *d.borrow_mut() = format!(", \"touch {}\"", ready.display()));
+    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\n".into());
+    let c = cluster_with(
+        None,
+        None,
+        &format!("health = \"test -f {}\"\nhealth_interval = \"300ms\"", ready.display()),
+    );
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
+    // The mover's `echo a > owner` fails: owner is a directory.
+    std::fs::create_dir(&c.owner).unwrap();
+    c.first_primary();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let a = c.p.status(0);
+        assert_eq!(a["role"], "Primary", "a handed over while its address move failed: {a}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!ready.exists(), "on_promote ran without the address");
+    std::fs::remove_dir(&c.owner).unwrap();
+    assert_eq!(c.owner_when("a"), "a", "the re-check moved the address to a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "on_promote never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Counted again once on_promote ran: a failing check hands over.
+    std::fs::remove_file(&ready).unwrap();
+    c.p.wait("b took over on the failing check", Duration::from_secs(30), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary"
+    });
+}

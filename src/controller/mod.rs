@@ -90,6 +90,10 @@ pub fn start(
                     tokio::select! {
                         h = hooks_rx.recv() => {
                             let Some(h) = h else { return };
+                            // A promotion whose on_promote was owed counts
+                            // as promoting until this hook (a demotion)
+                            // clears what it owed.
+                            let owed_before = owed;
                             let r = hooks::run(&node, &settings, h, &outcomes, &mut owed).await;
                             match &r {
                                 Ok(()) => info!(hook = ?h, "hooks done"),
@@ -101,7 +105,17 @@ pub fn start(
                                 // The first retry a full interval after the failure.
                                 tick.reset();
                             }
-                            if h == Hook::Promoted {
+                            if owed_before {
+                                promoting.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            // Still owed (the move failed): the health
+                            // check waits for the re-check's on_promote
+                            // too. Before, it counted meanwhile, failed
+                            // (the service not started, by design) and
+                            // handed over to the peer, whose move failed
+                            // as well: the role went back and forth
+                            // (review, helper-118).
+                            if h == Hook::Promoted && !owed {
                                 promoting.fetch_sub(1, Ordering::SeqCst);
                             }
                         }
@@ -133,9 +147,9 @@ pub fn start(
                                 Ok(()) if owed => {
                                     owed = false;
                                     info!("service address in place after a failed move: on_promote");
-                                    // As for a promotion: no health check
-                                    // while on_promote starts the service.
-                                    promoting.fetch_add(1, Ordering::SeqCst);
+                                    // No health check until on_promote has
+                                    // started the service: the promotion's
+                                    // count, held since its failed move.
                                     let r = hooks::run_on_promote(&node, &settings).await;
                                     promoting.fetch_sub(1, Ordering::SeqCst);
                                     if let Err(e) = &r {
