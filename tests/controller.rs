@@ -1457,3 +1457,40 @@ fn the_health_check_waits_while_on_promote_waits_for_the_address() {
         a["role"] == "Secondary" && b["role"] == "Primary"
     });
 }
+
+/// ... but for two move deadlines at most: a node whose own moves keep
+/// failing (its identity, its permissions) would hold the role without its
+/// service for good. Past the hold the check counts again and hands over
+/// to the peer (which holds as long in turn).
+#[test]
+fn a_node_whose_address_moves_keep_failing_hands_over_after_two_deadlines() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    PROMOTE_EXTRA.with(|d| *d.borrow_mut() = format!(", \"touch {}\"", ready.display()));
+    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\ndeadline = \"2s\"\n".into());
+    let c = cluster_with(
+        None,
+        None,
+        &format!("health = \"test -f {}\"\nhealth_interval = \"300ms\"", ready.display()),
+    );
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
+    // The mover's `echo a > owner` fails: owner is a directory.
+    std::fs::create_dir(&c.owner).unwrap();
+    c.first_primary();
+    let promoted = Instant::now();
+    c.p.wait("b took over once a's hold ran out", Duration::from_secs(40), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary"
+    });
+    // Held for two deadlines (4 s) and then three failed checks.
+    assert!(
+        promoted.elapsed() >= Duration::from_secs(4),
+        "a handed over after {:?}, before its hold of two deadlines ran out",
+        promoted.elapsed()
+    );
+    assert!(!ready.exists(), "on_promote ran without the address");
+    assert!(c.p.log(0).contains("the health check counts again"), "a did not say why");
+}

@@ -60,6 +60,11 @@ pub fn recheck_interval(a: &AddressSettings) -> Option<Duration> {
     every.filter(|d| !d.is_zero())
 }
 
+/// How long one move may take, retries included (`deadline`, 60 s).
+pub fn deadline(a: &AddressSettings) -> Duration {
+    a.deadline.as_deref().and_then(|d| parse_duration(d).ok()).unwrap_or(Duration::from_secs(60))
+}
+
 /// Where the outcome of each move goes (the events hub: an `address`
 /// event and `twinblock_address_moves_total`).
 pub type Outcomes = tokio::sync::mpsc::UnboundedSender<AddressOutcome>;
@@ -116,11 +121,7 @@ pub async fn move_here(
     env: &[(String, String)],
 ) -> Result<MoveReport, (bool, String)> {
     let failed = |e: String| (false, e);
-    let deadline = a
-        .deadline
-        .as_deref()
-        .and_then(|d| parse_duration(d).ok())
-        .unwrap_or(Duration::from_secs(60));
+    let deadline = deadline(a);
     let spec = spec(a).map_err(failed)?;
     let mut me =
         Identity { instance_id: node.me.cloud_instance_id.clone(), eni: node.me.cloud_eni.clone() };

@@ -12,8 +12,8 @@ pub(crate) mod address;
 mod hooks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
@@ -65,7 +65,13 @@ pub fn start(
     // three times while on_promote still started the service, and handed
     // over to the peer, which did the same).
     let promoting = Arc::new(AtomicUsize::new(0));
+    // Since when `on_promote` waits for a failed address move (None: it
+    // does not): the health check waits for it at most two move
+    // deadlines, then counts again, so a node whose own moves keep
+    // failing (its identity, its permissions) hands over to its peer.
+    let owed_since: Arc<Mutex<Option<Instant>>> = Arc::default();
     {
+        let owed_since = owed_since.clone();
         let node = node.clone();
         let settings = settings.clone();
         let promoting = promoting.clone();
@@ -101,6 +107,13 @@ pub fn start(
                             }
                             node.hook_done(h, r);
                             unsure = owed;
+                            let mut since = owed_since.lock().unwrap_or_else(|e| e.into_inner());
+                            match (owed, owed_before) {
+                                (true, false) => *since = Some(Instant::now()),
+                                (false, _) => *since = None,
+                                (true, true) => {}
+                            }
+                            drop(since);
                             if unsure && recheck.is_none() {
                                 // The first retry a full interval after the failure.
                                 tick.reset();
@@ -146,6 +159,7 @@ pub fn start(
                                 // helper-106).
                                 Ok(()) if owed => {
                                     owed = false;
+                                    *owed_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
                                     info!("service address in place after a failed move: on_promote");
                                     // No health check until on_promote has
                                     // started the service: the promotion's
@@ -187,7 +201,24 @@ pub fn start(
     );
     if let Some(cmd) = settings.health.clone() {
         let interval = settings.health_interval;
-        tokio::spawn(health_loop(node, cmd, interval, stop, promoting).instrument(span));
+        let hold = settings.address.as_ref().map_or(Duration::ZERO, |a| 2 * address::deadline(a));
+        let owed = Owed { since: owed_since, hold };
+        tokio::spawn(health_loop(node, cmd, interval, stop, promoting, owed).instrument(span));
+    }
+}
+
+/// A promotion's `on_promote` waiting for a failed address move: since
+/// when, and how long the health check waits for it.
+struct Owed {
+    since: Arc<Mutex<Option<Instant>>>,
+    hold: Duration,
+}
+
+impl Owed {
+    /// Waited for longer than the hold.
+    fn overdue(&self) -> bool {
+        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        since.is_some_and(|t| t.elapsed() >= self.hold)
     }
 }
 
@@ -197,17 +228,32 @@ async fn health_loop(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
     promoting: Arc<AtomicUsize>,
+    owed: Owed,
 ) {
+    let mut overdue_said = false;
     let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        // Not while the promotion's hooks still start the service.
-        if node.role() != Role::Primary || promoting.load(Ordering::SeqCst) > 0 {
+        // Not while the promotion's hooks still start the service, nor
+        // while `on_promote` waits for a failed address move, for two
+        // move deadlines at most (then a node whose moves keep failing
+        // hands over; before, it held the role without its service for
+        // good, or, with no bound, handed over at once and the role went
+        // back and forth while the API was down for both).
+        let overdue = owed.overdue();
+        if node.role() != Role::Primary || (promoting.load(Ordering::SeqCst) > 0 && !overdue) {
             failures = 0;
+            overdue_said = false;
             continue;
+        }
+        if overdue && !std::mem::replace(&mut overdue_said, true) {
+            warn!(
+                waited = ?owed.hold,
+                "the service address is still not here: the health check counts again"
+            );
         }
         let env = hook_env(&node);
         match hooks::shell(&cmd, &env, interval.max(Duration::from_secs(1))).await {
