@@ -23,6 +23,7 @@ flavored!(
     qemu_nbd_list,
     qemu_io,
     nbdcopy_roundtrip,
+    nbdcopy_of_a_truncated_disk_fails,
     fio_verify,
     mixed_sector_and_block_writes,
     ext4_on_nbdfuse
@@ -166,6 +167,32 @@ fn nbdcopy_roundtrip(fl: Flavor) {
     assert!(std::fs::read(&back).unwrap() == data, "64 MiB did not round-trip");
     assert!(s.stop().success(), "{}", s.log());
     assert!(std::fs::read(&s.disk).unwrap() == data, "disk file differs from what was written");
+}
+
+/// A disk file truncated under the server lost what lay past its new end:
+/// reads there fail (EIO), and so must a copy of the device. BLOCK_STATUS
+/// said the lost range was a hole that reads as zeroes, so nbdcopy (and
+/// `qemu-img convert`) skipped reading it and wrote zeroes: an exit code
+/// of 0 and a copy of 8 MiB of zeroes where acknowledged data had been.
+fn nbdcopy_of_a_truncated_disk_fails(fl: Flavor) {
+    if !(have("nbdcopy") && have("nbdinfo")) {
+        return;
+    }
+    let mut s = Serve::start(fl, "16M");
+    let src = s.dir.path().join("src.bin");
+    std::fs::write(&src, pattern(16 << 20, 7)).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(s.uri()));
+    std::fs::OpenOptions::new().write(true).open(&s.disk).unwrap().set_len(8 << 20).unwrap();
+    let map = Command::new("nbdinfo").arg("--map").arg(s.uri()).output().unwrap();
+    let map = String::from_utf8_lossy(&map.stdout);
+    assert!(!map.contains("hole"), "the lost range is mapped as a hole:\n{map}");
+    let back = s.dir.path().join("back.bin");
+    let out = Command::new("nbdcopy").arg(s.uri()).arg(&back).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "a copy of a truncated disk succeeded (its lost half copied as zeroes)"
+    );
+    assert!(s.stop().success(), "{}", s.log());
 }
 
 fn fio_verify(fl: Flavor) {

@@ -173,8 +173,21 @@ pub const MAX_EXTENT_RUNS: usize = 1024;
 /// SEEK_DATA/SEEK_HOLE; at most [`MAX_EXTENT_RUNS`] of them, so they may
 /// cover only a prefix of the range. Where the file system cannot tell,
 /// all is data.
+///
+/// A regular file that ends inside the range (truncated under the node)
+/// is mapped up to its end only, and a range that starts at or past its
+/// end fails ([`past_eof`]), as reads there do: SEEK_DATA finds no data
+/// past the end, and that range was mapped as a hole reading as zeroes,
+/// so a client copying the device (nbdcopy) skipped it and wrote zeroes
+/// where the lost data had been, and succeeded.
 pub fn extents(fd: RawFd, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
-    let end = off + len;
+    let mut end = off + len;
+    if let Some(eof) = regular_file_len(fd)?.filter(|&eof| eof < end) {
+        if off >= eof {
+            return Err(past_eof(eof));
+        }
+        end = eof;
+    }
     let mut out = Vec::new();
     let mut pos = off;
     while pos < end && out.len() < MAX_EXTENT_RUNS {
@@ -198,6 +211,16 @@ pub fn extents(fd: RawFd, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         pos = hole;
     }
     Ok(out)
+}
+
+/// The length of the file behind `fd` now, if it is a regular file.
+fn regular_file_len(fd: RawFd) -> io::Result<Option<u64>> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` on success.
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    Ok(((st.st_mode & libc::S_IFMT) == libc::S_IFREG).then_some(st.st_size as u64))
 }
 
 /// Size of a regular file or a block device.

@@ -174,6 +174,12 @@ async fn reads_past_a_truncated_end_fail(backend: BackendChoice, direct: bool) {
         assert!(e.to_string().contains("inside the device"), "{off}+{len}: {e}");
     }
     assert!(store.read_now(2 << 20, 4096).is_err(), "the blocking read");
+    // BLOCK_STATUS maps the file up to its end, never the lost range as a
+    // hole (which a copying client reads as zeroes without asking).
+    assert!(store.extents(2 << 20, 4096).is_err(), "extents past the file's end");
+    let runs = store.extents(0, 4 << 20).unwrap();
+    assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), 1 << 20, "{runs:?}");
+    assert!(runs.iter().all(|r| !r.1), "{runs:?}");
 }
 
 #[tokio::test]
