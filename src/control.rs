@@ -300,9 +300,12 @@ async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> R
         "primary" => node.promote(req.force).await.map_err(|e| e.0),
         "secondary" if req.force => {
             node.demote_forced();
-            Ok(())
+            demoted(node).await
         }
-        "secondary" => node.demote().map_err(|e| e.0),
+        "secondary" => match node.demote() {
+            Ok(()) => demoted(node).await,
+            Err(e) => Err(e.0),
+        },
         "discard-my-data" => node.discard_my_data().map_err(|e| e.0),
         "connect" => {
             node.set_want_connected(true);
@@ -325,6 +328,30 @@ async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> R
         Ok(()) => Response { ok: true, error: None, status },
         Err(e) => Response { ok: false, error: Some(e), status },
     }
+}
+
+/// `secondary` answers once the node is Secondary, as `drbdadm
+/// secondary` does: with a controller the role changes only when
+/// `on_demote` is done (before, the verb exited 0 with a status saying
+/// `Primary` while the hook still ran; found by an audit against the
+/// design, helper-121). Bounded as a stop's demotion is
+/// ([`crate::up::demote_wait`]).
+async fn demoted(node: &Arc<Node>) -> Result<(), String> {
+    use twinblock_replicator::protocol::wire::Role;
+    let wait = crate::up::demote_wait(node);
+    let deadline = tokio::time::Instant::now() + wait;
+    while node.role() == Role::Primary {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} is still demoting after {}s (on_demote runs): it becomes Secondary once \
+                 that ends",
+                node.me.name,
+                wait.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// Why a call failed: the daemon is unreachable, or it refused.

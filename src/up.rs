@@ -227,7 +227,7 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
 /// How long a stopping Primary waits for its demotion: every `on_demote`
 /// command's deadline and two seconds for the witness's answer, at most
 /// `DEMOTE_WAIT_MAX`.
-fn demote_wait(node: &Node) -> Duration {
+pub(crate) fn demote_wait(node: &Node) -> Duration {
     let hooks = node
         .res
         .controller
@@ -241,7 +241,7 @@ fn demote_wait(node: &Node) -> Duration {
 /// and the final flush after it: a demotion still running after this is
 /// given up (found by review: one slow `on_demote` had the node killed by
 /// systemd mid-stop, still Primary).
-const DEMOTE_WAIT_MAX: Duration = Duration::from_secs(30);
+pub(crate) const DEMOTE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// After the demotion, how long the link stays up at most for the writes
 /// the peer has not applied yet (protocol A answered them): its own bound,

@@ -30,6 +30,9 @@ pub fn run(config: &Path, node: &str, verb: &str, force: bool) -> Result<Value, 
     // then for the peer's answer, each up to `timeout` and a second.
     let timeout = ResourceConfig::load(config).map_err(|e| VerbError::Other(e.into()))?.timeout;
     let wait = CALL_WAIT.max((timeout + Duration::from_secs(1)) * 2 + Duration::from_secs(5));
+    // `secondary` with a controller waits for `on_demote` (at most
+    // `DEMOTE_WAIT_MAX` on the node's side).
+    let wait = wait.max(crate::up::DEMOTE_WAIT_MAX + Duration::from_secs(5));
     let req = Request { verb: verb.into(), force, now: false, bench: None };
     let resp = call_within(&path, &req, wait).map_err(VerbError::Call)?;
     Ok(resp.status.unwrap_or(Value::Null))

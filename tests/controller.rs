@@ -748,6 +748,31 @@ fn secondary_without_a_peer_to_take_over_is_refused_unless_forced() {
     assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's write is there");
 }
 
+/// `secondary` on a controlled Primary returns once the node is Secondary
+/// (`on_demote` done), as `drbdadm secondary` does and as the contract's
+/// "exit code 0 means done" says; its `--json` is the status afterwards.
+/// Before, it returned as soon as the demotion was asked: exit 0 and a
+/// status saying `Primary`, `on_demote` still running (found by an audit
+/// against shared/DESIGN.md, helper-121).
+#[test]
+fn secondary_on_a_controlled_primary_returns_once_it_is_secondary() {
+    if !need_tools() {
+        return;
+    }
+    DEMOTE_EXTRA.with(|d| *d.borrow_mut() = ", \"sleep 1\"".to_string());
+    let c = cluster(None);
+    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    // The witness's quiet start (see on_demote_writes_through_...).
+    std::thread::sleep(Duration::from_secs(3)); // DEAD_TIME
+    let out = c.p.ok(&["secondary", "--json"], 0);
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["role"], "Secondary", "secondary answered before the demotion: {a}");
+    assert!(c.hooks().contains("demote a"), "on_demote ran: {}", c.hooks());
+    assert_eq!(c.p.status(0)["role"], "Secondary");
+    c.p.wait("b took over", Duration::from_secs(30), |_, b| b["role"] == "Primary");
+}
+
 /// `primary --force` on the Secondary while the Primary's lease may still
 /// run (here: right after the Primary died): refused, exit 1, the reason
 /// on stderr, and nothing moved: no `on_promote`, the
