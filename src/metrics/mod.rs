@@ -591,3 +591,29 @@ impl RequestObserver for Metrics {
             .observe(latency.as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value `status --json` can print for `role`, `disk`,
+    /// `connection`, `replication`, `controller.state` (the lists the
+    /// metrics export) and `io_backend` is named in the README: scripts match on them.
+    /// Before, four of the controller's six states (`Watching`,
+    /// `Claiming`, `Holding`, `Demoting`) were printed but documented
+    /// nowhere (found by an audit against shared/DESIGN.md, helper-121).
+    #[test]
+    fn every_status_value_is_documented_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        use twinblock_replicator::store::Backend;
+        let backends: Vec<String> =
+            [Backend::IoUring, Backend::Threads].iter().map(|b| b.to_string()).collect();
+        let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+        let missing: Vec<&str> = [ROLES, DISKS, CONNECTIONS, REPLICATIONS, STANDINGS, &backends]
+            .concat()
+            .into_iter()
+            .filter(|v| !readme.contains(&format!("`{v}`")))
+            .collect();
+        assert!(missing.is_empty(), "status values the README does not name: {missing:?}");
+    }
+}
