@@ -313,7 +313,10 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_command_line(e),
+    };
     init_logging(&cli.log);
     if !matches!(
         cli.command,
@@ -519,4 +522,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A command line clap refuses: one line on stderr that says what and why,
+/// exit 2 (the contract's "non-zero comes with one line on stderr"; clap
+/// prints three to six: the error, `Usage:`, a hint). Help and the version
+/// print in full as clap does.
+fn bad_command_line(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Usage:")
+                && !l.starts_with("For more information")
+                && !l.starts_with("tip:")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("twinblock: {line}");
+    ExitCode::from(2)
 }
