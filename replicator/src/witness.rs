@@ -535,4 +535,34 @@ mod tests {
         let r = w.handle(t, &req("a", VoteKind::Claim, &[1], false));
         assert!(!r.granted, "a, which lacks b's writes, is granted the right: {r:?} ({disk:?})");
     }
+
+    /// Every field of the witness's `status --json` is named in the
+    /// README: scripts read them. Before, only a prose summary said what
+    /// the object holds, and `members`, `complete`, `state_file`,
+    /// `state_save_failures` were named nowhere (found by an audit of
+    /// `status --json` against shared/DESIGN.md, helper-121).
+    #[test]
+    fn every_field_of_the_witness_status_is_named_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let mut st = WitnessStatus::default();
+        st.requests.push(RequestCount {
+            node: "a".into(),
+            kind: "claim",
+            verdict: "granted",
+            count: 1,
+        });
+        let v = serde_json::to_value(&st).unwrap();
+        let mut missing: Vec<String> = Vec::new();
+        for (k, v) in v.as_object().unwrap() {
+            missing.push(k.clone());
+            if let Some(inner) = v.as_array().and_then(|a| a.first()).and_then(|o| o.as_object()) {
+                missing.extend(inner.keys().map(|k| format!("requests.{k}")));
+            }
+        }
+        missing.retain(|k| {
+            let last = k.rsplit('.').next().unwrap_or(k);
+            !readme.contains(&format!("`{last}`"))
+        });
+        assert!(missing.is_empty(), "witness status fields the README does not name: {missing:?}");
+    }
 }
