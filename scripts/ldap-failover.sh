@@ -8,7 +8,14 @@
 # and serve every acknowledged entry within dead_time + 10 s. Finally the
 # old Primary comes back as Secondary and resyncs (no failback).
 #
-#   scripts/ldap-failover.sh [--entries N] [--dead-time SECONDS]
+# With --crash process only the twinblock process of a dies (a crash, an
+# OOM kill): slapd and the mount it holds stay on a, as they would on a
+# real host. After a has come back and resynced, b's zone dies and a
+# must serve every acknowledged entry again, those added on b included.
+# Each node's slapd listens on a port of its own (as on its own host);
+# clients go to the node the service address names.
+#
+#   scripts/ldap-failover.sh [--entries N] [--dead-time SECONDS] [--crash zone|process]
 #
 # TWINBLOCK=path/to/twinblock uses that binary instead of building one.
 # Prints the timeline and "PASS" (exit 0), or what went wrong (exit 1).
@@ -17,11 +24,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ENTRIES=200
 DEAD=5
+CRASH=zone
 while (($#)); do
   case $1 in
     --entries) ENTRIES=$2; shift 2 ;;
     --dead-time) DEAD=$2; shift 2 ;;
-    *) echo "usage: $0 [--entries N] [--dead-time SECONDS]" >&2; exit 2 ;;
+    --crash) CRASH=$2; shift 2 ;;
+    *) echo "usage: $0 [--entries N] [--dead-time SECONDS] [--crash zone|process]" >&2; exit 2 ;;
   esac
 done
 [[ $(id -u) -eq 0 ]] || { echo "ldap-failover: needs root (losetup, mount)" >&2; exit 1; }
@@ -38,13 +47,12 @@ HOOK=$PWD/scripts/ldap-hook.sh
 
 export LDAP_DIR
 LDAP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tb-ldap.XXXXXX")
-export LDAP_PORT
-LDAP_PORT=$(free_port tcp)
+PORT_a=$(free_port tcp) PORT_b=$(free_port tcp)
 D=$LDAP_DIR
 PIDS=()
 cleanup() {
   set +e
-  for n in a b; do TWINBLOCK_NODE=$n TWINBLOCK_NBD=x TWINBLOCK_RESOURCE=r0 "$HOOK" demote >/dev/null 2>&1; done
+  for n in a b; do LDAP_PORT=1 TWINBLOCK_NODE=$n TWINBLOCK_NBD=x TWINBLOCK_RESOURCE=r0 "$HOOK" demote >/dev/null 2>&1; done
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
   for n in a b; do umount -l "$D/mnt-$n" 2>/dev/null; fusermount3 -u -z "$D/fuse-$n" 2>/dev/null; done
@@ -98,8 +106,9 @@ maxsize 268435456
 CONF
 done
 
-start() { # start NAME VERB
-  "$BIN" "$2" --config "$D/r0.toml" --node "$1" >"$D/$1.out" 2>"$D/$1.log" &
+start() { # start NAME VERB (the hooks' slapd listens on the node's port)
+  local port=PORT_$1
+  LDAP_PORT=${!port:-} "$BIN" "$2" --config "$D/r0.toml" --node "$1" >"$D/$1.out" 2>"$D/$1.log" &
   PIDS+=($!)
   eval "PID_$1=$!"
 }
@@ -112,7 +121,9 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   until "$@"; do (($(date +%s) < until)) || fail "timed out: $what"; sleep 0.2; done
 }
 is() { [[ $(st "$1" | field "$2" 2>/dev/null) == "$3" ]]; }
-count() { ldapsearch -x -LLL -H "ldap://127.0.0.1:$LDAP_PORT" -b "ou=people,dc=example,dc=com" "(uid=*)" dn 2>/dev/null | grep -c '^dn:' || true; }
+# The LDAP server the service address names.
+uri() { local port=PORT_$(cat "$D/service-address" 2>/dev/null || echo a); echo "ldap://127.0.0.1:${!port}"; }
+count() { ldapsearch -x -LLL -H "$(uri)" -b "ou=people,dc=example,dc=com" "(uid=*)" dn 2>/dev/null | grep -c '^dn:' || true; }
 
 start w witness
 start a up
@@ -120,10 +131,10 @@ start b up
 wait_for 30 "a and b connected" is a connection Connected
 say "witness and nodes up; first setup: primary --force on a"
 "$BIN" primary --config "$D/r0.toml" --node a --force >/dev/null
-ldap_up() { ldapsearch -x -H "ldap://127.0.0.1:$LDAP_PORT" -b "" -s base >/dev/null 2>&1; }
+ldap_up() { ldapsearch -x -H "$(uri)" -b "" -s base >/dev/null 2>&1; }
 wait_for 60 "slapd on a" ldap_up
 say "slapd serves from a's export (service address: $(cat "$D/service-address"))"
-ldapadd -x -H "ldap://127.0.0.1:$LDAP_PORT" -D cn=admin,dc=example,dc=com -w secret >/dev/null <<LDIF
+ldapadd -x -H "$(uri)" -D cn=admin,dc=example,dc=com -w secret >/dev/null <<LDIF
 dn: dc=example,dc=com
 objectClass: dcObject
 objectClass: organization
@@ -137,20 +148,31 @@ LDIF
 acked=0
 for i in $(seq 1 "$ENTRIES"); do
   printf 'dn: uid=user%d,ou=people,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: user%d\ncn: User %d\nsn: %d\n' "$i" "$i" "$i" "$i" |
-    ldapadd -x -H "ldap://127.0.0.1:$LDAP_PORT" -D cn=admin,dc=example,dc=com -w secret >/dev/null
+    ldapadd -x -H "$(uri)" -D cn=admin,dc=example,dc=com -w secret >/dev/null
   acked=$i
 done
 say "$acked entries added (each acknowledged by slapd after its MDB commit)"
 wait_for 120 "b UpToDate" is b disk UpToDate
 
-say "availability zone of a fails: slapd and twinblock on a killed (SIGKILL)"
-kill -9 "$(cat "$D/slapd-a.pid")" "$PID_a"
-wait "$PID_a" 2>/dev/null || true
+kill_zone() { # kill_zone NODE: slapd and twinblock killed (SIGKILL), its kernel's mount gone
+  local pid=PID_$1
+  kill -9 "$(cat "$D/slapd-$1.pid")" "${!pid}"
+  wait "${!pid}" 2>/dev/null || true
+  umount -l "$D/mnt-$1" 2>/dev/null || true
+  losetup -d "$(cat "$D/loop-$1")" 2>/dev/null || true
+  fusermount3 -u -z "$D/fuse-$1" 2>/dev/null || true
+}
+if [[ $CRASH == process ]]; then
+  say "twinblock on a crashes (SIGKILL); slapd and its mount stay on a"
+  kill -9 "$PID_a"
+  wait "$PID_a" 2>/dev/null || true
+else
+  say "availability zone of a fails: slapd and twinblock on a killed (SIGKILL)"
+  kill_zone a
+fi
 killed=$(date +%s.%N)
-umount -l "$D/mnt-a" 2>/dev/null || true
-losetup -d "$(cat "$D/loop-a")" 2>/dev/null || true
-fusermount3 -u -z "$D/fuse-a" 2>/dev/null || true
-wait_for $((DEAD + 30)) "LDAP back on b" bash -c "[[ \$(ldapsearch -x -LLL -H ldap://127.0.0.1:$LDAP_PORT -b ou=people,dc=example,dc=com '(uid=*)' dn 2>/dev/null | grep -c '^dn:') -ge 1 ]]"
+served() { [[ $(cat "$D/service-address") == "$1" ]] && (($(count) >= 1)); }
+wait_for $((DEAD + 30)) "LDAP back on b" served b
 back=$(echo "$(date +%s.%N) - $killed" | bc)
 n=$(count)
 say "LDAP answers again after ${back}s (dead_time ${DEAD}s), from $(cat "$D/service-address"): $n of $acked entries"
@@ -158,7 +180,7 @@ say "LDAP answers again after ${back}s (dead_time ${DEAD}s), from $(cat "$D/serv
 [[ $(cat "$D/service-address") == b ]] || fail "the service address did not move to b"
 ((n == acked)) || fail "$((acked - n)) acknowledged entries missing after the failover"
 python3 -c "import sys; sys.exit(0 if float('$back') <= $DEAD + 10 else 1)" || fail "took ${back}s, more than dead_time + 10 s"
-ldapadd -x -H "ldap://127.0.0.1:$LDAP_PORT" -D cn=admin,dc=example,dc=com -w secret >/dev/null <<LDIF || fail "b refuses writes"
+ldapadd -x -H "$(uri)" -D cn=admin,dc=example,dc=com -w secret >/dev/null <<LDIF || fail "b refuses writes"
 dn: uid=after,ou=people,dc=example,dc=com
 objectClass: inetOrgPerson
 uid: after
@@ -173,4 +195,19 @@ wait_for 120 "a back as Secondary, in sync" a_back
 sleep 2
 [[ $(st a | field role) == Secondary && $(st b | field role) == Primary ]] || fail "roles changed after a came back (failback)"
 say "a is Secondary and UpToDate again; b stays Primary (no automatic failback)"
+if [[ $CRASH == process ]]; then
+  say "availability zone of b fails: a must take over with what was left of its last reign"
+  kill_zone b
+  wait_for $((DEAD + 30)) "LDAP back on a" served a
+  n=$(count)
+  say "LDAP answers from $(cat "$D/service-address"): $n of $((acked + 1)) entries"
+  ((n == acked + 1)) || fail "$((acked + 1 - n)) acknowledged entries missing after the second failover (a's old slapd or mount from before its crash?)"
+  ldapadd -x -H "$(uri)" -D cn=admin,dc=example,dc=com -w secret >/dev/null <<LDIF || fail "a refuses writes"
+dn: uid=again,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+uid: again
+cn: Again
+sn: failover
+LDIF
+fi
 echo "PASS: LDAP back in ${back}s after the Primary's loss (dead_time ${DEAD}s), $acked/$acked entries"

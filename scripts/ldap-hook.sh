@@ -18,8 +18,42 @@ mnt=$LDAP_DIR/mnt-$node
 loopfile=$LDAP_DIR/loop-$node
 log() { echo "ldap-hook[$node] $*" >&2; }
 
+# stop_slapd: stops the slapd this hook started, if it still runs.
+stop_slapd() {
+  local pid
+  pid=$(cat "$LDAP_DIR/slapd-$node.pid" 2>/dev/null || true)
+  if [[ -n $pid ]] && kill "$pid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+}
+
+# stale: what an earlier reign left, when twinblock died under it (a
+# crash, an OOM kill: slapd and the mount stay, on an NBD connection that
+# is gone). None of it may serve: slapd answers from the pages it holds,
+# not from the export, and this node's copy has been resynced since.
+stale() {
+  stop_slapd
+  if mountpoint -q "$mnt"; then
+    log "a mount from before: unmounting it"
+    umount "$mnt" 2>/dev/null || umount -l "$mnt"
+  fi
+  local dev
+  for dev in $(losetup -j "$fuse/disk" 2>/dev/null | cut -d: -f1) $(cat "$loopfile" 2>/dev/null || true); do
+    losetup -d "$dev" 2>/dev/null || true
+  done
+  rm -f "$loopfile"
+  if mountpoint -q "$fuse"; then
+    fusermount3 -u "$fuse" 2>/dev/null || fusermount3 -u -z "$fuse"
+  fi
+  rm -f "$LDAP_DIR/nbdfuse-$node.pid"
+}
+
 promote() {
   mkdir -p "$fuse" "$mnt"
+  # Never reuse a mount, loop device or slapd found here: on_demote did
+  # not run (twinblock was killed), so they are a previous reign's.
+  stale
   if ! mountpoint -q "$fuse"; then
     # nbdfuse stays in the foreground: detach it (and keep it off the
     # hook's output pipe, which the controller reads to the end).
@@ -41,18 +75,18 @@ promote() {
   mkdir -p "$mnt/ldap"
   slapd -f "$LDAP_DIR/slapd-$node.conf" -h "ldap://127.0.0.1:$LDAP_PORT/" </dev/null >/dev/null 2>&1
   for _ in $(seq 100); do
-    ldapsearch -x -H "ldap://127.0.0.1:$LDAP_PORT" -b "" -s base >/dev/null 2>&1 && break
+    if ldapsearch -x -H "ldap://127.0.0.1:$LDAP_PORT" -b "" -s base >/dev/null 2>&1; then
+      log "slapd serves ldap://127.0.0.1:$LDAP_PORT from $mnt"
+      return 0
+    fi
     sleep 0.1
   done
-  log "slapd serves ldap://127.0.0.1:$LDAP_PORT from $mnt"
+  log "slapd does not answer on ldap://127.0.0.1:$LDAP_PORT"
+  exit 1
 }
 
 demote() {
-  local pid
-  pid=$(cat "$LDAP_DIR/slapd-$node.pid" 2>/dev/null || true)
-  if [[ -n $pid ]] && kill "$pid" 2>/dev/null; then
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  fi
+  stop_slapd
   mountpoint -q "$mnt" && umount "$mnt"
   [[ -s $loopfile ]] && losetup -d "$(cat "$loopfile")" 2>/dev/null || true
   if mountpoint -q "$fuse"; then
