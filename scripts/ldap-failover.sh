@@ -12,10 +12,14 @@
 # OOM kill): slapd and the mount it holds stay on a, as they would on a
 # real host. After a has come back and resynced, b's zone dies and a
 # must serve every acknowledged entry again, those added on b included.
+# With --crash slapd-fails b's slapd cannot start at the takeover (a
+# broken configuration): b must say why in status's last_error; once the
+# configuration is mended, `secondary --force` on b and the controller's
+# next promotion serve every entry.
 # Each node's slapd listens on a port of its own (as on its own host);
 # clients go to the node the service address names.
 #
-#   scripts/ldap-failover.sh [--entries N] [--dead-time SECONDS] [--crash zone|process]
+#   scripts/ldap-failover.sh [--entries N] [--dead-time SECONDS] [--crash zone|process|slapd-fails]
 #
 # TWINBLOCK=path/to/twinblock uses that binary instead of building one.
 # Prints the timeline and "PASS" (exit 0), or what went wrong (exit 1).
@@ -30,7 +34,7 @@ while (($#)); do
     --entries) ENTRIES=$2; shift 2 ;;
     --dead-time) DEAD=$2; shift 2 ;;
     --crash) CRASH=$2; shift 2 ;;
-    *) echo "usage: $0 [--entries N] [--dead-time SECONDS] [--crash zone|process]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--entries N] [--dead-time SECONDS] [--crash zone|process|slapd-fails]" >&2; exit 2 ;;
   esac
 done
 [[ $(id -u) -eq 0 ]] || { echo "ldap-failover: needs root (losetup, mount)" >&2; exit 1; }
@@ -124,6 +128,7 @@ is() { [[ $(st "$1" | field "$2" 2>/dev/null) == "$3" ]]; }
 # The LDAP server the service address names.
 uri() { local port=PORT_$(cat "$D/service-address" 2>/dev/null || echo a); echo "ldap://127.0.0.1:${!port}"; }
 count() { ldapsearch -x -LLL -H "$(uri)" -b "ou=people,dc=example,dc=com" "(uid=*)" dn 2>/dev/null | grep -c '^dn:' || true; }
+served() { [[ $(cat "$D/service-address") == "$1" ]] && (($(count) >= 1)); }
 
 start w witness
 start a up
@@ -162,7 +167,22 @@ kill_zone() { # kill_zone NODE: slapd and twinblock killed (SIGKILL), its kernel
   losetup -d "$(cat "$D/loop-$1")" 2>/dev/null || true
   fusermount3 -u -z "$D/fuse-$1" 2>/dev/null || true
 }
-if [[ $CRASH == process ]]; then
+if [[ $CRASH == slapd-fails ]]; then
+  sed -i 's/^database mdb/database nosuchbackend/' "$D/slapd-b.conf"
+  say "b's slapd configuration broken; availability zone of a fails"
+  kill_zone a
+  failed() { st b | field last_error | grep -q "slapd did not start: Unrecognized database type"; }
+  wait_for $((DEAD + 30)) "b's last_error naming slapd's reason" failed
+  [[ $(st b | field role) == Primary && $(cat "$D/service-address") == b ]] || fail "b is not Primary with the address"
+  say "b Primary without slapd: $(st b | field last_error)"
+  sed -i 's/^database nosuchbackend/database mdb/' "$D/slapd-b.conf"
+  "$BIN" secondary --config "$D/r0.toml" --node b --force >/dev/null || fail "secondary --force on b"
+  wait_for $((DEAD + 30)) "LDAP on b after its configuration was mended" served b
+  n=$(count)
+  ((n == acked)) || fail "$((acked - n)) acknowledged entries missing"
+  echo "PASS: $n/$acked entries after slapd could not start at the takeover"
+  exit 0
+elif [[ $CRASH == process ]]; then
   say "twinblock on a crashes (SIGKILL); slapd and its mount stay on a"
   kill -9 "$PID_a"
   wait "$PID_a" 2>/dev/null || true
@@ -171,7 +191,6 @@ else
   kill_zone a
 fi
 killed=$(date +%s.%N)
-served() { [[ $(cat "$D/service-address") == "$1" ]] && (($(count) >= 1)); }
 wait_for $((DEAD + 30)) "LDAP back on b" served b
 back=$(echo "$(date +%s.%N) - $killed" | bc)
 n=$(count)

@@ -73,7 +73,13 @@ promote() {
   fi
   mountpoint -q "$mnt" || mount "$dev" "$mnt"
   mkdir -p "$mnt/ldap"
-  slapd -f "$LDAP_DIR/slapd-$node.conf" -h "ldap://127.0.0.1:$LDAP_PORT/" </dev/null >/dev/null 2>&1
+  # slapd says why it did not start on stderr: keep it for the
+  # controller's last_error (the hook's stderr tail).
+  if ! slapd -f "$LDAP_DIR/slapd-$node.conf" -h "ldap://127.0.0.1:$LDAP_PORT/" </dev/null \
+    >"$LDAP_DIR/slapd-$node.start" 2>&1; then
+    log "slapd did not start: $(tail -c 300 "$LDAP_DIR/slapd-$node.start" | tr '\n' ' ')"
+    exit 1
+  fi
   for _ in $(seq 100); do
     if ldapsearch -x -H "ldap://127.0.0.1:$LDAP_PORT" -b "" -s base >/dev/null 2>&1; then
       log "slapd serves ldap://127.0.0.1:$LDAP_PORT from $mnt"

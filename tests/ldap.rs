@@ -59,3 +59,15 @@ fn ldap_entries_survive_a_failover() {
 fn ldap_entries_survive_a_crash_of_twinblock_alone_and_a_second_failover() {
     ldap_failover(&["--crash", "process"]);
 }
+
+/// Found by review (helper-122): b's slapd cannot start at the takeover (a
+/// broken configuration). b stays Primary without the service, as the
+/// README says, but `status`'s `last_error` read `exit status: 1: ` and
+/// nothing more: the hook sent slapd's own message to /dev/null. It now
+/// says `slapd did not start: Unrecognized database type (...)`; once the
+/// configuration is mended, `secondary --force` and the controller's next
+/// promotion serve every entry.
+#[test]
+fn ldap_takeover_whose_slapd_cannot_start_says_why_and_recovers() {
+    ldap_failover(&["--crash", "slapd-fails"]);
+}
