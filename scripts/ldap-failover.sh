@@ -164,7 +164,11 @@ kill_zone() { # kill_zone NODE: slapd and twinblock killed (SIGKILL), its kernel
   kill -9 "$(cat "$D/slapd-$1.pid")" "${!pid}"
   wait "${!pid}" 2>/dev/null || true
   umount -l "$D/mnt-$1" 2>/dev/null || true
-  losetup -d "$(cat "$D/loop-$1")" 2>/dev/null || true
+  # (Only if still this node's: a recorded device may have been reused.)
+  local dev back
+  dev=$(cat "$D/loop-$1" 2>/dev/null || true)
+  back=$([[ -n $dev ]] && losetup -n -O BACK-FILE --list "$dev" 2>/dev/null || true)
+  [[ ${back% (deleted)} == "$D/fuse-$1/disk" ]] && losetup -d "$dev" 2>/dev/null || true
   fusermount3 -u -z "$D/fuse-$1" 2>/dev/null || true
 }
 if [[ $CRASH == slapd-fails ]]; then

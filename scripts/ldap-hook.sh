@@ -18,6 +18,18 @@ mnt=$LDAP_DIR/mnt-$node
 loopfile=$LDAP_DIR/loop-$node
 log() { echo "ldap-hook[$node] $*" >&2; }
 
+# detach DEV: detaches a loop device only if it is this node's (its
+# backing file is this hook's FUSE disk): a device recorded by an earlier
+# reign may have been detached and reused by anything else since.
+detach() {
+  [[ -n $1 ]] || return 0
+  local back
+  back=$(losetup -n -O BACK-FILE --list "$1" 2>/dev/null || true)
+  if [[ ${back% (deleted)} == "$fuse/disk" ]]; then
+    losetup -d "$1" 2>/dev/null || true
+  fi
+}
+
 # stop_slapd: stops the slapd this hook started, if it still runs.
 stop_slapd() {
   local pid
@@ -40,7 +52,7 @@ stale() {
   fi
   local dev
   for dev in $(losetup -j "$fuse/disk" 2>/dev/null | cut -d: -f1) $(cat "$loopfile" 2>/dev/null || true); do
-    losetup -d "$dev" 2>/dev/null || true
+    detach "$dev"
   done
   rm -f "$loopfile"
   if mountpoint -q "$fuse"; then
@@ -68,6 +80,13 @@ promote() {
   [[ -n $dev ]] || dev=$(losetup -f --show "$fuse/disk")
   echo "$dev" >"$loopfile"
   if ! blkid "$dev" >/dev/null 2>&1; then
+    # Only a blank export is formatted: blkid also fails on a read error,
+    # and formatting then would replace the replicated file system (review,
+    # helper-122). Its first MiB must read, and read as zeroes.
+    if ! cmp -s -n 1048576 "$dev" /dev/zero; then
+      log "no file system found on $dev, and its first MiB is not blank (or does not read): not formatting it"
+      exit 1
+    fi
     log "no filesystem yet: mkfs.ext4"
     mkfs.ext4 -q -F "$dev"
   fi
@@ -94,7 +113,7 @@ promote() {
 demote() {
   stop_slapd
   mountpoint -q "$mnt" && umount "$mnt"
-  [[ -s $loopfile ]] && losetup -d "$(cat "$loopfile")" 2>/dev/null || true
+  [[ -s $loopfile ]] && detach "$(cat "$loopfile")"
   if mountpoint -q "$fuse"; then
     for _ in $(seq 50); do fusermount3 -u "$fuse" 2>/dev/null && break; sleep 0.1; done
   fi
