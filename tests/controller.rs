@@ -1438,6 +1438,28 @@ fn an_unreachable_ec2_api_at_the_takeover_is_tried_again() {
     }
 }
 
+/// A cluster whose `on_promote` touches a file the health check tests
+/// (`[controller.address]` keys `address_extra` added), a made Primary
+/// while its address move fails (the mover's `echo a > owner` fails:
+/// owner is a directory). Returns the cluster, its directory's guard and
+/// the file.
+fn promoted_while_the_move_fails(address_extra: &str) -> (Cluster, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    PROMOTE_EXTRA.with(|d| *d.borrow_mut() = format!(", \"touch {}\"", ready.display()));
+    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = address_extra.into());
+    let c = cluster_with(
+        None,
+        None,
+        &format!("health = \"test -f {}\"\nhealth_interval = \"300ms\"", ready.display()),
+    );
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
+    std::fs::create_dir(&c.owner).unwrap();
+    c.first_primary();
+    (c, dir, ready)
+}
+
 /// The health check does not count while `on_promote` waits for a failed
 /// address move (the service is not started yet, by design): before, it
 /// failed three times and handed over to the peer, whose move failed as
@@ -1448,20 +1470,7 @@ fn the_health_check_waits_while_on_promote_waits_for_the_address() {
     if !need_tools() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready");
-    PROMOTE_EXTRA.with(|d| *d.borrow_mut() = format!(", \"touch {}\"", ready.display()));
-    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\n".into());
-    let c = cluster_with(
-        None,
-        None,
-        &format!("health = \"test -f {}\"\nhealth_interval = \"300ms\"", ready.display()),
-    );
-    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
-    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
-    // The mover's `echo a > owner` fails: owner is a directory.
-    std::fs::create_dir(&c.owner).unwrap();
-    c.first_primary();
+    let (c, _dir, ready) = promoted_while_the_move_fails("recheck = \"500ms\"\n");
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         let a = c.p.status(0);
@@ -1492,20 +1501,8 @@ fn a_node_whose_address_moves_keep_failing_hands_over_after_two_deadlines() {
     if !need_tools() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready");
-    PROMOTE_EXTRA.with(|d| *d.borrow_mut() = format!(", \"touch {}\"", ready.display()));
-    ADDRESS_EXTRA.with(|d| *d.borrow_mut() = "recheck = \"500ms\"\ndeadline = \"2s\"\n".into());
-    let c = cluster_with(
-        None,
-        None,
-        &format!("health = \"test -f {}\"\nhealth_interval = \"300ms\"", ready.display()),
-    );
-    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
-    ADDRESS_EXTRA.with(|d| d.borrow_mut().clear());
-    // The mover's `echo a > owner` fails: owner is a directory.
-    std::fs::create_dir(&c.owner).unwrap();
-    c.first_primary();
+    let (c, _dir, ready) =
+        promoted_while_the_move_fails("recheck = \"500ms\"\ndeadline = \"2s\"\n");
     let promoted = Instant::now();
     c.p.wait("b took over once a's hold ran out", Duration::from_secs(40), |a, b| {
         a["role"] == "Secondary" && b["role"] == "Primary"

@@ -18,8 +18,9 @@ fn a_recreated_disk_with_surviving_metadata_is_failed_and_keeps_its_generation()
     assert!(c.may_read().is_err());
 }
 
-#[test]
-fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
+/// A pair in C, a write replicated, then a FLUSH (request 2) that fails
+/// on the Secondary's disk: b is detached.
+fn a_flush_failed_on_the_peer() -> Pair {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
     p.write(0, 1, 0, 1, 64);
@@ -29,6 +30,12 @@ fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
     p.core(0).flush(now, 2);
     p.settle();
     assert_eq!(p.core(1).disk(), DiskState::Failed);
+    p
+}
+
+#[test]
+fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
+    let p = a_flush_failed_on_the_peer();
     // The reply went out only once the Primary's data was a new
     // generation on disk: the peer is known to lack it.
     assert!(p.reply(0, 2).is_some());
@@ -41,15 +48,7 @@ fn a_peer_whose_flush_fails_is_detached_and_marked_before_the_reply() {
 /// write", a FLUSH or a verify read too (found by review, helper-117).
 #[test]
 fn a_secondarys_failed_flush_is_named_a_flush() {
-    let mut p = Pair::new(Protocol::C, Plant::None);
-    p.initial();
-    p.write(0, 1, 0, 1, 64);
-    p.settle();
-    p.n[1].fail_flush = true;
-    let now = p.now;
-    p.core(0).flush(now, 2);
-    p.settle();
-    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    let mut p = a_flush_failed_on_the_peer();
     let why = p.core(1).status().last_error.unwrap_or_default();
     assert!(why.contains("replicated flush"), "{why:?}");
 }
