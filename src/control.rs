@@ -337,19 +337,18 @@ async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> R
 /// design, helper-121). Bounded as a stop's demotion is
 /// ([`crate::up::demote_wait`]).
 async fn demoted(node: &Arc<Node>) -> Result<(), String> {
+    use twinblock_replicator::node::poll_until;
     use twinblock_replicator::protocol::wire::Role;
     let wait = crate::up::demote_wait(node);
     let deadline = tokio::time::Instant::now() + wait;
-    while node.role() == Role::Primary {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{} is still demoting after {}s (on_demote runs): it becomes Secondary once \
-                 that ends",
-                node.me.name,
-                wait.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let secondary = || node.role() != Role::Primary;
+    if !poll_until(deadline, Duration::from_millis(10), secondary).await {
+        return Err(format!(
+            "{} is still demoting after {}s (on_demote runs): it becomes Secondary once that \
+             ends",
+            node.me.name,
+            wait.as_secs()
+        ));
     }
     Ok(())
 }

@@ -275,9 +275,7 @@ impl Node {
         self.demote_forced();
         let deadline = tokio::time::Instant::now() + wait;
         let busy = || self.role() == Role::Primary || self.lock().core.releasing();
-        while busy() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::poll_until(deadline, Duration::from_millis(10), || !busy()).await;
         if self.role() == Role::Primary {
             tracing::warn!("stopping as Primary: the demotion did not finish within {wait:?}");
             return;

@@ -173,6 +173,25 @@ impl Answers {
     }
 }
 
+/// Checks `done` every `every` until it holds or `deadline` passes (the
+/// verbs' and the stop's waits for the node to change its role); whether
+/// it holds.
+pub async fn poll_until(
+    deadline: tokio::time::Instant,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// What the core asks of the controller's task (votes for the witness,
 /// hooks to run).
 #[derive(Debug)]

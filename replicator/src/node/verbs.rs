@@ -27,9 +27,7 @@ impl Node {
         // first, and this one then answers as the node is (before, it was
         // refused though the node became Primary: found by review).
         let busy = |sh: &Shell| sh.core.handshaking() || sh.core.promotion_asked().is_some();
-        while busy(&self.lock()) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::poll_until(deadline, Duration::from_millis(5), || !busy(&self.lock())).await;
         let (r, ask) = self.with_core(|c, _| (c.promote(force, wall_ms()), c.promotion_asked()));
         self.changed.notify_waiters();
         r?;
