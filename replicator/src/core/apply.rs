@@ -323,7 +323,7 @@ impl Core {
                 if peer_write(&op) {
                     self.peer_write_done();
                 }
-                self.verify_answered(sid, &op);
+                self.verify_answered(sid, verify_len(&op));
                 self.admitted(sid, seq);
                 if self.session_id() == Some(sid) {
                     self.send(Message::Failed { seq, errno: IoError::EIO.0 });
@@ -369,10 +369,7 @@ impl Core {
                 verify: false,
                 flush_epoch: None,
                 bytes: if scratch { 0 } else { op.wire_bytes() },
-                asked: match op {
-                    Op::Verify { len, .. } => u64::from(len),
-                    _ => 0,
-                },
+                asked: verify_len(&op),
                 scratch,
                 write: peer_write(&op),
             };
@@ -397,9 +394,7 @@ impl Core {
 
     pub(crate) fn apply_done(&mut self, a: ApplyIo, result: Result<Option<Bytes>, IoError>) {
         self.applying -= 1;
-        if let Some(s) = self.session.as_mut().filter(|s| s.id == a.sid) {
-            s.verify_asked = s.verify_asked.saturating_sub(a.asked);
-        }
+        self.verify_answered(a.sid, a.asked);
         if a.write {
             self.peer_write_done();
         }
@@ -449,13 +444,11 @@ impl Core {
         self.applied(a.sid, a.seq);
     }
 
-    /// The peer's checksum request `op` (if it is one) of session `sid`
-    /// is answered, or will never be.
-    fn verify_answered(&mut self, sid: SessionId, op: &Op) {
-        if let (Op::Verify { len, .. }, Some(s)) =
-            (op, self.session.as_mut().filter(|s| s.id == sid))
-        {
-            s.verify_asked = s.verify_asked.saturating_sub(u64::from(*len));
+    /// `len` bytes of session `sid`'s checksum requests are answered, or
+    /// will never be.
+    fn verify_answered(&mut self, sid: SessionId, len: u64) {
+        if let Some(s) = self.session.as_mut().filter(|s| s.id == sid) {
+            s.verify_asked = s.verify_asked.saturating_sub(len);
         }
     }
 
@@ -566,6 +559,14 @@ impl Core {
         }
         self.adaptive_peer_state(role, current);
         Ok(())
+    }
+}
+
+/// The bytes a peer's checksum request asks to read (0: not one).
+fn verify_len(op: &Op) -> u64 {
+    match op {
+        Op::Verify { len, .. } => u64::from(*len),
+        _ => 0,
     }
 }
 
