@@ -18,15 +18,7 @@ fn netem(relay: &str, forward: &str) -> KillOnDrop {
 }
 
 fn wait_in_sync(p: &Pair, what: &str) {
-    p.wait(what, Duration::from_secs(90), |a, b| {
-        [a, b].iter().all(|s| {
-            s["connection"] == "Connected"
-                && s["sync"].is_null()
-                && s["out_of_sync_bytes"] == 0
-                && s["in_flight"] == 0
-                && s["disk"] == "UpToDate"
-        })
-    });
+    p.wait_both_synced(what, Duration::from_secs(90));
 }
 
 fn identical(p: &Pair) -> bool {

@@ -627,15 +627,7 @@ fn a_forced_failover_in_protocol_a_resyncs_the_old_primarys_tail_away() {
     p.ok(&["primary", "--force"], 1);
     p.qemu_io(1, "write -P 0x5b 12M 1M");
     p.up(0);
-    p.wait("the old Primary to resync", Duration::from_secs(60), |a, b| {
-        [a, b].iter().all(|s| {
-            s["connection"] == "Connected"
-                && s["sync"].is_null()
-                && s["out_of_sync_bytes"] == 0
-                && s["in_flight"] == 0
-                && s["disk"] == "UpToDate"
-        })
-    });
+    p.wait_both_synced("the old Primary to resync", Duration::from_secs(60));
     let (a, b) = (read_file(&p.nodes[0].disk), read_file(&p.nodes[1].disk));
     assert!(a == b, "the disks differ after the old Primary's return");
     assert!(a[12 << 20..13 << 20].iter().all(|&x| x == 0x5b), "b's write did not reach a");

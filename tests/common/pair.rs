@@ -334,6 +334,20 @@ impl Pair {
         });
     }
 
+    /// Both nodes Connected, UpToDate, with nothing to resync and nothing
+    /// in flight.
+    pub fn wait_both_synced(&self, what: &str, timeout: Duration) {
+        self.wait(what, timeout, |a, b| {
+            [a, b].iter().all(|s| {
+                s["connection"] == "Connected"
+                    && s["sync"].is_null()
+                    && s["out_of_sync_bytes"] == 0
+                    && s["in_flight"] == 0
+                    && s["disk"] == "UpToDate"
+            })
+        });
+    }
+
     /// Node b's own replication address, from the resource file.
     pub fn b_address(&self) -> String {
         let text = std::fs::read_to_string(&self.config).unwrap();
