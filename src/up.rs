@@ -35,28 +35,31 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // file and metadata behind).
         let (mine, peer) = res.pair(me)?;
         let tls = link::configs(&res, mine, peer)?;
+        // So are the address mover's settings (a kind this build cannot
+        // move, found by review), a node already up (its control socket
+        // answers) and ports in use.
+        if let Some(a) = res.controller.as_ref().and_then(|c| c.address.as_ref()) {
+            crate::controller::address::spec(a).map_err(anyhow::Error::msg)?;
+        }
+        let control = ControlServer::bind(&mine.control)?;
+        let control_path = control.path().to_owned();
+        let listener = TcpListener::bind(mine.nbd)
+            .await
+            .with_context(|| format!("cannot listen for NBD on {}", mine.nbd))?;
+        let metrics_listener = match mine.metrics {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         // `down` asks for the stop: the export drains and a Primary
         // demotes while the link and the controller still run; `stop_tx`
         // then ends them.
         let (down_tx, mut down_rx) = watch::channel(false);
-        let control = ControlServer::bind(&node.me.control)?;
-        let control_path = control.path().to_owned();
-        let listener = TcpListener::bind(node.me.nbd)
-            .await
-            .with_context(|| format!("cannot listen for NBD on {}", node.me.nbd))?;
-        let metrics_listener = match node.me.metrics {
-            Some(addr) => Some(crate::metrics::bind(addr).await?),
-            None => None,
-        };
         let endpoint = link::start(node.clone(), tls, stop_rx.clone())?;
         // Address moves' outcomes, controller to events hub.
         let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Some(c) = node.res.controller.clone() {
-            if let Some(a) = &c.address {
-                crate::controller::address::spec(a).map_err(anyhow::Error::msg)?;
-            }
             crate::controller::start(node.clone(), c, stop_rx.clone(), outcomes_tx);
             println!(
                 "twinblock up: failover controller on (dead_time {:?}, witness {})",

@@ -273,3 +273,59 @@ fn primary_twice_at_once_on_one_node_both_succeed() {
     assert_eq!(p.status(0)["role"], "Primary");
     assert_eq!(p.status(1)["role"], "Secondary");
 }
+
+/// Found by review: `up` opened (and on a first start created) the disk
+/// and its metadata before it checked the address mover's settings and
+/// bound its sockets, so a start refused for a mover this build lacks,
+/// an NBD port in use, or a node already up left new files behind (or,
+/// for a node already up, opened its metadata beside the running one).
+#[test]
+fn up_refuses_what_it_cannot_start_before_it_creates_anything() {
+    let p = Pair::prepare("C", "16M");
+    let up = |p: &Pair| {
+        let out = Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&p.config)
+            .args(["--node", "a"])
+            .output()
+            .unwrap();
+        let made: Vec<_> = std::fs::read_dir(p.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("a.") && n != "a.sock")
+            .collect();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), made)
+    };
+    // The NBD port in use.
+    let held = std::net::TcpListener::bind(p.nodes[0].nbd).unwrap();
+    let (code, err, made) = up(&p);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot listen for NBD"), "{err}");
+    assert!(made.is_empty(), "a failed start left {made:?}");
+    drop(held);
+    // A controller whose address mover cannot move: a required key
+    // missing (any build), and an AWS kind in a build without AWS.
+    let base = std::fs::read_to_string(&p.config).unwrap();
+    let with_address = |address: &str| {
+        let w = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        format!(
+            "{base}\n[nodes.w]\nwitness = true\naddress = \"{w}\"\nconnect = \"{w}\"\nmeta = \
+             \"w.state\"\ncontrol = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\n\
+             [controller]\ndead_time = \"8s\"\n\n[controller.address]\n{address}"
+        )
+    };
+    std::fs::write(&p.config, with_address("kind = \"aws-eip\"\nregion = \"us-east-1\"\n"))
+        .unwrap();
+    let (code, err, made) = up(&p);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("allocation_id"), "{err}");
+    assert!(made.is_empty(), "a failed start left {made:?}");
+    if !cfg!(feature = "aws") {
+        let eip = "kind = \"aws-eip\"\nallocation_id = \"eipalloc-1\"\nregion = \"us-east-1\"\n";
+        std::fs::write(&p.config, with_address(eip)).unwrap();
+        let (code, err, made) = up(&p);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("`aws` feature"), "{err}");
+        assert!(made.is_empty(), "a failed start left {made:?}");
+    }
+}

@@ -31,6 +31,13 @@ pub fn spec(a: &AddressSettings) -> Result<AddressSpec, String> {
         endpoint: a.endpoint.clone(),
     };
     s.validate().map_err(|e| e.to_string())?;
+    // Refused at `up`, not at the first promotion (found by review).
+    if kind != Kind::Command && !cfg!(feature = "aws") {
+        return Err(format!(
+            "controller.address.kind: \"{kind}\" needs twinblock built with the `aws` feature \
+             (this build moves addresses with kind \"command\" only)"
+        ));
+    }
     // Checked here, at `up`, not at the first promotion that needs IMDS.
     if let Some(e) = &a.imds_endpoint {
         let host = e.strip_prefix("http://").map(|h| h.trim_end_matches('/'));
