@@ -266,6 +266,9 @@ where
     if let Some(why) = credentials_hiccup(e) {
         return Class::Retry(why);
     }
+    if let Some(message) = credentials_missing(e) {
+        return Class::Fatal { code: "NoCredentials".into(), message };
+    }
     match e {
         SdkError::TimeoutError(_) => Class::Retry("timed out".into()),
         // I/O, timeouts, and "transient" failures such as a connection
@@ -334,6 +337,27 @@ fn credentials_hiccup(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 }
                 _ => None,
             };
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// No credentials configured anywhere the SDK's chain looks: what to
+/// do, in one line. Found by review: the SDK's own text for this (every
+/// provider of the chain and why each gave nothing) was about 2 KB, and
+/// went whole into `status`'s `last_error` and the log.
+fn credentials_missing(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(CredentialsError::CredentialsNotLoaded(_)) = err.downcast_ref() {
+            return Some(
+                "no AWS credentials: none of the environment (AWS_ACCESS_KEY_ID), the \
+                 profile files, web identity, the container's or the instance profile's \
+                 (IMDS) gave any; give the instance an IAM role allowed to move the address"
+                    .into(),
+            );
         }
         next = err.source();
     }
@@ -527,4 +551,27 @@ async fn secondary_ip(
     // The assignment is asynchronous on AWS: poll until it shows.
     ec2.verify("DescribeNetworkInterfaces", missing).await?;
     Ok((false, format!("{ip} assigned to {eni}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_ec2::operation::associate_address::AssociateAddressError;
+
+    /// The chain's "no credentials" is one short line naming what to do;
+    /// a provider's failure is not taken for it (it is retried).
+    #[test]
+    fn missing_credentials_are_one_short_line() {
+        let chain = "no providers in chain provided credentials: ".repeat(40);
+        let e: SdkError<AssociateAddressError, HttpResponse> =
+            SdkError::construction_failure(CredentialsError::not_loaded(chain));
+        let Class::Fatal { code, message } = classify(&e) else { panic!("retried") };
+        assert_eq!(code, "NoCredentials");
+        assert!(message.len() < 300 && !message.contains('\n'), "{message}");
+        assert!(message.contains("IAM role"), "{message}");
+        let hiccup: SdkError<AssociateAddressError, HttpResponse> =
+            SdkError::construction_failure(CredentialsError::provider_error("IMDS 503"));
+        assert!(matches!(classify(&hiccup), Class::Retry(_)));
+    }
 }
