@@ -282,7 +282,13 @@ impl Core {
         match unusable {
             Some(Unusable::Mine { lost: l }) => {
                 decision = Decision::SyncTarget { full: true };
-                lost = l;
+                // A generation this process started and answered no write
+                // or FLUSH on (its disk failed as the link went, with
+                // writes in flight, each then answered EIO) holds nothing
+                // the peer lacks (found by review, helper-120: a Primary
+                // whose disk filled while connected was rebuilt Outdated,
+                // "those writes are lost", `primary --force` needed).
+                lost = l && self.unacked_current != Some(self.gen.current);
                 if !l {
                     // Nothing this node acknowledged is missing from the
                     // peer: what it had is forgotten, so a resync cut

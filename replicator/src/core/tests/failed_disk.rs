@@ -623,3 +623,47 @@ fn an_activity_log_extent_past_any_device_is_not_a_panic() {
     assert_eq!(c.status().out_of_sync_bytes, 1024);
     assert_eq!(c.disk(), DiskState::UpToDate);
 }
+
+/// A Primary's disk fails (a full file system, EIO) while its peer is
+/// connected in protocol C: the write that hit it is answered EIO, the
+/// link goes with it, and the node starts a generation its peer lacks,
+/// on which it answers nothing more (its disk is Failed). Switched to
+/// Secondary and reconnected, it is rebuilt from its peer and UpToDate:
+/// nothing it acknowledged is missing. Found by review (helper-120):
+/// rebuilt Outdated, `last_error` "those writes are lost", and only
+/// `primary --force` on a node ended it. After a restart this node cannot
+/// know that it answered nothing on that generation: Outdated then, as
+/// before.
+#[test]
+fn a_primary_whose_disk_fails_while_connected_is_rebuilt_uptodate() {
+    for restart in [false, true] {
+        let mut p = Pair::new(Protocol::C, Plant::None);
+        p.initial();
+        p.write(0, 1, 0, 9, 64);
+        p.settle();
+        assert_eq!(p.reply(0, 1), Some(Ok(())));
+        p.n[0].fail_writes = true;
+        p.write(0, 2, 128, 8, 64);
+        p.settle();
+        assert!(matches!(p.reply(0, 2), Some(Err(_))), "{:?}", p.reply(0, 2));
+        assert_eq!(p.core(0).disk(), DiskState::Failed);
+        p.n[0].fail_writes = false;
+        p.core(0).demote().unwrap();
+        if restart {
+            p.crash(0, true);
+            p.restart(0);
+        }
+        p.core(0).connect();
+        p.cut();
+        p.connect();
+        assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+        let s = p.core(0).status();
+        if restart {
+            assert_eq!(s.disk, DiskState::Outdated);
+            continue;
+        }
+        assert_eq!(s.disk, DiskState::UpToDate, "{:?}", s.last_error);
+        assert_eq!(s.last_error, None);
+        assert!(p.core(0).promote(false, 5).is_ok(), "the rebuilt node is not promotable");
+    }
+}
