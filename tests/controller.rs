@@ -10,6 +10,9 @@
 //!   acknowledging writes before the survivor promotes, and never
 //!   acknowledges one after; when it can reach the witness again it runs
 //!   `on_demote` and rejoins as Secondary;
+//! - a Primary stopped (SIGSTOP) past `dead_time` with writes in flight
+//!   and queued acknowledges none of them once it runs again after the
+//!   survivor took over (protocols A and C);
 //! - a link blip shorter than `dead_time` changes nothing;
 //! - cut from its peer but not from the witness, the Primary goes on (the
 //!   witness records the peer as outdated) and the peer never promotes;
@@ -46,6 +49,8 @@ thread_local! {
     static ADDRESS_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     /// More keys of `[nodes.b]` for the next cluster (TOML lines).
     static B_EXTRA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// The protocol of the next cluster (C unless set).
+    static PROTOCOL: std::cell::Cell<&'static str> = const { std::cell::Cell::new("C") };
     /// The whole `[controller.address]` table body for the next cluster
     /// instead of the `command` mover (TOML lines; ADDRESS_EXTRA added).
     static ADDRESS_TABLE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
@@ -80,7 +85,7 @@ fn cluster(a_routes: Option<(&str, &str)>) -> Cluster {
 
 /// `to_b`, `to_w`: relays node a uses to reach b and the witness.
 fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) -> Cluster {
-    let p = Pair::prepare("C", "32M");
+    let p = Pair::prepare(PROTOCOL.with(|p| p.get()), "32M");
     let dir = p.dir.path().to_owned();
     run_ok(
         Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).args(["a", "b", "w"]),
@@ -573,6 +578,89 @@ fn a_frozen_isolated_primary_holds_reads_until_it_is_deposed() {
     assert!(!text.contains("4096/4096"), "a answered the held read with its own data: {text}");
     assert!(text.contains("Input/output error"), "a's held read did not fail: {text}");
     drop(relay_w);
+}
+
+/// A Primary whose process stops (SIGSTOP: a paused VM, a stalled
+/// host) for longer than `dead_time`, with writes in flight and more
+/// queued on its NBD socket, while the witness promotes b and b overwrites
+/// those blocks: once it runs again (SIGCONT) it acknowledges none of
+/// them (its leases ran out on its own clock: EIO, then read-only once
+/// deposed), and it rejoins as b's Secondary with b's data. Protocol A is
+/// the sharper case (a write's reply waits for the local disk only).
+/// (Review, helper-124: held in A, B, C and adaptive.)
+fn a_stopped_primary_acknowledges_nothing_after_the_takeover(protocol: &'static str) {
+    if !need_tools() {
+        return;
+    }
+    PROTOCOL.with(|p| p.set(protocol));
+    let c = cluster(None);
+    PROTOCOL.with(|p| p.set("C"));
+    c.first_primary();
+    let pid = c.p.nodes[0].child.as_ref().expect("a runs").id() as i32;
+    let mut client = nbd::Client::go_addr(c.p.nodes[0].nbd, false);
+    client.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    const N: u64 = 32;
+    // Block i (64 KiB apart) gets 0x10 + i.
+    let burst = |from: u64, to: u64, len: u32| {
+        let mut b = Vec::new();
+        for i in from..to {
+            let data = vec![0x10 + i as u8; len as usize];
+            nbd::request_bytes(&mut b, 0, 1, i, i << 16, len, &data);
+        }
+        b
+    };
+    // Half sent just before the stop (a few milliseconds to read them and
+    // start them: in flight), half while stopped (queued in the socket,
+    // small enough for its buffers).
+    client.send(&burst(0, N / 2, 64 << 10));
+    std::thread::sleep(Duration::from_millis(3));
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    client.send(&burst(N / 2, N, 4096));
+    // What a answered before the stop took hold is in the socket now.
+    std::thread::sleep(Duration::from_millis(300));
+    client.s.set_nonblocking(true).unwrap();
+    let mut peek = vec![0u8; 16 * N as usize];
+    let early = client.s.peek(&mut peek).unwrap_or(0) / 16;
+    client.s.set_nonblocking(false).unwrap();
+    // (a's control socket does not answer while it is stopped.)
+    c.p.wait_one(1, "b Primary", |b| b["role"] == "Primary");
+    let (ok, text) = qemu_io(&c.p.uri(1), "write -P 0xee 0 2M", Duration::from_secs(60));
+    assert!(ok && text.contains("wrote"), "b writes as the new Primary: {text}");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let mut late_acks = Vec::new();
+    let mut errnos = Vec::new();
+    for n in 0..N as usize {
+        let (errno, cookie) = client.simple_reply();
+        errnos.push(errno);
+        if n >= early && errno == 0 {
+            late_acks.push(cookie);
+        }
+    }
+    eprintln!("{protocol}: {early} answered before the stop took hold; errnos {errnos:?}");
+    assert!(
+        late_acks.is_empty(),
+        "{protocol}: a acknowledged writes {late_acks:?} after b took over and overwrote them"
+    );
+    // a hears the witness: deposed, it rejoins as b's Secondary with b's data.
+    c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary"
+            && b["role"] == "Primary"
+            && a["disk"] == "UpToDate"
+            && a["connection"] == "Connected"
+            && a["controller"]["superseded"] == false
+    });
+    let (ok, text) = qemu_read_only(&c.p.uri(0), "read -P 0xee 0 2M");
+    assert!(ok && !text.contains("verification failed"), "a lacks b's writes: {text}");
+}
+
+#[test]
+fn a_stopped_primary_in_protocol_a_acknowledges_nothing_after_the_takeover() {
+    a_stopped_primary_acknowledges_nothing_after_the_takeover("A");
+}
+
+#[test]
+fn a_stopped_primary_in_protocol_c_acknowledges_nothing_after_the_takeover() {
+    a_stopped_primary_acknowledges_nothing_after_the_takeover("C");
 }
 
 #[test]
