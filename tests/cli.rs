@@ -146,6 +146,15 @@ fn gen_certs_json_names_the_files_it_wrote() {
     assert_eq!(v["reused_ca"], true, "{again}");
 }
 
+/// Node a's files in the pair's directory (`a.img`, `a.meta`, ...).
+fn files_of_a(p: &Pair) -> Vec<String> {
+    std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("a."))
+        .collect()
+}
+
 /// Found by review: `up` with a missing certificate created the disk file
 /// and its metadata before it failed on the certificate; a key that does
 /// not go with its certificate was reported without a file name.
@@ -153,28 +162,16 @@ fn gen_certs_json_names_the_files_it_wrote() {
 fn up_checks_its_certificates_before_it_creates_anything() {
     let p = Pair::prepare("C", "16M");
     let certs = p.dir.path().join("certs");
-    let up = |p: &Pair| {
-        Command::new(BIN)
-            .args(["up", "--config"])
-            .arg(&p.config)
-            .args(["--node", "a"])
-            .output()
-            .unwrap()
-    };
     std::fs::rename(certs.join("a.pem"), certs.join("a.pem.away")).unwrap();
-    let out = up(&p);
+    let out = p.cli("up", &[], 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a.pem"), "{err}");
-    let made: Vec<_> = std::fs::read_dir(p.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("a."))
-        .collect();
+    let made = files_of_a(&p);
     assert!(made.is_empty(), "a failed start left {made:?}");
     std::fs::rename(certs.join("a.pem.away"), certs.join("a.pem")).unwrap();
     std::fs::copy(certs.join("b.key"), certs.join("a.key")).unwrap();
-    let out = up(&p);
+    let out = p.cli("up", &[], 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a.key: the key does not go with the certificate"), "{err}");
@@ -283,18 +280,8 @@ fn primary_twice_at_once_on_one_node_both_succeed() {
 fn up_refuses_what_it_cannot_start_before_it_creates_anything() {
     let p = Pair::prepare("C", "16M");
     let up = |p: &Pair| {
-        let out = Command::new(BIN)
-            .args(["up", "--config"])
-            .arg(&p.config)
-            .args(["--node", "a"])
-            .output()
-            .unwrap();
-        let made: Vec<_> = std::fs::read_dir(p.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("a.") && n != "a.sock")
-            .collect();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), made)
+        let out = p.cli("up", &[], 0);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), files_of_a(p))
     };
     // The NBD port in use.
     let held = std::net::TcpListener::bind(p.nodes[0].nbd).unwrap();
