@@ -6,7 +6,7 @@
 # Exits non-zero on the first crash; the crashing input is left in
 # fuzz/artifacts/TARGET/ (turn it into a unit test).
 #
-#   fuzz/run.sh [SECONDS_PER_TARGET]      default 20 (CI: about a minute in all)
+#   fuzz/run.sh [SECONDS_PER_TARGET]      default 20 (CI: about two minutes in all)
 #   FUZZ_RUNS=10000000 fuzz/run.sh        a fixed number of executions instead
 set -euo pipefail
 cd "$(dirname "$0")"
