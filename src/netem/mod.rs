@@ -173,14 +173,20 @@ struct Client {
     back: DelayLine,
     /// Its last datagram, either way.
     last: Instant,
+    /// Datagrams the target sent it (saturating): a client answered more
+    /// than once is a conversation, which strays do not evict.
+    answered: u32,
 }
 
 /// A client that sent or received nothing for this long is dropped (its
 /// socket closed): a node sends pings far more often.
 const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// At most this many clients at once: a new one beyond it takes the place
-/// of the one idle longest. (Each has a socket; before, stray datagrams
-/// from many source ports ran the relay out of descriptors, and it ended.)
+/// of the one idle longest, among those the target answered at most once
+/// if there are any. (Each has a socket; before, stray datagrams from many
+/// source ports ran the relay out of descriptors, and it ended. Then each
+/// stray past this many evicted the node itself, which came back from a
+/// new port: a flood from many ports broke the QUIC link through it.)
 const MAX_CLIENTS: usize = 64;
 /// At most this much held by the relay at once, every line together
 /// (bytes and each datagram's bookkeeping, [`line::cost`]):
@@ -348,7 +354,8 @@ impl Relay {
             .collect();
         self.drop_clients(idle);
         if self.clients.len() >= MAX_CLIENTS {
-            let oldest = (0..self.clients.len()).min_by_key(|&i| self.clients[i].last);
+            let oldest = (0..self.clients.len())
+                .min_by_key(|&i| (self.clients[i].answered > 1, self.clients[i].last));
             self.drop_clients(oldest.into_iter().collect());
         }
         // Of the target's address family (an IPv4 socket cannot reach
@@ -367,6 +374,7 @@ impl Relay {
             forward: DelayLine::new(None, self.shape, seed),
             back: DelayLine::new(Some(addr), self.shape, seed + 7),
             last: now,
+            answered: 0,
         });
         self.by_addr.insert(addr, self.clients.len() - 1);
         Ok(self.clients.len() - 1)
@@ -389,7 +397,9 @@ impl Relay {
             match batch::recv(&self.clients[i].up, buf) {
                 Ok(b) => {
                     let at = self.arrival(&b);
-                    self.clients[i].last = at;
+                    let c = &mut self.clients[i];
+                    c.last = at;
+                    c.answered = c.answered.saturating_add(1);
                     mark(Point::RelayInBack, b.len as u64);
                     self.held += self.clients[i].back.push(buf, &b, at, MAX_HELD - self.held);
                 }
@@ -544,5 +554,51 @@ mod tests {
         target.send_to(b"back", from).unwrap();
         let (n, _) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"back");
+    }
+
+    /// Strays from more source ports than the relay keeps clients for do
+    /// not take the place of a client its target answers (found by review:
+    /// each stray past 64 evicted the client idle longest, the node; its
+    /// next datagram reached the target from a new port, and answers in
+    /// flight went to a closed socket: a flood from many ports, 50,000
+    /// datagrams a second, made the QUIC link through the relay time out).
+    #[test]
+    fn strays_from_many_ports_do_not_evict_an_answered_client() {
+        let target = UdpSocket::bind("127.0.0.1:0").unwrap();
+        target.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let via = relay(target.local_addr().unwrap(), Duration::from_micros(200));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let mut from = Vec::new();
+        // Two exchanges a round: a conversation, not a stray the target
+        // answered once (as a QUIC endpoint answers one with a reset).
+        for round in 0..8u8 {
+            client.send_to(&[0xc1, round], via).unwrap();
+            // The target answers the client (strays it ignores).
+            let (n, at) = loop {
+                let (n, at) = target.recv_from(&mut buf).unwrap();
+                if buf[0] == 0xc1 {
+                    break (n, at);
+                }
+            };
+            assert_eq!(&buf[..n], &[0xc1, round]);
+            from.push(at);
+            target.send_to(&[0xc1, round, 0xaa], at).unwrap();
+            let (n, _) = client.recv_from(&mut buf).expect("the answer reached the client");
+            assert_eq!(&buf[..n], &[0xc1, round, 0xaa]);
+            if round % 2 == 0 {
+                continue;
+            }
+            // More strays than the relay keeps clients, each from a port
+            // of its own, after the client's last datagram.
+            for _ in 0..MAX_CLIENTS + 20 {
+                let stray = UdpSocket::bind("127.0.0.1:0").unwrap();
+                stray.send_to(b"stray", via).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        from.dedup();
+        assert_eq!(from.len(), 1, "the client reached the target from {from:?}");
     }
 }
