@@ -312,8 +312,38 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// The command line with a negative value joined to its option
+/// (`--delay -1ms` read as `--delay=-1ms`), so that the option's parser
+/// says what is wrong with it. (Found by review: clap took `-1ms` for an
+/// option of its own and said "unexpected argument '-1' found".)
+fn join_negative_values(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let negative = |a: &std::ffi::OsString| {
+        a.to_str()
+            .and_then(|s| s.strip_prefix('-'))
+            .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_digit() || c == '.'))
+    };
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    for a in args {
+        let joins = out
+            .last()
+            .and_then(|o| o.to_str())
+            .is_some_and(|o| o.starts_with("--") && o.len() > 2 && !o.contains('='))
+            && negative(&a);
+        match out.last_mut() {
+            Some(o) if joins => {
+                o.push("=");
+                o.push(&a);
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(join_negative_values(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => return bad_command_line(e),
     };

@@ -880,3 +880,25 @@ fn writes_over_the_blocks_the_catch_up_sends_are_not_overwritten() {
         );
     }
 }
+
+/// A negative delay, jitter or loss is refused naming the option and
+/// saying what is wrong (found by review: `--delay -1ms` said "unexpected
+/// argument '-1' found", as if the value were another option).
+#[test]
+fn netem_names_a_negative_value() {
+    for (opt, value, says) in [
+        ("--delay", "-1ms", "cannot be negative"),
+        ("--jitter", "-5ms", "cannot be negative"),
+        ("--loss", "-5", "give a percentage from 0 to 100"),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["netem", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9"]);
+        if opt != "--delay" {
+            cmd.args(["--delay", "1ms"]);
+        }
+        let out = run_timeout(cmd.args([opt, value]), Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{opt} {value}: {err}");
+        assert!(err.contains(opt) && err.contains(says), "{opt} {value}: {err}");
+    }
+}

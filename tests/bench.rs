@@ -558,3 +558,21 @@ fn a_run_that_completes_no_probe_stops_the_bench_naming_time() {
     );
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the local pair left files");
 }
+
+/// A negative duration is refused naming the option and saying what is
+/// wrong, exit 2 (found by review: `--rtt -2ms` said "unexpected argument
+/// '-2' found", as if the value were another option).
+#[test]
+fn bench_names_a_negative_duration() {
+    for args in [
+        &["--rtt", "-2ms"][..],
+        &["--rtt", "2ms", "--time", "-1s"],
+        &["--rtt", "2ms", "--budget", "-3ms"],
+    ] {
+        let out = Command::new(BIN).arg("bench").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let opt = args[args.len() - 2];
+        assert!(err.contains(opt) && err.contains("cannot be negative"), "{args:?}: {err}");
+    }
+}

@@ -27,6 +27,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// (fractions allowed: `1.5ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("{s:?}: a duration cannot be negative"));
+    }
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
@@ -75,5 +78,6 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("-1ms").unwrap_err().contains("negative"));
     }
 }
