@@ -98,6 +98,35 @@ async fn write_response(wr: &mut tokio::net::unix::OwnedWriteHalf, resp: &Respon
     let _ = wr.write_all(text.as_bytes()).await;
 }
 
+/// Binds the control socket owner-only (0600) whatever the umask: it
+/// drives the node (`primary`, `down`, `discard-my-data`). Bound under a
+/// name of this process's own, made private, then linked into place (a
+/// link, unlike a rename, fails if the path was taken meanwhile, as a
+/// bind there would), so no client can connect while it is still open to
+/// others; a path too long for that name is bound in place and made
+/// private at once.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::Permissions::from_mode(0o600);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.new", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    match UnixListener::bind(&tmp) {
+        Ok(listener) => {
+            let placed = std::fs::set_permissions(&tmp, private)
+                .and_then(|()| std::fs::hard_link(&tmp, path));
+            let _ = std::fs::remove_file(&tmp);
+            placed.map(|()| listener)
+        }
+        Err(_) => {
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, private)?;
+            Ok(listener)
+        }
+    }
+}
+
 /// The listening side, bound before the node announces itself.
 pub struct ControlServer {
     listener: UnixListener,
@@ -116,8 +145,8 @@ impl ControlServer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        let listener =
+            bind_private(path).with_context(|| format!("cannot listen on {}", path.display()))?;
         Ok(ControlServer { listener, path: path.to_owned() })
     }
 

@@ -62,6 +62,20 @@ fn the_control_socket_bounds_a_request_and_keeps_serving() {
     assert_eq!(p.status(0)["role"], "Primary");
 }
 
+/// The control socket drives the node (`primary`, `down`,
+/// `discard-my-data`): only its owner may connect, whatever the umask
+/// `up` was started with. Before (review, helper-125), the socket took
+/// the umask: started from a shell with umask 0 it was
+/// `srwxrwxrwx`, and any local user could demote or stop the node.
+#[test]
+fn the_control_socket_is_private_whatever_the_umask() {
+    let mut p = Pair::prepare("C", "16M");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "umask 0 && exec \"$@\"", "sh", BIN]);
+    p.up_with(0, cmd);
+    assert_eq!(mode(&p.dir.path().join("a.sock")), 0o600, "a.sock is not 0600");
+}
+
 #[test]
 fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
     let mut p = Pair::prepare("C", "16M");

@@ -153,7 +153,7 @@ impl Pair {
 
     /// Starts node `i` with `cmd` (twinblock, or a wrapper that execs the
     /// twinblock it is given last) and waits for its "twinblock up" line.
-    fn up_with(&mut self, i: usize, mut cmd: Command) {
+    pub fn up_with(&mut self, i: usize, mut cmd: Command) {
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
         let mut child = cmd
