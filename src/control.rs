@@ -48,6 +48,128 @@ pub struct Response {
 const MAX_REQUEST: u64 = 64 * 1024;
 /// A client has this long to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Most control connections open at once (each holds one of the node's
+/// file descriptors, which its disk, metadata and NBD clients need).
+const MAX_CONNECTIONS: usize = 64;
+
+/// The control connections open: a slot each, and those still to send
+/// their request, oldest first, which a new client may displace when
+/// every slot is taken (a verb sends its request at once).
+struct Gate {
+    slots: Arc<tokio::sync::Semaphore>,
+    silent: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            silent: Default::default(),
+            next: Default::default(),
+        }
+    }
+
+    fn silent(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+    > {
+        self.silent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a new client: a free one, else the one of the oldest
+    /// client still silent, which is closed. None: every slot is busy
+    /// with a request under way or a stream (`events`, `bench`).
+    async fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        loop {
+            let (_, close) = self.silent().pop_front()?;
+            if close.send(()).is_ok() {
+                tracing::debug!("control: closed the oldest silent client to make room");
+                break;
+            }
+        }
+        // Its slot comes back as soon as its task sees the close.
+        let wait = self.slots.clone().acquire_owned();
+        tokio::time::timeout(Duration::from_secs(1), wait).await.ok()?.ok()
+    }
+
+    /// Registers a client still to send its request: the receiver fires
+    /// when it is displaced.
+    fn waiting(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.silent().push_back((id, tx));
+        (id, rx)
+    }
+
+    /// The client `id` sent its request (or left): no longer displaceable.
+    fn heard(&self, id: u64) {
+        self.silent().retain(|(i, _)| *i != id);
+    }
+}
+
+/// Accepts control clients and hands each one's request to `answer`, at
+/// most [`MAX_CONNECTIONS`] at once: when all are taken the oldest client
+/// that has not sent its request is closed, and if none is silent the
+/// newcomer is told the node is busy. An accept that fails (out of
+/// descriptors) is retried after a pause, not at once in a spin.
+async fn serve<F, Fut>(listener: &UnixListener, answer: F)
+where
+    F: Fn(Result<Request, String>, RequestReader, tokio::net::unix::OwnedWriteHalf) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let answer = Arc::new(answer);
+    let gate = Arc::new(Gate::new());
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("control: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = gate.admit().await else {
+            tracing::warn!("control: {MAX_CONNECTIONS} clients busy; one more refused");
+            let mut text = serde_json::to_string(&Response {
+                ok: false,
+                error: Some(format!(
+                    "the node is busy: {MAX_CONNECTIONS} control clients are connected \
+                     (events, bench or verbs under way); try again"
+                )),
+                status: None,
+            })
+            .unwrap_or_default();
+            text.push('\n');
+            let _ = stream.try_write(text.as_bytes());
+            continue;
+        };
+        let (id, displaced) = gate.waiting();
+        let (gate, answer) = (gate.clone(), answer.clone());
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let (rd, wr) = stream.into_split();
+                let read = tokio::select! {
+                    r = read_request(rd) => r,
+                    _ = displaced => None,
+                };
+                gate.heard(id);
+                let Some((parsed, rd)) = read else { return };
+                answer(parsed, rd, wr).await;
+            }
+            .in_current_span(),
+        );
+    }
+}
 
 /// One request on a witness's control socket: `status` (what it knows) and
 /// `down`; other verbs are for data nodes.
@@ -160,49 +282,34 @@ impl ControlServer {
         status: watch::Receiver<WitnessStatus>,
         down: watch::Sender<bool>,
     ) {
-        loop {
-            let Ok((stream, _)) = self.listener.accept().await else { continue };
-            let (status, down) = (status.clone(), down.clone());
-            tokio::spawn(
-                async move {
-                    let (rd, mut wr) = stream.into_split();
-                    let Some((parsed, _)) = read_request(rd).await else { return };
-                    let resp = match parsed {
-                        Ok(req) => witness_answer(&req, &status, &down),
-                        Err(e) => Response { ok: false, error: Some(e), status: None },
-                    };
-                    write_response(&mut wr, &resp).await;
-                }
-                .in_current_span(),
-            );
-        }
+        serve(&self.listener, move |parsed, _rd, mut wr| {
+            let resp = match parsed {
+                Ok(req) => witness_answer(&req, &status, &down),
+                Err(e) => Response { ok: false, error: Some(e), status: None },
+            };
+            async move { write_response(&mut wr, &resp).await }
+        })
+        .await
     }
 
     pub async fn run(self, node: Arc<Node>, down: watch::Sender<bool>, hub: Arc<Hub>) {
-        loop {
-            let Ok((stream, _)) = self.listener.accept().await else { continue };
-            let node = node.clone();
-            let down = down.clone();
-            let hub = hub.clone();
-            tokio::spawn(
-                async move {
-                    let (rd, mut wr) = stream.into_split();
-                    let Some((parsed, rd)) = read_request(rd).await else { return };
-                    let resp = match parsed {
-                        Ok(req) if req.verb == "events" => {
-                            return stream_events(&node, &hub, req.now, rd, wr).await;
-                        }
-                        Ok(req) if req.verb == "bench" => {
-                            return stream_bench(node, req, rd, wr).await;
-                        }
-                        Ok(req) => handle(&node, &down, req).await,
-                        Err(e) => Response { ok: false, error: Some(e), status: None },
-                    };
-                    write_response(&mut wr, &resp).await;
-                }
-                .in_current_span(),
-            );
-        }
+        serve(&self.listener, move |parsed, rd, mut wr| {
+            let (node, down, hub) = (node.clone(), down.clone(), hub.clone());
+            async move {
+                let resp = match parsed {
+                    Ok(req) if req.verb == "events" => {
+                        return stream_events(&node, &hub, req.now, rd, wr).await;
+                    }
+                    Ok(req) if req.verb == "bench" => {
+                        return stream_bench(node, req, rd, wr).await;
+                    }
+                    Ok(req) => handle(&node, &down, req).await,
+                    Err(e) => Response { ok: false, error: Some(e), status: None },
+                };
+                write_response(&mut wr, &resp).await;
+            }
+        })
+        .await
     }
 }
 
@@ -396,19 +503,32 @@ pub enum CallError {
 pub fn open_stream(path: &Path, req: &Request) -> Result<BufReader<StdUnixStream>, CallError> {
     let unreachable =
         |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
-    let mut s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
-    let mut text = serde_json::to_string(req).expect("request serializes");
-    text.push('\n');
-    s.write_all(text.as_bytes()).map_err(|e| unreachable(e.to_string()))?;
+    let s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
     let mut rd = BufReader::new(s);
-    let mut line = String::new();
-    rd.read_line(&mut line).map_err(|e| unreachable(e.to_string()))?;
+    let line = exchange(&mut rd, req).map_err(|e| unreachable(e.to_string()))?;
     let resp: Response =
         serde_json::from_str(&line).map_err(|e| unreachable(format!("bad response: {e}")))?;
     if !resp.ok {
         return Err(CallError::Refused(resp.error.unwrap_or_else(|| "refused".into())));
     }
     Ok(rd)
+}
+
+/// Sends `req` and reads the response line. A node may answer before it
+/// reads the request (busy: it refuses and closes at once), so a request
+/// that cannot be sent still has its answer read; the send's error counts
+/// only when there is none.
+fn exchange(rd: &mut BufReader<StdUnixStream>, req: &Request) -> std::io::Result<String> {
+    let mut text = serde_json::to_string(req).expect("request serializes");
+    text.push('\n');
+    let sent = rd.get_mut().write_all(text.as_bytes());
+    let mut line = String::new();
+    let read = rd.read_line(&mut line);
+    match (sent, read) {
+        (Err(e), _) if line.is_empty() => Err(e),
+        (_, Err(e)) => Err(e),
+        _ => Ok(line),
+    }
 }
 
 /// How long a verb waits for its answer at least.
@@ -433,14 +553,10 @@ pub fn call_from(
 ) -> Result<(Response, Option<u32>), CallError> {
     let unreachable =
         |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
-    let mut s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
+    let s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
     let pid = peer_pid(&s);
     s.set_read_timeout(Some(wait)).map_err(|e| unreachable(e.to_string()))?;
-    let mut text = serde_json::to_string(req).expect("request serializes");
-    text.push('\n');
-    s.write_all(text.as_bytes()).map_err(|e| unreachable(e.to_string()))?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).map_err(|e| unreachable(e.to_string()))?;
+    let line = exchange(&mut BufReader::new(s), req).map_err(|e| unreachable(e.to_string()))?;
     let resp: Response =
         serde_json::from_str(&line).map_err(|e| unreachable(format!("bad response: {e}")))?;
     if !resp.ok {

@@ -299,3 +299,57 @@ fn a_replication_address_in_use_is_named() {
     assert!(err.contains("cannot bind the replication endpoint") && err.contains(&addr), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Local clients that connect to the control socket and send nothing
+/// (a broken script, a hostile local user) hold at most a few of the
+/// node's file descriptors, whatever their number: its disk, metadata,
+/// NBD clients and `status` need them. The oldest silent ones are closed
+/// to make room, so an operator's `status` still answers at once. Before
+/// (review, helper-125), each held one descriptor for the 10 s request
+/// deadline: past the descriptor limit `status` hung, new NBD clients
+/// were refused ("accept failed: Too many open files") and the accept
+/// loop spun on the error.
+#[test]
+fn many_silent_control_clients_hold_few_descriptors_and_status_answers() {
+    let p = Pair::start("C", "16M");
+    let sock = p.dir.path().join("a.sock");
+    let pid = p.nodes[0].child.as_ref().unwrap().id();
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let before = fds();
+    let silent: Vec<UnixStream> = (0..400).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = fds();
+    assert!(during <= before + 80, "{before} descriptors before, {during} with 400 silent clients");
+    let t0 = Instant::now();
+    assert_eq!(p.status(0)["role"], "Primary");
+    assert!(t0.elapsed() < Duration::from_secs(3), "status took {:?}", t0.elapsed());
+    // The data path goes on.
+    p.qemu_io(0, "write -P 3 0 64k");
+    drop(silent);
+}
+
+/// When every control slot is held by a client that did send its request
+/// (`events` subscribers), one more verb is refused at once with exit 1
+/// and one line saying so, not left waiting; once they go, it answers.
+#[test]
+fn a_verb_past_the_control_clients_cap_is_refused_at_once() {
+    let p = Pair::start("C", "16M");
+    let sock = p.dir.path().join("a.sock");
+    let subscribers: Vec<UnixStream> = (0..64)
+        .map(|_| {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            s.write_all(b"{\"verb\":\"events\"}\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let out = p.cli("status", &[], 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("busy") && err.lines().count() == 1, "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "refused after {:?}", t0.elapsed());
+    drop(subscribers);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.status(0)["role"], "Primary");
+}
