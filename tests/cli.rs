@@ -316,3 +316,39 @@ fn up_refuses_what_it_cannot_start_before_it_creates_anything() {
         assert!(made.is_empty(), "a failed start left {made:?}");
     }
 }
+
+/// `discard-my-data` on a connected Secondary is refused (no split brain),
+/// and its one line says what does repair this node's data from its peer:
+/// `verify`, whose mismatches are resynced. Before (review, helper-125),
+/// it said "to take a's data in full anyway, `disconnect` here, then
+/// `discard-my-data` and `connect`": that handshake finds the same
+/// generation on both, settles the discard and moves nothing, and a bad
+/// block stayed bad.
+#[test]
+fn discard_my_data_on_a_connected_secondary_names_what_repairs_it() {
+    use std::os::unix::fs::FileExt;
+    let p = Pair::start("C", "16M");
+    p.qemu_io(0, "write -P 5 0 1M");
+    p.wait_both_synced("the write", std::time::Duration::from_secs(20));
+    // A block of b's disk goes bad under it.
+    let at = 100 * 4096;
+    let f = std::fs::OpenOptions::new().write(true).open(&p.nodes[1].disk).unwrap();
+    f.write_all_at(&[0xEE; 4096], at).unwrap();
+    f.sync_all().unwrap();
+    let out = p.cli("discard-my-data", &[], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("`verify`"), "the refusal names no repair that works: {err}");
+    p.ok(&["verify"], 1);
+    let block = |i: usize| {
+        let mut b = vec![0u8; 4096];
+        std::fs::File::open(&p.nodes[i].disk).unwrap().read_exact_at(&mut b, at).unwrap();
+        b
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while block(1) != block(0) {
+        assert!(std::time::Instant::now() < deadline, "verify did not repair b's block");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

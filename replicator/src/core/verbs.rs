@@ -304,8 +304,8 @@ impl Core {
         if self.session.as_ref().is_some_and(|s| s.phase == Phase::Running) {
             return Err(Refused(format!(
                 "connected to {peer}: there is no split brain and nothing to discard \
-                 (`discard-my-data` resolves a split brain); to take {peer}'s data in \
-                 full anyway, `disconnect` here, then `discard-my-data` and `connect`",
+                 (`discard-my-data` resolves a split brain); to repair this node's data \
+                 from {peer}'s, run `verify`: the blocks that differ are resynced",
                 peer = self.cfg.peer
             )));
         }

@@ -244,7 +244,7 @@ fn discard_my_data_on_a_connected_secondary_is_refused_and_failover_still_works(
     assert_eq!(d.reply(0, 1), Some(Ok(())), "a's write acknowledged (b has it)");
     let r = d.c[1].discard_my_data();
     let Err(why) = r else { panic!("discard-my-data on a connected in-sync Secondary: Ok") };
-    assert!(why.0.contains("disconnect"), "the refusal says what to do: {why}");
+    assert!(why.0.contains("`verify`"), "the refusal says what to do: {why}");
     d.act(1);
     // a dies for good.
     d.cut();
