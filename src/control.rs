@@ -431,8 +431,17 @@ async fn stream_bench(
 }
 
 async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> Response {
+    // Once the node is stopping (`down`, SIGTERM), a verb that would change
+    // its state is refused: done, it would be undone by the exit a moment
+    // later (before, `primary` then answered 0 and `status` said Primary;
+    // found by review, helper-125).
+    let stopping = *down.borrow();
     let result: Result<(), String> = match req.verb.as_str() {
         "status" => Ok(()),
+        "primary" | "connect" | "verify" | "discard-my-data" if stopping => Err(format!(
+            "{} is stopping (`down` or a signal asked it to): `up` it again first",
+            node.me.name
+        )),
         "primary" => node.promote(req.force).await.map_err(|e| e.0),
         "secondary" if req.force => {
             node.demote_forced();

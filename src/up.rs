@@ -81,7 +81,7 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             None => None,
         };
         let hub = crate::events::Hub::start(node.clone(), metrics, outcomes_rx, stop_rx.clone());
-        tokio::spawn(control.run(node.clone(), down_tx, hub).in_current_span());
+        tokio::spawn(control.run(node.clone(), down_tx.clone(), hub).in_current_span());
         println!(
             "twinblock up: {} node {} (Secondary): NBD on nbd://{}/{}, replication on {} (peer {} at {}), control {}{}",
             node.res.name,
@@ -101,9 +101,14 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             std::process::id()
         ));
         let stopping = node.clone();
+        // A signal stops the node as `down` does: the control socket then
+        // refuses verbs that would change its state.
+        let signalled = down_tx;
         let stop = async move {
             tokio::select! {
-                _ = shutdown.wait() => {}
+                _ = shutdown.wait() => {
+                    let _ = signalled.send(true);
+                }
                 _ = down_rx.wait_for(|s| *s) => tracing::info!("down: shutting down"),
             }
             // With a controller, `on_demote` (stop the service, unmount)

@@ -124,6 +124,34 @@ fn verbs_print_json_and_exit_as_documented() {
     }
 }
 
+/// A verb that would change the node's state, run once `down` was asked
+/// of it (two operators, or a script racing a stop), is refused with one
+/// line saying the node is stopping: the node is gone a moment later.
+/// Before (review, helper-125), `primary` right after `down` on a
+/// Secondary answered 0 and `status` said Primary, and the node then
+/// exited: the operator was told it served.
+#[test]
+fn a_verb_after_down_was_asked_is_refused_not_done() {
+    use std::io::{BufRead, Write};
+    let mut p = Pair::start("C", "16M");
+    p.ok(&["secondary"], 0);
+    // `down` as a script sends it, without waiting for the exit.
+    let mut s = std::os::unix::net::UnixStream::connect(p.dir.path().join("b.sock")).unwrap();
+    s.write_all(b"{\"verb\":\"down\"}\n").unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&s).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    for verb in ["primary", "connect", "verify", "discard-my-data"] {
+        let out = p.cli(verb, &[], 1);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{verb} after down answered 0");
+        if out.status.code() == Some(1) {
+            assert!(err.contains("stopping") && err.lines().count() == 1, "{verb}: {err}");
+        }
+    }
+    p.kill(1);
+}
+
 #[test]
 fn gen_certs_json_names_the_files_it_wrote() {
     let dir = tempfile::Builder::new().prefix("tb-certs").tempdir_in(test_tmp()).unwrap();
