@@ -513,8 +513,13 @@ pub fn open_stream(path: &Path, req: &Request) -> Result<BufReader<StdUnixStream
     let unreachable =
         |reason: String| CallError::Unreachable { path: path.display().to_string(), reason };
     let s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
+    // The first answer within a verb's deadline (a wedged or stopped node
+    // answers nothing: before, `events` waited for ever); the events that
+    // follow, without one.
+    s.set_read_timeout(Some(CALL_WAIT)).map_err(|e| unreachable(e.to_string()))?;
     let mut rd = BufReader::new(s);
     let line = exchange(&mut rd, req).map_err(|e| unreachable(e.to_string()))?;
+    rd.get_ref().set_read_timeout(None).map_err(|e| unreachable(e.to_string()))?;
     let resp: Response =
         serde_json::from_str(&line).map_err(|e| unreachable(format!("bad response: {e}")))?;
     if !resp.ok {

@@ -169,3 +169,31 @@ fn events_count_waits_for_the_next_change() {
         "{e}"
     );
 }
+
+/// `events` against a node that takes the connection but never answers
+/// (its process stopped by SIGSTOP, or wedged) gives up on the first
+/// answer as the other verbs do, exit 3 with one line, instead of waiting
+/// for ever; once subscribed, it waits for events without a deadline.
+/// Before (review, helper-125), it hung with no output.
+#[test]
+fn events_gives_up_on_a_node_that_never_answers() {
+    let p = Pair::prepare("C", "16M");
+    let listener = std::os::unix::net::UnixListener::bind(p.dir.path().join("a.sock")).unwrap();
+    let (done, wait) = mpsc::channel::<()>();
+    let mute = std::thread::spawn(move || {
+        let conn = listener.accept();
+        let _ = wait.recv_timeout(Duration::from_secs(90));
+        drop(conn);
+    });
+    let t0 = Instant::now();
+    let out = common::run_timeout(
+        Command::new(BIN).arg("events").arg("--config").arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(60),
+    );
+    let _ = done.send(());
+    let _ = mute.join();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(45), "gave up after {:?}", t0.elapsed());
+}
