@@ -257,7 +257,18 @@ pub struct ControlServer {
 
 impl ControlServer {
     pub fn bind(path: &Path) -> Result<ControlServer> {
-        if path.exists() {
+        if let Ok(found) = std::fs::symlink_metadata(path) {
+            // Only a stale socket is replaced: a file of another kind there
+            // is a mistake in `control` (the disk's or the metadata's path
+            // pasted), and it was deleted (found by review, helper-125).
+            use std::os::unix::fs::FileTypeExt;
+            if !found.file_type().is_socket() {
+                bail!(
+                    "{}: exists and is not a socket; `control` must name a path of its own \
+                     (that file is left as it is)",
+                    path.display()
+                );
+            }
             if StdUnixStream::connect(path).is_ok() {
                 bail!("{} answers: is this node already up?", path.display());
             }

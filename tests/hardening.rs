@@ -131,6 +131,26 @@ fn a_stalled_replication_handshake_does_not_keep_the_real_peer_out() {
     );
 }
 
+/// A `control` path that names a file that is not a socket (a typo, a
+/// path pasted from another key: the disk, the metadata) is refused by
+/// `up`, naming it, and the file is left as it was. Before (review,
+/// helper-125), `up` took it for a stale socket, deleted it and bound the
+/// socket in its place.
+#[test]
+fn up_refuses_a_control_path_that_is_not_a_socket() {
+    let p = Pair::prepare("C", "16M");
+    let file = p.dir.path().join("a.sock");
+    std::fs::write(&file, "precious\n").unwrap();
+    let out = run_timeout(
+        Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up started on a control path that is a file");
+    assert!(err.lines().any(|l| l.contains("a.sock") && l.contains("not a socket")), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n", "the file was replaced");
+}
+
 /// `max-connections` in the resource file bounds the NBD clients of `up`.
 #[test]
 fn up_refuses_nbd_clients_beyond_max_connections() {
