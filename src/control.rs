@@ -514,6 +514,14 @@ async fn demoted(node: &Arc<Node>) -> Result<(), String> {
 pub enum CallError {
     #[error("node is not running (cannot reach {path}: {reason})")]
     Unreachable { path: String, reason: String },
+    /// It took the connection and gave no answer in time: its process is
+    /// there but stopped or wedged (found by review, helper-125: this was
+    /// "not running", and `up` then fails on the disk's lock).
+    #[error(
+        "node does not answer: no reply on {path} within {secs} s (its process may be stopped \
+         or wedged; see its log)"
+    )]
+    NoAnswer { path: String, secs: u64 },
     #[error("{0}")]
     Refused(String),
 }
@@ -581,7 +589,12 @@ pub fn call_from(
     let s = StdUnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
     let pid = peer_pid(&s);
     s.set_read_timeout(Some(wait)).map_err(|e| unreachable(e.to_string()))?;
-    let line = exchange(&mut BufReader::new(s), req).map_err(|e| unreachable(e.to_string()))?;
+    let line = exchange(&mut BufReader::new(s), req).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            CallError::NoAnswer { path: path.display().to_string(), secs: wait.as_secs() }
+        }
+        _ => unreachable(e.to_string()),
+    })?;
     let resp: Response =
         serde_json::from_str(&line).map_err(|e| unreachable(format!("bad response: {e}")))?;
     if !resp.ok {

@@ -440,9 +440,9 @@ impl From<anyhow::Error> for Failure {
 impl From<verbs::VerbError> for Failure {
     fn from(e: verbs::VerbError) -> Self {
         match e {
-            verbs::VerbError::Call(c @ control::CallError::Unreachable { .. }) => {
-                Failure(verbs::EXIT_NOT_RUNNING, c.into())
-            }
+            verbs::VerbError::Call(
+                c @ (control::CallError::Unreachable { .. } | control::CallError::NoAnswer { .. }),
+            ) => Failure(verbs::EXIT_NOT_RUNNING, c.into()),
             verbs::VerbError::Call(c) => Failure(1, c.into()),
             verbs::VerbError::Other(e) => Failure(1, e),
         }

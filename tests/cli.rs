@@ -84,6 +84,34 @@ fn a_bad_command_line_is_one_line_on_stderr() {
     assert!(Command::new(BIN).arg("--version").output().unwrap().status.success());
 }
 
+/// A node whose process takes the connection but never answers (stopped
+/// by SIGSTOP, wedged) is named as such when a verb gives up on it, exit 3
+/// as documented, not "not running": the operator's next step is its log
+/// or its process, not `up` (which fails on the disk's lock). Before
+/// (review, helper-125): "node is not running (cannot reach ...:
+/// Resource temporarily unavailable (os error 11))".
+#[test]
+fn a_node_that_never_answers_is_named_so() {
+    let p = Pair::prepare("C", "16M");
+    let listener = std::os::unix::net::UnixListener::bind(p.dir.path().join("a.sock")).unwrap();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let mute = std::thread::spawn(move || {
+        let conn = listener.accept();
+        let _ = wait.recv_timeout(std::time::Duration::from_secs(90));
+        drop(conn);
+    });
+    let out = common::run_timeout(
+        Command::new(BIN).arg("status").arg("--config").arg(&p.config).args(["--node", "a"]),
+        std::time::Duration::from_secs(60),
+    );
+    let _ = done.send(());
+    let _ = mute.join();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("does not answer") && !err.contains("not running"), "{err}");
+}
+
 #[test]
 fn verbs_print_json_and_exit_as_documented() {
     let mut p = Pair::start("C", "16M");
