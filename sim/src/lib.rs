@@ -155,6 +155,9 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::PromoteAfterLoss => "promote-after-loss",
         Plant::ReadsWithoutQuorum => "reads-without-quorum",
         Plant::ReadsWhenSuperseded => "reads-when-superseded",
+        Plant::EarlyAckB => "early-ack-b",
+        Plant::UnlinkedWithoutMark => "unlinked-without-mark",
+        Plant::WriteDuringResyncRead => "write-during-resync-read",
     }
 }
 

@@ -929,3 +929,30 @@ fn a_seed_replays_alike() {
         }
     }
 }
+
+/// Protocol B: a write acknowledged once sent, before the peer received
+/// it, is lost when the Primary goes and the peer is promoted (I1's
+/// `fl_b` floors at the promotion).
+#[test]
+fn finds_early_ack_b() {
+    let v = first_catch(Plant::EarlyAckB, CI_SEEDS, steps());
+    assert_eq!(v.rule, "I1", "{v}");
+}
+
+/// A write done while the peer is not linked, marked in no bitmap bit (the
+/// activity log alone covers it until its extent leaves): the blocks differ
+/// uncovered (I3), or stay different once in sync again (I2).
+#[test]
+fn finds_unlinked_without_mark() {
+    let v = first_catch(Plant::UnlinkedWithoutMark, CI_SEEDS, steps());
+    assert!(matches!(v.rule, "I2" | "I3"), "{v}");
+}
+
+/// A write admitted while a resync chunk's read is in flight: the chunk,
+/// numbered after the write, carries the block as it was before it and
+/// overwrites the target's newer copy (I2, I3).
+#[test]
+fn finds_write_during_resync_read() {
+    let v = first_catch(Plant::WriteDuringResyncRead, CI_SEEDS, steps());
+    assert!(matches!(v.rule, "I2" | "I3"), "{v}");
+}

@@ -305,6 +305,16 @@ pub enum Plant {
     /// met its peer ([`Core::read_gate`], `Ctl::superseded`): deposed, it
     /// reads its own data after the new Primary acknowledged writes.
     ReadsWhenSuperseded,
+    /// Acknowledge a protocol B write once it is sent, before the peer
+    /// received it.
+    EarlyAckB,
+    /// A write issued while the peer is not linked is not marked in the
+    /// bitmap (the activity log alone covers it).
+    UnlinkedWithoutMark,
+    /// Application writes are admitted while a resync chunk's read is in
+    /// flight: the chunk, numbered after such a write, may carry the block
+    /// as it was before it.
+    WriteDuringResyncRead,
 }
 
 impl std::str::FromStr for Plant {
@@ -344,9 +354,12 @@ impl std::str::FromStr for Plant {
             "promote-after-loss" => Plant::PromoteAfterLoss,
             "reads-without-quorum" => Plant::ReadsWithoutQuorum,
             "reads-when-superseded" => Plant::ReadsWhenSuperseded,
+            "early-ack-b" => Plant::EarlyAckB,
+            "unlinked-without-mark" => Plant::UnlinkedWithoutMark,
+            "write-during-resync-read" => Plant::WriteDuringResyncRead,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read)"
                 ))
             }
         })

@@ -162,7 +162,7 @@ impl Core {
             }
             return Admit::Go;
         };
-        if self.barrier > 0 {
+        if self.barrier > 0 && self.cfg.plant != Plant::WriteDuringResyncRead {
             return Admit::Wait;
         }
         // (Adaptive mode: an Ahead Primary writes without the peer too,
@@ -338,6 +338,9 @@ impl Core {
             if plant == Plant::EarlyAckC && protocol == Protocol::C {
                 need = Need::Queued;
             }
+            if plant == Plant::EarlyAckB && protocol == Protocol::B && range.is_some() {
+                need = Need::Queued;
+            }
             let bytes = op.wire_bytes();
             let seq = s.submit(OutKind::App(req), need, range, bytes, now);
             s.app_busy = true;
@@ -351,7 +354,9 @@ impl Core {
                 session: sid,
                 msg: Message::Data { seq, op: op.clone() },
             });
-        } else if let Some((off, len)) = range {
+        } else if let Some((off, len)) =
+            range.filter(|_| !(plant == Plant::UnlinkedWithoutMark && replicate))
+        {
             self.mark(off, len);
         }
         // Application operations are writes, trims, zeroes and flushes.
