@@ -158,6 +158,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::EarlyAckB => "early-ack-b",
         Plant::UnlinkedWithoutMark => "unlinked-without-mark",
         Plant::WriteDuringResyncRead => "write-during-resync-read",
+        Plant::FlushWithoutPeer => "flush-without-peer",
     }
 }
 

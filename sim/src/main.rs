@@ -90,6 +90,7 @@ fn main() -> ExitCode {
         total.held_forced += st.held_forced;
         total.lost_conf_crashes += st.lost_conf_crashes;
         total.power_checks += st.power_checks;
+        total.peer_durable_checks += st.peer_durable_checks;
         total.i2_checks += st.i2_checks;
         total.i3_diff_blocks += st.i3_diff_blocks;
         total.i6_checks += st.i6_checks;

@@ -315,6 +315,9 @@ pub enum Plant {
     /// flight: the chunk, numbered after such a write, may carry the block
     /// as it was before it.
     WriteDuringResyncRead,
+    /// A FLUSH in protocol B or C is answered once the local flush is done,
+    /// without waiting for the peer's.
+    FlushWithoutPeer,
 }
 
 impl std::str::FromStr for Plant {
@@ -357,9 +360,10 @@ impl std::str::FromStr for Plant {
             "early-ack-b" => Plant::EarlyAckB,
             "unlinked-without-mark" => Plant::UnlinkedWithoutMark,
             "write-during-resync-read" => Plant::WriteDuringResyncRead,
+            "flush-without-peer" => Plant::FlushWithoutPeer,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer)"
                 ))
             }
         })

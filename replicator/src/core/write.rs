@@ -341,6 +341,9 @@ impl Core {
             if plant == Plant::EarlyAckB && protocol == Protocol::B && range.is_some() {
                 need = Need::Queued;
             }
+            if plant == Plant::FlushWithoutPeer && range.is_none() && protocol != Protocol::A {
+                need = Need::Queued;
+            }
             let bytes = op.wire_bytes();
             let seq = s.submit(OutKind::App(req), need, range, bytes, now);
             s.app_busy = true;

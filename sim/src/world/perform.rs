@@ -333,6 +333,13 @@ impl Sim {
             if let Err(v) = self.chk.failed_disk_ack(self, n, &r, self.protocol) {
                 self.pending_violation.get_or_insert(v);
             }
+            match self.chk.peer_durable_ack(self, n, &r, confirmed, self.protocol) {
+                Ok(true) => self.chk.stats.peer_durable_checks += 1,
+                Ok(false) => {}
+                Err(v) => {
+                    self.pending_violation.get_or_insert(v);
+                }
+            }
             if self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed) {
                 self.chk.stats.failed_disk_acks += 1;
             }
