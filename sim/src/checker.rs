@@ -71,6 +71,10 @@
 //! nor a node that was Primary when the other was promoted, demoted since,
 //! that serves reads as Secondary before it met its peer or restarted while
 //! the other node's reign acknowledged writes (plant `reads-when-superseded`).
+//! The leases (in `world/events.rs`): a node's own count of a witness
+//! grant's lease never ends after the witness's count while it names the
+//! node holder, and when the witness grants a claim the other node, if
+//! Primary, holds no quorum by its own leases (plant `lease-from-reply`).
 //!
 //! I5: `promote(false)` returning Ok for an Inconsistent, Outdated, Failed
 //! or Diskless disk; `may_read()` Ok for one of them, at any step.

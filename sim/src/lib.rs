@@ -159,6 +159,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::UnlinkedWithoutMark => "unlinked-without-mark",
         Plant::WriteDuringResyncRead => "write-during-resync-read",
         Plant::FlushWithoutPeer => "flush-without-peer",
+        Plant::LeaseFromReply => "lease-from-reply",
     }
 }
 

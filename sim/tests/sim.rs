@@ -966,3 +966,12 @@ fn finds_flush_without_peer() {
     let v = first_catch(Plant::FlushWithoutPeer, CI_SEEDS, steps());
     assert!(v.what.contains("durable image lacks"), "{v}");
 }
+
+/// A witness lease counted from the grant's arrival rather than from the
+/// request's send: a slow answer makes the node count past the witness's
+/// own count (before the check: 0 of 3,000 seeds of 1,000 steps).
+#[test]
+fn finds_lease_from_reply() {
+    let v = first_catch(Plant::LeaseFromReply, CI_SEEDS, steps());
+    assert!(v.what.contains("past the witness's own count"), "{v}");
+}

@@ -414,6 +414,13 @@ impl Core {
         }
     }
 
+    /// When this node's witness lease ends by its own count (None without
+    /// a controller or a lease). For the simulator's lease check: it must
+    /// not end after the witness's own count of the grant.
+    pub fn witness_lease_end(&self) -> Option<Time> {
+        self.ctl.as_ref().map(|c| c.witness_until).filter(|t| *t != Time::ZERO)
+    }
+
     /// Quorum now (true without a controller).
     pub(crate) fn has_quorum(&self) -> bool {
         self.has_quorum_at(self.now)
@@ -661,7 +668,10 @@ impl Core {
                 // (A late grant to a node that demoted since is not here:
                 // its release forgot every request, see `release`.)
                 if reply.granted {
-                    c.granted(sent, peer_current, reply.id, gen);
+                    // (The plant counts the lease from the grant's arrival.)
+                    let from =
+                        if self.cfg.plant == Plant::LeaseFromReply { self.now } else { sent };
+                    c.granted(from, peer_current, reply.id, gen);
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {

@@ -318,6 +318,10 @@ pub enum Plant {
     /// A FLUSH in protocol B or C is answered once the local flush is done,
     /// without waiting for the peer's.
     FlushWithoutPeer,
+    /// A renewal's witness lease is counted from the grant's arrival, not
+    /// from when the request was sent (a late grant extends the lease past
+    /// the witness's own count).
+    LeaseFromReply,
 }
 
 impl std::str::FromStr for Plant {
@@ -361,9 +365,10 @@ impl std::str::FromStr for Plant {
             "unlinked-without-mark" => Plant::UnlinkedWithoutMark,
             "write-during-resync-read" => Plant::WriteDuringResyncRead,
             "flush-without-peer" => Plant::FlushWithoutPeer,
+            "lease-from-reply" => Plant::LeaseFromReply,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply)"
                 ))
             }
         })

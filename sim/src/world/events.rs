@@ -121,6 +121,30 @@ impl Sim {
                 let blind = recordless && !w.arb.heard.contains_key(self.nodes[1 - n].name);
                 let (verdict, reply, failed) = w.decide(now, &req);
                 let after = w.arb.holder().map(str::to_owned);
+                // I4, the leases: the witness grants a claim only once the
+                // other node's leases ended, by that node's own count (its
+                // witness lease from when it asked, its peer lease from the
+                // heartbeat the claimant answered). A Primary that still
+                // holds quorum by its own clock while the other node is
+                // granted may acknowledge writes beside it (caught here
+                // whether or not a write falls into the overlap: plant
+                // `lease-from-reply`).
+                if req.kind == VoteKind::Claim && verdict == Ok(Grant::Granted) {
+                    let m = 1 - n;
+                    if let Some(c) = self.nodes[m].core.as_ref() {
+                        if c.role() == Role::Primary && c.address_permit(now).is_ok() {
+                            return Err(Violation {
+                                step: self.chk.step,
+                                rule: "I4",
+                                what: format!(
+                                    "the witness granted {} the right while {} holds quorum by \
+                                     its own leases",
+                                    req.node, self.nodes[m].name
+                                ),
+                            });
+                        }
+                    }
+                }
                 if blind
                     && req.kind == VoteKind::Renew
                     && !req.peer_current
@@ -226,7 +250,30 @@ impl Sim {
                 }
                 let Some(c) = self.nodes[n].core.as_mut() else { return Ok(true) };
                 let (role, disk) = (c.role(), c.disk());
+                let granted = reply.granted;
                 c.handle_vote(now, now.as_millis() as u64 + 1, reply);
+                // I4, the leases: a node counts a grant's lease from when it
+                // asked, so by its count the lease ends before the witness's
+                // (from when the request arrived, plus a margin). A node
+                // that counts further could acknowledge writes after the
+                // witness granted its peer (plant `lease-from-reply`).
+                let end = c.witness_lease_end();
+                let w = self.witness.as_ref().expect("witness");
+                let name = self.nodes[n].name;
+                if let (true, Some(end), Some(left)) = (granted, end, w.arb.lease_left(now)) {
+                    if w.arb.holder() == Some(name) && end > now + left {
+                        return Err(Violation {
+                            step: self.chk.step,
+                            rule: "I4",
+                            what: format!(
+                                "{name} counts its witness lease to {end:?}, past the witness's \
+                                 own count ({:?})",
+                                now + left
+                            ),
+                        });
+                    }
+                }
+                let Some(c) = self.nodes[n].core.as_mut() else { return Ok(true) };
                 let promoted = c.role() == Role::Primary && role != Role::Primary;
                 let forced = self.forced_claim[n].filter(|_| c.promotion_asked().is_none());
                 if forced.is_some() {
