@@ -85,15 +85,17 @@ pub type Configs = (quinn::ServerConfig, quinn::ClientConfig);
 /// checked. `up` builds them before it opens (and may create) the disk and
 /// metadata, so a missing or mismatched file fails the start first, and
 /// hands them to [`start`]. MTU discovery probes up to what the route to
-/// `peer` (where this node sends) carries.
+/// `peer` (where this node sends) carries; a loopback peer's link starts
+/// there ([`tls::initial_mtu`]).
 pub fn configs(
     res: &ResourceConfig,
     me: &NodeConfig,
     peer: &NodeConfig,
 ) -> Result<Configs, LinkError> {
     let probe = tls::probe_bound(me.address.ip(), peer.connect);
-    debug!(node = %me.name, peer = %peer.connect, probe, "replication link: MTU discovery bound");
-    let transport = tls::transport(res.timeout, res.ping_interval, probe);
+    let start = tls::initial_mtu(me.address.ip(), peer.connect);
+    debug!(node = %me.name, peer = %peer.connect, start, probe, "replication link: MTU discovery bound");
+    let transport = tls::transport(res.timeout, res.ping_interval, start, probe);
     Ok(tls::endpoint_configs(&res.ca, &me.cert, &me.key, &res.name, transport)?)
 }
 

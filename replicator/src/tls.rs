@@ -94,13 +94,38 @@ fn bound_for(mtu: Option<u32>, v4: bool) -> u16 {
     mtu.map_or(PROBE_UP_TO, |mtu| payload_within(mtu, v4).max(PROBE_UP_TO))
 }
 
+/// QUIC's smallest datagram, which every path must carry: where a
+/// connection starts unless it knows better ([`initial_mtu`]).
+pub const QUIC_FLOOR: u16 = 1200;
+
+/// The UDP payload a link from `local` to `peer` starts with, MTU
+/// discovery probing up from there ([`probe_bound`]): a loopback peer is
+/// reached through the loopback device alone, whose MTU is the path's, so
+/// such a link starts at what that MTU carries and searches nothing
+/// (unless `lo`'s MTU is below the bound); elsewhere at QUIC's floor, and
+/// discovery finds what the path carries. (A search on loopback is about
+/// 12 probes each way of up to 64 KiB of PADDING, which quinn parses a
+/// byte at a time on the link's thread: for the first 25 ms of every
+/// connection the writes waited behind them, 1.5 to 4.5 ms each instead
+/// of 0.05 in a release build; README, "The first writes of a
+/// connection".)
+pub fn initial_mtu(local: std::net::IpAddr, peer: std::net::SocketAddr) -> u16 {
+    start_for(peer.ip().is_loopback().then(|| route_mtu(local, peer)).flatten(), peer.is_ipv4())
+}
+
+/// [`initial_mtu`] for a loopback route of `mtu` bytes (None: not
+/// loopback, or unknown).
+fn start_for(loopback_mtu: Option<u32>, v4: bool) -> u16 {
+    loopback_mtu.map_or(QUIC_FLOOR, |mtu| payload_within(mtu, v4))
+}
+
 /// The largest UDP payload in an IP packet of `mtu` bytes (QUIC's floor
 /// of 1200 at least): IPv4 counts its header in its 64 KiB limit, IPv6
 /// does not.
 fn payload_within(mtu: u32, v4: bool) -> u16 {
     let payload =
         if v4 { mtu.min(65535).saturating_sub(20 + 8) } else { mtu.saturating_sub(40 + 8) };
-    payload.clamp(1200, u32::from(MAX_UDP_PAYLOAD)) as u16
+    payload.clamp(u32::from(QUIC_FLOOR), u32::from(MAX_UDP_PAYLOAD)) as u16
 }
 
 /// The MTU of the route from `local` (the link's own address: with
@@ -260,13 +285,16 @@ impl quinn_proto::ConnectionIdGenerator for SignedCids {
 pub const WINDOW: u32 = 16 << 20;
 
 /// Transport settings for many small writes in flight on a LAN-like link;
-/// MTU discovery probes up to `probe_up_to` ([`probe_bound`]).
+/// packets start at `start` bytes of UDP payload ([`initial_mtu`]) and MTU
+/// discovery probes up to `probe_up_to` ([`probe_bound`]).
 pub fn transport(
     timeout: Duration,
     keep_alive: Duration,
+    start: u16,
     probe_up_to: u16,
 ) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    t.initial_mtu(start.clamp(QUIC_FLOOR, probe_up_to.max(QUIC_FLOOR)));
     // Fewer, larger packets cost less CPU per byte: probe up to what the
     // route carries (the peer's `max_udp_payload_size`, see
     // `endpoint_config`, bounds it too). Discovery falls back where the
@@ -438,6 +466,12 @@ mod tests {
         assert_eq!(probe_bound([127, 0, 0, 1].into(), lo), 65507);
         // A local address this host does not have: any route.
         assert_eq!(probe_bound([192, 0, 2, 7].into(), lo), 65507);
+        // A loopback peer's link starts at what loopback carries (no
+        // search); any other at QUIC's floor, and searches.
+        assert_eq!(initial_mtu([127, 0, 0, 1].into(), lo), 65507);
+        assert_eq!(initial_mtu([0, 0, 0, 0].into(), ([10, 0, 2, 7], 7788).into()), QUIC_FLOOR);
+        assert_eq!(start_for(Some(1500), true), 1472);
+        assert_eq!(start_for(None, true), QUIC_FLOOR);
         // A jumbo-frame interface (AWS in a VPC), a plain Ethernet one.
         assert_eq!(payload_within(9001, true), 8973);
         assert_eq!(payload_within(9001, false), 8953);

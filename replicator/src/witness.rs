@@ -210,8 +210,12 @@ pub async fn serve_reporting(
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
     }
-    let transport =
-        tls::transport(Duration::from_secs(30), Duration::from_secs(1), tls::PROBE_UP_TO);
+    let transport = tls::transport(
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        tls::QUIC_FLOOR,
+        tls::PROBE_UP_TO,
+    );
     let (server, _) = tls::endpoint_configs_for(
         &res.ca,
         &w.cert,
@@ -380,8 +384,12 @@ pub async fn client(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WitnessError> {
     let Some(w) = node.res.witness.clone() else { return Err(WitnessError::NoWitness) };
-    let transport =
-        tls::transport(Duration::from_secs(10), Duration::from_millis(500), tls::PROBE_UP_TO);
+    let transport = tls::transport(
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        tls::QUIC_FLOOR,
+        tls::PROBE_UP_TO,
+    );
     let (_, client) = tls::endpoint_configs_for(
         &node.res.ca,
         &node.me.cert,

@@ -13,8 +13,12 @@ use twinblock_replicator::{link, tls};
 pub fn link_endpoint(certs: &Path, name: &str, resource: &str) -> quinn::Endpoint {
     // Probing up to jumbo frames (AWS's), not loopback's 64 KiB: batches
     // of several such datagrams are what the link's socket must cut.
-    let transport =
-        tls::transport(Duration::from_secs(10), Duration::from_secs(1), tls::PROBE_UP_TO);
+    let transport = tls::transport(
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+        tls::QUIC_FLOOR,
+        tls::PROBE_UP_TO,
+    );
     let (server, client) = tls::endpoint_configs(
         &certs.join("ca.pem"),
         &certs.join(format!("{name}.pem")),
