@@ -502,3 +502,34 @@ fn demote_and_wait_for_the_peer(p: &mut Pair, never: &str) {
     assert!(p.core(0).peer_in_sync(), "{never}");
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
 }
+
+/// A Primary alone with out-of-sync blocks (its peer away: every write
+/// marks them) made a bitmap the device's size at every step of the node,
+/// to throw it away unless a resync started: a 1 TiB device (32 MiB of
+/// bitmap) wrote 394 4 KiB writes a second at QD1 over NBD, against 8,554
+/// on 1 GiB (review). 2,000 writes to a 512 GiB device here (16 MiB of
+/// bitmap, which the allocator zeroed each time).
+#[test]
+fn a_primary_alone_on_a_huge_device_writes_at_the_rate_of_a_small_one() {
+    let mut config = cfg(Protocol::C);
+    (config.size, config.block, config.extent) = (1 << 39, 4096, 4 << 20);
+    let rec = Recovered {
+        meta: Some(meta(DiskState::UpToDate)),
+        bitmap: None,
+        al: Vec::new(),
+        disk_created: false,
+        boot: 0,
+    };
+    let mut c = Core::new(config, rec, Duration::ZERO, 7);
+    c.promote(false, 1).unwrap();
+    run(&mut c, Duration::ZERO);
+    let started = std::time::Instant::now();
+    for req in 0..2_000u64 {
+        c.write(Duration::ZERO, req, (req % 64) * 4096, Bytes::from(vec![1u8; 4096]), false);
+        let acts = run(&mut c, Duration::ZERO);
+        assert_eq!(replies_to(&acts, req), vec![Ok(())]);
+    }
+    assert_eq!(c.dirty.bytes(), 64 * 4096);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "2,000 writes took {took:?}");
+}
