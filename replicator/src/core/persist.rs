@@ -12,6 +12,9 @@ use crate::protocol::wire::{DiskState, Message};
 use super::types::{IoError, MetaRecord, Persist, PAGE_WORDS};
 use super::{Action, Core, IoFor};
 
+/// Bitmap pages in one save at most (4 MiB).
+pub const SAVE_PAGES: usize = 1024;
+
 #[derive(Debug, Default)]
 pub struct PersistState {
     /// The record last saved successfully (None: nothing saved yet).
@@ -107,13 +110,20 @@ impl Core {
             && self.p.bitmap_failed.is_none()
             && !self.p.dirty_pages.is_empty()
         {
-            let pages: Vec<(u64, Vec<u64>)> = std::mem::take(&mut self.p.dirty_pages)
+            // At most SAVE_PAGES at a time (the rest in the saves that
+            // follow): every page at once held a 16 TiB bitmap's 512 MiB
+            // twice over beside it (review).
+            let batch: Vec<u64> = self.p.dirty_pages.iter().copied().take(SAVE_PAGES).collect();
+            let pages: Vec<(u64, Vec<u64>)> = batch
                 .into_iter()
-                .map(|p| (p, self.dirty.page(p, PAGE_WORDS)))
+                .map(|p| {
+                    self.p.dirty_pages.remove(&p);
+                    (p, self.dirty.page(p, PAGE_WORDS))
+                })
                 .collect();
-            let io = self.io(IoFor::Bitmap(pages.clone()));
+            let io = self.io(IoFor::Bitmap(pages.iter().map(|(p, _)| (*p, Vec::new())).collect()));
             self.p.bitmap_saving = true;
-            self.p.want_bitmap = false;
+            self.p.want_bitmap = !self.p.dirty_pages.is_empty();
             self.actions.push_back(Action::Persist { io, what: Persist::Bitmap { pages } });
         }
         // (A node that found its cache lost keeps its activity log until
