@@ -408,3 +408,54 @@ fn discard_my_data_on_a_connected_secondary_names_what_repairs_it() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `size` changed in the resource file of an existing node, its disk file
+/// grown (or shrunk) to match: twinblock does not resize, and the start is
+/// refused naming the key, both sizes and the way out; the data and the
+/// metadata stay as they were. (Before: "a.meta belongs to size
+/// \"8388608\", not \"16777216\"", which named no key and no way out;
+/// review.)
+#[test]
+fn a_changed_size_is_refused_naming_the_key_and_the_data_is_kept() {
+    let mut p = Pair::prepare("C", "8M");
+    p.up(0);
+    p.ok(&["primary", "--force"], 0);
+    p.qemu_io(0, "write -P 0x5a 0 1M");
+    assert!(p.down(0).success());
+    let meta = p.dir.path().join("a.meta");
+    let saved = std::fs::read(&meta).unwrap();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    for (size, bytes) in [("16M", 16u64 << 20), ("4M", 4 << 20)] {
+        std::fs::write(&p.config, config.replace("size = \"8M\"", &format!("size = \"{size}\"")))
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p.nodes[0].disk)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        let out = Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&p.config)
+            .args(["--node", "a"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("size: "), "{err}");
+        assert!(err.contains(&bytes.to_string()) && err.contains("8388608"), "{err}");
+        assert!(err.contains("cannot change"), "{err}");
+        assert_eq!(std::fs::read(&meta).unwrap(), saved, "the metadata changed");
+    }
+    std::fs::write(&p.config, &config).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p.nodes[0].disk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    p.up(0);
+    p.ok(&["primary"], 0);
+    let read = p.qemu_io(0, "read -P 0x5a 0 1M");
+    assert!(!read.contains("Pattern verification failed"), "{read}");
+}

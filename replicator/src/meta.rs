@@ -89,6 +89,12 @@ pub enum MetaError {
     Newer { path: PathBuf, reason: String },
     #[error("{path} belongs to {what} {found:?}, not {expected:?}")]
     Mismatch { path: PathBuf, what: &'static str, found: String, expected: String },
+    #[error(
+        "size: the resource file says {expected} bytes, but {path} was made for {found}: a \
+         resource's size cannot change (twinblock does not resize; set size back to {found}, \
+         or make a new resource and copy the data to it)"
+    )]
+    Resized { path: PathBuf, found: u64, expected: u64 },
 }
 
 impl Meta {
@@ -182,7 +188,11 @@ impl Meta {
             return Err(mismatch("resource", m.resource, resource.into()));
         }
         if m.size != size {
-            return Err(mismatch("size", m.size.to_string(), size.to_string()));
+            return Err(MetaError::Resized {
+                path: path.to_owned(),
+                found: m.size,
+                expected: size,
+            });
         }
         Ok(Some(m))
     }
