@@ -63,6 +63,12 @@ pub enum ConfigError {
     Key { path: PathBuf, key: String, reason: String },
 }
 
+/// The largest `size`: the out-of-sync bitmap (one bit per 4 KiB) is held
+/// in memory, 2 GiB here. Past it a start aborted on the allocation
+/// ("memory allocation of 35184372088832 bytes failed" at 1 EiB) after it
+/// had created the disk file (review).
+pub const MAX_SIZE: u64 = 64 << 40;
+
 /// A SIZE key's text: a string (`"1G"`) or a plain number of bytes
 /// (`size = 1073741824`, as the suffix-less string means). Before, a
 /// number was refused as "expected a string" (found by helper-113).
@@ -437,6 +443,16 @@ impl ResourceConfig {
         let size = parse_size(&raw.size).map_err(|e| key_err("size", e))?;
         if size == 0 || size % 4096 != 0 {
             return Err(key_err("size", format!("{size} is not a positive multiple of 4096")));
+        }
+        if size > MAX_SIZE {
+            return Err(key_err(
+                "size",
+                format!(
+                    "{size} bytes is over the largest size, 64T ({MAX_SIZE}): the out-of-sync \
+                     bitmap, one bit per 4 KiB, is held in memory (2 GiB at 64T, twice that \
+                     during a resync)"
+                ),
+            ));
         }
         let dur = |key: &str, v: &Option<String>, default: Duration| match v {
             Some(v) => parse_duration(v).map_err(|e| key_err(key, e)),
@@ -869,6 +885,19 @@ key = "certs/b.key"
 
     fn parse(text: &str) -> Result<ResourceConfig, String> {
         ResourceConfig::parse(Path::new("/etc/tb/ldap.toml"), text).map_err(|e| e.to_string())
+    }
+
+    /// Past the largest size the file is refused naming the key, before
+    /// anything is made (a start aborted on the bitmap's allocation).
+    #[test]
+    fn a_size_past_the_largest_is_refused_naming_the_key() {
+        let c = parse(&GOOD.replace("size = \"1G\"", "size = \"64T\"")).unwrap();
+        assert_eq!(c.size, MAX_SIZE);
+        for big in ["\"65537G\"", "70368744181760", "\"1048576T\""] {
+            let e = parse(&GOOD.replace("size = \"1G\"", &format!("size = {big}"))).unwrap_err();
+            assert!(e.contains("ldap.toml: size: "), "{e}");
+            assert!(e.contains("largest size, 64T"), "{e}");
+        }
     }
 
     #[test]
