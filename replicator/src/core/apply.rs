@@ -29,6 +29,9 @@ pub(crate) struct ApplyIo {
     /// chunk, a flush, a verify read or a probe): counted in
     /// `Core::unwritten_peer_writes` until it completes.
     pub write: bool,
+    /// A resync chunk: counted in `resync_bytes` (the target's, as the
+    /// source's), not `replicated_bytes`.
+    pub resync: bool,
 }
 
 /// A write of the peer's (application data, not a resync chunk, a flush,
@@ -372,6 +375,7 @@ impl Core {
                 asked: verify_len(&op),
                 scratch,
                 write: peer_write(&op),
+                resync: matches!(op, Op::Resync { .. }),
             };
             if matches!(op, Op::Bench { store: false, .. }) {
                 // Crosses the link only: done as it arrives.
@@ -405,7 +409,11 @@ impl Core {
                 if let Some(e) = a.flush_epoch {
                     self.flushed_epoch = self.flushed_epoch.max(e);
                 }
-                self.counters.replicated_bytes += a.bytes;
+                if a.resync {
+                    self.counters.resync_bytes += a.bytes;
+                } else {
+                    self.counters.replicated_bytes += a.bytes;
+                }
                 if a.verify && current {
                     let sums = block_sums(data.as_deref().unwrap_or(&[]), self.cfg.block);
                     self.send(Message::Verified { seq: a.seq, sums });

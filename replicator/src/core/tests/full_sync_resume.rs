@@ -519,3 +519,18 @@ fn discarding_node_rebuilding() -> (Pair, u64) {
     assert_eq!(p.core(1).gen().current, NEVER_SYNCED, "b's data not given up");
     (p, g)
 }
+
+/// The target's `counters.resync_bytes` counts the chunks it took, as the
+/// README says (`status` on both sides): they were counted in its
+/// `replicated_bytes` instead, and its `resync_bytes` stayed 0 (a 16 TiB
+/// target showed 2.8 GB replicated and nothing resynced; review).
+#[test]
+fn a_sync_target_counts_the_chunks_it_takes_as_resync_bytes() {
+    let mut p = forced_over_user_data(Plant::None);
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    let (a, b) = (p.core(0).counters, p.core(1).counters);
+    assert!(a.resync_bytes > 0, "no full sync: {a:?}");
+    assert_eq!(b.resync_bytes, a.resync_bytes, "{b:?}");
+    assert_eq!(b.replicated_bytes, 0, "{b:?}");
+}
