@@ -1093,3 +1093,75 @@ fn a_secondary_whose_disk_failed_one_sync_recovers_by_a_full_sync() {
     assert!(block.iter().all(|&x| x == 0x5c), "b lacks the write its failed sync dropped");
     assert!(p.log(1).contains("syncs are trusted again"), "{}", tail(&p.log(1)));
 }
+
+/// The seconds left of a rebuild's wait in a `last_error` ("... the next
+/// rebuild in 7.9s (...").
+fn rebuild_wait_left(why: &str) -> Option<f64> {
+    why.split("the next rebuild in ").nth(1)?.split('s').next()?.parse().ok()
+}
+
+/// A Secondary whose disk fails every write (a cause that persists: a
+/// full file system, a dead disk) is rebuilt less and less often: a
+/// rebuild that fails makes the next one wait (at once, then 2 s, 4 s,
+/// 8 s, ... up to 60 s), where before it ran a full sync about once a
+/// second for ever. b's `last_error` says why and when; once the disk is
+/// fixed, `connect` on b rebuilds it at once, long before its wait ends.
+#[test]
+fn a_secondary_whose_rebuilds_keep_failing_waits_longer_each_time() {
+    let Some(failing) = FailingFile::make("tb-rebuilds", "b.img", 16 << 20) else { return };
+    let (disk, image) = (&failing.disk, failing.file.clone());
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(1, &image);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let rebuilds = |p: &Pair| {
+        p.log(1).lines().filter(|l| l.contains("SyncTarget: the peer's data is newer")).count()
+    };
+    let before = rebuilds(&p);
+    disk.fail_writes(true);
+    p.qemu_io(0, "write -P 0x5e 1M 64k"); // qemu-io FLUSHes at its exit
+    p.wait("b's disk detached", Duration::from_secs(20), |_, b| b["disk"] == "Failed");
+    let start = std::time::Instant::now();
+    // Rebuilds at 0, 0, 2, 6 and 14 s from here: 4 or 5 in 13 s (a
+    // rebuild a second before: 13 or more).
+    std::thread::sleep(Duration::from_secs(13));
+    let n = rebuilds(&p) - before;
+    assert!((3..=5).contains(&n), "{n} rebuilds in 13 s: {}", tail(&p.log(1)));
+    let b = p.status(1);
+    let why = b["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains("failed again while being rebuilt from the peer") && why.contains("errno"),
+        "{b}"
+    );
+    assert_eq!(b["disk"], "Failed", "{b}");
+    // a dials on (refused, every 800 ms at most): each side warns once
+    // for each wait, not at every refusal (whose countdown moves).
+    let warnings = |i: usize, what: &str| {
+        p.log(i)
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains(what) && l.contains("next rebuild in"))
+            .count()
+    };
+    let (on_a, on_b) = (warnings(0, "refused the link"), warnings(1, "refused a replication"));
+    assert!(on_a <= 4 && on_b <= 4, "{on_a} and {on_b} warnings: {}", tail(&p.log(0)));
+    // The next wait is long (8 s, or 16 s): the operator fixes the disk
+    // and runs `connect` instead of waiting for it.
+    p.wait("a long wait before b's next rebuild", Duration::from_secs(30), |_, b| {
+        b["last_error"].as_str().and_then(rebuild_wait_left).is_some_and(|s| s >= 6.0)
+    });
+    let left = rebuild_wait_left(p.status(1)["last_error"].as_str().unwrap_or_default()).unwrap();
+    disk.fail_writes(false);
+    let asked = std::time::Instant::now();
+    p.ok(&["connect"], 1);
+    p.wait_synced("b's rebuild after `connect`", Duration::from_secs(60));
+    let took = asked.elapsed().as_secs_f64();
+    assert!(took < left, "rebuilt {took:.1}s after `connect`, its wait was {left:.1}s");
+    let b = p.status(1);
+    assert_eq!(b["disk"], "UpToDate", "{b}");
+    assert_eq!(b["last_error"], serde_json::Value::Null, "{b}");
+    let mut block = vec![0u8; 65536];
+    let mut f = std::fs::File::open(&image).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1 << 20)).unwrap();
+    f.read_exact(&mut block).unwrap();
+    assert!(block.iter().all(|&x| x == 0x5e), "b lacks the write after its rebuild");
+    eprintln!("{n} rebuilds in 13 s; rebuilt {took:.1}s after connect ({:?})", start.elapsed());
+}

@@ -271,10 +271,13 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                 }
                 Err(e) => {
                     // (The same refusal of the same host again is a debug
-                    // line: a peer dials on while this node's disk hangs.)
+                    // line: a peer dials on while this node's disk hangs,
+                    // or waits for its next rebuild, whose countdown aside
+                    // the reason stays the same.)
                     let e = one_line(&e);
                     let mut last = refusals.lock().unwrap_or_else(|p| p.into_inner());
-                    if last.as_ref().is_some_and(|(ip, l)| *ip == remote.ip() && *l == e) {
+                    let same = |l: &str| crate::core::rebuild_backoff::same_refusal(l, &e);
+                    if last.as_ref().is_some_and(|(ip, l)| *ip == remote.ip() && same(l)) {
                         debug!(%remote, "refused a replication connection again: {e}");
                     } else {
                         warn!(%remote, "refused a replication connection: {e}");

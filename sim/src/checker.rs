@@ -106,7 +106,10 @@
 //! Liveness (in `world/checks.rs`): a pair left calm for 1.5 s on one link, with no
 //! I/O errors injected, some UpToDate disk and no operator decision
 //! pending (split brain, StandAlone), is Established and quiescent, or its
-//! resync/verify made progress meanwhile.
+//! resync/verify made progress meanwhile. A node whose rebuilds failed
+//! waits before its next one (`core::rebuild_backoff`, up to 60 s) and
+//! takes no link until then: the 1.5 s count from the end of that wait
+//! (no link meanwhile, or a node that wants none, is not checked).
 
 use std::fmt;
 use std::time::Duration;

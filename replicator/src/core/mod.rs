@@ -30,6 +30,7 @@ mod persist;
 mod promotion;
 mod query;
 pub mod quorum;
+pub mod rebuild_backoff;
 mod resync;
 pub mod session;
 mod stop;
@@ -254,6 +255,8 @@ pub struct Core {
     /// is `Failed` and nothing newer is in `last_error` (a handshake clears
     /// that one, and a detached disk ends the session).
     disk_error: Option<String>,
+    /// Failed rebuilds in a row and the next one's time (`rebuild_backoff`).
+    rebuild: rebuild_backoff::RebuildBackoff,
     /// Bench scratch writes that failed here, and probes the peer's
     /// scratch area failed: warned of every 10 s, not each time.
     scratch_failed: types::LogEvery,
@@ -474,6 +477,7 @@ impl Core {
             counters: CoreCounters::default(),
             last_error: None,
             disk_error: None,
+            rebuild: Default::default(),
             scratch_failed: Default::default(),
             peer_scratch_failed: Default::default(),
             last_lost: None,
@@ -762,7 +766,22 @@ impl Core {
         if self.disk != DiskState::Failed {
             let why = format!("local disk failed ({what}: errno {}): detached", e.0);
             self.disk_error = Some(why.clone());
-            self.error(why);
+            // The target of a resync into it: a rebuild failed (the
+            // next one waits, `rebuild_backoff`).
+            let target = self
+                .session
+                .as_ref()
+                .is_some_and(|s| matches!(s.activity, session::Activity::Target { .. }));
+            let wait = if target { self.rebuild_failed(&why) } else { Duration::ZERO };
+            if wait.is_zero() {
+                self.error(why);
+            } else {
+                self.error(format!(
+                    "{why}; {} failed rebuilds in a row: the next one in {wait:?} (`connect` \
+                     here retries now)",
+                    self.rebuild_failures()
+                ));
+            }
             self.disk = DiskState::Failed;
             // A flush in flight may never answer (a disk that hangs); its
             // answer says nothing once the disk is declared good again,
@@ -826,7 +845,8 @@ impl Core {
     pub fn poll_timeout(&self) -> Option<Time> {
         let s = self.session.as_ref().map(|s| s.next_deadline(&self.cfg));
         let record = self.failed_record_deadline().filter(|_| !self.pending.is_empty());
-        [s, self.ctl_deadline(), self.adaptive_deadline(), self.disk_deadline(), record]
+        let rebuild = self.rebuild_retry_at();
+        [s, self.ctl_deadline(), self.adaptive_deadline(), self.disk_deadline(), record, rebuild]
             .into_iter()
             .flatten()
             .min()

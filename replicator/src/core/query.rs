@@ -1,6 +1,8 @@
 //! What the core says of itself: its states, what it accepts, its
 //! status and the metadata record it should have on disk.
 
+use std::borrow::Cow;
+
 use super::*;
 
 impl Core {
@@ -53,12 +55,16 @@ impl Core {
     /// Why the node takes no link to its peer now, if it takes none:
     /// StandAlone, or a detached disk that still holds operations it never
     /// completed (a disk that stopped answering takes no sync until they
-    /// return: each sync would time out on them again at once).
-    pub fn link_refused(&self) -> Option<&'static str> {
+    /// return: each sync would time out on them again at once), or a disk
+    /// whose rebuilds failed waits for the next one's time
+    /// (`rebuild_backoff`: the reason says when).
+    pub fn link_refused(&self) -> Option<Cow<'static, str>> {
         if let Linking::StandAlone(why) = self.linking {
-            Some(why)
+            Some(why.into())
         } else if self.disk_hung() {
-            Some("the local disk is detached with operations it never completed")
+            Some("the local disk is detached with operations it never completed".into())
+        } else if let Some(why) = self.rebuild_wait() {
+            Some(why.into())
         } else if self.a_primary_with_peer_writes_unwritten() && self.disk_usable() {
             // A handshake now would rank this Primary the source (in memory
             // it lost nothing) and make the peer, which holds those writes,
@@ -72,7 +78,8 @@ impl Core {
             // review, helper-94.)
             Some(
                 "writes received from the peer before this node's promotion are still being \
-                 written here (protocol A): the link waits for them",
+                 written here (protocol A): the link waits for them"
+                    .into(),
             )
         } else {
             None
@@ -241,10 +248,13 @@ impl Core {
             counters: self.counters,
             in_flight: s.map_or(0, |s| s.out.len()),
             al_extents: self.al.durable.len(),
-            last_error: self
-                .last_error
-                .clone()
-                .or_else(|| self.disk_error.clone().filter(|_| self.disk == DiskState::Failed)),
+            // (While a failed rebuild's successor waits, that says why
+            // and when.)
+            last_error: self.rebuild_wait().or_else(|| {
+                self.last_error
+                    .clone()
+                    .or_else(|| self.disk_error.clone().filter(|_| self.disk == DiskState::Failed))
+            }),
             gen: self.gen,
         }
     }

@@ -486,6 +486,8 @@ impl Core {
             .is_some_and(|s| s.peer.disk == DiskState::Consistent && took_sources(s));
         self.gen.synced_to(current);
         self.full_sync = 0;
+        // A rebuild completed: the next failure retries at once.
+        self.rebuild_completed();
         // The data is the source's now.
         self.lost = crate::protocol::wire::Lost::None;
         let pin = (lost || self.lost_pinned()) && self.cfg.plant != Plant::ForgetLost;

@@ -251,8 +251,11 @@ impl Core {
     }
 
     /// `connect`.
+    /// `connect`. On a disk whose rebuilds failed, the next one starts
+    /// now (the operator fixed the disk: `rebuild_backoff`).
     pub fn connect(&mut self) {
         self.linking = Linking::Wanted;
+        self.rebuild_retry_now();
     }
 
     /// `disconnect`: drops the link and stays StandAlone.

@@ -803,9 +803,13 @@ impl Core {
             self.disk = DiskState::Consistent;
         }
         // The same failure again before any session ran (a peer that
-        // refuses each link while its disk hangs) is not news.
+        // refuses each link while its disk hangs, or while it waits for
+        // its next rebuild: the countdown aside) is not news.
         if s.phase == super::session::Phase::Handshake
-            && self.last_error.as_deref() == Some(why.as_str())
+            && self
+                .last_error
+                .as_deref()
+                .is_some_and(|l| super::rebuild_backoff::same_refusal(l, &why))
         {
             tracing::debug!(%why, "link lost again during the handshake");
         } else {

@@ -6,13 +6,17 @@ use super::*;
 impl Node {
     /// The shell should have a link to the peer.
     pub fn wants_link(&self) -> bool {
-        self.lock().core.wants_link()
+        self.link_refused().is_none()
     }
 
     /// Why the node takes no link now, if it takes none
     /// ([`Core::link_refused`]).
-    pub fn link_refused(&self) -> Option<&'static str> {
-        self.lock().core.link_refused()
+    pub fn link_refused(&self) -> Option<std::borrow::Cow<'static, str>> {
+        let mut sh = self.lock();
+        // (The time first: a rebuild's wait may have ended since the
+        // timer task last moved the core's clock.)
+        sh.core.set_clock(self.now());
+        sh.core.link_refused()
     }
 
     /// Session `sid` is the one in force.

@@ -166,6 +166,10 @@ impl Sim {
         } else {
             Duration::from_millis(1500)
         };
+        // A node waiting before its next rebuild (`core::rebuild_backoff`)
+        // takes no link: the calm counts from the end of that wait.
+        let waits = self.nodes.iter().filter_map(|n| n.core.as_ref()?.rebuild_retry_at());
+        let start = waits.fold(start, Time::max);
         if self.err_rate != 0 || self.now.saturating_sub(start) < settle {
             return Ok(());
         }

@@ -667,3 +667,99 @@ fn a_primary_whose_disk_fails_while_connected_is_rebuilt_uptodate() {
         assert!(p.core(0).promote(false, 5).is_ok(), "the rebuilt node is not promotable");
     }
 }
+
+/// A disk that fails every write is rebuilt again and again: each rebuild
+/// that fails in its turn makes the next wait longer (at once, then 2 s,
+/// doubling up to 60 s), the node refusing links until then and saying
+/// why and when; `connect` on it retries at once, and a completed rebuild
+/// clears the count. Before, a cause that persists (a full file system)
+/// repeated the full sync about once a second for ever (review,
+/// helper-120's known limit).
+#[test]
+fn failed_rebuilds_back_off_and_connect_or_a_completed_rebuild_resets_them() {
+    use crate::core::rebuild_backoff::{delay, MAX};
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.n[1].fail_writes = true;
+    p.write(0, 1, 0, 8, 64);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    assert_eq!(p.core(1).rebuild_failures(), 0, "a failure outside a rebuild is none");
+    // Rebuilds that fail: the n-th waits delay(n) before the next one.
+    let mut waits = Vec::new();
+    for n in 1..=8u32 {
+        p.cut();
+        p.connect();
+        assert_eq!(p.core(1).disk(), DiskState::Failed);
+        assert_eq!(p.core(1).rebuild_failures(), n, "rebuild {n} did not fail as one");
+        let now = p.now;
+        let at = p.core(1).rebuild_retry_at();
+        waits.push(at.map_or(Duration::ZERO, |at| at - now));
+        if let Some(at) = at {
+            // Refused until then, with the reason and the time.
+            let why = p.core(1).link_refused().unwrap_or_default().into_owned();
+            assert!(
+                why.contains("failed again while being rebuilt") && why.contains("next rebuild in"),
+                "{why}"
+            );
+            let shown = p.core(1).status().last_error.unwrap_or_default();
+            assert!(shown.contains("next rebuild in") && shown.contains("errno"), "{shown}");
+            assert_eq!(
+                p.core(1).poll_timeout().map(|t| t <= at),
+                Some(true),
+                "no timer for the retry"
+            );
+            p.cut();
+            p.connect();
+            assert!(p.core(1).session_id().is_none(), "a link taken during the wait");
+            assert_eq!(p.core(1).rebuild_failures(), n, "a refused link counted");
+            // The wait over, the node wants its link again.
+            p.now = at;
+            p.core(1).handle_timeout(at);
+            assert!(p.core(1).wants_link(), "the wait did not end");
+        }
+    }
+    assert_eq!(
+        waits,
+        (1..=8).map(delay).collect::<Vec<_>>(),
+        "the waits after failed rebuilds 1..=8"
+    );
+    assert_eq!(waits[0], Duration::ZERO, "the first retry waits");
+    assert_eq!(waits[1], Duration::from_secs(2));
+    assert_eq!(waits[7], MAX, "not capped");
+    // One more failure: waiting; the operator fixes the disk and runs
+    // `connect`: the rebuild starts at once and completes.
+    p.cut();
+    p.connect();
+    assert!(p.core(1).rebuild_retry_at().is_some());
+    p.n[1].fail_writes = false;
+    p.core(1).connect();
+    assert!(p.core(1).wants_link(), "`connect` did not retry at once");
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache == p.n[1].cache);
+    assert_eq!(p.core(1).rebuild_failures(), 0);
+    // A completed rebuild clears the count too: the disk fails again, and
+    // so do two rebuilds: the first retried at once, the second waits 2 s.
+    p.n[1].fail_writes = true;
+    p.write(0, 2, 0, 9, 64);
+    p.settle();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).rebuild_failures(), 1);
+    assert!(p.core(1).wants_link());
+    // (Without `connect`: a rebuild that completes after a wait clears it.)
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).rebuild_failures(), 2);
+    let at = p.core(1).rebuild_retry_at().expect("waits");
+    p.n[1].fail_writes = false;
+    p.now = at;
+    p.core(1).handle_timeout(at);
+    p.cut();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "not rebuilt once the wait ended");
+    assert_eq!(p.core(1).rebuild_failures(), 0, "a completed rebuild kept the count");
+}

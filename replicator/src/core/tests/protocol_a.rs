@@ -276,7 +276,7 @@ fn a_link_while_a_promoted_nodes_peer_writes_are_queued_waits_for_them() {
         p.cut();
         p.settle_now();
         let refused = p.core(1).link_refused();
-        assert!(refused.is_some_and(|w| w.contains("still being written")), "{refused:?}");
+        assert!(refused.as_ref().is_some_and(|w| w.contains("still being written")), "{refused:?}");
         p.connect_steps(2000, |_| {});
         assert_ne!(p.core(0).disk(), DiskState::Inconsistent, "a made b's SyncTarget");
         assert_eq!(p.n[1].cache[8192], 0, "b wrote W: the case is not made");
@@ -358,7 +358,7 @@ fn a_promoted_nodes_failed_disk_with_a_hung_peer_write_does_not_wait_for_it() {
     assert_eq!(p.core(1).role(), Role::Primary);
     assert_eq!(p.core(1).unwritten_peer_writes(), 1, "the hung write still counted");
     let refused = p.core(1).link_refused();
-    assert!(!refused.is_some_and(|w| w.contains("still being written")), "{refused:?}");
+    assert!(!refused.as_ref().is_some_and(|w| w.contains("still being written")), "{refused:?}");
 }
 
 /// (Review, helper-90.) Protocol A: b's record saying it may be behind
