@@ -214,6 +214,9 @@ pub struct Stats {
     pub primary_steps: u64,
     pub split_brain_steps: u64,
     pub target_steps: u64,
+    /// Steps where a node waits before its next rebuild (its rebuilds
+    /// failed: `core::rebuild_backoff`), taking no link.
+    pub rebuild_wait_steps: u64,
     pub syncs_started: u64,
     pub liveness_checks: u64,
     /// I/O of a failed disk that hung (never completed).
@@ -1238,6 +1241,9 @@ impl Checker {
             let target = sim.replication(n) == Replication::SyncTarget;
             if target {
                 self.stats.target_steps += 1;
+            }
+            if sim.nodes[n].core.as_ref().is_some_and(|c| c.rebuild_retry_at().is_some()) {
+                self.stats.rebuild_wait_steps += 1;
             }
             if target && !self.was_target[n] {
                 self.stats.syncs_started += 1;

@@ -103,6 +103,7 @@ fn main() -> ExitCode {
         total.primary_steps += st.primary_steps;
         total.split_brain_steps += st.split_brain_steps;
         total.target_steps += st.target_steps;
+        total.rebuild_wait_steps += st.rebuild_wait_steps;
         total.syncs_started += st.syncs_started;
         total.liveness_checks += st.liveness_checks;
         total.hung_ios += st.hung_ios;
