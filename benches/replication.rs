@@ -12,8 +12,22 @@ use twinblock_replicator::core::{Action, Core, CoreConfig, Plant, Recovered};
 use twinblock_replicator::protocol::genid::{GenIds, SplitBrainPolicy};
 use twinblock_replicator::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 
-fn primary_core() -> Core {
-    let cfg = CoreConfig {
+/// A Primary of `size` bytes alone (no peer ever connected).
+fn primary_core_of(size: u64) -> Core {
+    let mut core = Core::new(
+        CoreConfig { size, ..config() },
+        Recovered { disk_created: true, ..Recovered::default() },
+        Duration::ZERO,
+        1,
+    );
+    drain(&mut core, 0);
+    core.promote(true, 1).unwrap();
+    drain(&mut core, 0);
+    core
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
         resource: "r".into(),
         me: "a".into(),
         peer: "b".into(),
@@ -35,7 +49,11 @@ fn primary_core() -> Core {
         controller: None,
         adaptive: Default::default(),
         plant: Plant::None,
-    };
+    }
+}
+
+fn primary_core() -> Core {
+    let cfg = config();
     let mut core =
         Core::new(cfg, Recovered { disk_created: true, ..Recovered::default() }, Duration::ZERO, 1);
     drain(&mut core, 0);
@@ -132,5 +150,38 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec);
+/// Whole-device bitmap work (a full sync's marking, the runs it sends,
+/// the clearing as chunks land) on a 16 TiB device's bitmap scale (2^28
+/// one-byte blocks; bit-by-bit this was seconds, past `timeout`), and a
+/// Primary alone on a 512 GiB device with blocks out of sync writing
+/// (it once built a device-sized bitmap at every step): the speed
+/// `bitmap::tests` and `core::tests::writes` check only for correctness.
+fn scale(c: &mut Criterion) {
+    use twinblock_replicator::bitmap::Bitmap;
+    let mut g = c.benchmark_group("scale");
+    g.sample_size(10);
+    let blocks = 1u64 << 28;
+    g.bench_function("bitmap_mark_runs_clear_2^28", |b| {
+        b.iter(|| {
+            let mut map = Bitmap::with_block(blocks, 1);
+            map.mark_all();
+            black_box(map.runs());
+            map.clear_range(0, blocks);
+            black_box(map.bytes())
+        })
+    });
+    g.bench_function("core_write_alone_512g", |b| {
+        let mut core = primary_core_of(1 << 39);
+        let data = Bytes::from(vec![1u8; 4096]);
+        let mut req = 0u64;
+        b.iter(|| {
+            req += 1;
+            core.write(Duration::ZERO, req, (req % 64) * 4096, data.clone(), false);
+            assert_eq!(drain(&mut core, 0), 1);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, scale);
 criterion_main!(benches);

@@ -510,7 +510,7 @@ fn demote_and_wait_for_the_peer(p: &mut Pair, never: &str) {
 /// on 1 GiB (review). 2,000 writes to a 512 GiB device here (16 MiB of
 /// bitmap, which the allocator zeroed each time).
 #[test]
-fn a_primary_alone_on_a_huge_device_writes_at_the_rate_of_a_small_one() {
+fn a_primary_alone_on_a_huge_device_answers_and_marks_its_writes() {
     let mut config = cfg(Protocol::C);
     (config.size, config.block, config.extent) = (1 << 39, 4096, 4 << 20);
     let rec = Recovered {
@@ -523,13 +523,12 @@ fn a_primary_alone_on_a_huge_device_writes_at_the_rate_of_a_small_one() {
     let mut c = Core::new(config, rec, Duration::ZERO, 7);
     c.promote(false, 1).unwrap();
     run(&mut c, Duration::ZERO);
-    let started = std::time::Instant::now();
+    // (How fast: `benches/replication.rs` `scale`, core_write_alone_512g;
+    // speed is measured in the benchmarks, never asserted in tests.)
     for req in 0..2_000u64 {
         c.write(Duration::ZERO, req, (req % 64) * 4096, Bytes::from(vec![1u8; 4096]), false);
         let acts = run(&mut c, Duration::ZERO);
         assert_eq!(replies_to(&acts, req), vec![Ok(())]);
     }
     assert_eq!(c.dirty.bytes(), 64 * 4096);
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "2,000 writes took {took:?}");
 }
