@@ -24,6 +24,18 @@ use crate::tls;
 
 const MAX_MESSAGE: usize = 64 << 10;
 
+/// Connections a node may hold at once: a node needs one, and a few more
+/// cover a reconnection while its old connection has not timed out yet.
+/// A newer connection closes the node's oldest past this (before, every
+/// connection of a certificate holder was kept, about 48 KB each: a node
+/// that dialed in a loop grew the witness without bound).
+const MAX_SESSIONS_PER_NODE: usize = 4;
+
+/// The connections each node holds: (their number, the connection), the
+/// oldest first.
+type Sessions =
+    Arc<std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<(u64, quinn::Connection)>>>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessError {
     #[error(transparent)]
@@ -234,6 +246,8 @@ pub async fn serve_reporting(
             .map_err(|source| WitnessError::Bind { addr, source })?;
     info!(%addr, "witness listening");
     let nodes: Vec<String> = res.nodes.keys().cloned().collect();
+    let sessions: Sessions = Arc::default();
+    let mut next_session = 0u64;
     if let Some(report) = report {
         let shared = shared.clone();
         let (resource, me, members) = (res.name.clone(), name.to_owned(), nodes.clone());
@@ -262,6 +276,9 @@ pub async fn serve_reporting(
         let Some(incoming) = incoming else { break };
         let shared = shared.clone();
         let nodes = nodes.clone();
+        let sessions = sessions.clone();
+        next_session += 1;
+        let id = next_session;
         tokio::spawn(
             async move {
                 let conn = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
@@ -276,8 +293,13 @@ pub async fn serve_reporting(
                     return;
                 };
                 info!(node = %who, remote = %conn.remote_address(), "node connected");
-                if let Err(e) = session(conn, &who, &nodes, shared).await {
+                admit(&sessions, &who, id, &conn);
+                if let Err(e) = session(conn.clone(), &who, &nodes, shared).await {
                     warn!(node = %who, "session ended: {e}");
+                }
+                let mut all = sessions.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(held) = all.get_mut(&who) {
+                    held.retain(|(i, _)| *i != id);
                 }
             }
             .in_current_span(),
@@ -285,6 +307,20 @@ pub async fn serve_reporting(
     }
     endpoint.close(0u32.into(), b"down");
     Ok(())
+}
+
+/// Records `who`'s new connection `id`, closing its oldest past
+/// [`MAX_SESSIONS_PER_NODE`].
+fn admit(sessions: &Sessions, who: &str, id: u64, conn: &quinn::Connection) {
+    let mut all = sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let held = all.entry(who.to_owned()).or_default();
+    held.push_back((id, conn.clone()));
+    while held.len() > MAX_SESSIONS_PER_NODE {
+        if let Some((_, old)) = held.pop_front() {
+            info!(node = %who, remote = %old.remote_address(), "closing the node's oldest connection: it opened a newer one");
+            old.close(3u32.into(), b"superseded by a newer connection of this node");
+        }
+    }
 }
 
 async fn session(
