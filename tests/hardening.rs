@@ -458,3 +458,51 @@ fn a_node_that_dials_the_witness_in_a_loop_holds_few_connections() {
         assert!(grown < 10_000, "the witness grew by {grown} kB for 600 connections of one node");
     });
 }
+
+/// Two witnesses given one `meta` path (a second resource's file copied
+/// from the first's, `meta` left as it was), or a state file restored
+/// from another resource's witness: the file names the resource it was
+/// saved for, and a witness of another resource refuses to start on it,
+/// naming both, rather than take that resource's holder and outdated
+/// node for its own (its nodes are also called a and b: it would refuse
+/// the current one and grant the one that lacks writes). Before, it
+/// started on it (review, helper-131).
+#[test]
+fn a_witness_refuses_the_state_file_of_another_resource() {
+    let p = Pair::prepare("C", "16M");
+    let (addr, w) = witness_for(&p);
+    let certs = p.dir.path().join("certs");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // A request changes the witness's record: it saves it (a's claim
+    // with its peer current is refused in the quiet start, its renewal
+    // granted).
+    let state = p.dir.path().join("w.state");
+    rt.block_on(async {
+        let e = witness_client(&certs, "a");
+        let c = e.connect(addr, "w").unwrap().await.unwrap();
+        let (mut tx, mut rx) = c.open_bi().await.unwrap();
+        let req = serde_json::json!({"id": 1, "resource": "r0", "node": "a", "peer": "b",
+            "kind": "Renew", "uptodate": true, "peer_current": true, "lease_ms": 1000, "data": [1]});
+        let body = serde_json::to_vec(&req).unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        tx.write_all(&frame).await.unwrap();
+        let mut len = [0u8; 4];
+        rx.read_exact(&mut len).await.unwrap();
+    });
+    assert!(state.exists(), "the witness saved no state");
+    drop(w);
+    let other =
+        std::fs::read_to_string(&p.config).unwrap().replace("name = \"r0\"", "name = \"r1\"");
+    assert!(other.contains("\"r1\""), "{other}");
+    let other_config = p.dir.path().join("r1.toml");
+    std::fs::write(&other_config, other).unwrap();
+    let out = run_timeout(
+        Command::new(BIN).args(["witness", "--config"]).arg(&other_config).args(["--node", "w"]),
+        Duration::from_secs(10),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("r0") && err.contains("r1") && err.contains("w.state"), "{err}");
+}

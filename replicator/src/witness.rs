@@ -75,19 +75,42 @@ async fn write_msg<T: serde::Serialize>(tx: &mut quinn::SendStream, m: &T) -> Re
     tx.write_all(&frame).await.map_err(|e| e.to_string())
 }
 
-fn load_state(path: &Option<PathBuf>) -> Result<Durable, WitnessError> {
+/// The witness's state file: its [`Durable`] record and the resource it
+/// was saved for (absent in files of older versions).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resource: Option<String>,
+    #[serde(flatten)]
+    durable: Durable,
+}
+
+/// Reads the witness's state (a missing file: none yet). A file saved for
+/// another resource is refused: its holder and outdated node would be
+/// taken for this resource's (both name their nodes a and b, say).
+fn load_state(path: &Option<PathBuf>, resource: &str) -> Result<Durable, WitnessError> {
     let Some(path) = path else { return Ok(Durable::default()) };
+    let err = |reason: String| WitnessError::State { path: path.clone(), reason };
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| WitnessError::State { path: path.clone(), reason: e.to_string() }),
+        Ok(b) => {
+            let f: StateFile = serde_json::from_slice(&b).map_err(|e| err(e.to_string()))?;
+            match f.resource {
+                Some(r) if r != resource => Err(err(format!(
+                    "saved by the witness of resource {r:?}, not {resource:?} (two witnesses \
+                     given one `meta`?)"
+                ))),
+                _ => Ok(f.durable),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Durable::default()),
-        Err(e) => Err(WitnessError::State { path: path.clone(), reason: e.to_string() }),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 
 /// Saves the witness's state durably (write, fsync, rename, fsync dir).
-fn save_state(path: &std::path::Path, d: &Durable) -> std::io::Result<()> {
-    let body = serde_json::to_vec_pretty(d).map_err(std::io::Error::other)?;
+fn save_state(path: &std::path::Path, resource: &str, d: &Durable) -> std::io::Result<()> {
+    let f = StateFile { resource: Some(resource.to_owned()), durable: d.clone() };
+    let body = serde_json::to_vec_pretty(&f).map_err(std::io::Error::other)?;
     crate::meta::atomic_write(path, &body)
 }
 
@@ -210,7 +233,7 @@ pub async fn serve_reporting(
     if w.name != name {
         return Err(WitnessError::NotWitness(name.into()));
     }
-    let saved = load_state(&w.state)?;
+    let saved = load_state(&w.state, &res.name)?;
     let quiet = res.controller.as_ref().map_or(Duration::from_secs(10), |c| c.rules.dead_time);
     let shared = Arc::new(Mutex::new(Shared {
         arb: Arbiter::new(&res.name, Duration::ZERO, quiet, saved),
@@ -339,7 +362,11 @@ async fn session(
         let saved = match (d.save.clone(), sh.state.clone()) {
             // Durable before the answer relies on it.
             (Some(after), Some(path)) => matches!(
-                tokio::task::spawn_blocking(move || save_state(&path, &after)).await,
+                tokio::task::spawn_blocking({
+                    let resource = sh.arb.resource.clone();
+                    move || save_state(&path, &resource, &after)
+                })
+                .await,
                 Ok(Ok(()))
             ),
             _ => true,
@@ -578,6 +605,30 @@ mod tests {
         let t = t + Duration::from_secs(3);
         let r = w.handle(t, &req("a", VoteKind::Claim, &[1], false));
         assert!(!r.granted, "a, which lacks b's writes, is granted the right: {r:?} ({disk:?})");
+    }
+
+    /// The state file round-trips for its resource (undo record and
+    /// generations included), and is refused by another resource's
+    /// witness; a file without a resource (older versions) is taken.
+    #[test]
+    fn the_state_file_names_its_resource() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state");
+        let mut d = Durable {
+            holder: Some("a".into()),
+            complete: true,
+            last_holder: Some("a".into()),
+            ..Durable::default()
+        };
+        d.outdated.insert("b".into());
+        d.alone_with.insert("a".into(), u64::MAX);
+        d.undo = Some(Box::new(Durable { holder: Some("b".into()), ..Durable::default() }));
+        save_state(&path, "r0", &d).unwrap();
+        assert_eq!(load_state(&Some(path.clone()), "r0").unwrap(), d);
+        let e = load_state(&Some(path.clone()), "r1").unwrap_err().to_string();
+        assert!(e.contains("\"r0\"") && e.contains("\"r1\""), "{e}");
+        std::fs::write(&path, serde_json::to_vec(&d).unwrap()).unwrap();
+        assert_eq!(load_state(&Some(path), "r1").unwrap(), d);
     }
 
     /// Every field of the witness's `status --json` is named in the
