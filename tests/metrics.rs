@@ -505,8 +505,8 @@ fn witness_metrics_follow_a_failover() {
 
 /// Scrapers that connect and send nothing hold at most a few of the
 /// node's file descriptors (its disk, metadata and state files need
-/// them): connections past the first 16 are closed as they come, and the
-/// endpoint answers again once the idle ones give up.
+/// them): past 16 at once, a new connection closes the oldest, and the
+/// endpoint answers once the idle ones are gone.
 #[test]
 fn idle_scrapers_hold_few_descriptors() {
     let (p, ports) = pair_with_metrics();
@@ -524,5 +524,58 @@ fn idle_scrapers_hold_few_descriptors() {
     while try_scrape(ports[0]).is_none() {
         assert!(Instant::now() < deadline, "the endpoint never answered again");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Clients that hold every connection slot (connected and silent, or a
+/// byte a second) do not keep Prometheus out: a new connection closes
+/// the oldest, so a scrape (curl) is answered at once, again and again,
+/// and the node goes on meanwhile. Before, connections past the first 16
+/// were closed as they came: 16 idle sockets, opened again as they timed
+/// out, left every scrape an empty reply (review, helper-131).
+#[test]
+fn a_scrape_is_answered_while_slow_clients_hold_every_slot() {
+    if !common::have("curl") {
+        return;
+    }
+    let (p, ports) = pair_with_metrics();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Byte-a-second clients, opened again as they are closed.
+    let trickle: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let addr = ports[0];
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(addr) else { continue };
+                    for b in b"GET /metrics HTTP/1.1\r\n" {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed)
+                            || s.write_all(&[*b]).is_err()
+                        {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1000));
+                    }
+                }
+            })
+        })
+        .collect();
+    for round in 0..5 {
+        // Silent ones, more than the endpoint takes at once.
+        let _idle: Vec<TcpStream> =
+            (0..40).map(|_| TcpStream::connect(ports[0]).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{}/metrics", ports[0]))
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(code, "200", "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(p.status(0)["role"], "Primary");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in trickle {
+        t.join().unwrap();
     }
 }

@@ -15,17 +15,25 @@ const MAX_HEAD: usize = 8192;
 /// A client has this long to send its request head.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Connections answered at once; more are closed as they come. (Idle
-/// connections would otherwise hold the process's file descriptors, which
-/// the node's disk and the witness's state file need.)
+/// Connections answered at once; a new one past this closes the oldest.
+/// (Idle connections would otherwise hold the process's file descriptors,
+/// which the node's disk and the witness's state file need. Closing the
+/// oldest rather than the newest keeps a scrape answered while slow or
+/// silent clients hold every slot: before, 16 idle sockets left every
+/// scrape an empty reply.)
 const MAX_CONNECTIONS: usize = 16;
 
 /// What a scrape answers: the metrics' text, rendered at each request.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// The connections being answered, oldest first: (their number, a handle
+/// that ends the task, and so closes the connection).
+type Live = Arc<std::sync::Mutex<std::collections::VecDeque<(u64, tokio::task::AbortHandle)>>>;
+
 /// Serves `GET /metrics` until `stop` turns true.
 pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let live: Live = Arc::default();
+    let mut next = 0u64;
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -40,15 +48,22 @@ pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Recei
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        next += 1;
+        let id = next;
         let render = render.clone();
-        tokio::spawn(async move {
+        let mut held = live.lock().unwrap_or_else(|p| p.into_inner());
+        while held.len() >= MAX_CONNECTIONS {
+            match held.pop_front() {
+                Some((_, oldest)) => oldest.abort(),
+                None => break,
+            }
+        }
+        let done = live.clone();
+        let task = tokio::spawn(async move {
             let _ = tokio::time::timeout(HEAD_DEADLINE * 2, answer(stream, &render)).await;
-            drop(slot);
+            done.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
         });
+        held.push_back((id, task.abort_handle()));
     }
 }
 
