@@ -406,8 +406,12 @@ fn witness_for(p: &Pair) -> (std::net::SocketAddr, KillOnDrop) {
 /// A QUIC client of the witness with node `name`'s certificate.
 fn witness_client(certs: &std::path::Path, name: &str) -> quinn::Endpoint {
     use twinblock_replicator::tls;
-    let transport =
-        tls::transport(Duration::from_secs(10), Duration::from_millis(500), tls::PROBE_UP_TO);
+    let transport = tls::transport(
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        tls::QUIC_FLOOR,
+        tls::PROBE_UP_TO,
+    );
     let (_, c) = tls::endpoint_configs_for(
         &certs.join("ca.pem"),
         &certs.join(format!("{name}.pem")),
@@ -505,4 +509,48 @@ fn a_witness_refuses_the_state_file_of_another_resource() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("r0") && err.contains("r1") && err.contains("w.state"), "{err}");
+}
+
+/// A node that pushes data the witness does not read (streams past the
+/// one a session reads, or requests far ahead of their answers) makes it
+/// buffer little: a request is at most 64 KiB, and so is what the witness
+/// lets a connection send ahead. Before, its endpoint took the
+/// replication link's 16 MiB windows: each connection of a node could
+/// pin 16 MiB of the witness's memory (review, helper-131).
+#[test]
+fn the_witness_buffers_little_of_what_a_node_pushes_ahead() {
+    let p = Pair::prepare("C", "16M");
+    let (addr, w) = witness_for(&p);
+    let pid = w.0.id();
+    let certs = p.dir.path().join("certs");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let e = witness_client(&certs, "a");
+        let before = rss_kb(pid);
+        let (mut held, mut conns) = (Vec::new(), Vec::new());
+        for _ in 0..4 {
+            let c = e.connect(addr, "w").unwrap().await.unwrap();
+            // The session's stream: a request's length and then nothing
+            // (the witness waits for the rest), and more streams after it.
+            for first in [true, false, false, false] {
+                let Ok(Ok((mut tx, rx))) =
+                    tokio::time::timeout(Duration::from_secs(1), c.open_bi()).await
+                else {
+                    break;
+                };
+                if first {
+                    tx.write_all(&[0, 0, 255, 0]).await.unwrap();
+                } else {
+                    let junk = vec![b'x'; 8 << 20];
+                    let _ = tokio::time::timeout(Duration::from_secs(2), tx.write_all(&junk)).await;
+                }
+                held.push((tx, rx));
+            }
+            conns.push(c);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let grown = rss_kb(pid).saturating_sub(before);
+        assert!(grown < 8_000, "the witness grew by {grown} kB holding what one node pushed ahead");
+    });
 }

@@ -293,6 +293,29 @@ pub fn transport(
     start: u16,
     probe_up_to: u16,
 ) -> Arc<quinn::TransportConfig> {
+    transport_with(timeout, keep_alive, start, probe_up_to, WINDOW, 4)
+}
+
+/// What the witness lets a node's connection send ahead of what it read:
+/// a request (at most 64 KiB and its length) twice.
+pub const WITNESS_WINDOW: u32 = 160 << 10;
+
+/// The witness's side of its connections: [`transport`] with one stream
+/// and [`WITNESS_WINDOW`] (before, the link's 16 MiB windows and four
+/// streams: a node could make the witness hold 16 MiB per connection
+/// that it never read).
+pub fn witness_transport(timeout: Duration, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
+    transport_with(timeout, keep_alive, QUIC_FLOOR, PROBE_UP_TO, WITNESS_WINDOW, 1)
+}
+
+fn transport_with(
+    timeout: Duration,
+    keep_alive: Duration,
+    start: u16,
+    probe_up_to: u16,
+    window: u32,
+    streams: u32,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.initial_mtu(start.clamp(QUIC_FLOOR, probe_up_to.max(QUIC_FLOOR)));
     // Fewer, larger packets cost less CPU per byte: probe up to what the
@@ -318,11 +341,11 @@ pub fn transport(
     let mut cc = quinn::congestion::CubicConfig::default();
     cc.initial_window(1 << 20);
     t.congestion_controller_factory(Arc::new(cc));
-    t.max_concurrent_bidi_streams(4u32.into())
+    t.max_concurrent_bidi_streams(streams.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(WINDOW.into())
-        .receive_window(WINDOW.into())
-        .send_window(WINDOW.into())
+        .stream_receive_window(window.into())
+        .receive_window(window.into())
+        .send_window(window.into())
         .initial_rtt(Duration::from_millis(1))
         .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(quinn::IdleTimeout::try_from(timeout).ok());

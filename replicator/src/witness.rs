@@ -245,12 +245,7 @@ pub async fn serve_reporting(
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
     }
-    let transport = tls::transport(
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-        tls::QUIC_FLOOR,
-        tls::PROBE_UP_TO,
-    );
+    let transport = tls::witness_transport(Duration::from_secs(30), Duration::from_secs(1));
     let (server, _) = tls::endpoint_configs_for(
         &res.ca,
         &w.cert,
