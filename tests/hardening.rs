@@ -554,3 +554,37 @@ fn the_witness_buffers_little_of_what_a_node_pushes_ahead() {
         assert!(grown < 8_000, "the witness grew by {grown} kB holding what one node pushed ahead");
     });
 }
+
+/// A node that sends the witness a malformed or oversized request is
+/// told why (the connection's close reason), and the witness keeps
+/// serving. Before, it dropped the connection with no reason: the node
+/// saw "closed by peer: 0" and only the witness's log said what was
+/// wrong (review, helper-131).
+#[test]
+fn a_malformed_witness_request_is_answered_with_its_reason() {
+    let p = Pair::prepare("C", "16M");
+    let (addr, _w) = witness_for(&p);
+    let certs = p.dir.path().join("certs");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let e = witness_client(&certs, "a");
+        for (frame, says) in [
+            (&[0u8, 0, 0, 3, b'{', b'x', b'}'][..], "malformed"),
+            (&[0xff, 0xff, 0xff, 0xff][..], "at most 65536"),
+        ] {
+            let c = e.connect(addr, "w").unwrap().await.unwrap();
+            let (mut tx, mut rx) = c.open_bi().await.unwrap();
+            tx.write_all(frame).await.unwrap();
+            let mut len = [0u8; 4];
+            let got = rx.read_exact(&mut len).await;
+            let why = match c.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(a)) => {
+                    String::from_utf8_lossy(&a.reason).into_owned()
+                }
+                other => format!("{other:?} ({got:?})"),
+            };
+            assert!(why.contains(says), "{says}: the node was told {why:?}");
+        }
+    });
+}

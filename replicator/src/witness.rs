@@ -314,6 +314,10 @@ pub async fn serve_reporting(
                 admit(&sessions, &who, id, &conn);
                 if let Err(e) = session(conn.clone(), &who, &nodes, shared).await {
                     warn!(node = %who, "session ended: {e}");
+                    // The node is told why (its log shows the close reason).
+                    let cut = (0..=e.len().min(200)).rev().find(|&i| e.is_char_boundary(i));
+                    let why = &e[..cut.unwrap_or(0)];
+                    conn.close(2u32.into(), why.as_bytes());
                 }
                 let mut all = sessions.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(held) = all.get_mut(&who) {
