@@ -31,6 +31,19 @@ const MAX_MESSAGE: usize = 64 << 10;
 /// that dialed in a loop grew the witness without bound).
 const MAX_SESSIONS_PER_NODE: usize = 4;
 
+/// Handshakes in progress at once; a new one past this gives up the
+/// oldest (before, each unfinished one was kept for its 10 s deadline,
+/// however many: anyone who could reach the port, without a certificate,
+/// grew the witness by about 3 KB a first packet). A node's handshake
+/// takes a round trip or two: it is given up only if this many others
+/// start meanwhile.
+const MAX_HANDSHAKES: usize = 64;
+
+/// The handshakes in progress, oldest first: (their number, what gives
+/// one up).
+type Handshakes =
+    Arc<std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>>;
+
 /// The connections each node holds: (their number, the connection), the
 /// oldest first.
 type Sessions =
@@ -265,6 +278,7 @@ pub async fn serve_reporting(
     info!(%addr, "witness listening");
     let nodes: Vec<String> = res.nodes.keys().cloned().collect();
     let sessions: Sessions = Arc::default();
+    let handshakes: Handshakes = Arc::default();
     let mut next_session = 0u64;
     if let Some(report) = report {
         let shared = shared.clone();
@@ -297,12 +311,30 @@ pub async fn serve_reporting(
         let sessions = sessions.clone();
         next_session += 1;
         let id = next_session;
+        let (give_up, given_up) = tokio::sync::oneshot::channel();
+        {
+            let mut pending = handshakes.lock().unwrap_or_else(|p| p.into_inner());
+            while pending.len() >= MAX_HANDSHAKES {
+                // (Dropping it gives the oldest up.)
+                pending.pop_front();
+            }
+            pending.push_back((id, give_up));
+        }
+        let handshakes = handshakes.clone();
         tokio::spawn(
             async move {
-                let conn = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return warn!("witness handshake failed: {e}"),
-                    Err(_) => return warn!("witness handshake timed out"),
+                let done = tokio::select! {
+                    d = tokio::time::timeout(Duration::from_secs(10), incoming) => Some(d),
+                    _ = given_up => None,
+                };
+                handshakes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
+                let conn = match done {
+                    Some(Ok(Ok(c))) => c,
+                    Some(Ok(Err(e))) => return warn!("witness handshake failed: {e}"),
+                    Some(Err(_)) => return warn!("witness handshake timed out"),
+                    None => {
+                        return tracing::debug!("witness handshake given up for a newer one")
+                    }
                 };
                 let Some(who) = nodes.iter().find(|n| tls::check_peer(&conn, n).is_ok()).cloned()
                 else {
