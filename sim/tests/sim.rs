@@ -328,6 +328,12 @@ fn regression_seeds_pass() {
         // daemon's 20 ms timer keeps its core's clock fresh; verbs now feed
         // the time first in both (`Sim::clock_in`, `Node::with_core`).
         (18200891, 20000),
+        // A deposed Primary, newer than its successor by a write in flight
+        // when the link went, met it as a sync source: the new Primary
+        // refused the session, and the deposed node, taking the session's
+        // start on its side for a meeting, served reads of the blocks the
+        // new Primary overwrote after (I4).
+        (27050525, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);

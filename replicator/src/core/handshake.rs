@@ -756,8 +756,15 @@ impl Core {
         let s = self.session.as_mut().expect("session");
         s.phase = Phase::Running;
         // A demoted Primary's copy that may have been superseded is the
-        // pair's again: a resync takes the peer's data (`read_gate`).
-        if let Some(c) = &mut self.ctl {
+        // pair's again: a resync takes the peer's data (`read_gate`). Not
+        // where this node is the source of a Primary: that Primary refuses
+        // to be a sync target (above, on its side) and closes the session,
+        // taking nothing and giving nothing, and goes on acknowledging
+        // writes this copy lacks (simulator seed 27050525: the deposed
+        // node, its unacknowledged write making it the newer, served the
+        // blocks the new Primary overwrote after the refusal).
+        let refused = h.role == Role::Primary && matches!(decision, Decision::SyncSource { .. });
+        if let Some(c) = self.ctl.as_mut().filter(|_| !refused) {
             c.superseded = false;
             c.met_while_demoting = c.demoting();
         }

@@ -1070,6 +1070,46 @@ fn a_deposed_primary_serves_no_reads_until_it_meets_its_peer() {
     }
 }
 
+/// A superseded node whose copy is newer than the new Primary's (it
+/// wrote on after the link went, that write unacknowledged) meets it: it
+/// judges itself the sync source, the Primary refuses to be a sync
+/// target and closes the session at once. Nothing was reconciled: the
+/// new Primary goes on acknowledging writes this copy lacks, and its
+/// reads still fail. Before, the session's start on this node's side
+/// (the peer's hello and bitmap in, the decision made) cleared
+/// `superseded`, and apart from the Primary it served the blocks that
+/// Primary overwrote (simulator seed 27050525, I4).
+#[test]
+fn a_superseded_node_the_new_primary_refuses_serves_no_reads() {
+    let mut d = ctl::Duo::a_primary_with_witness(Protocol::C);
+    // a's write is on its disk, not on b's, as the link goes: its copy
+    // moves past b's (the write is never acknowledged).
+    d.write(0, 1, 0, 0xaa);
+    d.cut();
+    d.witness_up(0, false);
+    d.votes[0].clear();
+    assert!(d.witness_promotes_b(), "b is not promoted");
+    d.c[0].demote_forced();
+    d.act(0);
+    d.hooks_done(0);
+    assert_eq!(d.c[0].role(), Role::Secondary, "a is not demoted");
+    assert_eq!(d.c[0].read_gate(d.now, false), ReadGate::Fail, "a, superseded, serves reads");
+    // a meets b: a judges itself the source, b (Primary) refuses.
+    d.connect();
+    assert!(d.sid.is_none(), "b did not refuse the session");
+    assert_ne!(d.c[0].connection(), Connection::Connected);
+    // b acknowledges alone.
+    d.write(1, 2, 0, 0xbb);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 2), Some(Ok(())), "b acknowledges alone");
+    assert!(d.c[0].may_read().is_ok(), "a's disk is not readable anyway");
+    assert_eq!(
+        d.c[0].read_gate(d.now, false),
+        ReadGate::Fail,
+        "a, apart from b whose data it never took, serves a read from its copy"
+    );
+}
+
 /// A Primary deposed by what its peer's hello says (the peer reigned
 /// after it, acknowledged nothing and stepped down) runs `on_demote` while
 /// the handshake goes on: the session runs before the hook is done, in
