@@ -377,6 +377,28 @@ fn a_verb_past_the_control_clients_cap_is_refused_at_once() {
 /// A witness (with its state file) for the resource of `p`, on a free
 /// port; certificates for a, b, w and `c` (a name the resource does not
 /// know) in `certs/`.
+/// A witness of a prepared pair, its address and process, the pair's
+/// certificates, and a runtime of `threads` workers for its clients.
+struct WitnessAt {
+    p: Pair,
+    addr: std::net::SocketAddr,
+    w: KillOnDrop,
+    certs: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+fn witness_at(threads: usize) -> WitnessAt {
+    let p = Pair::prepare("C", "16M");
+    let (addr, w) = witness_for(&p);
+    let certs = p.dir.path().join("certs");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    WitnessAt { p, addr, w, certs, rt }
+}
+
 fn witness_for(p: &Pair) -> (std::net::SocketAddr, KillOnDrop) {
     let dir = p.dir.path();
     run_ok(
@@ -438,12 +460,8 @@ fn rss_kb(pid: u32) -> u64 {
 /// each (review, helper-131: 2,000 connections took 115 MB).
 #[test]
 fn a_node_that_dials_the_witness_in_a_loop_holds_few_connections() {
-    let p = Pair::prepare("C", "16M");
-    let (addr, w) = witness_for(&p);
+    let WitnessAt { p: _p, addr, w, certs, rt } = witness_at(2);
     let pid = w.0.id();
-    let certs = p.dir.path().join("certs");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let eps: Vec<quinn::Endpoint> = (0..8).map(|_| witness_client(&certs, "a")).collect();
         let before = rss_kb(pid);
@@ -473,11 +491,7 @@ fn a_node_that_dials_the_witness_in_a_loop_holds_few_connections() {
 /// started on it (review, helper-131).
 #[test]
 fn a_witness_refuses_the_state_file_of_another_resource() {
-    let p = Pair::prepare("C", "16M");
-    let (addr, w) = witness_for(&p);
-    let certs = p.dir.path().join("certs");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let WitnessAt { p, addr, w, certs, rt } = witness_at(1);
     // A request changes the witness's record: it saves it (a's claim
     // with its peer current is refused in the quiet start, its renewal
     // granted).
@@ -519,12 +533,8 @@ fn a_witness_refuses_the_state_file_of_another_resource() {
 /// pin 16 MiB of the witness's memory (review, helper-131).
 #[test]
 fn the_witness_buffers_little_of_what_a_node_pushes_ahead() {
-    let p = Pair::prepare("C", "16M");
-    let (addr, w) = witness_for(&p);
+    let WitnessAt { p: _p, addr, w, certs, rt } = witness_at(2);
     let pid = w.0.id();
-    let certs = p.dir.path().join("certs");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let e = witness_client(&certs, "a");
         let before = rss_kb(pid);
@@ -562,11 +572,7 @@ fn the_witness_buffers_little_of_what_a_node_pushes_ahead() {
 /// wrong (review, helper-131).
 #[test]
 fn a_malformed_witness_request_is_answered_with_its_reason() {
-    let p = Pair::prepare("C", "16M");
-    let (addr, _w) = witness_for(&p);
-    let certs = p.dir.path().join("certs");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let WitnessAt { p: _p, addr, w: _w, certs, rt } = witness_at(1);
     rt.block_on(async {
         let e = witness_client(&certs, "a");
         for (frame, says) in [
@@ -598,12 +604,8 @@ fn a_malformed_witness_request_is_answered_with_its_reason() {
 /// (review, helper-131).
 #[test]
 fn unfinished_witness_handshakes_hold_little() {
-    let p = Pair::prepare("C", "16M");
-    let (addr, w) = witness_for(&p);
+    let WitnessAt { p: _p, addr, w, certs, rt } = witness_at(2);
     let pid = w.0.id();
-    let certs = p.dir.path().join("certs");
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // Real first packets (each its own connection id), caught on a
     // socket that never answers.
     let initials = rt.block_on(async {
