@@ -17,25 +17,9 @@ use libfuzzer_sys::fuzz_target;
 use twinblock_nbd::consts::*;
 use twinblock_nbd::{BlockSizes, ExportInfo, Handshake, Progress};
 
-struct Src<'a>(&'a [u8]);
-
-impl Src<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_be_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-}
+#[path = "../common/draw.rs"]
+mod draw;
+use draw::Src;
 
 const NAME: &str = "twinblock";
 const SIZE: u64 = (1 << 30) + 512;

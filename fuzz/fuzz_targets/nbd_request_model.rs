@@ -26,29 +26,9 @@ struct Req {
     payload: usize,
 }
 
-/// Draws from the input; zeroes once it runs out.
-struct Src<'a>(&'a [u8]);
-
-impl Src<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_be_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        (u64::from(self.u32()) << 32) | u64::from(self.u32())
-    }
-}
+#[path = "../common/draw.rs"]
+mod draw;
+use draw::Src;
 
 const SIZES: [u64; 5] = [1 << 20, (1 << 20) + 512, 1 << 30, u64::MAX - 4096, 4096];
 
