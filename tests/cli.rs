@@ -434,12 +434,7 @@ fn a_changed_size_is_refused_naming_the_key_and_the_data_is_kept() {
             .unwrap()
             .set_len(bytes)
             .unwrap();
-        let out = Command::new(BIN)
-            .args(["up", "--config"])
-            .arg(&p.config)
-            .args(["--node", "a"])
-            .output()
-            .unwrap();
+        let out = p.cli("up", &[], 0);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("size: "), "{err}");
