@@ -507,15 +507,19 @@ impl Arbiter {
             return Ok(());
         }
         // (A current generation that holds nothing the renewer
-        // acknowledged says nothing of it: the one before does.)
+        // acknowledged says nothing of it: the one before does. Unless
+        // the other node went on from that very generation: then it has
+        // all of it and more, whatever came before.)
+        let Some(other) = self.told.get(&req.peer).filter(|t| t.uptodate) else {
+            return Ok(());
+        };
         let lineage = match &req.data[..] {
-            [_, rest @ ..] if req.unacked && !rest.is_empty() => rest,
+            [cur, rest @ ..] if req.unacked && !rest.is_empty() && !other.data.contains(cur) => {
+                rest
+            }
             all => all,
         };
         let Some(&gen) = lineage.first().filter(|g| **g != NEVER_SYNCED) else {
-            return Ok(());
-        };
-        let Some(other) = self.told.get(&req.peer).filter(|t| t.uptodate) else {
             return Ok(());
         };
         let Some(&other_gen) = other.data.first() else { return Ok(()) };
@@ -947,6 +951,31 @@ mod tests {
             );
             assert_eq!(r.is_ok(), !refused, "{r:?}");
         }
+    }
+
+    /// A renewer whose current generation holds nothing it acknowledged,
+    /// the other node having gone on from that very generation: behind,
+    /// whatever the generation before it (simulator seed 8006 once a
+    /// restarted node no longer got its previous process's answers: b,
+    /// Primary on a failed disk, told [X, 5, 3] unacked; a, which took
+    /// over from X and acknowledged writes, told [Y, X]; ranked by 5, which
+    /// a's list does not name, b was renewed and served reads without a's
+    /// writes, I4).
+    #[test]
+    fn an_unacked_renewer_whose_current_generation_the_other_went_on_from_is_behind() {
+        let quiet = Duration::from_secs(2);
+        let t = Duration::from_secs(100);
+        let later = t + Duration::from_secs(3);
+        let mut w = Arbiter::new("r", t, quiet, Durable::default());
+        let a = VoteRequest { data: vec![9, 7], ..req("a", "b", VoteKind::Claim, false) };
+        assert!(w.judge(later, &a).is_err());
+        let b = VoteRequest {
+            data: vec![7, 5, 3],
+            unacked: true,
+            ..req("b", "a", VoteKind::Renew, false)
+        };
+        let r = w.judge(later, &b);
+        assert!(matches!(r, Err(Refusal::Behind { gen: 7, other_gen: 9, .. })), "{r:?}");
     }
 
     /// A witness without its record (no `meta`, or the file lost) does
