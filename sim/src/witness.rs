@@ -26,8 +26,17 @@ pub(crate) struct Witness {
     pub heal_at: [Option<Time>; 2],
     /// Per node: messages vanish until then.
     pub silent_until: [Time; 2],
-    pub to_w: VecDeque<(Time, usize, VoteRequest)>,
+    /// Requests on their way: (arrives at, node, the node's process
+    /// ([`Witness::process`]) that sent it, request).
+    pub to_w: VecDeque<(Time, usize, u64, VoteRequest)>,
     pub from_w: [VecDeque<(Time, VoteReply)>; 2],
+    /// Per node: its process, counted from 0 and bumped at each crash. A
+    /// daemon talks to the witness on a QUIC connection of its own, gone
+    /// with the process: a request it sent may still reach the witness
+    /// and be decided, but the answer never reaches the next process
+    /// (which numbers its requests from 1 again: seed 27075236 took an
+    /// old process's answers for its own).
+    pub process: [u64; 2],
     /// Hooks the shells run: (done at, node, hook).
     pub hooks: Vec<(Time, usize, Hook)>,
     /// Restarts and healed links so far: each sends the nodes back to the
@@ -61,6 +70,7 @@ impl Witness {
             silent_until: [Time::ZERO; 2],
             to_w: VecDeque::new(),
             from_w: [VecDeque::new(), VecDeque::new()],
+            process: [0, 0],
             hooks: Vec::new(),
             returns: 0,
             file: Durable::default(),
@@ -145,7 +155,7 @@ impl Witness {
     pub fn next_event(&self) -> Option<Time> {
         let mut t: Option<Time> = None;
         let mut min = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
-        if let Some((at, _, _)) = self.to_w.front() {
+        if let Some((at, _, _, _)) = self.to_w.front() {
             min(*at);
         }
         for q in &self.from_w {
@@ -168,9 +178,16 @@ impl Witness {
         t
     }
 
+    /// Node `n`'s process ended: the answers on their way to it are lost,
+    /// and those to what it sent still (decided all the same).
+    pub fn node_crashed(&mut self, n: usize) {
+        self.process[n] += 1;
+        self.from_w[n].clear();
+    }
+
     /// Drops what is in flight between node `n` and the witness.
     pub fn cut(&mut self, n: usize) {
-        self.to_w.retain(|(_, m, _)| *m != n);
+        self.to_w.retain(|(_, m, _, _)| *m != n);
         self.from_w[n].clear();
     }
 }

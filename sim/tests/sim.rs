@@ -334,6 +334,15 @@ fn regression_seeds_pass() {
         // start on its side for a meeting, served reads of the blocks the
         // new Primary overwrote after (I4).
         (27050525, 5000),
+        // The witness's slow answers to b's renewal and release were still
+        // on their way when b crashed, and reached b's next process, whose
+        // requests are numbered from 1 again: it took the old renewal's
+        // grant for its claim's and the old release's for its new
+        // renewal's, and counted a lease the witness never granted (I4:
+        // "b counts its witness lease to 20.535586s, past the witness's
+        // own count"). A daemon's answers come on its own QUIC connection,
+        // gone with the process: the simulator now drops them.
+        (27075236, 5000),
     ];
     for &(seed, steps) in SEEDS {
         let o = run_seed(seed, steps, Plant::None, false);
@@ -844,11 +853,19 @@ fn finds_ignore_lost_cache() {
 /// cache) claims nothing before a session with the peer reconciled the
 /// two. Claiming anyway (the plant `claim-after-loss`), a Secondary that
 /// confirmed a C write and lost its power is promoted once its Primary
-/// crashed, without that write (I1). Rare: one seed of 2,000 of 20,000
-/// steps (14940551, found by a long run), none of 3,000 of 5,000 steps.
+/// crashed, without that write: caught at the promotion by the checker's
+/// record of what the loss took (I5), or later by the write missing (I1).
+/// Seed 14940551 (I1) until a restarted node no longer got its previous
+/// process's witness answers; 14940103 is the first from 14,940,000 that
+/// catches it since (at 20,000 steps; a partial sweep from there found
+/// 24, all by I5).
 #[test]
 fn finds_claim_after_loss() {
-    let (seed, steps) = (14940551, 20000);
+    let (seed, steps) = (14940103, 20000);
+    let real = run_seed(seed, steps, Plant::None, false);
+    if let Some((v, _)) = &real.failure {
+        panic!("seed {seed} FAILED: {v}\n  replay: {}", replay_line(seed, Plant::None, steps));
+    }
     let o = run_seed(seed, steps, Plant::ClaimAfterLoss, false);
     let Some((v, _)) = &o.failure else {
         panic!(
@@ -856,7 +873,10 @@ fn finds_claim_after_loss() {
             replay_line(seed, Plant::ClaimAfterLoss, steps)
         );
     };
-    assert_eq!(v.rule, "I1", "another rule caught it: {v}");
+    assert!(
+        v.rule == "I1" || (v.rule == "I5" && v.what.contains("lost with its page cache")),
+        "another rule caught it: {v}"
+    );
 }
 
 /// `primary` without `--force` on a node a loss holds back (its page
@@ -884,10 +904,12 @@ fn finds_promote_after_loss() {
 /// Cut off from its peer and the witness, it went on serving its own
 /// data after the survivor took over and acknowledged writes (a stale
 /// read after a failover; found by review, helper-105). Caught by I4's
-/// read rule; the seeds are the first of 4,000 that catch it.
+/// read rule; the seeds are the first four that catch it since a
+/// restarted node no longer gets its previous process's witness answers
+/// (8 of the first 900; 851, 2759, 3386, 3452 before).
 #[test]
 fn finds_reads_without_quorum() {
-    for seed in [851, 2759, 3386, 3452] {
+    for seed in [119, 323, 383, 488] {
         let v = planted_on(seed, Plant::ReadsWithoutQuorum).expect("not caught");
         assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
         assert!(v.what.contains("serves reads as Primary"), "seed {seed}: {v}");
@@ -899,10 +921,11 @@ fn finds_reads_without_quorum() {
 /// apart from the new Primary, it answered reads with its own data after
 /// the new Primary acknowledged writes (found by review, helper-108).
 /// Caught by I4's read rule for a superseded node; the seeds are the
-/// first of 4,000 that catch it (51 do).
+/// first four that catch it since a restarted node no longer gets its
+/// previous process's witness answers (119, 323, 422, 554 before).
 #[test]
 fn finds_reads_when_superseded() {
-    for seed in [119, 323, 422, 554] {
+    for seed in [53, 119, 323, 383] {
         let v = planted_on(seed, Plant::ReadsWhenSuperseded).expect("not caught");
         assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
         assert!(v.what.contains("serves reads as a Secondary apart from"), "seed {seed}: {v}");

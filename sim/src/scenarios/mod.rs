@@ -63,6 +63,9 @@ fn stuck_at(sim: &Sim, rule: &'static str, what: &str) -> (Violation, Vec<String
 fn start_afresh(sim: &mut Sim) {
     for n in 0..2 {
         sim.nodes[n].core = None;
+        if let Some(w) = sim.witness.as_mut() {
+            w.node_crashed(n);
+        }
         sim.nodes[n].ios.clear();
         sim.nodes[n].hung.clear();
         sim.nodes[n].meta = Meta::default();

@@ -109,8 +109,8 @@ impl Sim {
             }
         }
         let w = self.witness.as_mut().expect("witness");
-        if w.to_w.front().is_some_and(|(at, _, _)| *at <= now) {
-            let (_, n, req) = w.to_w.pop_front().expect("front");
+        if w.to_w.front().is_some_and(|(at, _, _, _)| *at <= now) {
+            let (_, n, process, req) = w.to_w.pop_front().expect("front");
             if w.reachable(n, now) {
                 let before = w.arb.holder().map(str::to_owned);
                 // The residual limit of a witness without its record (README):
@@ -231,7 +231,10 @@ impl Sim {
                 };
                 let w = self.witness.as_mut().expect("witness");
                 let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
-                w.from_w[n].push_back((at, reply.clone()));
+                // (Not to a process that ended since it asked.)
+                if process == w.process[n] {
+                    w.from_w[n].push_back((at, reply.clone()));
+                }
                 if self.opts.trace || before != after || !reply.granted {
                     self.note(format!(
                         "witness: {} {:?} -> {} ({}), holder {:?}",
@@ -598,6 +601,9 @@ impl Sim {
         }
         self.nodes[n].core = None;
         self.forced_claim[n] = None;
+        if let Some(w) = self.witness.as_mut() {
+            w.node_crashed(n);
+        }
         // Metadata updates in flight: done or not, atomically.
         let mut ios = std::mem::take(&mut self.nodes[n].ios);
         ios.append(&mut self.nodes[n].hung);

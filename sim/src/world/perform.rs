@@ -225,8 +225,9 @@ impl Sim {
                 let at = self.now + Duration::from_micros(100 + self.rng.below(2000));
                 let now = self.now;
                 if let Some(w) = self.witness.as_mut().filter(|w| w.reachable(n, now)) {
-                    let at = w.to_w.back().map_or(at, |(t, _, _)| (*t).max(at));
-                    w.to_w.push_back((at, n, req));
+                    let at = w.to_w.back().map_or(at, |(t, _, _, _)| (*t).max(at));
+                    let process = w.process[n];
+                    w.to_w.push_back((at, n, process, req));
                 }
             }
             Action::Hook(h) => {
