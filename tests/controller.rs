@@ -1342,6 +1342,12 @@ impl Ec2 {
         if !have("moto_server") || !have("python3") {
             return None;
         }
+        // A build without the AWS movers refuses an AWS kind at `up`.
+        if !cfg!(feature = "aws") {
+            assert!(!in_ci(), "CI builds twinblock with the `aws` feature");
+            eprintln!("SKIP: twinblock built without the `aws` feature");
+            return None;
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let moto = KillOnDrop(
             Command::new("moto_server")
