@@ -447,6 +447,25 @@ fn witness_client(certs: &std::path::Path, name: &str) -> quinn::Endpoint {
     e
 }
 
+/// Node a's renewal sent to the witness at `addr`: its endpoint,
+/// connection and request stream, to be kept while the answer is read
+/// (a finished request stream ends the connection at the witness).
+async fn renew_as_a(
+    certs: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let e = witness_client(certs, "a");
+    let c = e.connect(addr, "w").unwrap().await.unwrap();
+    let (mut tx, rx) = c.open_bi().await.unwrap();
+    let req = serde_json::json!({"id": 1, "resource": "r0", "node": "a", "peer": "b",
+        "kind": "Renew", "uptodate": true, "peer_current": true, "lease_ms": 1000, "data": [1]});
+    let body = serde_json::to_vec(&req).unwrap();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    tx.write_all(&frame).await.unwrap();
+    (e, c, tx, rx)
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = s.lines().find(|l| l.starts_with("VmRSS")).unwrap();
@@ -497,15 +516,7 @@ fn a_witness_refuses_the_state_file_of_another_resource() {
     // granted).
     let state = p.dir.path().join("w.state");
     rt.block_on(async {
-        let e = witness_client(&certs, "a");
-        let c = e.connect(addr, "w").unwrap().await.unwrap();
-        let (mut tx, mut rx) = c.open_bi().await.unwrap();
-        let req = serde_json::json!({"id": 1, "resource": "r0", "node": "a", "peer": "b",
-            "kind": "Renew", "uptodate": true, "peer_current": true, "lease_ms": 1000, "data": [1]});
-        let body = serde_json::to_vec(&req).unwrap();
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        tx.write_all(&frame).await.unwrap();
+        let (_e, _c, _tx, mut rx) = renew_as_a(&certs, addr).await;
         let mut len = [0u8; 4];
         rx.read_exact(&mut len).await.unwrap();
     });
@@ -631,15 +642,7 @@ fn unfinished_witness_handshakes_hold_little() {
     std::thread::sleep(Duration::from_millis(500));
     let grown = rss_kb(pid).saturating_sub(before);
     let answered = rt.block_on(async {
-        let e = witness_client(&certs, "a");
-        let c = e.connect(addr, "w").unwrap().await.unwrap();
-        let (mut tx, mut rx) = c.open_bi().await.unwrap();
-        let req = serde_json::json!({"id": 1, "resource": "r0", "node": "a", "peer": "b",
-            "kind": "Renew", "uptodate": true, "peer_current": true, "lease_ms": 1000, "data": [1]});
-        let body = serde_json::to_vec(&req).unwrap();
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        tx.write_all(&frame).await.unwrap();
+        let (_e, _c, _tx, mut rx) = renew_as_a(&certs, addr).await;
         let mut len = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(5), rx.read_exact(&mut len)).await
     });
