@@ -48,13 +48,7 @@ impl Duo {
     /// the witness's quiet period.
     pub fn new(protocol: Protocol) -> Duo {
         let mk = |me: &str, peer: &str, seed| {
-            let rec = Recovered {
-                meta: Some(meta(DiskState::UpToDate)),
-                bitmap: None,
-                al: Vec::new(),
-                disk_created: false,
-                boot: 0,
-            };
+            let rec = recovered(DiskState::UpToDate);
             Core::new(ccfg(me, peer, protocol), rec, Duration::from_secs(10), seed)
         };
         Duo {

@@ -270,13 +270,7 @@ fn writes_a_failed_disk_never_completes_are_answered() {
 fn core_with_disk_timeout(limit: Duration) -> Core {
     let mut cfg = cfg(Protocol::C);
     cfg.disk_timeout = Some(limit);
-    let rec = Recovered {
-        meta: Some(meta(DiskState::UpToDate)),
-        bitmap: None,
-        al: Vec::new(),
-        disk_created: false,
-        boot: 0,
-    };
+    let rec = recovered(DiskState::UpToDate);
     Core::new(cfg, rec, Duration::ZERO, 7)
 }
 

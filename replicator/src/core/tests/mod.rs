@@ -66,6 +66,12 @@ fn cfg(protocol: Protocol) -> CoreConfig {
     }
 }
 
+/// What a node with a saved record of `disk` (no bitmap or activity log
+/// saved) starts from.
+fn recovered(disk: DiskState) -> Recovered {
+    Recovered { meta: Some(meta(disk)), bitmap: None, al: Vec::new(), disk_created: false, boot: 0 }
+}
+
 fn meta(disk: DiskState) -> MetaRecord {
     MetaRecord {
         disk,

@@ -62,13 +62,7 @@ fn a_promotion_during_the_handshake_does_not_make_two_sources() {
     let mut c = cfg(Protocol::C);
     c.me = "b".into();
     c.peer = "a".into();
-    let rec = Recovered {
-        meta: Some(meta(DiskState::UpToDate)),
-        bitmap: None,
-        al: Vec::new(),
-        disk_created: false,
-        boot: 0,
-    };
+    let rec = recovered(DiskState::UpToDate);
     let mut b = Core::new(c, rec, Duration::ZERO, 3);
     run(&mut b, Duration::ZERO);
     b.handle_link_up(Duration::ZERO, 1);

@@ -513,13 +513,7 @@ fn demote_and_wait_for_the_peer(p: &mut Pair, never: &str) {
 fn a_primary_alone_on_a_huge_device_answers_and_marks_its_writes() {
     let mut config = cfg(Protocol::C);
     (config.size, config.block, config.extent) = (1 << 39, 4096, 4 << 20);
-    let rec = Recovered {
-        meta: Some(meta(DiskState::UpToDate)),
-        bitmap: None,
-        al: Vec::new(),
-        disk_created: false,
-        boot: 0,
-    };
+    let rec = recovered(DiskState::UpToDate);
     let mut c = Core::new(config, rec, Duration::ZERO, 7);
     c.promote(false, 1).unwrap();
     run(&mut c, Duration::ZERO);
