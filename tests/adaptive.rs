@@ -852,20 +852,44 @@ fn writes_over_the_blocks_the_catch_up_sends_are_not_overwritten() {
     run_qemu_io(&p.uri(0), &cmds);
     drop(link);
     let _link = netem_quiet(&relay, &b_addr, "0ms");
-    wait(&p, "the catch-up to start", Duration::from_secs(30), |a, _| {
-        a["replication"] == "SyncSource"
-    });
-    // Over the marked blocks, 4 KiB at a time, while they resync.
-    let mut rounds = 0;
-    while p.status(0)["replication"] == "SyncSource" && rounds < 200 {
-        let cmds: Vec<String> = (0..64)
-            .map(|k| {
-                format!("write -P 0x42 {} 4k", (32 << 20) + (rounds * 64 + k) * 4096 % (16 << 20))
+    // The application keeps writing elsewhere (the first 16 MiB), so the
+    // catch-up keeps to `resync-rate`: with the application idle it goes
+    // unlimited, and was over (17 MiB in 0.1 s) before a status poll saw it.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let cmds: Vec<String> = (0..16)
+                    .map(|k| format!("write -P 0x23 {} 4k", ((n * 16 + k) % 4096) * 4096))
+                    .collect();
+                run_qemu_io(&p.uri(0), &cmds);
+                n += 1;
+            }
+        });
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait(&p, "the catch-up to start", Duration::from_secs(30), |a, _| {
+                a["replication"] == "SyncSource"
             })
-            .collect();
-        run_qemu_io(&p.uri(0), &cmds);
-        rounds += 1;
-    }
+        }));
+        // Over the marked blocks, 4 KiB at a time, while they resync.
+        let mut rounds = 0;
+        while started.is_ok() && p.status(0)["replication"] == "SyncSource" && rounds < 200 {
+            let cmds: Vec<String> = (0..64)
+                .map(|k| {
+                    let off = (32 << 20) + (rounds * 64 + k) * 4096 % (16 << 20);
+                    format!("write -P 0x42 {off} 4k")
+                })
+                .collect();
+            run_qemu_io(&p.uri(0), &cmds);
+            rounds += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = started {
+            std::panic::resume_unwind(e);
+        }
+        rounds
+    });
     eprintln!("{rounds} rounds of 64 writes during the catch-up");
     p.qemu_io(0, "flush");
     wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
