@@ -26,9 +26,20 @@ impl Node {
         // promotion already being asked (another `primary` at once) ends
         // first, and this one then answers as the node is (before, it was
         // refused though the node became Primary: found by review).
-        let busy = |sh: &Shell| sh.core.handshaking() || sh.core.promotion_asked().is_some();
-        super::poll_until(deadline, Duration::from_millis(5), || !busy(&self.lock())).await;
-        let (r, ask) = self.with_core(|c, _| (c.promote(force, wall_ms()), c.promotion_asked()));
+        // The wait's end and the promotion under one lock: two `primary`
+        // at once both saw no ask in flight, and the second was refused
+        // (CI: "a promotion is already being asked of the peer").
+        let (r, ask) = loop {
+            let late = tokio::time::Instant::now() >= deadline;
+            let done = self.with_core(|c, _| {
+                let busy = c.handshaking() || c.promotion_asked().is_some();
+                (late || !busy).then(|| (c.promote(force, wall_ms()), c.promotion_asked()))
+            });
+            if let Some(done) = done {
+                break done;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         self.changed.notify_waiters();
         r?;
         let Some(ask) = ask else { return Ok(()) };
