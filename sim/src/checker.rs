@@ -479,7 +479,7 @@ impl Checker {
 
     /// Node `n` acknowledged `r` successfully; `confirmed`: over a link
     /// that stayed up since submission; `linked`: `n` is a Primary with a
-    /// running session now.
+    /// running session now; `disk_failed`: `n`'s disk is Failed.
     pub fn acked(
         &mut self,
         n: usize,
@@ -487,6 +487,7 @@ impl Checker {
         confirmed: bool,
         linked: bool,
         protocol: Protocol,
+        disk_failed: bool,
     ) {
         let m = 1 - n;
         // With the controller every acknowledged write survives a failover
@@ -496,9 +497,13 @@ impl Checker {
         // Primary acknowledged Ahead while linked (its peer's record says
         // Outdated first; found by review, helper-78: before, it did not,
         // and this checker did not look).
+        // (Two failures, as `failed_disk_ack` says: acknowledged from a
+        // Failed disk on the strength of the peer's cache, which the
+        // peer's power loss since the submission took: seed 29101487.)
         let c_like = matches!(protocol, Protocol::C | Protocol::Adaptive);
         let ahead_linked = protocol == Protocol::Adaptive && linked;
-        if !confirmed && ((self.ctl_mode && c_like) || ahead_linked) {
+        let two_failures = disk_failed && self.power_losses[m] != r.peer_power;
+        if !confirmed && ((self.ctl_mode && c_like && !two_failures) || ahead_linked) {
             if let AppKind::Write { id, off, len, .. } | AppKind::Zero { id, off, len, .. } =
                 &r.kind
             {

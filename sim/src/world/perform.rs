@@ -351,7 +351,8 @@ impl Sim {
                     .core
                     .as_ref()
                     .is_some_and(|c| c.session_id().is_some_and(|sid| c.session_running(sid)));
-            self.chk.acked(n, &r, confirmed, linked, self.protocol);
+            let failed = self.nodes[n].core.as_ref().is_some_and(|c| c.disk() == DiskState::Failed);
+            self.chk.acked(n, &r, confirmed, linked, self.protocol, failed);
         }
     }
 }
