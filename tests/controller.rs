@@ -957,6 +957,39 @@ fn on_demote_writes_through_the_export_at_secondary_and_at_down() {
     assert!(read_back(&c.p.uri(0), 0, 0x66), "a took over without on_demote's write at b's down");
 }
 
+/// A Primary running alone (its peer stopped first) that is stopped
+/// too: `on_demote`'s writes through the export (a service's shutdown,
+/// an unmount's journal commit) are acknowledged and on its disk. Before,
+/// each failed with EIO while the node demoted (review, helper-122), and
+/// ext4 needed its journal replayed at the next mount.
+#[test]
+fn on_demote_writes_of_a_primary_alone_at_down() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("mark");
+    DEMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"qemu-io -f raw nbd://$TWINBLOCK_NBD/$TWINBLOCK_RESOURCE -c \\\"write -P 85 0 4k\\\" \
+             -c flush >> {m} 2>&1; echo rc=$? >> {m}\"",
+            m = mark.display()
+        )
+    });
+    let mut c = cluster(None);
+    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    assert!(c.p.down(1).success(), "b's down");
+    // a writes alone once the witness recorded b outdated.
+    qemu_write(&c.p.uri(0), 4096, 0x21).expect("a writes alone");
+    assert!(c.p.down(0).success(), "a's down");
+    let text = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert!(text.contains("rc=0") && !text.contains("failed"), "on_demote's write at down: {text}");
+    let disk = std::fs::read(&c.p.nodes[0].disk).unwrap();
+    assert!(disk[..4096].iter().all(|&b| b == 85), "on_demote's write is not on a's disk");
+    assert!(disk[4096..8192].iter().all(|&b| b == 0x21), "a's write alone is not on its disk");
+}
+
 /// A witness restarted under a running pair (its state file kept): its
 /// stateless reset, from a key derived from its private key, ends both
 /// nodes' old connections at their next packet (before, they sent into

@@ -306,8 +306,8 @@ impl Ctl {
     }
 
     /// Not deposed: a Primary that holds its right may acknowledge writes
-    /// (also while `on_demote` runs for a handover, then only those its
-    /// peer holds: see `may_run_alone`).
+    /// (also while `on_demote` runs for a handover or a stop: see
+    /// `may_run_alone`).
     fn serving(&self) -> bool {
         self.demoting != Some(DemoteWhy::Deposed)
     }
@@ -439,13 +439,17 @@ impl Core {
 
     /// Writes the peer may lack may be acknowledged: the witness recorded
     /// the peer as outdated, under a lease still running, and knows the
-    /// generation of this node's data (the one such writes are in).
+    /// generation of this node's data (the one such writes are in). Also
+    /// while `on_demote` runs for a handover or a stop (not deposed): the
+    /// peer, outdated, cannot be promoted while this node holds its lease,
+    /// renewed meanwhile (before, the hook's writes failed with EIO and an
+    /// unmount left ext4's journal to replay; review, helper-122).
     pub(crate) fn may_run_alone(&self) -> bool {
         let Some(c) = &self.ctl else { return true };
         if matches!(self.cfg.plant, Plant::IgnoreQuorum | Plant::NoPeerFence) {
             return self.has_quorum();
         }
-        c.demoting.is_none()
+        c.serving()
             && c.witness_until > self.now
             && c.witness_fenced_peer
             && c.witness_gen == self.gen.current
@@ -1330,8 +1334,10 @@ impl Core {
                 && !renewing(&|s| s.gen == gen);
             let news = now >= c.quiet_until && (fence_news || gen_news);
             // (Handing over, only with the peer current: a renewal that
-            // says otherwise would outdate the peer about to take over.)
-            let renew = c.demoting.is_none() || (c.serving() && current);
+            // says otherwise would outdate the peer about to take over.
+            // Or with the peer outdated already, as when a Primary alone
+            // stops: its `on_demote` may write for longer than a lease.)
+            let renew = c.demoting.is_none() || (c.serving() && (current || c.witness_fenced_peer));
             if c.witness_up && renew && (due || news) && c.sent.len() < 8 {
                 let req = self.vote_request(VoteKind::Renew);
                 self.actions.push_back(Action::Vote(req));

@@ -1160,3 +1160,58 @@ fn a_primary_handed_over_serves_reads_as_secondary() {
     assert_eq!(d.c[0].role(), Role::Secondary);
     assert_eq!(d.c[0].read_gate(d.now, false), ReadGate::Serve);
 }
+
+/// A Primary running alone (its peer stopped, the witness recorded it
+/// outdated) that is stopped itself (`down`, or `secondary --force`):
+/// `on_demote` stops the service and unmounts, which writes. Those
+/// writes are acknowledged as the node's writes alone were a moment
+/// before: it still holds its lease and the peer cannot be promoted.
+/// Before, each failed with EIO (the node held its right "only outside a
+/// demotion"), so ext4's unmount left a journal to replay (review,
+/// helper-122). Its lease is renewed meanwhile (a hook may run for longer
+/// than a lease); once the lease has run out they fail, and after the
+/// demotion, too.
+#[test]
+fn a_primary_alone_acknowledges_on_demotes_writes() {
+    use ctl::Duo;
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.write(0, 1, 0, 0x11);
+    d.vote_all(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a writes alone");
+    // `down`: stopping, then demoted whatever the peer can do.
+    d.c[0].stopping();
+    d.c[0].demote_forced();
+    d.act(0);
+    assert!(d.hooks[0].contains(&Hook::Demote), "on_demote runs: {:?}", d.hooks[0]);
+    assert_eq!(d.c[0].role(), Role::Primary, "still Primary while on_demote runs");
+    d.write(0, 2, 64, 0x22);
+    assert_eq!(d.reply(0, 2), Some(Ok(())), "on_demote's write is acknowledged");
+    let now = d.now;
+    d.c[0].flush(now, 3);
+    d.act(0);
+    assert_eq!(d.reply(0, 3), Some(Ok(())), "on_demote's flush is acknowledged");
+    // The hook runs for longer than a lease: renewed meanwhile (the peer
+    // is outdated already), the node acknowledges on.
+    for i in 0..40 {
+        d.tick(Duration::from_millis(250));
+        d.vote_all(0);
+        d.write(0, 100 + i, 192, 0x44);
+        assert_eq!(
+            d.reply(0, 100 + i),
+            Some(Ok(())),
+            "a write {} ms into on_demote",
+            250 * (i + 1)
+        );
+    }
+    // Cut from the witness, its lease runs out: what comes after is not
+    // acknowledged.
+    d.witness_up(0, false);
+    d.tick(Duration::from_secs(30));
+    d.write(0, 4, 128, 0x33);
+    assert_ne!(d.reply(0, 4), Some(Ok(())), "acknowledged past the witness lease");
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    assert!(matches!(d.reply(0, 4), Some(Err(_))), "{:?}", d.reply(0, 4));
+}
