@@ -98,6 +98,26 @@ impl Bitmap {
         self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
     }
 
+    /// ORs `words` in from word `at` on (a peer's bitmap, as sent).
+    /// Refused (false, nothing changed) if they reach past the device:
+    /// beyond the last word, or a bit set past the last block.
+    pub fn or_words_at(&mut self, at: u64, words: &[u64]) -> bool {
+        let len = self.words.len() as u64;
+        let Some(end) = at.checked_add(words.len() as u64).filter(|e| *e <= len) else {
+            return false;
+        };
+        let tail = self.blocks % 64;
+        if tail != 0 && end == len && words.last().is_some_and(|w| w >> tail != 0) {
+            return false;
+        }
+        for (w, o) in self.words[at as usize..end as usize].iter_mut().zip(words) {
+            let before = w.count_ones();
+            *w |= o;
+            self.set += u64::from(w.count_ones() - before);
+        }
+        true
+    }
+
     /// Marks every block that `[offset, offset+len)` touches.
     pub fn mark(&mut self, offset: u64, len: u64) {
         if len == 0 {
@@ -209,6 +229,20 @@ impl Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer's words are taken only inside the device.
+    #[test]
+    fn words_from_a_peer_outside_the_device_are_refused() {
+        let mut b = Bitmap::with_block(130 * 64, 64); // 3 words, 2 bits in the last
+        assert!(!b.or_words_at(2, &[0, 0]), "past the last word");
+        assert!(!b.or_words_at(u64::MAX, &[1]), "an index that overflows");
+        assert!(!b.or_words_at(2, &[0b100]), "a bit past the last block");
+        assert_eq!(b.bytes(), 0, "a refused frame changed nothing");
+        assert!(b.or_words_at(1, &[u64::MAX, 0b11]));
+        assert_eq!(b.bytes(), 66 * 64);
+        assert!(b.or_words_at(1, &[1]), "set bits stay set and are counted once");
+        assert_eq!(b.bytes(), 66 * 64);
+    }
 
     #[test]
     fn marks_every_touched_block_once() {

@@ -47,6 +47,9 @@ pub(crate) fn short_msg(m: &Message) -> String {
             }
         ),
         Message::Bits { runs, last } => format!("Bits {runs:?} last={last}"),
+        Message::BitWords { first, words, last } => {
+            format!("BitWords from word {first}: {} words, last={last}", words.len())
+        }
         m => format!("{m:?}"),
     }
 }

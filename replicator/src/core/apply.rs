@@ -88,6 +88,9 @@ impl Core {
         match msg {
             Message::Hello(h) => self.on_hello(sid, h)?,
             Message::Bits { runs, last } => self.on_bits(sid, runs, last)?,
+            Message::BitWords { first, words, last } => {
+                self.on_bit_words(sid, first, words, last)?
+            }
             _ if phase == Phase::Handshake => {
                 return Err("a frame before the handshake finished".into())
             }

@@ -13,8 +13,12 @@ use super::session::{Activity, Adoption, Phase, Session, SourceStart, SourceSync
 use super::types::{Linking, Plant, Progress, SessionId, Time};
 use super::{Action, Core};
 
-/// Largest number of runs per BITS frame.
-const RUNS_PER_FRAME: usize = 8192;
+/// Blocks of the bitmap each frame of the exchange covers: one word
+/// list's worth (a BIT-WORDS frame of 64 KiB).
+pub(crate) const WINDOW: u64 = wire::MAX_BIT_WORDS as u64 * 64;
+/// Runs a BITS frame carries at most: past it the window's blocks go as
+/// the bitmap's words, which are no bigger.
+const RUNS_PER_FRAME: usize = wire::MAX_BIT_WORDS / 2;
 
 /// Which side's disk holds no usable data while the other's does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +123,13 @@ impl Core {
             self.separated = false;
         }
         self.send(Message::Hello(hello));
-        let runs = self.dirty.runs();
-        let mut chunks = runs.chunks(RUNS_PER_FRAME).peekable();
-        if chunks.peek().is_none() {
-            self.send(Message::Bits { runs: Vec::new(), last: true });
+        let mut frames = bitmap_frames(&self.dirty);
+        match frames.last_mut() {
+            Some(Message::Bits { last, .. } | Message::BitWords { last, .. }) => *last = true,
+            _ => frames.push(Message::Bits { runs: Vec::new(), last: true }),
         }
-        while let Some(c) = chunks.next() {
-            let last = chunks.peek().is_none();
-            self.send(Message::Bits { runs: c.to_vec(), last });
+        for f in frames {
+            self.send(f);
         }
         self.pump();
     }
@@ -213,6 +216,27 @@ impl Core {
                 return Err(format!("bitmap run {first}+{n} is outside the device"));
             }
             s.peer_bits.mark_blocks(first, n);
+        }
+        if last {
+            s.peer_bits_done = true;
+            self.decide_sync(sid)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_bit_words(
+        &mut self,
+        sid: SessionId,
+        first: u64,
+        words: Vec<u64>,
+        last: bool,
+    ) -> Result<(), String> {
+        let s = self.session.as_mut().filter(|s| s.id == sid).ok_or("no session")?;
+        if s.phase != Phase::Handshake || s.peer_hello.is_none() || s.peer_bits_done {
+            return Err("unexpected bitmap".into());
+        }
+        if !s.peer_bits.or_words_at(first, &words) {
+            return Err(format!("bitmap words {first}+{} reach outside the device", words.len()));
         }
         if last {
             s.peer_bits_done = true;
@@ -846,4 +870,51 @@ mod tests {
         assert_eq!(failed(SyncTarget { full: false }), Some(Unusable::Mine { lost: false }));
         assert_eq!(failed(InSync), Some(Unusable::Mine { lost: false }));
     }
+}
+
+/// The bitmap as the handshake sends it, none of them `last`: window by
+/// window of `WINDOW` blocks, those with a set block as a BITS frame of
+/// their runs, or, when the runs would take more bytes than the window's
+/// words, as a BIT-WORDS frame of those words. At most the bitmap's own size
+/// in all, built a window at a time (before, every run of the device was
+/// listed at once: 16 bytes per run, gigabytes for a fragmented bitmap of
+/// a large device; review, helper-128).
+pub(crate) fn bitmap_frames(map: &crate::bitmap::Bitmap) -> Vec<Message> {
+    let (block, blocks) = (map.block(), map.blocks());
+    let mut frames = Vec::new();
+    let mut from = 0;
+    while let Some((off, _)) = map.next_run(from, 1) {
+        let start = off / block;
+        let window = start / WINDOW * WINDOW;
+        let end = (window + WINDOW).min(blocks);
+        // Runs cost 16 bytes, a word 8: words once runs would cost more.
+        let limit = ((end - window).div_ceil(64) as usize / 2).min(RUNS_PER_FRAME);
+        let mut runs = Vec::new();
+        let mut at = start;
+        while at < end {
+            let Some((o, l)) = map.next_run(at, end - at) else { break };
+            let first = o / block;
+            if first >= end {
+                break;
+            }
+            let n = (l / block).min(end - first);
+            runs.push((first, n));
+            at = first + n;
+            if runs.len() > limit {
+                break;
+            }
+        }
+        if runs.len() > limit {
+            let words = &map.words()[(window / 64) as usize..end.div_ceil(64) as usize];
+            frames.push(Message::BitWords {
+                first: window / 64,
+                words: words.to_vec(),
+                last: false,
+            });
+        } else {
+            frames.push(Message::Bits { runs, last: false });
+        }
+        from = end;
+    }
+    frames
 }

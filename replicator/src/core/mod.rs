@@ -25,7 +25,7 @@ pub mod al;
 mod apply;
 mod bench;
 mod disk_timeout;
-mod handshake;
+pub(crate) mod handshake;
 mod persist;
 mod promotion;
 mod query;

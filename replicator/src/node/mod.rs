@@ -124,7 +124,10 @@ impl Answers {
     /// The memory `msg` holds in the queue, if it is an answer.
     pub fn cost(msg: &Message) -> Option<usize> {
         let heap = match msg {
-            Message::Data { .. } | Message::Hello(_) | Message::Bits { .. } => return None,
+            Message::Data { .. }
+            | Message::Hello(_)
+            | Message::Bits { .. }
+            | Message::BitWords { .. } => return None,
             Message::Verified { sums, .. } => sums.len() * 8,
             Message::PromoteAnswer { why, .. } => why.len(),
             _ => 0,

@@ -44,6 +44,8 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Pong { id: 77 },
         Message::Bits { runs: vec![(0, 3), (1 << 40, 1)], last: false },
         Message::Bits { runs: vec![], last: true },
+        Message::BitWords { first: 7, words: vec![0, u64::MAX, 0x8000_0000_0000_0001], last: true },
+        Message::BitWords { first: 0, words: vec![], last: false },
         Message::SyncDone { current: 0x1234 },
         Message::VerifyRequest,
         Message::Outdate,
@@ -94,6 +96,15 @@ fn malformed_frames_are_errors() {
         h[last] = 9;
         assert_eq!(wire::decode(&mut h), Err(WireError::Malformed("hello protocol")));
     }
+    // Bitmap words whose count disagrees with the frame, or too many.
+    let mut m = Message::BitWords { first: 0, words: vec![1, 2], last: true }.to_bytes();
+    let n = m.len();
+    m.truncate(n - 1);
+    m[..4].copy_from_slice(&((n - 1 - 4) as u32).to_be_bytes());
+    assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("bit-words length")));
+    let words = vec![0; wire::MAX_BIT_WORDS + 1];
+    let mut m = Message::BitWords { first: 0, words, last: true }.to_bytes();
+    assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("bit-words length")));
 }
 
 fn hello_frame(protocol: crate::config::Protocol) -> Message {

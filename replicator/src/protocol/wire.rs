@@ -18,7 +18,7 @@ use crate::config::Protocol;
 /// Consistent or Outdated, and the source finishes on that State (a
 /// version-9 source would wait on it for ever; a version-9 target would
 /// end UpToDate over writes lost).
-pub const VERSION: u16 = 10;
+pub const VERSION: u16 = 11;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -43,9 +43,12 @@ const T_PROMOTE_ASK: u8 = 18;
 const T_PROMOTE_ANSWER: u8 = 19;
 const T_OUTDATE: u8 = 20;
 const T_OUTDATE_DONE: u8 = 21;
+const T_BIT_WORDS: u8 = 23;
 
 /// Largest run list in one BITS frame.
 pub const MAX_RUNS: usize = 65536;
+/// Largest word list in one BIT-WORDS frame (64 KiB).
+pub const MAX_BIT_WORDS: usize = 8192;
 /// Largest verify request (blocks are answered with one CRC each).
 pub const MAX_VERIFY: u32 = 32 << 20;
 /// Most bytes a peer may have asked to checksum and not had answered: a
@@ -337,6 +340,14 @@ pub enum Message {
         runs: Vec<(u64, u64)>,
         last: bool,
     },
+    /// Handshake: the sender's out-of-sync blocks as the bitmap's own
+    /// words (bit i of word w: block 64 w + i) from word `first` on, where
+    /// they are too fragmented for runs; `last` as in `Bits`.
+    BitWords {
+        first: u64,
+        words: Vec<u64>,
+        last: bool,
+    },
     /// SyncSource -> SyncTarget: every out-of-sync block was sent and is
     /// durable there; the target now holds generation `current`.
     SyncDone {
@@ -483,6 +494,15 @@ impl Message {
                 for (start, n) in runs {
                     b.put_u64(*start);
                     b.put_u64(*n);
+                }
+            }
+            Message::BitWords { first, words, last } => {
+                b.put_u8(T_BIT_WORDS);
+                b.put_u8(*last as u8);
+                b.put_u64(*first);
+                b.put_u32(words.len() as u32);
+                for w in words {
+                    b.put_u64(*w);
                 }
             }
             Message::SyncDone { current } => {
@@ -665,6 +685,16 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 return Err(WireError::Malformed("bits length"));
             }
             Message::Bits { runs: (0..n).map(|_| (b.get_u64(), b.get_u64())).collect(), last }
+        }
+        T_BIT_WORDS => {
+            need(&b, 13, "bit-words")?;
+            let last = b.get_u8() != 0;
+            let first = b.get_u64();
+            let n = b.get_u32() as usize;
+            if n > MAX_BIT_WORDS || b.remaining() != n * 8 {
+                return Err(WireError::Malformed("bit-words length"));
+            }
+            Message::BitWords { first, words: (0..n).map(|_| b.get_u64()).collect(), last }
         }
         T_SYNC_DONE => {
             need(&b, 8, "sync-done")?;

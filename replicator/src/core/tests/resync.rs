@@ -1676,3 +1676,63 @@ fn a_whole_bitmap_is_saved_in_bounded_pieces() {
     assert!(largest <= SAVE_PAGES, "a save of {largest} pages");
     assert!(c.bitmap_clean());
 }
+
+/// The handshake's bitmap frames rebuild the sender's bitmap exactly and,
+/// whatever its shape, take no more than the bitmap's own size (plus a
+/// frame header per window): before, every run was listed at once, 16
+/// bytes each, so a bitmap of every other block took 8 times its size,
+/// gigabytes on a large device (review, helper-128).
+#[test]
+fn the_bitmap_exchange_is_exact_and_no_bigger_than_the_bitmap() {
+    use crate::bitmap::Bitmap;
+    use crate::core::handshake::{bitmap_frames, WINDOW};
+    let blocks = 3 * WINDOW + 100;
+    let shapes: Vec<(&str, Box<dyn Fn(&mut Bitmap)>)> = vec![
+        ("empty", Box::new(|_| {})),
+        ("all", Box::new(|m| m.mark_all())),
+        (
+            "every other block",
+            Box::new(|m| (0..m.blocks()).step_by(2).for_each(|b| m.mark_blocks(b, 1))),
+        ),
+        (
+            "sparse runs",
+            Box::new(|m| (0..m.blocks()).step_by(9973).for_each(|b| m.mark_blocks(b, 5))),
+        ),
+        (
+            "one dense window, then sparse",
+            Box::new(|m| {
+                (WINDOW..2 * WINDOW).step_by(3).for_each(|b| m.mark_blocks(b, 1));
+                m.mark_blocks(2 * WINDOW + 7, 3);
+            }),
+        ),
+        ("the last block", Box::new(|m| m.mark_blocks(m.blocks() - 1, 1))),
+        ("a run across windows", Box::new(|m| m.mark_blocks(WINDOW - 10, 20))),
+    ];
+    for (name, shape) in shapes {
+        let mut sent = Bitmap::with_block(blocks * 64, 64);
+        shape(&mut sent);
+        let frames = bitmap_frames(&sent);
+        let mut got = Bitmap::with_block(blocks * 64, 64);
+        let mut bytes = 0;
+        for f in &frames {
+            let (head, body) = f.encode();
+            bytes += head.len() + body.map_or(0, |b| b.len());
+            match f {
+                Message::Bits { runs, last } => {
+                    assert!(!last);
+                    assert!(runs.len() <= wire::MAX_RUNS);
+                    runs.iter().for_each(|&(b, n)| got.mark_blocks(b, n));
+                }
+                Message::BitWords { first, words, last } => {
+                    assert!(!last);
+                    assert!(words.len() <= wire::MAX_BIT_WORDS);
+                    assert!(got.or_words_at(*first, words), "{name}: words outside the device");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(got, sent, "{name}: the peer's copy differs");
+        let bound = sent.words().len() * 8 + frames.len() * 32;
+        assert!(bytes <= bound, "{name}: {bytes} bytes sent for a bitmap of {bound}");
+    }
+}
