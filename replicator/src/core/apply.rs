@@ -212,6 +212,17 @@ impl Core {
                 return Err(format!("operation {seq} at {off}+{len} is outside the device"));
             }
         }
+        if let Op::ResyncZero { offset, len } = &op {
+            // Whole blocks (the source's bitmap has no others), and some:
+            // anything else is no chunk of a resync.
+            let block = self.cfg.block;
+            if *len == 0 || offset % block != 0 || u64::from(*len) % block != 0 {
+                return Err(format!(
+                    "resync zeroes (operation {seq}) at {offset}+{len} are not whole blocks \
+                     of {block} bytes"
+                ));
+            }
+        }
         if let Op::Bench { offset, data, .. } = &op {
             let len = data.len() as u64;
             if offset.checked_add(len).is_none_or(|end| end > wire::BENCH_AREA) {
@@ -275,19 +286,22 @@ impl Core {
                     s.reigned.unwrap_or_default()
                 ));
             }
-            Op::Resync { .. } if !peer_primary && !target => {
+            Op::Resync { .. } | Op::ResyncZero { .. } if !peer_primary && !target => {
                 return Err(format!(
                     "resync data (operation {seq}) from a peer that is neither Primary nor this \
                      node's sync source"
                 ));
             }
-            Op::Resync { .. } => (s.last_resync, s.flush_after_resync) = (seq, 0),
+            Op::Resync { .. } | Op::ResyncZero { .. } => {
+                (s.last_resync, s.flush_after_resync) = (seq, 0)
+            }
             Op::Flush if s.flush_after_resync == 0 => s.flush_after_resync = seq,
             _ => {}
         }
         if let Activity::Target { progress, .. } = &mut s.activity {
             let took = match &op {
                 Op::Resync { data, .. } if !self.cfg.resync_checksum => data.len() as u64,
+                Op::ResyncZero { len, .. } if !self.cfg.resync_checksum => u64::from(*len),
                 Op::Verify { len, .. } if self.cfg.resync_checksum => u64::from(*len),
                 _ => 0,
             };
@@ -339,8 +353,7 @@ impl Core {
             let range = op.range();
             // A resync chunk needs no extent here: the source's bitmap covers
             // it until a flush numbered after it has completed.
-            let extents =
-                if matches!(op, Op::Resync { .. }) { Vec::new() } else { self.extents(range) };
+            let extents = if op.is_resync() { Vec::new() } else { self.extents(range) };
             if range.is_some() {
                 self.fresh = false;
                 if peer_write(&op) {
@@ -374,11 +387,17 @@ impl Core {
                 extents: extents.clone(),
                 verify: false,
                 flush_epoch: None,
-                bytes: if scratch { 0 } else { op.wire_bytes() },
+                // (Resync zeroes count as the blocks they make in sync, as
+                // the source counts them.)
+                bytes: match &op {
+                    _ if scratch => 0,
+                    Op::ResyncZero { len, .. } => u64::from(*len),
+                    _ => op.wire_bytes(),
+                },
                 asked: verify_len(&op),
                 scratch,
                 write: peer_write(&op),
-                resync: matches!(op, Op::Resync { .. }),
+                resync: op.is_resync(),
             };
             if matches!(op, Op::Bench { store: false, .. }) {
                 // Crosses the link only: done as it arrives.

@@ -247,9 +247,10 @@ impl Core {
                 let mut sent = 0;
                 for (at, part) in writes {
                     sent += part.len() as u64;
-                    let op = Op::resync(at, part.clone());
+                    // All zeroes: only their range crosses the link.
+                    let op = Op::resync_chunk(at, part);
                     let range = op.range();
-                    let seq = s.submit(OutKind::Resync, Need::Done, range, part.len() as u64, now);
+                    let seq = s.submit(OutKind::Resync, Need::Done, range, op.wire_bytes(), now);
                     self.actions.push_back(super::Action::Send {
                         session: sid,
                         msg: Message::Data { seq, op },

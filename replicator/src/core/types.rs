@@ -503,13 +503,17 @@ impl StoreOp {
     /// What a replicated operation does to the local store (a verify
     /// reads; a resync chunk is an ordinary write, or a zeroing that may
     /// punch when it is all zeroes: a full sync of a mostly empty device
-    /// filled a sparse target, or a thin volume, to the device's size).
+    /// filled a sparse target, or a thin volume, to the device's size; a
+    /// source sends those as `ResyncZero`, without the zeroes).
     pub fn of(op: crate::protocol::wire::Op) -> StoreOp {
-        use crate::protocol::wire::Op;
+        use crate::protocol::wire::{all_zero, Op};
         match op {
             Op::Write { offset, data, fua, .. } => StoreOp::Write { offset, data, fua },
             Op::Resync { offset, data, .. } if !data.is_empty() && all_zero(&data) => {
                 StoreOp::Zero { offset, len: data.len() as u64, punch: true, fua: false }
+            }
+            Op::ResyncZero { offset, len } => {
+                StoreOp::Zero { offset, len: u64::from(len), punch: true, fua: false }
             }
             Op::Resync { offset, data, .. } => StoreOp::Write { offset, data, fua: false },
             Op::Trim { offset, len, fua } => {
@@ -523,14 +527,6 @@ impl StoreOp {
             Op::Bench { offset, data, .. } => StoreOp::Scratch { offset, data },
         }
     }
-}
-
-/// Whether `data` holds only zero bytes (a word at a time).
-fn all_zero(data: &[u8]) -> bool {
-    let words = data.chunks_exact(8);
-    let tail = words.remainder();
-    words.into_iter().all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
-        && tail.iter().all(|&b| b == 0)
 }
 
 /// A metadata update. Each is durable when it completes successfully, and

@@ -34,6 +34,7 @@ fn every_message_round_trips_even_byte_by_byte() {
         Message::Data { seq: 4, op: Op::Zero { offset: 0, len: 4096, no_hole: true, fua: false } },
         Message::Data { seq: 5, op: Op::Flush },
         Message::Data { seq: 5, op: Op::resync(1 << 20, Bytes::from(vec![3u8; 8192])) },
+        Message::Data { seq: 5, op: Op::ResyncZero { offset: 1 << 40, len: 1 << 20 } },
         Message::Data { seq: 6, op: Op::Verify { offset: 1 << 20, len: 1 << 20, online: true } },
         Message::Verified { seq: 6, sums: vec![1, 2, u64::MAX] },
         Message::Data { seq: 7, op: Op::bench(4096, Bytes::from(vec![9u8; 4096]), true) },
@@ -74,6 +75,22 @@ fn every_message_round_trips_even_byte_by_byte() {
     assert_eq!(got, msgs);
 }
 
+/// A resync chunk of zeroes crosses the link as its range alone (a
+/// 29-byte frame for 1 MiB); one with a byte of data keeps its bytes.
+#[test]
+fn a_resync_chunk_of_zeroes_is_sent_without_them() {
+    let zeroes = Op::resync_chunk(1 << 20, Bytes::from(vec![0u8; 1 << 20]));
+    assert_eq!(zeroes, Op::ResyncZero { offset: 1 << 20, len: 1 << 20 });
+    assert_eq!(zeroes.wire_bytes(), 0);
+    assert_eq!(zeroes.range(), Some((1 << 20, 1 << 20)));
+    assert_eq!(Message::Data { seq: 1, op: zeroes }.to_bytes().len(), 4 + 1 + 8 + 8 + 4);
+    let mut one = vec![0u8; 1 << 20];
+    one[(1 << 20) - 1] = 1;
+    let data = Op::resync_chunk(0, Bytes::from(one.clone()));
+    assert_eq!(data, Op::resync(0, Bytes::from(one)));
+    assert_eq!(Op::resync_chunk(0, Bytes::new()), Op::resync(0, Bytes::new()));
+}
+
 #[test]
 fn malformed_frames_are_errors() {
     let mut input = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
@@ -87,6 +104,12 @@ fn malformed_frames_are_errors() {
     let body = (n - 1 - 4) as u32;
     m[..4].copy_from_slice(&body.to_be_bytes());
     assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("write length")));
+    // Resync zeroes cut short.
+    let mut m = Message::Data { seq: 1, op: Op::ResyncZero { offset: 0, len: 4096 } }.to_bytes();
+    let n = m.len();
+    m.truncate(n - 1);
+    m[..4].copy_from_slice(&((n - 1 - 4) as u32).to_be_bytes());
+    assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("resync-zero")));
     // A hello naming no protocol the wire knows (its last byte).
     for protocol in [crate::config::Protocol::A, crate::config::Protocol::Adaptive] {
         let mut h = hello_frame(protocol).to_bytes();

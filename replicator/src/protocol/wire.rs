@@ -17,8 +17,12 @@ use crate::config::Protocol;
 /// 10: a sync target from a Consistent or Outdated source may end
 /// Consistent or Outdated, and the source finishes on that State (a
 /// version-9 source would wait on it for ever; a version-9 target would
-/// end UpToDate over writes lost).
-pub const VERSION: u16 = 11;
+/// end UpToDate over writes lost); 11: the handshake's bitmap may come as
+/// BIT_WORDS (the bitmap's own words, where runs would be bigger); 12: a
+/// resync chunk that is all zeroes crosses the link as RESYNC_ZERO (offset
+/// and length, no payload; an older peer would take either for an unknown
+/// frame).
+pub const VERSION: u16 = 12;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -43,6 +47,7 @@ const T_PROMOTE_ASK: u8 = 18;
 const T_PROMOTE_ANSWER: u8 = 19;
 const T_OUTDATE: u8 = 20;
 const T_OUTDATE_DONE: u8 = 21;
+const T_RESYNC_ZERO: u8 = 22;
 const T_BIT_WORDS: u8 = 23;
 
 /// Largest run list in one BITS frame.
@@ -149,6 +154,15 @@ pub enum Op {
         data: Bytes,
         crc: u32,
     },
+    /// A resync chunk that is all zeroes, without them: the target applies
+    /// it as it applies an all-zero [`Op::Resync`] (a zeroing that may
+    /// punch), and only its offset and length cross the link (a full sync
+    /// of a mostly empty device moved the device's size). `len` is whole
+    /// blocks, not 0, inside the device (checked by the receiving core).
+    ResyncZero {
+        offset: u64,
+        len: u32,
+    },
     /// A barrier: everything before it is durable on the peer once it is done.
     Flush,
     /// Checksum each 4 KiB block of the range, as it stands after every
@@ -178,6 +192,16 @@ impl Op {
         Op::Resync { offset, data, crc }
     }
 
+    /// The resync chunk that carries `data` at `offset`: a
+    /// [`Op::ResyncZero`] when it is all zeroes (and not empty), else a
+    /// [`Op::Resync`] with its bytes.
+    pub fn resync_chunk(offset: u64, data: Bytes) -> Op {
+        match u32::try_from(data.len()) {
+            Ok(len) if len > 0 && all_zero(&data) => Op::ResyncZero { offset, len },
+            _ => Op::resync(offset, data),
+        }
+    }
+
     pub fn write(offset: u64, data: Bytes, fua: bool) -> Op {
         let crc = crc32fast::hash(&data);
         Op::Write { offset, data, fua, crc }
@@ -194,9 +218,9 @@ impl Op {
             Op::Write { offset, data, .. } | Op::Resync { offset, data, .. } => {
                 Some((*offset, data.len() as u64))
             }
-            Op::Trim { offset, len, .. } | Op::Zero { offset, len, .. } => {
-                Some((*offset, *len as u64))
-            }
+            Op::Trim { offset, len, .. }
+            | Op::Zero { offset, len, .. }
+            | Op::ResyncZero { offset, len } => Some((*offset, *len as u64)),
             // A bench probe never touches the device.
             Op::Flush | Op::Verify { .. } | Op::Bench { .. } => None,
         }
@@ -211,6 +235,19 @@ impl Op {
             _ => 0,
         }
     }
+
+    /// A resync chunk (with its data or as zeroes).
+    pub fn is_resync(&self) -> bool {
+        matches!(self, Op::Resync { .. } | Op::ResyncZero { .. })
+    }
+}
+
+/// Whether `data` holds only zero bytes (a word at a time).
+pub fn all_zero(data: &[u8]) -> bool {
+    let words = data.chunks_exact(8);
+    let tail = words.remainder();
+    words.into_iter().all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,6 +494,12 @@ impl Message {
                     b.put_u32(*crc);
                     b.put_u32(data.len() as u32);
                     payload = Some(data.clone());
+                }
+                Op::ResyncZero { offset, len } => {
+                    b.put_u8(T_RESYNC_ZERO);
+                    b.put_u64(*seq);
+                    b.put_u64(*offset);
+                    b.put_u32(*len);
                 }
                 Op::Flush => {
                     b.put_u8(T_FLUSH);
@@ -713,6 +756,11 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 return Err(WireError::Malformed("resync length"));
             }
             Message::Data { seq, op: Op::Resync { offset, data: b.split_to(n), crc } }
+        }
+        T_RESYNC_ZERO => {
+            need(&b, 20, "resync-zero")?;
+            let seq = b.get_u64();
+            Message::Data { seq, op: Op::ResyncZero { offset: b.get_u64(), len: b.get_u32() } }
         }
         T_BENCH => {
             need(&b, 25, "bench")?;

@@ -7,7 +7,7 @@ const G2: u64 = 0x2222_3333_4444_5555;
 
 /// A core made the SyncTarget of a peer in `role` whose generation G2
 /// holds everything (the whole device out of sync); with the time.
-fn sync_target_of(role: Role) -> (Core, Time) {
+pub(super) fn sync_target_of(role: Role) -> (Core, Time) {
     let mut c = core(Protocol::C, DiskState::UpToDate);
     run(&mut c, Duration::ZERO);
     let t = Duration::ZERO;
@@ -125,6 +125,7 @@ fn a_secondary_applies_no_data_from_a_secondary_peer() {
     for op in [
         Op::write(0, Bytes::from(vec![0xEE; 64]), false),
         Op::resync(64, Bytes::from(vec![0xEE; 64])),
+        Op::ResyncZero { offset: 64, len: 64 },
     ] {
         let mut c = core(Protocol::C, DiskState::UpToDate);
         run(&mut c, Duration::ZERO);

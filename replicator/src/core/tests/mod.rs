@@ -3,8 +3,9 @@
 //! helpers for one core are here; `pair.rs` drives two cores, `ctl.rs`
 //! two cores with a controller and the real arbiter. The tests, by what
 //! they are about: `link_faults.rs`, `lying_peer.rs`, `roles.rs`,
-//! `writes.rs`, `failed_disk.rs`, `resync.rs`, `full_sync_resume.rs`,
-//! `controller.rs`, `probes.rs` and `probes_adversarial.rs`.
+//! `writes.rs`, `failed_disk.rs`, `resync.rs`, `resync_zero.rs`,
+//! `full_sync_resume.rs`, `controller.rs`, `probes.rs` and
+//! `probes_adversarial.rs`.
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ mod probes_adversarial;
 mod protocol_a;
 mod reads;
 mod resync;
+mod resync_zero;
 mod roles;
 mod stale_reigns;
 mod writes;

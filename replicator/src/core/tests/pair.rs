@@ -62,6 +62,8 @@ pub struct Pair {
     starts: u64,
     /// Activity-log updates held back (`Node::hang_al`), with their node.
     pub held: Vec<(usize, Action)>,
+    /// Bytes of the frames each node sent, as encoded for the link.
+    pub sent: [u64; 2],
 }
 
 impl Pair {
@@ -120,6 +122,7 @@ impl Pair {
             log: Vec::new(),
             starts: 0,
             held: Vec::new(),
+            sent: [0, 0],
         };
         p.settle();
         p
@@ -268,6 +271,8 @@ impl Pair {
                     self.drop_to[0] = true;
                 }
                 if Some(session) == self.sid && !self.drop && !self.drop_to[1 - i] {
+                    let (head, payload) = msg.encode();
+                    self.sent[i] += (head.len() + payload.map_or(0, |p| p.len())) as u64;
                     self.q[1 - i].push_back(msg);
                 }
             }

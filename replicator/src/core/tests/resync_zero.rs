@@ -1,0 +1,121 @@
+//! Resync chunks that are all zeroes cross the link as `ResyncZero`
+//! (offset and length, no payload) and are applied as an all-zero
+//! `Resync` is: a zeroing that may punch, the same acks, bits and
+//! progress. (Before, the zeroes crossed the link: a full sync of a
+//! mostly empty 16 TiB device moved 16 TiB.)
+
+use super::lying_peer::sync_target_of;
+use super::*;
+
+/// What a SyncTarget did: the store operations it applied, the frames it
+/// sent, its counters and the resync's progress it shows (done, total).
+type Applied = (Vec<StoreOp>, Vec<Message>, CoreCounters, Option<(u64, u64)>);
+
+/// What a SyncTarget does with `op` (number 1) then a flush (number 2).
+fn target_applies(op: Op) -> Applied {
+    let (mut c, t) = sync_target_of(Role::Secondary);
+    c.handle_frame(t, 1, Message::Data { seq: 1, op });
+    c.handle_frame(t, 1, Message::Data { seq: 2, op: Op::Flush });
+    let (acts, applied) = run_applied(&mut c, t);
+    assert!(!closed(&acts), "{acts:?}");
+    let sent = acts
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .collect();
+    let st = c.status();
+    (applied, sent, st.counters, st.sync.map(|p| (p.done, p.total)))
+}
+
+/// The apply side: a `ResyncZero` is what an all-zero `Resync` of the
+/// same range was (a punching zeroing, not durable by itself, acked and
+/// counted alike), and a SyncDone after its flush is taken.
+#[test]
+fn resync_zeroes_are_applied_as_an_all_zero_resync_chunk_is() {
+    let zeroes = target_applies(Op::resync(128, Bytes::from(vec![0u8; 256])));
+    let without = target_applies(Op::ResyncZero { offset: 128, len: 256 });
+    assert_eq!(
+        without.0,
+        vec![StoreOp::Zero { offset: 128, len: 256, punch: true, fua: false }],
+        "{without:?}"
+    );
+    assert_eq!(without, zeroes);
+    assert_eq!(without.2.resync_bytes, 256, "{without:?}");
+
+    let (mut c, t) = sync_target_of(Role::Secondary);
+    c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::ResyncZero { offset: 0, len: 256 } });
+    c.handle_frame(t, 1, Message::Data { seq: 2, op: Op::Flush });
+    let (acts, _) = run_applied(&mut c, t);
+    assert!(!closed(&acts), "{acts:?}");
+    let current = 0x2222_3333_4444_5555;
+    c.handle_frame(t, 1, Message::SyncDone { current });
+    let (acts, _) = run_applied(&mut c, t);
+    assert!(!closed(&acts), "{acts:?}");
+    assert_eq!(c.disk(), DiskState::UpToDate);
+    assert_eq!(c.gen().current, current);
+}
+
+/// A SyncDone right after resync zeroes not yet flushed is refused, as
+/// after a chunk with its data: they are not durable yet.
+#[test]
+fn a_sync_done_before_resync_zeroes_are_flushed_is_a_link_fault() {
+    let (mut c, t) = sync_target_of(Role::Secondary);
+    c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::ResyncZero { offset: 0, len: 256 } });
+    c.handle_frame(t, 1, Message::SyncDone { current: 0x2222_3333_4444_5555 });
+    let (acts, _) = run_applied(&mut c, Duration::ZERO);
+    assert!(closed(&acts), "{acts:?}");
+    assert_ne!(c.disk(), DiskState::UpToDate);
+}
+
+/// Resync zeroes of no length, of part of a block, or past the device's
+/// end end the session and touch nothing (blocks here are 64 bytes).
+#[test]
+fn malformed_resync_zeroes_are_a_protocol_error() {
+    for (offset, len) in
+        [(0, 0), (32, 64), (64, 100), (SIZE - 64, 128), (SIZE, 64), (u64::MAX - 63, 64)]
+    {
+        let (mut c, t) = sync_target_of(Role::Primary);
+        c.handle_frame(t, 1, Message::Data { seq: 1, op: Op::ResyncZero { offset, len } });
+        let (acts, applied) = run_applied(&mut c, t);
+        assert!(closed(&acts), "{offset}+{len} taken: {acts:?}");
+        assert!(applied.is_empty(), "{offset}+{len} applied: {applied:?}");
+    }
+}
+
+/// A full sync of a disk whose data and zero runs are interleaved, into
+/// a disk full of other bytes: the target ends identical, the zero runs
+/// crossed the link without their zeroes (the frames sent are a fraction
+/// of the device's size) and both sides count the whole device resynced.
+#[test]
+fn a_full_sync_sends_zero_chunks_without_their_zeroes() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    // Chunks are 256 bytes: one in four holds data (one of them only in
+    // its last byte), the rest are zeroes.
+    for (i, x) in p.n[0].cache.iter_mut().enumerate() {
+        let chunk = i / 256;
+        *x = match chunk % 4 {
+            0 => (i % 251) as u8 + 1,
+            _ if chunk == 5 && i % 256 == 255 => 0x5a,
+            _ => 0,
+        };
+    }
+    p.n[0].durable = p.n[0].cache.clone();
+    p.n[1].cache.iter_mut().for_each(|x| *x = 0xee);
+    p.n[1].durable = p.n[1].cache.clone();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.n[1].durable, p.n[0].cache, "the target differs");
+    // (With its frames' headers: the chunks here are 256 bytes.)
+    assert!(
+        p.sent[0] < SIZE / 2,
+        "the source sent {} bytes for {} bytes of data in {SIZE}",
+        p.sent[0],
+        SIZE / 4 + 1
+    );
+    assert_eq!(p.core(0).counters.resync_bytes, SIZE);
+    assert_eq!(p.core(1).counters.resync_bytes, SIZE);
+}
