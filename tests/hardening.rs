@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::pair::Pair;
+use common::pair::{tail, Pair};
 use common::*;
 
 fn mode(p: &std::path::Path) -> u32 {
@@ -648,4 +648,100 @@ fn unfinished_witness_handshakes_hold_little() {
     });
     assert!(matches!(answered, Ok(Ok(()))), "the real node got no answer: {answered:?}");
     assert!(grown < 15_000, "the witness grew by {grown} kB for 10,000 unfinished handshakes");
+}
+
+/// A certificate of the pair's own CA for `name`, valid only from
+/// `from` to `until`, written to `certs/{file}.pem` and `.key`.
+fn dated_cert(
+    certs: &std::path::Path,
+    file: &str,
+    name: &str,
+    from: (i32, u8, u8),
+    until: (i32, u8, u8),
+) {
+    use rcgen::{
+        date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+        Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
+    // The CA's own parameters (as `gen-certs` makes them) and key.
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "twinblock CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = date_time_ymd(from.0, from.1, from.2);
+    p.not_after = date_time_ymd(until.0, until.1, until.2);
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(certs.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(certs.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+}
+
+/// A peer whose certificate has expired (or is not valid yet) is refused
+/// at every handshake, and each node says so once, not at every dial: the
+/// node keeps serving, and the real peer links. Before (review,
+/// helper-137), the refusal's text held the verification time and the
+/// seconds since expiry, so no two were "the same refusal": b logged a
+/// WARN line per dial (one a second here, for as long as the certificate
+/// stays expired), and a one "peer lost" WARN per dial too.
+#[test]
+fn an_expired_peer_certificate_is_refused_in_one_line_per_node() {
+    for (label, from, until, needle) in [
+        ("expired", (2020, 1, 1), (2021, 1, 1), "expired"),
+        ("not yet valid", (2090, 1, 1), (2091, 1, 1), "not valid yet"),
+    ] {
+        let mut p = Pair::prepare("C", "16M");
+        let dir = p.dir.path().to_owned();
+        dated_cert(&dir.join("certs"), "a-dated", "a", from, until);
+        let rogue = std::fs::read_to_string(&p.config)
+            .unwrap()
+            .replace("certs/a.pem", "certs/a-dated.pem")
+            .replace("certs/a.key", "certs/a-dated.key")
+            .replace("\"a.img\"", "\"ra.img\"")
+            .replace("\"a.meta\"", "\"ra.meta\"")
+            .replace("\"a.sock\"", "\"ra.sock\"");
+        std::fs::write(dir.join("rogue.toml"), rogue).unwrap();
+        p.up(1);
+        let rogue_log = dir.join("rogue.log");
+        let rogue = KillOnDrop(
+            Command::new(BIN)
+                .args(["up", "--config"])
+                .arg(dir.join("rogue.toml"))
+                .args(["--node", "a"])
+                .env("TWINBLOCK_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&rogue_log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        // Several dials (100 ms, doubling up to 800 ms between them).
+        std::thread::sleep(Duration::from_secs(5));
+        let b = p.status(1);
+        assert_ne!(b["connection"], "Connected", "{label}: b linked with an {label} certificate");
+        let log_b = p.log(1);
+        let warned: Vec<_> = log_b
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("refused a replication connection"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{label}: b's refusals:\n{}", warned.join("\n"));
+        assert!(warned[0].contains(needle), "{label}: b does not say why: {}", warned[0]);
+        let log_r = std::fs::read_to_string(&rogue_log).unwrap();
+        let lost = log_r.lines().filter(|l| l.contains(" WARN ") && l.contains("peer lost"));
+        assert_eq!(lost.count(), 1, "{label}: the rogue's log:\n{}", tail(&log_r));
+        drop(rogue);
+        // The real a links.
+        p.up(0);
+        p.wait_connected();
+    }
 }

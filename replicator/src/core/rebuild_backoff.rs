@@ -31,9 +31,26 @@ pub const MAX: Duration = Duration::from_secs(60);
 pub const COUNTDOWN: &str = ": the next rebuild in ";
 
 /// Whether two reasons for refusing a link are the same refusal, the
-/// countdown of a rebuild's wait aside (a repeated one is logged once).
+/// countdown of a rebuild's wait aside (a repeated one is logged once),
+/// and the numbers in them too: a certificate refused as expired (or not
+/// valid yet) names the verification time and the seconds since (until)
+/// its bound, new at every handshake (before, each was logged as news, a
+/// WARN line per dial on both nodes for as long as the certificate stayed
+/// expired: review, helper-137).
 pub fn same_refusal(a: &str, b: &str) -> bool {
-    a.split(COUNTDOWN).next() == b.split(COUNTDOWN).next()
+    let shape = |s: &str| {
+        let s = s.split(COUNTDOWN).next().unwrap_or_default();
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            if !c.is_ascii_digit() {
+                out.push(c);
+            } else if !out.ends_with('#') {
+                out.push('#');
+            }
+        }
+        out
+    };
+    shape(a) == shape(b)
 }
 
 /// The wait before the next rebuild after `failures` failed ones in a row:
