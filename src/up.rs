@@ -50,13 +50,14 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
             None => None,
         };
+        let link_socket = link::bind(mine)?;
         let node = Node::open(res, me, &StoreOptions::default())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         // `down` asks for the stop: the export drains and a Primary
         // demotes while the link and the controller still run; `stop_tx`
         // then ends them.
         let (down_tx, mut down_rx) = watch::channel(false);
-        let endpoint = link::start(node.clone(), tls, stop_rx.clone())?;
+        let endpoint = link::start(node.clone(), tls, link_socket, stop_rx.clone())?;
         // Address moves' outcomes, controller to events hub.
         let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Some(c) = node.res.controller.clone() {

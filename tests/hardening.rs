@@ -300,7 +300,7 @@ fn lost_metadata_is_named_not_taken_for_a_new_node() {
 /// A replication address another process holds: `up` says which and
 /// exits with an error (it used to panic dropping the link's runtime).
 #[test]
-fn a_replication_address_in_use_is_named() {
+fn a_replication_address_in_use_is_named_and_nothing_is_made() {
     let p = Pair::prepare("C", "16M");
     let config = std::fs::read_to_string(&p.config).unwrap();
     let addr = config
@@ -318,6 +318,15 @@ fn a_replication_address_in_use_is_named() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot bind the replication endpoint") && err.contains(&addr), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // Refused before anything was made: a first start leaves no disk nor
+    // metadata behind (before, both were created first: review,
+    // helper-137).
+    let left: Vec<_> = std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("a."))
+        .collect();
+    assert!(left.is_empty(), "a failed first start left {left:?} behind");
 }
 
 /// Local clients that connect to the control socket and send nothing

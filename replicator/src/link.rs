@@ -99,7 +99,19 @@ pub fn configs(
     Ok(tls::endpoint_configs(&res.ca, &me.cert, &me.key, &res.name, transport)?)
 }
 
-/// Starts the link tasks of `node`; they stop when `stop` turns true.
+/// Binds node `me`'s replication endpoint (`address`). `up` binds it
+/// before it opens (and may create) the disk and metadata, so an address
+/// in use fails the start first (before, the disk file and metadata of a
+/// first start were left behind: review, helper-137), and hands it to
+/// [`start`]. (Bound before the link's runtime exists: a runtime may not
+/// be dropped on the caller's async thread, as an early return would.)
+pub fn bind(me: &NodeConfig) -> Result<std::net::UdpSocket, LinkError> {
+    let addr = me.address;
+    std::net::UdpSocket::bind(addr).map_err(|source| LinkError::Bind { addr, source })
+}
+
+/// Starts the link tasks of `node` on `socket` ([`bind`]); they stop when
+/// `stop` turns true.
 ///
 /// The link runs on a thread of its own (a current-thread runtime): the
 /// QUIC endpoint and connection drivers, the session's reader (which on a
@@ -111,13 +123,11 @@ pub fn configs(
 pub fn start(
     node: Arc<Node>,
     (server, client): Configs,
+    socket: std::net::UdpSocket,
     stop: watch::Receiver<bool>,
 ) -> Result<quinn::Endpoint, LinkError> {
     let addr = node.me.address;
     let bind = |source| LinkError::Bind { addr, source };
-    // Bound before the link's runtime exists: a runtime may not be dropped
-    // on the caller's (async) thread, as an early return would.
-    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
     // The runtime looks for work a moment before it sleeps (on a
     // duplicate of the socket: valid as long as the runtime's hook).
     let poll = BusyPoll::new(node.res.busy_poll, socket.try_clone().map_err(bind)?.into());
