@@ -434,6 +434,15 @@ impl ResourceConfig {
             reason,
         };
         let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        // An empty path resolved to the file's own directory, and `up`
+        // failed on it naming no key ("/etc/tb/: Is a directory").
+        let given = |key: &str, p: Option<&PathBuf>| match p {
+            Some(p) if p.as_os_str().to_string_lossy().trim().is_empty() => {
+                Err(key_err(key, "empty: give the path of a file".into()))
+            }
+            _ => Ok(()),
+        };
+        given("tls.ca", Some(&raw.tls.ca))?;
         if raw.name.is_empty()
             || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
@@ -589,6 +598,15 @@ impl ResourceConfig {
                     &format!("nodes.{name}"),
                     "node names use a-z, 0-9 and -".into(),
                 ));
+            }
+            for (field, p) in [
+                ("control", Some(&n.control)),
+                ("cert", Some(&n.cert)),
+                ("key", Some(&n.key)),
+                ("disk", n.disk.as_ref()),
+                ("meta", n.meta.as_ref()),
+            ] {
+                given(&k(field), p)?;
             }
             let addr = |field: &str, v: &str| {
                 v.parse::<SocketAddr>()
@@ -1031,6 +1049,29 @@ key = "certs/b.key"
         assert!(parse(&with(cmd)).is_ok());
         let cmd_all = format!("{cmd}deadline = \"60s\"\nrecheck = \"30s\"\n");
         assert!(parse(&with(&cmd_all)).is_ok());
+    }
+
+    /// An empty path (`cert = ""`) names its key. Before (review,
+    /// helper-137), it resolved to the file's directory and `up` failed
+    /// with "/etc/tb/: I/O error: Is a directory", naming no key (the disk
+    /// and metadata: "cannot open /etc/tb/").
+    #[test]
+    fn an_empty_path_names_its_key() {
+        for (line, key) in [
+            ("ca = \"certs/ca.pem\"", "tls.ca"),
+            ("cert = \"certs/a.pem\"", "nodes.a.cert"),
+            ("key = \"certs/b.key\"", "nodes.b.key"),
+            ("disk = \"a.img\"", "nodes.a.disk"),
+            ("meta = \"b.meta\"", "nodes.b.meta"),
+            ("control = \"a.sock\"", "nodes.a.control"),
+        ] {
+            let (name, _) = line.split_once(" = ").unwrap();
+            for empty in ["\"\"", "\" \""] {
+                let e = parse(&GOOD.replace(line, &format!("{name} = {empty}"))).unwrap_err();
+                assert!(e.contains(&format!("ldap.toml: {key}: ")), "{key}: {e}");
+                assert!(e.contains("empty"), "{key}: {e}");
+            }
+        }
     }
 
     /// A zero `timeout` names `timeout` (it named `ping-interval`, found
