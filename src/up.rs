@@ -18,6 +18,22 @@ use twinblock_replicator::{link, Node, StoreOptions};
 use crate::control::ControlServer;
 use crate::signals::Shutdown;
 
+/// The files a start of node `me` makes that are not there now: its disk
+/// and its metadata with its siblings.
+fn new_files(me: &twinblock_replicator::config::NodeConfig) -> Vec<std::path::PathBuf> {
+    use twinblock_replicator::{al, disk_id};
+    [
+        me.disk.clone(),
+        me.meta.clone(),
+        disk_id::id_path(&me.meta),
+        al::sibling(&me.meta, "al"),
+        al::sibling(&me.meta, "bitmap"),
+    ]
+    .into_iter()
+    .filter(|p| p.symlink_metadata().is_err())
+    .collect()
+}
+
 pub async fn run(config: &Path, me: &str) -> Result<()> {
     let res = ResourceConfig::load(config)?;
     let span = tracing::info_span!("node", resource = %res.name, node = %me);
@@ -51,7 +67,22 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
             None => None,
         };
         let link_socket = link::bind(mine)?;
-        let node = Node::open(res, me, &StoreOptions::default())?;
+        // A first start that fails part-way (the metadata's directory
+        // missing, a metadata file that cannot be written) leaves none of
+        // the files it made behind (before, a new disk file stayed: review,
+        // helper-137); files that were there are left as they are.
+        let made = new_files(mine);
+        let node = match Node::open(res, me, &StoreOptions::default()) {
+            Ok(node) => node,
+            Err(e) => {
+                for path in made {
+                    if path.symlink_metadata().is_ok_and(|m| m.is_file()) {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         // `down` asks for the stop: the export drains and a Primary
         // demotes while the link and the controller still run; `stop_tx`

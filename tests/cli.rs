@@ -454,3 +454,27 @@ fn a_changed_size_is_refused_naming_the_key_and_the_data_is_kept() {
     let read = p.qemu_io(0, "read -P 0x5a 0 1M");
     assert!(!read.contains("Pattern verification failed"), "{read}");
 }
+
+/// A first start that fails part-way, after the disk file was made (the
+/// metadata's directory missing), leaves nothing it made behind, and says
+/// which file it could not make. Before (review, helper-137), the new
+/// disk file stayed: the start was refused with "a.meta.disk: No such
+/// file or directory" and `a.img` was left beside the resource file.
+#[test]
+fn a_first_start_that_fails_part_way_leaves_nothing_behind() {
+    let p = Pair::prepare("C", "8M");
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, config.replace("meta = \"a.meta\"", "meta = \"nodir/a.meta\""))
+        .unwrap();
+    let out = p.cli("up", &[], 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nodir/a.meta"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!p.nodes[0].disk.exists(), "the failed first start left the disk file behind");
+    // An existing disk file is kept as it was.
+    std::fs::write(&p.nodes[0].disk, vec![7u8; 8 << 20]).unwrap();
+    let out = p.cli("up", &[], 0);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&p.nodes[0].disk).unwrap(), vec![7u8; 8 << 20]);
+}
