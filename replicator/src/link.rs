@@ -487,7 +487,11 @@ async fn run_session(
         (why, by)
     };
     node.link_down(sid, &why);
-    if by == EndedBy::PeerRefused {
+    // A session that never got past its handshake (the peer refuses this
+    // node's certificate, at every dial) is told by the core's "peer
+    // lost", once per reason: here it is a debug line (before, a WARN at
+    // every dial: review, helper-137).
+    if by == EndedBy::PeerRefused || !ran {
         debug!(%remote, sid, "replication session ended: {why}");
     } else {
         warn!(%remote, sid, "replication session ended: {why}");
