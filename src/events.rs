@@ -556,6 +556,7 @@ mod tests {
             activity_log_extents: 0,
             io_backend: "uring".into(),
             last_error: None,
+            link_refusal: None,
             generation: "0".into(),
             controller: None,
         }

@@ -186,6 +186,9 @@ pub fn render(st: &Value) -> String {
     if let Some(e) = st["last_error"].as_str() {
         out.push_str(&format!("  last error: {e}\n"));
     }
+    if let Some(e) = st["link_refusal"].as_str() {
+        out.push_str(&format!("  handshake refused: {e}\n"));
+    }
     out
 }
 

@@ -816,3 +816,58 @@ fn a_node_whose_certificate_its_peer_refuses_says_so_once() {
     p.up(0);
     p.wait_connected();
 }
+
+/// `status` says why a handshake was refused, on the node that refused
+/// it (an impostor with a certificate of the right CA for another name)
+/// and on the node that dialed a peer presenting such a certificate, until
+/// a session with the real peer runs. Before (review, helper-137), both
+/// said `Connecting` with `last_error` null: the reason was in the log
+/// alone.
+#[test]
+fn status_names_a_refused_handshake_and_why() {
+    let mut p = Pair::prepare("C", "16M");
+    let dir = p.dir.path().to_owned();
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).args(["c", "w"]));
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    // (node, the certificate it presents, what the other node's status says)
+    for (i, who, cert, needle) in
+        [(0, "a", "c", "is not for node \"a\""), (1, "b", "w", "not valid for name \"b\"")]
+    {
+        let other = 1 - i;
+        let rogue = good
+            .replace(&format!("certs/{who}.pem"), &format!("certs/{cert}.pem"))
+            .replace(&format!("certs/{who}.key"), &format!("certs/{cert}.key"))
+            .replace(&format!("\"{who}.img\""), &format!("\"r{who}.img\""))
+            .replace(&format!("\"{who}.meta\""), &format!("\"r{who}.meta\""))
+            .replace(&format!("\"{who}.sock\""), &format!("\"r{who}.sock\""));
+        let rogue_cfg = dir.join("rogue.toml");
+        std::fs::write(&rogue_cfg, rogue).unwrap();
+        p.up(other);
+        let rogue = KillOnDrop(
+            Command::new(BIN)
+                .args(["up", "--config"])
+                .arg(&rogue_cfg)
+                .args(["--node", who])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = p.status(other);
+            if st["link_refusal"].as_str().is_some_and(|r| r.contains(needle)) {
+                assert_ne!(st["connection"], "Connected", "{st}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no refusal ({needle}) in status: {st}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(rogue);
+        p.up(i);
+        p.wait_connected();
+        let st = p.status(other);
+        assert!(st["link_refusal"].is_null(), "a stale refusal once linked: {st}");
+        assert!(p.down(0).success() && p.down(1).success());
+    }
+}

@@ -277,6 +277,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
             match accepted {
                 Ok((conn, send, recv)) => {
                     refusals.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    node.set_link_refusal(None);
                     run_session(node, conn, send, recv, stop).await;
                 }
                 Err(e) => {
@@ -285,6 +286,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                     // or waits for its next rebuild, whose countdown aside
                     // the reason stays the same.)
                     let e = one_line(&e);
+                    node.set_link_refusal(Some(format!("refused {remote}: {e}")));
                     let mut last = refusals.lock().unwrap_or_else(|p| p.into_inner());
                     let same = |l: &str| crate::core::rebuild_backoff::same_refusal(l, &e);
                     if last.as_ref().is_some_and(|(ip, l)| *ip == remote.ip() && same(l)) {
@@ -331,6 +333,7 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
         };
         match result {
             Ok((conn, send, recv)) => {
+                node.set_link_refusal(None);
                 let ran = run_session(node.clone(), conn, send, recv, stop.clone()).await;
                 let pause = if ran {
                     // A session that ran: the next dial comes soon.
@@ -352,6 +355,15 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
                 }
             }
             Err(e) => {
+                // (A peer that does not answer is no refusal.)
+                if e != "timed out" {
+                    node.set_link_refusal(Some(format!(
+                        "cannot connect to {} at {}: {}",
+                        node.peer.name,
+                        node.peer.connect,
+                        one_line(&e)
+                    )));
+                }
                 if last_warn.as_deref() != Some(e.as_str()) {
                     warn!(peer = %node.peer.connect, "cannot connect to {}: {e}", node.peer.name);
                     last_warn = Some(e.clone());

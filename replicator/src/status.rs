@@ -82,6 +82,11 @@ pub struct Status {
     pub activity_log_extents: usize,
     pub io_backend: String,
     pub last_error: Option<String>,
+    /// The last replication handshake refused, by this node (who, and
+    /// why: a certificate of another CA or for another name) or by its
+    /// peer's certificate as this node dialed; none once a handshake with
+    /// the real peer passes.
+    pub link_refusal: Option<String>,
     /// This node's current data generation (hex).
     pub generation: String,
     /// The failover controller, when one runs.

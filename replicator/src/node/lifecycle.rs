@@ -195,6 +195,7 @@ impl Node {
             lane_wake,
             lane_progress: Arc::new(Notify::new()),
             link_tally: Mutex::new(LinkTally::default()),
+            link_refusal: Mutex::new(None),
         });
         let lane = Arc::downgrade(&node);
         let span = tracing::Span::current();

@@ -371,6 +371,8 @@ pub struct Node {
     /// The link's transport counters (status `link`). `status` takes it
     /// under the node's lock; nothing takes them the other way round.
     link_tally: Mutex<LinkTally>,
+    /// The last replication handshake refused (status `link_refusal`).
+    link_refusal: Mutex<Option<String>>,
 }
 
 /// [`NodeError::DiskAbsent`]'s message. A block device gone for good is

@@ -19,6 +19,12 @@ impl Node {
         sh.core.link_refused()
     }
 
+    /// A replication handshake was refused (`why` names who and why), or
+    /// (None) one with the real peer passed: status `link_refusal`.
+    pub fn set_link_refusal(&self, why: Option<String>) {
+        *self.link_refusal.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     /// Session `sid` is the one in force.
     pub fn has_session(&self, sid: SessionId) -> bool {
         self.lock().core.session_id() == Some(sid)

@@ -84,6 +84,7 @@ impl Node {
             activity_log_extents: st.al_extents,
             io_backend: self.store.backend().to_string(),
             last_error: st.last_error,
+            link_refusal: self.link_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             generation: format!("{:016x}", st.gen.current),
             controller: sh.core.controller().map(|c| crate::status::ControllerView {
                 state: format!("{:?}", c.standing),
