@@ -38,6 +38,11 @@ pub enum LinkError {
 /// Incoming connections being handshaken at once (more are refused).
 const MAX_HANDSHAKES: usize = 16;
 
+/// At most one WARN line this often for handshakes refused as too many at
+/// once (the others count in the next; a flood of Initial packets, which
+/// need no certificate, wrote one line each).
+const BUSY_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// How long the link's thread drives the endpoint after the node stops.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -242,6 +247,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
     // The last refusal logged: a peer that dials again and again (every
     // few seconds while this node's disk hangs) is refused in one line.
     let refusals = Arc::new(std::sync::Mutex::new(None::<(std::net::IpAddr, String)>));
+    let (mut busy_refused, mut last_busy_warn) = (0u64, None);
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
@@ -249,7 +255,18 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
         };
         let remote = incoming.remote_address();
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            warn!(%remote, "too many replication handshakes at once: refused");
+            busy_refused += 1;
+            if last_busy_warn.is_none_or(|t: std::time::Instant| t.elapsed() >= BUSY_WARN_EVERY) {
+                warn!(
+                    %remote,
+                    refused = busy_refused,
+                    "too many replication handshakes at once: refused (the count since the last such line)"
+                );
+                busy_refused = 0;
+                last_busy_warn = Some(std::time::Instant::now());
+            } else {
+                debug!(%remote, "too many replication handshakes at once: refused");
+            }
             incoming.refuse();
             continue;
         };
