@@ -929,3 +929,51 @@ fn a_flood_of_refused_handshakes_costs_little_and_the_link_stays() {
         .collect();
     assert!((1..=3).contains(&busy.len()), "{} such lines: {:?}", busy.len(), busy.last());
 }
+
+/// Connections to the witness with a certificate of the right CA that
+/// names no node of the resource (`c`), one after another, are refused
+/// and counted in a WARN line every few seconds, not one each; the real
+/// node is answered meanwhile. Before (review, helper-137), each was a
+/// WARN line ("refused: the certificate names no node"), as was each
+/// failed handshake: any holder of such a certificate wrote the
+/// witness's log as fast as it could connect.
+#[test]
+fn refused_witness_connections_are_counted_not_logged_one_by_one() {
+    let WitnessAt { p, addr, w: _w, certs, rt } = witness_at(2);
+    let refused = rt.block_on(async {
+        let e = witness_client(&certs, "c");
+        let mut refused = 0;
+        for _ in 0..10 {
+            let tries: Vec<_> = (0..25)
+                .map(|_| {
+                    let e = e.clone();
+                    tokio::spawn(async move {
+                        let c = e.connect(addr, "w").unwrap().await.ok()?;
+                        tokio::time::timeout(Duration::from_secs(2), c.closed()).await.ok()
+                    })
+                })
+                .collect();
+            for t in tries {
+                refused += usize::from(t.await.unwrap().is_some());
+            }
+        }
+        refused
+    });
+    assert!(refused > 50, "only {refused} connections got as far as their refusal");
+    let answered = rt.block_on(async {
+        let (_e, _c, _tx, mut rx) = renew_as_a(&certs, addr).await;
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), rx.read_exact(&mut len)).await
+    });
+    assert!(matches!(answered, Ok(Ok(()))), "the real node got no answer: {answered:?}");
+    let log = std::fs::read_to_string(p.dir.path().join("w.log")).unwrap();
+    let warned: Vec<_> =
+        log.lines().filter(|l| l.contains(" WARN ") && l.contains("names no node")).collect();
+    assert!(
+        (1..=3).contains(&warned.len()),
+        "{} such lines for {refused} refusals: {:?}",
+        warned.len(),
+        warned.last()
+    );
+    assert!(warned[0].contains("refused"), "{}", warned[0]);
+}

@@ -39,6 +39,45 @@ const MAX_SESSIONS_PER_NODE: usize = 4;
 /// start meanwhile.
 const MAX_HANDSHAKES: usize = 64;
 
+/// At most one WARN line this often for refused connections (a failed or
+/// timed-out handshake, a certificate that names no node): the others
+/// are counted in the next, and are debug lines. Before (review,
+/// helper-137), each was a WARN line: any holder of a certificate of the
+/// CA (or none) wrote the witness's log as fast as it could connect.
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Connections refused since the last WARN line about one.
+#[derive(Default)]
+struct Refusals {
+    last_warn: Option<Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    /// One more refusal: the count to give in a WARN line now (this one
+    /// included), or None (a debug line).
+    fn note(&mut self) -> Option<u64> {
+        self.since += 1;
+        if self.last_warn.is_none_or(|t| t.elapsed() >= REFUSED_WARN_EVERY) {
+            self.last_warn = Some(Instant::now());
+            Some(std::mem::take(&mut self.since))
+        } else {
+            None
+        }
+    }
+}
+
+/// Logs a refused connection, [`Refusals`] deciding its level.
+fn refused(refusals: &std::sync::Mutex<Refusals>, remote: Option<std::net::SocketAddr>, why: &str) {
+    let remote = remote.map_or_else(|| "-".to_string(), |r| r.to_string());
+    match refusals.lock().unwrap_or_else(|p| p.into_inner()).note() {
+        Some(n) => {
+            warn!(%remote, refused = n, "{why} (refused = connections refused since the last such line)")
+        }
+        None => tracing::debug!(%remote, "{why}"),
+    }
+}
+
 /// The handshakes in progress, oldest first: (their number, what gives
 /// one up).
 type Handshakes =
@@ -279,6 +318,7 @@ pub async fn serve_reporting(
     let nodes: Vec<String> = res.nodes.keys().cloned().collect();
     let sessions: Sessions = Arc::default();
     let handshakes: Handshakes = Arc::default();
+    let refusals = Arc::new(std::sync::Mutex::new(Refusals::default()));
     let mut next_session = 0u64;
     if let Some(report) = report {
         let shared = shared.clone();
@@ -321,6 +361,8 @@ pub async fn serve_reporting(
             pending.push_back((id, give_up));
         }
         let handshakes = handshakes.clone();
+        let refusals = refusals.clone();
+        let from = incoming.remote_address();
         tokio::spawn(
             async move {
                 let done = tokio::select! {
@@ -330,15 +372,25 @@ pub async fn serve_reporting(
                 handshakes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
                 let conn = match done {
                     Some(Ok(Ok(c))) => c,
-                    Some(Ok(Err(e))) => return warn!("witness handshake failed: {e}"),
-                    Some(Err(_)) => return warn!("witness handshake timed out"),
-                    None => {
-                        return tracing::debug!("witness handshake given up for a newer one")
+                    Some(Ok(Err(e))) => {
+                        return refused(
+                            &refusals,
+                            Some(from),
+                            &format!("witness handshake failed: {e}"),
+                        )
                     }
+                    Some(Err(_)) => {
+                        return refused(&refusals, Some(from), "witness handshake timed out")
+                    }
+                    None => return tracing::debug!("witness handshake given up for a newer one"),
                 };
                 let Some(who) = nodes.iter().find(|n| tls::check_peer(&conn, n).is_ok()).cloned()
                 else {
-                    warn!(remote = %conn.remote_address(), "refused: the certificate names no node of this resource");
+                    refused(
+                        &refusals,
+                        Some(conn.remote_address()),
+                        "refused: the certificate names no node of this resource",
+                    );
                     conn.close(1u32.into(), b"unknown node");
                     return;
                 };
