@@ -818,21 +818,30 @@ impl ResourceConfig {
                         parse_duration(r).map_err(|e| key_err("controller.address.recheck", e))?;
                     }
                 }
+                // (Zero, the health check's command ran in a busy loop, and
+                // every hook was killed as it started.)
+                let above_zero = |key: &str, d: Duration| {
+                    if d.is_zero() {
+                        Err(key_err(key, "must be above 0".into()))
+                    } else {
+                        Ok(d)
+                    }
+                };
+                let health_interval = above_zero(
+                    "controller.health_interval",
+                    dur("controller.health_interval", &c.health_interval, heartbeat * 2)?,
+                )?;
+                let hook_timeout = above_zero(
+                    "controller.hook_timeout",
+                    dur("controller.hook_timeout", &c.hook_timeout, Duration::from_secs(120))?,
+                )?;
                 Some(ControllerSettings {
                     rules,
                     health: c.health.filter(|h| !h.trim().is_empty()),
-                    health_interval: dur(
-                        "controller.health_interval",
-                        &c.health_interval,
-                        heartbeat * 2,
-                    )?,
+                    health_interval,
                     on_promote: c.on_promote,
                     on_demote: c.on_demote,
-                    hook_timeout: dur(
-                        "controller.hook_timeout",
-                        &c.hook_timeout,
-                        Duration::from_secs(120),
-                    )?,
+                    hook_timeout,
                     address: c.address,
                 })
             }
@@ -1097,6 +1106,31 @@ key = "certs/b.key"
             let e = parse(&with(v)).unwrap_err();
             assert!(e.contains("ldap.toml: connect-interval: "), "{v}: {e}");
             assert!(e.contains("at least 10ms"), "{v}: {e}");
+        }
+    }
+
+    /// A zero `controller.health_interval` or `controller.hook_timeout` is
+    /// refused naming the key. Before (review, helper-137), both were
+    /// taken: the health check's command ran in a busy loop (a shell
+    /// forked without pause), and every hook was killed as it started.
+    #[test]
+    fn a_zero_health_interval_or_hook_timeout_names_the_key() {
+        let with = |line: &str| {
+            format!(
+                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+                 [controller]\nhealth = \"true\"\n{line}\n"
+            )
+        };
+        let c = parse(&with("health_interval = \"500ms\"")).unwrap();
+        assert_eq!(c.controller.unwrap().health_interval, Duration::from_millis(500));
+        for (line, key) in [
+            ("health_interval = \"0s\"", "controller.health_interval"),
+            ("hook_timeout = \"0s\"", "controller.hook_timeout"),
+        ] {
+            let e = parse(&with(line)).unwrap_err();
+            assert!(e.contains(&format!("ldap.toml: {key}: ")), "{line}: {e}");
+            assert!(e.contains("above 0"), "{line}: {e}");
         }
     }
 
