@@ -238,13 +238,25 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
                 Arc::new(move || crate::metrics::witness::render(&status.borrow()));
             tokio::spawn(crate::metrics::serve(l, render, stop_rx.clone()).in_current_span());
         }
-        let task = tokio::spawn(
+        // Its first report comes once its certificates are read and its
+        // address bound: only then does it say it listens (before, the
+        // line and READY=1 came first, and a witness whose certificate
+        // was missing failed after them: review, helper-137).
+        let mut ready = report_rx.clone();
+        let mut task = tokio::spawn(
             async move {
                 twinblock_replicator::witness::serve_reporting(res, &name, stop_rx, Some(report_tx))
                     .await
             }
             .in_current_span(),
         );
+        tokio::select! {
+            _ = ready.changed() => {}
+            r = &mut task => {
+                r.context("witness task")??;
+                return Ok(());
+            }
+        }
         if let Some(path) = control {
             let server = ControlServer::bind(&path)?;
             tokio::spawn(server.run_witness(report_rx, stop_tx.clone()).in_current_span());
@@ -256,7 +268,7 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         crate::sd_notify::tell("READY=1");
         tokio::select! {
             _ = shutdown.wait() => { let _ = stop_tx.send(true); }
-            r = task => { r.context("witness task")??; return Ok(()); }
+            r = &mut task => { r.context("witness task")??; return Ok(()); }
         }
         Ok::<_, anyhow::Error>(())
     }

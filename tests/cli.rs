@@ -478,3 +478,31 @@ fn a_first_start_that_fails_part_way_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&p.nodes[0].disk).unwrap(), vec![7u8; 8 << 20]);
 }
+
+/// `twinblock witness` with a certificate file missing fails naming the
+/// file, and never said it was listening (nor told systemd it was ready).
+/// Before (review, helper-137), it printed "twinblock witness: w
+/// listening on ..." and READY=1 first, then failed: a script or unit
+/// waiting for the line took a witness that never ran for one that did.
+#[test]
+fn a_witness_that_cannot_start_never_says_it_listens() {
+    let p = Pair::prepare("C", "8M");
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        format!(
+            "{text}\n[nodes.w]\nwitness = true\naddress = \"{addr}\"\ncontrol = \"w.sock\"\ncert = \"certs/nope.pem\"\nkey = \"certs/nope.key\"\n"
+        ),
+    )
+    .unwrap();
+    let out = common::run_timeout(
+        Command::new(BIN).args(["witness", "--config"]).arg(&p.config).args(["--node", "w"]),
+        std::time::Duration::from_secs(20),
+    );
+    let (stdout, err) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{err}");
+    assert!(err.contains("certs/nope.pem"), "{err}");
+    assert!(!stdout.contains("listening"), "said it listens: {stdout}");
+}
