@@ -683,6 +683,15 @@ impl ResourceConfig {
                 cloud_eni: n.cloud_eni,
                 metrics,
             };
+            if node.metrics == Some(node.nbd) {
+                // Both are TCP listeners of this node: `up` failed with
+                // "cannot listen for metrics ...: Address already in use",
+                // naming neither key (review, helper-137).
+                return Err(key_err(
+                    &k("metrics"),
+                    format!("{} is nodes.{name}.nbd too: give metrics a port of its own", node.nbd),
+                ));
+            }
             if node.meta == node.disk {
                 // The metadata would be written over the device's first
                 // blocks (or, the disk created first, refused as "not
@@ -1203,6 +1212,13 @@ key = "certs/b.key"
         ))
         .unwrap();
         assert_eq!(c.nodes["b"].metrics, Some("127.0.0.1:9942".parse().unwrap()));
+        // The node's own NBD address: refused, naming the key.
+        let e = parse(&GOOD.replace(
+            "key = \"certs/b.key\"",
+            "key = \"certs/b.key\"\nmetrics = \"127.0.0.1:10810\"",
+        ))
+        .unwrap_err();
+        assert!(e.contains("nodes.b.metrics") && e.contains("nodes.b.nbd too"), "{e}");
         assert_eq!(c.nodes["a"].metrics, None);
         let c = parse(GOOD).unwrap();
         let e = c.pair("z").unwrap_err().to_string();
