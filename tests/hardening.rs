@@ -977,3 +977,83 @@ fn refused_witness_connections_are_counted_not_logged_one_by_one() {
     );
     assert!(warned[0].contains("refused"), "{}", warned[0]);
 }
+
+/// `a.meta.bitmap` that is not a's (another node's, a page changed on
+/// disk, a file cut short) never clears a block a wrote alone: another
+/// node's refuses the start, naming the file and what to do; a page that
+/// fails its checksum counts whole as out of sync, and so does the whole
+/// device for a file cut short. A bitmap of the format before headers
+/// (an older twinblock's) is read as before and upgraded. Before, each was
+/// read as a's: cleared bits, and b silently lacked a's writes after the
+/// resync (helper-135).
+#[test]
+fn a_bitmap_that_is_not_this_nodes_never_clears_a_block() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::start("C", "16M");
+    assert!(p.down(1).success());
+    p.wait_unlinked(0);
+    p.qemu_io(0, "write -P 0x3c 1M 1M");
+    assert_eq!(p.status(0)["out_of_sync_bytes"], 1 << 20);
+    assert!(p.down(0).success());
+    let dir = p.dir.path().to_path_buf();
+    let bitmap = dir.join("a.meta.bitmap");
+    let kept = std::fs::read(&bitmap).unwrap();
+    // 16 MiB: 4096 blocks, 64 words in one page after the 4 KiB header;
+    // the 1 MiB at 1 MiB is words 4..8.
+    assert_eq!(kept.len(), 4096 + 64 * 8 + 8);
+    assert!(kept[4096 + 32..4096 + 64].iter().all(|&b| b == 0xff));
+    // b's bitmap (in sync, nothing marked) copied in a's place.
+    std::fs::copy(dir.join("b.meta.bitmap"), &bitmap).unwrap();
+    let out = run_timeout(
+        Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&bitmap.display().to_string())
+            && err.contains("belongs to node \"b\"")
+            && err.contains("remove it"),
+        "{err}"
+    );
+    // a's own, with the bits of its writes cleared on disk (bit rot).
+    let mut rotten = kept.clone();
+    rotten[4096 + 32..4096 + 64].fill(0);
+    std::fs::write(&bitmap, &rotten).unwrap();
+    let from = p.log(0).len();
+    p.up(0);
+    assert_eq!(p.status(0)["out_of_sync_bytes"], 16 << 20, "{}", &p.log(0)[from..]);
+    assert!(p.log(0)[from..].contains("fail their checksum"), "{}", &p.log(0)[from..]);
+    assert!(p.down(0).success());
+    // The format before headers, with metadata from before bitmap ids:
+    // read as before, and upgraded.
+    let meta = dir.join("a.meta");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    assert!(m["bitmap_id"].as_u64().is_some_and(|id| id != 0), "{m}");
+    m.as_object_mut().unwrap().remove("bitmap_id");
+    std::fs::write(&meta, m.to_string()).unwrap();
+    std::fs::write(&bitmap, &kept[4096..4096 + 64 * 8]).unwrap();
+    let from = p.log(0).len();
+    p.up(0);
+    assert_eq!(p.status(0)["out_of_sync_bytes"], 1 << 20, "{}", &p.log(0)[from..]);
+    assert!(p.log(0)[from..].contains("upgraded"), "{}", &p.log(0)[from..]);
+    assert!(p.down(0).success());
+    assert!(std::fs::read(&bitmap).unwrap().starts_with(b"TWBITMAP"));
+    // Cut short.
+    let whole = std::fs::read(&bitmap).unwrap();
+    std::fs::write(&bitmap, &whole[..whole.len() - 100]).unwrap();
+    let from = p.log(0).len();
+    p.up(0);
+    assert_eq!(p.status(0)["out_of_sync_bytes"], 16 << 20, "{}", &p.log(0)[from..]);
+    assert!(p.log(0)[from..].contains("every block counts as out of sync"));
+    // b takes all of a's data.
+    p.up(1);
+    p.wait_synced("b from a", Duration::from_secs(60));
+    let (a, b) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(b[1 << 20..2 << 20].iter().all(|&x| x == 0x3c), "b lacks the writes made apart");
+    assert!(a == b, "the disks differ");
+}

@@ -7,15 +7,28 @@
 //! recovery (the extent had not joined yet: its write was not issued; a
 //! torn `-12` must not remove extent 1). Rewritten compactly when long, at
 //! every open, and before the next change after a failed append (so that
-//! no change is ever appended to a torn line, which would hide it). `<meta>.bitmap`: the bitmap's 64-bit words,
-//! little-endian; pages are overwritten in place and fdatasynced (a torn
-//! page can only keep bits that were being cleared, or miss bits whose
-//! write was not yet issued). Both created 0600.
+//! no change is ever appended to a torn line, which would hide it).
+//!
+//! `<meta>.bitmap`: a 4 KiB header (magic, format version, then JSON
+//! naming the resource, node, size, block size, words and the file's
+//! random id, which `meta` records; CRC32 over it), then the bitmap's
+//! 64-bit words, little-endian, by pages of [`PAGE_WORDS`], each followed
+//! by 8 bytes: the CRC32 of the id, the page's number and its words.
+//! Pages are overwritten in place, each with its checksum in one write,
+//! and fdatasynced. A page that fails its checksum at the next start (a
+//! write torn by a crash, bit rot, a stray write) counts whole as out of
+//! sync: a torn page can only add bits, never clear one, and never stops
+//! a start. A file of another node or resource (or of a newer format)
+//! refuses the start; one that cannot be trusted otherwise (another size,
+//! cut short, a corrupt header, another id than the record's) counts as
+//! lost: every block out of sync. The format before headers (the words
+//! alone) is read as before when the record names no id, and upgraded.
+//! Both files created 0600.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::core::PAGE_WORDS;
@@ -98,7 +111,7 @@ fn replay(text: &str) -> BTreeSet<u64> {
 /// reports it).
 pub fn marking_sibling(meta: &Path) -> Option<PathBuf> {
     let bitmap = sibling(meta, "bitmap");
-    if fs::read(&bitmap).is_ok_and(|b| b.iter().any(|&x| x != 0)) {
+    if fs::read(&bitmap).is_ok_and(|b| bitmap_marks(&b)) {
         return Some(bitmap);
     }
     let al = sibling(meta, "al");
@@ -169,65 +182,303 @@ impl AlJournal {
     }
 }
 
-pub struct BitmapFile {
-    file: File,
+/// What `<meta>.bitmap` belongs to: checked against its header at every
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BitmapIdent {
+    pub resource: String,
+    pub node: String,
+    /// The device's size in bytes.
+    pub size: u64,
+    /// Bytes per bit.
+    pub block: u64,
+    /// 64-bit words of the bitmap.
+    pub words: u64,
 }
 
-/// The words a read of the bitmap file gives: none for a missing file or
-/// one of another size (both decided before, `BitmapFile::fits`); any
-/// other read error is returned.
-fn saved_words(read: std::io::Result<Vec<u8>>, words: usize) -> std::io::Result<Option<Vec<u64>>> {
-    let bytes = match read {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+/// The header's JSON: the identity and the file's id (random, made with
+/// the file, recorded in `meta` as `bitmap_id`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HeaderJson {
+    #[serde(flatten)]
+    ident: BitmapIdent,
+    id: u64,
+}
+
+/// The first bytes of a bitmap file with a header (format 1 on): before
+/// it, the file held the words alone.
+const MAGIC: &[u8; 8] = b"TWBITMAP";
+/// The bitmap format this binary writes.
+pub const BITMAP_VERSION: u32 = 1;
+/// The header's room: the pages start after it.
+const HEADER: u64 = 4096;
+/// Each page is followed by its checksum (a CRC32 of the file's id, the
+/// page's number and its words; 8 bytes, the last 4 zero).
+const TRAILER: u64 = 8;
+
+/// What a start finds in `<meta>.bitmap`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// No file.
+    Missing,
+    /// A file of the format before headers (the words alone) of the right
+    /// length: its words, which nothing can check.
+    Legacy(Vec<u64>),
+    /// This node's bitmap. A page whose checksum fails (a torn write in a
+    /// crash, bit rot) is all ones here (its blocks out of sync), its
+    /// number in `bad_pages`.
+    Checked { words: Vec<u64>, id: u64, bad_pages: Vec<u64> },
+    /// A file that cannot say which blocks are in sync (why): every block
+    /// must count as out of sync.
+    Unfit(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BitmapError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A file that is not this node's, or of a newer format: the start
+    /// is refused (why, and what to do).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A new file's id: random, never 0.
+fn fresh_id() -> u64 {
+    let mut id = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into `id`.
+    let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
+    if n != 8 {
+        id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 32);
+    }
+    id.max(1)
+}
+
+/// Page `page`'s offset in the file and its number of words.
+fn page_at(words: u64, page: u64) -> (u64, usize) {
+    let per = PAGE_WORDS as u64;
+    let n = (words - page * per).min(per);
+    (HEADER + page * (per * 8 + TRAILER), n as usize)
+}
+
+fn page_crc(id: u64, page: u64, bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&id.to_le_bytes());
+    h.update(&page.to_le_bytes());
+    h.update(bytes);
+    h.finalize()
+}
+
+/// A page's words and trailer, as written.
+fn page_bytes(id: u64, page: u64, words: &[u64]) -> Vec<u8> {
+    let mut b: Vec<u8> = Vec::with_capacity(words.len() * 8 + TRAILER as usize);
+    for w in words {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    let crc = page_crc(id, page, &b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b
+}
+
+/// The whole file for `words`.
+fn encode(ident: &BitmapIdent, id: u64, words: &[u64]) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(&HeaderJson { ident: ident.clone(), id })
+        .map_err(std::io::Error::other)?;
+    if 16 + json.len() + 4 > HEADER as usize {
+        return Err(std::io::Error::other("the bitmap header's names are too long"));
+    }
+    let mut b = Vec::with_capacity(HEADER as usize + words.len() * 8 + words.len() / 64 + 8);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&BITMAP_VERSION.to_le_bytes());
+    b.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    b.extend_from_slice(&json);
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.resize(HEADER as usize, 0);
+    for (page, chunk) in words.chunks(PAGE_WORDS).enumerate() {
+        b.extend_from_slice(&page_bytes(id, page as u64, chunk));
+    }
+    Ok(b)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn words_of(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+}
+
+/// The header's identity and id; Err: the header is cut short or fails
+/// its checksum (why), or is of a newer format (Refused).
+fn header(bytes: &[u8]) -> Result<Result<HeaderJson, String>, BitmapError> {
+    if bytes.len() < 16 {
+        return Ok(Err("its header is cut short".into()));
+    }
+    let version = le_u32(&bytes[8..12]);
+    if version > BITMAP_VERSION {
+        return Err(BitmapError::Refused(format!(
+            "written by a newer twinblock (bitmap format {version}, this one reads up to \
+             {BITMAP_VERSION}): run that version, or upgrade this one"
+        )));
+    }
+    let len = le_u32(&bytes[12..16]) as usize;
+    if 16 + len + 4 > (HEADER as usize).min(bytes.len()) {
+        return Ok(Err("its header is cut short or corrupt".into()));
+    }
+    if crc32fast::hash(&bytes[..16 + len]) != le_u32(&bytes[16 + len..]) {
+        return Ok(Err("its header fails its checksum (corrupt)".into()));
+    }
+    Ok(serde_json::from_slice(&bytes[16..16 + len])
+        .map_err(|e| format!("its header cannot be read ({e})")))
+}
+
+/// What the bytes of `<meta>.bitmap` say for the node of `ident` whose
+/// metadata names the file `meta_id` (0: metadata from before the id).
+fn parse(bytes: &[u8], ident: &BitmapIdent, meta_id: u64) -> Result<Saved, BitmapError> {
+    let words = ident.words;
+    if !bytes.starts_with(MAGIC) {
+        if meta_id != 0 {
+            return Ok(Saved::Unfit(format!(
+                "it has no header, but the metadata was saved with bitmap id {meta_id:#x}: an \
+                 older file (restored or copied?)"
+            )));
+        }
+        if bytes.len() as u64 != words * 8 {
+            return Ok(Saved::Unfit(format!(
+                "{} bytes (format without a header), {} expected: cut short, or another device's",
+                bytes.len(),
+                words * 8
+            )));
+        }
+        return Ok(Saved::Legacy(words_of(bytes)));
+    }
+    let h = match header(bytes)? {
+        Ok(h) => h,
+        Err(why) => return Ok(Saved::Unfit(why)),
     };
-    Ok((bytes.len() == words * 8).then(|| {
-        bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
-    }))
+    let (found, want) = (&h.ident, ident);
+    if found.resource != want.resource || found.node != want.node {
+        return Err(BitmapError::Refused(format!(
+            "belongs to node {:?} of resource {:?}, not node {:?} of resource {:?} (copied from \
+             another node or resource?): put back this node's own file, or remove it (every \
+             block then counts as out of sync, and a full resync follows)",
+            found.node, found.resource, want.node, want.resource
+        )));
+    }
+    if (found.size, found.block, found.words) != (want.size, want.block, want.words) {
+        return Ok(Saved::Unfit(format!(
+            "made for a device of {} bytes in blocks of {}, not {} in blocks of {}",
+            found.size, found.block, want.size, want.block
+        )));
+    }
+    if meta_id != 0 && h.id != meta_id {
+        return Ok(Saved::Unfit(format!(
+            "not the bitmap the metadata was saved with (bitmap id {:#x}, the metadata names \
+             {meta_id:#x}): an older or newer file, or metadata restored from a copy",
+            h.id
+        )));
+    }
+    let pages = words.div_ceil(PAGE_WORDS as u64);
+    let expected = HEADER + words * 8 + pages * TRAILER;
+    if bytes.len() as u64 != expected {
+        return Ok(Saved::Unfit(format!(
+            "{} bytes, {expected} expected (cut short or extended)",
+            bytes.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(words as usize);
+    let mut bad_pages = Vec::new();
+    for page in 0..pages {
+        let (at, n) = page_at(words, page);
+        let data = &bytes[at as usize..at as usize + n * 8];
+        let trailer = &bytes[at as usize + n * 8..at as usize + n * 8 + TRAILER as usize];
+        if page_crc(h.id, page, data) == le_u32(trailer) && trailer[4..] == [0; 4] {
+            out.extend(words_of(data));
+        } else {
+            bad_pages.push(page);
+            out.extend(std::iter::repeat_n(u64::MAX, n));
+        }
+    }
+    Ok(Saved::Checked { words: out, id: h.id, bad_pages })
+}
+
+/// Whether the bytes of a bitmap file mark any block (a file whose header
+/// cannot be read: any byte past it set).
+fn bitmap_marks(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(MAGIC) {
+        return bytes.iter().any(|&x| x != 0);
+    }
+    let Ok(Ok(h)) = header(bytes) else {
+        return bytes.iter().skip(HEADER as usize).any(|&x| x != 0);
+    };
+    let words = h.ident.words;
+    (0..words.div_ceil(PAGE_WORDS as u64)).any(|page| {
+        let (at, n) = page_at(words, page);
+        let end = (at as usize + n * 8).min(bytes.len());
+        bytes.get(at as usize..end).is_none_or(|d| d.iter().any(|&x| x != 0))
+    })
+}
+
+pub struct BitmapFile {
+    file: File,
+    id: u64,
+    words: u64,
 }
 
 impl BitmapFile {
-    /// Opens (creating) `<meta>.bitmap`; returns it and the saved words, if
-    /// the file held a bitmap of `words` words. A file that exists but
-    /// cannot be read is an error: taken for none, its bits would be
-    /// zeroed below, and every block they marked taken for in sync.
-    pub fn open(meta: &Path, words: usize) -> std::io::Result<(BitmapFile, Option<Vec<u64>>)> {
-        let path = sibling(meta, "bitmap");
-        let saved = saved_words(fs::read(&path), words)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)?;
-        if saved.is_none() {
-            file.set_len(0)?;
-            file.set_len(words as u64 * 8)?;
-            file.sync_all()?;
+    /// What `<meta>.bitmap` holds for the node of `ident`, whose metadata
+    /// names the file `meta_id` (0: none). A file that exists but cannot be
+    /// read is an error: taken for none, every block its bits marked would
+    /// be taken for in sync.
+    pub fn load(meta: &Path, ident: &BitmapIdent, meta_id: u64) -> Result<Saved, BitmapError> {
+        match fs::read(sibling(meta, "bitmap")) {
+            Ok(bytes) => parse(&bytes, ident, meta_id),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::Missing),
+            Err(e) => Err(e.into()),
         }
-        Ok((BitmapFile { file }, saved))
-    }
-
-    /// Whether `<meta>.bitmap` exists with `words` words (not found: false;
-    /// any other error is returned).
-    pub fn fits(meta: &Path, words: usize) -> std::io::Result<bool> {
-        Ok(stat(&sibling(meta, "bitmap"))?.is_some_and(|m| m.len() == words as u64 * 8))
     }
 
     /// Replaces `<meta>.bitmap` with `words`, atomically (the old file, or
-    /// none, until the new one is whole on disk).
-    pub fn replace(meta: &Path, words: &[u64]) -> std::io::Result<()> {
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        atomic_write(&sibling(meta, "bitmap"), &bytes)
+    /// none, until the new one is whole on disk), under a new id; returns
+    /// it open.
+    pub fn create(meta: &Path, ident: &BitmapIdent, words: &[u64]) -> std::io::Result<BitmapFile> {
+        let id = fresh_id();
+        let path = sibling(meta, "bitmap");
+        atomic_write(&path, &encode(ident, id, words)?)?;
+        BitmapFile::open(meta, ident, id)
     }
 
-    /// Overwrites pages (PAGE_WORDS words each); durable on return.
+    /// Opens `<meta>.bitmap`, checked as [`Saved::Checked`] with `id`.
+    pub fn open(meta: &Path, ident: &BitmapIdent, id: u64) -> std::io::Result<BitmapFile> {
+        let file = OpenOptions::new().read(true).write(true).open(sibling(meta, "bitmap"))?;
+        Ok(BitmapFile { file, id, words: ident.words })
+    }
+
+    /// The file's id (recorded in `meta` as `bitmap_id`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Overwrites pages (PAGE_WORDS words each, the last may be shorter),
+    /// each with its checksum in the same write; durable on return.
     pub fn write_pages(&self, pages: &[(u64, Vec<u64>)]) -> std::io::Result<()> {
         for (page, words) in pages {
-            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            self.file.write_all_at(&bytes, page * PAGE_WORDS as u64 * 8)?;
+            let fits = *page < self.words.div_ceil(PAGE_WORDS as u64)
+                && words.len() == page_at(self.words, *page).1;
+            if !fits {
+                return Err(std::io::Error::other(format!(
+                    "bitmap page {page} of {} words does not fit a bitmap of {} words",
+                    words.len(),
+                    self.words
+                )));
+            }
+            let (at, _) = page_at(self.words, *page);
+            self.file.write_all_at(&page_bytes(self.id, *page, words), at)?;
         }
         self.file.sync_data()
     }
@@ -313,47 +564,190 @@ mod tests {
         assert_eq!(held, vec![1, 2, 5], "extent 5's joining was glued to the torn line");
     }
 
+    fn ident(words: usize) -> BitmapIdent {
+        BitmapIdent {
+            resource: "r0".into(),
+            node: "a".into(),
+            size: words as u64 * 64 * 4096,
+            block: 4096,
+            words: words as u64,
+        }
+    }
+
+    fn checked(saved: Saved) -> (Vec<u64>, u64, Vec<u64>) {
+        match saved {
+            Saved::Checked { words, id, bad_pages } => (words, id, bad_pages),
+            other => panic!("not checked: {other:?}"),
+        }
+    }
+
+    fn unfit(saved: Saved) -> String {
+        match saved {
+            Saved::Unfit(why) => why,
+            other => panic!("trusted: {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_bitmap_replaced_whole_is_read_back_and_fits() {
+    fn a_bitmap_is_read_back_whole_and_its_pages_are_written_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("n.meta");
         let words = PAGE_WORDS * 2 + 3;
-        assert!(!BitmapFile::fits(&meta, words).unwrap());
-        BitmapFile::replace(&meta, &vec![u64::MAX; words]).unwrap();
-        assert!(BitmapFile::fits(&meta, words).unwrap());
-        assert!(!BitmapFile::fits(&meta, words + 1).unwrap());
-        let (_, saved) = BitmapFile::open(&meta, words).unwrap();
-        assert_eq!(saved, Some(vec![u64::MAX; words]));
+        let id = ident(words);
+        assert_eq!(BitmapFile::load(&meta, &id, 0).unwrap(), Saved::Missing);
+        let f = BitmapFile::create(&meta, &id, &vec![u64::MAX; words]).unwrap();
+        let (saved, fid, bad) = checked(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert_eq!((saved, fid, bad), (vec![u64::MAX; words], f.id(), vec![]));
+        f.write_pages(&[(1, vec![7; PAGE_WORDS]), (2, vec![9; 3])]).unwrap();
+        assert!(f.write_pages(&[(3, vec![0; 3])]).is_err(), "a page past the end");
+        assert!(f.write_pages(&[(2, vec![0; 4])]).is_err(), "a last page too long");
+        let (saved, _, bad) = checked(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert!(bad.is_empty());
+        assert_eq!(saved[..PAGE_WORDS], vec![u64::MAX; PAGE_WORDS][..]);
+        assert_eq!(saved[PAGE_WORDS..PAGE_WORDS * 2], vec![7; PAGE_WORDS][..]);
+        assert_eq!(saved[PAGE_WORDS * 2..], [9, 9, 9]);
         let mode = fs::metadata(dir.path().join("n.meta.bitmap")).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
     }
 
-    /// A bitmap file that exists but cannot be read (EIO) fails the open:
-    /// taken for none, it was zeroed, and every block its bits marked was
-    /// then taken for in sync (found in review).
+    /// A page changed on disk (bit rot, a stray write) or torn by a crash
+    /// never clears a bit: the page counts as all ones, the others stay.
     #[test]
-    fn an_unreadable_bitmap_is_an_error_not_an_empty_one() {
-        let eio = || Err(std::io::Error::from_raw_os_error(libc::EIO));
-        assert_eq!(saved_words(eio(), 4).unwrap_err().raw_os_error(), Some(libc::EIO));
-        let missing = Err(std::io::ErrorKind::NotFound.into());
-        assert_eq!(saved_words(missing, 4).unwrap(), None);
-        assert_eq!(saved_words(Ok(vec![0xff; 8 * 3]), 4).unwrap(), None, "another size");
-        assert_eq!(saved_words(Ok(vec![0xff; 8 * 4]), 4).unwrap(), Some(vec![u64::MAX; 4]));
-    }
-
-    #[test]
-    fn bitmap_pages_are_written_in_place() {
+    fn a_page_that_fails_its_checksum_counts_as_all_out_of_sync() {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("n.meta");
+        let path = dir.path().join("n.meta.bitmap");
         let words = PAGE_WORDS * 3;
-        let (b, saved) = BitmapFile::open(&meta, words).unwrap();
-        assert_eq!(saved, None);
-        b.write_pages(&[(1, vec![7; PAGE_WORDS])]).unwrap();
-        drop(b);
-        let (_, saved) = BitmapFile::open(&meta, words).unwrap();
-        let saved = saved.unwrap();
-        assert_eq!(saved[PAGE_WORDS], 7);
-        assert_eq!(saved[0], 0);
-        assert_eq!(saved.iter().filter(|w| **w == 7).count(), PAGE_WORDS);
+        let id = ident(words);
+        let mut w = vec![0u64; words];
+        w[PAGE_WORDS + 5] = 0xff;
+        w[5] = 1;
+        let f = BitmapFile::create(&meta, &id, &w).unwrap();
+        // A bit of page 1 cleared behind the file's back.
+        let at = page_at(words as u64, 1).0 + 5 * 8;
+        f.file.write_all_at(&[0x7f], at).unwrap();
+        let (saved, _, bad) = checked(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert_eq!(bad, vec![1]);
+        assert_eq!(saved[PAGE_WORDS..PAGE_WORDS * 2], vec![u64::MAX; PAGE_WORDS][..]);
+        assert_eq!(saved[5], 1, "page 0 is intact");
+        assert_eq!(saved[PAGE_WORDS * 2..], vec![0; PAGE_WORDS][..], "page 2 is intact");
+        // A torn write: the first half of a page's new words landed, not
+        // its checksum.
+        let f = BitmapFile::create(&meta, &id, &w).unwrap();
+        let half = page_bytes(f.id(), 2, &[0; PAGE_WORDS]);
+        f.file.write_all_at(&half[..2048], page_at(words as u64, 2).0).unwrap();
+        let (saved, _, bad) = checked(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert_eq!(bad, Vec::<u64>::new(), "the same words: nothing torn");
+        assert_eq!(saved, w);
+        let half = page_bytes(f.id(), 0, &[0; PAGE_WORDS]);
+        f.file.write_all_at(&half[..2048], page_at(words as u64, 0).0).unwrap();
+        let (saved, _, bad) = checked(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert_eq!(bad, vec![0]);
+        assert_eq!(saved[..PAGE_WORDS], vec![u64::MAX; PAGE_WORDS][..]);
+        // Bytes of the checksum itself.
+        let f = BitmapFile::create(&meta, &id, &w).unwrap();
+        let (at, n) = page_at(words as u64, 2);
+        f.file.write_all_at(&[1], at + n as u64 * 8 + 6).unwrap();
+        let (_, _, bad) = checked(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert_eq!(bad, vec![2]);
+        drop(path);
+    }
+
+    /// A bitmap that belongs to another node or resource is refused, one
+    /// of a newer format too; one that cannot say which blocks are in sync
+    /// for this device (another size, cut short, a corrupt header, not the
+    /// file the record was saved with) is unfit: every block out of sync.
+    #[test]
+    fn a_bitmap_that_is_not_this_nodes_is_never_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let path = dir.path().join("n.meta.bitmap");
+        let words = PAGE_WORDS + 10;
+        let id = ident(words);
+        let f = BitmapFile::create(&meta, &id, &vec![0; words]).unwrap();
+        let good = fs::read(&path).unwrap();
+        let refused = |id: &BitmapIdent| match BitmapFile::load(&meta, id, f.id()) {
+            Err(BitmapError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let why = refused(&BitmapIdent { resource: "r1".into(), ..id.clone() });
+        assert!(
+            why.contains("\"r0\"") && why.contains("\"r1\"") && why.contains("remove"),
+            "{why}"
+        );
+        let why = refused(&BitmapIdent { node: "b".into(), ..id.clone() });
+        assert!(why.contains("node \"a\"") && why.contains("node \"b\""), "{why}");
+        let other_size = ident(words + 1);
+        let why = unfit(BitmapFile::load(&meta, &other_size, f.id()).unwrap());
+        assert!(why.contains("made for a device"), "{why}");
+        let why = unfit(BitmapFile::load(&meta, &id, f.id() ^ 1).unwrap());
+        assert!(why.contains("not the bitmap the metadata was saved with"), "{why}");
+        fs::write(&path, &good[..good.len() - 100]).unwrap();
+        let why = unfit(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert!(why.contains("cut short"), "{why}");
+        let mut bad = good.clone();
+        bad[20] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        let why = unfit(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert!(why.contains("checksum"), "{why}");
+        let mut newer = good.clone();
+        newer[8] = 2;
+        fs::write(&path, &newer).unwrap();
+        let why = refused(&id);
+        assert!(why.contains("newer") && why.contains("format 2"), "{why}");
+        fs::write(&path, &good[..10]).unwrap();
+        unfit(BitmapFile::load(&meta, &id, f.id()).unwrap());
+    }
+
+    /// A file of the format before headers (the words alone) is read as
+    /// before, if it has the right length and the record names no bitmap.
+    #[test]
+    fn a_bitmap_without_a_header_is_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let path = dir.path().join("n.meta.bitmap");
+        let words = PAGE_WORDS + 1;
+        let id = ident(words);
+        let old: Vec<u8> = (0..words as u64).flat_map(|w| w.to_le_bytes()).collect();
+        fs::write(&path, &old).unwrap();
+        assert_eq!(
+            BitmapFile::load(&meta, &id, 0).unwrap(),
+            Saved::Legacy((0..words as u64).collect())
+        );
+        assert!(bitmap_marks(&old));
+        // Saved by this version, the record names a bitmap with a header.
+        let why = unfit(BitmapFile::load(&meta, &id, 5).unwrap());
+        assert!(why.contains("no header"), "{why}");
+        fs::write(&path, &old[..old.len() - 8]).unwrap();
+        let why = unfit(BitmapFile::load(&meta, &id, 0).unwrap());
+        assert!(why.contains("cut short"), "{why}");
+    }
+
+    /// A bitmap file that exists but cannot be read (EISDIR here, EIO on a
+    /// failing disk) fails the open: taken for none, it was zeroed, and
+    /// every block its bits marked was then taken for in sync (found in
+    /// review).
+    #[test]
+    fn an_unreadable_bitmap_is_an_error_not_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        fs::create_dir(dir.path().join("n.meta.bitmap")).unwrap();
+        assert!(matches!(BitmapFile::load(&meta, &ident(4), 0), Err(BitmapError::Io(_))));
+    }
+
+    /// Only the words mark blocks: a header does not.
+    #[test]
+    fn a_bitmap_of_zeroes_with_a_header_marks_nothing() {
+        let words = PAGE_WORDS * 2;
+        let mut w = vec![0u64; words];
+        let bytes = encode(&ident(words), 3, &w).unwrap();
+        assert!(!bitmap_marks(&bytes));
+        w[PAGE_WORDS + 1] = 4;
+        assert!(bitmap_marks(&encode(&ident(words), 3, &w).unwrap()));
+        let mut bad = encode(&ident(words), 3, &vec![0; words]).unwrap();
+        bad[20] ^= 1;
+        // Its layout unknown, the checksums count as bits: a file that
+        // cannot be read is not taken for one that marks nothing.
+        assert!(bitmap_marks(&bad), "a corrupt header");
     }
 }

@@ -71,6 +71,12 @@ pub struct Meta {
     /// without it (older metadata) the identity found is recorded.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disk_identified: bool,
+    /// The id in the header of `<meta>.bitmap` this record was saved with
+    /// ([`crate::al::BitmapFile::id`]): a bitmap with another id is not
+    /// this record's (an older or newer file, or this file restored from a
+    /// copy) and is not trusted. 0: saved before bitmaps had ids.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bitmap_id: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -89,6 +95,10 @@ pub enum MetaError {
     Newer { path: PathBuf, reason: String },
     #[error("{path} belongs to {what} {found:?}, not {expected:?}")]
     Mismatch { path: PathBuf, what: &'static str, found: String, expected: String },
+    /// A file beside the metadata that is not this node's (why, and what
+    /// to do).
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
     #[error(
         "size: the resource file says {expected} bytes, but {path} was made for {found}: a \
          resource's size cannot change (twinblock does not resize; set size back to {found}, \
@@ -138,6 +148,7 @@ impl Meta {
             receipt_acks: r.receipt_acks,
             behind_async_primary: r.behind_async_primary,
             disk_identified: true,
+            bitmap_id: 0,
         }
     }
 

@@ -95,27 +95,93 @@ impl Node {
         }
         let cfg = CoreConfig::from_resource(&res, me, &peer.name);
         let words = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block).words().len();
+        let ident = crate::al::BitmapIdent {
+            resource: res.name.clone(),
+            node: me.to_owned(),
+            size: cfg.size,
+            block: cfg.block,
+            words: words as u64,
+        };
+        let bitmap_path = crate::al::sibling(&mine.meta, "bitmap");
+        let refused = |e| match e {
+            BitmapError::Io(e) => bitmap_io(e),
+            BitmapError::Refused(reason) => {
+                MetaError::Refused { path: bitmap_path.clone(), reason }
+            }
+        };
         // The metadata survives but its bitmap or activity log does not (a
-        // file lost, or the bitmap of another size): nothing may be taken
-        // as in sync on no evidence, so every block is out of sync (a full
-        // resync, in the direction the generations say). Decided before
-        // either file is created, and the bitmap of ones replaces the old
-        // one atomically before the log is created: a crash or error in
-        // between leaves the sign of the loss for the next start.
-        let bitmap_fits = BitmapFile::fits(&mine.meta, words).map_err(&bitmap_io)?;
+        // file lost, or a bitmap that cannot say which blocks are in sync:
+        // of another size, cut short, its header corrupt, or not the one
+        // the record was saved with): nothing may be taken as in sync on no
+        // evidence, so every block is out of sync (a full resync, in the
+        // direction the generations say). Decided before either file is
+        // created, and the bitmap of ones replaces the old one atomically
+        // before the log is created: a crash or error in between leaves the
+        // sign of the loss for the next start. A bitmap of another node or
+        // resource, or of a newer format, refuses the start (an operator's
+        // mistake, with the right file maybe at hand).
         let al_exists = AlJournal::exists(&mine.meta).map_err(&al_io)?;
-        if meta.is_some() && !(bitmap_fits && al_exists) {
-            tracing::warn!(
-                bitmap_lost = !bitmap_fits,
-                activity_log_lost = !al_exists,
-                "the out-of-sync bitmap or the activity log is missing (or the bitmap does not \
-                 fit the device): every block counts as out of sync (a full resync follows)"
-            );
-            let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
-            all.mark_all();
-            BitmapFile::replace(&mine.meta, all.words()).map_err(&bitmap_io)?;
+        let saved = match &meta {
+            Some(m) => BitmapFile::load(&mine.meta, &ident, m.bitmap_id).map_err(refused)?,
+            None => Saved::Missing,
+        };
+        let (bitmap, saved) = match (meta.is_some(), saved, al_exists) {
+            // A first start (or one anew): a bitmap of zeroes.
+            (false, ..) => {
+                let zero = vec![0u64; words];
+                (BitmapFile::create(&mine.meta, &ident, &zero).map_err(&bitmap_io)?, None)
+            }
+            (true, Saved::Checked { words, id, bad_pages }, true) => {
+                let file = BitmapFile::open(&mine.meta, &ident, id).map_err(&bitmap_io)?;
+                if !bad_pages.is_empty() {
+                    tracing::error!(
+                        file = %bitmap_path.display(), pages = ?bad_pages,
+                        "bitmap pages fail their checksum (a torn write in a crash, or                          corruption): every block they cover counts as out of sync (resynced)"
+                    );
+                    let ones: Vec<(u64, Vec<u64>)> = bad_pages
+                        .iter()
+                        .map(|&p| {
+                            let at = p as usize * crate::core::PAGE_WORDS;
+                            let end = (at + crate::core::PAGE_WORDS).min(words.len());
+                            (p, words[at..end].to_vec())
+                        })
+                        .collect();
+                    file.write_pages(&ones).map_err(&bitmap_io)?;
+                }
+                (file, Some(words))
+            }
+            // The format before headers: read as before (nothing can check
+            // it) and rewritten with a header and checksums.
+            (true, Saved::Legacy(words), true) => {
+                tracing::info!(
+                    file = %bitmap_path.display(),
+                    "bitmap saved without a header (an older twinblock): upgraded"
+                );
+                (BitmapFile::create(&mine.meta, &ident, &words).map_err(&bitmap_io)?, Some(words))
+            }
+            (true, saved, al_exists) => {
+                let why = match saved {
+                    Saved::Missing => "it is missing".to_owned(),
+                    Saved::Unfit(why) => why,
+                    _ => "the activity log is missing".to_owned(),
+                };
+                tracing::error!(
+                    file = %bitmap_path.display(), activity_log_lost = !al_exists,
+                    "the out-of-sync bitmap cannot be trusted ({why}), or the activity log is \
+                     missing: every block counts as out of sync (a full resync follows)"
+                );
+                let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
+                all.mark_all();
+                let file =
+                    BitmapFile::create(&mine.meta, &ident, all.words()).map_err(&bitmap_io)?;
+                (file, Some(all.words().to_vec()))
+            }
+        };
+        // The record names its bitmap from now on.
+        if let Some(m) = meta.as_mut().filter(|m| m.bitmap_id != bitmap.id()) {
+            m.bitmap_id = bitmap.id();
+            m.save(&mine.meta)?;
         }
-        let (bitmap, saved) = BitmapFile::open(&mine.meta, words).map_err(&bitmap_io)?;
         let (al, held) = AlJournal::open(&mine.meta).map_err(&al_io)?;
         if !held.is_empty() {
             tracing::warn!(

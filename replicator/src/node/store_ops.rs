@@ -20,7 +20,9 @@ pub(super) fn persist(
     let mut f = files.lock().unwrap_or_else(|e| e.into_inner());
     let r = match what {
         Persist::Meta(rec) => {
-            Meta::from_record(node, &res.name, res.size, &rec).save(&f.meta).map_err(|e| match e {
+            let mut m = Meta::from_record(node, &res.name, res.size, &rec);
+            m.bitmap_id = f.bitmap.id();
+            m.save(&f.meta).map_err(|e| match e {
                 MetaError::Io { source, .. } => source,
                 other => io::Error::other(other.to_string()),
             })
