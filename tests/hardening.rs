@@ -1057,3 +1057,38 @@ fn a_bitmap_that_is_not_this_nodes_never_clears_a_block() {
     assert!(b[1 << 20..2 << 20].iter().all(|&x| x == 0x3c), "b lacks the writes made apart");
     assert!(a == b, "the disks differ");
 }
+
+/// `a.meta.al` that is not a's never hides an extent: another node's
+/// refuses the start, naming the file and what to do; removed (lost),
+/// every block counts as out of sync. Before, b's log was read as a's
+/// (helper-135).
+#[test]
+fn an_activity_log_that_is_not_this_nodes_is_never_trusted() {
+    let mut p = Pair::start("C", "16M");
+    assert!(p.down(1).success());
+    assert!(p.down(0).success());
+    let dir = p.dir.path().to_path_buf();
+    let al = dir.join("a.meta.al");
+    let text = std::fs::read_to_string(&al).unwrap();
+    assert!(text.starts_with("#twinblock-al ") && text.contains("\"node\":\"a\""), "{text}");
+    std::fs::copy(dir.join("b.meta.al"), &al).unwrap();
+    let out = run_timeout(
+        Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&al.display().to_string())
+            && err.contains("belongs to node \"b\"")
+            && err.contains("remove it"),
+        "{err}"
+    );
+    std::fs::remove_file(&al).unwrap();
+    let from = p.log(0).len();
+    p.up(0);
+    assert_eq!(p.status(0)["out_of_sync_bytes"], 16 << 20, "{}", &p.log(0)[from..]);
+    assert!(p.log(0)[from..].contains("every block counts as out of sync"));
+    p.up(1);
+    p.wait_synced("b from a", Duration::from_secs(60));
+}

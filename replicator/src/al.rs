@@ -2,7 +2,10 @@
 //! behind the core's [`crate::core::Persist::Al`] and
 //! [`crate::core::Persist::Bitmap`] updates.
 //!
-//! `<meta>.al`: one line per change, `+E` (extent E joins) or `-E` (leaves),
+//! `<meta>.al`: a first line `#twinblock-al {json}` naming the node, the
+//! resource and the id of the bitmap the log goes with (checked at every
+//! start as the bitmap's header is; written only by whole rewrites, so
+//! never torn), then one line per change, `+E` (extent E joins) or `-E` (leaves),
 //! appended and fdatasynced; a torn last line (no newline) is ignored on
 //! recovery (the extent had not joined yet: its write was not issued; a
 //! torn `-12` must not remove extent 1). Rewritten compactly when long, at
@@ -47,6 +50,8 @@ pub fn sibling(meta: &Path, ext: &str) -> PathBuf {
 
 pub struct AlJournal {
     path: PathBuf,
+    /// The first line of every rewrite: whose log it is ([`AlHeader`]).
+    head: String,
     file: File,
     active: BTreeSet<u64>,
     lines: usize,
@@ -54,20 +59,11 @@ pub struct AlJournal {
     torn: bool,
 }
 
-/// `path`'s metadata; None if it does not exist (any other error is
-/// returned: it must not read as a lost file).
-fn stat(path: &Path) -> std::io::Result<Option<fs::Metadata>> {
-    match fs::metadata(path) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `active` as the whole journal at `path`, atomically; returns it
-/// open for appending.
-fn rewrite(path: &Path, active: &BTreeSet<u64>) -> std::io::Result<File> {
-    let text: String = active.iter().map(|e| format!("+{e}\n")).collect();
+/// Writes `head` and `active` as the whole journal at `path`, atomically;
+/// returns it open for appending.
+fn rewrite(path: &Path, head: &str, active: &BTreeSet<u64>) -> std::io::Result<File> {
+    let text: String =
+        std::iter::once(head.to_owned()).chain(active.iter().map(|e| format!("+{e}\n"))).collect();
     atomic_write(path, text.as_bytes())?;
     OpenOptions::new().append(true).open(path)
 }
@@ -82,7 +78,10 @@ fn replay(text: &str) -> BTreeSet<u64> {
     let mut active = BTreeSet::new();
     let whole = text.rfind('\n').map_or("", |end| &text[..end]);
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    for line in whole.lines() {
+    for (i, line) in whole.lines().enumerate() {
+        if i == 0 && line.starts_with(AL_MAGIC) {
+            continue;
+        }
         let number = |t: &str| digits(t).then(|| t.parse::<u64>().ok()).flatten();
         match (line.strip_prefix('+').and_then(number), line.strip_prefix('-').and_then(number)) {
             (Some(e), _) => {
@@ -118,33 +117,115 @@ pub fn marking_sibling(meta: &Path) -> Option<PathBuf> {
     fs::read(&al).is_ok_and(|b| !replay(&String::from_utf8_lossy(&b)).is_empty()).then_some(al)
 }
 
+/// The journal's first line starts with this, then [`AlHeader`] as JSON
+/// (from bitmap format 1 on; before, the journal had no header).
+const AL_MAGIC: &str = "#twinblock-al ";
+
+/// Whose journal it is: the node, the resource, and the id of the bitmap
+/// it goes with ([`BitmapFile::id`], recorded in `meta`).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct AlHeader {
+    version: u32,
+    resource: String,
+    node: String,
+    id: u64,
+}
+
+/// What a start finds in `<meta>.al`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AlSaved {
+    /// No file.
+    Missing,
+    /// The extents this node's journal holds (or a journal from before
+    /// headers, when the record names no bitmap id: read as before).
+    Held(BTreeSet<u64>),
+    /// A journal that cannot say which extents may hold writes in flight
+    /// (why): every block must count as out of sync.
+    Unfit(String),
+}
+
+/// What the text of `<meta>.al` says for `node` of `resource`, whose
+/// metadata names the bitmap id `meta_id` (0: none).
+fn parse_al(text: &str, node: &str, resource: &str, meta_id: u64) -> Result<AlSaved, BitmapError> {
+    let Some(rest) = text.strip_prefix(AL_MAGIC) else {
+        if meta_id != 0 {
+            return Ok(AlSaved::Unfit(format!(
+                "it has no header, but the metadata was saved with bitmap id {meta_id:#x}: an \
+                 older file (restored or copied?), or cut short"
+            )));
+        }
+        return Ok(AlSaved::Held(replay(text)));
+    };
+    let line = rest.split_once('\n').map(|(l, _)| l);
+    let Some(h) = line.and_then(|l| serde_json::from_str::<AlHeader>(l).ok()) else {
+        return Ok(AlSaved::Unfit("its header cannot be read (corrupt)".into()));
+    };
+    if h.version > BITMAP_VERSION {
+        return Err(BitmapError::Refused(format!(
+            "written by a newer twinblock (activity log format {}, this one reads up to \
+             {BITMAP_VERSION}): run that version, or upgrade this one",
+            h.version
+        )));
+    }
+    if h.node != node || h.resource != resource {
+        return Err(BitmapError::Refused(format!(
+            "belongs to node {:?} of resource {:?}, not node {node:?} of resource {resource:?} \
+             (copied from another node or resource?): put back this node's own file, or remove \
+             it (every block then counts as out of sync, and a full resync follows)",
+            h.node, h.resource
+        )));
+    }
+    if meta_id != 0 && h.id != meta_id {
+        return Ok(AlSaved::Unfit(format!(
+            "not the activity log the metadata was saved with (bitmap id {:#x}, the metadata \
+             names {meta_id:#x}): an older or newer file, or metadata restored from a copy",
+            h.id
+        )));
+    }
+    Ok(AlSaved::Held(replay(text)))
+}
+
 impl AlJournal {
-    /// Opens the journal next to `meta`; returns it and the extents it
-    /// holds. The file is rewritten with them alone (a torn last line
-    /// left by a crash goes).
-    pub fn open(meta: &Path) -> std::io::Result<(AlJournal, Vec<u64>)> {
-        let path = sibling(meta, "al");
-        // (Missing only if not found: any other error fails the open, it
-        // must not read as an empty log.)
-        let active = match fs::read(&path) {
-            Ok(bytes) => replay(&String::from_utf8_lossy(&bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => return Err(e),
-        };
-        let file = rewrite(&path, &active)?;
-        let (lines, held) = (active.len(), active.iter().copied().collect());
-        Ok((AlJournal { path, file, active, lines, torn: false }, held))
+    /// What `<meta>.al` holds for `node` of `resource`, whose metadata
+    /// names the bitmap id `meta_id` (0: none). A journal that exists but
+    /// cannot be read is an error: it must not read as an empty log.
+    pub fn load(
+        meta: &Path,
+        node: &str,
+        resource: &str,
+        meta_id: u64,
+    ) -> Result<AlSaved, BitmapError> {
+        match fs::read(sibling(meta, "al")) {
+            Ok(bytes) => parse_al(&String::from_utf8_lossy(&bytes), node, resource, meta_id),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AlSaved::Missing),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Whether the journal next to `meta` exists (a node's first start
-    /// creates it; missing later, it was lost).
-    pub fn exists(meta: &Path) -> std::io::Result<bool> {
-        Ok(stat(&sibling(meta, "al"))?.is_some())
+    /// Opens the journal next to `meta` holding `active` (what
+    /// [`AlJournal::load`] found, or none): the file is rewritten with a
+    /// header naming `node`, `resource` and the bitmap id `id`, and the
+    /// extents alone (a torn last line left by a crash goes).
+    pub fn open(
+        meta: &Path,
+        node: &str,
+        resource: &str,
+        id: u64,
+        active: BTreeSet<u64>,
+    ) -> std::io::Result<AlJournal> {
+        let path = sibling(meta, "al");
+        let h =
+            AlHeader { version: BITMAP_VERSION, resource: resource.into(), node: node.into(), id };
+        let json = serde_json::to_string(&h).map_err(std::io::Error::other)?;
+        let head = format!("{AL_MAGIC}{json}\n");
+        let file = rewrite(&path, &head, &active)?;
+        let lines = active.len();
+        Ok(AlJournal { path, head, file, active, lines, torn: false })
     }
 
     /// Rewrites the file with the extents held, atomically.
     fn compact(&mut self) -> std::io::Result<()> {
-        self.file = rewrite(&self.path, &self.active)?;
+        self.file = rewrite(&self.path, &self.head, &self.active)?;
         self.lines = self.active.len();
         self.torn = false;
         Ok(())
@@ -488,15 +569,25 @@ impl BitmapFile {
 mod tests {
     use super::*;
 
+    /// Node a's journal of resource r0, as a start opens it.
+    fn open_al(meta: &Path) -> (AlJournal, Vec<u64>) {
+        let held = match AlJournal::load(meta, "a", "r0", 0).unwrap() {
+            AlSaved::Held(held) => held,
+            AlSaved::Missing => BTreeSet::new(),
+            AlSaved::Unfit(why) => panic!("unfit: {why}"),
+        };
+        let j = AlJournal::open(meta, "a", "r0", 7, held.clone()).unwrap();
+        (j, held.into_iter().collect())
+    }
+
     #[test]
     fn the_journal_replays_joins_and_leaves_and_ignores_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("n.meta");
         let al = dir.path().join("n.meta.al");
-        assert!(!AlJournal::exists(&meta).unwrap());
-        let (mut j, held) = AlJournal::open(&meta).unwrap();
+        assert_eq!(AlJournal::load(&meta, "a", "r0", 0).unwrap(), AlSaved::Missing);
+        let (mut j, held) = open_al(&meta);
         assert!(held.is_empty());
-        assert!(AlJournal::exists(&meta).unwrap());
         j.apply(&[], &[1, 2, 3, 12]).unwrap();
         j.apply(&[2], &[9]).unwrap();
         drop(j);
@@ -505,16 +596,20 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&al).unwrap();
         f.write_all(b"-1").unwrap();
         drop(f);
-        let (mut j, held) = AlJournal::open(&meta).unwrap();
+        let (mut j, held) = open_al(&meta);
         assert_eq!(held, vec![1, 3, 9, 12]);
         // The torn line is gone from the file: what is appended next is
         // not glued to it ("-1+5" would hide extent 5's joining).
         j.apply(&[], &[5]).unwrap();
         drop(j);
-        let (_, held) = AlJournal::open(&meta).unwrap();
+        let (_, held) = open_al(&meta);
         assert_eq!(held, vec![1, 3, 5, 9, 12]);
         let text = fs::read_to_string(&al).unwrap();
-        assert!(text.lines().all(|l| l.starts_with('+')), "not compacted at open: {text:?}");
+        assert!(text.starts_with(AL_MAGIC), "{text:?}");
+        assert!(
+            text.lines().skip(1).all(|l| l.starts_with('+')),
+            "not compacted at open: {text:?}"
+        );
         let mode = fs::metadata(&al).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
     }
@@ -537,12 +632,56 @@ mod tests {
         let meta = dir.path().join("n.meta");
         let al = dir.path().join("n.meta.al");
         fs::write(&al, b"+1\n+2\n\xff\n-1\xff\n").unwrap();
-        let (_, held) = AlJournal::open(&meta).unwrap();
+        let (_, held) = open_al(&meta);
         assert_eq!(held, vec![1, 2]);
         fs::remove_file(&al).unwrap();
         fs::create_dir(&al).unwrap(); // reading it fails (EISDIR), not NotFound
-        assert!(AlJournal::open(&meta).is_err());
-        assert!(AlJournal::exists(&meta).unwrap());
+        assert!(matches!(AlJournal::load(&meta, "a", "r0", 0), Err(BitmapError::Io(_))));
+    }
+
+    /// A journal of another node or resource refuses the start; one that
+    /// is not the record's (another id, no header though the record names
+    /// one, a corrupt header) is unfit (every block out of sync); one
+    /// from before headers is read as before when the record names none.
+    #[test]
+    fn a_journal_that_is_not_this_nodes_is_never_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = dir.path().join("n.meta.al");
+        let mut j = AlJournal::open(&meta, "a", "r0", 9, BTreeSet::from([3])).unwrap();
+        j.apply(&[3], &[4]).unwrap();
+        let held = AlJournal::load(&meta, "a", "r0", 9).unwrap();
+        assert_eq!(held, AlSaved::Held(BTreeSet::from([4])));
+        let refused = |node, res| match AlJournal::load(&meta, node, res, 9) {
+            Err(BitmapError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let why = refused("b", "r0");
+        assert!(why.contains("node \"a\"") && why.contains("node \"b\""), "{why}");
+        let why = refused("a", "r1");
+        assert!(why.contains("remove it"), "{why}");
+        let unfit = |id| match AlJournal::load(&meta, "a", "r0", id).unwrap() {
+            AlSaved::Unfit(why) => why,
+            other => panic!("trusted: {other:?}"),
+        };
+        assert!(unfit(8).contains("not the activity log the metadata was saved with"));
+        // Any id for a record from before ids.
+        assert_eq!(AlJournal::load(&meta, "a", "r0", 0).unwrap(), AlSaved::Held([4].into()));
+        let text = fs::read_to_string(&al).unwrap();
+        fs::write(&al, text.replacen("\"id\":9", "\"id\":9x", 1)).unwrap();
+        assert!(unfit(9).contains("corrupt"));
+        fs::write(&al, "+1\n-1\n+2\n").unwrap();
+        assert!(unfit(9).contains("no header"));
+        assert_eq!(AlJournal::load(&meta, "a", "r0", 0).unwrap(), AlSaved::Held([2].into()));
+        fs::write(&al, "").unwrap();
+        assert!(unfit(9).contains("no header"), "an emptied journal");
+        let mut newer = text.replacen("\"version\":1", "\"version\":2", 1);
+        newer.push_str("+5\n");
+        fs::write(&al, newer).unwrap();
+        match AlJournal::load(&meta, "a", "r0", 9) {
+            Err(BitmapError::Refused(why)) => assert!(why.contains("newer"), "{why}"),
+            other => panic!("not refused: {other:?}"),
+        }
     }
 
     /// An append that failed may have left a torn line: the file is
@@ -552,7 +691,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("n.meta");
         let al = dir.path().join("n.meta.al");
-        let (mut j, _) = AlJournal::open(&meta).unwrap();
+        let (mut j, _) = open_al(&meta);
         j.apply(&[], &[1, 2]).unwrap();
         // As a failed write_all would leave it: a torn "-2", and the
         // journal knowing the append failed.
@@ -560,7 +699,7 @@ mod tests {
         j.torn = true;
         j.apply(&[], &[5]).unwrap();
         drop(j);
-        let (_, held) = AlJournal::open(&meta).unwrap();
+        let (_, held) = open_al(&meta);
         assert_eq!(held, vec![1, 2, 5], "extent 5's joining was glued to the torn line");
     }
 

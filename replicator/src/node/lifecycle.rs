@@ -120,11 +120,25 @@ impl Node {
         // sign of the loss for the next start. A bitmap of another node or
         // resource, or of a newer format, refuses the start (an operator's
         // mistake, with the right file maybe at hand).
-        let al_exists = AlJournal::exists(&mine.meta).map_err(&al_io)?;
-        let saved = match &meta {
-            Some(m) => BitmapFile::load(&mine.meta, &ident, m.bitmap_id).map_err(refused)?,
-            None => Saved::Missing,
+        let al_path = crate::al::sibling(&mine.meta, "al");
+        let al_refused = |e| match e {
+            BitmapError::Io(e) => al_io(e),
+            BitmapError::Refused(reason) => MetaError::Refused { path: al_path.clone(), reason },
         };
+        let meta_id = meta.as_ref().map_or(0, |m| m.bitmap_id);
+        let (al_saved, saved) = match &meta {
+            Some(_) => (
+                AlJournal::load(&mine.meta, me, &res.name, meta_id).map_err(al_refused)?,
+                BitmapFile::load(&mine.meta, &ident, meta_id).map_err(refused)?,
+            ),
+            None => (AlSaved::Missing, Saved::Missing),
+        };
+        let (held, al_lost) = match al_saved {
+            AlSaved::Held(held) => (held, None),
+            AlSaved::Missing => (Default::default(), Some("it is missing".to_owned())),
+            AlSaved::Unfit(why) => (Default::default(), Some(why)),
+        };
+        let al_exists = al_lost.is_none();
         let (bitmap, saved) = match (meta.is_some(), saved, al_exists) {
             // A first start (or one anew): a bitmap of zeroes.
             (false, ..) => {
@@ -159,16 +173,16 @@ impl Node {
                 );
                 (BitmapFile::create(&mine.meta, &ident, &words).map_err(&bitmap_io)?, Some(words))
             }
-            (true, saved, al_exists) => {
-                let why = match saved {
-                    Saved::Missing => "it is missing".to_owned(),
-                    Saved::Unfit(why) => why,
-                    _ => "the activity log is missing".to_owned(),
+            (true, saved, _) => {
+                let (file, why) = match (saved, &al_lost) {
+                    (Saved::Missing, _) => (&bitmap_path, "it is missing".to_owned()),
+                    (Saved::Unfit(why), _) => (&bitmap_path, why),
+                    (_, why) => (&al_path, why.clone().unwrap_or_default()),
                 };
                 tracing::error!(
-                    file = %bitmap_path.display(), activity_log_lost = !al_exists,
-                    "the out-of-sync bitmap cannot be trusted ({why}), or the activity log is \
-                     missing: every block counts as out of sync (a full resync follows)"
+                    file = %file.display(),
+                    "the out-of-sync bitmap or the activity log cannot be trusted ({why}): every \
+                     block counts as out of sync (a full resync follows)"
                 );
                 let mut all = crate::bitmap::Bitmap::with_block(cfg.size, cfg.block);
                 all.mark_all();
@@ -177,12 +191,16 @@ impl Node {
                 (file, Some(all.words().to_vec()))
             }
         };
-        // The record names its bitmap from now on.
+        // The log is rewritten naming the bitmap, then the record names it
+        // (a crash in between: the record's older id makes both unfit at
+        // the next start, a full resync; or it named none).
+        let al = AlJournal::open(&mine.meta, me, &res.name, bitmap.id(), held.clone())
+            .map_err(&al_io)?;
+        let held: Vec<u64> = held.into_iter().collect();
         if let Some(m) = meta.as_mut().filter(|m| m.bitmap_id != bitmap.id()) {
             m.bitmap_id = bitmap.id();
             m.save(&mine.meta)?;
         }
-        let (al, held) = AlJournal::open(&mine.meta).map_err(&al_io)?;
         if !held.is_empty() {
             tracing::warn!(
                 extents = held.len(),

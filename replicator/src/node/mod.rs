@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::Instrument;
 use twinblock_nbd::{BlockDevice, DeviceError, DeviceResult, Extent, ZeroFlags};
 
-use crate::al::{AlJournal, BitmapError, BitmapFile, Saved};
+use crate::al::{AlJournal, AlSaved, BitmapError, BitmapFile, Saved};
 use crate::config::{NodeConfig, ResourceConfig};
 use crate::core::{
     Action, Core, CoreConfig, IoError, IoId, Persist, ReadGate, Recovered, Refused, ReplyError,
