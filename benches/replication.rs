@@ -180,6 +180,39 @@ fn scale(c: &mut Criterion) {
             assert_eq!(drain(&mut core, 0), 1);
         })
     });
+    // The saved bitmap of a 1 TiB device (32 MiB, 8192 pages each with its
+    // CRC32): read and checked whole at a start, and the largest save
+    // (1024 pages, 4 MiB, checksummed) with its fdatasync.
+    {
+        use twinblock_replicator::al::{BitmapFile, BitmapIdent, Saved};
+        use twinblock_replicator::core::PAGE_WORDS;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = dir.path().join("bench.meta");
+        let words = 1usize << 22;
+        let ident = BitmapIdent {
+            resource: "r0".into(),
+            node: "a".into(),
+            size: 1 << 40,
+            block: 4096,
+            words: words as u64,
+        };
+        let file = BitmapFile::create(&meta, &ident, &vec![0x5a5a; words]).expect("create");
+        let id = file.id();
+        g.throughput(Throughput::Bytes(words as u64 * 8));
+        g.bench_function("bitmap_file_load_1t", |b| {
+            b.iter(|| {
+                let saved = BitmapFile::load(&meta, &ident, id).expect("load");
+                assert!(matches!(&saved, Saved::Checked { bad_pages, .. } if bad_pages.is_empty()));
+                black_box(saved)
+            })
+        });
+        let pages: Vec<(u64, Vec<u64>)> =
+            (0..1024u64).map(|p| (p * 8, vec![7; PAGE_WORDS])).collect();
+        g.throughput(Throughput::Bytes(1024 * PAGE_WORDS as u64 * 8));
+        g.bench_function("bitmap_file_save_1024_pages", |b| {
+            b.iter(|| file.write_pages(black_box(&pages)).expect("save"))
+        });
+    }
     g.finish();
 }
 
