@@ -37,8 +37,11 @@ pub(crate) struct Witness {
     /// (which numbers its requests from 1 again: seed 27075236 took an
     /// old process's answers for its own).
     pub process: [u64; 2],
-    /// Hooks the shells run: (done at, node, hook).
-    pub hooks: Vec<(Time, usize, Hook)>,
+    /// Hooks the shells run: (done at, node, the node's process that
+    /// ran it, hook). A hook's child belongs to the process that spawned
+    /// it: its result goes to no later process (dropped when it comes,
+    /// as the answers are, [`Witness::node_crashed`]).
+    pub hooks: Vec<(Time, usize, u64, Hook)>,
     /// Restarts and healed links so far: each sends the nodes back to the
     /// witness (claims, the generations they told saved).
     pub returns: u64,
@@ -163,7 +166,7 @@ impl Witness {
                 min(*at);
             }
         }
-        for (at, _, _) in &self.hooks {
+        for (at, _, _, _) in &self.hooks {
             min(*at);
         }
         if let Some(r) = self.restart_at {
@@ -179,15 +182,45 @@ impl Witness {
     }
 
     /// Node `n`'s process ended: the answers on their way to it are lost,
-    /// and those to what it sent still (decided all the same).
+    /// and those to what it sent still (decided all the same), and so
+    /// are the results of the hooks it ran (the next process did not
+    /// start them: an `on_demote` result told to it would end a
+    /// demotion of its own whose hook still runs; [`Witness::hook_due`]).
     pub fn node_crashed(&mut self, n: usize) {
         self.process[n] += 1;
         self.from_w[n].clear();
+    }
+
+    /// The first hook result due by `now`: (node, hook, whether the
+    /// node's process that ran it still runs).
+    pub fn hook_due(&mut self, now: Time) -> Option<(usize, Hook, bool)> {
+        let i = self.hooks.iter().position(|(at, _, _, _)| *at <= now)?;
+        let (_, n, process, h) = self.hooks.remove(i);
+        Some((n, h, process == self.process[n]))
     }
 
     /// Drops what is in flight between node `n` and the witness.
     pub fn cut(&mut self, n: usize) {
         self.to_w.retain(|(_, m, _, _)| *m != n);
         self.from_w[n].clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hook started by a process that then crashed is not completed
+    /// into its restarted successor; the other node's hooks stay.
+    #[test]
+    fn a_crashed_process_s_hook_results_are_dropped_with_it() {
+        let mut w = Witness::new(Duration::from_millis(1500), Plant::None, 0);
+        w.hooks.push((Duration::from_millis(5), 0, w.process[0], Hook::Demote));
+        w.hooks.push((Duration::from_millis(6), 1, w.process[1], Hook::Promoted));
+        w.node_crashed(0);
+        let now = Duration::from_millis(10);
+        assert_eq!(w.hook_due(now), Some((0, Hook::Demote, false)));
+        assert_eq!(w.hook_due(now), Some((1, Hook::Promoted, true)));
+        assert_eq!(w.hook_due(now), None);
     }
 }

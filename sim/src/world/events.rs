@@ -331,9 +331,13 @@ impl Sim {
             }
         }
         let w = self.witness.as_mut().expect("witness");
-        if let Some(i) = w.hooks.iter().position(|(at, _, _)| *at <= now) {
-            let (_, n, h) = w.hooks.remove(i);
+        if let Some((n, h, current)) = w.hook_due(now) {
             let fail = self.rng.chance(1, 10);
+            if !current {
+                // (Its process crashed since it ran the hook.)
+                self.note(format!("{}: hook {h:?} of an ended process done", self.nodes[n].name));
+                return Ok(true);
+            }
             let result = if fail { Err("hook exited 1".to_string()) } else { Ok(()) };
             self.note(format!("{}: hook {h:?} done {result:?}", self.nodes[n].name));
             if let Some(c) = self.nodes[n].core.as_mut() {

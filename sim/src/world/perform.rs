@@ -233,7 +233,8 @@ impl Sim {
             Action::Hook(h) => {
                 let at = self.now + Duration::from_millis(1 + self.rng.below(50));
                 if let Some(w) = self.witness.as_mut() {
-                    w.hooks.push((at, n, h));
+                    let process = w.process[n];
+                    w.hooks.push((at, n, process, h));
                 } else if let Some(c) = self.nodes[n].core.as_mut() {
                     c.hook_done(self.now, h, Ok(()));
                 }
