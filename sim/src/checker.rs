@@ -64,7 +64,8 @@
 //! unrelated (never synced over; the operator forced a replaced disk) or
 //! call for a full sync (or a split brain, which only a full sync resolves).
 //!
-//! I4: never both nodes `accepts_writes()`; with a controller, no write
+//! I4: never both nodes `accepts_writes()` (a paused node accepts nothing
+//! until it resumes, its clock told the time); with a controller, no write
 //! acknowledged in a reign another node's later reign overtook (`ack_check`),
 //! and no Primary whose `read_gate` serves reads after the other node,
 //! Primary since it was, acknowledged writes (a stale read after a failover);
@@ -74,7 +75,10 @@
 //! The leases (in `world/events.rs`): a node's own count of a witness
 //! grant's lease never ends after the witness's count while it names the
 //! node holder, and when the witness grants a claim the other node, if
-//! Primary, holds no quorum by its own leases (plant `lease-from-reply`).
+//! Primary, holds no quorum by its own leases (plant `lease-from-reply`;
+//! for a claim a silent link held, where the grant promotes the node); in
+//! `world/perform.rs`: a controller's Primary answers a write OK only while
+//! it holds quorum by its own leases.
 //!
 //! I5: `promote(false)` returning Ok for an Inconsistent, Outdated, Failed
 //! or Diskless disk; `may_read()` Ok for one of them, at any step.
@@ -182,6 +186,13 @@ pub struct Stats {
     /// off), and of those the ones the witness crashed after.
     pub takeovers_from_primary: u64,
     pub witness_failover_crashes: u64,
+    /// Whole nodes paused, and of those the ones that resumed Primary
+    /// after the other node was promoted meanwhile (deposed while paused).
+    pub pauses: u64,
+    pub paused_deposed: u64,
+    /// Witness requests and answers held by a silent link and delivered
+    /// late, once it healed.
+    pub witness_late: u64,
     /// Renewals of a lone Primary by a witness without its record that had
     /// not heard the other node since its start (the residual limit).
     pub witness_blind_renewals: u64,
@@ -1487,7 +1498,9 @@ impl Checker {
         let writers = sim
             .nodes
             .iter()
-            .filter(|n| n.core.as_ref().is_some_and(|c| c.accepts_writes()))
+            // (A paused process accepts nothing until it resumes, its
+            // clock told the time first.)
+            .filter(|n| !n.paused() && n.core.as_ref().is_some_and(|c| c.accepts_writes()))
             .count();
         if writers > 1 {
             return Err(self.v("I4", "both nodes accept writes".into()));

@@ -82,6 +82,9 @@ fn main() -> ExitCode {
         total.witness_stateless_restarts += st.witness_stateless_restarts;
         total.takeovers_from_primary += st.takeovers_from_primary;
         total.witness_failover_crashes += st.witness_failover_crashes;
+        total.pauses += st.pauses;
+        total.paused_deposed += st.paused_deposed;
+        total.witness_late += st.witness_late;
         total.witness_blind_renewals += st.witness_blind_renewals;
         total.witness_blind_claims += st.witness_blind_claims;
         total.confirmed += st.confirmed;

@@ -91,6 +91,28 @@ pub struct Node {
     /// knew of its past is gone, its word on its peer's data included.
     pub(crate) was_replaced: bool,
     pub(crate) restart_at: Option<Time>,
+    /// The whole process is paused (SIGSTOP, a VM's steal time, a long
+    /// stall) until then: it keeps its state and handles no event, timer,
+    /// frame, witness answer, hook result or request meanwhile; what
+    /// arrives waits, and it handles all of it at once when it resumes,
+    /// its clock jumped ([`crate::world::Sim`]'s pause fault).
+    pub(crate) paused_until: Option<Time>,
+    /// What the shell would have told the paused core (in order), told
+    /// at its resume.
+    pub(crate) held: Vec<Held>,
+    /// Application requests that reached the paused node's NBD socket:
+    /// the core receives them at its resume.
+    pub(crate) queued_submits: u32,
+    /// When it last resumed from a pause: its deadlines (a disk
+    /// timeout, a failed disk's answers) count from then at the earliest.
+    pub(crate) resumed_at: Time,
+}
+
+/// A notification for a paused core, told at its resume.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Held {
+    LinkDown(SessionId),
+    WitnessLink(bool),
 }
 
 impl Node {
@@ -111,6 +133,10 @@ impl Node {
             recreated: true,
             was_replaced: false,
             restart_at: None,
+            paused_until: None,
+            held: Vec::new(),
+            queued_submits: 0,
+            resumed_at: Time::ZERO,
         }
     }
 
@@ -122,6 +148,11 @@ impl Node {
     /// shell reports `disk_created` until then).
     pub fn recreated_pending(&self) -> bool {
         self.recreated
+    }
+
+    /// The process is paused (it handles nothing now).
+    pub fn paused(&self) -> bool {
+        self.paused_until.is_some()
     }
 
     pub fn is_primary(&self) -> bool {

@@ -53,6 +53,14 @@ pub(crate) struct Witness {
     /// Draws for restarts that lose the state file (a stream of its own,
     /// as `save_rng`), in some seeds only ([`Witness::new`]).
     pub lose_rng: Option<Rng>,
+    /// Late seeds ([`Witness::late_seed`]): draws of their own for
+    /// silences that hold what is in flight (retransmitted once the link
+    /// heals) rather than lose it.
+    pub late_rng: Option<Rng>,
+    /// Per node: the silence under way holds what is in flight.
+    pub late: [bool; 2],
+    /// Requests a silent link held: (node, process, id).
+    pub late_reqs: std::collections::HashSet<(usize, u64, u64)>,
     /// The next restart finds no file ([`Witness::crash_in_failover`]).
     pub lose_next: bool,
     /// A crash due then ([`Witness::crash_in_failover`]), and how long
@@ -84,6 +92,9 @@ impl Witness {
             // In 2 of 11 seeds (by their number: none the plant tests
             // name before these), 1 restart in 4.
             lose_rng: matches!(seed % 11, 4 | 9).then(|| Rng::new(seed ^ 0x10_57_F1_1E)),
+            late_rng: Witness::late_seed(seed).then(|| Rng::new(seed ^ 0x1A_7E_F1_1E)),
+            late: [false; 2],
+            late_reqs: Default::default(),
             lose_next: false,
             crash_at: None,
         }
@@ -151,22 +162,61 @@ impl Witness {
         Some(Duration::from_millis(2500 + r.below(3000)))
     }
 
+    /// The seeds whose witness messages may arrive late (2 in 31, by
+    /// their number: none the tests name).
+    pub fn late_seed(seed: u64) -> bool {
+        matches!(seed % 31, 24 | 28)
+    }
+
+    /// Node `n`'s link to the witness is silent and holds what is in
+    /// flight: when it arrives (just after the link heals).
+    pub fn late_until(&mut self, n: usize, now: Time) -> Option<Time> {
+        if !self.holds(n, now) {
+            return None;
+        }
+        let r = self.late_rng.as_mut()?;
+        Some(self.silent_until[n] + Duration::from_micros(100 + r.below(2000)))
+    }
+
+    /// In late seeds, now and then (a draw per step): node `n`'s link
+    /// to the witness goes silent for the returned time, holding what is
+    /// in flight (the returned node: the Primary's if `primary` names one,
+    /// two times in three).
+    pub fn late_silence(&mut self, primary: Option<usize>) -> Option<(usize, Duration)> {
+        let r = self.late_rng.as_mut()?;
+        if !r.chance(1, 250) {
+            return None;
+        }
+        let n = match primary {
+            Some(p) if !r.chance(1, 3) => p,
+            _ => r.below(2) as usize,
+        };
+        Some((n, Duration::from_millis(200 + r.below(4000))))
+    }
+
+    /// Node `n`'s link is silent and holds what is in flight.
+    pub fn holds(&self, n: usize, now: Time) -> bool {
+        self.alive && self.up[n] && self.late[n] && now < self.silent_until[n]
+    }
+
     pub fn reachable(&self, n: usize, now: Time) -> bool {
         self.alive && self.up[n] && now >= self.silent_until[n]
     }
 
-    pub fn next_event(&self) -> Option<Time> {
+    /// The earliest event (`paused`: nodes whose answers and hook
+    /// results wait for their resume).
+    pub fn next_event(&self, paused: [bool; 2]) -> Option<Time> {
         let mut t: Option<Time> = None;
         let mut min = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
         if let Some((at, _, _, _)) = self.to_w.front() {
             min(*at);
         }
-        for q in &self.from_w {
-            if let Some((at, _)) = q.front() {
+        for (n, q) in self.from_w.iter().enumerate() {
+            if let Some((at, _)) = q.front().filter(|_| !paused[n]) {
                 min(*at);
             }
         }
-        for (at, _, _, _) in &self.hooks {
+        for (at, _, _, _) in self.hooks.iter().filter(|(_, n, _, _)| !paused[*n]) {
             min(*at);
         }
         if let Some(r) = self.restart_at {
@@ -191,10 +241,11 @@ impl Witness {
         self.from_w[n].clear();
     }
 
-    /// The first hook result due by `now`: (node, hook, whether the
-    /// node's process that ran it still runs).
-    pub fn hook_due(&mut self, now: Time) -> Option<(usize, Hook, bool)> {
-        let i = self.hooks.iter().position(|(at, _, _, _)| *at <= now)?;
+    /// The first hook result due by `now` (`paused`: nodes whose results
+    /// wait for their resume): (node, hook, whether the node's process
+    /// that ran it still runs).
+    pub fn hook_due(&mut self, now: Time, paused: [bool; 2]) -> Option<(usize, Hook, bool)> {
+        let i = self.hooks.iter().position(|(at, n, _, _)| *at <= now && !paused[*n])?;
         let (_, n, process, h) = self.hooks.remove(i);
         Some((n, h, process == self.process[n]))
     }
@@ -219,8 +270,8 @@ mod tests {
         w.hooks.push((Duration::from_millis(6), 1, w.process[1], Hook::Promoted));
         w.node_crashed(0);
         let now = Duration::from_millis(10);
-        assert_eq!(w.hook_due(now), Some((0, Hook::Demote, false)));
-        assert_eq!(w.hook_due(now), Some((1, Hook::Promoted, true)));
-        assert_eq!(w.hook_due(now), None);
+        assert_eq!(w.hook_due(now, [false; 2]), Some((0, Hook::Demote, false)));
+        assert_eq!(w.hook_due(now, [false; 2]), Some((1, Hook::Promoted, true)));
+        assert_eq!(w.hook_due(now, [false; 2]), None);
     }
 }

@@ -76,9 +76,15 @@ impl Sim {
     /// later: its disk decides nothing any more (it may hang), the peer's
     /// part does. Without the controller (with it, quorum may hold a
     /// reply as long as it is lost).
+    /// (A paused node handles nothing: its deadlines count from its
+    /// resume at the earliest, when its timers run first.)
     pub(crate) fn failed_disk_answers(&mut self) -> Result<(), Violation> {
         const FAILED_ANSWER: Duration = Duration::from_secs(2);
         for n in 0..2 {
+            if self.nodes[n].paused() {
+                continue;
+            }
+            let resumed = self.nodes[n].resumed_at;
             // `disk-timeout`: a store operation without a completion for
             // that long fails the disk (then the next one issued to the
             // stalled disk counts: a Failed disk may take a sync again).
@@ -88,7 +94,7 @@ impl Sim {
             if let (Some(limit), Some(first), Some(core)) =
                 (self.disk_timeout, self.nodes[n].first_hung, self.nodes[n].core.as_ref())
             {
-                if core.disk() != DiskState::Failed && first + limit < self.now {
+                if core.disk() != DiskState::Failed && (first + limit).max(resumed) < self.now {
                     return Err(Violation {
                         step: self.chk.step,
                         rule: "disk-timeout",
@@ -113,7 +119,8 @@ impl Sim {
                 continue;
             }
             let late = self.nodes[n].reqs.iter().find(|(_, r)| {
-                !matches!(r.kind, AppKind::Probe(_)) && r.at.max(since) + FAILED_ANSWER < self.now
+                !matches!(r.kind, AppKind::Probe(_))
+                    && r.at.max(since).max(resumed) + FAILED_ANSWER < self.now
             });
             if let Some((req, r)) = late {
                 return Err(Violation {

@@ -12,7 +12,7 @@ use twinblock_replicator::protocol::wire::{DiskState, Role};
 use crate::checker::{self, Violation};
 use crate::disk::Disk;
 use crate::meta::Meta;
-use crate::node::Link;
+use crate::node::{Held, Link};
 use crate::rng::Rng;
 use crate::trace::short_msg;
 use crate::world::Sim;
@@ -23,6 +23,11 @@ impl Sim {
         let mut t: Option<Time> = None;
         let mut min = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
         for node in &self.nodes {
+            if let Some(p) = node.paused_until {
+                // (What it would handle waits for its resume.)
+                min(p);
+                continue;
+            }
             for io in &node.ios {
                 min(io.at);
             }
@@ -36,8 +41,8 @@ impl Sim {
             }
         }
         if let Some(l) = self.link.as_ref().filter(|l| !l.partitioned) {
-            for q in &l.queue {
-                if let Some((at, _)) = q.front() {
+            for (to, q) in l.queue.iter().enumerate() {
+                if let Some((at, _)) = q.front().filter(|_| !self.nodes[to].paused()) {
                     min(*at);
                 }
             }
@@ -48,7 +53,8 @@ impl Sim {
         if self.partition_until > self.now {
             min(self.partition_until);
         }
-        if let Some(x) = self.witness.as_ref().and_then(|w| w.next_event()) {
+        let paused = [self.nodes[0].paused(), self.nodes[1].paused()];
+        if let Some(x) = self.witness.as_ref().and_then(|w| w.next_event(paused)) {
             min(x);
         }
         t
@@ -83,10 +89,7 @@ impl Sim {
             }
             for n in 0..2 {
                 if self.witness.as_ref().is_some_and(|w| w.up[n]) {
-                    if let Some(c) = self.nodes[n].core.as_mut() {
-                        c.handle_witness_link(now, true);
-                    }
-                    self.drain(n);
+                    self.tell_witness_link(n, true);
                 }
             }
             return Ok(true);
@@ -100,10 +103,7 @@ impl Sim {
                 let alive = w.alive;
                 self.note(format!("{}: witness link up", self.nodes[n].name));
                 if alive {
-                    if let Some(c) = self.nodes[n].core.as_mut() {
-                        c.handle_witness_link(now, true);
-                    }
-                    self.drain(n);
+                    self.tell_witness_link(n, true);
                 }
                 return Ok(true);
             }
@@ -111,6 +111,17 @@ impl Sim {
         let w = self.witness.as_mut().expect("witness");
         if w.to_w.front().is_some_and(|(at, _, _, _)| *at <= now) {
             let (_, n, process, req) = w.to_w.pop_front().expect("front");
+            if let Some(at) = w.late_until(n, now) {
+                // A silent link that holds what is in flight (a stream
+                // whose packets are retransmitted once it heals): the
+                // request reaches the witness late.
+                w.late_reqs.insert((n, process, req.id));
+                let i = w.to_w.iter().position(|(t, _, _, _)| *t > at).unwrap_or(w.to_w.len());
+                w.to_w.insert(i, (at, n, process, req));
+                self.chk.stats.witness_late += 1;
+                return Ok(true);
+            }
+            let late = w.late_reqs.remove(&(n, process, req.id));
             if w.reachable(n, now) {
                 let before = w.arb.holder().map(str::to_owned);
                 // The residual limit of a witness without its record (README):
@@ -128,8 +139,13 @@ impl Sim {
                 // holds quorum by its own clock while the other node is
                 // granted may acknowledge writes beside it (caught here
                 // whether or not a write falls into the overlap: plant
-                // `lease-from-reply`).
-                if req.kind == VoteKind::Claim && verdict == Ok(Grant::Granted) {
+                // `lease-from-reply`). Not for a claim a silent link held
+                // (late seeds): its node may have answered the other's
+                // heartbeats as Primary since it asked, a peer lease the
+                // witness cannot see; the node then gives the grant back
+                // (`Core::claimed`), and the rule is checked where the
+                // answer arrives, if it promotes the node.
+                if req.kind == VoteKind::Claim && verdict == Ok(Grant::Granted) && !late {
                     let m = 1 - n;
                     if let Some(c) = self.nodes[m].core.as_ref() {
                         if c.role() == Role::Primary && c.address_permit(now).is_ok() {
@@ -230,6 +246,7 @@ impl Sim {
                     now + Duration::from_micros(100 + self.rng.below(2000))
                 };
                 let w = self.witness.as_mut().expect("witness");
+                let at = w.late_until(n, now).map_or(at, |l| l.max(at));
                 let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
                 // (Not to a process that ended since it asked.)
                 if process == w.process[n] {
@@ -245,8 +262,19 @@ impl Sim {
             return Ok(true);
         }
         for n in 0..2 {
+            if self.nodes[n].paused() {
+                continue;
+            }
             let w = self.witness.as_mut().expect("witness");
             if w.from_w[n].front().is_some_and(|(at, _)| *at <= now) {
+                if let Some(at) = w.late_until(n, now) {
+                    // (The answer waits for the silent link to heal.)
+                    if let Some(f) = w.from_w[n].front_mut() {
+                        f.0 = at;
+                    }
+                    self.chk.stats.witness_late += 1;
+                    return Ok(true);
+                }
                 let (_, reply) = w.from_w[n].pop_front().expect("front");
                 if !w.reachable(n, now) {
                     return Ok(true);
@@ -290,6 +318,24 @@ impl Sim {
                     ));
                     self.forced_promotion(n, d);
                 }
+                // I4, the leases, where the grant is used: the other node
+                // no longer holds quorum by its own leases.
+                if promoted {
+                    let m = 1 - n;
+                    if let Some(c) = self.nodes[m].core.as_ref() {
+                        if c.role() == Role::Primary && c.address_permit(now).is_ok() {
+                            return Err(Violation {
+                                step: self.chk.step,
+                                rule: "I4",
+                                what: format!(
+                                    "{} was promoted by the witness's grant while {} holds quorum \
+                                     by its own leases",
+                                    self.nodes[n].name, self.nodes[m].name
+                                ),
+                            });
+                        }
+                    }
+                }
                 if promoted {
                     // (The disk it was promoted from: the grant may first
                     // end a session whose Primary's loss leaves it
@@ -330,8 +376,9 @@ impl Sim {
                 return Ok(true);
             }
         }
+        let paused = [self.nodes[0].paused(), self.nodes[1].paused()];
         let w = self.witness.as_mut().expect("witness");
-        if let Some((n, h, current)) = w.hook_due(now) {
+        if let Some((n, h, current)) = w.hook_due(now, paused) {
             let fail = self.rng.chance(1, 10);
             if !current {
                 // (Its process crashed since it ran the hook.)
@@ -349,6 +396,55 @@ impl Sim {
         Ok(false)
     }
 
+    /// Node `n`'s witness link came up or went down: its core is told,
+    /// or, paused, told at its resume.
+    pub(crate) fn tell_witness_link(&mut self, n: usize, up: bool) {
+        if self.nodes[n].paused() {
+            self.nodes[n].held.push(Held::WitnessLink(up));
+            return;
+        }
+        if let Some(c) = self.nodes[n].core.as_mut() {
+            c.handle_witness_link(self.now, up);
+        }
+        self.drain(n);
+    }
+
+    /// Node `n`'s pause is over: its core is told what changed meanwhile
+    /// (in order), then receives the requests that waited in its NBD
+    /// socket; what else waited (I/O completions, frames, timers, witness
+    /// answers, hook results, all due now) follows event by event.
+    pub(crate) fn resume(&mut self, n: usize) {
+        self.nodes[n].paused_until = None;
+        self.nodes[n].resumed_at = self.now;
+        let now = self.now;
+        let was_primary = self.nodes[n].is_primary();
+        if was_primary && self.nodes[1 - n].is_primary() {
+            self.chk.stats.paused_deposed += 1;
+        }
+        // (The daemon's own timer fires first thing: its core knows the
+        // time before it handles anything, as `Node::with_core` feeds it.)
+        self.clock_in(n);
+        let queued = std::mem::take(&mut self.nodes[n].queued_submits);
+        self.note(format!(
+            "{} resumes ({} requests queued, {} notifications)",
+            self.nodes[n].name,
+            queued,
+            self.nodes[n].held.len()
+        ));
+        for h in std::mem::take(&mut self.nodes[n].held) {
+            if let Some(c) = self.nodes[n].core.as_mut() {
+                match h {
+                    Held::LinkDown(sid) => c.handle_link_down(now, sid, "link closed"),
+                    Held::WitnessLink(up) => c.handle_witness_link(now, up),
+                }
+            }
+            self.drain(n);
+        }
+        for _ in 0..queued {
+            self.submit(n);
+        }
+    }
+
     /// The witness crashes (in some seeds) right after handing the right
     /// over from a Primary still running, and restarts without its state
     /// ([`crate::witness::Witness::crash_in_failover`]).
@@ -363,10 +459,7 @@ impl Sim {
         w.cut(1);
         self.note("witness crashes (in a failover; it will lose its state)".into());
         for m in 0..2 {
-            if let Some(c) = self.nodes[m].core.as_mut() {
-                c.handle_witness_link(now, false);
-            }
-            self.drain(m);
+            self.tell_witness_link(m, false);
         }
     }
 
@@ -396,10 +489,7 @@ impl Sim {
             "{}: cut off from its peer and the witness for {d:?}",
             self.nodes[p].name
         ));
-        if let Some(c) = self.nodes[p].core.as_mut() {
-            c.handle_witness_link(now, false);
-        }
-        self.drain(p);
+        self.tell_witness_link(p, false);
     }
 
     /// Witness trouble: a cut or silent link, or a witness restart.
@@ -417,14 +507,17 @@ impl Sim {
             w.heal_at[n] = Some(now + dur);
             w.cut(n);
             self.note(format!("{}: witness link cut", self.nodes[n].name));
-            if let Some(c) = self.nodes[n].core.as_mut() {
-                c.handle_witness_link(now, false);
-            }
-            self.drain(n);
+            self.tell_witness_link(n, false);
         } else if r < 8 {
             w.silent_until[n] = now + dur;
-            w.cut(n);
-            self.note(format!("{}: witness link silent for {dur:?}", self.nodes[n].name));
+            // Late seeds: a silence holds what is in flight and delivers
+            // it once it heals (else it is lost).
+            w.late[n] = w.late_rng.is_some();
+            if !w.late[n] {
+                w.cut(n);
+            }
+            let late = if w.late[n] { " (what is in flight arrives late)" } else { "" };
+            self.note(format!("{}: witness link silent for {dur:?}{late}", self.nodes[n].name));
         } else {
             if !w.alive {
                 return;
@@ -435,10 +528,7 @@ impl Sim {
             w.cut(1);
             self.note("witness crashes".into());
             for m in 0..2 {
-                if let Some(c) = self.nodes[m].core.as_mut() {
-                    c.handle_witness_link(now, false);
-                }
-                self.drain(m);
+                self.tell_witness_link(m, false);
             }
         }
     }
@@ -451,8 +541,17 @@ impl Sim {
         };
         self.now = self.now.max(t);
         let now = self.now;
+        for n in 0..2 {
+            if self.nodes[n].paused_until.is_some_and(|p| p <= now) {
+                self.resume(n);
+                return;
+            }
+        }
         // I/O completions (random order among equals).
         for n in 0..2 {
+            if self.nodes[n].paused() {
+                continue;
+            }
             if let Some(i) = self.nodes[n].ios.iter().position(|io| io.at <= now) {
                 let io = self.nodes[n].ios.remove(i);
                 let failed =
@@ -511,6 +610,9 @@ impl Sim {
         }
         if let Some(l) = self.link.as_mut().filter(|l| !l.partitioned) {
             for to in 0..2 {
+                if self.nodes[to].paused() {
+                    continue;
+                }
                 if l.queue[to].front().is_some_and(|(at, _)| *at <= now) {
                     let (_, msg) = l.queue[to].pop_front().expect("front");
                     let sid = l.sid;
@@ -530,6 +632,9 @@ impl Sim {
             }
         }
         for n in 0..2 {
+            if self.nodes[n].paused() {
+                continue;
+            }
             if let Some(c) = self.nodes[n].core.as_mut() {
                 if c.poll_timeout().is_some_and(|d| d <= now) {
                     c.handle_timeout(now);
@@ -569,6 +674,12 @@ impl Sim {
         if !want || self.link.is_some() {
             return;
         }
+        // A paused node answers no handshake: the connection is made once
+        // it resumes.
+        if let Some(p) = self.nodes.iter().filter_map(|n| n.paused_until).max() {
+            self.connect_at = Some(p + Duration::from_millis(1));
+            return;
+        }
         let sid = self.next_sid;
         self.next_sid += 1;
         self.note(format!("link {sid} up"));
@@ -605,6 +716,10 @@ impl Sim {
         }
         self.nodes[n].core = None;
         self.forced_claim[n] = None;
+        // (A paused process can be killed: what waited for it is gone.)
+        self.nodes[n].paused_until = None;
+        self.nodes[n].held.clear();
+        self.nodes[n].queued_submits = 0;
         if let Some(w) = self.witness.as_mut() {
             w.node_crashed(n);
         }

@@ -94,6 +94,10 @@ pub struct Sim {
     /// The metadata sits on the data's device: a stall hangs its updates
     /// too (else it is on a device of its own that keeps answering).
     pub(crate) meta_on_disk: bool,
+    /// Pause seeds ([`Sim::pause_seed`]): draws of their own for whole
+    /// nodes paused (SIGSTOP, a VM's steal time, a long stall) while time
+    /// moves on, so the other seeds' courses stay as they were.
+    pub(crate) pause_rng: Option<Rng>,
 }
 
 /// The simulator's `disk-timeout` (store operations take at most ~3 ms).
@@ -170,6 +174,7 @@ impl Sim {
             meta_on_disk: opts.seed % 8 != 7,
             slow_al: (matches!(opts.seed % 48, 5 | 8 | 44) && opts.seed % 5 != 1)
                 .then(|| Rng::new(opts.seed ^ 0x51_0A1)),
+            pause_rng: Sim::pause_seed(opts.seed).then(|| Rng::new(opts.seed ^ 0x0570_BBED)),
             opts,
         };
         if sim.level.is_some() {
@@ -196,6 +201,12 @@ impl Sim {
             sim.start(n);
         }
         sim
+    }
+
+    /// The seeds whose nodes may pause (2 in 31, by their number: none
+    /// the tests name, so their courses stay as they were).
+    pub fn pause_seed(seed: u64) -> bool {
+        matches!(seed % 31, 6 | 28)
     }
 
     pub(crate) fn note(&mut self, s: String) {
@@ -286,7 +297,9 @@ impl Sim {
                 // A calm link: the pair must come back in sync.
                 self.set_level(LinkLevel::Low);
             }
-            let working = self.link.as_ref().is_some_and(|l| !l.partitioned);
+            // (A node still paused: the calm proves nothing of liveness.)
+            let working = self.link.as_ref().is_some_and(|l| !l.partitioned)
+                && !self.nodes.iter().any(|n| n.paused());
             let sig = self.progress();
             self.calm = self.link_sid().filter(|_| working).map(|sid| (self.now, sid, sig));
             self.note("calm".into());
@@ -311,6 +324,13 @@ impl Sim {
                 self.nodes[n].stalled = true;
             }
         }
+        let primary = self.nodes.iter().position(|n| n.is_primary());
+        if let Some((n, d)) = self.pause_rng.as_mut().and_then(|r| pause_draw(r, primary)) {
+            self.pause(n, d);
+        }
+        if let Some((n, d)) = self.witness.as_mut().and_then(|w| w.late_silence(primary)) {
+            self.late_silence(n, d);
+        }
         if let Some(d) = self.witness.as_mut().and_then(|w| w.isolation()) {
             self.isolate_primary(d);
         }
@@ -324,7 +344,12 @@ impl Sim {
                 Some(p) if !self.rng.chance(1, 20) => p,
                 _ => self.rng.below(2) as usize,
             };
-            self.submit(n);
+            if self.nodes[n].paused() {
+                // The request waits in the paused node's NBD socket.
+                self.nodes[n].queued_submits += 1;
+            } else {
+                self.submit(n);
+            }
         } else if r < 950 {
             self.operator()?;
         } else if r < 960 {
@@ -354,6 +379,33 @@ impl Sim {
             self.advance();
         }
         self.checked()
+    }
+
+    /// Node `n`'s whole process pauses for `d` (if it runs and is not
+    /// paused already): it handles nothing until then.
+    pub(crate) fn pause(&mut self, n: usize, d: Duration) {
+        if !self.nodes[n].alive() || self.nodes[n].paused() {
+            return;
+        }
+        self.chk.stats.pauses += 1;
+        self.note(format!("{} PAUSED for {d:?}", self.nodes[n].name));
+        self.nodes[n].paused_until = Some(self.now + d);
+    }
+
+    /// Node `n`'s link to the witness goes silent for `d`, holding what
+    /// is in flight (late seeds).
+    pub(crate) fn late_silence(&mut self, n: usize, d: Duration) {
+        let now = self.now;
+        let Some(w) = self.witness.as_mut() else { return };
+        if !w.up[n] || now < w.silent_until[n] {
+            return;
+        }
+        w.silent_until[n] = now + d;
+        w.late[n] = true;
+        self.note(format!(
+            "{}: witness link silent for {d:?} (what is in flight arrives late)",
+            self.nodes[n].name
+        ));
     }
 
     /// Adaptive seeds: the link's delay changes.
@@ -400,4 +452,24 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// A pause seed's draw for this step: which node pauses (the Primary
+/// two times in three, if there is one), and for how long (one step in
+/// 400; half of them longer than the controller's dead time, so that its
+/// peer takes over meanwhile).
+fn pause_draw(r: &mut Rng, primary: Option<usize>) -> Option<(usize, Duration)> {
+    if !r.chance(1, 400) {
+        return None;
+    }
+    let n = match primary {
+        Some(p) if !r.chance(1, 3) => p,
+        _ => r.below(2) as usize,
+    };
+    let ms = if r.chance(1, 2) {
+        DEAD_TIME.as_millis() as u64 + r.below(4000)
+    } else {
+        20 + r.below(1000)
+    };
+    Some((n, Duration::from_millis(ms)))
 }

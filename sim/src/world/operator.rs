@@ -19,6 +19,12 @@ impl Sim {
             // The controller prefers an UpToDate node.
             n = 1 - n;
         }
+        if self.nodes[n].paused() {
+            // The verb's control request waits on a paused daemon: the
+            // operator gives up on it.
+            self.note(format!("{}: operator's verb times out (paused)", self.nodes[n].name));
+            return Ok(());
+        }
         let other_primary = self.nodes[1 - n].is_primary();
         let now_ms = self.now.as_millis() as u64 + 1;
         self.clock_in(n);
@@ -79,6 +85,9 @@ impl Sim {
             }
             let mut asked = Vec::new();
             for &m in &promoted {
+                if self.nodes[m].paused() {
+                    continue;
+                }
                 let Some(core) = self.nodes[m].core.as_mut() else { continue };
                 if core.role() == Role::Primary {
                     continue;
@@ -147,7 +156,8 @@ impl Sim {
                         self.data_replaced += 1;
                     }
                 }
-                if let Some(c) = self.nodes[1 - n].core.as_mut() {
+                let paused_peer = self.nodes[1 - n].paused();
+                if let Some(c) = self.nodes[1 - n].core.as_mut().filter(|_| !paused_peer) {
                     c.connect();
                 }
             }
@@ -191,7 +201,7 @@ impl Sim {
     /// due, if nobody holds good data still.
     pub(crate) fn first_setup_again(&mut self) -> Result<(), Violation> {
         let Some((n, at)) = self.force_again else { return Ok(()) };
-        if self.now < at {
+        if self.now < at || self.nodes[n].paused() {
             return Ok(());
         }
         self.force_again = None;

@@ -6,10 +6,10 @@ use bytes::Bytes;
 use twinblock_replicator::core::{
     Action, IoError, Persist, Replication, ReplyError, ReqId, StoreOp, Time,
 };
-use twinblock_replicator::protocol::wire::{DiskState, Message};
+use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
 
 use crate::checker::Violation;
-use crate::node::{AppKind, PendingIo};
+use crate::node::{AppKind, Held, PendingIo};
 use crate::trace::{short_msg, short_op, short_persist};
 use crate::world::Sim;
 use crate::CELL;
@@ -46,6 +46,10 @@ impl Sim {
         while let Some(core) = self.nodes[n].core.as_mut() {
             let Some(a) = core.poll_action() else {
                 if let Some((m, sid)) = self.downs.pop_front() {
+                    if self.nodes[m].paused() {
+                        self.nodes[m].held.push(Held::LinkDown(sid));
+                        continue;
+                    }
                     if let Some(c) = self.nodes[m].core.as_mut() {
                         c.handle_link_down(self.now, sid, "link closed");
                     }
@@ -224,9 +228,17 @@ impl Sim {
             Action::Vote(req) => {
                 let at = self.now + Duration::from_micros(100 + self.rng.below(2000));
                 let now = self.now;
-                if let Some(w) = self.witness.as_mut().filter(|w| w.reachable(n, now)) {
+                if let Some(w) =
+                    self.witness.as_mut().filter(|w| w.reachable(n, now) || w.holds(n, now))
+                {
+                    // (Sent into a silent link that holds it: it arrives
+                    // once the link heals.)
+                    let at = w.late_until(n, now).map_or(at, |l| l.max(at));
                     let at = w.to_w.back().map_or(at, |(t, _, _, _)| (*t).max(at));
                     let process = w.process[n];
+                    if !w.reachable(n, now) {
+                        w.late_reqs.insert((n, process, req.id));
+                    }
                     w.to_w.push_back((at, n, process, req));
                 }
             }
@@ -253,7 +265,12 @@ impl Sim {
                 continue;
             }
             let q = std::mem::take(&mut l.queue[to]);
-            let keep = if l.partitioned { 0 } else { self.rng.below(q.len() as u64 + 1) as usize };
+            // (A paused node reads none of it: the close comes first.)
+            let keep = if l.partitioned || self.nodes[to].paused() {
+                0
+            } else {
+                self.rng.below(q.len() as u64 + 1) as usize
+            };
             for (_, msg) in q.into_iter().take(keep) {
                 if let Some(c) = self.nodes[to].core.as_mut() {
                     c.handle_frame(self.now, l.sid, msg);
@@ -310,6 +327,26 @@ impl Sim {
         {
             let gen = self.nodes[n].core.as_ref().map_or(0, |c| c.gen().current);
             self.chk.write_acked_alone(n, gen);
+        }
+        // I4, the leases, at the reply: a controller's Primary answers a
+        // write OK only while it holds quorum by its own leases, counted
+        // to now (a node paused past them answers nothing OK at its
+        // resume).
+        if result.is_ok() && matches!(r.kind, AppKind::Write { .. } | AppKind::Zero { .. }) {
+            let c = self.nodes[n].core.as_ref();
+            if let Some(st) = c.filter(|c| c.role() == Role::Primary).and_then(|c| c.controller()) {
+                if !st.quorum {
+                    let v = Violation {
+                        step: self.chk.step,
+                        rule: "I4",
+                        what: format!(
+                            "{}: request {req} acknowledged without quorum by its own leases",
+                            self.nodes[n].name
+                        ),
+                    };
+                    self.pending_violation.get_or_insert(v);
+                }
+            }
         }
         if result.is_ok() {
             let confirmed = r.linked.is_some_and(|(sid, g)| {
