@@ -78,7 +78,7 @@
 //! Primary, holds no quorum by its own leases (plant `lease-from-reply`;
 //! for a claim a silent link held, where the grant promotes the node); in
 //! `world/perform.rs`: a controller's Primary answers a write OK only while
-//! it holds quorum by its own leases.
+//! it holds quorum by its own leases (plant `gate-on-timer-clock`).
 //!
 //! I5: `promote(false)` returning Ok for an Inconsistent, Outdated, Failed
 //! or Diskless disk; `may_read()` Ok for one of them, at any step.

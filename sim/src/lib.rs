@@ -160,6 +160,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::WriteDuringResyncRead => "write-during-resync-read",
         Plant::FlushWithoutPeer => "flush-without-peer",
         Plant::LeaseFromReply => "lease-from-reply",
+        Plant::GateOnTimerClock => "gate-on-timer-clock",
     }
 }
 

@@ -1004,3 +1004,15 @@ fn finds_lease_from_reply() {
     let v = first_catch(Plant::LeaseFromReply, CI_SEEDS, steps());
     assert!(v.what.contains("past the witness's own count"), "{v}");
 }
+
+/// A write's reply gated by quorum as the core's last timer saw it, not
+/// at the reply: a Primary paused past its leases (the pause fault)
+/// resumes with completions queued and answers them before its timer
+/// runs, while its peer took over. Only the pause exposes it (before the
+/// fault: 0 of 2,000 seeds of 1,000 steps; with it, the first at seed 59,
+/// a pause seed).
+#[test]
+fn finds_gate_on_timer_clock() {
+    let v = first_catch(Plant::GateOnTimerClock, CI_SEEDS, steps());
+    assert!(v.what.contains("acknowledged without quorum by its own leases"), "{v}");
+}

@@ -865,6 +865,9 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = self.now.max(now);
         let now = self.now;
+        if let Some(c) = self.ctl.as_mut() {
+            c.timer_at = now;
+        }
         let cfg = self.cfg.clone();
         let mut lost = None;
         let mut ping = None;

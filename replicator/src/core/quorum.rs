@@ -276,6 +276,8 @@ pub(crate) struct Ctl {
     /// When this controller started (a process before it may have answered
     /// a Primary's heartbeats just before).
     since: Time,
+    /// The core's last timer (plant `gate-on-timer-clock` only).
+    pub(crate) timer_at: Time,
     /// Demoted from Primary without quorum (deposed, or the operator's
     /// `secondary --force` on a fenced Primary) and no session with the
     /// peer has run since: another node may be Primary and have
@@ -338,6 +340,7 @@ impl Ctl {
             ping_sid: None,
             answered_primary: Time::ZERO,
             since: now,
+            timer_at: now,
             superseded: false,
             met_while_demoting: false,
         }
@@ -498,7 +501,16 @@ impl Core {
         if self.role != Role::Primary {
             return write.then_some(Err(ReplyError::Io(IoError::EIO)));
         }
-        let open = if needs_alone { self.may_run_alone() } else { self.has_quorum() };
+        let open = if needs_alone {
+            self.may_run_alone()
+        } else if self.cfg.plant == Plant::GateOnTimerClock {
+            // (The plant: quorum as the core's last timer saw it, a lease
+            // counted to a clock from before a pause.)
+            let t = c.timer_at;
+            c.serving() && (c.peer_until > t || c.witness_until > t)
+        } else {
+            self.has_quorum()
+        };
         if open {
             return None;
         }

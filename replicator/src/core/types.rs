@@ -322,6 +322,10 @@ pub enum Plant {
     /// from when the request was sent (a late grant extends the lease past
     /// the witness's own count).
     LeaseFromReply,
+    /// A write's reply is gated by quorum as the core's last timer saw it,
+    /// not at the time of the reply: a node paused past its leases that
+    /// resumes with completions queued answers them before its timer runs.
+    GateOnTimerClock,
 }
 
 impl std::str::FromStr for Plant {
@@ -366,9 +370,10 @@ impl std::str::FromStr for Plant {
             "write-during-resync-read" => Plant::WriteDuringResyncRead,
             "flush-without-peer" => Plant::FlushWithoutPeer,
             "lease-from-reply" => Plant::LeaseFromReply,
+            "gate-on-timer-clock" => Plant::GateOnTimerClock,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock)"
                 ))
             }
         })

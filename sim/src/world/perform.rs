@@ -331,7 +331,7 @@ impl Sim {
         // I4, the leases, at the reply: a controller's Primary answers a
         // write OK only while it holds quorum by its own leases, counted
         // to now (a node paused past them answers nothing OK at its
-        // resume).
+        // resume: plant `gate-on-timer-clock`).
         if result.is_ok() && matches!(r.kind, AppKind::Write { .. } | AppKind::Zero { .. }) {
             let c = self.nodes[n].core.as_ref();
             if let Some(st) = c.filter(|c| c.role() == Role::Primary).and_then(|c| c.controller()) {
