@@ -821,6 +821,53 @@ impl SourceSync {
     }
 }
 
+/// The bitmap as the handshake sends it, none of them `last`: window by
+/// window of `WINDOW` blocks, those with a set block as a BITS frame of
+/// their runs, or, when the runs would take more bytes than the window's
+/// words, as a BIT-WORDS frame of those words. At most the bitmap's own size
+/// in all, built a window at a time (before, every run of the device was
+/// listed at once: 16 bytes per run, gigabytes for a fragmented bitmap of
+/// a large device; review, helper-128).
+pub(crate) fn bitmap_frames(map: &crate::bitmap::Bitmap) -> Vec<Message> {
+    let (block, blocks) = (map.block(), map.blocks());
+    let mut frames = Vec::new();
+    let mut from = 0;
+    while let Some((off, _)) = map.next_run(from, 1) {
+        let start = off / block;
+        let window = start / WINDOW * WINDOW;
+        let end = (window + WINDOW).min(blocks);
+        // Runs cost 16 bytes, a word 8: words once runs would cost more.
+        let limit = ((end - window).div_ceil(64) as usize / 2).min(RUNS_PER_FRAME);
+        let mut runs = Vec::new();
+        let mut at = start;
+        while at < end {
+            let Some((o, l)) = map.next_run(at, end - at) else { break };
+            let first = o / block;
+            if first >= end {
+                break;
+            }
+            let n = (l / block).min(end - first);
+            runs.push((first, n));
+            at = first + n;
+            if runs.len() > limit {
+                break;
+            }
+        }
+        if runs.len() > limit {
+            let words = &map.words()[(window / 64) as usize..end.div_ceil(64) as usize];
+            frames.push(Message::BitWords {
+                first: window / 64,
+                words: words.to_vec(),
+                last: false,
+            });
+        } else {
+            frames.push(Message::Bits { runs, last: false });
+        }
+        from = end;
+    }
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -870,51 +917,4 @@ mod tests {
         assert_eq!(failed(SyncTarget { full: false }), Some(Unusable::Mine { lost: false }));
         assert_eq!(failed(InSync), Some(Unusable::Mine { lost: false }));
     }
-}
-
-/// The bitmap as the handshake sends it, none of them `last`: window by
-/// window of `WINDOW` blocks, those with a set block as a BITS frame of
-/// their runs, or, when the runs would take more bytes than the window's
-/// words, as a BIT-WORDS frame of those words. At most the bitmap's own size
-/// in all, built a window at a time (before, every run of the device was
-/// listed at once: 16 bytes per run, gigabytes for a fragmented bitmap of
-/// a large device; review, helper-128).
-pub(crate) fn bitmap_frames(map: &crate::bitmap::Bitmap) -> Vec<Message> {
-    let (block, blocks) = (map.block(), map.blocks());
-    let mut frames = Vec::new();
-    let mut from = 0;
-    while let Some((off, _)) = map.next_run(from, 1) {
-        let start = off / block;
-        let window = start / WINDOW * WINDOW;
-        let end = (window + WINDOW).min(blocks);
-        // Runs cost 16 bytes, a word 8: words once runs would cost more.
-        let limit = ((end - window).div_ceil(64) as usize / 2).min(RUNS_PER_FRAME);
-        let mut runs = Vec::new();
-        let mut at = start;
-        while at < end {
-            let Some((o, l)) = map.next_run(at, end - at) else { break };
-            let first = o / block;
-            if first >= end {
-                break;
-            }
-            let n = (l / block).min(end - first);
-            runs.push((first, n));
-            at = first + n;
-            if runs.len() > limit {
-                break;
-            }
-        }
-        if runs.len() > limit {
-            let words = &map.words()[(window / 64) as usize..end.div_ceil(64) as usize];
-            frames.push(Message::BitWords {
-                first: window / 64,
-                words: words.to_vec(),
-                last: false,
-            });
-        } else {
-            frames.push(Message::Bits { runs, last: false });
-        }
-        from = end;
-    }
-    frames
 }

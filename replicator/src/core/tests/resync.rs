@@ -1687,7 +1687,8 @@ fn the_bitmap_exchange_is_exact_and_no_bigger_than_the_bitmap() {
     use crate::bitmap::Bitmap;
     use crate::core::handshake::{bitmap_frames, WINDOW};
     let blocks = 3 * WINDOW + 100;
-    let shapes: Vec<(&str, Box<dyn Fn(&mut Bitmap)>)> = vec![
+    type Shape = Box<dyn Fn(&mut Bitmap)>;
+    let shapes: Vec<(&str, Shape)> = vec![
         ("empty", Box::new(|_| {})),
         ("all", Box::new(|m| m.mark_all())),
         (
