@@ -697,6 +697,38 @@ fn dated_cert(
     std::fs::write(certs.join(format!("{file}.key")), key.serialize_pem()).unwrap();
 }
 
+/// Node `who` of `p`'s pair, impersonated: a node of its name that
+/// presents `certs/{cert}.pem` (and trusts `ca` if given) on disk files of
+/// its own, started with `up`, its log in `log` (info) if given. Returns
+/// the process and its config file.
+fn impostor(
+    p: &Pair,
+    who: &str,
+    cert: &str,
+    ca: Option<&str>,
+    log: Option<&std::path::Path>,
+) -> (KillOnDrop, std::path::PathBuf) {
+    let mut text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace(&format!("certs/{who}.pem"), &format!("{cert}.pem"))
+        .replace(&format!("certs/{who}.key"), &format!("{cert}.key"))
+        .replace(&format!("\"{who}.img\""), &format!("\"r{who}.img\""))
+        .replace(&format!("\"{who}.meta\""), &format!("\"r{who}.meta\""))
+        .replace(&format!("\"{who}.sock\""), &format!("\"r{who}.sock\""));
+    if let Some(ca) = ca {
+        text = text.replace("ca = \"certs/ca.pem\"", &format!("ca = \"{ca}\""));
+    }
+    let cfg = p.dir.path().join("rogue.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", "--config"]).arg(&cfg).args(["--node", who]).stdout(Stdio::null());
+    match log {
+        Some(log) => cmd.env("TWINBLOCK_LOG", "info").stderr(std::fs::File::create(log).unwrap()),
+        None => cmd.stderr(Stdio::null()),
+    };
+    (KillOnDrop(cmd.spawn().unwrap()), cfg)
+}
+
 /// A peer whose certificate has expired (or is not valid yet) is refused
 /// at every handshake, and each node says so once, not at every dial: the
 /// node keeps serving, and the real peer links. Before (review,
@@ -713,27 +745,9 @@ fn an_expired_peer_certificate_is_refused_in_one_line_per_node() {
         let mut p = Pair::prepare("C", "16M");
         let dir = p.dir.path().to_owned();
         dated_cert(&dir.join("certs"), "a-dated", "a", from, until);
-        let rogue = std::fs::read_to_string(&p.config)
-            .unwrap()
-            .replace("certs/a.pem", "certs/a-dated.pem")
-            .replace("certs/a.key", "certs/a-dated.key")
-            .replace("\"a.img\"", "\"ra.img\"")
-            .replace("\"a.meta\"", "\"ra.meta\"")
-            .replace("\"a.sock\"", "\"ra.sock\"");
-        std::fs::write(dir.join("rogue.toml"), rogue).unwrap();
         p.up(1);
         let rogue_log = dir.join("rogue.log");
-        let rogue = KillOnDrop(
-            Command::new(BIN)
-                .args(["up", "--config"])
-                .arg(dir.join("rogue.toml"))
-                .args(["--node", "a"])
-                .env("TWINBLOCK_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&rogue_log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let (rogue, _) = impostor(&p, "a", "certs/a-dated", None, Some(&rogue_log));
         // Several dials (100 ms, doubling up to 800 ms between them).
         std::thread::sleep(Duration::from_secs(5));
         let b = p.status(1);
@@ -772,29 +786,9 @@ fn a_node_whose_certificate_its_peer_refuses_says_so_once() {
         .map(|f| std::fs::read_to_string(f).unwrap())
         .collect::<String>();
     std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
-    let rogue = std::fs::read_to_string(&p.config)
-        .unwrap()
-        .replace("certs/a.pem", "rogue/a.pem")
-        .replace("certs/a.key", "rogue/a.key")
-        .replace("ca = \"certs/ca.pem\"", "ca = \"bundle.pem\"")
-        .replace("\"a.img\"", "\"ra.img\"")
-        .replace("\"a.meta\"", "\"ra.meta\"")
-        .replace("\"a.sock\"", "\"ra.sock\"");
-    let rogue_cfg = dir.join("rogue.toml");
-    std::fs::write(&rogue_cfg, rogue).unwrap();
     p.up(1);
     let rogue_log = dir.join("rogue.log");
-    let rogue = KillOnDrop(
-        Command::new(BIN)
-            .args(["up", "--config"])
-            .arg(&rogue_cfg)
-            .args(["--node", "a"])
-            .env("TWINBLOCK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&rogue_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (rogue, rogue_cfg) = impostor(&p, "a", "rogue/a", Some("bundle.pem"), Some(&rogue_log));
     std::thread::sleep(Duration::from_secs(5));
     let log_r = std::fs::read_to_string(&rogue_log).unwrap();
     let warned: Vec<_> = log_r.lines().filter(|l| l.contains(" WARN ")).collect();
@@ -828,31 +822,14 @@ fn status_names_a_refused_handshake_and_why() {
     let mut p = Pair::prepare("C", "16M");
     let dir = p.dir.path().to_owned();
     run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).args(["c", "w"]));
-    let good = std::fs::read_to_string(&p.config).unwrap();
     // (node, the certificate it presents, what the other node's status says)
-    for (i, who, cert, needle) in
-        [(0, "a", "c", "is not for node \"a\""), (1, "b", "w", "not valid for name \"b\"")]
-    {
+    for (i, who, cert, needle) in [
+        (0, "a", "certs/c", "is not for node \"a\""),
+        (1, "b", "certs/w", "not valid for name \"b\""),
+    ] {
         let other = 1 - i;
-        let rogue = good
-            .replace(&format!("certs/{who}.pem"), &format!("certs/{cert}.pem"))
-            .replace(&format!("certs/{who}.key"), &format!("certs/{cert}.key"))
-            .replace(&format!("\"{who}.img\""), &format!("\"r{who}.img\""))
-            .replace(&format!("\"{who}.meta\""), &format!("\"r{who}.meta\""))
-            .replace(&format!("\"{who}.sock\""), &format!("\"r{who}.sock\""));
-        let rogue_cfg = dir.join("rogue.toml");
-        std::fs::write(&rogue_cfg, rogue).unwrap();
         p.up(other);
-        let rogue = KillOnDrop(
-            Command::new(BIN)
-                .args(["up", "--config"])
-                .arg(&rogue_cfg)
-                .args(["--node", who])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let (rogue, _) = impostor(&p, who, cert, None, None);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let st = p.status(other);
