@@ -326,6 +326,11 @@ pub(crate) struct Checker {
     /// since (a running session) nor restarted: its copy may lack what the
     /// other node acknowledged, and it serves no read as Secondary either.
     superseded: [bool; 2],
+    /// When each node was last connected to its peer (a handshake judged
+    /// what it lacks): a node superseded by a reign it met since, even
+    /// before its demotion ended, took what the peer had (or the peer had
+    /// nothing better: its disk failed since; seed 8435).
+    met: [Option<Time>; 2],
     /// Each node was Primary without quorum (its controller's standing)
     /// when last observed: demoted at the next step, it was demoted
     /// without quorum (deposed, or `secondary --force` while fenced), and
@@ -434,6 +439,7 @@ impl Checker {
             reign_acks: [0, 0],
             acked_reign: [None, None],
             superseded: [false, false],
+            met: [None, None],
             primary_without_quorum: [false, false],
             overtaken: [false, false],
             adaptive: false,
@@ -1099,6 +1105,9 @@ impl Checker {
             {
                 self.superseded[n] = false;
             }
+            if sim.nodes[n].core.as_ref().is_some_and(|c| c.connection() == Connection::Connected) {
+                self.met[n] = Some(sim.now);
+            }
             if sim.replication(n) != Replication::Off && std::mem::take(&mut self.lost_conf[n]) {
                 // The handshake judged what it lacks: a sync as target
                 // brings it, else (a source, the peer worse off) it is
@@ -1537,6 +1546,7 @@ impl Checker {
                     && self.superseded[n]
                     && c.role() != Role::Primary
                     && self.acked_reign[m] > self.reign[n]
+                    && self.met[n] < self.acked_reign[m]
                     && c.may_read().is_ok()
                     && c.read_gate(sim.now, false) == ReadGate::Serve
                 {

@@ -146,20 +146,8 @@ impl Sim {
                 // (`Core::claimed`), and the rule is checked where the
                 // answer arrives, if it promotes the node.
                 if req.kind == VoteKind::Claim && verdict == Ok(Grant::Granted) && !late {
-                    let m = 1 - n;
-                    if let Some(c) = self.nodes[m].core.as_ref() {
-                        if c.role() == Role::Primary && c.address_permit(now).is_ok() {
-                            return Err(Violation {
-                                step: self.chk.step,
-                                rule: "I4",
-                                what: format!(
-                                    "the witness granted {} the right while {} holds quorum by \
-                                     its own leases",
-                                    req.node, self.nodes[m].name
-                                ),
-                            });
-                        }
-                    }
+                    let what = format!("the witness granted {} the right", req.node);
+                    self.other_holds_no_lease(n, now, what)?;
                 }
                 if blind
                     && req.kind == VoteKind::Renew
@@ -321,20 +309,9 @@ impl Sim {
                 // I4, the leases, where the grant is used: the other node
                 // no longer holds quorum by its own leases.
                 if promoted {
-                    let m = 1 - n;
-                    if let Some(c) = self.nodes[m].core.as_ref() {
-                        if c.role() == Role::Primary && c.address_permit(now).is_ok() {
-                            return Err(Violation {
-                                step: self.chk.step,
-                                rule: "I4",
-                                what: format!(
-                                    "{} was promoted by the witness's grant while {} holds quorum \
-                                     by its own leases",
-                                    self.nodes[n].name, self.nodes[m].name
-                                ),
-                            });
-                        }
-                    }
+                    let what =
+                        format!("{} was promoted by the witness's grant", self.nodes[n].name);
+                    self.other_holds_no_lease(n, now, what)?;
                 }
                 if promoted {
                     // (The disk it was promoted from: the grant may first
@@ -792,6 +769,25 @@ impl Sim {
     pub(crate) fn forced_promotion(&mut self, n: usize, disk: DiskState) {
         if disk != DiskState::UpToDate && (self.ran_alone(n) || self.ran_alone(1 - n)) {
             self.data_replaced += 1;
+        }
+    }
+
+    /// I4, the leases: when node `n` is granted the right (`what`), the
+    /// other node no longer holds quorum by its own leases.
+    fn other_holds_no_lease(&self, n: usize, now: Time, what: String) -> Result<(), Violation> {
+        let m = 1 - n;
+        match self.nodes[m].core.as_ref() {
+            Some(c) if c.role() == Role::Primary && c.address_permit(now).is_ok() => {
+                Err(Violation {
+                    step: self.chk.step,
+                    rule: "I4",
+                    what: format!(
+                        "{what} while {} holds quorum by its own leases",
+                        self.nodes[m].name
+                    ),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
