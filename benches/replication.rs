@@ -213,6 +213,35 @@ fn scale(c: &mut Criterion) {
             b.iter(|| file.write_pages(black_box(&pages)).expect("save"))
         });
     }
+    // The activity log's append (an extent leaving, another joining: two
+    // checksummed lines in one write, with its fdatasync) and a start's
+    // reading of a log of 16384 checksummed lines (its longest).
+    {
+        use twinblock_replicator::al::{AlJournal, AlSaved};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = dir.path().join("bench.meta");
+        let mut j = AlJournal::open(&meta, "a", "r0", 9, Default::default()).expect("open");
+        let mut e = 0u64;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("al_append_leave_join", |b| {
+            b.iter(|| {
+                j.apply(&[e], &[e + 1]).expect("append");
+                e += 1;
+            })
+        });
+        let mut j = AlJournal::open(&meta, "a", "r0", 9, Default::default()).expect("open");
+        let all: Vec<u64> = (0..8192).collect();
+        j.apply(&[], &all).expect("append");
+        j.apply(&all[..8191], &[]).expect("append");
+        g.throughput(Throughput::Elements(16384));
+        g.bench_function("al_load_16k_lines", |b| {
+            b.iter(|| {
+                let saved = AlJournal::load(&meta, "a", "r0", 9).expect("load");
+                assert!(matches!(&saved, AlSaved::Held(h) if h.len() == 1));
+                black_box(saved)
+            })
+        });
+    }
     g.finish();
 }
 

@@ -3,14 +3,28 @@
 //! [`crate::core::Persist::Bitmap`] updates.
 //!
 //! `<meta>.al`: a first line `#twinblock-al {json}` naming the node, the
-//! resource and the id of the bitmap the log goes with (checked at every
-//! start as the bitmap's header is; written only by whole rewrites, so
-//! never torn), then one line per change, `+E` (extent E joins) or `-E` (leaves),
-//! appended and fdatasynced; a torn last line (no newline) is ignored on
-//! recovery (the extent had not joined yet: its write was not issued; a
-//! torn `-12` must not remove extent 1). Rewritten compactly when long, at
-//! every open, and before the next change after a failed append (so that
-//! no change is ever appended to a torn line, which would hide it).
+//! resource, the id of the bitmap the log goes with and a random salt
+//! (checked at every start as the bitmap's header is; written only by
+//! whole rewrites, so never torn), then one line per change, `+E` (extent
+//! E joins) or `-E` (leaves), then a space and the CRC32 (8 hex digits) of
+//! the header line's CRC32, the line's number after the header and the
+//! change: appended and fdatasynced, each append one write. A torn last
+//! line (no newline, a beginning of such a line) is ignored on recovery
+//! (the extent had not joined yet: its write was not issued; a torn `-12`
+//! must not remove extent 1). A whole line that fails its checksum (bit
+//! rot, a stray write, a line copied from another log or replayed at
+//! another place), or a last line that is not the beginning of one, makes
+//! the log unfit: every block counts as out of sync (so does a tail of
+//! zeroes, which a filesystem that extends a file before its data lands
+//! may leave in a crash: it cannot be told from a last line zeroed by a
+//! stray write). The corrupt bytes may
+//! be the extent's digits or its sign, so the line may have been any
+//! extent's joining: no smaller set of extents is safe. Rewritten
+//! compactly when long, at every open, and before the next change after a
+//! failed append (so that no change is ever appended to a torn line, which
+//! would hide it). Logs of earlier formats (no header, or a header of
+//! format 1: lines without checksums) are read as before (the lenient
+//! [`replay`]) and rewritten in this form at the open.
 //!
 //! `<meta>.bitmap`: a 4 KiB header (magic, format version, then JSON
 //! naming the resource, node, size, block size, words and the file's
@@ -50,8 +64,11 @@ pub fn sibling(meta: &Path, ext: &str) -> PathBuf {
 
 pub struct AlJournal {
     path: PathBuf,
-    /// The first line of every rewrite: whose log it is ([`AlHeader`]).
-    head: String,
+    /// The file's first line: whose log it is (a new salt at every
+    /// rewrite).
+    header: AlHeader,
+    /// The CRC32 of the header line: every line's checksum starts from it.
+    key: u32,
     file: File,
     active: BTreeSet<u64>,
     lines: usize,
@@ -59,13 +76,121 @@ pub struct AlJournal {
     torn: bool,
 }
 
-/// Writes `head` and `active` as the whole journal at `path`, atomically;
-/// returns it open for appending.
-fn rewrite(path: &Path, head: &str, active: &BTreeSet<u64>) -> std::io::Result<File> {
-    let text: String =
-        std::iter::once(head.to_owned()).chain(active.iter().map(|e| format!("+{e}\n"))).collect();
+/// Writes `header` (with a new salt) and `active` as the whole journal at
+/// `path`, atomically; returns it open for appending and the header
+/// line's CRC32.
+fn rewrite(
+    path: &Path,
+    header: &mut AlHeader,
+    active: &BTreeSet<u64>,
+) -> std::io::Result<(File, u32)> {
+    header.salt = fresh_id();
+    let json = serde_json::to_string(&header).map_err(std::io::Error::other)?;
+    let head = format!("{AL_MAGIC}{json}\n");
+    let key = crc32fast::hash(head.as_bytes());
+    let mut text = head;
+    for (seq, e) in active.iter().enumerate() {
+        push_line(&mut text, key, seq as u64, '+', *e);
+    }
     atomic_write(path, text.as_bytes())?;
-    OpenOptions::new().append(true).open(path)
+    Ok((OpenOptions::new().append(true).open(path)?, key))
+}
+
+/// A change's checksum: of the header line's CRC32 (`key`), the line's
+/// number after the header (`seq`, from 0) and the change (`+12`).
+fn line_crc(key: u32, seq: u64, change: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&key.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(change.as_bytes());
+    h.finalize()
+}
+
+/// Appends the line of change `sign` `e` at number `seq` to `text`.
+fn push_line(text: &mut String, key: u32, seq: u64, sign: char, e: u64) {
+    let change = format!("{sign}{e}");
+    let crc = line_crc(key, seq, &change);
+    text.push_str(&format!("{change} {crc:08x}\n"));
+}
+
+/// A whole line of the checked format: its change (sign, extent) if it is
+/// one and passes its checksum at number `seq`.
+fn checked_line(line: &str, key: u32, seq: u64) -> Option<(bool, u64)> {
+    let (change, crc) = line.split_once(' ')?;
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if crc.len() != 8 || !crc.bytes().all(hex) {
+        return None;
+    }
+    let crc = u32::from_str_radix(crc, 16).ok()?;
+    let (join, digits) = match change.as_bytes().first()? {
+        b'+' => (true, &change[1..]),
+        b'-' => (false, &change[1..]),
+        _ => return None,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let e = digits.parse::<u64>().ok()?;
+    (line_crc(key, seq, change) == crc).then_some((join, e))
+}
+
+/// Whether `frag` (the text after the last newline) is what a torn append
+/// leaves: the beginning of a line of the checked format (or nothing).
+fn torn_prefix(frag: &str) -> bool {
+    let b = frag.as_bytes();
+    let Some((&sign, rest)) = b.split_first() else { return true };
+    if sign != b'+' && sign != b'-' {
+        return false;
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    match rest[digits..].split_first() {
+        None => true,
+        Some((&b' ', crc)) => {
+            digits > 0
+                && crc.len() <= 8
+                && crc.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        }
+        Some(_) => false,
+    }
+}
+
+/// The extents of a checked journal's lines (`body`: the text after the
+/// header line, whose CRC32 is `key`); Err: why the log cannot say which
+/// extents may hold writes (a line that fails its checksum, a last line
+/// that is not a torn append).
+fn replay_checked(body: &str, key: u32) -> Result<BTreeSet<u64>, String> {
+    let mut active = BTreeSet::new();
+    let (whole, frag) = match body.rfind('\n') {
+        Some(end) => (Some(&body[..end]), &body[end + 1..]),
+        None => (None, body),
+    };
+    for (seq, line) in whole.into_iter().flat_map(|w| w.split('\n')).enumerate() {
+        match checked_line(line, key, seq as u64) {
+            Some((true, e)) => {
+                active.insert(e);
+            }
+            Some((false, e)) => {
+                active.remove(&e);
+            }
+            None => {
+                let shown: String = line.chars().take(40).collect();
+                return Err(format!(
+                    "its line {} ({shown:?}) fails its checksum (bit rot, a stray write, or a \
+                     line from elsewhere): which extent it named, and whether it joined or \
+                     left, is unknown",
+                    seq + 2
+                ));
+            }
+        }
+    }
+    if !torn_prefix(frag) {
+        let shown: String = frag.chars().take(40).collect();
+        return Err(format!(
+            "its last line ({shown:?}) has no newline and is not the beginning of a line (a \
+             corrupt byte): which extent it named is unknown"
+        ));
+    }
+    Ok(active)
 }
 
 /// The journal's extents: whole lines only (a torn last line has no
@@ -114,21 +239,49 @@ pub fn marking_sibling(meta: &Path) -> Option<PathBuf> {
         return Some(bitmap);
     }
     let al = sibling(meta, "al");
-    fs::read(&al).is_ok_and(|b| !replay(&String::from_utf8_lossy(&b)).is_empty()).then_some(al)
+    fs::read(&al).is_ok_and(|b| al_marks(&String::from_utf8_lossy(&b))).then_some(al)
+}
+
+/// Whether the text of a journal marks blocks: it holds an extent, or it
+/// cannot say which (a line that fails its checksum).
+fn al_marks(text: &str) -> bool {
+    match checked_body(text) {
+        Some((body, key)) => replay_checked(body, key).map_or(true, |held| !held.is_empty()),
+        None => !replay(text).is_empty(),
+    }
+}
+
+/// A journal of the checked format: the text after its header line, and
+/// that line's CRC32. None: no header, or one that cannot be read, or of
+/// the format before checksums.
+fn checked_body(text: &str) -> Option<(&str, u32)> {
+    let end = text.strip_prefix(AL_MAGIC)?.find('\n')? + AL_MAGIC.len() + 1;
+    let h: AlHeader = serde_json::from_str(&text[AL_MAGIC.len()..end - 1]).ok()?;
+    (h.version >= AL_CHECKED).then(|| (&text[end..], crc32fast::hash(&text.as_bytes()[..end])))
 }
 
 /// The journal's first line starts with this, then [`AlHeader`] as JSON
 /// (from bitmap format 1 on; before, the journal had no header).
 const AL_MAGIC: &str = "#twinblock-al ";
 
+/// The journal format this binary writes: 1 had a header and lines
+/// without checksums, 2 checks every line.
+const AL_VERSION: u32 = 2;
+/// The first format whose lines carry checksums.
+const AL_CHECKED: u32 = 2;
+
 /// Whose journal it is: the node, the resource, and the id of the bitmap
-/// it goes with ([`BitmapFile::id`], recorded in `meta`).
+/// it goes with ([`BitmapFile::id`], recorded in `meta`); and a random
+/// salt, new at every rewrite, so that the lines of one rewrite never
+/// pass for another's.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct AlHeader {
     version: u32,
     resource: String,
     node: String,
     id: u64,
+    #[serde(default)]
+    salt: u64,
 }
 
 /// What a start finds in `<meta>.al`.
@@ -160,10 +313,10 @@ fn parse_al(text: &str, node: &str, resource: &str, meta_id: u64) -> Result<AlSa
     let Some(h) = line.and_then(|l| serde_json::from_str::<AlHeader>(l).ok()) else {
         return Ok(AlSaved::Unfit("its header cannot be read (corrupt)".into()));
     };
-    if h.version > BITMAP_VERSION {
+    if h.version > AL_VERSION {
         return Err(BitmapError::Refused(format!(
             "written by a newer twinblock (activity log format {}, this one reads up to \
-             {BITMAP_VERSION}): run that version, or upgrade this one",
+             {AL_VERSION}): run that version, or upgrade this one",
             h.version
         )));
     }
@@ -182,7 +335,13 @@ fn parse_al(text: &str, node: &str, resource: &str, meta_id: u64) -> Result<AlSa
             h.id
         )));
     }
-    Ok(AlSaved::Held(replay(text)))
+    match checked_body(text) {
+        Some((body, key)) => {
+            Ok(replay_checked(body, key).map_or_else(AlSaved::Unfit, AlSaved::Held))
+        }
+        // Format 1 (lines without checksums): read as before.
+        None => Ok(AlSaved::Held(replay(text))),
+    }
 }
 
 impl AlJournal {
@@ -214,18 +373,21 @@ impl AlJournal {
         active: BTreeSet<u64>,
     ) -> std::io::Result<AlJournal> {
         let path = sibling(meta, "al");
-        let h =
-            AlHeader { version: BITMAP_VERSION, resource: resource.into(), node: node.into(), id };
-        let json = serde_json::to_string(&h).map_err(std::io::Error::other)?;
-        let head = format!("{AL_MAGIC}{json}\n");
-        let file = rewrite(&path, &head, &active)?;
+        let mut header = AlHeader {
+            version: AL_VERSION,
+            resource: resource.into(),
+            node: node.into(),
+            id,
+            salt: 0,
+        };
+        let (file, key) = rewrite(&path, &mut header, &active)?;
         let lines = active.len();
-        Ok(AlJournal { path, head, file, active, lines, torn: false })
+        Ok(AlJournal { path, header, key, file, active, lines, torn: false })
     }
 
     /// Rewrites the file with the extents held, atomically.
     fn compact(&mut self) -> std::io::Result<()> {
-        self.file = rewrite(&self.path, &self.head, &self.active)?;
+        (self.file, self.key) = rewrite(&self.path, &mut self.header, &self.active)?;
         self.lines = self.active.len();
         self.torn = false;
         Ok(())
@@ -241,11 +403,9 @@ impl AlJournal {
             self.compact()?;
         }
         let mut text = String::new();
-        for e in remove {
-            text.push_str(&format!("-{e}\n"));
-        }
-        for e in add {
-            text.push_str(&format!("+{e}\n"));
+        let changes = remove.iter().map(|e| ('-', e)).chain(add.iter().map(|e| ('+', e)));
+        for (seq, (sign, e)) in (self.lines as u64..).zip(changes) {
+            push_line(&mut text, self.key, seq, sign, *e);
         }
         self.torn = true;
         self.file.write_all(text.as_bytes())?;
@@ -675,13 +835,184 @@ mod tests {
         assert_eq!(AlJournal::load(&meta, "a", "r0", 0).unwrap(), AlSaved::Held([2].into()));
         fs::write(&al, "").unwrap();
         assert!(unfit(9).contains("no header"), "an emptied journal");
-        let mut newer = text.replacen("\"version\":1", "\"version\":2", 1);
+        let mut newer = text.replacen("\"version\":2", "\"version\":3", 1);
         newer.push_str("+5\n");
         fs::write(&al, newer).unwrap();
         match AlJournal::load(&meta, "a", "r0", 9) {
             Err(BitmapError::Refused(why)) => assert!(why.contains("newer"), "{why}"),
             other => panic!("not refused: {other:?}"),
         }
+    }
+
+    /// Node a's journal of resource r0 as a start with a record naming
+    /// bitmap id 9 finds it.
+    fn load9(meta: &Path) -> AlSaved {
+        AlJournal::load(meta, "a", "r0", 9).unwrap()
+    }
+
+    fn unfit_al(saved: AlSaved) -> String {
+        match saved {
+            AlSaved::Unfit(why) => why,
+            other => panic!("trusted: {other:?}"),
+        }
+    }
+
+    /// A journal holding 12 and 13 that then saw 12 leave, as bytes.
+    fn journal_12_13_less_12(meta: &Path) -> Vec<u8> {
+        let mut j = AlJournal::open(meta, "a", "r0", 9, BTreeSet::new()).unwrap();
+        j.apply(&[], &[12, 13]).unwrap();
+        j.apply(&[12], &[]).unwrap();
+        assert_eq!(load9(meta), AlSaved::Held([13].into()));
+        fs::read(sibling(meta, "al")).unwrap()
+    }
+
+    /// Replaces the first `from` after the header line with `to`.
+    fn rot(good: &[u8], from: &str, to: &str) -> Vec<u8> {
+        let text = String::from_utf8(good.to_vec()).unwrap();
+        let head = text.find('\n').unwrap() + 1;
+        let at = head + text[head..].find(from).unwrap_or_else(|| panic!("{from:?} in {text:?}"));
+        let mut out = text[..at].to_owned();
+        out.push_str(to);
+        out.push_str(&text[at + from.len()..]);
+        out.into_bytes()
+    }
+
+    /// A byte changed inside a line (bit rot, a stray write) never removes
+    /// an extent: `-12` read as `-13` dropped extent 13, whose writes were
+    /// then not resynced after a crash. A line that fails its checksum
+    /// makes the log unfit (every block out of sync): its extent and sign
+    /// are what may have changed.
+    #[test]
+    fn a_line_changed_on_disk_makes_the_journal_unfit() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = sibling(&meta, "al");
+        let good = journal_12_13_less_12(&meta);
+        for (from, to) in [
+            ("\n-12 ", "\n-13 "), // a leaving: 13 would leave
+            ("+13 ", "+14 "),     // a joining: 13 would never have joined
+            ("+13 ", "-13 "),     // the sign
+            ("+12 ", "+1  "),
+            ("\n-12 ", "\n-12\n"), // a newline inside
+        ] {
+            fs::write(&al, rot(&good, from, to)).unwrap();
+            let why = unfit_al(load9(&meta));
+            assert!(why.contains("fails its checksum"), "{from:?}: {why}");
+            assert!(marking_sibling(&meta).is_some(), "{from:?}: taken for a log marking nothing");
+        }
+        // A byte of a checksum.
+        let text = String::from_utf8(good.clone()).unwrap();
+        let at = text.rfind(' ').unwrap() + 3;
+        let mut bad = good.clone();
+        bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+        fs::write(&al, &bad).unwrap();
+        assert!(unfit_al(load9(&meta)).contains("line 4"));
+        // A line inserted, an empty line.
+        fs::write(&al, rot(&good, "+13", "+13 00000000\n+13")).unwrap();
+        unfit_al(load9(&meta));
+        fs::write(&al, rot(&good, "+13", "\n+13")).unwrap();
+        assert!(unfit_al(load9(&meta)).contains("line 3"));
+        fs::write(&al, &good).unwrap();
+        assert_eq!(load9(&meta), AlSaved::Held([13].into()));
+    }
+
+    /// A whole line in the wrong place (duplicated, replayed later, two
+    /// lines swapped, or copied from another rewrite of the log) fails its
+    /// checksum too: each covers the line's number and the header's salt.
+    #[test]
+    fn a_line_replayed_or_copied_from_elsewhere_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = sibling(&meta, "al");
+        let good = journal_12_13_less_12(&meta);
+        let text = String::from_utf8(good.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text:?}");
+        // "+12" replayed after its "-12".
+        fs::write(&al, format!("{text}{}\n", lines[1])).unwrap();
+        assert!(unfit_al(load9(&meta)).contains("line 5"));
+        // Swapped.
+        let swapped = [lines[0], lines[2], lines[1], lines[3]].join("\n") + "\n";
+        fs::write(&al, swapped).unwrap();
+        unfit_al(load9(&meta));
+        // A line dropped (a later line then stands at another number).
+        fs::write(&al, [lines[0], lines[1], lines[3]].join("\n") + "\n").unwrap();
+        unfit_al(load9(&meta));
+        // Another rewrite of the same log (same node, resource, id), whose
+        // line 2 is "+12": it does not pass in this one.
+        AlJournal::open(&meta, "a", "r0", 9, BTreeSet::from([12])).unwrap();
+        let other = fs::read_to_string(&al).unwrap();
+        let copied = other.lines().nth(1).unwrap();
+        assert!(copied.starts_with("+12 "), "{other:?}");
+        fs::write(&al, [lines[0], copied].join("\n") + "\n").unwrap();
+        unfit_al(load9(&meta));
+    }
+
+    /// A torn append (the beginning of its lines, the newline last) is
+    /// still ignored: the extent's write was not issued. What cannot be
+    /// the beginning of a line is a corrupt byte (the last newline
+    /// changed): unfit.
+    #[test]
+    fn a_torn_last_line_is_ignored_and_a_corrupt_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = sibling(&meta, "al");
+        let good = journal_12_13_less_12(&meta);
+        // What appending "-13" and "+14" would write.
+        let mut j = AlJournal::open(&meta, "a", "r0", 9, BTreeSet::from([13])).unwrap();
+        j.apply(&[13], &[14]).unwrap();
+        drop(j);
+        let full = fs::read(&al).unwrap();
+        let before = full.len() - 2 * "+14 00000000\n".len();
+        for cut in before..full.len() {
+            fs::write(&al, &full[..cut]).unwrap();
+            let held = load9(&meta);
+            // 13 leaves once its whole line is there; 14's joining, torn,
+            // is ignored.
+            let left = cut >= before + "-13 00000000\n".len();
+            let want: BTreeSet<u64> = if left { BTreeSet::new() } else { [13].into() };
+            assert_eq!(held, AlSaved::Held(want), "cut at {cut}: {:?}", &full[before..cut]);
+        }
+        let mut bad = good.clone();
+        *bad.last_mut().unwrap() = b'x';
+        fs::write(&al, &bad).unwrap();
+        assert!(unfit_al(load9(&meta)).contains("no newline"));
+        fs::write(&al, [&good[..], b"+1x"].concat()).unwrap();
+        unfit_al(load9(&meta));
+        fs::write(&al, [&good[..], b"+1 abcd12345"].concat()).unwrap();
+        unfit_al(load9(&meta));
+        fs::write(&al, [&good[..], &[0; 13][..]].concat()).unwrap();
+        unfit_al(load9(&meta));
+        fs::write(&al, [&good[..], b"+1 abc"].concat()).unwrap();
+        assert_eq!(load9(&meta), AlSaved::Held([13].into()));
+    }
+
+    /// A log of format 1 (a header, lines without checksums) or of the
+    /// format before headers is read as before, and rewritten checked at
+    /// the open.
+    #[test]
+    fn a_journal_without_checksums_is_read_as_before_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("n.meta");
+        let al = sibling(&meta, "al");
+        let v1 = "#twinblock-al {\"version\":1,\"resource\":\"r0\",\"node\":\"a\",\"id\":9}\n";
+        fs::write(&al, format!("{v1}+12\n+13\n-13\n+5\n-1")).unwrap();
+        assert_eq!(load9(&meta), AlSaved::Held([5, 12].into()));
+        assert!(marking_sibling(&meta).is_some());
+        AlJournal::open(&meta, "a", "r0", 9, BTreeSet::from([5, 12])).unwrap();
+        let text = fs::read_to_string(&al).unwrap();
+        assert!(text.contains("\"version\":2"), "{text}");
+        assert!(text.lines().skip(1).all(|l| l.len() == l.find(' ').unwrap() + 9), "{text}");
+        assert_eq!(load9(&meta), AlSaved::Held([5, 12].into()));
+        // Before headers, with a record from before ids.
+        fs::write(&al, "+3\n+4\n-3\n").unwrap();
+        let (_, held) = open_al(&meta);
+        assert_eq!(held, vec![4]);
+        assert!(fs::read_to_string(&al).unwrap().contains("\"version\":2"));
+        assert_eq!(AlJournal::load(&meta, "a", "r0", 7).unwrap(), AlSaved::Held([4].into()));
+        // A checked log holding nothing marks nothing.
+        AlJournal::open(&meta, "a", "r0", 9, BTreeSet::new()).unwrap();
+        assert!(marking_sibling(&meta).is_none());
     }
 
     /// An append that failed may have left a torn line: the file is
