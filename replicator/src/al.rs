@@ -14,10 +14,14 @@
 //! must not remove extent 1). A whole line that fails its checksum (bit
 //! rot, a stray write, a line copied from another log or replayed at
 //! another place), or a last line that is not the beginning of one, makes
-//! the log unfit: every block counts as out of sync (so does a tail of
-//! zeroes, which a filesystem that extends a file before its data lands
-//! may leave in a crash: it cannot be told from a last line zeroed by a
-//! stray write). The corrupt bytes may
+//! the log unfit: every block counts as out of sync. A tail of zero bytes
+//! after the last line (or after a torn one) is a torn append too: a
+//! filesystem that extends a file before its data lands (XFS) leaves it
+//! in a crash during an append, which had not returned, so its extent's
+//! write was not issued (counting it unfit would make every such crash a
+//! full resync; a last line zeroed whole by a stray write reads the same,
+//! as does a last line the filesystem lost: neither is detectable
+//! without a count of lines the appends cannot keep). The corrupt bytes may
 //! be the extent's digits or its sign, so the line may have been any
 //! extent's joining: no smaller set of extents is safe. Rewritten
 //! compactly when long, at every open, and before the next change after a
@@ -183,7 +187,10 @@ fn replay_checked(body: &str, key: u32) -> Result<BTreeSet<u64>, String> {
             }
         }
     }
-    if !torn_prefix(frag) {
+    // (Zero bytes after it: a filesystem that extended the file before
+    // the append's data landed, in a crash, XFS's way: the append had not
+    // returned, so its extent's write was not issued either.)
+    if !torn_prefix(frag.trim_end_matches('\0')) {
         let shown: String = frag.chars().take(40).collect();
         return Err(format!(
             "its last line ({shown:?}) has no newline and is not the beginning of a line (a \
@@ -981,7 +988,14 @@ mod tests {
         unfit_al(load9(&meta));
         fs::write(&al, [&good[..], b"+1 abcd12345"].concat()).unwrap();
         unfit_al(load9(&meta));
+        // A tail of zeroes (an extended file whose data had not landed,
+        // XFS after a crash mid-append): torn, ignored, alone or after the
+        // beginning of a line; after a corrupt byte, unfit.
         fs::write(&al, [&good[..], &[0; 13][..]].concat()).unwrap();
+        assert_eq!(load9(&meta), AlSaved::Held([13].into()));
+        fs::write(&al, [&good[..], b"+1", &[0; 11][..]].concat()).unwrap();
+        assert_eq!(load9(&meta), AlSaved::Held([13].into()));
+        fs::write(&al, [&good[..], b"+1x", &[0; 10][..]].concat()).unwrap();
         unfit_al(load9(&meta));
         fs::write(&al, [&good[..], b"+1 abc"].concat()).unwrap();
         assert_eq!(load9(&meta), AlSaved::Held([13].into()));
