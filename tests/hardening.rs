@@ -1035,6 +1035,40 @@ fn a_bitmap_that_is_not_this_nodes_never_clears_a_block() {
     assert!(a == b, "the disks differ");
 }
 
+/// A page of `a.meta.bitmap` failing its checksum on a device whose
+/// last bitmap word is partial (16 MiB + 4 KiB: 4097 blocks, one bit of
+/// the 65th word) marks the device's blocks, no more: it was read back
+/// as words of ones, bits past the last block included, which no resync
+/// ever clears; the out-of-sync count stayed above the device's size and
+/// the resync never ended (b Inconsistent for ever).
+#[test]
+fn a_torn_bitmap_page_marks_no_block_past_the_devices_end() {
+    if !have("qemu-io") {
+        return;
+    }
+    let size = (16 << 20) + 4096;
+    let mut p = Pair::start("C", "16388K");
+    assert!(p.down(1).success());
+    p.wait_unlinked(0);
+    p.qemu_io(0, "write -P 0x3c 1M 1M");
+    assert!(p.down(0).success());
+    let bitmap = p.dir.path().join("a.meta.bitmap");
+    let mut torn = std::fs::read(&bitmap).unwrap();
+    // 65 words in one page after the 4 KiB header: one of them changed.
+    assert_eq!(torn.len(), 4096 + 65 * 8 + 8);
+    torn[4096 + 40] ^= 1;
+    std::fs::write(&bitmap, &torn).unwrap();
+    let from = p.log(0).len();
+    p.up(0);
+    assert!(p.log(0)[from..].contains("fail their checksum"), "{}", &p.log(0)[from..]);
+    assert_eq!(p.status(0)["out_of_sync_bytes"], size, "{}", &p.log(0)[from..]);
+    p.up(1);
+    p.wait_synced("b from a", Duration::from_secs(60));
+    let (a, b) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(a == b, "the disks differ");
+}
+
 /// `a.meta.al` that is not a's never hides an extent: another node's
 /// refuses the start, naming the file and what to do; removed (lost),
 /// every block counts as out of sync. Before, b's log was read as a's

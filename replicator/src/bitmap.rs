@@ -84,6 +84,17 @@ impl Bitmap {
         if at < end {
             self.words[at..end].copy_from_slice(&words[..end - at]);
         }
+        self.recount();
+    }
+
+    /// Clears any bit past the last block (saved words may carry them: a
+    /// page that failed its checksum reads as ones) and counts the set
+    /// bits: a bit past the end is no block, and no resync clears it.
+    fn recount(&mut self) {
+        let tail = self.blocks % 64;
+        if let (Some(last), true) = (self.words.last_mut(), tail != 0) {
+            *last &= (1u64 << tail) - 1;
+        }
         self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
     }
 
@@ -95,7 +106,7 @@ impl Bitmap {
         for (w, o) in self.words.iter_mut().zip(words) {
             *w |= o;
         }
-        self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
+        self.recount();
     }
 
     /// ORs `words` in from word `at` on (a peer's bitmap, as sent).
@@ -217,7 +228,7 @@ impl Bitmap {
         for (w, chunk) in self.words.iter_mut().zip(bytes.chunks_exact(8)) {
             *w |= u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         }
-        self.set = self.words.iter().map(|w| w.count_ones() as u64).sum();
+        self.recount();
     }
 
     pub fn clear(&mut self) {
@@ -242,6 +253,23 @@ mod tests {
         assert_eq!(b.bytes(), 66 * 64);
         assert!(b.or_words_at(1, &[1]), "set bits stay set and are counted once");
         assert_eq!(b.bytes(), 66 * 64);
+    }
+
+    /// Saved words with bits past the last block (a page read as ones)
+    /// mark the device's blocks only.
+    #[test]
+    fn saved_words_mark_no_block_past_the_end() {
+        let mut b = Bitmap::with_block(65 * 64, 64); // 2 words, 1 bit in the last
+        b.merge_words(&[u64::MAX, u64::MAX]);
+        assert_eq!(b.bytes(), 65 * 64);
+        assert_eq!(b.next_run(0, u64::MAX), Some((0, 65 * 64)));
+        b.clear_range(0, 65 * 64);
+        assert_eq!(b.bytes(), 0, "a bit past the end stayed");
+        b.set_words(1, &[u64::MAX]);
+        assert_eq!(b.bytes(), 64);
+        b.clear();
+        b.merge_bytes(&[0xff; 16]);
+        assert_eq!(b.bytes(), 65 * 64);
     }
 
     #[test]
