@@ -1002,7 +1002,8 @@ fn a_bitmap_that_is_not_this_nodes_never_clears_a_block() {
     let from = p.log(0).len();
     p.up(0);
     assert_eq!(p.status(0)["out_of_sync_bytes"], 16 << 20, "{}", &p.log(0)[from..]);
-    assert!(p.log(0)[from..].contains("fail their checksum"), "{}", &p.log(0)[from..]);
+    let log = &p.log(0)[from..];
+    assert!(log.contains("fail their checksum (a torn write in a crash, or corruption)"), "{log}");
     assert!(p.down(0).success());
     // The format before headers, with metadata from before bitmap ids:
     // read as before, and upgraded.

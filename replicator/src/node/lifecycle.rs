@@ -150,7 +150,8 @@ impl Node {
                 if !bad_pages.is_empty() {
                     tracing::error!(
                         file = %bitmap_path.display(), pages = ?bad_pages,
-                        "bitmap pages fail their checksum (a torn write in a crash, or                          corruption): every block they cover counts as out of sync (resynced)"
+                        "bitmap pages fail their checksum (a torn write in a crash, or \
+                         corruption): every block they cover counts as out of sync (resynced)"
                     );
                     let ones: Vec<(u64, Vec<u64>)> = bad_pages
                         .iter()
