@@ -250,8 +250,12 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
             }
             .in_current_span(),
         );
+        // (A witness that fails drops its report's sender: `changed` then
+        // errs at once, which must not count as its report; the select
+        // took that branch at random and the failing witness said it
+        // listened, CI once.)
         tokio::select! {
-            _ = ready.changed() => {}
+            Ok(()) = ready.changed() => {}
             r = &mut task => {
                 r.context("witness task")??;
                 return Ok(());
