@@ -493,16 +493,7 @@ pub enum BitmapError {
 
 /// A new file's id: random, never 0.
 fn fresh_id() -> u64 {
-    let mut id = 0u64;
-    // SAFETY: getrandom writes at most 8 bytes into `id`.
-    let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
-    if n != 8 {
-        id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ ((std::process::id() as u64) << 32);
-    }
-    id.max(1)
+    crate::random::random_u64().max(1)
 }
 
 /// Page `page`'s offset in the file and its number of words.

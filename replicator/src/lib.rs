@@ -29,6 +29,7 @@ pub mod local;
 pub mod meta;
 pub mod node;
 pub mod protocol;
+mod random;
 pub mod status;
 pub mod store;
 pub mod tls;

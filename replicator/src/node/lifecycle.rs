@@ -245,7 +245,7 @@ impl Node {
             boot: crate::boot::boot(),
         };
         let origin = super::clock::boot_time();
-        let core = Core::new(cfg, rec, Duration::ZERO, random_seed());
+        let core = Core::new(cfg, rec, Duration::ZERO, crate::random::random_u64());
         let (lane_wake, lane_woken) = std::sync::mpsc::channel();
         // A disk that stops answering must not hold the node's lock.
         let lane = if res.disk_timeout.is_some() { Lane::all() } else { Lane::default() };

@@ -402,19 +402,6 @@ fn io_err(e: &io::Error) -> IoError {
     IoError(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn random_seed() -> u64 {
-    let mut seed = 0u64;
-    // SAFETY: getrandom writes at most 8 bytes into `seed`.
-    let n = unsafe { libc::getrandom((&mut seed as *mut u64).cast(), 8, 0) };
-    if n != 8 {
-        seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ ((std::process::id() as u64) << 32);
-    }
-    seed
-}
-
 fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
