@@ -231,6 +231,22 @@ fn up_checks_its_certificates_before_it_creates_anything() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a.key: the key does not go with the certificate"), "{err}");
+    // The key file and the certificate file swapped in the resource file:
+    // each error says what the file holds (before: the key's was rustls's
+    // "no items found"; review, helper-137).
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let swap = |from: &str, to: &str| {
+        std::fs::write(&p.config, text.replacen(from, to, 1)).unwrap();
+        let out = p.cli("up", &[], 0);
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = swap("key = \"certs/a.key\"", "key = \"certs/a.pem\"");
+    assert!(err.contains("a.pem: no private key in the file: it holds a certificate"), "{err}");
+    let err = swap("cert = \"certs/a.pem\"", "cert = \"certs/a.key\"");
+    assert!(err.contains("a.key: no certificate in the file: it holds a private key"), "{err}");
+    std::fs::write(&p.config, text).unwrap();
+    assert!(files_of_a(&p).is_empty());
 }
 
 /// Found by a newcomer's walk-through (helper-113): a value of the wrong

@@ -619,9 +619,19 @@ impl ResourceConfig {
             ] {
                 given(&k(field), p)?;
             }
+            // (Port 0 bound an ephemeral port nobody was told of: the peer
+            // dialed port 0 for ever, or clients and scrapers found nothing.)
             let addr = |field: &str, v: &str| {
-                v.parse::<SocketAddr>()
-                    .map_err(|e| key_err(&k(field), format!("{v:?} is not HOST:PORT ({e})")))
+                let a = v
+                    .parse::<SocketAddr>()
+                    .map_err(|e| key_err(&k(field), format!("{v:?} is not HOST:PORT ({e})")))?;
+                if a.port() == 0 {
+                    return Err(key_err(
+                        &k(field),
+                        format!("{v:?} has port 0: give the port it is reached at"),
+                    ));
+                }
+                Ok(a)
             };
             let address = addr("address", &n.address)?;
             let connect = match &n.connect {
@@ -959,6 +969,36 @@ key = "certs/b.key"
         let e = parse(&GOOD.replace("size = \"1G\"", "size = true")).unwrap_err();
         assert!(e.contains("ldap.toml: size: invalid type: boolean `true`"), "{e}");
         assert!(e.contains("a size"), "{e}");
+    }
+
+    /// Port 0 anywhere a node is reached is refused naming the key: it
+    /// bound an ephemeral port nobody was told of (a peer that dialed
+    /// port 0 for ever, an export no client found). Review, helper-137.
+    #[test]
+    fn port_zero_is_refused_naming_the_key() {
+        for (from, to, key) in [
+            ("127.0.0.1:7788", "127.0.0.1:0", "nodes.a.address"),
+            ("127.0.0.1:10810", "[::1]:0", "nodes.b.nbd"),
+            ("[nodes.a]\n", "[nodes.a]\nconnect = \"10.0.0.1:0\"\n", "nodes.a.connect"),
+            ("[nodes.b]\n", "[nodes.b]\nmetrics = \"127.0.0.1:0\"\n", "nodes.b.metrics"),
+        ] {
+            let e = parse(&GOOD.replacen(from, to, 1)).unwrap_err();
+            assert!(e.contains(&format!("ldap.toml: {key}: ")), "{key}: {e}");
+            assert!(e.contains("has port 0: give the port it is reached at"), "{e}");
+        }
+        let e = parse(
+            &with_address("kind = \"command\"\ncommand = \"true\"\n")
+                .replace("127.0.0.1:7790", "127.0.0.1:0"),
+        )
+        .unwrap_err();
+        assert!(e.contains("nodes.w.address") && e.contains("port 0"), "{e}");
+        // A wildcard host is fine, with its port.
+        parse(
+            &GOOD
+                .replace("127.0.0.1:7788", "0.0.0.0:7788")
+                .replace("[nodes.a]\n", "[nodes.a]\nconnect = \"127.0.0.1:7788\"\n"),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod meta;
 pub mod node;
 pub mod protocol;
 mod random;
+mod refusals;
 pub mod status;
 pub mod store;
 pub mod tls;

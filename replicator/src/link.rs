@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::busy_poll::BusyPoll;
 use crate::config::{NodeConfig, ResourceConfig};
@@ -244,9 +244,9 @@ pub fn set_socket_buffers(socket: &impl std::os::fd::AsRawFd, bytes: i32) {
 
 async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    // The last refusal logged: a peer that dials again and again (every
-    // few seconds while this node's disk hangs) is refused in one line.
-    let refusals = Arc::new(std::sync::Mutex::new(None::<(std::net::IpAddr, String)>));
+    // The refusals logged: a peer that dials again and again (every few
+    // seconds while this node's disk hangs) is refused in one line.
+    let refusals = Arc::new(std::sync::Mutex::new(crate::refusals::RefusalLog::default()));
     let (mut busy_refused, mut last_busy_warn) = (0u64, None);
     loop {
         let incoming = tokio::select! {
@@ -293,7 +293,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
             drop(permit);
             match accepted {
                 Ok((conn, send, recv)) => {
-                    refusals.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    refusals.lock().unwrap_or_else(|p| p.into_inner()).linked();
                     node.set_link_refusal(None);
                     run_session(node, conn, send, recv, stop).await;
                 }
@@ -304,13 +304,24 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                     // the reason stays the same.)
                     let e = one_line(&e);
                     node.set_link_refusal(Some(format!("refused {remote}: {e}")));
-                    let mut last = refusals.lock().unwrap_or_else(|p| p.into_inner());
-                    let same = |l: &str| crate::core::rebuild_backoff::same_refusal(l, &e);
-                    if last.as_ref().is_some_and(|(ip, l)| *ip == remote.ip() && same(l)) {
-                        debug!(%remote, "refused a replication connection again: {e}");
-                    } else {
-                        warn!(%remote, "refused a replication connection: {e}");
-                        *last = Some((remote.ip(), e));
+                    let say = refusals.lock().unwrap_or_else(|p| p.into_inner()).refused(
+                        remote.ip(),
+                        &e,
+                        std::time::Instant::now(),
+                    );
+                    match say {
+                        crate::refusals::Say::Debug => {
+                            debug!(%remote, "refused a replication connection again: {e}")
+                        }
+                        crate::refusals::Say::Warn { unlogged: 0 } => {
+                            warn!(%remote, "refused a replication connection: {e}")
+                        }
+                        crate::refusals::Say::Warn { unlogged } => warn!(
+                            %remote,
+                            unlogged,
+                            "refused a replication connection: {e} (and {unlogged} other new \
+                             refusals since the last such line, not logged)"
+                        ),
                     }
                 }
             }
@@ -411,7 +422,10 @@ async fn run_session(
     let sid =
         node.link_up(LinkTx { queue: out_tx, closing: closing.clone(), answers: answers.clone() });
     let mut tally = SessionTally { node: node.clone(), sid, conn: conn.clone(), mtu: 0 };
-    info!(%remote, sid, "replication link up");
+    // (A debug line: a dialer its peer refuses has its QUIC connection up
+    // before the peer checks its certificate, and logged this at every
+    // dial. The core's "connected" says when a session runs.)
+    debug!(%remote, sid, "replication link up");
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(write_frames(send, out_rx, closing, closed_tx, answers.clone()));
     let mut buf = BytesMut::with_capacity(1 << 20);

@@ -39,14 +39,55 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     if v.is_empty() {
-        return Err(err("no certificate in the file".into()));
+        return Err(err(match pem_holds(path) {
+            PemHolds::Key => "no certificate in the file: it holds a private key (`cert` names \
+                              the node's certificate, `key` its private key)"
+                .into(),
+            _ => "no certificate in the file (a PEM block -----BEGIN CERTIFICATE-----)".into(),
+        }));
     }
     Ok(v)
 }
 
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| TlsError::File { path: path.display().to_string(), reason: e.to_string() })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let reason = match (&e, pem_holds(path)) {
+            // (rustls said "no items found", which named neither what it
+            // looked for nor what it found: review, helper-137.)
+            (rustls::pki_types::pem::Error::NoItemsFound, PemHolds::Cert) => {
+                "no private key in the file: it holds a certificate (`key` names the node's \
+                 private key, `cert` its certificate)"
+                    .into()
+            }
+            (rustls::pki_types::pem::Error::NoItemsFound, _) => {
+                "no private key in the file (a PEM block -----BEGIN PRIVATE KEY-----, or an \
+                 RSA or EC one)"
+                    .into()
+            }
+            _ => e.to_string(),
+        };
+        TlsError::File { path: path.display().to_string(), reason }
+    })
+}
+
+/// What a PEM file holds, for an error that says so.
+#[derive(Debug, PartialEq)]
+enum PemHolds {
+    Cert,
+    Key,
+    Other,
+}
+
+fn pem_holds(path: &Path) -> PemHolds {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    if text.contains("-----BEGIN CERTIFICATE-----") {
+        PemHolds::Cert
+    } else if text.contains("PRIVATE KEY-----") {
+        PemHolds::Key
+    } else {
+        PemHolds::Other
+    }
 }
 
 /// ring's provider with TLS 1.3's AES-128-GCM first. ring lists

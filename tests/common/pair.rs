@@ -44,11 +44,11 @@ fn free_port(bind: impl Fn(SocketAddr) -> bool) -> SocketAddr {
     }
 }
 
-fn free_tcp() -> SocketAddr {
+pub fn free_tcp() -> SocketAddr {
     free_port(|a| TcpListener::bind(a).is_ok())
 }
 
-fn free_udp() -> SocketAddr {
+pub fn free_udp() -> SocketAddr {
     free_port(|a| UdpSocket::bind(a).is_ok())
 }
 

@@ -1,0 +1,127 @@
+//! Which refused replication handshakes the accepting node has logged.
+//!
+//! A peer that dials again and again with the same refusal (its disk
+//! hangs, its certificate expired) is one WARN line, then debug lines,
+//! until a session runs. Before (review, helper-137) only the last
+//! (host, reason) was remembered, so a host whose refusals alternated
+//! between two reasons (a handshake that fails, then one that times out)
+//! wrote a WARN at every switch. Now each (host, reason) is remembered
+//! ([`REMEMBERED`] at most, the oldest forgotten first), and new ones are
+//! WARNed at most [`BURST`] times per [`WINDOW`]: the rest are counted,
+//! and the next WARN says how many were not logged, so hosts without end
+//! (spoofed sources whose handshakes time out) cannot write the log as
+//! fast as they send.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::core::rebuild_backoff::same_refusal;
+
+/// How many (host, reason) pairs are remembered.
+pub const REMEMBERED: usize = 16;
+/// How many new refusals are WARNed per [`WINDOW`].
+pub const BURST: u32 = 4;
+/// See [`BURST`].
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// How to log one refusal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Say {
+    /// New: a WARN, with the count of new refusals not logged before it.
+    Warn { unlogged: u64 },
+    /// Logged before (or over the rate): a debug line.
+    Debug,
+}
+
+/// The refusals logged since the last session that ran.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    seen: VecDeque<(IpAddr, String)>,
+    window: Option<Instant>,
+    warned: u32,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// One refusal of `host` for `reason` at `now`.
+    pub fn refused(&mut self, host: IpAddr, reason: &str, now: Instant) -> Say {
+        if self.seen.iter().any(|(h, r)| *h == host && same_refusal(r, reason)) {
+            return Say::Debug;
+        }
+        if self.window.is_none_or(|t| now.saturating_duration_since(t) >= WINDOW) {
+            self.window = Some(now);
+            self.warned = 0;
+        }
+        if self.warned >= BURST {
+            self.unlogged += 1;
+            return Say::Debug;
+        }
+        self.warned += 1;
+        if self.seen.len() == REMEMBERED {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((host, reason.to_string()));
+        Say::Warn { unlogged: std::mem::take(&mut self.unlogged) }
+    }
+
+    /// A session runs: a refusal after it is news again.
+    pub fn linked(&mut self) {
+        self.seen.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    /// One host alternating two reasons: one WARN per reason, not one per
+    /// switch (the defect).
+    #[test]
+    fn alternating_reasons_are_each_logged_once() {
+        let (mut log, t) = (RefusalLog::default(), Instant::now());
+        let mut warns = 0;
+        for i in 0..100u32 {
+            let why = if i % 2 == 0 { "handshake failed: bad cert" } else { "timed out" };
+            let now = t + Duration::from_millis(u64::from(i) * 300);
+            warns += usize::from(log.refused(ip(1), why, now) != Say::Debug);
+        }
+        assert_eq!(warns, 2);
+        // The same reasons from another host are news.
+        assert_eq!(log.refused(ip(2), "timed out", t), Say::Warn { unlogged: 0 });
+        // After a session ran, news again.
+        log.linked();
+        assert_eq!(log.refused(ip(1), "timed out", t), Say::Warn { unlogged: 0 });
+    }
+
+    /// Reasons differing only by their numbers (an expiry's seconds) are one.
+    #[test]
+    fn reasons_differing_by_numbers_are_the_same_refusal() {
+        let (mut log, t) = (RefusalLog::default(), Instant::now());
+        assert_ne!(log.refused(ip(1), "expired 12 s ago", t), Say::Debug);
+        assert_eq!(log.refused(ip(1), "expired 13 s ago", t), Say::Debug);
+    }
+
+    /// Hosts without end are WARNed BURST times per window; the next WARN
+    /// counts the rest.
+    #[test]
+    fn new_hosts_are_rate_limited_and_counted() {
+        let (mut log, t) = (RefusalLog::default(), Instant::now());
+        let says: Vec<Say> = (0..50).map(|n| log.refused(ip(n), "timed out", t)).collect();
+        let warns = says.iter().filter(|s| **s != Say::Debug).count();
+        assert_eq!(warns, BURST as usize);
+        assert_eq!(
+            log.refused(ip(200), "timed out", t + WINDOW),
+            Say::Warn { unlogged: 50 - u64::from(BURST) }
+        );
+        // Memory stays bounded.
+        for n in 0..=255 {
+            log.refused(ip(n), &format!("reason {}", "x".repeat(usize::from(n))), t + WINDOW * 9);
+        }
+        assert!(log.seen.len() <= REMEMBERED);
+    }
+}
