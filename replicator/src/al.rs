@@ -267,6 +267,19 @@ fn checked_body(text: &str) -> Option<(&str, u32)> {
     (h.version >= AL_CHECKED).then(|| (&text[end..], crc32fast::hash(&text.as_bytes()[..end])))
 }
 
+/// The checked format (of this binary's) whose header, with `read` as its
+/// format field's value replaced by it, makes the journal's first line
+/// check out: the field rotted. None: no such format, or no line to tell.
+fn rotten_version(text: &str, read: u32) -> Option<u32> {
+    let end = text.find('\n')? + 1;
+    let first = text[end..].split('\n').next().filter(|_| text[end..].contains('\n'))?;
+    let field = format!("\"version\":{read}");
+    (AL_CHECKED..=AL_VERSION).find(|v| {
+        let header = text[..end].replacen(&field, &format!("\"version\":{v}"), 1);
+        checked_line(first, crc32fast::hash(header.as_bytes()), 0).is_some()
+    })
+}
+
 /// The journal's first line starts with this, then [`AlHeader`] as JSON
 /// (from bitmap format 1 on; before, the journal had no header).
 const AL_MAGIC: &str = "#twinblock-al ";
@@ -321,9 +334,21 @@ fn parse_al(text: &str, node: &str, resource: &str, meta_id: u64) -> Result<AlSa
         return Ok(AlSaved::Unfit("its header cannot be read (corrupt)".into()));
     };
     if h.version > AL_VERSION {
+        // A rotten format field, not a newer twinblock, when the header
+        // with a format of this binary's makes the first line check out
+        // (before, it was refused as newer, and the node did not start).
+        if let Some(v) = rotten_version(text, h.version) {
+            return Ok(AlSaved::Unfit(format!(
+                "its header's format field is corrupt (it reads {}; its lines check out with \
+                 format {v})",
+                h.version
+            )));
+        }
         return Err(BitmapError::Refused(format!(
             "written by a newer twinblock (activity log format {}, this one reads up to \
-             {AL_VERSION}): run that version, or upgrade this one",
+             {AL_VERSION}), or its header is corrupt: run that version, or upgrade this one; \
+             if no newer twinblock ran on this node, remove the file (every block then counts \
+             as out of sync, and a full resync follows)",
             h.version
         )));
     }
@@ -559,18 +584,22 @@ fn header(bytes: &[u8]) -> Result<Result<HeaderJson, String>, BitmapError> {
         return Ok(Err("its header is cut short".into()));
     }
     let version = le_u32(&bytes[8..12]);
+    let len = le_u32(&bytes[12..16]) as usize;
+    if 16 + len + 4 > (HEADER as usize).min(bytes.len()) {
+        return Ok(Err("its header is cut short or corrupt".into()));
+    }
+    // (The checksum first: a rotten format field was refused as "written
+    // by a newer twinblock", and the node did not start. Every format
+    // keeps this layout, magic, version, length, JSON, CRC32, so that a
+    // newer file is told from a corrupt one.)
+    if crc32fast::hash(&bytes[..16 + len]) != le_u32(&bytes[16 + len..]) {
+        return Ok(Err("its header fails its checksum (corrupt)".into()));
+    }
     if version > BITMAP_VERSION {
         return Err(BitmapError::Refused(format!(
             "written by a newer twinblock (bitmap format {version}, this one reads up to \
              {BITMAP_VERSION}): run that version, or upgrade this one"
         )));
-    }
-    let len = le_u32(&bytes[12..16]) as usize;
-    if 16 + len + 4 > (HEADER as usize).min(bytes.len()) {
-        return Ok(Err("its header is cut short or corrupt".into()));
-    }
-    if crc32fast::hash(&bytes[..16 + len]) != le_u32(&bytes[16 + len..]) {
-        return Ok(Err("its header fails its checksum (corrupt)".into()));
     }
     Ok(serde_json::from_slice(&bytes[16..16 + len])
         .map_err(|e| format!("its header cannot be read ({e})")))
@@ -833,13 +862,20 @@ mod tests {
         assert_eq!(AlJournal::load(&meta, "a", "r0", 0).unwrap(), AlSaved::Held([2].into()));
         fs::write(&al, "").unwrap();
         assert!(unfit(9).contains("no header"), "an emptied journal");
-        let mut newer = text.replacen("\"version\":2", "\"version\":3", 1);
-        newer.push_str("+5\n");
+        // A newer format's journal (whose lines are not this format's) is
+        // refused; this journal with its format field rotten (its lines
+        // check out with format 2) is unfit, not refused as newer.
+        let header = text.split_inclusive('\n').next().unwrap();
+        let newer = header.replacen("\"version\":2", "\"version\":3", 1) + "+5\n";
         fs::write(&al, newer).unwrap();
         match AlJournal::load(&meta, "a", "r0", 9) {
             Err(BitmapError::Refused(why)) => assert!(why.contains("newer"), "{why}"),
             other => panic!("not refused: {other:?}"),
         }
+        assert!(text.lines().count() > 1, "{text}");
+        fs::write(&al, text.replacen("\"version\":2", "\"version\":6", 1)).unwrap();
+        let why = unfit(9);
+        assert!(why.contains("format field is corrupt") && why.contains("reads 6"), "{why}");
     }
 
     /// Node a's journal of resource r0 as a start with a record naming
@@ -1165,8 +1201,17 @@ mod tests {
         fs::write(&path, &bad).unwrap();
         let why = unfit(BitmapFile::load(&meta, &id, f.id()).unwrap());
         assert!(why.contains("checksum"), "{why}");
+        // A newer format (its header's checksum holds) is refused; a
+        // rotten format field (the checksum fails) is a corrupt header,
+        // unfit (before, refused as newer: the node did not start).
         let mut newer = good.clone();
         newer[8] = 2;
+        fs::write(&path, &newer).unwrap();
+        let why = unfit(BitmapFile::load(&meta, &id, f.id()).unwrap());
+        assert!(why.contains("checksum"), "{why}");
+        let len = le_u32(&newer[12..16]) as usize;
+        let crc = crc32fast::hash(&newer[..16 + len]);
+        newer[16 + len..20 + len].copy_from_slice(&crc.to_le_bytes());
         fs::write(&path, &newer).unwrap();
         let why = refused(&id);
         assert!(why.contains("newer") && why.contains("format 2"), "{why}");
