@@ -161,7 +161,12 @@ impl Core {
             return Err("unexpected hello".into());
         }
         if h.version != wire::VERSION {
-            return Err(format!("the peer speaks protocol version {}", h.version));
+            return Err(format!(
+                "the peer speaks protocol version {}, this node {}: run the same twinblock \
+                 version on both nodes (upgrade both nodes of a pair together)",
+                h.version,
+                wire::VERSION
+            ));
         }
         if h.resource != self.cfg.resource || h.node != self.cfg.peer {
             return Err(format!(

@@ -346,3 +346,29 @@ fn nodes_with_different_protocols_are_refused_until_they_agree() {
         assert!(p.n[0].cache == p.n[1].cache, "{pa}/{pb}: not caught up");
     }
 }
+
+/// A peer of another protocol version is refused naming both versions and
+/// what to do (before: "the peer speaks protocol version 11", which named
+/// neither this node's nor the fix).
+#[test]
+fn a_peer_of_another_version_is_refused_naming_both_and_the_fix() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.handle_link_up(Duration::ZERO, 1);
+    let g = GenIds { current: GEN, bitmap: 0, history: [0, 0] };
+    let mut h = hello(Role::Secondary, DiskState::UpToDate, g);
+    h.version = wire::VERSION - 1;
+    c.handle_frame(Duration::ZERO, 1, Message::Hello(h));
+    let why = drain(&mut c).into_iter().find_map(|a| match a {
+        Action::Close { reason, .. } => Some(reason),
+        _ => None,
+    });
+    let why = why.expect("refused");
+    let want = format!(
+        "the peer speaks protocol version {}, this node {}: run the same twinblock version on \
+         both nodes",
+        wire::VERSION - 1,
+        wire::VERSION
+    );
+    assert!(why.contains(&want), "{why}");
+    assert_ne!(c.connection(), Connection::Connected);
+}
