@@ -1147,3 +1147,170 @@ fn a_rotten_activity_log_line_never_hides_an_extent() {
     assert!(b[8 << 20..(8 << 20) + 65536].iter().all(|&x| x == 0x5a), "b lacks the write");
     assert!(a == b, "the disks differ");
 }
+
+/// `n` real Initial packets of `client` (each opening a connection to
+/// `server`), caught on their way.
+fn caught_initials(
+    rt: &tokio::runtime::Runtime,
+    client: quinn::Endpoint,
+    server: &str,
+    n: usize,
+) -> Vec<Vec<u8>> {
+    rt.block_on(async {
+        let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = sink.local_addr().unwrap();
+        let held: Vec<_> = (0..n).map(|_| client.connect(to, server).unwrap()).collect();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while got.len() < n {
+            match tokio::time::timeout(Duration::from_secs(2), sink.recv(&mut buf)).await {
+                Ok(Ok(n)) => got.push(buf[..n].to_vec()),
+                _ => break,
+            }
+        }
+        drop(held);
+        assert!(got.len() >= n * 2 / 3, "caught {} Initial packets of {n}", got.len());
+        got
+    })
+}
+
+/// `initials` sent to `target` one a millisecond, each from a fresh
+/// socket that never reads (a source that never answers), until dropped.
+/// (An endpoint takes an Initial for a connection id it is handshaking
+/// with already as that connection's: the packets' ids go round.)
+struct InitialFlood(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl InitialFlood {
+    fn start(initials: Vec<Vec<u8>>, target: std::net::SocketAddr) -> InitialFlood {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            let mut socks = std::collections::VecDeque::new();
+            for pkt in initials.iter().cycle() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let _ = sock.send_to(pkt, target);
+                socks.push_back(sock);
+                if socks.len() > 4000 {
+                    socks.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        InitialFlood(stop, Some(t))
+    }
+}
+
+impl Drop for InitialFlood {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Initial packets from addresses that never answer (a spoofed source, a
+/// client gone after its first packet) take no place among the 16
+/// handshakes a node runs at once, and the real peer links while they
+/// come: a node asks each new address to prove it receives what is sent
+/// to it (a QUIC Retry) before its handshake starts. Before (review,
+/// 2026-12-07), each such Initial held a place for `timeout`: a thousand
+/// a second, from anyone who could send UDP to the port, refused every
+/// handshake ("too many replication handshakes at once: refused"), the
+/// real peer's too, which linked only if it dialed in the moment a place
+/// came free (after 2 to 7 s here, or not within 20 s).
+#[test]
+fn initials_from_addresses_that_never_answer_do_not_keep_the_real_peer_out() {
+    use twinblock_replicator::tls;
+    let mut p = Pair::prepare("C", "16M");
+    let certs = p.dir.path().join("certs");
+    p.up(1);
+    let b: std::net::SocketAddr = p.b_address().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        let transport =
+            tls::transport(Duration::from_secs(3), Duration::from_millis(500), 1200, 1200);
+        let (_, c) = tls::endpoint_configs(
+            &certs.join("ca.pem"),
+            &certs.join("a.pem"),
+            &certs.join("a.key"),
+            "r0",
+            transport,
+        )
+        .unwrap();
+        let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        e.set_default_client_config(c);
+        e
+    });
+    let flood = InitialFlood::start(caught_initials(&rt, client, "b", 48), b);
+    std::thread::sleep(Duration::from_secs(2));
+    p.up(0);
+    let linked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.wait_connected()));
+    drop(flood);
+    assert!(linked.is_ok(), "the real peer was kept out: {}", tail(&p.log(1)));
+    // None of them took a place (before: "too many replication handshakes
+    // at once: refused" for the real peer's dials too).
+    let log = p.log(1);
+    assert!(!log.contains("too many replication handshakes"), "{}", tail(&log));
+    assert!(!log.contains("handshake timed out"), "{}", tail(&log));
+}
+
+/// The same at the witness: Initials from addresses that never answer
+/// start no handshake there, so none gives a real node's pending one up
+/// (the witness keeps 64 and gives the oldest up for a newer one: before,
+/// a flood of them did so about every millisecond), and a node's renewal
+/// is answered while they come.
+#[test]
+fn initials_from_addresses_that_never_answer_start_no_handshake_at_the_witness() {
+    let WitnessAt { p, addr, w, certs, rt } = witness_at(2);
+    // Again with debug lines, which say when a handshake is given up.
+    drop(w);
+    let log_path = p.dir.path().join("w-debug.log");
+    let _w = KillOnDrop(
+        Command::new(BIN)
+            .args(["witness", "--config"])
+            .arg(&p.config)
+            .args(["--node", "w"])
+            .env("TWINBLOCK_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path).unwrap().contains("witness listening") {
+        assert!(Instant::now() < deadline, "the witness never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = {
+        let _in = rt.enter();
+        witness_client(&certs, "a")
+    };
+    let flood = InitialFlood::start(caught_initials(&rt, client, "w", 160), addr);
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..5 {
+        rt.block_on(async {
+            let (_e, _c, _tx, mut rx) =
+                tokio::time::timeout(Duration::from_secs(10), renew_as_a(&certs, addr))
+                    .await
+                    .expect("a renewal's connection within 10 s");
+            let mut len = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(10), rx.read_exact(&mut len))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap();
+        });
+    }
+    drop(flood);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for needle in ["given up for a newer one", "handshake timed out"] {
+        assert!(!log.contains(needle), "{needle}: {}", tail(&log));
+    }
+}

@@ -253,6 +253,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
             i = endpoint.accept() => match i { Some(i) => i, None => return },
             _ = stop.wait_for(|s| *s) => return,
         };
+        let Some(incoming) = tls::validated(incoming) else { continue };
         let remote = incoming.remote_address();
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             busy_refused += 1;

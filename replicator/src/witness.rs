@@ -346,6 +346,9 @@ pub async fn serve_reporting(
             _ = stop.wait_for(|s| *s) => break,
         };
         let Some(incoming) = incoming else { break };
+        // (A new address proves it receives first: Initials from nowhere
+        // gave the oldest pending handshake up, a real node's too.)
+        let Some(incoming) = tls::validated(incoming) else { continue };
         let shared = shared.clone();
         let nodes = nodes.clone();
         let sessions = sessions.clone();
