@@ -1165,3 +1165,32 @@ fn a_secondary_whose_rebuilds_keep_failing_waits_longer_each_time() {
     assert!(block.iter().all(|&x| x == 0x5e), "b lacks the write after its rebuild");
     eprintln!("{n} rebuilds in 13 s; rebuilt {took:.1}s after connect ({:?})", start.elapsed());
 }
+
+/// A start whose metadata volume has no room for the new node's bitmap
+/// (a 64 GiB device's, 2 MiB, on a 1 MiB tmpfs) fails naming the file
+/// and "No space left on device", and leaves the volume as it found it.
+/// Before, the half-written `a.meta.bitmap.tmp` stayed, holding all the
+/// room that was left, for every file on that volume (another resource's
+/// metadata there then failed its updates, and its device its writes).
+/// Given room, the next start works.
+#[test]
+fn a_metadata_save_that_finds_no_room_leaves_no_temporary_file() {
+    if !root("mounting a small tmpfs for the metadata") {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fullmeta", "1M");
+    let mut p = Pair::prepare("C", "64G");
+    p.set_meta(0, &vol.path().join("a.meta"));
+    let out = run_timeout(
+        Command::new(BIN).args(["up", "--config"]).arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a started: {err}");
+    assert!(err.contains("a.meta.bitmap") && err.contains("No space left on device"), "{err}");
+    let left: Vec<String> = vol.files().into_iter().filter(|f| f.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "the failed start left {left:?} on the full volume");
+    vol.resize("8M");
+    p.up(0);
+    assert_eq!(vol.files(), ["a.meta", "a.meta.al", "a.meta.bitmap", "a.meta.disk"]);
+}

@@ -217,17 +217,31 @@ impl Meta {
 }
 
 /// Replaces `path` with `bytes` durably (temp file, fsync, rename, fsync
-/// of the directory); the file is created 0600.
+/// of the directory); the file is created 0600. If it fails before the
+/// rename, `path` is as it was and the temp file is removed: a write that
+/// found the file system full must not leave its part-written temp file
+/// holding what room there was (before, a failed start left a
+/// `meta.bitmap.tmp` filling the metadata volume).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f =
-        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
+    let replaced = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = replaced {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::File::open(dir)?.sync_all()
 }

@@ -323,3 +323,57 @@ pub fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A tmpfs of a given size (a file system that can fill up), mounted at
+/// a new directory under `test_tmp()`; unmounted when dropped. Needs root.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(prefix: &str, size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(test_tmp()).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+                .arg(dir.path()),
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new size (room freed, or taken away).
+    pub fn resize(&self, size: &str) {
+        run_ok(
+            Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(self.path()),
+        );
+    }
+
+    /// Fills what room is left with a file (`filler`); returns its path.
+    pub fn fill(&self) -> PathBuf {
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        filler
+    }
+
+    /// The names of the files it holds, sorted.
+    pub fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
