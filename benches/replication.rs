@@ -49,6 +49,7 @@ fn config() -> CoreConfig {
         controller: None,
         adaptive: Default::default(),
         plant: Plant::None,
+        files: Default::default(),
     }
 }
 

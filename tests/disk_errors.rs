@@ -1129,7 +1129,8 @@ fn a_secondary_whose_rebuilds_keep_failing_waits_longer_each_time() {
     let b = p.status(1);
     let why = b["last_error"].as_str().unwrap_or_default().to_string();
     assert!(
-        why.contains("failed again while being rebuilt from the peer") && why.contains("errno"),
+        why.contains("failed again while being rebuilt from the peer")
+            && why.contains("Input/output error"),
         "{b}"
     );
     assert_eq!(b["disk"], "Failed", "{b}");
@@ -1193,4 +1194,106 @@ fn a_metadata_save_that_finds_no_room_leaves_no_temporary_file() {
     vol.resize("8M");
     p.up(0);
     assert_eq!(vol.files(), ["a.meta", "a.meta.al", "a.meta.bitmap", "a.meta.disk"]);
+}
+
+/// The metadata volume of a Primary fills up, its peer gone (every write
+/// then waits for a new generation to be saved first). The write fails
+/// with ENOSPC, never OK, and so does the FLUSH after it; `last_error`
+/// names the file that could not be written and says "No space left on
+/// device" (before: `cannot save metadata: errno 28`); the saved `meta`
+/// is the one from before, whole; reads work. Once room is freed, writes
+/// work again without a restart (the save is retried once a second).
+#[test]
+fn a_full_metadata_volume_fails_writes_and_names_the_file() {
+    if !(have("qemu-io") && root("mounting a small tmpfs for the metadata")) {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fullmeta", "8M");
+    let mut p = Pair::prepare("C", "16M");
+    let meta = vol.path().join("a.meta");
+    p.set_meta(0, &meta);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let out = qemu_io(&p.uri(0), "write -P 0x11 0 64k");
+    assert!(out.contains("wrote 65536/65536"), "{out}");
+    p.wait_drained();
+    let saved = std::fs::read(&meta).unwrap();
+    let filler = vol.fill();
+    assert!(p.down(1).success(), "b did not stop: {}", tail(&p.log(1)));
+    p.wait_unlinked(0);
+
+    let mut c = Client::go_addr(p.nodes[0].nbd, false);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.request(0, 1, 1, 0, 4096, &[0x22; 4096]); // WRITE
+    assert_eq!(c.simple_reply(), (28, 1), "the write was not failed with ENOSPC");
+    c.request(0, 3, 2, 0, 0, &[]); // FLUSH
+    let flush = c.simple_reply();
+    assert_ne!(flush.0, 0, "the FLUSH after the failed write succeeded");
+    let a = p.status(0);
+    let why = a["last_error"].as_str().unwrap_or_default().to_string();
+    eprintln!("the FLUSH after it: {flush:?}; last_error: {why}");
+    assert!(
+        why.contains(&meta.display().to_string()) && why.contains("No space left on device"),
+        "{a}"
+    );
+    assert!(p.log(0).contains(&format!("{}: No space left on device", meta.display())));
+    assert_eq!(std::fs::read(&meta).unwrap(), saved, "a.meta changed (torn?)");
+    let out = qemu_io(&p.uri(0), "read -P 0x11 0 64k");
+    assert!(out.contains("read 65536/65536") && !out.contains("fail"), "{out}");
+
+    std::fs::remove_file(filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = qemu_io(&p.uri(0), "write -P 0x33 0 64k");
+        if out.contains("wrote 65536/65536") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "writes still fail with room: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = qemu_io(&p.uri(0), "read -P 0x33 0 64k");
+    assert!(out.contains("read 65536/65536") && !out.contains("fail"), "{out}");
+    assert_ne!(std::fs::read(&meta).unwrap(), saved, "the new generation was never saved");
+}
+
+/// The Secondary's metadata volume fills up under replicated writes
+/// (protocol C; `al-extents = 7` and writes cycling over eight extents,
+/// so that b's activity log grows past the room it had). b cannot record
+/// what it takes in: its disk is detached (`Failed`, `last_error` naming
+/// its metadata file and "No space left on device"; before, "metadata:
+/// errno 28"), and the Primary goes on alone, every write answered OK (it
+/// holds them, marked out of sync). Once room is freed, `connect` on b
+/// rebuilds it: the disks are identical.
+#[test]
+fn a_secondary_whose_metadata_volume_fills_is_detached_then_rebuilt() {
+    if !(have("qemu-io") && root("mounting a small tmpfs for the metadata")) {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fullmeta", "8M");
+    let mut p = Pair::prepare("C", "32M");
+    p.configure("al-extents = 7");
+    p.set_meta(1, &vol.path().join("b.meta"));
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let filler = vol.fill();
+    let writes: Vec<String> =
+        (0..400).map(|i| format!("write -P {} {}M 4k", i % 200 + 16, (i % 8) * 4)).collect();
+    let out = run_qemu_io(&p.uri(0), &writes);
+    assert_eq!(out.matches("wrote 4096/4096").count(), 400, "{out}");
+    p.wait("b's disk detached", Duration::from_secs(20), |_, b| b["disk"] == "Failed");
+    let b = p.status(1);
+    let why = b["last_error"].as_str().unwrap_or_default().to_string();
+    eprintln!("b: {why}");
+    assert!(
+        why.contains(&vol.path().join("b.meta").display().to_string())
+            && why.contains("No space left on device"),
+        "{b}"
+    );
+    assert_eq!(p.status(0)["disk"], "UpToDate");
+    std::fs::remove_file(filler).unwrap();
+    p.ok(&["connect"], 1);
+    p.wait_synced("b's rebuild once room was freed", Duration::from_secs(60));
+    p.wait_drained();
+    assert!(
+        std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after b's rebuild"
+    );
 }

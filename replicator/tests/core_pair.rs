@@ -39,6 +39,7 @@ fn cfg(me: &str, peer: &str) -> CoreConfig {
         controller: None,
         adaptive: Default::default(),
         plant: Plant::None,
+        files: Default::default(),
     }
 }
 

@@ -50,6 +50,7 @@ pub fn config(
         controller: None,
         adaptive: Default::default(),
         plant,
+        files: Default::default(),
     }
 }
 

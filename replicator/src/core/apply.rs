@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::protocol::wire::{self, DiskState, Message, Op, Role};
 
 use super::session::{Activity, Phase};
-use super::types::{IoError, Plant, Progress, SessionId, StoreOp, Time};
+use super::types::{IoError, Plant, Progress, ReplyError, SessionId, StoreOp, Time};
 use super::write::Admit;
 use super::{Core, IoFor};
 
@@ -363,7 +363,8 @@ impl Core {
                 }
                 if !self.meta_durable() {
                     if let Some(e) = self.p.meta_failed.take() {
-                        self.disk_failed(e, "metadata");
+                        let meta = self.cfg.files.meta.clone();
+                        self.disk_failed_on(e, "metadata", &meta);
                         continue;
                     }
                     break;
@@ -371,8 +372,16 @@ impl Core {
                 match self.al_admit(&extents) {
                     Admit::Go => {}
                     Admit::Wait => break,
-                    Admit::Fail(_) => {
-                        self.disk_failed(IoError::EIO, "activity log");
+                    Admit::Fail(e) => {
+                        let e = match e {
+                            ReplyError::Io(e) => e,
+                            _ => IoError::EIO,
+                        };
+                        let al = match self.cfg.files.meta.as_str() {
+                            "" => String::new(),
+                            meta => format!("{meta}.al"),
+                        };
+                        self.disk_failed_on(e, "activity log", &al);
                         continue;
                     }
                 }

@@ -763,8 +763,22 @@ impl Core {
     /// this node acknowledged, so a resync from a peer that lacks some of
     /// it leaves this node Outdated (see `handshake::unusable_side`).
     fn disk_failed(&mut self, e: IoError, what: &str) {
+        let disk = self.cfg.files.disk.clone();
+        self.disk_failed_on(e, what, &disk);
+    }
+
+    /// [`Core::disk_failed`] for a failure of `file` (the disk's own, or
+    /// a metadata file: empty, not named).
+    fn disk_failed_on(&mut self, e: IoError, what: &str, file: &str) {
         if self.disk != DiskState::Failed {
-            let why = format!("local disk failed ({what}: errno {}): detached", e.0);
+            // (A timeout's `what` says it: no system text for it.)
+            let text = if e == IoError::ETIMEDOUT { String::new() } else { e.describe() };
+            let why = match (file, text.as_str()) {
+                ("", "") => format!("local disk failed ({what}): detached"),
+                ("", text) => format!("local disk failed ({what}: {text}): detached"),
+                (disk, "") => format!("local disk failed ({what} on {disk}): detached"),
+                (disk, text) => format!("local disk failed ({what} on {disk}: {text}): detached"),
+            };
             self.disk_error = Some(why.clone());
             // The target of a resync into it: a rebuild failed (the
             // next one waits, `rebuild_backoff`).

@@ -208,7 +208,11 @@ impl Core {
                 }
             }
             Err(e) => {
-                self.error(format!("cannot save metadata: errno {}", e.0));
+                self.error(format!(
+                    "cannot save metadata {}: {}",
+                    self.meta_file(""),
+                    e.describe()
+                ));
                 self.p.meta_failed = Some(e);
             }
         }
@@ -223,7 +227,11 @@ impl Core {
     ) {
         self.p.bitmap_saving = false;
         if let Err(e) = result {
-            self.error(format!("cannot save the out-of-sync bitmap: errno {}", e.0));
+            self.error(format!(
+                "cannot save the out-of-sync bitmap {}: {}",
+                self.meta_file(".bitmap"),
+                e.describe()
+            ));
             self.p.dirty_pages.extend(pages.iter().map(|(p, _)| *p));
             self.p.bitmap_failed = Some(e);
         }
@@ -234,10 +242,23 @@ impl Core {
         match result {
             Ok(()) => self.al.saved(&remove, &add),
             Err(e) => {
-                self.error(format!("cannot update the activity log: errno {}", e.0));
+                self.error(format!(
+                    "cannot update the activity log {}: {}",
+                    self.meta_file(".al"),
+                    e.describe()
+                ));
                 self.al.failed(&remove);
                 self.p.al_failed = Some(e);
             }
+        }
+    }
+
+    /// The metadata file of suffix `ext` (`""`, `".bitmap"`, `".al"`),
+    /// as a failure names it.
+    fn meta_file(&self, ext: &str) -> String {
+        match self.cfg.files.meta.as_str() {
+            "" => format!("`meta{ext}`"),
+            meta => format!("{meta}{ext}"),
         }
     }
 

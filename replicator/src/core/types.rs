@@ -415,6 +415,17 @@ pub struct CoreConfig {
     /// Adaptive mode's rules (used with `Protocol::Adaptive` only).
     pub adaptive: AdaptiveConfig,
     pub plant: Plant,
+    /// The node's files, named when one of them fails.
+    pub files: Files,
+}
+
+/// Paths of a node's disk and metadata (`meta`; its bitmap and activity
+/// log are `META.bitmap`, `META.al`), as a failure names them; empty (in
+/// the simulator and unit tests) they are named by their role.
+#[derive(Debug, Clone, Default)]
+pub struct Files {
+    pub disk: String,
+    pub meta: String,
 }
 
 /// Adaptive mode (see `core::adaptive`).
@@ -478,6 +489,10 @@ impl CoreConfig {
                 )
             },
             plant: Plant::None,
+            files: Files {
+                disk: res.nodes.get(me).map(|n| n.disk.display().to_string()).unwrap_or_default(),
+                meta: res.nodes.get(me).map(|n| n.meta.display().to_string()).unwrap_or_default(),
+            },
         }
     }
 }
@@ -559,6 +574,11 @@ impl IoError {
     pub const ENOSPC: IoError = IoError(28);
     /// A store operation without a completion for `disk-timeout`.
     pub const ETIMEDOUT: IoError = IoError(110);
+
+    /// The system's text for it: "No space left on device (os error 28)".
+    pub fn describe(self) -> String {
+        std::io::Error::from_raw_os_error(self.0).to_string()
+    }
 }
 
 /// The answer to an application request.

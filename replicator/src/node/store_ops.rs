@@ -18,6 +18,11 @@ pub(super) fn persist(
     what: Persist,
 ) -> Result<(), IoError> {
     let mut f = files.lock().unwrap_or_else(|e| e.into_inner());
+    let file = match &what {
+        Persist::Meta(_) => f.meta.clone(),
+        Persist::Bitmap { .. } => crate::al::sibling(&f.meta, "bitmap"),
+        Persist::Al { .. } => crate::al::sibling(&f.meta, "al"),
+    };
     let r = match what {
         Persist::Meta(rec) => {
             let mut m = Meta::from_record(node, &res.name, res.size, &rec);
@@ -31,7 +36,7 @@ pub(super) fn persist(
         Persist::Al { remove, add } => f.al.apply(&remove, &add),
     };
     r.map_err(|e| {
-        tracing::error!("metadata update failed: {e}");
+        tracing::error!("metadata update failed: {}: {e}", file.display());
         io_err(&e)
     })
 }

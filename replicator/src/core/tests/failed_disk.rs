@@ -697,7 +697,7 @@ fn failed_rebuilds_back_off_and_connect_or_a_completed_rebuild_resets_them() {
                 "{why}"
             );
             let shown = p.core(1).status().last_error.unwrap_or_default();
-            assert!(shown.contains("next rebuild in") && shown.contains("errno"), "{shown}");
+            assert!(shown.contains("next rebuild in") && shown.contains("os error"), "{shown}");
             assert_eq!(
                 p.core(1).poll_timeout().map(|t| t <= at),
                 Some(true),

@@ -65,6 +65,7 @@ fn cfg(protocol: Protocol) -> CoreConfig {
         controller: None,
         adaptive: Default::default(),
         plant: Plant::None,
+        files: Default::default(),
     }
 }
 
