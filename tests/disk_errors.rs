@@ -1297,3 +1297,34 @@ fn a_secondary_whose_metadata_volume_fills_is_detached_then_rebuilt() {
         "the disks differ after b's rebuild"
     );
 }
+
+/// The Primary's disk is a sparse file on a file system that fills up
+/// (a 4 MiB tmpfs under a 16 MiB device) under a pipelined writer (16 in
+/// flight, protocol C). The writes that meet the full file system fail
+/// (ENOSPC, or EIO for those behind it), never OK; every write answered
+/// OK is on the Secondary; the disk is detached, saying why.
+#[test]
+fn a_primary_whose_disk_file_fills_acknowledges_only_what_the_peer_holds() {
+    if !root("mounting a small tmpfs for the disk") {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fulldisk", "4M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &vol.path().join("a.img"));
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let (answers, _) = write_through_failure(&p, (16 << 20) / BLOCK, 16, 1, || {});
+    let ok = acknowledged(&answers);
+    let failed: Vec<(u64, u32)> =
+        answers.iter().filter(|(_, e)| **e != 0).map(|(c, e)| (*c, *e)).collect();
+    eprintln!("{} writes acknowledged, {} failed", ok.len(), failed.len());
+    assert!(ok.len() >= 500 && !failed.is_empty(), "{} ok, {} failed", ok.len(), failed.len());
+    assert!(failed.iter().all(|(_, e)| *e == 28 || *e == 5), "not ENOSPC/EIO: {failed:?}");
+    assert!(failed.iter().any(|(_, e)| *e == 28), "none failed with ENOSPC: {failed:?}");
+    let a = p.status(0);
+    assert_eq!(a["disk"], "Failed", "{a}");
+    let why = a["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("No space left on device"), "{why}");
+    let b = std::fs::read(&p.nodes[1].disk).unwrap();
+    let missing = cookie_blocks_missing(&b, &ok);
+    assert!(missing.is_empty(), "acknowledged writes missing on b: {missing:?}");
+}

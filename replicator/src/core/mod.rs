@@ -806,7 +806,13 @@ impl Core {
             // more (a resync or verify it was the source of ends); the
             // handshake of the next link sends it a full sync instead.
             if let Some(sid) = self.session_id() {
-                self.close_session(sid, format!("the local disk failed ({what}): detached"));
+                // (With the system's reason: this node's status and the
+                // peer's show this last, over the line above.)
+                let why = match text.as_str() {
+                    "" => format!("the local disk failed ({what}): detached"),
+                    text => format!("the local disk failed ({what}: {text}): detached"),
+                };
+                self.close_session(sid, why);
             }
             // What waited for this disk alone is decided now: the disk may
             // never complete it (one that hangs after its first error).
