@@ -1328,3 +1328,54 @@ fn a_primary_whose_disk_file_fills_acknowledges_only_what_the_peer_holds() {
     let missing = cookie_blocks_missing(&b, &ok);
     assert!(missing.is_empty(), "acknowledged writes missing on b: {missing:?}");
 }
+
+/// The Secondary's disk is a sparse file on a file system that fills up
+/// (a 4 MiB tmpfs under a 16 MiB device) while `protocol` writes 8 MiB
+/// of data to the Primary (nbdcopy). The Primary answers every write OK
+/// and goes on alone, the blocks b lacks out of sync; b's disk is
+/// detached saying why, and so does a (`b closed the link: ... No space
+/// left on device`). Once room is freed, `connect` on b rebuilds it: the
+/// disks are identical, and b's file takes no more room than its data
+/// (the holes stay holes).
+fn a_secondary_whose_disk_file_fills(protocol: &str) {
+    if !(have("nbdcopy") && root("mounting a small tmpfs for the disk")) {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fulldisk", "4M");
+    let mut p = Pair::prepare(protocol, "16M");
+    p.set_disk(1, &vol.path().join("b.img"));
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    let src = p.dir.path().join("src.img");
+    std::fs::write(&src, pattern(8 << 20, 141)).unwrap();
+    let out = run_timeout(Command::new("nbdcopy").arg(&src).arg(p.uri(0)), Duration::from_secs(60));
+    assert!(out.status.success(), "nbdcopy: {}", String::from_utf8_lossy(&out.stderr));
+    p.wait("b's disk detached", Duration::from_secs(20), |_, b| b["disk"] == "Failed");
+    let (a, b) = (p.status(0), p.status(1));
+    assert_eq!(a["disk"], "UpToDate", "{a}");
+    assert!(a["out_of_sync_bytes"].as_u64().unwrap_or(0) > 0, "{a}");
+    for s in [&a, &b] {
+        let why = s["last_error"].as_str().unwrap_or_default();
+        assert!(why.contains("No space left on device"), "{s}");
+    }
+    std::fs::remove_file(&src).unwrap();
+    vol.resize("64M");
+    p.ok(&["connect"], 1);
+    p.wait_synced("b's rebuild once room was freed", Duration::from_secs(60));
+    p.wait_drained();
+    let data = std::fs::read(&p.nodes[0].disk).unwrap();
+    assert_eq!(&data[..8 << 20], &pattern(8 << 20, 141)[..], "a lacks what nbdcopy wrote");
+    assert!(data == std::fs::read(&p.nodes[1].disk).unwrap(), "the disks differ after b's rebuild");
+    let used =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&p.nodes[1].disk).unwrap());
+    assert!(used * 512 <= 9 << 20, "b's rebuilt file takes {} bytes", used * 512);
+}
+
+#[test]
+fn a_secondary_whose_disk_file_fills_is_detached_then_rebuilt_protocol_c() {
+    a_secondary_whose_disk_file_fills("C");
+}
+
+#[test]
+fn a_secondary_whose_disk_file_fills_is_detached_then_rebuilt_protocol_a() {
+    a_secondary_whose_disk_file_fills("A");
+}
