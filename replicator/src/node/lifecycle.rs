@@ -468,6 +468,7 @@ impl Node {
     /// Clean stop, after the final flush: the bitmap on disk and the
     /// activity log emptied of every idle extent.
     pub fn close(&self) {
+        self.scratch.give_back();
         let mut sh = self.lock();
         sh.persist_async = false; // the process ends next: update in place
         sh.core.prepare_stop();
