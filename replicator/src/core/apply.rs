@@ -326,7 +326,12 @@ impl Core {
             }
         }
         s.received = seq;
-        self.adaptive_data();
+        if !matches!(op, Op::Bench { .. }) {
+            // (A bench probe is no catch-up: a Primary that is Ahead sends
+            // none, and one from a peer that lies must not make this disk
+            // Inconsistent.)
+            self.adaptive_data();
+        }
         if peer_write(&op) {
             self.unwritten_peer_writes += 1;
         }

@@ -328,3 +328,33 @@ fn a_demotion_mid_probe_replies_once() {
     assert_eq!(replies_to(&all, 6).len(), 1, "{all:?}");
     assert!(c.pending.is_empty());
 }
+
+/// A bench probe that reaches a Secondary Behind an Ahead Primary is no
+/// catch-up resync: it leaves the Secondary Behind and Outdated (a Primary
+/// refuses to bench while Ahead, so only a lying or buggy peer sends one
+/// then). Before, any data while Behind started the catch-up: the probe
+/// made the Secondary a SyncTarget, its disk Inconsistent (no longer one
+/// `primary --force` may take), waiting for a resync nobody had begun.
+#[test]
+fn a_probe_while_behind_is_no_catch_up_and_leaves_the_disk_outdated() {
+    let mut p =
+        super::writes::adaptive_pair_holding(Duration::from_millis(3), Duration::from_secs(60));
+    p.initial();
+    super::writes::write_past_the_budget(&mut p, 1, 0, 7);
+    assert_eq!(p.core(0).replication(), Replication::Ahead, "a did not go Ahead");
+    p.hold_to[1] = false;
+    p.settle_now();
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "b is not Behind");
+    assert_eq!(p.core(1).replication(), Replication::Behind);
+    let (now, sid) = (p.now, p.sid.expect("link"));
+    let seq = p.core(1).session.as_ref().expect("session").received + 1;
+    for (i, store) in [true, false].into_iter().enumerate() {
+        let op = Op::bench(0, Bytes::from(vec![3u8; 4096]), store);
+        p.core(1).handle_frame(now, sid, Message::Data { seq: seq + i as u64, op });
+    }
+    // (Not delivered to a, which never sent them: b's answers are dropped.)
+    let acts = run(p.core(1), now);
+    assert!(!closed(&acts), "b closed the link over a probe: {acts:?}");
+    assert_eq!(p.core(1).replication(), Replication::Behind, "a probe started a catch-up");
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "a probe made b's disk Inconsistent");
+}
