@@ -372,6 +372,23 @@ fn a_verb_that_ends_the_measurement_mid_bench_is_named_in_the_error() {
     assert_eq!(st["out_of_sync_bytes"], 0, "{st}");
 }
 
+/// `down` on the Primary mid-bench: the bench says the node is stopping.
+/// Before, it said "bench stopped: ...: bench runs on the Primary (it
+/// measures the writes it replicates)": the stop's own demotion, read as
+/// if the operator had run the bench on a Secondary.
+#[test]
+fn a_bench_stopped_by_down_says_the_node_is_stopping() {
+    let mut pair = Pair::start("C", "16M");
+    let child = spawn_bench(&pair, "3s");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(pair.down(0).success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stopping"), "{err}");
+    assert!(!err.contains("bench runs on the Primary"), "{err}");
+}
+
 /// Small file systems (tmpfs) for the nodes' metadata, unmounted and
 /// removed when dropped (after the pair, declared after it, is gone).
 struct MetaVolumes(tempfile::TempDir);

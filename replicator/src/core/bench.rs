@@ -55,6 +55,10 @@ pub(crate) struct Probe {
 impl Core {
     /// Why a probe cannot run now, in words (None: it can).
     pub fn bench_refusal(&self) -> Option<String> {
+        if self.stopping {
+            // (Its demotion for the stop would otherwise be named.)
+            return Some("the node is stopping (`down` or a signal)".into());
+        }
         if self.role != Role::Primary {
             return Some("bench runs on the Primary (it measures the writes it replicates)".into());
         }

@@ -277,6 +277,8 @@ pub struct Core {
     acked_apart: bool,
     /// Bench probes waiting for room in protocol A's lag budget.
     probes: VecDeque<bench::Probe>,
+    /// The node is stopping (`down`, SIGTERM): what a bench is told.
+    stopping: bool,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -486,6 +488,7 @@ impl Core {
             backoff: adaptive::Backoff::default(),
             acked_apart: false,
             probes: VecDeque::new(),
+            stopping: false,
             cfg,
         };
         if !rec.al.is_empty() {

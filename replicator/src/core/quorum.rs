@@ -973,8 +973,10 @@ impl Core {
     /// nothing more, and a grant that comes is given back. (Both nodes
     /// stopped together: the Secondary took over from its Primary's `down`
     /// in its own last moments, moving the address and running
-    /// `on_promote` only to demote at once; found by review.)
+    /// `on_promote` only to demote at once; found by review.) A bench
+    /// under way stops saying so, not naming the stop's demotion.
     pub fn stopping(&mut self) {
+        self.stopping = true;
         if let Some(c) = &mut self.ctl {
             if !c.stopping {
                 tracing::info!("stopping: no claim for the Primary role from now on");
