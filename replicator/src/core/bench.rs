@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use crate::protocol::wire::{Message, Op, Role, BENCH_AREA};
+use crate::protocol::wire::{DiskState, Message, Op, Role, BENCH_AREA};
 
 use super::session::{Need, OutKind};
 use super::types::{IoError, ReplyError, ReqId, StoreOp, Time};
@@ -67,6 +67,14 @@ impl Core {
         }
         if !self.linked() {
             return Some("the peer is not connected (bench measures the replication link)".into());
+        }
+        let peer_disk = self.session.as_ref().map(|s| s.peer.disk);
+        if let Some(d @ (DiskState::Diskless | DiskState::Failed)) = peer_disk {
+            // (It fails every probe, as every write: EIO, naming nothing.)
+            return Some(format!(
+                "the peer's disk is {d:?}: nothing is replicated to it (bench measures \
+                 the writes it replicates)"
+            ));
         }
         match self.replication() {
             Replication::Established => None,

@@ -13,6 +13,26 @@ fn data_seqs(acts: &[Action]) -> Vec<(u64, bool)> {
         .collect()
 }
 
+/// A bench needs a peer with a disk: against a Diskless one every probe
+/// failed with EIO (the peer fails what it cannot write), and the bench
+/// stopped on "probe failed: Input/output error", naming nothing.
+#[test]
+fn a_bench_is_refused_while_the_peer_has_no_disk() {
+    let mut c = core(Protocol::C, DiskState::UpToDate);
+    c.promote(false, 1).unwrap();
+    c.handle_link_up(Duration::ZERO, 1);
+    let g = GenIds { current: GEN, bitmap: 0, history: [0, 0] };
+    c.handle_frame(
+        Duration::ZERO,
+        1,
+        Message::Hello(hello(Role::Secondary, DiskState::Diskless, g)),
+    );
+    c.handle_frame(Duration::ZERO, 1, Message::Bits { runs: Vec::new(), last: true });
+    run(&mut c, Duration::ZERO);
+    let why = c.bench_refusal();
+    assert!(why.as_deref().is_some_and(|w| w.contains("Diskless")), "{why:?}");
+}
+
 /// A user write sent while `twinblock bench` probes are in flight waits
 /// behind them at the peer: that wait is the bench's, not the link's,
 /// and does not send an adaptive Primary Ahead (a bench beside fio
