@@ -1874,6 +1874,95 @@ fn a_full_sync_of_a_mostly_empty_disk_sends_its_data_not_its_zeroes() {
     assert!(allocated <= 8 << 20, "the target allocated {allocated} bytes for 2 MiB of data");
 }
 
+/// The data ranges of a file (`SEEK_DATA`/`SEEK_HOLE`), up to `size`.
+fn data_ranges(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        // SAFETY: plain syscalls on an open descriptor.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data after `pos`
+        }
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { size } else { (hole as u64).min(size) };
+        out.push((data as u64, end));
+        pos = end;
+    }
+    out
+}
+
+/// Whether two sparse files of `size` read the same: compared where
+/// either holds data (where both are holes, both read zeroes).
+fn same_sparse(a: &std::path::Path, b: &std::path::Path, size: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let (fa, fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let mut ranges = data_ranges(&fa, size);
+    ranges.extend(data_ranges(&fb, size));
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for (start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(1 << 20) as usize;
+            fa.read_exact_at(&mut x[..n], at).unwrap();
+            fb.read_exact_at(&mut y[..n], at).unwrap();
+            if x[..n] != y[..n] {
+                return Err(format!("the disks differ in {at}+{n}"));
+            }
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// `rchar` of process `pid` (bytes it passed to read(2) and kin).
+fn rchar(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).unwrap()
+}
+
+/// A full sync from a large sparse disk read every hole: a 16 TiB file
+/// holding little was read whole (16 TiB of zeroes) only to send its
+/// chunks as ranges of zeroes. The source now asks the file system where
+/// the data is (`SEEK_DATA`) and sends a hole's chunks unread: of an
+/// 8 GiB file with 4 MiB of data spread over it, the source reads a few
+/// MiB (`counters.resync_read_bytes`, and the process's own `rchar`),
+/// and the disks end identical.
+#[test]
+fn a_full_sync_of_a_sparse_disk_reads_its_data_not_its_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const SIZE: u64 = 8 << 30;
+    let p = Pair::prepare("C", "8G");
+    let disk = std::fs::File::create(&p.nodes[0].disk).unwrap();
+    disk.set_len(SIZE).unwrap();
+    // 16 runs of 256 KiB off the chunks' bounds, four across two chunks.
+    for i in 0..16u64 {
+        let within = if i == 5 { (1 << 20) - (128 << 10) } else { 12288 + i * 65536 };
+        disk.write_all_at(&pattern(256 << 10, i), i * (SIZE / 16) + within).unwrap();
+    }
+    drop(disk);
+    let started = Instant::now();
+    let p = p.bring_up();
+    let pid = p.nodes[0].child.as_ref().unwrap().id();
+    p.wait_both_synced("the full sync", Duration::from_secs(120));
+    let took = started.elapsed();
+    // (Since the process started: its files and sockets too.)
+    let read = rchar(pid);
+    let a = p.status(0);
+    let counted = a["counters"]["resync_read_bytes"].as_u64().unwrap();
+    assert_eq!(a["counters"]["resync_bytes"].as_u64(), Some(SIZE), "not a full sync: {a}");
+    assert!(
+        (4 << 20..=32 << 20).contains(&counted),
+        "the source read {counted} bytes of an {SIZE}-byte disk holding 4 MiB"
+    );
+    assert!(read < 64 << 20, "the source process read {read} bytes (rchar) in {took:?}");
+    same_sparse(&p.nodes[0].disk, &p.nodes[1].disk, SIZE).unwrap();
+    let allocated = std::fs::metadata(&p.nodes[1].disk).unwrap().blocks() * 512;
+    assert!(allocated <= 40 << 20, "the target allocated {allocated} bytes for 4 MiB of data");
+    eprintln!("8 GiB sparse full sync: {took:?}, source read {counted} bytes (rchar {read})");
+}
+
 /// Data and zeroes interleaved at every scale (whole 1 MiB chunks, 4 KiB
 /// blocks within a chunk, one byte in a chunk of zeroes), into a target
 /// full of other bytes: the zero chunks cross as ranges, the target

@@ -23,6 +23,9 @@ pub struct Counters {
     pub written_bytes: u64,
     pub replicated_bytes: u64,
     pub resync_bytes: u64,
+    /// Bytes a SyncSource read from its disk for resync (a hole of a
+    /// sparse disk goes as zeroes, unread).
+    pub resync_read_bytes: u64,
     pub verify_mismatches: u64,
     pub mode_switches: u64,
 }

@@ -77,7 +77,7 @@ fn run(s: &mut [Side; 2], now: Duration) {
                                 None
                             }
                             StoreOp::Flush | StoreOp::Scratch { .. } => None,
-                            StoreOp::Read { offset, len } => Some(Bytes::copy_from_slice(
+                            StoreOp::Read { offset, len, .. } => Some(Bytes::copy_from_slice(
                                 &s[i].disk[offset as usize..(offset + len) as usize],
                             )),
                         };

@@ -145,6 +145,7 @@ pub struct Metrics {
     written: Counter,
     replicated: Counter,
     resynced: Counter,
+    resync_read: Counter,
     verify_mismatches: Counter,
     mode_switches: Counter,
     /// The node's counters at the last look (the counters move by the difference).
@@ -304,6 +305,12 @@ impl Metrics {
         );
         let resynced =
             counter(r, "resync", "Bytes sent by resync (as SyncSource)", Some(Unit::Bytes));
+        let resync_read = counter(
+            r,
+            "resync_read",
+            "Bytes resync read from the local disk (as SyncSource; holes skipped are not read)",
+            Some(Unit::Bytes),
+        );
         let verify_mismatches = counter(
             r,
             "verify_mismatches",
@@ -427,6 +434,7 @@ impl Metrics {
             written,
             replicated,
             resynced,
+            resync_read,
             verify_mismatches,
             mode_switches,
             last: Mutex::new(Counters::default()),
@@ -503,6 +511,7 @@ impl Metrics {
         step(&self.written, c.written_bytes, &mut last.written_bytes);
         step(&self.replicated, c.replicated_bytes, &mut last.replicated_bytes);
         step(&self.resynced, c.resync_bytes, &mut last.resync_bytes);
+        step(&self.resync_read, c.resync_read_bytes, &mut last.resync_read_bytes);
         step(&self.verify_mismatches, c.verify_mismatches, &mut last.verify_mismatches);
         step(&self.mode_switches, c.mode_switches, &mut last.mode_switches);
         let l = &st.link;

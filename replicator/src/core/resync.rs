@@ -110,7 +110,7 @@ impl Core {
             }
             if let Some((off, len, sums)) = src.probed.pop_front() {
                 src.reading = Some((off, len, Some(sums)));
-                to_read = Some((off, len));
+                to_read = Some((off, len, false));
                 break;
             }
             if src.chunks >= window || s.tokens <= 0.0 {
@@ -134,7 +134,12 @@ impl Core {
                 continue;
             }
             src.reading = Some((off, len, None));
-            to_read = Some((off, len));
+            // A hole of a sparse disk goes as zeroes, unread (a 16 TiB
+            // disk holding little was read whole to find its zeroes). The
+            // probe is the read itself: performed in the read's place, it
+            // sees every write issued before it, and none is admitted
+            // until it completes (`barrier`), as for a read.
+            to_read = Some((off, len, u32::try_from(len).is_ok()));
             break;
         }
         for (off, len) in probes {
@@ -145,9 +150,9 @@ impl Core {
                 op: Op::Verify { offset: off, len: len as u32, online: false },
             });
         }
-        if let Some((off, len)) = to_read {
+        if let Some((off, len, holes)) = to_read {
             self.barrier += 1;
-            self.store(IoFor::SourceRead { sid }, StoreOp::Read { offset: off, len });
+            self.store(IoFor::SourceRead { sid }, StoreOp::Read { offset: off, len, holes });
             return;
         }
         // Nothing more to send now: is it finished?
@@ -200,8 +205,10 @@ impl Core {
         sid: SessionId,
         result: Result<Option<Bytes>, IoError>,
     ) {
+        // `None`: a read that could be answered as a hole was (all of it
+        // reads as zeroes, and none of it was read).
         let data = match result {
-            Ok(d) => d.unwrap_or_default(),
+            Ok(d) => d,
             Err(e) => {
                 self.disk_failed(e, "resync/verify read");
                 self.close_session(sid, "the local disk failed: detached".into());
@@ -215,9 +222,16 @@ impl Core {
         match &mut s.activity {
             Activity::Source(src) => {
                 let Some((off, len, sums)) = src.reading.take() else { return };
+                let read = data.as_ref().map_or(0, |d| d.len() as u64);
                 let mut writes = Vec::new();
-                match sums {
-                    Some(theirs) if theirs.len() as u64 * block == len => {
+                match (data, sums) {
+                    // A hole: its range alone crosses the link.
+                    (None, _) => match u32::try_from(len) {
+                        Ok(n) => writes.push(Op::ResyncZero { offset: off, len: n }),
+                        // (Not asked for: a chunk this large is read.)
+                        Err(_) => writes.push(Op::resync(off, vec![0; len as usize].into())),
+                    },
+                    (Some(data), Some(theirs)) if theirs.len() as u64 * block == len => {
                         let ours = block_sums(&data, block);
                         let mut i = 0;
                         while i < ours.len() {
@@ -230,10 +244,12 @@ impl Core {
                                 i += 1;
                             }
                             let b = block as usize;
-                            writes.push((off + start as u64 * block, data.slice(start * b..i * b)));
+                            let at = off + start as u64 * block;
+                            // All zeroes: only their range crosses the link.
+                            writes.push(Op::resync_chunk(at, data.slice(start * b..i * b)));
                         }
                     }
-                    _ => writes.push((off, data)),
+                    (Some(data), _) => writes.push(Op::resync_chunk(off, data)),
                 }
                 src.unflushed.push((off, len));
                 src.progress.done += len;
@@ -245,11 +261,9 @@ impl Core {
                     None
                 };
                 let mut sent = 0;
-                for (at, part) in writes {
-                    sent += part.len() as u64;
-                    // All zeroes: only their range crosses the link.
-                    let op = Op::resync_chunk(at, part);
+                for op in writes {
                     let range = op.range();
+                    sent += range.map_or(0, |(_, n)| n);
                     let seq = s.submit(OutKind::Resync, Need::Done, range, op.wire_bytes(), now);
                     self.actions.push_back(super::Action::Send {
                         session: sid,
@@ -258,6 +272,7 @@ impl Core {
                 }
                 s.tokens -= len as f64;
                 self.counters.resync_bytes += sent;
+                self.counters.resync_read_bytes += read;
                 if let Some(ranges) = flush {
                     let seq = s.submit(OutKind::ResyncFlush(ranges), Need::Done, None, 0, now);
                     self.actions.push_back(super::Action::Send {
@@ -267,6 +282,7 @@ impl Core {
                 }
             }
             Activity::Verify(v) => {
+                let data = data.unwrap_or_default();
                 v.reading = false;
                 let offset = v.cursor;
                 let sums = block_sums(&data, block);

@@ -508,8 +508,13 @@ pub enum StoreOp {
     Zero { offset: u64, len: u64, punch: bool, fua: bool },
     /// fdatasync: every store write emitted before it is durable.
     Flush,
-    /// Reads the current content (resync, verify).
-    Read { offset: u64, len: u64 },
+    /// Reads the current content (resync, verify). With `holes`, a range
+    /// that is all hole in the backing file (a sparse regular file, found by
+    /// `SEEK_DATA`) may complete with `Ok(None)`, unread: it reads as zeroes.
+    /// A store that cannot tell (a block device, a file system without
+    /// `SEEK_DATA`) reads it. Performed in its place in the core's order,
+    /// as a read is: it sees every write issued before it.
+    Read { offset: u64, len: u64, holes: bool },
     /// Into the bench scratch area (never the device), as `Write` without FUA.
     Scratch { offset: u64, data: Bytes },
 }
@@ -543,7 +548,9 @@ impl StoreOp {
                 StoreOp::Zero { offset, len: len as u64, punch: !no_hole, fua }
             }
             Op::Flush => StoreOp::Flush,
-            Op::Verify { offset, len, .. } => StoreOp::Read { offset, len: len as u64 },
+            Op::Verify { offset, len, .. } => {
+                StoreOp::Read { offset, len: len as u64, holes: false }
+            }
             Op::Bench { offset, data, .. } => StoreOp::Scratch { offset, data },
         }
     }
@@ -631,6 +638,9 @@ pub struct CoreCounters {
     pub written_bytes: u64,
     pub replicated_bytes: u64,
     pub resync_bytes: u64,
+    /// Bytes a SyncSource read from its disk for resync chunks (a hole it
+    /// skipped, sent as zeroes unread, is not read).
+    pub resync_read_bytes: u64,
     pub verify_mismatches: u64,
     pub mode_switches: u64,
 }

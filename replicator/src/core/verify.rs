@@ -39,7 +39,7 @@ impl Core {
             let offset = v.cursor;
             v.reading = true;
             self.barrier += 1;
-            self.store(IoFor::SourceRead { sid }, StoreOp::Read { offset, len });
+            self.store(IoFor::SourceRead { sid }, StoreOp::Read { offset, len, holes: false });
             return;
         }
         if !v.reading && v.chunks == 0 && v.cursor >= size {

@@ -76,6 +76,7 @@ impl Node {
                 written_bytes: st.counters.written_bytes,
                 replicated_bytes: st.counters.replicated_bytes,
                 resync_bytes: st.counters.resync_bytes,
+                resync_read_bytes: st.counters.resync_read_bytes,
                 verify_mismatches: st.counters.verify_mismatches,
                 mode_switches: st.counters.mode_switches,
             },

@@ -50,7 +50,18 @@ impl Node {
             StoreOp::Zero { offset, len, punch, fua } => {
                 (self.store.zero_now(offset, len, punch, false), fua)
             }
-            StoreOp::Read { offset, len } => {
+            StoreOp::Read { offset, len, holes } => {
+                // A hole of a sparse disk is answered unread (the resync of
+                // a mostly empty 16 TiB file read all of it). Here, in the
+                // read's place in the core's order: every write issued
+                // before it is in the page cache, which SEEK_DATA sees.
+                if holes {
+                    match self.store.is_hole(offset, len) {
+                        Ok(true) => return Performed::Done(Ok(None)),
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(offset, len, "hole probe failed ({e}); reading"),
+                    }
+                }
                 let r = self.store.read_now(offset, len as usize);
                 return Performed::Done(r.map(Some).map_err(|e| io_err(&e)));
             }

@@ -634,6 +634,17 @@ impl Store {
         sys::fadvise_willneed(self.fd(), off, len)
     }
 
+    /// Whether `[off, off+len)` is all hole in a sparse regular file (reads
+    /// as zeroes without being read): one `lseek(SEEK_DATA)`, which sees
+    /// writes still in the page cache. Always false on a block device, and
+    /// where the file system cannot tell.
+    pub fn is_hole(&self, off: u64, len: u64) -> io::Result<bool> {
+        if self.is_blockdev {
+            return Ok(false);
+        }
+        sys::is_hole(self.fd(), off, len)
+    }
+
     /// Allocation runs of `[off, off+len)`: (length, is_hole); at most
     /// [`sys::MAX_EXTENT_RUNS`], so possibly covering only a prefix.
     pub fn extents(&self, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {

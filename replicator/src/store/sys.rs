@@ -213,6 +213,27 @@ pub fn extents(fd: RawFd, off: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
     Ok(out)
 }
 
+/// Whether `[off, off+len)` of the regular file behind `fd` is all hole
+/// (no data at or after `off` before `off+len`, by `SEEK_DATA`, which
+/// counts data still in the page cache): it reads as zeroes. False where
+/// that cannot be told (not a regular file, a file system without
+/// `SEEK_DATA`: the generic one calls the whole file data), and past the
+/// file's end.
+pub fn is_hole(fd: RawFd, off: u64, len: u64) -> io::Result<bool> {
+    // (Past the file's end, a file truncated under us, it reads nothing:
+    // not a hole, or the resync would send zeroes over the peer's copy.)
+    match regular_file_len(fd)? {
+        Some(eof) if len > 0 && off.checked_add(len).is_some_and(|end| end <= eof) => {}
+        _ => return Ok(false),
+    }
+    match seek(fd, off, libc::SEEK_DATA) {
+        Ok(None) => Ok(true),
+        Ok(Some(data)) => Ok(data >= off.saturating_add(len)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The length of the file behind `fd` now, if it is a regular file.
 fn regular_file_len(fd: RawFd) -> io::Result<Option<u64>> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

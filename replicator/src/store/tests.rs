@@ -681,3 +681,29 @@ async fn threads_direct_punch_beside_a_sector_write_ends_in_one_order() {
 async fn uring_direct_zero_beside_a_sector_write_ends_in_one_order() {
     direct_zero_beside_a_sector_write_ends_in_one_order(BackendChoice::IoUring, false).await;
 }
+
+/// The resync's hole probe: a new sparse file is all hole; a write still
+/// in the page cache (not flushed) is data at once (the probe runs in the
+/// read's place, after the writes issued before it: one of those must
+/// never be taken for a hole); a punched range is a hole again; past the
+/// end of a file truncated under the store nothing is a hole (it reads
+/// nothing).
+#[tokio::test]
+async fn a_hole_probe_sees_writes_not_yet_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    let store = Store::open(&path, Some(8 << 20), &StoreOptions::default()).unwrap();
+    assert!(store.is_hole(0, 8 << 20).unwrap(), "a new sparse file");
+    store.write_now(3 << 20, &[1u8; 4096]).unwrap();
+    assert!(!store.is_hole(0, 8 << 20).unwrap(), "the whole file, data in the page cache");
+    assert!(!store.is_hole(3 << 20, 1 << 20).unwrap(), "the chunk written");
+    assert!(!store.is_hole(2 << 20, 1 << 20 | 1).unwrap(), "a chunk ending in the data");
+    assert!(store.is_hole(2 << 20, 1 << 20).unwrap(), "the chunk before");
+    assert!(store.is_hole(4 << 20, 1 << 20).unwrap(), "the chunk after");
+    store.zero_now(3 << 20, 4096, true, false).unwrap();
+    assert!(store.is_hole(3 << 20, 1 << 20).unwrap(), "punched");
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4 << 20).unwrap();
+    assert!(!store.is_hole(5 << 20, 1 << 20).unwrap(), "past the end of a truncated file");
+    assert!(!store.is_hole((4 << 20) - 4096, 8192).unwrap(), "across the end");
+    assert!(store.is_hole(0, 1 << 20).unwrap(), "before the end");
+}

@@ -134,7 +134,7 @@ impl Sim {
                             result = Err(e);
                         }
                     }
-                    StoreOp::Read { offset, len } => {
+                    StoreOp::Read { offset, len, .. } => {
                         if let Some(e) = err {
                             result = Err(e);
                         } else {

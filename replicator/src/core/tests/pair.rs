@@ -24,6 +24,11 @@ pub struct Node {
     pub fail_writes: bool,
     pub fail_flush: bool,
     pub fail_reads: bool,
+    /// A sparse file whose zeroes are holes: a read that may be answered
+    /// as a hole is, where the range reads as zeroes.
+    pub sparse: bool,
+    /// Reads answered as holes.
+    pub holes_answered: u64,
     /// The disk stopped answering: store operations are neither
     /// applied nor completed (lost at a power loss).
     pub hang: bool,
@@ -100,6 +105,8 @@ impl Pair {
             fail_writes: false,
             fail_flush: false,
             fail_reads: false,
+            sparse: false,
+            holes_answered: 0,
             hang: false,
             hang_meta: false,
             hang_record: false,
@@ -133,6 +140,16 @@ impl Pair {
         for (i, a) in std::mem::take(&mut self.held) {
             self.n[i].hang_al = false;
             self.perform(i, a);
+        }
+    }
+
+    /// Performs every held store operation, in order, the nodes still
+    /// holding what they issue from now on.
+    pub fn perform_held(&mut self) {
+        for (i, a) in std::mem::take(&mut self.held) {
+            let hold = std::mem::replace(&mut self.n[i].hold_store, false);
+            self.perform(i, a);
+            self.n[i].hold_store = hold;
         }
     }
 
@@ -231,9 +248,16 @@ impl Pair {
                         }
                     }
                     StoreOp::Read { .. } if node.fail_reads => Err(IoError::EIO),
-                    StoreOp::Read { offset, len } => {
+                    StoreOp::Read { offset, len, holes } => {
                         let (o, l) = (offset as usize, len as usize);
-                        Ok(Some(Bytes::copy_from_slice(&node.cache[o..o + l])))
+                        let range = &node.cache[o..o + l];
+                        if holes && node.sparse && range.iter().all(|&b| b == 0) {
+                            // A sparse file's hole: answered unread.
+                            node.holes_answered += 1;
+                            Ok(None)
+                        } else {
+                            Ok(Some(Bytes::copy_from_slice(range)))
+                        }
                     }
                     StoreOp::Scratch { .. } => Ok(None),
                 };

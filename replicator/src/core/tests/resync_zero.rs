@@ -119,3 +119,97 @@ fn a_full_sync_sends_zero_chunks_without_their_zeroes() {
     assert_eq!(p.core(0).counters.resync_bytes, SIZE);
     assert_eq!(p.core(1).counters.resync_bytes, SIZE);
 }
+
+/// A full sync from a sparse source (a regular file whose zeroes are
+/// holes): chunks of holes are sent as zeroes unread, asked of the store
+/// as reads that may be answered as holes; only the chunks with data are
+/// read (`resync_read_bytes`), and the target ends identical. (Before, a
+/// 16 TiB file holding little was read whole to find its zeroes.)
+#[test]
+fn a_sparse_sources_holes_are_sent_as_zeroes_unread() {
+    let mut p = Pair::with(Protocol::C, Plant::None, false);
+    p.n[0].sparse = true;
+    // Chunks are 256 bytes: data in chunks 3 and 9 (one byte of it).
+    p.n[0].cache[3 * 256..4 * 256].fill(0x5a);
+    p.n[0].cache[9 * 256 + 17] = 1;
+    p.n[0].durable = p.n[0].cache.clone();
+    p.n[1].cache.fill(0xee);
+    p.n[1].durable = p.n[1].cache.clone();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.connect();
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_eq!(p.n[1].durable, p.n[0].cache, "the target differs");
+    assert_eq!(p.n[0].holes_answered, SIZE / 256 - 2, "every chunk but two is a hole");
+    assert_eq!(p.core(0).counters.resync_read_bytes, 2 * 256, "read: the two data chunks");
+    assert_eq!(p.core(0).counters.resync_bytes, SIZE);
+    assert_eq!(p.core(1).counters.resync_bytes, SIZE);
+}
+
+/// Whether `a` is node 0's read of a resync chunk that may be answered as
+/// a hole.
+fn hole_probe(a: &(usize, Action)) -> Option<(u64, u64)> {
+    match a {
+        (0, Action::Store { op: StoreOp::Read { offset, len, holes: true }, .. }) => {
+            Some((*offset, *len))
+        }
+        _ => None,
+    }
+}
+
+/// An application write to a hole the resync is probing: it is not
+/// issued until the probe completed (as for a read of data), so it is
+/// never lost: the probe saw the hole, the chunk went as zeroes, and the
+/// write, numbered after it, lands after it on the target. (With the
+/// write admitted during the probe, `Plant::WriteDuringResyncRead`, the
+/// write is numbered before the chunk whose zeroes then overwrite it on
+/// the target.)
+fn a_write_racing_a_hole_probe(plant: Plant) -> Result<(), String> {
+    let mut p = Pair::with(Protocol::C, plant, false);
+    p.n[0].sparse = true;
+    p.n[1].cache.fill(0xee);
+    p.n[1].durable = p.n[1].cache.clone();
+    p.core(0).promote(true, 1).unwrap();
+    p.settle();
+    p.n[0].hold_store = true;
+    p.connect_steps(0, |_| {});
+    let mut probe = None;
+    for _ in 0..1000 {
+        probe = p.held.iter().find_map(hole_probe);
+        if probe.is_some() {
+            break;
+        }
+        p.perform_held();
+        p.steps(10, true, &mut |_| {});
+    }
+    let (off, len) = probe.ok_or("no hole probe was issued")?;
+    // The application writes into the range being probed.
+    p.write(0, 1, off + 64, 0x77, 64);
+    p.settle_now();
+    let issued = |p: &Pair| {
+        p.held.iter().any(|a| matches!(a, (0, Action::Store { op: StoreOp::Write { .. }, .. })))
+    };
+    let early = issued(&p);
+    p.n[0].hold_store = false;
+    p.perform_held();
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())), "the write");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert!(p.n[0].cache[(off + 64) as usize..(off + 128) as usize].iter().all(|&b| b == 0x77));
+    assert!(len >= 128, "{len}");
+    if p.n[1].durable != p.n[0].cache {
+        return Err(format!("the target differs (the write issued during the probe: {early})"));
+    }
+    if early {
+        return Err("the write was issued while the probe was outstanding".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_write_racing_a_hole_probe_waits_for_it_and_follows_the_chunk() {
+    a_write_racing_a_hole_probe(Plant::None).unwrap();
+    // The test catches a write admitted during the probe.
+    let e = a_write_racing_a_hole_probe(Plant::WriteDuringResyncRead).unwrap_err();
+    assert!(e.contains("the target differs"), "{e}");
+}
