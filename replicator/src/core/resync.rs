@@ -260,17 +260,24 @@ impl Core {
                 } else {
                     None
                 };
-                let mut sent = 0;
+                let (mut sent, mut payload) = (0, 0);
                 for op in writes {
                     let range = op.range();
                     sent += range.map_or(0, |(_, n)| n);
+                    payload += op.wire_bytes();
                     let seq = s.submit(OutKind::Resync, Need::Done, range, op.wire_bytes(), now);
                     self.actions.push_back(super::Action::Send {
                         session: sid,
                         msg: Message::Data { seq, op },
                     });
                 }
-                s.tokens -= len as f64;
+                // `resync-rate` limits what the resync costs the
+                // application: its disk's reads and the link's bytes (as
+                // DRBD's resync-rate). A chunk costs what it read, or its
+                // payload if that is more; a hole sent unread costs
+                // nothing (before, its full length: a mostly empty disk's
+                // sync was throttled as if it sent data).
+                s.tokens -= read.max(payload) as f64;
                 self.counters.resync_bytes += sent;
                 self.counters.resync_read_bytes += read;
                 if let Some(ranges) = flush {
