@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1961,6 +1961,65 @@ fn a_full_sync_of_a_sparse_disk_reads_its_data_not_its_holes() {
     let allocated = std::fs::metadata(&p.nodes[1].disk).unwrap().blocks() * 512;
     assert!(allocated <= 40 << 20, "the target allocated {allocated} bytes for 4 MiB of data");
     eprintln!("8 GiB sparse full sync: {took:?}, source read {counted} bytes (rchar {read})");
+}
+
+/// The application writes into the holes of a sparse source (and its
+/// data) all through its full sync: a write racing the hole probe of its
+/// chunk is never lost (the probe is ordered against writes as a read
+/// is), and the disks end identical.
+#[test]
+fn writes_into_a_sparse_sources_holes_during_its_full_sync_end_identical() {
+    use std::os::unix::fs::FileExt;
+    if !have("qemu-io") {
+        return;
+    }
+    // (A sync of some seconds, its holes probed all along. A write makes
+    // its chunk data, read whole: few enough writes that the resync, at
+    // the default `resync-rate` while they run, is not held up by them.)
+    const SIZE: u64 = 32 << 30;
+    let p = Pair::prepare("C", "32G");
+    let disk = std::fs::File::create(&p.nodes[0].disk).unwrap();
+    disk.set_len(SIZE).unwrap();
+    for i in 0..4u64 {
+        disk.write_all_at(&pattern(1 << 20, i), i * (SIZE / 4) + (256 << 20) + 4096).unwrap();
+    }
+    drop(disk);
+    // a Primary alone, writing, before b starts: the sync starts under
+    // the writes.
+    let mut p = p;
+    p.up(0);
+    p.ok(&["primary", "--force"], 0);
+    let (stop, batches) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = {
+        let (uri, stop, batches) = (p.uri(0), stop.clone(), batches.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let b = batches.load(Ordering::Relaxed);
+                let writes: Vec<String> = (0..8u64)
+                    .map(|k| {
+                        let n = b * 8 + k;
+                        let off = (n.wrapping_mul(2_654_435_761) % (SIZE / 4096)) * 4096;
+                        format!("write -P {} {off} 4k", n % 255 + 1)
+                    })
+                    .collect();
+                run_qemu_io(&uri, &writes);
+                batches.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    p.up(1);
+    p.wait("the sync to start", Duration::from_secs(20), |a, _| !a["sync"].is_null());
+    let first = batches.load(Ordering::Relaxed);
+    p.wait("the sync to end", Duration::from_secs(120), |a, _| a["sync"].is_null());
+    let during = batches.load(Ordering::Relaxed) - first;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(during >= 2, "only {during} batches of writes ran during the sync");
+    p.wait_both_synced("the full sync", Duration::from_secs(120));
+    same_sparse(&p.nodes[0].disk, &p.nodes[1].disk, SIZE).unwrap();
+    eprintln!("{during} batches of 8 writes ran during the sync");
 }
 
 /// Data and zeroes interleaved at every scale (whole 1 MiB chunks, 4 KiB
