@@ -40,6 +40,8 @@ use unaligned::Patch;
 pub const BACKEND_ENV: &str = "TWINBLOCK_IO";
 /// Overrides [`StoreOptions::inline_write_max`] (bytes; 0 turns it off).
 pub const INLINE_ENV: &str = "TWINBLOCK_INLINE_WRITE_MAX";
+/// `0` turns [`StoreOptions::seek_holes`] off.
+pub const SEEK_HOLES_ENV: &str = "TWINBLOCK_SEEK_HOLES";
 
 /// The engine actually running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,11 @@ pub struct StoreOptions {
     /// size up to 1 MiB (scripts/bench-nbd.sh). 0 sends every write through
     /// io_uring. O_DIRECT, FUA, flush and fallocate always go through it.
     pub inline_write_max: usize,
+    /// [`Store::is_hole`] asks the file system (`SEEK_DATA`); off, it
+    /// answers no, and a resync reads every chunk (for a file system whose
+    /// `SEEK_DATA` can miss data just written: OpenZFS before 2.2.2 and
+    /// 2.1.14, openzfs/zfs#15526).
+    pub seek_holes: bool,
     /// How long a lock left by a process that has exited is waited for
     /// ([`lock::lock_exclusive`]); a live holder is refused at once.
     pub lock_wait: std::time::Duration,
@@ -109,6 +116,7 @@ impl Default for StoreOptions {
             threads: 8,
             ring_entries: 256,
             inline_write_max: 32 << 20,
+            seek_holes: true,
             lock_wait: lock::DEAD_HOLDER_WAIT,
         }
     }
@@ -154,6 +162,7 @@ pub struct Store {
     size: u64,
     path: PathBuf,
     inline_write_max: usize,
+    seek_holes: bool,
     created: bool,
     /// A block device rather than a regular file: decides how ranges are
     /// trimmed and zeroed ([`zero_plan`]).
@@ -288,6 +297,18 @@ impl Store {
             })?,
             Err(_) => opts.inline_write_max,
         };
+        let seek_holes = match std::env::var(SEEK_HOLES_ENV).as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            Ok(v) => {
+                return Err(StoreError::Env {
+                    var: SEEK_HOLES_ENV,
+                    value: v.to_string(),
+                    reason: "expected 0 or 1".into(),
+                })
+            }
+            Err(_) => opts.seek_holes,
+        };
         let store = Store {
             engine,
             syncer,
@@ -296,6 +317,7 @@ impl Store {
             size: actual,
             path: path.to_owned(),
             inline_write_max,
+            seek_holes,
             created,
             is_blockdev,
             direct_refused: AtomicBool::new(false),
@@ -636,10 +658,10 @@ impl Store {
 
     /// Whether `[off, off+len)` is all hole in a sparse regular file (reads
     /// as zeroes without being read): one `lseek(SEEK_DATA)`, which sees
-    /// writes still in the page cache. Always false on a block device, and
-    /// where the file system cannot tell.
+    /// writes still in the page cache. Always false on a block device,
+    /// where the file system cannot tell, and with `seek_holes` off.
     pub fn is_hole(&self, off: u64, len: u64) -> io::Result<bool> {
-        if self.is_blockdev {
+        if self.is_blockdev || !self.seek_holes {
             return Ok(false);
         }
         sys::is_hole(self.fd(), off, len)

@@ -706,4 +706,8 @@ async fn a_hole_probe_sees_writes_not_yet_flushed() {
     assert!(!store.is_hole(5 << 20, 1 << 20).unwrap(), "past the end of a truncated file");
     assert!(!store.is_hole((4 << 20) - 4096, 8192).unwrap(), "across the end");
     assert!(store.is_hole(0, 1 << 20).unwrap(), "before the end");
+    drop(store);
+    let o = StoreOptions { seek_holes: false, ..StoreOptions::default() };
+    let store = Store::open(&path, Some(4 << 20), &o).unwrap();
+    assert!(!store.is_hole(0, 1 << 20).unwrap(), "with seek_holes off");
 }
