@@ -590,8 +590,10 @@ fn header(bytes: &[u8]) -> Result<Result<HeaderJson, String>, BitmapError> {
     }
     // (The checksum first: a rotten format field was refused as "written
     // by a newer twinblock", and the node did not start. Every format
-    // keeps this layout, magic, version, length, JSON, CRC32, so that a
-    // newer file is told from a corrupt one.)
+    // keeps this layout, magic, version, length, JSON, CRC32, within the
+    // first HEADER bytes, so that a newer file is told from a corrupt one;
+    // one that does not is read as corrupt: a full resync, never a block
+    // believed in sync.)
     if crc32fast::hash(&bytes[..16 + len]) != le_u32(&bytes[16 + len..]) {
         return Ok(Err("its header fails its checksum (corrupt)".into()));
     }

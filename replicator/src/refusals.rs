@@ -53,15 +53,17 @@ impl RefusalLog {
             self.window = Some(now);
             self.warned = 0;
         }
+        // (Remembered either way, so a repeat of one over the rate is not
+        // counted again as new: review, helper-143.)
+        if self.seen.len() == REMEMBERED {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((host, reason.to_string()));
         if self.warned >= BURST {
             self.unlogged += 1;
             return Say::Debug;
         }
         self.warned += 1;
-        if self.seen.len() == REMEMBERED {
-            self.seen.pop_front();
-        }
-        self.seen.push_back((host, reason.to_string()));
         Say::Warn { unlogged: std::mem::take(&mut self.unlogged) }
     }
 
@@ -114,6 +116,10 @@ mod tests {
         let says: Vec<Say> = (0..50).map(|n| log.refused(ip(n), "timed out", t)).collect();
         let warns = says.iter().filter(|s| **s != Say::Debug).count();
         assert_eq!(warns, BURST as usize);
+        // Repeats of those over the rate are not counted again.
+        for n in 40..50 {
+            assert_eq!(log.refused(ip(n), "timed out", t), Say::Debug);
+        }
         assert_eq!(
             log.refused(ip(200), "timed out", t + WINDOW),
             Say::Warn { unlogged: 50 - u64::from(BURST) }

@@ -272,12 +272,16 @@ impl Core {
                     });
                 }
                 // `resync-rate` limits what the resync costs the
-                // application: its disk's reads and the link's bytes (as
-                // DRBD's resync-rate). A chunk costs what it read, or its
-                // payload if that is more; a hole sent unread costs
-                // nothing (before, its full length: a mostly empty disk's
-                // sync was throttled as if it sent data).
-                s.tokens -= read.max(payload) as f64;
+                // application, on both nodes: every chunk counts its whole
+                // range, as DRBD counts the sectors it resyncs. A hole
+                // sent unread costs this disk nothing, but the target
+                // zeroes its range: a punch on a file, a full write on a
+                // block device without WRITE_ZEROES offload, which the
+                // Primary's C writes then wait behind (review, helper-143:
+                // charging holes nothing, tried this session, let such a
+                // target's disk zero at full speed while the application
+                // wrote).
+                s.tokens -= read.max(payload).max(sent) as f64;
                 self.counters.resync_bytes += sent;
                 self.counters.resync_read_bytes += read;
                 if let Some(ranges) = flush {

@@ -40,7 +40,8 @@ use unaligned::Patch;
 pub const BACKEND_ENV: &str = "TWINBLOCK_IO";
 /// Overrides [`StoreOptions::inline_write_max`] (bytes; 0 turns it off).
 pub const INLINE_ENV: &str = "TWINBLOCK_INLINE_WRITE_MAX";
-/// `0` turns [`StoreOptions::seek_holes`] off.
+/// `0` turns [`StoreOptions::seek_holes`] off; `1` on whatever the file
+/// system (unset: on where its `SEEK_DATA` is trusted, [`sys::seek_data_trusted`]).
 pub const SEEK_HOLES_ENV: &str = "TWINBLOCK_SEEK_HOLES";
 
 /// The engine actually running.
@@ -297,6 +298,7 @@ impl Store {
             })?,
             Err(_) => opts.inline_write_max,
         };
+        // (Unset: on where the file system's SEEK_DATA is trusted.)
         let seek_holes = match std::env::var(SEEK_HOLES_ENV).as_deref() {
             Ok("0") => false,
             Ok("1") => true,
@@ -307,7 +309,10 @@ impl Store {
                     reason: "expected 0 or 1".into(),
                 })
             }
-            Err(_) => opts.seek_holes,
+            Err(_) => {
+                use std::os::fd::AsRawFd;
+                opts.seek_holes && sys::seek_data_trusted(file.as_raw_fd())
+            }
         };
         let store = Store {
             engine,

@@ -711,3 +711,30 @@ async fn a_hole_probe_sees_writes_not_yet_flushed() {
     let store = Store::open(&path, Some(4 << 20), &o).unwrap();
     assert!(!store.is_hole(0, 1 << 20).unwrap(), "with seek_holes off");
 }
+
+/// SEEK_DATA is trusted on ext4, XFS, btrfs and tmpfs only: elsewhere a
+/// hole may be reported over data not yet written back (a FUSE file
+/// system with a writeback cache, older OpenZFS), so chunks are read
+/// there (review, helper-143). Here: the test directory's file system and
+/// tmpfs are trusted, procfs is not.
+#[test]
+fn seek_data_is_trusted_on_known_file_systems_only() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let f = std::fs::File::create(dir.path().join("x")).unwrap();
+    let kind = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let kind = String::from_utf8_lossy(&kind.stdout).trim().to_string();
+    if ["ext2/ext3", "xfs", "btrfs", "tmpfs"].contains(&kind.as_str()) {
+        assert!(sys::seek_data_trusted(f.as_raw_fd()), "{kind}");
+    }
+    if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+        let f = std::fs::File::create(shm.path().join("x")).unwrap();
+        assert!(sys::seek_data_trusted(f.as_raw_fd()), "tmpfs");
+    }
+    let proc = std::fs::File::open("/proc/self/status").unwrap();
+    assert!(!sys::seek_data_trusted(proc.as_raw_fd()), "procfs");
+}
