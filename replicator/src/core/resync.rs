@@ -272,16 +272,17 @@ impl Core {
                     });
                 }
                 // `resync-rate` limits what the resync costs the
-                // application, on both nodes: every chunk counts its whole
-                // range, as DRBD counts the sectors it resyncs. A hole
-                // sent unread costs this disk nothing, but the target
-                // zeroes its range: a punch on a file, a full write on a
-                // block device without WRITE_ZEROES offload, which the
-                // Primary's C writes then wait behind (review, helper-143:
-                // charging holes nothing, tried this session, let such a
-                // target's disk zero at full speed while the application
-                // wrote).
-                s.tokens -= read.max(payload).max(sent) as f64;
+                // application: its disk's reads and the link's bytes. A
+                // chunk costs what it read, or its payload if that is
+                // more; a hole sent unread costs nothing (before, its full
+                // length: a mostly empty disk's sync was throttled as if
+                // it sent data: 32 GiB at the default 100M took minutes
+                // while the application wrote). Known limit (review,
+                // helper-143): a target on a block device without
+                // write-zeroes offload then zeroes those ranges at full
+                // speed (charging holes their length was tried and undone
+                // the same day for that cost).
+                s.tokens -= read.max(payload) as f64;
                 self.counters.resync_bytes += sent;
                 self.counters.resync_read_bytes += read;
                 if let Some(ranges) = flush {
