@@ -38,11 +38,6 @@ pub enum LinkError {
 /// Incoming connections being handshaken at once (more are refused).
 const MAX_HANDSHAKES: usize = 16;
 
-/// At most one WARN line this often for handshakes refused as too many at
-/// once (the others count in the next; a flood of Initial packets, which
-/// need no certificate, wrote one line each).
-const BUSY_WARN_EVERY: Duration = Duration::from_secs(10);
-
 /// How long the link's thread drives the endpoint after the node stops.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -247,7 +242,9 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
     // The refusals logged: a peer that dials again and again (every few
     // seconds while this node's disk hangs) is refused in one line.
     let refusals = Arc::new(std::sync::Mutex::new(crate::refusals::RefusalLog::default()));
-    let (mut busy_refused, mut last_busy_warn) = (0u64, None);
+    // Handshakes refused as too many at once: one WARN line per 10 s with
+    // their count (a flood of Initial packets wrote one line each).
+    let mut busy = crate::refusals::Tally::default();
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
@@ -256,17 +253,13 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
         let Some(incoming) = tls::validated(incoming) else { continue };
         let remote = incoming.remote_address();
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            busy_refused += 1;
-            if last_busy_warn.is_none_or(|t: std::time::Instant| t.elapsed() >= BUSY_WARN_EVERY) {
-                warn!(
+            match busy.note(std::time::Instant::now()) {
+                Some(refused) => warn!(
                     %remote,
-                    refused = busy_refused,
+                    refused,
                     "too many replication handshakes at once: refused (the count since the last such line)"
-                );
-                busy_refused = 0;
-                last_busy_warn = Some(std::time::Instant::now());
-            } else {
-                debug!(%remote, "too many replication handshakes at once: refused");
+                ),
+                None => debug!(%remote, "too many replication handshakes at once: refused"),
             }
             incoming.refuse();
             continue;

@@ -25,6 +25,33 @@ pub const BURST: u32 = 4;
 /// See [`BURST`].
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// One WARN line per [`TALLY_EVERY`] for a kind of event that may come as
+/// fast as anyone can send (handshakes refused as too many at once, the
+/// witness's refused connections): the others are counted into the next
+/// line, and are debug lines.
+#[derive(Debug, Default)]
+pub struct Tally {
+    last_warn: Option<Instant>,
+    since: u64,
+}
+
+/// See [`Tally`].
+pub const TALLY_EVERY: Duration = Duration::from_secs(10);
+
+impl Tally {
+    /// One more event at `now`: the count to give in a WARN line now (this
+    /// one included), or None (a debug line).
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self.last_warn.is_none_or(|t| now.saturating_duration_since(t) >= TALLY_EVERY) {
+            self.last_warn = Some(now);
+            Some(std::mem::take(&mut self.since))
+        } else {
+            None
+        }
+    }
+}
+
 /// How to log one refusal.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Say {
@@ -76,6 +103,17 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A WARN at the first event, then one per TALLY_EVERY with the count.
+    #[test]
+    fn a_tally_warns_once_per_period_with_the_count() {
+        let (mut t, at) = (Tally::default(), Instant::now());
+        assert_eq!(t.note(at), Some(1));
+        for i in 1..100 {
+            assert_eq!(t.note(at + Duration::from_millis(i)), None);
+        }
+        assert_eq!(t.note(at + TALLY_EVERY), Some(100));
+    }
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])

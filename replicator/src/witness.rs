@@ -39,38 +39,19 @@ const MAX_SESSIONS_PER_NODE: usize = 4;
 /// start meanwhile.
 const MAX_HANDSHAKES: usize = 64;
 
-/// At most one WARN line this often for refused connections (a failed or
-/// timed-out handshake, a certificate that names no node): the others
-/// are counted in the next, and are debug lines. Before (review,
-/// helper-137), each was a WARN line: any holder of a certificate of the
-/// CA (or none) wrote the witness's log as fast as it could connect.
-const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Connections refused since the last WARN line about one.
-#[derive(Default)]
-struct Refusals {
-    last_warn: Option<Instant>,
-    since: u64,
-}
-
-impl Refusals {
-    /// One more refusal: the count to give in a WARN line now (this one
-    /// included), or None (a debug line).
-    fn note(&mut self) -> Option<u64> {
-        self.since += 1;
-        if self.last_warn.is_none_or(|t| t.elapsed() >= REFUSED_WARN_EVERY) {
-            self.last_warn = Some(Instant::now());
-            Some(std::mem::take(&mut self.since))
-        } else {
-            None
-        }
-    }
-}
+/// Refused connections (a failed or timed-out handshake, a certificate
+/// that names no node) are one WARN line per 10 s with their count
+/// ([`Tally`]). Before (review, helper-137), each was a WARN line: any
+/// holder of a certificate of the CA (or none) wrote the witness's log as
+/// fast as it could connect.
+type Refusals = crate::refusals::Tally;
 
 /// Logs a refused connection, [`Refusals`] deciding its level.
+///
+/// [`Tally`]: crate::refusals::Tally
 fn refused(refusals: &std::sync::Mutex<Refusals>, remote: Option<std::net::SocketAddr>, why: &str) {
     let remote = remote.map_or_else(|| "-".to_string(), |r| r.to_string());
-    match refusals.lock().unwrap_or_else(|p| p.into_inner()).note() {
+    match refusals.lock().unwrap_or_else(|p| p.into_inner()).note(Instant::now()) {
         Some(n) => {
             warn!(%remote, refused = n, "{why} (refused = connections refused since the last such line)")
         }
