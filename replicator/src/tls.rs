@@ -101,12 +101,9 @@ pub fn validated(incoming: quinn::Incoming) -> Option<quinn::Incoming> {
     if incoming.remote_address_validated() {
         return Some(incoming);
     }
-    if incoming.may_retry() {
-        // (Fails only when a retry is not allowed, checked above.)
-        let _ = incoming.retry();
-    } else {
-        incoming.ignore();
-    }
+    // (An unvalidated address may always be retried, quinn says: the
+    // retry cannot fail here.)
+    let _ = incoming.retry();
     None
 }
 

@@ -368,7 +368,7 @@ impl Core {
                 }
                 if !self.meta_durable() {
                     if let Some(e) = self.p.meta_failed.take() {
-                        let meta = self.cfg.files.meta.clone();
+                        let meta = self.cfg.files.meta_with("");
                         self.disk_failed_on(e, "metadata", &meta);
                         continue;
                     }
@@ -382,10 +382,7 @@ impl Core {
                             ReplyError::Io(e) => e,
                             _ => IoError::EIO,
                         };
-                        let al = match self.cfg.files.meta.as_str() {
-                            "" => String::new(),
-                            meta => format!("{meta}.al"),
-                        };
+                        let al = self.cfg.files.meta_with(".al");
                         self.disk_failed_on(e, "activity log", &al);
                         continue;
                     }

@@ -256,9 +256,9 @@ impl Core {
     /// The metadata file of suffix `ext` (`""`, `".bitmap"`, `".al"`),
     /// as a failure names it.
     fn meta_file(&self, ext: &str) -> String {
-        match self.cfg.files.meta.as_str() {
-            "" => format!("`meta{ext}`"),
-            meta => format!("{meta}{ext}"),
+        match self.cfg.files.meta_with(ext) {
+            f if f.is_empty() => format!("`meta{ext}`"),
+            f => f,
         }
     }
 

@@ -428,6 +428,17 @@ pub struct Files {
     pub meta: String,
 }
 
+impl Files {
+    /// The metadata file of suffix `ext` (`""`, `".bitmap"`, `".al"`);
+    /// empty when the paths are not known.
+    pub fn meta_with(&self, ext: &str) -> String {
+        match self.meta.as_str() {
+            "" => String::new(),
+            meta => format!("{meta}{ext}"),
+        }
+    }
+}
+
 /// Adaptive mode (see `core::adaptive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdaptiveConfig {

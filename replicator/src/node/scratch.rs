@@ -129,17 +129,25 @@ impl Scratch {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
-        if !st.reserved {
-            return;
+        if st.reserved && self.punch(&st) {
+            st.reserved = false;
         }
-        if let Some(store) = &st.store {
-            if let Err(e) = store.punch_now() {
-                tracing::warn!(path = %self.path.display(), "the bench's scratch area not given back: {e}");
-                return;
+    }
+
+    /// Punches the area's blocks out (if it was opened), saying so;
+    /// whether that worked.
+    fn punch(&self, st: &State) -> bool {
+        let Some(store) = &st.store else { return true };
+        match store.punch_now() {
+            Ok(()) => {
+                tracing::debug!(path = %self.path.display(), "the bench's scratch area given back");
+                true
             }
-            tracing::debug!(path = %self.path.display(), "the bench's scratch area given back");
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "the bench's scratch area not given back: {e}");
+                false
+            }
         }
-        st.reserved = false;
     }
 
     fn with_idle(
@@ -231,16 +239,7 @@ impl Scratch {
             if st.last_use.is_some_and(|t| t.elapsed() < self.idle) {
                 continue;
             }
-            if let Some(store) = &st.store {
-                match store.punch_now() {
-                    Ok(()) => {
-                        tracing::debug!(path = %self.path.display(), "the bench's scratch area given back")
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %self.path.display(), "the bench's scratch area not given back: {e}")
-                    }
-                }
-            }
+            self.punch(&st);
             st.reserved = false;
             return;
         }
