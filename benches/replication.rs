@@ -76,6 +76,7 @@ fn primary_core() -> Core {
         full_sync: 0,
         lost: wire::Lost::None,
         protocol: Protocol::C,
+        forced_base: false,
     };
     core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));
     core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: vec![], last: true });

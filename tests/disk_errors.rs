@@ -1379,3 +1379,47 @@ fn a_secondary_whose_disk_file_fills_is_detached_then_rebuilt_protocol_c() {
 fn a_secondary_whose_disk_file_fills_is_detached_then_rebuilt_protocol_a() {
     a_secondary_whose_disk_file_fills("A");
 }
+
+/// A Primary running alone (its peer down) whose disk file fills up is
+/// trusted again, once room is freed, with `secondary` and `primary
+/// --force` (its disk holds every write it acknowledged), and goes on
+/// alone: it writes, is restarted, writes again. Its peer, back, takes
+/// all of a's data and the disks are identical. Before, the peer was
+/// refused as `unrelated devices` once a had written alone after the
+/// force (a known limit until 2026-12-07).
+#[test]
+fn a_lone_primary_forced_after_its_disk_filled_still_resyncs_its_peer() {
+    if !(have("qemu-io") && root("mounting a small tmpfs for the disk")) {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fulldisk", "4M");
+    let mut p = Pair::prepare("C", "16M");
+    p.set_disk(0, &vol.path().join("a.img"));
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    p.down(1);
+    let (answers, _) = write_through_failure(&p, (16 << 20) / BLOCK, 16, 1, || {});
+    let ok = acknowledged(&answers);
+    assert!(ok.len() >= 500, "{} writes acknowledged alone", ok.len());
+    assert!(answers.values().any(|e| *e == 28), "none failed with ENOSPC");
+    p.wait_one(0, "a's disk detached", |a| a["disk"] == "Failed");
+    vol.resize("64M");
+    p.ok(&["secondary"], 0);
+    p.ok(&["primary", "--force"], 0);
+    p.qemu_io(0, "write -P 0x5a 12M 1M");
+    p.down(0);
+    p.up(0);
+    p.ok(&["primary"], 0);
+    p.qemu_io(0, "write -P 0x6b 14M 1M");
+    p.up(1);
+    p.wait_synced("b's resync from the forced a", Duration::from_secs(60));
+    p.wait_drained();
+    let b = p.status(1);
+    assert_eq!(b["disk"], "UpToDate", "{b}");
+    let (da, db) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(da == db, "the disks differ after b's resync");
+    let missing = cookie_blocks_missing(&db, &ok);
+    assert!(missing.is_empty(), "writes a acknowledged alone missing on b: {missing:?}");
+    assert!(db[12 << 20..13 << 20].iter().all(|&x| x == 0x5a), "the write after the force");
+    assert!(db[14 << 20..15 << 20].iter().all(|&x| x == 0x6b), "the write after the restart");
+}

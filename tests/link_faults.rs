@@ -130,6 +130,7 @@ async fn handshake_as_a(
         full_sync: 0,
         lost: wire::Lost::None,
         protocol: twinblock_replicator::config::Protocol::C,
+        forced_base: false,
     };
     let length = Message::Hello(mine.clone()).to_bytes()[..4].to_vec();
     send.write_all(&length).await.unwrap();

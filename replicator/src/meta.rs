@@ -44,6 +44,9 @@ pub struct Meta {
     /// See [`MetaRecord::full_sync`] (0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub full_sync: u64,
+    /// See [`MetaRecord::forced_base`] (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forced_base: u64,
     /// See [`MetaRecord::boot`] (0: unknown).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub boot: u64,
@@ -117,6 +120,7 @@ impl Meta {
             lost_acked: self.lost_acked,
             told: self.told.clone(),
             full_sync: self.full_sync,
+            forced_base: self.forced_base,
             boot: self.boot,
             cache_lost: self.cache_lost,
             received_lost: self.received_lost,
@@ -140,6 +144,7 @@ impl Meta {
             lost_acked: r.lost_acked,
             told: r.told.clone(),
             full_sync: r.full_sync,
+            forced_base: r.forced_base,
             boot: r.boot,
             cache_lost: r.cache_lost,
             received_lost: r.received_lost,

@@ -1705,8 +1705,9 @@ impl Checker {
                 // Never synced over (an operator forced a replaced disk
                 // while the other held data): nothing is claimed; or the
                 // next connect moves all of one disk to the other, if
-                // anything (a forced partly synced or failed disk keeps no
-                // bitmap; a split brain is resolved by a full sync).
+                // anything (a split brain is resolved by a full sync; a
+                // forced partly synced or failed disk marks every block,
+                // and its record waits for that bitmap).
                 Decision::Unrelated
                 | Decision::SplitBrain
                 | Decision::SyncSource { full: true }

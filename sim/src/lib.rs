@@ -161,6 +161,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::FlushWithoutPeer => "flush-without-peer",
         Plant::LeaseFromReply => "lease-from-reply",
         Plant::GateOnTimerClock => "gate-on-timer-clock",
+        Plant::ForcedRecordBeforeBitmap => "forced-record-before-bitmap",
     }
 }
 

@@ -938,12 +938,13 @@ fn finds_reads_without_quorum() {
 /// apart from the new Primary, it answered reads with its own data after
 /// the new Primary acknowledged writes (found by review, helper-108).
 /// Caught by I4's read rule for a superseded node; the seeds are the
-/// first four that catch it since a Primary alone renews its lease while
-/// `on_demote` runs (10 of the first 700; 53, 119, 323, 383 before; 119,
-/// 323, 422, 554 before those).
+/// first four that catch it since a disk forced after it failed marks
+/// every block (26, 53, 92, 158 before; 53, 119, 323, 383 before a Primary
+/// alone renewed its lease while `on_demote` runs; 119, 323, 422, 554
+/// before those).
 #[test]
 fn finds_reads_when_superseded() {
-    for seed in [26, 53, 92, 158] {
+    for seed in [53, 92, 158, 323] {
         let v = planted_on(seed, Plant::ReadsWhenSuperseded).expect("not caught");
         assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
         assert!(v.what.contains("serves reads as a Secondary apart from"), "seed {seed}: {v}");
@@ -1033,4 +1034,15 @@ fn finds_lease_from_reply() {
 fn finds_gate_on_timer_clock() {
     let v = first_catch(Plant::GateOnTimerClock, CI_SEEDS, steps());
     assert!(v.what.contains("acknowledged without quorum by its own leases"), "{v}");
+}
+
+/// `primary --force` on a failed or partly synced disk names its peer's
+/// generation as the bitmap's base with every block marked: saved before
+/// that bitmap, the record claims the old bits hold every difference from
+/// the peer (found at seed 96 of 1,000 steps, and by seeds 5, 20, 26 of
+/// 5,000 steps).
+#[test]
+fn finds_forced_record_before_bitmap() {
+    let v = first_catch(Plant::ForcedRecordBeforeBitmap, CI_SEEDS, steps());
+    assert_eq!(v.rule, "I3", "{v}");
 }

@@ -564,7 +564,7 @@ impl Core {
             || role != Role::Primary
             || self.role != Role::Secondary
             || current == NEVER_SYNCED
-            || self.gen.lineage().contains(&current)
+            || self.gen.descent(self.base_forced()).contains(&current)
             // (Outdated already: by the `Outdate` the Primary sent as it
             // went Ahead, which comes before this State.)
             || !matches!(

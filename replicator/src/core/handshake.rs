@@ -152,6 +152,7 @@ impl Core {
             full_sync: self.full_sync,
             lost: self.lost,
             protocol: self.cfg.protocol,
+            forced_base: self.base_forced(),
         }
     }
 
@@ -307,7 +308,7 @@ impl Core {
         // (A peer that moved on from that generation since, its history
         // naming it, holds it too: review, helper-90.)
         let mut grew_from_ours = self.gen.current == NEVER_SYNCED
-            && self.told.first().is_some_and(|t| h.gen.lineage().contains(t));
+            && self.told.first().is_some_and(|t| h.gen.descent(h.forced_base).contains(t));
         match unusable {
             Some(Unusable::Mine { lost: l }) => {
                 decision = Decision::SyncTarget { full: true };
@@ -335,14 +336,18 @@ impl Core {
                     grew_from_ours |= h.gen.current == self.gen.current;
                     // Nor a peer that parted from our very generation and
                     // moved on alone: its bitmap's base is our current (it
-                    // held our data when its bitmap began; a forced
-                    // Inconsistent or Failed disk starts no bitmap), so
-                    // its data grew from ours (else a node that ran alone
-                    // without writing, its disk failed, was refused by the
-                    // witness once rebuilt from a peer that wrote, or
-                    // flushed, alone since: simulator seed 10746239).
-                    grew_from_ours |=
-                        self.gen.current != NEVER_SYNCED && h.gen.bitmap == self.gen.current;
+                    // held our data when its bitmap began), so its data
+                    // grew from ours (else a node that ran alone without
+                    // writing, its disk failed, was refused by the witness
+                    // once rebuilt from a peer that wrote, or flushed,
+                    // alone since: simulator seed 10746239). Not a base
+                    // that `primary --force` of a failed or partly synced
+                    // disk set only to name our generation
+                    // (`MetaRecord::forced_base`): that data did not grow
+                    // from ours.
+                    grew_from_ours |= self.gen.current != NEVER_SYNCED
+                        && h.gen.bitmap == self.gen.current
+                        && !h.forced_base;
                     // A rebuild that grew from ours, cut short by this disk
                     // failing again: the peer still runs the very full sync
                     // (the source's nonce both name) that began on our
@@ -617,8 +622,9 @@ impl Core {
             Decision::SyncTarget { full } => {
                 tracing::info!(full, "SyncTarget: the peer's data is newer");
                 self.disk = DiskState::Inconsistent;
-                let keeps_told =
-                    grew_from_ours || resumed || h.gen.lineage().contains(&self.gen.current);
+                let keeps_told = grew_from_ours
+                    || resumed
+                    || h.gen.descent(h.forced_base).contains(&self.gen.current);
                 if !keeps_told {
                     // (A peer whose data grew from ours holds whatever
                     // ours descends from; any other replaces it. A

@@ -179,6 +179,9 @@ pub struct Core {
     pub(crate) outdate_ack: Option<SessionId>,
     /// See [`MetaRecord::full_sync`].
     pub(crate) full_sync: u64,
+    /// See [`MetaRecord::forced_base`] (meant while `gen.bitmap` is it:
+    /// [`Core::base_forced`]).
+    pub(crate) forced_base: u64,
     /// This process's boot ([`Recovered::boot`]), saved in the record.
     boot: u64,
     /// See [`MetaRecord::cache_lost`] and [`MetaRecord::received_lost`].
@@ -307,6 +310,7 @@ impl Core {
             lost_acked: 0,
             told: Vec::new(),
             full_sync: 0,
+            forced_base: 0,
             boot: rec.boot,
             cache_lost: false,
             received_lost: false,
@@ -439,6 +443,7 @@ impl Core {
             unacked_current: None,
             outdate_ack: None,
             full_sync: meta.full_sync,
+            forced_base: meta.forced_base,
             boot: rec.boot,
             lost: if meta.cache_lost {
                 Lost::Cache
@@ -520,6 +525,7 @@ impl Core {
             lost_acked: self.lost_acked,
             told: self.told.clone(),
             full_sync: self.full_sync,
+            forced_base: self.forced_base_saved(),
             boot: self.boot,
             cache_lost: self.lost == Lost::Cache,
             received_lost: self.received_lost_recorded(),
@@ -630,6 +636,22 @@ impl Core {
         }
     }
 
+    /// The bitmap's base only names the peer's generation: this data does
+    /// not descend from it ([`MetaRecord::forced_base`]).
+    pub(crate) fn base_forced(&self) -> bool {
+        self.forced_base != 0 && self.forced_base == self.gen.bitmap
+    }
+
+    /// [`MetaRecord::forced_base`] as the record keeps it: only while it
+    /// is the bitmap's base.
+    fn forced_base_saved(&self) -> u64 {
+        if self.base_forced() {
+            self.forced_base
+        } else {
+            0
+        }
+    }
+
     /// `m` is the metadata record in memory (without building one: this
     /// is asked at every event).
     pub(crate) fn meta_is(&self, m: &MetaRecord) -> bool {
@@ -639,6 +661,7 @@ impl Core {
             && m.promoted_at == self.promoted_at
             && m.lost_acked == self.lost_acked
             && m.full_sync == self.full_sync
+            && m.forced_base == self.forced_base_saved()
             && m.boot == self.boot
             && m.cache_lost == (self.lost == Lost::Cache)
             && m.received_lost == self.received_lost_recorded()

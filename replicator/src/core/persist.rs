@@ -35,6 +35,10 @@ pub struct PersistState {
     /// Failed updates are tried again from this time on (at most once a
     /// second: a full metadata volume must not spin).
     pub retry_at: std::time::Duration,
+    /// The record in memory names a bitmap base whose bits are not all on
+    /// disk yet (`primary --force` on a failed or partly synced disk marks
+    /// every block): it is saved once they are, not before.
+    pub record_after_bitmap: bool,
 }
 
 impl PersistState {
@@ -94,8 +98,12 @@ impl Core {
 
     /// Issues the updates that are due.
     pub(crate) fn persist_pump(&mut self) {
+        if self.p.record_after_bitmap && self.bitmap_clean() {
+            self.p.record_after_bitmap = false;
+        }
         if !self.p.meta_saving
             && self.p.meta_failed.is_none()
+            && !self.p.record_after_bitmap
             && !self.meta_durable()
             && !self.promotion_unflushed()
         {

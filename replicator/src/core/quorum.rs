@@ -475,6 +475,15 @@ impl Core {
         self.p.durable_meta.as_ref().map_or(self.gen, |m| m.gen)
     }
 
+    /// The told generations' bitmap base only names the peer's
+    /// ([`MetaRecord::forced_base`](super::MetaRecord::forced_base)).
+    fn told_forced(&self) -> bool {
+        self.p
+            .durable_meta
+            .as_ref()
+            .map_or(self.base_forced(), |m| m.forced_base != 0 && m.forced_base == m.gen.bitmap)
+    }
+
     /// Quorum has been missing for `dead_time`: the survivor may be Primary.
     fn fenced(&self) -> bool {
         self.fenced_at(self.now)
@@ -1086,7 +1095,7 @@ impl Core {
         let uptodate = self.may_claim();
         let now = self.now;
         let told = self.told_gen();
-        let data = self.tell_data(&told);
+        let data = self.tell_data(&told, self.told_forced());
         let unacked =
             self.unacked_current.is_some_and(|g| g == told.current && g == self.gen.current);
         let c = self.ctl.as_mut().expect("controller");
@@ -1124,11 +1133,11 @@ impl Core {
     /// data is good and in memory still descends from it (not while it is
     /// being replaced by data that did not grow from it, whose record may
     /// not be saved yet).
-    fn tell_data(&mut self, saved: &super::GenIds) -> Vec<u64> {
-        let mut data = saved.lineage();
+    fn tell_data(&mut self, saved: &super::GenIds, saved_forced: bool) -> Vec<u64> {
+        let mut data = saved.descent(saved_forced);
         if saved.current != NEVER_SYNCED && self.cfg.plant != Plant::ForgetTold {
-            let good =
-                self.disk == DiskState::UpToDate && self.gen.lineage().contains(&saved.current);
+            let good = self.disk == DiskState::UpToDate
+                && self.gen.descent(self.base_forced()).contains(&saved.current);
             if good {
                 self.told_also(saved.current);
             }

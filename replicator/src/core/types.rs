@@ -109,6 +109,13 @@ pub struct MetaRecord {
     /// durable) instead of starting over.
     #[serde(default)]
     pub full_sync: u64,
+    /// The bitmap's base (`gen.bitmap`, while it is this) was set by
+    /// `primary --force` on a failed or partly synced disk: it names the
+    /// peer's generation so that the peer is still recognised after this
+    /// node went on alone (every block is marked), but this data does not
+    /// descend from it (0: none). See [`GenIds::descent`].
+    #[serde(default)]
+    pub forced_base: u64,
     /// The boot the record was saved during ([`Recovered::boot`]; 0:
     /// unknown).
     #[serde(default)]
@@ -326,6 +333,11 @@ pub enum Plant {
     /// not at the time of the reply: a node paused past its leases that
     /// resumes with completions queued answers them before its timer runs.
     GateOnTimerClock,
+    /// `primary --force` on a failed or partly synced disk saves its
+    /// record (a bitmap base, every block marked) before the marked bitmap
+    /// is on disk: a crash in between leaves a record whose bitmap misses
+    /// blocks that differ from the peer's.
+    ForcedRecordBeforeBitmap,
 }
 
 impl std::str::FromStr for Plant {
@@ -371,9 +383,10 @@ impl std::str::FromStr for Plant {
             "flush-without-peer" => Plant::FlushWithoutPeer,
             "lease-from-reply" => Plant::LeaseFromReply,
             "gate-on-timer-clock" => Plant::GateOnTimerClock,
+            "forced-record-before-bitmap" => Plant::ForcedRecordBeforeBitmap,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap)"
                 ))
             }
         })

@@ -151,17 +151,7 @@ impl Core {
             // none resumes into it.
             self.full_sync = 0;
             if matches!(was, DiskState::Inconsistent | DiskState::Failed) {
-                // A partly synced (or failed) disk: no bitmap says where it
-                // differs from the peer, so the peer takes all of it.
-                self.gen.bitmap = 0;
-                // Connected, the peer agreed to this: its
-                // generation is one ours supersedes (a full sync to it),
-                // not a split brain or an unrelated device.
-                if let Some(peer) = self.session.as_ref().map(|s| s.peer.current) {
-                    if peer != NEVER_SYNCED && peer != 0 && !self.gen.history.contains(&peer) {
-                        self.gen.history = [peer, self.gen.history[0]];
-                    }
-                }
+                self.forced_unmapped();
             }
             bounce = self.session.is_some();
         } else if self.gen.current == NEVER_SYNCED {
@@ -194,6 +184,47 @@ impl Core {
         }
         self.pump();
         Ok(())
+    }
+
+    /// `primary --force` on a partly synced (or failed) disk, its new
+    /// generation started: no bitmap says where this data differs from
+    /// the peer's, so the peer takes all of it. Connected, the peer agreed
+    /// to this: its generation is one ours supersedes, not a split brain
+    /// or an unrelated device.
+    ///
+    /// The peer is named by the bitmap's base with every block marked
+    /// (the generation this data parted from the peer's, as
+    /// [`GenIds::new_current`] keeps it, or the connected peer's): a base
+    /// outlives the generations this node then starts alone (each write
+    /// alone after a restart starts one), where the two-deep history
+    /// forgets it. (Before, with no base, a node forced after its disk
+    /// failed, that wrote alone and restarted, met its peer as an
+    /// unrelated device.) This data does not descend from that base: the
+    /// record says so (`forced_base`), and the hello, so that neither
+    /// node takes it for data that grew from the peer's. The record naming that base is saved only once
+    /// every marked page is (`PersistState::record_after_bitmap`): the
+    /// bitmap it had is no account of anything, and a crash in between
+    /// would leave a record claiming the old bits hold every difference.
+    fn forced_unmapped(&mut self) {
+        let peer =
+            self.session.as_ref().map(|s| s.peer.current).filter(|&g| g != NEVER_SYNCED && g != 0);
+        if let Some(peer) = peer {
+            if !self.gen.history.contains(&peer) {
+                self.gen.history = [peer, self.gen.history[0]];
+            }
+            self.gen.bitmap = peer;
+        }
+        if self.gen.bitmap == 0 {
+            // Never synced (nothing to name): the peer is unrelated, or
+            // meets a fresh generation it takes in full.
+            return;
+        }
+        self.forced_base = self.gen.bitmap;
+        self.dirty.mark_all();
+        self.p.all_pages_dirty(&self.dirty);
+        if self.cfg.plant != Plant::ForcedRecordBeforeBitmap {
+            self.p.record_after_bitmap = true;
+        }
     }
 
     /// `secondary`.

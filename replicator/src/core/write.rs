@@ -116,7 +116,15 @@ impl Core {
         if self.meta_durable() {
             return None;
         }
-        Some(match self.p.meta_failed.take() {
+        // (A record waiting for the bitmap it names fails with that save.)
+        let failed = self.p.meta_failed.take().or_else(|| {
+            if self.p.record_after_bitmap {
+                self.p.bitmap_failed.take()
+            } else {
+                None
+            }
+        });
+        Some(match failed {
             Some(e) => Admit::Fail(ReplyError::Io(e)),
             None => Admit::Wait,
         })

@@ -34,6 +34,19 @@ impl GenIds {
         v
     }
 
+    /// What this data descends from: [`GenIds::lineage`], without the
+    /// bitmap's base where `forced_base` says it only names the peer's
+    /// generation (`primary --force` on a failed or partly synced disk
+    /// keeps the peer recognised that way, every block marked) and the
+    /// history does not name it.
+    pub fn descent(&self, forced_base: bool) -> Vec<u64> {
+        let mut v = self.lineage();
+        if forced_base && self.bitmap != self.current && !self.history.contains(&self.bitmap) {
+            v.retain(|&g| g != self.bitmap);
+        }
+        v
+    }
+
     /// Starts a new generation (first write while the peer is away, or
     /// `primary --force`): the old one becomes the bitmap's base.
     pub fn new_current(&mut self, id: u64) {

@@ -27,6 +27,7 @@ fn every_message_round_trips_even_byte_by_byte() {
             full_sync: 77,
             lost: Lost::Cache,
             protocol: crate::config::Protocol::B,
+            forced_base: true,
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
         Message::Data { seq: 2, op: Op::write(0, Bytes::from_static(b"x"), true) },
@@ -110,13 +111,14 @@ fn malformed_frames_are_errors() {
     m.truncate(n - 1);
     m[..4].copy_from_slice(&((n - 1 - 4) as u32).to_be_bytes());
     assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("resync-zero")));
-    // A hello naming no protocol the wire knows (its last byte).
+    // A hello naming no protocol the wire knows (its byte before the last,
+    // `forced_base`).
     for protocol in [crate::config::Protocol::A, crate::config::Protocol::Adaptive] {
         let mut h = hello_frame(protocol).to_bytes();
         let mut ok = h.clone();
         assert_eq!(wire::decode(&mut ok), Ok(Some(hello_frame(protocol))));
-        let last = h.len() - 1;
-        h[last] = 9;
+        let at = h.len() - 2;
+        h[at] = 9;
         assert_eq!(wire::decode(&mut h), Err(WireError::Malformed("hello protocol")));
     }
     // Bitmap words whose count disagrees with the frame, or too many.
@@ -147,5 +149,6 @@ fn hello_frame(protocol: crate::config::Protocol) -> Message {
         full_sync: 0,
         lost: Lost::None,
         protocol,
+        forced_base: false,
     })
 }

@@ -21,8 +21,10 @@ use crate::config::Protocol;
 /// BIT_WORDS (the bitmap's own words, where runs would be bigger); 12: a
 /// resync chunk that is all zeroes crosses the link as RESYNC_ZERO (offset
 /// and length, no payload; an older peer would take either for an unknown
-/// frame).
-pub const VERSION: u16 = 12;
+/// frame); 13: Hello says whether the sender's bitmap base only names its
+/// peer's generation (`forced_base`: a version-12 peer would take a node
+/// forced after its disk failed for one whose data grew from its own).
+pub const VERSION: u16 = 13;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
 
@@ -282,6 +284,9 @@ pub struct Hello {
     /// (when a write is answered on one side decides what the other must
     /// remember of it after a crash).
     pub protocol: Protocol,
+    /// The sender's bitmap base only names its peer's generation: its data
+    /// does not descend from it (`MetaRecord::forced_base`).
+    pub forced_base: bool,
 }
 
 /// What a node may have lost since its data was last reconciled with its
@@ -461,6 +466,7 @@ impl Message {
                 b.put_u64(h.full_sync);
                 b.put_u8(h.lost as u8);
                 b.put_u8(protocol_code(h.protocol));
+                b.put_u8(h.forced_base as u8);
             }
             Message::Data { seq, op } => match op {
                 Op::Write { offset, data, fua, crc } => {
@@ -675,6 +681,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             } else {
                 Protocol::C
             };
+            let forced_base = b.has_remaining() && b.get_u8() != 0;
             Message::Hello(Hello {
                 version,
                 node,
@@ -691,6 +698,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 full_sync,
                 lost,
                 protocol,
+                forced_base,
             })
         }
         T_WRITE => {

@@ -757,3 +757,68 @@ fn failed_rebuilds_back_off_and_connect_or_a_completed_rebuild_resets_them() {
     assert_eq!(p.core(1).disk(), DiskState::UpToDate, "not rebuilt once the wait ended");
     assert_eq!(p.core(1).rebuild_failures(), 0, "a completed rebuild kept the count");
 }
+
+/// A Primary that acknowledged writes alone and whose disk then failed
+/// (a full file system) is trusted again with `secondary` and `primary
+/// --force` (README "A full file system (ENOSPC)"), and goes on alone:
+/// it writes, restarts, writes again. Its peer never left the generation
+/// this data parted from: it must still be recognised and take every
+/// block. Before, each generation started alone pushed the peer's out of
+/// the node's two-deep history, and the peer was refused as an unrelated
+/// device (known limit until 2026-12-07).
+#[test]
+fn a_disk_forced_after_failing_and_written_alone_still_knows_its_peer() {
+    let (mut p, _) = primary_loses_its_disk_after_writing_alone();
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    p.write(0, 3, 512, 7, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 3), Some(Ok(())), "a write after the force");
+    p.crash(0, false);
+    p.restart(0);
+    p.core(0).promote(false, 6).expect("primary");
+    p.settle();
+    p.write(0, 4, 1024, 6, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 4), Some(Ok(())), "a write after the restart");
+    p.connect();
+    p.settle();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_eq!(p.core(1).connection(), Connection::Connected, "peer refused: {why}");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
+    assert_eq!(p.core(0).gen().current, p.core(1).gen().current);
+    assert!(p.n[0].cache == p.n[1].cache, "the peer did not take every block");
+    assert_eq!(p.n[1].cache[0], 9, "the write acknowledged before the failure");
+}
+
+/// The record of a disk forced after it failed names a bitmap base with
+/// every block marked: it is saved only once the marked bitmap is on
+/// disk, and no write is answered before. A crash in between brings the
+/// node back as it was (Failed, its old generation), never UpToDate over
+/// a bitmap that misses blocks (plant `forced-record-before-bitmap`).
+#[test]
+fn a_forced_failed_disk_saves_its_record_only_after_its_marked_bitmap() {
+    let (mut p, acked_gen) = primary_loses_its_disk_after_writing_alone();
+    p.n[0].hang_bitmap = true;
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.write(0, 3, 512, 7, 64);
+    p.settle_now();
+    let rec = p.n[0].meta.clone().expect("a record");
+    assert_eq!(rec.disk, DiskState::Failed, "the record went before the bitmap it names");
+    assert_eq!(p.reply(0, 3), None, "a write answered before its record was saved");
+    p.n[0].hang_bitmap = false;
+    p.crash(0, true);
+    p.restart(0);
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    assert_eq!(p.core(0).gen().current, acked_gen);
+    // Forced again, the bitmap saves, and the record follows it.
+    p.core(0).promote(true, 6).expect("primary --force");
+    p.settle();
+    let rec = p.n[0].meta.clone().expect("a record");
+    assert_eq!(rec.disk, DiskState::UpToDate);
+    assert_ne!(rec.gen.bitmap, 0, "no base names the peer");
+    let bits = p.n[0].bitmap.clone().expect("a bitmap");
+    assert!(bits.iter().all(|&w| w == u64::MAX), "not every block marked: {bits:x?}");
+}

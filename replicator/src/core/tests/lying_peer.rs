@@ -85,6 +85,7 @@ fn a_sync_source_applies_no_data_from_its_target() {
         lost_acked: 0,
         told: Vec::new(),
         full_sync: 0,
+        forced_base: 0,
         boot: 0,
         cache_lost: false,
         received_lost: false,

@@ -84,6 +84,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         lost_acked: 0,
         told: Vec::new(),
         full_sync: 0,
+        forced_base: 0,
         boot: 0,
         cache_lost: false,
         received_lost: false,
@@ -158,6 +159,7 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
         full_sync: 0,
         lost: crate::protocol::wire::Lost::None,
         protocol: crate::config::Protocol::C,
+        forced_base: false,
     }
 }
 

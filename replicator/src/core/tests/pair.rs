@@ -39,6 +39,8 @@ pub struct Node {
     pub hang_record: bool,
     /// Activity-log updates wait in `Pair::held` until `release_held`.
     pub hang_al: bool,
+    /// Only the bitmap's updates hang (neither applied nor completed).
+    pub hang_bitmap: bool,
     /// Store operations wait in `Pair::held` until `release_held`.
     pub hold_store: bool,
     /// The machine's boot (a power loss starts another).
@@ -111,6 +113,7 @@ impl Pair {
             hang_meta: false,
             hang_record: false,
             hang_al: false,
+            hang_bitmap: false,
             hold_store: false,
             boot: 1,
         };
@@ -194,6 +197,7 @@ impl Pair {
         if (n.hang && matches!(a, Action::Store { .. }))
             || (n.hang_meta && matches!(a, Action::Persist { .. }))
             || (n.hang_record && matches!(a, Action::Persist { what: Persist::Meta(_), .. }))
+            || (n.hang_bitmap && matches!(a, Action::Persist { what: Persist::Bitmap { .. }, .. }))
         {
             return;
         }

@@ -27,11 +27,13 @@ fn primary_force_of_an_inconsistent_disk_syncs_the_peer_fully() {
     c.promote(true, 1).unwrap();
     let g = c.gen();
     assert_ne!(g.current, GEN);
-    assert_eq!(g.bitmap, 0, "a bitmap base would allow a bitmap-only resync");
+    // The peer is recognised by the bitmap's base, and takes every block.
     assert_eq!(
         crate::protocol::genid::decide(&g, &meta(DiskState::UpToDate).gen),
-        crate::protocol::genid::Decision::SyncSource { full: true }
+        crate::protocol::genid::Decision::SyncSource { full: false }
     );
+    assert_eq!(c.dirty().bytes(), SIZE, "a bitmap-only resync of a partly synced disk");
+    assert!(c.hello().forced_base, "the base is taken for data that grew from the peer's");
 }
 
 #[test]
@@ -127,7 +129,8 @@ fn a_recreated_disk_can_be_forced() {
     c.promote(true, 1).unwrap();
     assert_eq!(c.disk(), DiskState::UpToDate);
     assert_ne!(c.gen().current, GEN);
-    assert_eq!(c.gen().bitmap, 0, "the peer must take all of it");
+    assert_eq!(c.dirty().bytes(), SIZE, "the peer must take all of it");
+    assert!(c.hello().forced_base, "its data did not grow from the peer's");
 }
 
 /// `discard-my-data` gives up the data as it stands; a node promoted
