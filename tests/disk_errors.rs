@@ -1422,4 +1422,87 @@ fn a_lone_primary_forced_after_its_disk_filled_still_resyncs_its_peer() {
     assert!(missing.is_empty(), "writes a acknowledged alone missing on b: {missing:?}");
     assert!(db[12 << 20..13 << 20].iter().all(|&x| x == 0x5a), "the write after the force");
     assert!(db[14 << 20..15 << 20].iter().all(|&x| x == 0x6b), "the write after the restart");
+
+/// `primary` on a node whose metadata volume is full cannot save the
+/// record that says it is Primary: it fails (exit non-zero, one line
+/// naming the file and "No space left on device"), and the node stays
+/// Secondary, as `drbdadm primary` fails when DRBD cannot write its meta
+/// data. Before, it answered OK and the node was Primary on a record that
+/// said otherwise (the operator, or Pacemaker's agent, believed the
+/// promotion had succeeded). So for `primary` asked of the connected peer
+/// and for `primary --force` alone; once room is freed, `primary` works.
+#[test]
+fn primary_on_a_full_metadata_volume_fails_naming_the_file_and_stays_secondary() {
+    if !root("mounting a small tmpfs for the metadata") {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fullmeta", "8M");
+    let mut p = Pair::prepare("C", "16M");
+    let meta = vol.path().join("a.meta");
+    p.set_meta(0, &meta);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    p.ok(&["secondary"], 0);
+    p.wait("a Secondary", Duration::from_secs(10), |a, b| {
+        a["role"] == "Secondary" && b["peer"]["role"] == "Secondary"
+    });
+    let saved = std::fs::read(&meta).unwrap();
+    let filler = vol.fill();
+    let refused = |args: &[&str]| {
+        let out = p.cli("primary", args, 0);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("primary {args:?}: {:?} {err}", out.status);
+        assert!(!out.status.success(), "primary {args:?} succeeded on a full metadata volume");
+        assert!(
+            err.contains(&format!("cannot save metadata {}", meta.display()))
+                && err.contains("No space left on device"),
+            "{err}"
+        );
+        let a = p.status(0);
+        assert_eq!(a["role"], "Secondary", "{a}");
+    };
+    refused(&[]);
+    assert_eq!(p.status(1)["peer"]["role"], "Secondary");
+    p.ok(&["disconnect"], 0);
+    refused(&["--force"]);
+    assert_eq!(std::fs::read(&meta).unwrap(), saved, "a.meta changed (torn?)");
+
+    std::fs::remove_file(filler).unwrap();
+    p.ok(&["primary"], 0);
+    assert_eq!(p.status(0)["role"], "Primary");
+    assert_ne!(std::fs::read(&meta).unwrap(), saved, "the promotion was never saved");
+}
+
+/// `primary` on a node whose metadata's filesystem stops answering: the
+/// record saying it is Primary is never saved, and the verb still answers
+/// (after `timeout` and a second), failing, naming why; the node is not
+/// Primary. Once the filesystem answers again, `primary` works.
+#[test]
+fn primary_whose_metadata_save_hangs_answers_and_stays_secondary() {
+    let dir = tempfile::Builder::new().prefix("tb-hangfs").tempdir_in(test_tmp()).unwrap();
+    let Some((disk, _fs, p)) = hanging_fs_pair(dir.path(), |p, fs| {
+        p.set_meta(0, &fs.mnt.join("a.meta"));
+    }) else {
+        return;
+    };
+    let _resume = disk.resume_on_drop();
+    p.ok(&["secondary"], 0);
+    p.wait("a Secondary", Duration::from_secs(10), |a, b| {
+        a["role"] == "Secondary" && b["peer"]["role"] == "Secondary"
+    });
+    p.ok(&["disconnect"], 0);
+    disk.hang(true);
+    let t = std::time::Instant::now();
+    let out = run_timeout(
+        Command::new(BIN).args(["primary", "--config"]).arg(&p.config).args(["--node", "a"]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("primary after {:?}: {:?} {err}", t.elapsed(), out.status);
+    assert!(!out.status.success(), "primary succeeded with its record unsaved");
+    assert!(err.contains("was not saved within"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "answered after {:?}", t.elapsed());
+    assert_eq!(p.status(0)["role"], "Secondary");
+    disk.hang(false);
+    p.ok(&["primary"], 0);
+    assert_eq!(p.status(0)["role"], "Primary");
 }

@@ -32,6 +32,26 @@ impl Core {
         self.gen
     }
 
+    /// Where the record that says this node is Primary (its last
+    /// promotion's `promoted_at`) stands: `Ok(true)` once saved,
+    /// `Ok(false)` while its save is to come, `Err(why)` when a metadata
+    /// save issued at or after `since` (the core's clock) failed and it
+    /// is not saved (`why` names the file and the system's text). The
+    /// shell answers `primary` by it.
+    pub fn promotion_saved(&self, since: Duration) -> Result<bool, String> {
+        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at);
+        match self.p.meta_failed {
+            Some(e) if !saved && self.p.meta_since >= since => {
+                let file = match self.cfg.files.meta_with("") {
+                    f if f.is_empty() => "`meta`".to_string(),
+                    f => f,
+                };
+                Err(format!("cannot save metadata {file}: {}", e.describe()))
+            }
+            _ => Ok(saved),
+        }
+    }
+
     pub fn connection(&self) -> Connection {
         match &self.session {
             Some(s) if s.phase == Phase::Running => Connection::Connected,

@@ -19,7 +19,58 @@ impl Node {
     /// `primary`. On a connected node the peer is asked first
     /// (`core/promotion.rs`): waits for its answer, at most `timeout` and
     /// a second (then the ask is withdrawn: a late grant changes nothing).
+    /// Answered once the record saying this node is Primary is saved
+    /// ([`Node::promotion_durable`]).
     pub async fn promote(&self, force: bool) -> Result<(), Refused> {
+        let (since, was) = self.with_core(|c, now| (now, c.role()));
+        self.promote_asked(force).await?;
+        if was == Role::Primary {
+            return Ok(());
+        }
+        self.promotion_durable(since).await
+    }
+
+    /// A promotion this verb made stands once the record that says so is
+    /// durable. If the save fails (a full metadata volume: ENOSPC), or
+    /// does not end within `timeout` and a second (a disk that hangs),
+    /// the verb fails and the node is demoted again, as `secondary` (with
+    /// a controller, `secondary --force`) would: it is not Primary. (As
+    /// `drbdadm primary` fails when DRBD cannot write its meta data.
+    /// Before, `primary` answered OK on a full volume.) What `--force`
+    /// declared of the disk (UpToDate, a generation of its own) stays,
+    /// saved once there is room, as after `primary --force; secondary`.
+    async fn promotion_durable(&self, since: Duration) -> Result<(), Refused> {
+        let wait = self.res.timeout + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let why = {
+                let sh = self.lock();
+                match sh.core.promotion_saved(since) {
+                    _ if sh.core.role() != Role::Primary => return Ok(()),
+                    Ok(true) => return Ok(()),
+                    Err(why) => Some(why),
+                    Ok(false) => None,
+                }
+            };
+            let why = match why {
+                Some(why) => why,
+                None if tokio::time::Instant::now() > deadline => format!(
+                    "the metadata record saying this node is Primary was not saved within \
+                     {wait:?} (its disk does not answer?)"
+                ),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            };
+            tracing::error!("primary: {why}: demoted again, not Primary");
+            self.with_core(|c, _| c.demote_forced());
+            self.changed.notify_waiters();
+            return Err(Refused(format!("{why}: not Primary (demoted again)")));
+        }
+    }
+
+    async fn promote_asked(&self, force: bool) -> Result<(), Refused> {
         let wait = self.res.timeout + Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + wait;
         // A link in its handshake first says what the peer is; a
