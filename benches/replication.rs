@@ -76,6 +76,7 @@ fn primary_core() -> Core {
         full_sync: 0,
         lost: wire::Lost::None,
         protocol: Protocol::C,
+        split_brain_policy: twinblock_replicator::protocol::genid::SplitBrainPolicy::Disconnect,
         forced_base: false,
     };
     core.handle_frame(Duration::ZERO, 1, Message::Hello(hello));

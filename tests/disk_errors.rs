@@ -1422,6 +1422,7 @@ fn a_lone_primary_forced_after_its_disk_filled_still_resyncs_its_peer() {
     assert!(missing.is_empty(), "writes a acknowledged alone missing on b: {missing:?}");
     assert!(db[12 << 20..13 << 20].iter().all(|&x| x == 0x5a), "the write after the force");
     assert!(db[14 << 20..15 << 20].iter().all(|&x| x == 0x6b), "the write after the restart");
+}
 
 /// `primary` on a node whose metadata volume is full cannot save the
 /// record that says it is Primary: it fails (exit non-zero, one line

@@ -130,6 +130,7 @@ async fn handshake_as_a(
         full_sync: 0,
         lost: wire::Lost::None,
         protocol: twinblock_replicator::config::Protocol::C,
+        split_brain_policy: twinblock_replicator::protocol::genid::SplitBrainPolicy::Disconnect,
         forced_base: false,
     };
     let length = Message::Hello(mine.clone()).to_bytes()[..4].to_vec();
@@ -291,4 +292,60 @@ fn a_peer_that_reads_nothing_cannot_grow_the_nodes_memory() {
     assert!(log.contains("the peer reads nothing of what this node answers"), "b's log:\n{log}");
     p.qemu_io(1, "write -P 0x11 0 64k");
     p.down(1);
+}
+
+/// Two nodes whose resource files name different `split-brain-policy`s
+/// (a `discard-younger-primary`, b `discard-least-changes`). Each decides
+/// a split brain by its own, so they may disagree: after a split brain in
+/// which a was promoted last and b changed less, each gave up its own
+/// data: both became SyncTarget of the other, both disks Inconsistent, a
+/// sync that never moved and no node that could be promoted (and the
+/// other way round, both SyncSource, the session failed as a "split
+/// brain"). As DRBD refuses differing `after-sb-*` settings, the
+/// handshake refuses the pair at once, each saying both values; a keeps
+/// serving alone, and once b runs a's policy the pair connects and b
+/// catches up.
+#[test]
+fn nodes_configured_with_different_split_brain_policies_refuse_each_other() {
+    if !common::have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("C", "16M");
+    p.configure("split-brain-policy = \"discard-younger-primary\"");
+    let same = p.config.clone();
+    let edited = p.dir.path().join("r0-b.toml");
+    let text = std::fs::read_to_string(&same).unwrap();
+    let b_text = text.replacen("discard-younger-primary", "discard-least-changes", 1);
+    std::fs::write(&edited, b_text).unwrap();
+    p.up(0);
+    p.config = edited;
+    p.up(1);
+    p.config = same;
+    p.ok(&["primary", "--force"], 0);
+    let refused = |s: &serde_json::Value| {
+        let why = s["last_error"].as_str().unwrap_or_default();
+        s["connection"] != "Connected"
+            && why.contains("split-brain-policy")
+            && why.contains("discard-younger-primary")
+            && why.contains("discard-least-changes")
+    };
+    p.wait("both nodes to refuse the other's policy", Duration::from_secs(20), |a, b| {
+        refused(a) && refused(b)
+    });
+    let out = p.qemu_io(0, "write -P 0x5a 1M 1M");
+    assert!(out.contains("wrote 1048576/1048576"), "{out}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, b) = (p.status(0), p.status(1));
+    assert!(refused(&a) && refused(&b), "connected with two policies\na: {a}\nb: {b}");
+    assert_eq!(a["role"], "Primary", "{a}");
+    assert_eq!(b["disk"], "Inconsistent", "b took data from a without a link: {b}");
+    p.down(1);
+    p.up(1);
+    p.wait_synced("b synced once both run one policy", Duration::from_secs(30));
+    p.down(0);
+    p.down(1);
+    assert!(
+        std::fs::read(&p.nodes[0].disk).unwrap() == std::fs::read(&p.nodes[1].disk).unwrap(),
+        "the disks differ after the sync"
+    );
 }

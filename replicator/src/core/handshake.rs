@@ -152,6 +152,7 @@ impl Core {
             full_sync: self.full_sync,
             lost: self.lost,
             protocol: self.cfg.protocol,
+            split_brain_policy: self.cfg.split_brain_policy,
             forced_base: self.base_forced(),
         }
     }
@@ -188,6 +189,20 @@ impl Core {
                 "{} runs protocol {} and {} protocol {}: both nodes of a resource must have the \
                  same protocol",
                 h.node, h.protocol, self.cfg.me, self.cfg.protocol
+            ));
+        }
+        if h.split_brain_policy != self.cfg.split_brain_policy {
+            // Each node resolves a split brain alone, by its own rule: two
+            // rules may each give up their own data (both SyncTarget, both
+            // Inconsistent, nothing to sync from) or neither. DRBD refuses
+            // differing `after-sb-*` settings the same way.
+            return Err(format!(
+                "{} resolves a split brain by split-brain-policy = \"{}\" and {} by \"{}\": \
+                 both nodes of a resource must have the same split-brain-policy",
+                h.node,
+                wire::policy_name(h.split_brain_policy),
+                self.cfg.me,
+                wire::policy_name(self.cfg.split_brain_policy)
             ));
         }
         s.peer.role = h.role;

@@ -27,6 +27,7 @@ fn every_message_round_trips_even_byte_by_byte() {
             full_sync: 77,
             lost: Lost::Cache,
             protocol: crate::config::Protocol::B,
+            split_brain_policy: super::genid::SplitBrainPolicy::DiscardLeastChanges,
             forced_base: true,
         }),
         Message::Data { seq: 1, op: w(4096, 7, 4096) },
@@ -111,15 +112,19 @@ fn malformed_frames_are_errors() {
     m.truncate(n - 1);
     m[..4].copy_from_slice(&((n - 1 - 4) as u32).to_be_bytes());
     assert_eq!(wire::decode(&mut m), Err(WireError::Malformed("resync-zero")));
-    // A hello naming no protocol the wire knows (its byte before the last,
+    // A hello naming no protocol the wire knows (its last byte but two),
+    // or no split-brain policy (its last byte but one; the last is
     // `forced_base`).
     for protocol in [crate::config::Protocol::A, crate::config::Protocol::Adaptive] {
         let mut h = hello_frame(protocol).to_bytes();
         let mut ok = h.clone();
         assert_eq!(wire::decode(&mut ok), Ok(Some(hello_frame(protocol))));
-        let at = h.len() - 2;
-        h[at] = 9;
+        let mut p = h.clone();
+        let last = h.len() - 2; // (the policy's byte)
+        h[last - 1] = 9;
         assert_eq!(wire::decode(&mut h), Err(WireError::Malformed("hello protocol")));
+        p[last] = 9;
+        assert_eq!(wire::decode(&mut p), Err(WireError::Malformed("hello split-brain policy")));
     }
     // Bitmap words whose count disagrees with the frame, or too many.
     let mut m = Message::BitWords { first: 0, words: vec![1, 2], last: true }.to_bytes();
@@ -149,6 +154,7 @@ fn hello_frame(protocol: crate::config::Protocol) -> Message {
         full_sync: 0,
         lost: Lost::None,
         protocol,
+        split_brain_policy: super::genid::SplitBrainPolicy::Disconnect,
         forced_base: false,
     })
 }

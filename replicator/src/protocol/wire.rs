@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::genid::GenIds;
+use super::genid::{GenIds, SplitBrainPolicy};
 use crate::config::Protocol;
 
 /// 3: adds the BENCH probe (`twinblock bench`); 5: Verified carries
@@ -21,9 +21,12 @@ use crate::config::Protocol;
 /// BIT_WORDS (the bitmap's own words, where runs would be bigger); 12: a
 /// resync chunk that is all zeroes crosses the link as RESYNC_ZERO (offset
 /// and length, no payload; an older peer would take either for an unknown
-/// frame); 13: Hello says whether the sender's bitmap base only names its
-/// peer's generation (`forced_base`: a version-12 peer would take a node
-/// forced after its disk failed for one whose data grew from its own).
+/// frame); 13: Hello carries the sender's `split-brain-policy` (two nodes
+/// that resolve a split brain by different rules may each give up its own
+/// data, or neither: refused) and says whether the sender's bitmap base
+/// only names its peer's generation (`forced_base`: a version-12 peer
+/// would take a node forced after its disk failed for one whose data grew
+/// from its own).
 pub const VERSION: u16 = 13;
 /// Largest frame body: one 32 MiB write plus its header.
 pub const MAX_FRAME: u32 = (32 << 20) + 64;
@@ -284,6 +287,10 @@ pub struct Hello {
     /// (when a write is answered on one side decides what the other must
     /// remember of it after a crash).
     pub protocol: Protocol,
+    /// The sender's configured `split-brain-policy`: both nodes must
+    /// resolve a split brain by the same rule (each decides alone, and
+    /// their decisions must mirror).
+    pub split_brain_policy: SplitBrainPolicy,
     /// The sender's bitmap base only names its peer's generation: its data
     /// does not descend from it (`MetaRecord::forced_base`).
     pub forced_base: bool,
@@ -322,6 +329,35 @@ fn protocol_code(p: Protocol) -> u8 {
         Protocol::B => 2,
         Protocol::C => 3,
         Protocol::Adaptive => 4,
+    }
+}
+
+fn policy_code(p: SplitBrainPolicy) -> u8 {
+    match p {
+        SplitBrainPolicy::Disconnect => 0,
+        SplitBrainPolicy::DiscardYoungerPrimary => 1,
+        SplitBrainPolicy::DiscardLeastChanges => 2,
+        SplitBrainPolicy::DiscardZeroChanges => 3,
+    }
+}
+
+fn policy_from_code(c: u8) -> Option<SplitBrainPolicy> {
+    match c {
+        0 => Some(SplitBrainPolicy::Disconnect),
+        1 => Some(SplitBrainPolicy::DiscardYoungerPrimary),
+        2 => Some(SplitBrainPolicy::DiscardLeastChanges),
+        3 => Some(SplitBrainPolicy::DiscardZeroChanges),
+        _ => None,
+    }
+}
+
+/// A `split-brain-policy` as the resource file spells it.
+pub fn policy_name(p: SplitBrainPolicy) -> &'static str {
+    match p {
+        SplitBrainPolicy::Disconnect => "disconnect",
+        SplitBrainPolicy::DiscardYoungerPrimary => "discard-younger-primary",
+        SplitBrainPolicy::DiscardLeastChanges => "discard-least-changes",
+        SplitBrainPolicy::DiscardZeroChanges => "discard-zero-changes",
     }
 }
 
@@ -466,6 +502,7 @@ impl Message {
                 b.put_u64(h.full_sync);
                 b.put_u8(h.lost as u8);
                 b.put_u8(protocol_code(h.protocol));
+                b.put_u8(policy_code(h.split_brain_policy));
                 b.put_u8(h.forced_base as u8);
             }
             Message::Data { seq, op } => match op {
@@ -681,6 +718,13 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
             } else {
                 Protocol::C
             };
+            // (Absent from an older peer's hello, refused by its version.)
+            let split_brain_policy = if b.has_remaining() {
+                policy_from_code(b.get_u8())
+                    .ok_or(WireError::Malformed("hello split-brain policy"))?
+            } else {
+                SplitBrainPolicy::Disconnect
+            };
             let forced_base = b.has_remaining() && b.get_u8() != 0;
             Message::Hello(Hello {
                 version,
@@ -698,6 +742,7 @@ pub fn decode(input: &mut BytesMut) -> Result<Option<Message>, WireError> {
                 full_sync,
                 lost,
                 protocol,
+                split_brain_policy,
                 forced_base,
             })
         }

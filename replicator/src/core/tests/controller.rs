@@ -531,6 +531,7 @@ fn with_a_controller_only_discard_zero_changes_resolves_a_split_brain() {
             GenIds { current: 0x222, bitmap: GEN, history: [GEN, 0] },
         );
         h.promoted_at = 10; // this node was promoted last: the policy's loser
+        h.split_brain_policy = SplitBrainPolicy::DiscardYoungerPrimary;
         core.handle_frame(Duration::ZERO, 1, Message::Hello(h));
         core.handle_frame(Duration::ZERO, 1, Message::Bits { runs: Vec::new(), last: true });
         run(&mut core, Duration::ZERO);

@@ -159,6 +159,7 @@ fn hello(role: Role, disk: DiskState, gen: GenIds) -> Hello {
         full_sync: 0,
         lost: crate::protocol::wire::Lost::None,
         protocol: crate::config::Protocol::C,
+        split_brain_policy: SplitBrainPolicy::Disconnect,
         forced_base: false,
     }
 }
