@@ -349,3 +349,54 @@ fn nodes_configured_with_different_split_brain_policies_refuse_each_other() {
         "the disks differ after the sync"
     );
 }
+
+/// A pair whose node b runs a resource file that `edit` changed from a's
+/// (both started, a made Primary with `--force`); nothing waited for.
+fn pair_with_b_edited(protocol: &str, size: &str, edit: impl Fn(&str) -> String) -> Pair {
+    let mut p = Pair::prepare(protocol, size);
+    let same = p.config.clone();
+    let edited = p.dir.path().join("r0-b.toml");
+    let mut text = std::fs::read_to_string(&same).unwrap();
+    if protocol == "adaptive" {
+        text = format!("{text}\n[adaptive]\nlatency_budget = \"3ms\"\n");
+        std::fs::write(&same, &text).unwrap();
+    }
+    let b_text = edit(&text);
+    assert_ne!(b_text, text, "the edit changed nothing");
+    std::fs::write(&edited, b_text).unwrap();
+    p.up(0);
+    p.config = edited;
+    p.up(1);
+    p.config = same;
+    p.ok(&["primary", "--force"], 0);
+    p
+}
+
+/// Two nodes whose resource files name different resources (`name`: a
+/// `r0`, b `r1`): the link's TLS refuses the pair (the application
+/// protocol names the resource), nothing moves, a keeps serving. Each
+/// says why in `link_refusal`, naming the key and its own name; before,
+/// both said only "the cryptographic handshake failed: error 120: peer
+/// doesn't support any known protocol".
+#[test]
+fn nodes_configured_with_different_resource_names_say_so() {
+    if !common::have("qemu-io") {
+        return;
+    }
+    let p = pair_with_b_edited("C", "16M", |t| t.replacen("name = \"r0\"", "name = \"r1\"", 1));
+    let says = |s: &serde_json::Value, mine: &str| {
+        let why = s["link_refusal"].as_str().unwrap_or_default();
+        s["connection"] != "Connected"
+            && why.contains(&format!("resource \"{mine}\""))
+            && why.contains("`name`")
+    };
+    p.wait("both nodes to say the names differ", Duration::from_secs(20), |a, b| {
+        says(a, "r0") && says(b, "r1")
+    });
+    let out = p.qemu_io(0, "write -P 0x5a 1M 1M");
+    assert!(out.contains("wrote 1048576/1048576"), "{out}");
+    let (a, b) = (p.status(0), p.status(1));
+    eprintln!("a: {}\nb: {}", a["link_refusal"], b["link_refusal"]);
+    assert_eq!(a["role"], "Primary", "{a}");
+    assert_eq!(b["disk"], "Inconsistent", "{b}");
+}

@@ -270,7 +270,8 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
         let refusals = refusals.clone();
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(timeout, async {
-                let conn = incoming.await.map_err(|e| e.to_string())?;
+                let conn =
+                    incoming.await.map_err(|e| handshake_error(&e, &node.res.name, false))?;
                 if let Err(e) = tls::check_peer(&conn, &node.peer.name) {
                     conn.close(CLOSE_NOT_PEER.into(), b"not the configured peer");
                     return Err(e.to_string());
@@ -345,7 +346,7 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
                 .connect(node.peer.connect, &node.peer.name)
                 .map_err(|e| e.to_string())?
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| handshake_error(&e, &node.res.name, true))?;
             let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, send, recv))
         };
@@ -645,6 +646,30 @@ fn peer_closed(peer: &str, c: &quinn::ApplicationClose) -> (String, EndedBy) {
 
 /// Text from the peer, as it goes into logs and the status: one line of
 /// at most 200 characters.
+/// A link's TLS handshake that failed, as its status says it. The
+/// application protocol names the resource ([`tls::alpn`]): a peer
+/// configured with another `name` fails it with TLS alert 120
+/// (no_application_protocol), which alone said nothing of the cause
+/// ("peer doesn't support any known protocol"). `dialing`: this node
+/// dialled (the peer refused) or accepted (this node refused).
+fn handshake_error(e: &quinn::ConnectionError, resource: &str, dialing: bool) -> String {
+    let no_app_protocol = quinn::TransportErrorCode::crypto(120);
+    let alpn = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == no_app_protocol,
+        quinn::ConnectionError::TransportError(t) => t.code == no_app_protocol,
+        _ => false,
+    };
+    if !alpn {
+        return e.to_string();
+    }
+    let who = if dialing {
+        "it serves no resource"
+    } else {
+        "it asked for a resource other than this node's resource"
+    };
+    format!("{who} \"{resource}\": both nodes' resource files must have the same `name` (TLS: {e})")
+}
+
 fn one_line(text: &str) -> String {
     text.chars().take(200).map(|ch| if ch.is_control() { ' ' } else { ch }).collect()
 }
