@@ -400,3 +400,37 @@ fn nodes_configured_with_different_resource_names_say_so() {
     assert_eq!(a["role"], "Primary", "{a}");
     assert_eq!(b["disk"], "Inconsistent", "{b}");
 }
+
+/// Two nodes whose resource files give different `size`s (a 16M, b 32M,
+/// b's disk new): the handshake refuses the pair, each status naming the
+/// key and both sizes (before: "the peer's size is 33554432 bytes, ours
+/// 16777216", the key unnamed and no word of what to do), a keeps
+/// serving, b's disk is left as it was (nothing synced onto it).
+#[test]
+fn nodes_configured_with_different_sizes_refuse_each_other_naming_both() {
+    if !common::have("qemu-io") {
+        return;
+    }
+    let p = pair_with_b_edited("C", "16M", |t| t.replacen("size = \"16M\"", "size = \"32M\"", 1));
+    let says = |s: &serde_json::Value| {
+        let why = s["last_error"].as_str().unwrap_or_default();
+        s["connection"] != "Connected"
+            && why.contains("`size`")
+            && why.contains("16777216")
+            && why.contains("33554432")
+    };
+    p.wait("both nodes to refuse the other's size", Duration::from_secs(20), |a, b| {
+        says(a) && says(b)
+    });
+    let out = p.qemu_io(0, "write -P 0x5a 1M 1M");
+    assert!(out.contains("wrote 1048576/1048576"), "{out}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, b) = (p.status(0), p.status(1));
+    eprintln!("a: {}\nb: {}", a["last_error"], b["last_error"]);
+    assert!(says(&a) && says(&b), "a: {a}\nb: {b}");
+    assert_eq!(a["role"], "Primary", "{a}");
+    assert_eq!(b["disk"], "Inconsistent", "{b}");
+    let disk_b = std::fs::read(&p.nodes[1].disk).unwrap();
+    assert_eq!(disk_b.len(), 32 << 20);
+    assert!(disk_b.iter().all(|&x| x == 0), "b's disk was written");
+}

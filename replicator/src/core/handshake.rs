@@ -177,7 +177,11 @@ impl Core {
             ));
         }
         if h.size != self.cfg.size {
-            return Err(format!("the peer's size is {} bytes, ours {}", h.size, self.cfg.size));
+            return Err(format!(
+                "{} has size = {} bytes and {} {}: both nodes of a resource must have the same \
+                 `size` (twinblock does not resize)",
+                h.node, h.size, self.cfg.me, self.cfg.size
+            ));
         }
         if h.protocol != self.cfg.protocol {
             // What a node must remember of a write after a crash depends on
