@@ -98,8 +98,13 @@ impl Core {
 
     /// Issues the updates that are due.
     pub(crate) fn persist_pump(&mut self) {
-        if self.p.record_after_bitmap && self.bitmap_clean() {
-            self.p.record_after_bitmap = false;
+        if self.p.record_after_bitmap {
+            if self.bitmap_clean() {
+                self.p.record_after_bitmap = false;
+            } else {
+                // (Also after a failed save put its pages back.)
+                self.p.want_bitmap = true;
+            }
         }
         if !self.p.meta_saving
             && self.p.meta_failed.is_none()

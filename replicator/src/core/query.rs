@@ -40,16 +40,33 @@ impl Core {
     /// shell answers `primary` by it.
     pub fn promotion_saved(&self, since: Duration) -> Result<bool, String> {
         let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at);
-        match self.p.meta_failed {
-            Some(e) if !saved && self.p.meta_since >= since => {
-                let file = match self.cfg.files.meta_with("") {
-                    f if f.is_empty() => "`meta`".to_string(),
-                    f => f,
-                };
-                Err(format!("cannot save metadata {file}: {}", e.describe()))
+        let file = |ext: &str| match self.cfg.files.meta_with(ext) {
+            f if f.is_empty() => format!("`meta{ext}`"),
+            f => f,
+        };
+        match (self.p.meta_failed, self.p.bitmap_failed) {
+            (Some(e), _) if !saved && self.p.meta_since >= since => {
+                Err(format!("cannot save metadata {}: {}", file(""), e.describe()))
             }
+            // (The record of a forced failed disk waits for its bitmap.)
+            (_, Some(e)) if !saved && self.p.record_after_bitmap => Err(format!(
+                "cannot save the out-of-sync bitmap {}: {}",
+                file(".bitmap"),
+                e.describe()
+            )),
             _ => Ok(saved),
         }
+    }
+
+    /// Bitmap pages still to be saved before the metadata record may be
+    /// (`primary --force` of a failed or partly synced disk marks every
+    /// block; a large device's bitmap takes a while): `None` when the
+    /// record waits for no bitmap. The shell's `primary` waits as long as
+    /// this goes down.
+    pub fn record_waits_for_pages(&self) -> Option<usize> {
+        self.p
+            .record_after_bitmap
+            .then(|| self.p.dirty_pages.len() + usize::from(self.p.bitmap_saving))
     }
 
     pub fn connection(&self) -> Connection {

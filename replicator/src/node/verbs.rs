@@ -41,10 +41,18 @@ impl Node {
     /// saved once there is room, as after `primary --force; secondary`.
     async fn promotion_durable(&self, since: Duration) -> Result<(), Refused> {
         let wait = self.res.timeout + Duration::from_secs(1);
-        let deadline = tokio::time::Instant::now() + wait;
+        let mut deadline = tokio::time::Instant::now() + wait;
+        // (A forced failed disk's record waits for its bitmap, every block
+        // marked: while pages are saved the wait goes on.)
+        let mut pages_left = None;
         loop {
             let why = {
                 let sh = self.lock();
+                let left = sh.core.record_waits_for_pages();
+                if left.is_some_and(|n| pages_left.is_none_or(|was| n < was)) {
+                    pages_left = left;
+                    deadline = tokio::time::Instant::now() + wait;
+                }
                 match sh.core.promotion_saved(since) {
                     _ if sh.core.role() != Role::Primary => return Ok(()),
                     Ok(true) => return Ok(()),

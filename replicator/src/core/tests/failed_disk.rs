@@ -822,3 +822,26 @@ fn a_forced_failed_disk_saves_its_record_only_after_its_marked_bitmap() {
     let bits = p.n[0].bitmap.clone().expect("a bitmap");
     assert!(bits.iter().all(|&w| w == u64::MAX), "not every block marked: {bits:x?}");
 }
+
+/// The marked bitmap of a disk forced after it failed cannot be saved (a
+/// full metadata volume): the record waits, writes fail with that error,
+/// and `primary` (which waits for the record) is told why, naming the
+/// bitmap file; once it saves, the record follows.
+#[test]
+fn a_forced_failed_disk_whose_bitmap_cannot_be_saved_says_so() {
+    let (mut p, _) = primary_loses_its_disk_after_writing_alone();
+    p.n[0].fail_bitmap = true;
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    assert!(p.core(0).record_waits_for_pages().is_some());
+    let why = p.core(0).promotion_saved(Duration::ZERO).expect_err("not told");
+    assert!(why.contains("bitmap") && why.contains("No space left"), "{why}");
+    p.write(0, 3, 512, 7, 64);
+    p.settle_now();
+    assert!(matches!(p.reply(0, 3), Some(Err(_))), "a write on a record not saved");
+    p.n[0].fail_bitmap = false;
+    p.tick_until(3000, |p| p.n[0].meta.as_ref().is_some_and(|m| m.disk == DiskState::UpToDate));
+    assert_eq!(p.n[0].meta.as_ref().map(|m| m.disk), Some(DiskState::UpToDate));
+    assert_eq!(p.core(0).record_waits_for_pages(), None);
+    assert_eq!(p.core(0).promotion_saved(Duration::ZERO), Ok(true));
+}

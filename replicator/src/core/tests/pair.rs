@@ -41,6 +41,8 @@ pub struct Node {
     pub hang_al: bool,
     /// Only the bitmap's updates hang (neither applied nor completed).
     pub hang_bitmap: bool,
+    /// The bitmap's updates fail (ENOSPC), applied not at all.
+    pub fail_bitmap: bool,
     /// Store operations wait in `Pair::held` until `release_held`.
     pub hold_store: bool,
     /// The machine's boot (a power loss starts another).
@@ -114,6 +116,7 @@ impl Pair {
             hang_record: false,
             hang_al: false,
             hang_bitmap: false,
+            fail_bitmap: false,
             hold_store: false,
             boot: 1,
         };
@@ -267,6 +270,11 @@ impl Pair {
                 };
                 if let Some(c) = node.c.as_mut() {
                     c.handle_io(now, io, r);
+                }
+            }
+            Action::Persist { io, what: Persist::Bitmap { .. } } if self.n[i].fail_bitmap => {
+                if let Some(c) = self.n[i].c.as_mut() {
+                    c.handle_io(now, io, Err(IoError::ENOSPC));
                 }
             }
             Action::Persist { io, what } => {
