@@ -77,8 +77,11 @@ impl Core {
         {
             self.ctl_peer_secondary();
         }
+        // (A hello refused says so: most of those are the two nodes'
+        // data or configurations disagreeing, no fault of the link.)
+        let what = if matches!(msg, Message::Hello(_)) { "handshake" } else { "link fault" };
         if let Err(why) = self.frame(sid, msg) {
-            self.close_session(sid, format!("link fault: {why}"));
+            self.close_session(sid, format!("{what}: {why}"));
         }
         self.pump();
     }
