@@ -634,6 +634,15 @@ impl Core {
         if self.log_protocol != now && self.al.durable.is_empty() && self.al.saving.is_none() {
             self.log_protocol = now;
         }
+        // A base the force set is done with once the bitmap's base is
+        // another (a sync ended it, the data was replaced): a later base
+        // that names the same generation is a plain one, this data having
+        // grown from it (else a node forced, that took its peer's data
+        // again and then wrote alone, said its data did not descend from
+        // the peer's: review, helper-145).
+        if self.forced_base != 0 && self.forced_base != self.gen.bitmap {
+            self.forced_base = 0;
+        }
     }
 
     /// The bitmap's base only names the peer's generation: this data does

@@ -74,6 +74,44 @@ fn primary_loses_its_disk_after_writing_alone() -> (Pair, u64) {
     (p, acked_gen)
 }
 
+/// A node forced after its disk failed names its peer's generation as
+/// its bitmap's base only while that base is the one the force set.
+/// Once it took the peer's data again (`discard-my-data`, or a rebuild)
+/// and later parted from that very generation by writing alone, its data
+/// did grow from the peer's: the new base is a plain one, and neither the
+/// hello nor the saved record may say it only names the peer (else the
+/// peer's told generations are dropped, and its claims refused by the
+/// witness, as for data that did not grow from its own).
+#[test]
+fn a_base_the_force_set_taken_again_later_is_a_plain_one() {
+    let (mut p, _) = primary_loses_its_disk_after_writing_alone();
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle();
+    let peer_gen = p.core(1).gen().current;
+    assert_eq!(p.core(0).gen().bitmap, peer_gen);
+    assert!(p.core(0).hello().forced_base);
+    // a gives up what it was forced with and takes b's data.
+    p.core(0).demote().expect("secondary");
+    p.core(0).discard_my_data().expect("discard-my-data");
+    p.core(1).promote(false, 6).expect("primary on b");
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate);
+    assert_eq!(p.core(0).gen().current, peer_gen, "a did not take b's data");
+    assert!(p.n[0].cache == p.n[1].cache);
+    // Apart again: a, Primary, writes alone, parting from b's generation.
+    p.cut();
+    p.core(1).demote().expect("secondary on b");
+    p.core(0).promote(false, 7).expect("primary on a");
+    p.write(0, 5, 0, 3, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 5), Some(Ok(())));
+    assert_eq!(p.core(0).gen().bitmap, peer_gen, "the base of a write alone");
+    assert!(!p.core(0).hello().forced_base, "a plain base said to only name the peer");
+    let rec = p.n[0].meta.clone().expect("a record");
+    assert_eq!(rec.forced_base, 0, "a plain base saved as a forced one");
+}
+
 /// The Primary acknowledges a write its peer never got, then its disk
 /// fails. Its data comes back from the peer, which lacks that write: the
 /// node must not come out UpToDate (promotable, and telling a witness
