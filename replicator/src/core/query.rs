@@ -118,6 +118,23 @@ impl Core {
                  written here (protocol A): the link waits for them"
                     .into(),
             )
+        } else if self.p.record_after_bitmap
+            || (self.base_forced()
+                && self.p.durable_meta.as_ref().is_none_or(|m| m.forced_base != self.forced_base))
+        {
+            // `primary --force` of a failed or partly synced disk: its new
+            // generation is not saved yet (the record waits for the marked
+            // bitmap). A handshake now would make an UpToDate peer this
+            // node's Inconsistent target on a generation a crash here
+            // forgets: back Failed on its old one, neither disk was usable
+            // (review, helper-145; `core::tests::failed_disk`
+            // `a_forced_disk_whose_record_waits_does_not_make_its_peer_inconsistent`).
+            // The link is taken once the record is saved.
+            Some(
+                "`primary --force` is still saving this node's out-of-sync bitmap and record: \
+                 the link waits for them"
+                    .into(),
+            )
         } else {
             None
         }

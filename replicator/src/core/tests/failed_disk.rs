@@ -883,3 +883,37 @@ fn a_forced_failed_disk_whose_bitmap_cannot_be_saved_says_so() {
     assert_eq!(p.core(0).record_waits_for_pages(), None);
     assert_eq!(p.core(0).promotion_saved(Duration::ZERO), Ok(true));
 }
+
+/// A disk forced after it failed, whose marked bitmap is still being
+/// saved (its record waits for it), meets its UpToDate peer: the peer
+/// must not become its Inconsistent sync target on the strength of a
+/// generation a crash of the forced node forgets. Crashed before its
+/// record is saved, the forced node comes back Failed on its old
+/// generation: the peer must still be UpToDate (before, it was left
+/// Inconsistent beside a Failed disk, no data on either side usable
+/// without another `primary --force`).
+#[test]
+fn a_forced_disk_whose_record_waits_does_not_make_its_peer_inconsistent() {
+    let (mut p, acked_gen) = primary_loses_its_disk_after_writing_alone();
+    p.n[0].hang_bitmap = true;
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.connect_steps(2_000, |_| {});
+    p.n[0].hang_bitmap = false;
+    p.crash(0, true);
+    p.restart(0);
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    assert_eq!(p.core(0).gen().current, acked_gen);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "the peer's good copy was given up");
+    let rec = p.n[1].meta.clone().expect("b's record");
+    assert_eq!(rec.disk, DiskState::UpToDate, "the peer's record gave up its good copy");
+    // Forced again, its record saved: the link is taken, the peer takes
+    // all of it.
+    p.core(0).promote(true, 6).expect("primary --force");
+    p.settle();
+    p.connect();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_eq!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
+    assert!(p.n[0].cache == p.n[1].cache, "the peer did not take every block");
+}
