@@ -1737,3 +1737,39 @@ fn the_bitmap_exchange_is_exact_and_no_bigger_than_the_bitmap() {
         assert!(bytes <= bound, "{name}: {bytes} bytes sent for a bitmap of {bound}");
     }
 }
+
+/// A node forced from a failed disk marks every block: under
+/// `discard-least-changes` it counts the whole device as changed, and a
+/// Secondary peer that wrote apart (less than the whole device) gives up
+/// its changes to it (README "Split brain").
+#[test]
+fn a_disk_forced_after_failing_counts_every_block_as_changed_in_a_split_brain() {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
+    let mut p = Pair::with_cfg(c, false);
+    p.initial();
+    p.cut();
+    p.n[0].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 1);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.n[0].fail_flush = false;
+    p.core(0).demote().unwrap();
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle();
+    p.write(0, 2, 0, 7, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())));
+    assert_eq!(p.core(0).hello().peer_out_of_sync, SIZE);
+    p.core(1).promote(false, 6).expect("primary on b");
+    p.write(1, 3, 4096, 8, 4096);
+    p.settle();
+    assert_eq!(p.reply(1, 3), Some(Ok(())));
+    p.core(1).demote().unwrap();
+    p.connect();
+    p.settle();
+    assert!(!p.core(0).status().split_brain, "the policy resolved nothing");
+    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
+    assert_eq!(p.n[1].cache[4096], 0, "b kept what it wrote apart");
+}
