@@ -322,23 +322,11 @@ fn nodes_configured_with_different_split_brain_policies_refuse_each_other() {
     p.up(1);
     p.config = same;
     p.ok(&["primary", "--force"], 0);
-    let refused = |s: &serde_json::Value| {
-        let why = s["last_error"].as_str().unwrap_or_default();
-        s["connection"] != "Connected"
-            && why.contains("split-brain-policy")
+    refused_and_a_serves(&p, "the other's policy", |why| {
+        why.contains("split-brain-policy")
             && why.contains("discard-younger-primary")
             && why.contains("discard-least-changes")
-    };
-    p.wait("both nodes to refuse the other's policy", Duration::from_secs(20), |a, b| {
-        refused(a) && refused(b)
     });
-    let out = p.qemu_io(0, "write -P 0x5a 1M 1M");
-    assert!(out.contains("wrote 1048576/1048576"), "{out}");
-    std::thread::sleep(Duration::from_secs(1));
-    let (a, b) = (p.status(0), p.status(1));
-    assert!(refused(&a) && refused(&b), "connected with two policies\na: {a}\nb: {b}");
-    assert_eq!(a["role"], "Primary", "{a}");
-    assert_eq!(b["disk"], "Inconsistent", "b took data from a without a link: {b}");
     p.down(1);
     p.up(1);
     p.wait_synced("b synced once both run one policy", Duration::from_secs(30));
@@ -412,27 +400,31 @@ fn nodes_configured_with_different_sizes_refuse_each_other_naming_both() {
         return;
     }
     let p = pair_with_b_edited("C", "16M", |t| t.replacen("size = \"16M\"", "size = \"32M\"", 1));
-    let says = |s: &serde_json::Value| {
+    refused_and_a_serves(&p, "the other's size", |why| {
+        why.contains("`size`") && why.contains("16777216") && why.contains("33554432")
+    });
+    let disk_b = std::fs::read(&p.nodes[1].disk).unwrap();
+    assert_eq!(disk_b.len(), 32 << 20);
+    assert!(disk_b.iter().all(|&x| x == 0), "b's disk was written");
+}
+
+/// Both nodes refuse each other at the handshake, each `last_error`
+/// saying so as `says` checks (and as a refused handshake, no link
+/// fault), and stay so while a, Primary, serves a write; b, never linked,
+/// took nothing (Inconsistent).
+fn refused_and_a_serves(p: &Pair, what: &str, says: impl Fn(&str) -> bool) {
+    let refused = |s: &serde_json::Value| {
         let why = s["last_error"].as_str().unwrap_or_default();
-        // (A refused handshake is no fault of the link: said so.)
-        s["connection"] != "Connected"
-            && !why.contains("link fault")
-            && why.contains("`size`")
-            && why.contains("16777216")
-            && why.contains("33554432")
+        s["connection"] != "Connected" && !why.contains("link fault") && says(why)
     };
-    p.wait("both nodes to refuse the other's size", Duration::from_secs(20), |a, b| {
-        says(a) && says(b)
+    p.wait(&format!("both nodes to refuse {what}"), Duration::from_secs(20), |a, b| {
+        refused(a) && refused(b)
     });
     let out = p.qemu_io(0, "write -P 0x5a 1M 1M");
     assert!(out.contains("wrote 1048576/1048576"), "{out}");
     std::thread::sleep(Duration::from_secs(1));
     let (a, b) = (p.status(0), p.status(1));
-    eprintln!("a: {}\nb: {}", a["last_error"], b["last_error"]);
-    assert!(says(&a) && says(&b), "a: {a}\nb: {b}");
+    assert!(refused(&a) && refused(&b), "linked with {what}\na: {a}\nb: {b}");
     assert_eq!(a["role"], "Primary", "{a}");
-    assert_eq!(b["disk"], "Inconsistent", "{b}");
-    let disk_b = std::fs::read(&p.nodes[1].disk).unwrap();
-    assert_eq!(disk_b.len(), 32 << 20);
-    assert!(disk_b.iter().all(|&x| x == 0), "b's disk was written");
+    assert_eq!(b["disk"], "Inconsistent", "b took data from a without a link: {b}");
 }
