@@ -235,6 +235,10 @@ fn regression_seeds_pass() {
         // A renewal granted before a release, answered after the node was
         // forced Primary again: a lease while its peer held the right.
         (10264532, 20000),
+        // A forced Primary whose grants' answers were lost renewed as
+        // forced; cut off, its peer took over and wrote; a witness
+        // restarted without its state renewed it beside the newer data.
+        (30300455, 5000),
         // A node that ran alone without writing, its disk failed, was
         // rebuilt from a peer that moved on from its very generation; the
         // rebuild forgot what it told the witness, which refused it.
