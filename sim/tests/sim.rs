@@ -239,6 +239,10 @@ fn regression_seeds_pass() {
         // forced; cut off, its peer took over and wrote; a witness
         // restarted without its state renewed it beside the newer data.
         (30300455, 5000),
+        // The checker's residual limit: a ran alone, its node was replaced
+        // and rebuilt from b, the witness lost its state and granted a
+        // (then b): what a acknowledged before it was replaced is gone.
+        (30401336, 20000),
         // A node that ran alone without writing, its disk failed, was
         // rebuilt from a peer that moved on from its very generation; the
         // rebuild forgot what it told the witness, which refused it.

@@ -175,7 +175,7 @@ impl Sim {
                 if recordless
                     && req.kind == VoteKind::Claim
                     && req.peer_current
-                    && self.nodes[1 - n].was_replaced
+                    && (self.nodes[1 - n].was_replaced || self.nodes[n].was_replaced)
                     && verdict == Ok(Grant::Granted)
                     && reply.granted
                 {
@@ -188,14 +188,21 @@ impl Sim {
                     // witness lost its state, and a was granted). Three
                     // failures: what the lost node acknowledged alone is
                     // given up, as if an operator had forced the claimant.
+                    // So when the claimant is the replaced node itself,
+                    // rebuilt from the peer that vouches for it (seed
+                    // 30401336 at 20,000 steps: a ran alone, its node was
+                    // replaced and synced from b, the witness lost its
+                    // state, a was granted, later b).
                     self.chk.stats.witness_blind_claims += 1;
+                    let lost = if self.nodes[n].was_replaced { n } else { 1 - n };
                     self.note(format!(
-                        "witness without its record grants {} vouched current by {}, a replaced \
+                        "witness without its record grants {}, its peer {} current, {} a replaced \
                          node (the residual limit: what {} acknowledged alone before it was \
                          replaced is given up)",
                         req.node,
                         self.nodes[1 - n].name,
-                        self.nodes[1 - n].name
+                        self.nodes[lost].name,
+                        self.nodes[lost].name
                     ));
                     self.chk.given_up_by_blind_grant();
                 }
