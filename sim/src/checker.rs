@@ -934,6 +934,14 @@ impl Checker {
         self.lineage[n] = None;
     }
 
+    /// Node `n`'s session with its peer reached its handshake's end now
+    /// (seen between steps by [`Checker::observe`]; here for one that a
+    /// crash's last frames finished and the crash ended in the same step).
+    pub fn met_peer(&mut self, n: usize, now: Time) {
+        self.superseded[n] = false;
+        self.met[n] = Some(now);
+    }
+
     pub fn lineage_broken(&mut self, n: usize) {
         self.lineage[n] = None;
     }

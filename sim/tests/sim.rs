@@ -243,6 +243,11 @@ fn regression_seeds_pass() {
         // and rebuilt from b, the witness lost its state and granted a
         // (then b): what a acknowledged before it was replaced is gone.
         (30401336, 20000),
+        // The checker's sampling: a deposed node met its replaced peer in
+        // a handshake that a crash's last frames finished, the link gone
+        // in the same step; the met went unseen and its reads were taken
+        // for reads apart.
+        (30500045, 20000),
         // A node that ran alone without writing, its disk failed, was
         // rebuilt from a peer that moved on from its very generation; the
         // rebuild forgot what it told the witness, which refused it.
