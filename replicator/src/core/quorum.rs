@@ -227,6 +227,15 @@ pub(crate) struct Ctl {
     /// (its reign as Primary): a Renew without it comes from a Primary
     /// forced by an operator (`VoteRequest::forced`).
     granted_reign: bool,
+    /// A reign an operator forced, no grant of it heard: its renewals say
+    /// `forced` until then (a lease from the promotion). Past it, what the
+    /// force accepted is stale: the witness may have granted the other
+    /// node since (this one's grants' answers lost, the node cut off), and
+    /// a witness without its record must judge this one's data as any
+    /// renewing Primary's (simulator seed 30300455: renewed as forced
+    /// seconds later, beside the other node's newer data, it served reads
+    /// without them).
+    forced_until: Time,
     /// End of the peer lease (ZERO: none).
     peer_until: Time,
     /// End of the witness lease.
@@ -318,6 +327,7 @@ impl Ctl {
         Ctl {
             cfg,
             granted_reign: false,
+            forced_until: Time::ZERO,
             peer_until: Time::ZERO,
             witness_until: Time::ZERO,
             witness_fenced_peer: false,
@@ -1119,7 +1129,7 @@ impl Core {
             peer_current,
             lease_ms: c.cfg.lease().as_millis() as u64,
             data,
-            forced: kind == VoteKind::Renew && !c.granted_reign,
+            forced: kind == VoteKind::Renew && !c.granted_reign && now < c.forced_until,
             unacked,
             withdrawn: false,
         }
@@ -1196,7 +1206,9 @@ impl Core {
 
     /// This node becomes Primary: no peer lease from before counts.
     pub(crate) fn ctl_promoted(&mut self) {
+        let now = self.now;
         if let Some(c) = &mut self.ctl {
+            c.forced_until = now + c.cfg.lease();
             c.ping_sent.clear();
             c.peer_until = Time::ZERO;
             c.superseded = false;

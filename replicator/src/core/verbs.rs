@@ -220,6 +220,10 @@ impl Core {
             return;
         }
         self.forced_base = self.gen.bitmap;
+        // A bitmap save that failed before (a full metadata volume, room
+        // freed since) is tried again now, not at the next retry: its old
+        // error failed this force at once (review, helper-146).
+        self.p.bitmap_failed = None;
         self.dirty.mark_all();
         self.p.all_pages_dirty(&self.dirty);
         if self.cfg.plant != Plant::ForcedRecordBeforeBitmap {

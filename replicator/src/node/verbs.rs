@@ -54,7 +54,15 @@ impl Node {
                     deadline = tokio::time::Instant::now() + wait;
                 }
                 match sh.core.promotion_saved(since) {
-                    _ if sh.core.role() != Role::Primary => return Ok(()),
+                    // (Deposed meanwhile, say: the promotion did not
+                    // stand. Before, answered OK; review, helper-146.)
+                    _ if sh.core.role() != Role::Primary => {
+                        return Err(Refused(
+                            "demoted again before the record saying it is Primary was saved \
+                             (see `status`: last_error, controller.last_refusal)"
+                                .into(),
+                        ))
+                    }
                     Ok(true) => return Ok(()),
                     Err(why) => Some(why),
                     Ok(false) => None,
