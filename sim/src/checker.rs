@@ -1114,7 +1114,7 @@ impl Checker {
                 self.superseded[n] = false;
             }
             if sim.nodes[n].core.as_ref().is_some_and(|c| c.connection() == Connection::Connected) {
-                self.met[n] = Some(sim.now);
+                self.met_peer(n, sim.now);
             }
             if sim.replication(n) != Replication::Off && std::mem::take(&mut self.lost_conf[n]) {
                 // The handshake judged what it lacks: a sync as target

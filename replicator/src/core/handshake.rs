@@ -204,9 +204,9 @@ impl Core {
                 "{} resolves a split brain by split-brain-policy = \"{}\" and {} by \"{}\": \
                  both nodes of a resource must have the same split-brain-policy",
                 h.node,
-                wire::policy_name(h.split_brain_policy),
+                h.split_brain_policy.name(),
                 self.cfg.me,
-                wire::policy_name(self.cfg.split_brain_policy)
+                self.cfg.split_brain_policy.name()
             ));
         }
         s.peer.role = h.role;

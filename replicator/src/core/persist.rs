@@ -268,7 +268,7 @@ impl Core {
 
     /// The metadata file of suffix `ext` (`""`, `".bitmap"`, `".al"`),
     /// as a failure names it.
-    fn meta_file(&self, ext: &str) -> String {
+    pub(crate) fn meta_file(&self, ext: &str) -> String {
         match self.cfg.files.meta_with(ext) {
             f if f.is_empty() => format!("`meta{ext}`"),
             f => f,

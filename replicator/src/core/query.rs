@@ -40,18 +40,14 @@ impl Core {
     /// shell answers `primary` by it.
     pub fn promotion_saved(&self, since: Duration) -> Result<bool, String> {
         let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at);
-        let file = |ext: &str| match self.cfg.files.meta_with(ext) {
-            f if f.is_empty() => format!("`meta{ext}`"),
-            f => f,
-        };
         match (self.p.meta_failed, self.p.bitmap_failed) {
             (Some(e), _) if !saved && self.p.meta_since >= since => {
-                Err(format!("cannot save metadata {}: {}", file(""), e.describe()))
+                Err(format!("cannot save metadata {}: {}", self.meta_file(""), e.describe()))
             }
             // (The record of a forced failed disk waits for its bitmap.)
             (_, Some(e)) if !saved && self.p.record_after_bitmap => Err(format!(
                 "cannot save the out-of-sync bitmap {}: {}",
-                file(".bitmap"),
+                self.meta_file(".bitmap"),
                 e.describe()
             )),
             _ => Ok(saved),

@@ -488,10 +488,7 @@ impl Core {
     /// The told generations' bitmap base only names the peer's
     /// ([`MetaRecord::forced_base`](super::MetaRecord::forced_base)).
     fn told_forced(&self) -> bool {
-        self.p
-            .durable_meta
-            .as_ref()
-            .map_or(self.base_forced(), |m| m.forced_base != 0 && m.forced_base == m.gen.bitmap)
+        self.p.durable_meta.as_ref().map_or(self.base_forced(), super::MetaRecord::base_forced)
     }
 
     /// Quorum has been missing for `dead_time`: the survivor may be Primary.

@@ -169,6 +169,14 @@ pub struct MetaRecord {
     pub behind_async_primary: bool,
 }
 
+impl MetaRecord {
+    /// Its bitmap's base only names the peer's generation
+    /// ([`MetaRecord::forced_base`]).
+    pub fn base_forced(&self) -> bool {
+        self.forced_base != 0 && self.forced_base == self.gen.bitmap
+    }
+}
+
 /// How many told generations a node keeps (older ones are dropped: a
 /// claim of data whose dropped one the witness still holds is refused,
 /// and waits for an operator).

@@ -80,8 +80,7 @@ impl Node {
                 }
             };
             tracing::error!("primary: {why}: demoted again, not Primary");
-            self.with_core(|c, _| c.demote_forced());
-            self.changed.notify_waiters();
+            self.demote_forced();
             return Err(Refused(format!("{why}: not Primary (demoted again)")));
         }
     }

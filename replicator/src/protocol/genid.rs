@@ -168,20 +168,33 @@ pub enum SplitBrainPolicy {
     DiscardZeroChanges,
 }
 
+impl SplitBrainPolicy {
+    const ALL: [SplitBrainPolicy; 4] = [
+        SplitBrainPolicy::Disconnect,
+        SplitBrainPolicy::DiscardYoungerPrimary,
+        SplitBrainPolicy::DiscardLeastChanges,
+        SplitBrainPolicy::DiscardZeroChanges,
+    ];
+
+    /// The policy as the resource file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitBrainPolicy::Disconnect => "disconnect",
+            SplitBrainPolicy::DiscardYoungerPrimary => "discard-younger-primary",
+            SplitBrainPolicy::DiscardLeastChanges => "discard-least-changes",
+            SplitBrainPolicy::DiscardZeroChanges => "discard-zero-changes",
+        }
+    }
+}
+
 impl std::str::FromStr for SplitBrainPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "disconnect" => SplitBrainPolicy::Disconnect,
-            "discard-younger-primary" => SplitBrainPolicy::DiscardYoungerPrimary,
-            "discard-least-changes" => SplitBrainPolicy::DiscardLeastChanges,
-            "discard-zero-changes" => SplitBrainPolicy::DiscardZeroChanges,
-            _ => {
-                return Err(format!(
-                    "unknown policy {s:?} (disconnect, discard-younger-primary, \
-                     discard-least-changes, discard-zero-changes)"
-                ))
-            }
+        SplitBrainPolicy::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            format!(
+                "unknown policy {s:?} (disconnect, discard-younger-primary, \
+                 discard-least-changes, discard-zero-changes)"
+            )
         })
     }
 }

@@ -351,16 +351,6 @@ fn policy_from_code(c: u8) -> Option<SplitBrainPolicy> {
     }
 }
 
-/// A `split-brain-policy` as the resource file spells it.
-pub fn policy_name(p: SplitBrainPolicy) -> &'static str {
-    match p {
-        SplitBrainPolicy::Disconnect => "disconnect",
-        SplitBrainPolicy::DiscardYoungerPrimary => "discard-younger-primary",
-        SplitBrainPolicy::DiscardLeastChanges => "discard-least-changes",
-        SplitBrainPolicy::DiscardZeroChanges => "discard-zero-changes",
-    }
-}
-
 fn protocol_from_code(c: u8) -> Option<Protocol> {
     match c {
         1 => Some(Protocol::A),
