@@ -1473,6 +1473,49 @@ fn primary_on_a_full_metadata_volume_fails_naming_the_file_and_stays_secondary()
     assert_ne!(std::fs::read(&meta).unwrap(), saved, "the promotion was never saved");
 }
 
+/// `primary --force` on an Outdated Secondary whose metadata volume is
+/// full fails (its record cannot be saved), and must leave the disk as
+/// it was: Outdated on its old generation, before and after room is
+/// freed. The Primary, which wrote on alone, then resyncs it. Before,
+/// what the force declared (UpToDate, a generation of its own) stayed in
+/// memory and was saved once there was room: the operator was told the
+/// promotion failed, yet b met a as a split brain and refused it (had a
+/// not written, b would have overwritten a's data; review, helper-146).
+#[test]
+fn a_failed_primary_force_leaves_the_disk_as_it_was() {
+    if !(have("qemu-io") && root("mounting a small tmpfs for the metadata")) {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fullmeta-b", "8M");
+    let mut p = Pair::prepare("C", "16M");
+    let meta = vol.path().join("b.meta");
+    p.set_meta(1, &meta);
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    p.qemu_io(0, "write -P 0x11 0 1M");
+    p.ok(&["disconnect"], 0);
+    p.wait_one(1, "b Outdated by a's disconnect", |b| b["disk"] == "Outdated");
+    p.qemu_io(0, "write -P 0x22 2M 1M");
+    let filler = vol.fill();
+    let out = p.cli("primary", &["--force"], 1);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "primary --force succeeded on a full metadata volume");
+    assert!(err.contains("No space left on device"), "{err}");
+    let b = p.status(1);
+    assert_eq!((&b["role"], &b["disk"]), (&"Secondary".into(), &"Outdated".into()), "{b}");
+    std::fs::remove_file(filler).unwrap();
+    // Room again: b's next saves must not bring the force back.
+    std::thread::sleep(Duration::from_secs(2));
+    let b = p.status(1);
+    assert_eq!(b["disk"], "Outdated", "the failed force came back: {b}");
+    p.ok(&["connect"], 0);
+    p.wait_synced("b's resync from a", Duration::from_secs(60));
+    p.wait_drained();
+    let (da, db) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(da == db, "the disks differ after b's resync");
+    assert!(db[2 << 20..3 << 20].iter().all(|&x| x == 0x22), "a's write alone is not on b");
+}
+
 /// `primary` on a node whose metadata's filesystem stops answering: the
 /// record saying it is Primary is never saved, and the verb still answers
 /// (after `timeout` and a second), failing, naming why; the node is not

@@ -24,6 +24,7 @@ mod adaptive;
 pub mod al;
 mod apply;
 mod bench;
+mod declared;
 mod disk_timeout;
 pub(crate) mod handshake;
 mod persist;
@@ -244,6 +245,9 @@ pub struct Core {
     /// The disk state this node's last promotion started from (not
     /// UpToDate: the promotion declared the data good, as `--force` does).
     promoted_from: DiskState,
+    /// What a `primary --force` whose record is not saved yet declared,
+    /// and what it replaced (`declared.rs`).
+    declared: Option<declared::Declared>,
     al_flush: Option<IoId>,
     /// Application flushes in flight: the write epoch each covers.
     flush_epochs: HashMap<ReqId, u64>,
@@ -476,6 +480,7 @@ impl Core {
             flushed_epoch: 0,
             promo_epoch: 0,
             promoted_from: DiskState::UpToDate,
+            declared: None,
             al_flush: None,
             flush_epochs: HashMap::new(),
             barrier: 0,
@@ -625,6 +630,7 @@ impl Core {
     /// pending (a demoted Primary's log then holds only its own writes,
     /// until it takes in one of its peer's).
     fn settle_record_flags(&mut self) {
+        self.settle_declared();
         if self.received && self.role == Role::Primary && !self.peer_writes_pending() {
             self.received = false;
         }

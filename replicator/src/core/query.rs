@@ -115,22 +115,35 @@ impl Core {
                     .into(),
             )
         } else if self.p.record_after_bitmap
+            || self.declaration_unsaved()
             || (self.base_forced()
                 && self.p.durable_meta.as_ref().is_none_or(|m| m.forced_base != self.forced_base))
         {
-            // `primary --force` of a failed or partly synced disk: its new
-            // generation is not saved yet (the record waits for the marked
-            // bitmap). A handshake now would make an UpToDate peer this
-            // node's Inconsistent target on a generation a crash here
-            // forgets: back Failed on its old one, neither disk was usable
-            // (review, helper-145; `core::tests::failed_disk`
-            // `a_forced_disk_whose_record_waits_does_not_make_its_peer_inconsistent`).
-            // The link is taken once the record is saved.
-            Some(
-                "`primary --force` is still saving this node's out-of-sync bitmap and record: \
-                 the link waits for them"
+            // `primary --force` of a disk that was not UpToDate: its new
+            // generation is not saved yet (a failed or partly synced
+            // disk's record waits for the marked bitmap). A handshake now
+            // would make an UpToDate peer this node's Inconsistent target
+            // on a generation a crash here forgets: back on its old
+            // account, neither disk was usable (review, helper-145;
+            // `core::tests::failed_disk`
+            // `a_forced_disk_whose_record_waits_does_not_make_its_peer_inconsistent`;
+            // any forced disk's record that cannot be saved says so here,
+            // not as a handshake waiting for ever:
+            // `a_forced_node_whose_record_cannot_be_saved_says_why_it_takes_no_link`).
+            // The link is taken once the record is saved, or the force is
+            // undone (`declared.rs`).
+            Some(match self.p.meta_failed.or(self.p.bitmap_failed) {
+                Some(e) => format!(
+                    "`primary --force` declared this node's data good, but its metadata cannot \
+                     be saved ({}): the link waits for that save (or for `secondary`, which \
+                     undoes the force)",
+                    e.describe()
+                )
+                .into(),
+                None => "`primary --force` is still saving this node's out-of-sync bitmap and \
+                         record: the link waits for them"
                     .into(),
-            )
+            })
         } else {
             None
         }

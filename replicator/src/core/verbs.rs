@@ -137,7 +137,10 @@ impl Core {
         self.promotion_refused(force, false)?;
         self.promoted_from = self.disk;
         let mut bounce = false;
+        let mut declared = None;
         if self.disk != DiskState::UpToDate {
+            // Undone if its record cannot be saved (`declared.rs`).
+            declared = Some(self.declaring());
             let was = self.disk;
             self.disk = DiskState::UpToDate;
             let id = self.random_id();
@@ -166,6 +169,9 @@ impl Core {
         self.ctl_promoted();
         self.role = Role::Primary;
         self.reign_from(wall_ms.max(self.peer_promoted_at.saturating_add(1)));
+        if let Some(d) = declared {
+            self.declared(d);
+        }
         if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
             s.reigned = Some(self.promoted_at);
             // (What the peer saved of an earlier reign was cleared when it

@@ -37,8 +37,11 @@ impl Node {
     /// a controller, `secondary --force`) would: it is not Primary. (As
     /// `drbdadm primary` fails when DRBD cannot write its meta data.
     /// Before, `primary` answered OK on a full volume.) What `--force`
-    /// declared of the disk (UpToDate, a generation of its own) stays,
-    /// saved once there is room, as after `primary --force; secondary`.
+    /// declared of the disk (UpToDate, a generation of its own) is undone
+    /// with it (`core/declared.rs`): the disk is as its saved record says.
+    /// (Before, it stayed and was saved once there was room: the node
+    /// became its peer's sync source with data the operator was told had
+    /// not been promoted; review, helper-146.)
     async fn promotion_durable(&self, since: Duration) -> Result<(), Refused> {
         let wait = self.res.timeout + Duration::from_secs(1);
         let mut deadline = tokio::time::Instant::now() + wait;
@@ -80,7 +83,8 @@ impl Node {
                 }
             };
             tracing::error!("primary: {why}: demoted again, not Primary");
-            self.demote_forced();
+            self.with_core(|c, _| c.abandon_promotion());
+            self.changed.notify_waiters();
             return Err(Refused(format!("{why}: not Primary (demoted again)")));
         }
     }

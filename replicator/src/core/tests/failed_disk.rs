@@ -917,3 +917,107 @@ fn a_forced_disk_whose_record_waits_does_not_make_its_peer_inconsistent() {
     assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
     assert!(p.n[0].cache == p.n[1].cache, "the peer did not take every block");
 }
+
+/// b, Outdated by a's graceful disconnect, a writing on alone: b is
+/// forced Primary on a full metadata volume. `primary` fails (the shell
+/// calls `abandon_promotion`): b must be as its saved record says, not
+/// UpToDate on a generation of its own. Before, the declaration stayed in
+/// memory and was saved once room was freed: b met a as a split brain
+/// (or, had a not written, as the newer data, its sync source), over the
+/// writes a acknowledged (review, helper-146, finding 4).
+#[test]
+fn a_forced_promotion_whose_record_cannot_be_saved_is_undone() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.outdate_by_disconnect();
+    p.write(0, 2, 4096, 2, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    let b_gen = p.core(1).gen();
+    p.n[1].fail_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Primary);
+    let why = p.core(1).promotion_saved(Duration::ZERO).expect_err("not told");
+    assert!(why.contains("No space left"), "{why}");
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Secondary);
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "the force stayed");
+    assert_eq!(p.core(1).gen(), b_gen, "the force's generation stayed");
+    // Room freed: what b saves is what it was.
+    p.n[1].fail_record = false;
+    p.tick_until(200, |_| false);
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::Outdated));
+    assert!(p.core(1).wants_link(), "{:?}", p.core(1).link_refused());
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.connect();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_eq!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
+    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
+    assert_eq!(p.n[1].cache[4096], 2, "a's write acknowledged alone is lost");
+}
+
+/// The same force whose record hangs rather than fails, undone by
+/// `secondary`: nothing was acknowledged on it, so it is undone too.
+/// Once the hung save ends (it carried the forced record), the next one
+/// puts the record back as it was.
+#[test]
+fn a_forced_promotion_demoted_before_its_record_is_saved_is_undone() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.outdate_by_disconnect();
+    let b_gen = p.core(1).gen();
+    p.n[1].hang_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.write(1, 3, 0, 3, 64);
+    p.settle_now();
+    assert_eq!(p.reply(1, 3), None, "a write answered on a record not saved");
+    p.core(1).demote().expect("secondary");
+    p.settle_now();
+    assert!(matches!(p.reply(1, 3), Some(Err(_))), "the write must fail, demoted");
+    assert_eq!(p.core(1).disk(), DiskState::Outdated);
+    assert_eq!(p.core(1).gen(), b_gen);
+    p.n[1].hang_record = false;
+    p.tick_until(200, |_| false);
+    let rec = p.n[1].meta.clone().expect("b's record");
+    assert_eq!((rec.disk, rec.gen), (DiskState::Outdated, b_gen));
+}
+
+/// An Outdated disk forced while its peer is away, on a full metadata
+/// volume (the verb not answered yet, or its client gone): its peer
+/// comes back. The link is refused naming why, and the peer keeps its
+/// good copy. (Before, the link was taken and its handshake waited for a
+/// record that could not be saved, `status` saying only `Connecting`.)
+#[test]
+fn a_forced_node_whose_record_cannot_be_saved_says_why_it_takes_no_link() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.outdate_by_disconnect();
+    p.core(0).demote().expect("a secondary");
+    let b_gen = p.core(1).gen();
+    p.n[1].fail_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.core(0).connect();
+    p.connect_steps(2_000, |_| {});
+    let why = p.core(1).link_refused().unwrap_or_default().into_owned();
+    assert!(why.contains("primary --force") && why.contains("No space left"), "{why}");
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate, "the peer's good copy was given up");
+    // The operator frees room, or gives up the force: `secondary` undoes
+    // it, and the link is taken with b the target.
+    p.core(1).demote().expect("secondary");
+    p.n[1].fail_record = false;
+    p.settle_now();
+    assert_eq!(p.core(1).gen(), b_gen);
+    p.connect();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_eq!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
+    assert!(p.n[0].cache == p.n[1].cache);
+}

@@ -43,6 +43,9 @@ pub struct Node {
     pub hang_bitmap: bool,
     /// The bitmap's updates fail (ENOSPC), applied not at all.
     pub fail_bitmap: bool,
+    /// The metadata record's updates fail (ENOSPC: a full metadata
+    /// volume), applied not at all.
+    pub fail_record: bool,
     /// Store operations wait in `Pair::held` until `release_held`.
     pub hold_store: bool,
     /// The machine's boot (a power loss starts another).
@@ -117,6 +120,7 @@ impl Pair {
             hang_al: false,
             hang_bitmap: false,
             fail_bitmap: false,
+            fail_record: false,
             hold_store: false,
             boot: 1,
         };
@@ -270,6 +274,11 @@ impl Pair {
                 };
                 if let Some(c) = node.c.as_mut() {
                     c.handle_io(now, io, r);
+                }
+            }
+            Action::Persist { io, what: Persist::Meta(_) } if self.n[i].fail_record => {
+                if let Some(c) = self.n[i].c.as_mut() {
+                    c.handle_io(now, io, Err(IoError::ENOSPC));
                 }
             }
             Action::Persist { io, what: Persist::Bitmap { .. } } if self.n[i].fail_bitmap => {

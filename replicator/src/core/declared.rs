@@ -1,0 +1,122 @@
+//! What `primary --force` declared of a disk that was not UpToDate, until
+//! the record saying so is durable, and its undoing when that save fails.
+//!
+//! `primary --force` on an Outdated, Consistent, Inconsistent or Failed
+//! disk declares the data good: UpToDate, a generation of its own, every
+//! block marked for a disk that was not a whole copy
+//! (`verbs.rs` `promote_inner`). Nothing of that is true on disk until the
+//! record saying it is saved, and nothing is written or acknowledged on it
+//! before (`write.rs` `meta_wait`). When that save fails (a full metadata
+//! volume) or hangs, `primary` fails and the node is demoted again
+//! (`node/verbs.rs` `promotion_durable`). Before, what the force declared
+//! stayed in memory: saved once there was room, the node became its
+//! returning peer's sync source and overwrote the peer's data with the
+//! data the operator was told had not been promoted (review, helper-146,
+//! finding 4). Now a node that is Secondary again before the record was
+//! saved (the failed `primary`, `secondary`, a deposition) gets back the
+//! account the force replaced, as on disk: nothing was acknowledged on
+//! the declared one.
+
+use super::*;
+
+/// The account a forced promotion replaced, kept until its record is
+/// durable (then the declaration stands) or the node is Secondary again
+/// before (then it comes back).
+#[derive(Debug, Clone)]
+pub(crate) struct Declared {
+    /// The promotion (`promoted_at`) whose record is awaited.
+    promoted_at: u64,
+    disk: DiskState,
+    gen: GenIds,
+    fresh: bool,
+    lost: Lost,
+    full_sync: u64,
+    forced_base: u64,
+    discard: bool,
+    separated: bool,
+    unacked_current: Option<u64>,
+}
+
+impl Core {
+    /// Called by `promote_inner` before a disk that is not UpToDate is
+    /// declared so: what it replaces.
+    pub(crate) fn declaring(&self) -> Declared {
+        Declared {
+            promoted_at: 0,
+            disk: self.disk,
+            gen: self.gen,
+            fresh: self.fresh,
+            lost: self.lost,
+            full_sync: self.full_sync,
+            forced_base: self.forced_base,
+            discard: self.discard,
+            separated: self.separated,
+            unacked_current: self.unacked_current,
+        }
+    }
+
+    /// Called by `promote_inner` once the promotion is numbered.
+    pub(crate) fn declared(&mut self, mut d: Declared) {
+        d.promoted_at = self.promoted_at;
+        self.declared = Some(d);
+    }
+
+    /// A forced declaration whose record is not durable yet: a handshake
+    /// now would rank this node on a generation a crash forgets (the peer
+    /// made its Inconsistent target, left beside a disk back on its old
+    /// account; `query.rs` `link_refused`).
+    pub(crate) fn declaration_unsaved(&self) -> bool {
+        self.declared.is_some()
+    }
+
+    /// `primary` failed because the record saying this node is Primary
+    /// could not be saved: demoted again (as `secondary --force`), and
+    /// what a force declared of the disk is undone once the node is
+    /// Secondary (with a controller, after the demotion's hooks), unless
+    /// that record was saved meanwhile (room freed: then it stands, as
+    /// the disk says).
+    pub fn abandon_promotion(&mut self) {
+        self.demote_forced();
+        self.pump();
+    }
+
+    /// Settles the declaration at each pump: forgotten once its record is
+    /// durable, undone once the node is Secondary before that. (A Primary
+    /// acknowledges nothing on a record not saved, `write.rs` `meta_wait`:
+    /// nothing answered rests on what is undone.)
+    pub(super) fn settle_declared(&mut self) {
+        let Some(d) = &self.declared else { return };
+        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == d.promoted_at);
+        if saved {
+            self.declared = None;
+            return;
+        }
+        if self.role != Role::Secondary {
+            return;
+        }
+        let Some(d) = self.declared.take() else { return };
+        let declared = self.disk;
+        // (A disk that failed again meanwhile stays Failed.)
+        if self.disk == DiskState::UpToDate {
+            self.disk = d.disk;
+        }
+        self.gen = d.gen;
+        self.fresh = d.fresh;
+        self.lost = d.lost;
+        self.full_sync = d.full_sync;
+        self.forced_base = d.forced_base;
+        self.discard = d.discard;
+        self.separated = d.separated;
+        self.unacked_current = d.unacked_current;
+        // The marks stay (more blocks to resync than needed, never fewer);
+        // the record no longer waits for them.
+        self.p.record_after_bitmap = false;
+        tracing::warn!(
+            was = ?declared,
+            now = ?self.disk,
+            current = format!("{:016x}", self.gen.current),
+            "primary --force undone: its record was never saved, the disk is as it was before"
+        );
+        self.announce();
+    }
+}
