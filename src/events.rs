@@ -541,6 +541,7 @@ mod tests {
             protocol: "C".into(),
             peer: PeerStatus {
                 node: "b".into(),
+                address: "127.0.0.1:7789".into(),
                 role: Some(Role::Secondary),
                 disk: Some(DiskState::UpToDate),
             },

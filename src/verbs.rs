@@ -130,7 +130,7 @@ pub fn render(st: &Value) -> String {
     let rtt =
         st["rtt_us"].as_u64().map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
     let mut out = format!(
-        "{} on {}: {} {}, {} / {} (protocol {}, generation {})\n  peer {}: {} {}, rtt {}\n  out of sync {}, in flight {}, written {}, replicated {}\n",
+        "{} on {}: {} {}, {} / {} (protocol {}, generation {})\n  peer {}{}: {} {}, rtt {}\n  out of sync {}, in flight {}, written {}, replicated {}\n",
         s(&st["resource"]),
         s(&st["node"]),
         s(&st["role"]),
@@ -140,6 +140,7 @@ pub fn render(st: &Value) -> String {
         s(&st["protocol"]),
         s(&st["generation"]),
         s(&st["peer"]["node"]),
+        st["peer"]["address"].as_str().map_or(String::new(), |a| format!(" at {a}")),
         s(&st["peer"]["role"]),
         s(&st["peer"]["disk"]),
         rtt,
@@ -224,7 +225,8 @@ mod tests {
             "resource": "r0", "node": "a", "role": "Primary", "disk": "UpToDate",
             "connection": "SyncSource", "replication": "SyncSource", "protocol": "C",
             "generation": "00000000000000aa",
-            "peer": {"node": "b", "role": "Secondary", "disk": "Inconsistent"},
+            "peer": {"node": "b", "address": "10.0.2.7:7789", "role": "Secondary",
+                     "disk": "Inconsistent"},
             "out_of_sync_bytes": 1048576, "split_brain": true, "rtt_us": 250,
             "sync": {"percent": 50.0, "bytes_total": 2097152, "eta_s": 3.0},
             "counters": {"written_bytes": 0, "replicated_bytes": 0, "resync_bytes": 1048576},
@@ -243,6 +245,7 @@ mod tests {
         assert!(text.contains("[##########..........] 50.0% of 2.0 MiB, ETA 3 s"), "{text}");
         assert!(text.contains("SPLIT BRAIN"), "{text}");
         assert!(text.contains("rtt 0.25 ms"), "{text}");
+        assert!(text.contains("peer b at 10.0.2.7:7789: Secondary Inconsistent"), "{text}");
         assert!(!text.contains("may lack writes"), "{text}");
         let mut lost = st.clone();
         lost["lost_since_synced"] = true.into();

@@ -428,3 +428,41 @@ fn refused_and_a_serves(p: &Pair, what: &str, says: impl Fn(&str) -> bool) {
     assert_eq!(a["role"], "Primary", "{a}");
     assert_eq!(b["disk"], "Inconsistent", "b took data from a without a link: {b}");
 }
+
+/// A node told a wrong address for its peer (`nodes.b.connect` in a's
+/// file names a port nothing listens on): it dials there for ever, and
+/// `status` shows where, so the operator sees the mistake. Before, it
+/// showed only `Connecting`, with no address anywhere (as DRBD's status).
+#[test]
+fn a_node_dialing_a_wrong_address_shows_it_in_status() {
+    let mut p = Pair::prepare("C", "16M");
+    let same = p.config.clone();
+    let text = std::fs::read_to_string(&same).unwrap();
+    let wrong = "127.0.0.1:9";
+    let edited = text.replacen("[nodes.b]\n", &format!("[nodes.b]\nconnect = \"{wrong}\"\n"), 1);
+    assert_ne!(edited, text, "no [nodes.b] table to edit");
+    let a_config = p.dir.path().join("r0-a.toml");
+    std::fs::write(&a_config, edited).unwrap();
+    p.config = a_config;
+    p.up(0);
+    let a = p.status(0);
+    let out = p.cli("status", &[], 0);
+    p.config = same;
+    p.up(1);
+    let b = p.status(1);
+    assert_eq!(a["peer"]["address"], wrong, "{a}");
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.contains(&format!("peer b at {wrong}:")), "{human}");
+    // b dials a where a's file says a is.
+    let a_address = text
+        .split("[nodes.a]")
+        .nth(1)
+        .and_then(|t| t.lines().find(|l| l.starts_with("address")))
+        .and_then(|l| l.split('"').nth(1))
+        .expect("a's address")
+        .to_string();
+    assert_eq!(b["peer"]["address"], a_address.as_str(), "{b}");
+    std::thread::sleep(Duration::from_secs(2));
+    let a = p.status(0);
+    assert_eq!(a["connection"], "Connecting", "{a}");
+}

@@ -7,6 +7,10 @@ use crate::protocol::wire::{DiskState, Role};
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerStatus {
     pub node: String,
+    /// Where this node sends to reach the peer (the peer's `connect`, else
+    /// its `address`): a peer that never answers shows only as
+    /// `Connecting`, and a wrong address is seen here.
+    pub address: String,
     pub role: Option<Role>,
     pub disk: Option<DiskState>,
 }

@@ -50,6 +50,7 @@ impl Node {
             protocol: self.res.protocol.to_string(),
             peer: PeerStatus {
                 node: self.peer.name.clone(),
+                address: self.peer.connect.to_string(),
                 role: st.peer_role,
                 disk: st.peer_disk,
             },
