@@ -246,16 +246,20 @@ fn processes_naming(needle: &str) -> Vec<String> {
 }
 
 /// `bench --rtt` stopped by a signal (a service manager's SIGTERM, a
-/// Ctrl-C) stops its local pair and removes its directory, as a finished
-/// run does; killed outright, its pair's processes still end with it.
-/// Before, SIGTERM left both nodes and the relay running for ever and the
-/// directory (keys, both disks, both scratch areas) behind (found by
-/// review).
+/// Ctrl-C, the hang-up of the terminal or ssh session it ran in) stops its
+/// local pair and removes its directory, as a finished run does; killed
+/// outright, its pair's processes still end with it. Before, SIGTERM left
+/// both nodes and the relay running for ever and the directory (keys,
+/// both disks, both scratch areas) behind (found by review); SIGHUP left
+/// the directory (review, helper-148).
 #[test]
 fn bench_rtt_interrupted_leaves_no_process_nor_file() {
-    for (signal, code) in
-        [(libc::SIGTERM, Some(143)), (libc::SIGINT, Some(130)), (libc::SIGKILL, None)]
-    {
+    for (signal, code) in [
+        (libc::SIGTERM, Some(143)),
+        (libc::SIGINT, Some(130)),
+        (libc::SIGHUP, Some(129)),
+        (libc::SIGKILL, None),
+    ] {
         let tmp = tempfile::Builder::new().prefix("tb-bench-sig").tempdir_in(test_tmp()).unwrap();
         let mut child = Command::new(BIN)
             .args(["bench", "--rtt", "2ms", "--time", "60s"])

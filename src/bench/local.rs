@@ -25,7 +25,7 @@ pub struct Pair {
     keep: bool,
 }
 
-/// What a SIGINT or SIGTERM of the bench must undo: the pair's processes
+/// What a SIGINT, SIGTERM or SIGHUP of the bench must undo: the pair's processes
 /// and its directory (keys, certificates, both disks and scratch areas).
 struct Leftovers {
     dir: Option<PathBuf>,
@@ -45,9 +45,13 @@ pub fn yield_to_signal() {
     }
 }
 
-/// From now on SIGINT and SIGTERM stop the local pair's processes (`up`
-/// takes SIGTERM as a clean stop), remove its directory, and end the
-/// bench (exit status 130 or 143), as a finished run does.
+/// From now on SIGINT, SIGTERM and SIGHUP stop the local pair's processes
+/// (`up` takes SIGTERM as a clean stop), remove its directory, and end the
+/// bench (exit status 130, 143 or 129), as a finished run does. (SIGHUP:
+/// the terminal or ssh session that ran the bench closed. Before, its
+/// default action ended the bench at once; the pair's processes ended
+/// with it, but the directory with its keys and disks stayed behind;
+/// found by review, helper-148.)
 pub fn clean_up_on_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -55,10 +59,11 @@ pub fn clean_up_on_signal() -> Result<()> {
         .build()
         .context("starting the signal thread's runtime")?;
     // Registered here, so that a signal from now on is caught.
-    let (mut int, mut term) = rt.block_on(async {
+    let (mut int, mut term, mut hup) = rt.block_on(async {
         Ok::<_, std::io::Error>((
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
         ))
     })?;
     std::thread::Builder::new()
@@ -68,6 +73,7 @@ pub fn clean_up_on_signal() -> Result<()> {
                 tokio::select! {
                     _ = int.recv() => 130,
                     _ = term.recv() => 143,
+                    _ = hup.recv() => 129,
                 }
             });
             INTERRUPTED.store(true, Ordering::Release);
@@ -78,7 +84,14 @@ pub fn clean_up_on_signal() -> Result<()> {
                     let _ = std::fs::remove_dir_all(d);
                 }
             }
-            eprintln!("twinblock bench: interrupted; the local pair is stopped and removed");
+            // Not `eprintln!`, which panics when stderr is gone (the
+            // terminal that hung up): the exit below would never come,
+            // and the bench's own thread waits for it.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "twinblock bench: interrupted; the local pair is stopped and removed"
+            );
             std::process::exit(code);
         })
         .context("starting the signal thread")?;
