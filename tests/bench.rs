@@ -598,6 +598,47 @@ fn bench_names_a_negative_duration() {
     }
 }
 
+/// `--plot` through a symlink whose target does not exist yet (`latest.svg`
+/// naming the file of the day) keeps the symlink: the check that the plot
+/// can be written removes the file it made, not the link. Before, the
+/// link was removed and an empty file left at its target, whether the
+/// bench then ran or not (found by review, helper-148). A budget below a
+/// microsecond is refused naming `--budget`, as `0s` is (before, `500ns`
+/// was measured against a budget of 0: "recommendation for a 0.000 ms
+/// budget"). Both are checked before the node is asked: no pair needed.
+#[test]
+fn bench_options_are_checked_without_damage() {
+    let dir = tempfile::Builder::new().prefix("tb-bench-plot").tempdir_in(test_tmp()).unwrap();
+    let link = dir.path().join("latest.svg");
+    let target = dir.path().join("day1.svg");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let config = dir.path().join("none.toml");
+    let out = Command::new(BIN)
+        .args(["bench", "--config"])
+        .arg(&config)
+        .args(["--node", "a", "--time", "100ms", "--plot"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("none.toml"), "{err}");
+    assert!(link.is_symlink(), "the --plot check removed the symlink");
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert!(!target.exists(), "the --plot check left a file at the symlink's target");
+    for budget in ["500ns", "0.5us"] {
+        let out = Command::new(BIN)
+            .args(["bench", "--config"])
+            .arg(&config)
+            .args(["--node", "a", "--time", "100ms", "--budget", budget])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--budget {budget}: {err}");
+        assert!(err.contains("--budget"), "--budget {budget}: {err}");
+    }
+}
+
 /// A bench started the moment a new pair's replication is Established
 /// measures the link, not its first few hundred milliseconds (found by
 /// review: on loopback the link round trip came out at 26 to 87 ms in
