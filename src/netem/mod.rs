@@ -94,8 +94,24 @@ impl NetemArgs {
         if same_port && (f.ip() == listen_ip || listen_ip.is_unspecified() && is_local(f.ip())) {
             return Some(format!("--forward {f} is the relay's own --listen {}", self.listen));
         }
+        if let Err(e) = sendable(f) {
+            // (A broadcast address: each client's socket is refused it.
+            // Before, the relay started and then dropped every datagram,
+            // a line on stderr for each; found by review, helper-148.)
+            return Some(format!("--forward {f}: no datagram can be sent there: {e}"));
+        }
         None
     }
+}
+
+/// Whether a client's socket may send to `to` (as each client's is made:
+/// bound to the unspecified address of its family, then connected).
+fn sendable(to: SocketAddr) -> io::Result<()> {
+    let any: std::net::IpAddr = match to {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    UdpSocket::bind(SocketAddr::new(any, 0))?.connect(to)
 }
 
 /// An address of this host (loopback, or one a socket can bind here).
