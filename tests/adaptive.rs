@@ -180,6 +180,44 @@ fn netem_outlives_stray_senders() {
     assert!(rtt < Duration::from_millis(500), "the relay no longer answers its client: {rtt:?}");
 }
 
+/// A relay whose output nobody reads any more (`netem ... | head -2`, a
+/// log collector that went away) goes on relaying. Before, its report
+/// line after 5 s of traffic (`println!`) panicked on the broken pipe and
+/// the relay ended, cutting the link of the pair through it (found by
+/// review, helper-148).
+#[test]
+fn netem_goes_on_when_its_output_is_closed() {
+    let (echo_addr, relay, client) = echo_and_client();
+    let mut child = Command::new(BIN)
+        .args(["netem", "--listen", &relay, "--forward", &echo_addr, "--delay", "1ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("twinblock netem:"), "{line}");
+    }
+    // The reader goes away, as `head -2` would.
+    drop(out);
+    let mut r = KillOnDrop(child);
+    // Past the relay's 5 s report, with traffic.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(7) {
+        assert!(median_rtt(&client, &relay, 5) < Duration::from_millis(500), "no answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(st) = r.0.try_wait().unwrap() {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut r.0.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("the relay ended with its output closed: {st:?}\n{err}");
+    }
+    assert!(median_rtt(&client, &relay, 5) < Duration::from_millis(500), "no answer");
+}
+
 /// A relay kept from reading for a while (stopped, as a busy machine keeps
 /// it off the CPU) still holds each datagram for the delay from its
 /// arrival, not from the late read: what waited in its socket does not

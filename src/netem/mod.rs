@@ -162,19 +162,36 @@ pub fn run(args: NetemArgs) -> Result<()> {
     .run()
 }
 
+/// A line for the operator while the relay runs. One that cannot be
+/// written (the reader of a pipe gone: `netem ... | head`, a log collector
+/// restarted) is dropped and the relay goes on relaying. Before,
+/// `println!` panicked on the broken pipe at the next 5 s report and the
+/// relay ended, cutting the link of the pair through it (found by review,
+/// helper-148).
+fn say(mut to: impl std::io::Write, line: std::fmt::Arguments) {
+    let _ = to.write_fmt(format_args!("{line}\n"));
+}
+
 /// Large buffers, datagrams in batches, no blocking: the relay's one
 /// thread waits in `ppoll` only.
 fn prepare(sock: &UdpSocket) -> Result<()> {
     twinblock_replicator::link::set_socket_buffers(sock, 4 << 20);
+    // (Also for each new client's socket: `say`, not `eprintln!`.)
     if let Err(e) = batch::enable_receive_offload(sock) {
-        eprintln!(
-            "twinblock netem: no UDP receive offload ({e}); datagrams are relayed one by one"
+        say(
+            std::io::stderr(),
+            format_args!(
+                "twinblock netem: no UDP receive offload ({e}); datagrams are relayed one by one"
+            ),
         );
     }
     if let Err(e) = batch::enable_receive_timestamps(sock) {
-        eprintln!(
-            "twinblock netem: no receive timestamps ({e}); the delay counts from each read, \
-             so the relay's own wake-ups add to it"
+        say(
+            std::io::stderr(),
+            format_args!(
+                "twinblock netem: no receive timestamps ({e}); the delay counts from each read, \
+                 so the relay's own wake-ups add to it"
+            ),
         );
     }
     sock.set_nonblocking(true).context("relay socket")
@@ -240,7 +257,7 @@ impl Relay {
         loop {
             self.send_due(Instant::now());
             if let Some(line) = self.late.report(Instant::now()) {
-                println!("{line}");
+                say(std::io::stdout(), format_args!("{line}"));
             }
             let next = self
                 .clients
@@ -346,9 +363,12 @@ impl Relay {
                     Ok(i) => i,
                     Err(e) => {
                         // This datagram is lost, not the relay.
-                        eprintln!(
-                            "twinblock netem: new client {}: {e:#}; its datagram dropped",
-                            b.from
+                        say(
+                            std::io::stderr(),
+                            format_args!(
+                                "twinblock netem: new client {}: {e:#}; its datagram dropped",
+                                b.from
+                            ),
                         );
                         continue;
                     }
@@ -426,7 +446,11 @@ impl Relay {
                 Err(e) if batch::is_icmp_error(&e) => continue,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                 Err(e) => {
-                    eprintln!("twinblock netem: client {}: {e}; dropped", self.clients[i].addr);
+                    let addr = self.clients[i].addr;
+                    say(
+                        std::io::stderr(),
+                        format_args!("twinblock netem: client {addr}: {e}; dropped"),
+                    );
                     return false;
                 }
             }
