@@ -639,6 +639,36 @@ fn bench_options_are_checked_without_damage() {
     }
 }
 
+/// What to measure is a node (`--config` and `--node`) or a local pair
+/// (`--rtt`), and a command line that mixes or lacks them is refused, exit
+/// 2, naming both. Before (found by review, helper-148), `--node a --rtt
+/// 2ms` set up and measured a local pair, `--node a` silently ignored; and
+/// with neither, clap named `--rtt` alone as required (or, with `--node`,
+/// `--config` and `--rtt` both, which exclude each other).
+#[test]
+fn bench_refuses_a_target_it_cannot_tell() {
+    let tmp = tempfile::Builder::new().prefix("tb-bench-target").tempdir_in(test_tmp()).unwrap();
+    for (args, says) in [
+        (&["--node", "a", "--rtt", "2ms"][..], &["--node", "--rtt"][..]),
+        (&["--rtt", "2ms", "--node", "a"], &["--node", "--rtt"]),
+        (&[], &["--config", "--rtt"]),
+        (&["--json"], &["--config", "--rtt"]),
+    ] {
+        let out = run_timeout(
+            Command::new(BIN)
+                .arg("bench")
+                .args(args)
+                .args(["--time", "100ms"])
+                .env("TMPDIR", tmp.path()),
+            Duration::from_secs(60),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(says.iter().all(|s| err.contains(s)), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a local pair was set up");
+}
+
 /// A bench started the moment a new pair's replication is Established
 /// measures the link, not its first few hundred milliseconds (found by
 /// review: on loopback the link round trip came out at 26 to 87 ms in
