@@ -304,6 +304,45 @@ fn bench_rtt_interrupted_leaves_no_process_nor_file() {
     }
 }
 
+/// `bench --rtt` started ignoring SIGHUP (`nohup`, to outlive the session
+/// that started it) goes on through a hang-up, and SIGTERM still stops
+/// and removes its pair. (Handling SIGHUP to clean up, review helper-148,
+/// at first replaced the ignore it was started with: `nohup twinblock
+/// bench --rtt ...` then ended at logout.)
+#[test]
+fn bench_rtt_under_nohup_outlives_a_hang_up() {
+    let tmp = tempfile::Builder::new().prefix("tb-bench-nohup").tempdir_in(test_tmp()).unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "trap '' HUP; exec \"$0\" bench --rtt 2ms --time 60s", BIN])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dir = loop {
+        let dir = std::fs::read_dir(tmp.path()).unwrap().flatten().next().map(|e| e.path());
+        if let Some(d) = dir.filter(|d| d.join("a.sock").exists() && d.join("b.sock").exists()) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the local pair never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "a hang-up ended a bench that ignores it");
+    assert!(dir.exists(), "a hang-up removed the pair");
+    assert_eq!(processes_naming(&name).len(), 2, "{:?}", processes_naming(&name));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_naming(&name).is_empty() || dir.exists() {
+        assert!(Instant::now() < deadline, "SIGTERM left {:?}", processes_naming(&name));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Both nodes UpToDate, connected, nothing out of sync, still on
 /// generation `gen` (a bench changes none of it).
 fn assert_healthy(pair: &Pair, gen: &serde_json::Value, why: &str) {

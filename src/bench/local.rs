@@ -51,29 +51,41 @@ pub fn yield_to_signal() {
 /// the terminal or ssh session that ran the bench closed. Before, its
 /// default action ended the bench at once; the pair's processes ended
 /// with it, but the directory with its keys and disks stayed behind;
-/// found by review, helper-148.)
+/// found by review, helper-148.) SIGINT and SIGHUP that the bench was
+/// started ignoring (`nohup`, a background job of a script) stay ignored:
+/// handled, they would end a bench its caller meant to outlive them.
 pub fn clean_up_on_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{signal, Signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the signal thread's runtime")?;
+    let unless_ignored =
+        |sig: libc::c_int, kind: SignalKind| (!ignored(sig)).then(|| signal(kind)).transpose();
     // Registered here, so that a signal from now on is caught.
     let (mut int, mut term, mut hup) = rt.block_on(async {
         Ok::<_, std::io::Error>((
-            signal(SignalKind::interrupt())?,
+            unless_ignored(libc::SIGINT, SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
-            signal(SignalKind::hangup())?,
+            unless_ignored(libc::SIGHUP, SignalKind::hangup())?,
         ))
     })?;
+    async fn recv(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
     std::thread::Builder::new()
         .name("twinblock-bench-signals".into())
         .spawn(move || {
             let code = rt.block_on(async {
                 tokio::select! {
-                    _ = int.recv() => 130,
+                    _ = recv(&mut int) => 130,
                     _ = term.recv() => 143,
-                    _ = hup.recv() => 129,
+                    _ = recv(&mut hup) => 129,
                 }
             });
             INTERRUPTED.store(true, Ordering::Release);
@@ -96,6 +108,17 @@ pub fn clean_up_on_signal() -> Result<()> {
         })
         .context("starting the signal thread")?;
     Ok(())
+}
+
+/// Whether this process ignores `sig` (as it was started: `nohup` ignores
+/// SIGHUP, a shell SIGINT for a background job of a script).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: reads the disposition only (no new action is set); `old` is
+    // a plain struct the call fills.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// SIGTERM, up to 10 s for them to end, then SIGKILL (reaping each: they
