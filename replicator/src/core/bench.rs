@@ -79,7 +79,7 @@ impl Core {
         match self.replication() {
             Replication::Established => None,
             other => Some(format!(
-                "the replication is {other}: bench waits until it is Established \
+                "the replication is {other}: run bench again once it is Established \
                  (a resync, verify or Ahead period would distort the figures)"
             )),
         }
