@@ -912,6 +912,18 @@ impl Checker {
     }
 
     pub fn disk_replaced(&mut self, n: usize) {
+        // What `n` acknowledged in a reign the other node did not follow
+        // (it was Primary elsewhere, cut off: I4's stale-read rules) was
+        // on `n`'s disk alone, gone with it: the other node's reads lack
+        // nothing that still exists (the residual limit of a lone
+        // Primary's lost disk). Seed 31201889: b, Primary cut off, a
+        // took over and acknowledged writes, then a's node was replaced;
+        // b served reads again once the new a linked, and was taken for
+        // reading stale data; its writes then, for writes after a's
+        // reign (`ack_check`: that reign is void now, as one that
+        // acknowledged nothing).
+        self.acked_reign[n] = None;
+        self.reign_acks[n] = 0;
         self.a_behind[n] = false;
         self.lost_conf[n] = false;
         self.conf[n].iter_mut().for_each(|x| *x = 0);

@@ -248,6 +248,11 @@ fn regression_seeds_pass() {
         // in the same step; the met went unseen and its reads were taken
         // for reads apart.
         (30500045, 20000),
+        // The checker's residual limit: b, Primary cut off, a took over and
+        // acknowledged writes alone, then a's node was replaced; b served
+        // reads once the new a linked: what a acknowledged is gone with
+        // its disk, b's reads lack nothing that exists.
+        (31201889, 5000),
         // A node that ran alone without writing, its disk failed, was
         // rebuilt from a peer that moved on from its very generation; the
         // rebuild forgot what it told the witness, which refused it.
