@@ -787,3 +787,29 @@ fn a_node_stopped_or_killed_mid_bench_gives_its_scratch_area_back() {
     assert_eq!(allocated(&sa), 0, "a's scratch area, left by a kill, still allocated");
     assert_eq!(std::fs::metadata(&sa).unwrap().len(), 64 << 20, "the file stays");
 }
+
+/// `bench` whose stderr is closed while it runs (`twinblock bench ... 2>&1
+/// | head -1`, a log reader gone): the progress lines are dropped, the
+/// bench goes on, and its local pair is removed at the end. Before, the
+/// next progress line panicked (exit 101; found by review, helper-148).
+#[test]
+fn bench_goes_on_when_its_stderr_is_closed() {
+    use std::io::BufRead;
+    let tmp = tempfile::Builder::new().prefix("tb-bench-err").tempdir_in(test_tmp()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["bench", "--rtt", "2ms", "--time", "1s"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains("local pair"), "{first}");
+    drop(err);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

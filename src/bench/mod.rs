@@ -148,11 +148,11 @@ pub fn main(a: Args) -> Result<(), BenchError> {
         (None, Some(rtt)) => {
             local::clean_up_on_signal()?;
             let pair = local::Pair::start(rtt).inspect_err(|_| local::yield_to_signal())?;
-            eprintln!(
+            say(&format!(
                 "twinblock bench: local pair a -> b through a netem relay of {:?} each way in {}",
                 rtt / 2,
                 pair.dir().display()
-            );
+            ));
             let r = ask(&pair.control_a(), &a, a.budget.unwrap_or(DEFAULT_BUDGET));
             local::yield_to_signal();
             pair.stop();
@@ -173,6 +173,14 @@ pub fn main(a: Args) -> Result<(), BenchError> {
         }
     }
     Ok(())
+}
+
+/// A line on stderr, dropped if stderr is gone (`bench ... 2>&1 | head`:
+/// `eprintln!` panicked there, exit 101, the measurement lost; found by
+/// helper-148).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Runs the bench on the node at `control` and follows its progress.
@@ -207,7 +215,7 @@ fn ask(control: &Path, a: &Args, budget: Duration) -> Result<Report, BenchError>
                 bar.set_position(step as u64 - 1);
                 bar.set_message(what.clone());
                 if !tty {
-                    eprintln!("bench: [{step}/{total}] {what}");
+                    say(&format!("bench: [{step}/{total}] {what}"));
                 }
             }
             Line::Done(r) => {
