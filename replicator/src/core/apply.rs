@@ -78,8 +78,15 @@ impl Core {
             self.ctl_peer_secondary();
         }
         // (A hello refused says so: most of those are the two nodes'
-        // data or configurations disagreeing, no fault of the link.)
-        let what = if matches!(msg, Message::Hello(_)) { "handshake" } else { "link fault" };
+        // data or configurations disagreeing, no fault of the link. So
+        // is a refusal at the handshake's decision, after the bitmaps:
+        // it read "link fault" before.)
+        let handshaking = self.session.as_ref().is_some_and(|s| s.phase == Phase::Handshake);
+        let what = if matches!(msg, Message::Hello(_)) || handshaking {
+            "handshake"
+        } else {
+            "link fault"
+        };
         if let Err(why) = self.frame(sid, msg) {
             self.close_session(sid, format!("{what}: {why}"));
         }

@@ -608,6 +608,26 @@ impl Core {
         let now = self.now;
         match decision {
             Decision::SyncTarget { .. }
+                if (self.role == Role::Primary || my_role == Role::Primary)
+                    && (disk_rank(my_disk) == 0 || disk_rank(self.disk) == 0) =>
+            {
+                // (Its disk failed, say after it wrote alone: the peer's
+                // data is not newer, and may be Outdated. Before, this
+                // said "the peer's data is newer than this Primary's";
+                // noted by review, helper-148.)
+                self.linking = Linking::StandAlone(
+                    "StandAlone: this Primary's disk holds no whole copy, and a Primary takes no resync",
+                );
+                return Err(format!(
+                    "this Primary's disk is {:?}: it would have to take the peer's data ({:?}), \
+                     and a Primary takes no resync: refusing (run `secondary` here and \
+                     `connect`: an UpToDate peer then rebuilds this disk; an Outdated one is \
+                     only promoted with `primary --force`, accepting what it lacks)",
+                    if disk_rank(self.disk) == 0 { self.disk } else { my_disk },
+                    h.disk
+                ));
+            }
+            Decision::SyncTarget { .. }
                 if self.role == Role::Primary || my_role == Role::Primary =>
             {
                 self.linking =

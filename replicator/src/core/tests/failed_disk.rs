@@ -1021,3 +1021,29 @@ fn a_forced_node_whose_record_cannot_be_saved_says_why_it_takes_no_link() {
     assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
     assert!(p.n[0].cache == p.n[1].cache);
 }
+
+/// A Primary whose disk failed after it wrote alone meets its Outdated
+/// peer: neither side holds a whole current copy, and the link is
+/// refused. The reason names the failed disk, not "the peer's data is
+/// newer", which it is not (noted by review, helper-148).
+#[test]
+fn a_failed_primary_meeting_its_outdated_peer_names_its_failed_disk() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.outdate_by_disconnect();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    p.n[0].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 2);
+    p.settle();
+    p.n[0].fail_flush = false;
+    assert_eq!((p.core(0).role(), p.core(0).disk()), (Role::Primary, DiskState::Failed));
+    p.core(0).connect();
+    p.connect();
+    let why = p.core(0).status().last_error.unwrap_or_default();
+    assert!(!why.contains("newer"), "{why}");
+    assert!(why.starts_with("handshake: this Primary's disk is Failed"), "{why}");
+    assert!(why.contains("(Outdated)"), "{why}");
+    assert_eq!(p.core(1).disk(), DiskState::Outdated, "b's copy was given up");
+}
