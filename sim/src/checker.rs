@@ -247,6 +247,9 @@ pub struct Stats {
     /// Secondaries outdated by their Primary's `disconnect` (they
     /// confirmed its Outdate frame).
     pub outdated_by_primary: u64,
+    /// Resync reads that may be answered as a hole, and those that were.
+    pub hole_probes: u64,
+    pub hole_reads: u64,
 }
 
 pub(crate) struct Checker {

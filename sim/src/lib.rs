@@ -12,6 +12,8 @@
 //!   FUA makes its own blocks durable; a process crash keeps the cache, a
 //!   power loss keeps, per unflushed block, the cached or the durable
 //!   version at random; EIO/ENOSPC on any store op or metadata update;
+//!   blocks never written or punched whole are holes, and a sparse disk's
+//!   store answers a resync read over holes alone as a hole (`disk.rs`);
 //! - metadata: the last successful Persist of each kind (an update in
 //!   flight at a crash is kept or not, at random, atomically);
 //! - clock: simulated; `handle_timeout` at `poll_timeout` deadlines;

@@ -118,6 +118,8 @@ fn main() -> ExitCode {
         total.adaptive_ms += st.adaptive_ms;
         total.max_switches_window = total.max_switches_window.max(st.max_switches_window);
         total.outdated_by_primary += st.outdated_by_primary;
+        total.hole_probes += st.hole_probes;
+        total.hole_reads += st.hole_reads;
         if let Some((v, recent)) = o.failure {
             failed += 1;
             if single.is_some() || failed <= 3 {

@@ -98,6 +98,14 @@ pub struct Sim {
     /// nodes paused (SIGSTOP, a VM's steal time, a long stall) while time
     /// moves on, so the other seeds' courses stay as they were.
     pub(crate) pause_rng: Option<Rng>,
+    /// Whether each node's disk is a sparse file whose holes its store
+    /// tells (`SEEK_DATA`), else a block device: a resync read that may
+    /// be a hole is answered as one where its blocks are (`perform.rs`).
+    pub(crate) sparse: [bool; 2],
+    /// Draws of their own for those answers, so the other draws of a seed
+    /// stay as they were (a seed's course still moves where a hole is
+    /// answered: a hole costs the resync's rate nothing).
+    pub(crate) holes: Rng,
 }
 
 /// The simulator's `disk-timeout` (store operations take at most ~3 ms).
@@ -133,7 +141,12 @@ impl Sim {
             2 => SplitBrainPolicy::DiscardZeroChanges,
             _ => SplitBrainPolicy::Disconnect,
         };
+        // (Three disks in four are sparse files.)
+        let mut holes = Rng::new(opts.seed ^ 0x0040_15E5);
+        let sparse = [holes.chance(3, 4), holes.chance(3, 4)];
         let mut sim = Sim {
+            sparse,
+            holes,
             policy,
             tuning,
             rng,
@@ -196,7 +209,7 @@ impl Sim {
         if sim.witness.is_some() {
             sim.note(format!("controller with a witness, on-no-quorum {:?}", sim.on_no_quorum));
         }
-        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}, {policy:?}"));
+        sim.note(format!("protocol {protocol}, checksum {checksum}, err_rate {err_rate}, tuning {tuning:?}, {policy:?}, sparse {sparse:?}"));
         for n in 0..2 {
             sim.start(n);
         }

@@ -23,6 +23,30 @@ impl Sim {
         }
     }
 
+    /// Whether node `n`'s store answers a read of `[off, off+len)` that
+    /// may be a hole as one (`StoreOp::Read` with `holes`): its disk is a
+    /// sparse file ([`Sim::sparse`]; else a block device, which cannot
+    /// tell), the range is all hole in its page cache (`SEEK_DATA` sees
+    /// data not yet written back), and the probe does not fail (one in
+    /// eight is read all the same, as the real store reads when `lseek`
+    /// fails). The whole range or nothing: the core takes `Ok(None)` for
+    /// all of it, and the real store asks `SEEK_DATA` of the whole range.
+    pub(crate) fn answers_hole(&mut self, n: usize, off: u64, len: u64) -> bool {
+        self.chk.stats.hole_probes += 1;
+        if !self.sparse[n] || !self.nodes[n].disk.is_hole(off, len) || !self.holes.chance(7, 8) {
+            return false;
+        }
+        self.chk.stats.hole_reads += 1;
+        // (The model's own rule, `disk.rs`: a hole reads as zeroes.)
+        let (o, l) = (off as usize, len as usize);
+        assert!(
+            self.nodes[n].disk.cache[o..o + l].iter().all(|&x| x == 0),
+            "{}: a hole at {off}+{len} holds data",
+            self.nodes[n].name
+        );
+        true
+    }
+
     pub(crate) fn io_delay(&mut self) -> Time {
         Duration::from_micros(50 + self.rng.below(3000))
     }
@@ -111,11 +135,11 @@ impl Sim {
                             }
                         }
                     }
-                    StoreOp::Zero { offset, len, fua, .. } => {
+                    StoreOp::Zero { offset, len, fua, punch } => {
                         if let Some(e) = err {
                             result = Err(e);
                         } else {
-                            let d = self.nodes[n].disk.zero(*offset, *len);
+                            let d = self.nodes[n].disk.zero(*offset, *len, *punch);
                             if *fua {
                                 durable = d;
                             }
@@ -134,9 +158,17 @@ impl Sim {
                             result = Err(e);
                         }
                     }
-                    StoreOp::Read { offset, len, .. } => {
+                    StoreOp::Read { offset, len, holes } => {
                         if let Some(e) = err {
                             result = Err(e);
+                        } else if *holes && self.answers_hole(n, *offset, *len) {
+                            // All hole in the page cache (as `SEEK_DATA`
+                            // sees it): answered unread, as zeroes.
+                            self.note(format!(
+                                "{}: read {offset}+{len} answered as a hole",
+                                self.nodes[n].name
+                            ));
+                            result = Ok(None);
                         } else {
                             let (o, l) = (*offset as usize, *len as usize);
                             result = Ok(Some(Bytes::copy_from_slice(
