@@ -164,6 +164,8 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::LeaseFromReply => "lease-from-reply",
         Plant::GateOnTimerClock => "gate-on-timer-clock",
         Plant::ForcedRecordBeforeBitmap => "forced-record-before-bitmap",
+        Plant::HolesNotSent => "holes-not-sent",
+        Plant::SkipResyncZero => "skip-resync-zero",
     }
 }
 

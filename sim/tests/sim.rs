@@ -1076,3 +1076,26 @@ fn finds_forced_record_before_bitmap() {
     let v = first_catch(Plant::ForcedRecordBeforeBitmap, CI_SEEDS, steps());
     assert_eq!(v.rule, "I3", "{v}");
 }
+
+/// A SyncSource that sends nothing for a chunk its store answered as a
+/// hole (as if the target's blocks were holes too) leaves a target that
+/// held data there with it, its bits cleared: blocks that differ, none
+/// covered (I3), or a pair in sync that differs (I2). Only the disks'
+/// holes expose it (a resync read answered as a hole, `disk.rs`): before
+/// the simulator answered any, no seed could. Found by seed 87 of 1,000
+/// steps, the first from 0.
+#[test]
+fn finds_holes_not_sent() {
+    let v = first_catch(Plant::HolesNotSent, CI_SEEDS, steps());
+    assert!(matches!(v.rule, "I2" | "I3"), "{v}");
+}
+
+/// A SyncTarget that takes resync zeroes (a hole of its source's, or a
+/// chunk of zeroes, sent as its range alone) as done without zeroing the
+/// range keeps what it held there: blocks that differ once in sync (I2),
+/// or uncovered (I3). Found by seed 29 of 1,000 steps, the first from 0.
+#[test]
+fn finds_skip_resync_zero() {
+    let v = first_catch(Plant::SkipResyncZero, CI_SEEDS, steps());
+    assert!(matches!(v.rule, "I2" | "I3"), "{v}");
+}

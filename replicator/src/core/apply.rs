@@ -420,7 +420,12 @@ impl Core {
                 write: peer_write(&op),
                 resync: op.is_resync(),
             };
-            if matches!(op, Op::Bench { store: false, .. }) {
+            // The planted mistake: resync zeroes (a hole of the source's,
+            // or a chunk of zeroes) are taken as done unwritten, as if this
+            // node's blocks were holes already (a new disk's are).
+            let skipped =
+                self.cfg.plant == Plant::SkipResyncZero && matches!(op, Op::ResyncZero { .. });
+            if matches!(op, Op::Bench { store: false, .. }) || skipped {
                 // Crosses the link only: done as it arrives.
                 self.applied(sid, seq);
                 continue;

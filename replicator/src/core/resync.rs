@@ -218,6 +218,7 @@ impl Core {
         let now = self.now;
         let block = self.cfg.block;
         let checkpoint = self.cfg.checkpoint_chunks as usize;
+        let plant = self.cfg.plant;
         let Some(s) = self.session.as_mut().filter(|s| s.id == sid) else { return };
         match &mut s.activity {
             Activity::Source(src) => {
@@ -225,6 +226,10 @@ impl Core {
                 let read = data.as_ref().map_or(0, |d| d.len() as u64);
                 let mut writes = Vec::new();
                 match (data, sums) {
+                    // The planted mistake: a hole is not sent, as if the
+                    // target's blocks were holes too (a new disk's are);
+                    // its bits go with the next flush all the same.
+                    (None, _) if plant == Plant::HolesNotSent => {}
                     // A hole: its range alone crosses the link.
                     (None, _) => match u32::try_from(len) {
                         Ok(n) => writes.push(Op::ResyncZero { offset: off, len: n }),

@@ -346,6 +346,15 @@ pub enum Plant {
     /// is on disk: a crash in between leaves a record whose bitmap misses
     /// blocks that differ from the peer's.
     ForcedRecordBeforeBitmap,
+    /// A SyncSource sends nothing for a chunk its store answered as a hole
+    /// (as if the target's blocks were holes too, as a new disk's are) and
+    /// clears its bits with the next flush: a target holding data there
+    /// keeps it.
+    HolesNotSent,
+    /// A SyncTarget takes resync zeroes (`ResyncZero`: a hole of the
+    /// source's, or a chunk of zeroes) as done without zeroing the range:
+    /// it keeps what it held there.
+    SkipResyncZero,
 }
 
 impl std::str::FromStr for Plant {
@@ -392,9 +401,11 @@ impl std::str::FromStr for Plant {
             "lease-from-reply" => Plant::LeaseFromReply,
             "gate-on-timer-clock" => Plant::GateOnTimerClock,
             "forced-record-before-bitmap" => Plant::ForcedRecordBeforeBitmap,
+            "holes-not-sent" => Plant::HolesNotSent,
+            "skip-resync-zero" => Plant::SkipResyncZero,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap, holes-not-sent, skip-resync-zero)"
                 ))
             }
         })
