@@ -17,7 +17,9 @@ pub(crate) fn short_op(op: &StoreOp) -> String {
         StoreOp::Write { offset, data, fua } => format!("write {offset}+{} fua={fua}", data.len()),
         StoreOp::Zero { offset, len, fua, .. } => format!("zero {offset}+{len} fua={fua}"),
         StoreOp::Flush => "flush".into(),
-        StoreOp::Read { offset, len, .. } => format!("read {offset}+{len}"),
+        StoreOp::Read { offset, len, holes: false } => format!("read {offset}+{len}"),
+        // (May be answered as a hole.)
+        StoreOp::Read { offset, len, holes: true } => format!("read {offset}+{len} holes"),
         StoreOp::Scratch { offset, data } => format!("scratch {offset}+{}", data.len()),
     }
 }
