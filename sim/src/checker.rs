@@ -7,6 +7,9 @@
 //! cell holding write `id` is at position `id`; a zeroed cell at the
 //! position of the newest zero operation ever submitted on it (generous:
 //! zeroes do not say which zero they are); anything else is garbage.
+//! Zeroes a resync brought (a source's hole, or a chunk of zeroes, sent as
+//! `ResyncZero`) count the same: never as a write, so zeroes over a write
+//! the node should hold are a lost write.
 //!
 //! I1 (acknowledged writes). Floors per node and cell, the newest position
 //! the node must hold:
