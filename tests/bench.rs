@@ -261,7 +261,21 @@ fn bench_rtt_interrupted_leaves_no_process_nor_file() {
         (libc::SIGKILL, None),
     ] {
         let tmp = tempfile::Builder::new().prefix("tb-bench-sig").tempdir_in(test_tmp()).unwrap();
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        // As from a terminal: SIGINT and SIGHUP at their defaults. (A test
+        // run started in the background by a script inherits SIGINT
+        // ignored, which the bench then keeps ignoring, as under `nohup`:
+        // CI ran it so, and the SIGINT case ran out its 60 s.)
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(["bench", "--rtt", "2ms", "--time", "60s"])
             .env("TMPDIR", tmp.path())
             .stdout(Stdio::null())
