@@ -538,3 +538,43 @@ fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
     let e = node.status().last_error.unwrap_or_default();
     assert!(e.contains("on_demote failed"), "{e}");
 }
+
+/// `primary --force` asked again while the first one waits for its record
+/// (a hung metadata volume; a second operator, or a retry after the CLI's
+/// own client gave up): the second must not answer OK before that record
+/// is saved. Before, it answered OK at once (the node was Primary in
+/// memory), then the first failed, demoted the node and undid what the
+/// force declared (`core/declared.rs`): the second caller was told the
+/// node is Primary on data that is again Outdated (review, helper-149).
+#[test]
+fn a_second_primary_force_is_not_answered_before_the_first_ones_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name = \"r\"\nprotocol = \"C\"\nsize = \"1M\"\ntimeout = \"1s\"\n\
+         ping-interval = \"200ms\"\n{NODES}"
+    );
+    let res = ResourceConfig::parse(&dir.path().join("r.toml"), &text).unwrap();
+    let rt = runtime();
+    let node = rt.block_on(async { Node::open(res, "a", &StoreOptions::default()) }).unwrap();
+    while !node.lock().core.meta_durable() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(node.lock().core.disk(), DiskState::UpToDate, "a new disk");
+    // The metadata volume stops answering for longer than `primary` waits.
+    let holder = hold_files(&node, Duration::from_secs(4));
+    let first = {
+        let node = node.clone();
+        rt.spawn(async move { node.promote(true).await })
+    };
+    while node.lock().core.role() != Role::Primary {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = rt.block_on(node.promote(true));
+    let first = rt.block_on(first).unwrap();
+    assert!(first.is_err(), "the first primary --force: {first:?}");
+    assert_eq!(node.lock().core.role(), Role::Secondary);
+    assert!(second.is_err(), "the second primary --force answered OK on a force undone");
+    drop(node);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    holder.join().unwrap();
+}

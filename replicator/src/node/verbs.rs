@@ -21,10 +21,18 @@ impl Node {
     /// a second (then the ask is withdrawn: a late grant changes nothing).
     /// Answered once the record saying this node is Primary is saved
     /// ([`Node::promotion_durable`]).
+    /// A node already Primary answers at once, unless what a `primary
+    /// --force` declared is not saved yet (`core/declared.rs`): then this
+    /// verb waits for that record as the first one does. (Before, a second
+    /// `primary --force`, or a retry after the client gave up, answered OK
+    /// while the first still waited; that one then failed and undid the
+    /// force: review, helper-149, `node::tests`
+    /// `a_second_primary_force_is_not_answered_before_the_first_ones_record`.)
     pub async fn promote(&self, force: bool) -> Result<(), Refused> {
-        let (since, was) = self.with_core(|c, now| (now, c.role()));
+        let (since, was, unsaved) =
+            self.with_core(|c, now| (now, c.role(), c.declaration_unsaved()));
         self.promote_asked(force).await?;
-        if was == Role::Primary {
+        if was == Role::Primary && !unsaved {
             return Ok(());
         }
         self.promotion_durable(since).await
