@@ -38,6 +38,8 @@ pub(super) struct Duo {
     pub lazy_close: [bool; 2],
     /// Node i's store writes fail (EIO).
     pub fail_writes: [bool; 2],
+    /// Node i's metadata record saves fail (ENOSPC: a full volume).
+    pub fail_record: [bool; 2],
     /// The byte node i's store reads return (its disk's content).
     pub read_fill: [u8; 2],
     pub w: Arbiter,
@@ -63,6 +65,7 @@ impl Duo {
             mute: [false, false],
             lazy_close: [false, false],
             fail_writes: [false, false],
+            fail_record: [false, false],
             read_fill: [0, 0],
             w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
         }
@@ -79,6 +82,9 @@ impl Duo {
                 }
                 Action::Store { io, op: StoreOp::Write { .. } } if self.fail_writes[i] => {
                     self.c[i].handle_io(now, io, Err(IoError::EIO))
+                }
+                Action::Persist { io, what: Persist::Meta(_) } if self.fail_record[i] => {
+                    self.c[i].handle_io(now, io, Err(IoError::ENOSPC))
                 }
                 Action::Store { io, .. } | Action::Persist { io, .. } => {
                     self.c[i].handle_io(now, io, Ok(None))
@@ -662,4 +668,117 @@ fn a_forced_claim_withdrawn_unused_is_undone_at_the_witness() {
         d.w.outdated().collect::<Vec<_>>()
     );
     assert!(!d.witness_promotes_b(), "b was promoted without a's acknowledged write");
+}
+
+/// b, Outdated by a's `disconnect`, while a acknowledges a write alone
+/// (the witness outdates b) and then crashes. The operator forces b: the
+/// witness grants the forced claim (outdating a), but b's record cannot
+/// be saved (a full metadata volume): `primary` fails and the force is
+/// undone, b Outdated again as its record says (`core/declared.rs`). a,
+/// back, holds every acknowledged write: its controller must be able to
+/// promote it again. Found by review (helper-149): the forced claim's
+/// record stays at the witness (a outdated, b the data that ran alone),
+/// since b's release after the undo is no withdrawal and b's renewals
+/// while its record waited ended the witness's undo; nobody was promoted
+/// until an operator forced a, the witness saying a's peer had
+/// acknowledged writes without it. (Open: the fix is in `quorum.rs` and
+/// `arbiter.rs`, see the review's report.)
+#[test]
+#[ignore = "open defect (review, helper-149): the witness keeps an undone forced claim's record"]
+fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].disconnect();
+    d.flow();
+    d.cut();
+    assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
+    d.alone(0);
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    assert!(d.w.outdated().any(|n| n == "b"));
+    // a crashes; its lease runs out.
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    let b_gen = d.c[1].gen();
+    d.fail_record[1] = true;
+    d.force(1);
+    // b waits for its record, renewing its grant meanwhile.
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    // `primary` fails: the shell undoes the force.
+    d.c[1].abandon_promotion();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    d.fail_record[1] = false;
+    d.tick(Duration::from_secs(2));
+    d.votes[0].clear();
+    d.vote_all(1);
+    assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::Outdated));
+    assert_eq!(d.c[1].gen(), b_gen, "the force is undone");
+    // a comes back.
+    restart_lost(&mut d, 0, Plant::None, false);
+    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
+    assert!(
+        d.witness_promotes(0),
+        "a, which holds every acknowledged write, is not promoted: the witness keeps a \
+         outdated ({outdated:?}) after b's undone force"
+    );
+}
+
+/// With a controller, the failed `primary --force`'s demotion runs
+/// `on_demote` first: the node stays Primary meanwhile. The operator, told
+/// the promotion failed for want of room, frees room at once; the record
+/// retried (once a second) is saved before the hook ends, and the force
+/// then stands: b is UpToDate on a generation of its own, though the
+/// operator was told it was not promoted and the force undone, and b's
+/// controller then makes it Primary without the write a acknowledged
+/// alone (review, helper-149; the same when a hung save lands during the
+/// hook). (Open: the fix is in `quorum.rs`, see the review's report.)
+#[test]
+#[ignore = "open defect (review, helper-149): a failed force's record saved during on_demote stands"]
+fn room_freed_while_the_failed_forces_on_demote_runs_does_not_bring_the_force_back() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].disconnect();
+    d.flow();
+    d.cut();
+    assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
+    d.alone(0);
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    let b_gen = d.c[1].gen();
+    d.fail_record[1] = true;
+    d.force(1);
+    d.tick(Duration::from_millis(100));
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    // `primary` fails: the shell demotes b (its `on_demote` runs).
+    d.c[1].abandon_promotion();
+    d.act(1);
+    // Room is freed while the hook runs.
+    d.fail_record[1] = false;
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    let after = (d.c[1].disk(), d.c[1].gen());
+    // b's controller must not make it Primary without a's write.
+    assert!(!d.witness_promotes_b(), "b was promoted without a's acknowledged write: {after:?}");
+    assert_eq!(after, (DiskState::Outdated, b_gen), "the failed force stands");
 }

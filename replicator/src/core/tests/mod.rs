@@ -19,6 +19,7 @@ use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 mod ahead_record;
 mod controller;
 mod ctl;
+mod declared;
 mod failed_disk;
 mod fresh;
 mod full_sync_resume;

@@ -46,6 +46,10 @@ pub struct Node {
     /// The metadata record's updates fail (ENOSPC: a full metadata
     /// volume), applied not at all.
     pub fail_record: bool,
+    /// The metadata record's updates wait in `Pair::held` (neither
+    /// applied nor completed) until `land_held_records`: a hung save that
+    /// lands late.
+    pub hold_record: bool,
     /// Store operations wait in `Pair::held` until `release_held`.
     pub hold_store: bool,
     /// The machine's boot (a power loss starts another).
@@ -121,6 +125,7 @@ impl Pair {
             hang_bitmap: false,
             fail_bitmap: false,
             fail_record: false,
+            hold_record: false,
             hold_store: false,
             boot: 1,
         };
@@ -163,6 +168,21 @@ impl Pair {
         }
     }
 
+    /// Node i's held record saves (`Node::hold_record`) land and complete,
+    /// in order; the node holds those it issues from now on.
+    pub fn land_held_records(&mut self, i: usize) {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|(n, a)| {
+                *n == i && matches!(a, Action::Persist { what: Persist::Meta(_), .. })
+            });
+        self.held = rest;
+        for (_, a) in mine {
+            let hold = std::mem::replace(&mut self.n[i].hold_record, false);
+            self.perform(i, a);
+            self.n[i].hold_record = hold;
+        }
+    }
+
     /// Performs the held store operations but the newest (a disk that is
     /// always one operation behind a steady stream).
     pub fn release_held_but_last(&mut self) {
@@ -196,6 +216,7 @@ impl Pair {
         let now = self.now;
         let n = &self.n[i];
         if (n.hang_al && matches!(a, Action::Persist { what: Persist::Al { .. }, .. }))
+            || (n.hold_record && matches!(a, Action::Persist { what: Persist::Meta(_), .. }))
             || (n.hold_store && matches!(a, Action::Store { .. }))
         {
             self.held.push((i, a));

@@ -1,0 +1,95 @@
+//! What `primary --force` declared of a disk that was not UpToDate, and
+//! its undoing when the record saying so is not saved (`core/declared.rs`):
+//! adversarial cases (review, helper-149).
+
+use super::*;
+
+/// b, Outdated by a's disconnect while a writes on alone, is forced on a
+/// metadata volume that stops answering: `primary` times out and the
+/// shell undoes the force (`abandon_promotion`). The hung save (it
+/// carried the forced record) lands later, and the process dies before
+/// the save that puts the old account back. What b's restart believes is
+/// what the disk's record says: the forced generation, UpToDate, though
+/// the operator was told the promotion failed. A residual window the
+/// undo cannot close (a save in flight may land at any time, even after
+/// the process is gone); this test pins what happens in it: b meets a as
+/// a split brain, never as its sync source (a's write acknowledged alone
+/// is not overwritten).
+#[test]
+fn a_hung_forced_record_that_lands_after_the_undo_comes_back_at_a_restart() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.outdate_by_disconnect();
+    p.write(0, 2, 4096, 2, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
+    let b_gen = p.core(1).gen();
+    p.n[1].hold_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    // The verb's wait ends: the shell undoes the force.
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    assert_eq!((p.core(1).role(), p.core(1).disk()), (Role::Secondary, DiskState::Outdated));
+    assert_eq!(p.core(1).gen(), b_gen);
+    // The hung save lands, and the process dies before the next one.
+    p.land_held_records(1);
+    let on_disk = p.n[1].meta.clone().expect("b's record");
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    // The window: b believes the force (the operator was told it failed).
+    assert_eq!(on_disk.disk, DiskState::UpToDate);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
+    assert_ne!(p.core(1).gen().current, b_gen.current);
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.connect();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_ne!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert!(why.contains("split brain"), "{why}");
+    assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
+}
+
+/// The same window for a partly synced disk (every block marked by the
+/// force) under `discard-least-changes`: b, back on the forced record,
+/// counts every block changed, a only its write alone, and the policy
+/// makes a the one to discard: a's write acknowledged alone is
+/// overwritten by the data whose promotion the operator was told failed.
+/// (Open: no undo closes this window, a save in flight may land after the
+/// process is gone; see the review's report.)
+#[test]
+#[ignore = "residual window (review, helper-149): a hung forced record that lands after the undo"]
+fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
+    let mut p = Pair::with_cfg(c, true);
+    p.initial();
+    p.outdate_by_disconnect();
+    for k in 0..8 {
+        p.write(0, 10 + k, k * 8192, 3, 4096);
+    }
+    p.settle();
+    p.core(0).connect();
+    p.connect_partial(8);
+    assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "b's resync cut short");
+    p.write(0, 2, 4096, 2, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
+    let b_gen = p.core(1).gen();
+    let b_disk = p.core(1).disk();
+    p.n[1].hold_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    assert_eq!((p.core(1).disk(), p.core(1).gen()), (b_disk, b_gen), "undone");
+    p.land_held_records(1);
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.connect();
+    assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
+}
