@@ -93,3 +93,45 @@ fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
     p.connect();
     assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
 }
+
+/// b's disk fails while its forced record cannot be saved (the flush the
+/// promotion's record waits for fails): `primary` fails and the force is
+/// undone, the disk staying Failed on its old generation. Met again, b is
+/// rebuilt from a in full and is UpToDate with a's data (no loss of its
+/// own is pinned: it acknowledged nothing on the forced generation).
+#[test]
+fn a_forced_disk_that_fails_while_its_record_waits_is_rebuilt_as_before() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 1, 64);
+    p.settle();
+    p.outdate_by_disconnect();
+    p.write(0, 2, 4096, 2, 64);
+    p.settle();
+    let b_gen = p.core(1).gen();
+    p.n[1].fail_record = true;
+    p.n[1].fail_flush = true;
+    p.n[1].fail_writes = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.write(1, 3, 8192, 3, 64);
+    p.settle_now();
+    assert_ne!(p.reply(1, 3), Some(Ok(())), "a write answered on an unsaved force");
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    let (disk, gen) = (p.core(1).disk(), p.core(1).gen());
+    assert_eq!(p.core(1).role(), Role::Secondary);
+    assert_eq!(disk, DiskState::Failed, "the disk failed during the wait");
+    assert_eq!(gen, b_gen);
+    p.n[1].fail_record = false;
+    p.n[1].fail_flush = false;
+    p.n[1].fail_writes = false;
+    p.tick_until(200, |_| false);
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_eq!(p.core(1).connection(), Connection::Connected, "{disk:?}: {why}");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{disk:?}: {why}");
+    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
+}
