@@ -132,10 +132,15 @@ impl Core {
             // `a_forced_node_whose_record_cannot_be_saved_says_why_it_takes_no_link`).
             // The link is taken once the record is saved, or the force is
             // undone (`declared.rs`).
+            // (With a controller, plain `secondary` is refused here: the
+            // peer, whose link this refuses, is not connected to take
+            // over; review, helper-149, `core::tests::ctl`
+            // `a_forced_primary_whose_record_cannot_be_saved_names_a_way_out_that_works`.)
+            let undo = if self.ctl.is_some() { "secondary --force" } else { "secondary" };
             Some(match self.p.meta_failed.or(self.p.bitmap_failed) {
                 Some(e) => format!(
                     "`primary --force` declared this node's data good, but its metadata cannot \
-                     be saved ({}): the link waits for that save (or for `secondary`, which \
+                     be saved ({}): the link waits for that save (or for `{undo}`, which \
                      undoes the force)",
                     e.describe()
                 )

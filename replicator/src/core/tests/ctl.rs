@@ -782,3 +782,32 @@ fn room_freed_while_the_failed_forces_on_demote_runs_does_not_bring_the_force_ba
     assert!(!d.witness_promotes_b(), "b was promoted without a's acknowledged write: {after:?}");
     assert_eq!(after, (DiskState::Outdated, b_gen), "the failed force stands");
 }
+
+/// A forced Primary whose record cannot be saved takes no link, and its
+/// refusal names the way out: with a controller, that is `secondary
+/// --force` (plain `secondary` is refused, the peer not being connected,
+/// which it cannot be while the link is refused). Before, it named
+/// `secondary` (review, helper-149).
+#[test]
+fn a_forced_primary_whose_record_cannot_be_saved_names_a_way_out_that_works() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].disconnect();
+    d.flow();
+    d.cut();
+    assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    d.fail_record[1] = true;
+    d.force(1);
+    d.tick(Duration::from_millis(100));
+    let why = d.c[1].link_refused().unwrap_or_default().into_owned();
+    assert!(why.contains("No space left"), "{why}");
+    assert!(d.c[1].demote().is_err(), "secondary on a Primary nobody could take over from");
+    assert!(why.contains("`secondary --force`"), "{why}");
+    d.secondary_forced(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    assert_eq!(d.c[1].disk(), DiskState::Outdated, "`secondary --force` undoes the force");
+}
