@@ -35,6 +35,14 @@ pub(crate) struct Declared {
     discard: bool,
     separated: bool,
     unacked_current: Option<u64>,
+    /// [`MetaRecord::received`](super::MetaRecord::received): a Primary
+    /// with no peer writes pending clears it at once (`settle_record_flags`),
+    /// and with [`Core::lost`] it holds back a node that may lack writes it
+    /// confirmed (`quorum.rs` `lost_since_synced`). Not restored, the undone
+    /// node was claimable again and its controller promoted it without its
+    /// peer's acknowledged write (review, helper-149, `core::tests::ctl`
+    /// `a_failed_force_of_a_consistent_node_held_back_by_a_loss_leaves_it_held_back`).
+    received: bool,
 }
 
 impl Core {
@@ -52,6 +60,7 @@ impl Core {
             discard: self.discard,
             separated: self.separated,
             unacked_current: self.unacked_current,
+            received: self.received,
         }
     }
 
@@ -108,6 +117,8 @@ impl Core {
         self.discard = d.discard;
         self.separated = d.separated;
         self.unacked_current = d.unacked_current;
+        // (No peer write was taken in meanwhile: the link was refused.)
+        self.received |= d.received;
         // The marks stay (more blocks to resync than needed, never fewer);
         // the record no longer waits for them.
         self.p.record_after_bitmap = false;

@@ -562,6 +562,11 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
 /// (`power`: a record from another boot, extent 0 in its log), or
 /// cleanly.
 fn restart_lost(d: &mut Duo, i: usize, plant: Plant, power: bool) {
+    restart_lost_in(d, i, plant, power, Protocol::C);
+}
+
+/// [`restart_lost`] under `protocol`.
+fn restart_lost_in(d: &mut Duo, i: usize, plant: Plant, power: bool, protocol: Protocol) {
     let (me, peer) = if i == 0 { ("a", "b") } else { ("b", "a") };
     let mut m = d.c[i].meta_record();
     let (al, boot) = if power {
@@ -571,7 +576,7 @@ fn restart_lost(d: &mut Duo, i: usize, plant: Plant, power: bool) {
         (Vec::new(), m.boot)
     };
     let rec = Recovered { meta: Some(m), bitmap: None, al, disk_created: false, boot };
-    let mut cfg = ccfg(me, peer, Protocol::C);
+    let mut cfg = ccfg(me, peer, protocol);
     cfg.plant = plant;
     d.c[i] = Core::new(cfg, rec, d.now, 7 + i as u64);
     d.hooks[i].clear();
@@ -810,4 +815,66 @@ fn a_forced_primary_whose_record_cannot_be_saved_names_a_way_out_that_works() {
     d.secondary_forced(1);
     assert_eq!(d.c[1].role(), Role::Secondary);
     assert_eq!(d.c[1].disk(), DiskState::Outdated, "`secondary --force` undoes the force");
+}
+
+/// b, which may lack a write it confirmed (its power lost), is held back
+/// from claiming; the operator forces it, but its record cannot be saved:
+/// `primary` fails and b is Secondary again. It must still be held back
+/// (the operator was told it was not promoted). Found by review
+/// (helper-149): promoted, b cleared its `received` flag at once (a
+/// Primary with no peer writes pending), and nothing put it back at the
+/// demotion: b's controller then claimed and b became Primary without
+/// a's write, no `--force` standing. (Open: an UpToDate disk forced is no
+/// declaration, `verbs.rs` keeps no account to restore; see the report.)
+#[test]
+#[ignore = "open defect (review, helper-149): a failed force clears what held the node back"]
+fn a_failed_force_of_a_node_held_back_by_a_loss_leaves_it_held_back() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "b confirmed the write");
+    d.cut();
+    restart_lost(&mut d, 1, Plant::None, true);
+    d.votes[0].clear();
+    assert!(!d.witness_promotes_b(), "held back");
+    d.fail_record[1] = true;
+    d.force(1);
+    d.tick(Duration::from_millis(100));
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    d.c[1].abandon_promotion();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    d.fail_record[1] = false;
+    assert!(d.c[1].cache_lost());
+    assert!(!d.witness_promotes_b(), "b, which may lack a's acknowledged write, was promoted");
+}
+
+/// The same in protocol A for a disk the force declared good: b, its link
+/// to Primary a lost (Consistent) and then its power (it may lack writes
+/// it confirmed), is held back; `primary --force` fails on a full
+/// metadata volume and is undone (`core/declared.rs`). Undone, b must be
+/// held back as before: the account restored includes `received` (review,
+/// helper-149: before, b's controller then promoted it without a's write).
+#[test]
+fn a_failed_force_of_a_consistent_node_held_back_by_a_loss_leaves_it_held_back() {
+    let mut d = Duo::a_primary_with_witness(Protocol::A);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    d.cut();
+    restart_lost_in(&mut d, 1, Plant::None, true, Protocol::A);
+    assert_eq!(d.c[1].disk(), DiskState::Consistent, "b's link to an A Primary was lost");
+    d.votes[0].clear();
+    assert!(!d.witness_promotes_b(), "held back");
+    d.fail_record[1] = true;
+    d.force(1);
+    d.tick(Duration::from_millis(100));
+    d.c[1].abandon_promotion();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    d.fail_record[1] = false;
+    assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::Consistent));
+    assert!(!d.witness_promotes_b(), "b, which may lack a's acknowledged write, was promoted");
 }
