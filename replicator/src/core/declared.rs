@@ -26,6 +26,13 @@ use super::*;
 pub(crate) struct Declared {
     /// The promotion (`promoted_at`) whose record is awaited.
     promoted_at: u64,
+    /// The `primary` that made it failed (`abandon_promotion`): undone at
+    /// Secondary even if its record lands meanwhile, and no record is
+    /// saved nor write admitted until then. With a controller the role
+    /// changes only after `on_demote`, and a save retried in that window
+    /// (room freed) made the failed force stand: b's controller then
+    /// promoted it without a's write (review, helper-149).
+    abandoned: bool,
     disk: DiskState,
     gen: GenIds,
     fresh: bool,
@@ -51,6 +58,7 @@ impl Core {
     pub(crate) fn declaring(&self) -> Declared {
         Declared {
             promoted_at: 0,
+            abandoned: false,
             disk: self.disk,
             gen: self.gen,
             fresh: self.fresh,
@@ -81,10 +89,13 @@ impl Core {
     /// `primary` failed because the record saying this node is Primary
     /// could not be saved: demoted again (as `secondary --force`), and
     /// what a force declared of the disk is undone once the node is
-    /// Secondary (with a controller, after the demotion's hooks), unless
-    /// that record was saved meanwhile (room freed: then it stands, as
-    /// the disk says).
+    /// Secondary (with a controller, after the demotion's hooks), even if
+    /// that record lands meanwhile (the restored one is then saved over
+    /// it): the operator was told the force failed.
     pub fn abandon_promotion(&mut self) {
+        if let Some(d) = self.declared.as_mut() {
+            d.abandoned = true;
+        }
         self.demote_forced();
         self.pump();
     }
@@ -96,7 +107,7 @@ impl Core {
     pub(super) fn settle_declared(&mut self) {
         let Some(d) = &self.declared else { return };
         let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == d.promoted_at);
-        if saved {
+        if saved && !d.abandoned {
             self.declared = None;
             return;
         }
@@ -129,5 +140,13 @@ impl Core {
             "primary --force undone: its record was never saved, the disk is as it was before"
         );
         self.announce();
+    }
+}
+
+impl Core {
+    /// A failed force waits to be undone (`abandon_promotion`): no record
+    /// is saved (`persist.rs`) and no write admitted (`write.rs`) until then.
+    pub(crate) fn declaration_abandoned(&self) -> bool {
+        self.declared.as_ref().is_some_and(|d| d.abandoned)
     }
 }

@@ -111,6 +111,7 @@ impl Core {
             && !self.p.record_after_bitmap
             && !self.meta_durable()
             && !self.promotion_unflushed()
+            && !self.declaration_abandoned()
         {
             let m = self.meta_record();
             let io = self.io(IoFor::Meta(m.clone()));

@@ -113,6 +113,11 @@ impl Core {
     /// to be durable before an operation that relies on it; fails it if
     /// the save failed.
     fn meta_wait(&mut self) -> Option<Admit> {
+        // (A failed force's demotion runs its hooks: nothing is answered
+        // on what is about to be undone, even on a record that landed.)
+        if self.declaration_abandoned() {
+            return Some(Admit::Fail(ReplyError::Io(IoError::EIO)));
+        }
         if self.meta_durable() {
             return None;
         }

@@ -746,9 +746,10 @@ fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() 
 /// operator was told it was not promoted and the force undone, and b's
 /// controller then makes it Primary without the write a acknowledged
 /// alone (review, helper-149; the same when a hung save lands during the
-/// hook). (Open: the fix is in `quorum.rs`, see the review's report.)
+/// hook). Now an abandoned declaration saves no record and admits no
+/// write until it is undone at Secondary, even over a record that landed
+/// (`core/declared.rs`).
 #[test]
-#[ignore = "open defect (review, helper-149): a failed force's record saved during on_demote stands"]
 fn room_freed_while_the_failed_forces_on_demote_runs_does_not_bring_the_force_back() {
     let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.c[0].disconnect();
