@@ -262,6 +262,12 @@ fn regression_seeds_pass() {
         // A rebuild on the node's own generation cut by its disk failing
         // again forgot what it told the witness, which refused it.
         (10753625, 5000),
+        // A Primary whose disk failed while connected (a generation started
+        // at the failure, nothing answered on it) was rebuilt from its peer
+        // on the generation it left, its own; the rebuild forgot what it
+        // told the witness (the peer's history did not name it), which
+        // refused it.
+        (31401593, 5000),
         // A rebuild from a peer on the node's own generation, started over
         // after the source lost power before naming the full sync durably,
         // forgot what it told the witness, which refused it (found with

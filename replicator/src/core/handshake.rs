@@ -392,6 +392,22 @@ impl Core {
                     } else {
                         self.data_from_peer();
                     }
+                } else if !lost && self.gen.history[0] == h.gen.current {
+                    // The peer is on the very generation this node left
+                    // when its disk failed (the one before its current),
+                    // and the current, started by this process, holds
+                    // nothing it answered: the copy is this node's own
+                    // data, which still descends from what it told the
+                    // witness. Only the failed generation is not in it.
+                    // (They were forgotten, the peer's history, its own,
+                    // not naming them: a Primary whose disk failed while
+                    // connected was refused by the witness once rebuilt,
+                    // and the pair had no Primary: simulator seed
+                    // 31401593.)
+                    grew_from_ours = true;
+                    let failed = self.gen.current;
+                    self.told.retain(|&t| t != failed);
+                    self.told_first(h.gen.current);
                 } else {
                     tracing::error!(
                         mine = ?self.gen, peer = ?h.gen,
