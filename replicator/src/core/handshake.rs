@@ -337,7 +337,14 @@ impl Core {
                 // the peer lacks (found by review, helper-120: a Primary
                 // whose disk filled while connected was rebuilt Outdated,
                 // "those writes are lost", `primary --force` needed).
-                lost = l && self.unacked_current != Some(self.gen.current);
+                // Only where the generation before it is the peer's: one
+                // the node ran on alone before (a restart, then the first
+                // write a new generation) may hold writes it acknowledged
+                // (it came out UpToDate without them, no error said:
+                // found by review, helper-150).
+                lost = l
+                    && (self.unacked_current != Some(self.gen.current)
+                        || self.gen.history[0] != h.gen.current);
                 if !l {
                     // Nothing this node acknowledged is missing from the
                     // peer: what it had is forgotten, so a resync cut
@@ -392,11 +399,11 @@ impl Core {
                     } else {
                         self.data_from_peer();
                     }
-                } else if !lost && self.gen.history[0] == h.gen.current {
+                } else if !lost {
                     // The peer is on the very generation this node left
                     // when its disk failed (the one before its current),
                     // and the current, started by this process, holds
-                    // nothing it answered: the copy is this node's own
+                    // nothing it answered (`lost`): the copy is this node's own
                     // data, which still descends from what it told the
                     // witness. Only the failed generation is not in it.
                     // (They were forgotten, the peer's history, its own,

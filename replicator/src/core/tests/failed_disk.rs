@@ -1089,3 +1089,48 @@ fn a_failed_primary_meeting_its_outdated_peer_names_its_failed_disk() {
     assert!(why.contains("(Outdated)"), "{why}");
     assert_eq!(p.core(1).disk(), DiskState::Outdated, "b's copy was given up");
 }
+
+/// Not so a node that had acknowledged writes alone before the generation
+/// its disk failed on: a ran alone and acknowledged a write (generation
+/// P), restarted, was promoted again, and its disk failed on its next
+/// write (a new generation, on which it answered nothing). Rebuilt from b,
+/// still on the generation a left before P, a lacks that write: it stays
+/// Outdated and says so. Before, only the failed generation was asked
+/// about, and a came out UpToDate, promotable, with no error, its
+/// acknowledged write gone (found by review of the fix above, helper-150).
+#[test]
+fn a_disk_failed_after_writes_acknowledged_alone_stays_outdated_once_rebuilt() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let g = p.core(0).gen().current;
+    p.cut();
+    p.settle();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())), "a's write alone not acknowledged");
+    let alone = p.core(0).gen().current;
+    assert_ne!(alone, g);
+    p.crash(0, false);
+    p.restart(0);
+    p.core(0).told = vec![alone];
+    p.core(0).promote(true, 7).unwrap();
+    p.settle();
+    p.n[0].fail_writes = true;
+    p.write(0, 2, 128, 8, 64);
+    p.settle();
+    assert!(matches!(p.reply(0, 2), Some(Err(_))), "{:?}", p.reply(0, 2));
+    let failed = p.core(0).gen();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    assert_eq!((failed.bitmap, failed.history[0]), (g, alone), "{failed:x?}");
+    p.n[0].fail_writes = false;
+    p.core(0).demote().unwrap();
+    p.core(0).connect();
+    p.connect();
+    assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+    let s = p.core(0).status();
+    assert_eq!(s.disk, DiskState::Outdated, "rebuilt without its acknowledged write");
+    assert!(s.last_error.is_some_and(|e| e.contains("lost")), "not said");
+    assert!(p.core(0).promote(false, 9).is_err(), "promotable without its write");
+    let told = &p.core(0).told;
+    assert!(!told.contains(&alone), "told data it lacks: {told:x?}");
+}
