@@ -141,10 +141,12 @@ fn finds_reads_before_received() {
 /// the first 12,000 of 3,000 steps; seed 1352 of 5,000 steps, the first of
 /// 4,000 that catches it (I3), until the disks' holes moved the courses
 /// (none of the first 4,000 since); seed 6764 of 5,000 steps (I2), the
-/// first slow-metadata seed from 4,000 that catches it, replayed here.
+/// first slow-metadata seed from 4,000 that caught it until a failed
+/// force was undone; seed 6968 since (4 of the 16,000 from 6,000),
+/// replayed here.
 #[test]
 fn finds_resync_before_received() {
-    let v = planted_on(6764, Plant::ResyncBeforeReceived).expect("not caught");
+    let v = planted_on(6968, Plant::ResyncBeforeReceived).expect("not caught");
     assert!(matches!(v.rule, "I2" | "I3"), "another rule caught it: {v}");
 }
 
