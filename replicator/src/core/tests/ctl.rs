@@ -691,22 +691,9 @@ fn a_forced_claim_withdrawn_unused_is_undone_at_the_witness() {
 #[test]
 #[ignore = "open defect (review, helper-149): the witness keeps an undone forced claim's record"]
 fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.c[0].disconnect();
-    d.flow();
-    d.cut();
-    assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
-    d.alone(0);
-    d.write(0, 1, 0, 0xaa);
-    d.alone(0);
-    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    let mut d = a_wrote_alone_beside_outdated_b();
     assert!(d.w.outdated().any(|n| n == "b"));
-    // a crashes; its lease runs out.
-    for _ in 0..30 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
+    a_goes_silent(&mut d);
     let b_gen = d.c[1].gen();
     d.fail_record[1] = true;
     d.force(1);
@@ -738,6 +725,30 @@ fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() 
     );
 }
 
+/// a, Primary with a witness, outdates b by its `disconnect` and
+/// acknowledges a write (request 1) alone.
+fn a_wrote_alone_beside_outdated_b() -> Duo {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].disconnect();
+    d.flow();
+    d.cut();
+    assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
+    d.alone(0);
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    d
+}
+
+/// a goes silent (it crashed): 3 s of b's votes alone, a's lease runs out.
+fn a_goes_silent(d: &mut Duo) {
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+}
+
 /// With a controller, the failed `primary --force`'s demotion runs
 /// `on_demote` first: the node stays Primary meanwhile. The operator, told
 /// the promotion failed for want of room, frees room at once; the record
@@ -751,20 +762,8 @@ fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() 
 /// (`core/declared.rs`).
 #[test]
 fn room_freed_while_the_failed_forces_on_demote_runs_does_not_bring_the_force_back() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.c[0].disconnect();
-    d.flow();
-    d.cut();
-    assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
-    d.alone(0);
-    d.write(0, 1, 0, 0xaa);
-    d.alone(0);
-    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
-    for _ in 0..30 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
+    let mut d = a_wrote_alone_beside_outdated_b();
+    a_goes_silent(&mut d);
     let b_gen = d.c[1].gen();
     d.fail_record[1] = true;
     d.force(1);
@@ -801,11 +800,7 @@ fn a_forced_primary_whose_record_cannot_be_saved_names_a_way_out_that_works() {
     d.flow();
     d.cut();
     assert_eq!(d.c[1].disk(), DiskState::Outdated, "a's disconnect outdates b");
-    for _ in 0..30 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
+    a_goes_silent(&mut d);
     d.fail_record[1] = true;
     d.force(1);
     d.tick(Duration::from_millis(100));
