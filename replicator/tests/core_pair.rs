@@ -105,6 +105,9 @@ fn a_write_on_the_primary_lands_on_the_secondary_and_is_acknowledged() {
     let mut s = [side("a", "b"), side("b", "a")];
     let t = Duration::from_millis(1);
     s[0].core.promote(true, 1).unwrap();
+    // (The forced record saved first, as `primary` waits for it: a forced
+    // declaration takes no link before, `core/declared.rs`.)
+    run(&mut s, t);
     s[0].core.handle_link_up(t, 1);
     s[1].core.handle_link_up(t, 1);
     run(&mut s, t);
@@ -129,6 +132,9 @@ fn an_old_sessions_frames_and_end_do_not_touch_the_new_session() {
     let mut s = [side("a", "b"), side("b", "a")];
     let t = Duration::from_millis(1);
     s[0].core.promote(true, 1).unwrap();
+    // (The forced record saved first, as `primary` waits for it: a forced
+    // declaration takes no link before, `core/declared.rs`.)
+    run(&mut s, t);
     s[0].core.handle_link_up(t, 1);
     s[1].core.handle_link_up(t, 1);
     run(&mut s, t);
