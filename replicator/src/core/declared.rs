@@ -73,7 +73,7 @@ impl Core {
     }
 
     /// Called by `promote_inner` once the promotion is numbered.
-    pub(crate) fn declared(&mut self, mut d: Declared) {
+    pub(crate) fn declare(&mut self, mut d: Declared) {
         d.promoted_at = self.promoted_at;
         self.declared = Some(d);
     }
@@ -84,6 +84,12 @@ impl Core {
     /// account; `query.rs` `link_refused`).
     pub(crate) fn declaration_unsaved(&self) -> bool {
         self.declared.is_some()
+    }
+
+    /// A failed force waits to be undone (`abandon_promotion`): no record
+    /// is saved (`persist.rs`) and no write admitted (`write.rs`) until then.
+    pub(crate) fn declaration_abandoned(&self) -> bool {
+        self.declared.as_ref().is_some_and(|d| d.abandoned)
     }
 
     /// `primary` failed because the record saying this node is Primary
@@ -140,13 +146,5 @@ impl Core {
             "primary --force undone: its record was never saved, the disk is as it was before"
         );
         self.announce();
-    }
-}
-
-impl Core {
-    /// A failed force waits to be undone (`abandon_promotion`): no record
-    /// is saved (`persist.rs`) and no write admitted (`write.rs`) until then.
-    pub(crate) fn declaration_abandoned(&self) -> bool {
-        self.declared.as_ref().is_some_and(|d| d.abandoned)
     }
 }

@@ -114,14 +114,11 @@ impl Core {
                  written here (protocol A): the link waits for them"
                     .into(),
             )
-        } else if self.p.record_after_bitmap
-            || self.declaration_unsaved()
-            || (self.base_forced()
-                && self.p.durable_meta.as_ref().is_none_or(|m| m.forced_base != self.forced_base))
-        {
+        } else if self.declaration_unsaved() {
             // `primary --force` of a disk that was not UpToDate: its new
             // generation is not saved yet (a failed or partly synced
-            // disk's record waits for the marked bitmap). A handshake now
+            // disk's record waits for the marked bitmap, and names its
+            // forced base). A handshake now
             // would make an UpToDate peer this node's Inconsistent target
             // on a generation a crash here forgets: back on its old
             // account, neither disk was usable (review, helper-145;

@@ -170,7 +170,7 @@ impl Core {
         self.role = Role::Primary;
         self.reign_from(wall_ms.max(self.peer_promoted_at.saturating_add(1)));
         if let Some(d) = declared {
-            self.declared(d);
+            self.declare(d);
         }
         if let Some(s) = self.session.as_mut().filter(|s| s.phase == session::Phase::Running) {
             s.reigned = Some(self.promoted_at);

@@ -19,11 +19,7 @@ use super::*;
 fn a_hung_forced_record_that_lands_after_the_undo_comes_back_at_a_restart() {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
-    p.outdate_by_disconnect();
-    p.write(0, 2, 4096, 2, 64);
-    p.settle();
-    assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
-    let b_gen = p.core(1).gen();
+    let b_gen = p.a_writes_alone_beside_outdated_b();
     p.n[1].hold_record = true;
     p.core(1).promote(true, 5).expect("primary --force");
     p.settle_now();
@@ -105,10 +101,7 @@ fn a_forced_disk_that_fails_while_its_record_waits_is_rebuilt_as_before() {
     p.initial();
     p.write(0, 1, 0, 1, 64);
     p.settle();
-    p.outdate_by_disconnect();
-    p.write(0, 2, 4096, 2, 64);
-    p.settle();
-    let b_gen = p.core(1).gen();
+    let b_gen = p.a_writes_alone_beside_outdated_b();
     p.n[1].fail_record = true;
     p.n[1].fail_flush = true;
     p.n[1].fail_writes = true;

@@ -973,12 +973,7 @@ fn a_forced_promotion_whose_record_cannot_be_saved_is_undone() {
     p.initial();
     p.write(0, 1, 0, 1, 64);
     p.settle();
-    p.outdate_by_disconnect();
-    p.write(0, 2, 4096, 2, 64);
-    p.settle();
-    assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
-    assert_eq!(p.core(1).disk(), DiskState::Outdated);
-    let b_gen = p.core(1).gen();
+    let b_gen = p.a_writes_alone_beside_outdated_b();
     p.n[1].fail_record = true;
     p.core(1).promote(true, 5).expect("primary --force");
     p.settle_now();

@@ -543,6 +543,17 @@ impl Pair {
         self.settle();
     }
 
+    /// a outdates b by its `disconnect` and acknowledges a write alone
+    /// (request 2, block 1 filled with 2s); returns b's generations then.
+    pub fn a_writes_alone_beside_outdated_b(&mut self) -> GenIds {
+        self.outdate_by_disconnect();
+        self.write(0, 2, 4096, 2, 64);
+        self.settle();
+        assert_eq!(self.reply(0, 2), Some(Ok(())), "a writes alone");
+        assert_eq!(self.core(1).disk(), DiskState::Outdated);
+        self.core(1).gen()
+    }
+
     pub fn cut(&mut self) {
         let Some(sid) = self.sid.take() else { return };
         self.q = [VecDeque::new(), VecDeque::new()];
