@@ -1,5 +1,7 @@
-//! What `primary --force` declared of a disk that was not UpToDate, until
-//! the record saying so is durable, and its undoing when that save fails.
+//! What `primary --force` declared of a disk that was not UpToDate (or of
+//! a node held back by a lost cache, `quorum.rs` `lost_since_synced`),
+//! until the record saying so is durable, and its undoing when that save
+//! fails.
 //!
 //! `primary --force` on an Outdated, Consistent, Inconsistent or Failed
 //! disk declares the data good: UpToDate, a generation of its own, every
@@ -54,7 +56,7 @@ pub(crate) struct Declared {
 
 impl Core {
     /// Called by `promote_inner` before a disk that is not UpToDate is
-    /// declared so: what it replaces.
+    /// declared so (or a held-back node forced): what it replaces.
     pub(crate) fn declaring(&self) -> Declared {
         Declared {
             promoted_at: 0,

@@ -137,10 +137,14 @@ impl Core {
         self.promotion_refused(force, false)?;
         self.promoted_from = self.disk;
         let mut bounce = false;
-        let mut declared = None;
+        // Undone if its record cannot be saved (`declared.rs`): a disk
+        // declared UpToDate, and a node forced past what held it back (a
+        // lost cache beside writes it confirmed: a Primary clears
+        // `received`; review, helper-149, `core::tests::ctl`
+        // `a_failed_force_of_a_node_held_back_by_a_loss_leaves_it_held_back`).
+        let declared = (self.disk != DiskState::UpToDate || self.lost_since_synced())
+            .then(|| self.declaring());
         if self.disk != DiskState::UpToDate {
-            // Undone if its record cannot be saved (`declared.rs`).
-            declared = Some(self.declaring());
             let was = self.disk;
             self.disk = DiskState::UpToDate;
             let id = self.random_id();

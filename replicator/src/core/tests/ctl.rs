@@ -820,10 +820,10 @@ fn a_forced_primary_whose_record_cannot_be_saved_names_a_way_out_that_works() {
 /// (helper-149): promoted, b cleared its `received` flag at once (a
 /// Primary with no peer writes pending), and nothing put it back at the
 /// demotion: b's controller then claimed and b became Primary without
-/// a's write, no `--force` standing. (Open: an UpToDate disk forced is no
-/// declaration, `verbs.rs` keeps no account to restore; see the report.)
+/// a's write, no `--force` standing. (`verbs.rs` `promote_inner` now keeps
+/// the account of a node forced past its hold, as of a disk declared
+/// UpToDate, and `declared.rs` restores it.)
 #[test]
-#[ignore = "open defect (review, helper-149): a failed force clears what held the node back"]
 fn a_failed_force_of_a_node_held_back_by_a_loss_leaves_it_held_back() {
     let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.write(0, 1, 0, 0xaa);
