@@ -690,6 +690,37 @@ fn bench_options_are_checked_without_damage() {
         assert_eq!(out.status.code(), Some(2), "--budget {budget}: {err}");
         assert!(err.contains("--budget"), "--budget {budget}: {err}");
     }
+    // A FIFO (or a device) is refused at once: opening a FIFO to check it
+    // waited for a reader for ever (found by review, helper-148).
+    let fifo = dir.path().join("pipe.svg");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let null = dir.path().join("null.svg");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    let sub = dir.path().join("dir.svg");
+    std::fs::create_dir(&sub).unwrap();
+    for plot in [&fifo, &null, &sub] {
+        let out = run_timeout(
+            Command::new(BIN)
+                .args(["bench", "--config"])
+                .arg(&config)
+                .args(["--node", "a", "--time", "100ms", "--plot"])
+                .arg(plot),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--plot {}: {err}", plot.display());
+        assert!(err.contains("--plot"), "--plot {}: {err}", plot.display());
+    }
+    let out = run_timeout(
+        Command::new(BIN)
+            .args(["bench", "--config"])
+            .arg(&config)
+            .args(["--node", "a", "--time", "100ms", "--plot"])
+            .arg(&fifo),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a FIFO, not a file"), "{err}");
 }
 
 /// What to measure is a node (`--config` and `--node`) or a local pair

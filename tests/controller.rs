@@ -21,7 +21,9 @@
 //!   takes over, and the old Primary rejoins in sync (no split brain).
 //! - `secondary` on a Primary whose peer cannot take over is refused;
 //!   `secondary --force` demotes it.
-//! - `primary --force` that the witness refuses fails and moves nothing.
+//! - `primary --force` that the witness refuses fails and moves nothing;
+//!   one it grants whose record cannot be saved fails and leaves the
+//!   witness as it was.
 //! - `on_demote` writes through the export at a handover and at `down`.
 
 mod common;
@@ -54,6 +56,9 @@ thread_local! {
     /// The whole `[controller.address]` table body for the next cluster
     /// instead of the `command` mover (TOML lines; ADDRESS_EXTRA added).
     static ADDRESS_TABLE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Where node b keeps its metadata in the next cluster (its own
+    /// directory unless set).
+    static B_META: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
 fn netem(relay: &str, forward: &str) -> KillOnDrop {
@@ -98,6 +103,13 @@ fn cluster_with(to_b: Option<&str>, to_w: Option<&str>, controller_extra: &str) 
         .replace("[nodes.a]\n", &format!("[nodes.a]\n{}", A_EXTRA.with(|d| d.borrow().clone())));
     // [nodes.b] is the base file's last table.
     let base = format!("{base}{}", B_EXTRA.with(|d| d.borrow().clone()));
+    let base = match B_META.with(|m| m.borrow().clone()) {
+        Some(meta) => {
+            assert!(base.contains("meta = \"b.meta\""), "no b.meta in {base}");
+            base.replace("meta = \"b.meta\"", &format!("meta = \"{}\"", meta.display()))
+        }
+        None => base,
+    };
     let address = ADDRESS_TABLE.with(|d| d.borrow().clone()).unwrap_or_else(|| {
         format!("kind = \"command\"\ncommand = \"echo $TWINBLOCK_NODE > {}\"\n", owner.display())
     });
@@ -902,6 +914,77 @@ fn primary_force_refused_by_the_witness_moves_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(c.owner_when("b"), "b");
+}
+
+/// A `primary --force` that the witness grants but whose record cannot be
+/// saved (b's metadata on a full volume) fails, and leaves the witness as
+/// it was: a, which holds every acknowledged write, is promoted by its
+/// controller when it comes back. Before, the witness kept the forced
+/// claim's record (a outdated, b the data that ran alone) and a was never
+/// promoted without an operator's `--force` (review, helper-149).
+#[test]
+fn a_failed_primary_force_leaves_the_witness_as_it_was() {
+    if !(need_tools() && root("mounting a small tmpfs for b's metadata")) {
+        return;
+    }
+    let vol = Tmpfs::mount("tb-fullmeta-wb", "8M");
+    B_META.with(|m| *m.borrow_mut() = Some(vol.path().join("b.meta")));
+    let mut c = cluster(None);
+    B_META.with(|m| *m.borrow_mut() = None);
+    c.first_primary();
+    c.witness_status_when(|w| {
+        w["holder"] == "a" && w["outdated"].as_array().is_some_and(|o| o.is_empty())
+    });
+    // b goes; a acknowledges a write alone (b outdated at the witness),
+    // then a goes too.
+    c.p.kill(1);
+    qemu_write(&c.p.uri(0), 0, 0x5a).expect("a writes alone");
+    c.witness_status_when(|w| w["outdated"] == serde_json::json!(["b"]));
+    c.p.kill(0);
+    c.up_b();
+    // The operator forces b; the witness grants it, its record cannot be
+    // saved.
+    // (b waits out the lease a may hold from before b started.)
+    let filler = vol.fill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (out, err) = loop {
+        let out = c.p.cli("primary", &["--force"], 1);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !err.contains("may still hold a lease") || Instant::now() > deadline {
+            break (out, err);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!out.status.success(), "primary --force succeeded on a full metadata volume");
+    assert!(err.contains("No space left on device"), "{err}");
+    let w = c.witness_status_when(|w| w["holder"] != "b");
+    assert_eq!(w["outdated"], serde_json::json!(["b"]), "the failed force outdated a: {w}");
+    std::fs::remove_file(filler).unwrap();
+    let b = c.p.status(1);
+    assert_eq!(b["role"], "Secondary", "{b}");
+    // a comes back: its controller promotes it, with its write.
+    c.p.up(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = c.p.status(0);
+        if a["role"] == "Primary" && a["controller"]["state"] == "Holding" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a was not promoted: {a}\nwitness: {}\n{}",
+            c.witness_status(),
+            c.p.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's acknowledged write is missing");
+    assert_eq!(c.owner_when("a"), "a");
+    // (b's hooks ran for the moment it was Primary: `on_promote` at the
+    // grant, `on_demote` at the failure.)
+    let hooks = c.hooks();
+    let (promote_b, demote_b) = (hooks.find("promote b"), hooks.find("demote b"));
+    assert!(promote_b.is_none() || demote_b > promote_b, "b left promoted: {hooks}");
 }
 
 /// `on_demote` stops the service and unmounts, which writes through the

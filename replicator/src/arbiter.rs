@@ -395,8 +395,12 @@ impl Arbiter {
                 return Ok(Grant::Released);
             }
             VoteKind::Renew if mine => {
-                // The holder serves on its grant: nothing to undo.
-                self.undo = None;
+                // The holder serves on its grant: nothing to undo (unless
+                // it says it has used nothing of it yet: a forced claim
+                // waiting for its record, which may still fail).
+                if !req.unused {
+                    self.undo = None;
+                }
                 self.until = self.until.max(now + lease + margin);
                 self.record(req);
                 return Ok(Grant::Renewed);
@@ -625,6 +629,7 @@ mod tests {
             forced: false,
             unacked: false,
             withdrawn: false,
+            unused: false,
         }
     }
 
@@ -659,6 +664,15 @@ mod tests {
         assert!(w.handle(t, &req("b", "a", VoteKind::Renew, false)).granted);
         assert!(w.handle(t, &back).granted);
         assert!(w.durable().outdated.contains("a") && !w.durable().outdated.contains("b"));
+        // Renewed while it says it used nothing of the grant (a forced
+        // record still to be saved), then withdrawn: undone.
+        let mut w = Arbiter::new("r", t, Duration::from_secs(2), before.clone());
+        let t = t + Duration::from_secs(3);
+        assert!(w.handle(t, &forced).granted);
+        let unused = VoteRequest { unused: true, ..req("b", "a", VoteKind::Renew, false) };
+        assert!(w.handle(t, &unused).granted);
+        assert!(w.handle(t, &back).granted);
+        assert_eq!(w.durable(), before, "an unused renewal ended the undo");
         // Not withdrawn: it stands too.
         let mut w = Arbiter::new("r", t, Duration::from_secs(2), before);
         let t = t + Duration::from_secs(3);

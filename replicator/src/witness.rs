@@ -611,6 +611,7 @@ mod tests {
             forced,
             unacked: false,
             withdrawn: false,
+            unused: false,
         }
     }
 

@@ -108,6 +108,18 @@ pub fn check_args(
         if !dir.is_dir() {
             return Err(format!("--plot {}: no directory {}", p.display(), dir.display()));
         }
+        // A file to write, not a FIFO (opening one waits for a reader: the
+        // bench hung before it measured anything; found by review,
+        // helper-148), a device or a directory.
+        if let Ok(m) = std::fs::metadata(p) {
+            if !m.is_file() {
+                return Err(format!(
+                    "--plot {}: is a {}, not a file: give a FILE to write the SVG to",
+                    p.display(),
+                    file_kind(&m.file_type())
+                ));
+            }
+        }
         // Writable? (Opened, not truncated; made and removed again if new:
         // a read-only file system, /proc, a file without write permission.)
         let existed = p.exists();
@@ -134,6 +146,22 @@ pub fn check_args(
         }
     }
     Ok(())
+}
+
+/// What a path that is no regular file is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
 }
 
 pub fn main(a: Args) -> Result<(), BenchError> {

@@ -88,6 +88,18 @@ impl Core {
         self.declared.is_some()
     }
 
+    /// The grant of this reign was used for nothing: a forced declaration
+    /// whose record is not saved (no write is admitted before,
+    /// `write.rs` `meta_wait`), or that failed and waits to be undone
+    /// (none is admitted at all). The witness may undo its forced claim
+    /// (`quorum.rs` `VoteRequest::unused`, `withdrawn`).
+    pub(crate) fn grant_unused(&self) -> bool {
+        self.declared.as_ref().is_some_and(|d| {
+            d.abandoned
+                || self.p.durable_meta.as_ref().is_none_or(|m| m.promoted_at != d.promoted_at)
+        })
+    }
+
     /// A failed force waits to be undone (`abandon_promotion`): no record
     /// is saved (`persist.rs`) and no write admitted (`write.rs`) until then.
     pub(crate) fn declaration_abandoned(&self) -> bool {

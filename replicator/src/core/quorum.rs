@@ -158,6 +158,15 @@ pub struct VoteRequest {
     /// is not outdated by it).
     #[serde(default)]
     pub withdrawn: bool,
+    /// Renew: this Primary has used nothing of its grant yet (a forced
+    /// claim whose record is not saved, or that failed and waits to be
+    /// undone: no write was admitted, `core/declared.rs`). The witness
+    /// keeps what it would undo at a `withdrawn` release (before, the
+    /// first renewal dropped it, and a failed `primary --force` that had
+    /// renewed while it waited for its record left the peer outdated at
+    /// the witness; review, helper-149).
+    #[serde(default)]
+    pub unused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -760,8 +769,15 @@ impl Core {
             }
         }
         let force = self.disk != DiskState::UpToDate;
+        // An operator's claim outdates the peer at the witness whatever
+        // the disk: kept to undo with the witness's record if this
+        // promotion's record cannot be saved (`declared.rs`).
+        let account = forced.then(|| self.declaring());
         match self.promote_inner(force, wall_ms) {
             Ok(()) => {
+                if let Some(d) = account.filter(|_| !self.declaration_unsaved()) {
+                    self.declare(d);
+                }
                 tracing::info!(reason = %reply.reason, forced, "the witness granted Primary: promoted");
                 self.actions.push_back(Action::Hook(Hook::Promoted));
                 Ok(())
@@ -888,6 +904,8 @@ impl Core {
             }
         }
         if hook == Hook::Demote {
+            // (Asked before the demotion below undoes a failed force.)
+            let unused = self.grant_unused();
             let Some(c) = &mut self.ctl else { return };
             if c.demoting.is_none() {
                 return;
@@ -934,7 +952,9 @@ impl Core {
                 self.split_brain = false;
                 self.linking = Linking::Wanted;
             }
-            self.release();
+            // A failed `primary --force` gives its grant back unused: the
+            // witness undoes what its claim recorded (the peer outdated).
+            self.release_as(unused);
         }
         self.pump();
     }
@@ -1066,15 +1086,11 @@ impl Core {
         self.ctl.as_ref().is_some_and(|c| c.sent.values().any(|s| s.kind == VoteKind::Release))
     }
 
-    /// Gives the right back to the witness.
-    fn release(&mut self) {
-        self.release_as(false);
-    }
-
-    /// Gives back a grant this node did not use (not promoted on it): the
-    /// witness undoes a forced claim's record (`VoteRequest::withdrawn`).
+    /// Gives back a grant this node did not use (not promoted on it, or
+    /// nothing admitted on it): the witness undoes a forced claim's
+    /// record (`VoteRequest::withdrawn`).
     fn withdraw(&mut self) {
-        self.release_as(self.role != Role::Primary);
+        self.release_as(self.role != Role::Primary || self.grant_unused());
     }
 
     fn release_as(&mut self, withdrawn: bool) {
@@ -1105,6 +1121,7 @@ impl Core {
         let data = self.tell_data(&told, self.told_forced());
         let unacked =
             self.unacked_current.is_some_and(|g| g == told.current && g == self.gen.current);
+        let unused = kind == VoteKind::Renew && self.grant_unused();
         let c = self.ctl.as_mut().expect("controller");
         let id = c.next_id;
         c.next_id += 1;
@@ -1129,6 +1146,7 @@ impl Core {
             forced: kind == VoteKind::Renew && !c.granted_reign && now < c.forced_until,
             unacked,
             withdrawn: false,
+            unused,
         }
     }
 

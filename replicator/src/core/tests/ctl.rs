@@ -686,10 +686,10 @@ fn a_forced_claim_withdrawn_unused_is_undone_at_the_witness() {
 /// since b's release after the undo is no withdrawal and b's renewals
 /// while its record waited ended the witness's undo; nobody was promoted
 /// until an operator forced a, the witness saying a's peer had
-/// acknowledged writes without it. (Open: the fix is in `quorum.rs` and
-/// `arbiter.rs`, see the review's report.)
+/// acknowledged writes without it. Now b's renewals say it has used
+/// nothing of its grant yet (`VoteRequest::unused`), the witness keeps
+/// its undo, and b's release after the failed force is a withdrawal.
 #[test]
-#[ignore = "open defect (review, helper-149): the witness keeps an undone forced claim's record"]
 fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() {
     let mut d = a_wrote_alone_beside_outdated_b();
     assert!(d.w.outdated().any(|n| n == "b"));
@@ -723,6 +723,84 @@ fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() 
         "a, which holds every acknowledged write, is not promoted: the witness keeps a \
          outdated ({outdated:?}) after b's undone force"
     );
+}
+
+/// The other side of that undo: b's forced claim, renewed while its
+/// record waited (the witness keeping its undo), is used once the record
+/// lands (b answers a write a lacks). Demoted then, b gives the grant
+/// back as used: the witness keeps a outdated, and a is not promoted
+/// without b's write.
+#[test]
+fn a_forced_claim_used_once_its_record_lands_stands_at_the_witness() {
+    let mut d = a_wrote_alone_beside_outdated_b();
+    a_goes_silent(&mut d);
+    d.fail_record[1] = true;
+    d.force(1);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert!(d.w.durable().undo.is_some(), "renewed while its record waits, b's claim is unused");
+    d.fail_record[1] = false;
+    for _ in 0..100 {
+        if d.c[1].promotion_saved(Duration::ZERO) == Ok(true) {
+            break;
+        }
+        d.tick(Duration::from_millis(10));
+    }
+    assert_eq!(d.c[1].promotion_saved(Duration::ZERO), Ok(true), "b's record is saved");
+    // A write alone waits until the witness knows (the renewal that
+    // follows the record says the grant is used): it ends the undo.
+    d.write(1, 7, 8192, 0xbb);
+    assert_eq!(d.reply(1, 7), None);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 7), Some(Ok(())), "b answered a write on its forced claim");
+    assert!(d.w.durable().undo.is_none(), "the witness may still undo a used claim");
+    d.secondary_forced(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    restart_lost(&mut d, 0, Plant::None, false);
+    assert!(d.w.outdated().any(|n| n == "a"), "the witness forgot that a lacks b's write");
+    assert!(!d.witness_promotes(0), "a was promoted without b's acknowledged write");
+}
+
+/// A forced claim of an UpToDate disk: a, cut off from b, acknowledges
+/// a write alone (b outdated at the witness only, its disk UpToDate by
+/// its own account) and goes silent. b's controller may not claim; the
+/// operator forces b, but its record cannot be saved: `primary` fails,
+/// and the witness's record is undone too (the forced claim had outdated
+/// a there). a, back, holds every acknowledged write (b answered none)
+/// and is promoted.
+#[test]
+fn a_failed_forced_claim_of_an_uptodate_disk_is_undone_at_the_witness() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    a_goes_silent(&mut d);
+    assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::UpToDate));
+    let before = d.w.durable();
+    assert!(before.outdated.contains("b"), "a's write alone outdates b at the witness");
+    d.fail_record[1] = true;
+    d.force(1);
+    assert!(d.w.outdated().any(|n| n == "a"), "the forced claim outdates a at the witness");
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    d.c[1].abandon_promotion();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
+    assert_eq!(outdated, ["b"], "the failed force left a outdated at the witness");
+    d.fail_record[1] = false;
+    restart_lost(&mut d, 0, Plant::None, false);
+    assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");
 }
 
 /// a, Primary with a witness, outdates b by its `disconnect` and
