@@ -40,6 +40,11 @@ impl Node {
         self.scratch.prepare().map_err(|e| format!("bench: {e}"))
     }
 
+    /// Keeps this node's scratch area reserved while a bench runs here.
+    pub fn bench_hold(&self) -> crate::node::scratch::ScratchHold {
+        self.scratch.hold()
+    }
+
     /// One probe of `data` at `offset` of the scratch area, answered under
     /// `mode`'s rule.
     pub async fn probe(&self, mode: ProbeMode, offset: u64, data: Bytes) -> Result<(), ProbeError> {

@@ -164,6 +164,8 @@ pub async fn bench(
     if let Some(why) = super::block_refusal(p.block.into()) {
         return Err(why);
     }
+    // (The area stays reserved through the link runs, which write none.)
+    let _hold = node.bench_hold();
     let run = Duration::from_millis(p.run_ms).clamp(super::MIN_TIME, super::MAX_TIME);
     let plan: Vec<(ProbeMode, u32)> = [ProbeMode::A, ProbeMode::B, ProbeMode::C]
         .into_iter()

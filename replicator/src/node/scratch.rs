@@ -11,7 +11,11 @@
 //! back (punched; the file stays, sparse), and the next bench reserves
 //! them again. (Found by review: 64 MiB of probes filled a 40 MiB metadata
 //! volume, and the device then refused writes with ENOSPC, even after a
-//! restart.)
+//! restart.) While a bench runs on this node ([`Scratch::hold`]) its area
+//! is not given back, though its link runs write no probe: a bench of
+//! `--time 30s` or more gave it back during them and reserved it again
+//! for the modes' runs, which then failed if the room had gone meanwhile
+//! (review, helper-148).
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -79,6 +83,20 @@ struct State {
     reserved: bool,
     last_use: Option<Instant>,
     last_warned: Option<(String, Instant)>,
+    /// Benches running on this node ([`Scratch::hold`]).
+    benches: u32,
+}
+
+/// A bench running on this node: the area stays reserved until it is
+/// dropped and then idle for [`IDLE`].
+pub struct ScratchHold(Arc<Scratch>);
+
+impl Drop for ScratchHold {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.benches = st.benches.saturating_sub(1);
+        st.last_use = Some(Instant::now());
+    }
 }
 
 impl Scratch {
@@ -174,6 +192,13 @@ impl Scratch {
         self.ready(&mut st)
     }
 
+    /// Keeps the area reserved while a bench runs here (its link runs
+    /// write no probe for up to one and a half `--time`s).
+    pub fn hold(self: &Arc<Self>) -> ScratchHold {
+        self.state().benches += 1;
+        ScratchHold(self.clone())
+    }
+
     /// Writes one probe's data (on the lane's thread). A failure carries
     /// its errno; this node's log says why, at most every 10 s.
     pub fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -236,7 +261,7 @@ impl Scratch {
         loop {
             tokio::time::sleep(self.idle / 2).await;
             let mut st = self.state();
-            if st.last_use.is_some_and(|t| t.elapsed() < self.idle) {
+            if st.benches > 0 || st.last_use.is_some_and(|t| t.elapsed() < self.idle) {
                 continue;
             }
             self.punch(&st);
@@ -297,6 +322,33 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), BENCH_AREA, "the file stays");
         s.prepare().unwrap();
         assert!(allocated(&path) >= BENCH_AREA, "not reserved again");
+    }
+
+    /// A bench running here holds the area reserved, though no probe comes
+    /// (its link runs); idle after the bench, it is given back.
+    #[tokio::test]
+    async fn the_area_stays_reserved_while_a_bench_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("a.meta");
+        let idle = Duration::from_millis(300);
+        let s = Arc::new(Scratch::with_idle(
+            &meta,
+            &StoreOptions::default(),
+            tokio::runtime::Handle::current(),
+            idle,
+        ));
+        let path = crate::bench::scratch_path(&meta);
+        let hold = s.hold();
+        s.prepare().unwrap();
+        if allocated(&path) < BENCH_AREA {
+            eprintln!("skipped: no fallocate in {}", dir.path().display());
+            return;
+        }
+        tokio::time::sleep(idle * 3).await;
+        assert!(allocated(&path) >= BENCH_AREA, "given back while a bench runs");
+        drop(hold);
+        tokio::time::sleep(idle * 3).await;
+        assert_eq!(allocated(&path), 0, "not given back once the bench is done and idle");
     }
 
     /// An area that cannot be opened names the file and carries its errno.
