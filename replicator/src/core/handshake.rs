@@ -415,6 +415,27 @@ impl Core {
                     let failed = self.gen.current;
                     self.told.retain(|&t| t != failed);
                     self.told_first(h.gen.current);
+                    // The failed generation is dropped from the data's
+                    // account now, as where the peer's data grew from ours
+                    // (`!l`, above): the rebuild's record names no
+                    // generation, the peer's first among the told ones.
+                    // "Answered nothing on it" is known only to this
+                    // process (`unacked_current`, not saved): a rebuild cut
+                    // short by a restart, or by a link the peer went on
+                    // without (a new generation grown from this one), met
+                    // the failed generation again, judged it to hold
+                    // acknowledged writes, and the node came out Outdated,
+                    // `primary --force` needed though it lost nothing
+                    // (review, helper-150; failed_disk
+                    // a_rebuild_that_lost_nothing_cut_short_by_a_restart_ends_uptodate).
+                    // Now it meets its peer as a plain rebuild that grew
+                    // from ours. (A restart before this record is durable
+                    // finds the failed disk on its failed generation, and
+                    // it is Outdated once rebuilt, as after a restart
+                    // before the rebuild began. A node judged `lost` keeps
+                    // its generation through the rebuild, and a restart
+                    // judges it so again.)
+                    self.gen = GenIds::never_synced();
                 } else {
                     tracing::error!(
                         mine = ?self.gen, peer = ?h.gen,

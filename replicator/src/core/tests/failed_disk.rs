@@ -1129,3 +1129,135 @@ fn a_disk_failed_after_writes_acknowledged_alone_stays_outdated_once_rebuilt() {
     let told = &p.core(0).told;
     assert!(!told.contains(&alone), "told data it lacks: {told:x?}");
 }
+
+/// a Primary's disk fails while b is connected (as in
+/// `a_primary_whose_disk_fails_while_connected_is_rebuilt_uptodate`): a
+/// started a generation on which it answered nothing, b is on the one a
+/// left. a is switched to Secondary and reconnected: the rebuild from b
+/// starts. Returns the pair and a's generation before the failure (b's).
+fn a_rebuild_after_a_failure_that_lost_nothing() -> (Pair, u64) {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 0, 9, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 1), Some(Ok(())));
+    let g = p.core(0).gen().current;
+    p.n[0].fail_writes = true;
+    p.write(0, 2, 128, 8, 64);
+    p.settle();
+    assert!(matches!(p.reply(0, 2), Some(Err(_))), "{:?}", p.reply(0, 2));
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    assert_eq!(p.core(0).gen().history[0], g);
+    assert_eq!(p.core(1).gen().current, g);
+    p.n[0].fail_writes = false;
+    // What a failed disk may hold, where the rebuild reaches last.
+    let end = p.n[0].cache.len() - 1;
+    (p.n[0].cache[end], p.n[0].durable[end]) = (0x55, 0x55);
+    p.core(0).demote().unwrap();
+    p.core(0).connect();
+    p.cut();
+    (p, g)
+}
+
+/// The rebuild of a disk that failed holding nothing the peer lacks (its
+/// generation, started by this process, answered nothing) is cut short
+/// by a restart of the node (a kill, a power loss): once it completes
+/// the node is UpToDate, promotable without `--force`, keeping what it
+/// told the witness. Before, "answered nothing" lived only in the
+/// process's memory: the resumed rebuild judged the failed generation
+/// to hold acknowledged writes, and the node stayed Outdated, "those
+/// writes are lost" (review, helper-150; task of helper-151).
+#[test]
+fn a_rebuild_that_lost_nothing_cut_short_by_a_restart_ends_uptodate() {
+    for power in [false, true] {
+        let (mut p, g) = a_rebuild_after_a_failure_that_lost_nothing();
+        p.core(0).told = vec![g, 0xabcdef];
+        p.connect_partial(30);
+        assert_eq!(p.core(0).disk(), DiskState::Inconsistent, "the rebuild did not start");
+        assert!(p.n[0].cache != p.n[1].cache, "the rebuild was not cut short");
+        p.crash(0, power);
+        p.restart(0);
+        p.connect();
+        assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+        let s = p.core(0).status();
+        assert_eq!(s.disk, DiskState::UpToDate, "power {power}: {:?}", s.last_error);
+        assert_eq!(s.last_error, None);
+        assert_eq!(p.core(0).gen().current, g);
+        let told = p.core(0).told.clone();
+        assert!(told.contains(&0xabcdef), "what the node told forgotten: {told:x?}");
+        assert!(p.core(0).promote(false, 5).is_ok(), "the rebuilt node is not promotable");
+    }
+}
+
+/// As above, the link cut mid-rebuild, and b, promoted meanwhile, writes
+/// on a new generation: a's data still lost nothing b lacks, and b's
+/// data grew from the generation a left. Demoted again before the pair
+/// meets, b is no Primary to make the data the truth: a must come out
+/// UpToDate on its own judgement. Before, the resumed handshake compared
+/// b's new generation with the one a left, judged a to have lost
+/// acknowledged writes, and pinned it Outdated (found with the test
+/// above, helper-151).
+#[test]
+fn a_rebuild_that_lost_nothing_ends_uptodate_though_the_peer_moved_on() {
+    let (mut p, g) = a_rebuild_after_a_failure_that_lost_nothing();
+    p.connect_partial(30);
+    assert_eq!(p.core(0).disk(), DiskState::Inconsistent, "the rebuild did not start");
+    p.core(1).promote(false, 6).unwrap();
+    p.write(1, 3, 256, 7, 64);
+    p.settle();
+    assert_eq!(p.reply(1, 3), Some(Ok(())));
+    let moved = p.core(1).gen().current;
+    assert_ne!(moved, g, "b started no generation alone");
+    p.core(1).demote().unwrap();
+    p.settle();
+    p.connect();
+    assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+    let s = p.core(0).status();
+    assert_eq!(s.disk, DiskState::UpToDate, "{:?}", s.last_error);
+    assert_eq!(p.core(0).gen().current, moved);
+    assert!(p.core(0).promote(false, 7).is_ok(), "the rebuilt node is not promotable");
+}
+
+/// The counterpart: a node that may have lost acknowledged writes (as in
+/// `a_disk_failed_after_writes_acknowledged_alone_stays_outdated_once_rebuilt`:
+/// written alone, restarted, its disk failed on the next generation)
+/// whose rebuild is cut short by a restart stays Outdated once rebuilt.
+#[test]
+fn a_rebuild_that_lost_writes_cut_short_by_a_restart_stays_outdated() {
+    for power in [false, true] {
+        let mut p = Pair::new(Protocol::C, Plant::None);
+        p.initial();
+        p.cut();
+        p.settle();
+        p.write(0, 1, 0, 9, 64);
+        p.settle();
+        assert_eq!(p.reply(0, 1), Some(Ok(())), "a's write alone not acknowledged");
+        let alone = p.core(0).gen().current;
+        p.crash(0, false);
+        p.restart(0);
+        p.core(0).promote(true, 7).unwrap();
+        p.settle();
+        p.n[0].fail_writes = true;
+        p.write(0, 2, 128, 8, 64);
+        p.settle();
+        assert!(matches!(p.reply(0, 2), Some(Err(_))), "{:?}", p.reply(0, 2));
+        assert_eq!(p.core(0).disk(), DiskState::Failed);
+        assert_eq!(p.core(0).gen().history[0], alone);
+        p.n[0].fail_writes = false;
+        let end = p.n[0].cache.len() - 1;
+        (p.n[0].cache[end], p.n[0].durable[end]) = (0x55, 0x55);
+        p.core(0).demote().unwrap();
+        p.core(0).connect();
+        p.connect_partial(30);
+        assert_eq!(p.core(0).disk(), DiskState::Inconsistent, "the rebuild did not start");
+        assert!(p.n[0].cache != p.n[1].cache, "the rebuild was not cut short");
+        p.crash(0, power);
+        p.restart(0);
+        p.connect();
+        assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+        let s = p.core(0).status();
+        assert_eq!(s.disk, DiskState::Outdated, "power {power}: rebuilt without its write");
+        assert!(s.last_error.is_some_and(|e| e.contains("lost")), "not said");
+        assert!(p.core(0).promote(false, 9).is_err(), "promotable without its write");
+    }
+}
