@@ -100,6 +100,10 @@ struct Sent {
     peer_current: bool,
     /// The data's (saved) current generation it told.
     gen: u64,
+    /// Granted, the witness keeps what a withdrawn release undoes: a
+    /// forced claim, or a renewal that said the grant is unused
+    /// ([`VoteRequest::unused`]).
+    undoable: bool,
 }
 
 /// The operator's `primary --force` waiting for the witness's answer.
@@ -256,6 +260,19 @@ pub(crate) struct Ctl {
     /// answer to an earlier request may fence the peer again.
     unfenced_id: u64,
     witness_up: bool,
+    /// The last granted request left the witness able to undo this
+    /// reign's grant (a forced claim, renewed as unused since): a
+    /// release that says `withdrawn` restores the record before it (the
+    /// peer current). No write the peer lacks is acknowledged until a
+    /// renewal that says the grant is used is granted
+    /// ([`Core::may_run_alone`]). Before, a forced claim that told a
+    /// generation already apart from the peer's took writes alone as
+    /// soon as its record landed: the node crashed before its next
+    /// renewal, a withdrawn release (a second `primary --force` given up)
+    /// restored its peer as current, and the controller promoted the
+    /// peer without those writes (review, helper-152, `core::tests::ctl`
+    /// `a_write_alone_on_a_forced_claim_is_not_undone_at_the_witness`).
+    witness_may_undo: bool,
     /// The data generation the last granted request carried (0: none).
     /// Writes the peer may lack are acknowledged only in that generation:
     /// the witness knows every generation this node ran alone with before
@@ -313,8 +330,10 @@ impl Ctl {
     /// The witness granted request `id` (a claim or a renewal, sent at
     /// `sent` with the peer current or not, telling generation `gen`):
     /// the right is held a lease from when it was asked.
-    fn granted(&mut self, sent: Time, peer_current: bool, id: u64, gen: u64) {
+    fn granted(&mut self, sent: &Sent, id: u64) {
+        let Sent { at: sent, peer_current, gen, undoable, .. } = *sent;
         self.granted_reign = true;
+        self.witness_may_undo = undoable;
         self.witness_until = self.witness_until.max(sent + self.cfg.lease());
         self.witness_fenced_peer = !peer_current && id > self.unfenced_id;
         self.witness_gen = gen;
@@ -342,6 +361,7 @@ impl Ctl {
             witness_fenced_peer: false,
             unfenced_id: 0,
             witness_gen: 0,
+            witness_may_undo: false,
             witness_up: false,
             sent: BTreeMap::new(),
             next_id: 1,
@@ -475,6 +495,7 @@ impl Core {
             && c.witness_until > self.now
             && c.witness_fenced_peer
             && c.witness_gen == self.gen.current
+            && !c.witness_may_undo
     }
 
     /// Adaptive mode: the Primary may go (or stay) Ahead only where writes
@@ -665,9 +686,10 @@ impl Core {
     pub fn handle_vote(&mut self, now: Time, wall_ms: u64, reply: VoteReply) {
         self.now = self.now.max(now);
         let Some(c) = &mut self.ctl else { return };
-        let Some(Sent { at: sent, kind, peer_current, gen }) = c.sent.remove(&reply.id) else {
+        let Some(sent) = c.sent.remove(&reply.id) else {
             return;
         };
+        let kind = sent.kind;
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
         if !reply.granted {
@@ -681,7 +703,7 @@ impl Core {
             VoteKind::Claim => {
                 c.claim = None;
                 if reply.granted {
-                    c.granted(sent, peer_current, reply.id, gen);
+                    c.granted(&sent, reply.id);
                     c.lost_since = None;
                 }
                 if let Some(f) = forced {
@@ -710,9 +732,9 @@ impl Core {
                 // its release forgot every request, see `release`.)
                 if reply.granted {
                     // (The plant counts the lease from the grant's arrival.)
-                    let from =
-                        if self.cfg.plant == Plant::LeaseFromReply { self.now } else { sent };
-                    c.granted(from, peer_current, reply.id, gen);
+                    let at =
+                        if self.cfg.plant == Plant::LeaseFromReply { self.now } else { sent.at };
+                    c.granted(&Sent { at, ..sent }, reply.id);
                 } else if reply.holder.as_deref().is_some_and(|h| h != self.cfg.me)
                     && self.role == Role::Primary
                 {
@@ -842,6 +864,10 @@ impl Core {
         let mut req = self.vote_request(VoteKind::Claim);
         req.forced = true;
         req.uptodate = true;
+        // (Granted, the witness keeps the record before it to undo.)
+        if let Some(s) = self.ctl.as_mut().and_then(|c| c.sent.get_mut(&req.id)) {
+            s.undoable = true;
+        }
         self.next_ask += 1;
         let ask = self.next_ask;
         self.asked_last = Some((ask, None));
@@ -1096,6 +1122,7 @@ impl Core {
     fn release_as(&mut self, withdrawn: bool) {
         let Some(c) = &mut self.ctl else { return };
         c.granted_reign = false;
+        c.witness_may_undo = false;
         c.witness_until = Time::ZERO;
         c.peer_until = Time::ZERO;
         // A grant the witness gave before it hears of the release is
@@ -1126,7 +1153,8 @@ impl Core {
         let id = c.next_id;
         c.next_id += 1;
         c.last_request = now;
-        c.sent.insert(id, Sent { at: now, kind, peer_current, gen: told.current });
+        c.sent
+            .insert(id, Sent { at: now, kind, peer_current, gen: told.current, undoable: unused });
         if peer_current {
             // From the moment the witness may read this, it may count the
             // peer current again: no more writes the peer lacks.
@@ -1370,6 +1398,7 @@ impl Core {
             // The witness must learn at once that the peer fell behind
             // (writes wait for it), or that it caught up.
             let gen = self.told_gen().current;
+            let unused = self.grant_unused();
             let c = self.ctl.as_mut().expect("controller");
             let renewing = |f: &dyn Fn(&Sent) -> bool| {
                 c.sent.values().any(|s| s.kind == VoteKind::Renew && f(s))
@@ -1382,7 +1411,10 @@ impl Core {
                 && !current
                 && c.witness_gen != gen
                 && !renewing(&|s| s.gen == gen);
-            let news = now >= c.quiet_until && (fence_news || gen_news);
+            // Or a forced claim's record saved: writes alone wait until
+            // the witness may no longer undo the grant (`witness_may_undo`).
+            let used_news = c.witness_may_undo && !unused && !renewing(&|s| !s.undoable);
+            let news = now >= c.quiet_until && (fence_news || gen_news || used_news);
             // (Handing over, only with the peer current: a renewal that
             // says otherwise would outdate the peer about to take over.
             // Or with the peer outdated already, as when a Primary alone

@@ -952,3 +952,86 @@ fn a_failed_force_of_a_consistent_node_held_back_by_a_loss_leaves_it_held_back()
     assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::Consistent));
     assert!(!d.witness_promotes_b(), "b, which may lack a's acknowledged write, was promoted");
 }
+
+/// Attack (review, helper-152): a forced reign whose first write alone is
+/// acknowledged before any renewal tells the witness the grant is used.
+/// b ran alone (separated: its current generation is already one a
+/// lacks) and was demoted; a then ran alone (b outdated at the witness)
+/// and went. The operator forces b: the claim tells b's current
+/// generation, so a write alone needs no new one and goes as soon as the
+/// record lands, the witness still holding its undo (the record before:
+/// b outdated). b crashes before its next renewal; restarted, a second
+/// `primary --force` is given up before the witness answers, and the
+/// release that gives the claim back says `withdrawn`: the witness
+/// restores the record before b's reign, a current, and a is promoted
+/// without the write b acknowledged.
+#[test]
+fn a_write_alone_on_a_forced_claim_is_not_undone_at_the_witness() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    // b Primary alone first: a hands over, then the link breaks.
+    d.cut();
+    d.c[0].demote_forced();
+    d.act(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert_eq!(d.c[0].role(), Role::Secondary);
+    a_goes_silent(&mut d);
+    d.force(1);
+    d.write(1, 1, 0, 0xb1);
+    d.alone(1);
+    assert_eq!(d.reply(1, 1), Some(Ok(())), "b acknowledged alone");
+    d.secondary_forced(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    // Then a alone, forced (b ran without it), writing; then a goes.
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+    }
+    d.force(0);
+    d.write(0, 2, 4096, 0xa2);
+    d.alone(0);
+    assert_eq!(d.reply(0, 2), Some(Ok(())), "a acknowledged alone");
+    assert!(d.w.outdated().any(|n| n == "b"));
+    a_goes_silent(&mut d);
+    // The operator forces b: granted, its record lands, and a write
+    // alone comes before b renews.
+    let forced_at = d.now.as_millis() as u64;
+    d.c[1].promote(true, forced_at).expect("primary --force");
+    d.act(1);
+    d.vote_all(1);
+    d.hooks_done(1);
+    assert_eq!(d.c[1].role(), Role::Primary);
+    assert_eq!(d.c[1].promotion_saved(Duration::ZERO), Ok(true), "b's record is saved");
+    d.write(1, 3, 8192, 0xb3);
+    for _ in 0..50 {
+        if d.reply(1, 3).is_some() {
+            break;
+        }
+        d.tick(Duration::from_millis(10));
+        d.vote_all(1);
+    }
+    assert_eq!(d.reply(1, 3), Some(Ok(())), "b's write alone as forced Primary");
+    // b crashes at once (its record as saved); restarted, `primary
+    // --force` again, the witness slow: the shell gives it up.
+    restart_lost(&mut d, 1, Plant::None, false);
+    for _ in 0..20 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+    }
+    d.c[1].promote(true, d.now.as_millis() as u64).expect("asked the witness");
+    d.act(1);
+    let ask = d.c[1].promotion_asked().expect("a forced claim is out");
+    d.votes[1].clear();
+    assert!(d.c[1].withdraw_promotion(ask).is_err());
+    d.act(1);
+    d.vote_all(1);
+    // a comes back.
+    restart_lost(&mut d, 0, Plant::None, false);
+    assert!(
+        d.w.outdated().any(|n| n == "a"),
+        "b acknowledged a write alone, and the witness forgot a lacks it: outdated {:?}",
+        d.w.outdated().collect::<Vec<_>>()
+    );
+    assert!(!d.witness_promotes(0), "a was promoted without b's acknowledged write");
+}
