@@ -38,7 +38,9 @@
 //! - `Release` from the holder: no holder any more. A forced claim's
 //!   grant the holder gives back unused (`withdrawn`: it was not promoted
 //!   on it, e.g. its answer was lost and the operator's verb failed) is
-//!   undone: the record is as before the claim.
+//!   undone: the record is as before the claim. So is one whose holder
+//!   claims again without having said it used it (it restarted while its
+//!   record waited): the claim is judged on the record before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -376,23 +378,32 @@ impl Arbiter {
             VoteKind::Release => {
                 if mine {
                     match self.undo.take().filter(|_| req.withdrawn) {
-                        Some(before) => {
-                            tracing::warn!(
-                                resource = %self.resource,
-                                node = %req.node,
-                                "a forced claim given back unused: its record is undone"
-                            );
-                            self.holder = before.holder;
-                            self.outdated = before.outdated;
-                            self.complete = before.complete;
-                            self.alone_with = before.alone_with;
-                            self.last_holder = before.last_holder;
-                        }
+                        Some(before) => self.undo_claim(&req.node, *before),
                         None => self.holder = None,
                     }
                     self.until = Time::ZERO;
                 }
                 return Ok(Grant::Released);
+            }
+            VoteKind::Claim if mine && self.undo.is_some() => {
+                // The holder of a forced claim it never said it used
+                // claims again: it is no Primary on that grant any more
+                // (it restarted, its record never saved), and no write
+                // its peer lacks was acknowledged on it (a node waits for
+                // a renewal that says the grant is used first, `core::
+                // quorum` `witness_may_undo`). Undone, as at a withdrawn
+                // release, and the claim judged on the record before.
+                // Before, the claim was judged on the forced claim's
+                // record (its peer outdated): b, crashed while its forced
+                // record waited, came back on its old data and its
+                // controller was granted Primary without a's acknowledged
+                // write (review, helper-152, `core::tests::ctl`
+                // `a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later`).
+                if let Some(before) = self.undo.take() {
+                    self.undo_claim(&req.node, *before);
+                }
+                self.until = Time::ZERO;
+                return self.judge(now, req);
             }
             VoteKind::Renew if mine => {
                 // The holder serves on its grant: nothing to undo (unless
@@ -487,6 +498,20 @@ impl Arbiter {
         self.record(req);
         tracing::info!(resource = %self.resource, holder = %req.node, kind = ?req.kind, "Primary right granted");
         Ok(Grant::Granted)
+    }
+
+    /// A forced claim's grant, unused, is undone: the record is as before it.
+    fn undo_claim(&mut self, node: &str, before: Durable) {
+        tracing::warn!(
+            resource = %self.resource,
+            node,
+            "a forced claim given back unused: its record is undone"
+        );
+        self.holder = before.holder;
+        self.outdated = before.outdated;
+        self.complete = before.complete;
+        self.alone_with = before.alone_with;
+        self.last_holder = before.last_holder;
     }
 
     /// A renewing Primary the witness does not know as holder may not

@@ -1035,3 +1035,43 @@ fn a_write_alone_on_a_forced_claim_is_not_undone_at_the_witness() {
     );
     assert!(!d.witness_promotes(0), "a was promoted without b's acknowledged write");
 }
+
+/// Attack (review, helper-152): b's forced claim of an UpToDate disk
+/// (a, cut off, acknowledged a write alone and went; b outdated at the
+/// witness only) is granted, but b crashes while its record waits (a full
+/// metadata volume): `primary` never answered OK, and b comes back on its
+/// saved record, UpToDate on its old generation. The witness still holds
+/// b as the holder, a outdated, and the undo it would restore at a
+/// withdrawn release, which never comes: b's controller claimed, was
+/// granted, and b became Primary without a's acknowledged write, no
+/// `--force` standing.
+#[test]
+fn a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    a_goes_silent(&mut d);
+    assert!(d.w.outdated().any(|n| n == "b"));
+    let saved = d.c[1].meta_record();
+    d.fail_record[1] = true;
+    d.force(1);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    // b crashes: back on its saved record.
+    let rec =
+        Recovered { meta: Some(saved), bitmap: None, al: Vec::new(), disk_created: false, boot: 0 };
+    d.c[1] = Core::new(ccfg("b", "a", Protocol::C), rec, d.now, 9);
+    d.hooks[1].clear();
+    d.votes[1].clear();
+    d.act(1);
+    d.witness_up(1, true);
+    d.fail_record[1] = false;
+    assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::UpToDate));
+    assert!(!d.witness_promotes_b(), "b was promoted without a's acknowledged write");
+}
