@@ -792,14 +792,14 @@ impl Core {
         }
         let force = self.disk != DiskState::UpToDate;
         // An operator's claim outdates the peer at the witness whatever
-        // the disk: kept to undo with the witness's record if this
-        // promotion's record cannot be saved (`declared.rs`).
-        let account = forced.then(|| self.declaring());
-        match self.promote_inner(force, wall_ms) {
+        // the disk: its account is kept to undo with the witness's record
+        // if this promotion's record cannot be saved (`declared.rs`).
+        // (Kept by `promote_as` before it pumps: declared after, a renewal
+        // sent from that pump said the grant was used, and the witness
+        // dropped its undo; review, helper-152, `core::tests::ctl`
+        // `a_forced_claim_answered_after_a_heartbeat_is_undone_at_the_witness`.)
+        match self.promote_as(force, forced, wall_ms) {
             Ok(()) => {
-                if let Some(d) = account.filter(|_| !self.declaration_unsaved()) {
-                    self.declare(d);
-                }
                 tracing::info!(reason = %reply.reason, forced, "the witness granted Primary: promoted");
                 self.actions.push_back(Action::Hook(Hook::Promoted));
                 Ok(())

@@ -131,6 +131,19 @@ impl Core {
     }
 
     pub(crate) fn promote_inner(&mut self, force: bool, wall_ms: u64) -> Result<(), Refused> {
+        self.promote_as(force, false, wall_ms)
+    }
+
+    /// [`Core::promote_inner`]; `account`: the account the promotion
+    /// replaces is kept whatever the disk (an operator's forced claim at
+    /// the witness, `quorum.rs` `claimed`), so that it is undone with the
+    /// witness's record if its record cannot be saved.
+    pub(crate) fn promote_as(
+        &mut self,
+        force: bool,
+        account: bool,
+        wall_ms: u64,
+    ) -> Result<(), Refused> {
         if self.role == Role::Primary {
             return Ok(());
         }
@@ -142,7 +155,7 @@ impl Core {
         // lost cache beside writes it confirmed: a Primary clears
         // `received`; review, helper-149, `core::tests::ctl`
         // `a_failed_force_of_a_node_held_back_by_a_loss_leaves_it_held_back`).
-        let declared = (self.disk != DiskState::UpToDate || self.lost_since_synced())
+        let declared = (self.disk != DiskState::UpToDate || self.lost_since_synced() || account)
             .then(|| self.declaring());
         if self.disk != DiskState::UpToDate {
             let was = self.disk;

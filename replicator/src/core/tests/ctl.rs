@@ -1075,3 +1075,41 @@ fn a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later() {
     assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::UpToDate));
     assert!(!d.witness_promotes_b(), "b was promoted without a's acknowledged write");
 }
+
+/// Attack (review, helper-152): the forced claim of an UpToDate disk,
+/// granted, its answer arriving a heartbeat after the claim went out (a
+/// distant or busy witness). The promotion's first pump sends a renewal
+/// at once, before `claimed` kept the account of the force: it said the
+/// grant was used, and the witness dropped its undo. The record then
+/// cannot be saved: `primary` fails, b gives the grant back as unused,
+/// but the witness had nothing left to undo: a stayed outdated, and was
+/// not promoted when it came back with every acknowledged write.
+#[test]
+fn a_forced_claim_answered_after_a_heartbeat_is_undone_at_the_witness() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    a_goes_silent(&mut d);
+    d.fail_record[1] = true;
+    d.c[1].promote(true, d.now.as_millis() as u64).expect("asked the witness");
+    d.act(1);
+    let granted = d.decide(1).expect("the forced claim");
+    assert!(granted.granted, "{granted:?}");
+    d.tick(Duration::from_millis(300));
+    d.answer(1, granted);
+    d.hooks_done(1);
+    assert_eq!(d.c[1].role(), Role::Primary);
+    d.vote_all(1);
+    assert!(d.w.durable().undo.is_some(), "the witness dropped its undo of an unused claim");
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    d.c[1].abandon_promotion();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    d.fail_record[1] = false;
+    restart_lost(&mut d, 0, Plant::None, false);
+    assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");
+}
