@@ -987,6 +987,154 @@ fn a_failed_primary_force_leaves_the_witness_as_it_was() {
     assert!(promote_b.is_none() || demote_b > promote_b, "b left promoted: {hooks}");
 }
 
+/// A small ext4 volume on a loop device that the test freezes
+/// (`fsfreeze`): writes to it wait until it is thawed, as on a disk that
+/// hangs.
+struct FreezableVolume {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    frozen: bool,
+}
+
+impl FreezableVolume {
+    fn mount(prefix: &str) -> FreezableVolume {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(test_tmp()).unwrap();
+        let image =
+            test_tmp().join(format!("{}.img", dir.path().file_name().unwrap().to_string_lossy()));
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(16 << 20).unwrap();
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        run_ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir.path()));
+        FreezableVolume { dir, image, frozen: false }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn freeze(&mut self, frozen: bool) {
+        let flag = if frozen { "-f" } else { "-u" };
+        run_ok(Command::new("fsfreeze").arg(flag).arg(self.dir.path()));
+        self.frozen = frozen;
+    }
+}
+
+impl Drop for FreezableVolume {
+    fn drop(&mut self) {
+        if self.frozen {
+            let _ = Command::new("fsfreeze").arg("-u").arg(self.dir.path()).status();
+        }
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A `primary --force` the witness grants, whose node is killed while the
+/// record saying it is Primary waits (b's metadata on a volume that does
+/// not answer), fails, and comes back on its saved record: UpToDate, its
+/// old data, without the write a acknowledged alone. Its controller must
+/// not make it Primary (the witness's record of the force was never used:
+/// it is undone at b's next claim, b outdated as before), and a, back, is
+/// promoted with its write. Found by review (helper-152): the witness kept
+/// the forced claim's record (a outdated, b the holder and current) and
+/// granted b's next claim, b Primary without a's write, no `--force`
+/// standing (`core::tests::ctl`
+/// `a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later`).
+#[test]
+fn a_node_killed_while_its_forced_record_waits_is_not_promoted_without_its_peers_write() {
+    if !(need_tools()
+        && have("mkfs.ext4")
+        && have("fsfreeze")
+        && root("freezing a loop-mounted ext4 volume for b's metadata"))
+    {
+        return;
+    }
+    let mut vol = FreezableVolume::mount("tb-frozenmeta-wb");
+    B_META.with(|m| *m.borrow_mut() = Some(vol.path().join("b.meta")));
+    let mut c = cluster(None);
+    B_META.with(|m| *m.borrow_mut() = None);
+    c.first_primary();
+    c.witness_status_when(|w| {
+        w["holder"] == "a" && w["outdated"].as_array().is_some_and(|o| o.is_empty())
+    });
+    // b goes; a acknowledges a write alone (b outdated at the witness),
+    // then a goes too.
+    c.p.kill(1);
+    qemu_write(&c.p.uri(0), 0, 0x5a).expect("a writes alone");
+    c.witness_status_when(|w| w["outdated"] == serde_json::json!(["b"]));
+    c.p.kill(0);
+    c.up_b();
+    // The operator forces b, whose metadata volume no longer answers; the
+    // witness grants it (b waits out the lease a may hold from before b
+    // started), and b is killed while `primary` waits for its record.
+    vol.freeze(true);
+    let config_b = c.config_b.clone();
+    let verb = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new(BIN)
+                .args(["primary", "--force", "--config"])
+                .arg(&config_b)
+                .args(["--node", "b"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !err.contains("may still hold a lease") || Instant::now() > deadline {
+                return (out.status.success(), err);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    c.witness_status_when(|w| w["holder"] == "b");
+    // (The kill completes once the volume is thawed: the save it was in
+    // returns, and the process dies before renaming the new record in.)
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        vol.freeze(false);
+        vol
+    });
+    c.p.kill(1);
+    let _vol = thaw.join().unwrap();
+    let (ok, err) = verb.join().unwrap();
+    assert!(!ok, "primary --force succeeded: {err}");
+    // b comes back on its saved record: its controller claims, and the
+    // witness refuses it (outdated: the force was never used).
+    c.up_b();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = c.p.status(1);
+        assert_ne!(b["role"], "Primary", "b was promoted without a's acknowledged write: {b}");
+        let refusal = b["controller"]["last_refusal"].as_str().unwrap_or_default().to_owned();
+        if refusal.contains("b is outdated") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b's claim was not refused: {b}\nwitness: {}\n{}",
+            c.witness_status(),
+            c.p.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // a comes back: its controller promotes it, with its write.
+    c.p.up(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = c.p.status(0);
+        if a["role"] == "Primary" && a["controller"]["state"] == "Holding" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a was not promoted: {a}\nwitness: {}\n{}",
+            c.witness_status(),
+            c.p.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's acknowledged write is missing");
+}
+
 /// `on_demote` stops the service and unmounts, which writes through the
 /// export: while it runs for a handover (`secondary`) or a `down`, the
 /// node still holds the right and acknowledges writes (before, they failed
