@@ -40,7 +40,8 @@
 //!   on it, e.g. its answer was lost and the operator's verb failed) is
 //!   undone: the record is as before the claim. So is one whose holder
 //!   claims again without having said it used it (it restarted while its
-//!   record waited): the claim is judged on the record before.
+//!   record waited), or whose lease ran out unused when the other node
+//!   claims: the claim is judged on the record before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -385,14 +386,18 @@ impl Arbiter {
                 }
                 return Ok(Grant::Released);
             }
-            VoteKind::Claim if mine && self.undo.is_some() => {
+            VoteKind::Claim if self.undo.is_some() && (mine || now >= self.until) => {
                 // The holder of a forced claim it never said it used
-                // claims again: it is no Primary on that grant any more
-                // (it restarted, its record never saved), and no write
-                // its peer lacks was acknowledged on it (a node waits for
-                // a renewal that says the grant is used first, `core::
-                // quorum` `witness_may_undo`). Undone, as at a withdrawn
-                // release, and the claim judged on the record before.
+                // claims again, or its lease ran out and the other node
+                // claims: it is no Primary on that grant any more (it
+                // restarted, or is gone, its record never saved), and no
+                // write its peer lacks was acknowledged on it (a node
+                // waits for a renewal that says the grant is used first,
+                // `core::quorum` `witness_may_undo`). Undone, as at a
+                // withdrawn release, and the claim judged on the record
+                // before (else the peer of a force that failed by a crash
+                // stayed outdated: `core::tests::ctl`
+                // `a_forced_claim_crashed_before_its_record_leaves_its_peer_promotable`).
                 // Before, the claim was judged on the forced claim's
                 // record (its peer outdated): b, crashed while its forced
                 // record waited, came back on its old data and its

@@ -1113,3 +1113,30 @@ fn a_forced_claim_answered_after_a_heartbeat_is_undone_at_the_witness() {
     restart_lost(&mut d, 0, Plant::None, false);
     assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");
 }
+
+/// Attack (review, helper-152): as above, b crashes while its forced
+/// record waits, but does not come back. a, which holds every
+/// acknowledged write, comes back: the witness held a outdated on b's
+/// unused grant (no withdrawn release ever came), and a was never
+/// promoted without an operator's `--force`, though the force that
+/// outdated it failed.
+#[test]
+fn a_forced_claim_crashed_before_its_record_leaves_its_peer_promotable() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    a_goes_silent(&mut d);
+    d.fail_record[1] = true;
+    d.force(1);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    // b crashes for good; a comes back.
+    restart_lost(&mut d, 0, Plant::None, false);
+    assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");
+}
