@@ -928,57 +928,19 @@ fn a_failed_primary_force_leaves_the_witness_as_it_was() {
         return;
     }
     let vol = Tmpfs::mount("tb-fullmeta-wb", "8M");
-    B_META.with(|m| *m.borrow_mut() = Some(vol.path().join("b.meta")));
-    let mut c = cluster(None);
-    B_META.with(|m| *m.borrow_mut() = None);
-    c.first_primary();
-    c.witness_status_when(|w| {
-        w["holder"] == "a" && w["outdated"].as_array().is_some_and(|o| o.is_empty())
-    });
-    // b goes; a acknowledges a write alone (b outdated at the witness),
-    // then a goes too.
-    c.p.kill(1);
-    qemu_write(&c.p.uri(0), 0, 0x5a).expect("a writes alone");
-    c.witness_status_when(|w| w["outdated"] == serde_json::json!(["b"]));
-    c.p.kill(0);
-    c.up_b();
+    let mut c = a_wrote_alone_and_both_went(&vol.path().join("b.meta"));
     // The operator forces b; the witness grants it, its record cannot be
     // saved.
-    // (b waits out the lease a may hold from before b started.)
     let filler = vol.fill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (out, err) = loop {
-        let out = c.p.cli("primary", &["--force"], 1);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !err.contains("may still hold a lease") || Instant::now() > deadline {
-            break (out, err);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(!out.status.success(), "primary --force succeeded on a full metadata volume");
+    let (ok, err) = force_b(&c.config_b);
+    assert!(!ok, "primary --force succeeded on a full metadata volume");
     assert!(err.contains("No space left on device"), "{err}");
     let w = c.witness_status_when(|w| w["holder"] != "b");
     assert_eq!(w["outdated"], serde_json::json!(["b"]), "the failed force outdated a: {w}");
     std::fs::remove_file(filler).unwrap();
     let b = c.p.status(1);
     assert_eq!(b["role"], "Secondary", "{b}");
-    // a comes back: its controller promotes it, with its write.
-    c.p.up(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let a = c.p.status(0);
-        if a["role"] == "Primary" && a["controller"]["state"] == "Holding" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a was not promoted: {a}\nwitness: {}\n{}",
-            c.witness_status(),
-            c.p.log(0)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(read_back(&c.p.uri(0), 0, 0x5a), "a's acknowledged write is missing");
+    a_comes_back_promoted_with_its_write(&mut c);
     assert_eq!(c.owner_when("a"), "a");
     // (b's hooks ran for the moment it was Primary: `on_promote` at the
     // grant, `on_demote` at the failure.)
@@ -1050,41 +1012,13 @@ fn a_node_killed_while_its_forced_record_waits_is_not_promoted_without_its_peers
         return;
     }
     let mut vol = FreezableVolume::mount("tb-frozenmeta-wb");
-    B_META.with(|m| *m.borrow_mut() = Some(vol.path().join("b.meta")));
-    let mut c = cluster(None);
-    B_META.with(|m| *m.borrow_mut() = None);
-    c.first_primary();
-    c.witness_status_when(|w| {
-        w["holder"] == "a" && w["outdated"].as_array().is_some_and(|o| o.is_empty())
-    });
-    // b goes; a acknowledges a write alone (b outdated at the witness),
-    // then a goes too.
-    c.p.kill(1);
-    qemu_write(&c.p.uri(0), 0, 0x5a).expect("a writes alone");
-    c.witness_status_when(|w| w["outdated"] == serde_json::json!(["b"]));
-    c.p.kill(0);
-    c.up_b();
+    let mut c = a_wrote_alone_and_both_went(&vol.path().join("b.meta"));
     // The operator forces b, whose metadata volume no longer answers; the
     // witness grants it (b waits out the lease a may hold from before b
     // started), and b is killed while `primary` waits for its record.
     vol.freeze(true);
     let config_b = c.config_b.clone();
-    let verb = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new(BIN)
-                .args(["primary", "--force", "--config"])
-                .arg(&config_b)
-                .args(["--node", "b"])
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !err.contains("may still hold a lease") || Instant::now() > deadline {
-                return (out.status.success(), err);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let verb = std::thread::spawn(move || force_b(&config_b));
     c.witness_status_when(|w| w["holder"] == "b");
     // (The kill completes once the volume is thawed: the save it was in
     // returns, and the process dies before renaming the new record in.)
@@ -1116,7 +1050,50 @@ fn a_node_killed_while_its_forced_record_waits_is_not_promoted_without_its_peers
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // a comes back: its controller promotes it, with its write.
+    a_comes_back_promoted_with_its_write(&mut c);
+}
+
+/// A cluster with b's metadata at `b_meta`: a Primary, b in sync; b
+/// goes, a acknowledges a write alone (0x5a at 0; b outdated at the
+/// witness), a goes too, and b comes back alone.
+fn a_wrote_alone_and_both_went(b_meta: &std::path::Path) -> Cluster {
+    B_META.with(|m| *m.borrow_mut() = Some(b_meta.to_owned()));
+    let mut c = cluster(None);
+    B_META.with(|m| *m.borrow_mut() = None);
+    c.first_primary();
+    c.witness_status_when(|w| {
+        w["holder"] == "a" && w["outdated"].as_array().is_some_and(|o| o.is_empty())
+    });
+    c.p.kill(1);
+    qemu_write(&c.p.uri(0), 0, 0x5a).expect("a writes alone");
+    c.witness_status_when(|w| w["outdated"] == serde_json::json!(["b"]));
+    c.p.kill(0);
+    c.up_b();
+    c
+}
+
+/// `primary --force` on b (its file `config_b`), again while b waits out
+/// the lease a may hold from before b started: whether it succeeded, and
+/// its stderr.
+fn force_b(config_b: &std::path::Path) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(BIN)
+            .args(["primary", "--force", "--config"])
+            .arg(config_b)
+            .args(["--node", "b"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !err.contains("may still hold a lease") || Instant::now() > deadline {
+            return (out.status.success(), err);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// a comes back: its controller promotes it, with its write (0x5a at 0).
+fn a_comes_back_promoted_with_its_write(c: &mut Cluster) {
     c.p.up(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

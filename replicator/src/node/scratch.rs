@@ -293,20 +293,26 @@ mod tests {
         std::fs::metadata(path).unwrap().blocks() * 512
     }
 
-    /// The first probe reserves the whole area; once idle its blocks go
-    /// back, and the next probe reserves them again.
-    #[tokio::test]
-    async fn the_area_is_reserved_for_a_bench_and_given_back_when_idle() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = dir.path().join("a.meta");
-        let idle = Duration::from_millis(300);
+    /// A scratch area for a node whose metadata is in `dir`, given back
+    /// once idle for `idle`; and its path.
+    fn scratch_idle_after(dir: &Path, idle: Duration) -> (Arc<Scratch>, PathBuf) {
+        let meta = dir.join("a.meta");
         let s = Arc::new(Scratch::with_idle(
             &meta,
             &StoreOptions::default(),
             tokio::runtime::Handle::current(),
             idle,
         ));
-        let path = crate::bench::scratch_path(&meta);
+        (s, crate::bench::scratch_path(&meta))
+    }
+
+    /// The first probe reserves the whole area; once idle its blocks go
+    /// back, and the next probe reserves them again.
+    #[tokio::test]
+    async fn the_area_is_reserved_for_a_bench_and_given_back_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let idle = Duration::from_millis(300);
+        let (s, path) = scratch_idle_after(dir.path(), idle);
         s.write(4096, &[7u8; 4096]).unwrap();
         if allocated(&path) < BENCH_AREA {
             eprintln!("skipped: no fallocate in {}", dir.path().display());
@@ -329,15 +335,8 @@ mod tests {
     #[tokio::test]
     async fn the_area_stays_reserved_while_a_bench_holds_it() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = dir.path().join("a.meta");
         let idle = Duration::from_millis(300);
-        let s = Arc::new(Scratch::with_idle(
-            &meta,
-            &StoreOptions::default(),
-            tokio::runtime::Handle::current(),
-            idle,
-        ));
-        let path = crate::bench::scratch_path(&meta);
+        let (s, path) = scratch_idle_after(dir.path(), idle);
         let hold = s.hold();
         s.prepare().unwrap();
         if allocated(&path) < BENCH_AREA {

@@ -695,20 +695,9 @@ fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() 
     assert!(d.w.outdated().any(|n| n == "b"));
     a_goes_silent(&mut d);
     let b_gen = d.c[1].gen();
-    d.fail_record[1] = true;
-    d.force(1);
-    // b waits for its record, renewing its grant meanwhile.
-    for _ in 0..5 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
-    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    b_forced_on_a_full_volume(&mut d);
     // `primary` fails: the shell undoes the force.
-    d.c[1].abandon_promotion();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    b_force_fails(&mut d);
     d.fail_record[1] = false;
     d.tick(Duration::from_secs(2));
     d.votes[0].clear();
@@ -734,13 +723,7 @@ fn an_undone_forced_promotion_does_not_leave_its_peer_outdated_at_the_witness() 
 fn a_forced_claim_used_once_its_record_lands_stands_at_the_witness() {
     let mut d = a_wrote_alone_beside_outdated_b();
     a_goes_silent(&mut d);
-    d.fail_record[1] = true;
-    d.force(1);
-    for _ in 0..5 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
+    b_forced_on_a_full_volume(&mut d);
     assert!(d.w.durable().undo.is_some(), "renewed while its record waits, b's claim is unused");
     d.fail_record[1] = false;
     for _ in 0..100 {
@@ -773,34 +756,55 @@ fn a_forced_claim_used_once_its_record_lands_stands_at_the_witness() {
 /// and is promoted.
 #[test]
 fn a_failed_forced_claim_of_an_uptodate_disk_is_undone_at_the_witness() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.cut();
-    d.write(0, 1, 0, 0xaa);
-    d.alone(0);
-    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
-    a_goes_silent(&mut d);
+    let mut d = a_wrote_alone_cut_from_b_and_went();
     assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::UpToDate));
     let before = d.w.durable();
     assert!(before.outdated.contains("b"), "a's write alone outdates b at the witness");
-    d.fail_record[1] = true;
-    d.force(1);
+    b_forced_on_a_full_volume(&mut d);
     assert!(d.w.outdated().any(|n| n == "a"), "the forced claim outdates a at the witness");
-    for _ in 0..5 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
-    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
-    d.c[1].abandon_promotion();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    b_force_fails(&mut d);
     assert_eq!(d.c[1].role(), Role::Secondary);
     let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
     assert_eq!(outdated, ["b"], "the failed force left a outdated at the witness");
     d.fail_record[1] = false;
     restart_lost(&mut d, 0, Plant::None, false);
     assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");
+}
+
+/// a, Primary with a witness, cut off from b (b UpToDate by its own
+/// account, outdated at the witness), acknowledges a write (request 1)
+/// alone and goes silent.
+fn a_wrote_alone_cut_from_b_and_went() -> Duo {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    d.write(0, 1, 0, 0xaa);
+    d.alone(0);
+    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
+    a_goes_silent(&mut d);
+    d
+}
+
+/// The operator forces b (a silent); the witness grants it, but b's
+/// record cannot be saved (a full metadata volume): b waits for it,
+/// renewing its grant meanwhile.
+fn b_forced_on_a_full_volume(d: &mut Duo) {
+    d.fail_record[1] = true;
+    d.force(1);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+}
+
+/// `primary` fails on b: the shell undoes the force (the controller's
+/// demotion, its hooks, the release to the witness).
+fn b_force_fails(d: &mut Duo) {
+    d.c[1].abandon_promotion();
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
 }
 
 /// a, Primary with a witness, outdates b by its `disconnect` and
@@ -915,10 +919,7 @@ fn a_failed_force_of_a_node_held_back_by_a_loss_leaves_it_held_back() {
     d.force(1);
     d.tick(Duration::from_millis(100));
     assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
-    d.c[1].abandon_promotion();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    b_force_fails(&mut d);
     assert_eq!(d.c[1].role(), Role::Secondary);
     d.fail_record[1] = false;
     assert!(d.c[1].cache_lost());
@@ -944,10 +945,7 @@ fn a_failed_force_of_a_consistent_node_held_back_by_a_loss_leaves_it_held_back()
     d.fail_record[1] = true;
     d.force(1);
     d.tick(Duration::from_millis(100));
-    d.c[1].abandon_promotion();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    b_force_fails(&mut d);
     d.fail_record[1] = false;
     assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::Consistent));
     assert!(!d.witness_promotes_b(), "b, which may lack a's acknowledged write, was promoted");
@@ -1047,22 +1045,10 @@ fn a_write_alone_on_a_forced_claim_is_not_undone_at_the_witness() {
 /// `--force` standing.
 #[test]
 fn a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.cut();
-    d.write(0, 1, 0, 0xaa);
-    d.alone(0);
-    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
-    a_goes_silent(&mut d);
+    let mut d = a_wrote_alone_cut_from_b_and_went();
     assert!(d.w.outdated().any(|n| n == "b"));
     let saved = d.c[1].meta_record();
-    d.fail_record[1] = true;
-    d.force(1);
-    for _ in 0..5 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
-    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    b_forced_on_a_full_volume(&mut d);
     // b crashes: back on its saved record.
     let rec =
         Recovered { meta: Some(saved), bitmap: None, al: Vec::new(), disk_created: false, boot: 0 };
@@ -1086,12 +1072,7 @@ fn a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later() {
 /// not promoted when it came back with every acknowledged write.
 #[test]
 fn a_forced_claim_answered_after_a_heartbeat_is_undone_at_the_witness() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.cut();
-    d.write(0, 1, 0, 0xaa);
-    d.alone(0);
-    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
-    a_goes_silent(&mut d);
+    let mut d = a_wrote_alone_cut_from_b_and_went();
     d.fail_record[1] = true;
     d.c[1].promote(true, d.now.as_millis() as u64).expect("asked the witness");
     d.act(1);
@@ -1104,10 +1085,7 @@ fn a_forced_claim_answered_after_a_heartbeat_is_undone_at_the_witness() {
     d.vote_all(1);
     assert!(d.w.durable().undo.is_some(), "the witness dropped its undo of an unused claim");
     assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
-    d.c[1].abandon_promotion();
-    d.act(1);
-    d.hooks_done(1);
-    d.vote_all(1);
+    b_force_fails(&mut d);
     assert_eq!(d.c[1].role(), Role::Secondary);
     d.fail_record[1] = false;
     restart_lost(&mut d, 0, Plant::None, false);
@@ -1122,20 +1100,8 @@ fn a_forced_claim_answered_after_a_heartbeat_is_undone_at_the_witness() {
 /// outdated it failed.
 #[test]
 fn a_forced_claim_crashed_before_its_record_leaves_its_peer_promotable() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.cut();
-    d.write(0, 1, 0, 0xaa);
-    d.alone(0);
-    assert_eq!(d.reply(0, 1), Some(Ok(())), "a acknowledged alone");
-    a_goes_silent(&mut d);
-    d.fail_record[1] = true;
-    d.force(1);
-    for _ in 0..5 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.vote_all(1);
-    }
-    assert!(d.c[1].promotion_saved(Duration::ZERO).is_err(), "b's record is not saved");
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    b_forced_on_a_full_volume(&mut d);
     // b crashes for good; a comes back.
     restart_lost(&mut d, 0, Plant::None, false);
     assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");

@@ -1172,13 +1172,7 @@ fn a_rebuild_that_lost_nothing_cut_short_by_a_restart_ends_uptodate() {
     for power in [false, true] {
         let (mut p, g) = a_rebuild_after_a_failure_that_lost_nothing();
         p.core(0).told = vec![g, 0xabcdef];
-        p.connect_partial(30);
-        assert_eq!(p.core(0).disk(), DiskState::Inconsistent, "the rebuild did not start");
-        assert!(p.n[0].cache != p.n[1].cache, "the rebuild was not cut short");
-        p.crash(0, power);
-        p.restart(0);
-        p.connect();
-        assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+        rebuild_cut_short_by_a_restart(&mut p, power);
         let s = p.core(0).status();
         assert_eq!(s.disk, DiskState::UpToDate, "power {power}: {:?}", s.last_error);
         assert_eq!(s.last_error, None);
@@ -1248,16 +1242,23 @@ fn a_rebuild_that_lost_writes_cut_short_by_a_restart_stays_outdated() {
         (p.n[0].cache[end], p.n[0].durable[end]) = (0x55, 0x55);
         p.core(0).demote().unwrap();
         p.core(0).connect();
-        p.connect_partial(30);
-        assert_eq!(p.core(0).disk(), DiskState::Inconsistent, "the rebuild did not start");
-        assert!(p.n[0].cache != p.n[1].cache, "the rebuild was not cut short");
-        p.crash(0, power);
-        p.restart(0);
-        p.connect();
-        assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
+        rebuild_cut_short_by_a_restart(&mut p, power);
         let s = p.core(0).status();
         assert_eq!(s.disk, DiskState::Outdated, "power {power}: rebuilt without its write");
         assert!(s.last_error.is_some_and(|e| e.contains("lost")), "not said");
         assert!(p.core(0).promote(false, 9).is_err(), "promotable without its write");
     }
+}
+
+/// a's rebuild from b starts and is cut short by a's process ending (a
+/// kill, or a power loss when `power`); restarted, it meets b again and
+/// the rebuild completes.
+fn rebuild_cut_short_by_a_restart(p: &mut Pair, power: bool) {
+    p.connect_partial(30);
+    assert_eq!(p.core(0).disk(), DiskState::Inconsistent, "the rebuild did not start");
+    assert!(p.n[0].cache != p.n[1].cache, "the rebuild was not cut short");
+    p.crash(0, power);
+    p.restart(0);
+    p.connect();
+    assert!(p.n[0].cache == p.n[1].cache, "not rebuilt from the peer");
 }
