@@ -67,6 +67,16 @@ impl Node {
                 match sh.core.promotion_saved(since) {
                     // (Deposed meanwhile, say: the promotion did not
                     // stand. Before, answered OK; review, helper-146.)
+                    // (Its record may have landed in the moment before a
+                    // `secondary --force` or a deposition ended: the
+                    // promotion stood, and is over; review, helper-152.)
+                    Ok(true) if sh.core.role() != Role::Primary => {
+                        return Err(Refused(
+                            "was Primary (its record saved), then demoted again before this \
+                             answer (see `status`: last_error, controller.last_refusal)"
+                                .into(),
+                        ))
+                    }
                     _ if sh.core.role() != Role::Primary => {
                         return Err(Refused(
                             "demoted again before the record saying it is Primary was saved \
@@ -90,9 +100,23 @@ impl Node {
                     continue;
                 }
             };
-            tracing::error!("primary: {why}: demoted again, not Primary");
-            self.with_core(|c, _| c.abandon_promotion());
+            // (Asked again under the lock that abandons: a record that
+            // landed since the look above makes the promotion stand, writes
+            // may have been answered on it; before, `primary` then said
+            // "demoted again" of a node that stayed Primary; review,
+            // helper-152.)
+            let landed = self.with_core(|c, _| {
+                let landed = c.role() == Role::Primary && c.promotion_saved(since) == Ok(true);
+                if !landed {
+                    c.abandon_promotion();
+                }
+                landed
+            });
             self.changed.notify_waiters();
+            if landed {
+                return Ok(());
+            }
+            tracing::error!("primary: {why}: demoted again, not Primary");
             return Err(Refused(format!("{why}: not Primary (demoted again)")));
         }
     }
