@@ -41,7 +41,7 @@
 //!   undone: the record is as before the claim. So is one whose holder
 //!   claims again without having said it used it (it restarted while its
 //!   record waited), or whose lease ran out unused when the other node
-//!   claims: the claim is judged on the record before.
+//!   claims or renews: the request is judged on the record before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -386,17 +386,20 @@ impl Arbiter {
                 }
                 return Ok(Grant::Released);
             }
-            VoteKind::Claim if self.undo.is_some() && (mine || now >= self.until) => {
+            VoteKind::Claim | VoteKind::Renew
+                if self.undo.is_some()
+                    && if mine { req.kind == VoteKind::Claim } else { now >= self.until } =>
+            {
                 // The holder of a forced claim it never said it used
                 // claims again, or its lease ran out and the other node
-                // claims: it is no Primary on that grant any more (it
-                // restarted, or is gone, its record never saved), and no
-                // write its peer lacks was acknowledged on it (a node
-                // waits for a renewal that says the grant is used first,
-                // `core::quorum` `witness_may_undo`). Undone, as at a
-                // withdrawn release, and the claim judged on the record
-                // before (else the peer of a force that failed by a crash
-                // stayed outdated: `core::tests::ctl`
+                // claims or renews: it is no Primary on that grant any
+                // more (it restarted, or is gone, its record never
+                // saved), and no write its peer lacks was acknowledged
+                // on it (a node waits for a renewal that says the grant
+                // is used first, `core::quorum` `witness_may_undo`).
+                // Undone, as at a withdrawn release, and the request
+                // judged on the record before (else the peer of a force
+                // that failed by a crash stayed outdated: `core::tests::ctl`
                 // `a_forced_claim_crashed_before_its_record_leaves_its_peer_promotable`).
                 // Before, the claim was judged on the forced claim's
                 // record (its peer outdated): b, crashed while its forced
@@ -404,6 +407,13 @@ impl Arbiter {
                 // controller was granted Primary without a's acknowledged
                 // write (review, helper-152, `core::tests::ctl`
                 // `a_forced_claim_crashed_before_its_record_does_not_promote_the_node_later`).
+                // A renewal of the other node too: a Primary cut off from
+                // the witness longer than its lease, alive, forced past by
+                // an operator who took it for dead, whose force then
+                // failed by a crash; judged on the forced record, its
+                // renewal was refused naming the holder gone, and it was
+                // deposed (review, helper-153, `core::tests::ctl`
+                // `a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unused`).
                 if let Some(before) = self.undo.take() {
                     self.undo_claim(&req.node, *before);
                 }
@@ -512,11 +522,17 @@ impl Arbiter {
             node,
             "a forced claim given back unused: its record is undone"
         );
-        self.holder = before.holder;
-        self.outdated = before.outdated;
-        self.complete = before.complete;
-        self.alone_with = before.alone_with;
-        self.last_holder = before.last_holder;
+        self.set_record(Durable { undo: None, ..before });
+    }
+
+    /// The record is `d` (what [`Arbiter::durable`] says).
+    fn set_record(&mut self, d: Durable) {
+        self.holder = d.holder;
+        self.outdated = d.outdated;
+        self.complete = d.complete;
+        self.alone_with = d.alone_with;
+        self.last_holder = d.last_holder;
+        self.undo = d.undo;
     }
 
     /// A renewing Primary the witness does not know as holder may not

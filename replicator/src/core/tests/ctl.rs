@@ -1106,3 +1106,76 @@ fn a_forced_claim_crashed_before_its_record_leaves_its_peer_promotable() {
     restart_lost(&mut d, 0, Plant::None, false);
     assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is not promoted");
 }
+
+/// Attack (review, helper-153): a, Primary alone (b outdated at the
+/// witness), is cut off from the witness for longer than its lease, but
+/// lives on. The operator, taking a for dead, forces b; the witness
+/// grants it (a's lease ran out) and outdates a, but b crashes for good
+/// while its forced record waits (a full metadata volume): its grant is
+/// never used. a's link to the witness comes back and a renews: the
+/// witness undid an unused forced claim only at a claim, and refused a's
+/// renewal naming b as the holder, so a was deposed by a force that
+/// failed (its `on_demote` run, what waited failed) and came back, if at
+/// all, only by a claim of its controller. The renewal is judged on the
+/// record before the force: a keeps the Primary role.
+#[test]
+fn a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unused() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    assert_eq!(d.c[0].role(), Role::Primary, "a lives on, cut off from the witness");
+    b_forced_on_a_full_volume(&mut d);
+    assert!(d.w.outdated().any(|n| n == "a"), "the forced claim outdates a at the witness");
+    // b crashes for good: its lease runs out at the witness.
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    d.hooks[0].clear();
+    // a's link to the witness comes back.
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+    }
+    assert!(
+        !d.hooks[0].contains(&Hook::Demote),
+        "a was deposed by b's unused forced claim: {:?}, the witness {:?}",
+        d.hooks[0],
+        d.w.durable()
+    );
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
+    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
+    assert_eq!(outdated, ["b"], "the witness kept the unused forced claim's record");
+}
+
+/// The same after a restart of a's: promoted again by its controller, it
+/// has acknowledged nothing since (what it acknowledged alone is from its
+/// process before) when it is cut off from the witness and forced past.
+/// Deposed, a Primary apart from its peer that acknowledged nothing in
+/// its separation marks its data to be given up to the new Primary's
+/// (`discard`) and claims no more: a, which holds the write it
+/// acknowledged alone, was never promoted again.
+#[test]
+fn a_primary_restarted_since_its_writes_alone_is_not_deposed_by_an_unused_forced_claim() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    restart_lost(&mut d, 0, Plant::None, false);
+    assert!(d.witness_promotes(0), "a is promoted again after its restart");
+    // Cut off from the witness again; b forced, crashed while its record
+    // waits.
+    a_goes_silent(&mut d);
+    b_forced_on_a_full_volume(&mut d);
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+        d.hooks_done(0);
+    }
+    assert_eq!(d.c[0].role(), Role::Primary, "a was deposed by b's unused forced claim");
+    assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is Primary");
+}
