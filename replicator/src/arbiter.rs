@@ -41,7 +41,9 @@
 //!   undone: the record is as before the claim. So is one whose holder
 //!   claims again without having said it used it (it restarted while its
 //!   record waited), or whose lease ran out unused when the other node
-//!   claims or renews: the request is judged on the record before.
+//!   claims or renews: the request is judged on the record before (the
+//!   other node's, refused there, leaves the grant as it was: its holder
+//!   may be alive and merely slow).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -414,11 +416,29 @@ impl Arbiter {
                 // renewal was refused naming the holder gone, and it was
                 // deposed (review, helper-153, `core::tests::ctl`
                 // `a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unused`).
+                // The other node's request refused on that record leaves
+                // the grant as it was: its holder may be alive and merely
+                // slow, cut off from the witness while its record waited,
+                // and it resumes (before, a refused claim undid it all the
+                // same, and the holder, its record landed, was refused its
+                // renewal and deposed; review, helper-153, `arbiter` test
+                // `a_claim_refused_on_the_record_before_leaves_the_forced_claim_standing`).
+                let (granted, until) = (self.durable(), self.until);
                 if let Some(before) = self.undo.take() {
                     self.undo_claim(&req.node, *before);
                 }
                 self.until = Time::ZERO;
-                return self.judge(now, req);
+                let verdict = self.judge(now, req);
+                if verdict.is_err() && !mine {
+                    tracing::info!(
+                        resource = %self.resource,
+                        node = %req.node,
+                        "refused on the record before the forced claim: the forced claim's grant is kept"
+                    );
+                    self.set_record(granted);
+                    self.until = until;
+                }
+                return verdict;
             }
             VoteKind::Renew if mine => {
                 // The holder serves on its grant: nothing to undo (unless
@@ -1036,6 +1056,40 @@ mod tests {
         };
         let r = w.judge(later, &b);
         assert!(matches!(r, Err(Refusal::Behind { gen: 7, other_gen: 9, .. })), "{r:?}");
+    }
+
+    /// Attack (review, helper-153): the undo of a forced claim whose lease
+    /// ran out, at the other node's claim, is for a grant its holder
+    /// will never use; a claim refused on the record before must leave
+    /// the grant as it was, since its holder may be alive and merely slow
+    /// (cut off from the witness while its record waited). The witness
+    /// lost its state; a ran alone and went; the operator forces b. b's
+    /// lease runs out; a, back, claims: refused (no record), but the
+    /// undo stayed applied, and b's renewal once its record landed was
+    /// refused (the witness's word on a's newer data, naming a): b was
+    /// deposed, the force an operator was told had succeeded undone, and
+    /// the pair had no Primary.
+    #[test]
+    fn a_claim_refused_on_the_record_before_leaves_the_forced_claim_standing() {
+        let t = Duration::from_secs(100);
+        let mut w = Arbiter::new("r", Duration::ZERO, Duration::from_secs(2), Durable::default());
+        let forced = VoteRequest { forced: true, ..data("b", VoteKind::Claim, false, &[1]) };
+        let forced = VoteRequest { peer: "a".into(), ..forced };
+        assert!(w.handle(t, &forced).granted);
+        let granted = w.durable();
+        // b's lease runs out; a claims with its data: refused.
+        let later = t + Duration::from_secs(3);
+        let r = w.handle(later, &data("a", VoteKind::Claim, false, &[2, 1]));
+        assert!(!r.granted, "{r:?}");
+        assert_eq!(w.durable(), granted, "a refused claim undid b's forced grant");
+        // b's record lands: its renewal says the grant is used.
+        let renew = VoteRequest { peer: "a".into(), ..data("b", VoteKind::Renew, false, &[1]) };
+        let r = w.handle(later, &renew);
+        assert!(r.granted, "b's force undone by a refused claim: {r:?}");
+        assert_eq!(w.outdated().collect::<Vec<_>>(), vec!["a"]);
+        // A claim granted on the record before still undoes it (b crashed
+        // for good while its record waited): see `core::tests::ctl`
+        // `a_forced_claim_crashed_before_its_record_leaves_its_peer_promotable`.
     }
 
     /// A witness without its record (no `meta`, or the file lost) does
