@@ -270,6 +270,12 @@ fn regression_seeds_pass() {
         // told the witness (the peer's history did not name it), which
         // refused it.
         (31401593, 5000),
+        // The same node, its rebuild now dropping the failed generation
+        // from its record as it starts: it dropped it from what it told
+        // the witness too, where the renewal that fenced the peer at the
+        // failure had named it as the generation run alone; the witness
+        // refused the rebuilt node by its data (review helper-153).
+        (33100262, 5000),
         // A rebuild from a peer on the node's own generation, started over
         // after the source lost power before naming the full sync durably,
         // forgot what it told the witness, which refused it (found with

@@ -412,8 +412,15 @@ impl Core {
                     // and the pair had no Primary: simulator seed
                     // 31401593.)
                     grew_from_ours = true;
+                    // (The failed generation stays among the told ones:
+                    // the witness may hold it as what this node ran alone
+                    // with, told in the renewal that fenced the peer when
+                    // the disk failed, and the copy holds all that was
+                    // acknowledged in it, nothing. Dropped, the rebuilt
+                    // node's claim was refused by its data: simulator seed
+                    // 33100262.)
                     let failed = self.gen.current;
-                    self.told.retain(|&t| t != failed);
+                    self.told_also(failed);
                     self.told_first(h.gen.current);
                     // The failed generation is dropped from the data's
                     // account now, as where the peer's data grew from ours
