@@ -28,6 +28,7 @@ mod declared;
 mod disk_timeout;
 pub(crate) mod handshake;
 mod persist;
+mod promoted_hook;
 mod promotion;
 mod query;
 pub mod quorum;
@@ -982,6 +983,7 @@ impl Core {
             }
         }
         self.ctl_tick();
+        self.settle_promoted_hook();
         self.release_held();
         self.send_ack();
     }

@@ -324,6 +324,8 @@ pub(crate) struct Ctl {
     /// way began (or last became a deposition): its handshake judged this
     /// node's data against the peer's after it lost the right.
     pub(crate) met_while_demoting: bool,
+    /// A promotion's hooks wait for its record (`promoted_hook.rs`).
+    pub(crate) promoted_hook: super::promoted_hook::PromotedHook,
 }
 
 impl Ctl {
@@ -382,6 +384,7 @@ impl Ctl {
             timer_at: now,
             superseded: false,
             met_while_demoting: false,
+            promoted_hook: super::promoted_hook::PromotedHook::Settled,
         }
     }
 }
@@ -801,7 +804,7 @@ impl Core {
         match self.promote_as(force, forced, wall_ms) {
             Ok(()) => {
                 tracing::info!(reason = %reply.reason, forced, "the witness granted Primary: promoted");
-                self.actions.push_back(Action::Hook(Hook::Promoted));
+                self.owe_promoted_hook();
                 Ok(())
             }
             Err(e) => {

@@ -27,12 +27,13 @@ impl Core {
                 return self.ask_witness_forced(wall_ms);
             }
             // Forced beside a connected Secondary (its heartbeats give
-            // quorum): the disk is declared UpToDate, the hooks run; the
-            // witness is told at the next renewal (or deposes us).
+            // quorum): the disk is declared UpToDate, the hooks run once
+            // its record is saved; the witness is told at the next renewal
+            // (or deposes us).
             let was = self.role;
             self.promote_inner(true, wall_ms)?;
             if was != Role::Primary {
-                self.actions.push_back(Action::Hook(Hook::Promoted));
+                self.owe_promoted_hook();
             }
             return Ok(());
         }

@@ -30,6 +30,8 @@ pub(super) struct Duo {
     /// Requests from node i to the witness.
     pub votes: [VecDeque<VoteRequest>; 2],
     pub hooks: [Vec<Hook>; 2],
+    /// Every hook node i's shell ran, in order.
+    pub hooks_run: [Vec<Hook>; 2],
     pub replies: Vec<(usize, ReqId, Result<(), ReplyError>)>,
     /// Frames from node i vanish.
     pub mute: [bool; 2],
@@ -61,6 +63,7 @@ impl Duo {
             q: [VecDeque::new(), VecDeque::new()],
             votes: [VecDeque::new(), VecDeque::new()],
             hooks: [Vec::new(), Vec::new()],
+            hooks_run: [Vec::new(), Vec::new()],
             replies: Vec::new(),
             mute: [false, false],
             lazy_close: [false, false],
@@ -249,6 +252,7 @@ impl Duo {
     /// Runs the shell's hooks of node i.
     pub fn hooks_done(&mut self, i: usize) {
         for h in std::mem::take(&mut self.hooks[i]) {
+            self.hooks_run[i].push(h);
             let now = self.now;
             self.c[i].hook_done(now, h, Ok(()));
             self.act(i);
@@ -829,6 +833,41 @@ fn a_goes_silent(d: &mut Duo) {
         d.votes[0].clear();
         d.vote_all(1);
     }
+}
+
+/// A `primary --force` whose record cannot be saved moves no service
+/// address and starts no service: a promotion's hooks wait for its record
+/// (`core/promoted_hook.rs`). Before, they ran at the witness's grant: the
+/// address moved to b and `on_promote` started the service on a device
+/// that acknowledged nothing, until the failed force's `on_demote` (a
+/// known limit until 2026-12-07).
+#[test]
+fn a_forced_promotion_whose_record_fails_runs_no_promotion_hooks() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    b_forced_on_a_full_volume(&mut d);
+    assert!(!d.hooks_run[1].contains(&Hook::Promoted), "b ran {:?}", d.hooks_run[1]);
+    b_force_fails(&mut d);
+    assert_eq!(d.c[1].role(), Role::Secondary);
+    assert_eq!(d.hooks_run[1], vec![Hook::Demote], "only the failed force's on_demote ran");
+}
+
+/// The other side: once the record lands (room freed while `primary`
+/// waits), the promotion stands and its hooks run then.
+#[test]
+fn a_forced_promotion_runs_its_hooks_once_its_record_lands() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    b_forced_on_a_full_volume(&mut d);
+    assert!(!d.hooks_run[1].contains(&Hook::Promoted), "b ran {:?}", d.hooks_run[1]);
+    d.fail_record[1] = false;
+    for _ in 0..15 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+        d.hooks_done(1);
+    }
+    assert_eq!(d.c[1].promotion_saved(Duration::ZERO), Ok(true), "b's record landed");
+    assert_eq!(d.c[1].role(), Role::Primary);
+    assert_eq!(d.hooks_run[1], vec![Hook::Promoted], "the address and on_promote, once");
 }
 
 /// With a controller, the failed `primary --force`'s demotion runs
