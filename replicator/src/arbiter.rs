@@ -345,9 +345,12 @@ impl Arbiter {
         // and may claim again as any node (its data checked then).
         // So is one refused because the other node's data is newer (the
         // witness lost its record of the grant: that node took over).
+        // Too early to say (a restarted witness's quiet start): no
+        // holder named, which would depose a renewing Primary.
         let holder = match verdict {
             Err(Refusal::HeldSince { holder, .. }) => Some(holder.clone()),
             Err(Refusal::Behind { other, .. }) => Some(other.clone()),
+            Err(Refusal::JustStarted) => None,
             _ => self.holder.clone(),
         };
         VoteReply { id: req.id, granted, holder, reason }
@@ -450,6 +453,20 @@ impl Arbiter {
                 self.until = self.until.max(now + lease + margin);
                 self.record(req);
                 return Ok(Grant::Renewed);
+            }
+            VoteKind::Renew if self.undo.is_some() && in_quiet => {
+                // The other node renews while a forced claim's grant that
+                // was never said used stands, in the quiet start of a
+                // restarted witness: its holder's lease may run (the
+                // witness forgot when), or it may be gone, its record
+                // never saved. Too early to say, and no holder named: the
+                // renewing Primary waits as it was (no quorum), and past
+                // the quiet period the grant is undone if still unused
+                // (above). Before, the refusal named the forced holder,
+                // and a Primary alive beside a force that failed was
+                // deposed (helper-153's open note, `core::tests::ctl`
+                // `a_primary_back_at_a_restarted_witness_is_not_deposed_by_a_forced_claim_that_went_unused`).
+                return Err(Refusal::JustStarted);
             }
             _ => {}
         }

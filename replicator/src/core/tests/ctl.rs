@@ -1188,6 +1188,43 @@ fn a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unus
     assert_eq!(outdated, ["b"], "the witness kept the unused forced claim's record");
 }
 
+/// The same with a witness restarted meanwhile (helper-153's open note):
+/// its quiet period keeps b's grant as if its lease still ran, and a's
+/// renewal in it was refused naming b the holder, so a was deposed by
+/// the force that failed. A renewal of the other node while an unused
+/// forced grant stands in the quiet period is refused as too early,
+/// naming no holder: a waits, suspended as it was, and past the quiet
+/// period the grant is undone and a holds the role.
+#[test]
+fn a_primary_back_at_a_restarted_witness_is_not_deposed_by_a_forced_claim_that_went_unused() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    b_forced_on_a_full_volume(&mut d);
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+    // The witness restarts on its saved record (b's unused grant, a
+    // outdated, the undo kept).
+    d.w = Arbiter::new("r", d.now, DEAD, d.w.durable());
+    d.hooks[0].clear();
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+    }
+    assert!(
+        !d.hooks[0].contains(&Hook::Demote),
+        "a was deposed by b's unused forced claim at the restarted witness: {:?}, the witness {:?}",
+        d.hooks[0],
+        d.w.durable()
+    );
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
+    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
+    assert_eq!(outdated, ["b"], "the witness kept the unused forced claim's record");
+}
+
 /// The same after a restart of a's: promoted again by its controller, it
 /// has acknowledged nothing since (what it acknowledged alone is from its
 /// process before) when it is cut off from the witness and forced past.
