@@ -166,6 +166,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::ForcedRecordBeforeBitmap => "forced-record-before-bitmap",
         Plant::HolesNotSent => "holes-not-sent",
         Plant::SkipResyncZero => "skip-resync-zero",
+        Plant::HooksBeforeRecord => "hooks-before-record",
     }
 }
 

@@ -26,6 +26,10 @@ impl Core {
     /// A controller's promotion: its hooks go out once its record is
     /// durable ([`Core::settle_promoted_hook`]).
     pub(super) fn owe_promoted_hook(&mut self) {
+        if self.cfg.plant == Plant::HooksBeforeRecord {
+            self.actions.push_back(Action::Hook(Hook::Promoted));
+            return;
+        }
         if let Some(c) = &mut self.ctl {
             c.promoted_hook = PromotedHook::AwaitingRecord;
         }

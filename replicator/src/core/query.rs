@@ -32,6 +32,12 @@ impl Core {
         self.gen
     }
 
+    /// This node's last promotion (ms since the epoch, raised past the
+    /// peer's; 0: never).
+    pub fn promoted_at(&self) -> u64 {
+        self.promoted_at
+    }
+
     /// Where the record that says this node is Primary (its last
     /// promotion's `promoted_at`) stands: `Ok(true)` once saved,
     /// `Ok(false)` while its save is to come, `Err(why)` when a metadata

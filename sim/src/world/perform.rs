@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use twinblock_replicator::core::{
-    Action, Connection, IoError, Persist, Replication, ReplyError, ReqId, StoreOp, Time,
+    Action, Connection, Hook, IoError, Persist, Replication, ReplyError, ReqId, StoreOp, Time,
 };
 use twinblock_replicator::protocol::wire::{DiskState, Message, Role};
 
@@ -275,6 +275,23 @@ impl Sim {
                 }
             }
             Action::Hook(h) => {
+                // A promotion's hooks (the address move, `on_promote`)
+                // only for a promotion whose record is on disk: one that
+                // does not stand (its record never saved) would move the
+                // service to a node that acknowledges nothing
+                // (`core/promoted_hook.rs`).
+                let on_disk = self.nodes[n].meta.record.as_ref().map_or(0, |m| m.promoted_at);
+                let promoted_at = self.nodes[n].core.as_ref().map_or(0, |c| c.promoted_at());
+                if h == Hook::Promoted && on_disk != promoted_at {
+                    self.pending_violation.get_or_insert(Violation {
+                        step: self.chk.step,
+                        rule: "hooks",
+                        what: format!(
+                            "{}: a promotion's hooks run before its record is on disk (promoted at {promoted_at}, the record on disk says {on_disk})",
+                            self.nodes[n].name
+                        ),
+                    });
+                }
                 let at = self.now + Duration::from_millis(1 + self.rng.below(50));
                 if let Some(w) = self.witness.as_mut() {
                     let process = w.process[n];
