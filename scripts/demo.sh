@@ -11,11 +11,15 @@ cd "$(dirname "$0")/.."
 # draws a progress bar on a terminal, and lists each crate otherwise).
 # The demo needs no AWS address mover: it builds without the AWS SDK
 # (`--no-default-features`), which would add several minutes.
-if [[ ! -x target/release/twinblock ]]; then
+# Cargo builds where CARGO_TARGET_DIR (or a cargo config) says, not always
+# in ./target: ask it (before, the demo ran target/release/twinblock, absent
+# with CARGO_TARGET_DIR set: "No such file or directory").
+TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+BIN=${TARGET:-$PWD/target}/release/twinblock
+if [[ ! -x $BIN ]]; then
   echo "demo: building twinblock (release, without the AWS SDK; about two minutes the first time)..."
 fi
 cargo build --release --no-default-features
-BIN=$PWD/target/release/twinblock
 DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/twinblock-demo.XXXXXX")
 PROTOCOL=${PROTOCOL:-C}
 PIDS=()
@@ -48,10 +52,12 @@ Connect from another terminal:
   qemu-io -f raw -t none nbd://127.0.0.1:10809/demo -c 'write -P 0xab 0 1M'
   fio --name=t --ioengine=nbd --uri=nbd://127.0.0.1:10809/demo --rw=randwrite --bs=4k --iodepth=32 --size=256M
 Mount it (as root; this kernel has no nbd module):
-  mkdir -p /tmp/tb/fuse /tmp/tb/mnt && nbdfuse /tmp/tb/fuse/disk nbd://127.0.0.1:10809/demo &
+  mkdir -p /tmp/tb/fuse /tmp/tb/mnt; rm -f /tmp/tb/pid
+  nbdfuse -P /tmp/tb/pid /tmp/tb/fuse/disk nbd://127.0.0.1:10809/demo &
+  while [ ! -s /tmp/tb/pid ]; do sleep 0.1; done   # nbdfuse is ready
   dev=\$(losetup -f --show /tmp/tb/fuse/disk); mkfs.ext4 -q \$dev; mount \$dev /tmp/tb/mnt
   ...; umount /tmp/tb/mnt; losetup -d \$dev; fusermount3 -u /tmp/tb/fuse
-Compare the two disks afterwards: cmp $DIR/a.img $DIR/b.img
+Compare the two disks (while the demo runs, once writes are done): cmp $DIR/a.img $DIR/b.img
 Other views: $C b   |   $C a --json
 State changes: $BIN events --config $DIR/demo.toml --node a --now
 Metrics:       curl -s http://127.0.0.1:9942/metrics | grep -v '^#'   (node b: 9943)
