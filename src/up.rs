@@ -50,7 +50,8 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // review: a start that failed on its certificate left a new disk
         // file and metadata behind).
         let (mine, peer) = res.pair(me)?;
-        let tls = link::configs(&res, mine, peer)?;
+        let tls = link::configs(&res, mine, peer)
+            .map_err(|e| name_tls_key(&res, &mine.name, &mine.cert, &mine.key, e.into()))?;
         // So are the address mover's settings (a kind this build cannot
         // move, found by review), a node already up (its control socket
         // answers) and ports in use.
@@ -217,6 +218,12 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         let shutdown = Shutdown::install()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let addr = res.witness.as_ref().map(|w| w.address);
+        let files = res.witness.as_ref().map(|w| (w.cert.clone(), w.key.clone()));
+        let named = res.clone();
+        let name_tls_key = move |e: anyhow::Error| match &files {
+            Some((cert, key)) => name_tls_key(&named, me, cert, key, e),
+            None => e,
+        };
         let control = res.witness.as_ref().map(|w| w.control.clone());
         let metrics_listener = match res.witness.as_ref().and_then(|w| w.metrics) {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -257,7 +264,7 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         tokio::select! {
             Ok(()) = ready.changed() => {}
             r = &mut task => {
-                r.context("witness task")??;
+                r.context("witness task")?.map_err(|e| name_tls_key(e.into()))?;
                 return Ok(());
             }
         }
@@ -278,6 +285,44 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// Names the resource file's key of a CA, certificate or key file that
+/// cannot be used, as every other bad value is named (`r0.toml: tls.ca:
+/// certs/ca.pem: ...`). Before (found by helper-155 walking the README),
+/// `up` said only "certs/nope.pem: I/O error: No such file or directory
+/// (os error 2)", naming neither the resource file nor the key, and a
+/// `tls.ca` naming a private key was told to mind `cert` and `key`.
+fn name_tls_key(
+    res: &ResourceConfig,
+    node: &str,
+    cert: &Path,
+    key: &Path,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    let keys = [
+        (res.ca.as_path(), "tls.ca".to_owned()),
+        (cert, format!("nodes.{node}.cert")),
+        (key, format!("nodes.{node}.key")),
+    ];
+    for (path, name) in keys {
+        if let Some(reason) = msg.strip_prefix(&format!("{}: ", path.display())) {
+            // (The reader of the file is shared by the CA and the node's
+            // certificate; its hint is the node's.)
+            let reason = if name == "tls.ca" {
+                reason.replace(
+                    "(`cert` names the node's certificate, `key` its private key)",
+                    "(`tls.ca` names the certificate of the CA that signed the nodes', \
+                     `gen-certs`'s ca.pem)",
+                )
+            } else {
+                reason.to_owned()
+            };
+            return anyhow::anyhow!("{}: {name}: {}: {reason}", res.path.display(), path.display());
+        }
+    }
+    e
 }
 
 /// How long a stopping Primary waits for its demotion: every `on_demote`
