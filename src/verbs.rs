@@ -1,7 +1,7 @@
 //! The drbdadm-like verbs that talk to a running node through its control
 //! socket: primary, secondary, status, connect, disconnect, verify, down.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -202,8 +202,14 @@ pub fn status(config: &Path, node: &str, json: bool, watch: bool) -> Result<(), 
         } else {
             render(&st)
         };
-        if watch && !json {
+        // The screen is cleared only on a terminal: piped or logged
+        // (`status --watch | tee`), snapshots follow each other with a
+        // blank line between them. Before, a file or pipe got the clear
+        // screen escapes too (found by helper-155 walking the README).
+        if watch && !json && std::io::stdout().is_terminal() {
             print!("\x1b[2J\x1b[H{text}");
+        } else if watch && !json {
+            println!("{text}");
         } else {
             print!("{text}");
         }

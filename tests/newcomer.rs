@@ -66,3 +66,31 @@ fn a_certificate_file_that_cannot_be_used_names_its_key() {
     assert!(err.contains("r0.toml: nodes.w.cert: "), "{err}");
     assert!(err.contains("certs/nope.pem: "), "{err}");
 }
+
+/// `status --watch` piped or logged (`| tee`, a file) prints its snapshots
+/// one after the other, a blank line between them, and no terminal
+/// escapes; before, a file got "\x1b[2J\x1b[H" (clear screen, home)
+/// before every snapshot, as a terminal does (found piping `--watch`).
+#[test]
+fn status_watch_into_a_pipe_has_no_terminal_escapes() {
+    let mut p = Pair::prepare("C", "8M");
+    p.up(0);
+    let (_watch, lines) = common::follow_lines(
+        Command::new(BIN)
+            .args(["status", "--watch", "--config"])
+            .arg(&p.config)
+            .args(["--node", "a"]),
+    );
+    let wait = std::time::Duration::from_secs(20);
+    // Two snapshots are some ten lines: forty is more than enough.
+    let mut seen = Vec::new();
+    while seen.len() < 40
+        && seen.iter().filter(|l: &&String| l.starts_with("r0 on a: ")).count() < 2
+    {
+        seen.push(lines.recv_timeout(wait).expect("two snapshots of --watch"));
+    }
+    let text = seen.join("\n");
+    assert!(!text.contains('\x1b'), "terminal escapes in a pipe: {text:?}");
+    let second = seen.iter().rposition(|l| l.starts_with("r0 on a: ")).unwrap();
+    assert_eq!(seen[second - 1], "", "no blank line between snapshots: {text}");
+}
