@@ -52,6 +52,13 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         let (mine, peer) = res.pair(me)?;
         let tls = link::configs(&res, mine, peer)
             .map_err(|e| name_tls_key(&res, &mine.name, &mine.cert, &mine.key, e.into()))?;
+        // A disk or metadata file whose directory does not exist is named
+        // by its key, before anything is made (before, found by helper-155:
+        // "nodir/a.meta.disk: No such file or directory", a file nobody
+        // wrote in the resource file, after the disk file was opened). A
+        // missing disk whose metadata is there is left to `Node::open`,
+        // which says it may be on a file system not mounted yet.
+        missing_directory(&res, mine)?;
         // So are the address mover's settings (a kind this build cannot
         // move, found by review), a node already up (its control socket
         // answers) and ports in use.
@@ -285,6 +292,29 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// Refuses a `meta`, or a new node's `disk`, in a directory that does not
+/// exist, naming the key: twinblock makes the files, not their directories.
+fn missing_directory(
+    res: &ResourceConfig,
+    me: &twinblock_replicator::config::NodeConfig,
+) -> Result<()> {
+    let new_node = me.meta.symlink_metadata().is_err();
+    for (key, path, check) in [("meta", &me.meta, true), ("disk", &me.disk, new_node)] {
+        let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { continue };
+        if check && !dir.is_dir() {
+            anyhow::bail!(
+                "{}: nodes.{}.{key}: {}: the directory {} does not exist (twinblock makes the \
+                 file, not its directory: create it, or mount what belongs there)",
+                res.path.display(),
+                me.name,
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Names the resource file's key of a CA, certificate or key file that

@@ -94,3 +94,30 @@ fn status_watch_into_a_pipe_has_no_terminal_escapes() {
     let second = seen.iter().rposition(|l| l.starts_with("r0 on a: ")).unwrap();
     assert_eq!(seen[second - 1], "", "no blank line between snapshots: {text}");
 }
+
+/// A `meta` or `disk` in a directory that does not exist is refused naming
+/// the key, and nothing is made. Before, `meta = "nodir/a.meta"` failed
+/// with "nodir/a.meta.disk: No such file or directory", a file the
+/// resource file never names, once the disk file was opened.
+#[test]
+fn a_file_in_a_missing_directory_names_its_key() {
+    let p = Pair::prepare("C", "8M");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    for (from, to, key) in [
+        ("meta = \"a.meta\"", "meta = \"nodir/a.meta\"", "nodes.a.meta"),
+        ("disk = \"a.img\"", "disk = \"nodir/a.img\"", "nodes.a.disk"),
+    ] {
+        std::fs::write(&p.config, text.replacen(from, to, 1)).unwrap();
+        let out = p.cli("up", &[], 0);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("r0.toml: {key}: ")), "{err}");
+        assert!(err.contains("nodir does not exist"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(p.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("a.") && !n.starts_with("a.sock"))
+            .collect();
+        assert!(left.is_empty(), "a refused start left {left:?}");
+    }
+}
