@@ -14,12 +14,18 @@ cd "$(dirname "$0")/.."
 # Cargo builds where CARGO_TARGET_DIR (or a cargo config) says, not always
 # in ./target: ask it (before, the demo ran target/release/twinblock, absent
 # with CARGO_TARGET_DIR set: "No such file or directory").
-TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-BIN=${TARGET:-$PWD/target}/release/twinblock
-if [[ ! -x $BIN ]]; then
-  echo "demo: building twinblock (release, without the AWS SDK; about two minutes the first time)..."
+# TWINBLOCK names a binary built elsewhere (tests/newcomer.rs runs the
+# demo so), as in ldap-failover.sh.
+if [[ -n ${TWINBLOCK:-} ]]; then
+  BIN=$TWINBLOCK
+else
+  TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  BIN=${TARGET:-$PWD/target}/release/twinblock
+  if [[ ! -x $BIN ]]; then
+    echo "demo: building twinblock (release, without the AWS SDK; about two minutes the first time)..."
+  fi
+  cargo build --release --no-default-features
 fi
-cargo build --release --no-default-features
 DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/twinblock-demo.XXXXXX")
 PROTOCOL=${PROTOCOL:-C}
 PIDS=()
