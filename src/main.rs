@@ -175,8 +175,10 @@ enum Command {
     Secondary {
         #[command(flatten)]
         node: NodeArgs,
-        /// With a controller: demote even if the peer cannot take over (no
-        /// Primary until the controller promotes this node again).
+        /// Demote even while NBD clients hold the export open for writing
+        /// (their writes fail from then on), and, with a controller, even
+        /// if the peer cannot take over (no Primary until the controller
+        /// promotes this node again).
         #[arg(long)]
         force: bool,
         /// Print the node's status afterwards as one JSON object.

@@ -121,6 +121,7 @@ pub(crate) fn run<D: BlockDevice>(sh: &Shared<D>, conn: &Arc<ConnShared>) -> Res
         debug!("keepalive/TCP_USER_TIMEOUT not set: {e}");
     }
     let dev = &sh.device;
+    let writable = !dev.read_only();
     let export = ExportInfo {
         name: sh.config.export_name.clone(),
         description: dev.description(),
@@ -137,7 +138,28 @@ pub(crate) fn run<D: BlockDevice>(sh: &Shared<D>, conn: &Arc<ConnShared>) -> Res
     if !sh.fence.barrier(|| conn.is_stopping()) {
         return Ok(());
     }
+    let _open = Opened::new(&**dev, writable);
     transmission(sh, conn, negotiated, buf)
+}
+
+/// A client in the transmission phase, told to the device
+/// ([`BlockDevice::client_opened`]) until it leaves, however it leaves.
+struct Opened<'a, D: BlockDevice> {
+    dev: &'a D,
+    writable: bool,
+}
+
+impl<'a, D: BlockDevice> Opened<'a, D> {
+    fn new(dev: &'a D, writable: bool) -> Self {
+        dev.client_opened(writable);
+        Opened { dev, writable }
+    }
+}
+
+impl<D: BlockDevice> Drop for Opened<'_, D> {
+    fn drop(&mut self) {
+        self.dev.client_closed(self.writable);
+    }
 }
 
 fn handshake(

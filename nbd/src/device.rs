@@ -96,6 +96,14 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn finish_on_wake(&self) -> bool {
         false
     }
+    /// A client entered the transmission phase on an export offered
+    /// read-write (`writable`) or read-only; [`BlockDevice::client_closed`]
+    /// when it leaves. A device that must not change under a client that
+    /// holds it open counts them (a Primary's `secondary` is refused while
+    /// one writes, as DRBD refuses while the device is held open).
+    fn client_opened(&self, _writable: bool) {}
+    /// The client of [`BlockDevice::client_opened`] left.
+    fn client_closed(&self, _writable: bool) {}
 
     fn read(&self, offset: u64, len: u32) -> impl Future<Output = DeviceResult<Bytes>> + Send;
     fn write(

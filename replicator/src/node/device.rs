@@ -67,6 +67,20 @@ impl BlockDevice for Node {
         true
     }
 
+    /// Clients of a read-write export are counted: `secondary` (without
+    /// a controller) is refused while one is connected ([`Node::demote`]).
+    fn client_opened(&self, writable: bool) {
+        if writable {
+            self.nbd_writers.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn client_closed(&self, writable: bool) {
+        if writable {
+            self.nbd_writers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// Reads what every write issued before it left ([`Node::readable`]).
     async fn read(&self, offset: u64, len: u32) -> DeviceResult<Bytes> {
         let start = Instant::now();

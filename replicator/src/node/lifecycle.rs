@@ -272,6 +272,7 @@ impl Node {
             origin,
             next_req: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
+            nbd_writers: AtomicUsize::new(0),
             changed: Notify::new(),
             observer: std::sync::OnceLock::new(),
             transitions: tokio::sync::broadcast::channel(256).0,

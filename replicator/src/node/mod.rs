@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -352,6 +352,9 @@ pub struct Node {
     origin: Duration,
     pub(crate) next_req: AtomicU64,
     next_session: AtomicU64,
+    /// NBD clients connected to this node's export while it was offered
+    /// read-write ([`Node::demote`]).
+    pub(crate) nbd_writers: AtomicUsize,
     /// This node, for tasks the shell spawns (flush completions).
     this: std::sync::Weak<Node>,
     /// Wakes the link manager after connect/disconnect and link changes.

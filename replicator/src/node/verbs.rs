@@ -164,8 +164,25 @@ impl Node {
         }
     }
 
+    /// `secondary`. Without a controller, refused while NBD clients that
+    /// opened the export read-write are connected: their writes would
+    /// fail from then on, and a file system mounted on it aborts its
+    /// journal (found by helper-155: ext4 on a's export, `secondary` on a
+    /// answered 0). DRBD refuses the same ("held open"). `secondary
+    /// --force` demotes all the same. (With a controller, `secondary`
+    /// hands over: `on_demote` unmounts before the role changes.)
     pub fn demote(&self) -> Result<(), Refused> {
-        let r = self.with_core(|c, _| c.demote());
+        let writers = self.nbd_writers.load(Ordering::SeqCst);
+        let r = self.with_core(|c, _| {
+            if writers > 0 && c.role() == Role::Primary && c.controller().is_none() {
+                return Err(Refused(format!(
+                    "{writers} NBD connection(s) have this Primary's export open for writing (a \
+                     mounted file system?): as Secondary their writes would fail; unmount or \
+                     disconnect them first, or `secondary --force`"
+                )));
+            }
+            c.demote()
+        });
         self.changed.notify_waiters();
         r
     }
