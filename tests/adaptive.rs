@@ -968,3 +968,83 @@ fn netem_names_a_negative_value() {
         assert!(err.contains(opt) && err.contains(says), "{opt} {value}: {err}");
     }
 }
+
+/// A bench on an adaptive Primary does not suspend the latency budget
+/// while it runs. Writes sent behind the bench's probes do not count
+/// towards Ahead (their wait may be the bench's), so before, a link that
+/// slowed mid-bench made a client's writes wait the whole round trip for
+/// as long as the bench's run lasted (found by review, helper-154: a 20 ms
+/// budget, the relay restarted with 100 ms each way, writes waiting
+/// 200–570 ms for ten seconds; the bench stopped only when a gap between
+/// its runs let a write send the Primary Ahead, "the replication is
+/// Ahead"). Now a write that waits twice the budget behind probes stops
+/// the bench, naming the budget, the Primary goes Ahead, and after the
+/// link recovers the disks are identical.
+#[test]
+fn a_bench_gives_way_to_the_latency_budget_when_the_link_slows() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = adaptive_pair("100ms");
+    let (link, relay, b_addr) = synced_through_relay(&mut p, "0ms");
+    // Runs of 20 s.
+    let mut bench = KillOnDrop(
+        Command::new(BIN)
+            .args(["bench", "--config"])
+            .arg(&p.config)
+            .args(["--node", "a", "--time", "20s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Its progress lines (stderr is no terminal here).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = bench.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut err = String::new();
+    // Into the first run of 4 KiB probes (protocol A at QD1; the link's
+    // round trip is measured with empty probes, which hold no write back).
+    while !err.contains("[3/8]") {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => err += &(l + "\n"),
+            Err(e) => panic!("no progress from the bench ({e}): {err}"),
+        }
+    }
+    // The link slows to 300 ms round trips, three times the budget, and a
+    // client writes.
+    drop(link);
+    let (link, _) = netem(&relay, &b_addr, "150ms");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = bench.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the bench went on for 2 minutes with writes waiting past the budget:\n{}",
+            events(&p)
+        );
+        write_for(&p, Duration::from_millis(500), 0x55);
+    };
+    err.extend(rx.try_iter().map(|l| l + "\n"));
+    std::thread::sleep(Duration::from_millis(200));
+    err.extend(rx.try_iter().map(|l| l + "\n"));
+    eprintln!("bench: {err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("latency budget"), "the bench stopped for another reason: {err}");
+    // The writes after it are judged by the budget: Ahead.
+    write_for(&p, Duration::from_secs(1), 0x66);
+    wait(&p, "a to go Ahead", Duration::from_secs(30), |a, _| a["connection"] == "Ahead");
+    // The link recovers: back in sync, the disks identical.
+    drop(link);
+    let (_link, _) = netem(&relay, &b_addr, "0ms");
+    p.qemu_io(0, "flush");
+    wait_in_sync(&p, "the pair back in sync", Duration::from_secs(60));
+    let (da, db) = down_and_read_disks(&mut p);
+    assert!(da == db, "the disks differ after the bench, Ahead and the catch-up");
+}

@@ -33,6 +33,13 @@ impl Node {
         self.lock().core.bench_refusal()
     }
 
+    /// A bench starts here (until the guard is dropped): adaptive mode
+    /// may stop it (`core::bench::BenchRun`).
+    pub fn bench_begin(self: &std::sync::Arc<Self>) -> BenchGuard {
+        self.lock().core.bench_begin();
+        BenchGuard(self.clone())
+    }
+
     /// Makes this node's scratch area ready (opened, its room reserved):
     /// before a bench, so that a scratch area that cannot take probes is
     /// named with its reason, not as the errno of a failed probe.
@@ -68,5 +75,14 @@ impl Node {
             }
             Err(_) => Err(ProbeError::Shutdown),
         }
+    }
+}
+
+/// Ends the node's bench when dropped (done, failed, or its caller gone).
+pub struct BenchGuard(std::sync::Arc<Node>);
+
+impl Drop for BenchGuard {
+    fn drop(&mut self) {
+        self.0.lock().core.bench_end();
     }
 }

@@ -164,6 +164,9 @@ pub async fn bench(
     if let Some(why) = super::block_refusal(p.block.into()) {
         return Err(why);
     }
+    // Until it ends, adaptive mode may stop it (writes behind its probes
+    // waiting past the budget).
+    let _run = node.bench_begin();
     // (The area stays reserved through the link runs, which write none.)
     let _hold = node.bench_hold();
     let run = Duration::from_millis(p.run_ms).clamp(super::MIN_TIME, super::MAX_TIME);

@@ -337,6 +337,55 @@ impl Core {
             .min()
     }
 
+    /// Since when the longest replication wait of a write sent behind
+    /// bench probes started, while a bench runs here (not yet stopped) and
+    /// the Primary is in C.
+    fn oldest_wait_behind_probes(&self) -> Option<Time> {
+        if !self.bench_run.running || self.bench_run.stopped.is_some() || !self.in_c() {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        s.out
+            .values()
+            .filter_map(|o| match o.kind {
+                OutKind::App(req) if o.behind_probes => self.peer_wait_start(req, o.sent),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A write behind bench probes waited twice the budget: the bench
+    /// stops (its next probe is refused, naming why). Such writes do not
+    /// count towards Ahead (their wait may be the bench's backlog), so
+    /// without this a bench suspended adaptive mode for as long as it ran
+    /// (seven runs of up to 10 min): found by review (helper-154), a link
+    /// slowed to 200 ms round trips mid-bench against a 20 ms budget made
+    /// a client's writes wait 200–570 ms for ten seconds, the Primary in
+    /// C. Once the probes ahead have landed, the writes are judged by the
+    /// budget again. (`core::tests::bench_budget`.)
+    fn bench_over_budget(&mut self) {
+        let Some(start) = self.oldest_wait_behind_probes() else { return };
+        let budget = self.cfg.adaptive.budget;
+        let waited = self.now.saturating_sub(start);
+        if waited < budget * 2 {
+            return;
+        }
+        let why = format!(
+            "adaptive mode: a write waited {} ms for the peer behind the bench's probes, \
+             twice the latency budget ({} ms): the bench stops so that writes keep the \
+             budget (run it again once the link is back within it)",
+            waited.as_millis(),
+            budget.as_millis()
+        );
+        tracing::warn!(
+            waited_us = waited.as_micros() as u64,
+            budget_us = budget.as_micros() as u64,
+            "adaptive: a write waited twice the latency budget behind bench probes: \
+             the bench stops"
+        );
+        self.bench_run.stopped = Some(why);
+    }
+
     /// The backlog, if the Primary is in C and more than `congestion_fill`
     /// bytes of writes wait for the peer. Not counted, as for the latency
     /// rule: bench probes and the writes sent behind them (the bench's own
@@ -372,6 +421,7 @@ impl Core {
             return;
         }
         let now = self.now;
+        self.bench_over_budget();
         match (self.in_c(), self.backoff.c_since) {
             (true, None) => self.backoff.c_since = Some(now),
             (false, Some(_)) => self.backoff.c_since = None,
@@ -419,6 +469,16 @@ impl Core {
         if !self.adaptive() {
             return None;
         }
+        let bench = self.oldest_wait_behind_probes().map(|t| t + self.cfg.adaptive.budget * 2);
+        let rules = self.adaptive_rules_deadline();
+        match (bench, rules) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Core::adaptive_deadline`] of the rules into and out of Ahead.
+    fn adaptive_rules_deadline(&self) -> Option<Time> {
         if let Some(sent) = self.oldest_wait() {
             if !self.may_go_ahead() {
                 return None;

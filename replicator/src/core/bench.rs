@@ -52,7 +52,27 @@ pub(crate) struct Probe {
     after: u64,
 }
 
+/// The bench running on this node (between [`Core::bench_begin`] and
+/// [`Core::bench_end`]), and whether adaptive mode stopped it.
+#[derive(Debug, Default)]
+pub(crate) struct BenchRun {
+    pub running: bool,
+    /// Why it must stop (adaptive mode: writes behind its probes waited
+    /// past the budget); every probe from then on is refused with it.
+    pub stopped: Option<String>,
+}
+
 impl Core {
+    /// A bench starts here: probes until [`Core::bench_end`].
+    pub fn bench_begin(&mut self) {
+        self.bench_run = BenchRun { running: true, stopped: None };
+    }
+
+    /// The bench ended (done, failed, or its caller went away).
+    pub fn bench_end(&mut self) {
+        self.bench_run = BenchRun::default();
+    }
+
     /// Why a probe cannot run now, in words (None: it can).
     pub fn bench_refusal(&self) -> Option<String> {
         if self.stopping {
@@ -75,6 +95,9 @@ impl Core {
                 "the peer's disk is {d:?}: nothing is replicated to it (bench measures \
                  the writes it replicates)"
             ));
+        }
+        if let Some(why) = &self.bench_run.stopped {
+            return Some(why.clone());
         }
         match self.replication() {
             Replication::Established => None,

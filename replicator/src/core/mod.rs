@@ -285,6 +285,8 @@ pub struct Core {
     acked_apart: bool,
     /// Bench probes waiting for room in protocol A's lag budget.
     probes: VecDeque<bench::Probe>,
+    /// The bench running here, if one is (`bench_begin`/`bench_end`).
+    bench_run: bench::BenchRun,
     /// The node is stopping (`down`, SIGTERM): what a bench is told.
     stopping: bool,
 }
@@ -499,6 +501,7 @@ impl Core {
             backoff: adaptive::Backoff::default(),
             acked_apart: false,
             probes: VecDeque::new(),
+            bench_run: Default::default(),
             stopping: false,
             cfg,
         };

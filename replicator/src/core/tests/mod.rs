@@ -17,6 +17,7 @@ use crate::protocol::genid::{GenIds, SplitBrainPolicy};
 use crate::protocol::wire::{self, DiskState, Hello, Message, Op, Role};
 
 mod ahead_record;
+mod bench_budget;
 mod controller;
 mod ctl;
 mod declared;

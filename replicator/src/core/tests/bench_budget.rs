@@ -1,0 +1,124 @@
+//! A bench on an adaptive Primary and the latency budget: writes behind
+//! the bench's probes do not send the Primary Ahead (their wait may be
+//! the bench's), so the bench must not go on while they wait past the
+//! budget — that would suspend adaptive mode for the whole bench (seven
+//! runs of up to 10 minutes each).
+
+use super::*;
+
+/// An adaptive Primary in C, connected (budget 50 ms, hold 2 s).
+fn adaptive_primary() -> Core {
+    let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
+    c.cfg.adaptive = AdaptiveConfig {
+        budget: Duration::from_millis(50),
+        hold: Duration::from_secs(2),
+        max_hold: Duration::from_secs(2),
+        congestion_fill: None,
+    };
+    c.promote(false, 1).unwrap();
+    connect(&mut c, 1, Role::Secondary);
+    c
+}
+
+/// Found by review (helper-154): a bench on an adaptive pair with a 20 ms
+/// budget, a client writing at QD1, and the relay restarted with 100 ms
+/// each way mid-bench: the client's writes, all sent behind probes,
+/// waited 200–570 ms each for ten seconds and the Primary stayed in C
+/// until a gap between two of the bench's runs. Now a write that waited
+/// twice the budget behind probes stops the bench (its next probe is
+/// refused, naming the budget); the writes after it are judged by the
+/// budget again and the Primary goes Ahead. The timer is armed for it:
+/// nothing but time passes here (no frame from the peer).
+#[test]
+fn a_write_waiting_past_the_budget_behind_probes_stops_the_bench() {
+    let mut c = adaptive_primary();
+    c.bench_begin();
+    let mut t = Duration::ZERO;
+    for req in 0..4 {
+        c.bench_write(t, 100 + req, ProbeMode::C, req * 4096, Bytes::from(vec![1u8; 4096]));
+    }
+    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
+    run(&mut c, t);
+    assert_eq!(c.bench_refusal(), None, "at once");
+    // The core wakes by then even if nothing else happens.
+    let ms = Duration::from_millis;
+    let at = c.poll_timeout();
+    assert!(at.is_some_and(|at| at <= ms(100)), "no timer for twice the budget: {at:?}");
+    // Time passes, the peer silent.
+    while t < ms(200) && c.bench_refusal().is_none() {
+        t += ms(10);
+        c.handle_timeout(t);
+        run(&mut c, t);
+    }
+    let why = c.bench_refusal();
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("latency budget")),
+        "a write waited {t:?} behind probes with a 50 ms budget, the bench goes on: {why:?}"
+    );
+    assert!(t >= ms(100), "stopped before twice the budget: {t:?}");
+    assert_eq!(c.replication(), Replication::Established, "behind probes: no Ahead");
+    // The bench's next probe is refused, saying why.
+    c.bench_write(t, 200, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+    let acts = run(&mut c, t);
+    assert_eq!(replies_to(&acts, 200).len(), 1, "the probe after the stop was answered");
+    assert!(replies_to(&acts, 200)[0].is_err(), "a probe after the stop went out");
+    // The probes and the write land; a write with no probe ahead of it
+    // that waits past the budget sends the Primary Ahead, as without a
+    // bench.
+    c.handle_frame(t, 1, Message::Ack { received: 5, done: 5 });
+    run(&mut c, t);
+    c.write(t, 2, 0, Bytes::from(vec![3u8; 64]), false);
+    run(&mut c, t);
+    let start = t;
+    while t < start + Duration::from_millis(200) && c.replication() != Replication::Ahead {
+        t += Duration::from_millis(10);
+        c.handle_frame(t, 1, Message::Ping { id: 9 });
+        c.handle_timeout(t);
+        run(&mut c, t);
+    }
+    assert_eq!(c.replication(), Replication::Ahead, "a write alone waiting past the budget");
+    // The next bench starts afresh (and is refused for being Ahead).
+    c.bench_end();
+    c.bench_begin();
+    assert!(c.bench_refusal().is_some_and(|w| w.contains("Ahead")), "{:?}", c.bench_refusal());
+}
+
+/// Probes whose writes are quick keep the bench going: a write behind
+/// them acknowledged within the budget stops nothing.
+#[test]
+fn a_write_behind_probes_within_the_budget_stops_no_bench() {
+    let mut c = adaptive_primary();
+    c.bench_begin();
+    let mut t = Duration::ZERO;
+    for req in 0..4 {
+        c.bench_write(t, 100 + req, ProbeMode::C, req * 4096, Bytes::from(vec![1u8; 4096]));
+    }
+    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
+    run(&mut c, t);
+    t += Duration::from_millis(90);
+    c.handle_timeout(t);
+    c.handle_frame(t, 1, Message::Ack { received: 5, done: 5 });
+    run(&mut c, t);
+    t += Duration::from_millis(500);
+    c.handle_timeout(t);
+    run(&mut c, t);
+    assert_eq!(c.bench_refusal(), None);
+    assert_eq!(c.replication(), Replication::Established);
+}
+
+/// Without a bench running (`bench_begin`), nothing is stopped: probes
+/// still draining after a bench ended leave the next one free to start.
+#[test]
+fn probes_left_over_from_an_ended_bench_do_not_refuse_the_next() {
+    let mut c = adaptive_primary();
+    c.bench_begin();
+    let mut t = Duration::ZERO;
+    c.bench_write(t, 100, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+    c.bench_end();
+    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
+    run(&mut c, t);
+    t += Duration::from_millis(300);
+    c.handle_timeout(t);
+    run(&mut c, t);
+    assert_eq!(c.bench_refusal(), None);
+}
