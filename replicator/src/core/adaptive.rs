@@ -372,8 +372,10 @@ impl Core {
         }
         let why = format!(
             "adaptive mode: a write waited {} ms for the peer behind the bench's probes, \
-             twice the latency budget ({} ms): the bench stops so that writes keep the \
-             budget (run it again once the link is back within it)",
+             twice the latency budget ({} ms): the bench stops so that the application's \
+             writes keep the budget (the link slowed, or the bench's own probes delay them \
+             that much: run it again when the link is back within the budget or when fewer \
+             writes come)",
             waited.as_millis(),
             budget.as_millis()
         );
