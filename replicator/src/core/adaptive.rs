@@ -363,7 +363,26 @@ impl Core {
     /// a client's writes wait 200–570 ms for ten seconds, the Primary in
     /// C. Once the probes ahead have landed, the writes are judged by the
     /// budget again. (`core::tests::bench_budget`.)
+    ///
+    /// With `congestion_fill`, likewise: the backlog rule is off while
+    /// probes are in flight, so the application's bytes waiting for the
+    /// peer (the probes' not counted) past the fill stop the bench.
     fn bench_over_budget(&mut self) {
+        if let Some(backlog) = self.bench_backlog() {
+            let fill = self.cfg.adaptive.congestion_fill.unwrap_or(0);
+            tracing::warn!(
+                backlog,
+                congestion_fill = fill,
+                "adaptive: writes waiting for the peer passed congestion_fill behind bench \
+                 probes: the bench stops"
+            );
+            self.bench_run.stopped = Some(format!(
+                "adaptive mode: {backlog} bytes of writes wait for the peer behind the bench's \
+                 probes, past congestion_fill ({fill}): the bench stops so that the backlog \
+                 rule applies again (run it again when fewer writes come)"
+            ));
+            return;
+        }
         let Some(start) = self.oldest_wait_behind_probes() else { return };
         let budget = self.cfg.adaptive.budget;
         let waited = self.now.saturating_sub(start);
@@ -386,6 +405,28 @@ impl Core {
              the bench stops"
         );
         self.bench_run.stopped = Some(why);
+    }
+
+    /// The application's bytes waiting for the peer, if more than
+    /// `congestion_fill` while bench probes are in flight (which turn
+    /// [`Core::congested`] off) and a bench runs here, not yet stopped.
+    fn bench_backlog(&self) -> Option<u64> {
+        let fill = self.cfg.adaptive.congestion_fill?;
+        if !self.bench_run.running || self.bench_run.stopped.is_some() || !self.in_c() {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        if s.probe_bytes == 0 || s.in_flight_bytes <= fill {
+            return None;
+        }
+        let since = self.backoff.c_since;
+        let backlog: u64 = s
+            .out
+            .values()
+            .filter(|o| matches!(o.kind, OutKind::App(_)) && since.is_none_or(|c| o.sent >= c))
+            .map(|o| o.bytes)
+            .sum();
+        (backlog > fill).then_some(backlog)
     }
 
     /// The backlog, if the Primary is in C and more than `congestion_fill`

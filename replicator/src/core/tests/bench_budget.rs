@@ -8,12 +8,17 @@ use super::*;
 
 /// An adaptive Primary in C, connected (budget 50 ms, hold 2 s).
 fn adaptive_primary() -> Core {
+    adaptive_primary_with(None)
+}
+
+/// [`adaptive_primary`] with `congestion_fill` `fill`.
+fn adaptive_primary_with(fill: Option<u64>) -> Core {
     let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
     c.cfg.adaptive = AdaptiveConfig {
         budget: Duration::from_millis(50),
         hold: Duration::from_secs(2),
         max_hold: Duration::from_secs(2),
-        congestion_fill: None,
+        congestion_fill: fill,
     };
     c.promote(false, 1).unwrap();
     connect(&mut c, 1, Role::Secondary);
@@ -121,4 +126,35 @@ fn probes_left_over_from_an_ended_bench_do_not_refuse_the_next() {
     c.handle_timeout(t);
     run(&mut c, t);
     assert_eq!(c.bench_refusal(), None);
+}
+
+/// `congestion_fill` too: the backlog rule is off while probes are in
+/// flight (the bench's own bytes are no sign of a narrow link), so a
+/// client's writes passing the fill behind them used to wait as in C for
+/// as long as the bench ran. Now the application's bytes waiting for the
+/// peer (the probes' not counted) past the fill stop the bench at once.
+#[test]
+fn writes_past_congestion_fill_behind_probes_stop_the_bench() {
+    let t = Duration::ZERO;
+    // (The test device: 16 KiB; 24 writes of 128 bytes are 3 KiB.)
+    for (fill, bench, stops) in
+        [(Some(2048), true, true), (Some(4096), true, false), (Some(2048), false, false)]
+    {
+        let mut c = adaptive_primary_with(fill);
+        if bench {
+            c.bench_begin();
+        }
+        c.bench_write(t, 100, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+        for req in 0..24u64 {
+            c.write(t, req, req * 128, Bytes::from(vec![7u8; 128]), false);
+            run(&mut c, t);
+        }
+        let why = c.bench_refusal();
+        assert_eq!(
+            why.as_deref().is_some_and(|w| w.contains("congestion_fill")),
+            stops,
+            "fill {fill:?}, bench {bench}: {why:?}"
+        );
+        assert_eq!(c.replication(), Replication::Established, "behind a probe: no Ahead");
+    }
 }
