@@ -358,7 +358,7 @@ impl Core {
     /// stops (its next probe is refused, naming why). Such writes do not
     /// count towards Ahead (their wait may be the bench's backlog), so
     /// without this a bench suspended adaptive mode for as long as it ran
-    /// (seven runs of up to 10 min): found by review (helper-154), a link
+    /// (eight runs of up to 10 min): found by review (helper-154), a link
     /// slowed to 200 ms round trips mid-bench against a 20 ms budget made
     /// a client's writes wait 200–570 ms for ten seconds, the Primary in
     /// C. Once the probes ahead have landed, the writes are judged by the

@@ -1,7 +1,7 @@
 //! A bench on an adaptive Primary and the latency budget: writes behind
 //! the bench's probes do not send the Primary Ahead (their wait may be
 //! the bench's), so the bench must not go on while they wait past the
-//! budget — that would suspend adaptive mode for the whole bench (seven
+//! budget — that would suspend adaptive mode for the whole bench (eight
 //! runs of up to 10 minutes each).
 
 use super::*;
