@@ -263,7 +263,7 @@ enum Command {
         /// (a netem relay adds half each way).
         #[arg(long, value_parser = parse_duration)]
         rtt: Option<std::time::Duration>,
-        /// Measuring time of each run (seven runs).
+        /// Measuring time of each run (eight runs; the link round trip for half of it).
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         time: std::time::Duration,
         /// Probe size of the mode runs.

@@ -50,7 +50,7 @@ pub enum BenchError {
 /// Budget when neither --budget nor `[adaptive] latency_budget` says.
 const DEFAULT_BUDGET: Duration = Duration::from_millis(2);
 
-/// Shortest and longest `--time` (each of the seven runs).
+/// Shortest and longest `--time` (each of the eight runs).
 pub const MIN_TIME: Duration = Duration::from_millis(100);
 pub const MAX_TIME: Duration = Duration::from_secs(600);
 
