@@ -33,8 +33,9 @@ done
 for t in fio nbdkit nbdinfo python3 taskset; do
   command -v $t >/dev/null || { echo "bench-nbd: $t is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
+. scripts/lib.sh
 cargo build --release -q --no-default-features
-BIN=$PWD/target/release/twinblock
+BIN=$(release_dir)/twinblock
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-bench.XXXXXX")
 SERVER_PID=""

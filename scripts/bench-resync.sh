@@ -23,7 +23,7 @@ while (($#)); do
 done
 for t in fio python3; do command -v $t >/dev/null || { echo "bench-resync: $t missing" >&2; exit 1; }; done
 cargo build --release -q
-BIN=$PWD/target/release/twinblock
+BIN=$(release_dir)/twinblock
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/tb-bresync.XXXXXX")
 declare -A PID
 trap 'for p in "${PID[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT

@@ -45,7 +45,7 @@ done
 BIN=${TWINBLOCK:-}
 if [[ -z $BIN ]]; then
   cargo build --release -q --no-default-features   # the command mover is enough here
-  BIN=$PWD/target/release/twinblock
+  BIN=$(release_dir)/twinblock
 fi
 HOOK=$PWD/scripts/ldap-hook.sh
 

@@ -1,6 +1,15 @@
 # Shared by the scripts: free loopback ports and a two-node resource file.
 # Source it: . "$(dirname "$0")/lib.sh"
 
+# release_dir: where cargo puts release builds (CARGO_TARGET_DIR or a
+# cargo config may say elsewhere than ./target; before, the scripts ran
+# ./target/release/..., absent then: helper-155).
+release_dir() {
+  local t
+  t=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  echo "${t:-$PWD/target}/release"
+}
+
 # free_port udp|tcp: a port nothing listens on right now.
 free_port() {
   python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"
@@ -49,7 +58,7 @@ bench_setup() {
     BIN=$TWINBLOCK_BIN # another build, for before/after comparisons
   else
     cargo build --release -q --no-default-features
-    BIN=$PWD/target/release/twinblock
+    BIN=$(release_dir)/twinblock
   fi
   WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/$prefix.XXXXXX")
   PIDS=()

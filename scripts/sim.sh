@@ -6,5 +6,6 @@
 # `N seeds, N failed`. TWINBLOCK_PLANT=NAME selects a planted bug too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 cargo build --quiet --release -p twinblock-sim
-exec target/release/twinblock-sim "$@"
+exec "$(release_dir)/twinblock-sim" "$@"
