@@ -44,6 +44,10 @@ pub(super) struct Duo {
     pub fail_record: [bool; 2],
     /// The byte node i's store reads return (its disk's content).
     pub read_fill: [u8; 2],
+    /// Node i's metadata record saves wait (a slow disk) in `slow_records`
+    /// until [`Duo::records_land`].
+    pub slow_record: [bool; 2],
+    pub slow_records: [Vec<IoId>; 2],
     pub w: Arbiter,
 }
 
@@ -70,6 +74,8 @@ impl Duo {
             fail_writes: [false, false],
             fail_record: [false, false],
             read_fill: [0, 0],
+            slow_record: [false, false],
+            slow_records: [Vec::new(), Vec::new()],
             w: Arbiter::new("r", Duration::ZERO, DEAD, Default::default()),
         }
     }
@@ -88,6 +94,9 @@ impl Duo {
                 }
                 Action::Persist { io, what: Persist::Meta(_) } if self.fail_record[i] => {
                     self.c[i].handle_io(now, io, Err(IoError::ENOSPC))
+                }
+                Action::Persist { io, what: Persist::Meta(_) } if self.slow_record[i] => {
+                    self.slow_records[i].push(io)
                 }
                 Action::Store { io, .. } | Action::Persist { io, .. } => {
                     self.c[i].handle_io(now, io, Ok(None))
@@ -246,6 +255,16 @@ impl Duo {
     pub fn vote_all(&mut self, i: usize) {
         while let Some(r) = self.decide(i) {
             self.answer(i, r);
+        }
+    }
+
+    /// Node i's slow record saves land (and later ones are no longer slow).
+    pub fn records_land(&mut self, i: usize) {
+        self.slow_record[i] = false;
+        for io in std::mem::take(&mut self.slow_records[i]) {
+            let now = self.now;
+            self.c[i].handle_io(now, io, Ok(None));
+            self.act(i);
         }
     }
 
@@ -1254,4 +1273,112 @@ fn a_primary_restarted_since_its_writes_alone_is_not_deposed_by_an_unused_forced
     }
     assert_eq!(d.c[0].role(), Role::Primary, "a was deposed by b's unused forced claim");
     assert!(d.witness_promotes(0), "a, which holds every acknowledged write, is Primary");
+}
+
+/// Review of 19c6297 (helper-156): the quiet period's refusal naming no
+/// holder is only for a forced grant never said used. b's forced claim
+/// used once its record landed (a write answered on it, the witness's
+/// undo dropped and saved), then the witness restarts: a, back in its
+/// quiet period, must still be deposed (b holds the right for real and
+/// acknowledged a write a lacks).
+#[test]
+fn a_primary_back_at_a_restarted_witness_is_deposed_by_a_forced_claim_that_was_used() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    b_forced_on_a_full_volume(&mut d);
+    d.fail_record[1] = false;
+    for _ in 0..100 {
+        if d.c[1].promotion_saved(Duration::ZERO) == Ok(true) {
+            break;
+        }
+        d.tick(Duration::from_millis(10));
+    }
+    d.write(1, 7, 8192, 0xbb);
+    d.vote_all(1);
+    assert_eq!(d.reply(1, 7), Some(Ok(())), "b answered a write on its forced claim");
+    assert!(d.w.durable().undo.is_none(), "b's renewal said the grant is used");
+    d.w = Arbiter::new("r", d.now, DEAD, d.w.durable());
+    d.hooks[0].clear();
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(1);
+        d.vote_all(0);
+    }
+    assert!(d.hooks[0].contains(&Hook::Demote), "a was not deposed: {:?}", d.hooks[0]);
+    assert_eq!(d.c[1].role(), Role::Primary);
+}
+
+/// Review of a7cf0dd (helper-156): a promotion's hooks now wait for its
+/// record, so the shell's `promoting` count (which keeps the health check
+/// from counting while `on_promote` starts the service, review,
+/// helper-106) starts only when the hook goes out. Meanwhile the node is
+/// Primary, its service not started by design, and a failed health check
+/// hands the role over to the peer, which then waits for its own record
+/// the same way (the role goes back and forth). Here the record is slow
+/// (a slow metadata disk; a promotion's record also waits for a flush of
+/// all the node held): a failed health check must not hand over a
+/// promotion whose hooks have not run.
+#[test]
+#[ignore = "open: the fix is in core/quorum.rs `health` (helper-156's report)"]
+fn a_promotion_waiting_for_its_record_does_not_hand_over_on_a_failed_health_check() {
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.slow_record[0] = true;
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert!(!d.slow_records[0].is_empty(), "a's record is on its way");
+    assert!(!d.hooks[0].contains(&Hook::Promoted), "hooks before the record: {:?}", d.hooks[0]);
+    let now = d.now;
+    d.c[0].health(now, false);
+    d.act(0);
+    assert!(
+        !d.hooks[0].contains(&Hook::Demote),
+        "a handed over for a service its hooks have not started: {:?}",
+        d.hooks[0]
+    );
+    d.records_land(0);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert_eq!(d.hooks[0], vec![Hook::Promoted]);
+}
+
+/// Review of a7cf0dd (helper-156): the hooks owed to a promotion whose
+/// record is slow wait for the record of the reign as it stands when the
+/// record lands: here a's handshake with b, whose last reign (by its own
+/// clock) names the same time, raises a's `promoted_at` before the first
+/// record lands. The hooks go out once, after the record of the raised
+/// reign.
+#[test]
+fn the_hooks_owed_to_a_promotion_follow_a_reign_raised_by_a_handshake() {
+    let mut d = Duo::new(Protocol::C);
+    // (a is promoted at 12 s by the Duo's clock.)
+    let at = 12_000;
+    let mut m = meta(DiskState::UpToDate);
+    m.promoted_at = at;
+    let rec =
+        Recovered { meta: Some(m), bitmap: None, al: Vec::new(), disk_created: false, boot: 0 };
+    d.c[1] = Core::new(ccfg("b", "a", Protocol::C), rec, d.now, 2);
+    // (A witness with its record: nobody outdated.)
+    let known = crate::arbiter::Durable { complete: true, ..Default::default() };
+    d.w = Arbiter::new("r", Duration::ZERO, DEAD, known);
+    d.slow_record[0] = true;
+    d.witness_up(0, true);
+    assert!(d.witness_promotes(0), "a alone is not promoted");
+    assert_eq!(d.c[0].promoted_at(), at);
+    assert!(d.hooks_run[0].is_empty() && d.hooks[0].is_empty(), "hooks before the record");
+    d.connect();
+    assert_eq!(d.c[0].promoted_at(), at + 1, "the handshake raised a's reign");
+    assert!(d.hooks[0].is_empty(), "hooks before the record: {:?}", d.hooks[0]);
+    d.records_land(0);
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(0);
+        d.flow();
+        d.hooks_done(0);
+    }
+    assert_eq!(d.c[0].promotion_saved(Duration::ZERO), Ok(true));
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert_eq!(d.hooks_run[0], vec![Hook::Promoted], "the address and on_promote, once");
 }
