@@ -1413,3 +1413,61 @@ fn no_address_move_is_permitted_before_the_promotions_record_is_saved() {
     let now = d.now;
     assert_eq!(d.c[1].address_permit(now), Ok(()), "b's promotion stands");
 }
+
+/// Review of a7cf0dd (helper-156): the hooks (and `primary`'s answer, and
+/// the force's undo, `declared.rs`) know a promotion's record by its
+/// `promoted_at`, which a new reign may share with the node's last one:
+/// `reign_from(wall.max(peer + 1))` does not keep above the node's own
+/// last reign. Here b reigned, handed back to a, confirmed a write of a's
+/// and lost its power; its wall clock, stepped back, reads its last
+/// reign's time when the operator forces it (the force clears what held
+/// it back: its record changes). The record on disk already names that
+/// time: the hooks went out and `primary` was told the record saved at
+/// once, though its save fails. (The same without a clock step when b
+/// reigned last at its peer's time + 1, the peer's clock ahead, and is
+/// promoted again before its own clock passes it.)
+#[test]
+#[ignore = "open: the fix is in core/verbs.rs `promote_as` (helper-156's report)"]
+fn a_new_reign_at_its_last_reigns_time_waits_for_its_own_record() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.c[0].demote().expect("a hands over");
+    d.act(0);
+    d.hooks_done(0);
+    d.vote_all(0);
+    assert!(d.witness_promotes(1), "b is not promoted");
+    if d.c[1].connection() != Connection::Connected {
+        d.connect();
+    }
+    d.hooks_done(1);
+    let last = d.c[1].promoted_at();
+    d.c[1].demote().expect("b hands back");
+    d.act(1);
+    d.hooks_done(1);
+    d.vote_all(1);
+    assert!(d.witness_promotes(0), "a is not promoted");
+    if d.c[0].connection() != Connection::Connected {
+        d.connect();
+    }
+    d.hooks_done(0);
+    // (A write b confirmed: after its power loss b may lack it.)
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    assert_eq!(d.reply(0, 1), Some(Ok(())));
+    d.cut();
+    restart_lost(&mut d, 1, Plant::None, true);
+    a_goes_silent(&mut d);
+    assert_eq!(d.c[1].role(), Role::Secondary, "held back by its power loss");
+    assert_eq!(d.c[1].promoted_at(), last);
+    d.fail_record[1] = true;
+    d.hooks[1].clear();
+    d.c[1].promote(true, last).expect("primary --force");
+    d.act(1);
+    d.vote_all(1);
+    assert_eq!(d.c[1].role(), Role::Primary);
+    assert_ne!(
+        d.c[1].promotion_saved(Duration::ZERO),
+        Ok(true),
+        "primary is told the record is saved; it never was"
+    );
+    assert!(!d.hooks[1].contains(&Hook::Promoted), "hooks before the record: {:?}", d.hooks[1]);
+}
