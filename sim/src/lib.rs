@@ -167,6 +167,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::HolesNotSent => "holes-not-sent",
         Plant::SkipResyncZero => "skip-resync-zero",
         Plant::HooksBeforeRecord => "hooks-before-record",
+        Plant::HooksNeverRun => "hooks-never-run",
     }
 }
 

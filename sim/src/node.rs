@@ -106,6 +106,12 @@ pub struct Node {
     /// When it last resumed from a pause: its deadlines (a disk
     /// timeout, a failed disk's answers) count from then at the earliest.
     pub(crate) resumed_at: Time,
+    /// The promotion (`promoted_at`) this process last sent its hooks for
+    /// (`Hook::Promoted`), and since when its record on disk has named
+    /// the node's current promotion while no hook went out for it: the
+    /// rule `hooks` (both ways).
+    pub(crate) hooked: Option<u64>,
+    pub(crate) unhooked_since: Option<(u64, Time)>,
 }
 
 /// A notification for a paused core, told at its resume.
@@ -128,6 +134,8 @@ impl Node {
             stalled: false,
             first_hung: None,
             reqs: BTreeMap::new(),
+            hooked: None,
+            unhooked_since: None,
             answered: Default::default(),
             link_gen: 0,
             recreated: true,

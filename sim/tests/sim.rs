@@ -1137,3 +1137,15 @@ fn finds_hooks_before_record() {
     let v = first_catch(Plant::HooksBeforeRecord, CI_SEEDS, steps());
     assert_eq!(v.rule, "hooks", "{v}");
 }
+
+/// The rule `hooks` the other way: a controller's Primary whose record on
+/// disk names its promotion sends its hooks within a heartbeat (review of
+/// a7cf0dd, helper-156: a core that never sent them passed every seed).
+/// The plant `hooks-never-run` fails 87 of the first 300 seeds of 1,000
+/// steps.
+#[test]
+fn finds_hooks_never_run() {
+    let v = first_catch(Plant::HooksNeverRun, CI_SEEDS, steps());
+    assert_eq!(v.rule, "hooks", "{v}");
+    assert!(v.what.contains("its hooks never ran"), "{v}");
+}

@@ -17,21 +17,49 @@ use super::*;
 pub(crate) enum PromotedHook {
     /// None is owed: Secondary, or the hooks went out.
     Settled,
-    /// Promoted; the hooks wait for the record of this reign
+    /// Promoted at `since`; the hooks wait for the record of this reign
     /// (`promoted_at`, raised by a handshake meanwhile or not) to be durable.
-    AwaitingRecord,
+    AwaitingRecord { since: Time },
+}
+
+impl PromotedHook {
+    /// The hooks wait for the record.
+    pub(crate) fn owed(self) -> bool {
+        matches!(self, PromotedHook::AwaitingRecord { .. })
+    }
 }
 
 impl Core {
+    /// A promotion whose hooks wait for its record has not started its
+    /// service: the health check's failures say nothing of it (as while
+    /// the shell runs those hooks; review, helper-156: before, three
+    /// failed checks during a slow record handed the role over, the
+    /// back-and-forth helper-106 had fixed). Not once a save of the record
+    /// failed (it serves nothing: it hands over), nor for longer than
+    /// `dead_time` (a metadata disk that hangs without `disk-timeout`).
+    pub(super) fn promotion_starting(&self) -> bool {
+        let Some(c) = &self.ctl else { return false };
+        match c.promoted_hook {
+            PromotedHook::AwaitingRecord { since } => {
+                self.p.meta_failed.is_none() && self.now < since + c.cfg.dead_time
+            }
+            PromotedHook::Settled => false,
+        }
+    }
+
     /// A controller's promotion: its hooks go out once its record is
     /// durable ([`Core::settle_promoted_hook`]).
     pub(super) fn owe_promoted_hook(&mut self) {
-        if self.cfg.plant == Plant::HooksBeforeRecord {
-            self.actions.push_back(Action::Hook(Hook::Promoted));
-            return;
+        match self.cfg.plant {
+            Plant::HooksBeforeRecord => {
+                self.actions.push_back(Action::Hook(Hook::Promoted));
+                return;
+            }
+            Plant::HooksNeverRun => return,
+            _ => {}
         }
         if let Some(c) = &mut self.ctl {
-            c.promoted_hook = PromotedHook::AwaitingRecord;
+            c.promoted_hook = PromotedHook::AwaitingRecord { since: self.now };
         }
         self.settle_promoted_hook();
     }
@@ -43,7 +71,7 @@ impl Core {
         let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at);
         let standing = self.role == Role::Primary && !self.declaration_abandoned();
         let Some(c) = &mut self.ctl else { return };
-        if c.promoted_hook != PromotedHook::AwaitingRecord {
+        if !c.promoted_hook.owed() {
             return;
         }
         if !standing || c.demoting() {

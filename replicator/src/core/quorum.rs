@@ -452,6 +452,12 @@ impl Core {
         if c.demoting.is_some() {
             return Err((false, "demoting"));
         }
+        // Its promotion's hooks wait for its record (`promoted_hook.rs`):
+        // so does the address (a re-check moved it to a forced node whose
+        // record was never saved; review, helper-156).
+        if c.promoted_hook.owed() {
+            return Err((true, "the record saying it is Primary is not saved yet"));
+        }
         if self.has_quorum_at(now) {
             Ok(())
         } else {
@@ -991,9 +997,12 @@ impl Core {
     /// The service's health check on this node (only a Primary's counts).
     pub fn health(&mut self, now: Time, ok: bool) {
         self.now = self.now.max(now);
+        // (Not while its promotion's hooks wait for its record:
+        // `promoted_hook.rs` `promotion_starting`.)
+        let starting = self.promotion_starting();
         let Some(c) = &mut self.ctl else { return };
         c.health_ok = Some(ok);
-        if !ok && self.role == Role::Primary && c.demoting.is_none() {
+        if !ok && self.role == Role::Primary && c.demoting.is_none() && !starting {
             // Hand over only to a peer that can take over.
             if self.no_handover().is_none() {
                 tracing::warn!("health check failed: handing over to the peer");

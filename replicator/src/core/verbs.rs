@@ -186,7 +186,14 @@ impl Core {
         self.discard = false;
         self.ctl_promoted();
         self.role = Role::Primary;
-        self.reign_from(wall_ms.max(self.peer_promoted_at.saturating_add(1)));
+        // Later than the peer's reigns it heard of, and than this node's
+        // own last one: a promotion's record is known by its time (its
+        // hooks, `primary`'s answer, a force's undo), and one equal to the
+        // record on disk passed for saved at once (a clock stepped back,
+        // or a last reign at the peer's time + 1 by a peer's clock ahead;
+        // review, helper-156).
+        let after = self.peer_promoted_at.max(self.promoted_at).saturating_add(1);
+        self.reign_from(wall_ms.max(after));
         if let Some(d) = declared {
             self.declare(d);
         }

@@ -29,10 +29,57 @@ impl Sim {
             }
         }
         self.failed_disk_answers()?;
+        self.promotions_hooked()?;
         let mut chk = std::mem::replace(&mut self.chk, checker::Checker::new());
         let r = chk.observe(self);
         self.chk = chk;
         r
+    }
+
+    /// Rule `hooks`, the other way (`perform.rs` checks that no hook runs
+    /// before the record): a controller's Primary whose record on disk
+    /// names its promotion, not demoting, sends that promotion's hooks (the
+    /// address move, `on_promote`) within a heartbeat of its own time
+    /// (a paused node's time stands still). Review of a7cf0dd, helper-156:
+    /// a core that never sent them passed every seed.
+    pub(crate) fn promotions_hooked(&mut self) -> Result<(), Violation> {
+        if self.witness.is_none() {
+            return Ok(());
+        }
+        for n in 0..2 {
+            let node = &self.nodes[n];
+            let Some(core) = node.core.as_ref() else { continue };
+            let promoted_at = core.promoted_at();
+            let standing = core.controller().map(|c| c.standing);
+            let owed = core.role() == Role::Primary
+                && standing.is_some_and(|s| s != twinblock_replicator::core::Standing::Demoting)
+                && node.meta.record.as_ref().is_some_and(|m| m.promoted_at == promoted_at)
+                && node.hooked != Some(promoted_at);
+            if !owed || node.paused() {
+                self.nodes[n].unhooked_since = None;
+                continue;
+            }
+            let since = match node.unhooked_since {
+                Some((p, t)) if p == promoted_at => t,
+                _ => {
+                    self.nodes[n].unhooked_since = Some((promoted_at, self.now));
+                    continue;
+                }
+            };
+            if self.now > since + Duration::from_millis(200) {
+                return Err(Violation {
+                    step: self.chk.step,
+                    rule: "hooks",
+                    what: format!(
+                        "{}: Primary (promoted at {promoted_at}), its record on disk names that \
+                         promotion since {} ms, and its hooks never ran",
+                        node.name,
+                        (self.now - since).as_millis()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Promotions the peer granted are checked as they happen; those

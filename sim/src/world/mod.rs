@@ -281,6 +281,8 @@ impl Sim {
             core.gen()
         ));
         self.nodes[n].core = Some(core);
+        self.nodes[n].hooked = None;
+        self.nodes[n].unhooked_since = None;
         self.nodes[n].restart_at = None;
         self.drain(n);
         if self.witness.as_ref().is_some_and(|w| w.alive && w.up[n]) {

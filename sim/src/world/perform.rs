@@ -282,6 +282,9 @@ impl Sim {
                 // (`core/promoted_hook.rs`).
                 let on_disk = self.nodes[n].meta.record.as_ref().map_or(0, |m| m.promoted_at);
                 let promoted_at = self.nodes[n].core.as_ref().map_or(0, |c| c.promoted_at());
+                if h == Hook::Promoted {
+                    self.nodes[n].hooked = Some(promoted_at);
+                }
                 if h == Hook::Promoted && on_disk != promoted_at {
                     self.pending_violation.get_or_insert(Violation {
                         step: self.chk.step,

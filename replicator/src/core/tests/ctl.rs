@@ -1318,7 +1318,6 @@ fn a_primary_back_at_a_restarted_witness_is_deposed_by_a_forced_claim_that_was_u
 /// all the node held): a failed health check must not hand over a
 /// promotion whose hooks have not run.
 #[test]
-#[ignore = "open: the fix is in core/quorum.rs `health` (helper-156's report)"]
 fn a_promotion_waiting_for_its_record_does_not_hand_over_on_a_failed_health_check() {
     let mut d = Duo::new(Protocol::C);
     d.connect();
@@ -1342,6 +1341,33 @@ fn a_promotion_waiting_for_its_record_does_not_hand_over_on_a_failed_health_chec
     d.records_land(0);
     assert_eq!(d.c[0].role(), Role::Primary);
     assert_eq!(d.hooks[0], vec![Hook::Promoted]);
+}
+
+/// The other side: a record that hangs (a metadata disk without
+/// `disk-timeout`) holds the health check back for `dead_time` at most,
+/// then a failed check hands over to the peer, which can serve.
+#[test]
+fn a_promotion_whose_record_hangs_past_dead_time_hands_over_on_a_failed_health_check() {
+    let mut d = Duo::new(Protocol::C);
+    d.connect();
+    d.slow_record[0] = true;
+    d.witness_up(0, true);
+    d.votes[1].clear();
+    d.vote_all(0);
+    d.witness_up(1, true);
+    d.vote_all(1);
+    assert_eq!(d.c[0].role(), Role::Primary);
+    for _ in 0..(DEAD.as_millis() / 100 + 1) {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    let now = d.now;
+    d.c[0].health(now, false);
+    d.act(0);
+    assert!(d.hooks[0].contains(&Hook::Demote), "a held the role: {:?}", d.hooks[0]);
 }
 
 /// Review of a7cf0dd (helper-156): the hooks owed to a promotion whose
@@ -1391,7 +1417,6 @@ fn the_hooks_owed_to_a_promotion_follow_a_reign_raised_by_a_handshake() {
 /// b, whose force fails, and nothing brings it back to a. The promotion's
 /// hooks wait for its record; so must the address.
 #[test]
-#[ignore = "open: the fix is in core/quorum.rs `address_permit` (helper-156's report)"]
 fn no_address_move_is_permitted_before_the_promotions_record_is_saved() {
     let mut d = a_wrote_alone_cut_from_b_and_went();
     b_forced_on_a_full_volume(&mut d);
@@ -1427,7 +1452,6 @@ fn no_address_move_is_permitted_before_the_promotions_record_is_saved() {
 /// reigned last at its peer's time + 1, the peer's clock ahead, and is
 /// promoted again before its own clock passes it.)
 #[test]
-#[ignore = "open: the fix is in core/verbs.rs `promote_as` (helper-156's report)"]
 fn a_new_reign_at_its_last_reigns_time_waits_for_its_own_record() {
     let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.c[0].demote().expect("a hands over");
