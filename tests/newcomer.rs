@@ -146,7 +146,20 @@ fn the_demo_serves_its_export_and_ctrl_c_leaves_nothing_behind() {
         }
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh");
-    let mut demo = Command::new(script)
+    let mut demo = Command::new(script);
+    // As from a terminal: SIGINT not ignored. (A test run started in the
+    // background of a script, as CI may run it, inherits SIGINT ignored;
+    // bash then cannot trap it, `status --watch` does not die of it, and
+    // the demo ended with `status`'s exit 3 once its nodes had stopped.)
+    // SAFETY: signal() is async-signal-safe; nothing else runs in the
+    // child between fork and exec.
+    unsafe {
+        demo.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut demo = demo
         .env("TWINBLOCK", BIN)
         .env("TMPDIR", common::test_tmp())
         .stdin(std::process::Stdio::null())
