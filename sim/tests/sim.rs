@@ -277,6 +277,11 @@ fn regression_seeds_pass() {
         // failure had named it as the generation run alone; the witness
         // refused the rebuilt node by its data (review helper-153).
         (33100262, 5000),
+        // The checker's `hooks` rule (not a core bug): a forced
+        // promotion's record save failed but landed on disk; the core,
+        // told it failed, retried, and the rule took the record on disk
+        // for one the core knew saved.
+        (34101710, 5000),
         // A rebuild from a peer on the node's own generation, started over
         // after the source lost power before naming the full sync durably,
         // forgot what it told the witness, which refused it (found with

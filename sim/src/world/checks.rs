@@ -37,11 +37,14 @@ impl Sim {
     }
 
     /// Rule `hooks`, the other way (`perform.rs` checks that no hook runs
-    /// before the record): a controller's Primary whose record on disk
-    /// names its promotion, not demoting, sends that promotion's hooks (the
-    /// address move, `on_promote`) within a heartbeat of its own time
-    /// (a paused node's time stands still). Review of a7cf0dd, helper-156:
-    /// a core that never sent them passed every seed.
+    /// before the record): a controller's Primary that knows the record
+    /// naming its promotion is saved, not demoting, sends that promotion's
+    /// hooks (the address move, `on_promote`) within a heartbeat of its
+    /// own time (a paused node's time stands still). (Known by the core,
+    /// not only on disk: a save that failed may land all the same, and
+    /// the core then waits for its retry; seed 34101710 of 5,000 steps.)
+    /// Review of a7cf0dd, helper-156: a core that never sent them passed
+    /// every seed.
     pub(crate) fn promotions_hooked(&mut self) -> Result<(), Violation> {
         if self.witness.is_none() {
             return Ok(());
@@ -54,6 +57,7 @@ impl Sim {
             let owed = core.role() == Role::Primary
                 && standing.is_some_and(|s| s != twinblock_replicator::core::Standing::Demoting)
                 && node.meta.record.as_ref().is_some_and(|m| m.promoted_at == promoted_at)
+                && core.promotion_saved(Duration::ZERO) == Ok(true)
                 && node.hooked != Some(promoted_at);
             if !owed || node.paused() {
                 self.nodes[n].unhooked_since = None;
@@ -71,8 +75,8 @@ impl Sim {
                     step: self.chk.step,
                     rule: "hooks",
                     what: format!(
-                        "{}: Primary (promoted at {promoted_at}), its record on disk names that \
-                         promotion since {} ms, and its hooks never ran",
+                        "{}: Primary (promoted at {promoted_at}), its record saying so saved \
+                         {} ms ago, and its hooks never ran",
                         node.name,
                         (self.now - since).as_millis()
                     ),
