@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use twinblock_nbd::ServerConfig;
 use twinblock_replicator::config::ResourceConfig;
-use twinblock_replicator::witness::WitnessStatus;
-use twinblock_replicator::{link, Node, StoreOptions};
+use twinblock_replicator::witness::{WitnessError, WitnessStatus};
+use twinblock_replicator::{link, tls, Node, StoreOptions};
 
 use crate::control::ControlServer;
 use crate::signals::Shutdown;
@@ -50,8 +50,10 @@ pub async fn run(config: &Path, me: &str) -> Result<()> {
         // review: a start that failed on its certificate left a new disk
         // file and metadata behind).
         let (mine, peer) = res.pair(me)?;
-        let tls = link::configs(&res, mine, peer)
-            .map_err(|e| name_tls_key(&res, &mine.name, &mine.cert, &mine.key, e.into()))?;
+        let tls = link::configs(&res, mine, peer).map_err(|e| match e {
+            link::LinkError::Tls(e) => name_tls_key(&res, &mine.name, e),
+            e => e.into(),
+        })?;
         // A disk or metadata file whose directory does not exist is named
         // by its key, before anything is made (before, found by helper-155:
         // "nodir/a.meta.disk: No such file or directory", a file nobody
@@ -225,12 +227,7 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         let shutdown = Shutdown::install()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let addr = res.witness.as_ref().map(|w| w.address);
-        let files = res.witness.as_ref().map(|w| (w.cert.clone(), w.key.clone()));
         let named = res.clone();
-        let name_tls_key = move |e: anyhow::Error| match &files {
-            Some((cert, key)) => name_tls_key(&named, me, cert, key, e),
-            None => e,
-        };
         let control = res.witness.as_ref().map(|w| w.control.clone());
         let metrics_listener = match res.witness.as_ref().and_then(|w| w.metrics) {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -271,7 +268,10 @@ pub async fn witness(config: &Path, me: &str) -> Result<()> {
         tokio::select! {
             Ok(()) = ready.changed() => {}
             r = &mut task => {
-                r.context("witness task")?.map_err(|e| name_tls_key(e.into()))?;
+                r.context("witness task")?.map_err(|e| match e {
+                    WitnessError::Tls(e) => name_tls_key(&named, me, e),
+                    e => e.into(),
+                })?;
                 return Ok(());
             }
         }
@@ -321,38 +321,14 @@ fn missing_directory(
 /// cannot be used, as every other bad value is named (`r0.toml: tls.ca:
 /// certs/ca.pem: ...`). Before (found by helper-155 walking the README),
 /// `up` said only "certs/nope.pem: I/O error: No such file or directory
-/// (os error 2)", naming neither the resource file nor the key, and a
-/// `tls.ca` naming a private key was told to mind `cert` and `key`.
-fn name_tls_key(
-    res: &ResourceConfig,
-    node: &str,
-    cert: &Path,
-    key: &Path,
-    e: anyhow::Error,
-) -> anyhow::Error {
-    let msg = format!("{e:#}");
-    let keys = [
-        (res.ca.as_path(), "tls.ca".to_owned()),
-        (cert, format!("nodes.{node}.cert")),
-        (key, format!("nodes.{node}.key")),
-    ];
-    for (path, name) in keys {
-        if let Some(reason) = msg.strip_prefix(&format!("{}: ", path.display())) {
-            // (The reader of the file is shared by the CA and the node's
-            // certificate; its hint is the node's.)
-            let reason = if name == "tls.ca" {
-                reason.replace(
-                    "(`cert` names the node's certificate, `key` its private key)",
-                    "(`tls.ca` names the certificate of the CA that signed the nodes', \
-                     `gen-certs`'s ca.pem)",
-                )
-            } else {
-                reason.to_owned()
-            };
-            return anyhow::anyhow!("{}: {name}: {}: {reason}", res.path.display(), path.display());
+/// (os error 2)", naming neither the resource file nor the key.
+fn name_tls_key(res: &ResourceConfig, node: &str, e: tls::TlsError) -> anyhow::Error {
+    match e {
+        tls::TlsError::File { file, path, reason } => {
+            anyhow::anyhow!("{}: {}: {path}: {reason}", res.path.display(), file.key(node))
         }
+        e => e.into(),
     }
-    e
 }
 
 /// How long a stopping Primary waits for its demotion: every `on_demote`

@@ -18,10 +18,31 @@ pub fn alpn(resource: &str) -> Vec<u8> {
     format!("twinblock/2/{resource}").into_bytes()
 }
 
+/// Which of a node's TLS files an error is about: the resource file's
+/// key that names it ([`TlsFile::key`]), so `up` and `witness` name that
+/// key as they name every other bad value (helper-155).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Ca,
+    Cert,
+    Key,
+}
+
+impl TlsFile {
+    /// The resource file's key naming this file of node `node`.
+    pub fn key(self, node: &str) -> String {
+        match self {
+            TlsFile::Ca => "tls.ca".into(),
+            TlsFile::Cert => format!("nodes.{node}.cert"),
+            TlsFile::Key => format!("nodes.{node}.key"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]
-    File { path: String, reason: String },
+    File { file: TlsFile, path: String, reason: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("TLS setup: {0}")]
@@ -32,16 +53,20 @@ pub enum TlsError {
     WrongPeer { expected: String, reason: String },
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+fn certs(path: &Path, file: TlsFile) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::File { file, path: path.display().to_string(), reason };
     let v = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     if v.is_empty() {
-        return Err(err(match pem_holds(path) {
-            PemHolds::Key => "no certificate in the file: it holds a private key (`cert` names \
-                              the node's certificate, `key` its private key)"
+        return Err(err(match (pem_holds(path), file) {
+            (PemHolds::Key, TlsFile::Ca) => "no certificate in the file: it holds a private key \
+                                             (`tls.ca` names the certificate of the CA that \
+                                             signed the nodes', `gen-certs`'s ca.pem)"
+                .into(),
+            (PemHolds::Key, _) => "no certificate in the file: it holds a private key (`cert` \
+                                   names the node's certificate, `key` its private key)"
                 .into(),
             _ => "no certificate in the file (a PEM block -----BEGIN CERTIFICATE-----)".into(),
         }));
@@ -66,7 +91,7 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             }
             _ => e.to_string(),
         };
-        TlsError::File { path: path.display().to_string(), reason }
+        TlsError::File { file: TlsFile::Key, path: path.display().to_string(), reason }
     })
 }
 
@@ -435,14 +460,15 @@ pub fn endpoint_configs_for(
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let mut roots = RootCertStore::empty();
-    for c in certs(ca)? {
+    for c in certs(ca, TlsFile::Ca)? {
         roots.add(c).map_err(|e| TlsError::File {
+            file: TlsFile::Ca,
             path: ca.display().to_string(),
             reason: format!("not a usable CA certificate: {e}"),
         })?;
     }
     let roots = Arc::new(roots);
-    let chain = certs(cert)?;
+    let chain = certs(cert, TlsFile::Cert)?;
     let key = key(key_path)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .build()
@@ -452,6 +478,7 @@ pub fn endpoint_configs_for(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| TlsError::File {
+            file: TlsFile::Key,
             path: key_path.display().to_string(),
             reason: format!("the key does not go with the certificate {}: {e}", cert.display()),
         })?;
