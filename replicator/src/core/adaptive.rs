@@ -52,6 +52,7 @@ use crate::config::Protocol;
 use crate::protocol::genid::NEVER_SYNCED;
 use crate::protocol::wire::{DiskState, Message, Role};
 
+use super::bench::BenchRun;
 use super::session::{Activity, OutKind, Phase, SourceSync};
 use super::types::{AdaptiveConfig, Progress, Time};
 use super::{Core, PeerPart};
@@ -346,7 +347,7 @@ impl Core {
     /// price of measuring, and stopped every bench beside a writing client
     /// on a loopback pair with a 20 ms budget (debug build).
     fn oldest_wait_behind_probes(&self) -> Option<Time> {
-        if !self.bench_run.running || self.bench_run.stopped.is_some() || !self.in_c() {
+        if !self.bench_watched() {
             return None;
         }
         let s = self.session.as_ref()?;
@@ -360,6 +361,19 @@ impl Core {
                 _ => None,
             })
             .min()
+    }
+
+    /// A bench runs here, not stopped, and the Primary is in C: what
+    /// [`Core::bench_over_budget`] watches.
+    fn bench_watched(&self) -> bool {
+        matches!(self.bench_run, BenchRun::Running) && self.in_c()
+    }
+
+    /// When a write behind bench probes will have waited twice the budget
+    /// ([`Core::bench_over_budget`]): the bench then stops even if nothing
+    /// else happens.
+    pub(crate) fn bench_budget_deadline(&self) -> Option<Time> {
+        self.oldest_wait_behind_probes().map(|t| t + self.cfg.adaptive.budget * 2)
     }
 
     /// A write behind bench probes waited twice the budget on a link whose
@@ -385,7 +399,7 @@ impl Core {
                 "adaptive: writes waiting for the peer passed congestion_fill behind bench \
                  probes: the bench stops"
             );
-            self.bench_run.stopped = Some(format!(
+            self.bench_run = BenchRun::Stopped(format!(
                 "adaptive mode: {backlog} bytes of writes wait for the peer behind the bench's \
                  probes, past congestion_fill ({fill}): the bench stops so that the backlog \
                  rule applies again (run it again when fewer writes come)"
@@ -413,7 +427,7 @@ impl Core {
             "adaptive: a write waited twice the latency budget behind bench probes: \
              the bench stops"
         );
-        self.bench_run.stopped = Some(why);
+        self.bench_run = BenchRun::Stopped(why);
     }
 
     /// The application's bytes waiting for the peer, if more than
@@ -421,7 +435,7 @@ impl Core {
     /// [`Core::congested`] off) and a bench runs here, not yet stopped.
     fn bench_backlog(&self) -> Option<u64> {
         let fill = self.cfg.adaptive.congestion_fill?;
-        if !self.bench_run.running || self.bench_run.stopped.is_some() || !self.in_c() {
+        if !self.bench_watched() {
             return None;
         }
         let s = self.session.as_ref()?;
@@ -521,16 +535,6 @@ impl Core {
         if !self.adaptive() {
             return None;
         }
-        let bench = self.oldest_wait_behind_probes().map(|t| t + self.cfg.adaptive.budget * 2);
-        let rules = self.adaptive_rules_deadline();
-        match (bench, rules) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// [`Core::adaptive_deadline`] of the rules into and out of Ahead.
-    fn adaptive_rules_deadline(&self) -> Option<Time> {
         if let Some(sent) = self.oldest_wait() {
             if !self.may_go_ahead() {
                 return None;

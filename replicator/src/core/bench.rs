@@ -52,20 +52,24 @@ pub(crate) struct Probe {
     after: u64,
 }
 
-/// The bench running on this node (between [`Core::bench_begin`] and
-/// [`Core::bench_end`]), and whether adaptive mode stopped it.
+/// The bench on this node (between [`Core::bench_begin`] and
+/// [`Core::bench_end`]).
 #[derive(Debug, Default)]
-pub(crate) struct BenchRun {
-    pub running: bool,
-    /// Why it must stop (adaptive mode: writes behind its probes waited
-    /// past the budget); every probe from then on is refused with it.
-    pub stopped: Option<String>,
+pub(crate) enum BenchRun {
+    /// None runs.
+    #[default]
+    Idle,
+    /// One runs: adaptive mode watches the writes behind its probes.
+    Running,
+    /// Adaptive mode stopped it, for this reason (writes behind its probes
+    /// waited past the budget): every probe until it ends is refused with it.
+    Stopped(String),
 }
 
 impl Core {
     /// A bench starts here: probes until [`Core::bench_end`].
     pub fn bench_begin(&mut self) {
-        self.bench_run = BenchRun { running: true, stopped: None };
+        self.bench_run = BenchRun::Running;
     }
 
     /// The bench ended (done, failed, or its caller went away).
@@ -96,7 +100,7 @@ impl Core {
                  the writes it replicates)"
             ));
         }
-        if let Some(why) = &self.bench_run.stopped {
+        if let BenchRun::Stopped(why) = &self.bench_run {
             return Some(why.clone());
         }
         match self.replication() {

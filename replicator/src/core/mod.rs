@@ -911,10 +911,19 @@ impl Core {
         let s = self.session.as_ref().map(|s| s.next_deadline(&self.cfg));
         let record = self.failed_record_deadline().filter(|_| !self.pending.is_empty());
         let rebuild = self.rebuild_retry_at();
-        [s, self.ctl_deadline(), self.adaptive_deadline(), self.disk_deadline(), record, rebuild]
-            .into_iter()
-            .flatten()
-            .min()
+        let bench = self.bench_budget_deadline();
+        [
+            s,
+            self.ctl_deadline(),
+            self.adaptive_deadline(),
+            bench,
+            self.disk_deadline(),
+            record,
+            rebuild,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The time, told before an operator's verb (which takes none): what
