@@ -68,7 +68,7 @@ impl Core {
     /// durable, and are dropped when the promotion did not stand (demoted,
     /// a demotion under way, a failed force waiting to be undone).
     pub(super) fn settle_promoted_hook(&mut self) {
-        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at);
+        let saved = self.reign_saved();
         let standing = self.role == Role::Primary && !self.declaration_abandoned();
         let Some(c) = &mut self.ctl else { return };
         if !c.promoted_hook.owed() {

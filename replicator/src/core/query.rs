@@ -38,6 +38,16 @@ impl Core {
         self.promoted_at
     }
 
+    /// The record naming this node's last promotion is durable.
+    pub(crate) fn reign_saved(&self) -> bool {
+        self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at)
+    }
+
+    /// A failover controller runs on this node (`[controller]`).
+    pub fn has_controller(&self) -> bool {
+        self.ctl.is_some()
+    }
+
     /// Where the record that says this node is Primary (its last
     /// promotion's `promoted_at`) stands: `Ok(true)` once saved,
     /// `Ok(false)` while its save is to come, `Err(why)` when a metadata
@@ -45,7 +55,7 @@ impl Core {
     /// is not saved (`why` names the file and the system's text). The
     /// shell answers `primary` by it.
     pub fn promotion_saved(&self, since: Duration) -> Result<bool, String> {
-        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at);
+        let saved = self.reign_saved();
         match (self.p.meta_failed, self.p.bitmap_failed) {
             (Some(e), _) if !saved && self.p.meta_since >= since => {
                 Err(format!("cannot save metadata {}: {}", self.meta_file(""), e.describe()))

@@ -174,7 +174,7 @@ impl Node {
     pub fn demote(&self) -> Result<(), Refused> {
         let writers = self.nbd_writers.load(Ordering::SeqCst);
         let r = self.with_core(|c, _| {
-            if writers > 0 && c.role() == Role::Primary && c.controller().is_none() {
+            if writers > 0 && c.role() == Role::Primary && !c.has_controller() {
                 return Err(Refused(format!(
                     "{writers} NBD connection(s) have this Primary's export open for writing (a \
                      mounted file system?): as Secondary their writes would fail; unmount or \

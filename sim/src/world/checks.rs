@@ -56,7 +56,6 @@ impl Sim {
             let standing = core.controller().map(|c| c.standing);
             let owed = core.role() == Role::Primary
                 && standing.is_some_and(|s| s != twinblock_replicator::core::Standing::Demoting)
-                && node.meta.record.as_ref().is_some_and(|m| m.promoted_at == promoted_at)
                 && core.promotion_saved(Duration::ZERO) == Ok(true)
                 && node.hooked != Some(promoted_at);
             if !owed || node.paused() {
