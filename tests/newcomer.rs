@@ -132,7 +132,6 @@ fn a_file_in_a_missing_directory_names_its_key() {
 /// under test (`TWINBLOCK`), as ldap-failover.sh is run.
 #[test]
 fn the_demo_serves_its_export_and_ctrl_c_leaves_nothing_behind() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
     if !common::have("qemu-io") {
@@ -159,23 +158,10 @@ fn the_demo_serves_its_export_and_ctrl_c_leaves_nothing_behind() {
             Ok(())
         });
     }
-    let mut demo = demo
-        .env("TWINBLOCK", BIN)
-        .env("TMPDIR", common::test_tmp())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let pgid = demo.id() as i32;
+    demo.env("TWINBLOCK", BIN).env("TMPDIR", common::test_tmp()).process_group(0);
+    let (mut demo, lines) = common::follow_lines(&mut demo);
+    let pgid = demo.0.id() as i32;
     let ctrl_c = move || unsafe { libc::kill(-pgid, libc::SIGINT) };
-    let out = demo.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
     let mut seen = Vec::new();
     let dir = loop {
         let Ok(l) = lines.recv_timeout(Duration::from_secs(60)) else {
@@ -206,7 +192,7 @@ fn the_demo_serves_its_export_and_ctrl_c_leaves_nothing_behind() {
     ctrl_c();
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = demo.try_wait().unwrap() {
+        if let Some(s) = demo.0.try_wait().unwrap() {
             break s;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "the demo did not stop on Ctrl-C");
