@@ -6,23 +6,24 @@
 
 use super::*;
 
+use super::probes_adversarial::adaptive_primary as adaptive_primary_with;
+
 /// An adaptive Primary in C, connected (budget 50 ms, hold 2 s).
 fn adaptive_primary() -> Core {
     adaptive_primary_with(None)
 }
 
-/// [`adaptive_primary`] with `congestion_fill` `fill`.
-fn adaptive_primary_with(fill: Option<u64>) -> Core {
-    let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
-    c.cfg.adaptive = AdaptiveConfig {
-        budget: Duration::from_millis(50),
-        hold: Duration::from_secs(2),
-        max_hold: Duration::from_secs(2),
-        congestion_fill: fill,
-    };
-    c.promote(false, 1).unwrap();
-    connect(&mut c, 1, Role::Secondary);
-    c
+/// A bench begins on a link whose round trip (QUIC's estimate) is `rtt`:
+/// four probes, then an application write behind them, at time zero.
+fn a_write_behind_probes(c: &mut Core, rtt: Duration) {
+    c.set_rtt(rtt);
+    c.bench_begin();
+    let t = Duration::ZERO;
+    for req in 0..4 {
+        c.bench_write(t, 100 + req, ProbeMode::C, req * 4096, Bytes::from(vec![1u8; 4096]));
+    }
+    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
+    run(c, t);
 }
 
 /// Found by review (helper-154): a bench on an adaptive pair with a 20 ms
@@ -38,14 +39,8 @@ fn adaptive_primary_with(fill: Option<u64>) -> Core {
 fn a_write_waiting_past_the_budget_behind_probes_stops_the_bench() {
     let mut c = adaptive_primary();
     // The link's round trip (QUIC's estimate) is 300 ms.
-    c.set_rtt(Duration::from_millis(300));
-    c.bench_begin();
+    a_write_behind_probes(&mut c, Duration::from_millis(300));
     let mut t = Duration::ZERO;
-    for req in 0..4 {
-        c.bench_write(t, 100 + req, ProbeMode::C, req * 4096, Bytes::from(vec![1u8; 4096]));
-    }
-    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
-    run(&mut c, t);
     assert_eq!(c.bench_refusal(), None, "at once");
     // The core wakes by then even if nothing else happens.
     let ms = Duration::from_millis;
@@ -98,14 +93,9 @@ fn a_write_waiting_past_the_budget_behind_probes_stops_the_bench() {
 #[test]
 fn a_write_behind_the_benchs_own_backlog_on_a_fast_link_stops_no_bench() {
     let mut c = adaptive_primary();
-    c.set_rtt(Duration::from_millis(5));
-    c.bench_begin();
+    // The link's round trip (QUIC's estimate) is 5 ms.
+    a_write_behind_probes(&mut c, Duration::from_millis(5));
     let mut t = Duration::ZERO;
-    for req in 0..4 {
-        c.bench_write(t, 100 + req, ProbeMode::C, req * 4096, Bytes::from(vec![1u8; 4096]));
-    }
-    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
-    run(&mut c, t);
     while t < Duration::from_millis(300) {
         t += Duration::from_millis(10);
         c.handle_frame(t, 1, Message::Ping { id: 9 });
@@ -121,14 +111,9 @@ fn a_write_behind_the_benchs_own_backlog_on_a_fast_link_stops_no_bench() {
 #[test]
 fn a_write_behind_probes_within_the_budget_stops_no_bench() {
     let mut c = adaptive_primary();
-    c.set_rtt(Duration::from_millis(90));
-    c.bench_begin();
+    // The link's round trip (QUIC's estimate) is 90 ms.
+    a_write_behind_probes(&mut c, Duration::from_millis(90));
     let mut t = Duration::ZERO;
-    for req in 0..4 {
-        c.bench_write(t, 100 + req, ProbeMode::C, req * 4096, Bytes::from(vec![1u8; 4096]));
-    }
-    c.write(t, 1, 0, Bytes::from(vec![2u8; 64]), false);
-    run(&mut c, t);
     t += Duration::from_millis(90);
     c.handle_timeout(t);
     c.handle_frame(t, 1, Message::Ack { received: 5, done: 5 });

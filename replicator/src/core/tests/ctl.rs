@@ -845,6 +845,32 @@ fn a_wrote_alone_beside_outdated_b() -> Duo {
     d
 }
 
+/// b crashes for good (its forced record waiting) while a is still cut
+/// off from the witness: 3 s with neither heard, b's lease runs out.
+fn b_crashes_for_good(d: &mut Duo) {
+    for _ in 0..30 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.votes[1].clear();
+    }
+}
+
+/// a, back at the witness beside b's unused forced claim, was not deposed
+/// (`at`: where, for the message): it holds the right, and the witness
+/// kept b outdated.
+fn a_holds_beside_outdated_b(d: &Duo, at: &str) {
+    assert!(
+        !d.hooks[0].contains(&Hook::Demote),
+        "a was deposed by b's unused forced claim{at}: {:?}, the witness {:?}",
+        d.hooks[0],
+        d.w.durable()
+    );
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
+    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
+    assert_eq!(outdated, ["b"], "the witness kept the unused forced claim's record");
+}
+
 /// a goes silent (it crashed): 3 s of b's votes alone, a's lease runs out.
 fn a_goes_silent(d: &mut Duo) {
     for _ in 0..30 {
@@ -1182,12 +1208,7 @@ fn a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unus
     assert_eq!(d.c[0].role(), Role::Primary, "a lives on, cut off from the witness");
     b_forced_on_a_full_volume(&mut d);
     assert!(d.w.outdated().any(|n| n == "a"), "the forced claim outdates a at the witness");
-    // b crashes for good: its lease runs out at the witness.
-    for _ in 0..30 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.votes[1].clear();
-    }
+    b_crashes_for_good(&mut d);
     d.hooks[0].clear();
     // a's link to the witness comes back.
     for _ in 0..10 {
@@ -1195,16 +1216,7 @@ fn a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unus
         d.votes[1].clear();
         d.vote_all(0);
     }
-    assert!(
-        !d.hooks[0].contains(&Hook::Demote),
-        "a was deposed by b's unused forced claim: {:?}, the witness {:?}",
-        d.hooks[0],
-        d.w.durable()
-    );
-    assert_eq!(d.c[0].role(), Role::Primary);
-    assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
-    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
-    assert_eq!(outdated, ["b"], "the witness kept the unused forced claim's record");
+    a_holds_beside_outdated_b(&d, "");
 }
 
 /// The same with a witness restarted meanwhile (helper-153's open note):
@@ -1218,30 +1230,13 @@ fn a_primary_back_at_the_witness_is_not_deposed_by_a_forced_claim_that_went_unus
 fn a_primary_back_at_a_restarted_witness_is_not_deposed_by_a_forced_claim_that_went_unused() {
     let mut d = a_wrote_alone_cut_from_b_and_went();
     b_forced_on_a_full_volume(&mut d);
-    for _ in 0..30 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.votes[1].clear();
-    }
+    b_crashes_for_good(&mut d);
     // The witness restarts on its saved record (b's unused grant, a
     // outdated, the undo kept).
     d.w = Arbiter::new("r", d.now, DEAD, d.w.durable());
     d.hooks[0].clear();
-    for _ in 0..40 {
-        d.tick(Duration::from_millis(100));
-        d.votes[1].clear();
-        d.vote_all(0);
-    }
-    assert!(
-        !d.hooks[0].contains(&Hook::Demote),
-        "a was deposed by b's unused forced claim at the restarted witness: {:?}, the witness {:?}",
-        d.hooks[0],
-        d.w.durable()
-    );
-    assert_eq!(d.c[0].role(), Role::Primary);
-    assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
-    let outdated: Vec<String> = d.w.outdated().map(String::from).collect();
-    assert_eq!(outdated, ["b"], "the witness kept the unused forced claim's record");
+    d.alone(0);
+    a_holds_beside_outdated_b(&d, " at the restarted witness");
 }
 
 /// The same after a restart of a's: promoted again by its controller, it
@@ -1260,11 +1255,7 @@ fn a_primary_restarted_since_its_writes_alone_is_not_deposed_by_an_unused_forced
     // waits.
     a_goes_silent(&mut d);
     b_forced_on_a_full_volume(&mut d);
-    for _ in 0..30 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        d.votes[1].clear();
-    }
+    b_crashes_for_good(&mut d);
     for _ in 0..10 {
         d.tick(Duration::from_millis(100));
         d.votes[1].clear();

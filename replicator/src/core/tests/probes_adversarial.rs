@@ -74,7 +74,7 @@ fn writes_queued_behind_probes_do_not_send_adaptive_mode_ahead() {
 
 /// An adaptive Primary in C, connected (budget 50 ms, hold 2 s, and
 /// `congestion_fill` `fill`).
-fn adaptive_primary(fill: Option<u64>) -> Core {
+pub(super) fn adaptive_primary(fill: Option<u64>) -> Core {
     let mut c = core(Protocol::Adaptive, DiskState::UpToDate);
     c.cfg.adaptive = AdaptiveConfig {
         budget: Duration::from_millis(50),
