@@ -12,15 +12,15 @@ cd "$(dirname "$0")/.."
 # The demo needs no AWS address mover: it builds without the AWS SDK
 # (`--no-default-features`), which would add several minutes.
 # Cargo builds where CARGO_TARGET_DIR (or a cargo config) says, not always
-# in ./target: ask it (before, the demo ran target/release/twinblock, absent
-# with CARGO_TARGET_DIR set: "No such file or directory").
+# in ./target: lib.sh's release_dir asks it (before, the demo ran
+# target/release/twinblock, absent with CARGO_TARGET_DIR set: "No such file
+# or directory").
 # TWINBLOCK names a binary built elsewhere (tests/newcomer.rs runs the
 # demo so), as in ldap-failover.sh.
 if [[ -n ${TWINBLOCK:-} ]]; then
   BIN=$TWINBLOCK
 else
-  TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-  BIN=${TARGET:-$PWD/target}/release/twinblock
+  BIN=$(release_dir)/twinblock
   if [[ ! -x $BIN ]]; then
     echo "demo: building twinblock (release, without the AWS SDK; about two minutes the first time)..."
   fi
