@@ -417,6 +417,10 @@ async fn run_session(
     let sid =
         node.link_up(LinkTx { queue: out_tx, closing: closing.clone(), answers: answers.clone() });
     let mut tally = SessionTally { node: node.clone(), sid, conn: conn.clone(), mtu: 0 };
+    // The first look before any frame is read: the handshake can reach
+    // Established before the loop's first tick, and a status taken then
+    // showed no path (CI: `path_mtu` null right at Established).
+    tally.tick();
     // (A debug line: a dialer its peer refuses has its QUIC connection up
     // before the peer checks its certificate, and logged this at every
     // dial. The core's "connected" says when a session runs.)
