@@ -155,6 +155,9 @@ struct Shared {
     tally: BTreeMap<(String, &'static str, &'static str), u64>,
     /// Decisions undone because the state could not be saved.
     save_failures: u64,
+    /// Per node, the newest of its connections a request came on
+    /// ([`decide`]): a request on an older one is stale.
+    newest: BTreeMap<String, u64>,
 }
 
 /// Runs the witness `name` of `res` until `stop` turns true.
@@ -274,6 +277,7 @@ pub async fn serve_reporting(
         state: w.state.clone(),
         tally: BTreeMap::new(),
         save_failures: 0,
+        newest: BTreeMap::new(),
     }));
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
@@ -380,7 +384,7 @@ pub async fn serve_reporting(
                 };
                 info!(node = %who, remote = %conn.remote_address(), "node connected");
                 admit(&sessions, &who, id, &conn);
-                if let Err(e) = session(conn.clone(), &who, &nodes, shared).await {
+                if let Err(e) = session(conn.clone(), id, &who, &nodes, shared).await {
                     warn!(node = %who, "session ended: {e}");
                     // The node is told why (its log shows the close reason).
                     let cut = (0..=e.len().min(200)).rev().find(|&i| e.is_char_boundary(i));
@@ -415,6 +419,7 @@ fn admit(sessions: &Sessions, who: &str, id: u64, conn: &quinn::Connection) {
 
 async fn session(
     conn: quinn::Connection,
+    conn_id: u64,
     who: &str,
     nodes: &[String],
     shared: Arc<Mutex<Shared>>,
@@ -425,7 +430,8 @@ async fn session(
         // The lock is held until the new state is saved: a decision that
         // could not be saved is undone before anyone else sees it.
         let now = sh.origin.elapsed();
-        let d = decide(&mut sh, now, who, nodes, &req);
+        let d = decide(&mut sh, now, conn_id, who, nodes, &req);
+        let stale = d.verdict == "stale_connection";
         let saved = match (d.save.clone(), sh.state.clone()) {
             // Durable before the answer relies on it.
             (Some(after), Some(path)) => matches!(
@@ -442,6 +448,9 @@ async fn session(
         *sh.tally.entry((who.to_owned(), kind_label(req.kind), verdict)).or_default() += 1;
         drop(sh);
         write_msg(&mut tx, &reply).await?;
+        if stale {
+            return Err(reply.reason);
+        }
     }
     Ok(())
 }
@@ -456,10 +465,23 @@ struct Decision {
     save: Option<Durable>,
 }
 
-/// Decides `req` on `who`'s connection (`nodes`: the resource's).
+/// Decides `req` on `who`'s connection `conn` (numbered in the order the
+/// witness accepted them; `nodes`: the resource's).
+///
+/// A node talks to the witness on one connection at a time: it opens a
+/// new one only once it gave the last up (or its process restarted). So
+/// once a request came on a node's newer connection, whatever comes on
+/// an older one was sent before it: a datagram held up in the network,
+/// or retransmitted by a connection the node has closed while the
+/// witness has not timed it out yet. Decided after the newer requests,
+/// an old `Release` cleared the right the node had claimed again since,
+/// and the other node could be granted it while the holder's lease ran
+/// by its own count (the simulator's lease rule, I4): such a request is
+/// refused, `stale_connection`, and its connection closed.
 fn decide(
     sh: &mut Shared,
     now: Duration,
+    conn: u64,
     who: &str,
     nodes: &[String],
     req: &VoteRequest,
@@ -472,6 +494,17 @@ fn decide(
             "wrong_node",
         );
     }
+    let newest = sh.newest.entry(who.to_owned()).or_insert(conn);
+    if conn < *newest {
+        return plain(
+            refused(format!(
+                "a request on {who}'s older connection to the witness, after its newer one's: \
+                 stale, not decided"
+            )),
+            "stale_connection",
+        );
+    }
+    *newest = conn;
     if req.peer == who || !nodes.contains(&req.peer) {
         // The peer it names is what the witness outdates: it must be
         // the other node of this resource.
@@ -625,8 +658,20 @@ mod tests {
         r: VoteRequest,
         fails: bool,
     ) -> VoteReply {
+        ask_on(sh, disk, now, 1, r, fails)
+    }
+
+    /// [`ask`] on the node's connection `conn`.
+    fn ask_on(
+        sh: &mut Shared,
+        disk: &mut Durable,
+        now: Duration,
+        conn: u64,
+        r: VoteRequest,
+        fails: bool,
+    ) -> VoteReply {
         let nodes = ["a".to_string(), "b".to_string()];
-        let d = decide(sh, now, &r.node, &nodes, &r);
+        let d = decide(sh, now, conn, &r.node, &nodes, &r);
         if let Some(after) = &d.save {
             *disk = after.clone();
         }
@@ -652,6 +697,7 @@ mod tests {
             state: Some(PathBuf::from("/nonexistent/w.meta")),
             tally: BTreeMap::new(),
             save_failures: 0,
+            newest: BTreeMap::new(),
         };
         let mut disk = saved;
         let t = Duration::from_secs(100);
@@ -673,6 +719,53 @@ mod tests {
         let t = t + Duration::from_secs(3);
         let r = w.handle(t, &req("a", VoteKind::Claim, &[1], false));
         assert!(!r.granted, "a, which lacks b's writes, is granted the right: {r:?} ({disk:?})");
+    }
+
+    /// a, Primary, gives the right back (`secondary`) on a connection
+    /// that is failing: the `Release` is held up in the network, a gives
+    /// the connection up and opens another, and claims the right again on
+    /// it (its controller promotes it; it acknowledges writes on that
+    /// grant). The held-up `Release` reaches the witness after that, on
+    /// the old connection, which the witness has not timed out. Decided,
+    /// it cleared a's right while a's lease ran, and b, cut off from a,
+    /// was granted the right at once: two Primaries. It is refused as
+    /// stale, and a keeps the right.
+    #[test]
+    fn a_release_held_up_on_an_old_connection_does_not_clear_a_newer_claim() {
+        let mut sh = Shared {
+            arb: Arbiter::new(
+                "r",
+                Duration::ZERO,
+                Duration::ZERO,
+                Durable { complete: true, ..Durable::default() },
+            ),
+            origin: Instant::now(),
+            state: None,
+            tally: BTreeMap::new(),
+            save_failures: 0,
+            newest: BTreeMap::new(),
+        };
+        let mut disk = Durable::default();
+        let t = Duration::from_secs(100);
+        let r = ask_on(&mut sh, &mut disk, t, 3, req("a", VoteKind::Claim, &[1], false), false);
+        assert!(r.granted, "{r:?}");
+        // (The Release was sent here, on connection 3, and held up.)
+        let t = t + Duration::from_secs(2);
+        let claim = VoteRequest { id: 7, ..req("a", VoteKind::Claim, &[1], false) };
+        let r = ask_on(&mut sh, &mut disk, t, 8, claim, false);
+        assert!(r.granted, "{r:?}");
+        let t = t + Duration::from_millis(100);
+        let late = VoteRequest { id: 2, ..req("a", VoteKind::Release, &[1], false) };
+        let r = ask_on(&mut sh, &mut disk, t, 3, late, false);
+        assert!(!r.granted, "{r:?}");
+        assert!(r.reason.contains("older connection"), "{r:?}");
+        assert_eq!(sh.arb.holder(), Some("a"));
+        let t = t + Duration::from_millis(100);
+        let r = ask_on(&mut sh, &mut disk, t, 9, req("b", VoteKind::Claim, &[1], false), false);
+        assert!(!r.granted, "b granted beside a's running lease: {r:?}");
+        // a's requests on its newer connection go on as before.
+        let renew = VoteRequest { id: 8, ..req("a", VoteKind::Renew, &[1], false) };
+        assert!(ask_on(&mut sh, &mut disk, t, 8, renew, false).granted);
     }
 
     /// The state file round-trips for its resource (undo record and
