@@ -317,7 +317,9 @@ fn parse_export_name(s: &str) -> Result<String, String> {
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
-        return Err(format!("{s:?}: must be more than 0"));
+        return Err(format!(
+            "{s:?}: must be more than zero (with none, the server listens and serves no one)"
+        ));
     }
     Ok(d)
 }

@@ -99,13 +99,17 @@ fn bad_arguments_name_the_problem() {
 /// listens and serves no one (found by review, helper-112: every connection
 /// ended "handshake timed out", or "cannot set a 0 duration timeout" after
 /// the handshake): refused as bad arguments, like `--max-connections 0`.
+/// A bare `0` says the same (it said "give a unit (us, ms, s)": README
+/// walk-through).
 #[test]
 fn zero_timeouts_are_refused() {
     for opt in ["--handshake-timeout", "--io-timeout"] {
-        let out = twinblock(&["serve", "--disk", "/tmp/x", "--size", "1M", opt, "0s"]);
-        assert_eq!(out.status.code(), Some(2), "{opt} 0s");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(opt), "{err}");
+        for zero in ["0s", "0"] {
+            let out = twinblock(&["serve", "--disk", "/tmp/x", "--size", "1M", opt, zero]);
+            assert_eq!(out.status.code(), Some(2), "{opt} {zero}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(opt) && err.contains("must be more than zero"), "{err}");
+        }
     }
 }
 

@@ -467,13 +467,31 @@ impl ResourceConfig {
             Some(v) => parse_duration(v).map_err(|e| key_err(key, e)),
             None => Ok(default),
         };
-        let timeout = dur("timeout", &raw.timeout, Duration::from_secs(6))?;
-        let ping_interval = dur("ping-interval", &raw.ping_interval, Duration::from_millis(500))?;
-        let connect_interval =
-            dur("connect-interval", &raw.connect_interval, Duration::from_millis(250))?;
-        if timeout.is_zero() {
-            return Err(key_err("timeout", "must be above 0".into()));
-        }
+        // A key that cannot be zero says so and why: `parse_duration` takes
+        // a bare "0" for every key, and before it did, `timeout = "0"` was
+        // refused with "give a unit (us, ms, s)" (README walk-through).
+        let nonzero = |key: &str, d: Duration, why: &str| {
+            if d.is_zero() {
+                Err(key_err(key, format!("must be more than zero ({why})")))
+            } else {
+                Ok(d)
+            }
+        };
+        let timeout = nonzero(
+            "timeout",
+            dur("timeout", &raw.timeout, Duration::from_secs(6))?,
+            "with none, the peer would be lost as soon as it is found",
+        )?;
+        let ping_interval = nonzero(
+            "ping-interval",
+            dur("ping-interval", &raw.ping_interval, Duration::from_millis(500))?,
+            "the time between heartbeats",
+        )?;
+        let connect_interval = nonzero(
+            "connect-interval",
+            dur("connect-interval", &raw.connect_interval, Duration::from_millis(250))?,
+            "at least 10ms: the first reconnect delay, doubled up to 8 times",
+        )?;
         // (From zero the backoff never grew: a peer that refused every
         // handshake was dialed in a busy loop.)
         if connect_interval < Duration::from_millis(10) {
@@ -485,20 +503,11 @@ impl ResourceConfig {
                 ),
             ));
         }
-        if ping_interval.is_zero() || ping_interval >= timeout {
-            return Err(key_err(
-                "ping-interval",
-                format!("must be above 0 and below timeout ({timeout:?})"),
-            ));
+        if ping_interval >= timeout {
+            return Err(key_err("ping-interval", format!("must be below timeout ({timeout:?})")));
         }
-        // A duration where "0" (no unit needed) turns the setting off, as
-        // DRBD's disk-timeout 0.
-        let dur_or_off =
-            |key: &str, v: &Option<String>, default: Duration| match v.as_deref().map(str::trim) {
-                Some("0") => Ok(Duration::ZERO),
-                _ => dur(key, v, default),
-            };
-        let disk_timeout = dur_or_off("disk-timeout", &raw.disk_timeout, Duration::ZERO)?;
+        // Zero turns these off, as DRBD's disk-timeout 0.
+        let disk_timeout = dur("disk-timeout", &raw.disk_timeout, Duration::ZERO)?;
         if !disk_timeout.is_zero() && disk_timeout < Duration::from_millis(100) {
             return Err(key_err(
                 "disk-timeout",
@@ -506,7 +515,7 @@ impl ResourceConfig {
             ));
         }
         let disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
-        let busy_poll = dur_or_off("busy-poll", &raw.busy_poll, Duration::from_micros(50))?;
+        let busy_poll = dur("busy-poll", &raw.busy_poll, Duration::from_micros(50))?;
         if busy_poll > crate::busy_poll::MAX_BUDGET {
             return Err(key_err(
                 "busy-poll",
@@ -546,11 +555,15 @@ impl ResourceConfig {
                         "required with protocol = \"adaptive\" (e.g. \"3ms\")".into(),
                     )
                 })?;
-                let d = parse_duration(v).map_err(|e| key_err("adaptive.latency_budget", e))?;
-                if d.is_zero() || d >= timeout {
+                let d = nonzero(
+                    "adaptive.latency_budget",
+                    parse_duration(v).map_err(|e| key_err("adaptive.latency_budget", e))?,
+                    "what replication may add to a write before the Primary goes Ahead",
+                )?;
+                if d >= timeout {
                     return Err(key_err(
                         "adaptive.latency_budget",
-                        format!("{d:?} must be above 0 and below timeout ({timeout:?})"),
+                        format!("{d:?} must be below timeout ({timeout:?})"),
                     ));
                 }
                 Some(d)
@@ -760,9 +773,19 @@ impl ResourceConfig {
         let controller = match raw.controller {
             None => None,
             Some(c) => {
-                let dead_time = dur("controller.dead_time", &c.dead_time, Duration::from_secs(10))?;
-                let heartbeat = dur("controller.heartbeat", &c.heartbeat, Duration::from_secs(1))?;
-                if heartbeat.is_zero() || dead_time < heartbeat * 4 {
+                let dead_time = nonzero(
+                    "controller.dead_time",
+                    dur("controller.dead_time", &c.dead_time, Duration::from_secs(10))?,
+                    "the peer's silence before the survivor may take over",
+                )?;
+                // (Zero was reported as a dead_time "must be at least 4
+                // heartbeats (0ns each)", naming the wrong key.)
+                let heartbeat = nonzero(
+                    "controller.heartbeat",
+                    dur("controller.heartbeat", &c.heartbeat, Duration::from_secs(1))?,
+                    "the time between the witness's renewals",
+                )?;
+                if dead_time < heartbeat * 4 {
                     return Err(key_err(
                         "controller.dead_time",
                         format!("{dead_time:?} must be at least 4 heartbeats ({heartbeat:?} each)"),
@@ -823,15 +846,12 @@ impl ResourceConfig {
                         ));
                     }
                     if let Some(d) = &a.deadline {
-                        let d = parse_duration(d)
-                            .map_err(|e| key_err("controller.address.deadline", e))?;
-                        // A zero deadline fails every move before its first call.
-                        if d.is_zero() {
-                            return Err(key_err(
-                                "controller.address.deadline",
-                                "must be more than 0s".into(),
-                            ));
-                        }
+                        nonzero(
+                            "controller.address.deadline",
+                            parse_duration(d)
+                                .map_err(|e| key_err("controller.address.deadline", e))?,
+                            "with none, every move fails before its first call",
+                        )?;
                     }
                     if let Some(r) = &a.recheck {
                         parse_duration(r).map_err(|e| key_err("controller.address.recheck", e))?;
@@ -839,20 +859,15 @@ impl ResourceConfig {
                 }
                 // (Zero, the health check's command ran in a busy loop, and
                 // every hook was killed as it started.)
-                let above_zero = |key: &str, d: Duration| {
-                    if d.is_zero() {
-                        Err(key_err(key, "must be above 0".into()))
-                    } else {
-                        Ok(d)
-                    }
-                };
-                let health_interval = above_zero(
+                let health_interval = nonzero(
                     "controller.health_interval",
                     dur("controller.health_interval", &c.health_interval, heartbeat * 2)?,
+                    "with none, the health check runs in a busy loop",
                 )?;
-                let hook_timeout = above_zero(
+                let hook_timeout = nonzero(
                     "controller.hook_timeout",
                     dur("controller.hook_timeout", &c.hook_timeout, Duration::from_secs(120))?,
+                    "with none, every hook is killed as it starts",
                 )?;
                 Some(ControllerSettings {
                     rules,
@@ -1058,7 +1073,7 @@ key = "certs/b.key"
         let a = c.controller.unwrap().address.unwrap();
         assert_eq!(a.recheck.as_deref(), Some("10s"));
         let e = parse(&with("deadline = \"0s\"\n")).unwrap_err();
-        assert!(e.contains("controller.address.deadline: must be more than 0s"), "{e}");
+        assert!(e.contains("controller.address.deadline: must be more than zero"), "{e}");
         let e = parse(&with("recheck = \"often\"\n")).unwrap_err();
         assert!(e.contains("controller.address.recheck") && e.contains("often"), "{e}");
     }
@@ -1179,8 +1194,59 @@ key = "certs/b.key"
         ] {
             let e = parse(&with(line)).unwrap_err();
             assert!(e.contains(&format!("ldap.toml: {key}: ")), "{line}: {e}");
-            assert!(e.contains("above 0"), "{line}: {e}");
+            assert!(e.contains("must be more than zero"), "{line}: {e}");
         }
+    }
+
+    /// Every duration key with a bare `"0"`: where zero means off it is
+    /// taken as zero; elsewhere refused naming the key and saying it must be
+    /// more than zero (README walk-through: `timeout = "0"` was refused
+    /// with "give a unit (us, ms, s)", and `busy-poll = "0"` only worked
+    /// through a special case).
+    #[test]
+    fn a_bare_zero_is_zero_or_refused_naming_the_key() {
+        let top = |line: &str| GOOD.replace("[tls]", &format!("{line}\n[tls]"));
+        let c = parse(&top("busy-poll = \"0\"\ndisk-timeout = \"0\"")).unwrap();
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        assert_eq!(c.disk_timeout, None);
+        let c = parse(&with_address("kind = \"command\"\ncommand = \"true\"\nrecheck = \"0\"\n"))
+            .unwrap();
+        assert_eq!(c.controller.unwrap().address.unwrap().recheck.as_deref(), Some("0"));
+        let controller = |line: &str| {
+            format!(
+                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+                 [controller]\n{line}\n"
+            )
+        };
+        let adaptive = |line: &str| {
+            GOOD.replace("protocol = \"C\"", "protocol = \"adaptive\"")
+                .replace("[tls]", &format!("[adaptive]\n{line}\n[tls]"))
+        };
+        for (text, key) in [
+            (top("timeout = \"0\""), "timeout"),
+            (top("ping-interval = \"0\""), "ping-interval"),
+            (top("connect-interval = \"0\""), "connect-interval"),
+            (adaptive("latency_budget = \"0\""), "adaptive.latency_budget"),
+            (controller("dead_time = \"0\""), "controller.dead_time"),
+            (controller("heartbeat = \"0\""), "controller.heartbeat"),
+            (controller("health_interval = \"0\""), "controller.health_interval"),
+            (controller("hook_timeout = \"0\""), "controller.hook_timeout"),
+            (
+                with_address("kind = \"command\"\ncommand = \"true\"\ndeadline = \"0\"\n"),
+                "controller.address.deadline",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.contains(&format!("ldap.toml: {key}: must be more than zero (")),
+                "{key}: {e}"
+            );
+            assert!(!e.contains("give a unit"), "{key}: {e}");
+        }
+        // Any other number still needs its unit.
+        let e = parse(&top("timeout = \"5\"")).unwrap_err();
+        assert!(e.contains("timeout: \"5\": give a unit"), "{e}");
     }
 
     /// A zero `timeout` names `timeout` (it named `ping-interval`, found
@@ -1188,7 +1254,7 @@ key = "certs/b.key"
     #[test]
     fn a_zero_timeout_names_timeout() {
         let e = parse(&GOOD.replace("[tls]", "timeout = \"0s\"\n[tls]")).unwrap_err();
-        assert!(e.contains(": timeout: must be above 0"), "{e}");
+        assert!(e.contains(": timeout: must be more than zero"), "{e}");
         let e = parse(&GOOD.replace("[tls]", "ping-interval = \"7s\"\n[tls]")).unwrap_err();
         assert!(e.contains("ping-interval") && e.contains("below timeout (6s)"), "{e}");
     }

@@ -24,7 +24,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses a duration: a number with `ns`, `us`, `ms`, `s`, `m` or `h`
-/// (fractions allowed: `1.5ms`).
+/// (fractions allowed: `1.5ms`), or a bare zero (`0`): zero is zero in
+/// every unit. Whether zero is allowed is the caller's to say, naming the
+/// key and why (a README walk-through: `timeout = "0"` was refused with
+/// "give a unit", which hid that the key needs more than zero, and
+/// `busy-poll = "0"`'s "0 turns it off" read as if a unit were needed).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.starts_with('-') {
@@ -42,6 +46,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "" if n == 0.0 => return Ok(Duration::ZERO),
         "" => return Err(format!("{s:?}: give a unit (us, ms, s)")),
         other => return Err(format!("{s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)")),
     };
@@ -75,7 +80,13 @@ mod tests {
         assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_duration("1.5ms").unwrap(), Duration::from_micros(1500));
-        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5").unwrap_err().contains("give a unit"));
+        // Zero needs no unit (the key says whether zero is allowed).
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration(" 0 ").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0.0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0ms").unwrap(), Duration::ZERO);
+        assert!(parse_duration("0.5").unwrap_err().contains("give a unit"));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("-1ms").unwrap_err().contains("negative"));
