@@ -392,16 +392,41 @@ fn a_lost_peer_never_hangs_the_primary() {
     assert!(read_file(&p.nodes[0].disk) == read_file(&p.nodes[1].disk));
 }
 
+/// A peer of another CA, with another name, or of another resource is
+/// refused, each saying why. A certificate of another CA names `tls.ca`
+/// and its file in the log and the status, on the node that refused it
+/// (as the dialer, the listener's certificate; as the listener, the
+/// dialer's) and on the node refused (README walk-through: both said only
+/// rustls's "invalid peer certificate: BadSignature", kept at the end).
 #[test]
 fn a_peer_from_another_ca_or_with_another_name_is_refused() {
     let mut p = Pair::prepare("C", "16M");
     let dir = p.dir.path().to_owned();
     // Another CA entirely, and a certificate of the right CA for another name.
-    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).arg("b"));
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).args(["a", "b"]));
     run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("certs")).arg("c"));
     let good = std::fs::read_to_string(&p.config).unwrap();
+    // The good node's own CA file, as its messages name it.
+    let our_ca = format!("not signed by the CA in tls.ca ({})", dir.join("certs/ca.pem").display());
+    let rogue_up = |cfg: &str, node: &str, label: &str| {
+        let rogue_cfg = dir.join("rogue.toml");
+        std::fs::write(&rogue_cfg, cfg).unwrap();
+        let log = dir.join(format!("rogue-{}.log", label.replace(' ', "-")));
+        let rogue = KillOnDrop(
+            Command::new(BIN)
+                .args(["up", "--config"])
+                .arg(&rogue_cfg)
+                .args(["--node", node])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        (rogue, log)
+    };
     p.up(0);
     for (label, cert, key, ca, needle) in [
+        // a dials: it refuses b's certificate.
         ("foreign CA", "rogue/b.pem", "rogue/b.key", "rogue/ca.pem", "BadSignature"),
         ("wrong name", "certs/c.pem", "certs/c.key", "certs/ca.pem", "not valid for name"),
         // The right CA and name, but a node of another resource.
@@ -423,20 +448,7 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
                 .replace("disk = \"b.img\"", "disk = \"b-r1.img\"")
                 .replace("meta = \"b.meta\"", "meta = \"b-r1.meta\"");
         }
-        let rogue_cfg = dir.join("rogue.toml");
-        std::fs::write(&rogue_cfg, bad).unwrap();
-        let log = std::fs::File::create(dir.join(format!("rogue-{}.log", label.replace(' ', "-"))))
-            .unwrap();
-        let rogue = KillOnDrop(
-            Command::new(BIN)
-                .args(["up", "--config"])
-                .arg(&rogue_cfg)
-                .args(["--node", "b"])
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        let (rogue, rogue_log) = rogue_up(&bad, "b", label);
         std::thread::sleep(Duration::from_secs(3));
         let a = p.status(0);
         assert_ne!(a["connection"], "Connected", "{label}: connected to a rogue peer");
@@ -447,10 +459,58 @@ fn a_peer_from_another_ca_or_with_another_name_is_refused() {
             "{label}: a's log does not say why ({needle}):\n{}",
             tail(&log_a)
         );
+        if label == "foreign CA" {
+            // a, the dialer, refused b's certificate: its log and status
+            // name its tls.ca; b, refused, says its certificate was.
+            let refusal = a["link_refusal"].as_str().unwrap_or_default();
+            assert!(refusal.contains(&our_ca) && refusal.contains("BadSignature"), "{a}");
+            assert!(log_a.contains(&our_ca), "a's log:\n{}", tail(&log_a));
+            let log_b = std::fs::read_to_string(&rogue_log).unwrap();
+            assert!(
+                log_b.contains(
+                    "the peer refused this node's certificate, not signed by the CA in its tls.ca"
+                ),
+                "b's log:\n{}",
+                tail(&log_b)
+            );
+        }
         drop(rogue);
     }
-    // The real b connects.
+    // The other way round: a dials with a certificate of another CA (its
+    // tls.ca trusts b's), and b, the listener, refuses it.
+    assert!(p.down(0).success());
     p.up(1);
+    let bad = good
+        .replace("cert = \"certs/a.pem\"", "cert = \"rogue/a.pem\"")
+        .replace("key = \"certs/a.key\"", "key = \"rogue/a.key\"");
+    let (rogue, rogue_log) = rogue_up(&bad, "a", "foreign CA dialing");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let b = loop {
+        let b = p.status(1);
+        if b["link_refusal"].as_str().is_some_and(|r| r.contains(&our_ca)) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "b does not say why it refuses a: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(b["connection"], "Connected", "connected to a rogue peer: {b}");
+    assert!(b["link_refusal"].as_str().unwrap().contains("BadSignature"), "{b}");
+    let log_b = p.log(1);
+    assert!(log_b.contains(&our_ca), "b's log:\n{}", tail(&log_b));
+    // a, refused, says so in its log and its status.
+    let said = "the peer refused this node's certificate, not signed by the CA in its tls.ca";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&rogue_log).unwrap().contains(said) {
+        assert!(
+            Instant::now() < deadline,
+            "a's log does not say it was refused:\n{}",
+            tail(&std::fs::read_to_string(&rogue_log).unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(rogue);
+    // The real a connects.
+    p.up(0);
     p.wait_connected();
 }
 

@@ -8,6 +8,7 @@
 //! Incoming connections are handled on their own tasks, with a deadline:
 //! one peer that stalls its TLS handshake never keeps the real one out.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,8 +271,7 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
         let refusals = refusals.clone();
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(timeout, async {
-                let conn =
-                    incoming.await.map_err(|e| handshake_error(&e, &node.res.name, false))?;
+                let conn = incoming.await.map_err(|e| handshake_error(&e, &node.res, false))?;
                 if let Err(e) = tls::check_peer(&conn, &node.peer.name) {
                     conn.close(CLOSE_NOT_PEER.into(), b"not the configured peer");
                     return Err(e.to_string());
@@ -280,7 +280,8 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                     conn.close(CLOSE_REFUSED.into(), why.as_bytes());
                     return Err(format!("{why}: refused"));
                 }
-                let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+                let (send, recv) =
+                    conn.accept_bi().await.map_err(|e| handshake_error(&e, &node.res, false))?;
                 Ok((conn, send, recv))
             })
             .await
@@ -346,8 +347,9 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
                 .connect(node.peer.connect, &node.peer.name)
                 .map_err(|e| e.to_string())?
                 .await
-                .map_err(|e| handshake_error(&e, &node.res.name, true))?;
-            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                .map_err(|e| handshake_error(&e, &node.res, true))?;
+            let (send, recv) =
+                conn.open_bi().await.map_err(|e| handshake_error(&e, &node.res, true))?;
             Ok::<_, String>((conn, send, recv))
         };
         let result = tokio::select! {
@@ -451,7 +453,7 @@ async fn run_session(
             // The paused reader sees no close: the peer's (a disconnect,
             // its give-up) is seen here, with its reason.
             e = conn.closed(), if !room || !answered => {
-                break read_failed(&node.peer.name, Some(e.clone()), e)
+                break read_failed(&node.peer.name, &node.res.ca, Some(e.clone()), e)
             }
             r = recv.read_buf(&mut buf), if room && answered => match r {
                 Ok(0) => break (core::PEER_FINISHED.into(), EndedBy::PeerFinished),
@@ -497,9 +499,9 @@ async fn run_session(
                         faulted = Some((f, ours));
                     }
                 }
-                Err(e) => break read_failed(&node.peer.name, conn.close_reason(), e),
+                Err(e) => break read_failed(&node.peer.name, &node.res.ca, conn.close_reason(), e),
             },
-            end = &mut closed_rx => break writer_ended(&node.peer.name, &conn, end),
+            end = &mut closed_rx => break writer_ended(&node.peer.name, &node.res.ca, &conn, end),
             _ = tick.tick() => ran |= tally.tick(),
             _ = stop.wait_for(|s| *s) => break (NODE_STOPPING.into(), EndedBy::Other),
         }
@@ -507,7 +509,7 @@ async fn run_session(
         // its handshake: the dialer backs off from such a peer.)
         if let Some((f, ours)) = faulted.take() {
             break match tokio::time::timeout(CLOSING, &mut closed_rx).await {
-                Ok(end) => writer_ended(&node.peer.name, &conn, end),
+                Ok(end) => writer_ended(&node.peer.name, &node.res.ca, &conn, end),
                 // The writer is held up (flow control): close anyway.
                 Err(_) if ours => (f, EndedBy::Us),
                 // The core had ended the session before, for its own
@@ -522,7 +524,7 @@ async fn run_session(
     ran = ran || node.session_running(sid);
     let (why, by) = if by == EndedBy::PeerFinished && !node.has_session(sid) {
         match tokio::time::timeout(CLOSING, &mut closed_rx).await {
-            Ok(end) => writer_ended(&node.peer.name, &conn, end),
+            Ok(end) => writer_ended(&node.peer.name, &node.res.ca, &conn, end),
             Err(_) => (why, by),
         }
     } else {
@@ -603,12 +605,13 @@ enum WriterEnd {
 /// from the peer is one).
 fn writer_ended(
     peer: &str,
+    ca: &Path,
     conn: &quinn::Connection,
     end: Result<WriterEnd, tokio::sync::oneshot::error::RecvError>,
 ) -> (String, EndedBy) {
     match end {
         Ok(WriterEnd::Closed(why)) => (why, EndedBy::Us),
-        Ok(WriterEnd::Failed(e)) => read_failed(peer, conn.close_reason(), e),
+        Ok(WriterEnd::Failed(e)) => read_failed(peer, ca, conn.close_reason(), e),
         Err(_) => ("closed".into(), EndedBy::Us),
     }
 }
@@ -616,12 +619,18 @@ fn writer_ended(
 /// Why the link failed, in words for the operator: with the peer's own
 /// reason when it closed the connection (`closed`, the connection's close
 /// reason), else what the read or write said (`e`); and who ended the
-/// session.
+/// session. A dialer whose certificate the peer refuses has its
+/// connection up first, and learns it here ([`tls::ca_refusal`], naming
+/// `ca`, this node's `tls.ca`).
 fn read_failed(
     peer: &str,
+    ca: &Path,
     closed: Option<quinn::ConnectionError>,
     e: impl std::fmt::Display,
 ) -> (String, EndedBy) {
+    if let Some(why) = closed.as_ref().and_then(|c| tls::ca_refusal(c, ca)) {
+        return (one_line(&format!("link: {why}")), EndedBy::Other);
+    }
     match closed {
         Some(quinn::ConnectionError::ApplicationClosed(c)) => peer_closed(peer, &c),
         Some(quinn::ConnectionError::LocallyClosed) => {
@@ -655,8 +664,13 @@ fn peer_closed(peer: &str, c: &quinn::ApplicationClose) -> (String, EndedBy) {
 /// configured with another `name` fails it with TLS alert 120
 /// (no_application_protocol), which alone said nothing of the cause
 /// ("peer doesn't support any known protocol"). `dialing`: this node
-/// dialled (the peer refused) or accepted (this node refused).
-fn handshake_error(e: &quinn::ConnectionError, resource: &str, dialing: bool) -> String {
+/// dialled (the peer refused) or accepted (this node refused). A
+/// certificate of another CA names `tls.ca` ([`tls::ca_refusal`]).
+fn handshake_error(e: &quinn::ConnectionError, res: &ResourceConfig, dialing: bool) -> String {
+    if let Some(why) = tls::ca_refusal(e, &res.ca) {
+        return why;
+    }
+    let resource = &res.name;
     let no_app_protocol = quinn::TransportErrorCode::crypto(120);
     let alpn = match e {
         quinn::ConnectionError::ConnectionClosed(c) => c.error_code == no_app_protocol,
@@ -845,37 +859,70 @@ mod tests {
     fn a_refusal_names_the_peer_and_its_reason() {
         let why = "the local disk is detached with operations it never completed";
         assert_eq!(
-            read_failed("b", closed_by_peer(CLOSE_REFUSED, why), io()),
+            read_failed("b", Path::new("ca.pem"), closed_by_peer(CLOSE_REFUSED, why), io()),
             (format!("b refused the link: {why}"), EndedBy::PeerRefused)
         );
         assert_eq!(
-            read_failed("b", closed_by_peer(CLOSE_NOT_PEER, "not the configured peer"), io()),
+            read_failed(
+                "b",
+                Path::new("ca.pem"),
+                closed_by_peer(CLOSE_NOT_PEER, "not the configured peer"),
+                io()
+            ),
             ("b refused the link: not the configured peer".to_string(), EndedBy::PeerRefused)
+        );
+    }
+
+    /// A dialer whose certificate the listener refuses has its
+    /// connection up first: the close's rustls words become words that
+    /// name `tls.ca` (README walk-through).
+    #[test]
+    fn a_certificate_refused_for_its_ca_names_tls_ca() {
+        let closed = Some(quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::crypto(51),
+            frame_type: None,
+            reason: Bytes::from_static(b"invalid peer certificate: BadSignature"),
+        }));
+        assert_eq!(
+            read_failed("b", Path::new("certs/ca.pem"), closed, io()),
+            (
+                "link: the peer refused this node's certificate, not signed by the CA in its \
+                 tls.ca (ours: certs/ca.pem) (TLS: invalid peer certificate: BadSignature)"
+                    .to_string(),
+                EndedBy::Other
+            )
         );
     }
 
     #[test]
     fn a_session_the_peer_ended_is_not_a_refusal() {
         assert_eq!(
-            read_failed("b", closed_by_peer(CLOSE_ENDED, NODE_STOPPING), io()),
+            read_failed("b", Path::new("ca.pem"), closed_by_peer(CLOSE_ENDED, NODE_STOPPING), io()),
             ("b closed the link: the node is stopping".to_string(), EndedBy::Other)
         );
         // The peer's reason is cut to one line of 200 characters.
         let long = format!("line\nbreak{}", "x".repeat(1000));
-        let (why, _) = read_failed("b", closed_by_peer(CLOSE_ENDED, &long), io());
+        let (why, _) =
+            read_failed("b", Path::new("ca.pem"), closed_by_peer(CLOSE_ENDED, &long), io());
         assert_eq!(why, format!("b closed the link: line break{}", "x".repeat(190)));
         assert_eq!(
-            read_failed("b", closed_by_peer(CLOSE_ENDED, ""), io()),
+            read_failed("b", Path::new("ca.pem"), closed_by_peer(CLOSE_ENDED, ""), io()),
             ("b closed the link: (no reason)".to_string(), EndedBy::Other)
         );
         assert_eq!(
-            read_failed("b", Some(quinn::ConnectionError::LocallyClosed), io()),
+            read_failed(
+                "b",
+                Path::new("ca.pem"),
+                Some(quinn::ConnectionError::LocallyClosed),
+                io()
+            ),
             ("the node closed the link".to_string(), EndedBy::Other)
         );
-        let (why, refused) = read_failed("b", Some(quinn::ConnectionError::TimedOut), io());
+        let (why, refused) =
+            read_failed("b", Path::new("ca.pem"), Some(quinn::ConnectionError::TimedOut), io());
         assert_eq!((why.as_str(), refused), ("link: connection lost: timed out", EndedBy::Other));
         assert_eq!(
-            read_failed("b", None, io()),
+            read_failed("b", Path::new("ca.pem"), None, io()),
             ("link: connection lost".to_string(), EndedBy::Other)
         );
     }

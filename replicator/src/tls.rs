@@ -504,6 +504,45 @@ pub fn endpoint_configs_for(
     Ok((server, client))
 }
 
+/// A link's TLS handshake that failed because a certificate is not
+/// signed by the CA of the node that checked it, in words that say what to
+/// check: the CA file (`tls.ca`, at `ca`), with rustls's own words kept.
+/// Before, the log and the status said only "invalid peer certificate:
+/// BadSignature" (README walk-through). Either this node refused the
+/// peer's certificate (a local TLS error: as the dialer, the listener's
+/// certificate; as the listener, the dialer's), or the peer refused this
+/// node's (its close says why, in the same rustls words). None: another
+/// failure.
+pub fn ca_refusal(e: &quinn::ConnectionError, ca: &Path) -> Option<String> {
+    // (webpki says BadSignature where a CA of the same name signed the
+    // certificate, as `gen-certs` run twice makes, and UnknownIssuer where
+    // none of that name did.)
+    #[allow(deprecated)]
+    let not_ours = |reason: &str| {
+        [rustls::CertificateError::BadSignature, rustls::CertificateError::UnknownIssuer]
+            .into_iter()
+            .any(|c| reason.trim() == rustls::Error::InvalidCertificate(c).to_string())
+    };
+    let ca = ca.display();
+    match e {
+        quinn::ConnectionError::TransportError(t) if not_ours(&t.reason) => Some(format!(
+            "the peer's certificate is not signed by the CA in tls.ca ({ca}) (TLS: {})",
+            t.reason
+        )),
+        quinn::ConnectionError::ConnectionClosed(c)
+            if not_ours(&String::from_utf8_lossy(&c.reason)) =>
+        {
+            // (Short: the status and the log keep 200 characters.)
+            Some(format!(
+                "the peer refused this node's certificate, not signed by the CA in its tls.ca \
+                 (ours: {ca}) (TLS: {})",
+                String::from_utf8_lossy(&c.reason)
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Checks that the (already CA-verified) peer certificate names `expected`.
 pub fn check_peer(conn: &quinn::Connection, expected: &str) -> Result<(), TlsError> {
     let certs = conn
@@ -520,6 +559,50 @@ pub fn check_peer(conn: &quinn::Connection, expected: &str) -> Result<(), TlsErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate of another CA names `tls.ca` and its file, and keeps
+    /// rustls's words, whichever node refused it; other failures are not
+    /// taken for it (README walk-through).
+    #[test]
+    fn a_certificate_of_another_ca_names_tls_ca() {
+        let ca = Path::new("/etc/tb/certs/ca.pem");
+        let local = |reason: &str| {
+            quinn::ConnectionError::TransportError(quinn_proto::TransportError {
+                code: quinn_proto::TransportErrorCode::crypto(51),
+                frame: None,
+                reason: reason.into(),
+            })
+        };
+        let remote = |reason: &str| {
+            quinn::ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+                error_code: quinn_proto::TransportErrorCode::crypto(48),
+                frame_type: None,
+                reason: bytes::Bytes::copy_from_slice(reason.as_bytes()),
+            })
+        };
+        for rustls in
+            ["invalid peer certificate: BadSignature", "invalid peer certificate: UnknownIssuer"]
+        {
+            assert_eq!(
+                ca_refusal(&local(rustls), ca).unwrap(),
+                format!(
+                    "the peer's certificate is not signed by the CA in tls.ca \
+                     (/etc/tb/certs/ca.pem) (TLS: {rustls})"
+                )
+            );
+            assert_eq!(
+                ca_refusal(&remote(rustls), ca).unwrap(),
+                format!(
+                    "the peer refused this node's certificate, not signed by the CA in its \
+                     tls.ca (ours: /etc/tb/certs/ca.pem) (TLS: {rustls})"
+                )
+            );
+        }
+        let other = "invalid peer certificate: certificate expired";
+        assert_eq!(ca_refusal(&local(other), ca), None);
+        assert_eq!(ca_refusal(&remote(other), ca), None);
+        assert_eq!(ca_refusal(&quinn::ConnectionError::TimedOut, ca), None);
+    }
 
     /// A restarted witness (same key) recognises its predecessor's
     /// connection ids; another key does not, and ids made up without the
