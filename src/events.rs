@@ -554,6 +554,7 @@ mod tests {
             counters: Counters::default(),
             link: Default::default(),
             in_flight: 0,
+            bench_in_flight: 0,
             activity_log_extents: 0,
             io_backend: "uring".into(),
             last_error: None,

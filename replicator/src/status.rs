@@ -82,8 +82,12 @@ pub struct Status {
     pub counters: Counters,
     /// The link's transport (datagrams, send batches, losses, path).
     pub link: LinkStatus,
-    /// Replication operations sent and not yet applied by the peer.
+    /// Replication operations of the device sent and not yet applied by
+    /// the peer (not the bench's probes: `bench_in_flight`).
     pub in_flight: usize,
+    /// `twinblock bench` probes sent on the replication stream and not yet
+    /// answered by the peer.
+    pub bench_in_flight: usize,
     /// Extents in the on-disk activity log: what a crash now would mark
     /// out of sync (each `extent` bytes).
     pub activity_log_extents: usize,

@@ -327,7 +327,11 @@ impl Core {
             rtt: s.and_then(|s| s.rtt),
             sync: s.and_then(|s| s.progress()),
             counters: self.counters,
-            in_flight: s.map_or(0, |s| s.out.len()),
+            // (The bench's probes share the stream: counted in `in_flight`,
+            // an idle device showed writes in flight while a bench ran;
+            // README walk-through.)
+            in_flight: s.map_or(0, |s| s.out.len() - s.probes_out),
+            bench_in_flight: s.map_or(0, |s| s.probes_out),
             al_extents: self.al.durable.len(),
             // (While a failed rebuild's successor waits, that says why
             // and when.)

@@ -206,6 +206,9 @@ pub struct Session {
     pub verify_target: Option<Progress>,
     /// Of which bench probes.
     pub probe_bytes: u64,
+    /// Bench probes in `out` (status: `bench_in_flight`, apart from the
+    /// device's own `in_flight`).
+    pub probes_out: usize,
     // Receiving side.
     pub received: u64,
     /// Taken from the receive queue into the store's order, its extents
@@ -328,6 +331,7 @@ impl Session {
             in_flight_bytes: 0,
             verify_target: None,
             probe_bytes: 0,
+            probes_out: 0,
             received: 0,
             admitted: 0,
             done: 0,
@@ -397,6 +401,7 @@ impl Session {
         self.in_flight_bytes += bytes;
         if matches!(kind, OutKind::Bench(_)) {
             self.probe_bytes += bytes;
+            self.probes_out += 1;
         }
         self.out.insert(seq, Out { kind, need, range, bytes, sent: now, behind_probes });
         seq
@@ -407,6 +412,7 @@ impl Session {
         self.in_flight_bytes -= o.bytes;
         if matches!(o.kind, OutKind::Bench(_)) {
             self.probe_bytes -= o.bytes;
+            self.probes_out -= 1;
         }
     }
 

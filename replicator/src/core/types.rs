@@ -720,7 +720,13 @@ pub struct CoreStatus {
     pub rtt: Option<Duration>,
     pub sync: Option<Progress>,
     pub counters: CoreCounters,
+    /// The device's operations sent to the peer and not yet applied there
+    /// (writes, flushes, trims, resync and verify requests): not the bench's
+    /// probes, which are `bench_in_flight`.
     pub in_flight: usize,
+    /// `twinblock bench` probes sent on the same stream and not yet
+    /// answered by the peer.
+    pub bench_in_flight: usize,
     /// Extents in the on-disk activity log.
     pub al_extents: usize,
     pub last_error: Option<String>,

@@ -83,6 +83,7 @@ impl Node {
             },
             link: self.link_tally().view(),
             in_flight: st.in_flight,
+            bench_in_flight: st.bench_in_flight,
             activity_log_extents: st.al_extents,
             io_backend: self.store.backend().to_string(),
             last_error: st.last_error,

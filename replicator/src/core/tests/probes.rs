@@ -188,3 +188,31 @@ fn a_peer_failure_of_a_probe_fails_it_and_keeps_the_link() {
     assert_eq!(c.status().out_of_sync_bytes, 0);
     assert_eq!(c.connection(), Connection::Connected);
 }
+
+/// `in_flight` counts the device's own operations, not the bench's probes
+/// on the same stream (README walk-through: an idle device showed writes
+/// in flight while a bench ran); the probes are `bench_in_flight`.
+#[test]
+fn in_flight_counts_the_devices_writes_not_the_probes() {
+    let t = Duration::ZERO;
+    let mut c = primary();
+    c.bench_write(t, 7, ProbeMode::C, 0, Bytes::from(vec![1u8; 4096]));
+    c.bench_write(t, 8, ProbeMode::C, 4096, Bytes::from(vec![1u8; 4096]));
+    let probes = run(&mut c, t);
+    assert_eq!(sent(&probes), 2);
+    assert_eq!((c.status().in_flight, c.status().bench_in_flight), (0, 2), "an idle device");
+    c.write(t, 9, 0, Bytes::from(vec![2u8; 4096]), false);
+    let acts = run(&mut c, t);
+    let seq = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Send { msg: Message::Data { seq, op: Op::Write { .. } }, .. } => Some(*seq),
+            _ => None,
+        })
+        .expect("the write is sent");
+    assert_eq!((c.status().in_flight, c.status().bench_in_flight), (1, 2));
+    // The peer applies all three: nothing is in flight either way.
+    c.handle_frame(t, 1, Message::Ack { received: seq, done: seq });
+    run(&mut c, t);
+    assert_eq!((c.status().in_flight, c.status().bench_in_flight), (0, 0));
+}
