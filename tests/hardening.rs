@@ -508,6 +508,94 @@ fn a_node_that_dials_the_witness_in_a_loop_holds_few_connections() {
     });
 }
 
+/// A certificate of another CA at the witness names `tls.ca`, as on the
+/// peer link, on both ends. A node whose certificate the witness refuses
+/// (a QUIC client of the witness with the right CA and another CA's
+/// certificate for a): the witness's log names its `tls.ca`. A witness
+/// whose certificate the nodes refuse (restarted with another CA's
+/// certificate for w): a node with a controller says so in a WARN line
+/// naming its `tls.ca`, and the witness's log names it too. Before, the
+/// witness logged rustls's "BadSignature" alone, and the node only at
+/// debug level: a controller that never reached its witness said nothing
+/// of why (README walk-through).
+#[test]
+fn a_certificate_of_another_ca_at_the_witness_names_tls_ca() {
+    let WitnessAt { mut p, addr, w, certs, rt } = witness_at(1);
+    let dir = p.dir.path().to_owned();
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).args(["a", "w"]));
+    let wlog = || std::fs::read_to_string(dir.join("w.log")).unwrap();
+    // A client presenting another CA's certificate for a, trusting ours.
+    rt.block_on(async {
+        use twinblock_replicator::tls;
+        let transport = tls::transport(
+            Duration::from_secs(10),
+            Duration::from_millis(500),
+            tls::QUIC_FLOOR,
+            tls::PROBE_UP_TO,
+        );
+        let (_, c) = tls::endpoint_configs_for(
+            &certs.join("ca.pem"),
+            &dir.join("rogue/a.pem"),
+            &dir.join("rogue/a.key"),
+            tls::witness_alpn("r0"),
+            transport,
+        )
+        .unwrap();
+        let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        e.set_default_client_config(c);
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(5), e.connect(addr, "w").unwrap()).await
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.closed()).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wlog().contains("not signed by the CA in tls.ca") {
+        assert!(Instant::now() < deadline, "the witness's log does not name tls.ca: {}", wlog());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(wlog().contains("ca.pem"), "{}", wlog());
+    // The witness again, with another CA's certificate of its own.
+    drop(w);
+    let config = std::fs::read_to_string(&p.config).unwrap().replace(
+        "cert = \"certs/w.pem\"\nkey = \"certs/w.key\"",
+        "cert = \"rogue/w.pem\"\nkey = \"rogue/w.key\"",
+    );
+    assert!(config.contains("rogue/w.pem"), "{config}");
+    std::fs::write(&p.config, config).unwrap();
+    let _w = witness(&p.config, Stdio::from(std::fs::File::create(dir.join("w.log")).unwrap()));
+    p.up(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = p.log(0);
+        if let Some(line) = log.lines().find(|l| l.contains("witness unreachable")) {
+            assert!(line.contains("WARN"), "{line}");
+            assert!(line.contains("not signed by the CA in tls.ca"), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never said why the witness is unreachable: {log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(p.status(0)["controller"]["witness_connected"], false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wlog().contains("refused this node's certificate") {
+        assert!(
+            Instant::now() < deadline,
+            "the witness's log does not say a refused it: {}",
+            wlog()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One WARN line, however many times a dials meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+    let warns = p
+        .log(0)
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("witness unreachable"))
+        .count();
+    assert_eq!(warns, 1, "{}", p.log(0));
+}
+
 /// Two witnesses given one `meta` path (a second resource's file copied
 /// from the first's, `meta` left as it was), or a state file restored
 /// from another resource's witness: the file names the resource it was

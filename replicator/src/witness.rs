@@ -350,6 +350,7 @@ pub async fn serve_reporting(
         }
         let handshakes = handshakes.clone();
         let refusals = refusals.clone();
+        let ca = res.ca.clone();
         let from = incoming.remote_address();
         tokio::spawn(
             async move {
@@ -361,11 +362,14 @@ pub async fn serve_reporting(
                 let conn = match done {
                     Some(Ok(Ok(c))) => c,
                     Some(Ok(Err(e))) => {
+                        // (Another CA's certificate names tls.ca, as on the
+                        // peer link.)
+                        let why = tls::ca_refusal(&e, &ca).unwrap_or_else(|| e.to_string());
                         return refused(
                             &refusals,
                             Some(from),
-                            &format!("witness handshake failed: {e}"),
-                        )
+                            &format!("witness handshake failed: {why}"),
+                        );
                     }
                     Some(Err(_)) => {
                         return refused(&refusals, Some(from), "witness handshake timed out")
@@ -565,25 +569,39 @@ pub async fn client(
     let mut endpoint = quinn::Endpoint::client(bind)
         .map_err(|source| WitnessError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client);
+    // The certificate refusal last logged as a WARN.
+    let mut said: Option<String> = None;
     loop {
         if *stop.borrow() {
             break;
         }
         let attempt = async {
-            let conn = endpoint
-                .connect(w.connect, &w.name)
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
+            let conn =
+                endpoint.connect(w.connect, &w.name).map_err(|e| e.to_string())?.await.map_err(
+                    |e| tls::ca_refusal(&e, &node.res.ca).unwrap_or_else(|| e.to_string()),
+                )?;
             tls::check_peer(&conn, &w.name).map_err(|e| e.to_string())?;
-            let (tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            // (A witness that refuses this node's certificate closes the
+            // connection once it checked it: the stream's open fails.)
+            let (tx, rx) = conn
+                .open_bi()
+                .await
+                .map_err(|e| tls::ca_refusal(&e, &node.res.ca).unwrap_or_else(|| e.to_string()))?;
             Ok::<_, String>((conn, tx, rx))
         };
         let (conn, mut tx, mut rx) =
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
-                    tracing::debug!("witness unreachable: {e}");
+                    // A certificate of another CA is the operator's to
+                    // mend: a WARN line the first time it is so (the rest,
+                    // a witness down or restarting, is a debug line).
+                    if e.contains("tls.ca") && said.as_deref() != Some(e.as_str()) {
+                        warn!(witness = %w.name, "witness unreachable: {e}");
+                        said = Some(e);
+                    } else {
+                        tracing::debug!("witness unreachable: {e}");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                         _ = stop.wait_for(|s| *s) => break,
