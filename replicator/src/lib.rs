@@ -20,6 +20,7 @@ pub mod bitmap;
 pub mod boot;
 pub mod busy_poll;
 pub mod config;
+pub mod conn_order;
 pub mod core;
 pub mod disk_id;
 pub mod lane;

@@ -18,6 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::arbiter::{Arbiter, Durable, Verdict};
 use crate::config::{ResourceConfig, WitnessConfig};
+use crate::conn_order::ConnOrder;
 use crate::core::{VoteKind, VoteReply, VoteRequest};
 use crate::node::Node;
 use crate::tls;
@@ -155,9 +156,9 @@ struct Shared {
     tally: BTreeMap<(String, &'static str, &'static str), u64>,
     /// Decisions undone because the state could not be saved.
     save_failures: u64,
-    /// Per node, the newest of its connections a request came on
+    /// The order of each node's requests across its connections
     /// ([`decide`]): a request on an older one is stale.
-    newest: BTreeMap<String, u64>,
+    order: ConnOrder,
 }
 
 /// Runs the witness `name` of `res` until `stop` turns true.
@@ -277,7 +278,7 @@ pub async fn serve_reporting(
         state: w.state.clone(),
         tally: BTreeMap::new(),
         save_failures: 0,
-        newest: BTreeMap::new(),
+        order: ConnOrder::default(),
     }));
     if w.state.is_none() {
         warn!("no `meta` for the witness: its state lives in memory only (after a restart it refuses failovers until a grant told it who is current)");
@@ -472,16 +473,8 @@ struct Decision {
 /// Decides `req` on `who`'s connection `conn` (numbered in the order the
 /// witness accepted them; `nodes`: the resource's).
 ///
-/// A node talks to the witness on one connection at a time: it opens a
-/// new one only once it gave the last up (or its process restarted). So
-/// once a request came on a node's newer connection, whatever comes on
-/// an older one was sent before it: a datagram held up in the network,
-/// or retransmitted by a connection the node has closed while the
-/// witness has not timed it out yet. Decided after the newer requests,
-/// an old `Release` cleared the right the node had claimed again since,
-/// and the other node could be granted it while the holder's lease ran
-/// by its own count (the simulator's lease rule, I4): such a request is
-/// refused, `stale_connection`, and its connection closed.
+/// A request on a node's older connection after its newer one's is
+/// refused, `stale_connection`, and its connection closed ([`ConnOrder`]).
 fn decide(
     sh: &mut Shared,
     now: Duration,
@@ -498,8 +491,7 @@ fn decide(
             "wrong_node",
         );
     }
-    let newest = sh.newest.entry(who.to_owned()).or_insert(conn);
-    if conn < *newest {
+    if !sh.order.admit(who, conn) {
         return plain(
             refused(format!(
                 "a request on {who}'s older connection to the witness, after its newer one's: \
@@ -508,7 +500,6 @@ fn decide(
             "stale_connection",
         );
     }
-    *newest = conn;
     if req.peer == who || !nodes.contains(&req.peer) {
         // The peer it names is what the witness outdates: it must be
         // the other node of this resource.
@@ -715,7 +706,7 @@ mod tests {
             state: Some(PathBuf::from("/nonexistent/w.meta")),
             tally: BTreeMap::new(),
             save_failures: 0,
-            newest: BTreeMap::new(),
+            order: ConnOrder::default(),
         };
         let mut disk = saved;
         let t = Duration::from_secs(100);
@@ -761,7 +752,7 @@ mod tests {
             state: None,
             tally: BTreeMap::new(),
             save_failures: 0,
-            newest: BTreeMap::new(),
+            order: ConnOrder::default(),
         };
         let mut disk = Durable::default();
         let t = Duration::from_secs(100);

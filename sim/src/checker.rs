@@ -196,6 +196,10 @@ pub struct Stats {
     /// Witness requests and answers held by a silent link and delivered
     /// late, once it healed.
     pub witness_late: u64,
+    /// Requests a cut link held, delivered on the node's old connection
+    /// after its newer one was granted something, and refused as stale
+    /// (decided, under the plant `stale-witness-requests`).
+    pub witness_stale: u64,
     /// Renewals of a lone Primary by a witness without its record that had
     /// not heard the other node since its start (the residual limit).
     pub witness_blind_renewals: u64,

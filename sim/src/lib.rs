@@ -168,6 +168,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::SkipResyncZero => "skip-resync-zero",
         Plant::HooksBeforeRecord => "hooks-before-record",
         Plant::HooksNeverRun => "hooks-never-run",
+        Plant::StaleWitnessRequests => "stale-witness-requests",
     }
 }
 

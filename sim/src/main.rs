@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         total.pauses += st.pauses;
         total.paused_deposed += st.paused_deposed;
         total.witness_late += st.witness_late;
+        total.witness_stale += st.witness_stale;
         total.witness_blind_renewals += st.witness_blind_renewals;
         total.witness_blind_claims += st.witness_blind_claims;
         total.confirmed += st.confirmed;

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use twinblock_replicator::arbiter::{Arbiter, Durable, Verdict};
+use twinblock_replicator::conn_order::ConnOrder;
 use twinblock_replicator::core::{Hook, Plant, Time, VoteReply, VoteRequest};
 
 use crate::rng::Rng;
@@ -27,8 +28,21 @@ pub(crate) struct Witness {
     /// Per node: messages vanish until then.
     pub silent_until: [Time; 2],
     /// Requests on their way: (arrives at, node, the node's process
-    /// ([`Witness::process`]) that sent it, request).
-    pub to_w: VecDeque<(Time, usize, u64, VoteRequest)>,
+    /// ([`Witness::process`]) that sent it, its connection
+    /// ([`Witness::conn`]), request).
+    pub to_w: VecDeque<(Time, usize, u64, u64, VoteRequest)>,
+    /// Per node: its connection to the witness, counted from 0 and bumped
+    /// whenever it makes a new one (its link back up, a new process).
+    pub conn: [u64; 2],
+    /// The order of each node's requests across its connections, as
+    /// `twinblock witness` keeps it (`conn_order`).
+    pub order: ConnOrder,
+    /// Requests a cut link held (node, process, connection, request):
+    /// datagrams held up in the network, or resent by a connection the
+    /// node gave up while the witness has not timed it out. They reach
+    /// the witness at the worst moment: right after the node's newer
+    /// connection was granted something ([`Witness::take_stale`]).
+    pub stale: Vec<(usize, u64, u64, VoteRequest)>,
     pub from_w: [VecDeque<(Time, VoteReply)>; 2],
     /// Per node: its process, counted from 0 and bumped at each crash. A
     /// daemon talks to the witness on a QUIC connection of its own, gone
@@ -72,6 +86,7 @@ impl Witness {
     pub fn new(dead_time: Duration, plant: Plant, seed: u64) -> Witness {
         let mut arb = Arbiter::new("sim", Time::ZERO, dead_time, Default::default());
         arb.plant = plant;
+        let order = ConnOrder::new(plant);
         Witness {
             arb,
             alive: true,
@@ -80,6 +95,9 @@ impl Witness {
             heal_at: [None, None],
             silent_until: [Time::ZERO; 2],
             to_w: VecDeque::new(),
+            conn: [0, 0],
+            order,
+            stale: Vec::new(),
             from_w: [VecDeque::new(), VecDeque::new()],
             process: [0, 0],
             hooks: Vec::new(),
@@ -208,7 +226,7 @@ impl Witness {
     pub fn next_event(&self, paused: [bool; 2]) -> Option<Time> {
         let mut t: Option<Time> = None;
         let mut min = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
-        if let Some((at, _, _, _)) = self.to_w.front() {
+        if let Some((at, _, _, _, _)) = self.to_w.front() {
             min(*at);
         }
         for (n, q) in self.from_w.iter().enumerate() {
@@ -238,6 +256,7 @@ impl Witness {
     /// demotion of its own whose hook still runs; [`Witness::hook_due`]).
     pub fn node_crashed(&mut self, n: usize) {
         self.process[n] += 1;
+        self.conn[n] += 1;
         self.from_w[n].clear();
     }
 
@@ -252,8 +271,35 @@ impl Witness {
 
     /// Drops what is in flight between node `n` and the witness.
     pub fn cut(&mut self, n: usize) {
-        self.to_w.retain(|(_, m, _, _)| *m != n);
+        self.to_w.retain(|(_, m, _, _, _)| *m != n);
         self.from_w[n].clear();
+    }
+
+    /// Node `n`'s link is cut with its requests held up: they come later
+    /// on the connection the node gives up ([`Witness::stale`]); the
+    /// answers on their way to it are lost.
+    pub fn cut_holding(&mut self, n: usize) {
+        let (held, rest): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.to_w).into_iter().partition(|(_, m, _, _, _)| *m == n);
+        self.to_w = rest;
+        self.stale.extend(held.into_iter().map(|(_, m, p, c, r)| (m, p, c, r)));
+        self.from_w[n].clear();
+    }
+
+    /// The witness restarted: the connections to its last process are
+    /// gone, and with them what they held and their order.
+    pub fn restarted(&mut self) {
+        self.stale.clear();
+        self.order = ConnOrder::new(self.order.plant);
+    }
+
+    /// Node `n`'s held requests on connections older than `conn`, taken.
+    pub fn take_stale(&mut self, n: usize, conn: u64) -> Vec<(usize, u64, u64, VoteRequest)> {
+        let (old, keep) = std::mem::take(&mut self.stale)
+            .into_iter()
+            .partition(|(m, _, c, _)| *m == n && *c < conn);
+        self.stale = keep;
+        old
     }
 }
 

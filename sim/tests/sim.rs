@@ -1137,6 +1137,21 @@ fn finds_skip_resync_zero() {
 /// until 2026-12-07). The simulator checks at each Promoted hook that the
 /// node's record on disk names its promotion (rule `hooks`): 93 of the
 /// first 300 seeds of 1,000 steps catch the plant.
+/// The witness decides a request that a cut link held, arriving on the
+/// node's old connection right after its newer connection was granted
+/// something (`conn_order`): seed 1736 (5,000 steps; the course is rare,
+/// about one seed in 1,000 of 5,000 steps makes it) isolates b, Primary,
+/// with a renewal in flight that said its peer a was current; b comes
+/// back, renews on its new connection saying a is behind, and writes
+/// alone. The held renewal, decided after, tells the witness a is
+/// current again: b loses power and a is granted the right without b's
+/// writes (I1). Refused as stale, the seed passes.
+#[test]
+fn finds_stale_witness_requests() {
+    let v = planted_on(1736, Plant::StaleWitnessRequests).expect("not caught");
+    assert_eq!(v.rule, "I1", "another rule caught it: {v}");
+}
+
 #[test]
 fn finds_hooks_before_record() {
     let v = first_catch(Plant::HooksBeforeRecord, CI_SEEDS, steps());

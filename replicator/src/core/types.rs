@@ -363,6 +363,9 @@ pub enum Plant {
     /// A controller's promotion never runs its hooks: the Primary serves
     /// without its service address and `on_promote`.
     HooksNeverRun,
+    /// The witness decides a request that came on a node's older
+    /// connection after its newer one's (`conn_order`).
+    StaleWitnessRequests,
 }
 
 impl std::str::FromStr for Plant {
@@ -413,9 +416,10 @@ impl std::str::FromStr for Plant {
             "skip-resync-zero" => Plant::SkipResyncZero,
             "hooks-before-record" => Plant::HooksBeforeRecord,
             "hooks-never-run" => Plant::HooksNeverRun,
+            "stale-witness-requests" => Plant::StaleWitnessRequests,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap, holes-not-sent, skip-resync-zero, hooks-before-record, hooks-never-run)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap, holes-not-sent, skip-resync-zero, hooks-before-record, hooks-never-run, stale-witness-requests)"
                 ))
             }
         })

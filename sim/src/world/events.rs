@@ -76,6 +76,7 @@ impl Sim {
             w.restart_at = None;
             w.alive = true;
             w.returns += 1;
+            w.restarted();
             match w.restart_file() {
                 Some(file) => {
                     w.arb.restart_from(now, file);
@@ -109,151 +110,19 @@ impl Sim {
             }
         }
         let w = self.witness.as_mut().expect("witness");
-        if w.to_w.front().is_some_and(|(at, _, _, _)| *at <= now) {
-            let (_, n, process, req) = w.to_w.pop_front().expect("front");
+        if w.to_w.front().is_some_and(|(at, _, _, _, _)| *at <= now) {
+            let (_, n, process, conn, req) = w.to_w.pop_front().expect("front");
             if let Some(at) = w.late_until(n, now) {
                 // A silent link that holds what is in flight (a stream
                 // whose packets are retransmitted once it heals): the
                 // request reaches the witness late.
                 w.late_reqs.insert((n, process, req.id));
-                let i = w.to_w.iter().position(|(t, _, _, _)| *t > at).unwrap_or(w.to_w.len());
-                w.to_w.insert(i, (at, n, process, req));
+                let i = w.to_w.iter().position(|(t, _, _, _, _)| *t > at).unwrap_or(w.to_w.len());
+                w.to_w.insert(i, (at, n, process, conn, req));
                 self.chk.stats.witness_late += 1;
                 return Ok(true);
             }
-            let late = w.late_reqs.remove(&(n, process, req.id));
-            if w.reachable(n, now) {
-                let before = w.arb.holder().map(str::to_owned);
-                // The residual limit of a witness without its record (README):
-                // it cannot tell a lone Primary cut off and overtaken from the
-                // one it granted last unless the other node told it its data
-                // since its start (`Refusal::Behind`).
-                let recordless = !w.arb.durable().complete;
-                let blind = recordless && !w.arb.heard.contains_key(self.nodes[1 - n].name);
-                let (verdict, reply, failed) = w.decide(now, &req);
-                let after = w.arb.holder().map(str::to_owned);
-                // I4, the leases: the witness grants a claim only once the
-                // other node's leases ended, by that node's own count (its
-                // witness lease from when it asked, its peer lease from the
-                // heartbeat the claimant answered). A Primary that still
-                // holds quorum by its own clock while the other node is
-                // granted may acknowledge writes beside it (caught here
-                // whether or not a write falls into the overlap: plant
-                // `lease-from-reply`). Not for a claim a silent link held
-                // (late seeds): its node may have answered the other's
-                // heartbeats as Primary since it asked, a peer lease the
-                // witness cannot see; the node then gives the grant back
-                // (`Core::claimed`), and the rule is checked where the
-                // answer arrives, if it promotes the node.
-                if req.kind == VoteKind::Claim && verdict == Ok(Grant::Granted) && !late {
-                    let what = format!("the witness granted {} the right", req.node);
-                    self.other_holds_no_lease(n, now, what)?;
-                }
-                if blind
-                    && req.kind == VoteKind::Renew
-                    && !req.peer_current
-                    && verdict == Ok(Grant::Granted)
-                    && reply.granted
-                {
-                    // Renewed so, the Primary runs on without what the other
-                    // node acknowledged alone since it was overtaken, as if an
-                    // operator had forced it: that is given up (seed 17400596:
-                    // a took over from b and acknowledged a write, then crashed;
-                    // the witness lost its state in the failover and renewed b,
-                    // never hearing a).
-                    self.chk.stats.witness_blind_renewals += 1;
-                    self.note(format!(
-                        "witness without its record renews {} not having heard {} since its start \
-                         (the residual limit: what {} acknowledged alone is given up)",
-                        req.node,
-                        self.nodes[1 - n].name,
-                        self.nodes[1 - n].name
-                    ));
-                    self.forced_promotion(n, DiskState::Consistent);
-                    self.check_promoted(n, true, DiskState::Consistent, false)?;
-                }
-                if recordless
-                    && req.kind == VoteKind::Claim
-                    && req.peer_current
-                    && (self.nodes[1 - n].was_replaced || self.nodes[n].was_replaced)
-                    && verdict == Ok(Grant::Granted)
-                    && reply.granted
-                {
-                    // The same residual limit, with a claim: a witness
-                    // without its record grants a node its peer vouches
-                    // current, and the peer is a replaced node rebuilt
-                    // from it, whose lost disk alone held what it
-                    // acknowledged running alone (seed 18010106: b ran
-                    // alone, its node was replaced and synced from a, the
-                    // witness lost its state, and a was granted). Three
-                    // failures: what the lost node acknowledged alone is
-                    // given up, as if an operator had forced the claimant.
-                    // So when the claimant is the replaced node itself,
-                    // rebuilt from the peer that vouches for it (seed
-                    // 30401336 at 20,000 steps: a ran alone, its node was
-                    // replaced and synced from b, the witness lost its
-                    // state, a was granted, later b).
-                    self.chk.stats.witness_blind_claims += 1;
-                    let lost = if self.nodes[n].was_replaced { n } else { 1 - n };
-                    self.note(format!(
-                        "witness without its record grants {}, its peer {} current, {} a replaced \
-                         node (the residual limit: what {} acknowledged alone before it was \
-                         replaced is given up)",
-                        req.node,
-                        self.nodes[1 - n].name,
-                        self.nodes[lost].name,
-                        self.nodes[lost].name
-                    ));
-                    self.chk.given_up_by_blind_grant();
-                }
-                if let Some(landed) = failed {
-                    self.chk.stats.witness_failed_saves += 1;
-                    self.chk.stats.witness_landed_failed_saves += u64::from(landed);
-                    self.note(format!(
-                        "witness: the save of its state failed (landed: {landed}): {:?} of {} undone",
-                        req.kind, req.node
-                    ));
-                }
-                // The witness refuses a claim by its data only for data
-                // that lost what its node ran alone with: a node replaced
-                // (its metadata lost). Anything else is a false refusal,
-                // which leaves the pair without a Primary. (A node keeps
-                // the generations it told, `MetaRecord::told`, so several
-                // separations the witness did not hear of do not push the
-                // one it holds out of what the node says; more than
-                // `TOLD_KEPT` of them would.)
-                if verdict.as_ref().is_err_and(Refusal::by_data) && self.data_replaced == 0 {
-                    return Err(Violation {
-                        step: self.chk.step,
-                        rule: "witness-data",
-                        what: format!(
-                            "the witness refused {}'s claim by its data {:x?} though no node was \
-                             replaced nor data given up: {}",
-                            req.node, req.data, reply.reason
-                        ),
-                    });
-                }
-                // Now and then an answer is slow (a lost packet, a busy
-                // witness): longer than the witness's margin.
-                let at = if self.rng.chance(1, 25) {
-                    now + Duration::from_millis(100 + self.rng.below(700))
-                } else {
-                    now + Duration::from_micros(100 + self.rng.below(2000))
-                };
-                let w = self.witness.as_mut().expect("witness");
-                let at = w.late_until(n, now).map_or(at, |l| l.max(at));
-                let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
-                // (Not to a process that ended since it asked.)
-                if process == w.process[n] {
-                    w.from_w[n].push_back((at, reply.clone()));
-                }
-                if self.opts.trace || before != after || !reply.granted {
-                    self.note(format!(
-                        "witness: {} {:?} -> {} ({}), holder {:?}",
-                        req.node, req.kind, reply.granted, reply.reason, after
-                    ));
-                }
-            }
+            self.witness_decides(n, process, conn, req)?;
             return Ok(true);
         }
         for n in 0..2 {
@@ -380,9 +249,186 @@ impl Sim {
         Ok(false)
     }
 
+    /// The witness decides node `n`'s request `req`, sent by its process
+    /// `process` on its connection `conn`, arriving now: a request on an
+    /// older connection after its newer one's is refused undecided
+    /// (`conn_order`); else decided, checked, and answered (to the
+    /// process and connection that sent it only).
+    fn witness_decides(
+        &mut self,
+        n: usize,
+        process: u64,
+        conn: u64,
+        req: twinblock_replicator::core::VoteRequest,
+    ) -> Result<(), Violation> {
+        let now = self.now;
+        let w = self.witness.as_mut().expect("witness");
+        let late = w.late_reqs.remove(&(n, process, req.id));
+        if w.reachable(n, now) {
+            if !w.order.admit(self.nodes[n].name, conn) {
+                self.note(format!(
+                    "witness: {}'s {:?} on its old connection {conn} refused as stale",
+                    req.node, req.kind
+                ));
+                return Ok(());
+            }
+            let before = w.arb.holder().map(str::to_owned);
+            // The residual limit of a witness without its record (README):
+            // it cannot tell a lone Primary cut off and overtaken from the
+            // one it granted last unless the other node told it its data
+            // since its start (`Refusal::Behind`).
+            let recordless = !w.arb.durable().complete;
+            let blind = recordless && !w.arb.heard.contains_key(self.nodes[1 - n].name);
+            let (verdict, reply, failed) = w.decide(now, &req);
+            let after = w.arb.holder().map(str::to_owned);
+            // I4, the leases: the witness grants a claim only once the
+            // other node's leases ended, by that node's own count (its
+            // witness lease from when it asked, its peer lease from the
+            // heartbeat the claimant answered). A Primary that still
+            // holds quorum by its own clock while the other node is
+            // granted may acknowledge writes beside it (caught here
+            // whether or not a write falls into the overlap: plant
+            // `lease-from-reply`). Not for a claim a silent link held
+            // (late seeds): its node may have answered the other's
+            // heartbeats as Primary since it asked, a peer lease the
+            // witness cannot see; the node then gives the grant back
+            // (`Core::claimed`), and the rule is checked where the
+            // answer arrives, if it promotes the node.
+            if req.kind == VoteKind::Claim && verdict == Ok(Grant::Granted) && !late {
+                let what = format!("the witness granted {} the right", req.node);
+                self.other_holds_no_lease(n, now, what)?;
+            }
+            if blind
+                && req.kind == VoteKind::Renew
+                && !req.peer_current
+                && verdict == Ok(Grant::Granted)
+                && reply.granted
+            {
+                // Renewed so, the Primary runs on without what the other
+                // node acknowledged alone since it was overtaken, as if an
+                // operator had forced it: that is given up (seed 17400596:
+                // a took over from b and acknowledged a write, then crashed;
+                // the witness lost its state in the failover and renewed b,
+                // never hearing a).
+                self.chk.stats.witness_blind_renewals += 1;
+                self.note(format!(
+                    "witness without its record renews {} not having heard {} since its start \
+                 (the residual limit: what {} acknowledged alone is given up)",
+                    req.node,
+                    self.nodes[1 - n].name,
+                    self.nodes[1 - n].name
+                ));
+                self.forced_promotion(n, DiskState::Consistent);
+                self.check_promoted(n, true, DiskState::Consistent, false)?;
+            }
+            if recordless
+                && req.kind == VoteKind::Claim
+                && req.peer_current
+                && (self.nodes[1 - n].was_replaced || self.nodes[n].was_replaced)
+                && verdict == Ok(Grant::Granted)
+                && reply.granted
+            {
+                // The same residual limit, with a claim: a witness
+                // without its record grants a node its peer vouches
+                // current, and the peer is a replaced node rebuilt
+                // from it, whose lost disk alone held what it
+                // acknowledged running alone (seed 18010106: b ran
+                // alone, its node was replaced and synced from a, the
+                // witness lost its state, and a was granted). Three
+                // failures: what the lost node acknowledged alone is
+                // given up, as if an operator had forced the claimant.
+                // So when the claimant is the replaced node itself,
+                // rebuilt from the peer that vouches for it (seed
+                // 30401336 at 20,000 steps: a ran alone, its node was
+                // replaced and synced from b, the witness lost its
+                // state, a was granted, later b).
+                self.chk.stats.witness_blind_claims += 1;
+                let lost = if self.nodes[n].was_replaced { n } else { 1 - n };
+                self.note(format!(
+                    "witness without its record grants {}, its peer {} current, {} a replaced \
+                 node (the residual limit: what {} acknowledged alone before it was \
+                 replaced is given up)",
+                    req.node,
+                    self.nodes[1 - n].name,
+                    self.nodes[lost].name,
+                    self.nodes[lost].name
+                ));
+                self.chk.given_up_by_blind_grant();
+            }
+            if let Some(landed) = failed {
+                self.chk.stats.witness_failed_saves += 1;
+                self.chk.stats.witness_landed_failed_saves += u64::from(landed);
+                self.note(format!(
+                    "witness: the save of its state failed (landed: {landed}): {:?} of {} undone",
+                    req.kind, req.node
+                ));
+            }
+            // The witness refuses a claim by its data only for data
+            // that lost what its node ran alone with: a node replaced
+            // (its metadata lost). Anything else is a false refusal,
+            // which leaves the pair without a Primary. (A node keeps
+            // the generations it told, `MetaRecord::told`, so several
+            // separations the witness did not hear of do not push the
+            // one it holds out of what the node says; more than
+            // `TOLD_KEPT` of them would.)
+            if verdict.as_ref().is_err_and(Refusal::by_data) && self.data_replaced == 0 {
+                return Err(Violation {
+                    step: self.chk.step,
+                    rule: "witness-data",
+                    what: format!(
+                        "the witness refused {}'s claim by its data {:x?} though no node was \
+                     replaced nor data given up: {}",
+                        req.node, req.data, reply.reason
+                    ),
+                });
+            }
+            // Now and then an answer is slow (a lost packet, a busy
+            // witness): longer than the witness's margin.
+            let at = if self.rng.chance(1, 25) {
+                now + Duration::from_millis(100 + self.rng.below(700))
+            } else {
+                now + Duration::from_micros(100 + self.rng.below(2000))
+            };
+            let w = self.witness.as_mut().expect("witness");
+            let at = w.late_until(n, now).map_or(at, |l| l.max(at));
+            let at = w.from_w[n].back().map_or(at, |(t, _)| (*t).max(at));
+            // (Not to a process that ended since it asked.)
+            // (Nor to a connection the node gave up: a request a cut link
+            // held, `Witness::stale`.)
+            let current = process == w.process[n] && conn == w.conn[n];
+            if current {
+                w.from_w[n].push_back((at, reply.clone()));
+            }
+            if self.opts.trace || before != after || !reply.granted {
+                self.note(format!(
+                    "witness: {} {:?} -> {} ({}), holder {:?}",
+                    req.node, req.kind, reply.granted, reply.reason, after
+                ));
+            }
+            // What a cut link held of this node's requests reaches the
+            // witness now, on the connection the node gave up, right after
+            // its newer one was granted something: the worst moment (an old
+            // `Release` then clears the right the node holds again).
+            if current && reply.granted {
+                let w = self.witness.as_mut().expect("witness");
+                for (m, p, c, r) in w.take_stale(n, conn) {
+                    self.chk.stats.witness_stale += 1;
+                    self.witness_decides(m, p, c, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Node `n`'s witness link came up or went down: its core is told,
     /// or, paused, told at its resume.
     pub(crate) fn tell_witness_link(&mut self, n: usize, up: bool) {
+        if up {
+            // (A link back up is a new connection: `Witness::conn`.)
+            if let Some(w) = self.witness.as_mut() {
+                w.conn[n] += 1;
+            }
+        }
         if self.nodes[n].paused() {
             self.nodes[n].held.push(Held::WitnessLink(up));
             return;
@@ -464,7 +510,7 @@ impl Sim {
         }
         w.up[p] = false;
         w.heal_at[p] = Some(now + d);
-        w.cut(p);
+        w.cut_holding(p);
         self.partition_until = self.partition_until.max(now + d + Duration::from_secs(3));
         if let Some(l) = self.link.as_mut() {
             l.partitioned = true;
@@ -489,7 +535,9 @@ impl Sim {
             }
             w.up[n] = false;
             w.heal_at[n] = Some(now + dur);
-            w.cut(n);
+            // (What was on its way comes later, on the connection the
+            // node gives up: `Witness::stale`.)
+            w.cut_holding(n);
             self.note(format!("{}: witness link cut", self.nodes[n].name));
             self.tell_witness_link(n, false);
         } else if r < 8 {

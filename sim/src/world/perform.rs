@@ -266,12 +266,13 @@ impl Sim {
                     // (Sent into a silent link that holds it: it arrives
                     // once the link heals.)
                     let at = w.late_until(n, now).map_or(at, |l| l.max(at));
-                    let at = w.to_w.back().map_or(at, |(t, _, _, _)| (*t).max(at));
+                    let at = w.to_w.back().map_or(at, |(t, _, _, _, _)| (*t).max(at));
                     let process = w.process[n];
                     if !w.reachable(n, now) {
                         w.late_reqs.insert((n, process, req.id));
                     }
-                    w.to_w.push_back((at, n, process, req));
+                    let conn = w.conn[n];
+                    w.to_w.push_back((at, n, process, conn, req));
                 }
             }
             Action::Hook(h) => {
