@@ -12,6 +12,9 @@
 # OOM kill): slapd and the mount it holds stay on a, as they would on a
 # real host. After a has come back and resynced, b's zone dies and a
 # must serve every acknowledged entry again, those added on b included.
+# With --crash process-fuse nbdfuse on a dies with it (the OOM killer took
+# both, or nbdfuse lost its NBD connection): a's FUSE mount is left dead,
+# every stat of it failing with ENOTCONN; a's takeover must clear it.
 # With --crash slapd-fails b's slapd cannot start at the takeover (a
 # broken configuration): b must say why in status's last_error; once the
 # configuration is mended, `secondary --force` on b and the controller's
@@ -19,7 +22,7 @@
 # Each node's slapd listens on a port of its own (as on its own host);
 # clients go to the node the service address names.
 #
-#   scripts/ldap-failover.sh [--entries N] [--dead-time SECONDS] [--crash zone|process|slapd-fails]
+#   scripts/ldap-failover.sh [--entries N] [--dead-time SECONDS] [--crash zone|process|process-fuse|slapd-fails]
 #
 # TWINBLOCK=path/to/twinblock uses that binary instead of building one.
 # Prints the timeline and "PASS" (exit 0), or what went wrong (exit 1).
@@ -34,12 +37,12 @@ while (($#)); do
     --entries) ENTRIES=$2; shift 2 ;;
     --dead-time) DEAD=$2; shift 2 ;;
     --crash) CRASH=$2; shift 2 ;;
-    *) echo "usage: $0 [--entries N] [--dead-time SECONDS] [--crash zone|process|slapd-fails]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--entries N] [--dead-time SECONDS] [--crash zone|process|process-fuse|slapd-fails]" >&2; exit 2 ;;
   esac
 done
 [[ $(id -u) -eq 0 ]] || { echo "ldap-failover: needs root (losetup, mount)" >&2; exit 1; }
 scripts/setup.sh >/dev/null   # slapd, ldap-utils, nbdfuse, ... on a fresh machine
-for t in slapd ldapadd ldapsearch nbdfuse fusermount3 losetup mkfs.ext4 blkid mountpoint python3; do
+for t in slapd ldapadd ldapsearch nbdfuse fusermount3 losetup mkfs.ext4 blkid findmnt python3; do
   command -v "$t" >/dev/null || { echo "ldap-failover: $t is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 BIN=${TWINBLOCK:-}
@@ -190,6 +193,10 @@ elif [[ $CRASH == process ]]; then
   say "twinblock on a crashes (SIGKILL); slapd and its mount stay on a"
   kill -9 "$PID_a"
   wait "$PID_a" 2>/dev/null || true
+elif [[ $CRASH == process-fuse ]]; then
+  say "twinblock and nbdfuse on a crash (SIGKILL); slapd and its mounts stay on a, the FUSE one dead"
+  kill -9 "$PID_a" "$(cat "$D/nbdfuse-a.pid")"
+  wait "$PID_a" 2>/dev/null || true
 else
   say "availability zone of a fails: slapd and twinblock on a killed (SIGKILL)"
   kill_zone a
@@ -218,7 +225,7 @@ wait_for 120 "a back as Secondary, in sync" a_back
 sleep 2
 [[ $(st a | field role) == Secondary && $(st b | field role) == Primary ]] || fail "roles changed after a came back (failback)"
 say "a is Secondary and UpToDate again; b stays Primary (no automatic failback)"
-if [[ $CRASH == process ]]; then
+if [[ $CRASH == process || $CRASH == process-fuse ]]; then
   say "availability zone of b fails: a must take over with what was left of its last reign"
   kill_zone b
   wait_for $((DEAD + 30)) "LDAP back on a" served a

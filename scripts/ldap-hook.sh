@@ -18,6 +18,15 @@ mnt=$LDAP_DIR/mnt-$node
 loopfile=$LDAP_DIR/loop-$node
 log() { echo "ldap-hook[$node] $*" >&2; }
 
+# mounted PATH: something is mounted there, read from the mount table.
+# `mountpoint` stats PATH, and a FUSE mount whose nbdfuse died (killed
+# with twinblock, or at the loss of its NBD connection) fails every stat
+# with ENOTCONN ("Transport endpoint is not connected"): `mountpoint`
+# said no, the dead mount stayed, and `mkdir -p` on it failed every
+# later promote (review, helper-158: b's `up` killed during its takeover
+# and restarted; scripts/ldap-failover.sh --crash process-fuse).
+mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
+
 # detach DEV: detaches a loop device only if it is this node's (its
 # backing file is this hook's FUSE disk): a device recorded by an earlier
 # reign may have been detached and reused by anything else since.
@@ -46,7 +55,7 @@ stop_slapd() {
 # not from the export, and this node's copy has been resynced since.
 stale() {
   stop_slapd
-  if mountpoint -q "$mnt"; then
+  if mounted "$mnt"; then
     log "a mount from before: unmounting it"
     umount "$mnt" 2>/dev/null || umount -l "$mnt"
   fi
@@ -55,18 +64,19 @@ stale() {
     detach "$dev"
   done
   rm -f "$loopfile"
-  if mountpoint -q "$fuse"; then
+  if mounted "$fuse"; then
     fusermount3 -u "$fuse" 2>/dev/null || fusermount3 -u -z "$fuse"
   fi
   rm -f "$LDAP_DIR/nbdfuse-$node.pid"
 }
 
 promote() {
-  mkdir -p "$fuse" "$mnt"
   # Never reuse a mount, loop device or slapd found here: on_demote did
-  # not run (twinblock was killed), so they are a previous reign's.
+  # not run (twinblock was killed), so they are a previous reign's. (Before
+  # the mkdir: a dead FUSE mount fails it.)
   stale
-  if ! mountpoint -q "$fuse"; then
+  mkdir -p "$fuse" "$mnt"
+  if ! mounted "$fuse"; then
     # nbdfuse stays in the foreground: detach it (and keep it off the
     # hook's output pipe, which the controller reads to the end).
     rm -f "$LDAP_DIR/nbdfuse-$node.pid"
@@ -90,7 +100,7 @@ promote() {
     log "no filesystem yet: mkfs.ext4"
     mkfs.ext4 -q -F "$dev"
   fi
-  mountpoint -q "$mnt" || mount "$dev" "$mnt"
+  mounted "$mnt" || mount "$dev" "$mnt"
   mkdir -p "$mnt/ldap"
   # slapd says why it did not start on stderr: keep it for the
   # controller's last_error (the hook's stderr tail).
@@ -112,10 +122,11 @@ promote() {
 
 demote() {
   stop_slapd
-  mountpoint -q "$mnt" && umount "$mnt"
+  if mounted "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
   [[ -s $loopfile ]] && detach "$(cat "$loopfile")"
-  if mountpoint -q "$fuse"; then
+  if mounted "$fuse"; then
     for _ in $(seq 50); do fusermount3 -u "$fuse" 2>/dev/null && break; sleep 0.1; done
+    mounted "$fuse" && fusermount3 -u -z "$fuse"
   fi
   log "slapd stopped, export released"
 }

@@ -60,6 +60,18 @@ fn ldap_entries_survive_a_crash_of_twinblock_alone_and_a_second_failover() {
     ldap_failover(&["--crash", "process"]);
 }
 
+/// Found by review (helper-158, b's `up` killed during its takeover and
+/// restarted): nbdfuse died with twinblock, and its FUSE mount failed every
+/// stat with "Transport endpoint is not connected". The hook checked it with
+/// `mountpoint` (a stat: "not a mount") and ran `mkdir -p` on it first, so
+/// every later `on_promote` failed there and the node stayed Primary without
+/// LDAP. It now reads the mount table and clears what it finds before the
+/// mkdir.
+#[test]
+fn ldap_entries_survive_a_crash_that_leaves_a_dead_fuse_mount() {
+    ldap_failover(&["--crash", "process-fuse"]);
+}
+
 /// Found by review (helper-122): b's slapd cannot start at the takeover (a
 /// broken configuration). b stays Primary without the service, as the
 /// README says, but `status`'s `last_error` read `exit status: 1: ` and
