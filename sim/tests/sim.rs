@@ -197,6 +197,13 @@ fn regression_seeds_pass() {
         (105355, 5000),
         (102896, 5000),
         (500836, 5000),
+        // A fresh pair (never written), b forced while Inconsistent, its
+        // link lost with two FLUSHes in flight: their replies, released
+        // during the next handshake, started a generation after b's hello
+        // had named the last one; a adopted that one and, adaptive, took
+        // b's next State for a Primary gone Ahead: a SyncTarget for ever
+        // beside an Established Primary (liveness).
+        (34702616, 5000),
         // The last Primary, promoted while its peer still had its write
         // in flight, lost power: the union went from it (before `cache_lost`).
         (5000239, 100000),

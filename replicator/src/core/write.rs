@@ -552,7 +552,16 @@ impl Core {
         // ever after an adaptive catch-up, simulator seed 20306), and
         // the witness need not hear that it is behind.
         let peer_has_them = self.peer_current();
-        if self.role == Role::Primary && !peer_has_them {
+        // Nor while this node's disk is fresh (never written since it was
+        // created: no write was acknowledged, only FLUSHes and the like,
+        // which changed no block): the peer lacks nothing. Before, a
+        // FLUSH whose peer part a lost link took, released while the next
+        // session's handshake ran (a fresh peer's hello resets the
+        // once-per-separation), started a generation after our hello had
+        // named the last one: the peer adopted that one, took the
+        // Primary's next State for a Primary gone Ahead, and stayed a
+        // SyncTarget no resync would end (simulator seed 34702616).
+        if self.role == Role::Primary && !peer_has_them && !self.fresh {
             self.diverge("the peer may lack acknowledged writes");
         }
         let failed = self.p.meta_failed.take().or_else(|| self.p.bitmap_failed.take());
