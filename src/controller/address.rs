@@ -227,8 +227,11 @@ mod tests {
             ..AddressSettings::default()
         };
         assert_eq!(recheck_interval(&eip), Some(Duration::from_secs(30)));
-        let off = AddressSettings { recheck: Some("0s".into()), ..eip };
+        let off = AddressSettings { recheck: Some("0s".into()), ..eip.clone() };
         assert_eq!(recheck_interval(&off), None);
+        // A bare "0" is zero too (README: durations).
+        let bare = AddressSettings { recheck: Some("0".into()), ..eip };
+        assert_eq!(recheck_interval(&bare), None);
     }
 
     // Found by review (helper-107): a `command` re-check was an `address
