@@ -271,7 +271,9 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
         let refusals = refusals.clone();
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(timeout, async {
-                let conn = incoming.await.map_err(|e| handshake_error(&e, &node.res, false))?;
+                let conn = incoming
+                    .await
+                    .map_err(|e| handshake_error(&e, &node.res.name, &node.res.ca, false))?;
                 if let Err(e) = tls::check_peer(&conn, &node.peer.name) {
                     conn.close(CLOSE_NOT_PEER.into(), b"not the configured peer");
                     return Err(e.to_string());
@@ -280,8 +282,10 @@ async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch
                     conn.close(CLOSE_REFUSED.into(), why.as_bytes());
                     return Err(format!("{why}: refused"));
                 }
-                let (send, recv) =
-                    conn.accept_bi().await.map_err(|e| handshake_error(&e, &node.res, false))?;
+                let (send, recv) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| handshake_error(&e, &node.res.name, &node.res.ca, false))?;
                 Ok((conn, send, recv))
             })
             .await
@@ -347,9 +351,11 @@ async fn dial_loop(node: Arc<Node>, endpoint: quinn::Endpoint, mut stop: watch::
                 .connect(node.peer.connect, &node.peer.name)
                 .map_err(|e| e.to_string())?
                 .await
-                .map_err(|e| handshake_error(&e, &node.res, true))?;
-            let (send, recv) =
-                conn.open_bi().await.map_err(|e| handshake_error(&e, &node.res, true))?;
+                .map_err(|e| handshake_error(&e, &node.res.name, &node.res.ca, true))?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| handshake_error(&e, &node.res.name, &node.res.ca, true))?;
             Ok::<_, String>((conn, send, recv))
         };
         let result = tokio::select! {
@@ -666,19 +672,22 @@ fn peer_closed(peer: &str, c: &quinn::ApplicationClose) -> (String, EndedBy) {
 /// ("peer doesn't support any known protocol"). `dialing`: this node
 /// dialled (the peer refused) or accepted (this node refused). A
 /// certificate of another CA names `tls.ca` ([`tls::ca_refusal`]).
-fn handshake_error(e: &quinn::ConnectionError, res: &ResourceConfig, dialing: bool) -> String {
-    if let Some(why) = tls::ca_refusal(e, &res.ca) {
+fn handshake_error(e: &quinn::ConnectionError, resource: &str, ca: &Path, dialing: bool) -> String {
+    if let Some(why) = tls::ca_refusal(e, ca) {
         return why;
     }
-    let resource = &res.name;
     let no_app_protocol = quinn::TransportErrorCode::crypto(120);
     let alpn = match e {
         quinn::ConnectionError::ConnectionClosed(c) => c.error_code == no_app_protocol,
         quinn::ConnectionError::TransportError(t) => t.code == no_app_protocol,
         _ => false,
     };
+    // (The peer's close reason is its own bytes, and a close in an Initial
+    // packet needs no certificate: one line, as the status keeps it, for
+    // the WARN line too; review, helper-159.)
+    let e = one_line(&e.to_string());
     if !alpn {
-        return e.to_string();
+        return e;
     }
     let who = if dialing {
         "it serves no resource"
@@ -688,7 +697,7 @@ fn handshake_error(e: &quinn::ConnectionError, res: &ResourceConfig, dialing: bo
     format!("{who} \"{resource}\": both nodes' resource files must have the same `name` (TLS: {e})")
 }
 
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.chars().take(200).map(|ch| if ch.is_control() { ' ' } else { ch }).collect()
 }
 
@@ -892,6 +901,26 @@ mod tests {
                 EndedBy::Other
             )
         );
+    }
+
+    /// A handshake the peer closed says the peer's reason, its own bytes,
+    /// in one line: a CONNECTION_CLOSE in an Initial packet needs no
+    /// certificate (its keys derive from the dialer's first packet), and
+    /// its line breaks wrote lines of the sender's choosing into the
+    /// dialer's WARN "cannot connect" (review, helper-159).
+    #[test]
+    fn a_handshake_closed_by_the_peer_says_its_reason_in_one_line() {
+        for code in [quinn::TransportErrorCode::crypto(40), quinn::TransportErrorCode::crypto(120)]
+        {
+            let e = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: code,
+                frame_type: None,
+                reason: Bytes::from_static(b"bye\n2026-12-07T00:00:00Z  WARN forged\x1b[2J"),
+            });
+            let why = handshake_error(&e, "r0", Path::new("ca.pem"), true);
+            assert!(why.contains("bye") && why.contains("forged"), "{why:?}");
+            assert!(!why.contains(|c: char| c.is_control()), "{why:?}");
+        }
     }
 
     #[test]

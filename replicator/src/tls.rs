@@ -532,11 +532,14 @@ pub fn ca_refusal(e: &quinn::ConnectionError, ca: &Path) -> Option<String> {
         quinn::ConnectionError::ConnectionClosed(c)
             if not_ours(&String::from_utf8_lossy(&c.reason)) =>
         {
-            // (Short: the status and the log keep 200 characters.)
+            // (Short: the status and the log keep 200 characters. The
+            // reason is the peer's bytes: trimmed, as it was compared, so
+            // no line break it was padded with reaches the log; review,
+            // helper-159.)
             Some(format!(
                 "the peer refused this node's certificate, not signed by the CA in its tls.ca \
                  (ours: {ca}) (TLS: {})",
-                String::from_utf8_lossy(&c.reason)
+                String::from_utf8_lossy(&c.reason).trim()
             ))
         }
         _ => None,
@@ -598,6 +601,17 @@ mod tests {
                 )
             );
         }
+        // The peer's reason is its own bytes: padded with line breaks, it
+        // is still taken, and its breaks do not reach the log (review,
+        // helper-159: the untrimmed reason was printed).
+        let padded = remote(
+            "\n\n2026-12-07T00:00:00Z  WARN forged\ninvalid peer certificate: BadSignature\n",
+        );
+        assert_eq!(ca_refusal(&padded, ca), None, "more than padding");
+        let padded = remote("\r\n\ninvalid peer certificate: BadSignature\n\u{2028}");
+        let why = ca_refusal(&padded, ca).unwrap();
+        assert!(!why.contains(['\n', '\r', '\u{2028}']), "{why:?}");
+        assert!(why.ends_with("(TLS: invalid peer certificate: BadSignature)"), "{why:?}");
         let other = "invalid peer certificate: certificate expired";
         assert_eq!(ca_refusal(&local(other), ca), None);
         assert_eq!(ca_refusal(&remote(other), ca), None);

@@ -363,14 +363,7 @@ pub async fn serve_reporting(
                 let conn = match done {
                     Some(Ok(Ok(c))) => c,
                     Some(Ok(Err(e))) => {
-                        // (Another CA's certificate names tls.ca, as on the
-                        // peer link.)
-                        let why = tls::ca_refusal(&e, &ca).unwrap_or_else(|| e.to_string());
-                        return refused(
-                            &refusals,
-                            Some(from),
-                            &format!("witness handshake failed: {why}"),
-                        );
+                        return refused(&refusals, Some(from), &handshake_failed(&e, &ca));
                     }
                     Some(Err(_)) => {
                         return refused(&refusals, Some(from), "witness handshake timed out")
@@ -406,6 +399,16 @@ pub async fn serve_reporting(
     }
     endpoint.close(0u32.into(), b"down");
     Ok(())
+}
+
+/// A node's handshake that failed, as the witness logs it: another CA's
+/// certificate names `tls.ca` (`ca`), as on the peer link; anything else
+/// in one line, for the peer's close reason is its own bytes, and a close
+/// in an Initial packet needs no certificate (its line breaks wrote lines
+/// of the sender's choosing into the witness's WARN: review, helper-159).
+fn handshake_failed(e: &quinn::ConnectionError, ca: &std::path::Path) -> String {
+    let why = tls::ca_refusal(e, ca).unwrap_or_else(|| crate::link::one_line(&e.to_string()));
+    format!("witness handshake failed: {why}")
 }
 
 /// Records `who`'s new connection `id`, closing its oldest past
@@ -775,6 +778,21 @@ mod tests {
         // a's requests on its newer connection go on as before.
         let renew = VoteRequest { id: 8, ..req("a", VoteKind::Renew, &[1], false) };
         assert!(ask_on(&mut sh, &mut disk, t, 8, renew, false).granted);
+    }
+
+    /// A node's failed handshake is one line in the witness's log, the
+    /// peer's close reason included (review, helper-159: its line breaks
+    /// reached the WARN as they were).
+    #[test]
+    fn a_failed_handshake_is_logged_in_one_line() {
+        let e = quinn::ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+            error_code: quinn_proto::TransportErrorCode::crypto(40),
+            frame_type: None,
+            reason: bytes::Bytes::from_static(b"bye\n2026-12-07T00:00:00Z  WARN forged\x1b[2J"),
+        });
+        let why = handshake_failed(&e, std::path::Path::new("ca.pem"));
+        assert!(why.starts_with("witness handshake failed: ") && why.contains("forged"), "{why}");
+        assert!(!why.contains(|c: char| c.is_control()), "{why:?}");
     }
 
     /// The state file round-trips for its resource (undo record and
