@@ -594,6 +594,81 @@ fn a_certificate_of_another_ca_at_the_witness_names_tls_ca() {
         .filter(|l| l.contains("WARN") && l.contains("witness unreachable"))
         .count();
     assert_eq!(warns, 1, "{}", p.log(0));
+    // The witness with its own certificate again: a connects. Given
+    // another CA's again (a bad renewal), a says so again: before, the
+    // refusal said once stayed said, and this one was a debug line
+    // (review, helper-159).
+    drop(_w);
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    let good = config.replace("rogue/w.", "certs/w.");
+    std::fs::write(&p.config, &good).unwrap();
+    let _w = witness(&p.config, Stdio::from(std::fs::File::create(dir.join("w.log")).unwrap()));
+    p.wait_one(0, "a reaches its witness", |s| s["controller"]["witness_connected"] == true);
+    drop(_w);
+    std::fs::write(&p.config, &config).unwrap();
+    let _w = witness(&p.config, Stdio::from(std::fs::File::create(dir.join("w.log")).unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = p.log(0);
+        let warns =
+            log.lines().filter(|l| l.contains("WARN") && l.contains("witness unreachable")).count();
+        if warns == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a said not why, the second time: {log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node whose own certificate is of another CA (it trusts both: a CA
+/// file may hold several) is refused by the witness once the witness
+/// checks it, after the node's side of the handshake is done: the node
+/// says so once, in a WARN line naming its `tls.ca`, and never that it
+/// connected; `controller.witness_connected` stays false. Before (review,
+/// helper-159), each attempt logged "connected to the witness" and a WARN
+/// "link to the witness lost" (28 of each in 6 s), its status said
+/// connected between them, and the next attempt followed at once.
+#[test]
+fn a_node_whose_certificate_the_witness_refuses_says_so_once() {
+    let WitnessAt { p, addr: _, w: _w, certs: _, rt: _rt } = witness_at(1);
+    let dir = p.dir.path().to_owned();
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).arg("a"));
+    let bundle = [dir.join("rogue/ca.pem"), dir.join("certs/ca.pem")]
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect::<String>();
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    let log = dir.join("rogue.log");
+    let (_rogue, cfg) = impostor(&p, "a", "rogue/a", Some("bundle.pem"), Some(&log));
+    let witness_lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("twinblock_replicator::witness"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while witness_lines().is_empty() {
+        assert!(Instant::now() < deadline, "a said nothing of its witness");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A few attempts more (one each 500 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = witness_lines();
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        lines[0].contains(" WARN ") && lines[0].contains("witness unreachable"),
+        "{}",
+        lines[0]
+    );
+    let said = "the peer refused this node's certificate, not signed by the CA in its tls.ca";
+    assert!(lines[0].contains(said) && lines[0].contains("bundle.pem"), "{}", lines[0]);
+    let st = run_ok(
+        Command::new(BIN).args(["status", "--json", "--config"]).arg(&cfg).args(["--node", "a"]),
+    );
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["controller"]["witness_connected"], false, "{st}");
 }
 
 /// Two witnesses given one `meta` path (a second resource's file copied

@@ -569,28 +569,32 @@ pub async fn client(
         if *stop.borrow() {
             break;
         }
+        // (The failure's text, and whether it is a certificate of another
+        // CA: the peer's close reason is its own bytes, so that is told by
+        // `ca_refusal`, not by the text saying "tls.ca".)
+        let failed = |e: &quinn::ConnectionError| match tls::ca_refusal(e, &node.res.ca) {
+            Some(why) => (why, true),
+            None => (crate::link::one_line(&e.to_string()), false),
+        };
         let attempt = async {
-            let conn =
-                endpoint.connect(w.connect, &w.name).map_err(|e| e.to_string())?.await.map_err(
-                    |e| tls::ca_refusal(&e, &node.res.ca).unwrap_or_else(|| e.to_string()),
-                )?;
-            tls::check_peer(&conn, &w.name).map_err(|e| e.to_string())?;
-            // (A witness that refuses this node's certificate closes the
-            // connection once it checked it: the stream's open fails.)
-            let (tx, rx) = conn
-                .open_bi()
+            let conn = endpoint
+                .connect(w.connect, &w.name)
+                .map_err(|e| (e.to_string(), false))?
                 .await
-                .map_err(|e| tls::ca_refusal(&e, &node.res.ca).unwrap_or_else(|| e.to_string()))?;
-            Ok::<_, String>((conn, tx, rx))
+                .map_err(|e| failed(&e))?;
+            tls::check_peer(&conn, &w.name).map_err(|e| (e.to_string(), false))?;
+            let (tx, rx) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            accepted(&conn).await.map_err(|e| failed(&e))?;
+            Ok::<_, (String, bool)>((conn, tx, rx))
         };
         let (conn, mut tx, mut rx) =
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
+                Ok(Err((e, ca))) => {
                     // A certificate of another CA is the operator's to
                     // mend: a WARN line the first time it is so (the rest,
                     // a witness down or restarting, is a debug line).
-                    if e.contains("tls.ca") && said.as_deref() != Some(e.as_str()) {
+                    if ca && said.as_deref() != Some(e.as_str()) {
                         warn!(witness = %w.name, "witness unreachable: {e}");
                         said = Some(e);
                     } else {
@@ -604,6 +608,8 @@ pub async fn client(
                 Err(_) => continue,
             };
         info!(witness = %w.name, "connected to the witness");
+        // (A refusal after this is new: said again, once.)
+        said = None;
         // Requests queued while there was no link are stale.
         while votes.try_recv().is_ok() {}
         node.witness_link(true);
@@ -636,6 +642,28 @@ pub async fn client(
     }
     endpoint.close(0u32.into(), b"down");
     Ok(())
+}
+
+/// Resolves once the witness has taken this node's certificate, or fails
+/// with why the connection closed. A client's side of the TLS handshake is
+/// done before the server has checked the client's certificate: a witness
+/// that refuses it closes the connection after this node took it for
+/// connected, and every attempt logged "connected to the witness" and a
+/// WARN "link to the witness lost", its status connected between them
+/// (review, helper-159). A QUIC server sends HANDSHAKE_DONE once its side
+/// is done, the certificate checked; quinn has no event for it, so its
+/// count is looked at until then (a round trip, the attempt's 5 s at
+/// most).
+async fn accepted(conn: &quinn::Connection) -> Result<(), quinn::ConnectionError> {
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            e = conn.closed() => return Err(e),
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
 }
 
 #[cfg(test)]
