@@ -435,6 +435,19 @@ fn witness_for(p: &Pair) -> (std::net::SocketAddr, KillOnDrop) {
 
 /// A QUIC client of the witness with node `name`'s certificate.
 fn witness_client(certs: &std::path::Path, name: &str) -> quinn::Endpoint {
+    witness_client_of(
+        &certs.join("ca.pem"),
+        &certs.join(format!("{name}.pem")),
+        &certs.join(format!("{name}.key")),
+    )
+}
+
+/// A QUIC client of the witness trusting `ca`, presenting `cert`.
+fn witness_client_of(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> quinn::Endpoint {
     use twinblock_replicator::tls;
     let transport = tls::transport(
         Duration::from_secs(10),
@@ -442,14 +455,8 @@ fn witness_client(certs: &std::path::Path, name: &str) -> quinn::Endpoint {
         tls::QUIC_FLOOR,
         tls::PROBE_UP_TO,
     );
-    let (_, c) = tls::endpoint_configs_for(
-        &certs.join("ca.pem"),
-        &certs.join(format!("{name}.pem")),
-        &certs.join(format!("{name}.key")),
-        tls::witness_alpn("r0"),
-        transport,
-    )
-    .unwrap();
+    let (_, c) =
+        tls::endpoint_configs_for(ca, cert, key, tls::witness_alpn("r0"), transport).unwrap();
     let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     e.set_default_client_config(c);
     e
@@ -526,23 +533,11 @@ fn a_certificate_of_another_ca_at_the_witness_names_tls_ca() {
     let wlog = || std::fs::read_to_string(dir.join("w.log")).unwrap();
     // A client presenting another CA's certificate for a, trusting ours.
     rt.block_on(async {
-        use twinblock_replicator::tls;
-        let transport = tls::transport(
-            Duration::from_secs(10),
-            Duration::from_millis(500),
-            tls::QUIC_FLOOR,
-            tls::PROBE_UP_TO,
-        );
-        let (_, c) = tls::endpoint_configs_for(
+        let e = witness_client_of(
             &certs.join("ca.pem"),
             &dir.join("rogue/a.pem"),
             &dir.join("rogue/a.key"),
-            tls::witness_alpn("r0"),
-            transport,
-        )
-        .unwrap();
-        let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        e.set_default_client_config(c);
+        );
         if let Ok(Ok(c)) =
             tokio::time::timeout(Duration::from_secs(5), e.connect(addr, "w").unwrap()).await
         {
@@ -632,12 +627,7 @@ fn a_certificate_of_another_ca_at_the_witness_names_tls_ca() {
 fn a_node_whose_certificate_the_witness_refuses_says_so_once() {
     let WitnessAt { p, addr: _, w: _w, certs: _, rt: _rt } = witness_at(1);
     let dir = p.dir.path().to_owned();
-    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).arg("a"));
-    let bundle = [dir.join("rogue/ca.pem"), dir.join("certs/ca.pem")]
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect::<String>();
-    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    rogue_a_trusting_both(&dir);
     let log = dir.join("rogue.log");
     let (_rogue, cfg) = impostor(&p, "a", "rogue/a", Some("bundle.pem"), Some(&log));
     let witness_lines = || {
@@ -942,12 +932,7 @@ fn an_expired_peer_certificate_is_refused_in_one_line_per_node() {
 fn a_node_whose_certificate_its_peer_refuses_says_so_once() {
     let mut p = Pair::prepare("C", "16M");
     let dir = p.dir.path().to_owned();
-    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).arg("a"));
-    let bundle = [dir.join("rogue/ca.pem"), dir.join("certs/ca.pem")]
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect::<String>();
-    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    rogue_a_trusting_both(&dir);
     p.up(1);
     let rogue_log = dir.join("rogue.log");
     let (rogue, rogue_cfg) = impostor(&p, "a", "rogue/a", Some("bundle.pem"), Some(&rogue_log));
@@ -981,6 +966,17 @@ fn a_node_whose_certificate_its_peer_refuses_says_so_once() {
     drop(rogue);
     p.up(0);
     p.wait_connected();
+}
+
+/// A certificate for a of another CA in `dir/rogue/`, and `dir/bundle.pem`
+/// trusting both that CA and the pair's (a CA file may hold several).
+fn rogue_a_trusting_both(dir: &std::path::Path) {
+    run_ok(Command::new(BIN).args(["gen-certs", "--out"]).arg(dir.join("rogue")).arg("a"));
+    let bundle = [dir.join("rogue/ca.pem"), dir.join("certs/ca.pem")]
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect::<String>();
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
 }
 
 /// `status` says why a handshake was refused, on the node that refused

@@ -477,6 +477,16 @@ impl ResourceConfig {
                 Ok(d)
             }
         };
+        // And a few that run something each time they pass: far below a
+        // millisecond they spin a thread (review, helper-159: `heartbeat
+        // = "1ns"` with `dead_time = "4ns"` was taken).
+        let floor = |key: &str, d: Duration, min: Duration, what: &str| {
+            if d < min {
+                Err(key_err(key, format!("must be at least {min:?} ({what})")))
+            } else {
+                Ok(d)
+            }
+        };
         let timeout = nonzero(
             "timeout",
             dur("timeout", &raw.timeout, Duration::from_secs(6))?,
@@ -486,6 +496,12 @@ impl ResourceConfig {
             "ping-interval",
             dur("ping-interval", &raw.ping_interval, Duration::from_millis(500))?,
             "the time between heartbeats",
+        )?;
+        let ping_interval = floor(
+            "ping-interval",
+            ping_interval,
+            Duration::from_millis(10),
+            "a heartbeat and the link's counters each time",
         )?;
         let connect_interval = nonzero(
             "connect-interval",
@@ -785,6 +801,12 @@ impl ResourceConfig {
                     dur("controller.heartbeat", &c.heartbeat, Duration::from_secs(1))?,
                     "the time between the witness's renewals",
                 )?;
+                let heartbeat = floor(
+                    "controller.heartbeat",
+                    heartbeat,
+                    Duration::from_millis(10),
+                    "a renewal at the witness each time",
+                )?;
                 if dead_time < heartbeat * 4 {
                     return Err(key_err(
                         "controller.dead_time",
@@ -863,6 +885,12 @@ impl ResourceConfig {
                     "controller.health_interval",
                     dur("controller.health_interval", &c.health_interval, heartbeat * 2)?,
                     "with none, the health check runs in a busy loop",
+                )?;
+                let health_interval = floor(
+                    "controller.health_interval",
+                    health_interval,
+                    Duration::from_millis(10),
+                    "the health check's command runs each time",
                 )?;
                 let hook_timeout = nonzero(
                     "controller.hook_timeout",
@@ -1171,6 +1199,35 @@ key = "certs/b.key"
             assert!(e.contains("ldap.toml: connect-interval: "), "{v}: {e}");
             assert!(e.contains("at least 10ms"), "{v}: {e}");
         }
+    }
+
+    /// Intervals far below a millisecond are refused, naming the key and
+    /// the floor (review, helper-159: `heartbeat = "1ns"` with
+    /// `dead_time = "4ns"`, and `ping-interval = "1ns"`, were taken: busy
+    /// loops).
+    #[test]
+    fn intervals_below_their_floor_name_the_key() {
+        let ping = |v: &str| GOOD.replace("[tls]", &format!("ping-interval = \"{v}\"\n[tls]"));
+        assert_eq!(parse(&ping("10ms")).unwrap().ping_interval, Duration::from_millis(10));
+        let e = parse(&ping("1ns")).unwrap_err();
+        assert!(e.contains("ldap.toml: ping-interval: ") && e.contains("at least 10ms"), "{e}");
+        let with = |line: &str| {
+            format!(
+                "{GOOD}[nodes.w]\nwitness = true\naddress = \"127.0.0.1:7790\"\n\
+                 control = \"w.sock\"\ncert = \"certs/w.pem\"\nkey = \"certs/w.key\"\n\
+                 [controller]\nhealth = \"true\"\n{line}\n"
+            )
+        };
+        for (line, key) in [
+            ("heartbeat = \"1ns\"\ndead_time = \"4ns\"", "controller.heartbeat"),
+            ("health_interval = \"1us\"", "controller.health_interval"),
+        ] {
+            let e = parse(&with(line)).unwrap_err();
+            assert!(e.contains(&format!("ldap.toml: {key}: ")), "{line}: {e}");
+            assert!(e.contains("at least 10ms"), "{line}: {e}");
+        }
+        let c = parse(&with("heartbeat = \"10ms\"\nhealth_interval = \"10ms\"")).unwrap();
+        assert_eq!(c.controller.unwrap().health_interval, Duration::from_millis(10));
     }
 
     /// A zero `controller.health_interval` or `controller.hook_timeout` is
