@@ -639,19 +639,36 @@ fn a_stopped_primary_acknowledges_nothing_after_the_takeover(protocol: &'static 
     let (ok, text) = qemu_io(&c.p.uri(1), "write -P 0xee 0 2M", Duration::from_secs(60));
     assert!(ok && text.contains("wrote"), "b writes as the new Primary: {text}");
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // The writes sent while a was stopped (the second half) were read only
+    // once it ran again, past its leases: none may be acknowledged. The
+    // first half's replies that were not in the socket 300 ms after the
+    // stop may still have been decided before it, their send stopped with
+    // the process (CI, protocol A: all 16 came OK after SIGCONT, none in
+    // the socket before; from outside, decided before the stop and sent
+    // after cannot be told from decided after): printed, not judged here
+    // (before, judged: a false failure). That a reply is never
+    // decided past the node's own leases is the simulator's I4, checked
+    // of every write a controller's Primary answers OK.
     let mut late_acks = Vec::new();
+    let mut undecided = Vec::new();
     let mut errnos = Vec::new();
     for n in 0..N as usize {
         let (errno, cookie) = client.simple_reply();
         errnos.push(errno);
-        if n >= early && errno == 0 {
+        if errno == 0 && cookie >= N / 2 {
             late_acks.push(cookie);
+        } else if errno == 0 && n >= early {
+            undecided.push(cookie);
         }
     }
-    eprintln!("{protocol}: {early} answered before the stop took hold; errnos {errnos:?}");
+    eprintln!(
+        "{protocol}: {early} answered before the stop took hold, {undecided:?} sent before the \
+         stop answered after it; errnos {errnos:?}"
+    );
     assert!(
         late_acks.is_empty(),
-        "{protocol}: a acknowledged writes {late_acks:?} after b took over and overwrote them"
+        "{protocol}: a acknowledged writes {late_acks:?}, sent while it was stopped, after b took \
+         over and overwrote them"
     );
     // a hears the witness: deposed, it rejoins as b's Secondary with b's data.
     c.p.wait("a demoted and back in sync", Duration::from_secs(60), |a, b| {
