@@ -458,7 +458,7 @@ async fn handle(node: &Arc<Node>, down: &watch::Sender<bool>, req: Request) -> R
             node.demote_forced();
             demoted(node).await
         }
-        "secondary" => match node.demote() {
+        "secondary" => match node.demote_when_clients_left().await {
             Ok(()) => demoted(node).await,
             Err(e) => Err(e.0),
         },

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long `secondary` waits for NBD clients that are leaving
+/// ([`Node::demote_when_clients_left`]).
+pub const CLIENTS_LEAVING: Duration = Duration::from_secs(1);
+
 impl Node {
     /// Runs `f` on the core and performs what it asks.
     pub(super) fn with_core<T>(&self, f: impl FnOnce(&mut Core, Duration) -> T) -> T {
@@ -185,6 +189,24 @@ impl Node {
         });
         self.changed.notify_waiters();
         r
+    }
+
+    /// [`Node::demote`] once the NBD clients that are leaving have left:
+    /// it waits up to [`CLIENTS_LEAVING`] for the count of read-write
+    /// clients to reach zero. A client that sent its disconnect and
+    /// closed (`qemu-io` exited, `nbdfuse` unmounted) is counted until
+    /// its connection's thread has finished its requests and its writer,
+    /// a few milliseconds on: a script's `secondary` right after was
+    /// refused (CI, `split_brain_is_detected_and_resolved_by_discard_my_data`:
+    /// refused 0.3 ms before the connection closed). A client that stays
+    /// (a mounted file system) is refused as before, a second later.
+    pub async fn demote_when_clients_left(&self) -> Result<(), Refused> {
+        let deadline = tokio::time::Instant::now() + CLIENTS_LEAVING;
+        while self.nbd_writers.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.demote()
     }
 
     /// `secondary --force` (and `down`): demoted even where `secondary`
