@@ -470,38 +470,29 @@ impl ResourceConfig {
         // A key that cannot be zero says so and why: `parse_duration` takes
         // a bare "0" for every key, and before it did, `timeout = "0"` was
         // refused with "give a unit (us, ms, s)" (README walk-through).
-        let nonzero = |key: &str, d: Duration, why: &str| {
+        // And a few that run something each time they pass have a floor:
+        // far below a millisecond they spin a thread (review, helper-159:
+        // `heartbeat = "1ns"` with `dead_time = "4ns"` was taken).
+        let at_least = |key: &str, d: Duration, min: Duration, why: &str| {
             if d.is_zero() {
                 Err(key_err(key, format!("must be more than zero ({why})")))
+            } else if d < min {
+                Err(key_err(key, format!("must be at least {min:?} ({why})")))
             } else {
                 Ok(d)
             }
         };
-        // And a few that run something each time they pass: far below a
-        // millisecond they spin a thread (review, helper-159: `heartbeat
-        // = "1ns"` with `dead_time = "4ns"` was taken).
-        let floor = |key: &str, d: Duration, min: Duration, what: &str| {
-            if d < min {
-                Err(key_err(key, format!("must be at least {min:?} ({what})")))
-            } else {
-                Ok(d)
-            }
-        };
+        let nonzero = |key: &str, d: Duration, why: &str| at_least(key, d, Duration::ZERO, why);
         let timeout = nonzero(
             "timeout",
             dur("timeout", &raw.timeout, Duration::from_secs(6))?,
             "with none, the peer would be lost as soon as it is found",
         )?;
-        let ping_interval = nonzero(
+        let ping_interval = at_least(
             "ping-interval",
             dur("ping-interval", &raw.ping_interval, Duration::from_millis(500))?,
-            "the time between heartbeats",
-        )?;
-        let ping_interval = floor(
-            "ping-interval",
-            ping_interval,
             Duration::from_millis(10),
-            "a heartbeat and the link's counters each time",
+            "the time between heartbeats",
         )?;
         let connect_interval = nonzero(
             "connect-interval",
@@ -796,16 +787,11 @@ impl ResourceConfig {
                 )?;
                 // (Zero was reported as a dead_time "must be at least 4
                 // heartbeats (0ns each)", naming the wrong key.)
-                let heartbeat = nonzero(
+                let heartbeat = at_least(
                     "controller.heartbeat",
                     dur("controller.heartbeat", &c.heartbeat, Duration::from_secs(1))?,
-                    "the time between the witness's renewals",
-                )?;
-                let heartbeat = floor(
-                    "controller.heartbeat",
-                    heartbeat,
                     Duration::from_millis(10),
-                    "a renewal at the witness each time",
+                    "the time between the witness's renewals",
                 )?;
                 if dead_time < heartbeat * 4 {
                     return Err(key_err(
@@ -881,16 +867,11 @@ impl ResourceConfig {
                 }
                 // (Zero, the health check's command ran in a busy loop, and
                 // every hook was killed as it started.)
-                let health_interval = nonzero(
+                let health_interval = at_least(
                     "controller.health_interval",
                     dur("controller.health_interval", &c.health_interval, heartbeat * 2)?,
-                    "with none, the health check runs in a busy loop",
-                )?;
-                let health_interval = floor(
-                    "controller.health_interval",
-                    health_interval,
                     Duration::from_millis(10),
-                    "the health check's command runs each time",
+                    "with none, the health check runs in a busy loop",
                 )?;
                 let hook_timeout = nonzero(
                     "controller.hook_timeout",
