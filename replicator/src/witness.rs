@@ -439,7 +439,7 @@ async fn session(
         // could not be saved is undone before anyone else sees it.
         let now = sh.origin.elapsed();
         let d = decide(&mut sh, now, conn_id, who, nodes, &req);
-        let stale = d.verdict == "stale_connection";
+        let stale = d.stale;
         let saved = match (d.save.clone(), sh.state.clone()) {
             // Durable before the answer relies on it.
             (Some(after), Some(path)) => matches!(
@@ -471,6 +471,9 @@ struct Decision {
     prev: Option<Arbiter>,
     /// What to save before the reply goes out.
     save: Option<Durable>,
+    /// The request came on a connection the node gave up: answered, then
+    /// that connection is closed ([`ConnOrder`]).
+    stale: bool,
 }
 
 /// Decides `req` on `who`'s connection `conn` (numbered in the order the
@@ -487,7 +490,7 @@ fn decide(
     req: &VoteRequest,
 ) -> Decision {
     let refused = |reason: String| VoteReply { id: req.id, granted: false, holder: None, reason };
-    let plain = |reply, verdict| Decision { reply, verdict, prev: None, save: None };
+    let plain = |reply, verdict| Decision { reply, verdict, prev: None, save: None, stale: false };
     if req.node != who {
         return plain(
             refused(format!("request for {} on {who}'s connection", req.node)),
@@ -495,13 +498,11 @@ fn decide(
         );
     }
     if !sh.order.admit(who, conn) {
-        return plain(
-            refused(format!(
-                "a request on {who}'s older connection to the witness, after its newer one's: \
-                 stale, not decided"
-            )),
-            "stale_connection",
+        let why = format!(
+            "a request on {who}'s older connection to the witness, after its newer one's: \
+             stale, not decided"
         );
+        return Decision { stale: true, ..plain(refused(why), "stale_connection") };
     }
     if req.peer == who || !nodes.contains(&req.peer) {
         // The peer it names is what the witness outdates: it must be
@@ -516,7 +517,7 @@ fn decide(
     // (After a failed save, whatever the file holds is replaced before a
     // reply relies on what the witness holds, changed or not.)
     let save = sh.arb.to_save(&before);
-    Decision { reply, verdict: verdict_label(&verdict), prev: Some(prev), save }
+    Decision { reply, verdict: verdict_label(&verdict), prev: Some(prev), save, stale: false }
 }
 
 /// The answer to a decision, once its state was saved (`saved`) or not:
