@@ -10,8 +10,9 @@
 #
 # With --crash process only the twinblock process of a dies (a crash, an
 # OOM kill): slapd and the mount it holds stay on a, as they would on a
-# real host. After a has come back and resynced, b's zone dies and a
-# must serve every acknowledged entry again, those added on b included.
+# real host, until a's daemon starts again and runs on_demote for them.
+# After a has come back and resynced, b's zone dies and a must serve
+# every acknowledged entry again, those added on b included.
 # With --crash process-fuse nbdfuse on a dies with it (the OOM killer took
 # both, or nbdfuse lost its NBD connection): a's FUSE mount is left dead,
 # every stat of it failing with ENOTCONN; a's takeover must clear it.
@@ -191,10 +192,12 @@ if [[ $CRASH == slapd-fails ]]; then
   exit 0
 elif [[ $CRASH == process ]]; then
   say "twinblock on a crashes (SIGKILL); slapd and its mount stay on a"
+  old_slapd=$(cat "$D/slapd-a.pid")
   kill -9 "$PID_a"
   wait "$PID_a" 2>/dev/null || true
 elif [[ $CRASH == process-fuse ]]; then
   say "twinblock and nbdfuse on a crash (SIGKILL); slapd and its mounts stay on a, the FUSE one dead"
+  old_slapd=$(cat "$D/slapd-a.pid")
   kill -9 "$PID_a" "$(cat "$D/nbdfuse-a.pid")"
   wait "$PID_a" 2>/dev/null || true
 else
@@ -225,6 +228,13 @@ wait_for 120 "a back as Secondary, in sync" a_back
 sleep 2
 [[ $(st a | field role) == Secondary && $(st b | field role) == Primary ]] || fail "roles changed after a came back (failback)"
 say "a is Secondary and UpToDate again; b stays Primary (no automatic failback)"
+if [[ $CRASH == process || $CRASH == process-fuse ]]; then
+  # a's daemon, started again, ran on_demote for the reign its crash cut
+  # short (the `<meta>.promoted` mark): the old slapd and mounts are gone.
+  old_gone() { ! kill -0 "$old_slapd" 2>/dev/null && ! findmnt -rn --mountpoint "$D/mnt-a" >/dev/null 2>&1; }
+  wait_for 30 "a's slapd and mount from before its crash gone" old_gone
+  say "a's slapd and mount from before its crash were stopped when its daemon started again"
+fi
 if [[ $CRASH == process || $CRASH == process-fuse ]]; then
   say "availability zone of b fails: a must take over with what was left of its last reign"
   kill_zone b

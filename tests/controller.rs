@@ -5,7 +5,8 @@
 //!
 //! - the survivor takes over when the Primary dies, runs the mover and
 //!   `on_promote` with the hook environment, and holds every acknowledged
-//!   write; the old Primary comes back as Secondary (no failback);
+//!   write; the old Primary comes back as Secondary (no failback), and
+//!   its daemon, started again, stops the service its crash left;
 //! - an isolated Primary (cut from the peer and the witness) stops
 //!   acknowledging writes before the survivor promotes, and never
 //!   acknowledges one after; when it can reach the witness again it runs
@@ -400,6 +401,101 @@ fn survivor_takes_over_with_hooks_and_data() {
     std::thread::sleep(Duration::from_secs(2));
     let a = c.p.status(0);
     assert_eq!(a["role"], "Secondary", "no failback: {a}");
+}
+
+/// Whether process `pid` runs (signal 0).
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks whether the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// A Primary whose daemon dies (`kill -9`) leaves the service its
+/// `on_promote` started (a daemon in the background: slapd, a mount)
+/// running; the peer takes over. When the daemon starts again, as
+/// Secondary, its `on_demote` runs once and stops that service, before
+/// anything else (before, it ran on until this node's next promotion;
+/// review, helper-158). A node stopped cleanly does not run it again.
+#[test]
+fn a_crashed_primarys_service_is_stopped_when_its_daemon_starts_again() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let svc = dir.path().join("svc");
+    // The "service": a process in the background, its pid in svc.NODE.
+    PROMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"sleep 600 > /dev/null 2>&1 & echo $! > {s}.$TWINBLOCK_NODE\"",
+            s = svc.display()
+        )
+    });
+    DEMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"if [ -f {s}.$TWINBLOCK_NODE ]; then kill $(cat {s}.$TWINBLOCK_NODE); rm \
+             {s}.$TWINBLOCK_NODE; fi\"",
+            s = svc.display()
+        )
+    });
+    let mut c = cluster(None);
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    let pid_of = |node: &str| -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(format!("{}.{node}", svc.display()));
+            if let Ok(pid) = text.unwrap_or_default().trim().parse() {
+                return Some(pid);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let a_svc = pid_of("a").expect("on_promote started a's service");
+    assert!(alive(a_svc));
+    c.p.kill(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = c.p.status(1);
+        if b["role"] == "Primary" && b["controller"]["state"] == "Holding" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was not promoted: {b}\n{}", c.p.log(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b_svc = pid_of("b").expect("on_promote started b's service");
+    // The crash took nothing of a's hooks with it.
+    assert!(alive(a_svc), "a's service died with its daemon: the test shows nothing");
+    c.p.up(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(a_svc) {
+        assert!(
+            Instant::now() < deadline,
+            "a's service from before the crash still runs after its daemon started again \
+             (hooks: {})\n{}",
+            c.hooks(),
+            c.p.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.p.log(0).contains("on_demote runs now"), "{}", c.p.log(0));
+    c.p.wait("a back as Secondary, in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary" && a["disk"] == "UpToDate"
+    });
+    assert!(alive(b_svc), "b's service was stopped by a's clean-up");
+    // A clean stop and start: no second on_demote for a.
+    let demotes = c.hooks().matches("demote a").count();
+    assert!(c.p.down(0).success());
+    c.p.up(0);
+    c.p.wait("a back again", Duration::from_secs(60), |a, _| {
+        a["connection"] == "Connected" && a["disk"] == "UpToDate"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.hooks().matches("demote a").count(), demotes, "{}", c.hooks());
+    // SAFETY: b's service is the test's own `sleep`.
+    unsafe { libc::kill(b_svc, libc::SIGKILL) };
 }
 
 #[test]

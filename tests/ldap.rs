@@ -54,7 +54,10 @@ fn ldap_entries_survive_a_failover() {
 /// slapd could not start beside the old one, which still served the
 /// service address from its stale pages: the entry added on b was missing
 /// ("30 of 31 entries"). The hook now clears what a previous reign left
-/// (slapd, mount, loop, FUSE) before it mounts the export.
+/// (slapd, mount, loop, FUSE) before it mounts the export. And a's daemon,
+/// started again, runs `on_demote` for the reign its crash cut short: the
+/// old slapd and mount are gone once a is back (before, they stayed until
+/// a's next promotion; review, helper-158).
 #[test]
 fn ldap_entries_survive_a_crash_of_twinblock_alone_and_a_second_failover() {
     ldap_failover(&["--crash", "process"]);

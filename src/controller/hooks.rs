@@ -109,6 +109,9 @@ pub async fn run_on_promote(node: &Node, s: &ControllerSettings) -> Result<(), S
 /// [`on_promote`]); for a demotion, every `on_demote`
 /// command (a failure is reported, the demotion goes on).
 ///
+/// A promotion's hooks are marked as started beside the metadata, and the
+/// mark is removed by an `on_demote` without error ([`super::leftover`]).
+///
 /// `owed`: set when the promotion's address move failed (not withdrawn),
 /// so `on_promote` was not run: the re-check runs it once it has moved the
 /// address (review, helper-106); cleared by a demotion.
@@ -123,6 +126,7 @@ pub async fn run(
     *owed = false;
     match h {
         Hook::Promoted => {
+            super::leftover::mark(node);
             if let Some(a) = &s.address {
                 if let Err((withdrawn, e)) =
                     super::address::move_and_report(node, a, &env, "promote", false, outcomes).await
@@ -141,6 +145,9 @@ pub async fn run(
                     tracing::warn!("{e}");
                     first_err.get_or_insert(e);
                 }
+            }
+            if first_err.is_none() {
+                super::leftover::clear(node);
             }
             first_err.map_or(Ok(()), Err)
         }

@@ -5,11 +5,14 @@
 //! - [`witness`](twinblock_replicator::witness::client): the link to the
 //!   witness (votes out, answers in);
 //! - [`hooks`]: `on_promote` / `on_demote` and the address move, in order;
+//! - [`leftover`]: `on_demote` at the start after a process that died
+//!   with its promotion's service running;
 //! - the health check: the `health` command on the Primary; three failures
 //!   in a row hand over to the peer.
 
 pub(crate) mod address;
 mod hooks;
+mod leftover;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,6 +95,19 @@ pub fn start(
                 // succeeds moved the address (an event, even when the
                 // command does not say `moved`; review, helper-108).
                 let mut unsure = false;
+                // Before any hook of this process: the service a crashed
+                // one left (`leftover`). Not the core's demotion (the
+                // node starts Secondary): nothing is reported to it.
+                if leftover::left(&node) {
+                    warn!(
+                        "the last process stopped after this node's promotion hooks and before \
+                         an on_demote that succeeded (a crash?): on_demote runs now"
+                    );
+                    match hooks::run(&node, &settings, Hook::Demote, &outcomes, &mut owed).await {
+                        Ok(()) => info!("on_demote after the unclean stop done"),
+                        Err(e) => warn!("on_demote after the unclean stop failed: {e}"),
+                    }
+                }
                 loop {
                     tokio::select! {
                         h = hooks_rx.recv() => {
