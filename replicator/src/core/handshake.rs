@@ -508,6 +508,23 @@ impl Core {
                     );
                     SplitBrainPolicy::Disconnect
                 }
+                // A side forced Primary on a disk that was not a whole
+                // copy marks every block (`verbs.rs` `promote_inner`): its
+                // count is the device, not its changes, and it always
+                // "changed more". Its force may even have failed (a record
+                // that landed after `primary` was told it failed and
+                // undid it, then a crash: `core::tests::declared`), and
+                // the other side's acknowledged writes were overwritten
+                // (review, helper-149). Which side changed less is not
+                // known: resolve by hand.
+                SplitBrainPolicy::DiscardLeastChanges if self.base_forced() || h.forced_base => {
+                    tracing::warn!(
+                        "split brain with a node forced Primary on an incomplete copy: its \
+                         bitmap marks every block, not what it changed; discard-least-changes \
+                         cannot compare them: resolve by hand"
+                    );
+                    SplitBrainPolicy::Disconnect
+                }
                 p => p,
             };
             if let Some(i_discard) = resolve_split_brain(policy, mine, theirs) {
