@@ -498,6 +498,96 @@ fn a_crashed_primarys_service_is_stopped_when_its_daemon_starts_again() {
     unsafe { libc::kill(b_svc, libc::SIGKILL) };
 }
 
+/// Kills, when dropped, the processes whose pids the files `prefix*` hold
+/// (a test's "services": none outlives a failed test).
+struct KillPids(String);
+
+impl Drop for KillPids {
+    fn drop(&mut self) {
+        let path = std::path::Path::new(&self.0);
+        let (dir, stem) = (path.parent().unwrap(), path.file_name().unwrap().to_string_lossy());
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&*stem) {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    // SAFETY: a process the test's hooks started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+/// A daemon killed while its `on_promote` runs leaves that hook running
+/// (its process group is not the daemon's): it goes on and starts the
+/// service after the daemon died. When the daemon starts again while
+/// that hook still runs, its `on_demote` for the crash came first, found
+/// nothing to stop and cleared the mark, and the hook then started the
+/// service for good (review, helper-160). The hook left running is
+/// killed before that `on_demote`.
+#[test]
+fn an_on_promote_left_running_by_a_crash_starts_nothing_once_the_daemon_is_back() {
+    if !need_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let svc = dir.path().join("svc");
+    let _cleanup = KillPids(svc.display().to_string());
+    // on_promote: its own pid in svc.hook.NODE, a slow start (longer
+    // than b's takeover), then the "service" (its pid in svc.NODE).
+    PROMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"echo $$ > {s}.hook.$TWINBLOCK_NODE; sleep 10; sleep 600 > /dev/null 2>&1 & echo \
+             $! > {s}.$TWINBLOCK_NODE\"",
+            s = svc.display()
+        )
+    });
+    DEMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"if [ -f {s}.$TWINBLOCK_NODE ]; then kill $(cat {s}.$TWINBLOCK_NODE); rm \
+             {s}.$TWINBLOCK_NODE; fi\"",
+            s = svc.display()
+        )
+    });
+    let mut c = cluster(None);
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    c.first_primary();
+    let hook_file = format!("{}.hook.a", svc.display());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hook: i32 = loop {
+        if let Ok(pid) = std::fs::read_to_string(&hook_file).unwrap_or_default().trim().parse() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "a's on_promote did not start: {}", c.hooks());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // a dies in the middle of its on_promote; b takes over.
+    c.p.kill(0);
+    assert!(alive(hook), "a's on_promote died with its daemon: the test shows nothing");
+    c.p.wait_one(1, "b Primary", |b| b["role"] == "Primary");
+    assert!(alive(hook), "a's on_promote ended before a's daemon is back: the test shows nothing");
+    c.p.up(0);
+    c.p.wait("a back as Secondary, in sync", Duration::from_secs(60), |a, b| {
+        a["role"] == "Secondary" && b["role"] == "Primary" && a["disk"] == "UpToDate"
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(hook) {
+        assert!(Instant::now() < deadline, "a's old on_promote still runs\n{}", c.p.log(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = std::fs::read_to_string(format!("{}.a", svc.display())).unwrap_or_default();
+    if let Ok(pid) = left.trim().parse::<i32>() {
+        assert!(
+            !alive(pid),
+            "the service a's old on_promote started after its daemon died runs on (hooks: {})\n{}",
+            c.hooks(),
+            c.p.log(0)
+        );
+    }
+    assert_eq!(c.p.status(1)["role"], "Primary");
+}
+
 #[test]
 fn isolated_primary_stops_before_the_survivor_promotes() {
     if !need_tools() {

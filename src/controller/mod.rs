@@ -98,11 +98,19 @@ pub fn start(
                 // Before any hook of this process: the service a crashed
                 // one left (`leftover`). Not the core's demotion (the
                 // node starts Secondary): nothing is reported to it.
-                if leftover::left(&node) {
+                if let Some(old) = leftover::left(&node) {
                     warn!(
                         "the last process stopped after this node's promotion hooks and before \
                          an on_demote that succeeded (a crash?): on_demote runs now"
                     );
+                    // A hook it was running when it died runs on (its
+                    // process group is not the daemon's): an on_promote
+                    // that starts the service after this on_demote found
+                    // nothing to stop (review, helper-160). Killed first.
+                    if let Some(old) = old {
+                        leftover::stop_hooks_of(&node, old).await;
+                    }
+                    leftover::adopt(&node);
                     match hooks::run(&node, &settings, Hook::Demote, &outcomes, &mut owed).await {
                         Ok(()) => info!("on_demote after the unclean stop done"),
                         Err(e) => warn!("on_demote after the unclean stop failed: {e}"),
