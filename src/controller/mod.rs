@@ -113,7 +113,13 @@ pub fn start(
                     leftover::adopt(&node);
                     match hooks::run(&node, &settings, Hook::Demote, &outcomes, &mut owed).await {
                         Ok(()) => info!("on_demote after the unclean stop done"),
-                        Err(e) => warn!("on_demote after the unclean stop failed: {e}"),
+                        // In `status` too: the service the crash left may
+                        // still run (it was only in the log; review,
+                        // helper-160).
+                        Err(e) => node.note_hook_failure(format!(
+                            "on_demote after the last process's unclean stop failed (the \
+                             service it left may still run): {e}"
+                        )),
                     }
                 }
                 loop {

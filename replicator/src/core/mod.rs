@@ -263,6 +263,12 @@ pub struct Core {
     /// is `Failed` and nothing newer is in `last_error` (a handshake clears
     /// that one, and a detached disk ends the session).
     disk_error: Option<String>,
+    /// The last hook that failed, until that hook succeeds or a demotion
+    /// does: `status` shows it while nothing newer is in `last_error` (a
+    /// handshake clears that one, and a Primary whose `on_promote` failed
+    /// showed nothing of it once its peer came back, the service still not
+    /// running; review, helper-160).
+    hook_error: Option<String>,
     /// Failed rebuilds in a row and the next one's time (`rebuild_backoff`).
     rebuild: rebuild_backoff::RebuildBackoff,
     /// Bench scratch writes that failed here, and probes the peer's
@@ -491,6 +497,7 @@ impl Core {
             actions: VecDeque::new(),
             counters: CoreCounters::default(),
             last_error: None,
+            hook_error: None,
             disk_error: None,
             rebuild: Default::default(),
             scratch_failed: Default::default(),

@@ -46,6 +46,11 @@ use super::Core;
 
 /// Why a node that may have lost what it confirmed to its peer is not
 /// made Primary by the controller ([`Core::lost_since_synced`]).
+/// An error that says a hook failed (`Core::hook_error`).
+fn is_hook_failure(e: &str) -> bool {
+    [Hook::Promoted, Hook::Demote].iter().any(|h| e.starts_with(&format!("{h:?} hook failed: ")))
+}
+
 pub(crate) const LOST_SINCE_SYNCED: &str = "this node may lack writes it confirmed to its peer \
      (its page cache was lost, or in protocol B writes it had received) and has not met the \
      peer since: the controller promotes it only once a session with the peer has brought \
@@ -300,6 +305,9 @@ pub(crate) struct Ctl {
     health_ok: Option<bool>,
     /// Since when quorum is missing (Primary).
     lost_since: Option<Time>,
+    /// The witness's last refusal since its last grant (None once a
+    /// request is granted), or why this node does not claim
+    /// ([`LOST_SINCE_SYNCED`], until the hold lifts).
     pub last_refusal: Option<String>,
     /// The peer lease's heartbeat: sent at (ids of session `ping_sid`:
     /// each session numbers its heartbeats from 1).
@@ -701,8 +709,14 @@ impl Core {
         let kind = sent.kind;
         // Older requests than this one will not be answered any more.
         c.sent.retain(|id, _| *id > reply.id);
+        // A granted claim or renewal supersedes the refusals before it:
+        // `status` showed a node Holding beside the refusal of its first
+        // claim (review, helper-158). (Not a release's: the refusal that
+        // made the node step down is what its status must say.)
         if !reply.granted {
             c.last_refusal = Some(reply.reason.clone());
+        } else if kind != VoteKind::Release {
+            c.last_refusal = None;
         }
         let forced = c.forced_claim.filter(|f| f.id == reply.id);
         if forced.is_some() {
@@ -920,20 +934,41 @@ impl Core {
         }
     }
 
+    /// A failure of the controller's own (the start's `on_demote` after a
+    /// crash) for `status`'s `last_error`, kept as a hook's failure is
+    /// (`hook_error`); the node's state is untouched.
+    pub fn note_hook_failure(&mut self, e: String) {
+        self.hook_failed(Hook::Demote, &e);
+    }
+
+    fn hook_failed(&mut self, hook: Hook, e: &str) {
+        let e = format!("{hook:?} hook failed: {e}");
+        self.hook_error = Some(e.clone());
+        self.error(e);
+    }
+
     /// The shell finished a hook.
     pub fn hook_done(&mut self, now: Time, hook: Hook, result: Result<(), String>) {
         self.now = self.now.max(now);
         match &result {
-            Err(e) => self.error(format!("{hook:?} hook failed: {e}")),
+            Err(e) => self.hook_failed(hook, e),
             // The same hook failed last and now succeeds (`on_promote` run
             // by the re-check that moved the address after a failed move):
             // the condition `last_error` reported is gone. A newer error is
             // kept. Before, `status` showed the failure for good (review,
             // helper-107).
+            // A demotion that went well also ends what a failed
+            // promotion hook reported: the promotion is over.
             Ok(()) => {
                 let failed = format!("{hook:?} hook failed: ");
-                if self.last_error.as_deref().is_some_and(|e| e.starts_with(&failed)) {
+                let ended = |e: &str| {
+                    e.starts_with(&failed) || (hook == Hook::Demote && is_hook_failure(e))
+                };
+                if self.hook_error.as_deref().is_some_and(ended) {
                     tracing::info!(?hook, "the hook succeeded: its earlier failure is cleared");
+                    self.hook_error = None;
+                }
+                if self.last_error.as_deref().is_some_and(ended) {
                     self.last_error = None;
                 }
             }
@@ -1465,6 +1500,16 @@ impl Core {
         // the two: a node that lost what it confirmed is the peer's target
         // on one generation, Inconsistent; a source, its data the pair's.)
         let held_back = peer_gone && self.lost_since_synced();
+        // The hold lifted (the peer met since, or back): no longer the
+        // reason (it stayed in `status` after it stopped being true;
+        // review, helper-158).
+        if !self.lost_since_synced() {
+            if let Some(c) = self.ctl.as_mut() {
+                if c.last_refusal.as_deref() == Some(LOST_SINCE_SYNCED) {
+                    c.last_refusal = None;
+                }
+            }
+        }
         if held_back && !blocked {
             // Said where `status` shows it (the controller's last refusal).
             if let Some(c) = self.ctl.as_mut() {

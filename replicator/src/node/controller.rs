@@ -33,6 +33,14 @@ impl Node {
         self.lock().core.address_permit(now)
     }
 
+    /// A failure of the controller's own, not of a hook the core asked
+    /// for (the start's `on_demote` after a crash): in `status`'s
+    /// `last_error`, the node's state untouched. (`hook_done` would end a
+    /// demotion under way without its `on_demote`; review, helper-160.)
+    pub fn note_hook_failure(&self, e: String) {
+        self.with_core(|c, _| c.note_hook_failure(e));
+    }
+
     pub fn health(&self, ok: bool) {
         self.with_core(|c, now| c.health(now, ok));
     }

@@ -513,7 +513,9 @@ fn status_shows_a_demoted_primary_superseded() {
 /// A hook that succeeds after it failed (`on_promote` run by the re-check
 /// that moved the address after a failed move) takes the failure out of
 /// `last_error`: `status` showed it for good (review, helper-107). A
-/// newer error, or the same hook failing again, is shown.
+/// newer error, or the same hook failing again, is shown. A demotion
+/// that went well ends a promotion hook's failure too (the promotion is
+/// over), not the other way round.
 #[test]
 fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
     use crate::core::Hook;
@@ -521,12 +523,18 @@ fn a_hook_that_succeeds_after_it_failed_clears_its_last_error() {
     let rt = runtime();
     let node = primary(&rt, resource(dir.path()));
     let _enter = rt.enter();
+    node.hook_done(Hook::Demote, Err("on_demote failed".into()));
+    // A promotion's success does not clear a demotion's failure.
+    node.hook_done(Hook::Promoted, Ok(()));
+    assert!(node.status().last_error.is_some_and(|e| e.contains("on_demote failed")));
+    node.hook_done(Hook::Demote, Ok(()));
+    assert_eq!(node.status().last_error, None);
     node.hook_done(Hook::Promoted, Err("address move failed".into()));
     let e = node.status().last_error.unwrap_or_default();
     assert!(e.contains("address move failed"), "{e}");
-    // Another hook's success does not clear it.
     node.hook_done(Hook::Demote, Ok(()));
-    assert!(node.status().last_error.is_some());
+    assert_eq!(node.status().last_error, None, "a demotion ends the promotion's failure");
+    node.hook_done(Hook::Promoted, Err("address move failed".into()));
     node.hook_done(Hook::Promoted, Ok(()));
     assert_eq!(node.status().last_error, None);
     // The same failure again is shown again.

@@ -1239,6 +1239,79 @@ fn a_primary_back_at_a_restarted_witness_is_not_deposed_by_a_forced_claim_that_w
     a_holds_beside_outdated_b(&d, " at the restarted witness");
 }
 
+/// `status`'s `last_refusal` is the witness's last refusal since its last
+/// grant: a Holding again after the restarted witness's quiet period
+/// showed the quiet period's refusal for as long as it held the role
+/// (review, helper-158).
+#[test]
+fn a_grant_clears_the_refusal_before_it() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    b_forced_on_a_full_volume(&mut d);
+    b_crashes_for_good(&mut d);
+    d.w = Arbiter::new("r", d.now, DEAD, d.w.durable());
+    let mut refused = None;
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+        refused = refused.or(d.c[0].controller().and_then(|c| c.last_refusal));
+    }
+    assert!(refused.is_some(), "no refusal in the witness's quiet period");
+    d.alone(0);
+    a_holds_beside_outdated_b(&d, " at the restarted witness");
+    let c = d.c[0].controller().expect("controller");
+    assert_eq!(c.last_refusal, None, "Holding, and still showing {refused:?}");
+}
+
+/// A hook's failure stays in `last_error` through a new session with the
+/// peer: the service it was to start is still not running (a handshake
+/// cleared every error, and a Primary whose `on_promote` failed showed
+/// nothing once its peer came back; review, helper-160). Errors of the
+/// link still go.
+#[test]
+fn a_hooks_failure_outlives_a_handshake() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    let now = d.now;
+    d.c[0].hook_done(now, Hook::Promoted, Err("slapd did not start".into()));
+    d.cut();
+    d.connect();
+    d.flow();
+    assert_eq!(d.c[0].connection(), Connection::Connected);
+    let e = d.c[0].status().last_error.unwrap_or_default();
+    assert!(e.contains("slapd did not start"), "{e:?}");
+    d.c[0].hook_done(now, Hook::Promoted, Ok(()));
+    assert_eq!(d.c[0].status().last_error, None);
+}
+
+/// A node held back by a possible loss says so in `last_refusal` until a
+/// session with its peer reconciled the two; then it does not (it stayed
+/// after the hold was lifted; review, helper-158).
+#[test]
+fn the_hold_of_a_loss_leaves_last_refusal_once_lifted() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    d.cut();
+    restart_lost(&mut d, 1, Plant::None, true);
+    d.votes[0].clear();
+    assert!(!d.witness_promotes_b(), "b, which may lack a's write, was promoted");
+    let why = d.c[1].controller().and_then(|c| c.last_refusal).unwrap_or_default();
+    assert!(why.contains("confirmed to its peer"), "{why:?}");
+    d.connect();
+    for _ in 0..50 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+        if !d.c[1].cache_lost() && d.c[1].controller().and_then(|c| c.last_refusal).is_none() {
+            break;
+        }
+    }
+    assert!(!d.c[1].cache_lost(), "the resync left b flagged");
+    let left = d.c[1].controller().and_then(|c| c.last_refusal);
+    assert_eq!(left, None, "b met its peer and still says it is held back");
+}
+
 /// The same after a restart of a's: promoted again by its controller, it
 /// has acknowledged nothing since (what it acknowledged alone is from its
 /// process before) when it is cut off from the witness and forced past.
