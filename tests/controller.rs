@@ -421,28 +421,8 @@ fn a_crashed_primarys_service_is_stopped_when_its_daemon_starts_again() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let svc = dir.path().join("svc");
-    // The "service": a process in the background, its pid in svc.NODE.
-    PROMOTE_EXTRA.with(|d| {
-        *d.borrow_mut() = format!(
-            ", \"sleep 600 > /dev/null 2>&1 & echo $! > {s}.$TWINBLOCK_NODE\"",
-            s = svc.display()
-        )
-    });
-    // And fails while `fail` exists (after it stopped the service).
-    let fail = dir.path().join("fail");
-    DEMOTE_EXTRA.with(|d| {
-        *d.borrow_mut() = format!(
-            ", \"if [ -f {s}.$TWINBLOCK_NODE ]; then kill $(cat {s}.$TWINBLOCK_NODE); rm \
-             {s}.$TWINBLOCK_NODE; fi\", \"test ! -e {f}\"",
-            s = svc.display(),
-            f = fail.display()
-        )
-    });
-    let _services = KillPids(svc.display().to_string());
-    let mut c = cluster(None);
-    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
-    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    let (svc, fail) = (dir.path().join("svc"), dir.path().join("fail"));
+    let (mut c, _services) = cluster_with_service(&svc, "", &fail);
     c.first_primary();
     let pid_of = |node: &str| -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -460,15 +440,9 @@ fn a_crashed_primarys_service_is_stopped_when_its_daemon_starts_again() {
     let a_svc = pid_of("a").expect("on_promote started a's service");
     assert!(alive(a_svc));
     c.p.kill(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let b = c.p.status(1);
-        if b["role"] == "Primary" && b["controller"]["state"] == "Holding" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b was not promoted: {b}\n{}", c.p.log(1));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.p.wait_one(1, "b Primary", |b| {
+        b["role"] == "Primary" && b["controller"]["state"] == "Holding"
+    });
     let b_svc = pid_of("b").expect("on_promote started b's service");
     // The crash took nothing of a's hooks with it.
     assert!(alive(a_svc), "a's service died with its daemon: the test shows nothing");
@@ -515,6 +489,34 @@ fn a_crashed_primarys_service_is_stopped_when_its_daemon_starts_again() {
     }
 }
 
+/// A cluster whose hooks run a "service": `on_promote` runs `before`
+/// (more shell, a slow start), then starts a process in the background,
+/// its pid in `svc.NODE`; `on_demote` kills it, then fails while `fail`
+/// exists. The guard kills what the hooks left when dropped.
+fn cluster_with_service(
+    svc: &std::path::Path,
+    before: &str,
+    fail: &std::path::Path,
+) -> (Cluster, KillPids) {
+    let guard = KillPids(svc.display().to_string());
+    let s = svc.display();
+    PROMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() =
+            format!(", \"{before}sleep 600 > /dev/null 2>&1 & echo $! > {s}.$TWINBLOCK_NODE\"")
+    });
+    DEMOTE_EXTRA.with(|d| {
+        *d.borrow_mut() = format!(
+            ", \"if [ -f {s}.$TWINBLOCK_NODE ]; then kill $(cat {s}.$TWINBLOCK_NODE); rm \
+             {s}.$TWINBLOCK_NODE; fi\", \"test ! -e {f}\"",
+            f = fail.display()
+        )
+    });
+    let c = cluster(None);
+    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    (c, guard)
+}
+
 /// Kills, when dropped, the processes whose pids the files `prefix*` hold
 /// (a test's "services": none outlives a failed test).
 struct KillPids(String);
@@ -549,30 +551,10 @@ fn an_on_promote_left_running_by_a_crash_starts_nothing_once_the_daemon_is_back(
     }
     let dir = tempfile::tempdir().unwrap();
     let svc = dir.path().join("svc");
-    let _cleanup = KillPids(svc.display().to_string());
     // on_promote: its own pid in svc.hook.NODE, a slow start (longer
-    // than b's takeover), then the "service" (its pid in svc.NODE).
-    PROMOTE_EXTRA.with(|d| {
-        *d.borrow_mut() = format!(
-            ", \"echo $$ > {s}.hook.$TWINBLOCK_NODE; sleep 10; sleep 600 > /dev/null 2>&1 & echo \
-             $! > {s}.$TWINBLOCK_NODE\"",
-            s = svc.display()
-        )
-    });
-    // And fails while `fail` exists (after it stopped the service).
-    let fail = dir.path().join("fail");
-    DEMOTE_EXTRA.with(|d| {
-        *d.borrow_mut() = format!(
-            ", \"if [ -f {s}.$TWINBLOCK_NODE ]; then kill $(cat {s}.$TWINBLOCK_NODE); rm \
-             {s}.$TWINBLOCK_NODE; fi\", \"test ! -e {f}\"",
-            s = svc.display(),
-            f = fail.display()
-        )
-    });
-    let _services = KillPids(svc.display().to_string());
-    let mut c = cluster(None);
-    PROMOTE_EXTRA.with(|d| d.borrow_mut().clear());
-    DEMOTE_EXTRA.with(|d| d.borrow_mut().clear());
+    // than b's takeover), then the "service".
+    let slow = format!("echo $$ > {}.hook.$TWINBLOCK_NODE; sleep 10; ", svc.display());
+    let (mut c, _services) = cluster_with_service(&svc, &slow, &dir.path().join("never"));
     c.first_primary();
     let hook_file = format!("{}.hook.a", svc.display());
     let deadline = Instant::now() + Duration::from_secs(20);
