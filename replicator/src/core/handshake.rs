@@ -516,14 +516,19 @@ impl Core {
                 // undid it, then a crash: `core::tests::declared`), and
                 // the other side's acknowledged writes were overwritten
                 // (review, helper-149). Which side changed less is not
-                // known: resolve by hand.
+                // known: resolve by hand, unless a side changed nothing,
+                // which `discard-zero-changes` gives up beside a forced
+                // side too (left to the operator, `discard-least-changes`
+                // resolved less than `discard-zero-changes`; review,
+                // helper-161, `core::tests::resync`
+                // `discard_least_changes_beside_a_forced_disk_still_discards_zero_changes`).
                 SplitBrainPolicy::DiscardLeastChanges if self.base_forced() || h.forced_base => {
                     tracing::warn!(
                         "split brain with a node forced Primary on an incomplete copy: its \
                          bitmap marks every block, not what it changed; discard-least-changes \
-                         cannot compare them: resolve by hand"
+                         cannot compare them: only a side with no changes is discarded"
                     );
-                    SplitBrainPolicy::Disconnect
+                    SplitBrainPolicy::DiscardZeroChanges
                 }
                 p => p,
             };

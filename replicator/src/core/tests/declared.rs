@@ -174,3 +174,110 @@ fn a_forced_disk_that_fails_while_its_record_waits_is_rebuilt_as_before() {
     assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{disk:?}: {why}");
     assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
 }
+
+/// A split brain `discard-least-changes` leaves to the operator beside a
+/// side forced on a partly synced disk (both wrote apart).
+fn dlc_forced_split(p: &mut Pair) {
+    p.initial();
+    p.outdate_by_disconnect();
+    for k in 0..8 {
+        p.write(0, 10 + k, k * 1024, 3, 512);
+    }
+    p.settle();
+    p.core(0).connect();
+    p.connect_partial(8);
+    assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "b's resync cut short");
+    for k in 0..16 {
+        p.write(0, 30 + k, 8192 + k * 64, 7, 64);
+    }
+    p.settle();
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle();
+    p.write(1, 60, 4096, 9, 64);
+    p.settle();
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    assert!(p.core(0).status().split_brain);
+}
+
+/// The way out of that split brain: `discard-my-data` on the side not
+/// forced, then `connect` (it takes the forced side's data).
+#[test]
+fn a_split_brain_left_beside_a_forced_side_is_resolved_by_discarding_the_other() {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
+    let mut p = Pair::with_cfg(c, true);
+    dlc_forced_split(&mut p);
+    p.core(0).discard_my_data().expect("discard");
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(0).connection(), Connection::Connected);
+    assert_eq!(p.core(0).disk(), DiskState::UpToDate, "a's resync did not end");
+    assert!(p.n[0].cache == p.n[1].cache, "a did not take b's data");
+    assert_eq!(p.n[0].cache[4096], 9, "b's write as forced Primary is not on a");
+}
+
+/// ... or on the forced side, once Secondary (it takes the other's).
+#[test]
+fn a_split_brain_left_beside_a_forced_side_is_resolved_by_discarding_it() {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
+    let mut p = Pair::with_cfg(c, true);
+    dlc_forced_split(&mut p);
+    p.core(1).demote().expect("b secondary");
+    p.core(1).discard_my_data().expect("discard");
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    p.settle();
+    assert_eq!(p.core(1).connection(), Connection::Connected);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "b's resync did not end");
+    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
+    assert_eq!(p.n[1].cache[8192], 7, "a's writes apart are not on b");
+}
+
+/// The window above under `discard-younger-primary`: b, Outdated, is
+/// forced on a hung record and undone, the operator promotes a again
+/// (told b's promotion failed) and a writes; the record lands, b crashes.
+/// Back, b names a promotion older than a's, and the policy discards the
+/// younger, a: a's write acknowledged alone is overwritten by the data
+/// whose promotion failed, an Outdated (or a partly synced) copy. No
+/// record tells a failed force from one that worked once the process is
+/// gone (review, helper-161; README "Known limit" beside helper-149's).
+#[test]
+#[ignore = "residual window (review, helper-161): a hung forced record that lands after the undo, under discard-younger-primary"]
+fn a_hung_forced_record_that_lands_after_the_undo_under_discard_younger_primary() {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardYoungerPrimary;
+    let mut p = Pair::with_cfg(c, true);
+    p.initial();
+    p.outdate_by_disconnect();
+    p.core(0).demote().expect("a secondary");
+    p.settle();
+    let b_gen = p.core(1).gen();
+    p.n[1].hold_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    assert_eq!(p.core(1).gen(), b_gen);
+    p.core(0).promote(false, 1_000_000).expect("a primary");
+    p.settle_now();
+    p.write(0, 2, 4096, 2, 64);
+    p.settle_now();
+    assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
+    p.land_held_records(1);
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.connect();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_ne!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
+}

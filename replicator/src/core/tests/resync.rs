@@ -1775,3 +1775,46 @@ fn a_disk_forced_after_failing_is_not_judged_by_discard_least_changes() {
     assert_eq!(p.n[0].cache[0], 7, "a's write was discarded");
     assert_eq!(p.n[1].cache[4096], 8, "b's write apart was discarded");
 }
+
+/// Beside a side forced on a failed disk, `discard-least-changes` still
+/// gives up the data of a side that changed nothing apart, as
+/// `discard-zero-changes` does: b, Primary apart, only flushed (a new
+/// generation, no block changed). 633fd16 made the policy leave every
+/// split brain beside a forced base to the operator, this one too, where
+/// `discard-zero-changes` (and before it `discard-least-changes`)
+/// resolved it with nothing lost (review, helper-161).
+#[test]
+fn discard_least_changes_beside_a_forced_disk_still_discards_zero_changes() {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
+    let mut p = Pair::with_cfg(c, false);
+    p.initial();
+    p.cut();
+    p.n[0].fail_flush = true;
+    let now = p.now;
+    p.core(0).flush(now, 1);
+    p.settle();
+    assert_eq!(p.core(0).disk(), DiskState::Failed);
+    p.n[0].fail_flush = false;
+    p.core(0).demote().unwrap();
+    p.core(0).promote(true, 5).expect("primary --force");
+    p.settle();
+    p.write(0, 2, 0, 7, 64);
+    p.settle();
+    assert_eq!(p.reply(0, 2), Some(Ok(())));
+    p.core(1).promote(false, 6).expect("primary on b");
+    let now = p.now;
+    p.core(1).flush(now, 3);
+    p.settle();
+    assert_eq!(p.core(1).hello().peer_out_of_sync, 0, "b changed no block");
+    let b_gen = p.core(1).gen();
+    p.core(1).demote().unwrap();
+    p.connect();
+    p.settle();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert!(!p.core(0).status().split_brain, "left to the operator: {why}");
+    assert_eq!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert_ne!(p.core(1).gen().current, b_gen.current, "b took a's data");
+    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
+    assert_eq!(p.n[1].cache[0], 7, "a's write apart is not on b");
+}
