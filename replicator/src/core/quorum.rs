@@ -44,13 +44,13 @@ use super::session::Phase;
 use super::types::{Action, IoError, Linking, Plant, Refused, ReplyError, Time};
 use super::Core;
 
-/// Why a node that may have lost what it confirmed to its peer is not
-/// made Primary by the controller ([`Core::lost_since_synced`]).
 /// An error that says a hook failed (`Core::hook_error`).
 fn is_hook_failure(e: &str) -> bool {
     [Hook::Promoted, Hook::Demote].iter().any(|h| e.starts_with(&format!("{h:?} hook failed: ")))
 }
 
+/// Why a node that may have lost what it confirmed to its peer is not
+/// made Primary by the controller ([`Core::lost_since_synced`]).
 pub(crate) const LOST_SINCE_SYNCED: &str = "this node may lack writes it confirmed to its peer \
      (its page cache was lost, or in protocol B writes it had received) and has not met the \
      peer since: the controller promotes it only once a session with the peer has brought \
