@@ -1544,6 +1544,7 @@ fn primary_whose_metadata_save_hangs_answers_and_stays_secondary() {
     eprintln!("primary after {:?}: {:?} {err}", t.elapsed(), out.status);
     assert!(!out.status.success(), "primary succeeded with its record unsaved");
     assert!(err.contains("was not saved within"), "{err}");
+    assert!(err.contains("still in flight"), "the failure is said final: {err}");
     assert!(t.elapsed() < Duration::from_secs(10), "answered after {:?}", t.elapsed());
     assert_eq!(p.status(0)["role"], "Secondary");
     disk.hang(false);

@@ -95,9 +95,16 @@ impl Node {
             };
             let why = match why {
                 Some(why) => why,
+                // (The save is still in flight and may land: a process
+                // that stops before its next save comes back on it, the
+                // README's known limit of a hung forced record; said, so
+                // the operator knows the failure is not final on disk;
+                // review, helper-161.)
                 None if tokio::time::Instant::now() > deadline => format!(
                     "the metadata record saying this node is Primary was not saved within \
-                     {wait:?} (its disk does not answer?)"
+                     {wait:?} (its disk does not answer?); that save is still in flight: \
+                     should it land and this process stop before its next save, the node \
+                     starts on the promotion's record (check `status` after a restart)"
                 ),
                 None => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
