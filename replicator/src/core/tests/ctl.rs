@@ -581,6 +581,19 @@ fn a_node_back_from_a_power_loss_does_not_claim_before_meeting_its_peer() {
     assert!(d.witness_promotes_b(), "b, reconciled with a, was not promoted");
 }
 
+/// a Primary with the witness writes (b confirms), the link is cut, b
+/// comes back from a power loss (it may lack that write) and a is gone
+/// (nothing it asks reaches the witness).
+fn b_back_from_a_power_loss_a_gone() -> Duo {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.write(0, 1, 0, 0xaa);
+    d.flow();
+    d.cut();
+    restart_lost(&mut d, 1, Plant::None, true);
+    d.votes[0].clear();
+    d
+}
+
 /// Node i restarts from its own saved record: after a power loss
 /// (`power`: a record from another boot, extent 0 in its log), or
 /// cleanly.
@@ -631,12 +644,7 @@ fn a_lone_primary_back_from_a_power_loss_is_promoted_again() {
 /// clean restart (the first version kept it from that for good).
 #[test]
 fn a_node_forced_after_a_power_loss_is_promoted_after_a_restart() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.write(0, 1, 0, 0xaa);
-    d.flow();
-    d.cut();
-    restart_lost(&mut d, 1, Plant::None, true);
-    d.votes[0].clear();
+    let mut d = b_back_from_a_power_loss_a_gone();
     assert!(!d.witness_promotes(1), "b, which may lack a's write, was promoted");
     d.force(1);
     d.write(1, 2, 4096, 0xbb);
@@ -1288,12 +1296,7 @@ fn a_hooks_failure_outlives_a_handshake() {
 /// after the hold was lifted; review, helper-158).
 #[test]
 fn the_hold_of_a_loss_leaves_last_refusal_once_lifted() {
-    let mut d = Duo::a_primary_with_witness(Protocol::C);
-    d.write(0, 1, 0, 0xaa);
-    d.flow();
-    d.cut();
-    restart_lost(&mut d, 1, Plant::None, true);
-    d.votes[0].clear();
+    let mut d = b_back_from_a_power_loss_a_gone();
     assert!(!d.witness_promotes_b(), "b, which may lack a's write, was promoted");
     let why = d.c[1].controller().and_then(|c| c.last_refusal).unwrap_or_default();
     assert!(why.contains("confirmed to its peer"), "{why:?}");

@@ -57,18 +57,8 @@ fn a_hung_forced_record_that_lands_after_the_undo_comes_back_at_a_restart() {
 /// for no comparison: the split brain waits for the operator.
 #[test]
 fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
-    let mut c = cfg(Protocol::C);
-    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
-    let mut p = Pair::with_cfg(c, true);
-    p.initial();
-    p.outdate_by_disconnect();
-    for k in 0..8 {
-        p.write(0, 10 + k, k * 8192, 3, 4096);
-    }
-    p.settle();
-    p.core(0).connect();
-    p.connect_partial(8);
-    assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "b's resync cut short");
+    let mut p = least_changes_pair();
+    b_partly_synced(&mut p);
     p.write(0, 2, 4096, 2, 64);
     p.settle();
     assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
@@ -100,32 +90,9 @@ fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
 /// waits for the operator, and both sides keep their data.
 #[test]
 fn discard_least_changes_does_not_judge_a_side_forced_on_an_incomplete_copy() {
-    let mut c = cfg(Protocol::C);
-    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
-    let mut p = Pair::with_cfg(c, true);
-    p.initial();
-    p.outdate_by_disconnect();
-    for k in 0..8 {
-        p.write(0, 10 + k, k * 1024, 3, 512);
-    }
-    p.settle();
-    p.core(0).connect();
-    p.connect_partial(8);
-    assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "b's resync cut short");
-    // Apart: a writes 16 blocks alone, b is forced and writes one.
-    for k in 0..16 {
-        p.write(0, 30 + k, 8192 + k * 64, 7, 64);
-    }
-    p.settle();
-    p.core(1).promote(true, 5).expect("primary --force");
-    p.settle();
-    p.write(1, 60, 4096, 9, 64);
-    p.settle();
+    let mut p = least_changes_pair();
+    dlc_forced_split(&mut p);
     assert_eq!(p.reply(1, 60), Some(Ok(())), "b writes as forced Primary");
-    p.core(0).demote().expect("a secondary");
-    p.core(0).connect();
-    p.core(1).connect();
-    p.connect();
     let why = p.core(0).status().last_error.unwrap_or_default();
     assert_ne!(p.core(0).connection(), Connection::Connected, "{why}");
     assert!(why.contains("split brain"), "{why}");
@@ -175,9 +142,16 @@ fn a_forced_disk_that_fails_while_its_record_waits_is_rebuilt_as_before() {
     assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
 }
 
-/// A split brain `discard-least-changes` leaves to the operator beside a
-/// side forced on a partly synced disk (both wrote apart).
-fn dlc_forced_split(p: &mut Pair) {
+/// A pair under `discard-least-changes`, its disks as created.
+fn least_changes_pair() -> Pair {
+    let mut c = cfg(Protocol::C);
+    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
+    Pair::with_cfg(c, true)
+}
+
+/// a Primary writes while b is Outdated apart, and b's resync of them is
+/// cut short: b Inconsistent, a partial copy.
+fn b_partly_synced(p: &mut Pair) {
     p.initial();
     p.outdate_by_disconnect();
     for k in 0..8 {
@@ -187,6 +161,13 @@ fn dlc_forced_split(p: &mut Pair) {
     p.core(0).connect();
     p.connect_partial(8);
     assert_eq!(p.core(1).disk(), DiskState::Inconsistent, "b's resync cut short");
+}
+
+/// A split brain `discard-least-changes` leaves to the operator beside a
+/// side forced on a partly synced disk (both wrote apart: a 16 blocks of
+/// 7 from 8192, b one of 9 at 4096, requests 30.. and 60).
+fn dlc_forced_split(p: &mut Pair) {
+    b_partly_synced(p);
     for k in 0..16 {
         p.write(0, 30 + k, 8192 + k * 64, 7, 64);
     }
@@ -206,38 +187,34 @@ fn dlc_forced_split(p: &mut Pair) {
 /// forced, then `connect` (it takes the forced side's data).
 #[test]
 fn a_split_brain_left_beside_a_forced_side_is_resolved_by_discarding_the_other() {
-    let mut c = cfg(Protocol::C);
-    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
-    let mut p = Pair::with_cfg(c, true);
-    dlc_forced_split(&mut p);
-    p.core(0).discard_my_data().expect("discard");
-    p.core(0).connect();
-    p.core(1).connect();
-    p.connect();
-    p.settle();
-    assert_eq!(p.core(0).connection(), Connection::Connected);
-    assert_eq!(p.core(0).disk(), DiskState::UpToDate, "a's resync did not end");
-    assert!(p.n[0].cache == p.n[1].cache, "a did not take b's data");
+    let p = discarded_beside_a_forced_side(0);
     assert_eq!(p.n[0].cache[4096], 9, "b's write as forced Primary is not on a");
 }
 
 /// ... or on the forced side, once Secondary (it takes the other's).
 #[test]
 fn a_split_brain_left_beside_a_forced_side_is_resolved_by_discarding_it() {
-    let mut c = cfg(Protocol::C);
-    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
-    let mut p = Pair::with_cfg(c, true);
+    let p = discarded_beside_a_forced_side(1);
+    assert_eq!(p.n[1].cache[8192], 7, "a's writes apart are not on b");
+}
+
+/// [`dlc_forced_split`], then `discard-my-data` on node `i` (b, the forced
+/// side, demoted first) and `connect`: `i` took the other's data in full.
+fn discarded_beside_a_forced_side(i: usize) -> Pair {
+    let mut p = least_changes_pair();
     dlc_forced_split(&mut p);
-    p.core(1).demote().expect("b secondary");
-    p.core(1).discard_my_data().expect("discard");
+    if i == 1 {
+        p.core(1).demote().expect("b secondary");
+    }
+    p.core(i).discard_my_data().expect("discard");
     p.core(0).connect();
     p.core(1).connect();
     p.connect();
     p.settle();
-    assert_eq!(p.core(1).connection(), Connection::Connected);
-    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "b's resync did not end");
-    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
-    assert_eq!(p.n[1].cache[8192], 7, "a's writes apart are not on b");
+    assert_eq!(p.core(i).connection(), Connection::Connected);
+    assert_eq!(p.core(i).disk(), DiskState::UpToDate, "the resync did not end");
+    assert!(p.n[0].cache == p.n[1].cache, "node {i} did not take its peer's data");
+    p
 }
 
 /// The window above under `discard-younger-primary`: b, Outdated, is

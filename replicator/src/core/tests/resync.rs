@@ -1738,14 +1738,9 @@ fn the_bitmap_exchange_is_exact_and_no_bigger_than_the_bitmap() {
     }
 }
 
-/// A node forced from a failed disk marks every block: it counts the
-/// whole device as changed, which says nothing of what it wrote, so
-/// `discard-least-changes` leaves the split brain to the operator and
-/// both keep their data (README "Split brain"). Until 2026-12-07 the
-/// Secondary peer that wrote apart (less than the whole device) gave up
-/// its changes to it.
-#[test]
-fn a_disk_forced_after_failing_is_not_judged_by_discard_least_changes() {
+/// Under `discard-least-changes`, cut from b: a's disk fails, a is forced
+/// Primary on it again (every block marked) and writes 7 at 0 (request 2).
+fn forced_after_failing_under_least_changes() -> Pair {
     let mut c = cfg(Protocol::C);
     c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
     let mut p = Pair::with_cfg(c, false);
@@ -1763,6 +1758,18 @@ fn a_disk_forced_after_failing_is_not_judged_by_discard_least_changes() {
     p.write(0, 2, 0, 7, 64);
     p.settle();
     assert_eq!(p.reply(0, 2), Some(Ok(())));
+    p
+}
+
+/// A node forced from a failed disk marks every block: it counts the
+/// whole device as changed, which says nothing of what it wrote, so
+/// `discard-least-changes` leaves the split brain to the operator and
+/// both keep their data (README "Split brain"). Until 2026-12-07 the
+/// Secondary peer that wrote apart (less than the whole device) gave up
+/// its changes to it.
+#[test]
+fn a_disk_forced_after_failing_is_not_judged_by_discard_least_changes() {
+    let mut p = forced_after_failing_under_least_changes();
     assert_eq!(p.core(0).hello().peer_out_of_sync, SIZE);
     p.core(1).promote(false, 6).expect("primary on b");
     p.write(1, 3, 4096, 8, 4096);
@@ -1785,23 +1792,7 @@ fn a_disk_forced_after_failing_is_not_judged_by_discard_least_changes() {
 /// resolved it with nothing lost (review, helper-161).
 #[test]
 fn discard_least_changes_beside_a_forced_disk_still_discards_zero_changes() {
-    let mut c = cfg(Protocol::C);
-    c.split_brain_policy = SplitBrainPolicy::DiscardLeastChanges;
-    let mut p = Pair::with_cfg(c, false);
-    p.initial();
-    p.cut();
-    p.n[0].fail_flush = true;
-    let now = p.now;
-    p.core(0).flush(now, 1);
-    p.settle();
-    assert_eq!(p.core(0).disk(), DiskState::Failed);
-    p.n[0].fail_flush = false;
-    p.core(0).demote().unwrap();
-    p.core(0).promote(true, 5).expect("primary --force");
-    p.settle();
-    p.write(0, 2, 0, 7, 64);
-    p.settle();
-    assert_eq!(p.reply(0, 2), Some(Ok(())));
+    let mut p = forced_after_failing_under_least_changes();
     p.core(1).promote(false, 6).expect("primary on b");
     let now = p.now;
     p.core(1).flush(now, 3);
