@@ -7,12 +7,16 @@
 //! once, before any hook of a new promotion. Before, it stayed until this
 //! node's next promotion (review, helper-158).
 //!
-//! The mark names the process that ran the hooks (its pid, its session,
-//! the machine's boot): a hook that process was running when it died is
-//! not killed with it (a process group of its own) and runs on, an
+//! The mark names the process that ran the hooks (its pid, the random
+//! `TWINBLOCK_HOOKS_ID` its hooks have in their environment, the
+//! machine's boot): a hook that process was running when it died is not
+//! killed with it (a process group of its own) and runs on, an
 //! `on_promote` starting the service after the `on_demote` of the next
 //! start found nothing to stop. Such a hook is killed first, as one given
-//! up (review, helper-160).
+//! up (review, helper-160). Found by that variable, not by the old
+//! process's session: in a PID namespace whose session leader is outside
+//! (a container started by `setsid unshare`, as CI runs) every session
+//! reads as 0, and no hook was found.
 //!
 //! Not synced to disk: what it stands for, the processes and mounts of
 //! the hooks, does not outlive the machine either.
@@ -36,34 +40,67 @@ pub fn path(meta: &Path) -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Runner {
     pub pid: i32,
-    /// Its session: the hooks' shells are in it (a process group of their
-    /// own, not a session), a daemon a hook started with `setsid` is not.
-    pub session: i32,
+    /// [`hooks_id`] of that process.
+    pub id: u64,
     /// [`twinblock_replicator::boot::boot`]: pids of another boot name
     /// other processes.
     pub boot: u64,
 }
 
+/// The environment variable naming the daemon that ran a hook.
+pub const ID_VAR: &str = "TWINBLOCK_HOOKS_ID";
+
+/// This process's [`ID_VAR`], random, in every hook's environment
+/// ([`super::hook_env`]).
+pub fn hooks_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+        match random {
+            Ok(()) => u64::from_ne_bytes(b),
+            // (Unique enough without it: this process's pid and start.)
+            Err(_) => {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                t.map_or(0, |t| t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40)
+            }
+        }
+    })
+}
+
+/// [`ID_VAR`]'s value for the process whose id is `id`.
+pub fn id_value(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// The environment entry of the hooks of the process whose id is `id`.
+fn id_var(id: u64) -> String {
+    format!("{ID_VAR}={}", id_value(id))
+}
+
 impl Runner {
     fn me() -> Runner {
-        // SAFETY: getsid(0) only reads this process's session id.
-        let session = unsafe { libc::getsid(0) };
-        Runner { pid: std::process::id() as i32, session, boot: twinblock_replicator::boot::boot() }
+        Runner {
+            pid: std::process::id() as i32,
+            id: hooks_id(),
+            boot: twinblock_replicator::boot::boot(),
+        }
     }
 
     fn parse(text: &str) -> Option<Runner> {
         let mut f = text.split_whitespace();
         let pid = f.next()?.parse().ok()?;
-        let session = f.next()?.parse().ok()?;
+        let id = u64::from_str_radix(f.next()?, 16).ok()?;
         let boot = f.next()?.parse().ok()?;
-        Some(Runner { pid, session, boot })
+        Some(Runner { pid, id, boot })
     }
 }
 
 fn write(node: &Node) {
     let p = path(&node.me.meta);
     let r = Runner::me();
-    if let Err(e) = std::fs::write(&p, format!("{} {} {}\n", r.pid, r.session, r.boot)) {
+    if let Err(e) = std::fs::write(&p, format!("{} {} {}\n", r.pid, id_value(r.id), r.boot)) {
         // The hooks run anyway: only a crash's clean-up at the next
         // start would be missed.
         tracing::warn!(file = %p.display(), "cannot mark the promotion's hooks as started: {e}");
@@ -109,19 +146,16 @@ pub fn adopt(node: &Node) {
 
 /// Kills, with their process groups, the hooks `old` was running when it
 /// stopped (an `on_promote`, an `on_demote`, an address command), and
-/// waits a little for them to go. A hook is a process group's leader in
-/// `old`'s session with this node's hook environment
-/// ([`super::hook_env`]), not a child of this process.
-pub async fn stop_hooks_of(node: &Node, old: Runner) {
-    if old.boot != twinblock_replicator::boot::boot() || old.session <= 0 {
+/// waits a little for them to go. A hook is a process group's leader, not
+/// a session's (a daemon a hook started with `setsid` is left to
+/// `on_demote`), with `old`'s `TWINBLOCK_HOOKS_ID` in its environment.
+pub async fn stop_hooks_of(old: Runner) {
+    if old.boot != twinblock_replicator::boot::boot() {
         return;
     }
-    let env: Vec<String> =
-        super::hook_env(node).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let me = std::process::id() as i32;
-    let found = tokio::task::spawn_blocking(move || hooks_left_running(old.session, &env, me))
-        .await
-        .unwrap_or_default();
+    let (var, me) = (id_var(old.id), std::process::id() as i32);
+    let found =
+        tokio::task::spawn_blocking(move || hooks_left_running(&var, me)).await.unwrap_or_default();
     for &pid in &found {
         tracing::warn!(
             pid,
@@ -165,10 +199,10 @@ fn proc_stat(pid: i32) -> Option<Stat> {
     Some(Stat { ppid, pgrp, session, zombie: state == "Z" || state == "X" })
 }
 
-/// Pids of the process group leaders in `session` (not its leader) whose
-/// environment holds every `env` entry, other than `me` and its children
-/// (this process's own hooks).
-fn hooks_left_running(session: i32, env: &[String], me: i32) -> Vec<i32> {
+/// Pids of the process group leaders that lead no session and have `var`
+/// in their environment, other than `me` and its children (this
+/// process's own hooks).
+fn hooks_left_running(var: &str, me: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
     for e in dir.flatten() {
@@ -176,15 +210,11 @@ fn hooks_left_running(session: i32, env: &[String], me: i32) -> Vec<i32> {
             continue;
         };
         let Some(s) = proc_stat(pid) else { continue };
-        if pid == me || s.ppid == me || s.zombie || s.pgrp != pid || s.session != session {
-            continue;
-        }
-        if session == pid {
+        if pid == me || s.ppid == me || s.zombie || s.pgrp != pid || s.session == pid {
             continue;
         }
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if env.iter().all(|want| vars.contains(&want.as_bytes())) {
+        if environ.split(|b| *b == 0).any(|v| v == var.as_bytes()) {
             found.push(pid);
         }
     }
@@ -198,41 +228,54 @@ mod tests {
     #[test]
     fn a_mark_names_its_process() {
         let me = Runner::me();
-        let text = format!("{} {} {}\n", me.pid, me.session, me.boot);
+        let text = format!("{} {} {}\n", me.pid, id_value(me.id), me.boot);
         assert_eq!(Runner::parse(&text), Some(me));
         // The first marks held the pid alone: no hook is looked for.
         assert_eq!(Runner::parse("1234\n"), None);
     }
 
-    // Only a group leader of the session with the whole hook environment
-    // is a hook: not a process without it, not one in a group of another.
+    // Only a process group leader with the old process's id in its
+    // environment is its hook: not a process without it, not one in the
+    // group of another, not a session leader (a daemon started with
+    // `setsid`).
     #[test]
-    fn a_hook_is_found_by_its_session_group_and_environment() {
-        let env = vec![format!("TWINBLOCK_NODE=t{}", std::process::id())];
-        let spawn = |with_env: bool, own_group: bool| {
+    fn a_hook_is_found_by_its_group_and_its_runners_id() {
+        let id = u64::from(std::process::id()) << 20 | 0xabc;
+        let spawn = |with_id: bool, own_group: bool, session: bool| {
             let mut c = std::process::Command::new("sleep");
             c.arg("30");
-            if with_env {
-                c.env("TWINBLOCK_NODE", format!("t{}", std::process::id()));
+            if with_id {
+                let (k, v) =
+                    id_var(id).split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).unwrap();
+                c.env(k, v);
             }
             if own_group {
                 std::os::unix::process::CommandExt::process_group(&mut c, 0);
             }
+            if session {
+                // SAFETY: setsid(2) in the child before exec.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                        libc::setsid();
+                        Ok(())
+                    });
+                }
+            }
             c.spawn().unwrap()
         };
-        let mut hook = spawn(true, true);
-        let mut other = spawn(false, true);
-        let mut grouped = spawn(true, false);
-        // SAFETY: getsid(0) only reads this process's session id.
-        let session = unsafe { libc::getsid(0) };
+        let mut hook = spawn(true, true, false);
+        let mut other = spawn(false, true, false);
+        let mut grouped = spawn(true, false, false);
+        let mut daemon = spawn(true, false, true);
+        let ours = [hook.id(), other.id(), grouped.id(), daemon.id()];
         // This process's children are skipped (its own hooks): looked for
         // as another process would.
-        let found: Vec<i32> = hooks_left_running(session, &env, 0)
+        let found: Vec<i32> = hooks_left_running(&id_var(id), 0)
             .into_iter()
-            .filter(|p| [hook.id(), other.id(), grouped.id()].contains(&(*p as u32)))
+            .filter(|p| ours.contains(&(*p as u32)))
             .collect();
-        let own = hooks_left_running(session, &env, std::process::id() as i32);
-        for c in [&mut hook, &mut other, &mut grouped] {
+        let own = hooks_left_running(&id_var(id), std::process::id() as i32);
+        for c in [&mut hook, &mut other, &mut grouped, &mut daemon] {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -35,6 +35,9 @@ pub fn hook_env(node: &Node) -> Vec<(String, String)> {
         ("TWINBLOCK_RESOURCE".into(), node.res.name.clone()),
         ("TWINBLOCK_NODE".into(), node.me.name.clone()),
         ("TWINBLOCK_NBD".into(), node.me.nbd.to_string()),
+        // Which daemon ran the hook: the next start finds a hook a crash
+        // left running by it (`leftover`).
+        (leftover::ID_VAR.into(), leftover::id_value(leftover::hooks_id())),
     ]
 }
 
@@ -108,7 +111,7 @@ pub fn start(
                     // that starts the service after this on_demote found
                     // nothing to stop (review, helper-160). Killed first.
                     if let Some(old) = old {
-                        leftover::stop_hooks_of(&node, old).await;
+                        leftover::stop_hooks_of(old).await;
                     }
                     leftover::adopt(&node);
                     match hooks::run(&node, &settings, Hook::Demote, &outcomes, &mut owed).await {
