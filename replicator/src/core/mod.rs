@@ -268,7 +268,7 @@ pub struct Core {
     /// handshake clears that one, and a Primary whose `on_promote` failed
     /// showed nothing of it once its peer came back, the service still not
     /// running; review, helper-160).
-    hook_error: Option<String>,
+    hook_error: Option<(Hook, String)>,
     /// Failed rebuilds in a row and the next one's time (`rebuild_backoff`).
     rebuild: rebuild_backoff::RebuildBackoff,
     /// Bench scratch writes that failed here, and probes the peer's

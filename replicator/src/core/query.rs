@@ -338,7 +338,7 @@ impl Core {
             last_error: self.rebuild_wait().or_else(|| {
                 self.last_error
                     .clone()
-                    .or_else(|| self.hook_error.clone())
+                    .or_else(|| self.hook_error.as_ref().map(|(_, e)| e.clone()))
                     .or_else(|| self.disk_error.clone().filter(|_| self.disk == DiskState::Failed))
             }),
             gen: self.gen,

@@ -44,11 +44,6 @@ use super::session::Phase;
 use super::types::{Action, IoError, Linking, Plant, Refused, ReplyError, Time};
 use super::Core;
 
-/// An error that says a hook failed (`Core::hook_error`).
-fn is_hook_failure(e: &str) -> bool {
-    [Hook::Promoted, Hook::Demote].iter().any(|h| e.starts_with(&format!("{h:?} hook failed: ")))
-}
-
 /// Why a node that may have lost what it confirmed to its peer is not
 /// made Primary by the controller ([`Core::lost_since_synced`]).
 pub(crate) const LOST_SINCE_SYNCED: &str = "this node may lack writes it confirmed to its peer \
@@ -943,7 +938,7 @@ impl Core {
 
     fn hook_failed(&mut self, hook: Hook, e: &str) {
         let e = format!("{hook:?} hook failed: {e}");
-        self.hook_error = Some(e.clone());
+        self.hook_error = Some((hook, e.clone()));
         self.error(e);
     }
 
@@ -959,17 +954,16 @@ impl Core {
             // helper-107).
             // A demotion that went well also ends what a failed
             // promotion hook reported: the promotion is over.
+            // (Every hook failure is in `hook_error`, the last one: a
+            // `last_error` that says a hook failed is that one.)
             Ok(()) => {
-                let failed = format!("{hook:?} hook failed: ");
-                let ended = |e: &str| {
-                    e.starts_with(&failed) || (hook == Hook::Demote && is_hook_failure(e))
-                };
-                if self.hook_error.as_deref().is_some_and(ended) {
+                let ended =
+                    self.hook_error.take_if(|(failed, _)| *failed == hook || hook == Hook::Demote);
+                if let Some((_, text)) = ended {
                     tracing::info!(?hook, "the hook succeeded: its earlier failure is cleared");
-                    self.hook_error = None;
-                }
-                if self.last_error.as_deref().is_some_and(ended) {
-                    self.last_error = None;
+                    if self.last_error.as_ref() == Some(&text) {
+                        self.last_error = None;
+                    }
                 }
             }
         }
