@@ -97,7 +97,11 @@ impl Runner {
     }
 }
 
-fn write(node: &Node) {
+/// Marks this process as running this node's promotion hooks: before a
+/// promotion's hooks start, and at the start's `on_demote` after a crash
+/// (should this process die in turn before that `on_demote` succeeded,
+/// its hooks are the ones the next start looks for).
+pub fn mark(node: &Node) {
     let p = path(&node.me.meta);
     let r = Runner::me();
     if let Err(e) = std::fs::write(&p, format!("{} {} {}\n", r.pid, id_value(r.id), r.boot)) {
@@ -105,11 +109,6 @@ fn write(node: &Node) {
         // start would be missed.
         tracing::warn!(file = %p.display(), "cannot mark the promotion's hooks as started: {e}");
     }
-}
-
-/// A promotion's hooks start: marked before anything is done.
-pub fn mark(node: &Node) {
-    write(node);
 }
 
 /// `on_demote` ran without error: nothing of the hooks is left.
@@ -122,26 +121,30 @@ pub fn clear(node: &Node) {
     }
 }
 
-/// The last process stopped between a promotion's hooks and a good
-/// `on_demote`: the process the mark names (None for a mark that names
-/// none, unreadable or of an older format).
-pub fn left(node: &Node) -> Option<Option<Runner>> {
-    let text = std::fs::read_to_string(path(&node.me.meta));
-    match text {
-        Ok(text) => Some(Runner::parse(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::warn!(file = %path(&node.me.meta).display(), "cannot read: {e}");
-            Some(None)
-        }
-    }
+/// What the mark says at a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// No mark: the last process's hooks were undone (or never ran).
+    Nothing,
+    /// The last process stopped between a promotion's hooks and a good
+    /// `on_demote`, and the mark names it (its hooks may still run).
+    By(Runner),
+    /// The same, the mark unreadable or of an older format: no process
+    /// is named.
+    Unnamed,
 }
 
-/// The start's `on_demote` is this process's: the mark names it from now
-/// on (it dies in turn before that `on_demote` succeeded: its hooks are
-/// the ones the next start looks for).
-pub fn adopt(node: &Node) {
-    write(node);
+/// What the last process left ([`Left`]).
+pub fn left(node: &Node) -> Left {
+    let p = path(&node.me.meta);
+    match std::fs::read_to_string(&p) {
+        Ok(text) => Runner::parse(&text).map_or(Left::Unnamed, Left::By),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Left::Nothing,
+        Err(e) => {
+            tracing::warn!(file = %p.display(), "cannot read: {e}");
+            Left::Unnamed
+        }
+    }
 }
 
 /// Kills, with their process groups, the hooks `old` was running when it
@@ -245,9 +248,7 @@ mod tests {
             let mut c = std::process::Command::new("sleep");
             c.arg("30");
             if with_id {
-                let (k, v) =
-                    id_var(id).split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).unwrap();
-                c.env(k, v);
+                c.env(ID_VAR, id_value(id));
             }
             if own_group {
                 std::os::unix::process::CommandExt::process_group(&mut c, 0);

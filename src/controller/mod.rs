@@ -101,7 +101,8 @@ pub fn start(
                 // Before any hook of this process: the service a crashed
                 // one left (`leftover`). Not the core's demotion (the
                 // node starts Secondary): nothing is reported to it.
-                if let Some(old) = leftover::left(&node) {
+                let left = leftover::left(&node);
+                if left != leftover::Left::Nothing {
                     warn!(
                         "the last process stopped after this node's promotion hooks and before \
                          an on_demote that succeeded (a crash?): on_demote runs now"
@@ -110,10 +111,10 @@ pub fn start(
                     // process group is not the daemon's): an on_promote
                     // that starts the service after this on_demote found
                     // nothing to stop (review, helper-160). Killed first.
-                    if let Some(old) = old {
+                    if let leftover::Left::By(old) = left {
                         leftover::stop_hooks_of(old).await;
                     }
-                    leftover::adopt(&node);
+                    leftover::mark(&node);
                     match hooks::run(&node, &settings, Hook::Demote, &outcomes, &mut owed).await {
                         Ok(()) => info!("on_demote after the unclean stop done"),
                         // In `status` too: the service the crash left may
