@@ -4,6 +4,27 @@
 
 use super::*;
 
+/// `primary --force` on b while its record's save hangs, then the verb's
+/// wait ends and the shell undoes the force (`abandon_promotion`).
+fn b_forced_on_a_hung_record_and_undone(p: &mut Pair) {
+    p.n[1].hold_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.core(1).abandon_promotion();
+    p.settle_now();
+}
+
+/// The hung save lands, b dies before its next one and starts again:
+/// the record b's restart found.
+fn b_record_lands_and_b_crashes(p: &mut Pair) -> MetaRecord {
+    p.land_held_records(1);
+    let on_disk = p.n[1].meta.clone().expect("b's record");
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    on_disk
+}
+
 /// b, Outdated by a's disconnect while a writes on alone, is forced on a
 /// metadata volume that stops answering: `primary` times out and the
 /// shell undoes the force (`abandon_promotion`). The hung save (it
@@ -20,20 +41,12 @@ fn a_hung_forced_record_that_lands_after_the_undo_comes_back_at_a_restart() {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
     let b_gen = p.a_writes_alone_beside_outdated_b();
-    p.n[1].hold_record = true;
-    p.core(1).promote(true, 5).expect("primary --force");
-    p.settle_now();
     // The verb's wait ends: the shell undoes the force.
-    p.core(1).abandon_promotion();
-    p.settle_now();
+    b_forced_on_a_hung_record_and_undone(&mut p);
     assert_eq!((p.core(1).role(), p.core(1).disk()), (Role::Secondary, DiskState::Outdated));
     assert_eq!(p.core(1).gen(), b_gen);
     // The hung save lands, and the process dies before the next one.
-    p.land_held_records(1);
-    let on_disk = p.n[1].meta.clone().expect("b's record");
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    let on_disk = b_record_lands_and_b_crashes(&mut p);
     // The window: b believes the force (the operator was told it failed).
     assert_eq!(on_disk.disk, DiskState::UpToDate);
     assert_eq!(p.core(1).disk(), DiskState::UpToDate);
@@ -64,16 +77,9 @@ fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
     assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
     let b_gen = p.core(1).gen();
     let b_disk = p.core(1).disk();
-    p.n[1].hold_record = true;
-    p.core(1).promote(true, 5).expect("primary --force");
-    p.settle_now();
-    p.core(1).abandon_promotion();
-    p.settle_now();
+    b_forced_on_a_hung_record_and_undone(&mut p);
     assert_eq!((p.core(1).disk(), p.core(1).gen()), (b_disk, b_gen), "undone");
-    p.land_held_records(1);
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    b_record_lands_and_b_crashes(&mut p);
     p.core(0).demote().expect("a secondary");
     p.core(0).connect();
     p.connect();
@@ -236,21 +242,14 @@ fn a_hung_forced_record_that_lands_after_the_undo_under_discard_younger_primary(
     p.core(0).demote().expect("a secondary");
     p.settle();
     let b_gen = p.core(1).gen();
-    p.n[1].hold_record = true;
-    p.core(1).promote(true, 5).expect("primary --force");
-    p.settle_now();
-    p.core(1).abandon_promotion();
-    p.settle_now();
+    b_forced_on_a_hung_record_and_undone(&mut p);
     assert_eq!(p.core(1).gen(), b_gen);
     p.core(0).promote(false, 1_000_000).expect("a primary");
     p.settle_now();
     p.write(0, 2, 4096, 2, 64);
     p.settle_now();
     assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
-    p.land_held_records(1);
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    b_record_lands_and_b_crashes(&mut p);
     p.core(0).demote().expect("a secondary");
     p.core(0).connect();
     p.connect();
@@ -283,16 +282,9 @@ fn a_hung_forced_record_of_a_failed_disk_that_lands_after_the_undo_overwrites_an
     assert_eq!(p.core(1).disk(), DiskState::Failed);
     p.n[1].fail_flush = false;
     let b_gen = p.core(1).gen();
-    p.n[1].hold_record = true;
-    p.core(1).promote(true, 5).expect("primary --force");
-    p.settle_now();
-    p.core(1).abandon_promotion();
-    p.settle_now();
+    b_forced_on_a_hung_record_and_undone(&mut p);
     assert_eq!((p.core(1).disk(), p.core(1).gen()), (DiskState::Failed, b_gen), "undone");
-    p.land_held_records(1);
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    b_record_lands_and_b_crashes(&mut p);
     assert_eq!(p.core(1).disk(), DiskState::UpToDate, "the force is back");
     // What the failed disk lost.
     p.n[1].cache[8192] = 0xee;
