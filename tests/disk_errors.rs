@@ -1516,6 +1516,69 @@ fn a_failed_primary_force_leaves_the_disk_as_it_was() {
     assert!(db[2 << 20..3 << 20].iter().all(|&x| x == 0x22), "a's write alone is not on b");
 }
 
+/// A `meta` left between a forced promotion's two records: the first
+/// (the force, holding the record it replaced as `pending`) landed, the
+/// process stopped before the second, as when a hung save lands after
+/// `primary` said the force failed and undid it. The daemon starts on
+/// the record before the force (b Outdated on its old generation, not
+/// UpToDate on the forced one), saves it back, and takes a's data: a's
+/// write alone is on both disks. (Before, it started forced and met a as
+/// a split brain, or under some policies overwrote a's write.)
+#[test]
+fn a_daemon_started_on_an_unconfirmed_forced_record_starts_as_before_the_force() {
+    if !have("qemu-io") {
+        return;
+    }
+    let mut p = Pair::prepare("C", "16M");
+    p.up_in_sync("the first sync", Duration::from_secs(60));
+    p.qemu_io(0, "write -P 0x11 0 1M");
+    p.ok(&["disconnect"], 0);
+    p.wait_one(1, "b Outdated by a's disconnect", |b| b["disk"] == "Outdated");
+    p.wait_saved(1, "Outdated");
+    p.qemu_io(0, "write -P 0x22 2M 1M");
+    p.kill(1);
+    // b's record as the force's first would be: UpToDate on a generation
+    // of its own, promoted now, holding the record it replaced.
+    let path = p.dir.path().join("b.meta");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut before = saved.clone();
+    for k in ["version", "node", "resource", "size", "disk_identified", "bitmap_id"] {
+        before.as_object_mut().unwrap().remove(k);
+    }
+    let old = saved["gen"]["current"].as_u64().unwrap();
+    let mut first = saved.clone();
+    first["disk"] = "UpToDate".into();
+    first["gen"]["history"] = serde_json::json!([old, saved["gen"]["history"][0]]);
+    first["gen"]["bitmap"] = old.into();
+    first["gen"]["current"] = 0x5eed_f0ce_u64.into();
+    first["promoted_at"] = (saved["promoted_at"].as_u64().unwrap() + 1).into();
+    first["pending"] = before;
+    std::fs::write(&path, serde_json::to_string_pretty(&first).unwrap()).unwrap();
+    p.up(1);
+    p.wait_one(1, "b up", |b| b["role"] == "Secondary");
+    let b = p.status(1);
+    assert_eq!(b["disk"], "Outdated", "b started on the unconfirmed force: {b}");
+    assert!(
+        p.log(1).contains("never confirmed"),
+        "the start does not say why: {}",
+        tail(&p.log(1))
+    );
+    // Saved back: the record on disk is the one before the force.
+    p.wait_saved(1, "Outdated");
+    let now: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(now.get("pending").is_none(), "{now}");
+    assert_eq!(now["gen"]["current"].as_u64(), Some(old), "{now}");
+    p.ok(&["connect"], 0);
+    p.wait_synced("b's resync from a", Duration::from_secs(60));
+    p.wait_drained();
+    let (da, db) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(da == db, "the disks differ after b's resync");
+    assert!(db[2 << 20..3 << 20].iter().all(|&x| x == 0x22), "a's write alone is not on b");
+}
+
 /// `primary` on a node whose metadata's filesystem stops answering: the
 /// record saying it is Primary is never saved, and the verb still answers
 /// (after `timeout` and a second), failing, naming why; the node is not

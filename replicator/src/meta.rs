@@ -80,6 +80,10 @@ pub struct Meta {
     /// copy) and is not trusted. 0: saved before bitmaps had ids.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bitmap_id: u64,
+    /// See [`MetaRecord::pending`]: a forced promotion's first record; a
+    /// start takes this one instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<MetaRecord>>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -128,6 +132,7 @@ impl Meta {
             async_acks: self.async_acks,
             receipt_acks: self.receipt_acks,
             behind_async_primary: self.behind_async_primary,
+            pending: self.pending.clone(),
         }
     }
 
@@ -154,6 +159,7 @@ impl Meta {
             behind_async_primary: r.behind_async_primary,
             disk_identified: true,
             bitmap_id: 0,
+            pending: r.pending.clone(),
         }
     }
 
@@ -265,6 +271,32 @@ mod tests {
         m.save(&path).unwrap();
         let v = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         (path, v)
+    }
+
+    /// A forced promotion's first record keeps the record it replaced
+    /// through a save and a load (`MetaRecord::pending`), and a confirmed
+    /// record writes no `pending` at all (an older twinblock reads it).
+    #[test]
+    fn a_pending_record_is_saved_and_loaded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, v) = saved(dir.path());
+        let before = Meta::load(&path, "a", "r", 1 << 20).unwrap().unwrap().record();
+        assert!(v.get("pending").is_none(), "{v}");
+        let mut first = before.clone();
+        first.disk = DiskState::Inconsistent;
+        first.promoted_at = 7;
+        first.pending = Some(Box::new(before.clone()));
+        Meta::from_record("a", "r", 1 << 20, &first).save(&path).unwrap();
+        let loaded = Meta::load(&path, "a", "r", 1 << 20).unwrap().unwrap().record();
+        assert_eq!(loaded, first);
+        assert_eq!(loaded.at_start(), &before);
+        // A field a newer version put in the held record is refused too.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        v["pending"]["must_not_be_dropped"] = serde_json::Value::Bool(true);
+        fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+        let e = Meta::load(&path, "a", "r", 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("must_not_be_dropped") && e.contains("newer"), "{e}");
     }
 
     /// Metadata written by a newer twinblock (a field this one does not

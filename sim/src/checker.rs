@@ -215,6 +215,10 @@ pub struct Stats {
     pub lost_conf_crashes: u64,
     /// Promotions forced on a node a loss held back.
     pub held_forced: u64,
+    /// `primary --force` given up before its record was confirmed, and
+    /// how many of those left a first record (or its save) behind.
+    pub forces_given_up: u64,
+    pub forces_given_up_saving: u64,
     pub power_checks: u64,
     /// Replies whose promise was checked on the peer's durable image.
     pub peer_durable_checks: u64,
@@ -771,7 +775,7 @@ impl Checker {
             return Ok(false);
         }
         let peer = &sim.nodes[m];
-        let usable = peer.meta.record.as_ref().is_some_and(|rec| {
+        let usable = peer.meta.at_start().is_some_and(|rec| {
             matches!(rec.disk, DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated)
         });
         if !usable || peer.core.as_ref().is_none_or(|c| c.disk() == DiskState::Failed) {
@@ -1659,7 +1663,7 @@ impl Checker {
     /// At a power loss: the durable image holds the node's durable floors.
     pub fn power_check(&mut self, sim: &Sim, n: usize) -> Result<(), Violation> {
         let node = &sim.nodes[n];
-        let usable = node.meta.record.as_ref().is_some_and(|m| {
+        let usable = node.meta.at_start().is_some_and(|m| {
             matches!(m.disk, DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated)
         });
         if !usable {
@@ -1722,7 +1726,7 @@ impl Checker {
         let never = |n: usize| {
             let node = &sim.nodes[n];
             node.recreated_pending()
-                || node.meta.record.as_ref().is_none_or(|m| {
+                || node.meta.at_start().is_none_or(|m| {
                     (m.gen.current == NEVER_SYNCED && !m.fresh) || m.disk == DiskState::Failed
                 })
         };
@@ -1730,7 +1734,7 @@ impl Checker {
             // A full resync to that node follows any connect.
             return Ok(());
         }
-        if let (Some(a), Some(b)) = (&sim.nodes[0].meta.record, &sim.nodes[1].meta.record) {
+        if let (Some(a), Some(b)) = (sim.nodes[0].meta.at_start(), sim.nodes[1].meta.at_start()) {
             let nothing_claimed = match decide(&a.gen, &b.gen) {
                 // Never synced over (an operator forced a replaced disk
                 // while the other held data): nothing is claimed; or the

@@ -169,6 +169,7 @@ pub fn plant_name(p: Plant) -> &'static str {
         Plant::HooksBeforeRecord => "hooks-before-record",
         Plant::HooksNeverRun => "hooks-never-run",
         Plant::StaleWitnessRequests => "stale-witness-requests",
+        Plant::ForgetPending => "forget-pending",
     }
 }
 

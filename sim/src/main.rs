@@ -92,6 +92,8 @@ fn main() -> ExitCode {
         total.promotions_checked += st.promotions_checked;
         total.a_behind_crashes += st.a_behind_crashes;
         total.held_forced += st.held_forced;
+        total.forces_given_up += st.forces_given_up;
+        total.forces_given_up_saving += st.forces_given_up_saving;
         total.lost_conf_crashes += st.lost_conf_crashes;
         total.power_checks += st.power_checks;
         total.peer_durable_checks += st.peer_durable_checks;

@@ -14,6 +14,13 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The record a start takes (a forced promotion's unconfirmed first
+    /// record stands for the one it holds, `MetaRecord::at_start`): what
+    /// the checker judges the node's durable state by.
+    pub(crate) fn at_start(&self) -> Option<&MetaRecord> {
+        self.record.as_ref().map(MetaRecord::at_start)
+    }
+
     pub(crate) fn apply(&mut self, p: &Persist) {
         match p {
             Persist::Meta(m) => self.record = Some(m.clone()),

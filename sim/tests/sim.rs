@@ -1176,3 +1176,18 @@ fn finds_hooks_never_run() {
     assert_eq!(v.rule, "hooks", "{v}");
     assert!(v.what.contains("its hooks never ran"), "{v}");
 }
+
+/// A `primary --force` the operator's shell gave up on (its record's save
+/// hung or failed: the force is undone) must never come back: its first
+/// record may still land, before or at a crash, and a start rolls it back
+/// (`MetaRecord::pending`). The checker's rule `undone-force` holds each
+/// node's starts to it; the plant `forget-pending` (a start that takes
+/// the first record as it is) fails seeds 527 and 2063 (3 of the first
+/// 3,000 of 5,000 steps), which the real core passes.
+#[test]
+fn finds_forget_pending() {
+    for seed in [527, 2063] {
+        let v = planted_on(seed, Plant::ForgetPending).expect("not caught");
+        assert_eq!(v.rule, "undone-force", "seed {seed}: another rule caught it: {v}");
+    }
+}

@@ -18,6 +18,20 @@
 //! saved (the failed `primary`, `secondary`, a deposition) gets back the
 //! account the force replaced, as on disk: nothing was acknowledged on
 //! the declared one.
+//!
+//! Its record is saved in two phases, so that a force undone in memory
+//! never comes back at a restart. The first record says what the force
+//! declared and holds the one it replaces ([`MetaRecord::pending`]): a
+//! start that finds it takes the one held, the force unconfirmed. A
+//! `primary` told its force failed (a hung save) may see that first
+//! record land later, and its process stop before the save that undoes
+//! it: before, it came back forced, UpToDate on a generation of its own,
+//! and was its peer's sync source or discarded its peer's writes as the
+//! younger Primary (review, helper-149 and helper-161; `core::tests::declared`).
+//! Once the first record is durable and the force still wanted, the
+//! second, confirmed, is saved: the promotion stands from then on, even
+//! if the verb gives up waiting for it (it is never undone), and writes
+//! are admitted once it is durable.
 
 use super::*;
 
@@ -28,13 +42,11 @@ use super::*;
 pub(crate) struct Declared {
     /// The promotion (`promoted_at`) whose record is awaited.
     promoted_at: u64,
-    /// The `primary` that made it failed (`abandon_promotion`): undone at
-    /// Secondary even if its record lands meanwhile, and no record is
-    /// saved nor write admitted until then. With a controller the role
-    /// changes only after `on_demote`, and a save retried in that window
-    /// (room freed) made the failed force stand: b's controller then
-    /// promoted it without a's write (review, helper-149).
-    abandoned: bool,
+    stage: Stage,
+    /// The record a start would take were the force never saved: the one
+    /// in memory before it, for a node that had saved none yet (else the
+    /// one on disk, [`Core::declared_before`]).
+    before: MetaRecord,
     disk: DiskState,
     gen: GenIds,
     fresh: bool,
@@ -54,13 +66,35 @@ pub(crate) struct Declared {
     received: bool,
 }
 
+/// Where a forced promotion's two records stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The first record (the force, holding the record it replaces) is
+    /// to be saved, or its save is in flight: undone if the node is
+    /// Secondary again before it is durable.
+    Pending,
+    /// The `primary` that made it failed (`abandon_promotion`) before its
+    /// first record was durable: undone at Secondary even if that record
+    /// lands meanwhile (a start would not take it), and no record is
+    /// saved nor write admitted until then. With a controller the role
+    /// changes only after `on_demote`, and a save retried in that window
+    /// (room freed) made the failed force stand: b's controller then
+    /// promoted it without a's write (review, helper-149).
+    Abandoned,
+    /// The first record is durable: the second, which confirms the force,
+    /// is to be saved or in flight. The force stands from here on (its
+    /// record may land whatever the verb said); writes wait for it.
+    Confirming,
+}
+
 impl Core {
     /// Called by `promote_inner` before a disk that is not UpToDate is
     /// declared so (or a held-back node forced): what it replaces.
     pub(crate) fn declaring(&self) -> Declared {
         Declared {
             promoted_at: 0,
-            abandoned: false,
+            stage: Stage::Pending,
+            before: self.meta_record(),
             disk: self.disk,
             gen: self.gen,
             fresh: self.fresh,
@@ -84,7 +118,7 @@ impl Core {
     /// now would rank this node on a generation a crash forgets (the peer
     /// made its Inconsistent target, left beside a disk back on its old
     /// account; `query.rs` `link_refused`).
-    pub(crate) fn declaration_unsaved(&self) -> bool {
+    pub fn declaration_unsaved(&self) -> bool {
         self.declared.is_some()
     }
 
@@ -93,17 +127,47 @@ impl Core {
     /// `write.rs` `meta_wait`), or that failed and waits to be undone
     /// (none is admitted at all). The witness may undo its forced claim
     /// (`quorum.rs` `VoteRequest::unused`, `withdrawn`).
+    /// (A declaration is settled once its second record is durable: no
+    /// write is admitted before, [`Core::declaration_unconfirmed`].)
     pub(crate) fn grant_unused(&self) -> bool {
-        self.declared.as_ref().is_some_and(|d| {
-            d.abandoned
-                || self.p.durable_meta.as_ref().is_none_or(|m| m.promoted_at != d.promoted_at)
-        })
+        self.declared.is_some()
     }
 
     /// A failed force waits to be undone (`abandon_promotion`): no record
     /// is saved (`persist.rs`) and no write admitted (`write.rs`) until then.
     pub(crate) fn declaration_abandoned(&self) -> bool {
-        self.declared.as_ref().is_some_and(|d| d.abandoned)
+        self.declared.as_ref().is_some_and(|d| d.stage == Stage::Abandoned)
+    }
+
+    /// The generation ids a forced declaration replaced, while it is
+    /// unsettled: the simulator's checker learns which generation a force
+    /// made (a force given up before its first record was durable must
+    /// never come back).
+    pub fn declared_over(&self) -> Option<GenIds> {
+        self.declared.as_ref().map(|d| d.gen)
+    }
+
+    /// A forced promotion's second record is awaited: the force stands
+    /// (its first record is durable), and the node may not be undone any
+    /// more. What a `primary` that gives up waiting says.
+    pub fn declaration_confirming(&self) -> bool {
+        self.declared.as_ref().is_some_and(|d| d.stage == Stage::Confirming)
+    }
+
+    /// The record in memory is a forced promotion's first
+    /// ([`MetaRecord::pending`]): no write may be admitted on it.
+    pub(crate) fn declared_unconfirmed(&self) -> bool {
+        self.declared.as_ref().is_some_and(|d| d.stage != Stage::Confirming)
+    }
+
+    /// What the record in memory holds as [`MetaRecord::pending`]: while
+    /// the force is unconfirmed, the record a start would take were it
+    /// never saved (the one on disk, or the one it holds; for a node that
+    /// saved none, the one in memory before the force).
+    pub(crate) fn declared_before(&self) -> Option<Box<MetaRecord>> {
+        let d = self.declared.as_ref().filter(|d| d.stage != Stage::Confirming)?;
+        let on_disk = self.p.durable_meta.as_ref().map(MetaRecord::at_start);
+        Some(Box::new(on_disk.unwrap_or(&d.before).clone()))
     }
 
     /// `primary` failed because the record saying this node is Primary
@@ -112,24 +176,39 @@ impl Core {
     /// Secondary (with a controller, after the demotion's hooks), even if
     /// that record lands meanwhile (the restored one is then saved over
     /// it): the operator was told the force failed.
+    ///
+    /// A force whose first record is durable is not undone: its second
+    /// record may land at any time after (`Stage::Confirming`). The node
+    /// is demoted, its disk as forced.
     pub fn abandon_promotion(&mut self) {
-        if let Some(d) = self.declared.as_mut() {
-            d.abandoned = true;
+        if let Some(d) = self.declared.as_mut().filter(|d| d.stage == Stage::Pending) {
+            d.stage = Stage::Abandoned;
         }
         self.demote_forced();
         self.pump();
     }
 
-    /// Settles the declaration at each pump: forgotten once its record is
-    /// durable, undone once the node is Secondary before that. (A Primary
-    /// acknowledges nothing on a record not saved, `write.rs` `meta_wait`:
-    /// nothing answered rests on what is undone.)
+    /// Settles the declaration at each pump: confirming once its first
+    /// record is durable, forgotten once its second is; undone once the
+    /// node is Secondary before the first. (A Primary acknowledges nothing
+    /// before the second, `write.rs` `meta_wait`: nothing answered rests
+    /// on what is undone, nor on what a start rolls back.)
     pub(super) fn settle_declared(&mut self) {
-        let Some(d) = &self.declared else { return };
-        let saved = self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == d.promoted_at);
-        if saved && !d.abandoned {
-            self.declared = None;
-            return;
+        let Some(d) = &mut self.declared else { return };
+        let saved = self.p.durable_meta.as_ref().filter(|m| m.promoted_at == d.promoted_at);
+        match (d.stage, saved.map(|m| m.pending.is_some())) {
+            (Stage::Pending, Some(true)) => {
+                // (The second record is saved by `persist_pump`: the one
+                // in memory no longer holds a pending one.)
+                d.stage = Stage::Confirming;
+                return;
+            }
+            (Stage::Confirming, Some(false)) => {
+                self.declared = None;
+                return;
+            }
+            (Stage::Confirming, _) => return,
+            _ => {}
         }
         if self.role != Role::Secondary {
             return;

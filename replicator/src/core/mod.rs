@@ -315,7 +315,23 @@ impl Core {
         if let Some(words) = &rec.bitmap {
             dirty.merge_words(words);
         }
-        let mut meta = rec.meta.clone().unwrap_or(MetaRecord {
+        if rec.meta.as_ref().is_some_and(|m| m.pending.is_some()) {
+            // The process stopped between a forced promotion's two
+            // records (`declared.rs`): the force was not confirmed, and
+            // nothing was acknowledged on it. Its first record's save may
+            // have hung, `primary` been told it failed and the force
+            // undone in memory.
+            tracing::warn!(
+                "the metadata holds a `primary --force` whose record was never confirmed (the \
+                 process stopped while it was saved): the node starts on the record before \
+                 that force"
+            );
+        }
+        let at_start = |m: &MetaRecord| match cfg.plant {
+            Plant::ForgetPending => MetaRecord { pending: None, ..m.clone() },
+            _ => m.at_start().clone(),
+        };
+        let mut meta = rec.meta.as_ref().map(at_start).unwrap_or(MetaRecord {
             disk: DiskState::Inconsistent,
             fresh: rec.disk_created,
             gen: GenIds::never_synced(),
@@ -331,6 +347,7 @@ impl Core {
             async_acks: ack_kind(cfg.protocol) == Protocol::A,
             receipt_acks: ack_kind(cfg.protocol) == Protocol::B,
             behind_async_primary: false,
+            pending: None,
         });
         // The protocol the activity log's writes were acknowledged under:
         // the record's while the log holds extents, else this start's.
@@ -549,6 +566,7 @@ impl Core {
             async_acks: self.log_protocol == Protocol::A,
             receipt_acks: self.log_protocol == Protocol::B,
             behind_async_primary: self.behind_async_primary(),
+            pending: self.declared_before(),
         }
     }
 
@@ -695,6 +713,7 @@ impl Core {
             && m.async_acks == (self.log_protocol == Protocol::A)
             && m.receipt_acks == (self.log_protocol == Protocol::B)
             && m.behind_async_primary == self.behind_async_primary()
+            && m.pending.is_some() == self.declared_unconfirmed()
             // (Element by element: `Vec`'s equality calls `memcmp`, a
             // twentieth of a link thread's time at 4 KiB QD32, this being
             // asked several times per event.)
@@ -1009,7 +1028,7 @@ impl Core {
 
     /// Tells the peer our role and disk.
     fn announce(&mut self) {
-        let saved = self.p.durable_meta.as_ref().map(|m| m.gen.current);
+        let saved = self.p.durable_meta.as_ref().map(|m| m.at_start().gen.current);
         let current = self.gen.current;
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         if s.adoption == session::Adoption::Taking {
@@ -1039,7 +1058,11 @@ impl Core {
             // base for the generation this node came back on (a full
             // resync; found by review). `meta_saved` announces the new
             // one.
-            current: self.p.durable_meta.as_ref().map_or(self.gen.current, |m| m.gen.current),
+            current: self
+                .p
+                .durable_meta
+                .as_ref()
+                .map_or(self.gen.current, |m| m.at_start().gen.current),
             promoted_at: self.promoted_at,
         }
     }

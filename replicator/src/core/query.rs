@@ -40,7 +40,10 @@ impl Core {
 
     /// The record naming this node's last promotion is durable.
     pub(crate) fn reign_saved(&self) -> bool {
-        self.p.durable_meta.as_ref().is_some_and(|m| m.promoted_at == self.promoted_at)
+        self.p
+            .durable_meta
+            .as_ref()
+            .is_some_and(|m| m.promoted_at == self.promoted_at && m.pending.is_none())
     }
 
     /// A failover controller runs on this node (`[controller]`).
@@ -151,6 +154,14 @@ impl Core {
             // `a_forced_primary_whose_record_cannot_be_saved_names_a_way_out_that_works`.)
             let undo = if self.ctl.is_some() { "secondary --force" } else { "secondary" };
             Some(match self.p.meta_failed.or(self.p.bitmap_failed) {
+                // (Past its first record a force stands: `secondary` does
+                // not undo it.)
+                Some(e) if self.declaration_confirming() => format!(
+                    "`primary --force` declared this node's data good, but the record \
+                     confirming it cannot be saved ({}): the link waits for that save",
+                    e.describe()
+                )
+                .into(),
                 Some(e) => format!(
                     "`primary --force` declared this node's data good, but its metadata cannot \
                      be saved ({}): the link waits for that save (or for `{undo}`, which \

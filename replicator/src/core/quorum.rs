@@ -522,15 +522,17 @@ impl Core {
 
     /// The generations the witness is told: the saved ones (a generation
     /// only in memory may be lost with the process; once saved it is
-    /// told, and writes in it wait for that, see `may_run_alone`).
+    /// told, and writes in it wait for that, see `may_run_alone`). A
+    /// forced promotion's unconfirmed first record is not saved in that
+    /// sense: a start rolls it back (`MetaRecord::at_start`).
     fn told_gen(&self) -> super::GenIds {
-        self.p.durable_meta.as_ref().map_or(self.gen, |m| m.gen)
+        self.p.durable_meta.as_ref().map_or(self.gen, |m| m.at_start().gen)
     }
 
     /// The told generations' bitmap base only names the peer's
     /// ([`MetaRecord::forced_base`](super::MetaRecord::forced_base)).
     fn told_forced(&self) -> bool {
-        self.p.durable_meta.as_ref().map_or(self.base_forced(), super::MetaRecord::base_forced)
+        self.p.durable_meta.as_ref().map_or(self.base_forced(), |m| m.at_start().base_forced())
     }
 
     /// Quorum has been missing for `dead_time`: the survivor may be Primary.

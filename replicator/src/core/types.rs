@@ -79,6 +79,7 @@ impl fmt::Display for Replication {
 /// What the core remembers across restarts (the `meta` file). Saved
 /// atomically: the shell replaces the whole record durably.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetaRecord {
     pub disk: DiskState,
     /// Created by twinblock and never written since: reads as all zeroes.
@@ -167,9 +168,26 @@ pub struct MetaRecord {
     /// `--force` lacking what the old Primary had answered).
     #[serde(default)]
     pub behind_async_primary: bool,
+    /// This record is a forced promotion's first, not yet confirmed
+    /// (`core/declared.rs`): a start takes the record held here instead,
+    /// the one on disk before the force ([`MetaRecord::at_start`]). A
+    /// `primary --force` whose save hung was told it failed and undone in
+    /// memory; its record could still land, and a process that stopped
+    /// before its next save came back forced (a known limit until
+    /// 2026-12-07). The second record, saved only while the promotion
+    /// stands, drops it; no write is admitted before that one is durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<MetaRecord>>,
 }
 
 impl MetaRecord {
+    /// The record a start takes: this one, or for a forced promotion's
+    /// unconfirmed first record the one it replaced
+    /// ([`MetaRecord::pending`]).
+    pub fn at_start(&self) -> &MetaRecord {
+        self.pending.as_deref().unwrap_or(self)
+    }
+
     /// Its bitmap's base only names the peer's generation
     /// ([`MetaRecord::forced_base`]).
     pub fn base_forced(&self) -> bool {
@@ -366,6 +384,10 @@ pub enum Plant {
     /// The witness decides a request that came on a node's older
     /// connection after its newer one's (`conn_order`).
     StaleWitnessRequests,
+    /// A start takes a forced promotion's unconfirmed first record as it
+    /// is, not the record it holds (`MetaRecord::pending`): a force the
+    /// operator was told failed comes back after a crash.
+    ForgetPending,
 }
 
 impl std::str::FromStr for Plant {
@@ -417,9 +439,10 @@ impl std::str::FromStr for Plant {
             "hooks-before-record" => Plant::HooksBeforeRecord,
             "hooks-never-run" => Plant::HooksNeverRun,
             "stale-witness-requests" => Plant::StaleWitnessRequests,
+            "forget-pending" => Plant::ForgetPending,
             _ => {
                 return Err(format!(
-                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap, holes-not-sent, skip-resync-zero, hooks-before-record, hooks-never-run, stale-witness-requests)"
+                    "unknown plant {s:?} (early-ack, skip-al, skip-bitmap-exchange, clear-before-durable, ignore-quorum, no-peer-fence, ahead-without-mark, lost-hint, held-hint, forget-lost, ack-on-failed-disk, wait-on-failed-disk, no-disk-timeout, ack-before-failed-record, witness-ignores-data, forget-told, witness-renews-behind, adopt-any-peer, promote-without-asking, resume-any-full-sync, union-by-name, ignore-lost-cache, lift-outdated-source, outdate-done-early, ahead-before-outdated, reads-before-received, resync-before-received, claim-after-loss, forget-async-primary, promote-after-loss, reads-without-quorum, reads-when-superseded, early-ack-b, unlinked-without-mark, write-during-resync-read, flush-without-peer, lease-from-reply, gate-on-timer-clock, forced-record-before-bitmap, holes-not-sent, skip-resync-zero, hooks-before-record, hooks-never-run, stale-witness-requests, forget-pending)"
                 ))
             }
         })

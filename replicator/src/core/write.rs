@@ -118,7 +118,9 @@ impl Core {
         if self.declaration_abandoned() {
             return Some(Admit::Fail(ReplyError::Io(IoError::EIO)));
         }
-        if self.meta_durable() {
+        // (A forced promotion's first record, durable, is not the one
+        // that confirms it: a start would roll it back, `declared.rs`.)
+        if self.meta_durable() && !self.declared_unconfirmed() {
             return None;
         }
         // (A record waiting for the bitmap it names fails with that save.)

@@ -7,6 +7,45 @@ use super::*;
 /// ([`Node::demote_when_clients_left`]).
 pub const CLIENTS_LEAVING: Duration = Duration::from_secs(1);
 
+/// Where a `primary` that gave up waiting for its record left the node
+/// (a save may still be in flight, and land: said, so that the operator
+/// knows what is final on disk; review, helper-161).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GaveUp {
+    /// A promotion that declared nothing: its record may land, and a
+    /// process that stops before its next save starts on it (Secondary,
+    /// with the promotion's time).
+    Plain,
+    /// A `--force` whose first record was not durable: undone, and a
+    /// start rolls that record back should it land (`core/declared.rs`).
+    ForceUndone,
+    /// A `--force` whose first record is durable and whose second is in
+    /// flight: the force stands (never undone past its first record).
+    ForceConfirming,
+}
+
+impl GaveUp {
+    fn says(self) -> &'static str {
+        match self {
+            GaveUp::Plain => {
+                "that save is still in flight: should it land and this process stop before its \
+                 next save, the node starts on the promotion's record (check `status` after a \
+                 restart)"
+            }
+            GaveUp::ForceUndone => {
+                "the force is undone: the disk is as its record said before it (should the \
+                 save in flight land, a start still takes the record before the force)"
+            }
+            GaveUp::ForceConfirming => {
+                "the first of the force's two records is saved and the one confirming it is \
+                 still in flight: the force stands (the disk stays as forced, UpToDate on a \
+                 generation of its own); should this process stop before that save lands, the \
+                 node starts on the record before the force"
+            }
+        }
+    }
+}
+
 impl Node {
     /// Runs `f` on the core and performs what it asks.
     pub(super) fn with_core<T>(&self, f: impl FnOnce(&mut Core, Duration) -> T) -> T {
@@ -95,16 +134,9 @@ impl Node {
             };
             let why = match why {
                 Some(why) => why,
-                // (The save is still in flight and may land: a process
-                // that stops before its next save comes back on it, the
-                // README's known limit of a hung forced record; said, so
-                // the operator knows the failure is not final on disk;
-                // review, helper-161.)
                 None if tokio::time::Instant::now() > deadline => format!(
                     "the metadata record saying this node is Primary was not saved within \
-                     {wait:?} (its disk does not answer?); that save is still in flight: \
-                     should it land and this process stop before its next save, the node \
-                     starts on the promotion's record (check `status` after a restart)"
+                     {wait:?} (its disk does not answer?)"
                 ),
                 None => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -116,17 +148,23 @@ impl Node {
             // may have been answered on it; before, `primary` then said
             // "demoted again" of a node that stayed Primary; review,
             // helper-152.)
-            let landed = self.with_core(|c, _| {
-                let landed = c.role() == Role::Primary && c.promotion_saved(since) == Ok(true);
-                if !landed {
-                    c.abandon_promotion();
+            let gave_up = self.with_core(|c, _| {
+                if c.role() == Role::Primary && c.promotion_saved(since) == Ok(true) {
+                    return None;
                 }
-                landed
+                let was = if c.declaration_confirming() {
+                    GaveUp::ForceConfirming
+                } else if c.declaration_unsaved() {
+                    GaveUp::ForceUndone
+                } else {
+                    GaveUp::Plain
+                };
+                c.abandon_promotion();
+                Some(was)
             });
             self.changed.notify_waiters();
-            if landed {
-                return Ok(());
-            }
+            let Some(gave_up) = gave_up else { return Ok(()) };
+            let why = format!("{why}; {}", gave_up.says());
             tracing::error!("primary: {why}: demoted again, not Primary");
             return Err(Refused(format!("{why}: not Primary (demoted again)")));
         }

@@ -66,6 +66,10 @@ pub struct Sim {
     pub(crate) on_no_quorum: NoQuorum,
     /// A violation found while advancing (reported by the step).
     pub(crate) pending_violation: Option<Violation>,
+    /// The generations `primary --force` made that were undone, per node
+    /// (given up before the first record was durable): a start on one of
+    /// them brought back a force the operator was told failed.
+    pub(crate) undone_forces: [Vec<u64>; 2],
     /// Adaptive seeds: the link's delay level (None: other seeds).
     pub level: Option<LinkLevel>,
     /// Adaptive seeds: the latency budget.
@@ -172,6 +176,7 @@ impl Sim {
             data_replaced: 0,
             on_no_quorum: if opts.seed % 6 == 5 { NoQuorum::Freeze } else { NoQuorum::IoError },
             pending_violation: None,
+            undone_forces: [Vec::new(), Vec::new()],
             // One seed in five (overlapping the controller's one in three
             // at seeds 15k+11).
             level: (opts.seed % 5 == 1).then_some(LinkLevel::Low),
@@ -280,6 +285,17 @@ impl Sim {
             core.disk(),
             core.gen()
         ));
+        if self.undone_forces[n].contains(&core.gen().current) {
+            self.pending_violation.get_or_insert(Violation {
+                step: self.chk.step,
+                rule: "undone-force",
+                what: format!(
+                    "{} starts on generation {:x}, made by a `primary --force` it was told failed",
+                    self.nodes[n].name,
+                    core.gen().current
+                ),
+            });
+        }
         self.nodes[n].core = Some(core);
         self.nodes[n].hooked = None;
         self.nodes[n].unhooked_since = None;

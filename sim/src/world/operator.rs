@@ -29,6 +29,31 @@ impl Sim {
         let now_ms = self.now.as_millis() as u64 + 1;
         self.clock_in(n);
         let Some(core) = self.nodes[n].core.as_mut() else { return Ok(()) };
+        if core.role() == Role::Primary && core.declaration_unsaved() && self.rng.chance(1, 2) {
+            // The `primary` whose forced record is not saved yet (a
+            // metadata volume that hangs or is full) gives up waiting: the
+            // shell demotes the node again, undoing the force unless its
+            // first record is durable (`node/verbs.rs`). Its save may
+            // still land, before or at a crash.
+            let confirming = core.declaration_confirming();
+            let made = core.gen().current;
+            let undone = !confirming && core.declared_over().is_some_and(|g| g.current != made);
+            core.abandon_promotion();
+            if undone {
+                // Told it failed: that generation never comes back.
+                self.undone_forces[n].push(made);
+            }
+            self.chk.stats.forces_given_up += 1;
+            let saving = !self.nodes[n].ios.is_empty() || !self.nodes[n].hung.is_empty();
+            self.chk.stats.forces_given_up_saving += u64::from(saving || confirming);
+            self.note(format!(
+                "{}: primary --force gives up waiting for its record{}",
+                self.nodes[n].name,
+                if confirming { " (first record saved: the force stands)" } else { "" }
+            ));
+            self.drain(n);
+            return Ok(());
+        }
         if self.witness.is_some() && r < 48 {
             // The controller decides the roles: the operator only hands
             // over (`secondary`) or the service's health check fails.

@@ -281,7 +281,7 @@ impl Sim {
                 // does not stand (its record never saved) would move the
                 // service to a node that acknowledges nothing
                 // (`core/promoted_hook.rs`).
-                let on_disk = self.nodes[n].meta.record.as_ref().map_or(0, |m| m.promoted_at);
+                let on_disk = self.nodes[n].meta.at_start().map_or(0, |m| m.promoted_at);
                 let promoted_at = self.nodes[n].core.as_ref().map_or(0, |c| c.promoted_at());
                 if h == Hook::Promoted {
                     self.nodes[n].hooked = Some(promoted_at);

@@ -25,19 +25,44 @@ fn b_record_lands_and_b_crashes(p: &mut Pair) -> MetaRecord {
     on_disk
 }
 
+/// b's restart took the record before the force (the first record,
+/// landed, holds it), its generation `b_gen` and disk `b_disk` as they
+/// were; a, demoted, meets it and is its sync source: a's write
+/// acknowledged alone (`value` at `off`) ends on both disks.
+fn b_back_as_before_the_force(
+    p: &mut Pair,
+    on_disk: &MetaRecord,
+    (b_disk, b_gen): (DiskState, GenIds),
+    (off, value): (usize, u8),
+) {
+    assert!(on_disk.pending.is_some(), "the landed record is not the force's first");
+    assert_eq!(on_disk.disk, DiskState::UpToDate, "the landed record is not the force");
+    assert_eq!((p.core(1).disk(), p.core(1).gen()), (b_disk, b_gen), "b came back forced");
+    p.core(0).demote().expect("a secondary");
+    p.core(0).connect();
+    p.core(1).connect();
+    p.connect();
+    p.settle();
+    let why = p.core(1).status().last_error.unwrap_or_default();
+    assert_eq!(p.core(1).connection(), Connection::Connected, "{why}");
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "{why}");
+    assert_eq!(p.n[0].cache[off], value, "a's write acknowledged alone was overwritten");
+    assert!(p.n[0].cache == p.n[1].cache, "b did not take a's data");
+    // (The rolled-back record replaced the landed one.)
+    assert!(p.n[1].meta.as_ref().is_some_and(|m| m.pending.is_none()));
+}
+
 /// b, Outdated by a's disconnect while a writes on alone, is forced on a
 /// metadata volume that stops answering: `primary` times out and the
 /// shell undoes the force (`abandon_promotion`). The hung save (it
 /// carried the forced record) lands later, and the process dies before
-/// the save that puts the old account back. What b's restart believes is
-/// what the disk's record says: the forced generation, UpToDate, though
-/// the operator was told the promotion failed. A residual window the
-/// undo cannot close (a save in flight may land at any time, even after
-/// the process is gone); this test pins what happens in it: b meets a as
-/// a split brain, never as its sync source (a's write acknowledged alone
-/// is not overwritten).
+/// the save that puts the old account back. Before, b's restart believed
+/// the record on disk, the forced generation, UpToDate, though the
+/// operator was told the promotion failed. Now that record is the
+/// force's first, unconfirmed, and holds the one it replaced: b starts
+/// Outdated on its old generation and takes a's data.
 #[test]
-fn a_hung_forced_record_that_lands_after_the_undo_comes_back_at_a_restart() {
+fn a_hung_forced_record_that_lands_after_the_undo_is_rolled_back_at_a_restart() {
     let mut p = Pair::new(Protocol::C, Plant::None);
     p.initial();
     let b_gen = p.a_writes_alone_beside_outdated_b();
@@ -47,27 +72,14 @@ fn a_hung_forced_record_that_lands_after_the_undo_comes_back_at_a_restart() {
     assert_eq!(p.core(1).gen(), b_gen);
     // The hung save lands, and the process dies before the next one.
     let on_disk = b_record_lands_and_b_crashes(&mut p);
-    // The window: b believes the force (the operator was told it failed).
-    assert_eq!(on_disk.disk, DiskState::UpToDate);
-    assert_eq!(p.core(1).disk(), DiskState::UpToDate);
-    assert_ne!(p.core(1).gen().current, b_gen.current);
-    p.core(0).demote().expect("a secondary");
-    p.core(0).connect();
-    p.connect();
-    let why = p.core(1).status().last_error.unwrap_or_default();
-    assert_ne!(p.core(1).connection(), Connection::Connected, "{why}");
-    assert!(why.contains("split brain"), "{why}");
-    assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
+    b_back_as_before_the_force(&mut p, &on_disk, (DiskState::Outdated, b_gen), (4096, 2));
 }
 
 /// The same window for a partly synced disk (every block marked by the
-/// force) under `discard-least-changes`: b, back on the forced record,
-/// counted every block changed, a only its write alone, and the policy
-/// made a the one to discard: a's write acknowledged alone was
-/// overwritten by the data whose promotion the operator was told failed
-/// (review, helper-149; the window itself stays: a save in flight may land
-/// after the process is gone). A side whose base was forced now counts
-/// for no comparison: the split brain waits for the operator.
+/// force) under `discard-least-changes`: before, b, back on the forced
+/// record, counted every block changed, a only its write alone, and the
+/// policy made a the one to discard (review, helper-149). Now b starts
+/// Inconsistent, as before the force, and takes a's data.
 #[test]
 fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
     let mut p = least_changes_pair();
@@ -79,14 +91,66 @@ fn a_hung_forced_record_of_a_partly_synced_disk_that_lands_after_the_undo() {
     let b_disk = p.core(1).disk();
     b_forced_on_a_hung_record_and_undone(&mut p);
     assert_eq!((p.core(1).disk(), p.core(1).gen()), (b_disk, b_gen), "undone");
-    b_record_lands_and_b_crashes(&mut p);
-    p.core(0).demote().expect("a secondary");
-    p.core(0).connect();
-    p.connect();
-    let why = p.core(1).status().last_error.unwrap_or_default();
-    assert_ne!(p.core(1).connection(), Connection::Connected, "{why}");
-    assert!(why.contains("split brain"), "{why}");
-    assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
+    let on_disk = b_record_lands_and_b_crashes(&mut p);
+    b_back_as_before_the_force(&mut p, &on_disk, (b_disk, b_gen), (4096, 2));
+}
+
+/// `primary --force` on b: its first record lands, the second (which
+/// confirms it) is held.
+fn b_forced_and_first_record_landed(p: &mut Pair) {
+    p.n[1].hold_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    p.settle_now();
+    p.land_held_records(1);
+    p.settle_now();
+}
+
+/// The force's first record is durable, the second (which confirms it)
+/// hangs, and `primary` gives up waiting: the force is not undone (the
+/// second record may land at any time), the node is demoted on its forced
+/// disk, and no write was answered on it. Should the process stop before
+/// the second lands, it starts on the record before the force.
+#[test]
+fn a_force_whose_confirming_record_hangs_stands_and_a_crash_rolls_it_back() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let b_gen = p.a_writes_alone_beside_outdated_b();
+    b_forced_and_first_record_landed(&mut p);
+    let first = p.n[1].meta.clone().expect("b's first record");
+    assert!(first.pending.is_some(), "{first:?}");
+    assert!(p.core(1).declaration_confirming());
+    p.write(1, 3, 8192, 3, 64);
+    p.settle_now();
+    assert_eq!(p.reply(1, 3), None, "a write answered before the force is confirmed");
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Secondary);
+    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "a force being confirmed was undone");
+    assert_ne!(p.core(1).gen(), b_gen);
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    b_back_as_before_the_force(&mut p, &first, (DiskState::Outdated, b_gen), (4096, 2));
+}
+
+/// ... and once it lands, the force is what b holds, as it would be had
+/// `primary` waited: b is UpToDate on its own generation at a restart.
+#[test]
+fn a_force_whose_confirming_record_lands_late_is_what_a_restart_finds() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    let b_gen = p.a_writes_alone_beside_outdated_b();
+    b_forced_and_first_record_landed(&mut p);
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    let forced = p.core(1).gen();
+    p.land_held_records(1);
+    assert!(p.n[1].meta.as_ref().is_some_and(|m| m.pending.is_none() && m.gen == forced));
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    assert_eq!((p.core(1).disk(), p.core(1).gen()), (DiskState::UpToDate, forced));
+    assert_ne!(forced, b_gen);
 }
 
 /// `discard-least-changes` beside a node forced Primary on a partly
@@ -226,13 +290,11 @@ fn discarded_beside_a_forced_side(i: usize) -> Pair {
 /// The window above under `discard-younger-primary`: b, Outdated, is
 /// forced on a hung record and undone, the operator promotes a again
 /// (told b's promotion failed) and a writes; the record lands, b crashes.
-/// Back, b names a promotion older than a's, and the policy discards the
-/// younger, a: a's write acknowledged alone is overwritten by the data
-/// whose promotion failed, an Outdated (or a partly synced) copy. No
-/// record tells a failed force from one that worked once the process is
-/// gone (review, helper-161; README "Known limit" beside helper-149's).
+/// Before, b came back naming a promotion older than a's, and the policy
+/// discarded the younger, a: a's write acknowledged alone was overwritten
+/// by the data whose promotion failed (review, helper-161). Now b starts
+/// Outdated, as before the force, and takes a's data.
 #[test]
-#[ignore = "residual window (review, helper-161): a hung forced record that lands after the undo, under discard-younger-primary"]
 fn a_hung_forced_record_that_lands_after_the_undo_under_discard_younger_primary() {
     let mut c = cfg(Protocol::C);
     c.split_brain_policy = SplitBrainPolicy::DiscardYoungerPrimary;
@@ -249,26 +311,18 @@ fn a_hung_forced_record_that_lands_after_the_undo_under_discard_younger_primary(
     p.write(0, 2, 4096, 2, 64);
     p.settle_now();
     assert_eq!(p.reply(0, 2), Some(Ok(())), "a writes alone");
-    b_record_lands_and_b_crashes(&mut p);
-    p.core(0).demote().expect("a secondary");
-    p.core(0).connect();
-    p.connect();
-    let why = p.core(1).status().last_error.unwrap_or_default();
-    assert_ne!(p.core(1).connection(), Connection::Connected, "{why}");
-    assert_eq!(p.n[0].cache[4096], 2, "a's write acknowledged alone was overwritten");
+    let on_disk = b_record_lands_and_b_crashes(&mut p);
+    b_back_as_before_the_force(&mut p, &on_disk, (DiskState::Outdated, b_gen), (4096, 2));
 }
 
 /// The window above for a disk forced after it failed, its peer having
-/// done nothing apart (no write, no flush): back on the forced record, b
-/// names a's generation as its base and is a's sync source, whatever the
-/// policy (`disconnect` too): a's copy is overwritten by what the failed
-/// disk holds (here a block it lost), the force the operator was told
-/// failed. The same when a only flushed apart and the policy discards a
-/// side with no changes (`discard-zero-changes`, and beside a forced side
-/// `discard-least-changes`). (Review, helper-161; README "Known limit".)
+/// done nothing apart (no write, no flush): before, back on the forced
+/// record, b named a's generation as its base and was a's sync source
+/// whatever the policy, and a's copy was overwritten by what the failed
+/// disk holds (review, helper-161). Now b starts Failed, as before the
+/// force, and is rebuilt from a.
 #[test]
-#[ignore = "residual window (review, helper-161): a hung forced record of a failed disk that lands after the undo"]
-fn a_hung_forced_record_of_a_failed_disk_that_lands_after_the_undo_overwrites_an_idle_peer() {
+fn a_hung_forced_record_of_a_failed_disk_that_lands_after_the_undo_leaves_an_idle_peer_be() {
     let mut p = Pair::with_cfg(cfg(Protocol::C), false);
     p.initial();
     p.write(0, 1, 8192, 5, 4096);
@@ -284,12 +338,8 @@ fn a_hung_forced_record_of_a_failed_disk_that_lands_after_the_undo_overwrites_an
     let b_gen = p.core(1).gen();
     b_forced_on_a_hung_record_and_undone(&mut p);
     assert_eq!((p.core(1).disk(), p.core(1).gen()), (DiskState::Failed, b_gen), "undone");
-    b_record_lands_and_b_crashes(&mut p);
-    assert_eq!(p.core(1).disk(), DiskState::UpToDate, "the force is back");
+    let on_disk = b_record_lands_and_b_crashes(&mut p);
     // What the failed disk lost.
     p.n[1].cache[8192] = 0xee;
-    p.core(0).demote().expect("a secondary");
-    p.connect();
-    p.settle();
-    assert_eq!(p.n[0].cache[8192], 5, "a's copy was overwritten by the failed disk's");
+    b_back_as_before_the_force(&mut p, &on_disk, (DiskState::Failed, b_gen), (8192, 5));
 }

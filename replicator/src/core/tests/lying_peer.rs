@@ -93,6 +93,7 @@ fn a_sync_source_applies_no_data_from_its_target() {
         async_acks: false,
         receipt_acks: false,
         behind_async_primary: false,
+        pending: None,
     };
     let mut words = vec![0u64; (SIZE / 64).div_ceil(64) as usize];
     words[0] = 0xff;

@@ -94,6 +94,7 @@ fn meta(disk: DiskState) -> MetaRecord {
         async_acks: false,
         receipt_acks: false,
         behind_async_primary: false,
+        pending: None,
     }
 }
 
