@@ -184,6 +184,26 @@ pub fn render(st: &Value) -> String {
              until then this node is not promoted by the controller\n",
         );
     }
+    let ctl = &st["controller"];
+    if ctl.is_object() {
+        // (Before, the text showed nothing of the controller: a node
+        // held back or refused by the witness looked idle; review,
+        // helper-161.)
+        out.push_str(&format!(
+            "  controller {}, quorum {}, witness {}{}\n",
+            s(&ctl["state"]),
+            if ctl["quorum"] == true { "yes" } else { "no" },
+            if ctl["witness_connected"] == true { "connected" } else { "not connected" },
+            if ctl["superseded"] == true {
+                ", superseded: reads fail until it meets its peer"
+            } else {
+                ""
+            },
+        ));
+        if let Some(r) = ctl["last_refusal"].as_str() {
+            out.push_str(&format!("  witness refused: {r}\n"));
+        }
+    }
     if let Some(e) = st["last_error"].as_str() {
         out.push_str(&format!("  last error: {e}\n"));
     }
@@ -253,6 +273,20 @@ mod tests {
         assert!(text.contains("rtt 0.25 ms"), "{text}");
         assert!(text.contains("peer b at 10.0.2.7:7789: Secondary Inconsistent"), "{text}");
         assert!(!text.contains("may lack writes"), "{text}");
+        assert!(!text.contains("controller"), "{text}");
+        let mut ctl = st.clone();
+        ctl["controller"] = serde_json::json!({
+            "state": "Watching", "quorum": false, "witness_connected": true,
+            "last_refusal": "b holds the Primary right", "superseded": true
+        });
+        let text = render(&ctl);
+        assert!(
+            text.contains(
+                "controller Watching, quorum no, witness connected, superseded: reads fail until it meets its peer"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("witness refused: b holds the Primary right"), "{text}");
         let mut lost = st.clone();
         lost["lost_since_synced"] = true.into();
         let text = render(&lost);

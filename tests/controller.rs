@@ -911,6 +911,12 @@ fn cut_from_the_peer_only_the_primary_goes_on_and_the_peer_stays() {
         refusal.contains("holds") || refusal.contains("outdated"),
         "b's claim was refused: {b}"
     );
+    // The text status says so too (before, it showed nothing of the
+    // controller).
+    let text = c.p.ok(&["status"], 1);
+    assert!(text.contains("  controller "), "{text}");
+    assert!(text.contains("witness connected"), "{text}");
+    assert!(text.contains("witness refused: "), "{text}");
     let _relay = netem(&to_b, &b_addr);
     c.p.wait("b back in sync", Duration::from_secs(60), |a, b| {
         a["role"] == "Primary" && b["disk"] == "UpToDate" && b["connection"] == "Connected"

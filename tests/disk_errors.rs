@@ -1516,6 +1516,54 @@ fn a_failed_primary_force_leaves_the_disk_as_it_was() {
     assert!(db[2 << 20..3 << 20].iter().all(|&x| x == 0x22), "a's write alone is not on b");
 }
 
+/// `primary --force` on an Outdated node whose metadata's filesystem
+/// stops answering: the verb answers (failing) and says the force is
+/// undone and that its record, should it land, is rolled back at a start.
+/// Once the filesystem answers again (the hung first record lands), the
+/// node stays Outdated, also across a `kill -9` and a restart, and takes
+/// its peer's data, the write its peer acknowledged alone included.
+#[test]
+fn a_primary_force_whose_record_hangs_is_undone_for_good() {
+    let dir = tempfile::Builder::new().prefix("tb-hangfs").tempdir_in(test_tmp()).unwrap();
+    let Some((disk, _fs, mut p)) = hanging_fs_pair(dir.path(), |p, fs| {
+        p.set_meta(1, &fs.mnt.join("b.meta"));
+    }) else {
+        return;
+    };
+    let _resume = disk.resume_on_drop();
+    p.ok(&["disconnect"], 0);
+    p.wait_one(1, "b Outdated by a's disconnect", |b| b["disk"] == "Outdated");
+    p.qemu_io(0, "write -P 0x33 1M 1M");
+    disk.hang(true);
+    let out = run_timeout(
+        Command::new(BIN)
+            .args(["primary", "--force", "--config"])
+            .arg(&p.config)
+            .args(["--node", "b"]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "primary --force succeeded with its record unsaved");
+    assert!(err.contains("was not saved within"), "{err}");
+    assert!(err.contains("the force is undone"), "{err}");
+    let b = p.status(1);
+    assert_eq!((&b["role"], &b["disk"]), (&"Secondary".into(), &"Outdated".into()), "{b}");
+    disk.hang(false);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.status(1)["disk"], "Outdated", "the undone force came back");
+    p.kill(1);
+    p.up(1);
+    p.wait_one(1, "b up", |b| b["role"] == "Secondary");
+    assert_eq!(p.status(1)["disk"], "Outdated", "the undone force came back at a restart");
+    p.ok(&["connect"], 0);
+    p.wait_synced("b's resync from a", Duration::from_secs(60));
+    p.wait_drained();
+    let (da, db) =
+        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
+    assert!(da == db, "the disks differ after b's resync");
+    assert!(db[1 << 20..2 << 20].iter().all(|&x| x == 0x33), "a's write alone is not on b");
+}
+
 /// A `meta` left between a forced promotion's two records: the first
 /// (the force, holding the record it replaced as `pending`) landed, the
 /// process stopped before the second, as when a hung save lands after

@@ -423,7 +423,9 @@ fn regression_seeds_pass() {
 /// seeds, found by a `--plant witness-ignores-data` run from seed 0 (3
 /// of 3,000; 5 of 4,000 when a failed force was undone and a forced
 /// declaration's link waited for its record; 3 of 3,000 since a
-/// promotion's hooks wait for its record; a change of the core's
+/// promotion's hooks wait for its record, 26, 956 and 2051; 5 of 3,000
+/// since a forced promotion's record is saved in two phases; a change of
+/// the core's
 /// course changes which: resuming a
 /// full sync cut short did, B's receipt waiting for the activity log, the
 /// flush before a promotion's record, a handover acknowledging writes
@@ -432,7 +434,7 @@ fn regression_seeds_pass() {
 /// and the real one passes them.
 #[test]
 fn finds_witness_ignores_data() {
-    const SEEDS: &[u64] = &[26, 956, 2051];
+    const SEEDS: &[u64] = &[713, 1379, 2372];
     let mut found = 0;
     for &seed in SEEDS {
         if let Some(v) = planted_on(seed, Plant::WitnessIgnoresData) {
@@ -464,11 +466,12 @@ fn finds_witness_ignores_data() {
 /// witness without its record not renewing a Primary running alone in its
 /// quiet period, and a Secondary's FLUSH no longer waiting for its peer's
 /// writes, and an operator's verb told the time, `Core::set_clock`, and
-/// a promotion's hooks waiting for its record: 8 of the first 3,000), and
-/// the real node passes them.
+/// a promotion's hooks waiting for its record: 8 of the first 3,000, and
+/// a forced promotion's record saved in two phases: 3 of the first
+/// 3,000, 260 and 329 before), and the real node passes them.
 #[test]
 fn finds_forget_told() {
-    for seed in [260, 329] {
+    for seed in [575, 1685] {
         let found = planted_on(seed, Plant::ForgetTold).map(|v| v.rule);
         assert_eq!(found, Some("witness-data"), "the planted node is not caught by seed {seed}");
     }
@@ -514,11 +517,12 @@ fn finds_outdate_done_early() {
 /// it dies and the peer, UpToDate, is promoted without `--force`
 /// (invariant 1, by the floor an Ahead acknowledgement gives the peer;
 /// found by review, helper-78): caught in these seeds, found by a
-/// `--plant ahead-before-outdated` run from seed 0; the real core passes
-/// them.
+/// `--plant ahead-before-outdated` run from seed 0 (3 of the first 2,000
+/// since a forced promotion's record is saved in two phases; 316 and 711
+/// before); the real core passes them.
 #[test]
 fn finds_ahead_before_outdated() {
-    for seed in [316, 711] {
+    for seed in [1341, 1531] {
         let found = planted_on(seed, Plant::AheadBeforeOutdated).map(|v| v.rule);
         assert_eq!(
             found,
@@ -549,12 +553,18 @@ fn finds_forget_async_primary() {
 /// Primary that then wrote alone, source of a rebuild of that Primary's
 /// disk, is promoted without `--force` over those writes (found by
 /// review): caught in these seeds, found by `--plant
-/// lift-outdated-source` runs from seed 0; the real core passes them.
+/// lift-outdated-source` runs from seed 0 (4 of the first 4,000 since a
+/// forced promotion's record is saved in two phases: 1192 by I5, at the
+/// promotion, 261 by I1, the write it lacks; 1192 and 3220 before); the
+/// real core passes them.
 #[test]
 fn finds_lift_outdated_source() {
-    for seed in [1192, 3220] {
+    for seed in [261, 1192] {
         let found = planted_on(seed, Plant::LiftOutdatedSource).map(|v| v.rule);
-        assert_eq!(found, Some("I5"), "the planted lift is not caught by seed {seed}");
+        assert!(
+            matches!(found, Some("I5" | "I1")),
+            "the planted lift is not caught by seed {seed}: {found:?}"
+        );
     }
 }
 
@@ -960,13 +970,15 @@ fn finds_claim_after_loss() {
 /// node runs the service without a write its Primary acknowledged on its
 /// word. Caught by the checker's own record of what the crash took from
 /// the disk (`lost_conf`), not by the core's flag, in these seeds (found by
-/// a `--plant promote-after-loss` run from seed 0: 2 of the 24 seeds of
+/// a `--plant promote-after-loss` run from seed 0: 4 of the 32 seeds of
+/// 1,500 that catch it since a forced promotion's record is saved in two
+/// phases; 85 and 226, 2 of the 24 seeds of
 /// 1,000 that catch it since a failed force is undone and the disks have
 /// holes, the others by the core's flag first; 42, 85 and 385 before);
 /// the real core passes them.
 #[test]
 fn finds_promote_after_loss() {
-    for seed in [85, 226] {
+    for seed in [592, 1114] {
         let v = planted_on(seed, Plant::PromoteAfterLoss).expect("not caught");
         assert_eq!(v.rule, "I5", "seed {seed}: another rule caught it: {v}");
         assert!(
@@ -980,8 +992,10 @@ fn finds_promote_after_loss() {
 /// Cut off from its peer and the witness, it went on serving its own
 /// data after the survivor took over and acknowledged writes (a stale
 /// read after a failover; found by review, helper-105). Caught by I4's
-/// read rule; the seeds are the first four that catch it since a
-/// promotion's hooks wait for its record (20 of the first 3,000; 26, 119,
+/// read rule; the seeds are the first four that catch it since a forced
+/// promotion's record is saved in two phases (12 of the first 1,000; 20,
+/// 53, 251, 347 since a promotion's hooks waited for its record,
+/// 20 of the first 3,000; 26, 119,
 /// 158, 455 before, since a failed
 /// force was undone, any forced declaration's link waited for its record and
 /// the disks had holes; 92, 113, 158, 254 before; 26, 92, 113, 158
@@ -989,7 +1003,7 @@ fn finds_promote_after_loss() {
 /// while `on_demote` runs; 851, 2759, 3386, 3452 before those).
 #[test]
 fn finds_reads_without_quorum() {
-    for seed in [20, 53, 251, 347] {
+    for seed in [455, 482, 488, 521] {
         let v = planted_on(seed, Plant::ReadsWithoutQuorum).expect("not caught");
         assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
         assert!(v.what.contains("serves reads as Primary"), "seed {seed}: {v}");
@@ -1001,8 +1015,10 @@ fn finds_reads_without_quorum() {
 /// apart from the new Primary, it answered reads with its own data after
 /// the new Primary acknowledged writes (found by review, helper-108).
 /// Caught by I4's read rule for a superseded node; the seeds are the
-/// first four that catch it since a promotion's hooks wait for its record
-/// (41 of the first 3,000; 26, 119, 158, 383 before, since a failed force
+/// first four that catch it since a forced promotion's record is saved in
+/// two phases (16 of the first 1,000; 53, 158, 356, 383 since a
+/// promotion's hooks waited for its record, 41 of the first 3,000; 26,
+/// 119, 158, 383 before, since a failed force
 /// was undone, a forced declaration took no link before its record was
 /// saved and the disks had holes; 53, 92, 158, 323 before; 26, 53, 92, 158 before a disk forced after it failed marked
 /// every block; 53, 119, 323, 383 before a Primary
@@ -1010,7 +1026,7 @@ fn finds_reads_without_quorum() {
 /// before those).
 #[test]
 fn finds_reads_when_superseded() {
-    for seed in [53, 158, 356, 383] {
+    for seed in [311, 455, 482, 521] {
         let v = planted_on(seed, Plant::ReadsWhenSuperseded).expect("not caught");
         assert_eq!(v.rule, "I4", "seed {seed}: another rule caught it: {v}");
         assert!(v.what.contains("serves reads as a Secondary apart from"), "seed {seed}: {v}");
