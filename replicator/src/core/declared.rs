@@ -195,7 +195,18 @@ impl Core {
     /// on what is undone, nor on what a start rolls back.)
     pub(super) fn settle_declared(&mut self) {
         let Some(d) = &mut self.declared else { return };
-        let saved = self.p.durable_meta.as_ref().filter(|m| m.promoted_at == d.promoted_at);
+        // A record confirming the force may name a later promotion: given
+        // up while Confirming, the node was demoted on its forced disk and
+        // `primary` again needs no `--force`; a second record that failed
+        // (a full volume) is retried with the new time. Before, only the
+        // force's own time counted, and the declaration never settled: the
+        // link refused for ever (review, helper-162, `core::tests::declared`
+        // `a_force_confirmed_by_a_later_promotions_record_settles`). Every
+        // record before the force names an earlier time (`promote_as`).
+        let saved = self.p.durable_meta.as_ref().filter(|m| match d.stage {
+            Stage::Confirming => m.promoted_at >= d.promoted_at,
+            _ => m.promoted_at == d.promoted_at,
+        });
         match (d.stage, saved.map(|m| m.pending.is_some())) {
             (Stage::Pending, Some(true)) => {
                 // (The second record is saved by `persist_pump`: the one

@@ -343,3 +343,42 @@ fn a_hung_forced_record_of_a_failed_disk_that_lands_after_the_undo_leaves_an_idl
     p.n[1].cache[8192] = 0xee;
     b_back_as_before_the_force(&mut p, &on_disk, (DiskState::Failed, b_gen), (8192, 5));
 }
+
+/// The force's first record is durable, the second (which confirms it)
+/// fails (a full metadata volume): `primary` gives up, the node is
+/// demoted on its forced disk (the force stands), and the operator runs
+/// `primary` again (the disk is UpToDate: no `--force` needed). Room is
+/// freed: the retried save carries the new promotion's time and no
+/// pending record, the force confirmed with it. The declaration must
+/// settle then: before, it waited for a record with the first
+/// promotion's time that would never be saved, and b refused every
+/// handshake for ever ("still saving ... record").
+#[test]
+fn a_force_confirmed_by_a_later_promotions_record_settles() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.a_writes_alone_beside_outdated_b();
+    b_forced_and_first_record_landed(&mut p);
+    assert!(p.core(1).declaration_confirming());
+    // The second record fails.
+    p.n[1].fail_record = true;
+    p.land_held_records(1);
+    p.n[1].hold_record = false;
+    p.settle_now();
+    assert!(p.n[1].meta.as_ref().is_some_and(|m| m.pending.is_some()));
+    p.core(1).abandon_promotion();
+    p.settle_now();
+    assert_eq!(p.core(1).role(), Role::Secondary);
+    p.core(1).promote(false, 10_000).expect("primary");
+    p.settle_now();
+    // Room freed: the retry lands.
+    p.n[1].fail_record = false;
+    p.now += Duration::from_secs(2);
+    let now = p.now;
+    p.core(1).handle_timeout(now);
+    p.settle_now();
+    let m = p.n[1].meta.clone().expect("b's record");
+    assert!(m.pending.is_none() && m.disk == DiskState::UpToDate, "{m:?}");
+    assert_eq!(p.core(1).link_refused(), None, "b refuses its peer for ever");
+    assert!(!p.core(1).declaration_unsaved());
+}
