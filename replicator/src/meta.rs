@@ -166,10 +166,26 @@ impl Meta {
     /// The disk no longer holds what this record describes (gone,
     /// replaced, or its writeback failed): saved `Failed`, so that a full
     /// sync from the peer follows. The generation ids stay.
+    /// A forced promotion's unconfirmed first record is marked in the
+    /// record it holds too: a start takes that one ([`MetaRecord::at_start`];
+    /// before, the mark went on the top-level record only, and a start on
+    /// a replaced disk took the held record, Outdated on a new empty disk;
+    /// review, helper-162, `node::tests`
+    /// `a_disk_gone_under_an_unconfirmed_forced_record_starts_failed`).
     pub fn save_failed(&mut self, path: &Path) -> Result<(), MetaError> {
         self.disk = DiskState::Failed;
         self.fresh = false;
+        if let Some(held) = self.pending.as_mut() {
+            held.disk = DiskState::Failed;
+            held.fresh = false;
+        }
         self.save(path)
+    }
+
+    /// The record a start takes says the disk failed (the held one for a
+    /// forced promotion's unconfirmed first record).
+    pub fn failed_at_start(&self) -> bool {
+        self.pending.as_deref().map_or(self.disk, |m| m.disk) == DiskState::Failed
     }
 
     /// Loads the metadata at `path`, checking it belongs to this node,

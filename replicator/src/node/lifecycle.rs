@@ -82,7 +82,7 @@ impl Node {
             Check::Same => {}
             Check::Unrecorded(id) => crate::disk_id::record(&mine.meta, &id).map_err(&id_io)?,
             Check::Replaced { was, found } => {
-                if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+                if let Some(m) = meta.as_mut().filter(|m| !m.failed_at_start()) {
                     tracing::warn!(
                         disk = %mine.disk.display(), recorded = %was, %found,
                         "the disk is not the one the metadata describes (replaced): Failed, a \
@@ -218,7 +218,7 @@ impl Node {
             // peer that became this node's SyncTarget meanwhile is left
             // Inconsistent beside a Failed disk. So it is asked here, and
             // the disk is recorded Failed (a full sync from the peer).
-            if let Some(m) = meta.as_mut().filter(|m| m.disk != DiskState::Failed) {
+            if let Some(m) = meta.as_mut().filter(|m| !m.failed_at_start()) {
                 match store.sync_unseen(res.disk_timeout) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => {

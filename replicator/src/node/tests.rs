@@ -586,3 +586,54 @@ fn a_second_primary_force_is_not_answered_before_the_first_ones_record() {
     rt.shutdown_timeout(Duration::from_secs(5));
     holder.join().unwrap();
 }
+
+/// A `meta` left between a forced promotion's two records (the first
+/// landed, holding the record before the force as `pending`; the process
+/// stopped before the second), then the disk is gone (deleted, emptied)
+/// or replaced: the start records the disk Failed. That mark went on the
+/// top-level record only, and a start takes the held one
+/// (`MetaRecord::at_start`): the node came back Outdated on a new empty
+/// disk, its old record saved back (a resync sends only the blocks
+/// marked; the rest stays zeroes under an account of good data). Review,
+/// helper-162.
+#[test]
+fn a_disk_gone_under_an_unconfirmed_forced_record_starts_failed() {
+    for (replaced, top) in
+        [(false, DiskState::UpToDate), (true, DiskState::UpToDate), (true, DiskState::Failed)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("a.meta");
+        uptodate_node(dir.path());
+        let saved = Meta::load(&meta, "a", "r", 1 << 20).unwrap().unwrap();
+        let mut before = saved.record();
+        before.disk = DiskState::Outdated;
+        let mut first = saved.clone();
+        first.promoted_at += 1;
+        // (A disk that failed again while the force's record was saved
+        // stays Failed in it: the held record is what a start takes.)
+        first.disk = top;
+        first.pending = Some(Box::new(before));
+        first.save(&meta).unwrap();
+        let disk = dir.path().join("a.img");
+        if replaced {
+            // Another file at the disk's path (another inode).
+            std::fs::remove_file(&disk).unwrap();
+            std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        } else {
+            std::fs::remove_file(&disk).unwrap();
+        }
+        let rt = runtime();
+        let node = rt
+            .block_on(async { Node::open(resource(dir.path()), "a", &StoreOptions::default()) })
+            .unwrap();
+        let state = node.lock().core.disk();
+        node.close();
+        drop(node);
+        rt.shutdown_timeout(Duration::from_secs(5));
+        assert_eq!(
+            state,
+            DiskState::Failed,
+            "replaced {replaced}, {top:?}: a new disk taken for the old"
+        );
+    }
+}
