@@ -1458,6 +1458,10 @@ fn primary_on_a_full_metadata_volume_fails_naming_the_file_and_stays_secondary()
                 && err.contains("No space left on device"),
             "{err}"
         );
+        // A save that failed is not in flight: it never lands (before,
+        // `primary` said it might, and that a restart could then find the
+        // promotion; review, helper-162).
+        assert!(!err.contains("still in flight"), "{err}");
         let a = p.status(0);
         assert_eq!(a["role"], "Secondary", "{a}");
     };

@@ -25,22 +25,37 @@ enum GaveUp {
 }
 
 impl GaveUp {
-    fn says(self) -> &'static str {
-        match self {
-            GaveUp::Plain => {
+    /// `in_flight`: the wait timed out, its save may still land; else
+    /// the save failed (a full volume) and lands never (a failed save is
+    /// not in flight: before, `primary` on a full volume said it might
+    /// land; review, helper-162, `tests/disk_errors.rs`
+    /// `primary_on_a_full_metadata_volume_fails_naming_the_file_and_stays_secondary`).
+    fn says(self, in_flight: bool) -> &'static str {
+        match (self, in_flight) {
+            (GaveUp::Plain, true) => {
                 "that save is still in flight: should it land and this process stop before its \
                  next save, the node starts on the promotion's record (check `status` after a \
                  restart)"
             }
-            GaveUp::ForceUndone => {
+            (GaveUp::Plain, false) => "",
+            (GaveUp::ForceUndone, true) => {
                 "the force is undone: the disk is as its record said before it (should the \
                  save in flight land, a start still takes the record before the force)"
             }
-            GaveUp::ForceConfirming => {
+            (GaveUp::ForceUndone, false) => {
+                "the force is undone: the disk is as its record said before it"
+            }
+            (GaveUp::ForceConfirming, true) => {
                 "the first of the force's two records is saved and the one confirming it is \
                  still in flight: the force stands (the disk stays as forced, UpToDate on a \
                  generation of its own); should this process stop before that save lands, the \
                  node starts on the record before the force"
+            }
+            (GaveUp::ForceConfirming, false) => {
+                "the first of the force's two records is saved and the one confirming it is \
+                 not (tried again each second): the force stands (the disk stays as forced, \
+                 UpToDate on a generation of its own); should this process stop before that \
+                 save, the node starts on the record before the force"
             }
         }
     }
@@ -132,11 +147,14 @@ impl Node {
                     Ok(false) => None,
                 }
             };
-            let why = match why {
-                Some(why) => why,
-                None if tokio::time::Instant::now() > deadline => format!(
-                    "the metadata record saying this node is Primary was not saved within \
-                     {wait:?} (its disk does not answer?)"
+            let (why, in_flight) = match why {
+                Some(why) => (why, false),
+                None if tokio::time::Instant::now() > deadline => (
+                    format!(
+                        "the metadata record saying this node is Primary was not saved within \
+                         {wait:?} (its disk does not answer?)"
+                    ),
+                    true,
                 ),
                 None => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -164,7 +182,10 @@ impl Node {
             });
             self.changed.notify_waiters();
             let Some(gave_up) = gave_up else { return Ok(()) };
-            let why = format!("{why}; {}", gave_up.says());
+            let why = match gave_up.says(in_flight) {
+                "" => why,
+                says => format!("{why}; {says}"),
+            };
             tracing::error!("primary: {why}: demoted again, not Primary");
             return Err(Refused(format!("{why}: not Primary (demoted again)")));
         }
