@@ -1511,13 +1511,7 @@ fn a_failed_primary_force_leaves_the_disk_as_it_was() {
     std::thread::sleep(Duration::from_secs(2));
     let b = p.status(1);
     assert_eq!(b["disk"], "Outdated", "the failed force came back: {b}");
-    p.ok(&["connect"], 0);
-    p.wait_synced("b's resync from a", Duration::from_secs(60));
-    p.wait_drained();
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
-    assert!(da == db, "the disks differ after b's resync");
-    assert!(db[2 << 20..3 << 20].iter().all(|&x| x == 0x22), "a's write alone is not on b");
+    b_takes_as_write_alone(&p, 2, 0x22);
 }
 
 /// `primary --force` on an Outdated node whose metadata's filesystem
@@ -1559,13 +1553,20 @@ fn a_primary_force_whose_record_hangs_is_undone_for_good() {
     p.up(1);
     p.wait_one(1, "b up", |b| b["role"] == "Secondary");
     assert_eq!(p.status(1)["disk"], "Outdated", "the undone force came back at a restart");
+    b_takes_as_write_alone(&p, 1, 0x33);
+}
+
+/// `connect` on a, b's resync from it: the two disks are identical, and
+/// a's write alone (the MiB at `mib` of `value`) is on b.
+fn b_takes_as_write_alone(p: &Pair, mib: usize, value: u8) {
     p.ok(&["connect"], 0);
     p.wait_synced("b's resync from a", Duration::from_secs(60));
     p.wait_drained();
     let (da, db) =
         (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
     assert!(da == db, "the disks differ after b's resync");
-    assert!(db[1 << 20..2 << 20].iter().all(|&x| x == 0x33), "a's write alone is not on b");
+    let written = &db[mib << 20..(mib + 1) << 20];
+    assert!(written.iter().all(|&x| x == value), "a's write alone is not on b");
 }
 
 /// A `meta` left between a forced promotion's two records: the first
@@ -1622,13 +1623,7 @@ fn a_daemon_started_on_an_unconfirmed_forced_record_starts_as_before_the_force()
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(now.get("pending").is_none(), "{now}");
     assert_eq!(now["gen"]["current"].as_u64(), Some(old), "{now}");
-    p.ok(&["connect"], 0);
-    p.wait_synced("b's resync from a", Duration::from_secs(60));
-    p.wait_drained();
-    let (da, db) =
-        (std::fs::read(&p.nodes[0].disk).unwrap(), std::fs::read(&p.nodes[1].disk).unwrap());
-    assert!(da == db, "the disks differ after b's resync");
-    assert!(db[2 << 20..3 << 20].iter().all(|&x| x == 0x22), "a's write alone is not on b");
+    b_takes_as_write_alone(&p, 2, 0x22);
 }
 
 /// `primary` on a node whose metadata's filesystem stops answering: the
