@@ -194,6 +194,12 @@ fn a_primary_whose_new_generation_holds_nothing_acknowledged_is_not_renewed_besi
 #[test]
 fn regression_seeds_pass() {
     const SEEDS: &[(u64, usize)] = &[
+        // A replaced disk's record saying `Failed` failed (ENOSPC) and
+        // landed; `primary --force` then held in its first record the
+        // record before, UpToDate: a start would have taken the blank
+        // disk for good data (I3; the two-phase forced record, found by
+        // the sweep after helper-162's review).
+        (35411499, 5000),
         (20306, 5000),
         (105355, 5000),
         (102896, 5000),

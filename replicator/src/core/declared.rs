@@ -163,10 +163,16 @@ impl Core {
     /// What the record in memory holds as [`MetaRecord::pending`]: while
     /// the force is unconfirmed, the record a start would take were it
     /// never saved (the one on disk, or the one it holds; for a node that
-    /// saved none, the one in memory before the force).
+    /// saved none, the one in memory before the force). The one on disk is
+    /// that of the last save that failed, if one did since the last that
+    /// succeeded: it may have landed (simulator seed 35411499: a record
+    /// saying a replaced disk `Failed` failed with ENOSPC and landed; the
+    /// force's first record held the one before it, UpToDate, and a start
+    /// would have taken the blank disk for good data).
     pub(crate) fn declared_before(&self) -> Option<Box<MetaRecord>> {
         let d = self.declared.as_ref().filter(|d| d.stage != Stage::Confirming)?;
-        let on_disk = self.p.durable_meta.as_ref().map(MetaRecord::at_start);
+        let last = self.p.failed_record.as_ref().or(self.p.durable_meta.as_ref());
+        let on_disk = last.map(MetaRecord::at_start);
         Some(Box::new(on_disk.unwrap_or(&d.before).clone()))
     }
 

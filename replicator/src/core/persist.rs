@@ -23,6 +23,11 @@ pub struct PersistState {
     /// When the save in flight was issued.
     pub meta_since: std::time::Duration,
     pub meta_failed: Option<IoError>,
+    /// The record of the last save that failed, until one succeeds: a
+    /// failed save may have landed all the same (an error after the
+    /// rename), so it, not `durable_meta`, is what a start may find
+    /// (`declared.rs` holds it in a forced promotion's first record).
+    pub failed_record: Option<MetaRecord>,
     /// Bitmap pages changed since they were last saved.
     pub dirty_pages: BTreeSet<u64>,
     pub bitmap_saving: bool,
@@ -211,6 +216,7 @@ impl Core {
         match result {
             Ok(()) => {
                 let outdated = m.disk == DiskState::Outdated;
+                self.p.failed_record = None;
                 self.p.durable_meta = Some(m);
                 // The peer learns what we now stand by (a SyncTarget's new
                 // generation, a changed disk state).
@@ -228,6 +234,7 @@ impl Core {
                     e.describe()
                 ));
                 self.p.meta_failed = Some(e);
+                self.p.failed_record = Some(m);
             }
         }
         // Replies waiting for this detached disk's record (`write::try_reply`).

@@ -133,6 +133,47 @@ fn a_force_whose_confirming_record_hangs_stands_and_a_crash_rolls_it_back() {
     b_back_as_before_the_force(&mut p, &first, (DiskState::Outdated, b_gen), (4096, 2));
 }
 
+/// The record before a force is the last one saved, or the last whose
+/// save failed since: a failed save may land all the same. b's disk fails
+/// and its record saying `Failed` fails (ENOSPC) but lands; b is then
+/// forced, its first record lands, and b crashes before the second: it
+/// starts `Failed`, as that record says, and is rebuilt from a. (Before,
+/// the first record held the last one saved, `Outdated`: b started on a
+/// disk that had failed, as good; simulator seed 35411499, I3.)
+#[test]
+fn a_force_after_a_failed_record_that_landed_rolls_back_to_that_record() {
+    let mut p = Pair::new(Protocol::C, Plant::None);
+    p.initial();
+    p.write(0, 1, 8192, 5, 4096);
+    p.settle();
+    let b_gen = p.a_writes_alone_beside_outdated_b();
+    p.n[1].fail_record = true;
+    p.n[1].land_failed_record = true;
+    p.n[1].fail_flush = true;
+    let now = p.now;
+    p.core(1).flush(now, 1);
+    p.settle_now();
+    assert_eq!(p.core(1).disk(), DiskState::Failed);
+    assert_eq!(p.n[1].meta.as_ref().map(|m| m.disk), Some(DiskState::Failed), "landed");
+    p.n[1].fail_record = false;
+    p.n[1].fail_flush = false;
+    // Forced before the failed save is tried again (once a second): the
+    // retry saves the force's first record.
+    p.n[1].hold_record = true;
+    p.core(1).promote(true, 5).expect("primary --force");
+    let issued = p.tick_until(3000, |p| !p.held.is_empty());
+    assert!(issued, "the force's first record was never saved");
+    p.land_held_records(1);
+    p.settle_now();
+    let first = p.n[1].meta.clone().expect("b's first record");
+    p.crash(1, false);
+    p.n[1].hold_record = false;
+    p.restart(1);
+    // (What the failed disk lost.)
+    p.n[1].cache[8192] = 0xee;
+    b_back_as_before_the_force(&mut p, &first, (DiskState::Failed, b_gen), (8192, 5));
+}
+
 /// ... and once it lands, the force is what b holds, as it would be had
 /// `primary` waited: b is UpToDate on its own generation at a restart.
 #[test]

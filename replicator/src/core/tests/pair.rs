@@ -46,6 +46,9 @@ pub struct Node {
     /// The metadata record's updates fail (ENOSPC: a full metadata
     /// volume), applied not at all.
     pub fail_record: bool,
+    /// A failed record's save lands all the same (an error after the
+    /// rename: the directory's fsync).
+    pub land_failed_record: bool,
     /// The metadata record's updates wait in `Pair::held` (neither
     /// applied nor completed) until `land_held_records`: a hung save that
     /// lands late.
@@ -125,6 +128,7 @@ impl Pair {
             hang_bitmap: false,
             fail_bitmap: false,
             fail_record: false,
+            land_failed_record: false,
             hold_record: false,
             hold_store: false,
             boot: 1,
@@ -297,7 +301,10 @@ impl Pair {
                     c.handle_io(now, io, r);
                 }
             }
-            Action::Persist { io, what: Persist::Meta(_) } if self.n[i].fail_record => {
+            Action::Persist { io, what: Persist::Meta(m) } if self.n[i].fail_record => {
+                if self.n[i].land_failed_record {
+                    self.n[i].meta = Some(m);
+                }
                 if let Some(c) = self.n[i].c.as_mut() {
                     c.handle_io(now, io, Err(IoError::ENOSPC));
                 }
