@@ -167,7 +167,7 @@ impl Core {
                 // Outdated already (Behind in adaptive mode) but not yet in
                 // the saved record: answered once it is, too (else a power
                 // loss brought it back UpToDate: simulator seed 12235326).
-                let saved = self.p.durable_meta.as_ref().map(|m| m.at_start().disk);
+                let saved = self.saved_record().map(|m| m.disk);
                 let unsaved = self.role == Role::Secondary
                     && self.disk == DiskState::Outdated
                     && saved != Some(DiskState::Outdated);

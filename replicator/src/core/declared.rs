@@ -171,8 +171,8 @@ impl Core {
     /// would have taken the blank disk for good data).
     pub(crate) fn declared_before(&self) -> Option<Box<MetaRecord>> {
         let d = self.declared.as_ref().filter(|d| d.stage != Stage::Confirming)?;
-        let last = self.p.failed_record.as_ref().or(self.p.durable_meta.as_ref());
-        let on_disk = last.map(MetaRecord::at_start);
+        let on_disk =
+            self.p.failed_record.as_ref().map(MetaRecord::at_start).or(self.saved_record());
         Some(Box::new(on_disk.unwrap_or(&d.before).clone()))
     }
 

@@ -82,7 +82,7 @@ impl Core {
 
     /// The durable record says the disk is detached.
     fn failed_record_saved(&self) -> bool {
-        self.p.durable_meta.as_ref().is_some_and(|m| m.at_start().disk == DiskState::Failed)
+        self.saved_record().is_some_and(|m| m.disk == DiskState::Failed)
     }
 
     /// The record's save has had no completion for `disk-timeout` (on a

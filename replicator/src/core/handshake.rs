@@ -888,7 +888,7 @@ impl Core {
             // ends here (else every generation started alone pushed the
             // peer's out of our short history: a full resync, and after
             // three a split brain refused; found by review).
-            let saved = self.p.durable_meta.as_ref().map(|m| m.at_start().gen.current);
+            let saved = self.saved_record().map(|m| m.gen.current);
             let current = self.gen.current;
             let base = self.gen.bitmap;
             let s = self.session.as_mut().expect("session");

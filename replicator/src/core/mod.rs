@@ -1028,7 +1028,7 @@ impl Core {
 
     /// Tells the peer our role and disk.
     fn announce(&mut self) {
-        let saved = self.p.durable_meta.as_ref().map(|m| m.at_start().gen.current);
+        let saved = self.saved_record().map(|m| m.gen.current);
         let current = self.gen.current;
         let Some(s) = self.session.as_mut().filter(|s| s.phase == Phase::Running) else { return };
         if s.adoption == session::Adoption::Taking {
@@ -1058,11 +1058,7 @@ impl Core {
             // base for the generation this node came back on (a full
             // resync; found by review). `meta_saved` announces the new
             // one.
-            current: self
-                .p
-                .durable_meta
-                .as_ref()
-                .map_or(self.gen.current, |m| m.at_start().gen.current),
+            current: self.saved_record().map_or(self.gen.current, |m| m.gen.current),
             promoted_at: self.promoted_at,
         }
     }

@@ -84,6 +84,14 @@ impl Core {
         }
     }
 
+    /// The record a start would take of the last one saved: a forced
+    /// promotion's unconfirmed first record stands for the one it holds
+    /// ([`MetaRecord::at_start`]). What "saved" means to whatever tells
+    /// the peer or the witness what this node stands by.
+    pub(crate) fn saved_record(&self) -> Option<&MetaRecord> {
+        self.p.durable_meta.as_ref().map(MetaRecord::at_start)
+    }
+
     /// The metadata record in memory is the one on disk.
     pub(crate) fn meta_durable(&self) -> bool {
         let durable = self.p.durable_meta.as_ref();

@@ -526,13 +526,13 @@ impl Core {
     /// forced promotion's unconfirmed first record is not saved in that
     /// sense: a start rolls it back (`MetaRecord::at_start`).
     fn told_gen(&self) -> super::GenIds {
-        self.p.durable_meta.as_ref().map_or(self.gen, |m| m.at_start().gen)
+        self.saved_record().map_or(self.gen, |m| m.gen)
     }
 
     /// The told generations' bitmap base only names the peer's
     /// ([`MetaRecord::forced_base`](super::MetaRecord::forced_base)).
     fn told_forced(&self) -> bool {
-        self.p.durable_meta.as_ref().map_or(self.base_forced(), |m| m.at_start().base_forced())
+        self.saved_record().map_or(self.base_forced(), super::MetaRecord::base_forced)
     }
 
     /// Quorum has been missing for `dead_time`: the survivor may be Primary.
