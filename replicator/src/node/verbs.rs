@@ -30,14 +30,14 @@ impl GaveUp {
     /// not in flight: before, `primary` on a full volume said it might
     /// land; review, helper-162, `tests/disk_errors.rs`
     /// `primary_on_a_full_metadata_volume_fails_naming_the_file_and_stays_secondary`).
-    fn says(self, in_flight: bool) -> &'static str {
-        match (self, in_flight) {
+    fn says(self, in_flight: bool) -> Option<&'static str> {
+        Some(match (self, in_flight) {
             (GaveUp::Plain, true) => {
                 "that save is still in flight: should it land and this process stop before its \
                  next save, the node starts on the promotion's record (check `status` after a \
                  restart)"
             }
-            (GaveUp::Plain, false) => "",
+            (GaveUp::Plain, false) => return None,
             (GaveUp::ForceUndone, true) => {
                 "the force is undone: the disk is as its record said before it (should the \
                  save in flight land, a start still takes the record before the force)"
@@ -57,7 +57,7 @@ impl GaveUp {
                  UpToDate on a generation of its own); should this process stop before that \
                  save, the node starts on the record before the force"
             }
-        }
+        })
     }
 }
 
@@ -183,8 +183,8 @@ impl Node {
             self.changed.notify_waiters();
             let Some(gave_up) = gave_up else { return Ok(()) };
             let why = match gave_up.says(in_flight) {
-                "" => why,
-                says => format!("{why}; {says}"),
+                None => why,
+                Some(says) => format!("{why}; {says}"),
             };
             tracing::error!("primary: {why}: demoted again, not Primary");
             return Err(Refused(format!("{why}: not Primary (demoted again)")));
