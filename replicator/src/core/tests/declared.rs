@@ -19,10 +19,16 @@ fn b_forced_on_a_hung_record_and_undone(p: &mut Pair) {
 fn b_record_lands_and_b_crashes(p: &mut Pair) -> MetaRecord {
     p.land_held_records(1);
     let on_disk = p.n[1].meta.clone().expect("b's record");
+    b_crashes_and_starts_again(p);
+    on_disk
+}
+
+/// b's process dies (what it holds back never lands) and starts again on
+/// what its metadata holds, its saves no longer held.
+fn b_crashes_and_starts_again(p: &mut Pair) {
     p.crash(1, false);
     p.n[1].hold_record = false;
     p.restart(1);
-    on_disk
 }
 
 /// b's restart took the record before the force (the first record,
@@ -127,9 +133,7 @@ fn a_force_whose_confirming_record_hangs_stands_and_a_crash_rolls_it_back() {
     assert_eq!(p.core(1).role(), Role::Secondary);
     assert_eq!(p.core(1).disk(), DiskState::UpToDate, "a force being confirmed was undone");
     assert_ne!(p.core(1).gen(), b_gen);
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    b_crashes_and_starts_again(&mut p);
     b_back_as_before_the_force(&mut p, &first, (DiskState::Outdated, b_gen), (4096, 2));
 }
 
@@ -166,9 +170,7 @@ fn a_force_after_a_failed_record_that_landed_rolls_back_to_that_record() {
     p.land_held_records(1);
     p.settle_now();
     let first = p.n[1].meta.clone().expect("b's first record");
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    b_crashes_and_starts_again(&mut p);
     // (What the failed disk lost.)
     p.n[1].cache[8192] = 0xee;
     b_back_as_before_the_force(&mut p, &first, (DiskState::Failed, b_gen), (8192, 5));
@@ -187,9 +189,7 @@ fn a_force_whose_confirming_record_lands_late_is_what_a_restart_finds() {
     let forced = p.core(1).gen();
     p.land_held_records(1);
     assert!(p.n[1].meta.as_ref().is_some_and(|m| m.pending.is_none() && m.gen == forced));
-    p.crash(1, false);
-    p.n[1].hold_record = false;
-    p.restart(1);
+    b_crashes_and_starts_again(&mut p);
     assert_eq!((p.core(1).disk(), p.core(1).gen()), (DiskState::UpToDate, forced));
     assert_ne!(forced, b_gen);
 }
