@@ -1297,6 +1297,14 @@ fn a_wrote_alone_and_both_went(b_meta: &std::path::Path) -> Cluster {
     c.witness_status_when(|w| w["outdated"] == serde_json::json!(["b"]));
     c.p.kill(0);
     c.up_b();
+    // b's force is what the tests try: not refused for want of the
+    // witness, which b meets a moment after it starts (a CI run forced b
+    // 3 ms before it connected).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.p.status(1)["controller"]["witness_connected"] != true {
+        assert!(Instant::now() < deadline, "b never met the witness: {}", c.p.status(1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c
 }
 
