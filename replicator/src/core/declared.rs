@@ -128,7 +128,11 @@ impl Core {
     /// (none is admitted at all). The witness may undo its forced claim
     /// (`quorum.rs` `VoteRequest::unused`, `withdrawn`).
     /// (A declaration is settled once its second record is durable: no
-    /// write is admitted before, [`Core::declaration_unconfirmed`].)
+    /// write is admitted before, [`Core::declared_unconfirmed`]. So a force
+    /// given up while Confirming gives its grant back unused too: its disk
+    /// stays as forced, the witness counts it outdated again, and the peer,
+    /// back, is its sync source; `core::tests::ctl`
+    /// `a_force_given_up_while_confirming_is_given_back_and_the_peer_keeps_its_write`.)
     pub(crate) fn grant_unused(&self) -> bool {
         self.declared.is_some()
     }

@@ -22,6 +22,11 @@ enum GaveUp {
     /// A `--force` whose first record is durable and whose second is in
     /// flight: the force stands (never undone past its first record).
     ForceConfirming,
+    /// The same on a node with a controller: the grant, used for nothing
+    /// (no write is admitted before the second record), goes back to the
+    /// witness as unused, which undoes the claim (`core::tests::ctl`
+    /// `a_force_given_up_while_confirming_is_given_back_and_the_peer_keeps_its_write`).
+    ForceConfirmingControlled,
 }
 
 impl GaveUp {
@@ -56,6 +61,13 @@ impl GaveUp {
                  not (tried again each second): the force stands (the disk stays as forced, \
                  UpToDate on a generation of its own); should this process stop before that \
                  save, the node starts on the record before the force"
+            }
+            (GaveUp::ForceConfirmingControlled, _) => {
+                "the first of the force's two records is saved, the one confirming it is not: \
+                 the disk stays as forced, but the witness gets its grant back unused and \
+                 counts this node outdated again, so its controller does not promote it; the \
+                 peer, back, keeps its data and this node takes it (should this process stop \
+                 before that save, the node starts on the record before the force)"
             }
         })
     }
@@ -170,7 +182,9 @@ impl Node {
                 if c.role() == Role::Primary && c.promotion_saved(since) == Ok(true) {
                     return None;
                 }
-                let was = if c.declaration_confirming() {
+                let was = if c.declaration_confirming() && c.has_controller() {
+                    GaveUp::ForceConfirmingControlled
+                } else if c.declaration_confirming() {
                     GaveUp::ForceConfirming
                 } else if c.declaration_unsaved() {
                     GaveUp::ForceUndone

@@ -1562,3 +1562,60 @@ fn a_new_reign_at_its_last_reigns_time_waits_for_its_own_record() {
     );
     assert!(!d.hooks[1].contains(&Hook::Promoted), "hooks before the record: {:?}", d.hooks[1]);
 }
+
+/// A `primary --force` given up while its confirming record is in flight
+/// (`core/declared.rs` `Stage::Confirming`): the force stands on b's disk,
+/// but the grant was used for nothing (no write is admitted before the
+/// second record) and goes back to the witness as unused, which undoes
+/// its claim: b counts as outdated there again and its controller does
+/// not promote it alone. a, which holds the write it acknowledged alone,
+/// is Primary again once the witness hears it, and b, met again, takes
+/// a's data (a known case left open on 2026-12-07, followed to its end
+/// here: nothing acknowledged is lost, and b's forced disk is not a sync
+/// source).
+#[test]
+fn a_force_given_up_while_confirming_is_given_back_and_the_peer_keeps_its_write() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    d.slow_record[1] = true;
+    d.force(1);
+    for _ in 0..5 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        d.vote_all(1);
+    }
+    assert_eq!(d.slow_records[1].len(), 1, "b's first record");
+    let first = d.slow_records[1].remove(0);
+    let now = d.now;
+    d.c[1].handle_io(now, first, Ok(None));
+    d.act(1);
+    assert!(d.c[1].declaration_confirming());
+    assert_eq!(d.w.holder(), Some("b"));
+    b_force_fails(&mut d);
+    d.records_land(1);
+    assert_eq!((d.c[1].role(), d.c[1].disk()), (Role::Secondary, DiskState::UpToDate));
+    assert!(!d.c[1].declaration_confirming(), "b's second record landed");
+    assert_eq!(d.w.holder(), Some("a"), "the witness kept b's unused claim");
+    assert!(d.w.outdated().any(|n| n == "b"));
+    assert!(!d.witness_promotes_b(), "b's controller promoted it on a grant given back");
+    assert!(d.witness_promotes(0), "a not Primary again");
+    d.hooks_done(0);
+    d.connect();
+    for _ in 0..100 {
+        d.tick(Duration::from_millis(100));
+        d.vote_all(0);
+        d.vote_all(1);
+        d.hooks_done(0);
+        d.hooks_done(1);
+        d.flow();
+        if d.c[0].connection() != Connection::Connected {
+            d.connect();
+        }
+    }
+    let (a, b) = (d.c[0].status(), d.c[1].status());
+    assert_eq!((a.role, b.role), (Role::Primary, Role::Secondary), "{a:?}\n{b:?}");
+    assert_eq!(b.disk, DiskState::UpToDate, "{b:?}");
+    assert_eq!(b.replication, Replication::Established, "{b:?}");
+    assert_eq!(a.gen, b.gen, "b did not take a's data");
+    assert!(a.counters.resync_bytes >= 64, "a's write alone was not sent: {a:?}");
+    assert!(d.w.outdated().next().is_none(), "b still outdated in sync");
+}
