@@ -668,6 +668,7 @@ mod tests {
             witness_connected: true,
             last_refusal: None,
             superseded: false,
+            hooks_await_record: false,
         });
         assert!(t.diff(&s, t0).is_empty());
         let c = |s: &mut Status| s.controller.as_mut().unwrap().superseded ^= true;

@@ -196,6 +196,8 @@ pub fn render(st: &Value) -> String {
             if ctl["witness_connected"] == true { "connected" } else { "not connected" },
             if ctl["superseded"] == true {
                 ", superseded: reads fail until it meets its peer"
+            } else if ctl["hooks_await_record"] == true {
+                ", its address move and on_promote wait for the record saying it is Primary"
             } else {
                 ""
             },
@@ -287,6 +289,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("witness refused: b holds the Primary right"), "{text}");
+        ctl["controller"] = serde_json::json!({
+            "state": "Holding", "quorum": true, "witness_connected": true,
+            "last_refusal": null, "superseded": false, "hooks_await_record": true
+        });
+        let text = render(&ctl);
+        assert!(
+            text.contains(
+                "controller Holding, quorum yes, witness connected, its address move and on_promote wait for the record saying it is Primary"
+            ),
+            "{text}"
+        );
         let mut lost = st.clone();
         lost["lost_since_synced"] = true.into();
         let text = render(&lost);

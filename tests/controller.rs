@@ -1252,6 +1252,20 @@ fn a_node_killed_while_its_forced_record_waits_is_not_promoted_without_its_peers
     let config_b = c.config_b.clone();
     let verb = std::thread::spawn(move || force_b(&config_b));
     c.witness_status_when(|w| w["holder"] == "b");
+    // `status` says that b's promotion has not started its service: its
+    // address move and `on_promote` wait for the record.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = c.p.status(1);
+        if b["role"] == "Primary" && b["controller"]["hooks_await_record"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b's status: {b}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = c.p.cli("status", &[], 1);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("on_promote wait for the record saying it is Primary"), "{text}");
     // (The kill completes once the volume is thawed: the save it was in
     // returns, and the process dies before renaming the new record in.)
     let thaw = vol.thaw_after(Duration::from_millis(500));

@@ -115,4 +115,7 @@ pub struct ControllerView {
     /// fenced) and not met its peer since: another node may have been
     /// Primary with writes this copy lacks, so its reads fail with EIO.
     pub superseded: bool,
+    /// Promoted, but its hooks (the address move, `on_promote`) wait for
+    /// the metadata record saying it is Primary to be saved.
+    pub hooks_await_record: bool,
 }

@@ -402,6 +402,11 @@ pub struct ControllerStatus {
     /// Demoted without quorum and not met its peer since: its reads fail
     /// (`Ctl::superseded`).
     pub superseded: bool,
+    /// Promoted, its hooks (the address move, `on_promote`) waiting for
+    /// the record saying it is Primary (`promoted_hook.rs`): a slow or
+    /// full metadata volume. Before, `status` showed such a node Holding,
+    /// as one whose service had started.
+    pub hooks_await_record: bool,
 }
 
 impl Core {
@@ -414,6 +419,7 @@ impl Core {
             witness_connected: c.witness_up,
             last_refusal: c.last_refusal.clone(),
             superseded: c.superseded,
+            hooks_await_record: self.role == Role::Primary && c.promoted_hook.owed(),
         })
     }
 

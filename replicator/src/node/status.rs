@@ -95,6 +95,7 @@ impl Node {
                 witness_connected: c.witness_connected,
                 last_refusal: c.last_refusal,
                 superseded: c.superseded,
+                hooks_await_record: c.hooks_await_record,
             }),
         }
     }

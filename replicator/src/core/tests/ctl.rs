@@ -911,6 +911,8 @@ fn a_forced_promotion_runs_its_hooks_once_its_record_lands() {
     let mut d = a_wrote_alone_cut_from_b_and_went();
     b_forced_on_a_full_volume(&mut d);
     assert!(!d.hooks_run[1].contains(&Hook::Promoted), "b ran {:?}", d.hooks_run[1]);
+    let awaits = |d: &Duo| d.c[1].controller().is_some_and(|c| c.hooks_await_record);
+    assert!(awaits(&d), "b's status does not say its hooks wait for the record");
     d.fail_record[1] = false;
     for _ in 0..15 {
         d.tick(Duration::from_millis(100));
@@ -921,6 +923,7 @@ fn a_forced_promotion_runs_its_hooks_once_its_record_lands() {
     assert_eq!(d.c[1].promotion_saved(Duration::ZERO), Ok(true), "b's record landed");
     assert_eq!(d.c[1].role(), Role::Primary);
     assert_eq!(d.hooks_run[1], vec![Hook::Promoted], "the address and on_promote, once");
+    assert!(!awaits(&d), "b's status still says its hooks wait");
 }
 
 /// With a controller, the failed `primary --force`'s demotion runs
