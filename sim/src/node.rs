@@ -112,6 +112,13 @@ pub struct Node {
     /// rule `hooks` (both ways).
     pub(crate) hooked: Option<u64>,
     pub(crate) unhooked_since: Option<(u64, Time)>,
+    /// The promotion it reigned on at the last check, if Primary then: a
+    /// handshake raises a reigning Primary's time past its peer's
+    /// (`handshake.rs` `reign_from`), the same reign whose hooks went out
+    /// already (seed 35701007: both promoted in the same millisecond, the
+    /// peer's force given up; the raise was taken for a new promotion
+    /// whose hooks never ran).
+    pub(crate) reigned_at: Option<u64>,
 }
 
 /// A notification for a paused core, told at its resume.
@@ -135,6 +142,7 @@ impl Node {
             first_hung: None,
             reqs: BTreeMap::new(),
             hooked: None,
+            reigned_at: None,
             unhooked_since: None,
             answered: Default::default(),
             link_gen: 0,

@@ -200,6 +200,18 @@ fn regression_seeds_pass() {
         // disk for good data (I3; the two-phase forced record, found by
         // the sweep after helper-162's review).
         (35411499, 5000),
+        // The controller's claim, refused while the operator's forced one
+        // was out, ended "the claim out": b claimed again before the
+        // forced grant's answer came, the witness undid the grant on
+        // hearing its holder claim, and b reigned on a lease the witness
+        // had ended (I4; `core::tests::ctl`
+        // `a_refused_claim_answered_while_a_forced_claim_is_out_sends_no_new_claim`).
+        (35800592, 20000),
+        // Both promoted in the same millisecond (the peer's force given
+        // up): the handshake raised a's reign past b's, and the checker
+        // took the raise for a new promotion whose hooks never ran (rule
+        // `hooks`; the checker's fix, `promotions_hooked`).
+        (35701007, 5000),
         (20306, 5000),
         (105355, 5000),
         (102896, 5000),

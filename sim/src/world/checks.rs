@@ -50,9 +50,20 @@ impl Sim {
             return Ok(());
         }
         for n in 0..2 {
+            let node = &mut self.nodes[n];
+            let Some(core) = node.core.as_ref() else {
+                node.reigned_at = None;
+                continue;
+            };
+            let promoted_at = core.promoted_at();
+            let primary = core.role() == Role::Primary;
+            // (A raise of the reign hooked already: the hooks follow it.)
+            if primary && node.reigned_at.is_some() && node.hooked == node.reigned_at {
+                node.hooked = Some(promoted_at);
+            }
+            node.reigned_at = primary.then_some(promoted_at);
             let node = &self.nodes[n];
             let Some(core) = node.core.as_ref() else { continue };
-            let promoted_at = core.promoted_at();
             let standing = core.controller().map(|c| c.standing);
             let owed = core.role() == Role::Primary
                 && standing.is_some_and(|s| s != twinblock_replicator::core::Standing::Demoting)

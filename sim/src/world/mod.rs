@@ -298,6 +298,7 @@ impl Sim {
         }
         self.nodes[n].core = Some(core);
         self.nodes[n].hooked = None;
+        self.nodes[n].reigned_at = None;
         self.nodes[n].unhooked_since = None;
         self.nodes[n].restart_at = None;
         self.drain(n);

@@ -1622,3 +1622,52 @@ fn a_force_given_up_while_confirming_is_given_back_and_the_peer_keeps_its_write(
     assert!(a.counters.resync_bytes >= 64, "a's write alone was not sent: {a:?}");
     assert!(d.w.outdated().next().is_none(), "b still outdated in sync");
 }
+
+/// The controller's own claim is refused (b outdated) while the
+/// operator's forced one is out: b must not claim again before the
+/// force's answer comes. Before, the refusal ended "the claim out" (the
+/// forced one's too), b claimed again a heartbeat later, and the forced
+/// grant then made it Primary on a lease the witness had ended on hearing
+/// its holder claim again (a forced grant whose holder claims is undone):
+/// b counted a lease the witness no longer did (simulator seed 35800592
+/// of 20,000 steps, I4).
+#[test]
+fn a_refused_claim_answered_while_a_forced_claim_is_out_sends_no_new_claim() {
+    let mut d = a_wrote_alone_cut_from_b_and_went();
+    let mut claimed = false;
+    for _ in 0..100 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        if d.votes[1].iter().any(|v| v.kind == VoteKind::Claim) {
+            claimed = true;
+            break;
+        }
+        d.vote_all(1);
+    }
+    assert!(claimed, "b's controller never claimed");
+    d.votes[1].retain(|v| v.kind == VoteKind::Claim);
+    let own = d.votes[1].pop_front().expect("b's claim");
+    assert!(own.kind == VoteKind::Claim && !own.forced, "{own:?}");
+    let forced_at = d.now.as_millis() as u64;
+    d.c[1].promote(true, forced_at).expect("primary --force asks the witness");
+    d.act(1);
+    let forced = d.votes[1].pop_front().expect("b's forced claim");
+    assert!(forced.forced, "{forced:?}");
+    let refused = d.w.handle(d.now, &own);
+    assert!(!refused.granted, "b's own claim: {refused:?}");
+    let granted = d.w.handle(d.now, &forced);
+    assert!(granted.granted, "b's forced claim: {granted:?}");
+    d.answer(1, refused);
+    // The forced claim's answer is slow: heartbeats pass.
+    for _ in 0..4 {
+        d.tick(Duration::from_millis(100));
+        let again = d.votes[1].iter().find(|v| v.kind == VoteKind::Claim);
+        assert!(again.is_none(), "b claimed again with its forced claim out: {again:?}");
+    }
+    d.answer(1, granted);
+    assert_eq!(d.c[1].role(), Role::Primary);
+    d.vote_all(1);
+    let left = d.w.lease_left(d.now).unwrap_or_default();
+    assert_eq!(d.w.holder(), Some("b"));
+    assert!(left > Duration::ZERO, "the witness ended the lease b reigns on");
+}
