@@ -1058,14 +1058,7 @@ fn a_deposed_primary_serves_no_reads_until_it_meets_its_peer() {
         // a meets b: a session runs, a takes b's data.
         d.witness_up(0, true);
         d.connect();
-        for _ in 0..50 {
-            d.tick(Duration::from_millis(100));
-            d.vote_all(0);
-            d.vote_all(1);
-            d.hooks_done(0);
-            d.hooks_done(1);
-            d.flow();
-        }
+        d.run_together(50, false);
         assert_eq!(d.c[0].role(), Role::Secondary);
         assert_eq!(d.c[0].disk(), DiskState::UpToDate, "forced {forced}: a is not in sync");
         assert_eq!(d.c[0].read_gate(d.now, false), ReadGate::Serve, "forced {forced}");

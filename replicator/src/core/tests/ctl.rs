@@ -197,6 +197,23 @@ impl Duo {
         false
     }
 
+    /// `n` ticks of 100 ms with both nodes heard by the witness, their
+    /// hooks run and their frames delivered; a lost link is taken again
+    /// at once when `relink`.
+    pub fn run_together(&mut self, n: usize, relink: bool) {
+        for _ in 0..n {
+            self.tick(Duration::from_millis(100));
+            self.vote_all(0);
+            self.vote_all(1);
+            self.hooks_done(0);
+            self.hooks_done(1);
+            self.flow();
+            if relink && self.c[0].connection() != Connection::Connected {
+                self.connect();
+            }
+        }
+    }
+
     /// 4 s pass with node i alone heard by the witness.
     pub fn alone(&mut self, i: usize) {
         for _ in 0..40 {
@@ -1603,17 +1620,7 @@ fn a_force_given_up_while_confirming_is_given_back_and_the_peer_keeps_its_write(
     assert!(d.witness_promotes(0), "a not Primary again");
     d.hooks_done(0);
     d.connect();
-    for _ in 0..100 {
-        d.tick(Duration::from_millis(100));
-        d.vote_all(0);
-        d.vote_all(1);
-        d.hooks_done(0);
-        d.hooks_done(1);
-        d.flow();
-        if d.c[0].connection() != Connection::Connected {
-            d.connect();
-        }
-    }
+    d.run_together(100, true);
     let (a, b) = (d.c[0].status(), d.c[1].status());
     assert_eq!((a.role, b.role), (Role::Primary, Role::Secondary), "{a:?}\n{b:?}");
     assert_eq!(b.disk, DiskState::UpToDate, "{b:?}");
