@@ -35,9 +35,10 @@
 //!   off; `Refusal::Behind`). The witness remembers what each node told
 //!   in memory only: a node it has not heard since its start is no
 //!   evidence (the residual limit, README).
-//! - `Release` from the holder: no holder any more. A forced claim's
-//!   grant the holder gives back unused (`withdrawn`: it was not promoted
-//!   on it, e.g. its answer was lost and the operator's verb failed) is
+//! - `Release` from the holder: no holder any more. A claim's grant
+//!   (forced or not) the holder gives back unused (`withdrawn`: it was
+//!   not promoted on it, e.g. its answer was lost and the operator's verb
+//!   failed, or a Primary peer was alive when it came) is
 //!   undone: the record is as before the claim. So is one whose holder
 //!   claims again without having said it used it (it restarted while its
 //!   record waited), or whose lease ran out unused when the other node
@@ -76,10 +77,11 @@ pub struct Durable {
     /// granted it since.
     #[serde(default)]
     pub last_holder: Option<String>,
-    /// The record before the holder's grant, if that grant was a forced
-    /// claim it has not used yet (no renewal since): a release that says
-    /// the grant was not used (`VoteRequest::withdrawn`) restores it, so a
-    /// `primary --force` that failed outdates nobody.
+    /// The record before the holder's grant, if that grant was a claim
+    /// (forced or not) it has not used yet (no renewal that says it is
+    /// used since): a release that says the grant was not used
+    /// (`VoteRequest::withdrawn`) restores it, so a `primary --force` that
+    /// failed, or a claim given back, outdates nobody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo: Option<Box<Durable>>,
 }
@@ -536,10 +538,19 @@ impl Arbiter {
             }
             VoteKind::Release => unreachable!("handled above"),
         }
-        // A forced claim may be given back unused: what it changes is
-        // kept to undo (a holder before it had lost its lease: restored
-        // so, it may renew as before).
-        self.undo = forced_claim.then(|| {
+        // A claim may be given back unused: what it changes is kept to
+        // undo (a holder before it had lost its lease: restored so, it
+        // may renew as before). Every claim, not only a forced one: the
+        // controller's own claim, granted when the other node's lease had
+        // run out, may be answered after the link to that node, a live
+        // Primary, is back; the claimant gives it back unused, and its
+        // record had outdated the live Primary for good (its renewals
+        // refused, it held on its peer's heartbeats alone and lost the
+        // service when the peer went; review, helper-163, `core::tests::ctl`
+        // `a_claim_declined_beside_a_live_primary_leaves_it_current_at_the_witness`).
+        // A node acknowledges no write its peer lacks before a renewal
+        // that says its grant is used (`core::quorum` `witness_may_undo`).
+        self.undo = (req.kind == VoteKind::Claim).then(|| {
             let mut before = self.durable();
             before.undo = None;
             Box::new(before)

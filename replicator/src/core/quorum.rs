@@ -101,7 +101,7 @@ struct Sent {
     /// The data's (saved) current generation it told.
     gen: u64,
     /// Granted, the witness keeps what a withdrawn release undoes: a
-    /// forced claim, or a renewal that said the grant is unused
+    /// claim (forced or not), or a renewal that said the grant is unused
     /// ([`VoteRequest::unused`]).
     undoable: bool,
 }
@@ -261,7 +261,9 @@ pub(crate) struct Ctl {
     unfenced_id: u64,
     witness_up: bool,
     /// The last granted request left the witness able to undo this
-    /// reign's grant (a forced claim, renewed as unused since): a
+    /// reign's grant (a claim, forced or not, renewed as unused since;
+    /// the controller's own claims too since review helper-163, `arbiter`
+    /// `Arbiter::judge`): a
     /// release that says `withdrawn` restores the record before it (the
     /// peer current). No write the peer lacks is acknowledged until a
     /// renewal that says the grant is used is granted
@@ -899,10 +901,8 @@ impl Core {
         let mut req = self.vote_request(VoteKind::Claim);
         req.forced = true;
         req.uptodate = true;
-        // (Granted, the witness keeps the record before it to undo.)
-        if let Some(s) = self.ctl.as_mut().and_then(|c| c.sent.get_mut(&req.id)) {
-            s.undoable = true;
-        }
+        // (Granted, the witness keeps the record before it to undo, as
+        // for any claim: `vote_request`.)
         self.next_ask += 1;
         let ask = self.next_ask;
         self.asked_last = Some((ask, None));
@@ -1211,8 +1211,10 @@ impl Core {
         let id = c.next_id;
         c.next_id += 1;
         c.last_request = now;
-        c.sent
-            .insert(id, Sent { at: now, kind, peer_current, gen: told.current, undoable: unused });
+        // (Granted, a claim leaves the witness able to undo it until a
+        // renewal says it is used: `arbiter`, `witness_may_undo`.)
+        let undoable = unused || kind == VoteKind::Claim;
+        c.sent.insert(id, Sent { at: now, kind, peer_current, gen: told.current, undoable });
         if peer_current {
             // From the moment the witness may read this, it may count the
             // peer current again: no more writes the peer lacks.

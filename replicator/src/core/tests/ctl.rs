@@ -1678,3 +1678,64 @@ fn a_refused_claim_answered_while_a_forced_claim_is_out_sends_no_new_claim() {
     assert_eq!(d.w.holder(), Some("b"));
     assert!(left > Duration::ZERO, "the witness ended the lease b reigns on");
 }
+
+/// Attack (review, helper-163): b's controller claims while a, Primary,
+/// is cut off from b and from the witness; the witness grants it (a's
+/// lease ran out), outdating a, but its answer comes after the link to a
+/// is back and b has answered a's heartbeats: b gives the grant back
+/// unused (a Primary peer is alive). The witness must not keep the live
+/// Primary a outdated for it: a, its renewals refused, would hold on its
+/// peer lease alone, and lose the service when b goes.
+#[test]
+fn a_claim_declined_beside_a_live_primary_leaves_it_current_at_the_witness() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    // a's requests vanish; b's are answered until b claims.
+    let mut claim = None;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        if let Some(i) = d.votes[1].iter().position(|v| v.kind == VoteKind::Claim) {
+            claim = d.votes[1].remove(i);
+            break;
+        }
+        d.vote_all(1);
+    }
+    let claim = claim.expect("b's controller never claimed");
+    let granted = d.w.handle(d.now, &claim);
+    assert!(granted.granted, "b's claim: {granted:?}");
+    assert!(d.w.outdated().any(|n| n == "a"));
+    // The link is back before the answer: b answers a's heartbeats.
+    d.connect();
+    for _ in 0..3 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.votes[0].clear();
+    }
+    d.answer(1, granted);
+    assert_eq!(d.c[1].role(), Role::Secondary, "b declines: a is alive");
+    assert_eq!(d.c[0].role(), Role::Primary);
+    d.vote_all(1);
+    // a's requests reach the witness again.
+    for _ in 0..10 {
+        d.tick(Duration::from_millis(100));
+        d.flow();
+        d.vote_all(0);
+        d.vote_all(1);
+    }
+    assert!(
+        !d.w.outdated().any(|n| n == "a"),
+        "the live Primary a stays outdated at the witness after b's declined claim \
+         (a's last refusal: {:?})",
+        d.c[0].controller().and_then(|c| c.last_refusal)
+    );
+    // b goes for good: a holds on the witness.
+    d.cut();
+    for _ in 0..40 {
+        d.tick(Duration::from_millis(100));
+        d.votes[1].clear();
+        d.vote_all(0);
+    }
+    assert_eq!(d.c[0].role(), Role::Primary);
+    assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
+}
