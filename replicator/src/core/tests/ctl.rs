@@ -1739,3 +1739,54 @@ fn a_claim_declined_beside_a_live_primary_leaves_it_current_at_the_witness() {
     assert_eq!(d.c[0].role(), Role::Primary);
     assert_eq!(d.c[0].controller().map(|c| c.standing), Some(Standing::Holding));
 }
+
+/// Review (helper-163), the reverse order of
+/// `a_refused_claim_answered_while_a_forced_claim_is_out_sends_no_new_claim`:
+/// the operator's forced claim goes out while the controller's own claim
+/// is out, and the own one is granted first. b reigns on it; the forced
+/// one, from the holder, is granted too (the witness keeps the record
+/// before it to undo). b acknowledges no write alone until a renewal
+/// that says its grant is used is granted, which ends the undo: a late
+/// withdrawn release then changes nothing.
+#[test]
+fn a_forced_claim_granted_after_the_own_claim_leaves_nothing_to_undo_once_used() {
+    let mut d = Duo::a_primary_with_witness(Protocol::C);
+    d.cut();
+    let mut own = None;
+    for _ in 0..60 {
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+        if let Some(i) = d.votes[1].iter().position(|v| v.kind == VoteKind::Claim) {
+            own = d.votes[1].remove(i);
+            break;
+        }
+        d.vote_all(1);
+    }
+    let own = own.expect("b's controller never claimed");
+    d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force asks the witness");
+    d.act(1);
+    let ask = d.c[1].promotion_asked().expect("asked");
+    let forced = d.votes[1].pop_front().expect("b's forced claim");
+    assert!(forced.forced, "{forced:?}");
+    let own_r = d.w.handle(d.now, &own);
+    let forced_r = d.w.handle(d.now, &forced);
+    assert!(own_r.granted && forced_r.granted, "{own_r:?} {forced_r:?}");
+    assert!(d.w.durable().undo.is_some());
+    d.answer(1, own_r);
+    assert_eq!(d.c[1].role(), Role::Primary);
+    d.hooks_done(1);
+    // A heartbeat: b's renewal goes out before the forced claim's answer.
+    d.tick(Duration::from_millis(300));
+    d.answer(1, forced_r);
+    assert_eq!(d.c[1].promotion_answer(ask), Some(Ok(())));
+    d.write(1, 1, 0, 0xbb);
+    assert_eq!(d.reply(1, 1), None, "acknowledged alone while the witness may undo the grant");
+    for _ in 0..5 {
+        d.vote_all(1);
+        d.tick(Duration::from_millis(100));
+        d.votes[0].clear();
+    }
+    assert_eq!(d.reply(1, 1), Some(Ok(())), "b's write alone");
+    assert!(d.w.durable().undo.is_none(), "{:?}", d.w.durable());
+    assert!(d.w.outdated().any(|n| n == "a"));
+}
