@@ -549,8 +549,11 @@ impl Arbiter {
         // service when the peer went; review, helper-163, `core::tests::ctl`
         // `a_claim_declined_beside_a_live_primary_leaves_it_current_at_the_witness`).
         // A node acknowledges no write its peer lacks before a renewal
-        // that says its grant is used (`core::quorum` `witness_may_undo`).
-        self.undo = (req.kind == VoteKind::Claim).then(|| {
+        // that says its grant is used (`core::quorum` `witness_may_undo`);
+        // one older than that says nothing (`VoteRequest::undoable`), and
+        // only its forced claims are undone, as before.
+        let undoable = forced_claim || (req.kind == VoteKind::Claim && req.undoable);
+        self.undo = undoable.then(|| {
             let mut before = self.durable();
             before.undo = None;
             Box::new(before)
@@ -724,6 +727,7 @@ mod tests {
             unacked: false,
             withdrawn: false,
             unused: false,
+            undoable: false,
         }
     }
 
@@ -731,6 +735,39 @@ mod tests {
     /// a restart in between included: the node it outdated is current
     /// again and the former holder may renew. Used (renewed once), or
     /// given back without `withdrawn`, it stands.
+    #[test]
+    fn a_claim_given_back_unused_is_undone_unless_its_node_is_older() {
+        // (Review, helper-163: the controller's own claim, declined beside
+        // a live Primary, left that Primary outdated.)
+        let t = Duration::from_secs(100);
+        for undoable in [true, false] {
+            let mut w = Arbiter::new(
+                "r",
+                Duration::ZERO,
+                Duration::from_secs(2),
+                Durable { complete: true, ..Durable::default() },
+            );
+            assert!(w.handle(t, &req("a", "b", VoteKind::Claim, true)).granted);
+            assert!(w.handle(t, &req("a", "b", VoteKind::Renew, true)).granted);
+            let before = w.durable();
+            let later = t + Duration::from_secs(3);
+            let claim = VoteRequest { undoable, ..req("b", "a", VoteKind::Claim, false) };
+            assert!(w.handle(later, &claim).granted);
+            assert!(w.durable().outdated.contains("a"));
+            let back = VoteRequest { withdrawn: true, ..req("b", "a", VoteKind::Release, false) };
+            assert!(w.handle(later, &back).granted);
+            if undoable {
+                assert_eq!(w.durable(), before, "b's claim given back unused is undone");
+                let r = w.handle(later, &req("a", "b", VoteKind::Renew, true));
+                assert!(r.granted, "the live Primary a renews: {r:?}");
+            } else {
+                // A node older than `undoable` may have taken writes alone
+                // on it: a stays outdated, as before.
+                assert!(w.durable().outdated.contains("a"), "{:?}", w.durable());
+            }
+        }
+    }
+
     #[test]
     fn a_forced_claim_given_back_unused_is_undone() {
         let saved = Durable { complete: true, ..Durable::default() };

@@ -686,6 +686,7 @@ mod tests {
             unacked: false,
             withdrawn: false,
             unused: false,
+            undoable: false,
         }
     }
 

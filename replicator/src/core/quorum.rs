@@ -171,6 +171,15 @@ pub struct VoteRequest {
     /// the witness; review, helper-149).
     #[serde(default)]
     pub unused: bool,
+    /// Claim: this node acknowledges no write its peer lacks on the grant
+    /// before a renewal that says it is used is granted
+    /// ([`Core::may_run_alone`]), so the witness keeps the record before
+    /// the grant to undo, as for a forced claim (`arbiter`). A node older
+    /// than this field (false) took such writes at once after its claim:
+    /// its claim is undone only if forced (an undone claim would promote
+    /// its peer without them).
+    #[serde(default)]
+    pub undoable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1235,6 +1244,7 @@ impl Core {
             unacked,
             withdrawn: false,
             unused,
+            undoable: kind == VoteKind::Claim,
         }
     }
 

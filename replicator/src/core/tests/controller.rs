@@ -254,6 +254,7 @@ fn a_refused_renewal_is_not_resent_before_the_heartbeat() {
         unacked: false,
         withdrawn: false,
         unused: false,
+        undoable: false,
     };
     assert!(d.w.handle(d.now, &req(1, VoteKind::Renew)).granted);
     assert!(d.w.handle(d.now, &req(2, VoteKind::Release)).granted);
