@@ -214,6 +214,21 @@ impl Duo {
         }
     }
 
+    /// Ticks (at most 6 s) with a's requests lost and b's answered until
+    /// b's controller claims: that claim, taken out of b's queue and not
+    /// decided.
+    pub fn b_claims(&mut self) -> Option<VoteRequest> {
+        for _ in 0..60 {
+            self.tick(Duration::from_millis(100));
+            self.votes[0].clear();
+            if let Some(i) = self.votes[1].iter().position(|v| v.kind == VoteKind::Claim) {
+                return self.votes[1].remove(i);
+            }
+            self.vote_all(1);
+        }
+        None
+    }
+
     /// 4 s pass with node i alone heard by the witness.
     pub fn alone(&mut self, i: usize) {
         for _ in 0..40 {
@@ -1690,18 +1705,7 @@ fn a_refused_claim_answered_while_a_forced_claim_is_out_sends_no_new_claim() {
 fn a_claim_declined_beside_a_live_primary_leaves_it_current_at_the_witness() {
     let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.cut();
-    // a's requests vanish; b's are answered until b claims.
-    let mut claim = None;
-    for _ in 0..60 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        if let Some(i) = d.votes[1].iter().position(|v| v.kind == VoteKind::Claim) {
-            claim = d.votes[1].remove(i);
-            break;
-        }
-        d.vote_all(1);
-    }
-    let claim = claim.expect("b's controller never claimed");
+    let claim = d.b_claims().expect("b's controller never claimed");
     let granted = d.w.handle(d.now, &claim);
     assert!(granted.granted, "b's claim: {granted:?}");
     assert!(d.w.outdated().any(|n| n == "a"));
@@ -1752,17 +1756,7 @@ fn a_claim_declined_beside_a_live_primary_leaves_it_current_at_the_witness() {
 fn a_forced_claim_granted_after_the_own_claim_leaves_nothing_to_undo_once_used() {
     let mut d = Duo::a_primary_with_witness(Protocol::C);
     d.cut();
-    let mut own = None;
-    for _ in 0..60 {
-        d.tick(Duration::from_millis(100));
-        d.votes[0].clear();
-        if let Some(i) = d.votes[1].iter().position(|v| v.kind == VoteKind::Claim) {
-            own = d.votes[1].remove(i);
-            break;
-        }
-        d.vote_all(1);
-    }
-    let own = own.expect("b's controller never claimed");
+    let own = d.b_claims().expect("b's controller never claimed");
     d.c[1].promote(true, d.now.as_millis() as u64).expect("primary --force asks the witness");
     d.act(1);
     let ask = d.c[1].promotion_asked().expect("asked");
